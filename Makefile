@@ -1,0 +1,33 @@
+# Keel top-level commands. `make demo` and `make test` work on a fresh
+# Debian 12 machine: they install missing packages, configure and build.
+BUILD ?= build
+JOBS ?= 2
+CTEST_ARGS ?=
+
+.PHONY: all deps configure build demo test bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j$(JOBS)
+
+# A coordinator and two ledger agents on loopback doing real work,
+# with a coordinator SIGKILL in the middle.
+demo: build
+	$(BUILD)/bin/keel-demo
+
+# The whole test suite through ctest (labels: unit, integration).
+test: build
+	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(CTEST_ARGS)
+
+bench: build
+	$(BUILD)/bin/keel-bench-micro
+
+clean:
+	rm -rf $(BUILD)

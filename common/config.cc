@@ -1,0 +1,157 @@
+#include "common/config.h"
+
+#include <toml++/toml.h>
+
+#include <limits>
+
+#include "common/types.h"
+
+namespace keel {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw ConfigError(path + ": " + what);
+}
+
+toml::table parseFile(const std::string& path) {
+  try {
+    return toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    std::string msg = std::string(e.description());
+    const auto& src = e.source();
+    throw ConfigError(path + ":" + std::to_string(src.begin.line) + ":" +
+                      std::to_string(src.begin.column) + ": " + msg);
+  }
+}
+
+std::string getString(const std::string& path, const toml::table& t, const char* section,
+                      const char* key, const std::string& def, bool required = false) {
+  auto node = t[key];
+  if (!node) {
+    if (required) fail(path, std::string("[") + section + "] " + key + " is required");
+    return def;
+  }
+  auto v = node.value<std::string>();
+  if (!v) fail(path, std::string("[") + section + "] " + key + " must be a string");
+  return *v;
+}
+
+template <typename T>
+T getInt(const std::string& path, const toml::table& t, const char* section, const char* key, T def,
+         std::int64_t lo, std::int64_t hi) {
+  auto node = t[key];
+  if (!node) return def;
+  auto v = node.value<std::int64_t>();
+  if (!v || !node.is_integer()) fail(path, std::string("[") + section + "] " + key + " must be an integer");
+  if (*v < lo || *v > hi) {
+    fail(path, std::string("[") + section + "] " + key + " = " + std::to_string(*v) +
+                   " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return T(*v);
+}
+
+void rejectUnknown(const std::string& path, const toml::table& t, const char* section,
+                   std::initializer_list<const char*> known) {
+  for (auto&& [k, v] : t) {
+    bool ok = false;
+    for (auto* n : known) ok = ok || k.str() == n;
+    if (!ok) fail(path, std::string("[") + section + "] unknown key '" + std::string(k.str()) + "'");
+  }
+}
+
+const toml::table& section(const std::string& path, const toml::table& root, const char* name) {
+  auto* s = root[name].as_table();
+  if (s == nullptr) fail(path, std::string("missing section [") + name + "]");
+  return *s;
+}
+
+}  // namespace
+
+bool validName(const std::string& name) {
+  if (name.empty() || name.size() > Limits::kMaxParticipantName) return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+void checkAddress(const std::string& where, const std::string& addr) {
+  auto colon = addr.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == addr.size()) {
+    throw ConfigError(where + ": address '" + addr + "' must be host:port");
+  }
+  std::string port = addr.substr(colon + 1);
+  for (char c : port) {
+    if (c < '0' || c > '9') throw ConfigError(where + ": port in '" + addr + "' is not a number");
+  }
+  if (port.size() > 5 || std::stoul(port) > 65535) {
+    throw ConfigError(where + ": port in '" + addr + "' is out of range");
+  }
+}
+
+CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
+  auto root = parseFile(path);
+  for (auto&& [k, v] : root) {
+    if (k.str() != "coordinator" && k.str() != "participants") {
+      fail(path, "unknown section [" + std::string(k.str()) + "]");
+    }
+  }
+  CoordinatorConfig c;
+  const auto& s = section(path, root, "coordinator");
+  rejectUnknown(path, s, "coordinator",
+                {"node_id", "listen", "data_dir", "map_size_mb", "call_timeout_ms",
+                 "interaction_timeout_ms", "retry_initial_ms", "retry_max_ms", "seq_block"});
+  c.nodeId = getInt<std::uint16_t>(path, s, "coordinator", "node_id", c.nodeId, 0, 65535);
+  c.listen = getString(path, s, "coordinator", "listen", c.listen);
+  checkAddress(path + ": [coordinator] listen", c.listen);
+  c.dataDir = getString(path, s, "coordinator", "data_dir", c.dataDir);
+  c.mapSizeMb = getInt<std::size_t>(path, s, "coordinator", "map_size_mb", c.mapSizeMb, 1, 1 << 20);
+  c.callTimeoutMs = getInt<std::uint32_t>(path, s, "coordinator", "call_timeout_ms", c.callTimeoutMs, 1, 600000);
+  c.interactionTimeoutMs = getInt<std::uint32_t>(path, s, "coordinator", "interaction_timeout_ms",
+                                                 c.interactionTimeoutMs, 1, 3600000);
+  c.retryInitialMs = getInt<std::uint32_t>(path, s, "coordinator", "retry_initial_ms", c.retryInitialMs, 1, 600000);
+  c.retryMaxMs = getInt<std::uint32_t>(path, s, "coordinator", "retry_max_ms", c.retryMaxMs, 1, 3600000);
+  if (c.retryMaxMs < c.retryInitialMs) fail(path, "[coordinator] retry_max_ms must be >= retry_initial_ms");
+  c.seqBlock = getInt<std::uint32_t>(path, s, "coordinator", "seq_block", c.seqBlock, 16, 1 << 24);
+
+  auto* parts = root["participants"].as_table();
+  if (parts == nullptr || parts->empty()) {
+    fail(path, "section [participants] is missing or empty (name = \"host:port\" per participant)");
+  }
+  if (parts->size() > Limits::kMaxParticipants * 32) fail(path, "too many participants");
+  for (auto&& [k, v] : *parts) {
+    std::string name(k.str());
+    if (!validName(name)) {
+      fail(path, "[participants] '" + name + "' is not a valid name (1-64 chars of A-Z a-z 0-9 _ . -)");
+    }
+    auto addr = v.value<std::string>();
+    if (!addr) fail(path, "[participants] " + name + " must be a \"host:port\" string");
+    checkAddress(path + ": [participants] " + name, *addr);
+    c.participants[name] = *addr;
+  }
+  return c;
+}
+
+AgentConfig loadAgentConfig(const std::string& path) {
+  auto root = parseFile(path);
+  for (auto&& [k, v] : root) {
+    if (k.str() != "agent") fail(path, "unknown section [" + std::string(k.str()) + "]");
+  }
+  AgentConfig c;
+  const auto& s = section(path, root, "agent");
+  rejectUnknown(path, s, "agent", {"name", "listen", "data_dir", "adapter", "map_size_mb"});
+  c.name = getString(path, s, "agent", "name", "", true);
+  if (!validName(c.name)) fail(path, "[agent] name '" + c.name + "' is not a valid name (1-64 chars of A-Z a-z 0-9 _ . -)");
+  c.listen = getString(path, s, "agent", "listen", c.listen);
+  checkAddress(path + ": [agent] listen", c.listen);
+  c.dataDir = getString(path, s, "agent", "data_dir", c.dataDir);
+  c.adapter = getString(path, s, "agent", "adapter", c.adapter);
+  if (c.adapter != "ledger") fail(path, "[agent] adapter '" + c.adapter + "' is not known (known: ledger)");
+  c.mapSizeMb = getInt<std::size_t>(path, s, "agent", "map_size_mb", c.mapSizeMb, 1, 1 << 20);
+  return c;
+}
+
+}  // namespace keel

@@ -1,0 +1,47 @@
+#pragma once
+// Configuration files (TOML) of the coordinator and the agent.
+// Every problem is reported as ConfigError naming the file and the key, and
+// the process exits with that message: nothing starts on a bad config.
+
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+namespace keel {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct CoordinatorConfig {
+  std::uint16_t nodeId = 1;                 // top 16 bits of every seq
+  std::string listen = "127.0.0.1:7400";    // loopback unless configured otherwise
+  std::string dataDir = "./keel-data/coordinator";
+  std::size_t mapSizeMb = 1024;
+  std::uint32_t callTimeoutMs = 2000;       // deadline of one participant call
+  std::uint32_t interactionTimeoutMs = 10000;  // default deadline of an interaction
+  std::uint32_t retryInitialMs = 50;        // phase-2 / rollback backoff: first delay
+  std::uint32_t retryMaxMs = 2000;          // ... capped here
+  std::uint32_t seqBlock = 65536;           // seqs reserved per durable reservation
+  std::map<std::string, std::string> participants;  // name -> host:port
+};
+
+struct AgentConfig {
+  std::string name;
+  std::string listen = "127.0.0.1:7401";
+  std::string dataDir = "./keel-data/agent";
+  std::string adapter = "ledger";
+  std::size_t mapSizeMb = 1024;
+};
+
+CoordinatorConfig loadCoordinatorConfig(const std::string& path);
+AgentConfig loadAgentConfig(const std::string& path);
+
+// "host:port" with a numeric port 0..65535; throws ConfigError otherwise.
+void checkAddress(const std::string& where, const std::string& addr);
+// Participant names: 1..64 chars of [A-Za-z0-9_.-].
+bool validName(const std::string& name);
+
+}  // namespace keel

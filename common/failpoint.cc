@@ -1,0 +1,132 @@
+#include "common/failpoint.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace keel::failpoint {
+
+std::atomic<bool> gArmed{false};
+
+namespace {
+
+enum class Action { Off, Crash, Delay, Error };
+
+struct Point {
+  Action action = Action::Off;
+  unsigned delayMs = 0;
+  long remaining = -1;  // -1: unlimited
+  unsigned fired = 0;
+};
+
+std::mutex gMu;
+std::map<std::string, Point> gPoints;  // GUARDED_BY(gMu)
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.erase(s.begin());
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.pop_back();
+  return s;
+}
+
+Point parseAction(const std::string& entry, std::string a) {
+  Point p;
+  auto star = a.find('*');
+  if (star != std::string::npos) {
+    try {
+      p.remaining = std::stol(a.substr(0, star));
+    } catch (...) {
+      throw std::invalid_argument("failpoint '" + entry + "': bad count before '*'");
+    }
+    if (p.remaining <= 0) throw std::invalid_argument("failpoint '" + entry + "': count must be > 0");
+    a = a.substr(star + 1);
+  }
+  if (a == "crash") {
+    p.action = Action::Crash;
+  } else if (a == "error") {
+    p.action = Action::Error;
+  } else if (a == "off") {
+    p.action = Action::Off;
+  } else if (a.rfind("delay(", 0) == 0 && a.back() == ')') {
+    p.action = Action::Delay;
+    try {
+      p.delayMs = unsigned(std::stoul(a.substr(6, a.size() - 7)));
+    } catch (...) {
+      throw std::invalid_argument("failpoint '" + entry + "': delay needs milliseconds, e.g. delay(50)");
+    }
+  } else {
+    throw std::invalid_argument("failpoint '" + entry +
+                                "': unknown action (use crash, delay(MS), error or off)");
+  }
+  return p;
+}
+
+}  // namespace
+
+void configure(const std::string& spec) {
+  std::map<std::string, Point> points;
+  std::size_t pos = 0;
+  while (pos <= spec.size()) {
+    auto comma = spec.find(',', pos);
+    std::string entry = trim(spec.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+    if (!entry.empty()) {
+      auto eq = entry.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        throw std::invalid_argument("failpoint '" + entry + "': expected name=action");
+      }
+      points[trim(entry.substr(0, eq))] = parseAction(entry, trim(entry.substr(eq + 1)));
+    }
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  std::lock_guard<std::mutex> lk(gMu);
+  gPoints = std::move(points);
+  gArmed.store(!gPoints.empty(), std::memory_order_relaxed);
+}
+
+void initFromEnv() {
+  const char* v = std::getenv("KEEL_FAILPOINTS");
+  configure(v != nullptr ? v : "");
+}
+
+void hitSlow(const char* name) {
+  Action action;
+  unsigned delayMs;
+  {
+    std::lock_guard<std::mutex> lk(gMu);
+    auto it = gPoints.find(name);
+    if (it == gPoints.end() || it->second.action == Action::Off || it->second.remaining == 0) return;
+    Point& p = it->second;
+    if (p.remaining > 0) --p.remaining;
+    ++p.fired;
+    action = p.action;
+    delayMs = p.delayMs;
+  }
+  switch (action) {
+    case Action::Crash: {
+      std::string msg = std::string("keel: failpoint ") + name + ": crash\n";
+      (void)!::write(2, msg.data(), msg.size());
+      ::kill(::getpid(), SIGKILL);
+      ::_exit(137);  // not reached
+    }
+    case Action::Delay:
+      std::this_thread::sleep_for(std::chrono::milliseconds(delayMs));
+      return;
+    case Action::Error:
+      throw InjectedError(std::string("failpoint ") + name + ": injected error");
+    case Action::Off:
+      return;
+  }
+}
+
+unsigned firedCount(const std::string& name) {
+  std::lock_guard<std::mutex> lk(gMu);
+  auto it = gPoints.find(name);
+  return it == gPoints.end() ? 0 : it->second.fired;
+}
+
+}  // namespace keel::failpoint

@@ -1,0 +1,174 @@
+#pragma once
+// GroupCommitLog: one writer thread owns every LMDB write transaction.
+//
+// Callers hand it jobs (a function run against a write transaction). The
+// writer drains everything queued, runs each job in its own nested
+// transaction (a job that throws is rolled back alone: "a batch fails as a
+// whole", and only that batch), then commits the outer transaction durably
+// ONCE for the whole group and only then completes every job. This is
+// LevelDB's BuildBatchGroup idea with LMDB's single writer: the cost of one
+// fsync pair is shared by everything that arrived while the previous commit
+// was syncing.
+//
+// Durability point: a job's promise resolves only after the group's
+// mdb_txn_commit returned, i.e. after the data is on disk.
+//
+// Threads: submit()/run() may be called from any thread. run() must be
+// called on a thread with a KJ event loop; its promise resolves back on
+// that loop (cross-thread fulfiller), never on the writer thread.
+
+#include <kj/async.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <type_traits>
+
+#include "common/lmdb.h"
+
+namespace keel {
+
+class GroupCommitLog {
+ public:
+  class Job {
+   public:
+    virtual ~Job() = default;
+    // Runs on the writer thread inside a nested write transaction.
+    virtual void apply(lmdb::Txn& txn) = 0;
+    // Called once on the writer thread: err == nullptr means durable.
+    virtual void done(std::exception_ptr err) noexcept = 0;
+  };
+
+  struct Options {
+    std::size_t maxBatch = 8192;  // jobs per durable commit at most
+  };
+
+  // Counters; read with relaxed loads (monitoring and benchmarks).
+  struct Stats {
+    std::atomic<std::uint64_t> commits{0};     // durable LMDB commits
+    std::atomic<std::uint64_t> jobs{0};        // jobs made durable
+    std::atomic<std::uint64_t> failedJobs{0};  // jobs rolled back
+  };
+
+  GroupCommitLog(lmdb::Env& env, Options opts);
+  explicit GroupCommitLog(lmdb::Env& env) : GroupCommitLog(env, Options{}) {}
+  // Finishes every queued job, then stops the writer thread.
+  ~GroupCommitLog();
+  GroupCommitLog(const GroupCommitLog&) = delete;
+  GroupCommitLog& operator=(const GroupCommitLog&) = delete;
+
+  void submit(std::unique_ptr<Job> job);
+
+  // Runs fn(txn) on the writer thread; resolves with its result once durable.
+  template <typename Fn>
+  auto run(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>>;
+
+  // Blocking variant for start-up, tools and tests (no event loop needed).
+  template <typename Fn>
+  auto runSync(Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&>;
+
+  const Stats& stats() const { return stats_; }
+  lmdb::Env& env() { return env_; }
+
+ private:
+  void writerLoop();
+
+  lmdb::Env& env_;
+  const Options opts_;
+  Stats stats_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Job>> queue_;  // GUARDED_BY(mu_)
+  bool stopping_ = false;                   // GUARDED_BY(mu_)
+  std::thread writer_;
+};
+
+// Converts a writer-side exception into a KJ exception, keeping the text.
+kj::Exception toKjException(std::exception_ptr err);
+
+namespace detail {
+
+template <typename T, typename Fn>
+class KjJob final : public GroupCommitLog::Job {
+ public:
+  KjJob(Fn fn, kj::Own<kj::CrossThreadPromiseFulfiller<T>> f)
+      : fn_(std::move(fn)), fulfiller_(kj::mv(f)) {}
+  ~KjJob() noexcept override {}
+  void apply(lmdb::Txn& txn) override {
+    if constexpr (std::is_void_v<T>) {
+      fn_(txn);
+    } else {
+      result_.emplace(fn_(txn));
+    }
+  }
+  void done(std::exception_ptr err) noexcept override {
+    if (err) {
+      fulfiller_->reject(toKjException(err));
+    } else if constexpr (std::is_void_v<T>) {
+      fulfiller_->fulfill();
+    } else {
+      fulfiller_->fulfill(std::move(*result_));
+    }
+  }
+
+ private:
+  Fn fn_;
+  kj::Own<kj::CrossThreadPromiseFulfiller<T>> fulfiller_;
+  std::optional<std::conditional_t<std::is_void_v<T>, int, T>> result_;
+};
+
+template <typename T, typename Fn>
+class SyncJob final : public GroupCommitLog::Job {
+ public:
+  explicit SyncJob(Fn fn) : fn_(std::move(fn)) {}
+  void apply(lmdb::Txn& txn) override {
+    if constexpr (std::is_void_v<T>) {
+      fn_(txn);
+    } else {
+      result_.emplace(fn_(txn));
+    }
+  }
+  void done(std::exception_ptr err) noexcept override {
+    if (err) {
+      promise_.set_exception(err);
+    } else if constexpr (std::is_void_v<T>) {
+      promise_.set_value();
+    } else {
+      promise_.set_value(std::move(*result_));
+    }
+  }
+  std::future<T> future() { return promise_.get_future(); }
+
+ private:
+  Fn fn_;
+  std::promise<T> promise_;
+  std::optional<std::conditional_t<std::is_void_v<T>, int, T>> result_;
+};
+
+}  // namespace detail
+
+template <typename Fn>
+auto GroupCommitLog::run(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>> {
+  using T = std::invoke_result_t<Fn&, lmdb::Txn&>;
+  auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
+  submit(std::make_unique<detail::KjJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn),
+                                                              kj::mv(paf.fulfiller)));
+  return kj::mv(paf.promise);
+}
+
+template <typename Fn>
+auto GroupCommitLog::runSync(Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&> {
+  using T = std::invoke_result_t<Fn&, lmdb::Txn&>;
+  auto job = std::make_unique<detail::SyncJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn));
+  auto fut = job->future();
+  submit(std::move(job));
+  return fut.get();
+}
+
+}  // namespace keel

@@ -1,0 +1,450 @@
+#include "common/records.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <array>
+#include <cstring>
+#include <ctime>
+#include <sstream>
+
+#include "common/wire.h"
+#include "schemas/wal.capnp.h"
+
+namespace keel {
+
+// ------------------------------------------------------------ CRC-32C
+
+namespace {
+
+std::array<std::uint32_t, 256> makeCrcTable() {
+  std::array<std::uint32_t, 256> t{};
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;  // Castagnoli
+    t[i] = c;
+  }
+  return t;
+}
+
+}  // namespace
+
+std::uint32_t crc32c(std::string_view data) {
+  static const auto table = makeCrcTable();
+  std::uint32_t c = 0xFFFFFFFFu;
+  for (unsigned char b : data) c = table[(c ^ b) & 0xff] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+// ------------------------------------------------------------ envelope
+
+namespace {
+
+constexpr std::size_t kHeader = 12;
+
+void putLe32(char* p, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = char((v >> (8 * i)) & 0xff);
+}
+std::uint32_t getLe32(const char* p) {
+  std::uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | std::uint8_t(p[i]);
+  return v;
+}
+
+std::string seal(RecordType type, capnp::MessageBuilder& msg) {
+  auto words = capnp::messageToFlatArray(msg);
+  auto bytes = words.asBytes();
+  std::string out(kHeader + bytes.size(), '\0');
+  out[0] = 'K';
+  out[1] = 'L';
+  out[2] = char(kFormatVersion);
+  out[3] = char(type);
+  putLe32(&out[4], std::uint32_t(bytes.size()));
+  std::memcpy(&out[kHeader], bytes.begin(), bytes.size());
+  putLe32(&out[8], crc32c(std::string_view(&out[kHeader], bytes.size())));
+  return out;
+}
+
+// Checks the envelope and copies the payload into word-aligned memory.
+kj::Array<capnp::word> open(RecordType type, std::string_view in) {
+  if (in.size() < kHeader || in[0] != 'K' || in[1] != 'L') {
+    throw CorruptRecord("record has no Keel envelope (bad magic or too short)");
+  }
+  if (std::uint8_t(in[2]) != kFormatVersion) {
+    throw CorruptRecord("record format version " + std::to_string(std::uint8_t(in[2])) +
+                        " is not supported (this build reads version " +
+                        std::to_string(kFormatVersion) + ")");
+  }
+  if (std::uint8_t(in[3]) != std::uint8_t(type)) {
+    throw CorruptRecord("record type " + std::to_string(std::uint8_t(in[3])) + " where type " +
+                        std::to_string(std::uint8_t(type)) + " was expected");
+  }
+  std::uint32_t len = getLe32(&in[4]);
+  if (len != in.size() - kHeader || len % sizeof(capnp::word) != 0) {
+    throw CorruptRecord("record payload length " + std::to_string(len) + " does not match its size " +
+                        std::to_string(in.size() - kHeader));
+  }
+  std::string_view payload = in.substr(kHeader);
+  if (crc32c(payload) != getLe32(&in[8])) throw CorruptRecord("record checksum mismatch");
+  auto words = kj::heapArray<capnp::word>(len / sizeof(capnp::word));
+  std::memcpy(words.begin(), payload.data(), len);
+  return words;
+}
+
+capnp::ReaderOptions diskReaderOptions() {
+  capnp::ReaderOptions o;
+  o.traversalLimitInWords = 16 * 1024 * 1024;
+  o.nestingLimit = 16;
+  return o;
+}
+
+template <typename Fn>
+auto withReader(RecordType type, std::string_view bytes, Fn fn) {
+  auto words = open(type, bytes);
+  try {
+    capnp::FlatArrayMessageReader reader(words, diskReaderOptions());
+    return fn(reader);
+  } catch (const kj::Exception& e) {
+    throw CorruptRecord(std::string("record payload does not decode: ") + e.getDescription().cStr());
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------ interaction
+
+std::string encode(const InteractionRecord& r) {
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<disk::InteractionRecord>();
+  b.setSeq(r.seq);
+  b.setEpoch(r.epoch);
+  b.setInteractive(r.interactive);
+  b.setOnePhase(r.onePhase);
+  b.setState(static_cast<disk::InteractionRecord::State>(r.state));
+  b.setDecision(static_cast<disk::InteractionRecord::Decision>(r.decision));
+  b.setError(r.error);
+  b.setCreatedUs(r.createdUs);
+  b.setVotesUs(r.votesUs);
+  b.setDecidedUs(r.decidedUs);
+  b.setCompletedUs(r.completedUs);
+  b.setPhase2Attempts(r.phase2Attempts);
+  auto bl = b.initBranches(r.branches.size());
+  for (unsigned i = 0; i < r.branches.size(); ++i) {
+    const auto& br = r.branches[i];
+    auto x = bl[i];
+    x.setParticipant(br.participant);
+    x.setBranch(br.branch);
+    x.setState(static_cast<disk::InteractionRecord::BranchState>(br.state));
+    x.setReason(br.reason);
+    fillOps(x.initOperations(br.ops.size()), br.ops);
+  }
+  return seal(RecordType::Interaction, msg);
+}
+
+InteractionRecord decodeInteraction(std::string_view bytes) {
+  return withReader(RecordType::Interaction, bytes, [](capnp::MessageReader& m) {
+    auto x = m.getRoot<disk::InteractionRecord>();
+    InteractionRecord r;
+    r.seq = x.getSeq();
+    r.epoch = x.getEpoch();
+    r.interactive = x.getInteractive();
+    r.onePhase = x.getOnePhase();
+    r.state = static_cast<InteractionRecord::State>(x.getState());
+    r.decision = static_cast<InteractionRecord::Decision>(x.getDecision());
+    r.error = x.getError().cStr();
+    r.createdUs = x.getCreatedUs();
+    r.votesUs = x.getVotesUs();
+    r.decidedUs = x.getDecidedUs();
+    r.completedUs = x.getCompletedUs();
+    r.phase2Attempts = x.getPhase2Attempts();
+    for (auto b : x.getBranches()) {
+      InteractionRecord::Branch br;
+      br.participant = b.getParticipant().cStr();
+      br.branch = b.getBranch();
+      br.state = static_cast<InteractionRecord::BranchState>(b.getState());
+      br.reason = b.getReason().cStr();
+      br.ops = readOps(b.getOperations());
+      r.branches.push_back(std::move(br));
+    }
+    return r;
+  });
+}
+
+// ------------------------------------------------------------ rollback
+
+std::string encode(const RollbackRecord& r) {
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<disk::RollbackRecord>();
+  b.setSeq(r.seq);
+  b.setReason(r.reason);
+  b.setRequestedUs(r.requestedUs);
+  b.setAttempts(r.attempts);
+  b.setLastError(r.lastError);
+  b.setLastAttemptUs(r.lastAttemptUs);
+  auto p = b.initPending(r.pending.size());
+  for (unsigned i = 0; i < r.pending.size(); ++i) p.set(i, r.pending[i]);
+  auto c = b.initConfirmed(r.confirmed.size());
+  for (unsigned i = 0; i < r.confirmed.size(); ++i) {
+    c[i].setParticipant(r.confirmed[i].participant);
+    c[i].setAtUs(r.confirmed[i].atUs);
+  }
+  b.setCompletedUs(r.completedUs);
+  return seal(RecordType::Rollback, msg);
+}
+
+RollbackRecord decodeRollback(std::string_view bytes) {
+  return withReader(RecordType::Rollback, bytes, [](capnp::MessageReader& m) {
+    auto x = m.getRoot<disk::RollbackRecord>();
+    RollbackRecord r;
+    r.seq = x.getSeq();
+    r.reason = x.getReason().cStr();
+    r.requestedUs = x.getRequestedUs();
+    r.attempts = x.getAttempts();
+    r.lastError = x.getLastError().cStr();
+    r.lastAttemptUs = x.getLastAttemptUs();
+    for (auto p : x.getPending()) r.pending.emplace_back(p.cStr());
+    for (auto c : x.getConfirmed()) r.confirmed.push_back({c.getParticipant().cStr(), c.getAtUs()});
+    r.completedUs = x.getCompletedUs();
+    return r;
+  });
+}
+
+// ------------------------------------------------------------ branch, account
+
+std::string encode(const BranchRecord& r) {
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<disk::BranchRecord>();
+  b.setSeq(r.xid.seq);
+  b.setBranch(r.xid.branch);
+  b.setState(static_cast<wire::BranchState>(r.state));
+  b.setEpoch(r.epoch);
+  b.setTombstone(r.tombstone);
+  b.setOnePhase(r.onePhase);
+  fillOps(b.initOperations(r.ops.size()), r.ops);
+  b.setCreatedUs(r.createdUs);
+  b.setPreparedUs(r.preparedUs);
+  b.setFinishedUs(r.finishedUs);
+  b.setReason(r.reason);
+  return seal(RecordType::Branch, msg);
+}
+
+BranchRecord decodeBranch(std::string_view bytes) {
+  return withReader(RecordType::Branch, bytes, [](capnp::MessageReader& m) {
+    auto x = m.getRoot<disk::BranchRecord>();
+    BranchRecord r;
+    r.xid = Xid{x.getSeq(), x.getBranch()};
+    r.state = static_cast<BranchStatus>(x.getState());
+    r.epoch = x.getEpoch();
+    r.tombstone = x.getTombstone();
+    r.onePhase = x.getOnePhase();
+    r.ops = readOps(x.getOperations());
+    r.createdUs = x.getCreatedUs();
+    r.preparedUs = x.getPreparedUs();
+    r.finishedUs = x.getFinishedUs();
+    r.reason = x.getReason().cStr();
+    return r;
+  });
+}
+
+std::string encode(const AccountRecord& r) {
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<disk::AccountRecord>();
+  b.setBalance(r.balance);
+  b.setHeld(r.held);
+  b.setOpening(r.opening);
+  auto x = b.initOpenedBy();
+  x.setSeq(r.openedBy.seq);
+  x.setBranch(r.openedBy.branch);
+  return seal(RecordType::Account, msg);
+}
+
+AccountRecord decodeAccount(std::string_view bytes) {
+  return withReader(RecordType::Account, bytes, [](capnp::MessageReader& m) {
+    auto x = m.getRoot<disk::AccountRecord>();
+    AccountRecord r;
+    r.balance = x.getBalance();
+    r.held = x.getHeld();
+    r.opening = x.getOpening();
+    r.openedBy = Xid{x.getOpenedBy().getSeq(), x.getOpenedBy().getBranch()};
+    return r;
+  });
+}
+
+// ------------------------------------------------------------ names
+
+const char* stateName(InteractionRecord::State s) {
+  switch (s) {
+    case InteractionRecord::State::Preparing: return "preparing";
+    case InteractionRecord::State::Committing: return "committing";
+    case InteractionRecord::State::Aborting: return "aborting";
+    case InteractionRecord::State::Committed: return "committed";
+    case InteractionRecord::State::RolledBack: return "rolled-back";
+  }
+  return "?";
+}
+
+const char* decisionName(InteractionRecord::Decision d) {
+  switch (d) {
+    case InteractionRecord::Decision::None: return "none";
+    case InteractionRecord::Decision::Commit: return "commit";
+    case InteractionRecord::Decision::Abort: return "abort";
+  }
+  return "?";
+}
+
+const char* branchStateName(InteractionRecord::BranchState s) {
+  using B = InteractionRecord::BranchState;
+  switch (s) {
+    case B::Pending: return "pending";
+    case B::Preparing: return "preparing";
+    case B::Prepared: return "prepared";
+    case B::ReadOnly: return "read-only";
+    case B::VotedNo: return "voted-no";
+    case B::Failed: return "failed";
+    case B::Committed: return "committed";
+    case B::RolledBack: return "rolled-back";
+  }
+  return "?";
+}
+
+const char* branchStatusName(BranchStatus s) {
+  switch (s) {
+    case BranchStatus::Active: return "active";
+    case BranchStatus::Prepared: return "prepared";
+    case BranchStatus::Committed: return "committed";
+    case BranchStatus::RolledBack: return "rolled-back";
+  }
+  return "?";
+}
+
+// ------------------------------------------------------------ rendering
+
+std::string jsonEscape(std::string_view s) {
+  std::string o;
+  o.reserve(s.size() + 2);
+  for (char c : s) {
+    switch (c) {
+      case '"': o += "\\\""; break;
+      case '\\': o += "\\\\"; break;
+      case '\n': o += "\\n"; break;
+      case '\t': o += "\\t"; break;
+      case '\r': o += "\\r"; break;
+      default:
+        if (std::uint8_t(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          o += buf;
+        } else {
+          o += c;
+        }
+    }
+  }
+  return o;
+}
+
+std::string formatMicros(Micros us) {
+  if (us == 0) return "-";
+  std::time_t secs = std::time_t(us / 1000000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  char out[64];
+  std::snprintf(out, sizeof out, "%s.%06uZ", buf, unsigned(us % 1000000));
+  return out;
+}
+
+namespace {
+
+std::string q(std::string_view s) { return "\"" + jsonEscape(s) + "\""; }
+
+std::string opsJson(const std::vector<Op>& ops) {
+  std::string o = "[";
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    if (i) o += ",";
+    o += "{\"kind\":" + q(opKindName(ops[i].kind)) + ",\"account\":" + q(ops[i].account) +
+         ",\"amount\":" + std::to_string(ops[i].amount) + "}";
+  }
+  return o + "]";
+}
+
+}  // namespace
+
+std::string toJson(const InteractionRecord& r) {
+  std::ostringstream o;
+  o << "{\"seq\":" << r.seq << ",\"epoch\":" << r.epoch
+    << ",\"interactive\":" << (r.interactive ? "true" : "false")
+    << ",\"one_phase\":" << (r.onePhase ? "true" : "false") << ",\"state\":" << q(stateName(r.state))
+    << ",\"decision\":" << q(decisionName(r.decision)) << ",\"error\":" << q(r.error)
+    << ",\"created_us\":" << r.createdUs << ",\"votes_us\":" << r.votesUs
+    << ",\"decided_us\":" << r.decidedUs << ",\"completed_us\":" << r.completedUs
+    << ",\"phase2_attempts\":" << r.phase2Attempts << ",\"branches\":[";
+  for (std::size_t i = 0; i < r.branches.size(); ++i) {
+    const auto& b = r.branches[i];
+    if (i) o << ",";
+    o << "{\"participant\":" << q(b.participant) << ",\"branch\":" << b.branch
+      << ",\"state\":" << q(branchStateName(b.state)) << ",\"reason\":" << q(b.reason)
+      << ",\"operations\":" << opsJson(b.ops) << "}";
+  }
+  o << "]}";
+  return o.str();
+}
+
+std::string toJson(const RollbackRecord& r) {
+  std::ostringstream o;
+  o << "{\"seq\":" << r.seq << ",\"reason\":" << q(r.reason) << ",\"requested_us\":" << r.requestedUs
+    << ",\"attempts\":" << r.attempts << ",\"last_error\":" << q(r.lastError)
+    << ",\"last_attempt_us\":" << r.lastAttemptUs << ",\"pending\":[";
+  for (std::size_t i = 0; i < r.pending.size(); ++i) o << (i ? "," : "") << q(r.pending[i]);
+  o << "],\"confirmed\":[";
+  for (std::size_t i = 0; i < r.confirmed.size(); ++i) {
+    o << (i ? "," : "") << "{\"participant\":" << q(r.confirmed[i].participant)
+      << ",\"at_us\":" << r.confirmed[i].atUs << "}";
+  }
+  o << "],\"completed_us\":" << r.completedUs << "}";
+  return o.str();
+}
+
+std::string toText(const InteractionRecord& r) {
+  std::ostringstream o;
+  o << "interaction " << r.seq << (r.interactive ? " (interactive)" : "")
+    << (r.onePhase ? " (one-phase)" : "") << "\n"
+    << "  state      " << stateName(r.state) << "   decision " << decisionName(r.decision)
+    << "   epoch " << r.epoch << "\n";
+  if (!r.error.empty()) o << "  error      " << r.error << "\n";
+  o << "  created    " << formatMicros(r.createdUs) << "\n"
+    << "  votes      " << formatMicros(r.votesUs) << "\n"
+    << "  decided    " << formatMicros(r.decidedUs) << "\n"
+    << "  completed  " << formatMicros(r.completedUs) << "\n";
+  if (r.phase2Attempts) o << "  phase-2 attempts " << r.phase2Attempts << "\n";
+  for (const auto& b : r.branches) {
+    o << "  branch " << b.branch << " @ " << b.participant << ": " << branchStateName(b.state);
+    if (!b.reason.empty()) o << " (" << b.reason << ")";
+    o << "\n";
+    for (const auto& op : b.ops) {
+      o << "      " << opKindName(op.kind) << " " << op.account;
+      if (op.kind != OpKind::ReadBalance) o << " " << op.amount;
+      o << "\n";
+    }
+  }
+  return o.str();
+}
+
+std::string toText(const RollbackRecord& r) {
+  std::ostringstream o;
+  o << "rollback " << r.seq << "\n"
+    << "  reason     " << r.reason << "\n"
+    << "  requested  " << formatMicros(r.requestedUs) << "\n"
+    << "  attempts   " << r.attempts << "   last attempt " << formatMicros(r.lastAttemptUs) << "\n";
+  if (!r.lastError.empty()) o << "  last error " << r.lastError << "\n";
+  o << "  pending    ";
+  for (const auto& p : r.pending) o << p << " ";
+  o << (r.pending.empty() ? "(none)" : "") << "\n";
+  for (const auto& c : r.confirmed) {
+    o << "  confirmed  " << c.participant << " at " << formatMicros(c.atUs) << "\n";
+  }
+  o << "  completed  " << formatMicros(r.completedUs) << "\n";
+  return o.str();
+}
+
+}  // namespace keel

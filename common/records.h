@@ -1,0 +1,148 @@
+#pragma once
+// WAL and branch-log records as plain C++ values, and their on-disk form.
+//
+// On disk every record is an envelope (schemas/wal.capnp describes it):
+//   bytes 0-1  magic "KL"
+//   byte  2    format version (kFormatVersion)
+//   byte  3    record type (RecordType)
+//   bytes 4-7  payload length, little endian
+//   bytes 8-11 CRC-32C of the payload, little endian
+//   bytes 12-  payload: one Cap'n Proto message as a flat array
+// decode*() throws CorruptRecord on a bad magic, version, type, length or
+// checksum: a damaged record is never silently taken for a valid one.
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/types.h"
+
+namespace keel {
+
+constexpr std::uint8_t kFormatVersion = 1;
+
+enum class RecordType : std::uint8_t {
+  Interaction = 1,
+  Rollback = 2,
+  Branch = 3,
+  Account = 4,
+};
+
+class CorruptRecord : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// ------------------------------------------------------------ coordinator
+
+// The coordinator's view of one interaction (the "interaction table" row).
+struct InteractionRecord {
+  // State machine of an interaction:
+  //  Preparing  -> seq assigned, prepares (or interactive work) in flight.
+  //               A crash here means no decision: recovery aborts it.
+  //  Committing -> the COMMIT decision is durable; phase 2 is retried until
+  //               every prepared participant acknowledged.
+  //  Aborting   -> ABORT decided (need not be durable: presumed abort); the
+  //               rollback driver runs until every participant confirmed.
+  //  Committed / RolledBack -> final; removed from the `active` index.
+  enum class State : std::uint8_t { Preparing, Committing, Aborting, Committed, RolledBack };
+  enum class Decision : std::uint8_t { None, Commit, Abort };
+  enum class BranchState : std::uint8_t {
+    Pending, Preparing, Prepared, ReadOnly, VotedNo, Failed, Committed, RolledBack
+  };
+  struct Branch {
+    std::string participant;
+    std::uint16_t branch = 0;
+    BranchState state = BranchState::Pending;
+    std::string reason;
+    std::vector<Op> ops;
+  };
+
+  std::uint64_t seq = 0;
+  std::uint64_t epoch = 0;
+  bool interactive = false;
+  bool onePhase = false;
+  State state = State::Preparing;
+  Decision decision = Decision::None;
+  std::string error;
+  Micros createdUs = 0, votesUs = 0, decidedUs = 0, completedUs = 0;
+  std::vector<Branch> branches;
+  std::uint32_t phase2Attempts = 0;
+
+  bool finished() const { return state == State::Committed || state == State::RolledBack; }
+};
+
+// The "rollback table" row: written when an interaction fails, updated as
+// participants confirm.
+struct RollbackRecord {
+  struct Confirmation {
+    std::string participant;
+    Micros atUs = 0;
+  };
+  std::uint64_t seq = 0;
+  std::string reason;
+  Micros requestedUs = 0;
+  std::uint32_t attempts = 0;
+  std::string lastError;
+  Micros lastAttemptUs = 0;
+  std::vector<std::string> pending;
+  std::vector<Confirmation> confirmed;
+  Micros completedUs = 0;
+};
+
+const char* stateName(InteractionRecord::State s);
+const char* decisionName(InteractionRecord::Decision d);
+const char* branchStateName(InteractionRecord::BranchState s);
+
+// ------------------------------------------------------------ participant
+
+enum class BranchStatus : std::uint8_t { Active = 0, Prepared = 1, Committed = 2, RolledBack = 3 };
+const char* branchStatusName(BranchStatus s);
+
+// One branch in the agent's branch log.
+struct BranchRecord {
+  Xid xid;
+  BranchStatus state = BranchStatus::Active;
+  std::uint64_t epoch = 0;
+  bool tombstone = false;
+  bool onePhase = false;
+  std::vector<Op> ops;
+  Micros createdUs = 0, preparedUs = 0, finishedUs = 0;
+  std::string reason;
+};
+
+// One ledger account.
+struct AccountRecord {
+  std::int64_t balance = 0;
+  std::int64_t held = 0;  // prepared debits, not yet committed
+  bool opening = false;   // created by a prepared openAccount, not committed
+  Xid openedBy;
+};
+
+// ------------------------------------------------------------ encoding
+
+std::string encode(const InteractionRecord& r);
+std::string encode(const RollbackRecord& r);
+std::string encode(const BranchRecord& r);
+std::string encode(const AccountRecord& r);
+
+InteractionRecord decodeInteraction(std::string_view bytes);
+RollbackRecord decodeRollback(std::string_view bytes);
+BranchRecord decodeBranch(std::string_view bytes);
+AccountRecord decodeAccount(std::string_view bytes);
+
+// JSON renderings (one object, no trailing newline) for keelctl --json and logs.
+std::string toJson(const InteractionRecord& r);
+std::string toJson(const RollbackRecord& r);
+// Multi-line human renderings for keelctl.
+std::string toText(const InteractionRecord& r);
+std::string toText(const RollbackRecord& r);
+
+std::uint32_t crc32c(std::string_view data);
+std::string jsonEscape(std::string_view s);
+std::string formatMicros(Micros us);  // "2026-11-28T04:11:01.123456Z" or "-"
+
+}  // namespace keel

@@ -1,0 +1,57 @@
+#pragma once
+// Cap'n Proto RPC plumbing built on kj::setupAsyncIo() + TwoPartyVatNetwork
+// (not EzRpc): explicit ReaderOptions limits on everything read from the
+// network, TCP_NODELAY, and addresses bound as configured (loopback by
+// default).
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+
+#include <string>
+
+namespace keel {
+
+// Accepts connections and serves one bootstrap capability on each.
+class RpcServer final : private kj::TaskSet::ErrorHandler {
+ public:
+  RpcServer(kj::AsyncIoContext& io, capnp::Capability::Client bootstrap);
+  // Binds `addr` ("host:port", port 0 = any free port), starts accepting and
+  // resolves to the bound port.
+  kj::Promise<unsigned> listen(const std::string& addr);
+
+ private:
+  void taskFailed(kj::Exception&& e) override;
+  kj::Promise<void> acceptLoop(kj::ConnectionReceiver& listener);
+  kj::Promise<void> serve(kj::Own<kj::AsyncIoStream> stream);
+
+  kj::AsyncIoContext& io_;
+  capnp::Capability::Client bootstrap_;
+  kj::Vector<kj::Own<kj::ConnectionReceiver>> listeners_;
+  kj::TaskSet tasks_;
+};
+
+// One client connection to a Keel server.
+class RpcConnection {
+ public:
+  explicit RpcConnection(kj::Own<kj::AsyncIoStream> stream);
+  template <typename T>
+  typename T::Client bootstrap() {
+    capnp::word scratch[4];
+    memset(scratch, 0, sizeof(scratch));
+    capnp::MallocMessageBuilder message(scratch);
+    auto vatId = message.getRoot<capnp::rpc::twoparty::VatId>();
+    vatId.setSide(capnp::rpc::twoparty::Side::SERVER);
+    return rpc_.bootstrap(vatId).castAs<T>();
+  }
+  kj::Promise<void> onDisconnect() { return network_.onDisconnect(); }
+
+ private:
+  kj::Own<kj::AsyncIoStream> stream_;
+  capnp::TwoPartyVatNetwork network_;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc_;
+};
+
+// Connects to "host:port".
+kj::Promise<kj::Own<RpcConnection>> rpcConnect(kj::AsyncIoContext& io, const std::string& addr);
+
+}  // namespace keel

@@ -1,0 +1,54 @@
+#include "common/seq.h"
+
+#include "common/log.h"
+
+namespace keel {
+
+SeqAllocator::SeqAllocator(GroupCommitLog& log, MDB_dbi meta, std::uint16_t node, std::uint32_t block)
+    : log_(log), meta_(meta), node_(node), block_(block), tasks_(*this) {
+  auto [start, limit] = log_.runSync([meta, block](lmdb::Txn& txn) {
+    auto v = txn.get(meta, kSeqHwmKey);
+    std::uint64_t hwm = v ? keyU64(*v) : 1;  // seq counter 0 is never used
+    txn.put(meta, kSeqHwmKey, u64Key(hwm + block));  // must be durable before any use
+    return std::pair<std::uint64_t, std::uint64_t>(hwm, hwm + block);
+  });
+  first_ = next_ = start;
+  limit_ = limit;
+  reservations_ = 1;
+}
+
+kj::Promise<std::uint64_t> SeqAllocator::next() {
+  if (!reserving_ && limit_ - next_ < block_ / 2) reserveMore();
+  if (next_ < limit_) return makeSeq(node_, next_++);
+  auto paf = kj::newPromiseAndFulfiller<std::uint64_t>();
+  waiters_.push_back(kj::mv(paf.fulfiller));
+  return kj::mv(paf.promise);
+}
+
+void SeqAllocator::reserveMore() {
+  reserving_ = true;
+  std::uint64_t newLimit = limit_ + block_;
+  auto meta = meta_;
+  tasks_.add(log_.run([meta, newLimit](lmdb::Txn& txn) {
+                   txn.put(meta, kSeqHwmKey, u64Key(newLimit));  // durable before use
+                 })
+                 .then([this, newLimit]() {
+                   limit_ = newLimit;
+                   reserving_ = false;
+                   ++reservations_;
+                   while (!waiters_.empty() && next_ < limit_) {
+                     waiters_.front()->fulfill(makeSeq(node_, next_++));
+                     waiters_.pop_front();
+                   }
+                   if (!waiters_.empty()) reserveMore();
+                 }));
+}
+
+void SeqAllocator::taskFailed(kj::Exception&& e) {
+  reserving_ = false;
+  KEEL_LOG_ERROR("seq reservation failed: {}", e.getDescription().cStr());
+  for (auto& w : waiters_) w->reject(kj::cp(e));
+  waiters_.clear();
+}
+
+}  // namespace keel

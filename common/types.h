@@ -1,0 +1,80 @@
+#pragma once
+// Plain value types shared by the coordinator, the agent and the tools.
+// Domain code uses these; Cap'n Proto types stay at the RPC and disk edges
+// (common/wire.h converts between them).
+
+#include <compare>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace keel {
+
+// Unix time in microseconds: every timestamp in a record uses it.
+using Micros = std::uint64_t;
+Micros wallMicros();
+// Monotonic microseconds, for durations.
+Micros monoMicros();
+
+enum class OpKind : std::uint8_t { OpenAccount = 0, Credit = 1, Debit = 2, ReadBalance = 3 };
+const char* opKindName(OpKind k);
+
+// One ledger operation addressed to a participant (host system).
+struct Op {
+  std::string participant;
+  OpKind kind = OpKind::ReadBalance;
+  std::string account;
+  std::int64_t amount = 0;
+  bool operator==(const Op&) const = default;
+};
+
+struct OpResult {
+  std::int64_t balance = 0;
+  std::int64_t available = 0;
+};
+
+// Branch identifier: (interaction seq, branch number).
+struct Xid {
+  std::uint64_t seq = 0;
+  std::uint16_t branch = 0;
+  auto operator<=>(const Xid&) const = default;
+  std::string str() const;
+};
+
+// What a client hears about an interaction. Same numbering as wire::Outcome.
+enum class ClientOutcome : std::uint8_t { Committed = 0, RolledBack = 1, InDoubt = 2, Invalid = 3, Unavailable = 4 };
+const char* clientOutcomeName(ClientOutcome o);
+
+struct SubmitOutcome {
+  std::uint64_t seq = 0;  // 0 when invalid: no seq was assigned
+  ClientOutcome outcome = ClientOutcome::Invalid;
+  std::string reason;
+  std::vector<OpResult> results;  // one per operation, in request order
+};
+
+// Limits checked on every request before anything is written.
+struct Limits {
+  static constexpr std::size_t kMaxOpsPerInteraction = 256;
+  static constexpr std::size_t kMaxParticipants = 32;
+  static constexpr std::size_t kMaxAccountName = 128;
+  static constexpr std::size_t kMaxParticipantName = 64;
+  // 10^15 minor units: far beyond any single booking, and sums of many of
+  // them still fit in int64 without overflow.
+  static constexpr std::int64_t kMaxAmount = 1'000'000'000'000'000;
+};
+
+// Sequence numbers carry the coordinator's node id in the top 16 bits so
+// that a cluster's coordinators never collide; the low 48 bits count.
+constexpr int kSeqNodeShift = 48;
+inline std::uint64_t makeSeq(std::uint16_t node, std::uint64_t counter) {
+  return (std::uint64_t(node) << kSeqNodeShift) | (counter & ((1ull << kSeqNodeShift) - 1));
+}
+inline std::uint16_t seqNode(std::uint64_t seq) { return std::uint16_t(seq >> kSeqNodeShift); }
+
+// Big-endian u64 key so LMDB's byte order is numeric order.
+std::string u64Key(std::uint64_t v);
+std::uint64_t keyU64(std::string_view k);
+std::string xidKey(Xid x);
+Xid keyXid(std::string_view k);
+
+}  // namespace keel

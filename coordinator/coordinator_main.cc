@@ -1,0 +1,67 @@
+// keel-coordinator: the Keel transaction coordinator.
+//
+//   keel-coordinator --config coordinator.toml [--listen ADDR] [--data-dir DIR]
+//
+// Exits non-zero with a message naming the file and the problem on a bad
+// config, and refuses to start on a damaged WAL record (naming its key).
+
+#include <CLI/CLI.hpp>
+#include <kj/async-io.h>
+
+#include <iostream>
+
+#include "common/config.h"
+#include "common/daemon.h"
+#include "common/failpoint.h"
+#include "common/log.h"
+#include "common/rpc.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/coordinator_server.h"
+#include "coordinator/wal_store.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"keel-coordinator: Keel two-phase-commit coordinator"};
+  std::string configPath, listen, dataDir, readyFile;
+  app.add_option("--config", configPath, "TOML config file ([coordinator] and [participants])")->required();
+  app.add_option("--listen", listen, "host:port for clients (overrides the config; port 0 = any)");
+  app.add_option("--data-dir", dataDir, "WAL directory (overrides the config)");
+  app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
+  CLI11_PARSE(app, argc, argv);
+
+  keel::CoordinatorConfig cfg;
+  try {
+    cfg = keel::loadCoordinatorConfig(configPath);
+    if (!listen.empty()) {
+      keel::checkAddress("--listen", listen);
+      cfg.listen = listen;
+    }
+    if (!dataDir.empty()) cfg.dataDir = dataDir;
+    keel::failpoint::initFromEnv();
+  } catch (const std::exception& e) {
+    std::cerr << "keel-coordinator: " << e.what() << "\n";
+    return 2;
+  }
+
+  keel::initLogging("coordinator");
+  try {
+    keel::captureTerminationSignals();
+    auto io = kj::setupAsyncIo();
+    keel::WalStore wal(cfg.dataDir, cfg.mapSizeMb << 20);
+    keel::Coordinator coordinator(cfg, io, wal);
+    coordinator.recover().wait(io.waitScope);
+    keel::RpcServer server(io, kj::heap<keel::CoordinatorImpl>(coordinator));
+    unsigned port = server.listen(cfg.listen).wait(io.waitScope);
+    std::string bound = keel::withPort(cfg.listen, port);
+    KEEL_LOG_INFO("serving clients on {} with {} participants", bound, cfg.participants.size());
+    if (!readyFile.empty()) keel::writeFileAtomically(readyFile, bound + "\n");
+    keel::onTermination(io).wait(io.waitScope);
+    KEEL_LOG_INFO("stopping");
+  } catch (const kj::Exception& e) {
+    KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
+    return 1;
+  } catch (const std::exception& e) {
+    KEEL_LOG_ERROR("fatal: {}", e.what());
+    return 1;
+  }
+  return 0;
+}

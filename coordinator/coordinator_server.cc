@@ -1,0 +1,92 @@
+#include "coordinator/coordinator_server.h"
+
+#include "common/wire.h"
+
+namespace keel {
+
+void fillSubmitResult(wire::SubmitResult::Builder b, const SubmitOutcome& o) {
+  b.setSeq(o.seq);
+  b.setOutcome(static_cast<wire::Outcome>(o.outcome));
+  b.setReason(o.reason);
+  auto l = b.initResults(o.results.size());
+  for (unsigned i = 0; i < o.results.size(); ++i) {
+    l[i].setBalance(o.results[i].balance);
+    l[i].setAvailable(o.results[i].available);
+  }
+}
+
+kj::Promise<void> CoordinatorImpl::submit(SubmitContext ctx) {
+  auto p = ctx.getParams();
+  return c_.submit(readOps(p.getOperations()), p.getDeadlineMs()).then([ctx](SubmitOutcome o) mutable {
+    fillSubmitResult(ctx.getResults().initResult(), o);
+  });
+}
+
+kj::Promise<void> CoordinatorImpl::begin(BeginContext ctx) {
+  return c_.begin(ctx.getParams().getDeadlineMs()).then([this, ctx](std::uint64_t seq) mutable {
+    ctx.getResults().setTxn(kj::heap<TransactionImpl>(c_, seq));
+  });
+}
+
+kj::Promise<void> CoordinatorImpl::query(QueryContext ctx) {
+  auto found = c_.query(ctx.getParams().getSeq());
+  auto res = ctx.getResults();
+  res.setFound(found.has_value());
+  if (found) {
+    res.setInteraction(kj::arrayPtr(reinterpret_cast<const kj::byte*>(found->interaction.data()),
+                                    found->interaction.size()));
+    res.setRollback(kj::arrayPtr(reinterpret_cast<const kj::byte*>(found->rollback.data()),
+                                 found->rollback.size()));
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::listUnfinished(ListUnfinishedContext ctx) {
+  std::uint32_t limit = ctx.getParams().getLimit();
+  auto list = c_.listUnfinished(limit == 0 ? 100 : std::min<std::uint32_t>(limit, 10000));
+  auto l = ctx.getResults().initInteractions(list.size());
+  for (unsigned i = 0; i < list.size(); ++i) {
+    l.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(list[i].data()), list[i].size()));
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::info(InfoContext ctx) {
+  auto i = c_.info();
+  auto res = ctx.getResults();
+  res.setNodeId(i.nodeId);
+  res.setEpoch(i.epoch);
+  auto l = res.initParticipants(i.participants.size());
+  for (unsigned k = 0; k < i.participants.size(); ++k) l.set(k, i.participants[k]);
+  res.setCommitted(i.committed);
+  res.setRolledBack(i.rolledBack);
+  res.setUnfinished(i.unfinished);
+  return kj::READY_NOW;
+}
+
+TransactionImpl::~TransactionImpl() noexcept(false) { c_.abandon(seq_); }
+
+kj::Promise<void> TransactionImpl::seq(SeqContext ctx) {
+  ctx.getResults().setSeq(seq_);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> TransactionImpl::execute(ExecuteContext ctx) {
+  return c_.execute(seq_, readOps(ctx.getParams().getOperations())).then([ctx](SubmitOutcome o) mutable {
+    fillSubmitResult(ctx.getResults().initResult(), o);
+  });
+}
+
+kj::Promise<void> TransactionImpl::commit(CommitContext ctx) {
+  return c_.commitInteractive(seq_).then([ctx](SubmitOutcome o) mutable {
+    fillSubmitResult(ctx.getResults().initResult(), o);
+  });
+}
+
+kj::Promise<void> TransactionImpl::rollback(RollbackContext ctx) {
+  return c_.rollbackInteractive(seq_, "rolled back by the client").then([ctx](SubmitOutcome o) mutable {
+    fillSubmitResult(ctx.getResults().initResult(), o);
+  });
+}
+
+}  // namespace keel

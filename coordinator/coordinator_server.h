@@ -1,0 +1,41 @@
+#pragma once
+// CoordinatorImpl / TransactionImpl: thin Cap'n Proto shells around
+// Coordinator. They read parameters, call the engine, fill results.
+
+#include "coordinator/coordinator.h"
+#include "schemas/keel.capnp.h"
+
+namespace keel {
+
+class CoordinatorImpl final : public wire::Coordinator::Server {
+ public:
+  explicit CoordinatorImpl(Coordinator& c) : c_(c) {}
+  kj::Promise<void> submit(SubmitContext ctx) override;
+  kj::Promise<void> begin(BeginContext ctx) override;
+  kj::Promise<void> query(QueryContext ctx) override;
+  kj::Promise<void> listUnfinished(ListUnfinishedContext ctx) override;
+  kj::Promise<void> info(InfoContext ctx) override;
+
+ private:
+  Coordinator& c_;
+};
+
+// The capability returned by begin(): it IS the interactive transaction.
+// Dropping it before commit or rollback rolls the interaction back.
+class TransactionImpl final : public wire::Transaction::Server {
+ public:
+  TransactionImpl(Coordinator& c, std::uint64_t seq) : c_(c), seq_(seq) {}
+  ~TransactionImpl() noexcept(false);
+  kj::Promise<void> seq(SeqContext ctx) override;
+  kj::Promise<void> execute(ExecuteContext ctx) override;
+  kj::Promise<void> commit(CommitContext ctx) override;
+  kj::Promise<void> rollback(RollbackContext ctx) override;
+
+ private:
+  Coordinator& c_;
+  const std::uint64_t seq_;
+};
+
+void fillSubmitResult(wire::SubmitResult::Builder b, const SubmitOutcome& o);
+
+}  // namespace keel

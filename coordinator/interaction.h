@@ -1,0 +1,27 @@
+#pragma once
+// Coordinator::Interaction: private to coordinator/*.cc.
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "coordinator/coordinator.h"
+
+namespace keel {
+
+// One interaction in memory, from seq assignment until it is finished and
+// its final record is durable. Owned by Coordinator::live_.
+struct Coordinator::Interaction {
+  InteractionRecord rec;
+  std::optional<RollbackRecord> rb;
+  std::uint32_t deadlineMs = 0;
+  // Results: per op of the client's request, (branch, op within branch).
+  std::vector<std::pair<std::size_t, std::size_t>> opIndex;
+  std::vector<std::vector<OpResult>> branchResults;
+  kj::Own<kj::PromiseFulfiller<SubmitOutcome>> answer;  // the client waiting, if any
+  bool answered = false;
+  bool closing = false;  // interactive: commit or rollback requested
+  bool commitDurable = false;  // the COMMIT decision reached the disk
+};
+
+}  // namespace keel

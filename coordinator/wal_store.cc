@@ -1,0 +1,108 @@
+#include "coordinator/wal_store.h"
+
+namespace keel {
+
+namespace {
+lmdb::EnvOptions envOptions(std::size_t mapSize) {
+  lmdb::EnvOptions o;
+  o.mapSize = mapSize;
+  return o;
+}
+}  // namespace
+
+WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes) : env_(dir, envOptions(mapSizeBytes)) {
+  meta_ = env_.openDb("meta");
+  interactions_ = env_.openDb("interactions");
+  rollbacks_ = env_.openDb("rollbacks");
+  active_ = env_.openDb("active");
+  log_ = std::make_unique<GroupCommitLog>(env_);
+}
+
+WalStore::~WalStore() { log_.reset(); }
+
+std::uint64_t WalStore::openIncarnation(std::uint16_t nodeId) {
+  auto meta = meta_;
+  epoch_ = log_->runSync([meta, nodeId](lmdb::Txn& txn) {
+    auto node = txn.get(meta, "node_id");
+    if (node && keyU64(*node) != nodeId) {
+      throw std::runtime_error("this WAL belongs to coordinator node " + std::to_string(keyU64(*node)) +
+                               ", not node " + std::to_string(nodeId) + " (check node_id and data_dir)");
+    }
+    if (!node) txn.put(meta, "node_id", u64Key(nodeId));
+    auto e = txn.get(meta, "epoch");
+    std::uint64_t epoch = (e ? keyU64(*e) : 0) + 1;
+    txn.put(meta, "epoch", u64Key(epoch));  // durable before any call carries it
+    return epoch;
+  });
+  return epoch_;
+}
+
+std::unique_ptr<SeqAllocator> WalStore::makeSeqAllocator(std::uint16_t nodeId, std::uint32_t block) {
+  return std::make_unique<SeqAllocator>(*log_, meta_, nodeId, block);
+}
+
+std::vector<WalStore::Unfinished> WalStore::loadUnfinished() {
+  std::vector<Unfinished> out;
+  auto txn = env_.beginRead();
+  txn.scan(active_, "", [&](std::string_view k, std::string_view) {
+    std::uint64_t seq = keyU64(k);
+    auto iv = txn.get(interactions_, k);
+    if (!iv) throw CorruptRecord("active seq " + std::to_string(seq) + " has no interaction record");
+    Unfinished u;
+    try {
+      u.interaction = decodeInteraction(*iv);
+    } catch (const CorruptRecord& e) {
+      throw CorruptRecord("interaction " + std::to_string(seq) + ": " + e.what());
+    }
+    if (auto rv = txn.get(rollbacks_, k)) {
+      try {
+        u.rollback = decodeRollback(*rv);
+      } catch (const CorruptRecord& e) {
+        throw CorruptRecord("rollback " + std::to_string(seq) + ": " + e.what());
+      }
+    }
+    out.push_back(std::move(u));
+    return true;
+  });
+  return out;
+}
+
+kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecord* rb) {
+  std::string key = u64Key(r.seq);
+  std::string iv = encode(r);
+  std::string rv = rb != nullptr ? encode(*rb) : std::string();
+  bool finished = r.finished();
+  auto interactions = interactions_, rollbacks = rollbacks_, active = active_;
+  return log_->run([=, key = std::move(key), iv = std::move(iv), rv = std::move(rv)](lmdb::Txn& txn) {
+    txn.put(interactions, key, iv);
+    if (!rv.empty()) txn.put(rollbacks, key, rv);
+    if (finished) {
+      txn.del(active, key);
+    } else {
+      txn.put(active, key, "");
+    }
+  });
+}
+
+std::optional<StoredInteraction> WalStore::get(std::uint64_t seq) const {
+  auto txn = env_.beginRead();
+  std::string key = u64Key(seq);
+  auto iv = txn.get(interactions_, key);
+  if (!iv) return std::nullopt;
+  StoredInteraction s;
+  s.interaction = std::move(*iv);
+  if (auto rv = txn.get(rollbacks_, key)) s.rollback = std::move(*rv);
+  return s;
+}
+
+std::vector<std::string> WalStore::listUnfinished(std::size_t limit) const {
+  std::vector<std::string> out;
+  auto txn = env_.beginRead();
+  txn.scan(active_, "", [&](std::string_view k, std::string_view) {
+    if (auto iv = txn.get(interactions_, k)) out.push_back(std::move(*iv));
+    return out.size() < limit;
+  });
+  return out;
+}
+
+}  // namespace keel

@@ -1,0 +1,71 @@
+#pragma once
+// WalStore: the coordinator's write-ahead log in one LMDB environment.
+//
+// Named databases (keys are big-endian u64 seqs, so order is numeric):
+//   meta          node id, epoch, seq high-water mark (SeqAllocator)
+//   interactions  seq -> InteractionRecord   (the "interaction table")
+//   rollbacks     seq -> RollbackRecord      (the "rollback table")
+//   active        seq -> ""  for every interaction not yet finished, so
+//                 recovery scans only unfinished work
+//
+// Every write goes through the GroupCommitLog: a save() resolves once its
+// group's durable LMDB commit returned. Callers decide whether to wait: the
+// COMMIT decision must be durable before the client hears "committed";
+// other states are written without waiting (presumed abort makes a lost
+// non-decision record harmless).
+
+#include <kj/async.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/group_log.h"
+#include "common/lmdb.h"
+#include "common/records.h"
+#include "common/seq.h"
+
+namespace keel {
+
+struct StoredInteraction {
+  std::string interaction;  // encoded (envelope) bytes
+  std::string rollback;     // empty if none
+};
+
+class WalStore {
+ public:
+  WalStore(const std::string& dir, std::size_t mapSizeBytes);
+  ~WalStore();
+
+  // Start-up, blocking: checks the node id against the one on disk (a data
+  // directory belongs to one node), bumps and durably stores the epoch.
+  std::uint64_t openIncarnation(std::uint16_t nodeId);
+  std::unique_ptr<SeqAllocator> makeSeqAllocator(std::uint16_t nodeId, std::uint32_t block);
+
+  // Unfinished interactions with their rollback records (start-up).
+  // Throws CorruptRecord naming the key if a record does not decode.
+  struct Unfinished {
+    InteractionRecord interaction;
+    std::optional<RollbackRecord> rollback;
+  };
+  std::vector<Unfinished> loadUnfinished();
+
+  // Queues the interaction (and the rollback record, if given) for the next
+  // group commit; the promise resolves when durable.
+  kj::Promise<void> save(const InteractionRecord& r, const RollbackRecord* rb);
+
+  std::optional<StoredInteraction> get(std::uint64_t seq) const;
+  std::vector<std::string> listUnfinished(std::size_t limit) const;
+
+  GroupCommitLog& log() { return *log_; }
+  std::uint64_t epoch() const { return epoch_; }
+
+ private:
+  lmdb::Env env_;
+  MDB_dbi meta_, interactions_, rollbacks_, active_;
+  std::unique_ptr<GroupCommitLog> log_;
+  std::uint64_t epoch_ = 0;
+};
+
+}  // namespace keel

@@ -1,0 +1,73 @@
+// keel-agent: the participant agent deployed beside one host system.
+//
+//   keel-agent --config agent.toml
+//   keel-agent --name bank-a --listen 127.0.0.1:7401 --data-dir /var/lib/keel/bank-a
+//
+// Flags override the config file. Exits non-zero with a message naming the
+// file and the problem on a bad config.
+
+#include <CLI/CLI.hpp>
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+
+#include <iostream>
+
+#include "common/config.h"
+#include "common/daemon.h"
+#include "common/failpoint.h"
+#include "common/log.h"
+#include "common/rpc.h"
+#include "participant/agent.h"
+#include "participant/agent_server.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"keel-agent: Keel participant agent (ledger adapter)"};
+  std::string configPath, name, listen, dataDir, readyFile;
+  std::size_t mapSizeMb = 0;
+  app.add_option("--config", configPath, "TOML config file ([agent] section)");
+  app.add_option("--name", name, "participant name, as the coordinator's config knows it");
+  app.add_option("--listen", listen, "host:port to listen on (port 0 = any free port)");
+  app.add_option("--data-dir", dataDir, "directory of the agent's LMDB environment");
+  app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB");
+  app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
+  CLI11_PARSE(app, argc, argv);
+
+  keel::AgentConfig cfg;
+  try {
+    if (!configPath.empty()) cfg = keel::loadAgentConfig(configPath);
+    if (!name.empty()) cfg.name = name;
+    if (!listen.empty()) cfg.listen = listen;
+    if (!dataDir.empty()) cfg.dataDir = dataDir;
+    if (mapSizeMb != 0) cfg.mapSizeMb = mapSizeMb;
+    if (!keel::validName(cfg.name)) {
+      throw keel::ConfigError("agent name '" + cfg.name +
+                              "' is missing or invalid (--name or [agent] name; 1-64 chars of A-Z a-z 0-9 _ . -)");
+    }
+    keel::checkAddress("listen", cfg.listen);
+    keel::failpoint::initFromEnv();
+  } catch (const std::exception& e) {
+    std::cerr << "keel-agent: " << e.what() << "\n";
+    return 2;
+  }
+
+  keel::initLogging("agent " + cfg.name);
+  try {
+    keel::captureTerminationSignals();
+    auto io = kj::setupAsyncIo();
+    keel::Agent agent(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
+    keel::RpcServer server(io, kj::heap<keel::ParticipantImpl>(agent));
+    unsigned port = server.listen(cfg.listen).wait(io.waitScope);
+    std::string bound = keel::withPort(cfg.listen, port);
+    KEEL_LOG_INFO("serving {} on {} (data {})", cfg.name, bound, cfg.dataDir);
+    if (!readyFile.empty()) keel::writeFileAtomically(readyFile, bound + "\n");
+    keel::onTermination(io).wait(io.waitScope);
+    KEEL_LOG_INFO("stopping");
+  } catch (const kj::Exception& e) {
+    KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
+    return 1;
+  } catch (const std::exception& e) {
+    KEEL_LOG_ERROR("fatal: {}", e.what());
+    return 1;
+  }
+  return 0;
+}

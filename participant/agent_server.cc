@@ -1,0 +1,126 @@
+#include "participant/agent_server.h"
+
+#include "common/wire.h"
+
+namespace keel {
+
+namespace {
+
+std::vector<Xid> readXids(capnp::List<wire::Xid>::Reader list) {
+  std::vector<Xid> out;
+  out.reserve(list.size());
+  for (auto x : list) out.push_back(readXid(x));
+  return out;
+}
+
+template <typename B>
+void fillResults(B builder, const std::vector<OpResult>& results) {
+  auto l = builder.initResults(results.size());
+  for (unsigned i = 0; i < results.size(); ++i) {
+    l[i].setBalance(results[i].balance);
+    l[i].setAvailable(results[i].available);
+  }
+}
+
+void fillBranchInfo(wire::BranchInfo::Builder b, const BranchRecord& r) {
+  fillXid(b.initXid(), r.xid);
+  b.setState(static_cast<wire::BranchState>(r.state));
+  b.setEpoch(r.epoch);
+  b.setPreparedAtUs(r.preparedUs);
+  b.setTombstone(r.tombstone);
+}
+
+}  // namespace
+
+kj::Promise<void> ParticipantImpl::prepare(PrepareContext ctx) {
+  auto p = ctx.getParams();
+  return agent_.prepare(p.getEpoch(), readXid(p.getXid()), readOps(p.getOperations()))
+      .then([ctx](PrepareResult r) mutable {
+        auto res = ctx.getResults();
+        res.setVote(static_cast<wire::Vote>(r.vote));
+        res.setReason(r.reason);
+        fillResults(res, r.results);
+      });
+}
+
+kj::Promise<void> ParticipantImpl::execute(ExecuteContext ctx) {
+  auto p = ctx.getParams();
+  return agent_.execute(p.getEpoch(), readXid(p.getXid()), readOps(p.getOperations()))
+      .then([ctx](PrepareResult r) mutable {
+        auto res = ctx.getResults();
+        res.setOk(r.vote == Vote::Yes);
+        res.setReason(r.reason);
+        fillResults(res, r.results);
+      });
+}
+
+kj::Promise<void> ParticipantImpl::commit(CommitContext ctx) {
+  auto p = ctx.getParams();
+  return agent_.commit(p.getEpoch(), readXids(p.getXids())).then([ctx](std::vector<BranchOutcome> out) mutable {
+    auto l = ctx.getResults().initOutcomes(out.size());
+    for (unsigned i = 0; i < out.size(); ++i) l.set(i, static_cast<wire::BranchOutcome>(out[i]));
+  });
+}
+
+kj::Promise<void> ParticipantImpl::rollback(RollbackContext ctx) {
+  auto p = ctx.getParams();
+  return agent_.rollback(p.getEpoch(), readXids(p.getXids())).then([ctx](std::vector<BranchOutcome> out) mutable {
+    auto l = ctx.getResults().initOutcomes(out.size());
+    for (unsigned i = 0; i < out.size(); ++i) l.set(i, static_cast<wire::BranchOutcome>(out[i]));
+  });
+}
+
+kj::Promise<void> ParticipantImpl::commitOnePhase(CommitOnePhaseContext ctx) {
+  auto p = ctx.getParams();
+  return agent_.commitOnePhase(p.getEpoch(), readXid(p.getXid()), readOps(p.getOperations()))
+      .then([ctx](OnePhaseResult r) mutable {
+        auto res = ctx.getResults();
+        res.setOutcome(static_cast<wire::BranchOutcome>(r.outcome));
+        res.setReason(r.reason);
+        fillResults(res, r.results);
+      });
+}
+
+kj::Promise<void> ParticipantImpl::recover(RecoverContext ctx) {
+  auto list = agent_.unfinishedBranches();
+  auto l = ctx.getResults().initBranches(list.size());
+  for (unsigned i = 0; i < list.size(); ++i) fillBranchInfo(l[i], list[i]);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> ParticipantImpl::inspect(InspectContext ctx) {
+  auto res = ctx.getResults();
+  res.setName(agent_.name());
+  auto accts = agent_.accounts();
+  auto l = res.initAccounts(accts.size());
+  for (unsigned i = 0; i < accts.size(); ++i) {
+    l[i].setName(accts[i].name);
+    l[i].setBalance(accts[i].record.balance);
+    l[i].setHeld(accts[i].record.held);
+  }
+  auto c = agent_.counts();
+  res.setPrepared(c.prepared);
+  res.setActive(c.active);
+  res.setCommitted(c.committed);
+  res.setRolledBack(c.rolledBack);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> ParticipantImpl::status(StatusContext ctx) {
+  auto xids = readXids(ctx.getParams().getXids());
+  auto found = agent_.branches(xids);
+  auto res = ctx.getResults();
+  auto bl = res.initBranches(found.size());
+  auto kl = res.initKnown(found.size());
+  for (unsigned i = 0; i < found.size(); ++i) {
+    kl.set(i, found[i].has_value());
+    if (found[i]) {
+      fillBranchInfo(bl[i], *found[i]);
+    } else {
+      fillXid(bl[i].initXid(), xids[i]);
+    }
+  }
+  return kj::READY_NOW;
+}
+
+}  // namespace keel

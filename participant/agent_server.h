@@ -1,0 +1,27 @@
+#pragma once
+// ParticipantImpl: the thin Cap'n Proto shell around Agent. It reads
+// parameters, calls the agent, fills results; no protocol logic here.
+
+#include "participant/agent.h"
+#include "schemas/keel.capnp.h"
+
+namespace keel {
+
+class ParticipantImpl final : public wire::Participant::Server {
+ public:
+  explicit ParticipantImpl(Agent& agent) : agent_(agent) {}
+
+  kj::Promise<void> prepare(PrepareContext ctx) override;
+  kj::Promise<void> execute(ExecuteContext ctx) override;
+  kj::Promise<void> commit(CommitContext ctx) override;
+  kj::Promise<void> rollback(RollbackContext ctx) override;
+  kj::Promise<void> commitOnePhase(CommitOnePhaseContext ctx) override;
+  kj::Promise<void> recover(RecoverContext ctx) override;
+  kj::Promise<void> inspect(InspectContext ctx) override;
+  kj::Promise<void> status(StatusContext ctx) override;
+
+ private:
+  Agent& agent_;
+};
+
+}  // namespace keel

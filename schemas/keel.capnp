@@ -1,0 +1,147 @@
+@0xec7bd7444997289b;
+# Keel wire protocol: the coordinator's client API and the participant API.
+#
+# Protocol outcomes (a NO vote, an unknown branch, a rolled-back interaction)
+# are values in these structs, never RPC exceptions. An exception means a
+# fault: the connection broke, a deadline passed, or a bug.
+
+$import "/capnp/c++.capnp".namespace("keel::wire");
+
+# ---------------------------------------------------------------- operations
+
+enum LedgerOpKind {
+  openAccount @0;   # create `account` holding `amount` (>= 0) as its first balance
+  credit @1;        # add `amount` (> 0) at commit
+  debit @2;         # hold `amount` (> 0) at prepare, take it at commit; never overdraws
+  readBalance @3;   # read-only: result carries the committed balance
+}
+
+struct Operation {
+  participant @0 :Text;     # name of the participant (host system) it runs on
+  kind @1 :LedgerOpKind;
+  account @2 :Text;
+  amount @3 :Int64;
+}
+
+struct OpResult {
+  balance @0 :Int64;        # readBalance: committed balance; others: 0
+  available @1 :Int64;      # readBalance: balance minus holds of prepared debits
+}
+
+struct Xid {
+  seq @0 :UInt64;           # interaction sequence number
+  branch @1 :UInt16;        # branch number inside the interaction
+}
+
+# ---------------------------------------------------------------- participant API
+
+enum Vote {
+  yes @0;         # PREPARED is durable: the branch will commit if told to
+  no @1;          # the branch is rolled back (reason says why)
+  readOnly @2;    # nothing to commit; the branch is finished already
+}
+
+enum BranchOutcome {
+  committed @0;
+  rolledBack @1;
+  unknown @2;            # commit for an XID the agent never prepared
+  notPrepared @3;        # commit for a branch still ACTIVE (never voted)
+  conflict @4;           # commit of a rolled-back branch: a protocol violation
+}
+
+enum BranchState {
+  active @0;       # interactive work done, not yet voted
+  prepared @1;     # voted YES, holds are durable, waiting for the decision
+  committed @2;
+  rolledBack @3;
+}
+
+struct BranchInfo {
+  xid @0 :Xid;
+  state @1 :BranchState;
+  epoch @2 :UInt64;         # coordinator epoch that prepared it
+  preparedAtUs @3 :UInt64;  # unix microseconds
+  tombstone @4 :Bool;       # rolled back before it was ever seen
+}
+
+struct AccountInfo {
+  name @0 :Text;
+  balance @1 :Int64;
+  held @2 :Int64;           # sum of prepared (uncommitted) debits
+}
+
+interface Participant {
+  # Executes `operations` and prepares the branch in one call. Adds to an
+  # ACTIVE branch created by `execute` if there is one.
+  prepare @0 (epoch :UInt64, xid :Xid, operations :List(Operation))
+      -> (vote :Vote, reason :Text, results :List(OpResult));
+
+  # Interactive mode: run operations in an ACTIVE branch without voting.
+  execute @1 (epoch :UInt64, xid :Xid, operations :List(Operation))
+      -> (ok :Bool, reason :Text, results :List(OpResult));
+
+  # Phase 2. Idempotent per XID; takes many XIDs so phase 2 can be batched.
+  commit @2 (epoch :UInt64, xids :List(Xid)) -> (outcomes :List(BranchOutcome));
+  rollback @3 (epoch :UInt64, xids :List(Xid)) -> (outcomes :List(BranchOutcome));
+
+  # Single-participant interaction: execute and commit in one step. The
+  # participant decides: committed, or rolledBack with a reason.
+  commitOnePhase @4 (epoch :UInt64, xid :Xid, operations :List(Operation))
+      -> (outcome :BranchOutcome, reason :Text, results :List(OpResult));
+
+  # Branches not finished (ACTIVE or PREPARED): the in-doubt list for recovery.
+  recover @5 (epoch :UInt64) -> (branches :List(BranchInfo));
+
+  # Operator and test view: every account and the branch count by state.
+  inspect @6 () -> (name :Text, accounts :List(AccountInfo),
+                    prepared :UInt32, active :UInt32, committed :UInt32,
+                    rolledBack :UInt32);
+
+  # Outcome of given branches as the agent knows them (no change made).
+  status @7 (xids :List(Xid)) -> (branches :List(BranchInfo), known :List(Bool));
+}
+
+# ---------------------------------------------------------------- client API
+
+enum Outcome {
+  committed @0;
+  rolledBack @1;     # every effect undone or being undone; see the rollback record
+  inDoubt @2;        # one-phase call lost: the participant decides; query later
+  invalid @3;        # bad request: nothing was written, no seq was assigned
+  unavailable @4;    # the coordinator cannot take work now (retry later)
+}
+
+struct SubmitResult {
+  seq @0 :UInt64;            # 0 when outcome is invalid
+  outcome @1 :Outcome;
+  reason @2 :Text;
+  results @3 :List(OpResult);   # one per operation, in request order
+}
+
+interface Transaction {
+  seq @0 () -> (seq :UInt64);
+  execute @1 (operations :List(Operation)) -> (result :SubmitResult);
+  commit @2 () -> (result :SubmitResult);
+  rollback @3 () -> (result :SubmitResult);
+}
+
+interface Coordinator {
+  # One-shot interaction: all operations known up front.
+  submit @0 (operations :List(Operation), deadlineMs :UInt32) -> (result :SubmitResult);
+
+  # Interactive interaction: the returned capability is the transaction.
+  # Dropping it before commit rolls the interaction back.
+  begin @1 (deadlineMs :UInt32) -> (txn :Transaction);
+
+  # The full story of one interaction: both records exactly as the WAL holds
+  # them (envelope + checksum; decode with keel::decodeInteraction/Rollback).
+  # `rollback` is empty when the interaction has no rollback record.
+  query @2 (seq :UInt64) -> (found :Bool, interaction :Data, rollback :Data);
+
+  # Interactions not yet complete, oldest first (encoded records).
+  listUnfinished @3 (limit :UInt32) -> (interactions :List(Data));
+
+  # Coordinator identity and counters.
+  info @4 () -> (nodeId :UInt16, epoch :UInt64, participants :List(Text),
+                 committed :UInt64, rolledBack :UInt64, unfinished :UInt64);
+}

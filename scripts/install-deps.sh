@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Keel needs, only those that are missing.
+# Safe to run again: with everything present it does nothing.
+set -euo pipefail
+
+PACKAGES=(
+  g++ cmake make pkg-config
+  capnproto libcapnp-dev          # Cap'n Proto 0.9.2: RPC and records
+  liblmdb-dev                     # LMDB: WAL and branch log
+  libgtest-dev libgmock-dev       # GoogleTest
+  libbenchmark-dev                # Google Benchmark
+  libspdlog-dev libfmt-dev        # logging
+  libtomlplusplus-dev             # config files
+  libcli11-dev                    # command-line flags
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "keel: installing missing Debian packages: ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+  else
+    echo "keel: need root (or sudo) to install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,183 @@
+#include "tools/cluster.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+extern char** environ;
+
+namespace keel {
+
+namespace fs = std::filesystem;
+
+void ChildProcess::start(const std::string& exe, const std::vector<std::string>& args, const std::string& logFile,
+                         const std::vector<std::string>& env) {
+  if (running()) throw std::logic_error(exe + " is already running");
+  std::vector<std::string> argvS{exe};
+  argvS.insert(argvS.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argvS) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  std::vector<std::string> envS;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "KEEL_FAILPOINTS=", 16) != 0) envS.emplace_back(*e);
+  }
+  envS.insert(envS.end(), env.begin(), env.end());
+  std::vector<char*> envp;
+  for (auto& e : envS) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  pid_t pid;
+  int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) throw std::runtime_error("cannot start " + exe + ": " + std::strerror(rc));
+  pid_ = pid;
+}
+
+bool ChildProcess::running() {
+  if (pid_ <= 0) return false;
+  pid_t r = ::waitpid(pid_, &status_, WNOHANG);
+  if (r == pid_) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+int ChildProcess::waitExit(std::chrono::milliseconds timeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (running()) {
+    if (std::chrono::steady_clock::now() > until) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return status_;
+}
+
+void ChildProcess::signal(int sig) {
+  if (!running()) return;
+  ::kill(pid_, sig);
+  if (sig == SIGKILL) waitExit(std::chrono::milliseconds(10000));
+}
+
+void ChildProcess::stop(std::chrono::milliseconds grace) {
+  if (!running()) return;
+  ::kill(pid_, SIGCONT);  // a paused process cannot handle SIGTERM
+  ::kill(pid_, SIGTERM);
+  if (waitExit(grace) == -1) signal(SIGKILL);
+}
+
+LocalCluster::LocalCluster(ClusterOptions opts) : opts_(std::move(opts)) {
+  fs::create_directories(opts_.baseDir);
+  for (auto& a : opts_.agents) agents_[a];
+}
+
+LocalCluster::~LocalCluster() { stopAll(); }
+
+void LocalCluster::startAll() {
+  for (auto& a : opts_.agents) startAgent(a);
+  startCoordinator();
+}
+
+void LocalCluster::stopAll() {
+  coordinator_.stop();
+  for (auto& [n, p] : agents_) p.stop();
+}
+
+std::string LocalCluster::waitReady(const std::string& readyFile, ChildProcess& p, const std::string& what) {
+  auto until = std::chrono::steady_clock::now() + opts_.startTimeout;
+  while (std::chrono::steady_clock::now() < until) {
+    std::ifstream f(readyFile);
+    std::string addr;
+    if (f && std::getline(f, addr) && !addr.empty()) return addr;
+    if (!p.running()) throw std::runtime_error(what + " exited during start-up (see its log)");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  throw std::runtime_error(what + " did not become ready in time (see its log)");
+}
+
+void LocalCluster::startAgent(const std::string& name, const std::string& failpoints) {
+  auto it = agentAddr_.find(name);
+  std::string listen = it == agentAddr_.end() ? "127.0.0.1:0" : it->second;
+  std::string ready = opts_.baseDir + "/" + name + ".ready";
+  fs::remove(ready);
+  std::vector<std::string> env;
+  if (!failpoints.empty()) env.push_back("KEEL_FAILPOINTS=" + failpoints);
+  agents_.at(name).start(opts_.binDir + "/keel-agent",
+                         {"--name", name, "--listen", listen, "--data-dir", opts_.baseDir + "/" + name,
+                          "--ready-file", ready},
+                         agentLog(name), env);
+  agentAddr_[name] = waitReady(ready, agents_.at(name), "agent " + name);
+}
+
+void LocalCluster::writeCoordinatorConfig() {
+  std::ofstream f(opts_.baseDir + "/coordinator.toml", std::ios::trunc);
+  f << "[coordinator]\nnode_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << opts_.baseDir
+    << "/coordinator\"\n"
+    << opts_.coordinatorExtraToml << "\n\n[participants]\n";
+  for (auto& [n, addr] : agentAddr_) f << "\"" << n << "\" = \"" << addr << "\"\n";
+}
+
+void LocalCluster::startCoordinator(const std::string& failpoints) {
+  writeCoordinatorConfig();
+  std::string ready = opts_.baseDir + "/coordinator.ready";
+  fs::remove(ready);
+  std::vector<std::string> args{"--config", opts_.baseDir + "/coordinator.toml", "--ready-file", ready};
+  if (!coordAddr_.empty()) {
+    args.push_back("--listen");
+    args.push_back(coordAddr_);
+  }
+  std::vector<std::string> env;
+  if (!failpoints.empty()) env.push_back("KEEL_FAILPOINTS=" + failpoints);
+  coordinator_.start(opts_.binDir + "/keel-coordinator", args, coordinatorLog(), env);
+  coordAddr_ = waitReady(ready, coordinator_, "coordinator");
+}
+
+void LocalCluster::killAgent(const std::string& name, int sig) { agents_.at(name).signal(sig); }
+void LocalCluster::killCoordinator(int sig) { coordinator_.signal(sig); }
+void LocalCluster::stopAgent(const std::string& name) { agents_.at(name).stop(); }
+void LocalCluster::stopCoordinator() { coordinator_.stop(); }
+bool LocalCluster::coordinatorRunning() { return coordinator_.running(); }
+bool LocalCluster::agentRunning(const std::string& name) { return agents_.at(name).running(); }
+
+bool LocalCluster::waitCoordinatorExit(std::chrono::milliseconds timeout) {
+  return coordinator_.waitExit(timeout) != -1;
+}
+
+bool LocalCluster::waitAgentExit(const std::string& name, std::chrono::milliseconds timeout) {
+  return agents_.at(name).waitExit(timeout) != -1;
+}
+
+std::string selfBinDir() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) throw std::runtime_error("cannot read /proc/self/exe");
+  buf[n] = '\0';
+  return fs::path(buf).parent_path().string();
+}
+
+std::string makeTempDir(const std::string& prefix) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string templ = std::string(tmp != nullptr && *tmp ? tmp : "/tmp") + "/" + prefix + "-XXXXXX";
+  std::vector<char> buf(templ.begin(), templ.end());
+  buf.push_back('\0');
+  if (::mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
+  return buf.data();
+}
+
+}  // namespace keel

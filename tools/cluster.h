@@ -1,0 +1,97 @@
+#pragma once
+// LocalCluster: starts a coordinator and ledger agents as real processes on
+// loopback, with data in one folder, for keel-demo and the integration
+// tests. Ports are picked by the kernel on first start (port 0) and kept
+// across restarts, so a restarted process is found where it was.
+//
+// Every process it started is stopped by stopAll() or the destructor
+// (SIGTERM, then SIGKILL after a grace period).
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace keel {
+
+class ChildProcess {
+ public:
+  ChildProcess() = default;
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ~ChildProcess() { stop(); }
+
+  // Starts exe with args; stdout and stderr are appended to logFile. Extra
+  // environment entries ("NAME=value") are added to the inherited ones.
+  void start(const std::string& exe, const std::vector<std::string>& args, const std::string& logFile,
+             const std::vector<std::string>& env = {});
+  bool running();
+  // Sends sig; waits for the exit when sig is SIGKILL.
+  void signal(int sig);
+  // SIGTERM, wait up to `grace`, then SIGKILL.
+  void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(3000));
+  // Waits until the process exited; returns its wait status, or -1 on timeout.
+  int waitExit(std::chrono::milliseconds timeout);
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = 0;
+};
+
+struct ClusterOptions {
+  std::string binDir;                      // where keel-coordinator / keel-agent are
+  std::string baseDir;                     // data and logs; created if missing
+  std::vector<std::string> agents = {"bank-a", "bank-b"};
+  std::string coordinatorExtraToml;        // lines added to [coordinator]
+  std::chrono::milliseconds startTimeout{15000};
+};
+
+class LocalCluster {
+ public:
+  explicit LocalCluster(ClusterOptions opts);
+  ~LocalCluster();
+
+  // Starts every agent, then the coordinator; waits until each serves.
+  void startAll();
+  void stopAll();
+
+  // `failpoints` is a KEEL_FAILPOINTS value for this start only.
+  void startAgent(const std::string& name, const std::string& failpoints = "");
+  void startCoordinator(const std::string& failpoints = "");
+  void killAgent(const std::string& name, int sig = 9);
+  void killCoordinator(int sig = 9);
+  void stopAgent(const std::string& name);
+  void stopCoordinator();
+  bool coordinatorRunning();
+  bool agentRunning(const std::string& name);
+  // Waits until the process exits by itself (e.g. a failpoint crash).
+  bool waitCoordinatorExit(std::chrono::milliseconds timeout);
+  bool waitAgentExit(const std::string& name, std::chrono::milliseconds timeout);
+
+  const std::string& coordinatorAddress() const { return coordAddr_; }
+  const std::string& agentAddress(const std::string& name) const { return agentAddr_.at(name); }
+  const std::vector<std::string>& agentNames() const { return opts_.agents; }
+  const std::string& baseDir() const { return opts_.baseDir; }
+  std::string coordinatorLog() const { return opts_.baseDir + "/coordinator.log"; }
+  std::string agentLog(const std::string& name) const { return opts_.baseDir + "/" + name + ".log"; }
+
+ private:
+  std::string waitReady(const std::string& readyFile, ChildProcess& p, const std::string& what);
+  void writeCoordinatorConfig();
+
+  ClusterOptions opts_;
+  std::map<std::string, ChildProcess> agents_;
+  std::map<std::string, std::string> agentAddr_;
+  ChildProcess coordinator_;
+  std::string coordAddr_;
+};
+
+// Directory of the running executable (build/bin for every Keel binary).
+std::string selfBinDir();
+// A fresh directory under $TMPDIR or /tmp, e.g. "/tmp/keel-demo-Ab12Cd".
+std::string makeTempDir(const std::string& prefix);
+
+}  // namespace keel

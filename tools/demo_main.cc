@@ -1,0 +1,286 @@
+// keel-demo: Keel's main job on the embedded default, end to end.
+//
+// Starts one coordinator and two ledger agents on loopback (data in a
+// temporary folder), opens accounts, runs concurrent transfers between
+// accounts on different agents (some deliberately overdrawing, so they are
+// rolled back), kills the coordinator with SIGKILL in the middle and
+// restarts it, waits until recovery has settled everything, then checks
+// and prints: committed, rolled back, money before and after (must be
+// equal), and one interaction's records looked up by its seq.
+// Exits non-zero if any check fails.
+
+#include <CLI/CLI.hpp>
+#include <kj/async-io.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <random>
+#include <unistd.h>
+#include <thread>
+
+#include "common/client.h"
+#include "tools/cluster.h"
+
+namespace {
+
+using keel::ClientOutcome;
+
+struct Demo {
+  Demo(kj::AsyncIoContext& io, keel::LocalCluster& cluster, std::uint32_t transfers, std::uint32_t accounts,
+       std::uint32_t overdraw)
+      : io(io), cluster(cluster), transfers(transfers), accountsPerAgent(accounts), overdrawPercent(overdraw) {}
+  kj::AsyncIoContext& io;
+  keel::LocalCluster& cluster;
+  std::uint32_t transfers;
+  std::uint32_t accountsPerAgent;
+  std::uint32_t overdrawPercent;
+  std::mt19937_64 rng{20261128};
+
+  kj::Own<keel::KeelClient> client;
+  kj::ForkedPromise<void> up = kj::Promise<void>(kj::READY_NOW).fork();
+  std::uint32_t next = 0, done = 0;
+  std::uint64_t committed = 0, rolledBack = 0, overdrawRolledBack = 0, inDoubt = 0, interrupted = 0,
+                unexpected = 0;
+  std::uint64_t sampleRollbackSeq = 0, sampleCommitSeq = 0;
+  bool killed = false;
+  std::uint64_t startUs = 0, restartMs = 0;
+
+  std::string account(std::size_t agent, std::size_t i) {
+    return cluster.agentNames()[agent] + ":acct-" + std::to_string(i);
+  }
+
+  kj::Promise<void> worker() {
+    if (next >= transfers) return kj::READY_NOW;
+    ++next;
+    std::size_t a = rng() % 2, b = 1 - a;
+    bool overdraw = (rng() % 100) < overdrawPercent;
+    std::int64_t amount = overdraw ? 1'000'000'000 : std::int64_t(1 + rng() % 200);
+    auto ops = keel::transferOps(account(a, rng() % accountsPerAgent), account(b, rng() % accountsPerAgent), amount);
+    return client->submit(ops)
+        .then(
+            [this, overdraw](keel::SubmitOutcome o) -> kj::Promise<void> {
+              switch (o.outcome) {
+                case ClientOutcome::Committed:
+                  ++committed;
+                  if (overdraw) ++unexpected;  // an overdraft must never commit
+                  if (sampleCommitSeq == 0) sampleCommitSeq = o.seq;
+                  break;
+                case ClientOutcome::RolledBack:
+                  ++rolledBack;
+                  if (overdraw) {
+                    ++overdrawRolledBack;
+                    if (sampleRollbackSeq == 0) sampleRollbackSeq = o.seq;
+                  }
+                  break;
+                case ClientOutcome::InDoubt: ++inDoubt; break;
+                default:
+                  ++unexpected;
+                  std::cerr << "\nunexpected answer for seq " << o.seq << ": " << keel::clientOutcomeName(o.outcome)
+                            << " " << o.reason << "\n";
+              }
+              ++done;
+              return kj::READY_NOW;
+            },
+            [this](kj::Exception&&) -> kj::Promise<void> {
+              // The coordinator died with this request in flight: its outcome is
+              // decided by recovery (checked through the totals below).
+              ++interrupted;
+              ++done;
+              return up.addBranch();
+            })
+        .then([this]() { return worker(); });
+  }
+
+  // On a terminal the progress line is rewritten in place; in a log, one
+  // line per report.
+  const bool tty = ::isatty(1) != 0;
+  bool lineOpen = false;
+
+  void progress(bool final) {
+    double secs = double(keel::wallMicros() - startUs) / 1e6;
+    std::printf("%s  transfers %5u/%u  committed %6llu  rolled back %5llu  answer lost %3llu  %6.0f/s%s",
+                tty ? "\r" : "", done, transfers, (unsigned long long)committed, (unsigned long long)rolledBack,
+                (unsigned long long)interrupted, secs > 0 ? done / secs : 0.0, (final || !tty) ? "\n" : "");
+    lineOpen = tty && !final;
+    std::fflush(stdout);
+  }
+  void endLine() {
+    if (lineOpen) std::printf("\n");
+    lineOpen = false;
+  }
+
+  kj::Promise<void> monitor() {
+    return io.provider->getTimer().afterDelay(500 * kj::MILLISECONDS).then([this]() -> kj::Promise<void> {
+      if (done < transfers) progress(false);
+      if (done >= transfers) return kj::READY_NOW;
+      if (!killed && done >= transfers * 2 / 5) {
+        killed = true;
+        auto paf = kj::newPromiseAndFulfiller<void>();
+        up = paf.promise.fork();
+        endLine();
+        std::printf("  >>> SIGKILL coordinator (%u transfers in flight)\n", next - done);
+        cluster.killCoordinator(9);
+        auto t0 = keel::monoMicros();
+        cluster.startCoordinator();
+        restartMs = (keel::monoMicros() - t0) / 1000;
+        std::printf("  >>> coordinator restarted and serving in %llu ms; recovery re-drives what was in flight\n",
+                    (unsigned long long)restartMs);
+        return keel::KeelClient::connect(io, cluster.coordinatorAddress())
+            .then([this, f = kj::mv(paf.fulfiller)](kj::Own<keel::KeelClient> c) mutable {
+              client = kj::mv(c);
+              f->fulfill();
+              return monitor();
+            });
+      }
+      return monitor();
+    });
+  }
+};
+
+struct Totals {
+  std::int64_t money = 0, held = 0, negative = 0;
+  std::uint32_t prepared = 0, active = 0;
+};
+
+Totals snapshot(kj::AsyncIoContext& io, keel::LocalCluster& cluster) {
+  Totals t;
+  for (auto& name : cluster.agentNames()) {
+    auto agent = keel::AgentClient::connect(io, cluster.agentAddress(name)).wait(io.waitScope);
+    auto s = agent->inspect().wait(io.waitScope);
+    t.money += s.total();
+    t.held += s.held();
+    for (auto& [n, a] : s.accounts) t.negative += a.balance < 0 ? 1 : 0;
+    t.prepared += s.prepared;
+    t.active += s.active;
+  }
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"keel-demo: a coordinator and two ledger agents doing transfers through a coordinator crash"};
+  std::uint32_t transfers = 4000, concurrency = 32, accounts = 20, overdraw = 10;
+  std::int64_t opening = 10000;
+  bool keep = false;
+  app.add_option("--transfers", transfers, "transfers to run")->capture_default_str()->check(CLI::Range(10u, 10000000u));
+  app.add_option("--concurrency", concurrency, "transfers in flight at once")->capture_default_str()->check(CLI::Range(1u, 4096u));
+  app.add_option("--accounts", accounts, "accounts per agent")->capture_default_str()->check(CLI::Range(1u, 100000u));
+  app.add_option("--opening", opening, "opening balance of each account")->capture_default_str()->check(CLI::Range(0ll, 1000000000ll));
+  app.add_option("--overdraw-percent", overdraw, "share of transfers that overdraw on purpose")->capture_default_str()->check(CLI::Range(0u, 100u));
+  app.add_flag("--keep", keep, "keep the data folder and logs");
+  CLI11_PARSE(app, argc, argv);
+
+  std::string base = keel::makeTempDir("keel-demo");
+  auto wallStart = keel::monoMicros();
+  std::printf("keel-demo: data and logs in %s\n", base.c_str());
+  int rc = 0;
+  try {
+    keel::LocalCluster cluster({keel::selfBinDir(), base, {"bank-a", "bank-b"}, "", std::chrono::milliseconds(15000)});
+    std::printf("[1/6] starting agents bank-a, bank-b and the coordinator on loopback\n");
+    cluster.startAll();
+    std::printf("      coordinator %s, bank-a %s, bank-b %s\n", cluster.coordinatorAddress().c_str(),
+                cluster.agentAddress("bank-a").c_str(), cluster.agentAddress("bank-b").c_str());
+
+    auto io = kj::setupAsyncIo();
+    Demo demo(io, cluster, transfers, accounts, overdraw);
+    demo.client = keel::KeelClient::connect(io, cluster.coordinatorAddress()).wait(io.waitScope);
+
+    std::printf("[2/6] opening %u accounts on each agent with %lld each\n", accounts, (long long)opening);
+    {
+      kj::Vector<kj::Promise<void>> opens;
+      std::uint64_t failed = 0;
+      for (std::size_t a = 0; a < 2; ++a) {
+        for (std::size_t i = 0; i < accounts; ++i) {
+          auto [p, acct] = keel::splitAccount(demo.account(a, i));
+          opens.add(demo.client->submit({keel::Op{p, keel::OpKind::OpenAccount, acct, opening}})
+                        .then([&failed](keel::SubmitOutcome o) {
+                          if (o.outcome != ClientOutcome::Committed) {
+                            ++failed;
+                            std::fprintf(stderr, "open failed: %s\n", o.reason.c_str());
+                          }
+                        }));
+        }
+      }
+      kj::joinPromises(opens.releaseAsArray()).wait(io.waitScope);
+      if (failed) throw std::runtime_error(std::to_string(failed) + " accounts could not be opened");
+    }
+    Totals before = snapshot(io, cluster);
+    std::printf("      total money: %lld\n", (long long)before.money);
+
+    std::printf("[3/6] running %u transfers, %u at a time (%u%% overdraw on purpose); coordinator SIGKILL at 40%%\n",
+                transfers, concurrency, overdraw);
+    demo.startUs = keel::wallMicros();
+    {
+      kj::Vector<kj::Promise<void>> workers;
+      for (std::uint32_t i = 0; i < concurrency; ++i) workers.add(demo.worker());
+      workers.add(demo.monitor());
+      kj::joinPromises(workers.releaseAsArray()).wait(io.waitScope);
+    }
+    double loadSecs = double(keel::wallMicros() - demo.startUs) / 1e6;
+    demo.progress(true);
+
+    std::printf("[4/6] waiting until every interaction is settled on every host\n");
+    auto until = keel::monoMicros() + 60'000'000;
+    Totals after;
+    keel::CoordinatorInfo info;
+    for (;;) {
+      info = demo.client->info().wait(io.waitScope);
+      after = snapshot(io, cluster);
+      if ((info.unfinished == 0 && after.prepared == 0 && after.held == 0) || keel::monoMicros() > until) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::printf("      unfinished at the coordinator %llu, prepared branches %u, money held %lld\n",
+                (unsigned long long)info.unfinished, after.prepared, (long long)after.held);
+
+    std::printf("[5/6] one interaction, looked up by its sequence number\n");
+    std::uint64_t sample = demo.sampleRollbackSeq != 0 ? demo.sampleRollbackSeq : demo.sampleCommitSeq;
+    bool sampleOk = false;
+    if (sample != 0) {
+      auto q = demo.client->query(sample).wait(io.waitScope);
+      if (q) {
+        std::printf("%s", keel::toText(q->interaction).c_str());
+        if (q->rollback) std::printf("%s", keel::toText(*q->rollback).c_str());
+        sampleOk = demo.sampleRollbackSeq == 0 || (q->rollback && q->rollback->completedUs != 0);
+      }
+    }
+
+    bool moneyOk = before.money == after.money;
+    bool settled = info.unfinished == 0 && after.prepared == 0 && after.held == 0 && after.active == 0;
+    std::printf("[6/6] summary\n");
+    std::printf("  transfers          %u in %.2f s  (%.0f transfers/s, including the crash and restart)\n", transfers,
+                loadSecs, transfers / loadSecs);
+    std::printf("  committed          %llu\n", (unsigned long long)demo.committed);
+    std::printf("  rolled back        %llu  (%llu deliberate overdrafts)\n", (unsigned long long)demo.rolledBack,
+                (unsigned long long)demo.overdrawRolledBack);
+    std::printf("  answer lost        %llu  (in flight when the coordinator was killed; settled by recovery)\n",
+                (unsigned long long)demo.interrupted);
+    std::printf("  in doubt           %llu\n", (unsigned long long)demo.inDoubt);
+    std::printf("  coordinator restart %llu ms\n", (unsigned long long)demo.restartMs);
+    std::printf("  money before       %lld\n", (long long)before.money);
+    std::printf("  money after        %lld   %s\n", (long long)after.money, moneyOk ? "EQUAL" : "DIFFERENT!");
+    std::printf("  negative balances  %lld\n", (long long)after.negative);
+    std::printf("  everything settled %s\n", settled ? "yes" : "NO");
+    if (!moneyOk || !settled || after.negative != 0 || demo.unexpected != 0 || !sampleOk || demo.committed == 0) {
+      std::printf("keel-demo: FAILED\n");
+      rc = 1;
+    } else {
+      std::printf("keel-demo: OK in %.1f s\n", double(keel::monoMicros() - wallStart) / 1e6);
+    }
+    cluster.stopAll();
+  } catch (const kj::Exception& e) {
+    std::fprintf(stderr, "\nkeel-demo: %s\n", e.getDescription().cStr());
+    rc = 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\nkeel-demo: %s\n", e.what());
+    rc = 1;
+  }
+  if (!keep && rc == 0) {
+    std::error_code ec;
+    std::filesystem::remove_all(base, ec);
+  } else {
+    std::printf("keel-demo: logs kept in %s\n", base.c_str());
+  }
+  return rc;
+}
