@@ -33,16 +33,25 @@ std::string trim(std::string s) {
   return s;
 }
 
+// A whole decimal number without sign or trailing characters.
+bool parseCount(const std::string& s, unsigned long& out) {
+  if (s.empty() || s.size() > 9) return false;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  out = std::stoul(s);
+  return true;
+}
+
 Point parseAction(const std::string& entry, std::string a) {
   Point p;
   auto star = a.find('*');
   if (star != std::string::npos) {
-    try {
-      p.remaining = std::stol(a.substr(0, star));
-    } catch (...) {
-      throw std::invalid_argument("failpoint '" + entry + "': bad count before '*'");
+    unsigned long n = 0;
+    if (!parseCount(trim(a.substr(0, star)), n) || n == 0) {
+      throw std::invalid_argument("failpoint '" + entry + "': the count before '*' must be a positive number");
     }
-    if (p.remaining <= 0) throw std::invalid_argument("failpoint '" + entry + "': count must be > 0");
+    p.remaining = long(n);
     a = a.substr(star + 1);
   }
   if (a == "crash") {
@@ -53,11 +62,11 @@ Point parseAction(const std::string& entry, std::string a) {
     p.action = Action::Off;
   } else if (a.rfind("delay(", 0) == 0 && a.back() == ')') {
     p.action = Action::Delay;
-    try {
-      p.delayMs = unsigned(std::stoul(a.substr(6, a.size() - 7)));
-    } catch (...) {
-      throw std::invalid_argument("failpoint '" + entry + "': delay needs milliseconds, e.g. delay(50)");
+    unsigned long ms = 0;
+    if (!parseCount(trim(a.substr(6, a.size() - 7)), ms)) {
+      throw std::invalid_argument("failpoint '" + entry + "': delay needs whole milliseconds, e.g. delay(50)");
     }
+    p.delayMs = unsigned(ms);
   } else {
     throw std::invalid_argument("failpoint '" + entry +
                                 "': unknown action (use crash, delay(MS), error or off)");

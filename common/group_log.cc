@@ -77,8 +77,8 @@ void GroupCommitLog::writerLoop() {
         stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
       }
     }
-    KEEL_FAILPOINT("log.before_group_commit");
     try {
+      KEEL_FAILPOINT("log.before_group_commit");
       outer.commit();  // durability point for every job in `applied`
     } catch (...) {
       auto err = std::current_exception();

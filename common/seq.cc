@@ -18,7 +18,7 @@ SeqAllocator::SeqAllocator(GroupCommitLog& log, MDB_dbi meta, std::uint16_t node
 }
 
 kj::Promise<std::uint64_t> SeqAllocator::next() {
-  if (!reserving_ && limit_ - next_ < block_ / 2) reserveMore();
+  if (!reserving_ && limit_ - next_ <= block_ / 2) reserveMore();
   if (next_ < limit_) return makeSeq(node_, next_++);
   auto paf = kj::newPromiseAndFulfiller<std::uint64_t>();
   waiters_.push_back(kj::mv(paf.fulfiller));

@@ -272,6 +272,10 @@ kj::Promise<void> Coordinator::runOnePhase(Interaction& it) {
               answer(*p, ClientOutcome::Committed, "");
               return finish(seq);
             }
+            if (r.outcome != wire::BranchOutcome::ROLLED_BACK) {
+              // Not an answer a one-phase call may get: treat like a lost call.
+              return kj::Promise<void>(KJ_EXCEPTION(FAILED, "one-phase commit answered", r.reason));
+            }
             // The participant rolled the branch back itself.
             b.state = BState::VotedNo;
             b.reason = r.reason;

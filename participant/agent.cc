@@ -125,8 +125,10 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
         if (existing) {
           rec = std::move(*existing);
           if (rec.state == BranchStatus::Prepared) {
-            // A repeated prepare (the coordinator retried): same answer.
-            return PrepareResult{Vote::Yes, "", {}};
+            // A repeated prepare (the coordinator retried): same answer. New
+            // work cannot join a branch that has voted.
+            if (vote) return PrepareResult{Vote::Yes, "", {}};
+            return PrepareResult{Vote::No, "branch " + xid.str() + " is already prepared", {}};
           }
           if (rec.state != BranchStatus::Active) {
             return PrepareResult{Vote::No,
@@ -287,7 +289,8 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
         return OnePhaseResult{BranchOutcome::RolledBack,
                               existing->reason.empty() ? "branch already rolled back" : existing->reason, {}};
       }
-      return OnePhaseResult{BranchOutcome::RolledBack, "branch " + xid.str() + " is in use", {}};
+      // ACTIVE or PREPARED under this XID: not ours to decide, leave it alone.
+      return OnePhaseResult{BranchOutcome::Conflict, "branch " + xid.str() + " is in use", {}};
     }
     BranchRecord rec;
     rec.xid = xid;

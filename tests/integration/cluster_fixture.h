@@ -1,0 +1,104 @@
+#pragma once
+// Test fixture: a real coordinator and two real ledger agents (separate
+// processes) on ephemeral loopback ports, data in a temporary folder that
+// is removed when the test passes (kept, with logs, when it fails).
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "common/client.h"
+#include "tools/cluster.h"
+
+namespace keel::test {
+
+inline std::string binDir() { return KEEL_BIN_DIR; }
+
+// (balance, held) of an account, as ClusterTest::account returns it.
+inline std::pair<std::int64_t, std::int64_t> bal(std::int64_t balance, std::int64_t held) { return {balance, held}; }
+
+class ClusterTest : public ::testing::Test {
+ public:
+  ~ClusterTest() noexcept override {}
+
+ protected:
+  // Extra lines for [coordinator]: short timeouts keep failure tests quick.
+  virtual std::string coordinatorToml() {
+    return "call_timeout_ms = 1000\nretry_initial_ms = 20\nretry_max_ms = 200\n";
+  }
+
+  void SetUp() override {
+    dir_ = makeTempDir("keel-it");
+    cluster_ = std::make_unique<LocalCluster>(
+        ClusterOptions{binDir(), dir_, {"bank-a", "bank-b"}, coordinatorToml(), std::chrono::milliseconds(15000)});
+    cluster_->startAll();
+    reconnect();
+  }
+
+  void TearDown() override {
+    client_ = nullptr;
+    cluster_->stopAll();
+    cluster_.reset();
+    if (!HasFailure()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    } else {
+      std::cerr << "logs kept in " << dir_ << "\n";
+    }
+  }
+
+  void reconnect() { client_ = KeelClient::connect(io_, cluster_->coordinatorAddress()).wait(io_.waitScope); }
+
+  SubmitOutcome submit(const std::vector<Op>& ops) { return client_->submit(ops).wait(io_.waitScope); }
+
+  void open(const std::string& participant, const std::string& account, std::int64_t amount) {
+    auto o = submit({Op{participant, OpKind::OpenAccount, account, amount}});
+    ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  }
+
+  AgentSnapshot inspect(const std::string& agent) {
+    auto c = AgentClient::connect(io_, cluster_->agentAddress(agent)).wait(io_.waitScope);
+    return c->inspect().wait(io_.waitScope);
+  }
+
+  // Committed balance and hold of one account (-1, -1 if absent).
+  std::pair<std::int64_t, std::int64_t> account(const std::string& agent, const std::string& name) {
+    for (auto& [n, a] : inspect(agent).accounts) {
+      if (n == name) return {a.balance, a.held};
+    }
+    return {-1, -1};
+  }
+
+  std::vector<Xid> unfinishedAt(const std::string& agent) {
+    auto c = AgentClient::connect(io_, cluster_->agentAddress(agent)).wait(io_.waitScope);
+    auto req = c->capability().recoverRequest();
+    auto resp = req.send().wait(io_.waitScope);
+    std::vector<Xid> out;
+    for (auto b : resp.getBranches()) out.push_back(Xid{b.getXid().getSeq(), b.getXid().getBranch()});
+    return out;
+  }
+
+  std::optional<QueryResult> query(std::uint64_t seq) { return client_->query(seq).wait(io_.waitScope); }
+
+  // Polls `pred` every 20 ms until it holds or `timeout` passes.
+  bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      if (pred()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return pred();
+  }
+
+  kj::AsyncIoContext io_ = kj::setupAsyncIo();
+  std::string dir_;
+  std::unique_ptr<LocalCluster> cluster_;
+  kj::Own<KeelClient> client_;
+};
+
+}  // namespace keel::test

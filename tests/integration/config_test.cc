@@ -1,0 +1,113 @@
+// Bad configuration: the process exits non-zero naming the file and the
+// problem; keelctl works against a live cluster.
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "tests/integration/cluster_fixture.h"
+
+namespace keel::test {
+namespace {
+
+struct RunResult {
+  int exitCode;
+  std::string output;
+};
+
+RunResult run(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int st = ::pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = makeTempDir("keel-cfg"); }
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  std::string write(const std::string& name, const std::string& text) {
+    std::string path = dir_ + "/" + name;
+    std::ofstream(path) << text;
+    return path;
+  }
+  std::string dir_;
+};
+
+TEST_F(ConfigTest, CoordinatorRejectsMalformedConfigs) {
+  struct Case {
+    std::string toml, expect;
+  };
+  std::vector<Case> cases = {
+      {"[coordinator]\nlisten = \"127.0.0.1:0\"\n", "[participants] is missing or empty"},
+      {"[coordinator]\nlisten = \"localhost\"\n[participants]\na = \"127.0.0.1:1\"\n", "must be host:port"},
+      {"[coordinator]\nnode_id = 70000\n[participants]\na = \"127.0.0.1:1\"\n", "out of range"},
+      {"[coordinator]\nbogus = 1\n[participants]\na = \"127.0.0.1:1\"\n", "unknown key 'bogus'"},
+      {"[coordinator]\n[participants]\n\"bad name!\" = \"127.0.0.1:1\"\n", "not a valid name"},
+      {"[coordinator]\n[participants]\na = \"127.0.0.1:99999\"\n", "out of range"},
+      {"[coordinator\n", "coordinator.toml:1"},
+      {"[participants]\na = \"127.0.0.1:1\"\n", "missing section [coordinator]"},
+  };
+  for (auto& c : cases) {
+    auto path = write("coordinator.toml", c.toml);
+    auto r = run(binDir() + "/keel-coordinator --config " + path + " --data-dir " + dir_ + "/wal");
+    EXPECT_EQ(r.exitCode, 2) << c.toml << r.output;
+    EXPECT_NE(r.output.find(path), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << "expected '" << c.expect << "' in: " << r.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/wal"));  // nothing written
+  auto r = run(binDir() + "/keel-coordinator --config " + dir_ + "/absent.toml");
+  EXPECT_EQ(r.exitCode, 2);
+  EXPECT_NE(r.output.find("absent.toml"), std::string::npos) << r.output;
+}
+
+TEST_F(ConfigTest, AgentRejectsMalformedConfigs) {
+  auto path = write("agent.toml", "[agent]\nname = \"bank-a\"\nadapter = \"oracle\"\n");
+  auto r = run(binDir() + "/keel-agent --config " + path);
+  EXPECT_EQ(r.exitCode, 2);
+  EXPECT_NE(r.output.find("adapter 'oracle' is not known"), std::string::npos) << r.output;
+  path = write("agent.toml", "[agent]\nlisten = \"127.0.0.1:0\"\n");
+  r = run(binDir() + "/keel-agent --config " + path);
+  EXPECT_EQ(r.exitCode, 2);
+  EXPECT_NE(r.output.find("name is required"), std::string::npos) << r.output;
+  r = run(binDir() + "/keel-agent --listen 127.0.0.1:0");
+  EXPECT_EQ(r.exitCode, 2);
+  EXPECT_NE(r.output.find("agent name"), std::string::npos) << r.output;
+}
+
+TEST_F(ClusterTest, KeelctlDrivesTheCluster) {
+  std::string ctl = binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " ";
+  EXPECT_EQ(run(ctl + "open bank-a:alice 500").exitCode, 0);
+  EXPECT_EQ(run(ctl + "open bank-b:bob 0").exitCode, 0);
+  auto t = run(ctl + "transfer bank-a:alice bank-b:bob 120 --json");
+  ASSERT_EQ(t.exitCode, 0) << t.output;
+  EXPECT_NE(t.output.find("\"outcome\":\"committed\""), std::string::npos) << t.output;
+  auto seqPos = t.output.find("\"seq\":");
+  ASSERT_NE(seqPos, std::string::npos);
+  std::uint64_t seq = std::stoull(t.output.substr(seqPos + 6));
+  auto over = run(ctl + "transfer bank-a:alice bank-b:bob 100000");
+  EXPECT_EQ(over.exitCode, 1) << over.output;
+  EXPECT_NE(over.output.find("insufficient funds"), std::string::npos) << over.output;
+  EXPECT_TRUE(eventually([&] { return run(ctl + "balance bank-b:bob").output.find("balance 120") != std::string::npos; }));
+  auto q = run(ctl + "query " + std::to_string(seq) + " --json");
+  EXPECT_EQ(q.exitCode, 0);
+  EXPECT_NE(q.output.find("\"seq\":" + std::to_string(seq)), std::string::npos) << q.output;
+  EXPECT_NE(q.output.find("\"decision\":\"commit\""), std::string::npos) << q.output;
+  auto human = run(ctl + "query " + std::to_string(seq));
+  EXPECT_NE(human.output.find("interaction " + std::to_string(seq)), std::string::npos) << human.output;
+  EXPECT_EQ(run(ctl + "query 42").exitCode, 1);
+  EXPECT_EQ(run(ctl + "list").exitCode, 0);
+  EXPECT_EQ(run(ctl + "transfer bank-a:alice bank-x:bob 1").exitCode, 2);
+  EXPECT_EQ(run(ctl + "transfer alice bank-b:bob 1").exitCode, 2);
+  EXPECT_EQ(run(binDir() + "/keelctl -c 127.0.0.1:1 info").exitCode, 3);
+}
+
+}  // namespace
+}  // namespace keel::test

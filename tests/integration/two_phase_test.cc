@@ -1,0 +1,169 @@
+// End-to-end 2PC with real processes: happy path, NO votes, bad input,
+// query, one-phase and interactive interactions.
+
+#include "tests/integration/cluster_fixture.h"
+
+namespace keel::test {
+namespace {
+
+using BS = InteractionRecord::BranchState;
+
+TEST_F(ClusterTest, CommitAcrossTwoAgents) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 300));
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  EXPECT_NE(o.seq, 0u);
+  // Phase 2 runs after the answer: wait for it to land on both agents.
+  EXPECT_TRUE(eventually([&] { return account("bank-b", "bob").first == 300; }));
+  EXPECT_EQ(account("bank-a", "alice"), bal(700, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(300, 0));
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.state == InteractionRecord::State::Committed; }));
+  auto q = query(o.seq);
+  EXPECT_EQ(q->interaction.decision, InteractionRecord::Decision::Commit);
+  EXPECT_FALSE(q->rollback.has_value());
+  ASSERT_EQ(q->interaction.branches.size(), 2u);
+  for (auto& b : q->interaction.branches) EXPECT_EQ(b.state, BS::Committed);
+  EXPECT_NE(q->interaction.decidedUs, 0u);
+  EXPECT_GE(q->interaction.completedUs, q->interaction.decidedUs);
+}
+
+TEST_F(ClusterTest, NoVoteRollsBackEverythingAndWritesRollbackRecord) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 50);
+  // Credit first, then an overdrawing debit: bank-a votes NO.
+  auto o = submit({Op{"bank-b", OpKind::Credit, "bob", 500}, Op{"bank-a", OpKind::Debit, "alice", 500}});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(o.reason.find("insufficient funds"), std::string::npos) << o.reason;
+  ASSERT_TRUE(eventually([&] {
+    auto q = query(o.seq);
+    return q && q->rollback && q->rollback->completedUs != 0;
+  }));
+  auto q = query(o.seq);
+  EXPECT_EQ(q->interaction.state, InteractionRecord::State::RolledBack);
+  EXPECT_EQ(q->interaction.decision, InteractionRecord::Decision::Abort);
+  EXPECT_TRUE(q->rollback->pending.empty());
+  EXPECT_EQ(q->rollback->confirmed.size(), 2u);
+  EXPECT_NE(q->rollback->reason.find("bank-a voted no"), std::string::npos) << q->rollback->reason;
+  EXPECT_EQ(account("bank-a", "alice"), bal(100, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(50, 0));
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
+TEST_F(ClusterTest, UnknownAccountIsRefusedWithoutEffect) {
+  open("bank-a", "alice", 100);
+  auto o = submit(transferOps("bank-a:alice", "bank-b:nobody", 10));
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(o.reason.find("unknown account nobody"), std::string::npos) << o.reason;
+  EXPECT_TRUE(eventually([&] { return account("bank-a", "alice").second == 0; }));
+  EXPECT_EQ(account("bank-a", "alice").first, 100);
+  EXPECT_EQ(account("bank-b", "nobody").first, -1);
+}
+
+TEST_F(ClusterTest, BadInputIsInvalidAndWritesNothing) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  auto before = client_->info().wait(io_.waitScope);
+  struct Case {
+    std::vector<Op> ops;
+    std::string expect;
+  };
+  std::vector<Op> huge;
+  for (int i = 0; i < 300; ++i) huge.push_back(Op{"bank-a", OpKind::ReadBalance, "alice", 0});
+  std::vector<Case> cases = {
+      {{}, "no operations"},
+      {transferOps("bank-x:alice", "bank-b:bob", 1), "unknown participant 'bank-x'"},
+      {transferOps("bank-a:alice", "bank-b:bob", 0), "must be positive"},
+      {transferOps("bank-a:alice", "bank-b:bob", -5), "must be positive"},
+      {transferOps("bank-a:alice", "bank-b:bob", std::int64_t(1) << 62), "exceeds the limit"},
+      {{Op{"bank-a", OpKind::Debit, "", 5}}, "account name is empty"},
+      {{Op{"bank-a", OpKind::Debit, std::string(200, 'x'), 5}}, "too long"},
+      {{Op{"bank-a", OpKind::OpenAccount, "carol", -1}}, "must not be negative"},
+      {huge, "limit is 256"},
+  };
+  for (auto& c : cases) {
+    auto o = submit(c.ops);
+    EXPECT_EQ(o.outcome, ClientOutcome::Invalid) << c.expect;
+    EXPECT_EQ(o.seq, 0u) << c.expect;
+    EXPECT_NE(o.reason.find(c.expect), std::string::npos) << "got: " << o.reason;
+  }
+  auto after = client_->info().wait(io_.waitScope);
+  EXPECT_EQ(after.committed, before.committed);
+  EXPECT_EQ(after.rolledBack, before.rolledBack);
+  EXPECT_EQ(after.unfinished, 0u);
+  EXPECT_EQ(account("bank-a", "alice"), bal(100, 0));
+  EXPECT_EQ(inspect("bank-a").accounts.size(), 1u);
+}
+
+TEST_F(ClusterTest, QueryUnknownSeqIsNotFound) {
+  EXPECT_FALSE(query(123456789).has_value());
+}
+
+TEST_F(ClusterTest, OnePhaseCommitAndReadBalance) {
+  open("bank-a", "alice", 10);
+  auto o = submit({Op{"bank-a", OpKind::Credit, "alice", 5}, Op{"bank-a", OpKind::ReadBalance, "alice", 0}});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_EQ(o.results.size(), 2u);
+  EXPECT_EQ(o.results[1].balance, 10);  // reads see committed state: the credit lands at commit
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.state == InteractionRecord::State::Committed; }));
+  EXPECT_TRUE(query(o.seq)->interaction.onePhase);
+  auto r = submit({Op{"bank-a", OpKind::ReadBalance, "alice", 0}});
+  ASSERT_EQ(r.outcome, ClientOutcome::Committed);
+  EXPECT_EQ(r.results[0].balance, 15);
+  auto bad = submit({Op{"bank-a", OpKind::Debit, "alice", 16}});
+  EXPECT_EQ(bad.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(bad.reason.find("insufficient funds"), std::string::npos) << bad.reason;
+  EXPECT_EQ(account("bank-a", "alice").first, 15);
+}
+
+TEST_F(ClusterTest, InteractiveTransactionCommitsAndDropRollsBack) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  auto& cap = client_->capability();
+  {
+    auto b = cap.beginRequest();
+    b.setDeadlineMs(5000);
+    auto txn = b.send().wait(io_.waitScope).getTxn();
+    auto ex = txn.executeRequest();
+    auto ops = transferOps("bank-a:alice", "bank-b:bob", 40);
+    ops.push_back(Op{"bank-a", OpKind::ReadBalance, "alice", 0});
+    auto l = ex.initOperations(ops.size());
+    for (unsigned i = 0; i < ops.size(); ++i) {
+      l[i].setParticipant(ops[i].participant);
+      l[i].setKind(static_cast<wire::LedgerOpKind>(ops[i].kind));
+      l[i].setAccount(ops[i].account);
+      l[i].setAmount(ops[i].amount);
+    }
+    auto exr = readSubmitResult(ex.send().wait(io_.waitScope).getResult());
+    ASSERT_EQ(exr.outcome, ClientOutcome::Committed) << exr.reason;
+    ASSERT_EQ(exr.results.size(), 3u);
+    EXPECT_EQ(exr.results[2].available, 60);  // the hold is visible inside the interaction
+    auto c = readSubmitResult(txn.commitRequest().send().wait(io_.waitScope).getResult());
+    ASSERT_EQ(c.outcome, ClientOutcome::Committed) << c.reason;
+  }
+  EXPECT_TRUE(eventually([&] { return account("bank-b", "bob").first == 40; }));
+  EXPECT_EQ(account("bank-a", "alice"), bal(60, 0));
+  {
+    auto b = cap.beginRequest();
+    auto txn = b.send().wait(io_.waitScope).getTxn();
+    auto seq = txn.seqRequest().send().wait(io_.waitScope).getSeq();
+    auto ex = txn.executeRequest();
+    auto l = ex.initOperations(1);
+    l[0].setParticipant("bank-a");
+    l[0].setKind(wire::LedgerOpKind::DEBIT);
+    l[0].setAccount("alice");
+    l[0].setAmount(50);
+    ASSERT_EQ(readSubmitResult(ex.send().wait(io_.waitScope).getResult()).outcome, ClientOutcome::Committed);
+    EXPECT_EQ(account("bank-a", "alice").second, 50);  // held while open
+    txn = nullptr;  // dropped without commit: rolled back
+    ASSERT_TRUE(eventually([&] {
+      auto q = query(seq);
+      return q && q->interaction.state == InteractionRecord::State::RolledBack;
+    }));
+    EXPECT_NE(query(seq)->rollback->reason.find("dropped"), std::string::npos);
+  }
+  EXPECT_EQ(account("bank-a", "alice"), bal(60, 0));
+}
+
+}  // namespace
+}  // namespace keel::test

@@ -1,0 +1,369 @@
+// Agent: the participant's branch state machine, driven on a KJ event loop
+// against a temporary data directory.
+
+#include "participant/agent.h"
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+#include <kj/vector.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/unit/test_util.h"
+
+namespace keel {
+namespace {
+
+constexpr const char* kName = "bank-a";
+
+Op open(const std::string& account, std::int64_t amount) { return Op{kName, OpKind::OpenAccount, account, amount}; }
+Op credit(const std::string& account, std::int64_t amount) { return Op{kName, OpKind::Credit, account, amount}; }
+Op debit(const std::string& account, std::int64_t amount) { return Op{kName, OpKind::Debit, account, amount}; }
+Op read(const std::string& account) { return Op{kName, OpKind::ReadBalance, account, 0}; }
+
+using Outcomes = std::vector<BranchOutcome>;
+
+class AgentTest : public ::testing::Test {
+ protected:
+  AgentTest() : io_(std::make_unique<kj::AsyncIoContext>(kj::setupAsyncIo())) { start(); }
+  ~AgentTest() override { agent_.reset(); }  // before the event loop goes
+
+  void start() { agent_ = std::make_unique<Agent>(AgentOptions{kName, dir_.sub("agent"), std::size_t(64) << 20}); }
+  // Destroys the agent (its log drains, no other shutdown step) and opens
+  // the same directory again, as a restarted process would.
+  void restart() {
+    agent_.reset();
+    start();
+  }
+
+  PrepareResult prepare(Xid x, std::vector<Op> ops) { return agent_->prepare(1, x, std::move(ops)).wait(ws()); }
+  PrepareResult execute(Xid x, std::vector<Op> ops) { return agent_->execute(1, x, std::move(ops)).wait(ws()); }
+  Outcomes commit(std::vector<Xid> xs) { return agent_->commit(1, std::move(xs)).wait(ws()); }
+  Outcomes rollback(std::vector<Xid> xs) { return agent_->rollback(1, std::move(xs)).wait(ws()); }
+  OnePhaseResult onePhase(Xid x, std::vector<Op> ops) {
+    return agent_->commitOnePhase(1, x, std::move(ops)).wait(ws());
+  }
+
+  void fund(const std::string& name, std::int64_t balance) {
+    auto r = onePhase(Xid{1'000'000 + nextFund_++, 0}, {open(name, balance)});
+    ASSERT_EQ(r.outcome, BranchOutcome::Committed) << r.reason;
+  }
+  std::optional<AccountRecord> account(const std::string& name) {
+    for (auto& a : agent_->accounts()) {
+      if (a.name == name) return a.record;
+    }
+    return std::nullopt;
+  }
+  void expectAccount(const std::string& name, std::int64_t balance, std::int64_t held) {
+    auto a = account(name);
+    ASSERT_TRUE(a.has_value()) << name << " missing";
+    EXPECT_EQ(a->balance, balance) << name;
+    EXPECT_EQ(a->held, held) << name;
+  }
+  std::optional<BranchRecord> branch(Xid x) { return agent_->branches({x})[0]; }
+
+  kj::WaitScope& ws() { return io_->waitScope; }
+
+  test::TempDir dir_;
+  std::unique_ptr<kj::AsyncIoContext> io_;  // unique_ptr: its destructor may throw
+  std::unique_ptr<Agent> agent_;
+  std::uint64_t nextFund_ = 0;
+};
+
+TEST_F(AgentTest, PrepareVotesYesAndPlacesAHold) {
+  fund("alice", 100);
+  auto r = prepare({1, 1}, {debit("alice", 30)});
+  EXPECT_EQ(r.vote, Vote::Yes) << r.reason;
+  expectAccount("alice", 100, 30);
+  auto b = branch({1, 1});
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->state, BranchStatus::Prepared);
+  EXPECT_EQ(b->ops, std::vector<Op>{debit("alice", 30)});
+  EXPECT_GT(b->preparedUs, 0u);
+  EXPECT_EQ(agent_->counts().prepared, 1u);
+  ASSERT_EQ(agent_->unfinishedBranches().size(), 1u);
+}
+
+TEST_F(AgentTest, PrepareVotesNoOnOverdraftAndLeavesNoHold) {
+  fund("alice", 100);
+  // The first debit fits, the second does not: neither may leave a hold.
+  auto r = prepare({2, 1}, {debit("alice", 60), debit("alice", 60)});
+  EXPECT_EQ(r.vote, Vote::No);
+  EXPECT_NE(r.reason.find("insufficient funds"), std::string::npos) << r.reason;
+  expectAccount("alice", 100, 0);
+  auto b = branch({2, 1});
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->state, BranchStatus::RolledBack);
+  EXPECT_EQ(b->reason, r.reason);
+  EXPECT_TRUE(agent_->unfinishedBranches().empty());
+  // A retried prepare of the same XID does not turn into a YES.
+  EXPECT_EQ(prepare({2, 1}, {debit("alice", 10)}).vote, Vote::No);
+  expectAccount("alice", 100, 0);
+}
+
+TEST_F(AgentTest, PrepareOfOnlyReadsVotesReadOnly) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({3, 1}, {debit("alice", 25)}).vote, Vote::Yes);
+  auto r = prepare({3, 2}, {read("alice")});
+  EXPECT_EQ(r.vote, Vote::ReadOnly);
+  ASSERT_EQ(r.results.size(), 1u);
+  EXPECT_EQ(r.results[0].balance, 100);
+  EXPECT_EQ(r.results[0].available, 75);
+  EXPECT_FALSE(branch({3, 2}).has_value());  // finished: nothing kept
+}
+
+TEST_F(AgentTest, RepeatedPrepareAnswersYesWithoutASecondHold) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({4, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  EXPECT_EQ(prepare({4, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  expectAccount("alice", 100, 30);
+}
+
+TEST_F(AgentTest, CommitIsIdempotent) {
+  fund("alice", 100);
+  fund("bob", 0);
+  ASSERT_EQ(prepare({5, 1}, {debit("alice", 30), credit("bob", 30)}).vote, Vote::Yes);
+  EXPECT_EQ(commit({{5, 1}}), Outcomes{BranchOutcome::Committed});
+  expectAccount("alice", 70, 0);
+  expectAccount("bob", 30, 0);
+  EXPECT_EQ(commit({{5, 1}}), Outcomes{BranchOutcome::Committed});
+  expectAccount("alice", 70, 0);  // applied once
+  expectAccount("bob", 30, 0);
+  EXPECT_EQ(branch({5, 1})->state, BranchStatus::Committed);
+  // A rollback after the commit cannot undo it.
+  EXPECT_EQ(rollback({{5, 1}}), Outcomes{BranchOutcome::Committed});
+  expectAccount("alice", 70, 0);
+}
+
+TEST_F(AgentTest, RollbackIsIdempotent) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({6, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  EXPECT_EQ(rollback({{6, 1}}), Outcomes{BranchOutcome::RolledBack});
+  expectAccount("alice", 100, 0);
+  EXPECT_EQ(rollback({{6, 1}}), Outcomes{BranchOutcome::RolledBack});
+  expectAccount("alice", 100, 0);  // the hold was released once, not twice
+  // A commit after the rollback is a conflict, never applied.
+  EXPECT_EQ(commit({{6, 1}}), Outcomes{BranchOutcome::Conflict});
+  expectAccount("alice", 100, 0);
+}
+
+TEST_F(AgentTest, RollbackOfUnknownXidLeavesATombstoneThatRefusesALatePrepare) {
+  fund("alice", 100);
+  EXPECT_EQ(rollback({{7, 1}}), Outcomes{BranchOutcome::RolledBack});
+  auto b = branch({7, 1});
+  ASSERT_TRUE(b.has_value());
+  EXPECT_TRUE(b->tombstone);
+  EXPECT_EQ(b->state, BranchStatus::RolledBack);
+  auto r = prepare({7, 1}, {debit("alice", 10)});
+  EXPECT_EQ(r.vote, Vote::No);
+  EXPECT_NE(r.reason.find("rolled back before it arrived"), std::string::npos) << r.reason;
+  expectAccount("alice", 100, 0);
+  auto one = onePhase({7, 1}, {debit("alice", 10)});
+  EXPECT_EQ(one.outcome, BranchOutcome::RolledBack);
+  expectAccount("alice", 100, 0);
+}
+
+TEST_F(AgentTest, CommitOfUnknownXidIsUnknown) {
+  EXPECT_EQ(commit({{8, 1}}), Outcomes{BranchOutcome::Unknown});
+  EXPECT_FALSE(branch({8, 1}).has_value());  // and leaves nothing behind
+}
+
+TEST_F(AgentTest, OneCallAnswersEachXid) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({9, 1}, {debit("alice", 10)}).vote, Vote::Yes);
+  ASSERT_EQ(execute({9, 2}, {debit("alice", 10)}).vote, Vote::Yes);
+  EXPECT_EQ(commit({{9, 1}, {9, 2}, {9, 3}}),
+            (Outcomes{BranchOutcome::Committed, BranchOutcome::NotPrepared, BranchOutcome::Unknown}));
+  expectAccount("alice", 90, 10);
+}
+
+TEST_F(AgentTest, OnePhaseCommitAppliesAndLaterRollbackAnswersCommitted) {
+  fund("alice", 100);
+  fund("bob", 0);
+  auto r = onePhase({10, 1}, {debit("alice", 40), credit("bob", 40), read("bob")});
+  EXPECT_EQ(r.outcome, BranchOutcome::Committed) << r.reason;
+  expectAccount("alice", 60, 0);
+  expectAccount("bob", 40, 0);
+  EXPECT_EQ(rollback({{10, 1}}), Outcomes{BranchOutcome::Committed});
+  expectAccount("alice", 60, 0);  // never undone
+  expectAccount("bob", 40, 0);
+  // A retried one-phase call answers what happened, without applying again.
+  EXPECT_EQ(onePhase({10, 1}, {debit("alice", 40), credit("bob", 40)}).outcome, BranchOutcome::Committed);
+  expectAccount("alice", 60, 0);
+  auto b = branch({10, 1});
+  ASSERT_TRUE(b.has_value());
+  EXPECT_TRUE(b->onePhase);
+  EXPECT_EQ(b->state, BranchStatus::Committed);
+}
+
+TEST_F(AgentTest, OnePhaseNoOnOverdraftIsRolledBackWithTheReason) {
+  fund("alice", 100);
+  fund("bob", 0);
+  auto r = onePhase({11, 1}, {credit("bob", 500), debit("alice", 500)});
+  EXPECT_EQ(r.outcome, BranchOutcome::RolledBack);
+  EXPECT_NE(r.reason.find("insufficient funds in alice"), std::string::npos) << r.reason;
+  expectAccount("alice", 100, 0);
+  expectAccount("bob", 0, 0);
+  auto again = onePhase({11, 1}, {credit("bob", 1)});
+  EXPECT_EQ(again.outcome, BranchOutcome::RolledBack);
+  EXPECT_EQ(again.reason, r.reason);
+  expectAccount("bob", 0, 0);
+}
+
+TEST_F(AgentTest, PreparedBranchSurvivesRestartWithItsHold) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({12, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  restart();
+  auto unfinished = agent_->unfinishedBranches();
+  ASSERT_EQ(unfinished.size(), 1u);
+  EXPECT_EQ(unfinished[0].xid, (Xid{12, 1}));
+  EXPECT_EQ(unfinished[0].state, BranchStatus::Prepared);
+  EXPECT_EQ(unfinished[0].ops, std::vector<Op>{debit("alice", 30)});
+  expectAccount("alice", 100, 30);
+  // The hold still guards the money...
+  EXPECT_EQ(prepare({12, 2}, {debit("alice", 80)}).vote, Vote::No);
+  // ...and the decision can still be carried out.
+  EXPECT_EQ(commit({{12, 1}}), Outcomes{BranchOutcome::Committed});
+  expectAccount("alice", 70, 0);
+}
+
+TEST_F(AgentTest, ActiveBranchesAreRolledBackOnRestart) {
+  fund("alice", 100);
+  ASSERT_EQ(execute({13, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  ASSERT_EQ(prepare({13, 2}, {debit("alice", 20)}).vote, Vote::Yes);
+  expectAccount("alice", 100, 50);
+  EXPECT_EQ(agent_->counts().active, 1u);
+  EXPECT_EQ(branch({13, 1})->state, BranchStatus::Active);
+  restart();
+  auto b = branch({13, 1});
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->state, BranchStatus::RolledBack);
+  EXPECT_NE(b->reason.find("restarted"), std::string::npos) << b->reason;
+  expectAccount("alice", 100, 20);  // only the prepared branch's hold is left
+  auto unfinished = agent_->unfinishedBranches();
+  ASSERT_EQ(unfinished.size(), 1u);
+  EXPECT_EQ(unfinished[0].xid, (Xid{13, 2}));
+  EXPECT_EQ(prepare({13, 1}, {}).vote, Vote::No);  // too late to vote yes
+  EXPECT_EQ(commit({{13, 1}}), Outcomes{BranchOutcome::Conflict});
+}
+
+TEST_F(AgentTest, ExecuteThenPrepareAccumulatesTheBranch) {
+  fund("alice", 100);
+  fund("bob", 0);
+  ASSERT_EQ(execute({14, 1}, {debit("alice", 10)}).vote, Vote::Yes);
+  EXPECT_EQ(branch({14, 1})->state, BranchStatus::Active);
+  ASSERT_EQ(prepare({14, 1}, {credit("bob", 10)}).vote, Vote::Yes);
+  EXPECT_EQ(branch({14, 1})->ops, (std::vector<Op>{debit("alice", 10), credit("bob", 10)}));
+  ASSERT_EQ(commit({{14, 1}}), Outcomes{BranchOutcome::Committed});
+  expectAccount("alice", 90, 0);
+  expectAccount("bob", 10, 0);
+}
+
+TEST_F(AgentTest, ExecuteCannotChangeAPreparedBranch) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({21, 1}, {debit("alice", 10)}).vote, Vote::Yes);
+  auto r = execute({21, 1}, {debit("alice", 50)});
+  EXPECT_EQ(r.vote, Vote::No);
+  EXPECT_NE(r.reason.find("already prepared"), std::string::npos) << r.reason;
+  expectAccount("alice", 100, 10);  // the voted branch is frozen
+  EXPECT_EQ(branch({21, 1})->ops, std::vector<Op>{debit("alice", 10)});
+  EXPECT_EQ(branch({21, 1})->state, BranchStatus::Prepared);
+}
+
+TEST_F(AgentTest, OnePhaseOnAnXidInUseLeavesThatBranchAlone) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({22, 1}, {debit("alice", 10)}).vote, Vote::Yes);
+  auto r = onePhase({22, 1}, {debit("alice", 50)});
+  EXPECT_EQ(r.outcome, BranchOutcome::Conflict);
+  EXPECT_NE(r.reason.find("in use"), std::string::npos) << r.reason;
+  expectAccount("alice", 100, 10);
+  EXPECT_EQ(branch({22, 1})->state, BranchStatus::Prepared);
+}
+
+TEST_F(AgentTest, FailedExecuteRollsBackTheWholeActiveBranch) {
+  fund("alice", 100);
+  ASSERT_EQ(execute({15, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  expectAccount("alice", 100, 30);
+  auto r = execute({15, 1}, {debit("alice", 500)});
+  EXPECT_EQ(r.vote, Vote::No);
+  expectAccount("alice", 100, 0);
+  EXPECT_EQ(branch({15, 1})->state, BranchStatus::RolledBack);
+}
+
+TEST_F(AgentTest, RollbackOfAnActiveBranchReleasesItsHolds) {
+  fund("alice", 100);
+  ASSERT_EQ(execute({16, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  EXPECT_EQ(rollback({{16, 1}}), Outcomes{BranchOutcome::RolledBack});
+  expectAccount("alice", 100, 0);
+}
+
+TEST_F(AgentTest, OpsForAnotherParticipantAreRefused) {
+  fund("alice", 100);
+  Op foreign{"bank-b", OpKind::Debit, "alice", 10};
+  auto r = prepare({17, 1}, {debit("alice", 1), foreign});
+  EXPECT_EQ(r.vote, Vote::No);
+  EXPECT_NE(r.reason.find("addressed to participant bank-b"), std::string::npos) << r.reason;
+  auto one = onePhase({17, 2}, {foreign});
+  EXPECT_EQ(one.outcome, BranchOutcome::RolledBack);
+  EXPECT_NE(one.reason.find("bank-b"), std::string::npos) << one.reason;
+  EXPECT_EQ(execute({17, 3}, {foreign}).vote, Vote::No);
+  expectAccount("alice", 100, 0);
+  // Refused before any write: no branch record either.
+  EXPECT_FALSE(branch({17, 1}).has_value());
+  EXPECT_FALSE(branch({17, 2}).has_value());
+  // An op with no participant name is taken as addressed to this agent.
+  EXPECT_EQ(prepare({17, 4}, {Op{"", OpKind::Debit, "alice", 10}}).vote, Vote::Yes);
+}
+
+TEST_F(AgentTest, MalformedOpsVoteNo) {
+  fund("alice", 100);
+  EXPECT_EQ(prepare({18, 1}, {debit("", 1)}).vote, Vote::No);
+  EXPECT_EQ(prepare({18, 2}, {debit("alice", 0)}).vote, Vote::No);
+  EXPECT_EQ(prepare({18, 3}, {debit("alice", Limits::kMaxAmount + 1)}).vote, Vote::No);
+  std::vector<Op> tooMany(Limits::kMaxOpsPerInteraction + 1, read("alice"));
+  auto r = prepare({18, 4}, tooMany);
+  EXPECT_EQ(r.vote, Vote::No);
+  EXPECT_NE(r.reason.find("too many"), std::string::npos) << r.reason;
+  expectAccount("alice", 100, 0);
+}
+
+TEST_F(AgentTest, ConcurrentPreparesShareGroupCommits) {
+  fund("alice", 1000);
+  const auto commitsBefore = agent_->log().stats().commits.load();
+  kj::Vector<kj::Promise<PrepareResult>> promises;
+  for (std::uint16_t i = 0; i < 200; ++i) promises.add(agent_->prepare(1, Xid{19, i}, {debit("alice", 5)}));
+  auto results = kj::joinPromises(promises.releaseAsArray()).wait(ws());
+  for (auto& r : results) EXPECT_EQ(r.vote, Vote::Yes) << r.reason;
+  expectAccount("alice", 1000, 1000);
+  EXPECT_EQ(agent_->counts().prepared, 200u);
+  EXPECT_LT(agent_->log().stats().commits.load() - commitsBefore, 200u);
+  // The 201st debit finds nothing available.
+  EXPECT_EQ(prepare({19, 500}, {debit("alice", 1)}).vote, Vote::No);
+}
+
+TEST_F(AgentTest, CorruptBranchRecordStopsTheAgentAtStart) {
+  ASSERT_EQ(rollback({{20, 1}}), Outcomes{BranchOutcome::RolledBack});
+  agent_.reset();
+  {
+    lmdb::Env env(dir_.sub("agent"), {});
+    MDB_dbi branches = env.openDb("branches");
+    auto txn = env.beginWrite();
+    auto v = txn.get(branches, xidKey({20, 1}));
+    ASSERT_TRUE(v.has_value());
+    std::string bad = *v;
+    bad.back() = char(bad.back() ^ 0x40);
+    txn.put(branches, xidKey({20, 1}), bad);
+    txn.commit();
+  }
+  try {
+    start();
+    FAIL() << "the agent started on a damaged branch log";
+  } catch (const CorruptRecord& e) {
+    EXPECT_NE(std::string(e.what()).find("branch 20.1"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace keel

@@ -1,0 +1,417 @@
+// GroupCommitLog: grouping, per-job rollback, durability across SIGKILL and
+// the KJ (event loop) path.
+
+#include "common/group_log.h"
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+#include <kj/async.h>
+#include <kj/vector.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/failpoint.h"
+#include "common/types.h"
+#include "tests/unit/test_util.h"
+
+namespace keel {
+namespace {
+
+// A job built from a function, completing a std::promise: lets a test queue
+// jobs without blocking (submit) and look at each outcome.
+class FnJob final : public GroupCommitLog::Job {
+ public:
+  explicit FnJob(std::function<void(lmdb::Txn&)> fn) : fn_(std::move(fn)) {}
+  void apply(lmdb::Txn& txn) override { fn_(txn); }
+  void done(std::exception_ptr err) noexcept override {
+    if (err) {
+      promise_.set_exception(err);
+    } else {
+      promise_.set_value();
+    }
+  }
+  std::future<void> future() { return promise_.get_future(); }
+
+ private:
+  std::function<void(lmdb::Txn&)> fn_;
+  std::promise<void> promise_;
+};
+
+std::future<void> submitFn(GroupCommitLog& log, std::function<void(lmdb::Txn&)> fn) {
+  auto job = std::make_unique<FnJob>(std::move(fn));
+  auto fut = job->future();
+  log.submit(std::move(job));
+  return fut;
+}
+
+// Holds the writer thread inside a job until release(): everything
+// submitted meanwhile queues up and is taken as one group.
+class WriterGate {
+ public:
+  explicit WriterGate(GroupCommitLog& log) {
+    auto opened = std::make_shared<std::promise<void>>();
+    auto entered = opened->get_future();
+    auto gate = gate_.get_future().share();
+    done_ = submitFn(log, [opened, gate](lmdb::Txn&) {
+      opened->set_value();
+      gate.wait();
+    });
+    entered.wait();  // the writer is inside the gate job now
+  }
+  void release() {
+    gate_.set_value();
+    done_.get();
+  }
+
+ private:
+  std::promise<void> gate_;
+  std::future<void> done_;
+};
+
+std::string recordKey(std::uint64_t thread, std::uint64_t i) { return u64Key((thread << 32) | i); }
+
+class GroupLogTest : public ::testing::Test {
+ protected:
+  test::TempDir dir_;
+};
+
+TEST_F(GroupLogTest, RunSyncReturnsTheJobResultOnceDurable) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  int r = log.runSync([db](lmdb::Txn& txn) {
+    txn.put(db, "k", "v");
+    return 42;
+  });
+  EXPECT_EQ(r, 42);
+  auto read = env.beginRead();
+  EXPECT_EQ(read.get(db, "k"), "v");
+  EXPECT_EQ(log.stats().jobs.load(), 1u);
+  EXPECT_EQ(log.stats().commits.load(), 1u);
+}
+
+TEST_F(GroupLogTest, ConcurrentSubmittersAllCompleteInFewerCommitsThanJobs) {
+  constexpr int kThreads = 8;
+  constexpr int kJobs = 500;
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  std::atomic<int> acknowledged{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kJobs; ++i) {
+        log.runSync([&, t, i](lmdb::Txn& txn) {
+          txn.put(db, recordKey(std::uint64_t(t), std::uint64_t(i)), std::string(100, char('a' + t)));
+        });
+        acknowledged.fetch_add(1);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+
+  const std::uint64_t total = kThreads * kJobs;
+  RecordProperty("durable_commits", std::to_string(log.stats().commits.load()));
+  EXPECT_EQ(acknowledged.load(), int(total));
+  EXPECT_EQ(log.stats().jobs.load(), total);
+  EXPECT_EQ(log.stats().failedJobs.load(), 0u);
+  // Group commit actually groups: one durable commit served several jobs.
+  EXPECT_LT(log.stats().commits.load(), total);
+  EXPECT_GE(log.stats().commits.load(), std::uint64_t(kJobs));  // a thread waits for each of its jobs
+  auto read = env.beginRead();
+  EXPECT_EQ(read.count(db), std::size_t(total));
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kJobs; ++i) {
+      ASSERT_EQ(read.get(db, recordKey(std::uint64_t(t), std::uint64_t(i))), std::string(100, char('a' + t)));
+    }
+  }
+}
+
+TEST_F(GroupLogTest, ThrowingJobIsRolledBackAloneWithinItsGroup) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+
+  WriterGate gate(log);
+  auto a = submitFn(log, [db](lmdb::Txn& txn) { txn.put(db, "a", "1"); });
+  auto b = submitFn(log, [db](lmdb::Txn& txn) {
+    txn.put(db, "b", "2");
+    txn.put(db, "a", "overwritten by the failing job");
+    throw std::runtime_error("rule violated in b");
+  });
+  auto c = submitFn(log, [db](lmdb::Txn& txn) { txn.put(db, "c", "3"); });
+  const auto commitsBefore = log.stats().commits.load();
+  gate.release();  // the gate's own group commits; a, b, c form the next
+
+  EXPECT_NO_THROW(a.get());
+  try {
+    b.get();
+    FAIL() << "the failing job's future did not throw";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "rule violated in b");
+  }
+  EXPECT_NO_THROW(c.get());
+  // One commit for the gate's group, one for {a, b, c}: a and c were made
+  // durable by the same commit that rolled b back.
+  EXPECT_EQ(log.stats().commits.load() - commitsBefore, 1u + 1u);
+  EXPECT_EQ(log.stats().failedJobs.load(), 1u);
+
+  auto read = env.beginRead();
+  EXPECT_EQ(read.get(db, "a"), "1");
+  EXPECT_FALSE(read.get(db, "b").has_value());
+  EXPECT_EQ(read.get(db, "c"), "3");
+}
+
+TEST_F(GroupLogTest, JobThatFillsTheMapFailsAloneWithMapFullError) {
+  lmdb::EnvOptions opts;
+  opts.mapSize = 256 * 1024;
+  lmdb::Env env(dir_.path(), opts);
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  WriterGate gate(log);
+  auto a = submitFn(log, [db](lmdb::Txn& txn) { txn.put(db, "a", "1"); });
+  auto big = submitFn(log, [db](lmdb::Txn& txn) { txn.put(db, "big", std::string(1 << 20, 'x')); });
+  auto c = submitFn(log, [db](lmdb::Txn& txn) { txn.put(db, "c", "3"); });
+  gate.release();
+  EXPECT_NO_THROW(a.get());
+  try {
+    big.get();
+    FAIL() << "a 1 MiB value fitted in a 256 KiB map";
+  } catch (const lmdb::MapFullError& e) {
+    EXPECT_NE(std::string(e.what()).find("map_size"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(c.get());
+  auto read = env.beginRead();
+  EXPECT_EQ(read.get(db, "a"), "1");
+  EXPECT_FALSE(read.get(db, "big").has_value());
+  EXPECT_EQ(read.get(db, "c"), "3");
+}
+
+TEST_F(GroupLogTest, MaxBatchBoundsTheGroupSize) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env, GroupCommitLog::Options{4});
+  WriterGate gate(log);
+  std::vector<std::future<void>> futures;
+  for (int i = 0; i < 20; ++i) {
+    futures.push_back(submitFn(log, [db, i](lmdb::Txn& txn) { txn.put(db, u64Key(std::uint64_t(i)), "x"); }));
+  }
+  gate.release();
+  for (auto& f : futures) f.get();
+  // 1 commit for the gate, then 20 queued jobs in groups of at most 4.
+  EXPECT_EQ(log.stats().commits.load(), 1u + 5u);
+  EXPECT_EQ(log.stats().jobs.load(), 21u);
+}
+
+TEST_F(GroupLogTest, DestructorFinishesEveryQueuedJob) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  std::vector<std::future<void>> futures;
+  {
+    GroupCommitLog log(env);
+    WriterGate gate(log);
+    for (int i = 0; i < 100; ++i) {
+      futures.push_back(submitFn(log, [db, i](lmdb::Txn& txn) { txn.put(db, u64Key(std::uint64_t(i)), "x"); }));
+    }
+    gate.release();
+  }  // ~GroupCommitLog drains the queue before the writer stops
+  for (auto& f : futures) {
+    ASSERT_EQ(f.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+    f.get();
+  }
+  auto read = env.beginRead();
+  EXPECT_EQ(read.count(db), 100u);
+}
+
+TEST_F(GroupLogTest, RunResolvesOnTheCallersEventLoop) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  auto io = kj::setupAsyncIo();
+
+  const auto loopThread = std::this_thread::get_id();
+  std::thread::id continuationThread;
+  auto writerThread = log.run([db](lmdb::Txn& txn) {
+                            txn.put(db, "k", "v");
+                            return std::this_thread::get_id();
+                          })
+                          .then([&](std::thread::id writer) {
+                            continuationThread = std::this_thread::get_id();
+                            return writer;
+                          })
+                          .wait(io.waitScope);
+  EXPECT_NE(writerThread, loopThread);  // the job ran on the writer thread
+  EXPECT_EQ(continuationThread, loopThread);  // and came back on our loop
+  auto read = env.beginRead();
+  EXPECT_EQ(read.get(db, "k"), "v");  // durable by the time it resolved
+}
+
+TEST_F(GroupLogTest, RunOnAPlainEventLoopWithoutAsyncIo) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  kj::EventLoop loop;
+  kj::WaitScope waitScope(loop);
+  log.run([db](lmdb::Txn& txn) { txn.put(db, "k", "v"); }).wait(waitScope);
+  EXPECT_EQ(log.run([db](lmdb::Txn& txn) { return *txn.get(db, "k"); }).wait(waitScope), "v");
+}
+
+TEST_F(GroupLogTest, ManyRunPromisesOnOneLoopShareCommits) {
+  constexpr int kJobs = 1000;
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  auto io = kj::setupAsyncIo();
+  kj::Vector<kj::Promise<int>> promises;
+  for (int i = 0; i < kJobs; ++i) {
+    promises.add(log.run([db, i](lmdb::Txn& txn) {
+      txn.put(db, u64Key(std::uint64_t(i)), std::to_string(i));
+      return i;
+    }));
+  }
+  auto results = kj::joinPromises(promises.releaseAsArray()).wait(io.waitScope);
+  ASSERT_EQ(results.size(), std::size_t(kJobs));
+  RecordProperty("durable_commits", std::to_string(log.stats().commits.load()));
+  for (int i = 0; i < kJobs; ++i) EXPECT_EQ(results[i], i);
+  EXPECT_LT(log.stats().commits.load(), std::uint64_t(kJobs) / 10);
+  auto read = env.beginRead();
+  EXPECT_EQ(read.count(db), std::size_t(kJobs));
+}
+
+TEST_F(GroupLogTest, RunRejectsWithTheJobsErrorText) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  auto io = kj::setupAsyncIo();
+  auto failing = log.run([db](lmdb::Txn& txn) -> int {
+    txn.put(db, "bad", "x");
+    throw std::runtime_error("no such account: zed");
+  });
+  auto good = log.run([db](lmdb::Txn& txn) { txn.put(db, "good", "y"); });
+  try {
+    failing.wait(io.waitScope);
+    FAIL() << "the failing job resolved";
+  } catch (const kj::Exception& e) {
+    EXPECT_NE(std::string(e.getDescription().cStr()).find("no such account: zed"), std::string::npos);
+  }
+  good.wait(io.waitScope);
+  auto read = env.beginRead();
+  EXPECT_FALSE(read.get(db, "bad").has_value());
+  EXPECT_EQ(read.get(db, "good"), "y");
+}
+
+// A child writes records with runSync and reports each acknowledged one;
+// whatever it reported must be on disk after it is SIGKILLed.
+int writeAndReport(const std::string& path, int fd, int threads, std::uint64_t perThread, bool killSelf) {
+  lmdb::Env env(path, {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < perThread; ++i) {
+        std::uint64_t id = (std::uint64_t(t) << 32) | i;
+        log.runSync([&](lmdb::Txn& txn) { txn.put(db, u64Key(id), "record " + std::to_string(id)); });
+        test::reportU64(fd, id);  // acknowledged: durable
+      }
+    });
+  }
+  for (auto& th : ts) th.join();
+  if (killSelf) ::raise(SIGKILL);  // no destructor, no shutdown write
+  return 0;
+}
+
+void expectAllPresent(const std::string& path, const std::vector<std::uint64_t>& acked) {
+  lmdb::Env env(path, {});
+  MDB_dbi db = env.openDb("data");
+  auto read = env.beginRead();
+  for (auto id : acked) {
+    ASSERT_EQ(read.get(db, u64Key(id)), "record " + std::to_string(id)) << "acknowledged record " << id << " lost";
+  }
+}
+
+TEST_F(GroupLogTest, AcknowledgedRecordsSurviveSigkillOfTheWriter) {
+  // Fork before any environment exists in this process.
+  constexpr std::uint64_t kRecords = 200;
+  auto child = test::forkChild([&](int fd) { return writeAndReport(dir_.path(), fd, 1, kRecords, true); });
+  auto acked = child.readAll();
+  int status = child.wait();
+  ASSERT_TRUE(test::killedBy(status, SIGKILL)) << "child status " << status;
+  ASSERT_EQ(acked.size(), kRecords);
+  expectAllPresent(dir_.path(), acked);
+}
+
+TEST_F(GroupLogTest, AcknowledgedRecordsSurviveSigkillMidStream) {
+  // Four writer threads in the child; the parent kills it while jobs are in
+  // flight, so some groups are cut off before or during their commit.
+  auto child = test::forkChild([&](int fd) { return writeAndReport(dir_.path(), fd, 4, 1'000'000, false); });
+  std::vector<std::uint64_t> acked;
+  std::uint64_t id;
+  while (acked.size() < 300 && child.readU64(id)) acked.push_back(id);
+  ASSERT_EQ(acked.size(), 300u) << "child stopped early";
+  ::kill(child.pid, SIGKILL);
+  while (child.readU64(id)) acked.push_back(id);  // acks written before it died
+  int status = child.wait();
+  ASSERT_TRUE(test::killedBy(status, SIGKILL)) << "child status " << status;
+  std::set<std::uint64_t> unique(acked.begin(), acked.end());
+  EXPECT_EQ(unique.size(), acked.size());
+  expectAllPresent(dir_.path(), acked);
+}
+
+TEST_F(GroupLogTest, GroupCrashedBeforeCommitLeavesNoTrace) {
+  // The child commits 10 records, then crashes at the failpoint just before
+  // the 11th record's group commit: the 11th must be absent after restart.
+  auto child = test::forkChild([&](int fd) {
+    lmdb::Env env(dir_.path(), {});
+    MDB_dbi db = env.openDb("data");
+    GroupCommitLog log(env);
+    for (std::uint64_t i = 0; i < 10; ++i) {
+      log.runSync([&](lmdb::Txn& txn) { txn.put(db, u64Key(i), "record " + std::to_string(i)); });
+      test::reportU64(fd, i);
+    }
+    failpoint::configure("log.before_group_commit=crash");
+    log.runSync([&](lmdb::Txn& txn) { txn.put(db, u64Key(10), "record 10"); });
+    test::reportU64(fd, 10);  // not reached
+    return 0;
+  });
+  auto acked = child.readAll();
+  int status = child.wait();
+  ASSERT_TRUE(test::killedBy(status, SIGKILL)) << "child status " << status;
+  ASSERT_EQ(acked.size(), 10u);
+  expectAllPresent(dir_.path(), acked);
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  auto read = env.beginRead();
+  EXPECT_FALSE(read.get(db, u64Key(10)).has_value());
+  EXPECT_EQ(read.count(db), 10u);
+}
+
+// An injected error just before the group commit fails that group's jobs,
+// not the process (it once escaped the writer thread: std::terminate).
+TEST_F(GroupLogTest, InjectedErrorBeforeGroupCommitFailsTheGroupNotTheProcess) {
+  auto child = test::forkChild([&](int) {
+    lmdb::Env env(dir_.path(), {});
+    MDB_dbi db = env.openDb("data");
+    GroupCommitLog log(env);
+    failpoint::configure("log.before_group_commit=1*error");
+    try {
+      log.runSync([&](lmdb::Txn& txn) { txn.put(db, "k", "v"); });
+      return 1;  // the job must not be reported durable
+    } catch (const failpoint::InjectedError&) {
+    }
+    log.runSync([&](lmdb::Txn& txn) { txn.put(db, "k2", "v"); });  // the log still works
+    return 0;
+  });
+  int status = child.wait();
+  EXPECT_TRUE(WIFEXITED(status)) << "child killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+}  // namespace
+}  // namespace keel

@@ -1,0 +1,232 @@
+// The RAII LMDB wrappers: values, key order, transaction lifetimes and the
+// operator-facing map-full error.
+
+#include "common/lmdb.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/types.h"
+#include "tests/unit/test_util.h"
+
+namespace keel {
+namespace {
+
+class LmdbTest : public ::testing::Test {
+ protected:
+  test::TempDir dir_;
+};
+
+TEST_F(LmdbTest, PutGetDelRoundTrip) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  {
+    auto t = env.beginWrite();
+    EXPECT_FALSE(t.get(db, "alpha").has_value());
+    t.put(db, "alpha", "one");
+    t.put(db, "beta", std::string("t\0o", 3));  // binary values survive
+    EXPECT_EQ(t.get(db, "alpha"), "one");
+    t.put(db, "alpha", "uno");  // overwrite
+    EXPECT_EQ(t.get(db, "alpha"), "uno");
+    EXPECT_TRUE(t.del(db, "beta"));
+    EXPECT_FALSE(t.del(db, "beta"));  // absent is a value, not an error
+    t.put(db, "beta", std::string("t\0o", 3));
+    t.commit();
+    EXPECT_FALSE(t);  // the handle is gone after commit
+  }
+  auto r = env.beginRead();
+  EXPECT_EQ(r.get(db, "alpha"), "uno");
+  EXPECT_EQ(r.get(db, "beta"), std::string("t\0o", 3));
+  EXPECT_EQ(r.count(db), 2u);
+  EXPECT_FALSE(r.get(db, "gamma").has_value());
+}
+
+TEST_F(LmdbTest, BigEndianU64KeysScanInNumericOrder) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  const std::vector<std::uint64_t> keys = {256, 1, 65536, 255, 1ull << 40, 0, 257, ~0ull};
+  {
+    auto t = env.beginWrite();
+    for (auto k : keys) t.put(db, u64Key(k), std::to_string(k));
+    t.commit();
+  }
+  auto r = env.beginRead();
+  std::vector<std::uint64_t> seen;
+  r.scan(db, "", [&](std::string_view k, std::string_view v) {
+    seen.push_back(keyU64(k));
+    EXPECT_EQ(std::string(v), std::to_string(keyU64(k)));
+    return true;
+  });
+  EXPECT_EQ(seen, (std::vector<std::uint64_t>{0, 1, 255, 256, 257, 65536, 1ull << 40, ~0ull}));
+
+  // From a key (inclusive), stopping when fn returns false.
+  seen.clear();
+  r.scan(db, u64Key(256), [&](std::string_view k, std::string_view) {
+    seen.push_back(keyU64(k));
+    return seen.size() < 3;
+  });
+  EXPECT_EQ(seen, (std::vector<std::uint64_t>{256, 257, 65536}));
+
+  // From a key that is absent: starts at the next larger one.
+  seen.clear();
+  r.scan(db, u64Key(1000), [&](std::string_view k, std::string_view) {
+    seen.push_back(keyU64(k));
+    return true;
+  });
+  EXPECT_EQ(seen, (std::vector<std::uint64_t>{65536, 1ull << 40, ~0ull}));
+
+  // Past the last key: fn is never called.
+  int calls = 0;
+  r.scan(db, std::string(9, '\xff'), [&](std::string_view, std::string_view) {
+    ++calls;
+    return true;
+  });
+  EXPECT_EQ(calls, 0);
+}
+
+TEST_F(LmdbTest, XidKeysRoundTripAndSortBySeqThenBranch) {
+  Xid a{5, 300}, b{6, 1};
+  EXPECT_EQ(keyXid(xidKey(a)), a);
+  EXPECT_LT(xidKey(a), xidKey(b));
+  EXPECT_LT(xidKey(Xid{5, 1}), xidKey(a));
+  EXPECT_THROW(keyXid("short"), std::runtime_error);
+  EXPECT_THROW(keyU64("1234567"), std::runtime_error);
+}
+
+TEST_F(LmdbTest, WriteTxnNotCommittedIsAbortedOnDestruction) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  {
+    auto t = env.beginWrite();
+    t.put(db, "k", "v");
+  }  // destroyed without commit
+  {
+    auto r = env.beginRead();
+    EXPECT_FALSE(r.get(db, "k").has_value());
+  }
+  // The write lock was released: another write transaction can start and
+  // sees none of the aborted data.
+  auto t = env.beginWrite();
+  EXPECT_FALSE(t.get(db, "k").has_value());
+  t.put(db, "k2", "v2");
+  // Move-assigning over a live transaction aborts the old one first.
+  t = lmdb::Txn();
+  EXPECT_FALSE(t);
+  auto r = env.beginRead();
+  EXPECT_FALSE(r.get(db, "k2").has_value());
+}
+
+TEST_F(LmdbTest, NestedAbortLeavesParentUnchanged) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  auto parent = env.beginWrite();
+  parent.put(db, "a", "1");
+  parent.put(db, "d", "keep");
+  {
+    auto child = env.beginNested(parent);
+    child.put(db, "a", "2");
+    child.put(db, "b", "3");
+    EXPECT_TRUE(child.del(db, "d"));
+    EXPECT_EQ(child.get(db, "a"), "2");
+    child.abort();
+  }
+  EXPECT_EQ(parent.get(db, "a"), "1");
+  EXPECT_FALSE(parent.get(db, "b").has_value());
+  EXPECT_EQ(parent.get(db, "d"), "keep");
+  {
+    auto child = env.beginNested(parent);
+    child.put(db, "c", "4");
+  }  // a nested transaction not committed is aborted too
+  EXPECT_FALSE(parent.get(db, "c").has_value());
+  {
+    auto child = env.beginNested(parent);
+    child.put(db, "c", "5");
+    child.commit();  // folds into the parent only
+  }
+  EXPECT_EQ(parent.get(db, "c"), "5");
+  parent.commit();
+  auto r = env.beginRead();
+  EXPECT_EQ(r.get(db, "a"), "1");
+  EXPECT_EQ(r.get(db, "c"), "5");
+  EXPECT_FALSE(r.get(db, "b").has_value());
+}
+
+TEST_F(LmdbTest, CommittedDataSurvivesReopen) {
+  {
+    lmdb::Env env(dir_.path(), {});
+    MDB_dbi db = env.openDb("data");
+    auto t = env.beginWrite();
+    t.put(db, "k", "durable");
+    t.commit();
+  }
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  auto r = env.beginRead();
+  EXPECT_EQ(r.get(db, "k"), "durable");
+}
+
+TEST_F(LmdbTest, EnvCreatesMissingDirectoriesAndReportsMapSize) {
+  lmdb::EnvOptions opts;
+  opts.mapSize = std::size_t(8) << 20;
+  lmdb::Env env(dir_.sub("a/b/c"), opts);
+  EXPECT_TRUE(std::filesystem::exists(dir_.sub("a/b/c/data.mdb")));
+  EXPECT_EQ(env.mapSize(), opts.mapSize);
+}
+
+TEST_F(LmdbTest, MapFullErrorTellsTheOperatorToRaiseMapSize) {
+  lmdb::EnvOptions opts;
+  opts.mapSize = 64 * 1024;
+  lmdb::Env env(dir_.path(), opts);
+  MDB_dbi db = env.openDb("data");
+  const std::string value(1024, 'x');
+  int written = 0;
+  bool full = false;
+  std::string message;
+  int code = 0;
+  for (int i = 0; i < 10000 && !full; ++i) {
+    try {
+      auto t = env.beginWrite();
+      t.put(db, u64Key(std::uint64_t(i)), value);
+      t.commit();
+      ++written;
+    } catch (const lmdb::MapFullError& e) {
+      full = true;
+      message = e.what();
+      code = e.code();
+    }
+  }
+  ASSERT_TRUE(full) << "64 KiB map never filled after " << written << " KiB";
+  EXPECT_GT(written, 0);
+  EXPECT_LT(written, 64);
+  EXPECT_EQ(code, MDB_MAP_FULL);
+  EXPECT_NE(message.find("map_size"), std::string::npos) << message;
+  // The environment stays usable: what was committed before is intact.
+  auto r = env.beginRead();
+  EXPECT_EQ(r.count(db), std::size_t(written));
+  EXPECT_EQ(r.get(db, u64Key(0)), value);
+}
+
+TEST_F(LmdbTest, MapFullIsAnLmdbError) {
+  // Callers that catch lmdb::Error see the map-full case too.
+  try {
+    lmdb::throwError("mdb_put", MDB_MAP_FULL);
+    FAIL() << "throwError returned";
+  } catch (const lmdb::Error& e) {
+    EXPECT_EQ(e.code(), MDB_MAP_FULL);
+    EXPECT_NE(dynamic_cast<const lmdb::MapFullError*>(&e), nullptr);
+  }
+  try {
+    lmdb::throwError("mdb_get", MDB_CORRUPTED);
+    FAIL() << "throwError returned";
+  } catch (const lmdb::Error& e) {
+    EXPECT_EQ(e.code(), MDB_CORRUPTED);
+    EXPECT_EQ(dynamic_cast<const lmdb::MapFullError*>(&e), nullptr);
+    EXPECT_NE(std::string(e.what()).find("mdb_get"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace keel
