@@ -8,6 +8,9 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "common/log.h"
+#include "common/rpc.h"
+
 namespace keel {
 
 void captureTerminationSignals() {
@@ -30,6 +33,16 @@ void writeFileAtomically(const std::string& path, const std::string& content) {
     if (!f.flush()) throw std::runtime_error("cannot write " + tmp);
   }
   std::filesystem::rename(tmp, path);
+}
+
+void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, const std::string& listen,
+                          const std::string& readyFile, const std::string& what) {
+  unsigned port = server.listen(listen).wait(io.waitScope);
+  std::string bound = withPort(listen, port);
+  KEEL_LOG_INFO("serving {} on {}", what, bound);
+  if (!readyFile.empty()) writeFileAtomically(readyFile, bound + "\n");
+  onTermination(io).wait(io.waitScope);
+  KEEL_LOG_INFO("stopping");
 }
 
 std::string withPort(const std::string& addr, unsigned port) {

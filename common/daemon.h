@@ -17,6 +17,12 @@ kj::Promise<void> onTermination(kj::AsyncIoContext& io);
 // scripts and tests the bound address once the server is serving.
 void writeFileAtomically(const std::string& path, const std::string& content);
 
+// Binds `server` to `listen`, writes `readyFile` (if set) with the bound
+// address, logs "serving <what> on <addr>", then blocks until SIGTERM/SIGINT.
+class RpcServer;
+void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, const std::string& listen,
+                          const std::string& readyFile, const std::string& what);
+
 // "127.0.0.1:0" + bound port 41234 -> "127.0.0.1:41234".
 std::string withPort(const std::string& addr, unsigned port);
 

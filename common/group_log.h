@@ -94,12 +94,11 @@ kj::Exception toKjException(std::exception_ptr err);
 
 namespace detail {
 
+// A job that runs fn(txn) and keeps its result until done().
 template <typename T, typename Fn>
-class KjJob final : public GroupCommitLog::Job {
+class ResultJob : public GroupCommitLog::Job {
  public:
-  KjJob(Fn fn, kj::Own<kj::CrossThreadPromiseFulfiller<T>> f)
-      : fn_(std::move(fn)), fulfiller_(kj::mv(f)) {}
-  ~KjJob() noexcept override {}
+  explicit ResultJob(Fn fn) : fn_(std::move(fn)) {}
   void apply(lmdb::Txn& txn) override {
     if constexpr (std::is_void_v<T>) {
       fn_(txn);
@@ -107,48 +106,49 @@ class KjJob final : public GroupCommitLog::Job {
       result_.emplace(fn_(txn));
     }
   }
+
+ protected:
+  Fn fn_;
+  std::optional<std::conditional_t<std::is_void_v<T>, int, T>> result_;
+};
+
+template <typename T, typename Fn>
+class KjJob final : public ResultJob<T, Fn> {
+ public:
+  KjJob(Fn fn, kj::Own<kj::CrossThreadPromiseFulfiller<T>> f)
+      : ResultJob<T, Fn>(std::move(fn)), fulfiller_(kj::mv(f)) {}
+  ~KjJob() noexcept override {}
   void done(std::exception_ptr err) noexcept override {
     if (err) {
       fulfiller_->reject(toKjException(err));
     } else if constexpr (std::is_void_v<T>) {
       fulfiller_->fulfill();
     } else {
-      fulfiller_->fulfill(std::move(*result_));
+      fulfiller_->fulfill(std::move(*this->result_));
     }
   }
 
  private:
-  Fn fn_;
   kj::Own<kj::CrossThreadPromiseFulfiller<T>> fulfiller_;
-  std::optional<std::conditional_t<std::is_void_v<T>, int, T>> result_;
 };
 
 template <typename T, typename Fn>
-class SyncJob final : public GroupCommitLog::Job {
+class SyncJob final : public ResultJob<T, Fn> {
  public:
-  explicit SyncJob(Fn fn) : fn_(std::move(fn)) {}
-  void apply(lmdb::Txn& txn) override {
-    if constexpr (std::is_void_v<T>) {
-      fn_(txn);
-    } else {
-      result_.emplace(fn_(txn));
-    }
-  }
+  explicit SyncJob(Fn fn) : ResultJob<T, Fn>(std::move(fn)) {}
   void done(std::exception_ptr err) noexcept override {
     if (err) {
       promise_.set_exception(err);
     } else if constexpr (std::is_void_v<T>) {
       promise_.set_value();
     } else {
-      promise_.set_value(std::move(*result_));
+      promise_.set_value(std::move(*this->result_));
     }
   }
   std::future<T> future() { return promise_.get_future(); }
 
  private:
-  Fn fn_;
   std::promise<T> promise_;
-  std::optional<std::conditional_t<std::is_void_v<T>, int, T>> result_;
 };
 
 }  // namespace detail

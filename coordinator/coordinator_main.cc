@@ -50,12 +50,8 @@ int main(int argc, char** argv) {
     keel::Coordinator coordinator(cfg, io, wal);
     coordinator.recover().wait(io.waitScope);
     keel::RpcServer server(io, kj::heap<keel::CoordinatorImpl>(coordinator));
-    unsigned port = server.listen(cfg.listen).wait(io.waitScope);
-    std::string bound = keel::withPort(cfg.listen, port);
-    KEEL_LOG_INFO("serving clients on {} with {} participants", bound, cfg.participants.size());
-    if (!readyFile.empty()) keel::writeFileAtomically(readyFile, bound + "\n");
-    keel::onTermination(io).wait(io.waitScope);
-    KEEL_LOG_INFO("stopping");
+    keel::serveUntilTerminated(io, server, cfg.listen, readyFile,
+                               "clients with " + std::to_string(cfg.participants.size()) + " participants");
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
     return 1;

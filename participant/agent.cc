@@ -40,6 +40,15 @@ std::optional<BranchRecord> readBranch(const lmdb::Txn& txn, MDB_dbi dbi, Xid xi
   return decodeBranch(*v);
 }
 
+// Final state of a branch, written in the same transaction as its effect on
+// the ledger.
+void finishBranch(lmdb::Txn& txn, MDB_dbi branches, BranchRecord& rec, BranchStatus state, std::uint64_t epoch) {
+  rec.state = state;
+  rec.epoch = std::max(rec.epoch, epoch);
+  rec.finishedUs = wallMicros();
+  txn.put(branches, xidKey(rec.xid), encode(rec));
+}
+
 }  // namespace
 
 Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), env_(opts_.dataDir, envOptions(opts_)) {
@@ -209,10 +218,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::
             case BranchStatus::Prepared:
               KEEL_FAILPOINT("agent.before_commit_durable");
               ledger::commitOps(txn, accounts, xid, rec->ops);
-              rec->state = BranchStatus::Committed;
-              rec->epoch = std::max(rec->epoch, epoch);
-              rec->finishedUs = wallMicros();
-              txn.put(branches, xidKey(xid), encode(*rec));
+              finishBranch(txn, branches, *rec, BranchStatus::Committed, epoch);
               out.push_back(BranchOutcome::Committed);
               break;
           }
@@ -258,10 +264,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
             case BranchStatus::Prepared:
               KEEL_FAILPOINT("agent.before_rollback_durable");
               ledger::rollbackOps(txn, accounts, xid, rec->ops);
-              rec->state = BranchStatus::RolledBack;
-              rec->epoch = std::max(rec->epoch, epoch);
-              rec->finishedUs = wallMicros();
-              txn.put(branches, xidKey(xid), encode(*rec));
+              finishBranch(txn, branches, *rec, BranchStatus::RolledBack, epoch);
               out.push_back(BranchOutcome::RolledBack);
               break;
           }

@@ -56,12 +56,7 @@ int main(int argc, char** argv) {
     auto io = kj::setupAsyncIo();
     keel::Agent agent(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
     keel::RpcServer server(io, kj::heap<keel::ParticipantImpl>(agent));
-    unsigned port = server.listen(cfg.listen).wait(io.waitScope);
-    std::string bound = keel::withPort(cfg.listen, port);
-    KEEL_LOG_INFO("serving {} on {} (data {})", cfg.name, bound, cfg.dataDir);
-    if (!readyFile.empty()) keel::writeFileAtomically(readyFile, bound + "\n");
-    keel::onTermination(io).wait(io.waitScope);
-    KEEL_LOG_INFO("stopping");
+    keel::serveUntilTerminated(io, server, cfg.listen, readyFile, cfg.name + " (data " + cfg.dataDir + ")");
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
     return 1;

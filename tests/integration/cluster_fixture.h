@@ -83,6 +83,16 @@ class ClusterTest : public ::testing::Test {
     return out;
   }
 
+  // Restarts the coordinator with `failpoint` set, submits `ops` (the call
+  // must fail: the coordinator dies) and waits until the process is gone.
+  void crashCoordinatorDuring(const std::string& failpoint, const std::vector<Op>& ops) {
+    cluster_->stopCoordinator();
+    cluster_->startCoordinator(failpoint);
+    reconnect();
+    EXPECT_ANY_THROW(submit(ops));
+    ASSERT_TRUE(cluster_->waitCoordinatorExit(std::chrono::seconds(5)));
+  }
+
   std::optional<QueryResult> query(std::uint64_t seq) { return client_->query(seq).wait(io_.waitScope); }
 
   // Polls `pred` every 20 ms until it holds or `timeout` passes.

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "common/config.h"
 #include "tests/integration/cluster_fixture.h"
 
 namespace keel::test {
@@ -80,6 +81,14 @@ TEST_F(ConfigTest, AgentRejectsMalformedConfigs) {
   r = run(binDir() + "/keel-agent --listen 127.0.0.1:0");
   EXPECT_EQ(r.exitCode, 2);
   EXPECT_NE(r.output.find("agent name"), std::string::npos) << r.output;
+}
+
+TEST(ExampleConfigs, DocumentedExamplesLoad) {
+  auto c = loadCoordinatorConfig(std::string(KEEL_SOURCE_DIR) + "/docs/examples/coordinator.toml");
+  EXPECT_EQ(c.participants.size(), 2u);
+  EXPECT_EQ(c.retryMaxMs, 2000u);
+  auto a = loadAgentConfig(std::string(KEEL_SOURCE_DIR) + "/docs/examples/agent.toml");
+  EXPECT_EQ(a.name, "bank-a");
 }
 
 TEST_F(ClusterTest, KeelctlDrivesTheCluster) {

@@ -1,5 +1,10 @@
 // Crash recovery with real processes killed by failpoints and SIGKILL.
 
+#include <fstream>
+#include <sstream>
+
+#include "common/lmdb.h"
+#include "common/records.h"
 #include "tests/integration/cluster_fixture.h"
 
 namespace keel::test {
@@ -38,11 +43,7 @@ TEST_F(ClusterTest, AgentDownDuringPrepareRollsBackAndSettlesWhenItReturns) {
 TEST_F(ClusterTest, CoordinatorKilledAfterDecisionCommitsOnRestart) {
   open("bank-a", "alice", 1000);
   open("bank-b", "bob", 0);
-  cluster_->stopCoordinator();
-  cluster_->startCoordinator("coord.after_decision_durable=crash");
-  reconnect();
-  EXPECT_ANY_THROW(submit(transferOps("bank-a:alice", "bank-b:bob", 250)));
-  ASSERT_TRUE(cluster_->waitCoordinatorExit(std::chrono::seconds(5)));
+  crashCoordinatorDuring("coord.after_decision_durable=crash", transferOps("bank-a:alice", "bank-b:bob", 250));
   // Both branches are prepared and the money is held.
   auto inDoubt = unfinishedAt("bank-a");
   ASSERT_EQ(inDoubt.size(), 1u);
@@ -63,11 +64,7 @@ TEST_F(ClusterTest, CoordinatorKilledAfterDecisionCommitsOnRestart) {
 TEST_F(ClusterTest, CoordinatorKilledBeforeDecisionAbortsOnRestart) {
   open("bank-a", "alice", 1000);
   open("bank-b", "bob", 0);
-  cluster_->stopCoordinator();
-  cluster_->startCoordinator("coord.before_decision_durable=crash");
-  reconnect();
-  EXPECT_ANY_THROW(submit(transferOps("bank-a:alice", "bank-b:bob", 250)));
-  ASSERT_TRUE(cluster_->waitCoordinatorExit(std::chrono::seconds(5)));
+  crashCoordinatorDuring("coord.before_decision_durable=crash", transferOps("bank-a:alice", "bank-b:bob", 250));
   auto inDoubt = unfinishedAt("bank-a");
   ASSERT_EQ(inDoubt.size(), 1u);
   EXPECT_EQ(account("bank-a", "alice").second, 250);
@@ -142,6 +139,32 @@ TEST_F(ClusterTest, AgentKilledAfterCommitDecisionReceivesCommitWhenBack) {
   EXPECT_EQ(account("bank-a", "alice"), bal(900, 0));
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.state == InteractionRecord::State::Committed; }));
   EXPECT_GE(query(o.seq)->interaction.phase2Attempts, 2u);
+}
+
+TEST_F(ClusterTest, DamagedWalRecordStopsTheCoordinatorNamingIt) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  crashCoordinatorDuring("coord.before_decision_durable=crash", transferOps("bank-a:alice", "bank-b:bob", 10));
+  auto seq = unfinishedAt("bank-a").at(0).seq;
+  {
+    // Flip one payload byte of the unfinished interaction's record.
+    lmdb::Env env(dir_ + "/coordinator", lmdb::EnvOptions{});
+    auto dbi = env.openDb("interactions");
+    auto txn = env.beginWrite();
+    auto v = txn.get(dbi, u64Key(seq));
+    ASSERT_TRUE(v.has_value());
+    (*v)[v->size() - 3] ^= 0x5a;
+    txn.put(dbi, u64Key(seq), *v);
+    txn.commit();
+  }
+  EXPECT_ANY_THROW(cluster_->startCoordinator());
+  std::ifstream log(cluster_->coordinatorLog());
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_NE(text.str().find("interaction " + std::to_string(seq) + ": record checksum mismatch"), std::string::npos)
+      << text.str();
+  // Nothing was touched: the branches still wait.
+  EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);
 }
 
 }  // namespace
