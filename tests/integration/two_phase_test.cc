@@ -63,6 +63,8 @@ TEST_F(ClusterTest, UnknownAccountIsRefusedWithoutEffect) {
 TEST_F(ClusterTest, BadInputIsInvalidAndWritesNothing) {
   open("bank-a", "alice", 100);
   open("bank-b", "bob", 0);
+  // The opens' final records are written after their answers: let them land.
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
   auto before = client_->info().wait(io_.waitScope);
   struct Case {
     std::vector<Op> ops;
