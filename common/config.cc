@@ -142,7 +142,8 @@ AgentConfig loadAgentConfig(const std::string& path) {
   }
   AgentConfig c;
   const auto& s = section(path, root, "agent");
-  rejectUnknown(path, s, "agent", {"name", "listen", "data_dir", "adapter", "map_size_mb"});
+  rejectUnknown(path, s, "agent",
+                {"name", "listen", "data_dir", "adapter", "map_size_mb", "coordinator", "in_doubt_query_ms"});
   c.name = getString(path, s, "agent", "name", "", true);
   if (!validName(c.name)) fail(path, "[agent] name '" + c.name + "' is not a valid name (1-64 chars of A-Z a-z 0-9 _ . -)");
   c.listen = getString(path, s, "agent", "listen", c.listen);
@@ -151,6 +152,9 @@ AgentConfig loadAgentConfig(const std::string& path) {
   c.adapter = getString(path, s, "agent", "adapter", c.adapter);
   if (c.adapter != "ledger") fail(path, "[agent] adapter '" + c.adapter + "' is not known (known: ledger)");
   c.mapSizeMb = getInt<std::size_t>(path, s, "agent", "map_size_mb", c.mapSizeMb, 1, 1 << 20);
+  c.coordinator = getString(path, s, "agent", "coordinator", c.coordinator);
+  if (!c.coordinator.empty()) checkAddress(path + ": [agent] coordinator", c.coordinator);
+  c.inDoubtQueryMs = getInt<std::uint32_t>(path, s, "agent", "in_doubt_query_ms", c.inDoubtQueryMs, 10, 86400000);
   return c;
 }
 

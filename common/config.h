@@ -34,6 +34,8 @@ struct AgentConfig {
   std::string dataDir = "./keel-data/agent";
   std::string adapter = "ledger";
   std::size_t mapSizeMb = 1024;
+  std::string coordinator;             // host:port; empty = do not ask about branches in doubt
+  std::uint32_t inDoubtQueryMs = 5000;  // a branch PREPARED this long asks the coordinator
 };
 
 CoordinatorConfig loadCoordinatorConfig(const std::string& path);

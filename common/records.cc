@@ -128,6 +128,7 @@ std::string encode(const InteractionRecord& r) {
   b.setDecidedUs(r.decidedUs);
   b.setCompletedUs(r.completedUs);
   b.setPhase2Attempts(r.phase2Attempts);
+  b.setFailedUs(r.failedUs);
   auto bl = b.initBranches(r.branches.size());
   for (unsigned i = 0; i < r.branches.size(); ++i) {
     const auto& br = r.branches[i];
@@ -157,6 +158,7 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
     r.decidedUs = x.getDecidedUs();
     r.completedUs = x.getCompletedUs();
     r.phase2Attempts = x.getPhase2Attempts();
+    r.failedUs = x.getFailedUs();
     for (auto b : x.getBranches()) {
       InteractionRecord::Branch br;
       br.participant = b.getParticipant().cStr();
@@ -270,6 +272,34 @@ AccountRecord decodeAccount(std::string_view bytes) {
   });
 }
 
+std::string encode(const AuditRecord& r) {
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<disk::AuditRecord>();
+  b.setAtUs(r.atUs);
+  b.setSeq(r.seq);
+  b.setAction(r.action);
+  b.setWho(r.who);
+  b.setWhy(r.why);
+  b.setOverride(r.override);
+  b.setPrevious(r.previous);
+  return seal(RecordType::Audit, msg);
+}
+
+AuditRecord decodeAudit(std::string_view bytes) {
+  return withReader(RecordType::Audit, bytes, [](capnp::MessageReader& m) {
+    auto x = m.getRoot<disk::AuditRecord>();
+    AuditRecord r;
+    r.atUs = x.getAtUs();
+    r.seq = x.getSeq();
+    r.action = x.getAction().cStr();
+    r.who = x.getWho().cStr();
+    r.why = x.getWhy().cStr();
+    r.override = x.getOverride();
+    r.previous = x.getPrevious().cStr();
+    return r;
+  });
+}
+
 // ------------------------------------------------------------ names
 
 const char* stateName(InteractionRecord::State s) {
@@ -378,7 +408,7 @@ std::string toJson(const InteractionRecord& r) {
     << ",\"decision\":" << q(decisionName(r.decision)) << ",\"error\":" << q(r.error)
     << ",\"created_us\":" << r.createdUs << ",\"votes_us\":" << r.votesUs
     << ",\"decided_us\":" << r.decidedUs << ",\"completed_us\":" << r.completedUs
-    << ",\"phase2_attempts\":" << r.phase2Attempts << ",\"branches\":[";
+    << ",\"phase2_attempts\":" << r.phase2Attempts << ",\"failed_us\":" << r.failedUs << ",\"branches\":[";
   for (std::size_t i = 0; i < r.branches.size(); ++i) {
     const auto& b = r.branches[i];
     if (i) o << ",";
@@ -405,6 +435,14 @@ std::string toJson(const RollbackRecord& r) {
   return o.str();
 }
 
+std::string toJson(const AuditRecord& r) {
+  std::ostringstream o;
+  o << "{\"at_us\":" << r.atUs << ",\"seq\":" << r.seq << ",\"action\":" << q(r.action) << ",\"who\":" << q(r.who)
+    << ",\"why\":" << q(r.why) << ",\"override\":" << (r.override ? "true" : "false")
+    << ",\"previous\":" << q(r.previous) << "}";
+  return o.str();
+}
+
 std::string toText(const InteractionRecord& r) {
   std::ostringstream o;
   o << "interaction " << r.seq << (r.interactive ? " (interactive)" : "")
@@ -416,6 +454,11 @@ std::string toText(const InteractionRecord& r) {
     << "  votes      " << formatMicros(r.votesUs) << "\n"
     << "  decided    " << formatMicros(r.decidedUs) << "\n"
     << "  completed  " << formatMicros(r.completedUs) << "\n";
+  if (r.failedUs != 0) {
+    o << "  failed     " << formatMicros(r.failedUs);
+    if (r.completedUs > r.failedUs) o << "   window of inconsistency " << (r.completedUs - r.failedUs) / 1000 << " ms";
+    o << "\n";
+  }
   if (r.phase2Attempts) o << "  phase-2 attempts " << r.phase2Attempts << "\n";
   for (const auto& b : r.branches) {
     o << "  branch " << b.branch << " @ " << b.participant << ": " << branchStateName(b.state);

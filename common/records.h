@@ -29,6 +29,7 @@ enum class RecordType : std::uint8_t {
   Rollback = 2,
   Branch = 3,
   Account = 4,
+  Audit = 5,
 };
 
 class CorruptRecord : public std::runtime_error {
@@ -71,6 +72,10 @@ struct InteractionRecord {
   Micros createdUs = 0, votesUs = 0, decidedUs = 0, completedUs = 0;
   std::vector<Branch> branches;
   std::uint32_t phase2Attempts = 0;
+  // When the first failure was seen (abort decided, a phase-2 call failed,
+  // or the crash that recovery found); 0 = none. With completedUs it gives
+  // the window of inconsistency.
+  Micros failedUs = 0;
 
   bool finished() const { return state == State::Committed || state == State::RolledBack; }
 };
@@ -91,6 +96,16 @@ struct RollbackRecord {
   std::vector<std::string> pending;
   std::vector<Confirmation> confirmed;
   Micros completedUs = 0;
+};
+
+// An operator's action on an interaction, kept in the WAL for audit.
+struct AuditRecord {
+  Micros atUs = 0;
+  std::uint64_t seq = 0;
+  std::string action;  // "force-commit" / "force-abort"
+  std::string who, why;
+  bool override = false;
+  std::string previous;  // state and decision before the action
 };
 
 const char* stateName(InteractionRecord::State s);
@@ -128,15 +143,18 @@ std::string encode(const InteractionRecord& r);
 std::string encode(const RollbackRecord& r);
 std::string encode(const BranchRecord& r);
 std::string encode(const AccountRecord& r);
+std::string encode(const AuditRecord& r);
 
 InteractionRecord decodeInteraction(std::string_view bytes);
 RollbackRecord decodeRollback(std::string_view bytes);
 BranchRecord decodeBranch(std::string_view bytes);
 AccountRecord decodeAccount(std::string_view bytes);
+AuditRecord decodeAudit(std::string_view bytes);
 
 // JSON renderings (one object, no trailing newline) for keelctl --json and logs.
 std::string toJson(const InteractionRecord& r);
 std::string toJson(const RollbackRecord& r);
+std::string toJson(const AuditRecord& r);
 // Multi-line human renderings for keelctl.
 std::string toText(const InteractionRecord& r);
 std::string toText(const RollbackRecord& r);

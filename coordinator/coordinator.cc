@@ -141,7 +141,21 @@ std::vector<std::pair<std::size_t, std::size_t>> Coordinator::assign(Interaction
 }
 
 kj::Promise<void> Coordinator::persist(Interaction& it) {
-  return wal_.save(it.rec, it.rb ? &*it.rb : nullptr);
+  return wal_.save(it.rec, it.rb ? &*it.rb : nullptr).catch_([this](kj::Exception&& e) -> kj::Promise<void> {
+    if (std::string(e.getDescription().cStr()).find("MDB_MAP_FULL") != std::string::npos) {
+      fullUntilUs_ = monoMicros() + 1'000'000;
+    }
+    return kj::mv(e);
+  });
+}
+
+std::optional<std::string> Coordinator::storageFull() const {
+  // New work is refused while the WAL is nearly full, so that what is in
+  // flight can still finish (its writes need room too).
+  double fill = wal_.fill();
+  if (fill < kRefuseNewAtFill && monoMicros() >= fullUntilUs_) return std::nullopt;
+  return "coordinator WAL is " + std::to_string(int(fill * 100)) + "% full (map_size_mb = " +
+         std::to_string(wal_.mapSize() >> 20) + "): new interactions are refused until it is raised";
 }
 
 void Coordinator::answer(Interaction& it, ClientOutcome o, const std::string& reason) {
@@ -166,6 +180,7 @@ kj::Promise<SubmitOutcome> Coordinator::submit(std::vector<Op> ops, std::uint32_
   if (auto bad = validate(ops, false)) {
     return SubmitOutcome{0, ClientOutcome::Invalid, *bad, {}};  // nothing written, no seq used
   }
+  if (auto full = storageFull()) return SubmitOutcome{0, ClientOutcome::Unavailable, *full, {}};
   return seqs_->next().then([this, ops = std::move(ops), deadlineMs](std::uint64_t seq) mutable {
     KEEL_FAILPOINT("coord.after_seq_assigned");
     auto& it = create(seq, false, deadlineMs);
@@ -329,6 +344,7 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
               })
                   .then(
                       [this, seq, i](PrepReply r) {
+                        KEEL_FAILPOINT("coord.after_prepare");
                         Interaction* p = find(seq);
                         if (p == nullptr) return false;
                         auto& b = p->rec.branches[i];
@@ -376,6 +392,7 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
 
 kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
   std::uint64_t seq = it.rec.seq;
+  if (it.rec.state != State::Preparing) return kj::READY_NOW;  // an operator decided meanwhile
   if (!allYes) {
     std::string reason = "aborted";
     for (auto& b : it.rec.branches) {
@@ -425,6 +442,7 @@ void Coordinator::startAbort(Interaction& it, const std::string& reason) {
   it.rec.state = State::Aborting;
   it.rec.error = reason;
   if (it.rec.decidedUs == 0) it.rec.decidedUs = wallMicros();
+  if (it.rec.failedUs == 0) it.rec.failedUs = wallMicros();
   if (!it.rb) {
     RollbackRecord rb;
     rb.seq = seq;
@@ -438,6 +456,11 @@ void Coordinator::startAbort(Interaction& it, const std::string& reason) {
       case BState::VotedNo:  // the agent rolled it back itself when voting
         b.state = BState::RolledBack;
         it.rb->confirmed.push_back({b.participant, wallMicros()});
+        break;
+      case BState::Committed:  // only after an operator's override: say so
+        if (it.rec.error.find("HEURISTIC") == std::string::npos) {
+          it.rec.error += "; HEURISTIC: " + b.participant + " had already committed";
+        }
         break;
       case BState::Pending:  // may have been sent just before a crash
       case BState::Prepared:
@@ -459,7 +482,7 @@ void Coordinator::startAbort(Interaction& it, const std::string& reason) {
 
 kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
   Interaction* it = find(seq);
-  if (it == nullptr) return kj::READY_NOW;
+  if (it == nullptr || it->rec.state != State::Committing) return kj::READY_NOW;
   std::uint64_t epoch = epoch_;
   kj::Vector<kj::Promise<void>> calls;
   for (std::size_t i = 0; i < it->rec.branches.size(); ++i) {
@@ -479,6 +502,7 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
               })
                   .then(
                       [this, seq, i](wire::BranchOutcome o) {
+                        KEEL_FAILPOINT("coord.after_phase2");
                         Interaction* p = find(seq);
                         if (p == nullptr) return;
                         auto& b = p->rec.branches[i];
@@ -488,24 +512,24 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                         } else {
                           // The agent cannot commit what we decided: a heuristic
                           // outcome that needs an operator. Stop retrying it.
-                          b.state = BState::Failed;
                           b.reason = std::string("commit answered ") +
                                      (o == wire::BranchOutcome::UNKNOWN       ? "unknown branch"
                                       : o == wire::BranchOutcome::CONFLICT    ? "conflict (branch was rolled back)"
                                                                               : "not prepared");
                           p->rec.error = "HEURISTIC: " + b.participant + " " + b.reason;
                           KEEL_LOG_ERROR("seq {}: {}", seq, p->rec.error);
-                          b.state = BState::RolledBack;
+                          b.state = BState::RolledBack;  // not retried: needs an operator
                         }
                       },
                       [this, seq, i](kj::Exception&& e) {
                         Interaction* p = find(seq);
-                        if (p != nullptr) p->rec.branches[i].reason = "commit failed: " + describe(e);
+                        if (p == nullptr) return;
+                        p->rec.branches[i].reason = "commit failed: " + describe(e);
+                        if (p->rec.failedUs == 0) p->rec.failedUs = wallMicros();
                       }));
   }
   it->rec.phase2Attempts++;
   return guardDriver(seq, kj::joinPromises(calls.releaseAsArray()).then([this, seq]() -> kj::Promise<void> {
-    KEEL_FAILPOINT("coord.after_phase2");
     Interaction* p = find(seq);
     if (p == nullptr) return kj::READY_NOW;
     bool done = std::none_of(p->rec.branches.begin(), p->rec.branches.end(), [](const auto& b) {
@@ -513,15 +537,13 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
     });
     if (done) return finish(seq);
     tasks_.add(persist(*p));  // record the attempt; not forced
-    return io_.provider->getTimer().afterDelay(backoff(p->rec.phase2Attempts)).then([this, seq]() {
-      return driveCommit(seq);
-    });
+    return pause(*p, backoff(p->rec.phase2Attempts)).then([this, seq]() { return driveCommit(seq); });
   }), true);
 }
 
 kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
   Interaction* it = find(seq);
-  if (it == nullptr || !it->rb) return kj::READY_NOW;
+  if (it == nullptr || !it->rb || it->rec.state != State::Aborting) return kj::READY_NOW;
   if (it->rb->pending.empty()) return finish(seq);
   std::uint64_t epoch = epoch_;
   it->rb->attempts++;
@@ -581,10 +603,15 @@ kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
     if (p == nullptr) return kj::READY_NOW;
     if (p->rb->pending.empty()) return finish(seq);
     tasks_.add(persist(*p));  // attempts and last error; not forced
-    return io_.provider->getTimer().afterDelay(backoff(p->rb->attempts)).then([this, seq]() {
-      return driveRollback(seq);
-    });
+    return pause(*p, backoff(p->rb->attempts)).then([this, seq]() { return driveRollback(seq); });
   }), false);
+}
+
+kj::Promise<void> Coordinator::pause(Interaction& it, kj::Duration d) {
+  // Backoff that an operator's "retry now" cuts short.
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  it.wake = kj::mv(paf.fulfiller);
+  return io_.provider->getTimer().afterDelay(d).exclusiveJoin(kj::mv(paf.promise));
 }
 
 kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
@@ -606,6 +633,7 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
 // ------------------------------------------------------------ interactive
 
 kj::Promise<std::uint64_t> Coordinator::begin(std::uint32_t deadlineMs) {
+  if (auto full = storageFull()) return KJ_EXCEPTION(OVERLOADED, *full);
   return seqs_->next().then([this, deadlineMs](std::uint64_t seq) {
     KEEL_FAILPOINT("coord.after_seq_assigned");
     auto& it = create(seq, true, deadlineMs);

@@ -64,6 +64,25 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   Info info() const;
   bool sweepDone() const { return sweepPending_ == 0; }
 
+  // Agent asking for the outcome of a branch in doubt.
+  enum class Decided : std::uint8_t { Committed = 0, RolledBack = 1, Pending = 2, Unknown = 3 };
+  Decided outcome(std::uint64_t seq) const;
+
+  struct WindowStats {
+    std::uint64_t count = 0, p50Us = 0, p99Us = 0, maxUs = 0, inDoubt = 0, oldestUs = 0;
+    std::uint64_t rollbacks = 0, retriedCommits = 0;
+  };
+  WindowStats stats() const;
+
+  // Operator control (keelctl). retryNow: seq 0 = every unfinished one.
+  std::uint32_t retryNow(std::uint64_t seq);
+  struct ResolveResult {
+    bool done = false;
+    std::string reason;
+  };
+  kj::Promise<ResolveResult> resolve(std::uint64_t seq, bool commit, std::string who, std::string why, bool override);
+  std::vector<AuditRecord> audit(std::size_t limit) const { return wal_.listAudit(limit); }
+
  private:
   struct Interaction;
   using State = InteractionRecord::State;
@@ -96,6 +115,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> driveRollback(std::uint64_t seq);
   kj::Promise<void> finish(std::uint64_t seq);
   kj::Duration backoff(std::uint32_t attempt) const;
+  kj::Promise<void> pause(Interaction& it, kj::Duration d);
+  std::optional<std::string> storageFull() const;
 
   // recovery.cc
   void redrive(InteractionRecord rec, std::optional<RollbackRecord> rb);
@@ -114,6 +135,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::map<std::uint64_t, std::unique_ptr<Interaction>> live_;  // unfinished
   std::uint64_t committed_ = 0, rolledBack_ = 0;
   std::uint32_t sweepPending_ = 0;
+  Micros fullUntilUs_ = 0;  // a write failed with MDB_MAP_FULL: refuse new work until then
+  static constexpr double kRefuseNewAtFill = 0.9;
   kj::TaskSet tasks_;  // declared last: destroyed first, before what it uses
 };
 

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "host:port for clients (overrides the config; port 0 = any)");
   app.add_option("--data-dir", dataDir, "WAL directory (overrides the config)");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
+  bool checkWal = false;
+  app.add_flag("--check-wal", checkWal, "decode every WAL record, list the damaged ones and exit (1 if any)");
   CLI11_PARSE(app, argc, argv);
 
   keel::CoordinatorConfig cfg;
@@ -43,6 +45,18 @@ int main(int argc, char** argv) {
   }
 
   keel::initLogging("coordinator");
+  if (checkWal) {
+    try {
+      keel::WalStore wal(cfg.dataDir, cfg.mapSizeMb << 20);
+      auto bad = wal.checkAll();
+      for (auto& b : bad) std::cout << "damaged: " << b << "\n";
+      std::cout << bad.size() << " damaged record(s) in " << cfg.dataDir << "\n";
+      return bad.empty() ? 0 : 1;
+    } catch (const std::exception& e) {
+      std::cerr << "keel-coordinator: " << e.what() << "\n";
+      return 1;
+    }
+  }
   try {
     keel::captureTerminationSignals();
     auto io = kj::setupAsyncIo();
@@ -54,6 +68,11 @@ int main(int argc, char** argv) {
                                "clients with " + std::to_string(cfg.participants.size()) + " participants");
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
+    return 1;
+  } catch (const keel::CorruptRecord& e) {
+    KEEL_LOG_ERROR("fatal: damaged WAL record: {} (nothing was changed; `keel-coordinator --config {} --check-wal` "
+                   "lists every damaged record, docs/recovery.md says what to do)",
+                   e.what(), configPath);
     return 1;
   } catch (const std::exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.what());

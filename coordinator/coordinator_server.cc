@@ -64,6 +64,47 @@ kj::Promise<void> CoordinatorImpl::info(InfoContext ctx) {
   return kj::READY_NOW;
 }
 
+kj::Promise<void> CoordinatorImpl::outcome(OutcomeContext ctx) {
+  ctx.getResults().setOutcome(static_cast<wire::DecisionOutcome>(c_.outcome(ctx.getParams().getSeq())));
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::stats(StatsContext ctx) {
+  auto s = c_.stats();
+  auto b = ctx.getResults().initStats();
+  b.setCount(s.count);
+  b.setP50Us(s.p50Us);
+  b.setP99Us(s.p99Us);
+  b.setMaxUs(s.maxUs);
+  b.setInDoubt(s.inDoubt);
+  b.setOldestUs(s.oldestUs);
+  b.setRollbacks(s.rollbacks);
+  b.setRetriedCommits(s.retriedCommits);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::retryNow(RetryNowContext ctx) {
+  ctx.getResults().setWoken(c_.retryNow(ctx.getParams().getSeq()));
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::resolve(ResolveContext ctx) {
+  auto p = ctx.getParams();
+  return c_.resolve(p.getSeq(), p.getCommit(), p.getWho().cStr(), p.getWhy().cStr(), p.getOverride())
+      .then([ctx](Coordinator::ResolveResult r) mutable {
+        ctx.getResults().setDone(r.done);
+        ctx.getResults().setReason(r.reason);
+      });
+}
+
+kj::Promise<void> CoordinatorImpl::audit(AuditContext ctx) {
+  std::uint32_t limit = ctx.getParams().getLimit();
+  auto entries = c_.audit(limit == 0 ? 1000 : limit);
+  auto l = ctx.getResults().initEntries(entries.size());
+  for (unsigned i = 0; i < entries.size(); ++i) l.set(i, toJson(entries[i]));
+  return kj::READY_NOW;
+}
+
 TransactionImpl::~TransactionImpl() noexcept(false) { c_.abandon(seq_); }
 
 kj::Promise<void> TransactionImpl::seq(SeqContext ctx) {

@@ -15,6 +15,11 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> query(QueryContext ctx) override;
   kj::Promise<void> listUnfinished(ListUnfinishedContext ctx) override;
   kj::Promise<void> info(InfoContext ctx) override;
+  kj::Promise<void> outcome(OutcomeContext ctx) override;
+  kj::Promise<void> stats(StatsContext ctx) override;
+  kj::Promise<void> retryNow(RetryNowContext ctx) override;
+  kj::Promise<void> resolve(ResolveContext ctx) override;
+  kj::Promise<void> audit(AuditContext ctx) override;
 
  private:
   Coordinator& c_;

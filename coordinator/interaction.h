@@ -22,6 +22,7 @@ struct Coordinator::Interaction {
   bool answered = false;
   bool closing = false;  // interactive: commit or rollback requested
   bool commitDurable = false;  // the COMMIT decision reached the disk
+  kj::Own<kj::PromiseFulfiller<void>> wake;  // cuts a driver's backoff short
 };
 
 }  // namespace keel

@@ -68,6 +68,9 @@ void Coordinator::redrive(InteractionRecord rec, std::optional<RollbackRecord> r
   it.closing = true;
   it.answered = true;  // nobody is waiting for an answer any more
   live_[seq] = std::move(owned);
+  // The crash (or whatever left it unfinished) happened after the last step
+  // the record shows: the window of inconsistency counts from there.
+  if (it.rec.failedUs == 0) it.rec.failedUs = std::max({it.rec.createdUs, it.rec.votesUs, it.rec.decidedUs});
   switch (it.rec.decision) {
     case InteractionRecord::Decision::Commit:
       it.rec.state = State::Committing;
@@ -87,11 +90,13 @@ void Coordinator::redrive(InteractionRecord rec, std::optional<RollbackRecord> r
 
 kj::Promise<void> Coordinator::sweep(ParticipantLink& l, std::uint32_t attempt) {
   std::uint64_t epoch = epoch_;
+  std::uint16_t node = cfg_.nodeId;
   return l
       .call<std::vector<RecoveredBranch>>(callDeadline(),
-                                          [epoch](wire::Participant::Client& c) {
+                                          [epoch, node](wire::Participant::Client& c) {
                                             auto req = c.recoverRequest();
                                             req.setEpoch(epoch);
+                                            req.setNode(node);
                                             return req.send().then([](auto resp) {
                                               std::vector<RecoveredBranch> out;
                                               for (auto b : resp.getBranches()) {

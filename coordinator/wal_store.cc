@@ -1,5 +1,7 @@
 #include "coordinator/wal_store.h"
 
+#include <algorithm>
+
 namespace keel {
 
 namespace {
@@ -15,6 +17,8 @@ WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes) : env_(dir,
   interactions_ = env_.openDb("interactions");
   rollbacks_ = env_.openDb("rollbacks");
   active_ = env_.openDb("active");
+  windows_ = env_.openDb("windows");
+  audit_ = env_.openDb("audit");
   log_ = std::make_unique<GroupCommitLog>(env_);
 }
 
@@ -72,8 +76,16 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
   std::string iv = encode(r);
   std::string rv = rb != nullptr ? encode(*rb) : std::string();
   bool finished = r.finished();
-  auto interactions = interactions_, rollbacks = rollbacks_, active = active_;
-  return log_->run([=, key = std::move(key), iv = std::move(iv), rv = std::move(rv)](lmdb::Txn& txn) {
+  // The window of inconsistency of a failed interaction, recorded once it is
+  // over: from the first failure to the last participant's confirmation.
+  std::string window;
+  if (finished && r.failedUs != 0) {
+    window = u64Key(r.completedUs > r.failedUs ? r.completedUs - r.failedUs : 0);
+    window.push_back(rb != nullptr ? 'r' : 'c');
+  }
+  auto interactions = interactions_, rollbacks = rollbacks_, active = active_, windows = windows_;
+  return log_->run([=, key = std::move(key), iv = std::move(iv), rv = std::move(rv),
+                    window = std::move(window)](lmdb::Txn& txn) {
     txn.put(interactions, key, iv);
     if (!rv.empty()) txn.put(rollbacks, key, rv);
     if (finished) {
@@ -81,6 +93,7 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
     } else {
       txn.put(active, key, "");
     }
+    if (!window.empty()) txn.put(windows, key, window);
   });
 }
 
@@ -103,6 +116,68 @@ std::vector<std::string> WalStore::listUnfinished(std::size_t limit) const {
     return out.size() < limit;
   });
   return out;
+}
+
+kj::Promise<void> WalStore::appendAudit(const AuditRecord& a) {
+  std::string key = u64Key(a.atUs) + u64Key(a.seq);
+  std::string v = encode(a);
+  auto audit = audit_;
+  return log_->run([=](lmdb::Txn& txn) { txn.put(audit, key, v); });  // durable before the action
+}
+
+std::vector<AuditRecord> WalStore::listAudit(std::size_t limit) const {
+  std::vector<AuditRecord> out;
+  auto txn = env_.beginRead();
+  txn.scan(audit_, "", [&](std::string_view, std::string_view v) {
+    out.push_back(decodeAudit(v));
+    return out.size() < limit;
+  });
+  return out;
+}
+
+WalStore::Windows WalStore::windows() const {
+  Windows w;
+  auto txn = env_.beginRead();
+  txn.scan(windows_, "", [&](std::string_view, std::string_view v) {
+    if (v.size() == 9) {
+      w.us.push_back(keyU64(v));
+      (v[8] == 'r' ? w.rollbacks : w.retriedCommits)++;
+    }
+    return true;
+  });
+  std::sort(w.us.begin(), w.us.end());
+  return w;
+}
+
+double WalStore::fill() const {
+  MDB_envinfo info;
+  MDB_stat st;
+  mdb_env_info(env_.raw(), &info);
+  mdb_env_stat(env_.raw(), &st);
+  return double(info.me_last_pgno + 1) * st.ms_psize / double(info.me_mapsize);
+}
+
+std::vector<std::string> WalStore::checkAll() const {
+  std::vector<std::string> bad;
+  auto txn = env_.beginRead();
+  auto check = [&](MDB_dbi dbi, const char* table, auto decode) {
+    txn.scan(dbi, "", [&](std::string_view k, std::string_view v) {
+      try {
+        decode(v);
+      } catch (const CorruptRecord& e) {
+        bad.push_back(std::string(table) + " " + (k.size() == 8 ? std::to_string(keyU64(k)) : "?") + ": " + e.what());
+      }
+      return true;
+    });
+  };
+  check(interactions_, "interaction", [](std::string_view v) { decodeInteraction(v); });
+  check(rollbacks_, "rollback", [](std::string_view v) { decodeRollback(v); });
+  check(audit_, "audit", [](std::string_view v) { decodeAudit(v); });
+  txn.scan(active_, "", [&](std::string_view k, std::string_view) {
+    if (!txn.get(interactions_, k)) bad.push_back("active " + std::to_string(keyU64(k)) + ": no interaction record");
+    return true;
+  });
+  return bad;
 }
 
 }  // namespace keel

@@ -7,6 +7,9 @@
 //   rollbacks     seq -> RollbackRecord      (the "rollback table")
 //   active        seq -> ""  for every interaction not yet finished, so
 //                 recovery scans only unfinished work
+//   windows       seq -> window of inconsistency (u64 us) + kind, for every
+//                 finished interaction that saw a failure (keelctl stats)
+//   audit         (time, seq) -> AuditRecord of each operator action
 //
 // Every write goes through the GroupCommitLog: a save() resolves once its
 // group's durable LMDB commit returned. Callers decide whether to wait: the
@@ -55,15 +58,33 @@ class WalStore {
   // group commit; the promise resolves when durable.
   kj::Promise<void> save(const InteractionRecord& r, const RollbackRecord* rb);
 
+  // Durable operator audit entry.
+  kj::Promise<void> appendAudit(const AuditRecord& a);
+  std::vector<AuditRecord> listAudit(std::size_t limit) const;
+
   std::optional<StoredInteraction> get(std::uint64_t seq) const;
   std::vector<std::string> listUnfinished(std::size_t limit) const;
+
+  struct Windows {
+    std::vector<std::uint64_t> us;  // sorted ascending
+    std::uint64_t rollbacks = 0, retriedCommits = 0;
+  };
+  Windows windows() const;
+
+  // Share of the LMDB map in use (high-water mark of the file), 0..1.
+  double fill() const;
+  std::size_t mapSize() const { return env_.mapSize(); }
+
+  // Decodes every record of every table; returns "table key: problem" for
+  // each damaged one (keel-coordinator --check-wal).
+  std::vector<std::string> checkAll() const;
 
   GroupCommitLog& log() { return *log_; }
   std::uint64_t epoch() const { return epoch_; }
 
  private:
   lmdb::Env env_;
-  MDB_dbi meta_, interactions_, rollbacks_, active_;
+  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_;
   std::unique_ptr<GroupCommitLog> log_;
   std::uint64_t epoch_ = 0;
 };

@@ -40,13 +40,36 @@ std::optional<BranchRecord> readBranch(const lmdb::Txn& txn, MDB_dbi dbi, Xid xi
   return decodeBranch(*v);
 }
 
+// The branch log and its index of unfinished (ACTIVE/PREPARED) branches, so
+// recovery and the in-doubt resolver never scan finished history.
+struct BranchTables {
+  MDB_dbi branches, unfinished;
+  void put(lmdb::Txn& txn, const BranchRecord& rec) const {
+    std::string key = xidKey(rec.xid);
+    txn.put(branches, key, encode(rec));
+    if (rec.state == BranchStatus::Active || rec.state == BranchStatus::Prepared) {
+      txn.put(unfinished, key, "");
+    } else {
+      txn.del(unfinished, key);
+    }
+  }
+};
+
 // Final state of a branch, written in the same transaction as its effect on
 // the ledger.
-void finishBranch(lmdb::Txn& txn, MDB_dbi branches, BranchRecord& rec, BranchStatus state, std::uint64_t epoch) {
+void finishBranch(lmdb::Txn& txn, BranchTables t, BranchRecord& rec, BranchStatus state, std::uint64_t epoch) {
   rec.state = state;
   rec.epoch = std::max(rec.epoch, epoch);
   rec.finishedUs = wallMicros();
-  txn.put(branches, xidKey(rec.xid), encode(rec));
+  t.put(txn, rec);
+}
+
+std::string epochKey(std::uint16_t node) { return "epoch/" + std::to_string(node); }
+
+// Remembers the newest epoch of a coordinator node durably (with the job).
+void storeEpoch(lmdb::Txn& txn, MDB_dbi meta, std::uint16_t node, std::uint64_t epoch) {
+  auto v = txn.get(meta, epochKey(node));
+  if (!v || keyU64(*v) < epoch) txn.put(meta, epochKey(node), u64Key(epoch));
 }
 
 }  // namespace
@@ -55,6 +78,7 @@ Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), env_(opts_.dataDir, en
   accounts_ = env_.openDb("accounts");
   branches_ = env_.openDb("branches");
   meta_ = env_.openDb("meta");
+  unfinished_ = env_.openDb("unfinished");
   // Check every stored record decodes before serving: a damaged branch log
   // must stop the agent, not be skipped.
   {
@@ -76,24 +100,44 @@ Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), env_(opts_.dataDir, en
       return true;
     });
   }
+  {
+    auto txn = env_.beginRead();
+    txn.scan(meta_, "epoch/", [&](std::string_view k, std::string_view v) {
+      if (k.rfind("epoch/", 0) != 0) return false;
+      epochs_[std::uint16_t(std::stoul(std::string(k.substr(6))))] = keyU64(v);
+      return true;
+    });
+  }
   log_ = std::make_unique<GroupCommitLog>(env_);
   // ACTIVE branches from before a restart never voted: nobody was promised
   // anything, so the agent rolls them back on its own (their holds go).
   auto accounts = accounts_;
-  auto branches = branches_;
+  BranchTables tables{branches_, unfinished_};
+  auto meta = meta_;
   std::size_t dropped = log_->runSync([=](lmdb::Txn& txn) {
+    if (!txn.get(meta, "unfinished_index")) {
+      // A branch log from before the index existed: build it once.
+      std::vector<BranchRecord> all;
+      txn.scan(tables.branches, "", [&](std::string_view, std::string_view v) {
+        all.push_back(decodeBranch(v));
+        return true;
+      });
+      for (auto& rec : all) tables.put(txn, rec);
+      txn.put(meta, "unfinished_index", "1");
+    }
     std::vector<BranchRecord> active;
-    txn.scan(branches, "", [&](std::string_view, std::string_view v) {
-      auto rec = decodeBranch(v);
-      if (rec.state == BranchStatus::Active) active.push_back(std::move(rec));
+    txn.scan(tables.unfinished, "", [&](std::string_view k, std::string_view) {
+      auto v = txn.get(tables.branches, k);
+      if (v) {
+        auto rec = decodeBranch(*v);
+        if (rec.state == BranchStatus::Active) active.push_back(std::move(rec));
+      }
       return true;
     });
     for (auto& rec : active) {
       ledger::rollbackOps(txn, accounts, rec.xid, rec.ops);
-      rec.state = BranchStatus::RolledBack;
       rec.reason = "agent restarted before the branch was prepared";
-      rec.finishedUs = wallMicros();
-      txn.put(branches, xidKey(rec.xid), encode(rec));
+      finishBranch(txn, tables, rec, BranchStatus::RolledBack, 0);
     }
     return active.size();
   });
@@ -102,8 +146,36 @@ Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), env_(opts_.dataDir, en
 
 Agent::~Agent() { log_.reset(); }
 
+double Agent::fill() const {
+  MDB_envinfo info;
+  MDB_stat st;
+  mdb_env_info(env_.raw(), &info);
+  mdb_env_stat(env_.raw(), &st);
+  return double(info.me_last_pgno + 1) * st.ms_psize / double(info.me_mapsize);
+}
+
+void Agent::fence(std::uint16_t node, std::uint64_t epoch) {
+  auto& newest = epochs_[node];
+  if (epoch < newest) {
+    throw StaleEpoch("stale epoch " + std::to_string(epoch) + " of coordinator node " + std::to_string(node) +
+                     ": this agent has seen epoch " + std::to_string(newest));
+  }
+  newest = epoch;
+}
+
+std::uint64_t Agent::newestEpoch(std::uint16_t node) const {
+  auto it = epochs_.find(node);
+  return it == epochs_.end() ? 0 : it->second;
+}
+
 std::optional<std::string> Agent::validate(const std::vector<Op>& ops) const {
   if (ops.size() > Limits::kMaxOpsPerInteraction) return "too many operations in one branch";
+  // New work is refused while the log is nearly full, so that commits and
+  // rollbacks of what is prepared still fit.
+  if (double f = fill(); f >= kRefuseNewAtFill) {
+    return "agent " + opts_.name + " storage is " + std::to_string(int(f * 100)) + "% full (map_size_mb = " +
+           std::to_string(env_.mapSize() >> 20) + "): new work refused";
+  }
   for (const auto& op : ops) {
     if (!op.participant.empty() && op.participant != opts_.name) {
       return "operation addressed to participant " + op.participant + ", this agent is " + opts_.name;
@@ -122,13 +194,17 @@ kj::Promise<PrepareResult> Agent::execute(std::uint64_t epoch, Xid xid, std::vec
 }
 
 kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector<Op> ops, bool vote) {
+  fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return PrepareResult{Vote::No, *bad, {}};
   auto accounts = accounts_;
   auto branches = branches_;
+  auto meta = meta_;
+  BranchTables tables{branches_, unfinished_};
   auto* env = &env_;
   return log_
       ->run([=, ops = std::move(ops)](lmdb::Txn& txn) -> PrepareResult {
+        storeEpoch(txn, meta, seqNode(xid.seq), epoch);
         auto existing = readBranch(txn, branches, xid);
         BranchRecord rec;
         if (existing) {
@@ -160,19 +236,21 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
             // An ACTIVE branch whose new work failed is rolled back whole.
             ledger::rollbackOps(txn, accounts, xid, rec.ops);
           }
-          rec.state = BranchStatus::RolledBack;
           rec.reason = outcome.reason;
-          rec.finishedUs = wallMicros();
-          txn.put(branches, xidKey(xid), encode(rec));
+          finishBranch(txn, tables, rec, BranchStatus::RolledBack, epoch);
           return PrepareResult{Vote::No, outcome.reason, {}};
         }
         opsTxn.commit();
+        KEEL_FAILPOINT("agent.after_execute");
         for (auto& op : ops) rec.ops.push_back(op);
         bool readOnly = true;
         for (auto& op : rec.ops) readOnly = readOnly && op.kind == OpKind::ReadBalance;
         if (vote && readOnly) {
           // Nothing to commit: the branch is finished, nothing is written.
-          if (existing) txn.del(branches, xidKey(xid));
+          if (existing) {
+            txn.del(branches, xidKey(xid));
+            txn.del(tables.unfinished, xidKey(xid));
+          }
           return PrepareResult{Vote::ReadOnly, "", std::move(outcome.results)};
         }
         if (vote) {
@@ -182,7 +260,7 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
         } else {
           rec.state = BranchStatus::Active;
         }
-        txn.put(branches, xidKey(xid), encode(rec));
+        tables.put(txn, rec);  // PREPARED: must be durable before the vote
         return PrepareResult{Vote::Yes, "", std::move(outcome.results)};
       })
       .then([vote](PrepareResult r) {
@@ -193,10 +271,14 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
 }
 
 kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::vector<Xid> xids) {
+  if (!xids.empty()) fence(seqNode(xids[0].seq), epoch);
   auto accounts = accounts_;
   auto branches = branches_;
+  auto meta = meta_;
+  BranchTables tables{branches_, unfinished_};
   return log_
       ->run([=, xids = std::move(xids)](lmdb::Txn& txn) {
+        if (!xids.empty()) storeEpoch(txn, meta, seqNode(xids[0].seq), epoch);
         std::vector<BranchOutcome> out;
         out.reserve(xids.size());
         for (Xid xid : xids) {
@@ -218,7 +300,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::
             case BranchStatus::Prepared:
               KEEL_FAILPOINT("agent.before_commit_durable");
               ledger::commitOps(txn, accounts, xid, rec->ops);
-              finishBranch(txn, branches, *rec, BranchStatus::Committed, epoch);
+              finishBranch(txn, tables, *rec, BranchStatus::Committed, epoch);
               out.push_back(BranchOutcome::Committed);
               break;
           }
@@ -232,10 +314,14 @@ kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::
 }
 
 kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std::vector<Xid> xids) {
+  if (!xids.empty()) fence(seqNode(xids[0].seq), epoch);
   auto accounts = accounts_;
   auto branches = branches_;
+  auto meta = meta_;
+  BranchTables tables{branches_, unfinished_};
   return log_
       ->run([=, xids = std::move(xids)](lmdb::Txn& txn) {
+        if (!xids.empty()) storeEpoch(txn, meta, seqNode(xids[0].seq), epoch);
         std::vector<BranchOutcome> out;
         out.reserve(xids.size());
         for (Xid xid : xids) {
@@ -264,7 +350,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
             case BranchStatus::Prepared:
               KEEL_FAILPOINT("agent.before_rollback_durable");
               ledger::rollbackOps(txn, accounts, xid, rec->ops);
-              finishBranch(txn, branches, *rec, BranchStatus::RolledBack, epoch);
+              finishBranch(txn, tables, *rec, BranchStatus::RolledBack, epoch);
               out.push_back(BranchOutcome::RolledBack);
               break;
           }
@@ -278,12 +364,15 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
 }
 
 kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) {
+  fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return OnePhaseResult{BranchOutcome::RolledBack, *bad, {}};
   auto accounts = accounts_;
   auto branches = branches_;
+  auto meta = meta_;
   auto* env = &env_;
   return log_->run([=, ops = std::move(ops)](lmdb::Txn& txn) -> OnePhaseResult {
+    storeEpoch(txn, meta, seqNode(xid.seq), epoch);
     auto existing = readBranch(txn, branches, xid);
     if (existing) {
       // A retried one-phase call: answer what happened the first time.
@@ -328,12 +417,31 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
 std::vector<BranchRecord> Agent::unfinishedBranches() const {
   std::vector<BranchRecord> out;
   auto txn = env_.beginRead();
-  txn.scan(branches_, "", [&](std::string_view, std::string_view v) {
-    auto rec = decodeBranch(v);
-    if (rec.state == BranchStatus::Active || rec.state == BranchStatus::Prepared) out.push_back(std::move(rec));
+  txn.scan(unfinished_, "", [&](std::string_view k, std::string_view) {
+    if (auto v = txn.get(branches_, k)) out.push_back(decodeBranch(*v));
     return true;
   });
   return out;
+}
+
+kj::Promise<Agent::ForgetResult> Agent::forget(std::uint64_t epoch, std::vector<Xid> xids) {
+  // epoch 0: an operator (keelctl forget); only finished branches go anyway.
+  if (epoch != 0 && !xids.empty()) fence(seqNode(xids[0].seq), epoch);
+  auto branches = branches_;
+  return log_->run([=, xids = std::move(xids)](lmdb::Txn& txn) {
+    ForgetResult r;
+    for (Xid xid : xids) {
+      auto rec = readBranch(txn, branches, xid);
+      if (!rec) continue;  // already forgotten
+      if (rec->state == BranchStatus::Active || rec->state == BranchStatus::Prepared) {
+        r.refused.push_back(xid);
+        continue;
+      }
+      txn.del(branches, xidKey(xid));
+      ++r.forgotten;
+    }
+    return r;
+  });
 }
 
 std::vector<std::optional<BranchRecord>> Agent::branches(const std::vector<Xid>& xids) const {

@@ -22,7 +22,9 @@
 
 #include <kj/async.h>
 
+#include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -61,6 +63,14 @@ struct AgentOptions {
   std::size_t mapSizeBytes = std::size_t(1) << 30;
 };
 
+// Thrown (as the RPC's error) when a call carries an epoch older than the
+// newest this agent has seen from that coordinator node: a stale
+// coordinator must not drive branches any more.
+class StaleEpoch : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 class Agent {
  public:
   explicit Agent(AgentOptions opts);
@@ -76,9 +86,22 @@ class Agent {
   kj::Promise<std::vector<BranchOutcome>> commit(std::uint64_t epoch, std::vector<Xid> xids);
   kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids);
   kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops);
+  // Drops finished branches' records; returns how many, and the XIDs refused
+  // because they are not finished.
+  struct ForgetResult {
+    std::uint32_t forgotten = 0;
+    std::vector<Xid> refused;
+  };
+  kj::Promise<ForgetResult> forget(std::uint64_t epoch, std::vector<Xid> xids);
+
+  // Fencing: throws StaleEpoch if `epoch` is older than the newest seen from
+  // coordinator `node`; remembers a newer one (made durable with the next
+  // log job). Called at the entry of every call that carries an epoch.
+  void fence(std::uint16_t node, std::uint64_t epoch);
+  std::uint64_t newestEpoch(std::uint16_t node) const;
 
   // Reads (short read transaction on the calling thread).
-  std::vector<BranchRecord> unfinishedBranches() const;  // Active + Prepared
+  std::vector<BranchRecord> unfinishedBranches() const;  // Active + Prepared (indexed)
   std::vector<std::optional<BranchRecord>> branches(const std::vector<Xid>& xids) const;
   std::vector<AccountView> accounts() const;
   struct Counts {
@@ -89,13 +112,18 @@ class Agent {
   GroupCommitLog& log() { return *log_; }
 
  private:
-  // Checks ops are well formed and addressed to this agent.
+  // Checks ops are well formed and addressed to this agent, and that there
+  // is room for new work.
   std::optional<std::string> validate(const std::vector<Op>& ops) const;
+  // Share of the LMDB map in use (high-water mark), 0..1.
+  double fill() const;
+  static constexpr double kRefuseNewAtFill = 0.9;
   kj::Promise<PrepareResult> work(std::uint64_t epoch, Xid xid, std::vector<Op> ops, bool vote);
 
   AgentOptions opts_;
   lmdb::Env env_;
-  MDB_dbi accounts_, branches_, meta_;
+  MDB_dbi accounts_, branches_, meta_, unfinished_;
+  std::map<std::uint16_t, std::uint64_t> epochs_;  // newest epoch per coordinator node; event loop only
   std::unique_ptr<GroupCommitLog> log_;
 };
 

@@ -19,6 +19,7 @@
 #include "common/rpc.h"
 #include "participant/agent.h"
 #include "participant/agent_server.h"
+#include "participant/resolver.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"keel-agent: Keel participant agent (ledger adapter)"};
@@ -30,6 +31,10 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", dataDir, "directory of the agent's LMDB environment");
   app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
+  std::string coordinator;
+  std::uint32_t inDoubtMs = 0;
+  app.add_option("--coordinator", coordinator, "coordinator host:port to ask about branches in doubt");
+  app.add_option("--in-doubt-query-ms", inDoubtMs, "ask the coordinator about a branch PREPARED this long");
   CLI11_PARSE(app, argc, argv);
 
   keel::AgentConfig cfg;
@@ -39,6 +44,9 @@ int main(int argc, char** argv) {
     if (!listen.empty()) cfg.listen = listen;
     if (!dataDir.empty()) cfg.dataDir = dataDir;
     if (mapSizeMb != 0) cfg.mapSizeMb = mapSizeMb;
+    if (!coordinator.empty()) cfg.coordinator = coordinator;
+    if (inDoubtMs != 0) cfg.inDoubtQueryMs = inDoubtMs;
+    if (!cfg.coordinator.empty()) keel::checkAddress("coordinator", cfg.coordinator);
     if (!keel::validName(cfg.name)) {
       throw keel::ConfigError("agent name '" + cfg.name +
                               "' is missing or invalid (--name or [agent] name; 1-64 chars of A-Z a-z 0-9 _ . -)");
@@ -56,6 +64,12 @@ int main(int argc, char** argv) {
     auto io = kj::setupAsyncIo();
     keel::Agent agent(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
     keel::RpcServer server(io, kj::heap<keel::ParticipantImpl>(agent));
+    keel::InDoubtResolver resolver(io, agent, cfg.coordinator, keel::Micros(cfg.inDoubtQueryMs) * 1000);
+    if (!cfg.coordinator.empty()) {
+      resolver.start();
+      KEEL_LOG_INFO("branches prepared for over {} ms ask coordinator {} for their outcome", cfg.inDoubtQueryMs,
+                    cfg.coordinator);
+    }
     keel::serveUntilTerminated(io, server, cfg.listen, readyFile, cfg.name + " (data " + cfg.dataDir + ")");
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());

@@ -82,6 +82,7 @@ kj::Promise<void> ParticipantImpl::commitOnePhase(CommitOnePhaseContext ctx) {
 }
 
 kj::Promise<void> ParticipantImpl::recover(RecoverContext ctx) {
+  agent_.fence(ctx.getParams().getNode(), ctx.getParams().getEpoch());
   auto list = agent_.unfinishedBranches();
   auto l = ctx.getResults().initBranches(list.size());
   for (unsigned i = 0; i < list.size(); ++i) fillBranchInfo(l[i], list[i]);
@@ -121,6 +122,16 @@ kj::Promise<void> ParticipantImpl::status(StatusContext ctx) {
     }
   }
   return kj::READY_NOW;
+}
+
+kj::Promise<void> ParticipantImpl::forget(ForgetContext ctx) {
+  auto p = ctx.getParams();
+  return agent_.forget(p.getEpoch(), readXids(p.getXids())).then([ctx](Agent::ForgetResult r) mutable {
+    auto res = ctx.getResults();
+    res.setForgotten(r.forgotten);
+    auto l = res.initRefused(r.refused.size());
+    for (unsigned i = 0; i < r.refused.size(); ++i) fillXid(l[i], r.refused[i]);
+  });
 }
 
 }  // namespace keel

@@ -19,6 +19,7 @@ class ParticipantImpl final : public wire::Participant::Server {
   kj::Promise<void> recover(RecoverContext ctx) override;
   kj::Promise<void> inspect(InspectContext ctx) override;
   kj::Promise<void> status(StatusContext ctx) override;
+  kj::Promise<void> forget(ForgetContext ctx) override;
 
  private:
   Agent& agent_;

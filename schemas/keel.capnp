@@ -90,7 +90,7 @@ interface Participant {
       -> (outcome :BranchOutcome, reason :Text, results :List(OpResult));
 
   # Branches not finished (ACTIVE or PREPARED): the in-doubt list for recovery.
-  recover @5 (epoch :UInt64) -> (branches :List(BranchInfo));
+  recover @5 (epoch :UInt64, node :UInt16) -> (branches :List(BranchInfo));
 
   # Operator and test view: every account and the branch count by state.
   inspect @6 () -> (name :Text, accounts :List(AccountInfo),
@@ -99,7 +99,17 @@ interface Participant {
 
   # Outcome of given branches as the agent knows them (no change made).
   status @7 (xids :List(Xid)) -> (branches :List(BranchInfo), known :List(Bool));
+
+  # Drops the records of FINISHED branches (committed or rolled back); the
+  # coordinator no longer needs their answers. Unfinished ones are kept.
+  # epoch 0 = an operator's request (keelctl forget): not fenced.
+  forget @8 (epoch :UInt64, xids :List(Xid)) -> (forgotten :UInt32, refused :List(Xid));
 }
+
+# Why a participant refused a call as a whole (the call's answer carries it
+# as an RPC error of type FAILED whose description starts with these words).
+#   "stale epoch":  the call carries an epoch older than the newest this
+#                   agent has seen from that coordinator node (fencing).
 
 # ---------------------------------------------------------------- client API
 
@@ -144,4 +154,41 @@ interface Coordinator {
   # Coordinator identity and counters.
   info @4 () -> (nodeId :UInt16, epoch :UInt64, participants :List(Text),
                  committed :UInt64, rolledBack :UInt64, unfinished :UInt64);
+
+  # Asked by an agent whose branch has been PREPARED too long.
+  outcome @5 (seq :UInt64) -> (outcome :DecisionOutcome);
+
+  # Window of inconsistency (failure -> last participant confirmed) over
+  # every finished failed interaction in the WAL, and what is in doubt now.
+  stats @6 () -> (stats :WindowStats);
+
+  # Operator: wake the drivers of `seq` (0 = all) now instead of after backoff.
+  retryNow @7 (seq :UInt64) -> (woken :UInt32);
+
+  # Operator: force the decision of an unfinished interaction. Refused where
+  # it contradicts a durable decision unless `override`. Leaves an audit
+  # entry in the WAL either way it is carried out.
+  resolve @8 (seq :UInt64, commit :Bool, who :Text, why :Text, override :Bool)
+      -> (done :Bool, reason :Text);
+
+  # Operator: audit entries, oldest first (encoded AuditRecord JSON lines).
+  audit @9 (limit :UInt32) -> (entries :List(Text));
+}
+
+enum DecisionOutcome {
+  committed @0;     # COMMIT is durable: commit the branch
+  rolledBack @1;    # aborted, or never decided by an earlier incarnation: roll back
+  pending @2;       # still being decided: ask again later
+  unknown @3;       # not this coordinator's seq
+}
+
+struct WindowStats {
+  count @0 :UInt64;        # failed interactions finished (rollbacks + phase 2 retried)
+  p50Us @1 :UInt64;
+  p99Us @2 :UInt64;
+  maxUs @3 :UInt64;
+  inDoubt @4 :UInt64;      # unfinished interactions now
+  oldestUs @5 :UInt64;     # age of the oldest of them
+  rollbacks @6 :UInt64;    # of `count`: rolled back
+  retriedCommits @7 :UInt64;  # of `count`: committed after phase-2 retries
 }

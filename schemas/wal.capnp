@@ -52,6 +52,18 @@ struct InteractionRecord {
   completedUs @10 :UInt64;
   branches @11 :List(Branch);
   phase2Attempts @12 :UInt32;
+  failedUs @13 :UInt64;      # first failure seen (abort, failed phase-2 call, crash); 0 = none
+}
+
+# Operator action on an interaction (keelctl resolve), kept for audit.
+struct AuditRecord {
+  atUs @0 :UInt64;
+  seq @1 :UInt64;
+  action @2 :Text;           # "force-commit" / "force-abort"
+  who @3 :Text;
+  why @4 :Text;
+  override @5 :Bool;
+  previous @6 :Text;         # state and decision before the action
 }
 
 struct RollbackRecord {

@@ -1,6 +1,9 @@
 #include "tools/cluster.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -10,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -85,6 +89,9 @@ void ChildProcess::stop(std::chrono::milliseconds grace) {
 LocalCluster::LocalCluster(ClusterOptions opts) : opts_(std::move(opts)) {
   fs::create_directories(opts_.baseDir);
   for (auto& a : opts_.agents) agents_[a];
+  // Fixed before anything starts, so agents know where to ask about
+  // branches in doubt.
+  coordAddr_ = "127.0.0.1:" + std::to_string(pickFreePort());
 }
 
 LocalCluster::~LocalCluster() { stopAll(); }
@@ -118,10 +125,14 @@ void LocalCluster::startAgent(const std::string& name, const std::string& failpo
   fs::remove(ready);
   std::vector<std::string> env;
   if (!failpoints.empty()) env.push_back("KEEL_FAILPOINTS=" + failpoints);
-  agents_.at(name).start(opts_.binDir + "/keel-agent",
-                         {"--name", name, "--listen", listen, "--data-dir", opts_.baseDir + "/" + name,
-                          "--ready-file", ready},
-                         agentLog(name), env);
+  std::vector<std::string> args{"--name", name, "--listen", listen, "--data-dir", opts_.baseDir + "/" + name,
+                                "--ready-file", ready};
+  if (opts_.agentInDoubtQueryMs != 0) {
+    args.insert(args.end(), {"--coordinator", coordAddr_, "--in-doubt-query-ms",
+                             std::to_string(opts_.agentInDoubtQueryMs)});
+  }
+  args.insert(args.end(), opts_.agentExtraArgs.begin(), opts_.agentExtraArgs.end());
+  agents_.at(name).start(opts_.binDir + "/keel-agent", args, agentLog(name), env);
   agentAddr_[name] = waitReady(ready, agents_.at(name), "agent " + name);
 }
 
@@ -137,11 +148,8 @@ void LocalCluster::startCoordinator(const std::string& failpoints) {
   writeCoordinatorConfig();
   std::string ready = opts_.baseDir + "/coordinator.ready";
   fs::remove(ready);
-  std::vector<std::string> args{"--config", opts_.baseDir + "/coordinator.toml", "--ready-file", ready};
-  if (!coordAddr_.empty()) {
-    args.push_back("--listen");
-    args.push_back(coordAddr_);
-  }
+  std::vector<std::string> args{"--config", opts_.baseDir + "/coordinator.toml", "--ready-file", ready,
+                                "--listen", coordAddr_};
   std::vector<std::string> env;
   if (!failpoints.empty()) env.push_back("KEEL_FAILPOINTS=" + failpoints);
   coordinator_.start(opts_.binDir + "/keel-coordinator", args, coordinatorLog(), env);
@@ -161,6 +169,22 @@ bool LocalCluster::waitCoordinatorExit(std::chrono::milliseconds timeout) {
 
 bool LocalCluster::waitAgentExit(const std::string& name, std::chrono::milliseconds timeout) {
   return agents_.at(name).waitExit(timeout) != -1;
+}
+
+unsigned pickFreePort() {
+  static std::mt19937 rng(std::random_device{}());
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    unsigned port = 20000 + rng() % 12000;
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(std::uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    ::close(fd);
+    if (rc == 0) return port;
+  }
+  throw std::runtime_error("no free loopback port found");
 }
 
 std::string selfBinDir() {

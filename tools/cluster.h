@@ -47,6 +47,9 @@ struct ClusterOptions {
   std::vector<std::string> agents = {"bank-a", "bank-b"};
   std::string coordinatorExtraToml;        // lines added to [coordinator]
   std::chrono::milliseconds startTimeout{15000};
+  // Agents ask the coordinator about branches PREPARED this long (0 = never).
+  std::uint32_t agentInDoubtQueryMs = 2000;
+  std::vector<std::string> agentExtraArgs;  // added to every keel-agent command line
 };
 
 class LocalCluster {
@@ -88,6 +91,10 @@ class LocalCluster {
   ChildProcess coordinator_;
   std::string coordAddr_;
 };
+
+// A loopback port that was free a moment ago, below the kernel's ephemeral
+// range (so outgoing connections do not take it meanwhile).
+unsigned pickFreePort();
 
 // Directory of the running executable (build/bin for every Keel binary).
 std::string selfBinDir();

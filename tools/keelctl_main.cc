@@ -6,6 +6,11 @@
 //   keelctl [-c HOST:PORT] query SEQ [--json]
 //   keelctl [-c HOST:PORT] list [--limit N] [--json]
 //   keelctl [-c HOST:PORT] info [--json]
+//   keelctl [-c HOST:PORT] stats [--json]
+//   keelctl [-c HOST:PORT] retry [SEQ]
+//   keelctl [-c HOST:PORT] resolve SEQ --commit|--abort --why TEXT [--who NAME] [--override]
+//   keelctl [-c HOST:PORT] audit [--json]
+//   keelctl forget --agent HOST:PORT SEQ.BRANCH...
 //
 // Exit status: 0 done/committed, 1 rolled back or not found, 2 bad usage or
 // invalid request, 3 unreachable, in doubt or unavailable.
@@ -13,6 +18,7 @@
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
 
+#include <cstdlib>
 #include <iostream>
 
 #include "common/client.h"
@@ -75,8 +81,33 @@ int main(int argc, char** argv) {
   list->add_option("--limit", limit, "at most this many")->capture_default_str();
 
   auto* info = app.add_subcommand("info", "coordinator identity and counters");
+  auto* stats = app.add_subcommand("stats", "window of inconsistency and what is in doubt now");
 
-  for (auto* sub : {open, transfer, balance, query, list, info}) {
+  std::uint64_t retrySeq = 0;
+  auto* retry = app.add_subcommand("retry", "retry unfinished work now instead of after its backoff");
+  retry->add_option("seq", retrySeq, "one interaction (default: all)");
+
+  std::uint64_t resolveSeq = 0;
+  bool forceCommit = false, forceAbort = false, override = false;
+  std::string who, why;
+  auto* resolve = app.add_subcommand("resolve", "force the decision of an unfinished interaction (audited)");
+  resolve->add_option("seq", resolveSeq, "interaction")->required();
+  auto* commitFlag = resolve->add_flag("--commit", forceCommit, "force commit");
+  auto* abortFlag = resolve->add_flag("--abort", forceAbort, "force abort (roll back)");
+  commitFlag->excludes(abortFlag);
+  resolve->add_option("--why", why, "reason, kept in the audit entry")->required();
+  resolve->add_option("--who", who, "operator name (default: $USER)");
+  resolve->add_flag("--override", override, "allow contradicting a decision already taken");
+
+  auto* auditCmd = app.add_subcommand("audit", "operator actions recorded in the WAL");
+
+  std::string agentAddr;
+  std::vector<std::string> forgetXids;
+  auto* forget = app.add_subcommand("forget", "drop finished branch records on an agent");
+  forget->add_option("--agent", agentAddr, "agent host:port")->required();
+  forget->add_option("xids", forgetXids, "SEQ.BRANCH ...")->required();
+
+  for (auto* sub : {open, transfer, balance, query, list, info, stats, retry, resolve, auditCmd, forget}) {
     sub->add_flag("--json", json, "machine-readable output");
   }
   CLI11_PARSE(app, argc, argv);
@@ -99,8 +130,43 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (resolve->parsed() && !forceCommit && !forceAbort) {
+    std::cerr << "keelctl: resolve needs --commit or --abort\n";
+    return 2;
+  }
+  if (resolve->parsed() && who.empty()) {
+    const char* u = std::getenv("USER");
+    who = u != nullptr ? u : "unknown";
+  }
+  std::vector<keel::Xid> xids;
+  for (auto& x : forgetXids) {
+    auto dot = x.find('.');
+    try {
+      if (dot == std::string::npos) throw std::invalid_argument(x);
+      xids.push_back(keel::Xid{std::stoull(x.substr(0, dot)), std::uint16_t(std::stoul(x.substr(dot + 1)))});
+    } catch (const std::exception&) {
+      std::cerr << "keelctl: '" << x << "' is not SEQ.BRANCH\n";
+      return 2;
+    }
+  }
+
   try {
     auto io = kj::setupAsyncIo();
+    if (forget->parsed()) {
+      auto agent = keel::AgentClient::connect(io, agentAddr).wait(io.waitScope);
+      auto req = agent->capability().forgetRequest();
+      req.setEpoch(0);  // an operator, not a coordinator: no epoch, no fencing
+      auto l = req.initXids(xids.size());
+      for (unsigned i = 0; i < xids.size(); ++i) {
+        l[i].setSeq(xids[i].seq);
+        l[i].setBranch(xids[i].branch);
+      }
+      auto resp = req.send().wait(io.waitScope);
+      std::cout << "forgotten " << resp.getForgotten();
+      for (auto x : resp.getRefused()) std::cout << "\n  refused " << x.getSeq() << "." << x.getBranch() << " (not finished)";
+      std::cout << "\n";
+      return resp.getRefused().size() == 0 ? 0 : 1;
+    }
     auto client = keel::KeelClient::connect(io, coordinator).wait(io.waitScope);
     if (!ops.empty()) {
       auto o = client->submit(ops).wait(io.waitScope);
@@ -170,6 +236,48 @@ int main(int argc, char** argv) {
         std::cout << "\n  committed " << i.committed << "  rolled back " << i.rolledBack << "  unfinished "
                   << i.unfinished << " (since start)\n";
       }
+      return 0;
+    }
+    if (stats->parsed()) {
+      auto s = client->capability().statsRequest().send().wait(io.waitScope).getStats();
+      if (json) {
+        std::cout << "{\"count\":" << s.getCount() << ",\"p50_us\":" << s.getP50Us() << ",\"p99_us\":" << s.getP99Us()
+                  << ",\"max_us\":" << s.getMaxUs() << ",\"rollbacks\":" << s.getRollbacks()
+                  << ",\"retried_commits\":" << s.getRetriedCommits() << ",\"in_doubt\":" << s.getInDoubt()
+                  << ",\"oldest_in_doubt_us\":" << s.getOldestUs() << "}\n";
+      } else {
+        auto ms = [](std::uint64_t us) { return std::to_string(us / 1000) + "." + std::to_string(us / 100 % 10) + " ms"; };
+        std::cout << "window of inconsistency (failure -> last participant confirmed), over " << s.getCount()
+                  << " failed interactions (" << s.getRollbacks() << " rolled back, " << s.getRetriedCommits()
+                  << " committed after retries)\n"
+                  << "  median " << ms(s.getP50Us()) << "   p99 " << ms(s.getP99Us()) << "   max " << ms(s.getMaxUs())
+                  << "\n"
+                  << "in doubt now: " << s.getInDoubt() << " (oldest " << ms(s.getOldestUs()) << ")\n";
+      }
+      return 0;
+    }
+    if (retry->parsed()) {
+      auto req = client->capability().retryNowRequest();
+      req.setSeq(retrySeq);
+      std::cout << "woke " << req.send().wait(io.waitScope).getWoken() << " waiting driver(s)\n";
+      return 0;
+    }
+    if (resolve->parsed()) {
+      auto req = client->capability().resolveRequest();
+      req.setSeq(resolveSeq);
+      req.setCommit(forceCommit);
+      req.setWho(who);
+      req.setWhy(why);
+      req.setOverride(override);
+      auto resp = req.send().wait(io.waitScope);
+      std::cout << (resp.getDone() ? "done: " : "refused: ") << resp.getReason().cStr() << "\n";
+      return resp.getDone() ? 0 : 1;
+    }
+    if (auditCmd->parsed()) {
+      auto req = client->capability().auditRequest();
+      req.setLimit(limit);
+      auto resp = req.send().wait(io.waitScope);
+      for (auto e : resp.getEntries()) std::cout << e.cStr() << "\n";
       return 0;
     }
   } catch (const kj::Exception& e) {

@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 #include <kj/async-io.h>
 
+#include <sys/wait.h>
+
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -18,6 +21,22 @@
 namespace keel::test {
 
 inline std::string binDir() { return KEEL_BIN_DIR; }
+
+struct RunResult {
+  int exitCode;
+  std::string output;  // stdout and stderr
+};
+
+// Runs a shell command and collects what it prints.
+inline RunResult run(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int st = ::pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
 
 // (balance, held) of an account, as ClusterTest::account returns it.
 inline std::pair<std::int64_t, std::int64_t> bal(std::int64_t balance, std::int64_t held) { return {balance, held}; }
@@ -32,10 +51,17 @@ class ClusterTest : public ::testing::Test {
     return "call_timeout_ms = 1000\nretry_initial_ms = 20\nretry_max_ms = 200\n";
   }
 
+  virtual ClusterOptions clusterOptions() {
+    ClusterOptions o;
+    o.binDir = binDir();
+    o.baseDir = dir_;
+    o.coordinatorExtraToml = coordinatorToml();
+    return o;
+  }
+
   void SetUp() override {
     dir_ = makeTempDir("keel-it");
-    cluster_ = std::make_unique<LocalCluster>(
-        ClusterOptions{binDir(), dir_, {"bank-a", "bank-b"}, coordinatorToml(), std::chrono::milliseconds(15000)});
+    cluster_ = std::make_unique<LocalCluster>(clusterOptions());
     cluster_->startAll();
     reconnect();
   }

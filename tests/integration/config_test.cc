@@ -12,21 +12,6 @@
 namespace keel::test {
 namespace {
 
-struct RunResult {
-  int exitCode;
-  std::string output;
-};
-
-RunResult run(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int st = ::pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
 class ConfigTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = makeTempDir("keel-cfg"); }

@@ -165,6 +165,13 @@ TEST_F(ClusterTest, DamagedWalRecordStopsTheCoordinatorNamingIt) {
       << text.str();
   // Nothing was touched: the branches still wait.
   EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);
+  // --check-wal lists every damaged record and exits 1.
+  auto check = run(binDir() + "/keel-coordinator --config " + dir_ + "/coordinator.toml --check-wal");
+  EXPECT_EQ(check.exitCode, 1) << check.output;
+  EXPECT_NE(check.output.find("damaged: interaction " + std::to_string(seq) + ": record checksum mismatch"),
+            std::string::npos)
+      << check.output;
+  EXPECT_NE(check.output.find("1 damaged record(s)"), std::string::npos) << check.output;
 }
 
 }  // namespace

@@ -1,0 +1,148 @@
+// Coordinator: what agents and operators ask of it beyond submitting work —
+// the outcome of a branch in doubt, the window-of-inconsistency statistics,
+// "retry now", and forced decisions with their audit trail.
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/interaction.h"
+
+namespace keel {
+
+Coordinator::Decided Coordinator::outcome(std::uint64_t seq) const {
+  if (seqNode(seq) != cfg_.nodeId) return Decided::Unknown;
+  auto live = live_.find(seq);
+  if (live != live_.end()) {
+    const auto& it = *live->second;
+    if (it.rec.decision == InteractionRecord::Decision::Commit) {
+      return it.commitDurable ? Decided::Committed : Decided::Pending;
+    }
+    if (it.rec.state == State::Aborting) return Decided::RolledBack;
+    return Decided::Pending;
+  }
+  auto stored = wal_.get(seq);
+  if (stored) {
+    try {
+      auto rec = decodeInteraction(stored->interaction);
+      return rec.decision == InteractionRecord::Decision::Commit ? Decided::Committed : Decided::RolledBack;
+    } catch (const CorruptRecord&) {
+      return Decided::Pending;  // an operator must look at it first
+    }
+  }
+  // Never recorded by an earlier incarnation: no decision can exist for it
+  // (presumed abort). A seq of this incarnation is always live or recorded.
+  return seq < seqs_->firstOfIncarnation() ? Decided::RolledBack : Decided::Unknown;
+}
+
+Coordinator::WindowStats Coordinator::stats() const {
+  WindowStats s;
+  auto w = wal_.windows();
+  s.count = w.us.size();
+  s.rollbacks = w.rollbacks;
+  s.retriedCommits = w.retriedCommits;
+  if (!w.us.empty()) {
+    auto rank = [&](double q) {
+      std::size_t idx = std::size_t(q * double(w.us.size()) + 0.999999);  // nearest rank
+      return w.us[std::min(w.us.size(), std::max<std::size_t>(idx, 1)) - 1];
+    };
+    s.p50Us = rank(0.5);
+    s.p99Us = rank(0.99);
+    s.maxUs = w.us.back();
+  }
+  Micros now = wallMicros();
+  for (auto& [seq, it] : live_) {
+    if (it->rec.failedUs == 0) continue;  // in flight, nothing failed yet
+    ++s.inDoubt;
+    s.oldestUs = std::max<std::uint64_t>(s.oldestUs, now > it->rec.createdUs ? now - it->rec.createdUs : 0);
+  }
+  return s;
+}
+
+std::uint32_t Coordinator::retryNow(std::uint64_t seq) {
+  std::uint32_t woken = 0;
+  for (auto& [s, it] : live_) {
+    if (seq != 0 && s != seq) continue;
+    if (it->wake.get() != nullptr && it->wake->isWaiting()) {
+      it->wake->fulfill();
+      ++woken;
+    }
+  }
+  return woken;
+}
+
+kj::Promise<Coordinator::ResolveResult> Coordinator::resolve(std::uint64_t seq, bool commit, std::string who,
+                                                             std::string why, bool override) {
+  Interaction* it = find(seq);
+  if (it == nullptr) {
+    auto stored = wal_.get(seq);
+    if (!stored) return ResolveResult{false, "unknown interaction " + std::to_string(seq)};
+    return ResolveResult{false, "interaction " + std::to_string(seq) + " is finished (" +
+                                    stateName(decodeInteraction(stored->interaction).state) + "): nothing to resolve"};
+  }
+  if (who.empty() || why.empty()) return ResolveResult{false, "say who you are and why (--who, --why)"};
+  auto& r = it->rec;
+  std::string previous = std::string(stateName(r.state)) + ", decision " + decisionName(r.decision);
+  if (commit) {
+    if (r.state == State::Committing) return ResolveResult{false, "already committing: use retry to hurry it"};
+    bool allYes = std::all_of(r.branches.begin(), r.branches.end(), [](const auto& b) {
+      return b.state == BState::Prepared || b.state == BState::ReadOnly || b.state == BState::Committed;
+    });
+    if (!override && r.state == State::Aborting) {
+      return ResolveResult{false, "interaction " + std::to_string(seq) +
+                                      " was decided ABORT; forcing commit contradicts it (add --override)"};
+    }
+    if (!override && !allYes) {
+      return ResolveResult{false, "not every participant voted YES; forcing commit would be a heuristic decision "
+                                  "(add --override)"};
+    }
+  } else {
+    if (r.state == State::Aborting) return ResolveResult{false, "already rolling back: use retry to hurry it"};
+    if (!override && it->commitDurable) {
+      return ResolveResult{false, "the COMMIT decision of " + std::to_string(seq) +
+                                      " is durable; forcing abort contradicts it (add --override)"};
+    }
+  }
+  AuditRecord a;
+  a.atUs = wallMicros();
+  a.seq = seq;
+  a.action = commit ? "force-commit" : "force-abort";
+  a.who = who;
+  a.why = why;
+  a.override = override;
+  a.previous = previous;
+  KEEL_LOG_WARN("operator {}: {} of {} ({}), was {}", who, a.action, seq, why, previous);
+  // The audit entry is durable before the action is taken.
+  return wal_.appendAudit(a).then([this, seq, commit, a]() -> kj::Promise<ResolveResult> {
+    Interaction* p = find(seq);
+    if (p == nullptr) return ResolveResult{false, "interaction finished meanwhile"};
+    std::string note = a.action + " by " + a.who + ": " + a.why;
+    p->closing = true;
+    if (!commit) {
+      p->rec.decision = InteractionRecord::Decision::None;
+      startAbort(*p, note);
+      return ResolveResult{true, "rolling back"};
+    }
+    p->rec.decision = InteractionRecord::Decision::Commit;
+    p->rec.state = State::Committing;
+    p->rec.error = note;
+    p->rec.decidedUs = wallMicros();
+    if (p->rec.failedUs == 0) p->rec.failedUs = p->rec.decidedUs;
+    for (auto& b : p->rec.branches) {
+      if (b.state == BState::Pending || b.state == BState::Preparing || b.state == BState::Failed ||
+          b.state == BState::RolledBack || b.state == BState::VotedNo) {
+        b.state = BState::Prepared;  // ask it to commit; it answers the truth
+      }
+    }
+    return persist(*p).then([this, seq]() -> ResolveResult {
+      Interaction* q = find(seq);
+      if (q == nullptr) return ResolveResult{true, "committed"};
+      q->commitDurable = true;
+      answer(*q, ClientOutcome::Committed, "");
+      tasks_.add(driveCommit(seq));
+      return ResolveResult{true, "committing"};
+    });
+  });
+}
+
+}  // namespace keel

@@ -1,0 +1,238 @@
+// Fencing, agent-side resolution, operator control (retry, resolve, audit,
+// forget, stats) and storage faults, with real processes.
+
+#include <fstream>
+#include <sstream>
+
+#include "tests/integration/cluster_fixture.h"
+
+namespace keel::test {
+namespace {
+
+// Coordinator drivers that wait a minute between retries: whatever settles
+// work sooner is the agent's resolver or the operator.
+class SlowDriverTest : public ClusterTest {
+ protected:
+  std::string coordinatorToml() override {
+    return "call_timeout_ms = 1000\nretry_initial_ms = 60000\nretry_max_ms = 60000\n";
+  }
+  ClusterOptions clusterOptions() override {
+    auto o = ClusterTest::clusterOptions();
+    o.agentInDoubtQueryMs = inDoubtMs;
+    return o;
+  }
+  std::uint32_t inDoubtMs = 0;  // agents do not ask unless a test says so
+  std::string ctl() { return binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " "; }
+
+  // A committed transfer whose phase 2 at bank-b failed once: the COMMIT is
+  // durable, bank-b's branch is PREPARED and the driver sleeps a minute.
+  std::uint64_t stuckCommit() {
+    open("bank-a", "alice", 1000);
+    open("bank-b", "bob", 0);
+    cluster_->stopAgent("bank-b");
+    cluster_->startAgent("bank-b", "agent.before_commit_durable=crash");
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 100));
+    EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+    EXPECT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+    cluster_->startAgent("bank-b");
+    return o.seq;
+  }
+};
+
+TEST_F(ClusterTest, AgentFencesAStaleCoordinatorEpoch) {
+  open("bank-a", "alice", 100);  // bank-a has now seen epoch 1
+  cluster_->stopCoordinator();
+  cluster_->startCoordinator();  // epoch 2; its sweep reaches bank-a
+  reconnect();
+  ASSERT_EQ(client_->info().wait(io_.waitScope).epoch, 2u);
+  open("bank-a", "carol", 5);
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-a")).wait(io_.waitScope);
+  auto req = agent->capability().prepareRequest();
+  req.setEpoch(1);
+  req.getXid().setSeq(makeSeq(1, 999999));
+  req.getXid().setBranch(1);
+  auto op = req.initOperations(1)[0];
+  op.setKind(wire::LedgerOpKind::DEBIT);
+  op.setAccount("alice");
+  op.setAmount(10);
+  try {
+    req.send().wait(io_.waitScope);
+    ADD_FAILURE() << "a call with a stale epoch was accepted";
+  } catch (const kj::Exception& e) {
+    EXPECT_NE(std::string(e.getDescription().cStr()).find("stale epoch 1"), std::string::npos)
+        << e.getDescription().cStr();
+  }
+  EXPECT_EQ(account("bank-a", "alice"), bal(100, 0));
+  // The fence survives an agent restart.
+  cluster_->stopAgent("bank-a");
+  cluster_->startAgent("bank-a");
+  agent = AgentClient::connect(io_, cluster_->agentAddress("bank-a")).wait(io_.waitScope);
+  auto rb = agent->capability().rollbackRequest();
+  rb.setEpoch(1);
+  auto x = rb.initXids(1)[0];
+  x.setSeq(makeSeq(1, 999999));
+  x.setBranch(1);
+  EXPECT_ANY_THROW(rb.send().wait(io_.waitScope));
+}
+
+class AgentAsksTest : public SlowDriverTest {
+ protected:
+  void SetUp() override {
+    inDoubtMs = 200;
+    SlowDriverTest::SetUp();
+  }
+};
+
+TEST_F(AgentAsksTest, PreparedBranchAsksTheCoordinatorAndCommits) {
+  auto seq = stuckCommit();
+  // The coordinator's driver sleeps 60 s; bank-b asks after 200 ms instead.
+  ASSERT_TRUE(eventually([&] { return account("bank-b", "bob").first == 100; }, std::chrono::seconds(5)));
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+  std::ifstream log(cluster_->agentLog("bank-b"));
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_NE(text.str().find("coordinator says committed"), std::string::npos) << text.str();
+  // The coordinator's record finishes once its driver hears the (idempotent) answer.
+  EXPECT_EQ(run(ctl() + "retry " + std::to_string(seq)).exitCode, 0);
+  EXPECT_TRUE(eventually([&] { return query(seq)->interaction.state == InteractionRecord::State::Committed; }));
+}
+
+TEST_F(SlowDriverTest, RetryNowSettlesWithoutWaitingForTheBackoff) {
+  auto seq = stuckCommit();
+  auto l = run(ctl() + "list");
+  EXPECT_NE(l.output.find(std::to_string(seq)), std::string::npos) << l.output;
+  EXPECT_NE(l.output.find("waiting on: bank-b"), std::string::npos) << l.output;
+  auto s = run(ctl() + "stats --json");
+  EXPECT_NE(s.output.find("\"in_doubt\":1"), std::string::npos) << s.output;
+  auto r = run(ctl() + "retry");
+  EXPECT_NE(r.output.find("woke 1"), std::string::npos) << r.output;
+  ASSERT_TRUE(eventually([&] { return query(seq)->interaction.state == InteractionRecord::State::Committed; },
+                         std::chrono::seconds(5)));
+  EXPECT_EQ(account("bank-b", "bob"), bal(100, 0));
+  auto q = query(seq);
+  EXPECT_GE(q->interaction.phase2Attempts, 2u);
+  EXPECT_NE(q->interaction.failedUs, 0u);
+  s = run(ctl() + "stats --json");
+  EXPECT_NE(s.output.find("\"retried_commits\":1"), std::string::npos) << s.output;
+  EXPECT_NE(s.output.find("\"in_doubt\":0"), std::string::npos) << s.output;
+}
+
+TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden) {
+  auto seq = stuckCommit();
+  auto refused = run(ctl() + "resolve " + std::to_string(seq) + " --abort --who tester --why 'stuck'");
+  EXPECT_EQ(refused.exitCode, 1);
+  EXPECT_NE(refused.output.find("is durable"), std::string::npos) << refused.output;
+  auto noWhy = run(ctl() + "resolve " + std::to_string(seq) + " --commit");
+  EXPECT_NE(noWhy.exitCode, 0);
+  EXPECT_NE(noWhy.output.find("--why"), std::string::npos) << noWhy.output;
+  auto audit = run(ctl() + "audit");
+  EXPECT_EQ(audit.output, "");  // refusals leave no audit entry
+  auto forced = run(ctl() + "resolve " + std::to_string(seq) +
+                    " --abort --override --who tester --why 'host reconciled by hand'");
+  EXPECT_EQ(forced.exitCode, 0) << forced.output;
+  ASSERT_TRUE(eventually([&] {
+    auto q = query(seq);
+    return q && q->interaction.finished();
+  }));
+  audit = run(ctl() + "audit");
+  EXPECT_NE(audit.output.find("\"action\":\"force-abort\""), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("\"who\":\"tester\""), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("host reconciled by hand"), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("committing, decision commit"), std::string::npos) << audit.output;
+  // bank-a had committed already: forcing abort is heuristic and says so.
+  EXPECT_NE(query(seq)->interaction.error.find("HEURISTIC"), std::string::npos) << query(seq)->interaction.error;
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
+TEST_F(ClusterTest, ForgetDropsOnlyFinishedBranches) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed);
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished(); }));
+  std::string ctl = binDir() + "/keelctl forget --agent " + cluster_->agentAddress("bank-a") + " ";
+  auto before = inspect("bank-a").committed;
+  auto r = run(ctl + std::to_string(o.seq) + ".1");
+  EXPECT_EQ(r.exitCode, 0) << r.output;
+  EXPECT_NE(r.output.find("forgotten 1"), std::string::npos) << r.output;
+  EXPECT_EQ(inspect("bank-a").committed, before - 1);
+  EXPECT_EQ(account("bank-a", "alice"), bal(90, 0));  // effects stay; only the record goes
+  EXPECT_EQ(run(ctl + "nonsense").exitCode, 2);
+}
+
+// Transfers 64 at a time until one is not committed; returns how many were
+// committed and the first answer that was not.
+std::pair<int, SubmitOutcome> fillUpWith(kj::AsyncIoContext& io, KeelClient& client) {
+  int committed = 0;
+  std::optional<SubmitOutcome> refused;
+  for (int round = 0; round < 500 && !refused; ++round) {
+    kj::Vector<kj::Promise<SubmitOutcome>> batch;
+    for (int i = 0; i < 64; ++i) batch.add(client.submit(transferOps("bank-a:alice", "bank-b:bob", 1)));
+    for (auto& o : kj::joinPromises(batch.releaseAsArray()).wait(io.waitScope)) {
+      if (o.outcome == ClientOutcome::Committed) {
+        ++committed;
+      } else if (!refused) {
+        refused = o;
+      }
+    }
+  }
+  return {committed, refused.value_or(SubmitOutcome{})};
+}
+
+class TinyWalTest : public ClusterTest {
+ protected:
+  std::pair<int, SubmitOutcome> fillUp() { return fillUpWith(io_, *client_); }
+  std::string coordinatorToml() override { return ClusterTest::coordinatorToml() + "map_size_mb = 1\n"; }
+};
+
+TEST_F(TinyWalTest, FullWalRefusesNewInteractionsAndFinishesInFlight) {
+  open("bank-a", "alice", 1'000'000);
+  open("bank-b", "bob", 0);
+  auto [committed, last] = fillUp();
+  ASSERT_EQ(last.outcome, ClientOutcome::Unavailable) << last.reason;
+  EXPECT_NE(last.reason.find("map_size_mb = 1"), std::string::npos) << last.reason;
+  EXPECT_EQ(last.seq, 0u);
+  EXPECT_GT(committed, 100);
+  // Everything answered committed is committed on both hosts.
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
+  EXPECT_EQ(account("bank-b", "bob"), bal(committed, 0));
+  EXPECT_EQ(account("bank-a", "alice"), bal(1'000'000 - committed, 0));
+}
+
+class TinyAgentTest : public ClusterTest {
+ protected:
+  std::pair<int, SubmitOutcome> fillUp() { return fillUpWith(io_, *client_); }
+  ClusterOptions clusterOptions() override {
+    auto o = ClusterTest::clusterOptions();
+    o.agentExtraArgs = {"--map-size-mb", "1"};
+    return o;
+  }
+};
+
+TEST_F(TinyAgentTest, FullAgentVotesNoAndKeepsItsBooksRight) {
+  open("bank-a", "alice", 1'000'000);
+  open("bank-b", "bob", 0);
+  auto [committed, last] = fillUp();
+  ASSERT_EQ(last.outcome, ClientOutcome::RolledBack) << last.reason;
+  EXPECT_NE(last.reason.find("% full (map_size_mb = 1)"), std::string::npos) << last.reason;
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
+  EXPECT_EQ(account("bank-b", "bob"), bal(committed, 0));
+  EXPECT_EQ(account("bank-a", "alice"), bal(1'000'000 - committed, 0));
+}
+
+TEST_F(ClusterTest, StatsCountRollbacksWithTheirWindow) {
+  open("bank-a", "alice", 10);
+  open("bank-b", "bob", 0);
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 50));
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished(); }));
+  auto s = run(binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " stats");
+  EXPECT_NE(s.output.find("over 1 failed interactions (1 rolled back, 0 committed after retries)"),
+            std::string::npos)
+      << s.output;
+  auto q = query(o.seq);
+  EXPECT_GE(q->interaction.completedUs, q->interaction.failedUs);
+}
+
+}  // namespace
+}  // namespace keel::test
