@@ -24,6 +24,7 @@ struct CoordinatorConfig {
   std::uint32_t interactionTimeoutMs = 10000;  // default deadline of an interaction
   std::uint32_t retryInitialMs = 50;        // phase-2 / rollback backoff: first delay
   std::uint32_t retryMaxMs = 2000;          // ... capped here
+  std::uint32_t probeMs = 100;              // a participant that failed is probed this often until it answers
   std::uint32_t seqBlock = 65536;           // seqs reserved per durable reservation
   std::map<std::string, std::string> participants;  // name -> host:port
 };

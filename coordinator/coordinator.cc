@@ -526,6 +526,7 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                         if (p == nullptr) return;
                         p->rec.branches[i].reason = "commit failed: " + describe(e);
                         if (p->rec.failedUs == 0) p->rec.failedUs = wallMicros();
+                        watch(p->rec.branches[i].participant);
                       }));
   }
   it->rec.phase2Attempts++;
@@ -596,6 +597,7 @@ kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
                       [this, seq, participant](kj::Exception&& e) {
                         Interaction* p = find(seq);
                         if (p != nullptr) p->rb->lastError = participant + ": " + describe(e);
+                        watch(participant);
                       }));
   }
   return guardDriver(seq, kj::joinPromises(calls.releaseAsArray()).then([this, seq]() -> kj::Promise<void> {
@@ -612,6 +614,54 @@ kj::Promise<void> Coordinator::pause(Interaction& it, kj::Duration d) {
   auto paf = kj::newPromiseAndFulfiller<void>();
   it.wake = kj::mv(paf.fulfiller);
   return io_.provider->getTimer().afterDelay(d).exclusiveJoin(kj::mv(paf.promise));
+}
+
+void Coordinator::watch(const std::string& participant) {
+  if (!probing_.insert(participant).second) return;  // already probing
+  tasks_.add(probe(link(participant)));
+}
+
+kj::Promise<void> Coordinator::probe(ParticipantLink& l) {
+  auto every = cfg_.probeMs * kj::MILLISECONDS;
+  return io_.provider->getTimer()
+      .afterDelay(every)
+      .then([this, &l]() {
+        // A real call, not just a TCP connect: a paused process accepts
+        // connections but answers nothing.
+        return l.call<bool>(std::max(callDeadline() / 4, 50 * kj::MILLISECONDS), [](wire::Participant::Client& c) {
+          auto req = c.statusRequest();
+          req.initXids(0);
+          return req.send().then([](auto) { return true; });
+        });
+      })
+      .then(
+          [this, &l](bool) -> kj::Promise<void> {
+            probing_.erase(l.name());
+            std::uint32_t n = wakeWaitingOn(l.name());
+            KEEL_LOG_INFO("{} answers again: woke {} driver(s) waiting on it", l.name(), n);
+            return kj::READY_NOW;
+          },
+          [this, &l](kj::Exception&&) { return probe(l); });
+}
+
+std::uint32_t Coordinator::wakeWaitingOn(const std::string& participant) {
+  std::uint32_t woken = 0;
+  for (auto& [seq, it] : live_) {
+    bool waits = false;
+    if (it->rb && it->rec.state == State::Aborting) {
+      waits = std::find(it->rb->pending.begin(), it->rb->pending.end(), participant) != it->rb->pending.end();
+    } else if (it->rec.state == State::Committing) {
+      for (auto& b : it->rec.branches) {
+        waits = waits || (b.participant == participant && b.state != BState::Committed &&
+                          b.state != BState::ReadOnly && b.state != BState::RolledBack);
+      }
+    }
+    if (waits && it->wake.get() != nullptr && it->wake->isWaiting()) {
+      it->wake->fulfill();
+      ++woken;
+    }
+  }
+  return woken;
 }
 
 kj::Promise<void> Coordinator::finish(std::uint64_t seq) {

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,12 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> finish(std::uint64_t seq);
   kj::Duration backoff(std::uint32_t attempt) const;
   kj::Promise<void> pause(Interaction& it, kj::Duration d);
+  // A participant that failed a phase-2 or rollback call is probed every
+  // probe_ms until it answers; then every driver waiting on it is woken at
+  // once, instead of after its backoff.
+  void watch(const std::string& participant);
+  kj::Promise<void> probe(ParticipantLink& l);
+  std::uint32_t wakeWaitingOn(const std::string& participant);
   std::optional<std::string> storageFull() const;
 
   // recovery.cc
@@ -135,6 +142,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::map<std::uint64_t, std::unique_ptr<Interaction>> live_;  // unfinished
   std::uint64_t committed_ = 0, rolledBack_ = 0;
   std::uint32_t sweepPending_ = 0;
+  std::set<std::string> probing_;
   Micros fullUntilUs_ = 0;  // a write failed with MDB_MAP_FULL: refuse new work until then
   static constexpr double kRefuseNewAtFill = 0.9;
   kj::TaskSet tasks_;  // declared last: destroyed first, before what it uses

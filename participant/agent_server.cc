@@ -82,7 +82,8 @@ kj::Promise<void> ParticipantImpl::commitOnePhase(CommitOnePhaseContext ctx) {
 }
 
 kj::Promise<void> ParticipantImpl::recover(RecoverContext ctx) {
-  agent_.fence(ctx.getParams().getNode(), ctx.getParams().getEpoch());
+  // epoch 0: an operator looking (keelctl branches), not a coordinator.
+  if (ctx.getParams().getEpoch() != 0) agent_.fence(ctx.getParams().getNode(), ctx.getParams().getEpoch());
   auto list = agent_.unfinishedBranches();
   auto l = ctx.getResults().initBranches(list.size());
   for (unsigned i = 0; i < list.size(); ++i) fillBranchInfo(l[i], list[i]);

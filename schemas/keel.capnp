@@ -90,6 +90,7 @@ interface Participant {
       -> (outcome :BranchOutcome, reason :Text, results :List(OpResult));
 
   # Branches not finished (ACTIVE or PREPARED): the in-doubt list for recovery.
+  # epoch 0 = an operator looking (keelctl branches): not fenced.
   recover @5 (epoch :UInt64, node :UInt16) -> (branches :List(BranchInfo));
 
   # Operator and test view: every account and the branch count by state.

@@ -12,6 +12,8 @@
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
 
+#include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -45,6 +47,10 @@ struct Demo {
   std::uint64_t sampleRollbackSeq = 0, sampleCommitSeq = 0;
   bool killed = false;
   std::uint64_t startUs = 0, restartMs = 0;
+  std::string fault = "coordinator-kill";
+  std::uint32_t pauseSeconds = 10;
+  keel::Micros healUs = 0;                 // when the failed party was reachable again
+  std::vector<std::uint64_t> failedSeqs;   // answered "rolled back"
 
   std::string account(std::size_t agent, std::size_t i) {
     return cluster.agentNames()[agent] + ":acct-" + std::to_string(i);
@@ -68,6 +74,7 @@ struct Demo {
                   break;
                 case ClientOutcome::RolledBack:
                   ++rolledBack;
+                  failedSeqs.push_back(o.seq);
                   if (overdraw) {
                     ++overdrawRolledBack;
                     if (sampleRollbackSeq == 0) sampleRollbackSeq = o.seq;
@@ -110,11 +117,39 @@ struct Demo {
     lineOpen = false;
   }
 
+  // bank-b fails while transfers run: killed and restarted at once, or
+  // paused (SIGSTOP: connections stay open, nothing answers) for a while.
+  kj::Promise<void> injectAgentFault() {
+    if (fault == "agent-kill") {
+      std::printf("  >>> SIGKILL bank-b (%u transfers in flight), restarting it at once\n", next - done);
+      cluster.killAgent("bank-b", SIGKILL);
+      auto t0 = keel::monoMicros();
+      cluster.startAgent("bank-b");
+      restartMs = (keel::monoMicros() - t0) / 1000;
+      healUs = keel::wallMicros();
+      std::printf("  >>> bank-b serving again after %llu ms\n", (unsigned long long)restartMs);
+      return kj::READY_NOW;
+    }
+    std::printf("  >>> SIGSTOP bank-b for %u s (%u transfers in flight)\n", pauseSeconds, next - done);
+    cluster.killAgent("bank-b", SIGSTOP);
+    return io.provider->getTimer().afterDelay(pauseSeconds * kj::SECONDS).then([this]() {
+      cluster.killAgent("bank-b", SIGCONT);
+      healUs = keel::wallMicros();
+      endLine();
+      std::printf("  >>> SIGCONT bank-b: reachable again\n");
+    });
+  }
+
   kj::Promise<void> monitor() {
     return io.provider->getTimer().afterDelay(500 * kj::MILLISECONDS).then([this]() -> kj::Promise<void> {
       if (done < transfers) progress(false);
       if (done >= transfers) return kj::READY_NOW;
-      if (!killed && done >= transfers * 2 / 5) {
+      if (!killed && done >= transfers * 2 / 5 && fault != "coordinator-kill") {
+        killed = true;
+        endLine();
+        return injectAgentFault().then([this]() { return monitor(); });
+      }
+      if (!killed && done >= transfers * 2 / 5 && fault == "coordinator-kill") {
         killed = true;
         auto paf = kj::newPromiseAndFulfiller<void>();
         up = paf.promise.fork();
@@ -124,6 +159,7 @@ struct Demo {
         auto t0 = keel::monoMicros();
         cluster.startCoordinator();
         restartMs = (keel::monoMicros() - t0) / 1000;
+        healUs = keel::wallMicros();
         std::printf("  >>> coordinator restarted and serving in %llu ms; recovery re-drives what was in flight\n",
                     (unsigned long long)restartMs);
         return keel::KeelClient::connect(io, cluster.coordinatorAddress())
@@ -170,6 +206,15 @@ int main(int argc, char** argv) {
   app.add_option("--opening", opening, "opening balance of each account")->capture_default_str()->check(CLI::Range(0ll, 1000000000ll));
   app.add_option("--overdraw-percent", overdraw, "share of transfers that overdraw on purpose")->capture_default_str()->check(CLI::Range(0u, 100u));
   app.add_flag("--keep", keep, "keep the data folder and logs");
+  std::string fault = "coordinator-kill";
+  std::uint32_t pauseSeconds = 10;
+  app.add_option("--fault", fault, "what fails at 40%: coordinator-kill, agent-kill (SIGKILL bank-b, restart at once), "
+                                   "agent-pause (SIGSTOP bank-b for --pause-seconds), none")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"coordinator-kill", "agent-kill", "agent-pause", "none"}));
+  app.add_option("--pause-seconds", pauseSeconds, "how long agent-pause keeps bank-b stopped")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 600u));
   CLI11_PARSE(app, argc, argv);
 
   std::string base = keel::makeTempDir("keel-demo");
@@ -177,7 +222,10 @@ int main(int argc, char** argv) {
   std::printf("keel-demo: data and logs in %s\n", base.c_str());
   int rc = 0;
   try {
-    keel::LocalCluster cluster({keel::selfBinDir(), base, {"bank-a", "bank-b"}, "", std::chrono::milliseconds(15000)});
+    keel::ClusterOptions copts;
+    copts.binDir = keel::selfBinDir();
+    copts.baseDir = base;
+    keel::LocalCluster cluster(copts);
     std::printf("[1/6] starting agents bank-a, bank-b and the coordinator on loopback\n");
     cluster.startAll();
     std::printf("      coordinator %s, bank-a %s, bank-b %s\n", cluster.coordinatorAddress().c_str(),
@@ -185,6 +233,8 @@ int main(int argc, char** argv) {
 
     auto io = kj::setupAsyncIo();
     Demo demo(io, cluster, transfers, accounts, overdraw);
+    demo.fault = fault;
+    demo.pauseSeconds = pauseSeconds;
     demo.client = keel::KeelClient::connect(io, cluster.coordinatorAddress()).wait(io.waitScope);
 
     std::printf("[2/6] opening %u accounts on each agent with %lld each\n", accounts, (long long)opening);
@@ -209,8 +259,8 @@ int main(int argc, char** argv) {
     Totals before = snapshot(io, cluster);
     std::printf("      total money: %lld\n", (long long)before.money);
 
-    std::printf("[3/6] running %u transfers, %u at a time (%u%% overdraw on purpose); coordinator SIGKILL at 40%%\n",
-                transfers, concurrency, overdraw);
+    std::printf("[3/6] running %u transfers, %u at a time (%u%% overdraw on purpose); fault at 40%%: %s\n",
+                transfers, concurrency, overdraw, fault.c_str());
     demo.startUs = keel::wallMicros();
     {
       kj::Vector<kj::Promise<void>> workers;
@@ -257,7 +307,35 @@ int main(int argc, char** argv) {
     std::printf("  answer lost        %llu  (in flight when the coordinator was killed; settled by recovery)\n",
                 (unsigned long long)demo.interrupted);
     std::printf("  in doubt           %llu\n", (unsigned long long)demo.inDoubt);
-    std::printf("  coordinator restart %llu ms\n", (unsigned long long)demo.restartMs);
+    if (fault == "coordinator-kill" || fault == "agent-kill") {
+      std::printf("  restart of the killed process %llu ms\n", (unsigned long long)demo.restartMs);
+    }
+    {
+      auto st = demo.client->capability().statsRequest().send().wait(io.waitScope).getStats();
+      std::printf("  window of inconsistency (failure -> every host confirmed), %llu failed interactions:\n"
+                  "                     median %.1f ms  p99 %.1f ms  max %.1f ms\n",
+                  (unsigned long long)st.getCount(), st.getP50Us() / 1e3, st.getP99Us() / 1e3, st.getMaxUs() / 1e3);
+      if (demo.healUs != 0) {
+        // For each interaction answered "rolled back": how long after the failed
+        // party was reachable again did its last host confirm?
+        std::vector<std::uint64_t> after;
+        for (auto seq : demo.failedSeqs) {
+          auto q = demo.client->query(seq).wait(io.waitScope);
+          if (!q || q->interaction.completedUs == 0) continue;
+          auto from = std::max<keel::Micros>(q->interaction.failedUs, demo.healUs);
+          if (q->interaction.failedUs < demo.healUs && q->interaction.completedUs > demo.healUs) {
+            after.push_back(q->interaction.completedUs - from);
+          }
+        }
+        std::sort(after.begin(), after.end());
+        if (!after.empty()) {
+          auto rank = [&](double p) { return after[std::min(after.size() - 1, std::size_t(p * after.size()))]; };
+          std::printf("  settled after the failed party was back, %zu interactions failed before it:\n"
+                      "                     median %.1f ms  p99 %.1f ms  max %.1f ms\n",
+                      after.size(), rank(0.5) / 1e3, rank(0.99) / 1e3, after.back() / 1e3);
+        }
+      }
+    }
     std::printf("  money before       %lld\n", (long long)before.money);
     std::printf("  money after        %lld   %s\n", (long long)after.money, moneyOk ? "EQUAL" : "DIFFERENT!");
     std::printf("  negative balances  %lld\n", (long long)after.negative);

@@ -11,6 +11,7 @@
 //   keelctl [-c HOST:PORT] resolve SEQ --commit|--abort --why TEXT [--who NAME] [--override]
 //   keelctl [-c HOST:PORT] audit [--json]
 //   keelctl forget --agent HOST:PORT SEQ.BRANCH...
+//   keelctl branches --agent HOST:PORT [--json]
 //
 // Exit status: 0 done/committed, 1 rolled back or not found, 2 bad usage or
 // invalid request, 3 unreachable, in doubt or unavailable.
@@ -107,7 +108,11 @@ int main(int argc, char** argv) {
   forget->add_option("--agent", agentAddr, "agent host:port")->required();
   forget->add_option("xids", forgetXids, "SEQ.BRANCH ...")->required();
 
-  for (auto* sub : {open, transfer, balance, query, list, info, stats, retry, resolve, auditCmd, forget}) {
+  std::string branchesAgent;
+  auto* branches = app.add_subcommand("branches", "an agent's unfinished (in-doubt) branches and its accounts");
+  branches->add_option("--agent", branchesAgent, "agent host:port")->required();
+
+  for (auto* sub : {open, transfer, balance, query, list, info, stats, retry, resolve, auditCmd, forget, branches}) {
     sub->add_flag("--json", json, "machine-readable output");
   }
   CLI11_PARSE(app, argc, argv);
@@ -152,6 +157,38 @@ int main(int argc, char** argv) {
 
   try {
     auto io = kj::setupAsyncIo();
+    if (branches->parsed()) {
+      auto agent = keel::AgentClient::connect(io, branchesAgent).wait(io.waitScope);
+      auto req = agent->capability().recoverRequest();
+      req.setEpoch(0);  // an operator looking: not fenced
+      auto resp = req.send().wait(io.waitScope);
+      auto snap = agent->inspect().wait(io.waitScope);
+      auto now = keel::wallMicros();
+      if (json) {
+        std::cout << "{\"agent\":\"" << keel::jsonEscape(snap.name) << "\",\"unfinished\":[";
+        bool first = true;
+        for (auto b : resp.getBranches()) {
+          std::cout << (first ? "" : ",") << "{\"xid\":\"" << b.getXid().getSeq() << "." << b.getXid().getBranch()
+                    << "\",\"state\":\"" << (b.getState() == keel::wire::BranchState::PREPARED ? "prepared" : "active")
+                    << "\",\"epoch\":" << b.getEpoch() << ",\"prepared_us\":" << b.getPreparedAtUs() << "}";
+          first = false;
+        }
+        std::cout << "],\"held\":" << snap.held() << ",\"total\":" << snap.total() << "}\n";
+      } else {
+        std::cout << snap.name << ": " << resp.getBranches().size() << " unfinished branch(es), money held "
+                  << snap.held() << ", balances total " << snap.total() << "\n";
+        for (auto b : resp.getBranches()) {
+          std::cout << "  " << b.getXid().getSeq() << "." << b.getXid().getBranch() << "  "
+                    << (b.getState() == keel::wire::BranchState::PREPARED ? "prepared" : "active") << "  epoch "
+                    << b.getEpoch();
+          if (b.getPreparedAtUs() != 0 && now > b.getPreparedAtUs()) {
+            std::cout << "  for " << (now - b.getPreparedAtUs()) / 1000 << " ms";
+          }
+          std::cout << "\n";
+        }
+      }
+      return 0;
+    }
     if (forget->parsed()) {
       auto agent = keel::AgentClient::connect(io, agentAddr).wait(io.waitScope);
       auto req = agent->capability().forgetRequest();

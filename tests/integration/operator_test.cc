@@ -9,12 +9,12 @@
 namespace keel::test {
 namespace {
 
-// Coordinator drivers that wait a minute between retries: whatever settles
+// Coordinator drivers (and probes) that wait a minute: whatever settles
 // work sooner is the agent's resolver or the operator.
 class SlowDriverTest : public ClusterTest {
  protected:
   std::string coordinatorToml() override {
-    return "call_timeout_ms = 1000\nretry_initial_ms = 60000\nretry_max_ms = 60000\n";
+    return "call_timeout_ms = 1000\nretry_initial_ms = 60000\nretry_max_ms = 60000\nprobe_ms = 60000\n";
   }
   ClusterOptions clusterOptions() override {
     auto o = ClusterTest::clusterOptions();
@@ -104,6 +104,9 @@ TEST_F(SlowDriverTest, RetryNowSettlesWithoutWaitingForTheBackoff) {
   EXPECT_NE(l.output.find("waiting on: bank-b"), std::string::npos) << l.output;
   auto s = run(ctl() + "stats --json");
   EXPECT_NE(s.output.find("\"in_doubt\":1"), std::string::npos) << s.output;
+  auto b = run(binDir() + "/keelctl branches --agent " + cluster_->agentAddress("bank-b"));
+  EXPECT_NE(b.output.find("bank-b: 1 unfinished branch(es)"), std::string::npos) << b.output;
+  EXPECT_NE(b.output.find(std::to_string(seq) + ".2  prepared"), std::string::npos) << b.output;
   auto r = run(ctl() + "retry");
   EXPECT_NE(r.output.find("woke 1"), std::string::npos) << r.output;
   ASSERT_TRUE(eventually([&] { return query(seq)->interaction.state == InteractionRecord::State::Committed; },
@@ -115,6 +118,25 @@ TEST_F(SlowDriverTest, RetryNowSettlesWithoutWaitingForTheBackoff) {
   s = run(ctl() + "stats --json");
   EXPECT_NE(s.output.find("\"retried_commits\":1"), std::string::npos) << s.output;
   EXPECT_NE(s.output.find("\"in_doubt\":0"), std::string::npos) << s.output;
+}
+
+// Long backoff, quick probe: the probe alone settles work when the host is back.
+class ProbeTest : public SlowDriverTest {
+ protected:
+  std::string coordinatorToml() override {
+    return "call_timeout_ms = 1000\nretry_initial_ms = 60000\nretry_max_ms = 60000\nprobe_ms = 50\n";
+  }
+};
+
+TEST_F(ProbeTest, ParticipantAnsweringAgainWakesItsDrivers) {
+  auto seq = stuckCommit();
+  ASSERT_TRUE(eventually([&] { return query(seq)->interaction.state == InteractionRecord::State::Committed; },
+                         std::chrono::seconds(5)));
+  EXPECT_EQ(account("bank-b", "bob"), bal(100, 0));
+  std::ifstream log(cluster_->coordinatorLog());
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_NE(text.str().find("bank-b answers again: woke 1 driver(s)"), std::string::npos) << text.str();
 }
 
 TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden) {
