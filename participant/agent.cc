@@ -319,6 +319,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
   auto branches = branches_;
   auto meta = meta_;
   BranchTables tables{branches_, unfinished_};
+  bool breakRollback = debugBreak_ == "commit-on-rollback";
   return log_
       ->run([=, xids = std::move(xids)](lmdb::Txn& txn) {
         if (!xids.empty()) storeEpoch(txn, meta, seqNode(xids[0].seq), epoch);
@@ -348,6 +349,13 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
               break;
             case BranchStatus::Active:
             case BranchStatus::Prepared:
+              if (breakRollback && rec->state == BranchStatus::Prepared) {
+                // Deliberately wrong (test-only): commit what we were told to roll back.
+                ledger::commitOps(txn, accounts, xid, rec->ops);
+                finishBranch(txn, tables, *rec, BranchStatus::Committed, epoch);
+                out.push_back(BranchOutcome::RolledBack);
+                break;
+              }
               KEEL_FAILPOINT("agent.before_rollback_durable");
               ledger::rollbackOps(txn, accounts, xid, rec->ops);
               finishBranch(txn, tables, *rec, BranchStatus::RolledBack, epoch);
@@ -448,6 +456,23 @@ std::vector<std::optional<BranchRecord>> Agent::branches(const std::vector<Xid>&
   std::vector<std::optional<BranchRecord>> out;
   auto txn = env_.beginRead();
   for (Xid x : xids) out.push_back(readBranch(txn, branches_, x));
+  return out;
+}
+
+std::vector<BranchRecord> Agent::listBranches(Xid after, std::size_t limit, bool& more) const {
+  std::vector<BranchRecord> out;
+  more = false;
+  auto txn = env_.beginRead();
+  std::string from = (after.seq == 0 && after.branch == 0) ? "" : xidKey(after);
+  txn.scan(branches_, from, [&](std::string_view k, std::string_view v) {
+    if (!from.empty() && k == from) return true;  // strictly after
+    if (out.size() == limit) {
+      more = true;
+      return false;
+    }
+    out.push_back(decodeBranch(v));
+    return true;
+  });
   return out;
 }
 

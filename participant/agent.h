@@ -103,6 +103,13 @@ class Agent {
   // Reads (short read transaction on the calling thread).
   std::vector<BranchRecord> unfinishedBranches() const;  // Active + Prepared (indexed)
   std::vector<std::optional<BranchRecord>> branches(const std::vector<Xid>& xids) const;
+  // Branch records after `after` in XID order, at most `limit`; sets `more`.
+  std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const;
+
+  // Test-only protocol breakage (keel-chaos --self-check proves its checker
+  // can fail with it): "commit-on-rollback" commits a PREPARED branch when
+  // told to roll it back. Never set in production.
+  void setDebugBreak(std::string mode) { debugBreak_ = std::move(mode); }
   std::vector<AccountView> accounts() const;
   struct Counts {
     std::uint32_t active = 0, prepared = 0, committed = 0, rolledBack = 0;
@@ -123,6 +130,7 @@ class Agent {
   AgentOptions opts_;
   lmdb::Env env_;
   MDB_dbi accounts_, branches_, meta_, unfinished_;
+  std::string debugBreak_;
   std::map<std::uint16_t, std::uint64_t> epochs_;  // newest epoch per coordinator node; event loop only
   std::unique_ptr<GroupCommitLog> log_;
 };

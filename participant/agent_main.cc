@@ -31,8 +31,10 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", dataDir, "directory of the agent's LMDB environment");
   app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
-  std::string coordinator;
+  std::string coordinator, debugBreak;
   std::uint32_t inDoubtMs = 0;
+  app.add_option("--debug-break", debugBreak, "TEST ONLY: break the protocol on purpose (commit-on-rollback)")
+      ->check(CLI::IsMember({"commit-on-rollback"}));
   app.add_option("--coordinator", coordinator, "coordinator host:port to ask about branches in doubt");
   app.add_option("--in-doubt-query-ms", inDoubtMs, "ask the coordinator about a branch PREPARED this long");
   CLI11_PARSE(app, argc, argv);
@@ -63,6 +65,10 @@ int main(int argc, char** argv) {
     keel::captureTerminationSignals();
     auto io = kj::setupAsyncIo();
     keel::Agent agent(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
+    if (!debugBreak.empty()) {
+      KEEL_LOG_WARN("--debug-break {}: this agent BREAKS the protocol on purpose (test only)", debugBreak);
+      agent.setDebugBreak(debugBreak);
+    }
     keel::RpcServer server(io, kj::heap<keel::ParticipantImpl>(agent));
     keel::InDoubtResolver resolver(io, agent, cfg.coordinator, keel::Micros(cfg.inDoubtQueryMs) * 1000);
     if (!cfg.coordinator.empty()) {

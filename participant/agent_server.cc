@@ -135,4 +135,16 @@ kj::Promise<void> ParticipantImpl::forget(ForgetContext ctx) {
   });
 }
 
+kj::Promise<void> ParticipantImpl::listBranches(ListBranchesContext ctx) {
+  auto p = ctx.getParams();
+  bool more = false;
+  std::uint32_t limit = std::min<std::uint32_t>(p.getLimit() == 0 ? 1000 : p.getLimit(), 10000);
+  auto list = agent_.listBranches(readXid(p.getAfter()), limit, more);
+  auto res = ctx.getResults();
+  auto l = res.initBranches(list.size());
+  for (unsigned i = 0; i < list.size(); ++i) fillBranchInfo(l[i], list[i]);
+  res.setMore(more);
+  return kj::READY_NOW;
+}
+
 }  // namespace keel

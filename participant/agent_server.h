@@ -20,6 +20,7 @@ class ParticipantImpl final : public wire::Participant::Server {
   kj::Promise<void> inspect(InspectContext ctx) override;
   kj::Promise<void> status(StatusContext ctx) override;
   kj::Promise<void> forget(ForgetContext ctx) override;
+  kj::Promise<void> listBranches(ListBranchesContext ctx) override;
 
  private:
   Agent& agent_;

@@ -105,6 +105,11 @@ interface Participant {
   # coordinator no longer needs their answers. Unfinished ones are kept.
   # epoch 0 = an operator's request (keelctl forget): not fenced.
   forget @8 (epoch :UInt64, xids :List(Xid)) -> (forgotten :UInt32, refused :List(Xid));
+
+  # Every branch record in XID order, a page at a time, starting after
+  # `after` (all zero = from the start): the agent's own account of what
+  # happened, for checkers such as keel-chaos.
+  listBranches @9 (after :Xid, limit :UInt32) -> (branches :List(BranchInfo), more :Bool);
 }
 
 # Why a participant refused a call as a whole (the call's answer carries it

@@ -132,6 +132,9 @@ void LocalCluster::startAgent(const std::string& name, const std::string& failpo
                              std::to_string(opts_.agentInDoubtQueryMs)});
   }
   args.insert(args.end(), opts_.agentExtraArgs.begin(), opts_.agentExtraArgs.end());
+  if (auto extra = agentArgs_.find(name); extra != agentArgs_.end()) {
+    args.insert(args.end(), extra->second.begin(), extra->second.end());
+  }
   agents_.at(name).start(opts_.binDir + "/keel-agent", args, agentLog(name), env);
   agentAddr_[name] = waitReady(ready, agents_.at(name), "agent " + name);
 }
@@ -141,7 +144,10 @@ void LocalCluster::writeCoordinatorConfig() {
   f << "[coordinator]\nnode_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << opts_.baseDir
     << "/coordinator\"\n"
     << opts_.coordinatorExtraToml << "\n\n[participants]\n";
-  for (auto& [n, addr] : agentAddr_) f << "\"" << n << "\" = \"" << addr << "\"\n";
+  for (auto& [n, addr] : agentAddr_) {
+    auto over = participantAddr_.find(n);
+    f << "\"" << n << "\" = \"" << (over != participantAddr_.end() ? over->second : addr) << "\"\n";
+  }
 }
 
 void LocalCluster::startCoordinator(const std::string& failpoints) {

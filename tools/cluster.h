@@ -74,6 +74,14 @@ class LocalCluster {
   bool waitCoordinatorExit(std::chrono::milliseconds timeout);
   bool waitAgentExit(const std::string& name, std::chrono::milliseconds timeout);
 
+  // The address the coordinator's config gives for a participant (default:
+  // the agent's own address). keel-chaos puts a fault proxy in between.
+  void setParticipantAddress(const std::string& name, const std::string& addr) { participantAddr_[name] = addr; }
+  // Extra command-line arguments for one agent's next starts.
+  void setAgentArgs(const std::string& name, std::vector<std::string> args) { agentArgs_[name] = std::move(args); }
+  pid_t coordinatorPid() const { return coordinator_.pid(); }
+  pid_t agentPid(const std::string& name) const { return agents_.at(name).pid(); }
+
   const std::string& coordinatorAddress() const { return coordAddr_; }
   const std::string& agentAddress(const std::string& name) const { return agentAddr_.at(name); }
   const std::vector<std::string>& agentNames() const { return opts_.agents; }
@@ -88,6 +96,8 @@ class LocalCluster {
   ClusterOptions opts_;
   std::map<std::string, ChildProcess> agents_;
   std::map<std::string, std::string> agentAddr_;
+  std::map<std::string, std::string> participantAddr_;
+  std::map<std::string, std::vector<std::string>> agentArgs_;
   ChildProcess coordinator_;
   std::string coordAddr_;
 };
