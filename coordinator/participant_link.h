@@ -37,7 +37,14 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
                       .catch_([this](kj::Exception&& e) -> kj::Promise<T> {
                         if (e.getType() == kj::Exception::Type::DISCONNECTED) reset();
                         return kj::mv(e);
-                      }));
+                      }))
+        .catch_([this](kj::Exception&& e) -> kj::Promise<T> {
+          // No answer in time: the peer may be slow, or the connection may be
+          // dead without either side having noticed (a half-open TCP
+          // connection never reports anything). Start afresh next time.
+          if (e.getType() == kj::Exception::Type::OVERLOADED) reset();
+          return kj::mv(e);
+        });
   }
 
   // Forgets the connection (the next call reconnects).

@@ -12,6 +12,7 @@ PACKAGES=(
   libspdlog-dev libfmt-dev        # logging
   libtomlplusplus-dev             # config files
   libcli11-dev                    # command-line flags
+  libasio-dev                     # standalone Asio: chaos fault proxy
 )
 
 missing=()

@@ -47,6 +47,10 @@ void ChildProcess::start(const std::string& exe, const std::vector<std::string>&
   posix_spawn_file_actions_addopen(&fa, 1, logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  // Nothing else of ours leaks into the child: an inherited socket (a
+  // listener, or a proxied connection) would outlive our own close and keep
+  // a peer's connection open with nobody reading it.
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
   pid_t pid;
   int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);

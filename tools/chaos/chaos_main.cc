@@ -1,0 +1,607 @@
+// keel-chaos: the bank test under kills, pauses and network faults.
+//
+//   keel-chaos --seed 7 --duration 120 [--agents 3] [--out DIR]
+//   keel-chaos --coordinator HOST:PORT --agent NAME=HOST:PORT ... (a deployment of yours; no faults)
+//
+// Starts a coordinator and ledger agents on loopback, each agent behind a
+// fault-injecting TCP proxy (tools/chaos/fault_proxy.h), opens accounts,
+// runs transfers of two and three branches from many client connections,
+// and injects faults on a schedule drawn from the seed: SIGKILL + restart
+// and SIGSTOP/SIGCONT of the coordinator and of agents, latency, resets,
+// blackholes, one-way loss and refused connections between the coordinator
+// and each agent, failpoint crashes at random protocol steps, and a slow
+// disk (a delay before every group commit). Then it heals everything, waits
+// for resolution, checks the bank's invariants (tools/chaos/checker.h) and
+// writes report.json and timeline.svg into the output folder. The last line
+// is "violations: N"; the exit status is 1 if N > 0.
+
+#include <CLI/CLI.hpp>
+#include <kj/async-io.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/client.h"
+#include "tools/chaos/checker.h"
+#include "tools/chaos/fault_proxy.h"
+#include "tools/chaos/report.h"
+#include "tools/cluster.h"
+
+namespace keel::chaos {
+namespace {
+
+// Every protocol step a failpoint crash may hit, by process.
+const std::vector<std::string> kCoordinatorPoints = {
+    "coord.after_seq_assigned", "coord.before_prepare",           "coord.after_prepare",
+    "coord.after_votes",        "coord.before_decision_durable",  "coord.after_decision_durable",
+    "coord.before_phase2",      "coord.after_phase2",             "coord.before_complete",
+    "log.before_group_commit"};
+const std::vector<std::string> kAgentPoints = {
+    "agent.before_execute",         "agent.after_execute",        "agent.before_prepared_durable",
+    "agent.after_prepared_durable", "agent.before_commit_durable", "agent.after_commit_durable",
+    "agent.before_rollback_durable", "agent.after_rollback_durable", "log.before_group_commit"};
+
+struct Options {
+  std::uint64_t seed = 1;
+  std::uint32_t durationS = 60;
+  std::uint32_t agents = 3;
+  std::uint32_t accountsPerAgent = 10;
+  std::int64_t opening = 100000;
+  std::uint32_t connections = 8;
+  std::uint32_t concurrency = 32;
+  std::uint32_t healTimeoutS = 60;
+  std::uint32_t mapSizeMb = 8192;  // long runs write millions of records
+  std::string out;
+  bool selfCheck = false;
+  bool faults = true;
+  std::string externalCoordinator;
+  std::vector<std::string> externalAgents;  // name=host:port
+};
+
+// ------------------------------------------------------------------ faults
+
+// Injects one fault at a time on a schedule drawn from the seed, from its
+// own thread (restarts block while a process starts up).
+class FaultInjector {
+ public:
+  FaultInjector(const Options& o, LocalCluster& cluster, std::map<std::string, std::unique_ptr<FaultProxy>>& proxies,
+                Timeline& timeline)
+      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), rng_(o.seed) {}
+
+  void start() {
+    thread_ = std::thread([this] { run(); });
+  }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Everything back to normal: proxies healed, paused processes resumed,
+  // dead ones restarted clean.
+  void healAll() {
+    for (auto& [n, p] : proxies_) p->heal();
+    for (auto& n : cluster_.agentNames()) {
+      if (cluster_.agentRunning(n)) cluster_.killAgent(n, SIGCONT);
+    }
+    if (cluster_.coordinatorRunning()) cluster_.killCoordinator(SIGCONT);
+    for (auto& n : cluster_.agentNames()) {
+      if (!cluster_.agentRunning(n)) restartAgent(n, "");
+    }
+    if (!cluster_.coordinatorRunning()) restartCoordinator("");
+  }
+
+  std::map<std::string, std::uint64_t> counts() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return counts_;
+  }
+
+ private:
+  bool sleepFor(std::chrono::milliseconds d) {
+    auto until = std::chrono::steady_clock::now() + d;
+    while (!stop_ && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return !stop_;
+  }
+  std::uint32_t between(std::uint32_t lo, std::uint32_t hi) { return lo + std::uint32_t(rng_() % (hi - lo + 1)); }
+  const std::string& pick(const std::vector<std::string>& v) { return v[rng_() % v.size()]; }
+
+  void restartAgent(const std::string& name, const std::string& failpoints) {
+    try {
+      cluster_.startAgent(name, failpoints);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "keel-chaos: restarting %s: %s\n", name.c_str(), e.what());
+    }
+  }
+  void restartCoordinator(const std::string& failpoints) {
+    try {
+      cluster_.startCoordinator(failpoints);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "keel-chaos: restarting the coordinator: %s\n", e.what());
+    }
+  }
+
+  void run() {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o_.durationS);
+    // A quiet start so the first seconds show the undisturbed rate.
+    if (!sleepFor(std::chrono::milliseconds(between(1000, 2000)))) return;
+    while (!stop_ && std::chrono::steady_clock::now() < deadline) {
+      inject();
+      if (!sleepFor(std::chrono::milliseconds(between(300, 1500)))) return;
+    }
+  }
+
+  void record(const std::string& kind, const std::string& target, Micros start, Micros end) {
+    timeline_.addFault(kind, target, start, end);
+    std::lock_guard<std::mutex> lk(mu_);
+    ++counts_[kind];
+  }
+
+  void inject() {
+    const auto& agents = cluster_.agentNames();
+    const std::string& agent = pick(agents);
+    std::uint32_t kind = between(0, 99);
+    auto hold = std::chrono::milliseconds(between(200, 2000));
+    Micros t0 = wallMicros();
+    if (kind < 10) {  // coordinator SIGKILL, restart after a moment
+      cluster_.killCoordinator(SIGKILL);
+      sleepFor(std::chrono::milliseconds(between(0, 500)));
+      restartCoordinator("");
+      record("kill", "coordinator", t0, wallMicros());
+    } else if (kind < 22) {  // agent SIGKILL
+      cluster_.killAgent(agent, SIGKILL);
+      sleepFor(std::chrono::milliseconds(between(0, 1000)));
+      restartAgent(agent, "");
+      record("kill", agent, t0, wallMicros());
+    } else if (kind < 28) {  // coordinator pause
+      cluster_.killCoordinator(SIGSTOP);
+      sleepFor(hold);
+      cluster_.killCoordinator(SIGCONT);
+      record("pause", "coordinator", t0, wallMicros());
+    } else if (kind < 38) {  // agent pause
+      cluster_.killAgent(agent, SIGSTOP);
+      sleepFor(hold);
+      cluster_.killAgent(agent, SIGCONT);
+      record("pause", agent, t0, wallMicros());
+    } else if (kind < 48) {
+      proxies_.at(agent)->setLatency(std::chrono::milliseconds(between(20, 400)));
+      sleepFor(hold);
+      proxies_.at(agent)->heal();
+      record("latency", agent, t0, wallMicros());
+    } else if (kind < 56) {
+      proxies_.at(agent)->resetAll();
+      record("reset", agent, t0, wallMicros());
+    } else if (kind < 64) {
+      proxies_.at(agent)->setBlackhole(true);
+      sleepFor(hold);
+      proxies_.at(agent)->heal();
+      proxies_.at(agent)->resetAll();  // the stream lost bytes: start clean
+      record("blackhole", agent, t0, wallMicros());
+    } else if (kind < 72) {
+      auto dir = rng_() % 2 ? Direction::ClientToUpstream : Direction::UpstreamToClient;
+      proxies_.at(agent)->setDrop(dir, true);
+      sleepFor(hold);
+      proxies_.at(agent)->heal();
+      proxies_.at(agent)->resetAll();
+      record(dir == Direction::ClientToUpstream ? "loss-to-agent" : "loss-from-agent", agent, t0, wallMicros());
+    } else if (kind < 78) {
+      proxies_.at(agent)->setRefuse(true);
+      proxies_.at(agent)->resetAll();
+      sleepFor(hold);
+      proxies_.at(agent)->heal();
+      record("refuse", agent, t0, wallMicros());
+    } else if (kind < 86) {  // failpoint crash in the coordinator
+      std::string point = pick(kCoordinatorPoints);
+      cluster_.stopCoordinator();
+      restartCoordinator(point + "=1*crash");
+      sleepFor(hold);
+      if (cluster_.coordinatorRunning()) cluster_.stopCoordinator();
+      restartCoordinator("");
+      record("failpoint", "coordinator " + point, t0, wallMicros());
+    } else if (kind < 94) {  // failpoint crash in an agent
+      std::string point = pick(kAgentPoints);
+      cluster_.stopAgent(agent);
+      restartAgent(agent, point + "=1*crash");
+      sleepFor(hold);
+      if (cluster_.agentRunning(agent)) cluster_.stopAgent(agent);
+      restartAgent(agent, "");
+      record("failpoint", agent + " " + point, t0, wallMicros());
+    } else {  // slow disk: every group commit of that agent waits
+      cluster_.stopAgent(agent);
+      restartAgent(agent, "log.before_group_commit=delay(" + std::to_string(between(5, 50)) + ")");
+      sleepFor(hold);
+      cluster_.stopAgent(agent);
+      restartAgent(agent, "");
+      record("slow-disk", agent, t0, wallMicros());
+    }
+  }
+
+  const Options& o_;
+  LocalCluster& cluster_;
+  std::map<std::string, std::unique_ptr<FaultProxy>>& proxies_;
+  Timeline& timeline_;
+  std::mt19937_64 rng_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::uint64_t> counts_;
+};
+
+// ------------------------------------------------------------------ workload
+
+class Workload {
+ public:
+  Workload(const Options& o, kj::AsyncIoContext& io, std::string coordinator, std::vector<std::string> agents,
+           Timeline& timeline)
+      : o_(o), io_(io), coordinator_(std::move(coordinator)), agents_(std::move(agents)), timeline_(timeline),
+        rng_(o.seed * 7919 + 1), conns_(o.connections) {}
+
+  kj::Promise<void> run(Micros untilUs) {
+    until_ = untilUs;
+    kj::Vector<kj::Promise<void>> workers;
+    for (std::uint32_t w = 0; w < o_.concurrency; ++w) workers.add(worker(w % o_.connections));
+    return kj::joinPromises(workers.releaseAsArray());
+  }
+
+  std::vector<Attempt>& attempts() { return attempts_; }
+  std::uint64_t committed = 0, rolledBack = 0, lost = 0, inDoubt = 0, other = 0;
+
+ private:
+  std::vector<Op> nextOps() {
+    std::size_t a = rng_() % agents_.size();
+    std::size_t b = (a + 1 + rng_() % (agents_.size() - 1)) % agents_.size();
+    auto acct = [&](std::size_t /*agent*/) { return "acct-" + std::to_string(rng_() % o_.accountsPerAgent); };
+    std::uint32_t kind = rng_() % 100;
+    if (kind < 10) {  // overdraft on purpose: must be rolled back
+      return transferOps(agents_[a] + ":" + acct(a), agents_[b] + ":" + acct(b), o_.opening * 1000);
+    }
+    std::int64_t amount = 1 + std::int64_t(rng_() % 500);
+    if (kind < 30 && agents_.size() >= 3) {  // three branches: a pays b and c
+      std::size_t c = 0;
+      while (c == a || c == b) ++c;
+      return {Op{agents_[a], OpKind::Debit, acct(a), 2 * amount}, Op{agents_[b], OpKind::Credit, acct(b), amount},
+              Op{agents_[c], OpKind::Credit, acct(c), amount}};
+    }
+    return transferOps(agents_[a] + ":" + acct(a), agents_[b] + ":" + acct(b), amount);
+  }
+
+  kj::Promise<kj::Own<KeelClient>*> connection(std::size_t i) {
+    if (conns_[i].get() != nullptr) return &conns_[i];
+    return KeelClient::connect(io_, coordinator_)
+        .then([this, i](kj::Own<KeelClient> c) -> kj::Own<KeelClient>* {
+          if (conns_[i].get() == nullptr) conns_[i] = kj::mv(c);
+          return &conns_[i];
+        });
+  }
+
+  kj::Promise<void> worker(std::size_t conn) {
+    if (wallMicros() >= until_) return kj::READY_NOW;
+    auto idx = attempts_.size();
+    attempts_.push_back(Attempt{nextOps(), std::nullopt, wallMicros(), 0});
+    return connection(conn)
+        .then([this, idx](kj::Own<KeelClient>* c) {
+          // A paused coordinator answers nothing: give up on the answer after
+          // 10 s (it counts as lost; recovery settles the interaction).
+          return io_.provider->getTimer().timeoutAfter(10 * kj::SECONDS, (*c)->submit(attempts_[idx].ops, 5000));
+        })
+        .then(
+            [this, idx](SubmitOutcome o) -> kj::Promise<void> {
+              auto& a = attempts_[idx];
+              a.endUs = wallMicros();
+              switch (o.outcome) {
+                case ClientOutcome::Committed:
+                  ++committed;
+                  timeline_.addCommit(a.endUs);
+                  break;
+                case ClientOutcome::RolledBack: ++rolledBack; break;
+                case ClientOutcome::InDoubt: ++inDoubt; break;
+                default: ++other; break;
+              }
+              a.answer = std::move(o);
+              return kj::READY_NOW;
+            },
+            [this, idx, conn](kj::Exception&&) -> kj::Promise<void> {
+              attempts_[idx].endUs = wallMicros();
+              ++lost;
+              conns_[conn] = nullptr;  // reconnect on the next attempt
+              return io_.provider->getTimer().afterDelay(100 * kj::MILLISECONDS);
+            })
+        .then([this, conn]() { return worker(conn); });
+  }
+
+  const Options& o_;
+  kj::AsyncIoContext& io_;
+  std::string coordinator_;
+  std::vector<std::string> agents_;
+  Timeline& timeline_;
+  std::mt19937_64 rng_;
+  std::vector<kj::Own<KeelClient>> conns_;
+  std::vector<Attempt> attempts_;
+  Micros until_ = 0;
+};
+
+// ------------------------------------------------------------------ collection
+
+kj::Promise<AgentBooks> books(kj::AsyncIoContext& io, const std::string& addr) {
+  return AgentClient::connect(io, addr).then([](kj::Own<AgentClient> c) {
+    return c->inspect().attach(kj::mv(c)).then([](AgentSnapshot s) {
+      AgentBooks b;
+      b.agent = s.name;
+      for (auto& [n, a] : s.accounts) b.accounts[n] = a;
+      b.prepared = s.prepared;
+      b.active = s.active;
+      return b;
+    });
+  });
+}
+
+std::vector<AgentBranch> allBranches(kj::AsyncIoContext& io, const std::string& name, const std::string& addr) {
+  std::vector<AgentBranch> out;
+  auto c = AgentClient::connect(io, addr).wait(io.waitScope);
+  Xid after{0, 0};
+  for (;;) {
+    auto req = c->capability().listBranchesRequest();
+    req.getAfter().setSeq(after.seq);
+    req.getAfter().setBranch(after.branch);
+    req.setLimit(5000);
+    auto resp = req.send().wait(io.waitScope);
+    for (auto b : resp.getBranches()) {
+      AgentBranch ab;
+      ab.agent = name;
+      ab.xid = Xid{b.getXid().getSeq(), b.getXid().getBranch()};
+      ab.state = static_cast<BranchStatus>(b.getState());
+      ab.tombstone = b.getTombstone();
+      out.push_back(ab);
+      after = ab.xid;
+    }
+    if (!resp.getMore()) break;
+  }
+  return out;
+}
+
+// Polls until the coordinator has nothing unfinished and no agent holds a
+// prepared or active branch; returns false on timeout.
+bool waitResolved(kj::AsyncIoContext& io, const std::string& coordinator,
+                  const std::map<std::string, std::string>& agents, std::chrono::seconds timeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    try {
+      auto c = KeelClient::connect(io, coordinator).wait(io.waitScope);
+      bool done = c->info().wait(io.waitScope).unfinished == 0;
+      for (auto& [n, a] : agents) {
+        auto b = books(io, a).wait(io.waitScope);
+        done = done && b.prepared == 0 && b.active == 0;
+      }
+      if (done) return true;
+    } catch (const kj::Exception&) {
+      // not up yet
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+int runChaos(Options o) {
+  std::filesystem::create_directories(o.out);
+  Timeline timeline;
+  std::unique_ptr<LocalCluster> cluster;
+  std::map<std::string, std::unique_ptr<FaultProxy>> proxies;
+  std::map<std::string, std::string> agentAddrs;  // where checkers reach each agent directly
+  std::string coordinator;
+
+  if (o.externalCoordinator.empty()) {
+    ClusterOptions copts;
+    copts.binDir = selfBinDir();
+    copts.baseDir = o.out + "/cluster";
+    std::filesystem::remove_all(copts.baseDir);
+    copts.agents.clear();
+    for (std::uint32_t i = 1; i <= o.agents; ++i) copts.agents.push_back("bank-" + std::to_string(i));
+    copts.coordinatorExtraToml = "call_timeout_ms = 1000\nmap_size_mb = " + std::to_string(o.mapSizeMb) + "\n";
+    copts.agentExtraArgs = {"--map-size-mb", std::to_string(o.mapSizeMb)};
+    copts.agentInDoubtQueryMs = 3000;
+    cluster = std::make_unique<LocalCluster>(copts);
+    if (o.selfCheck) cluster->setAgentArgs(copts.agents[0], {"--debug-break", "commit-on-rollback"});
+    for (auto& a : copts.agents) cluster->startAgent(a);
+    for (auto& a : copts.agents) {
+      const std::string& addr = cluster->agentAddress(a);
+      auto colon = addr.rfind(':');
+      proxies[a] = std::make_unique<FaultProxy>(addr.substr(0, colon), std::stoul(addr.substr(colon + 1)));
+      cluster->setParticipantAddress(a, "127.0.0.1:" + std::to_string(proxies[a]->port()));
+      agentAddrs[a] = addr;
+    }
+    cluster->startCoordinator();
+    coordinator = cluster->coordinatorAddress();
+    std::printf("keel-chaos: seed %llu, %u s, coordinator %s, %u agents behind fault proxies%s\n",
+                (unsigned long long)o.seed, o.durationS, coordinator.c_str(), o.agents,
+                o.selfCheck ? ", SELF-CHECK: bank-1 commits what it is told to roll back" : "");
+  } else {
+    coordinator = o.externalCoordinator;
+    for (auto& spec : o.externalAgents) {
+      auto eq = spec.find('=');
+      if (eq == std::string::npos) throw std::invalid_argument("--agent wants NAME=HOST:PORT, got " + spec);
+      agentAddrs[spec.substr(0, eq)] = spec.substr(eq + 1);
+    }
+    o.faults = false;
+    std::printf("keel-chaos: seed %llu, %u s against coordinator %s and %zu agents (no fault injection)\n",
+                (unsigned long long)o.seed, o.durationS, coordinator.c_str(), agentAddrs.size());
+  }
+  std::vector<std::string> agentNames;
+  for (auto& [n, a] : agentAddrs) agentNames.push_back(n);
+
+  auto io = kj::setupAsyncIo();
+  // Accounts: one per index on every agent, each with the opening balance.
+  {
+    auto c = KeelClient::connect(io, coordinator).wait(io.waitScope);
+    kj::Vector<kj::Promise<SubmitOutcome>> opens;
+    for (auto& n : agentNames) {
+      for (std::uint32_t i = 0; i < o.accountsPerAgent; ++i) {
+        opens.add(c->submit({Op{n, OpKind::OpenAccount, "acct-" + std::to_string(i), o.opening}}));
+      }
+    }
+    for (auto& r : kj::joinPromises(opens.releaseAsArray()).wait(io.waitScope)) {
+      if (r.outcome != ClientOutcome::Committed) {
+        throw std::runtime_error("could not open an account: " + r.reason +
+                                 " (against your own deployment, start from empty agents)");
+      }
+    }
+  }
+  std::int64_t startTotal = 0;
+  for (auto& [n, a] : agentAddrs) {
+    for (auto& [acct, rec] : books(io, a).wait(io.waitScope).accounts) startTotal += rec.balance;
+  }
+  std::printf("keel-chaos: %zu accounts, total money %lld\n", agentNames.size() * o.accountsPerAgent,
+              (long long)startTotal);
+
+  Micros runStart = wallMicros();
+  timeline.start(runStart);
+  Workload workload(o, io, coordinator, agentNames, timeline);
+  std::unique_ptr<FaultInjector> injector;
+  if (o.faults) {
+    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline);
+    injector->start();
+  }
+  // Progress once a second, and the lowest balance seen while it runs.
+  std::int64_t lowest = 0;
+  Micros until = runStart + Micros(o.durationS) * 1'000'000;
+  std::function<kj::Promise<void>()> monitor = [&]() -> kj::Promise<void> {
+    if (wallMicros() >= until) return kj::READY_NOW;
+    return io.provider->getTimer().afterDelay(1 * kj::SECONDS).then([&]() {
+      std::printf("  %3llu s  attempted %6zu  committed %6llu  rolled back %5llu  answer lost %4llu\n",
+                  (unsigned long long)((wallMicros() - runStart) / 1'000'000), workload.attempts().size(),
+                  (unsigned long long)workload.committed, (unsigned long long)workload.rolledBack,
+                  (unsigned long long)workload.lost);
+      std::fflush(stdout);
+      kj::Vector<kj::Promise<void>> samples;
+      for (auto& [n, a] : agentAddrs) {
+        samples.add(io.provider->getTimer()
+                        .timeoutAfter(300 * kj::MILLISECONDS, books(io, a))
+                        .then([&](AgentBooks b) {
+                          for (auto& [acct, rec] : b.accounts) lowest = std::min(lowest, rec.balance);
+                        })
+                        .catch_([](kj::Exception&&) {}));  // paused or restarting: skip this sample
+      }
+      return kj::joinPromises(samples.releaseAsArray()).then([&]() { return monitor(); });
+    });
+  };
+  auto mon = monitor().eagerlyEvaluate(nullptr);
+  workload.run(until).wait(io.waitScope);
+  mon.wait(io.waitScope);
+  if (injector) injector->stop();
+  Micros loadEnd = wallMicros();
+
+  std::printf("keel-chaos: healing everything, waiting for resolution (at most %u s)\n", o.healTimeoutS);
+  Micros healStart = wallMicros();
+  if (injector) injector->healAll();
+  bool resolved = waitResolved(io, coordinator, agentAddrs, std::chrono::seconds(o.healTimeoutS));
+  Micros resolvedAt = wallMicros();
+
+  // Collect what everyone says.
+  Input in;
+  in.attempts = std::move(workload.attempts());
+  in.startTotal = startTotal;
+  in.lowestBalanceSeen = lowest;
+  std::set<std::uint64_t> seqs;
+  for (auto& [n, a] : agentAddrs) {
+    auto list = allBranches(io, n, a);
+    for (auto& b : list) seqs.insert(b.xid.seq);
+    in.branches.insert(in.branches.end(), list.begin(), list.end());
+    in.books.push_back(books(io, a).wait(io.waitScope));
+  }
+  for (auto& at : in.attempts) {
+    if (at.answer && at.answer->seq != 0) seqs.insert(at.answer->seq);
+  }
+  auto client = KeelClient::connect(io, coordinator).wait(io.waitScope);
+  in.coordinator.unfinished = client->info().wait(io.waitScope).unfinished;
+  std::vector<std::uint64_t> seqList(seqs.begin(), seqs.end());
+  for (std::size_t i = 0; i < seqList.size(); i += 256) {
+    kj::Vector<kj::Promise<void>> qs;
+    for (std::size_t k = i; k < std::min(seqList.size(), i + 256); ++k) {
+      std::uint64_t seq = seqList[k];
+      qs.add(client->query(seq).then([&in, seq](std::optional<QueryResult> q) {
+        if (!q) return;
+        in.coordinator.interactions[seq] = std::move(q->interaction);
+        if (q->rollback) in.coordinator.rollbacks[seq] = std::move(*q->rollback);
+      }));
+    }
+    kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
+  }
+  auto violations = check(in);
+  if (!resolved) violations.push_back(Violation{0, "not resolved within " + std::to_string(o.healTimeoutS) + " s of healing"});
+
+  auto st = client->capability().statsRequest().send().wait(io.waitScope).getStats();
+  Report r;
+  r.seed = o.seed;
+  r.durationS = o.durationS;
+  r.agents = agentNames.size();
+  r.attempted = in.attempts.size();
+  r.committed = workload.committed;
+  r.rolledBack = workload.rolledBack;
+  r.inDoubt = workload.inDoubt;
+  r.lost = workload.lost;
+  for (auto& a : in.attempts) r.threeBranch += a.ops.size() >= 3 ? 1 : 0;
+  if (injector) r.faults = injector->counts();
+  r.windowCount = st.getCount();
+  r.windowP50Us = st.getP50Us();
+  r.windowP99Us = st.getP99Us();
+  r.windowMaxUs = st.getMaxUs();
+  r.resolutionMs = (resolvedAt - healStart) / 1000;
+  r.resolved = resolved;
+  r.loadSeconds = double(loadEnd - runStart) / 1e6;
+  r.violations = violations;
+  r.selfCheck = o.selfCheck;
+  writeReport(r, timeline, o.out);
+  std::printf("%s", textReport(r).c_str());
+  std::printf("keel-chaos: report.json and timeline.svg in %s\n", o.out.c_str());
+  if (cluster) cluster->stopAll();
+  std::printf("violations: %zu\n", violations.size());
+  return violations.empty() ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace keel::chaos
+
+int main(int argc, char** argv) {
+  keel::chaos::Options o;
+  CLI::App app{"keel-chaos: the bank test under kills, pauses and network faults"};
+  app.add_option("--seed", o.seed, "seed of the fault schedule and the workload")->capture_default_str();
+  app.add_option("--duration", o.durationS, "seconds of load and faults")->capture_default_str()->check(CLI::Range(1u, 86400u));
+  app.add_option("--agents", o.agents, "ledger agents to start (>= 3 for three-branch interactions)")
+      ->capture_default_str()
+      ->check(CLI::Range(2u, 16u));
+  app.add_option("--accounts", o.accountsPerAgent, "accounts per agent")->capture_default_str()->check(CLI::Range(1u, 100000u));
+  app.add_option("--connections", o.connections, "client connections")->capture_default_str()->check(CLI::Range(1u, 256u));
+  app.add_option("--concurrency", o.concurrency, "interactions in flight")->capture_default_str()->check(CLI::Range(1u, 4096u));
+  app.add_option("--heal-timeout", o.healTimeoutS, "seconds allowed for resolution after healing")->capture_default_str();
+  app.add_option("--out", o.out, "output folder (default chaos-out/seed-N)");
+  app.add_option("--map-size-mb", o.mapSizeMb, "LMDB map size of every process (long runs write a lot)")
+      ->capture_default_str()
+      ->check(CLI::Range(16u, 1u << 20));
+  app.add_flag("--self-check", o.selfCheck,
+               "break the protocol on purpose (an agent commits what it is told to roll back): must report violations");
+  app.add_flag("!--no-faults", o.faults, "run the workload and the checks without injecting faults");
+  app.add_option("--coordinator", o.externalCoordinator, "use this running coordinator (no processes started)");
+  app.add_option("--agent", o.externalAgents, "NAME=HOST:PORT of a running agent (with --coordinator)");
+  CLI11_PARSE(app, argc, argv);
+  if (o.out.empty()) o.out = "chaos-out/seed-" + std::to_string(o.seed);
+  if (!o.externalCoordinator.empty() && o.externalAgents.size() < 2) {
+    std::fprintf(stderr, "keel-chaos: --coordinator needs at least two --agent NAME=HOST:PORT\n");
+    return 2;
+  }
+  if (o.connections > o.concurrency) o.connections = o.concurrency;
+  try {
+    return keel::chaos::runChaos(o);
+  } catch (const kj::Exception& e) {
+    std::fprintf(stderr, "keel-chaos: %s\nviolations: unknown (the run did not complete)\n", e.getDescription().cStr());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "keel-chaos: %s\nviolations: unknown (the run did not complete)\n", e.what());
+  }
+  return 2;
+}
