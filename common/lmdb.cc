@@ -152,6 +152,14 @@ MDB_dbi Env::openDb(const char* name) {
   return dbi;
 }
 
+double Env::fill() const {
+  MDB_envinfo info;
+  MDB_stat st;
+  mdb_env_info(env_, &info);
+  mdb_env_stat(env_, &st);
+  return double(info.me_last_pgno + 1) * st.ms_psize / double(info.me_mapsize);
+}
+
 std::size_t Env::mapSize() const {
   MDB_envinfo info;
   mdb_env_info(env_, &info);

@@ -100,6 +100,9 @@ class Env {
   MDB_dbi openDb(const char* name);
   MDB_env* raw() const { return env_; }
   std::size_t mapSize() const;
+  // Share of the map in use, 0..1: the file's high-water mark (LMDB reuses
+  // freed pages below it, so this is an upper bound of what is in use).
+  double fill() const;
 
  private:
   MDB_env* env_ = nullptr;

@@ -149,13 +149,7 @@ WalStore::Windows WalStore::windows() const {
   return w;
 }
 
-double WalStore::fill() const {
-  MDB_envinfo info;
-  MDB_stat st;
-  mdb_env_info(env_.raw(), &info);
-  mdb_env_stat(env_.raw(), &st);
-  return double(info.me_last_pgno + 1) * st.ms_psize / double(info.me_mapsize);
-}
+double WalStore::fill() const { return env_.fill(); }
 
 std::vector<std::string> WalStore::checkAll() const {
   std::vector<std::string> bad;

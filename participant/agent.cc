@@ -26,71 +26,12 @@ const char* outcomeName(BranchOutcome o) {
   return "?";
 }
 
-namespace {
-
-lmdb::EnvOptions envOptions(const AgentOptions& o) {
-  lmdb::EnvOptions e;
-  e.mapSize = o.mapSizeBytes;
-  return e;
-}
-
-std::optional<BranchRecord> readBranch(const lmdb::Txn& txn, MDB_dbi dbi, Xid xid) {
-  auto v = txn.get(dbi, xidKey(xid));
-  if (!v) return std::nullopt;
-  return decodeBranch(*v);
-}
-
-// The branch log and its index of unfinished (ACTIVE/PREPARED) branches, so
-// recovery and the in-doubt resolver never scan finished history.
-struct BranchTables {
-  MDB_dbi branches, unfinished;
-  void put(lmdb::Txn& txn, const BranchRecord& rec) const {
-    std::string key = xidKey(rec.xid);
-    txn.put(branches, key, encode(rec));
-    if (rec.state == BranchStatus::Active || rec.state == BranchStatus::Prepared) {
-      txn.put(unfinished, key, "");
-    } else {
-      txn.del(unfinished, key);
-    }
-  }
-};
-
-// Final state of a branch, written in the same transaction as its effect on
-// the ledger.
-void finishBranch(lmdb::Txn& txn, BranchTables t, BranchRecord& rec, BranchStatus state, std::uint64_t epoch) {
-  rec.state = state;
-  rec.epoch = std::max(rec.epoch, epoch);
-  rec.finishedUs = wallMicros();
-  t.put(txn, rec);
-}
-
-std::string epochKey(std::uint16_t node) { return "epoch/" + std::to_string(node); }
-
-// Remembers the newest epoch of a coordinator node durably (with the job).
-void storeEpoch(lmdb::Txn& txn, MDB_dbi meta, std::uint16_t node, std::uint64_t epoch) {
-  auto v = txn.get(meta, epochKey(node));
-  if (!v || keyU64(*v) < epoch) txn.put(meta, epochKey(node), u64Key(epoch));
-}
-
-}  // namespace
-
-Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), env_(opts_.dataDir, envOptions(opts_)) {
-  accounts_ = env_.openDb("accounts");
-  branches_ = env_.openDb("branches");
-  meta_ = env_.openDb("meta");
-  unfinished_ = env_.openDb("unfinished");
-  // Check every stored record decodes before serving: a damaged branch log
-  // must stop the agent, not be skipped.
+Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
+  accounts_ = log_.env().openDb("accounts");
+  // Check every account decodes before serving: a damaged ledger must stop
+  // the agent, not be skipped (start() does the same for branches).
   {
-    auto txn = env_.beginRead();
-    txn.scan(branches_, "", [](std::string_view k, std::string_view v) {
-      try {
-        decodeBranch(v);
-      } catch (const CorruptRecord& e) {
-        throw CorruptRecord("branch " + keyXid(k).str() + ": " + e.what());
-      }
-      return true;
-    });
+    auto txn = log_.env().beginRead();
     txn.scan(accounts_, "", [](std::string_view k, std::string_view v) {
       try {
         decodeAccount(v);
@@ -100,82 +41,31 @@ Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), env_(opts_.dataDir, en
       return true;
     });
   }
-  {
-    auto txn = env_.beginRead();
-    txn.scan(meta_, "epoch/", [&](std::string_view k, std::string_view v) {
-      if (k.rfind("epoch/", 0) != 0) return false;
-      epochs_[std::uint16_t(std::stoul(std::string(k.substr(6))))] = keyU64(v);
-      return true;
-    });
-  }
-  log_ = std::make_unique<GroupCommitLog>(env_);
+  log_.start();
   // ACTIVE branches from before a restart never voted: nobody was promised
   // anything, so the agent rolls them back on its own (their holds go).
   auto accounts = accounts_;
-  BranchTables tables{branches_, unfinished_};
-  auto meta = meta_;
-  std::size_t dropped = log_->runSync([=](lmdb::Txn& txn) {
-    if (!txn.get(meta, "unfinished_index")) {
-      // A branch log from before the index existed: build it once.
-      std::vector<BranchRecord> all;
-      txn.scan(tables.branches, "", [&](std::string_view, std::string_view v) {
-        all.push_back(decodeBranch(v));
-        return true;
-      });
-      for (auto& rec : all) tables.put(txn, rec);
-      txn.put(meta, "unfinished_index", "1");
-    }
-    std::vector<BranchRecord> active;
-    txn.scan(tables.unfinished, "", [&](std::string_view k, std::string_view) {
-      auto v = txn.get(tables.branches, k);
-      if (v) {
-        auto rec = decodeBranch(*v);
-        if (rec.state == BranchStatus::Active) active.push_back(std::move(rec));
-      }
-      return true;
-    });
-    for (auto& rec : active) {
+  std::size_t dropped = log_.log().runSync([this, accounts](lmdb::Txn& txn) {
+    std::size_t n = 0;
+    for (auto& rec : log_.unfinished(txn)) {
+      if (rec.state != BranchStatus::Active) continue;
       ledger::rollbackOps(txn, accounts, rec.xid, rec.ops);
       rec.reason = "agent restarted before the branch was prepared";
-      finishBranch(txn, tables, rec, BranchStatus::RolledBack, 0);
+      log_.finish(txn, rec, BranchStatus::RolledBack, 0);
+      ++n;
     }
-    return active.size();
+    return n;
   });
   if (dropped > 0) KEEL_LOG_INFO("rolled back {} unprepared (ACTIVE) branches left by the previous run", dropped);
 }
 
-Agent::~Agent() { log_.reset(); }
-
-double Agent::fill() const {
-  MDB_envinfo info;
-  MDB_stat st;
-  mdb_env_info(env_.raw(), &info);
-  mdb_env_stat(env_.raw(), &st);
-  return double(info.me_last_pgno + 1) * st.ms_psize / double(info.me_mapsize);
-}
-
-void Agent::fence(std::uint16_t node, std::uint64_t epoch) {
-  auto& newest = epochs_[node];
-  if (epoch < newest) {
-    throw StaleEpoch("stale epoch " + std::to_string(epoch) + " of coordinator node " + std::to_string(node) +
-                     ": this agent has seen epoch " + std::to_string(newest));
-  }
-  newest = epoch;
-}
-
-std::uint64_t Agent::newestEpoch(std::uint16_t node) const {
-  auto it = epochs_.find(node);
-  return it == epochs_.end() ? 0 : it->second;
-}
+Agent::~Agent() = default;
 
 std::optional<std::string> Agent::validate(const std::vector<Op>& ops) const {
   if (ops.size() > Limits::kMaxOpsPerInteraction) return "too many operations in one branch";
   // New work is refused while the log is nearly full, so that commits and
   // rollbacks of what is prepared still fit.
-  if (double f = fill(); f >= kRefuseNewAtFill) {
-    return "agent " + opts_.name + " storage is " + std::to_string(int(f * 100)) + "% full (map_size_mb = " +
-           std::to_string(env_.mapSize() >> 20) + "): new work refused";
-  }
+  if (auto full = log_.fullReason(opts_.name)) return full;
   for (const auto& op : ops) {
     if (!op.participant.empty() && op.participant != opts_.name) {
       return "operation addressed to participant " + op.participant + ", this agent is " + opts_.name;
@@ -194,18 +84,14 @@ kj::Promise<PrepareResult> Agent::execute(std::uint64_t epoch, Xid xid, std::vec
 }
 
 kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector<Op> ops, bool vote) {
-  fence(seqNode(xid.seq), epoch);
+  log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return PrepareResult{Vote::No, *bad, {}};
   auto accounts = accounts_;
-  auto branches = branches_;
-  auto meta = meta_;
-  BranchTables tables{branches_, unfinished_};
-  auto* env = &env_;
-  return log_
-      ->run([=, ops = std::move(ops)](lmdb::Txn& txn) -> PrepareResult {
-        storeEpoch(txn, meta, seqNode(xid.seq), epoch);
-        auto existing = readBranch(txn, branches, xid);
+  return log_.log()
+      .run([this, accounts, epoch, xid, vote, ops = std::move(ops)](lmdb::Txn& txn) -> PrepareResult {
+        log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+        auto existing = log_.read(txn, xid);
         BranchRecord rec;
         if (existing) {
           rec = std::move(*existing);
@@ -228,7 +114,7 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
         rec.epoch = epoch;
         // Run the operations in their own nested transaction, so that a rule
         // violation halfway leaves none of their effects.
-        lmdb::Txn opsTxn = env->beginNested(txn);
+        lmdb::Txn opsTxn = log_.env().beginNested(txn);
         auto outcome = ledger::prepareOps(opsTxn, accounts, xid, ops);
         if (!outcome.ok) {
           opsTxn.abort();
@@ -237,7 +123,7 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
             ledger::rollbackOps(txn, accounts, xid, rec.ops);
           }
           rec.reason = outcome.reason;
-          finishBranch(txn, tables, rec, BranchStatus::RolledBack, epoch);
+          log_.finish(txn, rec, BranchStatus::RolledBack, epoch);
           return PrepareResult{Vote::No, outcome.reason, {}};
         }
         opsTxn.commit();
@@ -248,8 +134,8 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
         if (vote && readOnly) {
           // Nothing to commit: the branch is finished, nothing is written.
           if (existing) {
-            txn.del(branches, xidKey(xid));
-            txn.del(tables.unfinished, xidKey(xid));
+            rec.reason = "read-only";
+            log_.finish(txn, rec, BranchStatus::Committed, epoch);
           }
           return PrepareResult{Vote::ReadOnly, "", std::move(outcome.results)};
         }
@@ -260,7 +146,7 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
         } else {
           rec.state = BranchStatus::Active;
         }
-        tables.put(txn, rec);  // PREPARED: must be durable before the vote
+        log_.put(txn, rec);  // PREPARED: must be durable before the vote
         return PrepareResult{Vote::Yes, "", std::move(outcome.results)};
       })
       .then([vote](PrepareResult r) {
@@ -271,18 +157,15 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
 }
 
 kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::vector<Xid> xids) {
-  if (!xids.empty()) fence(seqNode(xids[0].seq), epoch);
+  if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
   auto accounts = accounts_;
-  auto branches = branches_;
-  auto meta = meta_;
-  BranchTables tables{branches_, unfinished_};
-  return log_
-      ->run([=, xids = std::move(xids)](lmdb::Txn& txn) {
-        if (!xids.empty()) storeEpoch(txn, meta, seqNode(xids[0].seq), epoch);
+  return log_.log()
+      .run([this, accounts, epoch, xids = std::move(xids)](lmdb::Txn& txn) {
+        if (!xids.empty()) log_.storeEpoch(txn, seqNode(xids[0].seq), epoch);
         std::vector<BranchOutcome> out;
         out.reserve(xids.size());
         for (Xid xid : xids) {
-          auto rec = readBranch(txn, branches, xid);
+          auto rec = log_.read(txn, xid);
           if (!rec) {
             out.push_back(BranchOutcome::Unknown);
             continue;
@@ -300,7 +183,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::
             case BranchStatus::Prepared:
               KEEL_FAILPOINT("agent.before_commit_durable");
               ledger::commitOps(txn, accounts, xid, rec->ops);
-              finishBranch(txn, tables, *rec, BranchStatus::Committed, epoch);
+              log_.finish(txn, *rec, BranchStatus::Committed, epoch);
               out.push_back(BranchOutcome::Committed);
               break;
           }
@@ -314,29 +197,19 @@ kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::
 }
 
 kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std::vector<Xid> xids) {
-  if (!xids.empty()) fence(seqNode(xids[0].seq), epoch);
+  if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
   auto accounts = accounts_;
-  auto branches = branches_;
-  auto meta = meta_;
-  BranchTables tables{branches_, unfinished_};
   bool breakRollback = debugBreak_ == "commit-on-rollback";
-  return log_
-      ->run([=, xids = std::move(xids)](lmdb::Txn& txn) {
-        if (!xids.empty()) storeEpoch(txn, meta, seqNode(xids[0].seq), epoch);
+  return log_.log()
+      .run([this, accounts, epoch, breakRollback, xids = std::move(xids)](lmdb::Txn& txn) {
+        if (!xids.empty()) log_.storeEpoch(txn, seqNode(xids[0].seq), epoch);
         std::vector<BranchOutcome> out;
         out.reserve(xids.size());
         for (Xid xid : xids) {
-          auto rec = readBranch(txn, branches, xid);
+          auto rec = log_.read(txn, xid);
           if (!rec) {
             // Never seen: leave a tombstone so a late prepare is refused.
-            BranchRecord t;
-            t.xid = xid;
-            t.state = BranchStatus::RolledBack;
-            t.tombstone = true;
-            t.epoch = epoch;
-            t.createdUs = t.finishedUs = wallMicros();
-            t.reason = "rollback arrived before prepare";
-            txn.put(branches, xidKey(xid), encode(t));
+            log_.tombstone(txn, xid, epoch);
             out.push_back(BranchOutcome::RolledBack);
             continue;
           }
@@ -352,13 +225,13 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
               if (breakRollback && rec->state == BranchStatus::Prepared) {
                 // Deliberately wrong (test-only): commit what we were told to roll back.
                 ledger::commitOps(txn, accounts, xid, rec->ops);
-                finishBranch(txn, tables, *rec, BranchStatus::Committed, epoch);
+                log_.finish(txn, *rec, BranchStatus::Committed, epoch);
                 out.push_back(BranchOutcome::RolledBack);
                 break;
               }
               KEEL_FAILPOINT("agent.before_rollback_durable");
               ledger::rollbackOps(txn, accounts, xid, rec->ops);
-              finishBranch(txn, tables, *rec, BranchStatus::RolledBack, epoch);
+              log_.finish(txn, *rec, BranchStatus::RolledBack, epoch);
               out.push_back(BranchOutcome::RolledBack);
               break;
           }
@@ -372,16 +245,13 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
 }
 
 kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) {
-  fence(seqNode(xid.seq), epoch);
+  log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return OnePhaseResult{BranchOutcome::RolledBack, *bad, {}};
   auto accounts = accounts_;
-  auto branches = branches_;
-  auto meta = meta_;
-  auto* env = &env_;
-  return log_->run([=, ops = std::move(ops)](lmdb::Txn& txn) -> OnePhaseResult {
-    storeEpoch(txn, meta, seqNode(xid.seq), epoch);
-    auto existing = readBranch(txn, branches, xid);
+  return log_.log().run([this, accounts, epoch, xid, ops = std::move(ops)](lmdb::Txn& txn) -> OnePhaseResult {
+    log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+    auto existing = log_.read(txn, xid);
     if (existing) {
       // A retried one-phase call: answer what happened the first time.
       if (existing->state == BranchStatus::Committed) return OnePhaseResult{BranchOutcome::Committed, "", {}};
@@ -397,14 +267,12 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
     rec.epoch = epoch;
     rec.onePhase = true;
     rec.createdUs = wallMicros();
-    lmdb::Txn opsTxn = env->beginNested(txn);
+    lmdb::Txn opsTxn = log_.env().beginNested(txn);
     auto outcome = ledger::prepareOps(opsTxn, accounts, xid, ops);
     if (!outcome.ok) {
       opsTxn.abort();
-      rec.state = BranchStatus::RolledBack;
       rec.reason = outcome.reason;
-      rec.finishedUs = wallMicros();
-      txn.put(branches, xidKey(xid), encode(rec));
+      log_.finish(txn, rec, BranchStatus::RolledBack, epoch);
       return OnePhaseResult{BranchOutcome::RolledBack, outcome.reason, {}};
     }
     if (outcome.readOnly) {
@@ -415,90 +283,26 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
     ledger::commitOps(opsTxn, accounts, xid, ops);
     opsTxn.commit();
     rec.ops = std::move(ops);
-    rec.state = BranchStatus::Committed;
-    rec.preparedUs = rec.finishedUs = wallMicros();
-    txn.put(branches, xidKey(xid), encode(rec));
+    rec.preparedUs = wallMicros();
+    log_.finish(txn, rec, BranchStatus::Committed, epoch);  // durable with its effect
     return OnePhaseResult{BranchOutcome::Committed, "", std::move(outcome.results)};
   });
 }
 
-std::vector<BranchRecord> Agent::unfinishedBranches() const {
-  std::vector<BranchRecord> out;
-  auto txn = env_.beginRead();
-  txn.scan(unfinished_, "", [&](std::string_view k, std::string_view) {
-    if (auto v = txn.get(branches_, k)) out.push_back(decodeBranch(*v));
-    return true;
-  });
-  return out;
-}
-
 kj::Promise<Agent::ForgetResult> Agent::forget(std::uint64_t epoch, std::vector<Xid> xids) {
   // epoch 0: an operator (keelctl forget); only finished branches go anyway.
-  if (epoch != 0 && !xids.empty()) fence(seqNode(xids[0].seq), epoch);
-  auto branches = branches_;
-  return log_->run([=, xids = std::move(xids)](lmdb::Txn& txn) {
-    ForgetResult r;
-    for (Xid xid : xids) {
-      auto rec = readBranch(txn, branches, xid);
-      if (!rec) continue;  // already forgotten
-      if (rec->state == BranchStatus::Active || rec->state == BranchStatus::Prepared) {
-        r.refused.push_back(xid);
-        continue;
-      }
-      txn.del(branches, xidKey(xid));
-      ++r.forgotten;
-    }
-    return r;
-  });
-}
-
-std::vector<std::optional<BranchRecord>> Agent::branches(const std::vector<Xid>& xids) const {
-  std::vector<std::optional<BranchRecord>> out;
-  auto txn = env_.beginRead();
-  for (Xid x : xids) out.push_back(readBranch(txn, branches_, x));
-  return out;
-}
-
-std::vector<BranchRecord> Agent::listBranches(Xid after, std::size_t limit, bool& more) const {
-  std::vector<BranchRecord> out;
-  more = false;
-  auto txn = env_.beginRead();
-  std::string from = (after.seq == 0 && after.branch == 0) ? "" : xidKey(after);
-  txn.scan(branches_, from, [&](std::string_view k, std::string_view v) {
-    if (!from.empty() && k == from) return true;  // strictly after
-    if (out.size() == limit) {
-      more = true;
-      return false;
-    }
-    out.push_back(decodeBranch(v));
-    return true;
-  });
-  return out;
+  if (epoch != 0 && !xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
+  return log_.forget(std::move(xids));
 }
 
 std::vector<AccountView> Agent::accounts() const {
   std::vector<AccountView> out;
-  auto txn = env_.beginRead();
+  auto txn = log_.envConst().beginRead();
   txn.scan(accounts_, "", [&](std::string_view k, std::string_view v) {
     out.push_back(AccountView{std::string(k), decodeAccount(v)});
     return true;
   });
   return out;
-}
-
-Agent::Counts Agent::counts() const {
-  Counts c;
-  auto txn = env_.beginRead();
-  txn.scan(branches_, "", [&](std::string_view, std::string_view v) {
-    switch (decodeBranch(v).state) {
-      case BranchStatus::Active: ++c.active; break;
-      case BranchStatus::Prepared: ++c.prepared; break;
-      case BranchStatus::Committed: ++c.committed; break;
-      case BranchStatus::RolledBack: ++c.rolledBack; break;
-    }
-    return true;
-  });
-  return c;
 }
 
 }  // namespace keel

@@ -31,6 +31,7 @@
 #include "common/group_log.h"
 #include "common/lmdb.h"
 #include "common/records.h"
+#include "participant/branch_log.h"
 
 namespace keel {
 
@@ -63,13 +64,6 @@ struct AgentOptions {
   std::size_t mapSizeBytes = std::size_t(1) << 30;
 };
 
-// Thrown (as the RPC's error) when a call carries an epoch older than the
-// newest this agent has seen from that coordinator node: a stale
-// coordinator must not drive branches any more.
-class StaleEpoch : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 class Agent {
  public:
@@ -86,53 +80,43 @@ class Agent {
   kj::Promise<std::vector<BranchOutcome>> commit(std::uint64_t epoch, std::vector<Xid> xids);
   kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids);
   kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops);
-  // Drops finished branches' records; returns how many, and the XIDs refused
-  // because they are not finished.
-  struct ForgetResult {
-    std::uint32_t forgotten = 0;
-    std::vector<Xid> refused;
-  };
+  // Drops finished branches' records (epoch 0: an operator, not fenced).
+  using ForgetResult = BranchLog::ForgetResult;
   kj::Promise<ForgetResult> forget(std::uint64_t epoch, std::vector<Xid> xids);
 
-  // Fencing: throws StaleEpoch if `epoch` is older than the newest seen from
-  // coordinator `node`; remembers a newer one (made durable with the next
-  // log job). Called at the entry of every call that carries an epoch.
-  void fence(std::uint16_t node, std::uint64_t epoch);
-  std::uint64_t newestEpoch(std::uint16_t node) const;
-
-  // Reads (short read transaction on the calling thread).
-  std::vector<BranchRecord> unfinishedBranches() const;  // Active + Prepared (indexed)
-  std::vector<std::optional<BranchRecord>> branches(const std::vector<Xid>& xids) const;
-  // Branch records after `after` in XID order, at most `limit`; sets `more`.
-  std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const;
+  // The branch log: fencing, recovery lists, status, counts.
+  BranchLog& branchLog() { return log_; }
+  const BranchLog& branchLog() const { return log_; }
+  void fence(std::uint16_t node, std::uint64_t epoch) { log_.fence(node, epoch); }
+  std::uint64_t newestEpoch(std::uint16_t node) const { return log_.newestEpoch(node); }
+  std::vector<BranchRecord> unfinishedBranches() const { return log_.unfinishedBranches(); }
+  std::vector<std::optional<BranchRecord>> branches(const std::vector<Xid>& xids) const {
+    return log_.branches(xids);
+  }
+  std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const {
+    return log_.listBranches(after, limit, more);
+  }
+  using Counts = BranchLog::Counts;
+  Counts counts() const { return log_.counts(); }
+  std::vector<AccountView> accounts() const;
 
   // Test-only protocol breakage (keel-chaos --self-check proves its checker
   // can fail with it): "commit-on-rollback" commits a PREPARED branch when
   // told to roll it back. Never set in production.
   void setDebugBreak(std::string mode) { debugBreak_ = std::move(mode); }
-  std::vector<AccountView> accounts() const;
-  struct Counts {
-    std::uint32_t active = 0, prepared = 0, committed = 0, rolledBack = 0;
-  };
-  Counts counts() const;
 
-  GroupCommitLog& log() { return *log_; }
+  GroupCommitLog& log() { return log_.log(); }
 
  private:
   // Checks ops are well formed and addressed to this agent, and that there
   // is room for new work.
   std::optional<std::string> validate(const std::vector<Op>& ops) const;
-  // Share of the LMDB map in use (high-water mark), 0..1.
-  double fill() const;
-  static constexpr double kRefuseNewAtFill = 0.9;
   kj::Promise<PrepareResult> work(std::uint64_t epoch, Xid xid, std::vector<Op> ops, bool vote);
 
   AgentOptions opts_;
-  lmdb::Env env_;
-  MDB_dbi accounts_, branches_, meta_, unfinished_;
+  BranchLog log_;
+  MDB_dbi accounts_;
   std::string debugBreak_;
-  std::map<std::uint16_t, std::uint64_t> epochs_;  // newest epoch per coordinator node; event loop only
-  std::unique_ptr<GroupCommitLog> log_;
 };
 
 }  // namespace keel

@@ -1,0 +1,188 @@
+#include "participant/branch_log.h"
+
+namespace keel {
+
+namespace {
+
+lmdb::EnvOptions envOptions(std::size_t mapSize) {
+  lmdb::EnvOptions e;
+  e.mapSize = mapSize;
+  return e;
+}
+
+std::string epochKey(std::uint16_t node) { return "epoch/" + std::to_string(node); }
+
+}  // namespace
+
+BranchLog::BranchLog(const std::string& dir, std::size_t mapSizeBytes) : env_(dir, envOptions(mapSizeBytes)) {
+  branches_ = env_.openDb("branches");
+  unfinished_ = env_.openDb("unfinished");
+  meta_ = env_.openDb("meta");
+}
+
+BranchLog::~BranchLog() { log_.reset(); }
+
+void BranchLog::start() {
+  {
+    auto txn = env_.beginRead();
+    txn.scan(branches_, "", [](std::string_view k, std::string_view v) {
+      try {
+        decodeBranch(v);
+      } catch (const CorruptRecord& e) {
+        throw CorruptRecord("branch " + keyXid(k).str() + ": " + e.what());
+      }
+      return true;
+    });
+    txn.scan(meta_, "epoch/", [&](std::string_view k, std::string_view v) {
+      if (k.rfind("epoch/", 0) != 0) return false;
+      epochs_[std::uint16_t(std::stoul(std::string(k.substr(6))))] = keyU64(v);
+      return true;
+    });
+  }
+  log_ = std::make_unique<GroupCommitLog>(env_);
+  log_->runSync([this](lmdb::Txn& txn) {
+    if (txn.get(meta_, "unfinished_index")) return;
+    // A branch log from before the index existed: build it once.
+    std::vector<BranchRecord> all;
+    txn.scan(branches_, "", [&](std::string_view, std::string_view v) {
+      all.push_back(decodeBranch(v));
+      return true;
+    });
+    for (auto& rec : all) put(txn, rec);
+    txn.put(meta_, "unfinished_index", "1");
+  });
+}
+
+std::optional<BranchRecord> BranchLog::read(const lmdb::Txn& txn, Xid xid) const {
+  auto v = txn.get(branches_, xidKey(xid));
+  if (!v) return std::nullopt;
+  return decodeBranch(*v);
+}
+
+void BranchLog::put(lmdb::Txn& txn, const BranchRecord& rec) const {
+  std::string key = xidKey(rec.xid);
+  txn.put(branches_, key, encode(rec));
+  if (rec.state == BranchStatus::Active || rec.state == BranchStatus::Prepared) {
+    txn.put(unfinished_, key, "");
+  } else {
+    txn.del(unfinished_, key);
+  }
+}
+
+void BranchLog::finish(lmdb::Txn& txn, BranchRecord& rec, BranchStatus state, std::uint64_t epoch) const {
+  rec.state = state;
+  rec.epoch = std::max(rec.epoch, epoch);
+  rec.finishedUs = wallMicros();
+  put(txn, rec);
+}
+
+void BranchLog::tombstone(lmdb::Txn& txn, Xid xid, std::uint64_t epoch) const {
+  BranchRecord t;
+  t.xid = xid;
+  t.state = BranchStatus::RolledBack;
+  t.tombstone = true;
+  t.epoch = epoch;
+  t.createdUs = t.finishedUs = wallMicros();
+  t.reason = "rollback arrived before prepare";
+  put(txn, t);
+}
+
+void BranchLog::storeEpoch(lmdb::Txn& txn, std::uint16_t node, std::uint64_t epoch) const {
+  auto v = txn.get(meta_, epochKey(node));
+  if (!v || keyU64(*v) < epoch) txn.put(meta_, epochKey(node), u64Key(epoch));
+}
+
+std::vector<BranchRecord> BranchLog::unfinished(const lmdb::Txn& txn) const {
+  std::vector<BranchRecord> out;
+  txn.scan(unfinished_, "", [&](std::string_view k, std::string_view) {
+    if (auto v = txn.get(branches_, k)) out.push_back(decodeBranch(*v));
+    return true;
+  });
+  return out;
+}
+
+void BranchLog::fence(std::uint16_t node, std::uint64_t epoch) {
+  auto& newest = epochs_[node];
+  if (epoch < newest) {
+    throw StaleEpoch("stale epoch " + std::to_string(epoch) + " of coordinator node " + std::to_string(node) +
+                     ": this agent has seen epoch " + std::to_string(newest));
+  }
+  newest = epoch;
+}
+
+std::uint64_t BranchLog::newestEpoch(std::uint16_t node) const {
+  auto it = epochs_.find(node);
+  return it == epochs_.end() ? 0 : it->second;
+}
+
+std::vector<BranchRecord> BranchLog::unfinishedBranches() const {
+  auto txn = env_.beginRead();
+  return unfinished(txn);
+}
+
+std::vector<std::optional<BranchRecord>> BranchLog::branches(const std::vector<Xid>& xids) const {
+  std::vector<std::optional<BranchRecord>> out;
+  auto txn = env_.beginRead();
+  for (Xid x : xids) out.push_back(read(txn, x));
+  return out;
+}
+
+std::vector<BranchRecord> BranchLog::listBranches(Xid after, std::size_t limit, bool& more) const {
+  std::vector<BranchRecord> out;
+  more = false;
+  auto txn = env_.beginRead();
+  std::string from = (after.seq == 0 && after.branch == 0) ? "" : xidKey(after);
+  txn.scan(branches_, from, [&](std::string_view k, std::string_view v) {
+    if (!from.empty() && k == from) return true;  // strictly after
+    if (out.size() == limit) {
+      more = true;
+      return false;
+    }
+    out.push_back(decodeBranch(v));
+    return true;
+  });
+  return out;
+}
+
+BranchLog::Counts BranchLog::counts() const {
+  Counts c;
+  auto txn = env_.beginRead();
+  txn.scan(branches_, "", [&](std::string_view, std::string_view v) {
+    switch (decodeBranch(v).state) {
+      case BranchStatus::Active: ++c.active; break;
+      case BranchStatus::Prepared: ++c.prepared; break;
+      case BranchStatus::Committed: ++c.committed; break;
+      case BranchStatus::RolledBack: ++c.rolledBack; break;
+    }
+    return true;
+  });
+  return c;
+}
+
+double BranchLog::fill() const { return env_.fill(); }
+
+std::optional<std::string> BranchLog::fullReason(const std::string& agentName) const {
+  double f = fill();
+  if (f < kRefuseNewAtFill) return std::nullopt;
+  return "agent " + agentName + " storage is " + std::to_string(int(f * 100)) + "% full (map_size_mb = " +
+         std::to_string(env_.mapSize() >> 20) + "): new work refused";
+}
+
+kj::Promise<BranchLog::ForgetResult> BranchLog::forget(std::vector<Xid> xids) {
+  return log_->run([this, xids = std::move(xids)](lmdb::Txn& txn) {
+    ForgetResult r;
+    for (Xid xid : xids) {
+      auto rec = read(txn, xid);
+      if (!rec) continue;  // already forgotten
+      if (rec->state == BranchStatus::Active || rec->state == BranchStatus::Prepared) {
+        r.refused.push_back(xid);
+        continue;
+      }
+      txn.del(branches_, xidKey(xid));
+      ++r.forgotten;
+    }
+    return r;
+  });
+}
+
+}  // namespace keel

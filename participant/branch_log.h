@@ -1,0 +1,96 @@
+#pragma once
+// BranchLog: an agent's durable record of every branch, whatever its
+// resource adapter. One LMDB environment holds:
+//   branches    XID -> BranchRecord (kept after the branch finishes, until
+//               forgotten, so a repeated commit or rollback gets a true answer)
+//   unfinished  XID -> "" for every ACTIVE or PREPARED branch: recovery and
+//               the in-doubt resolver never scan finished history
+//   meta        newest epoch seen per coordinator node ("epoch/<node>"),
+//               index version
+// An adapter may open more databases in the same environment (the ledger
+// keeps its accounts there) before start(), so that a branch's state change
+// and its effect commit in one LMDB transaction.
+//
+// Writes go through the GroupCommitLog (one writer thread, group commit).
+// Fencing state is read and updated on the agent's event loop only.
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/group_log.h"
+#include "common/lmdb.h"
+#include "common/records.h"
+
+namespace keel {
+
+// A call carrying an epoch older than the newest seen from that coordinator
+// node: a stale coordinator must not drive branches any more.
+class StaleEpoch : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class BranchLog {
+ public:
+  BranchLog(const std::string& dir, std::size_t mapSizeBytes);
+  ~BranchLog();
+
+  lmdb::Env& env() { return env_; }
+  const lmdb::Env& envConst() const { return env_; }
+  // Checks every branch record decodes (a damaged log stops the agent, naming
+  // the XID), loads the fencing state and starts the writer thread.
+  void start();
+  GroupCommitLog& log() { return *log_; }
+
+  // ---- inside a log job (writer thread) ----
+  std::optional<BranchRecord> read(const lmdb::Txn& txn, Xid xid) const;
+  // Writes the record and keeps the unfinished index in step.
+  void put(lmdb::Txn& txn, const BranchRecord& rec) const;
+  // Final state, written in the same transaction as its effect on the host.
+  void finish(lmdb::Txn& txn, BranchRecord& rec, BranchStatus state, std::uint64_t epoch) const;
+  // A rollback for a branch never seen: a tombstone refuses a late prepare.
+  void tombstone(lmdb::Txn& txn, Xid xid, std::uint64_t epoch) const;
+  // Remembers the newest epoch of a coordinator node durably (with the job).
+  void storeEpoch(lmdb::Txn& txn, std::uint16_t node, std::uint64_t epoch) const;
+  // ACTIVE and PREPARED branches, from the index.
+  std::vector<BranchRecord> unfinished(const lmdb::Txn& txn) const;
+
+  // ---- event loop ----
+  // Throws StaleEpoch if `epoch` is older than the newest seen from `node`;
+  // remembers a newer one (made durable by storeEpoch in the next job).
+  void fence(std::uint16_t node, std::uint64_t epoch);
+  std::uint64_t newestEpoch(std::uint16_t node) const;
+
+  // Reads: a short read transaction on the calling thread.
+  std::vector<BranchRecord> unfinishedBranches() const;
+  std::vector<std::optional<BranchRecord>> branches(const std::vector<Xid>& xids) const;
+  std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const;
+  struct Counts {
+    std::uint32_t active = 0, prepared = 0, committed = 0, rolledBack = 0;
+  };
+  Counts counts() const;
+  // Share of the LMDB map in use (high-water mark), 0..1.
+  double fill() const;
+  // New work is refused at this fill, so commits and rollbacks still fit.
+  static constexpr double kRefuseNewAtFill = 0.9;
+  std::optional<std::string> fullReason(const std::string& agentName) const;
+
+  // Drops finished branches; unfinished ones are refused.
+  struct ForgetResult {
+    std::uint32_t forgotten = 0;
+    std::vector<Xid> refused;
+  };
+  kj::Promise<ForgetResult> forget(std::vector<Xid> xids);
+
+ private:
+  lmdb::Env env_;
+  MDB_dbi branches_, unfinished_, meta_;
+  std::unique_ptr<GroupCommitLog> log_;
+  std::map<std::uint16_t, std::uint64_t> epochs_;  // event loop only
+};
+
+}  // namespace keel
