@@ -11,7 +11,7 @@ SubmitOutcome readSubmitResult(wire::SubmitResult::Reader r) {
   o.seq = r.getSeq();
   o.outcome = static_cast<ClientOutcome>(r.getOutcome());
   o.reason = r.getReason().cStr();
-  for (auto x : r.getResults()) o.results.push_back(OpResult{x.getBalance(), x.getAvailable()});
+  for (auto x : r.getResults()) o.results.push_back(readOpResult(x));
   return o;
 }
 

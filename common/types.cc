@@ -23,6 +23,7 @@ const char* opKindName(OpKind k) {
     case OpKind::Credit: return "credit";
     case OpKind::Debit: return "debit";
     case OpKind::ReadBalance: return "read";
+    case OpKind::Sql: return "sql";
   }
   return "?";
 }

@@ -4,6 +4,7 @@
 // (common/wire.h converts between them).
 
 #include <compare>
+#include <optional>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -16,21 +17,55 @@ Micros wallMicros();
 // Monotonic microseconds, for durations.
 Micros monoMicros();
 
-enum class OpKind : std::uint8_t { OpenAccount = 0, Credit = 1, Debit = 2, ReadBalance = 3 };
+enum class OpKind : std::uint8_t { OpenAccount = 0, Credit = 1, Debit = 2, ReadBalance = 3, Sql = 4 };
 const char* opKindName(OpKind k);
 
-// One ledger operation addressed to a participant (host system).
+// A typed SQL parameter.
+struct SqlValue {
+  enum class Type : std::uint8_t { Null, Int, Text, Float, Bool };
+  Type type = Type::Null;
+  std::int64_t i = 0;
+  double f = 0;
+  bool b = false;
+  std::string text;
+  bool operator==(const SqlValue&) const = default;
+  static SqlValue ofInt(std::int64_t v) { return SqlValue{Type::Int, v, 0, false, {}}; }
+  static SqlValue ofText(std::string v) { return SqlValue{Type::Text, 0, 0, false, std::move(v)}; }
+};
+
+// One operation addressed to a participant (host system): a ledger
+// operation (account, amount) or, for the postgres adapter, one SQL
+// statement with typed parameters.
 struct Op {
+  Op() = default;
+  // A ledger operation.
+  Op(std::string participant, OpKind kind, std::string account, std::int64_t amount)
+      : participant(std::move(participant)), kind(kind), account(std::move(account)), amount(amount) {}
+  // One SQL statement for a postgres agent.
+  static Op statement(std::string participant, std::string sql, std::vector<SqlValue> params = {},
+                      std::int64_t expectRows = -1) {
+    Op op(std::move(participant), OpKind::Sql, "", 0);
+    op.sql = std::move(sql);
+    op.params = std::move(params);
+    op.expectRows = expectRows;
+    return op;
+  }
+
   std::string participant;
   OpKind kind = OpKind::ReadBalance;
   std::string account;
   std::int64_t amount = 0;
+  std::string sql;
+  std::vector<SqlValue> params;
+  std::int64_t expectRows = -1;  // rows it must touch or return; -1 = any
   bool operator==(const Op&) const = default;
 };
 
 struct OpResult {
   std::int64_t balance = 0;
   std::int64_t available = 0;
+  std::vector<std::vector<std::optional<std::string>>> rows;  // sql: result rows (nullopt = NULL)
+  std::int64_t affected = 0;                                  // sql: rows touched or returned
 };
 
 // Branch identifier: (interaction seq, branch number).
@@ -61,6 +96,8 @@ struct Limits {
   // 10^15 minor units: far beyond any single booking, and sums of many of
   // them still fit in int64 without overflow.
   static constexpr std::int64_t kMaxAmount = 1'000'000'000'000'000;
+  static constexpr std::size_t kMaxSqlBytes = 64 * 1024;
+  static constexpr std::size_t kMaxSqlParams = 256;
 };
 
 // Sequence numbers carry the coordinator's node id in the top 16 bits so

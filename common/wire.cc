@@ -7,6 +7,21 @@ void fillOp(wire::Operation::Builder b, const Op& op) {
   b.setKind(static_cast<wire::LedgerOpKind>(op.kind));
   b.setAccount(op.account);
   b.setAmount(op.amount);
+  if (op.kind == OpKind::Sql) {
+    b.setSql(op.sql);
+    b.setExpectRows(op.expectRows);
+    auto ps = b.initParams(op.params.size());
+    for (unsigned i = 0; i < op.params.size(); ++i) {
+      const auto& p = op.params[i];
+      switch (p.type) {
+        case SqlValue::Type::Null: ps[i].setNull(); break;
+        case SqlValue::Type::Int: ps[i].setInt(p.i); break;
+        case SqlValue::Type::Text: ps[i].setText(p.text); break;
+        case SqlValue::Type::Float: ps[i].setFloat(p.f); break;
+        case SqlValue::Type::Bool: ps[i].setBool(p.b); break;
+      }
+    }
+  }
 }
 
 Op readOp(wire::Operation::Reader r) {
@@ -15,7 +30,60 @@ Op readOp(wire::Operation::Reader r) {
   op.kind = static_cast<OpKind>(r.getKind());
   op.account = r.getAccount().cStr();
   op.amount = r.getAmount();
+  if (op.kind == OpKind::Sql) {
+    op.sql = r.getSql().cStr();
+    op.expectRows = r.getExpectRows();
+    for (auto p : r.getParams()) {
+      SqlValue v;
+      switch (p.which()) {
+        case wire::SqlValue::NULL_: v.type = SqlValue::Type::Null; break;
+        case wire::SqlValue::INT: v = SqlValue::ofInt(p.getInt()); break;
+        case wire::SqlValue::TEXT: v = SqlValue::ofText(p.getText().cStr()); break;
+        case wire::SqlValue::FLOAT: v.type = SqlValue::Type::Float; v.f = p.getFloat(); break;
+        case wire::SqlValue::BOOL: v.type = SqlValue::Type::Bool; v.b = p.getBool(); break;
+      }
+      op.params.push_back(std::move(v));
+    }
+  }
   return op;
+}
+
+void fillOpResult(wire::OpResult::Builder b, const OpResult& r) {
+  b.setBalance(r.balance);
+  b.setAvailable(r.available);
+  b.setAffected(r.affected);
+  if (!r.rows.empty()) {
+    auto rows = b.initRows(r.rows.size());
+    for (unsigned i = 0; i < r.rows.size(); ++i) {
+      auto cells = rows.init(i, r.rows[i].size());
+      for (unsigned k = 0; k < r.rows[i].size(); ++k) {
+        if (r.rows[i][k]) {
+          cells[k].setValue(*r.rows[i][k]);
+        } else {
+          cells[k].setNull();
+        }
+      }
+    }
+  }
+}
+
+OpResult readOpResult(wire::OpResult::Reader r) {
+  OpResult o;
+  o.balance = r.getBalance();
+  o.available = r.getAvailable();
+  o.affected = r.getAffected();
+  for (auto row : r.getRows()) {
+    std::vector<std::optional<std::string>> cells;
+    for (auto c : row) {
+      if (c.isValue()) {
+        cells.emplace_back(c.getValue().cStr());
+      } else {
+        cells.emplace_back(std::nullopt);
+      }
+    }
+    o.rows.push_back(std::move(cells));
+  }
+  return o;
 }
 
 std::vector<Op> readOps(capnp::List<wire::Operation>::Reader list) {

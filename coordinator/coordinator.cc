@@ -29,7 +29,7 @@ struct PrepReply {
 std::vector<OpResult> readResults(capnp::List<wire::OpResult>::Reader l) {
   std::vector<OpResult> out;
   out.reserve(l.size());
-  for (auto r : l) out.push_back(OpResult{r.getBalance(), r.getAvailable()});
+  for (auto r : l) out.push_back(readOpResult(r));
   return out;
 }
 
@@ -91,7 +91,14 @@ std::optional<std::string> Coordinator::validate(const std::vector<Op>& ops, boo
       return where + "unknown participant '" + op.participant + "'";
     }
     participants.insert(op.participant);
-    if (std::uint8_t(op.kind) > std::uint8_t(OpKind::ReadBalance)) return where + "unknown operation kind";
+    if (std::uint8_t(op.kind) > std::uint8_t(OpKind::Sql)) return where + "unknown operation kind";
+    if (op.kind == OpKind::Sql) {
+      if (op.sql.empty()) return where + "SQL statement is empty";
+      if (op.sql.size() > Limits::kMaxSqlBytes) return where + "SQL statement is longer than 64 KiB";
+      if (op.params.size() > Limits::kMaxSqlParams) return where + "more than 256 SQL parameters";
+      if (op.expectRows < -1) return where + "expected row count must be -1 (any) or >= 0";
+      continue;
+    }
     if (op.account.empty()) return where + "account name is empty";
     if (op.account.size() > Limits::kMaxAccountName) return where + "account name is too long";
     if (op.kind == OpKind::Credit || op.kind == OpKind::Debit) {

@@ -9,10 +9,7 @@ void fillSubmitResult(wire::SubmitResult::Builder b, const SubmitOutcome& o) {
   b.setOutcome(static_cast<wire::Outcome>(o.outcome));
   b.setReason(o.reason);
   auto l = b.initResults(o.results.size());
-  for (unsigned i = 0; i < o.results.size(); ++i) {
-    l[i].setBalance(o.results[i].balance);
-    l[i].setAvailable(o.results[i].available);
-  }
+  for (unsigned i = 0; i < o.results.size(); ++i) fillOpResult(l[i], o.results[i]);
 }
 
 kj::Promise<void> CoordinatorImpl::submit(SubmitContext ctx) {

@@ -16,10 +16,7 @@ std::vector<Xid> readXids(capnp::List<wire::Xid>::Reader list) {
 template <typename B>
 void fillResults(B builder, const std::vector<OpResult>& results) {
   auto l = builder.initResults(results.size());
-  for (unsigned i = 0; i < results.size(); ++i) {
-    l[i].setBalance(results[i].balance);
-    l[i].setAvailable(results[i].available);
-  }
+  for (unsigned i = 0; i < results.size(); ++i) fillOpResult(l[i], results[i]);
 }
 
 void fillBranchInfo(wire::BranchInfo::Builder b, const BranchRecord& r) {

@@ -14,18 +14,42 @@ enum LedgerOpKind {
   credit @1;        # add `amount` (> 0) at commit
   debit @2;         # hold `amount` (> 0) at prepare, take it at commit; never overdraws
   readBalance @3;   # read-only: result carries the committed balance
+  sql @4;           # postgres adapter: run `sql` with `params` (never spliced)
+}
+
+# A typed SQL parameter ($1, $2, ...).
+struct SqlValue {
+  union {
+    null @0 :Void;
+    int @1 :Int64;
+    text @2 :Text;
+    float @3 :Float64;
+    bool @4 :Bool;
+  }
 }
 
 struct Operation {
   participant @0 :Text;     # name of the participant (host system) it runs on
   kind @1 :LedgerOpKind;
-  account @2 :Text;
-  amount @3 :Int64;
+  account @2 :Text;         # ledger kinds
+  amount @3 :Int64;         # ledger kinds
+  sql @4 :Text;             # kind sql: one statement
+  params @5 :List(SqlValue);
+  expectRows @6 :Int64 = -1;  # kind sql: rows it must touch (or return), -1 = any
+}
+
+struct SqlCell {
+  union {
+    null @0 :Void;
+    value @1 :Text;         # PostgreSQL's text form
+  }
 }
 
 struct OpResult {
   balance @0 :Int64;        # readBalance: committed balance; others: 0
   available @1 :Int64;      # readBalance: balance minus holds of prepared debits
+  rows @2 :List(List(SqlCell));  # kind sql: result rows
+  affected @3 :Int64;       # kind sql: rows touched (or returned)
 }
 
 struct Xid {

@@ -3,6 +3,7 @@
 namespace keel::ledger {
 
 std::optional<std::string> checkOp(const Op& op) {
+  if (op.kind == OpKind::Sql) return "the ledger adapter does not run SQL (use a postgres agent)";
   if (std::uint8_t(op.kind) > std::uint8_t(OpKind::ReadBalance)) {
     return "unknown operation kind " + std::to_string(int(op.kind));
   }
@@ -22,6 +23,7 @@ std::optional<std::string> checkOp(const Op& op) {
       }
       break;
     case OpKind::ReadBalance:
+    case OpKind::Sql:
       break;
   }
   if (op.amount > Limits::kMaxAmount) {
@@ -87,8 +89,11 @@ ExecOutcome prepareOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vec
         out.readOnly = false;
         break;
       }
+      case OpKind::Sql:
+        break;
       case OpKind::ReadBalance:
-        out.results[i] = OpResult{acct->balance, acct->balance - acct->held};
+        out.results[i].balance = acct->balance;
+        out.results[i].available = acct->balance - acct->held;
         break;
       case OpKind::OpenAccount:
         break;
@@ -117,6 +122,7 @@ void commitOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vector<Op>&
         acct->held -= op.amount;
         break;
       case OpKind::ReadBalance:
+      case OpKind::Sql:
         break;
     }
     write(txn, accounts, op.account, *acct);

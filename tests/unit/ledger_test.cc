@@ -229,7 +229,8 @@ TEST_F(LedgerTest, CheckOpRejectsMalformedOperations) {
   expectBad(debit("alice", Limits::kMaxAmount + 1), "exceeds the limit");
   expectBad(open("alice", Limits::kMaxAmount + 1), "exceeds the limit");
   expectBad(open("alice", -1), "negative");
-  expectBad(Op{"", OpKind(4), "alice", 1}, "unknown operation kind 4");
+  expectBad(Op{"", OpKind::Sql, "alice", 1}, "does not run SQL");
+  expectBad(Op{"", OpKind(5), "alice", 1}, "unknown operation kind 5");
   expectBad(Op{"", OpKind(255), "alice", 1}, "unknown operation kind");
 }
 
