@@ -144,14 +144,22 @@ AgentConfig loadAgentConfig(const std::string& path) {
   AgentConfig c;
   const auto& s = section(path, root, "agent");
   rejectUnknown(path, s, "agent",
-                {"name", "listen", "data_dir", "adapter", "map_size_mb", "coordinator", "in_doubt_query_ms"});
+                {"name", "listen", "data_dir", "adapter", "map_size_mb", "coordinator", "in_doubt_query_ms",
+                 "postgres", "pool_size"});
   c.name = getString(path, s, "agent", "name", "", true);
   if (!validName(c.name)) fail(path, "[agent] name '" + c.name + "' is not a valid name (1-64 chars of A-Z a-z 0-9 _ . -)");
   c.listen = getString(path, s, "agent", "listen", c.listen);
   checkAddress(path + ": [agent] listen", c.listen);
   c.dataDir = getString(path, s, "agent", "data_dir", c.dataDir);
   c.adapter = getString(path, s, "agent", "adapter", c.adapter);
-  if (c.adapter != "ledger") fail(path, "[agent] adapter '" + c.adapter + "' is not known (known: ledger)");
+  if (c.adapter != "ledger" && c.adapter != "postgres") {
+    fail(path, "[agent] adapter '" + c.adapter + "' is not known (known: ledger, postgres)");
+  }
+  c.postgres = getString(path, s, "agent", "postgres", c.postgres);
+  if (c.adapter == "postgres" && c.postgres.empty()) {
+    fail(path, "[agent] adapter = \"postgres\" needs postgres = \"<libpq connection string>\"");
+  }
+  c.poolSize = getInt<std::uint32_t>(path, s, "agent", "pool_size", c.poolSize, 1, 256);
   c.mapSizeMb = getInt<std::size_t>(path, s, "agent", "map_size_mb", c.mapSizeMb, 1, 1 << 20);
   c.coordinator = getString(path, s, "agent", "coordinator", c.coordinator);
   if (!c.coordinator.empty()) checkAddress(path + ": [agent] coordinator", c.coordinator);

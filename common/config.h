@@ -33,7 +33,9 @@ struct AgentConfig {
   std::string name;
   std::string listen = "127.0.0.1:7401";
   std::string dataDir = "./keel-data/agent";
-  std::string adapter = "ledger";
+  std::string adapter = "ledger";      // ledger | postgres
+  std::string postgres;               // adapter postgres: libpq connection string
+  std::uint32_t poolSize = 8;         // adapter postgres: connections (and threads)
   std::size_t mapSizeMb = 1024;
   std::string coordinator;             // host:port; empty = do not ask about branches in doubt
   std::uint32_t inDoubtQueryMs = 5000;  // a branch PREPARED this long asks the coordinator

@@ -227,6 +227,7 @@ std::string encode(const BranchRecord& r) {
   b.setPreparedUs(r.preparedUs);
   b.setFinishedUs(r.finishedUs);
   b.setReason(r.reason);
+  b.setHostTxid(r.hostTxid);
   return seal(RecordType::Branch, msg);
 }
 
@@ -244,6 +245,7 @@ BranchRecord decodeBranch(std::string_view bytes) {
     r.preparedUs = x.getPreparedUs();
     r.finishedUs = x.getFinishedUs();
     r.reason = x.getReason().cStr();
+    r.hostTxid = x.getHostTxid();
     return r;
   });
 }

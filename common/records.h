@@ -127,6 +127,7 @@ struct BranchRecord {
   std::vector<Op> ops;
   Micros createdUs = 0, preparedUs = 0, finishedUs = 0;
   std::string reason;
+  std::uint64_t hostTxid = 0;  // postgres one-phase: PostgreSQL's txid, for txid_status()
 };
 
 // One ledger account.

@@ -289,12 +289,6 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
   });
 }
 
-kj::Promise<Agent::ForgetResult> Agent::forget(std::uint64_t epoch, std::vector<Xid> xids) {
-  // epoch 0: an operator (keelctl forget); only finished branches go anyway.
-  if (epoch != 0 && !xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
-  return log_.forget(std::move(xids));
-}
-
 std::vector<AccountView> Agent::accounts() const {
   std::vector<AccountView> out;
   auto txn = log_.envConst().beginRead();

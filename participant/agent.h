@@ -31,32 +31,10 @@
 #include "common/group_log.h"
 #include "common/lmdb.h"
 #include "common/records.h"
+#include "participant/backend.h"
 #include "participant/branch_log.h"
 
 namespace keel {
-
-enum class Vote : std::uint8_t { Yes = 0, No = 1, ReadOnly = 2 };
-// Same numbering as wire::BranchOutcome.
-enum class BranchOutcome : std::uint8_t { Committed = 0, RolledBack = 1, Unknown = 2, NotPrepared = 3, Conflict = 4 };
-const char* voteName(Vote v);
-const char* outcomeName(BranchOutcome o);
-
-struct PrepareResult {
-  Vote vote = Vote::No;
-  std::string reason;
-  std::vector<OpResult> results;
-};
-
-struct OnePhaseResult {
-  BranchOutcome outcome = BranchOutcome::RolledBack;
-  std::string reason;
-  std::vector<OpResult> results;
-};
-
-struct AccountView {
-  std::string name;
-  AccountRecord record;
-};
 
 struct AgentOptions {
   std::string name;
@@ -65,40 +43,25 @@ struct AgentOptions {
 };
 
 
-class Agent {
+// The ledger agent (embedded default adapter).
+class Agent final : public ParticipantBackend {
  public:
   explicit Agent(AgentOptions opts);
-  ~Agent();
+  ~Agent() override;
 
-  const std::string& name() const { return opts_.name; }
+  const std::string& name() const override { return opts_.name; }
 
   // Executes ops and prepares in one step; the vote leaves only after the
   // PREPARED record is durable.
-  kj::Promise<PrepareResult> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops);
+  kj::Promise<PrepareResult> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
   // Interactive: executes ops into an ACTIVE branch (durable, not voted).
-  kj::Promise<PrepareResult> execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops);
-  kj::Promise<std::vector<BranchOutcome>> commit(std::uint64_t epoch, std::vector<Xid> xids);
-  kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids);
-  kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops);
-  // Drops finished branches' records (epoch 0: an operator, not fenced).
-  using ForgetResult = BranchLog::ForgetResult;
-  kj::Promise<ForgetResult> forget(std::uint64_t epoch, std::vector<Xid> xids);
-
-  // The branch log: fencing, recovery lists, status, counts.
-  BranchLog& branchLog() { return log_; }
-  const BranchLog& branchLog() const { return log_; }
-  void fence(std::uint16_t node, std::uint64_t epoch) { log_.fence(node, epoch); }
-  std::uint64_t newestEpoch(std::uint16_t node) const { return log_.newestEpoch(node); }
-  std::vector<BranchRecord> unfinishedBranches() const { return log_.unfinishedBranches(); }
-  std::vector<std::optional<BranchRecord>> branches(const std::vector<Xid>& xids) const {
-    return log_.branches(xids);
-  }
-  std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const {
-    return log_.listBranches(after, limit, more);
-  }
-  using Counts = BranchLog::Counts;
-  Counts counts() const { return log_.counts(); }
-  std::vector<AccountView> accounts() const;
+  kj::Promise<PrepareResult> execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
+  kj::Promise<std::vector<BranchOutcome>> commit(std::uint64_t epoch, std::vector<Xid> xids) override;
+  kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids) override;
+  kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
+  BranchLog& branchLog() override { return log_; }
+  const BranchLog& branchLog() const override { return log_; }
+  std::vector<AccountView> accounts() const override;
 
   // Test-only protocol breakage (keel-chaos --self-check proves its checker
   // can fail with it): "commit-on-rollback" commits a PREPARED branch when

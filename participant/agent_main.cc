@@ -19,6 +19,7 @@
 #include "common/rpc.h"
 #include "participant/agent.h"
 #include "participant/agent_server.h"
+#include "participant/pg_agent.h"
 #include "participant/resolver.h"
 
 int main(int argc, char** argv) {
@@ -31,7 +32,12 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", dataDir, "directory of the agent's LMDB environment");
   app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
-  std::string coordinator, debugBreak;
+  std::string coordinator, debugBreak, adapter, postgres;
+  std::uint32_t poolSize = 0;
+  app.add_option("--adapter", adapter, "resource adapter: ledger (default) or postgres")
+      ->check(CLI::IsMember({"ledger", "postgres"}));
+  app.add_option("--postgres", postgres, "adapter postgres: libpq connection string");
+  app.add_option("--pool-size", poolSize, "adapter postgres: connections to PostgreSQL");
   std::uint32_t inDoubtMs = 0;
   app.add_option("--debug-break", debugBreak, "TEST ONLY: break the protocol on purpose (commit-on-rollback)")
       ->check(CLI::IsMember({"commit-on-rollback"}));
@@ -47,6 +53,12 @@ int main(int argc, char** argv) {
     if (!dataDir.empty()) cfg.dataDir = dataDir;
     if (mapSizeMb != 0) cfg.mapSizeMb = mapSizeMb;
     if (!coordinator.empty()) cfg.coordinator = coordinator;
+    if (!adapter.empty()) cfg.adapter = adapter;
+    if (!postgres.empty()) cfg.postgres = postgres;
+    if (poolSize != 0) cfg.poolSize = poolSize;
+    if (cfg.adapter == "postgres" && cfg.postgres.empty()) {
+      throw keel::ConfigError("adapter postgres needs a connection string (--postgres or [agent] postgres)");
+    }
     if (inDoubtMs != 0) cfg.inDoubtQueryMs = inDoubtMs;
     if (!cfg.coordinator.empty()) keel::checkAddress("coordinator", cfg.coordinator);
     if (!keel::validName(cfg.name)) {
@@ -64,11 +76,19 @@ int main(int argc, char** argv) {
   try {
     keel::captureTerminationSignals();
     auto io = kj::setupAsyncIo();
-    keel::Agent agent(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
-    if (!debugBreak.empty()) {
-      KEEL_LOG_WARN("--debug-break {}: this agent BREAKS the protocol on purpose (test only)", debugBreak);
-      agent.setDebugBreak(debugBreak);
+    std::unique_ptr<keel::ParticipantBackend> backend;
+    if (cfg.adapter == "postgres") {
+      backend = std::make_unique<keel::PgAgent>(
+          keel::PgAgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20, cfg.postgres, cfg.poolSize});
+    } else {
+      auto ledger = std::make_unique<keel::Agent>(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
+      if (!debugBreak.empty()) {
+        KEEL_LOG_WARN("--debug-break {}: this agent BREAKS the protocol on purpose (test only)", debugBreak);
+        ledger->setDebugBreak(debugBreak);
+      }
+      backend = std::move(ledger);
     }
+    auto& agent = *backend;
     keel::RpcServer server(io, kj::heap<keel::ParticipantImpl>(agent));
     keel::InDoubtResolver resolver(io, agent, cfg.coordinator, keel::Micros(cfg.inDoubtQueryMs) * 1000);
     if (!cfg.coordinator.empty()) {

@@ -124,7 +124,7 @@ kj::Promise<void> ParticipantImpl::status(StatusContext ctx) {
 
 kj::Promise<void> ParticipantImpl::forget(ForgetContext ctx) {
   auto p = ctx.getParams();
-  return agent_.forget(p.getEpoch(), readXids(p.getXids())).then([ctx](Agent::ForgetResult r) mutable {
+  return agent_.forget(p.getEpoch(), readXids(p.getXids())).then([ctx](BranchLog::ForgetResult r) mutable {
     auto res = ctx.getResults();
     res.setForgotten(r.forgotten);
     auto l = res.initRefused(r.refused.size());

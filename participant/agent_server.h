@@ -2,14 +2,14 @@
 // ParticipantImpl: the thin Cap'n Proto shell around Agent. It reads
 // parameters, calls the agent, fills results; no protocol logic here.
 
-#include "participant/agent.h"
+#include "participant/backend.h"
 #include "schemas/keel.capnp.h"
 
 namespace keel {
 
 class ParticipantImpl final : public wire::Participant::Server {
  public:
-  explicit ParticipantImpl(Agent& agent) : agent_(agent) {}
+  explicit ParticipantImpl(ParticipantBackend& agent) : agent_(agent) {}
 
   kj::Promise<void> prepare(PrepareContext ctx) override;
   kj::Promise<void> execute(ExecuteContext ctx) override;
@@ -23,7 +23,7 @@ class ParticipantImpl final : public wire::Participant::Server {
   kj::Promise<void> listBranches(ListBranchesContext ctx) override;
 
  private:
-  Agent& agent_;
+  ParticipantBackend& agent_;
 };
 
 }  // namespace keel

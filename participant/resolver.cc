@@ -4,7 +4,7 @@
 
 namespace keel {
 
-InDoubtResolver::InDoubtResolver(kj::AsyncIoContext& io, Agent& agent, std::string coordinator, Micros threshold)
+InDoubtResolver::InDoubtResolver(kj::AsyncIoContext& io, ParticipantBackend& agent, std::string coordinator, Micros threshold)
     : io_(io), agent_(agent), coordinator_(std::move(coordinator)), threshold_(threshold), tasks_(*this) {}
 
 void InDoubtResolver::start() { tasks_.add(loop()); }

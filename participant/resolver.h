@@ -14,13 +14,13 @@
 #include <string>
 
 #include "common/client.h"
-#include "participant/agent.h"
+#include "participant/backend.h"
 
 namespace keel {
 
 class InDoubtResolver final : private kj::TaskSet::ErrorHandler {
  public:
-  InDoubtResolver(kj::AsyncIoContext& io, Agent& agent, std::string coordinator, Micros threshold);
+  InDoubtResolver(kj::AsyncIoContext& io, ParticipantBackend& agent, std::string coordinator, Micros threshold);
   void start();
   std::uint64_t resolved() const { return resolved_; }
 
@@ -30,7 +30,7 @@ class InDoubtResolver final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> round();
 
   kj::AsyncIoContext& io_;
-  Agent& agent_;
+  ParticipantBackend& agent_;
   const std::string coordinator_;
   const Micros threshold_;
   kj::Own<KeelClient> client_;  // null until connected; dropped on error

@@ -95,6 +95,7 @@ struct BranchRecord {
   preparedUs @8 :UInt64;
   finishedUs @9 :UInt64;
   reason @10 :Text;
+  hostTxid @11 :UInt64;              # postgres one-phase: the transaction id, to ask txid_status()
 }
 
 # Ledger account (participant side), keyed by account name.

@@ -13,6 +13,7 @@ PACKAGES=(
   libtomlplusplus-dev             # config files
   libcli11-dev                    # command-line flags
   libasio-dev                     # standalone Asio: chaos fault proxy
+  postgresql-15 libpq-dev         # PostgreSQL 15 server and libpq: tests/pg
 )
 
 missing=()

@@ -59,9 +59,13 @@ class ClusterTest : public ::testing::Test {
     return o;
   }
 
+  // Last chance to configure the cluster (per-agent arguments) before it starts.
+  virtual void beforeStart(LocalCluster&) {}
+
   void SetUp() override {
     dir_ = makeTempDir("keel-it");
     cluster_ = std::make_unique<LocalCluster>(clusterOptions());
+    beforeStart(*cluster_);
     cluster_->startAll();
     reconnect();
   }

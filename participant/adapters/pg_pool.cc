@@ -1,0 +1,73 @@
+#include "participant/adapters/pg_pool.h"
+
+#include <kj/debug.h>
+
+#include "common/log.h"
+
+namespace keel::pg {
+
+Result exec(PGconn* c, const std::string& sql) {
+  Result r(PQexec(c, sql.c_str()));
+  auto st = PQresultStatus(r.get());
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    const char* code = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
+    std::string msg = PQerrorMessage(c);
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    throw PgError(msg.empty() ? "PostgreSQL error" : msg, code != nullptr ? code : "");
+  }
+  return r;
+}
+
+Pool::Pool(std::string conninfo, std::size_t size) : conninfo_(std::move(conninfo)) {
+  for (std::size_t i = 0; i < size; ++i) workers_.emplace_back([this] { workerLoop(); });
+}
+
+Pool::~Pool() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void Pool::submit(Job job) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    queue_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+}
+
+PGconn* Pool::connect() {
+  PGconn* c = PQconnectdb(conninfo_.c_str());
+  if (PQstatus(c) != CONNECTION_OK) {
+    KEEL_LOG_WARN("postgres: cannot connect: {}", PQerrorMessage(c));
+    PQfinish(c);
+    return nullptr;
+  }
+  return c;
+}
+
+void Pool::workerLoop() {
+  PGconn* conn = nullptr;
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) break;
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    if (conn != nullptr && PQstatus(conn) != CONNECTION_OK) {
+      PQfinish(conn);
+      conn = nullptr;
+    }
+    if (conn == nullptr) conn = connect();
+    job(conn);
+  }
+  if (conn != nullptr) PQfinish(conn);
+}
+
+}  // namespace keel::pg

@@ -1,0 +1,82 @@
+#pragma once
+// ParticipantBackend: what an agent does with its host system, whatever the
+// resource adapter (the embedded ledger: participant/agent.h; PostgreSQL:
+// participant/pg_agent.h). The RPC shell (agent_server.h) and the in-doubt
+// resolver talk to this interface only.
+//
+// Every backend keeps its branches in a BranchLog and follows the same
+// branch state machine (see agent.h): the vote leaves only after PREPARED is
+// durable; commit and rollback are idempotent per XID; a rollback for an
+// unknown XID leaves a tombstone.
+//
+// Thread: the agent's KJ event loop.
+
+#include <kj/async.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/records.h"
+#include "participant/branch_log.h"
+
+namespace keel {
+
+enum class Vote : std::uint8_t { Yes = 0, No = 1, ReadOnly = 2 };
+// Same numbering as wire::BranchOutcome.
+enum class BranchOutcome : std::uint8_t { Committed = 0, RolledBack = 1, Unknown = 2, NotPrepared = 3, Conflict = 4 };
+const char* voteName(Vote v);
+const char* outcomeName(BranchOutcome o);
+
+struct PrepareResult {
+  Vote vote = Vote::No;
+  std::string reason;
+  std::vector<OpResult> results;
+};
+
+struct OnePhaseResult {
+  BranchOutcome outcome = BranchOutcome::RolledBack;
+  std::string reason;
+  std::vector<OpResult> results;
+};
+
+struct AccountView {
+  std::string name;
+  AccountRecord record;
+};
+
+class ParticipantBackend {
+ public:
+  virtual ~ParticipantBackend() = default;
+  virtual const std::string& name() const = 0;
+
+  virtual kj::Promise<PrepareResult> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) = 0;
+  virtual kj::Promise<PrepareResult> execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops) = 0;
+  virtual kj::Promise<std::vector<BranchOutcome>> commit(std::uint64_t epoch, std::vector<Xid> xids) = 0;
+  virtual kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids) = 0;
+  virtual kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) = 0;
+  // The ledger's accounts; other adapters have none to show.
+  virtual std::vector<AccountView> accounts() const { return {}; }
+
+  virtual BranchLog& branchLog() = 0;
+  virtual const BranchLog& branchLog() const = 0;
+
+  // Through the branch log, the same for every backend.
+  void fence(std::uint16_t node, std::uint64_t epoch) { branchLog().fence(node, epoch); }
+  std::uint64_t newestEpoch(std::uint16_t node) const { return branchLog().newestEpoch(node); }
+  std::vector<BranchRecord> unfinishedBranches() const { return branchLog().unfinishedBranches(); }
+  std::vector<std::optional<BranchRecord>> branches(const std::vector<Xid>& xids) const {
+    return branchLog().branches(xids);
+  }
+  std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const {
+    return branchLog().listBranches(after, limit, more);
+  }
+  BranchLog::Counts counts() const { return branchLog().counts(); }
+  // Drops finished branches' records (epoch 0: an operator, not fenced).
+  kj::Promise<BranchLog::ForgetResult> forget(std::uint64_t epoch, std::vector<Xid> xids) {
+    if (epoch != 0 && !xids.empty()) fence(seqNode(xids[0].seq), epoch);
+    return branchLog().forget(std::move(xids));
+  }
+};
+
+}  // namespace keel

@@ -1,0 +1,86 @@
+#pragma once
+// PgAgent: the participant agent beside a PostgreSQL database, using its own
+// two-phase commit. Operations are SQL statements with typed parameters,
+// run in one database transaction per branch.
+//
+//   prepare   BEGIN; statements; PREPARE TRANSACTION 'keel:<agent>:<seq>:<branch>';
+//             then the branch is recorded PREPARED in the agent's branch log
+//             (durable) and only then the vote leaves. A tombstone found at
+//             that point (the rollback overtook the prepare) undoes it.
+//   commit    COMMIT PREPARED, then the branch log says committed
+//   rollback  ROLLBACK PREPARED (or a tombstone for a branch never seen)
+//   one-phase BEGIN; statements; the txid is recorded (ACTIVE, durable);
+//             COMMIT; recorded committed. After a crash in between,
+//             txid_status() tells what PostgreSQL did.
+//
+// Recovery at start-up reconciles PostgreSQL's prepared transactions of this
+// agent (pg_prepared_xacts, this database, this agent's gid prefix only)
+// with the branch log: one the log does not hold as PREPARED was never voted
+// on (or was to be rolled back) and is rolled back; one the log holds as
+// committed is committed. A gid that PostgreSQL no longer has when commit or
+// rollback is asked means that step already happened (we only ever do what
+// the coordinator decided), so both are idempotent.
+//
+// Interactive mode (execute) is not offered by this adapter yet: it would
+// need one connection held per open branch.
+//
+// Threads: the event loop calls these methods; SQL runs on the pool's worker
+// threads, which also wait for the branch log's durable writes.
+
+#include <memory>
+#include <string>
+
+#include "participant/adapters/pg_pool.h"
+#include "participant/backend.h"
+#include "participant/branch_log.h"
+
+namespace keel {
+
+struct PgAgentOptions {
+  std::string name;
+  std::string dataDir;
+  std::size_t mapSizeBytes = std::size_t(1) << 30;
+  std::string conninfo;   // libpq connection string
+  std::size_t poolSize = 8;
+};
+
+class PgAgent final : public ParticipantBackend {
+ public:
+  // Connects, checks max_prepared_transactions, reconciles. Throws with a
+  // message saying how to fix what is wrong.
+  explicit PgAgent(PgAgentOptions opts);
+  ~PgAgent() override;
+
+  const std::string& name() const override { return opts_.name; }
+  kj::Promise<PrepareResult> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
+  kj::Promise<PrepareResult> execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
+  kj::Promise<std::vector<BranchOutcome>> commit(std::uint64_t epoch, std::vector<Xid> xids) override;
+  kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids) override;
+  kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
+
+  BranchLog& branchLog() override { return log_; }
+  const BranchLog& branchLog() const override { return log_; }
+
+  // "keel:<agent>:<seq>:<branch>"
+  std::string gid(Xid xid) const;
+
+ private:
+  std::optional<std::string> validate(const std::vector<Op>& ops) const;
+  void reconcile();
+  // Runs the statements in the open transaction of `c`; on a PostgreSQL error
+  // rolls it back and returns the reason.
+  std::optional<std::string> runStatements(PGconn* c, const std::vector<Op>& ops, std::vector<OpResult>& results);
+  // What PostgreSQL did with a one-phase branch whose outcome we lost.
+  BranchStatus settleOnePhase(PGconn* c, BranchRecord& rec);
+  BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
+  BranchOutcome rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch);
+
+  PgAgentOptions opts_;
+  BranchLog log_;
+  std::unique_ptr<pg::Pool> pool_;
+};
+
+// A PostgreSQL error as a reason a branch was refused.
+std::string describePgError(const pg::PgError& e);
+
+}  // namespace keel

@@ -1,0 +1,179 @@
+// The postgres adapter with real processes: a coordinator, two postgres
+// agents and one real PostgreSQL server holding two databases (bank_a,
+// bank_b). Every case ends with both databases consistent and
+// pg_prepared_xacts empty.
+
+#include "tests/integration/cluster_fixture.h"
+#include "tests/pg/pg_server.h"
+
+namespace keel::test {
+namespace {
+
+const char* kSchema =
+    "CREATE TABLE accounts (name text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));"
+    "INSERT INTO accounts VALUES ('alice', 1000), ('bob', 0);";
+
+// "Debit only if the balance stays >= 0" as a guarded UPDATE that must touch one row.
+Op debit(const std::string& agent, const std::string& who, std::int64_t amount) {
+  return Op::statement(agent, "UPDATE accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1",
+                       {SqlValue::ofInt(amount), SqlValue::ofText(who)}, 1);
+}
+Op credit(const std::string& agent, const std::string& who, std::int64_t amount) {
+  return Op::statement(agent, "UPDATE accounts SET balance = balance + $1 WHERE name = $2",
+                       {SqlValue::ofInt(amount), SqlValue::ofText(who)}, 1);
+}
+
+class PostgresTest : public ClusterTest {
+ protected:
+  void SetUp() override {
+    PgServerOptions o;
+    o.databases = {"bank_a", "bank_b"};
+    pg_ = std::make_unique<PgServer>("", o);
+    pg_->start();
+    for (auto db : {"bank_a", "bank_b"}) pgQuery(pg_->connString(db), kSchema);
+    ClusterTest::SetUp();
+  }
+  void TearDown() override {
+    ClusterTest::TearDown();
+    pg_.reset();
+  }
+  ClusterOptions clusterOptions() override {
+    auto o = ClusterTest::clusterOptions();
+    o.agentExtraArgs = {"--adapter", "postgres", "--pool-size", "4"};
+    return o;
+  }
+  void beforeStart(LocalCluster& c) override {
+    c.setAgentArgs("bank-a", {"--postgres", pg_->connString("bank_a")});
+    c.setAgentArgs("bank-b", {"--postgres", pg_->connString("bank_b")});
+  }
+
+  std::int64_t balance(const std::string& db, const std::string& who) {
+    auto rows = pgQuery(pg_->connString(db), "SELECT balance FROM accounts WHERE name = '" + who + "'");
+    return rows.empty() ? -1 : std::stoll(rows[0][0]);
+  }
+  std::size_t prepared(const std::string& db) {
+    return pgQuery(pg_->connString(db), "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+        .size();
+  }
+  bool settled() { return prepared("bank_a") == 0 && prepared("bank_b") == 0; }
+
+  std::unique_ptr<PgServer> pg_;
+};
+
+TEST_F(PostgresTest, AtomicTransferAcrossTwoDatabases) {
+  auto o = submit({debit("bank-a", "alice", 300), credit("bank-b", "bob", 300)});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.state == InteractionRecord::State::Committed; }));
+  EXPECT_EQ(balance("bank_a", "alice"), 700);
+  EXPECT_EQ(balance("bank_b", "bob"), 300);
+  EXPECT_TRUE(settled());
+}
+
+TEST_F(PostgresTest, ViolatedGuardVotesNoAndChangesNothing) {
+  auto o = submit({credit("bank-b", "bob", 5000), debit("bank-a", "alice", 5000)});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(o.reason.find("touched 0 rows, 1 required"), std::string::npos) << o.reason;
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }));
+  EXPECT_EQ(balance("bank_a", "alice"), 1000);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+}
+
+TEST_F(PostgresTest, SqlErrorsBecomeClearNoVotes) {
+  auto o = submit({credit("bank-b", "bob", 1), Op::statement("bank-a", "UPDATE nosuchtable SET x = 1")});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(o.reason.find("nosuchtable"), std::string::npos) << o.reason;
+  EXPECT_NE(o.reason.find("42P01"), std::string::npos) << o.reason;
+  auto c = submit({credit("bank-b", "bob", 1),
+                   Op::statement("bank-a", "UPDATE accounts SET balance = -1 WHERE name = 'alice'")});
+  ASSERT_EQ(c.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(c.reason.find("constraint violation"), std::string::npos) << c.reason;
+  ASSERT_TRUE(eventually([&] { return settled(); }));
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+}
+
+TEST_F(PostgresTest, OnePhaseCommitAndResultRows) {
+  auto o = submit({debit("bank-a", "alice", 10), credit("bank-a", "bob", 10),
+                   Op::statement("bank-a", "SELECT name, balance FROM accounts ORDER BY name")});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_EQ(o.results.size(), 3u);
+  ASSERT_EQ(o.results[2].rows.size(), 2u);
+  EXPECT_EQ(o.results[2].rows[0][0].value_or("?"), "alice");
+  EXPECT_EQ(o.results[2].rows[0][1].value_or("?"), "990");
+  EXPECT_TRUE(query(o.seq)->interaction.onePhase);
+  EXPECT_EQ(balance("bank_a", "bob"), 10);
+  EXPECT_TRUE(settled());
+}
+
+TEST_F(PostgresTest, AgentKilledAfterPrepareIsSettledWhenBack) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.after_prepared_durable=crash");
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(prepared("bank_b"), 1u);  // PostgreSQL holds the prepared branch
+  cluster_->startAgent("bank-b");
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }));
+  EXPECT_EQ(balance("bank_a", "alice"), 1000);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+}
+
+TEST_F(PostgresTest, AgentCrashBeforeItsRecordRollsBackThePgPrepare) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.before_prepared_durable=crash");
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(prepared("bank_b"), 1u);  // prepared in PostgreSQL, never voted
+  cluster_->startAgent("bank-b");     // reconcile: not in the branch log -> ROLLBACK PREPARED
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }));
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+}
+
+TEST_F(PostgresTest, PostgresKilledAfterPrepareCommitsOnceBack) {
+  cluster_->stopCoordinator();
+  cluster_->startCoordinator("coord.before_phase2=1*delay(3000)");
+  reconnect();
+  auto answer = client_->submit({debit("bank-a", "alice", 250), credit("bank-b", "bob", 250)});
+  io_.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io_.waitScope);  // send it
+  // Both branches prepared in PostgreSQL; the coordinator now waits before phase 2.
+  ASSERT_TRUE(eventually([&] { return prepared("bank_a") == 1 && prepared("bank_b") == 1; }));
+  pg_->stopImmediate();  // both databases' prepared transactions survive a crash
+  pg_->restart();        // (on this thread: the server dies with the thread that started it)
+  auto o = answer.wait(io_.waitScope);
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.state == InteractionRecord::State::Committed; },
+                         std::chrono::seconds(20)));
+  EXPECT_EQ(balance("bank_a", "alice"), 750);
+  EXPECT_EQ(balance("bank_b", "bob"), 250);
+  EXPECT_TRUE(settled());
+}
+
+TEST_F(PostgresTest, CoordinatorKilledBetweenPrepareAndCommit) {
+  crashCoordinatorDuring("coord.after_decision_durable=crash",
+                         {debit("bank-a", "alice", 40), credit("bank-b", "bob", 40)});
+  EXPECT_EQ(prepared("bank_a"), 1u);
+  EXPECT_EQ(prepared("bank_b"), 1u);
+  cluster_->startCoordinator();
+  reconnect();
+  ASSERT_TRUE(eventually([&] { return settled(); }, std::chrono::seconds(15)));
+  EXPECT_EQ(balance("bank_a", "alice"), 960);
+  EXPECT_EQ(balance("bank_b", "bob"), 40);
+}
+
+TEST(PostgresAgentStart, NoPreparedTransactionsIsReportedWithTheFix) {
+  PgServerOptions o;
+  o.databases = {"bank_a"};
+  o.maxPreparedTransactions = 0;
+  PgServer pg("", o);
+  pg.start();
+  auto dir = makeTempDir("keel-pg-agent");
+  auto r = run(binDir() + "/keel-agent --name bank-a --adapter postgres --postgres '" + pg.connString("bank_a") +
+               "' --listen 127.0.0.1:0 --data-dir " + dir + "/data");
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.output.find("max_prepared_transactions = 0"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("postgresql.conf"), std::string::npos) << r.output;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace keel::test
