@@ -1,5 +1,7 @@
 #include "participant/branch_log.h"
 
+#include <algorithm>
+
 namespace keel {
 
 namespace {
@@ -11,6 +13,20 @@ lmdb::EnvOptions envOptions(std::size_t mapSize) {
 }
 
 std::string epochKey(std::uint16_t node) { return "epoch/" + std::to_string(node); }
+
+// Durable counters of finished branches, so inspect never scans history.
+constexpr const char* kCommittedKey = "count/committed";
+constexpr const char* kRolledBackKey = "count/rolled-back";
+
+void bump(lmdb::Txn& txn, MDB_dbi meta, const char* key, std::int64_t delta) {
+  auto v = txn.get(meta, key);
+  std::int64_t n = v ? std::int64_t(keyU64(*v)) : 0;
+  txn.put(meta, key, u64Key(std::uint64_t(std::max<std::int64_t>(0, n + delta))));
+}
+
+const char* counterOf(BranchStatus s) {
+  return s == BranchStatus::Committed ? kCommittedKey : s == BranchStatus::RolledBack ? kRolledBackKey : nullptr;
+}
 
 }  // namespace
 
@@ -41,15 +57,24 @@ void BranchLog::start() {
   }
   log_ = std::make_unique<GroupCommitLog>(env_);
   log_->runSync([this](lmdb::Txn& txn) {
-    if (txn.get(meta_, "unfinished_index")) return;
-    // A branch log from before the index existed: build it once.
+    if (txn.get(meta_, "index_version")) return;
+    // A branch log from before the index and the counters: build them once.
     std::vector<BranchRecord> all;
     txn.scan(branches_, "", [&](std::string_view, std::string_view v) {
       all.push_back(decodeBranch(v));
       return true;
     });
-    for (auto& rec : all) put(txn, rec);
-    txn.put(meta_, "unfinished_index", "1");
+    std::uint64_t committed = 0, rolledBack = 0;
+    for (auto& rec : all) {
+      std::string key = xidKey(rec.xid);
+      bool open = rec.state == BranchStatus::Active || rec.state == BranchStatus::Prepared;
+      if (open) txn.put(unfinished_, key, "");
+      committed += rec.state == BranchStatus::Committed;
+      rolledBack += rec.state == BranchStatus::RolledBack;
+    }
+    txn.put(meta_, kCommittedKey, u64Key(committed));
+    txn.put(meta_, kRolledBackKey, u64Key(rolledBack));
+    txn.put(meta_, "index_version", "2");
   });
 }
 
@@ -59,8 +84,16 @@ std::optional<BranchRecord> BranchLog::read(const lmdb::Txn& txn, Xid xid) const
   return decodeBranch(*v);
 }
 
+
 void BranchLog::put(lmdb::Txn& txn, const BranchRecord& rec) const {
   std::string key = xidKey(rec.xid);
+  auto old = txn.get(branches_, key);
+  const char* was = old ? counterOf(decodeBranch(*old).state) : nullptr;
+  const char* now = counterOf(rec.state);
+  if (was != now) {
+    if (was != nullptr) bump(txn, meta_, was, -1);
+    if (now != nullptr) bump(txn, meta_, now, +1);
+  }
   txn.put(branches_, key, encode(rec));
   if (rec.state == BranchStatus::Active || rec.state == BranchStatus::Prepared) {
     txn.put(unfinished_, key, "");
@@ -147,15 +180,11 @@ std::vector<BranchRecord> BranchLog::listBranches(Xid after, std::size_t limit, 
 BranchLog::Counts BranchLog::counts() const {
   Counts c;
   auto txn = env_.beginRead();
-  txn.scan(branches_, "", [&](std::string_view, std::string_view v) {
-    switch (decodeBranch(v).state) {
-      case BranchStatus::Active: ++c.active; break;
-      case BranchStatus::Prepared: ++c.prepared; break;
-      case BranchStatus::Committed: ++c.committed; break;
-      case BranchStatus::RolledBack: ++c.rolledBack; break;
-    }
-    return true;
-  });
+  for (auto& rec : unfinished(txn)) (rec.state == BranchStatus::Active ? c.active : c.prepared)++;
+  auto committed = txn.get(meta_, kCommittedKey);
+  auto rolledBack = txn.get(meta_, kRolledBackKey);
+  c.committed = committed ? std::uint32_t(keyU64(*committed)) : 0;
+  c.rolledBack = rolledBack ? std::uint32_t(keyU64(*rolledBack)) : 0;
   return c;
 }
 
@@ -178,6 +207,7 @@ kj::Promise<BranchLog::ForgetResult> BranchLog::forget(std::vector<Xid> xids) {
         r.refused.push_back(xid);
         continue;
       }
+      if (const char* key = counterOf(rec->state)) bump(txn, meta_, key, -1);
       txn.del(branches_, xidKey(xid));
       ++r.forgotten;
     }
