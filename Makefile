@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= 2
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build demo test bench clean
+.PHONY: all deps configure build demo demo-postgres test bench clean
 
 all: build
 
@@ -21,6 +21,11 @@ build: configure
 # with a coordinator SIGKILL in the middle.
 demo: build
 	$(BUILD)/bin/keel-demo
+
+# The same bank on two PostgreSQL databases (postgres agents), then the same
+# transfers as plain local transactions for comparison.
+demo-postgres: build
+	$(BUILD)/bin/keel-demo --adapter postgres --fault none --baseline
 
 # The whole test suite through ctest (labels: unit, integration).
 test: build

@@ -28,16 +28,22 @@ std::string describePgError(const pg::PgError& e) {
   if (st == "40001") return "serialization failure: " + what;
   if (st == "40P01") return "deadlock detected: " + what;
   if (st.rfind("23", 0) == 0) return "constraint violation: " + what;
+  if (st == "55P03") return "lock not available in time: " + what;
   return what + " (SQLSTATE " + st + ")";
 }
 
 PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
   log_.start();
-  pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize);
+  pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize,
+                                     "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs));
+  finishPool_ = std::make_unique<pg::Pool>(opts_.conninfo, 2);
   reconcile();
 }
 
-PgAgent::~PgAgent() { pool_.reset(); }
+PgAgent::~PgAgent() {
+  pool_.reset();
+  finishPool_.reset();
+}
 
 std::string PgAgent::gid(Xid xid) const {
   return "keel:" + opts_.name + ":" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
@@ -297,7 +303,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
 
 kj::Promise<std::vector<BranchOutcome>> PgAgent::commit(std::uint64_t epoch, std::vector<Xid> xids) {
   if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
-  return pool_
+  return finishPool_
       ->run<std::vector<BranchOutcome>>([this, epoch, xids = std::move(xids)](PGconn* c) {
         std::vector<BranchOutcome> out;
         for (Xid x : xids) out.push_back(commitOne(c, x, epoch));
@@ -311,7 +317,7 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::commit(std::uint64_t epoch, std
 
 kj::Promise<std::vector<BranchOutcome>> PgAgent::rollback(std::uint64_t epoch, std::vector<Xid> xids) {
   if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
-  return pool_
+  return finishPool_
       ->run<std::vector<BranchOutcome>>([this, epoch, xids = std::move(xids)](PGconn* c) {
         std::vector<BranchOutcome> out;
         for (Xid x : xids) out.push_back(rollbackOne(c, x, epoch));

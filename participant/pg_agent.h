@@ -42,6 +42,9 @@ struct PgAgentOptions {
   std::size_t mapSizeBytes = std::size_t(1) << 30;
   std::string conninfo;   // libpq connection string
   std::size_t poolSize = 8;
+  // A statement waiting longer than this for a row lock fails the branch
+  // (NO vote) instead of holding a connection past the coordinator's deadline.
+  std::uint32_t lockTimeoutMs = 1000;
 };
 
 class PgAgent final : public ParticipantBackend {
@@ -77,7 +80,11 @@ class PgAgent final : public ParticipantBackend {
 
   PgAgentOptions opts_;
   BranchLog log_;
-  std::unique_ptr<pg::Pool> pool_;
+  std::unique_ptr<pg::Pool> pool_;    // statements and PREPARE TRANSACTION
+  // COMMIT PREPARED / ROLLBACK PREPARED on connections of their own: they
+  // release the locks that statements in pool_ may be waiting for, so they
+  // must never queue behind them.
+  std::unique_ptr<pg::Pool> finishPool_;
 };
 
 // A PostgreSQL error as a reason a branch was refused.

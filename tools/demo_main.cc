@@ -23,6 +23,7 @@
 
 #include "common/client.h"
 #include "tools/cluster.h"
+#include "tools/pg_server.h"
 
 namespace {
 
@@ -52,6 +53,8 @@ struct Demo {
   keel::Micros healUs = 0;
   keel::Micros lastDoneUs = 0;  // when the last transfer got its answer                 // when the failed party was reachable again
   std::vector<std::uint64_t> failedSeqs;   // answered "rolled back"
+  std::vector<std::uint64_t> latencies;    // of committed transfers, microseconds
+  bool pg = false;                         // postgres agents: transfers are SQL
 
   std::string account(std::size_t agent, std::size_t i) {
     return cluster.agentNames()[agent] + ":acct-" + std::to_string(i);
@@ -63,13 +66,26 @@ struct Demo {
     std::size_t a = rng() % 2, b = 1 - a;
     bool overdraw = (rng() % 100) < overdrawPercent;
     std::int64_t amount = overdraw ? 1'000'000'000 : std::int64_t(1 + rng() % 200);
-    auto ops = keel::transferOps(account(a, rng() % accountsPerAgent), account(b, rng() % accountsPerAgent), amount);
+    std::vector<keel::Op> ops;
+    std::size_t from = rng() % accountsPerAgent, to = rng() % accountsPerAgent;
+    if (pg) {
+      // The same transfer as guarded SQL: the debit must touch one row.
+      const auto& names = cluster.agentNames();
+      ops = {keel::Op::statement(names[a], "UPDATE accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1",
+                                 {keel::SqlValue::ofInt(amount), keel::SqlValue::ofText("acct-" + std::to_string(from))}, 1),
+             keel::Op::statement(names[b], "UPDATE accounts SET balance = balance + $1 WHERE name = $2",
+                                 {keel::SqlValue::ofInt(amount), keel::SqlValue::ofText("acct-" + std::to_string(to))}, 1)};
+    } else {
+      ops = keel::transferOps(account(a, from), account(b, to), amount);
+    }
+    auto t0 = keel::monoMicros();
     return client->submit(ops)
         .then(
-            [this, overdraw](keel::SubmitOutcome o) -> kj::Promise<void> {
+            [this, overdraw, t0](keel::SubmitOutcome o) -> kj::Promise<void> {
               switch (o.outcome) {
                 case ClientOutcome::Committed:
                   ++committed;
+                  latencies.push_back(keel::monoMicros() - t0);
                   if (overdraw) ++unexpected;  // an overdraft must never commit
                   if (sampleCommitSeq == 0) sampleCommitSeq = o.seq;
                   break;
@@ -148,7 +164,7 @@ struct Demo {
     return io.provider->getTimer().afterDelay(500 * kj::MILLISECONDS).then([this]() -> kj::Promise<void> {
       if (done < transfers) progress(false);
       if (done >= transfers) return kj::READY_NOW;
-      if (!killed && done >= transfers * 2 / 5 && fault != "coordinator-kill") {
+      if (!killed && done >= transfers * 2 / 5 && (fault == "agent-kill" || fault == "agent-pause")) {
         killed = true;
         endLine();
         return injectAgentFault().then([this]() { return monitor(); });
@@ -183,12 +199,23 @@ struct Totals {
   std::uint32_t prepared = 0, active = 0;
 };
 
+// PostgreSQL mode: the databases hold the money; prepared = pg_prepared_xacts.
+keel::test::PgServer* gPg = nullptr;
+
 Totals snapshot(kj::AsyncIoContext& io, keel::LocalCluster& cluster) {
   Totals t;
+  if (gPg != nullptr) {
+    for (auto db : {"bank_a", "bank_b"}) {
+      auto conn = gPg->connString(db);
+      t.money += std::stoll(keel::test::pgQuery(conn, "SELECT coalesce(sum(balance), 0) FROM accounts")[0][0]);
+      t.negative += std::stoll(keel::test::pgQuery(conn, "SELECT count(*) FROM accounts WHERE balance < 0")[0][0]);
+      t.prepared += keel::test::pgQuery(conn, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()").size();
+    }
+  }
   for (auto& name : cluster.agentNames()) {
     auto agent = keel::AgentClient::connect(io, cluster.agentAddress(name)).wait(io.waitScope);
     auto s = agent->inspect().wait(io.waitScope);
-    t.money += s.total();
+    if (gPg == nullptr) t.money += s.total();
     t.held += s.held();
     for (auto& [n, a] : s.accounts) t.negative += a.balance < 0 ? 1 : 0;
     t.prepared += s.prepared;
@@ -219,6 +246,13 @@ int main(int argc, char** argv) {
   app.add_option("--pause-seconds", pauseSeconds, "how long agent-pause keeps bank-b stopped")
       ->capture_default_str()
       ->check(CLI::Range(1u, 600u));
+  std::string adapter = "ledger";
+  bool baseline = false;
+  app.add_option("--adapter", adapter, "ledger (embedded) or postgres (a PostgreSQL server with two databases)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ledger", "postgres"}));
+  app.add_flag("--baseline", baseline,
+               "postgres: also run the same transfers as plain local transactions in one database, for comparison");
   CLI11_PARSE(app, argc, argv);
 
   std::string base = keel::makeTempDir("keel-demo");
@@ -230,6 +264,22 @@ int main(int argc, char** argv) {
     copts.binDir = keel::selfBinDir();
     copts.baseDir = base;
     keel::LocalCluster cluster(copts);
+    std::unique_ptr<keel::test::PgServer> pgServer;
+    if (adapter == "postgres") {
+      keel::test::PgServerOptions po;
+      po.databases = {"bank_a", "bank_b"};
+      pgServer = std::make_unique<keel::test::PgServer>("", po);  // its own folder, owned by postgres
+      std::printf("[0/6] starting PostgreSQL on loopback with databases bank_a and bank_b\n");
+      pgServer->start();
+      gPg = pgServer.get();
+      for (auto [agent, db] : {std::pair{"bank-a", "bank_a"}, std::pair{"bank-b", "bank_b"}}) {
+        std::string sql = "CREATE TABLE accounts (name text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));"
+                          "INSERT INTO accounts SELECT 'acct-' || i, " + std::to_string(opening) +
+                          " FROM generate_series(0, " + std::to_string(accounts - 1) + ") i;";
+        keel::test::pgQuery(pgServer->connString(db), sql);
+        cluster.setAgentArgs(agent, {"--adapter", "postgres", "--postgres", pgServer->connString(db)});
+      }
+    }
     std::printf("[1/6] starting agents bank-a, bank-b and the coordinator on loopback\n");
     cluster.startAll();
     std::printf("      coordinator %s, bank-a %s, bank-b %s\n", cluster.coordinatorAddress().c_str(),
@@ -238,11 +288,12 @@ int main(int argc, char** argv) {
     auto io = kj::setupAsyncIo();
     Demo demo(io, cluster, transfers, accounts, overdraw);
     demo.fault = fault;
+    demo.pg = pgServer != nullptr;
     demo.pauseSeconds = pauseSeconds;
     demo.client = keel::KeelClient::connect(io, cluster.coordinatorAddress()).wait(io.waitScope);
 
     std::printf("[2/6] opening %u accounts on each agent with %lld each\n", accounts, (long long)opening);
-    {
+    if (!demo.pg) {
       kj::Vector<kj::Promise<void>> opens;
       std::uint64_t failed = 0;
       for (std::size_t a = 0; a < 2; ++a) {
@@ -291,6 +342,14 @@ int main(int argc, char** argv) {
     }
     std::printf("      unfinished at the coordinator %llu, prepared branches %u, money held %lld\n",
                 (unsigned long long)info.unfinished, after.prepared, (long long)after.held);
+    if (gPg != nullptr && after.prepared != 0) {
+      for (auto db : {"bank_a", "bank_b"}) {
+        for (auto& row : keel::test::pgQuery(gPg->connString(db),
+                                             "SELECT gid, prepared FROM pg_prepared_xacts WHERE database = current_database()")) {
+          std::printf("      left prepared in %s: %s (since %s)\n", db, row[0].c_str(), row[1].c_str());
+        }
+      }
+    }
 
     std::printf("[5/6] one interaction, looked up by its sequence number\n");
     std::uint64_t sample = demo.sampleRollbackSeq != 0 ? demo.sampleRollbackSeq : demo.sampleCommitSeq;
@@ -307,14 +366,22 @@ int main(int argc, char** argv) {
     bool moneyOk = before.money == after.money;
     bool settled = info.unfinished == 0 && after.prepared == 0 && after.held == 0 && after.active == 0;
     std::printf("[6/6] summary\n");
-    std::printf("  transfers          %u in %.2f s  (%.0f transfers/s, including the crash and restart)\n", transfers,
-                loadSecs, transfers / loadSecs);
+    std::printf("  transfers          %u in %.2f s  (%.0f transfers/s%s)\n", transfers, loadSecs, transfers / loadSecs,
+                fault == "none" ? "" : ", including the fault");
     std::printf("  committed          %llu\n", (unsigned long long)demo.committed);
     std::printf("  rolled back        %llu  (%llu deliberate overdrafts)\n", (unsigned long long)demo.rolledBack,
                 (unsigned long long)demo.overdrawRolledBack);
     std::printf("  answer lost        %llu  (in flight when the coordinator was killed; settled by recovery)\n",
                 (unsigned long long)demo.interrupted);
     std::printf("  in doubt           %llu\n", (unsigned long long)demo.inDoubt);
+    {
+      auto& l = demo.latencies;
+      std::sort(l.begin(), l.end());
+      if (!l.empty()) {
+        std::printf("  latency (committed, client view)  p50 %.2f ms  p99 %.2f ms  max %.2f ms\n",
+                    l[l.size() / 2] / 1e3, l[std::min(l.size() - 1, l.size() * 99 / 100)] / 1e3, l.back() / 1e3);
+      }
+    }
     if (fault == "coordinator-kill" || fault == "agent-kill") {
       std::printf("  restart of the killed process %llu ms\n", (unsigned long long)demo.restartMs);
     }
@@ -355,6 +422,16 @@ int main(int argc, char** argv) {
       std::printf("keel-demo: OK in %.1f s\n", double(keel::monoMicros() - wallStart) / 1e6);
     }
     cluster.stopAll();
+    if (pgServer && baseline) {
+      // The same transfer as one plain local transaction in one database:
+      // what PostgreSQL does without any transaction manager.
+      std::printf("[baseline] %u transfers as plain local transactions in bank_a, %u clients\n", transfers,
+                  concurrency);
+      auto r = keel::test::localTransferBaseline(pgServer->connString("bank_a"), transfers, concurrency, accounts);
+      std::printf("  baseline           %.0f transfers/s  p50 %.2f ms  p99 %.2f ms\n", r.perSecond, r.p50Us / 1e3,
+                  r.p99Us / 1e3);
+      std::printf("  keel / baseline    %.2f of the throughput\n", (transfers / loadSecs) / r.perSecond);
+    }
   } catch (const kj::Exception& e) {
     std::fprintf(stderr, "\nkeel-demo: %s\n", e.getDescription().cStr());
     rc = 1;

@@ -18,7 +18,8 @@ Result exec(PGconn* c, const std::string& sql) {
   return r;
 }
 
-Pool::Pool(std::string conninfo, std::size_t size) : conninfo_(std::move(conninfo)) {
+Pool::Pool(std::string conninfo, std::size_t size, std::string initSql)
+    : conninfo_(std::move(conninfo)), initSql_(std::move(initSql)) {
   for (std::size_t i = 0; i < size; ++i) workers_.emplace_back([this] { workerLoop(); });
 }
 
@@ -45,6 +46,15 @@ PGconn* Pool::connect() {
     KEEL_LOG_WARN("postgres: cannot connect: {}", PQerrorMessage(c));
     PQfinish(c);
     return nullptr;
+  }
+  if (!initSql_.empty()) {
+    try {
+      exec(c, initSql_);
+    } catch (const PgError& e) {
+      KEEL_LOG_WARN("postgres: session set-up failed: {}", e.what());
+      PQfinish(c);
+      return nullptr;
+    }
   }
   return c;
 }

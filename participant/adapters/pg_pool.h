@@ -56,7 +56,8 @@ Result exec(PGconn* c, const std::string& sql);
 
 class Pool {
  public:
-  Pool(std::string conninfo, std::size_t size);
+  // `initSql` runs on every new connection (session settings).
+  Pool(std::string conninfo, std::size_t size, std::string initSql = "");
   ~Pool();  // finishes queued jobs, closes the connections
 
   template <typename T>
@@ -74,6 +75,7 @@ class Pool {
   PGconn* connect();
 
   const std::string conninfo_;
+  const std::string initSql_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;  // GUARDED_BY(mu_)

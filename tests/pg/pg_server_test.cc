@@ -3,7 +3,7 @@
 // SIGKILL of the postmaster), two servers at once, clean-up, and failure
 // messages that carry the server log.
 
-#include "tests/pg/pg_server.h"
+#include "tools/pg_server.h"
 
 #include <libpq-fe.h>
 #include <signal.h>

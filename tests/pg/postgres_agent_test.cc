@@ -4,7 +4,7 @@
 // pg_prepared_xacts empty.
 
 #include "tests/integration/cluster_fixture.h"
-#include "tests/pg/pg_server.h"
+#include "tools/pg_server.h"
 
 namespace keel::test {
 namespace {

@@ -137,4 +137,14 @@ class PgError final : public std::runtime_error {
 // 60 s unless conn sets them.
 std::vector<std::vector<std::string>> pgQuery(const std::string& conn, const std::string& sql);
 
+// Runs `transfers` transfers between accounts acct-0..acct-(accounts-1) of
+// one database as plain local transactions (BEGIN; guarded debit; credit;
+// COMMIT) from `clients` threads, each with its own connection.
+struct BaselineResult {
+  double perSecond = 0;
+  std::uint64_t p50Us = 0, p99Us = 0;
+};
+BaselineResult localTransferBaseline(const std::string& conn, std::uint32_t transfers, std::uint32_t clients,
+                                     std::uint32_t accounts);
+
 }  // namespace keel::test
