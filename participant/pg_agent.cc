@@ -287,17 +287,31 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     }
   }
   bool committedMeanwhile = false;
+  bool preparedMeanwhile = false;
   log_.log().runSync([&](lmdb::Txn& txn) {
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
     auto r = log_.read(txn, xid);
     if (!r) {
       log_.tombstone(txn, xid, epoch);  // never seen: refuse a late prepare
     } else if (r->state == BranchStatus::Prepared) {
+      // Either we rolled PostgreSQL's half back above, or the prepare's
+      // record landed after our first look: then PostgreSQL holds a
+      // prepared transaction we have not touched yet.
+      preparedMeanwhile = !rec || rec->state != BranchStatus::Prepared;
       log_.finish(txn, *r, BranchStatus::RolledBack, epoch);
     } else if (r->state == BranchStatus::Committed) {
       committedMeanwhile = true;
     }
   });
+  if (preparedMeanwhile) {
+    // Recorded rolled back first: if we die before this, start-up's
+    // reconcile rolls it back (the log says rolled back).
+    try {
+      pg::exec(c, "ROLLBACK PREPARED " + quoteLiteral(gid(xid)));
+    } catch (const pg::PgError& e) {
+      if (e.sqlstate() != kUndefinedObject) throw;
+    }
+  }
   return committedMeanwhile ? BranchOutcome::Committed : BranchOutcome::RolledBack;
 }
 
