@@ -129,6 +129,21 @@ TEST_F(PostgresTest, AgentCrashBeforeItsRecordRollsBackThePgPrepare) {
   EXPECT_EQ(balance("bank_b", "bob"), 0);
 }
 
+TEST_F(PostgresTest, RollbackOvertakingThePreparedRecordRollsBackPostgres) {
+  // bank-b's PREPARED record is held up after PREPARE TRANSACTION: the
+  // coordinator's deadline passes, its rollback reads "no record", then the
+  // record lands before the rollback's own log job. PostgreSQL's prepared
+  // transaction must still be rolled back.
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.before_prepared_durable=1*delay(2500)");
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)));
+  EXPECT_EQ(balance("bank_a", "alice"), 1000);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
 TEST_F(PostgresTest, PostgresKilledAfterPrepareCommitsOnceBack) {
   cluster_->stopCoordinator();
   cluster_->startCoordinator("coord.before_phase2=1*delay(3000)");
