@@ -23,10 +23,36 @@ kj::Promise<kj::Own<KeelClient>> KeelClient::connect(kj::AsyncIoContext& io, con
 }
 
 kj::Promise<SubmitOutcome> KeelClient::submit(const std::vector<Op>& ops, std::uint32_t deadlineMs) {
+  if (batcher_.get() != nullptr) return batcher_->add(SubmitItem{ops, deadlineMs});
   auto req = cap_.submitRequest();
   fillOps(req.initOperations(ops.size()), ops);
   req.setDeadlineMs(deadlineMs);
   return req.send().then([](auto resp) { return readSubmitResult(resp.getResult()); });
+}
+
+void KeelClient::enableBatching(std::size_t maxBatch, std::size_t inFlight) {
+  using Batcher = CallBatcher<SubmitItem, SubmitOutcome>;
+  Batcher::Options o;
+  o.maxItems = maxBatch;
+  o.maxInFlight = inFlight;
+  batcher_ = kj::heap<Batcher>(
+      o, [this](std::vector<SubmitItem>&& items) { return sendBatch(kj::mv(items)); },
+      [](const SubmitItem& i) { return wireWeight(i.ops); });
+}
+
+kj::Promise<std::vector<SubmitOutcome>> KeelClient::sendBatch(std::vector<SubmitItem>&& items) {
+  auto req = cap_.submitBatchRequest();
+  auto l = req.initItems(items.size());
+  for (unsigned i = 0; i < items.size(); ++i) {
+    fillOps(l[i].initOperations(items[i].ops.size()), items[i].ops);
+    l[i].setDeadlineMs(items[i].deadlineMs);
+  }
+  return req.send().then([](auto resp) {
+    std::vector<SubmitOutcome> out;
+    out.reserve(resp.getResults().size());
+    for (auto r : resp.getResults()) out.push_back(readSubmitResult(r));
+    return out;
+  });
 }
 
 namespace {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/call_batcher.h"
 #include "common/records.h"
 #include "common/rpc.h"
 #include "common/types.h"
@@ -34,14 +35,28 @@ class KeelClient {
   explicit KeelClient(kj::Own<RpcConnection> conn);
 
   kj::Promise<SubmitOutcome> submit(const std::vector<Op>& ops, std::uint32_t deadlineMs = 0);
+
+  // From now on, submit() calls made in one event-loop turn, or while
+  // `inFlight` batches are out, travel together in one submitBatch message
+  // of at most `maxBatch` (each still its own interaction with its own
+  // answer). Costs: the answers of one batch arrive together, when its last
+  // interaction was answered. For load (keel-bench, keel-demo).
+  void enableBatching(std::size_t maxBatch = 256, std::size_t inFlight = 2);
   kj::Promise<std::optional<QueryResult>> query(std::uint64_t seq);
   kj::Promise<std::vector<InteractionRecord>> listUnfinished(std::uint32_t limit);
   kj::Promise<CoordinatorInfo> info();
   wire::Coordinator::Client& capability() { return cap_; }
 
  private:
+  struct SubmitItem {
+    std::vector<Op> ops;
+    std::uint32_t deadlineMs;
+  };
+  kj::Promise<std::vector<SubmitOutcome>> sendBatch(std::vector<SubmitItem>&& items);
+
   kj::Own<RpcConnection> conn_;
   wire::Coordinator::Client cap_;
+  kj::Own<CallBatcher<SubmitItem, SubmitOutcome>> batcher_;  // null: one call per submit
 };
 
 struct AgentSnapshot {

@@ -103,7 +103,7 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
   const auto& s = section(path, root, "coordinator");
   rejectUnknown(path, s, "coordinator",
                 {"node_id", "listen", "data_dir", "map_size_mb", "call_timeout_ms",
-                 "interaction_timeout_ms", "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block"});
+                 "interaction_timeout_ms", "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block", "batch_max", "batch_in_flight"});
   c.nodeId = getInt<std::uint16_t>(path, s, "coordinator", "node_id", c.nodeId, 0, 65535);
   c.listen = getString(path, s, "coordinator", "listen", c.listen);
   checkAddress(path + ": [coordinator] listen", c.listen);
@@ -117,6 +117,8 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
   if (c.retryMaxMs < c.retryInitialMs) fail(path, "[coordinator] retry_max_ms must be >= retry_initial_ms");
   c.probeMs = getInt<std::uint32_t>(path, s, "coordinator", "probe_ms", c.probeMs, 1, 600000);
   c.seqBlock = getInt<std::uint32_t>(path, s, "coordinator", "seq_block", c.seqBlock, 16, 1 << 24);
+  c.batchMax = getInt<std::uint32_t>(path, s, "coordinator", "batch_max", c.batchMax, 1, 4096);
+  c.batchInFlight = getInt<std::uint32_t>(path, s, "coordinator", "batch_in_flight", c.batchInFlight, 1, 64);
 
   auto* parts = root["participants"].as_table();
   if (parts == nullptr || parts->empty()) {

@@ -26,6 +26,8 @@ struct CoordinatorConfig {
   std::uint32_t retryMaxMs = 2000;          // ... capped here
   std::uint32_t probeMs = 100;              // a participant that failed is probed this often until it answers
   std::uint32_t seqBlock = 65536;           // seqs reserved per durable reservation
+  std::uint32_t batchMax = 256;             // prepares (x8 for commits/rollbacks) per participant message
+  std::uint32_t batchInFlight = 2;          // batch messages of one kind out at once per participant
   std::map<std::string, std::string> participants;  // name -> host:port
 };
 

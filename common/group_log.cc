@@ -24,6 +24,7 @@ GroupCommitLog::GroupCommitLog(lmdb::Env& env, Options opts)
     : env_(env), opts_(opts), writer_([this] { writerLoop(); }) {}
 
 GroupCommitLog::~GroupCommitLog() {
+  *alive_ = false;  // a flush still scheduled on the loop does nothing
   {
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;
@@ -87,9 +88,73 @@ void GroupCommitLog::writerLoop() {
       continue;
     }
     stats_.commits.fetch_add(1, std::memory_order_relaxed);
-    stats_.jobs.fetch_add(applied.size(), std::memory_order_relaxed);
+    std::size_t jobs = 0;
+    for (Job* j : applied) jobs += j->count();
+    stats_.jobs.fetch_add(jobs, std::memory_order_relaxed);
     for (Job* j : applied) j->done(nullptr);
   }
+}
+
+// ------------------------------------------------------------ loop bundles
+
+// What a bundle hands back to the loop: its items (so that they are
+// destroyed there, where their fulfillers belong) and the group's outcome.
+struct BundleResult {
+  std::vector<std::unique_ptr<GroupCommitLog::LoopItem>> items;
+  std::exception_ptr groupErr;  // the group commit failed: nothing is durable
+};
+
+// One writer job carrying the loop items of one event-loop turn.
+class GroupCommitLog::Bundle final : public Job {
+ public:
+  Bundle(GroupCommitLog& log, std::vector<std::unique_ptr<LoopItem>> items,
+         kj::Own<kj::CrossThreadPromiseFulfiller<BundleResult>> f)
+      : log_(log), items_(std::move(items)), fulfiller_(kj::mv(f)) {}
+  ~Bundle() noexcept override {}
+  void apply(lmdb::Txn& txn) override {
+    for (auto& item : items_) {
+      try {
+        lmdb::Txn inner = log_.env_.beginNested(txn);
+        item->apply(inner);
+        inner.commit();
+        ++applied_;
+      } catch (...) {
+        // The nested transaction was aborted: this item left no trace.
+        item->err = std::current_exception();
+        log_.stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+  void done(std::exception_ptr err) noexcept override {
+    fulfiller_->fulfill(BundleResult{std::move(items_), err});
+  }
+  std::size_t count() const override { return applied_; }
+
+ private:
+  GroupCommitLog& log_;
+  std::vector<std::unique_ptr<LoopItem>> items_;
+  kj::Own<kj::CrossThreadPromiseFulfiller<BundleResult>> fulfiller_;
+  std::size_t applied_ = 0;
+};
+
+bool GroupCommitLog::onBundlingLoop() {
+  auto self = std::this_thread::get_id();
+  std::thread::id none;
+  if (loopThread_.compare_exchange_strong(none, self)) return true;
+  return none == self;
+}
+
+void GroupCommitLog::scheduleLoopFlush() {
+  kj::evalLater([this, alive = alive_]() -> kj::Promise<void> {
+    if (!*alive || loopPending_.empty()) return kj::READY_NOW;
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<BundleResult>();
+    std::vector<std::unique_ptr<LoopItem>> items;
+    items.swap(loopPending_);
+    submit(std::make_unique<Bundle>(*this, std::move(items), kj::mv(paf.fulfiller)));
+    return paf.promise.then([](BundleResult r) {
+      for (auto& item : r.items) item->complete(r.groupErr ? r.groupErr : item->err);
+    });
+  }).detach([](kj::Exception&& e) { KJ_LOG(ERROR, "log bundle completion failed", e); });
 }
 
 }  // namespace keel

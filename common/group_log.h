@@ -16,6 +16,16 @@
 // Threads: submit()/run() may be called from any thread. run() must be
 // called on a thread with a KJ event loop; its promise resolves back on
 // that loop (cross-thread fulfiller), never on the writer thread.
+//
+// Loop bundles: on the first thread that calls run() (the process's main
+// event loop), the jobs run() in one event-loop turn are handed to the
+// writer as ONE job and completed with ONE cross-thread wake-up, then each
+// caller's promise resolves on the loop. Each still runs in its own nested
+// transaction and fails alone; durability is unchanged (the bundle is
+// durable when its group commit returned). This keeps the per-job cost of
+// queueing, waking and completing off the hot path: under load a turn
+// carries dozens of jobs (the interactions of one client batch, the
+// prepares of one participant batch).
 
 #include <kj/async.h>
 
@@ -29,6 +39,7 @@
 #include <optional>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "common/lmdb.h"
 
@@ -43,6 +54,8 @@ class GroupCommitLog {
     virtual void apply(lmdb::Txn& txn) = 0;
     // Called once on the writer thread: err == nullptr means durable.
     virtual void done(std::exception_ptr err) noexcept = 0;
+    // How many callers' jobs this is (Stats::jobs); a loop bundle is many.
+    virtual std::size_t count() const { return 1; }
   };
 
   struct Options {
@@ -76,8 +89,22 @@ class GroupCommitLog {
   const Stats& stats() const { return stats_; }
   lmdb::Env& env() { return env_; }
 
+  // One job of a loop bundle (see above); used by run().
+  class LoopItem {
+   public:
+    virtual ~LoopItem() = default;
+    virtual void apply(lmdb::Txn& txn) = 0;                // writer thread
+    virtual void complete(std::exception_ptr err) = 0;     // the loop, after the group commit
+    std::exception_ptr err;                                 // set by the writer if apply threw
+  };
+
  private:
+  class Bundle;
   void writerLoop();
+  // True on the bundling loop's thread (the first thread that called run()).
+  bool onBundlingLoop();
+  // Hands this turn's bundle to the writer at the end of the turn.
+  void scheduleLoopFlush();
 
   lmdb::Env& env_;
   const Options opts_;
@@ -86,6 +113,10 @@ class GroupCommitLog {
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Job>> queue_;  // GUARDED_BY(mu_)
   bool stopping_ = false;                   // GUARDED_BY(mu_)
+  // Loop bundling: touched only by the bundling loop's thread.
+  std::atomic<std::thread::id> loopThread_{};
+  std::vector<std::unique_ptr<LoopItem>> loopPending_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for flushes scheduled on the loop
   std::thread writer_;
 };
 
@@ -153,9 +184,49 @@ class SyncJob final : public ResultJob<T, Fn> {
 
 }  // namespace detail
 
+namespace detail {
+
+// A loop-bundle item: runs fn on the writer, resolves on the loop.
+template <typename T, typename Fn>
+class LoopJob final : public GroupCommitLog::LoopItem {
+ public:
+  LoopJob(Fn fn, kj::Own<kj::PromiseFulfiller<T>> f) : fn_(std::move(fn)), fulfiller_(kj::mv(f)) {}
+  ~LoopJob() noexcept override {}
+  void apply(lmdb::Txn& txn) override {
+    if constexpr (std::is_void_v<T>) {
+      fn_(txn);
+    } else {
+      result_.emplace(fn_(txn));
+    }
+  }
+  void complete(std::exception_ptr e) override {
+    if (e) {
+      fulfiller_->reject(toKjException(e));
+    } else if constexpr (std::is_void_v<T>) {
+      fulfiller_->fulfill();
+    } else {
+      fulfiller_->fulfill(std::move(*result_));
+    }
+  }
+
+ private:
+  Fn fn_;
+  std::optional<std::conditional_t<std::is_void_v<T>, int, T>> result_;
+  kj::Own<kj::PromiseFulfiller<T>> fulfiller_;
+};
+
+}  // namespace detail
+
 template <typename Fn>
 auto GroupCommitLog::run(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>> {
   using T = std::invoke_result_t<Fn&, lmdb::Txn&>;
+  if (onBundlingLoop()) {
+    auto local = kj::newPromiseAndFulfiller<T>();
+    loopPending_.push_back(
+        std::make_unique<detail::LoopJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn), kj::mv(local.fulfiller)));
+    if (loopPending_.size() == 1) scheduleLoopFlush();
+    return kj::mv(local.promise);
+  }
   auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
   submit(std::make_unique<detail::KjJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn),
                                                               kj::mv(paf.fulfiller)));

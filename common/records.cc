@@ -29,10 +29,43 @@ std::array<std::uint32_t, 256> makeCrcTable() {
 
 }  // namespace
 
-std::uint32_t crc32c(std::string_view data) {
+namespace {
+
+std::uint32_t crc32cTable(std::uint32_t c, std::string_view data) {
   static const auto table = makeCrcTable();
-  std::uint32_t c = 0xFFFFFFFFu;
   for (unsigned char b : data) c = table[(c ^ b) & 0xff] ^ (c >> 8);
+  return c;
+}
+
+#if defined(__x86_64__)
+// The same CRC-32C with SSE4.2's crc32 instruction, 8 bytes a step (every
+// record is checksummed on write and on read; the table walk was ~4% of the
+// coordinator's CPU under load).
+__attribute__((target("sse4.2"))) std::uint32_t crc32cHw(std::uint32_t c, std::string_view data) {
+  const char* p = data.data();
+  std::size_t n = data.size();
+  std::uint64_t c64 = c;
+  for (; n >= 8; p += 8, n -= 8) {
+    std::uint64_t v;
+    std::memcpy(&v, p, 8);
+    c64 = __builtin_ia32_crc32di(c64, v);
+  }
+  c = std::uint32_t(c64);
+  for (; n > 0; ++p, --n) c = __builtin_ia32_crc32qi(c, std::uint8_t(*p));
+  return c;
+}
+#endif
+
+}  // namespace
+
+std::uint32_t crc32c(std::string_view data) {
+  std::uint32_t c = 0xFFFFFFFFu;
+#if defined(__x86_64__)
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  c = hw ? crc32cHw(c, data) : crc32cTable(c, data);
+#else
+  c = crc32cTable(c, data);
+#endif
   return c ^ 0xFFFFFFFFu;
 }
 
@@ -52,18 +85,54 @@ std::uint32_t getLe32(const char* p) {
 }
 
 std::string seal(RecordType type, capnp::MessageBuilder& msg) {
-  auto words = capnp::messageToFlatArray(msg);
-  auto bytes = words.asBytes();
-  std::string out(kHeader + bytes.size(), '\0');
+  // Serialised straight into the record's string: no intermediate array.
+  std::size_t bytes = capnp::computeSerializedSizeInWords(msg) * sizeof(capnp::word);
+  std::string out(kHeader + bytes, '\0');
   out[0] = 'K';
   out[1] = 'L';
   out[2] = char(kFormatVersion);
   out[3] = char(type);
-  putLe32(&out[4], std::uint32_t(bytes.size()));
-  std::memcpy(&out[kHeader], bytes.begin(), bytes.size());
-  putLe32(&out[8], crc32c(std::string_view(&out[kHeader], bytes.size())));
+  putLe32(&out[4], std::uint32_t(bytes));
+  kj::ArrayOutputStream os(kj::arrayPtr(reinterpret_cast<kj::byte*>(&out[kHeader]), bytes));
+  capnp::writeMessage(os, msg);
+  putLe32(&out[8], crc32c(std::string_view(&out[kHeader], bytes)));
   return out;
 }
+
+// A message builder whose first segment is a reused, per-thread buffer:
+// records are small, and MallocMessageBuilder's default first segment is an
+// 8 KiB calloc per record (a large share of the coordinator's malloc time).
+class RecordBuilder {
+ public:
+  RecordBuilder() {
+    if (inUse()) {  // nested use on this thread: allocate as usual
+      msg_.emplace();
+      return;
+    }
+    inUse() = usingScratch_ = true;
+    msg_.emplace(kj::arrayPtr(scratch(), kWords));
+  }
+  ~RecordBuilder() {
+    msg_.reset();  // zeroes what it used of the scratch buffer, ready for the next record
+    if (usingScratch_) inUse() = false;
+  }
+  RecordBuilder(const RecordBuilder&) = delete;
+  RecordBuilder& operator=(const RecordBuilder&) = delete;
+  capnp::MallocMessageBuilder& msg() { return *msg_; }
+
+ private:
+  static constexpr std::size_t kWords = 512;
+  static bool& inUse() {
+    thread_local bool used = false;
+    return used;
+  }
+  static capnp::word* scratch() {
+    thread_local capnp::word words[kWords] = {};
+    return words;
+  }
+  bool usingScratch_ = false;
+  std::optional<capnp::MallocMessageBuilder> msg_;
+};
 
 // Checks the envelope and copies the payload into word-aligned memory.
 kj::Array<capnp::word> open(RecordType type, std::string_view in) {
@@ -114,7 +183,8 @@ auto withReader(RecordType type, std::string_view bytes, Fn fn) {
 // ------------------------------------------------------------ interaction
 
 std::string encode(const InteractionRecord& r) {
-  capnp::MallocMessageBuilder msg;
+  RecordBuilder rb;
+  auto& msg = rb.msg();
   auto b = msg.initRoot<disk::InteractionRecord>();
   b.setSeq(r.seq);
   b.setEpoch(r.epoch);
@@ -175,7 +245,8 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
 // ------------------------------------------------------------ rollback
 
 std::string encode(const RollbackRecord& r) {
-  capnp::MallocMessageBuilder msg;
+  RecordBuilder rb;
+  auto& msg = rb.msg();
   auto b = msg.initRoot<disk::RollbackRecord>();
   b.setSeq(r.seq);
   b.setReason(r.reason);
@@ -214,7 +285,8 @@ RollbackRecord decodeRollback(std::string_view bytes) {
 // ------------------------------------------------------------ branch, account
 
 std::string encode(const BranchRecord& r) {
-  capnp::MallocMessageBuilder msg;
+  RecordBuilder rb;
+  auto& msg = rb.msg();
   auto b = msg.initRoot<disk::BranchRecord>();
   b.setSeq(r.xid.seq);
   b.setBranch(r.xid.branch);
@@ -251,7 +323,8 @@ BranchRecord decodeBranch(std::string_view bytes) {
 }
 
 std::string encode(const AccountRecord& r) {
-  capnp::MallocMessageBuilder msg;
+  RecordBuilder rb;
+  auto& msg = rb.msg();
   auto b = msg.initRoot<disk::AccountRecord>();
   b.setBalance(r.balance);
   b.setHeld(r.held);
@@ -275,7 +348,8 @@ AccountRecord decodeAccount(std::string_view bytes) {
 }
 
 std::string encode(const AuditRecord& r) {
-  capnp::MallocMessageBuilder msg;
+  RecordBuilder rb;
+  auto& msg = rb.msg();
   auto b = msg.initRoot<disk::AuditRecord>();
   b.setAtUs(r.atUs);
   b.setSeq(r.seq);

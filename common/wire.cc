@@ -104,4 +104,10 @@ capnp::ReaderOptions networkReaderOptions() {
   return o;
 }
 
+std::size_t wireWeight(const std::vector<Op>& ops) {
+  std::size_t w = 64;
+  for (const Op& op : ops) w += 96 + op.participant.size() + op.account.size() + op.sql.size() + 24 * op.params.size();
+  return w;
+}
+
 }  // namespace keel

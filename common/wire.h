@@ -14,6 +14,8 @@ void fillOp(wire::Operation::Builder b, const Op& op);
 Op readOp(wire::Operation::Reader r);
 std::vector<Op> readOps(capnp::List<wire::Operation>::Reader list);
 void fillOps(capnp::List<wire::Operation>::Builder b, const std::vector<Op>& ops);
+// A rough upper estimate of ops' size in a message (CallBatcher weights).
+std::size_t wireWeight(const std::vector<Op>& ops);
 void fillOpResult(wire::OpResult::Builder b, const OpResult& r);
 OpResult readOpResult(wire::OpResult::Reader r);
 

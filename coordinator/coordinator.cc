@@ -20,11 +20,7 @@ struct FailSignal : public kj::Refcounted {
   kj::Own<kj::PromiseFulfiller<void>> fulfiller;
 };
 
-struct PrepReply {
-  wire::Vote vote = wire::Vote::NO;
-  std::string reason;
-  std::vector<OpResult> results;
-};
+using PrepReply = ParticipantLink::PrepareReply;
 
 std::vector<OpResult> readResults(capnp::List<wire::OpResult>::Reader l) {
   std::vector<OpResult> out;
@@ -46,7 +42,11 @@ std::string describe(const kj::Exception& e) {
 Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, WalStore& wal)
     : cfg_(cfg), io_(io), wal_(wal), tasks_(*this) {
   for (const auto& [name, addr] : cfg_.participants) {
-    links_[name] = std::make_unique<ParticipantLink>(io_, name, addr);
+    LinkOptions lo;
+    lo.callDeadline = callDeadline();
+    lo.maxBatch = cfg_.batchMax;
+    lo.maxInFlight = cfg_.batchInFlight;
+    links_[name] = std::make_unique<ParticipantLink>(io_, name, addr, lo);
   }
 }
 
@@ -338,16 +338,8 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
     auto& l = link(br.participant);
     calls.add(kj::evalNow([&]() {
                 KEEL_FAILPOINT("coord.before_prepare");
-                return l.call<PrepReply>(deadline, [=](wire::Participant::Client& c) {
-                                     auto req = c.prepareRequest();
-                                     req.setEpoch(epoch);
-                                     fillXid(req.initXid(), xid);
-                                     fillOps(req.initOperations(ops.size()), ops);
-                                     return req.send().then([](auto resp) {
-                                       return PrepReply{resp.getVote(), resp.getReason().cStr(),
-                                                        readResults(resp.getResults())};
-                                     });
-                                   });
+                // Batched with the other prepares for this participant.
+                return io_.provider->getTimer().timeoutAfter(deadline, l.prepare(epoch, xid, kj::mv(ops)));
               })
                   .then(
                       [this, seq, i](PrepReply r) {
@@ -499,13 +491,8 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
     auto& l = link(br.participant);
     calls.add(kj::evalNow([&]() {
                 KEEL_FAILPOINT("coord.before_phase2");
-                return l.call<wire::BranchOutcome>(callDeadline(), [=](wire::Participant::Client& c) {
-                                               auto req = c.commitRequest();
-                                               req.setEpoch(epoch);
-                                               fillXid(req.initXids(1)[0], xid);
-                                               return req.send().then(
-                                                   [](auto resp) { return resp.getOutcomes()[0]; });
-                                             });
+                // Batched with the other commits for this participant.
+                return io_.provider->getTimer().timeoutAfter(callDeadline(), l.commit(epoch, xid));
               })
                   .then(
                       [this, seq, i](wire::BranchOutcome o) {
@@ -562,22 +549,14 @@ kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
     for (auto& b : it->rec.branches) {
       if (b.participant == participant) xids.push_back(Xid{seq, b.branch});
     }
-    calls.add(link(participant)
-                  .call<std::vector<wire::BranchOutcome>>(
-                      callDeadline(),
-                      [=](wire::Participant::Client& c) {
-                        auto req = c.rollbackRequest();
-                        req.setEpoch(epoch);
-                        auto l = req.initXids(xids.size());
-                        for (unsigned k = 0; k < xids.size(); ++k) fillXid(l[k], xids[k]);
-                        return req.send().then([](auto resp) {
-                          std::vector<wire::BranchOutcome> out;
-                          for (auto o : resp.getOutcomes()) out.push_back(o);
-                          return out;
-                        });
-                      })
+    // One call per branch, batched with the other rollbacks for this participant.
+    auto& l = link(participant);
+    kj::Vector<kj::Promise<wire::BranchOutcome>> perXid;
+    for (Xid xid : xids) perXid.add(l.rollback(epoch, xid));
+    calls.add(io_.provider->getTimer()
+                  .timeoutAfter(callDeadline(), kj::joinPromises(perXid.releaseAsArray()))
                   .then(
-                      [this, seq, participant](std::vector<wire::BranchOutcome> outs) {
+                      [this, seq, participant](kj::Array<wire::BranchOutcome> outs) {
                         Interaction* p = find(seq);
                         if (p == nullptr) return;
                         bool committed = std::any_of(outs.begin(), outs.end(), [](auto o) {
@@ -738,7 +717,7 @@ kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<O
                                      fillOps(req.initOperations(bops.size()), bops);
                                      return req.send().then([](auto resp) {
                                        return PrepReply{resp.getOk() ? wire::Vote::YES : wire::Vote::NO,
-                                                        resp.getReason().cStr(), readResults(resp.getResults())};
+                                                        resp.getReason().cStr(), readResults(resp.getResults()), ""};
                                      });
                                    })
                   .then(

@@ -19,6 +19,35 @@ kj::Promise<void> CoordinatorImpl::submit(SubmitContext ctx) {
   });
 }
 
+kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
+  // Every item is an independent interaction, exactly as if submitted alone;
+  // started together, their records and decisions share group commits and
+  // their prepares share messages to each participant.
+  auto items = ctx.getParams().getItems();
+  if (items.size() > kMaxSubmitBatch) {
+    SubmitOutcome bad{0, ClientOutcome::Invalid,
+                      "a submitBatch carries at most " + std::to_string(kMaxSubmitBatch) + " interactions, got " +
+                          std::to_string(items.size()),
+                      {}};
+    auto l = ctx.getResults().initResults(items.size());
+    for (unsigned i = 0; i < items.size(); ++i) fillSubmitResult(l[i], bad);
+    return kj::READY_NOW;
+  }
+  kj::Vector<kj::Promise<SubmitOutcome>> outs(items.size());
+  for (auto item : items) {
+    std::vector<Op> ops = readOps(item.getOperations());
+    std::uint32_t deadline = item.getDeadlineMs();
+    outs.add(kj::evalNow([&]() { return c_.submit(std::move(ops), deadline); }).catch_([](kj::Exception&& e) {
+      return SubmitOutcome{0, ClientOutcome::Unavailable,
+                           std::string("coordinator fault: ") + e.getDescription().cStr(), {}};
+    }));
+  }
+  return kj::joinPromises(outs.releaseAsArray()).then([ctx](kj::Array<SubmitOutcome> rs) mutable {
+    auto l = ctx.getResults().initResults(rs.size());
+    for (unsigned i = 0; i < rs.size(); ++i) fillSubmitResult(l[i], rs[i]);
+  });
+}
+
 kj::Promise<void> CoordinatorImpl::begin(BeginContext ctx) {
   return c_.begin(ctx.getParams().getDeadlineMs()).then([this, ctx](std::uint64_t seq) mutable {
     ctx.getResults().setTxn(kj::heap<TransactionImpl>(c_, seq));

@@ -7,6 +7,9 @@
 
 namespace keel {
 
+// Interactions one submitBatch message may carry.
+constexpr std::size_t kMaxSubmitBatch = 1024;
+
 class CoordinatorImpl final : public wire::Coordinator::Server {
  public:
   explicit CoordinatorImpl(Coordinator& c) : c_(c) {}
@@ -20,6 +23,7 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> retryNow(RetryNowContext ctx) override;
   kj::Promise<void> resolve(ResolveContext ctx) override;
   kj::Promise<void> audit(AuditContext ctx) override;
+  kj::Promise<void> submitBatch(SubmitBatchContext ctx) override;
 
  private:
   Coordinator& c_;

@@ -1,11 +1,34 @@
 #include "coordinator/participant_link.h"
 
 #include "common/log.h"
+#include "common/wire.h"
 
 namespace keel {
 
-ParticipantLink::ParticipantLink(kj::AsyncIoContext& io, std::string name, std::string address)
-    : io_(io), name_(std::move(name)), address_(std::move(address)), tasks_(*this) {}
+ParticipantLink::ParticipantLink(kj::AsyncIoContext& io, std::string name, std::string address, LinkOptions opts)
+    : io_(io),
+      name_(std::move(name)),
+      address_(std::move(address)),
+      opts_(opts),
+      tasks_(*this),
+      prepares_({opts.maxBatch, std::size_t(1) << 20, opts.maxInFlight},
+                [this](std::vector<PrepareItem>&& items) { return sendPrepares(kj::mv(items)); },
+                [](const PrepareItem& i) { return wireWeight(i.ops); }),
+      commits_({opts.maxBatch * 8, std::size_t(1) << 20, opts.maxInFlight},
+               [this](std::vector<XidItem>&& items) { return sendPhase2(true, kj::mv(items)); },
+               [](const XidItem&) { return std::size_t(16); }),
+      rollbacks_({opts.maxBatch * 8, std::size_t(1) << 20, opts.maxInFlight},
+                 [this](std::vector<XidItem>&& items) { return sendPhase2(false, kj::mv(items)); },
+                 [](const XidItem&) { return std::size_t(16); }) {}
+
+ParticipantLink::~ParticipantLink() noexcept(false) {
+  auto avg = [](std::uint64_t items, std::uint64_t batches) { return batches == 0 ? 0.0 : double(items) / batches; };
+  KEEL_LOG_INFO("{}: {} prepares in {} messages ({:.1f} each), {} commits in {} ({:.1f}), {} rollbacks in {} ({:.1f})",
+                name_, prepares_.itemsSent(), prepares_.batchesSent(), avg(prepares_.itemsSent(), prepares_.batchesSent()),
+                commits_.itemsSent(), commits_.batchesSent(), avg(commits_.itemsSent(), commits_.batchesSent()),
+                rollbacks_.itemsSent(), rollbacks_.batchesSent(),
+                avg(rollbacks_.itemsSent(), rollbacks_.batchesSent()));
+}
 
 kj::Promise<wire::Participant::Client> ParticipantLink::client() {
   KJ_IF_MAYBE(c, cap_) { return *c; }
@@ -49,6 +72,66 @@ void ParticipantLink::reset() {
   if (conn_.get() != nullptr) {
     tasks_.add(kj::evalLater([old = kj::mv(conn_)]() {}));
   }
+}
+
+
+kj::Promise<ParticipantLink::PrepareReply> ParticipantLink::prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) {
+  return prepares_.add(PrepareItem{epoch, xid, std::move(ops)}).then([this](PrepareReply r) -> kj::Promise<PrepareReply> {
+    if (!r.error.empty()) return KJ_EXCEPTION(FAILED, name_ + ": " + r.error);
+    return kj::mv(r);
+  });
+}
+
+kj::Promise<wire::BranchOutcome> ParticipantLink::commit(std::uint64_t epoch, Xid xid) {
+  return commits_.add(XidItem{epoch, xid});
+}
+
+kj::Promise<wire::BranchOutcome> ParticipantLink::rollback(std::uint64_t epoch, Xid xid) {
+  return rollbacks_.add(XidItem{epoch, xid});
+}
+
+kj::Promise<std::vector<ParticipantLink::PrepareReply>> ParticipantLink::sendPrepares(std::vector<PrepareItem>&& items) {
+  return call<std::vector<PrepareReply>>(opts_.callDeadline, [items = kj::mv(items)](wire::Participant::Client& c) {
+    auto req = c.prepareBatchRequest();
+    req.setEpoch(items.front().epoch);
+    auto l = req.initItems(items.size());
+    for (unsigned i = 0; i < items.size(); ++i) {
+      fillXid(l[i].initXid(), items[i].xid);
+      fillOps(l[i].initOperations(items[i].ops.size()), items[i].ops);
+    }
+    return req.send().then([](auto resp) {
+      std::vector<PrepareReply> out;
+      out.reserve(resp.getVotes().size());
+      for (auto v : resp.getVotes()) {
+        PrepareReply r;
+        r.vote = v.getVote();
+        r.reason = v.getReason().cStr();
+        r.results.reserve(v.getResults().size());
+        for (auto res : v.getResults()) r.results.push_back(readOpResult(res));
+        r.error = v.getError().cStr();
+        out.push_back(std::move(r));
+      }
+      return out;
+    });
+  });
+}
+
+kj::Promise<std::vector<wire::BranchOutcome>> ParticipantLink::sendPhase2(bool commit, std::vector<XidItem>&& items) {
+  return call<std::vector<wire::BranchOutcome>>(opts_.callDeadline, [commit, items = kj::mv(items)](
+                                                                        wire::Participant::Client& c) {
+    auto fill = [&](auto req) {
+      req.setEpoch(items.front().epoch);
+      auto l = req.initXids(items.size());
+      for (unsigned i = 0; i < items.size(); ++i) fillXid(l[i], items[i].xid);
+      return req.send().then([](auto resp) {
+        std::vector<wire::BranchOutcome> out;
+        out.reserve(resp.getOutcomes().size());
+        for (auto o : resp.getOutcomes()) out.push_back(o);
+        return out;
+      });
+    };
+    return commit ? fill(c.commitRequest()) : fill(c.rollbackRequest());
+  });
 }
 
 }  // namespace keel

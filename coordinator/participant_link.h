@@ -6,19 +6,51 @@
 // reconnects (Cap'n Proto 0.9.2 has no reconnect helper). Every call is
 // bounded by a deadline: a participant that does not answer in time counts
 // as failed for that call, never as a hang.
+//
+// The protocol's hot calls (prepare, commit, rollback) go through
+// CallBatcher: what the coordinator has for this participant in one
+// event-loop turn, or while earlier batches are out, leaves in one message
+// (prepareBatch, commit/rollback with many XIDs). Each call still has its
+// own answer; the caller bounds its wait with its own deadline.
 
 #include <kj/async-io.h>
 
 #include <string>
+#include <vector>
 
+#include "common/call_batcher.h"
 #include "common/rpc.h"
+#include "common/types.h"
 #include "schemas/keel.capnp.h"
 
 namespace keel {
 
+struct LinkOptions {
+  kj::Duration callDeadline = 2 * kj::SECONDS;  // of one batch message
+  std::size_t maxBatch = 256;                  // calls per message
+  std::size_t maxInFlight = 2;                 // batch messages out at once per kind
+};
+
 class ParticipantLink final : private kj::TaskSet::ErrorHandler {
  public:
-  ParticipantLink(kj::AsyncIoContext& io, std::string name, std::string address);
+  ParticipantLink(kj::AsyncIoContext& io, std::string name, std::string address, LinkOptions opts = {});
+  ~ParticipantLink() noexcept(false);  // logs how well calls were batched
+
+  // One branch's vote.
+  struct PrepareReply {
+    wire::Vote vote = wire::Vote::NO;
+    std::string reason;
+    std::vector<OpResult> results;
+    // Non-empty: this item failed on the agent as a fault (its state there
+    // is unknown, so the branch counts as failed, never as a NO vote).
+    std::string error;
+  };
+
+  // Batched protocol calls (see above). Each rejects on a fault: the batch's
+  // message failed, or this item failed on the agent.
+  kj::Promise<PrepareReply> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops);
+  kj::Promise<wire::BranchOutcome> commit(std::uint64_t epoch, Xid xid);
+  kj::Promise<wire::BranchOutcome> rollback(std::uint64_t epoch, Xid xid);
 
   const std::string& name() const { return name_; }
   const std::string& address() const { return address_; }
@@ -53,6 +85,20 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
  private:
   void taskFailed(kj::Exception&&) override {}
 
+  struct PrepareItem {
+    std::uint64_t epoch;
+    Xid xid;
+    std::vector<Op> ops;
+  };
+  struct XidItem {
+    std::uint64_t epoch;
+    Xid xid;
+  };
+  // Sends one batch; items of one batch share the first item's epoch (the
+  // coordinator's epoch is fixed for its lifetime).
+  kj::Promise<std::vector<PrepareReply>> sendPrepares(std::vector<PrepareItem>&& items);
+  kj::Promise<std::vector<wire::BranchOutcome>> sendPhase2(bool commit, std::vector<XidItem>&& items);
+
   kj::AsyncIoContext& io_;
   const std::string name_;
   const std::string address_;
@@ -60,7 +106,12 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   kj::Maybe<wire::Participant::Client> cap_;
   kj::Maybe<kj::ForkedPromise<void>> connecting_;
   std::uint64_t generation_ = 0;                      // bumped by reset()
+  const LinkOptions opts_;
   kj::TaskSet tasks_;                                 // disconnect watchers
+  // Declared after what they use: destroyed first.
+  CallBatcher<PrepareItem, PrepareReply> prepares_;
+  CallBatcher<XidItem, wire::BranchOutcome> commits_;
+  CallBatcher<XidItem, wire::BranchOutcome> rollbacks_;
 };
 
 }  // namespace keel

@@ -40,6 +40,40 @@ kj::Promise<void> ParticipantImpl::prepare(PrepareContext ctx) {
       });
 }
 
+kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
+  // Each item is an independent prepare: started together, so the backend's
+  // group commit makes all their PREPARED records durable in one go. A fault
+  // in one item is that item's answer, not the whole message's.
+  auto p = ctx.getParams();
+  std::uint64_t epoch = p.getEpoch();
+  auto items = p.getItems();
+  KJ_REQUIRE(items.size() <= kMaxPrepareBatch, "prepareBatch carries too many items", items.size());
+  kj::Vector<kj::Promise<PrepareResult>> votes(items.size());
+  for (auto item : items) {
+    Xid xid = readXid(item.getXid());
+    std::vector<Op> ops = readOps(item.getOperations());
+    votes.add(kj::evalNow([&]() { return agent_.prepare(epoch, xid, std::move(ops)); })
+                  .catch_([](kj::Exception&& e) {
+                    PrepareResult r;
+                    r.reason = e.getDescription().cStr();
+                    r.failed = true;
+                    return r;
+                  }));
+  }
+  return kj::joinPromises(votes.releaseAsArray()).then([ctx](kj::Array<PrepareResult> rs) mutable {
+    auto l = ctx.getResults().initVotes(rs.size());
+    for (unsigned i = 0; i < rs.size(); ++i) {
+      if (rs[i].failed) {
+        l[i].setError(rs[i].reason);
+        continue;
+      }
+      l[i].setVote(static_cast<wire::Vote>(rs[i].vote));
+      l[i].setReason(rs[i].reason);
+      fillResults(l[i], rs[i].results);
+    }
+  });
+}
+
 kj::Promise<void> ParticipantImpl::execute(ExecuteContext ctx) {
   auto p = ctx.getParams();
   return agent_.execute(p.getEpoch(), readXid(p.getXid()), readOps(p.getOperations()))

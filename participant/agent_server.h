@@ -21,6 +21,7 @@ class ParticipantImpl final : public wire::Participant::Server {
   kj::Promise<void> status(StatusContext ctx) override;
   kj::Promise<void> forget(ForgetContext ctx) override;
   kj::Promise<void> listBranches(ListBranchesContext ctx) override;
+  kj::Promise<void> prepareBatch(PrepareBatchContext ctx) override;
 
  private:
   ParticipantBackend& agent_;

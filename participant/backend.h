@@ -32,7 +32,12 @@ struct PrepareResult {
   Vote vote = Vote::No;
   std::string reason;
   std::vector<OpResult> results;
+  bool failed = false;  // prepareBatch only: the item raised a fault; `reason` says what
 };
+
+// Items one prepareBatch message may carry (the coordinator sends at most
+// its batch_max, 4096 at most).
+constexpr std::size_t kMaxPrepareBatch = 4096;
 
 struct OnePhaseResult {
   BranchOutcome outcome = BranchOutcome::RolledBack;

@@ -134,6 +134,26 @@ interface Participant {
   # `after` (all zero = from the start): the agent's own account of what
   # happened, for checkers such as keel-chaos.
   listBranches @9 (after :Xid, limit :UInt32) -> (branches :List(BranchInfo), more :Bool);
+
+  # Many prepares in one message: the coordinator sends here every prepare
+  # it has for this participant in one event-loop turn (or queued while
+  # earlier batches are out). Each item is its own branch with its own vote,
+  # exactly as if sent alone by `prepare`; `votes` is in item order, and the
+  # answer leaves when every item has voted (each YES durable first).
+  prepareBatch @10 (epoch :UInt64, items :List(PrepareItem)) -> (votes :List(PrepareVote));
+}
+
+struct PrepareItem {
+  xid @0 :Xid;
+  operations @1 :List(Operation);
+}
+
+struct PrepareVote {
+  vote @0 :Vote;
+  reason @1 :Text;
+  results @2 :List(OpResult);
+  error @3 :Text;   # non-empty: this item failed as a fault (as if its own
+                    # `prepare` call had raised); its vote means nothing
 }
 
 # Why a participant refused a call as a whole (the call's answer carries it
@@ -203,6 +223,18 @@ interface Coordinator {
 
   # Operator: audit entries, oldest first (encoded AuditRecord JSON lines).
   audit @9 (limit :UInt32) -> (entries :List(Text));
+
+  # Many one-shot interactions in one message (the client library batches
+  # submits made while earlier batches are out). Each item is an independent
+  # interaction with its own seq, records and decision, exactly as if sent
+  # by `submit`; `results` is in item order, and the answer leaves when every
+  # item has been answered.
+  submitBatch @10 (items :List(SubmitItem)) -> (results :List(SubmitResult));
+}
+
+struct SubmitItem {
+  operations @0 :List(Operation);
+  deadlineMs @1 :UInt32;
 }
 
 enum DecisionOutcome {

@@ -55,6 +55,7 @@ struct Demo {
   std::vector<std::uint64_t> failedSeqs;   // answered "rolled back"
   std::vector<std::uint64_t> latencies;    // of committed transfers, microseconds
   bool pg = false;                         // postgres agents: transfers are SQL
+  bool batch = true;                       // client submits travel in submitBatch messages
 
   std::string account(std::size_t agent, std::size_t i) {
     return cluster.agentNames()[agent] + ":acct-" + std::to_string(i);
@@ -185,6 +186,7 @@ struct Demo {
         return keel::KeelClient::connect(io, cluster.coordinatorAddress())
             .then([this, f = kj::mv(paf.fulfiller)](kj::Own<keel::KeelClient> c) mutable {
               client = kj::mv(c);
+              if (batch) client->enableBatching();
               f->fulfill();
               return monitor();
             });
@@ -237,6 +239,8 @@ int main(int argc, char** argv) {
   app.add_option("--opening", opening, "opening balance of each account")->capture_default_str()->check(CLI::Range(0ll, 1000000000ll));
   app.add_option("--overdraw-percent", overdraw, "share of transfers that overdraw on purpose")->capture_default_str()->check(CLI::Range(0u, 100u));
   app.add_flag("--keep", keep, "keep the data folder and logs");
+  bool noBatch = false;
+  app.add_flag("--no-batch", noBatch, "one submit call per transfer (default: the client batches submits)");
   std::string fault = "coordinator-kill";
   std::uint32_t pauseSeconds = 10;
   app.add_option("--fault", fault, "what fails at 40%: coordinator-kill, agent-kill (SIGKILL bank-b, restart at once), "
@@ -291,6 +295,8 @@ int main(int argc, char** argv) {
     demo.pg = pgServer != nullptr;
     demo.pauseSeconds = pauseSeconds;
     demo.client = keel::KeelClient::connect(io, cluster.coordinatorAddress()).wait(io.waitScope);
+    demo.batch = !noBatch;
+    if (demo.batch) demo.client->enableBatching();
 
     std::printf("[2/6] opening %u accounts on each agent with %lld each\n", accounts, (long long)opening);
     if (!demo.pg) {

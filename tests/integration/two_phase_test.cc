@@ -3,6 +3,8 @@
 
 #include "tests/integration/cluster_fixture.h"
 
+#include <set>
+
 namespace keel::test {
 namespace {
 
@@ -165,6 +167,88 @@ TEST_F(ClusterTest, InteractiveTransactionCommitsAndDropRollsBack) {
     EXPECT_NE(query(seq)->rollback->reason.find("dropped"), std::string::npos);
   }
   EXPECT_EQ(account("bank-a", "alice"), bal(60, 0));
+}
+
+TEST_F(ClusterTest, BatchedSubmitsAreIndependentInteractionsWithTheirOwnOutcomes) {
+  // The client batches what it submits in one turn into submitBatch
+  // messages, and the coordinator batches the prepares and commits of those
+  // interactions per participant: each must still end exactly as if alone.
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  client_->enableBatching(8, 1);  // small batches: 40 interactions take several messages
+  kj::Vector<kj::Promise<SubmitOutcome>> outs;
+  for (int i = 0; i < 40; ++i) {
+    if (i == 5) {
+      outs.add(client_->submit(transferOps("bank-x:alice", "bank-b:bob", 1)));  // bad input
+    } else if (i % 10 == 3) {
+      outs.add(client_->submit(transferOps("bank-a:alice", "bank-b:bob", 100000)));  // overdraws: NO vote
+    } else {
+      outs.add(client_->submit(transferOps("bank-a:alice", "bank-b:bob", 10)));
+    }
+  }
+  auto results = kj::joinPromises(outs.releaseAsArray()).wait(io_.waitScope);
+  ASSERT_EQ(results.size(), 40u);
+  int committed = 0;
+  std::set<std::uint64_t> seqs;
+  for (int i = 0; i < 40; ++i) {
+    const auto& o = results[i];
+    if (i == 5) {
+      EXPECT_EQ(o.outcome, ClientOutcome::Invalid) << i;
+      EXPECT_NE(o.reason.find("unknown participant 'bank-x'"), std::string::npos) << o.reason;
+      EXPECT_EQ(o.seq, 0u);
+      continue;
+    }
+    seqs.insert(o.seq);
+    if (i % 10 == 3) {
+      EXPECT_EQ(o.outcome, ClientOutcome::RolledBack) << i;
+      EXPECT_NE(o.reason.find("insufficient funds"), std::string::npos) << o.reason;
+    } else {
+      EXPECT_EQ(o.outcome, ClientOutcome::Committed) << i << ": " << o.reason;
+      ++committed;
+    }
+  }
+  EXPECT_EQ(seqs.size(), 39u);  // every interaction got its own seq
+  EXPECT_EQ(committed, 35);
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
+  EXPECT_EQ(account("bank-a", "alice"), bal(1000 - 35 * 10, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(35 * 10, 0));
+  EXPECT_EQ(inspect("bank-a").prepared, 0u);
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+  for (std::uint64_t seq : seqs) {
+    auto q = query(seq);
+    ASSERT_TRUE(q.has_value()) << seq;
+    EXPECT_TRUE(q->interaction.finished()) << seq;
+  }
+}
+
+TEST_F(ClusterTest, AFaultInOnePrepareOfABatchFailsThatBranchOnly) {
+  // agent.after_prepared_durable=1*error: the first prepare bank-b makes
+  // raises after its PREPARED record is durable. Sent in one prepareBatch
+  // with others, only that interaction is rolled back.
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.after_prepared_durable=1*error");
+  reconnect();
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  client_->enableBatching(64, 1);
+  kj::Vector<kj::Promise<SubmitOutcome>> outs;
+  for (int i = 0; i < 10; ++i) outs.add(client_->submit(transferOps("bank-a:alice", "bank-b:bob", 10)));
+  auto results = kj::joinPromises(outs.releaseAsArray()).wait(io_.waitScope);
+  int committed = 0, rolledBack = 0;
+  for (auto& o : results) {
+    if (o.outcome == ClientOutcome::Committed) ++committed;
+    if (o.outcome == ClientOutcome::RolledBack) {
+      ++rolledBack;
+      EXPECT_NE(o.reason.find("bank-b failed"), std::string::npos) << o.reason;
+    }
+  }
+  EXPECT_EQ(rolledBack, 1);
+  EXPECT_EQ(committed, 9);
+  // The failed branch was PREPARED on bank-b: the rollback driver releases it.
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
+  EXPECT_EQ(account("bank-a", "alice"), bal(910, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(90, 0));
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
 }
 
 }  // namespace

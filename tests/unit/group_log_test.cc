@@ -284,6 +284,62 @@ TEST_F(GroupLogTest, ManyRunPromisesOnOneLoopShareCommits) {
   EXPECT_EQ(read.count(db), std::size_t(kJobs));
 }
 
+TEST_F(GroupLogTest, JobsRunInOneLoopTurnShareOneBundleAndOneCommit) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  kj::EventLoop loop;
+  kj::WaitScope waitScope(loop);
+  constexpr int kJobs = 50;
+  kj::Vector<kj::Promise<int>> promises;
+  for (int i = 0; i < kJobs; ++i) {
+    promises.add(log.run([db, i](lmdb::Txn& txn) {
+      if (i == 7) {
+        txn.put(db, "poison", "x");
+        throw std::runtime_error("job 7 fails");
+      }
+      txn.put(db, u64Key(std::uint64_t(i)), std::to_string(i));
+      return i;
+    }));
+  }
+  auto all = kj::joinPromises(promises.releaseAsArray()).then(
+      [](kj::Array<int>) { return std::string("no failure"); }, [](kj::Exception&& e) {
+        return std::string(e.getDescription().cStr());
+      });
+  // The failing job rejects alone; every other job of the bundle is durable.
+  EXPECT_NE(all.wait(waitScope).find("job 7 fails"), std::string::npos);
+  EXPECT_EQ(log.stats().commits.load(), 1u);  // one turn, one bundle, one group commit
+  EXPECT_EQ(log.stats().jobs.load(), std::uint64_t(kJobs - 1));
+  EXPECT_EQ(log.stats().failedJobs.load(), 1u);
+  auto read = env.beginRead();
+  EXPECT_EQ(read.count(db), std::size_t(kJobs - 1));
+  EXPECT_FALSE(read.get(db, "poison").has_value());
+}
+
+TEST_F(GroupLogTest, RunFromASecondLoopThreadStillCompletes) {
+  // Only the first loop that calls run() bundles; another thread's loop
+  // takes the direct path and must get its answer on its own loop.
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  kj::EventLoop loop;
+  kj::WaitScope waitScope(loop);
+  log.run([db](lmdb::Txn& txn) { txn.put(db, "main", "1"); }).wait(waitScope);
+  std::string fromOther;
+  std::thread other([&] {
+    kj::EventLoop loop2;
+    kj::WaitScope ws2(loop2);
+    fromOther = log.run([db](lmdb::Txn& txn) {
+                     txn.put(db, "other", "2");
+                     return std::string("done");
+                   }).wait(ws2);
+  });
+  other.join();
+  EXPECT_EQ(fromOther, "done");
+  auto read = env.beginRead();
+  EXPECT_EQ(read.get(db, "other"), "2");
+}
+
 TEST_F(GroupLogTest, RunRejectsWithTheJobsErrorText) {
   lmdb::Env env(dir_.path(), {});
   MDB_dbi db = env.openDb("data");
