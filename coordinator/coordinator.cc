@@ -338,8 +338,12 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
     auto& l = link(br.participant);
     calls.add(kj::evalNow([&]() {
                 KEEL_FAILPOINT("coord.before_prepare");
-                // Batched with the other prepares for this participant.
-                return io_.provider->getTimer().timeoutAfter(deadline, l.prepare(epoch, xid, kj::mv(ops)));
+                // Batched with the other prepares for this participant. The
+                // batch message has the call deadline; a shorter interaction
+                // deadline needs a timer of its own.
+                auto vote = l.prepare(epoch, xid, kj::mv(ops));
+                if (deadline >= callDeadline()) return vote;
+                return io_.provider->getTimer().timeoutAfter(deadline, kj::mv(vote));
               })
                   .then(
                       [this, seq, i](PrepReply r) {
@@ -491,8 +495,9 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
     auto& l = link(br.participant);
     calls.add(kj::evalNow([&]() {
                 KEEL_FAILPOINT("coord.before_phase2");
-                // Batched with the other commits for this participant.
-                return io_.provider->getTimer().timeoutAfter(callDeadline(), l.commit(epoch, xid));
+                // Batched with the other commits for this participant; bounded
+                // by the batch message's call deadline (no timer per branch).
+                return l.commit(epoch, xid);
               })
                   .then(
                       [this, seq, i](wire::BranchOutcome o) {
@@ -553,8 +558,7 @@ kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
     auto& l = link(participant);
     kj::Vector<kj::Promise<wire::BranchOutcome>> perXid;
     for (Xid xid : xids) perXid.add(l.rollback(epoch, xid));
-    calls.add(io_.provider->getTimer()
-                  .timeoutAfter(callDeadline(), kj::joinPromises(perXid.releaseAsArray()))
+    calls.add(kj::joinPromises(perXid.releaseAsArray())  // bounded by the batch messages' deadline
                   .then(
                       [this, seq, participant](kj::Array<wire::BranchOutcome> outs) {
                         Interaction* p = find(seq);
