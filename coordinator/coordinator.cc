@@ -83,30 +83,33 @@ std::optional<std::string> Coordinator::validate(const std::vector<Op>& ops, boo
     return "the interaction has " + std::to_string(ops.size()) + " operations; the limit is " +
            std::to_string(Limits::kMaxOpsPerInteraction);
   }
-  std::set<std::string> participants;
+  // Distinct participants, counted without allocating (a request names few).
+  std::vector<std::string_view> participants;
+  auto where = [](std::size_t i) { return "operation " + std::to_string(i + 1) + ": "; };
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
-    std::string where = "operation " + std::to_string(i + 1) + ": ";
     if (links_.count(op.participant) == 0) {
-      return where + "unknown participant '" + op.participant + "'";
+      return where(i) + "unknown participant '" + op.participant + "'";
     }
-    participants.insert(op.participant);
-    if (std::uint8_t(op.kind) > std::uint8_t(OpKind::Sql)) return where + "unknown operation kind";
+    if (std::find(participants.begin(), participants.end(), op.participant) == participants.end()) {
+      participants.push_back(op.participant);
+    }
+    if (std::uint8_t(op.kind) > std::uint8_t(OpKind::Sql)) return where(i) + "unknown operation kind";
     if (op.kind == OpKind::Sql) {
-      if (op.sql.empty()) return where + "SQL statement is empty";
-      if (op.sql.size() > Limits::kMaxSqlBytes) return where + "SQL statement is longer than 64 KiB";
-      if (op.params.size() > Limits::kMaxSqlParams) return where + "more than 256 SQL parameters";
-      if (op.expectRows < -1) return where + "expected row count must be -1 (any) or >= 0";
+      if (op.sql.empty()) return where(i) + "SQL statement is empty";
+      if (op.sql.size() > Limits::kMaxSqlBytes) return where(i) + "SQL statement is longer than 64 KiB";
+      if (op.params.size() > Limits::kMaxSqlParams) return where(i) + "more than 256 SQL parameters";
+      if (op.expectRows < -1) return where(i) + "expected row count must be -1 (any) or >= 0";
       continue;
     }
-    if (op.account.empty()) return where + "account name is empty";
-    if (op.account.size() > Limits::kMaxAccountName) return where + "account name is too long";
+    if (op.account.empty()) return where(i) + "account name is empty";
+    if (op.account.size() > Limits::kMaxAccountName) return where(i) + "account name is too long";
     if (op.kind == OpKind::Credit || op.kind == OpKind::Debit) {
-      if (op.amount <= 0) return where + "amount must be positive, got " + std::to_string(op.amount);
+      if (op.amount <= 0) return where(i) + "amount must be positive, got " + std::to_string(op.amount);
     }
-    if (op.kind == OpKind::OpenAccount && op.amount < 0) return where + "opening balance must not be negative";
+    if (op.kind == OpKind::OpenAccount && op.amount < 0) return where(i) + "opening balance must not be negative";
     if (op.amount > Limits::kMaxAmount) {
-      return where + "amount " + std::to_string(op.amount) + " exceeds the limit " +
+      return where(i) + "amount " + std::to_string(op.amount) + " exceeds the limit " +
              std::to_string(Limits::kMaxAmount);
     }
   }
