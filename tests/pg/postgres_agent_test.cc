@@ -5,23 +5,15 @@
 
 #include "tests/integration/cluster_fixture.h"
 #include "tools/pg_server.h"
+#include "tools/sql_bank.h"
 
 namespace keel::test {
 namespace {
 
-const char* kSchema =
-    "CREATE TABLE accounts (name text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));"
-    "INSERT INTO accounts VALUES ('alice', 1000), ('bob', 0);";
+const std::string kSchema = std::string(sqlbank::kCreateTable) + "INSERT INTO accounts VALUES ('alice', 1000), ('bob', 0);";
 
-// "Debit only if the balance stays >= 0" as a guarded UPDATE that must touch one row.
-Op debit(const std::string& agent, const std::string& who, std::int64_t amount) {
-  return Op::statement(agent, "UPDATE accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1",
-                       {SqlValue::ofInt(amount), SqlValue::ofText(who)}, 1);
-}
-Op credit(const std::string& agent, const std::string& who, std::int64_t amount) {
-  return Op::statement(agent, "UPDATE accounts SET balance = balance + $1 WHERE name = $2",
-                       {SqlValue::ofInt(amount), SqlValue::ofText(who)}, 1);
-}
+using sqlbank::credit;
+using sqlbank::debit;
 
 class PostgresTest : public ClusterTest {
  protected:
