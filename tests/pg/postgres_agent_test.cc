@@ -136,6 +136,23 @@ TEST_F(PostgresTest, RollbackOvertakingThePreparedRecordRollsBackPostgres) {
   EXPECT_EQ(inspect("bank-b").prepared, 0u);
 }
 
+TEST_F(PostgresTest, PrepareFailingAfterPostgresPreparedIsRolledBackThere) {
+  // PostgreSQL has prepared bank-b's branch, then writing the agent's
+  // PREPARED record fails (an LMDB error here; a lost reply to PREPARE
+  // TRANSACTION is the same): the call fails, no record names PostgreSQL's
+  // prepared transaction, and the agent keeps running, so no reconcile at
+  // start-up will find it. The coordinator's rollback must finish it.
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.before_prepared_durable=1*error");
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  EXPECT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)))
+      << "left in pg_prepared_xacts of bank_b: " << prepared("bank_b");
+  EXPECT_TRUE(cluster_->agentRunning("bank-b"));
+  EXPECT_EQ(balance("bank_a", "alice"), 1000);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+}
+
 TEST_F(PostgresTest, PostgresKilledAfterPrepareCommitsOnceBack) {
   cluster_->stopCoordinator();
   cluster_->startCoordinator("coord.before_phase2=1*delay(3000)");
