@@ -105,12 +105,6 @@ void PgHost::heal() {
   });
 }
 
-bool PgHost::running() {
-  bool up = false;
-  onOwner([&] { up = server_->running(); });
-  return up;
-}
-
 std::string PgHost::connString(const std::string& db) const { return server_->connString(db); }
 
 const std::string& PgHost::logFile() const { return server_->logFile(); }

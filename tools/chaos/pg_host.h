@@ -48,7 +48,6 @@ class PgHost final {
   void resume();
   // Back to serving: resumed if paused, started if down.
   void heal();
-  bool running();
 
   std::string connString(const std::string& db) const;  // valid after start()
   // Reads over a fresh connection with a 2 s connect timeout; throw if the
