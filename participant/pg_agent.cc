@@ -19,6 +19,16 @@ std::string quoteLiteral(const std::string& s) {
   return "'" + s + "'";
 }
 
+// ROLLBACK PREPARED; a gid PostgreSQL does not hold (never prepared, or
+// already rolled back) is no error. Throws while PostgreSQL is unreachable.
+void rollbackPrepared(PGconn* c, const std::string& gid) {
+  try {
+    pg::exec(c, "ROLLBACK PREPARED " + quoteLiteral(gid));
+  } catch (const pg::PgError& e) {
+    if (e.sqlstate() != kUndefinedObject) throw;
+  }
+}
+
 }  // namespace
 
 std::string describePgError(const pg::PgError& e) {
@@ -211,6 +221,11 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
         try {
           pg::exec(c, "PREPARE TRANSACTION " + quoteLiteral(g));
         } catch (const pg::PgError& e) {
+          // Connection lost: PostgreSQL may have prepared it all the same.
+          // The call fails instead of voting NO, so that the coordinator
+          // sends this branch a rollback (it sends none to a NO voter), and
+          // rollbackOne finishes whatever PostgreSQL holds.
+          if (e.connectionLost()) throw;
           PQclear(PQexec(c, "ROLLBACK"));
           return PrepareResult{Vote::No, "PREPARE TRANSACTION failed: " + describePgError(e), {}};
         }
@@ -230,7 +245,7 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
           return true;
         });
         if (!recorded) {
-          pg::exec(c, "ROLLBACK PREPARED " + quoteLiteral(g));
+          rollbackPrepared(c, g);  // the rollback may have finished it already
           return PrepareResult{Vote::No, "branch " + xid.str() + " was rolled back before it was prepared", {}};
         }
         return PrepareResult{Vote::Yes, "", std::move(results)};
@@ -278,13 +293,13 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     // A one-phase branch whose outcome we lost: PostgreSQL knows.
     return settleOnePhase(c, *rec) == BranchStatus::Committed ? BranchOutcome::Committed : BranchOutcome::RolledBack;
   }
-  if (rec && rec->state == BranchStatus::Prepared) {
+  if (!rec || rec->state == BranchStatus::Prepared) {
     KEEL_FAILPOINT("agent.before_rollback_durable");
-    try {
-      pg::exec(c, "ROLLBACK PREPARED " + quoteLiteral(gid(xid)));
-    } catch (const pg::PgError& e) {
-      if (e.sqlstate() != kUndefinedObject) throw;
-    }
+    // No record yet PostgreSQL may hold it prepared: the prepare failed
+    // after PREPARE TRANSACTION (its reply lost, or our PREPARED record not
+    // written), which is why the coordinator rolls back. Until PostgreSQL
+    // answers this throws, and the coordinator retries.
+    rollbackPrepared(c, gid(xid));
   }
   bool committedMeanwhile = false;
   bool preparedMeanwhile = false;
@@ -306,11 +321,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   if (preparedMeanwhile) {
     // Recorded rolled back first: if we die before this, start-up's
     // reconcile rolls it back (the log says rolled back).
-    try {
-      pg::exec(c, "ROLLBACK PREPARED " + quoteLiteral(gid(xid)));
-    } catch (const pg::PgError& e) {
-      if (e.sqlstate() != kUndefinedObject) throw;
-    }
+    rollbackPrepared(c, gid(xid));
   }
   return committedMeanwhile ? BranchOutcome::Committed : BranchOutcome::RolledBack;
 }

@@ -8,7 +8,9 @@
 //             (durable) and only then the vote leaves. A tombstone found at
 //             that point (the rollback overtook the prepare) undoes it.
 //   commit    COMMIT PREPARED, then the branch log says committed
-//   rollback  ROLLBACK PREPARED (or a tombstone for a branch never seen)
+//   rollback  ROLLBACK PREPARED, for a branch never seen too (a prepare that
+//             failed after PREPARE TRANSACTION leaves no record but may leave
+//             PostgreSQL's prepared transaction), then a tombstone for it
 //   one-phase BEGIN; statements; the txid is recorded (ACTIVE, durable);
 //             COMMIT; recorded committed. After a crash in between,
 //             txid_status() tells what PostgreSQL did.

@@ -24,6 +24,7 @@
 #include "common/client.h"
 #include "tools/cluster.h"
 #include "tools/pg_server.h"
+#include "tools/sql_bank.h"
 
 namespace {
 
@@ -72,10 +73,8 @@ struct Demo {
     if (pg) {
       // The same transfer as guarded SQL: the debit must touch one row.
       const auto& names = cluster.agentNames();
-      ops = {keel::Op::statement(names[a], "UPDATE accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1",
-                                 {keel::SqlValue::ofInt(amount), keel::SqlValue::ofText("acct-" + std::to_string(from))}, 1),
-             keel::Op::statement(names[b], "UPDATE accounts SET balance = balance + $1 WHERE name = $2",
-                                 {keel::SqlValue::ofInt(amount), keel::SqlValue::ofText("acct-" + std::to_string(to))}, 1)};
+      ops = {keel::sqlbank::debit(names[a], "acct-" + std::to_string(from), amount),
+             keel::sqlbank::credit(names[b], "acct-" + std::to_string(to), amount)};
     } else {
       ops = keel::transferOps(account(a, from), account(b, to), amount);
     }
@@ -277,10 +276,7 @@ int main(int argc, char** argv) {
       pgServer->start();
       gPg = pgServer.get();
       for (auto [agent, db] : {std::pair{"bank-a", "bank_a"}, std::pair{"bank-b", "bank_b"}}) {
-        std::string sql = "CREATE TABLE accounts (name text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));"
-                          "INSERT INTO accounts SELECT 'acct-' || i, " + std::to_string(opening) +
-                          " FROM generate_series(0, " + std::to_string(accounts - 1) + ") i;";
-        keel::test::pgQuery(pgServer->connString(db), sql);
+        keel::test::pgQuery(pgServer->connString(db), keel::sqlbank::createAccounts(accounts, opening));
         cluster.setAgentArgs(agent, {"--adapter", "postgres", "--postgres", pgServer->connString(db)});
       }
     }

@@ -509,6 +509,16 @@ void PgServer::kill9() {
   if (!reap(opts_.stopTimeout)) fail("postmaster " + std::to_string(pid_) + " survived SIGKILL");
 }
 
+std::size_t PgServer::signalAll(int sig) {
+  std::size_t n = 0;
+  // The postmaster first, so it forks no new backend after the list is taken.
+  if (running() && ::kill(pid_, sig) == 0) ++n;
+  for (pid_t p : processesIn(dataDir_)) {
+    if (p != pid_ && ::kill(p, sig) == 0) ++n;
+  }
+  return n;
+}
+
 void PgServer::pgCtlStop(const char* mode) {
   if (!running()) return;
   note(std::string("pg_ctl stop -m ") + mode);

@@ -80,6 +80,10 @@ class PgServer final {
   void stopImmediate();
   // SIGKILL to the postmaster alone. No-op if stopped.
   void kill9();
+  // Sends sig to the postmaster, then to every other process of this server
+  // (backends, checkpointer, ...): SIGSTOP / SIGCONT freeze and thaw the
+  // whole server. Returns how many processes got it.
+  std::size_t signalAll(int sig);
   bool running();
 
   // Valid after the first start().

@@ -5,23 +5,15 @@
 
 #include "tests/integration/cluster_fixture.h"
 #include "tools/pg_server.h"
+#include "tools/sql_bank.h"
 
 namespace keel::test {
 namespace {
 
-const char* kSchema =
-    "CREATE TABLE accounts (name text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));"
-    "INSERT INTO accounts VALUES ('alice', 1000), ('bob', 0);";
+const std::string kSchema = std::string(sqlbank::kCreateTable) + "INSERT INTO accounts VALUES ('alice', 1000), ('bob', 0);";
 
-// "Debit only if the balance stays >= 0" as a guarded UPDATE that must touch one row.
-Op debit(const std::string& agent, const std::string& who, std::int64_t amount) {
-  return Op::statement(agent, "UPDATE accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1",
-                       {SqlValue::ofInt(amount), SqlValue::ofText(who)}, 1);
-}
-Op credit(const std::string& agent, const std::string& who, std::int64_t amount) {
-  return Op::statement(agent, "UPDATE accounts SET balance = balance + $1 WHERE name = $2",
-                       {SqlValue::ofInt(amount), SqlValue::ofText(who)}, 1);
-}
+using sqlbank::credit;
+using sqlbank::debit;
 
 class PostgresTest : public ClusterTest {
  protected:
@@ -142,6 +134,23 @@ TEST_F(PostgresTest, RollbackOvertakingThePreparedRecordRollsBackPostgres) {
   EXPECT_EQ(balance("bank_a", "alice"), 1000);
   EXPECT_EQ(balance("bank_b", "bob"), 0);
   EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
+TEST_F(PostgresTest, PrepareFailingAfterPostgresPreparedIsRolledBackThere) {
+  // PostgreSQL has prepared bank-b's branch, then writing the agent's
+  // PREPARED record fails (an LMDB error here; a lost reply to PREPARE
+  // TRANSACTION is the same): the call fails, no record names PostgreSQL's
+  // prepared transaction, and the agent keeps running, so no reconcile at
+  // start-up will find it. The coordinator's rollback must finish it.
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.before_prepared_durable=1*error");
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  EXPECT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)))
+      << "left in pg_prepared_xacts of bank_b: " << prepared("bank_b");
+  EXPECT_TRUE(cluster_->agentRunning("bank-b"));
+  EXPECT_EQ(balance("bank_a", "alice"), 1000);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
 }
 
 TEST_F(PostgresTest, PostgresKilledAfterPrepareCommitsOnceBack) {

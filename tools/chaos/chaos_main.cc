@@ -14,6 +14,11 @@
 // for resolution, checks the bank's invariants (tools/chaos/checker.h) and
 // writes report.json and timeline.svg into the output folder. The last line
 // is "violations: N"; the exit status is 1 if N > 0.
+//
+// --adapter postgres: the agents are postgres agents, each on its own
+// database of one PostgreSQL server (tools/chaos/pg_host.h), the transfers
+// are guarded SQL (tools/sql_bank.h), and killing or freezing PostgreSQL
+// itself joins the faults.
 
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
@@ -32,8 +37,11 @@
 #include "common/client.h"
 #include "tools/chaos/checker.h"
 #include "tools/chaos/fault_proxy.h"
+#include "tools/chaos/pg_host.h"
 #include "tools/chaos/report.h"
 #include "tools/cluster.h"
+#include "tools/pg_server.h"
+#include "tools/sql_bank.h"
 
 namespace keel::chaos {
 namespace {
@@ -60,6 +68,8 @@ struct Options {
   std::uint32_t healTimeoutS = 60;
   std::uint32_t mapSizeMb = 8192;  // long runs write millions of records
   std::string out;
+  std::string adapter = "ledger";
+  std::string firstFault;  // postgres mode: force the first fault's kind
   bool selfCheck = false;
   bool faults = true;
   std::string externalCoordinator;
@@ -69,12 +79,16 @@ struct Options {
 // ------------------------------------------------------------------ faults
 
 // Injects one fault at a time on a schedule drawn from the seed, from its
-// own thread (restarts block while a process starts up).
+// own thread (restarts block while a process starts up). With `pg` (the
+// postgres mode) PostgreSQL itself is killed or frozen too. Every other fault
+// applies to postgres agents unchanged: their failpoints are the same named
+// protocol steps, and the slow disk delays their branch log's group commit.
 class FaultInjector {
  public:
   FaultInjector(const Options& o, LocalCluster& cluster, std::map<std::string, std::unique_ptr<FaultProxy>>& proxies,
-                Timeline& timeline)
-      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), rng_(o.seed) {}
+                Timeline& timeline, PgHost* pg)
+      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), pg_(pg), rng_(o.seed),
+        forced_(o.firstFault) {}
 
   void start() {
     thread_ = std::thread([this] { run(); });
@@ -87,6 +101,7 @@ class FaultInjector {
   // Everything back to normal: proxies healed, paused processes resumed,
   // dead ones restarted clean.
   void healAll() {
+    if (pg_ != nullptr) healPostgres();  // before the agents: they need it to start
     for (auto& [n, p] : proxies_) p->heal();
     for (auto& n : cluster_.agentNames()) {
       if (cluster_.agentRunning(n)) cluster_.killAgent(n, SIGCONT);
@@ -121,6 +136,13 @@ class FaultInjector {
       std::fprintf(stderr, "keel-chaos: restarting %s: %s\n", name.c_str(), e.what());
     }
   }
+  void healPostgres() {
+    try {
+      pg_->heal();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "keel-chaos: restarting PostgreSQL: %s\n", e.what());
+    }
+  }
   void restartCoordinator(const std::string& failpoints) {
     try {
       cluster_.startCoordinator(failpoints);
@@ -145,7 +167,38 @@ class FaultInjector {
     ++counts_[kind];
   }
 
+  // Postgres mode: 10% of faults kill PostgreSQL, 5% freeze it; false if
+  // this draw is for the other faults. Drawn only in postgres mode, so the
+  // ledger schedule of a seed stays what it was.
+  bool injectPostgres() {
+    std::uint32_t kind = forced_ == "postgres-kill" ? 0 : forced_ == "postgres-pause" ? 10 : between(0, 99);
+    forced_.clear();
+    Micros t0 = wallMicros();
+    if (kind < 10) {  // a crash: SIGKILL of the postmaster or an immediate shutdown, restart after a moment
+      bool sigkill = rng_() % 2 == 0;
+      try {
+        pg_->crash(sigkill);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "keel-chaos: killing PostgreSQL: %s\n", e.what());
+      }
+      sleepFor(std::chrono::milliseconds(between(0, 1000)));
+      healPostgres();
+      record("postgres-kill", sigkill ? "postgres SIGKILL" : "postgres immediate shutdown", t0, wallMicros());
+      return true;
+    }
+    if (kind < 15) {  // every server process stopped: connections open, nothing answers
+      auto hold = std::chrono::milliseconds(between(200, 2000));
+      pg_->pause();
+      sleepFor(hold);
+      pg_->resume();
+      record("postgres-pause", "postgres", t0, wallMicros());
+      return true;
+    }
+    return false;
+  }
+
   void inject() {
+    if (pg_ != nullptr && injectPostgres()) return;
     const auto& agents = cluster_.agentNames();
     const std::string& agent = pick(agents);
     std::uint32_t kind = between(0, 99);
@@ -228,7 +281,9 @@ class FaultInjector {
   LocalCluster& cluster_;
   std::map<std::string, std::unique_ptr<FaultProxy>>& proxies_;
   Timeline& timeline_;
+  PgHost* pg_;  // postgres mode only
   std::mt19937_64 rng_;
+  std::string forced_;  // the first fault's kind, if forced
   std::atomic<bool> stop_{false};
   std::thread thread_;
   mutable std::mutex mu_;
@@ -239,10 +294,12 @@ class FaultInjector {
 
 class Workload {
  public:
+  // sql: the agents are postgres agents, so every debit and credit is sent
+  // as its guarded SQL statement (attempts keep the ledger form).
   Workload(const Options& o, kj::AsyncIoContext& io, std::string coordinator, std::vector<std::string> agents,
-           Timeline& timeline)
+           Timeline& timeline, bool sql)
       : o_(o), io_(io), coordinator_(std::move(coordinator)), agents_(std::move(agents)), timeline_(timeline),
-        rng_(o.seed * 7919 + 1), conns_(o.connections) {}
+        sql_(sql), rng_(o.seed * 7919 + 1), conns_(o.connections) {}
 
   kj::Promise<void> run(Micros untilUs) {
     until_ = untilUs;
@@ -290,7 +347,9 @@ class Workload {
         .then([this, idx](kj::Own<KeelClient>* c) {
           // A paused coordinator answers nothing: give up on the answer after
           // 10 s (it counts as lost; recovery settles the interaction).
-          return io_.provider->getTimer().timeoutAfter(10 * kj::SECONDS, (*c)->submit(attempts_[idx].ops, 5000));
+          const auto& ops = attempts_[idx].ops;
+          return io_.provider->getTimer().timeoutAfter(10 * kj::SECONDS,
+                                                        (*c)->submit(sql_ ? sqlbank::toSql(ops) : ops, 5000));
         })
         .then(
             [this, idx](SubmitOutcome o) -> kj::Promise<void> {
@@ -322,6 +381,7 @@ class Workload {
   std::string coordinator_;
   std::vector<std::string> agents_;
   Timeline& timeline_;
+  bool sql_;
   std::mt19937_64 rng_;
   std::vector<kj::Own<KeelClient>> conns_;
   std::vector<Attempt> attempts_;
@@ -341,6 +401,26 @@ kj::Promise<AgentBooks> books(kj::AsyncIoContext& io, const std::string& addr) {
       return b;
     });
   });
+}
+
+// Postgres mode: agent bank-1's database is bank_1.
+std::string dbName(const std::string& agent) {
+  std::string db = agent;
+  for (auto& ch : db) ch = ch == '-' ? '_' : ch;
+  return db;
+}
+
+// An agent's books: its branch counts from its own log, its accounts from
+// its ledger or, in postgres mode, from its database, with the database's
+// own prepared transactions.
+AgentBooks readBooks(kj::AsyncIoContext& io, const std::string& name, const std::string& addr, PgHost* pg) {
+  auto b = books(io, addr).wait(io.waitScope);
+  if (pg != nullptr) {
+    b.accounts.clear();
+    for (auto& [acct, balance] : pg->balances(dbName(name))) b.accounts[acct].balance = balance;
+    b.hostPrepared = pg->prepared(dbName(name));
+  }
+  return b;
 }
 
 std::vector<AgentBranch> allBranches(kj::AsyncIoContext& io, const std::string& name, const std::string& addr) {
@@ -367,10 +447,12 @@ std::vector<AgentBranch> allBranches(kj::AsyncIoContext& io, const std::string& 
   return out;
 }
 
-// Polls until the coordinator has nothing unfinished and no agent holds a
-// prepared or active branch; returns false on timeout.
+// Polls until the coordinator has nothing unfinished, no agent holds a
+// prepared or active branch and hostSettled() says the host systems hold no
+// prepared transaction; returns false on timeout.
 bool waitResolved(kj::AsyncIoContext& io, const std::string& coordinator,
-                  const std::map<std::string, std::string>& agents, std::chrono::seconds timeout) {
+                  const std::map<std::string, std::string>& agents, std::chrono::seconds timeout,
+                  const std::function<bool()>& hostSettled) {
   auto until = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < until) {
     try {
@@ -380,9 +462,11 @@ bool waitResolved(kj::AsyncIoContext& io, const std::string& coordinator,
         auto b = books(io, a).wait(io.waitScope);
         done = done && b.prepared == 0 && b.active == 0;
       }
-      if (done) return true;
+      if (done && hostSettled()) return true;
     } catch (const kj::Exception&) {
       // not up yet
+    } catch (const std::exception&) {
+      // PostgreSQL not answering yet
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -392,6 +476,7 @@ bool waitResolved(kj::AsyncIoContext& io, const std::string& coordinator,
 int runChaos(Options o) {
   std::filesystem::create_directories(o.out);
   Timeline timeline;
+  std::unique_ptr<PgHost> pg;  // postgres mode; outlives the cluster's agents
   std::unique_ptr<LocalCluster> cluster;
   std::map<std::string, std::unique_ptr<FaultProxy>> proxies;
   std::map<std::string, std::string> agentAddrs;  // where checkers reach each agent directly
@@ -409,6 +494,16 @@ int runChaos(Options o) {
     copts.agentInDoubtQueryMs = 3000;
     cluster = std::make_unique<LocalCluster>(copts);
     if (o.selfCheck) cluster->setAgentArgs(copts.agents[0], {"--debug-break", "commit-on-rollback"});
+    if (o.adapter == "postgres") {
+      std::vector<std::string> dbs;
+      for (auto& a : copts.agents) dbs.push_back(dbName(a));
+      pg = std::make_unique<PgHost>(dbs);
+      pg->start();
+      for (auto& a : copts.agents) {
+        test::pgQuery(pg->connString(dbName(a)), sqlbank::createAccounts(o.accountsPerAgent, o.opening));
+        cluster->setAgentArgs(a, {"--adapter", "postgres", "--postgres", pg->connString(dbName(a))});
+      }
+    }
     for (auto& a : copts.agents) cluster->startAgent(a);
     for (auto& a : copts.agents) {
       const std::string& addr = cluster->agentAddress(a);
@@ -419,8 +514,8 @@ int runChaos(Options o) {
     }
     cluster->startCoordinator();
     coordinator = cluster->coordinatorAddress();
-    std::printf("keel-chaos: seed %llu, %u s, coordinator %s, %u agents behind fault proxies%s\n",
-                (unsigned long long)o.seed, o.durationS, coordinator.c_str(), o.agents,
+    std::printf("keel-chaos: seed %llu, %u s, coordinator %s, %u %s agents behind fault proxies%s\n",
+                (unsigned long long)o.seed, o.durationS, coordinator.c_str(), o.agents, o.adapter.c_str(),
                 o.selfCheck ? ", SELF-CHECK: bank-1 commits what it is told to roll back" : "");
   } else {
     coordinator = o.externalCoordinator;
@@ -437,8 +532,9 @@ int runChaos(Options o) {
   for (auto& [n, a] : agentAddrs) agentNames.push_back(n);
 
   auto io = kj::setupAsyncIo();
-  // Accounts: one per index on every agent, each with the opening balance.
-  {
+  // Accounts: one per index on every agent, each with the opening balance
+  // (postgres mode: the tables were filled above).
+  if (!pg) {
     auto c = KeelClient::connect(io, coordinator).wait(io.waitScope);
     kj::Vector<kj::Promise<SubmitOutcome>> opens;
     for (auto& n : agentNames) {
@@ -454,19 +550,44 @@ int runChaos(Options o) {
     }
   }
   std::int64_t startTotal = 0;
+  std::map<std::string, std::int64_t> startBalances;
   for (auto& [n, a] : agentAddrs) {
-    for (auto& [acct, rec] : books(io, a).wait(io.waitScope).accounts) startTotal += rec.balance;
+    for (auto& [acct, rec] : readBooks(io, n, a, pg.get()).accounts) {
+      startTotal += rec.balance;
+      startBalances[n + ":" + acct] = rec.balance;
+    }
   }
   std::printf("keel-chaos: %zu accounts, total money %lld\n", agentNames.size() * o.accountsPerAgent,
               (long long)startTotal);
 
   Micros runStart = wallMicros();
   timeline.start(runStart);
-  Workload workload(o, io, coordinator, agentNames, timeline);
+  Workload workload(o, io, coordinator, agentNames, timeline, pg != nullptr);
   std::unique_ptr<FaultInjector> injector;
   if (o.faults) {
-    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline);
+    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline, pg.get());
     injector->start();
+  }
+  // Postgres mode: the lowest balance in the databases, once a second, from
+  // a thread of its own (a frozen server would stall the event loop).
+  std::atomic<std::int64_t> pgLowest{0};
+  std::atomic<bool> samplerStop{false};
+  std::thread pgSampler;
+  if (pg) {
+    pgSampler = std::thread([&] {
+      while (!samplerStop) {
+        for (auto& n : agentNames) {
+          try {
+            for (auto& [acct, balance] : pg->balances(dbName(n))) {
+              if (balance < pgLowest) pgLowest = balance;
+            }
+          } catch (const std::exception&) {
+            // down or frozen: skip this sample
+          }
+        }
+        for (int i = 0; i < 20 && !samplerStop; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    });
   }
   // Progress once a second, and the lowest balance seen while it runs.
   std::int64_t lowest = 0;
@@ -495,12 +616,22 @@ int runChaos(Options o) {
   workload.run(until).wait(io.waitScope);
   mon.wait(io.waitScope);
   if (injector) injector->stop();
+  samplerStop = true;
+  if (pgSampler.joinable()) pgSampler.join();
+  lowest = std::min<std::int64_t>(lowest, pgLowest);
   Micros loadEnd = wallMicros();
 
   std::printf("keel-chaos: healing everything, waiting for resolution (at most %u s)\n", o.healTimeoutS);
   Micros healStart = wallMicros();
   if (injector) injector->healAll();
-  bool resolved = waitResolved(io, coordinator, agentAddrs, std::chrono::seconds(o.healTimeoutS));
+  auto hostSettled = [&]() {
+    if (!pg) return true;
+    for (auto& n : agentNames) {
+      if (!pg->prepared(dbName(n)).empty()) return false;
+    }
+    return true;
+  };
+  bool resolved = waitResolved(io, coordinator, agentAddrs, std::chrono::seconds(o.healTimeoutS), hostSettled);
   Micros resolvedAt = wallMicros();
 
   // Collect what everyone says.
@@ -508,12 +639,13 @@ int runChaos(Options o) {
   in.attempts = std::move(workload.attempts());
   in.startTotal = startTotal;
   in.lowestBalanceSeen = lowest;
+  in.startBalances = startBalances;
   std::set<std::uint64_t> seqs;
   for (auto& [n, a] : agentAddrs) {
     auto list = allBranches(io, n, a);
     for (auto& b : list) seqs.insert(b.xid.seq);
     in.branches.insert(in.branches.end(), list.begin(), list.end());
-    in.books.push_back(books(io, a).wait(io.waitScope));
+    in.books.push_back(readBooks(io, n, a, pg.get()));
   }
   for (auto& at : in.attempts) {
     if (at.answer && at.answer->seq != 0) seqs.insert(at.answer->seq);
@@ -541,6 +673,7 @@ int runChaos(Options o) {
   r.seed = o.seed;
   r.durationS = o.durationS;
   r.agents = agentNames.size();
+  r.adapter = o.adapter;
   r.attempted = in.attempts.size();
   r.committed = workload.committed;
   r.rolledBack = workload.rolledBack;
@@ -561,6 +694,12 @@ int runChaos(Options o) {
   std::printf("%s", textReport(r).c_str());
   std::printf("keel-chaos: report.json and timeline.svg in %s\n", o.out.c_str());
   if (cluster) cluster->stopAll();
+  if (pg) {
+    // The server's folder goes with it: keep its log beside the others.
+    std::error_code ec;
+    std::filesystem::copy_file(pg->logFile(), o.out + "/cluster/postgres.log",
+                               std::filesystem::copy_options::overwrite_existing, ec);
+  }
   std::printf("violations: %zu\n", violations.size());
   return violations.empty() ? 0 : 1;
 }
@@ -587,6 +726,13 @@ int main(int argc, char** argv) {
   app.add_flag("--self-check", o.selfCheck,
                "break the protocol on purpose (an agent commits what it is told to roll back): must report violations");
   app.add_flag("!--no-faults", o.faults, "run the workload and the checks without injecting faults");
+  app.add_option("--adapter", o.adapter,
+                 "agents to start: ledger, or postgres (one PostgreSQL server, a database per agent; "
+                 "PostgreSQL is killed and frozen too)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ledger", "postgres"}));
+  app.add_option("--first-fault", o.firstFault, "postgres mode: make the first fault this one (then as drawn)")
+      ->check(CLI::IsMember({"postgres-kill", "postgres-pause"}));
   app.add_option("--coordinator", o.externalCoordinator, "use this running coordinator (no processes started)");
   app.add_option("--agent", o.externalAgents, "NAME=HOST:PORT of a running agent (with --coordinator)");
   CLI11_PARSE(app, argc, argv);
@@ -596,6 +742,21 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (o.connections > o.concurrency) o.connections = o.concurrency;
+  if (o.adapter == "postgres" && !o.externalCoordinator.empty()) {
+    std::fprintf(stderr, "keel-chaos: --adapter postgres starts its own cluster; against your own deployment the "
+                         "agents are whatever you run\n");
+    return 2;
+  }
+  if (o.adapter == "postgres" && o.selfCheck) {
+    // The self-check relies on the ledger agent's --debug-break (commit what
+    // it is told to roll back); the postgres agent has no such switch.
+    std::fprintf(stderr, "keel-chaos: --self-check breaks a ledger agent on purpose; run it with --adapter ledger\n");
+    return 2;
+  }
+  if (!o.firstFault.empty() && o.adapter != "postgres") {
+    std::fprintf(stderr, "keel-chaos: --first-fault %s needs --adapter postgres\n", o.firstFault.c_str());
+    return 2;
+  }
   try {
     return keel::chaos::runChaos(o);
   } catch (const kj::Exception& e) {

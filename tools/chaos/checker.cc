@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include "tools/sql_bank.h"
+
 namespace keel::chaos {
 
 namespace {
@@ -139,6 +141,37 @@ std::vector<Violation> check(const Input& in) {
                std::to_string(total));
   }
   if (held != 0) add(0, "money still held after healing: " + std::to_string(held));
+  for (const auto& b : in.books) {
+    for (const auto& gid : b.hostPrepared) add(0, b.agent + "'s host still holds prepared transaction " + gid);
+  }
+
+  // Every account against its committed history.
+  if (!in.startBalances.empty()) {
+    std::map<std::string, std::int64_t> expected = in.startBalances;
+    for (const auto& [seq, rec] : in.coordinator.interactions) {
+      if (rec.state != IState::Committed) continue;
+      for (const auto& br : rec.branches) {
+        for (const auto& raw : br.ops) {
+          auto op = raw.kind == OpKind::Sql ? sqlbank::fromSql(raw) : std::optional<Op>(raw);
+          if (!op || (op->kind != OpKind::Debit && op->kind != OpKind::Credit)) continue;
+          expected[op->participant + ":" + op->account] += op->kind == OpKind::Credit ? op->amount : -op->amount;
+        }
+      }
+    }
+    std::map<std::string, std::int64_t> actual;
+    for (const auto& b : in.books) {
+      for (const auto& [name, a] : b.accounts) actual[b.agent + ":" + name] = a.balance;
+    }
+    for (const auto& [acct, want] : expected) {
+      auto it = actual.find(acct);
+      if (it == actual.end()) {
+        add(0, "account " + acct + " is missing at the end");
+      } else if (it->second != want) {
+        add(0, "account " + acct + " holds " + std::to_string(it->second) + ", its committed history says " +
+                   std::to_string(want));
+      }
+    }
+  }
   if (in.lowestBalanceSeen < 0) {
     add(0, "a balance went negative during the run: " + std::to_string(in.lowestBalanceSeen));
   }

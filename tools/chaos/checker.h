@@ -34,6 +34,9 @@ struct AgentBooks {
   std::string agent;
   std::map<std::string, AccountRecord> accounts;
   std::uint32_t prepared = 0, active = 0;
+  // Transactions the host system itself still holds prepared (postgres:
+  // pg_prepared_xacts gids of the agent's database).
+  std::vector<std::string> hostPrepared;
 };
 
 // The coordinator's records of one seq (absent: it does not know the seq).
@@ -55,6 +58,11 @@ struct Input {
   CoordinatorView coordinator;        // records of every seq seen anywhere
   std::int64_t startTotal = 0;        // money when the run began
   std::int64_t lowestBalanceSeen = 0; // smallest balance sampled during the run
+  // "agent:account" -> balance when the run began. With it, every account
+  // must end at exactly that plus the debits and credits of the interactions
+  // the coordinator's records say committed (ledger operations, or the
+  // guarded SQL statements of tools/sql_bank.h).
+  std::map<std::string, std::int64_t> startBalances;
 };
 
 // Checks, each violation naming its seq when it is about one:
@@ -63,7 +71,9 @@ struct Input {
 //  - every commit acknowledged to a client is committed everywhere;
 //    every "rolled back" answer left no committed branch;
 //  - money is exactly the starting total; no balance was ever negative;
-//    nothing is held;
+//    nothing is held; every account holds exactly its committed history
+//    (each acknowledged commit's effects present, nothing else);
+//  - the host systems hold no prepared transaction;
 //  - no branch PREPARED or ACTIVE, no interaction unfinished;
 //  - the coordinator's interaction and rollback tables agree with the agents.
 std::vector<Violation> check(const Input& in);

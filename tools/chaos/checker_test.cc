@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "common/client.h"
+#include "tools/sql_bank.h"
 
 namespace keel::chaos {
 namespace {
@@ -36,6 +37,8 @@ Input cleanHistory() {
   InteractionRecord committed;
   committed.seq = 10;
   committed.state = InteractionRecord::State::Committed;
+  committed.branches = {InteractionRecord::Branch{"a", 1, InteractionRecord::BranchState::Committed, "", {transfer[0]}},
+                        InteractionRecord::Branch{"b", 2, InteractionRecord::BranchState::Committed, "", {transfer[1]}}};
   InteractionRecord rolled;
   rolled.seq = 11;
   rolled.state = InteractionRecord::State::RolledBack;
@@ -44,6 +47,7 @@ Input cleanHistory() {
   r.seq = 11;
   r.completedUs = 5;
   in.coordinator.rollbacks = {{11, r}};
+  in.startBalances = {{"a:x", 100}, {"b:y", 100}};
   return in;
 }
 
@@ -91,6 +95,38 @@ TEST(ChaosChecker, CommitUnknownToTheCoordinatorIsReported) {
   in.branches.push_back(AgentBranch{"b", Xid{13, 1}, BranchStatus::Committed, false});
   auto v = check(in);
   EXPECT_TRUE(mentions(v, 13, "no record"));
+}
+
+TEST(ChaosChecker, HostPreparedTransactionIsReported) {
+  auto in = cleanHistory();
+  in.books[1].hostPrepared = {"keel:b:12:2"};
+  auto v = check(in);
+  ASSERT_EQ(v.size(), 1u);
+  EXPECT_TRUE(mentions(v, 0, "b's host still holds prepared transaction keel:b:12:2"));
+}
+
+// Money is conserved, but the acknowledged commit's effects are missing on
+// both sides (as if both hosts had rolled their halves back).
+TEST(ChaosChecker, MissingCommittedEffectsAreReportedEvenWhenMoneyIsConserved) {
+  auto in = cleanHistory();
+  in.books[0].accounts["x"].balance = 100;
+  in.books[1].accounts["y"].balance = 100;
+  auto v = check(in);
+  EXPECT_TRUE(mentions(v, 0, "account a:x holds 100, its committed history says 70"));
+  EXPECT_TRUE(mentions(v, 0, "account b:y holds 100, its committed history says 130"));
+  EXPECT_FALSE(mentions(v, 0, "money not conserved"));
+}
+
+// The same history with postgres agents: the coordinator's records hold the
+// guarded SQL statements, which the checker reads back as debits and credits.
+TEST(ChaosChecker, SqlHistoryIsReadBack) {
+  auto in = cleanHistory();
+  for (auto& br : in.coordinator.interactions[10].branches) br.ops = sqlbank::toSql(br.ops);
+  EXPECT_TRUE(check(in).empty());
+  in.books[0].accounts["x"].balance = 71;
+  in.books[1].accounts["y"].balance = 129;
+  auto v = check(in);
+  EXPECT_TRUE(mentions(v, 0, "account a:x holds 71, its committed history says 70"));
 }
 
 }  // namespace

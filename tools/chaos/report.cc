@@ -50,8 +50,8 @@ std::string textReport(const Report& r) {
   std::ostringstream o;
   std::uint64_t faults = 0;
   for (auto& [k, n] : r.faults) faults += n;
-  o << "keel-chaos report (seed " << r.seed << ", " << r.durationS << " s, " << r.agents << " agents"
-    << (r.selfCheck ? ", self-check" : "") << ")\n"
+  o << "keel-chaos report (seed " << r.seed << ", " << r.durationS << " s, " << r.agents << " " << r.adapter
+    << " agents" << (r.selfCheck ? ", self-check" : "") << ")\n"
     << "  interactions attempted " << r.attempted << " (" << r.threeBranch << " with three branches)\n"
     << "    committed            " << r.committed << "\n"
     << "    rolled back          " << r.rolledBack << "\n"
@@ -79,6 +79,7 @@ std::string textReport(const Report& r) {
 std::string jsonReport(const Report& r, const Timeline& t) {
   std::ostringstream o;
   o << "{\"seed\":" << r.seed << ",\"duration_s\":" << r.durationS << ",\"agents\":" << r.agents
+    << ",\"adapter\":\"" << jsonEscape(r.adapter) << "\""
     << ",\"self_check\":" << (r.selfCheck ? "true" : "false") << ",\"attempted\":" << r.attempted
     << ",\"three_branch\":" << r.threeBranch << ",\"committed\":" << r.committed
     << ",\"rolled_back\":" << r.rolledBack << ",\"in_doubt\":" << r.inDoubt << ",\"answer_lost\":" << r.lost
@@ -125,7 +126,7 @@ std::string svgTimeline(const Report& r, const Timeline& t) {
       {"kill", "#d62728"},      {"pause", "#ff7f0e"},         {"latency", "#bcbd22"},
       {"reset", "#8c564b"},     {"blackhole", "#7f7f7f"},     {"loss-to-agent", "#9467bd"},
       {"loss-from-agent", "#e377c2"}, {"refuse", "#17becf"}, {"failpoint", "#2ca02c"},
-      {"slow-disk", "#1f77b4"}};
+      {"slow-disk", "#1f77b4"}, {"postgres-kill", "#000000"}, {"postgres-pause", "#c49c94"}};
   std::ostringstream o;
   o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
     << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
