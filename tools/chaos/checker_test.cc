@@ -31,8 +31,8 @@ Input cleanHistory() {
                  AgentBranch{"b", Xid{10, 2}, BranchStatus::Committed, false},
                  AgentBranch{"a", Xid{11, 1}, BranchStatus::RolledBack, false},
                  AgentBranch{"b", Xid{11, 2}, BranchStatus::RolledBack, false}};
-  AgentBooks a{"a", {{"x", AccountRecord{70, 0, false, {}}}}, 0, 0};
-  AgentBooks b{"b", {{"y", AccountRecord{130, 0, false, {}}}}, 0, 0};
+  AgentBooks a{"a", {{"x", AccountRecord{70, 0, false, {}}}}, 0, 0, {}};
+  AgentBooks b{"b", {{"y", AccountRecord{130, 0, false, {}}}}, 0, 0, {}};
   in.books = {a, b};
   InteractionRecord committed;
   committed.seq = 10;
