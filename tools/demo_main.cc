@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "common/client.h"
+#include "tools/bank.h"
 #include "tools/cluster.h"
 #include "tools/pg_server.h"
 
@@ -57,7 +58,7 @@ struct Demo {
   bool pg = false;                         // postgres agents: transfers are SQL
 
   std::string account(std::size_t agent, std::size_t i) {
-    return cluster.agentNames()[agent] + ":acct-" + std::to_string(i);
+    return cluster.agentNames()[agent] + ":" + keel::bank::accountName(i);
   }
 
   kj::Promise<void> worker() {
@@ -71,10 +72,8 @@ struct Demo {
     if (pg) {
       // The same transfer as guarded SQL: the debit must touch one row.
       const auto& names = cluster.agentNames();
-      ops = {keel::Op::statement(names[a], "UPDATE accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1",
-                                 {keel::SqlValue::ofInt(amount), keel::SqlValue::ofText("acct-" + std::to_string(from))}, 1),
-             keel::Op::statement(names[b], "UPDATE accounts SET balance = balance + $1 WHERE name = $2",
-                                 {keel::SqlValue::ofInt(amount), keel::SqlValue::ofText("acct-" + std::to_string(to))}, 1)};
+      ops = {keel::bank::sqlDebit(names[a], keel::bank::accountName(from), amount),
+             keel::bank::sqlCredit(names[b], keel::bank::accountName(to), amount)};
     } else {
       ops = keel::transferOps(account(a, from), account(b, to), amount);
     }
@@ -272,13 +271,7 @@ int main(int argc, char** argv) {
       std::printf("[0/6] starting PostgreSQL on loopback with databases bank_a and bank_b\n");
       pgServer->start();
       gPg = pgServer.get();
-      for (auto [agent, db] : {std::pair{"bank-a", "bank_a"}, std::pair{"bank-b", "bank_b"}}) {
-        std::string sql = "CREATE TABLE accounts (name text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));"
-                          "INSERT INTO accounts SELECT 'acct-' || i, " + std::to_string(opening) +
-                          " FROM generate_series(0, " + std::to_string(accounts - 1) + ") i;";
-        keel::test::pgQuery(pgServer->connString(db), sql);
-        cluster.setAgentArgs(agent, {"--adapter", "postgres", "--postgres", pgServer->connString(db)});
-      }
+      keel::bank::setUpPostgresBanks(*pgServer, cluster, accounts, opening);
     }
     std::printf("[1/6] starting agents bank-a, bank-b and the coordinator on loopback\n");
     cluster.startAll();
@@ -293,24 +286,7 @@ int main(int argc, char** argv) {
     demo.client = keel::KeelClient::connect(io, cluster.coordinatorAddress()).wait(io.waitScope);
 
     std::printf("[2/6] opening %u accounts on each agent with %lld each\n", accounts, (long long)opening);
-    if (!demo.pg) {
-      kj::Vector<kj::Promise<void>> opens;
-      std::uint64_t failed = 0;
-      for (std::size_t a = 0; a < 2; ++a) {
-        for (std::size_t i = 0; i < accounts; ++i) {
-          auto [p, acct] = keel::splitAccount(demo.account(a, i));
-          opens.add(demo.client->submit({keel::Op{p, keel::OpKind::OpenAccount, acct, opening}})
-                        .then([&failed](keel::SubmitOutcome o) {
-                          if (o.outcome != ClientOutcome::Committed) {
-                            ++failed;
-                            std::fprintf(stderr, "open failed: %s\n", o.reason.c_str());
-                          }
-                        }));
-        }
-      }
-      kj::joinPromises(opens.releaseAsArray()).wait(io.waitScope);
-      if (failed) throw std::runtime_error(std::to_string(failed) + " accounts could not be opened");
-    }
+    if (!demo.pg) keel::bank::openLedgerAccounts(io.waitScope, *demo.client, cluster.agentNames(), accounts, opening);
     Totals before = snapshot(io, cluster);
     std::printf("      total money: %lld\n", (long long)before.money);
 
