@@ -161,6 +161,17 @@ RunContext contextOf(const Flags& f) {
   return c;
 }
 
+// The machine's 1-minute load average (other work competes for the cores:
+// a number measured at load 6 on 2 cores is not one measured at load 1).
+double loadAverage() {
+  double l = -1;
+  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+    std::fclose(f);
+  }
+  return l;
+}
+
 void addComparison(JsonObject& j, const RunResult& keelRun, const RunResult& raw) {
   addRunFields(j, raw, "raw2pc_");
   // Committed transfers per second: the work both sides are there to do (a
@@ -317,6 +328,7 @@ int main(int argc, char** argv) {
         addFloorFields(j, *floor, f.concurrency == 1 ? &r : nullptr);
       }
     }
+    j.add("loadavg_1m_at_end", loadAverage());
     std::printf("%s\n", j.str().c_str());
   } catch (const kj::Exception& e) {
     std::fprintf(stderr, "keel-bench: %s\n", e.getDescription().cStr());
