@@ -89,9 +89,16 @@ void driveWindow(Live& live, const WindowOptions& opts, const std::vector<Watche
     double rate = dt > 0 ? double(answered - lastAnswered) / dt : 0;
     lastAnswered = answered;
     lastTick = Clock::now();
-    std::fprintf(stderr, "%s[%s] %-9s %5.1f/%.0f s  %8.0f interactions/s  answered %llu  errors %llu%s",
-                 tty ? "\r" : "", opts.label.c_str(), phase, at, of, rate, (unsigned long long)answered,
-                 (unsigned long long)live.failed.load(std::memory_order_relaxed), tty ? "   " : "\n");
+    // In the window, also the average so far over the window.
+    std::string sofar;
+    if (live.phase.load(std::memory_order_relaxed) == Phase::Measure && at > 0) {
+      sofar = "  window avg " +
+              std::to_string(std::uint64_t(double(live.committed.load() + live.rolledBack.load()) / at)) + "/s";
+    }
+    std::fprintf(stderr, "%s[%s] %-9s %5.1f/%.0f s  %8.0f interactions/s%s  answered %llu  errors %llu%s",
+                 tty ? "\r" : "", opts.label.c_str(), phase, at, of, rate, sofar.c_str(),
+                 (unsigned long long)answered, (unsigned long long)live.failed.load(std::memory_order_relaxed),
+                 tty ? "   " : "\n");
   };
   // Sleeps in steps of at most a second until `until`, printing progress.
   auto waitUntil = [&](Clock::time_point until, Clock::time_point from, const char* phase, double of) {
