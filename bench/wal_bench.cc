@@ -24,26 +24,10 @@
 #include "common/group_log.h"
 #include "common/records.h"
 #include "common/types.h"
+#include "common/temp_dir.h"
 
 namespace keel {
 namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/keel-bench-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Bounds the jobs in flight; done() runs on the log's writer thread.
 class Window {
@@ -98,7 +82,7 @@ class PutJob final : public GroupCommitLog::Job {
 void BM_GroupCommit(benchmark::State& state) {
   const auto inFlight = std::size_t(state.range(0));
   const std::size_t chunk = std::max<std::size_t>(64, 16 * inFlight);
-  TempDir dir;
+  TempDir dir("keel-bench");
   lmdb::Env env(dir.path(), {});
   MDB_dbi db = env.openDb("bench");
   GroupCommitLog log(env);

@@ -92,6 +92,8 @@ kj::Promise<CoordinatorInfo> KeelClient::info() {
     i.committed = resp.getCommitted();
     i.rolledBack = resp.getRolledBack();
     i.unfinished = resp.getUnfinished();
+    i.logCommits = resp.getLogCommits();
+    i.logJobs = resp.getLogJobs();
     return i;
   });
 }
@@ -129,6 +131,8 @@ kj::Promise<AgentSnapshot> AgentClient::inspect() {
     s.active = resp.getActive();
     s.committed = resp.getCommitted();
     s.rolledBack = resp.getRolledBack();
+    s.logCommits = resp.getLogCommits();
+    s.logJobs = resp.getLogJobs();
     return s;
   });
 }

@@ -27,6 +27,8 @@ struct CoordinatorInfo {
   std::uint64_t epoch = 0;
   std::vector<std::string> participants;
   std::uint64_t committed = 0, rolledBack = 0, unfinished = 0;
+  // The WAL's durable (fsync-bearing) LMDB commits and the jobs they carried.
+  std::uint64_t logCommits = 0, logJobs = 0;
 };
 
 class KeelClient {
@@ -63,6 +65,8 @@ struct AgentSnapshot {
   std::string name;
   std::vector<std::pair<std::string, AccountRecord>> accounts;
   std::uint32_t prepared = 0, active = 0, committed = 0, rolledBack = 0;
+  // The branch log's durable (fsync-bearing) LMDB commits and their jobs.
+  std::uint64_t logCommits = 0, logJobs = 0;
   std::int64_t total() const;
   std::int64_t held() const;
 };

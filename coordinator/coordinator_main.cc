@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     keel::WalStore wal(cfg.dataDir, cfg.mapSizeMb << 20);
     keel::Coordinator coordinator(cfg, io, wal);
     coordinator.recover().wait(io.waitScope);
-    keel::RpcServer server(io, kj::heap<keel::CoordinatorImpl>(coordinator));
+    keel::RpcServer server(io, kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats()));
     keel::serveUntilTerminated(io, server, cfg.listen, readyFile,
                                "clients with " + std::to_string(cfg.participants.size()) + " participants");
   } catch (const kj::Exception& e) {

@@ -87,6 +87,8 @@ kj::Promise<void> CoordinatorImpl::info(InfoContext ctx) {
   res.setCommitted(i.committed);
   res.setRolledBack(i.rolledBack);
   res.setUnfinished(i.unfinished);
+  res.setLogCommits(logStats_.commits.load(std::memory_order_relaxed));
+  res.setLogJobs(logStats_.jobs.load(std::memory_order_relaxed));
   return kj::READY_NOW;
 }
 

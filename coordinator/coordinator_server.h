@@ -2,6 +2,7 @@
 // CoordinatorImpl / TransactionImpl: thin Cap'n Proto shells around
 // Coordinator. They read parameters, call the engine, fill results.
 
+#include "common/group_log.h"
 #include "coordinator/coordinator.h"
 #include "schemas/keel.capnp.h"
 
@@ -12,7 +13,8 @@ constexpr std::size_t kMaxSubmitBatch = 1024;
 
 class CoordinatorImpl final : public wire::Coordinator::Server {
  public:
-  explicit CoordinatorImpl(Coordinator& c) : c_(c) {}
+  // logStats: the WAL's group-commit counters, reported by info().
+  CoordinatorImpl(Coordinator& c, const GroupCommitLog::Stats& logStats) : c_(c), logStats_(logStats) {}
   kj::Promise<void> submit(SubmitContext ctx) override;
   kj::Promise<void> begin(BeginContext ctx) override;
   kj::Promise<void> query(QueryContext ctx) override;
@@ -27,6 +29,7 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
 
  private:
   Coordinator& c_;
+  const GroupCommitLog::Stats& logStats_;
 };
 
 // The capability returned by begin(): it IS the interactive transaction.

@@ -136,6 +136,9 @@ kj::Promise<void> ParticipantImpl::inspect(InspectContext ctx) {
   res.setActive(c.active);
   res.setCommitted(c.committed);
   res.setRolledBack(c.rolledBack);
+  auto& ls = agent_.branchLog().log().stats();
+  res.setLogCommits(ls.commits.load(std::memory_order_relaxed));
+  res.setLogJobs(ls.jobs.load(std::memory_order_relaxed));
   return kj::READY_NOW;
 }
 

@@ -120,7 +120,10 @@ interface Participant {
   # Operator and test view: every account and the branch count by state.
   inspect @6 () -> (name :Text, accounts :List(AccountInfo),
                     prepared :UInt32, active :UInt32, committed :UInt32,
-                    rolledBack :UInt32);
+                    rolledBack :UInt32,
+                    logCommits :UInt64, logJobs :UInt64);
+  # logCommits / logJobs: the branch log's durable LMDB commits (each one
+  # fsync-bearing) and the jobs they carried, since the agent started.
 
   # Outcome of given branches as the agent knows them (no change made).
   status @7 (xids :List(Xid)) -> (branches :List(BranchInfo), known :List(Bool));
@@ -203,7 +206,10 @@ interface Coordinator {
 
   # Coordinator identity and counters.
   info @4 () -> (nodeId :UInt16, epoch :UInt64, participants :List(Text),
-                 committed :UInt64, rolledBack :UInt64, unfinished :UInt64);
+                 committed :UInt64, rolledBack :UInt64, unfinished :UInt64,
+                 logCommits :UInt64, logJobs :UInt64);
+  # logCommits / logJobs: the WAL's durable LMDB commits (each one
+  # fsync-bearing) and the jobs they carried, since the process started.
 
   # Asked by an agent whose branch has been PREPARED too long.
   outcome @5 (seq :UInt64) -> (outcome :DecisionOutcome);

@@ -22,9 +22,9 @@
 #include <thread>
 
 #include "common/client.h"
+#include "tools/bank.h"
 #include "tools/cluster.h"
 #include "tools/pg_server.h"
-#include "tools/sql_bank.h"
 
 namespace {
 
@@ -59,7 +59,7 @@ struct Demo {
   bool batch = true;                       // client submits travel in submitBatch messages
 
   std::string account(std::size_t agent, std::size_t i) {
-    return cluster.agentNames()[agent] + ":acct-" + std::to_string(i);
+    return cluster.agentNames()[agent] + ":" + keel::bank::accountName(i);
   }
 
   kj::Promise<void> worker() {
@@ -73,8 +73,8 @@ struct Demo {
     if (pg) {
       // The same transfer as guarded SQL: the debit must touch one row.
       const auto& names = cluster.agentNames();
-      ops = {keel::sqlbank::debit(names[a], "acct-" + std::to_string(from), amount),
-             keel::sqlbank::credit(names[b], "acct-" + std::to_string(to), amount)};
+      ops = {keel::bank::sqlDebit(names[a], keel::bank::accountName(from), amount),
+             keel::bank::sqlCredit(names[b], keel::bank::accountName(to), amount)};
     } else {
       ops = keel::transferOps(account(a, from), account(b, to), amount);
     }
@@ -275,10 +275,7 @@ int main(int argc, char** argv) {
       std::printf("[0/6] starting PostgreSQL on loopback with databases bank_a and bank_b\n");
       pgServer->start();
       gPg = pgServer.get();
-      for (auto [agent, db] : {std::pair{"bank-a", "bank_a"}, std::pair{"bank-b", "bank_b"}}) {
-        keel::test::pgQuery(pgServer->connString(db), keel::sqlbank::createAccounts(accounts, opening));
-        cluster.setAgentArgs(agent, {"--adapter", "postgres", "--postgres", pgServer->connString(db)});
-      }
+      keel::bank::setUpPostgresBanks(*pgServer, cluster, accounts, opening);
     }
     std::printf("[1/6] starting agents bank-a, bank-b and the coordinator on loopback\n");
     cluster.startAll();
@@ -295,24 +292,7 @@ int main(int argc, char** argv) {
     if (demo.batch) demo.client->enableBatching();
 
     std::printf("[2/6] opening %u accounts on each agent with %lld each\n", accounts, (long long)opening);
-    if (!demo.pg) {
-      kj::Vector<kj::Promise<void>> opens;
-      std::uint64_t failed = 0;
-      for (std::size_t a = 0; a < 2; ++a) {
-        for (std::size_t i = 0; i < accounts; ++i) {
-          auto [p, acct] = keel::splitAccount(demo.account(a, i));
-          opens.add(demo.client->submit({keel::Op{p, keel::OpKind::OpenAccount, acct, opening}})
-                        .then([&failed](keel::SubmitOutcome o) {
-                          if (o.outcome != ClientOutcome::Committed) {
-                            ++failed;
-                            std::fprintf(stderr, "open failed: %s\n", o.reason.c_str());
-                          }
-                        }));
-        }
-      }
-      kj::joinPromises(opens.releaseAsArray()).wait(io.waitScope);
-      if (failed) throw std::runtime_error(std::to_string(failed) + " accounts could not be opened");
-    }
+    if (!demo.pg) keel::bank::openLedgerAccounts(io.waitScope, *demo.client, cluster.agentNames(), accounts, opening);
     Totals before = snapshot(io, cluster);
     std::printf("      total money: %lld\n", (long long)before.money);
 

@@ -1,5 +1,7 @@
 #include "tools/pg_server.h"
 
+#include "tools/bank_sql.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -617,17 +619,16 @@ BaselineResult localTransferBaseline(const std::string& conn, std::uint32_t tran
       };
       while (next.fetch_add(1) < transfers) {
         std::string amount = std::to_string(1 + rnd() % 200);
-        std::string from = "acct-" + std::to_string(rnd() % accounts), to = "acct-" + std::to_string(rnd() % accounts);
+        std::string from = keel::bank::accountName(rnd() % accounts), to = keel::bank::accountName(rnd() % accounts);
         auto t0 = std::chrono::steady_clock::now();
         PQclear(PQexec(c, "BEGIN"));
         const char* p1[] = {amount.c_str(), from.c_str()};
-        PGresult* r = PQexecParams(c, "UPDATE accounts SET balance = balance - $1::bigint WHERE name = $2 AND balance >= $1::bigint",
-                                   2, nullptr, p1, nullptr, nullptr, 0);
+        PGresult* r = PQexecParams(c, keel::bank::kSqlDebit, 2, nullptr, p1, nullptr, nullptr, 0);
         bool ok = PQresultStatus(r) == PGRES_COMMAND_OK && std::string(PQcmdTuples(r)) == "1";
         PQclear(r);
         if (ok) {
           const char* p2[] = {amount.c_str(), to.c_str()};
-          r = PQexecParams(c, "UPDATE accounts SET balance = balance + $1::bigint WHERE name = $2", 2, nullptr, p2,
+          r = PQexecParams(c, keel::bank::kSqlCredit, 2, nullptr, p2,
                            nullptr, nullptr, 0);
           ok = PQresultStatus(r) == PGRES_COMMAND_OK;
           PQclear(r);

@@ -11,15 +11,16 @@
 #include <vector>
 
 #include "common/types.h"
+#include "tools/bank_sql.h"
 
 namespace keel::sqlbank {
 
-// The balance can never go below zero, whatever reaches the table.
-inline constexpr const char* kCreateTable =
-    "CREATE TABLE accounts (name text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));";
+// The statements' texts live in tools/bank_sql.h (shared with keel-bench's
+// raw2pc baseline, which runs them without Keel).
+inline constexpr const char* kCreateTable = bank::kSqlCreateTable;
 // "Debit only if the balance stays >= 0": a guarded UPDATE that must touch one row.
-inline constexpr const char* kDebit = "UPDATE accounts SET balance = balance - $1 WHERE name = $2 AND balance >= $1";
-inline constexpr const char* kCredit = "UPDATE accounts SET balance = balance + $1 WHERE name = $2";
+inline constexpr const char* kDebit = bank::kSqlDebit;
+inline constexpr const char* kCredit = bank::kSqlCredit;
 
 inline Op debit(const std::string& participant, const std::string& account, std::int64_t amount) {
   return Op::statement(participant, kDebit, {SqlValue::ofInt(amount), SqlValue::ofText(account)}, 1);
@@ -30,8 +31,7 @@ inline Op credit(const std::string& participant, const std::string& account, std
 
 // The table with accounts acct-0 .. acct-(count-1), `opening` each.
 inline std::string createAccounts(std::uint32_t count, std::int64_t opening) {
-  return std::string(kCreateTable) + "INSERT INTO accounts SELECT 'acct-' || i, " + std::to_string(opening) +
-         " FROM generate_series(0, " + std::to_string(std::int64_t(count) - 1) + ") i;";
+  return bank::createAccountsSql(count, opening);
 }
 
 // A ledger Debit or Credit as its SQL statement (the same account name).

@@ -29,6 +29,25 @@ TEST_F(ClusterTest, CommitAcrossTwoAgents) {
   EXPECT_GE(q->interaction.completedUs, q->interaction.decidedUs);
 }
 
+TEST_F(ClusterTest, InfoAndInspectCountDurableLogCommits) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  auto c0 = client_->info().wait(io_.waitScope);
+  auto a0 = inspect("bank-a"), b0 = inspect("bank-b");
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 1));
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  auto c1 = client_->info().wait(io_.waitScope);
+  auto a1 = inspect("bank-a"), b1 = inspect("bank-b");
+  // The COMMIT decision and each PREPARED branch were made durable before
+  // the answer: at least one fsync-bearing commit on each log.
+  EXPECT_GT(c1.logCommits, c0.logCommits);
+  EXPECT_GT(a1.logCommits, a0.logCommits);
+  EXPECT_GT(b1.logCommits, b0.logCommits);
+  // A durable commit carries one job or more.
+  EXPECT_GE(c1.logJobs - c0.logJobs, c1.logCommits - c0.logCommits);
+  EXPECT_GE(a1.logJobs - a0.logJobs, a1.logCommits - a0.logCommits);
+}
+
 TEST_F(ClusterTest, NoVoteRollsBackEverythingAndWritesRollbackRecord) {
   open("bank-a", "alice", 100);
   open("bank-b", "bob", 50);

@@ -22,28 +22,14 @@
 #include <string>
 #include <vector>
 
+#include "common/temp_dir.h"
+
 namespace keel::test {
 
-// A fresh directory under /tmp (mkdtemp), removed with its contents.
-class TempDir {
+// A fresh directory under /tmp, removed with its contents.
+class TempDir : public keel::TempDir {
  public:
-  TempDir() {
-    char tmpl[] = "/tmp/keel-unit-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : keel::TempDir("keel-unit") {}
 };
 
 // Writes one u64 to fd; a write of 8 bytes to a pipe is atomic.

@@ -1,0 +1,34 @@
+#pragma once
+// The physical floor of one two-phase interaction on this machine, measured
+// in the same run as the load:
+//   rtt    one Cap'n Proto round trip over loopback to an agent
+//          (Participant.status with an empty list: no work, no disk)
+//   commit one durable LMDB commit of a small record (default, durable
+//          flags) in a fresh environment on the data directory's filesystem
+// floor = 2 x rtt (client -> coordinator, coordinator -> agent prepare)
+//       + 2 x commit (the agent's PREPARED, the coordinator's COMMIT).
+// Each is the median of `samples` serial samples, after a short warm-up.
+
+#include <kj/async-io.h>
+
+#include <cstdint>
+#include <string>
+
+namespace keel::bench {
+
+struct FloorResult {
+  double rttUs = 0, lmdbCommitUs = 0;
+  std::uint32_t samples = 0;
+  double floorUs() const { return 2 * rttUs + 2 * lmdbCommitUs; }
+};
+
+// agentAddr: host:port of a running agent; dir: a directory on the
+// filesystem to measure (a scratch environment is made in it and removed).
+FloorResult measureFloor(kj::AsyncIoContext& io, const std::string& agentAddr, const std::string& dir,
+                         std::uint32_t samples);
+
+// Each alone, for the micro benchmarks and tests.
+double medianRpcRoundTripUs(kj::AsyncIoContext& io, const std::string& agentAddr, std::uint32_t samples);
+double medianLmdbCommitUs(const std::string& dir, std::uint32_t samples);
+
+}  // namespace keel::bench

@@ -1,0 +1,351 @@
+// keel-bench: drives a Keel deployment (self-started on loopback, or given
+// by address) with a workload and reports throughput, latency, CPU seconds
+// per process and durable log commits per interaction; optionally the
+// physical floor, the raw2pc baseline on PostgreSQL and a concurrency sweep.
+// The last line of stdout is one JSON object. See docs/performance.md.
+
+#include <CLI/CLI.hpp>
+#include <kj/async-io.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+#include "bench/floor.h"
+#include "bench/keel_load.h"
+#include "bench/raw2pc.h"
+#include "bench/report.h"
+#include "bench/sweep.h"
+#include "tools/bank.h"
+#include "tools/cluster.h"
+#include "tools/pg_server.h"
+
+namespace {
+
+using namespace keel::bench;
+
+struct Flags {
+  std::string coordinator;
+  std::vector<std::string> agentAddrs;  // NAME=HOST:PORT
+  std::vector<std::string> pids;        // NAME=PID
+  std::uint32_t agents = 0;             // self-started; 0 = what the workload needs, at least 2
+  std::string adapter = "ledger";
+  std::string mode = "keel";
+  bool compare = false;
+  WorkloadSpec spec;
+  std::uint32_t concurrency = 64, connections = 4, threads = 1;
+  double duration = 10, warmup = 2;
+  bool floor = false;
+  std::uint32_t floorSamples = 2000;
+  bool sweep = false;
+  std::vector<std::uint32_t> sweepLevels = {1, 8, 32, 64, 128};
+  std::string out = "keel-bench-out";
+  bool keep = false, quiet = false;
+  std::uint64_t seed = 1;
+};
+
+std::pair<std::string, std::string> splitEq(const std::string& s, const char* flag) {
+  auto eq = s.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == s.size()) {
+    throw CLI::ValidationError(flag, "'" + s + "' is not NAME=VALUE");
+  }
+  return {s.substr(0, eq), s.substr(eq + 1)};
+}
+
+// Everything a run needs, self-started or external.
+struct Setup {
+  std::string baseDir;  // data, logs, floor scratch
+  bool ownBaseDir = false;
+  std::unique_ptr<keel::test::PgServer> pg;
+  std::unique_ptr<keel::LocalCluster> cluster;
+  Deployment deployment;
+  std::vector<std::string> conninfo;  // postgres: one per agent
+};
+
+std::string agentName(std::size_t i) { return std::string("bank-") + char('a' + i); }
+
+void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoContext& io) {
+  if (!f.coordinator.empty()) {
+    s.baseDir = keel::makeTempDir("keel-bench");
+    s.ownBaseDir = true;
+    s.deployment.coordinator = f.coordinator;
+    for (auto& a : f.agentAddrs) s.deployment.agents.push_back(splitEq(a, "--agent"));
+    for (auto& p : f.pids) {
+      auto [name, pid] = splitEq(p, "--pid");
+      s.deployment.processes.push_back(WatchedProcess{name, pid_t(std::stol(pid)), false});
+    }
+  } else {
+    s.baseDir = keel::makeTempDir("keel-bench");
+    s.ownBaseDir = true;
+    keel::ClusterOptions copts;
+    copts.binDir = keel::selfBinDir();
+    copts.baseDir = s.baseDir;
+    copts.agents.clear();
+    for (std::uint32_t i = 0; i < f.agents; ++i) copts.agents.push_back(agentName(i));
+    s.cluster = std::make_unique<keel::LocalCluster>(copts);
+    if (f.adapter == "postgres") {
+      keel::test::PgServerOptions po;
+      for (auto& a : copts.agents) po.databases.push_back(keel::bank::databaseFor(a));
+      // Room for every prepared branch (Keel answers the client before
+      // phase 2, so more are prepared than outstanding), and for every
+      // connection: raw2pc's clients and the agents' pools.
+      po.maxPreparedTransactions = int(4 * maxConcurrency + 256);
+      po.settings = {"max_connections=" + std::to_string(f.agents * 2 * maxConcurrency + 50)};
+      s.pg = std::make_unique<keel::test::PgServer>("", po);  // its own folder, owned by postgres
+      std::fprintf(stderr, "keel-bench: starting PostgreSQL\n");
+      s.pg->start();
+      // The agents' pools as large as the load, so the pool is not the limit.
+      keel::bank::setUpPostgresBanks(*s.pg, *s.cluster, f.spec.accounts, kOpeningBalance, maxConcurrency);
+      for (auto& a : copts.agents) s.conninfo.push_back(s.pg->connString(keel::bank::databaseFor(a)));
+    }
+    std::fprintf(stderr, "keel-bench: starting %u agents and the coordinator in %s\n", f.agents, s.baseDir.c_str());
+    s.cluster->startAll();
+    s.deployment.coordinator = s.cluster->coordinatorAddress();
+    s.deployment.processes.push_back(WatchedProcess{"coordinator", s.cluster->coordinatorPid(), false});
+    for (auto& a : copts.agents) {
+      s.deployment.agents.emplace_back(a, s.cluster->agentAddress(a));
+      s.deployment.processes.push_back(WatchedProcess{a, s.cluster->agentPid(a), false});
+    }
+    if (s.pg) s.deployment.processes.push_back(WatchedProcess{"postgres", s.pg->pid(), true});
+  }
+  s.deployment.processes.push_back(WatchedProcess{"keel-bench", ::getpid(), false});
+  if (f.adapter == "ledger" && f.mode == "keel") {
+    auto client = keel::KeelClient::connect(io, s.deployment.coordinator).wait(io.waitScope);
+    std::vector<std::string> names;
+    for (auto& [n, a] : s.deployment.agents) names.push_back(n);
+    std::fprintf(stderr, "keel-bench: opening %u accounts on each agent\n", f.spec.accounts);
+    keel::bank::openLedgerAccounts(io.waitScope, *client, names, f.spec.accounts, kOpeningBalance);
+  }
+}
+
+RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const std::string& mode,
+                 std::uint32_t concurrency) {
+  WindowOptions w;
+  w.warmupS = f.warmup;
+  w.durationS = f.duration;
+  w.progress = !f.quiet;
+  w.label = mode + " c=" + std::to_string(concurrency);
+  if (mode == "raw2pc") {
+    Raw2pcOptions o;
+    o.conninfo = s.conninfo;
+    o.concurrency = concurrency;
+    o.window = w;
+    o.seed = f.seed;
+    return runRaw2pc(f.spec, o, s.deployment.processes);
+  }
+  LoadOptions o;
+  o.concurrency = concurrency;
+  o.connections = f.connections;
+  o.threads = f.threads;
+  o.window = w;
+  o.seed = f.seed;
+  return runKeelLoad(io, s.deployment, f.spec, o);
+}
+
+RunContext contextOf(const Flags& f) {
+  RunContext c;
+  c.adapter = f.adapter;
+  c.workload = f.spec.kind;
+  c.participants = f.spec.width();
+  c.accounts = f.spec.accounts;
+  c.agents = std::uint32_t(f.spec.agents.size());
+  c.threads = f.threads;
+  c.rollbackPercent = f.spec.rollbackPercent;
+  c.readPercent = f.spec.readPercent;
+  c.warmupS = f.warmup;
+  c.durationS = f.duration;
+  return c;
+}
+
+// The machine's 1-minute load average (other work competes for the cores:
+// a number measured at load 6 on 2 cores is not one measured at load 1).
+double loadAverage() {
+  double l = -1;
+  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+    std::fclose(f);
+  }
+  return l;
+}
+
+void addComparison(JsonObject& j, const RunResult& keelRun, const RunResult& raw) {
+  addRunFields(j, raw, "raw2pc_");
+  // Committed transfers per second: the work both sides are there to do (a
+  // rollback is cheaper, so counting it would flatter the side with more).
+  j.add("keel_over_raw2pc", raw.committedPerSecond() > 0 ? keelRun.committedPerSecond() / raw.committedPerSecond() : 0.0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags f;
+  CLI::App app{"keel-bench: load, latency, CPU and durable log commits of a Keel deployment (see docs/performance.md)"};
+  app.add_option("--coordinator", f.coordinator, "HOST:PORT of a running coordinator (default: start one on loopback)");
+  app.add_option("--agent", f.agentAddrs, "NAME=HOST:PORT of a running agent (repeat; with --coordinator)");
+  app.add_option("--pid", f.pids, "NAME=PID of a running Keel process, for its CPU seconds (repeat)");
+  app.add_option("--agents", f.agents, "agents to start (default: 2, or --participants for multi)")
+      ->check(CLI::Range(1u, 26u));
+  app.add_option("--adapter", f.adapter, "ledger or postgres (starts a PostgreSQL server, one database per agent)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ledger", "postgres"}));
+  app.add_option("--mode", f.mode, "keel (through the coordinator) or raw2pc (libpq 2PC, no manager; postgres)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"keel", "raw2pc"}));
+  app.add_flag("--compare", f.compare, "postgres: run keel, then raw2pc on the same databases; report the ratio");
+  app.add_option("--workload", f.spec.kind, "transfer (2 agents), single (one-phase) or multi (--participants)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"transfer", "single", "multi"}));
+  app.add_option("--participants", f.spec.participants, "participants per interaction for --workload multi")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 5u));
+  app.add_option("--rollback-percent", f.spec.rollbackPercent, "share that overdraws on purpose (rolled back)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 100u));
+  app.add_option("--read-percent", f.spec.readPercent, "share that only reads balances (read-only)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 100u));
+  app.add_option("--accounts", f.spec.accounts, "accounts per agent (fewer = more contention)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1000000u));
+  app.add_option("--concurrency", f.concurrency, "outstanding interactions")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 4096u));
+  app.add_option("--connections", f.connections, "connections to the coordinator (concurrency spread over them)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 256u));
+  app.add_option("--threads", f.threads, "client threads, each with its own event loop and connections")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 64u));
+  app.add_option("--duration", f.duration, "seconds measured")->capture_default_str()->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--warmup", f.warmup, "seconds of load before measuring")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 600.0));
+  app.add_flag("--floor", f.floor, "measure the floor (RPC round trip, durable LMDB commit) in the same run");
+  app.add_option("--floor-samples", f.floorSamples, "samples per floor median")
+      ->capture_default_str()
+      ->check(CLI::Range(10u, 1000000u));
+  app.add_flag("--sweep", f.sweep, "run each of --sweep-levels, write a table and a plot to --out (implies --floor)");
+  app.add_option("--sweep-levels", f.sweepLevels, "concurrency levels of --sweep")->delimiter(',')->capture_default_str()
+      ->check(CLI::Range(1u, 4096u));
+  app.add_option("--out", f.out, "where --sweep writes sweep.md, sweep.csv and sweep.svg")->capture_default_str();
+  app.add_flag("--keep", f.keep, "keep the data folder and logs");
+  app.add_flag("--quiet", f.quiet, "no progress lines");
+  app.add_option("--seed", f.seed, "workload random seed")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  auto usage = [&](const std::string& msg) {
+    std::fprintf(stderr, "keel-bench: %s\n", msg.c_str());
+    return 2;
+  };
+  if (!f.coordinator.empty() && f.agentAddrs.empty()) return usage("--coordinator needs --agent NAME=HOST:PORT for each agent");
+  if (f.coordinator.empty() && !f.agentAddrs.empty()) return usage("--agent needs --coordinator");
+  if (!f.coordinator.empty() && f.agents != 0) return usage("--agents starts a deployment; not with --coordinator");
+  if (!f.coordinator.empty() && f.adapter == "postgres") {
+    return usage("--adapter postgres starts its own PostgreSQL and deployment; not with --coordinator");
+  }
+  if ((f.mode == "raw2pc" || f.compare) && f.adapter != "postgres") return usage("raw2pc and --compare need --adapter postgres");
+  if (f.compare && f.mode == "raw2pc") return usage("--compare runs both modes: leave --mode at keel");
+  if ((f.mode == "raw2pc" || f.compare) && (f.spec.kind != "transfer" || f.spec.readPercent != 0)) {
+    return usage("raw2pc runs the transfer workload only (--workload transfer, --read-percent 0)");
+  }
+  if (f.spec.kind != "multi" && app.count("--participants")) return usage("--participants is for --workload multi");
+  if (f.coordinator.empty() && f.agents == 0) f.agents = std::max<std::uint32_t>(2, f.spec.width());
+  if (f.coordinator.empty()) {
+    for (std::uint32_t i = 0; i < f.agents; ++i) f.spec.agents.push_back(agentName(i));
+  } else {
+    for (auto& a : f.agentAddrs) f.spec.agents.push_back(splitEq(a, "--agent").first);
+  }
+  f.spec.adapter = f.adapter == "postgres" ? Adapter::Postgres : Adapter::Ledger;
+  if (auto err = f.spec.check(); !err.empty()) return usage(err);
+  if (f.sweep) f.floor = true;
+  std::uint32_t maxConcurrency = f.concurrency;
+  if (f.sweep) maxConcurrency = *std::max_element(f.sweepLevels.begin(), f.sweepLevels.end());
+
+  int rc = 0;
+  Setup s;
+  try {
+    auto io = kj::setupAsyncIo();
+    setUp(s, f, maxConcurrency, io);
+    RunContext ctx = contextOf(f);
+    std::optional<FloorResult> floor;
+    if (f.floor) {
+      std::fprintf(stderr, "keel-bench: measuring the floor (%u samples each)\n", f.floorSamples);
+      floor = measureFloor(io, s.deployment.agents.front().second, s.baseDir, f.floorSamples);
+    }
+    JsonObject j;
+    if (f.sweep) {
+      std::vector<SweepPoint> points;
+      std::vector<std::string> lines;
+      for (auto c : f.sweepLevels) {
+        SweepPoint p{runOne(io, s, f, f.mode, c), std::nullopt};
+        printRun(stdout, p.keel, ctx);
+        if (f.compare) {
+          p.raw2pc = runOne(io, s, f, "raw2pc", c);
+          printRun(stdout, *p.raw2pc, ctx);
+        }
+        JsonObject pj;
+        addRunFields(pj, p.keel);
+        if (p.raw2pc) addComparison(pj, p.keel, *p.raw2pc);
+        lines.push_back(pj.str());
+        points.push_back(std::move(p));
+        std::fflush(stdout);
+      }
+      std::printf("\n%s", sweepMarkdown(points).c_str());
+      const RunResult* single = nullptr;
+      for (auto& p : points) {
+        if (p.keel.concurrency == 1) single = &p.keel;
+      }
+      if (floor) printFloor(stdout, *floor, single);
+      std::string title = "keel-bench " + f.adapter + "/" + f.spec.kind + (f.compare ? " vs raw2pc" : "") + ", " +
+                          std::to_string(f.duration) .substr(0, 4) + " s per level";
+      for (auto& path : writeSweep(f.out, points, title)) std::printf("wrote %s\n", path.c_str());
+      addContextFields(j, ctx);
+      if (floor) addFloorFields(j, *floor, single);
+      std::string arr = "[";
+      for (std::size_t i = 0; i < lines.size(); ++i) arr += (i ? "," : "") + lines[i];
+      j.addRaw("sweep", arr + "]");
+      // The headline fields at the top level too: those of the highest level.
+      addRunFields(j, points.back().keel);
+    } else {
+      auto r = runOne(io, s, f, f.mode, f.concurrency);
+      printRun(stdout, r, ctx);
+      addContextFields(j, ctx);
+      addRunFields(j, r);
+      if (f.compare) {
+        auto raw = runOne(io, s, f, "raw2pc", f.concurrency);
+        printRun(stdout, raw, ctx);
+        std::printf("keel / raw2pc: %.2f of the committed transfers per second, p50 %llu vs %llu us\n",
+                    raw.committedPerSecond() > 0 ? r.committedPerSecond() / raw.committedPerSecond() : 0.0,
+                    (unsigned long long)r.latency.percentile(50), (unsigned long long)raw.latency.percentile(50));
+        addComparison(j, r, raw);
+      }
+      if (floor) {
+        printFloor(stdout, *floor, f.concurrency == 1 ? &r : nullptr);
+        addFloorFields(j, *floor, f.concurrency == 1 ? &r : nullptr);
+      }
+    }
+    j.add("loadavg_1m_at_end", loadAverage());
+    std::printf("%s\n", j.str().c_str());
+  } catch (const kj::Exception& e) {
+    std::fprintf(stderr, "keel-bench: %s\n", e.getDescription().cStr());
+    rc = 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "keel-bench: %s\n", e.what());
+    rc = 1;
+  }
+  if (s.cluster) s.cluster->stopAll();
+  s.pg.reset();
+  if (s.ownBaseDir) {
+    if (f.keep || rc != 0) {
+      std::fprintf(stderr, "keel-bench: data and logs kept in %s\n", s.baseDir.c_str());
+    } else {
+      std::error_code ec;
+      std::filesystem::remove_all(s.baseDir, ec);
+    }
+  }
+  return rc;
+}

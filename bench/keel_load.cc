@@ -1,0 +1,164 @@
+#include "bench/keel_load.h"
+
+#include <kj/async-io.h>
+
+#include <memory>
+#include <stdexcept>
+#include <thread>
+
+#include "common/client.h"
+
+namespace keel::bench {
+
+namespace {
+
+// Interactions still unanswered this long after the window closed are
+// counted as errors and abandoned, so a hung deployment cannot hang us.
+constexpr auto kDrainLimit = 30 * kj::SECONDS;
+// After a failed call, a worker waits this long before the next one (a
+// dead connection fails at once: without the pause the loop would spin).
+constexpr auto kErrorPause = 10 * kj::MILLISECONDS;
+
+class ClientThread final : public LoadClient {
+ public:
+  ClientThread(const Deployment& d, const WorkloadSpec& spec, Live& live, std::vector<std::uint32_t> workersPerConn,
+               std::uint64_t seed)
+      : d_(d), live_(live), workersPerConn_(std::move(workersPerConn)), workload_(spec, seed) {}
+
+  ~ClientThread() override { join(); }
+
+ private:
+  void run(std::latch& ready) override {
+    bool counted = false;
+    try {
+      auto io = kj::setupAsyncIo();
+      auto& timer = io.provider->getTimer();
+      std::vector<kj::Own<KeelClient>> clients;
+      for (std::size_t c = 0; c < workersPerConn_.size(); ++c) {
+        clients.push_back(KeelClient::connect(io, d_.coordinator).wait(io.waitScope));
+      }
+      counted = true;
+      ready.count_down();
+      kj::Vector<kj::Promise<void>> workers;
+      for (std::size_t c = 0; c < clients.size(); ++c) {
+        for (std::uint32_t k = 0; k < workersPerConn_[c]; ++k) workers.add(loop(*clients[c], timer));
+      }
+      auto bound = untilStop(timer).then([&timer]() { return timer.afterDelay(kDrainLimit); }).then([this]() {
+        live_.error("interactions still unanswered 30 s after the window closed");
+      });
+      kj::joinPromises(workers.releaseAsArray()).exclusiveJoin(kj::mv(bound)).wait(io.waitScope);
+    } catch (const kj::Exception& e) {
+      if (!counted) connectError_ = e.getDescription().cStr();
+      live_.error(e.getDescription().cStr());
+    } catch (const std::exception& e) {
+      if (!counted) connectError_ = e.what();
+      live_.error(e.what());
+    }
+    if (!counted) ready.count_down();
+  }
+
+  kj::Promise<void> untilStop(kj::Timer& timer) {
+    if (live_.phase.load(std::memory_order_relaxed) == Phase::Stop) return kj::READY_NOW;
+    return timer.afterDelay(20 * kj::MILLISECONDS).then([this, &timer]() { return untilStop(timer); });
+  }
+
+  kj::Promise<void> loop(KeelClient& client, kj::Timer& timer) {
+    if (live_.phase.load(std::memory_order_relaxed) == Phase::Stop) return kj::READY_NOW;
+    auto it = workload_.next();
+    const bool intendRollback = it.intent == Interaction::Intent::Rollback;
+    const auto t0 = monoMicros();
+    return client.submit(it.ops)
+        .then(
+            [this, intendRollback, t0, &timer](SubmitOutcome o) -> kj::Promise<void> {
+              auto us = monoMicros() - t0;
+              switch (o.outcome) {
+                case ClientOutcome::Committed:
+                  if (intendRollback) {
+                    countError(live_, "seq " + std::to_string(o.seq) + ": an overdraft committed");
+                  } else {
+                    countAnswer(live_, hist_, us, true, false);
+                  }
+                  return kj::READY_NOW;
+                case ClientOutcome::RolledBack:
+                  countAnswer(live_, hist_, us, false, intendRollback);
+                  if (!intendRollback) live_.unexpectedRollback("seq " + std::to_string(o.seq) + ": " + o.reason);
+                  return kj::READY_NOW;
+                default:
+                  countError(live_, std::string(clientOutcomeName(o.outcome)) + ": " + o.reason);
+                  return timer.afterDelay(kErrorPause);
+              }
+            },
+            [this, &timer](kj::Exception&& e) -> kj::Promise<void> {
+              countError(live_, e.getDescription().cStr());
+              return timer.afterDelay(kErrorPause);
+            })
+        .then([this, &client, &timer]() { return loop(client, timer); });
+  }
+
+  const Deployment& d_;
+  Live& live_;
+  std::vector<std::uint32_t> workersPerConn_;
+  Workload workload_;
+};
+
+struct LogSnapshot {
+  std::uint64_t coordCommits = 0, coordJobs = 0;
+  std::vector<AgentLogCommits> agents;
+};
+
+LogSnapshot readLogCounters(kj::AsyncIoContext& io, KeelClient& coordinator,
+                            std::vector<std::pair<std::string, kj::Own<AgentClient>>>& agents) {
+  // All asked at once, so the snapshot is as close to one instant as it gets.
+  auto info = coordinator.info();
+  kj::Vector<kj::Promise<AgentSnapshot>> inspects;
+  for (auto& [name, a] : agents) inspects.add(a->inspect());
+  auto i = info.wait(io.waitScope);
+  auto snaps = kj::joinPromises(inspects.releaseAsArray()).wait(io.waitScope);
+  LogSnapshot s{i.logCommits, i.logJobs, {}};
+  for (std::size_t k = 0; k < agents.size(); ++k) {
+    s.agents.push_back(AgentLogCommits{agents[k].first, snaps[k].logCommits, snaps[k].logJobs});
+  }
+  return s;
+}
+
+}  // namespace
+
+RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const WorkloadSpec& spec, const LoadOptions& opts) {
+  const std::uint32_t conns = std::max<std::uint32_t>(1, std::min(opts.connections, opts.concurrency));
+  const std::uint32_t nThreads = std::max<std::uint32_t>(1, std::min(opts.threads, conns));
+  // Connection c carries concurrency/conns workers (the first ones one more)
+  // and belongs to thread c % nThreads.
+  std::vector<std::vector<std::uint32_t>> perThread(nThreads);
+  for (std::uint32_t c = 0; c < conns; ++c) {
+    perThread[c % nThreads].push_back(opts.concurrency / conns + (c < opts.concurrency % conns ? 1 : 0));
+  }
+
+  auto coordinator = KeelClient::connect(io, d.coordinator).wait(io.waitScope);
+  std::vector<std::pair<std::string, kj::Own<AgentClient>>> agents;
+  for (auto& [name, addr] : d.agents) agents.emplace_back(name, AgentClient::connect(io, addr).wait(io.waitScope));
+
+  Live live;
+  std::vector<std::unique_ptr<LoadClient>> threads;
+  for (std::uint32_t t = 0; t < nThreads; ++t) {
+    threads.push_back(std::make_unique<ClientThread>(d, spec, live, perThread[t], opts.seed * 1000003 + t));
+  }
+  RunResult r;
+  r.mode = "keel";
+  r.concurrency = opts.concurrency;
+  r.connections = conns;
+  LogSnapshot before, after;
+  runClients(
+      threads, live, "cannot connect to the coordinator at " + d.coordinator, opts.window, d.processes, r,
+      [&] { before = readLogCounters(io, *coordinator, agents); }, [&] { after = readLogCounters(io, *coordinator, agents); });
+
+  r.haveLogCounters = true;
+  r.coordinatorLogCommits = after.coordCommits - before.coordCommits;
+  r.coordinatorLogJobs = after.coordJobs - before.coordJobs;
+  for (std::size_t k = 0; k < after.agents.size(); ++k) {
+    r.agentLog.push_back(AgentLogCommits{after.agents[k].name, after.agents[k].commits - before.agents[k].commits,
+                                         after.agents[k].jobs - before.agents[k].jobs});
+  }
+  return r;
+}
+
+}  // namespace keel::bench

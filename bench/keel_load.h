@@ -1,0 +1,38 @@
+#pragma once
+// Keel mode: client threads, each with its own KJ event loop and its share
+// of the connections to the coordinator, keep `concurrency` interactions
+// outstanding (spread evenly over the connections) through
+// KeelClient::submit, while the driver thread runs the window and reads
+// the coordinator's and agents' durable-log counters at both ends.
+
+#include <kj/async-io.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench/run.h"
+#include "bench/workload.h"
+
+namespace keel::bench {
+
+struct Deployment {
+  std::string coordinator;                                  // host:port
+  std::vector<std::pair<std::string, std::string>> agents;  // participant name, host:port
+  std::vector<WatchedProcess> processes;                    // CPU accounted for
+};
+
+struct LoadOptions {
+  std::uint32_t concurrency = 64;
+  std::uint32_t connections = 4;
+  std::uint32_t threads = 1;  // client threads (at most one per connection)
+  WindowOptions window;
+  std::uint64_t seed = 1;
+};
+
+// Runs on the caller's thread (`io` is its event loop) plus opts.threads
+// client threads. Throws std::runtime_error if the coordinator cannot be
+// reached.
+RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const WorkloadSpec& spec, const LoadOptions& opts);
+
+}  // namespace keel::bench

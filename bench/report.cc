@@ -1,0 +1,164 @@
+#include "bench/report.h"
+
+#include <cmath>
+
+namespace keel::bench {
+
+std::string jsonQuote(const std::string& s) {
+  std::string o = "\"";
+  for (unsigned char ch : s) {
+    switch (ch) {
+      case '"': o += "\\\""; break;
+      case '\\': o += "\\\\"; break;
+      case '\n': o += "\\n"; break;
+      case '\t': o += "\\t"; break;
+      default:
+        if (ch < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+          o += buf;
+        } else {
+          o += char(ch);
+        }
+    }
+  }
+  return o + "\"";
+}
+
+void JsonObject::key(const std::string& k) {
+  if (!body_.empty()) body_ += ",";
+  body_ += jsonQuote(k) + ":";
+}
+
+JsonObject& JsonObject::add(const std::string& k, double v) {
+  key(k);
+  if (!std::isfinite(v)) {
+    body_ += "null";
+    return *this;
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  body_ += buf;
+  return *this;
+}
+
+JsonObject& JsonObject::add(const std::string& k, std::uint64_t v) {
+  key(k);
+  body_ += std::to_string(v);
+  return *this;
+}
+
+JsonObject& JsonObject::add(const std::string& k, const std::string& v) {
+  key(k);
+  body_ += jsonQuote(v);
+  return *this;
+}
+
+JsonObject& JsonObject::addRaw(const std::string& k, const std::string& json) {
+  key(k);
+  body_ += json;
+  return *this;
+}
+
+void addContextFields(JsonObject& j, const RunContext& c) {
+  j.add("adapter", c.adapter)
+      .add("workload", c.workload)
+      .add("participants", c.participants)
+      .add("agents", c.agents)
+      .add("accounts", c.accounts)
+      .add("rollback_percent", c.rollbackPercent)
+      .add("read_percent", c.readPercent)
+      .add("threads", c.threads)
+      .add("warmup_s", c.warmupS)
+      .add("duration_s", c.durationS);
+}
+
+void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
+  j.add(p + "mode", r.mode)
+      .add(p + "concurrency", r.concurrency)
+      .add(p + "connections", r.connections)
+      .add(p + "window_s", r.seconds)
+      .add(p + "committed", r.committed)
+      .add(p + "rolled_back", r.rolledBack)
+      .add(p + "unexpected_rollbacks", r.unexpectedRollbacks)
+      .add(p + "errors", r.errors)
+      .add(p + "interactions_per_s", r.perSecond())
+      .add(p + "committed_per_s", r.committedPerSecond())
+      .add(p + "p50_us", r.latency.percentile(50))
+      .add(p + "p90_us", r.latency.percentile(90))
+      .add(p + "p99_us", r.latency.percentile(99))
+      .add(p + "p999_us", r.latency.percentile(99.9))
+      .add(p + "max_us", r.latency.max())
+      .add(p + "mean_us", r.latency.mean());
+  JsonObject cpu;
+  for (auto& c : r.cpu) {
+    if (c.seconds >= 0) {
+      cpu.add(c.name, c.seconds);
+    } else {
+      cpu.addRaw(c.name, "null");
+    }
+  }
+  j.addRaw(p + "cpu_s", cpu.str());
+  if (r.haveLogCounters) {
+    j.add(p + "coordinator_log_commits", r.coordinatorLogCommits)
+        .add(p + "coordinator_log_jobs", r.coordinatorLogJobs)
+        .add(p + "coordinator_log_commits_per_interaction", r.coordinatorCommitsPerInteraction())
+        .add(p + "agent_log_commits_per_interaction", r.maxAgentCommitsPerInteraction());
+    JsonObject per;
+    for (auto& a : r.agentLog) per.add(a.name, r.agentCommitsPerInteraction(a));
+    j.addRaw(p + "agent_log_commits_per_interaction_by_agent", per.str());
+  }
+  if (!r.firstError.empty()) j.add(p + "first_error", r.firstError);
+  if (!r.firstUnexpectedRollback.empty()) j.add(p + "first_unexpected_rollback", r.firstUnexpectedRollback);
+}
+
+void addFloorFields(JsonObject& j, const FloorResult& f, const RunResult* single) {
+  j.add("floor_us", f.floorUs()).add("rtt_us", f.rttUs).add("lmdb_commit_us", f.lmdbCommitUs).add("floor_samples", f.samples);
+  if (single != nullptr && f.floorUs() > 0) {
+    j.add("p50_over_floor", double(single->latency.percentile(50)) / f.floorUs());
+  }
+}
+
+void printRun(std::FILE* out, const RunResult& r, const RunContext& c) {
+  std::fprintf(out, "%s  %s/%s  concurrency %u over %u connections  window %.2f s\n", r.mode.c_str(),
+               c.adapter.c_str(), c.workload.c_str(), r.concurrency, r.connections, r.seconds);
+  std::fprintf(out, "  committed %llu  rolled back %llu (unexpected %llu)  errors %llu\n",
+               (unsigned long long)r.committed, (unsigned long long)r.rolledBack,
+               (unsigned long long)r.unexpectedRollbacks, (unsigned long long)r.errors);
+  if (!r.firstError.empty()) std::fprintf(out, "  first error: %s\n", r.firstError.c_str());
+  if (!r.firstUnexpectedRollback.empty()) {
+    std::fprintf(out, "  first unexpected rollback: %s\n", r.firstUnexpectedRollback.c_str());
+  }
+  std::fprintf(out, "  %.0f interactions/s (%.0f committed/s)\n", r.perSecond(), r.committedPerSecond());
+  std::fprintf(out, "  latency us  p50 %llu  p90 %llu  p99 %llu  p99.9 %llu  max %llu\n",
+               (unsigned long long)r.latency.percentile(50), (unsigned long long)r.latency.percentile(90),
+               (unsigned long long)r.latency.percentile(99), (unsigned long long)r.latency.percentile(99.9),
+               (unsigned long long)r.latency.max());
+  std::fprintf(out, "  CPU seconds:");
+  for (auto& p : r.cpu) {
+    if (p.seconds >= 0) {
+      std::fprintf(out, "  %s %.2f", p.name.c_str(), p.seconds);
+    } else {
+      std::fprintf(out, "  %s ?", p.name.c_str());
+    }
+  }
+  std::fprintf(out, "\n");
+  if (r.haveLogCounters) {
+    std::fprintf(out, "  durable log commits per interaction: coordinator %.3f (%llu commits, %llu jobs)",
+                 r.coordinatorCommitsPerInteraction(), (unsigned long long)r.coordinatorLogCommits,
+                 (unsigned long long)r.coordinatorLogJobs);
+    for (auto& a : r.agentLog) std::fprintf(out, "  %s %.3f", a.name.c_str(), r.agentCommitsPerInteraction(a));
+    std::fprintf(out, "\n");
+  }
+}
+
+void printFloor(std::FILE* out, const FloorResult& f, const RunResult* single) {
+  std::fprintf(out, "floor (median of %u): RPC round trip %.1f us, durable LMDB commit %.1f us, floor = 2x + 2x = %.1f us\n",
+               f.samples, f.rttUs, f.lmdbCommitUs, f.floorUs());
+  if (single != nullptr && f.floorUs() > 0) {
+    std::fprintf(out, "  p50 at concurrency %u = %.2f x floor\n", single->concurrency,
+                 double(single->latency.percentile(50)) / f.floorUs());
+  }
+}
+
+}  // namespace keel::bench

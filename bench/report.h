@@ -1,0 +1,51 @@
+#pragma once
+// keel-bench's output: the human summary of a run and its one-line JSON
+// object (flat keys, numbers as numbers; see docs/performance.md for what
+// each field means).
+
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bench/floor.h"
+#include "bench/run.h"
+
+namespace keel::bench {
+
+// A flat JSON object built field by field, in insertion order.
+class JsonObject {
+ public:
+  JsonObject& add(const std::string& key, double v);
+  JsonObject& add(const std::string& key, std::uint64_t v);
+  JsonObject& add(const std::string& key, std::uint32_t v) { return add(key, std::uint64_t(v)); }
+  JsonObject& add(const std::string& key, const std::string& v);
+  JsonObject& add(const std::string& key, const char* v) { return add(key, std::string(v)); }
+  JsonObject& addRaw(const std::string& key, const std::string& json);  // a nested object or array
+  std::string str() const { return "{" + body_ + "}"; }
+
+ private:
+  void key(const std::string& k);
+  std::string body_;
+};
+
+std::string jsonQuote(const std::string& s);
+
+// What the run was, for the report (not measured).
+struct RunContext {
+  std::string adapter, workload;
+  std::uint32_t participants = 2, accounts = 0, agents = 0, threads = 1;
+  std::uint32_t rollbackPercent = 0, readPercent = 0;
+  double warmupS = 0, durationS = 0;
+};
+
+// The run's fields (prefix "" for keel; "raw2pc_" for the baseline's own
+// fields in a comparison).
+void addRunFields(JsonObject& j, const RunResult& r, const std::string& prefix = "");
+void addFloorFields(JsonObject& j, const FloorResult& f, const RunResult* singleClient);
+void addContextFields(JsonObject& j, const RunContext& c);
+
+void printRun(std::FILE* out, const RunResult& r, const RunContext& c);
+void printFloor(std::FILE* out, const FloorResult& f, const RunResult* singleClient);
+
+}  // namespace keel::bench

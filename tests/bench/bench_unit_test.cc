@@ -1,0 +1,198 @@
+// keel-bench's building blocks: the latency histogram's accuracy, the
+// workload's shape, the JSON it prints, CPU accounting and the floor's
+// LMDB half.
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <random>
+#include <set>
+
+#include "bench/floor.h"
+#include "bench/latency_histogram.h"
+#include "bench/proc_cpu.h"
+#include "bench/report.h"
+#include "bench/sweep.h"
+#include "bench/workload.h"
+#include "tests/bench/json_check.h"
+#include "tools/cluster.h"
+
+namespace keel::bench {
+namespace {
+
+TEST(LatencyHistogram, BucketsAreContiguousAndOrdered) {
+  for (std::size_t b = 1; b < 7000; ++b) {
+    ASSERT_LT(LatencyHistogram::bucketLow(b - 1), LatencyHistogram::bucketLow(b)) << b;
+    ASSERT_EQ(LatencyHistogram::bucketOf(LatencyHistogram::bucketLow(b)), b) << b;
+    ASSERT_EQ(LatencyHistogram::bucketOf(LatencyHistogram::bucketLow(b) - 1), b - 1) << b;
+  }
+}
+
+TEST(LatencyHistogram, PercentilesWithinOnePercentOfExact) {
+  std::mt19937_64 rng(7);
+  std::lognormal_distribution<double> d(7.0, 1.5);  // ~1 ms median, long tail
+  std::vector<std::uint64_t> v;
+  LatencyHistogram h;
+  for (int i = 0; i < 200000; ++i) {
+    auto x = std::uint64_t(d(rng)) + 1;
+    v.push_back(x);
+    h.record(x);
+  }
+  std::sort(v.begin(), v.end());
+  for (double p : {1.0, 50.0, 90.0, 99.0, 99.9}) {
+    auto exact = double(v[std::size_t(std::ceil(p / 100 * double(v.size()))) - 1]);
+    EXPECT_NEAR(double(h.percentile(p)), exact, exact * 0.01 + 1) << "p" << p;
+  }
+  EXPECT_EQ(h.max(), v.back());
+  EXPECT_EQ(h.percentile(100), v.back());
+  EXPECT_EQ(h.count(), v.size());
+}
+
+TEST(LatencyHistogram, SmallValuesExactAndMergeAddsUp) {
+  LatencyHistogram a, b;
+  for (std::uint64_t i = 1; i <= 100; ++i) (i % 2 ? a : b).record(i);
+  a.merge(b);
+  EXPECT_EQ(a.count(), 100u);
+  EXPECT_EQ(a.percentile(50), 50u);
+  EXPECT_EQ(a.percentile(99), 99u);
+  EXPECT_EQ(a.min(), 1u);
+  EXPECT_EQ(LatencyHistogram().percentile(50), 0u);
+}
+
+WorkloadSpec spec(const std::string& kind, std::uint32_t agents) {
+  WorkloadSpec s;
+  s.kind = kind;
+  s.accounts = 10;
+  for (std::uint32_t i = 0; i < agents; ++i) s.agents.push_back("p" + std::to_string(i));
+  return s;
+}
+
+TEST(Workload, TransferMovesMoneyBetweenTwoDistinctAgents) {
+  auto s = spec("transfer", 3);
+  Workload w(s, 1);
+  for (int i = 0; i < 1000; ++i) {
+    auto it = w.next();
+    ASSERT_EQ(it.ops.size(), 2u);
+    EXPECT_NE(it.ops[0].participant, it.ops[1].participant);
+    EXPECT_EQ(it.ops[0].kind, OpKind::Debit);
+    EXPECT_EQ(it.ops[1].kind, OpKind::Credit);
+    EXPECT_EQ(it.ops[0].amount, it.ops[1].amount);
+    EXPECT_EQ(it.intent, Interaction::Intent::Commit);
+  }
+}
+
+TEST(Workload, MultiConservesMoneyAndSharesAreRoughlyAsAsked) {
+  auto s = spec("multi", 5);
+  s.participants = 4;
+  s.rollbackPercent = 20;
+  s.readPercent = 30;
+  Workload w(s, 2);
+  int rollback = 0, read = 0;
+  for (int i = 0; i < 5000; ++i) {
+    auto it = w.next();
+    ASSERT_EQ(it.ops.size(), 4u);
+    std::set<std::string> parts;
+    for (auto& op : it.ops) parts.insert(op.participant);
+    EXPECT_EQ(parts.size(), 4u);
+    if (it.intent == Interaction::Intent::Read) {
+      ++read;
+      for (auto& op : it.ops) EXPECT_EQ(op.kind, OpKind::ReadBalance);
+    } else if (it.intent == Interaction::Intent::Rollback) {
+      ++rollback;
+      EXPECT_EQ(it.ops[0].kind, OpKind::Debit);
+      EXPECT_GT(it.ops[0].amount, kOpeningBalance);
+    } else {
+      std::int64_t sum = 0;
+      for (auto& op : it.ops) sum += op.kind == OpKind::Debit ? -op.amount : op.amount;
+      EXPECT_EQ(sum, 0);
+    }
+  }
+  EXPECT_NEAR(rollback, 1000, 150);
+  EXPECT_NEAR(read, 1500, 150);
+}
+
+TEST(Workload, SingleIsOneParticipantAndChecksFlags) {
+  auto s = spec("single", 2);
+  Workload w(s, 3);
+  EXPECT_EQ(w.next().ops.size(), 1u);
+  EXPECT_EQ(s.check(), "");
+  s.kind = "multi";
+  s.participants = 3;
+  EXPECT_NE(s.check().find("needs 3 agents"), std::string::npos);
+  s.participants = 2;
+  s.rollbackPercent = 60;
+  s.readPercent = 50;
+  EXPECT_NE(s.check().find("at most 100"), std::string::npos);
+}
+
+TEST(Report, JsonLineParsesWithTheHeadlineFields) {
+  RunResult r;
+  r.mode = "keel";
+  r.concurrency = 1;
+  r.seconds = 2;
+  r.committed = 10;
+  r.rolledBack = 2;
+  r.firstError = "a \"quoted\"\nline";
+  for (std::uint64_t i = 1; i <= 12; ++i) r.latency.record(i * 100);
+  r.haveLogCounters = true;
+  r.coordinatorLogCommits = 6;
+  r.agentLog = {{"bank-a", 3, 12}, {"bank-b", 4, 12}};
+  r.cpu = {{"coordinator", 0.5}, {"gone", -1}};
+  JsonObject j;
+  addRunFields(j, r);
+  FloorResult f{50, 200, 100};
+  addFloorFields(j, f, &r);
+  auto m = test::JsonReader(j.str()).topLevelObject();
+  EXPECT_DOUBLE_EQ(m.at("interactions_per_s").number, 6);
+  EXPECT_DOUBLE_EQ(m.at("coordinator_log_commits_per_interaction").number, 0.5);
+  EXPECT_NEAR(m.at("agent_log_commits_per_interaction").number, 4.0 / 12, 1e-5);
+  EXPECT_DOUBLE_EQ(m.at("floor_us").number, 500);
+  EXPECT_NEAR(m.at("p50_over_floor").number, 600.0 / 500, 0.01 * 600 / 500);  // histogram: within 1%
+  EXPECT_TRUE(m.at("p99_us").isNumber);
+  EXPECT_EQ(m.at("cpu_s").raw, "{\"coordinator\":0.5,\"gone\":null}");
+}
+
+TEST(Sweep, TableAndPlotHaveEveryLevel) {
+  std::vector<SweepPoint> pts;
+  for (std::uint32_t c : {1u, 8u}) {
+    RunResult r;
+    r.mode = "keel";
+    r.concurrency = c;
+    r.seconds = 1;
+    r.committed = 100 * c;
+    r.latency.record(1000);
+    pts.push_back({r, std::nullopt});
+  }
+  auto md = sweepMarkdown(pts);
+  EXPECT_NE(md.find("| 8 | 800 |"), std::string::npos) << md;
+  auto svg = sweepSvg(pts, "t");
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+  EXPECT_NE(svg.find("</svg>"), std::string::npos);
+  EXPECT_NE(svg.find("polyline"), std::string::npos);
+  auto csv = sweepCsv(pts);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 3);
+}
+
+TEST(ProcCpu, CountsOwnCpuAndReportsGoneProcesses) {
+  auto before = processCpuSeconds(::getpid());
+  ASSERT_TRUE(before.has_value());
+  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  volatile std::uint64_t x = 0;
+  while (std::chrono::steady_clock::now() < until) x = x + 1;
+  EXPECT_GT(*processCpuSeconds(::getpid()), *before + 0.1);
+  EXPECT_GE(*processTreeCpuSeconds(::getpid()), *processCpuSeconds(::getpid()));
+  EXPECT_FALSE(processCpuSeconds(0x7ffffff0).has_value());
+}
+
+TEST(Floor, DurableLmdbCommitTakesMeasurableTime) {
+  std::string dir = makeTempDir("keel-floor-test");
+  double us = medianLmdbCommitUs(dir, 30);
+  EXPECT_GT(us, 0);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace keel::bench

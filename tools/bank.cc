@@ -1,0 +1,89 @@
+#include "tools/bank.h"
+
+#include <stdexcept>
+
+#include "tools/cluster.h"
+#include "tools/pg_server.h"
+#include "tools/sql_bank.h"
+
+namespace keel::bank {
+
+Op sqlDebit(const std::string& p, const std::string& account, std::int64_t amount) {
+  return sqlbank::debit(p, account, amount);
+}
+
+Op sqlCredit(const std::string& p, const std::string& account, std::int64_t amount) {
+  return sqlbank::credit(p, account, amount);
+}
+
+Op sqlRead(const std::string& p, const std::string& account) {
+  return Op::statement(p, kSqlRead, {SqlValue::ofText(account)}, 1);
+}
+
+namespace {
+
+constexpr std::size_t kOpensPerInteraction = 100;
+
+bool onlyExists(const SubmitOutcome& o) { return o.reason.find("already exists") != std::string::npos; }
+
+}  // namespace
+
+void openLedgerAccounts(kj::WaitScope& ws, KeelClient& client, const std::vector<std::string>& participants,
+                        std::uint32_t accounts, std::int64_t opening) {
+  std::string failure;
+  auto note = [&failure](const SubmitOutcome& o) {
+    if (failure.empty()) failure = std::string(clientOutcomeName(o.outcome)) + ": " + o.reason;
+  };
+  // Chunks first; a chunk refused because an account exists (a deployment
+  // opened before) is redone one account at a time.
+  std::vector<std::vector<Op>> retry;
+  kj::Vector<kj::Promise<void>> pending;
+  for (auto& p : participants) {
+    for (std::size_t first = 0; first < accounts; first += kOpensPerInteraction) {
+      std::vector<Op> ops;
+      for (std::size_t i = first; i < std::min<std::size_t>(accounts, first + kOpensPerInteraction); ++i) {
+        ops.push_back(Op{p, OpKind::OpenAccount, accountName(i), opening});
+      }
+      pending.add(client.submit(ops).then([ops, &retry, note](SubmitOutcome o) {
+        if (o.outcome == ClientOutcome::Committed) return;
+        if (onlyExists(o)) {
+          for (auto& op : ops) retry.push_back({op});
+        } else {
+          note(o);
+        }
+      }));
+    }
+  }
+  kj::joinPromises(pending.releaseAsArray()).wait(ws);
+  for (std::size_t first = 0; first < retry.size() && failure.empty(); first += 64) {
+    kj::Vector<kj::Promise<void>> batch;
+    for (std::size_t i = first; i < std::min(retry.size(), first + 64); ++i) {
+      batch.add(client.submit(retry[i]).then([note](SubmitOutcome o) {
+        if (o.outcome != ClientOutcome::Committed && !onlyExists(o)) note(o);
+      }));
+    }
+    kj::joinPromises(batch.releaseAsArray()).wait(ws);
+  }
+  if (!failure.empty()) throw std::runtime_error("opening accounts failed: " + failure);
+}
+
+std::string databaseFor(const std::string& agent) {
+  std::string db = agent;
+  for (auto& ch : db) {
+    if (ch == '-') ch = '_';
+  }
+  return db;
+}
+
+void setUpPostgresBanks(test::PgServer& pg, LocalCluster& cluster, std::uint32_t accounts, std::int64_t opening,
+                        std::uint32_t poolSize) {
+  for (auto& agent : cluster.agentNames()) {
+    auto conn = pg.connString(databaseFor(agent));
+    test::pgQuery(conn, createAccountsSql(accounts, opening));
+    std::vector<std::string> args = {"--adapter", "postgres", "--postgres", conn};
+    if (poolSize != 0) args.insert(args.end(), {"--pool-size", std::to_string(poolSize)});
+    cluster.setAgentArgs(agent, args);
+  }
+}
+
+}  // namespace keel::bank
