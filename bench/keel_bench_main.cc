@@ -45,6 +45,8 @@ struct Flags {
   std::vector<std::uint32_t> sweepLevels = {1, 8, 32, 64, 128};
   std::string out = "keel-bench-out";
   bool keep = false, quiet = false;
+  bool noBatch = false;
+  std::uint32_t batchInFlight = 2;
   std::uint64_t seed = 1;
 };
 
@@ -141,6 +143,8 @@ RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const s
   o.concurrency = concurrency;
   o.connections = f.connections;
   o.threads = f.threads;
+  o.batch = !f.noBatch;
+  o.batchInFlight = f.batchInFlight;
   o.window = w;
   o.seed = f.seed;
   return runKeelLoad(io, s.deployment, f.spec, o);
@@ -233,6 +237,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 4096u));
   app.add_option("--out", f.out, "where --sweep writes sweep.md, sweep.csv and sweep.svg")->capture_default_str();
   app.add_flag("--keep", f.keep, "keep the data folder and logs");
+  app.add_flag("--no-batch", f.noBatch, "one submit call per interaction (default: the client batches submits)");
+  app.add_option("--batch-in-flight", f.batchInFlight, "submitBatch messages out at once per connection")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 64u));
   app.add_flag("--quiet", f.quiet, "no progress lines");
   app.add_option("--seed", f.seed, "workload random seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -22,8 +22,9 @@ constexpr auto kErrorPause = 10 * kj::MILLISECONDS;
 class ClientThread final : public LoadClient {
  public:
   ClientThread(const Deployment& d, const WorkloadSpec& spec, Live& live, std::vector<std::uint32_t> workersPerConn,
-               std::uint64_t seed)
-      : d_(d), live_(live), workersPerConn_(std::move(workersPerConn)), workload_(spec, seed) {}
+               std::uint64_t seed, std::uint32_t batchInFlight)
+      : d_(d), live_(live), workersPerConn_(std::move(workersPerConn)), workload_(spec, seed),
+        batchInFlight_(batchInFlight) {}
 
   ~ClientThread() override { join(); }
 
@@ -36,6 +37,7 @@ class ClientThread final : public LoadClient {
       std::vector<kj::Own<KeelClient>> clients;
       for (std::size_t c = 0; c < workersPerConn_.size(); ++c) {
         clients.push_back(KeelClient::connect(io, d_.coordinator).wait(io.waitScope));
+        if (batchInFlight_ > 0) clients.back()->enableBatching(256, batchInFlight_);
       }
       counted = true;
       ready.count_down();
@@ -99,6 +101,7 @@ class ClientThread final : public LoadClient {
   Live& live_;
   std::vector<std::uint32_t> workersPerConn_;
   Workload workload_;
+  std::uint32_t batchInFlight_;  // 0: no client batching
 };
 
 struct LogSnapshot {
@@ -140,12 +143,14 @@ RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const Workloa
   Live live;
   std::vector<std::unique_ptr<LoadClient>> threads;
   for (std::uint32_t t = 0; t < nThreads; ++t) {
-    threads.push_back(std::make_unique<ClientThread>(d, spec, live, perThread[t], opts.seed * 1000003 + t));
+    threads.push_back(std::make_unique<ClientThread>(d, spec, live, perThread[t], opts.seed * 1000003 + t,
+                                                     opts.batch ? opts.batchInFlight : 0));
   }
   RunResult r;
   r.mode = "keel";
   r.concurrency = opts.concurrency;
   r.connections = conns;
+  r.clientBatching = opts.batch;
   LogSnapshot before, after;
   runClients(
       threads, live, "cannot connect to the coordinator at " + d.coordinator, opts.window, d.processes, r,

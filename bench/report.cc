@@ -77,6 +77,7 @@ void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
   j.add(p + "mode", r.mode)
       .add(p + "concurrency", r.concurrency)
       .add(p + "connections", r.connections)
+      .addRaw(p + "client_batching", r.clientBatching ? "true" : "false")
       .add(p + "window_s", r.seconds)
       .add(p + "committed", r.committed)
       .add(p + "rolled_back", r.rolledBack)

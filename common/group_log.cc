@@ -33,12 +33,21 @@ GroupCommitLog::~GroupCommitLog() {
   writer_.join();
 }
 
-void GroupCommitLog::submit(std::unique_ptr<Job> job) {
+void GroupCommitLog::submit(std::unique_ptr<Job> job) { enqueue(std::move(job), false); }
+
+void GroupCommitLog::submitLazy(std::unique_ptr<Job> job) { enqueue(std::move(job), true); }
+
+void GroupCommitLog::enqueue(std::unique_ptr<Job> job, bool lazy) {
+  bool wake;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    queue_.push_back(std::move(job));
+    // A lazy job needs the writer only to learn its deadline (first in queue).
+    wake = !lazy || queue_.empty();
+    if (queue_.empty()) queuedSince_ = std::chrono::steady_clock::now();
+    if (!lazy) ++forcedQueued_;
+    queue_.push_back(Queued{std::move(job), lazy});
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
 }
 
 void GroupCommitLog::writerLoop() {
@@ -49,12 +58,23 @@ void GroupCommitLog::writerLoop() {
     applied.clear();
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
+      // Only lazy jobs queued: they start a group once the oldest waited
+      // lazyDelay (or at shutdown); any other job takes them along at once.
+      for (;;) {
+        if (stopping_ || forcedQueued_ > 0) break;
+        if (queue_.empty()) {
+          cv_.wait(lk);
+        } else if (cv_.wait_until(lk, queuedSince_ + opts_.lazyDelay) == std::cv_status::timeout) {
+          break;
+        }
+      }
       if (queue_.empty()) return;  // stopping and drained
       while (!queue_.empty() && group.size() < opts_.maxBatch) {
-        group.push_back(std::move(queue_.front()));
+        if (!queue_.front().lazy) --forcedQueued_;
+        group.push_back(std::move(queue_.front().job));
         queue_.pop_front();
       }
+      if (!queue_.empty()) queuedSince_ = std::chrono::steady_clock::now();
     }
 
     lmdb::Txn outer;
@@ -150,7 +170,9 @@ void GroupCommitLog::scheduleLoopFlush() {
     auto paf = kj::newPromiseAndCrossThreadFulfiller<BundleResult>();
     std::vector<std::unique_ptr<LoopItem>> items;
     items.swap(loopPending_);
-    submit(std::make_unique<Bundle>(*this, std::move(items), kj::mv(paf.fulfiller)));
+    bool lazy = !loopForced_;
+    loopForced_ = false;
+    enqueue(std::make_unique<Bundle>(*this, std::move(items), kj::mv(paf.fulfiller)), lazy);
     return paf.promise.then([](BundleResult r) {
       for (auto& item : r.items) item->complete(r.groupErr ? r.groupErr : item->err);
     });

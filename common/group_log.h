@@ -30,6 +30,7 @@
 #include <kj/async.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -60,6 +61,9 @@ class GroupCommitLog {
 
   struct Options {
     std::size_t maxBatch = 8192;  // jobs per durable commit at most
+    // A lazy job (runLazy) waits at most this long for a group to ride
+    // along with; then it is committed on its own.
+    std::chrono::microseconds lazyDelay{2000};
   };
 
   // Counters; read with relaxed loads (monitoring and benchmarks).
@@ -77,10 +81,21 @@ class GroupCommitLog {
   GroupCommitLog& operator=(const GroupCommitLog&) = delete;
 
   void submit(std::unique_ptr<Job> job);
+  void submitLazy(std::unique_ptr<Job> job);  // see runLazy
+  void enqueue(std::unique_ptr<Job> job, bool lazy);
 
   // Runs fn(txn) on the writer thread; resolves with its result once durable.
   template <typename Fn>
   auto run(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>>;
+
+  // Like run(), for writes nobody waits on (records that need not be forced:
+  // presumed abort). The job does not start a group commit of its own: it
+  // rides along with the next group that other jobs start, or is committed
+  // after Options::lazyDelay if none does. Under load this costs nothing;
+  // at low load it keeps such writes out of the way of the forced ones (a
+  // forced write never waits behind an fsync that only lazy records needed).
+  template <typename Fn>
+  auto runLazy(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>>;
 
   // Blocking variant for start-up, tools and tests (no event loop needed).
   template <typename Fn>
@@ -103,19 +118,30 @@ class GroupCommitLog {
   void writerLoop();
   // True on the bundling loop's thread (the first thread that called run()).
   bool onBundlingLoop();
-  // Hands this turn's bundle to the writer at the end of the turn.
+  // Hands this turn's bundles to the writer at the end of the turn.
   void scheduleLoopFlush();
+  template <typename Fn>
+  auto runOn(bool lazy, Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>>;
 
   lmdb::Env& env_;
   const Options opts_;
   Stats stats_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::unique_ptr<Job>> queue_;  // GUARDED_BY(mu_)
+  // Jobs in submission order (lazy or not: a group keeps that order, so a
+  // later write to a key always wins). GUARDED_BY(mu_).
+  struct Queued {
+    std::unique_ptr<Job> job;
+    bool lazy;
+  };
+  std::deque<Queued> queue_;
+  std::size_t forcedQueued_ = 0;                     // GUARDED_BY(mu_): non-lazy jobs in queue_
+  std::chrono::steady_clock::time_point queuedSince_;  // GUARDED_BY(mu_): when queue_ stopped being empty
   bool stopping_ = false;                   // GUARDED_BY(mu_)
   // Loop bundling: touched only by the bundling loop's thread.
   std::atomic<std::thread::id> loopThread_{};
   std::vector<std::unique_ptr<LoopItem>> loopPending_;
+  bool loopForced_ = false;  // this turn's bundle holds a non-lazy item
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for flushes scheduled on the loop
   std::thread writer_;
 };
@@ -219,17 +245,33 @@ class LoopJob final : public GroupCommitLog::LoopItem {
 
 template <typename Fn>
 auto GroupCommitLog::run(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>> {
+  return runOn(false, std::forward<Fn>(fn));
+}
+
+template <typename Fn>
+auto GroupCommitLog::runLazy(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>> {
+  return runOn(true, std::forward<Fn>(fn));
+}
+
+template <typename Fn>
+auto GroupCommitLog::runOn(bool lazy, Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>> {
   using T = std::invoke_result_t<Fn&, lmdb::Txn&>;
   if (onBundlingLoop()) {
     auto local = kj::newPromiseAndFulfiller<T>();
+    bool first = loopPending_.empty();
     loopPending_.push_back(
         std::make_unique<detail::LoopJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn), kj::mv(local.fulfiller)));
-    if (loopPending_.size() == 1) scheduleLoopFlush();
+    loopForced_ = loopForced_ || !lazy;  // one bundle per turn, in order: lazy only if all of it is
+    if (first) scheduleLoopFlush();
     return kj::mv(local.promise);
   }
   auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
-  submit(std::make_unique<detail::KjJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn),
-                                                              kj::mv(paf.fulfiller)));
+  auto job = std::make_unique<detail::KjJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn), kj::mv(paf.fulfiller));
+  if (lazy) {
+    submitLazy(std::move(job));
+  } else {
+    submit(std::move(job));
+  }
   return kj::mv(paf.promise);
 }
 

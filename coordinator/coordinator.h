@@ -100,7 +100,9 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // Adds ops to the interaction's branches (creating branches as needed);
   // returns, per op, (branch index, index of the op inside the branch).
   std::vector<std::pair<std::size_t, std::size_t>> assign(Interaction& it, const std::vector<Op>& ops);
-  kj::Promise<void> persist(Interaction& it);  // queue both records; durable when it resolves
+  // Queues both records; durable when it resolves. lazy: nobody waits on it
+  // being forced (it rides with the next group commit; see WalStore::save).
+  kj::Promise<void> persist(Interaction& it, bool lazy = false);
 
   void drive(Interaction& it);  // one-shot: prepare, decide, phase 2 (owned by tasks_)
   kj::Promise<void> guardFirstPhase(std::uint64_t seq, kj::Promise<void> work);

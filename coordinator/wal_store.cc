@@ -71,7 +71,7 @@ std::vector<WalStore::Unfinished> WalStore::loadUnfinished() {
   return out;
 }
 
-kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecord* rb) {
+kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecord* rb, bool lazy) {
   std::string key = u64Key(r.seq);
   std::string iv = encode(r);
   std::string rv = rb != nullptr ? encode(*rb) : std::string();
@@ -84,8 +84,8 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
     window.push_back(rb != nullptr ? 'r' : 'c');
   }
   auto interactions = interactions_, rollbacks = rollbacks_, active = active_, windows = windows_;
-  return log_->run([=, key = std::move(key), iv = std::move(iv), rv = std::move(rv),
-                    window = std::move(window)](lmdb::Txn& txn) {
+  auto write = [=, key = std::move(key), iv = std::move(iv), rv = std::move(rv),
+                window = std::move(window)](lmdb::Txn& txn) {
     txn.put(interactions, key, iv);
     if (!rv.empty()) txn.put(rollbacks, key, rv);
     if (finished) {
@@ -94,7 +94,8 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
       txn.put(active, key, "");
     }
     if (!window.empty()) txn.put(windows, key, window);
-  });
+  };
+  return lazy ? log_->runLazy(std::move(write)) : log_->run(std::move(write));
 }
 
 std::optional<StoredInteraction> WalStore::get(std::uint64_t seq) const {

@@ -56,7 +56,9 @@ class WalStore {
 
   // Queues the interaction (and the rollback record, if given) for the next
   // group commit; the promise resolves when durable.
-  kj::Promise<void> save(const InteractionRecord& r, const RollbackRecord* rb);
+  // lazy: the write need not be forced and starts no group commit of its
+  // own (GroupCommitLog::runLazy): for records nobody waits on.
+  kj::Promise<void> save(const InteractionRecord& r, const RollbackRecord* rb, bool lazy = false);
 
   // Durable operator audit entry.
   kj::Promise<void> appendAudit(const AuditRecord& a);

@@ -159,8 +159,13 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
 kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::vector<Xid> xids) {
   if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
   auto accounts = accounts_;
+  // Lazy group commit: the COMMITTED record is still durable before the
+  // acknowledgement leaves, but it rides with the next group another job
+  // starts (typically the next prepares) instead of forcing one of its own:
+  // phase 2 is off the client's path, and at low load a prepare then never
+  // waits behind an fsync that only a commit needed.
   return log_.log()
-      .run([this, accounts, epoch, xids = std::move(xids)](lmdb::Txn& txn) {
+      .runLazy([this, accounts, epoch, xids = std::move(xids)](lmdb::Txn& txn) {
         if (!xids.empty()) log_.storeEpoch(txn, seqNode(xids[0].seq), epoch);
         std::vector<BranchOutcome> out;
         out.reserve(xids.size());

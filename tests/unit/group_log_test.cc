@@ -340,6 +340,61 @@ TEST_F(GroupLogTest, RunFromASecondLoopThreadStillCompletes) {
   EXPECT_EQ(read.get(db, "other"), "2");
 }
 
+TEST_F(GroupLogTest, LazyJobRidesWithTheNextForcedGroupOrCommitsAfterItsDelay) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog::Options opts;
+  opts.lazyDelay = std::chrono::milliseconds(1000);
+  GroupCommitLog log(env, opts);
+  kj::EventLoop loop;
+  kj::WaitScope waitScope(loop);
+  // Alone, a lazy job waits for its delay before a group commits it.
+  auto t0 = std::chrono::steady_clock::now();
+  log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "lazy-1", "x"); }).wait(waitScope);
+  auto waited = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(waited, std::chrono::milliseconds(900));
+  EXPECT_EQ(log.stats().commits.load(), 1u);
+  // Followed by a forced job in a later turn, it rides along: one group
+  // commit for both (its own delay would have made it a group of its own).
+  auto lazy = log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "lazy-2", "y"); });
+  kj::evalLater([] {}).wait(waitScope);  // the lazy bundle leaves in its own turn
+  log.run([db](lmdb::Txn& txn) { txn.put(db, "forced", "z"); }).wait(waitScope);
+  lazy.wait(waitScope);
+  EXPECT_EQ(log.stats().commits.load(), 2u);
+  auto read = env.beginRead();
+  EXPECT_EQ(read.get(db, "lazy-2"), "y");
+  EXPECT_EQ(read.get(db, "forced"), "z");
+}
+
+TEST_F(GroupLogTest, LazyAndForcedWritesToOneKeyLandInSubmissionOrder) {
+  // A later write must win even when an earlier forced one and a later lazy
+  // one (or the reverse) share a group.
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  GroupCommitLog log(env);
+  {
+    WriterGate gate(log);  // hold the writer so everything below queues up
+    std::thread other([&] {
+      kj::EventLoop loop2;
+      kj::WaitScope ws2(loop2);
+      auto a = log.run([db](lmdb::Txn& txn) { txn.put(db, "k", "forced-first"); });
+      auto b = log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "k", "lazy-second"); });
+      auto c = log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "j", "lazy-first"); });
+      auto d = log.run([db](lmdb::Txn& txn) { txn.put(db, "j", "forced-second"); });
+      kj::evalLater([] {}).wait(ws2);
+      std::thread([&gate] { gate.release(); }).detach();
+      a.wait(ws2);
+      b.wait(ws2);
+      c.wait(ws2);
+      d.wait(ws2);
+    });
+    other.join();
+  }
+  auto read = env.beginRead();
+  EXPECT_EQ(read.get(db, "k"), "lazy-second");
+  EXPECT_EQ(read.get(db, "j"), "forced-second");
+}
+
 TEST_F(GroupLogTest, RunRejectsWithTheJobsErrorText) {
   lmdb::Env env(dir_.path(), {});
   MDB_dbi db = env.openDb("data");
