@@ -47,6 +47,7 @@ struct Flags {
   bool keep = false, quiet = false;
   bool noBatch = false;
   std::uint32_t batchInFlight = 2;
+  std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
   std::uint64_t seed = 1;
 };
 
@@ -88,6 +89,14 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
     copts.baseDir = s.baseDir;
     copts.agents.clear();
     for (std::uint32_t i = 0; i < f.agents; ++i) copts.agents.push_back(agentName(i));
+    bool batchMaxSet = false;
+    for (auto& kv : f.coordinatorSet) {
+      copts.coordinatorExtraToml += kv + "\n";
+      batchMaxSet = batchMaxSet || kv.rfind("batch_max", 0) == 0;
+    }
+    // PostgreSQL prepares can wait on row locks: sharing a message would
+    // make a fast vote wait for a slow one (docs/postgres.md, batching).
+    if (f.adapter == "postgres" && !batchMaxSet) copts.coordinatorExtraToml += "batch_max = 1\n";
     s.cluster = std::make_unique<keel::LocalCluster>(copts);
     if (f.adapter == "postgres") {
       keel::test::PgServerOptions po;
@@ -238,6 +247,12 @@ int main(int argc, char** argv) {
   app.add_option("--out", f.out, "where --sweep writes sweep.md, sweep.csv and sweep.svg")->capture_default_str();
   app.add_flag("--keep", f.keep, "keep the data folder and logs");
   app.add_flag("--no-batch", f.noBatch, "one submit call per interaction (default: the client batches submits)");
+  app.add_option("--coordinator-set", f.coordinatorSet,
+                 "KEY=VALUE added to the self-started coordinator's [coordinator] section, e.g. batch_max=1 "
+                 "(repeat; see docs/examples/coordinator.toml)")
+      ->each([](const std::string& kv) {
+        if (kv.find('=') == std::string::npos) throw CLI::ValidationError("--coordinator-set", kv + " is not KEY=VALUE");
+      });
   app.add_option("--batch-in-flight", f.batchInFlight, "submitBatch messages out at once per connection")
       ->capture_default_str()
       ->check(CLI::Range(1u, 64u));

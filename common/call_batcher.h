@@ -10,13 +10,18 @@
 //     that turn (low load: a call leaves alone, one turn later);
 //   - while `maxInFlight` batches are out, new calls wait and leave with the
 //     next batch, as soon as one comes back (high load: batches grow by
-//     themselves, the way group commit does for fsyncs).
+//     themselves, the way group commit does for fsyncs). A batch counts as
+//     out only until its first reply (replies may stream back early), and
+//     at most `slotHold` (with a timer): one slow item, a PostgreSQL row
+//     lock say, then keeps no other call waiting behind it for long.
 // A batch carries at most `maxItems` calls and `maxWeight` of their weight
 // (an estimate of their size on the wire, so a batch stays far below the
 // receiver's message limits).
 //
 // `send` gets the batch and answers one reply per item, in item order; if
-// it fails, every item of the batch fails with its exception. An item whose
+// it fails, every item of the batch still unanswered fails with its
+// exception. `send` may answer items early through its Deliver callback
+// (streamed replies), so that one slow item holds up no other. An item whose
 // caller stopped waiting before it left (its promise was dropped, e.g. on a
 // deadline) is not sent.
 //
@@ -26,8 +31,10 @@
 #include <kj/async.h>
 #include <kj/debug.h>
 #include <kj/function.h>
+#include <kj/timer.h>
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -36,19 +43,26 @@ namespace keel {
 template <typename Item, typename Reply>
 class CallBatcher final : private kj::TaskSet::ErrorHandler {
  public:
-  using SendFn = kj::Function<kj::Promise<std::vector<Reply>>(std::vector<Item>&&)>;
+  // Answers item i of the batch before the whole batch is answered (a reply
+  // for an item already answered is ignored). Safe to call after the batch
+  // ended.
+  using Deliver = std::function<void(std::size_t, Reply&&)>;
+  using SendFn = kj::Function<kj::Promise<std::vector<Reply>>(std::vector<Item>&&, Deliver)>;
   using WeightFn = kj::Function<std::size_t(const Item&)>;
 
   struct Options {
     std::size_t maxItems = 256;
     std::size_t maxWeight = std::size_t(1) << 20;
     std::size_t maxInFlight = 2;
+    kj::Timer* timer = nullptr;                 // for slotHold; none: a batch holds its slot until answered
+    kj::Duration slotHold = 5 * kj::MILLISECONDS;
   };
 
   CallBatcher(Options opts, SendFn send, WeightFn weight)
       : opts_(opts), send_(kj::mv(send)), weight_(kj::mv(weight)), tasks_(*this) {
     KJ_REQUIRE(opts_.maxItems > 0 && opts_.maxInFlight > 0);
   }
+  ~CallBatcher() noexcept(false) { *alive_ = false; }
 
   kj::Promise<Reply> add(Item item) {
     auto paf = kj::newPromiseAndFulfiller<Reply>();
@@ -99,24 +113,48 @@ class CallBatcher final : private kj::TaskSet::ErrorHandler {
       ++batches_;
       items_ += items.size();
       auto rs = std::make_shared<std::vector<kj::Own<kj::PromiseFulfiller<Reply>>>>(kj::mv(replies));
-      tasks_.add(kj::evalNow([&]() { return send_(kj::mv(items)); })
+      auto slot = std::make_shared<bool>(true);  // this batch holds an in-flight slot
+      Deliver deliver = [this, rs, slot, alive = alive_](std::size_t i, Reply&& r) {
+        if (i < rs->size() && (*rs)[i]->isWaiting()) (*rs)[i]->fulfill(kj::mv(r));
+        if (*alive && *slot) {  // the peer is making progress on it: let the next batch go
+          *slot = false;
+          done();
+        }
+      };
+      if (opts_.timer != nullptr) {
+        tasks_.add(opts_.timer->afterDelay(opts_.slotHold).then([this, slot]() {
+          if (*slot) {  // slow to answer: stop holding up the calls queued behind it
+            *slot = false;
+            done();
+          }
+        }));
+      }
+      tasks_.add(kj::evalNow([&]() { return send_(kj::mv(items), deliver); })
                      .then(
-                         [this, rs](std::vector<Reply> out) {
+                         [this, rs, slot](std::vector<Reply> out) {
                            if (out.size() != rs->size()) {
-                             fail(*rs, KJ_EXCEPTION(FAILED, "batch answered the wrong number of replies",
-                                                    out.size(), rs->size()));
+                             fail(*rs, *slot, KJ_EXCEPTION(FAILED, "batch answered the wrong number of replies",
+                                                           out.size(), rs->size()));
                              return;
                            }
-                           for (std::size_t i = 0; i < out.size(); ++i) (*rs)[i]->fulfill(kj::mv(out[i]));
-                           done();
+                           for (std::size_t i = 0; i < out.size(); ++i) {
+                             if ((*rs)[i]->isWaiting()) (*rs)[i]->fulfill(kj::mv(out[i]));
+                           }
+                           if (*slot) done();
+                           *slot = false;
                          },
-                         [this, rs](kj::Exception&& e) { fail(*rs, kj::mv(e)); }));
+                         [this, rs, slot](kj::Exception&& e) {
+                           fail(*rs, *slot, kj::mv(e));
+                           *slot = false;
+                         }));
     }
   }
 
-  void fail(std::vector<kj::Own<kj::PromiseFulfiller<Reply>>>& rs, kj::Exception&& e) {
-    for (auto& r : rs) r->reject(kj::cp(e));
-    done();
+  void fail(std::vector<kj::Own<kj::PromiseFulfiller<Reply>>>& rs, bool holdsSlot, kj::Exception&& e) {
+    for (auto& r : rs) {
+      if (r->isWaiting()) r->reject(kj::cp(e));
+    }
+    if (holdsSlot) done();
   }
 
   void done() {
@@ -131,6 +169,7 @@ class CallBatcher final : private kj::TaskSet::ErrorHandler {
   std::size_t inFlight_ = 0;
   bool scheduled_ = false;
   std::uint64_t batches_ = 0, items_ = 0;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for Deliver calls after destruction
   kj::TaskSet tasks_;  // declared last: destroyed first
 };
 

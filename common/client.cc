@@ -36,7 +36,7 @@ void KeelClient::enableBatching(std::size_t maxBatch, std::size_t inFlight) {
   o.maxItems = maxBatch;
   o.maxInFlight = inFlight;
   batcher_ = kj::heap<Batcher>(
-      o, [this](std::vector<SubmitItem>&& items) { return sendBatch(kj::mv(items)); },
+      o, [this](std::vector<SubmitItem>&& items, auto) { return sendBatch(kj::mv(items)); },
       [](const SubmitItem& i) { return wireWeight(i.ops); });
 }
 

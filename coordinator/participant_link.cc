@@ -11,14 +11,16 @@ ParticipantLink::ParticipantLink(kj::AsyncIoContext& io, std::string name, std::
       address_(std::move(address)),
       opts_(opts),
       tasks_(*this),
-      prepares_({opts.maxBatch, std::size_t(1) << 20, opts.maxInFlight},
-                [this](std::vector<PrepareItem>&& items) { return sendPrepares(kj::mv(items)); },
+      prepares_({opts.maxBatch, std::size_t(1) << 20, opts.maxInFlight, &io.provider->getTimer()},
+                [this](std::vector<PrepareItem>&& items, auto deliver) {
+                  return sendPrepares(kj::mv(items), kj::mv(deliver));
+                },
                 [](const PrepareItem& i) { return wireWeight(i.ops); }),
-      commits_({opts.maxBatch * 8, std::size_t(1) << 20, opts.maxInFlight},
-               [this](std::vector<XidItem>&& items) { return sendPhase2(true, kj::mv(items)); },
+      commits_({opts.maxBatch * 8, std::size_t(1) << 20, opts.maxInFlight, &io.provider->getTimer()},
+               [this](std::vector<XidItem>&& items, auto) { return sendPhase2(true, kj::mv(items)); },
                [](const XidItem&) { return std::size_t(16); }),
-      rollbacks_({opts.maxBatch * 8, std::size_t(1) << 20, opts.maxInFlight},
-                 [this](std::vector<XidItem>&& items) { return sendPhase2(false, kj::mv(items)); },
+      rollbacks_({opts.maxBatch * 8, std::size_t(1) << 20, opts.maxInFlight, &io.provider->getTimer()},
+                 [this](std::vector<XidItem>&& items, auto) { return sendPhase2(false, kj::mv(items)); },
                  [](const XidItem&) { return std::size_t(16); }) {}
 
 ParticipantLink::~ParticipantLink() noexcept(false) {
@@ -90,10 +92,41 @@ kj::Promise<wire::BranchOutcome> ParticipantLink::rollback(std::uint64_t epoch, 
   return rollbacks_.add(XidItem{epoch, xid});
 }
 
-kj::Promise<std::vector<ParticipantLink::PrepareReply>> ParticipantLink::sendPrepares(std::vector<PrepareItem>&& items) {
-  return call<std::vector<PrepareReply>>(opts_.callDeadline, [items = kj::mv(items)](wire::Participant::Client& c) {
+namespace {
+
+ParticipantLink::PrepareReply readVote(wire::PrepareVote::Reader v) {
+  ParticipantLink::PrepareReply r;
+  r.vote = v.getVote();
+  r.reason = v.getReason().cStr();
+  r.results.reserve(v.getResults().size());
+  for (auto res : v.getResults()) r.results.push_back(readOpResult(res));
+  r.error = v.getError().cStr();
+  return r;
+}
+
+// Hears a prepareBatch's votes as the agent has them (see VoteSink).
+class VoteSinkImpl final : public wire::VoteSink::Server {
+ public:
+  explicit VoteSinkImpl(std::function<void(std::size_t, ParticipantLink::PrepareReply&&)> deliver)
+      : deliver_(std::move(deliver)) {}
+  kj::Promise<void> votes(VotesContext ctx) override {
+    for (auto iv : ctx.getParams().getVotes()) deliver_(iv.getIndex(), readVote(iv.getVote()));
+    return kj::READY_NOW;
+  }
+
+ private:
+  std::function<void(std::size_t, ParticipantLink::PrepareReply&&)> deliver_;
+};
+
+}  // namespace
+
+kj::Promise<std::vector<ParticipantLink::PrepareReply>> ParticipantLink::sendPrepares(
+    std::vector<PrepareItem>&& items, std::function<void(std::size_t, PrepareReply&&)> deliver) {
+  return call<std::vector<PrepareReply>>(opts_.callDeadline, [items = kj::mv(items), deliver = std::move(deliver)](
+                                                                 wire::Participant::Client& c) mutable {
     auto req = c.prepareBatchRequest();
     req.setEpoch(items.front().epoch);
+    req.setSink(kj::heap<VoteSinkImpl>(std::move(deliver)));
     auto l = req.initItems(items.size());
     for (unsigned i = 0; i < items.size(); ++i) {
       fillXid(l[i].initXid(), items[i].xid);
@@ -102,15 +135,7 @@ kj::Promise<std::vector<ParticipantLink::PrepareReply>> ParticipantLink::sendPre
     return req.send().then([](auto resp) {
       std::vector<PrepareReply> out;
       out.reserve(resp.getVotes().size());
-      for (auto v : resp.getVotes()) {
-        PrepareReply r;
-        r.vote = v.getVote();
-        r.reason = v.getReason().cStr();
-        r.results.reserve(v.getResults().size());
-        for (auto res : v.getResults()) r.results.push_back(readOpResult(res));
-        r.error = v.getError().cStr();
-        out.push_back(std::move(r));
-      }
+      for (auto v : resp.getVotes()) out.push_back(readVote(v));
       return out;
     });
   });

@@ -96,7 +96,9 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   };
   // Sends one batch; items of one batch share the first item's epoch (the
   // coordinator's epoch is fixed for its lifetime).
-  kj::Promise<std::vector<PrepareReply>> sendPrepares(std::vector<PrepareItem>&& items);
+  // Votes the agent streams back early (VoteSink) go to `deliver`.
+  kj::Promise<std::vector<PrepareReply>> sendPrepares(std::vector<PrepareItem>&& items,
+                                                      std::function<void(std::size_t, PrepareReply&&)> deliver);
   kj::Promise<std::vector<wire::BranchOutcome>> sendPhase2(bool commit, std::vector<XidItem>&& items);
 
   kj::AsyncIoContext& io_;

@@ -40,6 +40,31 @@ kj::Promise<void> ParticipantImpl::prepare(PrepareContext ctx) {
       });
 }
 
+namespace {
+
+void fillVote(wire::PrepareVote::Builder b, const PrepareResult& r) {
+  if (r.failed) {
+    b.setError(r.reason);
+    return;
+  }
+  b.setVote(static_cast<wire::Vote>(r.vote));
+  b.setReason(r.reason);
+  fillResults(b, r.results);
+}
+
+// Votes of one prepareBatch streamed to the coordinator's sink: those ready
+// in one event-loop turn leave in one call, while the rest are still being
+// worked on. Votes ready when nothing is left go only in the answer.
+struct VoteStream : public kj::Refcounted {
+  wire::VoteSink::Client sink;
+  std::size_t remaining;
+  std::vector<std::pair<std::uint32_t, PrepareResult>> ready;
+  bool scheduled = false;
+  VoteStream(wire::VoteSink::Client s, std::size_t n) : sink(kj::mv(s)), remaining(n) {}
+};
+
+}  // namespace
+
 kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
   // Each item is an independent prepare: started together, so the backend's
   // group commit makes all their PREPARED records durable in one go. A fault
@@ -48,29 +73,47 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
   std::uint64_t epoch = p.getEpoch();
   auto items = p.getItems();
   KJ_REQUIRE(items.size() <= kMaxPrepareBatch, "prepareBatch carries too many items", items.size());
+  kj::Maybe<kj::Own<VoteStream>> stream;
+  if (p.hasSink()) stream = kj::refcounted<VoteStream>(p.getSink(), items.size());
   kj::Vector<kj::Promise<PrepareResult>> votes(items.size());
+  std::uint32_t index = 0;
   for (auto item : items) {
     Xid xid = readXid(item.getXid());
     std::vector<Op> ops = readOps(item.getOperations());
-    votes.add(kj::evalNow([&]() { return agent_.prepare(epoch, xid, std::move(ops)); })
-                  .catch_([](kj::Exception&& e) {
-                    PrepareResult r;
-                    r.reason = e.getDescription().cStr();
-                    r.failed = true;
-                    return r;
-                  }));
+    auto vote = kj::evalNow([&]() { return agent_.prepare(epoch, xid, std::move(ops)); }).catch_([](kj::Exception&& e) {
+      PrepareResult r;
+      r.reason = e.getDescription().cStr();
+      r.failed = true;
+      return r;
+    });
+    KJ_IF_MAYBE(s, stream) {
+      vote = vote.then([this, st = kj::addRef(**s), index](PrepareResult r) mutable {
+        st->ready.emplace_back(index, r);
+        --st->remaining;
+        if (!st->scheduled) {
+          st->scheduled = true;
+          tasks_.add(kj::evalLater([st = kj::addRef(*st)]() mutable -> kj::Promise<void> {
+            st->scheduled = false;
+            if (st->remaining == 0 || st->ready.empty()) return kj::READY_NOW;  // the answer carries them
+            auto req = st->sink.votesRequest();
+            auto l = req.initVotes(st->ready.size());
+            for (unsigned k = 0; k < st->ready.size(); ++k) {
+              l[k].setIndex(st->ready[k].first);
+              fillVote(l[k].initVote(), st->ready[k].second);
+            }
+            st->ready.clear();
+            return req.send().ignoreResult();
+          }));
+        }
+        return r;
+      });
+    }
+    votes.add(kj::mv(vote));
+    ++index;
   }
   return kj::joinPromises(votes.releaseAsArray()).then([ctx](kj::Array<PrepareResult> rs) mutable {
     auto l = ctx.getResults().initVotes(rs.size());
-    for (unsigned i = 0; i < rs.size(); ++i) {
-      if (rs[i].failed) {
-        l[i].setError(rs[i].reason);
-        continue;
-      }
-      l[i].setVote(static_cast<wire::Vote>(rs[i].vote));
-      l[i].setReason(rs[i].reason);
-      fillResults(l[i], rs[i].results);
-    }
+    for (unsigned i = 0; i < rs.size(); ++i) fillVote(l[i], rs[i]);
   });
 }
 

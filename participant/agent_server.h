@@ -7,9 +7,9 @@
 
 namespace keel {
 
-class ParticipantImpl final : public wire::Participant::Server {
+class ParticipantImpl final : public wire::Participant::Server, private kj::TaskSet::ErrorHandler {
  public:
-  explicit ParticipantImpl(ParticipantBackend& agent) : agent_(agent) {}
+  explicit ParticipantImpl(ParticipantBackend& agent) : agent_(agent), tasks_(*this) {}
 
   kj::Promise<void> prepare(PrepareContext ctx) override;
   kj::Promise<void> execute(ExecuteContext ctx) override;
@@ -24,7 +24,9 @@ class ParticipantImpl final : public wire::Participant::Server {
   kj::Promise<void> prepareBatch(PrepareBatchContext ctx) override;
 
  private:
+  void taskFailed(kj::Exception&&) override {}  // a vote sink that went away: the answer carries the votes
   ParticipantBackend& agent_;
+  kj::TaskSet tasks_;  // streamed votes (prepareBatch with a sink)
 };
 
 }  // namespace keel

@@ -1,6 +1,9 @@
 #include "participant/pg_agent.h"
 
+#include <algorithm>
 #include <cstdlib>
+
+#include <kj/vector.h>
 
 #include "common/failpoint.h"
 #include "common/log.h"
@@ -46,7 +49,11 @@ PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataD
   log_.start();
   pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize,
                                      "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs));
-  finishPool_ = std::make_unique<pg::Pool>(opts_.conninfo, 2);
+  // Phase 2 gets connections of its own, as many as the prepares have: each
+  // COMMIT PREPARED waits for PostgreSQL's WAL flush, and a batch of them
+  // from the coordinator runs side by side (PostgreSQL flushes concurrent
+  // commits together), not one after another.
+  finishPool_ = std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize));
   reconcile();
 }
 
@@ -326,32 +333,32 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   return committedMeanwhile ? BranchOutcome::Committed : BranchOutcome::RolledBack;
 }
 
-kj::Promise<std::vector<BranchOutcome>> PgAgent::commit(std::uint64_t epoch, std::vector<Xid> xids) {
+kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids, bool commit, std::uint64_t epoch) {
   if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
-  return finishPool_
-      ->run<std::vector<BranchOutcome>>([this, epoch, xids = std::move(xids)](PGconn* c) {
-        std::vector<BranchOutcome> out;
-        for (Xid x : xids) out.push_back(commitOne(c, x, epoch));
-        return out;
-      })
-      .then([](std::vector<BranchOutcome> out) {
-        KEEL_FAILPOINT("agent.after_commit_durable");
-        return out;
-      });
+  // One finish-pool job per branch, so that a batch spreads over the
+  // connections; the answer keeps the batch's order.
+  kj::Vector<kj::Promise<BranchOutcome>> each(xids.size());
+  for (Xid x : xids) {
+    each.add(finishPool_->run<BranchOutcome>([this, x, commit, epoch](PGconn* c) {
+      return commit ? commitOne(c, x, epoch) : rollbackOne(c, x, epoch);
+    }));
+  }
+  return kj::joinPromises(each.releaseAsArray()).then([commit](kj::Array<BranchOutcome> a) {
+    if (commit) {
+      KEEL_FAILPOINT("agent.after_commit_durable");
+    } else {
+      KEEL_FAILPOINT("agent.after_rollback_durable");
+    }
+    return std::vector<BranchOutcome>(a.begin(), a.end());
+  });
+}
+
+kj::Promise<std::vector<BranchOutcome>> PgAgent::commit(std::uint64_t epoch, std::vector<Xid> xids) {
+  return finishAll(std::move(xids), true, epoch);
 }
 
 kj::Promise<std::vector<BranchOutcome>> PgAgent::rollback(std::uint64_t epoch, std::vector<Xid> xids) {
-  if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
-  return finishPool_
-      ->run<std::vector<BranchOutcome>>([this, epoch, xids = std::move(xids)](PGconn* c) {
-        std::vector<BranchOutcome> out;
-        for (Xid x : xids) out.push_back(rollbackOne(c, x, epoch));
-        return out;
-      })
-      .then([](std::vector<BranchOutcome> out) {
-        KEEL_FAILPOINT("agent.after_rollback_durable");
-        return out;
-      });
+  return finishAll(std::move(xids), false, epoch);
 }
 
 BranchStatus PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec) {

@@ -79,6 +79,8 @@ class PgAgent final : public ParticipantBackend {
   BranchStatus settleOnePhase(PGconn* c, BranchRecord& rec);
   BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
   BranchOutcome rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch);
+  // Commits (or rolls back) each branch as its own finish-pool job.
+  kj::Promise<std::vector<BranchOutcome>> finishAll(std::vector<Xid> xids, bool commit, std::uint64_t epoch);
 
   PgAgentOptions opts_;
   BranchLog log_;

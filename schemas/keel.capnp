@@ -143,7 +143,22 @@ interface Participant {
   # earlier batches are out). Each item is its own branch with its own vote,
   # exactly as if sent alone by `prepare`; `votes` is in item order, and the
   # answer leaves when every item has voted (each YES durable first).
-  prepareBatch @10 (epoch :UInt64, items :List(PrepareItem)) -> (votes :List(PrepareVote));
+  #
+  # `sink`, if given, hears votes as they become ready, before the answer:
+  # one slow item (a PostgreSQL row lock, say) then holds up no other
+  # item's vote, and no other interaction's decision. The answer still
+  # carries every vote.
+  prepareBatch @10 (epoch :UInt64, items :List(PrepareItem), sink :VoteSink)
+      -> (votes :List(PrepareVote));
+}
+
+interface VoteSink {
+  votes @0 (votes :List(IndexedVote)) -> ();
+}
+
+struct IndexedVote {
+  index @0 :UInt32;       # the item's position in its prepareBatch
+  vote @1 :PrepareVote;
 }
 
 struct PrepareItem {

@@ -21,6 +21,7 @@ struct FakePeer {
     kj::Own<kj::PromiseFulfiller<std::vector<int>>> answer;
   };
   std::vector<Sent> sent;
+  std::function<void(std::size_t, int&&)> deliver;  // of the latest batch
 
   kj::Promise<std::vector<int>> send(std::vector<int>&& items) {
     auto paf = kj::newPromiseAndFulfiller<std::vector<int>>();
@@ -43,7 +44,12 @@ Batcher makeBatcher(FakePeer& peer, std::size_t maxItems, std::size_t maxInFligh
   o.maxInFlight = maxInFlight;
   o.maxWeight = maxWeight;
   return Batcher(
-      o, [&peer](std::vector<int>&& items) { return peer.send(std::move(items)); }, [](const int&) { return 10; });
+      o,
+      [&peer](std::vector<int>&& items, Batcher::Deliver deliver) {
+        peer.deliver = std::move(deliver);
+        return peer.send(std::move(items));
+      },
+      [](const int&) { return 10; });
 }
 
 // The event loop lives outside the fixture: kj::EventLoop's destructor may
