@@ -96,7 +96,7 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
     }
     // PostgreSQL prepares can wait on row locks: sharing a message would
     // make a fast vote wait for a slow one (docs/postgres.md, batching).
-    if (f.adapter == "postgres" && !batchMaxSet) copts.coordinatorExtraToml += "batch_max = 1\n";
+    if (f.adapter == "postgres" && !batchMaxSet) copts.coordinatorExtraToml += keel::bank::kPostgresCoordinatorToml;
     s.cluster = std::make_unique<keel::LocalCluster>(copts);
     if (f.adapter == "postgres") {
       keel::test::PgServerOptions po;

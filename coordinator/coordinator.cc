@@ -486,8 +486,19 @@ void Coordinator::startAbort(Interaction& it, const std::string& reason) {
     }
   }
   it.rb->pending.assign(pending.begin(), pending.end());
-  answer(it, ClientOutcome::RolledBack, reason);
-  tasks_.add(persist(it));  // not forced: presumed abort
+  // The client hears "rolled back" once the rollback record is durable, so
+  // the story it may look up exists even if we crash right after (a
+  // two-phase interaction has no earlier record: nothing is written before
+  // its decision). The rollback itself starts at once.
+  tasks_.add(persist(it).then(
+      [this, seq, reason]() {
+        if (Interaction* p = find(seq)) answer(*p, ClientOutcome::RolledBack, reason);
+      },
+      [this, seq, reason](kj::Exception&& e) {
+        // Still rolled back (presumed abort); only the record may be missing.
+        KEEL_LOG_ERROR("seq {}: rollback record not written ({})", seq, e.getDescription().cStr());
+        if (Interaction* p = find(seq)) answer(*p, ClientOutcome::RolledBack, reason);
+      }));
   tasks_.add(driveRollback(seq));
 }
 
@@ -673,6 +684,8 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
                    (it->rec.decision == InteractionRecord::Decision::None && !it->rb);
   it->rec.state = committed ? State::Committed : State::RolledBack;
   it->rec.completedUs = now;
+  // Normally answered long before; never leave a client without one.
+  answer(*it, committed ? ClientOutcome::Committed : ClientOutcome::RolledBack, it->rec.error);
   if (it->rb) it->rb->completedUs = now;
   ++(committed ? committed_ : rolledBack_);
   // Not forced, and lazy: a lost "complete" mark only means recovery

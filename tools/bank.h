@@ -23,6 +23,11 @@ class PgServer;
 
 namespace keel::bank {
 
+// Coordinator settings for postgres participants: their prepares can wait on
+// row locks, so each travels in a message of its own (a shared message would
+// make a fast vote wait behind a blocked one). docs/postgres.md.
+inline constexpr const char* kPostgresCoordinatorToml = "batch_max = 1\n";
+
 // Guarded debit / credit / read of `account` on postgres participant `p`.
 Op sqlDebit(const std::string& p, const std::string& account, std::int64_t amount);
 Op sqlCredit(const std::string& p, const std::string& account, std::int64_t amount);
