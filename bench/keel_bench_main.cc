@@ -105,7 +105,9 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
       // phase 2, so more are prepared than outstanding), and for every
       // connection: raw2pc's clients and the agents' pools.
       po.maxPreparedTransactions = int(4 * maxConcurrency + 256);
-      po.settings = {"max_connections=" + std::to_string(f.agents * 2 * maxConcurrency + 50)};
+      // Per agent: its prepare pool and its phase-2 pool (each as large as
+      // the concurrency), plus raw2pc's own connection per database and client.
+      po.settings = {"max_connections=" + std::to_string(f.agents * 3 * maxConcurrency + 50)};
       s.pg = std::make_unique<keel::test::PgServer>("", po);  // its own folder, owned by postgres
       std::fprintf(stderr, "keel-bench: starting PostgreSQL\n");
       s.pg->start();
