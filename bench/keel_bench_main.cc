@@ -92,7 +92,7 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
     bool batchMaxSet = false;
     for (auto& kv : f.coordinatorSet) {
       copts.coordinatorExtraToml += kv + "\n";
-      batchMaxSet = batchMaxSet || kv.rfind("batch_max", 0) == 0;
+      batchMaxSet = batchMaxSet || kv.rfind("batch_", 0) == 0;
     }
     // PostgreSQL prepares can wait on row locks: sharing a message would
     // make a fast vote wait for a slow one (docs/postgres.md, batching).

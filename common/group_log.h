@@ -100,6 +100,9 @@ class GroupCommitLog {
   // Blocking variant for start-up, tools and tests (no event loop needed).
   template <typename Fn>
   auto runSync(Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&>;
+  // Blocking and lazy (see runLazy): returns once durable.
+  template <typename Fn>
+  auto runSyncLazy(Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&>;
 
   const Stats& stats() const { return stats_; }
   lmdb::Env& env() { return env_; }
@@ -281,6 +284,15 @@ auto GroupCommitLog::runSync(Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&> {
   auto job = std::make_unique<detail::SyncJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn));
   auto fut = job->future();
   submit(std::move(job));
+  return fut.get();
+}
+
+template <typename Fn>
+auto GroupCommitLog::runSyncLazy(Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&> {
+  using T = std::invoke_result_t<Fn&, lmdb::Txn&>;
+  auto job = std::make_unique<detail::SyncJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn));
+  auto fut = job->future();
+  submitLazy(std::move(job));
   return fut.get();
 }
 

@@ -284,7 +284,14 @@ BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     // Gone already: our earlier COMMIT PREPARED went through before a crash.
     if (e.sqlstate() != kUndefinedObject) throw;
   }
-  log_.log().runSync([&](lmdb::Txn& txn) {
+  KEEL_FAILPOINT("agent.after_host_commit");
+  // Lazy: PostgreSQL's commit is durable already, and a COMMITTED record
+  // lost in a crash leaves a PREPARED one that PostgreSQL no longer holds,
+  // which the in-doubt resolver settles by asking the coordinator (COMMIT
+  // PREPARED of a gid that is gone is accepted above). So this write need
+  // not start a group commit: it rides with the next prepares' group (or
+  // commits after lazy_delay), and the acknowledgement still waits for it.
+  log_.log().runSyncLazy([&](lmdb::Txn& txn) {
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
     auto r = log_.read(txn, xid);
     if (r && r->state == BranchStatus::Prepared) log_.finish(txn, *r, BranchStatus::Committed, epoch);

@@ -109,6 +109,25 @@ TEST_F(PostgresTest, AgentKilledAfterPrepareIsSettledWhenBack) {
   EXPECT_EQ(balance("bank_b", "bob"), 0);
 }
 
+TEST_F(PostgresTest, AgentCrashAfterCommitPreparedBeforeItsRecordEndsCommitted) {
+  // The COMMITTED record is written lazily after COMMIT PREPARED: a crash in
+  // between leaves a PREPARED record that PostgreSQL no longer holds. Back
+  // up, the coordinator's phase-2 retry (or the agent's in-doubt question)
+  // commits it, and COMMIT PREPARED of the vanished gid is accepted.
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.after_host_commit=crash");
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(prepared("bank_b"), 0u);      // PostgreSQL committed it
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  cluster_->startAgent("bank-b");
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)));
+  EXPECT_EQ(query(o.seq)->interaction.state, InteractionRecord::State::Committed);
+  EXPECT_EQ(balance("bank_a", "alice"), 900);
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+}
+
 TEST_F(PostgresTest, AgentCrashBeforeItsRecordRollsBackThePgPrepare) {
   cluster_->stopAgent("bank-b");
   cluster_->startAgent("bank-b", "agent.before_prepared_durable=crash");
