@@ -162,6 +162,28 @@ TEST_F(CallBatcherTest, AWrongNumberOfRepliesFailsTheBatchAndTheBatcherGoesOn) {
   EXPECT_EQ(later.wait(ws_), 30);
 }
 
+TEST_F(CallBatcherTest, AnEarlyReplyResolvesItsCallAndLetsTheNextBatchGo) {
+  FakePeer peer;
+  auto b = makeBatcher(peer, 100, 1);
+  auto fast = b.add(1);
+  auto slow = b.add(2);
+  kj::evalLater([] {}).wait(ws_);
+  ASSERT_EQ(peer.sent.size(), 1u);
+  peer.deliver(0, 11);  // item 0 answered before its batch
+  EXPECT_EQ(fast.wait(ws_), 11);
+  // The only slot was released by that first reply: a new call leaves now,
+  // while the first batch still waits for its slow item.
+  auto next = b.add(3);
+  kj::evalLater([] {}).wait(ws_);
+  ASSERT_EQ(peer.sent.size(), 2u);
+  EXPECT_EQ(peer.sent[1].items, (std::vector<int>{3}));
+  peer.answer(0);  // the batch's own answer: item 0 keeps its early reply
+  EXPECT_EQ(slow.wait(ws_), 20);
+  peer.answer(1);
+  EXPECT_EQ(next.wait(ws_), 30);
+  EXPECT_EQ(b.batchesSent(), 2u);
+}
+
 TEST_F(CallBatcherTest, ACallWhoseCallerGaveUpBeforeItLeftIsNotSent) {
   FakePeer peer;
   auto b = makeBatcher(peer, 100, 1);
