@@ -284,7 +284,7 @@ BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     // Gone already: our earlier COMMIT PREPARED went through before a crash.
     if (e.sqlstate() != kUndefinedObject) throw;
   }
-  KEEL_FAILPOINT("agent.after_host_commit");
+  KEEL_FAILPOINT("pg.after_host_commit");
   // Lazy: PostgreSQL's commit is durable already, and a COMMITTED record
   // lost in a crash leaves a PREPARED one that PostgreSQL no longer holds,
   // which the in-doubt resolver settles by asking the coordinator (COMMIT

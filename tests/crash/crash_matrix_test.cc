@@ -96,6 +96,9 @@ std::vector<CrashCase> matrixCases() {
     if (std::find(names.begin(), names.end(), fp) == names.end()) names.push_back(fp);
   }
   for (const auto& fp : names) {
+    // pg.*: the postgres adapter's own points; this matrix runs ledger
+    // agents, and tests/pg crashes at them against a real PostgreSQL.
+    if (fp.rfind("pg.", 0) == 0) continue;
     if (fp.rfind("coord.", 0) == 0) {
       out.push_back({fp, kCoordinator});
     } else if (fp.rfind("agent.", 0) == 0) {

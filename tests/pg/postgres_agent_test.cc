@@ -115,7 +115,7 @@ TEST_F(PostgresTest, AgentCrashAfterCommitPreparedBeforeItsRecordEndsCommitted) 
   // up, the coordinator's phase-2 retry (or the agent's in-doubt question)
   // commits it, and COMMIT PREPARED of the vanished gid is accepted.
   cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "agent.after_host_commit=crash");
+  cluster_->startAgent("bank-b", "pg.after_host_commit=crash");
   auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
   ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
