@@ -40,10 +40,28 @@ void Pool::submit(Job job) {
   cv_.notify_one();
 }
 
+void Pool::warnRateLimited(const std::string& what) {
+  std::lock_guard<std::mutex> lk(logMu_);
+  auto now = std::chrono::steady_clock::now();
+  if (now - lastWarn_ < std::chrono::seconds(1)) {
+    ++unlogged_;
+    return;
+  }
+  if (unlogged_ > 0) {
+    KEEL_LOG_WARN("postgres: {} ({} more such failures since the last message)", what, unlogged_);
+  } else {
+    KEEL_LOG_WARN("postgres: {}", what);
+  }
+  lastWarn_ = now;
+  unlogged_ = 0;
+}
+
 PGconn* Pool::connect() {
   PGconn* c = PQconnectdb(conninfo_.c_str());
   if (PQstatus(c) != CONNECTION_OK) {
-    KEEL_LOG_WARN("postgres: cannot connect: {}", PQerrorMessage(c));
+    std::string msg = PQerrorMessage(c);
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    warnRateLimited("cannot connect: " + msg);
     PQfinish(c);
     return nullptr;
   }
@@ -51,7 +69,7 @@ PGconn* Pool::connect() {
     try {
       exec(c, initSql_);
     } catch (const PgError& e) {
-      KEEL_LOG_WARN("postgres: session set-up failed: {}", e.what());
+      warnRateLimited(std::string("session set-up failed: ") + e.what());
       PQfinish(c);
       return nullptr;
     }

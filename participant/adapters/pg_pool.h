@@ -20,6 +20,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -79,6 +80,12 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;  // GUARDED_BY(mu_)
+  // Connection failures are logged at most once a second, with how many
+  // went unlogged (while PostgreSQL is down every job fails to connect).
+  std::mutex logMu_;
+  std::chrono::steady_clock::time_point lastWarn_;  // GUARDED_BY(logMu_)
+  std::uint64_t unlogged_ = 0;                      // GUARDED_BY(logMu_)
+  void warnRateLimited(const std::string& what);
   bool stopping_ = false;  // GUARDED_BY(mu_)
   std::vector<std::thread> workers_;
 };
