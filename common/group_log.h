@@ -125,6 +125,8 @@ class GroupCommitLog {
   void scheduleLoopFlush();
   template <typename Fn>
   auto runOn(bool lazy, Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>>;
+  template <typename Fn>
+  auto runSyncOn(bool lazy, Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&>;
 
   lmdb::Env& env_;
   const Options opts_;
@@ -280,19 +282,20 @@ auto GroupCommitLog::runOn(bool lazy, Fn&& fn) -> kj::Promise<std::invoke_result
 
 template <typename Fn>
 auto GroupCommitLog::runSync(Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&> {
-  using T = std::invoke_result_t<Fn&, lmdb::Txn&>;
-  auto job = std::make_unique<detail::SyncJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn));
-  auto fut = job->future();
-  submit(std::move(job));
-  return fut.get();
+  return runSyncOn(false, std::forward<Fn>(fn));
 }
 
 template <typename Fn>
 auto GroupCommitLog::runSyncLazy(Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&> {
+  return runSyncOn(true, std::forward<Fn>(fn));
+}
+
+template <typename Fn>
+auto GroupCommitLog::runSyncOn(bool lazy, Fn&& fn) -> std::invoke_result_t<Fn&, lmdb::Txn&> {
   using T = std::invoke_result_t<Fn&, lmdb::Txn&>;
   auto job = std::make_unique<detail::SyncJob<T, std::decay_t<Fn>>>(std::forward<Fn>(fn));
   auto fut = job->future();
-  submitLazy(std::move(job));
+  enqueue(std::move(job), lazy);
   return fut.get();
 }
 
