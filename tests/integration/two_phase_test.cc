@@ -3,6 +3,8 @@
 
 #include "tests/integration/cluster_fixture.h"
 
+#include "common/wire.h"
+
 #include <set>
 
 namespace keel::test {
@@ -238,6 +240,31 @@ TEST_F(ClusterTest, BatchedSubmitsAreIndependentInteractionsWithTheirOwnOutcomes
     ASSERT_TRUE(q.has_value()) << seq;
     EXPECT_TRUE(q->interaction.finished()) << seq;
   }
+}
+
+TEST_F(ClusterTest, AnOversizedSubmitBatchIsRefusedWholeWithAClearReason) {
+  // More items than one submitBatch may carry: every item is answered
+  // `invalid` with the limit, no seq is used and nothing is written.
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
+  auto before = client_->info().wait(io_.waitScope);
+  auto req = client_->capability().submitBatchRequest();
+  auto items = req.initItems(1025);
+  auto ops = transferOps("bank-a:alice", "bank-b:bob", 1);
+  for (auto item : items) fillOps(item.initOperations(ops.size()), ops);
+  auto resp = req.send().wait(io_.waitScope);
+  ASSERT_EQ(resp.getResults().size(), 1025u);
+  for (auto r : resp.getResults()) {
+    EXPECT_EQ(r.getOutcome(), wire::Outcome::INVALID);
+    EXPECT_EQ(r.getSeq(), 0u);
+    EXPECT_NE(std::string(r.getReason().cStr()).find("at most 1024 interactions, got 1025"), std::string::npos)
+        << r.getReason().cStr();
+  }
+  auto after = client_->info().wait(io_.waitScope);
+  EXPECT_EQ(after.committed, before.committed);
+  EXPECT_EQ(after.rolledBack, before.rolledBack);
+  EXPECT_EQ(account("bank-a", "alice"), bal(100, 0));
 }
 
 TEST_F(ClusterTest, AFaultInOnePrepareOfABatchFailsThatBranchOnly) {
