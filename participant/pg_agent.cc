@@ -58,7 +58,20 @@ PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataD
 }
 
 PgAgent::~PgAgent() {
-  pool_.reset();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  sweepCv_.notify_all();
+  if (sweeper_.joinable()) sweeper_.join();
+  pool_.reset();  // no prepare queues a PREPARED record after this
+  // Every lazy PREPARED record is written (and its done() has run, which may
+  // post to the finish pool) once a forced job queued after them is durable.
+  try {
+    log_.log().runSync([](lmdb::Txn&) {});
+  } catch (const std::exception& e) {
+    KEEL_LOG_WARN("postgres agent: last branch-log flush failed: {}", e.what());
+  }
   finishPool_.reset();
 }
 
@@ -81,29 +94,7 @@ void PgAgent::reconcile() {
       KEEL_LOG_WARN("max_prepared_transactions = {} is below pool_size = {}: prepares may fail", max,
                     opts_.poolSize);
     }
-    std::string prefix = "keel:" + opts_.name + ":";
-    auto q = pg::exec(c, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND left(gid, " +
-                             std::to_string(prefix.size()) + ") = " + quoteLiteral(prefix));
-    std::size_t rolled = 0, committed = 0, kept = 0;
-    for (int i = 0; i < PQntuples(q.get()); ++i) {
-      std::string g = PQgetvalue(q.get(), i, 0);
-      auto rest = g.substr(prefix.size());
-      auto colon = rest.find(':');
-      if (colon == std::string::npos) continue;
-      Xid xid{std::stoull(rest.substr(0, colon)), std::uint16_t(std::stoul(rest.substr(colon + 1)))};
-      auto rec = log_.branches({xid})[0];
-      if (rec && rec->state == BranchStatus::Prepared) {
-        ++kept;
-      } else if (rec && rec->state == BranchStatus::Committed) {
-        pg::exec(c, "COMMIT PREPARED " + quoteLiteral(g));
-        ++committed;
-      } else {
-        // Never voted on (crash before the PREPARED record), or decided
-        // rolled back: PostgreSQL's half is undone.
-        pg::exec(c, "ROLLBACK PREPARED " + quoteLiteral(g));
-        ++rolled;
-      }
-    }
+    auto swept = sweepPrepared(c, /*minAgeNoRecordS=*/0);
     std::size_t settled = 0;
     for (auto& rec : log_.unfinishedBranches()) {
       if (rec.state == BranchStatus::Active && rec.onePhase) {
@@ -111,9 +102,91 @@ void PgAgent::reconcile() {
         ++settled;
       }
     }
-    KEEL_LOG_INFO("postgres reconcile: {} prepared kept, {} rolled back, {} committed, {} one-phase settled", kept,
-                  rolled, committed, settled);
+    KEEL_LOG_INFO(
+        "postgres reconcile: {} prepared kept, {} recovered in doubt (no record yet), {} rolled back, {} committed, {} "
+        "one-phase settled",
+        swept.kept, swept.recovered, swept.rolledBack, swept.committed, settled);
   });
+  sweeper_ = std::thread([this] { sweepLoop(); });
+}
+
+PgAgent::Swept PgAgent::sweepPrepared(PGconn* c, double minAgeNoRecordS) {
+  std::string prefix = "keel:" + opts_.name + ":";
+  auto q = pg::exec(c,
+                    "SELECT gid, extract(epoch FROM now() - prepared) FROM pg_prepared_xacts WHERE database = "
+                    "current_database() AND left(gid, " +
+                        std::to_string(prefix.size()) + ") = " + quoteLiteral(prefix));
+  Swept out;
+  for (int i = 0; i < PQntuples(q.get()); ++i) {
+    std::string g = PQgetvalue(q.get(), i, 0);
+    double ageS = std::atof(PQgetvalue(q.get(), i, 1));
+    auto rest = g.substr(prefix.size());
+    auto colon = rest.find(':');
+    if (colon == std::string::npos) continue;
+    Xid xid{std::stoull(rest.substr(0, colon)), std::uint16_t(std::stoul(rest.substr(colon + 1)))};
+    auto rec = log_.branches({xid})[0];
+    if (rec && rec->state == BranchStatus::Prepared) {
+      ++out.kept;  // waits for the coordinator (or the in-doubt resolver)
+    } else if (rec && rec->state == BranchStatus::Committed) {
+      try {
+        pg::exec(c, "COMMIT PREPARED " + quoteLiteral(g));
+      } catch (const pg::PgError& e) {
+        if (e.sqlstate() != kUndefinedObject) throw;  // finished meanwhile
+      }
+      ++out.committed;
+    } else if (!rec) {
+      // Prepared in PostgreSQL with no record: its lazy PREPARED record was
+      // lost in our crash (the vote may have left, so the coordinator may
+      // have decided COMMIT), or a prepare's pipeline finished in
+      // PostgreSQL after the agent that sent it died. In doubt: recorded
+      // PREPARED, and the coordinator's phase 2 or the in-doubt resolver's
+      // question settles it (never rolled back on our own). While running,
+      // a young gid is left alone: its prepare may be about to record it.
+      if (ageS < minAgeNoRecordS || pendingRecord(xid)) continue;
+      log_.log().runSync([&](lmdb::Txn& txn) {
+        if (log_.read(txn, xid)) return;
+        BranchRecord r;
+        r.xid = xid;
+        r.state = BranchStatus::Prepared;
+        r.createdUs = r.preparedUs = wallMicros();
+        r.reason = "recovered from PostgreSQL's prepared transaction " + g +
+                   " (no PREPARED record was durable): in doubt until the coordinator answers";
+        log_.put(txn, r);
+      });
+      ++out.recovered;
+    } else {
+      // Decided rolled back (a tombstone, or refused): PostgreSQL's half is
+      // undone. Also the case of a prepare that PostgreSQL finished after
+      // the rollback had looked for it.
+      rollbackPrepared(c, g);
+      ++out.rolledBack;
+    }
+  }
+  return out;
+}
+
+void PgAgent::sweepLoop() {
+  // Never younger than the longest a live prepare can take between PREPARE
+  // TRANSACTION and its record (a lock wait of its statements included).
+  const double minAgeS = std::max(10.0, 3.0 * opts_.lockTimeoutMs / 1000.0);
+  std::unique_lock<std::mutex> lk(mu_);
+  while (!stopping_) {
+    sweepCv_.wait_for(lk, std::chrono::seconds(5));
+    if (stopping_) break;
+    lk.unlock();
+    try {
+      auto swept = finishPool_->runSync<Swept>([&](PGconn* c) { return sweepPrepared(c, minAgeS); });
+      if (swept.recovered + swept.rolledBack + swept.committed > 0) {
+        KEEL_LOG_INFO(
+            "postgres sweep: {} prepared transaction(s) without a record recorded in doubt, {} rolled back, {} "
+            "committed (as their records say)",
+            swept.recovered, swept.rolledBack, swept.committed);
+      }
+    } catch (const std::exception& e) {
+      KEEL_LOG_DEBUG("postgres sweep skipped: {}", e.what());
+    }
+    lk.lock();
+  }
 }
 
 std::optional<std::string> PgAgent::validate(const std::vector<Op>& ops) const {
@@ -131,60 +204,98 @@ std::optional<std::string> PgAgent::validate(const std::vector<Op>& ops) const {
   return std::nullopt;
 }
 
+namespace {
+
+// One statement's parameters as libpq takes them (text format, typed).
+struct Params {
+  std::vector<Oid> types;
+  std::vector<std::string> texts;
+  std::vector<const char*> values;
+  explicit Params(const Op& op) {
+    texts.reserve(op.params.size());
+    for (const auto& p : op.params) {
+      switch (p.type) {
+        case SqlValue::Type::Null: types.push_back(0); texts.emplace_back(); break;
+        case SqlValue::Type::Int: types.push_back(kInt8); texts.push_back(std::to_string(p.i)); break;
+        case SqlValue::Type::Text: types.push_back(0); texts.push_back(p.text); break;
+        case SqlValue::Type::Float: types.push_back(kFloat8); texts.push_back(std::to_string(p.f)); break;
+        case SqlValue::Type::Bool: types.push_back(kBool); texts.push_back(p.b ? "true" : "false"); break;
+      }
+    }
+    for (std::size_t k = 0; k < op.params.size(); ++k) {
+      values.push_back(op.params[k].type == SqlValue::Type::Null ? nullptr : texts[k].c_str());
+    }
+  }
+  int count() const { return int(values.size()); }
+};
+
+// The error a failed result carries.
+pg::PgError errorOf(const PGresult* r, const std::string& what) {
+  const char* code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  std::string msg = PQresultErrorMessage(r);
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  return pg::PgError(what + ": " + msg, code != nullptr ? code : "");
+}
+
+// The outcome of statement i (0-based) from its result; throws PgError with
+// its SQLSTATE, or "KEEL1" when it touched a number of rows it must not.
+OpResult resultOf(PGresult* r, const Op& op, std::size_t i) {
+  auto st = PQresultStatus(r);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) throw errorOf(r, "statement " + std::to_string(i + 1));
+  OpResult out;
+  if (st == PGRES_TUPLES_OK) {
+    out.affected = PQntuples(r);
+    for (int row = 0; row < PQntuples(r); ++row) {
+      std::vector<std::optional<std::string>> cells;
+      for (int col = 0; col < PQnfields(r); ++col) {
+        if (PQgetisnull(r, row, col)) {
+          cells.emplace_back(std::nullopt);
+        } else {
+          cells.emplace_back(std::string(PQgetvalue(r, row, col), PQgetlength(r, row, col)));
+        }
+      }
+      out.rows.push_back(std::move(cells));
+    }
+  } else {
+    out.affected = std::atoll(PQcmdTuples(r));
+  }
+  if (op.expectRows >= 0 && out.affected != op.expectRows) {
+    throw pg::PgError("statement " + std::to_string(i + 1) + " touched " + std::to_string(out.affected) + " rows, " +
+                          std::to_string(op.expectRows) + " required",
+                      "KEEL1");
+  }
+  return out;
+}
+
+[[noreturn]] void connectionLost(PGconn* c, const char* what) {
+  std::string msg = PQerrorMessage(c);
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  throw pg::PgError(std::string(what) + ": " + msg, "");
+}
+
+// The next query's result in pipeline mode (its first PGresult; the NULL
+// that ends it is consumed). Null only when the connection broke.
+pg::Result nextResult(PGconn* c) {
+  pg::Result r(PQgetResult(c));
+  if (r.get() == nullptr) return r;
+  if (PQresultStatus(r.get()) != PGRES_PIPELINE_SYNC) {
+    while (PGresult* extra = PQgetResult(c)) PQclear(extra);
+  }
+  return r;
+}
+
+}  // namespace
+
 std::optional<std::string> PgAgent::runStatements(PGconn* c, const std::vector<Op>& ops,
                                                   std::vector<OpResult>& results) {
   results.clear();
   try {
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const Op& op = ops[i];
-      std::vector<Oid> types;
-      std::vector<std::string> texts;
-      std::vector<const char*> values;
-      texts.reserve(op.params.size());
-      for (const auto& p : op.params) {
-        switch (p.type) {
-          case SqlValue::Type::Null: types.push_back(0); texts.emplace_back(); break;
-          case SqlValue::Type::Int: types.push_back(kInt8); texts.push_back(std::to_string(p.i)); break;
-          case SqlValue::Type::Text: types.push_back(0); texts.push_back(p.text); break;
-          case SqlValue::Type::Float: types.push_back(kFloat8); texts.push_back(std::to_string(p.f)); break;
-          case SqlValue::Type::Bool: types.push_back(kBool); texts.push_back(p.b ? "true" : "false"); break;
-        }
-      }
-      for (std::size_t k = 0; k < op.params.size(); ++k) {
-        values.push_back(op.params[k].type == SqlValue::Type::Null ? nullptr : texts[k].c_str());
-      }
-      pg::Result r(PQexecParams(c, op.sql.c_str(), int(op.params.size()), types.data(), values.data(), nullptr,
-                                nullptr, 0));
-      auto st = PQresultStatus(r.get());
-      if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        const char* code = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
-        std::string msg = PQresultErrorMessage(r.get());
-        while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-        throw pg::PgError("statement " + std::to_string(i + 1) + ": " + msg, code != nullptr ? code : "");
-      }
-      OpResult out;
-      if (st == PGRES_TUPLES_OK) {
-        out.affected = PQntuples(r.get());
-        for (int row = 0; row < PQntuples(r.get()); ++row) {
-          std::vector<std::optional<std::string>> cells;
-          for (int col = 0; col < PQnfields(r.get()); ++col) {
-            if (PQgetisnull(r.get(), row, col)) {
-              cells.emplace_back(std::nullopt);
-            } else {
-              cells.emplace_back(std::string(PQgetvalue(r.get(), row, col), PQgetlength(r.get(), row, col)));
-            }
-          }
-          out.rows.push_back(std::move(cells));
-        }
-      } else {
-        out.affected = std::atoll(PQcmdTuples(r.get()));
-      }
-      if (op.expectRows >= 0 && out.affected != op.expectRows) {
-        throw pg::PgError("statement " + std::to_string(i + 1) + " touched " + std::to_string(out.affected) +
-                              " rows, " + std::to_string(op.expectRows) + " required",
-                          "KEEL1");
-      }
-      results.push_back(std::move(out));
+      Params p(op);
+      pg::Result r(PQexecParams(c, op.sql.c_str(), p.count(), p.types.data(), p.values.data(), nullptr, nullptr, 0));
+      if (r.get() == nullptr) connectionLost(c, "statement");
+      results.push_back(resultOf(r.get(), op, i));
     }
     return std::nullopt;
   } catch (const pg::PgError& e) {
@@ -193,10 +304,81 @@ std::optional<std::string> PgAgent::runStatements(PGconn* c, const std::vector<O
   }
 }
 
+PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid,
+                                           std::vector<OpResult>& results) {
+  // BEGIN, the statements and PREPARE TRANSACTION go out in one pipeline
+  // with one Sync: one round trip instead of two plus one per statement.
+  // An error stops PostgreSQL at that statement (the rest come back
+  // "aborted"); a row count that is wrong is seen only here, after the
+  // PREPARE TRANSACTION ran, and is undone with ROLLBACK PREPARED.
+  results.clear();
+  OneTrip out;
+  if (PQenterPipelineMode(c) != 1) connectionLost(c, "entering pipeline mode");
+  auto send = [&](const std::string& sql, const Params* p) {
+    int ok = p != nullptr ? PQsendQueryParams(c, sql.c_str(), p->count(), p->types.data(), p->values.data(), nullptr,
+                                              nullptr, 0)
+                          : PQsendQueryParams(c, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0);
+    if (ok != 1) connectionLost(c, "sending a statement");
+  };
+  send("BEGIN", nullptr);
+  for (const auto& op : ops) {
+    Params p(op);
+    send(op.sql, &p);
+  }
+  send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
+  if (PQpipelineSync(c) != 1) connectionLost(c, "sending the pipeline");
+
+  std::optional<pg::PgError> statementError;
+  auto begun = nextResult(c);
+  if (begun.get() == nullptr) connectionLost(c, "BEGIN");
+  if (PQresultStatus(begun.get()) != PGRES_COMMAND_OK) statementError.emplace(errorOf(begun.get(), "BEGIN"));
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    auto r = nextResult(c);
+    if (r.get() == nullptr) connectionLost(c, "statement");
+    if (statementError || PQresultStatus(r.get()) == PGRES_PIPELINE_ABORTED) continue;
+    try {
+      results.push_back(resultOf(r.get(), ops[i], i));
+    } catch (const pg::PgError& e) {
+      if (e.sqlstate() == "KEEL1") {
+        out.wrongRows = e.what();  // PostgreSQL carries on: it will prepare
+      } else {
+        statementError.emplace(e);
+      }
+    }
+  }
+  auto prepared = nextResult(c);
+  if (prepared.get() == nullptr) connectionLost(c, "PREPARE TRANSACTION");
+  auto pst = PQresultStatus(prepared.get());
+  if (pst == PGRES_COMMAND_OK) {
+    out.prepared = true;
+  } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
+    auto e = errorOf(prepared.get(), "PREPARE TRANSACTION");
+    if (e.connectionLost()) throw e;
+    out.prepareFailed = describePgError(e);
+  }
+  auto sync = nextResult(c);
+  if (sync.get() == nullptr || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC) connectionLost(c, "pipeline sync");
+  while (PQexitPipelineMode(c) != 1) {
+    PGresult* extra = PQgetResult(c);
+    if (extra == nullptr && PQexitPipelineMode(c) != 1) connectionLost(c, "leaving pipeline mode");
+    if (extra == nullptr) break;
+    PQclear(extra);
+  }
+  if (statementError) {
+    if (statementError->connectionLost()) throw *statementError;
+    out.refused = describePgError(*statementError);
+  }
+  // An error inside the transaction block leaves it aborted; a failed
+  // PREPARE TRANSACTION already rolled it back (ROLLBACK then only warns).
+  if (!out.prepared) PQclear(PQexec(c, "ROLLBACK"));
+  return out;
+}
+
 kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) {
   log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return PrepareResult{Vote::No, *bad, {}};
+  if (pendingRecord(xid)) return PrepareResult{Vote::Yes, "", {}};  // repeated, its record not yet written
   if (auto existing = log_.branches({xid})[0]) {
     if (existing->state == BranchStatus::Prepared) return PrepareResult{Vote::Yes, "", {}};  // repeated
     return PrepareResult{Vote::No,
@@ -207,9 +389,18 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
   return pool_
       ->run<PrepareResult>([this, epoch, xid, ops = std::move(ops)](PGconn* c) {
         std::string g = gid(xid);
-        pg::exec(c, "BEGIN");
         std::vector<OpResult> results;
-        if (auto why = runStatements(c, ops, results)) {
+        KEEL_FAILPOINT("agent.after_execute");  // before the one round trip that runs and prepares
+        auto trip = prepareInOneTrip(c, ops, g, results);
+        std::optional<std::string> why = trip.refused ? trip.refused : trip.wrongRows;
+        if (trip.prepared && why) {
+          // A row count the branch does not allow: PostgreSQL prepared it
+          // all the same, so it is undone before the NO vote (a crash first
+          // leaves a gid without record: in doubt, and the coordinator,
+          // which got no vote, answers rolled back).
+          rollbackPrepared(c, g);
+        }
+        if (why) {
           // Refused: PostgreSQL rolled it back; the branch log says so too.
           log_.log().runSync([&](lmdb::Txn& txn) {
             log_.storeEpoch(txn, seqNode(xid.seq), epoch);
@@ -222,37 +413,25 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
           });
           return PrepareResult{Vote::No, *why, {}};
         }
-        KEEL_FAILPOINT("agent.after_execute");
-        // Always prepared, even when the statements only read: PostgreSQL
-        // does not tell cheaply whether a transaction wrote anything.
-        try {
-          pg::exec(c, "PREPARE TRANSACTION " + quoteLiteral(g));
-        } catch (const pg::PgError& e) {
-          // Connection lost: PostgreSQL may have prepared it all the same.
-          // The call fails instead of voting NO, so that the coordinator
-          // sends this branch a rollback (it sends none to a NO voter), and
-          // rollbackOne finishes whatever PostgreSQL holds.
-          if (e.connectionLost()) throw;
-          PQclear(PQexec(c, "ROLLBACK"));
-          return PrepareResult{Vote::No, "PREPARE TRANSACTION failed: " + describePgError(e), {}};
+        if (!trip.prepared) {
+          return PrepareResult{Vote::No, "PREPARE TRANSACTION failed: " + trip.prepareFailed.value_or("?"), {}};
         }
-        // PREPARED must be durable in our log before the vote leaves; a
-        // tombstone here means the rollback overtook us: undo.
-        bool recorded = log_.log().runSync([&](lmdb::Txn& txn) {
-          log_.storeEpoch(txn, seqNode(xid.seq), epoch);
-          if (log_.read(txn, xid)) return false;
-          BranchRecord rec;
-          rec.xid = xid;
-          rec.epoch = epoch;
-          rec.ops = ops;
-          rec.state = BranchStatus::Prepared;
-          rec.createdUs = rec.preparedUs = wallMicros();
-          KEEL_FAILPOINT("agent.before_prepared_durable");
-          log_.put(txn, rec);
-          return true;
-        });
-        if (!recorded) {
-          rollbackPrepared(c, g);  // the rollback may have finished it already
+        KEEL_FAILPOINT("pg.after_host_prepare");
+        // PostgreSQL's prepared transaction is the durable PREPARED state:
+        // its gid names this branch, it survives a crash of PostgreSQL and of
+        // this agent, and start-up's reconcile turns a gid without a record
+        // into a PREPARED record in doubt (asked of the coordinator, never
+        // rolled back on its own). So the vote need not wait for a durable
+        // write of ours; the record is written lazily (see recordPrepared).
+        // The one exception is a coordinator epoch not yet durable here: the
+        // fence must survive a crash before we vote under it.
+        // A record here already is a rollback's tombstone: the rollback
+        // overtook us and may have looked for PostgreSQL's prepared
+        // transaction before we made it. Undo it and vote NO.
+        bool ours = !log_.branches({xid})[0] &&
+                    recordPrepared(epoch, xid, ops, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
+        if (!ours) {
+          rollbackPrepared(c, g);
           return PrepareResult{Vote::No, "branch " + xid.str() + " was rolled back before it was prepared", {}};
         }
         return PrepareResult{Vote::Yes, "", std::move(results)};
@@ -263,19 +442,113 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
       });
 }
 
+// The lazy write of a PREPARED record (see prepare): apply runs on the
+// log's writer thread, done after its group commit.
+class PgAgent::PreparedRecordJob final : public GroupCommitLog::Job {
+ public:
+  PreparedRecordJob(PgAgent& agent, std::uint64_t epoch, Xid xid, std::vector<Op> ops)
+      : agent_(agent), epoch_(epoch), xid_(xid), ops_(std::move(ops)) {}
+  void apply(lmdb::Txn& txn) override {
+    KEEL_FAILPOINT("pg.before_lazy_prepared_record");  // the vote may have left already
+    written_ = agent_.writePrepared(txn, epoch_, xid_, ops_);
+  }
+  void done(std::exception_ptr err) noexcept override { agent_.preparedRecordDone(xid_, err, written_); }
+
+ private:
+  PgAgent& agent_;
+  const std::uint64_t epoch_;
+  const Xid xid_;
+  std::vector<Op> ops_;
+  bool written_ = false;
+};
+
+bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops) const {
+  log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+  // A record there already is a rollback's (its tombstone): it came first.
+  if (log_.read(txn, xid)) return false;
+  BranchRecord rec;
+  rec.xid = xid;
+  rec.epoch = epoch;
+  rec.ops = ops;
+  rec.state = BranchStatus::Prepared;
+  rec.createdUs = rec.preparedUs = wallMicros();
+  KEEL_FAILPOINT("agent.before_prepared_durable");
+  log_.put(txn, rec);
+  return true;
+}
+
+bool PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, bool force) {
+  if (force) {
+    bool written = log_.log().runSync([&](lmdb::Txn& txn) { return writePrepared(txn, epoch, xid, ops); });
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      auto& d = durableEpochs_[seqNode(xid.seq)];
+      d = std::max(d, epoch);
+    }
+    return written;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    pending_.insert(xid);
+  }
+  log_.log().submitLazy(std::make_unique<PreparedRecordJob>(*this, epoch, xid, ops));
+  return true;
+}
+
+void PgAgent::preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    pending_.erase(xid);
+  }
+  if (err) {
+    try {
+      std::rethrow_exception(err);
+    } catch (const std::exception& e) {
+      KEEL_LOG_WARN(
+          "branch {}: its PREPARED record was not written ({}); PostgreSQL holds it prepared, and its commit, "
+          "rollback or start-up's reconcile records it",
+          xid.str(), e.what());
+    }
+  } else if (!written) {
+    // A rollback's tombstone landed first: it may have looked for
+    // PostgreSQL's prepared transaction before we made it. Undo it (a crash
+    // first leaves it to reconcile, which finds the tombstone).
+    finishPool_->post([this, g = gid(xid)](PGconn* c) {
+      if (c != nullptr) rollbackPrepared(c, g);
+    });
+  }
+}
+
+bool PgAgent::pendingRecord(Xid xid) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return pending_.count(xid) != 0;
+}
+
+bool PgAgent::epochNeedsForce(std::uint16_t node, std::uint64_t epoch) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = durableEpochs_.find(node);
+  return it == durableEpochs_.end() || it->second < epoch;
+}
+
 kj::Promise<PrepareResult> PgAgent::execute(std::uint64_t epoch, Xid xid, std::vector<Op>) {
   log_.fence(seqNode(xid.seq), epoch);
   return PrepareResult{Vote::No, "the postgres adapter does not offer interactive transactions yet: use submit", {}};
 }
 
 BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
+  // No record: its lazy PREPARED record is still on its way, or it and the
+  // COMMITTED record were lost in a crash after COMMIT PREPARED (a gid
+  // PostgreSQL still held would have been recorded at start-up). Either way
+  // we voted YES, which we do only once PostgreSQL has prepared it, and the
+  // coordinator commits only what was voted YES: commit it.
   auto rec = log_.branches({xid})[0];
-  if (!rec) return BranchOutcome::Unknown;
-  switch (rec->state) {
-    case BranchStatus::Committed: return BranchOutcome::Committed;
-    case BranchStatus::RolledBack: return BranchOutcome::Conflict;
-    case BranchStatus::Active: return BranchOutcome::NotPrepared;
-    case BranchStatus::Prepared: break;
+  if (rec) {
+    switch (rec->state) {
+      case BranchStatus::Committed: return BranchOutcome::Committed;
+      case BranchStatus::RolledBack: return BranchOutcome::Conflict;
+      case BranchStatus::Active: return BranchOutcome::NotPrepared;
+      case BranchStatus::Prepared: break;
+    }
   }
   KEEL_FAILPOINT("agent.before_commit_durable");
   try {
@@ -294,7 +567,17 @@ BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   log_.log().runSyncLazy([&](lmdb::Txn& txn) {
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
     auto r = log_.read(txn, xid);
-    if (r && r->state == BranchStatus::Prepared) log_.finish(txn, *r, BranchStatus::Committed, epoch);
+    if (r && r->state == BranchStatus::Prepared) {
+      log_.finish(txn, *r, BranchStatus::Committed, epoch);
+    } else if (!r) {
+      // Its PREPARED record never became durable (lost in a crash, or its
+      // write failed): the story still says committed.
+      BranchRecord c;
+      c.xid = xid;
+      c.createdUs = wallMicros();
+      c.reason = "committed; no PREPARED record was durable (PostgreSQL's prepared transaction held it)";
+      log_.finish(txn, c, BranchStatus::Committed, epoch);
+    }
   });
   return BranchOutcome::Committed;
 }

@@ -4,9 +4,12 @@
 // run in one database transaction per branch.
 //
 //   prepare   BEGIN; statements; PREPARE TRANSACTION 'keel:<agent>:<seq>:<branch>';
-//             then the branch is recorded PREPARED in the agent's branch log
-//             (durable) and only then the vote leaves. A tombstone found at
-//             that point (the rollback overtook the prepare) undoes it.
+//             PostgreSQL's prepared transaction is the durable PREPARED
+//             state, so the vote leaves then; the branch log's PREPARED
+//             record follows lazily (forced first for a coordinator epoch
+//             not yet durable here). A tombstone found before the vote, or
+//             by the lazy write (the rollback overtook the prepare), undoes
+//             PostgreSQL's half.
 //   commit    COMMIT PREPARED, then the branch log says committed
 //   rollback  ROLLBACK PREPARED, for a branch never seen too (a prepare that
 //             failed after PREPARE TRANSACTION leaves no record but may leave
@@ -17,9 +20,10 @@
 //
 // Recovery at start-up reconciles PostgreSQL's prepared transactions of this
 // agent (pg_prepared_xacts, this database, this agent's gid prefix only)
-// with the branch log: one the log does not hold as PREPARED was never voted
-// on (or was to be rolled back) and is rolled back; one the log holds as
-// committed is committed. A gid that PostgreSQL no longer has when commit or
+// with the branch log: one the log does not hold at all may have been voted
+// YES (its lazy record lost) and is recorded PREPARED, in doubt, for the
+// coordinator to decide; one the log holds as rolled back is rolled back;
+// one it holds as committed is committed. A gid that PostgreSQL no longer has when commit or
 // rollback is asked means that step already happened (we only ever do what
 // the coordinator decided), so both are idempotent.
 //
@@ -29,7 +33,12 @@
 // Threads: the event loop calls these methods; SQL runs on the pool's worker
 // threads, which also wait for the branch log's durable writes.
 
+#include <map>
 #include <memory>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <set>
 #include <string>
 
 #include "participant/adapters/pg_pool.h"
@@ -72,12 +81,44 @@ class PgAgent final : public ParticipantBackend {
  private:
   std::optional<std::string> validate(const std::vector<Op>& ops) const;
   void reconcile();
+  // PostgreSQL's prepared transactions of this agent against the branch
+  // log: committed or rolled back as the log says, kept when PREPARED, and
+  // recorded PREPARED in doubt when the log has no record and the gid is at
+  // least minAgeNoRecordS old. At start-up (age 0) and every 5 s (sweepLoop):
+  // a prepare whose pipeline PostgreSQL finished after its agent died, or a
+  // ROLLBACK PREPARED that failed after the record said rolled back, is
+  // cleaned up without a restart.
+  struct Swept {
+    std::size_t kept = 0, recovered = 0, rolledBack = 0, committed = 0;
+  };
+  Swept sweepPrepared(PGconn* c, double minAgeNoRecordS);
+  void sweepLoop();
   // Runs the statements in the open transaction of `c`; on a PostgreSQL error
   // rolls it back and returns the reason.
   std::optional<std::string> runStatements(PGconn* c, const std::vector<Op>& ops, std::vector<OpResult>& results);
+  // BEGIN; statements; PREPARE TRANSACTION in one pipelined round trip.
+  // Throws PgError when the connection broke (PostgreSQL may have prepared
+  // it all the same).
+  struct OneTrip {
+    bool prepared = false;                     // PREPARE TRANSACTION succeeded
+    std::optional<std::string> refused;        // a statement failed: nothing prepared
+    std::optional<std::string> wrongRows;      // a row count the op forbids (prepared all the same)
+    std::optional<std::string> prepareFailed;  // PREPARE TRANSACTION itself failed
+  };
+  OneTrip prepareInOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid,
+                           std::vector<OpResult>& results);
   // What PostgreSQL did with a one-phase branch whose outcome we lost.
   BranchStatus settleOnePhase(PGconn* c, BranchRecord& rec);
   BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
+  // The PREPARED record, lazily (or forced when `force`: a coordinator epoch
+  // not yet durable here). False when, forced, it found a rollback's
+  // tombstone (lazily, preparedRecordDone undoes PostgreSQL's half).
+  class PreparedRecordJob;
+  bool recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, bool force);
+  bool writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops) const;
+  void preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept;
+  bool pendingRecord(Xid xid);
+  bool epochNeedsForce(std::uint16_t node, std::uint64_t epoch);
   BranchOutcome rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch);
   // Commits (or rolls back) each branch as its own finish-pool job.
   kj::Promise<std::vector<BranchOutcome>> finishAll(std::vector<Xid> xids, bool commit, std::uint64_t epoch);
@@ -89,6 +130,12 @@ class PgAgent final : public ParticipantBackend {
   // release the locks that statements in pool_ may be waiting for, so they
   // must never queue behind them.
   std::unique_ptr<pg::Pool> finishPool_;
+  std::mutex mu_;
+  std::set<Xid> pending_;  // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable
+  std::map<std::uint16_t, std::uint64_t> durableEpochs_;  // GUARDED_BY(mu_): per coordinator node
+  bool stopping_ = false;                                 // GUARDED_BY(mu_)
+  std::condition_variable sweepCv_;
+  std::thread sweeper_;
 };
 
 // A PostgreSQL error as a reason a branch was refused.

@@ -40,6 +40,16 @@ void Pool::submit(Job job) {
   cv_.notify_one();
 }
 
+void Pool::post(std::function<void(PGconn*)> fn) {
+  submit([fn = std::move(fn)](PGconn* c) {
+    try {
+      fn(c);
+    } catch (const std::exception& e) {
+      KEEL_LOG_WARN("postgres pool: background job failed: {}", e.what());
+    }
+  });
+}
+
 void Pool::warnRateLimited(const std::string& what) {
   std::lock_guard<std::mutex> lk(logMu_);
   auto now = std::chrono::steady_clock::now();

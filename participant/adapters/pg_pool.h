@@ -66,6 +66,10 @@ class Pool {
   // Blocking, for start-up.
   template <typename T>
   T runSync(std::function<T(PGconn*)> fn);
+  // Fire and forget, from any thread (no event loop needed): fn runs on a
+  // worker with its connection (nullptr when PostgreSQL cannot be reached);
+  // what it throws is logged and dropped.
+  void post(std::function<void(PGconn*)> fn);
 
   std::size_t size() const { return workers_.size(); }
 

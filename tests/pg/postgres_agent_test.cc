@@ -3,6 +3,9 @@
 // bank_b). Every case ends with both databases consistent and
 // pg_prepared_xacts empty.
 
+#include <fstream>
+#include <iterator>
+
 #include "tests/integration/cluster_fixture.h"
 #include "tools/pg_server.h"
 #include "tools/sql_bank.h"
@@ -48,6 +51,16 @@ class PostgresTest : public ClusterTest {
         .size();
   }
   bool settled() { return prepared("bank_a") == 0 && prepared("bank_b") == 0; }
+  // Restarts bank-b with `failpoint` set and moves 100 from alice to bob.
+  SubmitOutcome transferWithBankBFailing(const std::string& failpoint) {
+    cluster_->stopAgent("bank-b");
+    cluster_->startAgent("bank-b", failpoint);
+    return submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  }
+  void expectUntouched() {
+    EXPECT_EQ(balance("bank_a", "alice"), 1000);
+    EXPECT_EQ(balance("bank_b", "bob"), 0);
+  }
 
   std::unique_ptr<PgServer> pg_;
 };
@@ -66,8 +79,7 @@ TEST_F(PostgresTest, ViolatedGuardVotesNoAndChangesNothing) {
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
   EXPECT_NE(o.reason.find("touched 0 rows, 1 required"), std::string::npos) << o.reason;
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }));
-  EXPECT_EQ(balance("bank_a", "alice"), 1000);
-  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  expectUntouched();
 }
 
 TEST_F(PostgresTest, SqlErrorsBecomeClearNoVotes) {
@@ -97,16 +109,13 @@ TEST_F(PostgresTest, OnePhaseCommitAndResultRows) {
 }
 
 TEST_F(PostgresTest, AgentKilledAfterPrepareIsSettledWhenBack) {
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "agent.after_prepared_durable=crash");
-  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  auto o = transferWithBankBFailing("agent.after_prepared_durable=crash");
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
   EXPECT_EQ(prepared("bank_b"), 1u);  // PostgreSQL holds the prepared branch
   cluster_->startAgent("bank-b");
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }));
-  EXPECT_EQ(balance("bank_a", "alice"), 1000);
-  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  expectUntouched();
 }
 
 TEST_F(PostgresTest, AgentCrashAfterCommitPreparedBeforeItsRecordEndsCommitted) {
@@ -114,9 +123,7 @@ TEST_F(PostgresTest, AgentCrashAfterCommitPreparedBeforeItsRecordEndsCommitted) 
   // between leaves a PREPARED record that PostgreSQL no longer holds. Back
   // up, the coordinator's phase-2 retry (or the agent's in-doubt question)
   // commits it, and COMMIT PREPARED of the vanished gid is accepted.
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "pg.after_host_commit=crash");
-  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  auto o = transferWithBankBFailing("pg.after_host_commit=crash");
   ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
   EXPECT_EQ(prepared("bank_b"), 0u);      // PostgreSQL committed it
@@ -129,47 +136,122 @@ TEST_F(PostgresTest, AgentCrashAfterCommitPreparedBeforeItsRecordEndsCommitted) 
 }
 
 TEST_F(PostgresTest, AgentCrashBeforeItsRecordRollsBackThePgPrepare) {
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "agent.before_prepared_durable=crash");
-  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  // The first prepare under a coordinator epoch writes its PREPARED record
+  // before voting (the epoch fence must be durable): a crash there leaves
+  // PostgreSQL's prepared transaction without a record and no vote.
+  auto o = transferWithBankBFailing("agent.before_prepared_durable=crash");
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
   EXPECT_EQ(prepared("bank_b"), 1u);  // prepared in PostgreSQL, never voted
-  cluster_->startAgent("bank-b");     // reconcile: not in the branch log -> ROLLBACK PREPARED
-  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }));
-  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  // Reconcile: no record, so in doubt (recorded PREPARED); the coordinator
+  // decided ROLLBACK, and its phase 2 or the agent's question undoes it.
+  cluster_->startAgent("bank-b");
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)));
+  expectUntouched();
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
+TEST_F(PostgresTest, AgentCrashAfterPostgresPreparedBeforeTheVoteRollsBackOnceBack) {
+  auto o = transferWithBankBFailing("pg.after_host_prepare=crash");
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(prepared("bank_b"), 1u);
+  cluster_->startAgent("bank-b");
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)));
+  expectUntouched();
+}
+
+// Once the epoch is durable, the vote leaves as soon as PostgreSQL has
+// prepared the branch, and the PREPARED record follows lazily. A crash
+// before it is durable leaves PostgreSQL's prepared transaction as the only
+// trace of a YES vote: start-up must keep it in doubt and let the
+// coordinator's decision (COMMIT here) finish it, never roll it back alone.
+TEST_F(PostgresTest, AgentCrashBeforeItsLazyPreparedRecordIsSettledByTheDecision) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=crash");
+  auto first = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});  // forced: the epoch's first
+  ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  ASSERT_TRUE(o.outcome == ClientOutcome::Committed || o.outcome == ClientOutcome::RolledBack) << o.reason;
+  cluster_->startAgent("bank-b");
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)));
+  bool committed = query(o.seq)->interaction.state == InteractionRecord::State::Committed;
+  EXPECT_EQ(committed, o.outcome == ClientOutcome::Committed);
+  EXPECT_EQ(balance("bank_a", "alice"), committed ? 899 : 999);
+  EXPECT_EQ(balance("bank_b", "bob"), committed ? 101 : 1);
+  // The first interaction's lazy COMMITTED record may have died in the same
+  // group: its phase-2 retry (or the agent's question) finishes it too.
+  EXPECT_TRUE(eventually([&] { return query(first.seq)->interaction.finished() && inspect("bank-b").prepared == 0; },
+                         std::chrono::seconds(15)));
+  // The restarted agent found the gid without a record and kept it in doubt.
+  std::ifstream log(cluster_->agentLog("bank-b"));
+  std::string all((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(all.find("1 recovered in doubt"), std::string::npos) << all;
+}
+
+TEST_F(PostgresTest, LazyPreparedRecordFailingStillCommitsWithARecord) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*error");
+  auto first = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});
+  ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)));
+  EXPECT_EQ(query(o.seq)->interaction.state, InteractionRecord::State::Committed);
+  EXPECT_EQ(balance("bank_a", "alice"), 899);
+  EXPECT_EQ(balance("bank_b", "bob"), 101);
+  // The commit wrote the record the failed write did not.
+  EXPECT_TRUE(eventually([&] { return inspect("bank-b").committed == 2u; }));
+  EXPECT_TRUE(cluster_->agentRunning("bank-b"));
 }
 
 TEST_F(PostgresTest, RollbackOvertakingThePreparedRecordRollsBackPostgres) {
-  // bank-b's PREPARED record is held up after PREPARE TRANSACTION: the
-  // coordinator's deadline passes, its rollback reads "no record", then the
-  // record lands before the rollback's own log job. PostgreSQL's prepared
-  // transaction must still be rolled back.
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "agent.before_prepared_durable=1*delay(2500)");
-  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  // bank-b is held up after PREPARE TRANSACTION, before its vote: the
+  // coordinator's deadline passes and its rollback (finding no record) rolls
+  // PostgreSQL's prepared transaction back and leaves a tombstone, which the
+  // prepare then finds: it votes NO and nothing stays prepared.
+  auto o = transferWithBankBFailing("pg.after_host_prepare=1*delay(2500)");
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)));
-  EXPECT_EQ(balance("bank_a", "alice"), 1000);
-  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  expectUntouched();
   EXPECT_EQ(inspect("bank-b").prepared, 0u);
 }
 
 TEST_F(PostgresTest, PrepareFailingAfterPostgresPreparedIsRolledBackThere) {
-  // PostgreSQL has prepared bank-b's branch, then writing the agent's
-  // PREPARED record fails (an LMDB error here; a lost reply to PREPARE
-  // TRANSACTION is the same): the call fails, no record names PostgreSQL's
+  // PostgreSQL has prepared bank-b's branch, then the prepare fails before
+  // its vote (an injected error here; a lost reply to PREPARE TRANSACTION
+  // is the same): the call fails, no record names PostgreSQL's
   // prepared transaction, and the agent keeps running, so no reconcile at
   // start-up will find it. The coordinator's rollback must finish it.
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "agent.before_prepared_durable=1*error");
-  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  auto o = transferWithBankBFailing("pg.after_host_prepare=1*error");
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
   EXPECT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }, std::chrono::seconds(15)))
       << "left in pg_prepared_xacts of bank_b: " << prepared("bank_b");
   EXPECT_TRUE(cluster_->agentRunning("bank-b"));
-  EXPECT_EQ(balance("bank_a", "alice"), 1000);
+  expectUntouched();
+}
+
+TEST_F(PostgresTest, PreparedTransactionFinishedAfterItsRollbackIsSweptWithoutARestart) {
+  // A prepare's pipeline can finish in PostgreSQL after the agent that sent
+  // it died and its successor already rolled the branch back (and found
+  // nothing to undo). The running agent's sweep must roll that prepared
+  // transaction back, as the branch's tombstone says, with no restart.
+  const Xid xid{(std::uint64_t(9) << 48) | 4242, 1};  // coordinator node 9: its own epoch fence
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+  auto req = agent->capability().rollbackRequest();
+  req.setEpoch(1);
+  auto x = req.initXids(1)[0];
+  x.setSeq(xid.seq);
+  x.setBranch(xid.branch);
+  req.send().wait(io_.waitScope);  // no record: a tombstone
+  std::string gid = "keel:bank-b:" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
+  pgQuery(pg_->connString("bank_b"),
+          "BEGIN; UPDATE accounts SET balance = balance + 5 WHERE name = 'bob'; PREPARE TRANSACTION '" + gid + "';");
+  ASSERT_EQ(prepared("bank_b"), 1u);
+  EXPECT_TRUE(eventually([&] { return prepared("bank_b") == 0; }, std::chrono::seconds(15)));
   EXPECT_EQ(balance("bank_b", "bob"), 0);
+  EXPECT_TRUE(cluster_->agentRunning("bank-b"));
 }
 
 TEST_F(PostgresTest, PostgresKilledAfterPrepareCommitsOnceBack) {
