@@ -89,14 +89,9 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
     copts.baseDir = s.baseDir;
     copts.agents.clear();
     for (std::uint32_t i = 0; i < f.agents; ++i) copts.agents.push_back(agentName(i));
-    bool batchMaxSet = false;
-    for (auto& kv : f.coordinatorSet) {
-      copts.coordinatorExtraToml += kv + "\n";
-      batchMaxSet = batchMaxSet || kv.rfind("batch_", 0) == 0;
-    }
-    // PostgreSQL prepares can wait on row locks: sharing a message would
-    // make a fast vote wait for a slow one (docs/postgres.md, batching).
-    if (f.adapter == "postgres" && !batchMaxSet) copts.coordinatorExtraToml += keel::bank::kPostgresCoordinatorToml;
+    // (Postgres agents ask the coordinator for one prepare per message
+    // themselves: Participant.batching, docs/postgres.md.)
+    for (auto& kv : f.coordinatorSet) copts.coordinatorExtraToml += kv + "\n";
     s.cluster = std::make_unique<keel::LocalCluster>(copts);
     if (f.adapter == "postgres") {
       keel::test::PgServerOptions po;

@@ -71,6 +71,18 @@ class CallBatcher final : private kj::TaskSet::ErrorHandler {
     return kj::mv(paf.promise);
   }
 
+  // Changes how many calls a message carries and how many messages are out
+  // at once (the participant asked for its own: see Participant.batching).
+  // Calls already queued leave under the new limits.
+  void setLimits(std::size_t maxItems, std::size_t maxInFlight) {
+    KJ_REQUIRE(maxItems > 0 && maxInFlight > 0);
+    opts_.maxItems = maxItems;
+    opts_.maxInFlight = maxInFlight;
+    if (!queue_.empty()) schedule();
+  }
+  std::size_t maxItems() const { return opts_.maxItems; }
+  std::size_t maxInFlight() const { return opts_.maxInFlight; }
+
   // Counters for benchmarks and tests.
   std::uint64_t batchesSent() const { return batches_; }
   std::uint64_t itemsSent() const { return items_; }
@@ -162,7 +174,7 @@ class CallBatcher final : private kj::TaskSet::ErrorHandler {
     schedule();
   }
 
-  const Options opts_;
+  Options opts_;
   SendFn send_;
   WeightFn weight_;
   std::vector<Pending> queue_;

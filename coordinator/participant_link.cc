@@ -39,18 +39,31 @@ kj::Promise<wire::Participant::Client> ParticipantLink::client() {
   }
   auto gen = ++generation_;
   auto fork = rpcConnect(io_, address_)
-                  .then([this, gen](kj::Own<RpcConnection> conn) {
-                    if (gen != generation_) return;  // reset meanwhile
-                    cap_ = conn->bootstrap<wire::Participant>();
-                    tasks_.add(conn->onDisconnect().then(
-                        [this, gen]() {
-                          if (gen == generation_) reset();
-                        },
-                        [this, gen](kj::Exception&&) {
-                          if (gen == generation_) reset();
-                        }));
-                    conn_ = kj::mv(conn);
-                    connecting_ = nullptr;
+                  .then([this, gen](kj::Own<RpcConnection> conn) -> kj::Promise<void> {
+                    if (gen != generation_) return kj::READY_NOW;  // reset meanwhile
+                    auto cap = conn->bootstrap<wire::Participant>();
+                    // Before the first call: how this participant wants its
+                    // calls batched. An agent that does not know the call
+                    // (older), or does not answer in time, gets the
+                    // coordinator's own settings.
+                    auto ask = io_.provider->getTimer()
+                                   .timeoutAfter(opts_.callDeadline, cap.batchingRequest().send().then([this](auto r) {
+                                     applyBatching(r.getMaxBatch(), r.getMaxInFlight());
+                                   }))
+                                   .catch_([](kj::Exception&&) {});
+                    return ask.then([this, gen, cap, conn = kj::mv(conn)]() mutable {
+                      if (gen != generation_) return;
+                      cap_ = cap;
+                      tasks_.add(conn->onDisconnect().then(
+                          [this, gen]() {
+                            if (gen == generation_) reset();
+                          },
+                          [this, gen](kj::Exception&&) {
+                            if (gen == generation_) reset();
+                          }));
+                      conn_ = kj::mv(conn);
+                      connecting_ = nullptr;
+                    });
                   },
                         [this, gen](kj::Exception&& e) {
                           if (gen == generation_) connecting_ = nullptr;
@@ -63,6 +76,18 @@ kj::Promise<wire::Participant::Client> ParticipantLink::client() {
     KJ_IF_MAYBE(c, cap_) { return *c; }
     return KJ_EXCEPTION(DISCONNECTED, "participant connection lost", name_);
   });
+}
+
+void ParticipantLink::applyBatching(std::uint32_t maxBatch, std::uint32_t maxInFlight) {
+  std::size_t batch = maxBatch != 0 ? maxBatch : opts_.maxBatch;
+  std::size_t inFlight = maxInFlight != 0 ? maxInFlight : opts_.maxInFlight;
+  if (batch == prepares_.maxItems() && inFlight == prepares_.maxInFlight()) return;
+  KEEL_LOG_INFO("{}: the participant asks for at most {} prepare(s) per message and {} message(s) in flight "
+                "(coordinator settings: batch_max = {}, batch_in_flight = {})",
+                name_, batch, inFlight, opts_.maxBatch, opts_.maxInFlight);
+  prepares_.setLimits(batch, inFlight);
+  commits_.setLimits(batch * 8, inFlight);
+  rollbacks_.setLimits(batch * 8, inFlight);
 }
 
 void ParticipantLink::reset() {

@@ -82,6 +82,12 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   // Forgets the connection (the next call reconnects).
   void reset();
 
+  // The limits the participant asked for at connect (Participant.batching;
+  // 0 = the coordinator's own). Phase-2 messages carry 8 × as many.
+  void applyBatching(std::uint32_t maxBatch, std::uint32_t maxInFlight);
+  std::size_t prepareBatchLimit() const { return prepares_.maxItems(); }
+  std::size_t inFlightLimit() const { return prepares_.maxInFlight(); }
+
  private:
   void taskFailed(kj::Exception&&) override {}
 

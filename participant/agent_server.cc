@@ -164,6 +164,13 @@ kj::Promise<void> ParticipantImpl::recover(RecoverContext ctx) {
   return kj::READY_NOW;
 }
 
+kj::Promise<void> ParticipantImpl::batching(BatchingContext ctx) {
+  auto b = agent_.batching();
+  ctx.getResults().setMaxBatch(b.maxBatch);
+  ctx.getResults().setMaxInFlight(b.maxInFlight);
+  return kj::READY_NOW;
+}
+
 kj::Promise<void> ParticipantImpl::inspect(InspectContext ctx) {
   auto res = ctx.getResults();
   res.setName(agent_.name());

@@ -63,6 +63,13 @@ class ParticipantBackend {
   // The ledger's accounts; other adapters have none to show.
   virtual std::vector<AccountView> accounts() const { return {}; }
 
+  // What the coordinator is asked to batch (Participant.batching); 0 = no
+  // preference.
+  struct Batching {
+    std::uint32_t maxBatch = 0, maxInFlight = 0;
+  };
+  virtual Batching batching() const { return {}; }
+
   virtual BranchLog& branchLog() = 0;
   virtual const BranchLog& branchLog() const = 0;
 

@@ -72,6 +72,10 @@ class PgAgent final : public ParticipantBackend {
   kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids) override;
   kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
 
+  // One prepare per message (a prepare can wait on a row lock), as many in
+  // flight as the pool has connections.
+  Batching batching() const override { return {1, std::uint32_t(opts_.poolSize)}; }
+
   BranchLog& branchLog() override { return log_; }
   const BranchLog& branchLog() const override { return log_; }
 

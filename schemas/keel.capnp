@@ -150,6 +150,15 @@ interface Participant {
   # carries every vote.
   prepareBatch @10 (epoch :UInt64, items :List(PrepareItem), sink :VoteSink)
       -> (votes :List(PrepareVote));
+
+  # How the coordinator should batch its calls to this participant, asked
+  # once per connection: at most `maxBatch` calls per message and
+  # `maxInFlight` messages out at once per kind. 0 = no preference (the
+  # coordinator's batch_max / batch_in_flight). A postgres agent asks for
+  # one prepare per message and as many in flight as its pool has
+  # connections: a prepare can wait on a row lock, and sharing a message
+  # would hold the others' votes.
+  batching @11 () -> (maxBatch :UInt32, maxInFlight :UInt32);
 }
 
 interface VoteSink {

@@ -23,13 +23,6 @@ class PgServer;
 
 namespace keel::bank {
 
-// Coordinator settings for postgres participants: their prepares can wait on
-// row locks, so each travels in a message of its own (a shared message would
-// make a fast vote wait behind a blocked one). docs/postgres.md.
-// And many of them out at once: with one prepare per message, the in-flight
-// bound would otherwise bound the prepares PostgreSQL works on at once.
-inline constexpr const char* kPostgresCoordinatorToml = "batch_max = 1\nbatch_in_flight = 64\n";
-
 // Guarded debit / credit / read of `account` on postgres participant `p`.
 Op sqlDebit(const std::string& p, const std::string& account, std::int64_t amount);
 Op sqlCredit(const std::string& p, const std::string& account, std::int64_t amount);

@@ -269,7 +269,6 @@ int main(int argc, char** argv) {
     keel::ClusterOptions copts;
     copts.binDir = keel::selfBinDir();
     copts.baseDir = base;
-    if (adapter == "postgres") copts.coordinatorExtraToml = keel::bank::kPostgresCoordinatorToml;
     keel::LocalCluster cluster(copts);
     std::unique_ptr<keel::test::PgServer> pgServer;
     if (adapter == "postgres") {

@@ -101,6 +101,33 @@ TEST_F(CallBatcherTest, WhileMaxInFlightBatchesAreOutNewCallsWaitAndLeaveTogethe
   EXPECT_EQ(third.wait(ws_), 30);
 }
 
+TEST_F(CallBatcherTest, NewLimitsApplyToCallsAlreadyQueued) {
+  // What a participant asks for at connect (Participant.batching): one call
+  // per message, more messages out at once.
+  FakePeer peer;
+  auto b = makeBatcher(peer, 100, 1);
+  auto first = b.add(1);
+  kj::evalLater([] {}).wait(ws_);
+  ASSERT_EQ(peer.sent.size(), 1u);
+  auto second = b.add(2);
+  auto third = b.add(3);
+  kj::evalLater([] {}).wait(ws_);
+  EXPECT_EQ(peer.sent.size(), 1u);  // the one slot is taken: queued
+  b.setLimits(1, 3);
+  EXPECT_EQ(b.maxItems(), 1u);
+  EXPECT_EQ(b.maxInFlight(), 3u);
+  kj::evalLater([] {}).wait(ws_);
+  // Without waiting for the first answer, each queued call in its own message.
+  ASSERT_EQ(peer.sent.size(), 3u);
+  EXPECT_EQ(peer.sent[1].items, (std::vector<int>{2}));
+  EXPECT_EQ(peer.sent[2].items, (std::vector<int>{3}));
+  for (std::size_t k = 0; k < 3; ++k) peer.answer(k);
+  EXPECT_EQ(first.wait(ws_), 10);
+  EXPECT_EQ(second.wait(ws_), 20);
+  EXPECT_EQ(third.wait(ws_), 30);
+  EXPECT_ANY_THROW(b.setLimits(0, 1));
+}
+
 TEST_F(CallBatcherTest, BatchesAreBoundedByItemsAndByWeight) {
   FakePeer peer;
   auto byItems = makeBatcher(peer, 3, 8);
