@@ -151,7 +151,9 @@ kj::Promise<std::vector<ParticipantLink::PrepareReply>> ParticipantLink::sendPre
                                                                  wire::Participant::Client& c) mutable {
     auto req = c.prepareBatchRequest();
     req.setEpoch(items.front().epoch);
-    req.setSink(kj::heap<VoteSinkImpl>(std::move(deliver)));
+    // A lone item's vote is the answer itself: no sink (a capability
+    // exported per message costs its own Release message back).
+    if (items.size() > 1) req.setSink(kj::heap<VoteSinkImpl>(std::move(deliver)));
     auto l = req.initItems(items.size());
     for (unsigned i = 0; i < items.size(); ++i) {
       fillXid(l[i].initXid(), items[i].xid);
