@@ -309,7 +309,7 @@ class Workload {
   }
 
   std::vector<Attempt>& attempts() { return attempts_; }
-  std::uint64_t committed = 0, rolledBack = 0, lost = 0, inDoubt = 0, other = 0;
+  std::uint64_t committed = 0, rolledBack = 0, lost = 0, notSent = 0, inDoubt = 0, other = 0;
 
  private:
   std::vector<Op> nextOps() {
@@ -341,19 +341,24 @@ class Workload {
 
   kj::Promise<void> worker(std::size_t conn) {
     if (wallMicros() >= until_) return kj::READY_NOW;
-    auto idx = attempts_.size();
-    attempts_.push_back(Attempt{nextOps(), std::nullopt, wallMicros(), 0});
+    // An attempt is recorded once it is sent: while the coordinator cannot
+    // be reached at all, the retries every 100 ms are "not sent", never
+    // "answer lost" (which would count the same outage ten times a second).
+    auto ops = nextOps();
+    Micros startUs = wallMicros();
+    auto idx = std::make_shared<std::optional<std::size_t>>();
     return connection(conn)
-        .then([this, idx](kj::Own<KeelClient>* c) {
+        .then([this, idx, ops = std::move(ops), startUs](kj::Own<KeelClient>* c) mutable {
+          *idx = attempts_.size();
+          auto sent = (*c)->submit(sql_ ? sqlbank::toSql(ops) : ops, 5000);
+          attempts_.push_back(Attempt{std::move(ops), std::nullopt, startUs, 0});
           // A paused coordinator answers nothing: give up on the answer after
           // 10 s (it counts as lost; recovery settles the interaction).
-          const auto& ops = attempts_[idx].ops;
-          return io_.provider->getTimer().timeoutAfter(10 * kj::SECONDS,
-                                                        (*c)->submit(sql_ ? sqlbank::toSql(ops) : ops, 5000));
+          return io_.provider->getTimer().timeoutAfter(10 * kj::SECONDS, kj::mv(sent));
         })
         .then(
             [this, idx](SubmitOutcome o) -> kj::Promise<void> {
-              auto& a = attempts_[idx];
+              auto& a = attempts_[**idx];
               a.endUs = wallMicros();
               switch (o.outcome) {
                 case ClientOutcome::Committed:
@@ -368,8 +373,12 @@ class Workload {
               return kj::READY_NOW;
             },
             [this, idx, conn](kj::Exception&&) -> kj::Promise<void> {
-              attempts_[idx].endUs = wallMicros();
-              ++lost;
+              if (*idx) {
+                attempts_[**idx].endUs = wallMicros();
+                ++lost;
+              } else {
+                ++notSent;
+              }
               conns_[conn] = nullptr;  // reconnect on the next attempt
               return io_.provider->getTimer().afterDelay(100 * kj::MILLISECONDS);
             })
@@ -595,10 +604,10 @@ int runChaos(Options o) {
   std::function<kj::Promise<void>()> monitor = [&]() -> kj::Promise<void> {
     if (wallMicros() >= until) return kj::READY_NOW;
     return io.provider->getTimer().afterDelay(1 * kj::SECONDS).then([&]() {
-      std::printf("  %3llu s  attempted %6zu  committed %6llu  rolled back %5llu  answer lost %4llu\n",
+      std::printf("  %3llu s  attempted %6zu  committed %6llu  rolled back %5llu  answer lost %4llu  not sent %4llu\n",
                   (unsigned long long)((wallMicros() - runStart) / 1'000'000), workload.attempts().size(),
                   (unsigned long long)workload.committed, (unsigned long long)workload.rolledBack,
-                  (unsigned long long)workload.lost);
+                  (unsigned long long)workload.lost, (unsigned long long)workload.notSent);
       std::fflush(stdout);
       kj::Vector<kj::Promise<void>> samples;
       for (auto& [n, a] : agentAddrs) {
@@ -679,6 +688,7 @@ int runChaos(Options o) {
   r.rolledBack = workload.rolledBack;
   r.inDoubt = workload.inDoubt;
   r.lost = workload.lost;
+  r.notSent = workload.notSent;
   for (auto& a : in.attempts) r.threeBranch += a.ops.size() >= 3 ? 1 : 0;
   if (injector) r.faults = injector->counts();
   r.windowCount = st.getCount();

@@ -57,6 +57,7 @@ std::string textReport(const Report& r) {
     << "    rolled back          " << r.rolledBack << "\n"
     << "    in doubt (1PC)       " << r.inDoubt << "\n"
     << "    answer lost          " << r.lost << "\n"
+    << "  not sent (no coordinator to send to, retried every 100 ms) " << r.notSent << "\n"
     << "  throughput             " << (r.loadSeconds > 0 ? std::uint64_t(r.committed / r.loadSeconds) : 0)
     << " commits/s under faults\n"
     << "  faults injected        " << faults << ":";
@@ -82,7 +83,7 @@ std::string jsonReport(const Report& r, const Timeline& t) {
     << ",\"adapter\":\"" << jsonEscape(r.adapter) << "\""
     << ",\"self_check\":" << (r.selfCheck ? "true" : "false") << ",\"attempted\":" << r.attempted
     << ",\"three_branch\":" << r.threeBranch << ",\"committed\":" << r.committed
-    << ",\"rolled_back\":" << r.rolledBack << ",\"in_doubt\":" << r.inDoubt << ",\"answer_lost\":" << r.lost
+    << ",\"rolled_back\":" << r.rolledBack << ",\"in_doubt\":" << r.inDoubt << ",\"answer_lost\":" << r.lost << ",\"not_sent\":" << r.notSent
     << ",\"faults\":{";
   bool first = true;
   for (auto& [k, n] : r.faults) {

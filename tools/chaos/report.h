@@ -41,6 +41,7 @@ struct Report {
   std::size_t agents = 0;
   std::string adapter = "ledger";  // of the agents: ledger or postgres
   std::uint64_t attempted = 0, committed = 0, rolledBack = 0, inDoubt = 0, lost = 0, threeBranch = 0;
+  std::uint64_t notSent = 0;  // tries that found no coordinator to send to (not in `attempted`)
   std::map<std::string, std::uint64_t> faults;  // by kind
   std::uint64_t windowCount = 0, windowP50Us = 0, windowP99Us = 0, windowMaxUs = 0;
   std::uint64_t resolutionMs = 0;  // healing -> everything resolved
