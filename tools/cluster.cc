@@ -181,22 +181,6 @@ bool LocalCluster::waitAgentExit(const std::string& name, std::chrono::milliseco
   return agents_.at(name).waitExit(timeout) != -1;
 }
 
-unsigned pickFreePort() {
-  static std::mt19937 rng(std::random_device{}());
-  for (int attempt = 0; attempt < 200; ++attempt) {
-    unsigned port = 20000 + rng() % 12000;
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(std::uint16_t(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ::close(fd);
-    if (rc == 0) return port;
-  }
-  throw std::runtime_error("no free loopback port found");
-}
-
 std::string selfBinDir() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "tools/free_port.h"  // pickFreePort
+
 namespace keel {
 
 class ChildProcess {
@@ -102,9 +104,6 @@ class LocalCluster {
   std::string coordAddr_;
 };
 
-// A loopback port that was free a moment ago, below the kernel's ephemeral
-// range (so outgoing connections do not take it meanwhile).
-unsigned pickFreePort();
 
 // Directory of the running executable (build/bin for every Keel binary).
 std::string selfBinDir();

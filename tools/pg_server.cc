@@ -1,6 +1,7 @@
 #include "tools/pg_server.h"
 
 #include "tools/bank_sql.h"
+#include "tools/free_port.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -178,26 +179,6 @@ std::string joinArgs(const std::vector<std::string>& args) {
   std::string s;
   for (auto& a : args) s += (s.empty() ? "" : " ") + a;
   return s;
-}
-
-// A loopback port nobody listens on right now, below the ephemeral range
-// (32768-60999), so the kernel does not hand it to an outgoing connection
-// before the server binds it.
-unsigned pickFreePort() {
-  static std::mt19937 rng(std::random_device{}());
-  for (int attempt = 0; attempt < 500; ++attempt) {
-    unsigned port = 16384 + rng() % (32768 - 16384);
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw std::runtime_error(std::string("PgServer: socket: ") + std::strerror(errno));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(std::uint16_t(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ::close(fd);
-    if (rc == 0) return port;
-  }
-  throw std::runtime_error("PgServer: no free loopback port below 32768");
 }
 
 // Processes whose working directory is `dir`: every PostgreSQL process
