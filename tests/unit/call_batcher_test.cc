@@ -9,6 +9,7 @@
 #include <kj/vector.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace keel {
@@ -62,6 +63,19 @@ kj::EventLoop& testLoop() {
 class CallBatcherTest : public ::testing::Test {
  protected:
   kj::WaitScope ws_{testLoop()};
+
+  // With one message allowed out: call 1 leaves, calls 2 and 3 queue.
+  std::tuple<kj::Promise<int>, kj::Promise<int>, kj::Promise<int>> oneOutTwoQueued(FakePeer& peer, Batcher& b) {
+    auto first = b.add(1);
+    kj::evalLater([] {}).wait(ws_);
+    EXPECT_EQ(peer.sent.size(), 1u);
+    auto second = b.add(2);
+    auto third = b.add(3);
+    kj::evalLater([] {}).wait(ws_);
+    EXPECT_EQ(peer.sent.size(), 1u);  // the one slot is taken
+    EXPECT_EQ(b.queued(), 2u);
+    return {kj::mv(first), kj::mv(second), kj::mv(third)};
+  }
 };
 
 TEST_F(CallBatcherTest, CallsOfOneTurnLeaveInOneMessageAndEachGetsItsOwnReply) {
@@ -82,15 +96,7 @@ TEST_F(CallBatcherTest, CallsOfOneTurnLeaveInOneMessageAndEachGetsItsOwnReply) {
 TEST_F(CallBatcherTest, WhileMaxInFlightBatchesAreOutNewCallsWaitAndLeaveTogether) {
   FakePeer peer;
   auto b = makeBatcher(peer, 100, 1);
-  auto first = b.add(1);
-  kj::evalLater([] {}).wait(ws_);
-  ASSERT_EQ(peer.sent.size(), 1u);
-  // One batch is out: these queue.
-  auto second = b.add(2);
-  auto third = b.add(3);
-  kj::evalLater([] {}).wait(ws_);
-  EXPECT_EQ(peer.sent.size(), 1u);
-  EXPECT_EQ(b.queued(), 2u);
+  auto [first, second, third] = oneOutTwoQueued(peer, b);
   peer.answer(0);
   EXPECT_EQ(first.wait(ws_), 10);
   kj::evalLater([] {}).wait(ws_);
@@ -106,13 +112,7 @@ TEST_F(CallBatcherTest, NewLimitsApplyToCallsAlreadyQueued) {
   // per message, more messages out at once.
   FakePeer peer;
   auto b = makeBatcher(peer, 100, 1);
-  auto first = b.add(1);
-  kj::evalLater([] {}).wait(ws_);
-  ASSERT_EQ(peer.sent.size(), 1u);
-  auto second = b.add(2);
-  auto third = b.add(3);
-  kj::evalLater([] {}).wait(ws_);
-  EXPECT_EQ(peer.sent.size(), 1u);  // the one slot is taken: queued
+  auto [first, second, third] = oneOutTwoQueued(peer, b);
   b.setLimits(1, 3);
   EXPECT_EQ(b.maxItems(), 1u);
   EXPECT_EQ(b.maxInFlight(), 3u);
