@@ -358,12 +358,8 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
   }
   auto sync = nextResult(c);
   if (sync.get() == nullptr || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC) connectionLost(c, "pipeline sync");
-  while (PQexitPipelineMode(c) != 1) {
-    PGresult* extra = PQgetResult(c);
-    if (extra == nullptr && PQexitPipelineMode(c) != 1) connectionLost(c, "leaving pipeline mode");
-    if (extra == nullptr) break;
-    PQclear(extra);
-  }
+  while (PGresult* extra = PQgetResult(c)) PQclear(extra);  // nothing is left after the Sync
+  if (PQexitPipelineMode(c) != 1) connectionLost(c, "leaving pipeline mode");
   if (statementError) {
     if (statementError->connectionLost()) throw *statementError;
     out.refused = describePgError(*statementError);
