@@ -1,5 +1,7 @@
 #include "common/seq.h"
 
+#include <algorithm>
+
 #include "common/log.h"
 
 namespace keel {
@@ -27,13 +29,28 @@ kj::Promise<std::uint64_t> SeqAllocator::next() {
 
 void SeqAllocator::reserveMore() {
   reserving_ = true;
-  std::uint64_t newLimit = limit_ + block_;
   auto meta = meta_;
-  tasks_.add(log_.run([meta, newLimit](lmdb::Txn& txn) {
-                   txn.put(meta, kSeqHwmKey, u64Key(newLimit));  // durable before use
+  std::uint64_t ours = limit_, block = block_;
+  tasks_.add(log_.run([meta, ours, block](lmdb::Txn& txn) {
+                   // Re-read the mark inside the reserving transaction: the
+                   // block starts at the stored mark, never below it, even if
+                   // some other writer of this meta database moved it.
+                   auto v = txn.get(meta, kSeqHwmKey);
+                   std::uint64_t base = std::max(v ? keyU64(*v) : 0, ours);
+                   txn.put(meta, kSeqHwmKey, u64Key(base + block));  // durable before use
+                   return base;
                  })
-                 .then([this, newLimit]() {
-                   limit_ = newLimit;
+                 .then([this](std::uint64_t base) {
+                   if (base > limit_) {
+                     // Only another writer (a second process on this WAL, or
+                     // a second allocator) can have moved the mark: counters
+                     // below it may be theirs, so none of them is handed out.
+                     KEEL_LOG_ERROR("seq high-water mark moved from {} to {} behind this allocator's back (another "
+                                    "writer on this WAL?): skipping to {}",
+                                    limit_, base, base);
+                     next_ = std::max(next_, base);
+                   }
+                   limit_ = base + block_;
                    reserving_ = false;
                    ++reservations_;
                    while (!waiters_.empty() && next_ < limit_) {

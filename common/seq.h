@@ -7,7 +7,10 @@
 // hwm that is already durable; when fewer than half a block remain, the next
 // block is reserved in the background (one durable write per block). After
 // a crash, counting resumes at the durable hwm: numbers reserved but never
-// used are skipped, none is reused.
+// used are skipped, none is reused. Every reservation re-reads the stored
+// hwm in its own write transaction and starts at or above it, so even two
+// writers of one meta database (which DataDir's lock exists to prevent)
+// never hand out the same number.
 //
 // The top 16 bits of a seq carry the node id (see makeSeq in types.h).
 // Thread: the event loop that calls next(); the log's writer does the I/O.

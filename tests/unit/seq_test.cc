@@ -152,6 +152,34 @@ TEST_F(SeqTest, SmallestUsefulBlockStillServesEveryRequest) {
   EXPECT_EQ(counterOf(seqs.back()) - counterOf(seqs.front()), 19u);  // nothing skipped while running
 }
 
+// Two allocators writing one meta database (what two processes on one WAL
+// would do): each reservation re-reads the stored mark, so no number is
+// handed out twice however their blocks interleave.
+TEST_F(SeqTest, TwoAllocatorsOnOneMetaNeverReturnTheSameSeq) {
+  auto io = kj::setupAsyncIo();
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi meta = env.openDb("meta");
+  GroupCommitLog log(env);
+  SeqAllocator a(log, meta, 4, 16), b(log, meta, 4, 16);
+  std::vector<std::uint64_t> fromA, fromB;
+  for (int i = 0; i < 200; ++i) {
+    fromA.push_back(a.next().wait(io.waitScope));
+    // Uneven turns, so the two reserve at different moments.
+    for (int j = 0; j < 1 + i % 3; ++j) fromB.push_back(b.next().wait(io.waitScope));
+  }
+  expectStrictlyIncreasing(fromA);
+  expectStrictlyIncreasing(fromB);
+  std::vector<std::uint64_t> all(fromA);
+  all.insert(all.end(), fromB.begin(), fromB.end());
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(std::adjacent_find(all.begin(), all.end()), all.end()) << "a seq was handed out twice";
+  // And every number lies below the durable mark (none can be issued again
+  // after a crash).
+  auto stored = env.beginRead().get(meta, kSeqHwmKey);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_GT(keyU64(*stored), counterOf(all.back()));
+}
+
 // With block == 1 the refill test once read `0 < 0` when the block was used
 // up, so the second next() never resolved.
 TEST_F(SeqTest, BlockOfOneServesMoreThanOneNumber) {
