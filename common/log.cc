@@ -2,7 +2,9 @@
 
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include <cctype>
 #include <cstdlib>
+#include <cstring>
 
 namespace keel {
 
@@ -13,6 +15,12 @@ void initLogging(const std::string& processName) {
   logger->set_level(lvl != nullptr ? spdlog::level::from_str(lvl) : spdlog::level::info);
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
+}
+
+std::string errnoText(int err) {
+  std::string s = std::strerror(err);
+  if (!s.empty()) s[0] = char(std::tolower(static_cast<unsigned char>(s[0])));
+  return s;
 }
 
 }  // namespace keel

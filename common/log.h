@@ -9,6 +9,9 @@ namespace keel {
 // Sets the process-wide logger ("coordinator", "agent bank-a", ...).
 // Level from KEEL_LOG (trace, debug, info, warn, error); default info.
 void initLogging(const std::string& processName);
+// strerror(err) in lower case, to end an operator-facing message:
+// "cannot listen on 127.0.0.1:7400: address already in use".
+std::string errnoText(int err);
 }  // namespace keel
 
 #define KEEL_LOG_INFO(...) ::spdlog::info(__VA_ARGS__)

@@ -28,6 +28,12 @@ class TempDir {
 
   const std::string& path() const { return path_; }
   std::string sub(const std::string& name) const { return path_ + "/" + name; }
+  // sub(name), created (with parents): an LMDB environment needs its
+  // directory to exist (lmdb::Env does not create it).
+  std::string mkdir(const std::string& name) const {
+    std::filesystem::create_directories(sub(name));
+    return sub(name);
+  }
 
  private:
   std::string path_;
