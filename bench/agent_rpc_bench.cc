@@ -31,7 +31,8 @@ void BM_LedgerPrepareCommit(benchmark::State& state) {
   TempDir dir("keel-bench");
   auto io = kj::setupAsyncIo();
   {
-    Agent agent(AgentOptions{"bank-a", dir.path() + "/agent", std::size_t(256) << 20});
+    Agent agent(AgentOptions{"bank-a", dir.mkdir("agent"), std::size_t(256) << 20});
+    agent.start();
     constexpr std::size_t kAccounts = 64;
     std::uint64_t seq = 1;
     std::vector<Op> opens;
@@ -110,8 +111,9 @@ BENCHMARK(BM_RpcRoundTripPipe)->Name("BM_RpcRoundTrip/pipe")->MinTime(0.5)->Unit
 
 void BM_RpcRoundTripTcp(benchmark::State& state) {
   auto io = kj::setupAsyncIo();
-  RpcServer server(io, kj::heap<StatusOnly>());
-  unsigned port = server.listen("127.0.0.1:0").wait(io.waitScope);
+  RpcServer server(io);
+  unsigned port = server.bind("127.0.0.1:0");
+  server.startAccepting(kj::heap<StatusOnly>());
   auto conn = rpcConnect(io, "127.0.0.1:" + std::to_string(port)).wait(io.waitScope);
   roundTrips(state, io, conn->bootstrap<wire::Participant>());
   // Hang up first and let the server see the disconnect: tearing a server

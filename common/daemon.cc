@@ -35,10 +35,9 @@ void writeFileAtomically(const std::string& path, const std::string& content) {
   std::filesystem::rename(tmp, path);
 }
 
-void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, const std::string& listen,
-                          const std::string& readyFile, const std::string& what) {
-  unsigned port = server.listen(listen).wait(io.waitScope);
-  std::string bound = withPort(listen, port);
+void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, capnp::Capability::Client bootstrap,
+                          const std::string& bound, const std::string& readyFile, const std::string& what) {
+  server.startAccepting(kj::mv(bootstrap));
   KEEL_LOG_INFO("serving {} on {}", what, bound);
   if (!readyFile.empty()) writeFileAtomically(readyFile, bound + "\n");
   onTermination(io).wait(io.waitScope);

@@ -1,6 +1,7 @@
 #pragma once
 // Small pieces every Keel server main needs.
 
+#include <capnp/capability.h>
 #include <kj/async-io.h>
 
 #include <string>
@@ -17,11 +18,19 @@ kj::Promise<void> onTermination(kj::AsyncIoContext& io);
 // scripts and tests the bound address once the server is serving.
 void writeFileAtomically(const std::string& path, const std::string& content);
 
-// Binds `server` to `listen`, writes `readyFile` (if set) with the bound
-// address, logs "serving <what> on <addr>", then blocks until SIGTERM/SIGINT.
+// Serves `bootstrap` on the address `server` has already bound (`bound`,
+// "host:port"): starts accepting, writes `readyFile` (if set) with `bound`,
+// logs "serving <what> on <bound>", then blocks until SIGTERM/SIGINT.
+// Binding is the caller's earlier step (RpcServer::bind), done before the
+// process writes anything, so a taken port refuses the start unchanged.
 class RpcServer;
-void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, const std::string& listen,
-                          const std::string& readyFile, const std::string& what);
+void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, capnp::Capability::Client bootstrap,
+                          const std::string& bound, const std::string& readyFile, const std::string& what);
+
+// Exit statuses of keel-coordinator and keel-agent (docs/operations.md).
+inline constexpr int kExitStopped = 0;       // stopped by SIGTERM / SIGINT
+inline constexpr int kExitFailed = 1;        // could not start (port, damaged record, ...) or failed while running
+inline constexpr int kExitBadConfig = 2;     // bad config or command line; nothing was touched
 
 // "127.0.0.1:0" + bound port 41234 -> "127.0.0.1:41234".
 std::string withPort(const std::string& addr, unsigned port);

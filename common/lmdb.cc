@@ -95,9 +95,9 @@ std::size_t Txn::count(MDB_dbi dbi) const {
   return st.ms_entries;
 }
 
-Env::Env(const std::string& dir, const EnvOptions& opts) {
+Env::Env(const std::string& dir, const EnvOptions& opts) : readOnly_(opts.readOnly) {
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  if (!opts.readOnly) std::filesystem::create_directories(dir, ec);
   if (ec) throw Error("cannot create data directory " + dir + ": " + ec.message(), 0);
   int rc = mdb_env_create(&env_);
   if (rc != 0) throwError("mdb_env_create", rc);
@@ -108,7 +108,7 @@ Env::Env(const std::string& dir, const EnvOptions& opts) {
     env_ = nullptr;
     throwError("mdb_env_set", rc);
   }
-  rc = mdb_env_open(env_, dir.c_str(), 0, 0644);
+  rc = mdb_env_open(env_, dir.c_str(), opts.readOnly ? MDB_RDONLY : 0, 0644);
   if (rc != 0) {
     mdb_env_close(env_);
     env_ = nullptr;
@@ -144,11 +144,12 @@ Txn Env::beginNested(Txn& parent) {
 }
 
 MDB_dbi Env::openDb(const char* name) {
-  Txn t = beginWrite();
+  Txn t = readOnly_ ? beginRead() : beginWrite();
   MDB_dbi dbi;
-  int rc = mdb_dbi_open(t.raw(), name, MDB_CREATE, &dbi);
+  int rc = mdb_dbi_open(t.raw(), name, readOnly_ ? 0 : MDB_CREATE, &dbi);
+  if (rc == MDB_NOTFOUND) throw Error(std::string("no database '") + name + "' (opened read-only)", rc);
   if (rc != 0) throwError("mdb_dbi_open", rc);
-  t.commit();
+  t.commit();  // the handle outlives a committed transaction, read-only too
   return dbi;
 }
 

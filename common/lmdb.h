@@ -79,6 +79,9 @@ struct EnvOptions {
   std::size_t mapSize = std::size_t(1) << 30;  // 1 GiB
   unsigned maxDbs = 16;
   unsigned maxReaders = 126;
+  // MDB_RDONLY: no write transaction, openDb only finds existing databases.
+  // Readers still register in lock.mdb, so this may run beside a live writer.
+  bool readOnly = false;
 };
 
 class Env {
@@ -86,7 +89,7 @@ class Env {
   // Creates the directory if needed, opens the environment with durable
   // default flags and clears stale reader slots (mdb_reader_check).
   Env(const std::string& dir, const EnvOptions& opts);
-  Env(Env&& o) noexcept : env_(o.env_) { o.env_ = nullptr; }
+  Env(Env&& o) noexcept : env_(o.env_), readOnly_(o.readOnly_) { o.env_ = nullptr; }
   Env(const Env&) = delete;
   Env& operator=(const Env&) = delete;
   ~Env();
@@ -96,7 +99,8 @@ class Env {
   // A nested write transaction inside `parent` (aborting it leaves the
   // parent as it was).
   Txn beginNested(Txn& parent);
-  // Opens (creating) a named database; call once at start-up.
+  // Opens (creating, unless read-only) a named database; call once at
+  // start-up. Read-only, a missing database is an Error.
   MDB_dbi openDb(const char* name);
   MDB_env* raw() const { return env_; }
   std::size_t mapSize() const;
@@ -106,6 +110,7 @@ class Env {
 
  private:
   MDB_env* env_ = nullptr;
+  bool readOnly_ = false;
 };
 
 }  // namespace keel::lmdb

@@ -1,7 +1,14 @@
 #include "common/rpc.h"
 
+#include <kj/debug.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <stdexcept>
 
 #include "common/log.h"
 #include "common/wire.h"
@@ -21,18 +28,48 @@ void setNoDelay(kj::AsyncIoStream& s) {
 
 }  // namespace
 
-RpcServer::RpcServer(kj::AsyncIoContext& io, capnp::Capability::Client bootstrap)
-    : io_(io), bootstrap_(kj::mv(bootstrap)), tasks_(*this) {}
+RpcServer::RpcServer(kj::AsyncIoContext& io) : io_(io), bootstrap_(nullptr), tasks_(*this) {}
 
-kj::Promise<unsigned> RpcServer::listen(const std::string& addr) {
-  return io_.provider->getNetwork().parseAddress(addr).then(
-      [this](kj::Own<kj::NetworkAddress> a) -> unsigned {
-        auto listener = a->listen();
-        unsigned port = listener->getPort();
-        tasks_.add(acceptLoop(*listener));
-        listeners_.add(kj::mv(listener));
-        return port;
-      });
+unsigned RpcServer::bind(const std::string& addr) {
+  // Our own socket calls rather than kj::NetworkAddress::listen(): a failure
+  // must reach the operator as a plain reason, not as KJ's syscall text.
+  auto fail = [&](const std::string& why) { return std::runtime_error("cannot listen on " + addr + ": " + why); };
+  auto colon = addr.rfind(':');
+  if (colon == std::string::npos) throw fail("not host:port");
+  std::string host = addr.substr(0, colon), port = addr.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  int rc = ::getaddrinfo(host == "*" ? nullptr : host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) throw fail(::gai_strerror(rc));
+  KJ_DEFER(::freeaddrinfo(res));
+  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw fail(errnoText(errno));
+  int one = 1;
+  // As KJ does: a restarted server can bind while old connections linger.
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_storage bound{};
+  socklen_t len = sizeof bound;
+  if (::bind(fd, res->ai_addr, res->ai_addrlen) != 0 || ::listen(fd, SOMAXCONN) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) {
+    int err = errno;
+    ::close(fd);
+    throw fail(errnoText(err));
+  }
+  unsigned boundPort = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                                         : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  listeners_.add(io_.lowLevelProvider->wrapListenSocketFd(
+      fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP | kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
+              kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK));
+  return boundPort;
+}
+
+void RpcServer::startAccepting(capnp::Capability::Client bootstrap) {
+  bootstrap_ = kj::mv(bootstrap);
+  for (auto& l : listeners_) tasks_.add(acceptLoop(*l));
 }
 
 kj::Promise<void> RpcServer::acceptLoop(kj::ConnectionReceiver& listener) {

@@ -12,12 +12,21 @@
 namespace keel {
 
 // Accepts connections and serves one bootstrap capability on each.
+//
+// Binding and accepting are separate steps so that a server binds its
+// address before it writes anything (a taken port refuses the start with
+// nothing changed) and accepts only once it is ready to serve; connections
+// made in between wait in the kernel's backlog.
 class RpcServer final : private kj::TaskSet::ErrorHandler {
  public:
-  RpcServer(kj::AsyncIoContext& io, capnp::Capability::Client bootstrap);
-  // Binds `addr` ("host:port", port 0 = any free port), starts accepting and
-  // resolves to the bound port.
-  kj::Promise<unsigned> listen(const std::string& addr);
+  explicit RpcServer(kj::AsyncIoContext& io);
+  // Binds and listens on `addr` ("host:port", port 0 = any free port; the
+  // host's first address is used) and returns the bound port. Blocking
+  // (name resolution). Throws std::runtime_error "cannot listen on ADDR:
+  // address already in use" (or the reason).
+  unsigned bind(const std::string& addr);
+  // Accepts connections on every bound address, serving `bootstrap` on each.
+  void startAccepting(capnp::Capability::Client bootstrap);
 
  private:
   void taskFailed(kj::Exception&& e) override;

@@ -2,13 +2,17 @@
 //
 //   keel-coordinator --config coordinator.toml [--listen ADDR] [--data-dir DIR]
 //
-// Exits non-zero with a message naming the file and the problem on a bad
-// config, and refuses to start on a damaged WAL record (naming its key).
+// Start-up order, so that a refused start changes nothing: config → open the
+// WAL → bind the listen address → recovery (decodes every unfinished record
+// before the epoch is bumped, then contacts the agents) → accept clients.
+// Exit statuses: common/daemon.h (kExit*), docs/operations.md.
 
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
+#include <kj/common.h>
 
 #include <iostream>
+#include <memory>
 
 #include "common/config.h"
 #include "common/daemon.h"
@@ -28,7 +32,11 @@ int main(int argc, char** argv) {
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
   bool checkWal = false;
   app.add_flag("--check-wal", checkWal, "decode every WAL record, list the damaged ones and exit (1 if any)");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : keel::kExitBadConfig;
+  }
 
   keel::CoordinatorConfig cfg;
   try {
@@ -41,7 +49,7 @@ int main(int argc, char** argv) {
     keel::failpoint::initFromEnv();
   } catch (const std::exception& e) {
     std::cerr << "keel-coordinator: " << e.what() << "\n";
-    return 2;
+    return keel::kExitBadConfig;
   }
 
   keel::initLogging("coordinator");
@@ -54,29 +62,31 @@ int main(int argc, char** argv) {
       return bad.empty() ? 0 : 1;
     } catch (const std::exception& e) {
       std::cerr << "keel-coordinator: " << e.what() << "\n";
-      return 1;
+      return keel::kExitFailed;
     }
   }
   try {
     keel::captureTerminationSignals();
     auto io = kj::setupAsyncIo();
     keel::WalStore wal(cfg.dataDir, cfg.mapSizeMb << 20);
+    auto server = std::make_unique<keel::RpcServer>(io);
+    std::string bound = keel::withPort(cfg.listen, server->bind(cfg.listen));
     keel::Coordinator coordinator(cfg, io, wal);
+    KJ_DEFER(server.reset());  // its connections call into the coordinator: they go first
     coordinator.recover().wait(io.waitScope);
-    keel::RpcServer server(io, kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats()));
-    keel::serveUntilTerminated(io, server, cfg.listen, readyFile,
-                               "clients with " + std::to_string(cfg.participants.size()) + " participants");
+    keel::serveUntilTerminated(io, *server, kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats()), bound,
+                               readyFile, "clients with " + std::to_string(cfg.participants.size()) + " participants");
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
-    return 1;
+    return keel::kExitFailed;
   } catch (const keel::CorruptRecord& e) {
     KEEL_LOG_ERROR("fatal: damaged WAL record: {} (nothing was changed; `keel-coordinator --config {} --check-wal` "
                    "lists every damaged record, docs/recovery.md says what to do)",
                    e.what(), configPath);
-    return 1;
+    return keel::kExitFailed;
   } catch (const std::exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.what());
-    return 1;
+    return keel::kExitFailed;
   }
-  return 0;
+  return keel::kExitStopped;
 }

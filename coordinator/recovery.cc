@@ -37,11 +37,13 @@ struct RecoveredBranch {
 
 kj::Promise<void> Coordinator::recover() {
   KEEL_LOG_INFO("recovery 1/5 open-wal: node {} data {}", cfg_.nodeId, cfg_.dataDir);
+  // Decode every unfinished record before the first write: a damaged one
+  // (CorruptRecord) stops the start with the epoch and seq mark unchanged.
+  auto unfinished = wal_.loadUnfinished();
   epoch_ = wal_.openIncarnation(cfg_.nodeId);
   seqs_ = wal_.makeSeqAllocator(cfg_.nodeId, cfg_.seqBlock);
   KEEL_LOG_INFO("recovery 2/5 bump-epoch: epoch {}, first seq of this incarnation {}", epoch_,
                 seqs_->firstOfIncarnation());
-  auto unfinished = wal_.loadUnfinished();
   std::size_t commits = 0, aborts = 0;
   for (auto& u : unfinished) {
     (u.interaction.decision == InteractionRecord::Decision::Commit ? commits : aborts)++;

@@ -41,6 +41,10 @@ Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, op
       return true;
     });
   }
+  log_.check();
+}
+
+void Agent::start() {
   log_.start();
   // ACTIVE branches from before a restart never voted: nobody was promised
   // anything, so the agent rolls them back on its own (their holds go).

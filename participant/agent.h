@@ -46,8 +46,11 @@ struct AgentOptions {
 // The ledger agent (embedded default adapter).
 class Agent final : public ParticipantBackend {
  public:
+  // Opens the branch log and checks every record decodes: reads only.
   explicit Agent(AgentOptions opts);
   ~Agent() override;
+  // Rolls back the ACTIVE branches a previous run left (they never voted).
+  void start() override;
 
   const std::string& name() const override { return opts_.name; }
 

@@ -3,8 +3,11 @@
 //   keel-agent --config agent.toml
 //   keel-agent --name bank-a --listen 127.0.0.1:7401 --data-dir /var/lib/keel/bank-a
 //
-// Flags override the config file. Exits non-zero with a message naming the
-// file and the problem on a bad config.
+// Flags override the config file. Start-up order, so that a refused start
+// changes nothing: config → open the branch log and check every record →
+// bind the listen address → the start-up writes (ParticipantBackend::start)
+// → serve.
+// Exit statuses: common/daemon.h (kExit*), docs/operations.md.
 
 #include <CLI/CLI.hpp>
 #include <capnp/rpc-twoparty.h>
@@ -43,7 +46,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"commit-on-rollback"}));
   app.add_option("--coordinator", coordinator, "coordinator host:port to ask about branches in doubt");
   app.add_option("--in-doubt-query-ms", inDoubtMs, "ask the coordinator about a branch PREPARED this long");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : keel::kExitBadConfig;
+  }
 
   keel::AgentConfig cfg;
   try {
@@ -69,7 +76,7 @@ int main(int argc, char** argv) {
     keel::failpoint::initFromEnv();
   } catch (const std::exception& e) {
     std::cerr << "keel-agent: " << e.what() << "\n";
-    return 2;
+    return keel::kExitBadConfig;
   }
 
   keel::initLogging("agent " + cfg.name);
@@ -89,20 +96,23 @@ int main(int argc, char** argv) {
       backend = std::move(ledger);
     }
     auto& agent = *backend;
-    keel::RpcServer server(io, kj::heap<keel::ParticipantImpl>(agent));
+    keel::RpcServer server(io);
+    std::string bound = keel::withPort(cfg.listen, server.bind(cfg.listen));
+    agent.start();  // the first write of this start
     keel::InDoubtResolver resolver(io, agent, cfg.coordinator, keel::Micros(cfg.inDoubtQueryMs) * 1000);
     if (!cfg.coordinator.empty()) {
       resolver.start();
       KEEL_LOG_INFO("branches prepared for over {} ms ask coordinator {} for their outcome", cfg.inDoubtQueryMs,
                     cfg.coordinator);
     }
-    keel::serveUntilTerminated(io, server, cfg.listen, readyFile, cfg.name + " (data " + cfg.dataDir + ")");
+    keel::serveUntilTerminated(io, server, kj::heap<keel::ParticipantImpl>(agent), bound, readyFile,
+                               cfg.name + " (data " + cfg.dataDir + ")");
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
-    return 1;
+    return keel::kExitFailed;
   } catch (const std::exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.what());
-    return 1;
+    return keel::kExitFailed;
   }
-  return 0;
+  return keel::kExitStopped;
 }

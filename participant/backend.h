@@ -54,6 +54,12 @@ class ParticipantBackend {
  public:
   virtual ~ParticipantBackend() = default;
   virtual const std::string& name() const = 0;
+  // The constructor only opens and checks (a damaged record stops the agent
+  // there); start() makes the start-up writes (index building, rolling back
+  // what the previous run left unvoted, reconciling the host). main() binds
+  // the listen address in between, so a refused start writes nothing. Call
+  // once, before anything else.
+  virtual void start() = 0;
 
   virtual kj::Promise<PrepareResult> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) = 0;
   virtual kj::Promise<PrepareResult> execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops) = 0;

@@ -38,23 +38,26 @@ BranchLog::BranchLog(const std::string& dir, std::size_t mapSizeBytes) : env_(di
 
 BranchLog::~BranchLog() { log_.reset(); }
 
+void BranchLog::check() {
+  auto txn = env_.beginRead();
+  txn.scan(branches_, "", [](std::string_view k, std::string_view v) {
+    try {
+      decodeBranch(v);
+    } catch (const CorruptRecord& e) {
+      throw CorruptRecord("branch " + keyXid(k).str() + ": " + e.what());
+    }
+    return true;
+  });
+  txn.scan(meta_, "epoch/", [&](std::string_view k, std::string_view v) {
+    if (k.rfind("epoch/", 0) != 0) return false;
+    epochs_[std::uint16_t(std::stoul(std::string(k.substr(6))))] = keyU64(v);
+    return true;
+  });
+  checked_ = true;
+}
+
 void BranchLog::start() {
-  {
-    auto txn = env_.beginRead();
-    txn.scan(branches_, "", [](std::string_view k, std::string_view v) {
-      try {
-        decodeBranch(v);
-      } catch (const CorruptRecord& e) {
-        throw CorruptRecord("branch " + keyXid(k).str() + ": " + e.what());
-      }
-      return true;
-    });
-    txn.scan(meta_, "epoch/", [&](std::string_view k, std::string_view v) {
-      if (k.rfind("epoch/", 0) != 0) return false;
-      epochs_[std::uint16_t(std::stoul(std::string(k.substr(6))))] = keyU64(v);
-      return true;
-    });
-  }
+  if (!checked_) check();
   log_ = std::make_unique<GroupCommitLog>(env_);
   log_->runSync([this](lmdb::Txn& txn) {
     if (txn.get(meta_, "index_version")) return;

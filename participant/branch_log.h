@@ -11,6 +11,10 @@
 // keeps its accounts there) before start(), so that a branch's state change
 // and its effect commit in one LMDB transaction.
 //
+// Start-up is two steps so that a refused start writes nothing: the
+// constructor and check() only read; start() (after the agent has bound its
+// listen address) is the first to write.
+//
 // Writes go through the GroupCommitLog (one writer thread, group commit).
 // Fencing state is read and updated on the agent's event loop only.
 
@@ -41,10 +45,14 @@ class BranchLog {
 
   lmdb::Env& env() { return env_; }
   const lmdb::Env& envConst() const { return env_; }
-  // Checks every branch record decodes (a damaged log stops the agent, naming
-  // the XID), loads the fencing state and starts the writer thread.
+  // Read-only: checks every branch record decodes (a damaged log stops the
+  // agent, naming the XID) and loads the fencing state.
+  void check();
+  // Starts the writer thread and builds the unfinished index of a log from
+  // before it existed (the first write of a start). Runs check() if not yet.
   void start();
-  GroupCommitLog& log() { return *log_; }
+  GroupCommitLog& log() { return *log_; }  // after start()
+  bool started() const { return log_ != nullptr; }
 
   // ---- inside a log job (writer thread) ----
   std::optional<BranchRecord> read(const lmdb::Txn& txn, Xid xid) const;
@@ -91,6 +99,7 @@ class BranchLog {
   MDB_dbi branches_, unfinished_, meta_;
   std::unique_ptr<GroupCommitLog> log_;
   std::map<std::uint16_t, std::uint64_t> epochs_;  // event loop only
+  bool checked_ = false;
 };
 
 }  // namespace keel

@@ -46,7 +46,7 @@ std::string describePgError(const pg::PgError& e) {
 }
 
 PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
-  log_.start();
+  log_.check();
   pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize,
                                      "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs));
   // Phase 2 gets connections of its own, as many as the prepares have: each
@@ -54,6 +54,10 @@ PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataD
   // from the coordinator runs side by side (PostgreSQL flushes concurrent
   // commits together), not one after another.
   finishPool_ = std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize));
+}
+
+void PgAgent::start() {
+  log_.start();
   reconcile();
 }
 
@@ -68,7 +72,7 @@ PgAgent::~PgAgent() {
   // Every lazy PREPARED record is written (and its done() has run, which may
   // post to the finish pool) once a forced job queued after them is durable.
   try {
-    log_.log().runSync([](lmdb::Txn&) {});
+    if (log_.started()) log_.log().runSync([](lmdb::Txn&) {});  // not started: a refused start
   } catch (const std::exception& e) {
     KEEL_LOG_WARN("postgres agent: last branch-log flush failed: {}", e.what());
   }

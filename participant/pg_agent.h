@@ -60,10 +60,13 @@ struct PgAgentOptions {
 
 class PgAgent final : public ParticipantBackend {
  public:
-  // Connects, checks max_prepared_transactions, reconciles. Throws with a
-  // message saying how to fix what is wrong.
+  // Checks the branch log and connects. Throws with a message saying how to
+  // fix what is wrong.
   explicit PgAgent(PgAgentOptions opts);
   ~PgAgent() override;
+  // Checks max_prepared_transactions, reconciles PostgreSQL's prepared
+  // transactions with the branch log, starts the sweep.
+  void start() override;
 
   const std::string& name() const override { return opts_.name; }
   kj::Promise<PrepareResult> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/client.h"
+#include "common/lmdb.h"
 #include "tools/cluster.h"
 
 namespace keel::test {
@@ -124,6 +125,26 @@ class ClusterTest : public ::testing::Test {
   }
 
   std::optional<QueryResult> query(std::uint64_t seq) { return client_->query(seq).wait(io_.waitScope); }
+
+  // Leaves the coordinator dead with one unfinished interaction (a transfer
+  // alice -> bob whose COMMIT decision is durable) and flips one payload
+  // byte of its WAL record, so its checksum no longer matches. Returns its seq.
+  std::uint64_t damagedUnfinishedInteraction() {
+    open("bank-a", "alice", 1000);
+    open("bank-b", "bob", 0);
+    // After the decision the record is surely durable (it was forced).
+    crashCoordinatorDuring("coord.after_decision_durable=crash", transferOps("bank-a:alice", "bank-b:bob", 10));
+    auto seq = unfinishedAt("bank-a").at(0).seq;
+    lmdb::Env env(dir_ + "/coordinator", lmdb::EnvOptions{});
+    auto dbi = env.openDb("interactions");
+    auto txn = env.beginWrite();
+    auto v = txn.get(dbi, u64Key(seq));
+    if (!v) throw std::runtime_error("no WAL record for seq " + std::to_string(seq));
+    (*v)[v->size() - 3] ^= 0x5a;
+    txn.put(dbi, u64Key(seq), *v);
+    txn.commit();
+    return seq;
+  }
 
   // Polls `pred` every 20 ms until it holds or `timeout` passes.
   bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {

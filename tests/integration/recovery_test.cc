@@ -142,22 +142,7 @@ TEST_F(ClusterTest, AgentKilledAfterCommitDecisionReceivesCommitWhenBack) {
 }
 
 TEST_F(ClusterTest, DamagedWalRecordStopsTheCoordinatorNamingIt) {
-  open("bank-a", "alice", 1000);
-  open("bank-b", "bob", 0);
-  // After the decision the record is surely durable (it was forced).
-  crashCoordinatorDuring("coord.after_decision_durable=crash", transferOps("bank-a:alice", "bank-b:bob", 10));
-  auto seq = unfinishedAt("bank-a").at(0).seq;
-  {
-    // Flip one payload byte of the unfinished interaction's record.
-    lmdb::Env env(dir_ + "/coordinator", lmdb::EnvOptions{});
-    auto dbi = env.openDb("interactions");
-    auto txn = env.beginWrite();
-    auto v = txn.get(dbi, u64Key(seq));
-    ASSERT_TRUE(v.has_value());
-    (*v)[v->size() - 3] ^= 0x5a;
-    txn.put(dbi, u64Key(seq), *v);
-    txn.commit();
-  }
+  auto seq = damagedUnfinishedInteraction();
   EXPECT_ANY_THROW(cluster_->startCoordinator());
   std::ifstream log(cluster_->coordinatorLog());
   std::stringstream text;

@@ -7,6 +7,8 @@
 #include <kj/async-io.h>
 #include <kj/vector.h>
 
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,7 +32,11 @@ class AgentTest : public ::testing::Test {
   AgentTest() : io_(std::make_unique<kj::AsyncIoContext>(kj::setupAsyncIo())) { start(); }
   ~AgentTest() override { agent_.reset(); }  // before the event loop goes
 
-  void start() { agent_ = std::make_unique<Agent>(AgentOptions{kName, dir_.sub("agent"), std::size_t(64) << 20}); }
+  void openAgent() { agent_ = std::make_unique<Agent>(AgentOptions{kName, dir_.mkdir("agent"), std::size_t(64) << 20}); }
+  void start() {
+    openAgent();
+    agent_->start();
+  }
   // Destroys the agent (its log drains, no other shutdown step) and opens
   // the same directory again, as a restarted process would.
   void restart() {
@@ -343,6 +349,26 @@ TEST_F(AgentTest, ConcurrentPreparesShareGroupCommits) {
   EXPECT_EQ(prepare({19, 500}, {debit("alice", 1)}).vote, Vote::No);
 }
 
+// A refused start must change nothing: opening the agent only reads; the
+// first write (here: rolling back the ACTIVE branch) waits for start().
+TEST_F(AgentTest, OpeningReadsOnlyAndStartMakesTheStartUpWrites) {
+  fund("alice", 100);
+  ASSERT_EQ(execute({21, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  agent_.reset();
+  auto bytes = [&] {
+    std::ifstream f(dir_.sub("agent/data.mdb"), std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  const std::string before = bytes();
+  openAgent();
+  EXPECT_EQ(branch({21, 1})->state, BranchStatus::Active);
+  agent_.reset();
+  EXPECT_EQ(bytes(), before) << "opening the agent wrote to its log";
+  start();
+  EXPECT_EQ(branch({21, 1})->state, BranchStatus::RolledBack);
+  expectAccount("alice", 100, 0);
+}
+
 TEST_F(AgentTest, CorruptBranchRecordStopsTheAgentAtStart) {
   ASSERT_EQ(rollback({{20, 1}}), Outcomes{BranchOutcome::RolledBack});
   agent_.reset();
@@ -358,7 +384,7 @@ TEST_F(AgentTest, CorruptBranchRecordStopsTheAgentAtStart) {
     txn.commit();
   }
   try {
-    start();
+    openAgent();  // refused before anything could be written
     FAIL() << "the agent started on a damaged branch log";
   } catch (const CorruptRecord& e) {
     EXPECT_NE(std::string(e.what()).find("branch 20.1"), std::string::npos) << e.what();

@@ -17,6 +17,15 @@ namespace {
 
 class LmdbTest : public ::testing::Test {
  protected:
+  // Writes k = v into database "data" of dir_, committed, and closes the env.
+  void writeAndClose(const std::string& k, const std::string& v) {
+    lmdb::Env env(dir_.path(), {});
+    MDB_dbi db = env.openDb("data");
+    auto t = env.beginWrite();
+    t.put(db, k, v);
+    t.commit();
+  }
+
   test::TempDir dir_;
 };
 
@@ -155,13 +164,7 @@ TEST_F(LmdbTest, NestedAbortLeavesParentUnchanged) {
 }
 
 TEST_F(LmdbTest, CommittedDataSurvivesReopen) {
-  {
-    lmdb::Env env(dir_.path(), {});
-    MDB_dbi db = env.openDb("data");
-    auto t = env.beginWrite();
-    t.put(db, "k", "durable");
-    t.commit();
-  }
+  writeAndClose("k", "durable");
   lmdb::Env env(dir_.path(), {});
   MDB_dbi db = env.openDb("data");
   auto r = env.beginRead();
@@ -174,6 +177,24 @@ TEST_F(LmdbTest, EnvCreatesMissingDirectoriesAndReportsMapSize) {
   lmdb::Env env(dir_.sub("a/b/c"), opts);
   EXPECT_TRUE(std::filesystem::exists(dir_.sub("a/b/c/data.mdb")));
   EXPECT_EQ(env.mapSize(), opts.mapSize);
+}
+
+TEST_F(LmdbTest, ReadOnlyEnvReadsWhatIsThereAndWritesNothing) {
+  writeAndClose("k", "v");
+  auto sizeBefore = std::filesystem::file_size(dir_.sub("data.mdb"));
+  lmdb::EnvOptions ro;
+  ro.readOnly = true;
+  lmdb::Env env(dir_.path(), ro);
+  MDB_dbi db = env.openDb("data");
+  EXPECT_EQ(env.beginRead().get(db, "k"), "v");
+  EXPECT_THROW(env.beginWrite(), lmdb::Error);
+  try {
+    env.openDb("absent");
+    FAIL() << "a read-only environment created a database";
+  } catch (const lmdb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no database 'absent'"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(std::filesystem::file_size(dir_.sub("data.mdb")), sizeBefore);
 }
 
 TEST_F(LmdbTest, MapFullErrorTellsTheOperatorToRaiseMapSize) {

@@ -1,0 +1,174 @@
+// Owned storage with real processes: a refused start changes nothing (the
+// WAL's epoch and seq mark stay, no agent is contacted, no byte of a log
+// changes).
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iterator>
+
+#include "common/lmdb.h"
+#include "common/seq.h"
+#include "common/wire.h"
+#include "tests/integration/cluster_fixture.h"
+
+namespace keel::test {
+namespace {
+
+// A listening socket nobody accepts on: it holds a port, and tells whether
+// anyone connected (a participant address no process should contact).
+class Listener {
+ public:
+  Listener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(fd_, 16) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      throw std::runtime_error("test listener failed");
+    }
+    port_ = ntohs(a.sin_port);
+  }
+  ~Listener() { ::close(fd_); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  bool contacted() {
+    int c = ::accept(fd_, nullptr, nullptr);
+    if (c < 0) return false;
+    ::close(c);
+    return true;
+  }
+
+ private:
+  int fd_ = -1;
+  unsigned port_ = 0;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// What a refused start must not change: the WAL's epoch and seq mark, and
+// every byte of its data file.
+struct WalState {
+  std::uint64_t epoch = 0, seqHwm = 0;
+  std::string data;
+  bool operator==(const WalState&) const = default;
+};
+
+class OwnedStorageTest : public ClusterTest {
+ protected:
+  std::string coordinatorDir() const { return dir_ + "/coordinator"; }
+
+  // Read-only, beside a live coordinator if there is one.
+  WalState walState() {
+    lmdb::EnvOptions o;
+    o.readOnly = true;
+    lmdb::Env env(coordinatorDir(), o);
+    auto meta = env.openDb("meta");
+    auto txn = env.beginRead();
+    WalState s;
+    if (auto e = txn.get(meta, "epoch")) s.epoch = keyU64(*e);
+    if (auto h = txn.get(meta, kSeqHwmKey)) s.seqHwm = keyU64(*h);
+    s.data = slurp(coordinatorDir() + "/data.mdb");
+    return s;
+  }
+
+  // A coordinator config on this cluster's WAL whose participants are
+  // `trap` (so any contact shows) and whose listen address is `listen`.
+  std::string trapConfig(Listener& trap, const std::string& listen = "127.0.0.1:0") {
+    std::string path = dir_ + "/trap.toml";
+    std::ofstream(path) << "[coordinator]\nnode_id = 1\nlisten = \"" << listen << "\"\ndata_dir = \""
+                        << coordinatorDir() << "\"\n\n[participants]\n\"bank-a\" = \"" << trap.address()
+                        << "\"\n\"bank-b\" = \"" << trap.address() << "\"\n";
+    return path;
+  }
+
+  // Runs a Keel binary that must refuse to start (`timeout`: a start that
+  // is not refused fails the test instead of hanging it).
+  RunResult refusedRun(const std::string& args) { return run("timeout 20 " + binDir() + "/" + args); }
+
+  static void expectNoInternals(const std::string& output) {
+    for (const char* leak : {"bind(", "kj/", ".c++", "KJ_"}) {
+      EXPECT_EQ(output.find(leak), std::string::npos) << "'" << leak << "' in: " << output;
+    }
+  }
+
+  void transferCommits() {
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+    EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  }
+};
+
+TEST_F(OwnedStorageTest, ACoordinatorWhosePortIsTakenChangesNothing) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  cluster_->stopCoordinator();
+  auto before = walState();
+  Listener taken, trap;
+  for (int attempt = 0; attempt < 2; ++attempt) {  // as a supervisor would restart it
+    auto r = refusedRun("keel-coordinator --config " + trapConfig(trap, taken.address()));
+    EXPECT_EQ(r.exitCode, 1) << r.output;
+    EXPECT_NE(r.output.find("cannot listen on " + taken.address() + ": address already in use"), std::string::npos)
+        << r.output;
+    expectNoInternals(r.output);
+  }
+  EXPECT_FALSE(trap.contacted());  // no participant swept
+  EXPECT_TRUE(walState() == before) << "the WAL changed";
+  cluster_->startCoordinator();  // the next good start is the next epoch
+  reconnect();
+  EXPECT_EQ(client_->info().wait(io_.waitScope).epoch, before.epoch + 1);
+  transferCommits();
+}
+
+TEST_F(OwnedStorageTest, ADamagedWalRecordIsRefusedWithEpochAndSeqMarkUnchanged) {
+  auto seq = damagedUnfinishedInteraction();
+  auto before = walState();
+  Listener trap;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto r = refusedRun("keel-coordinator --config " + trapConfig(trap));
+    EXPECT_EQ(r.exitCode, 1) << r.output;
+    EXPECT_NE(r.output.find("damaged WAL record: interaction " + std::to_string(seq)), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("bump-epoch"), std::string::npos) << r.output;
+  }
+  EXPECT_FALSE(trap.contacted());
+  EXPECT_TRUE(walState() == before) << "the WAL changed";
+  EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);  // the branch still waits
+}
+
+// The agent binds before its first write: its port taken, the ACTIVE branch
+// a restart would roll back is still there, every byte of the log unchanged.
+TEST_F(OwnedStorageTest, AnAgentWhosePortIsTakenChangesNothing) {
+  open("bank-b", "bob", 100);
+  auto c = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+  auto req = c->capability().executeRequest();
+  req.setEpoch(1);
+  fillXid(req.initXid(), Xid{makeSeq(7, 1), 1});  // node 7: no coordinator here drives it
+  fillOps(req.initOperations(1), {Op{"bank-b", OpKind::Debit, "bob", 30}});
+  ASSERT_TRUE(req.send().wait(io_.waitScope).getOk());
+  c = nullptr;
+  EXPECT_EQ(account("bank-b", "bob"), bal(100, 30));
+  cluster_->stopAgent("bank-b");
+  std::string log = dir_ + "/bank-b/data.mdb";
+  std::string before = slurp(log);
+  {
+    Listener taken;
+    auto r = refusedRun("keel-agent --name bank-b --listen " + taken.address() + " --data-dir " + dir_ + "/bank-b");
+    EXPECT_EQ(r.exitCode, 1) << r.output;
+    EXPECT_NE(r.output.find("cannot listen on " + taken.address() + ": address already in use"), std::string::npos)
+        << r.output;
+    expectNoInternals(r.output);
+  }
+  EXPECT_TRUE(slurp(log) == before) << "the branch log changed";
+  cluster_->startAgent("bank-b");  // a good start rolls the ACTIVE branch back
+  EXPECT_EQ(account("bank-b", "bob"), bal(100, 0));
+}
+
+}  // namespace
+}  // namespace keel::test
