@@ -47,6 +47,7 @@ double medianLmdbCommitUs(const std::string& dir, std::uint32_t samples) {
   {
     lmdb::EnvOptions o;
     o.mapSize = std::size_t(64) << 20;
+    std::filesystem::create_directories(envDir);
     lmdb::Env env(envDir, o);  // default, durable flags
     auto dbi = env.openDb("floor");
     const std::string value(100, 'x');

@@ -31,6 +31,7 @@ void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, capnp::Capa
 inline constexpr int kExitStopped = 0;       // stopped by SIGTERM / SIGINT
 inline constexpr int kExitFailed = 1;        // could not start (port, damaged record, ...) or failed while running
 inline constexpr int kExitBadConfig = 2;     // bad config or command line; nothing was touched
+inline constexpr int kExitDataDirRefused = 3;  // the data directory was refused (missing, in use, not ours)
 
 // "127.0.0.1:0" + bound port 41234 -> "127.0.0.1:41234".
 std::string withPort(const std::string& addr, unsigned port);

@@ -1,10 +1,5 @@
 #include "common/lmdb.h"
 
-#include <sys/stat.h>
-
-#include <cerrno>
-#include <filesystem>
-
 namespace keel::lmdb {
 
 Error::Error(const std::string& what, int code) : std::runtime_error(what), code_(code) {}
@@ -96,9 +91,6 @@ std::size_t Txn::count(MDB_dbi dbi) const {
 }
 
 Env::Env(const std::string& dir, const EnvOptions& opts) : readOnly_(opts.readOnly) {
-  std::error_code ec;
-  if (!opts.readOnly) std::filesystem::create_directories(dir, ec);
-  if (ec) throw Error("cannot create data directory " + dir + ": " + ec.message(), 0);
   int rc = mdb_env_create(&env_);
   if (rc != 0) throwError("mdb_env_create", rc);
   if ((rc = mdb_env_set_mapsize(env_, opts.mapSize)) != 0 ||

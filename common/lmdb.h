@@ -86,8 +86,9 @@ struct EnvOptions {
 
 class Env {
  public:
-  // Creates the directory if needed, opens the environment with durable
-  // default flags and clears stale reader slots (mdb_reader_check).
+  // Opens the environment in an existing directory (creating directories is
+  // DataDir's job, see common/data_dir.h) with durable default flags and
+  // clears stale reader slots (mdb_reader_check).
   Env(const std::string& dir, const EnvOptions& opts);
   Env(Env&& o) noexcept : env_(o.env_), readOnly_(o.readOnly_) { o.env_ = nullptr; }
   Env(const Env&) = delete;

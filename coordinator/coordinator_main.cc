@@ -1,10 +1,11 @@
 // keel-coordinator: the Keel transaction coordinator.
 //
-//   keel-coordinator --config coordinator.toml [--listen ADDR] [--data-dir DIR]
+//   keel-coordinator --config coordinator.toml [--listen ADDR] [--data-dir DIR] [--init]
 //
-// Start-up order, so that a refused start changes nothing: config → open the
-// WAL → bind the listen address → recovery (decodes every unfinished record
-// before the epoch is bumped, then contacts the agents) → accept clients.
+// Start-up order, so that a refused start changes nothing: config → data
+// directory (lock and identity; created only with --init) → open the WAL →
+// bind the listen address → recovery (decodes every unfinished record before
+// the epoch is bumped, then contacts the agents) → accept clients.
 // Exit statuses: common/daemon.h (kExit*), docs/operations.md.
 
 #include <CLI/CLI.hpp>
@@ -16,6 +17,7 @@
 
 #include "common/config.h"
 #include "common/daemon.h"
+#include "common/data_dir.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/rpc.h"
@@ -30,8 +32,9 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "host:port for clients (overrides the config; port 0 = any)");
   app.add_option("--data-dir", dataDir, "WAL directory (overrides the config)");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
-  bool checkWal = false;
+  bool checkWal = false, init = false;
   app.add_flag("--check-wal", checkWal, "decode every WAL record, list the damaged ones and exit (1 if any)");
+  app.add_flag("--init", init, "create the data directory (or initialise an empty one) on this first start");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -53,22 +56,30 @@ int main(int argc, char** argv) {
   }
 
   keel::initLogging("coordinator");
+  const keel::DataDirOwner owner{keel::DataDirKind::Coordinator, "coordinator", cfg.nodeId, "keel-coordinator"};
   if (checkWal) {
+    // Read-only and without the lock: it may run beside a live coordinator.
     try {
-      keel::WalStore wal(cfg.dataDir, cfg.mapSizeMb << 20);
+      std::string dir = keel::DataDir::inspect(cfg.dataDir, owner);
+      keel::WalStore wal(dir, cfg.mapSizeMb << 20, /*readOnly=*/true);
       auto bad = wal.checkAll();
       for (auto& b : bad) std::cout << "damaged: " << b << "\n";
-      std::cout << bad.size() << " damaged record(s) in " << cfg.dataDir << "\n";
+      std::cout << bad.size() << " damaged record(s) in " << dir << "\n";
       return bad.empty() ? 0 : 1;
+    } catch (const keel::DataDirError& e) {
+      std::cerr << "keel-coordinator: " << e.what() << "\n";
+      return keel::kExitDataDirRefused;
     } catch (const std::exception& e) {
       std::cerr << "keel-coordinator: " << e.what() << "\n";
       return keel::kExitFailed;
     }
   }
   try {
+    keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
+    cfg.dataDir = dir.path();
     keel::captureTerminationSignals();
     auto io = kj::setupAsyncIo();
-    keel::WalStore wal(cfg.dataDir, cfg.mapSizeMb << 20);
+    keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20);
     auto server = std::make_unique<keel::RpcServer>(io);
     std::string bound = keel::withPort(cfg.listen, server->bind(cfg.listen));
     keel::Coordinator coordinator(cfg, io, wal);
@@ -76,6 +87,9 @@ int main(int argc, char** argv) {
     coordinator.recover().wait(io.waitScope);
     keel::serveUntilTerminated(io, *server, kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats()), bound,
                                readyFile, "clients with " + std::to_string(cfg.participants.size()) + " participants");
+  } catch (const keel::DataDirError& e) {
+    KEEL_LOG_ERROR("refused: {}", e.what());
+    return keel::kExitDataDirRefused;
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
     return keel::kExitFailed;

@@ -5,21 +5,23 @@
 namespace keel {
 
 namespace {
-lmdb::EnvOptions envOptions(std::size_t mapSize) {
+lmdb::EnvOptions envOptions(std::size_t mapSize, bool readOnly) {
   lmdb::EnvOptions o;
   o.mapSize = mapSize;
+  o.readOnly = readOnly;
   return o;
 }
 }  // namespace
 
-WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes) : env_(dir, envOptions(mapSizeBytes)) {
+WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly)
+    : env_(dir, envOptions(mapSizeBytes, readOnly)) {
   meta_ = env_.openDb("meta");
   interactions_ = env_.openDb("interactions");
   rollbacks_ = env_.openDb("rollbacks");
   active_ = env_.openDb("active");
   windows_ = env_.openDb("windows");
   audit_ = env_.openDb("audit");
-  log_ = std::make_unique<GroupCommitLog>(env_);
+  if (!readOnly) log_ = std::make_unique<GroupCommitLog>(env_);
 }
 
 WalStore::~WalStore() { log_.reset(); }

@@ -38,7 +38,11 @@ struct StoredInteraction {
 
 class WalStore {
  public:
-  WalStore(const std::string& dir, std::size_t mapSizeBytes);
+  // `dir` exists (DataDir made it). Opening writes nothing to an existing
+  // WAL. readOnly (keel-coordinator --check-wal, beside a live coordinator):
+  // MDB_RDONLY, no writer thread; only the const readers, loadUnfinished and
+  // checkAll may be used.
+  WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly = false);
   ~WalStore();
 
   // Start-up, blocking: checks the node id against the one on disk (a data

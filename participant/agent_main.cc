@@ -1,12 +1,12 @@
 // keel-agent: the participant agent deployed beside one host system.
 //
 //   keel-agent --config agent.toml
-//   keel-agent --name bank-a --listen 127.0.0.1:7401 --data-dir /var/lib/keel/bank-a
+//   keel-agent --name bank-a --listen 127.0.0.1:7401 --data-dir /var/lib/keel/bank-a [--init]
 //
 // Flags override the config file. Start-up order, so that a refused start
-// changes nothing: config → open the branch log and check every record →
-// bind the listen address → the start-up writes (ParticipantBackend::start)
-// → serve.
+// changes nothing: config → data directory (lock and identity; created only
+// with --init) → open the branch log and check every record → bind the
+// listen address → the start-up writes (ParticipantBackend::start) → serve.
 // Exit statuses: common/daemon.h (kExit*), docs/operations.md.
 
 #include <CLI/CLI.hpp>
@@ -17,6 +17,7 @@
 
 #include "common/config.h"
 #include "common/daemon.h"
+#include "common/data_dir.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/rpc.h"
@@ -46,6 +47,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"commit-on-rollback"}));
   app.add_option("--coordinator", coordinator, "coordinator host:port to ask about branches in doubt");
   app.add_option("--in-doubt-query-ms", inDoubtMs, "ask the coordinator about a branch PREPARED this long");
+  bool init = false;
+  app.add_flag("--init", init, "create the data directory (or initialise an empty one) on this first start");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -81,6 +84,9 @@ int main(int argc, char** argv) {
 
   keel::initLogging("agent " + cfg.name);
   try {
+    keel::DataDir dir(cfg.dataDir, keel::DataDirOwner{keel::DataDirKind::Agent, cfg.name, 0, "keel-agent"},
+                      init);  // held until exit
+    cfg.dataDir = dir.path();
     keel::captureTerminationSignals();
     auto io = kj::setupAsyncIo();
     std::unique_ptr<keel::ParticipantBackend> backend;
@@ -107,6 +113,9 @@ int main(int argc, char** argv) {
     }
     keel::serveUntilTerminated(io, server, kj::heap<keel::ParticipantImpl>(agent), bound, readyFile,
                                cfg.name + " (data " + cfg.dataDir + ")");
+  } catch (const keel::DataDirError& e) {
+    KEEL_LOG_ERROR("refused: {}", e.what());
+    return keel::kExitDataDirRefused;
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
     return keel::kExitFailed;

@@ -139,8 +139,10 @@ void LocalCluster::startAgent(const std::string& name, const std::string& failpo
   if (auto extra = agentArgs_.find(name); extra != agentArgs_.end()) {
     args.insert(args.end(), extra->second.begin(), extra->second.end());
   }
+  if (!servedOnce_.count(name)) args.push_back("--init");
   agents_.at(name).start(opts_.binDir + "/keel-agent", args, agentLog(name), env);
   agentAddr_[name] = waitReady(ready, agents_.at(name), "agent " + name);
+  servedOnce_.insert(name);
 }
 
 void LocalCluster::writeCoordinatorConfig() {
@@ -160,10 +162,12 @@ void LocalCluster::startCoordinator(const std::string& failpoints) {
   fs::remove(ready);
   std::vector<std::string> args{"--config", opts_.baseDir + "/coordinator.toml", "--ready-file", ready,
                                 "--listen", coordAddr_};
+  if (!servedOnce_.count(kCoordinatorKey)) args.push_back("--init");
   std::vector<std::string> env;
   if (!failpoints.empty()) env.push_back("KEEL_FAILPOINTS=" + failpoints);
   coordinator_.start(opts_.binDir + "/keel-coordinator", args, coordinatorLog(), env);
   coordAddr_ = waitReady(ready, coordinator_, "coordinator");
+  servedOnce_.insert(kCoordinatorKey);
 }
 
 void LocalCluster::killAgent(const std::string& name, int sig) { agents_.at(name).signal(sig); }

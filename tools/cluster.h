@@ -6,11 +6,16 @@
 //
 // Every process it started is stopped by stopAll() or the destructor
 // (SIGTERM, then SIGKILL after a grace period).
+//
+// A process's starts say --init until it has once served, so its data
+// directory is created by the first start; a restart without it finds the
+// directory or is refused (as in production).
 
 #include <sys/types.h>
 
 #include <chrono>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -102,6 +107,9 @@ class LocalCluster {
   std::map<std::string, std::vector<std::string>> agentArgs_;
   ChildProcess coordinator_;
   std::string coordAddr_;
+  // Processes (agent names, kCoordinatorKey) that have served once.
+  static constexpr const char* kCoordinatorKey = " coordinator";  // no agent name has a space
+  std::set<std::string> servedOnce_;
 };
 
 

@@ -1,6 +1,7 @@
-// Owned storage with real processes: a refused start changes nothing (the
-// WAL's epoch and seq mark stay, no agent is contacted, no byte of a log
-// changes).
+// Owned storage with real processes: a data directory belongs to one
+// process and one purpose, and a refused start changes nothing (the WAL's
+// epoch and seq mark stay, no agent is contacted, the live process keeps
+// serving).
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -106,6 +107,61 @@ class OwnedStorageTest : public ClusterTest {
   }
 };
 
+TEST_F(OwnedStorageTest, ASecondCoordinatorOnALiveDirectoryIsRefusedAndTheLiveOneKeepsServing) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  auto before = walState();
+  auto epoch = client_->info().wait(io_.waitScope).epoch;
+  Listener trap;
+  // The same data_dir with another listen port: the typo the lock is for.
+  for (const char* init : {"", " --init"}) {
+    auto r = refusedRun("keel-coordinator --config " + trapConfig(trap) + init);
+    EXPECT_EQ(r.exitCode, 3) << r.output;
+    EXPECT_NE(r.output.find("data directory " + coordinatorDir() + " is in use by pid " +
+                            std::to_string(cluster_->coordinatorPid()) +
+                            " (keel-coordinator); one directory belongs to one process"),
+              std::string::npos)
+        << r.output;
+    expectNoInternals(r.output);
+  }
+  EXPECT_FALSE(trap.contacted());
+  auto after = walState();
+  EXPECT_EQ(after.epoch, before.epoch);
+  EXPECT_EQ(after.seqHwm, before.seqHwm);
+  // The agents were not fenced against the live coordinator: its work commits.
+  EXPECT_EQ(client_->info().wait(io_.waitScope).epoch, epoch);
+  transferCommits();
+  EXPECT_TRUE(eventually([&] { return account("bank-b", "bob") == bal(10, 0); }));
+}
+
+TEST_F(OwnedStorageTest, ADirectoryServesOnlyTheProcessItWasMadeFor) {
+  std::string bankA = dir_ + "/bank-a";
+  for (const char* init : {"", " --init"}) {  // --init never overrides an identity
+    auto r = refusedRun("keel-agent --name bank-x --listen 127.0.0.1:0 --data-dir " + coordinatorDir() + init);
+    EXPECT_EQ(r.exitCode, 3) << r.output;
+    EXPECT_NE(r.output.find("data directory " + coordinatorDir() + " belongs to a coordinator (node 1), not an agent"),
+              std::string::npos)
+        << r.output;
+
+    r = refusedRun("keel-agent --name bank-b --listen 127.0.0.1:0 --data-dir " + bankA + init);
+    EXPECT_EQ(r.exitCode, 3) << r.output;
+    EXPECT_NE(r.output.find("data directory " + bankA + " belongs to agent bank-a, not agent bank-b"),
+              std::string::npos)
+        << r.output;
+
+    Listener trap;
+    r = refusedRun("keel-coordinator --config " + trapConfig(trap) + " --data-dir " + bankA + init);
+    EXPECT_EQ(r.exitCode, 3) << r.output;
+    EXPECT_NE(r.output.find("data directory " + bankA + " belongs to agent bank-a, not a coordinator"),
+              std::string::npos)
+        << r.output;
+    EXPECT_FALSE(trap.contacted());
+    expectNoInternals(r.output);
+  }
+  open("bank-a", "alice", 100);  // bank-a still serves as bank-a
+  EXPECT_EQ(account("bank-a", "alice"), bal(100, 0));
+}
+
 TEST_F(OwnedStorageTest, ACoordinatorWhosePortIsTakenChangesNothing) {
   open("bank-a", "alice", 100);
   open("bank-b", "bob", 0);
@@ -142,6 +198,26 @@ TEST_F(OwnedStorageTest, ADamagedWalRecordIsRefusedWithEpochAndSeqMarkUnchanged)
   EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);  // the branch still waits
 }
 
+TEST_F(OwnedStorageTest, CheckWalReadsBesideALiveCoordinatorAndChangesNothing) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  auto before = walState();
+  auto r = refusedRun("keel-coordinator --config " + dir_ + "/coordinator.toml --check-wal");
+  EXPECT_EQ(r.exitCode, 0) << r.output;
+  EXPECT_NE(r.output.find("0 damaged record(s) in " + coordinatorDir()), std::string::npos) << r.output;
+  auto after = walState();  // the live coordinator may write meanwhile: compare what --check-wal could touch
+  EXPECT_EQ(after.epoch, before.epoch);
+  EXPECT_EQ(after.seqHwm, before.seqHwm);
+  r = refusedRun("keel-coordinator --config " + dir_ + "/coordinator.toml --check-wal --data-dir " + dir_ + "/none");
+  EXPECT_EQ(r.exitCode, 3) << r.output;
+  EXPECT_NE(r.output.find("data directory " + dir_ + "/none does not exist"), std::string::npos) << r.output;
+  r = refusedRun("keel-coordinator --config " + dir_ + "/coordinator.toml --check-wal --data-dir " + dir_ + "/bank-a");
+  EXPECT_EQ(r.exitCode, 3) << r.output;
+  EXPECT_NE(r.output.find("belongs to agent bank-a, not a coordinator"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/none"));
+  transferCommits();
+}
+
 // The agent binds before its first write: its port taken, the ACTIVE branch
 // a restart would roll back is still there, every byte of the log unchanged.
 TEST_F(OwnedStorageTest, AnAgentWhosePortIsTakenChangesNothing) {
@@ -168,6 +244,30 @@ TEST_F(OwnedStorageTest, AnAgentWhosePortIsTakenChangesNothing) {
   EXPECT_TRUE(slurp(log) == before) << "the branch log changed";
   cluster_->startAgent("bank-b");  // a good start rolls the ACTIVE branch back
   EXPECT_EQ(account("bank-b", "bob"), bal(100, 0));
+}
+
+TEST(DataDirStart, AMissingDirectoryIsCreatedOnlyWithInit) {
+  std::string base = makeTempDir("keel-dd");
+  std::string missing = base + "/not/there";
+  std::string cfg = base + "/c.toml";
+  std::ofstream(cfg) << "[coordinator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << missing
+                     << "\"\n[participants]\na = \"127.0.0.1:1\"\n";
+  auto r = run("timeout 20 " + binDir() + "/keel-coordinator --config " + cfg);
+  EXPECT_EQ(r.exitCode, 3) << r.output;
+  EXPECT_NE(r.output.find("data directory " + missing +
+                          " does not exist; start with --init to create a new coordinator there (check data_dir / "
+                          "--data-dir)"),
+            std::string::npos)
+      << r.output;
+  // A relative path is reported as the absolute path it means.
+  r = run("cd " + base + " && timeout 20 " + binDir() + "/keel-agent --name bank-a --listen 127.0.0.1:0 --data-dir rel");
+  EXPECT_EQ(r.exitCode, 3) << r.output;
+  EXPECT_NE(r.output.find("data directory " + base + "/rel does not exist; start with --init to create a new agent"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(base + "/not"));
+  EXPECT_FALSE(std::filesystem::exists(base + "/rel"));
+  std::filesystem::remove_all(base);
 }
 
 }  // namespace

@@ -171,12 +171,24 @@ TEST_F(LmdbTest, CommittedDataSurvivesReopen) {
   EXPECT_EQ(r.get(db, "k"), "durable");
 }
 
-TEST_F(LmdbTest, EnvCreatesMissingDirectoriesAndReportsMapSize) {
+TEST_F(LmdbTest, EnvReportsMapSize) {
   lmdb::EnvOptions opts;
   opts.mapSize = std::size_t(8) << 20;
-  lmdb::Env env(dir_.sub("a/b/c"), opts);
-  EXPECT_TRUE(std::filesystem::exists(dir_.sub("a/b/c/data.mdb")));
+  lmdb::Env env(dir_.path(), opts);
+  EXPECT_TRUE(std::filesystem::exists(dir_.sub("data.mdb")));
   EXPECT_EQ(env.mapSize(), opts.mapSize);
+}
+
+// Creating a data directory is DataDir's decision (--init), never a side
+// effect of opening LMDB.
+TEST_F(LmdbTest, EnvDoesNotCreateAMissingDirectory) {
+  try {
+    lmdb::Env env(dir_.sub("a/b"), {});
+    FAIL() << "opened an environment in a missing directory";
+  } catch (const lmdb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(dir_.sub("a/b")), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_.sub("a")));
 }
 
 TEST_F(LmdbTest, ReadOnlyEnvReadsWhatIsThereAndWritesNothing) {
