@@ -111,9 +111,8 @@ BENCHMARK(BM_RpcRoundTripPipe)->Name("BM_RpcRoundTrip/pipe")->MinTime(0.5)->Unit
 
 void BM_RpcRoundTripTcp(benchmark::State& state) {
   auto io = kj::setupAsyncIo();
-  RpcServer server(io);
-  unsigned port = server.bind("127.0.0.1:0");
-  server.startAccepting(kj::heap<StatusOnly>());
+  RpcServer server(io, kj::heap<StatusOnly>());
+  unsigned port = server.listen("127.0.0.1:0").wait(io.waitScope);
   auto conn = rpcConnect(io, "127.0.0.1:" + std::to_string(port)).wait(io.waitScope);
   roundTrips(state, io, conn->bootstrap<wire::Participant>());
   // Hang up first and let the server see the disconnect: tearing a server

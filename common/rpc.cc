@@ -28,7 +28,16 @@ void setNoDelay(kj::AsyncIoStream& s) {
 
 }  // namespace
 
-RpcServer::RpcServer(kj::AsyncIoContext& io) : io_(io), bootstrap_(nullptr), tasks_(*this) {}
+RpcServer::RpcServer(kj::AsyncIoContext& io) : RpcServer(io, nullptr) {}
+
+RpcServer::RpcServer(kj::AsyncIoContext& io, capnp::Capability::Client bootstrap)
+    : io_(io), bootstrap_(kj::mv(bootstrap)), tasks_(*this) {}
+
+kj::Promise<unsigned> RpcServer::listen(const std::string& addr) {
+  unsigned port = bind(addr);
+  startAccepting(bootstrap_);
+  return port;
+}
 
 unsigned RpcServer::bind(const std::string& addr) {
   // Our own socket calls rather than kj::NetworkAddress::listen(): a failure
@@ -69,7 +78,7 @@ unsigned RpcServer::bind(const std::string& addr) {
 
 void RpcServer::startAccepting(capnp::Capability::Client bootstrap) {
   bootstrap_ = kj::mv(bootstrap);
-  for (auto& l : listeners_) tasks_.add(acceptLoop(*l));
+  for (; accepting_ < listeners_.size(); ++accepting_) tasks_.add(acceptLoop(*listeners_[accepting_]));
 }
 
 kj::Promise<void> RpcServer::acceptLoop(kj::ConnectionReceiver& listener) {

@@ -28,6 +28,12 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
   // Accepts connections on every bound address, serving `bootstrap` on each.
   void startAccepting(capnp::Capability::Client bootstrap);
 
+  // Both steps at once, for tests and benchmarks that have nothing to check
+  // in between: binds `addr`, serves the constructor's bootstrap on it and
+  // resolves to the bound port (throws as bind() does).
+  RpcServer(kj::AsyncIoContext& io, capnp::Capability::Client bootstrap);
+  kj::Promise<unsigned> listen(const std::string& addr);
+
  private:
   void taskFailed(kj::Exception&& e) override;
   kj::Promise<void> acceptLoop(kj::ConnectionReceiver& listener);
@@ -36,6 +42,7 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
   kj::AsyncIoContext& io_;
   capnp::Capability::Client bootstrap_;
   kj::Vector<kj::Own<kj::ConnectionReceiver>> listeners_;
+  std::size_t accepting_ = 0;  // listeners_[0, accepting_) have an accept loop
   kj::TaskSet tasks_;
 };
 
