@@ -26,6 +26,7 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> resolve(ResolveContext ctx) override;
   kj::Promise<void> audit(AuditContext ctx) override;
   kj::Promise<void> submitBatch(SubmitBatchContext ctx) override;
+  kj::Promise<void> queryRequest(QueryRequestContext ctx) override;
 
  private:
   Coordinator& c_;

@@ -41,6 +41,7 @@ Coordinator::WindowStats Coordinator::stats() const {
   s.count = w.us.size();
   s.rollbacks = w.rollbacks;
   s.retriedCommits = w.retriedCommits;
+  s.heuristic = w.heuristic;
   if (!w.us.empty()) {
     auto rank = [&](double q) {
       std::size_t idx = std::size_t(q * double(w.us.size()) + 0.999999);  // nearest rank

@@ -7,9 +7,14 @@
 //   rollbacks     seq -> RollbackRecord      (the "rollback table")
 //   active        seq -> ""  for every interaction not yet finished, so
 //                 recovery scans only unfinished work
-//   windows       seq -> window of inconsistency (u64 us) + kind, for every
-//                 finished interaction that saw a failure (keelctl stats)
+//   windows       seq -> window of inconsistency (u64 us) + kind ('r' rolled
+//                 back, 'c' committed after retries, 'h' heuristic), for
+//                 every finished interaction that saw a failure (keelctl stats)
 //   audit         (time, seq) -> AuditRecord of each operator action
+//   requests      request id -> RequestRecord (the seq it names): written in
+//                 the same transaction as the interaction's first record
+//   request_times (first seen us, request id) -> "": the retention purge's
+//                 index, in time order
 //
 // Every write goes through the GroupCommitLog: a save() resolves once its
 // group's durable LMDB commit returned. Callers decide whether to wait: the
@@ -58,7 +63,16 @@ class WalStore {
   // group commit; the promise resolves when durable.
   // lazy: the write need not be forced and starts no group commit of its
   // own (GroupCommitLog::runLazy): for records nobody waits on.
-  kj::Promise<void> save(const InteractionRecord& r, const RollbackRecord* rb, bool lazy = false);
+  // request: the request id's row, written in the same transaction (given
+  // with the interaction's first write only).
+  kj::Promise<void> save(const InteractionRecord& r, const RollbackRecord* rb, bool lazy = false,
+                         const RequestRecord* request = nullptr);
+
+  // The row of a request id; throws CorruptRecord if it does not decode.
+  std::optional<RequestRecord> findRequest(const std::string& requestId) const;
+  // Drops up to `max` request rows first seen before `beforeUs` (lazy
+  // write); resolves to how many went.
+  kj::Promise<std::size_t> purgeRequests(Micros beforeUs, std::size_t max);
 
   // Durable operator audit entry.
   kj::Promise<void> appendAudit(const AuditRecord& a);
@@ -69,7 +83,7 @@ class WalStore {
 
   struct Windows {
     std::vector<std::uint64_t> us;  // sorted ascending
-    std::uint64_t rollbacks = 0, retriedCommits = 0;
+    std::uint64_t rollbacks = 0, retriedCommits = 0, heuristic = 0;
   };
   Windows windows() const;
 
@@ -86,7 +100,7 @@ class WalStore {
 
  private:
   lmdb::Env env_;
-  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_;
+  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, requestTimes_;
   std::unique_ptr<GroupCommitLog> log_;
   std::uint64_t epoch_ = 0;
 };

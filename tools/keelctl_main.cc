@@ -280,13 +280,14 @@ int main(int argc, char** argv) {
       if (json) {
         std::cout << "{\"count\":" << s.getCount() << ",\"p50_us\":" << s.getP50Us() << ",\"p99_us\":" << s.getP99Us()
                   << ",\"max_us\":" << s.getMaxUs() << ",\"rollbacks\":" << s.getRollbacks()
-                  << ",\"retried_commits\":" << s.getRetriedCommits() << ",\"in_doubt\":" << s.getInDoubt()
+                  << ",\"retried_commits\":" << s.getRetriedCommits() << ",\"heuristic\":" << s.getHeuristic()
+                  << ",\"in_doubt\":" << s.getInDoubt()
                   << ",\"oldest_in_doubt_us\":" << s.getOldestUs() << "}\n";
       } else {
         auto ms = [](std::uint64_t us) { return std::to_string(us / 1000) + "." + std::to_string(us / 100 % 10) + " ms"; };
         std::cout << "window of inconsistency (failure -> last participant confirmed), over " << s.getCount()
                   << " failed interactions (" << s.getRollbacks() << " rolled back, " << s.getRetriedCommits()
-                  << " committed after retries)\n"
+                  << " committed after retries, " << s.getHeuristic() << " heuristic)\n"
                   << "  median " << ms(s.getP50Us()) << "   p99 " << ms(s.getP99Us()) << "   max " << ms(s.getMaxUs())
                   << "\n"
                   << "in doubt now: " << s.getInDoubt() << " (oldest " << ms(s.getOldestUs()) << ")\n";

@@ -136,7 +136,12 @@ TEST_F(ProbeTest, ParticipantAnsweringAgainWakesItsDrivers) {
   std::ifstream log(cluster_->coordinatorLog());
   std::stringstream text;
   text << log.rdbuf();
-  EXPECT_NE(text.str().find("bank-b answers again: woke 1 driver(s)"), std::string::npos) << text.str();
+  // Each change of the participant's health is logged once, with what waits on it.
+  EXPECT_NE(text.str().find("bank-b (" + cluster_->agentAddress("bank-b") + ") stopped answering"), std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find("1 unfinished interaction(s) wait on it"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("bank-b answers again after"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("woke 1 driver(s)"), std::string::npos) << text.str();
 }
 
 TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden) {
@@ -161,8 +166,14 @@ TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden)
   EXPECT_NE(audit.output.find("\"who\":\"tester\""), std::string::npos) << audit.output;
   EXPECT_NE(audit.output.find("host reconciled by hand"), std::string::npos) << audit.output;
   EXPECT_NE(audit.output.find("committing, decision commit"), std::string::npos) << audit.output;
-  // bank-a had committed already: forcing abort is heuristic and says so.
-  EXPECT_NE(query(seq)->interaction.error.find("HEURISTIC"), std::string::npos) << query(seq)->interaction.error;
+  // bank-a had committed already: forcing abort is heuristic, and the
+  // interaction ends heuristic-mixed, never "rolled back".
+  auto q = query(seq);
+  EXPECT_EQ(q->interaction.state, InteractionRecord::State::HeuristicMixed) << stateName(q->interaction.state);
+  EXPECT_NE(q->interaction.error.find("bank-a committed"), std::string::npos) << q->interaction.error;
+  EXPECT_NE(q->interaction.error.find("bank-b rolled-back"), std::string::npos) << q->interaction.error;
+  auto st = run(ctl() + "stats --json");
+  EXPECT_NE(st.output.find("\"heuristic\":1"), std::string::npos) << st.output;
   EXPECT_EQ(inspect("bank-b").prepared, 0u);
 }
 
@@ -253,7 +264,7 @@ TEST_F(ClusterTest, StatsCountRollbacksWithTheirWindow) {
   RunResult s;
   EXPECT_TRUE(eventually([&] {
     s = run(binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " stats");
-    return s.output.find("over 1 failed interactions (1 rolled back, 0 committed after retries)") !=
+    return s.output.find("over 1 failed interactions (1 rolled back, 0 committed after retries, 0 heuristic)") !=
            std::string::npos;
   })) << s.output;
   auto q = query(o.seq);
