@@ -245,9 +245,10 @@ kj::Promise<SubmitOutcome> Coordinator::submit(SubmitRequest req) {
         return kj::mv(paf.promise);
       })
       .catch_([this, id](kj::Exception&& e) -> kj::Promise<SubmitOutcome> {
-        // No seq could be given (the reservation failed): nothing ran.
+        // No seq could be given (the reservation failed), or a fault before
+        // anything was sent: nothing ran.
         if (!id.empty()) releaseRequest(id, &e);
-        return SubmitOutcome{0, ClientOutcome::Unavailable, "no sequence number: " + describeFault(e), {}, id, false};
+        return SubmitOutcome{0, ClientOutcome::Unavailable, "the interaction could not start (nothing ran): " + describeFault(e), {}, id, false};
       });
 }
 

@@ -56,7 +56,7 @@ kj::Promise<Coordinator::Begun> Coordinator::begin(SubmitRequest req) {
       })
       .catch_([this, id](kj::Exception&& e) -> Begun {
         if (!id.empty()) releaseRequest(id, &e);
-        return Begun{0, SubmitOutcome{0, ClientOutcome::Unavailable, "no sequence number: " + describeFault(e), {},
+        return Begun{0, SubmitOutcome{0, ClientOutcome::Unavailable, "the interaction could not start (nothing ran): " + describeFault(e), {},
                                       id, false}};
       });
 }
