@@ -167,6 +167,7 @@ kj::Promise<CoordinatorInfo> KeelClient::info() {
     i.committed = resp.getCommitted();
     i.rolledBack = resp.getRolledBack();
     i.unfinished = resp.getUnfinished();
+    i.heuristic = resp.getHeuristic();
     i.logCommits = resp.getLogCommits();
     i.logJobs = resp.getLogJobs();
     return i;

@@ -28,6 +28,7 @@ struct CoordinatorInfo {
   std::uint64_t epoch = 0;
   std::vector<std::string> participants;
   std::uint64_t committed = 0, rolledBack = 0, unfinished = 0;
+  std::uint64_t heuristic = 0;  // ended heuristic-mixed or heuristic-unknown since start
   // The WAL's durable (fsync-bearing) LMDB commits and the jobs they carried.
   std::uint64_t logCommits = 0, logJobs = 0;
 };

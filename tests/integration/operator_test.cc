@@ -177,6 +177,40 @@ TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden)
   EXPECT_EQ(inspect("bank-b").prepared, 0u);
 }
 
+TEST_F(SlowDriverTest, ForcedCommitOfABranchThatNeverPreparedEndsHeuristicUnknown) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  cluster_->stopAgent("bank-b");  // its prepare never arrives
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 100));
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  cluster_->startAgent("bank-b");  // knows nothing of the branch; the rollback driver sleeps a minute
+  auto forced = run(ctl() + "resolve " + std::to_string(o.seq) +
+                    " --commit --override --who tester --why 'told to by the back office'");
+  EXPECT_EQ(forced.exitCode, 0) << forced.output;
+  std::optional<QueryResult> q;
+  ASSERT_TRUE(eventually([&] {
+    q = query(o.seq);
+    return q && q->interaction.finished();
+  }));
+  // bank-a had rolled back (commit refused: conflict), bank-b never saw the
+  // branch (commit answered unknown): told as it is.
+  EXPECT_EQ(q->interaction.state, InteractionRecord::State::HeuristicUnknown) << stateName(q->interaction.state);
+  for (auto& b : q->interaction.branches) {
+    if (b.participant == "bank-b") {
+      EXPECT_EQ(b.state, InteractionRecord::BranchState::Unknown);
+      EXPECT_NE(b.reason.find("no record of the branch"), std::string::npos) << b.reason;
+    } else {
+      EXPECT_EQ(b.state, InteractionRecord::BranchState::RolledBack);
+    }
+  }
+  auto shown = run(ctl() + "query " + std::to_string(o.seq));
+  EXPECT_NE(shown.output.find("heuristic-unknown"), std::string::npos) << shown.output;
+  auto st = run(ctl() + "stats --json");
+  EXPECT_NE(st.output.find("\"heuristic\":1"), std::string::npos) << st.output;
+  EXPECT_EQ(client_->info().wait(io_.waitScope).unfinished, 0u);
+  EXPECT_EQ(account("bank-a", "alice"), bal(1000, 0));  // nothing moved: reconciliation is the operator's
+}
+
 TEST_F(ClusterTest, ForgetDropsOnlyFinishedBranches) {
   open("bank-a", "alice", 100);
   open("bank-b", "bob", 0);
