@@ -148,14 +148,27 @@ kj::Promise<std::optional<QueryResult>> KeelClient::queryRequest(const std::stri
   return req.send().then([](auto resp) { return readStory(resp); });
 }
 
+namespace {
+
+template <typename Response>
+std::vector<InteractionRecord> readRecords(Response& resp) {
+  std::vector<InteractionRecord> out;
+  for (auto d : resp.getInteractions()) out.push_back(decodeInteraction(asView(d)));
+  return out;
+}
+
+}  // namespace
+
 kj::Promise<std::vector<InteractionRecord>> KeelClient::listUnfinished(std::uint32_t limit) {
   auto req = cap_.listUnfinishedRequest();
   req.setLimit(limit);
-  return req.send().then([](auto resp) {
-    std::vector<InteractionRecord> out;
-    for (auto d : resp.getInteractions()) out.push_back(decodeInteraction(asView(d)));
-    return out;
-  });
+  return req.send().then([](auto resp) { return readRecords(resp); });
+}
+
+kj::Promise<std::vector<InteractionRecord>> KeelClient::listHeuristic(std::uint32_t limit) {
+  auto req = cap_.listHeuristicRequest();
+  req.setLimit(limit);
+  return req.send().then([](auto resp) { return readRecords(resp); });
 }
 
 kj::Promise<CoordinatorInfo> KeelClient::info() {

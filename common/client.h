@@ -80,6 +80,8 @@ class KeelClient {
   void enableBatching(std::size_t maxBatch = 256, std::size_t inFlight = 2);
   kj::Promise<std::optional<QueryResult>> query(std::uint64_t seq);
   kj::Promise<std::vector<InteractionRecord>> listUnfinished(std::uint32_t limit);
+  // Heuristic interactions not yet marked reconciled, oldest first.
+  kj::Promise<std::vector<InteractionRecord>> listHeuristic(std::uint32_t limit);
   kj::Promise<CoordinatorInfo> info();
   wire::Coordinator::Client& capability() { return cap_; }
 

@@ -78,6 +78,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::optional<StoredInteraction> query(std::uint64_t seq) const;
   std::optional<StoredInteraction> queryRequest(const std::string& requestId) const;
   std::vector<std::string> listUnfinished(std::size_t limit) const;
+  std::vector<std::string> listHeuristic(std::size_t limit) const { return wal_.listHeuristic(limit); }
 
   struct Info {
     std::uint16_t nodeId;
@@ -106,6 +107,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   };
   kj::Promise<ResolveResult> resolve(std::uint64_t seq, bool commit, std::string who, std::string why, bool override);
   std::vector<AuditRecord> audit(std::size_t limit) const { return wal_.listAudit(limit); }
+  // The hosts of heuristic interaction `seq` were reconciled by hand.
+  kj::Promise<ResolveResult> reconciled(std::uint64_t seq, std::string who, std::string why);
 
  private:
   struct Interaction;

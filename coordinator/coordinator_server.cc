@@ -116,14 +116,36 @@ kj::Promise<void> CoordinatorImpl::queryRequest(QueryRequestContext ctx) {
   return kj::READY_NOW;
 }
 
-kj::Promise<void> CoordinatorImpl::listUnfinished(ListUnfinishedContext ctx) {
-  std::uint32_t limit = ctx.getParams().getLimit();
-  auto list = c_.listUnfinished(limit == 0 ? 100 : std::min<std::uint32_t>(limit, 10000));
-  auto l = ctx.getResults().initInteractions(list.size());
+namespace {
+
+template <typename Results>
+void fillRecords(Results res, const std::vector<std::string>& list) {
+  auto l = res.initInteractions(list.size());
   for (unsigned i = 0; i < list.size(); ++i) {
     l.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(list[i].data()), list[i].size()));
   }
+}
+
+std::size_t listLimit(std::uint32_t asked) { return asked == 0 ? 100 : std::min<std::uint32_t>(asked, 10000); }
+
+}  // namespace
+
+kj::Promise<void> CoordinatorImpl::listUnfinished(ListUnfinishedContext ctx) {
+  fillRecords(ctx.getResults(), c_.listUnfinished(listLimit(ctx.getParams().getLimit())));
   return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::listHeuristic(ListHeuristicContext ctx) {
+  fillRecords(ctx.getResults(), c_.listHeuristic(listLimit(ctx.getParams().getLimit())));
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::reconciled(ReconciledContext ctx) {
+  auto p = ctx.getParams();
+  return c_.reconciled(p.getSeq(), p.getWho().cStr(), p.getWhy().cStr()).then([ctx](Coordinator::ResolveResult r) mutable {
+    ctx.getResults().setDone(r.done);
+    ctx.getResults().setReason(r.reason);
+  });
 }
 
 kj::Promise<void> CoordinatorImpl::info(InfoContext ctx) {

@@ -146,4 +146,27 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::resolve(std::uint64_t seq, 
   });
 }
 
+kj::Promise<Coordinator::ResolveResult> Coordinator::reconciled(std::uint64_t seq, std::string who, std::string why) {
+  if (who.empty() || why.empty()) return ResolveResult{false, "say who you are and why (--who, --why)"};
+  auto stored = wal_.get(seq);
+  if (!stored) return ResolveResult{false, "unknown interaction " + std::to_string(seq)};
+  auto rec = decodeInteraction(stored->interaction);
+  if (!rec.heuristic()) {
+    return ResolveResult{false, "interaction " + std::to_string(seq) + " is " + stateName(rec.state) +
+                                    ", not heuristic: nothing to reconcile"};
+  }
+  AuditRecord a;
+  a.atUs = wallMicros();
+  a.seq = seq;
+  a.action = "reconciled";
+  a.who = who;
+  a.why = why;
+  a.previous = stateName(rec.state);
+  KEEL_LOG_WARN("operator {}: {} marked reconciled by hand ({}), was {}", who, seq, why, a.previous);
+  return wal_.reconciled(seq, a).then([seq](bool listed) {
+    if (!listed) return ResolveResult{false, "interaction " + std::to_string(seq) + " was marked reconciled already"};
+    return ResolveResult{true, "marked reconciled"};
+  });
+}
+
 }  // namespace keel

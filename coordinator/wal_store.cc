@@ -21,6 +21,7 @@ WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes) : env_(dir,
   audit_ = env_.openDb("audit");
   requests_ = env_.openDb("requests");
   requestTimes_ = env_.openDb("request_times");
+  heuristic_ = env_.openDb("heuristic");
   log_ = std::make_unique<GroupCommitLog>(env_);
 }
 
@@ -90,7 +91,8 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
     window.push_back(r.heuristic() ? 'h' : rb != nullptr ? 'r' : 'c');
   }
   auto interactions = interactions_, rollbacks = rollbacks_, active = active_, windows = windows_;
-  auto requests = requests_, requestTimes = requestTimes_;
+  auto requests = requests_, requestTimes = requestTimes_, heuristic = heuristic_;
+  bool toReconcile = r.heuristic();
   auto write = [=, key = std::move(key), iv = std::move(iv), rv = std::move(rv), window = std::move(window),
                 reqv = std::move(reqv), reqTimeKey = std::move(reqTimeKey),
                 reqId = std::move(reqId)](lmdb::Txn& txn) {
@@ -102,6 +104,7 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
       txn.put(active, key, "");
     }
     if (!window.empty()) txn.put(windows, key, window);
+    if (toReconcile) txn.put(heuristic, key, "");
     if (!reqv.empty()) {
       txn.put(requests, reqId, reqv);
       txn.put(requestTimes, reqTimeKey, "");
@@ -157,6 +160,28 @@ std::vector<std::string> WalStore::listUnfinished(std::size_t limit) const {
     return out.size() < limit;
   });
   return out;
+}
+
+std::vector<std::string> WalStore::listHeuristic(std::size_t limit) const {
+  std::vector<std::string> out;
+  auto txn = env_.beginRead();
+  txn.scan(heuristic_, "", [&](std::string_view k, std::string_view) {
+    if (auto iv = txn.get(interactions_, k)) out.push_back(std::move(*iv));
+    return out.size() < limit;
+  });
+  return out;
+}
+
+kj::Promise<bool> WalStore::reconciled(std::uint64_t seq, const AuditRecord& a) {
+  std::string key = u64Key(seq);
+  std::string auditKey = u64Key(a.atUs) + u64Key(a.seq);
+  std::string v = encode(a);
+  auto heuristic = heuristic_, audit = audit_;
+  return log_->run([=](lmdb::Txn& txn) {
+    if (!txn.del(heuristic, key)) return false;
+    txn.put(audit, auditKey, v);
+    return true;
+  });
 }
 
 kj::Promise<void> WalStore::appendAudit(const AuditRecord& a) {

@@ -15,6 +15,8 @@
 //                 the same transaction as the interaction's first record
 //   request_times (first seen us, request id) -> "": the retention purge's
 //                 index, in time order
+//   heuristic     seq -> "" for every interaction that ended heuristic and
+//                 that no operator has marked reconciled (keelctl list)
 //
 // Every write goes through the GroupCommitLog: a save() resolves once its
 // group's durable LMDB commit returned. Callers decide whether to wait: the
@@ -80,6 +82,11 @@ class WalStore {
 
   std::optional<StoredInteraction> get(std::uint64_t seq) const;
   std::vector<std::string> listUnfinished(std::size_t limit) const;
+  // Heuristic interactions not yet marked reconciled, oldest first.
+  std::vector<std::string> listHeuristic(std::size_t limit) const;
+  // Marks `seq` reconciled (it leaves listHeuristic) and writes the audit
+  // entry, in one durable transaction; false if it was not listed.
+  kj::Promise<bool> reconciled(std::uint64_t seq, const AuditRecord& a);
 
   struct Windows {
     std::vector<std::uint64_t> us;  // sorted ascending
@@ -100,7 +107,7 @@ class WalStore {
 
  private:
   lmdb::Env env_;
-  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, requestTimes_;
+  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, requestTimes_, heuristic_;
   std::unique_ptr<GroupCommitLog> log_;
   std::uint64_t epoch_ = 0;
 };

@@ -289,6 +289,14 @@ interface Coordinator {
 
   # The full story of the interaction a request id names (as `query`).
   queryRequest @11 (requestId :Text) -> (found :Bool, interaction :Data, rollback :Data);
+
+  # Interactions that ended heuristic-mixed or heuristic-unknown and that no
+  # operator has marked reconciled yet, oldest first (encoded records).
+  listHeuristic @12 (limit :UInt32) -> (interactions :List(Data));
+
+  # Operator: the hosts of a heuristic interaction were reconciled by hand;
+  # it leaves listHeuristic. Leaves an audit entry in the WAL.
+  reconciled @13 (seq :UInt64, who :Text, why :Text) -> (done :Bool, reason :Text);
 }
 
 struct SubmitItem {

@@ -208,7 +208,29 @@ TEST_F(SlowDriverTest, ForcedCommitOfABranchThatNeverPreparedEndsHeuristicUnknow
   auto st = run(ctl() + "stats --json");
   EXPECT_NE(st.output.find("\"heuristic\":1"), std::string::npos) << st.output;
   EXPECT_EQ(client_->info().wait(io_.waitScope).unfinished, 0u);
+  EXPECT_EQ(client_->info().wait(io_.waitScope).heuristic, 1u);
   EXPECT_EQ(account("bank-a", "alice"), bal(1000, 0));  // nothing moved: reconciliation is the operator's
+  // It waits for an operator in the heuristic list until marked reconciled (audited).
+  auto listed = client_->listHeuristic(100).wait(io_.waitScope);
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].seq, o.seq);
+  auto markReconciled = [&] {
+    auto rec = client_->capability().reconciledRequest();
+    rec.setSeq(o.seq);
+    rec.setWho("tester");
+    rec.setWhy("posted the missing half at bank-b by hand");
+    auto r = rec.send().wait(io_.waitScope);
+    return std::make_pair(r.getDone(), std::string(r.getReason().cStr()));
+  };
+  auto done = markReconciled();
+  EXPECT_TRUE(done.first) << done.second;
+  EXPECT_TRUE(client_->listHeuristic(100).wait(io_.waitScope).empty());
+  auto again = markReconciled();
+  EXPECT_FALSE(again.first);
+  EXPECT_NE(again.second.find("already"), std::string::npos) << again.second;
+  auto audit = run(ctl() + "audit");
+  EXPECT_NE(audit.output.find("\"action\":\"reconciled\""), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("posted the missing half"), std::string::npos) << audit.output;
 }
 
 TEST_F(ClusterTest, ForgetDropsOnlyFinishedBranches) {
