@@ -14,6 +14,9 @@
 namespace keel::test {
 namespace {
 
+// The command's output (stdout and stderr) holds `text`.
+#define EXPECT_PRINTS(result, text) EXPECT_NE((result).output.find(text), std::string::npos) << (result).output
+
 std::string readFile(const std::string& path) {
   std::ifstream f(path);
   std::stringstream s;
@@ -79,7 +82,8 @@ TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
       {ctl() + "open bank-a:carol 1e3", "keelctl: amount '1e3' is not a whole number"},
       {ctl() + "open bank-a:carol -1", "keelctl: amount -1 is out of range (0..1000000000000000)"},
       {ctl() + "query 1.5", "keelctl: seq '1.5' is not a whole number"},
-      {ctl() + "query 18446744073709551616", "keelctl: seq 18446744073709551616 is out of range (1..18446744073709551615)"},
+      {ctl() + "query 18446744073709551616",
+       "keelctl: seq 18446744073709551616 is out of range (1..18446744073709551615)"},
       {ctl() + "query 0", "keelctl: seq 0 is out of range"},
       {ctl() + "retry 12x", "keelctl: seq '12x' is not a whole number"},
       {ctl() + "resolve 5e2 --commit --why x", "keelctl: seq '5e2' is not a whole number"},
@@ -100,8 +104,10 @@ TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
       {ctl() + "query", "keelctl: query needs SEQ or --request-id ID"},
       {ctl() + "query 5 --request-id abc", "keelctl: query needs SEQ or --request-id ID"},
       {binDir() + "/keelctl -c nonsense info", "keelctl: --coordinator: address 'nonsense' must be host:port"},
-      {binDir() + "/keelctl -c 127.0.0.1:99999 info", "keelctl: --coordinator: port in '127.0.0.1:99999' is out of range"},
-      {binDir() + "/keelctl forget --agent " + agent + " 5.70000", "keelctl: '5.70000': branch 70000 is out of range (1..65535)"},
+      {binDir() + "/keelctl -c 127.0.0.1:99999 info",
+       "keelctl: --coordinator: port in '127.0.0.1:99999' is out of range"},
+      {binDir() + "/keelctl forget --agent " + agent + " 5.70000",
+       "keelctl: '5.70000': branch 70000 is out of range (1..65535)"},
       {binDir() + "/keelctl forget --agent " + agent + " 5", "keelctl: '5' is not SEQ.BRANCH"},
       {ctl() + "transfer alice bank-b:bob 1", "keelctl: 'alice' is not PARTICIPANT:ACCOUNT"},
       // CLI11's own refusals exit 2 as well.
@@ -134,22 +140,24 @@ TEST_F(KeelctlTest, ExitStatusNamesTheOutcome) {
 
   auto over = run(ctl() + "transfer bank-a:alice bank-b:bob 100000");
   EXPECT_EQ(over.exitCode, 1) << over.output;
-  EXPECT_TRUE(std::regex_search(over.output, std::regex(R"(seq \d+: rolled-back \(request id [0-9a-f-]+\): .*insufficient funds)")))
+  EXPECT_TRUE(std::regex_search(over.output,
+                                std::regex(R"(seq \d+: rolled-back \(request id [0-9a-f-]+\): .*insufficient funds)")))
       << over.output;
 
   auto invalid = run(ctl() + "transfer bank-a:alice bank-x:bob 1");
   EXPECT_EQ(invalid.exitCode, 2) << invalid.output;
-  EXPECT_NE(invalid.output.find("invalid (request id "), std::string::npos) << invalid.output;
+  EXPECT_PRINTS(invalid, "invalid (request id ");
 
   auto nothere = run(ctl() + "query 42");
   EXPECT_EQ(nothere.exitCode, 1) << nothere.output;
-  EXPECT_NE(nothere.output.find("keelctl: no interaction 42"), std::string::npos) << nothere.output;
+  EXPECT_PRINTS(nothere, "keelctl: no interaction 42");
 
   // Nothing listens on port 1: refused at once, with no KJ text.
   auto down = run(binDir() + "/keelctl -c 127.0.0.1:1 info");
   EXPECT_EQ(down.exitCode, 3) << down.output;
   EXPECT_EQ(down.output, "keelctl: no answer from 127.0.0.1:1 (connection refused)\n");
-  auto lost = run(binDir() + "/keelctl -c 127.0.0.1:1 transfer bank-a:alice bank-b:bob 1 --retry-for 0 --request-id t-1");
+  auto lost =
+      run(binDir() + "/keelctl -c 127.0.0.1:1 transfer bank-a:alice bank-b:bob 1 --retry-for 0 --request-id t-1");
   EXPECT_EQ(lost.exitCode, 3) << lost.output;
   EXPECT_EQ(lost.output,
             "keelctl: no answer from 127.0.0.1:1 (connection refused); request id t-1 may or may not have run: look "
@@ -157,8 +165,8 @@ TEST_F(KeelctlTest, ExitStatusNamesTheOutcome) {
 
   auto balance = run(ctl() + "balance bank-a:alice bank-b:bob");
   EXPECT_EQ(balance.exitCode, 0) << balance.output;
-  EXPECT_NE(balance.output.find("bank-a:alice  balance 900  available 900"), std::string::npos) << balance.output;
-  EXPECT_NE(balance.output.find("bank-b:bob  balance 100  available 100"), std::string::npos) << balance.output;
+  EXPECT_PRINTS(balance, "bank-a:alice  balance 900  available 900");
+  EXPECT_PRINTS(balance, "bank-b:bob  balance 100  available 100");
   EXPECT_TRUE(committedLine(balance.output)) << balance.output;
 }
 
@@ -167,27 +175,41 @@ TEST_F(KeelctlTest, RequestIdsRunOnceAndCanBeLookedUp) {
   open("bank-b", "bob", 0);
   auto first = run(ctl() + "transfer bank-a:alice bank-b:bob 100 --request-id pay-7 --json");
   ASSERT_EQ(first.exitCode, 0) << first.output;
-  EXPECT_NE(first.output.find("\"request_id\":\"pay-7\",\"replayed\":false"), std::string::npos) << first.output;
+  EXPECT_PRINTS(first, "\"request_id\":\"pay-7\",\"replayed\":false");
   auto again = run(ctl() + "transfer bank-a:alice bank-b:bob 100 --request-id pay-7");
   ASSERT_EQ(again.exitCode, 0) << again.output;
   auto a = committedLine(again.output);
   ASSERT_TRUE(a) << again.output;
   EXPECT_EQ(a->requestId, "pay-7");
-  EXPECT_NE(again.output.find("(request id pay-7, answered by an earlier try)"), std::string::npos) << again.output;
-  EXPECT_NE(first.output.find("\"seq\":" + std::to_string(a->seq) + ","), std::string::npos) << first.output;
+  EXPECT_PRINTS(again, "(request id pay-7, answered by an earlier try)");
+  EXPECT_PRINTS(first, "\"seq\":" + std::to_string(a->seq) + ",");
   auto reused = run(ctl() + "transfer bank-a:alice bank-b:bob 5 --request-id pay-7");
   EXPECT_EQ(reused.exitCode, 2) << reused.output;
-  EXPECT_NE(reused.output.find("reused with other operations"), std::string::npos) << reused.output;
+  EXPECT_PRINTS(reused, "reused with other operations");
 
   auto q = run(ctl() + "query --request-id pay-7");
   EXPECT_EQ(q.exitCode, 0) << q.output;
-  EXPECT_NE(q.output.find("interaction " + std::to_string(a->seq)), std::string::npos) << q.output;
-  EXPECT_NE(q.output.find("request id pay-7"), std::string::npos) << q.output;
+  EXPECT_PRINTS(q, "interaction " + std::to_string(a->seq));
+  EXPECT_PRINTS(q, "request id pay-7");
   auto none = run(ctl() + "query --request-id pay-8");
   EXPECT_EQ(none.exitCode, 1) << none.output;
   EXPECT_EQ(none.output, "keelctl: no interaction has request id pay-8\n");
-  ASSERT_TRUE(eventually([&] { return account("bank-b", "bob") == bal(100, 0); }));
-  EXPECT_EQ(account("bank-a", "alice"), bal(900, 0));
+
+  // An id keelctl made carries its first-sent time: sent again later it is
+  // replayed; one too old for the coordinator's retention is refused, not run.
+  auto made = run(ctl() + "transfer bank-a:alice bank-b:bob 10");
+  auto m = committedLine(made.output);
+  ASSERT_TRUE(m) << made.output;
+  auto resent = run(ctl() + "transfer bank-a:alice bank-b:bob 10 --request-id " + m->requestId);
+  EXPECT_EQ(resent.exitCode, 0) << resent.output;
+  EXPECT_PRINTS(resent, "seq " + std::to_string(m->seq) + ": committed (request id " + m->requestId +
+                            ", answered by an earlier try)");
+  auto old = run(ctl() + "transfer bank-a:alice bank-b:bob 10 --request-id 0000000000000001-0123456789abcdef");
+  EXPECT_EQ(old.exitCode, 2) << old.output;
+  EXPECT_PRINTS(old, "longer ago than request_id_retention_s");
+
+  ASSERT_TRUE(eventually([&] { return account("bank-b", "bob") == bal(110, 0); }));
+  EXPECT_EQ(account("bank-a", "alice"), bal(890, 0));
 }
 
 TEST_F(KeelctlTest, TimeoutBoundsAStoppedCoordinator) {
@@ -211,13 +233,10 @@ TEST_F(KeelctlTest, TimeoutBoundsAStoppedCoordinator) {
   // to find out whether it ran.
   auto [t, tTook] = timed(ctl() + "--timeout 300ms --retry-for 1s transfer bank-a:alice bank-b:bob 1 --request-id t-2");
   EXPECT_EQ(t.exitCode, 3) << t.output;
-  EXPECT_NE(t.output.find("keelctl: no answer within --timeout 300 ms; retrying request t-2 (attempt 2)\n"),
-            std::string::npos)
-      << t.output;
-  EXPECT_NE(t.output.find("keelctl: no answer within --retry-for 1 s; request id t-2 may or may not have run: look "
-                          "it up with keelctl query --request-id t-2\n"),
-            std::string::npos)
-      << t.output;
+  EXPECT_PRINTS(t, "keelctl: no answer within --timeout 300 ms; retrying request t-2 (attempt 2)\n");
+  EXPECT_PRINTS(t,
+                "keelctl: no answer within --retry-for 1 s; request id t-2 may or may not have run: look it up with "
+                "keelctl query --request-id t-2\n");
   EXPECT_LT(tTook, std::chrono::milliseconds(4000));
   EXPECT_EQ(t.output.find("kj"), std::string::npos) << t.output;
 }
@@ -251,10 +270,11 @@ class LostAnswerTest : public KeelctlTest {
 
   void expectMovedOnce(const Answer& a) {
     EXPECT_TRUE(eventually([&] { return account("bank-b", "bob") == bal(100, 0); })) << account("bank-b", "bob").first;
-    EXPECT_TRUE(eventually([&] { return account("bank-a", "alice") == bal(900, 0); })) << account("bank-a", "alice").first;
+    EXPECT_TRUE(eventually([&] { return account("bank-a", "alice") == bal(900, 0); }))
+        << account("bank-a", "alice").first;
     auto q = run(ctl() + "query --request-id " + a.requestId);
     EXPECT_EQ(q.exitCode, 0) << q.output;
-    EXPECT_NE(q.output.find("interaction " + std::to_string(a.seq)), std::string::npos) << q.output;
+    EXPECT_PRINTS(q, "interaction " + std::to_string(a.seq));
     auto byId = client_->queryRequest(a.requestId).wait(io_.waitScope);
     ASSERT_TRUE(byId);
     EXPECT_EQ(byId->interaction.seq, a.seq);
@@ -319,8 +339,8 @@ TEST_F(KeelctlOperatorTest, HeuristicOutcomesAreShownAsTheyAre) {
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
   cluster_->startAgent("bank-b");
   auto l = run(ctl() + "list");
-  EXPECT_NE(l.output.find(seq + "  committing"), std::string::npos) << l.output;
-  EXPECT_NE(l.output.find("request id h-1"), std::string::npos) << l.output;
+  EXPECT_PRINTS(l, seq + "  committing");
+  EXPECT_PRINTS(l, "request id h-1");
 
   // Forcing abort contradicts bank-a's commit: the interaction ends heuristic-mixed.
   auto r = run(ctl() + "resolve " + seq + " --abort --override --who tester --why 'test'");
@@ -328,30 +348,26 @@ TEST_F(KeelctlOperatorTest, HeuristicOutcomesAreShownAsTheyAre) {
   ASSERT_TRUE(eventually([&] { return query(a->seq)->interaction.finished(); }));
   auto q = run(ctl() + "query " + seq);
   EXPECT_EQ(q.exitCode, 0) << q.output;
-  EXPECT_NE(q.output.find("state      heuristic-mixed"), std::string::npos) << q.output;
-  EXPECT_NE(q.output.find("docs/recovery.md"), std::string::npos) << q.output;
+  EXPECT_PRINTS(q, "state      heuristic-mixed");
+  EXPECT_PRINTS(q, "docs/recovery.md");
   auto qj = run(ctl() + "query --request-id h-1 --json");
-  EXPECT_NE(qj.output.find("\"state\":\"heuristic-mixed\""), std::string::npos) << qj.output;
+  EXPECT_PRINTS(qj, "\"state\":\"heuristic-mixed\"");
   auto i = run(ctl() + "info");
-  EXPECT_NE(i.output.find("heuristic 1"), std::string::npos) << i.output;
-  EXPECT_NE(run(ctl() + "info --json").output.find("\"heuristic\":1"), std::string::npos);
+  EXPECT_PRINTS(i, "heuristic 1");
+  auto ij = run(ctl() + "info --json");
+  EXPECT_PRINTS(ij, "\"heuristic\":1");
   auto st = run(ctl() + "stats");
-  EXPECT_NE(st.output.find("1 heuristic)"), std::string::npos) << st.output;
+  EXPECT_PRINTS(st, "1 heuristic)");
 
   // Asking again with the same request id tells the outcome as it ended: exit 5, with what to do.
   auto again = run(ctl() + "transfer bank-a:alice bank-b:bob 100 --request-id h-1");
   EXPECT_EQ(again.exitCode, 5) << again.output;
-  EXPECT_NE(again.output.find("seq " + seq + ": heuristic-mixed (request id h-1, answered by an earlier try)"),
-            std::string::npos)
-      << again.output;
-  EXPECT_NE(again.output.find("  the branches did not all end as decided: see keelctl query " + seq +
-                              "; docs/recovery.md\n"),
-            std::string::npos)
-      << again.output;
+  EXPECT_PRINTS(again, "seq " + seq + ": heuristic-mixed (request id h-1, answered by an earlier try)");
+  EXPECT_PRINTS(again, "  the branches did not all end as decided: see keelctl query " + seq + "; docs/recovery.md\n");
   auto j = run(ctl() + "transfer bank-a:alice bank-b:bob 100 --request-id h-1 --json");
   EXPECT_EQ(j.exitCode, 5) << j.output;
-  EXPECT_NE(j.output.find("\"outcome\":\"heuristic-mixed\""), std::string::npos) << j.output;
-  EXPECT_NE(j.output.find("\"replayed\":true"), std::string::npos) << j.output;
+  EXPECT_PRINTS(j, "\"outcome\":\"heuristic-mixed\"");
+  EXPECT_PRINTS(j, "\"replayed\":true");
 }
 
 }  // namespace

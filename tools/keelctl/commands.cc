@@ -1,5 +1,7 @@
 #include "tools/keelctl/commands.h"
 
+#include <cctype>
+#include <charconv>
 #include <iostream>
 
 #include "common/client.h"
@@ -17,6 +19,18 @@ std::string plainFault(std::string why) {
   return why;
 }
 
+// An id made by newRequestId() starts with the unix microseconds of its
+// first try (16 hex digits, '-', 16 hex digits). 0: not such an id.
+std::uint64_t madeAt(const std::string& id) {
+  if (id.size() != 33 || id[16] != '-') return 0;
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    if (i != 16 && !std::isxdigit(static_cast<unsigned char>(id[i]))) return 0;
+  }
+  std::uint64_t us = 0;
+  std::from_chars(id.data(), id.data() + 16, us, 16);
+  return us;
+}
+
 // One command's exchange with one peer: every wait, connecting included,
 // ends when --timeout has passed since the exchange began. A fault or the
 // deadline becomes a Failure with exit status 3 that names the peer and
@@ -24,8 +38,7 @@ std::string plainFault(std::string why) {
 class Exchange {
  public:
   Exchange(kj::AsyncIoContext& io, std::string address, kj::Duration timeout)
-      : io_(io), address_(std::move(address)), timeout_(timeout),
-        deadline_(io.provider->getTimer().now() + timeout) {}
+      : io_(io), address_(std::move(address)), timeout_(timeout), deadline_(io.provider->getTimer().now() + timeout) {}
 
   template <typename T>
   T wait(kj::Promise<T> p) {
@@ -37,7 +50,9 @@ class Exchange {
     try {
       return bounded.wait(io_.waitScope);
     } catch (const kj::Exception& e) {
-      if (expired) throw Failure(kExitUnreachable, "no answer from " + address_ + " within " + formatDuration(timeout_));
+      if (expired) {
+        throw Failure(kExitUnreachable, "no answer from " + address_ + " within " + formatDuration(timeout_));
+      }
       if (e.getType() == kj::Exception::Type::DISCONNECTED) {
         throw Failure(kExitUnreachable, "no answer from " + address_ + " (" + plainFault(describeFault(e)) + ")");
       }
@@ -56,6 +71,10 @@ class Exchange {
 
 int Commands::submit(SubmitRequest req, const std::vector<std::string>* balanceRefs) {
   if (req.requestId.empty()) req.requestId = newRequestId();
+  // A retry must send the time of the first try: a request id the
+  // coordinator no longer knows is then refused as too old, never run again.
+  // For an id keelctl made (this run or an earlier one) that time is in it.
+  req.requestTimeUs = madeAt(req.requestId);
   const std::string id = req.requestId;
   std::string timeoutText = formatDuration(g_.timeout);
   // What a lost answer was, as the retry lines and the final message say it.
@@ -218,7 +237,9 @@ int Commands::forget(const std::string& agentAddr, const std::vector<Xid>& xids)
     std::cout << "]}\n";
   } else {
     std::cout << "forgotten " << resp.getForgotten();
-    for (auto x : resp.getRefused()) std::cout << "\n  refused " << x.getSeq() << "." << x.getBranch() << " (not finished)";
+    for (auto x : resp.getRefused()) {
+      std::cout << "\n  refused " << x.getSeq() << "." << x.getBranch() << " (not finished)";
+    }
     std::cout << "\n";
   }
   return resp.getRefused().size() == 0 ? kExitDone : kExitRefused;

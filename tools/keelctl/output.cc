@@ -132,9 +132,9 @@ void printStats(std::ostream& out, const StatsView& s, bool json) {
         << "}\n";
     return;
   }
-  out << "window of inconsistency (failure -> last participant confirmed), over " << s.count
-      << " failed interactions (" << s.rollbacks << " rolled back, " << s.retriedCommits
-      << " committed after retries, " << s.heuristic << " heuristic)\n"
+  out << "window of inconsistency (failure -> last participant confirmed), over " << s.count << " failed interactions ("
+      << s.rollbacks << " rolled back, " << s.retriedCommits << " committed after retries, " << s.heuristic
+      << " heuristic)\n"
       << "  median " << ms(s.p50Us) << "   p99 " << ms(s.p99Us) << "   max " << ms(s.maxUs) << "\n"
       << "in doubt now: " << s.inDoubt << " (oldest " << ms(s.oldestUs) << ")\n";
 }

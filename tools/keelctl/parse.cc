@@ -40,8 +40,8 @@ std::uint64_t parseWhole(std::string_view what, std::string_view text, std::uint
   if (!allDigits(digits)) throw UsageError(str(what) + " '" + str(text) + "' is not a whole number");
   std::uint64_t v = 0;
   auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
-  bool inRange = ec == std::errc() && end == digits.data() + digits.size() && (!negative || v == 0) && v >= lo &&
-                 v <= hi;
+  bool inRange =
+      ec == std::errc() && end == digits.data() + digits.size() && (!negative || v == 0) && v >= lo && v <= hi;
   if (!inRange) {
     throw UsageError(str(what) + " " + str(text) + " is out of range (" + std::to_string(lo) + ".." +
                      std::to_string(hi) + ")");
@@ -75,8 +75,7 @@ kj::Duration parseDuration(std::string_view what, std::string_view text, kj::Dur
   if (unit.empty() && !(ec == std::errc() && v == 0)) throw bad("has no unit");
   std::uint64_t loMs = lo / kj::MILLISECONDS, hiMs = hi / kj::MILLISECONDS;
   if (ec != std::errc() || v > hiMs / perUnit || v * perUnit < loMs || v * perUnit > hiMs) {
-    throw UsageError(str(what) + " " + str(text) + " is out of range (" + asArgument(lo) + ".." + asArgument(hi) +
-                     ")");
+    throw UsageError(str(what) + " " + str(text) + " is out of range (" + asArgument(lo) + ".." + asArgument(hi) + ")");
   }
   return v * perUnit * kj::MILLISECONDS;
 }
