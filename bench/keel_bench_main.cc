@@ -46,6 +46,7 @@ struct Flags {
   std::string out = "keel-bench-out";
   bool keep = false, quiet = false;
   bool noBatch = false;
+  bool requestIds = false;
   std::uint32_t batchInFlight = 2;
   std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
   std::uint64_t seed = 1;
@@ -150,6 +151,7 @@ RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const s
   o.connections = f.connections;
   o.threads = f.threads;
   o.batch = !f.noBatch;
+  o.requestIds = f.requestIds;
   o.batchInFlight = f.batchInFlight;
   o.window = w;
   o.seed = f.seed;
@@ -244,6 +246,7 @@ int main(int argc, char** argv) {
   app.add_option("--out", f.out, "where --sweep writes sweep.md, sweep.csv and sweep.svg")->capture_default_str();
   app.add_flag("--keep", f.keep, "keep the data folder and logs");
   app.add_flag("--no-batch", f.noBatch, "one submit call per interaction (default: the client batches submits)");
+  app.add_flag("--request-ids", f.requestIds, "every submit carries a fresh request id (idempotency key)");
   app.add_option("--coordinator-set", f.coordinatorSet,
                  "KEY=VALUE added to the self-started coordinator's [coordinator] section, e.g. batch_max=1 "
                  "(repeat; see docs/examples/coordinator.toml)")

@@ -22,9 +22,9 @@ constexpr auto kErrorPause = 10 * kj::MILLISECONDS;
 class ClientThread final : public LoadClient {
  public:
   ClientThread(const Deployment& d, const WorkloadSpec& spec, Live& live, std::vector<std::uint32_t> workersPerConn,
-               std::uint64_t seed, std::uint32_t batchInFlight)
+               std::uint64_t seed, std::uint32_t batchInFlight, bool requestIds)
       : d_(d), live_(live), workersPerConn_(std::move(workersPerConn)), workload_(spec, seed),
-        batchInFlight_(batchInFlight) {}
+        batchInFlight_(batchInFlight), requestIds_(requestIds) {}
 
   ~ClientThread() override { join(); }
 
@@ -69,7 +69,10 @@ class ClientThread final : public LoadClient {
     auto it = workload_.next();
     const bool intendRollback = it.intent == Interaction::Intent::Rollback;
     const auto t0 = monoMicros();
-    return client.submit(it.ops)
+    SubmitRequest req;
+    req.ops = std::move(it.ops);
+    if (requestIds_) req.requestId = newRequestId();  // its time is set by submit
+    return client.submit(std::move(req))
         .then(
             [this, intendRollback, t0, &timer](SubmitOutcome o) -> kj::Promise<void> {
               auto us = monoMicros() - t0;
@@ -102,6 +105,7 @@ class ClientThread final : public LoadClient {
   std::vector<std::uint32_t> workersPerConn_;
   Workload workload_;
   std::uint32_t batchInFlight_;  // 0: no client batching
+  bool requestIds_;
 };
 
 struct LogSnapshot {
@@ -144,13 +148,14 @@ RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const Workloa
   std::vector<std::unique_ptr<LoadClient>> threads;
   for (std::uint32_t t = 0; t < nThreads; ++t) {
     threads.push_back(std::make_unique<ClientThread>(d, spec, live, perThread[t], opts.seed * 1000003 + t,
-                                                     opts.batch ? opts.batchInFlight : 0));
+                                                     opts.batch ? opts.batchInFlight : 0, opts.requestIds));
   }
   RunResult r;
   r.mode = "keel";
   r.concurrency = opts.concurrency;
   r.connections = conns;
   r.clientBatching = opts.batch;
+  r.requestIds = opts.requestIds;
   LogSnapshot before, after;
   runClients(
       threads, live, "cannot connect to the coordinator at " + d.coordinator, opts.window, d.processes, r,

@@ -28,6 +28,7 @@ struct LoadOptions {
   std::uint32_t threads = 1;  // client threads (at most one per connection)
   bool batch = true;          // KeelClient::enableBatching: submits travel in submitBatch messages
   std::uint32_t batchInFlight = 2;  // ... with at most this many submitBatch messages out per connection
+  bool requestIds = false;    // every submit carries a fresh request id (newRequestId)
   WindowOptions window;
   std::uint64_t seed = 1;
 };

@@ -145,8 +145,11 @@ class CallBatcher final : private kj::TaskSet::ErrorHandler {
                      .then(
                          [this, rs, slot](std::vector<Reply> out) {
                            if (out.size() != rs->size()) {
-                             fail(*rs, *slot, KJ_EXCEPTION(FAILED, "batch answered the wrong number of replies",
-                                                           out.size(), rs->size()));
+                             // A malformed answer: every call it carried failed.
+                             fail(*rs, *slot,
+                                  kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                                                kj::str("malformed reply: ", out.size(), " answers for ",
+                                                        rs->size(), " calls")));
                              return;
                            }
                            for (std::size_t i = 0; i < out.size(); ++i) {

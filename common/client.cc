@@ -1,17 +1,29 @@
 #include "common/client.h"
 
+#include <cstdio>
+#include <random>
 #include <stdexcept>
 
+#include "common/fault.h"
 #include "common/wire.h"
 
 namespace keel {
 
-SubmitOutcome readSubmitResult(wire::SubmitResult::Reader r) {
+SubmitOutcome readSubmitResult(wire::SubmitResult::Reader r, std::size_t opsSent) {
   SubmitOutcome o;
   o.seq = r.getSeq();
-  o.outcome = static_cast<ClientOutcome>(r.getOutcome());
+  auto oc = std::uint16_t(r.getOutcome());
+  if (oc > kMaxClientOutcome) throw std::runtime_error("malformed answer: unknown outcome " + std::to_string(oc));
+  o.outcome = static_cast<ClientOutcome>(oc);
   o.reason = r.getReason().cStr();
-  for (auto x : r.getResults()) o.results.push_back(readOpResult(x));
+  auto results = r.getResults();
+  if (results.size() != 0 && results.size() != opsSent) {
+    throw std::runtime_error("malformed answer: " + std::to_string(results.size()) + " results for " +
+                             std::to_string(opsSent) + " operations");
+  }
+  for (auto x : results) o.results.push_back(readOpResult(x));
+  o.requestId = std::string(r.getRequestId().begin(), r.getRequestId().size());
+  o.replayed = r.getReplayed();
   return o;
 }
 
@@ -23,64 +35,140 @@ kj::Promise<kj::Own<KeelClient>> KeelClient::connect(kj::AsyncIoContext& io, con
 }
 
 kj::Promise<SubmitOutcome> KeelClient::submit(const std::vector<Op>& ops, std::uint32_t deadlineMs) {
-  if (batcher_.get() != nullptr) return batcher_->add(SubmitItem{ops, deadlineMs});
-  auto req = cap_.submitRequest();
+  SubmitRequest req;
+  req.ops = ops;
+  req.deadlineMs = deadlineMs;
+  return submit(std::move(req));
+}
+
+kj::Promise<SubmitOutcome> KeelClient::submit(SubmitRequest req) {
+  if (!req.requestId.empty() && req.requestTimeUs == 0) req.requestTimeUs = wallMicros();
+  if (batcher_.get() != nullptr) return batcher_->add(std::move(req));
+  auto call = cap_.submitRequest();
+  fillOps(call.initOperations(req.ops.size()), req.ops);
+  call.setDeadlineMs(req.deadlineMs);
+  call.setRequestId(req.requestId);
+  call.setRequestTimeUs(req.requestTimeUs);
+  std::size_t n = req.ops.size();
+  return call.send().then([n](auto resp) { return readSubmitResult(resp.getResult(), n); });
+}
+
+kj::Promise<KeelClient::Begun> KeelClient::begin(SubmitRequest req) {
+  if (!req.requestId.empty() && req.requestTimeUs == 0) req.requestTimeUs = wallMicros();
+  auto call = cap_.beginRequest();
+  call.setDeadlineMs(req.deadlineMs);
+  call.setRequestId(req.requestId);
+  call.setRequestTimeUs(req.requestTimeUs);
+  return call.send().then([](auto resp) -> kj::Promise<Begun> {
+    if (resp.hasReplay()) return Begun{kj::Own<KeelTransaction>(), readSubmitResult(resp.getReplay(), 0)};
+    auto txn = resp.getTxn();
+    return txn.seqRequest().send().then([txn](auto s) mutable {
+      return Begun{kj::heap<KeelTransaction>(kj::mv(txn), s.getSeq()), std::nullopt};
+    });
+  });
+}
+
+kj::Promise<SubmitOutcome> KeelTransaction::execute(const std::vector<Op>& ops) {
+  auto req = cap_.executeRequest();
   fillOps(req.initOperations(ops.size()), ops);
-  req.setDeadlineMs(deadlineMs);
-  return req.send().then([](auto resp) { return readSubmitResult(resp.getResult()); });
+  std::size_t n = ops.size();
+  return req.send().then([n](auto resp) { return readSubmitResult(resp.getResult(), n); });
+}
+
+kj::Promise<SubmitOutcome> KeelTransaction::commit() {
+  return cap_.commitRequest().send().then([](auto resp) { return readSubmitResult(resp.getResult(), 0); });
+}
+
+kj::Promise<SubmitOutcome> KeelTransaction::rollback() {
+  return cap_.rollbackRequest().send().then([](auto resp) { return readSubmitResult(resp.getResult(), 0); });
 }
 
 void KeelClient::enableBatching(std::size_t maxBatch, std::size_t inFlight) {
-  using Batcher = CallBatcher<SubmitItem, SubmitOutcome>;
+  using Batcher = CallBatcher<SubmitRequest, SubmitOutcome>;
   Batcher::Options o;
   o.maxItems = maxBatch;
   o.maxInFlight = inFlight;
   batcher_ = kj::heap<Batcher>(
-      o, [this](std::vector<SubmitItem>&& items, auto) { return sendBatch(kj::mv(items)); },
-      [](const SubmitItem& i) { return wireWeight(i.ops); });
+      o, [this](std::vector<SubmitRequest>&& items, auto) { return sendBatch(kj::mv(items)); },
+      [](const SubmitRequest& i) { return wireWeight(i.ops) + i.requestId.size(); });
 }
 
-kj::Promise<std::vector<SubmitOutcome>> KeelClient::sendBatch(std::vector<SubmitItem>&& items) {
+kj::Promise<std::vector<SubmitOutcome>> KeelClient::sendBatch(std::vector<SubmitRequest>&& items) {
   auto req = cap_.submitBatchRequest();
   auto l = req.initItems(items.size());
+  std::vector<std::size_t> opsSent;
+  opsSent.reserve(items.size());
   for (unsigned i = 0; i < items.size(); ++i) {
     fillOps(l[i].initOperations(items[i].ops.size()), items[i].ops);
     l[i].setDeadlineMs(items[i].deadlineMs);
+    l[i].setRequestId(items[i].requestId);
+    l[i].setRequestTimeUs(items[i].requestTimeUs);
+    opsSent.push_back(items[i].ops.size());
   }
-  return req.send().then([](auto resp) {
+  return req.send().then([opsSent = std::move(opsSent)](auto resp) {
     std::vector<SubmitOutcome> out;
-    out.reserve(resp.getResults().size());
-    for (auto r : resp.getResults()) out.push_back(readSubmitResult(r));
+    auto rs = resp.getResults();
+    if (rs.size() != opsSent.size()) {
+      throw std::runtime_error("malformed answer: " + std::to_string(rs.size()) + " results for " +
+                               std::to_string(opsSent.size()) + " submits");
+    }
+    out.reserve(rs.size());
+    for (unsigned i = 0; i < rs.size(); ++i) out.push_back(readSubmitResult(rs[i], opsSent[i]));
     return out;
   });
 }
 
 namespace {
+
 std::string_view asView(capnp::Data::Reader d) {
   return std::string_view(reinterpret_cast<const char*>(d.begin()), d.size());
 }
+
+// query / queryRequest answers: both records as the WAL holds them.
+template <typename Response>
+std::optional<QueryResult> readStory(Response& resp) {
+  if (!resp.getFound()) return std::nullopt;
+  QueryResult q;
+  q.interaction = decodeInteraction(asView(resp.getInteraction()));
+  if (resp.getRollback().size() > 0) q.rollback = decodeRollback(asView(resp.getRollback()));
+  return q;
+}
+
 }  // namespace
 
 kj::Promise<std::optional<QueryResult>> KeelClient::query(std::uint64_t seq) {
   auto req = cap_.queryRequest();
   req.setSeq(seq);
-  return req.send().then([](auto resp) -> std::optional<QueryResult> {
-    if (!resp.getFound()) return std::nullopt;
-    QueryResult q;
-    q.interaction = decodeInteraction(asView(resp.getInteraction()));
-    if (resp.getRollback().size() > 0) q.rollback = decodeRollback(asView(resp.getRollback()));
-    return q;
-  });
+  return req.send().then([](auto resp) { return readStory(resp); });
 }
+
+kj::Promise<std::optional<QueryResult>> KeelClient::queryRequest(const std::string& requestId) {
+  auto req = cap_.queryRequestRequest();
+  req.setRequestId(requestId);
+  return req.send().then([](auto resp) { return readStory(resp); });
+}
+
+namespace {
+
+template <typename Response>
+std::vector<InteractionRecord> readRecords(Response& resp) {
+  std::vector<InteractionRecord> out;
+  for (auto d : resp.getInteractions()) out.push_back(decodeInteraction(asView(d)));
+  return out;
+}
+
+}  // namespace
 
 kj::Promise<std::vector<InteractionRecord>> KeelClient::listUnfinished(std::uint32_t limit) {
   auto req = cap_.listUnfinishedRequest();
   req.setLimit(limit);
-  return req.send().then([](auto resp) {
-    std::vector<InteractionRecord> out;
-    for (auto d : resp.getInteractions()) out.push_back(decodeInteraction(asView(d)));
-    return out;
-  });
+  return req.send().then([](auto resp) { return readRecords(resp); });
+}
+
+kj::Promise<std::vector<InteractionRecord>> KeelClient::listHeuristic(std::uint32_t limit) {
+  auto req = cap_.listHeuristicRequest();
+  req.setLimit(limit);
+  return req.send().then([](auto resp) { return readRecords(resp); });
 }
 
 kj::Promise<CoordinatorInfo> KeelClient::info() {
@@ -92,6 +180,7 @@ kj::Promise<CoordinatorInfo> KeelClient::info() {
     i.committed = resp.getCommitted();
     i.rolledBack = resp.getRolledBack();
     i.unfinished = resp.getUnfinished();
+    i.heuristic = resp.getHeuristic();
     i.logCommits = resp.getLogCommits();
     i.logJobs = resp.getLogJobs();
     return i;
@@ -143,6 +232,73 @@ std::pair<std::string, std::string> splitAccount(const std::string& ref) {
     throw std::invalid_argument("'" + ref + "' is not PARTICIPANT:ACCOUNT (for example bank-a:alice)");
   }
   return {ref.substr(0, colon), ref.substr(colon + 1)};
+}
+
+std::string newRequestId() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%016llx-%016llx", static_cast<unsigned long long>(wallMicros()),
+                static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+namespace {
+
+struct RetryState {
+  kj::AsyncIoContext& io;
+  std::string address;
+  SubmitRequest req;
+  RetryOptions opts;
+  kj::TimePoint until;
+  RetriedOutcome out;
+  kj::Own<KeelClient> client;
+};
+
+kj::Promise<void> tryOnce(RetryState& st) {
+  ++st.out.attempts;
+  kj::Promise<void> ready = kj::READY_NOW;
+  if (st.client.get() == nullptr) {
+    ready = KeelClient::connect(st.io, st.address).then([&st](kj::Own<KeelClient> c) { st.client = kj::mv(c); });
+  }
+  auto attempt = ready.then([&st]() { return st.client->submit(st.req); });
+  return st.io.provider->getTimer()
+      .timeoutAfter(st.opts.callTimeout, kj::mv(attempt))
+      .then(
+          [&st](SubmitOutcome o) {
+            if (o.outcome == ClientOutcome::Unavailable && st.io.provider->getTimer().now() < st.until) {
+              st.out.lastError = "coordinator unavailable: " + o.reason;  // nothing ran: try again
+              return;
+            }
+            st.out.answered = true;
+            st.out.outcome = std::move(o);
+          },
+          [&st](kj::Exception&& e) {
+            st.client = nullptr;  // connect afresh: the connection may be dead
+            st.out.lastError = describeFault(e);
+          });
+}
+
+kj::Promise<void> retryLoop(RetryState& st) {
+  return tryOnce(st).then([&st]() -> kj::Promise<void> {
+    if (st.out.answered) return kj::READY_NOW;
+    auto& timer = st.io.provider->getTimer();
+    if (timer.now() + st.opts.pause >= st.until) return kj::READY_NOW;  // out of time: not answered
+    if (st.opts.onRetry) st.opts.onRetry(st.out.attempts + 1, st.out.lastError);
+    return timer.afterDelay(st.opts.pause).then([&st]() { return retryLoop(st); });
+  });
+}
+
+}  // namespace
+
+kj::Promise<RetriedOutcome> submitWithRetry(kj::AsyncIoContext& io, const std::string& address, SubmitRequest req,
+                                            RetryOptions opts) {
+  if (req.requestId.empty()) req.requestId = newRequestId();
+  if (req.requestTimeUs == 0) req.requestTimeUs = wallMicros();
+  auto until = io.provider->getTimer().now() + opts.retryFor;
+  auto st = kj::heap<RetryState>(RetryState{io, address, std::move(req), std::move(opts), until, {}, {}});
+  st->out.requestId = st->req.requestId;
+  RetryState* raw = st.get();
+  return retryLoop(*raw).then([raw]() { return kj::mv(raw->out); }).attach(kj::mv(st));
 }
 
 std::vector<Op> transferOps(const std::string& from, const std::string& to, std::int64_t amount) {

@@ -5,6 +5,7 @@
 
 #include <kj/async-io.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,8 +28,25 @@ struct CoordinatorInfo {
   std::uint64_t epoch = 0;
   std::vector<std::string> participants;
   std::uint64_t committed = 0, rolledBack = 0, unfinished = 0;
+  std::uint64_t heuristic = 0;  // ended heuristic-mixed or heuristic-unknown since start
   // The WAL's durable (fsync-bearing) LMDB commits and the jobs they carried.
   std::uint64_t logCommits = 0, logJobs = 0;
+};
+
+// An interactive transaction (Coordinator.begin): operations call by
+// call, then commit or rollback. Dropping it before either rolls it back.
+class KeelTransaction {
+ public:
+  KeelTransaction(wire::Transaction::Client cap, std::uint64_t seq) : cap_(kj::mv(cap)), seq_(seq) {}
+  std::uint64_t seq() const { return seq_; }
+  // "committed" here means "done so far"; anything else ended it.
+  kj::Promise<SubmitOutcome> execute(const std::vector<Op>& ops);
+  kj::Promise<SubmitOutcome> commit();
+  kj::Promise<SubmitOutcome> rollback();
+
+ private:
+  wire::Transaction::Client cap_;
+  std::uint64_t seq_;
 };
 
 class KeelClient {
@@ -36,7 +54,23 @@ class KeelClient {
   static kj::Promise<kj::Own<KeelClient>> connect(kj::AsyncIoContext& io, const std::string& address);
   explicit KeelClient(kj::Own<RpcConnection> conn);
 
+  // A new interaction with no request id (a lost answer cannot be retried
+  // safely: use the SubmitRequest form with a request id for that).
   kj::Promise<SubmitOutcome> submit(const std::vector<Op>& ops, std::uint32_t deadlineMs = 0);
+  // With a request id (req.requestId; req.requestTimeUs is set to now when
+  // 0): a retry of the same request is answered with the first one's seq
+  // and outcome and runs nothing (docs/protocol.md, "Request ids").
+  kj::Promise<SubmitOutcome> submit(SubmitRequest req);
+  // Opens an interactive transaction (req.ops is ignored). With a request
+  // id the coordinator already knows, no transaction is opened: `replay`
+  // holds that interaction's seq and outcome.
+  struct Begun {
+    kj::Own<KeelTransaction> txn;
+    std::optional<SubmitOutcome> replay;
+  };
+  kj::Promise<Begun> begin(SubmitRequest req);
+  // The interaction a request id names (nullopt: the coordinator has none).
+  kj::Promise<std::optional<QueryResult>> queryRequest(const std::string& requestId);
 
   // From now on, submit() calls made in one event-loop turn, or while
   // `inFlight` batches are out, travel together in one submitBatch message
@@ -46,20 +80,47 @@ class KeelClient {
   void enableBatching(std::size_t maxBatch = 256, std::size_t inFlight = 2);
   kj::Promise<std::optional<QueryResult>> query(std::uint64_t seq);
   kj::Promise<std::vector<InteractionRecord>> listUnfinished(std::uint32_t limit);
+  // Heuristic interactions not yet marked reconciled, oldest first.
+  kj::Promise<std::vector<InteractionRecord>> listHeuristic(std::uint32_t limit);
   kj::Promise<CoordinatorInfo> info();
   wire::Coordinator::Client& capability() { return cap_; }
 
  private:
-  struct SubmitItem {
-    std::vector<Op> ops;
-    std::uint32_t deadlineMs;
-  };
-  kj::Promise<std::vector<SubmitOutcome>> sendBatch(std::vector<SubmitItem>&& items);
+  kj::Promise<std::vector<SubmitOutcome>> sendBatch(std::vector<SubmitRequest>&& items);
 
   kj::Own<RpcConnection> conn_;
   wire::Coordinator::Client cap_;
-  kj::Own<CallBatcher<SubmitItem, SubmitOutcome>> batcher_;  // null: one call per submit
+  kj::Own<CallBatcher<SubmitRequest, SubmitOutcome>> batcher_;  // null: one call per submit
 };
+
+// A fresh request id: 16 hex digits of the current unix microseconds, '-',
+// 16 random hex digits (33 characters). Ids made later sort later, which
+// keeps the coordinator's request index append-only.
+std::string newRequestId();
+
+// Exactly-once submit over an unreliable connection: submits `req` (a
+// request id is made if it has none) to the coordinator at `address`; when
+// the answer is lost (connection refused or broken, no answer within
+// `callTimeout`, the coordinator unavailable) it connects again and retries
+// with the same request id and time until `retryFor` has passed since the
+// first try. The coordinator runs the request at most once whatever
+// happens; the answer says which seq it was (and `replayed` when an earlier
+// try had already run it).
+struct RetryOptions {
+  kj::Duration callTimeout = 30 * kj::SECONDS;  // each try's wait for an answer
+  kj::Duration retryFor = 30 * kj::SECONDS;     // no new try starts after this
+  kj::Duration pause = 200 * kj::MILLISECONDS;  // between tries
+  std::function<void(unsigned attempt, const std::string& why)> onRetry;  // before each retry
+};
+struct RetriedOutcome {
+  bool answered = false;    // false: no try got an answer (`lastError` says why)
+  SubmitOutcome outcome;    // valid when answered
+  std::string requestId;    // the id every try carried
+  unsigned attempts = 0;
+  std::string lastError;
+};
+kj::Promise<RetriedOutcome> submitWithRetry(kj::AsyncIoContext& io, const std::string& address, SubmitRequest req,
+                                            RetryOptions opts = {});
 
 struct AgentSnapshot {
   std::string name;
@@ -83,7 +144,10 @@ class AgentClient {
   wire::Participant::Client cap_;
 };
 
-SubmitOutcome readSubmitResult(wire::SubmitResult::Reader r);
+// Reads the coordinator's answer defensively: an outcome the schema does not
+// define, or results that do not match the operations sent (`opsSent`;
+// none is fine), throw std::runtime_error ("malformed answer").
+SubmitOutcome readSubmitResult(wire::SubmitResult::Reader r, std::size_t opsSent);
 
 // "bank-a:alice" -> {"bank-a", "alice"}; throws std::invalid_argument.
 std::pair<std::string, std::string> splitAccount(const std::string& ref);

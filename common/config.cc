@@ -103,7 +103,8 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
   const auto& s = section(path, root, "coordinator");
   rejectUnknown(path, s, "coordinator",
                 {"node_id", "listen", "data_dir", "map_size_mb", "call_timeout_ms",
-                 "interaction_timeout_ms", "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block", "batch_max", "batch_in_flight"});
+                 "interaction_timeout_ms", "max_interaction_ms", "request_id_retention_s", "request_clock_skew_ms",
+                 "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block", "batch_max", "batch_in_flight"});
   c.nodeId = getInt<std::uint16_t>(path, s, "coordinator", "node_id", c.nodeId, 0, 65535);
   c.listen = getString(path, s, "coordinator", "listen", c.listen);
   checkAddress(path + ": [coordinator] listen", c.listen);
@@ -112,6 +113,16 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
   c.callTimeoutMs = getInt<std::uint32_t>(path, s, "coordinator", "call_timeout_ms", c.callTimeoutMs, 1, 600000);
   c.interactionTimeoutMs = getInt<std::uint32_t>(path, s, "coordinator", "interaction_timeout_ms",
                                                  c.interactionTimeoutMs, 1, 3600000);
+  c.maxInteractionMs =
+      getInt<std::uint32_t>(path, s, "coordinator", "max_interaction_ms", c.maxInteractionMs, 1, 3600000);
+  if (c.maxInteractionMs < c.interactionTimeoutMs) {
+    if (s["max_interaction_ms"]) fail(path, "[coordinator] max_interaction_ms must be >= interaction_timeout_ms");
+    c.maxInteractionMs = c.interactionTimeoutMs;  // only the default was lower: the configured default wins
+  }
+  c.requestIdRetentionS = getInt<std::uint32_t>(path, s, "coordinator", "request_id_retention_s",
+                                                c.requestIdRetentionS, 60, 90 * 86400);
+  c.requestClockSkewMs = getInt<std::uint32_t>(path, s, "coordinator", "request_clock_skew_ms",
+                                               c.requestClockSkewMs, 0, 3600000);
   c.retryInitialMs = getInt<std::uint32_t>(path, s, "coordinator", "retry_initial_ms", c.retryInitialMs, 1, 600000);
   c.retryMaxMs = getInt<std::uint32_t>(path, s, "coordinator", "retry_max_ms", c.retryMaxMs, 1, 3600000);
   if (c.retryMaxMs < c.retryInitialMs) fail(path, "[coordinator] retry_max_ms must be >= retry_initial_ms");

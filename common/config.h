@@ -22,6 +22,9 @@ struct CoordinatorConfig {
   std::size_t mapSizeMb = 1024;
   std::uint32_t callTimeoutMs = 2000;       // deadline of one participant call
   std::uint32_t interactionTimeoutMs = 10000;  // default deadline of an interaction
+  std::uint32_t maxInteractionMs = 60000;      // a client's deadline is capped here
+  std::uint32_t requestIdRetentionS = 86400;   // request ids are remembered this long
+  std::uint32_t requestClockSkewMs = 300000;   // a request time this far ahead of ours is refused
   std::uint32_t retryInitialMs = 50;        // phase-2 / rollback backoff: first delay
   std::uint32_t retryMaxMs = 2000;          // ... capped here
   std::uint32_t probeMs = 100;              // a participant that failed is probed this often until it answers

@@ -5,6 +5,7 @@
 #include <kj/debug.h>
 
 #include "common/failpoint.h"
+#include "common/fault.h"
 
 namespace keel {
 
@@ -14,7 +15,7 @@ kj::Exception toKjException(std::exception_ptr err) {
   } catch (const kj::Exception& e) {
     return e;
   } catch (const std::exception& e) {
-    return KJ_EXCEPTION(FAILED, e.what());
+    return faultException(e.what());  // the text as it is, no source text around it
   } catch (...) {
     return KJ_EXCEPTION(FAILED, "unknown exception in log writer");
   }

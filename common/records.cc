@@ -167,6 +167,16 @@ capnp::ReaderOptions diskReaderOptions() {
   return o;
 }
 
+// An enum read from disk, refused when out of range (a record written by a
+// newer format, or damage the checksum did not catch).
+template <typename E, typename W>
+E checkedEnum(W v, E max, const char* what) {
+  if (std::uint16_t(v) > std::uint16_t(max)) {
+    throw CorruptRecord(std::string("record has an unknown ") + what + " " + std::to_string(std::uint16_t(v)));
+  }
+  return static_cast<E>(v);
+}
+
 template <typename Fn>
 auto withReader(RecordType type, std::string_view bytes, Fn fn) {
   auto words = open(type, bytes);
@@ -199,6 +209,10 @@ std::string encode(const InteractionRecord& r) {
   b.setCompletedUs(r.completedUs);
   b.setPhase2Attempts(r.phase2Attempts);
   b.setFailedUs(r.failedUs);
+  b.setRequestId(r.requestId);
+  b.setRequestTimeUs(r.requestTimeUs);
+  b.setDeadlineMs(r.deadlineMs);
+  b.setRecoveredBy(r.recoveredBy);
   auto bl = b.initBranches(r.branches.size());
   for (unsigned i = 0; i < r.branches.size(); ++i) {
     const auto& br = r.branches[i];
@@ -220,8 +234,9 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
     r.epoch = x.getEpoch();
     r.interactive = x.getInteractive();
     r.onePhase = x.getOnePhase();
-    r.state = static_cast<InteractionRecord::State>(x.getState());
-    r.decision = static_cast<InteractionRecord::Decision>(x.getDecision());
+    r.state = checkedEnum<InteractionRecord::State>(x.getState(), InteractionRecord::State::HeuristicUnknown, "state");
+    r.decision =
+        checkedEnum<InteractionRecord::Decision>(x.getDecision(), InteractionRecord::Decision::Abort, "decision");
     r.error = x.getError().cStr();
     r.createdUs = x.getCreatedUs();
     r.votesUs = x.getVotesUs();
@@ -229,11 +244,16 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
     r.completedUs = x.getCompletedUs();
     r.phase2Attempts = x.getPhase2Attempts();
     r.failedUs = x.getFailedUs();
+    r.requestId = x.getRequestId().cStr();
+    r.requestTimeUs = x.getRequestTimeUs();
+    r.deadlineMs = x.getDeadlineMs();
+    r.recoveredBy = x.getRecoveredBy().cStr();
     for (auto b : x.getBranches()) {
       InteractionRecord::Branch br;
       br.participant = b.getParticipant().cStr();
       br.branch = b.getBranch();
-      br.state = static_cast<InteractionRecord::BranchState>(b.getState());
+      br.state = checkedEnum<InteractionRecord::BranchState>(b.getState(), InteractionRecord::BranchState::Unknown,
+                                                             "branch state");
       br.reason = b.getReason().cStr();
       br.ops = readOps(b.getOperations());
       r.branches.push_back(std::move(br));
@@ -376,6 +396,29 @@ AuditRecord decodeAudit(std::string_view bytes) {
   });
 }
 
+std::string encode(const RequestRecord& r) {
+  RecordBuilder rb;
+  auto& msg = rb.msg();
+  auto b = msg.initRoot<disk::RequestRecord>();
+  b.setSeq(r.seq);
+  b.setFingerprint(r.fingerprint);
+  b.setRequestTimeUs(r.requestTimeUs);
+  b.setFirstSeenUs(r.firstSeenUs);
+  return seal(RecordType::Request, msg);
+}
+
+RequestRecord decodeRequest(std::string_view bytes) {
+  return withReader(RecordType::Request, bytes, [](capnp::MessageReader& m) {
+    auto x = m.getRoot<disk::RequestRecord>();
+    RequestRecord r;
+    r.seq = x.getSeq();
+    r.fingerprint = x.getFingerprint();
+    r.requestTimeUs = x.getRequestTimeUs();
+    r.firstSeenUs = x.getFirstSeenUs();
+    return r;
+  });
+}
+
 // ------------------------------------------------------------ names
 
 const char* stateName(InteractionRecord::State s) {
@@ -385,6 +428,8 @@ const char* stateName(InteractionRecord::State s) {
     case InteractionRecord::State::Aborting: return "aborting";
     case InteractionRecord::State::Committed: return "committed";
     case InteractionRecord::State::RolledBack: return "rolled-back";
+    case InteractionRecord::State::HeuristicMixed: return "heuristic-mixed";
+    case InteractionRecord::State::HeuristicUnknown: return "heuristic-unknown";
   }
   return "?";
 }
@@ -409,6 +454,7 @@ const char* branchStateName(InteractionRecord::BranchState s) {
     case B::Failed: return "failed";
     case B::Committed: return "committed";
     case B::RolledBack: return "rolled-back";
+    case B::Unknown: return "unknown";
   }
   return "?";
 }
@@ -484,7 +530,9 @@ std::string toJson(const InteractionRecord& r) {
     << ",\"decision\":" << q(decisionName(r.decision)) << ",\"error\":" << q(r.error)
     << ",\"created_us\":" << r.createdUs << ",\"votes_us\":" << r.votesUs
     << ",\"decided_us\":" << r.decidedUs << ",\"completed_us\":" << r.completedUs
-    << ",\"phase2_attempts\":" << r.phase2Attempts << ",\"failed_us\":" << r.failedUs << ",\"branches\":[";
+    << ",\"phase2_attempts\":" << r.phase2Attempts << ",\"failed_us\":" << r.failedUs
+    << ",\"request_id\":" << q(r.requestId) << ",\"request_time_us\":" << r.requestTimeUs
+    << ",\"deadline_ms\":" << r.deadlineMs << ",\"recovered_by\":" << q(r.recoveredBy) << ",\"branches\":[";
   for (std::size_t i = 0; i < r.branches.size(); ++i) {
     const auto& b = r.branches[i];
     if (i) o << ",";
@@ -525,7 +573,13 @@ std::string toText(const InteractionRecord& r) {
     << (r.onePhase ? " (one-phase)" : "") << "\n"
     << "  state      " << stateName(r.state) << "   decision " << decisionName(r.decision)
     << "   epoch " << r.epoch << "\n";
+  if (!r.requestId.empty()) {
+    o << "  request id " << r.requestId << "   first sent " << formatMicros(r.requestTimeUs) << "\n";
+  }
   if (!r.error.empty()) o << "  error      " << r.error << "\n";
+  if (r.recoveredBy == "sweep") {
+    o << "  recovered  from the agents' branch records by the recovery sweep (the coordinator had no record)\n";
+  }
   o << "  created    " << formatMicros(r.createdUs) << "\n"
     << "  votes      " << formatMicros(r.votesUs) << "\n"
     << "  decided    " << formatMicros(r.decidedUs) << "\n"

@@ -30,6 +30,7 @@ enum class RecordType : std::uint8_t {
   Branch = 3,
   Account = 4,
   Audit = 5,
+  Request = 6,
 };
 
 class CorruptRecord : public std::runtime_error {
@@ -48,11 +49,19 @@ struct InteractionRecord {
   //               every prepared participant acknowledged.
   //  Aborting   -> ABORT decided (need not be durable: presumed abort); the
   //               rollback driver runs until every participant confirmed.
-  //  Committed / RolledBack -> final; removed from the `active` index.
-  enum class State : std::uint8_t { Preparing, Committing, Aborting, Committed, RolledBack };
+  //  Committed / RolledBack -> final; every branch ended as decided.
+  //  HeuristicMixed -> final; the branches did not all end as decided (an
+  //               operator's override, a host committing or rolling back on
+  //               its own): some committed, some rolled back. Told as such,
+  //               never folded into committed or rolled back.
+  //  HeuristicUnknown -> final; a participant could not tell how its branch
+  //               ended (it never saw it, or its host lost it). An operator
+  //               reconciles that host (docs/recovery.md).
+  //  Final states are removed from the `active` index.
+  enum class State : std::uint8_t { Preparing, Committing, Aborting, Committed, RolledBack, HeuristicMixed, HeuristicUnknown };
   enum class Decision : std::uint8_t { None, Commit, Abort };
   enum class BranchState : std::uint8_t {
-    Pending, Preparing, Prepared, ReadOnly, VotedNo, Failed, Committed, RolledBack
+    Pending, Preparing, Prepared, ReadOnly, VotedNo, Failed, Committed, RolledBack, Unknown
   };
   struct Branch {
     std::string participant;
@@ -76,8 +85,24 @@ struct InteractionRecord {
   // or the crash that recovery found); 0 = none. With completedUs it gives
   // the window of inconsistency.
   Micros failedUs = 0;
+  std::string requestId;           // the client's request id ("" = none)
+  std::uint64_t requestTimeUs = 0;  // when the client first sent it
+  std::uint32_t deadlineMs = 0;    // the deadline in force
+  std::string recoveredBy;         // "" or "sweep": rebuilt from the agents' branch records
 
-  bool finished() const { return state == State::Committed || state == State::RolledBack; }
+  bool finished() const {
+    return state == State::Committed || state == State::RolledBack || state == State::HeuristicMixed ||
+           state == State::HeuristicUnknown;
+  }
+  bool heuristic() const { return state == State::HeuristicMixed || state == State::HeuristicUnknown; }
+};
+
+// The `requests` table's row: what a request id names.
+struct RequestRecord {
+  std::uint64_t seq = 0;
+  std::uint64_t fingerprint = 0;    // requestFingerprint of its operations
+  std::uint64_t requestTimeUs = 0;  // the client's first-sent time
+  Micros firstSeenUs = 0;           // the coordinator's clock when first recorded
 };
 
 // The "rollback table" row: written when an interaction fails, updated as
@@ -145,12 +170,14 @@ std::string encode(const RollbackRecord& r);
 std::string encode(const BranchRecord& r);
 std::string encode(const AccountRecord& r);
 std::string encode(const AuditRecord& r);
+std::string encode(const RequestRecord& r);
 
 InteractionRecord decodeInteraction(std::string_view bytes);
 RollbackRecord decodeRollback(std::string_view bytes);
 BranchRecord decodeBranch(std::string_view bytes);
 AccountRecord decodeAccount(std::string_view bytes);
 AuditRecord decodeAudit(std::string_view bytes);
+RequestRecord decodeRequest(std::string_view bytes);
 
 // JSON renderings (one object, no trailing newline) for keelctl --json and logs.
 std::string toJson(const InteractionRecord& r);

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <stdexcept>
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/wire.h"
 
@@ -99,7 +100,7 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream) {
 
 void RpcServer::taskFailed(kj::Exception&& e) {
   if (e.getType() != kj::Exception::Type::DISCONNECTED) {
-    KEEL_LOG_WARN("rpc connection ended: {}", e.getDescription().cStr());
+    KEEL_LOG_WARN("rpc connection ended: {}", describeFault(e));
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/fault.h"
 #include "common/log.h"
 
 namespace keel {
@@ -63,7 +64,7 @@ void SeqAllocator::reserveMore() {
 
 void SeqAllocator::taskFailed(kj::Exception&& e) {
   reserving_ = false;
-  KEEL_LOG_ERROR("seq reservation failed: {}", e.getDescription().cStr());
+  KEEL_LOG_ERROR("seq reservation failed: {}", describeFault(e));
   for (auto& w : waiters_) w->reject(kj::cp(e));
   waiters_.clear();
 }

@@ -1,6 +1,7 @@
 #include "common/types.h"
 
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 
 namespace keel {
@@ -35,8 +36,89 @@ const char* clientOutcomeName(ClientOutcome o) {
     case ClientOutcome::InDoubt: return "in-doubt";
     case ClientOutcome::Invalid: return "invalid";
     case ClientOutcome::Unavailable: return "unavailable";
+    case ClientOutcome::HeuristicMixed: return "heuristic-mixed";
+    case ClientOutcome::HeuristicUnknown: return "heuristic-unknown";
   }
   return "?";
+}
+
+const char* voteName(Vote v) {
+  switch (v) {
+    case Vote::Yes: return "yes";
+    case Vote::No: return "no";
+    case Vote::ReadOnly: return "read-only";
+  }
+  return "?";
+}
+
+const char* outcomeName(BranchOutcome o) {
+  switch (o) {
+    case BranchOutcome::Committed: return "committed";
+    case BranchOutcome::RolledBack: return "rolled-back";
+    case BranchOutcome::Unknown: return "unknown";
+    case BranchOutcome::NotPrepared: return "not-prepared";
+    case BranchOutcome::Conflict: return "conflict";
+  }
+  return "?";
+}
+
+std::string checkRequestId(std::string_view id) {
+  if (id.size() > Limits::kMaxRequestId) {
+    return "request id is " + std::to_string(id.size()) + " bytes long; the limit is " +
+           std::to_string(Limits::kMaxRequestId);
+  }
+  for (char c : id) {
+    if (c < 0x21 || c > 0x7e) return "request id may hold only printable ASCII characters without spaces";
+  }
+  return "";
+}
+
+namespace {
+
+// FNV-1a, 64 bits: stable across builds and platforms (unlike std::hash).
+struct Fnv {
+  std::uint64_t h = 14695981039346656037ull;
+  void bytes(std::string_view s) {
+    u64(s.size());  // length first: ("ab","c") and ("a","bc") differ
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+  }
+  void u64(std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (v >> (8 * i)) & 0xff;
+      h *= 1099511628211ull;
+    }
+  }
+};
+
+}  // namespace
+
+std::uint64_t requestFingerprint(const std::vector<Op>& ops, bool interactive) {
+  Fnv f;
+  f.u64(interactive ? 1 : 0);
+  f.u64(ops.size());
+  for (const Op& op : ops) {
+    f.bytes(op.participant);
+    f.u64(std::uint64_t(op.kind));
+    f.bytes(op.account);
+    f.u64(std::uint64_t(op.amount));
+    f.bytes(op.sql);
+    f.u64(std::uint64_t(op.expectRows));
+    f.u64(op.params.size());
+    for (const SqlValue& p : op.params) {
+      f.u64(std::uint64_t(p.type));
+      f.u64(std::uint64_t(p.i));
+      std::uint64_t bits = 0;
+      static_assert(sizeof(bits) == sizeof(p.f));
+      std::memcpy(&bits, &p.f, sizeof bits);
+      f.u64(bits);
+      f.u64(p.b ? 1 : 0);
+      f.bytes(p.text);
+    }
+  }
+  return f.h;
 }
 
 std::string Xid::str() const { return std::to_string(seq) + "." + std::to_string(branch); }

@@ -77,7 +77,13 @@ struct Xid {
 };
 
 // What a client hears about an interaction. Same numbering as wire::Outcome.
-enum class ClientOutcome : std::uint8_t { Committed = 0, RolledBack = 1, InDoubt = 2, Invalid = 3, Unavailable = 4 };
+//  HeuristicMixed   the branches did not all end as decided (an operator's
+//                   override, or a host acting on its own): see the record
+//  HeuristicUnknown a participant cannot tell how its branch ended
+enum class ClientOutcome : std::uint8_t {
+  Committed = 0, RolledBack = 1, InDoubt = 2, Invalid = 3, Unavailable = 4, HeuristicMixed = 5, HeuristicUnknown = 6
+};
+constexpr std::uint8_t kMaxClientOutcome = 6;
 const char* clientOutcomeName(ClientOutcome o);
 
 struct SubmitOutcome {
@@ -85,7 +91,34 @@ struct SubmitOutcome {
   ClientOutcome outcome = ClientOutcome::Invalid;
   std::string reason;
   std::vector<OpResult> results;  // one per operation, in request order
+  std::string requestId;          // the request id it answers ("" = none)
+  bool replayed = false;          // an earlier request's answer: nothing ran again
 };
+
+// A participant's vote and its answer to commit / rollback. Same numbering
+// as wire::Vote and wire::BranchOutcome.
+enum class Vote : std::uint8_t { Yes = 0, No = 1, ReadOnly = 2 };
+constexpr std::uint8_t kMaxVote = 2;
+enum class BranchOutcome : std::uint8_t { Committed = 0, RolledBack = 1, Unknown = 2, NotPrepared = 3, Conflict = 4 };
+constexpr std::uint8_t kMaxBranchOutcome = 4;
+const char* voteName(Vote v);
+const char* outcomeName(BranchOutcome o);
+
+// A client's request: the operations (empty for an interactive begin), the
+// deadline it asks for (0 = the coordinator's default) and its request id.
+struct SubmitRequest {
+  std::vector<Op> ops;
+  std::uint32_t deadlineMs = 0;
+  std::string requestId;      // "" = none: always a new interaction
+  std::uint64_t requestTimeUs = 0;  // when the client first sent it (unix us, its clock)
+};
+
+// "" if `id` is a well-formed request id, else why not.
+std::string checkRequestId(std::string_view id);
+// A stable 64-bit fingerprint of a request's operations (FNV-1a over a
+// canonical encoding; the same on every build), so that a request id reused
+// with other operations is recognised. `interactive`: a begin.
+std::uint64_t requestFingerprint(const std::vector<Op>& ops, bool interactive);
 
 // Limits checked on every request before anything is written.
 struct Limits {
@@ -98,6 +131,7 @@ struct Limits {
   static constexpr std::int64_t kMaxAmount = 1'000'000'000'000'000;
   static constexpr std::size_t kMaxSqlBytes = 64 * 1024;
   static constexpr std::size_t kMaxSqlParams = 256;
+  static constexpr std::size_t kMaxRequestId = 128;
 };
 
 // Sequence numbers carry the coordinator's node id in the top 16 bits so

@@ -1,3 +1,7 @@
+// Coordinator: validation, one-shot submit, the first phase, the decision,
+// abort and the end of an interaction. See coordinator.h for the map of
+// files.
+
 #include "coordinator/coordinator.h"
 #include "coordinator/interaction.h"
 
@@ -7,8 +11,8 @@
 #include <set>
 
 #include "common/failpoint.h"
+#include "common/fault.h"
 #include "common/log.h"
-#include "common/wire.h"
 
 namespace keel {
 
@@ -20,21 +24,8 @@ struct FailSignal : public kj::Refcounted {
   kj::Own<kj::PromiseFulfiller<void>> fulfiller;
 };
 
-using PrepReply = ParticipantLink::PrepareReply;
-
-std::vector<OpResult> readResults(capnp::List<wire::OpResult>::Reader l) {
-  std::vector<OpResult> out;
-  out.reserve(l.size());
-  for (auto r : l) out.push_back(readOpResult(r));
-  return out;
-}
-
-std::string describe(const kj::Exception& e) {
-  std::string d = e.getDescription().cStr();
-  if (e.getType() == kj::Exception::Type::OVERLOADED && d.find("timed out") != std::string::npos) {
-    return "no answer within the deadline";
-  }
-  return d;
+bool readOnlyOps(const std::vector<Op>& ops) {
+  return std::all_of(ops.begin(), ops.end(), [](const Op& op) { return op.kind == OpKind::ReadBalance; });
 }
 
 }  // namespace
@@ -46,15 +37,15 @@ Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, W
     lo.callDeadline = callDeadline();
     lo.maxBatch = cfg_.batchMax;
     lo.maxInFlight = cfg_.batchInFlight;
-    links_[name] = std::make_unique<ParticipantLink>(io_, name, addr, lo);
+    auto l = std::make_unique<ParticipantLink>(io_, name, addr, lo);
+    l->onHealthChange([this, raw = l.get()](bool up, const std::string& why) { healthChanged(*raw, up, why); });
+    links_[name] = std::move(l);
   }
 }
 
 Coordinator::~Coordinator() = default;
 
-void Coordinator::taskFailed(kj::Exception&& e) {
-  KEEL_LOG_ERROR("background task failed: {}", e.getDescription().cStr());
-}
+void Coordinator::taskFailed(kj::Exception&& e) { KEEL_LOG_ERROR("background task failed: {}", describeFault(e)); }
 
 ParticipantLink& Coordinator::link(const std::string& participant) {
   auto it = links_.find(participant);
@@ -63,6 +54,11 @@ ParticipantLink& Coordinator::link(const std::string& participant) {
 }
 
 kj::Duration Coordinator::callDeadline() const { return cfg_.callTimeoutMs * kj::MILLISECONDS; }
+
+std::uint32_t Coordinator::effectiveDeadline(std::uint32_t askedMs) const {
+  if (askedMs == 0) return cfg_.interactionTimeoutMs;
+  return std::min(askedMs, cfg_.maxInteractionMs);  // nobody holds escrow longer than the operator allows
+}
 
 kj::Duration Coordinator::backoff(std::uint32_t attempt) const {
   std::uint64_t ms = cfg_.retryInitialMs;
@@ -119,15 +115,21 @@ std::optional<std::string> Coordinator::validate(const std::vector<Op>& ops, boo
 
 // ------------------------------------------------------------ records
 
-Coordinator::Interaction& Coordinator::create(std::uint64_t seq, bool interactive, std::uint32_t deadlineMs) {
+Coordinator::Interaction& Coordinator::create(std::uint64_t seq, bool interactive, const SubmitRequest& req,
+                                              std::uint64_t fingerprint) {
   auto it = std::make_unique<Interaction>();
   it->rec.seq = seq;
   it->rec.epoch = epoch_;
   it->rec.interactive = interactive;
   it->rec.createdUs = wallMicros();
-  it->deadlineMs = deadlineMs == 0 ? cfg_.interactionTimeoutMs : deadlineMs;
+  it->deadlineMs = effectiveDeadline(req.deadlineMs);
+  it->rec.deadlineMs = it->deadlineMs;
+  it->rec.requestId = req.requestId;
+  it->rec.requestTimeUs = req.requestTimeUs;
+  it->fingerprint = fingerprint;
   auto& ref = *it;
   live_[seq] = std::move(it);
+  if (!ref.rec.requestId.empty()) bindRequest(ref);
   return ref;
 }
 
@@ -151,12 +153,26 @@ std::vector<std::pair<std::size_t, std::size_t>> Coordinator::assign(Interaction
 }
 
 kj::Promise<void> Coordinator::persist(Interaction& it, bool lazy) {
-  return wal_.save(it.rec, it.rb ? &*it.rb : nullptr, lazy).catch_([this](kj::Exception&& e) -> kj::Promise<void> {
-    if (std::string(e.getDescription().cStr()).find("MDB_MAP_FULL") != std::string::npos) {
-      fullUntilUs_ = monoMicros() + 1'000'000;
-    }
-    return kj::mv(e);
-  });
+  // The request id's row rides with the interaction's first write: the
+  // decision, the abort, or a one-phase / interactive record. No write of
+  // its own, and never a forced one more.
+  std::optional<RequestRecord> request;
+  if (!it.rec.requestId.empty() && !it.requestQueued) {
+    it.requestQueued = true;
+    request = RequestRecord{it.rec.seq, it.fingerprint, it.rec.requestTimeUs, wallMicros()};
+  }
+  std::uint64_t seq = it.rec.seq;
+  bool withRequest = request.has_value();
+  return wal_.save(it.rec, it.rb ? &*it.rb : nullptr, lazy, request ? &*request : nullptr)
+      .catch_([this, seq, withRequest](kj::Exception&& e) -> kj::Promise<void> {
+        if (std::string(e.getDescription().cStr()).find("MDB_MAP_FULL") != std::string::npos) {
+          fullUntilUs_ = monoMicros() + 1'000'000;
+        }
+        if (withRequest) {
+          if (Interaction* p = find(seq)) p->requestQueued = false;  // the next write carries it
+        }
+        return kj::mv(e);
+      });
 }
 
 std::optional<std::string> Coordinator::storageFull() const {
@@ -169,47 +185,91 @@ std::optional<std::string> Coordinator::storageFull() const {
 }
 
 void Coordinator::answer(Interaction& it, ClientOutcome o, const std::string& reason) {
-  if (it.answered || it.answer.get() == nullptr) return;
-  it.answered = true;
-  SubmitOutcome out;
-  out.seq = it.rec.seq;
-  out.outcome = o;
-  out.reason = reason;
-  if (o == ClientOutcome::Committed) {
-    for (auto [b, i] : it.opIndex) {
-      const auto& r = it.branchResults[b];
-      out.results.push_back(i < r.size() ? r[i] : OpResult{});
+  if (!it.told) {
+    SubmitOutcome out;
+    out.seq = it.rec.seq;
+    out.outcome = o;
+    out.reason = reason;
+    out.requestId = it.rec.requestId;
+    if (o == ClientOutcome::Committed) {
+      for (auto [b, i] : it.opIndex) {
+        const auto& r = it.branchResults[b];
+        out.results.push_back(i < r.size() ? r[i] : OpResult{});
+      }
     }
+    it.told = std::move(out);
+    if (it.answer.get() != nullptr && it.answer->isWaiting()) it.answer->fulfill(SubmitOutcome(*it.told));
   }
-  it.answer->fulfill(std::move(out));
+  // Retries of the request id hear a definitive outcome only: "in doubt"
+  // keeps them waiting for the participant's answer.
+  if (it.told->outcome == ClientOutcome::InDoubt && !it.rec.finished()) return;
+  for (auto& r : it.replays) {
+    if (!r->isWaiting()) continue;
+    SubmitOutcome out = *it.told;
+    out.results.clear();
+    out.replayed = true;
+    if (it.told->outcome == ClientOutcome::InDoubt) {  // finished since: the final state says it
+      out = replayOutcome(it.rec).value_or(out);
+      out.replayed = true;
+    }
+    r->fulfill(kj::mv(out));
+  }
+  it.replays.clear();
 }
 
 // ------------------------------------------------------------ one-shot submit
 
-kj::Promise<SubmitOutcome> Coordinator::submit(std::vector<Op> ops, std::uint32_t deadlineMs) {
-  if (auto bad = validate(ops, false)) {
-    return SubmitOutcome{0, ClientOutcome::Invalid, *bad, {}};  // nothing written, no seq used
+kj::Promise<SubmitOutcome> Coordinator::submit(SubmitRequest req) {
+  if (auto bad = validate(req.ops, false)) {
+    return SubmitOutcome{0, ClientOutcome::Invalid, *bad, {}, req.requestId, false};  // nothing written, no seq used
   }
-  if (auto full = storageFull()) return SubmitOutcome{0, ClientOutcome::Unavailable, *full, {}};
-  return seqs_->next().then([this, ops = std::move(ops), deadlineMs](std::uint64_t seq) mutable {
-    KEEL_FAILPOINT("coord.after_seq_assigned");
-    auto& it = create(seq, false, deadlineMs);
-    it.opIndex = assign(it, ops);
-    auto paf = kj::newPromiseAndFulfiller<SubmitOutcome>();
-    it.answer = kj::mv(paf.fulfiller);
-    drive(it);
-    return kj::mv(paf.promise);
-  });
+  std::uint64_t fingerprint = 0;
+  if (!req.requestId.empty()) {
+    if (auto bad = checkRequest(req); !bad.empty()) {
+      return SubmitOutcome{0, ClientOutcome::Invalid, bad, {}, req.requestId, false};
+    }
+    fingerprint = requestFingerprint(req.ops, false);
+    KJ_IF_MAYBE(earlier, replay(req, fingerprint)) { return kj::mv(*earlier); }
+  }
+  if (auto full = storageFull()) return SubmitOutcome{0, ClientOutcome::Unavailable, *full, {}, req.requestId, false};
+  std::string id = req.requestId;
+  if (!id.empty()) claimRequest(id, fingerprint);
+  return seqs_->next()
+      .then([this, req = std::move(req), fingerprint](std::uint64_t seq) mutable {
+        KEEL_FAILPOINT("coord.after_seq_assigned");
+        auto& it = create(seq, false, req, fingerprint);
+        it.opIndex = assign(it, req.ops);
+        auto paf = kj::newPromiseAndFulfiller<SubmitOutcome>();
+        it.answer = kj::mv(paf.fulfiller);
+        drive(it);
+        return kj::mv(paf.promise);
+      })
+      .catch_([this, id](kj::Exception&& e) -> kj::Promise<SubmitOutcome> {
+        // No seq could be given (the reservation failed), or a fault before
+        // anything was sent: nothing ran.
+        if (!id.empty()) releaseRequest(id, &e);
+        return SubmitOutcome{0, ClientOutcome::Unavailable, "the interaction could not start (nothing ran): " + describeFault(e), {}, id, false};
+      });
 }
 
 void Coordinator::drive(Interaction& it) {
   std::uint64_t seq = it.rec.seq;
   if (it.rec.branches.size() == 1) {
-    // One-phase: the participant decides, so the record must be there for
-    // recovery to ask it (written without waiting; recovery asks about every
-    // unfinished one-phase record it finds).
-    tasks_.add(persist(it));
-    tasks_.add(guardFirstPhase(seq, kj::evalNow([&]() { return runOnePhase(it); })));
+    // One-phase: the participant decides, so presumed abort does not cover
+    // a crash after the call left: the record (with the request id) must be
+    // durable BEFORE the call, so that recovery asks the participant and a
+    // retry of the request id finds it. A read-only request commits
+    // nothing: its record may follow (the answer still waits for it).
+    it.rec.onePhase = true;
+    if (readOnlyOps(it.rec.branches[0].ops)) {
+      tasks_.add(guardFirstPhase(seq, kj::evalNow([&]() { return runOnePhase(it); })));
+      return;
+    }
+    tasks_.add(guardFirstPhase(seq, persist(it).then([this, seq]() -> kj::Promise<void> {
+      Interaction* p = find(seq);
+      if (p == nullptr) return kj::READY_NOW;
+      return runOnePhase(*p);
+    })));
     return;
   }
   // Two-phase: nothing is written before the decision (presumed abort). The
@@ -234,8 +294,8 @@ kj::Promise<void> Coordinator::guardFirstPhase(std::uint64_t seq, kj::Promise<vo
   // failed WAL write) must not leave the interaction hanging: abort it.
   return work.catch_([this, seq](kj::Exception&& e) {
     Interaction* p = find(seq);
-    if (p == nullptr || p->rec.state == State::Aborting || p->answered) {
-      KEEL_LOG_ERROR("seq {}: {}", seq, e.getDescription().cStr());
+    if (p == nullptr || p->rec.state == State::Aborting || p->told) {
+      KEEL_LOG_ERROR("seq {}: {}", seq, describeFault(e));
       return;
     }
     if (p->commitDurable) {
@@ -244,10 +304,17 @@ kj::Promise<void> Coordinator::guardFirstPhase(std::uint64_t seq, kj::Promise<vo
       tasks_.add(driveCommit(seq));
       return;
     }
-    std::string why = std::string("coordinator fault before the decision: ") + e.getDescription().cStr();
+    std::string why = "coordinator fault before the decision: " + describeFault(e);
     KEEL_LOG_ERROR("seq {}: {}", seq, why);
     p->rec.decision = InteractionRecord::Decision::None;
-    if (p->rec.onePhase) answer(*p, ClientOutcome::InDoubt, why + "; query seq " + std::to_string(seq));
+    if (p->rec.onePhase) {
+      auto& b = p->rec.branches[0];
+      if (b.state == BState::Pending) {
+        b.state = BState::RolledBack;  // the call never left: nothing to ask
+      } else {
+        b.state = BState::Failed;
+      }
+    }
     startAbort(*p, why);
   });
 }
@@ -256,7 +323,7 @@ kj::Promise<void> Coordinator::guardDriver(std::uint64_t seq, kj::Promise<void> 
   // Drivers never give up: a fault in one round is logged and retried.
   return work.catch_([this, seq, commit](kj::Exception&& e) -> kj::Promise<void> {
     KEEL_LOG_WARN("seq {}: {} driver round failed ({}); retrying", seq, commit ? "commit" : "rollback",
-                  e.getDescription().cStr());
+                  describeFault(e));
     return io_.provider->getTimer().afterDelay(backoff(3)).then([this, seq, commit]() {
       return commit ? driveCommit(seq) : driveRollback(seq);
     });
@@ -265,31 +332,16 @@ kj::Promise<void> Coordinator::guardDriver(std::uint64_t seq, kj::Promise<void> 
 
 kj::Promise<void> Coordinator::runOnePhase(Interaction& it) {
   std::uint64_t seq = it.rec.seq;
-  it.rec.onePhase = true;
   auto& br = it.rec.branches[0];
   br.state = BState::Preparing;
   Xid xid{seq, br.branch};
   auto ops = br.ops;
   std::uint64_t epoch = epoch_;
   auto deadline = std::min(cfg_.callTimeoutMs, it.deadlineMs) * kj::MILLISECONDS;
-  struct OnePhaseReply {
-    wire::BranchOutcome outcome;
-    std::string reason;
-    std::vector<OpResult> results;
-  };
   auto& l = link(br.participant);
   return kj::evalNow([&]() {
            KEEL_FAILPOINT("coord.before_prepare");
-           return l.call<OnePhaseReply>(deadline, [=](wire::Participant::Client& c) {
-                             auto req = c.commitOnePhaseRequest();
-                             req.setEpoch(epoch);
-                             fillXid(req.initXid(), xid);
-                             fillOps(req.initOperations(ops.size()), ops);
-                             return req.send().then([](auto resp) {
-                               return OnePhaseReply{resp.getOutcome(), resp.getReason().cStr(),
-                                                    readResults(resp.getResults())};
-                             });
-                           });
+           return l.commitOnePhase(epoch, xid, std::move(ops), deadline);
          })
       .then(
           [this, seq](OnePhaseReply r) -> kj::Promise<void> {
@@ -297,16 +349,19 @@ kj::Promise<void> Coordinator::runOnePhase(Interaction& it) {
             if (p == nullptr) return kj::READY_NOW;
             auto& b = p->rec.branches[0];
             p->rec.votesUs = p->rec.decidedUs = wallMicros();
-            if (r.outcome == wire::BranchOutcome::COMMITTED) {
+            if (r.outcome == BranchOutcome::Committed) {
               b.state = BState::Committed;
               p->rec.decision = InteractionRecord::Decision::Commit;
               p->branchResults[0] = std::move(r.results);
-              answer(*p, ClientOutcome::Committed, "");
+              // The answer waits for the final record (finish): its intent
+              // record is durable already, so recovery would find the
+              // commit; the final one makes the story whole at once.
               return finish(seq);
             }
-            if (r.outcome != wire::BranchOutcome::ROLLED_BACK) {
+            if (r.outcome != BranchOutcome::RolledBack) {
               // Not an answer a one-phase call may get: treat like a lost call.
-              return kj::Promise<void>(KJ_EXCEPTION(FAILED, "one-phase commit answered", r.reason));
+              return faultException(b.participant + " answered a one-phase commit with '" +
+                                    outcomeName(r.outcome) + "'" + (r.reason.empty() ? "" : ": " + r.reason));
             }
             // The participant rolled the branch back itself.
             b.state = BState::VotedNo;
@@ -319,13 +374,18 @@ kj::Promise<void> Coordinator::runOnePhase(Interaction& it) {
             if (p == nullptr) return kj::READY_NOW;
             auto& b = p->rec.branches[0];
             b.state = BState::Failed;
-            b.reason = describe(e);
+            b.reason = describeFault(e);
             // The participant decides a one-phase branch: we cannot say
-            // "rolled back" until it confirms. The rollback driver asks it.
+            // "rolled back" until it confirms. The client hears "in doubt"
+            // (its record is durable); the rollback driver asks.
+            std::string why = "one-phase call to " + b.participant + " failed (" + b.reason + ")";
+            if (readOnlyOps(b.ops)) {
+              startAbort(*p, why);  // nothing could have committed
+              return kj::READY_NOW;
+            }
             answer(*p, ClientOutcome::InDoubt,
-                   "one-phase call to " + b.participant + " failed (" + b.reason +
-                       "); the participant decides, query seq " + std::to_string(seq));
-            startAbort(*p, "one-phase call to " + b.participant + " failed: " + b.reason);
+                   why + "; the participant decides, query seq " + std::to_string(seq));
+            startAbort(*p, why);
             return kj::READY_NOW;
           });
 }
@@ -344,6 +404,7 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
     br.state = BState::Preparing;
     Xid xid{seq, br.branch};
     auto ops = std::move(opsPerBranch[i]);
+    std::size_t sent = ops.size();
     auto onFail = kj::addRef(*failedFulfiller);
     auto& l = link(br.participant);
     calls.add(kj::evalNow([&]() {
@@ -356,23 +417,28 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
                 return io_.provider->getTimer().timeoutAfter(deadline, kj::mv(vote));
               })
                   .then(
-                      [this, seq, i](PrepReply r) {
+                      [this, seq, i, sent](PrepareReply r) {
                         KEEL_FAILPOINT("coord.after_prepare");
                         Interaction* p = find(seq);
                         if (p == nullptr) return false;
                         auto& b = p->rec.branches[i];
                         b.reason = r.reason;
                         switch (r.vote) {
-                          case wire::Vote::YES: b.state = BState::Prepared; break;
-                          case wire::Vote::READ_ONLY: b.state = BState::ReadOnly; break;
-                          default: b.state = BState::VotedNo; break;
+                          case Vote::Yes: b.state = BState::Prepared; break;
+                          case Vote::ReadOnly: b.state = BState::ReadOnly; break;
+                          case Vote::No: b.state = BState::VotedNo; break;
                         }
+                        // r.results holds none or exactly `sent` (checked
+                        // when read): the results of this call's operations,
+                        // the last `sent` of the branch's (an interactive
+                        // commit sends none and keeps the earlier results).
                         if (!r.results.empty()) {
                           auto& dst = p->branchResults[i];
-                          // interactive prepare carries no new ops: keep earlier results
-                          std::size_t base = p->rec.branches[i].ops.size() - r.results.size();
-                          dst.resize(p->rec.branches[i].ops.size());
-                          for (std::size_t k = 0; k < r.results.size(); ++k) dst[base + k] = r.results[k];
+                          std::size_t total = b.ops.size();
+                          dst.resize(total);
+                          for (std::size_t k = 0; k < sent && total >= sent; ++k) {
+                            dst[total - sent + k] = std::move(r.results[k]);
+                          }
                         }
                         return b.state != BState::VotedNo;
                       },
@@ -380,7 +446,7 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
                         Interaction* p = find(seq);
                         if (p != nullptr) {
                           p->rec.branches[i].state = BState::Failed;
-                          p->rec.branches[i].reason = describe(e);
+                          p->rec.branches[i].reason = describeFault(e);
                         }
                         return false;
                       })
@@ -421,8 +487,8 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
   }
   bool anyPrepared = std::any_of(it.rec.branches.begin(), it.rec.branches.end(),
                                  [](const auto& b) { return b.state == BState::Prepared; });
-  if (!anyPrepared) {  // all read-only: nothing to decide
-    answer(it, ClientOutcome::Committed, "");
+  if (!anyPrepared) {  // all read-only: nothing to decide; answered once its record is durable
+    it.rec.decision = InteractionRecord::Decision::Commit;
     return finish(seq);
   }
   it.rec.decision = InteractionRecord::Decision::Commit;
@@ -443,9 +509,9 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
         // The decision did not become durable, so it never existed: abort.
         Interaction* p = find(seq);
         if (p == nullptr) return;
-        KEEL_LOG_ERROR("seq {}: COMMIT decision not durable ({}); aborting", seq, e.getDescription().cStr());
+        KEEL_LOG_ERROR("seq {}: COMMIT decision not durable ({}); aborting", seq, describeFault(e));
         p->rec.decision = InteractionRecord::Decision::None;
-        startAbort(*p, std::string("coordinator could not log the commit decision: ") + e.getDescription().cStr());
+        startAbort(*p, "coordinator could not log the commit decision: " + describeFault(e));
       });
 }
 
@@ -470,209 +536,57 @@ void Coordinator::startAbort(Interaction& it, const std::string& reason) {
         b.state = BState::RolledBack;
         it.rb->confirmed.push_back({b.participant, wallMicros()});
         break;
-      case BState::Committed:  // only after an operator's override: say so
-        if (it.rec.error.find("HEURISTIC") == std::string::npos) {
-          it.rec.error += "; HEURISTIC: " + b.participant + " had already committed";
-        }
-        break;
       case BState::Pending:  // may have been sent just before a crash
       case BState::Prepared:
       case BState::Preparing:
       case BState::Failed:
         pending.insert(b.participant);
         break;
-      default:
+      default:  // committed (an operator's override: finish says heuristic), read-only, rolled back, unknown
         break;
     }
   }
   it.rb->pending.assign(pending.begin(), pending.end());
+  // A one-phase branch is the participant's to decide: "rolled back" only
+  // when it refused (nothing pending); else the rollback driver asks it,
+  // and the client (told "in doubt") hears the end through the record.
+  bool rolledBackForSure =
+      !it.rec.onePhase || it.rb->pending.empty() || readOnlyOps(it.rec.branches.front().ops);
   // The client hears "rolled back" once the rollback record is durable, so
   // the story it may look up exists even if we crash right after (a
   // two-phase interaction has no earlier record: nothing is written before
   // its decision). The rollback itself starts at once.
   tasks_.add(persist(it).then(
-      [this, seq, reason]() {
-        if (Interaction* p = find(seq)) answer(*p, ClientOutcome::RolledBack, reason);
+      [this, seq, reason, rolledBackForSure]() {
+        Interaction* p = find(seq);
+        if (p != nullptr && rolledBackForSure) answer(*p, ClientOutcome::RolledBack, reason);
       },
-      [this, seq, reason](kj::Exception&& e) {
-        // Still rolled back (presumed abort); only the record may be missing.
-        KEEL_LOG_ERROR("seq {}: rollback record not written ({})", seq, e.getDescription().cStr());
-        if (Interaction* p = find(seq)) answer(*p, ClientOutcome::RolledBack, reason);
+      [this, seq, reason, rolledBackForSure](kj::Exception&& e) {
+        // Still rolled back (presumed abort: no COMMIT exists, and a
+        // two-phase one never will); only the record may be missing, and
+        // finish() writes it again.
+        KEEL_LOG_ERROR("seq {}: rollback record not written ({})", seq, describeFault(e));
+        Interaction* p = find(seq);
+        if (p != nullptr && rolledBackForSure) answer(*p, ClientOutcome::RolledBack, reason);
       }));
   tasks_.add(driveRollback(seq));
 }
 
-// ------------------------------------------------------------ phase 2 and rollback drivers
-
-kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
-  Interaction* it = find(seq);
-  if (it == nullptr || it->rec.state != State::Committing) return kj::READY_NOW;
-  std::uint64_t epoch = epoch_;
-  kj::Vector<kj::Promise<void>> calls;
-  for (std::size_t i = 0; i < it->rec.branches.size(); ++i) {
-    auto& br = it->rec.branches[i];
-    if (br.state != BState::Prepared && br.state != BState::Preparing && br.state != BState::Failed) continue;
-    Xid xid{seq, br.branch};
-    auto& l = link(br.participant);
-    calls.add(kj::evalNow([&]() {
-                KEEL_FAILPOINT("coord.before_phase2");
-                // Batched with the other commits for this participant; bounded
-                // by the batch message's call deadline (no timer per branch).
-                return l.commit(epoch, xid);
-              })
-                  .then(
-                      [this, seq, i](wire::BranchOutcome o) {
-                        KEEL_FAILPOINT("coord.after_phase2");
-                        Interaction* p = find(seq);
-                        if (p == nullptr) return;
-                        auto& b = p->rec.branches[i];
-                        if (o == wire::BranchOutcome::COMMITTED) {
-                          b.state = BState::Committed;
-                          b.reason.clear();
-                        } else {
-                          // The agent cannot commit what we decided: a heuristic
-                          // outcome that needs an operator. Stop retrying it.
-                          b.reason = std::string("commit answered ") +
-                                     (o == wire::BranchOutcome::UNKNOWN       ? "unknown branch"
-                                      : o == wire::BranchOutcome::CONFLICT    ? "conflict (branch was rolled back)"
-                                                                              : "not prepared");
-                          p->rec.error = "HEURISTIC: " + b.participant + " " + b.reason;
-                          KEEL_LOG_ERROR("seq {}: {}", seq, p->rec.error);
-                          b.state = BState::RolledBack;  // not retried: needs an operator
-                        }
-                      },
-                      [this, seq, i](kj::Exception&& e) {
-                        Interaction* p = find(seq);
-                        if (p == nullptr) return;
-                        p->rec.branches[i].reason = "commit failed: " + describe(e);
-                        if (p->rec.failedUs == 0) p->rec.failedUs = wallMicros();
-                        watch(p->rec.branches[i].participant);
-                      }));
-  }
-  it->rec.phase2Attempts++;
-  return guardDriver(seq, kj::joinPromises(calls.releaseAsArray()).then([this, seq]() -> kj::Promise<void> {
-    Interaction* p = find(seq);
-    if (p == nullptr) return kj::READY_NOW;
-    bool done = std::none_of(p->rec.branches.begin(), p->rec.branches.end(), [](const auto& b) {
-      return b.state == BState::Prepared || b.state == BState::Preparing || b.state == BState::Failed;
-    });
-    if (done) return finish(seq);
-    tasks_.add(persist(*p));  // record the attempt; not forced
-    return pause(*p, backoff(p->rec.phase2Attempts)).then([this, seq]() { return driveCommit(seq); });
-  }), true);
-}
-
-kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
-  Interaction* it = find(seq);
-  if (it == nullptr || !it->rb || it->rec.state != State::Aborting) return kj::READY_NOW;
-  if (it->rb->pending.empty()) return finish(seq);
-  std::uint64_t epoch = epoch_;
-  it->rb->attempts++;
-  it->rb->lastAttemptUs = wallMicros();
-  kj::Vector<kj::Promise<void>> calls;
-  for (const std::string& participant : it->rb->pending) {
-    std::vector<Xid> xids;
-    for (auto& b : it->rec.branches) {
-      if (b.participant == participant) xids.push_back(Xid{seq, b.branch});
-    }
-    // One call per branch, batched with the other rollbacks for this participant.
-    auto& l = link(participant);
-    kj::Vector<kj::Promise<wire::BranchOutcome>> perXid;
-    for (Xid xid : xids) perXid.add(l.rollback(epoch, xid));
-    calls.add(kj::joinPromises(perXid.releaseAsArray())  // bounded by the batch messages' deadline
-                  .then(
-                      [this, seq, participant](kj::Array<wire::BranchOutcome> outs) {
-                        Interaction* p = find(seq);
-                        if (p == nullptr) return;
-                        bool committed = std::any_of(outs.begin(), outs.end(), [](auto o) {
-                          return o == wire::BranchOutcome::COMMITTED;
-                        });
-                        for (auto& b : p->rec.branches) {
-                          if (b.participant != participant) continue;
-                          b.state = committed ? BState::Committed : BState::RolledBack;
-                        }
-                        if (committed) {
-                          if (p->rec.onePhase) {
-                            // The participant had committed the one-phase branch.
-                            p->rec.decision = InteractionRecord::Decision::Commit;
-                            p->rb->lastError = participant + " had already committed (one-phase)";
-                          } else {
-                            p->rec.error = "HEURISTIC: " + participant + " committed a branch of an aborted interaction";
-                            KEEL_LOG_ERROR("seq {}: {}", seq, p->rec.error);
-                          }
-                        }
-                        auto& pend = p->rb->pending;
-                        pend.erase(std::remove(pend.begin(), pend.end(), participant), pend.end());
-                        p->rb->confirmed.push_back({participant, wallMicros()});
-                      },
-                      [this, seq, participant](kj::Exception&& e) {
-                        Interaction* p = find(seq);
-                        if (p != nullptr) p->rb->lastError = participant + ": " + describe(e);
-                        watch(participant);
-                      }));
-  }
-  return guardDriver(seq, kj::joinPromises(calls.releaseAsArray()).then([this, seq]() -> kj::Promise<void> {
-    Interaction* p = find(seq);
-    if (p == nullptr) return kj::READY_NOW;
-    if (p->rb->pending.empty()) return finish(seq);
-    tasks_.add(persist(*p));  // attempts and last error; not forced
-    return pause(*p, backoff(p->rb->attempts)).then([this, seq]() { return driveRollback(seq); });
-  }), false);
-}
-
-kj::Promise<void> Coordinator::pause(Interaction& it, kj::Duration d) {
-  // Backoff that an operator's "retry now" cuts short.
-  auto paf = kj::newPromiseAndFulfiller<void>();
-  it.wake = kj::mv(paf.fulfiller);
-  return io_.provider->getTimer().afterDelay(d).exclusiveJoin(kj::mv(paf.promise));
-}
-
-void Coordinator::watch(const std::string& participant) {
-  if (!probing_.insert(participant).second) return;  // already probing
-  tasks_.add(probe(link(participant)));
-}
-
-kj::Promise<void> Coordinator::probe(ParticipantLink& l) {
-  auto every = cfg_.probeMs * kj::MILLISECONDS;
-  return io_.provider->getTimer()
-      .afterDelay(every)
-      .then([this, &l]() {
-        // A real call, not just a TCP connect: a paused process accepts
-        // connections but answers nothing.
-        return l.call<bool>(std::max(callDeadline() / 4, 50 * kj::MILLISECONDS), [](wire::Participant::Client& c) {
-          auto req = c.statusRequest();
-          req.initXids(0);
-          return req.send().then([](auto) { return true; });
-        });
-      })
-      .then(
-          [this, &l](bool) -> kj::Promise<void> {
-            probing_.erase(l.name());
-            std::uint32_t n = wakeWaitingOn(l.name());
-            KEEL_LOG_INFO("{} answers again: woke {} driver(s) waiting on it", l.name(), n);
-            return kj::READY_NOW;
-          },
-          [this, &l](kj::Exception&&) { return probe(l); });
-}
-
-std::uint32_t Coordinator::wakeWaitingOn(const std::string& participant) {
-  std::uint32_t woken = 0;
-  for (auto& [seq, it] : live_) {
-    bool waits = false;
-    if (it->rb && it->rec.state == State::Aborting) {
-      waits = std::find(it->rb->pending.begin(), it->rb->pending.end(), participant) != it->rb->pending.end();
-    } else if (it->rec.state == State::Committing) {
-      for (auto& b : it->rec.branches) {
-        waits = waits || (b.participant == participant && b.state != BState::Committed &&
-                          b.state != BState::ReadOnly && b.state != BState::RolledBack);
-      }
-    }
-    if (waits && it->wake.get() != nullptr && it->wake->isWaiting()) {
-      it->wake->fulfill();
-      ++woken;
+Coordinator::State Coordinator::finalState(const InteractionRecord& r) {
+  bool committed = false, rolledBack = false, unknown = false;
+  for (const auto& b : r.branches) {
+    switch (b.state) {
+      case BState::Committed: committed = true; break;
+      case BState::RolledBack:
+      case BState::VotedNo: rolledBack = true; break;
+      case BState::Unknown: unknown = true; break;
+      default: break;  // read-only: took no part; nothing else is left at the end
     }
   }
-  return woken;
+  if (unknown) return State::HeuristicUnknown;
+  if (r.decision == InteractionRecord::Decision::Commit) return rolledBack ? State::HeuristicMixed : State::Committed;
+  // Aborted (or a one-phase branch the participant rolled back).
+  return committed ? State::HeuristicMixed : State::RolledBack;
 }
 
 kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
@@ -680,158 +594,38 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
   if (it == nullptr) return kj::READY_NOW;
   KEEL_FAILPOINT("coord.before_complete");
   Micros now = wallMicros();
-  bool committed = it->rec.decision == InteractionRecord::Decision::Commit ||
-                   (it->rec.decision == InteractionRecord::Decision::None && !it->rb);
-  it->rec.state = committed ? State::Committed : State::RolledBack;
+  it->rec.state = finalState(it->rec);
   it->rec.completedUs = now;
-  // Normally answered long before; never leave a client without one.
-  answer(*it, committed ? ClientOutcome::Committed : ClientOutcome::RolledBack, it->rec.error);
   if (it->rb) it->rb->completedUs = now;
-  ++(committed ? committed_ : rolledBack_);
-  // Not forced, and lazy: a lost "complete" mark only means recovery
+  if (it->rec.heuristic()) {
+    std::string what;
+    for (const auto& b : it->rec.branches) {
+      what += (what.empty() ? "" : ", ") + b.participant + " " + branchStateName(b.state);
+    }
+    std::string note = std::string(stateName(it->rec.state)) + ": decision " + decisionName(it->rec.decision) +
+                       ", branches ended " + what;
+    it->rec.error = it->rec.error.empty() ? note : it->rec.error + "; " + note;
+    KEEL_LOG_ERROR("seq {}: {} (an operator must reconcile: docs/recovery.md)", seq, note);
+  }
+  ++(it->rec.heuristic() ? heuristic_ : it->rec.state == State::Committed ? committed_ : rolledBack_);
+  // The final record is lazy: a lost "complete" mark only means recovery
   // re-drives an interaction whose participants answer idempotently, so it
   // rides with the next group commit instead of starting one (a forced
-  // decision never waits behind an fsync for completions). The interaction
-  // stays in memory until its final record is durable.
-  return persist(*it, true).then([this, seq]() { live_.erase(seq); });
-}
-
-// ------------------------------------------------------------ interactive
-
-kj::Promise<std::uint64_t> Coordinator::begin(std::uint32_t deadlineMs) {
-  if (auto full = storageFull()) return KJ_EXCEPTION(OVERLOADED, *full);
-  return seqs_->next().then([this, deadlineMs](std::uint64_t seq) {
-    KEEL_FAILPOINT("coord.after_seq_assigned");
-    auto& it = create(seq, true, deadlineMs);
-    tasks_.add(persist(it));
-    tasks_.add(io_.provider->getTimer().afterDelay(it.deadlineMs * kj::MILLISECONDS).then([this, seq]() {
-      Interaction* p = find(seq);
-      if (p != nullptr && !p->closing && p->rec.state == State::Preparing) {
-        p->closing = true;
-        startAbort(*p, "interaction deadline of " + std::to_string(p->deadlineMs) + " ms exceeded");
-      }
-    }));
-    return seq;
+  // decision never waits behind an fsync for completions). It is still
+  // durable before anything below runs: a client not answered yet (a
+  // read-only or one-phase commit) hears the end only now. The interaction
+  // stays in memory until then.
+  return persist(*it, true).then([this, seq]() {
+    Interaction* p = find(seq);
+    if (p == nullptr) return;
+    ClientOutcome o = p->rec.state == State::Committed        ? ClientOutcome::Committed
+                      : p->rec.state == State::RolledBack     ? ClientOutcome::RolledBack
+                      : p->rec.state == State::HeuristicMixed ? ClientOutcome::HeuristicMixed
+                                                              : ClientOutcome::HeuristicUnknown;
+    answer(*p, o, p->rec.error);
+    forgetRequest(*p);
+    live_.erase(seq);
   });
-}
-
-kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<Op> ops) {
-  Interaction* it = find(seq);
-  if (it == nullptr || it->closing || it->rec.state != State::Preparing) {
-    return SubmitOutcome{seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open", {}};
-  }
-  std::size_t existing = 0;
-  for (auto& b : it->rec.branches) existing += b.ops.size();
-  if (auto bad = validate(ops, false)) return SubmitOutcome{seq, ClientOutcome::Invalid, *bad, {}};
-  if (existing + ops.size() > Limits::kMaxOpsPerInteraction) {
-    return SubmitOutcome{seq, ClientOutcome::Invalid, "too many operations in one interaction", {}};
-  }
-  auto idx = assign(*it, ops);
-  // Ops for each touched branch, in order.
-  std::map<std::size_t, std::vector<Op>> perBranch;
-  for (std::size_t k = 0; k < ops.size(); ++k) perBranch[idx[k].first].push_back(ops[k]);
-  std::uint64_t epoch = epoch_;
-  auto deadline = std::min(cfg_.callTimeoutMs, it->deadlineMs) * kj::MILLISECONDS;
-  kj::Vector<kj::Promise<kj::Maybe<std::string>>> calls;
-  for (auto& [b, bops] : perBranch) {
-    auto& br = it->rec.branches[b];
-    br.state = BState::Preparing;
-    Xid xid{seq, br.branch};
-    std::string name = br.participant;
-    calls.add(link(name)
-                  .call<PrepReply>(deadline,
-                                   [=, bops = bops](wire::Participant::Client& c) {
-                                     auto req = c.executeRequest();
-                                     req.setEpoch(epoch);
-                                     fillXid(req.initXid(), xid);
-                                     fillOps(req.initOperations(bops.size()), bops);
-                                     return req.send().then([](auto resp) {
-                                       return PrepReply{resp.getOk() ? wire::Vote::YES : wire::Vote::NO,
-                                                        resp.getReason().cStr(), readResults(resp.getResults()), ""};
-                                     });
-                                   })
-                  .then(
-                      [this, seq, b = b, name](PrepReply r) -> kj::Maybe<std::string> {
-                        Interaction* p = find(seq);
-                        if (p == nullptr) return std::string("interaction ended");
-                        if (r.vote != wire::Vote::YES) {
-                          p->rec.branches[b].state = BState::VotedNo;
-                          p->rec.branches[b].reason = r.reason;
-                          return name + " refused: " + r.reason;
-                        }
-                        auto& dst = p->branchResults[b];
-                        std::size_t base = p->rec.branches[b].ops.size() - r.results.size();
-                        dst.resize(p->rec.branches[b].ops.size());
-                        for (std::size_t k = 0; k < r.results.size(); ++k) dst[base + k] = r.results[k];
-                        return nullptr;
-                      },
-                      [this, seq, b = b, name](kj::Exception&& e) -> kj::Maybe<std::string> {
-                        Interaction* p = find(seq);
-                        if (p != nullptr) {
-                          p->rec.branches[b].state = BState::Failed;
-                          p->rec.branches[b].reason = describe(e);
-                        }
-                        return name + " failed: " + describe(e);
-                      }));
-  }
-  tasks_.add(persist(*it));
-  return kj::joinPromises(calls.releaseAsArray())
-      .then([this, seq, idx = std::move(idx)](kj::Array<kj::Maybe<std::string>> errs) {
-        Interaction* p = find(seq);
-        if (p == nullptr) return SubmitOutcome{seq, ClientOutcome::RolledBack, "interaction ended", {}};
-        for (auto& e : errs) {
-          KJ_IF_MAYBE(msg, e) {
-            p->closing = true;
-            std::string m = *msg;
-            startAbort(*p, m);
-            return SubmitOutcome{seq, ClientOutcome::RolledBack, m, {}};
-          }
-        }
-        SubmitOutcome out{seq, ClientOutcome::Committed, "", {}};  // "ok so far"
-        for (auto [b, i] : idx) out.results.push_back(p->branchResults[b][i]);
-        return out;
-      });
-}
-
-kj::Promise<SubmitOutcome> Coordinator::commitInteractive(std::uint64_t seq) {
-  Interaction* it = find(seq);
-  if (it == nullptr || it->closing) {
-    return SubmitOutcome{seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open", {}};
-  }
-  it->closing = true;
-  auto paf = kj::newPromiseAndFulfiller<SubmitOutcome>();
-  it->answer = kj::mv(paf.fulfiller);
-  if (it->rec.branches.empty()) {
-    answer(*it, ClientOutcome::Committed, "");
-    tasks_.add(finish(seq));
-    return kj::mv(paf.promise);
-  }
-  std::vector<std::vector<Op>> none(it->rec.branches.size());
-  tasks_.add(guardFirstPhase(
-      seq, kj::evalNow([&]() { return prepareAll(*it, std::move(none)); }).then([this, seq](bool allYes) -> kj::Promise<void> {
-        Interaction* p = find(seq);
-        if (p == nullptr) return kj::READY_NOW;
-        return decide(*p, allYes);
-      })));
-  return kj::mv(paf.promise);
-}
-
-kj::Promise<SubmitOutcome> Coordinator::rollbackInteractive(std::uint64_t seq, std::string reason) {
-  Interaction* it = find(seq);
-  if (it == nullptr || it->closing) {
-    return SubmitOutcome{seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open", {}};
-  }
-  it->closing = true;
-  startAbort(*it, reason);
-  return SubmitOutcome{seq, ClientOutcome::RolledBack, reason, {}};
-}
-
-void Coordinator::abandon(std::uint64_t seq) {
-  Interaction* it = find(seq);
-  if (it != nullptr && !it->closing) {
-    it->closing = true;
-    startAbort(*it, "the client dropped the transaction before committing");
-  }
 }
 
 // ------------------------------------------------------------ reads
@@ -858,7 +652,7 @@ std::vector<std::string> Coordinator::listUnfinished(std::size_t limit) const {
 }
 
 Coordinator::Info Coordinator::info() const {
-  Info i{cfg_.nodeId, epoch_, {}, committed_, rolledBack_, live_.size()};
+  Info i{cfg_.nodeId, epoch_, {}, committed_, rolledBack_, live_.size(), heuristic_};
   for (auto& [name, l] : links_) i.participants.push_back(name);
   return i;
 }

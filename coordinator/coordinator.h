@@ -3,19 +3,34 @@
 //
 // Life of an interaction (see docs/protocol.md and InteractionRecord):
 //   submit -> validate (bad input: answer `invalid`, write nothing)
-//          -> seq assigned, interaction record queued (not forced)
-//          -> one participant: commitOnePhase (the participant decides)
-//             several: prepare on all in parallel (work + prepare in one call)
+//          -> request id known? answer that interaction's seq and outcome
+//             (waiting while undecided), run nothing (requests.cc)
+//          -> seq assigned
+//          -> one participant: its record made durable, then commitOnePhase
+//             (the participant decides); several: prepare on all in parallel
+//             (work + prepare in one call), nothing written yet
 //          -> all YES: COMMIT decision made durable (group commit), THEN the
 //             client hears "committed"; phase 2 retried until acknowledged
-//          -> any NO / error / deadline: ABORT; rollback record written, the
-//             client hears "rolled back" at once; the rollback driver retries
-//             until every participant confirmed
-// Recovery on start (coordinator/recovery.cc) re-drives everything the WAL
-// lists as unfinished and sweeps every participant for in-doubt branches.
+//          -> any NO / error / deadline: ABORT; the rollback record made
+//             durable, THEN the client hears "rolled back"; the rollback
+//             driver retries until every participant confirmed
+//          -> every branch settled: final state (committed, rolled-back, or
+//             heuristic-mixed / heuristic-unknown when the branches did not
+//             all end as decided) written, the interaction leaves memory
+// Every answer a client gets rests on a record that is already durable and
+// names the seq (and the request id).
+// Recovery on start (recovery.cc) re-drives everything the WAL lists as
+// unfinished and sweeps every participant for in-doubt branches.
+//
+// Files: coordinator.cc (submit, one-shot drive, decide, abort, finish),
+// interactive.cc (begin/execute/commit/rollback), drivers.cc (phase 2,
+// rollback driver, participant health), requests.cc (request ids),
+// operator.cc (operator calls), recovery.cc (start-up).
 //
 // Threads: everything here runs on the one KJ event loop of the process;
 // durable writes run on the WalStore's writer thread and come back here.
+// Nothing here sees a Cap'n Proto type: ParticipantLink and
+// coordinator_server.cc translate.
 
 #include <kj/async-io.h>
 
@@ -24,6 +39,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/config.h"
@@ -43,10 +59,16 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // served; the participant sweep goes on in the background.
   kj::Promise<void> recover();
 
-  kj::Promise<SubmitOutcome> submit(std::vector<Op> ops, std::uint32_t deadlineMs);
+  kj::Promise<SubmitOutcome> submit(SubmitRequest req);
 
-  // Interactive mode. begin() answers the seq; the rest take it.
-  kj::Promise<std::uint64_t> begin(std::uint32_t deadlineMs);
+  // Interactive mode. begin() answers the seq once the interaction's record
+  // is durable, or, for a request id already known, that interaction's
+  // outcome (no transaction is opened). The rest take the seq.
+  struct Begun {
+    std::uint64_t seq = 0;                // 0 when `replay` is set
+    std::optional<SubmitOutcome> replay;  // the request id named an earlier interaction
+  };
+  kj::Promise<Begun> begin(SubmitRequest req);
   kj::Promise<SubmitOutcome> execute(std::uint64_t seq, std::vector<Op> ops);
   kj::Promise<SubmitOutcome> commitInteractive(std::uint64_t seq);
   kj::Promise<SubmitOutcome> rollbackInteractive(std::uint64_t seq, std::string reason);
@@ -54,13 +76,15 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   void abandon(std::uint64_t seq);
 
   std::optional<StoredInteraction> query(std::uint64_t seq) const;
+  std::optional<StoredInteraction> queryRequest(const std::string& requestId) const;
   std::vector<std::string> listUnfinished(std::size_t limit) const;
+  std::vector<std::string> listHeuristic(std::size_t limit) const { return wal_.listHeuristic(limit); }
 
   struct Info {
     std::uint16_t nodeId;
     std::uint64_t epoch;
     std::vector<std::string> participants;
-    std::uint64_t committed, rolledBack, unfinished;
+    std::uint64_t committed, rolledBack, unfinished, heuristic;
   };
   Info info() const;
   bool sweepDone() const { return sweepPending_ == 0; }
@@ -71,7 +95,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
 
   struct WindowStats {
     std::uint64_t count = 0, p50Us = 0, p99Us = 0, maxUs = 0, inDoubt = 0, oldestUs = 0;
-    std::uint64_t rollbacks = 0, retriedCommits = 0;
+    std::uint64_t rollbacks = 0, retriedCommits = 0, heuristic = 0;
   };
   WindowStats stats() const;
 
@@ -83,6 +107,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   };
   kj::Promise<ResolveResult> resolve(std::uint64_t seq, bool commit, std::string who, std::string why, bool override);
   std::vector<AuditRecord> audit(std::size_t limit) const { return wal_.listAudit(limit); }
+  // The hosts of heuristic interaction `seq` were reconciled by hand.
+  kj::Promise<ResolveResult> reconciled(std::uint64_t seq, std::string who, std::string why);
 
  private:
   struct Interaction;
@@ -95,43 +121,74 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::optional<std::string> validate(const std::vector<Op>& ops, bool allowEmpty) const;
   ParticipantLink& link(const std::string& participant);
   kj::Duration callDeadline() const;
+  // The client's deadline, defaulted and capped by max_interaction_ms.
+  std::uint32_t effectiveDeadline(std::uint32_t askedMs) const;
 
-  Interaction& create(std::uint64_t seq, bool interactive, std::uint32_t deadlineMs);
+  Interaction& create(std::uint64_t seq, bool interactive, const SubmitRequest& req, std::uint64_t fingerprint);
   // Adds ops to the interaction's branches (creating branches as needed);
   // returns, per op, (branch index, index of the op inside the branch).
   std::vector<std::pair<std::size_t, std::size_t>> assign(Interaction& it, const std::vector<Op>& ops);
-  // Queues both records; durable when it resolves. lazy: nobody waits on it
-  // being forced (it rides with the next group commit; see WalStore::save).
+  // Queues both records (and, the first time, the request id's row);
+  // durable when it resolves. lazy: nobody waits on it being forced (it
+  // rides with the next group commit; see WalStore::save).
   kj::Promise<void> persist(Interaction& it, bool lazy = false);
 
+  // Marks open interactive `seq` closing; `answer` becomes what its client
+  // will hear (or "not open", and nullptr is returned).
+  Interaction* closeInteractive(std::uint64_t seq, kj::Promise<SubmitOutcome>& answer);
   void drive(Interaction& it);  // one-shot: prepare, decide, phase 2 (owned by tasks_)
   kj::Promise<void> guardFirstPhase(std::uint64_t seq, kj::Promise<void> work);
   kj::Promise<void> guardDriver(std::uint64_t seq, kj::Promise<void> work, bool commit);
   kj::Promise<void> runOnePhase(Interaction& it);
   kj::Promise<bool> prepareAll(Interaction& it, std::vector<std::vector<Op>> opsPerBranch);
   kj::Promise<void> decide(Interaction& it, bool allYes);
+  // ABORT: the rollback record is written and, once durable, the client is
+  // answered "rolled back" (one-phase: only if the participant refused);
+  // the rollback driver starts at once.
   void startAbort(Interaction& it, const std::string& reason);
+  // Tells the waiting client (and any retry of its request id) the outcome.
+  // Call only once the record it rests on is durable.
   void answer(Interaction& it, ClientOutcome o, const std::string& reason);
+  // The final state the branches' ends give (finish).
+  static State finalState(const InteractionRecord& r);
 
-  // Background drivers: retried with capped exponential backoff until done.
+  // Background drivers (drivers.cc): retried with capped exponential
+  // backoff until done.
   kj::Promise<void> driveCommit(std::uint64_t seq);
   kj::Promise<void> driveRollback(std::uint64_t seq);
   kj::Promise<void> finish(std::uint64_t seq);
   kj::Duration backoff(std::uint32_t attempt) const;
   kj::Promise<void> pause(Interaction& it, kj::Duration d);
-  // A participant that failed a phase-2 or rollback call is probed every
-  // probe_ms until it answers; then every driver waiting on it is woken at
-  // once, instead of after its backoff.
+  // A participant that stopped answering is probed every probe_ms until it
+  // answers; then every driver waiting on it is woken at once, instead of
+  // after its backoff. Changes are logged once each (healthChanged).
   void watch(const std::string& participant);
   kj::Promise<void> probe(ParticipantLink& l);
+  void healthChanged(ParticipantLink& l, bool up, const std::string& why);
   std::uint32_t wakeWaitingOn(const std::string& participant);
+  std::size_t waitingOn(const std::string& participant) const;
   std::optional<std::string> storageFull() const;
+
+  // Request ids (requests.cc).
+  // Checks the id and its time; "" when well formed.
+  std::string checkRequest(const SubmitRequest& req) const;
+  // An earlier interaction under this id: its outcome (now, or once
+  // decided), or `invalid` when reused with other operations or too old to
+  // be known. nullptr: the id is new.
+  kj::Maybe<kj::Promise<SubmitOutcome>> replay(const SubmitRequest& req, std::uint64_t fingerprint);
+  // The interaction the id names is decided: what a retry hears.
+  static std::optional<SubmitOutcome> replayOutcome(const InteractionRecord& rec);
+  void claimRequest(const std::string& id, std::uint64_t fingerprint);
+  void bindRequest(Interaction& it);            // the claim gets its seq
+  void releaseRequest(const std::string& id, const kj::Exception* why);  // no interaction came of the claim
+  void forgetRequest(const Interaction& it);    // the interaction left memory
+  kj::Promise<void> purgeRequests();            // retention, every minute
 
   // recovery.cc
   void redrive(InteractionRecord rec, std::optional<RollbackRecord> rb);
   kj::Promise<void> sweep(ParticipantLink& link, std::uint32_t attempt);
-  void settleUnknownBranch(ParticipantLink& link, Xid xid);
-  void adoptBranch(Interaction& it, const std::string& participant, Xid xid);
+  void settleUnknownBranch(ParticipantLink& link, const RecoveredBranch& b);
+  void adoptBranch(Interaction& it, const std::string& participant, const RecoveredBranch& b);
 
   Interaction* find(std::uint64_t seq);
 
@@ -142,9 +199,19 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::uint64_t epoch_ = 0;
   std::map<std::string, std::unique_ptr<ParticipantLink>> links_;
   std::map<std::uint64_t, std::unique_ptr<Interaction>> live_;  // unfinished
-  std::uint64_t committed_ = 0, rolledBack_ = 0;
+  // Request ids of interactions in memory (and ids being given a seq):
+  // a retry finds them here before the WAL knows them (a two-phase
+  // interaction writes nothing before its decision).
+  struct LiveRequest {
+    std::uint64_t seq = 0;  // 0 while the seq is being assigned
+    std::uint64_t fingerprint = 0;
+    std::vector<kj::Own<kj::PromiseFulfiller<SubmitOutcome>>> early;  // retries before the seq
+  };
+  std::unordered_map<std::string, LiveRequest> requests_;
+  std::uint64_t committed_ = 0, rolledBack_ = 0, heuristic_ = 0;
   std::uint32_t sweepPending_ = 0;
   std::set<std::string> probing_;
+  std::map<std::string, Micros> lastDownLogUs_;  // rate limit of "stopped answering" lines
   Micros fullUntilUs_ = 0;  // a write failed with MDB_MAP_FULL: refuse new work until then
   static constexpr double kRefuseNewAtFill = 0.9;
   kj::TaskSet tasks_;  // declared last: destroyed first, before what it uses

@@ -1,5 +1,6 @@
 #include "coordinator/coordinator_server.h"
 
+#include "common/fault.h"
 #include "common/wire.h"
 
 namespace keel {
@@ -10,13 +11,43 @@ void fillSubmitResult(wire::SubmitResult::Builder b, const SubmitOutcome& o) {
   b.setReason(o.reason);
   auto l = b.initResults(o.results.size());
   for (unsigned i = 0; i < o.results.size(); ++i) fillOpResult(l[i], o.results[i]);
+  b.setRequestId(o.requestId);
+  b.setReplayed(o.replayed);
 }
+
+namespace {
+
+// A client's request as Keel's own type. A request id longer than the
+// limit is cut here only for the answer's sake; checkRequest refuses it.
+template <typename R>
+SubmitRequest readRequest(R r, capnp::List<wire::Operation>::Reader ops) {
+  SubmitRequest req;
+  req.ops = readOps(ops);
+  req.deadlineMs = r.getDeadlineMs();
+  auto id = r.getRequestId();
+  req.requestId = std::string(id.begin(), id.size());
+  req.requestTimeUs = r.getRequestTimeUs();
+  return req;
+}
+
+// A fault of the coordinator's own while taking a request (never a
+// protocol outcome): the client hears "unavailable" with what happened,
+// without KJ internals.
+kj::Promise<SubmitOutcome> guarded(kj::Promise<SubmitOutcome> p, std::string requestId) {
+  return p.catch_([requestId = std::move(requestId)](kj::Exception&& e) {
+    return SubmitOutcome{0, ClientOutcome::Unavailable, "coordinator fault: " + describeFault(e), {}, requestId,
+                         false};
+  });
+}
+
+}  // namespace
 
 kj::Promise<void> CoordinatorImpl::submit(SubmitContext ctx) {
   auto p = ctx.getParams();
-  return c_.submit(readOps(p.getOperations()), p.getDeadlineMs()).then([ctx](SubmitOutcome o) mutable {
-    fillSubmitResult(ctx.getResults().initResult(), o);
-  });
+  auto req = readRequest(p, p.getOperations());
+  std::string id = req.requestId;
+  return guarded(kj::evalNow([&]() { return c_.submit(std::move(req)); }), std::move(id))
+      .then([ctx](SubmitOutcome o) mutable { fillSubmitResult(ctx.getResults().initResult(), o); });
 }
 
 kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
@@ -35,12 +66,9 @@ kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
   }
   kj::Vector<kj::Promise<SubmitOutcome>> outs(items.size());
   for (auto item : items) {
-    std::vector<Op> ops = readOps(item.getOperations());
-    std::uint32_t deadline = item.getDeadlineMs();
-    outs.add(kj::evalNow([&]() { return c_.submit(std::move(ops), deadline); }).catch_([](kj::Exception&& e) {
-      return SubmitOutcome{0, ClientOutcome::Unavailable,
-                           std::string("coordinator fault: ") + e.getDescription().cStr(), {}};
-    }));
+    auto req = readRequest(item, item.getOperations());
+    std::string id = req.requestId;
+    outs.add(guarded(kj::evalNow([&]() { return c_.submit(std::move(req)); }), std::move(id)));
   }
   return kj::joinPromises(outs.releaseAsArray()).then([ctx](kj::Array<SubmitOutcome> rs) mutable {
     auto l = ctx.getResults().initResults(rs.size());
@@ -49,32 +77,75 @@ kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
 }
 
 kj::Promise<void> CoordinatorImpl::begin(BeginContext ctx) {
-  return c_.begin(ctx.getParams().getDeadlineMs()).then([this, ctx](std::uint64_t seq) mutable {
-    ctx.getResults().setTxn(kj::heap<TransactionImpl>(c_, seq));
+  auto p = ctx.getParams();
+  SubmitRequest req;
+  req.deadlineMs = p.getDeadlineMs();
+  req.requestId = std::string(p.getRequestId().begin(), p.getRequestId().size());
+  req.requestTimeUs = p.getRequestTimeUs();
+  return c_.begin(std::move(req)).then([this, ctx](Coordinator::Begun b) mutable {
+    if (b.replay) {
+      fillSubmitResult(ctx.getResults().initReplay(), *b.replay);
+      return;
+    }
+    ctx.getResults().setTxn(kj::heap<TransactionImpl>(c_, b.seq));
   });
 }
 
-kj::Promise<void> CoordinatorImpl::query(QueryContext ctx) {
-  auto found = c_.query(ctx.getParams().getSeq());
-  auto res = ctx.getResults();
+namespace {
+
+// query / queryRequest: both records exactly as the WAL holds them.
+template <typename Results>
+void fillStory(Results res, const std::optional<StoredInteraction>& found) {
   res.setFound(found.has_value());
-  if (found) {
-    res.setInteraction(kj::arrayPtr(reinterpret_cast<const kj::byte*>(found->interaction.data()),
-                                    found->interaction.size()));
-    res.setRollback(kj::arrayPtr(reinterpret_cast<const kj::byte*>(found->rollback.data()),
-                                 found->rollback.size()));
-  }
+  if (!found) return;
+  res.setInteraction(kj::arrayPtr(reinterpret_cast<const kj::byte*>(found->interaction.data()),
+                                  found->interaction.size()));
+  res.setRollback(kj::arrayPtr(reinterpret_cast<const kj::byte*>(found->rollback.data()), found->rollback.size()));
+}
+
+}  // namespace
+
+kj::Promise<void> CoordinatorImpl::query(QueryContext ctx) {
+  fillStory(ctx.getResults(), c_.query(ctx.getParams().getSeq()));
   return kj::READY_NOW;
 }
 
-kj::Promise<void> CoordinatorImpl::listUnfinished(ListUnfinishedContext ctx) {
-  std::uint32_t limit = ctx.getParams().getLimit();
-  auto list = c_.listUnfinished(limit == 0 ? 100 : std::min<std::uint32_t>(limit, 10000));
-  auto l = ctx.getResults().initInteractions(list.size());
+kj::Promise<void> CoordinatorImpl::queryRequest(QueryRequestContext ctx) {
+  auto id = ctx.getParams().getRequestId();
+  fillStory(ctx.getResults(), c_.queryRequest(std::string(id.begin(), id.size())));
+  return kj::READY_NOW;
+}
+
+namespace {
+
+template <typename Results>
+void fillRecords(Results res, const std::vector<std::string>& list) {
+  auto l = res.initInteractions(list.size());
   for (unsigned i = 0; i < list.size(); ++i) {
     l.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(list[i].data()), list[i].size()));
   }
+}
+
+std::size_t listLimit(std::uint32_t asked) { return asked == 0 ? 100 : std::min<std::uint32_t>(asked, 10000); }
+
+}  // namespace
+
+kj::Promise<void> CoordinatorImpl::listUnfinished(ListUnfinishedContext ctx) {
+  fillRecords(ctx.getResults(), c_.listUnfinished(listLimit(ctx.getParams().getLimit())));
   return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::listHeuristic(ListHeuristicContext ctx) {
+  fillRecords(ctx.getResults(), c_.listHeuristic(listLimit(ctx.getParams().getLimit())));
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::reconciled(ReconciledContext ctx) {
+  auto p = ctx.getParams();
+  return c_.reconciled(p.getSeq(), p.getWho().cStr(), p.getWhy().cStr()).then([ctx](Coordinator::ResolveResult r) mutable {
+    ctx.getResults().setDone(r.done);
+    ctx.getResults().setReason(r.reason);
+  });
 }
 
 kj::Promise<void> CoordinatorImpl::info(InfoContext ctx) {
@@ -87,6 +158,7 @@ kj::Promise<void> CoordinatorImpl::info(InfoContext ctx) {
   res.setCommitted(i.committed);
   res.setRolledBack(i.rolledBack);
   res.setUnfinished(i.unfinished);
+  res.setHeuristic(i.heuristic);
   res.setLogCommits(logStats_.commits.load(std::memory_order_relaxed));
   res.setLogJobs(logStats_.jobs.load(std::memory_order_relaxed));
   return kj::READY_NOW;
@@ -108,6 +180,7 @@ kj::Promise<void> CoordinatorImpl::stats(StatsContext ctx) {
   b.setOldestUs(s.oldestUs);
   b.setRollbacks(s.rollbacks);
   b.setRetriedCommits(s.retriedCommits);
+  b.setHeuristic(s.heuristic);
   return kj::READY_NOW;
 }
 

@@ -26,6 +26,9 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> resolve(ResolveContext ctx) override;
   kj::Promise<void> audit(AuditContext ctx) override;
   kj::Promise<void> submitBatch(SubmitBatchContext ctx) override;
+  kj::Promise<void> queryRequest(QueryRequestContext ctx) override;
+  kj::Promise<void> listHeuristic(ListHeuristicContext ctx) override;
+  kj::Promise<void> reconciled(ReconciledContext ctx) override;
 
  private:
   Coordinator& c_;

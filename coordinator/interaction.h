@@ -15,13 +15,18 @@ struct Coordinator::Interaction {
   InteractionRecord rec;
   std::optional<RollbackRecord> rb;
   std::uint32_t deadlineMs = 0;
+  std::uint64_t fingerprint = 0;  // of the request (requests table)
   // Results: per op of the client's request, (branch, op within branch).
   std::vector<std::pair<std::size_t, std::size_t>> opIndex;
   std::vector<std::vector<OpResult>> branchResults;
   kj::Own<kj::PromiseFulfiller<SubmitOutcome>> answer;  // the client waiting, if any
-  bool answered = false;
+  // Retries of its request id waiting for a definitive outcome.
+  std::vector<kj::Own<kj::PromiseFulfiller<SubmitOutcome>>> replays;
+  // What the client was told, once a durable record backs it (set once).
+  std::optional<SubmitOutcome> told;
   bool closing = false;  // interactive: commit or rollback requested
   bool commitDurable = false;  // the COMMIT decision reached the disk
+  bool requestQueued = false;  // the request id's row rides with a write already queued
   kj::Own<kj::PromiseFulfiller<void>> wake;  // cuts a driver's backoff short
 };
 

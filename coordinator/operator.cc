@@ -41,6 +41,7 @@ Coordinator::WindowStats Coordinator::stats() const {
   s.count = w.us.size();
   s.rollbacks = w.rollbacks;
   s.retriedCommits = w.retriedCommits;
+  s.heuristic = w.heuristic;
   if (!w.us.empty()) {
     auto rank = [&](double q) {
       std::size_t idx = std::size_t(q * double(w.us.size()) + 0.999999);  // nearest rank
@@ -142,6 +143,29 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::resolve(std::uint64_t seq, 
       tasks_.add(driveCommit(seq));
       return ResolveResult{true, "committing"};
     });
+  });
+}
+
+kj::Promise<Coordinator::ResolveResult> Coordinator::reconciled(std::uint64_t seq, std::string who, std::string why) {
+  if (who.empty() || why.empty()) return ResolveResult{false, "say who you are and why (--who, --why)"};
+  auto stored = wal_.get(seq);
+  if (!stored) return ResolveResult{false, "unknown interaction " + std::to_string(seq)};
+  auto rec = decodeInteraction(stored->interaction);
+  if (!rec.heuristic()) {
+    return ResolveResult{false, "interaction " + std::to_string(seq) + " is " + stateName(rec.state) +
+                                    ", not heuristic: nothing to reconcile"};
+  }
+  AuditRecord a;
+  a.atUs = wallMicros();
+  a.seq = seq;
+  a.action = "reconciled";
+  a.who = who;
+  a.why = why;
+  a.previous = stateName(rec.state);
+  KEEL_LOG_WARN("operator {}: {} marked reconciled by hand ({}), was {}", who, seq, why, a.previous);
+  return wal_.reconciled(seq, a).then([seq](bool listed) {
+    if (!listed) return ResolveResult{false, "interaction " + std::to_string(seq) + " was marked reconciled already"};
+    return ResolveResult{true, "marked reconciled"};
   });
 }
 

@@ -1,5 +1,6 @@
 #include "coordinator/participant_link.h"
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/wire.h"
 
@@ -31,6 +32,8 @@ ParticipantLink::~ParticipantLink() noexcept(false) {
                 rollbacks_.itemsSent(), rollbacks_.batchesSent(),
                 avg(rollbacks_.itemsSent(), rollbacks_.batchesSent()));
 }
+
+// ------------------------------------------------------------ connection
 
 kj::Promise<wire::Participant::Client> ParticipantLink::client() {
   KJ_IF_MAYBE(c, cap_) { return *c; }
@@ -74,13 +77,16 @@ kj::Promise<wire::Participant::Client> ParticipantLink::client() {
   connecting_ = kj::mv(fork);
   return branch.then([this]() -> kj::Promise<wire::Participant::Client> {
     KJ_IF_MAYBE(c, cap_) { return *c; }
-    return KJ_EXCEPTION(DISCONNECTED, "participant connection lost", name_);
+    return kj::Exception(kj::Exception::Type::DISCONNECTED, "keel", 0, kj::str("connection to ", name_, " lost"));
   });
 }
 
 void ParticipantLink::applyBatching(std::uint32_t maxBatch, std::uint32_t maxInFlight) {
   std::size_t batch = maxBatch != 0 ? maxBatch : opts_.maxBatch;
   std::size_t inFlight = maxInFlight != 0 ? maxInFlight : opts_.maxInFlight;
+  // The participant's wish is bounded by what its own limits allow.
+  batch = std::min<std::size_t>(batch, 4096);
+  inFlight = std::min<std::size_t>(inFlight, 64);
   if (batch == prepares_.maxItems() && inFlight == prepares_.maxInFlight()) return;
   KEEL_LOG_INFO("{}: the participant asks for at most {} prepare(s) per message and {} message(s) in flight "
                 "(coordinator settings: batch_max = {}, batch_in_flight = {})",
@@ -101,89 +107,216 @@ void ParticipantLink::reset() {
   }
 }
 
+// ------------------------------------------------------------ calls and health
 
-kj::Promise<ParticipantLink::PrepareReply> ParticipantLink::prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) {
+template <typename T, typename Fn>
+kj::Promise<T> ParticipantLink::call(kj::Duration deadline, Fn&& fn) {
+  return io_.provider->getTimer()
+      .timeoutAfter(deadline, client().then([fn = kj::fwd<Fn>(fn)](wire::Participant::Client c) mutable
+                                            -> kj::Promise<T> { return fn(c); }))
+      .then(
+          [this](T v) -> T {
+            answered();
+            return kj::mv(v);
+          },
+          [this](kj::Exception&& e) -> T { kj::throwFatalException(failed(kj::mv(e))); });
+}
+
+kj::Exception ParticipantLink::failed(kj::Exception&& e) {
+  switch (e.getType()) {
+    case kj::Exception::Type::DISCONNECTED:
+    case kj::Exception::Type::OVERLOADED: {
+      // Refused, lost, or no answer in time: the peer may be slow, or the
+      // connection may be dead without either side having noticed (a
+      // half-open TCP connection never reports anything). Start afresh
+      // next time.
+      reset();
+      if (up_) {
+        up_ = false;
+        downSinceUs_ = wallMicros();
+        if (healthChanged_) healthChanged_(false, describeFault(e));
+      }
+      return kj::mv(e);
+    }
+    default:
+      // The participant answered, with a refusal of its own (stale epoch,
+      // say): it is up.
+      markUp();
+      return kj::mv(e);
+  }
+}
+
+void ParticipantLink::answered() { markUp(); }
+
+void ParticipantLink::markUp() {
+  if (up_) return;
+  up_ = true;
+  if (healthChanged_) healthChanged_(true, "");
+}
+
+namespace {
+
+// Reads a reply with `read`; a malformed one becomes a FAILED exception
+// naming the participant, logged once per participant and kind of fault.
+template <typename Fn>
+auto readReply(const std::string& name, std::set<std::string>& logged, const char* what, Fn&& read)
+    -> decltype(read()) {
+  try {
+    return read();
+  } catch (const MalformedReply& e) {
+    std::string kind = std::string(what) + ": " + e.what();
+    if (logged.insert(kind).second) {
+      KEEL_LOG_ERROR("malformed {} reply from {}: {} (the call counts as failed; logged once)", what, name,
+                     e.what());
+    }
+    throw faultException("malformed reply from " + name + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------ batched calls
+
+kj::Promise<PrepareReply> ParticipantLink::prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) {
   return prepares_.add(PrepareItem{epoch, xid, std::move(ops)}).then([this](PrepareReply r) -> kj::Promise<PrepareReply> {
-    if (!r.error.empty()) return KJ_EXCEPTION(FAILED, name_ + ": " + r.error);
+    if (!r.error.empty()) return faultException(name_ + ": " + r.error);
     return kj::mv(r);
   });
 }
 
-kj::Promise<wire::BranchOutcome> ParticipantLink::commit(std::uint64_t epoch, Xid xid) {
+kj::Promise<BranchOutcome> ParticipantLink::commit(std::uint64_t epoch, Xid xid) {
   return commits_.add(XidItem{epoch, xid});
 }
 
-kj::Promise<wire::BranchOutcome> ParticipantLink::rollback(std::uint64_t epoch, Xid xid) {
+kj::Promise<BranchOutcome> ParticipantLink::rollback(std::uint64_t epoch, Xid xid) {
   return rollbacks_.add(XidItem{epoch, xid});
 }
 
 namespace {
 
-ParticipantLink::PrepareReply readVote(wire::PrepareVote::Reader v) {
-  ParticipantLink::PrepareReply r;
-  r.vote = v.getVote();
-  r.reason = v.getReason().cStr();
-  r.results.reserve(v.getResults().size());
-  for (auto res : v.getResults()) r.results.push_back(readOpResult(res));
-  r.error = v.getError().cStr();
-  return r;
-}
-
 // Hears a prepareBatch's votes as the agent has them (see VoteSink).
 class VoteSinkImpl final : public wire::VoteSink::Server {
  public:
-  explicit VoteSinkImpl(std::function<void(std::size_t, ParticipantLink::PrepareReply&&)> deliver)
-      : deliver_(std::move(deliver)) {}
+  VoteSinkImpl(std::string name, std::vector<std::size_t> opsSent,
+               std::function<void(std::size_t, PrepareReply&&)> deliver)
+      : name_(std::move(name)), opsSent_(std::move(opsSent)), deliver_(std::move(deliver)) {}
   kj::Promise<void> votes(VotesContext ctx) override {
-    for (auto iv : ctx.getParams().getVotes()) deliver_(iv.getIndex(), readVote(iv.getVote()));
+    for (auto iv : ctx.getParams().getVotes()) {
+      std::size_t i = iv.getIndex();
+      if (i >= opsSent_.size()) {
+        KEEL_LOG_WARN("{}: streamed vote for item {} of a batch of {}; ignored (the answer carries every vote)",
+                      name_, i, opsSent_.size());
+        continue;
+      }
+      try {
+        deliver_(i, readPrepareVote(iv.getVote(), opsSent_[i]));
+      } catch (const MalformedReply& e) {
+        // The batch's answer repeats every vote; that one is judged there.
+        KEEL_LOG_WARN("{}: malformed streamed vote ({}); waiting for the batch's answer", name_, e.what());
+      }
+    }
     return kj::READY_NOW;
   }
 
  private:
-  std::function<void(std::size_t, ParticipantLink::PrepareReply&&)> deliver_;
+  std::string name_;
+  std::vector<std::size_t> opsSent_;
+  std::function<void(std::size_t, PrepareReply&&)> deliver_;
 };
 
 }  // namespace
 
-kj::Promise<std::vector<ParticipantLink::PrepareReply>> ParticipantLink::sendPrepares(
+kj::Promise<std::vector<PrepareReply>> ParticipantLink::sendPrepares(
     std::vector<PrepareItem>&& items, std::function<void(std::size_t, PrepareReply&&)> deliver) {
-  return call<std::vector<PrepareReply>>(opts_.callDeadline, [items = kj::mv(items), deliver = std::move(deliver)](
-                                                                 wire::Participant::Client& c) mutable {
-    auto req = c.prepareBatchRequest();
-    req.setEpoch(items.front().epoch);
-    // A lone item's vote is the answer itself: no sink (a capability
-    // exported per message costs its own Release message back).
-    if (items.size() > 1) req.setSink(kj::heap<VoteSinkImpl>(std::move(deliver)));
-    auto l = req.initItems(items.size());
-    for (unsigned i = 0; i < items.size(); ++i) {
-      fillXid(l[i].initXid(), items[i].xid);
-      fillOps(l[i].initOperations(items[i].ops.size()), items[i].ops);
-    }
-    return req.send().then([](auto resp) {
-      std::vector<PrepareReply> out;
-      out.reserve(resp.getVotes().size());
-      for (auto v : resp.getVotes()) out.push_back(readVote(v));
-      return out;
-    });
-  });
+  std::vector<std::size_t> opsSent;
+  opsSent.reserve(items.size());
+  for (auto& i : items) opsSent.push_back(i.ops.size());
+  return call<std::vector<PrepareReply>>(
+      opts_.callDeadline, [this, items = kj::mv(items), opsSent = std::move(opsSent),
+                           deliver = std::move(deliver)](wire::Participant::Client& c) mutable {
+        auto req = c.prepareBatchRequest();
+        req.setEpoch(items.front().epoch);
+        // A lone item's vote is the answer itself: no sink (a capability
+        // exported per message costs its own Release message back).
+        if (items.size() > 1) req.setSink(kj::heap<VoteSinkImpl>(name_, opsSent, std::move(deliver)));
+        auto l = req.initItems(items.size());
+        for (unsigned i = 0; i < items.size(); ++i) {
+          fillXid(l[i].initXid(), items[i].xid);
+          fillOps(l[i].initOperations(items[i].ops.size()), items[i].ops);
+        }
+        return req.send().then([this, opsSent = std::move(opsSent)](auto resp) {
+          return readReply(name_, malformedLogged_, "prepare",
+                           [&] { return readPrepareBatch(resp.getVotes(), opsSent); });
+        });
+      });
 }
 
-kj::Promise<std::vector<wire::BranchOutcome>> ParticipantLink::sendPhase2(bool commit, std::vector<XidItem>&& items) {
-  return call<std::vector<wire::BranchOutcome>>(opts_.callDeadline, [commit, items = kj::mv(items)](
-                                                                        wire::Participant::Client& c) {
+kj::Promise<std::vector<BranchOutcome>> ParticipantLink::sendPhase2(bool commit, std::vector<XidItem>&& items) {
+  return call<std::vector<BranchOutcome>>(opts_.callDeadline, [this, commit, items = kj::mv(items)](
+                                                                  wire::Participant::Client& c) {
     auto fill = [&](auto req) {
       req.setEpoch(items.front().epoch);
       auto l = req.initXids(items.size());
       for (unsigned i = 0; i < items.size(); ++i) fillXid(l[i], items[i].xid);
-      return req.send().then([](auto resp) {
-        std::vector<wire::BranchOutcome> out;
-        out.reserve(resp.getOutcomes().size());
-        for (auto o : resp.getOutcomes()) out.push_back(o);
-        return out;
+      std::size_t n = items.size();
+      return req.send().then([this, n, commit](auto resp) {
+        return readReply(name_, malformedLogged_, commit ? "commit" : "rollback",
+                         [&] { return readOutcomes(resp.getOutcomes(), n); });
       });
     };
     return commit ? fill(c.commitRequest()) : fill(c.rollbackRequest());
   });
+}
+
+// ------------------------------------------------------------ unbatched calls
+
+kj::Promise<PrepareReply> ParticipantLink::execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops,
+                                                   kj::Duration deadline) {
+  return call<PrepareReply>(deadline, [this, epoch, xid, ops = std::move(ops)](wire::Participant::Client& c) {
+    auto req = c.executeRequest();
+    req.setEpoch(epoch);
+    fillXid(req.initXid(), xid);
+    fillOps(req.initOperations(ops.size()), ops);
+    std::size_t n = ops.size();
+    return req.send().then([this, n](auto resp) {
+      return readReply(name_, malformedLogged_, "execute", [&] { return readExecute(resp, n); });
+    });
+  });
+}
+
+kj::Promise<OnePhaseReply> ParticipantLink::commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops,
+                                                           kj::Duration deadline) {
+  return call<OnePhaseReply>(deadline, [this, epoch, xid, ops = std::move(ops)](wire::Participant::Client& c) {
+    auto req = c.commitOnePhaseRequest();
+    req.setEpoch(epoch);
+    fillXid(req.initXid(), xid);
+    fillOps(req.initOperations(ops.size()), ops);
+    std::size_t n = ops.size();
+    return req.send().then([this, n](auto resp) {
+      return readReply(name_, malformedLogged_, "one-phase commit", [&] { return readOnePhase(resp, n); });
+    });
+  });
+}
+
+kj::Promise<std::vector<RecoveredBranch>> ParticipantLink::recover(std::uint64_t epoch, std::uint16_t node,
+                                                                   kj::Duration deadline) {
+  return call<std::vector<RecoveredBranch>>(deadline, [this, epoch, node](wire::Participant::Client& c) {
+    auto req = c.recoverRequest();
+    req.setEpoch(epoch);
+    req.setNode(node);
+    return req.send().then([this](auto resp) {
+      return readReply(name_, malformedLogged_, "recover", [&] { return readRecovered(resp.getBranches()); });
+    });
+  });
+}
+
+kj::Promise<void> ParticipantLink::probe(kj::Duration deadline) {
+  return call<bool>(deadline, [](wire::Participant::Client& c) {
+           auto req = c.statusRequest();
+           req.initXids(0);
+           return req.send().then([](auto) { return true; });
+         })
+      .ignoreResult();
 }
 
 }  // namespace keel

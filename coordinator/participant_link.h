@@ -1,5 +1,8 @@
 #pragma once
-// ParticipantLink: the coordinator's connection to one participant agent.
+// ParticipantLink: the coordinator's connection to one participant agent,
+// and the only coordinator code that speaks the participant's wire protocol.
+// The coordinator calls it with Keel's own types (common/types.h,
+// coordinator/replies.h) and never sees a Cap'n Proto message.
 //
 // Connects lazily, shares one connection attempt between concurrent
 // callers, and drops the connection when it breaks so the next call
@@ -12,15 +15,28 @@
 // event-loop turn, or while earlier batches are out, leaves in one message
 // (prepareBatch, commit/rollback with many XIDs). Each call still has its
 // own answer; the caller bounds its wait with its own deadline.
+//
+// Every reply is read through coordinator/replies.h: a malformed one fails
+// that call (logged once per participant and kind of fault), exactly like a
+// call that got no answer.
+//
+// Health: the link knows whether the participant answers. The first call
+// that finds it silent (connection refused or lost, no answer in time) marks
+// it down, the first answer after that marks it up again; each change is
+// reported once through the health callback (the coordinator logs it with
+// the number of interactions waiting on it).
 
 #include <kj/async-io.h>
 
+#include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "common/call_batcher.h"
 #include "common/rpc.h"
 #include "common/types.h"
+#include "coordinator/replies.h"
 #include "schemas/keel.capnp.h"
 
 namespace keel {
@@ -31,53 +47,40 @@ struct LinkOptions {
   std::size_t maxInFlight = 2;                 // batch messages out at once per kind
 };
 
+// What a fault means to a person reading a reason or a log: no KJ internals,
+// no source text.
+std::string describeFault(const kj::Exception& e);
+
 class ParticipantLink final : private kj::TaskSet::ErrorHandler {
  public:
   ParticipantLink(kj::AsyncIoContext& io, std::string name, std::string address, LinkOptions opts = {});
   ~ParticipantLink() noexcept(false);  // logs how well calls were batched
 
-  // One branch's vote.
-  struct PrepareReply {
-    wire::Vote vote = wire::Vote::NO;
-    std::string reason;
-    std::vector<OpResult> results;
-    // Non-empty: this item failed on the agent as a fault (its state there
-    // is unknown, so the branch counts as failed, never as a NO vote).
-    std::string error;
-  };
-
   // Batched protocol calls (see above). Each rejects on a fault: the batch's
-  // message failed, or this item failed on the agent.
+  // message failed, its reply was malformed, or this item failed on the agent.
   kj::Promise<PrepareReply> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops);
-  kj::Promise<wire::BranchOutcome> commit(std::uint64_t epoch, Xid xid);
-  kj::Promise<wire::BranchOutcome> rollback(std::uint64_t epoch, Xid xid);
+  kj::Promise<BranchOutcome> commit(std::uint64_t epoch, Xid xid);
+  kj::Promise<BranchOutcome> rollback(std::uint64_t epoch, Xid xid);
+
+  // Unbatched calls, each with its own deadline.
+  // Interactive work in an ACTIVE branch (no vote): vote Yes = done.
+  kj::Promise<PrepareReply> execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops, kj::Duration deadline);
+  kj::Promise<OnePhaseReply> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops,
+                                            kj::Duration deadline);
+  // The participant's unfinished branches of coordinator `node` (and others').
+  kj::Promise<std::vector<RecoveredBranch>> recover(std::uint64_t epoch, std::uint16_t node, kj::Duration deadline);
+  // A real call, not just a TCP connect: a paused process accepts
+  // connections but answers nothing.
+  kj::Promise<void> probe(kj::Duration deadline);
 
   const std::string& name() const { return name_; }
   const std::string& address() const { return address_; }
 
-  // The participant's capability, connecting first if needed.
-  kj::Promise<wire::Participant::Client> client();
-
-  // Runs `call(client)` with a deadline; a disconnect resets the link.
-  template <typename T, typename Fn>
-  kj::Promise<T> call(kj::Duration deadline, Fn&& fn) {
-    return io_.provider->getTimer().timeoutAfter(
-        deadline, client()
-                      .then([fn = kj::fwd<Fn>(fn)](wire::Participant::Client c) mutable -> kj::Promise<T> {
-                        return fn(c);
-                      })
-                      .catch_([this](kj::Exception&& e) -> kj::Promise<T> {
-                        if (e.getType() == kj::Exception::Type::DISCONNECTED) reset();
-                        return kj::mv(e);
-                      }))
-        .catch_([this](kj::Exception&& e) -> kj::Promise<T> {
-          // No answer in time: the peer may be slow, or the connection may be
-          // dead without either side having noticed (a half-open TCP
-          // connection never reports anything). Start afresh next time.
-          if (e.getType() == kj::Exception::Type::OVERLOADED) reset();
-          return kj::mv(e);
-        });
-  }
+  // Health (see above). `up` is true until a call finds the participant silent.
+  bool up() const { return up_; }
+  Micros downSinceUs() const { return downSinceUs_; }
+  // Called once per change of `up` (on the event loop): (up, why).
+  void onHealthChange(std::function<void(bool, const std::string&)> fn) { healthChanged_ = std::move(fn); }
 
   // Forgets the connection (the next call reconnects).
   void reset();
@@ -90,6 +93,18 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
 
  private:
   void taskFailed(kj::Exception&&) override {}
+
+  // The participant's capability, connecting first if needed.
+  kj::Promise<wire::Participant::Client> client();
+
+  // Runs `fn(client)` with a deadline; a disconnect resets the link; a
+  // malformed reply becomes a FAILED exception; health follows the outcome.
+  template <typename T, typename Fn>
+  kj::Promise<T> call(kj::Duration deadline, Fn&& fn);
+  // A call ended: track health; returns the exception to pass on.
+  kj::Exception failed(kj::Exception&& e);
+  void answered();
+  void markUp();
 
   struct PrepareItem {
     std::uint64_t epoch;
@@ -105,7 +120,7 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   // Votes the agent streams back early (VoteSink) go to `deliver`.
   kj::Promise<std::vector<PrepareReply>> sendPrepares(std::vector<PrepareItem>&& items,
                                                       std::function<void(std::size_t, PrepareReply&&)> deliver);
-  kj::Promise<std::vector<wire::BranchOutcome>> sendPhase2(bool commit, std::vector<XidItem>&& items);
+  kj::Promise<std::vector<BranchOutcome>> sendPhase2(bool commit, std::vector<XidItem>&& items);
 
   kj::AsyncIoContext& io_;
   const std::string name_;
@@ -115,11 +130,15 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   kj::Maybe<kj::ForkedPromise<void>> connecting_;
   std::uint64_t generation_ = 0;                      // bumped by reset()
   const LinkOptions opts_;
+  bool up_ = true;
+  Micros downSinceUs_ = 0;
+  std::function<void(bool, const std::string&)> healthChanged_;
+  std::set<std::string> malformedLogged_;             // kinds of malformed reply already logged
   kj::TaskSet tasks_;                                 // disconnect watchers
   // Declared after what they use: destroyed first.
   CallBatcher<PrepareItem, PrepareReply> prepares_;
-  CallBatcher<XidItem, wire::BranchOutcome> commits_;
-  CallBatcher<XidItem, wire::BranchOutcome> rollbacks_;
+  CallBatcher<XidItem, BranchOutcome> commits_;
+  CallBatcher<XidItem, BranchOutcome> rollbacks_;
 };
 
 }  // namespace keel

@@ -23,22 +23,17 @@
 
 #include <algorithm>
 
+#include "common/fault.h"
 #include "common/log.h"
-#include "common/wire.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/interaction.h"
 
 namespace keel {
 
-struct RecoveredBranch {
-  Xid xid;
-  wire::BranchState state;
-};
-
 kj::Promise<void> Coordinator::recover() {
   KEEL_LOG_INFO("recovery 1/5 open-wal: node {} data {}", cfg_.nodeId, cfg_.dataDir);
-  // Decode every unfinished record before the first write: a damaged one
-  // (CorruptRecord) stops the start with the epoch and seq mark unchanged.
+  // Every unfinished record must decode before anything is written: a
+  // refused start changes nothing (CorruptRecord names the key).
   auto unfinished = wal_.loadUnfinished();
   epoch_ = wal_.openIncarnation(cfg_.nodeId);
   seqs_ = wal_.makeSeqAllocator(cfg_.nodeId, cfg_.seqBlock);
@@ -56,6 +51,7 @@ kj::Promise<void> Coordinator::recover() {
     tasks_.add(sweep(*l, 0));
   }
   KEEL_LOG_INFO("recovery 4/5 sweep: asking {} participants for in-doubt branches (background)", links_.size());
+  tasks_.add(purgeRequests());
   KEEL_LOG_INFO("recovery 5/5 serving");
   return kj::READY_NOW;
 }
@@ -66,17 +62,29 @@ void Coordinator::redrive(InteractionRecord rec, std::optional<RollbackRecord> r
   auto& it = *owned;
   it.rec = std::move(rec);
   it.rb = std::move(rb);
-  it.deadlineMs = cfg_.interactionTimeoutMs;
+  it.deadlineMs = it.rec.deadlineMs != 0 ? it.rec.deadlineMs : cfg_.interactionTimeoutMs;
   it.closing = true;
-  it.answered = true;  // nobody is waiting for an answer any more
+  it.requestQueued = true;  // its row is in the WAL already (with its first record)
   live_[seq] = std::move(owned);
+  if (!it.rec.requestId.empty()) {
+    // Retries of its request id wait on it, as before the restart.
+    try {
+      if (auto row = wal_.findRequest(it.rec.requestId)) it.fingerprint = row->fingerprint;
+    } catch (const CorruptRecord& e) {
+      KEEL_LOG_ERROR("seq {}: its request id's row is damaged ({})", seq, e.what());
+    }
+    bindRequest(it);
+  }
   // The crash (or whatever left it unfinished) happened after the last step
-  // the record shows: the window of inconsistency counts from there.
-  if (it.rec.failedUs == 0) it.rec.failedUs = std::max({it.rec.createdUs, it.rec.votesUs, it.rec.decidedUs});
+  // the record shows, and its branches have held their effects since their
+  // prepare, which came after it was created: the window of inconsistency
+  // counts from there at the latest.
+  if (it.rec.failedUs == 0) it.rec.failedUs = it.rec.createdUs != 0 ? it.rec.createdUs : wallMicros();
   switch (it.rec.decision) {
     case InteractionRecord::Decision::Commit:
       it.rec.state = State::Committing;
       it.commitDurable = true;
+      it.told = SubmitOutcome{seq, ClientOutcome::Committed, "", {}, it.rec.requestId, false};
       tasks_.add(driveCommit(seq));
       return;
     case InteractionRecord::Decision::Abort:
@@ -91,22 +99,7 @@ void Coordinator::redrive(InteractionRecord rec, std::optional<RollbackRecord> r
 }
 
 kj::Promise<void> Coordinator::sweep(ParticipantLink& l, std::uint32_t attempt) {
-  std::uint64_t epoch = epoch_;
-  std::uint16_t node = cfg_.nodeId;
-  return l
-      .call<std::vector<RecoveredBranch>>(callDeadline(),
-                                          [epoch, node](wire::Participant::Client& c) {
-                                            auto req = c.recoverRequest();
-                                            req.setEpoch(epoch);
-                                            req.setNode(node);
-                                            return req.send().then([](auto resp) {
-                                              std::vector<RecoveredBranch> out;
-                                              for (auto b : resp.getBranches()) {
-                                                out.push_back({readXid(b.getXid()), b.getState()});
-                                              }
-                                              return out;
-                                            });
-                                          })
+  return l.recover(epoch_, cfg_.nodeId, callDeadline())
       .then(
           [this, &l](std::vector<RecoveredBranch> branches) -> kj::Promise<void> {
             std::size_t settled = 0;
@@ -114,7 +107,7 @@ kj::Promise<void> Coordinator::sweep(ParticipantLink& l, std::uint32_t attempt) 
               if (Interaction* p = find(b.xid.seq)) {
                 // A driver owns it; make sure it knows this branch (an
                 // interaction first found at another participant may not).
-                if (b.xid.seq < seqs_->firstOfIncarnation()) adoptBranch(*p, l.name(), b.xid);
+                if (b.xid.seq < seqs_->firstOfIncarnation()) adoptBranch(*p, l.name(), b);
                 continue;
               }
               if (seqNode(b.xid.seq) != cfg_.nodeId) {
@@ -123,7 +116,7 @@ kj::Promise<void> Coordinator::sweep(ParticipantLink& l, std::uint32_t attempt) 
                 continue;
               }
               if (b.xid.seq >= seqs_->firstOfIncarnation()) continue;  // this incarnation's work
-              settleUnknownBranch(l, b.xid);
+              settleUnknownBranch(l, b);
               ++settled;
             }
             --sweepPending_;
@@ -132,31 +125,53 @@ kj::Promise<void> Coordinator::sweep(ParticipantLink& l, std::uint32_t attempt) 
             return kj::READY_NOW;
           },
           [this, &l, attempt](kj::Exception&& e) -> kj::Promise<void> {
-            KEEL_LOG_WARN("sweep: {} unreachable ({}); retrying", l.name(), e.getDescription().cStr());
+            KEEL_LOG_WARN("sweep: {} unreachable ({}); retrying", l.name(), describeFault(e));
             return io_.provider->getTimer().afterDelay(backoff(attempt + 1)).then([this, &l, attempt]() {
               return sweep(l, attempt + 1);
             });
           });
 }
 
-void Coordinator::adoptBranch(Interaction& it, const std::string& participant, Xid xid) {
-  for (auto& b : it.rec.branches) {
-    if (b.participant == participant && b.branch == xid.branch) return;
+namespace {
+
+// The story a participant's branch record tells, joined into the
+// interaction's: its operations, when it was prepared, under which epoch.
+void joinStory(InteractionRecord& rec, InteractionRecord::Branch& branch, const RecoveredBranch& b) {
+  if (branch.ops.empty()) branch.ops = b.ops;
+  if (b.createdUs != 0 && (rec.createdUs == 0 || b.createdUs < rec.createdUs)) rec.createdUs = b.createdUs;
+  Micros prepared = b.preparedUs != 0 ? b.preparedUs : b.createdUs;
+  // The window of inconsistency counts from the first prepare: from then on
+  // the branch held its effects (escrow) while nobody decided.
+  if (prepared != 0 && rec.recoveredBy == "sweep" && (rec.failedUs == 0 || prepared < rec.failedUs)) {
+    rec.failedUs = prepared;
   }
-  InteractionRecord::Branch b;
-  b.participant = participant;
-  b.branch = xid.branch;
-  b.state = BState::Prepared;
-  it.rec.branches.push_back(std::move(b));
+  if (rec.epoch == 0) rec.epoch = b.epoch;
+}
+
+}  // namespace
+
+void Coordinator::adoptBranch(Interaction& it, const std::string& participant, const RecoveredBranch& b) {
+  for (auto& br : it.rec.branches) {
+    if (br.participant == participant && br.branch == b.xid.branch) {
+      joinStory(it.rec, br, b);
+      return;
+    }
+  }
+  InteractionRecord::Branch br;
+  br.participant = participant;
+  br.branch = b.xid.branch;
+  br.state = BState::Prepared;
+  joinStory(it.rec, br, b);
+  it.rec.branches.push_back(std::move(br));
   it.branchResults.emplace_back();
   if (it.rb && std::find(it.rb->pending.begin(), it.rb->pending.end(), participant) == it.rb->pending.end()) {
     it.rb->pending.push_back(participant);
   }
-  KEEL_LOG_INFO("sweep: {} joins interaction {} at {}", xid.str(), xid.seq, participant);
+  KEEL_LOG_INFO("sweep: {} joins interaction {} at {}", b.xid.str(), b.xid.seq, participant);
 }
 
-void Coordinator::settleUnknownBranch(ParticipantLink& l, Xid xid) {
-  std::uint64_t seq = xid.seq;
+void Coordinator::settleUnknownBranch(ParticipantLink& l, const RecoveredBranch& b) {
+  std::uint64_t seq = b.xid.seq;
   auto stored = wal_.get(seq);
   InteractionRecord rec;
   std::optional<RollbackRecord> rb;
@@ -164,25 +179,30 @@ void Coordinator::settleUnknownBranch(ParticipantLink& l, Xid xid) {
     rec = decodeInteraction(stored->interaction);
     if (!stored->rollback.empty()) rb = decodeRollback(stored->rollback);
   } else {
-    // The interaction record never became durable: no decision can exist.
+    // The interaction record never became durable (a two-phase interaction
+    // writes nothing before its decision): no decision can exist. Its story
+    // comes from the agents' branch records.
     rec.seq = seq;
-    rec.createdUs = wallMicros();
+    rec.recoveredBy = "sweep";
     rec.error = "branch found at " + l.name() + " by the recovery sweep; unknown to the WAL (presumed abort)";
   }
   bool known = false;
-  for (auto& b : rec.branches) {
-    if (b.participant == l.name() && b.branch == xid.branch) {
+  for (auto& br : rec.branches) {
+    if (br.participant == l.name() && br.branch == b.xid.branch) {
       known = true;
-      b.state = BState::Prepared;
+      br.state = BState::Prepared;
+      joinStory(rec, br, b);
     }
   }
   if (!known) {
-    InteractionRecord::Branch b;
-    b.participant = l.name();
-    b.branch = xid.branch;
-    b.state = BState::Prepared;
-    rec.branches.push_back(std::move(b));
+    InteractionRecord::Branch br;
+    br.participant = l.name();
+    br.branch = b.xid.branch;
+    br.state = BState::Prepared;
+    joinStory(rec, br, b);
+    rec.branches.push_back(std::move(br));
   }
+  if (rec.createdUs == 0) rec.createdUs = wallMicros();
   if (rec.decision != InteractionRecord::Decision::Commit) {
     rec.decision = InteractionRecord::Decision::Abort;
     if (rb) {
@@ -190,7 +210,7 @@ void Coordinator::settleUnknownBranch(ParticipantLink& l, Xid xid) {
       rb->pending.push_back(l.name());
     }
   }
-  KEEL_LOG_INFO("sweep: settling {} at {} by {}", xid.str(), l.name(),
+  KEEL_LOG_INFO("sweep: settling {} at {} by {}", b.xid.str(), l.name(),
                 rec.decision == InteractionRecord::Decision::Commit ? "commit" : "rollback");
   redrive(std::move(rec), std::move(rb));
 }

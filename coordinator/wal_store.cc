@@ -21,6 +21,9 @@ WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOn
   active_ = env_.openDb("active");
   windows_ = env_.openDb("windows");
   audit_ = env_.openDb("audit");
+  requests_ = env_.openDb("requests");
+  requestTimes_ = env_.openDb("request_times");
+  heuristic_ = env_.openDb("heuristic");
   if (!readOnly) log_ = std::make_unique<GroupCommitLog>(env_);
 }
 
@@ -73,21 +76,28 @@ std::vector<WalStore::Unfinished> WalStore::loadUnfinished() {
   return out;
 }
 
-kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecord* rb, bool lazy) {
+kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecord* rb, bool lazy,
+                                 const RequestRecord* request) {
   std::string key = u64Key(r.seq);
   std::string iv = encode(r);
   std::string rv = rb != nullptr ? encode(*rb) : std::string();
+  std::string reqv = request != nullptr ? encode(*request) : std::string();
+  std::string reqTimeKey = request != nullptr ? u64Key(request->firstSeenUs) + r.requestId : std::string();
+  std::string reqId = request != nullptr ? r.requestId : std::string();
   bool finished = r.finished();
   // The window of inconsistency of a failed interaction, recorded once it is
   // over: from the first failure to the last participant's confirmation.
   std::string window;
   if (finished && r.failedUs != 0) {
     window = u64Key(r.completedUs > r.failedUs ? r.completedUs - r.failedUs : 0);
-    window.push_back(rb != nullptr ? 'r' : 'c');
+    window.push_back(r.heuristic() ? 'h' : rb != nullptr ? 'r' : 'c');
   }
   auto interactions = interactions_, rollbacks = rollbacks_, active = active_, windows = windows_;
-  auto write = [=, key = std::move(key), iv = std::move(iv), rv = std::move(rv),
-                window = std::move(window)](lmdb::Txn& txn) {
+  auto requests = requests_, requestTimes = requestTimes_, heuristic = heuristic_;
+  bool toReconcile = r.heuristic();
+  auto write = [=, key = std::move(key), iv = std::move(iv), rv = std::move(rv), window = std::move(window),
+                reqv = std::move(reqv), reqTimeKey = std::move(reqTimeKey),
+                reqId = std::move(reqId)](lmdb::Txn& txn) {
     txn.put(interactions, key, iv);
     if (!rv.empty()) txn.put(rollbacks, key, rv);
     if (finished) {
@@ -96,8 +106,41 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
       txn.put(active, key, "");
     }
     if (!window.empty()) txn.put(windows, key, window);
+    if (toReconcile) txn.put(heuristic, key, "");
+    if (!reqv.empty()) {
+      txn.put(requests, reqId, reqv);
+      txn.put(requestTimes, reqTimeKey, "");
+    }
   };
   return lazy ? log_->runLazy(std::move(write)) : log_->run(std::move(write));
+}
+
+std::optional<RequestRecord> WalStore::findRequest(const std::string& requestId) const {
+  if (requestId.empty()) return std::nullopt;
+  auto txn = env_.beginRead();
+  auto v = txn.get(requests_, requestId);
+  if (!v) return std::nullopt;
+  return decodeRequest(*v);
+}
+
+kj::Promise<std::size_t> WalStore::purgeRequests(Micros beforeUs, std::size_t max) {
+  auto requests = requests_, requestTimes = requestTimes_;
+  return log_->runLazy([=](lmdb::Txn& txn) {
+    std::vector<std::string> keys;
+    txn.scan(requestTimes, "", [&](std::string_view k, std::string_view) {
+      if (k.size() < 8 || keyU64(k) >= beforeUs || keys.size() >= max) return false;
+      keys.emplace_back(k);
+      return true;
+    });
+    for (const auto& k : keys) {
+      std::string_view id = std::string_view(k).substr(8);
+      // Only the row this index entry made (a row is written once per id).
+      auto v = txn.get(requests, id);
+      if (v && decodeRequest(*v).firstSeenUs == keyU64(k)) txn.del(requests, id);
+      txn.del(requestTimes, k);
+    }
+    return keys.size();
+  });
 }
 
 std::optional<StoredInteraction> WalStore::get(std::uint64_t seq) const {
@@ -119,6 +162,28 @@ std::vector<std::string> WalStore::listUnfinished(std::size_t limit) const {
     return out.size() < limit;
   });
   return out;
+}
+
+std::vector<std::string> WalStore::listHeuristic(std::size_t limit) const {
+  std::vector<std::string> out;
+  auto txn = env_.beginRead();
+  txn.scan(heuristic_, "", [&](std::string_view k, std::string_view) {
+    if (auto iv = txn.get(interactions_, k)) out.push_back(std::move(*iv));
+    return out.size() < limit;
+  });
+  return out;
+}
+
+kj::Promise<bool> WalStore::reconciled(std::uint64_t seq, const AuditRecord& a) {
+  std::string key = u64Key(seq);
+  std::string auditKey = u64Key(a.atUs) + u64Key(a.seq);
+  std::string v = encode(a);
+  auto heuristic = heuristic_, audit = audit_;
+  return log_->run([=](lmdb::Txn& txn) {
+    if (!txn.del(heuristic, key)) return false;
+    txn.put(audit, auditKey, v);
+    return true;
+  });
 }
 
 kj::Promise<void> WalStore::appendAudit(const AuditRecord& a) {
@@ -144,7 +209,7 @@ WalStore::Windows WalStore::windows() const {
   txn.scan(windows_, "", [&](std::string_view, std::string_view v) {
     if (v.size() == 9) {
       w.us.push_back(keyU64(v));
-      (v[8] == 'r' ? w.rollbacks : w.retriedCommits)++;
+      (v[8] == 'r' ? w.rollbacks : v[8] == 'h' ? w.heuristic : w.retriedCommits)++;
     }
     return true;
   });
@@ -170,6 +235,14 @@ std::vector<std::string> WalStore::checkAll() const {
   check(interactions_, "interaction", [](std::string_view v) { decodeInteraction(v); });
   check(rollbacks_, "rollback", [](std::string_view v) { decodeRollback(v); });
   check(audit_, "audit", [](std::string_view v) { decodeAudit(v); });
+  txn.scan(requests_, "", [&](std::string_view k, std::string_view v) {
+    try {
+      decodeRequest(v);
+    } catch (const CorruptRecord& e) {
+      bad.push_back("request " + std::string(k) + ": " + e.what());
+    }
+    return true;
+  });
   txn.scan(active_, "", [&](std::string_view k, std::string_view) {
     if (!txn.get(interactions_, k)) bad.push_back("active " + std::to_string(keyU64(k)) + ": no interaction record");
     return true;

@@ -7,9 +7,16 @@
 //   rollbacks     seq -> RollbackRecord      (the "rollback table")
 //   active        seq -> ""  for every interaction not yet finished, so
 //                 recovery scans only unfinished work
-//   windows       seq -> window of inconsistency (u64 us) + kind, for every
-//                 finished interaction that saw a failure (keelctl stats)
+//   windows       seq -> window of inconsistency (u64 us) + kind ('r' rolled
+//                 back, 'c' committed after retries, 'h' heuristic), for
+//                 every finished interaction that saw a failure (keelctl stats)
 //   audit         (time, seq) -> AuditRecord of each operator action
+//   requests      request id -> RequestRecord (the seq it names): written in
+//                 the same transaction as the interaction's first record
+//   request_times (first seen us, request id) -> "": the retention purge's
+//                 index, in time order
+//   heuristic     seq -> "" for every interaction that ended heuristic and
+//                 that no operator has marked reconciled (keelctl list)
 //
 // Every write goes through the GroupCommitLog: a save() resolves once its
 // group's durable LMDB commit returned. Callers decide whether to wait: the
@@ -62,7 +69,16 @@ class WalStore {
   // group commit; the promise resolves when durable.
   // lazy: the write need not be forced and starts no group commit of its
   // own (GroupCommitLog::runLazy): for records nobody waits on.
-  kj::Promise<void> save(const InteractionRecord& r, const RollbackRecord* rb, bool lazy = false);
+  // request: the request id's row, written in the same transaction (given
+  // with the interaction's first write only).
+  kj::Promise<void> save(const InteractionRecord& r, const RollbackRecord* rb, bool lazy = false,
+                         const RequestRecord* request = nullptr);
+
+  // The row of a request id; throws CorruptRecord if it does not decode.
+  std::optional<RequestRecord> findRequest(const std::string& requestId) const;
+  // Drops up to `max` request rows first seen before `beforeUs` (lazy
+  // write); resolves to how many went.
+  kj::Promise<std::size_t> purgeRequests(Micros beforeUs, std::size_t max);
 
   // Durable operator audit entry.
   kj::Promise<void> appendAudit(const AuditRecord& a);
@@ -70,10 +86,15 @@ class WalStore {
 
   std::optional<StoredInteraction> get(std::uint64_t seq) const;
   std::vector<std::string> listUnfinished(std::size_t limit) const;
+  // Heuristic interactions not yet marked reconciled, oldest first.
+  std::vector<std::string> listHeuristic(std::size_t limit) const;
+  // Marks `seq` reconciled (it leaves listHeuristic) and writes the audit
+  // entry, in one durable transaction; false if it was not listed.
+  kj::Promise<bool> reconciled(std::uint64_t seq, const AuditRecord& a);
 
   struct Windows {
     std::vector<std::uint64_t> us;  // sorted ascending
-    std::uint64_t rollbacks = 0, retriedCommits = 0;
+    std::uint64_t rollbacks = 0, retriedCommits = 0, heuristic = 0;
   };
   Windows windows() const;
 
@@ -90,7 +111,7 @@ class WalStore {
 
  private:
   lmdb::Env env_;
-  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_;
+  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, requestTimes_, heuristic_;
   std::unique_ptr<GroupCommitLog> log_;
   std::uint64_t epoch_ = 0;
 };

@@ -6,26 +6,6 @@
 
 namespace keel {
 
-const char* voteName(Vote v) {
-  switch (v) {
-    case Vote::Yes: return "yes";
-    case Vote::No: return "no";
-    case Vote::ReadOnly: return "read-only";
-  }
-  return "?";
-}
-
-const char* outcomeName(BranchOutcome o) {
-  switch (o) {
-    case BranchOutcome::Committed: return "committed";
-    case BranchOutcome::RolledBack: return "rolled-back";
-    case BranchOutcome::Unknown: return "unknown";
-    case BranchOutcome::NotPrepared: return "not-prepared";
-    case BranchOutcome::Conflict: return "conflict";
-  }
-  return "?";
-}
-
 Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
   accounts_ = log_.env().openDb("accounts");
   // Check every account decodes before serving: a damaged ledger must stop

@@ -1,5 +1,6 @@
 #include "participant/agent_server.h"
 
+#include "common/fault.h"
 #include "common/wire.h"
 
 namespace keel {
@@ -19,12 +20,16 @@ void fillResults(B builder, const std::vector<OpResult>& results) {
   for (unsigned i = 0; i < results.size(); ++i) fillOpResult(l[i], results[i]);
 }
 
-void fillBranchInfo(wire::BranchInfo::Builder b, const BranchRecord& r) {
+// withOps: the branch's operations too (recover: the coordinator's sweep
+// rebuilds the story of an interaction it has no record of).
+void fillBranchInfo(wire::BranchInfo::Builder b, const BranchRecord& r, bool withOps = false) {
   fillXid(b.initXid(), r.xid);
   b.setState(static_cast<wire::BranchState>(r.state));
   b.setEpoch(r.epoch);
   b.setPreparedAtUs(r.preparedUs);
   b.setTombstone(r.tombstone);
+  b.setCreatedAtUs(r.createdUs);
+  if (withOps) fillOps(b.initOperations(r.ops.size()), r.ops);
 }
 
 }  // namespace
@@ -72,7 +77,10 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
   auto p = ctx.getParams();
   std::uint64_t epoch = p.getEpoch();
   auto items = p.getItems();
-  KJ_REQUIRE(items.size() <= kMaxPrepareBatch, "prepareBatch carries too many items", items.size());
+  if (items.size() > kMaxPrepareBatch) {
+    return faultException("a prepareBatch carries at most " + std::to_string(kMaxPrepareBatch) + " items, got " +
+                          std::to_string(items.size()));
+  }
   kj::Maybe<kj::Own<VoteStream>> stream;
   if (p.hasSink()) stream = kj::refcounted<VoteStream>(p.getSink(), items.size());
   kj::Vector<kj::Promise<PrepareResult>> votes(items.size());
@@ -82,7 +90,7 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
     std::vector<Op> ops = readOps(item.getOperations());
     auto vote = kj::evalNow([&]() { return agent_.prepare(epoch, xid, std::move(ops)); }).catch_([](kj::Exception&& e) {
       PrepareResult r;
-      r.reason = e.getDescription().cStr();
+      r.reason = describeFault(e);
       r.failed = true;
       return r;
     });
@@ -160,7 +168,7 @@ kj::Promise<void> ParticipantImpl::recover(RecoverContext ctx) {
   if (ctx.getParams().getEpoch() != 0) agent_.fence(ctx.getParams().getNode(), ctx.getParams().getEpoch());
   auto list = agent_.unfinishedBranches();
   auto l = ctx.getResults().initBranches(list.size());
-  for (unsigned i = 0; i < list.size(); ++i) fillBranchInfo(l[i], list[i]);
+  for (unsigned i = 0; i < list.size(); ++i) fillBranchInfo(l[i], list[i], true);
   return kj::READY_NOW;
 }
 

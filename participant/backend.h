@@ -22,11 +22,7 @@
 
 namespace keel {
 
-enum class Vote : std::uint8_t { Yes = 0, No = 1, ReadOnly = 2 };
-// Same numbering as wire::BranchOutcome.
-enum class BranchOutcome : std::uint8_t { Committed = 0, RolledBack = 1, Unknown = 2, NotPrepared = 3, Conflict = 4 };
-const char* voteName(Vote v);
-const char* outcomeName(BranchOutcome o);
+// Vote and BranchOutcome: common/types.h (the coordinator reads them too).
 
 struct PrepareResult {
   Vote vote = Vote::No;

@@ -1,5 +1,6 @@
 #include "participant/resolver.h"
 
+#include "common/fault.h"
 #include "common/log.h"
 
 namespace keel {
@@ -10,7 +11,7 @@ InDoubtResolver::InDoubtResolver(kj::AsyncIoContext& io, ParticipantBackend& age
 void InDoubtResolver::start() { tasks_.add(loop()); }
 
 void InDoubtResolver::taskFailed(kj::Exception&& e) {
-  KEEL_LOG_ERROR("in-doubt resolver stopped: {}", e.getDescription().cStr());
+  KEEL_LOG_ERROR("in-doubt resolver stopped: {}", describeFault(e));
 }
 
 kj::Promise<void> InDoubtResolver::loop() {
@@ -21,7 +22,7 @@ kj::Promise<void> InDoubtResolver::loop() {
       .catch_([this](kj::Exception&& e) {
         client_ = nullptr;  // reconnect next round
         KEEL_LOG_WARN("in-doubt resolver: coordinator {} not reachable: {}", coordinator_,
-                      e.getDescription().cStr());
+                      describeFault(e));
       })
       .then([this]() { return loop(); });
 }

@@ -86,6 +86,9 @@ struct BranchInfo {
   epoch @2 :UInt64;         # coordinator epoch that prepared it
   preparedAtUs @3 :UInt64;  # unix microseconds
   tombstone @4 :Bool;       # rolled back before it was ever seen
+  createdAtUs @5 :UInt64;   # first seen by the agent (unix microseconds)
+  operations @6 :List(Operation);  # the branch's operations (recover only: the
+                                   # coordinator's sweep tells the whole story)
 }
 
 struct AccountInfo {
@@ -196,6 +199,9 @@ enum Outcome {
   inDoubt @2;        # one-phase call lost: the participant decides; query later
   invalid @3;        # bad request: nothing was written, no seq was assigned
   unavailable @4;    # the coordinator cannot take work now (retry later)
+  heuristicMixed @5;    # branches ended differently (some committed, some rolled
+                        # back, or not as decided): see the interaction record
+  heuristicUnknown @6;  # a branch's outcome cannot be known: see the record
 }
 
 struct SubmitResult {
@@ -203,6 +209,9 @@ struct SubmitResult {
   outcome @1 :Outcome;
   reason @2 :Text;
   results @3 :List(OpResult);   # one per operation, in request order
+  requestId @4 :Text;        # the request id the client gave (empty: none)
+  replayed @5 :Bool;         # the answer of an earlier request with this id:
+                             # nothing ran again (results are not repeated)
 }
 
 interface Transaction {
@@ -212,13 +221,29 @@ interface Transaction {
   rollback @3 () -> (result :SubmitResult);
 }
 
+# Request ids (idempotency keys). A client names each request with an id
+# of its own choosing (1..128 printable ASCII characters, no spaces) and the
+# time it first sent it (unix microseconds; a retry sends the same time).
+# For one request id at most one interaction ever commits: a retry of an id
+# whose interaction exists is answered with that interaction's seq and
+# outcome (waiting while it is undecided), `replayed` set, and runs nothing.
+# The same id with other operations is refused (invalid). Ids are kept for
+# the coordinator's request_id_retention_s; an id first sent longer ago than
+# that and no longer known is refused (invalid), never run again. An empty
+# id means none: every submit is a new interaction. docs/protocol.md says
+# what a retry gets in each case.
+
 interface Coordinator {
   # One-shot interaction: all operations known up front.
-  submit @0 (operations :List(Operation), deadlineMs :UInt32) -> (result :SubmitResult);
+  submit @0 (operations :List(Operation), deadlineMs :UInt32,
+             requestId :Text, requestTimeUs :UInt64) -> (result :SubmitResult);
 
   # Interactive interaction: the returned capability is the transaction.
-  # Dropping it before commit rolls the interaction back.
-  begin @1 (deadlineMs :UInt32) -> (txn :Transaction);
+  # Dropping it before commit rolls the interaction back. With a request id
+  # the coordinator already knows, no transaction is opened: `txn` is null
+  # and `replay` carries that interaction's seq and outcome.
+  begin @1 (deadlineMs :UInt32, requestId :Text, requestTimeUs :UInt64)
+      -> (txn :Transaction, replay :SubmitResult);
 
   # The full story of one interaction: both records exactly as the WAL holds
   # them (envelope + checksum; decode with keel::decodeInteraction/Rollback).
@@ -231,9 +256,10 @@ interface Coordinator {
   # Coordinator identity and counters.
   info @4 () -> (nodeId :UInt16, epoch :UInt64, participants :List(Text),
                  committed :UInt64, rolledBack :UInt64, unfinished :UInt64,
-                 logCommits :UInt64, logJobs :UInt64);
+                 logCommits :UInt64, logJobs :UInt64, heuristic :UInt64);
   # logCommits / logJobs: the WAL's durable LMDB commits (each one
   # fsync-bearing) and the jobs they carried, since the process started.
+  # heuristic: interactions that ended heuristic since the process started.
 
   # Asked by an agent whose branch has been PREPARED too long.
   outcome @5 (seq :UInt64) -> (outcome :DecisionOutcome);
@@ -260,11 +286,24 @@ interface Coordinator {
   # by `submit`; `results` is in item order, and the answer leaves when every
   # item has been answered.
   submitBatch @10 (items :List(SubmitItem)) -> (results :List(SubmitResult));
+
+  # The full story of the interaction a request id names (as `query`).
+  queryRequest @11 (requestId :Text) -> (found :Bool, interaction :Data, rollback :Data);
+
+  # Interactions that ended heuristic-mixed or heuristic-unknown and that no
+  # operator has marked reconciled yet, oldest first (encoded records).
+  listHeuristic @12 (limit :UInt32) -> (interactions :List(Data));
+
+  # Operator: the hosts of a heuristic interaction were reconciled by hand;
+  # it leaves listHeuristic. Leaves an audit entry in the WAL.
+  reconciled @13 (seq :UInt64, who :Text, why :Text) -> (done :Bool, reason :Text);
 }
 
 struct SubmitItem {
   operations @0 :List(Operation);
   deadlineMs @1 :UInt32;
+  requestId @2 :Text;
+  requestTimeUs @3 :UInt64;
 }
 
 enum DecisionOutcome {
@@ -283,4 +322,5 @@ struct WindowStats {
   oldestUs @5 :UInt64;     # age of the oldest of them
   rollbacks @6 :UInt64;    # of `count`: rolled back
   retriedCommits @7 :UInt64;  # of `count`: committed after phase-2 retries
+  heuristic @8 :UInt64;       # of `count`: ended heuristic-mixed or heuristic-unknown
 }

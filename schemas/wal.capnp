@@ -18,6 +18,8 @@ struct InteractionRecord {
     aborting @2;     # ABORT decided; the rollback driver is at work
     committed @3;    # every participant acknowledged commit
     rolledBack @4;   # every participant confirmed rollback
+    heuristicMixed @5;    # final: branches ended differently (see branches)
+    heuristicUnknown @6;  # final: a branch's outcome cannot be known
   }
   enum Decision { none @0; commit @1; abort @2; }
 
@@ -37,6 +39,7 @@ struct InteractionRecord {
     failed @5;       # no vote: error or deadline
     committed @6;    # commit acknowledged
     rolledBack @7;   # rollback confirmed
+    unknown @8;      # the participant cannot tell how it ended (heuristic)
   }
 
   seq @0 :UInt64;
@@ -53,6 +56,18 @@ struct InteractionRecord {
   branches @11 :List(Branch);
   phase2Attempts @12 :UInt32;
   failedUs @13 :UInt64;      # first failure seen (abort, failed phase-2 call, crash); 0 = none
+  requestId @14 :Text;       # the client's request id ("" = none)
+  requestTimeUs @15 :UInt64; # when the client first sent it (its clock)
+  deadlineMs @16 :UInt32;    # the deadline in force (capped by max_interaction_ms)
+  recoveredBy @17 :Text;     # "" or how the record came to be ("sweep": from the agents' branches)
+}
+
+# The coordinator's `requests` table: request id -> the interaction it names.
+struct RequestRecord {
+  seq @0 :UInt64;
+  fingerprint @1 :UInt64;     # of the request's operations (a reuse with others is refused)
+  requestTimeUs @2 :UInt64;   # the client's first-sent time
+  firstSeenUs @3 :UInt64;     # the coordinator's clock when it was first recorded
 }
 
 # Operator action on an interaction (keelctl resolve), kept for audit.

@@ -24,6 +24,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/fault.h"
+
 namespace keel::pg {
 
 // A PostgreSQL error, with its SQLSTATE ("" when the connection broke).
@@ -108,7 +110,7 @@ kj::Promise<T> Pool::run(std::function<T(PGconn*)> fn) {
         (*f)->fulfill(fn(c));
       }
     } catch (const std::exception& e) {
-      (*f)->reject(KJ_EXCEPTION(FAILED, e.what()));
+      (*f)->reject(faultException(e.what()));
     }
   });
   return kj::mv(paf.promise);

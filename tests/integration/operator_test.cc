@@ -136,7 +136,12 @@ TEST_F(ProbeTest, ParticipantAnsweringAgainWakesItsDrivers) {
   std::ifstream log(cluster_->coordinatorLog());
   std::stringstream text;
   text << log.rdbuf();
-  EXPECT_NE(text.str().find("bank-b answers again: woke 1 driver(s)"), std::string::npos) << text.str();
+  // Each change of the participant's health is logged once, with what waits on it.
+  EXPECT_NE(text.str().find("bank-b (" + cluster_->agentAddress("bank-b") + ") stopped answering"), std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find("1 unfinished interaction(s) wait on it"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("bank-b answers again after"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("woke 1 driver(s)"), std::string::npos) << text.str();
 }
 
 TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden) {
@@ -161,9 +166,71 @@ TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden)
   EXPECT_NE(audit.output.find("\"who\":\"tester\""), std::string::npos) << audit.output;
   EXPECT_NE(audit.output.find("host reconciled by hand"), std::string::npos) << audit.output;
   EXPECT_NE(audit.output.find("committing, decision commit"), std::string::npos) << audit.output;
-  // bank-a had committed already: forcing abort is heuristic and says so.
-  EXPECT_NE(query(seq)->interaction.error.find("HEURISTIC"), std::string::npos) << query(seq)->interaction.error;
+  // bank-a had committed already: forcing abort is heuristic, and the
+  // interaction ends heuristic-mixed, never "rolled back".
+  auto q = query(seq);
+  EXPECT_EQ(q->interaction.state, InteractionRecord::State::HeuristicMixed) << stateName(q->interaction.state);
+  EXPECT_NE(q->interaction.error.find("bank-a committed"), std::string::npos) << q->interaction.error;
+  EXPECT_NE(q->interaction.error.find("bank-b rolled-back"), std::string::npos) << q->interaction.error;
+  auto st = run(ctl() + "stats --json");
+  EXPECT_NE(st.output.find("\"heuristic\":1"), std::string::npos) << st.output;
   EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
+TEST_F(SlowDriverTest, ForcedCommitOfABranchThatNeverPreparedEndsHeuristicUnknown) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  cluster_->stopAgent("bank-b");  // its prepare never arrives
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 100));
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  cluster_->startAgent("bank-b");  // knows nothing of the branch; the rollback driver sleeps a minute
+  auto forced = run(ctl() + "resolve " + std::to_string(o.seq) +
+                    " --commit --override --who tester --why 'told to by the back office'");
+  EXPECT_EQ(forced.exitCode, 0) << forced.output;
+  std::optional<QueryResult> q;
+  ASSERT_TRUE(eventually([&] {
+    q = query(o.seq);
+    return q && q->interaction.finished();
+  }));
+  // bank-a had rolled back (commit refused: conflict), bank-b never saw the
+  // branch (commit answered unknown): told as it is.
+  EXPECT_EQ(q->interaction.state, InteractionRecord::State::HeuristicUnknown) << stateName(q->interaction.state);
+  for (auto& b : q->interaction.branches) {
+    if (b.participant == "bank-b") {
+      EXPECT_EQ(b.state, InteractionRecord::BranchState::Unknown);
+      EXPECT_NE(b.reason.find("no record of the branch"), std::string::npos) << b.reason;
+    } else {
+      EXPECT_EQ(b.state, InteractionRecord::BranchState::RolledBack);
+    }
+  }
+  auto shown = run(ctl() + "query " + std::to_string(o.seq));
+  EXPECT_NE(shown.output.find("heuristic-unknown"), std::string::npos) << shown.output;
+  auto st = run(ctl() + "stats --json");
+  EXPECT_NE(st.output.find("\"heuristic\":1"), std::string::npos) << st.output;
+  EXPECT_EQ(client_->info().wait(io_.waitScope).unfinished, 0u);
+  EXPECT_EQ(client_->info().wait(io_.waitScope).heuristic, 1u);
+  EXPECT_EQ(account("bank-a", "alice"), bal(1000, 0));  // nothing moved: reconciliation is the operator's
+  // It waits for an operator in the heuristic list until marked reconciled (audited).
+  auto listed = client_->listHeuristic(100).wait(io_.waitScope);
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].seq, o.seq);
+  auto markReconciled = [&] {
+    auto rec = client_->capability().reconciledRequest();
+    rec.setSeq(o.seq);
+    rec.setWho("tester");
+    rec.setWhy("posted the missing half at bank-b by hand");
+    auto r = rec.send().wait(io_.waitScope);
+    return std::make_pair(r.getDone(), std::string(r.getReason().cStr()));
+  };
+  auto done = markReconciled();
+  EXPECT_TRUE(done.first) << done.second;
+  EXPECT_TRUE(client_->listHeuristic(100).wait(io_.waitScope).empty());
+  auto again = markReconciled();
+  EXPECT_FALSE(again.first);
+  EXPECT_NE(again.second.find("already"), std::string::npos) << again.second;
+  auto audit = run(ctl() + "audit");
+  EXPECT_NE(audit.output.find("\"action\":\"reconciled\""), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("posted the missing half"), std::string::npos) << audit.output;
 }
 
 TEST_F(ClusterTest, ForgetDropsOnlyFinishedBranches) {
@@ -253,7 +320,7 @@ TEST_F(ClusterTest, StatsCountRollbacksWithTheirWindow) {
   RunResult s;
   EXPECT_TRUE(eventually([&] {
     s = run(binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " stats");
-    return s.output.find("over 1 failed interactions (1 rolled back, 0 committed after retries)") !=
+    return s.output.find("over 1 failed interactions (1 rolled back, 0 committed after retries, 0 heuristic)") !=
            std::string::npos;
   })) << s.output;
   auto q = query(o.seq);

@@ -158,11 +158,11 @@ TEST_F(ClusterTest, InteractiveTransactionCommitsAndDropRollsBack) {
       l[i].setAccount(ops[i].account);
       l[i].setAmount(ops[i].amount);
     }
-    auto exr = readSubmitResult(ex.send().wait(io_.waitScope).getResult());
+    auto exr = readSubmitResult(ex.send().wait(io_.waitScope).getResult(), ops.size());
     ASSERT_EQ(exr.outcome, ClientOutcome::Committed) << exr.reason;
     ASSERT_EQ(exr.results.size(), 3u);
     EXPECT_EQ(exr.results[2].available, 60);  // the hold is visible inside the interaction
-    auto c = readSubmitResult(txn.commitRequest().send().wait(io_.waitScope).getResult());
+    auto c = readSubmitResult(txn.commitRequest().send().wait(io_.waitScope).getResult(), 0);
     ASSERT_EQ(c.outcome, ClientOutcome::Committed) << c.reason;
   }
   EXPECT_TRUE(eventually([&] { return inspect("bank-a").prepared == 0 && inspect("bank-b").prepared == 0; }));
@@ -178,7 +178,7 @@ TEST_F(ClusterTest, InteractiveTransactionCommitsAndDropRollsBack) {
     l[0].setKind(wire::LedgerOpKind::DEBIT);
     l[0].setAccount("alice");
     l[0].setAmount(50);
-    ASSERT_EQ(readSubmitResult(ex.send().wait(io_.waitScope).getResult()).outcome, ClientOutcome::Committed);
+    ASSERT_EQ(readSubmitResult(ex.send().wait(io_.waitScope).getResult(), 1).outcome, ClientOutcome::Committed);
     EXPECT_EQ(account("bank-a", "alice").second, 50);  // held while open
     txn = nullptr;  // dropped without commit: rolled back
     ASSERT_TRUE(eventually([&] {

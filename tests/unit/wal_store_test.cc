@@ -1,0 +1,105 @@
+// The coordinator WAL's request ids: the row rides with the interaction's
+// record in one transaction, is found by id, and the retention purge drops
+// only rows first seen before its cut-off. Plus the request fingerprint and
+// request id checks they rely on.
+
+#include "coordinator/wal_store.h"
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+
+#include <filesystem>
+
+#include "tests/unit/test_util.h"
+
+namespace keel {
+namespace {
+
+InteractionRecord record(std::uint64_t seq, const std::string& requestId) {
+  InteractionRecord r;
+  r.seq = seq;
+  r.requestId = requestId;
+  r.requestTimeUs = 1'000;
+  r.state = InteractionRecord::State::Committing;
+  r.decision = InteractionRecord::Decision::Commit;
+  return r;
+}
+
+class WalStoreTest : public ::testing::Test {
+ public:
+  ~WalStoreTest() noexcept override {}
+
+ protected:
+  kj::AsyncIoContext io_ = kj::setupAsyncIo();
+  test::TempDir dir_;
+  std::unique_ptr<WalStore> wal_;
+  void SetUp() override {
+    std::filesystem::create_directories(dir_.path());
+    wal_ = std::make_unique<WalStore>(dir_.path(), std::size_t(64) << 20);
+  }
+};
+
+TEST_F(WalStoreTest, RequestRowRidesWithTheRecordAndIsFoundById) {
+  RequestRecord row{makeSeq(1, 5), 0xabcdef, 1'000, 2'000};
+  wal_->save(record(row.seq, "req-1"), nullptr, false, &row).wait(io_.waitScope);
+  auto found = wal_->findRequest("req-1");
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->seq, row.seq);
+  EXPECT_EQ(found->fingerprint, 0xabcdefu);
+  EXPECT_EQ(found->requestTimeUs, 1'000u);
+  EXPECT_FALSE(wal_->findRequest("req-2").has_value());
+  EXPECT_FALSE(wal_->findRequest("").has_value());
+  // A later save without the row leaves it as it was.
+  auto rec = record(row.seq, "req-1");
+  rec.state = InteractionRecord::State::Committed;
+  wal_->save(rec, nullptr, true).wait(io_.waitScope);
+  EXPECT_EQ(wal_->findRequest("req-1")->seq, row.seq);
+  EXPECT_TRUE(wal_->checkAll().empty());
+}
+
+TEST_F(WalStoreTest, PurgeDropsOnlyRowsFirstSeenBeforeTheCutOff) {
+  for (std::uint64_t i = 1; i <= 5; ++i) {
+    RequestRecord row{makeSeq(1, i), i, 100, i * 1'000};  // first seen at 1000, 2000, ... 5000 us
+    wal_->save(record(row.seq, "req-" + std::to_string(i)), nullptr, false, &row).wait(io_.waitScope);
+  }
+  EXPECT_EQ(wal_->purgeRequests(3'000, 100).wait(io_.waitScope), 2u);  // 1000 and 2000
+  EXPECT_FALSE(wal_->findRequest("req-1").has_value());
+  EXPECT_FALSE(wal_->findRequest("req-2").has_value());
+  EXPECT_TRUE(wal_->findRequest("req-3").has_value());
+  // Bounded per call.
+  EXPECT_EQ(wal_->purgeRequests(10'000, 2).wait(io_.waitScope), 2u);
+  EXPECT_EQ(wal_->purgeRequests(10'000, 2).wait(io_.waitScope), 1u);
+  EXPECT_EQ(wal_->purgeRequests(10'000, 2).wait(io_.waitScope), 0u);
+  // The interactions themselves stay: only the id index goes.
+  EXPECT_TRUE(wal_->get(makeSeq(1, 1)).has_value());
+}
+
+TEST(RequestIds, FingerprintIsStableAndTellsOperationsApart) {
+  std::vector<Op> a{Op{"bank-a", OpKind::Debit, "alice", 10}, Op{"bank-b", OpKind::Credit, "bob", 10}};
+  auto b = a;
+  b[1].amount = 11;
+  auto c = a;
+  std::swap(c[0], c[1]);
+  EXPECT_EQ(requestFingerprint(a, false), requestFingerprint(a, false));
+  EXPECT_NE(requestFingerprint(a, false), requestFingerprint(b, false));
+  EXPECT_NE(requestFingerprint(a, false), requestFingerprint(c, false));
+  EXPECT_NE(requestFingerprint({}, true), requestFingerprint({}, false));
+  // Field boundaries count: ("ab","c") is not ("a","bc").
+  std::vector<Op> d{Op{"ab", OpKind::Debit, "c", 1}}, e{Op{"a", OpKind::Debit, "bc", 1}};
+  EXPECT_NE(requestFingerprint(d, false), requestFingerprint(e, false));
+  // The same on every build: a fixed value for a fixed request.
+  EXPECT_EQ(requestFingerprint({}, false), requestFingerprint({}, false));
+  EXPECT_EQ(requestFingerprint({Op{"p", OpKind::Credit, "x", 1}}, false), 0xc0a17c45a358aa6cull);
+}
+
+TEST(RequestIds, IdsAreCheckedForSizeAndCharacters) {
+  EXPECT_EQ(checkRequestId("0000018c2f-abc_DEF.1:2"), "");
+  EXPECT_NE(checkRequestId(std::string(129, 'x')), "");
+  EXPECT_EQ(checkRequestId(std::string(128, 'x')), "");
+  EXPECT_NE(checkRequestId("has space"), "");
+  EXPECT_NE(checkRequestId(std::string("nul\0x", 5)), "");
+  EXPECT_NE(checkRequestId("caf\xc3\xa9"), "");
+}
+
+}  // namespace
+}  // namespace keel

@@ -1,0 +1,248 @@
+#include "tools/keelctl/commands.h"
+
+#include <cctype>
+#include <charconv>
+#include <iostream>
+
+#include "common/client.h"
+#include "common/fault.h"
+#include "tools/keelctl/output.h"
+#include "tools/keelctl/parse.h"
+
+namespace keel::ctl {
+
+namespace {
+
+// describeFault leaves a failed name lookup in KJ's words.
+std::string plainFault(std::string why) {
+  if (why.rfind("DNS lookup failed", 0) == 0) return "host name not found";
+  return why;
+}
+
+// An id made by newRequestId() starts with the unix microseconds of its
+// first try (16 hex digits, '-', 16 hex digits). 0: not such an id.
+std::uint64_t madeAt(const std::string& id) {
+  if (id.size() != 33 || id[16] != '-') return 0;
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    if (i != 16 && !std::isxdigit(static_cast<unsigned char>(id[i]))) return 0;
+  }
+  std::uint64_t us = 0;
+  std::from_chars(id.data(), id.data() + 16, us, 16);
+  return us;
+}
+
+// One command's exchange with one peer: every wait, connecting included,
+// ends when --timeout has passed since the exchange began. A fault or the
+// deadline becomes a Failure with exit status 3 that names the peer and
+// says what happened, never KJ's own text.
+class Exchange {
+ public:
+  Exchange(kj::AsyncIoContext& io, std::string address, kj::Duration timeout)
+      : io_(io), address_(std::move(address)), timeout_(timeout), deadline_(io.provider->getTimer().now() + timeout) {}
+
+  template <typename T>
+  T wait(kj::Promise<T> p) {
+    bool expired = false;
+    auto bounded = p.exclusiveJoin(io_.provider->getTimer().atTime(deadline_).then([&expired]() -> kj::Promise<T> {
+      expired = true;
+      return KJ_EXCEPTION(OVERLOADED, "keelctl --timeout");
+    }));
+    try {
+      return bounded.wait(io_.waitScope);
+    } catch (const kj::Exception& e) {
+      if (expired) {
+        throw Failure(kExitUnreachable, "no answer from " + address_ + " within " + formatDuration(timeout_));
+      }
+      if (e.getType() == kj::Exception::Type::DISCONNECTED) {
+        throw Failure(kExitUnreachable, "no answer from " + address_ + " (" + plainFault(describeFault(e)) + ")");
+      }
+      throw Failure(kExitUnreachable, address_ + ": " + plainFault(describeFault(e)));
+    }
+  }
+
+ private:
+  kj::AsyncIoContext& io_;
+  std::string address_;
+  kj::Duration timeout_;
+  kj::TimePoint deadline_;
+};
+
+}  // namespace
+
+int Commands::submit(SubmitRequest req, const std::vector<std::string>* balanceRefs) {
+  if (req.requestId.empty()) req.requestId = newRequestId();
+  // A retry must send the time of the first try: a request id the
+  // coordinator no longer knows is then refused as too old, never run again.
+  // For an id keelctl made (this run or an earlier one) that time is in it.
+  req.requestTimeUs = madeAt(req.requestId);
+  const std::string id = req.requestId;
+  std::string timeoutText = formatDuration(g_.timeout);
+  // What a lost answer was, as the retry lines and the final message say it.
+  auto lost = [&](const std::string& why, bool namePeer) -> std::string {
+    std::string from = namePeer ? " from " + g_.coordinator : "";
+    if (why == "no answer within the deadline") return "no answer" + from + " within --timeout " + timeoutText;
+    if (why.rfind("coordinator unavailable", 0) == 0) return why;
+    return "no answer" + from + " (" + plainFault(why) + ")";
+  };
+  RetryOptions ro;
+  ro.callTimeout = g_.timeout;
+  ro.retryFor = g_.retryFor;
+  ro.onRetry = [&](unsigned attempt, const std::string& why) {
+    std::cerr << "keelctl: " << lost(why, false) << "; retrying request " << id << " (attempt " << attempt << ")\n";
+  };
+  auto r = submitWithRetry(io_, g_.coordinator, std::move(req), std::move(ro)).wait(io_.waitScope);
+  if (!r.answered) {
+    std::string what = g_.retryFor == 0 * kj::SECONDS ? lost(r.lastError, true)
+                                                      : "no answer within --retry-for " + formatDuration(g_.retryFor);
+    throw Failure(kExitUnreachable, what + "; request id " + id +
+                                        " may or may not have run: look it up with keelctl query --request-id " + id);
+  }
+  SubmitOutcome& o = r.outcome;
+  if (o.requestId.empty()) o.requestId = id;
+  if (balanceRefs != nullptr && o.outcome == ClientOutcome::Committed) {
+    printBalances(std::cout, o, *balanceRefs, g_.json);
+  } else {
+    printOutcome(std::cout, o, g_.json);
+  }
+  return exitStatus(o.outcome);
+}
+
+int Commands::query(std::uint64_t seq) {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto q = ex.wait(client->query(seq));
+  if (!q) throw Failure(kExitRefused, "no interaction " + std::to_string(seq));
+  printQuery(std::cout, *q, g_.json);
+  return kExitDone;
+}
+
+int Commands::queryRequest(const std::string& requestId) {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto q = ex.wait(client->queryRequest(requestId));
+  if (!q) throw Failure(kExitRefused, "no interaction has request id " + requestId);
+  printQuery(std::cout, *q, g_.json);
+  return kExitDone;
+}
+
+int Commands::list(std::uint32_t limit) {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  printUnfinished(std::cout, ex.wait(client->listUnfinished(limit)), g_.json);
+  return kExitDone;
+}
+
+int Commands::info() {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  printInfo(std::cout, ex.wait(client->info()), g_.json);
+  return kExitDone;
+}
+
+int Commands::stats() {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto resp = ex.wait(client->capability().statsRequest().send());
+  auto s = resp.getStats();
+  StatsView v;
+  v.count = s.getCount();
+  v.p50Us = s.getP50Us();
+  v.p99Us = s.getP99Us();
+  v.maxUs = s.getMaxUs();
+  v.rollbacks = s.getRollbacks();
+  v.retriedCommits = s.getRetriedCommits();
+  v.heuristic = s.getHeuristic();
+  v.inDoubt = s.getInDoubt();
+  v.oldestUs = s.getOldestUs();
+  printStats(std::cout, v, g_.json);
+  return kExitDone;
+}
+
+int Commands::retry(std::uint64_t seq) {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto req = client->capability().retryNowRequest();
+  req.setSeq(seq);
+  auto woken = ex.wait(req.send()).getWoken();
+  if (g_.json) {
+    std::cout << "{\"woken\":" << woken << "}\n";
+  } else {
+    std::cout << "woke " << woken << " waiting driver(s)\n";
+  }
+  return kExitDone;
+}
+
+int Commands::resolve(std::uint64_t seq, bool commit, const std::string& who, const std::string& why, bool override) {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto req = client->capability().resolveRequest();
+  req.setSeq(seq);
+  req.setCommit(commit);
+  req.setWho(who);
+  req.setWhy(why);
+  req.setOverride(override);
+  auto resp = ex.wait(req.send());
+  if (g_.json) {
+    std::cout << "{\"done\":" << (resp.getDone() ? "true" : "false") << ",\"reason\":\""
+              << jsonEscape(resp.getReason().cStr()) << "\"}\n";
+  } else {
+    std::cout << (resp.getDone() ? "done: " : "refused: ") << resp.getReason().cStr() << "\n";
+  }
+  return resp.getDone() ? kExitDone : kExitRefused;
+}
+
+int Commands::audit(std::uint32_t limit) {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto req = client->capability().auditRequest();
+  req.setLimit(limit);
+  auto resp = ex.wait(req.send());
+  for (auto e : resp.getEntries()) std::cout << e.cStr() << "\n";  // each entry is a JSON object already
+  return kExitDone;
+}
+
+int Commands::branches(const std::string& agentAddr) {
+  Exchange ex(io_, agentAddr, g_.timeout);
+  auto agent = ex.wait(AgentClient::connect(io_, agentAddr));
+  auto req = agent->capability().recoverRequest();
+  req.setEpoch(0);  // an operator looking: not fenced
+  auto resp = ex.wait(req.send());
+  std::vector<BranchView> branches;
+  for (auto b : resp.getBranches()) {
+    branches.push_back(BranchView{Xid{b.getXid().getSeq(), b.getXid().getBranch()},
+                                  b.getState() == wire::BranchState::PREPARED, b.getEpoch(), b.getPreparedAtUs()});
+  }
+  printBranches(std::cout, ex.wait(agent->inspect()), branches, g_.json);
+  return kExitDone;
+}
+
+int Commands::forget(const std::string& agentAddr, const std::vector<Xid>& xids) {
+  Exchange ex(io_, agentAddr, g_.timeout);
+  auto agent = ex.wait(AgentClient::connect(io_, agentAddr));
+  auto req = agent->capability().forgetRequest();
+  req.setEpoch(0);  // an operator, not a coordinator: no epoch, no fencing
+  auto l = req.initXids(xids.size());
+  for (unsigned i = 0; i < xids.size(); ++i) {
+    l[i].setSeq(xids[i].seq);
+    l[i].setBranch(xids[i].branch);
+  }
+  auto resp = ex.wait(req.send());
+  if (g_.json) {
+    std::cout << "{\"forgotten\":" << resp.getForgotten() << ",\"refused\":[";
+    bool first = true;
+    for (auto x : resp.getRefused()) {
+      std::cout << (first ? "" : ",") << "\"" << x.getSeq() << "." << x.getBranch() << "\"";
+      first = false;
+    }
+    std::cout << "]}\n";
+  } else {
+    std::cout << "forgotten " << resp.getForgotten();
+    for (auto x : resp.getRefused()) {
+      std::cout << "\n  refused " << x.getSeq() << "." << x.getBranch() << " (not finished)";
+    }
+    std::cout << "\n";
+  }
+  return resp.getRefused().size() == 0 ? kExitDone : kExitRefused;
+}
+
+}  // namespace keel::ctl

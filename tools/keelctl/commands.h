@@ -1,0 +1,59 @@
+#pragma once
+// keelctl's commands. Each talks to one peer (the coordinator, or an agent
+// for `branches` and `forget`), prints its answer and returns the exit
+// status. Every wait on a peer, connecting included, ends at --timeout;
+// submits are retried with the same request id within --retry-for.
+//
+// A command that cannot finish throws Failure (message and exit status);
+// main prints it as "keelctl: <message>".
+
+#include <kj/async-io.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/types.h"
+
+namespace keel::ctl {
+
+class Failure : public std::runtime_error {
+ public:
+  Failure(int status, const std::string& message) : std::runtime_error(message), status(status) {}
+  int status;
+};
+
+struct Globals {
+  std::string coordinator = "127.0.0.1:7400";
+  kj::Duration timeout = 30 * kj::SECONDS;   // each peer's exchange, connecting included
+  kj::Duration retryFor = 30 * kj::SECONDS;  // submits: retry a lost answer this long (0 = never)
+  bool json = false;
+};
+
+class Commands {
+ public:
+  Commands(kj::AsyncIoContext& io, Globals g) : io_(io), g_(std::move(g)) {}
+
+  // open / transfer / balance: one interaction with a request id (made here
+  // when `req.requestId` is empty). `balanceRefs`: print the balances read.
+  int submit(SubmitRequest req, const std::vector<std::string>* balanceRefs);
+
+  int query(std::uint64_t seq);
+  int queryRequest(const std::string& requestId);
+  int list(std::uint32_t limit);
+  int info();
+  int stats();
+  int retry(std::uint64_t seq);  // 0 = every unfinished interaction
+  int resolve(std::uint64_t seq, bool commit, const std::string& who, const std::string& why, bool override);
+  int audit(std::uint32_t limit);
+  int branches(const std::string& agent);
+  int forget(const std::string& agent, const std::vector<Xid>& xids);
+
+ private:
+  kj::AsyncIoContext& io_;
+  Globals g_;
+};
+
+}  // namespace keel::ctl

@@ -1,0 +1,222 @@
+// keelctl: the Keel command-line client.
+//
+//   keelctl [GLOBAL] open PARTICIPANT:ACCOUNT [AMOUNT] [--request-id ID]
+//   keelctl [GLOBAL] transfer FROM TO AMOUNT [--request-id ID]
+//   keelctl [GLOBAL] balance PARTICIPANT:ACCOUNT... [--request-id ID]
+//   keelctl [GLOBAL] query SEQ | query --request-id ID
+//   keelctl [GLOBAL] list [--limit N]
+//   keelctl [GLOBAL] info
+//   keelctl [GLOBAL] stats
+//   keelctl [GLOBAL] retry [SEQ]
+//   keelctl [GLOBAL] resolve SEQ --commit|--abort --why TEXT [--who NAME] [--override]
+//   keelctl [GLOBAL] audit [--limit N]
+//   keelctl [GLOBAL] forget --agent HOST:PORT SEQ.BRANCH...
+//   keelctl [GLOBAL] branches --agent HOST:PORT
+//
+// GLOBAL (accepted before or after the command): -c/--coordinator HOST:PORT,
+// --timeout DURATION (default 30s: every exchange with a coordinator or an
+// agent, connecting included), --retry-for DURATION (default 30s; 0 = no
+// retry: how long open/transfer/balance retry a lost answer with the same
+// request id), --json. DURATION is a whole number and a unit: 500ms, 30s,
+// 2m, 1h.
+//
+// Exit status:
+//   0 committed / done
+//   1 rolled back, not found, or refused (resolve, forget)
+//   2 bad usage or invalid request (nothing was sent, or nothing ran)
+//   3 coordinator/agent unreachable, no answer within --timeout, or unavailable
+//   4 in doubt: the outcome is not known yet (query it later)
+//   5 heuristic outcome (heuristic-mixed or heuristic-unknown)
+
+#include <CLI/CLI.hpp>
+#include <kj/async-io.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <limits>
+
+#include "common/client.h"
+#include "common/fault.h"
+#include "tools/keelctl/commands.h"
+#include "tools/keelctl/output.h"
+#include "tools/keelctl/parse.h"
+
+namespace {
+
+using keel::ctl::parseWhole;
+using keel::ctl::UsageError;
+
+constexpr std::uint64_t kMaxSeq = std::numeric_limits<std::uint64_t>::max();
+constexpr std::uint64_t kMaxAmount = keel::Limits::kMaxAmount;
+constexpr std::uint32_t kMaxListLimit = 10000;  // the coordinator's own cap
+
+std::int64_t amountArg(const std::string& text, std::uint64_t lo) {
+  return static_cast<std::int64_t>(parseWhole("amount", text, lo, kMaxAmount));
+}
+
+keel::Op accountOp(const std::string& ref, keel::OpKind kind, std::int64_t amount) {
+  auto [p, a] = keel::splitAccount(ref);
+  return keel::Op{p, kind, a, amount};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"keelctl: Keel command-line client"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options also after the command
+  keel::ctl::Globals g;
+  std::string timeoutArg = "30s", retryForArg = "30s";
+  app.add_option("-c,--coordinator", g.coordinator, "coordinator address")
+      ->type_name("HOST:PORT")
+      ->capture_default_str();
+  app.add_option("--timeout", timeoutArg,
+                 "give up on a coordinator or agent that has not answered within this (500ms, 30s, 2m, 1h)")
+      ->type_name("DURATION")
+      ->capture_default_str();
+  app.add_option("--retry-for", retryForArg,
+                 "open/transfer/balance: retry a lost answer with the same request id this long (0 = never)")
+      ->type_name("DURATION")
+      ->capture_default_str();
+  app.add_flag("--json", g.json, "machine-readable output");
+
+  std::string requestId;
+  auto addRequestId = [&](CLI::App* sub, const char* help) {
+    sub->add_option("--request-id", requestId, help)->type_name("ID");
+  };
+
+  std::string openRef, openAmount = "0";
+  auto* open = app.add_subcommand("open", "open an account with an opening balance");
+  open->add_option("account", openRef, "PARTICIPANT:ACCOUNT")->required();
+  open->add_option("amount", openAmount, "opening balance (0..10^15, default 0)")->type_name("AMOUNT");
+  addRequestId(open, "request id (default: a new one)");
+
+  std::string from, to, transferAmount;
+  auto* transfer = app.add_subcommand("transfer", "move money between two accounts atomically");
+  transfer->add_option("from", from, "account to debit")->type_name("PARTICIPANT:ACCOUNT")->required();
+  transfer->add_option("to", to, "account to credit")->type_name("PARTICIPANT:ACCOUNT")->required();
+  transfer->add_option("amount", transferAmount, "amount (1..10^15)")->type_name("AMOUNT")->required();
+  addRequestId(transfer, "request id (default: a new one)");
+
+  std::vector<std::string> balanceRefs;
+  auto* balance = app.add_subcommand("balance", "read account balances");
+  balance->add_option("accounts", balanceRefs, "PARTICIPANT:ACCOUNT ...")->required();
+  addRequestId(balance, "request id (default: a new one)");
+
+  std::string querySeq;
+  auto* query = app.add_subcommand("query", "show an interaction and its rollback record");
+  query->add_option("seq", querySeq, "interaction sequence number")->type_name("SEQ");
+  addRequestId(query, "the interaction this request id names");
+
+  std::string limitArg;
+  auto* list = app.add_subcommand("list", "list unfinished interactions");
+  list->add_option("--limit", limitArg, "at most this many (1..10000, default 100)")->type_name("N");
+
+  auto* info = app.add_subcommand("info", "coordinator identity and counters");
+  auto* stats = app.add_subcommand("stats", "window of inconsistency and what is in doubt now");
+
+  std::string retrySeq;
+  auto* retry = app.add_subcommand("retry", "retry unfinished work now instead of after its backoff");
+  retry->add_option("seq", retrySeq, "one interaction (default: all)")->type_name("SEQ");
+
+  std::string resolveSeq;
+  bool forceCommit = false, forceAbort = false, override = false;
+  std::string who, why;
+  auto* resolve = app.add_subcommand("resolve", "force the decision of an unfinished interaction (audited)");
+  resolve->add_option("seq", resolveSeq, "interaction")->type_name("SEQ")->required();
+  auto* commitFlag = resolve->add_flag("--commit", forceCommit, "force commit");
+  auto* abortFlag = resolve->add_flag("--abort", forceAbort, "force abort (roll back)");
+  commitFlag->excludes(abortFlag);
+  resolve->add_option("--why", why, "reason, kept in the audit entry")->required();
+  resolve->add_option("--who", who, "operator name (default: $USER)");
+  resolve->add_flag("--override", override, "allow contradicting a decision already taken");
+
+  auto* auditCmd = app.add_subcommand("audit", "operator actions recorded in the WAL");
+  auditCmd->add_option("--limit", limitArg, "at most this many (1..10000, default 1000)")->type_name("N");
+
+  std::string agentAddr;
+  std::vector<std::string> forgetXids;
+  auto* forget = app.add_subcommand("forget", "drop finished branch records on an agent");
+  forget->add_option("--agent", agentAddr, "agent address")->type_name("HOST:PORT")->required();
+  forget->add_option("xids", forgetXids, "SEQ.BRANCH ...")->required();
+
+  auto* branches = app.add_subcommand("branches", "an agent's unfinished (in-doubt) branches and its accounts");
+  branches->add_option("--agent", agentAddr, "agent address")->type_name("HOST:PORT")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help prints and exits 0; every other parse error is bad usage.
+    int code = app.exit(e);
+    return code == 0 ? 0 : keel::ctl::kExitUsage;
+  }
+
+  try {
+    // Everything is checked before anything is sent.
+    g.timeout = keel::ctl::parseDuration("--timeout", timeoutArg, 1 * kj::MILLISECONDS, 1 * kj::HOURS);
+    g.retryFor = keel::ctl::parseDuration("--retry-for", retryForArg, 0 * kj::SECONDS, 24 * kj::HOURS);
+    keel::ctl::checkPeerAddress("--coordinator", g.coordinator);
+    if (!agentAddr.empty()) keel::ctl::checkPeerAddress("--agent", agentAddr);
+    std::size_t idsGiven = 0;
+    for (auto* sub : {open, transfer, balance, query}) idsGiven += sub->count("--request-id");
+    if (idsGiven > 0) keel::ctl::checkRequestIdArg(requestId);
+    std::uint32_t limit = 0;
+    if (!limitArg.empty()) limit = std::uint32_t(parseWhole("--limit", limitArg, 1, kMaxListLimit));
+    auto seqArg = [](const std::string& text) -> std::uint64_t {
+      return text.empty() ? 0 : parseWhole("seq", text, 1, kMaxSeq);
+    };
+    std::uint64_t seq = 0;  // query, retry, resolve
+
+    keel::SubmitRequest req;
+    req.requestId = requestId;
+    std::vector<keel::Xid> xids;
+    if (*open) {
+      req.ops.push_back(accountOp(openRef, keel::OpKind::OpenAccount, amountArg(openAmount, 0)));
+    } else if (*transfer) {
+      req.ops = keel::transferOps(from, to, amountArg(transferAmount, 1));
+    } else if (*balance) {
+      for (auto& r : balanceRefs) req.ops.push_back(accountOp(r, keel::OpKind::ReadBalance, 0));
+    } else if (*query) {
+      if (querySeq.empty() == (idsGiven == 0)) throw UsageError("query needs SEQ or --request-id ID (one of them)");
+      seq = seqArg(querySeq);
+    } else if (*retry) {
+      seq = seqArg(retrySeq);
+    } else if (*resolve) {
+      seq = seqArg(resolveSeq);
+      if (!forceCommit && !forceAbort) throw UsageError("resolve needs --commit or --abort");
+      if (who.empty()) {
+        const char* u = std::getenv("USER");
+        who = u != nullptr ? u : "unknown";
+      }
+    } else if (*forget) {
+      for (auto& x : forgetXids) xids.push_back(keel::ctl::parseXid(x));
+    }
+
+    auto io = kj::setupAsyncIo();
+    keel::ctl::Commands run(io, g);
+    if (*open || *transfer) return run.submit(std::move(req), nullptr);
+    if (*balance) return run.submit(std::move(req), &balanceRefs);
+    if (*query) return seq == 0 ? run.queryRequest(requestId) : run.query(seq);
+    if (*list) return run.list(limit == 0 ? 100 : limit);
+    if (*info) return run.info();
+    if (*stats) return run.stats();
+    if (*retry) return run.retry(seq);
+    if (*resolve) return run.resolve(seq, forceCommit, who, why, override);
+    if (*auditCmd) return run.audit(limit == 0 ? 1000 : limit);
+    if (*branches) return run.branches(agentAddr);
+    if (*forget) return run.forget(agentAddr, xids);
+  } catch (const UsageError& e) {
+    std::cerr << "keelctl: " << e.what() << "\n";
+    return keel::ctl::kExitUsage;
+  } catch (const std::invalid_argument& e) {  // splitAccount: not PARTICIPANT:ACCOUNT
+    std::cerr << "keelctl: " << e.what() << "\n";
+    return keel::ctl::kExitUsage;
+  } catch (const keel::ctl::Failure& e) {
+    std::cerr << "keelctl: " << e.what() << "\n";
+    return e.status;
+  } catch (const kj::Exception& e) {  // not expected: the commands turn faults into Failure
+    std::cerr << "keelctl: " << keel::describeFault(e) << "\n";
+    return keel::ctl::kExitUnreachable;
+  }
+  return keel::ctl::kExitDone;
+}

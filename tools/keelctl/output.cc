@@ -1,0 +1,166 @@
+#include "tools/keelctl/output.h"
+
+#include <ostream>
+
+namespace keel::ctl {
+
+int exitStatus(ClientOutcome o) {
+  switch (o) {
+    case ClientOutcome::Committed: return kExitDone;
+    case ClientOutcome::RolledBack: return kExitRefused;
+    case ClientOutcome::Invalid: return kExitUsage;
+    case ClientOutcome::Unavailable: return kExitUnreachable;
+    case ClientOutcome::InDoubt: return kExitInDoubt;
+    case ClientOutcome::HeuristicMixed:
+    case ClientOutcome::HeuristicUnknown: return kExitHeuristic;
+  }
+  return kExitUnreachable;
+}
+
+namespace {
+
+std::string q(std::string_view s) { return "\"" + jsonEscape(s) + "\""; }
+
+// What to do next, for the outcomes that need an operator or a later look.
+std::string hint(const SubmitOutcome& o) {
+  std::string seq = std::to_string(o.seq);
+  switch (o.outcome) {
+    case ClientOutcome::InDoubt:
+      return "the outcome is not known yet: look it up later with keelctl query " + seq;
+    case ClientOutcome::HeuristicMixed:
+      return "the branches did not all end as decided: see keelctl query " + seq + "; docs/recovery.md";
+    case ClientOutcome::HeuristicUnknown:
+      return "a participant cannot tell how its branch ended: see keelctl query " + seq + "; docs/recovery.md";
+    default:
+      return "";
+  }
+}
+
+// The JSON fields every submit answer carries.
+std::string outcomeFields(const SubmitOutcome& o) {
+  return "\"seq\":" + std::to_string(o.seq) + ",\"outcome\":" + q(clientOutcomeName(o.outcome)) +
+         ",\"reason\":" + q(o.reason) + ",\"request_id\":" + q(o.requestId) +
+         ",\"replayed\":" + (o.replayed ? "true" : "false");
+}
+
+std::string ms(std::uint64_t us) { return std::to_string(us / 1000) + "." + std::to_string(us / 100 % 10) + " ms"; }
+
+}  // namespace
+
+void printOutcome(std::ostream& out, const SubmitOutcome& o, bool json) {
+  if (json) {
+    out << "{" << outcomeFields(o) << "}\n";
+    return;
+  }
+  if (o.seq != 0) out << "seq " << o.seq << ": ";
+  out << clientOutcomeName(o.outcome);
+  if (!o.requestId.empty()) {
+    out << " (request id " << o.requestId << (o.replayed ? ", answered by an earlier try" : "") << ")";
+  }
+  if (!o.reason.empty()) out << ": " << o.reason;
+  out << "\n";
+  if (auto h = hint(o); !h.empty()) out << "  " << h << "\n";
+}
+
+void printBalances(std::ostream& out, const SubmitOutcome& o, const std::vector<std::string>& refs, bool json) {
+  if (!json) printOutcome(out, o, false);
+  for (std::size_t i = 0; i < refs.size() && i < o.results.size(); ++i) {
+    if (json) {
+      out << "{\"account\":" << q(refs[i]) << ",\"balance\":" << o.results[i].balance
+          << ",\"available\":" << o.results[i].available << "," << outcomeFields(o) << "}\n";
+    } else {
+      out << refs[i] << "  balance " << o.results[i].balance << "  available " << o.results[i].available << "\n";
+    }
+  }
+}
+
+void printQuery(std::ostream& out, const QueryResult& r, bool json) {
+  if (json) {
+    out << "{\"interaction\":" << toJson(r.interaction)
+        << ",\"rollback\":" << (r.rollback ? toJson(*r.rollback) : "null") << "}\n";
+    return;
+  }
+  out << toText(r.interaction);
+  if (r.rollback) out << toText(*r.rollback);
+  if (r.interaction.heuristic()) {
+    out << "  the branches did not all end as decided: reconcile the hosts by hand (docs/recovery.md)\n";
+  }
+}
+
+void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& items, bool json) {
+  if (json) {
+    out << "[";
+    for (std::size_t i = 0; i < items.size(); ++i) out << (i ? "," : "") << toJson(items[i]);
+    out << "]\n";
+    return;
+  }
+  auto now = wallMicros();
+  out << items.size() << " unfinished interaction(s)\n";
+  for (auto& r : items) {
+    out << "  " << r.seq << "  " << stateName(r.state) << "  age "
+        << (now > r.createdUs ? (now - r.createdUs) / 1000 : 0) << " ms  waiting on:";
+    for (auto& b : r.branches) {
+      using BS = InteractionRecord::BranchState;
+      if (b.state != BS::Committed && b.state != BS::RolledBack && b.state != BS::ReadOnly) {
+        out << " " << b.participant;
+      }
+    }
+    if (!r.requestId.empty()) out << "  request id " << r.requestId;
+    if (!r.error.empty()) out << "  (" << r.error << ")";
+    out << "\n";
+  }
+}
+
+void printInfo(std::ostream& out, const CoordinatorInfo& i, bool json) {
+  if (json) {
+    out << "{\"node_id\":" << i.nodeId << ",\"epoch\":" << i.epoch << ",\"committed\":" << i.committed
+        << ",\"rolled_back\":" << i.rolledBack << ",\"heuristic\":" << i.heuristic << ",\"unfinished\":" << i.unfinished
+        << "}\n";
+    return;
+  }
+  out << "node " << i.nodeId << "  epoch " << i.epoch << "\n  participants:";
+  for (auto& p : i.participants) out << " " << p;
+  out << "\n  committed " << i.committed << "  rolled back " << i.rolledBack << "  heuristic " << i.heuristic
+      << "  unfinished " << i.unfinished << " (since start)\n";
+}
+
+void printStats(std::ostream& out, const StatsView& s, bool json) {
+  if (json) {
+    out << "{\"count\":" << s.count << ",\"p50_us\":" << s.p50Us << ",\"p99_us\":" << s.p99Us
+        << ",\"max_us\":" << s.maxUs << ",\"rollbacks\":" << s.rollbacks << ",\"retried_commits\":" << s.retriedCommits
+        << ",\"heuristic\":" << s.heuristic << ",\"in_doubt\":" << s.inDoubt << ",\"oldest_in_doubt_us\":" << s.oldestUs
+        << "}\n";
+    return;
+  }
+  out << "window of inconsistency (failure -> last participant confirmed), over " << s.count << " failed interactions ("
+      << s.rollbacks << " rolled back, " << s.retriedCommits << " committed after retries, " << s.heuristic
+      << " heuristic)\n"
+      << "  median " << ms(s.p50Us) << "   p99 " << ms(s.p99Us) << "   max " << ms(s.maxUs) << "\n"
+      << "in doubt now: " << s.inDoubt << " (oldest " << ms(s.oldestUs) << ")\n";
+}
+
+void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vector<BranchView>& branches, bool json) {
+  if (json) {
+    out << "{\"agent\":" << q(snap.name) << ",\"unfinished\":[";
+    bool first = true;
+    for (auto& b : branches) {
+      out << (first ? "" : ",") << "{\"xid\":\"" << b.xid.seq << "." << b.xid.branch << "\",\"state\":\""
+          << (b.prepared ? "prepared" : "active") << "\",\"epoch\":" << b.epoch << ",\"prepared_us\":" << b.preparedUs
+          << "}";
+      first = false;
+    }
+    out << "],\"held\":" << snap.held() << ",\"total\":" << snap.total() << "}\n";
+    return;
+  }
+  auto now = wallMicros();
+  out << snap.name << ": " << branches.size() << " unfinished branch(es), money held " << snap.held()
+      << ", balances total " << snap.total() << "\n";
+  for (auto& b : branches) {
+    out << "  " << b.xid.seq << "." << b.xid.branch << "  " << (b.prepared ? "prepared" : "active") << "  epoch "
+        << b.epoch;
+    if (b.preparedUs != 0 && now > b.preparedUs) out << "  for " << (now - b.preparedUs) / 1000 << " ms";
+    out << "\n";
+  }
+}
+
+}  // namespace keel::ctl

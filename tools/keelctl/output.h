@@ -1,0 +1,54 @@
+#pragma once
+// keelctl's renderings: one human form and one JSON form per answer, and
+// the exit status each outcome maps to. No Cap'n Proto types here: the
+// commands read the wire answers into these plain structs first.
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "common/client.h"
+#include "common/records.h"
+
+namespace keel::ctl {
+
+// keelctl's exit statuses (docs/operations.md, "keelctl").
+enum Exit : int {
+  kExitDone = 0,         // committed, done
+  kExitRefused = 1,      // rolled back, not found, refused (resolve, forget)
+  kExitUsage = 2,        // bad usage or an invalid request
+  kExitUnreachable = 3,  // unreachable, no answer within --timeout, unavailable
+  kExitInDoubt = 4,      // outcome not known yet: query later
+  kExitHeuristic = 5,    // heuristic-mixed or heuristic-unknown
+};
+int exitStatus(ClientOutcome o);
+
+// "seq N: committed (request id X)", the reason and, for outcomes that need
+// a next step (in doubt, heuristic), a line saying what to do.
+void printOutcome(std::ostream& out, const SubmitOutcome& o, bool json);
+// A committed balance read: the outcome line, then one line per account.
+void printBalances(std::ostream& out, const SubmitOutcome& o, const std::vector<std::string>& refs, bool json);
+
+void printQuery(std::ostream& out, const QueryResult& q, bool json);
+void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& items, bool json);
+void printInfo(std::ostream& out, const CoordinatorInfo& i, bool json);
+
+// Coordinator.stats as keelctl shows it.
+struct StatsView {
+  std::uint64_t count = 0, p50Us = 0, p99Us = 0, maxUs = 0;
+  std::uint64_t rollbacks = 0, retriedCommits = 0, heuristic = 0;
+  std::uint64_t inDoubt = 0, oldestUs = 0;
+};
+void printStats(std::ostream& out, const StatsView& s, bool json);
+
+// An agent's unfinished branches (Participant.recover) and its books.
+struct BranchView {
+  Xid xid;
+  bool prepared = false;  // else active
+  std::uint64_t epoch = 0;
+  Micros preparedUs = 0;
+};
+void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vector<BranchView>& branches, bool json);
+
+}  // namespace keel::ctl

@@ -1,0 +1,117 @@
+#include "tools/keelctl/parse.h"
+
+#include <charconv>
+#include <limits>
+
+#include "common/config.h"
+
+namespace keel::ctl {
+
+namespace {
+
+std::string str(std::string_view s) { return std::string(s); }
+
+bool allDigits(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+// The shortest way to write `d` as a duration argument: "1ms", "30s", "2m", "1h".
+std::string asArgument(kj::Duration d) {
+  auto ms = d / kj::MILLISECONDS;
+  if (ms != 0 && ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+  if (ms != 0 && ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+  if (ms != 0 && ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+}  // namespace
+
+std::uint64_t parseWhole(std::string_view what, std::string_view text, std::uint64_t lo, std::uint64_t hi) {
+  std::string_view digits = text;
+  bool negative = false;
+  if (!digits.empty() && (digits[0] == '-' || digits[0] == '+')) {
+    negative = digits[0] == '-';
+    digits.remove_prefix(1);
+  }
+  if (!allDigits(digits)) throw UsageError(str(what) + " '" + str(text) + "' is not a whole number");
+  std::uint64_t v = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  bool inRange =
+      ec == std::errc() && end == digits.data() + digits.size() && (!negative || v == 0) && v >= lo && v <= hi;
+  if (!inRange) {
+    throw UsageError(str(what) + " " + str(text) + " is out of range (" + std::to_string(lo) + ".." +
+                     std::to_string(hi) + ")");
+  }
+  return v;
+}
+
+kj::Duration parseDuration(std::string_view what, std::string_view text, kj::Duration lo, kj::Duration hi) {
+  std::size_t n = 0;
+  while (n < text.size() && text[n] >= '0' && text[n] <= '9') ++n;
+  std::string_view digits = text.substr(0, n), unit = text.substr(n);
+  auto bad = [&](const std::string& why) {
+    return UsageError(str(what) + " '" + str(text) + "' " + why + " (write it as 500ms, 30s, 2m or 1h)");
+  };
+  if (digits.empty()) throw bad("is not a duration");
+  std::uint64_t perUnit = 0;  // milliseconds
+  if (unit == "ms") {
+    perUnit = 1;
+  } else if (unit == "s") {
+    perUnit = 1000;
+  } else if (unit == "m") {
+    perUnit = 60'000;
+  } else if (unit == "h") {
+    perUnit = 3'600'000;
+  } else if (!unit.empty()) {
+    throw bad("has an unknown unit '" + str(unit) + "'");
+  }
+  std::uint64_t v = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  (void)end;
+  if (unit.empty() && !(ec == std::errc() && v == 0)) throw bad("has no unit");
+  std::uint64_t loMs = lo / kj::MILLISECONDS, hiMs = hi / kj::MILLISECONDS;
+  if (ec != std::errc() || v > hiMs / perUnit || v * perUnit < loMs || v * perUnit > hiMs) {
+    throw UsageError(str(what) + " " + str(text) + " is out of range (" + asArgument(lo) + ".." + asArgument(hi) + ")");
+  }
+  return v * perUnit * kj::MILLISECONDS;
+}
+
+std::string formatDuration(kj::Duration d) {
+  auto ms = d / kj::MILLISECONDS;
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + " s";
+  return std::to_string(ms) + " ms";
+}
+
+Xid parseXid(std::string_view text) {
+  auto dot = text.find('.');
+  if (dot == std::string_view::npos) {
+    throw UsageError("'" + str(text) + "' is not SEQ.BRANCH (for example 281474976710657.2)");
+  }
+  Xid x;
+  try {
+    x.seq = parseWhole("seq", text.substr(0, dot), 1, std::numeric_limits<std::uint64_t>::max());
+    x.branch = std::uint16_t(parseWhole("branch", text.substr(dot + 1), 1, 65535));
+  } catch (const UsageError& e) {
+    throw UsageError("'" + str(text) + "': " + e.what());
+  }
+  return x;
+}
+
+void checkPeerAddress(std::string_view what, const std::string& addr) {
+  try {
+    checkAddress(str(what), addr);
+  } catch (const ConfigError& e) {
+    throw UsageError(e.what());
+  }
+}
+
+void checkRequestIdArg(const std::string& id) {
+  if (id.empty()) throw UsageError("--request-id is empty");
+  if (auto why = checkRequestId(id); !why.empty()) throw UsageError("--request-id: " + why);
+}
+
+}  // namespace keel::ctl
