@@ -58,7 +58,7 @@ class Txn {
   MDB_txn* raw() const { return txn_; }
   explicit operator bool() const { return txn_ != nullptr; }
 
-  // Returns nullopt for MDB_NOTFOUND.
+  // Returns nullopt for MDB_NOTFOUND. Reads of kAbsentDb find nothing.
   std::optional<std::string> get(MDB_dbi dbi, std::string_view key) const;
   void put(MDB_dbi dbi, std::string_view key, std::string_view value);
   // Returns false if the key was absent.
@@ -84,6 +84,10 @@ struct EnvOptions {
   bool readOnly = false;
 };
 
+// What a read-only Env's openDb returns for a database that does not exist
+// (a layout older than this build's): it reads as empty.
+inline constexpr MDB_dbi kAbsentDb = ~MDB_dbi(0);
+
 class Env {
  public:
   // Opens the environment in an existing directory (creating directories is
@@ -101,7 +105,7 @@ class Env {
   // parent as it was).
   Txn beginNested(Txn& parent);
   // Opens (creating, unless read-only) a named database; call once at
-  // start-up. Read-only, a missing database is an Error.
+  // start-up. Read-only, a missing database opens as kAbsentDb.
   MDB_dbi openDb(const char* name);
   MDB_env* raw() const { return env_; }
   std::size_t mapSize() const;

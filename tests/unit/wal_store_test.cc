@@ -9,6 +9,8 @@
 #include <kj/async-io.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "tests/unit/test_util.h"
 
@@ -99,6 +101,32 @@ TEST(RequestIds, IdsAreCheckedForSizeAndCharacters) {
   EXPECT_NE(checkRequestId("has space"), "");
   EXPECT_NE(checkRequestId(std::string("nul\0x", 5)), "");
   EXPECT_NE(checkRequestId("caf\xc3\xa9"), "");
+}
+
+// keel-coordinator --check-wal opens the WAL read-only: on a WAL written
+// before some tables existed it checks what is there and writes nothing.
+TEST(WalStoreReadOnly, ChecksAnOlderWalWithoutCreatingItsMissingTables) {
+  test::TempDir dir;
+  {
+    lmdb::Env env(dir.path(), {});
+    auto interactions = env.openDb("interactions");
+    env.openDb("meta");
+    env.openDb("active");
+    auto t = env.beginWrite();
+    t.put(interactions, u64Key(7), "not a record");
+    t.commit();
+  }
+  auto read = [&] {
+    std::ifstream f(dir.sub("data.mdb"), std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  const std::string before = read();
+  WalStore wal(dir.path(), std::size_t(64) << 20, /*readOnly=*/true);
+  auto bad = wal.checkAll();
+  ASSERT_EQ(bad.size(), 1u);
+  EXPECT_EQ(bad[0].rfind("interaction 7: ", 0), 0u) << bad[0];
+  EXPECT_TRUE(wal.loadUnfinished().empty());
+  EXPECT_EQ(read(), before);
 }
 
 }  // namespace
