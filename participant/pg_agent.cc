@@ -45,6 +45,13 @@ std::string describePgError(const pg::PgError& e) {
   return what + " (SQLSTATE " + st + ")";
 }
 
+std::uint64_t fullTxid(std::uint64_t reference, std::uint32_t xid) {
+  // The xid's distance from the reference's low 32 bits, as -2^31 .. 2^31 - 1.
+  auto delta = std::int64_t(std::int32_t(xid - std::uint32_t(reference)));
+  if (delta < 0 && std::uint64_t(-delta) >= reference) return 0;
+  return reference + delta;
+}
+
 PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
   log_.start();
   pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize,
@@ -110,16 +117,41 @@ void PgAgent::reconcile() {
   sweeper_ = std::thread([this] { sweepLoop(); });
 }
 
+std::vector<PgAgent::Held> PgAgent::heldPrepared(PGconn* c, const std::string& gidCondition) {
+  // pg_prepared_xacts gives the 32-bit xid; a current snapshot's xmax (64
+  // bits) supplies its epoch (see fullTxid). txid_current() would too, but
+  // would make every sweep a writing transaction.
+  auto q = pg::exec(c,
+                    "SELECT gid, extract(epoch FROM now() - prepared), transaction::text, "
+                    "txid_snapshot_xmax(txid_current_snapshot()) FROM pg_prepared_xacts WHERE database = "
+                    "current_database() AND " +
+                        gidCondition);
+  std::vector<Held> out;
+  for (int i = 0; i < PQntuples(q.get()); ++i) {
+    std::uint64_t next = std::stoull(PQgetvalue(q.get(), i, 3));
+    auto xid = std::uint32_t(std::stoul(PQgetvalue(q.get(), i, 2)));
+    out.push_back({PQgetvalue(q.get(), i, 0), std::atof(PQgetvalue(q.get(), i, 1)), fullTxid(next, xid)});
+  }
+  return out;
+}
+
+bool PgAgent::recordInDoubt(lmdb::Txn& txn, Xid xid, std::uint64_t txid, const std::string& reason) const {
+  if (log_.read(txn, xid)) return false;
+  BranchRecord r;
+  r.xid = xid;
+  r.state = BranchStatus::Prepared;
+  r.hostTxid = txid;
+  r.createdUs = r.preparedUs = wallMicros();
+  r.reason = reason;
+  log_.put(txn, r);
+  return true;
+}
+
 PgAgent::Swept PgAgent::sweepPrepared(PGconn* c, double minAgeNoRecordS) {
   std::string prefix = "keel:" + opts_.name + ":";
-  auto q = pg::exec(c,
-                    "SELECT gid, extract(epoch FROM now() - prepared) FROM pg_prepared_xacts WHERE database = "
-                    "current_database() AND left(gid, " +
-                        std::to_string(prefix.size()) + ") = " + quoteLiteral(prefix));
   Swept out;
-  for (int i = 0; i < PQntuples(q.get()); ++i) {
-    std::string g = PQgetvalue(q.get(), i, 0);
-    double ageS = std::atof(PQgetvalue(q.get(), i, 1));
+  for (const Held& h : heldPrepared(c, "left(gid, " + std::to_string(prefix.size()) + ") = " + quoteLiteral(prefix))) {
+    const std::string& g = h.gid;
     auto rest = g.substr(prefix.size());
     auto colon = rest.find(':');
     if (colon == std::string::npos) continue;
@@ -127,6 +159,17 @@ PgAgent::Swept PgAgent::sweepPrepared(PGconn* c, double minAgeNoRecordS) {
     auto rec = log_.branches({xid})[0];
     if (rec && rec->state == BranchStatus::Prepared) {
       ++out.kept;  // waits for the coordinator (or the in-doubt resolver)
+      if (rec->hostTxid == 0 && h.txid != 0) {
+        // A record from before txids were kept: note it while PostgreSQL
+        // still holds it, so that its end can be told (txid_status).
+        log_.log().runSync([&](lmdb::Txn& txn) {
+          auto r = log_.read(txn, xid);
+          if (r && r->state == BranchStatus::Prepared && r->hostTxid == 0) {
+            r->hostTxid = h.txid;
+            log_.put(txn, *r);
+          }
+        });
+      }
     } else if (rec && rec->state == BranchStatus::Committed) {
       try {
         pg::exec(c, "COMMIT PREPARED " + quoteLiteral(g));
@@ -142,16 +185,11 @@ PgAgent::Swept PgAgent::sweepPrepared(PGconn* c, double minAgeNoRecordS) {
       // PREPARED, and the coordinator's phase 2 or the in-doubt resolver's
       // question settles it (never rolled back on our own). While running,
       // a young gid is left alone: its prepare may be about to record it.
-      if (ageS < minAgeNoRecordS || pendingRecord(xid)) continue;
+      if (h.ageS < minAgeNoRecordS || pendingRecord(xid)) continue;
       log_.log().runSync([&](lmdb::Txn& txn) {
-        if (log_.read(txn, xid)) return;
-        BranchRecord r;
-        r.xid = xid;
-        r.state = BranchStatus::Prepared;
-        r.createdUs = r.preparedUs = wallMicros();
-        r.reason = "recovered from PostgreSQL's prepared transaction " + g +
-                   " (no PREPARED record was durable): in doubt until the coordinator answers";
-        log_.put(txn, r);
+        recordInDoubt(txn, xid, h.txid,
+                      "recovered from PostgreSQL's prepared transaction " + g +
+                          " (no PREPARED record was durable): in doubt until the coordinator answers");
       });
       ++out.recovered;
     } else {
@@ -325,6 +363,9 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
     Params p(op);
     send(op.sql, &p);
   }
+  // The txid goes into the PREPARED record: once the gid is gone, its
+  // txid_status tells whether PostgreSQL committed or rolled it back.
+  send("SELECT txid_current()", nullptr);
   send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
   if (PQpipelineSync(c) != 1) connectionLost(c, "sending the pipeline");
 
@@ -345,6 +386,13 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
         statementError.emplace(e);
       }
     }
+  }
+  auto txid = nextResult(c);
+  if (txid.get() == nullptr) connectionLost(c, "SELECT txid_current()");
+  if (!statementError && PQresultStatus(txid.get()) == PGRES_TUPLES_OK && PQntuples(txid.get()) == 1) {
+    out.txid = std::stoull(PQgetvalue(txid.get(), 0, 0));
+  } else if (!statementError && PQresultStatus(txid.get()) != PGRES_PIPELINE_ABORTED) {
+    statementError.emplace(errorOf(txid.get(), "SELECT txid_current()"));
   }
   auto prepared = nextResult(c);
   if (prepared.get() == nullptr) connectionLost(c, "PREPARE TRANSACTION");
@@ -425,7 +473,7 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
         // overtook us and may have looked for PostgreSQL's prepared
         // transaction before we made it. Undo it and vote NO.
         bool ours = !log_.branches({xid})[0] &&
-                    recordPrepared(epoch, xid, ops, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
+                    recordPrepared(epoch, xid, ops, trip.txid, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
         if (!ours) {
           rollbackPrepared(c, g);
           return PrepareResult{Vote::No, "branch " + xid.str() + " was rolled back before it was prepared", {}};
@@ -442,11 +490,11 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
 // log's writer thread, done after its group commit.
 class PgAgent::PreparedRecordJob final : public GroupCommitLog::Job {
  public:
-  PreparedRecordJob(PgAgent& agent, std::uint64_t epoch, Xid xid, std::vector<Op> ops)
-      : agent_(agent), epoch_(epoch), xid_(xid), ops_(std::move(ops)) {}
+  PreparedRecordJob(PgAgent& agent, std::uint64_t epoch, Xid xid, std::vector<Op> ops, std::uint64_t txid)
+      : agent_(agent), epoch_(epoch), xid_(xid), ops_(std::move(ops)), txid_(txid) {}
   void apply(lmdb::Txn& txn) override {
     KEEL_FAILPOINT("pg.before_lazy_prepared_record");  // the vote may have left already
-    written_ = agent_.writePrepared(txn, epoch_, xid_, ops_);
+    written_ = agent_.writePrepared(txn, epoch_, xid_, ops_, txid_);
   }
   void done(std::exception_ptr err) noexcept override { agent_.preparedRecordDone(xid_, err, written_); }
 
@@ -455,10 +503,12 @@ class PgAgent::PreparedRecordJob final : public GroupCommitLog::Job {
   const std::uint64_t epoch_;
   const Xid xid_;
   std::vector<Op> ops_;
+  const std::uint64_t txid_;
   bool written_ = false;
 };
 
-bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops) const {
+bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops,
+                            std::uint64_t txid) const {
   log_.storeEpoch(txn, seqNode(xid.seq), epoch);
   // A record there already is a rollback's (its tombstone): it came first.
   if (log_.read(txn, xid)) return false;
@@ -467,15 +517,17 @@ bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const 
   rec.epoch = epoch;
   rec.ops = ops;
   rec.state = BranchStatus::Prepared;
+  rec.hostTxid = txid;
   rec.createdUs = rec.preparedUs = wallMicros();
   KEEL_FAILPOINT("agent.before_prepared_durable");
   log_.put(txn, rec);
   return true;
 }
 
-bool PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, bool force) {
+bool PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, std::uint64_t txid,
+                             bool force) {
   if (force) {
-    bool written = log_.log().runSync([&](lmdb::Txn& txn) { return writePrepared(txn, epoch, xid, ops); });
+    bool written = log_.log().runSync([&](lmdb::Txn& txn) { return writePrepared(txn, epoch, xid, ops, txid); });
     {
       std::lock_guard<std::mutex> lk(mu_);
       auto& d = durableEpochs_[seqNode(xid.seq)];
@@ -487,7 +539,7 @@ bool PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>
     std::lock_guard<std::mutex> lk(mu_);
     pending_.insert(xid);
   }
-  log_.log().submitLazy(std::make_unique<PreparedRecordJob>(*this, epoch, xid, ops));
+  log_.log().submitLazy(std::make_unique<PreparedRecordJob>(*this, epoch, xid, ops, txid));
   return true;
 }
 
