@@ -11,7 +11,8 @@
 //             coordinator epoch not yet durable here). A tombstone found
 //             before the vote, or by the lazy write (the rollback overtook
 //             the prepare), undoes PostgreSQL's half.
-//   commit    COMMIT PREPARED, then the branch log says committed
+//   commit    the PREPARED record made durable if it is still on its way,
+//             COMMIT PREPARED, then the branch log says committed
 //   rollback  ROLLBACK PREPARED, for a branch never seen too (a prepare that
 //             failed after PREPARE TRANSACTION leaves no record but may leave
 //             PostgreSQL's prepared transaction), then a tombstone for it
@@ -26,9 +27,11 @@
 // txid, for the coordinator to decide; one the log holds as rolled back is
 // rolled back; one it holds as committed is committed.
 //
-// A gid that PostgreSQL no longer has when commit or rollback is asked
-// means that step already happened (we only ever do what the coordinator
-// decided), so both are idempotent.
+// A gid PostgreSQL no longer holds is never taken as proof of an outcome
+// (a DBA may have run COMMIT PREPARED or ROLLBACK PREPARED by hand): the
+// recorded txid's txid_status() says what PostgreSQL did, and where nothing
+// says it the answer is Unknown and no outcome is written. docs/postgres.md
+// lists every case.
 //
 // Interactive mode (execute) is not offered by this adapter yet: it would
 // need one connection held per open branch.
@@ -131,6 +134,13 @@ class PgAgent final : public ParticipantBackend {
   // A gid PostgreSQL holds that has no record: recorded PREPARED, in doubt,
   // with its txid (false if a record is there already).
   bool recordInDoubt(lmdb::Txn& txn, Xid xid, std::uint64_t txid, const std::string& reason) const;
+  // The PREPARED branch's final state from what PostgreSQL did (not what we
+  // were asked), with the reason why; what the log holds afterwards.
+  std::optional<BranchRecord> finishFromHost(Xid xid, std::uint64_t epoch, BranchStatus state,
+                                             const std::string& reason);
+  // Nothing tells what became of the branch: logged once, its PREPARED
+  // record (if any) says so in its reason, no outcome is written.
+  BranchOutcome answerUnknown(Xid xid, const std::string& why);
   // The PREPARED record, lazily (or forced when `force`: a coordinator epoch
   // not yet durable here). False when, forced, it found a rollback's
   // tombstone (lazily, preparedRecordDone undoes PostgreSQL's half).
@@ -156,6 +166,7 @@ class PgAgent final : public ParticipantBackend {
   std::set<Xid> pending_;  // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable
   std::map<std::uint16_t, std::uint64_t> durableEpochs_;  // GUARDED_BY(mu_): per coordinator node
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
+  std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once
   std::condition_variable sweepCv_;
   std::thread sweeper_;
 };

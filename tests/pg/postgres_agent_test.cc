@@ -378,6 +378,76 @@ class PostgresOutcomeTest : public PostgresTest {
   }
 };
 
+TEST_F(PostgresOutcomeTest, ForcedCommitOfABranchNeverPreparedAnswersUnknownAndRecordsNothing) {
+  const Xid xid = xidOf(1);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::UNKNOWN);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::UNKNOWN);  // asked again: still unknown
+  EXPECT_EQ(inAgentLog("branch " + xid.str() + ": outcome unknown"), 1u);     // warned once
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  cluster_->stopAgent("bank-b");
+  EXPECT_FALSE(recordAtB(xid).has_value());  // nothing claims an outcome
+}
+
+TEST_F(PostgresOutcomeTest, ManualRollbackPreparedThenCommitIsAConflictRecordedRolledBack) {
+  const Xid xid = xidOf(2);
+  ASSERT_EQ(prepareAtB(xid, {credit("bank-b", "bob", 5)}), wire::Vote::YES);
+  ASSERT_EQ(prepared("bank_b"), 1u);
+  pgQuery(pg_->connString("bank_b"), "ROLLBACK PREPARED '" + gidOf(xid) + "'");  // a DBA, by hand
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::CONFLICT);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::CONFLICT);  // from the record now
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  cluster_->stopAgent("bank-b");
+  auto rec = recordAtB(xid);
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_EQ(rec->state, BranchStatus::RolledBack);
+  EXPECT_NE(rec->hostTxid, 0u);
+  EXPECT_NE(rec->reason.find("ROLLBACK PREPARED outside Keel"), std::string::npos) << rec->reason;
+  EXPECT_NE(rec->reason.find("'aborted'"), std::string::npos) << rec->reason;
+}
+
+TEST_F(PostgresOutcomeTest, ManualCommitPreparedThenRollbackAnswersCommitted) {
+  const Xid xid = xidOf(3);
+  ASSERT_EQ(prepareAtB(xid, {credit("bank-b", "bob", 5)}), wire::Vote::YES);
+  pgQuery(pg_->connString("bank_b"), "COMMIT PREPARED '" + gidOf(xid) + "'");  // a DBA, by hand
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(balance("bank_b", "bob"), 5);
+  cluster_->stopAgent("bank-b");
+  auto rec = recordAtB(xid);
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_EQ(rec->state, BranchStatus::Committed);
+  EXPECT_NE(rec->reason.find("COMMIT PREPARED outside Keel"), std::string::npos) << rec->reason;
+}
+
+TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnknown) {
+  // The second prepare's PREPARED record is lazy and held up on the log's
+  // writer; its commit must make it durable before COMMIT PREPARED, and the
+  // agent dies right after COMMIT PREPARED, before its COMMITTED record.
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*delay(500),pg.after_host_commit=1*crash");
+  const Xid first = xidOf(40), xid = xidOf(41);
+  ASSERT_EQ(prepareAtB(first, {credit("bank-b", "bob", 1)}), wire::Vote::YES);  // forced: the epoch's first
+  EXPECT_EQ(finishAtB(first, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  ASSERT_EQ(prepareAtB(xid, {credit("bank-b", "bob", 5)}), wire::Vote::YES);  // lazy, its record delayed
+  EXPECT_ANY_THROW(finishAtB(xid, /*commit=*/true));
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(prepared("bank_b"), 0u);  // PostgreSQL committed it
+  EXPECT_EQ(balance("bank_b", "bob"), 5);
+  auto before = recordAtB(xid);
+  ASSERT_TRUE(before.has_value()) << "no PREPARED record was durable before COMMIT PREPARED";
+  EXPECT_EQ(before->state, BranchStatus::Prepared);
+  EXPECT_NE(before->hostTxid, 0u);
+
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(inAgentLog("outcome unknown"), 0u);
+  cluster_->stopAgent("bank-b");
+  auto rec = recordAtB(xid);
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_EQ(rec->state, BranchStatus::Committed);
+  EXPECT_NE(rec->reason.find("'committed'"), std::string::npos) << rec->reason;
+}
+
 TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch) {
   // Move PostgreSQL's txids past 2^32 (epoch 1), so that a txid taken from
   // pg_prepared_xacts' 32-bit xid alone would be wrong.
