@@ -353,6 +353,14 @@ class PostgresOutcomeTest : public PostgresTest {
     BranchLog log(cluster_->baseDir() + "/bank-b", std::size_t(1) << 30);
     return log.branches({xid})[0];
   }
+  // Stops bank-b and returns its record of a branch (an empty one, and the
+  // test fails, if it has none).
+  BranchRecord recordAfterStoppingB(Xid xid) {
+    cluster_->stopAgent("bank-b");
+    auto rec = recordAtB(xid);
+    if (!rec) ADD_FAILURE() << "bank-b has no record of branch " << xid.str();
+    return rec.value_or(BranchRecord{});
+  }
   // How often bank-b's log says `text`.
   std::size_t inAgentLog(const std::string& text) {
     std::ifstream f(cluster_->agentLog("bank-b"));
@@ -396,13 +404,11 @@ TEST_F(PostgresOutcomeTest, ManualRollbackPreparedThenCommitIsAConflictRecordedR
   EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::CONFLICT);
   EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::CONFLICT);  // from the record now
   EXPECT_EQ(balance("bank_b", "bob"), 0);
-  cluster_->stopAgent("bank-b");
-  auto rec = recordAtB(xid);
-  ASSERT_TRUE(rec.has_value());
-  EXPECT_EQ(rec->state, BranchStatus::RolledBack);
-  EXPECT_NE(rec->hostTxid, 0u);
-  EXPECT_NE(rec->reason.find("ROLLBACK PREPARED outside Keel"), std::string::npos) << rec->reason;
-  EXPECT_NE(rec->reason.find("'aborted'"), std::string::npos) << rec->reason;
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::RolledBack);
+  EXPECT_NE(rec.hostTxid, 0u);
+  EXPECT_NE(rec.reason.find("ROLLBACK PREPARED outside Keel"), std::string::npos) << rec.reason;
+  EXPECT_NE(rec.reason.find("'aborted'"), std::string::npos) << rec.reason;
 }
 
 TEST_F(PostgresOutcomeTest, ManualCommitPreparedThenRollbackAnswersCommitted) {
@@ -412,11 +418,9 @@ TEST_F(PostgresOutcomeTest, ManualCommitPreparedThenRollbackAnswersCommitted) {
   EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);
   EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);
   EXPECT_EQ(balance("bank_b", "bob"), 5);
-  cluster_->stopAgent("bank-b");
-  auto rec = recordAtB(xid);
-  ASSERT_TRUE(rec.has_value());
-  EXPECT_EQ(rec->state, BranchStatus::Committed);
-  EXPECT_NE(rec->reason.find("COMMIT PREPARED outside Keel"), std::string::npos) << rec->reason;
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_NE(rec.reason.find("COMMIT PREPARED outside Keel"), std::string::npos) << rec.reason;
 }
 
 TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnknown) {
@@ -441,11 +445,9 @@ TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnkn
   cluster_->startAgent("bank-b");
   EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::COMMITTED);
   EXPECT_EQ(inAgentLog("outcome unknown"), 0u);
-  cluster_->stopAgent("bank-b");
-  auto rec = recordAtB(xid);
-  ASSERT_TRUE(rec.has_value());
-  EXPECT_EQ(rec->state, BranchStatus::Committed);
-  EXPECT_NE(rec->reason.find("'committed'"), std::string::npos) << rec->reason;
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_NE(rec.reason.find("'committed'"), std::string::npos) << rec.reason;
 }
 
 TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch) {
@@ -466,20 +468,15 @@ TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch
   std::uint64_t txid = prepareByHand(gidOf(xid), "UPDATE accounts SET balance = balance + 7 WHERE name = 'bob'");
   ASSERT_GT(txid, std::uint64_t(1) << 32);
   cluster_->startAgent("bank-b");  // its start-up sweep records it in doubt
-  cluster_->stopAgent("bank-b");
-  auto rec = recordAtB(xid);
-  ASSERT_TRUE(rec.has_value());
-  EXPECT_EQ(rec->state, BranchStatus::Prepared);
-  EXPECT_EQ(rec->hostTxid, txid);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Prepared);
+  EXPECT_EQ(rec.hostTxid, txid);
 
   cluster_->startAgent("bank-b");
   pgQuery(pg_->connString("bank_b"), "COMMIT PREPARED '" + gidOf(xid) + "'");  // a DBA, by hand
   EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::COMMITTED);
   EXPECT_EQ(balance("bank_b", "bob"), 7);
-  cluster_->stopAgent("bank-b");
-  rec = recordAtB(xid);
-  ASSERT_TRUE(rec.has_value());
-  EXPECT_EQ(rec->state, BranchStatus::Committed);
+  EXPECT_EQ(recordAfterStoppingB(xid).state, BranchStatus::Committed);
 }
 
 TEST(PgTxid, FullTxidTakesTheEpochOfTheNearestTxid) {
