@@ -140,7 +140,7 @@ kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<O
         }
         return recorded.then([this, seq, idx = kj::mv(idx)]() {
           Interaction* q = find(seq);
-          SubmitOutcome out{seq, ClientOutcome::Committed, "", {}};  // "ok so far"
+          auto out = SubmitOutcome::of(seq, ClientOutcome::Committed, "");  // "ok so far"
           if (q == nullptr) return out;
           out.requestId = q->rec.requestId;
           for (auto [b, i] : idx) {
