@@ -284,7 +284,9 @@ kj::Promise<void> retryLoop(RetryState& st) {
     auto& timer = st.io.provider->getTimer();
     if (timer.now() + st.opts.pause >= st.until) return kj::READY_NOW;  // out of time: not answered
     if (st.opts.onRetry) st.opts.onRetry(st.out.attempts + 1, st.out.lastError);
-    return timer.afterDelay(st.opts.pause).then([&st]() { return retryLoop(st); });
+    auto wait = st.opts.pause;
+    st.opts.pause = std::min(st.opts.pause * 2, st.opts.maxPause);  // a coordinator that is down is not hammered
+    return timer.afterDelay(wait).then([&st]() { return retryLoop(st); });
   });
 }
 

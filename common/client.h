@@ -109,7 +109,8 @@ std::string newRequestId();
 struct RetryOptions {
   kj::Duration callTimeout = 30 * kj::SECONDS;  // each try's wait for an answer
   kj::Duration retryFor = 30 * kj::SECONDS;     // no new try starts after this
-  kj::Duration pause = 200 * kj::MILLISECONDS;  // between tries
+  kj::Duration pause = 200 * kj::MILLISECONDS;  // before the first retry; doubles each time ...
+  kj::Duration maxPause = 2 * kj::SECONDS;      // ... up to this
   std::function<void(unsigned attempt, const std::string& why)> onRetry;  // before each retry
 };
 struct RetriedOutcome {

@@ -23,6 +23,7 @@ std::string describeFault(const kj::Exception& e) {
       }
     }
   }
+  if (d.rfind("DNS lookup failed", 0) == 0) return "host name not found";
   if (d.find("PromiseFulfiller was destroyed") != std::string::npos) {
     return "the call was abandoned (its connection was reset or the process is stopping)";
   }

@@ -93,6 +93,16 @@ struct SubmitOutcome {
   std::vector<OpResult> results;  // one per operation, in request order
   std::string requestId;          // the request id it answers ("" = none)
   bool replayed = false;          // an earlier request's answer: nothing ran again
+
+  // An answer without results.
+  static SubmitOutcome of(std::uint64_t seq, ClientOutcome o, std::string reason, std::string requestId = "") {
+    SubmitOutcome out;
+    out.seq = seq;
+    out.outcome = o;
+    out.reason = std::move(reason);
+    out.requestId = std::move(requestId);
+    return out;
+  }
 };
 
 // A participant's vote and its answer to commit / rollback. Same numbering

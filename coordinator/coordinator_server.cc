@@ -56,10 +56,9 @@ kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
   // their prepares share messages to each participant.
   auto items = ctx.getParams().getItems();
   if (items.size() > kMaxSubmitBatch) {
-    SubmitOutcome bad{0, ClientOutcome::Invalid,
-                      "a submitBatch carries at most " + std::to_string(kMaxSubmitBatch) + " interactions, got " +
-                          std::to_string(items.size()),
-                      {}};
+    auto bad = SubmitOutcome::of(0, ClientOutcome::Invalid,
+                                 "a submitBatch carries at most " + std::to_string(kMaxSubmitBatch) +
+                                     " interactions, got " + std::to_string(items.size()));
     auto l = ctx.getResults().initResults(items.size());
     for (unsigned i = 0; i < items.size(); ++i) fillSubmitResult(l[i], bad);
     return kj::READY_NOW;

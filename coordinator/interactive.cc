@@ -64,13 +64,13 @@ kj::Promise<Coordinator::Begun> Coordinator::begin(SubmitRequest req) {
 kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<Op> ops) {
   Interaction* it = find(seq);
   if (it == nullptr || it->closing || it->rec.state != State::Preparing) {
-    return SubmitOutcome{seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open", {}};
+    return SubmitOutcome::of(seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open");
   }
   std::size_t existing = 0;
   for (auto& b : it->rec.branches) existing += b.ops.size();
-  if (auto bad = validate(ops, false)) return SubmitOutcome{seq, ClientOutcome::Invalid, *bad, {}};
+  if (auto bad = validate(ops, false)) return SubmitOutcome::of(seq, ClientOutcome::Invalid, *bad);
   if (existing + ops.size() > Limits::kMaxOpsPerInteraction) {
-    return SubmitOutcome{seq, ClientOutcome::Invalid, "too many operations in one interaction", {}};
+    return SubmitOutcome::of(seq, ClientOutcome::Invalid, "too many operations in one interaction");
   }
   auto idx = assign(*it, ops);
   // Ops for each touched branch, in order.
@@ -120,14 +120,14 @@ kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<O
       .then([this, seq, idx = std::move(idx), recorded = kj::mv(recorded)](
                 kj::Array<kj::Maybe<std::string>> errs) mutable -> kj::Promise<SubmitOutcome> {
         Interaction* p = find(seq);
-        if (p == nullptr) return SubmitOutcome{seq, ClientOutcome::RolledBack, "interaction ended", {}};
+        if (p == nullptr) return SubmitOutcome::of(seq, ClientOutcome::RolledBack, "interaction ended");
         for (auto& e : errs) {
           KJ_IF_MAYBE(msg, e) {
             if (p->closing) {
               // Already rolling back (its deadline passed, say): answered
               // once a record saying so is durable.
               std::string why = *msg;
-              return persist(*p).then([seq, why]() { return SubmitOutcome{seq, ClientOutcome::RolledBack, why, {}}; });
+              return persist(*p).then([seq, why]() { return SubmitOutcome::of(seq, ClientOutcome::RolledBack, why); });
             }
             // The whole interaction rolls back; the client hears it once the
             // rollback record is durable.
@@ -140,7 +140,7 @@ kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<O
         }
         return recorded.then([this, seq, idx = kj::mv(idx)]() {
           Interaction* q = find(seq);
-          SubmitOutcome out{seq, ClientOutcome::Committed, "", {}};  // "ok so far"
+          auto out = SubmitOutcome::of(seq, ClientOutcome::Committed, "");  // "ok so far"
           if (q == nullptr) return out;
           out.requestId = q->rec.requestId;
           for (auto [b, i] : idx) {
@@ -155,7 +155,7 @@ kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<O
 Coordinator::Interaction* Coordinator::closeInteractive(std::uint64_t seq, kj::Promise<SubmitOutcome>& answer) {
   Interaction* it = find(seq);
   if (it == nullptr || it->closing) {
-    answer = SubmitOutcome{seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open", {}};
+    answer = SubmitOutcome::of(seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open");
     return nullptr;
   }
   it->closing = true;

@@ -22,14 +22,37 @@ std::string quoteLiteral(const std::string& s) {
   return "'" + s + "'";
 }
 
-// ROLLBACK PREPARED; a gid PostgreSQL does not hold (never prepared, or
-// already rolled back) is no error. Throws while PostgreSQL is unreachable.
-void rollbackPrepared(PGconn* c, const std::string& gid) {
+// ROLLBACK PREPARED. False if PostgreSQL does not hold the gid: never
+// prepared, or finished already (how, and by whom, only txid_status can
+// tell). Throws while PostgreSQL is unreachable.
+bool rollbackPrepared(PGconn* c, const std::string& gid) {
   try {
     pg::exec(c, "ROLLBACK PREPARED " + quoteLiteral(gid));
+    return true;
   } catch (const pg::PgError& e) {
     if (e.sqlstate() != kUndefinedObject) throw;
+    return false;
   }
+}
+
+// txid_status() of a transaction: "committed", "aborted", "in progress", or
+// "" when PostgreSQL cannot tell (no txid recorded, NULL: too old to tell, or
+// a txid this server has not reached). Throws while PostgreSQL is unreachable.
+std::string txidStatus(PGconn* c, std::uint64_t txid) {
+  if (txid == 0) return "";
+  try {
+    auto r = pg::exec(c, "SELECT txid_status(" + std::to_string(txid) + ")");
+    return PQgetisnull(r.get(), 0, 0) ? "" : PQgetvalue(r.get(), 0, 0);
+  } catch (const pg::PgError& e) {
+    if (e.sqlstate() != "22023") throw;  // "transaction ID ... is in the future"
+    return "";
+  }
+}
+
+// How a txid's status reads in a reason.
+std::string statusText(std::uint64_t txid, const std::string& status) {
+  if (txid == 0) return "no txid recorded for it";
+  return "txid_status(" + std::to_string(txid) + ") is " + (status.empty() ? "NULL" : "'" + status + "'");
 }
 
 }  // namespace
@@ -43,6 +66,13 @@ std::string describePgError(const pg::PgError& e) {
   if (st.rfind("23", 0) == 0) return "constraint violation: " + what;
   if (st == "55P03") return "lock not available in time: " + what;
   return what + " (SQLSTATE " + st + ")";
+}
+
+std::uint64_t fullTxid(std::uint64_t reference, std::uint32_t xid) {
+  // The xid's distance from the reference's low 32 bits, as -2^31 .. 2^31 - 1.
+  auto delta = std::int64_t(std::int32_t(xid - std::uint32_t(reference)));
+  if (delta < 0 && std::uint64_t(-delta) >= reference) return 0;
+  return reference + delta;
 }
 
 PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
@@ -114,16 +144,41 @@ void PgAgent::reconcile() {
   sweeper_ = std::thread([this] { sweepLoop(); });
 }
 
+std::vector<PgAgent::Held> PgAgent::heldPrepared(PGconn* c, const std::string& gidCondition) {
+  // pg_prepared_xacts gives the 32-bit xid; a current snapshot's xmax (64
+  // bits) supplies its epoch (see fullTxid). txid_current() would too, but
+  // would make every sweep a writing transaction.
+  auto q = pg::exec(c,
+                    "SELECT gid, extract(epoch FROM now() - prepared), transaction::text, "
+                    "txid_snapshot_xmax(txid_current_snapshot()) FROM pg_prepared_xacts WHERE database = "
+                    "current_database() AND " +
+                        gidCondition);
+  std::vector<Held> out;
+  for (int i = 0; i < PQntuples(q.get()); ++i) {
+    std::uint64_t next = std::stoull(PQgetvalue(q.get(), i, 3));
+    auto xid = std::uint32_t(std::stoul(PQgetvalue(q.get(), i, 2)));
+    out.push_back({PQgetvalue(q.get(), i, 0), std::atof(PQgetvalue(q.get(), i, 1)), fullTxid(next, xid)});
+  }
+  return out;
+}
+
+bool PgAgent::recordInDoubt(lmdb::Txn& txn, Xid xid, std::uint64_t txid, const std::string& reason) const {
+  if (log_.read(txn, xid)) return false;
+  BranchRecord r;
+  r.xid = xid;
+  r.state = BranchStatus::Prepared;
+  r.hostTxid = txid;
+  r.createdUs = r.preparedUs = wallMicros();
+  r.reason = reason;
+  log_.put(txn, r);
+  return true;
+}
+
 PgAgent::Swept PgAgent::sweepPrepared(PGconn* c, double minAgeNoRecordS) {
   std::string prefix = "keel:" + opts_.name + ":";
-  auto q = pg::exec(c,
-                    "SELECT gid, extract(epoch FROM now() - prepared) FROM pg_prepared_xacts WHERE database = "
-                    "current_database() AND left(gid, " +
-                        std::to_string(prefix.size()) + ") = " + quoteLiteral(prefix));
   Swept out;
-  for (int i = 0; i < PQntuples(q.get()); ++i) {
-    std::string g = PQgetvalue(q.get(), i, 0);
-    double ageS = std::atof(PQgetvalue(q.get(), i, 1));
+  for (const Held& h : heldPrepared(c, "left(gid, " + std::to_string(prefix.size()) + ") = " + quoteLiteral(prefix))) {
+    const std::string& g = h.gid;
     auto rest = g.substr(prefix.size());
     auto colon = rest.find(':');
     if (colon == std::string::npos) continue;
@@ -131,6 +186,17 @@ PgAgent::Swept PgAgent::sweepPrepared(PGconn* c, double minAgeNoRecordS) {
     auto rec = log_.branches({xid})[0];
     if (rec && rec->state == BranchStatus::Prepared) {
       ++out.kept;  // waits for the coordinator (or the in-doubt resolver)
+      if (rec->hostTxid == 0 && h.txid != 0) {
+        // A record from before txids were kept: note it while PostgreSQL
+        // still holds it, so that its end can be told (txid_status).
+        log_.log().runSync([&](lmdb::Txn& txn) {
+          auto r = log_.read(txn, xid);
+          if (r && r->state == BranchStatus::Prepared && r->hostTxid == 0) {
+            r->hostTxid = h.txid;
+            log_.put(txn, *r);
+          }
+        });
+      }
     } else if (rec && rec->state == BranchStatus::Committed) {
       try {
         pg::exec(c, "COMMIT PREPARED " + quoteLiteral(g));
@@ -146,16 +212,11 @@ PgAgent::Swept PgAgent::sweepPrepared(PGconn* c, double minAgeNoRecordS) {
       // PREPARED, and the coordinator's phase 2 or the in-doubt resolver's
       // question settles it (never rolled back on our own). While running,
       // a young gid is left alone: its prepare may be about to record it.
-      if (ageS < minAgeNoRecordS || pendingRecord(xid)) continue;
+      if (h.ageS < minAgeNoRecordS || pendingRecord(xid)) continue;
       log_.log().runSync([&](lmdb::Txn& txn) {
-        if (log_.read(txn, xid)) return;
-        BranchRecord r;
-        r.xid = xid;
-        r.state = BranchStatus::Prepared;
-        r.createdUs = r.preparedUs = wallMicros();
-        r.reason = "recovered from PostgreSQL's prepared transaction " + g +
-                   " (no PREPARED record was durable): in doubt until the coordinator answers";
-        log_.put(txn, r);
+        recordInDoubt(txn, xid, h.txid,
+                      "recovered from PostgreSQL's prepared transaction " + g +
+                          " (no PREPARED record was durable): in doubt until the coordinator answers");
       });
       ++out.recovered;
     } else {
@@ -329,6 +390,9 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
     Params p(op);
     send(op.sql, &p);
   }
+  // The txid goes into the PREPARED record: once the gid is gone, its
+  // txid_status tells whether PostgreSQL committed or rolled it back.
+  send("SELECT txid_current()", nullptr);
   send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
   if (PQpipelineSync(c) != 1) connectionLost(c, "sending the pipeline");
 
@@ -349,6 +413,13 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
         statementError.emplace(e);
       }
     }
+  }
+  auto txid = nextResult(c);
+  if (txid.get() == nullptr) connectionLost(c, "SELECT txid_current()");
+  if (!statementError && PQresultStatus(txid.get()) == PGRES_TUPLES_OK && PQntuples(txid.get()) == 1) {
+    out.txid = std::stoull(PQgetvalue(txid.get(), 0, 0));
+  } else if (!statementError && PQresultStatus(txid.get()) != PGRES_PIPELINE_ABORTED) {
+    statementError.emplace(errorOf(txid.get(), "SELECT txid_current()"));
   }
   auto prepared = nextResult(c);
   if (prepared.get() == nullptr) connectionLost(c, "PREPARE TRANSACTION");
@@ -429,7 +500,7 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
         // overtook us and may have looked for PostgreSQL's prepared
         // transaction before we made it. Undo it and vote NO.
         bool ours = !log_.branches({xid})[0] &&
-                    recordPrepared(epoch, xid, ops, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
+                    recordPrepared(epoch, xid, ops, trip.txid, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
         if (!ours) {
           rollbackPrepared(c, g);
           return PrepareResult{Vote::No, "branch " + xid.str() + " was rolled back before it was prepared", {}};
@@ -446,11 +517,11 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
 // log's writer thread, done after its group commit.
 class PgAgent::PreparedRecordJob final : public GroupCommitLog::Job {
  public:
-  PreparedRecordJob(PgAgent& agent, std::uint64_t epoch, Xid xid, std::vector<Op> ops)
-      : agent_(agent), epoch_(epoch), xid_(xid), ops_(std::move(ops)) {}
+  PreparedRecordJob(PgAgent& agent, std::uint64_t epoch, Xid xid, std::vector<Op> ops, std::uint64_t txid)
+      : agent_(agent), epoch_(epoch), xid_(xid), ops_(std::move(ops)), txid_(txid) {}
   void apply(lmdb::Txn& txn) override {
     KEEL_FAILPOINT("pg.before_lazy_prepared_record");  // the vote may have left already
-    written_ = agent_.writePrepared(txn, epoch_, xid_, ops_);
+    written_ = agent_.writePrepared(txn, epoch_, xid_, ops_, txid_);
   }
   void done(std::exception_ptr err) noexcept override { agent_.preparedRecordDone(xid_, err, written_); }
 
@@ -459,10 +530,12 @@ class PgAgent::PreparedRecordJob final : public GroupCommitLog::Job {
   const std::uint64_t epoch_;
   const Xid xid_;
   std::vector<Op> ops_;
+  const std::uint64_t txid_;
   bool written_ = false;
 };
 
-bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops) const {
+bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops,
+                            std::uint64_t txid) const {
   log_.storeEpoch(txn, seqNode(xid.seq), epoch);
   // A record there already is a rollback's (its tombstone): it came first.
   if (log_.read(txn, xid)) return false;
@@ -471,15 +544,17 @@ bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const 
   rec.epoch = epoch;
   rec.ops = ops;
   rec.state = BranchStatus::Prepared;
+  rec.hostTxid = txid;
   rec.createdUs = rec.preparedUs = wallMicros();
   KEEL_FAILPOINT("agent.before_prepared_durable");
   log_.put(txn, rec);
   return true;
 }
 
-bool PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, bool force) {
+bool PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, std::uint64_t txid,
+                             bool force) {
   if (force) {
-    bool written = log_.log().runSync([&](lmdb::Txn& txn) { return writePrepared(txn, epoch, xid, ops); });
+    bool written = log_.log().runSync([&](lmdb::Txn& txn) { return writePrepared(txn, epoch, xid, ops, txid); });
     {
       std::lock_guard<std::mutex> lk(mu_);
       auto& d = durableEpochs_[seqNode(xid.seq)];
@@ -491,7 +566,7 @@ bool PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>
     std::lock_guard<std::mutex> lk(mu_);
     pending_.insert(xid);
   }
-  log_.log().submitLazy(std::make_unique<PreparedRecordJob>(*this, epoch, xid, ops));
+  log_.log().submitLazy(std::make_unique<PreparedRecordJob>(*this, epoch, xid, ops, txid));
   return true;
 }
 
@@ -535,51 +610,120 @@ kj::Promise<PrepareResult> PgAgent::execute(std::uint64_t epoch, Xid xid, std::v
   return PrepareResult{Vote::No, "the postgres adapter does not offer interactive transactions yet: use submit", {}};
 }
 
-BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
-  // No record: its lazy PREPARED record is still on its way, or it and the
-  // COMMITTED record were lost in a crash after COMMIT PREPARED (a gid
-  // PostgreSQL still held would have been recorded at start-up). Either way
-  // we voted YES, which we do only once PostgreSQL has prepared it, and the
-  // coordinator commits only what was voted YES: commit it.
-  auto rec = log_.branches({xid})[0];
-  if (rec) {
-    switch (rec->state) {
-      case BranchStatus::Committed: return BranchOutcome::Committed;
-      case BranchStatus::RolledBack: return BranchOutcome::Conflict;
-      case BranchStatus::Active: return BranchOutcome::NotPrepared;
-      case BranchStatus::Prepared: break;
-    }
+namespace {
+
+// A commit's answer from the branch's record; nullopt while it is PREPARED.
+std::optional<BranchOutcome> commitAnswerOf(const BranchRecord& rec) {
+  switch (rec.state) {
+    case BranchStatus::Committed: return BranchOutcome::Committed;
+    case BranchStatus::RolledBack: return BranchOutcome::Conflict;
+    case BranchStatus::Active: return BranchOutcome::NotPrepared;
+    case BranchStatus::Prepared: break;
   }
+  return std::nullopt;
+}
+
+}  // namespace
+
+BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
+  const std::string g = gid(xid);
+  // Must be durable before COMMIT PREPARED: the PREPARED record with its
+  // txid. A crash after PostgreSQL's commit and before our COMMITTED record
+  // then leaves a record whose txid_status says what PostgreSQL did; a lazy
+  // record lost with the crash would leave nothing to tell. So one still on
+  // its way is forced now (off the client's path: phase 2).
+  if (pendingRecord(xid)) log_.log().runSync([](lmdb::Txn&) {});
+  auto rec = log_.branches({xid})[0];
+  if (!rec) {
+    // No record and none on its way: its lazy write failed, or this branch
+    // never prepared here (an operator's forced commit). Only a prepared
+    // transaction PostgreSQL holds under its gid says that it prepared: it
+    // is recorded PREPARED first (with its txid, durable) and committed.
+    auto held = heldPrepared(c, "gid = " + quoteLiteral(g));
+    if (held.empty()) {
+      return answerUnknown(xid,
+                           "commit asked for a branch with no record here that PostgreSQL does not hold prepared "
+                           "(never prepared here, or finished with its record lost)");
+    }
+    rec = log_.log().runSync([&](lmdb::Txn& txn) {
+      recordInDoubt(txn, xid, held[0].txid,
+                    "PostgreSQL held " + g + " prepared with no PREPARED record here; recorded at its commit");
+      return log_.read(txn, xid);
+    });
+  }
+  if (auto done = commitAnswerOf(*rec)) return *done;
   KEEL_FAILPOINT("agent.before_commit_durable");
   try {
-    pg::exec(c, "COMMIT PREPARED " + quoteLiteral(gid(xid)));
+    pg::exec(c, "COMMIT PREPARED " + quoteLiteral(g));
   } catch (const pg::PgError& e) {
-    // Gone already: our earlier COMMIT PREPARED went through before a crash.
     if (e.sqlstate() != kUndefinedObject) throw;
+    // PostgreSQL no longer holds it: our own COMMIT PREPARED before a crash
+    // lost its record, or a DBA's COMMIT / ROLLBACK PREPARED. Never taken
+    // as committed on its own: the txid's status says which.
+    std::string st = txidStatus(c, rec->hostTxid);
+    if (st == "committed") {
+      auto now = finishFromHost(xid, epoch, BranchStatus::Committed,
+                                "PostgreSQL had committed it already (" + statusText(rec->hostTxid, st) +
+                                    "): an earlier COMMIT PREPARED whose record was lost, or one outside Keel");
+      return now ? commitAnswerOf(*now).value_or(BranchOutcome::Unknown) : BranchOutcome::Unknown;
+    }
+    if (st == "aborted") {
+      KEEL_LOG_WARN("branch {}: commit refused: PostgreSQL rolled back {} outside Keel ({}); recorded rolled back",
+                    xid.str(), g, statusText(rec->hostTxid, st));
+      auto now = finishFromHost(xid, epoch, BranchStatus::RolledBack,
+                                "ROLLBACK PREPARED outside Keel: PostgreSQL rolled back its prepared transaction (" +
+                                    statusText(rec->hostTxid, st) + ") before the coordinator's commit");
+      return now ? commitAnswerOf(*now).value_or(BranchOutcome::Unknown) : BranchOutcome::Unknown;
+    }
+    return answerUnknown(xid, "commit found PostgreSQL's prepared transaction gone and " +
+                                  statusText(rec->hostTxid, st) +
+                                  ": committed or rolled back outside this commit, nothing tells which");
   }
   KEEL_FAILPOINT("pg.after_host_commit");
   // Lazy: PostgreSQL's commit is durable already, and a COMMITTED record
-  // lost in a crash leaves a PREPARED one that PostgreSQL no longer holds,
-  // which the in-doubt resolver settles by asking the coordinator (COMMIT
-  // PREPARED of a gid that is gone is accepted above). So this write need
-  // not start a group commit: it rides with the next prepares' group (or
+  // lost in a crash leaves the PREPARED one with its txid, whose
+  // txid_status settles the retried commit above. So this write need not
+  // start a group commit: it rides with the next prepares' group (or
   // commits after lazy_delay), and the acknowledgement still waits for it.
   log_.log().runSyncLazy([&](lmdb::Txn& txn) {
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
     auto r = log_.read(txn, xid);
-    if (r && r->state == BranchStatus::Prepared) {
-      log_.finish(txn, *r, BranchStatus::Committed, epoch);
-    } else if (!r) {
-      // Its PREPARED record never became durable (lost in a crash, or its
-      // write failed): the story still says committed.
-      BranchRecord c;
-      c.xid = xid;
-      c.createdUs = wallMicros();
-      c.reason = "committed; no PREPARED record was durable (PostgreSQL's prepared transaction held it)";
-      log_.finish(txn, c, BranchStatus::Committed, epoch);
-    }
+    if (r && r->state == BranchStatus::Prepared) log_.finish(txn, *r, BranchStatus::Committed, epoch);
   });
   return BranchOutcome::Committed;
+}
+
+std::optional<BranchRecord> PgAgent::finishFromHost(Xid xid, std::uint64_t epoch, BranchStatus state,
+                                                    const std::string& reason) {
+  // Must be durable before reply: the answer rests on it.
+  return log_.log().runSync([&](lmdb::Txn& txn) {
+    log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+    auto r = log_.read(txn, xid);
+    if (r && r->state == BranchStatus::Prepared) {
+      r->reason = reason;
+      log_.finish(txn, *r, state, epoch);
+    }
+    return r;
+  });
+}
+
+BranchOutcome PgAgent::answerUnknown(Xid xid, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (warnedUnknown_.size() >= 4096) warnedUnknown_.clear();  // bounded: at worst a warning again
+    if (!warnedUnknown_.insert(xid).second) return BranchOutcome::Unknown;
+  }
+  KEEL_LOG_WARN("branch {}: outcome unknown: {}; answered unknown and recorded no outcome", xid.str(), why);
+  // A PREPARED record keeps its state (nothing is known) and says why.
+  log_.log().runSyncLazy([&](lmdb::Txn& txn) {
+    auto r = log_.read(txn, xid);
+    std::string reason = "outcome unknown: " + why;
+    if (r && r->state == BranchStatus::Prepared && r->reason != reason) {
+      r->reason = reason;
+      log_.put(txn, *r);
+    }
+  });
+  return BranchOutcome::Unknown;
 }
 
 BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
@@ -596,7 +740,24 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     // after PREPARE TRANSACTION (its reply lost, or our PREPARED record not
     // written), which is why the coordinator rolls back. Until PostgreSQL
     // answers this throws, and the coordinator retries.
-    rollbackPrepared(c, gid(xid));
+    bool held = rollbackPrepared(c, gid(xid));
+    if (!held && rec) {
+      // Recorded PREPARED, yet PostgreSQL no longer holds it: our own
+      // ROLLBACK PREPARED before a crash lost its record, or a DBA's COMMIT
+      // / ROLLBACK PREPARED. The txid's status says which.
+      std::string st = txidStatus(c, rec->hostTxid);
+      if (st == "committed") {
+        KEEL_LOG_WARN("branch {}: rollback found it committed by COMMIT PREPARED outside Keel ({}); recorded committed",
+                      xid.str(), statusText(rec->hostTxid, st));
+        finishFromHost(xid, epoch, BranchStatus::Committed,
+                       "COMMIT PREPARED outside Keel: PostgreSQL committed its prepared transaction (" +
+                           statusText(rec->hostTxid, st) + ") before the coordinator's rollback");
+      } else if (st != "aborted") {
+        return answerUnknown(xid, "rollback found PostgreSQL's prepared transaction gone and " +
+                                      statusText(rec->hostTxid, st) +
+                                      ": committed or rolled back outside this rollback, nothing tells which");
+      }
+    }
   }
   bool committedMeanwhile = false;
   bool preparedMeanwhile = false;
@@ -652,8 +813,7 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::rollback(std::uint64_t epoch, s
 }
 
 BranchStatus PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec) {
-  auto r = pg::exec(c, "SELECT txid_status(" + std::to_string(rec.hostTxid) + ")");
-  std::string status = PQgetisnull(r.get(), 0, 0) ? "" : PQgetvalue(r.get(), 0, 0);
+  std::string status = txidStatus(c, rec.hostTxid);
   // "in progress" cannot outlive our crash: the session that ran it is gone.
   BranchStatus final = status == "committed" ? BranchStatus::Committed : BranchStatus::RolledBack;
   Xid xid = rec.xid;

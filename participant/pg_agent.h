@@ -3,14 +3,16 @@
 // two-phase commit. Operations are SQL statements with typed parameters,
 // run in one database transaction per branch.
 //
-//   prepare   BEGIN; statements; PREPARE TRANSACTION 'keel:<agent>:<seq>:<branch>';
+//   prepare   BEGIN; statements; SELECT txid_current(); PREPARE TRANSACTION
+//             'keel:<agent>:<seq>:<branch>', in one round trip.
 //             PostgreSQL's prepared transaction is the durable PREPARED
 //             state, so the vote leaves then; the branch log's PREPARED
-//             record follows lazily (forced first for a coordinator epoch
-//             not yet durable here). A tombstone found before the vote, or
-//             by the lazy write (the rollback overtook the prepare), undoes
-//             PostgreSQL's half.
-//   commit    COMMIT PREPARED, then the branch log says committed
+//             record (with the txid) follows lazily (forced first for a
+//             coordinator epoch not yet durable here). A tombstone found
+//             before the vote, or by the lazy write (the rollback overtook
+//             the prepare), undoes PostgreSQL's half.
+//   commit    the PREPARED record made durable if it is still on its way,
+//             COMMIT PREPARED, then the branch log says committed
 //   rollback  ROLLBACK PREPARED, for a branch never seen too (a prepare that
 //             failed after PREPARE TRANSACTION leaves no record but may leave
 //             PostgreSQL's prepared transaction), then a tombstone for it
@@ -21,11 +23,15 @@
 // Recovery at start-up reconciles PostgreSQL's prepared transactions of this
 // agent (pg_prepared_xacts, this database, this agent's gid prefix only)
 // with the branch log: one the log does not hold at all may have been voted
-// YES (its lazy record lost) and is recorded PREPARED, in doubt, for the
-// coordinator to decide; one the log holds as rolled back is rolled back;
-// one it holds as committed is committed. A gid that PostgreSQL no longer has when commit or
-// rollback is asked means that step already happened (we only ever do what
-// the coordinator decided), so both are idempotent.
+// YES (its lazy record lost) and is recorded PREPARED, in doubt, with its
+// txid, for the coordinator to decide; one the log holds as rolled back is
+// rolled back; one it holds as committed is committed.
+//
+// A gid PostgreSQL no longer holds is never taken as proof of an outcome
+// (a DBA may have run COMMIT PREPARED or ROLLBACK PREPARED by hand): the
+// recorded txid's txid_status() says what PostgreSQL did, and where nothing
+// says it the answer is Unknown and no outcome is written. docs/postgres.md
+// lists every case.
 //
 // Interactive mode (execute) is not offered by this adapter yet: it would
 // need one connection held per open branch.
@@ -40,6 +46,7 @@
 #include <thread>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "participant/adapters/pg_pool.h"
 #include "participant/backend.h"
@@ -103,7 +110,8 @@ class PgAgent final : public ParticipantBackend {
   // Runs the statements in the open transaction of `c`; on a PostgreSQL error
   // rolls it back and returns the reason.
   std::optional<std::string> runStatements(PGconn* c, const std::vector<Op>& ops, std::vector<OpResult>& results);
-  // BEGIN; statements; PREPARE TRANSACTION in one pipelined round trip.
+  // BEGIN; statements; SELECT txid_current(); PREPARE TRANSACTION in one
+  // pipelined round trip.
   // Throws PgError when the connection broke (PostgreSQL may have prepared
   // it all the same).
   struct OneTrip {
@@ -111,18 +119,38 @@ class PgAgent final : public ParticipantBackend {
     std::optional<std::string> refused;        // a statement failed: nothing prepared
     std::optional<std::string> wrongRows;      // a row count the op forbids (prepared all the same)
     std::optional<std::string> prepareFailed;  // PREPARE TRANSACTION itself failed
+    std::uint64_t txid = 0;                    // txid_current() of the prepared transaction
   };
   OneTrip prepareInOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid,
                            std::vector<OpResult>& results);
   // What PostgreSQL did with a one-phase branch whose outcome we lost.
   BranchStatus settleOnePhase(PGconn* c, BranchRecord& rec);
   BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
+  // A prepared transaction of ours that PostgreSQL holds, with its txid.
+  struct Held {
+    std::string gid;
+    double ageS = 0;
+    std::uint64_t txid = 0;
+  };
+  // This database's prepared transactions whose gid meets `gidCondition` (SQL).
+  std::vector<Held> heldPrepared(PGconn* c, const std::string& gidCondition);
+  // A gid PostgreSQL holds that has no record: recorded PREPARED, in doubt,
+  // with its txid (false if a record is there already).
+  bool recordInDoubt(lmdb::Txn& txn, Xid xid, std::uint64_t txid, const std::string& reason) const;
+  // The PREPARED branch's final state from what PostgreSQL did (not what we
+  // were asked), with the reason why; what the log holds afterwards.
+  std::optional<BranchRecord> finishFromHost(Xid xid, std::uint64_t epoch, BranchStatus state,
+                                             const std::string& reason);
+  // Nothing tells what became of the branch: logged once, its PREPARED
+  // record (if any) says so in its reason, no outcome is written.
+  BranchOutcome answerUnknown(Xid xid, const std::string& why);
   // The PREPARED record, lazily (or forced when `force`: a coordinator epoch
   // not yet durable here). False when, forced, it found a rollback's
   // tombstone (lazily, preparedRecordDone undoes PostgreSQL's half).
   class PreparedRecordJob;
-  bool recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, bool force);
-  bool writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops) const;
+  bool recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, std::uint64_t txid, bool force);
+  bool writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops,
+                     std::uint64_t txid) const;
   void preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept;
   bool pendingRecord(Xid xid);
   bool epochNeedsForce(std::uint16_t node, std::uint64_t epoch);
@@ -141,11 +169,21 @@ class PgAgent final : public ParticipantBackend {
   std::set<Xid> pending_;  // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable
   std::map<std::uint16_t, std::uint64_t> durableEpochs_;  // GUARDED_BY(mu_): per coordinator node
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
+  std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once
   std::condition_variable sweepCv_;
   std::thread sweeper_;
 };
 
 // A PostgreSQL error as a reason a branch was refused.
 std::string describePgError(const pg::PgError& e);
+
+// The 64-bit txid of a 32-bit xid (pg_prepared_xacts.transaction): the one
+// nearest to `reference`, a current 64-bit txid (txid_snapshot_xmax of a
+// current snapshot). A live transaction's xid is always less than 2^31 away
+// from it (PostgreSQL's wraparound protection), on either side: a snapshot's
+// xmax is the latest completed txid + 1, so a prepared transaction may be
+// above it. The epoch is right across a wraparound of the low 32 bits. 0 if
+// the nearest would be below txid 1.
+std::uint64_t fullTxid(std::uint64_t reference, std::uint32_t xid);
 
 }  // namespace keel

@@ -362,6 +362,16 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
         if (q && q->interaction.state == InteractionRecord::State::Committed) {
           add("(d) rolledback: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " but the coordinator says committed");
         }
+        if (q && q->interaction.heuristic()) {
+          add("(d) rolledback: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " but ended " +
+              stateName(q->interaction.state) + " (" + q->interaction.error + ")");
+        }
+        break;
+      case ClientOutcome::HeuristicMixed:
+      case ClientOutcome::HeuristicUnknown:
+        // Nobody overrides a decision here and every host keeps its word:
+        // a heuristic outcome is a broken protocol.
+        add("answer: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " with no operator or host acting on its own");
         break;
       case ClientOutcome::InDoubt:
       case ClientOutcome::Invalid:

@@ -87,7 +87,7 @@ TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
       {ctl() + "query 0", "keelctl: seq 0 is out of range"},
       {ctl() + "retry 12x", "keelctl: seq '12x' is not a whole number"},
       {ctl() + "resolve 5e2 --commit --why x", "keelctl: seq '5e2' is not a whole number"},
-      {ctl() + "resolve 5 --why x", "keelctl: resolve needs --commit or --abort"},
+      {ctl() + "resolve 5 --why x", "keelctl: resolve needs --commit, --abort or --reconciled"},
       {ctl() + "list --limit 0", "keelctl: --limit 0 is out of range (1..10000)"},
       {ctl() + "list --limit 4294967296", "keelctl: --limit 4294967296 is out of range (1..10000)"},
       {ctl() + "audit --limit ten", "keelctl: --limit 'ten' is not a whole number"},
@@ -368,6 +368,31 @@ TEST_F(KeelctlOperatorTest, HeuristicOutcomesAreShownAsTheyAre) {
   EXPECT_EQ(j.exitCode, 5) << j.output;
   EXPECT_PRINTS(j, "\"outcome\":\"heuristic-mixed\"");
   EXPECT_PRINTS(j, "\"replayed\":true");
+
+  // It waits in `list` for an operator until marked reconciled.
+  auto waiting = run(ctl() + "list");
+  EXPECT_PRINTS(waiting, "0 unfinished interaction(s)");
+  EXPECT_PRINTS(waiting, "1 heuristic interaction(s) to reconcile by hand");
+  EXPECT_PRINTS(waiting, seq + "  heuristic-mixed");
+  EXPECT_PRINTS(waiting, "bank-a committed bank-b rolled-back");
+  auto lj = run(ctl() + "list --json");
+  EXPECT_PRINTS(lj, "\"unfinished\":[]");
+  EXPECT_PRINTS(lj, "\"heuristic\":[{\"seq\":" + seq);
+  auto noWhy = run(ctl() + "resolve " + seq + " --reconciled");
+  EXPECT_EQ(noWhy.exitCode, 2) << noWhy.output;
+  auto both = run(ctl() + "resolve " + seq + " --reconciled --abort --why x");
+  EXPECT_EQ(both.exitCode, 2) << both.output;
+  auto done = run(ctl() + "resolve " + seq + " --reconciled --who tester --why 'bank-b credited by hand'");
+  EXPECT_EQ(done.exitCode, 0) << done.output;
+  EXPECT_PRINTS(done, "done: marked reconciled");
+  EXPECT_PRINTS(run(ctl() + "list"), "0 unfinished interaction(s)\n");
+  EXPECT_EQ(run(ctl() + "list").output.find("heuristic interaction(s)"), std::string::npos);
+  auto twice = run(ctl() + "resolve " + seq + " --reconciled --who tester --why again");
+  EXPECT_EQ(twice.exitCode, 1) << twice.output;
+  EXPECT_PRINTS(run(ctl() + "audit"), "\"action\":\"reconciled\"");
+  // A state that is not heuristic has nothing to reconcile.
+  auto notHeuristic = run(ctl() + "resolve " + std::to_string(a->seq - 1) + " --reconciled --why x");
+  EXPECT_EQ(notHeuristic.exitCode, 1) << notHeuristic.output;
 }
 
 }  // namespace

@@ -3,9 +3,15 @@
 // bank_b). Every case ends with both databases consistent and
 // pg_prepared_xacts empty.
 
+#include <libpq-fe.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <iterator>
 
+#include "common/wire.h"
+#include "participant/branch_log.h"
+#include "participant/pg_agent.h"
 #include "tests/integration/cluster_fixture.h"
 #include "tools/pg_server.h"
 #include "tools/sql_bank.h"
@@ -299,6 +305,193 @@ TEST_F(PostgresTest, CoordinatorKilledBetweenPrepareAndCommit) {
   ASSERT_TRUE(eventually([&] { return settled(); }, std::chrono::seconds(15)));
   EXPECT_EQ(balance("bank_a", "alice"), 960);
   EXPECT_EQ(balance("bank_b", "bob"), 40);
+}
+
+// ---------------------------------------------------------------- a gid gone is no outcome
+//
+// A prepared transaction PostgreSQL no longer holds says nothing about how
+// it ended: a DBA may have run COMMIT PREPARED or ROLLBACK PREPARED by hand.
+// These tests call bank-b directly, as a coordinator would (branches of
+// coordinator node 9, so that the cluster's coordinator leaves them alone),
+// and check both what the agent answers and what its branch log records
+// (read from its data directory once it is stopped).
+
+class PostgresOutcomeTest : public PostgresTest {
+ protected:
+  static constexpr std::uint64_t kEpoch = 1;
+  static Xid xidOf(std::uint64_t n) { return Xid{(std::uint64_t(9) << 48) | n, 1}; }
+  static std::string gidOf(Xid xid) {
+    return "keel:bank-b:" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
+  }
+
+  wire::Vote prepareAtB(Xid xid, const std::vector<Op>& ops) {
+    auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+    auto req = agent->capability().prepareRequest();
+    req.setEpoch(kEpoch);
+    fillXid(req.initXid(), xid);
+    fillOps(req.initOperations(ops.size()), ops);
+    auto resp = req.send().wait(io_.waitScope);
+    return resp.getVote();
+  }
+  // Phase 2 at bank-b as the coordinator sends it; throws if the call fails.
+  wire::BranchOutcome finishAtB(Xid xid, bool commit) {
+    auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+    if (commit) {
+      auto req = agent->capability().commitRequest();
+      req.setEpoch(kEpoch);
+      fillXid(req.initXids(1)[0], xid);
+      return req.send().wait(io_.waitScope).getOutcomes()[0];
+    }
+    auto req = agent->capability().rollbackRequest();
+    req.setEpoch(kEpoch);
+    fillXid(req.initXids(1)[0], xid);
+    return req.send().wait(io_.waitScope).getOutcomes()[0];
+  }
+  // bank-b's record of a branch; bank-b must be stopped.
+  std::optional<BranchRecord> recordAtB(Xid xid) {
+    EXPECT_FALSE(cluster_->agentRunning("bank-b"));
+    BranchLog log(cluster_->baseDir() + "/bank-b", std::size_t(1) << 30);
+    return log.branches({xid})[0];
+  }
+  // Stops bank-b and returns its record of a branch (an empty one, and the
+  // test fails, if it has none).
+  BranchRecord recordAfterStoppingB(Xid xid) {
+    cluster_->stopAgent("bank-b");
+    auto rec = recordAtB(xid);
+    if (!rec) ADD_FAILURE() << "bank-b has no record of branch " << xid.str();
+    return rec.value_or(BranchRecord{});
+  }
+  // How often bank-b's log says `text`.
+  std::size_t inAgentLog(const std::string& text) {
+    std::ifstream f(cluster_->agentLog("bank-b"));
+    std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::size_t n = 0;
+    for (auto at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
+    return n;
+  }
+  // BEGIN; sql; PREPARE TRANSACTION gid in bank_b, by hand; returns its txid.
+  std::uint64_t prepareByHand(const std::string& gid, const std::string& sql) {
+    PGconn* c = PQconnectdb(pg_->connString("bank_b").c_str());
+    std::string txid;
+    for (const std::string& q : {std::string("BEGIN"), sql, std::string("SELECT txid_current()"),
+                                 "PREPARE TRANSACTION '" + gid + "'"}) {
+      PGresult* r = PQexec(c, q.c_str());
+      auto st = PQresultStatus(r);
+      EXPECT_TRUE(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) << q << ": " << PQerrorMessage(c);
+      if (st == PGRES_TUPLES_OK) txid = PQgetvalue(r, 0, 0);
+      PQclear(r);
+    }
+    PQfinish(c);
+    return std::stoull(txid);
+  }
+};
+
+TEST_F(PostgresOutcomeTest, ForcedCommitOfABranchNeverPreparedAnswersUnknownAndRecordsNothing) {
+  const Xid xid = xidOf(1);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::UNKNOWN);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::UNKNOWN);  // asked again: still unknown
+  EXPECT_EQ(inAgentLog("branch " + xid.str() + ": outcome unknown"), 1u);     // warned once
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  cluster_->stopAgent("bank-b");
+  EXPECT_FALSE(recordAtB(xid).has_value());  // nothing claims an outcome
+}
+
+TEST_F(PostgresOutcomeTest, ManualRollbackPreparedThenCommitIsAConflictRecordedRolledBack) {
+  const Xid xid = xidOf(2);
+  ASSERT_EQ(prepareAtB(xid, {credit("bank-b", "bob", 5)}), wire::Vote::YES);
+  ASSERT_EQ(prepared("bank_b"), 1u);
+  pgQuery(pg_->connString("bank_b"), "ROLLBACK PREPARED '" + gidOf(xid) + "'");  // a DBA, by hand
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::CONFLICT);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::CONFLICT);  // from the record now
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::RolledBack);
+  EXPECT_NE(rec.hostTxid, 0u);
+  EXPECT_NE(rec.reason.find("ROLLBACK PREPARED outside Keel"), std::string::npos) << rec.reason;
+  EXPECT_NE(rec.reason.find("'aborted'"), std::string::npos) << rec.reason;
+}
+
+TEST_F(PostgresOutcomeTest, ManualCommitPreparedThenRollbackAnswersCommitted) {
+  const Xid xid = xidOf(3);
+  ASSERT_EQ(prepareAtB(xid, {credit("bank-b", "bob", 5)}), wire::Vote::YES);
+  pgQuery(pg_->connString("bank_b"), "COMMIT PREPARED '" + gidOf(xid) + "'");  // a DBA, by hand
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(balance("bank_b", "bob"), 5);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_NE(rec.reason.find("COMMIT PREPARED outside Keel"), std::string::npos) << rec.reason;
+}
+
+TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnknown) {
+  // The second prepare's PREPARED record is lazy and held up on the log's
+  // writer; its commit must make it durable before COMMIT PREPARED, and the
+  // agent dies right after COMMIT PREPARED, before its COMMITTED record.
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*delay(500),pg.after_host_commit=1*crash");
+  const Xid first = xidOf(40), xid = xidOf(41);
+  ASSERT_EQ(prepareAtB(first, {credit("bank-b", "bob", 1)}), wire::Vote::YES);  // forced: the epoch's first
+  EXPECT_EQ(finishAtB(first, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  ASSERT_EQ(prepareAtB(xid, {credit("bank-b", "bob", 5)}), wire::Vote::YES);  // lazy, its record delayed
+  EXPECT_ANY_THROW(finishAtB(xid, /*commit=*/true));
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(prepared("bank_b"), 0u);  // PostgreSQL committed it
+  EXPECT_EQ(balance("bank_b", "bob"), 5);
+  auto before = recordAtB(xid);
+  ASSERT_TRUE(before.has_value()) << "no PREPARED record was durable before COMMIT PREPARED";
+  EXPECT_EQ(before->state, BranchStatus::Prepared);
+  EXPECT_NE(before->hostTxid, 0u);
+
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(inAgentLog("outcome unknown"), 0u);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_NE(rec.reason.find("'committed'"), std::string::npos) << rec.reason;
+}
+
+TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch) {
+  // Move PostgreSQL's txids past 2^32 (epoch 1), so that a txid taken from
+  // pg_prepared_xacts' 32-bit xid alone would be wrong.
+  cluster_->stopAgent("bank-b");
+  pg_->stopFast();
+  const char* bin = std::getenv("KEEL_PG_BIN_DIR");
+  std::string resetwal = std::string(bin != nullptr && *bin ? bin : KEEL_PG_BIN_DIR) + "/pg_resetwal";
+  auto r = run(std::string(::geteuid() == 0 ? "runuser -u postgres -- " : "") + resetwal + " -e 1 " +
+               pg_->dataDir());
+  ASSERT_EQ(r.exitCode, 0) << r.output;
+  pg_->restart();
+
+  // A prepared transaction of bank-b's with no record: its agent died
+  // before the lazy PREPARED record was durable, after the vote.
+  const Xid xid = xidOf(5);
+  std::uint64_t txid = prepareByHand(gidOf(xid), "UPDATE accounts SET balance = balance + 7 WHERE name = 'bob'");
+  ASSERT_GT(txid, std::uint64_t(1) << 32);
+  cluster_->startAgent("bank-b");  // its start-up sweep records it in doubt
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Prepared);
+  EXPECT_EQ(rec.hostTxid, txid);
+
+  cluster_->startAgent("bank-b");
+  pgQuery(pg_->connString("bank_b"), "COMMIT PREPARED '" + gidOf(xid) + "'");  // a DBA, by hand
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(balance("bank_b", "bob"), 7);
+  EXPECT_EQ(recordAfterStoppingB(xid).state, BranchStatus::Committed);
+}
+
+TEST(PgTxid, FullTxidTakesTheEpochOfTheNearestTxid) {
+  constexpr std::uint64_t kEpoch5 = std::uint64_t(5) << 32;
+  EXPECT_EQ(fullTxid(1000, 999), 999u);
+  EXPECT_EQ(fullTxid(1000, 1000), 1000u);
+  EXPECT_EQ(fullTxid(1000, 1002), 1002u);  // a snapshot's xmax can lag a prepared transaction's xid
+  EXPECT_EQ(fullTxid(kEpoch5 + 10, 7), kEpoch5 + 7);
+  // The low 32 bits wrapped between the xid and the reference: the epoch before...
+  EXPECT_EQ(fullTxid(kEpoch5 + 10, 0xFFFFFFF0u), (std::uint64_t(4) << 32) + 0xFFFFFFF0u);
+  // ...or, for an xid just above the reference, the one after.
+  EXPECT_EQ(fullTxid(kEpoch5 + 0xFFFFFFF0u, 5), (std::uint64_t(6) << 32) + 5);
+  // Nothing below txid 1.
+  EXPECT_EQ(fullTxid(10, 0xFFFFFFF0u), 0u);
+  EXPECT_EQ(fullTxid(10, 10), 10u);
 }
 
 TEST(PostgresAgentStart, NoPreparedTransactionsIsReportedWithTheFix) {

@@ -128,7 +128,9 @@ int Commands::queryRequest(const std::string& requestId) {
 int Commands::list(std::uint32_t limit) {
   Exchange ex(io_, g_.coordinator, g_.timeout);
   auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
-  printUnfinished(std::cout, ex.wait(client->listUnfinished(limit)), g_.json);
+  auto unfinished = ex.wait(client->listUnfinished(limit));
+  auto heuristic = ex.wait(client->listHeuristic(limit));
+  printUnfinished(std::cout, unfinished, heuristic, g_.json);
   return kExitDone;
 }
 
@@ -182,12 +184,19 @@ int Commands::resolve(std::uint64_t seq, bool commit, const std::string& who, co
   req.setWhy(why);
   req.setOverride(override);
   auto resp = ex.wait(req.send());
-  if (g_.json) {
-    std::cout << "{\"done\":" << (resp.getDone() ? "true" : "false") << ",\"reason\":\""
-              << jsonEscape(resp.getReason().cStr()) << "\"}\n";
-  } else {
-    std::cout << (resp.getDone() ? "done: " : "refused: ") << resp.getReason().cStr() << "\n";
-  }
+  printDone(std::cout, resp.getDone(), resp.getReason().cStr(), g_.json);
+  return resp.getDone() ? kExitDone : kExitRefused;
+}
+
+int Commands::reconciled(std::uint64_t seq, const std::string& who, const std::string& why) {
+  Exchange ex(io_, g_.coordinator, g_.timeout);
+  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto req = client->capability().reconciledRequest();
+  req.setSeq(seq);
+  req.setWho(who);
+  req.setWhy(why);
+  auto resp = ex.wait(req.send());
+  printDone(std::cout, resp.getDone(), resp.getReason().cStr(), g_.json);
   return resp.getDone() ? kExitDone : kExitRefused;
 }
 

@@ -47,6 +47,8 @@ class Commands {
   int stats();
   int retry(std::uint64_t seq);  // 0 = every unfinished interaction
   int resolve(std::uint64_t seq, bool commit, const std::string& who, const std::string& why, bool override);
+  // The hosts of a heuristic interaction were reconciled by hand (audited).
+  int reconciled(std::uint64_t seq, const std::string& who, const std::string& why);
   int audit(std::uint32_t limit);
   int branches(const std::string& agent);
   int forget(const std::string& agent, const std::vector<Xid>& xids);

@@ -9,6 +9,7 @@
 //   keelctl [GLOBAL] stats
 //   keelctl [GLOBAL] retry [SEQ]
 //   keelctl [GLOBAL] resolve SEQ --commit|--abort --why TEXT [--who NAME] [--override]
+//   keelctl [GLOBAL] resolve SEQ --reconciled --why TEXT [--who NAME]   (a heuristic one)
 //   keelctl [GLOBAL] audit [--limit N]
 //   keelctl [GLOBAL] forget --agent HOST:PORT SEQ.BRANCH...
 //   keelctl [GLOBAL] branches --agent HOST:PORT
@@ -120,13 +121,16 @@ int main(int argc, char** argv) {
   retry->add_option("seq", retrySeq, "one interaction (default: all)")->type_name("SEQ");
 
   std::string resolveSeq;
-  bool forceCommit = false, forceAbort = false, override = false;
+  bool forceCommit = false, forceAbort = false, override = false, reconciled = false;
   std::string who, why;
   auto* resolve = app.add_subcommand("resolve", "force the decision of an unfinished interaction (audited)");
   resolve->add_option("seq", resolveSeq, "interaction")->type_name("SEQ")->required();
   auto* commitFlag = resolve->add_flag("--commit", forceCommit, "force commit");
   auto* abortFlag = resolve->add_flag("--abort", forceAbort, "force abort (roll back)");
+  auto* reconciledFlag =
+      resolve->add_flag("--reconciled", reconciled, "a heuristic interaction's hosts were reconciled by hand");
   commitFlag->excludes(abortFlag);
+  reconciledFlag->excludes(commitFlag)->excludes(abortFlag);
   resolve->add_option("--why", why, "reason, kept in the audit entry")->required();
   resolve->add_option("--who", who, "operator name (default: $USER)");
   resolve->add_flag("--override", override, "allow contradicting a decision already taken");
@@ -183,7 +187,9 @@ int main(int argc, char** argv) {
       seq = seqArg(retrySeq);
     } else if (*resolve) {
       seq = seqArg(resolveSeq);
-      if (!forceCommit && !forceAbort) throw UsageError("resolve needs --commit or --abort");
+      if (!forceCommit && !forceAbort && !reconciled) {
+        throw UsageError("resolve needs --commit, --abort or --reconciled");
+      }
       if (who.empty()) {
         const char* u = std::getenv("USER");
         who = u != nullptr ? u : "unknown";
@@ -201,6 +207,7 @@ int main(int argc, char** argv) {
     if (*info) return run.info();
     if (*stats) return run.stats();
     if (*retry) return run.retry(seq);
+    if (*resolve && reconciled) return run.reconciled(seq, who, why);
     if (*resolve) return run.resolve(seq, forceCommit, who, why, override);
     if (*auditCmd) return run.audit(limit == 0 ? 1000 : limit);
     if (*branches) return run.branches(agentAddr);

@@ -87,11 +87,14 @@ void printQuery(std::ostream& out, const QueryResult& r, bool json) {
   }
 }
 
-void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& items, bool json) {
+void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& items,
+                     const std::vector<InteractionRecord>& heuristic, bool json) {
   if (json) {
-    out << "[";
+    out << "{\"unfinished\":[";
     for (std::size_t i = 0; i < items.size(); ++i) out << (i ? "," : "") << toJson(items[i]);
-    out << "]\n";
+    out << "],\"heuristic\":[";
+    for (std::size_t i = 0; i < heuristic.size(); ++i) out << (i ? "," : "") << toJson(heuristic[i]);
+    out << "]}\n";
     return;
   }
   auto now = wallMicros();
@@ -108,6 +111,23 @@ void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& it
     if (!r.requestId.empty()) out << "  request id " << r.requestId;
     if (!r.error.empty()) out << "  (" << r.error << ")";
     out << "\n";
+  }
+  if (heuristic.empty()) return;
+  out << heuristic.size()
+      << " heuristic interaction(s) to reconcile by hand (docs/recovery.md; then keelctl resolve SEQ --reconciled)\n";
+  for (auto& r : heuristic) {
+    out << "  " << r.seq << "  " << stateName(r.state) << "  ended " << formatMicros(r.completedUs) << ":";
+    for (auto& b : r.branches) out << " " << b.participant << " " << branchStateName(b.state);
+    if (!r.requestId.empty()) out << "  request id " << r.requestId;
+    out << "\n";
+  }
+}
+
+void printDone(std::ostream& out, bool done, const std::string& reason, bool json) {
+  if (json) {
+    out << "{\"done\":" << (done ? "true" : "false") << ",\"reason\":\"" << jsonEscape(reason) << "\"}\n";
+  } else {
+    out << (done ? "done: " : "refused: ") << reason << "\n";
   }
 }
 

@@ -31,7 +31,11 @@ void printOutcome(std::ostream& out, const SubmitOutcome& o, bool json);
 void printBalances(std::ostream& out, const SubmitOutcome& o, const std::vector<std::string>& refs, bool json);
 
 void printQuery(std::ostream& out, const QueryResult& q, bool json);
-void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& items, bool json);
+// Unfinished interactions, then heuristic ones waiting for an operator.
+void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& items,
+                     const std::vector<InteractionRecord>& heuristic, bool json);
+// An operator call's answer (resolve, reconciled).
+void printDone(std::ostream& out, bool done, const std::string& reason, bool json);
 void printInfo(std::ostream& out, const CoordinatorInfo& i, bool json);
 
 // Coordinator.stats as keelctl shows it.
