@@ -49,6 +49,7 @@ struct Attempt {
   std::vector<Try> tries;    // in the order sent
   std::uint64_t seq = 0;     // interactive: the seq begin answered (0: none)
   ClientEnd end = ClientEnd::Commit;  // interactive only
+  std::uint32_t notSent = 0;  // retries that found no coordinator to send to (not in `tries`)
 };
 
 // What one agent's branch log says about one branch.

@@ -71,8 +71,12 @@ void countAttempts(Report& r, const std::vector<Attempt>& attempts, const Coordi
       bool dropped = a.mix == Mix::Interactive && a.end == ClientEnd::Drop && !lostOne;
       ++(dropped ? m.dropped : m.unanswered);
       if (!dropped && r.unansweredSamples.size() < 10) {
+        std::string lostAt;
+        for (const auto& t : a.tries) lostAt += (lostAt.empty() ? "" : ", ") + formatMicros(t.atUs);
         r.unansweredSamples.push_back(std::string(mixName(a.mix)) + " request id " + a.requestId +
-                                      (a.seq != 0 ? " seq " + std::to_string(a.seq) : std::string()));
+                                      (a.seq != 0 ? " seq " + std::to_string(a.seq) : std::string()) + ": " +
+                                      std::to_string(a.tries.size()) + " tries lost (" + lostAt + "), " +
+                                      std::to_string(a.notSent) + " found no coordinator");
       }
     } else {
       switch (a.answer->outcome) {

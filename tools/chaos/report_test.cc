@@ -62,7 +62,9 @@ TEST(ChaosReport, CountsEachKindRetriesAndInDoubtEndings) {
   EXPECT_EQ(r.inDoubt, 1u);
   EXPECT_EQ(r.unanswered, 1u);
   ASSERT_EQ(r.unansweredSamples.size(), 1u);
-  EXPECT_EQ(r.unansweredSamples[0], "transfer request id r-never");
+  EXPECT_EQ(r.unansweredSamples[0],
+            "transfer request id r-never: 2 tries lost (1970-01-01T00:00:00.000001Z, 1970-01-01T00:00:00.000002Z), "
+            "0 found no coordinator");
   EXPECT_EQ(r.other, 1u);
   EXPECT_EQ(r.lost, 4u);  // every try without an answer
   EXPECT_EQ(r.threeBranch, 1u);

@@ -252,6 +252,7 @@ kj::Promise<void> Workload::untilAnswered(std::size_t conn, FlightPtr f, Call ca
             } else {
               ++notSent;  // no coordinator to send to
               if (!f->idx) return io_.provider->getTimer().afterDelay(kPause);  // never sent: next plan
+              ++attempt(*f).notSent;
             }
             if (!mayRetry(*f)) {
               unanswered(*f);
