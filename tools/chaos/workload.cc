@@ -29,7 +29,7 @@ struct Workload::Flight {
   Micros startUs = wallMicros();
   std::optional<std::size_t> idx;  // into attempts_, once a try was sent
   bool sending = false;            // the current try went out
-  KeelClient* used = nullptr;      // the connection it went out on
+  ConnPtr used;                    // the connection it went out on (outlives txn: declared first)
   Micros retryUntilUs = 0;         // 0: no answer lost yet
   kj::Own<KeelTransaction> txn;    // interactive, while open
   std::size_t step = 0;            // interactive: the next execute
@@ -112,17 +112,17 @@ std::vector<Op> Workload::onWire(const std::vector<Op>& ops) const {
   return out;
 }
 
-kj::Promise<KeelClient*> Workload::connection(std::size_t i) {
-  if (conns_[i].get() != nullptr) return conns_[i].get();
+kj::Promise<Workload::ConnPtr> Workload::connection(std::size_t i) {
+  if (conns_[i]) return conns_[i];
   return KeelClient::connect(io_, coordinator_).then([this, i](kj::Own<KeelClient> c) {
-    if (conns_[i].get() == nullptr) conns_[i] = kj::mv(c);
-    return conns_[i].get();
+    if (!conns_[i]) conns_[i] = std::make_shared<Conn>(Conn{kj::mv(c)});
+    return conns_[i];
   });
 }
 
-void Workload::dropConnection(std::size_t i, KeelClient* used) {
+void Workload::dropConnection(std::size_t i, const ConnPtr& used) {
   // Only the one that failed: another worker may have connected afresh.
-  if (used != nullptr && conns_[i].get() == used) conns_[i] = nullptr;
+  if (used && conns_[i] == used) conns_[i] = nullptr;
 }
 
 kj::Promise<void> Workload::worker(std::size_t conn) {
@@ -225,12 +225,12 @@ kj::Promise<void> Workload::untilAnswered(std::size_t conn, FlightPtr f, Call ca
     });
   };
   return connection(conn)
-      .then([this, f, call](KeelClient* c) {
-        f->used = c;
+      .then([this, f, call](ConnPtr c) {
+        f->used = std::move(c);
         if (f->requestTimeUs == 0) f->requestTimeUs = wallMicros();
         attempt(*f).tries.push_back(Try{wallMicros(), std::nullopt});
         f->sending = true;
-        return io_.provider->getTimer().timeoutAfter(kTryWait, call(*c, *f));
+        return io_.provider->getTimer().timeoutAfter(kTryWait, call(*f->used->client, *f));
       })
       .then(
           [this, f, again](std::optional<SubmitOutcome> o) -> kj::Promise<void> {

@@ -60,13 +60,20 @@ class Workload {
   };
   struct Flight;  // one interaction in flight
   using FlightPtr = std::shared_ptr<Flight>;
+  // One client connection, shared by the workers on it. A flight holds the
+  // one its call (and its transaction) went out on, so dropping a broken
+  // connection from conns_ never frees it under another worker's call.
+  struct Conn {
+    kj::Own<KeelClient> client;
+  };
+  using ConnPtr = std::shared_ptr<Conn>;
   // One try: nullopt = no outcome to record (a begin opened its transaction).
   using Call = std::function<kj::Promise<std::optional<SubmitOutcome>>(KeelClient&, Flight&)>;
 
   Plan nextPlan();
   std::vector<Op> onWire(const std::vector<Op>& ops) const;
-  kj::Promise<KeelClient*> connection(std::size_t i);
-  void dropConnection(std::size_t i, KeelClient* used);
+  kj::Promise<ConnPtr> connection(std::size_t i);
+  void dropConnection(std::size_t i, const ConnPtr& used);
 
   kj::Promise<void> worker(std::size_t conn);
   kj::Promise<void> untilAnswered(std::size_t conn, FlightPtr f, Call call);
@@ -88,7 +95,7 @@ class Workload {
   std::vector<std::string> agents_;
   Timeline& timeline_;
   std::mt19937_64 rng_;
-  std::vector<kj::Own<KeelClient>> conns_;
+  std::vector<ConnPtr> conns_;
   std::vector<Attempt> attempts_;
   std::int64_t lowestRead_ = 0;
   Micros until_ = 0;
