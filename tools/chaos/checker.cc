@@ -146,7 +146,7 @@ class Checker {
           break;
       }
     }
-    if (a.mix == Mix::Interactive && a.end == ClientEnd::Drop && a.seq != 0) {
+    if (a.dropped && a.seq != 0) {
       const auto* r = record(a.seq);
       if (r != nullptr && r->state != IState::RolledBack && !r->heuristic()) {
         add(K::RollbackNotKept, a.seq,

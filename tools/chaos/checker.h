@@ -48,7 +48,8 @@ struct Attempt {
   std::string requestId;     // every try carried it ("" = none)
   std::vector<Try> tries;    // in the order sent
   std::uint64_t seq = 0;     // interactive: the seq begin answered (0: none)
-  ClientEnd end = ClientEnd::Commit;  // interactive only
+  ClientEnd end = ClientEnd::Commit;  // interactive only: how the client meant to end it
+  bool dropped = false;       // interactive: the client dropped its open transaction (no answer expected)
   std::uint32_t notSent = 0;  // retries that found no coordinator to send to (not in `tries`)
 };
 

@@ -323,6 +323,7 @@ TEST(ChaosChecker, DroppedTransactionThatCommittedIsReported) {
   Attempt dropped;
   dropped.mix = Mix::Interactive;
   dropped.end = ClientEnd::Drop;
+  dropped.dropped = true;
   dropped.ops = in.attempts[1].ops;
   dropped.seq = 11;
   in.attempts = {in.attempts[0], dropped};

@@ -68,9 +68,8 @@ void countAttempts(Report& r, const std::vector<Attempt>& attempts, const Coordi
                                                                                          : r.interactiveDrop);
     }
     if (!a.answer) {
-      bool dropped = a.mix == Mix::Interactive && a.end == ClientEnd::Drop && !lostOne;
-      ++(dropped ? m.dropped : m.unanswered);
-      if (!dropped && r.unansweredSamples.size() < 10) {
+      ++(a.dropped ? m.dropped : m.unanswered);
+      if (!a.dropped && r.unansweredSamples.size() < 10) {
         std::string lostAt;
         for (const auto& t : a.tries) lostAt += (lostAt.empty() ? "" : ", ") + formatMicros(t.atUs);
         r.unansweredSamples.push_back(std::string(mixName(a.mix)) + " request id " + a.requestId +
@@ -92,8 +91,13 @@ void countAttempts(Report& r, const std::vector<Attempt>& attempts, const Coordi
       }
     }
     if (lostOne) {
+      // A transaction dropped as planned after a lost begin: its retry got
+      // through and opened it anew.
       ++r.retried;
-      ++(!a.answer ? r.retriedUnanswered : a.answer->replayed ? r.retriedReplayed : r.retriedNew);
+      ++(a.dropped                    ? r.retriedNew
+         : !a.answer                  ? r.retriedUnanswered
+         : a.answer->replayed         ? r.retriedReplayed
+                                      : r.retriedNew);
     }
   }
   r.committed = r.rolledBack = r.inDoubt = r.unanswered = r.other = 0;

@@ -44,8 +44,14 @@ TEST(ChaosReport, CountsEachKindRetriesAndInDoubtEndings) {
   Attempt dropped;
   dropped.mix = Mix::Interactive;
   dropped.end = ClientEnd::Drop;
+  dropped.dropped = true;
   dropped.seq = 9;
   attempts.push_back(dropped);
+  // Dropped as planned after its first begin was lost and a retry opened it.
+  Attempt droppedAfterRetry = dropped;
+  droppedAfterRetry.seq = 11;
+  droppedAfterRetry.tries = {Try{1, std::nullopt}};
+  attempts.push_back(droppedAfterRetry);
   Attempt rolledBack = answered(Mix::Interactive, 10, ClientOutcome::RolledBack);
   rolledBack.end = ClientEnd::Rollback;
   attempts.push_back(rolledBack);
@@ -56,7 +62,7 @@ TEST(ChaosReport, CountsEachKindRetriesAndInDoubtEndings) {
   Report r;
   r.byMix[mixName(Mix::Interactive)];  // a kind the run drew from
   countAttempts(r, attempts, c);
-  EXPECT_EQ(r.attempted, 10u);
+  EXPECT_EQ(r.attempted, 11u);
   EXPECT_EQ(r.committed, 4u);
   EXPECT_EQ(r.rolledBack, 2u);
   EXPECT_EQ(r.inDoubt, 1u);
@@ -66,25 +72,26 @@ TEST(ChaosReport, CountsEachKindRetriesAndInDoubtEndings) {
             "transfer request id r-never: 2 tries lost (1970-01-01T00:00:00.000001Z, 1970-01-01T00:00:00.000002Z), "
             "0 found no coordinator");
   EXPECT_EQ(r.other, 1u);
-  EXPECT_EQ(r.lost, 4u);  // every try without an answer
+  EXPECT_EQ(r.lost, 5u);  // every try without an answer
   EXPECT_EQ(r.threeBranch, 1u);
   EXPECT_EQ(r.byMix["transfer"].attempted, 3u);
   EXPECT_EQ(r.byMix["transfer"].committed, 2u);
   EXPECT_EQ(r.byMix["transfer"].unanswered, 1u);
   EXPECT_EQ(r.byMix["one-phase"].inDoubt, 1u);
-  EXPECT_EQ(r.byMix["interactive"].dropped, 1u);
+  EXPECT_EQ(r.byMix["interactive"].dropped, 2u);
+  EXPECT_EQ(r.byMix["interactive"].unanswered, 0u);
   EXPECT_EQ(r.byMix["interactive"].rolledBack, 1u);
-  EXPECT_EQ(r.interactiveDrop, 1u);
+  EXPECT_EQ(r.interactiveDrop, 2u);
   EXPECT_EQ(r.interactiveRollback, 1u);
-  EXPECT_EQ(r.retried, 3u);
+  EXPECT_EQ(r.retried, 4u);
   EXPECT_EQ(r.retriedReplayed, 1u);
-  EXPECT_EQ(r.retriedNew, 1u);
+  EXPECT_EQ(r.retriedNew, 2u);
   EXPECT_EQ(r.retriedUnanswered, 1u);
   EXPECT_EQ(r.inDoubtRolledBack, 1u);
   EXPECT_EQ(r.inDoubtCommitted, 0u);
 
   auto text = textReport(r);
-  EXPECT_NE(text.find("lost answers retried   3 interactions: 1 replayed"), std::string::npos) << text;
+  EXPECT_NE(text.find("lost answers retried   4 interactions: 1 replayed"), std::string::npos) << text;
   EXPECT_NE(text.find("in doubt answers       1 interactions: ended committed 0, rolled back 1"), std::string::npos)
       << text;
   EXPECT_NE(text.find("    one-phase"), std::string::npos) << text;

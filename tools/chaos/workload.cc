@@ -297,6 +297,7 @@ kj::Promise<void> Workload::steps(std::size_t conn, FlightPtr f) {
   }
   if (f->plan.end == ClientEnd::Drop) {
     f->txn = nullptr;  // released: the coordinator rolls it back
+    a.dropped = true;
     a.endUs = wallMicros();
     return kj::READY_NOW;
   }
