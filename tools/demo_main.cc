@@ -7,7 +7,9 @@
 // restarts it, waits until recovery has settled everything, then checks
 // and prints: committed, rolled back, money before and after (must be
 // equal), and one interaction's records looked up by its seq.
-// Exits non-zero if any check fails.
+// Exits non-zero if any check fails, and also if the run proves nothing:
+// the fault never fired (its process was not running, or the load ended
+// before 40%), or fewer transfers than --min-answered-percent were answered.
 
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
@@ -18,8 +20,10 @@
 #include <filesystem>
 #include <iostream>
 #include <random>
-#include <unistd.h>
+#include <string>
 #include <thread>
+#include <unistd.h>
+#include <vector>
 
 #include "common/client.h"
 #include "tools/bank.h"
@@ -47,7 +51,9 @@ struct Demo {
   std::uint64_t committed = 0, rolledBack = 0, overdrawRolledBack = 0, inDoubt = 0, interrupted = 0,
                 unexpected = 0;
   std::uint64_t sampleRollbackSeq = 0, sampleCommitSeq = 0;
-  bool killed = false;
+  bool killed = false;        // the monitor's turn to inject the fault has come
+  bool faultFired = false;    // and it took effect: the process was running when signalled
+  std::uint32_t faultInFlight = 0, faultAtDone = 0;  // transfers in flight and answered at that moment
   std::uint64_t startUs = 0, restartMs = 0;
   std::string fault = "coordinator-kill";
   std::uint32_t pauseSeconds = 10;
@@ -139,6 +145,7 @@ struct Demo {
   // bank-b fails while transfers run: killed and restarted at once, or
   // paused (SIGSTOP: connections stay open, nothing answers) for a while.
   kj::Promise<void> injectAgentFault() {
+    noteFault(cluster.agentRunning("bank-b"));
     if (fault == "agent-kill") {
       std::printf("  >>> SIGKILL bank-b (%u transfers in flight), restarting it at once\n", next - done);
       cluster.killAgent("bank-b", SIGKILL);
@@ -157,6 +164,14 @@ struct Demo {
       endLine();
       std::printf("  >>> SIGCONT bank-b: reachable again\n");
     });
+  }
+
+  // The fault fires now: it counts if its process was running and the load
+  // was still going (transfers in flight).
+  void noteFault(bool processRunning) {
+    faultFired = processRunning && done < transfers;
+    faultInFlight = next - done;
+    faultAtDone = done;
   }
 
   // Checks every 5 ms whether the fault is due (the whole load can take
@@ -178,6 +193,7 @@ struct Demo {
         up = paf.promise.fork();
         endLine();
         std::printf("  >>> SIGKILL coordinator (%u transfers in flight)\n", next - done);
+        noteFault(cluster.coordinatorRunning());
         cluster.killCoordinator(9);
         auto t0 = keel::monoMicros();
         cluster.startCoordinator();
@@ -235,12 +251,18 @@ int main(int argc, char** argv) {
   std::uint32_t transfers = 4000, concurrency = 32, accounts = 20, overdraw = 10;
   std::int64_t opening = 10000;
   bool keep = false;
+  std::uint32_t minAnsweredPercent = 50;
   app.add_option("--transfers", transfers, "transfers to run")->capture_default_str()->check(CLI::Range(10u, 10000000u));
   app.add_option("--concurrency", concurrency, "transfers in flight at once")->capture_default_str()->check(CLI::Range(1u, 4096u));
   app.add_option("--accounts", accounts, "accounts per agent")->capture_default_str()->check(CLI::Range(1u, 100000u));
   app.add_option("--opening", opening, "opening balance of each account")->capture_default_str()->check(CLI::Range(0ll, 1000000000ll));
   app.add_option("--overdraw-percent", overdraw, "share of transfers that overdraw on purpose")->capture_default_str()->check(CLI::Range(0u, 100u));
   app.add_flag("--keep", keep, "keep the data folder and logs");
+  app.add_option("--min-answered-percent", minAnsweredPercent,
+                 "fail unless at least this share of the transfers got an answer (committed, rolled back or in "
+                 "doubt): a load that did not run proves nothing")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 100u));
   bool noBatch = false;
   app.add_flag("--no-batch", noBatch, "one submit call per transfer (default: the client batches submits)");
   std::string fault = "coordinator-kill";
@@ -356,8 +378,9 @@ int main(int argc, char** argv) {
     std::printf("  committed          %llu\n", (unsigned long long)demo.committed);
     std::printf("  rolled back        %llu  (%llu deliberate overdrafts)\n", (unsigned long long)demo.rolledBack,
                 (unsigned long long)demo.overdrawRolledBack);
-    std::printf("  answer lost        %llu  (in flight when the coordinator was killed; settled by recovery)\n",
-                (unsigned long long)demo.interrupted);
+    std::printf("  answer lost        %llu  (%s)\n", (unsigned long long)demo.interrupted,
+                fault == "coordinator-kill" ? "in flight when the coordinator was killed; settled by recovery"
+                                            : "the connection to the coordinator broke with the answer in flight");
     std::printf("  in doubt           %llu\n", (unsigned long long)demo.inDoubt);
     {
       auto& l = demo.latencies;
@@ -400,8 +423,33 @@ int main(int argc, char** argv) {
     std::printf("  money after        %lld   %s\n", (long long)after.money, moneyOk ? "EQUAL" : "DIFFERENT!");
     std::printf("  negative balances  %lld\n", (long long)after.negative);
     std::printf("  everything settled %s\n", settled ? "yes" : "NO");
-    if (!moneyOk || !settled || after.negative != 0 || demo.unexpected != 0 || !sampleOk || demo.committed == 0) {
-      std::printf("keel-demo: FAILED\n");
+    std::uint64_t answered = demo.committed + demo.rolledBack + demo.inDoubt;
+    std::uint64_t floor = std::uint64_t(transfers) * minAnsweredPercent / 100;
+    if (fault != "none") {
+      std::printf("  fault              %s %s", fault.c_str(), demo.faultFired ? "fired" : "NEVER FIRED");
+      if (demo.killed) std::printf(" (after %u answers, %u transfers in flight)", demo.faultAtDone, demo.faultInFlight);
+      std::printf("\n");
+    }
+    // Every reason the run proves nothing or broke a promise, one line each.
+    std::vector<std::string> failed;
+    if (!moneyOk) failed.push_back("money before and after differ");
+    if (!settled) failed.push_back("not everything settled");
+    if (after.negative != 0) failed.push_back("a balance is negative");
+    if (demo.unexpected != 0) failed.push_back(std::to_string(demo.unexpected) + " unexpected answers");
+    if (!sampleOk) failed.push_back("the sample interaction's records are missing or incomplete");
+    if (demo.committed == 0) failed.push_back("nothing committed");
+    if (answered < floor) {
+      failed.push_back("only " + std::to_string(answered) + " of " + std::to_string(transfers) +
+                       " transfers were answered, fewer than --min-answered-percent " +
+                       std::to_string(minAnsweredPercent) + "%");
+    }
+    if (fault != "none" && !demo.faultFired) {
+      failed.push_back("the fault " + fault + " never fired" +
+                       (demo.killed ? " (its process was not running, or the load had ended)"
+                                    : " (the load ended before 40% was seen)"));
+    }
+    for (const auto& f : failed) std::printf("keel-demo: FAILED: %s\n", f.c_str());
+    if (!failed.empty()) {
       rc = 1;
     } else {
       std::printf("keel-demo: OK in %.1f s\n", double(keel::monoMicros() - wallStart) / 1e6);

@@ -23,8 +23,10 @@
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <deque>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -39,6 +41,7 @@
 #include "tools/chaos/fault_proxy.h"
 #include "tools/chaos/pg_host.h"
 #include "tools/chaos/report.h"
+#include "tools/chaos/workload.h"
 #include "tools/cluster.h"
 #include "tools/pg_server.h"
 #include "tools/sql_bank.h"
@@ -57,19 +60,30 @@ const std::vector<std::string> kAgentPoints = {
     "agent.after_prepared_durable", "agent.before_commit_durable", "agent.after_commit_durable",
     "agent.before_rollback_durable", "agent.after_rollback_durable", "log.before_group_commit"};
 
-struct Options {
-  std::uint64_t seed = 1;
+// Every kind of fault the injector draws; postgres mode adds two.
+const std::vector<std::string> kFaultKinds = {"kill",      "pause",         "latency",         "reset",
+                                              "blackhole", "loss-to-agent", "loss-from-agent", "refuse",
+                                              "failpoint", "slow-disk"};
+const std::vector<std::string> kPostgresFaultKinds = {"postgres-kill", "postgres-pause"};
+
+std::vector<std::string> faultKinds(bool postgres) {
+  auto k = kFaultKinds;
+  if (postgres) k.insert(k.end(), kPostgresFaultKinds.begin(), kPostgresFaultKinds.end());
+  return k;
+}
+
+// The run's options; the workload's (seed, accounts, clients, retries)
+// are its base.
+struct Options : WorkloadOptions {
   std::uint32_t durationS = 60;
   std::uint32_t agents = 3;
-  std::uint32_t accountsPerAgent = 10;
-  std::int64_t opening = 100000;
-  std::uint32_t connections = 8;
-  std::uint32_t concurrency = 32;
   std::uint32_t healTimeoutS = 60;
   std::uint32_t mapSizeMb = 8192;  // long runs write millions of records
   std::string out;
   std::string adapter = "ledger";
   std::string firstFault;  // postgres mode: force the first fault's kind
+  Minimums minimums;  // the least a run must have done (the ctests set them)
+  std::string requireFaults;  // --require-faults: "all" or kinds, comma-separated
   bool selfCheck = false;
   bool faults = true;
   std::string externalCoordinator;
@@ -83,12 +97,32 @@ struct Options {
 // postgres mode) PostgreSQL itself is killed or frozen too. Every other fault
 // applies to postgres agents unchanged: their failpoints are the same named
 // protocol steps, and the slow disk delays their branch log's group commit.
+//
+// `cover`: kinds that must fire; the first faults are these, one each (a
+// kill, a pause and a failpoint once on the coordinator and once on an
+// agent), in an order drawn from the seed (after --first-fault, if given),
+// then the draw goes on as usual. A fault counts only once it took effect:
+// a kill or a pause of a process that is not running is skipped, not
+// counted.
 class FaultInjector {
  public:
   FaultInjector(const Options& o, LocalCluster& cluster, std::map<std::string, std::unique_ptr<FaultProxy>>& proxies,
-                Timeline& timeline, PgHost* pg)
-      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), pg_(pg), rng_(o.seed),
-        forced_(o.firstFault) {}
+                Timeline& timeline, PgHost* pg, std::vector<std::string> cover)
+      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), pg_(pg), rng_(o.seed) {
+    if (!o.firstFault.empty()) forced_.push_back(o.firstFault);
+    std::vector<std::string> rest;
+    for (auto& k : cover) {
+      if (k == o.firstFault) continue;
+      if (k == "kill" || k == "pause" || k == "failpoint") {
+        rest.push_back(k + ":coordinator");
+        rest.push_back(k + ":agent");
+      } else {
+        rest.push_back(k);
+      }
+    }
+    std::shuffle(rest.begin(), rest.end(), rng_);
+    forced_.insert(forced_.end(), rest.begin(), rest.end());
+  }
 
   void start() {
     thread_ = std::thread([this] { run(); });
@@ -117,6 +151,11 @@ class FaultInjector {
     std::lock_guard<std::mutex> lk(mu_);
     return counts_;
   }
+  // Failpoint faults whose process did die at the failpoint.
+  std::uint64_t failpointsReached() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return failpointsReached_;
+  }
 
  private:
   bool sleepFor(std::chrono::milliseconds d) {
@@ -129,11 +168,13 @@ class FaultInjector {
   std::uint32_t between(std::uint32_t lo, std::uint32_t hi) { return lo + std::uint32_t(rng_() % (hi - lo + 1)); }
   const std::string& pick(const std::vector<std::string>& v) { return v[rng_() % v.size()]; }
 
-  void restartAgent(const std::string& name, const std::string& failpoints) {
+  bool restartAgent(const std::string& name, const std::string& failpoints) {
     try {
       cluster_.startAgent(name, failpoints);
+      return true;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "keel-chaos: restarting %s: %s\n", name.c_str(), e.what());
+      return false;
     }
   }
   void healPostgres() {
@@ -143,12 +184,19 @@ class FaultInjector {
       std::fprintf(stderr, "keel-chaos: restarting PostgreSQL: %s\n", e.what());
     }
   }
-  void restartCoordinator(const std::string& failpoints) {
+  bool restartCoordinator(const std::string& failpoints) {
     try {
       cluster_.startCoordinator(failpoints);
+      return true;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "keel-chaos: restarting the coordinator: %s\n", e.what());
+      return false;
     }
+  }
+  // A fault that could not take effect (its process was not running, or
+  // would not start with the failpoint): in the log, not in the counts.
+  void skipped(const std::string& kind, const std::string& target) {
+    std::fprintf(stderr, "keel-chaos: %s of %s skipped: it was not running\n", kind.c_str(), target.c_str());
   }
 
   void run() {
@@ -170,9 +218,9 @@ class FaultInjector {
   // Postgres mode: 10% of faults kill PostgreSQL, 5% freeze it; false if
   // this draw is for the other faults. Drawn only in postgres mode, so the
   // ledger schedule of a seed stays what it was.
-  bool injectPostgres() {
-    std::uint32_t kind = forced_ == "postgres-kill" ? 0 : forced_ == "postgres-pause" ? 10 : between(0, 99);
-    forced_.clear();
+  bool injectPostgres(const std::string& forced) {
+    if (!forced.empty() && forced != "postgres-kill" && forced != "postgres-pause") return false;
+    std::uint32_t kind = forced == "postgres-kill" ? 0 : forced == "postgres-pause" ? 10 : between(0, 99);
     Micros t0 = wallMicros();
     if (kind < 10) {  // a crash: SIGKILL of the postmaster or an immediate shutdown, restart after a moment
       bool sigkill = rng_() % 2 == 0;
@@ -197,33 +245,56 @@ class FaultInjector {
     return false;
   }
 
+  // A forced kind (with its target, for kills, pauses and failpoints) takes
+  // a number of its own range of the draw, so it runs the same code as a
+  // drawn one.
+  std::uint32_t numberFor(const std::string& kind) {
+    static const std::map<std::string, std::pair<std::uint32_t, std::uint32_t>> ranges = {
+        {"kill:coordinator", {0, 9}},       {"kill:agent", {10, 21}},     {"pause:coordinator", {22, 27}},
+        {"pause:agent", {28, 37}},          {"latency", {38, 47}},        {"reset", {48, 55}},
+        {"blackhole", {56, 63}},            {"loss-to-agent", {64, 71}},  {"loss-from-agent", {64, 71}},
+        {"refuse", {72, 77}},               {"failpoint:coordinator", {78, 85}},
+        {"failpoint:agent", {86, 93}},      {"slow-disk", {94, 99}}};
+    auto r = ranges.at(kind);
+    return between(r.first, r.second);
+  }
+
   void inject() {
-    if (pg_ != nullptr && injectPostgres()) return;
+    std::string forced;
+    if (!forced_.empty()) {
+      forced = forced_.front();
+      forced_.pop_front();
+    }
+    if (pg_ != nullptr && injectPostgres(forced)) return;
     const auto& agents = cluster_.agentNames();
     const std::string& agent = pick(agents);
-    std::uint32_t kind = between(0, 99);
+    std::uint32_t kind = forced.empty() ? between(0, 99) : numberFor(forced);
     auto hold = std::chrono::milliseconds(between(200, 2000));
     Micros t0 = wallMicros();
     if (kind < 10) {  // coordinator SIGKILL, restart after a moment
+      bool running = cluster_.coordinatorRunning();
       cluster_.killCoordinator(SIGKILL);
       sleepFor(std::chrono::milliseconds(between(0, 500)));
       restartCoordinator("");
-      record("kill", "coordinator", t0, wallMicros());
+      running ? record("kill", "coordinator", t0, wallMicros()) : skipped("kill", "coordinator");
     } else if (kind < 22) {  // agent SIGKILL
+      bool running = cluster_.agentRunning(agent);
       cluster_.killAgent(agent, SIGKILL);
       sleepFor(std::chrono::milliseconds(between(0, 1000)));
       restartAgent(agent, "");
-      record("kill", agent, t0, wallMicros());
+      running ? record("kill", agent, t0, wallMicros()) : skipped("kill", agent);
     } else if (kind < 28) {  // coordinator pause
+      bool running = cluster_.coordinatorRunning();
       cluster_.killCoordinator(SIGSTOP);
       sleepFor(hold);
       cluster_.killCoordinator(SIGCONT);
-      record("pause", "coordinator", t0, wallMicros());
+      running ? record("pause", "coordinator", t0, wallMicros()) : skipped("pause", "coordinator");
     } else if (kind < 38) {  // agent pause
+      bool running = cluster_.agentRunning(agent);
       cluster_.killAgent(agent, SIGSTOP);
       sleepFor(hold);
       cluster_.killAgent(agent, SIGCONT);
-      record("pause", agent, t0, wallMicros());
+      running ? record("pause", agent, t0, wallMicros()) : skipped("pause", agent);
     } else if (kind < 48) {
       proxies_.at(agent)->setLatency(std::chrono::milliseconds(between(20, 400)));
       sleepFor(hold);
@@ -239,7 +310,10 @@ class FaultInjector {
       proxies_.at(agent)->resetAll();  // the stream lost bytes: start clean
       record("blackhole", agent, t0, wallMicros());
     } else if (kind < 72) {
-      auto dir = rng_() % 2 ? Direction::ClientToUpstream : Direction::UpstreamToClient;
+      auto dir = forced == "loss-to-agent"     ? Direction::ClientToUpstream
+                 : forced == "loss-from-agent" ? Direction::UpstreamToClient
+                 : rng_() % 2                  ? Direction::ClientToUpstream
+                                               : Direction::UpstreamToClient;
       proxies_.at(agent)->setDrop(dir, true);
       sleepFor(hold);
       proxies_.at(agent)->heal();
@@ -252,29 +326,42 @@ class FaultInjector {
       proxies_.at(agent)->heal();
       record("refuse", agent, t0, wallMicros());
     } else if (kind < 86) {  // failpoint crash in the coordinator
+      // A failpoint may be reached during start-up (recovery re-drives the
+      // step): the start then fails, and the crash is the fault.
       std::string point = pick(kCoordinatorPoints);
       cluster_.stopCoordinator();
-      restartCoordinator(point + "=1*crash");
+      bool started = restartCoordinator(point + "=1*crash");
       sleepFor(hold);
-      if (cluster_.coordinatorRunning()) cluster_.stopCoordinator();
+      bool reached = !cluster_.coordinatorRunning();
+      if (!reached) cluster_.stopCoordinator();
       restartCoordinator("");
-      record("failpoint", "coordinator " + point, t0, wallMicros());
+      recordFailpoint("coordinator " + point, reached, started, t0);
     } else if (kind < 94) {  // failpoint crash in an agent
       std::string point = pick(kAgentPoints);
       cluster_.stopAgent(agent);
-      restartAgent(agent, point + "=1*crash");
+      bool started = restartAgent(agent, point + "=1*crash");
       sleepFor(hold);
-      if (cluster_.agentRunning(agent)) cluster_.stopAgent(agent);
+      bool reached = !cluster_.agentRunning(agent);
+      if (!reached) cluster_.stopAgent(agent);
       restartAgent(agent, "");
-      record("failpoint", agent + " " + point, t0, wallMicros());
+      recordFailpoint(agent + " " + point, reached, started, t0);
     } else {  // slow disk: every group commit of that agent waits
       cluster_.stopAgent(agent);
-      restartAgent(agent, "log.before_group_commit=delay(" + std::to_string(between(5, 50)) + ")");
+      bool slowed = restartAgent(agent, "log.before_group_commit=delay(" + std::to_string(between(5, 50)) + ")");
       sleepFor(hold);
       cluster_.stopAgent(agent);
       restartAgent(agent, "");
-      record("slow-disk", agent, t0, wallMicros());
+      slowed ? record("slow-disk", agent, t0, wallMicros()) : skipped("slow-disk", agent);
     }
+  }
+
+  // The process ran with the failpoint armed either way (a restart is a
+  // fault too); `reached`: it died there (during start-up if !started).
+  void recordFailpoint(const std::string& target, bool reached, bool started, Micros t0) {
+    record("failpoint", target + (!reached ? " (not reached)" : started ? " (reached)" : " (reached during start-up)"),
+           t0, wallMicros());
+    std::lock_guard<std::mutex> lk(mu_);
+    failpointsReached_ += reached ? 1 : 0;
   }
 
   const Options& o_;
@@ -283,118 +370,12 @@ class FaultInjector {
   Timeline& timeline_;
   PgHost* pg_;  // postgres mode only
   std::mt19937_64 rng_;
-  std::string forced_;  // the first fault's kind, if forced
+  std::deque<std::string> forced_;  // kinds the next faults must be, in order
   std::atomic<bool> stop_{false};
   std::thread thread_;
   mutable std::mutex mu_;
-  std::map<std::string, std::uint64_t> counts_;
-};
-
-// ------------------------------------------------------------------ workload
-
-class Workload {
- public:
-  // sql: the agents are postgres agents, so every debit and credit is sent
-  // as its guarded SQL statement (attempts keep the ledger form).
-  Workload(const Options& o, kj::AsyncIoContext& io, std::string coordinator, std::vector<std::string> agents,
-           Timeline& timeline, bool sql)
-      : o_(o), io_(io), coordinator_(std::move(coordinator)), agents_(std::move(agents)), timeline_(timeline),
-        sql_(sql), rng_(o.seed * 7919 + 1), conns_(o.connections) {}
-
-  kj::Promise<void> run(Micros untilUs) {
-    until_ = untilUs;
-    kj::Vector<kj::Promise<void>> workers;
-    for (std::uint32_t w = 0; w < o_.concurrency; ++w) workers.add(worker(w % o_.connections));
-    return kj::joinPromises(workers.releaseAsArray());
-  }
-
-  std::vector<Attempt>& attempts() { return attempts_; }
-  std::uint64_t committed = 0, rolledBack = 0, lost = 0, notSent = 0, inDoubt = 0, other = 0;
-
- private:
-  std::vector<Op> nextOps() {
-    std::size_t a = rng_() % agents_.size();
-    std::size_t b = (a + 1 + rng_() % (agents_.size() - 1)) % agents_.size();
-    auto acct = [&](std::size_t /*agent*/) { return "acct-" + std::to_string(rng_() % o_.accountsPerAgent); };
-    std::uint32_t kind = rng_() % 100;
-    if (kind < 10) {  // overdraft on purpose: must be rolled back
-      return transferOps(agents_[a] + ":" + acct(a), agents_[b] + ":" + acct(b), o_.opening * 1000);
-    }
-    std::int64_t amount = 1 + std::int64_t(rng_() % 500);
-    if (kind < 30 && agents_.size() >= 3) {  // three branches: a pays b and c
-      std::size_t c = 0;
-      while (c == a || c == b) ++c;
-      return {Op{agents_[a], OpKind::Debit, acct(a), 2 * amount}, Op{agents_[b], OpKind::Credit, acct(b), amount},
-              Op{agents_[c], OpKind::Credit, acct(c), amount}};
-    }
-    return transferOps(agents_[a] + ":" + acct(a), agents_[b] + ":" + acct(b), amount);
-  }
-
-  kj::Promise<kj::Own<KeelClient>*> connection(std::size_t i) {
-    if (conns_[i].get() != nullptr) return &conns_[i];
-    return KeelClient::connect(io_, coordinator_)
-        .then([this, i](kj::Own<KeelClient> c) -> kj::Own<KeelClient>* {
-          if (conns_[i].get() == nullptr) conns_[i] = kj::mv(c);
-          return &conns_[i];
-        });
-  }
-
-  kj::Promise<void> worker(std::size_t conn) {
-    if (wallMicros() >= until_) return kj::READY_NOW;
-    // An attempt is recorded once it is sent: while the coordinator cannot
-    // be reached at all, the retries every 100 ms are "not sent", never
-    // "answer lost" (which would count the same outage ten times a second).
-    auto ops = nextOps();
-    Micros startUs = wallMicros();
-    auto idx = std::make_shared<std::optional<std::size_t>>();
-    return connection(conn)
-        .then([this, idx, ops = std::move(ops), startUs](kj::Own<KeelClient>* c) mutable {
-          *idx = attempts_.size();
-          auto sent = (*c)->submit(sql_ ? sqlbank::toSql(ops) : ops, 5000);
-          attempts_.push_back(Attempt{std::move(ops), std::nullopt, startUs, 0});
-          // A paused coordinator answers nothing: give up on the answer after
-          // 10 s (it counts as lost; recovery settles the interaction).
-          return io_.provider->getTimer().timeoutAfter(10 * kj::SECONDS, kj::mv(sent));
-        })
-        .then(
-            [this, idx](SubmitOutcome o) -> kj::Promise<void> {
-              auto& a = attempts_[**idx];
-              a.endUs = wallMicros();
-              switch (o.outcome) {
-                case ClientOutcome::Committed:
-                  ++committed;
-                  timeline_.addCommit(a.endUs);
-                  break;
-                case ClientOutcome::RolledBack: ++rolledBack; break;
-                case ClientOutcome::InDoubt: ++inDoubt; break;
-                default: ++other; break;
-              }
-              a.answer = std::move(o);
-              return kj::READY_NOW;
-            },
-            [this, idx, conn](kj::Exception&&) -> kj::Promise<void> {
-              if (*idx) {
-                attempts_[**idx].endUs = wallMicros();
-                ++lost;
-              } else {
-                ++notSent;
-              }
-              conns_[conn] = nullptr;  // reconnect on the next attempt
-              return io_.provider->getTimer().afterDelay(100 * kj::MILLISECONDS);
-            })
-        .then([this, conn]() { return worker(conn); });
-  }
-
-  const Options& o_;
-  kj::AsyncIoContext& io_;
-  std::string coordinator_;
-  std::vector<std::string> agents_;
-  Timeline& timeline_;
-  bool sql_;
-  std::mt19937_64 rng_;
-  std::vector<kj::Own<KeelClient>> conns_;
-  std::vector<Attempt> attempts_;
-  Micros until_ = 0;
+  std::map<std::string, std::uint64_t> counts_;  // GUARDED_BY(mu_)
+  std::uint64_t failpointsReached_ = 0;          // GUARDED_BY(mu_)
 };
 
 // ------------------------------------------------------------------ collection
@@ -571,10 +552,12 @@ int runChaos(Options o) {
 
   Micros runStart = wallMicros();
   timeline.start(runStart);
-  Workload workload(o, io, coordinator, agentNames, timeline, pg != nullptr);
+  WorkloadOptions wo = o;
+  wo.sql = pg != nullptr;
+  Workload workload(wo, io, coordinator, agentNames, timeline);
   std::unique_ptr<FaultInjector> injector;
   if (o.faults) {
-    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline, pg.get());
+    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline, pg.get(), o.minimums.faults);
     injector->start();
   }
   // Postgres mode: the lowest balance in the databases, once a second, from
@@ -627,7 +610,7 @@ int runChaos(Options o) {
   if (injector) injector->stop();
   samplerStop = true;
   if (pgSampler.joinable()) pgSampler.join();
-  lowest = std::min<std::int64_t>(lowest, pgLowest);
+  lowest = std::min({lowest, std::int64_t(pgLowest), workload.lowestRead()});
   Micros loadEnd = wallMicros();
 
   std::printf("keel-chaos: healing everything, waiting for resolution (at most %u s)\n", o.healTimeoutS);
@@ -649,6 +632,9 @@ int runChaos(Options o) {
   in.startTotal = startTotal;
   in.lowestBalanceSeen = lowest;
   in.startBalances = startBalances;
+  // The self-check's break may show as a heuristic outcome (a retried
+  // rollback finds the branch it committed): caused on purpose.
+  in.heuristicExpected = o.selfCheck;
   std::set<std::uint64_t> seqs;
   for (auto& [n, a] : agentAddrs) {
     auto list = allBranches(io, n, a);
@@ -656,11 +642,28 @@ int runChaos(Options o) {
     in.branches.insert(in.branches.end(), list.begin(), list.end());
     in.books.push_back(readBooks(io, n, a, pg.get()));
   }
+  std::vector<std::string> requestIds;
   for (auto& at : in.attempts) {
-    if (at.answer && at.answer->seq != 0) seqs.insert(at.answer->seq);
+    if (at.seq != 0) seqs.insert(at.seq);
+    for (auto& t : at.tries) {
+      if (t.answer && t.answer->seq != 0) seqs.insert(t.answer->seq);
+    }
+    if (!at.requestId.empty()) requestIds.push_back(at.requestId);
   }
   auto client = KeelClient::connect(io, coordinator).wait(io.waitScope);
   in.coordinator.unfinished = client->info().wait(io.waitScope).unfinished;
+  // What the requests table names for every request id a client sent.
+  for (std::size_t i = 0; i < requestIds.size(); i += 256) {
+    kj::Vector<kj::Promise<void>> qs;
+    for (std::size_t k = i; k < std::min(requestIds.size(), i + 256); ++k) {
+      const std::string& id = requestIds[k];
+      qs.add(client->queryRequest(id).then([&in, &seqs, id](std::optional<QueryResult> q) {
+        in.coordinator.requests[id] = q ? q->interaction.seq : 0;
+        if (q) seqs.insert(q->interaction.seq);
+      }));
+    }
+    kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
+  }
   std::vector<std::uint64_t> seqList(seqs.begin(), seqs.end());
   for (std::size_t i = 0; i < seqList.size(); i += 256) {
     kj::Vector<kj::Promise<void>> qs;
@@ -675,7 +678,10 @@ int runChaos(Options o) {
     kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
   }
   auto violations = check(in);
-  if (!resolved) violations.push_back(Violation{0, "not resolved within " + std::to_string(o.healTimeoutS) + " s of healing"});
+  if (!resolved) {
+    violations.push_back(Violation{0, "not resolved within " + std::to_string(o.healTimeoutS) + " s of healing",
+                                   ViolationKind::Unsettled});
+  }
 
   auto st = client->capability().statsRequest().send().wait(io.waitScope).getStats();
   Report r;
@@ -683,14 +689,13 @@ int runChaos(Options o) {
   r.durationS = o.durationS;
   r.agents = agentNames.size();
   r.adapter = o.adapter;
-  r.attempted = in.attempts.size();
-  r.committed = workload.committed;
-  r.rolledBack = workload.rolledBack;
-  r.inDoubt = workload.inDoubt;
-  r.lost = workload.lost;
+  for (auto m : workload.mixes()) r.byMix[mixName(m)];
+  countAttempts(r, in.attempts, in.coordinator);
   r.notSent = workload.notSent;
-  for (auto& a : in.attempts) r.threeBranch += a.ops.size() >= 3 ? 1 : 0;
-  if (injector) r.faults = injector->counts();
+  if (injector) {
+    r.faults = injector->counts();
+    r.failpointsCrashed = injector->failpointsReached();
+  }
   r.windowCount = st.getCount();
   r.windowP50Us = st.getP50Us();
   r.windowP99Us = st.getP99Us();
@@ -700,6 +705,12 @@ int runChaos(Options o) {
   r.loadSeconds = double(loadEnd - runStart) / 1e6;
   r.violations = violations;
   r.selfCheck = o.selfCheck;
+  r.unmet = unmetMinimums(r, o.minimums);
+  SelfCheckVerdict verdict;
+  if (o.selfCheck) {
+    verdict = judgeSelfCheck(violations);
+    r.selfCheckVerdict = std::string(verdict.passed ? "PASSED: " : "FAILED: ") + verdict.why;
+  }
   writeReport(r, timeline, o.out);
   std::printf("%s", textReport(r).c_str());
   std::printf("keel-chaos: report.json and timeline.svg in %s\n", o.out.c_str());
@@ -710,8 +721,14 @@ int runChaos(Options o) {
     std::filesystem::copy_file(pg->logFile(), o.out + "/cluster/postgres.log",
                                std::filesystem::copy_options::overwrite_existing, ec);
   }
+  // Exit status: the self-check passes (0) only on its planted violation;
+  // a run passes on no violation. Either way every minimum must be met
+  // (else 3: the run did too little to say anything).
+  for (const auto& u : r.unmet) std::printf("keel-chaos: minimum not met: %s\n", u.c_str());
+  if (o.selfCheck) std::printf("keel-chaos: self-check %s\n", r.selfCheckVerdict.c_str());
   std::printf("violations: %zu\n", violations.size());
-  return violations.empty() ? 0 : 1;
+  if (o.selfCheck) return !verdict.passed ? 1 : r.unmet.empty() ? 0 : 3;
+  return !violations.empty() ? 1 : r.unmet.empty() ? 0 : 3;
 }
 
 }  // namespace
@@ -743,6 +760,26 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"ledger", "postgres"}));
   app.add_option("--first-fault", o.firstFault, "postgres mode: make the first fault this one (then as drawn)")
       ->check(CLI::IsMember({"postgres-kill", "postgres-pause"}));
+  app.add_option("--retry-for", o.retryForMs,
+                 "milliseconds a request whose answer was lost is retried with the same request id")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 600000u));
+  app.add_option("--min-committed", o.minimums.committed,
+                 "fail (exit 3) unless at least this many interactions were answered committed")
+      ->capture_default_str();
+  app.add_option("--min-rolled-back", o.minimums.rolledBack,
+                 "fail (exit 3) unless at least this many interactions were answered rolled back")
+      ->capture_default_str();
+  app.add_option("--min-per-kind", o.minimums.perKind,
+                 "fail (exit 3) unless every kind of the mix got at least this many answers")
+      ->capture_default_str();
+  app.add_option("--min-retried", o.minimums.retried,
+                 "fail (exit 3) unless at least this many interactions were retried with their request id after a "
+                 "lost answer")
+      ->capture_default_str();
+  app.add_option("--require-faults", o.requireFaults,
+                 "fault kinds that must fire (comma-separated, or 'all' for every kind this run draws): the first "
+                 "faults are these, one each, and the run fails (exit 3) if one never took effect");
   app.add_option("--coordinator", o.externalCoordinator, "use this running coordinator (no processes started)");
   app.add_option("--agent", o.externalAgents, "NAME=HOST:PORT of a running agent (with --coordinator)");
   CLI11_PARSE(app, argc, argv);
@@ -766,6 +803,26 @@ int main(int argc, char** argv) {
   if (!o.firstFault.empty() && o.adapter != "postgres") {
     std::fprintf(stderr, "keel-chaos: --first-fault %s needs --adapter postgres\n", o.firstFault.c_str());
     return 2;
+  }
+  if (!o.requireFaults.empty()) {
+    if (!o.externalCoordinator.empty() || !o.faults) {
+      std::fprintf(stderr, "keel-chaos: --require-faults needs a run that injects faults (not --no-faults, not "
+                           "--coordinator)\n");
+      return 2;
+    }
+    auto drawn = keel::chaos::faultKinds(o.adapter == "postgres");
+    if (o.requireFaults == "all") {
+      o.minimums.faults = drawn;
+    } else {
+      std::stringstream list(o.requireFaults);
+      for (std::string k; std::getline(list, k, ',');) {
+        if (std::find(drawn.begin(), drawn.end(), k) == drawn.end()) {
+          std::fprintf(stderr, "keel-chaos: --require-faults: '%s' is not a fault this run draws\n", k.c_str());
+          return 2;
+        }
+        o.minimums.faults.push_back(k);
+      }
+    }
   }
   try {
     return keel::chaos::runChaos(o);

@@ -15,11 +15,42 @@
 
 namespace keel::chaos {
 
+// The workload's kinds of interaction (docs/chaos.md, "What it runs").
+enum class Mix : std::uint8_t {
+  Transfer,     // two branches on two agents
+  ThreeBranch,  // one account pays two others on two more agents
+  Overdraft,    // two branches, overdrawn on purpose: must be rolled back
+  OnePhase,     // a transfer between two accounts of one agent (one branch: one-phase commit)
+  Interactive,  // begin, execute call by call, then commit, rollback or drop
+  ReadOnly,     // balance reads on one or two agents
+};
+constexpr std::size_t kMixKinds = 6;
+const char* mixName(Mix m);
+
+// How the client meant an interactive transaction to end.
+enum class ClientEnd : std::uint8_t { Commit, Rollback, Drop };
+
+// One call whose answer speaks for the whole interaction: a submit (each
+// retry of it too), a begin that was lost or answered with an earlier
+// interaction's outcome (a replay), an execute that ended the transaction,
+// a commit or a rollback. Interactive "done so far" answers are not here.
+struct Try {
+  Micros atUs = 0;
+  std::optional<SubmitOutcome> answer;  // none: lost (the connection broke, or no answer in time)
+};
+
 // One client request and what the client heard.
 struct Attempt {
-  std::vector<Op> ops;
-  std::optional<SubmitOutcome> answer;  // none: the answer was lost (connection broke)
+  std::vector<Op> ops;  // interactive: every operation executed
+  std::optional<SubmitOutcome> answer;  // the last answer of a try; none: no try was answered
   Micros startUs = 0, endUs = 0;
+  Mix mix = Mix::Transfer;
+  std::string requestId;     // every try carried it ("" = none)
+  std::vector<Try> tries;    // in the order sent
+  std::uint64_t seq = 0;     // interactive: the seq begin answered (0: none)
+  ClientEnd end = ClientEnd::Commit;  // interactive only: how the client meant to end it
+  bool dropped = false;       // interactive: the client dropped its open transaction (no answer expected)
+  std::uint32_t notSent = 0;  // retries that found no coordinator to send to (not in `tries`)
 };
 
 // What one agent's branch log says about one branch.
@@ -44,11 +75,31 @@ struct CoordinatorView {
   std::map<std::uint64_t, InteractionRecord> interactions;
   std::map<std::uint64_t, RollbackRecord> rollbacks;
   std::uint64_t unfinished = 0;
+  // Request id -> the seq its `requests` row names (queryRequest), for
+  // every request id a client sent; 0: the coordinator knows none.
+  std::map<std::string, std::uint64_t> requests;
 };
+
+// What a violation is about. The self-check tells its planted break by it.
+enum class ViolationKind : std::uint8_t {
+  NotAtomic,              // an interaction's branches ended some committed, some rolled back (agents' records)
+  Unsettled,              // a branch, an interaction or a host transaction left unfinished after healing
+  CommitNotKept,          // a "committed" answer that is not committed everywhere
+  RollbackNotKept,        // a "rolled back" answer with a committed branch, or without its completed record
+  CoordinatorDisagrees,   // the coordinator's tables against the agents' records
+  Money,                  // money created, destroyed or still held; a negative balance
+  AccountHistory,         // an account that is not its committed history
+  InDoubtUnresolved,      // an "in doubt" answer whose interaction did not end committed or rolled back everywhere
+  RequestCommittedTwice,  // one request id, more than one committed interaction
+  AnswerDisagrees,        // an answer naming another seq or outcome than the coordinator's records
+  Heuristic,              // a heuristic outcome the run did not cause on purpose
+};
+const char* violationKindName(ViolationKind k);
 
 struct Violation {
   std::uint64_t seq = 0;  // 0: not about one interaction
   std::string what;
+  ViolationKind kind = ViolationKind::Unsettled;
 };
 
 struct Input {
@@ -57,19 +108,31 @@ struct Input {
   std::vector<AgentBooks> books;      // every agent's ledger at the end
   CoordinatorView coordinator;        // records of every seq seen anywhere
   std::int64_t startTotal = 0;        // money when the run began
-  std::int64_t lowestBalanceSeen = 0; // smallest balance sampled during the run
+  std::int64_t lowestBalanceSeen = 0; // smallest balance sampled (or read by a client) during the run
   // "agent:account" -> balance when the run began. With it, every account
   // must end at exactly that plus the debits and credits of the interactions
   // the coordinator's records say committed (ledger operations, or the
   // guarded SQL statements of tools/sql_bank.h).
   std::map<std::string, std::int64_t> startBalances;
+  // The run caused heuristic outcomes on purpose (an operator's override);
+  // otherwise every heuristic state or answer is a violation.
+  bool heuristicExpected = false;
 };
 
 // Checks, each violation naming its seq when it is about one:
 //  - every interaction's branches ended all committed or all rolled back
 //    (agents' own records);
-//  - every commit acknowledged to a client is committed everywhere;
-//    every "rolled back" answer left no committed branch;
+//  - every answer a client got (every try, not only the last) holds: a
+//    commit is committed everywhere and in the coordinator's record; a
+//    "rolled back" left no committed branch and a completed rollback record;
+//    an "in doubt" interaction ended committed or rolled back, at the
+//    coordinator and at every agent alike; a dropped interactive
+//    transaction ended rolled back;
+//  - request ids: at most one committed interaction per id (by the
+//    coordinator's records and by every seq the client heard for it); the
+//    `requests` row names the committed one; a replayed answer, and the
+//    last answer of an id, name the seq the row names;
+//  - no heuristic outcome unless `heuristicExpected`;
 //  - money is exactly the starting total; no balance was ever negative;
 //    nothing is held; every account holds exactly its committed history
 //    (each acknowledged commit's effects present, nothing else);
@@ -77,5 +140,20 @@ struct Input {
 //  - no branch PREPARED or ACTIVE, no interaction unfinished;
 //  - the coordinator's interaction and rollback tables agree with the agents.
 std::vector<Violation> check(const Input& in);
+
+// The self-check's break (an agent commits a PREPARED branch it is told to
+// roll back, and answers "rolled back") must show as what it is: at least
+// one NotAtomic violation. Every other violation must be one that break
+// causes too (a rolled-back answer with a committed branch, the coordinator
+// disagreeing with the agent, money and accounts off); anything else means
+// the checker or Keel failed in another way, and the self-check fails.
+// (The break can also end an interaction heuristic-mixed, when a retried
+// rollback finds the branch committed: the self-check's Input says
+// heuristicExpected, so those are not violations.)
+struct SelfCheckVerdict {
+  bool passed = false;
+  std::string why;  // one line
+};
+SelfCheckVerdict judgeSelfCheck(const std::vector<Violation>& v);
 
 }  // namespace keel::chaos

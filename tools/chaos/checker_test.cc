@@ -18,15 +18,48 @@ bool mentions(const std::vector<Violation>& v, std::uint64_t seq, const std::str
   return false;
 }
 
+bool hasKind(const std::vector<Violation>& v, ViolationKind k, std::uint64_t seq) {
+  for (auto& x : v) {
+    if (x.kind == k && x.seq == seq) return true;
+  }
+  return false;
+}
+
+std::string dump(const std::vector<Violation>& v) {
+  std::string out;
+  for (auto& x : v) out += std::string("\n  [") + violationKindName(x.kind) + "] " + std::to_string(x.seq) + ": " + x.what;
+  return out;
+}
+
+using IState = InteractionRecord::State;
+using BState = InteractionRecord::BranchState;
+
+SubmitOutcome outcome(std::uint64_t seq, ClientOutcome o, std::string reason = "") {
+  SubmitOutcome out;
+  out.seq = seq;
+  out.outcome = o;
+  out.reason = std::move(reason);
+  return out;
+}
+
+// A one-shot request answered at once (no request id).
+Attempt attempt(std::vector<Op> ops, SubmitOutcome answer, Micros startUs, Micros endUs) {
+  Attempt a;
+  a.ops = std::move(ops);
+  a.answer = std::move(answer);
+  a.startUs = startUs;
+  a.endUs = endUs;
+  return a;
+}
+
 // Two agents, 100 each; seq 10 moved 30 from a to b and was acknowledged;
 // seq 11 was rolled back.
 Input cleanHistory() {
   Input in;
   in.startTotal = 200;
   auto transfer = transferOps("a:x", "b:y", 30);
-  SubmitOutcome ok{10, ClientOutcome::Committed, "", {}};
-  SubmitOutcome rb{11, ClientOutcome::RolledBack, "b voted no", {}};
-  in.attempts = {Attempt{transfer, ok, 1, 2}, Attempt{transfer, rb, 3, 4}};
+  in.attempts = {attempt(transfer, outcome(10, ClientOutcome::Committed), 1, 2),
+                 attempt(transfer, outcome(11, ClientOutcome::RolledBack, "b voted no"), 3, 4)};
   in.branches = {AgentBranch{"a", Xid{10, 1}, BranchStatus::Committed, false},
                  AgentBranch{"b", Xid{10, 2}, BranchStatus::Committed, false},
                  AgentBranch{"a", Xid{11, 1}, BranchStatus::RolledBack, false},
@@ -59,6 +92,7 @@ TEST(ChaosChecker, HalfCommittedInteractionIsNotAtomic) {
   in.books[1].accounts["y"].balance += 30;
   auto v = check(in);
   EXPECT_TRUE(mentions(v, 11, "not atomic")) << v.size();
+  EXPECT_TRUE(hasKind(v, ViolationKind::NotAtomic, 11));
   EXPECT_TRUE(mentions(v, 11, "answered rolled back, but a branch is committed"));
   EXPECT_TRUE(mentions(v, 11, "coordinator says rolled back"));
   EXPECT_TRUE(mentions(v, 0, "money not conserved"));
@@ -127,6 +161,202 @@ TEST(ChaosChecker, SqlHistoryIsReadBack) {
   in.books[1].accounts["y"].balance = 129;
   auto v = check(in);
   EXPECT_TRUE(mentions(v, 0, "account a:x holds 71, its committed history says 70"));
+}
+
+// ------------------------------------------------------------ request ids
+
+// The clean history with request ids: seq 10's first try was lost, its retry
+// (same id) replayed seq 10's commit; seq 11 was answered at once.
+Input withRequestIds() {
+  auto in = cleanHistory();
+  in.attempts[0].requestId = "r-10";
+  SubmitOutcome replay = *in.attempts[0].answer;
+  replay.replayed = true;
+  in.attempts[0].tries = {Try{1, std::nullopt}, Try{2, replay}};
+  in.attempts[0].answer = replay;
+  in.attempts[1].requestId = "r-11";
+  in.attempts[1].tries = {Try{3, in.attempts[1].answer}};
+  in.coordinator.interactions[10].requestId = "r-10";
+  in.coordinator.interactions[11].requestId = "r-11";
+  in.coordinator.requests = {{"r-10", 10}, {"r-11", 11}};
+  return in;
+}
+
+TEST(ChaosChecker, RetriedRequestThatReplayedItsSeqIsClean) {
+  auto v = check(withRequestIds());
+  EXPECT_TRUE(v.empty()) << dump(v);
+}
+
+// The same request id committed twice: the retry ran anew (seq 14) although
+// the first try (seq 10) had committed.
+TEST(ChaosChecker, RequestIdCommittedTwiceIsReported) {
+  auto in = withRequestIds();
+  auto again = outcome(14, ClientOutcome::Committed);
+  in.attempts[0].tries = {Try{1, outcome(10, ClientOutcome::Committed)}, Try{2, again}};
+  in.attempts[0].answer = again;
+  auto second = in.coordinator.interactions[10];
+  second.seq = 14;
+  in.coordinator.interactions[14] = second;
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::RequestCommittedTwice, 14)) << dump(v);
+  EXPECT_TRUE(mentions(v, 14, "request id r-10 committed more than once: seqs 10, 14"));
+}
+
+// Seen from the coordinator's records alone (the client heard one seq).
+TEST(ChaosChecker, RequestIdCommittedTwiceInTheRecordsIsReported) {
+  auto in = withRequestIds();
+  auto second = in.coordinator.interactions[10];
+  second.seq = 15;
+  in.coordinator.interactions[15] = second;
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::RequestCommittedTwice, 15)) << dump(v);
+}
+
+TEST(ChaosChecker, ReplayNamingAnotherSeqThanTheRequestsTableIsReported) {
+  auto in = withRequestIds();
+  in.coordinator.requests["r-10"] = 16;
+  auto v = check(in);
+  EXPECT_TRUE(mentions(v, 10, "a retry of request id r-10 was answered as seq 10, but the coordinator's requests "
+                              "table names seq 16"))
+      << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "request id r-10 committed as seq 10, but the coordinator's requests table names seq 16"));
+  for (auto& x : v) EXPECT_EQ(x.kind, ViolationKind::AnswerDisagrees) << dump(v);
+}
+
+TEST(ChaosChecker, LastAnswerNotInTheRequestsTableIsReported) {
+  auto in = withRequestIds();
+  in.coordinator.requests["r-11"] = 0;  // the rolled-back answer's row is missing
+  auto v = check(in);
+  ASSERT_EQ(v.size(), 1u) << dump(v);
+  EXPECT_TRUE(hasKind(v, ViolationKind::AnswerDisagrees, 11));
+  EXPECT_TRUE(mentions(v, 11, "was last answered as seq 11 (rolled-back), but the coordinator's requests table names none"));
+}
+
+TEST(ChaosChecker, OneRequestIdAnsweredWithTwoSeqsIsReported) {
+  auto in = withRequestIds();
+  in.attempts[1].tries.insert(in.attempts[1].tries.begin(),
+                              Try{3, outcome(17, ClientOutcome::RolledBack)});
+  in.coordinator.interactions[17] = in.coordinator.interactions[11];
+  in.coordinator.interactions[17].seq = 17;
+  in.coordinator.rollbacks[17] = in.coordinator.rollbacks[11];
+  auto v = check(in);
+  EXPECT_TRUE(mentions(v, 17, "request id r-11 was answered with several seqs: 11, 17")) << dump(v);
+}
+
+// ------------------------------------------------------------ in doubt
+
+// Agent a also holds x2 (100); seq 12, a one-phase move of 5 from a:x to
+// a:x2, was answered "in doubt" and then ended as `state` at the coordinator
+// and `branch` at agent a.
+Input withInDoubt(IState state, BranchStatus branch) {
+  auto in = cleanHistory();
+  in.startTotal += 100;
+  in.startBalances["a:x2"] = 100;
+  auto ops = transferOps("a:x", "a:x2", 5);
+  in.attempts.push_back(attempt(ops, outcome(12, ClientOutcome::InDoubt, "one-phase call to a failed"), 5, 6));
+  in.branches.push_back(AgentBranch{"a", Xid{12, 1}, branch, false});
+  InteractionRecord r;
+  r.seq = 12;
+  r.onePhase = true;
+  r.state = state;
+  r.branches = {InteractionRecord::Branch{"a", 1, BState::Committed, "", ops}};
+  in.coordinator.interactions[12] = r;
+  RollbackRecord rb;
+  rb.seq = 12;
+  rb.completedUs = 7;
+  in.coordinator.rollbacks[12] = rb;
+  bool moved = branch == BranchStatus::Committed;
+  in.books[0].accounts["x"].balance -= moved ? 5 : 0;
+  in.books[0].accounts["x2"] = AccountRecord{moved ? 105 : 100, 0, false, {}};
+  return in;
+}
+
+TEST(ChaosChecker, InDoubtThatEndedCommittedEverywhereIsClean) {
+  auto v = check(withInDoubt(IState::Committed, BranchStatus::Committed));
+  EXPECT_TRUE(v.empty()) << dump(v);
+}
+
+TEST(ChaosChecker, InDoubtThatEndedRolledBackEverywhereIsClean) {
+  auto in = withInDoubt(IState::RolledBack, BranchStatus::RolledBack);
+  in.coordinator.interactions[12].branches[0].state = BState::RolledBack;
+  auto v = check(in);
+  EXPECT_TRUE(v.empty()) << dump(v);
+}
+
+TEST(ChaosChecker, InDoubtStillUndecidedIsReported) {
+  auto in = withInDoubt(IState::Aborting, BranchStatus::RolledBack);
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::InDoubtUnresolved, 12)) << dump(v);
+  EXPECT_TRUE(mentions(v, 12, "answered in doubt, and the coordinator's record says aborting after healing"));
+}
+
+TEST(ChaosChecker, InDoubtWhoseAgentDisagreesIsReported) {
+  // The coordinator says committed, the agent rolled its branch back: the
+  // books follow the agent, so money is conserved, but the in-doubt answer
+  // ended two ways.
+  auto in = withInDoubt(IState::Committed, BranchStatus::RolledBack);
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::InDoubtUnresolved, 12)) << dump(v);
+  EXPECT_TRUE(mentions(v, 12, "answered in doubt, ended committed, but 12.1 at a is rolled-back"));
+}
+
+// ------------------------------------------------------------ heuristic, interactive
+
+TEST(ChaosChecker, HeuristicOutcomeIsAViolationUnlessCausedOnPurpose) {
+  auto in = cleanHistory();
+  in.coordinator.interactions[11].state = IState::HeuristicMixed;
+  in.coordinator.interactions[11].error = "heuristic-mixed: decision abort, branches ended a committed, b rolled-back";
+  in.attempts[1].answer->outcome = ClientOutcome::HeuristicMixed;
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::Heuristic, 11)) << dump(v);
+  EXPECT_TRUE(mentions(v, 11, "a client was answered heuristic-mixed"));
+  EXPECT_TRUE(mentions(v, 11, "interaction ended heuristic-mixed"));
+  in.heuristicExpected = true;
+  v = check(in);
+  EXPECT_FALSE(hasKind(v, ViolationKind::Heuristic, 11)) << dump(v);
+  EXPECT_FALSE(mentions(v, 11, "coordinator says rolled back")) << dump(v);
+}
+
+// An interactive transaction dropped before commit must end rolled back.
+TEST(ChaosChecker, DroppedTransactionThatCommittedIsReported) {
+  auto in = cleanHistory();
+  Attempt dropped;
+  dropped.mix = Mix::Interactive;
+  dropped.end = ClientEnd::Drop;
+  dropped.dropped = true;
+  dropped.ops = in.attempts[1].ops;
+  dropped.seq = 11;
+  in.attempts = {in.attempts[0], dropped};
+  EXPECT_TRUE(check(in).empty()) << dump(check(in));
+  in.attempts[1].seq = 10;  // as if the dropped one had been seq 10, which committed
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::RollbackNotKept, 10)) << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "interactive transaction dropped before commit, but its record says committed"));
+}
+
+// ------------------------------------------------------------ the self-check's verdict
+
+TEST(ChaosSelfCheck, PassesOnlyOnThePlantedViolation) {
+  // What the break does: bank-1 commits what it was told to roll back.
+  std::vector<Violation> planted = {
+      {11, "not atomic: ...", ViolationKind::NotAtomic},
+      {11, "answered rolled back, but a branch is committed at an agent", ViolationKind::RollbackNotKept},
+      {11, "coordinator says rolled back, but a branch is committed at an agent", ViolationKind::CoordinatorDisagrees},
+      {0, "money not conserved: ...", ViolationKind::Money},
+      {0, "account a:x holds ...", ViolationKind::AccountHistory}};
+  EXPECT_TRUE(judgeSelfCheck(planted).passed) << judgeSelfCheck(planted).why;
+
+  EXPECT_FALSE(judgeSelfCheck({}).passed);
+  // Some violation, but not the planted one.
+  auto noAtomicity = judgeSelfCheck({{0, "money not conserved", ViolationKind::Money}});
+  EXPECT_FALSE(noAtomicity.passed);
+  EXPECT_NE(noAtomicity.why.find("did not report the planted break"), std::string::npos) << noAtomicity.why;
+  // The planted one, and one the break does not cause.
+  auto extra = planted;
+  extra.push_back({12, "answered in doubt, and ...", ViolationKind::InDoubtUnresolved});
+  auto mixed = judgeSelfCheck(extra);
+  EXPECT_FALSE(mixed.passed);
+  EXPECT_NE(mixed.why.find("[in-doubt-unresolved] seq 12"), std::string::npos) << mixed.why;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -46,6 +47,94 @@ std::string ms(std::uint64_t us) {
 }
 }  // namespace
 
+void countAttempts(Report& r, const std::vector<Attempt>& attempts, const CoordinatorView& coordinator) {
+  r.attempted = attempts.size();
+  std::set<std::uint64_t> inDoubtSeqs;
+  for (const auto& a : attempts) {
+    auto& m = r.byMix[mixName(a.mix)];
+    ++m.attempted;
+    r.threeBranch += a.mix == Mix::ThreeBranch ? 1 : 0;
+    bool lostOne = false;
+    for (const auto& t : a.tries) {
+      if (!t.answer) {
+        ++r.lost;
+        lostOne = true;
+      } else if (t.answer->outcome == ClientOutcome::InDoubt && t.answer->seq != 0) {
+        inDoubtSeqs.insert(t.answer->seq);
+      }
+    }
+    if (a.mix == Mix::Interactive) {
+      ++(a.end == ClientEnd::Commit ? r.interactiveCommit : a.end == ClientEnd::Rollback ? r.interactiveRollback
+                                                                                         : r.interactiveDrop);
+    }
+    if (!a.answer) {
+      ++(a.dropped ? m.dropped : m.unanswered);
+      if (!a.dropped && r.unansweredSamples.size() < 10) {
+        std::string lostAt;
+        for (const auto& t : a.tries) lostAt += (lostAt.empty() ? "" : ", ") + formatMicros(t.atUs);
+        r.unansweredSamples.push_back(std::string(mixName(a.mix)) + " request id " + a.requestId +
+                                      (a.seq != 0 ? " seq " + std::to_string(a.seq) : std::string()) + ": " +
+                                      std::to_string(a.tries.size()) + " tries lost (" + lostAt + "), " +
+                                      std::to_string(a.notSent) + " found no coordinator");
+      }
+    } else {
+      switch (a.answer->outcome) {
+        case ClientOutcome::Committed: ++m.committed; break;
+        case ClientOutcome::RolledBack: ++m.rolledBack; break;
+        case ClientOutcome::InDoubt: ++m.inDoubt; break;
+        default:
+          ++m.other;
+          if (r.firstOther.empty()) {
+            r.firstOther = std::string(clientOutcomeName(a.answer->outcome)) + ": " + a.answer->reason;
+          }
+          break;
+      }
+    }
+    if (lostOne) {
+      // A transaction dropped as planned after a lost begin: its retry got
+      // through and opened it anew.
+      ++r.retried;
+      ++(a.dropped                    ? r.retriedNew
+         : !a.answer                  ? r.retriedUnanswered
+         : a.answer->replayed         ? r.retriedReplayed
+                                      : r.retriedNew);
+    }
+  }
+  r.committed = r.rolledBack = r.inDoubt = r.unanswered = r.other = 0;
+  for (const auto& [k, m] : r.byMix) {
+    r.committed += m.committed;
+    r.rolledBack += m.rolledBack;
+    r.inDoubt += m.inDoubt;
+    r.unanswered += m.unanswered;
+    r.other += m.other;
+  }
+  for (auto seq : inDoubtSeqs) {
+    auto it = coordinator.interactions.find(seq);
+    auto state = it == coordinator.interactions.end() ? InteractionRecord::State::Preparing : it->second.state;
+    ++(state == InteractionRecord::State::Committed    ? r.inDoubtCommitted
+       : state == InteractionRecord::State::RolledBack ? r.inDoubtRolledBack
+                                                       : r.inDoubtOther);
+  }
+}
+
+std::vector<std::string> unmetMinimums(const Report& r, const Minimums& m) {
+  std::vector<std::string> out;
+  auto need = [&](const std::string& what, std::uint64_t got, std::uint64_t want, const char* flag) {
+    if (got < want) {
+      out.push_back(what + " " + std::to_string(got) + ", fewer than " + std::to_string(want) + " (" + flag + ")");
+    }
+  };
+  need("committed", r.committed, m.committed, "--min-committed");
+  need("rolled back", r.rolledBack, m.rolledBack, "--min-rolled-back");
+  for (const auto& [kind, c] : r.byMix) need(kind + " interactions answered", c.answered(), m.perKind, "--min-per-kind");
+  need("interactions retried after a lost answer", r.retried, m.retried, "--min-retried");
+  for (const auto& f : m.faults) {
+    auto it = r.faults.find(f);
+    if (it == r.faults.end() || it->second == 0) out.push_back("fault " + f + " never fired (--require-faults)");
+  }
+  return out;
+}
+
 std::string textReport(const Report& r) {
   std::ostringstream o;
   std::uint64_t faults = 0;
@@ -56,23 +145,51 @@ std::string textReport(const Report& r) {
     << "    committed            " << r.committed << "\n"
     << "    rolled back          " << r.rolledBack << "\n"
     << "    in doubt (1PC)       " << r.inDoubt << "\n"
-    << "    answer lost          " << r.lost << "\n"
+    << "    answer lost          " << r.lost << "  (tries whose answer never came; retried with the same request id)\n"
+    << "    never answered       " << r.unanswered << "\n";
+  for (const auto& u : r.unansweredSamples) o << "      " << u << "\n";
+  if (r.other != 0) o << "    other answers        " << r.other << "  (first: " << r.firstOther << ")\n";
+  char line[160];
+  std::snprintf(line, sizeof line, "  %-16s %10s %10s %12s %9s %15s %8s\n", "by kind", "attempted", "committed",
+                "rolled back", "in doubt", "never answered", "dropped");
+  o << line;
+  for (const auto& [kind, c] : r.byMix) {
+    std::snprintf(line, sizeof line, "    %-14s %10llu %10llu %12llu %9llu %15llu %8llu\n", kind.c_str(),
+                  (unsigned long long)c.attempted, (unsigned long long)c.committed, (unsigned long long)c.rolledBack,
+                  (unsigned long long)c.inDoubt, (unsigned long long)c.unanswered, (unsigned long long)c.dropped);
+    o << line;
+  }
+  if (r.byMix.count(mixName(Mix::Interactive)) != 0) {
+    o << "  interactive, meant to end: commit " << r.interactiveCommit << ", rollback " << r.interactiveRollback
+      << ", drop " << r.interactiveDrop << "\n";
+  }
+  o << "  lost answers retried   " << r.retried << " interactions: " << r.retriedReplayed << " replayed ("
+    << "a retry got the first run's seq and outcome), " << r.retriedNew << " ran anew, " << r.retriedUnanswered
+    << " never answered\n"
+    << "  in doubt answers       " << r.inDoubtCommitted + r.inDoubtRolledBack + r.inDoubtOther
+    << " interactions: ended committed " << r.inDoubtCommitted << ", rolled back " << r.inDoubtRolledBack;
+  if (r.inDoubtOther != 0) o << ", otherwise " << r.inDoubtOther;
+  o << "\n"
     << "  not sent (no coordinator to send to, retried every 100 ms) " << r.notSent << "\n"
     << "  throughput             " << (r.loadSeconds > 0 ? std::uint64_t(r.committed / r.loadSeconds) : 0)
     << " commits/s under faults\n"
     << "  faults injected        " << faults << ":";
   for (auto& [k, n] : r.faults) o << " " << k << " " << n;
+  if (r.faults.count("failpoint") != 0) o << " (" << r.failpointsCrashed << " failpoints reached)";
   o << "\n  window of inconsistency over " << r.windowCount << " failed interactions: median " << ms(r.windowP50Us)
     << ", p99 " << ms(r.windowP99Us) << ", max " << ms(r.windowMaxUs) << "\n"
-    << "  resolution after healing " << (r.resolved ? std::to_string(r.resolutionMs) + " ms" : "NOT REACHED") << "\n"
-    << "  violations             " << r.violations.size() << "\n";
+    << "  resolution after healing " << (r.resolved ? std::to_string(r.resolutionMs) + " ms" : "NOT REACHED") << "\n";
+  for (const auto& u : r.unmet) o << "  minimum not met: " << u << "\n";
+  if (r.selfCheck) o << "  self-check             " << r.selfCheckVerdict << "\n";
+  o << "  violations             " << r.violations.size() << "\n";
   std::size_t shown = 0;
   for (auto& v : r.violations) {
     if (++shown > 50) {
       o << "    ... " << r.violations.size() - 50 << " more in report.json\n";
       break;
     }
-    o << "    " << (v.seq ? "seq " + std::to_string(v.seq) + ": " : "") << v.what << "\n";
+    o << "    [" << violationKindName(v.kind) << "] " << (v.seq ? "seq " + std::to_string(v.seq) + ": " : "")
+      << v.what << "\n";
   }
   return o.str();
 }
@@ -83,19 +200,42 @@ std::string jsonReport(const Report& r, const Timeline& t) {
     << ",\"adapter\":\"" << jsonEscape(r.adapter) << "\""
     << ",\"self_check\":" << (r.selfCheck ? "true" : "false") << ",\"attempted\":" << r.attempted
     << ",\"three_branch\":" << r.threeBranch << ",\"committed\":" << r.committed
-    << ",\"rolled_back\":" << r.rolledBack << ",\"in_doubt\":" << r.inDoubt << ",\"answer_lost\":" << r.lost << ",\"not_sent\":" << r.notSent
-    << ",\"faults\":{";
+    << ",\"rolled_back\":" << r.rolledBack << ",\"in_doubt\":" << r.inDoubt << ",\"answer_lost\":" << r.lost
+    << ",\"never_answered\":" << r.unanswered << ",\"other\":" << r.other << ",\"not_sent\":" << r.notSent
+    << ",\"never_answered_samples\":[";
+  for (std::size_t i = 0; i < r.unansweredSamples.size(); ++i) {
+    o << (i ? "," : "") << "\"" << jsonEscape(r.unansweredSamples[i]) << "\"";
+  }
+  o << "]"
+    << ",\"by_kind\":{";
   bool first = true;
+  for (const auto& [kind, c] : r.byMix) {
+    o << (first ? "" : ",") << "\"" << jsonEscape(kind) << "\":{\"attempted\":" << c.attempted
+      << ",\"committed\":" << c.committed << ",\"rolled_back\":" << c.rolledBack << ",\"in_doubt\":" << c.inDoubt
+      << ",\"never_answered\":" << c.unanswered << ",\"dropped\":" << c.dropped << ",\"other\":" << c.other << "}";
+    first = false;
+  }
+  o << "},\"interactive_meant\":{\"commit\":" << r.interactiveCommit << ",\"rollback\":" << r.interactiveRollback
+    << ",\"drop\":" << r.interactiveDrop << "},\"retried\":{\"interactions\":" << r.retried
+    << ",\"replayed\":" << r.retriedReplayed << ",\"new\":" << r.retriedNew
+    << ",\"never_answered\":" << r.retriedUnanswered << "},\"in_doubt_ended\":{\"committed\":" << r.inDoubtCommitted
+    << ",\"rolled_back\":" << r.inDoubtRolledBack << ",\"other\":" << r.inDoubtOther << "},\"faults\":{";
+  first = true;
   for (auto& [k, n] : r.faults) {
     o << (first ? "" : ",") << "\"" << jsonEscape(k) << "\":" << n;
     first = false;
   }
-  o << "},\"window_of_inconsistency\":{\"count\":" << r.windowCount << ",\"p50_us\":" << r.windowP50Us
+  o << "},\"failpoints_reached\":" << r.failpointsCrashed;
+  o << ",\"window_of_inconsistency\":{\"count\":" << r.windowCount << ",\"p50_us\":" << r.windowP50Us
     << ",\"p99_us\":" << r.windowP99Us << ",\"max_us\":" << r.windowMaxUs << "},\"resolved\":"
-    << (r.resolved ? "true" : "false") << ",\"resolution_ms\":" << r.resolutionMs << ",\"violations\":[";
+    << (r.resolved ? "true" : "false") << ",\"resolution_ms\":" << r.resolutionMs << ",\"unmet_minimums\":[";
+  for (std::size_t i = 0; i < r.unmet.size(); ++i) o << (i ? "," : "") << "\"" << jsonEscape(r.unmet[i]) << "\"";
+  o << "]";
+  if (r.selfCheck) o << ",\"self_check_verdict\":\"" << jsonEscape(r.selfCheckVerdict) << "\"";
+  o << ",\"violations\":[";
   for (std::size_t i = 0; i < r.violations.size(); ++i) {
-    o << (i ? "," : "") << "{\"seq\":" << r.violations[i].seq << ",\"what\":\"" << jsonEscape(r.violations[i].what)
-      << "\"}";
+    o << (i ? "," : "") << "{\"seq\":" << r.violations[i].seq << ",\"kind\":\""
+      << violationKindName(r.violations[i].kind) << "\",\"what\":\"" << jsonEscape(r.violations[i].what) << "\"}";
   }
   o << "],\"commits_per_second\":[";
   auto per = t.commitsPerSecond();

@@ -1,0 +1,124 @@
+// The chaos report's counts and minimums on hand-made attempts: what each
+// kind of interaction ended as, lost answers and their retries, "in doubt"
+// answers and how they ended, and the minimums a run must reach.
+
+#include "tools/chaos/report.h"
+
+#include <gtest/gtest.h>
+
+#include "common/client.h"
+
+namespace keel::chaos {
+namespace {
+
+Attempt answered(Mix mix, std::uint64_t seq, ClientOutcome o, bool replayed = false, bool lostFirst = false) {
+  Attempt a;
+  a.mix = mix;
+  a.requestId = "r-" + std::to_string(seq);
+  SubmitOutcome out;
+  out.seq = seq;
+  out.outcome = o;
+  out.requestId = a.requestId;
+  out.replayed = replayed;
+  if (lostFirst) a.tries.push_back(Try{1, std::nullopt});
+  a.tries.push_back(Try{2, out});
+  a.answer = out;
+  return a;
+}
+
+TEST(ChaosReport, CountsEachKindRetriesAndInDoubtEndings) {
+  std::vector<Attempt> attempts = {
+      answered(Mix::Transfer, 1, ClientOutcome::Committed),
+      answered(Mix::Transfer, 2, ClientOutcome::Committed, /*replayed=*/true, /*lostFirst=*/true),
+      answered(Mix::Overdraft, 3, ClientOutcome::RolledBack),
+      answered(Mix::OnePhase, 4, ClientOutcome::InDoubt),
+      answered(Mix::OnePhase, 5, ClientOutcome::Committed, false, /*lostFirst=*/true),
+      answered(Mix::ReadOnly, 6, ClientOutcome::Committed),
+      answered(Mix::ThreeBranch, 7, ClientOutcome::Invalid),
+  };
+  Attempt never;
+  never.mix = Mix::Transfer;
+  never.requestId = "r-never";
+  never.tries = {Try{1, std::nullopt}, Try{2, std::nullopt}};
+  attempts.push_back(never);
+  Attempt dropped;
+  dropped.mix = Mix::Interactive;
+  dropped.end = ClientEnd::Drop;
+  dropped.dropped = true;
+  dropped.seq = 9;
+  attempts.push_back(dropped);
+  // Dropped as planned after its first begin was lost and a retry opened it.
+  Attempt droppedAfterRetry = dropped;
+  droppedAfterRetry.seq = 11;
+  droppedAfterRetry.tries = {Try{1, std::nullopt}};
+  attempts.push_back(droppedAfterRetry);
+  Attempt rolledBack = answered(Mix::Interactive, 10, ClientOutcome::RolledBack);
+  rolledBack.end = ClientEnd::Rollback;
+  attempts.push_back(rolledBack);
+
+  CoordinatorView c;
+  c.interactions[4].state = InteractionRecord::State::RolledBack;
+
+  Report r;
+  r.byMix[mixName(Mix::Interactive)];  // a kind the run drew from
+  countAttempts(r, attempts, c);
+  EXPECT_EQ(r.attempted, 11u);
+  EXPECT_EQ(r.committed, 4u);
+  EXPECT_EQ(r.rolledBack, 2u);
+  EXPECT_EQ(r.inDoubt, 1u);
+  EXPECT_EQ(r.unanswered, 1u);
+  ASSERT_EQ(r.unansweredSamples.size(), 1u);
+  EXPECT_EQ(r.unansweredSamples[0],
+            "transfer request id r-never: 2 tries lost (1970-01-01T00:00:00.000001Z, 1970-01-01T00:00:00.000002Z), "
+            "0 found no coordinator");
+  EXPECT_EQ(r.other, 1u);
+  EXPECT_EQ(r.lost, 5u);  // every try without an answer
+  EXPECT_EQ(r.threeBranch, 1u);
+  EXPECT_EQ(r.byMix["transfer"].attempted, 3u);
+  EXPECT_EQ(r.byMix["transfer"].committed, 2u);
+  EXPECT_EQ(r.byMix["transfer"].unanswered, 1u);
+  EXPECT_EQ(r.byMix["one-phase"].inDoubt, 1u);
+  EXPECT_EQ(r.byMix["interactive"].dropped, 2u);
+  EXPECT_EQ(r.byMix["interactive"].unanswered, 0u);
+  EXPECT_EQ(r.byMix["interactive"].rolledBack, 1u);
+  EXPECT_EQ(r.interactiveDrop, 2u);
+  EXPECT_EQ(r.interactiveRollback, 1u);
+  EXPECT_EQ(r.retried, 4u);
+  EXPECT_EQ(r.retriedReplayed, 1u);
+  EXPECT_EQ(r.retriedNew, 2u);
+  EXPECT_EQ(r.retriedUnanswered, 1u);
+  EXPECT_EQ(r.inDoubtRolledBack, 1u);
+  EXPECT_EQ(r.inDoubtCommitted, 0u);
+
+  auto text = textReport(r);
+  EXPECT_NE(text.find("lost answers retried   4 interactions: 1 replayed"), std::string::npos) << text;
+  EXPECT_NE(text.find("in doubt answers       1 interactions: ended committed 0, rolled back 1"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("    one-phase"), std::string::npos) << text;
+}
+
+TEST(ChaosReport, UnmetMinimumsNameWhatWasMissing) {
+  Report r;
+  r.committed = 100;
+  r.rolledBack = 10;
+  r.byMix["transfer"].committed = 90;
+  r.byMix["read-only"].committed = 2;
+  r.faults = {{"kill", 3}, {"pause", 0}};
+  Minimums m;
+  EXPECT_TRUE(unmetMinimums(r, m).empty());
+  m.committed = 100;
+  m.rolledBack = 11;
+  m.perKind = 5;
+  m.retried = 1;
+  m.faults = {"kill", "pause", "refuse"};
+  auto unmet = unmetMinimums(r, m);
+  ASSERT_EQ(unmet.size(), 5u);
+  EXPECT_EQ(unmet[0], "rolled back 10, fewer than 11 (--min-rolled-back)");
+  EXPECT_EQ(unmet[1], "read-only interactions answered 2, fewer than 5 (--min-per-kind)");
+  EXPECT_EQ(unmet[2], "interactions retried after a lost answer 0, fewer than 1 (--min-retried)");
+  EXPECT_EQ(unmet[3], "fault pause never fired (--require-faults)");
+  EXPECT_EQ(unmet[4], "fault refuse never fired (--require-faults)");
+}
+
+}  // namespace
+}  // namespace keel::chaos

@@ -1,0 +1,104 @@
+#pragma once
+// The bank workload of keel-chaos: many clients sending a mix of
+// interactions (tools/chaos/checker.h, Mix) to one coordinator, every
+// request with a request id, retrying a lost answer with the same id and
+// time for a bounded while, and recording every try and what it heard.
+//
+// Runs on the caller's KJ event loop (one thread); the counters are read by
+// the progress line between turns.
+
+#include <kj/async-io.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/client.h"
+#include "tools/chaos/checker.h"
+#include "tools/chaos/report.h"
+
+namespace keel::chaos {
+
+struct WorkloadOptions {
+  std::uint64_t seed = 1;
+  std::uint32_t accountsPerAgent = 10;
+  std::int64_t opening = 100000;
+  std::uint32_t connections = 8;
+  std::uint32_t concurrency = 32;
+  std::uint32_t retryForMs = 15000;  // how long a lost answer is retried with the same request id
+  bool sql = false;  // postgres agents: debits, credits and reads go out as SQL (attempts keep the ledger form)
+};
+
+class Workload {
+ public:
+  Workload(WorkloadOptions o, kj::AsyncIoContext& io, std::string coordinator, std::vector<std::string> agents,
+           Timeline& timeline);
+
+  // Starts new interactions until `untilUs` (unix us); resolves when the
+  // last one is done, its retries included.
+  kj::Promise<void> run(Micros untilUs);
+
+  // The kinds it draws from (postgres agents offer no interactive mode).
+  std::vector<Mix> mixes() const;
+  std::vector<Attempt>& attempts() { return attempts_; }
+  // The smallest balance a read returned (0 if none was negative).
+  std::int64_t lowestRead() const { return lowestRead_; }
+
+  // For the progress line.
+  std::uint64_t committed = 0, rolledBack = 0, lost = 0, notSent = 0;
+
+ private:
+  struct Plan {
+    Mix mix = Mix::Transfer;
+    std::vector<Op> ops;                 // one-shot
+    std::vector<std::vector<Op>> steps;  // interactive: one execute each
+    ClientEnd end = ClientEnd::Commit;
+  };
+  struct Flight;  // one interaction in flight
+  using FlightPtr = std::shared_ptr<Flight>;
+  // One client connection, shared by the workers on it. A flight holds the
+  // one its call (and its transaction) went out on, so dropping a broken
+  // connection from conns_ never frees it under another worker's call.
+  struct Conn {
+    kj::Own<KeelClient> client;
+  };
+  using ConnPtr = std::shared_ptr<Conn>;
+  // One try: nullopt = no outcome to record (a begin opened its transaction).
+  using Call = std::function<kj::Promise<std::optional<SubmitOutcome>>(KeelClient&, Flight&)>;
+
+  Plan nextPlan();
+  std::vector<Op> onWire(const std::vector<Op>& ops) const;
+  kj::Promise<ConnPtr> connection(std::size_t i);
+  void dropConnection(std::size_t i, const ConnPtr& used);
+
+  kj::Promise<void> worker(std::size_t conn);
+  kj::Promise<void> untilAnswered(std::size_t conn, FlightPtr f, Call call);
+  kj::Promise<void> interactive(std::size_t conn, FlightPtr f);
+  kj::Promise<void> steps(std::size_t conn, FlightPtr f);
+  kj::Promise<void> findOut(std::size_t conn, FlightPtr f);
+  Call submitCall();
+  Call beginCall(bool findingOut);
+
+  Attempt& attempt(Flight& f);
+  bool mayRetry(Flight& f);
+  void answered(Flight& f, SubmitOutcome o);
+  void unanswered(Flight& f);
+  void noteReads(const std::vector<Op>& ops, const SubmitOutcome& o);
+
+  WorkloadOptions o_;
+  kj::AsyncIoContext& io_;
+  std::string coordinator_;
+  std::vector<std::string> agents_;
+  Timeline& timeline_;
+  std::mt19937_64 rng_;
+  std::vector<ConnPtr> conns_;
+  std::vector<Attempt> attempts_;
+  std::int64_t lowestRead_ = 0;
+  Micros until_ = 0;
+};
+
+}  // namespace keel::chaos
