@@ -189,6 +189,9 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> sweep(ParticipantLink& link, std::uint32_t attempt);
   void settleUnknownBranch(ParticipantLink& link, const RecoveredBranch& b);
   void adoptBranch(Interaction& it, const std::string& participant, const RecoveredBranch& b);
+  // A branch of an earlier incarnation that no interaction can take: rolled
+  // back, retried with backoff until the participant answers.
+  kj::Promise<void> rollBackStray(ParticipantLink& l, Xid xid, std::uint32_t attempt);
 
   Interaction* find(std::uint64_t seq);
 

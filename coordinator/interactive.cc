@@ -126,8 +126,9 @@ kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<O
             if (p->closing) {
               // Already rolling back (its deadline passed, say): answered
               // once a record saying so is durable.
-              std::string why = *msg;
-              return persist(*p).then([seq, why]() { return SubmitOutcome::of(seq, ClientOutcome::RolledBack, why); });
+              std::string why = *msg, id = p->rec.requestId;
+              return persist(*p).then(
+                  [seq, why, id]() { return SubmitOutcome::of(seq, ClientOutcome::RolledBack, why, id); });
             }
             // The whole interaction rolls back; the client hears it once the
             // rollback record is durable.

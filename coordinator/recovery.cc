@@ -157,6 +157,19 @@ void Coordinator::adoptBranch(Interaction& it, const std::string& participant, c
       return;
     }
   }
+  // A branch the record does not list took no part in the decision: it is
+  // rolled back whatever was decided. While the rollback driver runs, it
+  // joins the interaction (its story and the driver's retries). An
+  // interaction that is committing, or already finishing (its final record
+  // on its way: an interactive one whose last operations were not durable
+  // when the coordinator stopped), cannot take it any more: it is rolled
+  // back on its own.
+  if (it.rec.state != State::Aborting || !it.rb) {
+    KEEL_LOG_WARN("sweep: {} at {} is not part of interaction {} ({}); rolling it back on its own", b.xid.str(),
+                  participant, b.xid.seq, stateName(it.rec.state));
+    tasks_.add(rollBackStray(link(participant), b.xid, 0));
+    return;
+  }
   InteractionRecord::Branch br;
   br.participant = participant;
   br.branch = b.xid.branch;
@@ -164,10 +177,29 @@ void Coordinator::adoptBranch(Interaction& it, const std::string& participant, c
   joinStory(it.rec, br, b);
   it.rec.branches.push_back(std::move(br));
   it.branchResults.emplace_back();
-  if (it.rb && std::find(it.rb->pending.begin(), it.rb->pending.end(), participant) == it.rb->pending.end()) {
+  if (std::find(it.rb->pending.begin(), it.rb->pending.end(), participant) == it.rb->pending.end()) {
     it.rb->pending.push_back(participant);
   }
   KEEL_LOG_INFO("sweep: {} joins interaction {} at {}", b.xid.str(), b.xid.seq, participant);
+}
+
+kj::Promise<void> Coordinator::rollBackStray(ParticipantLink& l, Xid xid, std::uint32_t attempt) {
+  return l.rollback(epoch_, xid).then(
+      [this, &l, xid](BranchOutcome o) -> kj::Promise<void> {
+        if (o == BranchOutcome::RolledBack) {
+          KEEL_LOG_INFO("sweep: {} at {} rolled back", xid.str(), l.name());
+        } else {
+          KEEL_LOG_ERROR("sweep: HEURISTIC: {} at {} was to be rolled back but answered {}", xid.str(), l.name(),
+                         outcomeName(o));
+        }
+        return kj::READY_NOW;
+      },
+      [this, &l, xid, attempt](kj::Exception&& e) -> kj::Promise<void> {
+        KEEL_LOG_WARN("sweep: rolling back {} at {} failed ({}); retrying", xid.str(), l.name(), describeFault(e));
+        return io_.provider->getTimer().afterDelay(backoff(attempt + 1)).then([this, &l, xid, attempt]() {
+          return rollBackStray(l, xid, attempt + 1);
+        });
+      });
 }
 
 void Coordinator::settleUnknownBranch(ParticipantLink& l, const RecoveredBranch& b) {

@@ -131,10 +131,7 @@ void PgAgent::reconcile() {
     auto swept = sweepPrepared(c, /*minAgeNoRecordS=*/0);
     std::size_t settled = 0;
     for (auto& rec : log_.unfinishedBranches()) {
-      if (rec.state == BranchStatus::Active && rec.onePhase) {
-        settleOnePhase(c, rec);
-        ++settled;
-      }
+      if (rec.state == BranchStatus::Active && rec.onePhase && settleOnePhase(c, rec)) ++settled;
     }
     KEEL_LOG_INFO(
         "postgres reconcile: {} prepared kept, {} recovered in doubt (no record yet), {} rolled back, {} committed, {} "
@@ -731,8 +728,14 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   if (rec && rec->state == BranchStatus::Committed) return BranchOutcome::Committed;
   if (rec && rec->state == BranchStatus::RolledBack) return BranchOutcome::RolledBack;
   if (rec && rec->state == BranchStatus::Active && rec->onePhase) {
-    // A one-phase branch whose outcome we lost: PostgreSQL knows.
-    return settleOnePhase(c, *rec) == BranchStatus::Committed ? BranchOutcome::Committed : BranchOutcome::RolledBack;
+    // A one-phase branch whose outcome we do not have yet: PostgreSQL knows,
+    // unless its COMMIT is still running (then the coordinator asks again).
+    auto settled = settleOnePhase(c, *rec);
+    if (!settled) {
+      throw std::runtime_error("the one-phase commit of " + xid.str() +
+                               " is still running in PostgreSQL; its outcome is not known yet");
+    }
+    return *settled == BranchStatus::Committed ? BranchOutcome::Committed : BranchOutcome::RolledBack;
   }
   if (!rec || rec->state == BranchStatus::Prepared) {
     KEEL_FAILPOINT("agent.before_rollback_durable");
@@ -761,10 +764,13 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   }
   bool committedMeanwhile = false;
   bool preparedMeanwhile = false;
+  std::optional<BranchRecord> onePhaseMeanwhile;
   log_.log().runSync([&](lmdb::Txn& txn) {
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
     auto r = log_.read(txn, xid);
-    if (!r) {
+    if (r && r->state == BranchStatus::Active && r->onePhase) {
+      onePhaseMeanwhile = r;  // a one-phase commit started after our first look: not ours to decide
+    } else if (!r) {
       log_.tombstone(txn, xid, epoch);  // never seen: refuse a late prepare
     } else if (r->state == BranchStatus::Prepared) {
       // Either we rolled PostgreSQL's half back above, or the prepare's
@@ -780,6 +786,14 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     // Recorded rolled back first: if we die before this, start-up's
     // reconcile rolls it back (the log says rolled back).
     rollbackPrepared(c, gid(xid));
+  }
+  if (onePhaseMeanwhile) {
+    auto settled = settleOnePhase(c, *onePhaseMeanwhile);
+    if (!settled) {
+      throw std::runtime_error("the one-phase commit of " + xid.str() +
+                               " is still running in PostgreSQL; its outcome is not known yet");
+    }
+    return *settled == BranchStatus::Committed ? BranchOutcome::Committed : BranchOutcome::RolledBack;
   }
   return committedMeanwhile ? BranchOutcome::Committed : BranchOutcome::RolledBack;
 }
@@ -812,9 +826,12 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::rollback(std::uint64_t epoch, s
   return finishAll(std::move(xids), false, epoch);
 }
 
-BranchStatus PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec) {
+std::optional<BranchStatus> PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec) {
   std::string status = txidStatus(c, rec.hostTxid);
-  // "in progress" cannot outlive our crash: the session that ran it is gone.
+  // Still running: our own COMMIT is in flight (a rollback raced it), or the
+  // session of a crashed agent has not been reaped yet. Deciding now would
+  // be a guess that COMMIT may prove wrong a moment later.
+  if (status == "in progress") return std::nullopt;
   BranchStatus final = status == "committed" ? BranchStatus::Committed : BranchStatus::RolledBack;
   Xid xid = rec.xid;
   std::uint64_t epoch = rec.epoch;
@@ -857,13 +874,18 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
       });
     };
     if (auto why = runStatements(c, ops, results)) {
-      finishAs(BranchStatus::RolledBack, *why, 0);
+      finishAs(BranchStatus::RolledBack, *why, 0);  // a tombstone there says rolled back too: same end
       return OnePhaseResult{BranchOutcome::RolledBack, *why, {}};
     }
     auto t = pg::exec(c, "SELECT txid_current()");
     std::uint64_t txid = std::stoull(PQgetvalue(t.get(), 0, 0));
+    KEEL_FAILPOINT("pg.before_one_phase_intent");  // pool thread: statements run, nothing recorded yet
     // Intent first: if we crash after COMMIT, txid_status() tells the outcome.
-    log_.log().runSync([&](lmdb::Txn& txn) {
+    // A record there already is a rollback's tombstone: the coordinator gave
+    // up on this call (no answer in time) and rolled the branch back before
+    // the call got its turn here. It stays rolled back: we never commit it.
+    bool ours = log_.log().runSync([&](lmdb::Txn& txn) {
+      if (log_.read(txn, xid)) return false;
       BranchRecord rec;
       rec.xid = xid;
       rec.epoch = epoch;
@@ -873,7 +895,13 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
       rec.hostTxid = txid;
       rec.createdUs = wallMicros();
       log_.put(txn, rec);
+      return true;
     });
+    if (!ours) {
+      pg::exec(c, "ROLLBACK");
+      return OnePhaseResult{BranchOutcome::RolledBack,
+                            "branch " + xid.str() + " was rolled back before its one-phase commit could run", {}};
+    }
     KEEL_FAILPOINT("agent.before_commit_durable");
     try {
       pg::exec(c, "COMMIT");

@@ -124,7 +124,9 @@ class PgAgent final : public ParticipantBackend {
   OneTrip prepareInOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid,
                            std::vector<OpResult>& results);
   // What PostgreSQL did with a one-phase branch whose outcome we lost.
-  BranchStatus settleOnePhase(PGconn* c, BranchRecord& rec);
+  // nullopt: PostgreSQL still runs it ('in progress': its COMMIT is in
+  // flight, or its session has not noticed our crash yet); ask again later.
+  std::optional<BranchStatus> settleOnePhase(PGconn* c, BranchRecord& rec);
   BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
   // A prepared transaction of ours that PostgreSQL holds, with its txid.
   struct Held {

@@ -109,6 +109,30 @@ TEST_F(DurableAnswerTest, InteractiveBeginExecuteFailureAndRollback) {
   EXPECT_EQ(account("bank-a", "alice"), bal(1000, 0));
 }
 
+TEST_F(DurableAnswerTest, WorkExecutedButNotRecordedIsRolledBackAfterACrash) {
+  // begin is durable; the agent runs an execute's operation (ACTIVE, money
+  // held) while the coordinator's record of it is still on its way (every
+  // group commit takes 300 ms here) when the coordinator dies. Recovery
+  // finds the interaction with no branches and ends it at once; the sweep
+  // then finds the agent's branch, which must be rolled back all the same.
+  auto b = client_->begin(SubmitRequest{}).wait(io_.waitScope);
+  ASSERT_TRUE(b.txn.get() != nullptr);
+  auto pending = b.txn->execute({Op{"bank-a", OpKind::Debit, "alice", 40}});
+  ASSERT_TRUE(eventually([&] { return account("bank-a", "alice").second == 40; }, std::chrono::seconds(2)));
+  cluster_->killCoordinator(SIGKILL);
+  client_ = nullptr;
+  // Slow writes again: the sweep's answer arrives while the interaction's
+  // final record is still on its way (the case that once left the branch
+  // ACTIVE for ever).
+  cluster_->startCoordinator("log.before_group_commit=delay(300)");
+  reconnect();
+  EXPECT_TRUE(eventually([&] { return unfinishedAt("bank-a").empty(); }));
+  EXPECT_EQ(account("bank-a", "alice"), bal(1000, 0));
+  auto q = query(b.txn->seq());
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->interaction.state, InteractionRecord::State::RolledBack);
+}
+
 TEST_F(DurableAnswerTest, BatchItems) {
   client_->enableBatching();
   kj::Vector<kj::Promise<SubmitOutcome>> calls;

@@ -386,6 +386,61 @@ class PostgresOutcomeTest : public PostgresTest {
   }
 };
 
+// A one-phase call whose answer the coordinator gave up on: its rollback
+// reaches the agent before the call's own turn came.
+TEST_F(PostgresOutcomeTest, OnePhaseOvertakenByItsRollbackIsNeverCommitted) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.before_one_phase_intent=1*delay(800)");
+  const Xid xid = xidOf(20);
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+  auto call = agent->capability().commitOnePhaseRequest();
+  call.setEpoch(kEpoch);
+  fillXid(call.initXid(), xid);
+  std::vector<Op> ops{credit("bank-b", "bob", 100)};
+  fillOps(call.initOperations(ops.size()), ops);
+  auto onePhase = call.send();
+  io_.waitScope.poll();  // the call leaves now
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);  // a tombstone
+  auto answer = onePhase.wait(io_.waitScope);
+  EXPECT_EQ(answer.getOutcome(), wire::BranchOutcome::ROLLED_BACK) << answer.getReason().cStr();
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);  // and it stays so
+  EXPECT_EQ(recordAfterStoppingB(xid).state, BranchStatus::RolledBack);
+}
+
+// A rollback that arrives while a one-phase COMMIT is in flight cannot tell
+// its outcome yet: it says so (the coordinator asks again) instead of
+// guessing "rolled back" a moment before PostgreSQL commits.
+TEST_F(PostgresOutcomeTest, RollbackDuringAOnePhaseCommitWaitsForItsOutcome) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.before_commit_durable=1*delay(2500)");
+  const Xid xid = xidOf(21);
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+  auto call = agent->capability().commitOnePhaseRequest();
+  call.setEpoch(kEpoch);
+  fillXid(call.initXid(), xid);
+  std::vector<Op> ops{credit("bank-b", "bob", 100)};
+  fillOps(call.initOperations(ops.size()), ops);
+  auto onePhase = call.send();
+  // Its statements ran and its intent is recorded long before this; its
+  // COMMIT waits 2.5 s.
+  io_.waitScope.poll();  // the call leaves now
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  try {
+    auto o = finishAtB(xid, /*commit=*/false);
+    ADD_FAILURE() << "a rollback during the one-phase COMMIT answered " << int(o);
+  } catch (const kj::Exception& e) {
+    EXPECT_NE(std::string(e.getDescription().cStr()).find("still running"), std::string::npos)
+        << e.getDescription().cStr();
+  }
+  auto answer = onePhase.wait(io_.waitScope);
+  EXPECT_EQ(answer.getOutcome(), wire::BranchOutcome::COMMITTED) << answer.getReason().cStr();
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);  // asked again: the truth
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  EXPECT_EQ(recordAfterStoppingB(xid).state, BranchStatus::Committed);
+}
+
 TEST_F(PostgresOutcomeTest, ForcedCommitOfABranchNeverPreparedAnswersUnknownAndRecordsNothing) {
   const Xid xid = xidOf(1);
   EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::UNKNOWN);
