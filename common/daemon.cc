@@ -42,6 +42,7 @@ void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, capnp::Capa
   if (!readyFile.empty()) writeFileAtomically(readyFile, bound + "\n");
   onTermination(io).wait(io.waitScope);
   KEEL_LOG_INFO("stopping");
+  server.close(io.waitScope);
 }
 
 std::string withPort(const std::string& addr, unsigned port) {

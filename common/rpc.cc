@@ -95,7 +95,32 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream) {
                                                      networkReaderOptions());
   auto rpc = kj::heap(capnp::makeRpcServer(*network, bootstrap_));
   auto done = network->onDisconnect();
-  return done.attach(kj::mv(rpc), kj::mv(network), kj::mv(stream));
+  auto* raw = stream.get();
+  open_.insert(raw);
+  // The connection's RPC system goes on a later turn than the one that saw
+  // the disconnect, never from inside its own disconnect handling.
+  return done.then([]() { return kj::evalLater([]() {}); })
+      .attach(kj::mv(rpc), kj::mv(network), kj::mv(stream), kj::defer([this, raw]() { open_.erase(raw); }));
+}
+
+void RpcServer::close(kj::WaitScope& ws, kj::Duration grace) {
+  for (auto* s : open_) {
+    // Either may find the socket closed by the peer already (ENOTCONN).
+    try {
+      s->shutdownWrite();
+    } catch (...) {
+    }
+    try {
+      s->abortRead();
+    } catch (...) {
+    }
+  }
+  // Each connection's task ends once its network sees the disconnect; the
+  // task set then drops it (and its RPC system) in the normal way.
+  auto& timer = io_.provider->getTimer();
+  auto until = timer.now() + grace;
+  while (!open_.empty() && timer.now() < until) timer.afterDelay(5 * kj::MILLISECONDS).wait(ws);
+  kj::evalLater([]() {}).wait(ws);  // one more turn: finished tasks are freed
 }
 
 void RpcServer::taskFailed(kj::Exception&& e) {

@@ -7,6 +7,7 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include <set>
 #include <string>
 
 namespace keel {
@@ -34,6 +35,14 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
   RpcServer(kj::AsyncIoContext& io, capnp::Capability::Client bootstrap);
   kj::Promise<unsigned> listen(const std::string& addr);
 
+  // Closes every open connection and runs the event loop until each has
+  // ended (at most `grace`), so that no connection's RPC system is torn
+  // down while its connection is open: Cap'n Proto 0.9.2 crashes then (a
+  // keel-agent stopped with SIGTERM while its coordinator was connected
+  // died with SIGSEGV). Call before destroying the server.
+  void close(kj::WaitScope& ws, kj::Duration grace = 2 * kj::SECONDS);
+  std::size_t openConnections() const { return open_.size(); }
+
  private:
   void taskFailed(kj::Exception&& e) override;
   kj::Promise<void> acceptLoop(kj::ConnectionReceiver& listener);
@@ -43,6 +52,7 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
   capnp::Capability::Client bootstrap_;
   kj::Vector<kj::Own<kj::ConnectionReceiver>> listeners_;
   std::size_t accepting_ = 0;  // listeners_[0, accepting_) have an accept loop
+  std::set<kj::AsyncIoStream*> open_;  // connections being served
   kj::TaskSet tasks_;
 };
 
