@@ -191,22 +191,23 @@ void Coordinator::answer(Interaction& it, ClientOutcome o, const std::string& re
     out.outcome = o;
     out.reason = reason;
     out.requestId = it.rec.requestId;
+    it.told = out;  // kept without results: a retry hears the outcome, not the results again
     if (o == ClientOutcome::Committed) {
+      out.results.reserve(it.opIndex.size());
       for (auto [b, i] : it.opIndex) {
         const auto& r = it.branchResults[b];
         out.results.push_back(i < r.size() ? r[i] : OpResult{});
       }
     }
-    it.told = std::move(out);
-    if (it.answer.get() != nullptr && it.answer->isWaiting()) it.answer->fulfill(SubmitOutcome(*it.told));
+    if (it.answer.get() != nullptr && it.answer->isWaiting()) it.answer->fulfill(kj::mv(out));
   }
+  if (it.replays.empty()) return;
   // Retries of the request id hear a definitive outcome only: "in doubt"
   // keeps them waiting for the participant's answer.
   if (it.told->outcome == ClientOutcome::InDoubt && !it.rec.finished()) return;
   for (auto& r : it.replays) {
     if (!r->isWaiting()) continue;
     SubmitOutcome out = *it.told;
-    out.results.clear();
     out.replayed = true;
     if (it.told->outcome == ClientOutcome::InDoubt) {  // finished since: the final state says it
       out = replayOutcome(it.rec).value_or(out);
@@ -234,22 +235,23 @@ kj::Promise<SubmitOutcome> Coordinator::submit(SubmitRequest req) {
   if (auto full = storageFull()) return SubmitOutcome{0, ClientOutcome::Unavailable, *full, {}, req.requestId, false};
   std::string id = req.requestId;
   if (!id.empty()) claimRequest(id, fingerprint);
-  return seqs_->next()
-      .then([this, req = std::move(req), fingerprint](std::uint64_t seq) mutable {
-        KEEL_FAILPOINT("coord.after_seq_assigned");
-        auto& it = create(seq, false, req, fingerprint);
-        it.opIndex = assign(it, req.ops);
-        auto paf = kj::newPromiseAndFulfiller<SubmitOutcome>();
-        it.answer = kj::mv(paf.fulfiller);
-        drive(it);
-        return kj::mv(paf.promise);
-      })
-      .catch_([this, id](kj::Exception&& e) -> kj::Promise<SubmitOutcome> {
-        // No seq could be given (the reservation failed), or a fault before
-        // anything was sent: nothing ran.
-        if (!id.empty()) releaseRequest(id, &e);
-        return SubmitOutcome{0, ClientOutcome::Unavailable, "the interaction could not start (nothing ran): " + describeFault(e), {}, id, false};
-      });
+  auto started = seqs_->next().then([this, req = std::move(req), fingerprint](std::uint64_t seq) mutable {
+    KEEL_FAILPOINT("coord.after_seq_assigned");
+    auto& it = create(seq, false, req, fingerprint);
+    it.opIndex = assign(it, req.ops);
+    auto paf = kj::newPromiseAndFulfiller<SubmitOutcome>();
+    it.answer = kj::mv(paf.fulfiller);
+    drive(it);
+    return kj::mv(paf.promise);
+  });
+  if (id.empty()) return started;  // a fault reaches the RPC shell, which answers "unavailable"
+  return started.catch_([this, id](kj::Exception&& e) -> kj::Promise<SubmitOutcome> {
+    // No seq could be given (the reservation failed), or a fault before
+    // anything was sent: nothing ran, and the id's claim goes.
+    releaseRequest(id, &e);
+    return SubmitOutcome::of(0, ClientOutcome::Unavailable,
+                             "the interaction could not start (nothing ran): " + describeFault(e), id);
+  });
 }
 
 void Coordinator::drive(Interaction& it) {
