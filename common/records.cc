@@ -262,6 +262,19 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
   });
 }
 
+InteractionPeek peekInteraction(std::string_view bytes) {
+  return withReader(RecordType::Interaction, bytes, [](capnp::MessageReader& m) {
+    auto x = m.getRoot<disk::InteractionRecord>();
+    InteractionPeek p;
+    p.seq = x.getSeq();
+    p.createdUs = x.getCreatedUs();
+    p.requestId = x.getRequestId().cStr();
+    auto st = std::uint16_t(x.getState());
+    p.finished = st >= std::uint16_t(disk::InteractionRecord::State::COMMITTED);
+    return p;
+  });
+}
+
 // ------------------------------------------------------------ rollback
 
 std::string encode(const RollbackRecord& r) {

@@ -173,6 +173,15 @@ std::string encode(const AuditRecord& r);
 std::string encode(const RequestRecord& r);
 
 InteractionRecord decodeInteraction(std::string_view bytes);
+// The few fields the request-id purge needs, read without decoding the
+// branches (checksum still checked).
+struct InteractionPeek {
+  std::uint64_t seq = 0;
+  Micros createdUs = 0;
+  std::string requestId;
+  bool finished = false;
+};
+InteractionPeek peekInteraction(std::string_view bytes);
 RollbackRecord decodeRollback(std::string_view bytes);
 BranchRecord decodeBranch(std::string_view bytes);
 AccountRecord decodeAccount(std::string_view bytes);

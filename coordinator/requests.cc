@@ -17,8 +17,10 @@
 //     (the recovery sweep), it can never commit, so a retry runs as a new
 //     interaction with a new seq — the only one of the two that can commit.
 //   - Rows are kept for request_id_retention_s (plus twice the allowed clock
-//     skew); a retry whose first-sent time is older than the retention and
-//     whose row is gone is refused, never run again silently.
+//     skew) after their interaction was created; a retry whose first-sent
+//     time is older than the retention and whose row is gone is refused,
+//     never run again silently. The purge walks the interactions table
+//     (seq order is creation order), so the rows need no index of their own.
 // docs/protocol.md ("Request ids") says what a client gets in each case.
 
 #include "coordinator/coordinator.h"
@@ -175,25 +177,26 @@ void Coordinator::forgetRequest(const Interaction& it) {
 }
 
 kj::Promise<void> Coordinator::purgeRequests() {
-  // Rows older than the retention, and twice the allowed clock skew (a
-  // client's clock may be that far behind ours), go; a bounded batch per
-  // lazy write, so the purge never holds up a group commit for long.
+  // Rows of interactions created longer ago than the retention, and twice
+  // the allowed clock skew (a client's clock may be that far behind ours),
+  // go; a bounded batch per lazy write, so the purge never holds up a group
+  // commit for long.
   Micros keep = Micros(cfg_.requestIdRetentionS) * 1'000'000 + 2 * Micros(cfg_.requestClockSkewMs) * 1000;
   Micros now = wallMicros();
   Micros before = now > keep ? now - keep : 0;
   constexpr std::size_t kBatch = 10000;
   return wal_.purgeRequests(before, kBatch)
       .then(
-          [this](std::size_t n) {
-            if (n > 0) KEEL_LOG_INFO("request ids: {} past request_id_retention_s dropped", n);
-            return n;
+          [](WalStore::Purged p) {
+            if (p.dropped > 0) KEEL_LOG_INFO("request ids: {} past request_id_retention_s dropped", p.dropped);
+            return p.more;
           },
           [](kj::Exception&& e) {
             KEEL_LOG_WARN("request ids: purge failed ({}); trying again later", describeFault(e));
-            return std::size_t(0);
+            return false;
           })
-      .then([this](std::size_t n) {
-        auto again = n >= kBatch ? 100 * kj::MILLISECONDS : 60 * kj::SECONDS;
+      .then([this](bool more) {
+        auto again = more ? 100 * kj::MILLISECONDS : 60 * kj::SECONDS;
         return io_.provider->getTimer().afterDelay(again).then([this]() { return purgeRequests(); });
       });
 }

@@ -5,6 +5,9 @@
 namespace keel {
 
 namespace {
+// Where the request-id purge stopped (the next seq to look at).
+constexpr const char* kRequestPurgeKey = "request_purge_seq";
+
 lmdb::EnvOptions envOptions(std::size_t mapSize, bool readOnly) {
   lmdb::EnvOptions o;
   o.mapSize = mapSize;
@@ -22,7 +25,6 @@ WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOn
   windows_ = env_.openDb("windows");
   audit_ = env_.openDb("audit");
   requests_ = env_.openDb("requests");
-  requestTimes_ = env_.openDb("request_times");
   heuristic_ = env_.openDb("heuristic");
   if (!readOnly) log_ = std::make_unique<GroupCommitLog>(env_);
 }
@@ -82,7 +84,6 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
   std::string iv = encode(r);
   std::string rv = rb != nullptr ? encode(*rb) : std::string();
   std::string reqv = request != nullptr ? encode(*request) : std::string();
-  std::string reqTimeKey = request != nullptr ? u64Key(request->firstSeenUs) + r.requestId : std::string();
   std::string reqId = request != nullptr ? r.requestId : std::string();
   bool finished = r.finished();
   // The window of inconsistency of a failed interaction, recorded once it is
@@ -93,11 +94,10 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
     window.push_back(r.heuristic() ? 'h' : rb != nullptr ? 'r' : 'c');
   }
   auto interactions = interactions_, rollbacks = rollbacks_, active = active_, windows = windows_;
-  auto requests = requests_, requestTimes = requestTimes_, heuristic = heuristic_;
+  auto requests = requests_, heuristic = heuristic_;
   bool toReconcile = r.heuristic();
   auto write = [=, key = std::move(key), iv = std::move(iv), rv = std::move(rv), window = std::move(window),
-                reqv = std::move(reqv), reqTimeKey = std::move(reqTimeKey),
-                reqId = std::move(reqId)](lmdb::Txn& txn) {
+                reqv = std::move(reqv), reqId = std::move(reqId)](lmdb::Txn& txn) {
     txn.put(interactions, key, iv);
     if (!rv.empty()) txn.put(rollbacks, key, rv);
     if (finished) {
@@ -107,10 +107,7 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
     }
     if (!window.empty()) txn.put(windows, key, window);
     if (toReconcile) txn.put(heuristic, key, "");
-    if (!reqv.empty()) {
-      txn.put(requests, reqId, reqv);
-      txn.put(requestTimes, reqTimeKey, "");
-    }
+    if (!reqv.empty()) txn.put(requests, reqId, reqv);
   };
   return lazy ? log_->runLazy(std::move(write)) : log_->run(std::move(write));
 }
@@ -123,23 +120,37 @@ std::optional<RequestRecord> WalStore::findRequest(const std::string& requestId)
   return decodeRequest(*v);
 }
 
-kj::Promise<std::size_t> WalStore::purgeRequests(Micros beforeUs, std::size_t max) {
-  auto requests = requests_, requestTimes = requestTimes_;
+kj::Promise<WalStore::Purged> WalStore::purgeRequests(Micros beforeUs, std::size_t max) {
+  auto requests = requests_, interactions = interactions_, meta = meta_;
   return log_->runLazy([=](lmdb::Txn& txn) {
-    std::vector<std::string> keys;
-    txn.scan(requestTimes, "", [&](std::string_view k, std::string_view) {
-      if (k.size() < 8 || keyU64(k) >= beforeUs || keys.size() >= max) return false;
-      keys.emplace_back(k);
+    Purged out;
+    auto at = txn.get(meta, kRequestPurgeKey);
+    std::uint64_t from = at ? keyU64(*at) : 0;
+    std::uint64_t next = from;
+    std::vector<std::pair<std::string, std::uint64_t>> drop;  // (request id, seq)
+    std::size_t scanned = 0;
+    txn.scan(interactions, from == 0 ? std::string() : u64Key(from), [&](std::string_view k, std::string_view v) {
+      if (scanned == max) {
+        out.more = true;
+        return false;
+      }
+      auto p = peekInteraction(v);
+      if (p.createdUs >= beforeUs) return false;  // creation order: the rest is younger
+      ++scanned;
+      next = keyU64(k) + 1;
+      // An unfinished one keeps its row (its driver may still need it).
+      if (p.finished && !p.requestId.empty()) drop.emplace_back(std::move(p.requestId), p.seq);
       return true;
     });
-    for (const auto& k : keys) {
-      std::string_view id = std::string_view(k).substr(8);
-      // Only the row this index entry made (a row is written once per id).
-      auto v = txn.get(requests, id);
-      if (v && decodeRequest(*v).firstSeenUs == keyU64(k)) txn.del(requests, id);
-      txn.del(requestTimes, k);
+    for (const auto& [id, seq] : drop) {
+      auto row = txn.get(requests, id);
+      if (row && decodeRequest(*row).seq == seq) {  // only the row this interaction made
+        txn.del(requests, id);
+        ++out.dropped;
+      }
     }
-    return keys.size();
+    if (next != from) txn.put(meta, kRequestPurgeKey, u64Key(next));
+    return out;
   });
 }
 

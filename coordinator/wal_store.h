@@ -13,8 +13,6 @@
 //   audit         (time, seq) -> AuditRecord of each operator action
 //   requests      request id -> RequestRecord (the seq it names): written in
 //                 the same transaction as the interaction's first record
-//   request_times (first seen us, request id) -> "": the retention purge's
-//                 index, in time order
 //   heuristic     seq -> "" for every interaction that ended heuristic and
 //                 that no operator has marked reconciled (keelctl list)
 //
@@ -76,9 +74,17 @@ class WalStore {
 
   // The row of a request id; throws CorruptRecord if it does not decode.
   std::optional<RequestRecord> findRequest(const std::string& requestId) const;
-  // Drops up to `max` request rows first seen before `beforeUs` (lazy
-  // write); resolves to how many went.
-  kj::Promise<std::size_t> purgeRequests(Micros beforeUs, std::size_t max);
+  // The retention purge: walks the interactions table in seq order (which
+  // is creation order) from where it stopped last time (meta
+  // "request_purge_seq"), at most `max` records, and drops the request rows
+  // of finished interactions created before `beforeUs`. One lazy write.
+  // No index of its own: a time-ordered index would cost every
+  // interaction one more B-tree insert (and its pages) in its first commit.
+  struct Purged {
+    std::size_t dropped = 0;  // request rows dropped
+    bool more = false;        // stopped at `max`: older records may be left
+  };
+  kj::Promise<Purged> purgeRequests(Micros beforeUs, std::size_t max);
 
   // Durable operator audit entry.
   kj::Promise<void> appendAudit(const AuditRecord& a);
@@ -111,7 +117,7 @@ class WalStore {
 
  private:
   lmdb::Env env_;
-  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, requestTimes_, heuristic_;
+  MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, heuristic_;
   std::unique_ptr<GroupCommitLog> log_;
   std::uint64_t epoch_ = 0;
 };

@@ -59,21 +59,39 @@ TEST_F(WalStoreTest, RequestRowRidesWithTheRecordAndIsFoundById) {
   EXPECT_TRUE(wal_->checkAll().empty());
 }
 
-TEST_F(WalStoreTest, PurgeDropsOnlyRowsFirstSeenBeforeTheCutOff) {
-  for (std::uint64_t i = 1; i <= 5; ++i) {
-    RequestRecord row{makeSeq(1, i), i, 100, i * 1'000};  // first seen at 1000, 2000, ... 5000 us
-    wal_->save(record(row.seq, "req-" + std::to_string(i)), nullptr, false, &row).wait(io_.waitScope);
+TEST_F(WalStoreTest, PurgeDropsOnlyRowsOfFinishedInteractionsCreatedBeforeTheCutOff) {
+  for (std::uint64_t i = 1; i <= 6; ++i) {
+    auto rec = record(makeSeq(1, i), "req-" + std::to_string(i));
+    rec.createdUs = i * 1'000;  // created at 1000, 2000, ... 6000 us
+    rec.state = i == 2 ? InteractionRecord::State::Committing : InteractionRecord::State::Committed;
+    RequestRecord row{rec.seq, i, 100, rec.createdUs};
+    wal_->save(rec, nullptr, false, &row).wait(io_.waitScope);
   }
-  EXPECT_EQ(wal_->purgeRequests(3'000, 100).wait(io_.waitScope), 2u);  // 1000 and 2000
+  auto p = wal_->purgeRequests(3'500, 100).wait(io_.waitScope);
+  EXPECT_EQ(p.dropped, 2u);  // 1000 and 3000; 2000 is unfinished and keeps its row
+  EXPECT_FALSE(p.more);
   EXPECT_FALSE(wal_->findRequest("req-1").has_value());
-  EXPECT_FALSE(wal_->findRequest("req-2").has_value());
-  EXPECT_TRUE(wal_->findRequest("req-3").has_value());
-  // Bounded per call.
-  EXPECT_EQ(wal_->purgeRequests(10'000, 2).wait(io_.waitScope), 2u);
-  EXPECT_EQ(wal_->purgeRequests(10'000, 2).wait(io_.waitScope), 1u);
-  EXPECT_EQ(wal_->purgeRequests(10'000, 2).wait(io_.waitScope), 0u);
+  EXPECT_TRUE(wal_->findRequest("req-2").has_value());
+  EXPECT_FALSE(wal_->findRequest("req-3").has_value());
+  EXPECT_TRUE(wal_->findRequest("req-4").has_value());
+  // It goes on from where it stopped, a bounded batch at a time.
+  p = wal_->purgeRequests(10'000, 2).wait(io_.waitScope);
+  EXPECT_EQ(p.dropped, 2u);
+  EXPECT_TRUE(p.more);
+  p = wal_->purgeRequests(10'000, 2).wait(io_.waitScope);
+  EXPECT_EQ(p.dropped, 1u);
+  EXPECT_FALSE(wal_->findRequest("req-6").has_value());
+  EXPECT_EQ(wal_->purgeRequests(10'000, 2).wait(io_.waitScope).dropped, 0u);
   // The interactions themselves stay: only the id index goes.
   EXPECT_TRUE(wal_->get(makeSeq(1, 1)).has_value());
+  // A row an id was given again after its old interaction is kept: the
+  // purge drops only the row its own interaction made.
+  auto again = record(makeSeq(1, 7), "req-1");
+  again.createdUs = 20'000;
+  RequestRecord row{again.seq, 1, 100, again.createdUs};
+  wal_->save(again, nullptr, false, &row).wait(io_.waitScope);
+  EXPECT_EQ(wal_->purgeRequests(10'000, 100).wait(io_.waitScope).dropped, 0u);
+  EXPECT_EQ(wal_->findRequest("req-1")->seq, makeSeq(1, 7));
 }
 
 TEST(RequestIds, FingerprintIsStableAndTellsOperationsApart) {
