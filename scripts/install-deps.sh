@@ -14,6 +14,10 @@ PACKAGES=(
   libcli11-dev                    # command-line flags
   libasio-dev                     # standalone Asio: chaos fault proxy
   postgresql-15 libpq-dev         # PostgreSQL 15 server and libpq: tests/pg
+  etcd-server etcd-client         # etcd 3.4 and etcdctl: tests/cluster (tools/etcd_cluster.h)
+  libgrpc++-dev libprotobuf-dev   # gRPC C++ 1.51 and protobuf: the etcd client (common/etcd)
+  protobuf-compiler               # protoc: stubs from schemas/etcd.proto at build time
+  protobuf-compiler-grpc          # grpc_cpp_plugin for protoc
 )
 
 missing=()
@@ -39,3 +43,18 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# Debian's etcd-server starts a system etcd on 127.0.0.1:2379 where services
+# may start (systemd, or sysvinit without a policy-rc.d that forbids it; in
+# a container without either nothing starts). Keel's tests never use 2379:
+# tools/etcd_cluster.h runs its own members on ports it picks. Still, stop
+# and disable the one the install just started, so that nothing of Keel's
+# can talk to it by mistake.
+if [[ " ${missing[*]} " == *" etcd-server "* ]]; then
+  if [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/etcd ]; then
+    $SUDO /etc/init.d/etcd stop >/dev/null 2>&1 || true
+    $SUDO update-rc.d etcd disable >/dev/null 2>&1 || true
+  fi
+fi
