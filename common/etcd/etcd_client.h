@@ -25,6 +25,18 @@
 //   client never retries a call on its own: callers make their writes safe
 //   to repeat (create-if-absent, then read back and compare).
 // - Every call has a deadline (Options::callTimeout).
+// - A kj::Promise call fails with a kj::Exception (KJ carries no C++
+//   exception types across promises) whose description is the EtcdError's
+//   text; etcdErrorOf() turns it back into the EtcdError, with grpcCode and
+//   unknownOutcome.
+// - Which codes leave the outcome unknown: for a write (Put, DeleteRange,
+//   Txn, LeaseGrant, LeaseRevoke) every failure except a refusal the server
+//   makes before applying anything (INVALID_ARGUMENT, FAILED_PRECONDITION,
+//   NOT_FOUND, ALREADY_EXISTS, OUT_OF_RANGE, PERMISSION_DENIED,
+//   UNAUTHENTICATED, UNIMPLEMENTED). gRPC cannot tell whether a request
+//   that met UNAVAILABLE was ever sent, so that counts as unknown too. A
+//   Range never has an unknown outcome. A Txn whose compares fail is no
+//   error at all (TxnResult::succeeded == false).
 
 #include <kj/async.h>
 
@@ -32,6 +44,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -117,11 +130,19 @@ class EtcdError : public std::runtime_error {
   bool unknownOutcome_;
 };
 
+// The EtcdError a failed kj::Promise of this client carried (see above);
+// nullopt for any other exception.
+std::optional<EtcdError> etcdErrorOf(const kj::Exception& e);
+
 // The smallest key greater than every key starting with `prefix`.
 std::string prefixEnd(const std::string& prefix);
 
 struct Options {
   std::chrono::milliseconds callTimeout{2000};
+  // How long a keep-alive or watch stream may take to be answered on an
+  // endpoint (its first renewal, the watch's creation) before it is
+  // abandoned for the next endpoint. Unary calls are bounded by callTimeout
+  // alone.
   std::chrono::milliseconds dialTimeout{2000};
 };
 
@@ -129,7 +150,7 @@ struct Options {
 // its TTL). When a renewal is refused (the lease is gone: TTL 0) or no
 // renewal succeeded for a whole TTL, `onLost` runs once on the owner's KJ
 // loop and the keeper stops. Destroying the keeper stops renewals (it does
-// not revoke).
+// not revoke); once it is destroyed, `onLost` never runs.
 class LeaseKeeper {
  public:
   virtual ~LeaseKeeper() = default;
@@ -143,7 +164,11 @@ class LeaseKeeper {
 // breaks (endpoint down), the watcher reconnects from the revision after
 // the last one it delivered; if that revision was compacted away,
 // `onError` runs once and the watcher stops (the caller re-reads and
-// watches again).
+// watches again). etcd cancelling the watch is reported the same way. Once
+// the watcher is destroyed, neither callback runs.
+//
+// Keepers and watchers may outlive the Client that made them (they share
+// its channels); each has a thread and a completion queue of its own.
 class Watcher {
  public:
   virtual ~Watcher() = default;
