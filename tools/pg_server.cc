@@ -1,16 +1,15 @@
 #include "tools/pg_server.h"
 
 #include "tools/bank_sql.h"
+#include "tools/child_process.h"
 #include "tools/free_port.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -96,83 +95,10 @@ std::vector<std::string> childEnv(const Identity& id) {
   return env;
 }
 
-void childWrite(const char* s) {
-  ssize_t ignored = ::write(2, s, std::strlen(s));
-  (void)ignored;
-}
-
-// fork + exec of argv[0] as `id`, stdout and stderr appended to logFile,
-// stdin from /dev/null, no other descriptor inherited (a test's libpq
-// sockets must not live on in the server). The child gets `deathSig` when
-// the calling thread exits. Everything the child needs is prepared before
-// fork(): after it, only async-signal-safe calls.
+// Starts args[0] as `id` with the environment it needs (childEnv).
 pid_t spawn(const Identity& id, const std::vector<std::string>& args, const std::string& logFile, int deathSig) {
-  std::vector<std::string> envS = childEnv(id);
-  std::vector<char*> argv;
-  std::vector<std::string> argsCopy = args;
-  for (auto& a : argsCopy) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<char*> envp;
-  for (auto& e : envS) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::string execFailed = "keel PgServer: cannot exec " + args[0] + "\n";
-  std::string dropFailed = "keel PgServer: cannot switch to user " + id.name + "\n";
-
-  int logFd = ::open(logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-  if (logFd < 0) throw std::runtime_error("PgServer: cannot open " + logFile + ": " + std::strerror(errno));
-  int nullFd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (nullFd < 0) {
-    ::close(logFd);
-    throw std::runtime_error(std::string("PgServer: cannot open /dev/null: ") + std::strerror(errno));
-  }
-  long maxFd = ::sysconf(_SC_OPEN_MAX);
-  pid_t parent = ::getpid();
-
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(nullFd, 0);
-    ::dup2(logFd, 1);
-    ::dup2(logFd, 2);
-    if (::close_range(3, ~0U, 0) != 0) {
-      for (long fd = 3; fd < maxFd; ++fd) ::close(int(fd));
-    }
-    if (id.drop) {
-      if (::setgroups(1, &id.gid) != 0 || ::setgid(id.gid) != 0 || ::setuid(id.uid) != 0) {
-        childWrite(dropFailed.c_str());
-        ::_exit(126);
-      }
-    }
-    // After setuid: a change of credentials clears the death signal.
-    ::prctl(PR_SET_PDEATHSIG, deathSig);
-    if (::getppid() != parent) ::_exit(1);  // the parent is already gone
-    ::execve(argv[0], argv.data(), envp.data());
-    childWrite(execFailed.c_str());
-    ::_exit(127);
-  }
-  int forkErr = errno;
-  ::close(logFd);
-  ::close(nullFd);
-  if (pid < 0) throw std::runtime_error("PgServer: fork failed: " + std::string(std::strerror(forkErr)));
-  return pid;
-}
-
-// Waits for child `pid` up to `timeout`; the wait status, or nullopt.
-std::optional<int> waitChild(pid_t pid, milliseconds timeout) {
-  auto until = Clock::now() + timeout;
-  for (;;) {
-    int status = 0;
-    pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return status;
-    if (r < 0 && errno != EINTR) return 0;  // not our child any more (already reaped)
-    if (Clock::now() >= until) return std::nullopt;
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-}
-
-std::string describeStatus(int status) {
-  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("signal ") + ::strsignal(WTERMSIG(status));
-  return "status " + std::to_string(status);
+  ChildUser user{id.uid, id.gid, id.name};
+  return spawnChild("PgServer", args, childEnv(id), logFile, deathSig, id.drop ? &user : nullptr);
 }
 
 std::string joinArgs(const std::vector<std::string>& args) {
@@ -324,19 +250,8 @@ bool PgServer::reap(milliseconds timeout) {
 }
 
 std::string PgServer::logTail(std::size_t lines) const {
-  std::ifstream in(logFile_, std::ios::binary);
-  if (!in) return "(no log at " + logFile_ + ")";
-  in.seekg(0, std::ios::end);
-  std::streamoff size = in.tellg();
-  std::streamoff from = std::max<std::streamoff>(0, size - 65536);
-  in.seekg(from);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::size_t pos = text.size();
-  if (pos > 0 && text[pos - 1] == '\n') --pos;
-  for (std::size_t n = 0; n < lines && pos != std::string::npos && pos > 0; ++n) {
-    pos = text.rfind('\n', pos - 1);
-  }
-  return pos == std::string::npos ? text : text.substr(pos + 1);
+  auto tail = lastLinesOf(logFile_, lines);
+  return tail ? *tail : "(no log at " + logFile_ + ")";
 }
 
 void PgServer::note(const std::string& what) const {
@@ -373,7 +288,7 @@ void PgServer::start() {
       waitChild(pid, milliseconds(5000));
       fail("initdb did not finish within 120 s");
     }
-    if (*status != 0) fail(joinArgs(args) + " failed: " + describeStatus(*status));
+    if (*status != 0) fail(joinArgs(args) + " failed: " + describeWaitStatus(*status));
     initialized_ = true;
     databasesPending_ = true;
     note("initdb done in " + std::to_string(msSince(t0)) + " ms");
@@ -436,7 +351,7 @@ void PgServer::waitReady(const std::string& what) {
   const std::string ping = "host=127.0.0.1 port=" + std::to_string(port_) + " dbname=postgres user=postgres connect_timeout=2";
   auto until = Clock::now() + opts_.startTimeout;
   for (;;) {
-    if (!running()) fail(what + " exited during start-up (" + describeStatus(lastStatus_) + ")");
+    if (!running()) fail(what + " exited during start-up (" + describeWaitStatus(lastStatus_) + ")");
     // Ready by its own account first (as pg_ctl -w checks), so a foreign
     // listener on the port can never pass for our server.
     if (postmasterReady() && PQping(ping.c_str()) == PQPING_OK) break;
@@ -519,11 +434,11 @@ void PgServer::pgCtlStop(const char* mode) {
   if (!stopped) {
     ::kill(pid_, SIGKILL);
     reap(milliseconds(5000));
-    fail(joinArgs(args) + " did not stop the server (" + (status ? describeStatus(*status) : "timed out") +
+    fail(joinArgs(args) + " did not stop the server (" + (status ? describeWaitStatus(*status) : "timed out") +
          "); killed it");
   }
   if (!status || *status != 0) {
-    fail(joinArgs(args) + " failed (" + (status ? describeStatus(*status) : "timed out") +
+    fail(joinArgs(args) + " failed (" + (status ? describeWaitStatus(*status) : "timed out") +
          ") although the server exited");
   }
   note(std::string("stopped (") + mode + ") in " + std::to_string(msSince(t0)) + " ms");
