@@ -95,7 +95,7 @@ void checkAddress(const std::string& where, const std::string& addr) {
 CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
   auto root = parseFile(path);
   for (auto&& [k, v] : root) {
-    if (k.str() != "coordinator" && k.str() != "participants") {
+    if (k.str() != "coordinator" && k.str() != "participants" && k.str() != "cluster") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");
     }
   }
@@ -145,6 +145,29 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
     if (!addr) fail(path, "[participants] " + name + " must be a \"host:port\" string");
     checkAddress(path + ": [participants] " + name, *addr);
     c.participants[name] = *addr;
+  }
+  if (auto* cl = root["cluster"].as_table()) {
+    rejectUnknown(path, *cl, "cluster", {"etcd", "prefix", "lease_ttl_s", "max_txn_ops", "call_timeout_ms", "advertise"});
+    auto* eps = (*cl)["etcd"].as_array();
+    if (eps == nullptr || eps->empty()) {
+      fail(path, "[cluster] etcd must be a non-empty list of \"host:port\" strings (the etcd members)");
+    }
+    for (auto&& e : *eps) {
+      auto ep = e.value<std::string>();
+      if (!ep) fail(path, "[cluster] etcd must list \"host:port\" strings");
+      checkAddress(path + ": [cluster] etcd", *ep);
+      c.cluster.etcdEndpoints.push_back(*ep);
+    }
+    c.cluster.prefix = getString(path, *cl, "cluster", "prefix", c.cluster.prefix);
+    if (c.cluster.prefix.empty() || c.cluster.prefix.front() != '/' || c.cluster.prefix.back() == '/') {
+      fail(path, "[cluster] prefix must start with '/' and not end with one, e.g. \"/keel\"");
+    }
+    c.cluster.leaseTtlS = getInt<std::uint32_t>(path, *cl, "cluster", "lease_ttl_s", c.cluster.leaseTtlS, 2, 600);
+    c.cluster.maxTxnOps = getInt<std::uint32_t>(path, *cl, "cluster", "max_txn_ops", c.cluster.maxTxnOps, 1, 10000);
+    c.cluster.callTimeoutMs =
+        getInt<std::uint32_t>(path, *cl, "cluster", "call_timeout_ms", c.cluster.callTimeoutMs, 10, 600000);
+    c.cluster.advertise = getString(path, *cl, "cluster", "advertise", "");
+    if (!c.cluster.advertise.empty()) checkAddress(path + ": [cluster] advertise", c.cluster.advertise);
   }
   return c;
 }

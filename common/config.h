@@ -7,12 +7,25 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace keel {
 
 class ConfigError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+// [cluster]: coordinators sharing decisions through etcd (docs/cluster.md).
+// Absent (no endpoints): single-node mode, decisions in the local WAL.
+struct ClusterConfig {
+  std::vector<std::string> etcdEndpoints;   // "host:port" of etcd members; empty = no cluster
+  std::string prefix = "/keel";             // every key Keel writes lives under it
+  std::uint32_t leaseTtlS = 5;              // membership lease; a dead member is taken over after it
+  std::uint32_t maxTxnOps = 128;            // decisions per etcd txn (etcd's --max-txn-ops)
+  std::uint32_t callTimeoutMs = 2000;       // deadline of one etcd call
+  std::string advertise;                    // address other members and clients are told (default: listen)
+  bool enabled() const { return !etcdEndpoints.empty(); }
 };
 
 struct CoordinatorConfig {
@@ -32,6 +45,7 @@ struct CoordinatorConfig {
   std::uint32_t batchMax = 256;             // prepares (x8 for commits/rollbacks) per participant message
   std::uint32_t batchInFlight = 2;          // batch messages of one kind out at once per participant
   std::map<std::string, std::string> participants;  // name -> host:port
+  ClusterConfig cluster;
 };
 
 struct AgentConfig {

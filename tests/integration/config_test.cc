@@ -40,6 +40,15 @@ TEST_F(ConfigTest, CoordinatorRejectsMalformedConfigs) {
       {"[coordinator]\n[participants]\na = \"127.0.0.1:99999\"\n", "out of range"},
       {"[coordinator\n", "coordinator.toml:1"},
       {"[participants]\na = \"127.0.0.1:1\"\n", "missing section [coordinator]"},
+      {"[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[cluster]\netcd = []\n",
+       "[cluster] etcd must be a non-empty list"},
+      {"[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[cluster]\netcd = [\"etcd1\"]\n", "must be host:port"},
+      {"[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[cluster]\netcd = [\"127.0.0.1:2379\"]\nlease_ttl_s = 1\n",
+       "out of range"},
+      {"[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[cluster]\netcd = [\"127.0.0.1:2379\"]\nprefix = \"keel\"\n",
+       "[cluster] prefix must start with '/'"},
+      {"[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[cluster]\netcd = [\"127.0.0.1:2379\"]\nttl = 5\n",
+       "unknown key 'ttl'"},
   };
   for (auto& c : cases) {
     auto path = write("coordinator.toml", c.toml);
