@@ -7,11 +7,13 @@
 
 namespace keel {
 
-SeqAllocator::SeqAllocator(GroupCommitLog& log, MDB_dbi meta, std::uint16_t node, std::uint32_t block)
-    : log_(log), meta_(meta), node_(node), block_(block), tasks_(*this) {
-  auto [start, limit] = log_.runSync([meta, block](lmdb::Txn& txn) {
+SeqAllocator::SeqAllocator(GroupCommitLog& log, MDB_dbi meta, std::uint16_t node, std::uint32_t block,
+                           std::uint64_t floor, Mirror mirror)
+    : log_(log), meta_(meta), node_(node), block_(block), mirror_(std::move(mirror)), tasks_(*this) {
+  auto [start, limit] = log_.runSync([meta, block, floor](lmdb::Txn& txn) {
     auto v = txn.get(meta, kSeqHwmKey);
-    std::uint64_t hwm = v ? keyU64(*v) : 1;  // seq counter 0 is never used
+    std::uint64_t hwm = std::max<std::uint64_t>(v ? keyU64(*v) : 1, floor);  // seq counter 0 is never used
+    if (hwm == 0) hwm = 1;
     txn.put(meta, kSeqHwmKey, u64Key(hwm + block));  // must be durable before any use
     return std::pair<std::uint64_t, std::uint64_t>(hwm, hwm + block);
   });
@@ -40,6 +42,10 @@ void SeqAllocator::reserveMore() {
                    std::uint64_t base = std::max(v ? keyU64(*v) : 0, ours);
                    txn.put(meta, kSeqHwmKey, u64Key(base + block));  // durable before use
                    return base;
+                 })
+                 .then([this](std::uint64_t base) -> kj::Promise<std::uint64_t> {
+                   if (!mirror_) return base;
+                   return mirror_(base + block_).then([base]() { return base; });
                  })
                  .then([this](std::uint64_t base) {
                    if (base > limit_) {

@@ -18,6 +18,7 @@
 #include <kj/async.h>
 
 #include <deque>
+#include <functional>
 
 #include "common/group_log.h"
 #include "common/types.h"
@@ -26,8 +27,16 @@ namespace keel {
 
 class SeqAllocator final : private kj::TaskSet::ErrorHandler {
  public:
-  // Blocking: reads the durable hwm and durably reserves the first block.
-  SeqAllocator(GroupCommitLog& log, MDB_dbi meta, std::uint16_t node, std::uint32_t block);
+  // Also told of every reservation before its numbers are handed out (the
+  // cluster records it in etcd, so that a node whose disk was lost never
+  // reissues a seq); the block is used once its promise resolved.
+  using Mirror = std::function<kj::Promise<void>(std::uint64_t limit)>;
+
+  // Blocking: reads the durable hwm and durably reserves the first block,
+  // starting at `floor` at least (counters below it may have been handed
+  // out by an incarnation this WAL never saw).
+  SeqAllocator(GroupCommitLog& log, MDB_dbi meta, std::uint16_t node, std::uint32_t block,
+               std::uint64_t floor = 0, Mirror mirror = nullptr);
 
   // The next seq. Resolves at once unless the reserved block is used up.
   kj::Promise<std::uint64_t> next();
@@ -36,6 +45,8 @@ class SeqAllocator final : private kj::TaskSet::ErrorHandler {
   // handed out by an earlier incarnation.
   std::uint64_t firstOfIncarnation() const { return makeSeq(node_, first_); }
   std::uint64_t reservations() const { return reservations_; }
+  // Counters below it are reserved (durably, and mirrored).
+  std::uint64_t limit() const { return limit_; }
 
  private:
   void reserveMore();
@@ -45,6 +56,7 @@ class SeqAllocator final : private kj::TaskSet::ErrorHandler {
   const MDB_dbi meta_;
   const std::uint16_t node_;
   const std::uint32_t block_;
+  Mirror mirror_;
   std::uint64_t first_ = 0;
   std::uint64_t next_ = 0;   // next counter to hand out
   std::uint64_t limit_ = 0;  // durable hwm: counters < limit_ may be handed out

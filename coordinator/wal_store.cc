@@ -31,9 +31,15 @@ WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOn
 
 WalStore::~WalStore() { log_.reset(); }
 
-std::uint64_t WalStore::openIncarnation(std::uint16_t nodeId) {
+std::uint64_t WalStore::storedEpoch() const {
+  auto txn = env_.beginRead();
+  auto e = txn.get(meta_, "epoch");
+  return e ? keyU64(*e) : 0;
+}
+
+std::uint64_t WalStore::openIncarnation(std::uint16_t nodeId, std::uint64_t atLeast) {
   auto meta = meta_;
-  epoch_ = log_->runSync([meta, nodeId](lmdb::Txn& txn) {
+  epoch_ = log_->runSync([meta, nodeId, atLeast](lmdb::Txn& txn) {
     auto node = txn.get(meta, "node_id");
     if (node && keyU64(*node) != nodeId) {
       throw std::runtime_error("this WAL belongs to coordinator node " + std::to_string(keyU64(*node)) +
@@ -41,15 +47,16 @@ std::uint64_t WalStore::openIncarnation(std::uint16_t nodeId) {
     }
     if (!node) txn.put(meta, "node_id", u64Key(nodeId));
     auto e = txn.get(meta, "epoch");
-    std::uint64_t epoch = (e ? keyU64(*e) : 0) + 1;
+    std::uint64_t epoch = std::max<std::uint64_t>((e ? keyU64(*e) : 0) + 1, atLeast);
     txn.put(meta, "epoch", u64Key(epoch));  // durable before any call carries it
     return epoch;
   });
   return epoch_;
 }
 
-std::unique_ptr<SeqAllocator> WalStore::makeSeqAllocator(std::uint16_t nodeId, std::uint32_t block) {
-  return std::make_unique<SeqAllocator>(*log_, meta_, nodeId, block);
+std::unique_ptr<SeqAllocator> WalStore::makeSeqAllocator(std::uint16_t nodeId, std::uint32_t block,
+                                                         std::uint64_t floor, SeqAllocator::Mirror mirror) {
+  return std::make_unique<SeqAllocator>(*log_, meta_, nodeId, block, floor, std::move(mirror));
 }
 
 std::vector<WalStore::Unfinished> WalStore::loadUnfinished() {

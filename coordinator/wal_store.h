@@ -52,8 +52,13 @@ class WalStore {
 
   // Start-up, blocking: checks the node id against the one on disk (a data
   // directory belongs to one node), bumps and durably stores the epoch.
-  std::uint64_t openIncarnation(std::uint16_t nodeId);
-  std::unique_ptr<SeqAllocator> makeSeqAllocator(std::uint16_t nodeId, std::uint32_t block);
+  // atLeast: the epoch is raised to it at least (a cluster member's epoch
+  // comes from etcd).
+  std::uint64_t openIncarnation(std::uint16_t nodeId, std::uint64_t atLeast = 0);
+  // The epoch stored by the last incarnation (0 for a new WAL); writes nothing.
+  std::uint64_t storedEpoch() const;
+  std::unique_ptr<SeqAllocator> makeSeqAllocator(std::uint16_t nodeId, std::uint32_t block, std::uint64_t floor = 0,
+                                                 SeqAllocator::Mirror mirror = nullptr);
 
   // Unfinished interactions with their rollback records (start-up).
   // Throws CorruptRecord naming the key if a record does not decode.
