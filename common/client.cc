@@ -246,7 +246,8 @@ namespace {
 
 struct RetryState {
   kj::AsyncIoContext& io;
-  std::string address;
+  std::vector<std::string> addresses;  // tried in turn: a failed try moves to the next
+  std::size_t current = 0;
   SubmitRequest req;
   RetryOptions opts;
   kj::TimePoint until;
@@ -258,7 +259,8 @@ kj::Promise<void> tryOnce(RetryState& st) {
   ++st.out.attempts;
   kj::Promise<void> ready = kj::READY_NOW;
   if (st.client.get() == nullptr) {
-    ready = KeelClient::connect(st.io, st.address).then([&st](kj::Own<KeelClient> c) { st.client = kj::mv(c); });
+    ready = KeelClient::connect(st.io, st.addresses[st.current % st.addresses.size()])
+                .then([&st](kj::Own<KeelClient> c) { st.client = kj::mv(c); });
   }
   auto attempt = ready.then([&st]() { return st.client->submit(st.req); });
   return st.io.provider->getTimer()
@@ -267,6 +269,8 @@ kj::Promise<void> tryOnce(RetryState& st) {
           [&st](SubmitOutcome o) {
             if (o.outcome == ClientOutcome::Unavailable && st.io.provider->getTimer().now() < st.until) {
               st.out.lastError = "coordinator unavailable: " + o.reason;  // nothing ran: try again
+              st.client = nullptr;
+              ++st.current;  // perhaps another coordinator can
               return;
             }
             st.out.answered = true;
@@ -275,6 +279,10 @@ kj::Promise<void> tryOnce(RetryState& st) {
           [&st](kj::Exception&& e) {
             st.client = nullptr;  // connect afresh: the connection may be dead
             st.out.lastError = describeFault(e);
+            if (st.addresses.size() > 1) {  // which coordinator, when there is a choice
+              st.out.lastError = st.addresses[st.current % st.addresses.size()] + ": " + st.out.lastError;
+            }
+            ++st.current;  // the next try goes to the next coordinator (same request id)
           });
 }
 
@@ -294,10 +302,16 @@ kj::Promise<void> retryLoop(RetryState& st) {
 
 kj::Promise<RetriedOutcome> submitWithRetry(kj::AsyncIoContext& io, const std::string& address, SubmitRequest req,
                                             RetryOptions opts) {
+  return submitWithRetry(io, std::vector<std::string>{address}, std::move(req), std::move(opts));
+}
+
+kj::Promise<RetriedOutcome> submitWithRetry(kj::AsyncIoContext& io, std::vector<std::string> addresses,
+                                            SubmitRequest req, RetryOptions opts) {
+  if (addresses.empty()) throw std::invalid_argument("submitWithRetry: no coordinator address");
   if (req.requestId.empty()) req.requestId = newRequestId();
   if (req.requestTimeUs == 0) req.requestTimeUs = wallMicros();
   auto until = io.provider->getTimer().now() + opts.retryFor;
-  auto st = kj::heap<RetryState>(RetryState{io, address, std::move(req), std::move(opts), until, {}, {}});
+  auto st = kj::heap<RetryState>(RetryState{io, std::move(addresses), 0, std::move(req), std::move(opts), until, {}, {}});
   st->out.requestId = st->req.requestId;
   RetryState* raw = st.get();
   return retryLoop(*raw).then([raw]() { return kj::mv(raw->out); }).attach(kj::mv(st));

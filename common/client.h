@@ -122,6 +122,12 @@ struct RetriedOutcome {
 };
 kj::Promise<RetriedOutcome> submitWithRetry(kj::AsyncIoContext& io, const std::string& address, SubmitRequest req,
                                             RetryOptions opts = {});
+// The same over a coordinator cluster: each retry goes to the next address
+// (same request id and time). A request id is claimed cluster-wide by its
+// COMMIT decision in etcd, so at most one of the tries commits wherever it
+// ran (docs/cluster.md).
+kj::Promise<RetriedOutcome> submitWithRetry(kj::AsyncIoContext& io, std::vector<std::string> addresses,
+                                            SubmitRequest req, RetryOptions opts = {});
 
 struct AgentSnapshot {
   std::string name;

@@ -30,8 +30,8 @@ bool readOnlyOps(const std::vector<Op>& ops) {
 
 }  // namespace
 
-Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, WalStore& wal)
-    : cfg_(cfg), io_(io), wal_(wal), tasks_(*this) {
+Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, WalStore& wal, ClusterMember* cluster)
+    : cfg_(cfg), io_(io), wal_(wal), cluster_(cluster), tasks_(*this) {
   for (const auto& [name, addr] : cfg_.participants) {
     LinkOptions lo;
     lo.callDeadline = callDeadline();
@@ -256,7 +256,11 @@ kj::Promise<SubmitOutcome> Coordinator::submit(SubmitRequest req) {
 
 void Coordinator::drive(Interaction& it) {
   std::uint64_t seq = it.rec.seq;
-  if (it.rec.branches.size() == 1) {
+  // In a cluster a request id is claimed by the COMMIT decision in etcd,
+  // which a one-phase commit does not make: such a request goes two-phase,
+  // so that a retry sent to another coordinator can never commit twice.
+  bool claimInEtcd = cluster_ != nullptr && !it.rec.requestId.empty();
+  if (it.rec.branches.size() == 1 && !claimInEtcd) {
     // One-phase: the participant decides, so presumed abort does not cover
     // a crash after the call left: the record (with the request id) must be
     // durable BEFORE the call, so that recovery asks the participant and a
@@ -497,6 +501,7 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
   it.rec.state = State::Committing;
   it.rec.decidedUs = wallMicros();
   KEEL_FAILPOINT("coord.before_decision_durable");
+  if (cluster_ != nullptr) return decideInCluster(it);
   return persist(it).then(
       [this, seq]() {
         // The COMMIT decision is durable: only now may anyone hear "committed".
@@ -559,17 +564,17 @@ void Coordinator::startAbort(Interaction& it, const std::string& reason) {
   // two-phase interaction has no earlier record: nothing is written before
   // its decision). The rollback itself starts at once.
   tasks_.add(persist(it).then(
-      [this, seq, reason, rolledBackForSure]() {
-        Interaction* p = find(seq);
-        if (p != nullptr && rolledBackForSure) answer(*p, ClientOutcome::RolledBack, reason);
+      [this, seq, reason, rolledBackForSure]() -> kj::Promise<void> {
+        if (!rolledBackForSure) return kj::READY_NOW;
+        return answerRolledBack(seq, reason);
       },
-      [this, seq, reason, rolledBackForSure](kj::Exception&& e) {
+      [this, seq, reason, rolledBackForSure](kj::Exception&& e) -> kj::Promise<void> {
         // Still rolled back (presumed abort: no COMMIT exists, and a
         // two-phase one never will); only the record may be missing, and
         // finish() writes it again.
         KEEL_LOG_ERROR("seq {}: rollback record not written ({})", seq, describeFault(e));
-        Interaction* p = find(seq);
-        if (p != nullptr && rolledBackForSure) answer(*p, ClientOutcome::RolledBack, reason);
+        if (!rolledBackForSure) return kj::READY_NOW;
+        return answerRolledBack(seq, reason);
       }));
   tasks_.add(driveRollback(seq));
 }
@@ -617,16 +622,26 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
   // durable before anything below runs: a client not answered yet (a
   // read-only or one-phase commit) hears the end only now. The interaction
   // stays in memory until then.
-  return persist(*it, true).then([this, seq]() {
+  return persist(*it, true).then([this, seq]() -> kj::Promise<void> {
     Interaction* p = find(seq);
-    if (p == nullptr) return;
+    if (p == nullptr) return kj::READY_NOW;
+    // The final record is durable: etcd's copy of the decision may go.
+    if (p->decisionKey && cluster_ != nullptr) cluster_->forget(seq);
     ClientOutcome o = p->rec.state == State::Committed        ? ClientOutcome::Committed
                       : p->rec.state == State::RolledBack     ? ClientOutcome::RolledBack
                       : p->rec.state == State::HeuristicMixed ? ClientOutcome::HeuristicMixed
                                                               : ClientOutcome::HeuristicUnknown;
-    answer(*p, o, p->rec.error);
-    forgetRequest(*p);
-    live_.erase(seq);
+    auto told = kj::evalNow([&]() -> kj::Promise<void> {
+      if (o == ClientOutcome::RolledBack) return answerRolledBack(seq, p->rec.error);
+      answer(*p, o, p->rec.error);
+      return kj::READY_NOW;
+    });
+    return told.then([this, seq]() {
+      Interaction* p = find(seq);
+      if (p == nullptr) return;
+      forgetRequest(*p);
+      live_.erase(seq);
+    });
   });
 }
 
@@ -654,7 +669,8 @@ std::vector<std::string> Coordinator::listUnfinished(std::size_t limit) const {
 }
 
 Coordinator::Info Coordinator::info() const {
-  Info i{cfg_.nodeId, epoch_, {}, committed_, rolledBack_, live_.size(), heuristic_};
+  Info i{cfg_.nodeId, epoch_, {}, committed_, rolledBack_, live_.size(), heuristic_, takeoverCommitted_,
+         takeoverRolledBack_};
   for (auto& [name, l] : links_) i.participants.push_back(name);
   return i;
 }

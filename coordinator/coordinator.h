@@ -45,14 +45,19 @@
 #include "common/config.h"
 #include "common/records.h"
 #include "common/seq.h"
+#include "coordinator/cluster.h"
 #include "coordinator/participant_link.h"
 #include "coordinator/wal_store.h"
 
 namespace keel {
 
+class ClusterMember;
+
 class Coordinator final : private kj::TaskSet::ErrorHandler {
  public:
-  Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, WalStore& wal);
+  // cluster: null in single-node mode (decisions in the local WAL); else
+  // COMMIT decisions are made in etcd through it (docs/cluster.md).
+  Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, WalStore& wal, ClusterMember* cluster = nullptr);
   ~Coordinator();
 
   // Recovery state machine (recovery.cc). Resolves once new work may be
@@ -60,6 +65,12 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> recover();
 
   kj::Promise<SubmitOutcome> submit(SubmitRequest req);
+
+  // Cluster: finishes the work of dead coordinator node `node` under the
+  // epoch this member won for it (takeover.cc): every branch of that node
+  // the participants hold is committed or rolled back as etcd's decision
+  // says (ABORT written when there is none). Resolves when all are done.
+  kj::Promise<void> takeOver(std::uint16_t node, std::uint64_t epoch);
 
   // Interactive mode. begin() answers the seq once the interaction's record
   // is durable, or, for a request id already known, that interaction's
@@ -85,6 +96,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
     std::uint64_t epoch;
     std::vector<std::string> participants;
     std::uint64_t committed, rolledBack, unfinished, heuristic;
+    // Cluster: branches of dead nodes this member finished by takeover.
+    std::uint64_t takeoverCommitted = 0, takeoverRolledBack = 0;
   };
   Info info() const;
   bool sweepDone() const { return sweepPending_ == 0; }
@@ -184,6 +197,22 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   void forgetRequest(const Interaction& it);    // the interaction left memory
   kj::Promise<void> purgeRequests();            // retention, every minute
 
+  // Cluster (cluster.cc, recovery.cc): the COMMIT decision made in etcd.
+  kj::Promise<void> decideInCluster(Interaction& it);
+  // Tells the client (and waiting retries) `out`, an answer naming another
+  // interaction under the same request id.
+  void answerWith(Interaction& it, SubmitOutcome out);
+  // "rolled back" for `seq`, once its rollback record is durable. Cluster,
+  // with a request id: once the id's fate is decided in etcd too (if a retry
+  // through another coordinator committed, the client hears that one).
+  kj::Promise<void> answerRolledBack(std::uint64_t seq, std::string reason);
+  // Decisions of this node's earlier incarnations in etcd (read at start).
+  std::map<std::uint64_t, ClusterDecision> reconcileFromEtcd();
+  // Takeover steps, each retried with backoff until the participant answers.
+  kj::Promise<std::vector<RecoveredBranch>> recoverRetry(ParticipantLink& l, std::uint64_t epoch, std::uint16_t node,
+                                                         std::uint32_t attempt);
+  kj::Promise<void> finishBranch(ParticipantLink& l, std::uint64_t epoch, Xid xid, bool commit, std::uint32_t attempt);
+
   // recovery.cc
   void redrive(InteractionRecord rec, std::optional<RollbackRecord> rb);
   kj::Promise<void> sweep(ParticipantLink& link, std::uint32_t attempt);
@@ -198,6 +227,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   const CoordinatorConfig cfg_;
   kj::AsyncIoContext& io_;
   WalStore& wal_;
+  ClusterMember* cluster_ = nullptr;
+  std::uint64_t takeoverCommitted_ = 0, takeoverRolledBack_ = 0;
   std::unique_ptr<SeqAllocator> seqs_;
   std::uint64_t epoch_ = 0;
   std::map<std::string, std::unique_ptr<ParticipantLink>> links_;

@@ -12,6 +12,7 @@
 #include <kj/async-io.h>
 #include <kj/common.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 
@@ -21,6 +22,7 @@
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/rpc.h"
+#include "coordinator/cluster.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_server.h"
 #include "coordinator/wal_store.h"
@@ -82,14 +84,38 @@ int main(int argc, char** argv) {
     keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20);
     auto server = std::make_unique<keel::RpcServer>(io);
     std::string bound = keel::withPort(cfg.listen, server->bind(cfg.listen));
-    keel::Coordinator coordinator(cfg, io, wal);
+    std::unique_ptr<keel::ClusterMember> cluster;
+    if (cfg.cluster.enabled()) {
+      cluster = std::make_unique<keel::ClusterMember>(cfg, cfg.cluster.advertise.empty() ? bound : cfg.cluster.advertise);
+    }
+    keel::Coordinator coordinator(cfg, io, wal, cluster.get());
+    KJ_DEFER(if (cluster) cluster->stop());  // its takeovers call into the coordinator
     KJ_DEFER(server.reset());  // its connections call into the coordinator: they go first
     coordinator.recover().wait(io.waitScope);
+    if (cluster) {
+      cluster->serve(
+          io,
+          []() {
+            // Fail-stop: without its lease this member may already be taken
+            // over; whatever it has in flight is finished by a survivor or by
+            // its own next start (every decision is in etcd).
+            KEEL_LOG_ERROR("cluster: membership lease lost (etcd unreachable for a whole lease TTL, or the lease "
+                           "was revoked): stopping at once; a supervisor restart rejoins");
+            std::_Exit(keel::kExitFailed);
+          },
+          [&coordinator](std::uint16_t node, std::uint64_t epoch) { return coordinator.takeOver(node, epoch); });
+    }
     keel::serveUntilTerminated(io, *server, kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats()), bound,
                                readyFile, "clients with " + std::to_string(cfg.participants.size()) + " participants");
   } catch (const keel::DataDirError& e) {
     KEEL_LOG_ERROR("refused: {}", e.what());
     return keel::kExitDataDirRefused;
+  } catch (const keel::ClusterError& e) {
+    KEEL_LOG_ERROR("refused: {}", e.what());
+    return keel::kExitDataDirRefused;
+  } catch (const keel::etcd::EtcdError& e) {
+    KEEL_LOG_ERROR("fatal: etcd: {} (is the [cluster] etcd list right, and are its members up?)", e.what());
+    return keel::kExitFailed;
   } catch (const kj::Exception& e) {
     KEEL_LOG_ERROR("fatal: {}", e.getDescription().cStr());
     return keel::kExitFailed;

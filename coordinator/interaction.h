@@ -25,7 +25,8 @@ struct Coordinator::Interaction {
   // What the client was told, once a durable record backs it (set once).
   std::optional<SubmitOutcome> told;
   bool closing = false;  // interactive: commit or rollback requested
-  bool commitDurable = false;  // the COMMIT decision reached the disk
+  bool commitDurable = false;  // the COMMIT decision reached the disk (or etcd)
+  bool decisionKey = false;    // cluster: etcd holds a decision key for it (deleted once finished)
   bool requestQueued = false;  // the request id's row rides with a write already queued
   kj::Own<kj::PromiseFulfiller<void>> wake;  // cuts a driver's backoff short
 };

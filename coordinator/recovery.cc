@@ -3,7 +3,11 @@
 //   1 open-wal     the WAL environment is open (WalStore constructor);
 //                  records of unfinished work decode or start-up stops
 //   2 bump-epoch   epoch+1 made durable: every call of this incarnation
-//                  carries it, so agents can tell a stale coordinator
+//                  carries it, so agents can tell a stale coordinator.
+//                  Cluster: the node id is claimed and the epoch raised in
+//                  etcd first, then etcd's decisions of this node's earlier
+//                  incarnations are read (they override the WAL's, whose
+//                  COMMIT record is lazy there)
 //   3 redrive      every interaction in `active` is re-driven:
 //                    COMMIT decided      -> phase 2 again (commit is idempotent)
 //                    ABORT decided       -> rollback driver
@@ -22,6 +26,7 @@
 // with capped backoff, while serving; see docs/recovery.md.
 
 #include <algorithm>
+#include <map>
 
 #include "common/fault.h"
 #include "common/log.h"
@@ -35,14 +40,65 @@ kj::Promise<void> Coordinator::recover() {
   // Every unfinished record must decode before anything is written: a
   // refused start changes nothing (CorruptRecord names the key).
   auto unfinished = wal_.loadUnfinished();
-  epoch_ = wal_.openIncarnation(cfg_.nodeId);
-  seqs_ = wal_.makeSeqAllocator(cfg_.nodeId, cfg_.seqBlock);
+  std::map<std::uint64_t, ClusterDecision> fromEtcd;
+  if (cluster_ == nullptr) {
+    epoch_ = wal_.openIncarnation(cfg_.nodeId);
+    seqs_ = wal_.makeSeqAllocator(cfg_.nodeId, cfg_.seqBlock);
+  } else {
+    // Cluster: the node id is claimed and the epoch raised in etcd first
+    // (a refusal there changes nothing here); seqs start above what etcd
+    // says any incarnation of this node may have handed out.
+    auto joined = cluster_->join(wal_.storedEpoch());
+    epoch_ = wal_.openIncarnation(cfg_.nodeId, joined.epoch);
+    seqs_ = wal_.makeSeqAllocator(cfg_.nodeId, cfg_.seqBlock, joined.seqFloor,
+                                  [this](std::uint64_t limit) { return cluster_->reserveSeqs(limit); });
+    cluster_->reserveSeqsSync(seqs_->limit());
+    fromEtcd = reconcileFromEtcd();
+  }
   KEEL_LOG_INFO("recovery 2/5 bump-epoch: epoch {}, first seq of this incarnation {}", epoch_,
                 seqs_->firstOfIncarnation());
   std::size_t commits = 0, aborts = 0;
   for (auto& u : unfinished) {
+    std::uint64_t seq = u.interaction.seq;
+    bool keyed = false;
+    if (auto f = fromEtcd.find(seq); f != fromEtcd.end()) {
+      // etcd's decision is the decision (the local COMMIT record is lazy).
+      u.interaction.decision =
+          f->second.commit ? InteractionRecord::Decision::Commit : InteractionRecord::Decision::Abort;
+      fromEtcd.erase(f);
+      keyed = true;
+    }
     (u.interaction.decision == InteractionRecord::Decision::Commit ? commits : aborts)++;
     redrive(std::move(u.interaction), std::move(u.rollback));
+    if (Interaction* p = find(seq); p != nullptr && keyed) p->decisionKey = true;
+  }
+  for (auto& [seq, d] : fromEtcd) {
+    // A COMMIT in etcd that this WAL never recorded (the lazy local record
+    // was lost with the crash): its story starts from etcd's copy.
+    InteractionRecord rec;
+    rec.seq = seq;
+    rec.decision = d.commit ? InteractionRecord::Decision::Commit : InteractionRecord::Decision::Abort;
+    rec.recoveredBy = "etcd";
+    rec.epoch = d.epoch;
+    rec.createdUs = wallMicros();
+    for (auto& [participant, branch] : d.branches) {
+      InteractionRecord::Branch b;
+      b.participant = participant;
+      b.branch = branch;
+      b.state = BState::Prepared;
+      rec.branches.push_back(std::move(b));
+    }
+    auto unknown = std::find_if(rec.branches.begin(), rec.branches.end(),
+                                [&](const auto& b) { return links_.count(b.participant) == 0; });
+    if (unknown != rec.branches.end()) {
+      KEEL_LOG_ERROR("seq {}: etcd's COMMIT names participant {}, which this coordinator's config lacks: left "
+                     "to an operator (docs/cluster.md)",
+                     seq, unknown->participant);
+      continue;
+    }
+    ++commits;
+    redrive(std::move(rec), std::nullopt);
+    if (Interaction* p = find(seq)) p->decisionKey = true;
   }
   KEEL_LOG_INFO("recovery 3/5 redrive: {} unfinished interactions ({} to commit, {} to roll back)",
                 unfinished.size(), commits, aborts);
