@@ -95,18 +95,22 @@ LocalCluster::LocalCluster(ClusterOptions opts) : opts_(std::move(opts)) {
   for (auto& a : opts_.agents) agents_[a];
   // Fixed before anything starts, so agents know where to ask about
   // branches in doubt.
-  coordAddr_ = "127.0.0.1:" + std::to_string(pickFreePort());
+  for (int i = 0; i < std::max(1, opts_.coordinators); ++i) {
+    coordinator_.push_back(std::make_unique<ChildProcess>());
+    coordAddr_.push_back("127.0.0.1:" + std::to_string(pickFreePort()));
+  }
+  opts_.coordinators = int(coordinator_.size());
 }
 
 LocalCluster::~LocalCluster() { stopAll(); }
 
 void LocalCluster::startAll() {
   for (auto& a : opts_.agents) startAgent(a);
-  startCoordinator();
+  for (int i = 0; i < opts_.coordinators; ++i) startCoordinator("", i);
 }
 
 void LocalCluster::stopAll() {
-  coordinator_.stop();
+  for (auto& c : coordinator_) c->stop();
   for (auto& [n, p] : agents_) p.stop();
 }
 
@@ -132,7 +136,7 @@ void LocalCluster::startAgent(const std::string& name, const std::string& failpo
   std::vector<std::string> args{"--name", name, "--listen", listen, "--data-dir", opts_.baseDir + "/" + name,
                                 "--ready-file", ready};
   if (opts_.agentInDoubtQueryMs != 0) {
-    args.insert(args.end(), {"--coordinator", coordAddr_, "--in-doubt-query-ms",
+    args.insert(args.end(), {"--coordinator", coordAddr_[0], "--in-doubt-query-ms",
                              std::to_string(opts_.agentInDoubtQueryMs)});
   }
   args.insert(args.end(), opts_.agentExtraArgs.begin(), opts_.agentExtraArgs.end());
@@ -145,40 +149,41 @@ void LocalCluster::startAgent(const std::string& name, const std::string& failpo
   servedOnce_.insert(name);
 }
 
-void LocalCluster::writeCoordinatorConfig() {
-  std::ofstream f(opts_.baseDir + "/coordinator.toml", std::ios::trunc);
-  f << "[coordinator]\nnode_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << opts_.baseDir
-    << "/coordinator\"\n"
-    << opts_.coordinatorExtraToml << "\n\n[participants]\n";
+void LocalCluster::writeCoordinatorConfig(int i) {
+  std::ofstream f(opts_.baseDir + "/" + coordinatorName(i) + ".toml", std::ios::trunc);
+  f << "[coordinator]\nnode_id = " << i + 1 << "\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << opts_.baseDir << "/"
+    << coordinatorName(i) << "\"\n"
+    << opts_.coordinatorExtraToml << "\n\n" << opts_.clusterToml << "\n\n[participants]\n";
   for (auto& [n, addr] : agentAddr_) {
     auto over = participantAddr_.find(n);
     f << "\"" << n << "\" = \"" << (over != participantAddr_.end() ? over->second : addr) << "\"\n";
   }
 }
 
-void LocalCluster::startCoordinator(const std::string& failpoints) {
-  writeCoordinatorConfig();
-  std::string ready = opts_.baseDir + "/coordinator.ready";
+void LocalCluster::startCoordinator(const std::string& failpoints, int i) {
+  writeCoordinatorConfig(i);
+  std::string name = coordinatorName(i);
+  std::string ready = opts_.baseDir + "/" + name + ".ready";
   fs::remove(ready);
-  std::vector<std::string> args{"--config", opts_.baseDir + "/coordinator.toml", "--ready-file", ready,
-                                "--listen", coordAddr_};
-  if (!servedOnce_.count(kCoordinatorKey)) args.push_back("--init");
+  std::vector<std::string> args{"--config", opts_.baseDir + "/" + name + ".toml", "--ready-file", ready,
+                                "--listen", coordAddr_[i]};
+  if (!servedOnce_.count(" " + name)) args.push_back("--init");
   std::vector<std::string> env;
   if (!failpoints.empty()) env.push_back("KEEL_FAILPOINTS=" + failpoints);
-  coordinator_.start(opts_.binDir + "/keel-coordinator", args, coordinatorLog(), env);
-  coordAddr_ = waitReady(ready, coordinator_, "coordinator");
-  servedOnce_.insert(kCoordinatorKey);
+  coordinator_[i]->start(opts_.binDir + "/keel-coordinator", args, coordinatorLog(i), env);
+  coordAddr_[i] = waitReady(ready, *coordinator_[i], name);
+  servedOnce_.insert(" " + name);
 }
 
 void LocalCluster::killAgent(const std::string& name, int sig) { agents_.at(name).signal(sig); }
-void LocalCluster::killCoordinator(int sig) { coordinator_.signal(sig); }
+void LocalCluster::killCoordinator(int sig, int i) { coordinator_[i]->signal(sig); }
 void LocalCluster::stopAgent(const std::string& name) { agents_.at(name).stop(); }
-void LocalCluster::stopCoordinator() { coordinator_.stop(); }
-bool LocalCluster::coordinatorRunning() { return coordinator_.running(); }
+void LocalCluster::stopCoordinator(int i) { coordinator_[i]->stop(); }
+bool LocalCluster::coordinatorRunning(int i) { return coordinator_[i]->running(); }
 bool LocalCluster::agentRunning(const std::string& name) { return agents_.at(name).running(); }
 
-bool LocalCluster::waitCoordinatorExit(std::chrono::milliseconds timeout) {
-  return coordinator_.waitExit(timeout) != -1;
+bool LocalCluster::waitCoordinatorExit(std::chrono::milliseconds timeout, int i) {
+  return coordinator_[i]->waitExit(timeout) != -1;
 }
 
 bool LocalCluster::waitAgentExit(const std::string& name, std::chrono::milliseconds timeout) {

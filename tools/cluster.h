@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -53,6 +54,10 @@ struct ClusterOptions {
   std::string baseDir;                     // data and logs; created if missing
   std::vector<std::string> agents = {"bank-a", "bank-b"};
   std::string coordinatorExtraToml;        // lines added to [coordinator]
+  // Coordinators: more than one needs a [cluster] section (clusterToml,
+  // e.g. from EtcdCluster). Coordinator i has node id i + 1.
+  int coordinators = 1;
+  std::string clusterToml;                 // a whole [cluster] section, or empty
   std::chrono::milliseconds startTimeout{15000};
   // Agents ask the coordinator about branches PREPARED this long (0 = never).
   std::uint32_t agentInDoubtQueryMs = 2000;
@@ -70,15 +75,16 @@ class LocalCluster {
 
   // `failpoints` is a KEEL_FAILPOINTS value for this start only.
   void startAgent(const std::string& name, const std::string& failpoints = "");
-  void startCoordinator(const std::string& failpoints = "");
+  // i: which coordinator (0 .. coordinators-1).
+  void startCoordinator(const std::string& failpoints = "", int i = 0);
   void killAgent(const std::string& name, int sig = 9);
-  void killCoordinator(int sig = 9);
+  void killCoordinator(int sig = 9, int i = 0);
   void stopAgent(const std::string& name);
-  void stopCoordinator();
-  bool coordinatorRunning();
+  void stopCoordinator(int i = 0);
+  bool coordinatorRunning(int i = 0);
   bool agentRunning(const std::string& name);
   // Waits until the process exits by itself (e.g. a failpoint crash).
-  bool waitCoordinatorExit(std::chrono::milliseconds timeout);
+  bool waitCoordinatorExit(std::chrono::milliseconds timeout, int i = 0);
   bool waitAgentExit(const std::string& name, std::chrono::milliseconds timeout);
 
   // The address the coordinator's config gives for a participant (default:
@@ -86,29 +92,33 @@ class LocalCluster {
   void setParticipantAddress(const std::string& name, const std::string& addr) { participantAddr_[name] = addr; }
   // Extra command-line arguments for one agent's next starts.
   void setAgentArgs(const std::string& name, std::vector<std::string> args) { agentArgs_[name] = std::move(args); }
-  pid_t coordinatorPid() const { return coordinator_.pid(); }
+  pid_t coordinatorPid(int i = 0) const { return coordinator_[i]->pid(); }
   pid_t agentPid(const std::string& name) const { return agents_.at(name).pid(); }
 
-  const std::string& coordinatorAddress() const { return coordAddr_; }
+  const std::string& coordinatorAddress(int i = 0) const { return coordAddr_[i]; }
+  const std::vector<std::string>& coordinatorAddresses() const { return coordAddr_; }
+  int coordinatorCount() const { return opts_.coordinators; }
   const std::string& agentAddress(const std::string& name) const { return agentAddr_.at(name); }
   const std::vector<std::string>& agentNames() const { return opts_.agents; }
   const std::string& baseDir() const { return opts_.baseDir; }
-  std::string coordinatorLog() const { return opts_.baseDir + "/coordinator.log"; }
+  std::string coordinatorLog(int i = 0) const { return opts_.baseDir + "/" + coordinatorName(i) + ".log"; }
+  // "coordinator" for the first, "coordinator-2", "coordinator-3", ...
+  static std::string coordinatorName(int i) { return i == 0 ? "coordinator" : "coordinator-" + std::to_string(i + 1); }
   std::string agentLog(const std::string& name) const { return opts_.baseDir + "/" + name + ".log"; }
 
  private:
   std::string waitReady(const std::string& readyFile, ChildProcess& p, const std::string& what);
-  void writeCoordinatorConfig();
+  void writeCoordinatorConfig(int i);
 
   ClusterOptions opts_;
   std::map<std::string, ChildProcess> agents_;
   std::map<std::string, std::string> agentAddr_;
   std::map<std::string, std::string> participantAddr_;
   std::map<std::string, std::vector<std::string>> agentArgs_;
-  ChildProcess coordinator_;
-  std::string coordAddr_;
-  // Processes (agent names, kCoordinatorKey) that have served once.
-  static constexpr const char* kCoordinatorKey = " coordinator";  // no agent name has a space
+  std::vector<std::unique_ptr<ChildProcess>> coordinator_;
+  std::vector<std::string> coordAddr_;
+  // Processes (agent names, " " + coordinatorName(i)) that have served once
+  // (no agent name has a space).
   std::set<std::string> servedOnce_;
 };
 

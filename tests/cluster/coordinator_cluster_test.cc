@@ -1,0 +1,240 @@
+// The coordinator cluster end to end: a 3-member etcd on loopback, two
+// coordinators (node ids 1 and 2) sharing it, two ledger agents. Each test
+// kills a coordinator at one step of an interaction and checks that the
+// survivor finished its work as etcd's decision says, within a lease TTL
+// and a few seconds, and that a returning coordinator contradicts nothing.
+
+#include <csignal>
+#include <fstream>
+#include <sstream>
+
+#include "common/etcd/etcd_client.h"
+#include "tests/integration/cluster_fixture.h"
+#include "tools/etcd_cluster.h"
+
+namespace keel::test {
+namespace {
+
+constexpr int kLeaseTtlS = 2;
+
+class CoordinatorClusterTest : public ClusterTest {
+ public:
+  static void SetUpTestSuite() {
+    etcd_ = new EtcdCluster(EtcdClusterOptions{});
+    etcd_->start();
+  }
+  static void TearDownTestSuite() {
+    delete etcd_;
+    etcd_ = nullptr;
+  }
+
+ protected:
+  ClusterOptions clusterOptions() override {
+    auto o = ClusterTest::clusterOptions();
+    o.coordinators = 2;
+    // A prefix per test: tests share the etcd cluster, never its keys.
+    prefix_ = "/keel-test-" + std::to_string(::getpid()) + "-" + std::to_string(++counter_);
+    std::ostringstream t;
+    t << "[cluster]\netcd = [";
+    for (std::size_t i = 0; i < etcd_->endpoints().size(); ++i) t << (i ? ", " : "") << '"' << etcd_->endpoints()[i] << '"';
+    t << "]\nprefix = \"" << prefix_ << "\"\nlease_ttl_s = " << kLeaseTtlS << "\n";
+    o.clusterToml = t.str();
+    return o;
+  }
+
+  void SetUp() override {
+    ClusterTest::SetUp();
+    etcdClient_ = std::make_unique<etcd::Client>(etcd_->endpoints());
+    open("bank-a", "alice", 1000);
+    open("bank-b", "bob", 0);
+  }
+
+  void TearDown() override {
+    etcdClient_.reset();
+    ClusterTest::TearDown();
+  }
+
+  KeelClient& via(int i) {
+    auto& c = clients_[i];
+    if (!c) c = KeelClient::connect(io_, cluster_->coordinatorAddress(i)).wait(io_.waitScope);
+    return *c;
+  }
+
+  // Keys under the test's prefix starting with `sub` ("/decisions/1/").
+  std::vector<etcd::KeyValue> keys(const std::string& sub) {
+    auto p = prefix_ + sub;
+    return etcdClient_->rangeSync(p, etcd::prefixEnd(p)).kvs;
+  }
+
+  std::size_t countInLog(int coordinator, const std::string& needle) {
+    std::ifstream f(cluster_->coordinatorLog(coordinator));
+    std::string line;
+    std::size_t n = 0;
+    while (std::getline(f, line)) n += line.find(needle) != std::string::npos;
+    return n;
+  }
+
+  // Coordinator 0 (node 1) restarted with `failpoint`, a transfer sent to
+  // it, and the process gone (the failpoint crashed it).
+  void crashNode1During(const std::string& failpoint) {
+    clients_[0] = nullptr;
+    client_ = nullptr;
+    cluster_->stopCoordinator(0);
+    cluster_->startCoordinator(failpoint, 0);
+    EXPECT_ANY_THROW(via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 10)).wait(io_.waitScope));
+    clients_[0] = nullptr;
+    ASSERT_TRUE(cluster_->waitCoordinatorExit(std::chrono::seconds(5), 0));
+    crashedAt_ = std::chrono::steady_clock::now();
+  }
+
+  // alice -> bob with a fresh request id, as a client that retries sends it.
+  static SubmitRequest transferRequest(std::int64_t amount) {
+    SubmitRequest req;
+    req.ops = transferOps("bank-a:alice", "bank-b:bob", amount);
+    req.requestId = newRequestId();
+    req.requestTimeUs = wallMicros();
+    return req;
+  }
+
+  // Waits until no branch is unfinished at either agent.
+  bool settled(std::chrono::milliseconds timeout) {
+    return eventually([&] { return unfinishedAt("bank-a").empty() && unfinishedAt("bank-b").empty(); }, timeout);
+  }
+
+  static EtcdCluster* etcd_;
+  static int counter_;
+  std::string prefix_;
+  std::unique_ptr<etcd::Client> etcdClient_;
+  std::map<int, kj::Own<KeelClient>> clients_;
+  std::chrono::steady_clock::time_point crashedAt_;
+};
+
+EtcdCluster* CoordinatorClusterTest::etcd_ = nullptr;
+int CoordinatorClusterTest::counter_ = 0;
+
+TEST_F(CoordinatorClusterTest, EveryCoordinatorServesAndDecisionKeysGoOnceFinished) {
+  for (int i = 0; i < 2; ++i) {
+    for (int k = 0; k < 5; ++k) {
+      auto o = via(i).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+      ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+      EXPECT_EQ(seqNode(o.seq), i + 1) << "coordinator " << i << " hands out seqs of its own node id";
+    }
+  }
+  ASSERT_TRUE(settled(std::chrono::seconds(10)));  // phase 2 runs after the answer
+  EXPECT_EQ(account("bank-a", "alice"), bal(990, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(10, 0));
+  // Both nodes are members, each with its epoch.
+  EXPECT_EQ(keys("/members/").size(), 2u);
+  // Every decision key is deleted once its branches acknowledged.
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/").empty(); }))
+      << keys("/decisions/").size() << " decision keys left";
+}
+
+TEST_F(CoordinatorClusterTest, SecondCoordinatorWithTheSameNodeIdIsRefused) {
+  // A copy of node 1's config with its own data directory and port.
+  std::ifstream in(dir_ + "/coordinator.toml");
+  std::stringstream cfg;
+  cfg << in.rdbuf();
+  std::string text = cfg.str();
+  auto at = text.find("/coordinator\"");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, 13, "/twin\"");
+  std::ofstream(dir_ + "/twin.toml") << text;
+  auto started = std::chrono::steady_clock::now();
+  auto r = run(binDir() + "/keel-coordinator --config " + dir_ + "/twin.toml --init --listen 127.0.0.1:0");
+  auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(r.exitCode, 3) << r.output;
+  EXPECT_NE(r.output.find("node id 1 is held by a live coordinator"), std::string::npos) << r.output;
+  EXPECT_LT(took, std::chrono::seconds(kLeaseTtlS + 6)) << "refused only after waiting out one lease";
+  // The live node 1 was not disturbed: its epoch is unchanged and it serves.
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+}
+
+TEST_F(CoordinatorClusterTest, OwnerKilledAfterTheDecisionTheSurvivorCommits) {
+  crashNode1During("coord.after_decision_durable=crash");
+  ASSERT_TRUE(settled(std::chrono::seconds(kLeaseTtlS + 8))) << "the survivor did not finish node 1's work";
+  auto took = std::chrono::steady_clock::now() - crashedAt_;
+  EXPECT_EQ(account("bank-a", "alice"), bal(990, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(10, 0));
+  EXPECT_GE(countInLog(1, "takeover of node 1"), 1u);
+  std::cerr << "takeover finished " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+            << " ms after the kill (lease TTL " << kLeaseTtlS << " s)\n";
+}
+
+TEST_F(CoordinatorClusterTest, OwnerKilledBeforeTheDecisionTheSurvivorRollsBack) {
+  crashNode1During("coord.after_votes=crash");
+  ASSERT_TRUE(settled(std::chrono::seconds(kLeaseTtlS + 8))) << "the survivor did not finish node 1's work";
+  EXPECT_EQ(account("bank-a", "alice"), bal(1000, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(0, 0));
+  // The survivor wrote ABORT for it (create-if-absent), by node 2.
+  auto d = keys("/decisions/1/");
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].value.rfind("abort by=2", 0), 0u) << d[0].value;
+}
+
+TEST_F(CoordinatorClusterTest, ReturningOwnerFollowsWhatTheSurvivorDid) {
+  crashNode1During("coord.after_decision_durable=crash");
+  ASSERT_TRUE(settled(std::chrono::seconds(kLeaseTtlS + 8)));
+  cluster_->startCoordinator("", 0);
+  // Its WAL does not know the interaction (the local COMMIT record is lazy
+  // and the crash came first), etcd does: reconciled, then the key goes.
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/1/").empty(); }, std::chrono::seconds(10)));
+  auto info = via(0).info().wait(io_.waitScope);
+  EXPECT_EQ(info.unfinished, 0u);
+  EXPECT_EQ(account("bank-a", "alice"), bal(990, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(10, 0));
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  EXPECT_GT(o.seq, makeSeq(1, 65536)) << "a new incarnation's seqs start above the last one's reservation";
+}
+
+TEST_F(CoordinatorClusterTest, RetryThroughAnotherCoordinatorCommitsOnce) {
+  auto req = transferRequest(7);
+  auto first = via(0).submit(req).wait(io_.waitScope);
+  ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+  // The same request through node 2, as a client that lost the answer and
+  // failed over would send it.
+  auto again = via(1).submit(req).wait(io_.waitScope);
+  EXPECT_EQ(again.outcome, ClientOutcome::Committed) << again.reason;
+  EXPECT_EQ(again.seq, first.seq) << "the retry must name the interaction that committed";
+  EXPECT_TRUE(again.replayed);
+  EXPECT_TRUE(settled(std::chrono::seconds(10)));
+  EXPECT_EQ(account("bank-a", "alice"), bal(993, 0)) << "the money moved twice";
+  EXPECT_EQ(account("bank-b", "bob"), bal(7, 0));
+}
+
+TEST_F(CoordinatorClusterTest, RetryThatCannotPrepareAnyMoreStillHearsTheCommit) {
+  // The first try moves all of alice's money; its retry through node 2 is
+  // refused by bank-a (no funds left) and rolled back there, yet what the
+  // client hears is the first try's commit: the id's fate is in etcd.
+  auto req = transferRequest(1000);
+  auto first = via(0).submit(req).wait(io_.waitScope);
+  ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+  ASSERT_TRUE(settled(std::chrono::seconds(10)));
+  auto again = via(1).submit(req).wait(io_.waitScope);
+  EXPECT_EQ(again.outcome, ClientOutcome::Committed) << again.reason;
+  EXPECT_EQ(again.seq, first.seq);
+  EXPECT_TRUE(settled(std::chrono::seconds(10)));
+  EXPECT_EQ(account("bank-a", "alice"), bal(0, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(1000, 0));
+}
+
+TEST_F(CoordinatorClusterTest, RequestRolledBackStaysRolledBackWhereverItIsRetried) {
+  auto req = transferRequest(1500);
+  auto first = via(0).submit(req).wait(io_.waitScope);
+  ASSERT_EQ(first.outcome, ClientOutcome::RolledBack) << first.reason;
+  // Now it could commit: alice got the money meanwhile.
+  open("bank-a", "carol", 0);
+  auto top = via(0).submit({Op{"bank-a", OpKind::Credit, "alice", 1000}}).wait(io_.waitScope);
+  ASSERT_EQ(top.outcome, ClientOutcome::Committed) << top.reason;
+  auto again = via(1).submit(req).wait(io_.waitScope);
+  EXPECT_EQ(again.outcome, ClientOutcome::RolledBack)
+      << "a request id answered 'rolled back' must never commit later: " << again.reason;
+  EXPECT_TRUE(settled(std::chrono::seconds(10)));
+  EXPECT_EQ(account("bank-a", "alice"), bal(2000, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(0, 0));
+}
+
+}  // namespace
+}  // namespace keel::test
