@@ -179,6 +179,47 @@ TEST(EtcdFailover, AKilledMemberCostsAtMostOneFailedCallAndNoQuorumFailsWithinTh
   }
 }
 
+TEST(EtcdFailover, AHungMemberCostsOneDeadlineAndTheLeaseKeeperMovesOn) {
+  EtcdCluster cluster;
+  cluster.start();
+  int leader = cluster.leaderIndex();
+  ASSERT_GE(leader, 0);
+  std::size_t follower = std::size_t(leader + 1) % 3, other = std::size_t(leader + 2) % 3;
+  Options opts;
+  opts.callTimeout = milliseconds(500);
+  Client c({cluster.endpoint(follower), cluster.endpoint(std::size_t(leader)), cluster.endpoint(other)}, opts);
+  KjLoop loop;
+  Lease lease = c.grantSync(2);
+  c.putSync("hung/leased", "x", lease.id);
+  bool lost = false;
+  auto keeper = c.keepAlive(lease, [&] { lost = true; });
+  loop.runFor(milliseconds(300));
+
+  cluster.pause(follower);  // SIGSTOP: its connections stay open, nothing answers
+  auto t0 = Clock::now();
+  try {
+    c.txnSync({Compare::absent("hung/k")}, {Op::put("hung/k", "x")}, {});
+    ADD_FAILURE() << "a txn on a stopped member went through";
+  } catch (const EtcdError& e) {
+    EXPECT_EQ(e.grpcCode(), 4) << e.what();  // DEADLINE_EXCEEDED
+    EXPECT_TRUE(e.unknownOutcome());
+    EXPECT_EQ(std::string(e.what()), "etcd " + cluster.endpoint(follower) +
+                                         ": Txn: deadline exceeded after 500 ms [gRPC DEADLINE_EXCEEDED; outcome "
+                                         "unknown]");
+    EXPECT_LT(msSince(t0), 1000);
+  }
+  EXPECT_TRUE(c.txnSync({Compare::absent("hung/k")}, {Op::put("hung/k", "x")}, {}).succeeded);
+
+  // The keeper's stream was on the stopped member too: it gives up on it
+  // within a renewal interval and renews elsewhere before the TTL runs out.
+  loop.runFor(milliseconds(4000));
+  EXPECT_FALSE(lost);
+  EXPECT_FALSE(keeper->lost());
+  EXPECT_LT(Clock::now() - keeper->lastRenewed(), milliseconds(1500));
+  EXPECT_EQ(c.rangeSync("hung/leased").kvs.size(), 1u);
+  cluster.resume(follower);
+}
+
 // Create-if-absent with retries, as the coordinator decides: a key whose
 // txn failed is tried again until an answer says whether it is there, and
 // a key found there must hold our value (nobody else writes these keys).
