@@ -183,6 +183,11 @@ kj::Promise<CoordinatorInfo> KeelClient::info() {
     i.heuristic = resp.getHeuristic();
     i.logCommits = resp.getLogCommits();
     i.logJobs = resp.getLogJobs();
+    i.clustered = resp.getClustered();
+    i.takeoverCommitted = resp.getTakeoverCommitted();
+    i.takeoverRolledBack = resp.getTakeoverRolledBack();
+    i.etcdTxns = resp.getEtcdTxns();
+    i.etcdDecisions = resp.getEtcdDecisions();
     return i;
   });
 }

@@ -31,6 +31,10 @@ struct CoordinatorInfo {
   std::uint64_t heuristic = 0;  // ended heuristic-mixed or heuristic-unknown since start
   // The WAL's durable (fsync-bearing) LMDB commits and the jobs they carried.
   std::uint64_t logCommits = 0, logJobs = 0;
+  // Cluster members only (docs/cluster.md).
+  bool clustered = false;
+  std::uint64_t takeoverCommitted = 0, takeoverRolledBack = 0;  // branches of dead nodes finished here
+  std::uint64_t etcdTxns = 0, etcdDecisions = 0;                // etcd txns sent, decisions they created
 };
 
 // An interactive transaction (Coordinator.begin): operations call by

@@ -671,6 +671,11 @@ std::vector<std::string> Coordinator::listUnfinished(std::size_t limit) const {
 Coordinator::Info Coordinator::info() const {
   Info i{cfg_.nodeId, epoch_, {}, committed_, rolledBack_, live_.size(), heuristic_, takeoverCommitted_,
          takeoverRolledBack_};
+  if (cluster_ != nullptr) {
+    i.clustered = true;
+    i.etcdTxns = cluster_->decisionTxns();
+    i.etcdDecisions = cluster_->decisionsWritten();
+  }
   for (auto& [name, l] : links_) i.participants.push_back(name);
   return i;
 }

@@ -98,6 +98,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
     std::uint64_t committed, rolledBack, unfinished, heuristic;
     // Cluster: branches of dead nodes this member finished by takeover.
     std::uint64_t takeoverCommitted = 0, takeoverRolledBack = 0;
+    bool clustered = false;
+    std::uint64_t etcdTxns = 0, etcdDecisions = 0;
   };
   Info info() const;
   bool sweepDone() const { return sweepPending_ == 0; }

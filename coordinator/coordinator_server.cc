@@ -158,6 +158,11 @@ kj::Promise<void> CoordinatorImpl::info(InfoContext ctx) {
   res.setRolledBack(i.rolledBack);
   res.setUnfinished(i.unfinished);
   res.setHeuristic(i.heuristic);
+  res.setClustered(i.clustered);
+  res.setTakeoverCommitted(i.takeoverCommitted);
+  res.setTakeoverRolledBack(i.takeoverRolledBack);
+  res.setEtcdTxns(i.etcdTxns);
+  res.setEtcdDecisions(i.etcdDecisions);
   res.setLogCommits(logStats_.commits.load(std::memory_order_relaxed));
   res.setLogJobs(logStats_.jobs.load(std::memory_order_relaxed));
   return kj::READY_NOW;

@@ -228,14 +228,18 @@ kj::Promise<void> Coordinator::takeOver(std::uint16_t node, std::uint64_t epoch)
                                  return kj::Promise<bool>(o.decision.commit);
                                });
               }
-              each.add(decision.then([this, st, link, xid](bool commit) {
-                return finishBranch(*link, st->epoch, xid, commit, 0).then([st, commit]() {
-                  ++(commit ? st->committed : st->rolledBack);
-                });
-              }));
+              // Eager: KJ 0.9's joinPromises runs a branch's continuation
+              // only once every branch is ready.
+              each.add(decision
+                           .then([this, st, link, xid](bool commit) {
+                             return finishBranch(*link, st->epoch, xid, commit, 0).then([st, commit]() {
+                               ++(commit ? st->committed : st->rolledBack);
+                             });
+                           })
+                           .eagerlyEvaluate(nullptr));
             }
             return kj::joinPromises(each.releaseAsArray());
-          }));
+          }).eagerlyEvaluate(nullptr));
         }
         return kj::joinPromises(work.releaseAsArray());
       })

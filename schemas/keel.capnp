@@ -256,10 +256,16 @@ interface Coordinator {
   # Coordinator identity and counters.
   info @4 () -> (nodeId :UInt16, epoch :UInt64, participants :List(Text),
                  committed :UInt64, rolledBack :UInt64, unfinished :UInt64,
-                 logCommits :UInt64, logJobs :UInt64, heuristic :UInt64);
+                 logCommits :UInt64, logJobs :UInt64, heuristic :UInt64,
+                 clustered :Bool, takeoverCommitted :UInt64, takeoverRolledBack :UInt64,
+                 etcdTxns :UInt64, etcdDecisions :UInt64);
   # logCommits / logJobs: the WAL's durable LMDB commits (each one
   # fsync-bearing) and the jobs they carried, since the process started.
   # heuristic: interactions that ended heuristic since the process started.
+  # clustered: a member of a coordinator cluster (docs/cluster.md); then
+  # takeoverCommitted / takeoverRolledBack: branches of dead nodes this
+  # member finished, and etcdTxns / etcdDecisions: the etcd txns it sent for
+  # decisions, request ids and deletes, and the decisions they created.
 
   # Asked by an agent whose branch has been PREPARED too long.
   outcome @5 (seq :UInt64) -> (outcome :DecisionOutcome);
