@@ -14,6 +14,21 @@ std::vector<Xid> readXids(capnp::List<wire::Xid>::Reader list) {
   return out;
 }
 
+// Phase 2 is fenced by the epoch of one coordinator node: the node of the
+// first XID. A batch naming XIDs of several nodes would slip the others past
+// their fences (or raise one node's fence with another's epoch), so it is
+// refused whole, before anything is done.
+std::vector<Xid> readFencedXids(capnp::List<wire::Xid>::Reader list, const char* call) {
+  auto xids = readXids(list);
+  for (const auto& x : xids) {
+    if (seqNode(x.seq) != seqNode(xids.front().seq)) {
+      throw faultException(std::string(call) + ": one call must name the XIDs of one coordinator node (" +
+                           xids.front().str() + " and " + x.str() + " differ)");
+    }
+  }
+  return xids;
+}
+
 template <typename B>
 void fillResults(B builder, const std::vector<OpResult>& results) {
   auto l = builder.initResults(results.size());
@@ -138,7 +153,7 @@ kj::Promise<void> ParticipantImpl::execute(ExecuteContext ctx) {
 
 kj::Promise<void> ParticipantImpl::commit(CommitContext ctx) {
   auto p = ctx.getParams();
-  return agent_.commit(p.getEpoch(), readXids(p.getXids())).then([ctx](std::vector<BranchOutcome> out) mutable {
+  return agent_.commit(p.getEpoch(), readFencedXids(p.getXids(), "commit")).then([ctx](std::vector<BranchOutcome> out) mutable {
     auto l = ctx.getResults().initOutcomes(out.size());
     for (unsigned i = 0; i < out.size(); ++i) l.set(i, static_cast<wire::BranchOutcome>(out[i]));
   });
@@ -146,7 +161,7 @@ kj::Promise<void> ParticipantImpl::commit(CommitContext ctx) {
 
 kj::Promise<void> ParticipantImpl::rollback(RollbackContext ctx) {
   auto p = ctx.getParams();
-  return agent_.rollback(p.getEpoch(), readXids(p.getXids())).then([ctx](std::vector<BranchOutcome> out) mutable {
+  return agent_.rollback(p.getEpoch(), readFencedXids(p.getXids(), "rollback")).then([ctx](std::vector<BranchOutcome> out) mutable {
     auto l = ctx.getResults().initOutcomes(out.size());
     for (unsigned i = 0; i < out.size(); ++i) l.set(i, static_cast<wire::BranchOutcome>(out[i]));
   });

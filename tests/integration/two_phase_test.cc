@@ -297,5 +297,36 @@ TEST_F(ClusterTest, AFaultInOnePrepareOfABatchFailsThatBranchOnly) {
   EXPECT_EQ(inspect("bank-b").prepared, 0u);
 }
 
+TEST_F(ClusterTest, PhaseTwoNamingXidsOfTwoCoordinatorNodesIsRefusedWhole) {
+  // The fence is one node's epoch: a batch mixing nodes would slip past it.
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_TRUE(eventually([&] { return account("bank-a", "alice") == bal(990, 0); }));  // phase 2 follows the answer
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-a")).wait(io_.waitScope);
+  for (bool commit : {true, false}) {
+    auto send = [&](auto req) {
+      req.setEpoch(1000);
+      auto l = req.initXids(2);
+      l[0].setSeq(o.seq);
+      l[1].setSeq(makeSeq(seqNode(o.seq) + 1, 5));
+      return req.send().ignoreResult();
+    };
+    auto call = commit ? send(agent->capability().commitRequest()) : send(agent->capability().rollbackRequest());
+    try {
+      call.wait(io_.waitScope);
+      ADD_FAILURE() << (commit ? "commit" : "rollback") << " of a mixed batch was accepted";
+    } catch (const kj::Exception& e) {
+      EXPECT_NE(std::string(e.getDescription().cStr()).find("one coordinator node"), std::string::npos)
+          << e.getDescription().cStr();
+    }
+  }
+  // Nothing changed, and the coordinator's own epoch is still accepted.
+  EXPECT_EQ(account("bank-a", "alice"), bal(990, 0));
+  auto again = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+  EXPECT_EQ(again.outcome, ClientOutcome::Committed) << again.reason;
+}
+
 }  // namespace
 }  // namespace keel::test
