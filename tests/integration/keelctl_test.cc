@@ -128,6 +128,23 @@ TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
   EXPECT_EQ(run(ctl() + "transfer --help").exitCode, 0);
 }
 
+TEST_F(KeelctlTest, SeveralCoordinatorsTheFirstThatAnswersServes) {
+  // A cluster's addresses: the first is down, reads and submits go on to
+  // the next (a submit retries its request id there).
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  std::string both = binDir() + "/keelctl -c 127.0.0.1:1," + cluster_->coordinatorAddress() + " ";
+  auto info = run(both + "info");
+  EXPECT_EQ(info.exitCode, 0) << info.output;
+  EXPECT_NE(info.output.find("trying " + cluster_->coordinatorAddress()), std::string::npos) << info.output;
+  auto t = run(both + "--retry-for 5s transfer bank-a:alice bank-b:bob 5");
+  EXPECT_EQ(t.exitCode, 0) << t.output;
+  EXPECT_NE(t.output.find("retrying request"), std::string::npos) << t.output;
+  auto bad = run(binDir() + "/keelctl -c 127.0.0.1:1,nonsense info");
+  EXPECT_EQ(bad.exitCode, 2) << bad.output;
+  EXPECT_TRUE(eventually([&] { return account("bank-a", "alice") == bal(995, 0); }));
+}
+
 TEST_F(KeelctlTest, ExitStatusNamesTheOutcome) {
   open("bank-a", "alice", 1000);
   open("bank-b", "bob", 0);

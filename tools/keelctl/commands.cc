@@ -69,6 +69,37 @@ class Exchange {
 
 }  // namespace
 
+std::vector<std::string> coordinatorList(const std::string& arg) {
+  std::vector<std::string> out;
+  std::size_t at = 0;
+  for (;;) {
+    auto comma = arg.find(',', at);
+    out.push_back(arg.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+    if (comma == std::string::npos) return out;
+    at = comma + 1;
+  }
+}
+
+namespace {
+
+// Several coordinators (a cluster): the first that accepts a connection
+// serves the command; each gets its own --timeout.
+std::pair<std::unique_ptr<Exchange>, kj::Own<KeelClient>> connectAny(kj::AsyncIoContext& io, const Globals& g) {
+  auto addrs = coordinatorList(g.coordinator);
+  for (std::size_t i = 0;; ++i) {
+    auto ex = std::make_unique<Exchange>(io, addrs[i], g.timeout);
+    try {
+      auto client = ex->wait(KeelClient::connect(io, addrs[i]));
+      return {std::move(ex), kj::mv(client)};
+    } catch (const Failure& f) {
+      if (i + 1 == addrs.size()) throw;
+      std::cerr << "keelctl: " << f.what() << "; trying " << addrs[i + 1] << "\n";
+    }
+  }
+}
+
+}  // namespace
+
 int Commands::submit(SubmitRequest req, const std::vector<std::string>* balanceRefs) {
   if (req.requestId.empty()) req.requestId = newRequestId();
   // A retry must send the time of the first try: a request id the
@@ -90,7 +121,7 @@ int Commands::submit(SubmitRequest req, const std::vector<std::string>* balanceR
   ro.onRetry = [&](unsigned attempt, const std::string& why) {
     std::cerr << "keelctl: " << lost(why, false) << "; retrying request " << id << " (attempt " << attempt << ")\n";
   };
-  auto r = submitWithRetry(io_, g_.coordinator, std::move(req), std::move(ro)).wait(io_.waitScope);
+  auto r = submitWithRetry(io_, coordinatorList(g_.coordinator), std::move(req), std::move(ro)).wait(io_.waitScope);
   if (!r.answered) {
     std::string what = g_.retryFor == 0 * kj::SECONDS ? lost(r.lastError, true)
                                                       : "no answer within --retry-for " + formatDuration(g_.retryFor);
@@ -108,43 +139,38 @@ int Commands::submit(SubmitRequest req, const std::vector<std::string>* balanceR
 }
 
 int Commands::query(std::uint64_t seq) {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
-  auto q = ex.wait(client->query(seq));
+  auto [ex, client] = connectAny(io_, g_);
+  auto q = ex->wait(client->query(seq));
   if (!q) throw Failure(kExitRefused, "no interaction " + std::to_string(seq));
   printQuery(std::cout, *q, g_.json);
   return kExitDone;
 }
 
 int Commands::queryRequest(const std::string& requestId) {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
-  auto q = ex.wait(client->queryRequest(requestId));
+  auto [ex, client] = connectAny(io_, g_);
+  auto q = ex->wait(client->queryRequest(requestId));
   if (!q) throw Failure(kExitRefused, "no interaction has request id " + requestId);
   printQuery(std::cout, *q, g_.json);
   return kExitDone;
 }
 
 int Commands::list(std::uint32_t limit) {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
-  auto unfinished = ex.wait(client->listUnfinished(limit));
-  auto heuristic = ex.wait(client->listHeuristic(limit));
+  auto [ex, client] = connectAny(io_, g_);
+  auto unfinished = ex->wait(client->listUnfinished(limit));
+  auto heuristic = ex->wait(client->listHeuristic(limit));
   printUnfinished(std::cout, unfinished, heuristic, g_.json);
   return kExitDone;
 }
 
 int Commands::info() {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
-  printInfo(std::cout, ex.wait(client->info()), g_.json);
+  auto [ex, client] = connectAny(io_, g_);
+  printInfo(std::cout, ex->wait(client->info()), g_.json);
   return kExitDone;
 }
 
 int Commands::stats() {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
-  auto resp = ex.wait(client->capability().statsRequest().send());
+  auto [ex, client] = connectAny(io_, g_);
+  auto resp = ex->wait(client->capability().statsRequest().send());
   auto s = resp.getStats();
   StatsView v;
   v.count = s.getCount();
@@ -161,11 +187,10 @@ int Commands::stats() {
 }
 
 int Commands::retry(std::uint64_t seq) {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto [ex, client] = connectAny(io_, g_);
   auto req = client->capability().retryNowRequest();
   req.setSeq(seq);
-  auto woken = ex.wait(req.send()).getWoken();
+  auto woken = ex->wait(req.send()).getWoken();
   if (g_.json) {
     std::cout << "{\"woken\":" << woken << "}\n";
   } else {
@@ -175,59 +200,56 @@ int Commands::retry(std::uint64_t seq) {
 }
 
 int Commands::resolve(std::uint64_t seq, bool commit, const std::string& who, const std::string& why, bool override) {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto [ex, client] = connectAny(io_, g_);
   auto req = client->capability().resolveRequest();
   req.setSeq(seq);
   req.setCommit(commit);
   req.setWho(who);
   req.setWhy(why);
   req.setOverride(override);
-  auto resp = ex.wait(req.send());
+  auto resp = ex->wait(req.send());
   printDone(std::cout, resp.getDone(), resp.getReason().cStr(), g_.json);
   return resp.getDone() ? kExitDone : kExitRefused;
 }
 
 int Commands::reconciled(std::uint64_t seq, const std::string& who, const std::string& why) {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto [ex, client] = connectAny(io_, g_);
   auto req = client->capability().reconciledRequest();
   req.setSeq(seq);
   req.setWho(who);
   req.setWhy(why);
-  auto resp = ex.wait(req.send());
+  auto resp = ex->wait(req.send());
   printDone(std::cout, resp.getDone(), resp.getReason().cStr(), g_.json);
   return resp.getDone() ? kExitDone : kExitRefused;
 }
 
 int Commands::audit(std::uint32_t limit) {
-  Exchange ex(io_, g_.coordinator, g_.timeout);
-  auto client = ex.wait(KeelClient::connect(io_, g_.coordinator));
+  auto [ex, client] = connectAny(io_, g_);
   auto req = client->capability().auditRequest();
   req.setLimit(limit);
-  auto resp = ex.wait(req.send());
+  auto resp = ex->wait(req.send());
   for (auto e : resp.getEntries()) std::cout << e.cStr() << "\n";  // each entry is a JSON object already
   return kExitDone;
 }
 
 int Commands::branches(const std::string& agentAddr) {
-  Exchange ex(io_, agentAddr, g_.timeout);
-  auto agent = ex.wait(AgentClient::connect(io_, agentAddr));
+  auto ex = std::make_unique<Exchange>(io_, agentAddr, g_.timeout);
+  auto agent = ex->wait(AgentClient::connect(io_, agentAddr));
   auto req = agent->capability().recoverRequest();
   req.setEpoch(0);  // an operator looking: not fenced
-  auto resp = ex.wait(req.send());
+  auto resp = ex->wait(req.send());
   std::vector<BranchView> branches;
   for (auto b : resp.getBranches()) {
     branches.push_back(BranchView{Xid{b.getXid().getSeq(), b.getXid().getBranch()},
                                   b.getState() == wire::BranchState::PREPARED, b.getEpoch(), b.getPreparedAtUs()});
   }
-  printBranches(std::cout, ex.wait(agent->inspect()), branches, g_.json);
+  printBranches(std::cout, ex->wait(agent->inspect()), branches, g_.json);
   return kExitDone;
 }
 
 int Commands::forget(const std::string& agentAddr, const std::vector<Xid>& xids) {
-  Exchange ex(io_, agentAddr, g_.timeout);
-  auto agent = ex.wait(AgentClient::connect(io_, agentAddr));
+  auto ex = std::make_unique<Exchange>(io_, agentAddr, g_.timeout);
+  auto agent = ex->wait(AgentClient::connect(io_, agentAddr));
   auto req = agent->capability().forgetRequest();
   req.setEpoch(0);  // an operator, not a coordinator: no epoch, no fencing
   auto l = req.initXids(xids.size());
@@ -235,7 +257,7 @@ int Commands::forget(const std::string& agentAddr, const std::vector<Xid>& xids)
     l[i].setSeq(xids[i].seq);
     l[i].setBranch(xids[i].branch);
   }
-  auto resp = ex.wait(req.send());
+  auto resp = ex->wait(req.send());
   if (g_.json) {
     std::cout << "{\"forgotten\":" << resp.getForgotten() << ",\"refused\":[";
     bool first = true;

@@ -26,6 +26,8 @@ class Failure : public std::runtime_error {
 };
 
 struct Globals {
+  // One address, or several separated by commas (a coordinator cluster):
+  // submits retry through the next, reads use the first that answers.
   std::string coordinator = "127.0.0.1:7400";
   kj::Duration timeout = 30 * kj::SECONDS;   // each peer's exchange, connecting included
   kj::Duration retryFor = 30 * kj::SECONDS;  // submits: retry a lost answer this long (0 = never)
@@ -57,5 +59,8 @@ class Commands {
   kj::AsyncIoContext& io_;
   Globals g_;
 };
+
+// "a:1,b:2" -> {"a:1", "b:2"}.
+std::vector<std::string> coordinatorList(const std::string& arg);
 
 }  // namespace keel::ctl

@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global options also after the command
   keel::ctl::Globals g;
   std::string timeoutArg = "30s", retryForArg = "30s";
-  app.add_option("-c,--coordinator", g.coordinator, "coordinator address")
+  app.add_option("-c,--coordinator", g.coordinator, "coordinator address, or several separated by commas (a cluster)")
       ->type_name("HOST:PORT")
       ->capture_default_str();
   app.add_option("--timeout", timeoutArg,
@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
     // Everything is checked before anything is sent.
     g.timeout = keel::ctl::parseDuration("--timeout", timeoutArg, 1 * kj::MILLISECONDS, 1 * kj::HOURS);
     g.retryFor = keel::ctl::parseDuration("--retry-for", retryForArg, 0 * kj::SECONDS, 24 * kj::HOURS);
-    keel::ctl::checkPeerAddress("--coordinator", g.coordinator);
+    for (const auto& c : keel::ctl::coordinatorList(g.coordinator)) keel::ctl::checkPeerAddress("--coordinator", c);
     if (!agentAddr.empty()) keel::ctl::checkPeerAddress("--agent", agentAddr);
     std::size_t idsGiven = 0;
     for (auto* sub : {open, transfer, balance, query}) idsGiven += sub->count("--request-id");
