@@ -88,7 +88,7 @@ struct InteractionRecord {
   std::string requestId;           // the client's request id ("" = none)
   std::uint64_t requestTimeUs = 0;  // when the client first sent it
   std::uint32_t deadlineMs = 0;    // the deadline in force
-  std::string recoveredBy;         // "" or "sweep": rebuilt from the agents' branch records
+  std::string recoveredBy;         // "" or "sweep": rebuilt from the agents' branch records; "etcd": from a cluster decision
 
   bool finished() const {
     return state == State::Committed || state == State::RolledBack || state == State::HeuristicMixed ||

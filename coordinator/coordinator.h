@@ -87,6 +87,9 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   void abandon(std::uint64_t seq);
 
   std::optional<StoredInteraction> query(std::uint64_t seq) const;
+  // Cluster: another node's seq is asked of that node's coordinator, or,
+  // when it is not up, answered from etcd's decision (takeover.cc).
+  kj::Promise<std::optional<StoredInteraction>> queryAnywhere(std::uint64_t seq);
   std::optional<StoredInteraction> queryRequest(const std::string& requestId) const;
   std::vector<std::string> listUnfinished(std::size_t limit) const;
   std::vector<std::string> listHeuristic(std::size_t limit) const { return wal_.listHeuristic(limit); }
@@ -201,6 +204,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
 
   // Cluster (cluster.cc, recovery.cc): the COMMIT decision made in etcd.
   kj::Promise<void> decideInCluster(Interaction& it);
+  kj::Promise<std::optional<StoredInteraction>> queryFromEtcd(std::uint64_t seq);
   // Tells the client (and waiting retries) `out`, an answer naming another
   // interaction under the same request id.
   void answerWith(Interaction& it, SubmitOutcome out);

@@ -105,8 +105,9 @@ void fillStory(Results res, const std::optional<StoredInteraction>& found) {
 }  // namespace
 
 kj::Promise<void> CoordinatorImpl::query(QueryContext ctx) {
-  fillStory(ctx.getResults(), c_.query(ctx.getParams().getSeq()));
-  return kj::READY_NOW;
+  return c_.queryAnywhere(ctx.getParams().getSeq()).then([ctx](std::optional<StoredInteraction> found) mutable {
+    fillStory(ctx.getResults(), found);
+  });
 }
 
 kj::Promise<void> CoordinatorImpl::queryRequest(QueryRequestContext ctx) {

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 
+#include "common/client.h"
+#include "common/config.h"
 #include "common/failpoint.h"
 #include "common/fault.h"
 #include "common/log.h"
@@ -103,6 +105,73 @@ kj::Promise<void> Coordinator::answerRolledBack(std::uint64_t seq, std::string r
           answer(*p, ClientOutcome::RolledBack, reason);
         }
       });
+}
+
+// ------------------------------------------------------------ reads
+
+kj::Promise<std::optional<StoredInteraction>> Coordinator::queryAnywhere(std::uint64_t seq) {
+  std::uint16_t node = seqNode(seq);
+  if (cluster_ == nullptr || node == cfg_.nodeId) return query(seq);
+  // Another node's interaction: its own coordinator tells the whole story
+  // while it is up; when it is not, etcd's decision is what is known.
+  return cluster_->etcd()
+      .range(cluster_->memberKey(node))
+      .then([this, seq](etcd::RangeResult r) -> kj::Promise<std::optional<StoredInteraction>> {
+        std::string addr;
+        if (!r.kvs.empty() && r.kvs.front().value.rfind("addr=", 0) == 0) {
+          auto& v = r.kvs.front().value;
+          addr = v.substr(5, v.find(' ') == std::string::npos ? std::string::npos : v.find(' ') - 5);
+          try {
+            checkAddress("member " + std::to_string(seqNode(seq)), addr);
+          } catch (const ConfigError&) {
+            addr.clear();  // nothing read from etcd is trusted
+          }
+        }
+        if (addr.empty()) return queryFromEtcd(seq);
+        auto asked = KeelClient::connect(io_, addr).then([seq](kj::Own<KeelClient> c) {
+          auto q = c->query(seq);
+          return q.attach(kj::mv(c));
+        });
+        return io_.provider->getTimer()
+            .timeoutAfter(callDeadline(), kj::mv(asked))
+            .then(
+                [](std::optional<QueryResult> q) -> kj::Promise<std::optional<StoredInteraction>> {
+                  if (!q) return std::optional<StoredInteraction>();
+                  StoredInteraction s;
+                  s.interaction = encode(q->interaction);
+                  if (q->rollback) s.rollback = encode(*q->rollback);
+                  return std::optional<StoredInteraction>(std::move(s));
+                },
+                [this, seq, addr](kj::Exception&& e) {
+                  KEEL_LOG_WARN("query {}: its coordinator at {} did not answer ({}); answering from etcd", seq, addr,
+                                describeFault(e));
+                  return queryFromEtcd(seq);
+                });
+      });
+}
+
+kj::Promise<std::optional<StoredInteraction>> Coordinator::queryFromEtcd(std::uint64_t seq) {
+  return cluster_->lookup(seq).then([seq](std::optional<ClusterDecision> d) -> std::optional<StoredInteraction> {
+    if (!d) return std::nullopt;
+    InteractionRecord rec;
+    rec.seq = seq;
+    rec.decision = d->commit ? InteractionRecord::Decision::Commit : InteractionRecord::Decision::Abort;
+    rec.state = d->commit ? InteractionRecord::State::Committing : InteractionRecord::State::Aborting;
+    rec.epoch = d->epoch;
+    rec.recoveredBy = "etcd";
+    rec.error = "coordinator node " + std::to_string(seqNode(seq)) + " is not up: this is etcd's decision (written by node " +
+                std::to_string(d->by) + "); that node's WAL holds the rest of the story";
+    for (auto& [participant, branch] : d->branches) {
+      InteractionRecord::Branch b;
+      b.participant = participant;
+      b.branch = branch;
+      b.state = InteractionRecord::BranchState::Prepared;
+      rec.branches.push_back(std::move(b));
+    }
+    StoredInteraction s;
+    s.interaction = encode(rec);
+    return s;
+  });
 }
 
 // ------------------------------------------------------------ start-up

@@ -130,6 +130,19 @@ TEST_F(CoordinatorClusterTest, EveryCoordinatorServesAndDecisionKeysGoOnceFinish
       << keys("/decisions/").size() << " decision keys left";
 }
 
+TEST_F(CoordinatorClusterTest, AnyMemberAnswersAQueryOfAnotherNodesSeq) {
+  auto o = via(1).submit(transferOps("bank-a:alice", "bank-b:bob", 3)).wait(io_.waitScope);
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_EQ(seqNode(o.seq), 2);
+  std::optional<QueryResult> q;
+  ASSERT_TRUE(eventually([&] {
+    q = via(0).query(o.seq).wait(io_.waitScope);  // asked of node 1, answered by node 2's WAL
+    return q && q->interaction.finished();
+  }));
+  EXPECT_EQ(q->interaction.state, InteractionRecord::State::Committed);
+  EXPECT_EQ(q->interaction.recoveredBy, "");
+}
+
 TEST_F(CoordinatorClusterTest, SecondCoordinatorWithTheSameNodeIdIsRefused) {
   // A copy of node 1's config with its own data directory and port.
   std::ifstream in(dir_ + "/coordinator.toml");
@@ -158,6 +171,16 @@ TEST_F(CoordinatorClusterTest, OwnerKilledAfterTheDecisionTheSurvivorCommits) {
   EXPECT_EQ(account("bank-a", "alice"), bal(990, 0));
   EXPECT_EQ(account("bank-b", "bob"), bal(10, 0));
   EXPECT_GE(countInLog(1, "takeover of node 1"), 1u);
+  // The dead node's interaction can still be looked up on the survivor:
+  // from etcd's decision while its own coordinator is down.
+  auto d = keys("/decisions/1/");
+  ASSERT_EQ(d.size(), 1u);
+  std::uint64_t seq = std::stoull(d[0].key.substr(d[0].key.rfind('/') + 1));
+  auto q = via(1).query(seq).wait(io_.waitScope);
+  ASSERT_TRUE(q) << "seq " << seq << " not found through node 2";
+  EXPECT_EQ(q->interaction.decision, InteractionRecord::Decision::Commit);
+  EXPECT_EQ(q->interaction.recoveredBy, "etcd");
+  EXPECT_EQ(q->interaction.branches.size(), 2u);
   std::cerr << "takeover finished " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
             << " ms after the kill (lease TTL " << kLeaseTtlS << " s)\n";
 }
