@@ -150,8 +150,8 @@ struct ClusterMember::Pending {
   }
 };
 
-ClusterMember::ClusterMember(const CoordinatorConfig& cfg, std::string advertise)
-    : cfg_(cfg.cluster), node_(cfg.nodeId), advertise_(std::move(advertise)), tasks_(*this) {
+ClusterMember::ClusterMember(const CoordinatorConfig& cfg, std::string advertise, kj::AsyncIoContext& io)
+    : cfg_(cfg.cluster), node_(cfg.nodeId), advertise_(std::move(advertise)), io_(&io), tasks_(*this) {
   etcd::Options o;
   o.callTimeout = std::chrono::milliseconds(cfg_.callTimeoutMs);
   o.dialTimeout = std::chrono::milliseconds(cfg_.callTimeoutMs);
@@ -608,9 +608,8 @@ kj::Promise<void> ClusterMember::flushForgets() {
 
 // ------------------------------------------------------------ membership
 
-void ClusterMember::serve(kj::AsyncIoContext& io, std::function<void()> onLost,
+void ClusterMember::serve(std::function<void()> onLost,
                           std::function<kj::Promise<void>(std::uint16_t, std::uint64_t)> onTakeover) {
-  io_ = &io;
   onTakeover_ = std::move(onTakeover);
   onLost_ = std::move(onLost);
   tasks_.add(watchMembers());

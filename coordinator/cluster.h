@@ -64,7 +64,8 @@ class ClusterError : public std::runtime_error {
 
 class ClusterMember final : private kj::TaskSet::ErrorHandler {
  public:
-  ClusterMember(const CoordinatorConfig& cfg, std::string advertise);
+  // io: the event loop everything here runs on (also during start-up).
+  ClusterMember(const CoordinatorConfig& cfg, std::string advertise, kj::AsyncIoContext& io);
   ~ClusterMember();
 
   // ---- start-up (blocking; before serving)
@@ -90,7 +91,7 @@ class ClusterMember final : private kj::TaskSet::ErrorHandler {
   // a dead node's work under `epoch`; its promise resolves when all of it
   // is finished (then the node is marked settled) and is dropped if the
   // node comes back meanwhile.
-  void serve(kj::AsyncIoContext& io, std::function<void()> onLost,
+  void serve(std::function<void()> onLost,
              std::function<kj::Promise<void>(std::uint16_t node, std::uint64_t epoch)> onTakeover);
 
   kj::Promise<void> reserveSeqs(std::uint64_t limit);

@@ -86,7 +86,8 @@ int main(int argc, char** argv) {
     std::string bound = keel::withPort(cfg.listen, server->bind(cfg.listen));
     std::unique_ptr<keel::ClusterMember> cluster;
     if (cfg.cluster.enabled()) {
-      cluster = std::make_unique<keel::ClusterMember>(cfg, cfg.cluster.advertise.empty() ? bound : cfg.cluster.advertise);
+      cluster = std::make_unique<keel::ClusterMember>(cfg, cfg.cluster.advertise.empty() ? bound : cfg.cluster.advertise,
+                                                      io);
     }
     keel::Coordinator coordinator(cfg, io, wal, cluster.get());
     KJ_DEFER(if (cluster) cluster->stop());  // its takeovers call into the coordinator
@@ -94,7 +95,6 @@ int main(int argc, char** argv) {
     coordinator.recover().wait(io.waitScope);
     if (cluster) {
       cluster->serve(
-          io,
           []() {
             // Fail-stop: without its lease this member may already be taken
             // over; whatever it has in flight is finished by a survivor or by
