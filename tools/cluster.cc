@@ -120,7 +120,13 @@ std::string LocalCluster::waitReady(const std::string& readyFile, ChildProcess& 
     std::ifstream f(readyFile);
     std::string addr;
     if (f && std::getline(f, addr) && !addr.empty()) return addr;
-    if (!p.running()) throw std::runtime_error(what + " exited during start-up (see its log)");
+    if (!p.running()) {
+      int st = p.waitExit(std::chrono::milliseconds(0));
+      std::string how = WIFEXITED(st)     ? "with status " + std::to_string(WEXITSTATUS(st))
+                        : WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st))
+                                          : "";
+      throw std::runtime_error(what + " exited during start-up " + how + " (see its log)");
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   throw std::runtime_error(what + " did not become ready in time (see its log)");
@@ -153,7 +159,8 @@ void LocalCluster::writeCoordinatorConfig(int i) {
   std::ofstream f(opts_.baseDir + "/" + coordinatorName(i) + ".toml", std::ios::trunc);
   f << "[coordinator]\nnode_id = " << i + 1 << "\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << opts_.baseDir << "/"
     << coordinatorName(i) << "\"\n"
-    << opts_.coordinatorExtraToml << "\n\n" << opts_.clusterToml << "\n\n[participants]\n";
+    << opts_.coordinatorExtraToml << "\n\n"
+    << (opts_.clusterTomlFor.count(i) ? opts_.clusterTomlFor.at(i) : opts_.clusterToml) << "\n\n[participants]\n";
   for (auto& [n, addr] : agentAddr_) {
     auto over = participantAddr_.find(n);
     f << "\"" << n << "\" = \"" << (over != participantAddr_.end() ? over->second : addr) << "\"\n";

@@ -58,6 +58,7 @@ struct ClusterOptions {
   // e.g. from EtcdCluster). Coordinator i has node id i + 1.
   int coordinators = 1;
   std::string clusterToml;                 // a whole [cluster] section, or empty
+  std::map<int, std::string> clusterTomlFor;  // coordinator i's own section instead (e.g. etcd behind a proxy)
   std::chrono::milliseconds startTimeout{15000};
   // Agents ask the coordinator about branches PREPARED this long (0 = never).
   std::uint32_t agentInDoubtQueryMs = 2000;
@@ -85,6 +86,8 @@ class LocalCluster {
   bool agentRunning(const std::string& name);
   // Waits until the process exits by itself (e.g. a failpoint crash).
   bool waitCoordinatorExit(std::chrono::milliseconds timeout, int i = 0);
+  // Its wait status once it exited by itself (-1 if still running after `timeout`).
+  int coordinatorExitStatus(std::chrono::milliseconds timeout, int i = 0) { return coordinator_[i]->waitExit(timeout); }
   bool waitAgentExit(const std::string& name, std::chrono::milliseconds timeout);
 
   // The address the coordinator's config gives for a participant (default:

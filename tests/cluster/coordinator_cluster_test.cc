@@ -4,12 +4,15 @@
 // survivor finished its work as etcd's decision says, within a lease TTL
 // and a few seconds, and that a returning coordinator contradicts nothing.
 
+#include <sys/wait.h>
+
 #include <csignal>
 #include <fstream>
 #include <sstream>
 
 #include "common/etcd/etcd_client.h"
 #include "tests/integration/cluster_fixture.h"
+#include "tools/chaos/fault_proxy.h"
 #include "tools/etcd_cluster.h"
 
 namespace keel::test {
@@ -34,12 +37,16 @@ class CoordinatorClusterTest : public ClusterTest {
     o.coordinators = 2;
     // A prefix per test: tests share the etcd cluster, never its keys.
     prefix_ = "/keel-test-" + std::to_string(::getpid()) + "-" + std::to_string(++counter_);
+    o.clusterToml = clusterSection(etcd_->endpoints());
+    return o;
+  }
+
+  std::string clusterSection(const std::vector<std::string>& endpoints) const {
     std::ostringstream t;
     t << "[cluster]\netcd = [";
-    for (std::size_t i = 0; i < etcd_->endpoints().size(); ++i) t << (i ? ", " : "") << '"' << etcd_->endpoints()[i] << '"';
+    for (std::size_t i = 0; i < endpoints.size(); ++i) t << (i ? ", " : "") << '"' << endpoints[i] << '"';
     t << "]\nprefix = \"" << prefix_ << "\"\nlease_ttl_s = " << kLeaseTtlS << "\n";
-    o.clusterToml = t.str();
-    return o;
+    return t.str();
   }
 
   void SetUp() override {
@@ -257,6 +264,67 @@ TEST_F(CoordinatorClusterTest, RequestRolledBackStaysRolledBackWhereverItIsRetri
   EXPECT_TRUE(settled(std::chrono::seconds(10)));
   EXPECT_EQ(account("bank-a", "alice"), bal(2000, 0));
   EXPECT_EQ(account("bank-b", "bob"), bal(0, 0));
+}
+
+// Node 1 reaches etcd only through fault proxies, the agents directly.
+class CutOffFromEtcdTest : public CoordinatorClusterTest {
+ protected:
+  ClusterOptions clusterOptions() override {
+    auto o = CoordinatorClusterTest::clusterOptions();
+    std::vector<std::string> proxied;
+    for (const auto& ep : etcd_->endpoints()) {
+      auto colon = ep.rfind(':');
+      proxies_.push_back(std::make_unique<chaos::FaultProxy>(ep.substr(0, colon), std::stoul(ep.substr(colon + 1))));
+      proxied.push_back("127.0.0.1:" + std::to_string(proxies_.back()->port()));
+    }
+    o.clusterTomlFor[0] = clusterSection(proxied);
+    return o;
+  }
+  std::vector<std::unique_ptr<chaos::FaultProxy>> proxies_;
+};
+
+TEST_F(CutOffFromEtcdTest, ItStopsDecidingAndNothingItDecidedIsContradicted) {
+  // Load through node 1; then etcd vanishes for it (the agents do not).
+  std::vector<kj::Promise<SubmitOutcome>> before;
+  for (int k = 0; k < 5; ++k) {
+    auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+    ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  }
+  for (auto& p : proxies_) p->setBlackhole(true);
+  auto cutAt = std::chrono::steady_clock::now();
+  kj::Vector<kj::Promise<kj::Maybe<SubmitOutcome>>> during;
+  for (int k = 0; k < 20; ++k) {
+    during.add(via(0)
+                   .submit(transferOps("bank-a:alice", "bank-b:bob", 1))
+                   .then([](SubmitOutcome o) -> kj::Maybe<SubmitOutcome> { return o; },
+                         [](kj::Exception&&) -> kj::Maybe<SubmitOutcome> { return nullptr; }));
+  }
+  auto answers = kj::joinPromises(during.releaseAsArray()).wait(io_.waitScope);
+  int committed = 0, told = 0;
+  for (auto& a : answers) {
+    KJ_IF_MAYBE(o, a) {
+      ++told;
+      if (o->outcome == ClientOutcome::Committed) ++committed;
+    }
+  }
+  EXPECT_EQ(committed, 0) << "a COMMIT cannot be decided without etcd";
+  // Fail-stop once its lease could not be renewed for a TTL.
+  int status = cluster_->coordinatorExitStatus(std::chrono::seconds(kLeaseTtlS + 5), 0);
+  ASSERT_NE(status, -1) << "node 1 kept running without etcd";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << "status " << status;
+  EXPECT_LT(std::chrono::steady_clock::now() - cutAt, std::chrono::seconds(kLeaseTtlS + 3));
+  EXPECT_GE(countInLog(0, "membership lease lost"), 1u);
+  // The survivor finishes (rolls back) what node 1 had in flight.
+  ASSERT_TRUE(settled(std::chrono::seconds(kLeaseTtlS + 10)));
+  EXPECT_EQ(account("bank-a", "alice"), bal(995, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(5, 0));
+  // Back with etcd: node 1 rejoins and serves.
+  for (auto& p : proxies_) p->setBlackhole(false);
+  clients_[0] = nullptr;
+  cluster_->startCoordinator("", 0);
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  std::cerr << told << " of 20 sent during the cut were answered (none committed)\n";
 }
 
 }  // namespace
