@@ -336,7 +336,7 @@ kj::Promise<void> ClusterMember::flush() {
   flushQueued_ = false;
   auto all = std::move(pending_);
   pending_.clear();
-  // One txn per (node, epoch) group, at most max_txn_ops - 1 decisions each
+  // One txn per (node, epoch) group, at most max_txn_ops - 1 keys each
   // (one compare is the epoch's).
   std::size_t per = std::max<std::uint32_t>(cfg_.maxTxnOps, 2) - 1;
   std::map<std::pair<std::uint16_t, std::uint64_t>, std::vector<kj::Own<Pending>>> groups;
@@ -350,11 +350,21 @@ kj::Promise<void> ClusterMember::flush() {
     groups[{p->node, p->epoch}].push_back(kj::mv(p));
   }
   for (auto& [k, v] : groups) {
-    for (std::size_t i = 0; i < v.size(); i += per) {
-      std::vector<kj::Own<Pending>> batch;
-      for (std::size_t j = i; j < std::min(v.size(), i + per); ++j) batch.push_back(kj::mv(v[j]));
-      tasks_.add(sendBatch(std::move(batch), 0));
+    // A decision costs one key, and one more with a request id; etcd counts
+    // the compares and each branch's ops against --max-txn-ops.
+    std::vector<kj::Own<Pending>> batch;
+    std::size_t keys = 0;
+    for (auto& p : v) {
+      std::size_t cost = p->requestId.empty() ? 1 : 2;
+      if (!batch.empty() && keys + cost > per) {
+        tasks_.add(sendBatch(std::move(batch), 0));
+        batch.clear();
+        keys = 0;
+      }
+      keys += cost;
+      batch.push_back(kj::mv(p));
     }
+    if (!batch.empty()) tasks_.add(sendBatch(std::move(batch), 0));
   }
   return kj::READY_NOW;
 }
