@@ -192,6 +192,25 @@ TEST_F(CoordinatorClusterTest, OwnerKilledAfterTheDecisionTheSurvivorCommits) {
             << " ms after the kill (lease TTL " << kLeaseTtlS << " s)\n";
 }
 
+TEST_F(CoordinatorClusterTest, OwnerKilledDuringPhaseTwoTheSurvivorFinishesIt) {
+  clients_[0] = nullptr;
+  cluster_->stopCoordinator(0);
+  cluster_->startCoordinator("coord.before_phase2=crash", 0);
+  // The answer ("committed") leaves before phase 2: it may or may not
+  // arrive before the crash; either way the transfer must end committed.
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 10)).then(
+      [](SubmitOutcome o) { return kj::Maybe<SubmitOutcome>(o); },
+      [](kj::Exception&&) { return kj::Maybe<SubmitOutcome>(nullptr); });
+  auto answer = o.wait(io_.waitScope);
+  KJ_IF_MAYBE(a, answer) { EXPECT_EQ(a->outcome, ClientOutcome::Committed) << a->reason; }
+  clients_[0] = nullptr;
+  ASSERT_TRUE(cluster_->waitCoordinatorExit(std::chrono::seconds(5), 0));
+  ASSERT_TRUE(settled(std::chrono::seconds(kLeaseTtlS + 8))) << "the survivor did not finish node 1's phase 2";
+  EXPECT_EQ(account("bank-a", "alice"), bal(990, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(10, 0));
+  EXPECT_GE(countInLog(1, "takeover of node 1"), 1u);
+}
+
 TEST_F(CoordinatorClusterTest, OwnerKilledBeforeTheDecisionTheSurvivorRollsBack) {
   crashNode1During("coord.after_votes=crash");
   ASSERT_TRUE(settled(std::chrono::seconds(kLeaseTtlS + 8))) << "the survivor did not finish node 1's work";
@@ -264,6 +283,46 @@ TEST_F(CoordinatorClusterTest, RequestRolledBackStaysRolledBackWhereverItIsRetri
   EXPECT_TRUE(settled(std::chrono::seconds(10)));
   EXPECT_EQ(account("bank-a", "alice"), bal(2000, 0));
   EXPECT_EQ(account("bank-b", "bob"), bal(0, 0));
+}
+
+TEST_F(CoordinatorClusterTest, EtcdLeaderKilledUnderLoadLosesNoDecision) {
+  // 1000 transfers with request ids through both coordinators; the etcd
+  // leader is killed after the first 300 answers. Every answer must be
+  // the truth and no coordinator may stop (a leader change extends leases).
+  constexpr int kTransfers = 1000;
+  RetryOptions ro;
+  ro.callTimeout = 5 * kj::SECONDS;
+  ro.retryFor = 30 * kj::SECONDS;
+  int answered = 0, leader = -1;
+  kj::Vector<kj::Promise<RetriedOutcome>> outs;
+  for (int k = 0; k < kTransfers; ++k) {
+    std::vector<std::string> order{cluster_->coordinatorAddress(k % 2), cluster_->coordinatorAddress((k + 1) % 2)};
+    outs.add(submitWithRetry(io_, order, transferRequest(1), ro).then([&](RetriedOutcome r) {
+      if (++answered == 300) {
+        leader = etcd_->leaderIndex();
+        if (leader >= 0) etcd_->kill9(std::size_t(leader));
+      }
+      return r;
+    }));
+  }
+  auto results = kj::joinPromises(outs.releaseAsArray()).wait(io_.waitScope);
+  ASSERT_GE(leader, 0) << "no etcd leader was found to kill";
+  int committed = 0, rolledBack = 0;
+  for (auto& r : results) {
+    ASSERT_TRUE(r.answered) << r.lastError;
+    if (r.outcome.outcome == ClientOutcome::Committed) ++committed;
+    if (r.outcome.outcome == ClientOutcome::RolledBack && ++rolledBack <= 3) {
+      std::cerr << "rolled back: " << r.outcome.reason << " (attempts " << r.attempts << ")\n";
+    }
+  }
+  EXPECT_EQ(committed + rolledBack, kTransfers);
+  EXPECT_GT(committed, kTransfers / 2);
+  EXPECT_TRUE(cluster_->coordinatorRunning(0) && cluster_->coordinatorRunning(1));
+  ASSERT_TRUE(settled(std::chrono::seconds(15)));
+  EXPECT_EQ(account("bank-a", "alice"), bal(1000 - committed, 0)) << committed << " answered committed";
+  EXPECT_EQ(account("bank-b", "bob"), bal(committed, 0));
+  etcd_->restart(std::size_t(leader));
+  std::cerr << committed << " committed, " << rolledBack << " rolled back across the leader kill\n";
 }
 
 // Node 1 reaches etcd only through fault proxies, the agents directly.
