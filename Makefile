@@ -27,7 +27,8 @@ demo: build
 demo-postgres: build
 	$(BUILD)/bin/keel-demo --adapter postgres --fault none --baseline
 
-# The whole test suite through ctest (labels: unit, integration).
+# The whole test suite through ctest (labels: unit, integration, crash, postgres,
+# cluster, chaos, demo); it starts what it needs (PostgreSQL, etcd) on loopback.
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(CTEST_ARGS)
 
