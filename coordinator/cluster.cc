@@ -158,7 +158,7 @@ ClusterMember::ClusterMember(const CoordinatorConfig& cfg, std::string advertise
   etcd_ = std::make_unique<etcd::Client>(cfg_.etcdEndpoints, o);
 }
 
-ClusterMember::~ClusterMember() = default;
+ClusterMember::~ClusterMember() { destroying_ = true; }
 
 void ClusterMember::taskFailed(kj::Exception&& e) { KEEL_LOG_ERROR("cluster: {}", describeFault(e)); }
 
@@ -349,6 +349,20 @@ kj::Promise<void> ClusterMember::flush() {
     }
     groups[{p->node, p->epoch}].push_back(kj::mv(p));
   }
+  // Group commit: at most kDecisionTxnsInFlight txns are out at once; what
+  // is asked for meanwhile waits, and goes in one txn when one comes back.
+  auto send = [this](std::vector<kj::Own<Pending>>& batch) {
+    if (inFlight_ >= kDecisionTxnsInFlight) {
+      for (auto& p : batch) pending_.push_back(kj::mv(p));
+    } else {
+      ++inFlight_;
+      tasks_.add(sendBatch(std::move(batch), 0).attach(kj::defer([this]() {
+        --inFlight_;
+        if (!destroying_ && !pending_.empty()) flushSoon();
+      })));
+    }
+    batch.clear();
+  };
   for (auto& [k, v] : groups) {
     // A decision costs one key, and one more with a request id; etcd counts
     // the compares and each branch's ops against --max-txn-ops.
@@ -357,14 +371,13 @@ kj::Promise<void> ClusterMember::flush() {
     for (auto& p : v) {
       std::size_t cost = p->requestId.empty() ? 1 : 2;
       if (!batch.empty() && keys + cost > per) {
-        tasks_.add(sendBatch(std::move(batch), 0));
-        batch.clear();
+        send(batch);
         keys = 0;
       }
       keys += cost;
       batch.push_back(kj::mv(p));
     }
-    if (!batch.empty()) tasks_.add(sendBatch(std::move(batch), 0));
+    if (!batch.empty()) send(batch);
   }
   return kj::READY_NOW;
 }

@@ -180,6 +180,10 @@ class ClusterMember final : private kj::TaskSet::ErrorHandler {
   std::function<void()> onLost_;
   std::vector<kj::Own<Pending>> pending_;
   bool flushQueued_ = false;
+  // Decision txns out at once (group commit: the rest wait for the next).
+  static constexpr std::uint32_t kDecisionTxnsInFlight = 2;
+  std::uint32_t inFlight_ = 0;
+  bool destroying_ = false;
   std::vector<std::pair<std::pair<std::string, std::uint64_t>, kj::Own<kj::PromiseFulfiller<RequestFate>>>> claims_;
   bool claimQueued_ = false;
   std::vector<std::uint64_t> forgets_;

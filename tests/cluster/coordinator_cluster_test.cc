@@ -322,7 +322,16 @@ TEST_F(CoordinatorClusterTest, EtcdLeaderKilledUnderLoadLosesNoDecision) {
   EXPECT_EQ(account("bank-a", "alice"), bal(1000 - committed, 0)) << committed << " answered committed";
   EXPECT_EQ(account("bank-b", "bob"), bal(committed, 0));
   etcd_->restart(std::size_t(leader));
-  std::cerr << committed << " committed, " << rolledBack << " rolled back across the leader kill\n";
+  std::uint64_t txns = 0, decisions = 0;
+  for (int i = 0; i < 2; ++i) {
+    auto info = via(i).info().wait(io_.waitScope);
+    EXPECT_TRUE(info.clustered);
+    txns += info.etcdTxns;
+    decisions += info.etcdDecisions;
+  }
+  EXPECT_GE(decisions, std::uint64_t(committed)) << "every COMMIT is a decision in etcd";
+  std::cerr << committed << " committed, " << rolledBack << " rolled back across the leader kill; " << txns
+            << " etcd txns for " << decisions << " decisions\n";
 }
 
 // Node 1 reaches etcd only through fault proxies, the agents directly.
