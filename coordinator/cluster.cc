@@ -641,6 +641,18 @@ void ClusterMember::serve(std::function<void()> onLost,
 void ClusterMember::stop() {
   takeovers_.clear();
   keeper_.reset();
+  // A clean stop gives the node id back at once: its next start need not
+  // wait out the lease, and a survivor finishes whatever is left now.
+  if (lease_.id != 0) {
+    try {
+      etcd_->revokeSync(lease_.id);
+      KEEL_LOG_INFO("cluster: left the cluster (lease revoked)");
+    } catch (const std::exception& e) {
+      KEEL_LOG_WARN("cluster: could not revoke the lease on the way out ({}); it lapses in {} s", e.what(),
+                    cfg_.leaseTtlS);
+    }
+    lease_.id = 0;
+  }
 }
 
 kj::Promise<void> ClusterMember::watchMembers() {

@@ -95,7 +95,8 @@ class ClusterMember final : private kj::TaskSet::ErrorHandler {
              std::function<kj::Promise<void>(std::uint16_t node, std::uint64_t epoch)> onTakeover);
 
   kj::Promise<void> reserveSeqs(std::uint64_t limit);
-  // Shutting down: takeovers stop and the lease is no longer renewed.
+  // Shutting down cleanly: takeovers stop and the lease is revoked (the
+  // node id is free at once; a survivor finishes what is left).
   void stop();
 
   // Makes `want` the decision of `seq` (of node `node`, under that node's

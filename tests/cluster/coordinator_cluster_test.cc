@@ -150,6 +150,17 @@ TEST_F(CoordinatorClusterTest, AnyMemberAnswersAQueryOfAnotherNodesSeq) {
   EXPECT_EQ(q->interaction.recoveredBy, "");
 }
 
+TEST_F(CoordinatorClusterTest, ACleanStopGivesTheNodeIdBackAtOnce) {
+  clients_[0] = nullptr;
+  cluster_->stopCoordinator(0);
+  EXPECT_GE(countInLog(0, "left the cluster (lease revoked)"), 1u);
+  EXPECT_TRUE(keys("/members/1").empty()) << "the member key outlived a clean stop";
+  cluster_->startCoordinator("", 0);
+  EXPECT_EQ(countInLog(0, "is still held"), 0u) << "the restart waited for a lease that should be gone";
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+}
+
 TEST_F(CoordinatorClusterTest, SecondCoordinatorWithTheSameNodeIdIsRefused) {
   // A copy of node 1's config with its own data directory and port.
   std::ifstream in(dir_ + "/coordinator.toml");
