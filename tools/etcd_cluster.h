@@ -129,4 +129,8 @@ class EtcdCluster final {
   std::vector<Member> members_;
 };
 
+// A coordinator's whole `[cluster]` section (docs/cluster.md) for the
+// members of `etcd`: their endpoints, `prefix` and `lease_ttl_s`.
+std::string clusterSection(const EtcdCluster& etcd, const std::string& prefix, int leaseTtlS);
+
 }  // namespace keel::test

@@ -34,11 +34,7 @@ class CoordinatorClusterTest : public ClusterTest {
     o.coordinators = 2;
     // A prefix per test: tests share the etcd cluster, never its keys.
     prefix_ = "/keel-test-" + std::to_string(::getpid()) + "-" + std::to_string(++counter_);
-    std::ostringstream t;
-    t << "[cluster]\netcd = [";
-    for (std::size_t i = 0; i < etcd_->endpoints().size(); ++i) t << (i ? ", " : "") << '"' << etcd_->endpoints()[i] << '"';
-    t << "]\nprefix = \"" << prefix_ << "\"\nlease_ttl_s = " << kLeaseTtlS << "\n";
-    o.clusterToml = t.str();
+    o.clusterToml = clusterSection(*etcd_, prefix_, kLeaseTtlS);
     return o;
   }
 
