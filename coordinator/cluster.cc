@@ -571,7 +571,9 @@ kj::Promise<void> ClusterMember::sendClaims(
 
 void ClusterMember::forget(std::uint64_t seq) {
   forgets_.push_back(seq);
-  if (forgetQueued_) return;
+  // Before serve() (a returning node's reconcile at start-up) there is no
+  // timer yet: serve() sends what gathered.
+  if (forgetQueued_ || io_ == nullptr) return;
   forgetQueued_ = true;
   // Deletes wait a little to gather more: nobody waits on them.
   tasks_.add(io_->provider->getTimer().afterDelay(20 * kj::MILLISECONDS).then([this]() { return flushForgets(); }));
@@ -614,6 +616,10 @@ void ClusterMember::serve(kj::AsyncIoContext& io, std::function<void()> onLost,
   onTakeover_ = std::move(onTakeover);
   onLost_ = std::move(onLost);
   tasks_.add(watchMembers());
+  if (!forgets_.empty() && !forgetQueued_) {
+    forgetQueued_ = true;
+    tasks_.add(flushForgets());
+  }
 }
 
 void ClusterMember::stop() {

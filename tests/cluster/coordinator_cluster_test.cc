@@ -185,6 +185,25 @@ TEST_F(CoordinatorClusterTest, ReturningOwnerFollowsWhatTheSurvivorDid) {
   EXPECT_GT(o.seq, makeSeq(1, 65536)) << "a new incarnation's seqs start above the last one's reservation";
 }
 
+TEST_F(CoordinatorClusterTest, ReturningOwnerDropsAnAbortItNeverRecordedAndServes) {
+  // An ABORT of node 1 for a seq of an earlier incarnation that its WAL never
+  // recorded (a survivor settled a branch nobody had decided): the returning
+  // node drops the key during its start-up, before it serves (that once
+  // crashed it: the delete was timed on a loop it did not run yet).
+  clients_[0] = nullptr;
+  client_ = nullptr;
+  cluster_->stopCoordinator(0);
+  char digits[24];
+  std::snprintf(digits, sizeof digits, "%020llu", static_cast<unsigned long long>(makeSeq(1, 42)));
+  etcdClient_->putSync(prefix_ + "/decisions/1/" + digits, "abort by=2 epoch=1");
+  ASSERT_EQ(keys("/decisions/1/").size(), 1u);
+  cluster_->startCoordinator("", 0);
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/1/").empty(); })) << "the ABORT key was kept";
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  EXPECT_TRUE(cluster_->coordinatorRunning(0));
+}
+
 TEST_F(CoordinatorClusterTest, RetryThroughAnotherCoordinatorCommitsOnce) {
   auto req = transferRequest(7);
   auto first = via(0).submit(req).wait(io_.waitScope);
