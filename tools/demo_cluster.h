@@ -7,10 +7,11 @@
 // and the two ledger agents; opens accounts; runs transfers through every
 // coordinator (workers spread over them, each submit with a request id; a
 // lost answer is retried through the other coordinators with the same id by
-// submitWithRetry); SIGKILLs the last coordinator at 40% and measures its
-// takeover: from the signal until no branch of its node id is unfinished at
-// any agent (each agent's `recover` list, polled every 20 ms), beside the
-// survivor's own "takeover of node N ... done in X ms" log line. Then it
+// submitWithRetry); SIGKILLs the last coordinator at 40% (once it has
+// branches at the agents) and measures its takeover: from the signal until
+// no branch of its node id is unfinished at any agent (each agent's
+// `recover` list, polled every 20 ms), beside the survivor's own "takeover
+// of node N ... done in X ms" log line. Then it
 // restarts the killed coordinator and checks that it rejoins (its epoch
 // raised, nothing unfinished, a transfer through it commits).
 //
