@@ -473,7 +473,7 @@ int runClusterDemo(const ClusterDemoOptions& o) {
   }
   std::printf("  takeover           %s after the SIGKILL (no branch of node %u unfinished at any agent; lease TTL "
               "%d s)\n",
-              demo.takeoverUs ? (std::to_string(demo.takeoverUs / 1000) + " ms").c_str() : "NOT SEEN",
+              demo.takeoverUs ? (std::to_string((demo.takeoverUs + 500) / 1000) + " ms").c_str() : "NOT SEEN",
               unsigned(demo.deadNode()), o.leaseTtlS);
   if (line.coordinator >= 0) {
     std::printf("                     %s's own count: done in %ld ms from its election\n",
