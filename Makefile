@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= 2
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build demo demo-postgres test bench clean
+.PHONY: all deps configure build demo demo-postgres demo-cluster test bench clean
 
 all: build
 
@@ -26,6 +26,11 @@ demo: build
 # transfers as plain local transactions for comparison.
 demo-postgres: build
 	$(BUILD)/bin/keel-demo --adapter postgres --fault none --baseline
+
+# A coordinator cluster: 3 etcd members, 3 coordinators and two ledger agents
+# on loopback; one coordinator SIGKILLed mid-load and taken over by a survivor.
+demo-cluster: build
+	$(BUILD)/bin/keel-demo --cluster
 
 # The whole test suite through ctest (labels: unit, integration, crash, postgres,
 # cluster, chaos, demo); it starts what it needs (PostgreSQL, etcd) on loopback.

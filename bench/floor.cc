@@ -13,13 +13,13 @@
 
 namespace keel::bench {
 
-namespace {
-
 double median(std::vector<std::uint64_t> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? double(v[v.size() / 2]) : (double(v[v.size() / 2 - 1]) + double(v[v.size() / 2])) / 2;
 }
+
+namespace {
 
 constexpr std::uint32_t kWarmup = 50;
 constexpr std::uint32_t kKeys = 8;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace keel::bench {
 
@@ -26,6 +27,9 @@ struct FloorResult {
 // filesystem to measure (a scratch environment is made in it and removed).
 FloorResult measureFloor(kj::AsyncIoContext& io, const std::string& agentAddr, const std::string& dir,
                          std::uint32_t samples);
+
+// The median of samples (0 for none), as every floor number is taken.
+double median(std::vector<std::uint64_t> v);
 
 // Each alone, for the micro benchmarks and tests.
 double medianRpcRoundTripUs(kj::AsyncIoContext& io, const std::string& agentAddr, std::uint32_t samples);

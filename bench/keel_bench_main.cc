@@ -1,7 +1,9 @@
 // keel-bench: drives a Keel deployment (self-started on loopback, or given
 // by address) with a workload and reports throughput, latency, CPU seconds
 // per process and durable log commits per interaction; optionally the
-// physical floor, the raw2pc baseline on PostgreSQL and a concurrency sweep.
+// physical floor, the raw2pc baseline on PostgreSQL and a concurrency sweep;
+// with --cluster N, N coordinators sharing a 3-member etcd, their etcd txns
+// per interaction and etcd's own txn latency (--etcd-floor).
 // The last line of stdout is one JSON object. See docs/performance.md.
 
 #include <CLI/CLI.hpp>
@@ -15,6 +17,7 @@
 #include <optional>
 #include <sstream>
 
+#include "bench/etcd_floor.h"
 #include "bench/floor.h"
 #include "bench/keel_load.h"
 #include "bench/raw2pc.h"
@@ -22,6 +25,7 @@
 #include "bench/sweep.h"
 #include "tools/bank.h"
 #include "tools/cluster.h"
+#include "tools/etcd_cluster.h"
 #include "tools/pg_server.h"
 
 namespace {
@@ -50,6 +54,11 @@ struct Flags {
   std::uint32_t batchInFlight = 2;
   std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
   std::uint64_t seed = 1;
+  std::uint32_t cluster = 0;  // coordinators of a self-started cluster on etcd; 0: one coordinator, no etcd
+  int leaseTtl = 2;
+  std::string etcdDir;  // where the etcd members' data goes; empty: $TMPDIR or /tmp
+  bool etcdFloor = false;
+  std::uint32_t etcdFloorSamples = 200;
 };
 
 std::pair<std::string, std::string> splitEq(const std::string& s, const char* flag) {
@@ -65,6 +74,7 @@ struct Setup {
   std::string baseDir;  // data, logs, floor scratch
   bool ownBaseDir = false;
   std::unique_ptr<keel::test::PgServer> pg;
+  std::unique_ptr<keel::test::EtcdCluster> etcd;  // --cluster: outlives the coordinators
   std::unique_ptr<keel::LocalCluster> cluster;
   Deployment deployment;
   std::vector<std::string> conninfo;  // postgres: one per agent
@@ -76,7 +86,7 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
   if (!f.coordinator.empty()) {
     s.baseDir = keel::makeTempDir("keel-bench");
     s.ownBaseDir = true;
-    s.deployment.coordinator = f.coordinator;
+    s.deployment.coordinators = {f.coordinator};
     for (auto& a : f.agentAddrs) s.deployment.agents.push_back(splitEq(a, "--agent"));
     for (auto& p : f.pids) {
       auto [name, pid] = splitEq(p, "--pid");
@@ -93,6 +103,15 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
     // (Postgres agents ask the coordinator for one prepare per message
     // themselves: Participant.batching, docs/postgres.md.)
     for (auto& kv : f.coordinatorSet) copts.coordinatorExtraToml += kv + "\n";
+    if (f.cluster != 0) {
+      std::fprintf(stderr, "keel-bench: starting a 3-member etcd cluster\n");
+      keel::test::EtcdClusterOptions eo;
+      eo.parentDir = f.etcdDir;
+      s.etcd = std::make_unique<keel::test::EtcdCluster>(eo);
+      s.etcd->start();
+      copts.coordinators = int(f.cluster);
+      copts.clusterToml = keel::test::clusterSection(*s.etcd, "/keel-bench", f.leaseTtl);
+    }
     s.cluster = std::make_unique<keel::LocalCluster>(copts);
     if (f.adapter == "postgres") {
       keel::test::PgServerOptions po;
@@ -111,10 +130,18 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
       keel::bank::setUpPostgresBanks(*s.pg, *s.cluster, f.spec.accounts, kOpeningBalance, maxConcurrency);
       for (auto& a : copts.agents) s.conninfo.push_back(s.pg->connString(keel::bank::databaseFor(a)));
     }
-    std::fprintf(stderr, "keel-bench: starting %u agents and the coordinator in %s\n", f.agents, s.baseDir.c_str());
+    std::fprintf(stderr, "keel-bench: starting %u agents and %s in %s\n", f.agents,
+                 f.cluster ? (std::to_string(f.cluster) + " coordinators").c_str() : "the coordinator",
+                 s.baseDir.c_str());
     s.cluster->startAll();
-    s.deployment.coordinator = s.cluster->coordinatorAddress();
-    s.deployment.processes.push_back(WatchedProcess{"coordinator", s.cluster->coordinatorPid(), false});
+    s.deployment.coordinators = s.cluster->coordinatorAddresses();
+    for (int i = 0; i < s.cluster->coordinatorCount(); ++i) {
+      s.deployment.processes.push_back(
+          WatchedProcess{keel::LocalCluster::coordinatorName(i), s.cluster->coordinatorPid(i), false});
+    }
+    for (std::size_t i = 0; s.etcd && i < s.etcd->size(); ++i) {
+      s.deployment.processes.push_back(WatchedProcess{"etcd-" + std::to_string(i + 1), s.etcd->pid(i), false});
+    }
     for (auto& a : copts.agents) {
       s.deployment.agents.emplace_back(a, s.cluster->agentAddress(a));
       s.deployment.processes.push_back(WatchedProcess{a, s.cluster->agentPid(a), false});
@@ -123,7 +150,7 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
   }
   s.deployment.processes.push_back(WatchedProcess{"keel-bench", ::getpid(), false});
   if (f.adapter == "ledger" && f.mode == "keel") {
-    auto client = keel::KeelClient::connect(io, s.deployment.coordinator).wait(io.waitScope);
+    auto client = keel::KeelClient::connect(io, s.deployment.coordinators.front()).wait(io.waitScope);
     std::vector<std::string> names;
     for (auto& [n, a] : s.deployment.agents) names.push_back(n);
     std::fprintf(stderr, "keel-bench: opening %u accounts on each agent\n", f.spec.accounts);
@@ -256,6 +283,21 @@ int main(int argc, char** argv) {
   app.add_option("--batch-in-flight", f.batchInFlight, "submitBatch messages out at once per connection")
       ->capture_default_str()
       ->check(CLI::Range(1u, 64u));
+  app.add_option("--cluster", f.cluster,
+                 "start N coordinators sharing a 3-member etcd cluster (docs/cluster.md); connections are spread "
+                 "over them (rounded up to a multiple of N)")
+      ->check(CLI::Range(1u, 9u));
+  app.add_option("--lease-ttl", f.leaseTtl, "--cluster: the members' lease TTL in seconds")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 60));
+  app.add_option("--etcd-dir", f.etcdDir,
+                 "--cluster: the folder the etcd members' data goes in (default $TMPDIR or /tmp; /dev/shm puts etcd "
+                 "on tmpfs)");
+  app.add_flag("--etcd-floor", f.etcdFloor,
+               "--cluster: measure etcd's own create-if-absent txn latency on the bench's etcd, before the load");
+  app.add_option("--etcd-floor-samples", f.etcdFloorSamples, "sequential txns per --etcd-floor median")
+      ->capture_default_str()
+      ->check(CLI::Range(10u, 100000u));
   app.add_flag("--quiet", f.quiet, "no progress lines");
   app.add_option("--seed", f.seed, "workload random seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -276,6 +318,18 @@ int main(int argc, char** argv) {
     return usage("raw2pc runs the transfer workload only (--workload transfer, --read-percent 0)");
   }
   if (f.spec.kind != "multi" && app.count("--participants")) return usage("--participants is for --workload multi");
+  if (!f.coordinator.empty() && f.cluster != 0) return usage("--cluster starts a deployment; not with --coordinator");
+  if (f.cluster == 0) {
+    for (auto flag : {"--lease-ttl", "--etcd-dir", "--etcd-floor", "--etcd-floor-samples"}) {
+      if (app.count(flag) != 0) return usage(std::string(flag) + " is for --cluster");
+    }
+  }
+  if (f.cluster > 1 && f.connections % f.cluster != 0) {
+    auto even = (f.connections + f.cluster - 1) / f.cluster * f.cluster;
+    std::fprintf(stderr, "keel-bench: %u connections over %u coordinators: %u, so that each gets as many\n",
+                 f.connections, f.cluster, even);
+    f.connections = even;
+  }
   if (f.coordinator.empty() && f.agents == 0) f.agents = std::max<std::uint32_t>(2, f.spec.width());
   if (f.coordinator.empty()) {
     for (std::uint32_t i = 0; i < f.agents; ++i) f.spec.agents.push_back(agentName(i));
@@ -298,6 +352,12 @@ int main(int argc, char** argv) {
     if (f.floor) {
       std::fprintf(stderr, "keel-bench: measuring the floor (%u samples each)\n", f.floorSamples);
       floor = measureFloor(io, s.deployment.agents.front().second, s.baseDir, f.floorSamples);
+    }
+    std::optional<EtcdFloorResult> etcdFloor;
+    if (f.etcdFloor) {
+      std::fprintf(stderr, "keel-bench: measuring etcd's create-if-absent txn (%u samples each way)\n",
+                   f.etcdFloorSamples);
+      etcdFloor = measureEtcdFloor(io, s.etcd->endpoints(), f.etcdFloorSamples);
     }
     JsonObject j;
     if (f.sweep) {
@@ -323,11 +383,13 @@ int main(int argc, char** argv) {
         if (p.keel.concurrency == 1) single = &p.keel;
       }
       if (floor) printFloor(stdout, *floor, single);
+      if (etcdFloor) printEtcdFloor(stdout, *etcdFloor, single);
       std::string title = "keel-bench " + f.adapter + "/" + f.spec.kind + (f.compare ? " vs raw2pc" : "") + ", " +
                           std::to_string(f.duration) .substr(0, 4) + " s per level";
       for (auto& path : writeSweep(f.out, points, title)) std::printf("wrote %s\n", path.c_str());
       addContextFields(j, ctx);
       if (floor) addFloorFields(j, *floor, single);
+      if (etcdFloor) addEtcdFloorFields(j, *etcdFloor, single);
       std::string arr = "[";
       for (std::size_t i = 0; i < lines.size(); ++i) arr += (i ? "," : "") + lines[i];
       j.addRaw("sweep", arr + "]");
@@ -350,6 +412,10 @@ int main(int argc, char** argv) {
         printFloor(stdout, *floor, f.concurrency == 1 ? &r : nullptr);
         addFloorFields(j, *floor, f.concurrency == 1 ? &r : nullptr);
       }
+      if (etcdFloor) {
+        printEtcdFloor(stdout, *etcdFloor, f.concurrency == 1 ? &r : nullptr);
+        addEtcdFloorFields(j, *etcdFloor, f.concurrency == 1 ? &r : nullptr);
+      }
     }
     j.add("loadavg_1m_at_end", loadAverage());
     std::printf("%s\n", j.str().c_str());
@@ -361,6 +427,7 @@ int main(int argc, char** argv) {
     rc = 1;
   }
   if (s.cluster) s.cluster->stopAll();
+  s.etcd.reset();
   s.pg.reset();
   if (s.ownBaseDir) {
     if (f.keep || rc != 0) {

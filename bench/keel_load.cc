@@ -19,12 +19,19 @@ constexpr auto kDrainLimit = 30 * kj::SECONDS;
 // dead connection fails at once: without the pause the loop would spin).
 constexpr auto kErrorPause = 10 * kj::MILLISECONDS;
 
+// One connection of a client thread: where it goes and how many workers
+// keep an interaction outstanding on it.
+struct Conn {
+  std::string address;
+  std::uint32_t workers = 0;
+};
+
 class ClientThread final : public LoadClient {
  public:
-  ClientThread(const Deployment& d, const WorkloadSpec& spec, Live& live, std::vector<std::uint32_t> workersPerConn,
-               std::uint64_t seed, std::uint32_t batchInFlight, bool requestIds)
-      : d_(d), live_(live), workersPerConn_(std::move(workersPerConn)), workload_(spec, seed),
-        batchInFlight_(batchInFlight), requestIds_(requestIds) {}
+  ClientThread(const WorkloadSpec& spec, Live& live, std::vector<Conn> conns, std::uint64_t seed,
+               std::uint32_t batchInFlight, bool requestIds)
+      : live_(live), conns_(std::move(conns)), workload_(spec, seed), batchInFlight_(batchInFlight),
+        requestIds_(requestIds) {}
 
   ~ClientThread() override { join(); }
 
@@ -35,15 +42,15 @@ class ClientThread final : public LoadClient {
       auto io = kj::setupAsyncIo();
       auto& timer = io.provider->getTimer();
       std::vector<kj::Own<KeelClient>> clients;
-      for (std::size_t c = 0; c < workersPerConn_.size(); ++c) {
-        clients.push_back(KeelClient::connect(io, d_.coordinator).wait(io.waitScope));
+      for (auto& conn : conns_) {
+        clients.push_back(KeelClient::connect(io, conn.address).wait(io.waitScope));
         if (batchInFlight_ > 0) clients.back()->enableBatching(256, batchInFlight_);
       }
       counted = true;
       ready.count_down();
       kj::Vector<kj::Promise<void>> workers;
       for (std::size_t c = 0; c < clients.size(); ++c) {
-        for (std::uint32_t k = 0; k < workersPerConn_[c]; ++k) workers.add(loop(*clients[c], timer));
+        for (std::uint32_t k = 0; k < conns_[c].workers; ++k) workers.add(loop(*clients[c], timer));
       }
       auto bound = untilStop(timer).then([&timer]() { return timer.afterDelay(kDrainLimit); }).then([this]() {
         live_.error("interactions still unanswered 30 s after the window closed");
@@ -100,9 +107,8 @@ class ClientThread final : public LoadClient {
         .then([this, &client, &timer]() { return loop(client, timer); });
   }
 
-  const Deployment& d_;
   Live& live_;
-  std::vector<std::uint32_t> workersPerConn_;
+  std::vector<Conn> conns_;
   Workload workload_;
   std::uint32_t batchInFlight_;  // 0: no client batching
   bool requestIds_;
@@ -110,18 +116,28 @@ class ClientThread final : public LoadClient {
 
 struct LogSnapshot {
   std::uint64_t coordCommits = 0, coordJobs = 0;
+  std::uint64_t etcdTxns = 0, etcdDecisions = 0;
+  bool clustered = false;
   std::vector<AgentLogCommits> agents;
 };
 
-LogSnapshot readLogCounters(kj::AsyncIoContext& io, KeelClient& coordinator,
+LogSnapshot readLogCounters(kj::AsyncIoContext& io, std::vector<kj::Own<KeelClient>>& coordinators,
                             std::vector<std::pair<std::string, kj::Own<AgentClient>>>& agents) {
   // All asked at once, so the snapshot is as close to one instant as it gets.
-  auto info = coordinator.info();
+  kj::Vector<kj::Promise<CoordinatorInfo>> infos;
+  for (auto& c : coordinators) infos.add(c->info());
   kj::Vector<kj::Promise<AgentSnapshot>> inspects;
   for (auto& [name, a] : agents) inspects.add(a->inspect());
-  auto i = info.wait(io.waitScope);
+  auto is = kj::joinPromises(infos.releaseAsArray()).wait(io.waitScope);
   auto snaps = kj::joinPromises(inspects.releaseAsArray()).wait(io.waitScope);
-  LogSnapshot s{i.logCommits, i.logJobs, {}};
+  LogSnapshot s;
+  for (auto& i : is) {
+    s.coordCommits += i.logCommits;
+    s.coordJobs += i.logJobs;
+    s.etcdTxns += i.etcdTxns;
+    s.etcdDecisions += i.etcdDecisions;
+    s.clustered = s.clustered || i.clustered;
+  }
   for (std::size_t k = 0; k < agents.size(); ++k) {
     s.agents.push_back(AgentLogCommits{agents[k].first, snaps[k].logCommits, snaps[k].logJobs});
   }
@@ -133,21 +149,25 @@ LogSnapshot readLogCounters(kj::AsyncIoContext& io, KeelClient& coordinator,
 RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const WorkloadSpec& spec, const LoadOptions& opts) {
   const std::uint32_t conns = std::max<std::uint32_t>(1, std::min(opts.connections, opts.concurrency));
   const std::uint32_t nThreads = std::max<std::uint32_t>(1, std::min(opts.threads, conns));
-  // Connection c carries concurrency/conns workers (the first ones one more)
-  // and belongs to thread c % nThreads.
-  std::vector<std::vector<std::uint32_t>> perThread(nThreads);
+  if (d.coordinators.empty()) throw std::invalid_argument("runKeelLoad: no coordinator");
+  // Connection c carries concurrency/conns workers (the first ones one
+  // more), goes to coordinator c % coordinators and belongs to thread
+  // c % nThreads.
+  std::vector<std::vector<Conn>> perThread(nThreads);
   for (std::uint32_t c = 0; c < conns; ++c) {
-    perThread[c % nThreads].push_back(opts.concurrency / conns + (c < opts.concurrency % conns ? 1 : 0));
+    perThread[c % nThreads].push_back(Conn{d.coordinators[c % d.coordinators.size()],
+                                           opts.concurrency / conns + (c < opts.concurrency % conns ? 1 : 0)});
   }
 
-  auto coordinator = KeelClient::connect(io, d.coordinator).wait(io.waitScope);
+  std::vector<kj::Own<KeelClient>> coordinators;
+  for (auto& addr : d.coordinators) coordinators.push_back(KeelClient::connect(io, addr).wait(io.waitScope));
   std::vector<std::pair<std::string, kj::Own<AgentClient>>> agents;
   for (auto& [name, addr] : d.agents) agents.emplace_back(name, AgentClient::connect(io, addr).wait(io.waitScope));
 
   Live live;
   std::vector<std::unique_ptr<LoadClient>> threads;
   for (std::uint32_t t = 0; t < nThreads; ++t) {
-    threads.push_back(std::make_unique<ClientThread>(d, spec, live, perThread[t], opts.seed * 1000003 + t,
+    threads.push_back(std::make_unique<ClientThread>(spec, live, perThread[t], opts.seed * 1000003 + t,
                                                      opts.batch ? opts.batchInFlight : 0, opts.requestIds));
   }
   RunResult r;
@@ -157,13 +177,20 @@ RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const Workloa
   r.clientBatching = opts.batch;
   r.requestIds = opts.requestIds;
   LogSnapshot before, after;
+  r.coordinators = std::uint32_t(d.coordinators.size());
+  std::string where = d.coordinators[0];
+  for (std::size_t i = 1; i < d.coordinators.size(); ++i) where += ", " + d.coordinators[i];
   runClients(
-      threads, live, "cannot connect to the coordinator at " + d.coordinator, opts.window, d.processes, r,
-      [&] { before = readLogCounters(io, *coordinator, agents); }, [&] { after = readLogCounters(io, *coordinator, agents); });
+      threads, live, "cannot connect to the coordinator at " + where, opts.window, d.processes, r,
+      [&] { before = readLogCounters(io, coordinators, agents); },
+      [&] { after = readLogCounters(io, coordinators, agents); });
 
   r.haveLogCounters = true;
   r.coordinatorLogCommits = after.coordCommits - before.coordCommits;
   r.coordinatorLogJobs = after.coordJobs - before.coordJobs;
+  r.clustered = after.clustered;
+  r.etcdTxns = after.etcdTxns - before.etcdTxns;
+  r.etcdDecisions = after.etcdDecisions - before.etcdDecisions;
   for (std::size_t k = 0; k < after.agents.size(); ++k) {
     r.agentLog.push_back(AgentLogCommits{after.agents[k].name, after.agents[k].commits - before.agents[k].commits,
                                          after.agents[k].jobs - before.agents[k].jobs});

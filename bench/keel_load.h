@@ -1,9 +1,11 @@
 #pragma once
 // Keel mode: client threads, each with its own KJ event loop and its share
-// of the connections to the coordinator, keep `concurrency` interactions
-// outstanding (spread evenly over the connections) through
-// KeelClient::submit, while the driver thread runs the window and reads
-// the coordinator's and agents' durable-log counters at both ends.
+// of the connections to the coordinator(s), keep `concurrency` interactions
+// outstanding (spread evenly over the connections; connection c goes to
+// coordinator c mod the number of coordinators) through KeelClient::submit,
+// while the driver thread runs the window and reads the coordinators' and
+// agents' durable-log counters (and a cluster's etcd txn counters) at both
+// ends.
 
 #include <kj/async-io.h>
 
@@ -17,7 +19,9 @@
 namespace keel::bench {
 
 struct Deployment {
-  std::string coordinator;                                  // host:port
+  // host:port of each coordinator: one, or the members of a coordinator
+  // cluster (connections are spread over them in turn).
+  std::vector<std::string> coordinators;
   std::vector<std::pair<std::string, std::string>> agents;  // participant name, host:port
   std::vector<WatchedProcess> processes;                    // CPU accounted for
 };

@@ -73,6 +73,20 @@ void addContextFields(JsonObject& j, const RunContext& c) {
       .add("duration_s", c.durationS);
 }
 
+namespace {
+
+// CPU of the processes whose name starts with `group` ("coordinator",
+// "etcd"), in microseconds per interaction of the window.
+double cpuUsPerInteraction(const RunResult& r, const std::string& group) {
+  double s = 0;
+  for (auto& c : r.cpu) {
+    if (c.name.rfind(group, 0) == 0 && c.seconds > 0) s += c.seconds;
+  }
+  return r.interactions() ? s * 1e6 / double(r.interactions()) : 0;
+}
+
+}  // namespace
+
 void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
   j.add(p + "mode", r.mode)
       .add(p + "concurrency", r.concurrency)
@@ -109,6 +123,15 @@ void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
     JsonObject per;
     for (auto& a : r.agentLog) per.add(a.name, r.agentCommitsPerInteraction(a));
     j.addRaw(p + "agent_log_commits_per_interaction_by_agent", per.str());
+  }
+  if (r.clustered) {
+    j.add(p + "coordinators", r.coordinators)
+        .add(p + "etcd_txns", r.etcdTxns)
+        .add(p + "etcd_decisions", r.etcdDecisions)
+        .add(p + "etcd_txns_per_interaction", r.etcdTxnsPerInteraction())
+        .add(p + "etcd_decisions_per_txn", r.etcdDecisionsPerTxn())
+        .add(p + "coordinators_cpu_us_per_interaction", cpuUsPerInteraction(r, "coordinator"))
+        .add(p + "etcd_cpu_us_per_interaction", cpuUsPerInteraction(r, "etcd"));
   }
   if (!r.firstError.empty()) j.add(p + "first_error", r.firstError);
   if (!r.firstUnexpectedRollback.empty()) j.add(p + "first_unexpected_rollback", r.firstUnexpectedRollback);
@@ -151,6 +174,30 @@ void printRun(std::FILE* out, const RunResult& r, const RunContext& c) {
                  (unsigned long long)r.coordinatorLogJobs);
     for (auto& a : r.agentLog) std::fprintf(out, "  %s %.3f", a.name.c_str(), r.agentCommitsPerInteraction(a));
     std::fprintf(out, "\n");
+  }
+  if (r.clustered) {
+    std::fprintf(out,
+                 "  etcd: %llu txns for %llu decisions: %.4f txns per interaction, %.1f decisions per txn; CPU us per "
+                 "interaction: %u coordinators %.1f, etcd %.1f\n",
+                 (unsigned long long)r.etcdTxns, (unsigned long long)r.etcdDecisions, r.etcdTxnsPerInteraction(),
+                 r.etcdDecisionsPerTxn(), r.coordinators, cpuUsPerInteraction(r, "coordinator"),
+                 cpuUsPerInteraction(r, "etcd"));
+  }
+}
+
+void addEtcdFloorFields(JsonObject& j, const EtcdFloorResult& f, const RunResult* single) {
+  j.add("etcd_txn_us", f.syncUs).add("etcd_txn_async_us", f.asyncUs).add("etcd_floor_samples", f.samples);
+  if (single != nullptr && f.asyncUs > 0) {
+    j.add("p50_over_etcd_txn", double(single->latency.percentile(50)) / f.asyncUs);
+  }
+}
+
+void printEtcdFloor(std::FILE* out, const EtcdFloorResult& f, const RunResult* single) {
+  std::fprintf(out, "etcd create-if-absent txn (median of %u sequential): %.0f us blocking, %.0f us through the KJ loop\n",
+               f.samples, f.syncUs, f.asyncUs);
+  if (single != nullptr && f.asyncUs > 0) {
+    std::fprintf(out, "  p50 at concurrency %u = %.2f x the etcd txn\n", single->concurrency,
+                 double(single->latency.percentile(50)) / f.asyncUs);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/etcd_floor.h"
 #include "bench/floor.h"
 #include "bench/run.h"
 
@@ -44,8 +45,12 @@ struct RunContext {
 void addRunFields(JsonObject& j, const RunResult& r, const std::string& prefix = "");
 void addFloorFields(JsonObject& j, const FloorResult& f, const RunResult* singleClient);
 void addContextFields(JsonObject& j, const RunContext& c);
+// etcd's own create-if-absent txn latency; with a single-client run, its
+// p50 in multiples of it.
+void addEtcdFloorFields(JsonObject& j, const EtcdFloorResult& f, const RunResult* singleClient);
 
 void printRun(std::FILE* out, const RunResult& r, const RunContext& c);
 void printFloor(std::FILE* out, const FloorResult& f, const RunResult* singleClient);
+void printEtcdFloor(std::FILE* out, const EtcdFloorResult& f, const RunResult* singleClient);
 
 }  // namespace keel::bench

@@ -74,8 +74,13 @@ struct RunResult {
   std::vector<ProcessCpu> cpu;
   // Durable log commits in the window (keel mode only).
   bool haveLogCounters = false;
-  std::uint64_t coordinatorLogCommits = 0, coordinatorLogJobs = 0;
+  std::uint64_t coordinatorLogCommits = 0, coordinatorLogJobs = 0;  // summed over the coordinators
   std::vector<AgentLogCommits> agentLog;
+  // A coordinator cluster (keel mode): its members, and the etcd txns they
+  // sent and the decisions those created in the window, summed.
+  std::uint32_t coordinators = 1;
+  bool clustered = false;
+  std::uint64_t etcdTxns = 0, etcdDecisions = 0;
 
   std::uint64_t interactions() const { return committed + rolledBack; }
   double perSecond() const { return seconds > 0 ? double(interactions()) / seconds : 0; }
@@ -83,6 +88,8 @@ struct RunResult {
   double coordinatorCommitsPerInteraction() const;
   double agentCommitsPerInteraction(const AgentLogCommits& a) const;
   double maxAgentCommitsPerInteraction() const;
+  double etcdTxnsPerInteraction() const { return interactions() ? double(etcdTxns) / double(interactions()) : 0; }
+  double etcdDecisionsPerTxn() const { return etcdTxns ? double(etcdDecisions) / double(etcdTxns) : 0; }
 };
 
 struct WindowOptions {

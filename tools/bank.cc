@@ -67,6 +67,20 @@ void openLedgerAccounts(kj::WaitScope& ws, KeelClient& client, const std::vector
   if (!failure.empty()) throw std::runtime_error("opening accounts failed: " + failure);
 }
 
+AgentTotals agentTotals(kj::AsyncIoContext& io, const LocalCluster& cluster) {
+  AgentTotals t;
+  for (auto& name : cluster.agentNames()) {
+    auto agent = AgentClient::connect(io, cluster.agentAddress(name)).wait(io.waitScope);
+    auto s = agent->inspect().wait(io.waitScope);
+    t.money += s.total();
+    t.held += s.held();
+    for (auto& [n, a] : s.accounts) t.negative += a.balance < 0 ? 1 : 0;
+    t.prepared += s.prepared;
+    t.active += s.active;
+  }
+  return t;
+}
+
 std::string databaseFor(const std::string& agent) {
   std::string db = agent;
   for (auto& ch : db) {

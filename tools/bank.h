@@ -4,7 +4,7 @@
 // and the SQL forms of a debit, a credit and a balance read for postgres
 // agents (texts in tools/bank_sql.h).
 
-#include <kj/async.h>
+#include <kj/async-io.h>
 
 #include <cstdint>
 #include <string>
@@ -34,6 +34,15 @@ Op sqlRead(const std::string& p, const std::string& account);
 // it is. Throws std::runtime_error naming the first failure.
 void openLedgerAccounts(kj::WaitScope& ws, KeelClient& client, const std::vector<std::string>& participants,
                         std::uint32_t accounts, std::int64_t opening);
+
+// Money, holds and branches summed over every agent of `cluster`, read from
+// each agent's Participant.inspect (ledger accounts only: a postgres agent's
+// money is in its database).
+struct AgentTotals {
+  std::int64_t money = 0, held = 0, negative = 0;  // negative: accounts below zero
+  std::uint32_t prepared = 0, active = 0;          // branches not finished
+};
+AgentTotals agentTotals(kj::AsyncIoContext& io, const LocalCluster& cluster);
 
 // The PostgreSQL database of a postgres agent: its name with '-' as '_'
 // ("bank-a" -> "bank_a"). The server must be started with these databases.

@@ -10,6 +10,7 @@
 // Exits non-zero if any check fails, and also if the run proves nothing:
 // the fault never fired (its process was not running, or the load ended
 // before 40%), or fewer transfers than --min-answered-percent were answered.
+// --cluster runs the coordinator-cluster demo instead (tools/demo_cluster.h).
 
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
@@ -28,6 +29,8 @@
 #include "common/client.h"
 #include "tools/bank.h"
 #include "tools/cluster.h"
+#include "tools/demo_cluster.h"
+#include "tools/demo_progress.h"
 #include "tools/pg_server.h"
 
 namespace {
@@ -126,21 +129,12 @@ struct Demo {
 
   // On a terminal the progress line is rewritten in place; in a log, one
   // line per report.
-  const bool tty = ::isatty(1) != 0;
-  bool lineOpen = false;
+  keel::demo::ProgressLine line;
 
   void progress(bool final) {
-    double secs = double(keel::wallMicros() - startUs) / 1e6;
-    std::printf("%s  transfers %5u/%u  committed %6llu  rolled back %5llu  answer lost %3llu  %6.0f/s%s",
-                tty ? "\r" : "", done, transfers, (unsigned long long)committed, (unsigned long long)rolledBack,
-                (unsigned long long)interrupted, secs > 0 ? done / secs : 0.0, (final || !tty) ? "\n" : "");
-    lineOpen = tty && !final;
-    std::fflush(stdout);
+    line.print(done, transfers, committed, rolledBack, interrupted, double(keel::wallMicros() - startUs) / 1e6, final);
   }
-  void endLine() {
-    if (lineOpen) std::printf("\n");
-    lineOpen = false;
-  }
+  void endLine() { line.end(); }
 
   // bank-b fails while transfers run: killed and restarted at once, or
   // paused (SIGSTOP: connections stay open, nothing answers) for a while.
@@ -214,17 +208,15 @@ struct Demo {
   }
 };
 
-struct Totals {
-  std::int64_t money = 0, held = 0, negative = 0;
-  std::uint32_t prepared = 0, active = 0;
-};
+using Totals = keel::bank::AgentTotals;
 
 // PostgreSQL mode: the databases hold the money; prepared = pg_prepared_xacts.
 keel::test::PgServer* gPg = nullptr;
 
 Totals snapshot(kj::AsyncIoContext& io, keel::LocalCluster& cluster) {
-  Totals t;
+  Totals t = keel::bank::agentTotals(io, cluster);
   if (gPg != nullptr) {
+    t.money = 0;
     for (auto db : {"bank_a", "bank_b"}) {
       auto conn = gPg->connString(db);
       t.money += std::stoll(keel::test::pgQuery(conn, "SELECT coalesce(sum(balance), 0) FROM accounts")[0][0]);
@@ -232,27 +224,30 @@ Totals snapshot(kj::AsyncIoContext& io, keel::LocalCluster& cluster) {
       t.prepared += keel::test::pgQuery(conn, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()").size();
     }
   }
-  for (auto& name : cluster.agentNames()) {
-    auto agent = keel::AgentClient::connect(io, cluster.agentAddress(name)).wait(io.waitScope);
-    auto s = agent->inspect().wait(io.waitScope);
-    if (gPg == nullptr) t.money += s.total();
-    t.held += s.held();
-    for (auto& [n, a] : s.accounts) t.negative += a.balance < 0 ? 1 : 0;
-    t.prepared += s.prepared;
-    t.active += s.active;
-  }
   return t;
+}
+
+// The data folder goes after a clean run unless --keep; returns rc.
+int removeUnlessKept(const std::string& base, bool keep, int rc) {
+  if (!keep && rc == 0) {
+    std::error_code ec;
+    std::filesystem::remove_all(base, ec);
+  } else {
+    std::printf("keel-demo: logs kept in %s\n", base.c_str());
+  }
+  return rc;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"keel-demo: a coordinator and two ledger agents doing transfers through a coordinator crash"};
+  CLI::App app{"keel-demo: a coordinator and two ledger agents doing transfers through a coordinator crash "
+               "(--cluster: a coordinator cluster on etcd through the loss of one coordinator)"};
   std::uint32_t transfers = 4000, concurrency = 32, accounts = 20, overdraw = 10;
   std::int64_t opening = 10000;
   bool keep = false;
   std::uint32_t minAnsweredPercent = 50;
-  app.add_option("--transfers", transfers, "transfers to run")->capture_default_str()->check(CLI::Range(10u, 10000000u));
+  app.add_option("--transfers", transfers, "transfers to run (--cluster: 12000)")->capture_default_str()->check(CLI::Range(10u, 10000000u));
   app.add_option("--concurrency", concurrency, "transfers in flight at once")->capture_default_str()->check(CLI::Range(1u, 4096u));
   app.add_option("--accounts", accounts, "accounts per agent")->capture_default_str()->check(CLI::Range(1u, 100000u));
   app.add_option("--opening", opening, "opening balance of each account")->capture_default_str()->check(CLI::Range(0ll, 1000000000ll));
@@ -281,13 +276,62 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"ledger", "postgres"}));
   app.add_flag("--baseline", baseline,
                "postgres: also run the same transfers as plain local transactions in one database, for comparison");
+  bool clusterMode = false, noRestart = false;
+  int coordinators = 3, leaseTtl = 2;
+  std::uint32_t minCommittedPercent = 40;
+  app.add_flag("--cluster", clusterMode,
+               "a coordinator cluster on a 3-member etcd: transfers through every coordinator, one of them "
+               "SIGKILLed at 40% and taken over by a survivor (make demo-cluster; docs/cluster.md)");
+  app.add_option("--coordinators", coordinators, "--cluster: how many coordinators")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 9));
+  app.add_option("--lease-ttl", leaseTtl, "--cluster: the members' lease TTL in seconds (a dead one is taken over "
+                                          "after it)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 60));
+  app.add_flag("--no-restart", noRestart, "--cluster: leave the killed coordinator down at the end");
+  app.add_option("--min-committed-percent", minCommittedPercent,
+                 "--cluster: fail unless at least this share of the transfers committed")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 100u));
   CLI11_PARSE(app, argc, argv);
+  for (auto flag : {"--coordinators", "--lease-ttl", "--no-restart", "--min-committed-percent"}) {
+    if (!clusterMode && app.count(flag) != 0) {
+      std::fprintf(stderr, "keel-demo: %s is for --cluster\n", flag);
+      return 2;
+    }
+  }
+  for (auto flag : {"--fault", "--pause-seconds", "--adapter", "--baseline", "--min-answered-percent"}) {
+    if (clusterMode && app.count(flag) != 0) {
+      std::fprintf(stderr, "keel-demo: --cluster runs ledger agents and its own fault (a coordinator SIGKILL); "
+                           "%s does not apply\n", flag);
+      return 2;
+    }
+  }
 
   std::string base = keel::makeTempDir("keel-demo");
   auto wallStart = keel::monoMicros();
   std::printf("keel-demo: data and logs in %s\n", base.c_str());
   int rc = 0;
+  keel::demo::ClusterDemoOptions co;
+  if (clusterMode) {
+    // Enough transfers that the survivors still serve while the dead
+    // coordinator's work is taken over (a lease TTL and more after the kill).
+    if (app.count("--transfers") == 0) transfers = 12000;
+    co.baseDir = base;
+    co.transfers = transfers;
+    co.concurrency = concurrency;
+    co.accountsPerAgent = accounts;
+    co.overdrawPercent = overdraw;
+    co.opening = opening;
+    co.coordinators = coordinators;
+    co.leaseTtlS = leaseTtl;
+    co.batch = !noBatch;
+    co.restart = !noRestart;
+    co.minCommittedPercent = minCommittedPercent;
+  }
   try {
+    if (clusterMode) return removeUnlessKept(base, keep, keel::demo::runClusterDemo(co));
     keel::ClusterOptions copts;
     copts.binDir = keel::selfBinDir();
     copts.baseDir = base;
@@ -472,11 +516,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "\nkeel-demo: %s\n", e.what());
     rc = 1;
   }
-  if (!keep && rc == 0) {
-    std::error_code ec;
-    std::filesystem::remove_all(base, ec);
-  } else {
-    std::printf("keel-demo: logs kept in %s\n", base.c_str());
-  }
-  return rc;
+  return removeUnlessKept(base, keep, rc);
 }

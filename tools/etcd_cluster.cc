@@ -333,4 +333,16 @@ int EtcdCluster::leaderIndex(milliseconds timeout) {
   }
 }
 
+std::string clusterSection(const std::vector<std::string>& endpoints, const std::string& prefix, int leaseTtlS) {
+  std::ostringstream t;
+  t << "[cluster]\netcd = [";
+  for (std::size_t i = 0; i < endpoints.size(); ++i) t << (i ? ", " : "") << '"' << endpoints[i] << '"';
+  t << "]\nprefix = \"" << prefix << "\"\nlease_ttl_s = " << leaseTtlS << "\n";
+  return t.str();
+}
+
+std::string clusterSection(const EtcdCluster& etcd, const std::string& prefix, int leaseTtlS) {
+  return clusterSection(etcd.endpoints(), prefix, leaseTtlS);
+}
+
 }  // namespace keel::test

@@ -129,4 +129,10 @@ class EtcdCluster final {
   std::vector<Member> members_;
 };
 
+// A coordinator's whole `[cluster]` section (docs/cluster.md) for the
+// members of `etcd`: their endpoints, `prefix` and `lease_ttl_s`.
+std::string clusterSection(const EtcdCluster& etcd, const std::string& prefix, int leaseTtlS);
+// The same for other endpoints (e.g. fault proxies in front of the members).
+std::string clusterSection(const std::vector<std::string>& endpoints, const std::string& prefix, int leaseTtlS);
+
 }  // namespace keel::test

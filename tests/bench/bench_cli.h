@@ -4,8 +4,13 @@
 
 #include <sys/wait.h>
 
+#include <gtest/gtest.h>
+
 #include <cstdio>
+#include <initializer_list>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "tests/bench/json_check.h"
 
@@ -32,6 +37,34 @@ inline std::string lastLine(const std::string& s) {
   if (end == std::string::npos) return "";
   auto start = s.rfind('\n', end);
   return s.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
+}
+
+// A run that must succeed: its exit status, what it printed (stdout), its
+// JSON line's top-level fields, and which of `required` are missing.
+struct JsonRun {
+  int exitCode = -1;
+  std::string out;
+  std::map<std::string, JsonValue> fields;
+  std::vector<std::string> missing;
+};
+
+inline JsonRun runJson(const std::string& args, std::initializer_list<const char*> required) {
+  auto r = run(args, false);
+  JsonRun j{r.exitCode, r.out, {}, {}};
+  if (r.exitCode != 0) return j;
+  j.fields = JsonReader(lastLine(r.out)).topLevelObject();
+  for (const char* k : required) {
+    if (!j.fields.count(k)) j.missing.emplace_back(k);
+  }
+  return j;
+}
+
+// keel-bench refuses `args` before starting anything: exit status 2 and a
+// message that contains `says`.
+inline void expectRefused(const std::string& args, const std::string& says) {
+  auto r = run(args, true);
+  EXPECT_EQ(r.exitCode, 2) << "keel-bench " << args << ": " << r.out;
+  EXPECT_NE(r.out.find(says), std::string::npos) << "keel-bench " << args << ": " << r.out;
 }
 
 }  // namespace keel::test

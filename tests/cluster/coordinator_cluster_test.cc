@@ -37,16 +37,8 @@ class CoordinatorClusterTest : public ClusterTest {
     o.coordinators = 2;
     // A prefix per test: tests share the etcd cluster, never its keys.
     prefix_ = "/keel-test-" + std::to_string(::getpid()) + "-" + std::to_string(++counter_);
-    o.clusterToml = clusterSection(etcd_->endpoints());
+    o.clusterToml = clusterSection(*etcd_, prefix_, kLeaseTtlS);
     return o;
-  }
-
-  std::string clusterSection(const std::vector<std::string>& endpoints) const {
-    std::ostringstream t;
-    t << "[cluster]\netcd = [";
-    for (std::size_t i = 0; i < endpoints.size(); ++i) t << (i ? ", " : "") << '"' << endpoints[i] << '"';
-    t << "]\nprefix = \"" << prefix_ << "\"\nlease_ttl_s = " << kLeaseTtlS << "\n";
-    return t.str();
   }
 
   void SetUp() override {
@@ -249,6 +241,25 @@ TEST_F(CoordinatorClusterTest, ReturningOwnerFollowsWhatTheSurvivorDid) {
   EXPECT_GT(o.seq, makeSeq(1, 65536)) << "a new incarnation's seqs start above the last one's reservation";
 }
 
+TEST_F(CoordinatorClusterTest, ReturningOwnerDropsAnAbortItNeverRecordedAndServes) {
+  // An ABORT of node 1 for a seq of an earlier incarnation that its WAL never
+  // recorded (a survivor settled a branch nobody had decided): the returning
+  // node drops the key during its start-up, before it serves (that once
+  // crashed it: the delete was timed on a loop it did not run yet).
+  clients_[0] = nullptr;
+  client_ = nullptr;
+  cluster_->stopCoordinator(0);
+  char digits[24];
+  std::snprintf(digits, sizeof digits, "%020llu", static_cast<unsigned long long>(makeSeq(1, 42)));
+  etcdClient_->putSync(prefix_ + "/decisions/1/" + digits, "abort by=2 epoch=1");
+  ASSERT_EQ(keys("/decisions/1/").size(), 1u);
+  cluster_->startCoordinator("", 0);
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/1/").empty(); })) << "the ABORT key was kept";
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  EXPECT_TRUE(cluster_->coordinatorRunning(0));
+}
+
 TEST_F(CoordinatorClusterTest, RetryThroughAnotherCoordinatorCommitsOnce) {
   auto req = transferRequest(7);
   auto first = via(0).submit(req).wait(io_.waitScope);
@@ -356,7 +367,7 @@ class CutOffFromEtcdTest : public CoordinatorClusterTest {
       proxies_.push_back(std::make_unique<chaos::FaultProxy>(ep.substr(0, colon), std::stoul(ep.substr(colon + 1))));
       proxied.push_back("127.0.0.1:" + std::to_string(proxies_.back()->port()));
     }
-    o.clusterTomlFor[0] = clusterSection(proxied);
+    o.clusterTomlFor[0] = clusterSection(proxied, prefix_, kLeaseTtlS);
     return o;
   }
   std::vector<std::unique_ptr<chaos::FaultProxy>> proxies_;
