@@ -571,10 +571,16 @@ kj::Promise<void> ClusterMember::sendClaims(
 
 void ClusterMember::forget(std::uint64_t seq) {
   forgets_.push_back(seq);
-  if (forgetQueued_) return;
-  forgetQueued_ = true;
   // Deletes wait a little to gather more: nobody waits on them.
-  tasks_.add(io_->provider->getTimer().afterDelay(20 * kj::MILLISECONDS).then([this]() { return flushForgets(); }));
+  flushForgetsAfter(20 * kj::MILLISECONDS);
+}
+
+void ClusterMember::flushForgetsAfter(kj::Duration delay) {
+  // Before serve() (a start-up's reconcile forgets the ABORTs it reads)
+  // there is no event loop to send on: serve() sends what gathered.
+  if (forgetQueued_ || io_ == nullptr) return;
+  forgetQueued_ = true;
+  tasks_.add(io_->provider->getTimer().afterDelay(delay).then([this]() { return flushForgets(); }));
 }
 
 kj::Promise<void> ClusterMember::flushForgets() {
@@ -597,10 +603,7 @@ kj::Promise<void> ClusterMember::flushForgets() {
           KEEL_LOG_WARN("cluster: deleting {} decision keys failed ({}); retrying later", chunk.size(),
                         describeFault(e));
           for (auto s : chunk) forgets_.push_back(s);
-          if (!forgetQueued_) {
-            forgetQueued_ = true;
-            tasks_.add(io_->provider->getTimer().afterDelay(1 * kj::SECONDS).then([this]() { return flushForgets(); }));
-          }
+          flushForgetsAfter(1 * kj::SECONDS);
         }));
   }
   return kj::joinPromises(sends.releaseAsArray());
@@ -613,6 +616,7 @@ void ClusterMember::serve(kj::AsyncIoContext& io, std::function<void()> onLost,
   io_ = &io;
   onTakeover_ = std::move(onTakeover);
   onLost_ = std::move(onLost);
+  if (!forgets_.empty()) flushForgetsAfter(20 * kj::MILLISECONDS);
   tasks_.add(watchMembers());
 }
 

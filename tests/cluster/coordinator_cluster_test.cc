@@ -189,6 +189,21 @@ TEST_F(CoordinatorClusterTest, ReturningOwnerFollowsWhatTheSurvivorDid) {
   EXPECT_GT(o.seq, makeSeq(1, 65536)) << "a new incarnation's seqs start above the last one's reservation";
 }
 
+TEST_F(CoordinatorClusterTest, ReturningOwnerStartsAfterTheSurvivorAborted) {
+  // The survivor's ABORT is a key of node 1 that node 1's WAL knows nothing
+  // of: the returning node drops it during start-up (before it serves).
+  crashNode1During("coord.after_votes=crash");
+  ASSERT_TRUE(settled(std::chrono::seconds(kLeaseTtlS + 8)));
+  ASSERT_EQ(keys("/decisions/1/").size(), 1u);
+  cluster_->startCoordinator("", 0);
+  EXPECT_TRUE(cluster_->coordinatorRunning(0));
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/1/").empty(); }, std::chrono::seconds(10)));
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  EXPECT_TRUE(settled(std::chrono::seconds(10)));  // phase 2 runs after the answer
+  EXPECT_EQ(account("bank-a", "alice"), bal(999, 0));
+}
+
 TEST_F(CoordinatorClusterTest, RetryThroughAnotherCoordinatorCommitsOnce) {
   auto req = transferRequest(7);
   auto first = via(0).submit(req).wait(io_.waitScope);
