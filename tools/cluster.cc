@@ -153,7 +153,9 @@ void LocalCluster::writeCoordinatorConfig(int i) {
   std::ofstream f(opts_.baseDir + "/" + coordinatorName(i) + ".toml", std::ios::trunc);
   f << "[coordinator]\nnode_id = " << i + 1 << "\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << opts_.baseDir << "/"
     << coordinatorName(i) << "\"\n"
-    << opts_.coordinatorExtraToml << "\n\n" << opts_.clusterToml << "\n\n[participants]\n";
+    << opts_.coordinatorExtraToml << "\n\n";
+  auto own = opts_.clusterTomlFor.find(i);
+  f << (own != opts_.clusterTomlFor.end() ? own->second : opts_.clusterToml) << "\n\n[participants]\n";
   for (auto& [n, addr] : agentAddr_) {
     auto over = participantAddr_.find(n);
     f << "\"" << n << "\" = \"" << (over != participantAddr_.end() ? over->second : addr) << "\"\n";
