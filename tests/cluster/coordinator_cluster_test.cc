@@ -235,6 +235,27 @@ TEST_F(CoordinatorClusterTest, RetryThatCannotPrepareAnyMoreStillHearsTheCommit)
   EXPECT_EQ(account("bank-b", "bob"), bal(1000, 0));
 }
 
+TEST_F(CoordinatorClusterTest, ReadOnlyRequestRetriedThroughAnotherCoordinatorRunsOnce) {
+  // One participant and two: either way its request id is claimed in etcd.
+  for (std::vector<Op> ops : {std::vector<Op>{Op{"bank-a", OpKind::ReadBalance, "alice", 0}},
+                              std::vector<Op>{Op{"bank-a", OpKind::ReadBalance, "alice", 0},
+                                              Op{"bank-b", OpKind::ReadBalance, "bob", 0}}}) {
+    SubmitRequest req;
+    req.ops = ops;
+    req.requestId = newRequestId();
+    req.requestTimeUs = wallMicros();
+    auto first = via(0).submit(req).wait(io_.waitScope);
+    ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+    ASSERT_EQ(first.results.size(), ops.size());
+    EXPECT_EQ(first.results[0].balance, 1000);
+    auto again = via(1).submit(req).wait(io_.waitScope);
+    EXPECT_EQ(again.outcome, ClientOutcome::Committed) << again.reason;
+    EXPECT_EQ(again.seq, first.seq) << "the read-only request ran again through node 2";
+    EXPECT_TRUE(again.replayed);
+  }
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/").empty(); })) << "a read-only decision key was left";
+}
+
 TEST_F(CoordinatorClusterTest, RequestRolledBackStaysRolledBackWhereverItIsRetried) {
   auto req = transferRequest(1500);
   auto first = via(0).submit(req).wait(io_.waitScope);
