@@ -851,8 +851,11 @@ Windows readCoordinators(kj::AsyncIoContext& io, const std::vector<std::string>&
 }
 
 // --cluster: what the coordinators' logs say about takeovers, timed from
-// the injector's coordinator faults.
-Takeovers readTakeovers(LocalCluster& cluster, const std::vector<CoordinatorFault>& faults) {
+// the injector's coordinator faults: those of the last lease TTL and 10 s
+// (a survivor finishes within a TTL and a poll of the fault, and a killed
+// coordinator is restarted within a TTL and 10 s); a takeover after none
+// followed something else (a fail-stop on etcd trouble, a failpoint crash).
+Takeovers readTakeovers(LocalCluster& cluster, const std::vector<CoordinatorFault>& faults, std::uint32_t leaseTtlS) {
   Takeovers t;
   for (int i = 0; i < cluster.coordinatorCount(); ++i) {
     std::ifstream f(cluster.coordinatorLog(i));
@@ -860,7 +863,7 @@ Takeovers readTakeovers(LocalCluster& cluster, const std::vector<CoordinatorFaul
     text << f.rdbuf();
     scanCoordinatorLog(text.str(), t);
   }
-  attributeTakeovers(t, faults);
+  attributeTakeovers(t, faults, Micros(leaseTtlS + 10) * 1'000'000);
   return t;
 }
 
@@ -1125,7 +1128,8 @@ int runChaos(Options o) {
     c.etcdMembers = etcd->etcd().size();
     c.leaseTtlS = o.leaseTtlS;
     c.prefix = etcd->prefix();
-    c.takeovers = readTakeovers(*cluster, injector ? injector->coordinatorFaults() : std::vector<CoordinatorFault>{});
+    c.takeovers = readTakeovers(*cluster, injector ? injector->coordinatorFaults() : std::vector<CoordinatorFault>{},
+                                o.leaseTtlS);
     if (injector) {
       c.restartedAfterStop = injector->restartedAfterStop();
       c.pausedKeptRunning = injector->keptRunning();

@@ -73,7 +73,7 @@ std::string clusterText(const Report::Cluster& c) {
     << " members), lease TTL " << c.leaseTtlS << " s, prefix " << c.prefix << "\n"
     << "  takeovers              " << t.done.size() << " done (" << branches << " branches: " << committed
     << " committed, " << rolledBack << " rolled back), " << t.stopped << " stopped (the node came back), "
-    << t.unattributed << " after no injected fault of that coordinator\n"
+    << t.unattributed << " not after a fault injected on that coordinator\n"
     << "  takeover time          fault (SIGKILL, SIGSTOP, etcd cut) to the survivor's done line "
     << spread(t.fromFaultMs) << "\n"
     << "  takeover work          election to done " << spread(workMs(t)) << "\n"

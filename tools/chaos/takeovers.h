@@ -42,7 +42,10 @@ struct Takeovers {
   // One per done takeover that followed an injected fault on its node (the
   // first done line after that fault): fault -> done line, in ms.
   std::vector<std::uint64_t> fromFaultMs;
-  std::uint64_t unattributed = 0;  // done takeovers with no injected fault before them
+  // Done takeovers with no injected fault before them (within the window):
+  // a fail-stop on etcd trouble, a failpoint crash, or a second election
+  // right after another survivor's takeover finished.
+  std::uint64_t unattributed = 0;
 };
 
 // "2025-03-01T12:00:00.123" (local time, as spdlog writes it) -> unix us; 0
