@@ -43,7 +43,7 @@ Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, W
   }
 }
 
-Coordinator::~Coordinator() = default;
+Coordinator::~Coordinator() { life_.reset(); }
 
 void Coordinator::taskFailed(kj::Exception&& e) { KEEL_LOG_ERROR("background task failed: {}", describeFault(e)); }
 
