@@ -99,8 +99,12 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream) {
   open_.insert(raw);
   // The connection's RPC system goes on a later turn than the one that saw
   // the disconnect, never from inside its own disconnect handling.
+  // Attachments go last to first: the RPC system before the network it
+  // speaks through, and that before the stream (dropped while the
+  // connection is still up, at shutdown, the RPC system says goodbye
+  // through both).
   return done.then([]() { return kj::evalLater([]() {}); })
-      .attach(kj::mv(rpc), kj::mv(network), kj::mv(stream), kj::defer([this, raw]() { open_.erase(raw); }));
+      .attach(kj::mv(stream), kj::mv(network), kj::mv(rpc), kj::defer([this, raw]() { open_.erase(raw); }));
 }
 
 void RpcServer::close(kj::WaitScope& ws, kj::Duration grace) {

@@ -594,12 +594,16 @@ kj::Promise<void> ClusterMember::sendClaims(
 
 void ClusterMember::forget(std::uint64_t seq) {
   forgets_.push_back(seq);
-  if (forgetQueued_) return;
-  forgetQueued_ = true;
   // Deletes wait a quarter of a second to gather more (up to max_txn_ops
   // per txn): nobody waits on them, and at 20 ms they were most of the etcd
   // txns under load (keel-bench --cluster 3: 0.12 txns per interaction).
-  tasks_.add(io_->provider->getTimer().afterDelay(250 * kj::MILLISECONDS).then([this]() { return flushForgets(); }));
+  flushForgetsAfter(250 * kj::MILLISECONDS);
+}
+
+void ClusterMember::flushForgetsAfter(kj::Duration delay) {
+  if (forgetQueued_) return;
+  forgetQueued_ = true;
+  tasks_.add(io_->provider->getTimer().afterDelay(delay).then([this]() { return flushForgets(); }));
 }
 
 kj::Promise<void> ClusterMember::flushForgets() {
@@ -622,10 +626,7 @@ kj::Promise<void> ClusterMember::flushForgets() {
           KEEL_LOG_WARN("cluster: deleting {} decision keys failed ({}); retrying later", chunk.size(),
                         describeFault(e));
           for (auto s : chunk) forgets_.push_back(s);
-          if (!forgetQueued_) {
-            forgetQueued_ = true;
-            tasks_.add(io_->provider->getTimer().afterDelay(1 * kj::SECONDS).then([this]() { return flushForgets(); }));
-          }
+          flushForgetsAfter(1 * kj::SECONDS);
         }));
   }
   return kj::joinPromises(sends.releaseAsArray());

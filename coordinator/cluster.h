@@ -132,6 +132,7 @@ class ClusterMember final : private kj::TaskSet::ErrorHandler {
   // The decision of `seq`, if any.
   kj::Promise<std::optional<ClusterDecision>> lookup(std::uint64_t seq);
   // Every branch acknowledged the decision: it may go (batched deletes).
+  // Before serve() the deletes wait for it.
   void forget(std::uint64_t seq);
 
   std::uint16_t nodeId() const { return node_; }
@@ -158,6 +159,7 @@ class ClusterMember final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> sendBatch(std::vector<kj::Own<Pending>> batch, std::uint32_t attempt);
   kj::Promise<void> sendBatchUnder(std::vector<kj::Own<Pending>> batch, std::uint32_t attempt, std::int64_t lease);
   kj::Promise<void> flushForgets();
+  void flushForgetsAfter(kj::Duration delay);
   kj::Promise<void> flushClaims();
   kj::Promise<void> sendClaims(std::vector<std::pair<std::pair<std::string, std::uint64_t>,
                                                      kj::Own<kj::PromiseFulfiller<RequestFate>>>> claims,

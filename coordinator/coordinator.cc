@@ -43,7 +43,7 @@ Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, W
   }
 }
 
-Coordinator::~Coordinator() = default;
+Coordinator::~Coordinator() { life_.reset(); }
 
 void Coordinator::taskFailed(kj::Exception&& e) { KEEL_LOG_ERROR("background task failed: {}", describeFault(e)); }
 
@@ -493,7 +493,11 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
   }
   bool anyPrepared = std::any_of(it.rec.branches.begin(), it.rec.branches.end(),
                                  [](const auto& b) { return b.state == BState::Prepared; });
-  if (!anyPrepared) {  // all read-only: nothing to decide; answered once its record is durable
+  // In a cluster a request id is claimed by the COMMIT decision in etcd, a
+  // read-only request's too: else a retry of it through another coordinator
+  // runs it again. (Its decision lists no branch: nothing to drive.)
+  bool claimInEtcd = cluster_ != nullptr && !it.rec.requestId.empty();
+  if (!anyPrepared && !claimInEtcd) {  // all read-only: nothing to decide; answered once its record is durable
     it.rec.decision = InteractionRecord::Decision::Commit;
     return finish(seq);
   }

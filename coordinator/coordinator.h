@@ -59,6 +59,11 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // COMMIT decisions are made in etcd through it (docs/cluster.md).
   Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, WalStore& wal, ClusterMember* cluster = nullptr);
   ~Coordinator();
+  // Expires when this object starts to go. A capability that may outlive
+  // it checks it before calling in: the RPC system can drop an interactive
+  // transaction as late as the event loop's own destruction (a detached
+  // call's promise), after the coordinator is gone.
+  std::weak_ptr<const void> lifetime() const { return life_; }
 
   // Recovery state machine (recovery.cc). Resolves once new work may be
   // served; the participant sweep goes on in the background.
@@ -230,6 +235,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
 
   Interaction* find(std::uint64_t seq);
 
+  std::shared_ptr<const void> life_ = std::make_shared<int>(0);  // lifetime()
   const CoordinatorConfig cfg_;
   kj::AsyncIoContext& io_;
   WalStore& wal_;

@@ -211,7 +211,9 @@ kj::Promise<void> CoordinatorImpl::audit(AuditContext ctx) {
   return kj::READY_NOW;
 }
 
-TransactionImpl::~TransactionImpl() noexcept(false) { c_.abandon(seq_); }
+TransactionImpl::~TransactionImpl() noexcept(false) {
+  if (!life_.expired()) c_.abandon(seq_);
+}
 
 kj::Promise<void> TransactionImpl::seq(SeqContext ctx) {
   ctx.getResults().setSeq(seq_);

@@ -2,6 +2,8 @@
 // CoordinatorImpl / TransactionImpl: thin Cap'n Proto shells around
 // Coordinator. They read parameters, call the engine, fill results.
 
+#include <memory>
+
 #include "common/group_log.h"
 #include "coordinator/coordinator.h"
 #include "schemas/keel.capnp.h"
@@ -39,7 +41,7 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
 // Dropping it before commit or rollback rolls the interaction back.
 class TransactionImpl final : public wire::Transaction::Server {
  public:
-  TransactionImpl(Coordinator& c, std::uint64_t seq) : c_(c), seq_(seq) {}
+  TransactionImpl(Coordinator& c, std::uint64_t seq) : c_(c), seq_(seq), life_(c.lifetime()) {}
   ~TransactionImpl() noexcept(false);
   kj::Promise<void> seq(SeqContext ctx) override;
   kj::Promise<void> execute(ExecuteContext ctx) override;
@@ -49,6 +51,7 @@ class TransactionImpl final : public wire::Transaction::Server {
  private:
   Coordinator& c_;
   const std::uint64_t seq_;
+  std::weak_ptr<const void> life_;  // dropped after the coordinator went: nothing to roll back in it
 };
 
 void fillSubmitResult(wire::SubmitResult::Builder b, const SubmitOutcome& o);

@@ -58,7 +58,10 @@ struct ClusterOptions {
   // e.g. from EtcdCluster). Coordinator i has node id i + 1.
   int coordinators = 1;
   std::string clusterToml;                 // a whole [cluster] section, or empty
-  std::map<int, std::string> clusterTomlFor;  // coordinator i's own section instead (e.g. etcd behind a proxy)
+  // Coordinator i's own [cluster] section, in place of clusterToml (keel-chaos
+  // gives each coordinator its own fault proxies in front of etcd, so the
+  // endpoints differ). Same shape as clusterToml; only the named ones.
+  std::map<int, std::string> clusterTomlFor;
   std::chrono::milliseconds startTimeout{15000};
   // Agents ask the coordinator about branches PREPARED this long (0 = never).
   std::uint32_t agentInDoubtQueryMs = 2000;

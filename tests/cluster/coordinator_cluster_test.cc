@@ -260,6 +260,21 @@ TEST_F(CoordinatorClusterTest, ReturningOwnerDropsAnAbortItNeverRecordedAndServe
   EXPECT_TRUE(cluster_->coordinatorRunning(0));
 }
 
+TEST_F(CoordinatorClusterTest, ReturningOwnerStartsAfterTheSurvivorAborted) {
+  // The survivor's ABORT is a key of node 1 that node 1's WAL knows nothing
+  // of: the returning node drops it during start-up (before it serves).
+  crashNode1During("coord.after_votes=crash");
+  ASSERT_TRUE(settled(std::chrono::seconds(kLeaseTtlS + 8)));
+  ASSERT_EQ(keys("/decisions/1/").size(), 1u);
+  cluster_->startCoordinator("", 0);
+  EXPECT_TRUE(cluster_->coordinatorRunning(0));
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/1/").empty(); }, std::chrono::seconds(10)));
+  auto o = via(0).submit(transferOps("bank-a:alice", "bank-b:bob", 1)).wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  EXPECT_TRUE(settled(std::chrono::seconds(10)));  // phase 2 runs after the answer
+  EXPECT_EQ(account("bank-a", "alice"), bal(999, 0));
+}
+
 TEST_F(CoordinatorClusterTest, RetryThroughAnotherCoordinatorCommitsOnce) {
   auto req = transferRequest(7);
   auto first = via(0).submit(req).wait(io_.waitScope);
@@ -289,6 +304,27 @@ TEST_F(CoordinatorClusterTest, RetryThatCannotPrepareAnyMoreStillHearsTheCommit)
   EXPECT_TRUE(settled(std::chrono::seconds(10)));
   EXPECT_EQ(account("bank-a", "alice"), bal(0, 0));
   EXPECT_EQ(account("bank-b", "bob"), bal(1000, 0));
+}
+
+TEST_F(CoordinatorClusterTest, ReadOnlyRequestRetriedThroughAnotherCoordinatorRunsOnce) {
+  // One participant and two: either way its request id is claimed in etcd.
+  for (std::vector<Op> ops : {std::vector<Op>{Op{"bank-a", OpKind::ReadBalance, "alice", 0}},
+                              std::vector<Op>{Op{"bank-a", OpKind::ReadBalance, "alice", 0},
+                                              Op{"bank-b", OpKind::ReadBalance, "bob", 0}}}) {
+    SubmitRequest req;
+    req.ops = ops;
+    req.requestId = newRequestId();
+    req.requestTimeUs = wallMicros();
+    auto first = via(0).submit(req).wait(io_.waitScope);
+    ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+    ASSERT_EQ(first.results.size(), ops.size());
+    EXPECT_EQ(first.results[0].balance, 1000);
+    auto again = via(1).submit(req).wait(io_.waitScope);
+    EXPECT_EQ(again.outcome, ClientOutcome::Committed) << again.reason;
+    EXPECT_EQ(again.seq, first.seq) << "the read-only request ran again through node 2";
+    EXPECT_TRUE(again.replayed);
+  }
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/").empty(); })) << "a read-only decision key was left";
 }
 
 TEST_F(CoordinatorClusterTest, RequestRolledBackStaysRolledBackWhereverItIsRetried) {

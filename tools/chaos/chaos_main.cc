@@ -1,6 +1,7 @@
 // keel-chaos: the bank test under kills, pauses and network faults.
 //
 //   keel-chaos --seed 7 --duration 120 [--agents 3] [--out DIR]
+//   keel-chaos --cluster --seed 7 --duration 120 [--coordinators 3] [--lease-ttl 2]
 //   keel-chaos --coordinator HOST:PORT --agent NAME=HOST:PORT ... (a deployment of yours; no faults)
 //
 // Starts a coordinator and ledger agents on loopback, each agent behind a
@@ -19,18 +20,28 @@
 // database of one PostgreSQL server (tools/chaos/pg_host.h), the transfers
 // are guarded SQL (tools/sql_bank.h), and killing or freezing PostgreSQL
 // itself joins the faults.
+//
+// --cluster: a coordinator cluster (docs/cluster.md) of --coordinators on a
+// 3-member etcd (tools/chaos/etcd_side.h); clients spread over them and
+// fail over; coordinators and etcd members are killed and frozen, and a
+// coordinator is cut off from etcd; the checker also holds etcd's
+// decisions and request fates against the agents, and the report times
+// every takeover from its fault.
 
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <csignal>
 #include <deque>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -38,6 +49,7 @@
 
 #include "common/client.h"
 #include "tools/chaos/checker.h"
+#include "tools/chaos/etcd_side.h"
 #include "tools/chaos/fault_proxy.h"
 #include "tools/chaos/pg_host.h"
 #include "tools/chaos/report.h"
@@ -65,12 +77,25 @@ const std::vector<std::string> kFaultKinds = {"kill",      "pause",         "lat
                                               "blackhole", "loss-to-agent", "loss-from-agent", "refuse",
                                               "failpoint", "slow-disk"};
 const std::vector<std::string> kPostgresFaultKinds = {"postgres-kill", "postgres-pause"};
+// --cluster adds these; its "kill" and "pause" are of agents only (a
+// coordinator's are coordinator-kill and coordinator-pause).
+const std::vector<std::string> kClusterFaultKinds = {"coordinator-kill", "coordinator-pause", "etcd-kill",
+                                                     "etcd-pause", "etcd-partition"};
 
-std::vector<std::string> faultKinds(bool postgres) {
+std::vector<std::string> faultKinds(bool postgres, bool cluster) {
   auto k = kFaultKinds;
   if (postgres) k.insert(k.end(), kPostgresFaultKinds.begin(), kPostgresFaultKinds.end());
+  if (cluster) k.insert(k.end(), kClusterFaultKinds.begin(), kClusterFaultKinds.end());
   return k;
 }
+
+// --cluster: each kind's share of the draw (0..49; 50..99 go to the agents'
+// faults and coordinator failpoints). A forced kind (--require-faults) takes
+// a number of its own range, so it runs the same code as a drawn one.
+const std::map<std::string, std::pair<std::uint32_t, std::uint32_t>> kClusterRanges = {
+    {"coordinator-kill:early", {0, 6}}, {"coordinator-kill:late", {7, 13}}, {"coordinator-pause", {14, 21}},
+    {"etcd-kill:leader", {22, 27}},     {"etcd-kill", {28, 33}},            {"etcd-pause", {34, 41}},
+    {"etcd-partition", {42, 49}}};
 
 // The run's options; the workload's (seed, accounts, clients, retries)
 // are its base.
@@ -86,6 +111,9 @@ struct Options : WorkloadOptions {
   std::string requireFaults;  // --require-faults: "all" or kinds, comma-separated
   bool selfCheck = false;
   bool faults = true;
+  bool cluster = false;            // --cluster: a coordinator cluster on etcd
+  std::uint32_t coordinators = 3;  // --cluster: how many
+  std::uint32_t leaseTtlS = 2;     // --cluster: the members' lease TTL
   std::string externalCoordinator;
   std::vector<std::string> externalAgents;  // name=host:port
 };
@@ -104,18 +132,39 @@ struct Options : WorkloadOptions {
 // then the draw goes on as usual. A fault counts only once it took effect:
 // a kill or a pause of a process that is not running is skipped, not
 // counted.
+//
+// With `etcd` (--cluster) half the draw goes to the cluster's own faults:
+// coordinators killed (restarted before their lease expired, or once a
+// survivor took their work over) or frozen past their lease TTL, etcd
+// members killed or frozen (the leader among them), a coordinator cut off
+// from etcd past its TTL. One fault at a time, each healed before the next:
+// never two etcd members down, and a coordinator is never stopped while
+// another one is down. A coordinator that stopped by itself (a lost lease
+// is fail-stop) is restarted before the next fault.
+//
+// The thread lives from start() to finish(), past the end of the schedule:
+// it also heals (heal()), so every process it restarted (etcd members,
+// PostgreSQL: started with a parent-death signal tied to the starting
+// thread) lives until the run is over.
 class FaultInjector {
  public:
   FaultInjector(const Options& o, LocalCluster& cluster, std::map<std::string, std::unique_ptr<FaultProxy>>& proxies,
-                Timeline& timeline, PgHost* pg, std::vector<std::string> cover)
-      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), pg_(pg), rng_(o.seed) {
+                Timeline& timeline, PgHost* pg, EtcdSide* etcd, std::vector<std::string> cover)
+      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), pg_(pg), etcd_(etcd), rng_(o.seed) {
     if (!o.firstFault.empty()) forced_.push_back(o.firstFault);
     std::vector<std::string> rest;
     for (auto& k : cover) {
       if (k == o.firstFault) continue;
-      if (k == "kill" || k == "pause" || k == "failpoint") {
+      if (etcd_ != nullptr && (k == "kill" || k == "pause")) {
+        rest.push_back(k + ":agent");  // a coordinator's are kinds of their own here
+      } else if (k == "kill" || k == "pause" || k == "failpoint") {
         rest.push_back(k + ":coordinator");
         rest.push_back(k + ":agent");
+      } else if (k == "coordinator-kill") {
+        rest.push_back(k + ":early");
+        rest.push_back(k + ":late");
+      } else if (k == "etcd-kill") {
+        rest.push_back(k + ":leader");
       } else {
         rest.push_back(k);
       }
@@ -123,28 +172,38 @@ class FaultInjector {
     std::shuffle(rest.begin(), rest.end(), rng_);
     forced_.insert(forced_.end(), rest.begin(), rest.end());
   }
+  ~FaultInjector() {
+    stop();
+    finish();
+  }
 
   void start() {
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this] {
+      run();
+      serve();
+    });
   }
+  // The schedule ends (the fault under way is cut short).
   void stop() {
     stop_ = true;
-    if (thread_.joinable()) thread_.join();
+    std::unique_lock<std::mutex> lk(jobMu_);
+    jobCv_.wait(lk, [this] { return serving_ || !thread_.joinable(); });
   }
-
-  // Everything back to normal: proxies healed, paused processes resumed,
-  // dead ones restarted clean.
-  void healAll() {
-    if (pg_ != nullptr) healPostgres();  // before the agents: they need it to start
-    for (auto& [n, p] : proxies_) p->heal();
-    for (auto& n : cluster_.agentNames()) {
-      if (cluster_.agentRunning(n)) cluster_.killAgent(n, SIGCONT);
+  // Everything back to normal, on the injector's thread.
+  void heal() {
+    std::unique_lock<std::mutex> lk(jobMu_);
+    job_ = [this] { healAll(); };
+    jobCv_.notify_all();
+    jobCv_.wait(lk, [this] { return !job_; });
+  }
+  // The thread ends; what it restarted may go with it (the run is over).
+  void finish() {
+    {
+      std::lock_guard<std::mutex> lk(jobMu_);
+      finish_ = true;
     }
-    if (cluster_.coordinatorRunning()) cluster_.killCoordinator(SIGCONT);
-    for (auto& n : cluster_.agentNames()) {
-      if (!cluster_.agentRunning(n)) restartAgent(n, "");
-    }
-    if (!cluster_.coordinatorRunning()) restartCoordinator("");
+    jobCv_.notify_all();
+    if (thread_.joinable()) thread_.join();
   }
 
   std::map<std::string, std::uint64_t> counts() const {
@@ -155,6 +214,21 @@ class FaultInjector {
   std::uint64_t failpointsReached() const {
     std::lock_guard<std::mutex> lk(mu_);
     return failpointsReached_;
+  }
+  // --cluster: every SIGKILL, SIGSTOP or etcd cut of a coordinator, for
+  // timing takeovers; coordinators found stopped by themselves and
+  // restarted; pauses and cuts past the TTL that did not stop theirs.
+  std::vector<CoordinatorFault> coordinatorFaults() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return coordinatorFaults_;
+  }
+  std::uint64_t restartedAfterStop() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return restartedAfterStop_;
+  }
+  std::uint64_t keptRunning() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return keptRunning_;
   }
 
  private:
@@ -184,19 +258,57 @@ class FaultInjector {
       std::fprintf(stderr, "keel-chaos: restarting PostgreSQL: %s\n", e.what());
     }
   }
-  bool restartCoordinator(const std::string& failpoints) {
+  bool restartCoordinator(const std::string& failpoints, int i = 0) {
     try {
-      cluster_.startCoordinator(failpoints);
+      cluster_.startCoordinator(failpoints, i);
       return true;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "keel-chaos: restarting the coordinator: %s\n", e.what());
+      std::fprintf(stderr, "keel-chaos: restarting %s: %s\n", LocalCluster::coordinatorName(i).c_str(), e.what());
       return false;
+    }
+  }
+
+  // After the schedule: runs heal() requests until finish().
+  void serve() {
+    std::unique_lock<std::mutex> lk(jobMu_);
+    serving_ = true;
+    jobCv_.notify_all();
+    for (;;) {
+      jobCv_.wait(lk, [this] { return finish_ || bool(job_); });
+      if (!job_) return;
+      auto job = job_;
+      lk.unlock();
+      job();
+      lk.lock();
+      job_ = nullptr;
+      jobCv_.notify_all();
+    }
+  }
+
+  // Everything back to normal: proxies healed, paused processes resumed,
+  // dead ones restarted clean; in a cluster etcd first (the coordinators
+  // need it to start).
+  void healAll() {
+    if (pg_ != nullptr) healPostgres();  // before the agents: they need it to start
+    if (etcd_ != nullptr) etcd_->heal();
+    for (auto& [n, p] : proxies_) p->heal();
+    for (auto& n : cluster_.agentNames()) {
+      if (cluster_.agentRunning(n)) cluster_.killAgent(n, SIGCONT);
+    }
+    for (int i = 0; i < cluster_.coordinatorCount(); ++i) {
+      if (cluster_.coordinatorRunning(i)) cluster_.killCoordinator(SIGCONT, i);
+    }
+    for (auto& n : cluster_.agentNames()) {
+      if (!cluster_.agentRunning(n)) restartAgent(n, "");
+    }
+    for (int i = 0; i < cluster_.coordinatorCount(); ++i) {
+      if (!cluster_.coordinatorRunning(i)) restartCoordinator("", i);
     }
   }
   // A fault that could not take effect (its process was not running, or
   // would not start with the failpoint): in the log, not in the counts.
-  void skipped(const std::string& kind, const std::string& target) {
-    std::fprintf(stderr, "keel-chaos: %s of %s skipped: it was not running\n", kind.c_str(), target.c_str());
+  void skipped(const std::string& kind, const std::string& target, const std::string& why = "it was not running") {
+    std::fprintf(stderr, "keel-chaos: %s of %s skipped: %s\n", kind.c_str(), target.c_str(), why.c_str());
   }
 
   void run() {
@@ -266,9 +378,25 @@ class FaultInjector {
       forced_.pop_front();
     }
     if (pg_ != nullptr && injectPostgres(forced)) return;
+    std::optional<std::uint32_t> drawn;  // --cluster: the number drawn for the faults below
+    int coord = 0;                       // the coordinator of a coordinator failpoint
+    if (etcd_ != nullptr) {
+      restartStopped();
+      auto range = kClusterRanges.find(forced);
+      std::uint32_t k = range != kClusterRanges.end() ? between(range->second.first, range->second.second)
+                        : forced.empty()               ? between(0, 99)
+                                                       : 100;
+      if (k < 50) {
+        injectCluster(k);
+        restartStopped();
+        return;
+      }
+      if (k < 100) drawn = agentFaultNumber(k - 50);
+      coord = int(rng_() % std::uint64_t(cluster_.coordinatorCount()));
+    }
     const auto& agents = cluster_.agentNames();
     const std::string& agent = pick(agents);
-    std::uint32_t kind = forced.empty() ? between(0, 99) : numberFor(forced);
+    std::uint32_t kind = drawn ? *drawn : forced.empty() ? between(0, 99) : numberFor(forced);
     auto hold = std::chrono::milliseconds(between(200, 2000));
     Micros t0 = wallMicros();
     if (kind < 10) {  // coordinator SIGKILL, restart after a moment
@@ -329,13 +457,18 @@ class FaultInjector {
       // A failpoint may be reached during start-up (recovery re-drives the
       // step): the start then fails, and the crash is the fault.
       std::string point = pick(kCoordinatorPoints);
-      cluster_.stopCoordinator();
-      bool started = restartCoordinator(point + "=1*crash");
+      if (etcd_ != nullptr && !othersRunning(coord)) {
+        skipped("failpoint", nodeName(coord), "another coordinator is down");
+        return;
+      }
+      cluster_.stopCoordinator(coord);
+      bool started = restartCoordinator(point + "=1*crash", coord);
       sleepFor(hold);
-      bool reached = !cluster_.coordinatorRunning();
-      if (!reached) cluster_.stopCoordinator();
-      restartCoordinator("");
-      recordFailpoint("coordinator " + point, reached, started, t0);
+      bool reached = !cluster_.coordinatorRunning(coord);
+      if (!reached) cluster_.stopCoordinator(coord);
+      restartCoordinator("", coord);
+      recordFailpoint((etcd_ != nullptr ? nodeName(coord) : std::string("coordinator")) + " " + point, reached,
+                      started, t0);
     } else if (kind < 94) {  // failpoint crash in an agent
       std::string point = pick(kAgentPoints);
       cluster_.stopAgent(agent);
@@ -364,11 +497,186 @@ class FaultInjector {
     failpointsReached_ += reached ? 1 : 0;
   }
 
+  // ---------------------------------------------------------------- --cluster
+
+  static std::string nodeName(int i) { return "node " + std::to_string(i + 1); }
+
+  // --cluster: draws 50..99 are the faults of one coordinator's runs
+  // without the coordinator's kill and pause (coordinator-kill and
+  // coordinator-pause stand for them), spread evenly over their numbers.
+  static std::uint32_t agentFaultNumber(std::uint32_t j) {
+    static const std::vector<std::uint32_t> numbers = [] {
+      std::vector<std::uint32_t> v;
+      for (std::uint32_t n = 10; n < 100; ++n) {
+        if (n < 22 || n >= 28) v.push_back(n);
+      }
+      return v;
+    }();
+    return numbers[j * numbers.size() / 50];
+  }
+
+  bool othersRunning(int c) {
+    for (int i = 0; i < cluster_.coordinatorCount(); ++i) {
+      if (i != c && !cluster_.coordinatorRunning(i)) return false;
+    }
+    return true;
+  }
+
+  // A coordinator that stopped by itself (fail-stop on a lost lease, or a
+  // restart that was refused) serves again before the next fault.
+  void restartStopped() {
+    for (int i = 0; i < cluster_.coordinatorCount(); ++i) {
+      if (cluster_.coordinatorRunning(i)) continue;
+      std::fprintf(stderr, "keel-chaos: %s was found stopped; restarting it\n", nodeName(i).c_str());
+      if (restartCoordinator("", i)) {
+        std::lock_guard<std::mutex> lk(mu_);
+        ++restartedAfterStop_;
+      }
+    }
+  }
+
+  void coordinatorDown(int c, Micros t0) {
+    std::lock_guard<std::mutex> lk(mu_);
+    coordinatorFaults_.push_back(CoordinatorFault{std::uint16_t(c + 1), t0});
+  }
+
+  // Where each coordinator's log ends now.
+  std::vector<std::uintmax_t> logEnds() {
+    std::vector<std::uintmax_t> ends;
+    for (int i = 0; i < cluster_.coordinatorCount(); ++i) {
+      std::error_code ec;
+      auto n = std::filesystem::file_size(cluster_.coordinatorLog(i), ec);
+      ends.push_back(ec ? 0 : n);
+    }
+    return ends;
+  }
+
+  // Until a survivor's log, past `ends`, says it finished coordinator c's
+  // work (at most `timeout`).
+  bool waitTakeover(int c, const std::vector<std::uintmax_t>& ends, std::chrono::milliseconds timeout) {
+    std::string needle = "takeover of node " + std::to_string(c + 1) + " (epoch";
+    auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      for (int i = 0; i < cluster_.coordinatorCount(); ++i) {
+        if (i == c) continue;
+        std::ifstream f(cluster_.coordinatorLog(i));
+        f.seekg(std::streamoff(ends[std::size_t(i)]));
+        for (std::string line; std::getline(f, line);) {
+          if (line.find(needle) != std::string::npos && line.find(" done in ") != std::string::npos) return true;
+        }
+      }
+      if (!sleepFor(std::chrono::milliseconds(100))) return false;
+    }
+    return false;
+  }
+
+  // After a pause or a cut longer than its lease TTL coordinator c must
+  // stop itself (fail-stop); restarted if it did.
+  bool restartIfStopped(int c) {
+    bool stopped = cluster_.waitCoordinatorExit(std::chrono::milliseconds(3000), c);
+    if (stopped) {
+      restartCoordinator("", c);
+    } else {
+      std::lock_guard<std::mutex> lk(mu_);
+      ++keptRunning_;
+    }
+    return stopped;
+  }
+
+  // One of the cluster's faults; k in 0..49 (kClusterRanges).
+  void injectCluster(std::uint32_t k) {
+    int c = int(rng_() % std::uint64_t(cluster_.coordinatorCount()));
+    auto pastTtl = [&](std::uint32_t lo, std::uint32_t hi) {
+      return std::chrono::milliseconds(o_.leaseTtlS * 1000 + between(lo, hi));
+    };
+    Micros t0 = wallMicros();
+    if (k < 22 || k >= 42) {
+      // A coordinator fault: never while another one is down.
+      if (!othersRunning(c) || !cluster_.coordinatorRunning(c)) {
+        skipped(k < 14 ? "coordinator-kill" : k < 22 ? "coordinator-pause" : "etcd-partition", nodeName(c),
+                "a coordinator is down");
+        return;
+      }
+    }
+    if (k < 14) {  // SIGKILL; restarted before its lease expired, or once a survivor took over
+      bool early = k < 7;
+      auto ends = logEnds();
+      cluster_.killCoordinator(SIGKILL, c);
+      coordinatorDown(c, t0);
+      bool tookOver = false;
+      if (early) {
+        sleepFor(std::chrono::milliseconds(between(200, 1500)));
+      } else {
+        tookOver = waitTakeover(c, ends, std::chrono::milliseconds(o_.leaseTtlS * 1000 + 10000));
+      }
+      restartCoordinator("", c);
+      record("coordinator-kill",
+             nodeName(c) + (early      ? " (restarted before its lease expired)"
+                            : tookOver ? " (restarted once a survivor had taken over)"
+                                       : " (restarted; no takeover seen in time)"),
+             t0, wallMicros());
+    } else if (k < 22) {  // SIGSTOP past the lease TTL: it must stop itself, or be fenced
+      cluster_.killCoordinator(SIGSTOP, c);
+      coordinatorDown(c, t0);
+      sleepFor(pastTtl(500, 3000));
+      cluster_.killCoordinator(SIGCONT, c);
+      bool stopped = restartIfStopped(c);
+      record("coordinator-pause", nodeName(c) + (stopped ? " (stopped itself; restarted)" : " (still running)"), t0,
+             wallMicros());
+    } else if (k < 42) {  // an etcd member killed or frozen, the leader or any
+      etcdMember(k < 34, k < 34 ? k < 28 : k < 38, t0);
+    } else {  // coordinator c cut off from etcd past its TTL, the agents still reachable
+      etcd_->cut(std::size_t(c));
+      coordinatorDown(c, t0);
+      sleepFor(pastTtl(500, 2000));
+      etcd_->reconnect(std::size_t(c));
+      bool stopped = restartIfStopped(c);
+      record("etcd-partition", nodeName(c) + (stopped ? " (stopped itself; restarted)" : " (still running)"), t0,
+             wallMicros());
+    }
+  }
+
+  void etcdMember(bool kill, bool leader, Micros t0) {
+    auto& e = etcd_->etcd();
+    for (std::size_t m = 0; m < e.size(); ++m) {  // one member down at most: the last fault's is back
+      if (e.paused(m)) e.resume(m);
+      if (e.running(m)) continue;
+      try {
+        e.restart(m);
+      } catch (const std::exception& ex) {
+        std::fprintf(stderr, "keel-chaos: restarting etcd member %zu: %s\n", m, ex.what());
+        skipped(kill ? "etcd-kill" : "etcd-pause", "etcd", "a member is down");
+        return;
+      }
+    }
+    std::size_t any = std::size_t(rng_() % e.size());
+    auto hold = std::chrono::milliseconds(between(500, 3000));
+    int lead = e.leaderIndex(std::chrono::milliseconds(2000));
+    std::size_t m = leader && lead >= 0 ? std::size_t(lead) : any;
+    std::string target = "etcd m" + std::to_string(m) + (int(m) == lead ? " (leader)" : "");
+    if (kill) {
+      e.kill9(m);
+      sleepFor(hold);
+      try {
+        e.restart(m);
+      } catch (const std::exception& ex) {
+        std::fprintf(stderr, "keel-chaos: restarting etcd member %zu: %s\n", m, ex.what());
+      }
+      record("etcd-kill", target, t0, wallMicros());
+    } else {
+      e.pause(m);
+      sleepFor(hold);
+      e.resume(m);
+      record("etcd-pause", target, t0, wallMicros());
+    }
+  }
+
   const Options& o_;
   LocalCluster& cluster_;
   std::map<std::string, std::unique_ptr<FaultProxy>>& proxies_;
   Timeline& timeline_;
   PgHost* pg_;  // postgres mode only
+  EtcdSide* etcd_;  // --cluster only
   std::mt19937_64 rng_;
   std::deque<std::string> forced_;  // kinds the next faults must be, in order
   std::atomic<bool> stop_{false};
@@ -376,6 +684,14 @@ class FaultInjector {
   mutable std::mutex mu_;
   std::map<std::string, std::uint64_t> counts_;  // GUARDED_BY(mu_)
   std::uint64_t failpointsReached_ = 0;          // GUARDED_BY(mu_)
+  std::vector<CoordinatorFault> coordinatorFaults_;  // GUARDED_BY(mu_)
+  std::uint64_t restartedAfterStop_ = 0, keptRunning_ = 0;  // GUARDED_BY(mu_)
+  // heal() and finish() for the thread once the schedule is over.
+  std::mutex jobMu_;
+  std::condition_variable jobCv_;
+  std::function<void()> job_;  // GUARDED_BY(jobMu_)
+  bool serving_ = false;       // GUARDED_BY(jobMu_)
+  bool finish_ = false;        // GUARDED_BY(jobMu_)
 };
 
 // ------------------------------------------------------------------ collection
@@ -437,17 +753,20 @@ std::vector<AgentBranch> allBranches(kj::AsyncIoContext& io, const std::string& 
   return out;
 }
 
-// Polls until the coordinator has nothing unfinished, no agent holds a
+// Polls until no coordinator has anything unfinished, no agent holds a
 // prepared or active branch and hostSettled() says the host systems hold no
 // prepared transaction; returns false on timeout.
-bool waitResolved(kj::AsyncIoContext& io, const std::string& coordinator,
+bool waitResolved(kj::AsyncIoContext& io, const std::vector<std::string>& coordinators,
                   const std::map<std::string, std::string>& agents, std::chrono::seconds timeout,
                   const std::function<bool()>& hostSettled) {
   auto until = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < until) {
     try {
-      auto c = KeelClient::connect(io, coordinator).wait(io.waitScope);
-      bool done = c->info().wait(io.waitScope).unfinished == 0;
+      bool done = true;
+      for (auto& addr : coordinators) {
+        auto c = KeelClient::connect(io, addr).wait(io.waitScope);
+        done = done && c->info().wait(io.waitScope).unfinished == 0;
+      }
       for (auto& [n, a] : agents) {
         auto b = books(io, a).wait(io.waitScope);
         done = done && b.prepared == 0 && b.active == 0;
@@ -463,14 +782,115 @@ bool waitResolved(kj::AsyncIoContext& io, const std::string& coordinator,
   return false;
 }
 
+// What the coordinators' tables say, into in.coordinator: the records of
+// every seq in `seqs` at the coordinator of its node (coordinator i has node
+// id i + 1; one coordinator has them all), and for every request id the seq
+// each coordinator's requests table names. Seqs those tables name join
+// `seqs`. Also the coordinators' windows of inconsistency, summed up: the
+// count of all, the largest of their p50, p99 and max.
+struct Windows {
+  std::uint64_t count = 0, p50Us = 0, p99Us = 0, maxUs = 0;
+  std::vector<std::string> unreachable;  // coordinators that did not answer (their records are missing)
+};
+Windows readCoordinators(kj::AsyncIoContext& io, const std::vector<std::string>& coordinators,
+                         const std::vector<std::string>& requestIds, std::set<std::uint64_t>& seqs, Input& in) {
+  bool cluster = coordinators.size() > 1;
+  std::vector<kj::Own<KeelClient>> clients;
+  Windows w;
+  for (auto& a : coordinators) {
+    try {
+      clients.push_back(KeelClient::connect(io, a).wait(io.waitScope));
+    } catch (const kj::Exception& e) {
+      if (!cluster) throw;
+      w.unreachable.push_back(a + " (" + std::string(e.getDescription().cStr()) + ")");
+      clients.push_back(kj::Own<KeelClient>());
+    }
+  }
+  for (auto& c : clients) {
+    if (c.get() == nullptr) continue;
+    in.coordinator.unfinished += c->info().wait(io.waitScope).unfinished;
+    auto st = c->capability().statsRequest().send().wait(io.waitScope).getStats();
+    w.count += st.getCount();
+    w.p50Us = std::max(w.p50Us, st.getP50Us());
+    w.p99Us = std::max(w.p99Us, st.getP99Us());
+    w.maxUs = std::max(w.maxUs, st.getMaxUs());
+  }
+  for (auto& client : clients) {
+    if (client.get() == nullptr) continue;
+    for (std::size_t i = 0; i < requestIds.size(); i += 256) {
+      kj::Vector<kj::Promise<void>> qs;
+      for (std::size_t k = i; k < std::min(requestIds.size(), i + 256); ++k) {
+        const std::string& id = requestIds[k];
+        qs.add(client->queryRequest(id).then([&in, &seqs, id, cluster](std::optional<QueryResult> q) {
+          if (!cluster) in.coordinator.requests[id] = q ? q->interaction.seq : 0;
+          if (!q) return;
+          if (cluster) in.coordinator.requestRows[id].insert(q->interaction.seq);
+          seqs.insert(q->interaction.seq);
+        }));
+      }
+      kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
+    }
+  }
+  std::vector<std::uint64_t> seqList(seqs.begin(), seqs.end());
+  for (std::size_t i = 0; i < seqList.size(); i += 256) {
+    kj::Vector<kj::Promise<void>> qs;
+    for (std::size_t k = i; k < std::min(seqList.size(), i + 256); ++k) {
+      std::uint64_t seq = seqList[k];
+      std::size_t owner = cluster ? std::size_t(seqNode(seq)) - 1 : 0;
+      // No coordinator of that node (node 0: a malformed seq), or it is down.
+      if (owner >= clients.size() || clients[owner].get() == nullptr) continue;
+      qs.add(clients[owner]->query(seq).then([&in, seq](std::optional<QueryResult> q) {
+        if (!q) return;
+        in.coordinator.interactions[seq] = std::move(q->interaction);
+        if (q->rollback) in.coordinator.rollbacks[seq] = std::move(*q->rollback);
+      }));
+    }
+    kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
+  }
+  return w;
+}
+
+// --cluster: what the coordinators' logs say about takeovers, timed from
+// the injector's coordinator faults: those of the last lease TTL and 10 s
+// (a survivor finishes within a TTL and a poll of the fault, and a killed
+// coordinator is restarted within a TTL and 10 s); a takeover after none
+// followed something else (a fail-stop on etcd trouble, a failpoint crash).
+Takeovers readTakeovers(LocalCluster& cluster, const std::vector<CoordinatorFault>& faults, std::uint32_t leaseTtlS) {
+  Takeovers t;
+  for (int i = 0; i < cluster.coordinatorCount(); ++i) {
+    std::ifstream f(cluster.coordinatorLog(i));
+    std::stringstream text;
+    text << f.rdbuf();
+    scanCoordinatorLog(text.str(), t);
+  }
+  attributeTakeovers(t, faults, Micros(leaseTtlS + 10) * 1'000'000);
+  return t;
+}
+
+// --cluster --self-check: ABORT planted in etcd for the last interaction a
+// client heard committed that moved money and has no decision key (0: none
+// could be planted).
+std::uint64_t plantContradiction(EtcdSide& etcd, const std::vector<Attempt>& attempts) {
+  int tries = 0;
+  for (auto a = attempts.rbegin(); a != attempts.rend() && tries < 50; ++a) {
+    if (!a->answer || a->answer->outcome != ClientOutcome::Committed || a->answer->seq == 0) continue;
+    bool moves = std::any_of(a->ops.begin(), a->ops.end(), [](const Op& op) { return op.kind != OpKind::ReadBalance; });
+    if (!moves) continue;
+    ++tries;
+    if (etcd.plantAbort(a->answer->seq)) return a->answer->seq;
+  }
+  return 0;
+}
+
 int runChaos(Options o) {
   std::filesystem::create_directories(o.out);
   Timeline timeline;
   std::unique_ptr<PgHost> pg;  // postgres mode; outlives the cluster's agents
+  std::unique_ptr<EtcdSide> etcd;  // --cluster; outlives the coordinators
   std::unique_ptr<LocalCluster> cluster;
   std::map<std::string, std::unique_ptr<FaultProxy>> proxies;
   std::map<std::string, std::string> agentAddrs;  // where checkers reach each agent directly
-  std::string coordinator;
+  std::vector<std::string> coordinators;
 
   if (o.externalCoordinator.empty()) {
     ClusterOptions copts;
@@ -482,6 +902,13 @@ int runChaos(Options o) {
     copts.coordinatorExtraToml = "call_timeout_ms = 1000\nmap_size_mb = " + std::to_string(o.mapSizeMb) + "\n";
     copts.agentExtraArgs = {"--map-size-mb", std::to_string(o.mapSizeMb)};
     copts.agentInDoubtQueryMs = 3000;
+    if (o.cluster) {
+      // etcd's folder goes with it at the end (its logs are copied beside
+      // the others first); the prefix is the run's own.
+      etcd = std::make_unique<EtcdSide>(o.out, o.coordinators, o.leaseTtlS, "/keel-chaos-" + std::to_string(o.seed));
+      copts.coordinators = int(o.coordinators);
+      for (std::uint32_t i = 0; i < o.coordinators; ++i) copts.clusterTomlFor[int(i)] = etcd->clusterToml(i);
+    }
     cluster = std::make_unique<LocalCluster>(copts);
     if (o.selfCheck) cluster->setAgentArgs(copts.agents[0], {"--debug-break", "commit-on-rollback"});
     if (o.adapter == "postgres") {
@@ -502,13 +929,18 @@ int runChaos(Options o) {
       cluster->setParticipantAddress(a, "127.0.0.1:" + std::to_string(proxies[a]->port()));
       agentAddrs[a] = addr;
     }
-    cluster->startCoordinator();
-    coordinator = cluster->coordinatorAddress();
-    std::printf("keel-chaos: seed %llu, %u s, coordinator %s, %u %s agents behind fault proxies%s\n",
-                (unsigned long long)o.seed, o.durationS, coordinator.c_str(), o.agents, o.adapter.c_str(),
-                o.selfCheck ? ", SELF-CHECK: bank-1 commits what it is told to roll back" : "");
+    for (int i = 0; i < cluster->coordinatorCount(); ++i) cluster->startCoordinator("", i);
+    coordinators = cluster->coordinatorAddresses();
+    std::string list;
+    for (auto& c : coordinators) list += (list.empty() ? "" : " ") + c;
+    std::printf("keel-chaos: seed %llu, %u s, %s %s%s, %u %s agents behind fault proxies%s\n",
+                (unsigned long long)o.seed, o.durationS, o.cluster ? "coordinator cluster" : "coordinator",
+                list.c_str(), o.cluster ? (" on etcd " + etcd->prefix() + " (lease TTL " + std::to_string(o.leaseTtlS) +
+                                           " s)").c_str()
+                                        : "",
+                o.agents, o.adapter.c_str(), o.selfCheck ? ", SELF-CHECK: bank-1 commits what it is told to roll back" : "");
   } else {
-    coordinator = o.externalCoordinator;
+    coordinators = {o.externalCoordinator};
     for (auto& spec : o.externalAgents) {
       auto eq = spec.find('=');
       if (eq == std::string::npos) throw std::invalid_argument("--agent wants NAME=HOST:PORT, got " + spec);
@@ -516,7 +948,7 @@ int runChaos(Options o) {
     }
     o.faults = false;
     std::printf("keel-chaos: seed %llu, %u s against coordinator %s and %zu agents (no fault injection)\n",
-                (unsigned long long)o.seed, o.durationS, coordinator.c_str(), agentAddrs.size());
+                (unsigned long long)o.seed, o.durationS, o.externalCoordinator.c_str(), agentAddrs.size());
   }
   std::vector<std::string> agentNames;
   for (auto& [n, a] : agentAddrs) agentNames.push_back(n);
@@ -525,7 +957,7 @@ int runChaos(Options o) {
   // Accounts: one per index on every agent, each with the opening balance
   // (postgres mode: the tables were filled above).
   if (!pg) {
-    auto c = KeelClient::connect(io, coordinator).wait(io.waitScope);
+    auto c = KeelClient::connect(io, coordinators[0]).wait(io.waitScope);
     kj::Vector<kj::Promise<SubmitOutcome>> opens;
     for (auto& n : agentNames) {
       for (std::uint32_t i = 0; i < o.accountsPerAgent; ++i) {
@@ -554,12 +986,13 @@ int runChaos(Options o) {
   timeline.start(runStart);
   WorkloadOptions wo = o;
   wo.sql = pg != nullptr;
-  Workload workload(wo, io, coordinator, agentNames, timeline);
+  Workload workload(wo, io, coordinators, agentNames, timeline);
   std::unique_ptr<FaultInjector> injector;
   if (o.faults) {
-    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline, pg.get(), o.minimums.faults);
+    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline, pg.get(), etcd.get(), o.minimums.faults);
     injector->start();
   }
+  if (etcd) etcd->startSampling();
   // Postgres mode: the lowest balance in the databases, once a second, from
   // a thread of its own (a frozen server would stall the event loop).
   std::atomic<std::int64_t> pgLowest{0};
@@ -615,7 +1048,7 @@ int runChaos(Options o) {
 
   std::printf("keel-chaos: healing everything, waiting for resolution (at most %u s)\n", o.healTimeoutS);
   Micros healStart = wallMicros();
-  if (injector) injector->healAll();
+  if (injector) injector->heal();
   auto hostSettled = [&]() {
     if (!pg) return true;
     for (auto& n : agentNames) {
@@ -623,8 +1056,13 @@ int runChaos(Options o) {
     }
     return true;
   };
-  bool resolved = waitResolved(io, coordinator, agentAddrs, std::chrono::seconds(o.healTimeoutS), hostSettled);
+  bool resolved = waitResolved(io, coordinators, agentAddrs, std::chrono::seconds(o.healTimeoutS), hostSettled);
   Micros resolvedAt = wallMicros();
+  std::uint64_t plantedSeq = 0;
+  if (etcd) {
+    etcd->stopSampling();
+    if (o.selfCheck) plantedSeq = plantContradiction(*etcd, workload.attempts());
+  }
 
   // Collect what everyone says.
   Input in;
@@ -650,40 +1088,24 @@ int runChaos(Options o) {
     }
     if (!at.requestId.empty()) requestIds.push_back(at.requestId);
   }
-  auto client = KeelClient::connect(io, coordinator).wait(io.waitScope);
-  in.coordinator.unfinished = client->info().wait(io.waitScope).unfinished;
-  // What the requests table names for every request id a client sent.
-  for (std::size_t i = 0; i < requestIds.size(); i += 256) {
-    kj::Vector<kj::Promise<void>> qs;
-    for (std::size_t k = i; k < std::min(requestIds.size(), i + 256); ++k) {
-      const std::string& id = requestIds[k];
-      qs.add(client->queryRequest(id).then([&in, &seqs, id](std::optional<QueryResult> q) {
-        in.coordinator.requests[id] = q ? q->interaction.seq : 0;
-        if (q) seqs.insert(q->interaction.seq);
-      }));
+  if (etcd) {
+    in.etcd = etcd->read();
+    for (auto& [seq, d] : in.etcd->decisions) seqs.insert(seq);
+    for (auto& [id, f] : in.etcd->requests) {
+      if (f.seq != 0) seqs.insert(f.seq);
     }
-    kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
   }
-  std::vector<std::uint64_t> seqList(seqs.begin(), seqs.end());
-  for (std::size_t i = 0; i < seqList.size(); i += 256) {
-    kj::Vector<kj::Promise<void>> qs;
-    for (std::size_t k = i; k < std::min(seqList.size(), i + 256); ++k) {
-      std::uint64_t seq = seqList[k];
-      qs.add(client->query(seq).then([&in, seq](std::optional<QueryResult> q) {
-        if (!q) return;
-        in.coordinator.interactions[seq] = std::move(q->interaction);
-        if (q->rollback) in.coordinator.rollbacks[seq] = std::move(*q->rollback);
-      }));
-    }
-    kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
-  }
+  Windows windows = readCoordinators(io, coordinators, requestIds, seqs, in);
   auto violations = check(in);
+  for (auto& c : windows.unreachable) {
+    violations.push_back(Violation{0, "coordinator " + c + " not reachable after healing: its records are missing",
+                                   ViolationKind::Unsettled});
+  }
   if (!resolved) {
     violations.push_back(Violation{0, "not resolved within " + std::to_string(o.healTimeoutS) + " s of healing",
                                    ViolationKind::Unsettled});
   }
 
-  auto st = client->capability().statsRequest().send().wait(io.waitScope).getStats();
   Report r;
   r.seed = o.seed;
   r.durationS = o.durationS;
@@ -696,10 +1118,27 @@ int runChaos(Options o) {
     r.faults = injector->counts();
     r.failpointsCrashed = injector->failpointsReached();
   }
-  r.windowCount = st.getCount();
-  r.windowP50Us = st.getP50Us();
-  r.windowP99Us = st.getP99Us();
-  r.windowMaxUs = st.getMaxUs();
+  r.windowCount = windows.count;
+  r.windowP50Us = windows.p50Us;
+  r.windowP99Us = windows.p99Us;
+  r.windowMaxUs = windows.maxUs;
+  if (etcd) {
+    Report::Cluster c;
+    c.coordinators = coordinators.size();
+    c.etcdMembers = etcd->etcd().size();
+    c.leaseTtlS = o.leaseTtlS;
+    c.prefix = etcd->prefix();
+    c.takeovers = readTakeovers(*cluster, injector ? injector->coordinatorFaults() : std::vector<CoordinatorFault>{},
+                                o.leaseTtlS);
+    if (injector) {
+      c.restartedAfterStop = injector->restartedAfterStop();
+      c.pausedKeptRunning = injector->keptRunning();
+    }
+    c.decisionsSeen = in.etcd->decisions.size();
+    c.decisionsLeft = etcd->decisionsLeft();
+    c.requestFates = in.etcd->requests.size();
+    r.cluster = std::move(c);
+  }
   r.resolutionMs = (resolvedAt - healStart) / 1000;
   r.resolved = resolved;
   r.loadSeconds = double(loadEnd - runStart) / 1e6;
@@ -707,14 +1146,19 @@ int runChaos(Options o) {
   r.selfCheck = o.selfCheck;
   r.unmet = unmetMinimums(r, o.minimums);
   SelfCheckVerdict verdict;
-  if (o.selfCheck) {
-    verdict = judgeSelfCheck(violations);
+  if (o.selfCheck && etcd && plantedSeq == 0) {
+    verdict = {false, "no ABORT could be planted in etcd: no interaction heard committed without a decision key"};
+    r.selfCheckVerdict = "FAILED: " + verdict.why;
+  } else if (o.selfCheck) {
+    verdict = judgeSelfCheck(violations, plantedSeq);
     r.selfCheckVerdict = std::string(verdict.passed ? "PASSED: " : "FAILED: ") + verdict.why;
   }
   writeReport(r, timeline, o.out);
   std::printf("%s", textReport(r).c_str());
   std::printf("keel-chaos: report.json and timeline.svg in %s\n", o.out.c_str());
   if (cluster) cluster->stopAll();
+  if (injector) injector->finish();
+  if (etcd) etcd->keepLogs(o.out + "/cluster");
   if (pg) {
     // The server's folder goes with it: keep its log beside the others.
     std::error_code ec;
@@ -778,8 +1222,21 @@ int main(int argc, char** argv) {
                  "lost answer")
       ->capture_default_str();
   app.add_option("--require-faults", o.requireFaults,
-                 "fault kinds that must fire (comma-separated, or 'all' for every kind this run draws): the first "
-                 "faults are these, one each, and the run fails (exit 3) if one never took effect");
+                 "fault kinds that must fire (comma-separated, or 'all' for every kind this run draws, or 'none'): "
+                 "the first faults are these, one each, and the run fails (exit 3) if one never took effect; "
+                 "--cluster requires coordinator-kill,etcd-kill unless told otherwise");
+  app.add_flag("--cluster", o.cluster,
+               "a coordinator cluster on a 3-member etcd: coordinators and etcd members are killed, frozen and cut "
+               "off too, and etcd's decisions are checked against the agents (docs/chaos.md, \"--cluster\")");
+  app.add_option("--coordinators", o.coordinators, "--cluster: coordinators (node ids 1..N)")
+      ->capture_default_str()
+      ->check(CLI::Range(2u, 8u));
+  app.add_option("--lease-ttl", o.leaseTtlS, "--cluster: the coordinators' lease TTL in seconds (lease_ttl_s)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 60u));
+  app.add_option("--min-takeovers", o.minimums.takeovers,
+                 "--cluster: fail (exit 3) unless survivors finished at least this many dead coordinators' work")
+      ->capture_default_str();
   app.add_option("--coordinator", o.externalCoordinator, "use this running coordinator (no processes started)");
   app.add_option("--agent", o.externalAgents, "NAME=HOST:PORT of a running agent (with --coordinator)");
   CLI11_PARSE(app, argc, argv);
@@ -800,6 +1257,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "keel-chaos: --self-check breaks a ledger agent on purpose; run it with --adapter ledger\n");
     return 2;
   }
+  if (o.cluster && (o.adapter != "ledger" || !o.externalCoordinator.empty())) {
+    std::fprintf(stderr, "keel-chaos: --cluster starts its own coordinators, etcd and ledger agents (not with "
+                         "--adapter postgres or --coordinator)\n");
+    return 2;
+  }
+  if (o.cluster && o.requireFaults.empty() && o.faults) o.requireFaults = "coordinator-kill,etcd-kill";
+  if (o.requireFaults == "none") o.requireFaults.clear();
   if (!o.firstFault.empty() && o.adapter != "postgres") {
     std::fprintf(stderr, "keel-chaos: --first-fault %s needs --adapter postgres\n", o.firstFault.c_str());
     return 2;
@@ -810,7 +1274,7 @@ int main(int argc, char** argv) {
                            "--coordinator)\n");
       return 2;
     }
-    auto drawn = keel::chaos::faultKinds(o.adapter == "postgres");
+    auto drawn = keel::chaos::faultKinds(o.adapter == "postgres", o.cluster);
     if (o.requireFaults == "all") {
       o.minimums.faults = drawn;
     } else {

@@ -1,5 +1,6 @@
 #include "tools/chaos/checker.h"
 
+#include <algorithm>
 #include <set>
 
 #include "tools/sql_bank.h"
@@ -31,6 +32,7 @@ const char* violationKindName(ViolationKind k) {
     case ViolationKind::RequestCommittedTwice: return "request-committed-twice";
     case ViolationKind::AnswerDisagrees: return "answer-disagrees";
     case ViolationKind::Heuristic: return "heuristic";
+    case ViolationKind::EtcdDisagrees: return "etcd-disagrees";
   }
   return "?";
 }
@@ -80,6 +82,10 @@ class Checker {
     for (const auto& a : in_.attempts) answers(a);
     for (const auto& a : in_.attempts) requestIds(a);
     requestIdsByRecord();
+    if (in_.etcd) {
+      etcdDecisions();
+      etcdRequestFates();
+    }
     coordinatorAgainstAgents();
     books();
     history();
@@ -100,6 +106,36 @@ class Checker {
   std::string recordSays(std::uint64_t seq) const {
     const auto* r = record(seq);
     return r == nullptr ? "nothing" : stateName(r->state);
+  }
+
+  // The seqs the requests table names for `id`; names(id, 0): it names
+  // none. In a cluster every coordinator's table, and etcd's fate of the
+  // id: a retry through any coordinator hears that one (a node's own row
+  // rides with its lazy local record, which a crash may lose: etcd's
+  // decision then rebuilds the record, without the request id).
+  std::set<std::uint64_t> rows(const std::string& id) const {
+    if (in_.etcd) {
+      auto it = in_.coordinator.requestRows.find(id);
+      auto out = it == in_.coordinator.requestRows.end() ? std::set<std::uint64_t>{} : it->second;
+      if (auto f = in_.etcd->requests.find(id); f != in_.etcd->requests.end() && f->second.seq != 0) {
+        out.insert(f->second.seq);
+      }
+      return out;
+    }
+    auto row = in_.coordinator.requests.find(id);
+    if (row == in_.coordinator.requests.end() || row->second == 0) return {};
+    return {row->second};
+  }
+  bool names(const std::string& id, std::uint64_t seq) const {
+    auto r = rows(id);
+    return seq == 0 ? r.empty() : r.count(seq) != 0;
+  }
+  std::string tableSays(const std::string& id) const {
+    std::string list;
+    for (auto s : rows(id)) list += (list.empty() ? "seq " : ", seq ") + std::to_string(s);
+    if (list.empty()) list = "none";
+    return in_.etcd ? "the coordinators' requests tables and etcd name " + list
+                     : "the coordinator's requests table names " + list;
   }
 
   void agentsOwnRecords() {
@@ -125,14 +161,9 @@ class Checker {
     for (const auto& t : a.tries.empty() ? single : a.tries) {
       if (!t.answer) continue;
       const auto& o = *t.answer;
-      if (o.replayed) {
-        auto row = in_.coordinator.requests.find(a.requestId);
-        std::uint64_t named = row == in_.coordinator.requests.end() ? 0 : row->second;
-        if (named != o.seq) {
-          add(K::AnswerDisagrees, o.seq, "a retry of request id " + a.requestId + " was answered as seq " +
-                                             std::to_string(o.seq) + ", but the coordinator's requests table names " +
-                                             (named == 0 ? std::string("none") : "seq " + std::to_string(named)));
-        }
+      if (o.replayed && !names(a.requestId, o.seq)) {
+        add(K::AnswerDisagrees, o.seq, "a retry of request id " + a.requestId + " was answered as seq " +
+                                           std::to_string(o.seq) + ", but " + tableSays(a.requestId));
       }
       if (o.seq == 0 || !definitive(o.outcome) || !checked_.insert({o.seq, o.outcome}).second) continue;
       switch (o.outcome) {
@@ -235,25 +266,43 @@ class Checker {
       for (auto s : seqs) list += (list.empty() ? "" : ", ") + std::to_string(s);
       add(K::AnswerDisagrees, *seqs.rbegin(), "request id " + a.requestId + " was answered with several seqs: " + list);
     }
+    // In a cluster every coordinator's row counts too: a retry through
+    // another coordinator ran under a seq of its own.
+    std::set<std::uint64_t> candidates = seqs;
+    if (in_.etcd) {
+      for (auto s : rows(a.requestId)) candidates.insert(s);
+    }
     std::vector<std::uint64_t> committed;
-    for (auto s : seqs) {
+    for (auto s : candidates) {
       if (const auto* r = record(s); r != nullptr && r->state == IState::Committed) committed.push_back(s);
     }
-    auto row = in_.coordinator.requests.find(a.requestId);
-    std::uint64_t named = row == in_.coordinator.requests.end() ? 0 : row->second;
+    committedOf_[a.requestId].insert(committed.begin(), committed.end());
     if (committed.size() > 1) {
       twice(a.requestId, committed);
-    } else if (committed.size() == 1 && named != committed[0]) {
+    } else if (committed.size() == 1 && !names(a.requestId, committed[0])) {
       add(K::AnswerDisagrees, committed[0],
-          "request id " + a.requestId + " committed as seq " + std::to_string(committed[0]) +
-              ", but the coordinator's requests table names " +
-              (named == 0 ? std::string("none") : "seq " + std::to_string(named)) + " (a retry would hear another story)");
+          "request id " + a.requestId + " committed as seq " + std::to_string(committed[0]) + ", but " +
+              tableSays(a.requestId) + " (a retry would hear another story)");
     }
-    if (a.answer && a.answer->seq != 0 && definitive(a.answer->outcome) && named != a.answer->seq) {
+    if (a.answer && a.answer->seq != 0 && definitive(a.answer->outcome) && !names(a.requestId, a.answer->seq)) {
       add(K::AnswerDisagrees, a.answer->seq,
           "request id " + a.requestId + " was last answered as seq " + std::to_string(a.answer->seq) + " (" +
-              clientOutcomeName(a.answer->outcome) + "), but the coordinator's requests table names " +
-              (named == 0 ? std::string("none") : "seq " + std::to_string(named)));
+              clientOutcomeName(a.answer->outcome) + "), but " + tableSays(a.requestId));
+    }
+    if (in_.etcd && committed.size() == 1) committedElsewhere(a, committed[0]);
+  }
+
+  // Cluster: the id committed as `seq`, so every definitive answer to it,
+  // from whichever coordinator, says so.
+  void committedElsewhere(const Attempt& a, std::uint64_t seq) {
+    for (const auto& t : a.tries) {
+      if (!t.answer || !definitive(t.answer->outcome)) continue;
+      const auto& o = *t.answer;
+      if (o.outcome == ClientOutcome::Committed && o.seq == seq) continue;
+      if (o.outcome == ClientOutcome::InDoubt && o.seq == seq) continue;
+      add(K::AnswerDisagrees, o.seq,
+          "request id " + a.requestId + " committed as seq " + std::to_string(seq) + ", but a try was answered " +
+              clientOutcomeName(o.outcome) + " as seq " + std::to_string(o.seq));
     }
   }
 
@@ -264,14 +313,113 @@ class Checker {
       if (!r.requestId.empty() && r.state == IState::Committed) committed[r.requestId].push_back(seq);
     }
     for (const auto& [id, seqs] : committed) {
+      committedOf_[id].insert(seqs.begin(), seqs.end());
       if (seqs.size() > 1) twice(id, seqs);
     }
+  }
+
+  // Cluster: every decision etcd held against the agents' final branches and
+  // the coordinator's record of its seq.
+  void etcdDecisions() {
+    for (const auto& [seq, d] : in_.etcd->decisions) {
+      if (d.malformed) {
+        add(K::EtcdDisagrees, seq, "malformed decision in etcd: " + d.key + " = '" + d.value + "'");
+        continue;
+      }
+      if (!d.laterValue.empty()) {
+        add(K::EtcdDisagrees, seq, "decision " + d.key + " was read as '" + d.value + "' and later as '" + d.laterValue +
+                                       "' (a decision is created once and never changed)");
+      }
+      std::string held = "etcd holds '" + d.value + "' for seq " + std::to_string(seq);
+      const auto* sv = view(seq);
+      std::vector<const AgentBranch*> none;
+      const auto& branches = sv == nullptr ? none : sv->branches;
+      const auto* r = record(seq);
+      bool recordCounts = r != nullptr && !r->heuristic();
+      if (d.commit) {
+        for (const auto& [participant, number] : d.branches) {
+          Xid xid{seq, number};
+          auto at = std::find_if(branches.begin(), branches.end(),
+                                 [&](const AgentBranch* b) { return b->agent == participant && b->xid == xid; });
+          if (at == branches.end()) {
+            add(K::EtcdDisagrees, seq, held + ", but " + participant + " has no record of its branch " + xid.str());
+          } else if ((*at)->state != BranchStatus::Committed) {
+            add(K::EtcdDisagrees, seq,
+                held + ", but " + xid.str() + " at " + participant + " is " + branchStatusName((*at)->state));
+          }
+        }
+        for (const auto* b : branches) {
+          bool listed = std::any_of(d.branches.begin(), d.branches.end(), [&](const auto& l) {
+            return l.first == b->agent && l.second == b->xid.branch;
+          });
+          if (!listed && b->state == BranchStatus::RolledBack) {
+            add(K::EtcdDisagrees, seq, held + ", but " + b->xid.str() + " at " + b->agent + " is rolled back");
+          }
+        }
+        if (recordCounts && r->state == IState::RolledBack) {
+          add(K::EtcdDisagrees, seq, held + ", but the coordinator's record says rolled-back");
+        }
+      } else {
+        for (const auto* b : branches) {
+          if (b->state == BranchStatus::Committed) {
+            add(K::EtcdDisagrees, seq, held + ", but " + b->xid.str() + " at " + b->agent + " is committed");
+          }
+        }
+        if (recordCounts && r->state == IState::Committed) {
+          add(K::EtcdDisagrees, seq, held + ", but the coordinator's record says committed");
+        }
+      }
+    }
+  }
+
+  // Cluster: every request id's fate in etcd against the interactions of
+  // that id that committed.
+  void etcdRequestFates() {
+    static const std::set<std::uint64_t> kNone;
+    for (const auto& [id, f] : in_.etcd->requests) {
+      if (f.seq == 0) {
+        add(K::EtcdDisagrees, 0, "malformed request fate in etcd for request id " + id + ": '" + f.value + "'");
+        continue;
+      }
+      if (!f.laterValue.empty()) {
+        add(K::EtcdDisagrees, f.seq, "the fate of request id " + id + " in etcd was read as '" + f.value +
+                                         "' and later as '" + f.laterValue + "' (it is decided once)");
+      }
+      auto it = committedOf_.find(id);
+      const auto& committed = it == committedOf_.end() ? kNone : it->second;
+      std::string held = "etcd says request id " + id + (f.committed ? " committed as seq " : " was rolled back as seq ") +
+                         std::to_string(f.seq);
+      if (f.committed) {
+        const auto* r = record(f.seq);
+        if (r != nullptr && !r->heuristic() && r->state != IState::Committed) {
+          add(K::EtcdDisagrees, f.seq, held + ", but the coordinator's record of it says " + recordSays(f.seq));
+        }
+        if (const auto* sv = view(f.seq); sv != nullptr && sv->anyRolledBack()) {
+          add(K::EtcdDisagrees, f.seq, held + ", but a branch of it is rolled back at an agent");
+        }
+      }
+      for (auto s : committed) {
+        if (f.committed && s == f.seq) continue;
+        add(K::EtcdDisagrees, s, held + ", but seq " + std::to_string(s) + " of that request id committed");
+      }
+    }
+  }
+
+  // "bank-1 debit, bank-2 credit": what a seq's record says it ran.
+  std::string ran(std::uint64_t seq) const {
+    const auto* r = record(seq);
+    if (r == nullptr) return "?";
+    std::string out;
+    for (const auto& b : r->branches) {
+      for (const auto& op : b.ops) out += (out.empty() ? "" : ", ") + b.participant + " " + opKindName(op.kind);
+    }
+    return out;
   }
 
   void twice(const std::string& id, const std::vector<std::uint64_t>& seqs) {
     if (!twice_.insert(id).second) return;
     std::string list;
-    for (auto s : seqs) list += (list.empty() ? "" : ", ") + std::to_string(s);
+    for (auto s : seqs) list += (list.empty() ? "" : ", ") + std::to_string(s) + " (" + ran(s) + ")";
     add(K::RequestCommittedTwice, seqs.back(), "request id " + id + " committed more than once: seqs " + list);
   }
 
@@ -343,14 +491,39 @@ class Checker {
 
   // Every account against its committed history: the operations of every
   // committed interaction (of a heuristic one, of its committed branches).
+  //
+  // Cluster: a record rebuilt from etcd's COMMIT after its coordinator
+  // crashed (its own record was lazy) lists the branches but not their
+  // operations; those come from the client's request that names the seq.
   void history() {
     if (in_.startBalances.empty()) return;
+    std::map<std::uint64_t, const Attempt*> asked;  // seq -> the request a client heard it named in
+    if (in_.etcd) {
+      for (const auto& a : in_.attempts) {
+        if (a.seq != 0) asked.emplace(a.seq, &a);
+        for (const auto& t : a.tries) {
+          if (t.answer && t.answer->seq != 0) asked.emplace(t.answer->seq, &a);
+        }
+      }
+    }
     std::map<std::string, std::int64_t> expected = in_.startBalances;
     for (const auto& [seq, rec] : in_.coordinator.interactions) {
       if (rec.state != IState::Committed && !rec.heuristic()) continue;
       for (const auto& br : rec.branches) {
         if (rec.heuristic() && br.state != InteractionRecord::BranchState::Committed) continue;
-        for (const auto& raw : br.ops) {
+        std::vector<Op> fromClient;
+        if (in_.etcd && br.ops.empty()) {
+          auto a = asked.find(seq);
+          if (a == asked.end()) {
+            add(K::AccountHistory, seq, "committed branch " + Xid{seq, br.branch}.str() + " at " + br.participant +
+                                            ": neither its record nor a client's request says what it did");
+            continue;
+          }
+          for (const auto& op : a->second->ops) {
+            if (op.participant == br.participant) fromClient.push_back(op);
+          }
+        }
+        for (const auto& raw : br.ops.empty() ? fromClient : br.ops) {
           auto op = raw.kind == OpKind::Sql ? sqlbank::fromSql(raw) : std::optional<Op>(raw);
           if (!op || (op->kind != OpKind::Debit && op->kind != OpKind::Credit)) continue;
           expected[op->participant + ":" + op->account] += op->kind == OpKind::Credit ? op->amount : -op->amount;
@@ -376,6 +549,7 @@ class Checker {
   std::map<std::uint64_t, SeqView> bySeq_;
   std::set<std::pair<std::uint64_t, ClientOutcome>> checked_;
   std::set<std::string> twice_;
+  std::map<std::string, std::set<std::uint64_t>> committedOf_;  // request id -> its committed seqs, as found
   std::vector<Violation> v_;
 };
 
@@ -383,12 +557,15 @@ class Checker {
 
 std::vector<Violation> check(const Input& in) { return Checker(in).run(); }
 
-SelfCheckVerdict judgeSelfCheck(const std::vector<Violation>& v) {
-  static const std::set<ViolationKind> explained = {K::NotAtomic, K::RollbackNotKept, K::CoordinatorDisagrees,
-                                                    K::Money, K::AccountHistory};
+SelfCheckVerdict judgeSelfCheck(const std::vector<Violation>& v, std::uint64_t plantedSeq) {
+  std::set<ViolationKind> explained = {K::NotAtomic, K::RollbackNotKept, K::CoordinatorDisagrees, K::Money,
+                                       K::AccountHistory};
+  if (plantedSeq != 0) explained.insert(K::EtcdDisagrees);
   std::size_t planted = 0;
+  bool plantedDecision = false;
   for (const auto& x : v) {
     if (x.kind == K::NotAtomic) ++planted;
+    if (x.kind == K::EtcdDisagrees && x.seq == plantedSeq) plantedDecision = true;
     if (explained.count(x.kind) == 0) {
       return {false, std::string("the checker reported a violation the planted break does not cause: [") +
                          violationKindName(x.kind) + "] " + (x.seq ? "seq " + std::to_string(x.seq) + ": " : "") +
@@ -399,9 +576,15 @@ SelfCheckVerdict judgeSelfCheck(const std::vector<Violation>& v) {
     return {false, std::string("the checker did not report the planted break (no ") +
                        violationKindName(K::NotAtomic) + " violation among " + std::to_string(v.size()) + ")"};
   }
+  if (plantedSeq != 0 && !plantedDecision) {
+    return {false, "the checker did not report the ABORT planted in etcd for committed seq " +
+                       std::to_string(plantedSeq) + " (no " + violationKindName(K::EtcdDisagrees) +
+                       " violation naming it)"};
+  }
   return {true, "the checker found the planted break: " + std::to_string(planted) + " " +
-                    violationKindName(K::NotAtomic) + " interactions (" + std::to_string(v.size()) +
-                    " violations, all of kinds that break causes)"};
+                    violationKindName(K::NotAtomic) + " interactions" +
+                    (plantedSeq != 0 ? ", and the ABORT planted in etcd for seq " + std::to_string(plantedSeq) : "") +
+                    " (" + std::to_string(v.size()) + " violations, all of kinds the plants cause)"};
 }
 
 }  // namespace keel::chaos

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,39 @@ struct CoordinatorView {
   // Request id -> the seq its `requests` row names (queryRequest), for
   // every request id a client sent; 0: the coordinator knows none.
   std::map<std::string, std::uint64_t> requests;
+  // A coordinator cluster (keel-chaos --cluster) has one requests table per
+  // coordinator, and a retry through another coordinator runs under a seq
+  // of that one: every seq any coordinator's table names for the id, in
+  // place of `requests`. `interactions` and `rollbacks` then hold each
+  // seq's records as the coordinator of its node keeps them.
+  std::map<std::string, std::set<std::uint64_t>> requestRows;
+};
+
+// A decision the coordinator cluster left in etcd (P/decisions/<node>/<seq>),
+// as keel-chaos read it: sampled during the run and read after healing. A
+// decision is created once and never changed (docs/cluster.md).
+struct EtcdDecision {
+  std::string key;
+  std::string value;       // the first value read
+  bool malformed = false;  // not a decision the coordinator would read (ClusterDecision::decode)
+  bool commit = false;
+  std::vector<std::pair<std::string, std::uint16_t>> branches;  // commit: participant, branch number
+  std::string laterValue;  // a later read found this under the same key instead ("": never)
+};
+
+// What etcd held for one request id (P/requests/<id>): the id's fate,
+// decided once cluster-wide. It lives ~5 minutes (a lease), so keel-chaos
+// reads the fates every 30 s during the run and once after healing.
+struct EtcdRequestFate {
+  std::string value;       // "<seq>" (committed) or "abort <seq>", the first read
+  std::uint64_t seq = 0;   // 0: malformed
+  bool committed = false;
+  std::string laterValue;  // a later read found this instead ("": never)
+};
+
+struct EtcdView {
+  std::map<std::uint64_t, EtcdDecision> decisions;         // by seq
+  std::map<std::string, EtcdRequestFate> requests;         // by request id
 };
 
 // What a violation is about. The self-check tells its planted break by it.
@@ -93,6 +127,7 @@ enum class ViolationKind : std::uint8_t {
   RequestCommittedTwice,  // one request id, more than one committed interaction
   AnswerDisagrees,        // an answer naming another seq or outcome than the coordinator's records
   Heuristic,              // a heuristic outcome the run did not cause on purpose
+  EtcdDisagrees,          // cluster: a decision or request fate in etcd that the agents or records contradict
 };
 const char* violationKindName(ViolationKind k);
 
@@ -117,6 +152,8 @@ struct Input {
   // The run caused heuristic outcomes on purpose (an operator's override);
   // otherwise every heuristic state or answer is a violation.
   bool heuristicExpected = false;
+  // A coordinator cluster's run: what etcd held (absent: one coordinator).
+  std::optional<EtcdView> etcd;
 };
 
 // Checks, each violation naming its seq when it is about one:
@@ -139,6 +176,17 @@ struct Input {
 //  - the host systems hold no prepared transaction;
 //  - no branch PREPARED or ACTIVE, no interaction unfinished;
 //  - the coordinator's interaction and rollback tables agree with the agents.
+// With a coordinator cluster (in.etcd) also:
+//  - request ids across coordinators: at most one committed interaction
+//    among every seq heard for the id, every seq a coordinator's table names
+//    for it and every record carrying it; once one committed, every
+//    definitive answer to the id names it, committed;
+//  - every decision etcd held matches the agents' final branches: COMMIT ->
+//    every branch it lists committed and none of the seq rolled back, ABORT
+//    -> none committed; and the coordinator's record of the seq alike; a
+//    decision never read with two values;
+//  - every request fate etcd holds: "<seq>" -> that interaction committed
+//    and no other of the id; "abort <seq>" -> none of the id committed.
 std::vector<Violation> check(const Input& in);
 
 // The self-check's break (an agent commits a PREPARED branch it is told to
@@ -150,10 +198,14 @@ std::vector<Violation> check(const Input& in);
 // (The break can also end an interaction heuristic-mixed, when a retried
 // rollback finds the branch committed: the self-check's Input says
 // heuristicExpected, so those are not violations.)
+// In a cluster run the self-check also plants a contradicting decision in
+// etcd after the run (ABORT for the committed seq `plantedSeq`): it must be
+// reported (EtcdDisagrees naming that seq), and EtcdDisagrees is one of the
+// kinds the break explains (a survivor's ABORT that bank-1 committed anyway).
 struct SelfCheckVerdict {
   bool passed = false;
   std::string why;  // one line
 };
-SelfCheckVerdict judgeSelfCheck(const std::vector<Violation>& v);
+SelfCheckVerdict judgeSelfCheck(const std::vector<Violation>& v, std::uint64_t plantedSeq = 0);
 
 }  // namespace keel::chaos

@@ -199,7 +199,7 @@ TEST(ChaosChecker, RequestIdCommittedTwiceIsReported) {
   in.coordinator.interactions[14] = second;
   auto v = check(in);
   EXPECT_TRUE(hasKind(v, ViolationKind::RequestCommittedTwice, 14)) << dump(v);
-  EXPECT_TRUE(mentions(v, 14, "request id r-10 committed more than once: seqs 10, 14"));
+  EXPECT_TRUE(mentions(v, 14, "request id r-10 committed more than once: seqs 10 (a debit, b credit), 14 (a debit, b credit)"));
 }
 
 // Seen from the coordinator's records alone (the client heard one seq).
@@ -334,6 +334,133 @@ TEST(ChaosChecker, DroppedTransactionThatCommittedIsReported) {
   EXPECT_TRUE(mentions(v, 10, "interactive transaction dropped before commit, but its record says committed"));
 }
 
+// ------------------------------------------------------------ a coordinator cluster
+
+// The request-id history in a cluster: seq 10 (node 1) committed; its
+// request id was retried through node 2, whose own interaction (seq
+// 2^48 + 5) found the id taken in etcd, was rolled back, and answered with
+// seq 10 (a replay). Each coordinator's table names its own seq. etcd
+// holds seq 10's COMMIT and the id's fate.
+constexpr std::uint64_t kNode2Seq = (std::uint64_t(2) << 48) + 5;
+
+EtcdRequestFate fate(std::string value, std::uint64_t seq, bool committed) {
+  EtcdRequestFate f;
+  f.value = std::move(value);
+  f.seq = seq;
+  f.committed = committed;
+  return f;
+}
+
+Input inCluster() {
+  auto in = withRequestIds();
+  in.coordinator.requests.clear();
+  in.coordinator.requestRows = {{"r-10", {10, kNode2Seq}}, {"r-11", {11}}};
+  InteractionRecord retry = in.coordinator.interactions[11];
+  retry.seq = kNode2Seq;
+  retry.requestId = "r-10";
+  in.coordinator.interactions[kNode2Seq] = retry;
+  in.coordinator.rollbacks[kNode2Seq] = in.coordinator.rollbacks[11];
+  in.branches.push_back(AgentBranch{"a", Xid{kNode2Seq, 1}, BranchStatus::RolledBack, false});
+  EtcdView etcd;
+  EtcdDecision commit;
+  commit.key = "/keel/decisions/1/00000000000000000010";
+  commit.value = "commit by=1 epoch=3 branches=a:1,b:2";
+  commit.commit = true;
+  commit.branches = {{"a", 1}, {"b", 2}};
+  etcd.decisions[10] = commit;
+  EtcdDecision abort;
+  abort.key = "/keel/decisions/1/00000000000000000011";
+  abort.value = "abort by=2 epoch=4";
+  etcd.decisions[11] = abort;
+  etcd.requests["r-10"] = fate("10", 10, true);
+  etcd.requests["r-11"] = fate("abort 11", 11, false);
+  in.etcd = etcd;
+  return in;
+}
+
+TEST(ChaosCheckerCluster, CleanClusterHistoryHasNoViolations) {
+  auto v = check(inCluster());
+  EXPECT_TRUE(v.empty()) << dump(v);
+}
+
+TEST(ChaosCheckerCluster, DecisionsAgainstTheAgents) {
+  auto in = inCluster();
+  in.etcd->decisions[11].value = "commit by=1 epoch=3 branches=a:1,b:2";  // but seq 11 was rolled back
+  in.etcd->decisions[11].commit = true;
+  in.etcd->decisions[11].branches = {{"a", 1}, {"b", 2}};
+  in.etcd->decisions[10].value = "abort by=2 epoch=4";  // but seq 10 committed
+  in.etcd->decisions[10].commit = false;
+  in.etcd->decisions[10].branches.clear();
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::EtcdDisagrees, 11)) << dump(v);
+  EXPECT_TRUE(mentions(v, 11, "11.1 at a is rolled-back")) << dump(v);
+  EXPECT_TRUE(mentions(v, 11, "the coordinator's record says rolled-back")) << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "10.1 at a is committed")) << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "the coordinator's record says committed")) << dump(v);
+  for (auto& x : v) EXPECT_EQ(x.kind, ViolationKind::EtcdDisagrees) << dump(v);
+}
+
+TEST(ChaosCheckerCluster, ACommitListingABranchNoAgentKnowsIsReported) {
+  auto in = inCluster();
+  in.etcd->decisions[10].branches.push_back({"c", 3});
+  auto v = check(in);
+  EXPECT_TRUE(mentions(v, 10, "c has no record of its branch 10.3")) << dump(v);
+}
+
+TEST(ChaosCheckerCluster, AChangedOrMalformedDecisionIsReported) {
+  auto in = inCluster();
+  in.etcd->decisions[10].laterValue = "abort by=2 epoch=4";
+  EtcdDecision junk;
+  junk.key = "/keel/decisions/1/00000000000000000012";
+  junk.value = "maybe";
+  junk.malformed = true;
+  in.etcd->decisions[12] = junk;
+  auto v = check(in);
+  EXPECT_TRUE(mentions(v, 10, "and later as 'abort by=2 epoch=4'")) << dump(v);
+  EXPECT_TRUE(mentions(v, 12, "malformed decision in etcd")) << dump(v);
+}
+
+TEST(ChaosCheckerCluster, RequestFatesAgainstTheRecords) {
+  auto in = inCluster();
+  in.etcd->requests["r-10"] = fate("abort 10", 10, false);  // but seq 10 committed
+  in.etcd->requests["r-11"] = fate("11", 11, true);        // but seq 11 was rolled back
+  auto v = check(in);
+  EXPECT_TRUE(mentions(v, 10, "etcd says request id r-10 was rolled back as seq 10, but seq 10 of that request id "
+                              "committed"))
+      << dump(v);
+  EXPECT_TRUE(mentions(v, 11, "etcd says request id r-11 committed as seq 11, but the coordinator's record of it "
+                              "says rolled-back"))
+      << dump(v);
+}
+
+// A retry through node 2 committed the request a second time.
+TEST(ChaosCheckerCluster, ARequestCommittedOnTwoCoordinatorsIsReported) {
+  auto in = inCluster();
+  auto& again = in.coordinator.interactions[kNode2Seq];
+  again = in.coordinator.interactions[10];
+  again.seq = kNode2Seq;
+  in.coordinator.rollbacks.erase(kNode2Seq);
+  in.branches.back().state = BranchStatus::Committed;
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::RequestCommittedTwice, kNode2Seq)) << dump(v);
+  EXPECT_TRUE(mentions(v, kNode2Seq, "etcd says request id r-10 committed as seq 10, but seq " +
+                                         std::to_string(kNode2Seq) + " of that request id committed"))
+      << dump(v);
+}
+
+// The client heard "rolled back" for a request that committed through
+// another coordinator.
+TEST(ChaosCheckerCluster, ARolledBackAnswerForACommittedRequestIsReported) {
+  auto in = inCluster();
+  auto told = outcome(kNode2Seq, ClientOutcome::RolledBack);
+  in.attempts[0].tries = {Try{1, std::nullopt}, Try{2, told}};
+  in.attempts[0].answer = told;
+  auto v = check(in);
+  EXPECT_TRUE(mentions(v, kNode2Seq, "request id r-10 committed as seq 10, but a try was answered rolled-back as seq " +
+                                         std::to_string(kNode2Seq)))
+      << dump(v);
+}
+
 // ------------------------------------------------------------ the self-check's verdict
 
 TEST(ChaosSelfCheck, PassesOnlyOnThePlantedViolation) {
@@ -357,6 +484,20 @@ TEST(ChaosSelfCheck, PassesOnlyOnThePlantedViolation) {
   auto mixed = judgeSelfCheck(extra);
   EXPECT_FALSE(mixed.passed);
   EXPECT_NE(mixed.why.find("[in-doubt-unresolved] seq 12"), std::string::npos) << mixed.why;
+}
+
+TEST(ChaosSelfCheck, InAClusterThePlantedDecisionMustBeFoundToo) {
+  std::vector<Violation> planted = {{11, "not atomic: ...", ViolationKind::NotAtomic},
+                                    {13, "etcd holds 'abort by=2 epoch=4' for seq 13, but ...",
+                                     ViolationKind::EtcdDisagrees}};
+  EXPECT_TRUE(judgeSelfCheck(planted, 10).passed == false);
+  auto missing = judgeSelfCheck(planted, 10);
+  EXPECT_NE(missing.why.find("did not report the ABORT planted in etcd for committed seq 10"), std::string::npos)
+      << missing.why;
+  planted.push_back({10, "etcd holds 'abort by=1 epoch=1' for seq 10, but ...", ViolationKind::EtcdDisagrees});
+  EXPECT_TRUE(judgeSelfCheck(planted, 10).passed) << judgeSelfCheck(planted, 10).why;
+  // Without a plant (one coordinator) etcd violations are not the break's.
+  EXPECT_FALSE(judgeSelfCheck(planted).passed);
 }
 
 }  // namespace

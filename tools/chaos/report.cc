@@ -45,6 +45,66 @@ std::string ms(std::uint64_t us) {
   std::snprintf(b, sizeof b, "%.1f ms", us / 1e3);
   return b;
 }
+
+// "(N): p50 A ms, p99 B ms, max C ms" of durations in ms.
+std::string spread(const std::vector<std::uint64_t>& v) {
+  return "(" + std::to_string(v.size()) + "): p50 " + std::to_string(percentile(v, 0.5)) + " ms, p99 " +
+         std::to_string(percentile(v, 0.99)) + " ms, max " + std::to_string(percentile(v, 1.0)) + " ms";
+}
+
+std::vector<std::uint64_t> workMs(const Takeovers& t) {
+  std::vector<std::uint64_t> v;
+  for (const auto& d : t.done) v.push_back(d.workMs);
+  return v;
+}
+
+// The cluster's lines of the text report (each starts with a newline: the
+// faults line before them is left open).
+std::string clusterText(const Report::Cluster& c) {
+  const auto& t = c.takeovers;
+  std::uint64_t branches = 0, committed = 0, rolledBack = 0;
+  for (const auto& d : t.done) {
+    branches += d.branches;
+    committed += d.committed;
+    rolledBack += d.rolledBack;
+  }
+  std::ostringstream o;
+  o << "\n  cluster                " << c.coordinators << " coordinators on etcd (" << c.etcdMembers
+    << " members), lease TTL " << c.leaseTtlS << " s, prefix " << c.prefix << "\n"
+    << "  takeovers              " << t.done.size() << " done (" << branches << " branches: " << committed
+    << " committed, " << rolledBack << " rolled back), " << t.stopped << " stopped (the node came back), "
+    << t.unattributed << " not after a fault injected on that coordinator\n"
+    << "  takeover time          fault (SIGKILL, SIGSTOP, etcd cut) to the survivor's done line "
+    << spread(t.fromFaultMs) << "\n"
+    << "  takeover work          election to done " << spread(workMs(t)) << "\n"
+    << "  fail-stops             " << t.failStops << " (a coordinator stopped itself on a lost lease); "
+    << c.restartedAfterStop << " found stopped and restarted between faults, " << c.pausedKeptRunning
+    << " kept running after a pause or cut longer than the TTL\n"
+    << "  etcd                   " << c.decisionsSeen << " decisions read (each second during the run, and after "
+    << "healing: " << c.decisionsLeft << " left), " << c.requestFates << " request fates read after healing";
+  return o.str();
+}
+
+std::string clusterJson(const Report::Cluster& c) {
+  const auto& t = c.takeovers;
+  auto list = [](const std::vector<std::uint64_t>& v) {
+    std::string s;
+    for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+    return "[" + s + "]";
+  };
+  std::ostringstream o;
+  o << ",\"cluster\":{\"coordinators\":" << c.coordinators << ",\"etcd_members\":" << c.etcdMembers
+    << ",\"lease_ttl_s\":" << c.leaseTtlS << ",\"prefix\":\"" << jsonEscape(c.prefix) << "\""
+    << ",\"takeovers\":{\"done\":" << t.done.size() << ",\"started\":" << t.started << ",\"stopped\":" << t.stopped
+    << ",\"unattributed\":" << t.unattributed << ",\"from_fault_ms\":" << list(t.fromFaultMs)
+    << ",\"from_fault_p50_ms\":" << percentile(t.fromFaultMs, 0.5) << ",\"from_fault_p99_ms\":"
+    << percentile(t.fromFaultMs, 0.99) << ",\"from_fault_max_ms\":" << percentile(t.fromFaultMs, 1.0)
+    << ",\"work_ms\":" << list(workMs(t)) << "},\"fail_stops\":" << t.failStops
+    << ",\"restarted_after_stop\":" << c.restartedAfterStop << ",\"paused_kept_running\":" << c.pausedKeptRunning
+    << ",\"decisions_seen\":" << c.decisionsSeen << ",\"decisions_left\":" << c.decisionsLeft
+    << ",\"request_fates\":" << c.requestFates << "}";
+  return o.str();
+}
 }  // namespace
 
 void countAttempts(Report& r, const std::vector<Attempt>& attempts, const CoordinatorView& coordinator) {
@@ -128,6 +188,7 @@ std::vector<std::string> unmetMinimums(const Report& r, const Minimums& m) {
   need("rolled back", r.rolledBack, m.rolledBack, "--min-rolled-back");
   for (const auto& [kind, c] : r.byMix) need(kind + " interactions answered", c.answered(), m.perKind, "--min-per-kind");
   need("interactions retried after a lost answer", r.retried, m.retried, "--min-retried");
+  if (r.cluster) need("takeovers", r.cluster->takeovers.done.size(), m.takeovers, "--min-takeovers");
   for (const auto& f : m.faults) {
     auto it = r.faults.find(f);
     if (it == r.faults.end() || it->second == 0) out.push_back("fault " + f + " never fired (--require-faults)");
@@ -176,6 +237,7 @@ std::string textReport(const Report& r) {
     << "  faults injected        " << faults << ":";
   for (auto& [k, n] : r.faults) o << " " << k << " " << n;
   if (r.faults.count("failpoint") != 0) o << " (" << r.failpointsCrashed << " failpoints reached)";
+  if (r.cluster) o << clusterText(*r.cluster);
   o << "\n  window of inconsistency over " << r.windowCount << " failed interactions: median " << ms(r.windowP50Us)
     << ", p99 " << ms(r.windowP99Us) << ", max " << ms(r.windowMaxUs) << "\n"
     << "  resolution after healing " << (r.resolved ? std::to_string(r.resolutionMs) + " ms" : "NOT REACHED") << "\n";
@@ -226,6 +288,7 @@ std::string jsonReport(const Report& r, const Timeline& t) {
     first = false;
   }
   o << "},\"failpoints_reached\":" << r.failpointsCrashed;
+  if (r.cluster) o << clusterJson(*r.cluster);
   o << ",\"window_of_inconsistency\":{\"count\":" << r.windowCount << ",\"p50_us\":" << r.windowP50Us
     << ",\"p99_us\":" << r.windowP99Us << ",\"max_us\":" << r.windowMaxUs << "},\"resolved\":"
     << (r.resolved ? "true" : "false") << ",\"resolution_ms\":" << r.resolutionMs << ",\"unmet_minimums\":[";
@@ -267,7 +330,9 @@ std::string svgTimeline(const Report& r, const Timeline& t) {
       {"kill", "#d62728"},      {"pause", "#ff7f0e"},         {"latency", "#bcbd22"},
       {"reset", "#8c564b"},     {"blackhole", "#7f7f7f"},     {"loss-to-agent", "#9467bd"},
       {"loss-from-agent", "#e377c2"}, {"refuse", "#17becf"}, {"failpoint", "#2ca02c"},
-      {"slow-disk", "#1f77b4"}, {"postgres-kill", "#000000"}, {"postgres-pause", "#c49c94"}};
+      {"slow-disk", "#1f77b4"}, {"postgres-kill", "#000000"}, {"postgres-pause", "#c49c94"},
+      {"coordinator-kill", "#8b0000"}, {"coordinator-pause", "#ffbb78"}, {"etcd-kill", "#393b79"},
+      {"etcd-pause", "#9c9ede"},        {"etcd-partition", "#637939"}};
   std::ostringstream o;
   o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
     << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
@@ -299,8 +364,12 @@ std::string svgTimeline(const Report& r, const Timeline& t) {
   for (std::size_t i = 0; i < per.size(); ++i) o << x(i + 0.5) << "," << y(double(per[i])) << " ";
   o << "\"/>\n";
   // Legend.
+  // (only the kinds that fired: the cluster's kinds would not fit beside all the others)
   double lx = left;
+  std::set<std::string> fired;
+  for (auto& f : fs) fired.insert(f.kind);
   for (auto& [k, c] : colours) {
+    if (fired.count(k) == 0) continue;
     o << "<rect x=\"" << lx << "\" y=\"" << H - 22 << "\" width=\"10\" height=\"10\" fill=\"" << c << "\"/>"
       << "<text x=\"" << lx + 13 << "\" y=\"" << H - 13 << "\">" << k << "</text>\n";
     lx += 13 + 7.0 * double(k.size()) + 14;

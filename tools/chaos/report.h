@@ -5,11 +5,13 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/types.h"
 #include "tools/chaos/checker.h"
+#include "tools/chaos/takeovers.h"
 
 namespace keel::chaos {
 
@@ -71,6 +73,19 @@ struct Report {
   double loadSeconds = 0;
   bool selfCheck = false;
   std::string selfCheckVerdict;  // judgeSelfCheck's line
+  // --cluster: the coordinator cluster's part of the story.
+  struct Cluster {
+    std::size_t coordinators = 0, etcdMembers = 0;
+    std::uint32_t leaseTtlS = 0;
+    std::string prefix;
+    Takeovers takeovers;             // from the coordinators' logs, timed from the faults
+    std::uint64_t restartedAfterStop = 0;  // coordinators found stopped by themselves and restarted
+    std::uint64_t pausedKeptRunning = 0;   // paused or cut off past the TTL, yet still running afterwards
+    std::uint64_t decisionsSeen = 0;  // decision keys read in etcd (sampled once a second, and after healing)
+    std::uint64_t decisionsLeft = 0;  // ... still there after healing
+    std::uint64_t requestFates = 0;   // request fates read in etcd after healing
+  };
+  std::optional<Cluster> cluster;
   std::vector<Violation> violations;
   std::vector<std::string> unmet;  // minimums the run did not reach
 };
@@ -87,6 +102,7 @@ struct Minimums {
   std::uint64_t perKind = 0;         // answers for every kind of the mix
   std::uint64_t retried = 0;         // interactions retried with their request id after a lost answer
   std::vector<std::string> faults;   // fault kinds that must have fired at least once
+  std::uint64_t takeovers = 0;       // --cluster: takeovers finished by a survivor
 };
 // One line per minimum `r` did not reach (empty: all reached).
 std::vector<std::string> unmetMinimums(const Report& r, const Minimums& m);

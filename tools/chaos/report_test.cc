@@ -120,5 +120,77 @@ TEST(ChaosReport, UnmetMinimumsNameWhatWasMissing) {
   EXPECT_EQ(unmet[4], "fault refuse never fired (--require-faults)");
 }
 
+// ------------------------------------------------------------ --cluster: takeovers
+
+TEST(ChaosTakeovers, ReadFromTheCoordinatorsLogs) {
+  std::string log =
+      "2025-03-01T12:00:00.100 coordinator info: cluster: joined as node 2 with epoch 3 (lease 2 s, etcd x)\n"
+      "2025-03-01T12:00:02.500 coordinator warn: cluster: node 1 is gone (no member key); taking over its work "
+      "under epoch 5\n"
+      "2025-03-01T12:00:02.650 coordinator warn: takeover of node 1 (epoch 5) done in 150 ms: 4 branches, 1 "
+      "committed, 3 rolled back\n"
+      "2025-03-01T12:00:09.000 coordinator warn: cluster: node 3 is back; its takeover (epoch 7) stops here\n"
+      "2025-03-01T12:00:20.000 coordinator warn: takeover of node 3 (epoch 8) done in 20 ms: 0 branches, 0 "
+      "committed, 0 rolled back\n"
+      "2025-03-01T12:00:30.000 coordinator error: cluster: membership lease lost (etcd unreachable): stopping\n"
+      "not a log line at all\n";
+  Takeovers t;
+  scanCoordinatorLog(log, t);
+  ASSERT_EQ(t.done.size(), 2u);
+  EXPECT_EQ(t.started, 1u);
+  EXPECT_EQ(t.stopped, 1u);
+  EXPECT_EQ(t.failStops, 1u);
+  EXPECT_EQ(t.done[0].node, 1);
+  EXPECT_EQ(t.done[0].epoch, 5u);
+  EXPECT_EQ(t.done[0].workMs, 150u);
+  EXPECT_EQ(t.done[0].branches, 4u);
+  EXPECT_EQ(t.done[0].committed, 1u);
+  EXPECT_EQ(t.done[0].rolledBack, 3u);
+  Micros base = parseLogTime("2025-03-01T12:00:00.100 x");
+  ASSERT_NE(base, 0);
+  EXPECT_EQ(t.done[0].atUs - base, 2'550'000);
+  EXPECT_EQ(parseLogTime("not a time"), 0);
+
+  // Node 1 was killed at 12:00:00.000 (and before, long ago); node 3 was
+  // never faulted: its takeover is not timed.
+  std::vector<CoordinatorFault> faults = {{1, base - 100'000 - 600'000'000}, {1, base - 100'000}};
+  attributeTakeovers(t, faults);
+  ASSERT_EQ(t.fromFaultMs.size(), 1u);
+  EXPECT_EQ(t.fromFaultMs[0], 2650u);
+  EXPECT_EQ(t.unattributed, 1u);
+}
+
+TEST(ChaosTakeovers, Percentiles) {
+  EXPECT_EQ(percentile({}, 0.5), 0u);
+  EXPECT_EQ(percentile({30, 10, 20}, 0.5), 20u);
+  EXPECT_EQ(percentile({30, 10, 20}, 0.99), 30u);
+  EXPECT_EQ(percentile({30, 10, 20}, 1.0), 30u);
+}
+
+TEST(ChaosReport, ClusterLinesAndTheTakeoverMinimum) {
+  Report r;
+  Report::Cluster c;
+  c.coordinators = 3;
+  c.etcdMembers = 3;
+  c.leaseTtlS = 2;
+  c.prefix = "/keel-chaos-3";
+  c.takeovers.done = {TakeoverDone{1, 1, 5, 150, 4, 1, 3}};
+  c.takeovers.fromFaultMs = {2650};
+  r.cluster = c;
+  auto text = textReport(r);
+  EXPECT_NE(text.find("cluster                3 coordinators on etcd (3 members), lease TTL 2 s"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("takeovers              1 done (4 branches: 1 committed, 3 rolled back)"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("(1): p50 2650 ms, p99 2650 ms, max 2650 ms"), std::string::npos) << text;
+  Timeline tl;
+  EXPECT_NE(jsonReport(r, tl).find("\"from_fault_ms\":[2650]"), std::string::npos);
+  Minimums m;
+  m.takeovers = 2;
+  auto unmet = unmetMinimums(r, m);
+  ASSERT_EQ(unmet.size(), 1u);
+  EXPECT_EQ(unmet[0], "takeovers 1, fewer than 2 (--min-takeovers)");
+}
+
 }  // namespace
 }  // namespace keel::chaos

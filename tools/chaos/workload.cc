@@ -33,17 +33,20 @@ struct Workload::Flight {
   Micros retryUntilUs = 0;         // 0: no answer lost yet
   kj::Own<KeelTransaction> txn;    // interactive, while open
   std::size_t step = 0;            // interactive: the next execute
+  std::size_t coord = 0;           // the coordinator the next try goes to
+  bool pinned = false;             // finding out where its transaction lives: no failover
+  std::size_t unsent = 0;          // coordinators tried that could not be reached (never sent yet)
 };
 
-Workload::Workload(WorkloadOptions o, kj::AsyncIoContext& io, std::string coordinator, std::vector<std::string> agents,
-                   Timeline& timeline)
-    : o_(o), io_(io), coordinator_(std::move(coordinator)), agents_(std::move(agents)), timeline_(timeline),
-      rng_(o.seed * 7919 + 1), conns_(o.connections) {}
+Workload::Workload(WorkloadOptions o, kj::AsyncIoContext& io, std::vector<std::string> coordinators,
+                   std::vector<std::string> agents, Timeline& timeline)
+    : o_(o), io_(io), coordinators_(std::move(coordinators)), agents_(std::move(agents)), timeline_(timeline),
+      rng_(o.seed * 7919 + 1), conns_(o.connections * coordinators_.size()) {}
 
 kj::Promise<void> Workload::run(Micros untilUs) {
   until_ = untilUs;
   kj::Vector<kj::Promise<void>> workers;
-  for (std::uint32_t w = 0; w < o_.concurrency; ++w) workers.add(worker(w % o_.connections));
+  for (std::uint32_t w = 0; w < o_.concurrency; ++w) workers.add(worker(w));
   return kj::joinPromises(workers.releaseAsArray());
 }
 
@@ -112,25 +115,33 @@ std::vector<Op> Workload::onWire(const std::vector<Op>& ops) const {
   return out;
 }
 
-kj::Promise<Workload::ConnPtr> Workload::connection(std::size_t i) {
-  if (conns_[i]) return conns_[i];
-  return KeelClient::connect(io_, coordinator_).then([this, i](kj::Own<KeelClient> c) {
-    if (!conns_[i]) conns_[i] = std::make_shared<Conn>(Conn{kj::mv(c)});
-    return conns_[i];
+kj::Promise<Workload::ConnPtr> Workload::connection(std::size_t i, std::size_t coord) {
+  std::size_t at = coord * o_.connections + i;
+  if (conns_[at]) return conns_[at];
+  return KeelClient::connect(io_, coordinators_[coord]).then([this, at](kj::Own<KeelClient> c) {
+    if (!conns_[at]) conns_[at] = std::make_shared<Conn>(Conn{kj::mv(c)});
+    return conns_[at];
   });
 }
 
-void Workload::dropConnection(std::size_t i, const ConnPtr& used) {
+void Workload::dropConnection(std::size_t i, std::size_t coord, const ConnPtr& used) {
   // Only the one that failed: another worker may have connected afresh.
-  if (used && conns_[i] == used) conns_[i] = nullptr;
+  std::size_t at = coord * o_.connections + i;
+  if (used && conns_[at] == used) conns_[at] = nullptr;
 }
 
-kj::Promise<void> Workload::worker(std::size_t conn) {
+void Workload::failOver(Flight& f) {
+  if (!f.pinned) f.coord = (f.coord + 1) % coordinators_.size();
+}
+
+kj::Promise<void> Workload::worker(std::size_t w) {
   if (wallMicros() >= until_) return kj::READY_NOW;
+  std::size_t conn = w % o_.connections;
   auto f = std::make_shared<Flight>();
   f->plan = nextPlan();
+  f->coord = w % coordinators_.size();  // the workers are spread over the coordinators
   auto done = f->plan.mix == Mix::Interactive ? interactive(conn, f) : untilAnswered(conn, f, submitCall());
-  return done.then([this, conn]() { return worker(conn); });
+  return done.then([this, w]() { return worker(w); });
 }
 
 Attempt& Workload::attempt(Flight& f) {
@@ -224,7 +235,7 @@ kj::Promise<void> Workload::untilAnswered(std::size_t conn, FlightPtr f, Call ca
       return untilAnswered(conn, f, call);
     });
   };
-  return connection(conn)
+  return connection(conn, f->coord)
       .then([this, f, call](ConnPtr c) {
         f->used = std::move(c);
         if (f->requestTimeUs == 0) f->requestTimeUs = wallMicros();
@@ -241,17 +252,26 @@ kj::Promise<void> Workload::untilAnswered(std::size_t conn, FlightPtr f, Call ca
             }
             a.tries.back().answer = *o;
             // "Unavailable": nothing ran; the same request may be sent again.
-            if (o->outcome == ClientOutcome::Unavailable && mayRetry(*f)) return again();
+            if (o->outcome == ClientOutcome::Unavailable && mayRetry(*f)) {
+              failOver(*f);
+              return again();
+            }
             answered(*f, std::move(*o));
             return kj::READY_NOW;
           },
           [this, conn, f, again](kj::Exception&&) -> kj::Promise<void> {
-            dropConnection(conn, f->used);
+            dropConnection(conn, f->coord, f->used);
+            failOver(*f);
             if (f->sending) {
               ++lost;  // the try stays without an answer
             } else {
               ++notSent;  // no coordinator to send to
-              if (!f->idx) return io_.provider->getTimer().afterDelay(kPause);  // never sent: next plan
+              if (!f->idx) {
+                // Never sent: the next coordinator, if any is left to try;
+                // else the next plan.
+                if (++f->unsent < coordinators_.size()) return again();
+                return io_.provider->getTimer().afterDelay(kPause);
+              }
               ++attempt(*f).notSent;
             }
             if (!mayRetry(*f)) {
@@ -275,7 +295,7 @@ kj::Promise<void> Workload::steps(std::size_t conn, FlightPtr f) {
   auto lostHere = [this, conn, f](Micros sentUs) {
     ++lost;
     f->txn = nullptr;  // before its connection goes
-    dropConnection(conn, f->used);
+    dropConnection(conn, f->coord, f->used);
     attempt(*f).tries.push_back(Try{sentUs, std::nullopt});
     return findOut(conn, f);
   };
@@ -315,8 +335,15 @@ kj::Promise<void> Workload::steps(std::size_t conn, FlightPtr f) {
 
 // After a lost answer inside a transaction (its connection is gone with
 // it): a begin with the same request id, retried like any lost answer,
-// hears how the interaction ended.
+// hears how the interaction ended. Only the coordinator that opened the
+// transaction knows it (in a cluster, the one of its seq's node): every
+// try goes there, waiting out its restart.
 kj::Promise<void> Workload::findOut(std::size_t conn, FlightPtr f) {
+  std::uint64_t seq = attempt(*f).seq;
+  if (coordinators_.size() > 1 && seq != 0 && seqNode(seq) >= 1 && seqNode(seq) <= coordinators_.size()) {
+    f->coord = seqNode(seq) - 1;
+  }
+  f->pinned = true;
   mayRetry(*f);  // the retry window starts at the first lost answer
   return io_.provider->getTimer().afterDelay(kPause).then([this, conn, f]() {
     return untilAnswered(conn, f, beginCall(true));

@@ -1,8 +1,12 @@
 #pragma once
 // The bank workload of keel-chaos: many clients sending a mix of
-// interactions (tools/chaos/checker.h, Mix) to one coordinator, every
-// request with a request id, retrying a lost answer with the same id and
-// time for a bounded while, and recording every try and what it heard.
+// interactions (tools/chaos/checker.h, Mix) to one coordinator, or spread
+// over the coordinators of a cluster, every request with a request id,
+// retrying a lost answer with the same id and time for a bounded while, and
+// recording every try and what it heard. With several coordinators a retry
+// goes to the next one (a client failing over); inside an interactive
+// transaction, whose state lives only where it was opened, finding out how
+// it ended asks the coordinator of its seq's node.
 //
 // Runs on the caller's KJ event loop (one thread); the counters are read by
 // the progress line between turns.
@@ -35,8 +39,9 @@ struct WorkloadOptions {
 
 class Workload {
  public:
-  Workload(WorkloadOptions o, kj::AsyncIoContext& io, std::string coordinator, std::vector<std::string> agents,
-           Timeline& timeline);
+  // coordinators: one address, or coordinator i of a cluster (node id i + 1) at [i].
+  Workload(WorkloadOptions o, kj::AsyncIoContext& io, std::vector<std::string> coordinators,
+           std::vector<std::string> agents, Timeline& timeline);
 
   // Starts new interactions until `untilUs` (unix us); resolves when the
   // last one is done, its retries included.
@@ -72,10 +77,13 @@ class Workload {
 
   Plan nextPlan();
   std::vector<Op> onWire(const std::vector<Op>& ops) const;
-  kj::Promise<ConnPtr> connection(std::size_t i);
-  void dropConnection(std::size_t i, const ConnPtr& used);
+  // Client connection `i` (0 .. connections - 1) to coordinator `coord`.
+  kj::Promise<ConnPtr> connection(std::size_t i, std::size_t coord);
+  void dropConnection(std::size_t i, std::size_t coord, const ConnPtr& used);
+  // The next try of `f` goes to the next coordinator (not when pinned).
+  void failOver(Flight& f);
 
-  kj::Promise<void> worker(std::size_t conn);
+  kj::Promise<void> worker(std::size_t w);
   kj::Promise<void> untilAnswered(std::size_t conn, FlightPtr f, Call call);
   kj::Promise<void> interactive(std::size_t conn, FlightPtr f);
   kj::Promise<void> steps(std::size_t conn, FlightPtr f);
@@ -91,11 +99,11 @@ class Workload {
 
   WorkloadOptions o_;
   kj::AsyncIoContext& io_;
-  std::string coordinator_;
+  std::vector<std::string> coordinators_;
   std::vector<std::string> agents_;
   Timeline& timeline_;
   std::mt19937_64 rng_;
-  std::vector<ConnPtr> conns_;
+  std::vector<ConnPtr> conns_;  // [coord * connections + i]
   std::vector<Attempt> attempts_;
   std::int64_t lowestRead_ = 0;
   Micros until_ = 0;
