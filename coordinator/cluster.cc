@@ -660,19 +660,27 @@ void ClusterMember::stop() {
 
 kj::Promise<void> ClusterMember::watchMembers() {
   // A poll of three small ranges every tick (lease TTL / 10, at least 100
-  // ms): a dead member is seen well inside the TTL it takes to expire.
+  // ms): a dead member is seen well inside the TTL it takes to expire. The
+  // three are read in one txn, at one revision: read one by one, a takeover
+  // another survivor had just finished looked unfinished (its takeover key
+  // gone, its settled mark not yet read) and was done again.
   auto tick = std::max<std::uint64_t>(100, cfg_.leaseTtlS * 100ull) * kj::MILLISECONDS;
   auto members = cfg_.prefix + "/members/", nodes = cfg_.prefix + "/nodes/", takeovers = cfg_.prefix + "/takeover/";
-  return etcd_->range(members, etcd::prefixEnd(members))
-      .then([this, nodes](etcd::RangeResult m) {
-        return etcd_->range(nodes, etcd::prefixEnd(nodes)).then([this, m = kj::mv(m)](etcd::RangeResult n) mutable {
-          return std::make_pair(kj::mv(m), kj::mv(n));
-        });
-      })
-      .then([this, takeovers](std::pair<etcd::RangeResult, etcd::RangeResult> mn) {
-        return etcd_->range(takeovers, etcd::prefixEnd(takeovers))
-            .then([this, mn = kj::mv(mn)](etcd::RangeResult t) mutable {
-              auto& [m, n] = mn;
+  auto range = [](const std::string& prefix) {
+    auto op = etcd::Op::get(prefix);
+    op.rangeEnd = etcd::prefixEnd(prefix);
+    return op;
+  };
+  return etcd_->txn({}, {range(members), range(nodes), range(takeovers)}, {})
+      .then([this](etcd::TxnResult r) {
+            if (r.responses.size() != 3) {
+              return kj::Promise<void>(faultException("etcd answered a 3-range txn with " +
+                                                      std::to_string(r.responses.size()) + " responses"));
+            }
+            {
+              auto& m = r.responses[0];
+              auto& n = r.responses[1];
+              auto& t = r.responses[2];
               auto nodeOf = [](const std::string& key, const std::string& prefix) -> std::optional<std::uint16_t> {
                 if (key.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
                 auto rest = std::string_view(key).substr(prefix.size());
@@ -721,7 +729,8 @@ kj::Promise<void> ClusterMember::watchMembers() {
                 if (e.second && *e.second == *e.first) continue;  // settled: nothing of it is left
                 tasks_.add(tryTakeover(x, *e.first));
               }
-            });
+            }
+            return kj::Promise<void>(kj::READY_NOW);
       })
       .catch_([](kj::Exception&& e) {
         KEEL_LOG_WARN("cluster: membership poll failed ({})", describeFault(e));

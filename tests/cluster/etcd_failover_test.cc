@@ -206,7 +206,7 @@ TEST(EtcdFailover, AHungMemberCostsOneDeadlineAndTheLeaseKeeperMovesOn) {
     EXPECT_EQ(std::string(e.what()), "etcd " + cluster.endpoint(follower) +
                                          ": Txn: deadline exceeded after 500 ms [gRPC DEADLINE_EXCEEDED; outcome "
                                          "unknown]");
-    EXPECT_LT(msSince(t0), 1000);
+    EXPECT_LT(msSince(t0), 2000);  // one deadline (500 ms), with room for a busy machine; never a hang
   }
   EXPECT_TRUE(c.txnSync({Compare::absent("hung/k")}, {Op::put("hung/k", "x")}, {}).succeeded);
 
@@ -215,7 +215,7 @@ TEST(EtcdFailover, AHungMemberCostsOneDeadlineAndTheLeaseKeeperMovesOn) {
   loop.runFor(milliseconds(4000));
   EXPECT_FALSE(lost);
   EXPECT_FALSE(keeper->lost());
-  EXPECT_LT(Clock::now() - keeper->lastRenewed(), milliseconds(1500));
+  EXPECT_LT(Clock::now() - keeper->lastRenewed(), milliseconds(2000));  // within the TTL
   EXPECT_EQ(c.rangeSync("hung/leased").kvs.size(), 1u);
   cluster.resume(follower);
 }
