@@ -44,6 +44,23 @@ std::uint64_t valueU64(const etcd::RangeResult& r, const std::string& what) {
   return *v;
 }
 
+// Start-up's blocking calls: an etcd member that is down fails one call
+// (and the client moves to the next endpoint), so a failure is retried,
+// for up to 20 s, before the start is given up.
+template <typename F>
+auto retryingStartUp(const char* what, F&& f) -> decltype(f()) {
+  auto giveUp = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (unsigned attempt = 1;; ++attempt) {
+    try {
+      return f();
+    } catch (const etcd::EtcdError& e) {
+      if (std::chrono::steady_clock::now() >= giveUp) throw;
+      KEEL_LOG_WARN("cluster: {} failed ({}); trying again (attempt {})", what, e.what(), attempt + 1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(100u * attempt, 1000u)));
+    }
+  }
+}
+
 // P/requests/<id>: "<seq>" (committed, written with the COMMIT) or
 // "abort <seq>" (rolled back).
 ClusterMember::RequestFate parseRequestFate(const std::string& v) {
@@ -200,6 +217,10 @@ kj::Duration ClusterMember::backoff(std::uint32_t attempt) const {
 }
 
 ClusterMember::Joined ClusterMember::join(std::uint64_t localEpoch) {
+  return retryingStartUp("joining the cluster", [&]() { return joinOnce(localEpoch); });
+}
+
+ClusterMember::Joined ClusterMember::joinOnce(std::uint64_t localEpoch) {
   using Clock = std::chrono::steady_clock;
   auto deadline = Clock::now() + std::chrono::seconds(cfg_.leaseTtlS) + std::chrono::seconds(1);
   bool waitLogged = false;
@@ -259,6 +280,10 @@ ClusterMember::Joined ClusterMember::join(std::uint64_t localEpoch) {
 }
 
 void ClusterMember::reserveSeqsSync(std::uint64_t limit) {
+  retryingStartUp("recording the seq reservation", [&]() { reserveSeqsSyncOnce(limit); });
+}
+
+void ClusterMember::reserveSeqsSyncOnce(std::uint64_t limit) {
   // Only ever raised: a compare on the old value makes two writers safe.
   for (;;) {
     auto cur = etcd_->rangeSync(seqKey(node_));
@@ -292,6 +317,10 @@ kj::Promise<void> ClusterMember::reserveSeqs(std::uint64_t limit) {
 }
 
 std::map<std::uint64_t, ClusterDecision> ClusterMember::decisionsOfSync(std::uint16_t node) {
+  return retryingStartUp("reading the node's decisions", [&]() { return decisionsOfSyncOnce(node); });
+}
+
+std::map<std::uint64_t, ClusterDecision> ClusterMember::decisionsOfSyncOnce(std::uint16_t node) {
   std::map<std::uint64_t, ClusterDecision> out;
   auto prefix = decisionPrefix(node);
   auto r = etcd_->rangeSync(prefix, etcd::prefixEnd(prefix));

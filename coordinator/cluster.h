@@ -167,6 +167,10 @@ class ClusterMember final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> watchMembers();
   kj::Promise<void> tryTakeover(std::uint16_t node, std::uint64_t epoch);
   kj::Duration backoff(std::uint32_t attempt) const;
+  // One try each of the start-up calls (join and friends retry them).
+  Joined joinOnce(std::uint64_t localEpoch);
+  void reserveSeqsSyncOnce(std::uint64_t limit);
+  std::map<std::uint64_t, ClusterDecision> decisionsOfSyncOnce(std::uint16_t node);
   // The lease request keys are put under (a new one every minute).
   kj::Promise<std::int64_t> requestLease();
 
