@@ -321,13 +321,27 @@ std::map<std::uint64_t, ClusterDecision> ClusterMember::decisionsOfSync(std::uin
 }
 
 std::map<std::uint64_t, ClusterDecision> ClusterMember::decisionsOfSyncOnce(std::uint16_t node) {
+  auto prefix = decisionPrefix(node);
+  return decisionsIn(node, etcd_->rangeSync(prefix, etcd::prefixEnd(prefix)));
+}
+
+kj::Promise<std::map<std::uint64_t, ClusterDecision>> ClusterMember::decisionsOf(std::uint16_t node) {
+  auto prefix = decisionPrefix(node);
+  return etcd_->range(prefix, etcd::prefixEnd(prefix)).then([this, node](etcd::RangeResult r) {
+    return decisionsIn(node, r);
+  });
+}
+
+std::map<std::uint64_t, ClusterDecision> ClusterMember::decisionsIn(std::uint16_t node,
+                                                                    const etcd::RangeResult& r) const {
+  // Nothing read from etcd is trusted: a key or value that does not parse,
+  // or a seq of another node under this node's prefix, is left out (logged).
   std::map<std::uint64_t, ClusterDecision> out;
   auto prefix = decisionPrefix(node);
-  auto r = etcd_->rangeSync(prefix, etcd::prefixEnd(prefix));
   for (auto& kv : r.kvs) {
-    auto seq = parseU64(std::string_view(kv.key).substr(prefix.size()));
+    auto seq = parseU64(std::string_view(kv.key).substr(std::min(prefix.size(), kv.key.size())));
     auto d = ClusterDecision::decode(kv.value);
-    if (!seq || !d || seqNode(*seq) != node) {
+    if (kv.key.compare(0, prefix.size(), prefix) != 0 || !seq || !d || seqNode(*seq) != node) {
       KEEL_LOG_ERROR("cluster: malformed decision {} = '{}' in etcd: ignored", kv.key, kv.value.substr(0, 80));
       continue;
     }

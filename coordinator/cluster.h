@@ -83,6 +83,8 @@ class ClusterMember final : private kj::TaskSet::ErrorHandler {
   // Decisions of `node` in etcd, by seq (reconciling a node's own WAL, or
   // taking over a dead one).
   std::map<std::uint64_t, ClusterDecision> decisionsOfSync(std::uint16_t node);
+  // The same on the event loop (a takeover).
+  kj::Promise<std::map<std::uint64_t, ClusterDecision>> decisionsOf(std::uint16_t node);
 
   // ---- serving (on the event loop)
   // Starts the lease keep-alive and the membership watch. `onLost` runs if
@@ -171,6 +173,7 @@ class ClusterMember final : private kj::TaskSet::ErrorHandler {
   Joined joinOnce(std::uint64_t localEpoch);
   void reserveSeqsSyncOnce(std::uint64_t limit);
   std::map<std::uint64_t, ClusterDecision> decisionsOfSyncOnce(std::uint16_t node);
+  std::map<std::uint64_t, ClusterDecision> decisionsIn(std::uint16_t node, const etcd::RangeResult& r) const;
   // The lease request keys are put under (a new one every minute).
   kj::Promise<std::int64_t> requestLease();
 

@@ -33,11 +33,7 @@ bool readOnlyOps(const std::vector<Op>& ops) {
 Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, WalStore& wal, ClusterMember* cluster)
     : cfg_(cfg), io_(io), wal_(wal), cluster_(cluster), tasks_(*this) {
   for (const auto& [name, addr] : cfg_.participants) {
-    LinkOptions lo;
-    lo.callDeadline = callDeadline();
-    lo.maxBatch = cfg_.batchMax;
-    lo.maxInFlight = cfg_.batchInFlight;
-    auto l = std::make_unique<ParticipantLink>(io_, name, addr, lo);
+    auto l = std::make_unique<ParticipantLink>(io_, name, addr, linkOptions());
     l->onHealthChange([this, raw = l.get()](bool up, const std::string& why) { healthChanged(*raw, up, why); });
     links_[name] = std::move(l);
   }
@@ -54,6 +50,14 @@ ParticipantLink& Coordinator::link(const std::string& participant) {
 }
 
 kj::Duration Coordinator::callDeadline() const { return cfg_.callTimeoutMs * kj::MILLISECONDS; }
+
+LinkOptions Coordinator::linkOptions() const {
+  LinkOptions lo;
+  lo.callDeadline = callDeadline();
+  lo.maxBatch = cfg_.batchMax;
+  lo.maxInFlight = cfg_.batchInFlight;
+  return lo;
+}
 
 std::uint32_t Coordinator::effectiveDeadline(std::uint32_t askedMs) const {
   if (askedMs == 0) return cfg_.interactionTimeoutMs;

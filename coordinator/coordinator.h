@@ -144,6 +144,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::optional<std::string> validate(const std::vector<Op>& ops, bool allowEmpty) const;
   ParticipantLink& link(const std::string& participant);
   kj::Duration callDeadline() const;
+  // Options of every link to a participant (the node's own and a takeover's).
+  LinkOptions linkOptions() const;
   // The client's deadline, defaulted and capped by max_interaction_ms.
   std::uint32_t effectiveDeadline(std::uint32_t askedMs) const;
 

@@ -194,21 +194,14 @@ std::map<std::uint64_t, ClusterDecision> Coordinator::reconcileFromEtcd() {
         KEEL_LOG_ERROR("seq {}: damaged record ({}); etcd's decision decides", seq, e.what());
       }
     }
-    if (finished || !d.commit) {
-      // Finished here, or an ABORT: with no COMMIT possible any more, the
-      // key says nothing presumed abort does not.
-      if (!finished && !stored) {
-        KEEL_LOG_INFO("reconcile: seq {} was aborted in etcd by node {} (epoch {})", seq, d.by, d.epoch);
-      }
-      if (!finished && stored) {
-        out.emplace(seq, d);  // its record is unfinished: the redrive follows the ABORT
-        continue;
-      }
+    if (finished || (!d.commit && !stored)) {
+      // Finished here, or an ABORT the WAL never heard of: with no COMMIT
+      // possible any more, the key says nothing presumed abort does not.
       cluster_->forget(seq);
       ++forgotten;
       continue;
     }
-    out.emplace(seq, d);
+    out.emplace(seq, d);  // unfinished here, or a COMMIT the WAL lacks: the redrive follows it
   }
   KEEL_LOG_INFO("reconcile: etcd holds {} decisions of this node's earlier incarnations ({} no longer needed)",
                 out.size() + forgotten, forgotten);
@@ -239,30 +232,11 @@ kj::Promise<void> Coordinator::takeOver(std::uint16_t node, std::uint64_t epoch)
   // fences the node of its first XID with it, so the dead node's calls
   // never share a batch with this node's.
   for (const auto& [name, addr] : cfg_.participants) {
-    LinkOptions lo;
-    lo.callDeadline = callDeadline();
-    lo.maxBatch = cfg_.batchMax;
-    lo.maxInFlight = cfg_.batchInFlight;
-    st->links[name] = std::make_unique<ParticipantLink>(io_, name, addr, lo);
+    st->links[name] = std::make_unique<ParticipantLink>(io_, name, addr, linkOptions());
   }
-  auto prefix = cluster_->decisionPrefix(node);
-  return cluster_->etcd()
-      .range(prefix, etcd::prefixEnd(prefix))
-      .then([this, st, prefix](etcd::RangeResult r) {
-        for (auto& kv : r.kvs) {
-          auto d = ClusterDecision::decode(kv.value);
-          std::uint64_t seq = 0;
-          bool ok = d.has_value() && kv.key.size() > prefix.size();
-          for (std::size_t i = prefix.size(); ok && i < kv.key.size(); ++i) {
-            ok = kv.key[i] >= '0' && kv.key[i] <= '9' && seq < 1'000'000'000'000'000'000ull;
-            seq = seq * 10 + std::uint64_t(kv.key[i] - '0');
-          }
-          if (!ok || seqNode(seq) != st->node) {
-            KEEL_LOG_ERROR("takeover: malformed decision {} in etcd: ignored", kv.key);
-            continue;
-          }
-          st->decided.emplace(seq, std::move(*d));
-        }
+  return cluster_->decisionsOf(node)
+      .then([this, st](std::map<std::uint64_t, ClusterDecision> decided) {
+        st->decided = std::move(decided);
         KEEL_LOG_INFO("takeover of node {}: etcd holds {} of its decisions; asking {} participants (epoch {})",
                       st->node, st->decided.size(), st->links.size(), st->epoch);
         kj::Vector<kj::Promise<void>> work;
