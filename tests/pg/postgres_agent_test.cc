@@ -320,6 +320,26 @@ class PostgresOutcomeTest : public PostgresTest {
  protected:
   static constexpr std::uint64_t kEpoch = 1;
   static Xid xidOf(std::uint64_t n) { return Xid{(std::uint64_t(9) << 48) | n, 1}; }
+
+  // bank-b restarted with `failpoints`, then a one-phase credit of 100 to
+  // bob sent to it straight (no coordinator) and on its way when this returns.
+  struct OnePhaseSent {
+    kj::Own<AgentClient> agent;
+    capnp::RemotePromise<wire::Participant::CommitOnePhaseResults> call;
+  };
+  OnePhaseSent onePhaseCreditToBob(const std::string& failpoints, Xid xid) {
+    cluster_->stopAgent("bank-b");
+    cluster_->startAgent("bank-b", failpoints);
+    auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+    auto req = agent->capability().commitOnePhaseRequest();
+    req.setEpoch(kEpoch);
+    fillXid(req.initXid(), xid);
+    std::vector<Op> ops{credit("bank-b", "bob", 100)};
+    fillOps(req.initOperations(ops.size()), ops);
+    OnePhaseSent sent{kj::mv(agent), req.send()};
+    io_.waitScope.poll();  // the call leaves now
+    return sent;
+  }
   static std::string gidOf(Xid xid) {
     return "keel:bank-b:" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
   }
@@ -389,17 +409,9 @@ class PostgresOutcomeTest : public PostgresTest {
 // A one-phase call whose answer the coordinator gave up on: its rollback
 // reaches the agent before the call's own turn came.
 TEST_F(PostgresOutcomeTest, OnePhaseOvertakenByItsRollbackIsNeverCommitted) {
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "pg.before_one_phase_intent=1*delay(800)");
   const Xid xid = xidOf(20);
-  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
-  auto call = agent->capability().commitOnePhaseRequest();
-  call.setEpoch(kEpoch);
-  fillXid(call.initXid(), xid);
-  std::vector<Op> ops{credit("bank-b", "bob", 100)};
-  fillOps(call.initOperations(ops.size()), ops);
-  auto onePhase = call.send();
-  io_.waitScope.poll();  // the call leaves now
+  auto sent = onePhaseCreditToBob("pg.before_one_phase_intent=1*delay(800)", xid);
+  auto& onePhase = sent.call;
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);  // a tombstone
   auto answer = onePhase.wait(io_.waitScope);
@@ -413,19 +425,11 @@ TEST_F(PostgresOutcomeTest, OnePhaseOvertakenByItsRollbackIsNeverCommitted) {
 // its outcome yet: it says so (the coordinator asks again) instead of
 // guessing "rolled back" a moment before PostgreSQL commits.
 TEST_F(PostgresOutcomeTest, RollbackDuringAOnePhaseCommitWaitsForItsOutcome) {
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "agent.before_commit_durable=1*delay(2500)");
   const Xid xid = xidOf(21);
-  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
-  auto call = agent->capability().commitOnePhaseRequest();
-  call.setEpoch(kEpoch);
-  fillXid(call.initXid(), xid);
-  std::vector<Op> ops{credit("bank-b", "bob", 100)};
-  fillOps(call.initOperations(ops.size()), ops);
-  auto onePhase = call.send();
-  // Its statements ran and its intent is recorded long before this; its
-  // COMMIT waits 2.5 s.
-  io_.waitScope.poll();  // the call leaves now
+  // Its statements run and its intent is recorded long before the rollback
+  // below; its COMMIT waits 2.5 s.
+  auto sent = onePhaseCreditToBob("agent.before_commit_durable=1*delay(2500)", xid);
+  auto& onePhase = sent.call;
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   try {
     auto o = finishAtB(xid, /*commit=*/false);
