@@ -53,6 +53,7 @@ struct Flags {
   bool requestIds = false;
   std::uint32_t batchInFlight = 2;
   std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
+  std::vector<std::string> clusterSet;      // ... for its [cluster] section (--cluster)
   std::uint64_t seed = 1;
   std::uint32_t cluster = 0;  // coordinators of a self-started cluster on etcd; 0: one coordinator, no etcd
   int leaseTtl = 2;
@@ -111,6 +112,7 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
       s.etcd->start();
       copts.coordinators = int(f.cluster);
       copts.clusterToml = keel::test::clusterSection(*s.etcd, "/keel-bench", f.leaseTtl);
+      for (auto& kv : f.clusterSet) copts.clusterToml += kv + "\n";
     }
     s.cluster = std::make_unique<keel::LocalCluster>(copts);
     if (f.adapter == "postgres") {
@@ -280,6 +282,12 @@ int main(int argc, char** argv) {
       ->each([](const std::string& kv) {
         if (kv.find('=') == std::string::npos) throw CLI::ValidationError("--coordinator-set", kv + " is not KEY=VALUE");
       });
+  app.add_option("--cluster-set", f.clusterSet,
+                 "--cluster: KEY=VALUE added to every coordinator's [cluster] section, e.g. decision_gather_ms=5 "
+                 "(repeat; see docs/cluster.md)")
+      ->each([](const std::string& kv) {
+        if (kv.find('=') == std::string::npos) throw CLI::ValidationError("--cluster-set", kv + " is not KEY=VALUE");
+      });
   app.add_option("--batch-in-flight", f.batchInFlight, "submitBatch messages out at once per connection")
       ->capture_default_str()
       ->check(CLI::Range(1u, 64u));
@@ -320,7 +328,7 @@ int main(int argc, char** argv) {
   if (f.spec.kind != "multi" && app.count("--participants")) return usage("--participants is for --workload multi");
   if (!f.coordinator.empty() && f.cluster != 0) return usage("--cluster starts a deployment; not with --coordinator");
   if (f.cluster == 0) {
-    for (auto flag : {"--lease-ttl", "--etcd-dir", "--etcd-floor", "--etcd-floor-samples"}) {
+    for (auto flag : {"--lease-ttl", "--etcd-dir", "--etcd-floor", "--etcd-floor-samples", "--cluster-set"}) {
       if (app.count(flag) != 0) return usage(std::string(flag) + " is for --cluster");
     }
   }

@@ -147,7 +147,8 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
     c.participants[name] = *addr;
   }
   if (auto* cl = root["cluster"].as_table()) {
-    rejectUnknown(path, *cl, "cluster", {"etcd", "prefix", "lease_ttl_s", "max_txn_ops", "call_timeout_ms", "advertise"});
+    rejectUnknown(path, *cl, "cluster", {"etcd", "prefix", "lease_ttl_s", "max_txn_ops", "call_timeout_ms",
+                                             "decision_gather_ms", "advertise"});
     auto* eps = (*cl)["etcd"].as_array();
     if (eps == nullptr || eps->empty()) {
       fail(path, "[cluster] etcd must be a non-empty list of \"host:port\" strings (the etcd members)");
@@ -166,6 +167,8 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
     c.cluster.maxTxnOps = getInt<std::uint32_t>(path, *cl, "cluster", "max_txn_ops", c.cluster.maxTxnOps, 1, 10000);
     c.cluster.callTimeoutMs =
         getInt<std::uint32_t>(path, *cl, "cluster", "call_timeout_ms", c.cluster.callTimeoutMs, 10, 600000);
+    c.cluster.decisionGatherMs =
+        getInt<std::uint32_t>(path, *cl, "cluster", "decision_gather_ms", c.cluster.decisionGatherMs, 0, 1000);
     c.cluster.advertise = getString(path, *cl, "cluster", "advertise", "");
     if (!c.cluster.advertise.empty()) checkAddress(path + ": [cluster] advertise", c.cluster.advertise);
   }

@@ -24,6 +24,7 @@ struct ClusterConfig {
   std::uint32_t leaseTtlS = 5;              // membership lease; a dead member is taken over after it
   std::uint32_t maxTxnOps = 128;            // decisions per etcd txn (etcd's --max-txn-ops)
   std::uint32_t callTimeoutMs = 2000;       // deadline of one etcd call
+  std::uint32_t decisionGatherMs = 0;       // least time between two decision txns (0: next event-loop turn)
   std::string advertise;                    // address other members and clients are told (default: listen)
   bool enabled() const { return !etcdEndpoints.empty(); }
 };

@@ -371,7 +371,18 @@ kj::Promise<ClusterMember::Outcome> ClusterMember::decide(std::uint16_t node, st
 void ClusterMember::flushSoon() {
   if (flushQueued_) return;
   flushQueued_ = true;
-  // Everything asked for in this turn of the event loop goes together.
+  // Everything asked for in this turn of the event loop goes together; with
+  // [cluster] decision_gather_ms, also everything asked for until that long
+  // after the previous decision txn left (fewer, larger txns for more
+  // latency; a lone decision after a quiet spell still goes at once).
+  if (cfg_.decisionGatherMs > 0) {
+    auto& timer = io_->provider->getTimer();
+    auto at = lastSend_ + cfg_.decisionGatherMs * kj::MILLISECONDS;
+    if (at > timer.now()) {
+      tasks_.add(timer.atTime(at).then([this]() { return flush(); }));
+      return;
+    }
+  }
   tasks_.add(kj::evalLater([this]() { return flush(); }));
 }
 
@@ -399,6 +410,7 @@ kj::Promise<void> ClusterMember::flush() {
       for (auto& p : batch) pending_.push_back(kj::mv(p));
     } else {
       ++inFlight_;
+      lastSend_ = io_->provider->getTimer().now();
       tasks_.add(sendBatch(std::move(batch), 0).attach(kj::defer([this]() {
         --inFlight_;
         if (!destroying_ && !pending_.empty()) flushSoon();

@@ -467,5 +467,47 @@ TEST_F(CutOffFromEtcdTest, ItStopsDecidingAndNothingItDecidedIsContradicted) {
   std::cerr << told << " of 20 sent during the cut were answered (none committed)\n";
 }
 
+// Node 1 gathers decisions for 400 ms ([cluster] decision_gather_ms);
+// node 2 sends them as they come.
+class GatheredDecisionsTest : public CoordinatorClusterTest {
+ protected:
+  ClusterOptions clusterOptions() override {
+    auto o = CoordinatorClusterTest::clusterOptions();
+    o.clusterTomlFor[0] = o.clusterToml + "decision_gather_ms = 400\n";
+    return o;
+  }
+};
+
+TEST_F(GatheredDecisionsTest, DecisionsSpreadOverTheWindowGoInOneTxn) {
+  // Ten transfers to each node, one every 20 ms (200 ms in all), none
+  // waiting for another's answer.
+  auto spread = [&](int node) {
+    auto before = via(node).info().wait(io_.waitScope).etcdTxns;
+    kj::Vector<kj::Promise<SubmitOutcome>> outs;
+    for (int k = 0; k < 10; ++k) {
+      outs.add(io_.provider->getTimer().afterDelay(k * 20 * kj::MILLISECONDS).then([this, node]() {
+        return via(node).submit(transferOps("bank-a:alice", "bank-b:bob", 1));
+      }));
+    }
+    for (auto& o : kj::joinPromises(outs.releaseAsArray()).wait(io_.waitScope)) {
+      EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+    }
+    return via(node).info().wait(io_.waitScope).etcdTxns - before;
+  };
+  via(0);
+  via(1);
+  auto gathered = spread(0), asTheyCome = spread(1);
+  // Node 1: the first decision after a quiet spell at once, the other nine
+  // together when the window ends; the batched deletes of finished
+  // interactions' keys (every 250 ms) add one or two.
+  EXPECT_LE(gathered, 4u);
+  EXPECT_GE(gathered, 2u);
+  std::cerr << "etcd txns for 10 transfers over 200 ms: " << gathered << " gathering 400 ms, " << asTheyCome
+            << " without\n";
+  ASSERT_TRUE(settled(std::chrono::seconds(10)));
+  EXPECT_EQ(account("bank-a", "alice"), bal(980, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(20, 0));
+}
+
 }  // namespace
 }  // namespace keel::test

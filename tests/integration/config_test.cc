@@ -49,6 +49,9 @@ TEST_F(ConfigTest, CoordinatorRejectsMalformedConfigs) {
        "[cluster] prefix must start with '/'"},
       {"[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[cluster]\netcd = [\"127.0.0.1:2379\"]\nttl = 5\n",
        "unknown key 'ttl'"},
+      {"[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[cluster]\netcd = [\"127.0.0.1:2379\"]\n"
+       "decision_gather_ms = 5000\n",
+       "out of range"},
   };
   for (auto& c : cases) {
     auto path = write("coordinator.toml", c.toml);
@@ -83,6 +86,21 @@ TEST(ExampleConfigs, DocumentedExamplesLoad) {
   EXPECT_EQ(c.retryMaxMs, 2000u);
   auto a = loadAgentConfig(std::string(KEEL_SOURCE_DIR) + "/docs/examples/agent.toml");
   EXPECT_EQ(a.name, "bank-a");
+}
+
+TEST_F(ConfigTest, ClusterSectionIsRead) {
+  auto path = write("coordinator.toml",
+                    "[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[cluster]\n"
+                    "etcd = [\"127.0.0.1:2379\", \"127.0.0.1:2380\"]\nlease_ttl_s = 3\ndecision_gather_ms = 7\n");
+  auto c = loadCoordinatorConfig(path);
+  ASSERT_TRUE(c.cluster.enabled());
+  EXPECT_EQ(c.cluster.etcdEndpoints.size(), 2u);
+  EXPECT_EQ(c.cluster.leaseTtlS, 3u);
+  EXPECT_EQ(c.cluster.decisionGatherMs, 7u);
+  EXPECT_EQ(c.cluster.maxTxnOps, 128u);  // the default
+  EXPECT_EQ(loadCoordinatorConfig(write("plain.toml", "[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n"))
+                .cluster.decisionGatherMs,
+            0u);
 }
 
 TEST_F(ClusterTest, KeelctlDrivesTheCluster) {
