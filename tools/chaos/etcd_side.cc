@@ -18,6 +18,9 @@ test::EtcdClusterOptions etcdOptions(const std::string& parentDir) {
   test::EtcdClusterOptions o;
   o.members = 3;
   o.parentDir = parentDir;
+  // A member restarted on a machine the load keeps busy may take a while to
+  // rejoin; given up, it would stay down for the rest of the run.
+  o.startTimeout = std::chrono::seconds(60);
   return o;
 }
 
