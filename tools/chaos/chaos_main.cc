@@ -793,10 +793,29 @@ struct Windows {
   std::vector<std::string> unreachable;  // coordinators that did not answer (their records are missing)
 };
 Windows readCoordinators(kj::AsyncIoContext& io, const std::vector<std::string>& coordinators,
-                         const std::vector<std::string>& requestIds, std::set<std::uint64_t>& seqs, Input& in) {
+                         const std::vector<std::string>& requestIds, std::set<std::uint64_t>& seqs, Input& in,
+                         const std::function<void(std::size_t)>& revive) {
   bool cluster = coordinators.size() > 1;
   std::vector<kj::Own<KeelClient>> clients;
   Windows w;
+  // A cluster member may stop itself while it is read (its lease lost when
+  // etcd stalls under the checker's own reads of a long run): it is
+  // restarted, as a supervisor would, and the read of that part redone
+  // (queries change nothing).
+  auto withRetry = [&](std::size_t i, const std::function<void(KeelClient&)>& read) {
+    for (int attempt = 1;; ++attempt) {
+      try {
+        read(*clients[i]);
+        return;
+      } catch (const kj::Exception& e) {
+        if (!cluster || attempt == 5) throw;
+        std::fprintf(stderr, "keel-chaos: reading %s failed (%s); restarting it if it stopped, and again\n",
+                     coordinators[i].c_str(), e.getDescription().cStr());
+        revive(i);
+        clients[i] = KeelClient::connect(io, coordinators[i]).wait(io.waitScope);
+      }
+    }
+  };
   for (auto& a : coordinators) {
     try {
       clients.push_back(KeelClient::connect(io, a).wait(io.waitScope));
@@ -806,46 +825,60 @@ Windows readCoordinators(kj::AsyncIoContext& io, const std::vector<std::string>&
       clients.push_back(kj::Own<KeelClient>());
     }
   }
-  for (auto& c : clients) {
-    if (c.get() == nullptr) continue;
-    in.coordinator.unfinished += c->info().wait(io.waitScope).unfinished;
-    auto st = c->capability().statsRequest().send().wait(io.waitScope).getStats();
-    w.count += st.getCount();
-    w.p50Us = std::max(w.p50Us, st.getP50Us());
-    w.p99Us = std::max(w.p99Us, st.getP99Us());
-    w.maxUs = std::max(w.maxUs, st.getMaxUs());
+  for (std::size_t c = 0; c < clients.size(); ++c) {
+    if (clients[c].get() == nullptr) continue;
+    withRetry(c, [&](KeelClient& client) {
+      auto unfinished = client.info().wait(io.waitScope).unfinished;
+      auto st = client.capability().statsRequest().send().wait(io.waitScope).getStats();
+      in.coordinator.unfinished += unfinished;
+      w.count += st.getCount();
+      w.p50Us = std::max(w.p50Us, st.getP50Us());
+      w.p99Us = std::max(w.p99Us, st.getP99Us());
+      w.maxUs = std::max(w.maxUs, st.getMaxUs());
+    });
   }
-  for (auto& client : clients) {
-    if (client.get() == nullptr) continue;
+  for (std::size_t c = 0; c < clients.size(); ++c) {
+    if (clients[c].get() == nullptr) continue;
     for (std::size_t i = 0; i < requestIds.size(); i += 256) {
-      kj::Vector<kj::Promise<void>> qs;
-      for (std::size_t k = i; k < std::min(requestIds.size(), i + 256); ++k) {
-        const std::string& id = requestIds[k];
-        qs.add(client->queryRequest(id).then([&in, &seqs, id, cluster](std::optional<QueryResult> q) {
-          if (!cluster) in.coordinator.requests[id] = q ? q->interaction.seq : 0;
-          if (!q) return;
-          if (cluster) in.coordinator.requestRows[id].insert(q->interaction.seq);
-          seqs.insert(q->interaction.seq);
-        }));
-      }
-      kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
+      withRetry(c, [&](KeelClient& client) {
+        kj::Vector<kj::Promise<void>> qs;
+        for (std::size_t k = i; k < std::min(requestIds.size(), i + 256); ++k) {
+          const std::string& id = requestIds[k];
+          qs.add(client.queryRequest(id).then([&in, &seqs, id, cluster](std::optional<QueryResult> q) {
+            if (!cluster) in.coordinator.requests[id] = q ? q->interaction.seq : 0;
+            if (!q) return;
+            if (cluster) in.coordinator.requestRows[id].insert(q->interaction.seq);
+            seqs.insert(q->interaction.seq);
+          }));
+        }
+        kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
+      });
     }
   }
-  std::vector<std::uint64_t> seqList(seqs.begin(), seqs.end());
-  for (std::size_t i = 0; i < seqList.size(); i += 256) {
-    kj::Vector<kj::Promise<void>> qs;
-    for (std::size_t k = i; k < std::min(seqList.size(), i + 256); ++k) {
-      std::uint64_t seq = seqList[k];
-      std::size_t owner = cluster ? std::size_t(seqNode(seq)) - 1 : 0;
-      // No coordinator of that node (node 0: a malformed seq), or it is down.
-      if (owner >= clients.size() || clients[owner].get() == nullptr) continue;
-      qs.add(clients[owner]->query(seq).then([&in, seq](std::optional<QueryResult> q) {
-        if (!q) return;
-        in.coordinator.interactions[seq] = std::move(q->interaction);
-        if (q->rollback) in.coordinator.rollbacks[seq] = std::move(*q->rollback);
-      }));
+  // Each seq from the coordinator of its node.
+  std::vector<std::vector<std::uint64_t>> byOwner(clients.size());
+  for (std::uint64_t seq : seqs) {
+    std::size_t owner = cluster ? std::size_t(seqNode(seq)) - 1 : 0;
+    // No coordinator of that node (node 0: a malformed seq), or it is down.
+    if (owner >= clients.size() || clients[owner].get() == nullptr) continue;
+    byOwner[owner].push_back(seq);
+  }
+  for (std::size_t c = 0; c < clients.size(); ++c) {
+    const auto& list = byOwner[c];
+    for (std::size_t i = 0; i < list.size(); i += 256) {
+      withRetry(c, [&](KeelClient& client) {
+        kj::Vector<kj::Promise<void>> qs;
+        for (std::size_t k = i; k < std::min(list.size(), i + 256); ++k) {
+          std::uint64_t seq = list[k];
+          qs.add(client.query(seq).then([&in, seq](std::optional<QueryResult> q) {
+            if (!q) return;
+            in.coordinator.interactions[seq] = std::move(q->interaction);
+            if (q->rollback) in.coordinator.rollbacks[seq] = std::move(*q->rollback);
+          }));
+        }
+        kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
+      });
     }
-    kj::joinPromises(qs.releaseAsArray()).wait(io.waitScope);
   }
   return w;
 }
@@ -1095,7 +1128,9 @@ int runChaos(Options o) {
       if (f.seq != 0) seqs.insert(f.seq);
     }
   }
-  Windows windows = readCoordinators(io, coordinators, requestIds, seqs, in);
+  Windows windows = readCoordinators(io, coordinators, requestIds, seqs, in, [&](std::size_t i) {
+    if (cluster && !cluster->coordinatorRunning(int(i))) cluster->startCoordinator("", int(i));
+  });
   auto violations = check(in);
   for (auto& c : windows.unreachable) {
     violations.push_back(Violation{0, "coordinator " + c + " not reachable after healing: its records are missing",

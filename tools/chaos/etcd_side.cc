@@ -31,12 +31,16 @@ std::uint64_t digits(std::string_view s) {
 }
 
 // Every key under `prefix`, a page at a time (a run leaves tens of
-// thousands of request fates: more than one gRPC message holds).
+// thousands of request fates: more than one gRPC message holds). Pages are
+// large: etcd 3.4 walks every key from a page's start to the range's end
+// for each page (it counts them all, then cuts at the limit), so 1,000-key
+// pages over the ~150,000 request fates of a 30-minute run cost ~150 such
+// walks each time, enough to stall etcd past the coordinators' lease TTL.
 void forEachKey(etcd::Client& c, const std::string& prefix, const std::function<void(const etcd::KeyValue&)>& fn) {
   std::string from = prefix;
   const std::string end = etcd::prefixEnd(prefix);
   for (;;) {
-    auto r = c.rangeSync(from, end, 1000);
+    auto r = c.rangeSync(from, end, 20000);
     for (const auto& kv : r.kvs) fn(kv);
     if (!r.more || r.kvs.empty()) break;
     from = r.kvs.back().key + '\0';
