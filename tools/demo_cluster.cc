@@ -471,10 +471,18 @@ int runClusterDemo(const ClusterDemoOptions& o) {
                 nodeName(demo.victim).c_str(), demo.killFired ? "SIGKILLed" : "NOT KILLED", demo.killAtDone,
                 demo.killInFlight);
   }
-  std::printf("  takeover           %s after the SIGKILL (no branch of node %u unfinished at any agent; lease TTL "
-              "%d s)\n",
-              demo.takeoverUs ? (std::to_string((demo.takeoverUs + 500) / 1000) + " ms").c_str() : "NOT SEEN",
-              unsigned(demo.deadNode()), o.leaseTtlS);
+  if (demo.takeoverUs != 0 && demo.leftAtKill == 0) {
+    // Nothing of the killed node was left at the agents by the first poll
+    // (its last messages had finished its branches): no takeover to time.
+    std::printf("  takeover           none to time: no branch of node %u unfinished at any agent at the first poll "
+                "after the SIGKILL (%zu just before it; lease TTL %d s)\n",
+                unsigned(demo.deadNode()), demo.branchesAtKill, o.leaseTtlS);
+  } else {
+    std::printf("  takeover           %s after the SIGKILL (no branch of node %u unfinished at any agent; lease TTL "
+                "%d s)\n",
+                demo.takeoverUs ? (std::to_string((demo.takeoverUs + 500) / 1000) + " ms").c_str() : "NOT SEEN",
+                unsigned(demo.deadNode()), o.leaseTtlS);
+  }
   if (line.coordinator >= 0) {
     std::printf("                     %s's own count: done in %ld ms from its election\n",
                 nodeName(line.coordinator).c_str(), line.ms);
