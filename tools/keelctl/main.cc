@@ -199,7 +199,7 @@ int main(int argc, char** argv) {
     }
 
     auto io = kj::setupAsyncIo();
-    keel::ctl::Commands run(io, g);
+    keel::ctl::Commands run(io, g, std::cout);
     if (*open || *transfer) return run.submit(std::move(req), nullptr);
     if (*balance) return run.submit(std::move(req), &balanceRefs);
     if (*query) return seq == 0 ? run.queryRequest(requestId) : run.query(seq);
