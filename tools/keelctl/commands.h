@@ -6,7 +6,9 @@
 // --retry-for. Progress (retries, the next coordinator tried) goes to stderr.
 //
 // A command that cannot finish throws Failure (message and exit status);
-// main prints it as "keelctl: <message>".
+// main prints it as "keelctl: <message>" (and with --json as
+// {"error":…,"code":…} on stdout instead of the answer: main shows the
+// answer only when the command returns).
 
 #include <kj/async-io.h>
 

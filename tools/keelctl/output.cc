@@ -44,16 +44,33 @@ std::string outcomeFields(const SubmitOutcome& o) {
          ",\"replayed\":" + (o.replayed ? "true" : "false");
 }
 
+// The members an answer with a non-zero exit status adds: what went wrong,
+// as the human form says it, and the status. Nothing for status 0.
+std::string statusFields(int status, const std::string& message) {
+  if (status == kExitDone) return "";
+  return ",\"error\":" + q(message) + ",\"code\":" + std::to_string(status);
+}
+
+// A submit's outcome and reason, as its human form's first line says them.
+std::string outcomeMessage(const SubmitOutcome& o) {
+  std::string m = clientOutcomeName(o.outcome);
+  return o.reason.empty() ? m : m + ": " + o.reason;
+}
+
 std::string xidText(const Xid& x) { return std::to_string(x.seq) + "." + std::to_string(x.branch); }
 
 std::string ms(std::uint64_t us) { return std::to_string(us / 1000) + "." + std::to_string(us / 100 % 10) + " ms"; }
 
 }  // namespace
 
+void printError(std::ostream& out, const std::string& message, int status) {
+  out << "{\"error\":" << q(message) << ",\"code\":" << status << "}\n";
+}
+
 int printOutcome(std::ostream& out, const SubmitOutcome& o, bool json) {
   int status = exitStatus(o.outcome);
   if (json) {
-    out << "{" << outcomeFields(o) << "}\n";
+    out << "{" << outcomeFields(o) << statusFields(status, outcomeMessage(o)) << "}\n";
     return status;
   }
   if (o.seq != 0) out << "seq " << o.seq << ": ";
@@ -77,7 +94,7 @@ int printBalances(std::ostream& out, const SubmitOutcome& o, const std::vector<s
       out << (i ? "," : "") << "{\"account\":" << q(refs[i]) << ",\"balance\":" << o.results[i].balance
           << ",\"available\":" << o.results[i].available << "}";
     }
-    out << "]}\n";
+    out << "]" << statusFields(status, outcomeMessage(o)) << "}\n";
     return status;
   }
   printOutcome(out, o, false);
@@ -137,12 +154,15 @@ void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& it
 }
 
 int printDone(std::ostream& out, bool done, const std::string& reason, bool json) {
+  int status = done ? kExitDone : kExitRefused;
+  std::string line = (done ? "done: " : "refused: ") + reason;
   if (json) {
-    out << "{\"done\":" << (done ? "true" : "false") << ",\"reason\":" << q(reason) << "}\n";
+    out << "{\"done\":" << (done ? "true" : "false") << ",\"reason\":" << q(reason) << statusFields(status, line)
+        << "}\n";
   } else {
-    out << (done ? "done: " : "refused: ") << reason << "\n";
+    out << line << "\n";
   }
-  return done ? kExitDone : kExitRefused;
+  return status;
 }
 
 void printWoken(std::ostream& out, std::uint32_t woken, bool json) {
@@ -218,9 +238,13 @@ void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vect
 int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector<Xid>& refused, bool json) {
   int status = refused.empty() ? kExitDone : kExitRefused;
   if (json) {
+    std::string message = "refused";
     out << "{\"forgotten\":" << forgotten << ",\"refused\":[";
-    for (std::size_t i = 0; i < refused.size(); ++i) out << (i ? "," : "") << q(xidText(refused[i]));
-    out << "]}\n";
+    for (std::size_t i = 0; i < refused.size(); ++i) {
+      out << (i ? "," : "") << q(xidText(refused[i]));
+      message += (i ? ", " : " ") + xidText(refused[i]);
+    }
+    out << "]" << statusFields(status, message + " (not finished)") << "}\n";
     return status;
   }
   out << "forgotten " << forgotten;

@@ -4,8 +4,10 @@
 // commands read the wire answers into these plain structs first.
 //
 // With --json each command prints exactly one JSON document: its answer as
-// one object. The functions that return an int return the answer's exit
-// status.
+// one object, or printError's {"error":…,"code":…} when it could not finish.
+// An answer whose exit status is not 0 (rolled back, refused) carries
+// "error" (what the human form says) and "code" (the exit status) as well.
+// The functions that return an int return that exit status.
 
 #include <cstdint>
 #include <iosfwd>
@@ -27,6 +29,9 @@ enum Exit : int {
   kExitHeuristic = 5,    // heuristic-mixed or heuristic-unknown
 };
 int exitStatus(ClientOutcome o);
+
+// A command that could not finish, as JSON: {"error":MESSAGE,"code":STATUS}.
+void printError(std::ostream& out, const std::string& message, int status);
 
 // "seq N: committed (request id X)", the reason and, for outcomes that need
 // a next step (in doubt, heuristic), a line saying what to do.
