@@ -275,6 +275,14 @@ TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {
   EXPECT_EQ(first.exitCode, 2);
   EXPECT_EQ(first.output, "{\"error\":\"seq 0 is out of range (1..18446744073709551615)\",\"code\":2}\n");
 
+  // An argument that is not UTF-8 still makes valid JSON: U+FFFD stands in
+  // for the bytes, here and in what the coordinator answers about them.
+  auto notUtf8 = ctl(c() + "transfer \"$(printf 'x\\377')\" bank-b:bob 1", 2);
+  EXPECT_EQ(notUtf8["error"].str(), "'x\xef\xbf\xbd' is not PARTICIPANT:ACCOUNT (for example bank-a:alice)");
+  auto unknown = ctl(c() + "transfer \"$(printf 'bank-\\377:alice')\" bank-b:bob 1", 2);
+  EXPECT_EQ(unknown["outcome"].str(), "invalid");
+  EXPECT_NE(unknown["reason"].str().find("'bank-\xef\xbf\xbd'"), std::string::npos) << unknown["reason"].str();
+
   // Nothing to find: exit 1.
   expectError(c() + "query 999", 1, "no interaction 999");
   expectError(c() + "query --request-id nope", 1, "no interaction has request id nope");
