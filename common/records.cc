@@ -484,10 +484,46 @@ const char* branchStatusName(BranchStatus s) {
 
 // ------------------------------------------------------------ rendering
 
+namespace {
+
+// The length of the UTF-8 character `s` starts with (2..4 bytes), or 0 when
+// its first byte does not start one: no overlong form, no surrogate,
+// nothing past U+10FFFF.
+std::size_t utf8Length(std::string_view s) {
+  auto byte = [&](std::size_t i) { return static_cast<std::uint8_t>(s[i]); };
+  std::uint8_t lead = byte(0);
+  std::size_t n = 0;
+  if (lead >= 0xC2 && lead <= 0xDF) n = 2;
+  if (lead >= 0xE0 && lead <= 0xEF) n = 3;
+  if (lead >= 0xF0 && lead <= 0xF4) n = 4;
+  if (n == 0 || n > s.size()) return 0;
+  for (std::size_t i = 1; i < n; ++i) {
+    if ((byte(i) & 0xC0) != 0x80) return 0;
+  }
+  // The second byte's range is narrower after these leads.
+  if ((lead == 0xE0 && byte(1) < 0xA0) || (lead == 0xF0 && byte(1) < 0x90)) return 0;  // overlong
+  if (lead == 0xED && byte(1) > 0x9F) return 0;                                        // a surrogate
+  if (lead == 0xF4 && byte(1) > 0x8F) return 0;                                        // past U+10FFFF
+  return n;
+}
+
+}  // namespace
+
 std::string jsonEscape(std::string_view s) {
   std::string o;
   o.reserve(s.size() + 2);
-  for (char c : s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (std::uint8_t(c) >= 0x80) {
+      std::size_t n = utf8Length(s.substr(i));
+      if (n == 0) {
+        o += "\\ufffd";
+      } else {
+        o += s.substr(i, n);
+        i += n - 1;
+      }
+      continue;
+    }
     switch (c) {
       case '"': o += "\\\""; break;
       case '\\': o += "\\\\"; break;

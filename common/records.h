@@ -197,6 +197,10 @@ std::string toText(const InteractionRecord& r);
 std::string toText(const RollbackRecord& r);
 
 std::uint32_t crc32c(std::string_view data);
+// The inside of a JSON string: quotes, backslashes and control characters
+// escaped, and each byte that is not part of a UTF-8 character replaced by
+// \ufffd, so the result is valid JSON whatever `s` holds (a client's
+// account name, an operator's argument).
 std::string jsonEscape(std::string_view s);
 std::string formatMicros(Micros us);  // "2026-11-28T04:11:01.123456Z" or "-"
 

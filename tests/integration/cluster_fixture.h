@@ -11,8 +11,10 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include "common/client.h"
@@ -25,18 +27,28 @@ inline std::string binDir() { return KEEL_BIN_DIR; }
 
 struct RunResult {
   int exitCode;
-  std::string output;  // stdout and stderr
+  std::string output;  // stdout and stderr (run), or stdout alone (runStdout)
 };
 
-// Runs a shell command and collects what it prints.
-inline RunResult run(const std::string& cmd) {
+// Runs a shell command and collects what it prints on stdout.
+inline RunResult runStdout(const std::string& cmd) {
   std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  FILE* p = ::popen(cmd.c_str(), "r");
   char buf[4096];
   std::size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   int st = ::pclose(p);
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+// Runs a shell command and collects what it prints.
+inline RunResult run(const std::string& cmd) { return runStdout(cmd + " 2>&1"); }
+
+inline std::string readFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
 }
 
 // (balance, held) of an account, as ClusterTest::account returns it.

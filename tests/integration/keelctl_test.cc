@@ -5,9 +5,7 @@
 
 #include <signal.h>
 
-#include <fstream>
 #include <regex>
-#include <sstream>
 
 #include "tests/integration/cluster_fixture.h"
 
@@ -16,13 +14,6 @@ namespace {
 
 // The command's output (stdout and stderr) holds `text`.
 #define EXPECT_PRINTS(result, text) EXPECT_NE((result).output.find(text), std::string::npos) << (result).output
-
-std::string readFile(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 // "seq N: committed (request id X...)": N and X.
 struct Answer {

@@ -328,6 +328,18 @@ TEST(RecordsTest, JsonEscapeHandlesControlCharacters) {
   EXPECT_EQ(jsonEscape("caf\xc3\xa9"), "caf\xc3\xa9");  // UTF-8 passes through
 }
 
+TEST(RecordsTest, JsonEscapeReplacesBytesThatAreNotUtf8) {
+  const std::string utf8 = "\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf";  // 2, 3, 4 bytes; U+10FFFF
+  EXPECT_EQ(jsonEscape(utf8), utf8);
+  EXPECT_EQ(jsonEscape("a\xff" "b"), "a\\ufffdb");
+  EXPECT_EQ(jsonEscape("\xc0\xaf"), "\\ufffd\\ufffd");                      // overlong '/'
+  EXPECT_EQ(jsonEscape("\xe0\x80\xaf"), "\\ufffd\\ufffd\\ufffd");             // overlong '/'
+  EXPECT_EQ(jsonEscape("\xed\xa0\x80"), "\\ufffd\\ufffd\\ufffd");             // a surrogate
+  EXPECT_EQ(jsonEscape("\xf4\x90\x80\x80"), "\\ufffd\\ufffd\\ufffd\\ufffd");  // past U+10FFFF
+  EXPECT_EQ(jsonEscape("\xe2\x82"), "\\ufffd\\ufffd");                      // cut short
+  EXPECT_EQ(jsonEscape("\xe2\x82\"x"), "\\ufffd\\ufffd\\\"x");               // cut short by a quote
+}
+
 TEST(RecordsTest, FormatMicrosIsUtcIso8601) {
   EXPECT_EQ(formatMicros(0), "-");
   EXPECT_EQ(formatMicros(1'000'000'123'456ull), "1970-01-12T13:46:40.123456Z");

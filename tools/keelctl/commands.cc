@@ -130,19 +130,14 @@ int Commands::submit(SubmitRequest req, const std::vector<std::string>* balanceR
   }
   SubmitOutcome& o = r.outcome;
   if (o.requestId.empty()) o.requestId = id;
-  if (balanceRefs != nullptr && o.outcome == ClientOutcome::Committed) {
-    printBalances(std::cout, o, *balanceRefs, g_.json);
-  } else {
-    printOutcome(std::cout, o, g_.json);
-  }
-  return exitStatus(o.outcome);
+  return balanceRefs != nullptr ? printBalances(out_, o, *balanceRefs, g_.json) : printOutcome(out_, o, g_.json);
 }
 
 int Commands::query(std::uint64_t seq) {
   auto [ex, client] = connectAny(io_, g_);
   auto q = ex->wait(client->query(seq));
   if (!q) throw Failure(kExitRefused, "no interaction " + std::to_string(seq));
-  printQuery(std::cout, *q, g_.json);
+  printQuery(out_, *q, g_.json);
   return kExitDone;
 }
 
@@ -150,7 +145,7 @@ int Commands::queryRequest(const std::string& requestId) {
   auto [ex, client] = connectAny(io_, g_);
   auto q = ex->wait(client->queryRequest(requestId));
   if (!q) throw Failure(kExitRefused, "no interaction has request id " + requestId);
-  printQuery(std::cout, *q, g_.json);
+  printQuery(out_, *q, g_.json);
   return kExitDone;
 }
 
@@ -158,13 +153,13 @@ int Commands::list(std::uint32_t limit) {
   auto [ex, client] = connectAny(io_, g_);
   auto unfinished = ex->wait(client->listUnfinished(limit));
   auto heuristic = ex->wait(client->listHeuristic(limit));
-  printUnfinished(std::cout, unfinished, heuristic, g_.json);
+  printUnfinished(out_, unfinished, heuristic, g_.json);
   return kExitDone;
 }
 
 int Commands::info() {
   auto [ex, client] = connectAny(io_, g_);
-  printInfo(std::cout, ex->wait(client->info()), g_.json);
+  printInfo(out_, ex->wait(client->info()), g_.json);
   return kExitDone;
 }
 
@@ -182,7 +177,7 @@ int Commands::stats() {
   v.heuristic = s.getHeuristic();
   v.inDoubt = s.getInDoubt();
   v.oldestUs = s.getOldestUs();
-  printStats(std::cout, v, g_.json);
+  printStats(out_, v, g_.json);
   return kExitDone;
 }
 
@@ -190,12 +185,7 @@ int Commands::retry(std::uint64_t seq) {
   auto [ex, client] = connectAny(io_, g_);
   auto req = client->capability().retryNowRequest();
   req.setSeq(seq);
-  auto woken = ex->wait(req.send()).getWoken();
-  if (g_.json) {
-    std::cout << "{\"woken\":" << woken << "}\n";
-  } else {
-    std::cout << "woke " << woken << " waiting driver(s)\n";
-  }
+  printWoken(out_, ex->wait(req.send()).getWoken(), g_.json);
   return kExitDone;
 }
 
@@ -208,8 +198,7 @@ int Commands::resolve(std::uint64_t seq, bool commit, const std::string& who, co
   req.setWhy(why);
   req.setOverride(override);
   auto resp = ex->wait(req.send());
-  printDone(std::cout, resp.getDone(), resp.getReason().cStr(), g_.json);
-  return resp.getDone() ? kExitDone : kExitRefused;
+  return printDone(out_, resp.getDone(), resp.getReason().cStr(), g_.json);
 }
 
 int Commands::reconciled(std::uint64_t seq, const std::string& who, const std::string& why) {
@@ -219,8 +208,7 @@ int Commands::reconciled(std::uint64_t seq, const std::string& who, const std::s
   req.setWho(who);
   req.setWhy(why);
   auto resp = ex->wait(req.send());
-  printDone(std::cout, resp.getDone(), resp.getReason().cStr(), g_.json);
-  return resp.getDone() ? kExitDone : kExitRefused;
+  return printDone(out_, resp.getDone(), resp.getReason().cStr(), g_.json);
 }
 
 int Commands::audit(std::uint32_t limit) {
@@ -228,7 +216,9 @@ int Commands::audit(std::uint32_t limit) {
   auto req = client->capability().auditRequest();
   req.setLimit(limit);
   auto resp = ex->wait(req.send());
-  for (auto e : resp.getEntries()) std::cout << e.cStr() << "\n";  // each entry is a JSON object already
+  std::vector<std::string> entries;
+  for (auto e : resp.getEntries()) entries.emplace_back(e.cStr());  // each a JSON object already
+  printAudit(out_, entries, g_.json);
   return kExitDone;
 }
 
@@ -243,7 +233,7 @@ int Commands::branches(const std::string& agentAddr) {
     branches.push_back(BranchView{Xid{b.getXid().getSeq(), b.getXid().getBranch()},
                                   b.getState() == wire::BranchState::PREPARED, b.getEpoch(), b.getPreparedAtUs()});
   }
-  printBranches(std::cout, ex->wait(agent->inspect()), branches, g_.json);
+  printBranches(out_, ex->wait(agent->inspect()), branches, g_.json);
   return kExitDone;
 }
 
@@ -258,22 +248,9 @@ int Commands::forget(const std::string& agentAddr, const std::vector<Xid>& xids)
     l[i].setBranch(xids[i].branch);
   }
   auto resp = ex->wait(req.send());
-  if (g_.json) {
-    std::cout << "{\"forgotten\":" << resp.getForgotten() << ",\"refused\":[";
-    bool first = true;
-    for (auto x : resp.getRefused()) {
-      std::cout << (first ? "" : ",") << "\"" << x.getSeq() << "." << x.getBranch() << "\"";
-      first = false;
-    }
-    std::cout << "]}\n";
-  } else {
-    std::cout << "forgotten " << resp.getForgotten();
-    for (auto x : resp.getRefused()) {
-      std::cout << "\n  refused " << x.getSeq() << "." << x.getBranch() << " (not finished)";
-    }
-    std::cout << "\n";
-  }
-  return resp.getRefused().size() == 0 ? kExitDone : kExitRefused;
+  std::vector<Xid> refused;
+  for (auto x : resp.getRefused()) refused.push_back(Xid{x.getSeq(), x.getBranch()});
+  return printForgotten(out_, resp.getForgotten(), refused, g_.json);
 }
 
 }  // namespace keel::ctl

@@ -1,15 +1,19 @@
 #pragma once
 // keelctl's commands. Each talks to one peer (the coordinator, or an agent
-// for `branches` and `forget`), prints its answer and returns the exit
-// status. Every wait on a peer, connecting included, ends at --timeout;
-// submits are retried with the same request id within --retry-for.
+// for `branches` and `forget`), writes its answer to the stream it was given
+// and returns the exit status. Every wait on a peer, connecting included,
+// ends at --timeout; submits are retried with the same request id within
+// --retry-for. Progress (retries, the next coordinator tried) goes to stderr.
 //
 // A command that cannot finish throws Failure (message and exit status);
-// main prints it as "keelctl: <message>".
+// main prints it as "keelctl: <message>" (and with --json as
+// {"error":…,"code":…} on stdout instead of the answer: main shows the
+// answer only when the command returns).
 
 #include <kj/async-io.h>
 
 #include <cstdint>
+#include <iosfwd>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -36,7 +40,8 @@ struct Globals {
 
 class Commands {
  public:
-  Commands(kj::AsyncIoContext& io, Globals g) : io_(io), g_(std::move(g)) {}
+  // `out` receives the answer (main's stdout).
+  Commands(kj::AsyncIoContext& io, Globals g, std::ostream& out) : io_(io), g_(std::move(g)), out_(out) {}
 
   // open / transfer / balance: one interaction with a request id (made here
   // when `req.requestId` is empty). `balanceRefs`: print the balances read.
@@ -58,6 +63,7 @@ class Commands {
  private:
   kj::AsyncIoContext& io_;
   Globals g_;
+  std::ostream& out_;
 };
 
 // "a:1,b:2" -> {"a:1", "b:2"}.

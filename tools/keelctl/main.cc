@@ -21,6 +21,10 @@
 // request id), --json. DURATION is a whole number and a unit: 500ms, 30s,
 // 2m, 1h.
 //
+// With --json, stdout holds exactly one JSON document: the answer, or
+// {"error":MESSAGE,"code":STATUS} when the command could not finish (bad
+// usage included); stderr keeps its text lines either way (output.h).
+//
 // Exit status:
 //   0 committed / done
 //   1 rolled back, not found, or refused (resolve, forget)
@@ -33,8 +37,10 @@
 #include <kj/async-io.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <limits>
+#include <sstream>
 
 #include "common/client.h"
 #include "common/fault.h"
@@ -50,6 +56,24 @@ using keel::ctl::UsageError;
 constexpr std::uint64_t kMaxSeq = std::numeric_limits<std::uint64_t>::max();
 constexpr std::uint64_t kMaxAmount = keel::Limits::kMaxAmount;
 constexpr std::uint32_t kMaxListLimit = 10000;  // the coordinator's own cap
+
+// A command that could not finish: "keelctl: MESSAGE" on stderr and, with
+// --json, {"error":MESSAGE,"code":STATUS} on stdout. Returns STATUS.
+int failed(bool json, const std::string& message, int status) {
+  std::cerr << "keelctl: " << message << "\n";
+  if (json) keel::ctl::printError(std::cout, message, status);
+  return status;
+}
+
+// Whether --json was given, for an error found while parsing (the parser
+// has not set the flag then): a word "--json" before any "--".
+bool jsonAsked(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--") == 0) return false;
+    if (std::strcmp(argv[i], "--json") == 0) return true;
+  }
+  return false;
+}
 
 std::int64_t amountArg(const std::string& text, std::uint64_t lo) {
   return static_cast<std::int64_t>(parseWhole("amount", text, lo, kMaxAmount));
@@ -151,8 +175,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help prints and exits 0; every other parse error is bad usage.
-    int code = app.exit(e);
-    return code == 0 ? 0 : keel::ctl::kExitUsage;
+    // app.exit prints the help, or the error on stderr.
+    if (app.exit(e) == 0) return 0;
+    if (g.json || jsonAsked(argc, argv)) keel::ctl::printError(std::cout, e.what(), keel::ctl::kExitUsage);
+    return keel::ctl::kExitUsage;
   }
 
   try {
@@ -199,31 +225,35 @@ int main(int argc, char** argv) {
     }
 
     auto io = kj::setupAsyncIo();
-    keel::ctl::Commands run(io, g);
-    if (*open || *transfer) return run.submit(std::move(req), nullptr);
-    if (*balance) return run.submit(std::move(req), &balanceRefs);
-    if (*query) return seq == 0 ? run.queryRequest(requestId) : run.query(seq);
-    if (*list) return run.list(limit == 0 ? 100 : limit);
-    if (*info) return run.info();
-    if (*stats) return run.stats();
-    if (*retry) return run.retry(seq);
-    if (*resolve && reconciled) return run.reconciled(seq, who, why);
-    if (*resolve) return run.resolve(seq, forceCommit, who, why, override);
-    if (*auditCmd) return run.audit(limit == 0 ? 1000 : limit);
-    if (*branches) return run.branches(agentAddr);
-    if (*forget) return run.forget(agentAddr, xids);
+    // The answer is shown only once the command has returned: a command that
+    // fails half-way shows its error alone.
+    std::ostringstream answer;
+    keel::ctl::Commands run(io, g, answer);
+    auto command = [&]() -> int {
+      if (*open || *transfer) return run.submit(std::move(req), nullptr);
+      if (*balance) return run.submit(std::move(req), &balanceRefs);
+      if (*query) return seq == 0 ? run.queryRequest(requestId) : run.query(seq);
+      if (*list) return run.list(limit == 0 ? 100 : limit);
+      if (*info) return run.info();
+      if (*stats) return run.stats();
+      if (*retry) return run.retry(seq);
+      if (*resolve && reconciled) return run.reconciled(seq, who, why);
+      if (*resolve) return run.resolve(seq, forceCommit, who, why, override);
+      if (*auditCmd) return run.audit(limit == 0 ? 1000 : limit);
+      if (*branches) return run.branches(agentAddr);
+      if (*forget) return run.forget(agentAddr, xids);
+      return keel::ctl::kExitDone;
+    };
+    int status = command();
+    std::cout << answer.str();
+    return status;
   } catch (const UsageError& e) {
-    std::cerr << "keelctl: " << e.what() << "\n";
-    return keel::ctl::kExitUsage;
+    return failed(g.json, e.what(), keel::ctl::kExitUsage);
   } catch (const std::invalid_argument& e) {  // splitAccount: not PARTICIPANT:ACCOUNT
-    std::cerr << "keelctl: " << e.what() << "\n";
-    return keel::ctl::kExitUsage;
+    return failed(g.json, e.what(), keel::ctl::kExitUsage);
   } catch (const keel::ctl::Failure& e) {
-    std::cerr << "keelctl: " << e.what() << "\n";
-    return e.status;
+    return failed(g.json, e.what(), e.status);
   } catch (const kj::Exception& e) {  // not expected: the commands turn faults into Failure
-    std::cerr << "keelctl: " << keel::describeFault(e) << "\n";
-    return keel::ctl::kExitUnreachable;
+    return failed(g.json, keel::describeFault(e), keel::ctl::kExitUnreachable);
   }
-  return keel::ctl::kExitDone;
 }

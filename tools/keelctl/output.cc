@@ -1,5 +1,6 @@
 #include "tools/keelctl/output.h"
 
+#include <algorithm>
 #include <ostream>
 
 namespace keel::ctl {
@@ -43,14 +44,34 @@ std::string outcomeFields(const SubmitOutcome& o) {
          ",\"replayed\":" + (o.replayed ? "true" : "false");
 }
 
+// The members an answer with a non-zero exit status adds: what went wrong,
+// as the human form says it, and the status. Nothing for status 0.
+std::string statusFields(int status, const std::string& message) {
+  if (status == kExitDone) return "";
+  return ",\"error\":" + q(message) + ",\"code\":" + std::to_string(status);
+}
+
+// A submit's outcome and reason, as its human form's first line says them.
+std::string outcomeMessage(const SubmitOutcome& o) {
+  std::string m = clientOutcomeName(o.outcome);
+  return o.reason.empty() ? m : m + ": " + o.reason;
+}
+
+std::string xidText(const Xid& x) { return std::to_string(x.seq) + "." + std::to_string(x.branch); }
+
 std::string ms(std::uint64_t us) { return std::to_string(us / 1000) + "." + std::to_string(us / 100 % 10) + " ms"; }
 
 }  // namespace
 
-void printOutcome(std::ostream& out, const SubmitOutcome& o, bool json) {
+void printError(std::ostream& out, const std::string& message, int status) {
+  out << "{\"error\":" << q(message) << ",\"code\":" << status << "}\n";
+}
+
+int printOutcome(std::ostream& out, const SubmitOutcome& o, bool json) {
+  int status = exitStatus(o.outcome);
   if (json) {
-    out << "{" << outcomeFields(o) << "}\n";
-    return;
+    out << "{" << outcomeFields(o) << statusFields(status, outcomeMessage(o)) << "}\n";
+    return status;
   }
   if (o.seq != 0) out << "seq " << o.seq << ": ";
   out << clientOutcomeName(o.outcome);
@@ -60,18 +81,27 @@ void printOutcome(std::ostream& out, const SubmitOutcome& o, bool json) {
   if (!o.reason.empty()) out << ": " << o.reason;
   out << "\n";
   if (auto h = hint(o); !h.empty()) out << "  " << h << "\n";
+  return status;
 }
 
-void printBalances(std::ostream& out, const SubmitOutcome& o, const std::vector<std::string>& refs, bool json) {
-  if (!json) printOutcome(out, o, false);
-  for (std::size_t i = 0; i < refs.size() && i < o.results.size(); ++i) {
-    if (json) {
-      out << "{\"account\":" << q(refs[i]) << ",\"balance\":" << o.results[i].balance
-          << ",\"available\":" << o.results[i].available << "," << outcomeFields(o) << "}\n";
-    } else {
-      out << refs[i] << "  balance " << o.results[i].balance << "  available " << o.results[i].available << "\n";
+int printBalances(std::ostream& out, const SubmitOutcome& o, const std::vector<std::string>& refs, bool json) {
+  int status = exitStatus(o.outcome);
+  // Balances read by an interaction that did not commit are not shown.
+  std::size_t n = o.outcome == ClientOutcome::Committed ? std::min(refs.size(), o.results.size()) : 0;
+  if (json) {
+    out << "{" << outcomeFields(o) << ",\"balances\":[";
+    for (std::size_t i = 0; i < n; ++i) {
+      out << (i ? "," : "") << "{\"account\":" << q(refs[i]) << ",\"balance\":" << o.results[i].balance
+          << ",\"available\":" << o.results[i].available << "}";
     }
+    out << "]" << statusFields(status, outcomeMessage(o)) << "}\n";
+    return status;
   }
+  printOutcome(out, o, false);
+  for (std::size_t i = 0; i < n; ++i) {
+    out << refs[i] << "  balance " << o.results[i].balance << "  available " << o.results[i].available << "\n";
+  }
+  return status;
 }
 
 void printQuery(std::ostream& out, const QueryResult& r, bool json) {
@@ -123,12 +153,34 @@ void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& it
   }
 }
 
-void printDone(std::ostream& out, bool done, const std::string& reason, bool json) {
+int printDone(std::ostream& out, bool done, const std::string& reason, bool json) {
+  int status = done ? kExitDone : kExitRefused;
+  std::string line = (done ? "done: " : "refused: ") + reason;
   if (json) {
-    out << "{\"done\":" << (done ? "true" : "false") << ",\"reason\":\"" << jsonEscape(reason) << "\"}\n";
+    out << "{\"done\":" << (done ? "true" : "false") << ",\"reason\":" << q(reason) << statusFields(status, line)
+        << "}\n";
   } else {
-    out << (done ? "done: " : "refused: ") << reason << "\n";
+    out << line << "\n";
   }
+  return status;
+}
+
+void printWoken(std::ostream& out, std::uint32_t woken, bool json) {
+  if (json) {
+    out << "{\"woken\":" << woken << "}\n";
+  } else {
+    out << "woke " << woken << " waiting driver(s)\n";
+  }
+}
+
+void printAudit(std::ostream& out, const std::vector<std::string>& entries, bool json) {
+  if (json) {
+    out << "{\"entries\":[";
+    for (std::size_t i = 0; i < entries.size(); ++i) out << (i ? "," : "") << entries[i];
+    out << "]}\n";
+    return;
+  }
+  for (auto& e : entries) out << e << "\n";  // one JSON object a line, as the coordinator keeps them
 }
 
 void printInfo(std::ostream& out, const CoordinatorInfo& i, bool json) {
@@ -181,6 +233,24 @@ void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vect
     if (b.preparedUs != 0 && now > b.preparedUs) out << "  for " << (now - b.preparedUs) / 1000 << " ms";
     out << "\n";
   }
+}
+
+int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector<Xid>& refused, bool json) {
+  int status = refused.empty() ? kExitDone : kExitRefused;
+  if (json) {
+    std::string message = "refused";
+    out << "{\"forgotten\":" << forgotten << ",\"refused\":[";
+    for (std::size_t i = 0; i < refused.size(); ++i) {
+      out << (i ? "," : "") << q(xidText(refused[i]));
+      message += (i ? ", " : " ") + xidText(refused[i]);
+    }
+    out << "]" << statusFields(status, message + " (not finished)") << "}\n";
+    return status;
+  }
+  out << "forgotten " << forgotten;
+  for (auto& x : refused) out << "\n  refused " << xidText(x) << " (not finished)";
+  out << "\n";
+  return status;
 }
 
 }  // namespace keel::ctl

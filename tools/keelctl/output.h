@@ -2,6 +2,12 @@
 // keelctl's renderings: one human form and one JSON form per answer, and
 // the exit status each outcome maps to. No Cap'n Proto types here: the
 // commands read the wire answers into these plain structs first.
+//
+// With --json each command prints exactly one JSON document: its answer as
+// one object, or printError's {"error":…,"code":…} when it could not finish.
+// An answer whose exit status is not 0 (rolled back, refused) carries
+// "error" (what the human form says) and "code" (the exit status) as well.
+// The functions that return an int return that exit status.
 
 #include <cstdint>
 #include <iosfwd>
@@ -24,18 +30,26 @@ enum Exit : int {
 };
 int exitStatus(ClientOutcome o);
 
+// A command that could not finish, as JSON: {"error":MESSAGE,"code":STATUS}.
+void printError(std::ostream& out, const std::string& message, int status);
+
 // "seq N: committed (request id X)", the reason and, for outcomes that need
 // a next step (in doubt, heuristic), a line saying what to do.
-void printOutcome(std::ostream& out, const SubmitOutcome& o, bool json);
-// A committed balance read: the outcome line, then one line per account.
-void printBalances(std::ostream& out, const SubmitOutcome& o, const std::vector<std::string>& refs, bool json);
+int printOutcome(std::ostream& out, const SubmitOutcome& o, bool json);
+// A balance read: the outcome and, when committed, one line per account
+// (JSON: the outcome's object with a "balances" list, empty unless committed).
+int printBalances(std::ostream& out, const SubmitOutcome& o, const std::vector<std::string>& refs, bool json);
 
 void printQuery(std::ostream& out, const QueryResult& q, bool json);
 // Unfinished interactions, then heuristic ones waiting for an operator.
 void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& items,
                      const std::vector<InteractionRecord>& heuristic, bool json);
-// An operator call's answer (resolve, reconciled).
-void printDone(std::ostream& out, bool done, const std::string& reason, bool json);
+// An operator call's answer (resolve, reconciled): done or refused.
+int printDone(std::ostream& out, bool done, const std::string& reason, bool json);
+// retry: how many waiting drivers were woken.
+void printWoken(std::ostream& out, std::uint32_t woken, bool json);
+// audit: the entries as the coordinator sends them, each a JSON object.
+void printAudit(std::ostream& out, const std::vector<std::string>& entries, bool json);
 void printInfo(std::ostream& out, const CoordinatorInfo& i, bool json);
 
 // Coordinator.stats as keelctl shows it.
@@ -54,5 +68,7 @@ struct BranchView {
   Micros preparedUs = 0;
 };
 void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vector<BranchView>& branches, bool json);
+// forget: how many branch records were dropped and those refused (not finished).
+int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector<Xid>& refused, bool json);
 
 }  // namespace keel::ctl
