@@ -197,6 +197,11 @@ std::map<std::uint64_t, ClusterDecision> Coordinator::reconcileFromEtcd() {
     if (finished || (!d.commit && !stored)) {
       // Finished here, or an ABORT the WAL never heard of: with no COMMIT
       // possible any more, the key says nothing presumed abort does not.
+      if (!finished) {
+        // The story of an interaction this node never recorded: a survivor
+        // settled it while the node was away.
+        KEEL_LOG_INFO("reconcile: seq {} was aborted in etcd by node {} (epoch {})", seq, d.by, d.epoch);
+      }
       cluster_->forget(seq);
       ++forgotten;
       continue;
