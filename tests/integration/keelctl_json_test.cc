@@ -5,8 +5,8 @@
 #include <set>
 #include <sstream>
 
+#include "common/strict_json.h"
 #include "tests/integration/cluster_fixture.h"
-#include "tests/integration/strict_json.h"
 
 namespace keel::test {
 namespace {

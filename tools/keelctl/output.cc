@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <ostream>
 
+#include "common/strict_json.h"
+
 namespace keel::ctl {
 
 int exitStatus(ClientOutcome o) {
@@ -57,7 +59,13 @@ std::string outcomeMessage(const SubmitOutcome& o) {
   return o.reason.empty() ? m : m + ": " + o.reason;
 }
 
-std::string xidText(const Xid& x) { return std::to_string(x.seq) + "." + std::to_string(x.branch); }
+bool auditEntryReadable(const std::string& entry) {
+  try {
+    return JsonReader::parse(entry).isObject();
+  } catch (const JsonError&) {
+    return false;
+  }
+}
 
 std::string ms(std::uint64_t us) { return std::to_string(us / 1000) + "." + std::to_string(us / 100 % 10) + " ms"; }
 
@@ -175,8 +183,19 @@ void printWoken(std::ostream& out, std::uint32_t woken, bool json) {
 
 void printAudit(std::ostream& out, const std::vector<std::string>& entries, bool json) {
   if (json) {
+    // Each entry comes from the coordinator, a JSON object by its word: one
+    // that is not (a damaged record, a coordinator of another build) goes
+    // in as {"unreadable": its text}, so that the document stays one valid
+    // JSON value.
     out << "{\"entries\":[";
-    for (std::size_t i = 0; i < entries.size(); ++i) out << (i ? "," : "") << entries[i];
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      out << (i ? "," : "");
+      if (auditEntryReadable(entries[i])) {
+        out << entries[i];
+      } else {
+        out << "{\"unreadable\":" << q(entries[i]) << "}";
+      }
+    }
     out << "]}\n";
     return;
   }
@@ -241,14 +260,14 @@ int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector
     std::string message = "refused";
     out << "{\"forgotten\":" << forgotten << ",\"refused\":[";
     for (std::size_t i = 0; i < refused.size(); ++i) {
-      out << (i ? "," : "") << q(xidText(refused[i]));
-      message += (i ? ", " : " ") + xidText(refused[i]);
+      out << (i ? "," : "") << q(refused[i].str());
+      message += (i ? ", " : " ") + refused[i].str();
     }
     out << "]" << statusFields(status, message + " (not finished)") << "}\n";
     return status;
   }
   out << "forgotten " << forgotten;
-  for (auto& x : refused) out << "\n  refused " << xidText(x) << " (not finished)";
+  for (auto& x : refused) out << "\n  refused " << x.str() << " (not finished)";
   out << "\n";
   return status;
 }

@@ -1,5 +1,7 @@
 #pragma once
-// A strict JSON reader (RFC 8259) for tests of what a tool prints. The whole
+// A strict JSON reader (RFC 8259): tests read what a tool prints with it,
+// and keelctl checks the JSON a coordinator sends before passing it on
+// (audit entries). The whole
 // text must be exactly one JSON value, with nothing around it but JSON white
 // space; everything else throws JsonError with the offset: no text at all,
 // two documents, a line of prose, a trailing comma, a control character or
@@ -7,7 +9,7 @@
 // that are not UTF-8, or an object that names a member twice.
 //
 // The value comes back as a tree; the accessors throw JsonError when the
-// value is not of the kind asked for, so a test reads fields without
+// value is not of the kind asked for, so a caller reads fields without
 // checking each step.
 
 #include <charconv>
@@ -18,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-namespace keel::test {
+namespace keel {
 
 class JsonError : public std::runtime_error {
  public:
@@ -286,4 +288,4 @@ class JsonReader {
   std::size_t at_ = 0;
 };
 
-}  // namespace keel::test
+}  // namespace keel
