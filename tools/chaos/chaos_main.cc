@@ -798,10 +798,10 @@ Windows readCoordinators(kj::AsyncIoContext& io, const std::vector<std::string>&
   bool cluster = coordinators.size() > 1;
   std::vector<kj::Own<KeelClient>> clients;
   Windows w;
-  // A cluster member may stop itself while it is read (its lease lost when
-  // etcd stalls under the checker's own reads of a long run): it is
-  // restarted, as a supervisor would, and the read of that part redone
-  // (queries change nothing).
+  // A cluster member may stop itself before or while it is read (its lease
+  // lost when etcd stalls under the checker's own reads of a long run): it
+  // is restarted by `revive`, as a supervisor would, and the read of that
+  // part redone (queries change nothing).
   auto withRetry = [&](std::size_t i, const std::function<void(KeelClient&)>& read) {
     for (int attempt = 1;; ++attempt) {
       try {
@@ -816,13 +816,20 @@ Windows readCoordinators(kj::AsyncIoContext& io, const std::vector<std::string>&
       }
     }
   };
-  for (auto& a : coordinators) {
+  for (std::size_t i = 0; i < coordinators.size(); ++i) {
+    const auto& a = coordinators[i];
     try {
       clients.push_back(KeelClient::connect(io, a).wait(io.waitScope));
-    } catch (const kj::Exception& e) {
+    } catch (const kj::Exception&) {
       if (!cluster) throw;
-      w.unreachable.push_back(a + " (" + std::string(e.getDescription().cStr()) + ")");
-      clients.push_back(kj::Own<KeelClient>());
+      // Stopped between the healing and now: restarted once, as above.
+      revive(i);
+      try {
+        clients.push_back(KeelClient::connect(io, a).wait(io.waitScope));
+      } catch (const kj::Exception& e) {
+        w.unreachable.push_back(a + " (" + std::string(e.getDescription().cStr()) + ")");
+        clients.push_back(kj::Own<KeelClient>());
+      }
     }
   }
   for (std::size_t c = 0; c < clients.size(); ++c) {
@@ -1129,7 +1136,13 @@ int runChaos(Options o) {
     }
   }
   Windows windows = readCoordinators(io, coordinators, requestIds, seqs, in, [&](std::size_t i) {
-    if (cluster && !cluster->coordinatorRunning(int(i))) cluster->startCoordinator("", int(i));
+    if (!cluster || cluster->coordinatorRunning(int(i))) return;
+    try {
+      cluster->startCoordinator("", int(i));
+    } catch (const std::exception& e) {
+      // The next connect fails and says so (unreachable, or the read fails).
+      std::fprintf(stderr, "keel-chaos: restarting %s to read it: %s\n", coordinators[i].c_str(), e.what());
+    }
   });
   auto violations = check(in);
   for (auto& c : windows.unreachable) {
