@@ -22,8 +22,9 @@ build: configure
 demo: build
 	$(BUILD)/bin/keel-demo
 
-# The same bank on two PostgreSQL databases (postgres agents), then the same
-# transfers as plain local transactions for comparison.
+# The bank on two PostgreSQL databases (postgres agents), then the same
+# transfers without Keel: raw 2PC on the same databases, and local
+# transactions in one database (docs/postgres.md, "The demo").
 demo-postgres: build
 	$(BUILD)/bin/keel-demo --adapter postgres --fault none --baseline
 

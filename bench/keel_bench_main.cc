@@ -118,10 +118,9 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
     if (f.adapter == "postgres") {
       keel::test::PgServerOptions po;
       for (auto& a : copts.agents) po.databases.push_back(keel::bank::databaseFor(a));
-      // Room for every prepared branch (Keel answers the client before
-      // phase 2, so more are prepared than outstanding), and for every
-      // connection: raw2pc's clients and the agents' pools.
-      po.maxPreparedTransactions = int(4 * maxConcurrency + 256);
+      // Room for every prepared branch, and for every connection: raw2pc's
+      // clients and the agents' pools.
+      po.maxPreparedTransactions = keel::test::preparedTransactionsFor(maxConcurrency);
       // Per agent: its prepare pool and its phase-2 pool (each as large as
       // the concurrency), plus raw2pc's own connection per database and client.
       po.settings = {"max_connections=" + std::to_string(f.agents * 3 * maxConcurrency + 50)};

@@ -1,5 +1,7 @@
 #include "tools/bank.h"
 
+#include <cmath>
+#include <random>
 #include <stdexcept>
 
 #include "tools/cluster.h"
@@ -18,6 +20,26 @@ Op sqlCredit(const std::string& p, const std::string& account, std::int64_t amou
 
 Op sqlRead(const std::string& p, const std::string& account) {
   return Op::statement(p, kSqlRead, {SqlValue::ofText(account)}, 1);
+}
+
+std::vector<PlannedTransfer> planTransfers(std::uint32_t count, std::uint32_t accounts,
+                                           std::uint32_t overdrawPercent, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<PlannedTransfer> plan(count);
+  for (auto& t : plan) {
+    t.fromBank = rng() % 2;
+    t.overdraw = (rng() % 100) < overdrawPercent;
+    t.amount = t.overdraw ? kOverdraftAmount : std::int64_t(1 + rng() % 200);
+    t.from = std::uint32_t(rng() % accounts);
+    t.to = std::uint32_t(rng() % accounts);
+  }
+  return plan;
+}
+
+double sharedAccountChance(std::uint32_t accounts, std::uint32_t inFlight) {
+  if (accounts == 0 || inFlight <= 1) return 0;
+  // Each of the other transfers touches one account in each bank.
+  return 1.0 - std::pow(1.0 - 1.0 / accounts, 2.0 * (inFlight - 1));
 }
 
 namespace {

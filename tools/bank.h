@@ -6,6 +6,7 @@
 
 #include <kj/async-io.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -22,6 +23,28 @@ class PgServer;
 }  // namespace keel
 
 namespace keel::bank {
+
+// One transfer of a two-bank workload, drawn before the run so that Keel and
+// every baseline move the same money between the same accounts in the same
+// order: account `from` of bank `fromBank` (0 or 1) pays account `to` of the
+// other bank.
+struct PlannedTransfer {
+  std::size_t fromBank = 0;
+  std::uint32_t from = 0, to = 0;
+  std::int64_t amount = 0;
+  bool overdraw = false;  // on purpose: more than any balance, must be rolled back
+};
+// The amount of an overdraft on purpose (no balance comes near it).
+inline constexpr std::int64_t kOverdraftAmount = 1'000'000'000;
+// `count` transfers between accounts 0..accounts-1 of two banks, direction
+// and accounts uniform, amounts 1..200, `overdrawPercent` % overdrafts.
+std::vector<PlannedTransfer> planTransfers(std::uint32_t count, std::uint32_t accounts,
+                                           std::uint32_t overdrawPercent, std::uint64_t seed);
+// The chance that a transfer shares an account with one of the other
+// `inFlight - 1` transfers in flight, when each touches one uniformly drawn
+// account of each of two banks of `accounts` accounts: the workload's
+// contention, stated beside its results.
+double sharedAccountChance(std::uint32_t accounts, std::uint32_t inFlight);
 
 // Guarded debit / credit / read of `account` on postgres participant `p`.
 Op sqlDebit(const std::string& p, const std::string& account, std::int64_t amount);

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -27,10 +28,12 @@
 #include <vector>
 
 #include "common/client.h"
+#include "common/config.h"
 #include "tools/bank.h"
 #include "tools/cluster.h"
 #include "tools/demo_cluster.h"
 #include "tools/demo_progress.h"
+#include "tools/pg_baselines.h"
 #include "tools/pg_server.h"
 
 namespace {
@@ -38,15 +41,14 @@ namespace {
 using keel::ClientOutcome;
 
 struct Demo {
-  Demo(kj::AsyncIoContext& io, keel::LocalCluster& cluster, std::uint32_t transfers, std::uint32_t accounts,
-       std::uint32_t overdraw)
-      : io(io), cluster(cluster), transfers(transfers), accountsPerAgent(accounts), overdrawPercent(overdraw) {}
+  Demo(kj::AsyncIoContext& io, keel::LocalCluster& cluster, std::vector<keel::bank::PlannedTransfer> plan)
+      : io(io), cluster(cluster), plan(std::move(plan)), transfers(std::uint32_t(this->plan.size())) {}
   kj::AsyncIoContext& io;
   keel::LocalCluster& cluster;
-  std::uint32_t transfers;
-  std::uint32_t accountsPerAgent;
-  std::uint32_t overdrawPercent;
-  std::mt19937_64 rng{20261128};
+  // Drawn before the run (keel::bank::planTransfers): the baselines of
+  // --baseline run the very same transfers.
+  const std::vector<keel::bank::PlannedTransfer> plan;
+  const std::uint32_t transfers;
 
   kj::Own<keel::KeelClient> client;
   kj::ForkedPromise<void> up = kj::Promise<void>(kj::READY_NOW).fork();
@@ -64,6 +66,7 @@ struct Demo {
   keel::Micros lastDoneUs = 0;  // when the last transfer got its answer                 // when the failed party was reachable again
   std::vector<std::uint64_t> failedSeqs;   // answered "rolled back"
   std::vector<std::uint64_t> latencies;    // of committed transfers, microseconds
+  std::map<std::string, std::uint64_t> otherReasons;  // why transfers not meant to fail were rolled back
   bool pg = false;                         // postgres agents: transfers are SQL
   bool batch = true;                       // client submits travel in submitBatch messages
 
@@ -73,19 +76,17 @@ struct Demo {
 
   kj::Promise<void> worker() {
     if (next >= transfers) return kj::READY_NOW;
-    ++next;
-    std::size_t a = rng() % 2, b = 1 - a;
-    bool overdraw = (rng() % 100) < overdrawPercent;
-    std::int64_t amount = overdraw ? 1'000'000'000 : std::int64_t(1 + rng() % 200);
+    const keel::bank::PlannedTransfer& t = plan[next++];
+    std::size_t a = t.fromBank, b = 1 - a;
+    bool overdraw = t.overdraw;
     std::vector<keel::Op> ops;
-    std::size_t from = rng() % accountsPerAgent, to = rng() % accountsPerAgent;
     if (pg) {
       // The same transfer as guarded SQL: the debit must touch one row.
       const auto& names = cluster.agentNames();
-      ops = {keel::bank::sqlDebit(names[a], keel::bank::accountName(from), amount),
-             keel::bank::sqlCredit(names[b], keel::bank::accountName(to), amount)};
+      ops = {keel::bank::sqlDebit(names[a], keel::bank::accountName(t.from), t.amount),
+             keel::bank::sqlCredit(names[b], keel::bank::accountName(t.to), t.amount)};
     } else {
-      ops = keel::transferOps(account(a, from), account(b, to), amount);
+      ops = keel::transferOps(account(a, t.from), account(b, t.to), t.amount);
     }
     auto t0 = keel::monoMicros();
     return client->submit(ops)
@@ -104,6 +105,8 @@ struct Demo {
                   if (overdraw) {
                     ++overdrawRolledBack;
                     if (sampleRollbackSeq == 0) sampleRollbackSeq = o.seq;
+                  } else {
+                    ++otherReasons[o.reason];
                   }
                   break;
                 case ClientOutcome::InDoubt: ++inDoubt; break;
@@ -238,6 +241,76 @@ int removeUnlessKept(const std::string& base, bool keep, int rc) {
   return rc;
 }
 
+// One line of the --baseline comparison.
+struct BaselineRow {
+  const char* what;
+  double perSecond;
+  std::uint64_t p50Us, p99Us, committed, overdrawn, other;
+};
+
+void printRow(const BaselineRow& r) {
+  std::printf("  %-26s %8.0f %9.2f %9.2f %10llu %11llu %7llu\n", r.what, r.perSecond, r.p50Us / 1e3, r.p99Us / 1e3,
+              (unsigned long long)r.committed, (unsigned long long)r.overdrawn, (unsigned long long)r.other);
+}
+
+BaselineRow rowOf(const char* what, const keel::bank::BaselineResult& b) {
+  return {what, b.perSecond(), b.p50Us, b.p99Us, b.committed, b.overdrawn, b.failed};
+}
+
+// --baseline: the transfers Keel just ran, again without Keel (raw 2PC on
+// the same two databases, then one database holding both banks), side by
+// side with Keel's run and what each one guarantees.
+// Returns what makes the comparison void (a baseline that could not run
+// the transfers), one line each.
+std::vector<std::string> runBaselines(keel::test::PgServer& pg, const std::vector<keel::bank::PlannedTransfer>& plan,
+                                      std::uint32_t accounts, std::uint32_t clients, const BaselineRow& keelRow) {
+  keel::bank::BaselineOptions bo;
+  bo.clients = clients;
+  std::printf("[baseline 1/2] the same %zu transfers as raw 2PC driven by %u clients on bank_a and bank_b, no log\n",
+              plan.size(), clients);
+  auto raw = keel::bank::raw2pcBaseline({pg.connString("bank_a"), pg.connString("bank_b")}, plan, bo);
+  std::printf("              %.2f s\n", raw.seconds);
+  std::printf("[baseline 2/2] the same %zu transfers as local transactions in bank_local (both banks' %u accounts "
+              "in one database, rows locked lower account first)\n",
+              plan.size(), 2 * accounts);
+  auto local = keel::bank::oneDatabaseBaseline(pg.connString("bank_local"), accounts, plan, bo);
+  std::printf("              %.2f s\n", local.seconds);
+  std::printf("[comparison] %zu transfers, %u clients, the same accounts and amounts in each run\n", plan.size(),
+              clients);
+  std::printf("  %-26s %8s %9s %9s %10s %11s %7s\n", "", "per s", "p50 ms", "p99 ms", "committed", "overdrafts",
+              "other");
+  printRow(keelRow);
+  printRow(rowOf("raw 2PC (no log)", raw));
+  printRow(rowOf("one database (local txn)", local));
+  for (auto* b : {&raw, &local}) {
+    if (!b->firstFailure.empty()) {
+      std::printf("  %s: first other failure: %s\n", b == &raw ? "raw 2PC" : "one database", b->firstFailure.c_str());
+    }
+  }
+  std::printf("  keel / raw 2PC %.2f, keel / one database %.2f of the throughput\n",
+              keelRow.perSecond / raw.perSecond(), keelRow.perSecond / local.perSecond());
+  std::printf("  connections per database: keel's agent %u (its default pool_size), each baseline %u (one per "
+              "client)\n",
+              keel::AgentConfig{}.poolSize, clients);
+  std::printf("  what each guarantees:\n"
+              "    keel          atomic across both databases through a crash of any process; each transfer has a\n"
+              "                  seq, a request id and a story to look up\n"
+              "    raw 2PC       atomic across both databases only while the client lives: if it dies between\n"
+              "                  PREPARE and COMMIT PREPARED, prepared transactions stay locked until someone\n"
+              "                  decides them by hand, and nothing records what was decided\n"
+              "    one database  atomic, but only because both banks are one database: not the deployment Keel is for\n");
+  std::vector<std::string> failed;
+  for (auto* b : {&raw, &local}) {
+    const char* name = b == &raw ? "raw 2PC" : "one database";
+    if (b->committed == 0) failed.push_back(std::string("the ") + name + " baseline committed nothing");
+    if (b->failed * 20 > plan.size()) {
+      failed.push_back(std::string("the ") + name + " baseline failed " + std::to_string(b->failed) +
+                       " transfers not meant to fail (over 5%)");
+    }
+  }
+  return failed;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -247,9 +320,11 @@ int main(int argc, char** argv) {
   std::int64_t opening = 10000;
   bool keep = false;
   std::uint32_t minAnsweredPercent = 50;
-  app.add_option("--transfers", transfers, "transfers to run (--cluster: 12000)")->capture_default_str()->check(CLI::Range(10u, 10000000u));
+  app.add_option("--transfers", transfers, "transfers to run (--cluster: 12000, --adapter postgres: 10000)")->capture_default_str()->check(CLI::Range(10u, 10000000u));
   app.add_option("--concurrency", concurrency, "transfers in flight at once")->capture_default_str()->check(CLI::Range(1u, 4096u));
-  app.add_option("--accounts", accounts, "accounts per agent")->capture_default_str()->check(CLI::Range(1u, 100000u));
+  app.add_option("--accounts", accounts, "accounts per agent (--adapter postgres: 1000 unless given)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 100000u));
   app.add_option("--opening", opening, "opening balance of each account")->capture_default_str()->check(CLI::Range(0ll, 1000000000ll));
   app.add_option("--overdraw-percent", overdraw, "share of transfers that overdraw on purpose")->capture_default_str()->check(CLI::Range(0u, 100u));
   app.add_flag("--keep", keep, "keep the data folder and logs");
@@ -275,7 +350,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"ledger", "postgres"}));
   app.add_flag("--baseline", baseline,
-               "postgres: also run the same transfers as plain local transactions in one database, for comparison");
+               "postgres: then run the same transfers without Keel, for comparison: raw 2PC driven by the client on "
+               "the same two databases, and local transactions in one database holding both banks' accounts");
   bool clusterMode = false, noRestart = false;
   int coordinators = 3, leaseTtl = 2;
   std::uint32_t minCommittedPercent = 40;
@@ -301,6 +377,16 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (baseline && adapter != "postgres") {
+    std::fprintf(stderr, "keel-demo: --baseline compares with PostgreSQL without Keel; it needs --adapter postgres\n");
+    return 2;
+  }
+  // Row locks: on PostgreSQL two transfers that share an account wait for
+  // each other, so the postgres demo spreads its transfers over more
+  // accounts (its contention is printed with the run).
+  if (adapter == "postgres" && app.count("--accounts") == 0) accounts = 1000;
+  // Enough transfers for steady rates in the --baseline comparison.
+  if (adapter == "postgres" && app.count("--transfers") == 0) transfers = 10000;
   for (auto flag : {"--fault", "--pause-seconds", "--adapter", "--baseline", "--min-answered-percent"}) {
     if (clusterMode && app.count(flag) != 0) {
       std::fprintf(stderr, "keel-demo: --cluster runs ledger agents and its own fault (a coordinator SIGKILL); "
@@ -340,11 +426,17 @@ int main(int argc, char** argv) {
     if (adapter == "postgres") {
       keel::test::PgServerOptions po;
       po.databases = {"bank_a", "bank_b"};
+      if (baseline) po.databases.push_back("bank_local");
+      po.maxPreparedTransactions = keel::test::preparedTransactionsFor(concurrency);
       pgServer = std::make_unique<keel::test::PgServer>("", po);  // its own folder, owned by postgres
-      std::printf("[0/6] starting PostgreSQL on loopback with databases bank_a and bank_b\n");
+      std::printf("[0/6] starting PostgreSQL on loopback with databases bank_a and bank_b%s\n",
+                  baseline ? " (and bank_local for the baseline)" : "");
       pgServer->start();
       gPg = pgServer.get();
       keel::bank::setUpPostgresBanks(*pgServer, cluster, accounts, opening);
+      if (baseline) {
+        keel::test::pgQuery(pgServer->connString("bank_local"), keel::bank::createAccountsSql(2 * accounts, opening));
+      }
     }
     std::printf("[1/6] starting agents bank-a, bank-b and the coordinator on loopback\n");
     cluster.startAll();
@@ -352,7 +444,7 @@ int main(int argc, char** argv) {
                 cluster.agentAddress("bank-a").c_str(), cluster.agentAddress("bank-b").c_str());
 
     auto io = kj::setupAsyncIo();
-    Demo demo(io, cluster, transfers, accounts, overdraw);
+    Demo demo(io, cluster, keel::bank::planTransfers(transfers, accounts, overdraw, 20261128));
     demo.fault = fault;
     demo.pg = pgServer != nullptr;
     demo.pauseSeconds = pauseSeconds;
@@ -367,6 +459,12 @@ int main(int argc, char** argv) {
 
     std::printf("[3/6] running %u transfers, %u at a time (%u%% overdraw on purpose); fault at 40%%: %s\n",
                 transfers, concurrency, overdraw, fault.c_str());
+    if (demo.pg) {
+      std::printf("      contention: %u in flight over %u accounts per bank, so a transfer shares an account with "
+                  "another in flight %.1f%% of the time and waits for its row lock; two that wait on each other "
+                  "across the two databases are broken by lock_timeout (1 s) and rolled back (docs/postgres.md)\n",
+                  concurrency, accounts, 100 * keel::bank::sharedAccountChance(accounts, concurrency));
+    }
     demo.startUs = keel::wallMicros();
     {
       kj::Vector<kj::Promise<void>> workers;
@@ -420,18 +518,31 @@ int main(int argc, char** argv) {
     std::printf("  transfers          %u in %.2f s  (%.0f transfers/s%s)\n", transfers, loadSecs, transfers / loadSecs,
                 fault == "none" ? "" : ", including the fault");
     std::printf("  committed          %llu\n", (unsigned long long)demo.committed);
-    std::printf("  rolled back        %llu  (%llu deliberate overdrafts)\n", (unsigned long long)demo.rolledBack,
-                (unsigned long long)demo.overdrawRolledBack);
+    std::printf("  rolled back        %llu  (%llu deliberate overdrafts, %llu others)\n",
+                (unsigned long long)demo.rolledBack, (unsigned long long)demo.overdrawRolledBack,
+                (unsigned long long)(demo.rolledBack - demo.overdrawRolledBack));
+    {
+      std::vector<std::pair<std::uint64_t, std::string>> why;
+      for (auto& [reason, n] : demo.otherReasons) why.emplace_back(n, reason);
+      std::sort(why.rbegin(), why.rend());
+      for (std::size_t i = 0; i < why.size() && i < 3; ++i) {
+        std::printf("                     %llu: %s\n", (unsigned long long)why[i].first, why[i].second.c_str());
+      }
+      if (why.size() > 3) std::printf("                     ... and %zu other reasons\n", why.size() - 3);
+    }
     std::printf("  answer lost        %llu  (%s)\n", (unsigned long long)demo.interrupted,
                 fault == "coordinator-kill" ? "in flight when the coordinator was killed; settled by recovery"
                                             : "the connection to the coordinator broke with the answer in flight");
     std::printf("  in doubt           %llu\n", (unsigned long long)demo.inDoubt);
+    std::uint64_t keelP50 = 0, keelP99 = 0;
     {
       auto& l = demo.latencies;
       std::sort(l.begin(), l.end());
       if (!l.empty()) {
-        std::printf("  latency (committed, client view)  p50 %.2f ms  p99 %.2f ms  max %.2f ms\n",
-                    l[l.size() / 2] / 1e3, l[std::min(l.size() - 1, l.size() * 99 / 100)] / 1e3, l.back() / 1e3);
+        keelP50 = l[l.size() / 2];
+        keelP99 = l[std::min(l.size() - 1, l.size() * 99 / 100)];
+        std::printf("  latency (committed, client view)  p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", keelP50 / 1e3,
+                    keelP99 / 1e3, l.back() / 1e3);
       }
     }
     if (fault == "coordinator-kill" || fault == "agent-kill") {
@@ -482,6 +593,13 @@ int main(int argc, char** argv) {
     if (demo.unexpected != 0) failed.push_back(std::to_string(demo.unexpected) + " unexpected answers");
     if (!sampleOk) failed.push_back("the sample interaction's records are missing or incomplete");
     if (demo.committed == 0) failed.push_back("nothing committed");
+    // Without a fault, a transfer not meant to fail that is rolled back is
+    // a lock timeout (contention) or a misconfiguration: a few are the
+    // workload's nature, many are a problem to look at.
+    std::uint64_t others = demo.rolledBack - demo.overdrawRolledBack;
+    if (fault == "none" && others * 20 > transfers) {
+      failed.push_back(std::to_string(others) + " transfers not meant to fail were rolled back (over 5%; reasons above)");
+    }
     if (answered < floor) {
       failed.push_back("only " + std::to_string(answered) + " of " + std::to_string(transfers) +
                        " transfers were answered, fewer than --min-answered-percent " +
@@ -492,22 +610,18 @@ int main(int argc, char** argv) {
                        (demo.killed ? " (its process was not running, or the load had ended)"
                                     : " (the load ended before 40% was seen)"));
     }
+    cluster.stopAll();
+    if (pgServer && baseline) {
+      BaselineRow keelRow{"keel (2PC, durable log)", transfers / loadSecs, keelP50, keelP99, demo.committed,
+                          demo.overdrawRolledBack, others + demo.inDoubt};
+      auto void_ = runBaselines(*pgServer, demo.plan, accounts, concurrency, keelRow);
+      failed.insert(failed.end(), void_.begin(), void_.end());
+    }
     for (const auto& f : failed) std::printf("keel-demo: FAILED: %s\n", f.c_str());
     if (!failed.empty()) {
       rc = 1;
     } else {
       std::printf("keel-demo: OK in %.1f s\n", double(keel::monoMicros() - wallStart) / 1e6);
-    }
-    cluster.stopAll();
-    if (pgServer && baseline) {
-      // The same transfer as one plain local transaction in one database:
-      // what PostgreSQL does without any transaction manager.
-      std::printf("[baseline] %u transfers as plain local transactions in bank_a, %u clients\n", transfers,
-                  concurrency);
-      auto r = keel::test::localTransferBaseline(pgServer->connString("bank_a"), transfers, concurrency, accounts);
-      std::printf("  baseline           %.0f transfers/s  p50 %.2f ms  p99 %.2f ms\n", r.perSecond, r.p50Us / 1e3,
-                  r.p99Us / 1e3);
-      std::printf("  keel / baseline    %.2f of the throughput\n", (transfers / loadSecs) / r.perSecond);
     }
   } catch (const kj::Exception& e) {
     std::fprintf(stderr, "\nkeel-demo: %s\n", e.getDescription().cStr());

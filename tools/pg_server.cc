@@ -1,6 +1,5 @@
 #include "tools/pg_server.h"
 
-#include "tools/bank_sql.h"
 #include "tools/child_process.h"
 #include "tools/free_port.h"
 
@@ -491,62 +490,6 @@ std::vector<std::vector<std::string>> pgQuery(const std::string& conn, const std
     for (int j = 0; j < cols; ++j) rows[i].emplace_back(PQgetvalue(r.get(), int(i), j));
   }
   return rows;
-}
-
-BaselineResult localTransferBaseline(const std::string& conn, std::uint32_t transfers, std::uint32_t clients,
-                                     std::uint32_t accounts) {
-  std::vector<std::vector<std::uint64_t>> lat(clients);
-  std::atomic<std::uint32_t> next{0};
-  std::vector<std::thread> threads;
-  auto start = std::chrono::steady_clock::now();
-  for (std::uint32_t t = 0; t < clients; ++t) {
-    threads.emplace_back([&, t] {
-      PGconn* c = PQconnectdb(conn.c_str());
-      if (PQstatus(c) != CONNECTION_OK) {
-        PQfinish(c);
-        return;
-      }
-      std::uint64_t x = 88172645463325252ull + t;
-      auto rnd = [&] {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        return x;
-      };
-      while (next.fetch_add(1) < transfers) {
-        std::string amount = std::to_string(1 + rnd() % 200);
-        std::string from = keel::bank::accountName(rnd() % accounts), to = keel::bank::accountName(rnd() % accounts);
-        auto t0 = std::chrono::steady_clock::now();
-        PQclear(PQexec(c, "BEGIN"));
-        const char* p1[] = {amount.c_str(), from.c_str()};
-        PGresult* r = PQexecParams(c, keel::bank::kSqlDebit, 2, nullptr, p1, nullptr, nullptr, 0);
-        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK && std::string(PQcmdTuples(r)) == "1";
-        PQclear(r);
-        if (ok) {
-          const char* p2[] = {amount.c_str(), to.c_str()};
-          r = PQexecParams(c, keel::bank::kSqlCredit, 2, nullptr, p2,
-                           nullptr, nullptr, 0);
-          ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-          PQclear(r);
-        }
-        PQclear(PQexec(c, ok ? "COMMIT" : "ROLLBACK"));
-        lat[t].push_back(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0)
-                             .count());
-      }
-      PQfinish(c);
-    });
-  }
-  for (auto& th : threads) th.join();
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::vector<std::uint64_t> all;
-  for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
-  std::sort(all.begin(), all.end());
-  BaselineResult res;
-  if (all.empty()) throw std::runtime_error("baseline: no transfer ran (cannot connect to " + conn + ")");
-  res.perSecond = double(all.size()) / secs;
-  res.p50Us = all[all.size() / 2];
-  res.p99Us = all[std::min(all.size() - 1, all.size() * 99 / 100)];
-  return res;
 }
 
 }  // namespace keel::test

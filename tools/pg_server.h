@@ -37,10 +37,19 @@
 #include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <cstdint>
 #include <utility>
 #include <vector>
 
 namespace keel::test {
+
+// max_prepared_transactions for a server whose postgres agents serve
+// `outstanding` interactions at once (all agents together: the setting is
+// per server). Keel answers a client once its decision is durable and runs
+// phase 2 afterwards, so more branches are prepared than interactions are
+// outstanding; too small a value makes prepares fail with "maximum number of
+// prepared transactions reached".
+inline int preparedTransactionsFor(std::uint32_t outstanding) { return int(4 * outstanding + 256); }
 
 struct PgServerOptions {
   unsigned port = 0;                       // 0 = pick a free one at the first start
@@ -140,15 +149,5 @@ class PgError final : public std::runtime_error {
 // PostgreSQL's message. Bounded: connect_timeout=10 and statement_timeout
 // 60 s unless conn sets them.
 std::vector<std::vector<std::string>> pgQuery(const std::string& conn, const std::string& sql);
-
-// Runs `transfers` transfers between accounts acct-0..acct-(accounts-1) of
-// one database as plain local transactions (BEGIN; guarded debit; credit;
-// COMMIT) from `clients` threads, each with its own connection.
-struct BaselineResult {
-  double perSecond = 0;
-  std::uint64_t p50Us = 0, p99Us = 0;
-};
-BaselineResult localTransferBaseline(const std::string& conn, std::uint32_t transfers, std::uint32_t clients,
-                                     std::uint32_t accounts);
 
 }  // namespace keel::test

@@ -954,7 +954,7 @@ int runChaos(Options o) {
     if (o.adapter == "postgres") {
       std::vector<std::string> dbs;
       for (auto& a : copts.agents) dbs.push_back(dbName(a));
-      pg = std::make_unique<PgHost>(dbs);
+      pg = std::make_unique<PgHost>(dbs, o.concurrency);
       pg->start();
       for (auto& a : copts.agents) {
         test::pgQuery(pg->connString(dbName(a)), sqlbank::createAccounts(o.accountsPerAgent, o.opening));

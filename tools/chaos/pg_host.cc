@@ -8,12 +8,12 @@
 
 namespace keel::chaos {
 
-PgHost::PgHost(std::vector<std::string> databases) {
+PgHost::PgHost(std::vector<std::string> databases, std::uint32_t outstanding) {
   test::PgServerOptions o;
-  // Per agent: a pool of 8 and 2 for phase 2 (keel-agent's defaults), as
-  // many prepared transactions; plus the checker's own connections.
+  // Connections per agent: a pool of 8 and 2 for phase 2 (keel-agent's
+  // defaults); plus the checker's own.
   int n = int(databases.size());
-  o.maxPreparedTransactions = std::max(64, 10 * n);
+  o.maxPreparedTransactions = test::preparedTransactionsFor(outstanding);
   o.settings = {"max_connections=" + std::to_string(std::max(100, 12 * n + 20))};
   o.databases = std::move(databases);
   server_ = std::make_unique<test::PgServer>("", o);

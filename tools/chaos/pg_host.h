@@ -33,8 +33,9 @@ class PgHost final {
  public:
   // A fresh folder in /tmp for data and log (removed by the destructor:
   // copy logFile() first to keep it); `databases` are created at start(),
-  // with room for every agent's connections and prepared transactions.
-  explicit PgHost(std::vector<std::string> databases);
+  // with room for every agent's connections and for the prepared
+  // transactions of `outstanding` interactions in flight.
+  PgHost(std::vector<std::string> databases, std::uint32_t outstanding);
   ~PgHost();  // stops the server, ends the owner thread
   PgHost(const PgHost&) = delete;
   PgHost& operator=(const PgHost&) = delete;
