@@ -15,6 +15,7 @@ const char* mixName(Mix m) {
     case Mix::OnePhase: return "one-phase";
     case Mix::Interactive: return "interactive";
     case Mix::ReadOnly: return "read-only";
+    case Mix::HotTransfer: return "hot-transfer";
   }
   return "?";
 }

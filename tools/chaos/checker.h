@@ -24,8 +24,9 @@ enum class Mix : std::uint8_t {
   OnePhase,     // a transfer between two accounts of one agent (one branch: one-phase commit)
   Interactive,  // begin, execute call by call, then commit, rollback or drop
   ReadOnly,     // balance reads on one or two agents
+  HotTransfer,  // postgres agents: a transfer among a few hot accounts, contended on purpose
 };
-constexpr std::size_t kMixKinds = 6;
+constexpr std::size_t kMixKinds = 7;
 const char* mixName(Mix m);
 
 // How the client meant an interactive transaction to end.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -105,6 +106,25 @@ std::string clusterJson(const Report::Cluster& c) {
     << ",\"request_fates\":" << c.requestFates << "}";
   return o.str();
 }
+}  // namespace
+
+namespace {
+// "C of A (P%)" for the kinds in `kinds` together; empty if none was drawn.
+std::string commitShare(const Report& r, std::initializer_list<Mix> kinds) {
+  std::uint64_t attempted = 0, committed = 0;
+  for (Mix m : kinds) {
+    auto it = r.byMix.find(mixName(m));
+    if (it == r.byMix.end()) continue;
+    attempted += it->second.attempted;
+    committed += it->second.committed;
+  }
+  if (attempted == 0) return "";
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%llu of %llu (%.1f%%)", (unsigned long long)committed,
+                (unsigned long long)attempted, 100.0 * double(committed) / double(attempted));
+  return buf;
+}
+
 }  // namespace
 
 void countAttempts(Report& r, const std::vector<Attempt>& attempts, const CoordinatorView& coordinator) {
@@ -223,6 +243,13 @@ std::string textReport(const Report& r) {
   if (r.byMix.count(mixName(Mix::Interactive)) != 0) {
     o << "  interactive, meant to end: commit " << r.interactiveCommit << ", rollback " << r.interactiveRollback
       << ", drop " << r.interactiveDrop << "\n";
+  }
+  if (auto s = commitShare(r, {Mix::Transfer, Mix::ThreeBranch}); !s.empty()) {
+    o << "  commit share           transfers and three-branch (meant to commit): " << s << " committed";
+    if (auto hot = commitShare(r, {Mix::HotTransfer}); !hot.empty()) {
+      o << "; hot-transfer (contended on purpose): " << hot;
+    }
+    o << "\n";
   }
   o << "  lost answers retried   " << r.retried << " interactions: " << r.retriedReplayed << " replayed ("
     << "a retry got the first run's seq and outcome), " << r.retriedNew << " ran anew, " << r.retriedUnanswered

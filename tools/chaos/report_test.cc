@@ -95,6 +95,28 @@ TEST(ChaosReport, CountsEachKindRetriesAndInDoubtEndings) {
   EXPECT_NE(text.find("in doubt answers       1 interactions: ended committed 0, rolled back 1"), std::string::npos)
       << text;
   EXPECT_NE(text.find("    one-phase"), std::string::npos) << text;
+  // Two of the three transfers and the one three-branch interaction committed.
+  EXPECT_NE(text.find("commit share           transfers and three-branch (meant to commit): 2 of 4 (50.0%) "
+                      "committed\n"),
+            std::string::npos)
+      << text;
+}
+
+TEST(ChaosReport, CommitShareShowsHotTransfersApart) {
+  std::vector<Attempt> attempts = {
+      answered(Mix::Transfer, 1, ClientOutcome::Committed),
+      answered(Mix::HotTransfer, 2, ClientOutcome::Committed),
+      answered(Mix::HotTransfer, 3, ClientOutcome::RolledBack),
+      answered(Mix::HotTransfer, 4, ClientOutcome::RolledBack),
+      answered(Mix::HotTransfer, 5, ClientOutcome::RolledBack),
+  };
+  Report r;
+  countAttempts(r, attempts, CoordinatorView{});
+  auto text = textReport(r);
+  EXPECT_NE(text.find("(meant to commit): 1 of 1 (100.0%) committed; hot-transfer (contended on purpose): "
+                      "1 of 4 (25.0%)\n"),
+            std::string::npos)
+      << text;
 }
 
 TEST(ChaosReport, UnmetMinimumsNameWhatWasMissing) {

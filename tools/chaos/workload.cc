@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <tuple>
 
 #include "tools/bank.h"
 #include "tools/sql_bank.h"
@@ -54,13 +55,18 @@ std::vector<Mix> Workload::mixes() const {
   std::vector<Mix> m = {Mix::Transfer, Mix::Overdraft, Mix::OnePhase, Mix::ReadOnly};
   if (agents_.size() >= 3) m.push_back(Mix::ThreeBranch);
   if (!o_.sql) m.push_back(Mix::Interactive);
+  if (o_.sql) m.push_back(Mix::HotTransfer);
   return m;
 }
 
 // The mix, in draws out of 100: 10 overdrafts, 12 three-branch, 15
 // one-phase, 18 interactive, 12 read-only, the rest (33) two-branch
 // transfers; a kind the run cannot do (three branches on two agents,
-// interactive on postgres agents) falls through to the next.
+// interactive on postgres agents) falls through to the next. On postgres
+// agents 10 of the two-branch transfers are hot ones, between the first
+// kHotAccounts accounts of each agent: there row locks are contended on
+// purpose (waits, lock timeouts, deadlocks across databases), while the
+// rest of the load spreads over many accounts and mostly commits.
 Workload::Plan Workload::nextPlan() {
   std::size_t n = agents_.size();
   std::size_t a = rng_() % n;
@@ -98,6 +104,10 @@ Workload::Plan Workload::nextPlan() {
     p.mix = Mix::ReadOnly;
     p.ops = {Op{agents_[a], OpKind::ReadBalance, acct(), 0}};
     if (rng_() % 2 == 0) p.ops.push_back(Op{agents_[b], OpKind::ReadBalance, acct(), 0});
+  } else if (kind >= 90 && o_.sql) {
+    p.mix = Mix::HotTransfer;
+    auto hot = [&]() { return bank::accountName(rng_() % std::min(kHotAccounts, o_.accountsPerAgent)); };
+    p.ops = transferOps(ref(a, hot()), ref(b, hot()), amount);
   } else {
     p.mix = Mix::Transfer;
     p.ops = transferOps(ref(a, acct()), ref(b, acct()), amount);
@@ -107,9 +117,17 @@ Workload::Plan Workload::nextPlan() {
 
 std::vector<Op> Workload::onWire(const std::vector<Op>& ops) const {
   if (!o_.sql) return ops;
+  // Within one database the rows are locked in one order (by account), so
+  // two transfers between the same two accounts of one agent never wait on
+  // each other in a cycle: the workload makes no deadlock of its own.
+  // Across databases no order helps: that is the hot transfers' part.
+  std::vector<Op> ordered = ops;
+  std::stable_sort(ordered.begin(), ordered.end(), [](const Op& x, const Op& y) {
+    return std::tie(x.participant, x.account) < std::tie(y.participant, y.account);
+  });
   std::vector<Op> out;
   out.reserve(ops.size());
-  for (const auto& op : ops) {
+  for (const auto& op : ordered) {
     out.push_back(op.kind == OpKind::ReadBalance ? bank::sqlRead(op.participant, op.account) : sqlbank::toSql(op));
   }
   return out;

@@ -27,6 +27,9 @@
 
 namespace keel::chaos {
 
+// Postgres agents: the accounts of each agent that hot transfers use.
+inline constexpr std::uint32_t kHotAccounts = 3;
+
 struct WorkloadOptions {
   std::uint64_t seed = 1;
   std::uint32_t accountsPerAgent = 10;
