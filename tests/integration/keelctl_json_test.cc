@@ -267,7 +267,7 @@ TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {
   expectError("forget --agent " + agentA() + " 5", 2, "'5' is not SEQ.BRANCH");
   expectError(t, 2, "amount is required");
   expectError(c() + "balance", 2, "accounts is required");
-  expectError(c() + "frobnicate", 2, "A subcommand is required");
+  expectError(c() + "frobnicate", 2, "unknown command 'frobnicate' (the commands are open, transfer,");
   expectError(c() + "info --no-such-flag", 2, "--no-such-flag");
   expectError(c() + "resolve 5 --commit --abort --why x", 2, "excludes");
   // --json before the command works the same.

@@ -103,7 +103,8 @@ TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
       {ctl() + "transfer alice bank-b:bob 1", "keelctl: 'alice' is not PARTICIPANT:ACCOUNT"},
       // CLI11's own refusals exit 2 as well.
       {t, "amount is required"},
-      {ctl() + "frobnicate", "subcommand"},
+      {ctl() + "frobnicate", "keelctl: unknown command 'frobnicate' (the commands are open, transfer,"},
+      {ctl(), "A subcommand is required"},
       {ctl() + "info --no-such-flag", "--no-such-flag"},
       {ctl() + "resolve 5 --commit --abort --why x", "excludes"},
   };

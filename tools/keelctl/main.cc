@@ -174,6 +174,19 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // A word where the command should be is an unknown command (CLI11 only
+    // says that a subcommand is required).
+    if (app.get_subcommands().empty()) {
+      for (const auto& word : app.remaining()) {
+        if (word.empty() || word[0] == '-') continue;
+        std::string names;
+        for (const auto* sub : app.get_subcommands({})) names += (names.empty() ? "" : ", ") + sub->get_name();
+        std::string msg = "unknown command '" + word + "' (the commands are " + names + "; keelctl --help)";
+        std::cerr << "keelctl: " << msg << "\n";
+        if (g.json || jsonAsked(argc, argv)) keel::ctl::printError(std::cout, msg, keel::ctl::kExitUsage);
+        return keel::ctl::kExitUsage;
+      }
+    }
     // --help prints and exits 0; every other parse error is bad usage.
     // app.exit prints the help, or the error on stderr.
     if (app.exit(e) == 0) return 0;
