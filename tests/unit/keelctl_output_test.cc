@@ -27,6 +27,25 @@ TEST(KeelctlOutputTest, AuditEntriesThatAreNotJsonObjectsStayInsideOneDocument) 
   }
 }
 
+TEST(KeelctlOutputTest, InfoNamesTheParticipantsAndTheClusterCounters) {
+  CoordinatorInfo info;
+  info.nodeId = 2;
+  info.participants = {"bank-a", "bank \"b\""};
+  info.committed = 5;
+  std::ostringstream plain;
+  printInfo(plain, info, /*json=*/true);
+  Json doc = JsonReader::parse(plain.str());
+  ASSERT_EQ(doc["participants"].array().size(), 2u);
+  EXPECT_EQ(doc["participants"].array()[1].str(), "bank \"b\"");
+  EXPECT_EQ(doc["committed"].whole(), 5u);
+  EXPECT_FALSE(doc.has("etcd_txns"));  // a single coordinator has no etcd counters
+  info.clustered = true;
+  info.etcdTxns = 9;
+  std::ostringstream member;
+  printInfo(member, info, /*json=*/true);
+  EXPECT_EQ(JsonReader::parse(member.str())["etcd_txns"].whole(), 9u);
+}
+
 TEST(KeelctlOutputTest, AuditWithNoEntriesIsAnEmptyList) {
   std::ostringstream out;
   printAudit(out, {}, /*json=*/true);

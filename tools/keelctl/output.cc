@@ -204,9 +204,16 @@ void printAudit(std::ostream& out, const std::vector<std::string>& entries, bool
 
 void printInfo(std::ostream& out, const CoordinatorInfo& i, bool json) {
   if (json) {
-    out << "{\"node_id\":" << i.nodeId << ",\"epoch\":" << i.epoch << ",\"committed\":" << i.committed
-        << ",\"rolled_back\":" << i.rolledBack << ",\"heuristic\":" << i.heuristic << ",\"unfinished\":" << i.unfinished
-        << "}\n";
+    out << "{\"node_id\":" << i.nodeId << ",\"epoch\":" << i.epoch << ",\"participants\":[";
+    for (std::size_t k = 0; k < i.participants.size(); ++k) out << (k ? "," : "") << q(i.participants[k]);
+    out << "],\"committed\":" << i.committed << ",\"rolled_back\":" << i.rolledBack << ",\"heuristic\":" << i.heuristic
+        << ",\"unfinished\":" << i.unfinished << ",\"log_commits\":" << i.logCommits << ",\"log_jobs\":" << i.logJobs
+        << ",\"clustered\":" << (i.clustered ? "true" : "false");
+    if (i.clustered) {
+      out << ",\"takeover_committed\":" << i.takeoverCommitted << ",\"takeover_rolled_back\":" << i.takeoverRolledBack
+          << ",\"etcd_txns\":" << i.etcdTxns << ",\"etcd_decisions\":" << i.etcdDecisions;
+    }
+    out << "}\n";
     return;
   }
   out << "node " << i.nodeId << "  epoch " << i.epoch << "\n  participants:";
