@@ -61,6 +61,15 @@ struct Json {
     if (kind != Kind::Bool) throw JsonError("not true or false");
     return boolean;
   }
+  // Any number, as a double.
+  double number() const {
+    double v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (kind != Kind::Number || ec != std::errc() || end != text.data() + text.size()) {
+      throw JsonError("not a number: " + text);
+    }
+    return v;
+  }
   // A whole number >= 0 (written without fraction or exponent).
   std::uint64_t whole() const {
     std::uint64_t v = 0;

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "tests/bench/json_check.h"
+#include "common/strict_json.h"
 
 namespace keel::test {
 
@@ -44,7 +44,7 @@ inline std::string lastLine(const std::string& s) {
 struct JsonRun {
   int exitCode = -1;
   std::string out;
-  std::map<std::string, JsonValue> fields;
+  Json fields;
   std::vector<std::string> missing;
 };
 
@@ -52,9 +52,9 @@ inline JsonRun runJson(const std::string& args, std::initializer_list<const char
   auto r = run(args, false);
   JsonRun j{r.exitCode, r.out, {}, {}};
   if (r.exitCode != 0) return j;
-  j.fields = JsonReader(lastLine(r.out)).topLevelObject();
+  j.fields = JsonReader::parse(lastLine(r.out));
   for (const char* k : required) {
-    if (!j.fields.count(k)) j.missing.emplace_back(k);
+    if (!j.fields.has(k)) j.missing.emplace_back(k);
   }
   return j;
 }
