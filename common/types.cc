@@ -122,7 +122,7 @@ std::uint64_t requestFingerprint(const std::vector<Op>& ops, bool interactive) {
   return f.h;
 }
 
-std::string Xid::str() const { return std::to_string(seq) + "." + std::to_string(branch); }
+std::string Xid::str() const { return seqText(seq) + "." + std::to_string(branch); }
 
 std::string seqText(std::uint64_t seq) {
   return std::to_string(seqNode(seq)) + ":" + std::to_string(seqCounter(seq));

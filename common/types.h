@@ -74,6 +74,7 @@ struct Xid {
   std::uint64_t seq = 0;
   std::uint16_t branch = 0;
   auto operator<=>(const Xid&) const = default;
+  // NODE:COUNTER.BRANCH ("1:5.2"), as people read it.
   std::string str() const;
 };
 

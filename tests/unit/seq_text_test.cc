@@ -25,6 +25,11 @@ TEST(SeqTextTest, ShowsNodeAndCounter) {
   EXPECT_EQ(seqText(kMaxSeqCounter + 1), "1:0");
 }
 
+TEST(SeqTextTest, XidShowsItsSeqAndBranch) {
+  EXPECT_EQ((Xid{makeSeq(1, 5), 2}).str(), "1:5.2");
+  EXPECT_EQ((Xid{makeSeq(0, 12), 65535}).str(), "0:12.65535");
+}
+
 TEST(SeqTextTest, BothFormsNameOneSeq) {
   EXPECT_EQ(parseSeqText("1:5"), makeSeq(1, 5));
   EXPECT_EQ(parseSeqText("281474976710661"), makeSeq(1, 5));

@@ -297,7 +297,7 @@ TEST(ChaosChecker, InDoubtWhoseAgentDisagreesIsReported) {
   auto in = withInDoubt(IState::Committed, BranchStatus::RolledBack);
   auto v = check(in);
   EXPECT_TRUE(hasKind(v, ViolationKind::InDoubtUnresolved, 12)) << dump(v);
-  EXPECT_TRUE(mentions(v, 12, "answered in doubt, ended committed, but 12.1 at a is rolled-back"));
+  EXPECT_TRUE(mentions(v, 12, "answered in doubt, ended committed, but 0:12.1 at a is rolled-back"));
 }
 
 // ------------------------------------------------------------ heuristic, interactive
@@ -393,9 +393,9 @@ TEST(ChaosCheckerCluster, DecisionsAgainstTheAgents) {
   in.etcd->decisions[10].branches.clear();
   auto v = check(in);
   EXPECT_TRUE(hasKind(v, ViolationKind::EtcdDisagrees, 11)) << dump(v);
-  EXPECT_TRUE(mentions(v, 11, "11.1 at a is rolled-back")) << dump(v);
+  EXPECT_TRUE(mentions(v, 11, "but 0:11.1 at a is rolled-back")) << dump(v);
   EXPECT_TRUE(mentions(v, 11, "the coordinator's record says rolled-back")) << dump(v);
-  EXPECT_TRUE(mentions(v, 10, "10.1 at a is committed")) << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "but 0:10.1 at a is committed")) << dump(v);
   EXPECT_TRUE(mentions(v, 10, "the coordinator's record says committed")) << dump(v);
   for (auto& x : v) EXPECT_EQ(x.kind, ViolationKind::EtcdDisagrees) << dump(v);
 }
@@ -404,7 +404,7 @@ TEST(ChaosCheckerCluster, ACommitListingABranchNoAgentKnowsIsReported) {
   auto in = inCluster();
   in.etcd->decisions[10].branches.push_back({"c", 3});
   auto v = check(in);
-  EXPECT_TRUE(mentions(v, 10, "c has no record of its branch 10.3")) << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "c has no record of its branch 0:10.3")) << dump(v);
 }
 
 TEST(ChaosCheckerCluster, AChangedOrMalformedDecisionIsReported) {
