@@ -86,14 +86,14 @@ class ClientThread final : public LoadClient {
               switch (o.outcome) {
                 case ClientOutcome::Committed:
                   if (intendRollback) {
-                    countError(live_, "seq " + std::to_string(o.seq) + ": an overdraft committed");
+                    countError(live_, "seq " + seqText(o.seq) + ": an overdraft committed");
                   } else {
                     countAnswer(live_, hist_, us, true, false);
                   }
                   return kj::READY_NOW;
                 case ClientOutcome::RolledBack:
                   countAnswer(live_, hist_, us, false, intendRollback);
-                  if (!intendRollback) live_.unexpectedRollback("seq " + std::to_string(o.seq) + ": " + o.reason);
+                  if (!intendRollback) live_.unexpectedRollback("seq " + seqText(o.seq) + ": " + o.reason);
                   return kj::READY_NOW;
                 default:
                   countError(live_, std::string(clientOutcomeName(o.outcome)) + ": " + o.reason);

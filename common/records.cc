@@ -573,7 +573,7 @@ std::string opsJson(const std::vector<Op>& ops) {
 
 std::string toJson(const InteractionRecord& r) {
   std::ostringstream o;
-  o << "{\"seq\":" << r.seq << ",\"epoch\":" << r.epoch
+  o << "{\"seq\":" << r.seq << ",\"seq_text\":" << q(seqText(r.seq)) << ",\"epoch\":" << r.epoch
     << ",\"interactive\":" << (r.interactive ? "true" : "false")
     << ",\"one_phase\":" << (r.onePhase ? "true" : "false") << ",\"state\":" << q(stateName(r.state))
     << ",\"decision\":" << q(decisionName(r.decision)) << ",\"error\":" << q(r.error)
@@ -595,7 +595,8 @@ std::string toJson(const InteractionRecord& r) {
 
 std::string toJson(const RollbackRecord& r) {
   std::ostringstream o;
-  o << "{\"seq\":" << r.seq << ",\"reason\":" << q(r.reason) << ",\"requested_us\":" << r.requestedUs
+  o << "{\"seq\":" << r.seq << ",\"seq_text\":" << q(seqText(r.seq)) << ",\"reason\":" << q(r.reason)
+    << ",\"requested_us\":" << r.requestedUs
     << ",\"attempts\":" << r.attempts << ",\"last_error\":" << q(r.lastError)
     << ",\"last_attempt_us\":" << r.lastAttemptUs << ",\"pending\":[";
   for (std::size_t i = 0; i < r.pending.size(); ++i) o << (i ? "," : "") << q(r.pending[i]);
@@ -610,15 +611,15 @@ std::string toJson(const RollbackRecord& r) {
 
 std::string toJson(const AuditRecord& r) {
   std::ostringstream o;
-  o << "{\"at_us\":" << r.atUs << ",\"seq\":" << r.seq << ",\"action\":" << q(r.action) << ",\"who\":" << q(r.who)
-    << ",\"why\":" << q(r.why) << ",\"override\":" << (r.override ? "true" : "false")
-    << ",\"previous\":" << q(r.previous) << "}";
+  o << "{\"at_us\":" << r.atUs << ",\"seq\":" << r.seq << ",\"seq_text\":" << q(seqText(r.seq))
+    << ",\"action\":" << q(r.action) << ",\"who\":" << q(r.who) << ",\"why\":" << q(r.why)
+    << ",\"override\":" << (r.override ? "true" : "false") << ",\"previous\":" << q(r.previous) << "}";
   return o.str();
 }
 
 std::string toText(const InteractionRecord& r) {
   std::ostringstream o;
-  o << "interaction " << r.seq << (r.interactive ? " (interactive)" : "")
+  o << "interaction " << seqText(r.seq) << (r.interactive ? " (interactive)" : "")
     << (r.onePhase ? " (one-phase)" : "") << "\n"
     << "  state      " << stateName(r.state) << "   decision " << decisionName(r.decision)
     << "   epoch " << r.epoch << "\n";
@@ -654,7 +655,7 @@ std::string toText(const InteractionRecord& r) {
 
 std::string toText(const RollbackRecord& r) {
   std::ostringstream o;
-  o << "rollback " << r.seq << "\n"
+  o << "rollback " << seqText(r.seq) << "\n"
     << "  reason     " << r.reason << "\n"
     << "  requested  " << formatMicros(r.requestedUs) << "\n"
     << "  attempts   " << r.attempts << "   last attempt " << formatMicros(r.lastAttemptUs) << "\n";

@@ -1,5 +1,6 @@
 #include "common/types.h"
 
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -121,7 +122,56 @@ std::uint64_t requestFingerprint(const std::vector<Op>& ops, bool interactive) {
   return f.h;
 }
 
-std::string Xid::str() const { return std::to_string(seq) + "." + std::to_string(branch); }
+std::string Xid::str() const { return seqText(seq) + "." + std::to_string(branch); }
+
+std::string seqText(std::uint64_t seq) {
+  return std::to_string(seqNode(seq)) + ":" + std::to_string(seqCounter(seq));
+}
+
+namespace {
+
+bool allDigits(std::string_view s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+// One or more decimal digits and nothing else, as a number (nullopt: not
+// such digits, or more than 64 bits).
+std::optional<std::uint64_t> decimal(std::string_view s) {
+  if (!allDigits(s)) return std::nullopt;
+  std::uint64_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+std::optional<std::uint64_t> parseSeqText(std::string_view text, std::string* why) {
+  auto refuse = [&](const std::string& what) -> std::optional<std::uint64_t> {
+    if (why != nullptr) *why = "'" + std::string(text) + "'" + what;
+    return std::nullopt;
+  };
+  auto colon = text.find(':');
+  std::string_view node = colon == std::string_view::npos ? std::string_view() : text.substr(0, colon);
+  std::string_view counter = colon == std::string_view::npos ? text : text.substr(colon + 1);
+  if (!allDigits(counter) || (colon != std::string_view::npos && !allDigits(node))) {
+    if (!text.empty() && text[0] == '-') {
+      return refuse(" is negative: a seq is NODE:COUNTER (such as 1:5) or a whole number");
+    }
+    return refuse(" is not NODE:COUNTER (such as 1:5) or a whole number");
+  }
+  if (colon == std::string_view::npos) {
+    if (auto v = decimal(counter)) return v;
+    return refuse(" is out of range (0.." + std::to_string(~std::uint64_t(0)) + ")");
+  }
+  auto n = decimal(node);
+  if (!n || *n > 0xffff) return refuse(": node " + std::string(node) + " is out of range (0..65535)");
+  auto c = decimal(counter);
+  if (!c || *c > kMaxSeqCounter) {
+    return refuse(": counter " + std::string(counter) + " is out of range (0.." + std::to_string(kMaxSeqCounter) + ")");
+  }
+  return makeSeq(std::uint16_t(*n), *c);
+}
 
 std::string u64Key(std::uint64_t v) {
   std::string k(8, '\0');

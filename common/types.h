@@ -7,6 +7,7 @@
 #include <optional>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace keel {
@@ -73,6 +74,7 @@ struct Xid {
   std::uint64_t seq = 0;
   std::uint16_t branch = 0;
   auto operator<=>(const Xid&) const = default;
+  // NODE:COUNTER.BRANCH ("1:5.2"), as people read it.
   std::string str() const;
 };
 
@@ -151,6 +153,19 @@ inline std::uint64_t makeSeq(std::uint16_t node, std::uint64_t counter) {
   return (std::uint64_t(node) << kSeqNodeShift) | (counter & ((1ull << kSeqNodeShift) - 1));
 }
 inline std::uint16_t seqNode(std::uint64_t seq) { return std::uint16_t(seq >> kSeqNodeShift); }
+constexpr std::uint64_t kMaxSeqCounter = (1ull << kSeqNodeShift) - 1;
+inline std::uint64_t seqCounter(std::uint64_t seq) { return seq & kMaxSeqCounter; }
+
+// A seq as people read and type it: NODE:COUNTER ("1:5" is makeSeq(1, 5)).
+// Every message, log line and report shows a seq this way; records, the
+// wire and JSON's "seq" members keep the 64-bit number.
+std::string seqText(std::uint64_t seq);
+// A seq as typed: NODE:COUNTER (node 0..65535, counter 0..2^48-1) or the
+// 64-bit number in decimal ("1:5" and "281474976710661" are one seq). No
+// sign, no spaces. nullopt when it is neither; then `why`, if given, says
+// what is wrong with `text`, naming it: "'1:' is not NODE:COUNTER (such as
+// 1:5) or a whole number", "'70000:5': node 70000 is out of range (0..65535)".
+std::optional<std::uint64_t> parseSeqText(std::string_view text, std::string* why = nullptr);
 
 // Big-endian u64 key so LMDB's byte order is numeric order.
 std::string u64Key(std::uint64_t v);

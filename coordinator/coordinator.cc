@@ -305,7 +305,7 @@ kj::Promise<void> Coordinator::guardFirstPhase(std::uint64_t seq, kj::Promise<vo
   return work.catch_([this, seq](kj::Exception&& e) {
     Interaction* p = find(seq);
     if (p == nullptr || p->rec.state == State::Aborting || p->told) {
-      KEEL_LOG_ERROR("seq {}: {}", seq, describeFault(e));
+      KEEL_LOG_ERROR("seq {}: {}", seqText(seq), describeFault(e));
       return;
     }
     if (p->commitDurable) {
@@ -315,7 +315,7 @@ kj::Promise<void> Coordinator::guardFirstPhase(std::uint64_t seq, kj::Promise<vo
       return;
     }
     std::string why = "coordinator fault before the decision: " + describeFault(e);
-    KEEL_LOG_ERROR("seq {}: {}", seq, why);
+    KEEL_LOG_ERROR("seq {}: {}", seqText(seq), why);
     p->rec.decision = InteractionRecord::Decision::None;
     if (p->rec.onePhase) {
       auto& b = p->rec.branches[0];
@@ -332,7 +332,7 @@ kj::Promise<void> Coordinator::guardFirstPhase(std::uint64_t seq, kj::Promise<vo
 kj::Promise<void> Coordinator::guardDriver(std::uint64_t seq, kj::Promise<void> work, bool commit) {
   // Drivers never give up: a fault in one round is logged and retried.
   return work.catch_([this, seq, commit](kj::Exception&& e) -> kj::Promise<void> {
-    KEEL_LOG_WARN("seq {}: {} driver round failed ({}); retrying", seq, commit ? "commit" : "rollback",
+    KEEL_LOG_WARN("seq {}: {} driver round failed ({}); retrying", seqText(seq), commit ? "commit" : "rollback",
                   describeFault(e));
     return io_.provider->getTimer().afterDelay(backoff(3)).then([this, seq, commit]() {
       return commit ? driveCommit(seq) : driveRollback(seq);
@@ -394,7 +394,7 @@ kj::Promise<void> Coordinator::runOnePhase(Interaction& it) {
               return kj::READY_NOW;
             }
             answer(*p, ClientOutcome::InDoubt,
-                   why + "; the participant decides, query seq " + std::to_string(seq));
+                   why + "; the participant decides, query seq " + seqText(seq));
             startAbort(*p, why);
             return kj::READY_NOW;
           });
@@ -524,7 +524,7 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
         // The decision did not become durable, so it never existed: abort.
         Interaction* p = find(seq);
         if (p == nullptr) return;
-        KEEL_LOG_ERROR("seq {}: COMMIT decision not durable ({}); aborting", seq, describeFault(e));
+        KEEL_LOG_ERROR("seq {}: COMMIT decision not durable ({}); aborting", seqText(seq), describeFault(e));
         p->rec.decision = InteractionRecord::Decision::None;
         startAbort(*p, "coordinator could not log the commit decision: " + describeFault(e));
       });
@@ -580,7 +580,7 @@ void Coordinator::startAbort(Interaction& it, const std::string& reason) {
         // Still rolled back (presumed abort: no COMMIT exists, and a
         // two-phase one never will); only the record may be missing, and
         // finish() writes it again.
-        KEEL_LOG_ERROR("seq {}: rollback record not written ({})", seq, describeFault(e));
+        KEEL_LOG_ERROR("seq {}: rollback record not written ({})", seqText(seq), describeFault(e));
         if (!rolledBackForSure) return kj::READY_NOW;
         return answerRolledBack(seq, reason);
       }));
@@ -620,7 +620,7 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
     std::string note = std::string(stateName(it->rec.state)) + ": decision " + decisionName(it->rec.decision) +
                        ", branches ended " + what;
     it->rec.error = it->rec.error.empty() ? note : it->rec.error + "; " + note;
-    KEEL_LOG_ERROR("seq {}: {} (an operator must reconcile: docs/recovery.md)", seq, note);
+    KEEL_LOG_ERROR("seq {}: {} (an operator must reconcile: docs/recovery.md)", seqText(seq), note);
   }
   ++(it->rec.heuristic() ? heuristic_ : it->rec.state == State::Committed ? committed_ : rolledBack_);
   // The final record is lazy: a lost "complete" mark only means recovery

@@ -71,7 +71,7 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                             b.reason = "commit answered not prepared: the branch never voted at the participant";
                             break;
                         }
-                        KEEL_LOG_ERROR("seq {}: HEURISTIC: {} {}", seq, b.participant, b.reason);
+                        KEEL_LOG_ERROR("seq {}: HEURISTIC: {} {}", seqText(seq), b.participant, b.reason);
                       },
                       [this, seq, i](kj::Exception&& e) {
                         Interaction* p = find(seq);
@@ -130,13 +130,13 @@ kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
                                   p->rb->lastError = participant + " had already committed (one-phase)";
                                 } else {
                                   b.reason = "rollback refused: the participant had committed the branch";
-                                  KEEL_LOG_ERROR("seq {}: HEURISTIC: {} {}", seq, participant, b.reason);
+                                  KEEL_LOG_ERROR("seq {}: HEURISTIC: {} {}", seqText(seq), participant, b.reason);
                                 }
                                 break;
                               default:
                                 b.state = BState::Unknown;
                                 b.reason = std::string("rollback answered ") + outcomeName(outs[k]);
-                                KEEL_LOG_ERROR("seq {}: HEURISTIC: {} {}", seq, participant, b.reason);
+                                KEEL_LOG_ERROR("seq {}: HEURISTIC: {} {}", seqText(seq), participant, b.reason);
                                 break;
                             }
                           }

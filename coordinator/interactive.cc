@@ -64,7 +64,7 @@ kj::Promise<Coordinator::Begun> Coordinator::begin(SubmitRequest req) {
 kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<Op> ops) {
   Interaction* it = find(seq);
   if (it == nullptr || it->closing || it->rec.state != State::Preparing) {
-    return SubmitOutcome::of(seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open");
+    return SubmitOutcome::of(seq, ClientOutcome::Invalid, "interaction " + seqText(seq) + " is not open");
   }
   std::size_t existing = 0;
   for (auto& b : it->rec.branches) existing += b.ops.size();
@@ -156,7 +156,7 @@ kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<O
 Coordinator::Interaction* Coordinator::closeInteractive(std::uint64_t seq, kj::Promise<SubmitOutcome>& answer) {
   Interaction* it = find(seq);
   if (it == nullptr || it->closing) {
-    answer = SubmitOutcome::of(seq, ClientOutcome::Invalid, "interaction " + std::to_string(seq) + " is not open");
+    answer = SubmitOutcome::of(seq, ClientOutcome::Invalid, "interaction " + seqText(seq) + " is not open");
     return nullptr;
   }
   it->closing = true;

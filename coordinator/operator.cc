@@ -77,8 +77,8 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::resolve(std::uint64_t seq, 
   Interaction* it = find(seq);
   if (it == nullptr) {
     auto stored = wal_.get(seq);
-    if (!stored) return ResolveResult{false, "unknown interaction " + std::to_string(seq)};
-    return ResolveResult{false, "interaction " + std::to_string(seq) + " is finished (" +
+    if (!stored) return ResolveResult{false, "unknown interaction " + seqText(seq)};
+    return ResolveResult{false, "interaction " + seqText(seq) + " is finished (" +
                                     stateName(decodeInteraction(stored->interaction).state) + "): nothing to resolve"};
   }
   if (who.empty() || why.empty()) return ResolveResult{false, "say who you are and why (--who, --why)"};
@@ -90,7 +90,7 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::resolve(std::uint64_t seq, 
       return b.state == BState::Prepared || b.state == BState::ReadOnly || b.state == BState::Committed;
     });
     if (!override && r.state == State::Aborting) {
-      return ResolveResult{false, "interaction " + std::to_string(seq) +
+      return ResolveResult{false, "interaction " + seqText(seq) +
                                       " was decided ABORT; forcing commit contradicts it (add --override)"};
     }
     if (!override && !allYes) {
@@ -100,7 +100,7 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::resolve(std::uint64_t seq, 
   } else {
     if (r.state == State::Aborting) return ResolveResult{false, "already rolling back: use retry to hurry it"};
     if (!override && it->commitDurable) {
-      return ResolveResult{false, "the COMMIT decision of " + std::to_string(seq) +
+      return ResolveResult{false, "the COMMIT decision of " + seqText(seq) +
                                       " is durable; forcing abort contradicts it (add --override)"};
     }
   }
@@ -112,7 +112,7 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::resolve(std::uint64_t seq, 
   a.why = why;
   a.override = override;
   a.previous = previous;
-  KEEL_LOG_WARN("operator {}: {} of {} ({}), was {}", who, a.action, seq, why, previous);
+  KEEL_LOG_WARN("operator {}: {} of {} ({}), was {}", who, a.action, seqText(seq), why, previous);
   // The audit entry is durable before the action is taken.
   return wal_.appendAudit(a).then([this, seq, commit, a]() -> kj::Promise<ResolveResult> {
     Interaction* p = find(seq);
@@ -149,10 +149,10 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::resolve(std::uint64_t seq, 
 kj::Promise<Coordinator::ResolveResult> Coordinator::reconciled(std::uint64_t seq, std::string who, std::string why) {
   if (who.empty() || why.empty()) return ResolveResult{false, "say who you are and why (--who, --why)"};
   auto stored = wal_.get(seq);
-  if (!stored) return ResolveResult{false, "unknown interaction " + std::to_string(seq)};
+  if (!stored) return ResolveResult{false, "unknown interaction " + seqText(seq)};
   auto rec = decodeInteraction(stored->interaction);
   if (!rec.heuristic()) {
-    return ResolveResult{false, "interaction " + std::to_string(seq) + " is " + stateName(rec.state) +
+    return ResolveResult{false, "interaction " + seqText(seq) + " is " + stateName(rec.state) +
                                     ", not heuristic: nothing to reconcile"};
   }
   AuditRecord a;
@@ -162,9 +162,9 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::reconciled(std::uint64_t se
   a.who = who;
   a.why = why;
   a.previous = stateName(rec.state);
-  KEEL_LOG_WARN("operator {}: {} marked reconciled by hand ({}), was {}", who, seq, why, a.previous);
+  KEEL_LOG_WARN("operator {}: {} marked reconciled by hand ({}), was {}", who, seqText(seq), why, a.previous);
   return wal_.reconciled(seq, a).then([seq](bool listed) {
-    if (!listed) return ResolveResult{false, "interaction " + std::to_string(seq) + " was marked reconciled already"};
+    if (!listed) return ResolveResult{false, "interaction " + seqText(seq) + " was marked reconciled already"};
     return ResolveResult{true, "marked reconciled"};
   });
 }

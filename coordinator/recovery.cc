@@ -56,7 +56,7 @@ kj::Promise<void> Coordinator::recover() {
     fromEtcd = reconcileFromEtcd();
   }
   KEEL_LOG_INFO("recovery 2/5 bump-epoch: epoch {}, first seq of this incarnation {}", epoch_,
-                seqs_->firstOfIncarnation());
+                seqText(seqs_->firstOfIncarnation()));
   std::size_t commits = 0, aborts = 0;
   for (auto& u : unfinished) {
     std::uint64_t seq = u.interaction.seq;
@@ -93,7 +93,7 @@ kj::Promise<void> Coordinator::recover() {
     if (unknown != rec.branches.end()) {
       KEEL_LOG_ERROR("seq {}: etcd's COMMIT names participant {}, which this coordinator's config lacks: left "
                      "to an operator (docs/cluster.md)",
-                     seq, unknown->participant);
+                     seqText(seq), unknown->participant);
       continue;
     }
     ++commits;
@@ -127,7 +127,7 @@ void Coordinator::redrive(InteractionRecord rec, std::optional<RollbackRecord> r
     try {
       if (auto row = wal_.findRequest(it.rec.requestId)) it.fingerprint = row->fingerprint;
     } catch (const CorruptRecord& e) {
-      KEEL_LOG_ERROR("seq {}: its request id's row is damaged ({})", seq, e.what());
+      KEEL_LOG_ERROR("seq {}: its request id's row is damaged ({})", seqText(seq), e.what());
     }
     bindRequest(it);
   }
@@ -222,7 +222,7 @@ void Coordinator::adoptBranch(Interaction& it, const std::string& participant, c
   // back on its own.
   if (it.rec.state != State::Aborting || !it.rb) {
     KEEL_LOG_WARN("sweep: {} at {} is not part of interaction {} ({}); rolling it back on its own", b.xid.str(),
-                  participant, b.xid.seq, stateName(it.rec.state));
+                  participant, seqText(b.xid.seq), stateName(it.rec.state));
     tasks_.add(rollBackStray(link(participant), b.xid, 0));
     return;
   }
@@ -236,7 +236,7 @@ void Coordinator::adoptBranch(Interaction& it, const std::string& participant, c
   if (std::find(it.rb->pending.begin(), it.rb->pending.end(), participant) == it.rb->pending.end()) {
     it.rb->pending.push_back(participant);
   }
-  KEEL_LOG_INFO("sweep: {} joins interaction {} at {}", b.xid.str(), b.xid.seq, participant);
+  KEEL_LOG_INFO("sweep: {} joins interaction {} at {}", b.xid.str(), seqText(b.xid.seq), participant);
 }
 
 kj::Promise<void> Coordinator::rollBackStray(ParticipantLink& l, Xid xid, std::uint32_t attempt) {

@@ -38,7 +38,7 @@ SubmitOutcome invalid(const std::string& id, std::string why) {
 }
 
 std::string reuseMessage(const std::string& id, std::uint64_t seq) {
-  return "request id '" + id + "' reused with other operations (it names interaction " + std::to_string(seq) +
+  return "request id '" + id + "' reused with other operations (it names interaction " + seqText(seq) +
          "): nothing was run";
 }
 
@@ -129,7 +129,7 @@ kj::Maybe<kj::Promise<SubmitOutcome>> Coordinator::replay(const SubmitRequest& r
     }
     if (!o) {
       o = SubmitOutcome{row->seq, ClientOutcome::InDoubt,
-                        "interaction " + std::to_string(row->seq) + " of this request id is not settled; query it later",
+                        "interaction " + seqText(row->seq) + " of this request id is not settled; query it later",
                         {}, id, true};
     }
     return kj::Promise<SubmitOutcome>(kj::mv(*o));

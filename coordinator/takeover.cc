@@ -44,13 +44,13 @@ kj::Promise<void> Coordinator::decideInCluster(Interaction& it) {
               answerWith(*p, SubmitOutcome::of(o.requestTakenBy, ClientOutcome::Committed, "", p->rec.requestId));
               p->rec.decision = InteractionRecord::Decision::None;
               startAbort(*p, "request id " + p->rec.requestId + " was committed as seq " +
-                                 std::to_string(o.requestTakenBy) + " (a retry through another coordinator)");
+                                 seqText(o.requestTakenBy) + " (a retry through another coordinator)");
               return;
             }
             if (o.requestTakenBy != 0) {
               p->rec.decision = InteractionRecord::Decision::None;
               startAbort(*p, "request id " + p->rec.requestId + " was rolled back as seq " +
-                                 std::to_string(o.requestTakenBy) + " (a retry through another coordinator)");
+                                 seqText(o.requestTakenBy) + " (a retry through another coordinator)");
               return;
             }
             if (o.decision.commit) {
@@ -69,7 +69,7 @@ kj::Promise<void> Coordinator::decideInCluster(Interaction& it) {
           [this, seq](kj::Exception&& e) {
             Interaction* p = find(seq);
             if (p == nullptr) return;
-            KEEL_LOG_ERROR("seq {}: COMMIT decision not made in etcd ({}); aborting", seq, describeFault(e));
+            KEEL_LOG_ERROR("seq {}: COMMIT decision not made in etcd ({}); aborting", seqText(seq), describeFault(e));
             p->rec.decision = InteractionRecord::Decision::None;
             startAbort(*p, "the COMMIT decision could not be made in etcd: " + describeFault(e));
           });
@@ -143,8 +143,8 @@ kj::Promise<std::optional<StoredInteraction>> Coordinator::queryAnywhere(std::ui
                   return std::optional<StoredInteraction>(std::move(s));
                 },
                 [this, seq, addr](kj::Exception&& e) {
-                  KEEL_LOG_WARN("query {}: its coordinator at {} did not answer ({}); answering from etcd", seq, addr,
-                                describeFault(e));
+                  KEEL_LOG_WARN("query {}: its coordinator at {} did not answer ({}); answering from etcd",
+                                seqText(seq), addr, describeFault(e));
                   return queryFromEtcd(seq);
                 });
       });
@@ -191,7 +191,7 @@ std::map<std::uint64_t, ClusterDecision> Coordinator::reconcileFromEtcd() {
       try {
         finished = decodeInteraction(stored->interaction).finished();
       } catch (const CorruptRecord& e) {
-        KEEL_LOG_ERROR("seq {}: damaged record ({}); etcd's decision decides", seq, e.what());
+        KEEL_LOG_ERROR("seq {}: damaged record ({}); etcd's decision decides", seqText(seq), e.what());
       }
     }
     if (finished || (!d.commit && !stored)) {
@@ -200,7 +200,7 @@ std::map<std::uint64_t, ClusterDecision> Coordinator::reconcileFromEtcd() {
       if (!finished) {
         // The story of an interaction this node never recorded: a survivor
         // settled it while the node was away.
-        KEEL_LOG_INFO("reconcile: seq {} was aborted in etcd by node {} (epoch {})", seq, d.by, d.epoch);
+        KEEL_LOG_INFO("reconcile: seq {} was aborted in etcd by node {} (epoch {})", seqText(seq), d.by, d.epoch);
       }
       cluster_->forget(seq);
       ++forgotten;

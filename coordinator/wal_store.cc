@@ -65,18 +65,18 @@ std::vector<WalStore::Unfinished> WalStore::loadUnfinished() {
   txn.scan(active_, "", [&](std::string_view k, std::string_view) {
     std::uint64_t seq = keyU64(k);
     auto iv = txn.get(interactions_, k);
-    if (!iv) throw CorruptRecord("active seq " + std::to_string(seq) + " has no interaction record");
+    if (!iv) throw CorruptRecord("active seq " + seqText(seq) + " has no interaction record");
     Unfinished u;
     try {
       u.interaction = decodeInteraction(*iv);
     } catch (const CorruptRecord& e) {
-      throw CorruptRecord("interaction " + std::to_string(seq) + ": " + e.what());
+      throw CorruptRecord("interaction " + seqText(seq) + ": " + e.what());
     }
     if (auto rv = txn.get(rollbacks_, k)) {
       try {
         u.rollback = decodeRollback(*rv);
       } catch (const CorruptRecord& e) {
-        throw CorruptRecord("rollback " + std::to_string(seq) + ": " + e.what());
+        throw CorruptRecord("rollback " + seqText(seq) + ": " + e.what());
       }
     }
     out.push_back(std::move(u));
@@ -245,7 +245,7 @@ std::vector<std::string> WalStore::checkAll() const {
       try {
         decode(v);
       } catch (const CorruptRecord& e) {
-        bad.push_back(std::string(table) + " " + (k.size() == 8 ? std::to_string(keyU64(k)) : "?") + ": " + e.what());
+        bad.push_back(std::string(table) + " " + (k.size() == 8 ? seqText(keyU64(k)) : "?") + ": " + e.what());
       }
       return true;
     });
@@ -262,7 +262,7 @@ std::vector<std::string> WalStore::checkAll() const {
     return true;
   });
   txn.scan(active_, "", [&](std::string_view k, std::string_view) {
-    if (!txn.get(interactions_, k)) bad.push_back("active " + std::to_string(keyU64(k)) + ": no interaction record");
+    if (!txn.get(interactions_, k)) bad.push_back("active " + seqText(keyU64(k)) + ": no interaction record");
     return true;
   });
   return bad;

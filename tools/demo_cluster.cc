@@ -183,7 +183,7 @@ struct ClusterDemo {
       case ClientOutcome::InDoubt: ++inDoubt; break;
       default:
         ++unexpected;
-        std::fprintf(stderr, "\nunexpected answer for seq %llu: %s %s\n", (unsigned long long)out.seq,
+        std::fprintf(stderr, "\nunexpected answer for seq %s: %s %s\n", seqText(out.seq).c_str(),
                      clientOutcomeName(out.outcome), out.reason.c_str());
     }
   }
@@ -431,10 +431,10 @@ int runClusterDemo(const ClusterDemoOptions& o) {
     bool ranThere = out.outcome == ClientOutcome::Committed && seqNode(out.seq) == demo.deadNode();
     rejoined = info.epoch > epochs[demo.victim] && info.unfinished == 0 && ranThere;
     std::printf("      serving again after %llu ms: epoch %llu -> %llu, unfinished %llu, a transfer through it %s "
-                "(seq %llu, node %u)\n",
+                "(seq %s)\n",
                 (unsigned long long)restartMs, (unsigned long long)epochs[demo.victim],
                 (unsigned long long)info.epoch, (unsigned long long)info.unfinished, clientOutcomeName(out.outcome),
-                (unsigned long long)out.seq, unsigned(seqNode(out.seq)));
+                seqText(out.seq).c_str());
     demo.clients[demo.victim] = kj::mv(c);
     settled = demo.waitSettled(after) && settled;
   } else {

@@ -112,8 +112,8 @@ struct Demo {
                 case ClientOutcome::InDoubt: ++inDoubt; break;
                 default:
                   ++unexpected;
-                  std::cerr << "\nunexpected answer for seq " << o.seq << ": " << keel::clientOutcomeName(o.outcome)
-                            << " " << o.reason << "\n";
+                  std::cerr << "\nunexpected answer for seq " << keel::seqText(o.seq) << ": "
+                            << keel::clientOutcomeName(o.outcome) << " " << o.reason << "\n";
               }
               ++done;
               lastDoneUs = keel::wallMicros();

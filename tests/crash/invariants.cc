@@ -11,13 +11,6 @@ namespace keel::crash {
 
 namespace {
 
-constexpr std::uint64_t kCounterMask = (1ull << kSeqNodeShift) - 1;
-
-std::string seqStr(std::uint64_t seq) {
-  return std::to_string(seq) + " (node " + std::to_string(seqNode(seq)) + ", #" +
-         std::to_string(seq & kCounterMask) + ")";
-}
-
 std::string describeOps(const std::vector<Op>& ops) {
   std::string s;
   for (const Op& op : ops) {
@@ -38,7 +31,7 @@ struct Found {
   std::uint16_t branch = 0;
   BranchView view;
   std::string str(std::uint64_t seq) const {
-    return agent + " has " + std::to_string(seq) + "." + std::to_string(branch) + " " + branchStatusName(view.state) +
+    return agent + " has " + Xid{seq, branch}.str() + " " + branchStatusName(view.state) +
            (view.tombstone ? " (tombstone)" : "");
   }
 };
@@ -79,9 +72,9 @@ std::set<std::uint64_t> seqsToProbe(const RunRecord& rec, std::uint64_t margin) 
   std::set<std::uint64_t> out;
   auto addRange = [&](std::uint64_t first, std::uint64_t last) {
     std::uint16_t node = seqNode(first);
-    std::uint64_t lo = first & kCounterMask, hi = last & kCounterMask;
+    std::uint64_t lo = seqCounter(first), hi = seqCounter(last);
     lo = lo > margin ? lo - margin : 1;  // counter 0 is never used
-    hi = std::min(hi + margin, kCounterMask);
+    hi = std::min(hi + margin, kMaxSeqCounter);
     for (std::uint64_t c = lo; c <= hi; ++c) out.insert(makeSeq(node, c));
   };
   std::optional<std::pair<std::uint64_t, std::uint64_t>> run;
@@ -217,7 +210,7 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
     add("(b) finished: coordinator info() reports " + std::to_string(view.info.unfinished) + " unfinished interactions");
   }
   for (const auto& r : view.unfinished) {
-    add("(b) finished: coordinator listUnfinished() has seq " + seqStr(r.seq) + " in state " + stateName(r.state) +
+    add("(b) finished: coordinator listUnfinished() has seq " + seqText(r.seq) + " in state " + stateName(r.state) +
         (r.error.empty() ? "" : " (" + r.error + ")"));
   }
 
@@ -249,53 +242,54 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
         case BranchStatus::RolledBack: rolledBack.push_back(&f); break;
         case BranchStatus::Prepared:
         case BranchStatus::Active:
-          add("(b) finished: seq " + seqStr(seq) + ": " + f.str(seq));
+          add("(b) finished: seq " + seqText(seq) + ": " + f.str(seq));
           break;
       }
     }
     if (!committed.empty() && !rolledBack.empty()) {
-      add("(e) atomic: seq " + seqStr(seq) + " is half done: " + committed.front()->str(seq) + " but " +
+      add("(e) atomic: seq " + seqText(seq) + " is half done: " + committed.front()->str(seq) + " but " +
           rolledBack.front()->str(seq));
     }
     if (!q) {
       if (!committed.empty()) {
-        add(std::string(tagAbort) + ": seq " + seqStr(seq) + " is unknown to the coordinator (presumed abort) but " +
+        add(std::string(tagAbort) + ": seq " + seqText(seq) + " is unknown to the coordinator (presumed abort) but " +
             committed.front()->str(seq));
       }
       continue;
     }
     const InteractionRecord& r = q->interaction;
-    if (r.seq != seq) add("(e) atomic: query(" + std::to_string(seq) + ") returned the record of seq " + std::to_string(r.seq));
+    if (r.seq != seq) add("(e) atomic: query(" + seqText(seq) + ") returned the record of seq " + seqText(r.seq)
+);
     if (!r.finished()) {
-      add("(b) finished: seq " + seqStr(seq) + " record is still " + stateName(r.state) +
+      add("(b) finished: seq " + seqText(seq) + " record is still " + stateName(r.state) +
           (r.error.empty() ? "" : " (" + r.error + ")"));
     }
-    if (r.error.rfind("HEURISTIC", 0) == 0) add("(e) atomic: seq " + seqStr(seq) + " recorded a heuristic outcome: " + r.error);
+    if (r.error.rfind("HEURISTIC", 0) == 0) add("(e) atomic: seq " + seqText(seq) + " recorded a heuristic outcome: " + r.error);
     if (r.state == InteractionRecord::State::Committed) {
       for (const auto& b : r.branches) {
         if (b.state == InteractionRecord::BranchState::ReadOnly) continue;
         const BranchView* bv = branchAt(view, b.participant, Xid{seq, b.branch});
         if (bv == nullptr || !bv->known) {
-          add(std::string(tagCommit) + ": seq " + seqStr(seq) + " is committed at the coordinator but " + b.participant +
+          add(std::string(tagCommit) + ": seq " + seqText(seq) + " is committed at the coordinator but " + b.participant +
               " never heard of branch " + Xid{seq, b.branch}.str());
         } else if (bv->state != BranchStatus::Committed) {
-          add(std::string(tagCommit) + ": seq " + seqStr(seq) + " is committed at the coordinator but " + b.participant +
+          add(std::string(tagCommit) + ": seq " + seqText(seq) + " is committed at the coordinator but " + b.participant +
               " has branch " + Xid{seq, b.branch}.str() + " " + branchStatusName(bv->state));
         }
       }
       for (const Found* f : rolledBack) {
-        add(std::string(tagCommit) + ": seq " + seqStr(seq) + " is committed at the coordinator but " + f->str(seq));
+        add(std::string(tagCommit) + ": seq " + seqText(seq) + " is committed at the coordinator but " + f->str(seq));
       }
     } else if (r.state == InteractionRecord::State::RolledBack) {
       for (const Found* f : committed) {
-        add(std::string(tagAbort) + ": seq " + seqStr(seq) + " is rolled back at the coordinator but " + f->str(seq));
+        add(std::string(tagAbort) + ": seq " + seqText(seq) + " is rolled back at the coordinator but " + f->str(seq));
       }
       if (!q->rollback) {
-        add(std::string(tagAbort) + ": seq " + seqStr(seq) + " is rolled back without a rollback record");
+        add(std::string(tagAbort) + ": seq " + seqText(seq) + " is rolled back without a rollback record");
       } else if (q->rollback->completedUs == 0) {
         std::string pending;
         for (const auto& p : q->rollback->pending) pending += (pending.empty() ? "" : ", ") + p;
-        add(std::string(tagAbort) + ": seq " + seqStr(seq) + " rollback record not completed (pending: " + pending +
+        add(std::string(tagAbort) + ": seq " + seqText(seq) + " rollback record not completed (pending: " + pending +
             "; last error: " + q->rollback->lastError + ")");
       }
     }
@@ -305,17 +299,17 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
   for (std::uint64_t seq : rec.durableCommits) {
     auto it = view.records.find(seq);
     if (it == view.records.end()) {
-      add("checker: seq " + seqStr(seq) + " with a durable COMMIT was not probed");
+      add("checker: seq " + seqText(seq) + " with a durable COMMIT was not probed");
       continue;
     }
     const auto& q = it->second;
     if (!q) {
-      add("(f) durable: seq " + seqStr(seq) + " had a durable COMMIT decision, now the coordinator has no record");
+      add("(f) durable: seq " + seqText(seq) + " had a durable COMMIT decision, now the coordinator has no record");
       continue;
     }
     if (q->interaction.state != InteractionRecord::State::Committed ||
         q->interaction.decision != InteractionRecord::Decision::Commit) {
-      add("(f) durable: seq " + seqStr(seq) + " had a durable COMMIT decision when the coordinator crashed, now it is " +
+      add("(f) durable: seq " + seqText(seq) + " had a durable COMMIT decision when the coordinator crashed, now it is " +
           stateName(q->interaction.state) + " with decision " + decisionName(q->interaction.decision) +
           (q->interaction.error.empty() ? "" : " (" + q->interaction.error + ")"));
     }
@@ -323,7 +317,7 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
       if (b.state == InteractionRecord::BranchState::ReadOnly) continue;
       const BranchView* bv = branchAt(view, b.participant, Xid{seq, b.branch});
       if (bv == nullptr || !bv->known || bv->state != BranchStatus::Committed) {
-        add("(f) durable: seq " + seqStr(seq) + " had a durable COMMIT decision but " + b.participant +
+        add("(f) durable: seq " + seqText(seq) + " had a durable COMMIT decision but " + b.participant +
             (bv == nullptr || !bv->known ? " never heard of branch " + Xid{seq, b.branch}.str()
                                          : " has branch " + Xid{seq, b.branch}.str() + " " + branchStatusName(bv->state)));
       }
@@ -334,16 +328,16 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
   for (const auto& [seq, a] : answered) {
     auto it = view.records.find(seq);
     if (it == view.records.end()) {
-      add("checker: answered seq " + seqStr(seq) + " was not probed");
+      add("checker: answered seq " + seqText(seq) + " was not probed");
       continue;
     }
     const auto& q = it->second;
     switch (a->outcome) {
       case ClientOutcome::Committed:
         if (!q) {
-          add("(c) committed: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " but the coordinator has no record");
+          add("(c) committed: seq " + seqText(seq) + " was answered " + answerStr(*a) + " but the coordinator has no record");
         } else if (q->interaction.state != InteractionRecord::State::Committed) {
-          add("(c) committed: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " but the coordinator says " +
+          add("(c) committed: seq " + seqText(seq) + " was answered " + answerStr(*a) + " but the coordinator says " +
               stateName(q->interaction.state) + (q->interaction.error.empty() ? "" : " (" + q->interaction.error + ")"));
         }
         // Independently of the record: the branches the request implies
@@ -352,7 +346,7 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
           if (a->ops.size() == 1 && a->ops[0].kind == OpKind::ReadBalance) break;
           const BranchView* bv = branchAt(view, participant, Xid{seq, branch});
           if (bv == nullptr || !bv->known || bv->state != BranchStatus::Committed) {
-            add("(c) committed: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " but " + participant +
+            add("(c) committed: seq " + seqText(seq) + " was answered " + answerStr(*a) + " but " + participant +
                 (bv == nullptr || !bv->known ? " never heard of branch " + Xid{seq, branch}.str()
                                              : " has branch " + Xid{seq, branch}.str() + " " + branchStatusName(bv->state)));
           }
@@ -360,10 +354,10 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
         break;
       case ClientOutcome::RolledBack:
         if (q && q->interaction.state == InteractionRecord::State::Committed) {
-          add("(d) rolledback: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " but the coordinator says committed");
+          add("(d) rolledback: seq " + seqText(seq) + " was answered " + answerStr(*a) + " but the coordinator says committed");
         }
         if (q && q->interaction.heuristic()) {
-          add("(d) rolledback: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " but ended " +
+          add("(d) rolledback: seq " + seqText(seq) + " was answered " + answerStr(*a) + " but ended " +
               stateName(q->interaction.state) + " (" + q->interaction.error + ")");
         }
         break;
@@ -371,11 +365,11 @@ std::vector<std::string> checkInvariants(const RunRecord& rec, const ClusterView
       case ClientOutcome::HeuristicUnknown:
         // Nobody overrides a decision here and every host keeps its word:
         // a heuristic outcome is a broken protocol.
-        add("answer: seq " + seqStr(seq) + " was answered " + answerStr(*a) + " with no operator or host acting on its own");
+        add("answer: seq " + seqText(seq) + " was answered " + answerStr(*a) + " with no operator or host acting on its own");
         break;
       case ClientOutcome::InDoubt:
       case ClientOutcome::Invalid:
-        if (a->ops.size() > 1) add("answer: seq " + seqStr(seq) + " got an unexpected answer " + answerStr(*a));
+        if (a->ops.size() > 1) add("answer: seq " + seqText(seq) + " got an unexpected answer " + answerStr(*a));
         break;
       case ClientOutcome::Unavailable:
         break;  // "retry later" is allowed at any time

@@ -151,7 +151,7 @@ class ClusterTest : public ::testing::Test {
     auto dbi = env.openDb("interactions");
     auto txn = env.beginWrite();
     auto v = txn.get(dbi, u64Key(seq));
-    if (!v) throw std::runtime_error("no WAL record for seq " + std::to_string(seq));
+    if (!v) throw std::runtime_error("no WAL record for seq " + seqText(seq));
     (*v)[v->size() - 3] ^= 0x5a;
     txn.put(dbi, u64Key(seq), *v);
     txn.commit();

@@ -122,7 +122,7 @@ TEST_F(ClusterTest, KeelctlDrivesTheCluster) {
   EXPECT_NE(q.output.find("\"seq\":" + std::to_string(seq)), std::string::npos) << q.output;
   EXPECT_NE(q.output.find("\"decision\":\"commit\""), std::string::npos) << q.output;
   auto human = run(ctl + "query " + std::to_string(seq));
-  EXPECT_NE(human.output.find("interaction " + std::to_string(seq)), std::string::npos) << human.output;
+  EXPECT_NE(human.output.find("interaction " + seqText(seq) + "\n"), std::string::npos) << human.output;
   EXPECT_EQ(run(ctl + "query 42").exitCode, 1);
   EXPECT_EQ(run(ctl + "list").exitCode, 0);
   EXPECT_EQ(run(ctl + "transfer bank-a:alice bank-x:bob 1").exitCode, 2);

@@ -173,7 +173,8 @@ TEST_F(KeelctlJsonTest, EveryCommandAnswersWithOneDocument) {
   ASSERT_TRUE(t.isObject());
   EXPECT_EQ(t["request_id"].str(), "j-1");
   std::uint64_t seq = t["seq"].whole();
-  std::string seqText = std::to_string(seq);
+  EXPECT_EQ(t["seq_text"].str(), seqText(seq));
+  std::string number = std::to_string(seq);
 
   // Balances: one document, one entry per account, with the outcome.
   auto two = ctl(c() + "balance bank-a:alice bank-b:bob", 0);
@@ -189,8 +190,10 @@ TEST_F(KeelctlJsonTest, EveryCommandAnswersWithOneDocument) {
   expectCommitted(one);
   EXPECT_EQ(one["balances"].array().size(), 1u);
 
-  auto q = ctl(c() + "query " + seqText, 0);
+  auto q = ctl(c() + "query " + t["seq_text"].str(), 0);
   EXPECT_EQ(q["interaction"]["seq"].whole(), seq);
+  EXPECT_EQ(q["interaction"]["seq_text"].str(), seqText(seq));
+  EXPECT_EQ(ctl(c() + "query " + number, 0)["interaction"]["seq"].whole(), seq);
   EXPECT_EQ(q["interaction"]["state"].str(), "committed");
   EXPECT_EQ(q["rollback"].kind, Json::Kind::Null);
   EXPECT_EQ(ctl(c() + "query --request-id j-1", 0)["interaction"]["seq"].whole(), seq);
@@ -213,30 +216,34 @@ TEST_F(KeelctlJsonTest, EveryCommandAnswersWithOneDocument) {
   // rolled back by an operator (audited).
   auto open = openInteraction();
   std::string openSeq = std::to_string(open.txn->seq());
+  std::string openSeqText = seqText(open.txn->seq());
   auto l = ctl(c() + "list --limit 10", 0);
   ASSERT_EQ(l["unfinished"].array().size(), 1u);
   EXPECT_EQ(l["unfinished"].array()[0]["seq"].whole(), open.txn->seq());
+  EXPECT_EQ(l["unfinished"].array()[0]["seq_text"].str(), openSeqText);
   auto br = ctl("branches --agent " + agentA(), 0);
   EXPECT_EQ(br["agent"].str(), "bank-a");
   ASSERT_EQ(br["unfinished"].array().size(), 1u);
   EXPECT_EQ(br["unfinished"].array()[0]["xid"].str().rfind(openSeq + ".", 0), 0u);
+  EXPECT_EQ(br["unfinished"].array()[0]["xid_text"].str().rfind(openSeqText + ".", 0), 0u);
   EXPECT_EQ(br["unfinished"].array()[0]["state"].str(), "active");
   EXPECT_EQ(br["held"].whole(), 5u);
   EXPECT_EQ(ctl(c() + "retry " + openSeq, 0)["woken"].kind, Json::Kind::Number);
-  auto r = ctl(c() + "resolve " + openSeq + " --abort --who tester --why 'json test'", 0);
+  auto r = ctl(c() + "resolve " + openSeqText + " --abort --who tester --why 'json test'", 0);
   EXPECT_TRUE(r["done"].flag());
   EXPECT_FALSE(r["reason"].str().empty());
   auto a = ctl(c() + "audit --limit 5", 0);
   ASSERT_EQ(a["entries"].array().size(), 1u);
   EXPECT_EQ(a["entries"].array()[0]["action"].str(), "force-abort");
   EXPECT_EQ(a["entries"].array()[0]["seq"].whole(), open.txn->seq());
+  EXPECT_EQ(a["entries"].array()[0]["seq_text"].str(), openSeqText);
   EXPECT_EQ(a["entries"].array()[0]["why"].str(), "json test");
   EXPECT_TRUE(eventually([&] { return unfinishedAt("bank-a").empty(); }));
 
   // The transfer's branch at bank-a is finished: forget drops it.
   std::string xid;
   for (auto& branch : q["interaction"]["branches"].array()) {
-    if (branch["participant"].str() == "bank-a") xid = seqText + "." + std::to_string(branch["branch"].whole());
+    if (branch["participant"].str() == "bank-a") xid = number + "." + std::to_string(branch["branch"].whole());
   }
   ASSERT_FALSE(xid.empty()) << "no bank-a branch in the query of " << seq;
   auto f = ctl("forget --agent " + agentA() + " " + xid, 0);
@@ -265,6 +272,14 @@ TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {
   expectError(c() + "resolve 5 --why x", 2, "resolve needs --commit, --abort or --reconciled");
   expectError(c() + "list --limit 0", 2, "--limit 0 is out of range (1..10000)");
   expectError("forget --agent " + agentA() + " 5", 2, "'5' is not SEQ.BRANCH");
+  expectError(c() + "query 1:", 2, "seq '1:' is not NODE:COUNTER (such as 1:5) or a whole number");
+  expectError(c() + "retry 65536:5", 2, "seq '65536:5': node 65536 is out of range (0..65535)");
+  expectError(c() + "resolve 1:281474976710656 --abort --why x", 2,
+              "seq '1:281474976710656': counter 281474976710656 is out of range (0..281474976710655)");
+  expectError(c() + "query 18446744073709551616", 2,
+              "seq '18446744073709551616' is out of range (0..18446744073709551615)");
+  expectError("forget --agent " + agentA() + " x:5.1", 2,
+              "'x:5.1': seq 'x:5' is not NODE:COUNTER (such as 1:5) or a whole number");
   expectError(t, 2, "amount is required");
   expectError(c() + "balance", 2, "accounts is required");
   expectError(c() + "frobnicate", 2, "unknown command 'frobnicate' (the commands are open, transfer,");
@@ -273,7 +288,7 @@ TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {
   // --json before the command works the same.
   auto first = runStdout(binDir() + "/keelctl --json " + c() + "query 0 2>/dev/null");
   EXPECT_EQ(first.exitCode, 2);
-  EXPECT_EQ(first.output, "{\"error\":\"seq 0 is out of range (1..18446744073709551615)\",\"code\":2}\n");
+  EXPECT_EQ(first.output, "{\"error\":\"seq 0 is out of range (no interaction has seq 0)\",\"code\":2}\n");
 
   // An argument that is not UTF-8 still makes valid JSON: U+FFFD stands in
   // for the bytes, here and in what the coordinator answers about them.
@@ -284,7 +299,7 @@ TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {
   EXPECT_NE(unknown["reason"].str().find("'bank-\xef\xbf\xbd'"), std::string::npos) << unknown["reason"].str();
 
   // Nothing to find: exit 1.
-  expectError(c() + "query 999", 1, "no interaction 999");
+  expectError(c() + "query 999", 1, "no interaction 0:999");
   expectError(c() + "query --request-id nope", 1, "no interaction has request id nope");
 
   // Nobody answers: exit 3, for the coordinator and for an agent.
@@ -324,7 +339,9 @@ TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {
   EXPECT_EQ(refused["forgotten"].whole(), 0u);
   ASSERT_EQ(refused["refused"].array().size(), 1u);
   EXPECT_EQ(refused["refused"].array()[0].str(), xid);
-  EXPECT_EQ(refused["error"].str(), "refused " + xid + " (not finished)");
+  ASSERT_EQ(refused["refused_text"].array().size(), 1u);
+  EXPECT_EQ(refused["refused_text"].array()[0].str(), xids[0].str());
+  EXPECT_EQ(refused["error"].str(), "refused " + xids[0].str() + " (not finished)");
   ASSERT_TRUE(open.txn->rollback().wait(io_.waitScope).outcome == ClientOutcome::RolledBack);
 }
 

@@ -15,15 +15,17 @@ namespace {
 // The command's output (stdout and stderr) holds `text`.
 #define EXPECT_PRINTS(result, text) EXPECT_NE((result).output.find(text), std::string::npos) << (result).output
 
-// "seq N: committed (request id X...)": N and X.
+// "seq NODE:COUNTER: committed (request id X...)": the seq and X.
 struct Answer {
   std::uint64_t seq = 0;
   std::string requestId;
 };
 std::optional<Answer> committedLine(const std::string& output) {
   std::smatch m;
-  if (!std::regex_search(output, m, std::regex(R"(seq (\d+): committed \(request id ([^ ,)]+))"))) return std::nullopt;
-  return Answer{std::stoull(m[1]), m[2]};
+  if (!std::regex_search(output, m, std::regex(R"(seq (\d+:\d+): committed \(request id ([^ ,)]+))"))) {
+    return std::nullopt;
+  }
+  return Answer{parseSeqText(m.str(1)).value(), m[2]};
 }
 
 class KeelctlTest : public ClusterTest {
@@ -72,12 +74,24 @@ TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
       {t + "''", "keelctl: amount '' is not a whole number"},
       {ctl() + "open bank-a:carol 1e3", "keelctl: amount '1e3' is not a whole number"},
       {ctl() + "open bank-a:carol -1", "keelctl: amount -1 is out of range (0..1000000000000000)"},
-      {ctl() + "query 1.5", "keelctl: seq '1.5' is not a whole number"},
+      {ctl() + "query 1.5", "keelctl: seq '1.5' is not NODE:COUNTER (such as 1:5) or a whole number"},
       {ctl() + "query 18446744073709551616",
-       "keelctl: seq 18446744073709551616 is out of range (1..18446744073709551615)"},
-      {ctl() + "query 0", "keelctl: seq 0 is out of range"},
-      {ctl() + "retry 12x", "keelctl: seq '12x' is not a whole number"},
-      {ctl() + "resolve 5e2 --commit --why x", "keelctl: seq '5e2' is not a whole number"},
+       "keelctl: seq '18446744073709551616' is out of range (0..18446744073709551615)"},
+      {ctl() + "query 0", "keelctl: seq 0 is out of range (no interaction has seq 0)"},
+      {ctl() + "query 0:0", "keelctl: seq 0:0 is out of range (no interaction has seq 0)"},
+      {ctl() + "query 1:", "keelctl: seq '1:' is not NODE:COUNTER (such as 1:5) or a whole number"},
+      {ctl() + "query :5", "keelctl: seq ':5' is not NODE:COUNTER (such as 1:5) or a whole number"},
+      {ctl() + "query abc", "keelctl: seq 'abc' is not NODE:COUNTER (such as 1:5) or a whole number"},
+      {ctl() + "query 1:2:3", "keelctl: seq '1:2:3' is not NODE:COUNTER (such as 1:5) or a whole number"},
+      {ctl() + "query -5", "keelctl: seq '-5' is negative: a seq is NODE:COUNTER (such as 1:5) or a whole number"},
+      {ctl() + "query 65536:5", "keelctl: seq '65536:5': node 65536 is out of range (0..65535)"},
+      {ctl() + "query 1:281474976710656",
+       "keelctl: seq '1:281474976710656': counter 281474976710656 is out of range (0..281474976710655)"},
+      {ctl() + "retry 12x", "keelctl: seq '12x' is not NODE:COUNTER (such as 1:5) or a whole number"},
+      {ctl() + "retry 1:x", "keelctl: seq '1:x' is not NODE:COUNTER (such as 1:5) or a whole number"},
+      {ctl() + "resolve 5e2 --commit --why x",
+       "keelctl: seq '5e2' is not NODE:COUNTER (such as 1:5) or a whole number"},
+      {ctl() + "resolve 70000:1 --abort --why x", "keelctl: seq '70000:1': node 70000 is out of range (0..65535)"},
       {ctl() + "resolve 5 --why x", "keelctl: resolve needs --commit, --abort or --reconciled"},
       {ctl() + "list --limit 0", "keelctl: --limit 0 is out of range (1..10000)"},
       {ctl() + "list --limit 4294967296", "keelctl: --limit 4294967296 is out of range (1..10000)"},
@@ -100,6 +114,13 @@ TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
       {binDir() + "/keelctl forget --agent " + agent + " 5.70000",
        "keelctl: '5.70000': branch 70000 is out of range (1..65535)"},
       {binDir() + "/keelctl forget --agent " + agent + " 5", "keelctl: '5' is not SEQ.BRANCH"},
+      {binDir() + "/keelctl forget --agent " + agent + " 1:5", "keelctl: '1:5' is not SEQ.BRANCH (for example 1:5.2)"},
+      {binDir() + "/keelctl forget --agent " + agent + " 1:.2",
+       "keelctl: '1:.2': seq '1:' is not NODE:COUNTER (such as 1:5) or a whole number"},
+      {binDir() + "/keelctl forget --agent " + agent + " 65536:1.2",
+       "keelctl: '65536:1.2': seq '65536:1': node 65536 is out of range (0..65535)"},
+      {binDir() + "/keelctl forget --agent " + agent + " 1:5.0",
+       "keelctl: '1:5.0': branch 0 is out of range (1..65535)"},
       {ctl() + "transfer alice bank-b:bob 1", "keelctl: 'alice' is not PARTICIPANT:ACCOUNT"},
       // CLI11's own refusals exit 2 as well.
       {t, "amount is required"},
@@ -112,7 +133,7 @@ TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
     auto r = run(c.args);
     EXPECT_EQ(r.exitCode, 2) << c.args << "\n" << r.output;
     EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
-    EXPECT_FALSE(std::regex_search(r.output, std::regex(R"(seq \d+:)"))) << c.args << "\n" << r.output;
+    EXPECT_FALSE(std::regex_search(r.output, std::regex(R"(seq \d+:\d+: )"))) << c.args << "\n" << r.output;
   }
   EXPECT_EQ(books(), before);
   // --help is not an error.
@@ -149,8 +170,8 @@ TEST_F(KeelctlTest, ExitStatusNamesTheOutcome) {
 
   auto over = run(ctl() + "transfer bank-a:alice bank-b:bob 100000");
   EXPECT_EQ(over.exitCode, 1) << over.output;
-  EXPECT_TRUE(std::regex_search(over.output,
-                                std::regex(R"(seq \d+: rolled-back \(request id [0-9a-f-]+\): .*insufficient funds)")))
+  EXPECT_TRUE(std::regex_search(
+      over.output, std::regex(R"(seq \d+:\d+: rolled-back \(request id [0-9a-f-]+\): .*insufficient funds)")))
       << over.output;
 
   auto invalid = run(ctl() + "transfer bank-a:alice bank-x:bob 1");
@@ -159,7 +180,16 @@ TEST_F(KeelctlTest, ExitStatusNamesTheOutcome) {
 
   auto nothere = run(ctl() + "query 42");
   EXPECT_EQ(nothere.exitCode, 1) << nothere.output;
-  EXPECT_PRINTS(nothere, "keelctl: no interaction 42");
+  EXPECT_PRINTS(nothere, "keelctl: no interaction 0:42\n");
+  auto notThereEither = run(ctl() + "query 1:999999");
+  EXPECT_EQ(notThereEither.exitCode, 1) << notThereEither.output;
+  EXPECT_PRINTS(notThereEither, "keelctl: no interaction 1:999999\n");
+  // Both forms name one interaction.
+  for (const auto& form : {seqText(a->seq), std::to_string(a->seq)}) {
+    auto q = run(ctl() + "query " + form);
+    EXPECT_EQ(q.exitCode, 0) << form << "\n" << q.output;
+    EXPECT_PRINTS(q, "interaction " + seqText(a->seq) + "\n");
+  }
 
   // Nothing listens on port 1: refused at once, with no KJ text.
   auto down = run(binDir() + "/keelctl -c 127.0.0.1:1 info");
@@ -191,14 +221,14 @@ TEST_F(KeelctlTest, RequestIdsRunOnceAndCanBeLookedUp) {
   ASSERT_TRUE(a) << again.output;
   EXPECT_EQ(a->requestId, "pay-7");
   EXPECT_PRINTS(again, "(request id pay-7, answered by an earlier try)");
-  EXPECT_PRINTS(first, "\"seq\":" + std::to_string(a->seq) + ",");
+  EXPECT_PRINTS(first, "\"seq\":" + std::to_string(a->seq) + ",\"seq_text\":\"" + seqText(a->seq) + "\",");
   auto reused = run(ctl() + "transfer bank-a:alice bank-b:bob 5 --request-id pay-7");
   EXPECT_EQ(reused.exitCode, 2) << reused.output;
   EXPECT_PRINTS(reused, "reused with other operations");
 
   auto q = run(ctl() + "query --request-id pay-7");
   EXPECT_EQ(q.exitCode, 0) << q.output;
-  EXPECT_PRINTS(q, "interaction " + std::to_string(a->seq));
+  EXPECT_PRINTS(q, "interaction " + seqText(a->seq) + "\n");
   EXPECT_PRINTS(q, "request id pay-7");
   auto none = run(ctl() + "query --request-id pay-8");
   EXPECT_EQ(none.exitCode, 1) << none.output;
@@ -211,7 +241,7 @@ TEST_F(KeelctlTest, RequestIdsRunOnceAndCanBeLookedUp) {
   ASSERT_TRUE(m) << made.output;
   auto resent = run(ctl() + "transfer bank-a:alice bank-b:bob 10 --request-id " + m->requestId);
   EXPECT_EQ(resent.exitCode, 0) << resent.output;
-  EXPECT_PRINTS(resent, "seq " + std::to_string(m->seq) + ": committed (request id " + m->requestId +
+  EXPECT_PRINTS(resent, "seq " + seqText(m->seq) + ": committed (request id " + m->requestId +
                             ", answered by an earlier try)");
   auto old = run(ctl() + "transfer bank-a:alice bank-b:bob 10 --request-id 0000000000000001-0123456789abcdef");
   EXPECT_EQ(old.exitCode, 2) << old.output;
@@ -283,7 +313,7 @@ class LostAnswerTest : public KeelctlTest {
         << account("bank-a", "alice").first;
     auto q = run(ctl() + "query --request-id " + a.requestId);
     EXPECT_EQ(q.exitCode, 0) << q.output;
-    EXPECT_PRINTS(q, "interaction " + std::to_string(a.seq));
+    EXPECT_PRINTS(q, "interaction " + seqText(a.seq) + "\n");
     auto byId = client_->queryRequest(a.requestId).wait(io_.waitScope);
     ASSERT_TRUE(byId);
     EXPECT_EQ(byId->interaction.seq, a.seq);
@@ -299,7 +329,7 @@ TEST_F(LostAnswerTest, CrashAfterTheDecisionIsAnsweredByTheFirstTry) {
             std::string::npos)
       << out;
   // The COMMIT was durable with the request id: the retry runs nothing.
-  EXPECT_NE(out.find("seq " + std::to_string(a->seq) + ": committed (request id " + a->requestId +
+  EXPECT_NE(out.find("seq " + seqText(a->seq) + ": committed (request id " + a->requestId +
                      ", answered by an earlier try)"),
             std::string::npos)
       << out;
@@ -344,7 +374,8 @@ TEST_F(KeelctlOperatorTest, HeuristicOutcomesAreShownAsTheyAre) {
   ASSERT_EQ(t.exitCode, 0) << t.output;
   auto a = committedLine(t.output);
   ASSERT_TRUE(a) << t.output;
-  std::string seq = std::to_string(a->seq);
+  // SEQ is typed as NODE:COUNTER, and as the 64-bit number (`number`) where said.
+  std::string seq = seqText(a->seq), number = std::to_string(a->seq);
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
   cluster_->startAgent("bank-b");
   auto l = run(ctl() + "list");
@@ -355,8 +386,9 @@ TEST_F(KeelctlOperatorTest, HeuristicOutcomesAreShownAsTheyAre) {
   auto r = run(ctl() + "resolve " + seq + " --abort --override --who tester --why 'test'");
   ASSERT_EQ(r.exitCode, 0) << r.output;
   ASSERT_TRUE(eventually([&] { return query(a->seq)->interaction.finished(); }));
-  auto q = run(ctl() + "query " + seq);
+  auto q = run(ctl() + "query " + number);
   EXPECT_EQ(q.exitCode, 0) << q.output;
+  EXPECT_PRINTS(q, "interaction " + seq + "\n");
   EXPECT_PRINTS(q, "state      heuristic-mixed");
   EXPECT_PRINTS(q, "docs/recovery.md");
   auto qj = run(ctl() + "query --request-id h-1 --json");
@@ -386,12 +418,12 @@ TEST_F(KeelctlOperatorTest, HeuristicOutcomesAreShownAsTheyAre) {
   EXPECT_PRINTS(waiting, "bank-a committed bank-b rolled-back");
   auto lj = run(ctl() + "list --json");
   EXPECT_PRINTS(lj, "\"unfinished\":[]");
-  EXPECT_PRINTS(lj, "\"heuristic\":[{\"seq\":" + seq);
+  EXPECT_PRINTS(lj, "\"heuristic\":[{\"seq\":" + number + ",\"seq_text\":\"" + seq + "\"");
   auto noWhy = run(ctl() + "resolve " + seq + " --reconciled");
   EXPECT_EQ(noWhy.exitCode, 2) << noWhy.output;
   auto both = run(ctl() + "resolve " + seq + " --reconciled --abort --why x");
   EXPECT_EQ(both.exitCode, 2) << both.output;
-  auto done = run(ctl() + "resolve " + seq + " --reconciled --who tester --why 'bank-b credited by hand'");
+  auto done = run(ctl() + "resolve " + number + " --reconciled --who tester --why 'bank-b credited by hand'");
   EXPECT_EQ(done.exitCode, 0) << done.output;
   EXPECT_PRINTS(done, "done: marked reconciled");
   EXPECT_PRINTS(run(ctl() + "list"), "0 unfinished interaction(s)\n");

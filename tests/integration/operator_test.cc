@@ -103,20 +103,20 @@ TEST_F(AgentAsksTest, PreparedBranchAsksTheCoordinatorAndCommits) {
       << cluster_->agentLog("bank-b") << " (" << text.size() << " bytes):\n"
       << text;
   // The coordinator's record finishes once its driver hears the (idempotent) answer.
-  EXPECT_EQ(run(ctl() + "retry " + std::to_string(seq)).exitCode, 0);
+  EXPECT_EQ(run(ctl() + "retry " + seqText(seq)).exitCode, 0);
   EXPECT_TRUE(eventually([&] { return query(seq)->interaction.state == InteractionRecord::State::Committed; }));
 }
 
 TEST_F(SlowDriverTest, RetryNowSettlesWithoutWaitingForTheBackoff) {
   auto seq = stuckCommit();
   auto l = run(ctl() + "list");
-  EXPECT_NE(l.output.find(std::to_string(seq)), std::string::npos) << l.output;
+  EXPECT_NE(l.output.find("  " + seqText(seq) + "  committing"), std::string::npos) << l.output;
   EXPECT_NE(l.output.find("waiting on: bank-b"), std::string::npos) << l.output;
   auto s = run(ctl() + "stats --json");
   EXPECT_NE(s.output.find("\"in_doubt\":1"), std::string::npos) << s.output;
   auto b = run(binDir() + "/keelctl branches --agent " + cluster_->agentAddress("bank-b"));
   EXPECT_NE(b.output.find("bank-b: 1 unfinished branch(es)"), std::string::npos) << b.output;
-  EXPECT_NE(b.output.find(std::to_string(seq) + ".2  prepared"), std::string::npos) << b.output;
+  EXPECT_NE(b.output.find("  " + seqText(seq) + ".2  prepared"), std::string::npos) << b.output;
   auto r = run(ctl() + "retry");
   EXPECT_NE(r.output.find("woke 1"), std::string::npos) << r.output;
   ASSERT_TRUE(eventually([&] { return query(seq)->interaction.state == InteractionRecord::State::Committed; },
@@ -159,10 +159,12 @@ TEST_F(ProbeTest, ParticipantAnsweringAgainWakesItsDrivers) {
 
 TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden) {
   auto seq = stuckCommit();
-  auto refused = run(ctl() + "resolve " + std::to_string(seq) + " --abort --who tester --why 'stuck'");
+  // SEQ as NODE:COUNTER here, as the 64-bit number for the forced abort below.
+  auto refused = run(ctl() + "resolve " + seqText(seq) + " --abort --who tester --why 'stuck'");
   EXPECT_EQ(refused.exitCode, 1);
-  EXPECT_NE(refused.output.find("is durable"), std::string::npos) << refused.output;
-  auto noWhy = run(ctl() + "resolve " + std::to_string(seq) + " --commit");
+  EXPECT_NE(refused.output.find("the COMMIT decision of " + seqText(seq) + " is durable"), std::string::npos)
+      << refused.output;
+  auto noWhy = run(ctl() + "resolve " + seqText(seq) + " --commit");
   EXPECT_NE(noWhy.exitCode, 0);
   EXPECT_NE(noWhy.output.find("--why"), std::string::npos) << noWhy.output;
   auto audit = run(ctl() + "audit");
@@ -177,6 +179,9 @@ TEST_F(SlowDriverTest, ResolveRefusesToContradictADurableCommitUnlessOverridden)
   audit = run(ctl() + "audit");
   EXPECT_NE(audit.output.find("\"action\":\"force-abort\""), std::string::npos) << audit.output;
   EXPECT_NE(audit.output.find("\"who\":\"tester\""), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("\"seq\":" + std::to_string(seq) + ",\"seq_text\":\"" + seqText(seq) + "\""),
+            std::string::npos)
+      << audit.output;
   EXPECT_NE(audit.output.find("host reconciled by hand"), std::string::npos) << audit.output;
   EXPECT_NE(audit.output.find("committing, decision commit"), std::string::npos) << audit.output;
   // bank-a had committed already: forcing abort is heuristic, and the
@@ -216,7 +221,8 @@ TEST_F(SlowDriverTest, ForcedCommitOfABranchThatNeverPreparedEndsHeuristicUnknow
       EXPECT_EQ(b.state, InteractionRecord::BranchState::RolledBack);
     }
   }
-  auto shown = run(ctl() + "query " + std::to_string(o.seq));
+  auto shown = run(ctl() + "query " + seqText(o.seq));
+  EXPECT_NE(shown.output.find("interaction " + seqText(o.seq) + "\n"), std::string::npos) << shown.output;
   EXPECT_NE(shown.output.find("heuristic-unknown"), std::string::npos) << shown.output;
   auto st = run(ctl() + "stats --json");
   EXPECT_NE(st.output.find("\"heuristic\":1"), std::string::npos) << st.output;
@@ -254,7 +260,7 @@ TEST_F(ClusterTest, ForgetDropsOnlyFinishedBranches) {
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished(); }));
   std::string ctl = binDir() + "/keelctl forget --agent " + cluster_->agentAddress("bank-a") + " ";
   auto before = inspect("bank-a").committed;
-  auto r = run(ctl + std::to_string(o.seq) + ".1");
+  auto r = run(ctl + seqText(o.seq) + ".1");
   EXPECT_EQ(r.exitCode, 0) << r.output;
   EXPECT_NE(r.output.find("forgotten 1"), std::string::npos) << r.output;
   EXPECT_EQ(inspect("bank-a").committed, before - 1);

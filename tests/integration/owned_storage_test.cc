@@ -190,7 +190,7 @@ TEST_F(OwnedStorageTest, ADamagedWalRecordIsRefusedWithEpochAndSeqMarkUnchanged)
   for (int attempt = 0; attempt < 2; ++attempt) {
     auto r = refusedRun("keel-coordinator --config " + trapConfig(trap));
     EXPECT_EQ(r.exitCode, 1) << r.output;
-    EXPECT_NE(r.output.find("damaged WAL record: interaction " + std::to_string(seq)), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("damaged WAL record: interaction " + seqText(seq) + ": "), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("bump-epoch"), std::string::npos) << r.output;
   }
   EXPECT_FALSE(trap.contacted());

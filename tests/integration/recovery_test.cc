@@ -147,14 +147,15 @@ TEST_F(ClusterTest, DamagedWalRecordStopsTheCoordinatorNamingIt) {
   std::ifstream log(cluster_->coordinatorLog());
   std::stringstream text;
   text << log.rdbuf();
-  EXPECT_NE(text.str().find("interaction " + std::to_string(seq) + ": record checksum mismatch"), std::string::npos)
+  EXPECT_NE(text.str().find("interaction " + seqText(seq) + ": record checksum mismatch"), std::string::npos)
       << text.str();
   // Nothing was touched: the branches still wait.
   EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);
   // --check-wal lists every damaged record and exits 1.
   auto check = run(binDir() + "/keel-coordinator --config " + dir_ + "/coordinator.toml --check-wal");
   EXPECT_EQ(check.exitCode, 1) << check.output;
-  EXPECT_NE(check.output.find("damaged: interaction " + std::to_string(seq) + ": record checksum mismatch"),
+  EXPECT_NE(check.output.find("damaged: interaction " + seqText(seq) + ": record checksum mismatch")
+,
             std::string::npos)
       << check.output;
   EXPECT_NE(check.output.find("1 damaged record(s)"), std::string::npos) << check.output;

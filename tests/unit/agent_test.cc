@@ -387,7 +387,7 @@ TEST_F(AgentTest, CorruptBranchRecordStopsTheAgentAtStart) {
     openAgent();  // refused before anything could be written
     FAIL() << "the agent started on a damaged branch log";
   } catch (const CorruptRecord& e) {
-    EXPECT_NE(std::string(e.what()).find("branch 20.1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("branch 0:20.1"), std::string::npos) << e.what();
   }
 }
 

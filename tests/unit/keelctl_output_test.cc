@@ -1,5 +1,5 @@
-// keelctl's renderings of what a peer sent: whatever it sent, --json prints
-// one valid JSON document.
+// keelctl's renderings: whatever a peer sent, --json prints one valid JSON
+// document; text names a seq as NODE:COUNTER, JSON has its number as well.
 
 #include <gtest/gtest.h>
 
@@ -54,10 +54,72 @@ TEST(KeelctlOutputTest, AuditWithNoEntriesIsAnEmptyList) {
 
 TEST(KeelctlOutputTest, RefusedBranchesAreNamedSeqDotBranch) {
   std::ostringstream out;
-  EXPECT_EQ(printForgotten(out, 2, {Xid{5, 1}}, /*json=*/true), kExitRefused);
+  EXPECT_EQ(printForgotten(out, 2, {Xid{5, 1}, Xid{makeSeq(1, 5), 2}}, /*json=*/true), kExitRefused);
   Json doc = JsonReader::parse(out.str());
   EXPECT_EQ(doc["refused"].array().at(0).str(), "5.1");
+  EXPECT_EQ(doc["refused"].array().at(1).str(), "281474976710661.2");
+  EXPECT_EQ(doc["refused_text"].array().at(0).str(), "0:5.1");
+  EXPECT_EQ(doc["refused_text"].array().at(1).str(), "1:5.2");
+  EXPECT_EQ(doc["error"].str(), "refused 0:5.1, 1:5.2 (not finished)");
   EXPECT_EQ(doc["code"].whole(), std::uint64_t(kExitRefused));
+  std::ostringstream text;
+  printForgotten(text, 2, {Xid{makeSeq(1, 5), 2}}, /*json=*/false);
+  EXPECT_EQ(text.str(), "forgotten 2\n  refused 1:5.2 (not finished)\n");
+}
+
+// A seq in text is NODE:COUNTER; JSON has the number and that text.
+TEST(KeelctlOutputTest, AnOutcomeNamesItsSeqAsNodeAndCounter) {
+  auto o = SubmitOutcome::of(makeSeq(1, 5), ClientOutcome::InDoubt, "no answer", "r-1");
+  std::ostringstream text;
+  EXPECT_EQ(printOutcome(text, o, /*json=*/false), kExitInDoubt);
+  EXPECT_EQ(text.str(),
+            "seq 1:5: in-doubt (request id r-1): no answer\n"
+            "  the outcome is not known yet: look it up later with keelctl query 1:5\n");
+  std::ostringstream json;
+  printOutcome(json, o, /*json=*/true);
+  Json doc = JsonReader::parse(json.str());
+  EXPECT_EQ(doc["seq"].whole(), 281474976710661u);
+  EXPECT_EQ(doc["seq_text"].str(), "1:5");
+
+  std::ostringstream node0;
+  printOutcome(node0, SubmitOutcome::of(5, ClientOutcome::Committed, ""), /*json=*/false);
+  EXPECT_EQ(node0.str(), "seq 0:5: committed\n");
+}
+
+TEST(KeelctlOutputTest, AnInvalidRequestHasNoSeqText) {
+  std::ostringstream json;
+  EXPECT_EQ(printOutcome(json, SubmitOutcome::of(0, ClientOutcome::Invalid, "bad"), /*json=*/true), kExitUsage);
+  Json doc = JsonReader::parse(json.str());
+  EXPECT_EQ(doc["seq"].whole(), 0u);
+  EXPECT_EQ(doc["seq_text"].kind, Json::Kind::Null);
+  std::ostringstream text;
+  printOutcome(text, SubmitOutcome::of(0, ClientOutcome::Invalid, "bad"), /*json=*/false);
+  EXPECT_EQ(text.str(), "invalid: bad\n");
+}
+
+TEST(KeelctlOutputTest, BranchesAndUnfinishedNameSeqsAsNodeAndCounter) {
+  AgentSnapshot snap;
+  snap.name = "bank-a";
+  std::ostringstream text;
+  printBranches(text, snap, {BranchView{Xid{makeSeq(2, 7), 1}, true, 3, 0}}, /*json=*/false);
+  EXPECT_NE(text.str().find("\n  2:7.1  prepared  epoch 3\n"), std::string::npos) << text.str();
+  std::ostringstream json;
+  printBranches(json, snap, {BranchView{Xid{makeSeq(2, 7), 1}, true, 3, 0}}, /*json=*/true);
+  Json doc = JsonReader::parse(json.str());
+  EXPECT_EQ(doc["unfinished"].array().at(0)["xid"].str(), std::to_string(makeSeq(2, 7)) + ".1");
+  EXPECT_EQ(doc["unfinished"].array().at(0)["xid_text"].str(), "2:7.1");
+
+  InteractionRecord r;
+  r.seq = makeSeq(1, 5);
+  r.state = InteractionRecord::State::Committing;
+  std::ostringstream list;
+  printUnfinished(list, {r}, {}, /*json=*/false);
+  EXPECT_NE(list.str().find("\n  1:5  committing  age "), std::string::npos) << list.str();
+  std::ostringstream listJson;
+  printUnfinished(listJson, {r}, {}, /*json=*/true);
+  Json l = JsonReader::parse(listJson.str());
+  EXPECT_EQ(l["unfinished"].array().at(0)["seq"].whole(), 281474976710661u);
+  EXPECT_EQ(l["unfinished"].array().at(0)["seq_text"].str(), "1:5");
 }
 
 }  // namespace

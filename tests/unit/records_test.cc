@@ -303,6 +303,7 @@ TEST(RecordsTest, InteractionJsonHasTheFieldsAndEscapesStrings) {
     EXPECT_NE(json.find(part), std::string::npos) << part << " missing from " << json;
   }
   EXPECT_NE(json.find("\"seq\":" + std::to_string(r.seq)), std::string::npos);
+  EXPECT_NE(json.find("\"seq_text\":\"7:123456789\""), std::string::npos) << json;
   EXPECT_NE(json.find(R"("error":"bank-b said \"no\"\nsecond line")"), std::string::npos) << json;
 }
 
@@ -310,14 +311,27 @@ TEST(RecordsTest, RollbackJsonHasTheFieldsAndEscapesStrings) {
   auto r = fullRollback();
   r.lastError = "tab\there, quote \" and backslash \\";
   const std::string json = toJson(r);
-  for (const char* part : {"\"seq\":99", "\"reason\":\"participant bank-b voted no\"", "\"requested_us\":11",
-                           "\"attempts\":4", "\"last_attempt_us\":12", "\"pending\":[\"bank-c\",\"bank-d\"]",
+  for (const char* part : {"\"seq\":99", "\"seq_text\":\"0:99\"", "\"reason\":\"participant bank-b voted no\"",
+                           "\"requested_us\":11", "\"attempts\":4", "\"last_attempt_us\":12",
+                           "\"pending\":[\"bank-c\",\"bank-d\"]",
                            "\"confirmed\":[{\"participant\":\"bank-a\",\"at_us\":13},{\"participant\":\"bank-b\","
                            "\"at_us\":14}]",
                            "\"completed_us\":15"}) {
     EXPECT_NE(json.find(part), std::string::npos) << part << " missing from " << json;
   }
   EXPECT_NE(json.find(R"("last_error":"tab\there, quote \" and backslash \\")"), std::string::npos) << json;
+}
+
+TEST(RecordsTest, AuditJsonNamesTheSeqBothWays) {
+  AuditRecord a;
+  a.atUs = 16;
+  a.seq = makeSeq(1, 5);
+  a.action = "force-commit";
+  a.who = "tester";
+  a.why = "bank-b confirmed";
+  const std::string json = toJson(a);
+  EXPECT_NE(json.find("\"seq\":281474976710661,\"seq_text\":\"1:5\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"action\":\"force-commit\""), std::string::npos) << json;
 }
 
 TEST(RecordsTest, JsonEscapeHandlesControlCharacters) {
@@ -348,10 +362,12 @@ TEST(RecordsTest, FormatMicrosIsUtcIso8601) {
 
 TEST(RecordsTest, TextRenderingsNameTheStateAndBranches) {
   const std::string text = toText(fullInteraction());
+  EXPECT_EQ(text.rfind("interaction 7:123456789 (interactive) (one-phase)\n", 0), 0u) << text;
   EXPECT_NE(text.find("committing"), std::string::npos) << text;
   EXPECT_NE(text.find("branch 65535 @ bank-b: voted-no (insufficient funds)"), std::string::npos) << text;
   EXPECT_NE(text.find("phase-2 attempts 3"), std::string::npos) << text;
   const std::string rb = toText(fullRollback());
+  EXPECT_EQ(rb.rfind("rollback 0:99\n", 0), 0u) << rb;
   EXPECT_NE(rb.find("confirmed  bank-a"), std::string::npos) << rb;
   EXPECT_NE(rb.find("bank-c bank-d"), std::string::npos) << rb;
 }

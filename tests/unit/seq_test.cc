@@ -32,8 +32,6 @@ struct Node {
   SeqAllocator seq;
 };
 
-std::uint64_t counterOf(std::uint64_t s) { return s & ((1ull << kSeqNodeShift) - 1); }
-
 std::vector<std::uint64_t> takeSequentially(SeqAllocator& seq, kj::WaitScope& ws, int n) {
   std::vector<std::uint64_t> out;
   for (int i = 0; i < n; ++i) out.push_back(seq.next().wait(ws));
@@ -53,7 +51,7 @@ TEST_F(SeqTest, MakeSeqPutsTheNodeInTheTop16Bits) {
   EXPECT_EQ(makeSeq(0xABCD, 5), 0xABCD000000000005ull);
   EXPECT_EQ(seqNode(makeSeq(0xFFFF, 123)), 0xFFFF);
   EXPECT_EQ(seqNode(makeSeq(0, ~0ull)), 0);  // the counter cannot spill into the node bits
-  EXPECT_EQ(counterOf(makeSeq(7, 1ull << 47)), 1ull << 47);
+  EXPECT_EQ(seqCounter(makeSeq(7, 1ull << 47)), 1ull << 47);
 }
 
 TEST_F(SeqTest, NumbersStrictlyIncreaseAndCarryTheNodeId) {
@@ -63,10 +61,10 @@ TEST_F(SeqTest, NumbersStrictlyIncreaseAndCarryTheNodeId) {
   expectStrictlyIncreasing(seqs);
   for (auto s : seqs) EXPECT_EQ(seqNode(s), 0x00AB);
   EXPECT_EQ(seqs.front(), n.seq.firstOfIncarnation());
-  EXPECT_EQ(counterOf(seqs.front()), 1u);  // counter 0 is never used
+  EXPECT_EQ(seqCounter(seqs.front()), 1u);  // counter 0 is never used
   // 100 numbers from blocks of 16: at least 7 reservations were made.
   EXPECT_GE(n.seq.reservations(), 7u);
-  EXPECT_GT(n.durableHwm(), counterOf(seqs.back()));
+  EXPECT_GT(n.durableHwm(), seqCounter(seqs.back()));
 }
 
 TEST_F(SeqTest, WaitersBeyondTheBlockGetNumbersAfterTheNextReservation) {
@@ -80,7 +78,7 @@ TEST_F(SeqTest, WaitersBeyondTheBlockGetNumbersAfterTheNextReservation) {
   for (int i = 0; i < 100; ++i) {
     requests.add(n.seq.next().then([&](std::uint64_t s) {
       // A number is handed out only below a durable high-water mark.
-      EXPECT_LT(counterOf(s), n.durableHwm());
+      EXPECT_LT(seqCounter(s), n.durableHwm());
       return s;
     }));
   }
@@ -90,11 +88,11 @@ TEST_F(SeqTest, WaitersBeyondTheBlockGetNumbersAfterTheNextReservation) {
   std::size_t beyond = 0;
   for (auto s : seqs) {
     EXPECT_EQ(seqNode(s), 3);
-    if (counterOf(s) >= firstHwm) ++beyond;
+    if (seqCounter(s) >= firstHwm) ++beyond;
   }
   EXPECT_EQ(beyond, 100u - 16u);
   EXPECT_GE(n.seq.reservations(), 1u + (100u - 16u + 15u) / 16u);
-  EXPECT_GT(n.durableHwm(), counterOf(seqs.back()));
+  EXPECT_GT(n.durableHwm(), seqCounter(seqs.back()));
 }
 
 TEST_F(SeqTest, NeverRepeatsAcrossSimulatedCrashes) {
@@ -149,7 +147,7 @@ TEST_F(SeqTest, SmallestUsefulBlockStillServesEveryRequest) {
   Node n(dir_.path(), 1, 2);
   auto seqs = takeSequentially(n.seq, io.waitScope, 20);
   expectStrictlyIncreasing(seqs);
-  EXPECT_EQ(counterOf(seqs.back()) - counterOf(seqs.front()), 19u);  // nothing skipped while running
+  EXPECT_EQ(seqCounter(seqs.back()) - seqCounter(seqs.front()), 19u);  // nothing skipped while running
 }
 
 // Two allocators writing one meta database (what two processes on one WAL
@@ -177,7 +175,7 @@ TEST_F(SeqTest, TwoAllocatorsOnOneMetaNeverReturnTheSameSeq) {
   // after a crash).
   auto stored = env.beginRead().get(meta, kSeqHwmKey);
   ASSERT_TRUE(stored.has_value());
-  EXPECT_GT(keyU64(*stored), counterOf(all.back()));
+  EXPECT_GT(keyU64(*stored), seqCounter(all.back()));
 }
 
 // With block == 1 the refill test once read `0 < 0` when the block was used

@@ -142,7 +142,7 @@ TEST(WalStoreReadOnly, ChecksAnOlderWalWithoutCreatingItsMissingTables) {
   WalStore wal(dir.path(), std::size_t(64) << 20, /*readOnly=*/true);
   auto bad = wal.checkAll();
   ASSERT_EQ(bad.size(), 1u);
-  EXPECT_EQ(bad[0].rfind("interaction 7: ", 0), 0u) << bad[0];
+  EXPECT_EQ(bad[0].rfind("interaction 0:7: ", 0), 0u) << bad[0];
   EXPECT_TRUE(wal.loadUnfinished().empty());
   EXPECT_EQ(read(), before);
 }

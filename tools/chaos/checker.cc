@@ -133,7 +133,7 @@ class Checker {
   }
   std::string tableSays(const std::string& id) const {
     std::string list;
-    for (auto s : rows(id)) list += (list.empty() ? "seq " : ", seq ") + std::to_string(s);
+    for (auto s : rows(id)) list += (list.empty() ? "seq " : ", seq ") + seqText(s);
     if (list.empty()) list = "none";
     return in_.etcd ? "the coordinators' requests tables and etcd name " + list
                      : "the coordinator's requests table names " + list;
@@ -164,7 +164,7 @@ class Checker {
       const auto& o = *t.answer;
       if (o.replayed && !names(a.requestId, o.seq)) {
         add(K::AnswerDisagrees, o.seq, "a retry of request id " + a.requestId + " was answered as seq " +
-                                           std::to_string(o.seq) + ", but " + tableSays(a.requestId));
+                                           seqText(o.seq) + ", but " + tableSays(a.requestId));
       }
       if (o.seq == 0 || !definitive(o.outcome) || !checked_.insert({o.seq, o.outcome}).second) continue;
       switch (o.outcome) {
@@ -264,7 +264,7 @@ class Checker {
       // A request is retried only when no answer came (or "unavailable",
       // which names no seq), so every seq it heard must be the same one.
       std::string list;
-      for (auto s : seqs) list += (list.empty() ? "" : ", ") + std::to_string(s);
+      for (auto s : seqs) list += (list.empty() ? "" : ", ") + seqText(s);
       add(K::AnswerDisagrees, *seqs.rbegin(), "request id " + a.requestId + " was answered with several seqs: " + list);
     }
     // In a cluster every coordinator's row counts too: a retry through
@@ -282,12 +282,12 @@ class Checker {
       twice(a.requestId, committed);
     } else if (committed.size() == 1 && !names(a.requestId, committed[0])) {
       add(K::AnswerDisagrees, committed[0],
-          "request id " + a.requestId + " committed as seq " + std::to_string(committed[0]) + ", but " +
+          "request id " + a.requestId + " committed as seq " + seqText(committed[0]) + ", but " +
               tableSays(a.requestId) + " (a retry would hear another story)");
     }
     if (a.answer && a.answer->seq != 0 && definitive(a.answer->outcome) && !names(a.requestId, a.answer->seq)) {
       add(K::AnswerDisagrees, a.answer->seq,
-          "request id " + a.requestId + " was last answered as seq " + std::to_string(a.answer->seq) + " (" +
+          "request id " + a.requestId + " was last answered as seq " + seqText(a.answer->seq) + " (" +
               clientOutcomeName(a.answer->outcome) + "), but " + tableSays(a.requestId));
     }
     if (in_.etcd && committed.size() == 1) committedElsewhere(a, committed[0]);
@@ -302,8 +302,8 @@ class Checker {
       if (o.outcome == ClientOutcome::Committed && o.seq == seq) continue;
       if (o.outcome == ClientOutcome::InDoubt && o.seq == seq) continue;
       add(K::AnswerDisagrees, o.seq,
-          "request id " + a.requestId + " committed as seq " + std::to_string(seq) + ", but a try was answered " +
-              clientOutcomeName(o.outcome) + " as seq " + std::to_string(o.seq));
+          "request id " + a.requestId + " committed as seq " + seqText(seq) + ", but a try was answered " +
+              clientOutcomeName(o.outcome) + " as seq " + seqText(o.seq));
     }
   }
 
@@ -331,7 +331,7 @@ class Checker {
         add(K::EtcdDisagrees, seq, "decision " + d.key + " was read as '" + d.value + "' and later as '" + d.laterValue +
                                        "' (a decision is created once and never changed)");
       }
-      std::string held = "etcd holds '" + d.value + "' for seq " + std::to_string(seq);
+      std::string held = "etcd holds '" + d.value + "' for seq " + seqText(seq);
       const auto* sv = view(seq);
       std::vector<const AgentBranch*> none;
       const auto& branches = sv == nullptr ? none : sv->branches;
@@ -389,7 +389,7 @@ class Checker {
       auto it = committedOf_.find(id);
       const auto& committed = it == committedOf_.end() ? kNone : it->second;
       std::string held = "etcd says request id " + id + (f.committed ? " committed as seq " : " was rolled back as seq ") +
-                         std::to_string(f.seq);
+                         seqText(f.seq);
       if (f.committed) {
         const auto* r = record(f.seq);
         if (r != nullptr && !r->heuristic() && r->state != IState::Committed) {
@@ -401,7 +401,7 @@ class Checker {
       }
       for (auto s : committed) {
         if (f.committed && s == f.seq) continue;
-        add(K::EtcdDisagrees, s, held + ", but seq " + std::to_string(s) + " of that request id committed");
+        add(K::EtcdDisagrees, s, held + ", but seq " + seqText(s) + " of that request id committed");
       }
     }
   }
@@ -420,7 +420,7 @@ class Checker {
   void twice(const std::string& id, const std::vector<std::uint64_t>& seqs) {
     if (!twice_.insert(id).second) return;
     std::string list;
-    for (auto s : seqs) list += (list.empty() ? "" : ", ") + std::to_string(s) + " (" + ran(s) + ")";
+    for (auto s : seqs) list += (list.empty() ? "" : ", ") + seqText(s) + " (" + ran(s) + ")";
     add(K::RequestCommittedTwice, seqs.back(), "request id " + id + " committed more than once: seqs " + list);
   }
 
@@ -569,7 +569,7 @@ SelfCheckVerdict judgeSelfCheck(const std::vector<Violation>& v, std::uint64_t p
     if (x.kind == K::EtcdDisagrees && x.seq == plantedSeq) plantedDecision = true;
     if (explained.count(x.kind) == 0) {
       return {false, std::string("the checker reported a violation the planted break does not cause: [") +
-                         violationKindName(x.kind) + "] " + (x.seq ? "seq " + std::to_string(x.seq) + ": " : "") +
+                         violationKindName(x.kind) + "] " + (x.seq ? "seq " + seqText(x.seq) + ": " : "") +
                          x.what};
     }
   }
@@ -579,12 +579,12 @@ SelfCheckVerdict judgeSelfCheck(const std::vector<Violation>& v, std::uint64_t p
   }
   if (plantedSeq != 0 && !plantedDecision) {
     return {false, "the checker did not report the ABORT planted in etcd for committed seq " +
-                       std::to_string(plantedSeq) + " (no " + violationKindName(K::EtcdDisagrees) +
+                       seqText(plantedSeq) + " (no " + violationKindName(K::EtcdDisagrees) +
                        " violation naming it)"};
   }
   return {true, "the checker found the planted break: " + std::to_string(planted) + " " +
                     violationKindName(K::NotAtomic) + " interactions" +
-                    (plantedSeq != 0 ? ", and the ABORT planted in etcd for seq " + std::to_string(plantedSeq) : "") +
+                    (plantedSeq != 0 ? ", and the ABORT planted in etcd for seq " + seqText(plantedSeq) : "") +
                     " (" + std::to_string(v.size()) + " violations, all of kinds the plants cause)"};
 }
 

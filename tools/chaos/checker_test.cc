@@ -27,7 +27,7 @@ bool hasKind(const std::vector<Violation>& v, ViolationKind k, std::uint64_t seq
 
 std::string dump(const std::vector<Violation>& v) {
   std::string out;
-  for (auto& x : v) out += std::string("\n  [") + violationKindName(x.kind) + "] " + std::to_string(x.seq) + ": " + x.what;
+  for (auto& x : v) out += std::string("\n  [") + violationKindName(x.kind) + "] " + seqText(x.seq) + ": " + x.what;
   return out;
 }
 
@@ -199,7 +199,8 @@ TEST(ChaosChecker, RequestIdCommittedTwiceIsReported) {
   in.coordinator.interactions[14] = second;
   auto v = check(in);
   EXPECT_TRUE(hasKind(v, ViolationKind::RequestCommittedTwice, 14)) << dump(v);
-  EXPECT_TRUE(mentions(v, 14, "request id r-10 committed more than once: seqs 10 (a debit, b credit), 14 (a debit, b credit)"));
+  EXPECT_TRUE(mentions(v, 14, "request id r-10 committed more than once: seqs 0:10 (a debit, b credit), 0:14 (a debit, "
+                              "b credit)"));
 }
 
 // Seen from the coordinator's records alone (the client heard one seq).
@@ -216,10 +217,11 @@ TEST(ChaosChecker, ReplayNamingAnotherSeqThanTheRequestsTableIsReported) {
   auto in = withRequestIds();
   in.coordinator.requests["r-10"] = 16;
   auto v = check(in);
-  EXPECT_TRUE(mentions(v, 10, "a retry of request id r-10 was answered as seq 10, but the coordinator's requests "
-                              "table names seq 16"))
+  EXPECT_TRUE(mentions(v, 10, "a retry of request id r-10 was answered as seq 0:10, but the coordinator's requests "
+                              "table names seq 0:16"))
       << dump(v);
-  EXPECT_TRUE(mentions(v, 10, "request id r-10 committed as seq 10, but the coordinator's requests table names seq 16"));
+  EXPECT_TRUE(
+      mentions(v, 10, "request id r-10 committed as seq 0:10, but the coordinator's requests table names seq 0:16"));
   for (auto& x : v) EXPECT_EQ(x.kind, ViolationKind::AnswerDisagrees) << dump(v);
 }
 
@@ -229,7 +231,8 @@ TEST(ChaosChecker, LastAnswerNotInTheRequestsTableIsReported) {
   auto v = check(in);
   ASSERT_EQ(v.size(), 1u) << dump(v);
   EXPECT_TRUE(hasKind(v, ViolationKind::AnswerDisagrees, 11));
-  EXPECT_TRUE(mentions(v, 11, "was last answered as seq 11 (rolled-back), but the coordinator's requests table names none"));
+  EXPECT_TRUE(
+      mentions(v, 11, "was last answered as seq 0:11 (rolled-back), but the coordinator's requests table names none"));
 }
 
 TEST(ChaosChecker, OneRequestIdAnsweredWithTwoSeqsIsReported) {
@@ -240,7 +243,7 @@ TEST(ChaosChecker, OneRequestIdAnsweredWithTwoSeqsIsReported) {
   in.coordinator.interactions[17].seq = 17;
   in.coordinator.rollbacks[17] = in.coordinator.rollbacks[11];
   auto v = check(in);
-  EXPECT_TRUE(mentions(v, 17, "request id r-11 was answered with several seqs: 11, 17")) << dump(v);
+  EXPECT_TRUE(mentions(v, 17, "request id r-11 was answered with several seqs: 0:11, 0:17")) << dump(v);
 }
 
 // ------------------------------------------------------------ in doubt
@@ -297,7 +300,7 @@ TEST(ChaosChecker, InDoubtWhoseAgentDisagreesIsReported) {
   auto in = withInDoubt(IState::Committed, BranchStatus::RolledBack);
   auto v = check(in);
   EXPECT_TRUE(hasKind(v, ViolationKind::InDoubtUnresolved, 12)) << dump(v);
-  EXPECT_TRUE(mentions(v, 12, "answered in doubt, ended committed, but 12.1 at a is rolled-back"));
+  EXPECT_TRUE(mentions(v, 12, "answered in doubt, ended committed, but 0:12.1 at a is rolled-back"));
 }
 
 // ------------------------------------------------------------ heuristic, interactive
@@ -393,9 +396,9 @@ TEST(ChaosCheckerCluster, DecisionsAgainstTheAgents) {
   in.etcd->decisions[10].branches.clear();
   auto v = check(in);
   EXPECT_TRUE(hasKind(v, ViolationKind::EtcdDisagrees, 11)) << dump(v);
-  EXPECT_TRUE(mentions(v, 11, "11.1 at a is rolled-back")) << dump(v);
+  EXPECT_TRUE(mentions(v, 11, "but 0:11.1 at a is rolled-back")) << dump(v);
   EXPECT_TRUE(mentions(v, 11, "the coordinator's record says rolled-back")) << dump(v);
-  EXPECT_TRUE(mentions(v, 10, "10.1 at a is committed")) << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "but 0:10.1 at a is committed")) << dump(v);
   EXPECT_TRUE(mentions(v, 10, "the coordinator's record says committed")) << dump(v);
   for (auto& x : v) EXPECT_EQ(x.kind, ViolationKind::EtcdDisagrees) << dump(v);
 }
@@ -404,7 +407,7 @@ TEST(ChaosCheckerCluster, ACommitListingABranchNoAgentKnowsIsReported) {
   auto in = inCluster();
   in.etcd->decisions[10].branches.push_back({"c", 3});
   auto v = check(in);
-  EXPECT_TRUE(mentions(v, 10, "c has no record of its branch 10.3")) << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "c has no record of its branch 0:10.3")) << dump(v);
 }
 
 TEST(ChaosCheckerCluster, AChangedOrMalformedDecisionIsReported) {
@@ -425,10 +428,10 @@ TEST(ChaosCheckerCluster, RequestFatesAgainstTheRecords) {
   in.etcd->requests["r-10"] = fate("abort 10", 10, false);  // but seq 10 committed
   in.etcd->requests["r-11"] = fate("11", 11, true);        // but seq 11 was rolled back
   auto v = check(in);
-  EXPECT_TRUE(mentions(v, 10, "etcd says request id r-10 was rolled back as seq 10, but seq 10 of that request id "
+  EXPECT_TRUE(mentions(v, 10, "etcd says request id r-10 was rolled back as seq 0:10, but seq 0:10 of that request id "
                               "committed"))
       << dump(v);
-  EXPECT_TRUE(mentions(v, 11, "etcd says request id r-11 committed as seq 11, but the coordinator's record of it "
+  EXPECT_TRUE(mentions(v, 11, "etcd says request id r-11 committed as seq 0:11, but the coordinator's record of it "
                               "says rolled-back"))
       << dump(v);
 }
@@ -443,8 +446,9 @@ TEST(ChaosCheckerCluster, ARequestCommittedOnTwoCoordinatorsIsReported) {
   in.branches.back().state = BranchStatus::Committed;
   auto v = check(in);
   EXPECT_TRUE(hasKind(v, ViolationKind::RequestCommittedTwice, kNode2Seq)) << dump(v);
-  EXPECT_TRUE(mentions(v, kNode2Seq, "etcd says request id r-10 committed as seq 10, but seq " +
-                                         std::to_string(kNode2Seq) + " of that request id committed"))
+  EXPECT_TRUE(
+      mentions(v, kNode2Seq, "etcd says request id r-10 committed as seq 0:10, but seq 2:5 of that request id "
+                             "committed"))
       << dump(v);
 }
 
@@ -456,8 +460,8 @@ TEST(ChaosCheckerCluster, ARolledBackAnswerForACommittedRequestIsReported) {
   in.attempts[0].tries = {Try{1, std::nullopt}, Try{2, told}};
   in.attempts[0].answer = told;
   auto v = check(in);
-  EXPECT_TRUE(mentions(v, kNode2Seq, "request id r-10 committed as seq 10, but a try was answered rolled-back as seq " +
-                                         std::to_string(kNode2Seq)))
+  EXPECT_TRUE(
+      mentions(v, kNode2Seq, "request id r-10 committed as seq 0:10, but a try was answered rolled-back as seq 2:5"))
       << dump(v);
 }
 
@@ -483,7 +487,7 @@ TEST(ChaosSelfCheck, PassesOnlyOnThePlantedViolation) {
   extra.push_back({12, "answered in doubt, and ...", ViolationKind::InDoubtUnresolved});
   auto mixed = judgeSelfCheck(extra);
   EXPECT_FALSE(mixed.passed);
-  EXPECT_NE(mixed.why.find("[in-doubt-unresolved] seq 12"), std::string::npos) << mixed.why;
+  EXPECT_NE(mixed.why.find("[in-doubt-unresolved] seq 0:12"), std::string::npos) << mixed.why;
 }
 
 TEST(ChaosSelfCheck, InAClusterThePlantedDecisionMustBeFoundToo) {
@@ -492,7 +496,7 @@ TEST(ChaosSelfCheck, InAClusterThePlantedDecisionMustBeFoundToo) {
                                      ViolationKind::EtcdDisagrees}};
   EXPECT_TRUE(judgeSelfCheck(planted, 10).passed == false);
   auto missing = judgeSelfCheck(planted, 10);
-  EXPECT_NE(missing.why.find("did not report the ABORT planted in etcd for committed seq 10"), std::string::npos)
+  EXPECT_NE(missing.why.find("did not report the ABORT planted in etcd for committed seq 0:10"), std::string::npos)
       << missing.why;
   planted.push_back({10, "etcd holds 'abort by=1 epoch=1' for seq 10, but ...", ViolationKind::EtcdDisagrees});
   EXPECT_TRUE(judgeSelfCheck(planted, 10).passed) << judgeSelfCheck(planted, 10).why;

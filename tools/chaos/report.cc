@@ -153,7 +153,7 @@ void countAttempts(Report& r, const std::vector<Attempt>& attempts, const Coordi
         std::string lostAt;
         for (const auto& t : a.tries) lostAt += (lostAt.empty() ? "" : ", ") + formatMicros(t.atUs);
         r.unansweredSamples.push_back(std::string(mixName(a.mix)) + " request id " + a.requestId +
-                                      (a.seq != 0 ? " seq " + std::to_string(a.seq) : std::string()) + ": " +
+                                      (a.seq != 0 ? " seq " + seqText(a.seq) : std::string()) + ": " +
                                       std::to_string(a.tries.size()) + " tries lost (" + lostAt + "), " +
                                       std::to_string(a.notSent) + " found no coordinator");
       }
@@ -277,7 +277,7 @@ std::string textReport(const Report& r) {
       o << "    ... " << r.violations.size() - 50 << " more in report.json\n";
       break;
     }
-    o << "    [" << violationKindName(v.kind) << "] " << (v.seq ? "seq " + std::to_string(v.seq) + ": " : "")
+    o << "    [" << violationKindName(v.kind) << "] " << (v.seq ? "seq " + seqText(v.seq) + ": " : "")
       << v.what << "\n";
   }
   return o.str();
@@ -324,8 +324,10 @@ std::string jsonReport(const Report& r, const Timeline& t) {
   if (r.selfCheck) o << ",\"self_check_verdict\":\"" << jsonEscape(r.selfCheckVerdict) << "\"";
   o << ",\"violations\":[";
   for (std::size_t i = 0; i < r.violations.size(); ++i) {
-    o << (i ? "," : "") << "{\"seq\":" << r.violations[i].seq << ",\"kind\":\""
-      << violationKindName(r.violations[i].kind) << "\",\"what\":\"" << jsonEscape(r.violations[i].what) << "\"}";
+    std::uint64_t seq = r.violations[i].seq;
+    o << (i ? "," : "") << "{\"seq\":" << seq << ",\"seq_text\":" << (seq != 0 ? "\"" + seqText(seq) + "\"" : "null")
+      << ",\"kind\":\"" << violationKindName(r.violations[i].kind) << "\",\"what\":\""
+      << jsonEscape(r.violations[i].what) << "\"}";
   }
   o << "],\"commits_per_second\":[";
   auto per = t.commitsPerSecond();

@@ -189,6 +189,21 @@ TEST(ChaosTakeovers, Percentiles) {
   EXPECT_EQ(percentile({30, 10, 20}, 1.0), 30u);
 }
 
+TEST(ChaosReport, ViolationsNameTheirSeqAsNodeAndCounter) {
+  Report r;
+  r.violations = {{makeSeq(2, 5), "not atomic: ...", ViolationKind::NotAtomic},
+                  {0, "money not conserved: ...", ViolationKind::Money}};
+  auto text = textReport(r);
+  EXPECT_NE(text.find("    [not-atomic] seq 2:5: not atomic: ...\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("    [money] money not conserved: ...\n"), std::string::npos) << text;
+  Timeline tl;
+  auto json = jsonReport(r, tl);
+  EXPECT_NE(json.find("{\"seq\":" + std::to_string(makeSeq(2, 5)) + ",\"seq_text\":\"2:5\",\"kind\":\"not-atomic\""),
+            std::string::npos)
+      << json;
+  EXPECT_NE(json.find("{\"seq\":0,\"seq_text\":null,\"kind\":\"money\""), std::string::npos) << json;
+}
+
 TEST(ChaosReport, ClusterLinesAndTheTakeoverMinimum) {
   Report r;
   Report::Cluster c;

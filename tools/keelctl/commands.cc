@@ -136,7 +136,7 @@ int Commands::submit(SubmitRequest req, const std::vector<std::string>* balanceR
 int Commands::query(std::uint64_t seq) {
   auto [ex, client] = connectAny(io_, g_);
   auto q = ex->wait(client->query(seq));
-  if (!q) throw Failure(kExitRefused, "no interaction " + std::to_string(seq));
+  if (!q) throw Failure(kExitRefused, "no interaction " + seqText(seq));
   printQuery(out_, *q, g_.json);
   return kExitDone;
 }

@@ -19,7 +19,8 @@
 // agent, connecting included), --retry-for DURATION (default 30s; 0 = no
 // retry: how long open/transfer/balance retry a lost answer with the same
 // request id), --json. DURATION is a whole number and a unit: 500ms, 30s,
-// 2m, 1h.
+// 2m, 1h. SEQ is NODE:COUNTER (1:5) or the seq's 64-bit number
+// (281474976710661): both name the same interaction.
 //
 // With --json, stdout holds exactly one JSON document: the answer, or
 // {"error":MESSAGE,"code":STATUS} when the command could not finish (bad
@@ -39,7 +40,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
-#include <limits>
 #include <sstream>
 
 #include "common/client.h"
@@ -53,7 +53,6 @@ namespace {
 using keel::ctl::parseWhole;
 using keel::ctl::UsageError;
 
-constexpr std::uint64_t kMaxSeq = std::numeric_limits<std::uint64_t>::max();
 constexpr std::uint64_t kMaxAmount = keel::Limits::kMaxAmount;
 constexpr std::uint32_t kMaxListLimit = 10000;  // the coordinator's own cap
 
@@ -130,7 +129,8 @@ int main(int argc, char** argv) {
 
   std::string querySeq;
   auto* query = app.add_subcommand("query", "show an interaction and its rollback record");
-  query->add_option("seq", querySeq, "interaction sequence number")->type_name("SEQ");
+  query->add_option("seq", querySeq, "interaction sequence number: NODE:COUNTER (1:5) or the number")
+      ->type_name("SEQ");
   addRequestId(query, "the interaction this request id names");
 
   std::string limitArg;
@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
     std::uint32_t limit = 0;
     if (!limitArg.empty()) limit = std::uint32_t(parseWhole("--limit", limitArg, 1, kMaxListLimit));
     auto seqArg = [](const std::string& text) -> std::uint64_t {
-      return text.empty() ? 0 : parseWhole("seq", text, 1, kMaxSeq);
+      return text.empty() ? 0 : keel::ctl::parseSeq(text);
     };
     std::uint64_t seq = 0;  // query, retry, resolve
 

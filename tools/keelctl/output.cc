@@ -26,7 +26,7 @@ std::string q(std::string_view s) { return "\"" + jsonEscape(s) + "\""; }
 
 // What to do next, for the outcomes that need an operator or a later look.
 std::string hint(const SubmitOutcome& o) {
-  std::string seq = std::to_string(o.seq);
+  std::string seq = seqText(o.seq);
   switch (o.outcome) {
     case ClientOutcome::InDoubt:
       return "the outcome is not known yet: look it up later with keelctl query " + seq;
@@ -39,9 +39,11 @@ std::string hint(const SubmitOutcome& o) {
   }
 }
 
-// The JSON fields every submit answer carries.
+// The JSON fields every submit answer carries. "seq_text" is null when no
+// seq was assigned ("seq" 0: an invalid request).
 std::string outcomeFields(const SubmitOutcome& o) {
-  return "\"seq\":" + std::to_string(o.seq) + ",\"outcome\":" + q(clientOutcomeName(o.outcome)) +
+  return "\"seq\":" + std::to_string(o.seq) + ",\"seq_text\":" + (o.seq != 0 ? q(seqText(o.seq)) : "null") +
+         ",\"outcome\":" + q(clientOutcomeName(o.outcome)) +
          ",\"reason\":" + q(o.reason) + ",\"request_id\":" + q(o.requestId) +
          ",\"replayed\":" + (o.replayed ? "true" : "false");
 }
@@ -67,6 +69,10 @@ bool auditEntryReadable(const std::string& entry) {
   }
 }
 
+// SEQ.BRANCH with the seq's 64-bit number, as JSON's "xid" members keep it
+// (Xid::str() is the NODE:COUNTER.BRANCH form people read).
+std::string xidNumber(Xid x) { return std::to_string(x.seq) + "." + std::to_string(x.branch); }
+
 std::string ms(std::uint64_t us) { return std::to_string(us / 1000) + "." + std::to_string(us / 100 % 10) + " ms"; }
 
 }  // namespace
@@ -81,7 +87,7 @@ int printOutcome(std::ostream& out, const SubmitOutcome& o, bool json) {
     out << "{" << outcomeFields(o) << statusFields(status, outcomeMessage(o)) << "}\n";
     return status;
   }
-  if (o.seq != 0) out << "seq " << o.seq << ": ";
+  if (o.seq != 0) out << "seq " << seqText(o.seq) << ": ";
   out << clientOutcomeName(o.outcome);
   if (!o.requestId.empty()) {
     out << " (request id " << o.requestId << (o.replayed ? ", answered by an earlier try" : "") << ")";
@@ -138,7 +144,7 @@ void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& it
   auto now = wallMicros();
   out << items.size() << " unfinished interaction(s)\n";
   for (auto& r : items) {
-    out << "  " << r.seq << "  " << stateName(r.state) << "  age "
+    out << "  " << seqText(r.seq) << "  " << stateName(r.state) << "  age "
         << (now > r.createdUs ? (now - r.createdUs) / 1000 : 0) << " ms  waiting on:";
     for (auto& b : r.branches) {
       using BS = InteractionRecord::BranchState;
@@ -154,7 +160,7 @@ void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& it
   out << heuristic.size()
       << " heuristic interaction(s) to reconcile by hand (docs/recovery.md; then keelctl resolve SEQ --reconciled)\n";
   for (auto& r : heuristic) {
-    out << "  " << r.seq << "  " << stateName(r.state) << "  ended " << formatMicros(r.completedUs) << ":";
+    out << "  " << seqText(r.seq) << "  " << stateName(r.state) << "  ended " << formatMicros(r.completedUs) << ":";
     for (auto& b : r.branches) out << " " << b.participant << " " << branchStateName(b.state);
     if (!r.requestId.empty()) out << "  request id " << r.requestId;
     out << "\n";
@@ -242,9 +248,9 @@ void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vect
     out << "{\"agent\":" << q(snap.name) << ",\"unfinished\":[";
     bool first = true;
     for (auto& b : branches) {
-      out << (first ? "" : ",") << "{\"xid\":\"" << b.xid.seq << "." << b.xid.branch << "\",\"state\":\""
-          << (b.prepared ? "prepared" : "active") << "\",\"epoch\":" << b.epoch << ",\"prepared_us\":" << b.preparedUs
-          << "}";
+      out << (first ? "" : ",") << "{\"xid\":" << q(xidNumber(b.xid)) << ",\"xid_text\":" << q(b.xid.str())
+          << ",\"state\":\"" << (b.prepared ? "prepared" : "active") << "\",\"epoch\":" << b.epoch
+          << ",\"prepared_us\":" << b.preparedUs << "}";
       first = false;
     }
     out << "],\"held\":" << snap.held() << ",\"total\":" << snap.total() << "}\n";
@@ -254,8 +260,7 @@ void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vect
   out << snap.name << ": " << branches.size() << " unfinished branch(es), money held " << snap.held()
       << ", balances total " << snap.total() << "\n";
   for (auto& b : branches) {
-    out << "  " << b.xid.seq << "." << b.xid.branch << "  " << (b.prepared ? "prepared" : "active") << "  epoch "
-        << b.epoch;
+    out << "  " << b.xid.str() << "  " << (b.prepared ? "prepared" : "active") << "  epoch " << b.epoch;
     if (b.preparedUs != 0 && now > b.preparedUs) out << "  for " << (now - b.preparedUs) / 1000 << " ms";
     out << "\n";
   }
@@ -265,12 +270,14 @@ int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector
   int status = refused.empty() ? kExitDone : kExitRefused;
   if (json) {
     std::string message = "refused";
-    out << "{\"forgotten\":" << forgotten << ",\"refused\":[";
+    std::string numbers, texts;
     for (std::size_t i = 0; i < refused.size(); ++i) {
-      out << (i ? "," : "") << q(refused[i].str());
+      numbers += (i ? "," : "") + q(xidNumber(refused[i]));
+      texts += (i ? "," : "") + q(refused[i].str());
       message += (i ? ", " : " ") + refused[i].str();
     }
-    out << "]" << statusFields(status, message + " (not finished)") << "}\n";
+    out << "{\"forgotten\":" << forgotten << ",\"refused\":[" << numbers << "],\"refused_text\":[" << texts << "]"
+        << statusFields(status, message + " (not finished)") << "}\n";
     return status;
   }
   out << "forgotten " << forgotten;

@@ -33,8 +33,10 @@ int exitStatus(ClientOutcome o);
 // A command that could not finish, as JSON: {"error":MESSAGE,"code":STATUS}.
 void printError(std::ostream& out, const std::string& message, int status);
 
-// "seq N: committed (request id X)", the reason and, for outcomes that need
-// a next step (in doubt, heuristic), a line saying what to do.
+// "seq 1:5: committed (request id X)", the reason and, for outcomes that
+// need a next step (in doubt, heuristic), a line saying what to do. Text
+// shows a seq as NODE:COUNTER; JSON keeps the number in "seq" and adds that
+// form in "seq_text" ("xid" and "xid_text" likewise).
 int printOutcome(std::ostream& out, const SubmitOutcome& o, bool json);
 // A balance read: the outcome and, when committed, one line per account
 // (JSON: the outcome's object with a "balances" list, empty unless committed).

@@ -1,7 +1,6 @@
 #include "tools/keelctl/parse.h"
 
 #include <charconv>
-#include <limits>
 
 #include "common/config.h"
 
@@ -86,14 +85,22 @@ std::string formatDuration(kj::Duration d) {
   return std::to_string(ms) + " ms";
 }
 
+std::uint64_t parseSeq(std::string_view text) {
+  std::string why;
+  auto seq = parseSeqText(text, &why);
+  if (!seq) throw UsageError("seq " + why);
+  if (*seq == 0) throw UsageError("seq " + str(text) + " is out of range (no interaction has seq 0)");
+  return *seq;
+}
+
 Xid parseXid(std::string_view text) {
-  auto dot = text.find('.');
+  auto dot = text.rfind('.');
   if (dot == std::string_view::npos) {
-    throw UsageError("'" + str(text) + "' is not SEQ.BRANCH (for example 281474976710657.2)");
+    throw UsageError("'" + str(text) + "' is not SEQ.BRANCH (for example 1:5.2)");
   }
   Xid x;
   try {
-    x.seq = parseWhole("seq", text.substr(0, dot), 1, std::numeric_limits<std::uint64_t>::max());
+    x.seq = parseSeq(text.substr(0, dot));
     x.branch = std::uint16_t(parseWhole("branch", text.substr(dot + 1), 1, 65535));
   } catch (const UsageError& e) {
     throw UsageError("'" + str(text) + "': " + e.what());

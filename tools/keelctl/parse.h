@@ -33,7 +33,12 @@ kj::Duration parseDuration(std::string_view what, std::string_view text, kj::Dur
 // "30 s", "500 ms": how messages show a duration.
 std::string formatDuration(kj::Duration d);
 
-// SEQ.BRANCH, for keelctl forget.
+// A seq argument: NODE:COUNTER or the 64-bit number (parseSeqText), not 0:
+//   seq '1:' is not NODE:COUNTER (such as 1:5) or a whole number
+//   seq '70000:5': node 70000 is out of range (0..65535)
+std::uint64_t parseSeq(std::string_view text);
+
+// SEQ.BRANCH, for keelctl forget: 1:5.2 or 281474976710661.2.
 Xid parseXid(std::string_view text);
 
 // HOST:PORT for -c and --agent.
