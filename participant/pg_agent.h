@@ -38,6 +38,9 @@
 //
 // Threads: the event loop calls these methods; SQL runs on the pool's worker
 // threads, which also wait for the branch log's durable writes.
+//
+// Files: pg_agent.cc the protocol (prepare, commit, rollback, one-phase);
+// pg_agent_recovery.cc the gids, the start-up reconcile and the sweep.
 
 #include <map>
 #include <memory>
