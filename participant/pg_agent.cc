@@ -293,6 +293,17 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
   return pool_
       ->run<PrepareResult>([this, epoch, xid, ops = std::move(ops)](PGconn* c) {
         std::string g = gid(xid);
+        // In flight from before PREPARE TRANSACTION until the record is
+        // durable or on its way (pending_): the sweep leaves this branch's
+        // gid to us meanwhile.
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          preparing_.insert(xid);
+        }
+        KJ_DEFER({
+          std::lock_guard<std::mutex> lk(mu_);
+          preparing_.erase(xid);
+        });
         std::vector<OpResult> results;
         KEEL_FAILPOINT("agent.after_execute");  // before the one round trip that runs and prepares
         auto trip = prepareInOneTrip(c, ops, g, results);
@@ -378,6 +389,7 @@ bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const 
   rec.ops = ops;
   rec.state = BranchStatus::Prepared;
   rec.hostTxid = txid;
+  rec.hostIncarnation = log_.incarnation();  // in gid(xid): what commit and rollback name
   rec.createdUs = rec.preparedUs = wallMicros();
   KEEL_FAILPOINT("agent.before_prepared_durable");
   log_.put(txn, rec);
@@ -459,7 +471,6 @@ std::optional<BranchOutcome> commitAnswerOf(const BranchRecord& rec) {
 }  // namespace
 
 BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
-  const std::string g = gid(xid);
   // Must be durable before COMMIT PREPARED: the PREPARED record with its
   // txid. A crash after PostgreSQL's commit and before our COMMITTED record
   // then leaves a record whose txid_status says what PostgreSQL did; a lazy
@@ -470,21 +481,28 @@ BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   if (!rec) {
     // No record and none on its way: its lazy write failed, or this branch
     // never prepared here (an operator's forced commit). Only a prepared
-    // transaction PostgreSQL holds under its gid says that it prepared: it
-    // is recorded PREPARED first (with its txid, durable) and committed.
-    auto held = heldPrepared(c, "gid = " + quoteLiteral(g));
+    // transaction PostgreSQL holds under a gid of the branch (of whichever
+    // incarnation) says that it prepared: it is recorded PREPARED first
+    // (with its txid and incarnation, durable) and committed.
+    auto held = heldPreparedOf(c, xid);
     if (held.empty()) {
       return answerUnknown(xid,
                            "commit asked for a branch with no record here that PostgreSQL does not hold prepared "
                            "(never prepared here, or finished with its record lost)");
     }
+    if (held.size() > 1) {
+      return answerUnknown(xid, "commit asked for a branch with no record here of which PostgreSQL holds " +
+                                    std::to_string(held.size()) + " prepared transactions (" + held[0].gid + ", " +
+                                    held[1].gid + "): not committing either on a guess");
+    }
     rec = log_.log().runSync([&](lmdb::Txn& txn) {
-      recordInDoubt(txn, xid, held[0].txid,
-                    "PostgreSQL held " + g + " prepared with no PREPARED record here; recorded at its commit");
+      recordInDoubt(txn, held[0],
+                    "PostgreSQL held " + held[0].gid + " prepared with no PREPARED record here; recorded at its commit");
       return log_.read(txn, xid);
     });
   }
   if (auto done = commitAnswerOf(*rec)) return *done;
+  const std::string g = gidOf(*rec);
   KEEL_FAILPOINT("agent.before_commit_durable");
   try {
     pg::exec(c, "COMMIT PREPARED " + quoteLiteral(g));
@@ -577,9 +595,15 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     KEEL_FAILPOINT("agent.before_rollback_durable");
     // No record yet PostgreSQL may hold it prepared: the prepare failed
     // after PREPARE TRANSACTION (its reply lost, or our PREPARED record not
-    // written), which is why the coordinator rolls back. Until PostgreSQL
-    // answers this throws, and the coordinator retries.
-    bool held = rollbackPrepared(c, gid(xid));
+    // written, perhaps by an earlier incarnation), which is why the
+    // coordinator rolls back. Until PostgreSQL answers this throws, and the
+    // coordinator retries.
+    bool held = false;
+    if (rec) {
+      held = rollbackPrepared(c, gidOf(*rec));
+    } else {
+      for (const Held& h : heldPreparedOf(c, xid)) held = rollbackPrepared(c, h.gid) || held;
+    }
     if (!held && rec) {
       // Recorded PREPARED, yet PostgreSQL no longer holds it: our own
       // ROLLBACK PREPARED before a crash lost its record, or a DBA's COMMIT
@@ -599,7 +623,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     }
   }
   bool committedMeanwhile = false;
-  bool preparedMeanwhile = false;
+  std::optional<BranchRecord> preparedMeanwhile;
   std::optional<BranchRecord> onePhaseMeanwhile;
   log_.log().runSync([&](lmdb::Txn& txn) {
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
@@ -612,7 +636,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
       // Either we rolled PostgreSQL's half back above, or the prepare's
       // record landed after our first look: then PostgreSQL holds a
       // prepared transaction we have not touched yet.
-      preparedMeanwhile = !rec || rec->state != BranchStatus::Prepared;
+      if (!rec || rec->state != BranchStatus::Prepared) preparedMeanwhile = r;
       log_.finish(txn, *r, BranchStatus::RolledBack, epoch);
     } else if (r->state == BranchStatus::Committed) {
       committedMeanwhile = true;
@@ -621,7 +645,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   if (preparedMeanwhile) {
     // Recorded rolled back first: if we die before this, start-up's
     // reconcile rolls it back (the log says rolled back).
-    rollbackPrepared(c, gid(xid));
+    rollbackPrepared(c, gidOf(*preparedMeanwhile));
   }
   if (onePhaseMeanwhile) {
     auto settled = settleOnePhase(c, *onePhaseMeanwhile);

@@ -4,7 +4,7 @@
 // run in one database transaction per branch.
 //
 //   prepare   BEGIN; statements; SELECT txid_current(); PREPARE TRANSACTION
-//             'keel:<agent>:<seq>:<branch>', in one round trip.
+//             'keel:<agent>:<seq>:<branch>:<incarnation>', in one round trip.
 //             PostgreSQL's prepared transaction is the durable PREPARED
 //             state, so the vote leaves then; the branch log's PREPARED
 //             record (with the txid) follows lazily (forced first for a
@@ -25,7 +25,19 @@
 // with the branch log: one the log does not hold at all may have been voted
 // YES (its lazy record lost) and is recorded PREPARED, in doubt, with its
 // txid, for the coordinator to decide; one the log holds as rolled back is
-// rolled back; one it holds as committed is committed.
+// rolled back; one it holds as committed is committed. The same sweep runs
+// while the agent is up.
+//
+// The gid carries the agent's incarnation (BranchLog::incarnation, one more
+// at every start), so that a prepared transaction without a record is told
+// from one whose prepare is still on its way here: a gid of an earlier
+// incarnation (or of the form before incarnations, keel:<agent>:<seq>:
+// <branch>) can have no prepare running any more and is in doubt at once; a
+// gid of this incarnation is in doubt only once no prepare of its branch is
+// in flight in this process (preparing_, pending_). The branch's record
+// keeps the incarnation of its gid (hostIncarnation), so a later
+// incarnation commits or rolls back the gid that was prepared; with no
+// record, the gids of a branch are looked up by prefix.
 //
 // A gid PostgreSQL no longer holds is never taken as proof of an outcome
 // (a DBA may have run COMMIT PREPARED or ROLLBACK PREPARED by hand): the
@@ -42,9 +54,10 @@
 // Files: pg_agent.cc the protocol (prepare, commit, rollback, one-phase);
 // pg_agent_recovery.cc the gids, the start-up reconcile and the sweep.
 
+#include <condition_variable>
 #include <map>
 #include <memory>
-#include <condition_variable>
+#include <optional>
 #include <mutex>
 #include <thread>
 #include <set>
@@ -56,6 +69,17 @@
 #include "participant/branch_log.h"
 
 namespace keel {
+
+// What a gid of ours names: "keel:<agent>:<seq>:<branch>:<incarnation>", or
+// "keel:<agent>:<seq>:<branch>" from an agent before incarnations
+// (incarnation 0).
+struct PgGid {
+  Xid xid;
+  std::uint64_t incarnation = 0;
+};
+std::string pgGid(const std::string& agent, Xid xid, std::uint64_t incarnation);
+// nullopt: not a gid of this agent's (another agent's, or malformed).
+std::optional<PgGid> parsePgGid(const std::string& agent, const std::string& gid);
 
 struct PgAgentOptions {
   std::string name;
@@ -92,7 +116,7 @@ class PgAgent final : public ParticipantBackend {
   BranchLog& branchLog() override { return log_; }
   const BranchLog& branchLog() const override { return log_; }
 
-  // "keel:<agent>:<seq>:<branch>"
+  // The gid of a branch prepared by this start of the agent.
   std::string gid(Xid xid) const;
 
  private:
@@ -100,15 +124,17 @@ class PgAgent final : public ParticipantBackend {
   void reconcile();
   // PostgreSQL's prepared transactions of this agent against the branch
   // log: committed or rolled back as the log says, kept when PREPARED, and
-  // recorded PREPARED in doubt when the log has no record and the gid is at
-  // least minAgeNoRecordS old. At start-up (age 0) and every 5 s (sweepLoop):
-  // a prepare whose pipeline PostgreSQL finished after its agent died, or a
-  // ROLLBACK PREPARED that failed after the record said rolled back, is
-  // cleaned up without a restart.
+  // recorded PREPARED in doubt when the log has no record and no prepare of
+  // it is in flight here. At start-up and every 5 s (sweepLoop): a prepare
+  // whose pipeline PostgreSQL finished after its agent (or its connection)
+  // died, or a ROLLBACK PREPARED that failed after the record said rolled
+  // back, is cleaned up without a restart.
   struct Swept {
-    std::size_t kept = 0, recovered = 0, rolledBack = 0, committed = 0;
+    std::size_t kept = 0, recovered = 0, recoveredEarlier = 0, rolledBack = 0, committed = 0;
   };
-  Swept sweepPrepared(PGconn* c, double minAgeNoRecordS);
+  struct Held;
+  Swept sweepPrepared(PGconn* c);
+  void settleHeld(PGconn* c, const Held& h, Swept& out);
   void sweepLoop();
   // Runs the statements in the open transaction of `c`; on a PostgreSQL error
   // rolls it back and returns the reason.
@@ -131,17 +157,23 @@ class PgAgent final : public ParticipantBackend {
   // flight, or its session has not noticed our crash yet); ask again later.
   std::optional<BranchStatus> settleOnePhase(PGconn* c, BranchRecord& rec);
   BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
-  // A prepared transaction of ours that PostgreSQL holds, with its txid.
+  // A prepared transaction of ours that PostgreSQL holds: its gid, what the
+  // gid names, and its txid.
   struct Held {
     std::string gid;
-    double ageS = 0;
+    PgGid names;
     std::uint64_t txid = 0;
   };
-  // This database's prepared transactions whose gid meets `gidCondition` (SQL).
+  // This database's prepared transactions whose gid meets `gidCondition`
+  // (SQL) and is one of ours (others are skipped).
   std::vector<Held> heldPrepared(PGconn* c, const std::string& gidCondition);
+  // Every gid of the branch that PostgreSQL holds, whatever its incarnation.
+  std::vector<Held> heldPreparedOf(PGconn* c, Xid xid);
   // A gid PostgreSQL holds that has no record: recorded PREPARED, in doubt,
-  // with its txid (false if a record is there already).
-  bool recordInDoubt(lmdb::Txn& txn, Xid xid, std::uint64_t txid, const std::string& reason) const;
+  // with its txid and incarnation (false if a record is there already).
+  bool recordInDoubt(lmdb::Txn& txn, const Held& h, const std::string& reason) const;
+  // The gid PostgreSQL prepared for a recorded branch.
+  std::string gidOf(const BranchRecord& rec) const;
   // The PREPARED branch's final state from what PostgreSQL did (not what we
   // were asked), with the reason why; what the log holds afterwards.
   std::optional<BranchRecord> finishFromHost(Xid xid, std::uint64_t epoch, BranchStatus state,
@@ -158,6 +190,9 @@ class PgAgent final : public ParticipantBackend {
                      std::uint64_t txid) const;
   void preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept;
   bool pendingRecord(Xid xid);
+  // Between PREPARE TRANSACTION (sent) and a record in the log: preparing_
+  // or pending_.
+  bool prepareInFlight(Xid xid);
   bool epochNeedsForce(std::uint16_t node, std::uint64_t epoch);
   BranchOutcome rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch);
   // Commits (or rolls back) each branch as its own finish-pool job.
@@ -171,10 +206,12 @@ class PgAgent final : public ParticipantBackend {
   // must never queue behind them.
   std::unique_ptr<pg::Pool> finishPool_;
   std::mutex mu_;
-  std::set<Xid> pending_;  // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable
+  std::set<Xid> preparing_;  // GUARDED_BY(mu_): a prepare's pool job is running
+  std::set<Xid> pending_;    // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable
   std::map<std::uint16_t, std::uint64_t> durableEpochs_;  // GUARDED_BY(mu_): per coordinator node
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
   std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once
+  std::set<std::string> warnedStray_;                     // GUARDED_BY(mu_): a gid its record does not name
   std::condition_variable sweepCv_;
   std::thread sweeper_;
 };

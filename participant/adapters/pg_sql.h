@@ -16,17 +16,19 @@ inline std::string quoteLiteral(const std::string& s) {
   return "'" + s + "'";
 }
 
-// ROLLBACK PREPARED. False if PostgreSQL does not hold the gid: never
-// prepared, or finished already (how, and by whom, only txid_status can
-// tell). Throws while PostgreSQL is unreachable.
-inline bool rollbackPrepared(PGconn* c, const std::string& gid) {
+// COMMIT PREPARED or ROLLBACK PREPARED (`verb`). False if PostgreSQL does
+// not hold the gid: never prepared, or finished already (how, and by whom,
+// only txid_status can tell). Throws while PostgreSQL is unreachable.
+inline bool finishPrepared(PGconn* c, const char* verb, const std::string& gid) {
   try {
-    exec(c, "ROLLBACK PREPARED " + quoteLiteral(gid));
+    exec(c, std::string(verb) + " PREPARED " + quoteLiteral(gid));
     return true;
   } catch (const PgError& e) {
     if (e.sqlstate() != kUndefinedObject) throw;
     return false;
   }
 }
+inline bool rollbackPrepared(PGconn* c, const std::string& gid) { return finishPrepared(c, "ROLLBACK", gid); }
+inline bool commitPrepared(PGconn* c, const std::string& gid) { return finishPrepared(c, "COMMIT", gid); }
 
 }  // namespace keel::pg

@@ -67,6 +67,23 @@ class PostgresTest : public ClusterTest {
     EXPECT_EQ(balance("bank_a", "alice"), 1000);
     EXPECT_EQ(balance("bank_b", "bob"), 0);
   }
+  // How often an agent's log says `text`.
+  std::size_t inAgentLog(const std::string& agent, const std::string& text) {
+    std::ifstream f(cluster_->agentLog(agent));
+    std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::size_t n = 0;
+    for (auto at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
+    return n;
+  }
+  // The gids PostgreSQL holds prepared in `db`.
+  std::vector<std::string> preparedGids(const std::string& db) {
+    std::vector<std::string> out;
+    for (auto& row : pgQuery(pg_->connString(db), "SELECT gid FROM pg_prepared_xacts WHERE database = "
+                                                  "current_database() ORDER BY gid")) {
+      out.push_back(row[0]);
+    }
+    return out;
+  }
 
   std::unique_ptr<PgServer> pg_;
 };
@@ -340,7 +357,18 @@ class PostgresOutcomeTest : public PostgresTest {
     io_.waitScope.poll();  // the call leaves now
     return sent;
   }
-  static std::string gidOf(Xid xid) {
+  // The gid bank-b prepared for a branch (with its incarnation), as a DBA
+  // would find it in pg_prepared_xacts.
+  std::string gidOf(Xid xid) {
+    std::string bare = oldGidOf(xid);
+    for (auto& g : preparedGids("bank_b")) {
+      if (g == bare || g.rfind(bare + ":", 0) == 0) return g;
+    }
+    ADD_FAILURE() << "bank_b holds no prepared transaction of " << xid.str();
+    return bare;
+  }
+  // A gid of the form agents wrote before incarnations.
+  static std::string oldGidOf(Xid xid) {
     return "keel:bank-b:" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
   }
 
@@ -382,13 +410,7 @@ class PostgresOutcomeTest : public PostgresTest {
     return rec.value_or(BranchRecord{});
   }
   // How often bank-b's log says `text`.
-  std::size_t inAgentLog(const std::string& text) {
-    std::ifstream f(cluster_->agentLog("bank-b"));
-    std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    std::size_t n = 0;
-    for (auto at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
-    return n;
-  }
+  std::size_t inAgentLog(const std::string& text) { return PostgresTest::inAgentLog("bank-b", text); }
   // BEGIN; sql; PREPARE TRANSACTION gid in bank_b, by hand; returns its txid.
   std::uint64_t prepareByHand(const std::string& gid, const std::string& sql) {
     PGconn* c = PQconnectdb(pg_->connString("bank_b").c_str());
@@ -524,7 +546,7 @@ TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch
   // A prepared transaction of bank-b's with no record: its agent died
   // before the lazy PREPARED record was durable, after the vote.
   const Xid xid = xidOf(5);
-  std::uint64_t txid = prepareByHand(gidOf(xid), "UPDATE accounts SET balance = balance + 7 WHERE name = 'bob'");
+  std::uint64_t txid = prepareByHand(oldGidOf(xid), "UPDATE accounts SET balance = balance + 7 WHERE name = 'bob'");
   ASSERT_GT(txid, std::uint64_t(1) << 32);
   cluster_->startAgent("bank-b");  // its start-up sweep records it in doubt
   auto rec = recordAfterStoppingB(xid);
@@ -551,6 +573,24 @@ TEST(PgTxid, FullTxidTakesTheEpochOfTheNearestTxid) {
   // Nothing below txid 1.
   EXPECT_EQ(fullTxid(10, 0xFFFFFFF0u), 0u);
   EXPECT_EQ(fullTxid(10, 10), 10u);
+}
+
+TEST(PgGid, CarriesTheIncarnationAndReadsTheFormBeforeIt) {
+  const Xid xid{(std::uint64_t(1) << 48) | 42, 3};
+  EXPECT_EQ(pgGid("bank-a", xid, 7), "keel:bank-a:281474976710698:3:7");
+  EXPECT_EQ(pgGid("bank-a", xid, 0), "keel:bank-a:281474976710698:3");  // as before incarnations
+  for (std::uint64_t inc : {std::uint64_t(0), std::uint64_t(1), std::uint64_t(7), ~std::uint64_t(0)}) {
+    auto p = parsePgGid("bank-a", pgGid("bank-a", xid, inc));
+    ASSERT_TRUE(p.has_value()) << inc;
+    EXPECT_EQ(p->xid, xid);
+    EXPECT_EQ(p->incarnation, inc);
+  }
+  // Another agent's, or not in the one spelling pgGid gives: not ours.
+  for (const char* g : {"keel:bank-b:281474976710698:3:7", "keel:bank-a.x:1:1", "keel:bank-a:1", "keel:bank-a:1:2:3:4",
+                        "keel:bank-a:01:2", "keel:bank-a:1:2:0", "keel:bank-a:1:70000", "keel:bank-a:1:-2",
+                        "keel:bank-a:1:2:", "keel:bank-a::2", "keel:bank-a:x:2", "other:bank-a:1:2", "keel:bank-a:"}) {
+    EXPECT_FALSE(parsePgGid("bank-a", g).has_value()) << g;
+  }
 }
 
 TEST(PostgresAgentStart, NoPreparedTransactionsIsReportedWithTheFix) {
