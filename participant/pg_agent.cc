@@ -55,13 +55,17 @@ std::string describePgError(const pg::PgError& e) {
 
 PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
   log_.check();
+  // Either pool connecting again means PostgreSQL is back: what failed
+  // meanwhile is retried, and the keeper sweeps, at once.
   pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize,
-                                     "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs));
+                                     "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs),
+                                     [this] { reconnected(); });
   // Phase 2 gets connections of its own, as many as the prepares have: each
   // COMMIT PREPARED waits for PostgreSQL's WAL flush, and a batch of them
   // from the coordinator runs side by side (PostgreSQL flushes concurrent
   // commits together), not one after another.
-  finishPool_ = std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize));
+  finishPool_ =
+      std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize), "", [this] { reconnected(); });
 }
 
 void PgAgent::start() {
@@ -74,8 +78,8 @@ PgAgent::~PgAgent() {
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;
   }
-  sweepCv_.notify_all();
-  if (sweeper_.joinable()) sweeper_.join();
+  keeperCv_.notify_all();
+  if (keeper_.joinable()) keeper_.join();
   pool_.reset();  // no prepare queues a PREPARED record after this
   // Every lazy PREPARED record is written (and its done() has run, which may
   // post to the finish pool) once a forced job queued after them is durable.
@@ -294,8 +298,8 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
       ->run<PrepareResult>([this, epoch, xid, ops = std::move(ops)](PGconn* c) {
         std::string g = gid(xid);
         // In flight from before PREPARE TRANSACTION until the record is
-        // durable or on its way (pending_): the sweep leaves this branch's
-        // gid to us meanwhile.
+        // durable or on its way (pending_): the keeper's sweep leaves this
+        // branch's gid to us meanwhile.
         {
           std::lock_guard<std::mutex> lk(mu_);
           preparing_.insert(xid);
@@ -346,7 +350,12 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
         bool ours = !log_.branches({xid})[0] &&
                     recordPrepared(epoch, xid, ops, trip.txid, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
         if (!ours) {
-          rollbackPrepared(c, g);
+          try {
+            rollbackPrepared(c, g);
+          } catch (const std::exception&) {
+            owe(xid, Owe::Settle, epoch, 1);  // the tombstone says rolled back: retried until PostgreSQL answers
+            throw;
+          }
           return PrepareResult{Vote::No, "branch " + xid.str() + " was rolled back before it was prepared", {}};
         }
         return PrepareResult{Vote::Yes, "", std::move(results)};
@@ -432,9 +441,15 @@ void PgAgent::preparedRecordDone(Xid xid, std::exception_ptr err, bool written) 
   } else if (!written) {
     // A rollback's tombstone landed first: it may have looked for
     // PostgreSQL's prepared transaction before we made it. Undo it (a crash
-    // first leaves it to reconcile, which finds the tombstone).
-    finishPool_->post([this, g = gid(xid)](PGconn* c) {
-      if (c != nullptr) rollbackPrepared(c, g);
+    // first leaves it to reconcile, which finds the tombstone; a failure,
+    // to the keeper's retries).
+    finishPool_->post([this, xid, g = gid(xid)](PGconn* c) {
+      try {
+        if (c == nullptr) throw pg::PgError("cannot connect to PostgreSQL", "");
+        rollbackPrepared(c, g);
+      } catch (const std::exception&) {
+        owe(xid, Owe::Settle, 0, 1);
+      }
     });
   }
 }
@@ -597,7 +612,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     // after PREPARE TRANSACTION (its reply lost, or our PREPARED record not
     // written, perhaps by an earlier incarnation), which is why the
     // coordinator rolls back. Until PostgreSQL answers this throws, and the
-    // coordinator retries.
+    // coordinator retries (and so does the keeper).
     bool held = false;
     if (rec) {
       held = rollbackPrepared(c, gidOf(*rec));
@@ -644,8 +659,14 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   });
   if (preparedMeanwhile) {
     // Recorded rolled back first: if we die before this, start-up's
-    // reconcile rolls it back (the log says rolled back).
-    rollbackPrepared(c, gidOf(*preparedMeanwhile));
+    // reconcile rolls it back (the log says rolled back); if PostgreSQL
+    // does not answer, the keeper's retries do, as soon as it is back.
+    try {
+      rollbackPrepared(c, gidOf(*preparedMeanwhile));
+    } catch (const std::exception&) {
+      owe(xid, Owe::Settle, epoch, 1);
+      throw;
+    }
   }
   if (onePhaseMeanwhile) {
     auto settled = settleOnePhase(c, *onePhaseMeanwhile);
@@ -664,9 +685,18 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids
   // connections; the answer keeps the batch's order.
   kj::Vector<kj::Promise<BranchOutcome>> each(xids.size());
   for (Xid x : xids) {
-    each.add(finishPool_->run<BranchOutcome>([this, x, commit, epoch](PGconn* c) {
-      return commit ? commitOne(c, x, epoch) : rollbackOne(c, x, epoch);
-    }));
+    each.add(finishPool_
+                 ->run<BranchOutcome>([this, x, commit, epoch](PGconn* c) {
+                   return commit ? commitOne(c, x, epoch) : rollbackOne(c, x, epoch);
+                 })
+                 .catch_([this, x, commit, epoch](kj::Exception&& e) -> BranchOutcome {
+                   // PostgreSQL unreachable, most likely. The decision is
+                   // known here now: the keeper retries it with backoff (and
+                   // at once when a pool connects again), sooner than the
+                   // coordinator's retry comes, which then finds it done.
+                   owe(x, commit ? Owe::Commit : Owe::Rollback, epoch, 1);
+                   kj::throwFatalException(kj::mv(e));
+                 }));
   }
   return kj::joinPromises(each.releaseAsArray()).then([commit](kj::Array<BranchOutcome> a) {
     if (commit) {

@@ -52,8 +52,10 @@
 // threads, which also wait for the branch log's durable writes.
 //
 // Files: pg_agent.cc the protocol (prepare, commit, rollback, one-phase);
-// pg_agent_recovery.cc the gids, the start-up reconcile and the sweep.
+// pg_agent_recovery.cc the gids, the start-up reconcile and the keeper
+// thread (the sweep, and retries of COMMIT / ROLLBACK PREPARED that failed).
 
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -125,7 +127,7 @@ class PgAgent final : public ParticipantBackend {
   // PostgreSQL's prepared transactions of this agent against the branch
   // log: committed or rolled back as the log says, kept when PREPARED, and
   // recorded PREPARED in doubt when the log has no record and no prepare of
-  // it is in flight here. At start-up and every 5 s (sweepLoop): a prepare
+  // it is in flight here. At start-up and then by the keeper: a prepare
   // whose pipeline PostgreSQL finished after its agent (or its connection)
   // died, or a ROLLBACK PREPARED that failed after the record said rolled
   // back, is cleaned up without a restart.
@@ -135,7 +137,27 @@ class PgAgent final : public ParticipantBackend {
   struct Held;
   Swept sweepPrepared(PGconn* c);
   void settleHeld(PGconn* c, const Held& h, Swept& out);
-  void sweepLoop();
+  // The sweep for the gids of one branch (a retry after its COMMIT PREPARED
+  // or ROLLBACK PREPARED failed).
+  void settleHeldOf(PGconn* c, Xid xid);
+  // The keeper thread: sweeps (every kSweepPeriod; every kFastSweepPeriod
+  // for a while after start-up and after the pools reconnect), and retries
+  // the branches it owes PostgreSQL with capped exponential backoff.
+  void keeperLoop();
+  bool runSweep();  // false: PostgreSQL unreachable
+  // How long after start-up or a reconnect a prepare that was in flight may
+  // still complete in PostgreSQL: sweeps run every kFastSweepPeriod meanwhile.
+  std::chrono::milliseconds settleWindow() const;
+  // A branch whose COMMIT PREPARED / ROLLBACK PREPARED failed (PostgreSQL
+  // unreachable): what the coordinator asked (Settle: nothing, the record
+  // says it all) is done again, then the branch's held gids are settled as
+  // its record says. Any thread.
+  enum class Owe : std::uint8_t { Settle, Commit, Rollback };
+  struct Owed;
+  void owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed);
+  void retryOwed(PGconn* c, Xid xid, Owed o);  // a finish-pool job; c null: unreachable
+  // PostgreSQL (or the way to it) is back: retries and a sweep now.
+  void reconnected();
   // Runs the statements in the open transaction of `c`; on a PostgreSQL error
   // rolls it back and returns the reason.
   std::optional<std::string> runStatements(PGconn* c, const std::vector<Op>& ops, std::vector<OpResult>& results);
@@ -212,8 +234,21 @@ class PgAgent final : public ParticipantBackend {
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
   std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once
   std::set<std::string> warnedStray_;                     // GUARDED_BY(mu_): a gid its record does not name
-  std::condition_variable sweepCv_;
-  std::thread sweeper_;
+
+  // The keeper's state, GUARDED_BY(mu_).
+  using Clock = std::chrono::steady_clock;
+  struct Owed {
+    Owe what = Owe::Settle;
+    std::uint64_t epoch = 0;
+    std::uint32_t failed = 0;  // attempts that failed so far
+    Clock::time_point due;
+  };
+  std::map<Xid, Owed> owed_;           // not being retried right now
+  Clock::time_point nextSweep_;        // the next sweep
+  Clock::time_point fastUntil_;        // sweeps every kFastSweepPeriod until then
+  std::uint32_t sweepFailures_ = 0;    // in a row
+  std::condition_variable keeperCv_;
+  std::thread keeper_;
 };
 
 // A PostgreSQL error as a reason a branch was refused.

@@ -1,7 +1,25 @@
-// PgAgent's recovery side: the gids, the start-up reconcile and the sweep
-// of PostgreSQL's prepared transactions against the branch log. The
-// protocol side (prepare, commit, rollback) is pg_agent.cc;
-// docs/postgres.md says what each step does and why.
+// PgAgent's recovery side: the gids, the start-up reconcile and the keeper
+// thread. The protocol side (prepare,
+// commit, rollback) is pg_agent.cc; docs/postgres.md says what each step
+// does and why.
+//
+// The keeper (keeper_, one thread) has two jobs:
+//   sweep    PostgreSQL's prepared transactions of this agent against the
+//            branch log (sweepPrepared), every kSweepPeriod, and every
+//            kFastSweepPeriod for settleWindow() after start-up and after a
+//            pool connected again: a prepare whose pipeline was in flight
+//            when its agent (or its connection) died may still complete in
+//            PostgreSQL for about a lock_timeout per statement. A sweep that
+//            fails (PostgreSQL unreachable) is tried again after backoff().
+//   retries  owed_: a branch whose COMMIT PREPARED or ROLLBACK PREPARED
+//            failed, done again as a finish-pool job after backoff(attempt)
+//            (20 ms doubling to 1 s, like the coordinator's phase-2 retries
+//            with a lower cap), and at once when a pool connects again. What
+//            the coordinator asked is asked again (commitOne and rollbackOne
+//            are idempotent), then the branch's gids PostgreSQL still holds
+//            are settled as its record says.
+// Neither decides a branch: they apply a record (committed, rolled back) or
+// a decision the coordinator sent, and record in doubt what has no record.
 
 #include <algorithm>
 #include <charconv>
@@ -16,6 +34,18 @@ namespace keel {
 using pg::quoteLiteral;
 
 namespace {
+
+constexpr auto kSweepPeriod = std::chrono::seconds(1);
+constexpr auto kFastSweepPeriod = std::chrono::milliseconds(100);
+constexpr std::uint64_t kRetryInitialMs = 20, kRetryMaxMs = 1000;
+
+// The wait before attempt `failed` + 1: a refused connect to a server that
+// is down costs little, and the wait after it is back is what heals slowly.
+std::chrono::milliseconds backoff(std::uint32_t failed) {
+  std::uint64_t ms = kRetryInitialMs;
+  for (std::uint32_t i = 1; i < failed && ms < kRetryMaxMs; ++i) ms *= 2;
+  return std::chrono::milliseconds(std::min(ms, kRetryMaxMs));
+}
 
 // A decimal number and nothing else.
 template <typename T>
@@ -72,6 +102,10 @@ bool PgAgent::prepareInFlight(Xid xid) {
   return preparing_.count(xid) != 0 || pending_.count(xid) != 0;
 }
 
+std::chrono::milliseconds PgAgent::settleWindow() const {
+  return std::chrono::milliseconds(std::max<std::uint64_t>(2000, 3ull * opts_.lockTimeoutMs));
+}
+
 void PgAgent::reconcile() {
   pool_->runSync<void>([this](PGconn* c) {
     auto r = pg::exec(c, "SHOW max_prepared_transactions");
@@ -96,7 +130,13 @@ void PgAgent::reconcile() {
         "one-phase settled; incarnation {}",
         swept.kept, swept.recovered, swept.rolledBack, swept.committed, settled, log_.incarnation());
   });
-  sweeper_ = std::thread([this] { sweepLoop(); });
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto now = Clock::now();
+    fastUntil_ = now + settleWindow();
+    nextSweep_ = now + kFastSweepPeriod;
+  }
+  keeper_ = std::thread([this] { keeperLoop(); });
 }
 
 std::vector<PgAgent::Held> PgAgent::heldPrepared(PGconn* c, const std::string& gidCondition) {
@@ -146,6 +186,11 @@ PgAgent::Swept PgAgent::sweepPrepared(PGconn* c) {
     settleHeld(c, h, out);
   }
   return out;
+}
+
+void PgAgent::settleHeldOf(PGconn* c, Xid xid) {
+  Swept out;
+  for (const Held& h : heldPreparedOf(c, xid)) settleHeld(c, h, out);
 }
 
 void PgAgent::settleHeld(PGconn* c, const Held& h, Swept& out) {
@@ -214,25 +259,104 @@ void PgAgent::settleHeld(PGconn* c, const Held& h, Swept& out) {
   }
 }
 
-void PgAgent::sweepLoop() {
+bool PgAgent::runSweep() {
+  try {
+    auto swept = finishPool_->runSync<Swept>([&](PGconn* c) { return sweepPrepared(c); });
+    if (swept.recovered + swept.rolledBack + swept.committed > 0) {
+      KEEL_LOG_INFO(
+          "postgres sweep: {} prepared transaction(s) without a record recorded in doubt ({} of an earlier start), {} "
+          "rolled back, {} committed (as their records say)",
+          swept.recovered, swept.recoveredEarlier, swept.rolledBack, swept.committed);
+    }
+    return true;
+  } catch (const std::exception& e) {
+    KEEL_LOG_DEBUG("postgres sweep failed: {}", e.what());
+    return false;
+  }
+}
+
+void PgAgent::keeperLoop() {
   std::unique_lock<std::mutex> lk(mu_);
   while (!stopping_) {
-    sweepCv_.wait_for(lk, std::chrono::seconds(5));
-    if (stopping_) break;
-    lk.unlock();
-    try {
-      auto swept = finishPool_->runSync<Swept>([&](PGconn* c) { return sweepPrepared(c); });
-      if (swept.recovered + swept.rolledBack + swept.committed > 0) {
-        KEEL_LOG_INFO(
-            "postgres sweep: {} prepared transaction(s) without a record recorded in doubt ({} of an earlier start), "
-            "{} rolled back, {} committed (as their records say)",
-            swept.recovered, swept.recoveredEarlier, swept.rolledBack, swept.committed);
+    auto now = Clock::now();
+    // Retries that are due run side by side on the finish pool.
+    std::vector<std::pair<Xid, Owed>> due;
+    auto wake = nextSweep_;
+    for (auto it = owed_.begin(); it != owed_.end();) {
+      if (it->second.due <= now) {
+        due.emplace_back(*it);
+        it = owed_.erase(it);
+      } else {
+        wake = std::min(wake, it->second.due);
+        ++it;
       }
-    } catch (const std::exception& e) {
-      KEEL_LOG_DEBUG("postgres sweep skipped: {}", e.what());
     }
+    if (!due.empty()) {
+      lk.unlock();
+      for (auto& [xid, o] : due) {
+        finishPool_->post([this, xid = xid, o = o](PGconn* c) { retryOwed(c, xid, o); });
+      }
+      lk.lock();
+      continue;
+    }
+    if (now < nextSweep_) {
+      keeperCv_.wait_until(lk, wake);
+      continue;
+    }
+    lk.unlock();
+    bool swept = runSweep();
     lk.lock();
+    now = Clock::now();
+    sweepFailures_ = swept ? 0 : sweepFailures_ + 1;
+    nextSweep_ = now + (!swept ? backoff(sweepFailures_)
+                               : std::chrono::milliseconds(now < fastUntil_ ? kFastSweepPeriod : kSweepPeriod));
   }
+}
+
+void PgAgent::owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) return;  // the next start's reconcile (or the coordinator's retry) finishes it
+    auto [it, fresh] = owed_.try_emplace(xid);
+    Owed& o = it->second;
+    if (fresh || what != Owe::Settle) {  // a decision comes with settling anyway
+      o.what = what;
+      o.epoch = epoch;
+    }
+    o.failed = std::max(o.failed, failed);
+    o.due = Clock::now() + (o.failed == 0 ? std::chrono::milliseconds(0) : backoff(o.failed));
+  }
+  keeperCv_.notify_one();
+}
+
+void PgAgent::retryOwed(PGconn* c, Xid xid, Owed o) {
+  const char* what = o.what == Owe::Commit ? "commit" : o.what == Owe::Rollback ? "rollback" : "settling";
+  try {
+    if (c == nullptr) throw pg::PgError("cannot connect to PostgreSQL", "");
+    if (o.what == Owe::Commit) commitOne(c, xid, o.epoch);
+    if (o.what == Owe::Rollback) rollbackOne(c, xid, o.epoch);
+    settleHeldOf(c, xid);
+    if (o.failed > 0) {
+      KEEL_LOG_INFO("branch {}: {} done in PostgreSQL on the agent's retry after {} failure(s)", xid.str(), what,
+                    o.failed);
+    }
+  } catch (const std::exception& e) {
+    KEEL_LOG_DEBUG("branch {}: {} failed again ({}): retrying", xid.str(), what, e.what());
+    owe(xid, o.what, o.epoch, o.failed + 1);
+  }
+}
+
+void PgAgent::reconnected() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) return;
+    auto now = Clock::now();
+    fastUntil_ = now + settleWindow();
+    nextSweep_ = std::min(nextSweep_, now);
+    for (auto& [xid, o] : owed_) o.due = now;
+  }
+  keeperCv_.notify_one();
+  KEEL_LOG_INFO("postgres: connected again; retrying what failed meanwhile and sweeping now");
 }
 
 }  // namespace keel

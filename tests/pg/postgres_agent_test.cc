@@ -8,6 +8,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <thread>
 
 #include "common/wire.h"
 #include "participant/branch_log.h"
@@ -83,6 +84,13 @@ class PostgresTest : public ClusterTest {
       out.push_back(row[0]);
     }
     return out;
+  }
+
+  // Milliseconds until `pred` holds (polled every 20 ms), or -1 after `timeout`.
+  long long msUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+    auto t0 = std::chrono::steady_clock::now();
+    if (!eventually(pred, timeout)) return -1;
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   }
 
   std::unique_ptr<PgServer> pg_;
@@ -529,6 +537,72 @@ TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnkn
   auto rec = recordAfterStoppingB(xid);
   EXPECT_EQ(rec.state, BranchStatus::Committed);
   EXPECT_NE(rec.reason.find("'committed'"), std::string::npos) << rec.reason;
+}
+
+// A prepare between its PREPARE TRANSACTION and its record is never taken
+// for an orphan, however long it takes: held up there for longer than the
+// sweep's period (and the second one's lazy record held up too), both vote
+// YES, commit, and nothing is recovered in doubt.
+TEST_F(PostgresOutcomeTest, PrepareInFlightIsNeverTakenForAnOrphan) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.after_host_prepare=2*delay(2500),pg.before_lazy_prepared_record=1*delay(2500)");
+  const Xid first = xidOf(50), second = xidOf(51);
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+  auto sendPrepare = [&](Xid xid, const std::string& who, std::int64_t amount) {
+    auto req = agent->capability().prepareRequest();
+    req.setEpoch(kEpoch);
+    fillXid(req.initXid(), xid);
+    std::vector<Op> ops{credit("bank-b", who, amount)};
+    fillOps(req.initOperations(ops.size()), ops);
+    auto sent = req.send();
+    io_.waitScope.poll();  // the call leaves now
+    return sent;
+  };
+  auto one = sendPrepare(first, "bob", 1);  // its record forced: the epoch's first
+  ASSERT_TRUE(eventually([&] { return prepared("bank_b") == 1; }, std::chrono::seconds(5)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // PostgreSQL has held the gid for 1.5 s without a record at bank-b (many
+  // sweeps' worth): in flight, so left alone.
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+  ASSERT_EQ(one.wait(io_.waitScope).getVote(), wire::Vote::YES);
+  // Another row: bob's stays locked by the first until its commit.
+  ASSERT_EQ(sendPrepare(second, "alice", 5).wait(io_.waitScope).getVote(), wire::Vote::YES);  // lazy record held up
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(inspect("bank-b").prepared, 1u);  // the second's record is still on its way: not recovered meanwhile
+  EXPECT_EQ(finishAtB(first, /*commit=*/true), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(finishAtB(second, /*commit=*/true), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(balance("bank_b", "bob"), 1);
+  EXPECT_EQ(balance("bank_b", "alice"), 1005);
+  EXPECT_EQ(prepared("bank_b"), 0u);
+  EXPECT_EQ(inAgentLog("postgres sweep:"), 0u);  // the sweep did nothing at all
+  auto rec = recordAfterStoppingB(second);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_EQ(rec.reason, "");
+}
+
+// COMMIT PREPARED and ROLLBACK PREPARED fail while PostgreSQL is down. No
+// coordinator asks again here (these branches are of coordinator node 9):
+// the agent knows the decisions now and finishes both itself once
+// PostgreSQL is back.
+TEST_F(PostgresOutcomeTest, PhaseTwoThatFailedWhilePostgresWasDownIsDoneOnceItIsBack) {
+  const Xid toCommit = xidOf(60), toRollBack = xidOf(61);
+  ASSERT_EQ(prepareAtB(toCommit, {credit("bank-b", "bob", 5)}), wire::Vote::YES);
+  ASSERT_EQ(prepareAtB(toRollBack, {credit("bank-b", "alice", 7)}), wire::Vote::YES);  // bob's row is locked
+  pg_->stopImmediate();
+  EXPECT_ANY_THROW(finishAtB(toCommit, /*commit=*/true));
+  EXPECT_ANY_THROW(finishAtB(toRollBack, /*commit=*/false));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a few failed retries: the backoff grows
+  pg_->restart();
+  auto ms = msUntil([&] { return prepared("bank_b") == 0; }, std::chrono::seconds(30));
+  std::printf("phase 2 done %lld ms after PostgreSQL was back\n", ms);
+  ASSERT_GE(ms, 0) << "still prepared after 30 s";
+  EXPECT_LT(ms, 3000);
+  EXPECT_EQ(balance("bank_b", "bob"), 5);
+  EXPECT_EQ(balance("bank_b", "alice"), 1000);
+  EXPECT_EQ(finishAtB(toCommit, /*commit=*/true), wire::BranchOutcome::COMMITTED);  // from the record now
+  EXPECT_EQ(finishAtB(toRollBack, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  EXPECT_EQ(recordAfterStoppingB(toCommit).state, BranchStatus::Committed);
+  EXPECT_EQ(recordAtB(toRollBack).value_or(BranchRecord{}).state, BranchStatus::RolledBack);
 }
 
 TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch) {
