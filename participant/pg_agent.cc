@@ -73,7 +73,7 @@ void PgAgent::start() {
   reconcile();
 }
 
-PgAgent::~PgAgent() {
+PgAgent::~PgAgent() noexcept {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;

@@ -99,7 +99,7 @@ class PgAgent final : public ParticipantBackend {
   // Checks the branch log and connects. Throws with a message saying how to
   // fix what is wrong.
   explicit PgAgent(PgAgentOptions opts);
-  ~PgAgent() override;
+  ~PgAgent() noexcept override;  // noexcept: inDoubtWake_ (a kj::Own) would make it noexcept(false)
   // Checks max_prepared_transactions, reconciles PostgreSQL's prepared
   // transactions with the branch log, starts the sweep.
   void start() override;
@@ -120,6 +120,10 @@ class PgAgent final : public ParticipantBackend {
 
   // The gid of a branch prepared by this start of the agent.
   std::string gid(Xid xid) const;
+  // A PREPARED branch whose gid is of an earlier incarnation: whatever
+  // prepared it is gone, so the in-doubt resolver asks about it at once.
+  bool knownInDoubt(const BranchRecord& rec) const override;
+  kj::Promise<void> inDoubtRecorded() override;
 
  private:
   std::optional<std::string> validate(const std::vector<Op>& ops) const;
@@ -158,6 +162,9 @@ class PgAgent final : public ParticipantBackend {
   void retryOwed(PGconn* c, Xid xid, Owed o);  // a finish-pool job; c null: unreachable
   // PostgreSQL (or the way to it) is back: retries and a sweep now.
   void reconnected();
+  // The sweep recorded a branch knownInDoubt says is in doubt: wakes the
+  // resolver (inDoubtRecorded). Any thread.
+  void noteKnownInDoubt();
   // Runs the statements in the open transaction of `c`; on a PostgreSQL error
   // rolls it back and returns the reason.
   std::optional<std::string> runStatements(PGconn* c, const std::vector<Op>& ops, std::vector<OpResult>& results);
@@ -247,6 +254,9 @@ class PgAgent final : public ParticipantBackend {
   Clock::time_point nextSweep_;        // the next sweep
   Clock::time_point fastUntil_;        // sweeps every kFastSweepPeriod until then
   std::uint32_t sweepFailures_ = 0;    // in a row
+  // The resolver's wake-up, GUARDED_BY(mu_).
+  bool inDoubtNew_ = false;  // recorded since the resolver last waited
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> inDoubtWake_;  // the resolver waits on it
   std::condition_variable keeperCv_;
   std::thread keeper_;
 };

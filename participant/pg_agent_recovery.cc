@@ -1,5 +1,5 @@
-// PgAgent's recovery side: the gids, the start-up reconcile and the keeper
-// thread. The protocol side (prepare,
+// PgAgent's recovery side: the gids, the start-up reconcile, the keeper
+// thread, and what the in-doubt resolver hears. The protocol side (prepare,
 // commit, rollback) is pg_agent.cc; docs/postgres.md says what each step
 // does and why.
 //
@@ -97,6 +97,32 @@ std::string PgAgent::gid(Xid xid) const { return pgGid(opts_.name, xid, log_.inc
 
 std::string PgAgent::gidOf(const BranchRecord& rec) const { return pgGid(opts_.name, rec.xid, rec.hostIncarnation); }
 
+bool PgAgent::knownInDoubt(const BranchRecord& rec) const {
+  return rec.state == BranchStatus::Prepared && !rec.onePhase && rec.hostIncarnation != log_.incarnation();
+}
+
+kj::Promise<void> PgAgent::inDoubtRecorded() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (inDoubtNew_) {
+    inDoubtNew_ = false;
+    return kj::READY_NOW;
+  }
+  if (inDoubtWake_.get() != nullptr) inDoubtWake_->fulfill();  // a waiter before this one: it looks again
+  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  inDoubtWake_ = kj::mv(paf.fulfiller);
+  return kj::mv(paf.promise);
+}
+
+void PgAgent::noteKnownInDoubt() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (inDoubtWake_.get() != nullptr && inDoubtWake_->isWaiting()) {
+    inDoubtWake_->fulfill();
+    inDoubtWake_ = nullptr;
+  } else {
+    inDoubtNew_ = true;
+  }
+}
+
 bool PgAgent::prepareInFlight(Xid xid) {
   std::lock_guard<std::mutex> lk(mu_);
   return preparing_.count(xid) != 0 || pending_.count(xid) != 0;
@@ -185,12 +211,14 @@ PgAgent::Swept PgAgent::sweepPrepared(PGconn* c) {
   for (const Held& h : heldPrepared(c, "left(gid, " + std::to_string(prefix.size()) + ") = " + quoteLiteral(prefix))) {
     settleHeld(c, h, out);
   }
+  if (out.recoveredEarlier > 0) noteKnownInDoubt();
   return out;
 }
 
 void PgAgent::settleHeldOf(PGconn* c, Xid xid) {
   Swept out;
   for (const Held& h : heldPreparedOf(c, xid)) settleHeld(c, h, out);
+  if (out.recoveredEarlier > 0) noteKnownInDoubt();
 }
 
 void PgAgent::settleHeld(PGconn* c, const Held& h, Swept& out) {
@@ -210,7 +238,8 @@ void PgAgent::settleHeld(PGconn* c, const Held& h, Swept& out) {
     // PostgreSQL after the agent or the connection that sent it died, or a
     // prepare failed after PREPARE TRANSACTION. In doubt: recorded PREPARED,
     // and the coordinator's phase 2 or the in-doubt resolver's question
-    // settles it (never rolled back on our own).
+    // settles it (never rolled back on our own). Of an earlier incarnation,
+    // the resolver asks at once (knownInDoubt).
     bool wrote = log_.log().runSync([&](lmdb::Txn& txn) {
       return recordInDoubt(txn, h,
                            "recovered from PostgreSQL's prepared transaction " + h.gid +

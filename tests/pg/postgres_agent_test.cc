@@ -6,6 +6,7 @@
 #include <libpq-fe.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <fstream>
 #include <iterator>
 #include <thread>
@@ -299,6 +300,82 @@ TEST_F(PostgresTest, PreparedTransactionFinishedAfterItsRollbackIsSweptWithoutAR
   EXPECT_TRUE(eventually([&] { return prepared("bank_b") == 0; }, std::chrono::seconds(15)));
   EXPECT_EQ(balance("bank_b", "bob"), 0);
   EXPECT_TRUE(cluster_->agentRunning("bank-b"));
+}
+
+// ---------------------------------------------------------------- orphans, told at once
+//
+// The coordinator here retries a failed rollback only after 15 s (and
+// probes an agent that failed once a minute), so that what settles bank-b's
+// branch within the bounds below is the agent itself: its sweep finding
+// PostgreSQL's prepared transaction, and its in-doubt question to the
+// coordinator.
+
+class PostgresSlowRetryTest : public PostgresTest {
+ protected:
+  std::string coordinatorToml() override {
+    return "call_timeout_ms = 1000\nretry_initial_ms = 15000\nretry_max_ms = 15000\nprobe_ms = 60000\n";
+  }
+  // Backends of `db` running pg_sleep (not counting this query's own).
+  bool sleeping(const std::string& db) {
+    return !pgQuery(pg_->connString(db),
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND "
+                    "query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()")
+                .empty();
+  }
+};
+
+// bank-b's branch sleeps in PostgreSQL before its PREPARE TRANSACTION (one
+// pipeline: the statements, txid_current(), PREPARE TRANSACTION); bank-b is
+// SIGKILLed meanwhile and restarted, and PostgreSQL prepares the dead
+// agent's branch after the new one's start-up reconcile: a gid of an earlier
+// incarnation, with no record, that no prepare of this process will ever
+// record. Before incarnations, the sweep waited for such a gid to be 10 s old.
+TEST_F(PostgresSlowRetryTest, OrphanPreparedAfterItsAgentDiedIsSettledWithinSeconds) {
+  auto answer = client_->submit(
+      {debit("bank-a", "alice", 100), credit("bank-b", "bob", 100), Op::statement("bank-b", "SELECT pg_sleep(3)")});
+  io_.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io_.waitScope);  // send it
+  ASSERT_TRUE(eventually([&] { return sleeping("bank_b"); }, std::chrono::seconds(5)));
+  cluster_->killAgent("bank-b", SIGKILL);  // before the coordinator's 1 s deadline: no rollback reached it
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  auto o = answer.wait(io_.waitScope);
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  // The coordinator's rollback found bank-b down: its next try is 15 s away.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  cluster_->startAgent("bank-b");
+  ASSERT_TRUE(sleeping("bank_b")) << "the dead agent's pipeline finished before the restarted agent's reconcile";
+  // The sleep ends and the dead agent's pipeline goes on to PREPARE
+  // TRANSACTION; from then until bank-b has it rolled back (too quick to
+  // catch it prepared, polling every 20 ms).
+  ASSERT_TRUE(eventually([&] { return !sleeping("bank_b"); }, std::chrono::seconds(10)));
+  auto ms = msUntil([&] { return inAgentLog("bank-b", "coordinator says rolled back") == 1 && prepared("bank_b") == 0; },
+                    std::chrono::seconds(30));
+  std::printf("orphan of an earlier incarnation settled %lld ms after its dead agent's pipeline prepared it\n", ms);
+  ASSERT_GE(ms, 0) << "not settled after 30 s";
+  EXPECT_LT(ms, 3000);
+  EXPECT_EQ(inAgentLog("bank-b", "(1 of an earlier start)"), 1u);       // recorded in doubt by the sweep
+  EXPECT_EQ(inAgentLog("bank-b", "coordinator says rolled back"), 1u);  // and asked at once
+  expectUntouched();
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
+// A prepared transaction under a gid of the form agents wrote before
+// incarnations, with no record, appearing while the agent runs (its
+// predecessor's pipeline): prepared by an earlier incarnation by
+// definition, so in doubt at once and asked of the coordinator, which
+// rolled its interaction back.
+TEST_F(PostgresSlowRetryTest, OrphanUnderAGidWithoutIncarnationIsInDoubtAtOnce) {
+  auto o = submit({credit("bank-b", "bob", 5000), debit("bank-a", "alice", 5000)});  // alice has 1000: NO
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  const Xid xid{o.seq, 7};  // a branch bank-b never saw; the coordinator answers for the whole seq
+  std::string gid = "keel:bank-b:" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
+  pgQuery(pg_->connString("bank_b"),
+          "BEGIN; UPDATE accounts SET balance = balance + 5 WHERE name = 'bob'; PREPARE TRANSACTION '" + gid + "';");
+  auto ms = msUntil([&] { return prepared("bank_b") == 0; }, std::chrono::seconds(30));
+  std::printf("orphan %s settled %lld ms after it was prepared\n", gid.c_str(), ms);
+  ASSERT_GE(ms, 0) << "still prepared after 30 s";
+  EXPECT_LT(ms, 3000);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  EXPECT_EQ(inAgentLog("bank-b", "branch " + xid.str() + " in doubt"), 1u);
 }
 
 TEST_F(PostgresTest, PostgresKilledAfterPrepareCommitsOnceBack) {
