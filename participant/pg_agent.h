@@ -142,8 +142,8 @@ class PgAgent final : public ParticipantBackend {
   Swept sweepPrepared(PGconn* c);
   void settleHeld(PGconn* c, const Held& h, Swept& out);
   // The sweep for the gids of one branch (a retry after its COMMIT PREPARED
-  // or ROLLBACK PREPARED failed).
-  void settleHeldOf(PGconn* c, Xid xid);
+  // or ROLLBACK PREPARED failed); true if it did something.
+  bool settleHeldOf(PGconn* c, Xid xid);
   // The keeper thread: sweeps (every kSweepPeriod; every kFastSweepPeriod
   // for a while after start-up and after the pools reconnect), and retries
   // the branches it owes PostgreSQL with capped exponential backoff.
@@ -153,12 +153,12 @@ class PgAgent final : public ParticipantBackend {
   // still complete in PostgreSQL: sweeps run every kFastSweepPeriod meanwhile.
   std::chrono::milliseconds settleWindow() const;
   // A branch whose COMMIT PREPARED / ROLLBACK PREPARED failed (PostgreSQL
-  // unreachable): what the coordinator asked (Settle: nothing, the record
-  // says it all) is done again, then the branch's held gids are settled as
-  // its record says. Any thread.
+  // unreachable): what the coordinator asked is done again (Commit,
+  // Rollback), or the branch's held gids are settled as its final record
+  // says (Settle). `unreachable`: the failure says PostgreSQL is. Any thread.
   enum class Owe : std::uint8_t { Settle, Commit, Rollback };
   struct Owed;
-  void owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed);
+  void owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed, bool unreachable = false);
   void retryOwed(PGconn* c, Xid xid, Owed o);  // a finish-pool job; c null: unreachable
   // PostgreSQL (or the way to it) is back: retries and a sweep now.
   void reconnected();
@@ -245,12 +245,15 @@ class PgAgent final : public ParticipantBackend {
   // The keeper's state, GUARDED_BY(mu_).
   using Clock = std::chrono::steady_clock;
   struct Owed {
-    Owe what = Owe::Settle;
+    Owe what = Owe::Settle;  // the coordinator's decision, or none
+    bool settle = false;     // and settle the held gids as the record says
     std::uint64_t epoch = 0;
     std::uint32_t failed = 0;  // attempts that failed so far
     Clock::time_point due;
   };
   std::map<Xid, Owed> owed_;           // not being retried right now
+  bool hostDown_ = false;              // the last attempt found PostgreSQL unreachable: retries wait
+  std::uint64_t retriedDone_ = 0;      // finished by a retry since the last log line
   Clock::time_point nextSweep_;        // the next sweep
   Clock::time_point fastUntil_;        // sweeps every kFastSweepPeriod until then
   std::uint32_t sweepFailures_ = 0;    // in a row

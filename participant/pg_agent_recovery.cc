@@ -14,10 +14,13 @@
 //   retries  owed_: a branch whose COMMIT PREPARED or ROLLBACK PREPARED
 //            failed, done again as a finish-pool job after backoff(attempt)
 //            (20 ms doubling to 1 s, like the coordinator's phase-2 retries
-//            with a lower cap), and at once when a pool connects again. What
-//            the coordinator asked is asked again (commitOne and rollbackOne
-//            are idempotent), then the branch's gids PostgreSQL still holds
-//            are settled as its record says.
+//            with a lower cap), and at once when a pool connects again or a
+//            sweep succeeds after failing; held back while PostgreSQL is
+//            unreachable (the sweep probes it). What the coordinator asked
+//            is asked again (commitOne and rollbackOne are idempotent)
+//            unless the record is final by then; a branch whose record is
+//            final while PostgreSQL may still hold its gid is settled as the
+//            record says.
 // Neither decides a branch: they apply a record (committed, rolled back) or
 // a decision the coordinator sent, and record in doubt what has no record.
 
@@ -215,10 +218,11 @@ PgAgent::Swept PgAgent::sweepPrepared(PGconn* c) {
   return out;
 }
 
-void PgAgent::settleHeldOf(PGconn* c, Xid xid) {
+bool PgAgent::settleHeldOf(PGconn* c, Xid xid) {
   Swept out;
   for (const Held& h : heldPreparedOf(c, xid)) settleHeld(c, h, out);
   if (out.recoveredEarlier > 0) noteKnownInDoubt();
+  return out.recovered + out.rolledBack + out.committed > 0;
 }
 
 void PgAgent::settleHeld(PGconn* c, const Held& h, Swept& out) {
@@ -306,12 +310,21 @@ bool PgAgent::runSweep() {
 
 void PgAgent::keeperLoop() {
   std::unique_lock<std::mutex> lk(mu_);
+  auto reported = Clock::now();
   while (!stopping_) {
     auto now = Clock::now();
-    // Retries that are due run side by side on the finish pool.
+    if (retriedDone_ > 0 && now - reported >= std::chrono::seconds(1)) {
+      KEEL_LOG_INFO("postgres: {} branch(es) finished in PostgreSQL by the agent's own retry", retriedDone_);
+      retriedDone_ = 0;
+      reported = now;
+    }
+    // Retries that are due run side by side on the finish pool; none while
+    // PostgreSQL is unreachable: the sweep's back-off probes it meanwhile
+    // (one failed connect, not one per branch), and everything owed is due
+    // again once it answers.
     std::vector<std::pair<Xid, Owed>> due;
     auto wake = nextSweep_;
-    for (auto it = owed_.begin(); it != owed_.end();) {
+    for (auto it = owed_.begin(); !hostDown_ && it != owed_.end();) {
       if (it->second.due <= now) {
         due.emplace_back(*it);
         it = owed_.erase(it);
@@ -339,39 +352,58 @@ void PgAgent::keeperLoop() {
     sweepFailures_ = swept ? 0 : sweepFailures_ + 1;
     nextSweep_ = now + (!swept ? backoff(sweepFailures_)
                                : std::chrono::milliseconds(now < fastUntil_ ? kFastSweepPeriod : kSweepPeriod));
+    if (swept && hostDown_) {
+      for (auto& [xid, o] : owed_) o.due = now;
+    }
+    hostDown_ = !swept;
   }
 }
 
-void PgAgent::owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed) {
+void PgAgent::owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed, bool unreachable) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (stopping_) return;  // the next start's reconcile (or the coordinator's retry) finishes it
     auto [it, fresh] = owed_.try_emplace(xid);
     Owed& o = it->second;
-    if (fresh || what != Owe::Settle) {  // a decision comes with settling anyway
+    if (what != Owe::Settle) {
       o.what = what;
       o.epoch = epoch;
     }
+    o.settle = o.settle || what == Owe::Settle;
     o.failed = std::max(o.failed, failed);
     o.due = Clock::now() + (o.failed == 0 ? std::chrono::milliseconds(0) : backoff(o.failed));
+    hostDown_ = hostDown_ || unreachable;
   }
   keeperCv_.notify_one();
 }
 
 void PgAgent::retryOwed(PGconn* c, Xid xid, Owed o) {
-  const char* what = o.what == Owe::Commit ? "commit" : o.what == Owe::Rollback ? "rollback" : "settling";
   try {
     if (c == nullptr) throw pg::PgError("cannot connect to PostgreSQL", "");
-    if (o.what == Owe::Commit) commitOne(c, xid, o.epoch);
-    if (o.what == Owe::Rollback) rollbackOne(c, xid, o.epoch);
-    settleHeldOf(c, xid);
-    if (o.failed > 0) {
-      KEEL_LOG_INFO("branch {}: {} done in PostgreSQL on the agent's retry after {} failure(s)", xid.str(), what,
-                    o.failed);
+    bool did = false;
+    if (o.what != Owe::Settle) {
+      // Done again unless the coordinator's own retry was first (the record
+      // is final then, and its call did PostgreSQL's part or owes it here).
+      auto rec = log_.branches({xid})[0];
+      if (!rec || rec->state == BranchStatus::Prepared || rec->state == BranchStatus::Active) {
+        if (o.what == Owe::Commit) {
+          commitOne(c, xid, o.epoch);
+        } else {
+          rollbackOne(c, xid, o.epoch);
+        }
+        did = true;
+      }
+    }
+    if (o.settle) did = settleHeldOf(c, xid) || did;
+    if (did) {
+      std::lock_guard<std::mutex> lk(mu_);
+      ++retriedDone_;
     }
   } catch (const std::exception& e) {
-    KEEL_LOG_DEBUG("branch {}: {} failed again ({}): retrying", xid.str(), what, e.what());
-    owe(xid, o.what, o.epoch, o.failed + 1);
+    auto pe = dynamic_cast<const pg::PgError*>(&e);
+    KEEL_LOG_DEBUG("branch {}: retry {} failed ({})", xid.str(), o.failed + 1, e.what());
+    if (o.what != Owe::Settle) owe(xid, o.what, o.epoch, o.failed + 1, pe != nullptr && pe->connectionLost());
+    if (o.settle) owe(xid, Owe::Settle, o.epoch, o.failed + 1, pe != nullptr && pe->connectionLost());
   }
 }
 
@@ -382,6 +414,7 @@ void PgAgent::reconnected() {
     auto now = Clock::now();
     fastUntil_ = now + settleWindow();
     nextSweep_ = std::min(nextSweep_, now);
+    hostDown_ = false;
     for (auto& [xid, o] : owed_) o.due = now;
   }
   keeperCv_.notify_one();
