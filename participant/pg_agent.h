@@ -101,7 +101,7 @@ class PgAgent final : public ParticipantBackend {
   explicit PgAgent(PgAgentOptions opts);
   ~PgAgent() noexcept override;  // noexcept: inDoubtWake_ (a kj::Own) would make it noexcept(false)
   // Checks max_prepared_transactions, reconciles PostgreSQL's prepared
-  // transactions with the branch log, starts the sweep.
+  // transactions with the branch log, starts the keeper (sweeps, retries).
   void start() override;
 
   const std::string& name() const override { return opts_.name; }

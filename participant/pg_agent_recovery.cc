@@ -10,7 +10,8 @@
 //            pool connected again: a prepare whose pipeline was in flight
 //            when its agent (or its connection) died may still complete in
 //            PostgreSQL for about a lock_timeout per statement. A sweep that
-//            fails (PostgreSQL unreachable) is tried again after backoff().
+//            fails (PostgreSQL unreachable) is tried again after backoff(),
+//            capped at kProbeMaxMs: it is what finds PostgreSQL back.
 //   retries  owed_: a branch whose COMMIT PREPARED or ROLLBACK PREPARED
 //            failed, done again as a finish-pool job after backoff(attempt)
 //            (20 ms doubling to 1 s, like the coordinator's phase-2 retries
@@ -41,13 +42,16 @@ namespace {
 constexpr auto kSweepPeriod = std::chrono::seconds(1);
 constexpr auto kFastSweepPeriod = std::chrono::milliseconds(100);
 constexpr std::uint64_t kRetryInitialMs = 20, kRetryMaxMs = 1000;
+// A failed sweep is the probe that finds PostgreSQL back (the retries wait
+// for it), so its back-off stops lower: one refused connect every 250 ms.
+constexpr std::uint64_t kProbeMaxMs = 250;
 
 // The wait before attempt `failed` + 1: a refused connect to a server that
 // is down costs little, and the wait after it is back is what heals slowly.
-std::chrono::milliseconds backoff(std::uint32_t failed) {
+std::chrono::milliseconds backoff(std::uint32_t failed, std::uint64_t maxMs = kRetryMaxMs) {
   std::uint64_t ms = kRetryInitialMs;
-  for (std::uint32_t i = 1; i < failed && ms < kRetryMaxMs; ++i) ms *= 2;
-  return std::chrono::milliseconds(std::min(ms, kRetryMaxMs));
+  for (std::uint32_t i = 1; i < failed && ms < maxMs; ++i) ms *= 2;
+  return std::chrono::milliseconds(std::min(ms, maxMs));
 }
 
 // A decimal number and nothing else.
@@ -350,7 +354,7 @@ void PgAgent::keeperLoop() {
     lk.lock();
     now = Clock::now();
     sweepFailures_ = swept ? 0 : sweepFailures_ + 1;
-    nextSweep_ = now + (!swept ? backoff(sweepFailures_)
+    nextSweep_ = now + (!swept ? backoff(sweepFailures_, kProbeMaxMs)
                                : std::chrono::milliseconds(now < fastUntil_ ? kFastSweepPeriod : kSweepPeriod));
     if (swept && hostDown_) {
       for (auto& [xid, o] : owed_) o.due = now;
