@@ -333,6 +333,7 @@ std::string encode(const BranchRecord& r) {
   b.setFinishedUs(r.finishedUs);
   b.setReason(r.reason);
   b.setHostTxid(r.hostTxid);
+  b.setHostIncarnation(r.hostIncarnation);
   return seal(RecordType::Branch, msg);
 }
 
@@ -351,6 +352,7 @@ BranchRecord decodeBranch(std::string_view bytes) {
     r.finishedUs = x.getFinishedUs();
     r.reason = x.getReason().cStr();
     r.hostTxid = x.getHostTxid();
+    r.hostIncarnation = x.getHostIncarnation();
     return r;
   });
 }

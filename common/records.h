@@ -152,7 +152,10 @@ struct BranchRecord {
   std::vector<Op> ops;
   Micros createdUs = 0, preparedUs = 0, finishedUs = 0;
   std::string reason;
-  std::uint64_t hostTxid = 0;  // postgres one-phase: PostgreSQL's txid, for txid_status()
+  std::uint64_t hostTxid = 0;  // postgres: PostgreSQL's txid, for txid_status()
+  // postgres: the incarnation of the agent whose gid names PostgreSQL's
+  // prepared transaction (participant/pg_agent.h; 0: the gid without one).
+  std::uint64_t hostIncarnation = 0;
 };
 
 // One ledger account.

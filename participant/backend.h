@@ -75,6 +75,15 @@ class ParticipantBackend {
   virtual BranchLog& branchLog() = 0;
   virtual const BranchLog& branchLog() const = 0;
 
+  // A PREPARED branch known to be in doubt already, which the in-doubt
+  // resolver asks the coordinator about at once rather than after its
+  // threshold (PgAgent: one prepared by an earlier start of the agent).
+  virtual bool knownInDoubt(const BranchRecord&) const { return false; }
+  // Resolves (on the event loop) once the backend has recorded, on its own,
+  // a branch knownInDoubt() is true of (PgAgent's sweep), or at once if it
+  // did since the last call; never for backends that do not. One waiter.
+  virtual kj::Promise<void> inDoubtRecorded() { return kj::NEVER_DONE; }
+
   // Through the branch log, the same for every backend.
   void fence(std::uint16_t node, std::uint64_t epoch) { branchLog().fence(node, epoch); }
   std::uint64_t newestEpoch(std::uint16_t node) const { return branchLog().newestEpoch(node); }

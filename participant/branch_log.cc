@@ -17,6 +17,8 @@ std::string epochKey(std::uint16_t node) { return "epoch/" + std::to_string(node
 // Durable counters of finished branches, so inspect never scans history.
 constexpr const char* kCommittedKey = "count/committed";
 constexpr const char* kRolledBackKey = "count/rolled-back";
+// How many times the log was started (BranchLog::incarnation).
+constexpr const char* kIncarnationKey = "incarnation";
 
 void bump(lmdb::Txn& txn, MDB_dbi meta, const char* key, std::int64_t delta) {
   auto v = txn.get(meta, key);
@@ -60,6 +62,11 @@ void BranchLog::start() {
   if (!checked_) check();
   log_ = std::make_unique<GroupCommitLog>(env_);
   log_->runSync([this](lmdb::Txn& txn) {
+    // Must be durable before start() returns: nothing of this start may
+    // carry the number of an earlier one.
+    auto was = txn.get(meta_, kIncarnationKey);
+    incarnation_ = (was ? keyU64(*was) : 0) + 1;
+    txn.put(meta_, kIncarnationKey, u64Key(incarnation_));
     if (txn.get(meta_, "index_version")) return;
     // A branch log from before the index and the counters: build them once.
     std::vector<BranchRecord> all;

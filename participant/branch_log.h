@@ -6,7 +6,7 @@
 //   unfinished  XID -> "" for every ACTIVE or PREPARED branch: recovery and
 //               the in-doubt resolver never scan finished history
 //   meta        newest epoch seen per coordinator node ("epoch/<node>"),
-//               index version
+//               index version, the incarnation (starts so far)
 // An adapter may open more databases in the same environment (the ledger
 // keeps its accounts there) before start(), so that a branch's state change
 // and its effect commit in one LMDB transaction.
@@ -53,6 +53,10 @@ class BranchLog {
   void start();
   GroupCommitLog& log() { return *log_; }  // after start()
   bool started() const { return log_ != nullptr; }
+  // This start's number: 1 at the first start of the log, one more at each
+  // start after it, durable before start() returns (so no two starts share
+  // one). 0 before start(). Constant after start().
+  std::uint64_t incarnation() const { return incarnation_; }
 
   // ---- inside a log job (writer thread) ----
   std::optional<BranchRecord> read(const lmdb::Txn& txn, Xid xid) const;
@@ -100,6 +104,7 @@ class BranchLog {
   std::unique_ptr<GroupCommitLog> log_;
   std::map<std::uint16_t, std::uint64_t> epochs_;  // event loop only
   bool checked_ = false;
+  std::uint64_t incarnation_ = 0;
 };
 
 }  // namespace keel

@@ -7,33 +7,18 @@
 
 #include "common/failpoint.h"
 #include "common/log.h"
+#include "participant/adapters/pg_sql.h"
 
 namespace keel {
 
-namespace {
+using pg::kUndefinedObject;
+using pg::quoteLiteral;
+using pg::rollbackPrepared;
 
-constexpr const char* kUndefinedObject = "42704";  // no such prepared transaction
+namespace {
 
 // Type OIDs of the parameters we send (0 lets PostgreSQL infer, for text).
 constexpr Oid kInt8 = 20, kBool = 16, kFloat8 = 701;
-
-std::string quoteLiteral(const std::string& s) {
-  // Only ever used with our own gids: [A-Za-z0-9_.:-], checked at start-up.
-  return "'" + s + "'";
-}
-
-// ROLLBACK PREPARED. False if PostgreSQL does not hold the gid: never
-// prepared, or finished already (how, and by whom, only txid_status can
-// tell). Throws while PostgreSQL is unreachable.
-bool rollbackPrepared(PGconn* c, const std::string& gid) {
-  try {
-    pg::exec(c, "ROLLBACK PREPARED " + quoteLiteral(gid));
-    return true;
-  } catch (const pg::PgError& e) {
-    if (e.sqlstate() != kUndefinedObject) throw;
-    return false;
-  }
-}
 
 // txid_status() of a transaction: "committed", "aborted", "in progress", or
 // "" when PostgreSQL cannot tell (no txid recorded, NULL: too old to tell, or
@@ -68,22 +53,19 @@ std::string describePgError(const pg::PgError& e) {
   return what + " (SQLSTATE " + st + ")";
 }
 
-std::uint64_t fullTxid(std::uint64_t reference, std::uint32_t xid) {
-  // The xid's distance from the reference's low 32 bits, as -2^31 .. 2^31 - 1.
-  auto delta = std::int64_t(std::int32_t(xid - std::uint32_t(reference)));
-  if (delta < 0 && std::uint64_t(-delta) >= reference) return 0;
-  return reference + delta;
-}
-
 PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
   log_.check();
+  // Either pool connecting again means PostgreSQL is back: what failed
+  // meanwhile is retried, and the keeper sweeps, at once.
   pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize,
-                                     "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs));
+                                     "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs),
+                                     [this] { reconnected(); });
   // Phase 2 gets connections of its own, as many as the prepares have: each
   // COMMIT PREPARED waits for PostgreSQL's WAL flush, and a batch of them
   // from the coordinator runs side by side (PostgreSQL flushes concurrent
   // commits together), not one after another.
-  finishPool_ = std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize));
+  finishPool_ =
+      std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize), "", [this] { reconnected(); });
 }
 
 void PgAgent::start() {
@@ -91,13 +73,13 @@ void PgAgent::start() {
   reconcile();
 }
 
-PgAgent::~PgAgent() {
+PgAgent::~PgAgent() noexcept {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;
   }
-  sweepCv_.notify_all();
-  if (sweeper_.joinable()) sweeper_.join();
+  keeperCv_.notify_all();
+  if (keeper_.joinable()) keeper_.join();
   pool_.reset();  // no prepare queues a PREPARED record after this
   // Every lazy PREPARED record is written (and its done() has run, which may
   // post to the finish pool) once a forced job queued after them is durable.
@@ -107,148 +89,6 @@ PgAgent::~PgAgent() {
     KEEL_LOG_WARN("postgres agent: last branch-log flush failed: {}", e.what());
   }
   finishPool_.reset();
-}
-
-std::string PgAgent::gid(Xid xid) const {
-  return "keel:" + opts_.name + ":" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
-}
-
-void PgAgent::reconcile() {
-  auto name = opts_.name;
-  pool_->runSync<void>([this](PGconn* c) {
-    auto r = pg::exec(c, "SHOW max_prepared_transactions");
-    int max = std::atoi(PQgetvalue(r.get(), 0, 0));
-    if (max == 0) {
-      throw std::runtime_error(
-          "PostgreSQL has max_prepared_transactions = 0, so it cannot prepare transactions: set "
-          "max_prepared_transactions to at least " +
-          std::to_string(opts_.poolSize) + " (the agent's pool_size) in postgresql.conf and restart PostgreSQL");
-    }
-    if (std::size_t(max) < opts_.poolSize) {
-      KEEL_LOG_WARN("max_prepared_transactions = {} is below pool_size = {}: prepares may fail", max,
-                    opts_.poolSize);
-    }
-    auto swept = sweepPrepared(c, /*minAgeNoRecordS=*/0);
-    std::size_t settled = 0;
-    for (auto& rec : log_.unfinishedBranches()) {
-      if (rec.state == BranchStatus::Active && rec.onePhase && settleOnePhase(c, rec)) ++settled;
-    }
-    KEEL_LOG_INFO(
-        "postgres reconcile: {} prepared kept, {} recovered in doubt (no record yet), {} rolled back, {} committed, {} "
-        "one-phase settled",
-        swept.kept, swept.recovered, swept.rolledBack, swept.committed, settled);
-  });
-  sweeper_ = std::thread([this] { sweepLoop(); });
-}
-
-std::vector<PgAgent::Held> PgAgent::heldPrepared(PGconn* c, const std::string& gidCondition) {
-  // pg_prepared_xacts gives the 32-bit xid; a current snapshot's xmax (64
-  // bits) supplies its epoch (see fullTxid). txid_current() would too, but
-  // would make every sweep a writing transaction.
-  auto q = pg::exec(c,
-                    "SELECT gid, extract(epoch FROM now() - prepared), transaction::text, "
-                    "txid_snapshot_xmax(txid_current_snapshot()) FROM pg_prepared_xacts WHERE database = "
-                    "current_database() AND " +
-                        gidCondition);
-  std::vector<Held> out;
-  for (int i = 0; i < PQntuples(q.get()); ++i) {
-    std::uint64_t next = std::stoull(PQgetvalue(q.get(), i, 3));
-    auto xid = std::uint32_t(std::stoul(PQgetvalue(q.get(), i, 2)));
-    out.push_back({PQgetvalue(q.get(), i, 0), std::atof(PQgetvalue(q.get(), i, 1)), fullTxid(next, xid)});
-  }
-  return out;
-}
-
-bool PgAgent::recordInDoubt(lmdb::Txn& txn, Xid xid, std::uint64_t txid, const std::string& reason) const {
-  if (log_.read(txn, xid)) return false;
-  BranchRecord r;
-  r.xid = xid;
-  r.state = BranchStatus::Prepared;
-  r.hostTxid = txid;
-  r.createdUs = r.preparedUs = wallMicros();
-  r.reason = reason;
-  log_.put(txn, r);
-  return true;
-}
-
-PgAgent::Swept PgAgent::sweepPrepared(PGconn* c, double minAgeNoRecordS) {
-  std::string prefix = "keel:" + opts_.name + ":";
-  Swept out;
-  for (const Held& h : heldPrepared(c, "left(gid, " + std::to_string(prefix.size()) + ") = " + quoteLiteral(prefix))) {
-    const std::string& g = h.gid;
-    auto rest = g.substr(prefix.size());
-    auto colon = rest.find(':');
-    if (colon == std::string::npos) continue;
-    Xid xid{std::stoull(rest.substr(0, colon)), std::uint16_t(std::stoul(rest.substr(colon + 1)))};
-    auto rec = log_.branches({xid})[0];
-    if (rec && rec->state == BranchStatus::Prepared) {
-      ++out.kept;  // waits for the coordinator (or the in-doubt resolver)
-      if (rec->hostTxid == 0 && h.txid != 0) {
-        // A record from before txids were kept: note it while PostgreSQL
-        // still holds it, so that its end can be told (txid_status).
-        log_.log().runSync([&](lmdb::Txn& txn) {
-          auto r = log_.read(txn, xid);
-          if (r && r->state == BranchStatus::Prepared && r->hostTxid == 0) {
-            r->hostTxid = h.txid;
-            log_.put(txn, *r);
-          }
-        });
-      }
-    } else if (rec && rec->state == BranchStatus::Committed) {
-      try {
-        pg::exec(c, "COMMIT PREPARED " + quoteLiteral(g));
-      } catch (const pg::PgError& e) {
-        if (e.sqlstate() != kUndefinedObject) throw;  // finished meanwhile
-      }
-      ++out.committed;
-    } else if (!rec) {
-      // Prepared in PostgreSQL with no record: its lazy PREPARED record was
-      // lost in our crash (the vote may have left, so the coordinator may
-      // have decided COMMIT), or a prepare's pipeline finished in
-      // PostgreSQL after the agent that sent it died. In doubt: recorded
-      // PREPARED, and the coordinator's phase 2 or the in-doubt resolver's
-      // question settles it (never rolled back on our own). While running,
-      // a young gid is left alone: its prepare may be about to record it.
-      if (h.ageS < minAgeNoRecordS || pendingRecord(xid)) continue;
-      log_.log().runSync([&](lmdb::Txn& txn) {
-        recordInDoubt(txn, xid, h.txid,
-                      "recovered from PostgreSQL's prepared transaction " + g +
-                          " (no PREPARED record was durable): in doubt until the coordinator answers");
-      });
-      ++out.recovered;
-    } else {
-      // Decided rolled back (a tombstone, or refused): PostgreSQL's half is
-      // undone. Also the case of a prepare that PostgreSQL finished after
-      // the rollback had looked for it.
-      rollbackPrepared(c, g);
-      ++out.rolledBack;
-    }
-  }
-  return out;
-}
-
-void PgAgent::sweepLoop() {
-  // Never younger than the longest a live prepare can take between PREPARE
-  // TRANSACTION and its record (a lock wait of its statements included).
-  const double minAgeS = std::max(10.0, 3.0 * opts_.lockTimeoutMs / 1000.0);
-  std::unique_lock<std::mutex> lk(mu_);
-  while (!stopping_) {
-    sweepCv_.wait_for(lk, std::chrono::seconds(5));
-    if (stopping_) break;
-    lk.unlock();
-    try {
-      auto swept = finishPool_->runSync<Swept>([&](PGconn* c) { return sweepPrepared(c, minAgeS); });
-      if (swept.recovered + swept.rolledBack + swept.committed > 0) {
-        KEEL_LOG_INFO(
-            "postgres sweep: {} prepared transaction(s) without a record recorded in doubt, {} rolled back, {} "
-            "committed (as their records say)",
-            swept.recovered, swept.rolledBack, swept.committed);
-      }
-    } catch (const std::exception& e) {
-      KEEL_LOG_DEBUG("postgres sweep skipped: {}", e.what());
-    }
-    lk.lock();
-  }
 }
 
 std::optional<std::string> PgAgent::validate(const std::vector<Op>& ops) const {
@@ -457,6 +297,17 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
   return pool_
       ->run<PrepareResult>([this, epoch, xid, ops = std::move(ops)](PGconn* c) {
         std::string g = gid(xid);
+        // In flight from before PREPARE TRANSACTION until the record is
+        // durable or on its way (pending_): the keeper's sweep leaves this
+        // branch's gid to us meanwhile.
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          preparing_.insert(xid);
+        }
+        KJ_DEFER({
+          std::lock_guard<std::mutex> lk(mu_);
+          preparing_.erase(xid);
+        });
         std::vector<OpResult> results;
         KEEL_FAILPOINT("agent.after_execute");  // before the one round trip that runs and prepares
         auto trip = prepareInOneTrip(c, ops, g, results);
@@ -499,7 +350,12 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
         bool ours = !log_.branches({xid})[0] &&
                     recordPrepared(epoch, xid, ops, trip.txid, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
         if (!ours) {
-          rollbackPrepared(c, g);
+          try {
+            rollbackPrepared(c, g);
+          } catch (const std::exception&) {
+            owe(xid, Owe::Settle, epoch, 1);  // the tombstone says rolled back: retried until PostgreSQL answers
+            throw;
+          }
           return PrepareResult{Vote::No, "branch " + xid.str() + " was rolled back before it was prepared", {}};
         }
         return PrepareResult{Vote::Yes, "", std::move(results)};
@@ -542,6 +398,7 @@ bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const 
   rec.ops = ops;
   rec.state = BranchStatus::Prepared;
   rec.hostTxid = txid;
+  rec.hostIncarnation = log_.incarnation();  // in gid(xid): what commit and rollback name
   rec.createdUs = rec.preparedUs = wallMicros();
   KEEL_FAILPOINT("agent.before_prepared_durable");
   log_.put(txn, rec);
@@ -584,9 +441,15 @@ void PgAgent::preparedRecordDone(Xid xid, std::exception_ptr err, bool written) 
   } else if (!written) {
     // A rollback's tombstone landed first: it may have looked for
     // PostgreSQL's prepared transaction before we made it. Undo it (a crash
-    // first leaves it to reconcile, which finds the tombstone).
-    finishPool_->post([this, g = gid(xid)](PGconn* c) {
-      if (c != nullptr) rollbackPrepared(c, g);
+    // first leaves it to reconcile, which finds the tombstone; a failure,
+    // to the keeper's retries).
+    finishPool_->post([this, xid, g = gid(xid)](PGconn* c) {
+      try {
+        if (c == nullptr) throw pg::PgError("cannot connect to PostgreSQL", "");
+        rollbackPrepared(c, g);
+      } catch (const std::exception&) {
+        owe(xid, Owe::Settle, 0, 1);
+      }
     });
   }
 }
@@ -623,7 +486,6 @@ std::optional<BranchOutcome> commitAnswerOf(const BranchRecord& rec) {
 }  // namespace
 
 BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
-  const std::string g = gid(xid);
   // Must be durable before COMMIT PREPARED: the PREPARED record with its
   // txid. A crash after PostgreSQL's commit and before our COMMITTED record
   // then leaves a record whose txid_status says what PostgreSQL did; a lazy
@@ -634,21 +496,28 @@ BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   if (!rec) {
     // No record and none on its way: its lazy write failed, or this branch
     // never prepared here (an operator's forced commit). Only a prepared
-    // transaction PostgreSQL holds under its gid says that it prepared: it
-    // is recorded PREPARED first (with its txid, durable) and committed.
-    auto held = heldPrepared(c, "gid = " + quoteLiteral(g));
+    // transaction PostgreSQL holds under a gid of the branch (of whichever
+    // incarnation) says that it prepared: it is recorded PREPARED first
+    // (with its txid and incarnation, durable) and committed.
+    auto held = heldPreparedOf(c, xid);
     if (held.empty()) {
       return answerUnknown(xid,
                            "commit asked for a branch with no record here that PostgreSQL does not hold prepared "
                            "(never prepared here, or finished with its record lost)");
     }
+    if (held.size() > 1) {
+      return answerUnknown(xid, "commit asked for a branch with no record here of which PostgreSQL holds " +
+                                    std::to_string(held.size()) + " prepared transactions (" + held[0].gid + ", " +
+                                    held[1].gid + "): not committing either on a guess");
+    }
     rec = log_.log().runSync([&](lmdb::Txn& txn) {
-      recordInDoubt(txn, xid, held[0].txid,
-                    "PostgreSQL held " + g + " prepared with no PREPARED record here; recorded at its commit");
+      recordInDoubt(txn, held[0],
+                    "PostgreSQL held " + held[0].gid + " prepared with no PREPARED record here; recorded at its commit");
       return log_.read(txn, xid);
     });
   }
   if (auto done = commitAnswerOf(*rec)) return *done;
+  const std::string g = gidOf(*rec);
   KEEL_FAILPOINT("agent.before_commit_durable");
   try {
     pg::exec(c, "COMMIT PREPARED " + quoteLiteral(g));
@@ -741,9 +610,15 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     KEEL_FAILPOINT("agent.before_rollback_durable");
     // No record yet PostgreSQL may hold it prepared: the prepare failed
     // after PREPARE TRANSACTION (its reply lost, or our PREPARED record not
-    // written), which is why the coordinator rolls back. Until PostgreSQL
-    // answers this throws, and the coordinator retries.
-    bool held = rollbackPrepared(c, gid(xid));
+    // written, perhaps by an earlier incarnation), which is why the
+    // coordinator rolls back. Until PostgreSQL answers this throws, and the
+    // coordinator retries (and so does the keeper).
+    bool held = false;
+    if (rec) {
+      held = rollbackPrepared(c, gidOf(*rec));
+    } else {
+      for (const Held& h : heldPreparedOf(c, xid)) held = rollbackPrepared(c, h.gid) || held;
+    }
     if (!held && rec) {
       // Recorded PREPARED, yet PostgreSQL no longer holds it: our own
       // ROLLBACK PREPARED before a crash lost its record, or a DBA's COMMIT
@@ -763,7 +638,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     }
   }
   bool committedMeanwhile = false;
-  bool preparedMeanwhile = false;
+  std::optional<BranchRecord> preparedMeanwhile;
   std::optional<BranchRecord> onePhaseMeanwhile;
   log_.log().runSync([&](lmdb::Txn& txn) {
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
@@ -776,7 +651,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
       // Either we rolled PostgreSQL's half back above, or the prepare's
       // record landed after our first look: then PostgreSQL holds a
       // prepared transaction we have not touched yet.
-      preparedMeanwhile = !rec || rec->state != BranchStatus::Prepared;
+      if (!rec || rec->state != BranchStatus::Prepared) preparedMeanwhile = r;
       log_.finish(txn, *r, BranchStatus::RolledBack, epoch);
     } else if (r->state == BranchStatus::Committed) {
       committedMeanwhile = true;
@@ -784,8 +659,14 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   });
   if (preparedMeanwhile) {
     // Recorded rolled back first: if we die before this, start-up's
-    // reconcile rolls it back (the log says rolled back).
-    rollbackPrepared(c, gid(xid));
+    // reconcile rolls it back (the log says rolled back); if PostgreSQL
+    // does not answer, the keeper's retries do, as soon as it is back.
+    try {
+      rollbackPrepared(c, gidOf(*preparedMeanwhile));
+    } catch (const std::exception&) {
+      owe(xid, Owe::Settle, epoch, 1);
+      throw;
+    }
   }
   if (onePhaseMeanwhile) {
     auto settled = settleOnePhase(c, *onePhaseMeanwhile);
@@ -804,9 +685,18 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids
   // connections; the answer keeps the batch's order.
   kj::Vector<kj::Promise<BranchOutcome>> each(xids.size());
   for (Xid x : xids) {
-    each.add(finishPool_->run<BranchOutcome>([this, x, commit, epoch](PGconn* c) {
-      return commit ? commitOne(c, x, epoch) : rollbackOne(c, x, epoch);
-    }));
+    each.add(finishPool_
+                 ->run<BranchOutcome>([this, x, commit, epoch](PGconn* c) {
+                   return commit ? commitOne(c, x, epoch) : rollbackOne(c, x, epoch);
+                 })
+                 .catch_([this, x, commit, epoch](kj::Exception&& e) -> BranchOutcome {
+                   // PostgreSQL unreachable, most likely. The decision is
+                   // known here now: the keeper retries it with backoff (and
+                   // at once when a pool connects again), sooner than the
+                   // coordinator's retry comes, which then finds it done.
+                   owe(x, commit ? Owe::Commit : Owe::Rollback, epoch, 1);
+                   kj::throwFatalException(kj::mv(e));
+                 }));
   }
   return kj::joinPromises(each.releaseAsArray()).then([commit](kj::Array<BranchOutcome> a) {
     if (commit) {

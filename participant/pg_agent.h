@@ -4,7 +4,7 @@
 // run in one database transaction per branch.
 //
 //   prepare   BEGIN; statements; SELECT txid_current(); PREPARE TRANSACTION
-//             'keel:<agent>:<seq>:<branch>', in one round trip.
+//             'keel:<agent>:<seq>:<branch>:<incarnation>', in one round trip.
 //             PostgreSQL's prepared transaction is the durable PREPARED
 //             state, so the vote leaves then; the branch log's PREPARED
 //             record (with the txid) follows lazily (forced first for a
@@ -25,7 +25,19 @@
 // with the branch log: one the log does not hold at all may have been voted
 // YES (its lazy record lost) and is recorded PREPARED, in doubt, with its
 // txid, for the coordinator to decide; one the log holds as rolled back is
-// rolled back; one it holds as committed is committed.
+// rolled back; one it holds as committed is committed. The same sweep runs
+// while the agent is up.
+//
+// The gid carries the agent's incarnation (BranchLog::incarnation, one more
+// at every start), so that a prepared transaction without a record is told
+// from one whose prepare is still on its way here: a gid of an earlier
+// incarnation (or of the form before incarnations, keel:<agent>:<seq>:
+// <branch>) can have no prepare running any more and is in doubt at once; a
+// gid of this incarnation is in doubt only once no prepare of its branch is
+// in flight in this process (preparing_, pending_). The branch's record
+// keeps the incarnation of its gid (hostIncarnation), so a later
+// incarnation commits or rolls back the gid that was prepared; with no
+// record, the gids of a branch are looked up by prefix.
 //
 // A gid PostgreSQL no longer holds is never taken as proof of an outcome
 // (a DBA may have run COMMIT PREPARED or ROLLBACK PREPARED by hand): the
@@ -38,10 +50,16 @@
 //
 // Threads: the event loop calls these methods; SQL runs on the pool's worker
 // threads, which also wait for the branch log's durable writes.
+//
+// Files: pg_agent.cc the protocol (prepare, commit, rollback, one-phase);
+// pg_agent_recovery.cc the gids, the start-up reconcile and the keeper
+// thread (the sweep, and retries of COMMIT / ROLLBACK PREPARED that failed).
 
+#include <chrono>
+#include <condition_variable>
 #include <map>
 #include <memory>
-#include <condition_variable>
+#include <optional>
 #include <mutex>
 #include <thread>
 #include <set>
@@ -53,6 +71,17 @@
 #include "participant/branch_log.h"
 
 namespace keel {
+
+// What a gid of ours names: "keel:<agent>:<seq>:<branch>:<incarnation>", or
+// "keel:<agent>:<seq>:<branch>" from an agent before incarnations
+// (incarnation 0).
+struct PgGid {
+  Xid xid;
+  std::uint64_t incarnation = 0;
+};
+std::string pgGid(const std::string& agent, Xid xid, std::uint64_t incarnation);
+// nullopt: not a gid of this agent's (another agent's, or malformed).
+std::optional<PgGid> parsePgGid(const std::string& agent, const std::string& gid);
 
 struct PgAgentOptions {
   std::string name;
@@ -70,9 +99,9 @@ class PgAgent final : public ParticipantBackend {
   // Checks the branch log and connects. Throws with a message saying how to
   // fix what is wrong.
   explicit PgAgent(PgAgentOptions opts);
-  ~PgAgent() override;
+  ~PgAgent() noexcept override;  // noexcept: inDoubtWake_ (a kj::Own) would make it noexcept(false)
   // Checks max_prepared_transactions, reconciles PostgreSQL's prepared
-  // transactions with the branch log, starts the sweep.
+  // transactions with the branch log, starts the keeper (sweeps, retries).
   void start() override;
 
   const std::string& name() const override { return opts_.name; }
@@ -89,24 +118,53 @@ class PgAgent final : public ParticipantBackend {
   BranchLog& branchLog() override { return log_; }
   const BranchLog& branchLog() const override { return log_; }
 
-  // "keel:<agent>:<seq>:<branch>"
+  // The gid of a branch prepared by this start of the agent.
   std::string gid(Xid xid) const;
+  // A PREPARED branch whose gid is of an earlier incarnation: whatever
+  // prepared it is gone, so the in-doubt resolver asks about it at once.
+  bool knownInDoubt(const BranchRecord& rec) const override;
+  kj::Promise<void> inDoubtRecorded() override;
 
  private:
   std::optional<std::string> validate(const std::vector<Op>& ops) const;
   void reconcile();
   // PostgreSQL's prepared transactions of this agent against the branch
   // log: committed or rolled back as the log says, kept when PREPARED, and
-  // recorded PREPARED in doubt when the log has no record and the gid is at
-  // least minAgeNoRecordS old. At start-up (age 0) and every 5 s (sweepLoop):
-  // a prepare whose pipeline PostgreSQL finished after its agent died, or a
-  // ROLLBACK PREPARED that failed after the record said rolled back, is
-  // cleaned up without a restart.
+  // recorded PREPARED in doubt when the log has no record and no prepare of
+  // it is in flight here. At start-up and then by the keeper: a prepare
+  // whose pipeline PostgreSQL finished after its agent (or its connection)
+  // died, or a ROLLBACK PREPARED that failed after the record said rolled
+  // back, is cleaned up without a restart.
   struct Swept {
-    std::size_t kept = 0, recovered = 0, rolledBack = 0, committed = 0;
+    std::size_t kept = 0, recovered = 0, recoveredEarlier = 0, rolledBack = 0, committed = 0;
   };
-  Swept sweepPrepared(PGconn* c, double minAgeNoRecordS);
-  void sweepLoop();
+  struct Held;
+  Swept sweepPrepared(PGconn* c);
+  void settleHeld(PGconn* c, const Held& h, Swept& out);
+  // The sweep for the gids of one branch (a retry after its COMMIT PREPARED
+  // or ROLLBACK PREPARED failed); true if it did something.
+  bool settleHeldOf(PGconn* c, Xid xid);
+  // The keeper thread: sweeps (every kSweepPeriod; every kFastSweepPeriod
+  // for a while after start-up and after the pools reconnect), and retries
+  // the branches it owes PostgreSQL with capped exponential backoff.
+  void keeperLoop();
+  bool runSweep();  // false: PostgreSQL unreachable
+  // How long after start-up or a reconnect a prepare that was in flight may
+  // still complete in PostgreSQL: sweeps run every kFastSweepPeriod meanwhile.
+  std::chrono::milliseconds settleWindow() const;
+  // A branch whose COMMIT PREPARED / ROLLBACK PREPARED failed (PostgreSQL
+  // unreachable): what the coordinator asked is done again (Commit,
+  // Rollback), or the branch's held gids are settled as its final record
+  // says (Settle). `unreachable`: the failure says PostgreSQL is. Any thread.
+  enum class Owe : std::uint8_t { Settle, Commit, Rollback };
+  struct Owed;
+  void owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed, bool unreachable = false);
+  void retryOwed(PGconn* c, Xid xid, Owed o);  // a finish-pool job; c null: unreachable
+  // PostgreSQL (or the way to it) is back: retries and a sweep now.
+  void reconnected();
+  // The sweep recorded a branch knownInDoubt says is in doubt: wakes the
+  // resolver (inDoubtRecorded). Any thread.
+  void noteKnownInDoubt();
   // Runs the statements in the open transaction of `c`; on a PostgreSQL error
   // rolls it back and returns the reason.
   std::optional<std::string> runStatements(PGconn* c, const std::vector<Op>& ops, std::vector<OpResult>& results);
@@ -128,17 +186,23 @@ class PgAgent final : public ParticipantBackend {
   // flight, or its session has not noticed our crash yet); ask again later.
   std::optional<BranchStatus> settleOnePhase(PGconn* c, BranchRecord& rec);
   BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
-  // A prepared transaction of ours that PostgreSQL holds, with its txid.
+  // A prepared transaction of ours that PostgreSQL holds: its gid, what the
+  // gid names, and its txid.
   struct Held {
     std::string gid;
-    double ageS = 0;
+    PgGid names;
     std::uint64_t txid = 0;
   };
-  // This database's prepared transactions whose gid meets `gidCondition` (SQL).
+  // This database's prepared transactions whose gid meets `gidCondition`
+  // (SQL) and is one of ours (others are skipped).
   std::vector<Held> heldPrepared(PGconn* c, const std::string& gidCondition);
+  // Every gid of the branch that PostgreSQL holds, whatever its incarnation.
+  std::vector<Held> heldPreparedOf(PGconn* c, Xid xid);
   // A gid PostgreSQL holds that has no record: recorded PREPARED, in doubt,
-  // with its txid (false if a record is there already).
-  bool recordInDoubt(lmdb::Txn& txn, Xid xid, std::uint64_t txid, const std::string& reason) const;
+  // with its txid and incarnation (false if a record is there already).
+  bool recordInDoubt(lmdb::Txn& txn, const Held& h, const std::string& reason) const;
+  // The gid PostgreSQL prepared for a recorded branch.
+  std::string gidOf(const BranchRecord& rec) const;
   // The PREPARED branch's final state from what PostgreSQL did (not what we
   // were asked), with the reason why; what the log holds afterwards.
   std::optional<BranchRecord> finishFromHost(Xid xid, std::uint64_t epoch, BranchStatus state,
@@ -155,6 +219,9 @@ class PgAgent final : public ParticipantBackend {
                      std::uint64_t txid) const;
   void preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept;
   bool pendingRecord(Xid xid);
+  // Between PREPARE TRANSACTION (sent) and a record in the log: preparing_
+  // or pending_.
+  bool prepareInFlight(Xid xid);
   bool epochNeedsForce(std::uint16_t node, std::uint64_t epoch);
   BranchOutcome rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch);
   // Commits (or rolls back) each branch as its own finish-pool job.
@@ -168,12 +235,33 @@ class PgAgent final : public ParticipantBackend {
   // must never queue behind them.
   std::unique_ptr<pg::Pool> finishPool_;
   std::mutex mu_;
-  std::set<Xid> pending_;  // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable
+  std::set<Xid> preparing_;  // GUARDED_BY(mu_): a prepare's pool job is running
+  std::set<Xid> pending_;    // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable
   std::map<std::uint16_t, std::uint64_t> durableEpochs_;  // GUARDED_BY(mu_): per coordinator node
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
   std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once
-  std::condition_variable sweepCv_;
-  std::thread sweeper_;
+  std::set<std::string> warnedStray_;                     // GUARDED_BY(mu_): a gid its record does not name
+
+  // The keeper's state, GUARDED_BY(mu_).
+  using Clock = std::chrono::steady_clock;
+  struct Owed {
+    Owe what = Owe::Settle;  // the coordinator's decision, or none
+    bool settle = false;     // and settle the held gids as the record says
+    std::uint64_t epoch = 0;
+    std::uint32_t failed = 0;  // attempts that failed so far
+    Clock::time_point due;
+  };
+  std::map<Xid, Owed> owed_;           // not being retried right now
+  bool hostDown_ = false;              // the last attempt found PostgreSQL unreachable: retries wait
+  std::uint64_t retriedDone_ = 0;      // finished by a retry since the last log line
+  Clock::time_point nextSweep_;        // the next sweep
+  Clock::time_point fastUntil_;        // sweeps every kFastSweepPeriod until then
+  std::uint32_t sweepFailures_ = 0;    // in a row
+  // The resolver's wake-up, GUARDED_BY(mu_).
+  bool inDoubtNew_ = false;  // recorded since the resolver last waited
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> inDoubtWake_;  // the resolver waits on it
+  std::condition_variable keeperCv_;
+  std::thread keeper_;
 };
 
 // A PostgreSQL error as a reason a branch was refused.

@@ -15,14 +15,20 @@ void InDoubtResolver::taskFailed(kj::Exception&& e) {
 }
 
 kj::Promise<void> InDoubtResolver::loop() {
+  // The first round runs at once: a restarted agent's branches may have
+  // been in doubt for as long as it was down.
   auto period = std::max<Micros>(threshold_ / 4, 100'000);
-  return io_.provider->getTimer()
-      .afterDelay(period * kj::MICROSECONDS)
-      .then([this]() { return round(); })
+  return round()
       .catch_([this](kj::Exception&& e) {
         client_ = nullptr;  // reconnect next round
         KEEL_LOG_WARN("in-doubt resolver: coordinator {} not reachable: {}", coordinator_,
                       describeFault(e));
+      })
+      .then([this, period]() {
+        auto recorded = agent_.inDoubtRecorded().catch_([](kj::Exception&&) -> kj::Promise<void> {
+          return kj::NEVER_DONE;  // only the timer wakes us then
+        });
+        return io_.provider->getTimer().afterDelay(period * kj::MICROSECONDS).exclusiveJoin(kj::mv(recorded));
       })
       .then([this]() { return loop(); });
 }
@@ -31,7 +37,8 @@ kj::Promise<void> InDoubtResolver::round() {
   Micros now = wallMicros();
   std::vector<BranchRecord> overdue;
   for (auto& b : agent_.unfinishedBranches()) {
-    if (b.state == BranchStatus::Prepared && b.preparedUs + threshold_ < now) overdue.push_back(std::move(b));
+    if (b.state != BranchStatus::Prepared) continue;
+    if (b.preparedUs + threshold_ < now || agent_.knownInDoubt(b)) overdue.push_back(std::move(b));
   }
   if (overdue.empty()) return kj::READY_NOW;
   kj::Promise<void> ready = kj::READY_NOW;

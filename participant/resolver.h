@@ -1,11 +1,14 @@
 #pragma once
 // InDoubtResolver: the agent's side of resolution. A branch PREPARED for
-// longer than `threshold` asks the coordinator for its outcome and applies
-// it (commit or rollback), instead of waiting for the coordinator's drivers
-// or sweep. The coordinator answers from its WAL (coordinator/operator.cc):
-// committed only when the COMMIT decision is durable; rolled back when it
-// aborted or never recorded the interaction (presumed abort); pending while
-// it is still deciding.
+// longer than `threshold`, or one the backend knows to be in doubt already
+// (ParticipantBackend::knownInDoubt: asked at once), asks the coordinator
+// for its outcome and applies it (commit or rollback), instead of waiting
+// for the coordinator's drivers or sweep. Rounds run at start, every
+// threshold / 4 (at least 100 ms), and when the backend has recorded a
+// branch it knows to be in doubt. The coordinator answers from its WAL
+// (coordinator/operator.cc): committed only when the COMMIT decision is
+// durable; rolled back when it aborted or never recorded the interaction
+// (presumed abort); pending while it is still deciding.
 //
 // Thread: the agent's event loop.
 

@@ -110,7 +110,8 @@ struct BranchRecord {
   preparedUs @8 :UInt64;
   finishedUs @9 :UInt64;
   reason @10 :Text;
-  hostTxid @11 :UInt64;              # postgres one-phase: the transaction id, to ask txid_status()
+  hostTxid @11 :UInt64;              # postgres: the transaction id, to ask txid_status()
+  hostIncarnation @12 :UInt64;       # postgres: the agent incarnation in its gid (0: a gid without one)
 }
 
 # Ledger account (participant side), keyed by account name.

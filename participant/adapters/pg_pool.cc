@@ -18,8 +18,8 @@ Result exec(PGconn* c, const std::string& sql) {
   return r;
 }
 
-Pool::Pool(std::string conninfo, std::size_t size, std::string initSql)
-    : conninfo_(std::move(conninfo)), initSql_(std::move(initSql)) {
+Pool::Pool(std::string conninfo, std::size_t size, std::string initSql, std::function<void()> onReconnect)
+    : conninfo_(std::move(conninfo)), initSql_(std::move(initSql)), onReconnect_(std::move(onReconnect)) {
   for (std::size_t i = 0; i < size; ++i) workers_.emplace_back([this] { workerLoop(); });
 }
 
@@ -73,6 +73,7 @@ PGconn* Pool::connect() {
     while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
     warnRateLimited("cannot connect: " + msg);
     PQfinish(c);
+    lost_ = true;
     return nullptr;
   }
   if (!initSql_.empty()) {
@@ -81,9 +82,11 @@ PGconn* Pool::connect() {
     } catch (const PgError& e) {
       warnRateLimited(std::string("session set-up failed: ") + e.what());
       PQfinish(c);
+      lost_ = true;
       return nullptr;
     }
   }
+  if (lost_.exchange(false) && onReconnect_) onReconnect_();
   return c;
 }
 
@@ -101,6 +104,7 @@ void Pool::workerLoop() {
     if (conn != nullptr && PQstatus(conn) != CONNECTION_OK) {
       PQfinish(conn);
       conn = nullptr;
+      lost_ = true;
     }
     if (conn == nullptr) conn = connect();
     job(conn);

@@ -6,12 +6,16 @@
 //
 // A connection that breaks is reset before its next job; the job that saw
 // it break fails with PgConnectionLost. Jobs are taken first come, first
-// served by whichever worker is free.
+// served by whichever worker is free. `onReconnect` (optional) runs on the
+// worker that connects again after a failed connect or a broken connection
+// in this pool: PostgreSQL (or the way to it) is back. It must not wait for
+// this pool's jobs.
 
 #include <kj/async.h>
 #include <kj/debug.h>
 #include <libpq-fe.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -60,7 +64,7 @@ Result exec(PGconn* c, const std::string& sql);
 class Pool {
  public:
   // `initSql` runs on every new connection (session settings).
-  Pool(std::string conninfo, std::size_t size, std::string initSql = "");
+  Pool(std::string conninfo, std::size_t size, std::string initSql = "", std::function<void()> onReconnect = {});
   ~Pool();  // finishes queued jobs, closes the connections
 
   template <typename T>
@@ -83,6 +87,8 @@ class Pool {
 
   const std::string conninfo_;
   const std::string initSql_;
+  const std::function<void()> onReconnect_;
+  std::atomic<bool> lost_{false};  // a connect failed or a connection broke since the last good connect
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;  // GUARDED_BY(mu_)

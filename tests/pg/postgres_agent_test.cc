@@ -6,8 +6,10 @@
 #include <libpq-fe.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <fstream>
 #include <iterator>
+#include <thread>
 
 #include "common/wire.h"
 #include "participant/branch_log.h"
@@ -66,6 +68,30 @@ class PostgresTest : public ClusterTest {
   void expectUntouched() {
     EXPECT_EQ(balance("bank_a", "alice"), 1000);
     EXPECT_EQ(balance("bank_b", "bob"), 0);
+  }
+  // How often an agent's log says `text`.
+  std::size_t inAgentLog(const std::string& agent, const std::string& text) {
+    std::ifstream f(cluster_->agentLog(agent));
+    std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::size_t n = 0;
+    for (auto at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
+    return n;
+  }
+  // The gids PostgreSQL holds prepared in `db`.
+  std::vector<std::string> preparedGids(const std::string& db) {
+    std::vector<std::string> out;
+    for (auto& row : pgQuery(pg_->connString(db), "SELECT gid FROM pg_prepared_xacts WHERE database = "
+                                                  "current_database() ORDER BY gid")) {
+      out.push_back(row[0]);
+    }
+    return out;
+  }
+
+  // Milliseconds until `pred` holds (polled every 20 ms), or -1 after `timeout`.
+  long long msUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+    auto t0 = std::chrono::steady_clock::now();
+    if (!eventually(pred, timeout)) return -1;
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   }
 
   std::unique_ptr<PgServer> pg_;
@@ -276,6 +302,82 @@ TEST_F(PostgresTest, PreparedTransactionFinishedAfterItsRollbackIsSweptWithoutAR
   EXPECT_TRUE(cluster_->agentRunning("bank-b"));
 }
 
+// ---------------------------------------------------------------- orphans, told at once
+//
+// The coordinator here retries a failed rollback only after 15 s (and
+// probes an agent that failed once a minute), so that what settles bank-b's
+// branch within the bounds below is the agent itself: its sweep finding
+// PostgreSQL's prepared transaction, and its in-doubt question to the
+// coordinator.
+
+class PostgresSlowRetryTest : public PostgresTest {
+ protected:
+  std::string coordinatorToml() override {
+    return "call_timeout_ms = 1000\nretry_initial_ms = 15000\nretry_max_ms = 15000\nprobe_ms = 60000\n";
+  }
+  // Backends of `db` running pg_sleep (not counting this query's own).
+  bool sleeping(const std::string& db) {
+    return !pgQuery(pg_->connString(db),
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND "
+                    "query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()")
+                .empty();
+  }
+};
+
+// bank-b's branch sleeps in PostgreSQL before its PREPARE TRANSACTION (one
+// pipeline: the statements, txid_current(), PREPARE TRANSACTION); bank-b is
+// SIGKILLed meanwhile and restarted, and PostgreSQL prepares the dead
+// agent's branch after the new one's start-up reconcile: a gid of an earlier
+// incarnation, with no record, that no prepare of this process will ever
+// record. Before incarnations, the sweep waited for such a gid to be 10 s old.
+TEST_F(PostgresSlowRetryTest, OrphanPreparedAfterItsAgentDiedIsSettledWithinSeconds) {
+  auto answer = client_->submit(
+      {debit("bank-a", "alice", 100), credit("bank-b", "bob", 100), Op::statement("bank-b", "SELECT pg_sleep(3)")});
+  io_.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io_.waitScope);  // send it
+  ASSERT_TRUE(eventually([&] { return sleeping("bank_b"); }, std::chrono::seconds(5)));
+  cluster_->killAgent("bank-b", SIGKILL);  // before the coordinator's 1 s deadline: no rollback reached it
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  auto o = answer.wait(io_.waitScope);
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  // The coordinator's rollback found bank-b down: its next try is 15 s away.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  cluster_->startAgent("bank-b");
+  ASSERT_TRUE(sleeping("bank_b")) << "the dead agent's pipeline finished before the restarted agent's reconcile";
+  // The sleep ends and the dead agent's pipeline goes on to PREPARE
+  // TRANSACTION; from then until bank-b has it rolled back (too quick to
+  // catch it prepared, polling every 20 ms).
+  ASSERT_TRUE(eventually([&] { return !sleeping("bank_b"); }, std::chrono::seconds(10)));
+  auto ms = msUntil([&] { return inAgentLog("bank-b", "coordinator says rolled back") == 1 && prepared("bank_b") == 0; },
+                    std::chrono::seconds(30));
+  std::printf("orphan of an earlier incarnation settled %lld ms after its dead agent's pipeline prepared it\n", ms);
+  ASSERT_GE(ms, 0) << "not settled after 30 s";
+  EXPECT_LT(ms, 3000);
+  EXPECT_EQ(inAgentLog("bank-b", "(1 of an earlier start)"), 1u);       // recorded in doubt by the sweep
+  EXPECT_EQ(inAgentLog("bank-b", "coordinator says rolled back"), 1u);  // and asked at once
+  expectUntouched();
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
+// A prepared transaction under a gid of the form agents wrote before
+// incarnations, with no record, appearing while the agent runs (its
+// predecessor's pipeline): prepared by an earlier incarnation by
+// definition, so in doubt at once and asked of the coordinator, which
+// rolled its interaction back.
+TEST_F(PostgresSlowRetryTest, OrphanUnderAGidWithoutIncarnationIsInDoubtAtOnce) {
+  auto o = submit({credit("bank-b", "bob", 5000), debit("bank-a", "alice", 5000)});  // alice has 1000: NO
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  const Xid xid{o.seq, 7};  // a branch bank-b never saw; the coordinator answers for the whole seq
+  std::string gid = "keel:bank-b:" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
+  pgQuery(pg_->connString("bank_b"),
+          "BEGIN; UPDATE accounts SET balance = balance + 5 WHERE name = 'bob'; PREPARE TRANSACTION '" + gid + "';");
+  auto ms = msUntil([&] { return prepared("bank_b") == 0; }, std::chrono::seconds(30));
+  std::printf("orphan %s settled %lld ms after it was prepared\n", gid.c_str(), ms);
+  ASSERT_GE(ms, 0) << "still prepared after 30 s";
+  EXPECT_LT(ms, 3000);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  EXPECT_EQ(inAgentLog("bank-b", "branch " + xid.str() + " in doubt"), 1u);
+}
+
 TEST_F(PostgresTest, PostgresKilledAfterPrepareCommitsOnceBack) {
   cluster_->stopCoordinator();
   cluster_->startCoordinator("coord.before_phase2=1*delay(3000)");
@@ -340,7 +442,18 @@ class PostgresOutcomeTest : public PostgresTest {
     io_.waitScope.poll();  // the call leaves now
     return sent;
   }
-  static std::string gidOf(Xid xid) {
+  // The gid bank-b prepared for a branch (with its incarnation), as a DBA
+  // would find it in pg_prepared_xacts.
+  std::string gidOf(Xid xid) {
+    std::string bare = oldGidOf(xid);
+    for (auto& g : preparedGids("bank_b")) {
+      if (g == bare || g.rfind(bare + ":", 0) == 0) return g;
+    }
+    ADD_FAILURE() << "bank_b holds no prepared transaction of " << xid.str();
+    return bare;
+  }
+  // A gid of the form agents wrote before incarnations.
+  static std::string oldGidOf(Xid xid) {
     return "keel:bank-b:" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
   }
 
@@ -382,13 +495,7 @@ class PostgresOutcomeTest : public PostgresTest {
     return rec.value_or(BranchRecord{});
   }
   // How often bank-b's log says `text`.
-  std::size_t inAgentLog(const std::string& text) {
-    std::ifstream f(cluster_->agentLog("bank-b"));
-    std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    std::size_t n = 0;
-    for (auto at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
-    return n;
-  }
+  std::size_t inAgentLog(const std::string& text) { return PostgresTest::inAgentLog("bank-b", text); }
   // BEGIN; sql; PREPARE TRANSACTION gid in bank_b, by hand; returns its txid.
   std::uint64_t prepareByHand(const std::string& gid, const std::string& sql) {
     PGconn* c = PQconnectdb(pg_->connString("bank_b").c_str());
@@ -509,6 +616,72 @@ TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnkn
   EXPECT_NE(rec.reason.find("'committed'"), std::string::npos) << rec.reason;
 }
 
+// A prepare between its PREPARE TRANSACTION and its record is never taken
+// for an orphan, however long it takes: held up there for longer than the
+// sweep's period (and the second one's lazy record held up too), both vote
+// YES, commit, and nothing is recovered in doubt.
+TEST_F(PostgresOutcomeTest, PrepareInFlightIsNeverTakenForAnOrphan) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.after_host_prepare=2*delay(2500),pg.before_lazy_prepared_record=1*delay(2500)");
+  const Xid first = xidOf(50), second = xidOf(51);
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+  auto sendPrepare = [&](Xid xid, const std::string& who, std::int64_t amount) {
+    auto req = agent->capability().prepareRequest();
+    req.setEpoch(kEpoch);
+    fillXid(req.initXid(), xid);
+    std::vector<Op> ops{credit("bank-b", who, amount)};
+    fillOps(req.initOperations(ops.size()), ops);
+    auto sent = req.send();
+    io_.waitScope.poll();  // the call leaves now
+    return sent;
+  };
+  auto one = sendPrepare(first, "bob", 1);  // its record forced: the epoch's first
+  ASSERT_TRUE(eventually([&] { return prepared("bank_b") == 1; }, std::chrono::seconds(5)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // PostgreSQL has held the gid for 1.5 s without a record at bank-b (many
+  // sweeps' worth): in flight, so left alone.
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+  ASSERT_EQ(one.wait(io_.waitScope).getVote(), wire::Vote::YES);
+  // Another row: bob's stays locked by the first until its commit.
+  ASSERT_EQ(sendPrepare(second, "alice", 5).wait(io_.waitScope).getVote(), wire::Vote::YES);  // lazy record held up
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(inspect("bank-b").prepared, 1u);  // the second's record is still on its way: not recovered meanwhile
+  EXPECT_EQ(finishAtB(first, /*commit=*/true), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(finishAtB(second, /*commit=*/true), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(balance("bank_b", "bob"), 1);
+  EXPECT_EQ(balance("bank_b", "alice"), 1005);
+  EXPECT_EQ(prepared("bank_b"), 0u);
+  EXPECT_EQ(inAgentLog("postgres sweep:"), 0u);  // the sweep did nothing at all
+  auto rec = recordAfterStoppingB(second);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_EQ(rec.reason, "");
+}
+
+// COMMIT PREPARED and ROLLBACK PREPARED fail while PostgreSQL is down. No
+// coordinator asks again here (these branches are of coordinator node 9):
+// the agent knows the decisions now and finishes both itself once
+// PostgreSQL is back.
+TEST_F(PostgresOutcomeTest, PhaseTwoThatFailedWhilePostgresWasDownIsDoneOnceItIsBack) {
+  const Xid toCommit = xidOf(60), toRollBack = xidOf(61);
+  ASSERT_EQ(prepareAtB(toCommit, {credit("bank-b", "bob", 5)}), wire::Vote::YES);
+  ASSERT_EQ(prepareAtB(toRollBack, {credit("bank-b", "alice", 7)}), wire::Vote::YES);  // bob's row is locked
+  pg_->stopImmediate();
+  EXPECT_ANY_THROW(finishAtB(toCommit, /*commit=*/true));
+  EXPECT_ANY_THROW(finishAtB(toRollBack, /*commit=*/false));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a few failed retries: the backoff grows
+  pg_->restart();
+  auto ms = msUntil([&] { return prepared("bank_b") == 0; }, std::chrono::seconds(30));
+  std::printf("phase 2 done %lld ms after PostgreSQL was back\n", ms);
+  ASSERT_GE(ms, 0) << "still prepared after 30 s";
+  EXPECT_LT(ms, 3000);
+  EXPECT_EQ(balance("bank_b", "bob"), 5);
+  EXPECT_EQ(balance("bank_b", "alice"), 1000);
+  EXPECT_EQ(finishAtB(toCommit, /*commit=*/true), wire::BranchOutcome::COMMITTED);  // from the record now
+  EXPECT_EQ(finishAtB(toRollBack, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  EXPECT_EQ(recordAfterStoppingB(toCommit).state, BranchStatus::Committed);
+  EXPECT_EQ(recordAtB(toRollBack).value_or(BranchRecord{}).state, BranchStatus::RolledBack);
+}
+
 TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch) {
   // Move PostgreSQL's txids past 2^32 (epoch 1), so that a txid taken from
   // pg_prepared_xacts' 32-bit xid alone would be wrong.
@@ -524,7 +697,7 @@ TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch
   // A prepared transaction of bank-b's with no record: its agent died
   // before the lazy PREPARED record was durable, after the vote.
   const Xid xid = xidOf(5);
-  std::uint64_t txid = prepareByHand(gidOf(xid), "UPDATE accounts SET balance = balance + 7 WHERE name = 'bob'");
+  std::uint64_t txid = prepareByHand(oldGidOf(xid), "UPDATE accounts SET balance = balance + 7 WHERE name = 'bob'");
   ASSERT_GT(txid, std::uint64_t(1) << 32);
   cluster_->startAgent("bank-b");  // its start-up sweep records it in doubt
   auto rec = recordAfterStoppingB(xid);
@@ -551,6 +724,24 @@ TEST(PgTxid, FullTxidTakesTheEpochOfTheNearestTxid) {
   // Nothing below txid 1.
   EXPECT_EQ(fullTxid(10, 0xFFFFFFF0u), 0u);
   EXPECT_EQ(fullTxid(10, 10), 10u);
+}
+
+TEST(PgGid, CarriesTheIncarnationAndReadsTheFormBeforeIt) {
+  const Xid xid{(std::uint64_t(1) << 48) | 42, 3};
+  EXPECT_EQ(pgGid("bank-a", xid, 7), "keel:bank-a:281474976710698:3:7");
+  EXPECT_EQ(pgGid("bank-a", xid, 0), "keel:bank-a:281474976710698:3");  // as before incarnations
+  for (std::uint64_t inc : {std::uint64_t(0), std::uint64_t(1), std::uint64_t(7), ~std::uint64_t(0)}) {
+    auto p = parsePgGid("bank-a", pgGid("bank-a", xid, inc));
+    ASSERT_TRUE(p.has_value()) << inc;
+    EXPECT_EQ(p->xid, xid);
+    EXPECT_EQ(p->incarnation, inc);
+  }
+  // Another agent's, or not in the one spelling pgGid gives: not ours.
+  for (const char* g : {"keel:bank-b:281474976710698:3:7", "keel:bank-a.x:1:1", "keel:bank-a:1", "keel:bank-a:1:2:3:4",
+                        "keel:bank-a:01:2", "keel:bank-a:1:2:0", "keel:bank-a:1:70000", "keel:bank-a:1:-2",
+                        "keel:bank-a:1:2:", "keel:bank-a::2", "keel:bank-a:x:2", "other:bank-a:1:2", "keel:bank-a:"}) {
+    EXPECT_FALSE(parsePgGid("bank-a", g).has_value()) << g;
+  }
 }
 
 TEST(PostgresAgentStart, NoPreparedTransactionsIsReportedWithTheFix) {

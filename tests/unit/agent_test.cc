@@ -369,6 +369,20 @@ TEST_F(AgentTest, OpeningReadsOnlyAndStartMakesTheStartUpWrites) {
   expectAccount("alice", 100, 0);
 }
 
+// Each start of the branch log gets a number of its own, durable at start()
+// (a postgres agent puts it in its gids); opening alone gives none.
+TEST_F(AgentTest, EveryStartOfTheBranchLogIsAnIncarnationOfItsOwn) {
+  EXPECT_EQ(agent_->branchLog().incarnation(), 1u);
+  restart();
+  EXPECT_EQ(agent_->branchLog().incarnation(), 2u);
+  agent_.reset();
+  openAgent();
+  EXPECT_EQ(agent_->branchLog().incarnation(), 0u);
+  agent_.reset();
+  start();
+  EXPECT_EQ(agent_->branchLog().incarnation(), 3u);
+}
+
 TEST_F(AgentTest, CorruptBranchRecordStopsTheAgentAtStart) {
   ASSERT_EQ(rollback({{20, 1}}), Outcomes{BranchOutcome::RolledBack});
   agent_.reset();

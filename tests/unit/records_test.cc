@@ -68,6 +68,8 @@ BranchRecord fullBranch() {
   r.preparedUs = 22;
   r.finishedUs = 23;
   r.reason = "why not";
+  r.hostTxid = (std::uint64_t(1) << 32) + 7;
+  r.hostIncarnation = 12;
   return r;
 }
 
@@ -153,6 +155,8 @@ TEST(RecordsTest, BranchRoundTripKeepsEveryField) {
   EXPECT_EQ(out.preparedUs, in.preparedUs);
   EXPECT_EQ(out.finishedUs, in.finishedUs);
   EXPECT_EQ(out.reason, in.reason);
+  EXPECT_EQ(out.hostTxid, in.hostTxid);
+  EXPECT_EQ(out.hostIncarnation, in.hostIncarnation);
   for (BranchStatus s : {BranchStatus::Active, BranchStatus::Prepared, BranchStatus::Committed,
                          BranchStatus::RolledBack}) {
     auto r = in;
