@@ -150,7 +150,9 @@ void BranchLog::fence(std::uint16_t node, std::uint64_t epoch) {
     throw StaleEpoch("stale epoch " + std::to_string(epoch) + " of coordinator node " + std::to_string(node) +
                      ": this agent has seen epoch " + std::to_string(newest));
   }
+  bool newer = epoch > newest;
   newest = epoch;
+  if (newer && onNewerEpoch_) onNewerEpoch_();
 }
 
 std::uint64_t BranchLog::newestEpoch(std::uint16_t node) const {

@@ -18,6 +18,7 @@
 // Writes go through the GroupCommitLog (one writer thread, group commit).
 // Fencing state is read and updated on the agent's event loop only.
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -76,6 +77,11 @@ class BranchLog {
   // remembers a newer one (made durable by storeEpoch in the next job).
   void fence(std::uint16_t node, std::uint64_t epoch);
   std::uint64_t newestEpoch(std::uint16_t node) const;
+  // Runs when fence() remembers a newer epoch of a node (the coordinator
+  // restarted, or was taken over): the branches its older incarnation
+  // prepared here are in doubt now (the in-doubt resolver). One listener;
+  // an empty function removes it.
+  void onNewerEpoch(std::function<void()> f) { onNewerEpoch_ = std::move(f); }
 
   // Reads: a short read transaction on the calling thread.
   std::vector<BranchRecord> unfinishedBranches() const;
@@ -103,6 +109,7 @@ class BranchLog {
   MDB_dbi branches_, unfinished_, meta_;
   std::unique_ptr<GroupCommitLog> log_;
   std::map<std::uint16_t, std::uint64_t> epochs_;  // event loop only
+  std::function<void()> onNewerEpoch_;             // event loop only
   bool checked_ = false;
   std::uint64_t incarnation_ = 0;
 };

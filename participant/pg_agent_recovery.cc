@@ -284,15 +284,13 @@ void PgAgent::settleHeld(PGconn* c, const Held& h, Swept& out) {
       });
     }
   } else if (rec->state == BranchStatus::Committed) {
-    pg::commitPrepared(c, h.gid);  // false: finished meanwhile
-    ++out.committed;
+    if (pg::commitPrepared(c, h.gid)) ++out.committed;  // false: its commit finished it meanwhile
   } else {
     // Decided rolled back (a tombstone, refused, or rolled back): every
     // PostgreSQL half of the branch is undone, whatever start prepared it.
     // Also the case of a prepare that PostgreSQL finished after the
     // rollback had looked for it.
-    pg::rollbackPrepared(c, h.gid);
-    ++out.rolledBack;
+    if (pg::rollbackPrepared(c, h.gid)) ++out.rolledBack;  // false: finished meanwhile
   }
 }
 

@@ -8,7 +8,26 @@ namespace keel {
 InDoubtResolver::InDoubtResolver(kj::AsyncIoContext& io, ParticipantBackend& agent, std::string coordinator, Micros threshold)
     : io_(io), agent_(agent), coordinator_(std::move(coordinator)), threshold_(threshold), tasks_(*this) {}
 
-void InDoubtResolver::start() { tasks_.add(loop()); }
+namespace {
+
+// How long after a newer epoch the old incarnation's prepares may still be
+// landing here (a postgres pipeline waits up to a lock_timeout per
+// statement): rounds run every 100 ms meanwhile.
+constexpr Micros kSettleWindow = 2'000'000;
+
+}  // namespace
+
+InDoubtResolver::~InDoubtResolver() { agent_.branchLog().onNewerEpoch(nullptr); }
+
+void InDoubtResolver::start() {
+  agent_.branchLog().onNewerEpoch([this] { newerEpoch(); });
+  tasks_.add(loop());
+}
+
+void InDoubtResolver::newerEpoch() {
+  fastUntil_ = monoMicros() + kSettleWindow;
+  if (wake_.get() != nullptr && wake_->isWaiting()) wake_->fulfill();
+}
 
 void InDoubtResolver::taskFailed(kj::Exception&& e) {
   KEEL_LOG_ERROR("in-doubt resolver stopped: {}", describeFault(e));
@@ -17,18 +36,23 @@ void InDoubtResolver::taskFailed(kj::Exception&& e) {
 kj::Promise<void> InDoubtResolver::loop() {
   // The first round runs at once: a restarted agent's branches may have
   // been in doubt for as long as it was down.
-  auto period = std::max<Micros>(threshold_ / 4, 100'000);
   return round()
       .catch_([this](kj::Exception&& e) {
         client_ = nullptr;  // reconnect next round
         KEEL_LOG_WARN("in-doubt resolver: coordinator {} not reachable: {}", coordinator_,
                       describeFault(e));
       })
-      .then([this, period]() {
+      .then([this]() {
+        Micros period = monoMicros() < fastUntil_ ? 100'000 : std::max<Micros>(threshold_ / 4, 100'000);
         auto recorded = agent_.inDoubtRecorded().catch_([](kj::Exception&&) -> kj::Promise<void> {
           return kj::NEVER_DONE;  // only the timer wakes us then
         });
-        return io_.provider->getTimer().afterDelay(period * kj::MICROSECONDS).exclusiveJoin(kj::mv(recorded));
+        auto paf = kj::newPromiseAndFulfiller<void>();
+        wake_ = kj::mv(paf.fulfiller);
+        return io_.provider->getTimer()
+            .afterDelay(period * kj::MICROSECONDS)
+            .exclusiveJoin(kj::mv(recorded))
+            .exclusiveJoin(kj::mv(paf.promise));
       })
       .then([this]() { return loop(); });
 }
@@ -38,7 +62,8 @@ kj::Promise<void> InDoubtResolver::round() {
   std::vector<BranchRecord> overdue;
   for (auto& b : agent_.unfinishedBranches()) {
     if (b.state != BranchStatus::Prepared) continue;
-    if (b.preparedUs + threshold_ < now || agent_.knownInDoubt(b)) overdue.push_back(std::move(b));
+    bool orphaned = b.epoch < agent_.newestEpoch(seqNode(b.xid.seq));  // its coordinator incarnation is gone
+    if (b.preparedUs + threshold_ < now || orphaned || agent_.knownInDoubt(b)) overdue.push_back(std::move(b));
   }
   if (overdue.empty()) return kj::READY_NOW;
   kj::Promise<void> ready = kj::READY_NOW;

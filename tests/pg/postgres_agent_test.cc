@@ -305,8 +305,9 @@ TEST_F(PostgresTest, PreparedTransactionFinishedAfterItsRollbackIsSweptWithoutAR
 // ---------------------------------------------------------------- orphans, told at once
 //
 // The coordinator here retries a failed rollback only after 15 s (and
-// probes an agent that failed once a minute), so that what settles bank-b's
-// branch within the bounds below is the agent itself: its sweep finding
+// probes an agent that failed once a minute), and the agents ask about a
+// branch only after 10 s in doubt, so that what settles bank-b's branch
+// within the bounds below is the agent asking at once: its sweep finding
 // PostgreSQL's prepared transaction, and its in-doubt question to the
 // coordinator.
 
@@ -314,6 +315,11 @@ class PostgresSlowRetryTest : public PostgresTest {
  protected:
   std::string coordinatorToml() override {
     return "call_timeout_ms = 1000\nretry_initial_ms = 15000\nretry_max_ms = 15000\nprobe_ms = 60000\n";
+  }
+  ClusterOptions clusterOptions() override {
+    auto o = PostgresTest::clusterOptions();
+    o.agentInDoubtQueryMs = 10000;
+    return o;
   }
   // Backends of `db` running pg_sleep (not counting this query's own).
   bool sleeping(const std::string& db) {
@@ -376,6 +382,31 @@ TEST_F(PostgresSlowRetryTest, OrphanUnderAGidWithoutIncarnationIsInDoubtAtOnce) 
   EXPECT_LT(ms, 3000);
   EXPECT_EQ(balance("bank_b", "bob"), 0);
   EXPECT_EQ(inAgentLog("bank-b", "branch " + xid.str() + " in doubt"), 1u);
+}
+
+// The coordinator dies at the first vote (bank-a's) while bank-b is held
+// up after PREPARE TRANSACTION, before its record. Restarted, its recovery
+// sweep asks bank-b for its in-doubt branches before that record exists, so
+// it never learns of the branch; the record then lands with the dead
+// incarnation's epoch, older than the one the sweep's call fenced with: in
+// doubt already, asked at once (the coordinator never recorded the
+// interaction: rolled back), not after in_doubt_query_ms.
+TEST_F(PostgresSlowRetryTest, BranchRecordedAfterItsCoordinatorRestartedIsAskedAtOnce) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.after_host_prepare=1*delay(3000)");
+  crashCoordinatorDuring("coord.after_prepare=1*crash", {debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_TRUE(eventually([&] { return prepared("bank_b") == 1; }, std::chrono::seconds(5)));
+  cluster_->startCoordinator();
+  reconnect();
+  auto ms = msUntil([&] { return inAgentLog("bank-b", "coordinator says rolled back") == 1 && prepared("bank_b") == 0; },
+                    std::chrono::seconds(30));
+  std::printf("branch of the dead coordinator incarnation settled %lld ms after the coordinator's restart "
+              "(its record landed up to 3 s after the prepare)\n",
+              ms);
+  ASSERT_GE(ms, 0) << "not settled after 30 s";
+  EXPECT_LT(ms, 5000);
+  EXPECT_TRUE(eventually([&] { return settled(); }));
+  expectUntouched();
 }
 
 TEST_F(PostgresTest, PostgresKilledAfterPrepareCommitsOnceBack) {
