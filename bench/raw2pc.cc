@@ -9,61 +9,14 @@
 
 #include "common/types.h"
 #include "tools/bank_sql.h"
+#include "tools/pg_calls.h"
 
 namespace keel::bench {
 
 namespace {
 
-struct Answer {
-  bool ok = false;
-  std::string rows;   // PQcmdTuples of the last result
-  std::string error;  // when !ok
-};
-
-struct Stmt {
-  std::string sql;
-  std::vector<std::string> params;
-};
-
-// Sends `s` on `c` without waiting (extended protocol).
-bool send(PGconn* c, const Stmt& s) {
-  std::vector<const char*> values;
-  for (auto& p : s.params) values.push_back(p.c_str());
-  return PQsendQueryParams(c, s.sql.c_str(), int(values.size()), nullptr, values.data(), nullptr, nullptr, 0) == 1;
-}
-
-// Collects the answer to what was sent on `c`.
-Answer collect(PGconn* c) {
-  Answer a;
-  a.ok = true;
-  bool any = false;
-  while (PGresult* r = PQgetResult(c)) {
-    any = true;
-    auto st = PQresultStatus(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-      a.ok = false;
-      a.error = PQresultErrorMessage(r);
-    } else {
-      a.rows = PQcmdTuples(r);
-    }
-    PQclear(r);
-  }
-  if (!any) {
-    a.ok = false;
-    a.error = PQerrorMessage(c);
-  }
-  return a;
-}
-
-// One statement on each of two connections, both in flight at once.
-std::pair<Answer, Answer> both(PGconn* a, const Stmt& sa, PGconn* b, const Stmt& sb) {
-  bool okA = send(a, sa), okB = send(b, sb);
-  Answer ra = okA ? collect(a) : Answer{false, "", PQerrorMessage(a)};
-  Answer rb = okB ? collect(b) : Answer{false, "", PQerrorMessage(b)};
-  return {ra, rb};
-}
-
-std::string literal(const std::string& s) { return "'" + s + "'"; }  // our own gids: no quotes inside
+using pgcall::gidLiteral;
+using pgcall::runBoth;
 
 class RawClient final : public LoadClient {
  public:
@@ -97,31 +50,31 @@ class RawClient final : public LoadClient {
     std::string gid = "raw2pc-" + std::to_string(::getpid()) + "-" + std::to_string(id_) + "-" + std::to_string(++n_);
     std::string amount = std::to_string(t.amount);
     const auto t0 = monoMicros();
-    auto begun = both(a, {"BEGIN", {}}, b, {"BEGIN", {}});
+    auto begun = runBoth(a, {"BEGIN", {}}, b, {"BEGIN", {}});
     if (!begun.first.ok || !begun.second.ok) return fail(a, b, begun.first.ok ? begun.second.error : begun.first.error);
-    auto moved = both(a, {bank::kSqlDebit, {amount, t.fromAccount}}, b, {bank::kSqlCredit, {amount, t.toAccount}});
+    auto moved = runBoth(a, {bank::kSqlDebit, {amount, t.fromAccount}}, b, {bank::kSqlCredit, {amount, t.toAccount}});
     bool applied = moved.first.ok && moved.second.ok && moved.first.rows == "1" && moved.second.rows == "1";
     if (!applied) {
-      both(a, {"ROLLBACK", {}}, b, {"ROLLBACK", {}});
+      runBoth(a, {"ROLLBACK", {}}, b, {"ROLLBACK", {}});
       // An overdraft touches no row; a lock timeout fails the statement.
       bool intended = t.overdraw && moved.first.ok;
       countAnswer(live_, hist_, monoMicros() - t0, false, intended);
       if (!intended) live_.unexpectedRollback(moved.first.ok ? moved.second.error : moved.first.error);
       return;
     }
-    auto prepared = both(a, {"PREPARE TRANSACTION " + literal(gid + "-a"), {}}, b,
-                         {"PREPARE TRANSACTION " + literal(gid + "-b"), {}});
+    auto prepared = runBoth(a, {"PREPARE TRANSACTION " + gidLiteral(gid + "-a"), {}}, b,
+                         {"PREPARE TRANSACTION " + gidLiteral(gid + "-b"), {}});
     if (!prepared.first.ok || !prepared.second.ok) {
       // A failed PREPARE has rolled its transaction back; undo the other.
-      if (prepared.first.ok && send(a, {"ROLLBACK PREPARED " + literal(gid + "-a"), {}})) collect(a);
-      if (prepared.second.ok && send(b, {"ROLLBACK PREPARED " + literal(gid + "-b"), {}})) collect(b);
+      if (prepared.first.ok) pgcall::run(a, {"ROLLBACK PREPARED " + gidLiteral(gid + "-a"), {}});
+      if (prepared.second.ok) pgcall::run(b, {"ROLLBACK PREPARED " + gidLiteral(gid + "-b"), {}});
       countAnswer(live_, hist_, monoMicros() - t0, false, false);
       live_.unexpectedRollback("PREPARE TRANSACTION failed: " +
                                (prepared.first.ok ? prepared.second.error : prepared.first.error));
       return;
     }
-    auto done = both(a, {"COMMIT PREPARED " + literal(gid + "-a"), {}}, b,
-                     {"COMMIT PREPARED " + literal(gid + "-b"), {}});
+    auto done = runBoth(a, {"COMMIT PREPARED " + gidLiteral(gid + "-a"), {}}, b,
+                     {"COMMIT PREPARED " + gidLiteral(gid + "-b"), {}});
     if (!done.first.ok || !done.second.ok) {
       countError(live_, "COMMIT PREPARED failed: " + (done.first.ok ? done.second.error : done.first.error));
       return;

@@ -13,10 +13,16 @@
 #include <thread>
 
 #include "tools/bank_sql.h"
+#include "tools/pg_calls.h"
 
 namespace keel::bank {
 
 namespace {
+
+using pgcall::Answer;
+using pgcall::gidLiteral;
+using pgcall::run;
+using pgcall::runBoth;
 
 enum class Ended { Committed, Overdrawn, Failed };
 
@@ -35,51 +41,6 @@ Conn connect(const std::string& conninfo, std::uint32_t lockTimeoutMs) {
   }
   PQclear(PQexec(c.get(), ("SET lock_timeout = " + std::to_string(lockTimeoutMs)).c_str()));
   return c;
-}
-
-// The answer to one statement: whether it ran, and the rows it touched.
-struct Answer {
-  bool ok = false;
-  std::string rows;
-  std::string error;
-};
-
-Answer take(PGconn* c) {
-  Answer a{true, "", ""};
-  bool any = false;
-  while (PGresult* r = PQgetResult(c)) {
-    any = true;
-    auto st = PQresultStatus(r);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-      a.rows = PQcmdTuples(r);
-    } else {
-      a.ok = false;
-      a.error = PQresultErrorMessage(r);
-    }
-    PQclear(r);
-  }
-  if (!any) a = {false, "", PQerrorMessage(c)};
-  while (!a.error.empty() && (a.error.back() == '\n' || a.error.back() == ' ')) a.error.pop_back();
-  return a;
-}
-
-// Sends one statement (parameters as text) without waiting for it.
-bool send(PGconn* c, const char* sql, std::vector<std::string> params = {}) {
-  std::vector<const char*> v;
-  for (auto& p : params) v.push_back(p.c_str());
-  return PQsendQueryParams(c, sql, int(v.size()), nullptr, v.data(), nullptr, nullptr, 0) == 1;
-}
-
-Answer run(PGconn* c, const char* sql, std::vector<std::string> params = {}) {
-  return send(c, sql, std::move(params)) ? take(c) : Answer{false, "", PQerrorMessage(c)};
-}
-
-// Runs a parameterless command on each of two connections, side by side.
-std::pair<Answer, Answer> runBoth(PGconn* a, const std::string& sa, PGconn* b, const std::string& sb) {
-  bool okA = send(a, sa.c_str()), okB = send(b, sb.c_str());
-  Answer ra = okA ? take(a) : Answer{false, "", PQerrorMessage(a)};
-  Answer rb = okB ? take(b) : Answer{false, "", PQerrorMessage(b)};
-  return {ra, rb};
 }
 
 // Runs the plan from o.clients threads; `makeClient` gives each thread its
@@ -134,8 +95,6 @@ BaselineResult runPlan(const std::vector<PlannedTransfer>& plan, const BaselineO
   return res;
 }
 
-std::string literal(const std::string& s) { return "'" + s + "'"; }  // our own gids: no quotes inside
-
 }  // namespace
 
 BaselineResult raw2pcBaseline(const std::vector<std::string>& banks, const std::vector<PlannedTransfer>& plan,
@@ -151,32 +110,30 @@ BaselineResult raw2pcBaseline(const std::vector<std::string>& banks, const std::
       PGconn* payee = (*conns)[1 - t.fromBank].get();
       std::string amount = std::to_string(t.amount);
       std::string gid = gidBase + std::to_string(++*n);
-      auto undo = [&]() { runBoth(payer, "ROLLBACK", payee, "ROLLBACK"); };
-      auto begun = runBoth(payer, "BEGIN", payee, "BEGIN");
+      auto undo = [&]() { runBoth(payer, {"ROLLBACK", {}}, payee, {"ROLLBACK", {}}); };
+      auto begun = runBoth(payer, {"BEGIN", {}}, payee, {"BEGIN", {}});
       if (!begun.first.ok || !begun.second.ok) {
         undo();
         return {Ended::Failed, begun.first.ok ? begun.second.error : begun.first.error};
       }
       // Both statements in flight at once, as Keel prepares both branches.
-      bool sentA = send(payer, kSqlDebit, {amount, accountName(t.from)});
-      bool sentB = send(payee, kSqlCredit, {amount, accountName(t.to)});
-      Answer debit = sentA ? take(payer) : Answer{false, "", PQerrorMessage(payer)};
-      Answer credit = sentB ? take(payee) : Answer{false, "", PQerrorMessage(payee)};
+      auto [debit, credit] =
+          runBoth(payer, {kSqlDebit, {amount, accountName(t.from)}}, payee, {kSqlCredit, {amount, accountName(t.to)}});
       if (!debit.ok || !credit.ok || debit.rows != "1" || credit.rows != "1") {
         undo();
         if (debit.ok && debit.rows == "0" && t.overdraw) return {Ended::Overdrawn, ""};
         return {Ended::Failed, !debit.ok ? debit.error : !credit.ok ? credit.error : "a statement touched no row"};
       }
-      auto prepared = runBoth(payer, "PREPARE TRANSACTION " + literal(gid + "-a"), payee,
-                              "PREPARE TRANSACTION " + literal(gid + "-b"));
+      auto prepared = runBoth(payer, {"PREPARE TRANSACTION " + gidLiteral(gid + "-a"), {}}, payee,
+                              {"PREPARE TRANSACTION " + gidLiteral(gid + "-b"), {}});
       if (!prepared.first.ok || !prepared.second.ok) {
         // A failed PREPARE rolled its own transaction back; undo the other.
-        if (prepared.first.ok) run(payer, ("ROLLBACK PREPARED " + literal(gid + "-a")).c_str());
-        if (prepared.second.ok) run(payee, ("ROLLBACK PREPARED " + literal(gid + "-b")).c_str());
+        if (prepared.first.ok) run(payer, {"ROLLBACK PREPARED " + gidLiteral(gid + "-a"), {}});
+        if (prepared.second.ok) run(payee, {"ROLLBACK PREPARED " + gidLiteral(gid + "-b"), {}});
         return {Ended::Failed, prepared.first.ok ? prepared.second.error : prepared.first.error};
       }
-      auto done = runBoth(payer, "COMMIT PREPARED " + literal(gid + "-a"), payee,
-                          "COMMIT PREPARED " + literal(gid + "-b"));
+      auto done = runBoth(payer, {"COMMIT PREPARED " + gidLiteral(gid + "-a"), {}}, payee,
+                          {"COMMIT PREPARED " + gidLiteral(gid + "-b"), {}});
       if (!done.first.ok || !done.second.ok) {
         return {Ended::Failed, "COMMIT PREPARED failed: " + (done.first.ok ? done.second.error : done.first.error)};
       }
@@ -194,7 +151,7 @@ BaselineResult oneDatabaseBaseline(const std::string& conn, std::uint32_t accoun
       std::uint32_t payer = t.fromBank == 0 ? t.from : accounts + t.from;
       std::uint32_t payee = t.fromBank == 0 ? accounts + t.to : t.to;
       std::string amount = std::to_string(t.amount);
-      auto begun = run(pg, "BEGIN");
+      auto begun = run(pg, {"BEGIN", {}});
       if (!begun.ok) {
         if (PQstatus(pg) != CONNECTION_OK) PQreset(pg);
         return {Ended::Failed, begun.error};
@@ -203,17 +160,17 @@ BaselineResult oneDatabaseBaseline(const std::string& conn, std::uint32_t accoun
       // each other in a cycle.
       Answer debit, credit;
       if (payer < payee) {
-        debit = run(pg, kSqlDebit, {amount, accountName(payer)});
-        if (debit.ok && debit.rows == "1") credit = run(pg, kSqlCredit, {amount, accountName(payee)});
+        debit = run(pg, {kSqlDebit, {amount, accountName(payer)}});
+        if (debit.ok && debit.rows == "1") credit = run(pg, {kSqlCredit, {amount, accountName(payee)}});
       } else {
-        credit = run(pg, kSqlCredit, {amount, accountName(payee)});
-        if (credit.ok) debit = run(pg, kSqlDebit, {amount, accountName(payer)});
+        credit = run(pg, {kSqlCredit, {amount, accountName(payee)}});
+        if (credit.ok) debit = run(pg, {kSqlDebit, {amount, accountName(payer)}});
       }
       if (debit.ok && debit.rows == "1" && credit.ok && credit.rows == "1") {
-        auto committed = run(pg, "COMMIT");
+        auto committed = run(pg, {"COMMIT", {}});
         return committed.ok ? Outcome{Ended::Committed, ""} : Outcome{Ended::Failed, committed.error};
       }
-      run(pg, "ROLLBACK");
+      run(pg, {"ROLLBACK", {}});
       if (debit.ok && debit.rows == "0" && t.overdraw) return {Ended::Overdrawn, ""};
       return {Ended::Failed, !credit.ok && !credit.error.empty() ? credit.error
                              : !debit.ok                         ? debit.error
