@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "common/fault.h"
+#include "common/tls.h"
 #include "common/wire.h"
 
 namespace keel {
@@ -31,7 +32,9 @@ KeelClient::KeelClient(kj::Own<RpcConnection> conn)
     : conn_(kj::mv(conn)), cap_(conn_->bootstrap<wire::Coordinator>()) {}
 
 kj::Promise<kj::Own<KeelClient>> KeelClient::connect(kj::AsyncIoContext& io, const std::string& address) {
-  return rpcConnect(io, address).then([](kj::Own<RpcConnection> c) { return kj::heap<KeelClient>(kj::mv(c)); });
+  // Over TLS a coordinator presents the process-wide coordinator name
+  // (common/tls.h) unless the address names another (NAME@host:port).
+  return rpcConnect(io, address, coordinatorName()).then([](kj::Own<RpcConnection> c) { return kj::heap<KeelClient>(kj::mv(c)); });
 }
 
 kj::Promise<SubmitOutcome> KeelClient::submit(const std::vector<Op>& ops, std::uint32_t deadlineMs) {

@@ -66,7 +66,102 @@ const toml::table& section(const std::string& path, const toml::table& root, con
   return *s;
 }
 
+std::vector<std::string> getNames(const std::string& path, const toml::table& t, const char* section,
+                                  const char* key) {
+  auto node = t[key];
+  if (!node) return {};
+  auto* arr = node.as_array();
+  auto bad = [&]() {
+    fail(path, std::string("[") + section + "] " + key +
+                   " must be a list of identities (certificate common names), e.g. [\"ops-alice\"]");
+  };
+  if (arr == nullptr) bad();
+  std::vector<std::string> out;
+  for (auto&& e : *arr) {
+    auto v = e.value<std::string>();
+    if (!v || v->empty() || v->size() > 255) bad();
+    out.push_back(*v);
+  }
+  return out;
+}
+
+// [tls] and [limits], the same keys for coordinator and agent (`clients`
+// only on a coordinator, `coordinators` only on an agent).
+void loadSecurity(const std::string& path, const toml::table& root, ServerRole role, TlsConfig& tls,
+                  ConnLimits& limits) {
+  if (auto* t = root["tls"].as_table()) {
+    if (role == ServerRole::Coordinator) {
+      rejectUnknown(path, *t, "tls", {"ca", "cert", "key", "insecure", "operators", "clients", "coordinator_name",
+                                      "handshake_timeout_ms"});
+    } else {
+      rejectUnknown(path, *t, "tls", {"ca", "cert", "key", "insecure", "operators", "coordinators",
+                                      "coordinator_name", "handshake_timeout_ms"});
+    }
+    tls.ca = getString(path, *t, "tls", "ca", "");
+    tls.cert = getString(path, *t, "tls", "cert", "");
+    tls.key = getString(path, *t, "tls", "key", "");
+    if (auto n = (*t)["insecure"]) {
+      auto v = n.value<bool>();
+      if (!v || !n.is_boolean()) fail(path, "[tls] insecure must be true or false");
+      tls.insecure = *v;
+    }
+    tls.operators = getNames(path, *t, "tls", "operators");
+    tls.clients = getNames(path, *t, "tls", "clients");
+    tls.coordinators = getNames(path, *t, "tls", "coordinators");
+    tls.coordinatorName = getString(path, *t, "tls", "coordinator_name", tls.coordinatorName);
+    if (tls.coordinatorName.empty()) fail(path, "[tls] coordinator_name must not be empty");
+    tls.handshakeTimeoutMs =
+        getInt<std::uint32_t>(path, *t, "tls", "handshake_timeout_ms", tls.handshakeTimeoutMs, 100, 600000);
+  }
+  if (auto* l = root["limits"].as_table()) {
+    rejectUnknown(path, *l, "limits",
+                  {"max_connections", "max_connections_per_peer", "max_calls_in_flight", "idle_timeout_s"});
+    limits.maxConnections = getInt<std::uint32_t>(path, *l, "limits", "max_connections", limits.maxConnections, 1,
+                                                  1000000);
+    limits.maxConnectionsPerPeer = getInt<std::uint32_t>(path, *l, "limits", "max_connections_per_peer",
+                                                         limits.maxConnectionsPerPeer, 1, 1000000);
+    limits.maxCallsInFlight = getInt<std::uint32_t>(path, *l, "limits", "max_calls_in_flight",
+                                                    limits.maxCallsInFlight, 1, 1000000);
+    limits.idleTimeoutS = getInt<std::uint32_t>(path, *l, "limits", "idle_timeout_s", limits.idleTimeoutS, 0,
+                                                30 * 86400);
+  }
+}
+
 }  // namespace
+
+bool loopbackHost(const std::string& addr) {
+  auto colon = addr.rfind(':');
+  std::string host = colon == std::string::npos ? addr : addr.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+void checkTransport(const TlsConfig& tls, const std::string& listen, ServerRole role) {
+  bool any = !tls.ca.empty() || !tls.cert.empty() || !tls.key.empty();
+  if (any && tls.insecure) {
+    throw ConfigError("[tls] gives certificates and insecure = true: choose one (docs/security.md)");
+  }
+  if (tls.insecure) {
+    if (!loopbackHost(listen)) {
+      throw ConfigError("insecure (plaintext) is refused on the non-loopback address " + listen +
+                        ": configure [tls] ca, cert and key (docs/security.md)");
+    }
+    return;
+  }
+  if (!any) {
+    throw ConfigError("no TLS configured: set [tls] ca, cert and key (or --tls-ca, --tls-cert, --tls-key; "
+                      "docs/security.md), or insecure = true (--insecure) for plaintext on loopback");
+  }
+  if (tls.ca.empty() || tls.cert.empty() || tls.key.empty()) {
+    throw ConfigError(std::string("[tls] needs all of ca, cert and key; missing: ") +
+                      (tls.ca.empty() ? "ca " : "") + (tls.cert.empty() ? "cert " : "") +
+                      (tls.key.empty() ? "key" : ""));
+  }
+  if (role == ServerRole::Agent && tls.coordinators.empty()) {
+    throw ConfigError("[tls] coordinators is empty: name the identities (certificate common names) of the "
+                      "coordinators allowed to call this agent, e.g. coordinators = [\"keel-coordinator\"]");
+  }
+}
 
 bool validName(const std::string& name) {
   if (name.empty() || name.size() > Limits::kMaxParticipantName) return false;
@@ -95,7 +190,8 @@ void checkAddress(const std::string& where, const std::string& addr) {
 CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
   auto root = parseFile(path);
   for (auto&& [k, v] : root) {
-    if (k.str() != "coordinator" && k.str() != "participants" && k.str() != "cluster") {
+    if (k.str() != "coordinator" && k.str() != "participants" && k.str() != "cluster" && k.str() != "tls" &&
+        k.str() != "limits") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");
     }
   }
@@ -172,13 +268,14 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
     c.cluster.advertise = getString(path, *cl, "cluster", "advertise", "");
     if (!c.cluster.advertise.empty()) checkAddress(path + ": [cluster] advertise", c.cluster.advertise);
   }
+  loadSecurity(path, root, ServerRole::Coordinator, c.tls, c.limits);
   return c;
 }
 
 AgentConfig loadAgentConfig(const std::string& path) {
   auto root = parseFile(path);
   for (auto&& [k, v] : root) {
-    if (k.str() != "agent") fail(path, "unknown section [" + std::string(k.str()) + "]");
+    if (k.str() != "agent" && k.str() != "tls" && k.str() != "limits") fail(path, "unknown section [" + std::string(k.str()) + "]");
   }
   AgentConfig c;
   const auto& s = section(path, root, "agent");
@@ -203,6 +300,7 @@ AgentConfig loadAgentConfig(const std::string& path) {
   c.coordinator = getString(path, s, "agent", "coordinator", c.coordinator);
   if (!c.coordinator.empty()) checkAddress(path + ": [agent] coordinator", c.coordinator);
   c.inDoubtQueryMs = getInt<std::uint32_t>(path, s, "agent", "in_doubt_query_ms", c.inDoubtQueryMs, 10, 86400000);
+  loadSecurity(path, root, ServerRole::Agent, c.tls, c.limits);
   return c;
 }
 

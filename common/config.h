@@ -29,6 +29,31 @@ struct ClusterConfig {
   bool enabled() const { return !etcdEndpoints.empty(); }
 };
 
+// [tls]: who this process is and whom it trusts (docs/security.md). Every
+// link is mutual TLS; a peer's identity is its certificate's common name.
+struct TlsConfig {
+  std::string ca;    // PEM: the CA(s) whose certificates are trusted (the system's store is not)
+  std::string cert;  // PEM: this process's certificate (chain)
+  std::string key;   // PEM: its private key
+  // Plaintext with no identities: every peer gets every role. Only with this
+  // set explicitly, and only on a loopback listen address.
+  bool insecure = false;
+  std::vector<std::string> operators;     // identities given the operator interface
+  std::vector<std::string> clients;       // coordinator: who may submit; empty = any certificate of the CA
+  std::vector<std::string> coordinators;  // agent: who may make participant calls (and raise epoch fences)
+  std::string coordinatorName = "keel-coordinator";  // the name on coordinators' certificates
+  std::uint32_t handshakeTimeoutMs = 5000;            // a connection not through its handshake by then is closed
+  bool enabled() const { return !cert.empty(); }
+};
+
+// [limits]: what one peer may hold of a server (docs/security.md, "Limits").
+struct ConnLimits {
+  std::uint32_t maxConnections = 4096;         // all peers together (handshakes included)
+  std::uint32_t maxConnectionsPerPeer = 256;   // per certificate identity (TLS only)
+  std::uint32_t maxCallsInFlight = 4096;       // per connection; beyond it a call fails `overloaded`
+  std::uint32_t idleTimeoutS = 3600;           // a connection with no call this long is closed; 0 = never
+};
+
 struct CoordinatorConfig {
   std::uint16_t nodeId = 1;                 // top 16 bits of every seq
   std::string listen = "127.0.0.1:7400";    // loopback unless configured otherwise
@@ -47,6 +72,8 @@ struct CoordinatorConfig {
   std::uint32_t batchInFlight = 2;          // batch messages of one kind out at once per participant
   std::map<std::string, std::string> participants;  // name -> host:port
   ClusterConfig cluster;
+  TlsConfig tls;
+  ConnLimits limits;
 };
 
 struct AgentConfig {
@@ -59,6 +86,8 @@ struct AgentConfig {
   std::size_t mapSizeMb = 1024;
   std::string coordinator;             // host:port; empty = do not ask about branches in doubt
   std::uint32_t inDoubtQueryMs = 5000;  // a branch PREPARED this long asks the coordinator
+  TlsConfig tls;
+  ConnLimits limits;
 };
 
 CoordinatorConfig loadCoordinatorConfig(const std::string& path);
@@ -66,6 +95,15 @@ AgentConfig loadAgentConfig(const std::string& path);
 
 // "host:port" with a numeric port 0..65535; throws ConfigError otherwise.
 void checkAddress(const std::string& where, const std::string& addr);
+// The checks every server runs on its [tls] once flags have been applied:
+// TLS (ca, cert and key all given) or `insecure`, never both and never
+// neither; insecure only on a loopback `listen`; an agent with TLS names
+// its coordinators. Throws ConfigError saying what to set.
+enum class ServerRole { Coordinator, Agent };
+void checkTransport(const TlsConfig& tls, const std::string& listen, ServerRole role);
+// 127.0.0.0/8, ::1 or localhost.
+bool loopbackHost(const std::string& addr);
+
 // Participant names: 1..64 chars of [A-Za-z0-9_.-].
 bool validName(const std::string& name);
 

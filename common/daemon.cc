@@ -2,6 +2,7 @@
 
 #include <kj/async-unix.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -16,6 +17,14 @@ namespace keel {
 void captureTerminationSignals() {
   kj::UnixEventPort::captureSignal(SIGTERM);
   kj::UnixEventPort::captureSignal(SIGINT);
+  kj::UnixEventPort::captureSignal(SIGHUP);  // reloads the TLS certificates (common/tls.h)
+  // A server holds one descriptor per connection: take what the hard limit
+  // allows, so that many idle peers meet Keel's own limits ([limits]) first.
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+    r.rlim_cur = r.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &r);
+  }
 }
 
 kj::Promise<void> onTermination(kj::AsyncIoContext& io) {
@@ -35,9 +44,10 @@ void writeFileAtomically(const std::string& path, const std::string& content) {
   std::filesystem::rename(tmp, path);
 }
 
-void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, capnp::Capability::Client bootstrap,
+void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, capnp::Capability::Server& target,
+                          capnp::Capability::Client keep, AccessPolicy policy, const ConnLimits& limits,
                           const std::string& bound, const std::string& readyFile, const std::string& what) {
-  server.startAccepting(kj::mv(bootstrap));
+  server.startAccepting(target, kj::mv(keep), std::move(policy), limits);
   KEEL_LOG_INFO("serving {} on {}", what, bound);
   if (!readyFile.empty()) writeFileAtomically(readyFile, bound + "\n");
   onTermination(io).wait(io.waitScope);

@@ -6,9 +6,12 @@
 
 #include <string>
 
+#include "common/rpc.h"
+
 namespace keel {
 
-// Must be called before kj::setupAsyncIo(): lets SIGTERM/SIGINT be awaited.
+// Must be called before kj::setupAsyncIo(): lets SIGTERM/SIGINT (and SIGHUP,
+// the TLS reload) be awaited; raises the open-file limit to its maximum.
 void captureTerminationSignals();
 // Resolves when SIGTERM or SIGINT arrives.
 kj::Promise<void> onTermination(kj::AsyncIoContext& io);
@@ -23,8 +26,11 @@ void writeFileAtomically(const std::string& path, const std::string& content);
 // logs "serving <what> on <bound>", then blocks until SIGTERM/SIGINT.
 // Binding is the caller's earlier step (RpcServer::bind), done before the
 // process writes anything, so a taken port refuses the start unchanged.
-class RpcServer;
-void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, capnp::Capability::Client bootstrap,
+// Each connection is served a gate in front of `target` (kept alive by
+// `keep`) admitting what `policy` allows its peer, within `limits`
+// (RpcServer::startAccepting).
+void serveUntilTerminated(kj::AsyncIoContext& io, RpcServer& server, capnp::Capability::Server& target,
+                          capnp::Capability::Client keep, AccessPolicy policy, const ConnLimits& limits,
                           const std::string& bound, const std::string& readyFile, const std::string& what);
 
 // Exit statuses of keel-coordinator and keel-agent (docs/operations.md).

@@ -7,10 +7,43 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
 #include <set>
 #include <string>
 
+#include "common/config.h"
+
 namespace keel {
+
+// A connection's peer as the server saw it once the connection was set up.
+struct Peer {
+  std::string identity;  // the certificate's common name; empty on plaintext (insecure)
+  std::string address;   // "ip:port", for logs
+  bool tls = false;
+};
+
+// What one connection may call (docs/security.md, "Roles"). Each
+// connection's bootstrap capability is its own gate in front of the server
+// object, made from the peer's identity: a membrane that lets through the
+// calls of the peer's role and nothing else.
+struct Access {
+  std::string role;         // "operator", "client", "coordinator", "none": for logs
+  bool idleExempt = false;  // never closed as idle (a coordinator's link to an agent is quiet by nature)
+  // Before every call: an empty answer lets it through; any other text
+  // fails the call with that text, and nothing runs. Null: all allowed.
+  std::function<std::string(std::uint64_t interfaceId, std::uint16_t methodId, capnp::AnyPointer::Reader params)>
+      refuse;
+};
+using AccessPolicy = std::function<Access(const Peer&)>;
+
+// The peer of the call being dispatched, while its server method runs its
+// synchronous start (where it reads its parameters); null elsewhere and on
+// ungated servers. The coordinator records it as the operator of an audit
+// entry.
+const Peer* callingPeer();
 
 // Accepts connections and serves one bootstrap capability on each.
 //
@@ -26,8 +59,17 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
   // (name resolution). Throws std::runtime_error "cannot listen on ADDR:
   // address already in use" (or the reason).
   unsigned bind(const std::string& addr);
-  // Accepts connections on every bound address, serving `bootstrap` on each.
+  // Accepts connections on every bound address, serving `bootstrap` on each
+  // (no roles, no call limits: tests and benchmarks).
   void startAccepting(capnp::Capability::Client bootstrap);
+  // Accepts connections, TLS when credentials are installed (common/tls.h),
+  // and serves each a gate in front of `target` (kept alive by `keep`) that
+  // admits what `policy` says the peer's identity may call, within
+  // `limits`. A handshake that fails or outlasts its timeout, a peer over
+  // its connection limit and a call beyond the in-flight limit are refused
+  // and logged; the server keeps serving everyone else.
+  void startAccepting(capnp::Capability::Server& target, capnp::Capability::Client keep, AccessPolicy policy,
+                      const ConnLimits& limits);
 
   // Both steps at once, for tests and benchmarks that have nothing to check
   // in between: binds `addr`, serves the constructor's bootstrap on it and
@@ -44,15 +86,30 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
   std::size_t openConnections() const { return open_.size(); }
 
  private:
+  struct Conn;
   void taskFailed(kj::Exception&& e) override;
   kj::Promise<void> acceptLoop(kj::ConnectionReceiver& listener);
-  kj::Promise<void> serve(kj::Own<kj::AsyncIoStream> stream);
+  void accepted(kj::Own<kj::AsyncIoStream> stream);
+  // `socket`: the TCP stream under `stream` (the same one on plaintext); a
+  // connection is closed through it, under TLS.
+  kj::Promise<void> serve(kj::Own<kj::AsyncIoStream> stream, Peer peer, kj::AsyncIoStream* socket);
+  kj::Promise<void> idleSweep();
+  // At most one warning a second for each kind of refusal (a flood of bad
+  // connections must not become a flood of log lines).
+  void warnLimited(const std::string& kind, const std::string& text);
 
   kj::AsyncIoContext& io_;
   capnp::Capability::Client bootstrap_;
+  capnp::Capability::Server* target_ = nullptr;  // gated serving; bootstrap_ keeps it alive
+  AccessPolicy policy_;
+  ConnLimits limits_;
   kj::Vector<kj::Own<kj::ConnectionReceiver>> listeners_;
   std::size_t accepting_ = 0;  // listeners_[0, accepting_) have an accept loop
-  std::set<kj::AsyncIoStream*> open_;  // connections being served
+  std::map<kj::AsyncIoStream*, kj::AsyncIoStream*> open_;  // connections being served -> their TCP socket
+  std::map<kj::AsyncIoStream*, std::shared_ptr<Conn>> conns_;  // their state (gated serving)
+  std::map<std::string, std::uint32_t> perPeer_;  // connections per TLS identity
+  std::size_t connections_ = 0;                   // accepted and not yet ended, handshakes included
+  std::map<std::string, std::pair<kj::TimePoint, std::uint64_t>> warned_;  // kind -> last warning, suppressed since
   kj::TaskSet tasks_;
 };
 
@@ -77,7 +134,13 @@ class RpcConnection {
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc_;
 };
 
-// Connects to "host:port".
-kj::Promise<kj::Own<RpcConnection>> rpcConnect(kj::AsyncIoContext& io, const std::string& addr);
+// Connects to "host:port" or "NAME@host:port". With TLS installed
+// (common/tls.h) the server must present a certificate of the CA naming
+// NAME, or `expectedName` when the address names none; without TLS the
+// name is ignored (plaintext).
+kj::Promise<kj::Own<RpcConnection>> rpcConnect(kj::AsyncIoContext& io, const std::string& addr,
+                                               const std::string& expectedName = "");
+// "NAME@host:port" -> {"NAME", "host:port"}; "host:port" -> {"", "host:port"}.
+std::pair<std::string, std::string> splitNamedAddress(const std::string& addr);
 
 }  // namespace keel

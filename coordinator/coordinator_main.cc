@@ -22,6 +22,7 @@
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/rpc.h"
+#include "common/tls.h"
 #include "coordinator/cluster.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_server.h"
@@ -34,7 +35,8 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "host:port for clients (overrides the config; port 0 = any)");
   app.add_option("--data-dir", dataDir, "WAL directory (overrides the config)");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
-  bool checkWal = false, init = false;
+  bool checkWal = false, init = false, insecure = false;
+  app.add_flag("--insecure", insecure, "plaintext, no identities (loopback only): the same as [tls] insecure = true");
   app.add_flag("--check-wal", checkWal, "decode every WAL record, list the damaged ones and exit (1 if any)");
   app.add_flag("--init", init, "create the data directory (or initialise an empty one) on this first start");
   try {
@@ -51,6 +53,8 @@ int main(int argc, char** argv) {
       cfg.listen = listen;
     }
     if (!dataDir.empty()) cfg.dataDir = dataDir;
+    if (insecure) cfg.tls.insecure = true;
+    if (!checkWal) keel::checkTransport(cfg.tls, cfg.listen, keel::ServerRole::Coordinator);
     keel::failpoint::initFromEnv();
   } catch (const std::exception& e) {
     std::cerr << "keel-coordinator: " << e.what() << "\n";
@@ -77,10 +81,13 @@ int main(int argc, char** argv) {
     }
   }
   try {
-    keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
-    cfg.dataDir = dir.path();
     keel::captureTerminationSignals();
     auto io = kj::setupAsyncIo();
+    // Certificates are read before the data directory is touched: a bad one
+    // refuses the start with nothing changed.
+    auto tlsReload = keel::startTls(io, cfg.tls);
+    keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
+    cfg.dataDir = dir.path();
     keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20);
     auto server = std::make_unique<keel::RpcServer>(io);
     std::string bound = keel::withPort(cfg.listen, server->bind(cfg.listen));
@@ -105,8 +112,13 @@ int main(int argc, char** argv) {
           },
           [&coordinator](std::uint16_t node, std::uint64_t epoch) { return coordinator.takeOver(node, epoch); });
     }
-    keel::serveUntilTerminated(io, *server, kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats()), bound,
+    auto impl = kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats());
+    auto& target = *impl;
+    keel::serveUntilTerminated(io, *server, target, kj::mv(impl), keel::coordinatorAccess(cfg.tls), cfg.limits, bound,
                                readyFile, "clients with " + std::to_string(cfg.participants.size()) + " participants");
+  } catch (const keel::ConfigError& e) {
+    KEEL_LOG_ERROR("refused: {}", e.what());
+    return keel::kExitBadConfig;
   } catch (const keel::DataDirError& e) {
     KEEL_LOG_ERROR("refused: {}", e.what());
     return keel::kExitDataDirRefused;

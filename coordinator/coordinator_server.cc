@@ -1,5 +1,9 @@
 #include "coordinator/coordinator_server.h"
 
+#include <capnp/schema.h>
+
+#include <algorithm>
+
 #include "common/fault.h"
 #include "common/wire.h"
 
@@ -40,7 +44,50 @@ kj::Promise<SubmitOutcome> guarded(kj::Promise<SubmitOutcome> p, std::string req
   });
 }
 
+// Who an operator action is recorded as: over TLS the caller's certificate
+// identity (free text from the network proves nothing); on an insecure
+// (plaintext) coordinator what the caller said.
+std::string operatorWho(capnp::Text::Reader said) {
+  const Peer* p = callingPeer();
+  if (p != nullptr && p->tls) return p->identity;
+  return said.cStr();
+}
+
+bool listed(const std::vector<std::string>& names, const std::string& id) {
+  return std::find(names.begin(), names.end(), id) != names.end();
+}
+
 }  // namespace
+
+AccessPolicy coordinatorAccess(const TlsConfig& tls) {
+  if (!tls.enabled()) return [](const Peer&) { return Access{"any (insecure)", false, nullptr}; };
+  // The operator interface: what may change an outcome or reads the
+  // coordinator's books across clients.
+  auto schema = capnp::Schema::from<wire::Coordinator>();
+  std::vector<std::uint16_t> operatorOnly;
+  for (const char* m : {"listUnfinished", "retryNow", "resolve", "audit", "listHeuristic", "reconciled"}) {
+    operatorOnly.push_back(schema.getMethodByName(m).getIndex());
+  }
+  const std::uint64_t iface = capnp::typeId<wire::Coordinator>();
+  return [tls, operatorOnly, iface, schema](const Peer& peer) -> Access {
+    if (listed(tls.operators, peer.identity)) return Access{"operator", false, nullptr};
+    if (!tls.clients.empty() && !listed(tls.clients, peer.identity)) {
+      std::string why = "permission denied: '" + peer.identity +
+                        "' may not use this coordinator (not in its [tls] clients or operators)";
+      return Access{"none", false, [why](std::uint64_t, std::uint16_t, capnp::AnyPointer::Reader) { return why; }};
+    }
+    std::string id = peer.identity;
+    return Access{"client", false,
+                  [id, operatorOnly, iface, schema](std::uint64_t i, std::uint16_t m, capnp::AnyPointer::Reader) {
+                    if (i != iface || std::find(operatorOnly.begin(), operatorOnly.end(), m) == operatorOnly.end()) {
+                      return std::string();
+                    }
+                    return "permission denied: " + std::string(schema.getMethods()[m].getProto().getName().cStr()) +
+                           " is an operator call and '" + id +
+                           "' is not an operator of this coordinator (its [tls] operators)";
+                  }};
+  };
+}
 
 kj::Promise<void> CoordinatorImpl::submit(SubmitContext ctx) {
   auto p = ctx.getParams();
@@ -142,7 +189,7 @@ kj::Promise<void> CoordinatorImpl::listHeuristic(ListHeuristicContext ctx) {
 
 kj::Promise<void> CoordinatorImpl::reconciled(ReconciledContext ctx) {
   auto p = ctx.getParams();
-  return c_.reconciled(p.getSeq(), p.getWho().cStr(), p.getWhy().cStr()).then([ctx](Coordinator::ResolveResult r) mutable {
+  return c_.reconciled(p.getSeq(), operatorWho(p.getWho()), p.getWhy().cStr()).then([ctx](Coordinator::ResolveResult r) mutable {
     ctx.getResults().setDone(r.done);
     ctx.getResults().setReason(r.reason);
   });
@@ -196,7 +243,7 @@ kj::Promise<void> CoordinatorImpl::retryNow(RetryNowContext ctx) {
 
 kj::Promise<void> CoordinatorImpl::resolve(ResolveContext ctx) {
   auto p = ctx.getParams();
-  return c_.resolve(p.getSeq(), p.getCommit(), p.getWho().cStr(), p.getWhy().cStr(), p.getOverride())
+  return c_.resolve(p.getSeq(), p.getCommit(), operatorWho(p.getWho()), p.getWhy().cStr(), p.getOverride())
       .then([ctx](Coordinator::ResolveResult r) mutable {
         ctx.getResults().setDone(r.done);
         ctx.getResults().setReason(r.reason);

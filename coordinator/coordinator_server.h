@@ -4,7 +4,9 @@
 
 #include <memory>
 
+#include "common/config.h"
 #include "common/group_log.h"
+#include "common/rpc.h"
 #include "coordinator/coordinator.h"
 #include "schemas/keel.capnp.h"
 
@@ -53,6 +55,13 @@ class TransactionImpl final : public wire::Transaction::Server {
   const std::uint64_t seq_;
   std::weak_ptr<const void> life_;  // dropped after the coordinator went: nothing to roll back in it
 };
+
+// Roles on a coordinator (docs/security.md): identities in [tls] operators
+// get every call; other identities of the CA (or only those in [tls]
+// clients, when given) get the client calls (submit, begin, query, info,
+// stats, outcome); the operator calls fail "permission denied" for them.
+// Insecure (plaintext): every peer gets every call.
+AccessPolicy coordinatorAccess(const TlsConfig& tls);
 
 void fillSubmitResult(wire::SubmitResult::Builder b, const SubmitOutcome& o);
 

@@ -41,7 +41,7 @@ kj::Promise<wire::Participant::Client> ParticipantLink::client() {
     return p->addBranch().then([this]() -> kj::Promise<wire::Participant::Client> { return client(); });
   }
   auto gen = ++generation_;
-  auto fork = rpcConnect(io_, address_)
+  auto fork = rpcConnect(io_, address_, name_)  // over TLS the agent must present a certificate naming it
                   .then([this, gen](kj::Own<RpcConnection> conn) -> kj::Promise<void> {
                     if (gen != generation_) return kj::READY_NOW;  // reset meanwhile
                     auto cap = conn->bootstrap<wire::Participant>();

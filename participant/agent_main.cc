@@ -21,6 +21,7 @@
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/rpc.h"
+#include "common/tls.h"
 #include "participant/agent.h"
 #include "participant/agent_server.h"
 #include "participant/pg_agent.h"
@@ -47,6 +48,16 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"commit-on-rollback"}));
   app.add_option("--coordinator", coordinator, "coordinator host:port to ask about branches in doubt");
   app.add_option("--in-doubt-query-ms", inDoubtMs, "ask the coordinator about a branch PREPARED this long");
+  keel::TlsConfig tlsFlags;
+  bool insecure = false;
+  app.add_option("--tls-ca", tlsFlags.ca, "PEM file of the CA whose certificates are trusted ([tls] ca)");
+  app.add_option("--tls-cert", tlsFlags.cert, "PEM certificate of this agent, its CN the agent's name ([tls] cert)");
+  app.add_option("--tls-key", tlsFlags.key, "PEM private key of --tls-cert ([tls] key)");
+  app.add_option("--tls-coordinator", tlsFlags.coordinators,
+                 "identity (certificate CN) allowed to make coordinator calls; repeat for more ([tls] coordinators)");
+  app.add_option("--tls-operator", tlsFlags.operators,
+                 "identity allowed to look (inspect, branches, forget); repeat for more ([tls] operators)");
+  app.add_flag("--insecure", insecure, "plaintext, no identities (loopback only): the same as [tls] insecure = true");
   bool init = false;
   app.add_flag("--init", init, "create the data directory (or initialise an empty one) on this first start");
   try {
@@ -70,12 +81,19 @@ int main(int argc, char** argv) {
       throw keel::ConfigError("adapter postgres needs a connection string (--postgres or [agent] postgres)");
     }
     if (inDoubtMs != 0) cfg.inDoubtQueryMs = inDoubtMs;
+    if (!tlsFlags.ca.empty()) cfg.tls.ca = tlsFlags.ca;
+    if (!tlsFlags.cert.empty()) cfg.tls.cert = tlsFlags.cert;
+    if (!tlsFlags.key.empty()) cfg.tls.key = tlsFlags.key;
+    if (!tlsFlags.coordinators.empty()) cfg.tls.coordinators = tlsFlags.coordinators;
+    if (!tlsFlags.operators.empty()) cfg.tls.operators = tlsFlags.operators;
+    if (insecure) cfg.tls.insecure = true;
     if (!cfg.coordinator.empty()) keel::checkAddress("coordinator", cfg.coordinator);
     if (!keel::validName(cfg.name)) {
       throw keel::ConfigError("agent name '" + cfg.name +
                               "' is missing or invalid (--name or [agent] name; 1-64 chars of A-Z a-z 0-9 _ . -)");
     }
     keel::checkAddress("listen", cfg.listen);
+    keel::checkTransport(cfg.tls, cfg.listen, keel::ServerRole::Agent);
     keel::failpoint::initFromEnv();
   } catch (const std::exception& e) {
     std::cerr << "keel-agent: " << e.what() << "\n";
@@ -84,11 +102,14 @@ int main(int argc, char** argv) {
 
   keel::initLogging("agent " + cfg.name);
   try {
+    keel::captureTerminationSignals();
+    auto io = kj::setupAsyncIo();
+    // Certificates are read before the data directory is touched: a bad one
+    // refuses the start with nothing changed.
+    auto tlsReload = keel::startTls(io, cfg.tls);
     keel::DataDir dir(cfg.dataDir, keel::DataDirOwner{keel::DataDirKind::Agent, cfg.name, 0, "keel-agent"},
                       init);  // held until exit
     cfg.dataDir = dir.path();
-    keel::captureTerminationSignals();
-    auto io = kj::setupAsyncIo();
     std::unique_ptr<keel::ParticipantBackend> backend;
     if (cfg.adapter == "postgres") {
       backend = std::make_unique<keel::PgAgent>(
@@ -111,8 +132,14 @@ int main(int argc, char** argv) {
       KEEL_LOG_INFO("branches prepared for over {} ms ask coordinator {} for their outcome", cfg.inDoubtQueryMs,
                     cfg.coordinator);
     }
-    keel::serveUntilTerminated(io, server, kj::heap<keel::ParticipantImpl>(agent), bound, readyFile,
+    auto impl = kj::heap<keel::ParticipantImpl>(agent);
+    auto& target = *impl;
+    keel::serveUntilTerminated(io, server, target, kj::mv(impl), keel::agentAccess(cfg.tls, cfg.name), cfg.limits,
+                               bound, readyFile,
                                cfg.name + " (data " + cfg.dataDir + ")");
+  } catch (const keel::ConfigError& e) {
+    KEEL_LOG_ERROR("refused: {}", e.what());
+    return keel::kExitBadConfig;
   } catch (const keel::DataDirError& e) {
     KEEL_LOG_ERROR("refused: {}", e.what());
     return keel::kExitDataDirRefused;

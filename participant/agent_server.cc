@@ -1,9 +1,49 @@
 #include "participant/agent_server.h"
 
+#include <capnp/schema.h>
+
+#include <algorithm>
+
 #include "common/fault.h"
 #include "common/wire.h"
 
 namespace keel {
+
+AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
+  if (!tls.enabled()) return [](const Peer&) { return Access{"any (insecure)", true, nullptr}; };
+  auto schema = capnp::Schema::from<wire::Participant>();
+  auto index = [&](const char* m) { return schema.getMethodByName(m).getIndex(); };
+  std::vector<std::uint16_t> looking{index("inspect"), index("status"), index("listBranches"), index("batching")};
+  const std::uint16_t recover = index("recover"), forget = index("forget");
+  const std::uint64_t iface = capnp::typeId<wire::Participant>();
+  auto has = [](const std::vector<std::string>& names, const std::string& id) {
+    return std::find(names.begin(), names.end(), id) != names.end();
+  };
+  return [=](const Peer& peer) -> Access {
+    if (has(tls.coordinators, peer.identity)) return Access{"coordinator", true, nullptr};
+    std::string id = peer.identity;
+    if (has(tls.operators, peer.identity)) {
+      return Access{"operator", false,
+                    [=](std::uint64_t i, std::uint16_t m, capnp::AnyPointer::Reader params) -> std::string {
+                      if (i == iface && std::find(looking.begin(), looking.end(), m) != looking.end()) return "";
+                      // An operator may list and forget, never fence: epoch 0 only.
+                      if (i == iface && m == recover && params.getAs<wire::Participant::RecoverParams>().getEpoch() == 0) {
+                        return "";
+                      }
+                      if (i == iface && m == forget && params.getAs<wire::Participant::ForgetParams>().getEpoch() == 0) {
+                        return "";
+                      }
+                      std::string name = i == iface ? schema.getMethods()[m].getProto().getName().cStr() : "this call";
+                      return "permission denied: " + name + " is a coordinator's call and operator '" + id +
+                             "' is not among agent " + agentName + "'s [tls] coordinators";
+                    }};
+    }
+    std::string why = "permission denied: '" + id + "' may not call agent " + agentName +
+                      " (not among its [tls] coordinators or operators)";
+    return Access{"none", false, [why](std::uint64_t, std::uint16_t, capnp::AnyPointer::Reader) { return why; }};
+  };
+}
+
 
 namespace {
 

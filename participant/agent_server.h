@@ -2,6 +2,8 @@
 // ParticipantImpl: the thin Cap'n Proto shell around Agent. It reads
 // parameters, calls the agent, fills results; no protocol logic here.
 
+#include "common/config.h"
+#include "common/rpc.h"
 #include "participant/backend.h"
 #include "schemas/keel.capnp.h"
 
@@ -29,5 +31,12 @@ class ParticipantImpl final : public wire::Participant::Server, private kj::Task
   ParticipantBackend& agent_;
   kj::TaskSet tasks_;  // streamed votes (prepareBatch with a sink)
 };
+
+// Roles on an agent (docs/security.md): identities in [tls] coordinators
+// make every call (and only they can raise an epoch fence); identities in
+// [tls] operators may look (inspect, status, listBranches, batching, and
+// recover / forget with epoch 0); anyone else is refused every call.
+// Insecure (plaintext): every peer makes every call.
+AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName);
 
 }  // namespace keel

@@ -5,7 +5,8 @@ set -euo pipefail
 
 PACKAGES=(
   g++ cmake make pkg-config
-  capnproto libcapnp-dev          # Cap'n Proto 0.9.2: RPC and records
+  capnproto libcapnp-dev          # Cap'n Proto 0.9.2: RPC and records (kj-tls: mutual TLS)
+  libssl-dev openssl              # OpenSSL: certificate checks (common/tls.cc); openssl makes demo certificates
   liblmdb-dev                     # LMDB: WAL and branch log
   libgtest-dev libgmock-dev       # GoogleTest
   libbenchmark-dev                # Google Benchmark

@@ -1,5 +1,7 @@
 #include "tools/cluster.h"
 
+#include "tools/certs.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -145,6 +147,13 @@ void LocalCluster::startAgent(const std::string& name, const std::string& failpo
     args.insert(args.end(), {"--coordinator", coordAddr_[0], "--in-doubt-query-ms",
                              std::to_string(opts_.agentInDoubtQueryMs)});
   }
+  if (opts_.tlsDir.empty()) {
+    args.push_back("--insecure");
+  } else {
+    auto t = certificateFiles(opts_.tlsDir, name);
+    args.insert(args.end(), {"--tls-ca", t.ca, "--tls-cert", t.cert, "--tls-key", t.key, "--tls-coordinator",
+                             "keel-coordinator", "--tls-operator", "keel-operator"});
+  }
   args.insert(args.end(), opts_.agentExtraArgs.begin(), opts_.agentExtraArgs.end());
   if (auto extra = agentArgs_.find(name); extra != agentArgs_.end()) {
     args.insert(args.end(), extra->second.begin(), extra->second.end());
@@ -165,6 +174,15 @@ void LocalCluster::writeCoordinatorConfig(int i) {
     auto over = participantAddr_.find(n);
     f << "\"" << n << "\" = \"" << (over != participantAddr_.end() ? over->second : addr) << "\"\n";
   }
+  if (opts_.tlsDir.empty()) {
+    f << "\n[tls]\ninsecure = true\n";
+  } else {
+    auto t = certificateFiles(opts_.tlsDir, "keel-coordinator");
+    f << "\n[tls]\nca = \"" << t.ca << "\"\ncert = \"" << t.cert << "\"\nkey = \"" << t.key
+      << "\"\noperators = [\"keel-operator\"]\n"
+      << opts_.tlsExtraToml << "\n";
+  }
+  f << "\n" << opts_.coordinatorTailToml << "\n";
 }
 
 void LocalCluster::startCoordinator(const std::string& failpoints, int i) {

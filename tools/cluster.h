@@ -66,6 +66,15 @@ struct ClusterOptions {
   // Agents ask the coordinator about branches PREPARED this long (0 = never).
   std::uint32_t agentInDoubtQueryMs = 2000;
   std::vector<std::string> agentExtraArgs;  // added to every keel-agent command line
+  // Mutual TLS (docs/security.md): a folder of certificates made by
+  // makeCertificates() (tools/certs.h) with at least "keel-coordinator",
+  // "keel-operator" and every agent's name. The coordinator presents
+  // keel-coordinator and takes keel-operator as its operator; each agent
+  // presents its name and admits keel-coordinator. Empty: every process is
+  // started insecure (plaintext on loopback).
+  std::string tlsDir;
+  std::string coordinatorTailToml;  // whole sections added at the end of the coordinator's config ([limits])
+  std::string tlsExtraToml;         // lines added to the coordinator's [tls] (TLS only)
 };
 
 class LocalCluster {

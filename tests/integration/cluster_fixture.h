@@ -136,6 +136,23 @@ class ClusterTest : public ::testing::Test {
     ASSERT_TRUE(cluster_->waitCoordinatorExit(std::chrono::seconds(5)));
   }
 
+  // A committed transfer alice -> bob of 100 whose phase 2 at bank-b failed:
+  // bank-b died on the way into its commit (a failpoint). The COMMIT is
+  // durable and bank-a committed; bank-b's branch is PREPARED. With
+  // `restart` bank-b is started again (its branch waits for the driver),
+  // without it bank-b stays down.
+  std::uint64_t stuckCommit(bool restart = true) {
+    open("bank-a", "alice", 1000);
+    open("bank-b", "bob", 0);
+    cluster_->stopAgent("bank-b");
+    cluster_->startAgent("bank-b", "agent.before_commit_durable=crash");
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 100));
+    EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+    EXPECT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+    if (restart) cluster_->startAgent("bank-b");
+    return o.seq;
+  }
+
   std::optional<QueryResult> query(std::uint64_t seq) { return client_->query(seq).wait(io_.waitScope); }
 
   // Leaves the coordinator dead with one unfinished interaction (a transfer

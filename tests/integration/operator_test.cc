@@ -23,20 +23,6 @@ class SlowDriverTest : public ClusterTest {
   }
   std::uint32_t inDoubtMs = 0;  // agents do not ask unless a test says so
   std::string ctl() { return binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " "; }
-
-  // A committed transfer whose phase 2 at bank-b failed once: the COMMIT is
-  // durable, bank-b's branch is PREPARED and the driver sleeps a minute.
-  std::uint64_t stuckCommit() {
-    open("bank-a", "alice", 1000);
-    open("bank-b", "bob", 0);
-    cluster_->stopAgent("bank-b");
-    cluster_->startAgent("bank-b", "agent.before_commit_durable=crash");
-    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 100));
-    EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
-    EXPECT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
-    cluster_->startAgent("bank-b");
-    return o.seq;
-  }
 };
 
 TEST_F(ClusterTest, AgentFencesAStaleCoordinatorEpoch) {

@@ -87,7 +87,7 @@ class OwnedStorageTest : public ClusterTest {
     std::string path = dir_ + "/trap.toml";
     std::ofstream(path) << "[coordinator]\nnode_id = 1\nlisten = \"" << listen << "\"\ndata_dir = \""
                         << coordinatorDir() << "\"\n\n[participants]\n\"bank-a\" = \"" << trap.address()
-                        << "\"\n\"bank-b\" = \"" << trap.address() << "\"\n";
+                        << "\"\n\"bank-b\" = \"" << trap.address() << "\"\n\n[tls]\ninsecure = true\n";
     return path;
   }
 
@@ -137,13 +137,13 @@ TEST_F(OwnedStorageTest, ASecondCoordinatorOnALiveDirectoryIsRefusedAndTheLiveOn
 TEST_F(OwnedStorageTest, ADirectoryServesOnlyTheProcessItWasMadeFor) {
   std::string bankA = dir_ + "/bank-a";
   for (const char* init : {"", " --init"}) {  // --init never overrides an identity
-    auto r = refusedRun("keel-agent --name bank-x --listen 127.0.0.1:0 --data-dir " + coordinatorDir() + init);
+    auto r = refusedRun("keel-agent --insecure --name bank-x --listen 127.0.0.1:0 --data-dir " + coordinatorDir() + init);
     EXPECT_EQ(r.exitCode, 3) << r.output;
     EXPECT_NE(r.output.find("data directory " + coordinatorDir() + " belongs to a coordinator (node 1), not an agent"),
               std::string::npos)
         << r.output;
 
-    r = refusedRun("keel-agent --name bank-b --listen 127.0.0.1:0 --data-dir " + bankA + init);
+    r = refusedRun("keel-agent --insecure --name bank-b --listen 127.0.0.1:0 --data-dir " + bankA + init);
     EXPECT_EQ(r.exitCode, 3) << r.output;
     EXPECT_NE(r.output.find("data directory " + bankA + " belongs to agent bank-a, not agent bank-b"),
               std::string::npos)
@@ -235,7 +235,7 @@ TEST_F(OwnedStorageTest, AnAgentWhosePortIsTakenChangesNothing) {
   std::string before = slurp(log);
   {
     Listener taken;
-    auto r = refusedRun("keel-agent --name bank-b --listen " + taken.address() + " --data-dir " + dir_ + "/bank-b");
+    auto r = refusedRun("keel-agent --insecure --name bank-b --listen " + taken.address() + " --data-dir " + dir_ + "/bank-b");
     EXPECT_EQ(r.exitCode, 1) << r.output;
     EXPECT_NE(r.output.find("cannot listen on " + taken.address() + ": address already in use"), std::string::npos)
         << r.output;
@@ -251,7 +251,7 @@ TEST(DataDirStart, AMissingDirectoryIsCreatedOnlyWithInit) {
   std::string missing = base + "/not/there";
   std::string cfg = base + "/c.toml";
   std::ofstream(cfg) << "[coordinator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << missing
-                     << "\"\n[participants]\na = \"127.0.0.1:1\"\n";
+                     << "\"\n[participants]\na = \"127.0.0.1:1\"\n[tls]\ninsecure = true\n";
   auto r = run("timeout 20 " + binDir() + "/keel-coordinator --config " + cfg);
   EXPECT_EQ(r.exitCode, 3) << r.output;
   EXPECT_NE(r.output.find("data directory " + missing +
@@ -260,7 +260,7 @@ TEST(DataDirStart, AMissingDirectoryIsCreatedOnlyWithInit) {
             std::string::npos)
       << r.output;
   // A relative path is reported as the absolute path it means.
-  r = run("cd " + base + " && timeout 20 " + binDir() + "/keel-agent --name bank-a --listen 127.0.0.1:0 --data-dir rel");
+  r = run("cd " + base + " && timeout 20 " + binDir() + "/keel-agent --insecure --name bank-a --listen 127.0.0.1:0 --data-dir rel");
   EXPECT_EQ(r.exitCode, 3) << r.output;
   EXPECT_NE(r.output.find("data directory " + base + "/rel does not exist; start with --init to create a new agent"),
             std::string::npos)

@@ -783,7 +783,7 @@ TEST(PostgresAgentStart, NoPreparedTransactionsIsReportedWithTheFix) {
   pg.start();
   auto dir = makeTempDir("keel-pg-agent");
   auto r = run(binDir() + "/keel-agent --name bank-a --adapter postgres --postgres '" + pg.connString("bank_a") +
-               "' --listen 127.0.0.1:0 --data-dir " + dir + "/data --init");
+               "' --insecure --listen 127.0.0.1:0 --data-dir " + dir + "/data --init");
   EXPECT_NE(r.exitCode, 0);
   EXPECT_NE(r.output.find("max_prepared_transactions = 0"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("postgresql.conf"), std::string::npos) << r.output;

@@ -43,6 +43,7 @@
 #include <sstream>
 
 #include "common/client.h"
+#include "common/tls.h"
 #include "common/fault.h"
 #include "tools/keelctl/commands.h"
 #include "tools/keelctl/output.h"
@@ -103,6 +104,18 @@ int main(int argc, char** argv) {
       ->type_name("DURATION")
       ->capture_default_str();
   app.add_flag("--json", g.json, "machine-readable output");
+  std::string tlsCa, tlsCert, tlsKey, coordinatorCertName = "keel-coordinator";
+  app.add_option("--tls-ca", tlsCa, "mutual TLS: PEM file of the CA (docs/security.md)")
+      ->envname("KEEL_TLS_CA")
+      ->type_name("FILE");
+  app.add_option("--tls-cert", tlsCert, "mutual TLS: PEM certificate of this operator or client")
+      ->envname("KEEL_TLS_CERT")
+      ->type_name("FILE");
+  app.add_option("--tls-key", tlsKey, "mutual TLS: PEM private key of --tls-cert")->envname("KEEL_TLS_KEY")->type_name("FILE");
+  app.add_option("--coordinator-name", coordinatorCertName,
+                 "mutual TLS: the name the coordinator's certificate carries (an agent's: --agent NAME@HOST:PORT)")
+      ->envname("KEEL_COORDINATOR_NAME")
+      ->capture_default_str();
 
   std::string requestId;
   auto addRequestId = [&](CLI::App* sub, const char* help) {
@@ -165,11 +178,11 @@ int main(int argc, char** argv) {
   std::string agentAddr;
   std::vector<std::string> forgetXids;
   auto* forget = app.add_subcommand("forget", "drop finished branch records on an agent");
-  forget->add_option("--agent", agentAddr, "agent address")->type_name("HOST:PORT")->required();
+  forget->add_option("--agent", agentAddr, "agent address (over TLS: NAME@HOST:PORT)")->type_name("HOST:PORT")->required();
   forget->add_option("xids", forgetXids, "SEQ.BRANCH ...")->required();
 
   auto* branches = app.add_subcommand("branches", "an agent's unfinished (in-doubt) branches and its accounts");
-  branches->add_option("--agent", agentAddr, "agent address")->type_name("HOST:PORT")->required();
+  branches->add_option("--agent", agentAddr, "agent address (over TLS: NAME@HOST:PORT)")->type_name("HOST:PORT")->required();
 
   try {
     app.parse(argc, argv);
@@ -199,6 +212,12 @@ int main(int argc, char** argv) {
     g.timeout = keel::ctl::parseDuration("--timeout", timeoutArg, 1 * kj::MILLISECONDS, 1 * kj::HOURS);
     g.retryFor = keel::ctl::parseDuration("--retry-for", retryForArg, 0 * kj::SECONDS, 24 * kj::HOURS);
     for (const auto& c : keel::ctl::coordinatorList(g.coordinator)) keel::ctl::checkPeerAddress("--coordinator", c);
+    try {
+      keel::installClientTls(tlsCa, tlsCert, tlsKey);  // none given: plaintext
+      keel::setCoordinatorName(coordinatorCertName);
+    } catch (const keel::ConfigError& e) {
+      throw UsageError(e.what());
+    }
     if (!agentAddr.empty()) keel::ctl::checkPeerAddress("--agent", agentAddr);
     std::size_t idsGiven = 0;
     for (auto* sub : {open, transfer, balance, query}) idsGiven += sub->count("--request-id");

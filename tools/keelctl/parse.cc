@@ -3,6 +3,7 @@
 #include <charconv>
 
 #include "common/config.h"
+#include "common/rpc.h"
 
 namespace keel::ctl {
 
@@ -110,7 +111,12 @@ Xid parseXid(std::string_view text) {
 
 void checkPeerAddress(std::string_view what, const std::string& addr) {
   try {
-    checkAddress(str(what), addr);
+    // NAME@host:port: NAME is the certificate name the peer must present (TLS).
+    auto [name, hostPort] = splitNamedAddress(addr);
+    if (addr.find('@') != std::string::npos && name.empty()) {
+      throw ConfigError(str(what) + ": '" + addr + "' names no peer before '@' (NAME@HOST:PORT)");
+    }
+    checkAddress(str(what), hostPort);
   } catch (const ConfigError& e) {
     throw UsageError(e.what());
   }
