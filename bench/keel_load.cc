@@ -162,7 +162,7 @@ RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const Workloa
   std::vector<kj::Own<KeelClient>> coordinators;
   for (auto& addr : d.coordinators) coordinators.push_back(KeelClient::connect(io, addr).wait(io.waitScope));
   std::vector<std::pair<std::string, kj::Own<AgentClient>>> agents;
-  for (auto& [name, addr] : d.agents) agents.emplace_back(name, AgentClient::connect(io, addr).wait(io.waitScope));
+  for (auto& [name, addr] : d.agents) agents.emplace_back(name, AgentClient::connect(io, name + "@" + addr).wait(io.waitScope));
 
   Live live;
   std::vector<std::unique_ptr<LoadClient>> threads;

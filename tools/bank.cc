@@ -92,7 +92,7 @@ void openLedgerAccounts(kj::WaitScope& ws, KeelClient& client, const std::vector
 AgentTotals agentTotals(kj::AsyncIoContext& io, const LocalCluster& cluster) {
   AgentTotals t;
   for (auto& name : cluster.agentNames()) {
-    auto agent = AgentClient::connect(io, cluster.agentAddress(name)).wait(io.waitScope);
+    auto agent = AgentClient::connect(io, cluster.agentPeer(name)).wait(io.waitScope);
     auto s = agent->inspect().wait(io.waitScope);
     t.money += s.total();
     t.held += s.held();

@@ -114,6 +114,8 @@ class LocalCluster {
   const std::vector<std::string>& coordinatorAddresses() const { return coordAddr_; }
   int coordinatorCount() const { return opts_.coordinators; }
   const std::string& agentAddress(const std::string& name) const { return agentAddr_.at(name); }
+  // "NAME@host:port": what a client dials (over TLS the agent must present NAME).
+  std::string agentPeer(const std::string& name) const { return name + "@" + agentAddr_.at(name); }
   const std::vector<std::string>& agentNames() const { return opts_.agents; }
   const std::string& baseDir() const { return opts_.baseDir; }
   std::string coordinatorLog(int i = 0) const { return opts_.baseDir + "/" + coordinatorName(i) + ".log"; }

@@ -116,7 +116,7 @@ struct ClusterDemo {
       if (o.batch) clients.back()->enableBatching();
     }
     for (auto& name : cluster.agentNames()) {
-      agents.push_back(AgentClient::connect(io, cluster.agentAddress(name)).wait(io.waitScope));
+      agents.push_back(AgentClient::connect(io, cluster.agentPeer(name)).wait(io.waitScope));
     }
   }
 
@@ -338,6 +338,7 @@ int runClusterDemo(const ClusterDemoOptions& o) {
   copts.baseDir = o.baseDir;
   copts.coordinators = o.coordinators;
   copts.clusterToml = test::clusterSection(etcd, "/keel-demo", o.leaseTtlS);
+  copts.tlsDir = o.tlsDir;
   LocalCluster cluster(copts);
   std::printf("[2/7] starting agents bank-a, bank-b and %d coordinators sharing etcd (lease TTL %d s)\n",
               o.coordinators, o.leaseTtlS);

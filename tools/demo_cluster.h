@@ -36,6 +36,7 @@ struct ClusterDemoOptions {
   bool restart = true;  // restart the killed coordinator at the end and check it rejoins
   // Fail unless at least this share of the transfers committed.
   std::uint32_t minCommittedPercent = 40;
+  std::string tlsDir;  // certificates (ClusterOptions::tlsDir); empty: plaintext
 };
 
 // Runs the demo and prints its report; returns the process exit status.

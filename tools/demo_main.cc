@@ -29,7 +29,9 @@
 
 #include "common/client.h"
 #include "common/config.h"
+#include "common/tls.h"
 #include "tools/bank.h"
+#include "tools/certs.h"
 #include "tools/cluster.h"
 #include "tools/demo_cluster.h"
 #include "tools/demo_progress.h"
@@ -328,6 +330,9 @@ int main(int argc, char** argv) {
   app.add_option("--opening", opening, "opening balance of each account")->capture_default_str()->check(CLI::Range(0ll, 1000000000ll));
   app.add_option("--overdraw-percent", overdraw, "share of transfers that overdraw on purpose")->capture_default_str()->check(CLI::Range(0u, 100u));
   app.add_flag("--keep", keep, "keep the data folder and logs");
+  bool insecure = false;
+  app.add_flag("--insecure", insecure,
+               "plaintext on loopback (default: mutual TLS with a throwaway CA made in the data folder)");
   app.add_option("--min-answered-percent", minAnsweredPercent,
                  "fail unless at least this share of the transfers got an answer (committed, rolled back or in "
                  "doubt): a load that did not run proves nothing")
@@ -417,10 +422,24 @@ int main(int argc, char** argv) {
     co.minCommittedPercent = minCommittedPercent;
   }
   try {
+    // Mutual TLS unless --insecure: a throwaway CA and certificates for the
+    // coordinator(s), each agent and this process (an operator: it lists
+    // unfinished work), in the data folder (docs/security.md).
+    std::string tlsDir;
+    if (!insecure) {
+      tlsDir = base + "/certs";
+      keel::makeCertificates(tlsDir, {"keel-coordinator", "keel-operator", "bank-a", "bank-b"});
+      auto me = keel::certificateFiles(tlsDir, "keel-operator");
+      keel::installClientTls(me.ca, me.cert, me.key);
+      std::printf("keel-demo: mutual TLS on every link (throwaway CA and certificates in %s; --insecure for plaintext)\n",
+                  tlsDir.c_str());
+    }
+    co.tlsDir = tlsDir;
     if (clusterMode) return removeUnlessKept(base, keep, keel::demo::runClusterDemo(co));
     keel::ClusterOptions copts;
     copts.binDir = keel::selfBinDir();
     copts.baseDir = base;
+    copts.tlsDir = tlsDir;
     keel::LocalCluster cluster(copts);
     std::unique_ptr<keel::test::PgServer> pgServer;
     if (adapter == "postgres") {
