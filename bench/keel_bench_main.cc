@@ -23,7 +23,9 @@
 #include "bench/raw2pc.h"
 #include "bench/report.h"
 #include "bench/sweep.h"
+#include "common/tls.h"
 #include "tools/bank.h"
+#include "tools/certs.h"
 #include "tools/cluster.h"
 #include "tools/etcd_cluster.h"
 #include "tools/pg_server.h"
@@ -51,6 +53,7 @@ struct Flags {
   bool keep = false, quiet = false;
   bool noBatch = false;
   bool requestIds = false;
+  bool tls = false;  // self-started processes on mutual TLS (throwaway certificates)
   std::uint32_t batchInFlight = 2;
   std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
   std::vector<std::string> clusterSet;      // ... for its [cluster] section (--cluster)
@@ -104,6 +107,15 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
     // (Postgres agents ask the coordinator for one prepare per message
     // themselves: Participant.batching, docs/postgres.md.)
     for (auto& kv : f.coordinatorSet) copts.coordinatorExtraToml += kv + "\n";
+    if (f.tls) {
+      // Every link on mutual TLS; this process dials as an operator.
+      copts.tlsDir = s.baseDir + "/certs";
+      std::vector<std::string> names = copts.agents;
+      names.insert(names.end(), {"keel-coordinator", "keel-operator"});
+      keel::makeCertificates(copts.tlsDir, names);
+      auto me = keel::certificateFiles(copts.tlsDir, "keel-operator");
+      keel::installClientTls(me.ca, me.cert, me.key);
+    }
     if (f.cluster != 0) {
       std::fprintf(stderr, "keel-bench: starting a 3-member etcd cluster\n");
       keel::test::EtcdClusterOptions eo;
@@ -131,9 +143,9 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
       keel::bank::setUpPostgresBanks(*s.pg, *s.cluster, f.spec.accounts, kOpeningBalance, maxConcurrency);
       for (auto& a : copts.agents) s.conninfo.push_back(s.pg->connString(keel::bank::databaseFor(a)));
     }
-    std::fprintf(stderr, "keel-bench: starting %u agents and %s in %s\n", f.agents,
+    std::fprintf(stderr, "keel-bench: starting %u agents and %s in %s%s\n", f.agents,
                  f.cluster ? (std::to_string(f.cluster) + " coordinators").c_str() : "the coordinator",
-                 s.baseDir.c_str());
+                 s.baseDir.c_str(), f.tls ? " (mutual TLS on every link)" : "");
     s.cluster->startAll();
     s.deployment.coordinators = s.cluster->coordinatorAddresses();
     for (int i = 0; i < s.cluster->coordinatorCount(); ++i) {
@@ -275,6 +287,7 @@ int main(int argc, char** argv) {
   app.add_flag("--keep", f.keep, "keep the data folder and logs");
   app.add_flag("--no-batch", f.noBatch, "one submit call per interaction (default: the client batches submits)");
   app.add_flag("--request-ids", f.requestIds, "every submit carries a fresh request id (idempotency key)");
+  app.add_flag("--tls", f.tls, "self-started processes on mutual TLS (throwaway certificates; docs/security.md)");
   app.add_option("--coordinator-set", f.coordinatorSet,
                  "KEY=VALUE added to the self-started coordinator's [coordinator] section, e.g. batch_max=1 "
                  "(repeat; see docs/examples/coordinator.toml)")
@@ -358,7 +371,7 @@ int main(int argc, char** argv) {
     std::optional<FloorResult> floor;
     if (f.floor) {
       std::fprintf(stderr, "keel-bench: measuring the floor (%u samples each)\n", f.floorSamples);
-      floor = measureFloor(io, s.deployment.agents.front().second, s.baseDir, f.floorSamples);
+      floor = measureFloor(io, s.deployment.agents.front().first + "@" + s.deployment.agents.front().second, s.baseDir, f.floorSamples);
     }
     std::optional<EtcdFloorResult> etcdFloor;
     if (f.etcdFloor) {

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "common/client.h"
+#include "common/tls.h"
 
 namespace keel::bench {
 
@@ -175,6 +176,7 @@ RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const Workloa
   r.concurrency = opts.concurrency;
   r.connections = conns;
   r.clientBatching = opts.batch;
+  r.tls = currentTls() != nullptr;
   r.requestIds = opts.requestIds;
   LogSnapshot before, after;
   r.coordinators = std::uint32_t(d.coordinators.size());

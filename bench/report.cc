@@ -92,6 +92,7 @@ void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
       .add(p + "concurrency", r.concurrency)
       .add(p + "connections", r.connections)
       .addRaw(p + "client_batching", r.clientBatching ? "true" : "false")
+      .addRaw(p + "tls", r.tls ? "true" : "false")
       .addRaw(p + "request_ids", r.requestIds ? "true" : "false")
       .add(p + "window_s", r.seconds)
       .add(p + "committed", r.committed)

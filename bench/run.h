@@ -66,6 +66,7 @@ struct RunResult {
   std::string mode;  // keel | raw2pc
   std::uint32_t concurrency = 0, connections = 0;
   bool clientBatching = false;  // keel mode: the client batched its submits
+  bool tls = false;             // keel mode: the client's connections (and, self-started, every link) were TLS
   bool requestIds = false;      // keel mode: every submit carried a request id
   double seconds = 0;  // length of the measured window
   std::uint64_t committed = 0, rolledBack = 0, unexpectedRollbacks = 0, errors = 0;
