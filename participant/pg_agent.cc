@@ -140,12 +140,14 @@ namespace {
 // text, its parameters in text format with the declared types, and the row
 // count it must touch (-1 = any). The call was checked (validate).
 struct Call {
+  const std::string& name;
   const std::string& sql;
   std::int64_t requiredRows;
   std::vector<Oid> types;
   std::vector<std::string> texts;
   std::vector<const char*> values;
-  Call(const Op& op, const DeclaredStatement& decl) : sql(decl.sql), requiredRows(keel::requiredRows(decl, op)) {
+  Call(const Op& op, const DeclaredStatement& decl)
+      : name(decl.name), sql(decl.sql), requiredRows(keel::requiredRows(decl, op)) {
     texts.reserve(op.params.size());
     for (std::size_t k = 0; k < op.params.size(); ++k) {
       const auto& p = op.params[k];
@@ -186,9 +188,11 @@ pg::PgError errorOf(const PGresult* r, const std::string& what) {
 
 // The outcome of statement i (0-based) from its result; throws PgError with
 // its SQLSTATE, or "KEEL1" when it touched a number of rows it must not.
+// Reasons name it "statement 2 (debit)".
 OpResult resultOf(PGresult* r, const Call& call, std::size_t i) {
+  const std::string what = "statement " + std::to_string(i + 1) + " (" + call.name + ")";
   auto st = PQresultStatus(r);
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) throw errorOf(r, "statement " + std::to_string(i + 1));
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) throw errorOf(r, what);
   OpResult out;
   if (st == PGRES_TUPLES_OK) {
     out.affected = PQntuples(r);
@@ -207,7 +211,7 @@ OpResult resultOf(PGresult* r, const Call& call, std::size_t i) {
     out.affected = std::atoll(PQcmdTuples(r));
   }
   if (call.requiredRows >= 0 && out.affected != call.requiredRows) {
-    throw pg::PgError("statement " + std::to_string(i + 1) + " touched " + std::to_string(out.affected) + " rows, " +
+    throw pg::PgError(what + " touched " + std::to_string(out.affected) + " rows, " +
                           std::to_string(call.requiredRows) + " required",
                       "KEEL1");
   }

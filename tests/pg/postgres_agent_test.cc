@@ -162,7 +162,7 @@ TEST_F(PostgresTest, AgentsAskTheCoordinatorForOnePreparePerMessage) {
 TEST_F(PostgresTest, ViolatedGuardVotesNoAndChangesNothing) {
   auto o = submit({credit("bank-b", "bob", 5000), debit("bank-a", "alice", 5000)});
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
-  EXPECT_NE(o.reason.find("touched 0 rows, 1 required"), std::string::npos) << o.reason;
+  EXPECT_NE(o.reason.find("statement 1 (debit) touched 0 rows, 1 required"), std::string::npos) << o.reason;
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }));
   expectUntouched();
 }
@@ -170,6 +170,7 @@ TEST_F(PostgresTest, ViolatedGuardVotesNoAndChangesNothing) {
 TEST_F(PostgresTest, SqlErrorsBecomeClearNoVotes) {
   auto o = submit({credit("bank-b", "bob", 1), Op::statement("bank-a", "missing_table")});
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(o.reason.find("statement 1 (missing_table): "), std::string::npos) << o.reason;
   EXPECT_NE(o.reason.find("nosuchtable"), std::string::npos) << o.reason;
   EXPECT_NE(o.reason.find("42P01"), std::string::npos) << o.reason;
   auto c = submit({credit("bank-b", "bob", 1),
