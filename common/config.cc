@@ -85,6 +85,52 @@ std::vector<std::string> getNames(const std::string& path, const toml::table& t,
   return out;
 }
 
+// The [statements] tables of `root` (none: empty).
+Statements readStatements(const std::string& path, const toml::table& root) {
+  Statements out;
+  auto node = root["statements"];
+  if (!node) return out;
+  const auto* all = node.as_table();
+  if (all == nullptr) fail(path, "statements must be tables: [statements.NAME]");
+  for (auto&& [k, v] : *all) {
+    std::string name(k.str());
+    std::string section = "statements." + name;
+    std::string key = "[" + section + "]";
+    if (!validName(name)) {
+      fail(path, key + ": '" + name + "' is not a valid statement name (1-64 chars of A-Z a-z 0-9 _ . -)");
+    }
+    const auto* t = v.as_table();
+    if (t == nullptr) fail(path, key + " must be a table (sql, params, expect_rows)");
+    rejectUnknown(path, *t, section.c_str(), {"sql", "params", "expect_rows"});
+    DeclaredStatement d;
+    d.name = name;
+    d.sql = getString(path, *t, section.c_str(), "sql", "", true);
+    if (auto p = (*t)["params"]) {
+      const auto* list = p.as_array();
+      if (list == nullptr) fail(path, key + " params must be a list of types, such as [\"text\", \"int8\"]");
+      if (list->size() > Limits::kMaxSqlParams) {
+        fail(path, key + " params declares " + std::to_string(list->size()) + " parameters; the limit is " +
+                       std::to_string(Limits::kMaxSqlParams));
+      }
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        auto type = list->get(i)->value<std::string>();
+        auto param = type ? parseParamType(*type) : std::nullopt;
+        if (!param) {
+          fail(path, key + " params: $" + std::to_string(i + 1) + " " +
+                         (type ? "'" + *type + "'" : std::string("(not a string)")) + " is not a known type (known: " +
+                         knownParamTypes() + ")");
+        }
+        d.params.push_back(*param);
+      }
+    }
+    if (auto bad = checkSql(d.sql, d.params.size()); !bad.empty()) fail(path, key + ": " + bad);
+    d.expectRows = getInt<std::int64_t>(path, *t, section.c_str(), "expect_rows", -1, -1,
+                                        std::numeric_limits<std::int64_t>::max());
+    out.emplace(name, std::move(d));
+  }
+  return out;
+}
+
 // [tls] and [limits], the same keys for coordinator and agent (`clients`
 // only on a coordinator, `coordinators` only on an agent).
 void loadSecurity(const std::string& path, const toml::table& root, ServerRole role, TlsConfig& tls,
@@ -275,7 +321,9 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
 AgentConfig loadAgentConfig(const std::string& path) {
   auto root = parseFile(path);
   for (auto&& [k, v] : root) {
-    if (k.str() != "agent" && k.str() != "tls" && k.str() != "limits") fail(path, "unknown section [" + std::string(k.str()) + "]");
+    if (k.str() != "agent" && k.str() != "statements" && k.str() != "tls" && k.str() != "limits") {
+      fail(path, "unknown section [" + std::string(k.str()) + "]");
+    }
   }
   AgentConfig c;
   const auto& s = section(path, root, "agent");
@@ -300,8 +348,19 @@ AgentConfig loadAgentConfig(const std::string& path) {
   c.coordinator = getString(path, s, "agent", "coordinator", c.coordinator);
   if (!c.coordinator.empty()) checkAddress(path + ": [agent] coordinator", c.coordinator);
   c.inDoubtQueryMs = getInt<std::uint32_t>(path, s, "agent", "in_doubt_query_ms", c.inDoubtQueryMs, 10, 86400000);
+  c.statements = readStatements(path, root);
   loadSecurity(path, root, ServerRole::Agent, c.tls, c.limits);
   return c;
+}
+
+Statements loadStatements(const std::string& path) {
+  auto root = parseFile(path);
+  for (auto&& [k, v] : root) {
+    if (k.str() != "statements") {
+      fail(path, "unknown section [" + std::string(k.str()) + "] (a statements file holds [statements.NAME] tables only)");
+    }
+  }
+  return readStatements(path, root);
 }
 
 }  // namespace keel

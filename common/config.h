@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common/statements.h"
+
 namespace keel {
 
 class ConfigError : public std::runtime_error {
@@ -86,12 +88,20 @@ struct AgentConfig {
   std::size_t mapSizeMb = 1024;
   std::string coordinator;             // host:port; empty = do not ask about branches in doubt
   std::uint32_t inDoubtQueryMs = 5000;  // a branch PREPARED this long asks the coordinator
+  // adapter postgres: the statements clients may call ([statements.NAME]
+  // tables, here or in the file of --statements; docs/postgres.md).
+  Statements statements;
   TlsConfig tls;
   ConnLimits limits;
 };
 
 CoordinatorConfig loadCoordinatorConfig(const std::string& path);
 AgentConfig loadAgentConfig(const std::string& path);
+// A file of [statements.NAME] tables and nothing else (keel-agent
+// --statements). Every bad declaration is a ConfigError naming the file and
+// the key; an empty result is allowed here (the agent refuses to start a
+// postgres adapter without statements).
+Statements loadStatements(const std::string& path);
 
 // "host:port" with a numeric port 0..65535; throws ConfigError otherwise.
 void checkAddress(const std::string& where, const std::string& addr);

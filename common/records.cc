@@ -647,8 +647,13 @@ std::string toText(const InteractionRecord& r) {
     if (!b.reason.empty()) o << " (" << b.reason << ")";
     o << "\n";
     for (const auto& op : b.ops) {
-      o << "      " << opKindName(op.kind) << " " << op.account;
-      if (op.kind != OpKind::ReadBalance) o << " " << op.amount;
+      if (op.kind == OpKind::Sql) {
+        o << "      sql " << (op.statementName.empty() ? "(free SQL text)" : op.statementName) << " ("
+          << op.params.size() << " parameter(s))";
+      } else {
+        o << "      " << opKindName(op.kind) << " " << op.account;
+        if (op.kind != OpKind::ReadBalance) o << " " << op.amount;
+      }
       o << "\n";
     }
   }

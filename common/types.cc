@@ -106,6 +106,9 @@ std::uint64_t requestFingerprint(const std::vector<Op>& ops, bool interactive) {
     f.bytes(op.account);
     f.u64(std::uint64_t(op.amount));
     f.bytes(op.sql);
+    // Only when set: the fingerprints of requests from before statement
+    // names (ledger operations, free SQL) stay what they were.
+    if (!op.statementName.empty()) f.bytes(op.statementName);
     f.u64(std::uint64_t(op.expectRows));
     f.u64(op.params.size());
     for (const SqlValue& p : op.params) {

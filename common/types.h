@@ -32,21 +32,27 @@ struct SqlValue {
   bool operator==(const SqlValue&) const = default;
   static SqlValue ofInt(std::int64_t v) { return SqlValue{Type::Int, v, 0, false, {}}; }
   static SqlValue ofText(std::string v) { return SqlValue{Type::Text, 0, 0, false, std::move(v)}; }
+  static SqlValue ofFloat(double v) { return SqlValue{Type::Float, 0, v, false, {}}; }
+  static SqlValue ofBool(bool v) { return SqlValue{Type::Bool, 0, 0, v, {}}; }
+  static SqlValue null() { return SqlValue{}; }
 };
 
 // One operation addressed to a participant (host system): a ledger
-// operation (account, amount) or, for the postgres adapter, one SQL
-// statement with typed parameters.
+// operation (account, amount) or, for the postgres adapter, a call of one of
+// the statements the agent declares (common/statements.h), with typed
+// parameters.
 struct Op {
   Op() = default;
   // A ledger operation.
   Op(std::string participant, OpKind kind, std::string account, std::int64_t amount)
       : participant(std::move(participant)), kind(kind), account(std::move(account)), amount(amount) {}
-  // One SQL statement for a postgres agent.
-  static Op statement(std::string participant, std::string sql, std::vector<SqlValue> params = {},
+  // A call of the statement `name` declared by the postgres agent
+  // `participant` (docs/postgres.md, "Declared statements"). `expectRows`
+  // may tighten a declaration that allows any row count, never loosen one.
+  static Op statement(std::string participant, std::string name, std::vector<SqlValue> params = {},
                       std::int64_t expectRows = -1) {
     Op op(std::move(participant), OpKind::Sql, "", 0);
-    op.sql = std::move(sql);
+    op.statementName = std::move(name);
     op.params = std::move(params);
     op.expectRows = expectRows;
     return op;
@@ -56,6 +62,9 @@ struct Op {
   OpKind kind = OpKind::ReadBalance;
   std::string account;
   std::int64_t amount = 0;
+  std::string statementName;  // sql: the declared statement it calls
+  // sql: free SQL text, as clients sent it before statements were declared.
+  // Still read from old records; the coordinator and the agents refuse it.
   std::string sql;
   std::vector<SqlValue> params;
   std::int64_t expectRows = -1;  // rows it must touch or return; -1 = any
@@ -141,8 +150,9 @@ struct Limits {
   // 10^15 minor units: far beyond any single booking, and sums of many of
   // them still fit in int64 without overflow.
   static constexpr std::int64_t kMaxAmount = 1'000'000'000'000'000;
-  static constexpr std::size_t kMaxSqlBytes = 64 * 1024;
+  static constexpr std::size_t kMaxSqlBytes = 64 * 1024;       // a declared statement's SQL text
   static constexpr std::size_t kMaxSqlParams = 256;
+  static constexpr std::size_t kMaxSqlParamBytes = 64 * 1024;  // one text parameter
   static constexpr std::size_t kMaxRequestId = 128;
 };
 

@@ -8,7 +8,8 @@ void fillOp(wire::Operation::Builder b, const Op& op) {
   b.setAccount(op.account);
   b.setAmount(op.amount);
   if (op.kind == OpKind::Sql) {
-    b.setSql(op.sql);
+    b.setStatement(op.statementName);
+    if (!op.sql.empty()) b.setSql(op.sql);
     b.setExpectRows(op.expectRows);
     auto ps = b.initParams(op.params.size());
     for (unsigned i = 0; i < op.params.size(); ++i) {
@@ -31,6 +32,7 @@ Op readOp(wire::Operation::Reader r) {
   op.account = r.getAccount().cStr();
   op.amount = r.getAmount();
   if (op.kind == OpKind::Sql) {
+    op.statementName = r.getStatement().cStr();
     op.sql = r.getSql().cStr();
     op.expectRows = r.getExpectRows();
     for (auto p : r.getParams()) {
@@ -106,7 +108,10 @@ capnp::ReaderOptions networkReaderOptions() {
 
 std::size_t wireWeight(const std::vector<Op>& ops) {
   std::size_t w = 64;
-  for (const Op& op : ops) w += 96 + op.participant.size() + op.account.size() + op.sql.size() + 24 * op.params.size();
+  for (const Op& op : ops) {
+    w += 96 + op.participant.size() + op.account.size() + op.statementName.size() + op.sql.size() +
+         24 * op.params.size();
+  }
   return w;
 }
 

@@ -13,6 +13,7 @@
 #include "common/failpoint.h"
 #include "common/fault.h"
 #include "common/log.h"
+#include "common/statements.h"
 
 namespace keel {
 
@@ -96,9 +97,14 @@ std::optional<std::string> Coordinator::validate(const std::vector<Op>& ops, boo
     }
     if (std::uint8_t(op.kind) > std::uint8_t(OpKind::Sql)) return where(i) + "unknown operation kind";
     if (op.kind == OpKind::Sql) {
-      if (op.sql.empty()) return where(i) + "SQL statement is empty";
-      if (op.sql.size() > Limits::kMaxSqlBytes) return where(i) + "SQL statement is longer than 64 KiB";
-      if (op.params.size() > Limits::kMaxSqlParams) return where(i) + "more than 256 SQL parameters";
+      // The agent checks the call against its declaration (it trusts no
+      // coordinator); what needs no declaration is refused here already.
+      if (!op.sql.empty()) return where(i) + kFreeSqlRefused;
+      if (!validName(op.statementName)) {
+        return where(i) + "statement name '" + op.statementName +
+               "' is missing or invalid (1-64 chars of A-Z a-z 0-9 _ . -)";
+      }
+      if (auto big = checkParamLimits(op.params)) return where(i) + *big;
       if (op.expectRows < -1) return where(i) + "expected row count must be -1 (any) or >= 0";
       continue;
     }

@@ -43,6 +43,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"ledger", "postgres"}));
   app.add_option("--postgres", postgres, "adapter postgres: libpq connection string");
   app.add_option("--pool-size", poolSize, "adapter postgres: connections to PostgreSQL");
+  std::string statementsPath;
+  app.add_option("--statements", statementsPath,
+                 "adapter postgres: TOML file of [statements.NAME] tables, the statements clients may call "
+                 "(in place of the config file's)");
   std::uint32_t inDoubtMs = 0;
   app.add_option("--debug-break", debugBreak, "TEST ONLY: break the protocol on purpose (commit-on-rollback)")
       ->check(CLI::IsMember({"commit-on-rollback"}));
@@ -77,8 +81,17 @@ int main(int argc, char** argv) {
     if (!adapter.empty()) cfg.adapter = adapter;
     if (!postgres.empty()) cfg.postgres = postgres;
     if (poolSize != 0) cfg.poolSize = poolSize;
+    if (!statementsPath.empty()) cfg.statements = keel::loadStatements(statementsPath);
     if (cfg.adapter == "postgres" && cfg.postgres.empty()) {
       throw keel::ConfigError("adapter postgres needs a connection string (--postgres or [agent] postgres)");
+    }
+    if (cfg.adapter == "postgres" && cfg.statements.empty()) {
+      throw keel::ConfigError(
+          "adapter postgres needs the statements clients may call: --statements FILE or [statements.NAME] tables "
+          "in the config (docs/postgres.md, \"Declared statements\"); free SQL from clients is not accepted");
+    }
+    if (cfg.adapter != "postgres" && !cfg.statements.empty()) {
+      throw keel::ConfigError("declared statements are for adapter postgres; this agent's adapter is " + cfg.adapter);
     }
     if (inDoubtMs != 0) cfg.inDoubtQueryMs = inDoubtMs;
     if (!tlsFlags.ca.empty()) cfg.tls.ca = tlsFlags.ca;
@@ -112,8 +125,14 @@ int main(int argc, char** argv) {
     cfg.dataDir = dir.path();
     std::unique_ptr<keel::ParticipantBackend> backend;
     if (cfg.adapter == "postgres") {
-      backend = std::make_unique<keel::PgAgent>(
-          keel::PgAgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20, cfg.postgres, cfg.poolSize});
+      keel::PgAgentOptions po;
+      po.name = cfg.name;
+      po.dataDir = cfg.dataDir;
+      po.mapSizeBytes = cfg.mapSizeMb << 20;
+      po.conninfo = cfg.postgres;
+      po.poolSize = cfg.poolSize;
+      po.statements = cfg.statements;
+      backend = std::make_unique<keel::PgAgent>(std::move(po));
     } else {
       auto ledger = std::make_unique<keel::Agent>(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
       if (!debugBreak.empty()) {

@@ -1,6 +1,7 @@
 #include "participant/pg_agent.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 
 #include <kj/vector.h>
@@ -17,8 +18,8 @@ using pg::rollbackPrepared;
 
 namespace {
 
-// Type OIDs of the parameters we send (0 lets PostgreSQL infer, for text).
-constexpr Oid kInt8 = 20, kBool = 16, kFloat8 = 701;
+// Type OIDs of the parameters we send: the declared types.
+constexpr Oid kInt8 = 20, kText = 25, kBool = 16, kFloat8 = 701;
 
 // txid_status() of a transaction: "committed", "aborted", "in progress", or
 // "" when PostgreSQL cannot tell (no txid recorded, NULL: too old to tell, or
@@ -54,6 +55,11 @@ std::string describePgError(const pg::PgError& e) {
 }
 
 PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
+  if (opts_.statements.empty()) {
+    throw std::runtime_error("postgres agent " + opts_.name +
+                             " declares no statements: clients could call none (docs/postgres.md, \"Declared "
+                             "statements\")");
+  }
   log_.check();
   // Either pool connecting again means PostgreSQL is back: what failed
   // meanwhile is retried, and the keeper sweeps, at once.
@@ -99,29 +105,64 @@ std::optional<std::string> PgAgent::validate(const std::vector<Op>& ops) const {
       return "operation addressed to participant " + op.participant + ", this agent is " + opts_.name;
     }
     if (op.kind != OpKind::Sql) {
-      return std::string("the postgres adapter runs SQL statements, not ") + opKindName(op.kind) + " operations";
+      return std::string("the postgres adapter runs declared SQL statements, not ") + opKindName(op.kind) +
+             " operations";
     }
-    if (op.sql.empty()) return "SQL statement is empty";
+    // Nothing from the coordinator is trusted: the call is checked against
+    // this agent's own declaration before anything reaches PostgreSQL.
+    if (!op.sql.empty()) return std::string(kFreeSqlRefused);
+    auto it = opts_.statements.find(op.statementName);
+    if (it == opts_.statements.end()) {
+      return "statement '" + op.statementName + "' is not declared by agent " + opts_.name +
+             " (its config declares: " + declaredNames() + ")";
+    }
+    if (auto bad = checkCall(it->second, op)) return bad;
   }
   return std::nullopt;
 }
 
+std::string PgAgent::declaredNames() const {
+  constexpr std::size_t kShown = 20;
+  std::string out;
+  std::size_t n = 0;
+  for (const auto& [name, decl] : opts_.statements) {
+    if (n++ == kShown) return out + ", ... (" + std::to_string(opts_.statements.size()) + " in all)";
+    out += (out.empty() ? "" : ", ") + name;
+  }
+  return out;
+}
+
+const DeclaredStatement& PgAgent::declared(const Op& op) const { return opts_.statements.at(op.statementName); }
+
 namespace {
 
-// One statement's parameters as libpq takes them (text format, typed).
-struct Params {
+// One call of a declared statement as libpq takes it: the declaration's SQL
+// text, its parameters in text format with the declared types, and the row
+// count it must touch (-1 = any). The call was checked (validate).
+struct Call {
+  const std::string& name;
+  const std::string& sql;
+  std::int64_t requiredRows;
   std::vector<Oid> types;
   std::vector<std::string> texts;
   std::vector<const char*> values;
-  explicit Params(const Op& op) {
+  Call(const Op& op, const DeclaredStatement& decl)
+      : name(decl.name), sql(decl.sql), requiredRows(keel::requiredRows(decl, op)) {
     texts.reserve(op.params.size());
-    for (const auto& p : op.params) {
+    for (std::size_t k = 0; k < op.params.size(); ++k) {
+      const auto& p = op.params[k];
+      switch (decl.params[k].type) {
+        case SqlValue::Type::Int: types.push_back(kInt8); break;
+        case SqlValue::Type::Float: types.push_back(kFloat8); break;
+        case SqlValue::Type::Bool: types.push_back(kBool); break;
+        default: types.push_back(kText); break;
+      }
       switch (p.type) {
-        case SqlValue::Type::Null: types.push_back(0); texts.emplace_back(); break;
-        case SqlValue::Type::Int: types.push_back(kInt8); texts.push_back(std::to_string(p.i)); break;
-        case SqlValue::Type::Text: types.push_back(0); texts.push_back(p.text); break;
-        case SqlValue::Type::Float: types.push_back(kFloat8); texts.push_back(std::to_string(p.f)); break;
-        case SqlValue::Type::Bool: types.push_back(kBool); texts.push_back(p.b ? "true" : "false"); break;
+        case SqlValue::Type::Null: texts.emplace_back(); break;
+        case SqlValue::Type::Int: texts.push_back(std::to_string(p.i)); break;
+        case SqlValue::Type::Text: texts.push_back(p.text); break;
+        case SqlValue::Type::Float: texts.push_back(floatText(p.f)); break;
+        case SqlValue::Type::Bool: texts.push_back(p.b ? "true" : "false"); break;
       }
     }
     for (std::size_t k = 0; k < op.params.size(); ++k) {
@@ -129,6 +170,12 @@ struct Params {
     }
   }
   int count() const { return int(values.size()); }
+  // The shortest text that reads back as the same double ("0.1", "1e-09").
+  static std::string floatText(double f) {
+    char buf[32];
+    auto r = std::to_chars(buf, buf + sizeof buf, f);
+    return std::string(buf, r.ptr);
+  }
 };
 
 // The error a failed result carries.
@@ -141,9 +188,11 @@ pg::PgError errorOf(const PGresult* r, const std::string& what) {
 
 // The outcome of statement i (0-based) from its result; throws PgError with
 // its SQLSTATE, or "KEEL1" when it touched a number of rows it must not.
-OpResult resultOf(PGresult* r, const Op& op, std::size_t i) {
+// Reasons name it "statement 2 (debit)".
+OpResult resultOf(PGresult* r, const Call& call, std::size_t i) {
+  const std::string what = "statement " + std::to_string(i + 1) + " (" + call.name + ")";
   auto st = PQresultStatus(r);
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) throw errorOf(r, "statement " + std::to_string(i + 1));
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) throw errorOf(r, what);
   OpResult out;
   if (st == PGRES_TUPLES_OK) {
     out.affected = PQntuples(r);
@@ -161,9 +210,9 @@ OpResult resultOf(PGresult* r, const Op& op, std::size_t i) {
   } else {
     out.affected = std::atoll(PQcmdTuples(r));
   }
-  if (op.expectRows >= 0 && out.affected != op.expectRows) {
-    throw pg::PgError("statement " + std::to_string(i + 1) + " touched " + std::to_string(out.affected) + " rows, " +
-                          std::to_string(op.expectRows) + " required",
+  if (call.requiredRows >= 0 && out.affected != call.requiredRows) {
+    throw pg::PgError(what + " touched " + std::to_string(out.affected) + " rows, " +
+                          std::to_string(call.requiredRows) + " required",
                       "KEEL1");
   }
   return out;
@@ -193,11 +242,11 @@ std::optional<std::string> PgAgent::runStatements(PGconn* c, const std::vector<O
   results.clear();
   try {
     for (std::size_t i = 0; i < ops.size(); ++i) {
-      const Op& op = ops[i];
-      Params p(op);
-      pg::Result r(PQexecParams(c, op.sql.c_str(), p.count(), p.types.data(), p.values.data(), nullptr, nullptr, 0));
+      Call call(ops[i], declared(ops[i]));
+      pg::Result r(
+          PQexecParams(c, call.sql.c_str(), call.count(), call.types.data(), call.values.data(), nullptr, nullptr, 0));
       if (r.get() == nullptr) connectionLost(c, "statement");
-      results.push_back(resultOf(r.get(), op, i));
+      results.push_back(resultOf(r.get(), call, i));
     }
     return std::nullopt;
   } catch (const pg::PgError& e) {
@@ -216,16 +265,18 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
   results.clear();
   OneTrip out;
   if (PQenterPipelineMode(c) != 1) connectionLost(c, "entering pipeline mode");
-  auto send = [&](const std::string& sql, const Params* p) {
+  auto send = [&](const std::string& sql, const Call* p) {
     int ok = p != nullptr ? PQsendQueryParams(c, sql.c_str(), p->count(), p->types.data(), p->values.data(), nullptr,
                                               nullptr, 0)
                           : PQsendQueryParams(c, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0);
     if (ok != 1) connectionLost(c, "sending a statement");
   };
   send("BEGIN", nullptr);
+  std::vector<Call> calls;
+  calls.reserve(ops.size());
   for (const auto& op : ops) {
-    Params p(op);
-    send(op.sql, &p);
+    calls.emplace_back(op, declared(op));
+    send(calls.back().sql, &calls.back());
   }
   // The txid goes into the PREPARED record: once the gid is gone, its
   // txid_status tells whether PostgreSQL committed or rolled it back.
@@ -242,7 +293,7 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
     if (r.get() == nullptr) connectionLost(c, "statement");
     if (statementError || PQresultStatus(r.get()) == PGRES_PIPELINE_ABORTED) continue;
     try {
-      results.push_back(resultOf(r.get(), ops[i], i));
+      results.push_back(resultOf(r.get(), calls[i], i));
     } catch (const pg::PgError& e) {
       if (e.sqlstate() == "KEEL1") {
         out.wrongRows = e.what();  // PostgreSQL carries on: it will prepare

@@ -1,7 +1,9 @@
 #pragma once
 // PgAgent: the participant agent beside a PostgreSQL database, using its own
-// two-phase commit. Operations are SQL statements with typed parameters,
-// run in one database transaction per branch.
+// two-phase commit. Operations are calls of the statements declared in the
+// agent's configuration (by name, with typed parameters, checked against the
+// declaration before anything runs), run in one database transaction per
+// branch. Free SQL text from clients is refused.
 //
 //   prepare   BEGIN; statements; SELECT txid_current(); PREPARE TRANSACTION
 //             'keel:<agent>:<seq>:<branch>:<incarnation>', in one round trip.
@@ -66,6 +68,7 @@
 #include <string>
 #include <vector>
 
+#include "common/statements.h"
 #include "participant/adapters/pg_pool.h"
 #include "participant/backend.h"
 #include "participant/branch_log.h"
@@ -92,6 +95,8 @@ struct PgAgentOptions {
   // A statement waiting longer than this for a row lock fails the branch
   // (NO vote) instead of holding a connection past the coordinator's deadline.
   std::uint32_t lockTimeoutMs = 1000;
+  // The statements clients may call (common/statements.h); at least one.
+  Statements statements;
 };
 
 class PgAgent final : public ParticipantBackend {
@@ -126,7 +131,12 @@ class PgAgent final : public ParticipantBackend {
   kj::Promise<void> inDoubtRecorded() override;
 
  private:
+  // Why `ops` are refused (not SQL, free SQL text, a statement this agent
+  // does not declare or a call that does not fit its declaration), before
+  // anything reaches PostgreSQL.
   std::optional<std::string> validate(const std::vector<Op>& ops) const;
+  std::string declaredNames() const;  // "credit, debit, read", for a reason
+  const DeclaredStatement& declared(const Op& op) const;  // of a validated op
   void reconcile();
   // PostgreSQL's prepared transactions of this agent against the branch
   // log: committed or rolled back as the log says, kept when PREPARED, and

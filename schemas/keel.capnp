@@ -14,7 +14,7 @@ enum LedgerOpKind {
   credit @1;        # add `amount` (> 0) at commit
   debit @2;         # hold `amount` (> 0) at prepare, take it at commit; never overdraws
   readBalance @3;   # read-only: result carries the committed balance
-  sql @4;           # postgres adapter: run `sql` with `params` (never spliced)
+  sql @4;           # postgres adapter: call the declared `statement` with `params` (never spliced)
 }
 
 # A typed SQL parameter ($1, $2, ...).
@@ -33,9 +33,11 @@ struct Operation {
   kind @1 :LedgerOpKind;
   account @2 :Text;         # ledger kinds
   amount @3 :Int64;         # ledger kinds
-  sql @4 :Text;             # kind sql: one statement
-  params @5 :List(SqlValue);
-  expectRows @6 :Int64 = -1;  # kind sql: rows it must touch (or return), -1 = any
+  sql @4 :Text;             # kind sql: free SQL text; refused (kept so old records decode)
+  params @5 :List(SqlValue);  # kind sql: $1, $2, ... of the statement
+  expectRows @6 :Int64 = -1;  # kind sql: rows it must touch (or return), -1 = any; only tightens
+                              # the declaration's expected rows
+  statement @7 :Text;       # kind sql: name of a statement the agent declares (docs/postgres.md)
 }
 
 struct SqlCell {

@@ -1,6 +1,7 @@
 #include "tools/bank.h"
 
 #include <cmath>
+#include <fstream>
 #include <random>
 #include <stdexcept>
 
@@ -19,7 +20,7 @@ Op sqlCredit(const std::string& p, const std::string& account, std::int64_t amou
 }
 
 Op sqlRead(const std::string& p, const std::string& account) {
-  return Op::statement(p, kSqlRead, {SqlValue::ofText(account)}, 1);
+  return Op::statement(p, kReadStatement, {SqlValue::ofText(account)});
 }
 
 std::vector<PlannedTransfer> planTransfers(std::uint32_t count, std::uint32_t accounts,
@@ -111,12 +112,22 @@ std::string databaseFor(const std::string& agent) {
   return db;
 }
 
+std::string writeStatementsFile(const std::string& dir, const std::string& extraToml) {
+  std::string path = dir + "/bank-statements.toml";
+  std::ofstream f(path);
+  f << statementsToml() << extraToml;
+  f.close();
+  if (!f) throw std::runtime_error("cannot write " + path);
+  return path;
+}
+
 void setUpPostgresBanks(test::PgServer& pg, LocalCluster& cluster, std::uint32_t accounts, std::int64_t opening,
                         std::uint32_t poolSize) {
+  std::string statements = writeStatementsFile(cluster.baseDir());
   for (auto& agent : cluster.agentNames()) {
     auto conn = pg.connString(databaseFor(agent));
     test::pgQuery(conn, createAccountsSql(accounts, opening));
-    std::vector<std::string> args = {"--adapter", "postgres", "--postgres", conn};
+    std::vector<std::string> args = {"--adapter", "postgres", "--postgres", conn, "--statements", statements};
     if (poolSize != 0) args.insert(args.end(), {"--pool-size", std::to_string(poolSize)});
     cluster.setAgentArgs(agent, args);
   }

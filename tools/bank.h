@@ -1,8 +1,8 @@
 #pragma once
 // The bank workload's building blocks in Keel operations, shared by
 // keel-demo and keel-bench: ledger accounts opened through the coordinator,
-// and the SQL forms of a debit, a credit and a balance read for postgres
-// agents (texts in tools/bank_sql.h).
+// and the calls of the declared debit, credit and balance read statements
+// for postgres agents (texts and names in tools/bank_sql.h).
 
 #include <kj/async-io.h>
 
@@ -46,7 +46,8 @@ std::vector<PlannedTransfer> planTransfers(std::uint32_t count, std::uint32_t ac
 // contention, stated beside its results.
 double sharedAccountChance(std::uint32_t accounts, std::uint32_t inFlight);
 
-// Guarded debit / credit / read of `account` on postgres participant `p`.
+// Guarded debit / credit / read of `account` on postgres participant `p`:
+// calls of the statements statementsToml declares.
 Op sqlDebit(const std::string& p, const std::string& account, std::int64_t amount);
 Op sqlCredit(const std::string& p, const std::string& account, std::int64_t amount);
 Op sqlRead(const std::string& p, const std::string& account);
@@ -71,9 +72,16 @@ AgentTotals agentTotals(kj::AsyncIoContext& io, const LocalCluster& cluster);
 // ("bank-a" -> "bank_a"). The server must be started with these databases.
 std::string databaseFor(const std::string& agent);
 
+// Writes <dir>/bank-statements.toml: the bank's declared statements
+// (statementsToml) and then `extraToml`; returns its path, for keel-agent
+// --statements. Throws std::runtime_error when it cannot be written.
+std::string writeStatementsFile(const std::string& dir, const std::string& extraToml = "");
+
 // For every agent of `cluster`: creates its accounts table (createAccountsSql)
 // in databaseFor(agent) on `pg` and makes the agent a postgres participant
-// on that database (pool of `poolSize` connections, 0 = the agent's default).
+// on that database declaring the bank's statements (writeStatementsFile in
+// the cluster's base directory), with a pool of `poolSize` connections (0 =
+// the agent's default).
 void setUpPostgresBanks(test::PgServer& pg, LocalCluster& cluster, std::uint32_t accounts, std::int64_t opening,
                         std::uint32_t poolSize = 0);
 

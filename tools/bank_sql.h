@@ -1,6 +1,7 @@
 #pragma once
 // The bank's SQL, shared by everything that moves money on PostgreSQL: the
-// postgres agents' operations (keel-demo, keel-bench), keel-bench's raw2pc
+// postgres agents' declared statements (keel-demo, keel-bench, keel-chaos,
+// the postgres tests), keel-bench's raw2pc
 // baseline and the plain local-transaction baseline. One text each, so every
 // comparison runs the same statements.
 //
@@ -20,6 +21,31 @@ inline constexpr const char* kSqlDebit =
     "UPDATE accounts SET balance = balance - $1::bigint WHERE name = $2 AND balance >= $1::bigint";
 inline constexpr const char* kSqlCredit = "UPDATE accounts SET balance = balance + $1::bigint WHERE name = $2";
 inline constexpr const char* kSqlRead = "SELECT balance FROM accounts WHERE name = $1";
+
+// The names postgres agents declare these statements under (keel-agent
+// --statements; docs/examples/agent-postgres.toml holds the same).
+inline constexpr const char* kDebitStatement = "debit";
+inline constexpr const char* kCreditStatement = "credit";
+inline constexpr const char* kReadStatement = "read_balance";
+
+// The bank's declarations as a statements file ([statements."debit"] and
+// the rest), each to touch (or return) exactly one row.
+inline std::string statementsToml() {
+  auto quoted = [](const std::string& text) {  // a TOML basic string
+    std::string out = "\"";
+    for (char c : text) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    return out + "\"";
+  };
+  auto declare = [&](const char* name, const char* sql, const char* params) {
+    return "[statements." + quoted(name) + "]\nsql = " + quoted(sql) + "\nparams = " + params + "\nexpect_rows = 1\n\n";
+  };
+  return declare(kDebitStatement, kSqlDebit, "[\"int8\", \"text\"]") +
+         declare(kCreditStatement, kSqlCredit, "[\"int8\", \"text\"]") +
+         declare(kReadStatement, kSqlRead, "[\"text\"]");
+}
 
 // Account i of a bank: "acct-<i>" (ledger and PostgreSQL alike).
 inline std::string accountName(std::size_t i) { return "acct-" + std::to_string(i); }

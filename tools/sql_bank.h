@@ -1,6 +1,6 @@
 #pragma once
-// The bank on PostgreSQL: its accounts table and its transfers as guarded
-// SQL statements for postgres agents. One definition shared by keel-demo,
+// The bank on PostgreSQL: its accounts table and its transfers as calls of
+// the guarded SQL statements postgres agents declare (bank::statementsToml). One definition shared by keel-demo,
 // keel-chaos (which also reads the statements back to check what committed)
 // and the postgres tests.
 
@@ -15,18 +15,18 @@
 
 namespace keel::sqlbank {
 
-// The statements' texts live in tools/bank_sql.h (shared with keel-bench's
-// raw2pc baseline, which runs them without Keel).
+// The statements' texts and names live in tools/bank_sql.h (shared with
+// keel-bench's raw2pc baseline, which runs the texts without Keel).
 inline constexpr const char* kCreateTable = bank::kSqlCreateTable;
-// "Debit only if the balance stays >= 0": a guarded UPDATE that must touch one row.
-inline constexpr const char* kDebit = bank::kSqlDebit;
-inline constexpr const char* kCredit = bank::kSqlCredit;
+// "Debit only if the balance stays >= 0": a guarded UPDATE declared to touch one row.
+inline constexpr const char* kDebit = bank::kDebitStatement;
+inline constexpr const char* kCredit = bank::kCreditStatement;
 
 inline Op debit(const std::string& participant, const std::string& account, std::int64_t amount) {
-  return Op::statement(participant, kDebit, {SqlValue::ofInt(amount), SqlValue::ofText(account)}, 1);
+  return Op::statement(participant, kDebit, {SqlValue::ofInt(amount), SqlValue::ofText(account)});
 }
 inline Op credit(const std::string& participant, const std::string& account, std::int64_t amount) {
-  return Op::statement(participant, kCredit, {SqlValue::ofInt(amount), SqlValue::ofText(account)}, 1);
+  return Op::statement(participant, kCredit, {SqlValue::ofInt(amount), SqlValue::ofText(account)});
 }
 
 // The table with accounts acct-0 .. acct-(count-1), `opening` each.
@@ -49,15 +49,15 @@ inline std::vector<Op> toSql(const std::vector<Op>& ops) {
   return out;
 }
 
-// The reverse: one of our two statements as the ledger Debit or Credit it
-// stands for; nullopt for any other operation.
+// The reverse: a call of one of our two statements as the ledger Debit or
+// Credit it stands for; nullopt for any other operation.
 inline std::optional<Op> fromSql(const Op& op) {
   if (op.kind != OpKind::Sql || op.params.size() != 2 || op.params[0].type != SqlValue::Type::Int ||
       op.params[1].type != SqlValue::Type::Text) {
     return std::nullopt;
   }
-  if (op.sql == kDebit) return Op(op.participant, OpKind::Debit, op.params[1].text, op.params[0].i);
-  if (op.sql == kCredit) return Op(op.participant, OpKind::Credit, op.params[1].text, op.params[0].i);
+  if (op.statementName == kDebit) return Op(op.participant, OpKind::Debit, op.params[1].text, op.params[0].i);
+  if (op.statementName == kCredit) return Op(op.participant, OpKind::Credit, op.params[1].text, op.params[0].i);
   return std::nullopt;
 }
 

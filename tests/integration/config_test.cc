@@ -8,6 +8,7 @@
 
 #include "common/config.h"
 #include "tests/integration/cluster_fixture.h"
+#include "tools/bank_sql.h"
 
 namespace keel::test {
 namespace {
@@ -80,12 +81,116 @@ TEST_F(ConfigTest, AgentRejectsMalformedConfigs) {
   EXPECT_NE(r.output.find("agent name"), std::string::npos) << r.output;
 }
 
+// Every bad declaration stops a postgres agent before it touches anything,
+// with exit status 2 and a message naming the file and the key. The
+// connection string points nowhere: the agent must stop before using it.
+TEST_F(ConfigTest, PostgresAgentRejectsBadStatementDeclarations) {
+  struct Case {
+    std::string toml, expect;
+  };
+  std::vector<Case> cases = {
+      {"[statements.debit]\nsql = \"UPDATE a SET b = b - $1\"\nparams = [\"int4\"]\n",
+       "[statements.debit] params: $1 'int4' is not a known type (known: int8, text, float8, bool"},
+      {"[statements.debit]\nsql = \"UPDATE a SET b = b - $1\"\nparams = [8]\n",
+       "[statements.debit] params: $1 (not a string) is not a known type"},
+      {"[statements.debit]\nsql = \"UPDATE a SET b = $2 WHERE c = $1\"\nparams = [\"int8\"]\n",
+       "[statements.debit]: sql uses $2 but params declares 1 parameter(s)"},
+      {"[statements.debit]\nsql = \"UPDATE a SET b = 1 WHERE c = $1\"\nparams = [\"text\", \"int8\"]\n",
+       "[statements.debit]: params declares 2 parameter(s) but sql never uses $2"},
+      {"[statements.debit]\nsql = \"  \"\n", "[statements.debit]: sql is empty"},
+      {"[statements.debit]\nparams = []\n", "[statements.debit] sql is required"},
+      {"[statements.debit]\nsql = \"SELECT 1\"\n[statements.debit]\nsql = \"SELECT 2\"\n",
+       "statements.toml:3"},  // a duplicate: TOML itself refuses it, at its line
+      {"[statements.\"bad name\"]\nsql = \"SELECT 1\"\n",
+       "[statements.bad name]: 'bad name' is not a valid statement name"},
+      {"[statements.debit]\nsql = \"SELECT 1\"\nexpect_rows = -2\n",
+       "[statements.debit] expect_rows = -2 is out of range [-1,"},
+      {"[statements.debit]\nsql = \"SELECT 1\"\nrows = 1\n", "[statements.debit] unknown key 'rows'"},
+      {"[statements]\ndebit = \"SELECT 1\"\n", "[statements.debit] must be a table (sql, params, expect_rows)"},
+      {"[agent]\nname = \"x\"\n", "unknown section [agent] (a statements file holds [statements.NAME] tables only)"},
+  };
+  const std::string agent = binDir() + "/keel-agent --name bank-a --adapter postgres --postgres 'host=/nonexistent' "
+                                       "--listen 127.0.0.1:0 --data-dir " + dir_ + "/data --init";
+  for (auto& c : cases) {
+    auto path = write("statements.toml", c.toml);
+    auto r = run(agent + " --statements " + path);
+    EXPECT_EQ(r.exitCode, 2) << c.toml << r.output;
+    EXPECT_NE(r.output.find(path), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << "expected '" << c.expect << "' in: " << r.output;
+  }
+  // No statements at all (no file, or an empty one): refused too.
+  for (const std::string& flag : {std::string(""), " --statements " + write("empty.toml", "")}) {
+    auto r = run(agent + flag);
+    EXPECT_EQ(r.exitCode, 2) << r.output;
+    EXPECT_NE(r.output.find("adapter postgres needs the statements clients may call: --statements FILE or "
+                            "[statements.NAME] tables in the config"),
+              std::string::npos)
+        << r.output;
+  }
+  // The same tables in the agent's own config are read as well; statements
+  // on a ledger agent are a mistake.
+  auto path = write("agent.toml", "[agent]\nname = \"bank-a\"\nlisten = \"127.0.0.1:0\"\n"
+                                  "[statements.debit]\nsql = \"SELECT $1\"\n");
+  auto r = run(binDir() + "/keel-agent --config " + path + " --data-dir " + dir_ + "/data --init");
+  EXPECT_EQ(r.exitCode, 2) << r.output;
+  EXPECT_NE(r.output.find("[statements.debit]: sql uses $1 but params declares 0 parameter(s)"), std::string::npos)
+      << r.output;
+  path = write("agent.toml", "[agent]\nname = \"bank-a\"\nlisten = \"127.0.0.1:0\"\n"
+                             "[statements.one]\nsql = \"SELECT 1\"\n");
+  r = run(binDir() + "/keel-agent --config " + path + " --data-dir " + dir_ + "/data --init");
+  EXPECT_EQ(r.exitCode, 2) << r.output;
+  EXPECT_NE(r.output.find("declared statements are for adapter postgres; this agent's adapter is ledger"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/data"));  // nothing written
+}
+
+TEST_F(ConfigTest, StatementDeclarationsAreRead) {
+  auto s = loadStatements(write("statements.toml", R"(
+[statements.debit]
+sql = "UPDATE accounts SET balance = balance - $2 WHERE id = $1 AND balance >= $2"
+params = ["text", "int8"]
+expect_rows = 1
+
+[statements."notes.set"]
+sql = "UPDATE accounts SET note = $2 WHERE id = $1"
+params = ["text", "text?"]
+)"));
+  ASSERT_EQ(s.size(), 2u);
+  const auto& d = s.at("debit");
+  EXPECT_EQ(d.name, "debit");
+  EXPECT_EQ(d.sql, "UPDATE accounts SET balance = balance - $2 WHERE id = $1 AND balance >= $2");
+  ASSERT_EQ(d.params.size(), 2u);
+  EXPECT_EQ(paramTypeName(d.params[0]), "text");
+  EXPECT_EQ(paramTypeName(d.params[1]), "int8");
+  EXPECT_EQ(d.expectRows, 1);
+  const auto& n = s.at("notes.set");
+  EXPECT_EQ(paramTypeName(n.params[1]), "text?");
+  EXPECT_EQ(n.expectRows, -1);  // the default: any
+}
+
 TEST(ExampleConfigs, DocumentedExamplesLoad) {
   auto c = loadCoordinatorConfig(std::string(KEEL_SOURCE_DIR) + "/docs/examples/coordinator.toml");
   EXPECT_EQ(c.participants.size(), 2u);
   EXPECT_EQ(c.retryMaxMs, 2000u);
   auto a = loadAgentConfig(std::string(KEEL_SOURCE_DIR) + "/docs/examples/agent.toml");
   EXPECT_EQ(a.name, "bank-a");
+}
+
+// docs/examples/agent-postgres.toml declares the bank's statements exactly as
+// the tools do (bank::statementsToml).
+TEST_F(ConfigTest, PostgresExampleDeclaresTheBanksStatements) {
+  auto a = loadAgentConfig(std::string(KEEL_SOURCE_DIR) + "/docs/examples/agent-postgres.toml");
+  EXPECT_EQ(a.adapter, "postgres");
+  auto tools = loadStatements(write("bank.toml", bank::statementsToml()));
+  ASSERT_EQ(a.statements.size(), tools.size());
+  for (auto& [name, d] : tools) {
+    ASSERT_EQ(a.statements.count(name), 1u) << name;
+    const auto& e = a.statements.at(name);
+    EXPECT_EQ(e.sql, d.sql) << name;
+    EXPECT_EQ(e.params, d.params) << name;
+    EXPECT_EQ(e.expectRows, d.expectRows) << name;
+  }
 }
 
 TEST_F(ConfigTest, ClusterSectionIsRead) {

@@ -94,6 +94,8 @@ TEST_F(ClusterTest, BadInputIsInvalidAndWritesNothing) {
   };
   std::vector<Op> huge;
   for (int i = 0; i < 300; ++i) huge.push_back(Op{"bank-a", OpKind::ReadBalance, "alice", 0});
+  Op freeSql = Op::statement("bank-a", "debit");
+  freeSql.sql = "DELETE FROM accounts";  // as clients sent it before statements were declared
   std::vector<Case> cases = {
       {{}, "no operations"},
       {transferOps("bank-x:alice", "bank-b:bob", 1), "unknown participant 'bank-x'"},
@@ -104,6 +106,16 @@ TEST_F(ClusterTest, BadInputIsInvalidAndWritesNothing) {
       {{Op{"bank-a", OpKind::Debit, std::string(200, 'x'), 5}}, "too long"},
       {{Op{"bank-a", OpKind::OpenAccount, "carol", -1}}, "must not be negative"},
       {huge, "limit is 256"},
+      // kind sql: what needs no agent's declaration is checked here already
+      {{freeSql}, "free SQL text is not accepted: name a statement declared in the agent's config"},
+      {{Op::statement("bank-a", "")}, "statement name '' is missing or invalid"},
+      {{Op::statement("bank-a", "drop table")}, "statement name 'drop table' is missing or invalid"},
+      {{Op::statement("bank-a", std::string(65, 's'))}, "is missing or invalid"},
+      {{Op::statement("bank-a", "debit", std::vector<SqlValue>(257, SqlValue::ofInt(1)))},
+       "257 SQL parameters; the limit is 256"},
+      {{Op::statement("bank-a", "debit", {SqlValue::ofInt(1), SqlValue::ofText(std::string(64 * 1024 + 1, 'x'))})},
+       "SQL parameter $2 is 65537 bytes long; the limit is 65536"},
+      {{Op::statement("bank-a", "debit", {}, -2)}, "expected row count must be -1 (any) or >= 0"},
   };
   for (auto& c : cases) {
     auto o = submit(c.ops);

@@ -15,13 +15,44 @@
 #include "participant/branch_log.h"
 #include "participant/pg_agent.h"
 #include "tests/integration/cluster_fixture.h"
+#include "tools/bank.h"
 #include "tools/pg_server.h"
 #include "tools/sql_bank.h"
 
 namespace keel::test {
 namespace {
 
-const std::string kSchema = std::string(sqlbank::kCreateTable) + "INSERT INTO accounts VALUES ('alice', 1000), ('bob', 0);";
+// `calls` counts the calls of statement "bump": a sequence is not
+// transactional, so a call that ran shows there even when it was rolled back.
+const std::string kSchema = std::string(sqlbank::kCreateTable) +
+                            "INSERT INTO accounts VALUES ('alice', 1000), ('bob', 0); CREATE SEQUENCE calls;";
+
+// Declared beside the bank's statements (bank::statementsToml) for these
+// tests: statements that fail in PostgreSQL, one returning rows, a sleep, and
+// one with a parameter that may be null.
+const std::string kTestStatements = R"toml(
+[statements.missing_table]
+sql = "UPDATE nosuchtable SET x = 1"
+
+[statements.overdraw_alice]
+sql = "UPDATE accounts SET balance = -1 WHERE name = 'alice'"
+
+[statements.list_accounts]
+sql = "SELECT name, balance FROM accounts ORDER BY name"
+
+[statements.sleep]
+sql = "SELECT pg_sleep($1)"
+params = ["float8"]
+
+[statements.bump]
+sql = "SELECT nextval('calls')"
+expect_rows = 1
+
+[statements.open_account]
+sql = "INSERT INTO accounts VALUES ($1, coalesce($2, 0))"
+params = ["text", "int8?"]
+expect_rows = 1
+)toml";
 
 using sqlbank::credit;
 using sqlbank::debit;
@@ -46,8 +77,9 @@ class PostgresTest : public ClusterTest {
     return o;
   }
   void beforeStart(LocalCluster& c) override {
-    c.setAgentArgs("bank-a", {"--postgres", pg_->connString("bank_a")});
-    c.setAgentArgs("bank-b", {"--postgres", pg_->connString("bank_b")});
+    std::string statements = bank::writeStatementsFile(c.baseDir(), kTestStatements);
+    c.setAgentArgs("bank-a", {"--postgres", pg_->connString("bank_a"), "--statements", statements});
+    c.setAgentArgs("bank-b", {"--postgres", pg_->connString("bank_b"), "--statements", statements});
   }
 
   std::int64_t balance(const std::string& db, const std::string& who) {
@@ -59,6 +91,11 @@ class PostgresTest : public ClusterTest {
         .size();
   }
   bool settled() { return prepared("bank_a") == 0 && prepared("bank_b") == 0; }
+  // How often statement "bump" ran in `db` (committed or not).
+  std::int64_t bumps(const std::string& db) {
+    auto rows = pgQuery(pg_->connString(db), "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM calls");
+    return std::stoll(rows.at(0).at(0));
+  }
   // Restarts bank-b with `failpoint` set and moves 100 from alice to bob.
   SubmitOutcome transferWithBankBFailing(const std::string& failpoint) {
     cluster_->stopAgent("bank-b");
@@ -125,18 +162,19 @@ TEST_F(PostgresTest, AgentsAskTheCoordinatorForOnePreparePerMessage) {
 TEST_F(PostgresTest, ViolatedGuardVotesNoAndChangesNothing) {
   auto o = submit({credit("bank-b", "bob", 5000), debit("bank-a", "alice", 5000)});
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
-  EXPECT_NE(o.reason.find("touched 0 rows, 1 required"), std::string::npos) << o.reason;
+  EXPECT_NE(o.reason.find("statement 1 (debit) touched 0 rows, 1 required"), std::string::npos) << o.reason;
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished() && settled(); }));
   expectUntouched();
 }
 
 TEST_F(PostgresTest, SqlErrorsBecomeClearNoVotes) {
-  auto o = submit({credit("bank-b", "bob", 1), Op::statement("bank-a", "UPDATE nosuchtable SET x = 1")});
+  auto o = submit({credit("bank-b", "bob", 1), Op::statement("bank-a", "missing_table")});
   ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(o.reason.find("statement 1 (missing_table): "), std::string::npos) << o.reason;
   EXPECT_NE(o.reason.find("nosuchtable"), std::string::npos) << o.reason;
   EXPECT_NE(o.reason.find("42P01"), std::string::npos) << o.reason;
   auto c = submit({credit("bank-b", "bob", 1),
-                   Op::statement("bank-a", "UPDATE accounts SET balance = -1 WHERE name = 'alice'")});
+                   Op::statement("bank-a", "overdraw_alice")});
   ASSERT_EQ(c.outcome, ClientOutcome::RolledBack);
   EXPECT_NE(c.reason.find("constraint violation"), std::string::npos) << c.reason;
   ASSERT_TRUE(eventually([&] { return settled(); }));
@@ -145,7 +183,7 @@ TEST_F(PostgresTest, SqlErrorsBecomeClearNoVotes) {
 
 TEST_F(PostgresTest, OnePhaseCommitAndResultRows) {
   auto o = submit({debit("bank-a", "alice", 10), credit("bank-a", "bob", 10),
-                   Op::statement("bank-a", "SELECT name, balance FROM accounts ORDER BY name")});
+                   Op::statement("bank-a", "list_accounts")});
   ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
   ASSERT_EQ(o.results.size(), 3u);
   ASSERT_EQ(o.results[2].rows.size(), 2u);
@@ -154,6 +192,77 @@ TEST_F(PostgresTest, OnePhaseCommitAndResultRows) {
   EXPECT_TRUE(query(o.seq)->interaction.onePhase);
   EXPECT_EQ(balance("bank_a", "bob"), 10);
   EXPECT_TRUE(settled());
+}
+
+// ---------------------------------------------------------------- declared statements
+//
+// A client names a statement its agent declares and passes the parameters;
+// a call that does not fit the declaration is refused before any statement
+// of its branch reaches PostgreSQL.
+
+TEST_F(PostgresTest, DeclaredStatementWithANullableParameterCommits) {
+  auto o = submit({Op::statement("bank-a", "open_account", {SqlValue::ofText("carol"), SqlValue::null()}),
+                   Op::statement("bank-b", "open_account", {SqlValue::ofText("dave"), SqlValue::ofInt(7)})});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  // Phase 2 runs after the answer.
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.state == InteractionRecord::State::Committed; }));
+  ASSERT_TRUE(eventually([&] { return settled(); }));
+  EXPECT_EQ(balance("bank_a", "carol"), 0);
+  EXPECT_EQ(balance("bank_b", "dave"), 7);
+}
+
+TEST_F(PostgresTest, CallsThatDoNotFitTheirDeclarationVoteNoAndRunNothing) {
+  struct Case {
+    Op op;
+    std::string expect;
+  };
+  const auto amount = SqlValue::ofInt(5);
+  const auto alice = SqlValue::ofText("alice");
+  std::vector<Case> cases = {
+      {Op::statement("bank-a", "drop_accounts"),
+       "statement 'drop_accounts' is not declared by agent bank-a (its config declares: bump, credit, debit, "
+       "list_accounts, missing_table, open_account, overdraw_alice, read_balance, sleep)"},
+      {Op::statement("bank-a", "debit", {amount, alice, amount}), "statement 'debit' takes 2 parameter(s), got 3"},
+      {Op::statement("bank-a", "debit", {amount}), "statement 'debit' takes 2 parameter(s), got 1"},
+      {Op::statement("bank-a", "debit", {SqlValue::ofText("5"), alice}),
+       "statement 'debit' parameter $1 is int8, got text"},
+      {Op::statement("bank-a", "debit", {amount, SqlValue::null()}),
+       "statement 'debit' parameter $2 is text, got null (declare it text? to allow null)"},
+      {Op::statement("bank-a", "open_account", {alice, SqlValue::ofFloat(1.5)}),
+       "statement 'open_account' parameter $2 is int8?, got float"},
+      {Op::statement("bank-a", "debit", {amount, alice}, 0),
+       "statement 'debit' is declared to touch 1 row(s); the operation asks for 0"},
+  };
+  for (auto& c : cases) {
+    // Two-phase (a credit at bank-b too) and one-phase (bank-a alone): the
+    // call of "bump" before the bad one in the same branch never runs.
+    auto two = submit({Op::statement("bank-a", "bump"), c.op, credit("bank-b", "bob", 5)});
+    EXPECT_EQ(two.outcome, ClientOutcome::RolledBack) << c.expect;
+    EXPECT_NE(two.reason.find(c.expect), std::string::npos) << "got: " << two.reason;
+    auto one = submit({Op::statement("bank-a", "bump"), c.op});
+    EXPECT_EQ(one.outcome, ClientOutcome::RolledBack) << c.expect;
+    EXPECT_NE(one.reason.find(c.expect), std::string::npos) << "got: " << one.reason;
+  }
+  ASSERT_TRUE(eventually([&] { return settled(); }));
+  EXPECT_EQ(bumps("bank_a"), 0);
+  expectUntouched();
+  // The counter counts: a branch that PostgreSQL refuses did run its bump.
+  auto o = submit({Op::statement("bank-a", "bump"), Op::statement("bank-a", "missing_table")});
+  ASSERT_EQ(o.outcome, ClientOutcome::RolledBack);
+  EXPECT_EQ(bumps("bank_a"), 1);
+}
+
+TEST_F(PostgresTest, FreeSqlTextIsInvalidAtTheCoordinator) {
+  Op op = Op::statement("bank-a", "debit", {SqlValue::ofInt(5), SqlValue::ofText("alice")});
+  op.sql = "UPDATE accounts SET balance = 0";
+  auto o = submit({op, credit("bank-b", "bob", 5)});
+  EXPECT_EQ(o.outcome, ClientOutcome::Invalid);
+  EXPECT_EQ(o.seq, 0u);
+  EXPECT_NE(o.reason.find("free SQL text is not accepted: name a statement declared in the agent's config"),
+            std::string::npos)
+      << o.reason;
+  EXPECT_TRUE(settled());
+  expectUntouched();
 }
 
 TEST_F(PostgresTest, AgentKilledAfterPrepareIsSettledWhenBack) {
@@ -338,7 +447,7 @@ class PostgresSlowRetryTest : public PostgresTest {
 // record. Before incarnations, the sweep waited for such a gid to be 10 s old.
 TEST_F(PostgresSlowRetryTest, OrphanPreparedAfterItsAgentDiedIsSettledWithinSeconds) {
   auto answer = client_->submit(
-      {debit("bank-a", "alice", 100), credit("bank-b", "bob", 100), Op::statement("bank-b", "SELECT pg_sleep(3)")});
+      {debit("bank-a", "alice", 100), credit("bank-b", "bob", 100), Op::statement("bank-b", "sleep", {SqlValue::ofFloat(3)})});
   io_.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io_.waitScope);  // send it
   ASSERT_TRUE(eventually([&] { return sleeping("bank_b"); }, std::chrono::seconds(5)));
   cluster_->killAgent("bank-b", SIGKILL);  // before the coordinator's 1 s deadline: no rollback reached it
@@ -742,6 +851,53 @@ TEST_F(PostgresOutcomeTest, GidRecoveredWithoutARecordKeepsItsTxidAcrossTheEpoch
   EXPECT_EQ(recordAfterStoppingB(xid).state, BranchStatus::Committed);
 }
 
+// The agent trusts no coordinator: what the coordinator refuses as invalid
+// (free SQL text, a text parameter over the limit) reaches bank-b straight
+// here, and bank-b votes NO, prepares nothing and runs nothing.
+TEST_F(PostgresOutcomeTest, TheAgentRefusesWhatTheCoordinatorWouldHave) {
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+  auto prepare = [&](Xid xid, const std::vector<Op>& ops) {
+    auto req = agent->capability().prepareRequest();
+    req.setEpoch(kEpoch);
+    fillXid(req.initXid(), xid);
+    fillOps(req.initOperations(ops.size()), ops);
+    auto resp = req.send().wait(io_.waitScope);
+    return std::make_pair(resp.getVote(), std::string(resp.getReason().cStr()));
+  };
+  Op freeSql = Op::statement("bank-b", "bump");
+  freeSql.sql = "SELECT nextval('calls')";
+  Op unnamed;
+  unnamed.participant = "bank-b";
+  unnamed.kind = OpKind::Sql;
+  unnamed.sql = "SELECT nextval('calls')";
+  Op huge = Op::statement("bank-b", "open_account", {SqlValue::ofText(std::string(64 * 1024 + 1, 'x')), SqlValue::null()});
+  struct Case {
+    std::vector<Op> ops;
+    std::string expect;
+  };
+  std::vector<Case> cases = {
+      {{Op::statement("bank-b", "bump"), freeSql}, "free SQL text is not accepted"},
+      {{Op::statement("bank-b", "bump"), unnamed}, "free SQL text is not accepted"},
+      {{Op::statement("bank-b", "bump"), huge},
+       "statement 'open_account': SQL parameter $1 is 65537 bytes long; the limit is 65536"},
+  };
+  std::uint64_t n = 1;
+  for (auto& c : cases) {
+    auto [vote, reason] = prepare(xidOf(n++), c.ops);
+    EXPECT_EQ(vote, wire::Vote::NO) << c.expect;
+    EXPECT_NE(reason.find(c.expect), std::string::npos) << "got: " << reason;
+  }
+  EXPECT_TRUE(preparedGids("bank_b").empty());
+  EXPECT_EQ(bumps("bank_b"), 0);
+  // A call that fits is prepared (and rolled back here).
+  auto [vote, reason] = prepare(xidOf(n), {Op::statement("bank-b", "bump")});
+  EXPECT_EQ(vote, wire::Vote::YES) << reason;
+  EXPECT_EQ(preparedGids("bank_b").size(), 1u);
+  EXPECT_EQ(finishAtB(xidOf(n), /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  EXPECT_TRUE(preparedGids("bank_b").empty());
+  EXPECT_EQ(bumps("bank_b"), 1);
+}
+
 TEST(PgTxid, FullTxidTakesTheEpochOfTheNearestTxid) {
   constexpr std::uint64_t kEpoch5 = std::uint64_t(5) << 32;
   EXPECT_EQ(fullTxid(1000, 999), 999u);
@@ -782,8 +938,10 @@ TEST(PostgresAgentStart, NoPreparedTransactionsIsReportedWithTheFix) {
   PgServer pg("", o);
   pg.start();
   auto dir = makeTempDir("keel-pg-agent");
+  std::string statements = bank::writeStatementsFile(dir);
   auto r = run(binDir() + "/keel-agent --name bank-a --adapter postgres --postgres '" + pg.connString("bank_a") +
-               "' --insecure --listen 127.0.0.1:0 --data-dir " + dir + "/data --init");
+               "' --statements " + statements + " --insecure --listen 127.0.0.1:0 --data-dir " + dir +
+               "/data --init");
   EXPECT_NE(r.exitCode, 0);
   EXPECT_NE(r.output.find("max_prepared_transactions = 0"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("postgresql.conf"), std::string::npos) << r.output;

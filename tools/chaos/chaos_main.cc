@@ -18,7 +18,8 @@
 //
 // --adapter postgres: the agents are postgres agents, each on its own
 // database of one PostgreSQL server (tools/chaos/pg_host.h), the transfers
-// are guarded SQL (tools/sql_bank.h), and killing or freezing PostgreSQL
+// are calls of the bank's declared statements (tools/sql_bank.h, written to
+// cluster/bank-statements.toml for --statements), and killing or freezing PostgreSQL
 // itself joins the faults.
 //
 // --cluster: a coordinator cluster (docs/cluster.md) of --coordinators on a
@@ -53,6 +54,7 @@
 #include "tools/chaos/fault_proxy.h"
 #include "tools/chaos/pg_host.h"
 #include "tools/chaos/report.h"
+#include "tools/bank.h"
 #include "tools/chaos/workload.h"
 #include "tools/cluster.h"
 #include "tools/pg_server.h"
@@ -956,9 +958,11 @@ int runChaos(Options o) {
       for (auto& a : copts.agents) dbs.push_back(dbName(a));
       pg = std::make_unique<PgHost>(dbs, o.concurrency);
       pg->start();
+      std::string statements = bank::writeStatementsFile(copts.baseDir);
       for (auto& a : copts.agents) {
         test::pgQuery(pg->connString(dbName(a)), sqlbank::createAccounts(o.accountsPerAgent, o.opening));
-        cluster->setAgentArgs(a, {"--adapter", "postgres", "--postgres", pg->connString(dbName(a))});
+        cluster->setAgentArgs(a, {"--adapter", "postgres", "--postgres", pg->connString(dbName(a)), "--statements",
+                                  statements});
       }
     }
     for (auto& a : copts.agents) cluster->startAgent(a);
