@@ -110,8 +110,17 @@ std::shared_ptr<TlsCredentials> TlsCredentials::load(const TlsConfig& cfg, kj::T
   KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
     c->keypair_ = kj::heap<kj::TlsKeypair>(
         kj::TlsKeypair{kj::TlsPrivateKey(kj::StringPtr(keyPem.c_str())), kj::TlsCertificate(kj::StringPtr(certPem.c_str()))});
-    auto trusted = kj::heapArrayBuilder<kj::TlsCertificate>(1);
-    trusted.add(kj::StringPtr(caPem.c_str()));
+    // One trusted certificate per CA in the file (kj trusts the first of a
+    // chain only): a bundle of the old and the new CA lets a CA be rotated.
+    auto trusted = kj::heapArrayBuilder<kj::TlsCertificate>(cas.size());
+    for (auto& ca : cas) {
+      std::unique_ptr<BIO, BioDel> out(BIO_new(BIO_s_mem()));
+      PEM_write_bio_X509(out.get(), ca.get());
+      char* data = nullptr;
+      long n = BIO_get_mem_data(out.get(), &data);
+      std::string pem(data, std::size_t(n));
+      trusted.add(kj::StringPtr(pem.c_str()));
+    }
     c->trusted_ = trusted.finish();
     kj::TlsContext::Options o;
     o.useSystemTrustStore = false;  // only the configured CA

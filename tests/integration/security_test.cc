@@ -185,6 +185,64 @@ class TlsLimitsTest : public TlsTest {
   }
 };
 
+// A connection that never starts its handshake is closed after the
+// handshake timeout (500 ms here), not held.
+TEST_F(TlsTest, SilentConnectionIsClosedAfterTheHandshakeTimeout) {
+  auto addr = cluster_->coordinatorAddress();
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(std::uint16_t(std::stoi(addr.substr(addr.rfind(':') + 1))));
+  ::inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  auto started = std::chrono::steady_clock::now();
+  char b;
+  auto n = ::recv(fd, &b, 1, 0);  // blocks until the server closes (or 10 s)
+  auto took = std::chrono::steady_clock::now() - started;
+  ::close(fd);
+  EXPECT_LE(n, 0);
+  EXPECT_GE(took, std::chrono::milliseconds(400));
+  EXPECT_LT(took, std::chrono::seconds(5));
+  EXPECT_EQ(client_->info().wait(io_.waitScope).epoch, 1u);  // still serving
+}
+
+// The CA file may hold several CAs (rotation: the old and the new one):
+// each is trusted, not only the first.
+TEST_F(TlsTest, EveryCaOfABundleIsTrusted) {
+  std::string bundle = dir_ + "/bundle.pem";
+  std::ofstream(bundle) << readFile(dir_ + "/other-ca/ca.pem") << readFile(certs_ + "/ca.pem");
+  auto me = certificateFiles(certs_, "keel-client");
+  installClientTls(bundle, me.cert, me.key);
+  reconnect();
+  EXPECT_EQ(client_->info().wait(io_.waitScope).epoch, 1u);
+}
+
+// An agent asks the coordinator about a branch in doubt over TLS too
+// (it dials the coordinator name and presents its own certificate).
+class TlsAgentAsksTest : public TlsTest {
+ protected:
+  std::string coordinatorToml() override {
+    return "call_timeout_ms = 1000\nretry_initial_ms = 60000\nretry_max_ms = 60000\nprobe_ms = 60000\n";
+  }
+  ClusterOptions clusterOptions() override {
+    auto o = TlsTest::clusterOptions();
+    o.agentInDoubtQueryMs = 200;
+    return o;
+  }
+};
+
+TEST_F(TlsAgentAsksTest, PreparedBranchAsksTheCoordinatorOverTls) {
+  stuckCommit();
+  EXPECT_TRUE(eventually(
+      [&] { return readFile(cluster_->agentLog("bank-b")).find("coordinator says committed") != std::string::npos; },
+      std::chrono::seconds(10)))
+      << readFile(cluster_->agentLog("bank-b"));
+  as("keel-operator");
+  EXPECT_TRUE(eventually([&] { return agent("bank-b")->inspect().wait(io_.waitScope).total() == 100; }));
+}
+
 class TlsIdleTest : public TlsTest {
  protected:
   std::string limitsToml() override { return "[limits]\nidle_timeout_s = 1\n"; }
