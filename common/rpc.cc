@@ -125,10 +125,14 @@ class Gate final : public capnp::Capability::Server {
       --inFlight_;
       throw;
     }
-    r.promise = r.promise.attach(kj::defer([conn = conn_, this]() {
-      --inFlight_;
-      lastActive_ = timer_.now();
-    }));
+    // The call may outlive this gate (the connection dropped meanwhile):
+    // what it touches at its end is the connection's state, which `conn`
+    // keeps alive, and the timer, which outlives every connection.
+    r.promise = r.promise.attach(
+        kj::defer([conn = conn_, &inFlight = inFlight_, &lastActive = lastActive_, &timer = timer_]() {
+          --inFlight;
+          lastActive = timer.now();
+        }));
     return r;
   }
 
@@ -309,7 +313,11 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream, Peer peer,
         conn->access = Access{"refused", false, [why](std::uint64_t, std::uint16_t, capnp::AnyPointer::Reader) {
                                 return why;
                               }};
-        conn->lastActive = conn->lastActive - limits_.idleTimeoutS * kj::SECONDS;  // the sweep closes it next
+        // Served long enough for its first call to hear why, then closed.
+        tasks_.add(io_.provider->getTimer().afterDelay(2 * kj::SECONDS).then([this, raw, weak = std::weak_ptr<Conn>(conn)]() {
+          auto it = conns_.find(raw);
+          if (it != conns_.end() && it->second == weak.lock()) closeSocket(*it->second->socket);
+        }));
       } else {
         ++n;
         conn->counted = true;
