@@ -49,6 +49,7 @@
 #include <thread>
 
 #include "common/client.h"
+#include "common/tls.h"
 #include "tools/chaos/checker.h"
 #include "tools/chaos/etcd_side.h"
 #include "tools/chaos/fault_proxy.h"
@@ -56,6 +57,7 @@
 #include "tools/chaos/report.h"
 #include "tools/bank.h"
 #include "tools/chaos/workload.h"
+#include "tools/certs.h"
 #include "tools/cluster.h"
 #include "tools/pg_server.h"
 #include "tools/sql_bank.h"
@@ -112,6 +114,7 @@ struct Options : WorkloadOptions {
   Minimums minimums;  // the least a run must have done (the ctests set them)
   std::string requireFaults;  // --require-faults: "all" or kinds, comma-separated
   bool selfCheck = false;
+  bool tls = false;  // every link on mutual TLS (throwaway certificates); the checker dials as an operator
   bool faults = true;
   bool cluster = false;            // --cluster: a coordinator cluster on etcd
   std::uint32_t coordinators = 3;  // --cluster: how many
@@ -944,6 +947,14 @@ int runChaos(Options o) {
     copts.coordinatorExtraToml = "call_timeout_ms = 1000\nmap_size_mb = " + std::to_string(o.mapSizeMb) + "\n";
     copts.agentExtraArgs = {"--map-size-mb", std::to_string(o.mapSizeMb)};
     copts.agentInDoubtQueryMs = 3000;
+    if (o.tls) {
+      copts.tlsDir = o.out + "/certs";
+      std::vector<std::string> names = copts.agents;
+      names.insert(names.end(), {"keel-coordinator", "keel-operator"});
+      makeCertificates(copts.tlsDir, names);
+      auto me = certificateFiles(copts.tlsDir, "keel-operator");
+      installClientTls(me.ca, me.cert, me.key);
+    }
     if (o.cluster) {
       // etcd's folder goes with it at the end (its logs are copied beside
       // the others first); the prefix is the run's own.
@@ -971,24 +982,25 @@ int runChaos(Options o) {
       auto colon = addr.rfind(':');
       proxies[a] = std::make_unique<FaultProxy>(addr.substr(0, colon), std::stoul(addr.substr(colon + 1)));
       cluster->setParticipantAddress(a, "127.0.0.1:" + std::to_string(proxies[a]->port()));
-      agentAddrs[a] = addr;
+      agentAddrs[a] = a + "@" + addr;  // over TLS the agent must present its name
     }
     for (int i = 0; i < cluster->coordinatorCount(); ++i) cluster->startCoordinator("", i);
     coordinators = cluster->coordinatorAddresses();
     std::string list;
     for (auto& c : coordinators) list += (list.empty() ? "" : " ") + c;
-    std::printf("keel-chaos: seed %llu, %u s, %s %s%s, %u %s agents behind fault proxies%s\n",
+    std::printf("keel-chaos: seed %llu, %u s, %s %s%s, %u %s agents behind fault proxies%s%s\n",
                 (unsigned long long)o.seed, o.durationS, o.cluster ? "coordinator cluster" : "coordinator",
                 list.c_str(), o.cluster ? (" on etcd " + etcd->prefix() + " (lease TTL " + std::to_string(o.leaseTtlS) +
                                            " s)").c_str()
                                         : "",
-                o.agents, o.adapter.c_str(), o.selfCheck ? ", SELF-CHECK: bank-1 commits what it is told to roll back" : "");
+                o.agents, o.adapter.c_str(), o.tls ? ", mutual TLS on every link" : "",
+                o.selfCheck ? ", SELF-CHECK: bank-1 commits what it is told to roll back" : "");
   } else {
     coordinators = {o.externalCoordinator};
     for (auto& spec : o.externalAgents) {
       auto eq = spec.find('=');
       if (eq == std::string::npos) throw std::invalid_argument("--agent wants NAME=HOST:PORT, got " + spec);
-      agentAddrs[spec.substr(0, eq)] = spec.substr(eq + 1);
+      agentAddrs[spec.substr(0, eq)] = spec.substr(0, eq) + "@" + spec.substr(eq + 1);
     }
     o.faults = false;
     std::printf("keel-chaos: seed %llu, %u s against coordinator %s and %zu agents (no fault injection)\n",
@@ -1248,6 +1260,7 @@ int main(int argc, char** argv) {
   app.add_option("--map-size-mb", o.mapSizeMb, "LMDB map size of every process (long runs write a lot)")
       ->capture_default_str()
       ->check(CLI::Range(16u, 1u << 20));
+  app.add_flag("--tls", o.tls, "every link on mutual TLS (throwaway certificates in OUT/certs; docs/security.md)");
   app.add_flag("--self-check", o.selfCheck,
                "break the protocol on purpose (an agent commits what it is told to roll back): must report violations");
   app.add_flag("!--no-faults", o.faults, "run the workload and the checks without injecting faults");
