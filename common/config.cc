@@ -14,9 +14,10 @@ namespace {
   throw ConfigError(path + ": " + what);
 }
 
-toml::table parseFile(const std::string& path) {
+// `text` null: read the file at `path`; else parse `text`, named `path`.
+toml::table parseFile(const std::string& path, const std::string_view* text = nullptr) {
   try {
-    return toml::parse_file(path);
+    return text != nullptr ? toml::parse(*text, path) : toml::parse_file(path);
   } catch (const toml::parse_error& e) {
     std::string msg = std::string(e.description());
     const auto& src = e.source();
@@ -92,8 +93,10 @@ void checkAddress(const std::string& where, const std::string& addr) {
   }
 }
 
-CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
-  auto root = parseFile(path);
+CoordinatorConfig loadCoordinatorConfig(const std::string& path) { return parseCoordinatorConfig(path, nullptr); }
+
+CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::string_view* text) {
+  auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
     if (k.str() != "coordinator" && k.str() != "participants" && k.str() != "cluster") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");
@@ -175,8 +178,10 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
   return c;
 }
 
-AgentConfig loadAgentConfig(const std::string& path) {
-  auto root = parseFile(path);
+AgentConfig loadAgentConfig(const std::string& path) { return parseAgentConfig(path, nullptr); }
+
+AgentConfig parseAgentConfig(const std::string& path, const std::string_view* text) {
+  auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
     if (k.str() != "agent") fail(path, "unknown section [" + std::string(k.str()) + "]");
   }
