@@ -3,8 +3,11 @@
 BUILD ?= build
 JOBS ?= 2
 CTEST_ARGS ?=
+# The libFuzzer build (clang); docs/fuzzing.md.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps configure build demo demo-postgres demo-cluster test bench clean
+.PHONY: all deps configure build demo demo-postgres demo-cluster test fuzz bench clean
 
 all: build
 
@@ -38,6 +41,13 @@ demo-cluster: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(CTEST_ARGS)
 
+# libFuzzer targets (tests/fuzz) for FUZZ_SECONDS each; fails on a crash.
+fuzz:
+	@scripts/install-deps.sh fuzz
+	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_BUILD) -DKEEL_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS)
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
 # Micro benchmarks, then a short keel-bench run (ledger transfers at 64
 # outstanding, with the floor); docs/performance.md has the full set.
 bench: build
@@ -45,4 +55,4 @@ bench: build
 	$(BUILD)/bin/keel-bench --concurrency 64 --duration 5 --warmup 2 --floor
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)
