@@ -27,7 +27,12 @@ void fillOp(wire::Operation::Builder b, const Op& op) {
 Op readOp(wire::Operation::Reader r) {
   Op op;
   op.participant = r.getParticipant().cStr();
-  op.kind = static_cast<OpKind>(r.getKind());
+  // The wire's enum has 16 bits, OpKind 8: an undefined kind (the schema's
+  // next, or a malformed message) must stay undefined, never wrap onto a
+  // defined one (260 onto sql, 257 onto credit). kUndefinedOpKind is refused
+  // by every check (Coordinator::validate, the adapters).
+  auto kind = std::uint16_t(r.getKind());
+  op.kind = kind > std::uint16_t(OpKind::Sql) ? kUndefinedOpKind : static_cast<OpKind>(kind);
   op.account = r.getAccount().cStr();
   op.amount = r.getAmount();
   if (op.kind == OpKind::Sql) {
