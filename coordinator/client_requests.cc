@@ -8,9 +8,9 @@ namespace keel {
 std::optional<std::string> validateOps(const std::vector<Op>& ops, bool allowEmpty,
                                        const std::function<bool(const std::string&)>& known) {
   if (ops.empty() && !allowEmpty) return "the interaction has no operations";
-  if (ops.size() > Limits::kMaxOpsPerInteraction) {
-    return "the interaction has " + std::to_string(ops.size()) + " operations; the limit is " +
-           std::to_string(Limits::kMaxOpsPerInteraction);
+  if (ops.size() > Limits::kMaxOpsPerInteraction) {  // read from the network: at most one more (readOps)
+    return "the interaction has more than " + std::to_string(Limits::kMaxOpsPerInteraction) +
+           " operations; the limit is " + std::to_string(Limits::kMaxOpsPerInteraction);
   }
   // Distinct participants, counted without allocating (a request names few).
   std::vector<std::string_view> participants;

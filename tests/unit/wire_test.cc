@@ -3,10 +3,13 @@
 // tests for what tests/fuzz found (docs/fuzzing.md).
 
 #include <capnp/message.h>
+#include <capnp/serialize.h>
 #include <gtest/gtest.h>
 
+#include "common/records.h"
 #include "common/wire.h"
 #include "coordinator/client_requests.h"
+#include "coordinator/replies.h"
 #include "participant/adapters/ledger.h"
 
 namespace keel {
@@ -42,6 +45,67 @@ TEST(Wire, DefinedOperationKindsReadAsSent) {
     b.setKind(static_cast<wire::LedgerOpKind>(raw));
     EXPECT_EQ(std::uint16_t(readOp(b.asReader()).kind), raw);
   }
+}
+
+// Found by fuzz_coordinator_request (its executions per second fell to
+// ~80): a Coordinator.submit message of 33 bytes declaring 1,000,000
+// operations (a list of empty structs costs nothing on the wire, and the
+// traversal limit allows a million) made the coordinator build a million
+// Ops, some 300 MB and seconds, before refusing the request. The list is
+// read only up to one operation past the limit now.
+TEST(Wire, AListOfAMillionEmptyOperationsIsNotDecodedWhole) {
+  // Half the traversal limit: the test reads the list twice.
+  constexpr std::uint64_t kCount = 500000;
+  const std::uint64_t raw[] = {
+      std::uint64_t(3) << 32,         // segment table: one segment of 3 words
+      std::uint64_t(1) << 48,         // root: SubmitParams, no data, 1 pointer
+      1 | (std::uint64_t(7) << 32),   // operations: an inline-composite list ...
+      kCount << 2,                    // ... its tag: kCount structs of 0 words
+  };
+  auto words = reinterpret_cast<const capnp::word*>(raw);
+  capnp::FlatArrayMessageReader reader(kj::arrayPtr(words, 4), networkReaderOptions());
+  auto p = reader.getRoot<wire::Coordinator::SubmitParams>();
+  ASSERT_EQ(p.getOperations().size(), kCount);
+  auto req = readSubmitRequest(p);
+  EXPECT_EQ(req.ops.size(), kReadOpsLimit);
+  auto bad = validateOps(req.ops, false, [](const std::string&) { return true; });
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(*bad, "the interaction has more than 256 operations; the limit is 256");
+}
+
+TEST(Wire, SqlParametersAreReadUpToOnePastTheLimit) {
+  capnp::MallocMessageBuilder m;
+  auto b = m.initRoot<wire::Operation>();
+  b.setParticipant("pg");
+  b.setKind(wire::LedgerOpKind::SQL);
+  b.setSql("SELECT 1");
+  b.initParams(1000);
+  Op op = readOp(b.asReader());
+  EXPECT_EQ(op.params.size(), kReadParamsLimit);
+  auto bad = validateOps({op}, false, [](const std::string&) { return true; });
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(*bad, "operation 1: more than 256 SQL parameters");
+  EXPECT_EQ(readOp(b.asReader(), true).params.size(), 1000u);  // a record: as written
+}
+
+// A participant's recovered branch longer than any branch can be is refused
+// (readOps would cut it short), never taken cut.
+TEST(Wire, ARecoveredBranchOfTooManyOperationsIsMalformed) {
+  capnp::MallocMessageBuilder m;
+  auto l = m.initRoot<wire::Participant::RecoverResults>().initBranches(1);
+  l[0].initOperations(Limits::kMaxOpsPerInteraction + 1);
+  EXPECT_THROW(readRecovered(m.getRoot<wire::Participant::RecoverResults>().asReader().getBranches()),
+               MalformedReply);
+  l[0].initOperations(Limits::kMaxOpsPerInteraction);
+  EXPECT_EQ(readRecovered(m.getRoot<wire::Participant::RecoverResults>().asReader().getBranches())[0].ops.size(),
+            Limits::kMaxOpsPerInteraction);
+}
+
+// Records are what Keel wrote (and checksummed): read whole.
+TEST(Wire, RecordsKeepEveryOperation) {
+  BranchRecord r;
+  r.ops.assign(Limits::kMaxOpsPerInteraction + 10, Op{"bank-a", OpKind::Credit, "alice", 1});
+  EXPECT_EQ(decodeBranch(encode(r)).ops.size(), r.ops.size());
 }
 
 }  // namespace
