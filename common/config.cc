@@ -43,8 +43,11 @@ T getInt(const std::string& path, const toml::table& t, const char* section, con
          std::int64_t lo, std::int64_t hi) {
   auto node = t[key];
   if (!node) return def;
+  // is_integer first: value<std::int64_t>() converts a float, and one out of
+  // int64's range (2E56) is undefined behaviour (found by fuzz_config).
+  if (!node.is_integer()) fail(path, std::string("[") + section + "] " + key + " must be an integer");
   auto v = node.value<std::int64_t>();
-  if (!v || !node.is_integer()) fail(path, std::string("[") + section + "] " + key + " must be an integer");
+  if (!v) fail(path, std::string("[") + section + "] " + key + " must be an integer");
   if (*v < lo || *v > hi) {
     fail(path, std::string("[") + section + "] " + key + " = " + std::to_string(*v) +
                    " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
