@@ -3,8 +3,13 @@
 BUILD ?= build
 JOBS ?= 2
 CTEST_ARGS ?=
+# The sanitizer build (ASan + UBSan, gcc) that make test also runs the unit
+# and integration labels in, and the libFuzzer build (clang); docs/fuzzing.md.
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps configure build demo demo-postgres demo-cluster test bench clean
+.PHONY: all deps configure build demo demo-postgres demo-cluster test test-asan asan-build fuzz bench clean
 
 all: build
 
@@ -35,8 +40,28 @@ demo-cluster: build
 
 # The whole test suite through ctest (labels: unit, integration, crash, postgres,
 # cluster, chaos, demo); it starts what it needs (PostgreSQL, etcd) on loopback.
+# Then the unit and integration labels again in the ASan + UBSan build.
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(CTEST_ARGS)
+	@$(MAKE) --no-print-directory test-asan
+
+# Only what those two labels run, at -Og with line tables: every object
+# instrumented (-fsanitize=address,undefined, UB fatal); ctest sets the
+# sanitizers' options (tests/sanitizers/).
+asan-build: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEEL_SANITIZE=address,undefined \
+	  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-Og -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-Og -g1 -DNDEBUG" >/dev/null
+	@cmake --build $(ASAN_BUILD) -j$(JOBS) --target keel_ctest_unit_integration
+
+test-asan: asan-build
+	cd $(ASAN_BUILD) && ctest --output-on-failure --timeout 600 -L 'unit|integration'
+
+# libFuzzer targets (tests/fuzz) for FUZZ_SECONDS each; fails on a crash.
+fuzz:
+	@scripts/install-deps.sh fuzz
+	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_BUILD) -DKEEL_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS)
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 # Micro benchmarks, then a short keel-bench run (ledger transfers at 64
 # outstanding, with the floor); docs/performance.md has the full set.
@@ -45,4 +70,4 @@ bench: build
 	$(BUILD)/bin/keel-bench --concurrency 64 --duration 5 --warmup 2 --floor
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

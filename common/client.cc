@@ -128,8 +128,8 @@ std::string_view asView(capnp::Data::Reader d) {
 }
 
 // query / queryRequest answers: both records as the WAL holds them.
-template <typename Response>
-std::optional<QueryResult> readStory(Response& resp) {
+template <typename Reader>
+std::optional<QueryResult> readStory(Reader resp) {
   if (!resp.getFound()) return std::nullopt;
   QueryResult q;
   q.interaction = decodeInteraction(asView(resp.getInteraction()));
@@ -139,39 +139,37 @@ std::optional<QueryResult> readStory(Response& resp) {
 
 }  // namespace
 
+std::optional<QueryResult> readQueryAnswer(wire::Coordinator::QueryResults::Reader r) { return readStory(r); }
+std::optional<QueryResult> readQueryAnswer(wire::Coordinator::QueryRequestResults::Reader r) { return readStory(r); }
+
+std::vector<InteractionRecord> readRecordList(capnp::List<capnp::Data>::Reader l) {
+  std::vector<InteractionRecord> out;
+  for (auto d : l) out.push_back(decodeInteraction(asView(d)));
+  return out;
+}
+
 kj::Promise<std::optional<QueryResult>> KeelClient::query(std::uint64_t seq) {
   auto req = cap_.queryRequest();
   req.setSeq(seq);
-  return req.send().then([](auto resp) { return readStory(resp); });
+  return req.send().then([](auto resp) { return readQueryAnswer(resp); });
 }
 
 kj::Promise<std::optional<QueryResult>> KeelClient::queryRequest(const std::string& requestId) {
   auto req = cap_.queryRequestRequest();
   req.setRequestId(requestId);
-  return req.send().then([](auto resp) { return readStory(resp); });
+  return req.send().then([](auto resp) { return readQueryAnswer(resp); });
 }
-
-namespace {
-
-template <typename Response>
-std::vector<InteractionRecord> readRecords(Response& resp) {
-  std::vector<InteractionRecord> out;
-  for (auto d : resp.getInteractions()) out.push_back(decodeInteraction(asView(d)));
-  return out;
-}
-
-}  // namespace
 
 kj::Promise<std::vector<InteractionRecord>> KeelClient::listUnfinished(std::uint32_t limit) {
   auto req = cap_.listUnfinishedRequest();
   req.setLimit(limit);
-  return req.send().then([](auto resp) { return readRecords(resp); });
+  return req.send().then([](auto resp) { return readRecordList(resp.getInteractions()); });
 }
 
 kj::Promise<std::vector<InteractionRecord>> KeelClient::listHeuristic(std::uint32_t limit) {
   auto req = cap_.listHeuristicRequest();
   req.setLimit(limit);
-  return req.send().then([](auto resp) { return readRecords(resp); });
+  return req.send().then([](auto resp) { return readRecordList(resp.getInteractions()); });
 }
 
 kj::Promise<CoordinatorInfo> KeelClient::info() {

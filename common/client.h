@@ -159,6 +159,11 @@ class AgentClient {
 // define, or results that do not match the operations sent (`opsSent`;
 // none is fine), throw std::runtime_error ("malformed answer").
 SubmitOutcome readSubmitResult(wire::SubmitResult::Reader r, std::size_t opsSent);
+// query / queryRequest answers and the lists of listUnfinished /
+// listHeuristic: records as the WAL holds them (throw CorruptRecord).
+std::optional<QueryResult> readQueryAnswer(wire::Coordinator::QueryResults::Reader r);
+std::optional<QueryResult> readQueryAnswer(wire::Coordinator::QueryRequestResults::Reader r);
+std::vector<InteractionRecord> readRecordList(capnp::List<capnp::Data>::Reader l);
 
 // "bank-a:alice" -> {"bank-a", "alice"}; throws std::invalid_argument.
 std::pair<std::string, std::string> splitAccount(const std::string& ref);

@@ -14,9 +14,10 @@ namespace {
   throw ConfigError(path + ": " + what);
 }
 
-toml::table parseFile(const std::string& path) {
+// `text` null: read the file at `path`; else parse `text`, named `path`.
+toml::table parseFile(const std::string& path, const std::string_view* text = nullptr) {
   try {
-    return toml::parse_file(path);
+    return text != nullptr ? toml::parse(*text, path) : toml::parse_file(path);
   } catch (const toml::parse_error& e) {
     std::string msg = std::string(e.description());
     const auto& src = e.source();
@@ -42,8 +43,11 @@ T getInt(const std::string& path, const toml::table& t, const char* section, con
          std::int64_t lo, std::int64_t hi) {
   auto node = t[key];
   if (!node) return def;
+  // is_integer first: value<std::int64_t>() converts a float, and one out of
+  // int64's range (2E56) is undefined behaviour (found by fuzz_config).
+  if (!node.is_integer()) fail(path, std::string("[") + section + "] " + key + " must be an integer");
   auto v = node.value<std::int64_t>();
-  if (!v || !node.is_integer()) fail(path, std::string("[") + section + "] " + key + " must be an integer");
+  if (!v) fail(path, std::string("[") + section + "] " + key + " must be an integer");
   if (*v < lo || *v > hi) {
     fail(path, std::string("[") + section + "] " + key + " = " + std::to_string(*v) +
                    " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
@@ -233,8 +237,10 @@ void checkAddress(const std::string& where, const std::string& addr) {
   }
 }
 
-CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
-  auto root = parseFile(path);
+CoordinatorConfig loadCoordinatorConfig(const std::string& path) { return parseCoordinatorConfig(path, nullptr); }
+
+CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::string_view* text) {
+  auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
     if (k.str() != "coordinator" && k.str() != "participants" && k.str() != "cluster" && k.str() != "tls" &&
         k.str() != "limits") {
@@ -318,8 +324,10 @@ CoordinatorConfig loadCoordinatorConfig(const std::string& path) {
   return c;
 }
 
-AgentConfig loadAgentConfig(const std::string& path) {
-  auto root = parseFile(path);
+AgentConfig loadAgentConfig(const std::string& path) { return parseAgentConfig(path, nullptr); }
+
+AgentConfig parseAgentConfig(const std::string& path, const std::string_view* text) {
+  auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
     if (k.str() != "agent" && k.str() != "statements" && k.str() != "tls" && k.str() != "limits") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");

@@ -7,6 +7,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/statements.h"
@@ -102,6 +103,11 @@ AgentConfig loadAgentConfig(const std::string& path);
 // the key; an empty result is allowed here (the agent refuses to start a
 // postgres adapter without statements).
 Statements loadStatements(const std::string& path);
+// The same from `text` already in memory (named `path` in messages), or
+// from the file at `path` when `text` is null: one code path for both
+// (tests/fuzz/config_fuzz.cc).
+CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::string_view* text);
+AgentConfig parseAgentConfig(const std::string& path, const std::string_view* text);
 
 // "host:port" with a numeric port 0..65535; throws ConfigError otherwise.
 void checkAddress(const std::string& where, const std::string& addr);

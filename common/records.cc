@@ -255,7 +255,7 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
       br.state = checkedEnum<InteractionRecord::BranchState>(b.getState(), InteractionRecord::BranchState::Unknown,
                                                              "branch state");
       br.reason = b.getReason().cStr();
-      br.ops = readOps(b.getOperations());
+      br.ops = readAllOps(b.getOperations());
       r.branches.push_back(std::move(br));
     }
     return r;
@@ -346,7 +346,7 @@ BranchRecord decodeBranch(std::string_view bytes) {
     r.epoch = x.getEpoch();
     r.tombstone = x.getTombstone();
     r.onePhase = x.getOnePhase();
-    r.ops = readOps(x.getOperations());
+    r.ops = readAllOps(x.getOperations());
     r.createdUs = x.getCreatedUs();
     r.preparedUs = x.getPreparedUs();
     r.finishedUs = x.getFinishedUs();

@@ -140,7 +140,10 @@ std::string checkSql(std::string_view sql, std::size_t paramCount) {
 
 std::optional<std::string> checkParamLimits(const std::vector<SqlValue>& params) {
   if (params.size() > Limits::kMaxSqlParams) {
-    return std::to_string(params.size()) + " SQL parameters; the limit is " + std::to_string(Limits::kMaxSqlParams);
+    // Read from the network, a list stops one past the limit (readOp): say
+    // "more than", not a count the sender did not send.
+    return "more than " + std::to_string(Limits::kMaxSqlParams) + " SQL parameters; the limit is " +
+           std::to_string(Limits::kMaxSqlParams);
   }
   for (std::size_t k = 0; k < params.size(); ++k) {
     if (params[k].text.size() > Limits::kMaxSqlParamBytes) {

@@ -19,6 +19,8 @@ Micros wallMicros();
 Micros monoMicros();
 
 enum class OpKind : std::uint8_t { OpenAccount = 0, Credit = 1, Debit = 2, ReadBalance = 3, Sql = 4 };
+// What readOp makes of a kind the schema does not define (common/wire.h).
+constexpr OpKind kUndefinedOpKind = OpKind(0xff);
 const char* opKindName(OpKind k);
 
 // A typed SQL parameter.

@@ -1,5 +1,7 @@
 #include "common/wire.h"
 
+#include <algorithm>
+
 namespace keel {
 
 void fillOp(wire::Operation::Builder b, const Op& op) {
@@ -25,17 +27,26 @@ void fillOp(wire::Operation::Builder b, const Op& op) {
   }
 }
 
-Op readOp(wire::Operation::Reader r) {
+Op readOp(wire::Operation::Reader r, bool whole) {
   Op op;
   op.participant = r.getParticipant().cStr();
-  op.kind = static_cast<OpKind>(r.getKind());
+  // The wire's enum has 16 bits, OpKind 8: an undefined kind (the schema's
+  // next, or a malformed message) must stay undefined, never wrap onto a
+  // defined one (260 onto sql, 257 onto credit). kUndefinedOpKind is refused
+  // by every check (Coordinator::validate, the adapters).
+  auto kind = std::uint16_t(r.getKind());
+  op.kind = kind > std::uint16_t(OpKind::Sql) ? kUndefinedOpKind : static_cast<OpKind>(kind);
   op.account = r.getAccount().cStr();
   op.amount = r.getAmount();
   if (op.kind == OpKind::Sql) {
     op.statementName = r.getStatement().cStr();
     op.sql = r.getSql().cStr();
     op.expectRows = r.getExpectRows();
-    for (auto p : r.getParams()) {
+    auto params = r.getParams();
+    std::size_t n = whole ? params.size() : std::min<std::size_t>(params.size(), kReadParamsLimit);
+    op.params.reserve(n);
+    for (unsigned i = 0; i < n; ++i) {
+      auto p = params[i];
       SqlValue v;
       switch (p.which()) {
         case wire::SqlValue::NULL_: v.type = SqlValue::Type::Null; break;
@@ -89,9 +100,17 @@ OpResult readOpResult(wire::OpResult::Reader r) {
 }
 
 std::vector<Op> readOps(capnp::List<wire::Operation>::Reader list) {
+  std::size_t n = std::min<std::size_t>(list.size(), kReadOpsLimit);
+  std::vector<Op> ops;
+  ops.reserve(n);
+  for (unsigned i = 0; i < n; ++i) ops.push_back(readOp(list[i]));
+  return ops;
+}
+
+std::vector<Op> readAllOps(capnp::List<wire::Operation>::Reader list) {
   std::vector<Op> ops;
   ops.reserve(list.size());
-  for (auto o : list) ops.push_back(readOp(o));
+  for (auto o : list) ops.push_back(readOp(o, true));
   return ops;
 }
 

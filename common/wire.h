@@ -11,8 +11,21 @@
 namespace keel {
 
 void fillOp(wire::Operation::Builder b, const Op& op);
-Op readOp(wire::Operation::Reader r);
+// How much of one list a network message is decoded: one operation, and one
+// SQL parameter per operation, more than any check accepts, so an
+// over-long list is still refused by that check (Coordinator::validate, the
+// agents), while a message of a few bytes declaring a million operations or
+// parameters (a list of empty structs costs nothing on the wire) no longer
+// makes a million of them: found by tests/fuzz (docs/fuzzing.md).
+constexpr std::size_t kReadOpsLimit = Limits::kMaxOpsPerInteraction + 1;
+constexpr std::size_t kReadParamsLimit = Limits::kMaxSqlParams + 1;
+// `whole`: every parameter, however many (records).
+Op readOp(wire::Operation::Reader r, bool whole = false);
+// From the network: at most kReadOpsLimit operations and kReadParamsLimit
+// parameters of each.
 std::vector<Op> readOps(capnp::List<wire::Operation>::Reader list);
+// From a record (checksummed: what Keel wrote): everything, as written.
+std::vector<Op> readAllOps(capnp::List<wire::Operation>::Reader list);
 void fillOps(capnp::List<wire::Operation>::Builder b, const std::vector<Op>& ops);
 // A rough upper estimate of ops' size in a message (CallBatcher weights).
 std::size_t wireWeight(const std::vector<Op>& ops);

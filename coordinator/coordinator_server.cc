@@ -6,6 +6,7 @@
 
 #include "common/fault.h"
 #include "common/wire.h"
+#include "coordinator/client_requests.h"
 
 namespace keel {
 
@@ -20,19 +21,6 @@ void fillSubmitResult(wire::SubmitResult::Builder b, const SubmitOutcome& o) {
 }
 
 namespace {
-
-// A client's request as Keel's own type. A request id longer than the
-// limit is cut here only for the answer's sake; checkRequest refuses it.
-template <typename R>
-SubmitRequest readRequest(R r, capnp::List<wire::Operation>::Reader ops) {
-  SubmitRequest req;
-  req.ops = readOps(ops);
-  req.deadlineMs = r.getDeadlineMs();
-  auto id = r.getRequestId();
-  req.requestId = std::string(id.begin(), id.size());
-  req.requestTimeUs = r.getRequestTimeUs();
-  return req;
-}
 
 // A fault of the coordinator's own while taking a request (never a
 // protocol outcome): the client hears "unavailable" with what happened,
@@ -91,7 +79,7 @@ AccessPolicy coordinatorAccess(const TlsConfig& tls) {
 
 kj::Promise<void> CoordinatorImpl::submit(SubmitContext ctx) {
   auto p = ctx.getParams();
-  auto req = readRequest(p, p.getOperations());
+  auto req = readSubmitRequest(p);
   std::string id = req.requestId;
   return guarded(kj::evalNow([&]() { return c_.submit(std::move(req)); }), std::move(id))
       .then([ctx](SubmitOutcome o) mutable { fillSubmitResult(ctx.getResults().initResult(), o); });
@@ -112,7 +100,7 @@ kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
   }
   kj::Vector<kj::Promise<SubmitOutcome>> outs(items.size());
   for (auto item : items) {
-    auto req = readRequest(item, item.getOperations());
+    auto req = readSubmitRequest(item);
     std::string id = req.requestId;
     outs.add(guarded(kj::evalNow([&]() { return c_.submit(std::move(req)); }), std::move(id)));
   }
@@ -124,10 +112,7 @@ kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
 
 kj::Promise<void> CoordinatorImpl::begin(BeginContext ctx) {
   auto p = ctx.getParams();
-  SubmitRequest req;
-  req.deadlineMs = p.getDeadlineMs();
-  req.requestId = std::string(p.getRequestId().begin(), p.getRequestId().size());
-  req.requestTimeUs = p.getRequestTimeUs();
+  SubmitRequest req = readRequestFields(p);
   return c_.begin(std::move(req)).then([this, ctx](Coordinator::Begun b) mutable {
     if (b.replay) {
       fillSubmitResult(ctx.getResults().initReplay(), *b.replay);

@@ -6,14 +6,12 @@
 
 #include "common/config.h"
 #include "common/group_log.h"
+#include "coordinator/client_requests.h"
 #include "common/rpc.h"
 #include "coordinator/coordinator.h"
 #include "schemas/keel.capnp.h"
 
 namespace keel {
-
-// Interactions one submitBatch message may carry.
-constexpr std::size_t kMaxSubmitBatch = 1024;
 
 class CoordinatorImpl final : public wire::Coordinator::Server {
  public:

@@ -88,6 +88,9 @@ std::vector<RecoveredBranch> readRecovered(capnp::List<wire::BranchInfo>::Reader
     if (std::uint16_t(st) > std::uint16_t(wire::BranchState::ROLLED_BACK)) {
       throw MalformedReply("unknown branch state " + std::to_string(std::uint16_t(st)));
     }
+    if (b.getOperations().size() > Limits::kMaxOpsPerInteraction) {  // readOps would cut it short
+      throw MalformedReply("a branch of " + std::to_string(b.getOperations().size()) + " operations");
+    }
     RecoveredBranch r;
     r.xid = readXid(b.getXid());
     r.state = static_cast<BranchStatus>(st);

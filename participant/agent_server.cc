@@ -6,6 +6,7 @@
 
 #include "common/fault.h"
 #include "common/wire.h"
+#include "participant/coordinator_requests.h"
 
 namespace keel {
 
@@ -46,28 +47,6 @@ AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
 
 
 namespace {
-
-std::vector<Xid> readXids(capnp::List<wire::Xid>::Reader list) {
-  std::vector<Xid> out;
-  out.reserve(list.size());
-  for (auto x : list) out.push_back(readXid(x));
-  return out;
-}
-
-// Phase 2 is fenced by the epoch of one coordinator node: the node of the
-// first XID. A batch naming XIDs of several nodes would slip the others past
-// their fences (or raise one node's fence with another's epoch), so it is
-// refused whole, before anything is done.
-std::vector<Xid> readFencedXids(capnp::List<wire::Xid>::Reader list, const char* call) {
-  auto xids = readXids(list);
-  for (const auto& x : xids) {
-    if (seqNode(x.seq) != seqNode(xids.front().seq)) {
-      throw faultException(std::string(call) + ": one call must name the XIDs of one coordinator node (" +
-                           xids.front().str() + " and " + x.str() + " differ)");
-    }
-  }
-  return xids;
-}
 
 template <typename B>
 void fillResults(B builder, const std::vector<OpResult>& results) {

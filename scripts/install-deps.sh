@@ -21,6 +21,12 @@ PACKAGES=(
   protobuf-compiler-grpc          # grpc_cpp_plugin for protoc
 )
 
+# `install-deps.sh fuzz` (make fuzz): clang and its libFuzzer, ASan and
+# UBSan runtimes too, which only the fuzz targets need.
+if [ "${1:-}" = fuzz ]; then
+  PACKAGES+=(clang-14 libclang-rt-14-dev)
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -112,7 +112,7 @@ TEST_F(ClusterTest, BadInputIsInvalidAndWritesNothing) {
       {{Op::statement("bank-a", "drop table")}, "statement name 'drop table' is missing or invalid"},
       {{Op::statement("bank-a", std::string(65, 's'))}, "is missing or invalid"},
       {{Op::statement("bank-a", "debit", std::vector<SqlValue>(257, SqlValue::ofInt(1)))},
-       "257 SQL parameters; the limit is 256"},
+       "more than 256 SQL parameters; the limit is 256"},
       {{Op::statement("bank-a", "debit", {SqlValue::ofInt(1), SqlValue::ofText(std::string(64 * 1024 + 1, 'x'))})},
        "SQL parameter $2 is 65537 bytes long; the limit is 65536"},
       {{Op::statement("bank-a", "debit", {}, -2)}, "expected row count must be -1 (any) or >= 0"},

@@ -97,7 +97,7 @@ TEST(StatementCall, RefusedWithAReason) {
       {Op::statement("bank-a", "debit", {SqlValue::ofText(std::string(Limits::kMaxSqlParamBytes + 1, 'x')), amount}),
        "statement 'debit': SQL parameter $1 is 65537 bytes long; the limit is 65536"},
       {Op::statement("bank-a", "debit", std::vector<SqlValue>(Limits::kMaxSqlParams + 1, amount)),
-       "statement 'debit': 257 SQL parameters; the limit is 256"},
+       "statement 'debit': more than 256 SQL parameters; the limit is 256"},
       {Op::statement("bank-a", "debit", {text, amount}, 0),
        "statement 'debit' is declared to touch 1 row(s); the operation asks for 0"},
       {Op::statement("bank-a", "debit", {text, amount}, -2),

@@ -73,6 +73,9 @@ kj::Duration parseDuration(std::string_view what, std::string_view text, kj::Dur
   auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
   (void)end;
   if (unit.empty() && !(ec == std::errc() && v == 0)) throw bad("has no unit");
+  // A bare 0 needs no unit; counted in milliseconds it is still 0 (and the
+  // range check below never divides by zero: UBSan, build-asan).
+  if (unit.empty()) perUnit = 1;
   std::uint64_t loMs = lo / kj::MILLISECONDS, hiMs = hi / kj::MILLISECONDS;
   if (ec != std::errc() || v > hiMs / perUnit || v * perUnit < loMs || v * perUnit > hiMs) {
     throw UsageError(str(what) + " " + str(text) + " is out of range (" + asArgument(lo) + ".." + asArgument(hi) + ")");
