@@ -177,6 +177,29 @@ E checkedEnum(W v, E max, const char* what) {
   return static_cast<E>(v);
 }
 
+// A branch's operations as written, bounded. The coordinator never writes
+// more than Limits::kMaxOpsPerInteraction operations for an interaction nor
+// an operation of more than Limits::kMaxSqlParams parameters; an agent's
+// branch grows by checked calls. kMaxRecordOps is far above anything
+// written, so a record beyond it is damaged: refused before it is read into
+// memory (fuzz_records: a record declaring millions of operations took
+// seconds and gigabytes to read).
+constexpr std::size_t kMaxRecordOps = 65536;
+
+std::vector<Op> recordOps(capnp::List<wire::Operation>::Reader list) {
+  if (list.size() > kMaxRecordOps) {
+    throw CorruptRecord("record has " + std::to_string(list.size()) + " operations in one branch; no record of "
+                        "more than " + std::to_string(kMaxRecordOps) + " is ever written");
+  }
+  for (auto o : list) {
+    if (o.getParams().size() > Limits::kMaxSqlParams) {
+      throw CorruptRecord("record has an operation of " + std::to_string(o.getParams().size()) +
+                          " SQL parameters; at most " + std::to_string(Limits::kMaxSqlParams) + " are ever written");
+    }
+  }
+  return readAllOps(list);
+}
+
 template <typename Fn>
 auto withReader(RecordType type, std::string_view bytes, Fn fn) {
   auto words = open(type, bytes);
@@ -255,7 +278,7 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
       br.state = checkedEnum<InteractionRecord::BranchState>(b.getState(), InteractionRecord::BranchState::Unknown,
                                                              "branch state");
       br.reason = b.getReason().cStr();
-      br.ops = readAllOps(b.getOperations());
+      br.ops = recordOps(b.getOperations());
       r.branches.push_back(std::move(br));
     }
     return r;
@@ -346,7 +369,7 @@ BranchRecord decodeBranch(std::string_view bytes) {
     r.epoch = x.getEpoch();
     r.tombstone = x.getTombstone();
     r.onePhase = x.getOnePhase();
-    r.ops = readAllOps(x.getOperations());
+    r.ops = recordOps(x.getOperations());
     r.createdUs = x.getCreatedUs();
     r.preparedUs = x.getPreparedUs();
     r.finishedUs = x.getFinishedUs();

@@ -184,4 +184,18 @@ std::int64_t requiredRows(const DeclaredStatement& decl, const Op& op) {
   return decl.expectRows >= 0 ? decl.expectRows : op.expectRows;
 }
 
+std::string notDeclared(const Statements& declared, const std::string& statement, const std::string& agent) {
+  constexpr std::size_t kShown = 20;
+  std::string names;
+  std::size_t n = 0;
+  for (const auto& [name, decl] : declared) {
+    if (n++ == kShown) {
+      names += ", ... (" + std::to_string(declared.size()) + " in all)";
+      break;
+    }
+    names += (names.empty() ? "" : ", ") + name;
+  }
+  return "statement '" + statement + "' is not declared by agent " + agent + " (its config declares: " + names + ")";
+}
+
 }  // namespace keel

@@ -68,6 +68,12 @@ std::optional<std::string> checkCall(const DeclaredStatement& decl, const Op& op
 // client's when the declaration allows any (-1 = any).
 std::int64_t requiredRows(const DeclaredStatement& decl, const Op& op);
 
+// Why a call of `statement` is refused when `declared` (agent `agent`'s)
+// does not have it: "statement 'x' is not declared by agent bank-a (its
+// config declares: credit, debit, ...)", at most 20 names shown. The
+// coordinator (from what the agent told it) and the agent say the same.
+std::string notDeclared(const Statements& declared, const std::string& statement, const std::string& agent);
+
 // Why an operation with free SQL text is refused (the coordinator and the
 // agent say the same).
 extern const char* const kFreeSqlRefused;

@@ -9,7 +9,8 @@
 namespace keel {
 
 std::optional<std::string> validateOps(const std::vector<Op>& ops, bool allowEmpty,
-                                       const std::function<bool(const std::string&)>& known) {
+                                       const std::function<bool(const std::string&)>& known,
+                                       const std::function<const Statements*(const std::string&)>& declared) {
   if (ops.empty() && !allowEmpty) return "the interaction has no operations";
   if (ops.size() > Limits::kMaxOpsPerInteraction) {  // read from the network: at most one more (readOps)
     return "the interaction has more than " + std::to_string(Limits::kMaxOpsPerInteraction) +
@@ -37,6 +38,14 @@ std::optional<std::string> validateOps(const std::vector<Op>& ops, bool allowEmp
       }
       if (auto big = checkParamLimits(op.params)) return where(i) + *big;
       if (op.expectRows < -1) return where(i) + "expected row count must be -1 (any) or >= 0";
+      // What the participant declared, when it said (at connect).
+      if (const Statements* st = declared ? declared(op.participant) : nullptr) {
+        auto it = st->find(op.statementName);
+        if (it == st->end()) {
+          return where(i) + notDeclared(*st, op.statementName, op.participant);
+        }
+        if (auto bad = checkCall(it->second, op)) return where(i) + *bad;
+      }
       continue;
     }
     if (op.account.empty()) return where(i) + "account name is empty";

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/statements.h"
 #include "common/types.h"
 #include "common/wire.h"
 #include "schemas/keel.capnp.h"
@@ -42,8 +43,11 @@ SubmitRequest readSubmitRequest(R r) {
 
 // The checks every operation list passes before anything runs (submit and
 // Transaction.execute): nullopt when fine, else why not. `known` says
-// whether a participant name is configured.
-std::optional<std::string> validateOps(const std::vector<Op>& ops, bool allowEmpty,
-                                       const std::function<bool(const std::string&)>& known);
+// whether a participant name is configured; `declared` (when given) the
+// statements a participant declared (null: not known, the agent decides),
+// which a kind-sql operation must fit (name, parameters, row count).
+std::optional<std::string> validateOps(
+    const std::vector<Op>& ops, bool allowEmpty, const std::function<bool(const std::string&)>& known,
+    const std::function<const Statements*(const std::string&)>& declared = nullptr);
 
 }  // namespace keel

@@ -80,7 +80,12 @@ Coordinator::Interaction* Coordinator::find(std::uint64_t seq) {
 // ------------------------------------------------------------ validation
 
 std::optional<std::string> Coordinator::validate(const std::vector<Op>& ops, bool allowEmpty) const {
-  return validateOps(ops, allowEmpty, [this](const std::string& p) { return links_.count(p) != 0; });
+  return validateOps(
+      ops, allowEmpty, [this](const std::string& p) { return links_.count(p) != 0; },
+      [this](const std::string& p) -> const Statements* {
+        auto it = links_.find(p);
+        return it == links_.end() ? nullptr : it->second->declaredStatements();
+      });
 }
 
 // ------------------------------------------------------------ records

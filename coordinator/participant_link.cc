@@ -54,6 +54,16 @@ kj::Promise<wire::Participant::Client> ParticipantLink::client() {
                                      applyBatching(r.getMaxBatch(), r.getMaxInFlight());
                                    }))
                                    .catch_([](kj::Exception&&) {});
+                    // And the statements it runs for clients (none known:
+                    // every call goes to the agent, which decides).
+                    auto declared = io_.provider->getTimer()
+                                        .timeoutAfter(opts_.callDeadline,
+                                                      cap.statementsRequest().send().then([this, gen](auto r) {
+                                                        if (gen != generation_) return;
+                                                        statements_ = readDeclaredStatements(r);
+                                                      }))
+                                        .catch_([](kj::Exception&&) {});
+                    ask = ask.then([declared = kj::mv(declared)]() mutable { return kj::mv(declared); });
                     return ask.then([this, gen, cap, conn = kj::mv(conn)]() mutable {
                       if (gen != generation_) return;
                       cap_ = cap;
@@ -98,6 +108,7 @@ void ParticipantLink::applyBatching(std::uint32_t maxBatch, std::uint32_t maxInF
 
 void ParticipantLink::reset() {
   ++generation_;
+  statements_.reset();
   cap_ = nullptr;
   connecting_ = nullptr;
   // Destroying the connection from inside its own disconnect callback is not

@@ -35,6 +35,7 @@
 
 #include "common/call_batcher.h"
 #include "common/rpc.h"
+#include "common/statements.h"
 #include "common/types.h"
 #include "coordinator/replies.h"
 #include "schemas/keel.capnp.h"
@@ -89,6 +90,11 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   // 0 = the coordinator's own). Phase-2 messages carry 8 × as many.
   void applyBatching(std::uint32_t maxBatch, std::uint32_t maxInFlight);
   std::size_t prepareBatchLimit() const { return prepares_.maxItems(); }
+  // The statements the participant declared (Participant.statements, asked
+  // at each connect); null while not connected or when it did not say.
+  // What a client calls is checked against them (validateOps), the agent
+  // checks again.
+  const Statements* declaredStatements() const { return statements_ ? &*statements_ : nullptr; }
   std::size_t inFlightLimit() const { return prepares_.maxInFlight(); }
 
  private:
@@ -125,6 +131,7 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   kj::AsyncIoContext& io_;
   const std::string name_;
   const std::string address_;
+  std::optional<Statements> statements_;              // declared statements, while connected
   kj::Own<RpcConnection> conn_;                       // null when not connected
   kj::Maybe<wire::Participant::Client> cap_;
   kj::Maybe<kj::ForkedPromise<void>> connecting_;

@@ -1,5 +1,6 @@
 #include "coordinator/replies.h"
 
+#include "common/config.h"
 #include "common/wire.h"
 
 namespace keel {
@@ -99,6 +100,30 @@ std::vector<RecoveredBranch> readRecovered(capnp::List<wire::BranchInfo>::Reader
     r.preparedUs = b.getPreparedAtUs();
     r.ops = readOps(b.getOperations());
     out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::optional<Statements> readDeclaredStatements(wire::Participant::StatementsResults::Reader r) {
+  if (!r.getDeclared()) return std::nullopt;
+  constexpr std::size_t kMaxDeclared = 65536;
+  auto l = r.getStatements();
+  if (l.size() > kMaxDeclared) throw MalformedReply(std::to_string(l.size()) + " declared statements");
+  Statements out;
+  for (auto s : l) {
+    DeclaredStatement d;
+    d.name = s.getName().cStr();
+    if (!validName(d.name)) throw MalformedReply("a declared statement named '" + d.name + "'");
+    if (s.getParams().size() > Limits::kMaxSqlParams) throw MalformedReply("statement " + d.name + ": too many params");
+    for (auto t : s.getParams()) {
+      auto p = parseParamType(t.cStr());
+      if (!p) throw MalformedReply("statement " + d.name + ": unknown parameter type '" + std::string(t.cStr()) + "'");
+      d.params.push_back(*p);
+    }
+    d.expectRows = s.getExpectRows();
+    if (d.expectRows < -1) throw MalformedReply("statement " + d.name + ": expect_rows " + std::to_string(d.expectRows));
+    std::string name = d.name;
+    if (!out.emplace(name, std::move(d)).second) throw MalformedReply("statement " + name + " declared twice");
   }
   return out;
 }

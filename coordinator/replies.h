@@ -12,11 +12,13 @@
 // These are the only functions that read a participant's reply messages;
 // ParticipantLink calls them and hands Keel's own types to the coordinator.
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/records.h"
+#include "common/statements.h"
 #include "common/types.h"
 #include "schemas/keel.capnp.h"
 
@@ -64,5 +66,9 @@ OnePhaseReply readOnePhase(wire::Participant::CommitOnePhaseResults::Reader r, s
 // commit / rollback: exactly one outcome per XID sent.
 std::vector<BranchOutcome> readOutcomes(capnp::List<wire::BranchOutcome>::Reader l, std::size_t expected);
 std::vector<RecoveredBranch> readRecovered(capnp::List<wire::BranchInfo>::Reader l);
+// Participant.statements: nullopt when the participant declares none (it
+// runs no SQL); otherwise every name valid and once, every type known, at
+// most Limits::kMaxSqlParams each, expectRows >= -1.
+std::optional<Statements> readDeclaredStatements(wire::Participant::StatementsResults::Reader r);
 
 }  // namespace keel

@@ -14,7 +14,8 @@ AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
   if (!tls.enabled()) return [](const Peer&) { return Access{"any (insecure)", true, nullptr}; };
   auto schema = capnp::Schema::from<wire::Participant>();
   auto index = [&](const char* m) { return schema.getMethodByName(m).getIndex(); };
-  std::vector<std::uint16_t> looking{index("inspect"), index("status"), index("listBranches"), index("batching")};
+  std::vector<std::uint16_t> looking{index("inspect"), index("status"), index("listBranches"), index("batching"),
+                                    index("statements")};
   const std::uint16_t recover = index("recover"), forget = index("forget");
   const std::uint64_t iface = capnp::typeId<wire::Participant>();
   auto has = [](const std::vector<std::string>& names, const std::string& id) {
@@ -203,6 +204,23 @@ kj::Promise<void> ParticipantImpl::recover(RecoverContext ctx) {
   auto list = agent_.unfinishedBranches();
   auto l = ctx.getResults().initBranches(list.size());
   for (unsigned i = 0; i < list.size(); ++i) fillBranchInfo(l[i], list[i], true);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> ParticipantImpl::statements(StatementsContext ctx) {
+  const Statements* st = agent_.declaredStatements();
+  auto r = ctx.getResults();
+  r.setDeclared(st != nullptr);
+  if (st == nullptr) return kj::READY_NOW;
+  auto l = r.initStatements(st->size());
+  unsigned i = 0;
+  for (auto& [name, d] : *st) {
+    auto b = l[i++];
+    b.setName(name);
+    auto ps = b.initParams(d.params.size());
+    for (unsigned k = 0; k < d.params.size(); ++k) ps.set(k, paramTypeName(d.params[k]));
+    b.setExpectRows(d.expectRows);
+  }
   return kj::READY_NOW;
 }
 

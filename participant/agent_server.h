@@ -25,6 +25,7 @@ class ParticipantImpl final : public wire::Participant::Server, private kj::Task
   kj::Promise<void> listBranches(ListBranchesContext ctx) override;
   kj::Promise<void> prepareBatch(PrepareBatchContext ctx) override;
   kj::Promise<void> batching(BatchingContext ctx) override;
+  kj::Promise<void> statements(StatementsContext ctx) override;
 
  private:
   void taskFailed(kj::Exception&&) override {}  // a vote sink that went away: the answer carries the votes

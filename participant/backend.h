@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/records.h"
+#include "common/statements.h"
 #include "participant/branch_log.h"
 
 namespace keel {
@@ -71,6 +72,8 @@ class ParticipantBackend {
     std::uint32_t maxBatch = 0, maxInFlight = 0;
   };
   virtual Batching batching() const { return {}; }
+  // The statements it runs for clients; null: none (no SQL at all).
+  virtual const Statements* declaredStatements() const { return nullptr; }
 
   virtual BranchLog& branchLog() = 0;
   virtual const BranchLog& branchLog() const = 0;

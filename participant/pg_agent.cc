@@ -113,23 +113,11 @@ std::optional<std::string> PgAgent::validate(const std::vector<Op>& ops) const {
     if (!op.sql.empty()) return std::string(kFreeSqlRefused);
     auto it = opts_.statements.find(op.statementName);
     if (it == opts_.statements.end()) {
-      return "statement '" + op.statementName + "' is not declared by agent " + opts_.name +
-             " (its config declares: " + declaredNames() + ")";
+      return notDeclared(opts_.statements, op.statementName, opts_.name);
     }
     if (auto bad = checkCall(it->second, op)) return bad;
   }
   return std::nullopt;
-}
-
-std::string PgAgent::declaredNames() const {
-  constexpr std::size_t kShown = 20;
-  std::string out;
-  std::size_t n = 0;
-  for (const auto& [name, decl] : opts_.statements) {
-    if (n++ == kShown) return out + ", ... (" + std::to_string(opts_.statements.size()) + " in all)";
-    out += (out.empty() ? "" : ", ") + name;
-  }
-  return out;
 }
 
 const DeclaredStatement& PgAgent::declared(const Op& op) const { return opts_.statements.at(op.statementName); }

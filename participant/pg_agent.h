@@ -119,6 +119,7 @@ class PgAgent final : public ParticipantBackend {
   // One prepare per message (a prepare can wait on a row lock), as many in
   // flight as the pool has connections.
   Batching batching() const override { return {1, std::uint32_t(opts_.poolSize)}; }
+  const Statements* declaredStatements() const override { return &opts_.statements; }
 
   BranchLog& branchLog() override { return log_; }
   const BranchLog& branchLog() const override { return log_; }
@@ -135,7 +136,6 @@ class PgAgent final : public ParticipantBackend {
   // does not declare or a call that does not fit its declaration), before
   // anything reaches PostgreSQL.
   std::optional<std::string> validate(const std::vector<Op>& ops) const;
-  std::string declaredNames() const;  // "credit, debit, read", for a reason
   const DeclaredStatement& declared(const Op& op) const;  // of a validated op
   void reconcile();
   // PostgreSQL's prepared transactions of this agent against the branch

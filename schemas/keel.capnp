@@ -164,6 +164,19 @@ interface Participant {
   # connections: a prepare can wait on a row lock, and sharing a message
   # would hold the others' votes.
   batching @11 () -> (maxBatch :UInt32, maxInFlight :UInt32);
+
+  # The statements this agent runs for clients (a postgres agent's declared
+  # statements; docs/postgres.md). Asked once per connection, so that the
+  # coordinator answers a call that does not fit them `invalid` (nothing
+  # written, no seq) instead of the agent voting no. `declared` false: the
+  # agent runs no SQL (a ledger agent). The agent still checks every call.
+  statements @12 () -> (declared :Bool, statements :List(StatementDeclaration));
+}
+
+struct StatementDeclaration {
+  name @0 :Text;
+  params @1 :List(Text);    # declared types: int8, text, float8, bool; '?' allows null
+  expectRows @2 :Int64;     # -1 = any
 }
 
 interface VoteSink {

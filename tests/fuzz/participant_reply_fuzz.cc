@@ -17,7 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::size_t sent = data[1];
   fuzz::withMessage(data, size, 2, [&](capnp::MessageReader& m) {
     try {
-      switch (data[0] % 6) {
+      switch (data[0] % 7) {
         case 0: {  // Participant.prepareBatch: one vote per item sent
           auto votes = m.getRoot<wire::Participant::PrepareBatchResults>().getVotes();
           std::vector<std::size_t> opsSent(sent % 8, sent / 8);
@@ -56,6 +56,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           for (const auto& b : readRecovered(m.getRoot<wire::Participant::RecoverResults>().getBranches())) {
             (void)b.xid.str();
             (void)branchStatusName(b.state);
+          }
+          break;
+        }
+        case 6: {  // Participant.statements: what the coordinator checks clients' calls against
+          if (auto st = readDeclaredStatements(m.getRoot<wire::Participant::StatementsResults>())) {
+            for (const auto& [name, d] : *st) {
+              if (d.expectRows < -1 || d.params.size() > Limits::kMaxSqlParams) fuzz::violated("statements not checked");
+              (void)notDeclared(*st, name + "x", "pg");
+            }
           }
           break;
         }

@@ -211,7 +211,7 @@ TEST_F(PostgresTest, DeclaredStatementWithANullableParameterCommits) {
   EXPECT_EQ(balance("bank_b", "dave"), 7);
 }
 
-TEST_F(PostgresTest, CallsThatDoNotFitTheirDeclarationVoteNoAndRunNothing) {
+TEST_F(PostgresTest, CallsThatDoNotFitTheirDeclarationAreInvalidAndRunNothing) {
   struct Case {
     Op op;
     std::string expect;
@@ -233,14 +233,20 @@ TEST_F(PostgresTest, CallsThatDoNotFitTheirDeclarationVoteNoAndRunNothing) {
       {Op::statement("bank-a", "debit", {amount, alice}, 0),
        "statement 'debit' is declared to touch 1 row(s); the operation asks for 0"},
   };
+  // The coordinator learns bank-a's declarations when it connects
+  // (Participant.statements), before its first call there: once a call has
+  // been answered, a call that does not fit them is invalid, with the
+  // agent's own words, before anything is written or sent (no seq).
+  ASSERT_EQ(submit({Op::statement("bank-a", "list_accounts")}).outcome, ClientOutcome::Committed);
   for (auto& c : cases) {
     // Two-phase (a credit at bank-b too) and one-phase (bank-a alone): the
     // call of "bump" before the bad one in the same branch never runs.
     auto two = submit({Op::statement("bank-a", "bump"), c.op, credit("bank-b", "bob", 5)});
-    EXPECT_EQ(two.outcome, ClientOutcome::RolledBack) << c.expect;
+    EXPECT_EQ(two.outcome, ClientOutcome::Invalid) << c.expect;
+    EXPECT_EQ(two.seq, 0u);
     EXPECT_NE(two.reason.find(c.expect), std::string::npos) << "got: " << two.reason;
     auto one = submit({Op::statement("bank-a", "bump"), c.op});
-    EXPECT_EQ(one.outcome, ClientOutcome::RolledBack) << c.expect;
+    EXPECT_EQ(one.outcome, ClientOutcome::Invalid) << c.expect;
     EXPECT_NE(one.reason.find(c.expect), std::string::npos) << "got: " << one.reason;
   }
   ASSERT_TRUE(eventually([&] { return settled(); }));
@@ -880,6 +886,12 @@ TEST_F(PostgresOutcomeTest, TheAgentRefusesWhatTheCoordinatorWouldHave) {
       {{Op::statement("bank-b", "bump"), unnamed}, "free SQL text is not accepted"},
       {{Op::statement("bank-b", "bump"), huge},
        "statement 'open_account': SQL parameter $1 is 65537 bytes long; the limit is 65536"},
+      // What the coordinator checks from the declarations it was told: the
+      // agent checks it again, against its own.
+      {{Op::statement("bank-b", "bump"), Op::statement("bank-b", "drop_accounts")},
+       "statement 'drop_accounts' is not declared by agent bank-b"},
+      {{Op::statement("bank-b", "bump"), Op::statement("bank-b", "debit", {SqlValue::ofText("5"), SqlValue::ofText("bob")})},
+       "statement 'debit' parameter $1 is int8, got text"},
   };
   std::uint64_t n = 1;
   for (auto& c : cases) {

@@ -165,6 +165,20 @@ TEST(RecordsTest, BranchRoundTripKeepsEveryField) {
   }
 }
 
+// More operations (or parameters) than Keel ever writes: a damaged record,
+// refused before it is read into memory (found by fuzz_records: a record
+// declaring millions of operations took seconds and gigabytes).
+TEST(RecordsTest, ARecordWithMoreOperationsThanEverWrittenIsCorrupt) {
+  auto in = fullBranch();
+  in.ops.assign(65536, in.ops.front());
+  EXPECT_EQ(decodeBranch(encode(in)).ops.size(), 65536u);
+  in.ops.push_back(in.ops.front());
+  EXPECT_THROW(decodeBranch(encode(in)), CorruptRecord);
+  auto sql = fullBranch();
+  sql.ops = {Op::statement("pg", "debit", std::vector<SqlValue>(Limits::kMaxSqlParams + 1, SqlValue::ofInt(1)))};
+  EXPECT_THROW(decodeBranch(encode(sql)), CorruptRecord);
+}
+
 TEST(RecordsTest, AccountRoundTripKeepsEveryField) {
   const auto in = fullAccount();
   const auto out = decodeAccount(encode(in));

@@ -122,5 +122,40 @@ TEST(Replies, RecoveredBranchesCarryTheirStoryAndRefuseUnknownStates) {
   EXPECT_THROW(readRecovered(root.asReader().getBranches()), MalformedReply);
 }
 
+TEST(Replies, DeclaredStatementsReadBackAndBadOnesAreMalformed) {
+  capnp::MallocMessageBuilder m;
+  auto r = m.initRoot<wire::Participant::StatementsResults>();
+  EXPECT_FALSE(readDeclaredStatements(r.asReader()));  // a ledger agent: no SQL at all
+  r.setDeclared(true);
+  auto l = r.initStatements(2);
+  l[0].setName("debit");
+  auto p = l[0].initParams(2);
+  p.set(0, "int8");
+  p.set(1, "text?");
+  l[0].setExpectRows(1);
+  l[1].setName("read");
+  l[1].setExpectRows(-1);
+  auto st = readDeclaredStatements(r.asReader());
+  ASSERT_TRUE(st);
+  ASSERT_EQ(st->size(), 2u);
+  EXPECT_EQ(st->at("debit").params.size(), 2u);
+  EXPECT_TRUE(st->at("debit").params[1].nullable);
+  EXPECT_EQ(st->at("debit").expectRows, 1);
+  // What validateOps makes of them is the agent's own check (checkCall).
+  Op call = Op::statement("pg", "debit", {SqlValue::ofText("5"), SqlValue::ofText("bob")});
+  EXPECT_EQ(*checkCall(st->at("debit"), call), "statement 'debit' parameter $1 is int8, got text");
+  EXPECT_EQ(notDeclared(*st, "drop", "pg"), "statement 'drop' is not declared by agent pg (its config declares: debit, read)");
+  p.set(1, "varchar");
+  EXPECT_THROW(readDeclaredStatements(r.asReader()), MalformedReply);
+  p.set(1, "text");
+  l[1].setName("debit");
+  EXPECT_THROW(readDeclaredStatements(r.asReader()), MalformedReply);  // declared twice
+  l[1].setName("bad name");
+  EXPECT_THROW(readDeclaredStatements(r.asReader()), MalformedReply);
+  l[1].setName("read");
+  l[1].setExpectRows(-2);
+  EXPECT_THROW(readDeclaredStatements(r.asReader()), MalformedReply);
+}
+
 }  // namespace
 }  // namespace keel
