@@ -56,8 +56,8 @@ void setCoordinatorName(std::string name);
 std::string coordinatorName();
 
 // A client process's TLS set-up from its flags or environment: files given
-// → loaded and installed; none → plaintext. `what` names the source in
-// errors. Throws ConfigError.
+// → loaded and installed; none → plaintext. Some but not all given, or a
+// file that does not load: ConfigError saying which.
 void installClientTls(const std::string& ca, const std::string& cert, const std::string& key);
 
 // Loads `cfg` (TLS or insecure, checkTransport() already passed) and

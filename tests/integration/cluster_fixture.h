@@ -54,6 +54,11 @@ inline std::string readFile(const std::string& path) {
 // (balance, held) of an account, as ClusterTest::account returns it.
 inline std::pair<std::int64_t, std::int64_t> bal(std::int64_t balance, std::int64_t held) { return {balance, held}; }
 
+// [coordinator] lines for drivers and probes that wait a minute: whatever
+// settles work sooner is the agent's resolver or an operator.
+inline const char* const kSlowDriversToml =
+    "call_timeout_ms = 1000\nretry_initial_ms = 60000\nretry_max_ms = 60000\nprobe_ms = 60000\n";
+
 class ClusterTest : public ::testing::Test {
  public:
   ~ClusterTest() noexcept override {}

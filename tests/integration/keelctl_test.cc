@@ -354,7 +354,7 @@ TEST_F(LostAnswerTest, CrashBeforeTheDecisionRunsTheRetryAsANewInteraction) {
 class KeelctlOperatorTest : public KeelctlTest {
  protected:
   std::string coordinatorToml() override {
-    return "call_timeout_ms = 1000\nretry_initial_ms = 60000\nretry_max_ms = 60000\nprobe_ms = 60000\n";
+    return kSlowDriversToml;
   }
   ClusterOptions clusterOptions() override {
     auto o = KeelctlTest::clusterOptions();
