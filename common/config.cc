@@ -324,12 +324,108 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
   return c;
 }
 
+const char* knownHostOperations() { return "debit, credit"; }
+
+void checkHostUrl(const std::string& where, const std::string& url) {
+  const std::string scheme = "http://";
+  if (url.rfind("https://", 0) == 0) {
+    throw ConfigError(where + " '" + url + "': https is not supported yet; run the agent beside the host and "
+                      "use http:// on loopback or a private network (docs/hosts.md)");
+  }
+  if (url.rfind(scheme, 0) != 0) throw ConfigError(where + " '" + url + "' must be http://HOST:PORT");
+  std::string rest = url.substr(scheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.find_first_of("/?#@") != std::string::npos) {
+    throw ConfigError(where + " '" + url + "' must be http://HOST:PORT with no path, query or user (the paths are "
+                      "the operations')");
+  }
+  if (rest.find(':') == std::string::npos) throw ConfigError(where + " '" + url + "' needs a port: http://HOST:PORT");
+  checkAddress(where, rest);
+}
+
+namespace {
+
+std::map<std::string, HostOperation> readHostOperations(const std::string& path, const toml::table& host) {
+  std::map<std::string, HostOperation> out;
+  auto node = host["operations"];
+  if (!node) return out;
+  const auto* all = node.as_table();
+  if (all == nullptr) fail(path, "host operations must be tables: [host.operations.debit]");
+  for (auto&& [k, v] : *all) {
+    std::string name(k.str());
+    std::string section = "host.operations." + name;
+    if (name != "debit" && name != "credit") {
+      fail(path, "[" + section + "]: '" + name + "' is not an operation a host adapter maps (known: " +
+                     knownHostOperations() + ")");
+    }
+    const auto* t = v.as_table();
+    if (t == nullptr) fail(path, "[" + section + "] must be a table (try, confirm, cancel)");
+    rejectUnknown(path, *t, section.c_str(), {"try", "confirm", "cancel"});
+    HostOperation op;
+    op.tryPath = getString(path, *t, section.c_str(), "try", "", true);
+    op.confirmPath = getString(path, *t, section.c_str(), "confirm", "", true);
+    op.cancelPath = getString(path, *t, section.c_str(), "cancel", "", true);
+    auto checkPath = [&](const char* key, const std::string& p, bool mayBeEmpty) {
+      if (p.empty() && mayBeEmpty) return;
+      bool ok = !p.empty() && p[0] == '/' && p.size() <= 1024;
+      for (char c : p) ok = ok && c > 0x20 && c < 0x7f && c != '?' && c != '#';
+      if (!ok) {
+        fail(path, "[" + section + "] " + key + " = '" + p + "' must be a path starting with '/' (printable, no "
+                       "spaces, query or fragment, at most 1024 bytes)" + (mayBeEmpty ? ", or empty" : ""));
+      }
+    };
+    checkPath("try", op.tryPath, false);
+    checkPath("confirm", op.confirmPath, true);
+    checkPath("cancel", op.cancelPath, false);
+    out[name] = std::move(op);
+  }
+  return out;
+}
+
+void readHost(const std::string& path, const toml::table& root, HostConfig& h) {
+  const auto* host = root["host"].as_table();
+  if (host == nullptr) {
+    if (root["host"]) fail(path, "[host] must be a table");
+    return;
+  }
+  rejectUnknown(path, *host, "host",
+                {"url", "call_timeout_ms", "try_budget_ms", "phase2_wait_ms", "retry_initial_ms", "retry_max_ms",
+                 "max_body_bytes", "operations"});
+  h.url = getString(path, *host, "host", "url", h.url);
+  if (!h.url.empty()) checkHostUrl(path + ": [host] url", h.url);
+  h.callTimeoutMs = getInt<std::uint32_t>(path, *host, "host", "call_timeout_ms", h.callTimeoutMs, 10, 600000);
+  h.tryBudgetMs = getInt<std::uint32_t>(path, *host, "host", "try_budget_ms", h.tryBudgetMs, 10, 600000);
+  h.phase2WaitMs = getInt<std::uint32_t>(path, *host, "host", "phase2_wait_ms", h.phase2WaitMs, 0, 600000);
+  h.retryInitialMs = getInt<std::uint32_t>(path, *host, "host", "retry_initial_ms", h.retryInitialMs, 1, 60000);
+  h.retryMaxMs = getInt<std::uint32_t>(path, *host, "host", "retry_max_ms", h.retryMaxMs, 1, 600000);
+  if (h.retryMaxMs < h.retryInitialMs) {
+    fail(path, "[host] retry_max_ms = " + std::to_string(h.retryMaxMs) + " is below retry_initial_ms = " +
+                   std::to_string(h.retryInitialMs));
+  }
+  h.maxBodyBytes = getInt<std::uint32_t>(path, *host, "host", "max_body_bytes", h.maxBodyBytes, 256, 16 << 20);
+  h.operations = readHostOperations(path, *host);
+}
+
+}  // namespace
+
+std::map<std::string, HostOperation> loadHostOperations(const std::string& path) {
+  auto root = parseFile(path);
+  for (auto&& [k, v] : root) {
+    if (k.str() != "host") fail(path, "unknown section [" + std::string(k.str()) + "] (a host operations file holds [host.operations.NAME] tables only)");
+  }
+  const auto* host = root["host"].as_table();
+  if (host == nullptr) return {};
+  rejectUnknown(path, *host, "host", {"operations"});
+  return readHostOperations(path, *host);
+}
+
 AgentConfig loadAgentConfig(const std::string& path) { return parseAgentConfig(path, nullptr); }
 
 AgentConfig parseAgentConfig(const std::string& path, const std::string_view* text) {
   auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
-    if (k.str() != "agent" && k.str() != "statements" && k.str() != "tls" && k.str() != "limits") {
+    if (k.str() != "agent" && k.str() != "statements" && k.str() != "tls" && k.str() != "limits" &&
+        k.str() != "host") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");
     }
   }
@@ -344,8 +440,8 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   checkAddress(path + ": [agent] listen", c.listen);
   c.dataDir = getString(path, s, "agent", "data_dir", c.dataDir);
   c.adapter = getString(path, s, "agent", "adapter", c.adapter);
-  if (c.adapter != "ledger" && c.adapter != "postgres") {
-    fail(path, "[agent] adapter '" + c.adapter + "' is not known (known: ledger, postgres)");
+  if (c.adapter != "ledger" && c.adapter != "postgres" && c.adapter != "host") {
+    fail(path, "[agent] adapter '" + c.adapter + "' is not known (known: ledger, postgres, host)");
   }
   c.postgres = getString(path, s, "agent", "postgres", c.postgres);
   if (c.adapter == "postgres" && c.postgres.empty()) {
@@ -357,6 +453,8 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   if (!c.coordinator.empty()) checkAddress(path + ": [agent] coordinator", c.coordinator);
   c.inDoubtQueryMs = getInt<std::uint32_t>(path, s, "agent", "in_doubt_query_ms", c.inDoubtQueryMs, 10, 86400000);
   c.statements = readStatements(path, root);
+  readHost(path, root, c.host);
+  if (root["host"] && c.adapter != "host") fail(path, "[host] is for adapter = \"host\"; this agent's adapter is " + c.adapter);
   loadSecurity(path, root, ServerRole::Agent, c.tls, c.limits);
   return c;
 }

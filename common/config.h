@@ -79,6 +79,24 @@ struct CoordinatorConfig {
   ConnLimits limits;
 };
 
+// adapter host: how a host system's try / confirm / cancel calls are made
+// (docs/hosts.md). One HostOperation per Keel operation the host serves.
+struct HostOperation {
+  std::string tryPath, confirmPath, cancelPath;  // confirm may be empty: the host posts at try
+};
+struct HostConfig {
+  std::string url;                    // http://HOST:PORT of the host system
+  std::uint32_t callTimeoutMs = 1000;  // deadline of one HTTP call
+  std::uint32_t tryBudgetMs = 1500;    // a prepare retries its tries this long, then votes NO
+  std::uint32_t phase2WaitMs = 1000;   // a commit or rollback call waits this long for the host
+  std::uint32_t retryInitialMs = 20;   // backoff between retries of one call ...
+  std::uint32_t retryMaxMs = 250;      // ... doubling up to here
+  std::uint32_t maxBodyBytes = 65536;  // a longer answer breaches the contract
+  std::map<std::string, HostOperation> operations;  // "debit" / "credit"
+};
+// The operations a host adapter can map (Keel's ledger operations).
+const char* knownHostOperations();  // "debit, credit"
+
 struct AgentConfig {
   std::string name;
   std::string listen = "127.0.0.1:7401";
@@ -92,6 +110,7 @@ struct AgentConfig {
   // adapter postgres: the statements clients may call ([statements.NAME]
   // tables, here or in the file of --statements; docs/postgres.md).
   Statements statements;
+  HostConfig host;                    // adapter host: [host] and [host.operations.NAME]
   TlsConfig tls;
   ConnLimits limits;
 };
@@ -103,6 +122,12 @@ AgentConfig loadAgentConfig(const std::string& path);
 // the key; an empty result is allowed here (the agent refuses to start a
 // postgres adapter without statements).
 Statements loadStatements(const std::string& path);
+// A file of [host.operations.NAME] tables and nothing else (keel-agent
+// --host-operations), checked as in an agent's config.
+std::map<std::string, HostOperation> loadHostOperations(const std::string& path);
+// "http://HOST:PORT" (a trailing "/" allowed); throws ConfigError saying
+// what is wrong (https is not supported; no path, user or query).
+void checkHostUrl(const std::string& where, const std::string& url);
 // The same from `text` already in memory (named `path` in messages), or
 // from the file at `path` when `text` is null: one code path for both
 // (tests/fuzz/config_fuzz.cc).

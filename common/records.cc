@@ -357,6 +357,11 @@ std::string encode(const BranchRecord& r) {
   b.setReason(r.reason);
   b.setHostTxid(r.hostTxid);
   b.setHostIncarnation(r.hostIncarnation);
+  b.setHostStep(r.hostStep);
+  if (!r.hostRefs.empty()) {
+    auto refs = b.initHostRefs(r.hostRefs.size());
+    for (unsigned i = 0; i < r.hostRefs.size(); ++i) refs.set(i, r.hostRefs[i]);
+  }
   return seal(RecordType::Branch, msg);
 }
 
@@ -376,6 +381,8 @@ BranchRecord decodeBranch(std::string_view bytes) {
     r.reason = x.getReason().cStr();
     r.hostTxid = x.getHostTxid();
     r.hostIncarnation = x.getHostIncarnation();
+    r.hostStep = x.getHostStep();
+    for (auto ref : x.getHostRefs()) r.hostRefs.emplace_back(ref.cStr());
     return r;
   });
 }

@@ -156,6 +156,11 @@ struct BranchRecord {
   // postgres: the incarnation of the agent whose gid names PostgreSQL's
   // prepared transaction (participant/pg_agent.h; 0: the gid without one).
   std::uint64_t hostIncarnation = 0;
+  // host (try / confirm / cancel, participant/host_agent.h): where the
+  // branch is in its calls to the host (a HostStep; 0 for other adapters)
+  // and the host's reference per operation from its try answers.
+  std::uint8_t hostStep = 0;
+  std::vector<std::string> hostRefs;
 };
 
 // One ledger account.

@@ -2,6 +2,7 @@
 //
 //   keel-agent --config agent.toml
 //   keel-agent --name bank-a --listen 127.0.0.1:7401 --data-dir /var/lib/keel/bank-a [--init]
+//   keel-agent --name card --adapter host --host http://127.0.0.1:7600 --host-operations ops.toml ...
 //
 // Flags override the config file. Start-up order, so that a refused start
 // changes nothing: config → data directory (lock and identity; created only
@@ -24,11 +25,12 @@
 #include "common/tls.h"
 #include "participant/agent.h"
 #include "participant/agent_server.h"
+#include "participant/host_agent.h"
 #include "participant/pg_agent.h"
 #include "participant/resolver.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"keel-agent: Keel participant agent (ledger adapter)"};
+  CLI::App app{"keel-agent: Keel participant agent (adapters: ledger, postgres, host)"};
   std::string configPath, name, listen, dataDir, readyFile;
   std::size_t mapSizeMb = 0;
   app.add_option("--config", configPath, "TOML config file ([agent] section)");
@@ -39,8 +41,13 @@ int main(int argc, char** argv) {
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
   std::string coordinator, debugBreak, adapter, postgres;
   std::uint32_t poolSize = 0;
-  app.add_option("--adapter", adapter, "resource adapter: ledger (default) or postgres")
-      ->check(CLI::IsMember({"ledger", "postgres"}));
+  app.add_option("--adapter", adapter, "resource adapter: ledger (default), postgres or host")
+      ->check(CLI::IsMember({"ledger", "postgres", "host"}));
+  std::string hostUrl, hostOpsPath;
+  app.add_option("--host", hostUrl, "adapter host: the host system's base URL, http://HOST:PORT ([host] url)");
+  app.add_option("--host-operations", hostOpsPath,
+                 "adapter host: TOML file of [host.operations.NAME] tables, the try / confirm / cancel paths of each "
+                 "operation (in place of the config file's; docs/hosts.md)");
   app.add_option("--postgres", postgres, "adapter postgres: libpq connection string");
   app.add_option("--pool-size", poolSize, "adapter postgres: connections to PostgreSQL");
   std::string statementsPath;
@@ -90,6 +97,20 @@ int main(int argc, char** argv) {
           "adapter postgres needs the statements clients may call: --statements FILE or [statements.NAME] tables "
           "in the config (docs/postgres.md, \"Declared statements\"); free SQL from clients is not accepted");
     }
+    if (!hostUrl.empty()) cfg.host.url = hostUrl;
+    if (!hostOpsPath.empty()) cfg.host.operations = keel::loadHostOperations(hostOpsPath);
+    if (cfg.adapter == "host") {
+      if (cfg.host.url.empty()) throw keel::ConfigError("adapter host needs the host's URL (--host or [host] url)");
+      keel::checkHostUrl("--host", cfg.host.url);
+      if (cfg.host.operations.empty()) {
+        throw keel::ConfigError(
+            "adapter host needs the operations the host serves: --host-operations FILE or [host.operations.NAME] "
+            "tables in the config (docs/hosts.md)");
+      }
+    } else if (!hostUrl.empty() || !hostOpsPath.empty() || !cfg.host.operations.empty()) {
+      throw keel::ConfigError("--host and --host-operations are for adapter host; this agent's adapter is " +
+                              cfg.adapter);
+    }
     if (cfg.adapter != "postgres" && !cfg.statements.empty()) {
       throw keel::ConfigError("declared statements are for adapter postgres; this agent's adapter is " + cfg.adapter);
     }
@@ -133,6 +154,13 @@ int main(int argc, char** argv) {
       po.poolSize = cfg.poolSize;
       po.statements = cfg.statements;
       backend = std::make_unique<keel::PgAgent>(std::move(po));
+    } else if (cfg.adapter == "host") {
+      keel::HostAgentOptions ho;
+      ho.name = cfg.name;
+      ho.dataDir = cfg.dataDir;
+      ho.mapSizeBytes = cfg.mapSizeMb << 20;
+      ho.host = cfg.host;
+      backend = std::make_unique<keel::HostAgent>(*io.provider, std::move(ho));
     } else {
       auto ledger = std::make_unique<keel::Agent>(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
       if (!debugBreak.empty()) {

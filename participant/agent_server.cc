@@ -254,6 +254,10 @@ kj::Promise<void> ParticipantImpl::inspect(InspectContext ctx) {
 
 kj::Promise<void> ParticipantImpl::status(StatusContext ctx) {
   auto xids = readXids(ctx.getParams().getXids());
+  if (xids.empty()) {
+    // The coordinator's health probe: up only if the host behind is too.
+    if (auto why = agent_.unavailable()) return KJ_EXCEPTION(FAILED, kj::str(why->c_str()));
+  }
   auto found = agent_.branches(xids);
   auto res = ctx.getResults();
   auto bl = res.initBranches(found.size());

@@ -75,6 +75,12 @@ class ParticipantBackend {
   // The statements it runs for clients; null: none (no SQL at all).
   virtual const Statements* declaredStatements() const { return nullptr; }
 
+  // Why the participant cannot serve now although the agent answers (the
+  // host adapter: its host is not answering); nullopt when it can. The
+  // coordinator's health probe (status with no XIDs) fails with it, so the
+  // coordinator keeps probing and wakes its drivers once it is gone.
+  virtual std::optional<std::string> unavailable() const { return std::nullopt; }
+
   virtual BranchLog& branchLog() = 0;
   virtual const BranchLog& branchLog() const = 0;
 

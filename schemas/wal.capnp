@@ -112,6 +112,8 @@ struct BranchRecord {
   reason @10 :Text;
   hostTxid @11 :UInt64;              # postgres: the transaction id, to ask txid_status()
   hostIncarnation @12 :UInt64;       # postgres: the agent incarnation in its gid (0: a gid without one)
+  hostStep @13 :UInt8;               # host: HostStep (participant/host_agent.h); 0 for other adapters
+  hostRefs @14 :List(Text);          # host: the host's reference per operation, from its try answers
 }
 
 # Ledger account (participant side), keyed by account name.

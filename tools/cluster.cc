@@ -116,8 +116,9 @@ void LocalCluster::stopAll() {
   for (auto& [n, p] : agents_) p.stop();
 }
 
-std::string LocalCluster::waitReady(const std::string& readyFile, ChildProcess& p, const std::string& what) {
-  auto until = std::chrono::steady_clock::now() + opts_.startTimeout;
+std::string waitForReadyFile(const std::string& readyFile, ChildProcess& p, const std::string& what,
+                             std::chrono::milliseconds timeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < until) {
     std::ifstream f(readyFile);
     std::string addr;
@@ -132,6 +133,10 @@ std::string LocalCluster::waitReady(const std::string& readyFile, ChildProcess& 
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   throw std::runtime_error(what + " did not become ready in time (see its log)");
+}
+
+std::string LocalCluster::waitReady(const std::string& readyFile, ChildProcess& p, const std::string& what) {
+  return waitForReadyFile(readyFile, p, what, opts_.startTimeout);
 }
 
 void LocalCluster::startAgent(const std::string& name, const std::string& failpoints) {

@@ -140,6 +140,11 @@ class LocalCluster {
 };
 
 
+// Waits until `p` wrote its --ready-file (its first line: the bound
+// host:port) and returns it; throws if `p` exits first or `timeout` passes.
+std::string waitForReadyFile(const std::string& readyFile, ChildProcess& p, const std::string& what,
+                             std::chrono::milliseconds timeout);
+
 // Directory of the running executable (build/bin for every Keel binary).
 std::string selfBinDir();
 // A fresh directory under $TMPDIR or /tmp, e.g. "/tmp/keel-demo-Ab12Cd".

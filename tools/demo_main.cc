@@ -34,7 +34,9 @@
 #include "tools/certs.h"
 #include "tools/cluster.h"
 #include "tools/demo_cluster.h"
+#include "tools/host_process.h"
 #include "tools/demo_progress.h"
+#include "tools/host_process.h"
 #include "tools/pg_baselines.h"
 #include "tools/pg_server.h"
 
@@ -217,9 +219,19 @@ using Totals = keel::bank::AgentTotals;
 
 // PostgreSQL mode: the databases hold the money; prepared = pg_prepared_xacts.
 keel::test::PgServer* gPg = nullptr;
+keel::HostProcess* gHost = nullptr;  // --adapter host: bank-b's host system
 
 Totals snapshot(kj::AsyncIoContext& io, keel::LocalCluster& cluster) {
   Totals t = keel::bank::agentTotals(io, cluster);
+  if (gHost != nullptr) {
+    // bank-b is a host agent: its money is the host's books; a try neither
+    // confirmed nor cancelled counts as prepared.
+    auto b = gHost->books();
+    t.money += b.total();
+    t.held += b.held();
+    for (auto& [n, a] : b.accounts) t.negative += a.balance < 0 ? 1 : 0;
+    t.prepared += std::uint32_t(b.open);
+  }
   if (gPg != nullptr) {
     t.money = 0;
     for (auto db : {"bank_a", "bank_b"}) {
@@ -351,9 +363,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 600u));
   std::string adapter = "ledger";
   bool baseline = false;
-  app.add_option("--adapter", adapter, "ledger (embedded) or postgres (a PostgreSQL server with two databases)")
+  app.add_option("--adapter", adapter,
+                 "ledger (embedded), postgres (a PostgreSQL server with two databases) or host (bank-b is a host "
+                 "system that can only try, confirm and cancel: keel-host, docs/hosts.md)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"ledger", "postgres"}));
+      ->check(CLI::IsMember({"ledger", "postgres", "host"}));
   app.add_flag("--baseline", baseline,
                "postgres: then run the same transfers without Keel, for comparison: raw 2PC driven by the client on "
                "the same two databases, and local transactions in one database holding both banks' accounts");
@@ -457,6 +471,22 @@ int main(int argc, char** argv) {
         keel::test::pgQuery(pgServer->connString("bank_local"), keel::bank::createAccountsSql(2 * accounts, opening));
       }
     }
+    std::unique_ptr<keel::HostProcess> host;
+    if (adapter == "host") {
+      keel::HostOptions ho;
+      ho.binDir = keel::selfBinDir();
+      ho.dir = base;
+      ho.accounts = accounts;
+      ho.balance = opening;
+      host = std::make_unique<keel::HostProcess>(ho);
+      std::printf("[0/6] starting keel-host, the reference host system, with %u accounts of %lld; bank-b is a host "
+                  "agent in front of it (try / confirm / cancel over HTTP, docs/hosts.md)\n",
+                  accounts, (long long)opening);
+      host->start();
+      gHost = host.get();
+      cluster.setAgentArgs("bank-b", {"--adapter", "host", "--host", host->url(), "--host-operations",
+                                      keel::writeHostOperations(base)});
+    }
     std::printf("[1/6] starting agents bank-a, bank-b and the coordinator on loopback\n");
     cluster.startAll();
     std::printf("      coordinator %s, bank-a %s, bank-b %s\n", cluster.coordinatorAddress().c_str(),
@@ -472,7 +502,11 @@ int main(int argc, char** argv) {
     if (demo.batch) demo.client->enableBatching();
 
     std::printf("[2/6] opening %u accounts on each agent with %lld each\n", accounts, (long long)opening);
-    if (!demo.pg) keel::bank::openLedgerAccounts(io.waitScope, *demo.client, cluster.agentNames(), accounts, opening);
+    if (host) {
+      keel::bank::openLedgerAccounts(io.waitScope, *demo.client, {"bank-a"}, accounts, opening);  // bank-b's are the host's
+    } else if (!demo.pg) {
+      keel::bank::openLedgerAccounts(io.waitScope, *demo.client, cluster.agentNames(), accounts, opening);
+    }
     Totals before = snapshot(io, cluster);
     std::printf("      total money: %lld\n", (long long)before.money);
 

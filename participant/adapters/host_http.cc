@@ -1,0 +1,127 @@
+#include "participant/adapters/host_http.h"
+
+#include "common/fault.h"
+#include "common/strict_json.h"
+
+namespace keel {
+
+const char* hostAnswerName(HostAnswer::Kind k) {
+  switch (k) {
+    case HostAnswer::Kind::Tried: return "tried";
+    case HostAnswer::Kind::Refused: return "refused";
+    case HostAnswer::Kind::Confirmed: return "confirmed";
+    case HostAnswer::Kind::Cancelled: return "cancelled";
+    case HostAnswer::Kind::Unknown: return "unknown";
+    case HostAnswer::Kind::Fault: return "fault";
+    case HostAnswer::Kind::Breach: return "breach";
+  }
+  return "?";
+}
+
+const char* hostCallName(HostCall c) {
+  switch (c) {
+    case HostCall::Try: return "try";
+    case HostCall::Confirm: return "confirm";
+    case HostCall::Cancel: return "cancel";
+  }
+  return "?";
+}
+
+HostHttp::HostHttp(kj::AsyncIoProvider& io, const HostConfig& cfg)
+    : io_(io), cfg_(cfg), url_(cfg.url) {
+  if (!url_.empty() && url_.back() == '/') url_.pop_back();
+  kj::HttpClientSettings settings;
+  settings.idleTimeout = 30 * kj::SECONDS;
+  client_ = kj::newHttpClient(io_.getTimer(), table_, io_.getNetwork(), nullptr, settings);
+}
+
+HostHttp::~HostHttp() = default;
+
+kj::Promise<HostAnswer> HostHttp::post(HostCall call, const std::string& path, std::string body) {
+  std::string target = url_ + path;
+  std::uint64_t limit = cfg_.maxBodyBytes;
+  auto work = kj::evalNow([&]() {
+    kj::HttpHeaders headers(table_);
+    headers.set(kj::HttpHeaderId::CONTENT_TYPE, "application/json");
+    auto req = client_->request(kj::HttpMethod::POST, kj::StringPtr(target.c_str()), headers, body.size());
+    auto sent = req.body->write(body.data(), body.size()).attach(kj::mv(req.body), kj::mv(body));
+    return sent.then([resp = kj::mv(req.response)]() mutable { return kj::mv(resp); })
+        .then([this, call, limit](kj::HttpClient::Response r) {
+          unsigned status = r.statusCode;
+          // One byte over the limit tells "too long" from "exactly the limit".
+          return r.body->readAllText(limit + 1).attach(kj::mv(r.body)).then(
+              [this, call, status, limit](kj::String text) {
+                if (text.size() > limit) {
+                  return HostAnswer{HostAnswer::Kind::Breach, "",
+                                    "answer of status " + std::to_string(status) + " is longer than max_body_bytes (" +
+                                        std::to_string(limit) + ")"};
+                }
+                return read(call, status, std::string(text.cStr(), text.size()));
+              });
+        });
+  });
+  return io_.getTimer()
+      .timeoutAfter(cfg_.callTimeoutMs * kj::MILLISECONDS, kj::mv(work))
+      .catch_([this](kj::Exception&& e) {
+        std::string why = e.getType() == kj::Exception::Type::OVERLOADED
+                              ? "no answer within call_timeout_ms (" + std::to_string(cfg_.callTimeoutMs) + ")"
+                              : describeFault(e);
+        return HostAnswer{HostAnswer::Kind::Fault, "", why};
+      });
+}
+
+HostAnswer HostHttp::read(HostCall call, unsigned status, const std::string& text) const {
+  using K = HostAnswer::Kind;
+  auto statusText = "status " + std::to_string(status);
+  if (status >= 500 || status == 429) {
+    std::string snippet = text.substr(0, 200);
+    return HostAnswer{K::Fault, "", statusText + (snippet.empty() ? "" : ": " + snippet)};
+  }
+  Json body;
+  try {
+    body = JsonReader::parse(text);
+    if (!body.isObject()) throw JsonError("not a JSON object");
+  } catch (const JsonError& e) {
+    return HostAnswer{K::Breach, "", statusText + " with a body that is not one JSON object (" + e.what() + ")"};
+  }
+  std::string result;
+  if (body.has("result") && body["result"].kind == Json::Kind::String) result = body["result"].str();
+  auto breach = [&]() {
+    return HostAnswer{K::Breach, "",
+                      std::string(hostCallName(call)) + " answered " + statusText +
+                          (result.empty() ? " without a \"result\"" : " \"" + result.substr(0, 64) + "\"") +
+                          ", not in the contract (docs/hosts.md)"};
+  };
+  switch (call) {
+    case HostCall::Try:
+      if (status == 200 && result == "tried") {
+        std::string ref;
+        if (body.has("ref")) {
+          if (body["ref"].kind != Json::Kind::String || body["ref"].str().size() > 256) {
+            return HostAnswer{K::Breach, "", "try answered a \"ref\" that is not a string of at most 256 bytes"};
+          }
+          ref = body["ref"].str();
+        }
+        return HostAnswer{K::Tried, ref, ""};
+      }
+      if (status == 422 && result == "refused") {
+        std::string reason = "refused by the host";
+        if (body.has("reason") && body["reason"].kind == Json::Kind::String) reason = body["reason"].str().substr(0, 512);
+        return HostAnswer{K::Refused, "", reason};
+      }
+      if (status == 409 && result == "cancelled") return HostAnswer{K::Cancelled, "", "cancelled before the try arrived"};
+      return breach();
+    case HostCall::Confirm:
+      if (status == 200 && result == "confirmed") return HostAnswer{K::Confirmed, "", ""};
+      if (status == 409 && result == "cancelled") return HostAnswer{K::Cancelled, "", "the host had cancelled it"};
+      if (status == 404 && result == "unknown") return HostAnswer{K::Unknown, "", "the host never saw the try"};
+      return breach();
+    case HostCall::Cancel:
+      if (status == 200 && result == "cancelled") return HostAnswer{K::Cancelled, "", ""};
+      if (status == 409 && result == "confirmed") return HostAnswer{K::Confirmed, "", "the host had confirmed it"};
+      return breach();
+  }
+  return breach();
+}
+
+}  // namespace keel
