@@ -105,7 +105,8 @@ Answer HostBooks::tryOp(lmdb::Txn& txn, const TryCall& call) {
   if (auto r = readKey(txn, call.key)) {
     if (r->state == KeyState::Tombstone || r->state == KeyState::Cancelled) return kCancelled409;
     if (r->kind != call.kind || r->account != call.account || r->amount != call.amount) {
-      return refused("key " + call.key + " was tried with a different operation");  // not remembered: the key keeps its own
+      // Not remembered: the key keeps what it was tried with.
+      return refused("key " + call.key + " was tried with a different operation");
     }
     if (r->state == KeyState::Refused) return refused(r->reason);
     return tried(r->ref);  // Tried or Confirmed: the same answer, no second effect
@@ -160,7 +161,9 @@ Answer HostBooks::confirm(lmdb::Txn& txn, std::string_view key) {
   }
   if (r->kind == OpKind::Debit) {
     auto acct = readAccount(txn, r->account);
-    if (!acct) throw std::runtime_error("keel-host: account " + r->account + " of key " + std::string(key) + " is gone");
+    if (!acct) {
+      throw std::runtime_error("keel-host: account " + r->account + " of key " + std::string(key) + " is gone");
+    }
     acct->balance -= r->amount;  // the hold becomes the posting
     acct->held -= r->amount;
     writeAccount(txn, *acct);
