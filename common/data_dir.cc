@@ -106,11 +106,24 @@ std::string utcTime(std::uint64_t us) {
   return buf;
 }
 
-std::string kindWithArticle(DataDirKind k) { return k == DataDirKind::Agent ? "an agent" : "a coordinator"; }
+std::string kindWithArticle(DataDirKind k) {
+  switch (k) {
+    case DataDirKind::Agent: return "an agent";
+    case DataDirKind::Host: return "a host (keel-host)";
+    case DataDirKind::Coordinator: break;
+  }
+  return "a coordinator";
+}
 
-// How the identity reads in a message: "agent bank-a", "a coordinator (node 1)".
+// How the identity reads in a message: "agent bank-a", "a coordinator (node 1)",
+// "host host".
 std::string describe(const DataDirIdentity& id) {
-  return id.kind == DataDirKind::Agent ? "agent " + id.name : "a coordinator (node " + std::to_string(id.nodeId) + ")";
+  switch (id.kind) {
+    case DataDirKind::Agent: return "agent " + id.name;
+    case DataDirKind::Host: return "host " + id.name;
+    case DataDirKind::Coordinator: break;
+  }
+  return "a coordinator (node " + std::to_string(id.nodeId) + ")";
 }
 
 std::optional<std::string> mismatch(const std::string& path, const DataDirIdentity& id, const DataDirOwner& want) {
@@ -118,9 +131,9 @@ std::optional<std::string> mismatch(const std::string& path, const DataDirIdenti
   if (id.kind != want.kind) {
     return head + describe(id) + ", not " + kindWithArticle(want.kind) + " (check data_dir / --data-dir)";
   }
-  std::string hint = want.kind == DataDirKind::Agent
-                         ? " (check --name and --data-dir, or name and data_dir in the config)"
-                         : " (check node_id and data_dir in the config, or --data-dir)";
+  std::string hint = want.kind == DataDirKind::Agent         ? " (check --name and --data-dir, or name and data_dir in the config)"
+                     : want.kind == DataDirKind::Coordinator ? " (check node_id and data_dir in the config, or --data-dir)"
+                                                             : " (check --data-dir)";
   if (want.kind == DataDirKind::Coordinator && id.nodeId != want.nodeId) {
     return head + "coordinator node " + std::to_string(id.nodeId) + ", not node " + std::to_string(want.nodeId) + hint;
   }
@@ -182,7 +195,14 @@ bool parseNumber(const std::string& s, T& out) {
 
 }  // namespace
 
-const char* dataDirKindName(DataDirKind k) { return k == DataDirKind::Agent ? "agent" : "coordinator"; }
+const char* dataDirKindName(DataDirKind k) {
+  switch (k) {
+    case DataDirKind::Agent: return "agent";
+    case DataDirKind::Host: return "host";
+    case DataDirKind::Coordinator: break;
+  }
+  return "coordinator";
+}
 
 std::string formatIdentity(const DataDirIdentity& id) {
   return std::string("# Keel data directory identity: written once when the directory was initialised\n"
@@ -225,8 +245,10 @@ DataDirIdentity parseIdentity(const std::string& text, const std::string& where)
     id.kind = DataDirKind::Agent;
   } else if (kind == "coordinator") {
     id.kind = DataDirKind::Coordinator;
+  } else if (kind == "host") {
+    id.kind = DataDirKind::Host;
   } else {
-    throw damaged("kind '" + kind + "' is neither agent nor coordinator");
+    throw damaged("kind '" + kind + "' is not agent, coordinator or host");
   }
   id.name = get("name");
   if (id.name.empty()) throw damaged("name is empty");

@@ -33,13 +33,14 @@
 
 namespace keel {
 
-enum class DataDirKind : std::uint8_t { Coordinator, Agent };
-const char* dataDirKindName(DataDirKind k);  // "coordinator" / "agent"
+// Host: keel-host, the reference try/confirm/cancel host (tools/host/).
+enum class DataDirKind : std::uint8_t { Coordinator, Agent, Host };
+const char* dataDirKindName(DataDirKind k);  // "coordinator" / "agent" / "host"
 
 // What a directory is: the content of keel.identity.
 struct DataDirIdentity {
   DataDirKind kind = DataDirKind::Agent;
-  std::string name;             // the agent's name; "coordinator" for a coordinator
+  std::string name;             // the agent's name; "coordinator" for a coordinator, "host" for keel-host
   std::uint16_t nodeId = 0;     // the coordinator's node_id; 0 for an agent
   std::string instanceId;       // 32 hex digits, random, fixed at creation
   std::uint64_t createdUs = 0;  // unix time of creation
@@ -51,7 +52,7 @@ struct DataDirOwner {
   DataDirKind kind = DataDirKind::Agent;
   std::string name;
   std::uint16_t nodeId = 0;
-  std::string program;  // "keel-coordinator", "keel-agent": written into keel.lock
+  std::string program;  // "keel-coordinator", "keel-agent", "keel-host": written into keel.lock
 };
 
 // A refused directory; what() is the message for the operator.

@@ -259,6 +259,26 @@ TEST_F(DataDirTest, IdentityTextRoundTrips) {
   }
 }
 
+TEST_F(DataDirTest, AHostDirectoryIsOwnedLikeAnAgentsAndRefusedToOthers) {
+  DataDirOwner host{DataDirKind::Host, "host", 0, "keel-host"};
+  std::string path = tmp_.sub("host");
+  {
+    DataDir d(path, host, true);
+    EXPECT_EQ(d.identity().kind, DataDirKind::Host);
+    EXPECT_NE(slurp(path + "/keel.identity").find("kind = host\n"), std::string::npos);
+    auto msg = refusal(path, host, false);  // the lock: one process per directory
+    EXPECT_NE(msg.find("is in use by pid"), std::string::npos) << msg;
+  }
+  DataDir again(path, host, false);
+  EXPECT_EQ(parseIdentity(slurp(path + "/keel.identity"), "f").kind, DataDirKind::Host);
+  auto msg = refusal(path, agent("bank-a"), false);
+  EXPECT_NE(msg.find("belongs to host host, not an agent"), std::string::npos) << msg;
+  std::string a = tmp_.sub("bank-a");
+  initialise(a, agent("bank-a"));
+  msg = refusal(a, host, false);
+  EXPECT_NE(msg.find("belongs to agent bank-a, not a host (keel-host)"), std::string::npos) << msg;
+}
+
 TEST_F(DataDirTest, InspectReadsWithoutTheLockAndRefusesWhatIsNotThere) {
   std::string c = tmp_.sub("coord");
   DataDir live(c, coordinator(1), true);
