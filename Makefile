@@ -9,7 +9,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps configure build demo demo-postgres demo-cluster test test-asan asan-build fuzz bench clean
+.PHONY: all deps configure build demo demo-postgres demo-cluster demo-host test test-asan asan-build fuzz bench clean
 
 all: build
 
@@ -32,6 +32,12 @@ demo: build
 # transactions in one database (docs/postgres.md, "The demo").
 demo-postgres: build
 	$(BUILD)/bin/keel-demo --adapter postgres --fault none --baseline
+
+# bank-b is a host system that can only try, confirm and cancel (keel-host,
+# the reference host, behind a host agent; docs/hosts.md); keel-host is
+# SIGKILLed mid-load and restarted 5 s later.
+demo-host: build
+	$(BUILD)/bin/keel-demo --adapter host --fault host-kill --pause-seconds 5
 
 # A coordinator cluster: 3 etcd members, 3 coordinators and two ledger agents
 # on loopback; one coordinator SIGKILLed mid-load and taken over by a survivor.

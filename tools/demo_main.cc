@@ -73,6 +73,7 @@ struct Demo {
   std::map<std::string, std::uint64_t> otherReasons;  // why transfers not meant to fail were rolled back
   bool pg = false;                         // postgres agents: transfers are SQL
   bool batch = true;                       // client submits travel in submitBatch messages
+  keel::HostProcess* host = nullptr;       // --adapter host: bank-b's host system (host-kill)
 
   std::string account(std::size_t agent, std::size_t i) {
     return cluster.agentNames()[agent] + ":" + keel::bank::accountName(i);
@@ -146,6 +147,20 @@ struct Demo {
   // bank-b fails while transfers run: killed and restarted at once, or
   // paused (SIGSTOP: connections stay open, nothing answers) for a while.
   kj::Promise<void> injectAgentFault() {
+    if (fault == "host-kill") {
+      // The host system itself dies; bank-b's agent stays up, its branches
+      // wait, and its health probe tells the coordinator the host is gone.
+      noteFault(host->running());
+      std::printf("  >>> SIGKILL keel-host behind bank-b (%u transfers in flight), restarting it after %u s\n",
+                  next - done, pauseSeconds);
+      host->kill(SIGKILL);
+      return io.provider->getTimer().afterDelay(pauseSeconds * kj::SECONDS).then([this]() {
+        host->start();
+        healUs = keel::wallMicros();
+        endLine();
+        std::printf("  >>> keel-host serving again: bank-b's branches are confirmed or cancelled\n");
+      });
+    }
     noteFault(cluster.agentRunning("bank-b"));
     if (fault == "agent-kill") {
       std::printf("  >>> SIGKILL bank-b (%u transfers in flight), restarting it at once\n", next - done);
@@ -183,7 +198,8 @@ struct Demo {
     return io.provider->getTimer().afterDelay(5 * kj::MILLISECONDS).then([this]() -> kj::Promise<void> {
       if (done < transfers && ++ticks % 100 == 0) progress(false);
       if (done >= transfers) return kj::READY_NOW;
-      if (!killed && done >= transfers * 2 / 5 && (fault == "agent-kill" || fault == "agent-pause")) {
+      if (!killed && done >= transfers * 2 / 5 &&
+          (fault == "agent-kill" || fault == "agent-pause" || fault == "host-kill")) {
         killed = true;
         endLine();
         return injectAgentFault().then([this]() { return monitor(); });
@@ -355,10 +371,11 @@ int main(int argc, char** argv) {
   std::string fault = "coordinator-kill";
   std::uint32_t pauseSeconds = 10;
   app.add_option("--fault", fault, "what fails at 40%: coordinator-kill, agent-kill (SIGKILL bank-b, restart at once), "
-                                   "agent-pause (SIGSTOP bank-b for --pause-seconds), none")
+                                   "agent-pause (SIGSTOP bank-b for --pause-seconds), host-kill (--adapter host: "
+                                   "SIGKILL keel-host, restart after --pause-seconds), none")
       ->capture_default_str()
-      ->check(CLI::IsMember({"coordinator-kill", "agent-kill", "agent-pause", "none"}));
-  app.add_option("--pause-seconds", pauseSeconds, "how long agent-pause keeps bank-b stopped")
+      ->check(CLI::IsMember({"coordinator-kill", "agent-kill", "agent-pause", "host-kill", "none"}));
+  app.add_option("--pause-seconds", pauseSeconds, "how long agent-pause keeps bank-b stopped (host-kill: keel-host down)")
       ->capture_default_str()
       ->check(CLI::Range(1u, 600u));
   std::string adapter = "ledger";
@@ -395,6 +412,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "keel-demo: %s is for --cluster\n", flag);
       return 2;
     }
+  }
+  if (fault == "host-kill" && adapter != "host") {
+    std::fprintf(stderr, "keel-demo: --fault host-kill kills the host system behind a host agent; it needs --adapter host\n");
+    return 2;
   }
   if (baseline && adapter != "postgres") {
     std::fprintf(stderr, "keel-demo: --baseline compares with PostgreSQL without Keel; it needs --adapter postgres\n");
@@ -496,6 +517,7 @@ int main(int argc, char** argv) {
     Demo demo(io, cluster, keel::bank::planTransfers(transfers, accounts, overdraw, 20261128));
     demo.fault = fault;
     demo.pg = pgServer != nullptr;
+    demo.host = host.get();
     demo.pauseSeconds = pauseSeconds;
     demo.client = keel::KeelClient::connect(io, cluster.coordinatorAddress()).wait(io.waitScope);
     demo.batch = !noBatch;

@@ -160,7 +160,7 @@ std::int64_t HostProcess::Books::total() const {
 
 std::int64_t HostProcess::Books::held() const {
   std::int64_t t = 0;
-  for (auto& [_, a] : accounts) t += a.held;
+  for (auto& [_, a] : accounts) t += a.held + a.incoming;
   return t;
 }
 
@@ -176,8 +176,8 @@ HostProcess::Books HostProcess::books() const {
   Books b;
   auto accounts = fetch("/v1/accounts");
   for (auto& a : accounts["accounts"].array()) {
-    b.accounts[a["name"].str()] =
-        Account{std::int64_t(a["balance"].number()), std::int64_t(a["held"].number())};
+    b.accounts[a["name"].str()] = Account{std::int64_t(a["balance"].number()), std::int64_t(a["held"].number()),
+                                          std::int64_t(a["incoming"].number())};
   }
   b.open = fetch("/v1/open")["open"].array().size();
   return b;

@@ -64,13 +64,13 @@ class HostProcess {
   void setFaults(const std::string& json) const;
 
   struct Account {
-    std::int64_t balance = 0, held = 0;
+    std::int64_t balance = 0, held = 0, incoming = 0;  // incoming: credits tried, not yet confirmed
   };
   struct Books {
     std::map<std::string, Account> accounts;
     std::size_t open = 0;  // tries neither confirmed nor cancelled
     std::int64_t total() const;
-    std::int64_t held() const;
+    std::int64_t held() const;      // holds and pending credits: 0 once every try is confirmed or cancelled
   };
   // GET /v1/accounts and /v1/open; throws if the host does not answer.
   Books books() const;

@@ -1,5 +1,7 @@
 #include "participant/adapters/host_http.h"
 
+#include <cstdlib>
+
 #include "common/fault.h"
 #include "common/strict_json.h"
 
@@ -48,16 +50,30 @@ kj::Promise<HostAnswer> HostHttp::post(HostCall call, const std::string& path, s
     return sent.then([resp = kj::mv(req.response)]() mutable { return kj::mv(resp); })
         .then([this, call, limit](kj::HttpClient::Response r) {
           unsigned status = r.statusCode;
-          // One byte over the limit tells "too long" from "exactly the limit".
-          return r.body->readAllText(limit + 1).attach(kj::mv(r.body)).then(
-              [this, call, status, limit](kj::String text) {
-                if (text.size() > limit) {
-                  return HostAnswer{HostAnswer::Kind::Breach, "",
-                                    "answer of status " + std::to_string(status) + " is longer than max_body_bytes (" +
-                                        std::to_string(limit) + ")"};
-                }
-                return read(call, status, std::string(text.cStr(), text.size()));
-              });
+          auto tooLong = [status, limit]() {
+            return HostAnswer{HostAnswer::Kind::Breach, "",
+                              "answer of status " + std::to_string(status) + " is longer than max_body_bytes (" +
+                                  std::to_string(limit) + ")"};
+          };
+          // A declared length over the limit is refused before reading it.
+          KJ_IF_MAYBE(len, r.headers->get(kj::HttpHeaderId::CONTENT_LENGTH)) {
+            char* end = nullptr;
+            unsigned long long n = std::strtoull(len->cStr(), &end, 10);
+            if (end != nullptr && *end == '\0' && n > limit) return kj::Promise<HostAnswer>(tooLong());
+          }
+          // One byte over the limit tells "too long" from "exactly the limit";
+          // kj stops reading there (and says so by an exception).
+          auto body = r.body->readAllText(limit + 1);
+          return body.attach(kj::mv(r.body))
+              .then(
+                  [this, call, status, limit, tooLong](kj::String text) {
+                    if (text.size() > limit) return tooLong();
+                    return read(call, status, std::string(text.cStr(), text.size()));
+                  },
+                  [tooLong](kj::Exception&& e) -> HostAnswer {
+                    if (e.getDescription().startsWith("Reached limit")) return tooLong();
+                    kj::throwFatalException(kj::mv(e));
+                  });
         });
   });
   return io_.getTimer()

@@ -1,6 +1,7 @@
 // HostBooks against docs/hosts.md: every row of the try, confirm and cancel
-// tables, idempotency, the tombstone, one way to end a key, credits posted
-// at try and reversed by cancel, and money conserved across it all.
+// tables, idempotency, the tombstone, one way to end a key, credits pending
+// until confirm (or, in the posting mode, posted at try and reversed by
+// cancel), and money conserved across it all.
 
 #include "tools/host/host_books.h"
 
@@ -19,9 +20,9 @@ constexpr std::int64_t kBalance = 1000;
 class HostBooksTest : public ::testing::Test {
  protected:
   HostBooksTest() { open(); }
-  void open() {
+  void open(CreditMode credits = CreditMode::Pending) {
     books_.reset();
-    books_ = std::make_unique<HostBooks>(dir_.path(), std::size_t(64) << 20);
+    books_ = std::make_unique<HostBooks>(dir_.path(), std::size_t(64) << 20, credits);
     write([&](lmdb::Txn& t) { return Answer{200, std::to_string(books_->ensureAccounts(t, 3, kBalance))}; });
   }
   // One call in its own committed write transaction, as keel-host's writer
@@ -207,7 +208,26 @@ TEST_F(HostBooksTest, ConfirmOfAKeyNeverTriedIsUnknown) {
   EXPECT_FALSE(books_->keyRecord("6.1.1/0"));  // and leaves nothing behind
 }
 
-TEST_F(HostBooksTest, CreditIsPostedAtTryAndReversedByCancelEvenBelowZero) {
+TEST_F(HostBooksTest, CreditIsPendingUntilConfirmAndCannotBeSpent) {
+  ASSERT_EQ(credit("7.1.1/0", "acct-1", 500).status, 200);
+  EXPECT_EQ(acct("acct-1").balance, kBalance);  // not visible before the decision
+  EXPECT_EQ(acct("acct-1").incoming, 500);
+  // Not spendable either: a debit beyond the balance is refused.
+  EXPECT_EQ(debit("7.1.2/0", "acct-1", kBalance + 1).status, 422);
+  ASSERT_EQ(credit("7.1.1/0", "acct-1", 500).status, 200);
+  EXPECT_EQ(acct("acct-1").incoming, 500);  // once
+  ASSERT_EQ(confirm("7.1.1/0").status, 200);
+  ASSERT_EQ(confirm("7.1.1/0").status, 200);
+  EXPECT_EQ(acct("acct-1").balance, kBalance + 500);  // posted once, at confirm
+  EXPECT_EQ(acct("acct-1").incoming, 0);
+  ASSERT_EQ(credit("7.3.1/0", "acct-2", 300).status, 200);
+  ASSERT_EQ(cancel("7.3.1/0").status, 200);
+  EXPECT_EQ(acct("acct-2").balance, kBalance);  // dropped, never posted
+  EXPECT_EQ(acct("acct-2").incoming, 0);
+}
+
+TEST_F(HostBooksTest, PostingModeCreditIsPostedAtTryAndReversedByCancelEvenBelowZero) {
+  open(CreditMode::PostAtTry);
   ASSERT_EQ(credit("7.1.1/0", "acct-1", 500).status, 200);
   EXPECT_EQ(acct("acct-1").balance, kBalance + 500);  // posted at try: visible before the decision
   EXPECT_EQ(acct("acct-1").held, 0);
@@ -243,17 +263,24 @@ TEST_F(HostBooksTest, MoneyIsConservedAndOpenTriesAreListed) {
       cancel(xid + "/1");
     }
   }
-  // Open: ten debits held (their credits posted): the sum of balances gains
-  // exactly what is held, until those are confirmed.
-  std::int64_t held = 0;
-  for (const auto& a : books_->accounts()) held += a.held;
+  // Open: ten debits held and ten credits pending: the balances have not
+  // moved until those are confirmed.
+  std::int64_t held = 0, incoming = 0;
+  for (const auto& a : books_->accounts()) {
+    held += a.held;
+    incoming += a.incoming;
+  }
   EXPECT_EQ(held, 70);
-  EXPECT_EQ(totalBalance(), total + 70);
+  EXPECT_EQ(incoming, 70);
+  EXPECT_EQ(totalBalance(), total);
   auto open = books_->openTries();
   EXPECT_EQ(open.size(), 20u);  // ten debits, ten credits
   for (const auto& o : open) EXPECT_EQ(confirm(o.key).status, 200) << o.key;
   EXPECT_EQ(totalBalance(), total);
-  for (const auto& a : books_->accounts()) EXPECT_EQ(a.held, 0) << a.name;
+  for (const auto& a : books_->accounts()) {
+    EXPECT_EQ(a.held, 0) << a.name;
+    EXPECT_EQ(a.incoming, 0) << a.name;
+  }
   auto s = books_->stats();
   EXPECT_EQ(s.tried, 60u);
   EXPECT_EQ(s.confirmed, 40u);

@@ -32,6 +32,7 @@ class Reader {
     need(1);
     return static_cast<std::uint8_t>(s_[at_++]);
   }
+  bool more() const { return at_ < s_.size(); }
   std::string string() {
     std::uint64_t n = u64();
     need(n);
@@ -58,13 +59,17 @@ KeyRecord decodeKey(std::string_view v) {
   r.account = rd.string();
   r.ref = rd.string();
   r.reason = rd.string();
+  if (rd.more()) r.posted = rd.byte() != 0;  // absent in records of the first version: not posted
   return r;
 }
 
 Account decodeAccount(std::string_view name, std::string_view v) {
   Reader r(v, "account");
-  std::int64_t balance = std::int64_t(r.u64());
-  return Account{std::string(name), balance, std::int64_t(r.u64())};
+  Account a{std::string(name), 0, 0, 0};
+  a.balance = std::int64_t(r.u64());
+  a.held = std::int64_t(r.u64());
+  if (r.more()) a.incoming = std::int64_t(r.u64());
+  return a;
 }
 
 std::string q(std::string_view s) { return "\"" + jsonEscape(s) + "\""; }
@@ -93,8 +98,8 @@ const char* stateCounter(KeyState s) {
 
 const char* opKindName(OpKind k) { return k == OpKind::Debit ? "debit" : "credit"; }
 
-HostBooks::HostBooks(const std::string& dir, std::size_t mapSizeBytes)
-    : env_(dir, lmdb::EnvOptions{.mapSize = mapSizeBytes}) {
+HostBooks::HostBooks(const std::string& dir, std::size_t mapSizeBytes, CreditMode credits)
+    : env_(dir, lmdb::EnvOptions{.mapSize = mapSizeBytes}), credits_(credits) {
   accounts_ = env_.openDb("accounts");
   keys_ = env_.openDb("keys");
   meta_ = env_.openDb("meta");
@@ -135,8 +140,11 @@ Answer HostBooks::tryOp(lmdb::Txn& txn, const TryCall& call) {
   }
   if (call.kind == OpKind::Debit) {
     acct->held += call.amount;  // the hold
-  } else {
+  } else if (credits_ == CreditMode::PostAtTry) {
     acct->balance += call.amount;  // posted at try
+    rec.posted = true;
+  } else {
+    acct->incoming += call.amount;  // pending until confirm
   }
   writeAccount(txn, *acct);
   std::uint64_t n = meta(txn, "next_ref") + 1;
@@ -159,13 +167,18 @@ Answer HostBooks::confirm(lmdb::Txn& txn, std::string_view key) {
     case KeyState::Tombstone: return kCancelled409;
     case KeyState::Tried: break;
   }
-  if (r->kind == OpKind::Debit) {
+  if (r->kind == OpKind::Debit || !r->posted) {
     auto acct = readAccount(txn, r->account);
     if (!acct) {
       throw std::runtime_error("keel-host: account " + r->account + " of key " + std::string(key) + " is gone");
     }
-    acct->balance -= r->amount;  // the hold becomes the posting
-    acct->held -= r->amount;
+    if (r->kind == OpKind::Debit) {
+      acct->balance -= r->amount;  // the hold becomes the posting
+      acct->held -= r->amount;
+    } else {
+      acct->balance += r->amount;  // the pending credit is posted
+      acct->incoming -= r->amount;
+    }
     writeAccount(txn, *acct);
   }
   r->state = KeyState::Confirmed;
@@ -202,15 +215,17 @@ void HostBooks::undo(lmdb::Txn& txn, const KeyRecord& r) {
   if (!acct) throw std::runtime_error("keel-host: account " + r.account + " of a cancelled try is gone");
   if (r.kind == OpKind::Debit) {
     acct->held -= r.amount;  // release the hold
-  } else {
+  } else if (r.posted) {
     acct->balance -= r.amount;  // reverse the posting (may go negative, see the header)
+  } else {
+    acct->incoming -= r.amount;  // drop the pending credit
   }
   writeAccount(txn, *acct);
 }
 
 Answer HostBooks::openAccount(lmdb::Txn& txn, std::string_view name, std::int64_t balance) {
   if (readAccount(txn, name)) return {409, "{\"error\":" + q("account " + std::string(name) + " exists") + "}"};
-  Account a{std::string(name), balance, 0};
+  Account a{std::string(name), balance, 0, 0};
   writeAccount(txn, a);
   return {200, accountJson(a)};
 }
@@ -220,7 +235,7 @@ std::size_t HostBooks::ensureAccounts(lmdb::Txn& txn, std::size_t n, std::int64_
   for (std::size_t i = 0; i < n; ++i) {
     std::string name = "acct-" + std::to_string(i);
     if (readAccount(txn, name)) continue;
-    writeAccount(txn, Account{name, balance, 0});
+    writeAccount(txn, Account{name, balance, 0, 0});
     ++created;
   }
   return created;
@@ -283,6 +298,7 @@ void HostBooks::writeAccount(lmdb::Txn& txn, const Account& a) {
   std::string v;
   putU64(v, std::uint64_t(a.balance));
   putU64(v, std::uint64_t(a.held));
+  putU64(v, std::uint64_t(a.incoming));
   txn.put(accounts_, a.name, v);
 }
 
@@ -300,6 +316,7 @@ void HostBooks::writeKey(lmdb::Txn& txn, std::string_view key, const KeyRecord& 
   putString(v, r.account);
   putString(v, r.ref);
   putString(v, r.reason);
+  v.push_back(char(r.posted ? 1 : 0));
   txn.put(keys_, key, v);
 }
 
@@ -321,7 +338,7 @@ void HostBooks::setMeta(lmdb::Txn& txn, std::string_view name, std::uint64_t v) 
 
 std::string accountJson(const Account& a) {
   return "{\"name\":" + q(a.name) + ",\"balance\":" + std::to_string(a.balance) +
-         ",\"held\":" + std::to_string(a.held) + "}";
+         ",\"held\":" + std::to_string(a.held) + ",\"incoming\":" + std::to_string(a.incoming) + "}";
 }
 
 std::string accountsJson(const std::vector<Account>& all) {

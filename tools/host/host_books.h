@@ -4,7 +4,8 @@
 //
 // One LMDB environment in the host's data directory:
 //
-//   accounts  name -> balance, held (int64 each). Available = balance - held.
+//   accounts  name -> balance, held, incoming (int64 each). Available =
+//             balance - held: neither a hold nor a pending credit can be spent.
 //   keys      idempotency key -> what the host did for it (KeyRecord): the
 //             state the key ended in and the operation it was tried with, so
 //             a repeated call gets the same answer and no second effect.
@@ -14,11 +15,19 @@
 // Effects per operation:
 //   debit   try holds the amount (held += a); confirm posts the hold
 //           (balance -= a, held -= a); cancel releases it (held -= a).
-//   credit  posted at try (balance += a); confirm changes nothing but the
-//           key's state; cancel reverses it (balance -= a). A reversal is
-//           applied even if the account has spent the credit meanwhile: the
-//           balance may go negative (a real host would book an overdraft;
-//           refusing would leave a credit Keel rolled back in place).
+//   credit  by default a pending credit at try (incoming += a), posted at
+//           confirm (balance += a, incoming -= a), dropped at cancel
+//           (incoming -= a): nobody sees or spends money the decision may
+//           still take away. With CreditMode::PostAtTry (keel-host
+//           --post-credits-at-try, a host that posts at once) it is posted
+//           at try (balance += a); confirm changes nothing but the key's
+//           state; cancel reverses it (balance -= a). A reversal is applied
+//           even if the account has spent the credit meanwhile: the balance
+//           may go negative (a real host would book an overdraft; refusing
+//           would leave a credit Keel rolled back in place). That is the
+//           isolation caveat of docs/hosts.md, shown on purpose. Each key
+//           remembers how its try was applied, so a restart in the other
+//           mode still confirms and cancels it right.
 //
 // A key's states (KeyState):
 //   Tried      a try was applied (held or posted) and waits for confirm or
@@ -72,8 +81,12 @@ struct TryCall {
 struct Account {
   std::string name;
   std::int64_t balance = 0;
-  std::int64_t held = 0;
+  std::int64_t held = 0;      // debits tried, not yet confirmed or cancelled
+  std::int64_t incoming = 0;  // credits tried (pending mode), not yet confirmed or cancelled
 };
+
+// How a credit's try is applied (see the header comment).
+enum class CreditMode : std::uint8_t { Pending, PostAtTry };
 
 // What the host keeps per key.
 struct KeyRecord {
@@ -83,6 +96,7 @@ struct KeyRecord {
   std::string account;
   std::string ref;     // "H-<n>" for an applied try
   std::string reason;  // a refusal's reason
+  bool posted = false;  // a credit posted at try (CreditMode::PostAtTry)
 };
 
 // A try in state Tried (GET /v1/open).
@@ -109,7 +123,7 @@ class HostBooks {
 
   // Opens (creating) the environment in `dir`, an existing directory
   // (DataDir's job).
-  HostBooks(const std::string& dir, std::size_t mapSizeBytes);
+  HostBooks(const std::string& dir, std::size_t mapSizeBytes, CreditMode credits = CreditMode::Pending);
 
   lmdb::Env& env() { return env_; }
 
@@ -147,6 +161,7 @@ class HostBooks {
 
   lmdb::Env env_;
   MDB_dbi accounts_, keys_, meta_;
+  CreditMode credits_;
 };
 
 // JSON renderings for the read endpoints.

@@ -51,6 +51,10 @@ int main(int argc, char** argv) {
   app.add_option("--crash-at", crashAt,
                  "FAULT: CALL:WHEN (try|confirm|cancel|any : before|after): exit with status 86 on the first "
                  "matching call, before applying it or after it is durable but before answering");
+  bool postCredits = false;
+  app.add_flag("--post-credits-at-try", postCredits,
+               "post a credit at try and reverse it at cancel, as hosts that post at once do (default: a pending "
+               "credit, posted at confirm; docs/hosts.md, \"Isolation\")");
   app.add_option("--seed", seed, "seed of the fault switches' randomness (default: random, logged)");
   try {
     app.parse(argc, argv);
@@ -72,7 +76,8 @@ int main(int argc, char** argv) {
   try {
     keel::DataDir dir(dataDir, keel::DataDirOwner{keel::DataDirKind::Host, "host", 0, "keel-host"},
                       init);  // held until exit
-    keel::host::HostBooks books(dir.path(), mapSizeMb << 20);
+    keel::host::HostBooks books(dir.path(), mapSizeMb << 20,
+                                postCredits ? keel::host::CreditMode::PostAtTry : keel::host::CreditMode::Pending);
     asio::io_context io;  // outlives the writer below: its answers are posted here
     keel::GroupCommitLog log(books.env());
     std::uint64_t s = seed ? *seed : std::random_device{}();
