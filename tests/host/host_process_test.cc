@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include <asio.hpp>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -52,8 +53,14 @@ class Client {
   }
   // Sends `request` as is and reads one answer.
   Reply raw(const std::string& request) {
+    send(request);
+    return read();
+  }
+  void send(const std::string& request) {
     std::error_code ec;
     asio::write(sock_, asio::buffer(request), ec);
+  }
+  Reply read() {
     Reply r;
     auto end = readUntil("\r\n\r\n");
     if (!end) return r;
@@ -307,6 +314,49 @@ TEST_F(HostProcessTest, WhatItCannotServeIsRefusedWithAReason) {
   EXPECT_EQ(r.status, 200);
   EXPECT_TRUE(r.closeHeader);
   EXPECT_TRUE(once.closedByServer());
+  stop();
+}
+
+TEST_F(HostProcessTest, ConcurrentCallsShareGroupCommits) {
+  unsigned port = start({"--init", "--accounts", "1", "--balance", "1000000"});
+  constexpr int kClients = 32, kCalls = 10;
+  std::vector<std::thread> clients;
+  std::atomic<int> tried{0};
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      Client c(port);
+      for (int k = 0; k < kCalls; ++k) {
+        if (c.post("/v1/debit/try", tryBody("5." + std::to_string(i) + ".1", k, "acct-0", 1)).status == 200) ++tried;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  Client c(port);
+  EXPECT_EQ(tried.load(), kClients * kCalls);
+  EXPECT_EQ(held(c, "acct-0"), kClients * kCalls);
+  auto s = c.get("/v1/stats").json();
+  EXPECT_EQ(s["calls"].whole(), std::uint64_t(kClients * kCalls));
+  // One commit per call would be kClients * kCalls (plus the accounts').
+  EXPECT_LT(s["commits"].whole(), std::uint64_t(kClients * kCalls / 2)) << c.get("/v1/stats").body;
+  stop();
+}
+
+TEST_F(HostProcessTest, PipelinedIdleAndSurplusConnections) {
+  unsigned port = start({"--init", "--idle-ms", "300", "--max-connections", "2"});
+  Client a(port);
+  a.send("GET /v1/health HTTP/1.1\r\n\r\nGET /v1/stats HTTP/1.1\r\n\r\n");  // two requests, one write
+  EXPECT_EQ(a.read().body, "{\"status\":\"ok\"}");
+  EXPECT_EQ(a.read().json()["calls"].whole(), 0u);
+  Client b(port);
+  EXPECT_EQ(b.get("/v1/health").status, 200);
+  Client surplus(port);
+  EXPECT_TRUE(surplus.closedByServer());  // a third connection is closed at once
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(a.closedByServer());  // idle for 300 ms
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 200ms);
+  EXPECT_TRUE(b.closedByServer());
+  Client c(port);  // the slots are free again
+  EXPECT_EQ(c.get("/v1/health").status, 200);
   stop();
 }
 

@@ -161,7 +161,10 @@ void HostService::handle(HttpRequest req, HttpReply reply) {
     } else if (p == "/v1/open") {
       if (only("GET")) reply.send({200, openJson(books_.openTries())});
     } else if (p == "/v1/stats") {
-      if (only("GET")) reply.send({200, statsJson(books_.stats())});
+      if (!only("GET")) return;
+      Stats st = books_.stats();
+      st.commits = log_.stats().commits.load(std::memory_order_relaxed);
+      reply.send({200, statsJson(st)});
     } else if (p == "/admin/faults") {
       if (m == "POST") {
         reply.send(adminFaults(req.body));
