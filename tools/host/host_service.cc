@@ -149,7 +149,7 @@ void HostService::handle(HttpRequest req, HttpReply reply) {
       if (!validAccountName(name)) throw BadRequest("account name '" + name + "' is not 1-64 of A-Z a-z 0-9 _ . -");
       std::int64_t balance = integer(j, "balance");
       if (balance < 0 || balance > HostBooks::kMaxAmount) throw BadRequest("balance must be 0..10^15");
-      write([this, name, balance](lmdb::Txn& txn) { return books_.openAccount(txn, name, balance); },
+      write([&books = books_, name, balance](lmdb::Txn& txn) { return books.openAccount(txn, name, balance); },
             [reply](Answer a, bool) mutable { reply.send(std::move(a)); });  // must be durable before reply
     } else if (p == "/v1/accounts") {
       if (only("GET")) reply.send({200, accountsJson(books_.accounts())});
@@ -220,9 +220,9 @@ void HostService::contractCall(const std::string& op, const std::string& call, c
     return reply.send(jsonError(500, "injected failure"), std::chrono::milliseconds(faults_.slowMs));
 
   write(
-      [this, call, t](lmdb::Txn& txn) {
-        if (call == "try") return books_.tryOp(txn, t);
-        return call == "confirm" ? books_.confirm(txn, t.key) : books_.cancel(txn, t.key);
+      [&books = books_, call, t](lmdb::Txn& txn) {
+        if (call == "try") return books.tryOp(txn, t);
+        return call == "confirm" ? books.confirm(txn, t.key) : books.cancel(txn, t.key);
       },
       // Runs once the group commit returned: the call's effect is durable.
       [this, reply, call, key = t.key, crashes](Answer a, bool failed) mutable {
