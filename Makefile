@@ -45,7 +45,7 @@ demo-cluster: build
 	$(BUILD)/bin/keel-demo --cluster
 
 # The whole test suite through ctest (labels: unit, integration, crash, postgres,
-# cluster, chaos, demo); it starts what it needs (PostgreSQL, etcd) on loopback.
+# cluster, chaos, demo, host); it starts what it needs (PostgreSQL, etcd) on loopback.
 # Then the unit and integration labels again in the ASan + UBSan build.
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(CTEST_ARGS)

@@ -361,7 +361,7 @@ std::string statsJson(const Stats& s) {
   return "{\"tried\":" + std::to_string(s.tried) + ",\"confirmed\":" + std::to_string(s.confirmed) +
          ",\"cancelled\":" + std::to_string(s.cancelled) + ",\"refused\":" + std::to_string(s.refused) +
          ",\"tombstones\":" + std::to_string(s.tombstones) + ",\"open\":" + std::to_string(s.open) +
-         ",\"calls\":" + std::to_string(s.calls) + "}";
+         ",\"calls\":" + std::to_string(s.calls) + ",\"commits\":" + std::to_string(s.commits) + "}";
 }
 
 }  // namespace keel::host

@@ -111,9 +111,12 @@ struct OpenTry {
 // GET /v1/stats. Keys counted by what happened to them: tried = tries
 // applied (open + confirmed + cancelled), cancelled = applied tries undone,
 // tombstones = cancels before any try. calls = every try, confirm and cancel
-// the books answered, repeats included.
+// the books answered, repeats included. commits = durable group commits of
+// this process (not kept across restarts; keel-host fills it from its
+// GroupCommitLog): well below calls under concurrent load.
 struct Stats {
   std::uint64_t tried = 0, confirmed = 0, cancelled = 0, refused = 0, tombstones = 0, open = 0, calls = 0;
+  std::uint64_t commits = 0;
 };
 
 class HostBooks {

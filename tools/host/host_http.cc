@@ -229,7 +229,7 @@ void HttpReply::send(Answer a, std::chrono::milliseconds delay) { conn_->send(st
 void HttpReply::drop() { conn_->close(); }
 
 HttpServer::HttpServer(asio::io_context& io, HttpHandler& handler, Limits limits)
-    : io_(io), handler_(handler), limits_(limits), acceptor_(io) {}
+    : io_(io), handler_(handler), limits_(limits), acceptor_(io), acceptRetry_(io) {}
 
 HttpServer::~HttpServer() { stop(); }
 
@@ -258,21 +258,29 @@ void HttpServer::startAccepting() { acceptNext(); }
 void HttpServer::stop() {
   std::error_code ec;
   acceptor_.close(ec);
+  acceptRetry_.cancel();
 }
 
 void HttpServer::acceptNext() {
   acceptor_.async_accept([this](std::error_code ec, tcp::socket s) {
     if (ec == asio::error::operation_aborted) return;  // stopped
-    if (!ec) {
-      if (*open_ >= limits_.maxConnections) {
-        s.close(ec);  // over the limit: closed at once, the client retries later
-      } else {
-        std::error_code ignored;
-        s.set_option(tcp::no_delay(true), ignored);
-        std::make_shared<HttpConnection>(std::move(s), handler_, limits_, open_)->start();
-      }
+    if (ec) {
+      // Out of descriptors, or a connection reset before it was accepted:
+      // try again shortly (at once would spin while descriptors are short).
+      acceptRetry_.expires_after(std::chrono::milliseconds(50));
+      acceptRetry_.async_wait([this](std::error_code e) {
+        if (!e) acceptNext();
+      });
+      return;
     }
-    acceptNext();  // a failed accept (EMFILE, a reset) does not stop the server
+    if (*open_ >= limits_.maxConnections) {
+      s.close(ec);  // over the limit: closed at once, the client retries later
+    } else {
+      std::error_code ignored;
+      s.set_option(tcp::no_delay(true), ignored);
+      std::make_shared<HttpConnection>(std::move(s), handler_, limits_, open_)->start();
+    }
+    acceptNext();
   });
 }
 

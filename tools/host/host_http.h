@@ -81,6 +81,7 @@ class HttpServer {
   HttpHandler& handler_;
   const Limits limits_;
   asio::ip::tcp::acceptor acceptor_;
+  asio::steady_timer acceptRetry_;  // after a failed accept (out of descriptors): not a busy loop
   std::shared_ptr<std::size_t> open_ = std::make_shared<std::size_t>(0);  // live connections
 };
 

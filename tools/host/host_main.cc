@@ -2,7 +2,7 @@
 // cancel over HTTP/JSON), with switches to misbehave.
 //
 //   keel-host --listen 127.0.0.1:7600 --data-dir DIR [--init] [--accounts N --balance B]
-//             [--map-size-mb M] [--ready-file F]
+//             [--map-size-mb M] [--ready-file F] [--idle-ms N] [--max-connections N]
 //             [--slow-ms N] [--drop-answers P] [--fail-rate P] [--crash-at CALL:WHEN] [--seed S]
 //
 // Start-up order, so that a refused start changes nothing: flags → data
@@ -41,6 +41,13 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t(0), keel::host::HostBooks::kMaxAmount));
   app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB (default 1024)")->check(CLI::PositiveNumber);
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
+  keel::host::HttpServer::Limits limits;
+  std::int64_t idleMs = limits.idle.count();
+  app.add_option("--idle-ms", idleMs, "close a connection idle this long (default 60000)")
+      ->check(CLI::Range(std::int64_t(1), std::int64_t(86'400'000)));
+  app.add_option("--max-connections", limits.maxConnections,
+                 "connections served at once; one more is closed at once (default 1024)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--slow-ms", faults.slowMs, "FAULT: delay every answer to a contract call this long")
       ->check(CLI::Range(std::int64_t(0), std::int64_t(600000)));
   app.add_option("--drop-answers", faults.dropAnswers,
@@ -82,7 +89,8 @@ int main(int argc, char** argv) {
     keel::GroupCommitLog log(books.env());
     std::uint64_t s = seed ? *seed : std::random_device{}();
     keel::host::HostService service(io, books, log, faults, s);
-    keel::host::HttpServer server(io, service, keel::host::HttpServer::Limits{});
+    limits.idle = std::chrono::milliseconds(idleMs);
+    keel::host::HttpServer server(io, service, limits);
     std::string bound = keel::withPort(listen, server.bind(listen));
     if (accounts > 0) {
       std::size_t created = log.runSync([&](keel::lmdb::Txn& txn) {  // the first write of this start

@@ -149,7 +149,7 @@ void HostService::handle(HttpRequest req, HttpReply reply) {
       if (!validAccountName(name)) throw BadRequest("account name '" + name + "' is not 1-64 of A-Z a-z 0-9 _ . -");
       std::int64_t balance = integer(j, "balance");
       if (balance < 0 || balance > HostBooks::kMaxAmount) throw BadRequest("balance must be 0..10^15");
-      write([this, name, balance](lmdb::Txn& txn) { return books_.openAccount(txn, name, balance); },
+      write([&books = books_, name, balance](lmdb::Txn& txn) { return books.openAccount(txn, name, balance); },
             [reply](Answer a, bool) mutable { reply.send(std::move(a)); });  // must be durable before reply
     } else if (p == "/v1/accounts") {
       if (only("GET")) reply.send({200, accountsJson(books_.accounts())});
@@ -161,7 +161,10 @@ void HostService::handle(HttpRequest req, HttpReply reply) {
     } else if (p == "/v1/open") {
       if (only("GET")) reply.send({200, openJson(books_.openTries())});
     } else if (p == "/v1/stats") {
-      if (only("GET")) reply.send({200, statsJson(books_.stats())});
+      if (!only("GET")) return;
+      Stats st = books_.stats();
+      st.commits = log_.stats().commits.load(std::memory_order_relaxed);
+      reply.send({200, statsJson(st)});
     } else if (p == "/admin/faults") {
       if (m == "POST") {
         reply.send(adminFaults(req.body));
@@ -217,9 +220,9 @@ void HostService::contractCall(const std::string& op, const std::string& call, c
     return reply.send(jsonError(500, "injected failure"), std::chrono::milliseconds(faults_.slowMs));
 
   write(
-      [this, call, t](lmdb::Txn& txn) {
-        if (call == "try") return books_.tryOp(txn, t);
-        return call == "confirm" ? books_.confirm(txn, t.key) : books_.cancel(txn, t.key);
+      [&books = books_, call, t](lmdb::Txn& txn) {
+        if (call == "try") return books.tryOp(txn, t);
+        return call == "confirm" ? books.confirm(txn, t.key) : books.cancel(txn, t.key);
       },
       // Runs once the group commit returned: the call's effect is durable.
       [this, reply, call, key = t.key, crashes](Answer a, bool failed) mutable {

@@ -25,7 +25,10 @@
 //   slow_ms       delay every answer this long
 //
 // Threads: everything on the io_context's thread except the jobs' apply
-// (writer thread), which only touches HostBooks and the job itself.
+// (writer thread), which only touches HostBooks and the job itself: never
+// the service, since the GroupCommitLog may finish queued jobs at shutdown
+// after the service is gone (HostBooks and the io_context must outlive the
+// GroupCommitLog; their answers are then never written).
 
 #include <asio.hpp>
 #include <cstdint>
