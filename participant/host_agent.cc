@@ -526,12 +526,11 @@ kj::Promise<void> HostAgent::drive(Xid xid) {
         case HostAnswer::Kind::Breach:
         case HostAnswer::Kind::Tried:
         case HostAnswer::Kind::Refused:
-          // Not an acknowledgement: retried, and said (only the host's
-          // acknowledgement ends a branch).
+          // Not an acknowledgement: retried, and said in the driver's
+          // periodic warning (only the host's acknowledgement ends a branch).
           hostAnswered();
-          it->second.lastError = a.reason;
-          KEEL_LOG_WARN("{} of {} op {}: the host broke the contract ({}); retrying", hostCallName(call), xid.str(), i,
-                        a.reason);
+          it->second.lastError = std::string(hostCallName(call)) + " of op " + std::to_string(i) +
+                                 ": the host broke the contract: " + a.reason;
           return;
         default:
           hostAnswered();
