@@ -306,7 +306,8 @@ kj::Promise<std::vector<BranchOutcome>> HostAgent::commit(std::uint64_t epoch, s
   if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
   struct Item {
     std::optional<BranchOutcome> now;  // answered from the record
-    std::vector<Op> ops;               // else: driven (confirm)
+    std::vector<Op> ops;               // else: driven
+    bool confirm = true;               // false: its cancels had begun (its end will say so)
   };
   return log_.log()
       .run([this, epoch, xids](lmdb::Txn& txn) {
@@ -336,7 +337,7 @@ kj::Promise<std::vector<BranchOutcome>> HostAgent::commit(std::uint64_t epoch, s
             rec->hostStep = step(HostStep::Confirming);  // durable before the first confirm
             log_.put(txn, *rec);
           }
-          out.push_back({std::nullopt, rec->ops});
+          out.push_back({std::nullopt, rec->ops, rec->hostStep != step(HostStep::Cancelling)});
         }
         return out;
       })
@@ -347,7 +348,7 @@ kj::Promise<std::vector<BranchOutcome>> HostAgent::commit(std::uint64_t epoch, s
             answers.add(*items[i].now);
             continue;
           }
-          enqueue(xids[i], true, std::move(items[i].ops));
+          enqueue(xids[i], items[i].confirm, std::move(items[i].ops));
           answers.add(waitFor(xids[i]).then([](BranchOutcome end) {
             // A branch that ended rolled back although commit was decided
             // (the host had cancelled it): the coordinator reports it heuristic.
@@ -367,6 +368,7 @@ kj::Promise<std::vector<BranchOutcome>> HostAgent::rollback(std::uint64_t epoch,
   struct Item {
     std::optional<BranchOutcome> now;
     std::vector<Op> ops;
+    bool confirm = false;  // a one-phase commit being confirmed: not cancelled
   };
   return log_.log()
       .run([this, epoch, xids](lmdb::Txn& txn) {
@@ -389,6 +391,16 @@ kj::Promise<std::vector<BranchOutcome>> HostAgent::rollback(std::uint64_t epoch,
             out.push_back({BranchOutcome::RolledBack, {}});
             continue;
           }
+          if (rec->hostStep == step(HostStep::Confirming)) {
+            // Its confirms have started (a one-phase branch the agent
+            // decided to commit, whose answer the coordinator never heard;
+            // or an operator's late override): the host may have confirmed
+            // some already, so they go on, and the answer is the branch's
+            // end as it is (committed: the coordinator tells an override
+            // it came too late, as a heuristic outcome).
+            out.push_back({std::nullopt, rec->ops, true});
+            continue;
+          }
           if (rec->hostStep != step(HostStep::Cancelling)) {
             KEEL_FAILPOINT("agent.before_rollback_durable");
             rec->hostStep = step(HostStep::Cancelling);  // durable before the first cancel
@@ -406,7 +418,7 @@ kj::Promise<std::vector<BranchOutcome>> HostAgent::rollback(std::uint64_t epoch,
             answers.add(*items[i].now);
             continue;
           }
-          enqueue(xids[i], false, std::move(items[i].ops));
+          enqueue(xids[i], items[i].confirm, std::move(items[i].ops));
           answers.add(waitFor(xids[i]));
         }
         return kj::joinPromises(answers.releaseAsArray());

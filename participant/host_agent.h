@@ -14,6 +14,8 @@
 //                  the host
 //  PREPARED tried --commit--> PREPARED confirming  durable BEFORE the first confirm
 //  ACTIVE/PREPARED --rollback--> cancelling        durable BEFORE the first cancel
+//                  (a branch already confirming goes on confirming: the
+//                  host may have confirmed part of it; the answer says so)
 //  confirming --every confirm acknowledged--> COMMITTED
 //  cancelling --every cancel acknowledged--> ROLLED BACK
 //

@@ -268,6 +268,37 @@ TEST_F(HostAgentTest, CancelOvertakingTryRefusesTheLateTry) {
   expectSettled();
 }
 
+// A one-phase branch the agent decided to commit while its host was down:
+// a rollback asking about it later (the coordinator never heard the
+// answer) gets "committed", and the host's try is confirmed, not cancelled.
+TEST_F(HostAgentTest, RollbackOfAOnePhaseBranchTheAgentCommittedAnswersCommitted) {
+  host_->stop();
+  host_->start({"--crash-at", "confirm:before"});
+  auto info = client_->info().wait(io_.waitScope);
+  auto c = AgentClient::connect(io_, cluster_->agentAddress("card")).wait(io_.waitScope);
+  Xid xid{makeSeq(1, 0xffff0), 0};
+  auto req = c->capability().commitOnePhaseRequest();
+  req.setEpoch(info.epoch);
+  req.initXid().setSeq(xid.seq);
+  req.getXid().setBranch(xid.branch);
+  fillOps(req.initOperations(2), {Op{"card", OpKind::Debit, "acct-3", 7}, Op{"card", OpKind::Credit, "acct-4", 7}});
+  auto r = req.send().wait(io_.waitScope);
+  EXPECT_EQ(r.getOutcome(), wire::BranchOutcome::COMMITTED) << r.getReason().cStr();
+  EXPECT_NE(host_->waitExit(std::chrono::seconds(5)), -1) << "the host never crashed at confirm";
+  host_->start();
+  auto rb = c->capability().rollbackRequest();
+  rb.setEpoch(info.epoch);
+  auto l = rb.initXids(1);
+  l[0].setSeq(xid.seq);
+  l[0].setBranch(xid.branch);
+  auto out = rb.send().wait(io_.waitScope);
+  EXPECT_EQ(out.getOutcomes()[0], wire::BranchOutcome::COMMITTED);
+  expectSettled();
+  auto b = host_->books();
+  EXPECT_EQ(b.accounts["acct-3"].balance, kHostBalance - 7);
+  EXPECT_EQ(b.accounts["acct-4"].balance, kHostBalance + 7);
+}
+
 TEST_F(HostAgentTest, RepeatedConfirmAndCancelChangeNothing) {
   auto o = submit(transferOps("card:acct-2", "bank-a:alice", 12));
   ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
