@@ -340,6 +340,17 @@ RollbackRecord decodeRollback(std::string_view bytes) {
 
 // ------------------------------------------------------------ branch, account
 
+const char* hostStepName(std::uint8_t step) {
+  switch (HostStep(step)) {
+    case HostStep::None: return "";
+    case HostStep::Trying: return "trying";
+    case HostStep::Tried: return "tried";
+    case HostStep::Confirming: return "confirming";
+    case HostStep::Cancelling: return "cancelling";
+  }
+  return "?";
+}
+
 std::string encode(const BranchRecord& r) {
   RecordBuilder rb;
   auto& msg = rb.msg();

@@ -142,6 +142,12 @@ const char* branchStateName(InteractionRecord::BranchState s);
 enum class BranchStatus : std::uint8_t { Active = 0, Prepared = 1, Committed = 2, RolledBack = 3 };
 const char* branchStatusName(BranchStatus s);
 
+// BranchRecord::hostStep of adapter host (participant/host_agent.h: where a
+// branch is in its calls to the host); None for the other adapters.
+enum class HostStep : std::uint8_t { None = 0, Trying = 1, Tried = 2, Confirming = 3, Cancelling = 4 };
+// "trying", "tried", "confirming", "cancelling"; "" for None; "?" otherwise.
+const char* hostStepName(std::uint8_t step);
+
 // One branch in the agent's branch log.
 struct BranchRecord {
   Xid xid;

@@ -65,6 +65,12 @@ void fillBranchInfo(wire::BranchInfo::Builder b, const BranchRecord& r, bool wit
   b.setTombstone(r.tombstone);
   b.setCreatedAtUs(r.createdUs);
   if (withOps) fillOps(b.initOperations(r.ops.size()), r.ops);
+  b.setHostStep(hostStepName(r.hostStep));
+  if (!r.hostRefs.empty()) {
+    auto refs = b.initHostRefs(r.hostRefs.size());
+    for (unsigned i = 0; i < r.hostRefs.size(); ++i) refs.set(i, r.hostRefs[i]);
+  }
+  b.setReason(r.reason);
 }
 
 }  // namespace

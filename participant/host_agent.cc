@@ -9,17 +9,6 @@
 
 namespace keel {
 
-const char* hostStepName(std::uint8_t step) {
-  switch (HostStep(step)) {
-    case HostStep::None: return "";
-    case HostStep::Trying: return "trying";
-    case HostStep::Tried: return "tried";
-    case HostStep::Confirming: return "confirming";
-    case HostStep::Cancelling: return "cancelling";
-  }
-  return "?";
-}
-
 namespace {
 
 std::uint8_t step(HostStep s) { return std::uint8_t(s); }

@@ -48,9 +48,7 @@
 
 namespace keel {
 
-// BranchRecord::hostStep for adapter host.
-enum class HostStep : std::uint8_t { None = 0, Trying = 1, Tried = 2, Confirming = 3, Cancelling = 4 };
-const char* hostStepName(std::uint8_t step);
+// HostStep (BranchRecord::hostStep) and hostStepName: common/records.h.
 
 struct HostAgentOptions {
   std::string name;

@@ -91,6 +91,9 @@ struct BranchInfo {
   createdAtUs @5 :UInt64;   # first seen by the agent (unix microseconds)
   operations @6 :List(Operation);  # the branch's operations (recover only: the
                                    # coordinator's sweep tells the whole story)
+  hostStep @7 :Text;        # adapter host: trying / tried / confirming / cancelling ("" otherwise)
+  hostRefs @8 :List(Text);  # adapter host: the host's reference per operation
+  reason @9 :Text;          # why it ended as it did, or why it is being cancelled
 }
 
 struct AccountInfo {

@@ -180,6 +180,13 @@ TEST_F(HostAgentTest, HostDownDuringConfirmCommitsWhenItIsBack) {
   auto q = query(o.seq);
   ASSERT_TRUE(q);
   EXPECT_EQ(q->interaction.state, InteractionRecord::State::Committing);
+  // An operator sees where the branch is with the host, and its reference.
+  auto shown = run(binDir() + "/keelctl branches --agent " + cluster_->agentAddress("card"));
+  EXPECT_NE(shown.output.find("host confirming (refs H-"), std::string::npos) << shown.output;
+  auto js = runStdout(binDir() + "/keelctl branches --json --agent " + cluster_->agentAddress("card"));
+  auto j = JsonReader::parse(js.output);
+  ASSERT_EQ(j["unfinished"].array().size(), 1u) << js.output;
+  EXPECT_EQ(j["unfinished"].array()[0]["host_step"].str(), "confirming");
   host_->start();
   EXPECT_EQ(finalState(o.seq), InteractionRecord::State::Committed);
   expectSettled();

@@ -230,8 +230,16 @@ int Commands::branches(const std::string& agentAddr) {
   auto resp = ex->wait(req.send());
   std::vector<BranchView> branches;
   for (auto b : resp.getBranches()) {
-    branches.push_back(BranchView{Xid{b.getXid().getSeq(), b.getXid().getBranch()},
-                                  b.getState() == wire::BranchState::PREPARED, b.getEpoch(), b.getPreparedAtUs()});
+    BranchView v{Xid{b.getXid().getSeq(), b.getXid().getBranch()}, b.getState() == wire::BranchState::PREPARED,
+                 b.getEpoch(), b.getPreparedAtUs()};
+    // From the agent: shown as text only, never trusted beyond that.
+    v.hostStep = std::string(b.getHostStep().cStr()).substr(0, 32);
+    for (auto ref : b.getHostRefs()) {
+      if (v.hostRefs.size() == 64) break;
+      v.hostRefs.emplace_back(std::string(ref.cStr()).substr(0, 256));
+    }
+    v.reason = std::string(b.getReason().cStr()).substr(0, 1024);
+    branches.push_back(std::move(v));
   }
   printBranches(out_, ex->wait(agent->inspect()), branches, g_.json);
   return kExitDone;

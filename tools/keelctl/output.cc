@@ -250,7 +250,14 @@ void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vect
     for (auto& b : branches) {
       out << (first ? "" : ",") << "{\"xid\":" << q(xidNumber(b.xid)) << ",\"xid_text\":" << q(b.xid.str())
           << ",\"state\":\"" << (b.prepared ? "prepared" : "active") << "\",\"epoch\":" << b.epoch
-          << ",\"prepared_us\":" << b.preparedUs << "}";
+          << ",\"prepared_us\":" << b.preparedUs;
+      if (!b.hostStep.empty()) {
+        out << ",\"host_step\":" << q(b.hostStep) << ",\"host_refs\":[";
+        for (std::size_t i = 0; i < b.hostRefs.size(); ++i) out << (i ? "," : "") << q(b.hostRefs[i]);
+        out << "]";
+      }
+      if (!b.reason.empty()) out << ",\"reason\":" << q(b.reason);
+      out << "}";
       first = false;
     }
     out << "],\"held\":" << snap.held() << ",\"total\":" << snap.total() << "}\n";
@@ -262,6 +269,15 @@ void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vect
   for (auto& b : branches) {
     out << "  " << b.xid.str() << "  " << (b.prepared ? "prepared" : "active") << "  epoch " << b.epoch;
     if (b.preparedUs != 0 && now > b.preparedUs) out << "  for " << (now - b.preparedUs) / 1000 << " ms";
+    if (!b.hostStep.empty()) {
+      out << "  host " << b.hostStep;
+      std::string refs;
+      for (auto& r : b.hostRefs) {
+        if (!r.empty()) refs += (refs.empty() ? "" : ",") + r;
+      }
+      if (!refs.empty()) out << " (refs " << refs << ")";
+    }
+    if (!b.reason.empty()) out << "  " << b.reason;
     out << "\n";
   }
 }

@@ -68,6 +68,9 @@ struct BranchView {
   bool prepared = false;  // else active
   std::uint64_t epoch = 0;
   Micros preparedUs = 0;
+  std::string hostStep;               // adapter host: where its calls to the host are
+  std::vector<std::string> hostRefs;  // adapter host: the host's references
+  std::string reason;
 };
 void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vector<BranchView>& branches, bool json);
 // forget: how many branch records were dropped and those refused (not finished).
