@@ -9,6 +9,7 @@
 #include "common/config.h"
 #include "tests/integration/cluster_fixture.h"
 #include "tools/bank_sql.h"
+#include "tools/host_process.h"
 
 namespace keel::test {
 namespace {
@@ -190,6 +191,54 @@ TEST_F(ConfigTest, PostgresExampleDeclaresTheBanksStatements) {
     EXPECT_EQ(e.sql, d.sql) << name;
     EXPECT_EQ(e.params, d.params) << name;
     EXPECT_EQ(e.expectRows, d.expectRows) << name;
+  }
+}
+
+// docs/examples/agent-host.toml maps both operations onto keel-host's
+// endpoints, as the tools' operations file does (writeHostOperations).
+TEST_F(ConfigTest, HostExampleLoadsAndMatchesTheTools) {
+  auto a = loadAgentConfig(std::string(KEEL_SOURCE_DIR) + "/docs/examples/agent-host.toml");
+  EXPECT_EQ(a.adapter, "host");
+  EXPECT_EQ(a.host.url, "http://127.0.0.1:7600");
+  EXPECT_EQ(a.host.tryBudgetMs, 1500u);
+  auto tools = loadHostOperations(writeHostOperations(dir_));
+  ASSERT_EQ(a.host.operations.size(), tools.size());
+  for (auto& [name, op] : tools) {
+    ASSERT_EQ(a.host.operations.count(name), 1u) << name;
+    EXPECT_EQ(a.host.operations.at(name).tryPath, op.tryPath) << name;
+    EXPECT_EQ(a.host.operations.at(name).confirmPath, op.confirmPath) << name;
+    EXPECT_EQ(a.host.operations.at(name).cancelPath, op.cancelPath) << name;
+  }
+}
+
+TEST_F(ConfigTest, HostSectionRejectsBadValues) {
+  const std::string agent = "[agent]\nname = \"card\"\nadapter = \"host\"\n";
+  const std::string ops = "[host.operations.debit]\ntry = \"/t\"\nconfirm = \"/c\"\ncancel = \"/x\"\n";
+  struct Case {
+    std::string toml, expect;
+  } cases[] = {
+      {agent + "[host]\nurl = \"https://h:1\"\n", "https is not supported"},
+      {agent + "[host]\nurl = \"ftp://h:1\"\n", "must be http://HOST:PORT"},
+      {agent + "[host]\nurl = \"http://h:1/api\"\n", "no path"},
+      {agent + "[host]\nurl = \"http://127.0.0.1:99999\"\n", "out of range"},
+      {agent + "[host]\ncall_timeout_ms = 0\n", "[host] call_timeout_ms = 0 is out of range"},
+      {agent + "[host]\nretry_initial_ms = 500\nretry_max_ms = 100\n", "retry_max_ms = 100 is below retry_initial_ms"},
+      {agent + "[host]\nmax_body_bytes = 10\n", "out of range"},
+      {agent + "[host]\nbogus = 1\n", "[host] unknown key 'bogus'"},
+      {agent + "[host.operations.refund]\ntry = \"/t\"\nconfirm = \"\"\ncancel = \"/x\"\n", "'refund' is not an operation"},
+      {agent + "[host.operations.debit]\ntry = \"/t\"\nconfirm = \"\"\n", "[host.operations.debit] cancel is required"},
+      {agent + "[host.operations.debit]\ntry = \"/t x\"\nconfirm = \"\"\ncancel = \"/x\"\n", "must be a path"},
+      {agent + "[host.operations.debit]\ntry = \"/t?a=1\"\nconfirm = \"\"\ncancel = \"/x\"\n", "must be a path"},
+      {"[agent]\nname = \"a\"\n[host]\nurl = \"http://h:1\"\n" + ops, "[host] is for adapter = \"host\""},
+  };
+  for (auto& c : cases) {
+    std::string_view text(c.toml);
+    try {
+      parseAgentConfig("agent.toml", &text);
+      ADD_FAILURE() << "accepted:\n" << c.toml;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(c.expect), std::string::npos) << e.what() << "\nfor:\n" << c.toml;
+    }
   }
 }
 
