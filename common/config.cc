@@ -390,7 +390,7 @@ void readHost(const std::string& path, const toml::table& root, HostConfig& h) {
   }
   rejectUnknown(path, *host, "host",
                 {"url", "call_timeout_ms", "try_budget_ms", "phase2_wait_ms", "retry_initial_ms", "retry_max_ms",
-                 "max_body_bytes", "operations"});
+                 "max_body_bytes", "max_connections", "operations"});
   h.url = getString(path, *host, "host", "url", h.url);
   if (!h.url.empty()) checkHostUrl(path + ": [host] url", h.url);
   h.callTimeoutMs = getInt<std::uint32_t>(path, *host, "host", "call_timeout_ms", h.callTimeoutMs, 10, 600000);
@@ -403,6 +403,7 @@ void readHost(const std::string& path, const toml::table& root, HostConfig& h) {
                    std::to_string(h.retryInitialMs));
   }
   h.maxBodyBytes = getInt<std::uint32_t>(path, *host, "host", "max_body_bytes", h.maxBodyBytes, 256, 16 << 20);
+  h.maxConnections = getInt<std::uint32_t>(path, *host, "host", "max_connections", h.maxConnections, 1, 4096);
   h.operations = readHostOperations(path, *host);
 }
 

@@ -92,6 +92,7 @@ struct HostConfig {
   std::uint32_t retryInitialMs = 20;   // backoff between retries of one call ...
   std::uint32_t retryMaxMs = 250;      // ... doubling up to here
   std::uint32_t maxBodyBytes = 65536;  // a longer answer breaches the contract
+  std::uint32_t maxConnections = 32;   // calls in flight to the host at once (each holds a connection)
   std::map<std::string, HostOperation> operations;  // "debit" / "credit"
 };
 // The operations a host adapter can map (Keel's ledger operations).

@@ -27,28 +27,19 @@ class JsonError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+struct JsonMember;
+
 struct Json {
   enum class Kind { Null, Bool, Number, String, Array, Object };
   Kind kind = Kind::Null;
   bool boolean = false;
   std::string text;  // a string's value (UTF-8), or a number as written
   std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> members;  // in the order written
+  std::vector<JsonMember> members;  // in the order written
 
   bool isObject() const { return kind == Kind::Object; }
-  bool has(std::string_view key) const {
-    for (auto& [k, v] : members) {
-      if (k == key) return true;
-    }
-    return false;
-  }
-  const Json& operator[](std::string_view key) const {
-    if (kind != Kind::Object) throw JsonError("not an object: no member '" + std::string(key) + "'");
-    for (auto& [k, v] : members) {
-      if (k == key) return v;
-    }
-    throw JsonError("no member '" + std::string(key) + "'");
-  }
+  bool has(std::string_view key) const;
+  const Json& operator[](std::string_view key) const;
   const std::vector<Json>& array() const {
     if (kind != Kind::Array) throw JsonError("not an array");
     return items;
@@ -80,6 +71,28 @@ struct Json {
     return v;
   }
 };
+
+// One member of an object: a struct of its own rather than std::pair, which
+// clang cannot instantiate on Json before Json is complete (the fuzz build).
+struct JsonMember {
+  std::string first;
+  Json second;
+};
+
+inline bool Json::has(std::string_view key) const {
+  for (auto& [k, v] : members) {
+    if (k == key) return true;
+  }
+  return false;
+}
+
+inline const Json& Json::operator[](std::string_view key) const {
+  if (kind != Kind::Object) throw JsonError("not an object: no member '" + std::string(key) + "'");
+  for (auto& [k, v] : members) {
+    if (k == key) return v;
+  }
+  throw JsonError("no member '" + std::string(key) + "'");
+}
 
 class JsonReader {
  public:
@@ -153,7 +166,7 @@ class JsonReader {
       space();
       expect(':');
       space();
-      v.members.emplace_back(std::move(key), value());
+      v.members.push_back(JsonMember{std::move(key), value()});
     });
   }
 

@@ -135,10 +135,15 @@ kj::Promise<PrepareResult> HostAgent::prepareBranch(std::uint64_t epoch, Xid xid
   log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return PrepareResult{Vote::No, *bad, {}};
-  if (hostDown_ && probing_) {
-    // Another call is finding out whether the host is back; do not pile
-    // tries onto a host that is not answering.
-    return PrepareResult{Vote::No, *unavailable(), {}};
+  if (hostDown_) {
+    // A host known down: vote NO at once rather than after try_budget_ms,
+    // except for one prepare per retry_max_ms (when no driver loop is
+    // probing already), whose tries find out whether it is back.
+    Micros now = monoMicros();
+    if (probing_ || now - lastTryProbeUs_ < Micros(opts_.host.retryMaxMs) * 1000) {
+      return PrepareResult{Vote::No, *unavailable(), {}};
+    }
+    lastTryProbeUs_ = now;
   }
   if (trying_.count(xid) != 0) {
     // The same prepare again while the first is still trying: a fault, so
@@ -230,7 +235,6 @@ kj::Promise<HostAgent::TryOutcome> HostAgent::tryAll(Xid xid, std::vector<Op> op
 
 kj::Promise<HostAnswer> HostAgent::tryOne(Xid xid, std::size_t index, Op op, Micros deadlineUs,
                                           std::uint32_t attempt) {
-  lastAttemptUs_ = monoMicros();
   std::string path = operation(op).tryPath;
   return http_.post(HostCall::Try, path, body(xid, index, &op))
       .then([this, xid, index, op = kj::mv(op), deadlineUs, attempt](HostAnswer a) mutable -> kj::Promise<HostAnswer> {
@@ -238,11 +242,13 @@ kj::Promise<HostAnswer> HostAgent::tryOne(Xid xid, std::size_t index, Op op, Mic
           hostAnswered();
           return kj::mv(a);
         }
-        hostFault(a.reason);
+        bool wasDown = hostDown_;
+        noteFault(a);
         auto wait = backoff(attempt + 1);
-        // Past the budget (or the host is known down): give up; the branch
-        // votes NO and this try is cancelled.
-        if (monoMicros() + wait / kj::MICROSECONDS >= deadlineUs) return kj::mv(a);
+        // The host was known down before this answer (another call failed
+        // too), or the budget is spent: give up; the branch votes NO and this
+        // try is cancelled. A first fault of a host thought up is retried.
+        if (wasDown || monoMicros() + wait / kj::MICROSECONDS >= deadlineUs) return kj::mv(a);
         return io_.getTimer().afterDelay(wait).then([this, xid, index, op = kj::mv(op), deadlineUs, attempt]() mutable {
           return tryOne(xid, index, kj::mv(op), deadlineUs, attempt + 1);
         });
@@ -504,7 +510,6 @@ kj::Promise<void> HostAgent::drive(Xid xid) {
   if (probe) probing_ = true;
   auto& p = it->second;
   p.attempts++;
-  lastAttemptUs_ = monoMicros();
   kj::Vector<kj::Promise<void>> calls;
   for (std::size_t i = 0; i < p.ops.size(); ++i) {
     if (p.done[i]) continue;
@@ -521,7 +526,7 @@ kj::Promise<void> HostAgent::drive(Xid xid) {
       if (it == pending_.end()) return;
       switch (a.kind) {
         case HostAnswer::Kind::Fault:
-          hostFault(a.reason);
+          noteFault(a);
           it->second.lastError = a.reason;
           return;
         case HostAnswer::Kind::Breach:
@@ -547,7 +552,10 @@ kj::Promise<void> HostAgent::drive(Xid xid) {
     if (it == pending_.end()) return kj::READY_NOW;
     auto& p = it->second;
     if (std::all_of(p.done.begin(), p.done.end(), [](bool d) { return d; })) return settle(xid);
-    if (!p.lastError.empty() && (p.attempts == 1 || p.attempts % 40 == 0)) {
+    // Said after 8 attempts (one to two seconds) and every 40 after: a host
+    // outage is logged once by the host's health (hostFault), not once per
+    // branch waiting on it.
+    if (!p.lastError.empty() && (p.attempts == 8 || p.attempts % 40 == 0)) {
       KEEL_LOG_WARN("{} of {} not acknowledged yet (attempt {}): {}; retrying", p.confirm ? "confirm" : "cancel",
                     xid.str(), p.attempts, p.lastError);
     }
@@ -616,6 +624,16 @@ void HostAgent::hostAnswered() {
     if (w->isWaiting()) w->fulfill();
   }
   backWaiters_.clear();
+}
+
+void HostAgent::noteFault(const HostAnswer& a) {
+  // A 5xx or 429 is an answer: the host is up, failing this call (retried);
+  // only no answer at all makes it "down".
+  if (a.answered) {
+    hostAnswered();
+  } else {
+    hostFault(a.reason);
+  }
 }
 
 void HostAgent::hostFault(const std::string& why) {

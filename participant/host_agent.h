@@ -28,7 +28,10 @@
 // drivers wake the moment the host answers again.
 //
 // While the host is down one driver loop probes it and the others wait for
-// its answer; prepares vote NO at once rather than wait out try_budget_ms.
+// its answer; prepares vote NO at once rather than wait out try_budget_ms
+// (one per retry_max_ms is let through to probe when no driver loop does),
+// and a try that fails while the host is known down is not retried.
+// HostHttp keeps at most [host] max_connections calls in flight.
 //
 // Thread: the agent's KJ event loop; log jobs on the branch log's writer.
 
@@ -123,6 +126,9 @@ class HostAgent final : public ParticipantBackend, private kj::TaskSet::ErrorHan
   // Host health, from every call's answer.
   void hostAnswered();
   void hostFault(const std::string& why);
+  // A fault answer: hostFault when the host did not answer at all, else
+  // hostAnswered (a 5xx is a failing call, not a host down).
+  void noteFault(const HostAnswer& a);
   kj::Promise<void> hostBack();
 
   kj::AsyncIoProvider& io_;
@@ -133,7 +139,8 @@ class HostAgent final : public ParticipantBackend, private kj::TaskSet::ErrorHan
   std::set<Xid> trying_;  // prepares whose tries are in flight
   bool hostDown_ = false;
   bool probing_ = false;  // one driver loop is probing the down host
-  Micros downSinceUs_ = 0, lastAttemptUs_ = 0;
+  Micros downSinceUs_ = 0;
+  Micros lastTryProbeUs_ = 0;  // the last prepare let through to probe a down host
   std::string lastError_;
   std::vector<kj::Own<kj::PromiseFulfiller<void>>> backWaiters_;
   void taskFailed(kj::Exception&& e) override;

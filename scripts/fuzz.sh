@@ -8,7 +8,7 @@ set -uo pipefail
 
 BUILD=${FUZZ_BUILD:-build-fuzz}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=(coordinator_request coordinator_answer participant_reply agent_request records config)
+TARGETS=(coordinator_request coordinator_answer participant_reply agent_request records config host_answer)
 
 failed=()
 rows=()

@@ -13,7 +13,9 @@
 #include <kj/compat/http.h>
 
 #include <cstdint>
+#include <deque>
 #include <string>
+#include <string_view>
 
 #include "common/config.h"
 
@@ -32,11 +34,20 @@ struct HostAnswer {
   Kind kind = Kind::Fault;
   std::string ref;     // Tried: the host's reference ("" if it gave none)
   std::string reason;  // Refused: the host's; Fault / Breach: what happened
+  // A Fault with an HTTP answer (5xx, 429): the host is up but failing this
+  // call; without one (refused, reset, timeout) it may be down.
+  bool answered = true;
 };
 const char* hostAnswerName(HostAnswer::Kind k);
 
 enum class HostCall : std::uint8_t { Try, Confirm, Cancel };
 const char* hostCallName(HostCall c);
+
+// What an answer of `status` with body `text` to a `call` is, by the
+// contract's tables; never throws (a fault or a breach is an answer too).
+// Everything in it comes from the network: read defensively
+// (tests/fuzz/host_answer_fuzz.cc).
+HostAnswer readHostAnswer(HostCall call, unsigned status, std::string_view text);
 
 class HostHttp {
  public:
@@ -47,13 +58,26 @@ class HostHttp {
   const std::string& url() const { return url_; }
 
  private:
-  HostAnswer read(HostCall call, unsigned status, const std::string& text) const;
+  // A place among the cfg.maxConnections calls in flight; given back when
+  // destroyed (also when the call it waited for was dropped).
+  class Slot {
+   public:
+    explicit Slot(HostHttp& h) : h_(h) {}
+    ~Slot() { h_.release(); }
+
+   private:
+    HostHttp& h_;
+  };
+  kj::Promise<kj::Own<Slot>> slot();
+  void release();
 
   kj::AsyncIoProvider& io_;
   const HostConfig& cfg_;
   std::string url_;  // without a trailing '/'
   kj::HttpHeaderTable table_;
   kj::Own<kj::HttpClient> client_;
+  std::uint32_t inFlight_ = 0;
+  std::deque<kj::Own<kj::PromiseFulfiller<kj::Own<Slot>>>> waiting_;
 };
 
 }  // namespace keel
