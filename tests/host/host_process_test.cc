@@ -216,6 +216,7 @@ TEST_F(HostProcessTest, TheContractOverHttp) {
 
   expectAnswer(c.post("/v1/debit/confirm", keyBody("1.5.1", 0)), 200, "{\"result\":\"confirmed\"}");
   expectAnswer(c.post("/v1/debit/cancel", keyBody("1.5.1", 0)), 409, "{\"result\":\"confirmed\"}");
+  EXPECT_EQ(c.get("/v1/keys").body, "{\"keys\":[{\"key\":\"1.5.1/0\",\"state\":\"confirmed\"}]}");
   auto a0 = c.get("/v1/accounts/acct-0").json();
   EXPECT_EQ(a0["balance"].whole(), 70u);
   EXPECT_EQ(a0["held"].whole(), 0u);

@@ -22,6 +22,12 @@
 // cluster/bank-statements.toml for --statements), and killing or freezing PostgreSQL
 // itself joins the faults.
 //
+// --adapter host: every agent is a host agent (docs/hosts.md) in front of
+// its own keel-host (tools/chaos/host_side.h), sent debits and credits only;
+// keel-host is killed, frozen, made to lose answers and to fail calls too,
+// and the checker reads the hosts' books and every key's state.
+// --adapter mixed: the agents cycle ledger, host, postgres.
+//
 // --cluster: a coordinator cluster (docs/cluster.md) of --coordinators on a
 // 3-member etcd (tools/chaos/etcd_side.h); clients spread over them and
 // fail over; coordinators and etcd members are killed and frozen, and a
@@ -53,6 +59,7 @@
 #include "tools/chaos/checker.h"
 #include "tools/chaos/etcd_side.h"
 #include "tools/chaos/fault_proxy.h"
+#include "tools/chaos/host_side.h"
 #include "tools/chaos/pg_host.h"
 #include "tools/chaos/report.h"
 #include "tools/bank.h"
@@ -81,14 +88,18 @@ const std::vector<std::string> kFaultKinds = {"kill",      "pause",         "lat
                                               "blackhole", "loss-to-agent", "loss-from-agent", "refuse",
                                               "failpoint", "slow-disk"};
 const std::vector<std::string> kPostgresFaultKinds = {"postgres-kill", "postgres-pause"};
+// Host agents' own: their keel-host killed or frozen, losing the answers of
+// calls it applied, failing calls it did not apply.
+const std::vector<std::string> kHostFaultKinds = {"host-kill", "host-pause", "host-drop", "host-fail"};
 // --cluster adds these; its "kill" and "pause" are of agents only (a
 // coordinator's are coordinator-kill and coordinator-pause).
 const std::vector<std::string> kClusterFaultKinds = {"coordinator-kill", "coordinator-pause", "etcd-kill",
                                                      "etcd-pause", "etcd-partition"};
 
-std::vector<std::string> faultKinds(bool postgres, bool cluster) {
+std::vector<std::string> faultKinds(bool postgres, bool host, bool cluster) {
   auto k = kFaultKinds;
   if (postgres) k.insert(k.end(), kPostgresFaultKinds.begin(), kPostgresFaultKinds.end());
+  if (host) k.insert(k.end(), kHostFaultKinds.begin(), kHostFaultKinds.end());
   if (cluster) k.insert(k.end(), kClusterFaultKinds.begin(), kClusterFaultKinds.end());
   return k;
 }
@@ -109,7 +120,7 @@ struct Options : WorkloadOptions {
   std::uint32_t healTimeoutS = 60;
   std::uint32_t mapSizeMb = 8192;  // long runs write millions of records
   std::string out;
-  std::string adapter = "ledger";
+  std::string adapter = "ledger";  // ledger, postgres, host or mixed
   std::string firstFault;  // postgres mode: force the first fault's kind
   Minimums minimums;  // the least a run must have done (the ctests set them)
   std::string requireFaults;  // --require-faults: "all" or kinds, comma-separated
@@ -154,8 +165,9 @@ struct Options : WorkloadOptions {
 class FaultInjector {
  public:
   FaultInjector(const Options& o, LocalCluster& cluster, std::map<std::string, std::unique_ptr<FaultProxy>>& proxies,
-                Timeline& timeline, PgHost* pg, EtcdSide* etcd, std::vector<std::string> cover)
-      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), pg_(pg), etcd_(etcd), rng_(o.seed) {
+                Timeline& timeline, PgHost* pg, HostSide* hosts, EtcdSide* etcd, std::vector<std::string> cover)
+      : o_(o), cluster_(cluster), proxies_(proxies), timeline_(timeline), pg_(pg), hosts_(hosts), etcd_(etcd),
+        rng_(o.seed) {
     if (!o.firstFault.empty()) forced_.push_back(o.firstFault);
     std::vector<std::string> rest;
     for (auto& k : cover) {
@@ -295,6 +307,7 @@ class FaultInjector {
   // need it to start).
   void healAll() {
     if (pg_ != nullptr) healPostgres();  // before the agents: they need it to start
+    if (hosts_ != nullptr) hosts_->heal();
     if (etcd_ != nullptr) etcd_->heal();
     for (auto& [n, p] : proxies_) p->heal();
     for (auto& n : cluster_.agentNames()) {
@@ -362,6 +375,47 @@ class FaultInjector {
     return false;
   }
 
+  // Host agents: a quarter of the draws go to their keel-hosts (8% killed,
+  // 6% frozen, 6% losing answers, 5% failing calls), each on one host drawn;
+  // false if this draw is for the other faults. Drawn only with host agents,
+  // so the schedules of the other adapters stay what they were.
+  bool injectHost(const std::string& forced) {
+    static const std::map<std::string, std::pair<std::uint32_t, std::uint32_t>> ranges = {
+        {"host-kill", {0, 7}}, {"host-pause", {8, 13}}, {"host-drop", {14, 19}}, {"host-fail", {20, 24}}};
+    auto range = ranges.find(forced);
+    if (!forced.empty() && range == ranges.end()) return false;
+    std::uint32_t k = forced.empty() ? between(0, 99) : between(range->second.first, range->second.second);
+    if (k >= 25) return false;
+    const std::string& agent = pick(hosts_->agents());
+    std::string target = "keel-host of " + agent;
+    auto hold = std::chrono::milliseconds(between(200, 2000));
+    Micros t0 = wallMicros();
+    if (k < 8) {  // SIGKILL, restarted after a moment: what it made durable stays, its connections break
+      bool serving = hosts_->kill(agent);
+      sleepFor(std::chrono::milliseconds(between(0, 1500)));
+      bool back = hosts_->restart(agent);
+      serving && back ? record("host-kill", target, t0, wallMicros()) : skipped("host-kill", target);
+    } else if (k < 14) {  // SIGSTOP: connections open, nothing answers (calls time out)
+      bool paused = hosts_->pause(agent);
+      sleepFor(hold);
+      hosts_->resume(agent);
+      paused ? record("host-pause", target, t0, wallMicros()) : skipped("host-pause", target);
+    } else {  // host-drop: calls applied, their answers lost; host-fail: calls answered 500, not applied
+      bool drop = k < 20;
+      const char* kind = drop ? "host-drop" : "host-fail";
+      const char* member = drop ? "drop_answers" : "fail_rate";
+      std::uint32_t pct = between(20, 80);
+      char on[64];
+      std::snprintf(on, sizeof on, "{\"%s\":%u.%02u}", member, pct / 100, pct % 100);
+      bool set = hosts_->setFaults(agent, on);
+      sleepFor(hold);
+      bool cleared = hosts_->setFaults(agent, std::string("{\"") + member + "\":0}");
+      set&& cleared ? record(kind, target + " (" + std::to_string(pct) + "% of calls)", t0, wallMicros())
+                    : skipped(kind, target, "its fault switch could not be set");
+    }
+    return true;
+  }
+
   // A forced kind (with its target, for kills, pauses and failpoints) takes
   // a number of its own range of the draw, so it runs the same code as a
   // drawn one.
@@ -383,6 +437,7 @@ class FaultInjector {
       forced_.pop_front();
     }
     if (pg_ != nullptr && injectPostgres(forced)) return;
+    if (hosts_ != nullptr && injectHost(forced)) return;
     std::optional<std::uint32_t> drawn;  // --cluster: the number drawn for the faults below
     int coord = 0;                       // the coordinator of a coordinator failpoint
     if (etcd_ != nullptr) {
@@ -681,6 +736,7 @@ class FaultInjector {
   std::map<std::string, std::unique_ptr<FaultProxy>>& proxies_;
   Timeline& timeline_;
   PgHost* pg_;  // postgres mode only
+  HostSide* hosts_;  // host agents' keel-hosts (--adapter host or mixed) only
   EtcdSide* etcd_;  // --cluster only
   std::mt19937_64 rng_;
   std::deque<std::string> forced_;  // kinds the next faults must be, in order
@@ -722,11 +778,20 @@ std::string dbName(const std::string& agent) {
 }
 
 // An agent's books: its branch counts from its own log, its accounts from
-// its ledger or, in postgres mode, from its database, with the database's
-// own prepared transactions.
-AgentBooks readBooks(kj::AsyncIoContext& io, const std::string& name, const std::string& addr, PgHost* pg) {
+// its ledger or, for a postgres agent, from its database, with the
+// database's own prepared transactions, or, for a host agent, from its
+// keel-host, whose holds and pending credits count as held and whose open
+// tries as the host's prepared transactions.
+AgentBooks readBooks(kj::AsyncIoContext& io, const std::string& name, const std::string& addr, PgHost* pg,
+                     const HostSide* hosts) {
   auto b = books(io, addr).wait(io.waitScope);
-  if (pg != nullptr) {
+  if (hosts != nullptr && hosts->has(name)) {
+    b.accounts.clear();
+    for (auto& [acct, a] : hosts->books(name).accounts) {
+      b.accounts[acct] = AccountRecord{a.balance, a.held + a.incoming, false, {}};
+    }
+    b.hostPrepared = hosts->openKeys(name);
+  } else if (pg != nullptr && pg->has(dbName(name))) {
     b.accounts.clear();
     for (auto& [acct, balance] : pg->balances(dbName(name))) b.accounts[acct].balance = balance;
     b.hostPrepared = pg->prepared(dbName(name));
@@ -930,7 +995,9 @@ std::uint64_t plantContradiction(EtcdSide& etcd, const std::vector<Attempt>& att
 int runChaos(Options o) {
   std::filesystem::create_directories(o.out);
   Timeline timeline;
-  std::unique_ptr<PgHost> pg;  // postgres mode; outlives the cluster's agents
+  std::unique_ptr<PgHost> pg;  // postgres agents; outlives the cluster's agents
+  std::unique_ptr<HostSide> hosts;  // host agents' keel-hosts; outlive the cluster's agents
+  std::map<std::string, AgentKind> kinds;  // every agent's (--adapter mixed: ledger, host, postgres in turn)
   std::unique_ptr<EtcdSide> etcd;  // --cluster; outlives the coordinators
   std::unique_ptr<LocalCluster> cluster;
   std::map<std::string, std::unique_ptr<FaultProxy>> proxies;
@@ -943,7 +1010,15 @@ int runChaos(Options o) {
     copts.baseDir = o.out + "/cluster";
     std::filesystem::remove_all(copts.baseDir);
     copts.agents.clear();
-    for (std::uint32_t i = 1; i <= o.agents; ++i) copts.agents.push_back("bank-" + std::to_string(i));
+    for (std::uint32_t i = 1; i <= o.agents; ++i) {
+      std::string name = "bank-" + std::to_string(i);
+      copts.agents.push_back(name);
+      static const AgentKind kCycle[] = {AgentKind::Ledger, AgentKind::Host, AgentKind::Postgres};
+      kinds[name] = o.adapter == "postgres" ? AgentKind::Postgres
+                    : o.adapter == "host"   ? AgentKind::Host
+                    : o.adapter == "mixed"  ? kCycle[(i - 1) % 3]
+                                            : AgentKind::Ledger;
+    }
     copts.coordinatorExtraToml = "call_timeout_ms = 1000\nmap_size_mb = " + std::to_string(o.mapSizeMb) + "\n";
     copts.agentExtraArgs = {"--map-size-mb", std::to_string(o.mapSizeMb)};
     copts.agentInDoubtQueryMs = 3000;
@@ -964,17 +1039,30 @@ int runChaos(Options o) {
     }
     cluster = std::make_unique<LocalCluster>(copts);
     if (o.selfCheck) cluster->setAgentArgs(copts.agents[0], {"--debug-break", "commit-on-rollback"});
-    if (o.adapter == "postgres") {
+    auto ofKind = [&](AgentKind k) {
+      std::vector<std::string> out;
+      for (auto& a : copts.agents) {
+        if (kinds[a] == k) out.push_back(a);
+      }
+      return out;
+    };
+    if (auto pgAgents = ofKind(AgentKind::Postgres); !pgAgents.empty()) {
       std::vector<std::string> dbs;
-      for (auto& a : copts.agents) dbs.push_back(dbName(a));
+      for (auto& a : pgAgents) dbs.push_back(dbName(a));
       pg = std::make_unique<PgHost>(dbs, o.concurrency);
       pg->start();
       std::string statements = bank::writeStatementsFile(copts.baseDir);
-      for (auto& a : copts.agents) {
+      for (auto& a : pgAgents) {
         test::pgQuery(pg->connString(dbName(a)), sqlbank::createAccounts(o.accountsPerAgent, o.opening));
         cluster->setAgentArgs(a, {"--adapter", "postgres", "--postgres", pg->connString(dbName(a)), "--statements",
                                   statements});
       }
+    }
+    if (auto hostAgents = ofKind(AgentKind::Host); !hostAgents.empty()) {
+      // Each keel-host opens the accounts itself (--accounts, --balance).
+      hosts = std::make_unique<HostSide>(copts.binDir, copts.baseDir, hostAgents, o.accountsPerAgent, o.opening);
+      hosts->start();
+      for (auto& a : hostAgents) cluster->setAgentArgs(a, hosts->agentArgs(a));
     }
     for (auto& a : copts.agents) cluster->startAgent(a);
     for (auto& a : copts.agents) {
@@ -993,7 +1081,7 @@ int runChaos(Options o) {
                 list.c_str(), o.cluster ? (" on etcd " + etcd->prefix() + " (lease TTL " + std::to_string(o.leaseTtlS) +
                                            " s)").c_str()
                                         : "",
-                o.agents, o.adapter.c_str(), o.tls ? ", mutual TLS on every link" : "",
+                o.agents, o.adapter == "mixed" ? "mixed (ledger, host, postgres in turn)" : o.adapter.c_str(), o.tls ? ", mutual TLS on every link" : "",
                 o.selfCheck ? ", SELF-CHECK: bank-1 commits what it is told to roll back" : "");
   } else {
     coordinators = {o.externalCoordinator};
@@ -1011,11 +1099,13 @@ int runChaos(Options o) {
 
   auto io = kj::setupAsyncIo();
   // Accounts: one per index on every agent, each with the opening balance
-  // (postgres mode: the tables were filled above).
-  if (!pg) {
+  // (postgres agents: the tables were filled above; host agents: their
+  // keel-hosts opened them).
+  {
     auto c = KeelClient::connect(io, coordinators[0]).wait(io.waitScope);
     kj::Vector<kj::Promise<SubmitOutcome>> opens;
     for (auto& n : agentNames) {
+      if (kinds.count(n) != 0 && kinds[n] != AgentKind::Ledger) continue;
       for (std::uint32_t i = 0; i < o.accountsPerAgent; ++i) {
         opens.add(c->submit({Op{n, OpKind::OpenAccount, "acct-" + std::to_string(i), o.opening}}));
       }
@@ -1030,7 +1120,7 @@ int runChaos(Options o) {
   std::int64_t startTotal = 0;
   std::map<std::string, std::int64_t> startBalances;
   for (auto& [n, a] : agentAddrs) {
-    for (auto& [acct, rec] : readBooks(io, n, a, pg.get()).accounts) {
+    for (auto& [acct, rec] : readBooks(io, n, a, pg.get(), hosts.get()).accounts) {
       startTotal += rec.balance;
       startBalances[n + ":" + acct] = rec.balance;
     }
@@ -1041,16 +1131,19 @@ int runChaos(Options o) {
   Micros runStart = wallMicros();
   timeline.start(runStart);
   WorkloadOptions wo = o;
-  wo.sql = pg != nullptr;
+  wo.kinds = kinds;
   Workload workload(wo, io, coordinators, agentNames, timeline);
   std::unique_ptr<FaultInjector> injector;
   if (o.faults) {
-    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline, pg.get(), etcd.get(), o.minimums.faults);
+    injector = std::make_unique<FaultInjector>(o, *cluster, proxies, timeline, pg.get(), hosts.get(), etcd.get(),
+                                               o.minimums.faults);
     injector->start();
   }
   if (etcd) etcd->startSampling();
-  // Postgres mode: the lowest balance in the databases, once a second, from
-  // a thread of its own (a frozen server would stall the event loop).
+  // Postgres agents: the lowest balance in their databases, once a second,
+  // from a thread of its own (a frozen server would stall the event loop).
+  // (A keel-host never lets a balance go below its holds; its books are
+  // checked after healing.)
   std::atomic<std::int64_t> pgLowest{0};
   std::atomic<bool> samplerStop{false};
   std::thread pgSampler;
@@ -1058,6 +1151,7 @@ int runChaos(Options o) {
     pgSampler = std::thread([&] {
       while (!samplerStop) {
         for (auto& n : agentNames) {
+          if (!pg->has(dbName(n))) continue;
           try {
             for (auto& [acct, balance] : pg->balances(dbName(n))) {
               if (balance < pgLowest) pgLowest = balance;
@@ -1106,9 +1200,9 @@ int runChaos(Options o) {
   Micros healStart = wallMicros();
   if (injector) injector->heal();
   auto hostSettled = [&]() {
-    if (!pg) return true;
     for (auto& n : agentNames) {
-      if (!pg->prepared(dbName(n)).empty()) return false;
+      if (pg && pg->has(dbName(n)) && !pg->prepared(dbName(n)).empty()) return false;
+      if (hosts && hosts->has(n) && !hosts->openKeys(n).empty()) return false;
     }
     return true;
   };
@@ -1134,7 +1228,8 @@ int runChaos(Options o) {
     auto list = allBranches(io, n, a);
     for (auto& b : list) seqs.insert(b.xid.seq);
     in.branches.insert(in.branches.end(), list.begin(), list.end());
-    in.books.push_back(readBooks(io, n, a, pg.get()));
+    in.books.push_back(readBooks(io, n, a, pg.get(), hosts.get()));
+    if (hosts && hosts->has(n)) in.hostKeys[n] = hosts->keyStates(n);
   }
   std::vector<std::string> requestIds;
   for (auto& at : in.attempts) {
@@ -1208,6 +1303,10 @@ int runChaos(Options o) {
   r.loadSeconds = double(loadEnd - runStart) / 1e6;
   r.violations = violations;
   r.selfCheck = o.selfCheck;
+  // No passing on empty work: something committed, and a run that injects
+  // faults had at least one take effect.
+  o.minimums.committed = std::max<std::uint64_t>(o.minimums.committed, 1);
+  if (injector) o.minimums.anyFaults = std::max<std::uint64_t>(o.minimums.anyFaults, 1);
   r.unmet = unmetMinimums(r, o.minimums);
   SelfCheckVerdict verdict;
   if (o.selfCheck && etcd && plantedSeq == 0) {
@@ -1265,11 +1364,14 @@ int main(int argc, char** argv) {
                "break the protocol on purpose (an agent commits what it is told to roll back): must report violations");
   app.add_flag("!--no-faults", o.faults, "run the workload and the checks without injecting faults");
   app.add_option("--adapter", o.adapter,
-                 "agents to start: ledger, or postgres (one PostgreSQL server, a database per agent; "
-                 "PostgreSQL is killed and frozen too)")
+                 "agents to start: ledger, postgres (one PostgreSQL server, a database per agent; "
+                 "PostgreSQL is killed and frozen too), host (host agents, each in front of its own keel-host, "
+                 "which is killed, frozen, made to lose answers and to fail calls too) or mixed (ledger, host, "
+                 "postgres in turn; at least 3 agents)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"ledger", "postgres"}));
-  app.add_option("--first-fault", o.firstFault, "postgres mode: make the first fault this one (then as drawn)")
+      ->check(CLI::IsMember({"ledger", "postgres", "host", "mixed"}));
+  app.add_option("--first-fault", o.firstFault,
+                 "--adapter postgres or mixed: make the first fault this one (then as drawn)")
       ->check(CLI::IsMember({"postgres-kill", "postgres-pause"}));
   app.add_option("--retry-for", o.retryForMs,
                  "milliseconds a request whose answer was lost is retried with the same request id")
@@ -1316,27 +1418,38 @@ int main(int argc, char** argv) {
   // On PostgreSQL transfers that share an account wait for each other's row
   // locks: the load spreads over many accounts, and its hot transfers
   // (a few accounts, workload.cc) are the contention on purpose.
-  if (o.adapter == "postgres" && app.count("--accounts") == 0) o.accountsPerAgent = 1000;
-  if (o.adapter == "postgres" && !o.externalCoordinator.empty()) {
-    std::fprintf(stderr, "keel-chaos: --adapter postgres starts its own cluster; against your own deployment the "
-                         "agents are whatever you run\n");
+  bool withPostgres = o.adapter == "postgres" || o.adapter == "mixed";
+  bool withHosts = o.adapter == "host" || o.adapter == "mixed";
+  if (withPostgres && app.count("--accounts") == 0) o.accountsPerAgent = 1000;
+  if (o.adapter != "ledger" && !o.externalCoordinator.empty()) {
+    std::fprintf(stderr, "keel-chaos: --adapter %s starts its own cluster; against your own deployment the "
+                         "agents are whatever you run\n", o.adapter.c_str());
     return 2;
   }
-  if (o.adapter == "postgres" && o.selfCheck) {
+  if (o.adapter != "ledger" && o.selfCheck) {
     // The self-check relies on the ledger agent's --debug-break (commit what
-    // it is told to roll back); the postgres agent has no such switch.
-    std::fprintf(stderr, "keel-chaos: --self-check breaks a ledger agent on purpose; run it with --adapter ledger\n");
+    // it is told to roll back); postgres and host agents have no such switch.
+    std::fprintf(stderr, "keel-chaos: --self-check breaks a ledger agent on purpose (bank-1's --debug-break); "
+                         "--adapter %s has no such switch: run it with --adapter ledger\n", o.adapter.c_str());
     return 2;
+  }
+  if (o.adapter == "mixed") {
+    if (app.count("--agents") == 0) o.agents = 3;
+    if (o.agents < 3) {
+      std::fprintf(stderr, "keel-chaos: --adapter mixed needs at least 3 agents (one ledger, one host, one postgres "
+                           "agent; got --agents %u)\n", o.agents);
+      return 2;
+    }
   }
   if (o.cluster && (o.adapter != "ledger" || !o.externalCoordinator.empty())) {
     std::fprintf(stderr, "keel-chaos: --cluster starts its own coordinators, etcd and ledger agents (not with "
-                         "--adapter postgres or --coordinator)\n");
+                         "--adapter %s or --coordinator)\n", o.adapter == "ledger" ? "postgres, host, mixed" : o.adapter.c_str());
     return 2;
   }
   if (o.cluster && o.requireFaults.empty() && o.faults) o.requireFaults = "coordinator-kill,etcd-kill";
   if (o.requireFaults == "none") o.requireFaults.clear();
-  if (!o.firstFault.empty() && o.adapter != "postgres") {
-    std::fprintf(stderr, "keel-chaos: --first-fault %s needs --adapter postgres\n", o.firstFault.c_str());
+  if (!o.firstFault.empty() && !withPostgres) {
+    std::fprintf(stderr, "keel-chaos: --first-fault %s needs --adapter postgres or mixed\n", o.firstFault.c_str());
     return 2;
   }
   if (!o.requireFaults.empty()) {
@@ -1345,7 +1458,7 @@ int main(int argc, char** argv) {
                            "--coordinator)\n");
       return 2;
     }
-    auto drawn = keel::chaos::faultKinds(o.adapter == "postgres", o.cluster);
+    auto drawn = keel::chaos::faultKinds(withPostgres, withHosts, o.cluster);
     if (o.requireFaults == "all") {
       o.minimums.faults = drawn;
     } else {

@@ -88,6 +88,7 @@ class Checker {
       etcdRequestFates();
     }
     coordinatorAgainstAgents();
+    if (!in_.hostKeys.empty()) hostKeys();
     books();
     history();
     return std::move(v_);
@@ -461,6 +462,42 @@ class Checker {
     if (in_.coordinator.unfinished != 0) {
       add(K::Unsettled, 0,
           std::to_string(in_.coordinator.unfinished) + " interactions unfinished at the coordinator after healing");
+    }
+  }
+
+  // Host systems: what the coordinator decided against each key's state
+  // at the host (docs/hosts.md: the key of operation i of branch X is
+  // "X/i"). A heuristic interaction's keys are excused either way.
+  void hostKeys() {
+    std::set<std::pair<std::string, std::string>> accounted;  // (agent, key) of a finished interaction's branch
+    for (const auto& [seq, rec] : in_.coordinator.interactions) {
+      bool committed = rec.state == IState::Committed;
+      if (!rec.heuristic() && !committed && rec.state != IState::RolledBack) continue;
+      for (const auto& br : rec.branches) {
+        auto host = in_.hostKeys.find(br.participant);
+        if (host == in_.hostKeys.end()) continue;
+        std::string xid = Xid{seq, br.branch}.str();
+        for (std::size_t i = 0; i < br.ops.size(); ++i) {
+          std::string key = xid + "/" + std::to_string(i);
+          accounted.insert({br.participant, key});
+          if (rec.heuristic()) continue;
+          auto k = host->second.find(key);
+          std::string state = k == host->second.end() ? "unknown to it" : k->second;
+          if (committed && state != "confirmed") {
+            add(K::CommitNotKept, seq, "committed, but key " + key + " at " + br.participant + "'s host is " + state);
+          } else if (!committed && state == "confirmed") {
+            add(K::RollbackNotKept, seq, "rolled back, but key " + key + " at " + br.participant + "'s host is confirmed");
+          }
+        }
+      }
+    }
+    for (const auto& [agent, keys] : in_.hostKeys) {
+      for (const auto& [key, state] : keys) {
+        if (state == "confirmed" && accounted.count({agent, key}) == 0) {
+          add(K::CoordinatorDisagrees, 0,
+              "key " + key + " is confirmed at " + agent + "'s host, but no finished interaction has it");
+        }
+      }
     }
   }
 

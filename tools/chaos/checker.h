@@ -155,6 +155,10 @@ struct Input {
   bool heuristicExpected = false;
   // A coordinator cluster's run: what etcd held (absent: one coordinator).
   std::optional<EtcdView> etcd;
+  // Host agents (keel-chaos --adapter host or mixed): agent -> every
+  // idempotency key its host system remembers ("<xid>/<index>") -> the
+  // key's state there (tried, refused, confirmed, cancelled, tombstone).
+  std::map<std::string, std::map<std::string, std::string>> hostKeys;
 };
 
 // Checks, each violation naming its seq when it is about one:
@@ -174,7 +178,12 @@ struct Input {
 //  - money is exactly the starting total; no balance was ever negative;
 //    nothing is held; every account holds exactly its committed history
 //    (each acknowledged commit's effects present, nothing else);
-//  - the host systems hold no prepared transaction;
+//  - the host systems hold no prepared transaction (postgres: prepared
+//    transactions; host systems: open tries);
+//  - host systems (in.hostKeys): every key of a branch at a host agent of an
+//    interaction the coordinator's records say committed is confirmed at
+//    the host; no key of a rolled-back one is; no key is confirmed that no
+//    finished interaction's records account for;
 //  - no branch PREPARED or ACTIVE, no interaction unfinished;
 //  - the coordinator's interaction and rollback tables agree with the agents.
 // With a coordinator cluster (in.etcd) also:

@@ -139,6 +139,28 @@ TEST(ChaosChecker, HostPreparedTransactionIsReported) {
   EXPECT_TRUE(mentions(v, 0, "b's host still holds prepared transaction keel:b:12:2"));
 }
 
+// b is a host agent: its host's keys against the coordinator's records.
+TEST(ChaosChecker, HostKeysAgainstTheRecords) {
+  auto in = cleanHistory();
+  auto transfer = transferOps("a:x", "b:y", 30);
+  in.coordinator.interactions[11].branches = {
+      InteractionRecord::Branch{"b", 2, InteractionRecord::BranchState::RolledBack, "", {transfer[1]}}};
+  std::string committedKey = Xid{10, 2}.str() + "/0", rolledKey = Xid{11, 2}.str() + "/0";
+  in.hostKeys["b"] = {{committedKey, "confirmed"}, {rolledKey, "cancelled"}};
+  EXPECT_TRUE(check(in).empty()) << dump(check(in));
+
+  in.hostKeys["b"][committedKey] = "cancelled";
+  in.hostKeys["b"][rolledKey] = "confirmed";
+  std::string stray = Xid{99, 1}.str() + "/0";
+  in.hostKeys["b"][stray] = "confirmed";
+  auto v = check(in);
+  EXPECT_TRUE(hasKind(v, ViolationKind::CommitNotKept, 10)) << dump(v);
+  EXPECT_TRUE(mentions(v, 10, "key " + committedKey + " at b's host is cancelled"));
+  EXPECT_TRUE(hasKind(v, ViolationKind::RollbackNotKept, 11)) << dump(v);
+  EXPECT_TRUE(mentions(v, 0, "key " + stray + " is confirmed at b's host, but no finished interaction has it"));
+  EXPECT_EQ(v.size(), 3u) << dump(v);
+}
+
 // Money is conserved, but the acknowledged commit's effects are missing on
 // both sides (as if both hosts had rolled their halves back).
 TEST(ChaosChecker, MissingCommittedEffectsAreReportedEvenWhenMoneyIsConserved) {

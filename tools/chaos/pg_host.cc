@@ -8,7 +8,7 @@
 
 namespace keel::chaos {
 
-PgHost::PgHost(std::vector<std::string> databases, std::uint32_t outstanding) {
+PgHost::PgHost(std::vector<std::string> databases, std::uint32_t outstanding) : databases_(databases) {
   test::PgServerOptions o;
   // Connections per agent: a pool of 8 and 2 for phase 2 (keel-agent's
   // defaults); plus the checker's own.
@@ -106,6 +106,10 @@ void PgHost::heal() {
 }
 
 std::string PgHost::connString(const std::string& db) const { return server_->connString(db); }
+
+bool PgHost::has(const std::string& db) const {
+  return std::find(databases_.begin(), databases_.end(), db) != databases_.end();
+}
 
 const std::string& PgHost::logFile() const { return server_->logFile(); }
 

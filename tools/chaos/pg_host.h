@@ -51,6 +51,7 @@ class PgHost final {
   void heal();
 
   std::string connString(const std::string& db) const;  // valid after start()
+  bool has(const std::string& db) const;  // one of its databases
   // Reads over a fresh connection with a 2 s connect timeout; throw if the
   // server does not answer.
   std::map<std::string, std::int64_t> balances(const std::string& db) const;
@@ -61,6 +62,7 @@ class PgHost final {
   void onOwner(std::function<void()> fn);
   void ownerLoop();
 
+  std::vector<std::string> databases_;
   std::unique_ptr<test::PgServer> server_;  // driven on owner_ only
   bool paused_ = false;                     // owner_ only
   std::mutex mu_;

@@ -209,6 +209,9 @@ std::vector<std::string> unmetMinimums(const Report& r, const Minimums& m) {
   for (const auto& [kind, c] : r.byMix) need(kind + " interactions answered", c.answered(), m.perKind, "--min-per-kind");
   need("interactions retried after a lost answer", r.retried, m.retried, "--min-retried");
   if (r.cluster) need("takeovers", r.cluster->takeovers.done.size(), m.takeovers, "--min-takeovers");
+  std::uint64_t fired = 0;
+  for (const auto& [kind, n] : r.faults) fired += n;
+  need("faults that took effect", fired, m.anyFaults, "a run that injects faults must fire one");
   for (const auto& f : m.faults) {
     auto it = r.faults.find(f);
     if (it == r.faults.end() || it->second == 0) out.push_back("fault " + f + " never fired (--require-faults)");

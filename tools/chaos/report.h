@@ -102,6 +102,7 @@ struct Minimums {
   std::uint64_t perKind = 0;         // answers for every kind of the mix
   std::uint64_t retried = 0;         // interactions retried with their request id after a lost answer
   std::vector<std::string> faults;   // fault kinds that must have fired at least once
+  std::uint64_t anyFaults = 0;       // faults of any kind that took effect (a run that injects: 1)
   std::uint64_t takeovers = 0;       // --cluster: takeovers finished by a survivor
 };
 // One line per minimum `r` did not reach (empty: all reached).

@@ -42,7 +42,30 @@ struct Workload::Flight {
 Workload::Workload(WorkloadOptions o, kj::AsyncIoContext& io, std::vector<std::string> coordinators,
                    std::vector<std::string> agents, Timeline& timeline)
     : o_(o), io_(io), coordinators_(std::move(coordinators)), agents_(std::move(agents)), timeline_(timeline),
-      rng_(o.seed * 7919 + 1), conns_(o.connections * coordinators_.size()) {}
+      rng_(o.seed * 7919 + 1), conns_(o.connections * coordinators_.size()) {
+  allSql_ = !agents_.empty();
+  for (std::size_t i = 0; i < agents_.size(); ++i) {
+    AgentKind k = kind(agents_[i]);
+    if (k != AgentKind::Host) readers_.push_back(i);
+    if (k == AgentKind::Ledger) interactives_.push_back(i);
+    allSql_ = allSql_ && k == AgentKind::Postgres;
+    anySql_ = anySql_ || k == AgentKind::Postgres;
+  }
+}
+
+AgentKind Workload::kind(const std::string& agent) const {
+  auto it = o_.kinds.find(agent);
+  return it == o_.kinds.end() ? AgentKind::Ledger : it->second;
+}
+
+std::pair<std::size_t, std::size_t> Workload::pair(const std::vector<std::size_t>& among, std::size_t a,
+                                                   std::size_t b) {
+  std::size_t m = among.size();
+  if (m == agents_.size()) return {a, b};
+  std::size_t i = rng_() % m;
+  std::size_t j = m > 1 ? (i + 1 + rng_() % (m - 1)) % m : i;
+  return {among[i], among[j]};
+}
 
 kj::Promise<void> Workload::run(Micros untilUs) {
   until_ = untilUs;
@@ -52,17 +75,20 @@ kj::Promise<void> Workload::run(Micros untilUs) {
 }
 
 std::vector<Mix> Workload::mixes() const {
-  std::vector<Mix> m = {Mix::Transfer, Mix::Overdraft, Mix::OnePhase, Mix::ReadOnly};
+  std::vector<Mix> m = {Mix::Transfer, Mix::Overdraft, Mix::OnePhase};
+  if (!readers_.empty()) m.push_back(Mix::ReadOnly);
   if (agents_.size() >= 3) m.push_back(Mix::ThreeBranch);
-  if (!o_.sql) m.push_back(Mix::Interactive);
-  if (o_.sql) m.push_back(Mix::HotTransfer);
+  if (interactives_.size() >= 2) m.push_back(Mix::Interactive);
+  if (allSql_) m.push_back(Mix::HotTransfer);
   return m;
 }
 
 // The mix, in draws out of 100: 10 overdrafts, 12 three-branch, 15
 // one-phase, 18 interactive, 12 read-only, the rest (33) two-branch
 // transfers; a kind the run cannot do (three branches on two agents,
-// interactive on postgres agents) falls through to the next. On postgres
+// interactive without two ledger agents, reads on host agents only) falls
+// through to the next; reads and interactive steps go only to the agents
+// that take them (host agents: debits and credits only). On postgres
 // agents 10 of the two-branch transfers are hot ones, between the first
 // kHotAccounts accounts of each agent: there row locks are contended on
 // purpose (waits, lock timeouts, deadlocks across databases), while the
@@ -93,18 +119,20 @@ Workload::Plan Workload::nextPlan() {
     std::size_t to = accounts > 1 ? (from + 1 + rng_() % (accounts - 1)) % accounts : from;
     std::int64_t sum = rng_() % 8 == 0 ? overdraw : amount;
     p.ops = transferOps(ref(a, bank::accountName(from)), ref(a, bank::accountName(to)), sum);
-  } else if (kind < 55 && !o_.sql) {  // interactive: debit, then credit, then commit / rollback / drop
+  } else if (kind < 55 && interactives_.size() >= 2) {  // interactive: debit, credit, commit / rollback / drop
     p.mix = Mix::Interactive;
+    auto [ia, ib] = pair(interactives_, a, b);
     std::int64_t sum = rng_() % 20 == 0 ? overdraw : amount;
     std::string from = acct(), to = acct();
-    p.steps = {{Op{agents_[a], OpKind::Debit, from, sum}}, {Op{agents_[b], OpKind::Credit, to, sum}}};
+    p.steps = {{Op{agents_[ia], OpKind::Debit, from, sum}}, {Op{agents_[ib], OpKind::Credit, to, sum}}};
     std::uint32_t end = rng_() % 100;
     p.end = end < 75 ? ClientEnd::Commit : end < 90 ? ClientEnd::Rollback : ClientEnd::Drop;
-  } else if (kind < 67) {  // balance reads on one agent or two
+  } else if (kind < 67 && !readers_.empty()) {  // balance reads on one agent or two
     p.mix = Mix::ReadOnly;
-    p.ops = {Op{agents_[a], OpKind::ReadBalance, acct(), 0}};
-    if (rng_() % 2 == 0) p.ops.push_back(Op{agents_[b], OpKind::ReadBalance, acct(), 0});
-  } else if (kind >= 90 && o_.sql) {
+    auto [ra, rb] = pair(readers_, a, b);
+    p.ops = {Op{agents_[ra], OpKind::ReadBalance, acct(), 0}};
+    if (rng_() % 2 == 0 && rb != ra) p.ops.push_back(Op{agents_[rb], OpKind::ReadBalance, acct(), 0});
+  } else if (kind >= 90 && allSql_) {
     p.mix = Mix::HotTransfer;
     auto hot = [&]() { return bank::accountName(rng_() % std::min(kHotAccounts, o_.accountsPerAgent)); };
     p.ops = transferOps(ref(a, hot()), ref(b, hot()), amount);
@@ -116,7 +144,7 @@ Workload::Plan Workload::nextPlan() {
 }
 
 std::vector<Op> Workload::onWire(const std::vector<Op>& ops) const {
-  if (!o_.sql) return ops;
+  if (!anySql_) return ops;
   // Within one database the rows are locked in one order (by account), so
   // two transfers between the same two accounts of one agent never wait on
   // each other in a cycle: the workload makes no deadlock of its own.
@@ -128,7 +156,11 @@ std::vector<Op> Workload::onWire(const std::vector<Op>& ops) const {
   std::vector<Op> out;
   out.reserve(ops.size());
   for (const auto& op : ordered) {
-    out.push_back(op.kind == OpKind::ReadBalance ? bank::sqlRead(op.participant, op.account) : sqlbank::toSql(op));
+    if (kind(op.participant) != AgentKind::Postgres) {
+      out.push_back(op);
+    } else {
+      out.push_back(op.kind == OpKind::ReadBalance ? bank::sqlRead(op.participant, op.account) : sqlbank::toSql(op));
+    }
   }
   return out;
 }
@@ -206,7 +238,7 @@ void Workload::noteReads(const std::vector<Op>& ops, const SubmitOutcome& o) {
     if (ops[k].kind != OpKind::ReadBalance) continue;
     const auto& r = o.results[k];
     std::int64_t balance = r.balance;
-    if (o_.sql) {
+    if (kind(ops[k].participant) == AgentKind::Postgres) {
       if (r.rows.empty() || r.rows[0].empty() || !r.rows[0][0]) continue;
       balance = std::strtoll(r.rows[0][0]->c_str(), nullptr, 10);
     }

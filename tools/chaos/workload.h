@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -30,6 +31,12 @@ namespace keel::chaos {
 // Postgres agents: the accounts of each agent that hot transfers use.
 inline constexpr std::uint32_t kHotAccounts = 3;
 
+// What stands behind an agent: the workload sends each what it can run.
+// Postgres agents get debits, credits and reads as SQL; host agents (a
+// host system that can only try, confirm and cancel: docs/hosts.md) only
+// debits and credits in one submit (no reads, no interactive steps).
+enum class AgentKind : std::uint8_t { Ledger, Postgres, Host };
+
 struct WorkloadOptions {
   std::uint64_t seed = 1;
   std::uint32_t accountsPerAgent = 10;
@@ -37,7 +44,9 @@ struct WorkloadOptions {
   std::uint32_t connections = 8;
   std::uint32_t concurrency = 32;
   std::uint32_t retryForMs = 15000;  // how long a lost answer is retried with the same request id
-  bool sql = false;  // postgres agents: debits, credits and reads go out as SQL (attempts keep the ledger form)
+  // Agent -> its kind (absent: ledger). Attempts keep the ledger form of
+  // what went out as SQL.
+  std::map<std::string, AgentKind> kinds;
 };
 
 class Workload {
@@ -79,6 +88,11 @@ class Workload {
   using Call = std::function<kj::Promise<std::optional<SubmitOutcome>>(KeelClient&, Flight&)>;
 
   Plan nextPlan();
+  AgentKind kind(const std::string& agent) const;
+  // Two distinct agents of `among` (one if it has one): the draw's own `a`
+  // and `b` when `among` is every agent, so a run of one kind keeps the
+  // plans its seed always drew.
+  std::pair<std::size_t, std::size_t> pair(const std::vector<std::size_t>& among, std::size_t a, std::size_t b);
   std::vector<Op> onWire(const std::vector<Op>& ops) const;
   // Client connection `i` (0 .. connections - 1) to coordinator `coord`.
   kj::Promise<ConnPtr> connection(std::size_t i, std::size_t coord);
@@ -104,6 +118,10 @@ class Workload {
   kj::AsyncIoContext& io_;
   std::vector<std::string> coordinators_;
   std::vector<std::string> agents_;
+  std::vector<std::size_t> readers_;       // agents that answer balance reads (not host agents)
+  std::vector<std::size_t> interactives_;  // agents that take interactive steps (ledger agents)
+  bool allSql_ = false;                    // every agent is a postgres agent (hot transfers)
+  bool anySql_ = false;
   Timeline& timeline_;
   std::mt19937_64 rng_;
   std::vector<ConnPtr> conns_;  // [coord * connections + i]

@@ -98,6 +98,17 @@ const char* stateCounter(KeyState s) {
 
 const char* opKindName(OpKind k) { return k == OpKind::Debit ? "debit" : "credit"; }
 
+const char* keyStateName(KeyState s) {
+  switch (s) {
+    case KeyState::Tried: return "tried";
+    case KeyState::Refused: return "refused";
+    case KeyState::Confirmed: return "confirmed";
+    case KeyState::Cancelled: return "cancelled";
+    case KeyState::Tombstone: break;
+  }
+  return "tombstone";
+}
+
 HostBooks::HostBooks(const std::string& dir, std::size_t mapSizeBytes, CreditMode credits)
     : env_(dir, lmdb::EnvOptions{.mapSize = mapSizeBytes}), credits_(credits) {
   accounts_ = env_.openDb("accounts");
@@ -274,6 +285,16 @@ std::vector<OpenTry> HostBooks::openTries() const {
   return out;
 }
 
+std::vector<std::pair<std::string, KeyState>> HostBooks::keyStates() const {
+  auto txn = env_.beginRead();
+  std::vector<std::pair<std::string, KeyState>> out;
+  txn.scan(keys_, "", [&](std::string_view k, std::string_view v) {
+    out.emplace_back(std::string(k), decodeKey(v).state);
+    return true;
+  });
+  return out;
+}
+
 Stats HostBooks::stats() const {
   auto txn = env_.beginRead();
   Stats s;
@@ -353,6 +374,15 @@ std::string openJson(const std::vector<OpenTry>& open) {
     const auto& o = open[i];
     out += std::string(i ? "," : "") + "{\"key\":" + q(o.key) + ",\"op\":\"" + opKindName(o.kind) +
            "\",\"account\":" + q(o.account) + ",\"amount\":" + std::to_string(o.amount) + ",\"ref\":" + q(o.ref) + "}";
+  }
+  return out + "]}";
+}
+
+std::string keysJson(const std::vector<std::pair<std::string, KeyState>>& keys) {
+  std::string out = "{\"keys\":[";
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    out += std::string(i ? "," : "") + "{\"key\":" + q(keys[i].first) + ",\"state\":\"" +
+           keyStateName(keys[i].second) + "\"}";
   }
   return out + "]}";
 }

@@ -51,6 +51,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/lmdb.h"
@@ -61,6 +62,7 @@ enum class OpKind : std::uint8_t { Debit, Credit };
 const char* opKindName(OpKind k);  // "debit" / "credit"
 
 enum class KeyState : std::uint8_t { Tried, Refused, Confirmed, Cancelled, Tombstone };
+const char* keyStateName(KeyState s);  // "tried", "refused", "confirmed", "cancelled", "tombstone"
 
 // One HTTP answer: status and JSON body.
 struct Answer {
@@ -147,6 +149,8 @@ class HostBooks {
   std::optional<Account> account(std::string_view name) const;
   std::optional<KeyRecord> keyRecord(std::string_view key) const;
   std::vector<OpenTry> openTries() const;
+  // Every key and its state, in key order (GET /v1/keys: a checker's read).
+  std::vector<std::pair<std::string, KeyState>> keyStates() const;
   Stats stats() const;
 
  private:
@@ -171,6 +175,7 @@ class HostBooks {
 std::string accountJson(const Account& a);
 std::string accountsJson(const std::vector<Account>& all);
 std::string openJson(const std::vector<OpenTry>& open);
+std::string keysJson(const std::vector<std::pair<std::string, KeyState>>& keys);
 std::string statsJson(const Stats& s);
 
 }  // namespace keel::host

@@ -160,6 +160,8 @@ void HostService::handle(HttpRequest req, HttpReply reply) {
       reply.send(a ? Answer{200, accountJson(*a)} : jsonError(404, "no such account " + name));
     } else if (p == "/v1/open") {
       if (only("GET")) reply.send({200, openJson(books_.openTries())});
+    } else if (p == "/v1/keys") {
+      if (only("GET")) reply.send({200, keysJson(books_.keyStates())});
     } else if (p == "/v1/stats") {
       if (!only("GET")) return;
       Stats st = books_.stats();

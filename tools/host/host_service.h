@@ -4,7 +4,7 @@
 // misbehave on purpose.
 //
 //   POST /v1/{debit,credit}/{try,confirm,cancel}   the contract calls
-//   GET  /v1/health, /v1/accounts, /v1/accounts/<name>, /v1/open, /v1/stats
+//   GET  /v1/health, /v1/accounts, /v1/accounts/<name>, /v1/open, /v1/keys, /v1/stats
 //   POST /v1/accounts {"name","balance"}           opens an account (409 if it exists)
 //   GET  /admin/faults, POST /admin/faults {"slow_ms","drop_answers","fail_rate","crash_at"}
 //
