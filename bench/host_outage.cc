@@ -149,7 +149,9 @@ void HostOutage::followCancels(kj::AsyncIoContext& io, std::vector<Xid> xids) {
       }
       xids = std::move(open);
     } catch (const kj::Exception&) {
-      // The agent refuses status while its host is down: not finished yet.
+      // The call failed (the agent busy or gone): ask again. (Only the
+      // empty status, the coordinator's health probe, is refused while the
+      // host is down; a status for branches is answered.)
     }
     if (!xids.empty()) timer.afterDelay(kFollowPoll).wait(io.waitScope);
   }
