@@ -19,6 +19,7 @@
 
 #include "bench/etcd_floor.h"
 #include "bench/floor.h"
+#include "bench/host_outage.h"
 #include "bench/keel_load.h"
 #include "bench/raw2pc.h"
 #include "bench/report.h"
@@ -28,6 +29,7 @@
 #include "tools/certs.h"
 #include "tools/cluster.h"
 #include "tools/etcd_cluster.h"
+#include "tools/host_process.h"
 #include "tools/pg_server.h"
 
 namespace {
@@ -63,6 +65,7 @@ struct Flags {
   std::string etcdDir;  // where the etcd members' data goes; empty: $TMPDIR or /tmp
   bool etcdFloor = false;
   std::uint32_t etcdFloorSamples = 200;
+  double hostOutage = 0;  // --adapter host: seconds keel-host is down during the load; 0: no outage
 };
 
 std::pair<std::string, std::string> splitEq(const std::string& s, const char* flag) {
@@ -80,13 +83,19 @@ struct Setup {
   std::unique_ptr<keel::test::PgServer> pg;
   std::unique_ptr<keel::test::EtcdCluster> etcd;  // --cluster: outlives the coordinators
   std::unique_ptr<keel::LocalCluster> cluster;
+  std::unique_ptr<keel::HostProcess> host;  // --adapter host: the host system behind bank-b
   Deployment deployment;
   std::vector<std::string> conninfo;  // postgres: one per agent
 };
 
 std::string agentName(std::size_t i) { return std::string("bank-") + char('a' + i); }
 
-void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoContext& io) {
+// --adapter host: bank-a is a ledger agent, bank-b a host agent.
+const std::string kHostAgent = "bank-b";
+
+// `adapter`: f.adapter, or "ledger" for the host mode's ledger-only run.
+void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t maxConcurrency,
+           kj::AsyncIoContext& io) {
   if (!f.coordinator.empty()) {
     s.baseDir = keel::makeTempDir("keel-bench");
     s.ownBaseDir = true;
@@ -127,7 +136,20 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
       for (auto& kv : f.clusterSet) copts.clusterToml += kv + "\n";
     }
     s.cluster = std::make_unique<keel::LocalCluster>(copts);
-    if (f.adapter == "postgres") {
+    if (adapter == "host") {
+      keel::HostOptions ho;
+      ho.binDir = copts.binDir;
+      ho.dir = s.baseDir;
+      ho.accounts = f.spec.accounts;
+      ho.balance = kOpeningBalance;
+      s.host = std::make_unique<keel::HostProcess>(ho);
+      std::fprintf(stderr, "keel-bench: starting keel-host with %u accounts; %s is a host agent in front of it\n",
+                   f.spec.accounts, kHostAgent.c_str());
+      s.host->start();
+      s.cluster->setAgentArgs(kHostAgent, {"--adapter", "host", "--host", s.host->url(), "--host-operations",
+                                           keel::writeHostOperations(s.baseDir)});
+    }
+    if (adapter == "postgres") {
       keel::test::PgServerOptions po;
       for (auto& a : copts.agents) po.databases.push_back(keel::bank::databaseFor(a));
       // Room for every prepared branch, and for every connection: raw2pc's
@@ -160,24 +182,46 @@ void setUp(Setup& s, const Flags& f, std::uint32_t maxConcurrency, kj::AsyncIoCo
       s.deployment.processes.push_back(WatchedProcess{a, s.cluster->agentPid(a), false});
     }
     if (s.pg) s.deployment.processes.push_back(WatchedProcess{"postgres", s.pg->pid(), true});
+    if (s.host) s.deployment.processes.push_back(WatchedProcess{"keel-host", s.host->pid(), false});
   }
   s.deployment.processes.push_back(WatchedProcess{"keel-bench", ::getpid(), false});
-  if (f.adapter == "ledger" && f.mode == "keel") {
+  if ((adapter == "ledger" || adapter == "host") && f.mode == "keel") {
     auto client = keel::KeelClient::connect(io, s.deployment.coordinators.front()).wait(io.waitScope);
-    std::vector<std::string> names;
-    for (auto& [n, a] : s.deployment.agents) names.push_back(n);
+    std::vector<std::string> names;  // the host's accounts are keel-host's own
+    for (auto& [n, a] : s.deployment.agents) {
+      if (adapter == "ledger" || n != kHostAgent) names.push_back(n);
+    }
     std::fprintf(stderr, "keel-bench: opening %u accounts on each agent\n", f.spec.accounts);
     keel::bank::openLedgerAccounts(io.waitScope, *client, names, f.spec.accounts, kOpeningBalance);
   }
 }
 
+// Stops what setUp started; removes its folder unless kept.
+void tearDown(Setup& s, bool keep) {
+  if (s.cluster) s.cluster->stopAll();
+  if (s.host) s.host->stop();
+  s.cluster.reset();
+  s.host.reset();
+  s.etcd.reset();
+  s.pg.reset();
+  if (s.ownBaseDir) {
+    if (keep) {
+      std::fprintf(stderr, "keel-bench: data and logs kept in %s\n", s.baseDir.c_str());
+    } else {
+      std::error_code ec;
+      std::filesystem::remove_all(s.baseDir, ec);
+    }
+    s.ownBaseDir = false;
+  }
+}
+
 RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const std::string& mode,
-                 std::uint32_t concurrency) {
+                 std::uint32_t concurrency, HostOutage* outage = nullptr) {
   WindowOptions w;
   w.warmupS = f.warmup;
   w.durationS = f.duration;
   w.progress = !f.quiet;
-  w.label = mode + " c=" + std::to_string(concurrency);
+  w.label = (s.host ? "host " : "") + mode + " c=" + std::to_string(concurrency);
   if (mode == "raw2pc") {
     Raw2pcOptions o;
     o.conninfo = s.conninfo;
@@ -195,6 +239,10 @@ RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const s
   o.batchInFlight = f.batchInFlight;
   o.window = w;
   o.seed = f.seed;
+  if (outage != nullptr) {
+    o.observer = outage;
+    o.atWindowStart = [outage] { outage->begin(); };
+  }
   return runKeelLoad(io, s.deployment, f.spec, o);
 }
 
@@ -224,6 +272,48 @@ double loadAverage() {
   return l;
 }
 
+// --host-outage: the kill comes this long into the measured window.
+double outageAt(const Flags& f) { return std::min(2.0, f.duration / 4); }
+
+// --adapter host: the host run (with --host-outage, its outage and how
+// fast what it touched settled); without an outage, then the same load on
+// two ledger agents (`ledger`, started once the host deployment is
+// stopped) and the ratios host / ledger.
+void runHostMode(kj::AsyncIoContext& io, Setup& s, Setup& ledger, const Flags& f, const RunContext& ctx,
+                 JsonObject& j) {
+  std::unique_ptr<HostOutage> outage;
+  if (f.hostOutage > 0) {
+    std::pair<std::string, std::string> hostAgent;
+    for (auto& a : s.deployment.agents) {
+      if (a.first == kHostAgent) hostAgent = a;
+    }
+    outage = std::make_unique<HostOutage>(*s.host, s.deployment.coordinators.front(), hostAgent, outageAt(f),
+                                          f.hostOutage);
+  }
+  auto r = runOne(io, s, f, f.mode, f.concurrency, outage.get());
+  printRun(stdout, r, ctx);
+  addContextFields(j, ctx);
+  addRunFields(j, r);
+  if (outage) {
+    auto client = keel::KeelClient::connect(io, s.deployment.coordinators.front()).wait(io.waitScope);
+    auto o = outage->settle(io, *client, 60 * kj::SECONDS);
+    printOutage(stdout, o);
+    addOutageFields(j, o);
+    return;
+  }
+  std::fflush(stdout);
+  tearDown(s, f.keep);
+  std::fprintf(stderr, "keel-bench: the same load on two ledger agents, for the ratios\n");
+  setUp(ledger, f, "ledger", f.concurrency, io);
+  auto l = runOne(io, ledger, f, f.mode, f.concurrency);
+  RunContext lctx = ctx;
+  lctx.adapter = "ledger";
+  printRun(stdout, l, lctx);
+  addRunFields(j, l, "ledger_");
+  printHostOverLedger(stdout, r, l);
+  addHostOverLedgerFields(j, r, l);
+}
+
 void addComparison(JsonObject& j, const RunResult& keelRun, const RunResult& raw) {
   addRunFields(j, raw, "raw2pc_");
   // Committed transfers per second: the work both sides are there to do (a
@@ -241,9 +331,16 @@ int main(int argc, char** argv) {
   app.add_option("--pid", f.pids, "NAME=PID of a running Keel process, for its CPU seconds (repeat)");
   app.add_option("--agents", f.agents, "agents to start (default: 2, or --participants for multi)")
       ->check(CLI::Range(1u, 26u));
-  app.add_option("--adapter", f.adapter, "ledger or postgres (starts a PostgreSQL server, one database per agent)")
+  app.add_option("--adapter", f.adapter,
+                 "ledger, postgres (starts a PostgreSQL server, one database per agent) or host (bank-a a ledger "
+                 "agent, bank-b a host agent in front of a keel-host; then the same load on two ledger agents, "
+                 "and the ratios)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"ledger", "postgres"}));
+      ->check(CLI::IsMember({"ledger", "postgres", "host"}));
+  app.add_option("--host-outage", f.hostOutage,
+                 "--adapter host: SIGKILL keel-host during the load, restart it after SECONDS, and measure how "
+                 "long after it served again the interactions it left unfinished settled")
+      ->check(CLI::Range(0.1, 3600.0));
   app.add_option("--mode", f.mode, "keel (through the coordinator) or raw2pc (libpq 2PC, no manager; postgres)")
       ->capture_default_str()
       ->check(CLI::IsMember({"keel", "raw2pc"}));
@@ -350,6 +447,27 @@ int main(int argc, char** argv) {
                  f.connections, f.cluster, even);
     f.connections = even;
   }
+  if (f.adapter == "host") {
+    if (!f.coordinator.empty()) return usage("--adapter host starts its own keel-host and deployment; not with --coordinator");
+    if (f.spec.kind != "transfer") return usage("--adapter host runs the transfer workload (a ledger branch and a host branch)");
+    if (f.spec.readPercent != 0) return usage("a host agent cannot read balances: --read-percent must be 0 with --adapter host");
+    if (f.agents != 0 && f.agents != 2) return usage("--adapter host starts two agents (bank-a ledger, bank-b host): leave --agents out");
+    for (auto flag : {"--sweep", "--cluster", "--tls"}) {
+      if (app.count(flag) != 0) return usage(std::string(flag) + " is not available with --adapter host");
+    }
+  }
+  if (f.hostOutage > 0) {
+    if (f.adapter != "host") return usage("--host-outage kills the keel-host behind a host agent: it needs --adapter host");
+    if (app.count("--duration") == 0) f.duration = std::max(f.duration, f.hostOutage + 8);
+    if (outageAt(f) + f.hostOutage + 1 > f.duration) {
+      char buf[200];
+      std::snprintf(buf, sizeof buf,
+                    "--host-outage %g needs --duration of at least %g s: the kill comes %g s into the window and the "
+                    "load must outlast the restart by a second",
+                    f.hostOutage, outageAt(f) + f.hostOutage + 1, outageAt(f));
+      return usage(buf);
+    }
+  }
   if (f.coordinator.empty() && f.agents == 0) f.agents = std::max<std::uint32_t>(2, f.spec.width());
   if (f.coordinator.empty()) {
     for (std::uint32_t i = 0; i < f.agents; ++i) f.spec.agents.push_back(agentName(i));
@@ -363,10 +481,10 @@ int main(int argc, char** argv) {
   if (f.sweep) maxConcurrency = *std::max_element(f.sweepLevels.begin(), f.sweepLevels.end());
 
   int rc = 0;
-  Setup s;
+  Setup s, ledger;  // ledger: --adapter host's ledger-only run
   try {
     auto io = kj::setupAsyncIo();
-    setUp(s, f, maxConcurrency, io);
+    setUp(s, f, f.adapter, maxConcurrency, io);
     RunContext ctx = contextOf(f);
     std::optional<FloorResult> floor;
     if (f.floor) {
@@ -415,6 +533,8 @@ int main(int argc, char** argv) {
       j.addRaw("sweep", arr + "]");
       // The headline fields at the top level too: those of the highest level.
       addRunFields(j, points.back().keel);
+    } else if (f.adapter == "host") {
+      runHostMode(io, s, ledger, f, ctx, j);
     } else {
       auto r = runOne(io, s, f, f.mode, f.concurrency);
       printRun(stdout, r, ctx);
@@ -446,16 +566,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "keel-bench: %s\n", e.what());
     rc = 1;
   }
-  if (s.cluster) s.cluster->stopAll();
-  s.etcd.reset();
-  s.pg.reset();
-  if (s.ownBaseDir) {
-    if (f.keep || rc != 0) {
-      std::fprintf(stderr, "keel-bench: data and logs kept in %s\n", s.baseDir.c_str());
-    } else {
-      std::error_code ec;
-      std::filesystem::remove_all(s.baseDir, ec);
-    }
-  }
+  tearDown(s, f.keep || rc != 0);
+  tearDown(ledger, f.keep || rc != 0);
   return rc;
 }

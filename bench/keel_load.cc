@@ -30,9 +30,9 @@ struct Conn {
 class ClientThread final : public LoadClient {
  public:
   ClientThread(const WorkloadSpec& spec, Live& live, std::vector<Conn> conns, std::uint64_t seed,
-               std::uint32_t batchInFlight, bool requestIds)
+               std::uint32_t batchInFlight, bool requestIds, AnswerObserver* observer)
       : live_(live), conns_(std::move(conns)), workload_(spec, seed), batchInFlight_(batchInFlight),
-        requestIds_(requestIds) {}
+        requestIds_(requestIds), observer_(observer) {}
 
   ~ClientThread() override { join(); }
 
@@ -77,13 +77,15 @@ class ClientThread final : public LoadClient {
     auto it = workload_.next();
     const bool intendRollback = it.intent == Interaction::Intent::Rollback;
     const auto t0 = monoMicros();
+    const Micros wall0 = observer_ != nullptr ? wallMicros() : 0;
     SubmitRequest req;
     req.ops = std::move(it.ops);
     if (requestIds_) req.requestId = newRequestId();  // its time is set by submit
     return client.submit(std::move(req))
         .then(
-            [this, intendRollback, t0, &timer](SubmitOutcome o) -> kj::Promise<void> {
+            [this, intendRollback, t0, wall0, &timer](SubmitOutcome o) -> kj::Promise<void> {
               auto us = monoMicros() - t0;
+              if (observer_ != nullptr) observer_->answered(o.seq, o.outcome, wall0, wallMicros());
               switch (o.outcome) {
                 case ClientOutcome::Committed:
                   if (intendRollback) {
@@ -113,6 +115,7 @@ class ClientThread final : public LoadClient {
   Workload workload_;
   std::uint32_t batchInFlight_;  // 0: no client batching
   bool requestIds_;
+  AnswerObserver* observer_;  // may be null
 };
 
 struct LogSnapshot {
@@ -169,7 +172,8 @@ RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const Workloa
   std::vector<std::unique_ptr<LoadClient>> threads;
   for (std::uint32_t t = 0; t < nThreads; ++t) {
     threads.push_back(std::make_unique<ClientThread>(spec, live, perThread[t], opts.seed * 1000003 + t,
-                                                     opts.batch ? opts.batchInFlight : 0, opts.requestIds));
+                                                     opts.batch ? opts.batchInFlight : 0, opts.requestIds,
+                                                     opts.observer));
   }
   RunResult r;
   r.mode = "keel";
@@ -184,7 +188,10 @@ RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const Workloa
   for (std::size_t i = 1; i < d.coordinators.size(); ++i) where += ", " + d.coordinators[i];
   runClients(
       threads, live, "cannot connect to the coordinator at " + where, opts.window, d.processes, r,
-      [&] { before = readLogCounters(io, coordinators, agents); },
+      [&] {
+        before = readLogCounters(io, coordinators, agents);
+        if (opts.atWindowStart) opts.atWindowStart();
+      },
       [&] { after = readLogCounters(io, coordinators, agents); });
 
   r.haveLogCounters = true;

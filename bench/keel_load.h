@@ -9,12 +9,14 @@
 
 #include <kj/async-io.h>
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "bench/run.h"
 #include "bench/workload.h"
+#include "common/types.h"
 
 namespace keel::bench {
 
@@ -26,6 +28,14 @@ struct Deployment {
   std::vector<WatchedProcess> processes;                    // CPU accounted for
 };
 
+// Told of every answer the load gets (called from the client threads).
+class AnswerObserver {
+ public:
+  virtual ~AnswerObserver() = default;
+  // Wall-clock microseconds of the submit and of its answer.
+  virtual void answered(std::uint64_t seq, ClientOutcome outcome, Micros submittedUs, Micros answeredUs) = 0;
+};
+
 struct LoadOptions {
   std::uint32_t concurrency = 64;
   std::uint32_t connections = 4;
@@ -35,6 +45,8 @@ struct LoadOptions {
   bool requestIds = false;    // every submit carries a fresh request id (newRequestId)
   WindowOptions window;
   std::uint64_t seed = 1;
+  AnswerObserver* observer = nullptr;  // not owned; may be null
+  std::function<void()> atWindowStart;  // on the driver thread, right after the window opens
 };
 
 // Runs on the caller's thread (`io` is its event loop) plus opts.threads

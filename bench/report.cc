@@ -85,6 +85,15 @@ double cpuUsPerInteraction(const RunResult& r, const std::string& group) {
   return r.interactions() ? s * 1e6 / double(r.interactions()) : 0;
 }
 
+// One process's CPU in microseconds per interaction of the window; < 0
+// when not measured (the process was gone at one end of the window).
+double cpuUsPerInteraction(const RunResult& r, const ProcessCpu& c) {
+  if (c.seconds < 0) return -1;
+  return r.interactions() ? c.seconds * 1e6 / double(r.interactions()) : 0;
+}
+
+double ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
 }  // namespace
 
 void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
@@ -116,6 +125,15 @@ void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
     }
   }
   j.addRaw(p + "cpu_s", cpu.str());
+  JsonObject perInteraction;
+  for (auto& c : r.cpu) {
+    if (double us = cpuUsPerInteraction(r, c); us >= 0) {
+      perInteraction.add(c.name, us);
+    } else {
+      perInteraction.addRaw(c.name, "null");
+    }
+  }
+  j.addRaw(p + "cpu_us_per_interaction", perInteraction.str());
   if (r.haveLogCounters) {
     j.add(p + "coordinator_log_commits", r.coordinatorLogCommits)
         .add(p + "coordinator_log_jobs", r.coordinatorLogJobs)
@@ -168,6 +186,15 @@ void printRun(std::FILE* out, const RunResult& r, const RunContext& c) {
       std::fprintf(out, "  %s ?", p.name.c_str());
     }
   }
+  std::fprintf(out, "\n  CPU us per interaction:");
+  for (auto& p : r.cpu) {
+    if (double us = cpuUsPerInteraction(r, p); us >= 0) {
+      std::fprintf(out, "  %s %.1f", p.name.c_str(), us);
+    } else {
+      std::fprintf(out, "  %s ?", p.name.c_str());
+    }
+  }
+  if (c.adapter == "host") std::fprintf(out, "\n  (bank-a: the ledger agent, bank-b: the host agent in front of keel-host)");
   std::fprintf(out, "\n");
   if (r.haveLogCounters) {
     std::fprintf(out, "  durable log commits per interaction: coordinator %.3f (%llu commits, %llu jobs)",
@@ -209,6 +236,24 @@ void printFloor(std::FILE* out, const FloorResult& f, const RunResult* single) {
     std::fprintf(out, "  p50 at concurrency %u = %.2f x floor\n", single->concurrency,
                  double(single->latency.percentile(50)) / f.floorUs());
   }
+}
+
+
+void printHostOverLedger(std::FILE* out, const RunResult& host, const RunResult& ledger) {
+  std::fprintf(out,
+               "host / ledger (one invocation, same settings): throughput %.2f (%.0f vs %.0f interactions/s), "
+               "p50 %.2f (%llu vs %llu us), p99 %.2f (%llu vs %llu us)\n",
+               ratio(host.perSecond(), ledger.perSecond()), host.perSecond(), ledger.perSecond(),
+               ratio(double(host.latency.percentile(50)), double(ledger.latency.percentile(50))),
+               (unsigned long long)host.latency.percentile(50), (unsigned long long)ledger.latency.percentile(50),
+               ratio(double(host.latency.percentile(99)), double(ledger.latency.percentile(99))),
+               (unsigned long long)host.latency.percentile(99), (unsigned long long)ledger.latency.percentile(99));
+}
+
+void addHostOverLedgerFields(JsonObject& j, const RunResult& host, const RunResult& ledger) {
+  j.add("host_over_ledger_interactions_per_s", ratio(host.perSecond(), ledger.perSecond()))
+      .add("host_over_ledger_p50", ratio(double(host.latency.percentile(50)), double(ledger.latency.percentile(50))))
+      .add("host_over_ledger_p99", ratio(double(host.latency.percentile(99)), double(ledger.latency.percentile(99))));
 }
 
 }  // namespace keel::bench

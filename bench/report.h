@@ -50,6 +50,10 @@ void addContextFields(JsonObject& j, const RunContext& c);
 void addEtcdFloorFields(JsonObject& j, const EtcdFloorResult& f, const RunResult* singleClient);
 
 void printRun(std::FILE* out, const RunResult& r, const RunContext& c);
+// --adapter host against its ledger-only run of the same invocation:
+// throughput, p50 and p99 as ratios host / ledger.
+void printHostOverLedger(std::FILE* out, const RunResult& host, const RunResult& ledger);
+void addHostOverLedgerFields(JsonObject& j, const RunResult& host, const RunResult& ledger);
 void printFloor(std::FILE* out, const FloorResult& f, const RunResult* singleClient);
 void printEtcdFloor(std::FILE* out, const EtcdFloorResult& f, const RunResult* singleClient);
 

@@ -36,12 +36,37 @@ TEST(KeelBench, ShortLedgerRunPrintsACompleteJsonLine) {
   EXPECT_TRUE(m["cpu_s"].has("bank-b"));
 }
 
+// --adapter host with a 1 s outage of keel-host: about a thousand transfers
+// across a ledger agent and a host agent, the kill and the restart, and
+// every interaction the outage touched settled afterwards.
+TEST(KeelBench, HostAdapterRunSurvivesAHostOutage) {
+  auto r = runJson("--adapter host --host-outage 1 --duration 3 --warmup 0.5 --concurrency 4 --connections 2 "
+                   "--accounts 50 --quiet",
+                   {"committed", "cpu_us_per_interaction", "host_outage_fired", "settled_after_back_count",
+                    "settled_after_back_p99_us", "outage_unsettled"});
+  ASSERT_EQ(r.exitCode, 0) << r.out;
+  EXPECT_TRUE(r.missing.empty()) << "missing " << r.missing.front() << " in " << lastLine(r.out);
+  EXPECT_EQ(r.fields["adapter"].str(), "host");
+  EXPECT_GT(r.fields["committed"].number(), 0);
+  EXPECT_TRUE(r.fields["host_outage_fired"].flag()) << lastLine(r.out);
+  EXPECT_GT(r.fields["host_outage_down_s"].number(), 0.9);
+  EXPECT_GT(r.fields["settled_after_back_count"].number(), 0);
+  EXPECT_EQ(r.fields["outage_unsettled"].number(), 0);
+  for (const char* p : {"coordinator", "bank-a", "bank-b", "keel-host"}) {
+    EXPECT_TRUE(r.fields["cpu_us_per_interaction"].has(p)) << p;
+  }
+}
+
 TEST(KeelBench, BadFlagsAreRefusedClearly) {
   expectRefused("--mode raw2pc", "need --adapter postgres");
   auto r = run("--workload multi --participants 9", true);
   EXPECT_NE(r.exitCode, 0);
   EXPECT_NE(r.out.find("--participants"), std::string::npos) << r.out;
   expectRefused("--rollback-percent 70 --read-percent 40", "at most 100");
+  expectRefused("--host-outage 5", "needs --adapter host");
+  expectRefused("--adapter host --read-percent 10", "cannot read balances");
+  expectRefused("--adapter host --workload single", "transfer workload");
+  expectRefused("--adapter host --host-outage 10 --duration 5", "needs --duration of at least");
 }
 
 }  // namespace
