@@ -618,8 +618,10 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
     return told.then([this, seq]() {
       Interaction* p = find(seq);
       if (p == nullptr) return;
+      auto late = std::move(p->lateBranches);
       forgetRequest(*p);
       live_.erase(seq);
+      for (const auto& [participant, b] : late) settleUnknownBranch(link(participant), b);
     });
   });
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "coordinator/coordinator.h"
+#include "coordinator/replies.h"
 
 namespace keel {
 
@@ -29,6 +30,11 @@ struct Coordinator::Interaction {
   bool decisionKey = false;    // cluster: etcd holds a decision key for it (deleted once finished)
   bool requestQueued = false;  // the request id's row rides with a write already queued
   kj::Own<kj::PromiseFulfiller<void>> wake;  // cuts a driver's backoff short
+  // Branches the recovery sweep found at a participant while the
+  // interaction was finishing (rolled back, its final record on its way):
+  // settled once that record is durable, so they join the stored story
+  // (Coordinator::adoptBranch, finish).
+  std::vector<std::pair<std::string, RecoveredBranch>> lateBranches;
 };
 
 }  // namespace keel

@@ -215,10 +215,20 @@ void Coordinator::adoptBranch(Interaction& it, const std::string& participant, c
   }
   // A branch the record does not list took no part in the decision: it is
   // rolled back whatever was decided. While the rollback driver runs, it
-  // joins the interaction (its story and the driver's retries). An
-  // interaction that is committing, or already finishing (its final record
-  // on its way: an interactive one whose last operations were not durable
-  // when the coordinator stopped), cannot take it any more: it is rolled
+  // joins the interaction (its story and the driver's retries).
+  // An aborted interaction already finishing (its final record on its way:
+  // another participant's sweep answered first and its rollback was
+  // quick) takes it once that record is durable: finish() hands it to
+  // settleUnknownBranch, which reopens the stored record, so the story
+  // names every branch.
+  if (it.rec.completedUs != 0 && it.rec.decision != InteractionRecord::Decision::Commit) {
+    KEEL_LOG_INFO("sweep: {} at {} joins interaction {} once its final record is durable", b.xid.str(),
+                  participant, seqText(b.xid.seq));
+    it.lateBranches.emplace_back(participant, b);
+    return;
+  }
+  // One that is committing (an interactive one whose last operations were
+  // not durable when the coordinator stopped) cannot take it: it is rolled
   // back on its own.
   if (it.rec.state != State::Aborting || !it.rb) {
     KEEL_LOG_WARN("sweep: {} at {} is not part of interaction {} ({}); rolling it back on its own", b.xid.str(),
@@ -293,6 +303,7 @@ void Coordinator::settleUnknownBranch(ParticipantLink& l, const RecoveredBranch&
   if (rec.createdUs == 0) rec.createdUs = wallMicros();
   if (rec.decision != InteractionRecord::Decision::Commit) {
     rec.decision = InteractionRecord::Decision::Abort;
+    rec.completedUs = 0;  // reopened: finished again once this branch is rolled back
     if (rb) {
       rb->completedUs = 0;
       rb->pending.push_back(l.name());

@@ -234,6 +234,26 @@ TEST_F(HostAgentTest, AgentKilledAfterTheHostsAnswerCancelsOnRestart) {
   EXPECT_EQ(host_->books().accounts["acct-9"].balance, kHostBalance);
 }
 
+// The agent dies after the host acknowledged the confirm, before its final
+// record: the restarted agent confirms again and the host answers the
+// repeat from its key, posting nothing twice.
+TEST_F(HostAgentTest, AgentKilledBeforeItsFinalRecordConfirmsAgainOnRestart) {
+  cluster_->stopAgent("card");
+  cluster_->startAgent("card", "host.before_settled=crash");
+  auto o = submit(transferOps("card:acct-5", "bank-a:alice", 25));
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_TRUE(cluster_->waitAgentExit("card", std::chrono::seconds(5)));
+  auto before = JsonReader::parse(host_->get("/v1/stats").body);
+  EXPECT_EQ(before["confirmed"].number(), 1) << "the confirm never reached the host";
+  cluster_->startAgent("card");
+  EXPECT_EQ(finalState(o.seq), InteractionRecord::State::Committed);
+  expectSettled();
+  auto after = JsonReader::parse(host_->get("/v1/stats").body);
+  EXPECT_GT(after["calls"].number(), before["calls"].number()) << "the restarted agent did not confirm again";
+  EXPECT_EQ(after["confirmed"].number(), 1);
+  EXPECT_EQ(host_->books().accounts["acct-5"].balance, kHostBalance - 25);
+}
+
 // A host slower than the agent's try budget: the agent votes NO and
 // cancels while the try is still out; nothing stays held.
 TEST_F(HostAgentTest, HostSlowerThanTheTryBudgetLeavesNothingHeld) {
