@@ -112,7 +112,8 @@ int main(int argc, char** argv) {
           },
           [&coordinator](std::uint16_t node, std::uint64_t epoch) { return coordinator.takeOver(node, epoch); });
     }
-    auto impl = kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats());
+    keel::BackupServer backups(*io.lowLevelProvider, wal.env().raw(), keel::formatIdentity(dir.identity()));
+    auto impl = kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats(), &backups);
     auto& target = *impl;
     keel::serveUntilTerminated(io, *server, target, kj::mv(impl), keel::coordinatorAccess(cfg.tls), cfg.limits, bound,
                                readyFile, "clients with " + std::to_string(cfg.participants.size()) + " participants");

@@ -53,7 +53,7 @@ AccessPolicy coordinatorAccess(const TlsConfig& tls) {
   // coordinator's books across clients.
   auto schema = capnp::Schema::from<wire::Coordinator>();
   std::vector<std::uint16_t> operatorOnly;
-  for (const char* m : {"listUnfinished", "retryNow", "resolve", "audit", "listHeuristic", "reconciled"}) {
+  for (const char* m : {"listUnfinished", "retryNow", "resolve", "audit", "listHeuristic", "reconciled", "backup"}) {
     operatorOnly.push_back(schema.getMethodByName(m).getIndex());
   }
   const std::uint64_t iface = capnp::typeId<wire::Coordinator>();
@@ -242,6 +242,8 @@ kj::Promise<void> CoordinatorImpl::audit(AuditContext ctx) {
   for (unsigned i = 0; i < entries.size(); ++i) l.set(i, toJson(entries[i]));
   return kj::READY_NOW;
 }
+
+kj::Promise<void> CoordinatorImpl::backup(BackupContext ctx) { return serveBackup(backups_, ctx); }
 
 TransactionImpl::~TransactionImpl() noexcept(false) {
   if (!life_.expired()) c_.abandon(seq_);

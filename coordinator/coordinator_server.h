@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "common/backup.h"
 #include "common/config.h"
 #include "common/group_log.h"
 #include "coordinator/client_requests.h"
@@ -16,7 +17,9 @@ namespace keel {
 class CoordinatorImpl final : public wire::Coordinator::Server {
  public:
   // logStats: the WAL's group-commit counters, reported by info().
-  CoordinatorImpl(Coordinator& c, const GroupCommitLog::Stats& logStats) : c_(c), logStats_(logStats) {}
+  // backups: serves backup() (null: refused with the reason).
+  CoordinatorImpl(Coordinator& c, const GroupCommitLog::Stats& logStats, BackupServer* backups = nullptr)
+      : c_(c), logStats_(logStats), backups_(backups) {}
   kj::Promise<void> submit(SubmitContext ctx) override;
   kj::Promise<void> begin(BeginContext ctx) override;
   kj::Promise<void> query(QueryContext ctx) override;
@@ -31,10 +34,12 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> queryRequest(QueryRequestContext ctx) override;
   kj::Promise<void> listHeuristic(ListHeuristicContext ctx) override;
   kj::Promise<void> reconciled(ReconciledContext ctx) override;
+  kj::Promise<void> backup(BackupContext ctx) override;
 
  private:
   Coordinator& c_;
   const GroupCommitLog::Stats& logStats_;
+  BackupServer* backups_;
 };
 
 // The capability returned by begin(): it IS the interactive transaction.

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/backup.h"
+
 namespace keel {
 
 namespace {
@@ -19,6 +21,12 @@ lmdb::EnvOptions envOptions(std::size_t mapSize, bool readOnly) {
 WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly)
     : env_(dir, envOptions(mapSizeBytes, readOnly)) {
   meta_ = env_.openDb("meta");
+  if (!readOnly) {
+    // Before anything else is created: a backup copy is refused as it is
+    // (--check-wal, read-only, may look at one).
+    auto txn = env_.beginRead();
+    refuseBackupCopy(txn.raw(), meta_, "data directory " + dir);
+  }
   interactions_ = env_.openDb("interactions");
   rollbacks_ = env_.openDb("rollbacks");
   active_ = env_.openDb("active");

@@ -112,6 +112,7 @@ class WalStore {
   // Share of the LMDB map in use (high-water mark of the file), 0..1.
   double fill() const;
   std::size_t mapSize() const { return env_.mapSize(); }
+  lmdb::Env& env() { return env_; }  // for hot backups (common/backup.h)
 
   // Decodes every record of every table; returns "table key: problem" for
   // each damaged one (keel-coordinator --check-wal).

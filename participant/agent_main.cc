@@ -179,7 +179,9 @@ int main(int argc, char** argv) {
       KEEL_LOG_INFO("branches prepared for over {} ms ask coordinator {} for their outcome", cfg.inDoubtQueryMs,
                     cfg.coordinator);
     }
-    auto impl = kj::heap<keel::ParticipantImpl>(agent);
+    keel::BackupServer backups(*io.lowLevelProvider, agent.branchLog().env().raw(),
+                               keel::formatIdentity(dir.identity()));
+    auto impl = kj::heap<keel::ParticipantImpl>(agent, &backups);
     auto& target = *impl;
     keel::serveUntilTerminated(io, server, target, kj::mv(impl), keel::agentAccess(cfg.tls, cfg.name), cfg.limits,
                                bound, readyFile,

@@ -15,7 +15,7 @@ AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
   auto schema = capnp::Schema::from<wire::Participant>();
   auto index = [&](const char* m) { return schema.getMethodByName(m).getIndex(); };
   std::vector<std::uint16_t> looking{index("inspect"), index("status"), index("listBranches"), index("batching"),
-                                    index("statements")};
+                                    index("statements"), index("backup")};
   const std::uint16_t recover = index("recover"), forget = index("forget");
   const std::uint64_t iface = capnp::typeId<wire::Participant>();
   auto has = [](const std::vector<std::string>& names, const std::string& id) {
@@ -300,5 +300,7 @@ kj::Promise<void> ParticipantImpl::listBranches(ListBranchesContext ctx) {
   res.setMore(more);
   return kj::READY_NOW;
 }
+
+kj::Promise<void> ParticipantImpl::backup(BackupContext ctx) { return serveBackup(backups_, ctx); }
 
 }  // namespace keel

@@ -2,6 +2,7 @@
 // ParticipantImpl: the thin Cap'n Proto shell around Agent. It reads
 // parameters, calls the agent, fills results; no protocol logic here.
 
+#include "common/backup.h"
 #include "common/config.h"
 #include "common/rpc.h"
 #include "participant/backend.h"
@@ -11,7 +12,9 @@ namespace keel {
 
 class ParticipantImpl final : public wire::Participant::Server, private kj::TaskSet::ErrorHandler {
  public:
-  explicit ParticipantImpl(ParticipantBackend& agent) : agent_(agent), tasks_(*this) {}
+  // backups: serves backup() (null: refused with the reason).
+  explicit ParticipantImpl(ParticipantBackend& agent, BackupServer* backups = nullptr)
+      : agent_(agent), backups_(backups), tasks_(*this) {}
 
   kj::Promise<void> prepare(PrepareContext ctx) override;
   kj::Promise<void> execute(ExecuteContext ctx) override;
@@ -26,17 +29,19 @@ class ParticipantImpl final : public wire::Participant::Server, private kj::Task
   kj::Promise<void> prepareBatch(PrepareBatchContext ctx) override;
   kj::Promise<void> batching(BatchingContext ctx) override;
   kj::Promise<void> statements(StatementsContext ctx) override;
+  kj::Promise<void> backup(BackupContext ctx) override;
 
  private:
   void taskFailed(kj::Exception&&) override {}  // a vote sink that went away: the answer carries the votes
   ParticipantBackend& agent_;
+  BackupServer* backups_;
   kj::TaskSet tasks_;  // streamed votes (prepareBatch with a sink)
 };
 
 // Roles on an agent (docs/security.md): identities in [tls] coordinators
 // make every call (and only they can raise an epoch fence); identities in
-// [tls] operators may look (inspect, status, listBranches, batching, and
-// recover / forget with epoch 0); anyone else is refused every call.
+// [tls] operators may look (inspect, status, listBranches, batching,
+// statements, backup, and recover / forget with epoch 0); anyone else is refused every call.
 // Insecure (plaintext): every peer makes every call.
 AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName);
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/backup.h"
+
 namespace keel {
 
 namespace {
@@ -33,9 +35,14 @@ const char* counterOf(BranchStatus s) {
 }  // namespace
 
 BranchLog::BranchLog(const std::string& dir, std::size_t mapSizeBytes) : env_(dir, envOptions(mapSizeBytes)) {
+  meta_ = env_.openDb("meta");
+  {
+    // Before anything else is created: a backup copy is refused as it is.
+    auto txn = env_.beginRead();
+    refuseBackupCopy(txn.raw(), meta_, "data directory " + dir);
+  }
   branches_ = env_.openDb("branches");
   unfinished_ = env_.openDb("unfinished");
-  meta_ = env_.openDb("meta");
 }
 
 BranchLog::~BranchLog() { log_.reset(); }

@@ -174,6 +174,22 @@ interface Participant {
   # written, no seq) instead of the agent voting no. `declared` false: the
   # agent runs no SQL (a ledger agent). The agent still checks every call.
   statements @12 () -> (declared :Bool, statements :List(StatementDeclaration));
+
+  # Operator: a hot backup of the agent's branch log (and, for a ledger
+  # agent, its books), streamed into `sink` (see BackupSink).
+  backup @13 (sink :BackupSink) -> (bytes :UInt64, micros :UInt64);
+}
+
+# Where a hot backup goes (keelctl backup serves it). The server copies its
+# LMDB environment compacted (mdb_env_copyfd2, MDB_CP_COMPACT) from one read
+# snapshot while it keeps serving: `start` once, then the copy's bytes in
+# order; the backup call's answer comes after the last write. A failed
+# write (the caller gone) stops the copy.
+interface BackupSink {
+  # `estimateBytes`: an upper bound of the copy's size (the map's used
+  # pages), for progress. `identity`: the data directory's keel.identity.
+  start @0 (estimateBytes :UInt64, identity :Text) -> ();
+  write @1 (bytes :Data) -> stream;
 }
 
 struct StatementDeclaration {
@@ -321,6 +337,10 @@ interface Coordinator {
   # Operator: the hosts of a heuristic interaction were reconciled by hand;
   # it leaves listHeuristic. Leaves an audit entry in the WAL.
   reconciled @13 (seq :UInt64, who :Text, why :Text) -> (done :Bool, reason :Text);
+
+  # Operator: a hot backup of the WAL, streamed into `sink` (BackupSink).
+  # One at a time; the coordinator keeps serving meanwhile.
+  backup @14 (sink :BackupSink) -> (bytes :UInt64, micros :UInt64);
 }
 
 struct SubmitItem {

@@ -8,6 +8,7 @@ PACKAGES=(
   capnproto libcapnp-dev          # Cap'n Proto 0.9.2: RPC and records (kj-tls: mutual TLS)
   libssl-dev openssl              # OpenSSL: certificate checks (common/tls.cc); openssl makes demo certificates
   liblmdb-dev                     # LMDB: WAL and branch log
+  lmdb-utils                      # mdb_stat, mdb_dump: looking into backups (docs/operations.md, "Backup")
   libgtest-dev libgmock-dev       # GoogleTest
   libbenchmark-dev                # Google Benchmark
   libspdlog-dev libfmt-dev        # logging

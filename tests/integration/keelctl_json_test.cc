@@ -250,9 +250,16 @@ TEST_F(KeelctlJsonTest, EveryCommandAnswersWithOneDocument) {
   EXPECT_EQ(f["forgotten"].whole(), 1u);
   EXPECT_TRUE(f["refused"].array().empty());
 
+  // A backup: one document with the manifest's fields and the directory.
+  auto bk = ctl(c() + "backup --to " + dir_ + "/json-backup", 0);
+  EXPECT_EQ(bk["dir"].str(), dir_ + "/json-backup");
+  EXPECT_EQ(bk["kind"].str(), "coordinator");
+  EXPECT_GE(bk["records"].whole(), 4u);
+  EXPECT_GT(bk["bytes"].whole(), 0u);
+
   // Every subcommand keelctl --help lists ran above.
   EXPECT_EQ(ran_, subcommands());
-  EXPECT_GE(ran_.size(), 12u);
+  EXPECT_GE(ran_.size(), 13u);
 }
 
 TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {

@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
+
 #include "common/tls.h"
 #include "tests/integration/cluster_fixture.h"
 #include "tools/certs.h"
@@ -74,6 +76,13 @@ TEST_F(TlsTest, ClientIdentityCannotMakeOperatorCalls) {
     EXPECT_NE(r.output.find("permission denied"), std::string::npos) << cmd << ": " << r.output;
     EXPECT_NE(r.output.find("'keel-client' is not an operator of this coordinator"), std::string::npos) << r.output;
   }
+  // A backup copies every client's interactions: an operator call too.
+  auto b = run(ctl("keel-client") + "backup --to " + dir_ + "/by-client");
+  EXPECT_NE(b.exitCode, 0) << b.output;
+  EXPECT_NE(b.output.find("permission denied: backup is an operator call"), std::string::npos) << b.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/by-client"));
+  auto ob = run(ctl("keel-operator") + "backup --to " + dir_ + "/by-operator");
+  EXPECT_EQ(ob.exitCode, 0) << ob.output;
   auto l = run(ctl("keel-operator") + "list");
   EXPECT_EQ(l.exitCode, 0) << l.output;
   auto t = run(ctl("keel-client") + "transfer bank-a:alice bank-a:alice 1");

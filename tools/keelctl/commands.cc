@@ -2,8 +2,11 @@
 
 #include <cctype>
 #include <charconv>
+#include <chrono>
 #include <iostream>
+#include <memory>
 
+#include "common/backup.h"
 #include "common/client.h"
 #include "common/fault.h"
 #include "tools/keelctl/output.h"
@@ -47,6 +50,33 @@ class Exchange {
       expired = true;
       return KJ_EXCEPTION(OVERLOADED, "keelctl --timeout");
     }));
+    return settle(kj::mv(bounded), expired);
+  }
+
+  // As wait, but --timeout counts from the last extend(): a long exchange
+  // that keeps making progress (a backup) is cut off only when it stalls.
+  template <typename T>
+  T waitActive(kj::Promise<T> p) {
+    bool expired = false;
+    auto bounded = p.exclusiveJoin(watchdog(expired).then([]() -> kj::Promise<T> {
+      return KJ_EXCEPTION(OVERLOADED, "keelctl --timeout");
+    }));
+    return settle(kj::mv(bounded), expired);
+  }
+  void extend() { deadline_ = io_.provider->getTimer().now() + timeout_; }
+  const std::string& address() const { return address_; }
+
+ private:
+  kj::Promise<void> watchdog(bool& expired) {
+    return io_.provider->getTimer().atTime(deadline_).then([this, &expired]() -> kj::Promise<void> {
+      if (io_.provider->getTimer().now() < deadline_) return watchdog(expired);
+      expired = true;
+      return kj::READY_NOW;
+    });
+  }
+
+  template <typename T>
+  T settle(kj::Promise<T> bounded, bool& expired) {
     try {
       return bounded.wait(io_.waitScope);
     } catch (const kj::Exception& e) {
@@ -60,7 +90,6 @@ class Exchange {
     }
   }
 
- private:
   kj::AsyncIoContext& io_;
   std::string address_;
   kj::Duration timeout_;
@@ -259,6 +288,81 @@ int Commands::forget(const std::string& agentAddr, const std::vector<Xid>& xids)
   std::vector<Xid> refused;
   for (auto x : resp.getRefused()) refused.push_back(Xid{x.getSeq(), x.getBranch()});
   return printForgotten(out_, resp.getForgotten(), refused, g_.json);
+}
+
+namespace {
+
+// Progress of a backup on stderr: at most one line per 10% or per 2 s,
+// from the first second on (a small backup prints only its answer).
+class BackupProgress {
+ public:
+  void operator()(std::uint64_t written, std::uint64_t estimate) {
+    auto now = std::chrono::steady_clock::now();
+    if (now - began_ < std::chrono::seconds(1)) return;
+    int tenth = estimate == 0 ? 0 : int(std::min<std::uint64_t>(written * 10 / estimate, 10));
+    if (tenth == lastTenth_ && now - last_ < std::chrono::seconds(2)) return;
+    lastTenth_ = tenth;
+    last_ = now;
+    char line[128];
+    if (estimate == 0) {
+      std::snprintf(line, sizeof line, "keelctl: backup: %.1f MiB", double(written) / double(1 << 20));
+    } else {
+      // The estimate is the pages in use; the compacted copy is smaller.
+      std::snprintf(line, sizeof line, "keelctl: backup: %.1f MiB of at most %.1f MiB",
+                    double(written) / double(1 << 20), double(estimate) / double(1 << 20));
+    }
+    std::cerr << line << std::endl;
+  }
+
+ private:
+  int lastTenth_ = -1;
+  std::chrono::steady_clock::time_point began_ = std::chrono::steady_clock::now(), last_{};
+};
+
+}  // namespace
+
+int Commands::backup(const std::string& agentAddr, const std::string& dir) {
+  // The target is checked (and its partial directory made) before anything
+  // is sent; on any failure below the partial directory is removed.
+  std::unique_ptr<BackupTarget> target;
+  Exchange* active = nullptr;
+  BackupProgress shown;
+  try {
+    target = std::make_unique<BackupTarget>(dir, [&](std::uint64_t written, std::uint64_t estimate) {
+      if (active != nullptr) active->extend();
+      shown(written, estimate);
+    });
+  } catch (const BackupError& e) {
+    throw Failure(kExitUsage, e.what());
+  }
+  std::string source;
+  BackupDone done;
+  if (agentAddr.empty()) {
+    auto [ex, client] = connectAny(io_, g_);
+    active = ex.get();
+    source = ex->address();
+    auto req = client->capability().backupRequest();
+    req.setSink(target->sink());
+    auto resp = ex->waitActive(req.send());
+    done = BackupDone{resp.getBytes(), resp.getMicros()};
+  } else {
+    auto ex = std::make_unique<Exchange>(io_, agentAddr, g_.timeout);
+    active = ex.get();
+    auto agent = ex->wait(AgentClient::connect(io_, agentAddr));
+    source = agentAddr;
+    auto req = agent->capability().backupRequest();
+    req.setSink(target->sink());
+    auto resp = ex->waitActive(req.send());
+    done = BackupDone{resp.getBytes(), resp.getMicros()};
+  }
+  BackupManifest m;
+  try {
+    m = target->commit(source, done);
+  } catch (const BackupError& e) {
+    throw Failure(kExitRefused, std::string("backup not kept: ") + e.what());
+  }
+  printBackup(out_, m, dir, g_.json);
+  return kExitDone;
 }
 
 }  // namespace keel::ctl

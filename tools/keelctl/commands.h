@@ -59,6 +59,9 @@ class Commands {
   int audit(std::uint32_t limit);
   int branches(const std::string& agent);
   int forget(const std::string& agent, const std::vector<Xid>& xids);
+  // A hot backup of the coordinator (agent empty) or of an agent into the
+  // new directory `dir` (common/backup.h); progress on stderr.
+  int backup(const std::string& agent, const std::string& dir);
 
  private:
   kj::AsyncIoContext& io_;

@@ -13,6 +13,7 @@
 //   keelctl [GLOBAL] audit [--limit N]
 //   keelctl [GLOBAL] forget --agent HOST:PORT SEQ.BRANCH...
 //   keelctl [GLOBAL] branches --agent HOST:PORT
+//   keelctl [GLOBAL] backup --to DIR [--agent HOST:PORT]
 //
 // GLOBAL (accepted before or after the command): -c/--coordinator HOST:PORT,
 // --timeout DURATION (default 30s: every exchange with a coordinator or an
@@ -184,6 +185,13 @@ int main(int argc, char** argv) {
   auto* branches = app.add_subcommand("branches", "an agent's unfinished (in-doubt) branches and its accounts");
   branches->add_option("--agent", agentAddr, "agent address (over TLS: NAME@HOST:PORT)")->type_name("HOST:PORT")->required();
 
+  std::string backupDir;
+  auto* backupCmd =
+      app.add_subcommand("backup", "hot backup of the coordinator's WAL (or, with --agent, an agent's log) into DIR");
+  backupCmd->add_option("--to", backupDir, "a new directory (refused if it exists)")->type_name("DIR")->required();
+  backupCmd->add_option("--agent", agentAddr, "back up this agent instead (over TLS: NAME@HOST:PORT)")
+      ->type_name("HOST:PORT");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -274,6 +282,7 @@ int main(int argc, char** argv) {
       if (*auditCmd) return run.audit(limit == 0 ? 1000 : limit);
       if (*branches) return run.branches(agentAddr);
       if (*forget) return run.forget(agentAddr, xids);
+      if (*backupCmd) return run.backup(agentAddr, backupDir);
       return keel::ctl::kExitDone;
     };
     int status = command();

@@ -302,4 +302,32 @@ int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector
   return status;
 }
 
+void printBackup(std::ostream& out, const BackupManifest& m, const std::string& dir, bool json) {
+  if (json) {
+    std::string manifest = manifestJson(m);
+    out << "{\"dir\":" << q(dir) << "," << manifest.substr(1) << "\n";
+    return;
+  }
+  char size[32];
+  if (m.bytes < (1u << 20)) {
+    std::snprintf(size, sizeof size, "%.1f KiB", double(m.bytes) / 1024.0);
+  } else {
+    std::snprintf(size, sizeof size, "%.1f MiB", double(m.bytes) / double(1 << 20));
+  }
+  char took[32];
+  std::snprintf(took, sizeof took, "%.3f s", double(m.copyMicros) / 1e6);
+  bool coordinator = m.kind == "coordinator";
+  out << "backup of " << (coordinator ? "coordinator node " + std::to_string(m.nodeId) : "agent " + m.name)
+      << " (instance " << m.instanceId << ") from " << m.source << "\n";
+  out << "  in " << dir << ": " << size << ", copied in " << took << " while serving\n";
+  if (coordinator) {
+    out << "  seq high-water mark " << seqText(makeSeq(m.nodeId, m.seqHwm)) << ", epoch " << m.epoch << ", "
+        << m.records << " interaction records (" << m.unfinished << " unfinished)\n";
+  } else {
+    out << "  " << m.records << " branch records (" << m.unfinished << " unfinished), highest epoch fence "
+        << m.epoch << "\n";
+  }
+  out << "  marked as a backup: no process starts on it as it is (docs/recovery.md, \"Restoring a backup\")\n";
+}
+
 }  // namespace keel::ctl

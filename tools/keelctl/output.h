@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/backup.h"
 #include "common/client.h"
 #include "common/records.h"
 
@@ -75,5 +76,9 @@ struct BranchView {
 void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vector<BranchView>& branches, bool json);
 // forget: how many branch records were dropped and those refused (not finished).
 int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector<Xid>& refused, bool json);
+
+// A finished backup: where it went, its size and time, and what the copy
+// holds (JSON: the manifest's fields and "dir").
+void printBackup(std::ostream& out, const BackupManifest& m, const std::string& dir, bool json);
 
 }  // namespace keel::ctl
