@@ -228,6 +228,7 @@ kj::Promise<AgentSnapshot> AgentClient::inspect() {
     s.rolledBack = resp.getRolledBack();
     s.logCommits = resp.getLogCommits();
     s.logJobs = resp.getLogJobs();
+    for (auto f : resp.getFences()) s.fences[f.getNode()] = std::max(s.fences[f.getNode()], f.getEpoch());
     return s;
   });
 }

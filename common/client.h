@@ -6,6 +6,7 @@
 #include <kj/async-io.h>
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -139,6 +140,8 @@ struct AgentSnapshot {
   std::uint32_t prepared = 0, active = 0, committed = 0, rolledBack = 0;
   // The branch log's durable (fsync-bearing) LMDB commits and their jobs.
   std::uint64_t logCommits = 0, logJobs = 0;
+  // The newest epoch it has seen from each coordinator node.
+  std::map<std::uint16_t, std::uint64_t> fences;
   std::int64_t total() const;
   std::int64_t held() const;
 };

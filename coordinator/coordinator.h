@@ -234,6 +234,20 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // A branch of an earlier incarnation that no interaction can take: rolled
   // back, retried with backoff until the participant answers.
   kj::Promise<void> rollBackStray(ParticipantLink& l, Xid xid, std::uint32_t attempt);
+  // The interaction in memory from its record (no driver started).
+  Interaction& install(InteractionRecord rec, std::optional<RollbackRecord> rb);
+
+  // A WAL restored from a backup (WalStore::RestoreMark): `seq` is one the
+  // lost WAL may have decided after the backup, and this WAL holds no
+  // decision for it.
+  bool restoredUndecided(std::uint64_t seq, const InteractionRecord* stored) const;
+  // Decides such a seq by what the participants hold, never by presumed
+  // abort: a committed branch anywhere -> commit the rest; a rolled-back
+  // one -> roll back; only prepared ones -> in doubt, left to an operator
+  // (keelctl resolve). Retried with backoff while a participant that could
+  // tell does not answer. `known`: its record in this WAL, if any.
+  void settleRestored(std::uint64_t seq, std::optional<InteractionRecord> known);
+  kj::Promise<void> gatherEvidence(std::uint64_t seq, std::optional<InteractionRecord> known, std::uint32_t attempt);
 
   Interaction* find(std::uint64_t seq);
 
@@ -258,6 +272,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::unordered_map<std::string, LiveRequest> requests_;
   std::uint64_t committed_ = 0, rolledBack_ = 0, heuristic_ = 0;
   std::uint32_t sweepPending_ = 0;
+  std::optional<WalStore::RestoreMark> restored_;  // this WAL was restored from a backup
+  std::set<std::uint64_t> settlingRestored_;        // seqs whose evidence is being gathered
   std::set<std::string> probing_;
   std::map<std::string, Micros> lastDownLogUs_;  // rate limit of "stopped answering" lines
   Micros fullUntilUs_ = 0;  // a write failed with MDB_MAP_FULL: refuse new work until then

@@ -1,6 +1,8 @@
 // keel-coordinator: the Keel transaction coordinator.
 //
 //   keel-coordinator --config coordinator.toml [--listen ADDR] [--data-dir DIR] [--init]
+//   keel-coordinator --config coordinator.toml [--data-dir DIR] --restore-from BACKUP
+//                                (coordinator/restore.h; then start as usual)
 //
 // Start-up order, so that a refused start changes nothing: config → data
 // directory (lock and identity; created only with --init) → open the WAL →
@@ -26,6 +28,7 @@
 #include "coordinator/cluster.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_server.h"
+#include "coordinator/restore.h"
 #include "coordinator/wal_store.h"
 
 int main(int argc, char** argv) {
@@ -39,6 +42,11 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure", insecure, "plaintext, no identities (loopback only): the same as [tls] insecure = true");
   app.add_flag("--check-wal", checkWal, "decode every WAL record, list the damaged ones and exit (1 if any)");
   app.add_flag("--init", init, "create the data directory (or initialise an empty one) on this first start");
+  std::string restoreFrom;
+  app.add_option("--restore-from", restoreFrom,
+                 "make the (missing or empty) data directory from this keelctl backup, safely, and exit "
+                 "(docs/recovery.md, \"Restoring a backup\")")
+      ->type_name("BACKUP");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -77,6 +85,31 @@ int main(int argc, char** argv) {
       return keel::kExitDataDirRefused;
     } catch (const std::exception& e) {
       std::cerr << "keel-coordinator: " << e.what() << "\n";
+      return keel::kExitFailed;
+    }
+  }
+  if (!restoreFrom.empty()) {
+    if (checkWal || init) {
+      std::cerr << "keel-coordinator: --restore-from makes the data directory itself: not with --check-wal or --init\n";
+      return keel::kExitBadConfig;
+    }
+    try {
+      keel::captureTerminationSignals();
+      auto io = kj::setupAsyncIo();
+      auto tlsReload = keel::startTls(io, cfg.tls);  // the participants are asked as this coordinator
+      auto r = keel::restoreFromBackup(io, cfg, restoreFrom, std::cout);
+      std::cout << "restored " << r.dataDir << " (instance " << r.instance << ") from the backup of instance "
+                << r.backupInstance << ". Start the coordinator as usual: unfinished work the backup does not "
+                << "decide is settled by what the participants hold (docs/recovery.md)\n";
+      return 0;
+    } catch (const keel::RestoreError& e) {
+      KEEL_LOG_ERROR("restore refused: {}", e.what());
+      return e.status;
+    } catch (const keel::ConfigError& e) {
+      KEEL_LOG_ERROR("restore refused: {}", e.what());
+      return keel::kExitBadConfig;
+    } catch (const kj::Exception& e) {
+      KEEL_LOG_ERROR("restore failed: {}", e.getDescription().cStr());
       return keel::kExitFailed;
     }
   }

@@ -25,11 +25,15 @@ Coordinator::Decided Coordinator::outcome(std::uint64_t seq) const {
   if (stored) {
     try {
       auto rec = decodeInteraction(stored->interaction);
+      // Restored from a backup without its decision: being decided by
+      // what the participants hold (settleRestored), never presumed.
+      if (restoredUndecided(seq, &rec)) return Decided::Pending;
       return rec.decision == InteractionRecord::Decision::Commit ? Decided::Committed : Decided::RolledBack;
     } catch (const CorruptRecord&) {
       return Decided::Pending;  // an operator must look at it first
     }
   }
+  if (restoredUndecided(seq, nullptr)) return Decided::Pending;
   // Never recorded by an earlier incarnation: no decision can exist for it
   // (presumed abort). A seq of this incarnation is always live or recorded.
   return seq < seqs_->firstOfIncarnation() ? Decided::RolledBack : Decided::Unknown;

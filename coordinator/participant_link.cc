@@ -321,6 +321,23 @@ kj::Promise<std::vector<RecoveredBranch>> ParticipantLink::recover(std::uint64_t
   });
 }
 
+kj::Promise<std::vector<RecoveredBranch>> ParticipantLink::branchesOf(std::uint64_t seq, kj::Duration deadline) {
+  return call<std::vector<RecoveredBranch>>(deadline, [this, seq](wire::Participant::Client& c) {
+    auto req = c.listBranchesRequest();
+    req.getAfter().setSeq(seq);
+    req.getAfter().setBranch(0);
+    req.setLimit(std::uint32_t(Limits::kMaxParticipants) * 2);  // far more than one interaction has there
+    return req.send().then([this, seq](auto resp) {
+      auto all = readReply(name_, malformedLogged_, "listBranches", [&] { return readRecovered(resp.getBranches()); });
+      std::vector<RecoveredBranch> out;
+      for (auto& b : all) {
+        if (b.xid.seq == seq) out.push_back(std::move(b));
+      }
+      return out;
+    });
+  });
+}
+
 kj::Promise<void> ParticipantLink::probe(kj::Duration deadline) {
   return call<bool>(deadline, [](wire::Participant::Client& c) {
            auto req = c.statusRequest();

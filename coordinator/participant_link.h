@@ -70,6 +70,10 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
                                             kj::Duration deadline);
   // The participant's unfinished branches of coordinator `node` (and others').
   kj::Promise<std::vector<RecoveredBranch>> recover(std::uint64_t epoch, std::uint16_t node, kj::Duration deadline);
+  // Every branch record the participant holds for `seq`, finished ones
+  // included (listBranches from seq.0): the evidence a restored
+  // coordinator decides by (Coordinator::settleRestored).
+  kj::Promise<std::vector<RecoveredBranch>> branchesOf(std::uint64_t seq, kj::Duration deadline);
   // A real call, not just a TCP connect: a paused process accepts
   // connections but answers nothing.
   kj::Promise<void> probe(kj::Duration deadline);

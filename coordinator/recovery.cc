@@ -57,6 +57,12 @@ kj::Promise<void> Coordinator::recover() {
   }
   KEEL_LOG_INFO("recovery 2/5 bump-epoch: epoch {}, first seq of this incarnation {}", epoch_,
                 seqText(seqs_->firstOfIncarnation()));
+  restored_ = wal_.restoreMark();
+  if (restored_) {
+    KEEL_LOG_WARN("this WAL was restored from a backup at {}: seqs below {} that it holds no decision for are "
+                  "decided by what the participants hold, never presumed aborted (docs/recovery.md)",
+                  formatMicros(restored_->atUs), seqText(makeSeq(cfg_.nodeId, restored_->floor)));
+  }
   std::size_t commits = 0, aborts = 0;
   for (auto& u : unfinished) {
     std::uint64_t seq = u.interaction.seq;
@@ -67,6 +73,10 @@ kj::Promise<void> Coordinator::recover() {
           f->second.commit ? InteractionRecord::Decision::Commit : InteractionRecord::Decision::Abort;
       fromEtcd.erase(f);
       keyed = true;
+    }
+    if (!keyed && restoredUndecided(seq, &u.interaction)) {
+      settleRestored(seq, std::move(u.interaction));
+      continue;
     }
     (u.interaction.decision == InteractionRecord::Decision::Commit ? commits : aborts)++;
     redrive(std::move(u.interaction), std::move(u.rollback));
@@ -112,7 +122,7 @@ kj::Promise<void> Coordinator::recover() {
   return kj::READY_NOW;
 }
 
-void Coordinator::redrive(InteractionRecord rec, std::optional<RollbackRecord> rb) {
+Coordinator::Interaction& Coordinator::install(InteractionRecord rec, std::optional<RollbackRecord> rb) {
   std::uint64_t seq = rec.seq;
   auto owned = std::make_unique<Interaction>();
   auto& it = *owned;
@@ -131,6 +141,12 @@ void Coordinator::redrive(InteractionRecord rec, std::optional<RollbackRecord> r
     }
     bindRequest(it);
   }
+  return it;
+}
+
+void Coordinator::redrive(InteractionRecord rec, std::optional<RollbackRecord> rb) {
+  std::uint64_t seq = rec.seq;
+  auto& it = install(std::move(rec), std::move(rb));
   // The crash (or whatever left it unfinished) happened after the last step
   // the record shows, and its branches have held their effects since their
   // prepare, which came after it was created: the window of inconsistency
@@ -273,8 +289,12 @@ void Coordinator::settleUnknownBranch(ParticipantLink& l, const RecoveredBranch&
   auto stored = wal_.get(seq);
   InteractionRecord rec;
   std::optional<RollbackRecord> rb;
+  if (stored) rec = decodeInteraction(stored->interaction);
+  if (restoredUndecided(seq, stored ? &rec : nullptr)) {
+    settleRestored(seq, stored ? std::optional<InteractionRecord>(std::move(rec)) : std::nullopt);
+    return;
+  }
   if (stored) {
-    rec = decodeInteraction(stored->interaction);
     if (!stored->rollback.empty()) rb = decodeRollback(stored->rollback);
   } else {
     // The interaction record never became durable (a two-phase interaction
@@ -312,6 +332,127 @@ void Coordinator::settleUnknownBranch(ParticipantLink& l, const RecoveredBranch&
   KEEL_LOG_INFO("sweep: settling {} at {} by {}", b.xid.str(), l.name(),
                 rec.decision == InteractionRecord::Decision::Commit ? "commit" : "rollback");
   redrive(std::move(rec), std::move(rb));
+}
+
+// ------------------------------------------------------------ a restored WAL
+
+bool Coordinator::restoredUndecided(std::uint64_t seq, const InteractionRecord* stored) const {
+  if (!restored_ || seqNode(seq) != cfg_.nodeId || seqCounter(seq) >= restored_->floor) return false;
+  if (stored == nullptr) return true;
+  // A decision or an end the backup already held stands; a one-phase
+  // interaction is asked of its participant anyway (it decided).
+  return stored->decision == InteractionRecord::Decision::None && !stored->finished() && !stored->onePhase;
+}
+
+void Coordinator::settleRestored(std::uint64_t seq, std::optional<InteractionRecord> known) {
+  if (find(seq) != nullptr || !settlingRestored_.insert(seq).second) return;
+  KEEL_LOG_INFO("restore: seq {} may have been decided after the backup: asking every participant", seqText(seq));
+  tasks_.add(gatherEvidence(seq, std::move(known), 0));
+}
+
+namespace {
+
+struct Evidence {
+  std::string participant;
+  bool answered = false;
+  std::string fault;
+  std::vector<RecoveredBranch> branches;
+};
+
+}  // namespace
+
+kj::Promise<void> Coordinator::gatherEvidence(std::uint64_t seq, std::optional<InteractionRecord> known,
+                                              std::uint32_t attempt) {
+  auto asks = kj::heapArrayBuilder<kj::Promise<Evidence>>(links_.size());
+  for (auto& [name, l] : links_) {
+    std::string who = name;
+    asks.add(l->branchesOf(seq, callDeadline())
+                 .then([who](std::vector<RecoveredBranch> v) { return Evidence{who, true, "", std::move(v)}; },
+                       [who](kj::Exception&& e) { return Evidence{who, false, describeFault(e), {}}; }));
+  }
+  return kj::joinPromises(asks.finish())
+      .then([this, seq, known = std::move(known), attempt](kj::Array<Evidence> evidence) mutable -> kj::Promise<void> {
+        bool committed = false, rolledBack = false, any = false;
+        std::string committedAt, rolledBackAt, silent;
+        for (const auto& e : evidence) {
+          if (!e.answered) silent += (silent.empty() ? "" : ", ") + e.participant + " (" + e.fault + ")";
+          for (const auto& b : e.branches) {
+            any = true;
+            if (b.state == BranchStatus::Committed && !committed) {
+              committed = true;
+              committedAt = e.participant;
+            }
+            if (b.state == BranchStatus::RolledBack && !rolledBack) {
+              rolledBack = true;
+              rolledBackAt = e.participant;
+            }
+          }
+        }
+        if (!committed && !rolledBack && !silent.empty()) {
+          KEEL_LOG_WARN("restore: seq {}: no participant that answered has decided it; waiting for {}", seqText(seq),
+                        silent);
+          return io_.provider->getTimer().afterDelay(backoff(attempt + 1)).then([this, seq, known, attempt]() mutable {
+            return gatherEvidence(seq, std::move(known), attempt + 1);
+          });
+        }
+        settlingRestored_.erase(seq);
+        if (find(seq) != nullptr) return kj::READY_NOW;  // an operator or a sweep got there first
+        InteractionRecord rec;
+        if (known) {
+          rec = std::move(*known);
+        } else {
+          rec.seq = seq;
+          rec.recoveredBy = "restore";
+          rec.createdUs = 0;
+        }
+        for (const auto& e : evidence) {
+          for (const auto& b : e.branches) {
+            InteractionRecord::Branch* br = nullptr;
+            for (auto& x : rec.branches) {
+              if (x.participant == e.participant && x.branch == b.xid.branch) br = &x;
+            }
+            if (br == nullptr) {
+              rec.branches.emplace_back();
+              br = &rec.branches.back();
+              br->participant = e.participant;
+              br->branch = b.xid.branch;
+            }
+            br->state = b.state == BranchStatus::Committed    ? BState::Committed
+                        : b.state == BranchStatus::RolledBack ? BState::RolledBack
+                                                              : BState::Prepared;
+            joinStory(rec, *br, b);
+          }
+        }
+        if (rec.createdUs == 0) rec.createdUs = wallMicros();
+        std::string note = "restored from a backup that did not hold its decision: ";
+        if (committed) {
+          rec.decision = InteractionRecord::Decision::Commit;
+          note += "committed at " + committedAt + ", so the COMMIT was decided after the backup";
+        } else if (rolledBack || !any) {
+          rec.decision = InteractionRecord::Decision::Abort;
+          note += rolledBack ? "rolled back at " + rolledBackAt + ", so it was aborted"
+                             : "no participant holds a branch of it, so no COMMIT can have been decided";
+        }
+        rec.error = rec.error.empty() ? note : rec.error + "; " + note;
+        if (committed || rolledBack || !any) {
+          KEEL_LOG_WARN("restore: seq {}: {}", seqText(seq), note);
+          redrive(std::move(rec), std::nullopt);
+          return kj::READY_NOW;
+        }
+        // Every branch is prepared (or active) and nobody decided: the lost
+        // WAL may hold a COMMIT its client was told. Only an operator who
+        // knows can decide; it waits, durable, in the unfinished list.
+        rec.state = State::Preparing;
+        rec.decision = InteractionRecord::Decision::None;
+        rec.error += "every participant holds its branch prepared and none has committed or rolled back, so the "
+                     "COMMIT may have been decided (and answered) after the backup: IN DOUBT until an operator "
+                     "decides (keelctl resolve " +
+                     seqText(seq) + " --commit|--abort --why ...)";
+        KEEL_LOG_ERROR("restore: seq {}: in doubt: {}", seqText(seq), rec.error);
+        auto& it = install(std::move(rec), std::nullopt);
+        if (it.rec.failedUs == 0) it.rec.failedUs = it.rec.createdUs;
+        return persist(it);
+      });
 }
 
 }  // namespace keel

@@ -142,6 +142,17 @@ kj::Maybe<kj::Promise<SubmitOutcome>> Coordinator::replay(const SubmitRequest& r
                 " s, and the coordinator no longer knows it: nothing was run (look for it with keelctl query "
                 "--request-id, or send a new request id)"));
   }
+  // Restored from a backup: an id first sent before the restore (within
+  // the allowed clock skew) may have run under the lost WAL. Never again.
+  if (restored_ && req.requestTimeUs < restored_->atUs + Micros(cfg_.requestClockSkewMs) * 1000) {
+    Micros until = restored_->atUs + Micros(cfg_.requestClockSkewMs) * 1000;
+    return kj::Promise<SubmitOutcome>(invalid(
+        id, "request id '" + id + "' was first sent at " + formatMicros(req.requestTimeUs) +
+                ", and this coordinator was restored from a backup at " + formatMicros(restored_->atUs) +
+                ": the restored WAL does not know the id, and it may have run before the restore, so nothing was "
+                "run. Request ids first sent before " + formatMicros(until) +
+                " (the restore plus request_clock_skew_ms) are refused; a new request sent after that runs"));
+  }
   return nullptr;
 }
 

@@ -39,6 +39,16 @@ WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOn
 
 WalStore::~WalStore() { log_.reset(); }
 
+std::optional<WalStore::RestoreMark> WalStore::restoreMark() const {
+  auto txn = env_.beginRead();
+  auto floor = txn.get(meta_, kRestoreFloorKey);
+  if (!floor) return std::nullopt;
+  RestoreMark m;
+  m.floor = keyU64(*floor);
+  if (auto at = txn.get(meta_, kRestoredAtKey)) m.atUs = keyU64(*at);
+  return m;
+}
+
 std::uint64_t WalStore::storedEpoch() const {
   auto txn = env_.beginRead();
   auto e = txn.get(meta_, "epoch");

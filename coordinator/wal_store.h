@@ -114,6 +114,17 @@ class WalStore {
   std::size_t mapSize() const { return env_.mapSize(); }
   lmdb::Env& env() { return env_; }  // for hot backups (common/backup.h)
 
+  // Set by `keel-coordinator --restore-from` (coordinator/restore.h): this
+  // WAL was restored from a backup. Every seq of this node with a counter
+  // below `floor` may have been decided by the lost WAL after the backup,
+  // so none of them is presumed aborted; request ids first sent before
+  // `atUs` may have run already.
+  struct RestoreMark {
+    std::uint64_t floor = 0;  // seq counter
+    Micros atUs = 0;
+  };
+  std::optional<RestoreMark> restoreMark() const;
+
   // Decodes every record of every table; returns "table key: problem" for
   // each damaged one (keel-coordinator --check-wal).
   std::vector<std::string> checkAll() const;
@@ -127,5 +138,10 @@ class WalStore {
   std::unique_ptr<GroupCommitLog> log_;
   std::uint64_t epoch_ = 0;
 };
+
+// Meta keys of a restored WAL (WalStore::RestoreMark).
+inline constexpr const char* kRestoreFloorKey = "restore_floor";
+inline constexpr const char* kRestoredAtKey = "restored_at_us";
+inline constexpr const char* kRestoredFromKey = "restored_from";  // the backup's manifest JSON
 
 }  // namespace keel

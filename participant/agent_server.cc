@@ -255,6 +255,14 @@ kj::Promise<void> ParticipantImpl::inspect(InspectContext ctx) {
   auto& ls = agent_.branchLog().log().stats();
   res.setLogCommits(ls.commits.load(std::memory_order_relaxed));
   res.setLogJobs(ls.jobs.load(std::memory_order_relaxed));
+  const auto& fences = agent_.branchLog().fences();
+  auto f = res.initFences(fences.size());
+  unsigned i = 0;
+  for (const auto& [node, epoch] : fences) {
+    f[i].setNode(node);
+    f[i].setEpoch(epoch);
+    ++i;
+  }
   return kj::READY_NOW;
 }
 

@@ -77,6 +77,7 @@ class BranchLog {
   // remembers a newer one (made durable by storeEpoch in the next job).
   void fence(std::uint16_t node, std::uint64_t epoch);
   std::uint64_t newestEpoch(std::uint16_t node) const;
+  const std::map<std::uint16_t, std::uint64_t>& fences() const { return epochs_; }
   // Runs when fence() remembers a newer epoch of a node (the coordinator
   // restarted, or was taken over): the branches its older incarnation
   // prepared here are in doubt now (the in-doubt resolver). One listener;

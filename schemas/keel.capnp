@@ -102,6 +102,11 @@ struct AccountInfo {
   held @2 :Int64;           # sum of prepared (uncommitted) debits
 }
 
+struct NodeEpoch {
+  node @0 :UInt16;
+  epoch @1 :UInt64;
+}
+
 interface Participant {
   # Executes `operations` and prepares the branch in one call. Adds to an
   # ACTIVE branch created by `execute` if there is one.
@@ -129,7 +134,10 @@ interface Participant {
   inspect @6 () -> (name :Text, accounts :List(AccountInfo),
                     prepared :UInt32, active :UInt32, committed :UInt32,
                     rolledBack :UInt32,
-                    logCommits :UInt64, logJobs :UInt64);
+                    logCommits :UInt64, logJobs :UInt64,
+                    fences :List(NodeEpoch));
+  # fences: the newest epoch this agent has seen from each coordinator node
+  # (older ones are refused as stale); a restore starts above them.
   # logCommits / logJobs: the branch log's durable LMDB commits (each one
   # fsync-bearing) and the jobs they carried, since the agent started.
 

@@ -1,0 +1,153 @@
+// Restoring a coordinator from a backup (keel-coordinator --restore-from,
+// coordinator/restore.h) after its data directory is lost: no seq is
+// issued twice, no acknowledged commit is undone, work the backup does
+// not decide is decided by what the participants hold (in doubt when
+// they hold only prepared branches), and request ids that may have run
+// before are refused.
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "common/wire.h"
+#include "tests/integration/cluster_fixture.h"
+
+namespace keel::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+class RestoreTest : public ClusterTest {
+ protected:
+  std::string config() const { return dir_ + "/coordinator.toml"; }
+  RunResult restore(const std::string& backup) {
+    return run("timeout 60 " + binDir() + "/keel-coordinator --config " + config() + " --restore-from " + backup);
+  }
+  RunResult keelctl(const std::string& args) {
+    return run("timeout 30 " + binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " " + args);
+  }
+  // Both agents prepare a transfer alice -> bob of `amount` under `seq`,
+  // as a coordinator that died right after the votes would leave it.
+  void prepareAtBoth(std::uint64_t seq, std::int64_t amount, std::uint64_t epoch) {
+    auto prep = [&](const std::string& agent, std::uint16_t branch, Op op) {
+      auto c = AgentClient::connect(io_, cluster_->agentAddress(agent)).wait(io_.waitScope);
+      auto req = c->capability().prepareRequest();
+      req.setEpoch(epoch);
+      fillXid(req.initXid(), Xid{seq, branch});
+      fillOps(req.initOperations(1), {op});
+      auto resp = req.send().wait(io_.waitScope);
+      ASSERT_EQ(resp.getVote(), wire::Vote::YES) << resp.getReason().cStr();
+    };
+    prep("bank-a", 1, Op{"bank-a", OpKind::Debit, "alice", amount});
+    prep("bank-b", 2, Op{"bank-b", OpKind::Credit, "bob", amount});
+  }
+};
+
+TEST_F(RestoreTest, LostWalRestoredFromABackupReissuesNoSeqAndUndoesNoCommit) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(submit(transferOps("bank-a:alice", "bank-b:bob", 1)).outcome, ClientOutcome::Committed);
+  std::string backup = dir_ + "/backup";
+  auto b = run(binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " backup --to " + backup);
+  ASSERT_EQ(b.exitCode, 0) << b.output;
+
+  // After the backup: work the backup never sees.
+  std::uint64_t maxSeq = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 1));
+    ASSERT_EQ(o.outcome, ClientOutcome::Committed);
+    maxSeq = std::max(maxSeq, o.seq);
+  }
+  SubmitRequest withId;
+  withId.ops = transferOps("bank-a:alice", "bank-b:bob", 5);
+  withId.requestId = "after-the-backup";
+  auto first = client_->submit(withId).wait(io_.waitScope);
+  ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+  maxSeq = std::max(maxSeq, first.seq);
+  // A COMMIT answered whose phase 2 had reached only bank-a.
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "agent.before_commit_durable=crash");
+  auto stuck = submit(transferOps("bank-a:alice", "bank-b:bob", 100));
+  ASSERT_EQ(stuck.outcome, ClientOutcome::Committed) << stuck.reason;
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  maxSeq = std::max(maxSeq, stuck.seq);
+  auto epoch = client_->info().wait(io_.waitScope).epoch;
+  // The disk is lost with the coordinator.
+  cluster_->killCoordinator(SIGKILL);
+  client_ = nullptr;
+  cluster_->startAgent("bank-b");
+  // And a transfer it had prepared at both, with no decision yet.
+  std::uint64_t doubtful = makeSeq(1, seqCounter(maxSeq) + 3);
+  prepareAtBoth(doubtful, 7, epoch);
+  fs::remove_all(dir_ + "/coordinator");
+
+  // Bad restores change nothing.
+  auto wrong = restore(dir_ + "/bank-a");
+  EXPECT_EQ(wrong.exitCode, 2) << wrong.output;
+  EXPECT_NE(wrong.output.find("not a backup made by keelctl backup"), std::string::npos) << wrong.output;
+  fs::create_directories(dir_ + "/coordinator/something");
+  auto full = restore(backup);
+  EXPECT_EQ(full.exitCode, 3) << full.output;
+  EXPECT_NE(full.output.find("is not empty: a restore never writes over a data directory"), std::string::npos)
+      << full.output;
+  fs::remove_all(dir_ + "/coordinator/something");
+  cluster_->stopAgent("bank-a");
+  auto silent = restore(backup);
+  EXPECT_EQ(silent.exitCode, 1) << silent.output;
+  EXPECT_NE(silent.output.find("participant bank-a"), std::string::npos) << silent.output;
+  EXPECT_TRUE(fs::is_empty(dir_ + "/coordinator"));
+  cluster_->startAgent("bank-a");
+
+  auto r = restore(backup);
+  ASSERT_EQ(r.exitCode, 0) << r.output;
+  EXPECT_NE(r.output.find("restore 3/3 build"), std::string::npos) << r.output;
+  // The backup's copy is untouched and still refused as it is.
+  cluster_->startCoordinator();
+  reconnect();
+
+  // The COMMIT the lost WAL held is found at bank-a and finished at bank-b.
+  EXPECT_TRUE(eventually([&] {
+    auto q = query(stuck.seq);
+    return q && q->interaction.state == InteractionRecord::State::Committed;
+  }, std::chrono::seconds(20)));
+  auto q = query(stuck.seq);
+  ASSERT_TRUE(q);
+  EXPECT_NE(q->interaction.error.find("committed at bank-a"), std::string::npos) << q->interaction.error;
+  // The prepared-only transfer waits for an operator, holding its money.
+  EXPECT_TRUE(eventually([&] {
+    auto d = query(doubtful);
+    return d && d->interaction.error.find("IN DOUBT") != std::string::npos;
+  }));
+  {
+    auto req = client_->capability().outcomeRequest();
+    req.setSeq(doubtful);
+    EXPECT_EQ(req.send().wait(io_.waitScope).getOutcome(), wire::DecisionOutcome::PENDING);
+  }
+  auto listed = keelctl("list");
+  EXPECT_NE(listed.output.find(seqText(doubtful)), std::string::npos) << listed.output;
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past the agents' in-doubt query
+  EXPECT_EQ(account("bank-a", "alice").second, 7) << "the prepared debit was settled without an operator";
+  auto resolved = keelctl("resolve " + seqText(doubtful) + " --abort --why 'restore test: never answered'");
+  EXPECT_EQ(resolved.exitCode, 0) << resolved.output;
+
+  // Money: every acknowledged commit stands (10 + 20 + 5 + 100).
+  EXPECT_TRUE(eventually([&] { return account("bank-b", "bob") == bal(135, 0); })) << account("bank-b", "bob").first;
+  EXPECT_TRUE(eventually([&] { return account("bank-a", "alice") == bal(865, 0); }));
+
+  // No seq is issued again, and the retried request id is not run again.
+  auto next = submit(transferOps("bank-a:alice", "bank-b:bob", 1));
+  ASSERT_EQ(next.outcome, ClientOutcome::Committed) << next.reason;
+  EXPECT_GT(seqCounter(next.seq), seqCounter(doubtful));
+  EXPECT_GT(seqCounter(next.seq), seqCounter(maxSeq));
+  auto again = client_->submit(withId).wait(io_.waitScope);
+  EXPECT_EQ(again.outcome, ClientOutcome::Invalid) << again.reason;
+  EXPECT_NE(again.reason.find("restored from a backup"), std::string::npos) << again.reason;
+  EXPECT_TRUE(eventually([&] { return account("bank-b", "bob") == bal(136, 0); }));
+
+  // The restore is in the audit log.
+  auto audit = keelctl("audit");
+  EXPECT_NE(audit.output.find("restore"), std::string::npos) << audit.output;
+}
+
+}  // namespace
+}  // namespace keel::test
