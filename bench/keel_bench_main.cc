@@ -19,6 +19,7 @@
 
 #include "bench/etcd_floor.h"
 #include "bench/floor.h"
+#include "bench/backup_run.h"
 #include "bench/host_outage.h"
 #include "bench/keel_load.h"
 #include "bench/raw2pc.h"
@@ -66,6 +67,7 @@ struct Flags {
   bool etcdFloor = false;
   std::uint32_t etcdFloorSamples = 200;
   double hostOutage = 0;  // --adapter host: seconds keel-host is down during the load; 0: no outage
+  double backupAt = 0;    // --backup-at: a hot backup of the coordinator this far into the window; 0: none
 };
 
 std::pair<std::string, std::string> splitEq(const std::string& s, const char* flag) {
@@ -215,8 +217,11 @@ void tearDown(Setup& s, bool keep) {
   }
 }
 
+// `observer` hears every answer and `atStart` runs when the window opens
+// (--host-outage, --backup-at).
 RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const std::string& mode,
-                 std::uint32_t concurrency, HostOutage* outage = nullptr) {
+                 std::uint32_t concurrency, AnswerObserver* observer = nullptr,
+                 std::function<void()> atStart = nullptr) {
   WindowOptions w;
   w.warmupS = f.warmup;
   w.durationS = f.duration;
@@ -239,10 +244,8 @@ RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const s
   o.batchInFlight = f.batchInFlight;
   o.window = w;
   o.seed = f.seed;
-  if (outage != nullptr) {
-    o.observer = outage;
-    o.atWindowStart = [outage] { outage->begin(); };
-  }
+  o.observer = observer;
+  o.atWindowStart = std::move(atStart);
   return runKeelLoad(io, s.deployment, f.spec, o);
 }
 
@@ -290,7 +293,9 @@ void runHostMode(kj::AsyncIoContext& io, Setup& s, Setup& ledger, const Flags& f
     outage = std::make_unique<HostOutage>(*s.host, s.deployment.coordinators.front(), hostAgent, outageAt(f),
                                           f.hostOutage);
   }
-  auto r = runOne(io, s, f, f.mode, f.concurrency, outage.get());
+  auto* o = outage.get();
+  auto r = o != nullptr ? runOne(io, s, f, f.mode, f.concurrency, o, [o] { o->begin(); })
+                        : runOne(io, s, f, f.mode, f.concurrency);
   printRun(stdout, r, ctx);
   addContextFields(j, ctx);
   addRunFields(j, r);
@@ -337,6 +342,10 @@ int main(int argc, char** argv) {
                  "and the ratios)")
       ->capture_default_str()
       ->check(CLI::IsMember({"ledger", "postgres", "host"}));
+  app.add_option("--backup-at", f.backupAt,
+                 "a hot backup of the coordinator's WAL this many seconds into the measured window, under the "
+                 "load: its size, time, and the answers per second during it against before")
+      ->type_name("SECONDS");
   app.add_option("--host-outage", f.hostOutage,
                  "--adapter host: SIGKILL keel-host during the load, restart it after SECONDS, and measure how "
                  "long after it served again the interactions it left unfinished settled")
@@ -456,6 +465,15 @@ int main(int argc, char** argv) {
       if (app.count(flag) != 0) return usage(std::string(flag) + " is not available with --adapter host");
     }
   }
+  if (f.backupAt > 0) {
+    if (f.sweep || f.compare || f.adapter == "host" || f.mode != "keel" || f.tls) {
+      return usage("--backup-at runs one keel-mode load without --sweep, --compare, --tls or --adapter host");
+    }
+    if (f.backupAt + 1 > f.duration) {
+      return usage("--backup-at " + std::to_string(f.backupAt) + " needs --duration of at least " +
+                   std::to_string(f.backupAt + 1) + " s (the backup must end inside the window)");
+    }
+  }
   if (f.hostOutage > 0) {
     if (f.adapter != "host") return usage("--host-outage kills the keel-host behind a host agent: it needs --adapter host");
     if (app.count("--duration") == 0) f.duration = std::max(f.duration, f.hostOutage + 8);
@@ -535,6 +553,18 @@ int main(int argc, char** argv) {
       addRunFields(j, points.back().keel);
     } else if (f.adapter == "host") {
       runHostMode(io, s, ledger, f, ctx, j);
+    } else if (f.backupAt > 0) {
+      BackupDuringLoad backup(s.deployment.coordinators.front(), s.baseDir + "/backup",
+                              f.coordinator.empty() ? s.baseDir + "/coordinator/data.mdb" : "", f.backupAt,
+                              f.duration);
+      auto r = runOne(io, s, f, f.mode, f.concurrency, &backup, [&backup] { backup.begin(); });
+      auto b = backup.finish(f.duration);
+      printRun(stdout, r, ctx);
+      printBackupRun(stdout, b);
+      addContextFields(j, ctx);
+      addRunFields(j, r);
+      addBackupRunFields(j, b);
+      if (!b.fired || !b.error.empty()) rc = 1;
     } else {
       auto r = runOne(io, s, f, f.mode, f.concurrency);
       printRun(stdout, r, ctx);

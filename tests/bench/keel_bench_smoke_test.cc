@@ -57,6 +57,21 @@ TEST(KeelBench, HostAdapterRunSurvivesAHostOutage) {
   }
 }
 
+// --backup-at: a hot backup of the coordinator's WAL in the middle of the
+// load; it ran, copied something, and the load kept being answered.
+TEST(KeelBench, BackupAtCopiesTheWalUnderTheLoad) {
+  auto r = runJson("--duration 3 --warmup 0.5 --concurrency 8 --connections 2 --accounts 50 --backup-at 1.5 --quiet",
+                   {"committed", "backup_fired", "backup_bytes", "backup_s", "backup_before_per_s",
+                    "backup_during_per_s", "backup_after_per_s", "backup_during_over_before"});
+  ASSERT_EQ(r.exitCode, 0) << r.out;
+  EXPECT_TRUE(r.missing.empty()) << "missing " << r.missing.front() << " in " << lastLine(r.out);
+  EXPECT_TRUE(r.fields["backup_fired"].flag()) << lastLine(r.out);
+  EXPECT_GT(r.fields["backup_bytes"].number(), 0);
+  EXPECT_GT(r.fields["backup_before_per_s"].number(), 0);
+  EXPECT_GT(r.fields["backup_after_per_s"].number(), 0);
+  EXPECT_GT(r.fields["committed"].number(), 0);
+}
+
 TEST(KeelBench, BadFlagsAreRefusedClearly) {
   expectRefused("--mode raw2pc", "need --adapter postgres");
   auto r = run("--workload multi --participants 9", true);
@@ -67,6 +82,8 @@ TEST(KeelBench, BadFlagsAreRefusedClearly) {
   expectRefused("--adapter host --read-percent 10", "cannot read balances");
   expectRefused("--adapter host --workload single", "transfer workload");
   expectRefused("--adapter host --host-outage 10 --duration 5", "needs --duration of at least");
+  expectRefused("--backup-at 9 --duration 5", "needs --duration of at least");
+  expectRefused("--backup-at 2 --sweep", "--backup-at runs one keel-mode load");
 }
 
 }  // namespace
