@@ -130,6 +130,11 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   };
   kj::Promise<ResolveResult> resolve(std::uint64_t seq, bool commit, std::string who, std::string why, bool override);
   std::vector<AuditRecord> audit(std::size_t limit) const { return wal_.listAudit(limit); }
+  // One page of an export (keelctl export; WalStore::exportPage).
+  WalStore::ExportPage exportPage(std::uint64_t after, Micros fromUs, Micros toUs) const {
+    return wal_.exportPage(after, fromUs, toUs, kExportPageRecords);
+  }
+  static constexpr std::size_t kExportPageRecords = 512;
   // The hosts of heuristic interaction `seq` were reconciled by hand.
   kj::Promise<ResolveResult> reconciled(std::uint64_t seq, std::string who, std::string why);
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "common/fault.h"
+#include "common/log.h"
 #include "common/wire.h"
 #include "coordinator/client_requests.h"
 
@@ -53,7 +54,8 @@ AccessPolicy coordinatorAccess(const TlsConfig& tls) {
   // coordinator's books across clients.
   auto schema = capnp::Schema::from<wire::Coordinator>();
   std::vector<std::uint16_t> operatorOnly;
-  for (const char* m : {"listUnfinished", "retryNow", "resolve", "audit", "listHeuristic", "reconciled", "backup"}) {
+  for (const char* m : {"listUnfinished", "retryNow", "resolve", "audit", "listHeuristic", "reconciled", "backup",
+                        "exportRange"}) {
     operatorOnly.push_back(schema.getMethodByName(m).getIndex());
   }
   const std::uint64_t iface = capnp::typeId<wire::Coordinator>();
@@ -244,6 +246,66 @@ kj::Promise<void> CoordinatorImpl::audit(AuditContext ctx) {
 }
 
 kj::Promise<void> CoordinatorImpl::backup(BackupContext ctx) { return serveBackup(backups_, ctx); }
+
+namespace {
+
+// An export in progress: pages from the WAL into the caller's sink, one
+// short read transaction per page, the event loop free between pages.
+struct ExportJob {
+  Coordinator& c;
+  wire::ExportSink::Client sink;
+  Micros fromUs, toUs;
+  std::uint64_t after = 0, interactions = 0, rollbacks = 0, scanned = 0, damaged = 0;
+
+  kj::Promise<void> next() {
+    auto page = c.exportPage(after, fromUs, toUs);
+    scanned += page.scanned;
+    for (auto seq : page.damaged) {
+      KEEL_LOG_ERROR("export: the record of seq {} is damaged; skipped (keel-coordinator --check-wal)", seqText(seq));
+    }
+    damaged += page.damaged.size();
+    auto req = sink.pageRequest();
+    auto is = req.initInteractions(page.records.size());
+    std::size_t withRollback = 0;
+    for (const auto& r : page.records) withRollback += r.rollback.empty() ? 0 : 1;
+    auto rs = req.initRollbacks(withRollback);
+    std::size_t i = 0, j = 0;
+    for (const auto& r : page.records) {
+      is.set(i++, capnp::Data::Reader(reinterpret_cast<const kj::byte*>(r.interaction.data()), r.interaction.size()));
+      if (!r.rollback.empty()) {
+        rs.set(j++, capnp::Data::Reader(reinterpret_cast<const kj::byte*>(r.rollback.data()), r.rollback.size()));
+      }
+    }
+    req.setScanned(scanned);
+    req.setTotal(page.total);
+    interactions += page.records.size();
+    rollbacks += withRollback;
+    after = page.next;
+    bool done = page.next == 0;
+    return req.send().then([this, done]() -> kj::Promise<void> {
+      if (done) return kj::READY_NOW;
+      return kj::evalLater([this]() { return next(); });
+    });
+  }
+};
+
+}  // namespace
+
+kj::Promise<void> CoordinatorImpl::exportRange(ExportRangeContext ctx) {
+  auto p = ctx.getParams();
+  if (p.getFromUs() >= p.getToUs()) {
+    return KJ_EXCEPTION(FAILED, "export: the range is empty or reversed (from must be before to)");
+  }
+  auto job = kj::heap<ExportJob>(ExportJob{c_, p.getSink(), p.getFromUs(), p.getToUs()});
+  auto& j = *job;
+  return j.next().then([ctx, &j]() mutable {
+    auto r = ctx.getResults();
+    r.setInteractions(j.interactions);
+    r.setRollbacks(j.rollbacks);
+    r.setScanned(j.scanned);
+    r.setDamaged(j.damaged);
+  }).attach(kj::mv(job));
+}
 
 TransactionImpl::~TransactionImpl() noexcept(false) {
   if (!life_.expired()) c_.abandon(seq_);

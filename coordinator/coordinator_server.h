@@ -35,6 +35,7 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> listHeuristic(ListHeuristicContext ctx) override;
   kj::Promise<void> reconciled(ReconciledContext ctx) override;
   kj::Promise<void> backup(BackupContext ctx) override;
+  kj::Promise<void> exportRange(ExportRangeContext ctx) override;
 
  private:
   Coordinator& c_;

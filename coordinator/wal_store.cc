@@ -190,6 +190,39 @@ std::optional<StoredInteraction> WalStore::get(std::uint64_t seq) const {
   return s;
 }
 
+WalStore::ExportPage WalStore::exportPage(std::uint64_t after, Micros fromUs, Micros toUs,
+                                          std::size_t maxScanned) const {
+  ExportPage p;
+  auto txn = env_.beginRead();
+  p.total = txn.count(interactions_);
+  std::string from = after == 0 ? std::string() : u64Key(after + 1);
+  std::uint64_t last = 0;
+  bool more = false;
+  txn.scan(interactions_, from, [&](std::string_view k, std::string_view v) {
+    if (p.scanned == maxScanned) {
+      more = true;
+      return false;
+    }
+    ++p.scanned;
+    last = keyU64(k);
+    InteractionPeek peek;
+    try {
+      peek = peekInteraction(v);  // checks the checksum
+    } catch (const CorruptRecord&) {
+      p.damaged.push_back(last);
+      return true;
+    }
+    if (peek.createdUs < fromUs || peek.createdUs >= toUs) return true;
+    StoredInteraction s;
+    s.interaction = std::string(v);
+    if (auto rv = txn.get(rollbacks_, k)) s.rollback = std::move(*rv);
+    p.records.push_back(std::move(s));
+    return true;
+  });
+  p.next = more ? last : 0;
+  return p;
+}
+
 std::vector<std::string> WalStore::listUnfinished(std::size_t limit) const {
   std::vector<std::string> out;
   auto txn = env_.beginRead();

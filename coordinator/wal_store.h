@@ -96,6 +96,16 @@ class WalStore {
   std::vector<AuditRecord> listAudit(std::size_t limit) const;
 
   std::optional<StoredInteraction> get(std::uint64_t seq) const;
+  // One page of an export: up to `maxScanned` interaction records after
+  // seq `after` (0: from the start), those created in [fromUs, toUs) kept
+  // with their rollback records. `next`: where the next page starts (0:
+  // the table is done).
+  struct ExportPage {
+    std::vector<StoredInteraction> records;
+    std::vector<std::uint64_t> damaged;  // seqs whose record does not decode (skipped)
+    std::uint64_t scanned = 0, next = 0, total = 0;
+  };
+  ExportPage exportPage(std::uint64_t after, Micros fromUs, Micros toUs, std::size_t maxScanned) const;
   std::vector<std::string> listUnfinished(std::size_t limit) const;
   // Heuristic interactions not yet marked reconciled, oldest first.
   std::vector<std::string> listHeuristic(std::size_t limit) const;

@@ -349,6 +349,23 @@ interface Coordinator {
   # Operator: a hot backup of the WAL, streamed into `sink` (BackupSink).
   # One at a time; the coordinator keeps serving meanwhile.
   backup @14 (sink :BackupSink) -> (bytes :UInt64, micros :UInt64);
+
+  # Operator: every interaction record the WAL holds created in
+  # [fromUs, toUs), with its rollback record, streamed into `sink` a page
+  # at a time in seq order (one short read transaction per page; the event
+  # loop serves others between pages). The answer comes after the last page.
+  exportRange @15 (fromUs :UInt64, toUs :UInt64, sink :ExportSink)
+      -> (interactions :UInt64, rollbacks :UInt64, scanned :UInt64, damaged :UInt64);
+}
+
+interface ExportSink {
+  # Encoded records as the WAL holds them (decode with
+  # keel::decodeInteraction / decodeRollback); `rollbacks` holds the
+  # rollback records of those interactions that have one. `scanned` /
+  # `total`: records looked at so far / in the table, for progress. A
+  # damaged record is skipped (counted in the answer's `damaged`, logged
+  # by the coordinator; keel-coordinator --check-wal names it).
+  page @0 (interactions :List(Data), rollbacks :List(Data), scanned :UInt64, total :UInt64) -> stream;
 }
 
 struct SubmitItem {

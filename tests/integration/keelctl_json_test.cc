@@ -257,9 +257,14 @@ TEST_F(KeelctlJsonTest, EveryCommandAnswersWithOneDocument) {
   EXPECT_GE(bk["records"].whole(), 4u);
   EXPECT_GT(bk["bytes"].whole(), 0u);
 
+  // An export to a file: the summary is the document.
+  auto ex = ctl(c() + "export --from 2020-01-01 --to 2100-01-01 --out " + dir_ + "/json-export.jsonl", 0);
+  EXPECT_GE(ex["interactions"].whole(), 4u);
+  EXPECT_EQ(ex["out"].str(), dir_ + "/json-export.jsonl");
+
   // Every subcommand keelctl --help lists ran above.
   EXPECT_EQ(ran_, subcommands());
-  EXPECT_GE(ran_.size(), 13u);
+  EXPECT_GE(ran_.size(), 14u);
 }
 
 TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {

@@ -1,8 +1,16 @@
 #include "tools/keelctl/commands.h"
 
+#include <unistd.h>
+
 #include <cctype>
 #include <charconv>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
 #include <iostream>
 #include <memory>
 
@@ -362,6 +370,98 @@ int Commands::backup(const std::string& agentAddr, const std::string& dir) {
     throw Failure(kExitRefused, std::string("backup not kept: ") + e.what());
   }
   printBackup(out_, m, dir, g_.json);
+  return kExitDone;
+}
+
+namespace {
+
+// Writes each page of an export as it arrives (the coordinator waits for
+// each page to be taken: memory stays bounded whatever the range).
+class ExportWriter final : public wire::ExportSink::Server {
+ public:
+  using Progress = std::function<void(std::uint64_t scanned, std::uint64_t total)>;
+  ExportWriter(std::ostream& out, std::string format, Progress progress)
+      : out_(out), format_(std::move(format)), progress_(std::move(progress)) {}
+
+  kj::Promise<void> page(PageContext ctx) override {
+    auto p = ctx.getParams();
+    std::map<std::uint64_t, RollbackRecord> rollbacks;
+    try {
+      for (auto d : p.getRollbacks()) {
+        auto rb = decodeRollback(std::string_view(reinterpret_cast<const char*>(d.begin()), d.size()));
+        rollbacks[rb.seq] = std::move(rb);
+      }
+      for (auto d : p.getInteractions()) {
+        auto r = decodeInteraction(std::string_view(reinterpret_cast<const char*>(d.begin()), d.size()));
+        auto rb = rollbacks.find(r.seq);
+        printExportRecord(out_, format_, r, rb == rollbacks.end() ? nullptr : &rb->second);
+      }
+    } catch (const CorruptRecord& e) {
+      return KJ_EXCEPTION(FAILED, std::string("a record from the coordinator does not decode: ") + e.what());
+    }
+    if (!out_) return KJ_EXCEPTION(FAILED, "writing the export failed (disk full, or the reader went away)");
+    if (progress_) progress_(p.getScanned(), p.getTotal());
+    return kj::READY_NOW;
+  }
+
+ private:
+  std::ostream& out_;
+  std::string format_;
+  Progress progress_;
+};
+
+}  // namespace
+
+int Commands::exportRange(Micros fromUs, Micros toUs, const std::string& format, const std::string& outPath,
+                          std::ostream& data) {
+  std::ofstream file;
+  std::string partial;
+  std::ostream* out = &data;
+  if (!outPath.empty()) {
+    std::error_code ec;
+    if (std::filesystem::symlink_status(outPath, ec).type() != std::filesystem::file_type::not_found) {
+      throw Failure(kExitUsage, "export target " + outPath + " exists; an export never overwrites");
+    }
+    partial = outPath + ".partial-" + std::to_string(::getpid());
+    file.open(partial, std::ios::out | std::ios::trunc);
+    if (!file) throw Failure(kExitUsage, "cannot write " + partial + ": " + std::strerror(errno));
+    out = &file;
+  }
+  struct Cleanup {
+    std::string path;
+    ~Cleanup() {
+      if (!path.empty()) std::remove(path.c_str());
+    }
+  } cleanup{partial};
+
+  printExportHeader(*out, format);
+  auto [ex, client] = connectAny(io_, g_);
+  auto started = std::chrono::steady_clock::now();
+  auto lastShown = started;
+  Exchange* active = ex.get();
+  auto req = client->capability().exportRangeRequest();
+  req.setFromUs(fromUs);
+  req.setToUs(toUs);
+  req.setSink(kj::heap<ExportWriter>(*out, format, [&](std::uint64_t scanned, std::uint64_t total) {
+    active->extend();
+    auto now = std::chrono::steady_clock::now();
+    if (now - started < std::chrono::seconds(1) || now - lastShown < std::chrono::seconds(2)) return;
+    lastShown = now;
+    std::cerr << "keelctl: export: " << scanned << " of " << total << " records looked at" << std::endl;
+  }));
+  auto resp = ex->waitActive(req.send());
+  out->flush();
+  if (!*out) throw Failure(kExitRefused, "writing the export failed");
+  if (!outPath.empty()) {
+    file.close();
+    if (std::rename(partial.c_str(), outPath.c_str()) != 0) {
+      throw Failure(kExitRefused, "renaming " + partial + " to " + outPath + ": " + std::strerror(errno));
+    }
+    cleanup.path.clear();
+  }
+  std::string where = outPath.empty() ? "stdout" : outPath;
+  printExported(g_.json ? out_ : std::cerr, resp.getInteractions(), resp.getRollbacks(), resp.getScanned(),
+                resp.getDamaged(), where, g_.json);
   return kExitDone;
 }
 

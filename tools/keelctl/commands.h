@@ -62,6 +62,11 @@ class Commands {
   // A hot backup of the coordinator (agent empty) or of an agent into the
   // new directory `dir` (common/backup.h); progress on stderr.
   int backup(const std::string& agent, const std::string& dir);
+  // Every interaction (and rollback) record created in [fromUs, toUs), in
+  // `format` ("jsonl" or "csv"), to `outPath` (refused if it exists) or,
+  // when empty, to `data` (main's stdout). Progress on stderr.
+  int exportRange(Micros fromUs, Micros toUs, const std::string& format, const std::string& outPath,
+                  std::ostream& data);
 
  private:
   kj::AsyncIoContext& io_;

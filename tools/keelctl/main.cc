@@ -14,6 +14,7 @@
 //   keelctl [GLOBAL] forget --agent HOST:PORT SEQ.BRANCH...
 //   keelctl [GLOBAL] branches --agent HOST:PORT
 //   keelctl [GLOBAL] backup --to DIR [--agent HOST:PORT]
+//   keelctl [GLOBAL] export --from TIME --to TIME [--format jsonl|csv] [--out FILE]
 //
 // GLOBAL (accepted before or after the command): -c/--coordinator HOST:PORT,
 // --timeout DURATION (default 30s: every exchange with a coordinator or an
@@ -192,6 +193,15 @@ int main(int argc, char** argv) {
   backupCmd->add_option("--agent", agentAddr, "back up this agent instead (over TLS: NAME@HOST:PORT)")
       ->type_name("HOST:PORT");
 
+  std::string exportFrom, exportTo, exportFormat = "jsonl", exportOut;
+  auto* exportCmd = app.add_subcommand("export", "interaction and rollback records created in a time range, as jsonl or csv");
+  exportCmd->add_option("--from", exportFrom, "first creation time (UTC: 2026-12-03T10:00:00Z, 2026-12-03 or now)")
+      ->type_name("TIME")
+      ->required();
+  exportCmd->add_option("--to", exportTo, "end of the range, not included")->type_name("TIME")->required();
+  exportCmd->add_option("--format", exportFormat, "jsonl (default) or csv")->type_name("jsonl|csv");
+  exportCmd->add_option("--out", exportOut, "write here (refused if it exists) instead of stdout")->type_name("FILE");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -264,6 +274,19 @@ int main(int argc, char** argv) {
       for (auto& x : forgetXids) xids.push_back(keel::ctl::parseXid(x));
     }
 
+    keel::Micros exportFromUs = 0, exportToUs = 0;
+    if (*exportCmd) {
+      if (exportFormat != "jsonl" && exportFormat != "csv") {
+        throw UsageError("--format '" + exportFormat + "' is not jsonl or csv");
+      }
+      exportFromUs = keel::ctl::parseTime("--from", exportFrom);
+      exportToUs = keel::ctl::parseTime("--to", exportTo);
+      if (exportFromUs >= exportToUs) throw UsageError("--from must be before --to");
+      if (g.json && exportOut.empty()) {
+        throw UsageError("--json with export needs --out FILE: the records go there, the summary is the JSON answer");
+      }
+    }
+
     auto io = kj::setupAsyncIo();
     // The answer is shown only once the command has returned: a command that
     // fails half-way shows its error alone.
@@ -283,6 +306,7 @@ int main(int argc, char** argv) {
       if (*branches) return run.branches(agentAddr);
       if (*forget) return run.forget(agentAddr, xids);
       if (*backupCmd) return run.backup(agentAddr, backupDir);
+      if (*exportCmd) return run.exportRange(exportFromUs, exportToUs, exportFormat, exportOut, std::cout);
       return keel::ctl::kExitDone;
     };
     int status = command();

@@ -330,4 +330,63 @@ void printBackup(std::ostream& out, const BackupManifest& m, const std::string& 
   out << "  marked as a backup: no process starts on it as it is (docs/recovery.md, \"Restoring a backup\")\n";
 }
 
+namespace {
+
+std::string csvCell(const std::string& v) {
+  bool quote = v.find_first_of(",\"\n\r") != std::string::npos;
+  if (!quote) return v;
+  std::string out = "\"";
+  for (char c : v) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+std::string csvTime(Micros us) { return us == 0 ? std::string() : formatMicros(us); }
+
+}  // namespace
+
+void printExportHeader(std::ostream& out, const std::string& format) {
+  if (format != "csv") return;
+  out << "table,seq,seq_text,request_id,state,decision,created,decided,completed,failed,participants,attempts,"
+         "pending,confirmed,reason\n";
+}
+
+void printExportRecord(std::ostream& out, const std::string& format, const InteractionRecord& r,
+                       const RollbackRecord* rb) {
+  if (format == "jsonl") {
+    out << "{\"interaction\":" << toJson(r) << ",\"rollback\":" << (rb != nullptr ? toJson(*rb) : "null") << "}\n";
+    return;
+  }
+  std::string participants;
+  for (const auto& b : r.branches) {
+    participants += (participants.empty() ? "" : ";") + b.participant + ":" + branchStateName(b.state);
+  }
+  out << "interaction," << r.seq << "," << seqText(r.seq) << "," << csvCell(r.requestId) << "," << stateName(r.state)
+      << "," << decisionName(r.decision) << "," << csvTime(r.createdUs) << "," << csvTime(r.decidedUs) << ","
+      << csvTime(r.completedUs) << "," << csvTime(r.failedUs) << "," << csvCell(participants) << ","
+      << r.phase2Attempts << ",,," << csvCell(r.error) << "\n";
+  if (rb == nullptr) return;
+  std::string pending, confirmed;
+  for (const auto& p : rb->pending) pending += (pending.empty() ? "" : ";") + p;
+  for (const auto& c : rb->confirmed) {
+    confirmed += (confirmed.empty() ? "" : ";") + c.participant + "@" + formatMicros(c.atUs);
+  }
+  std::string reason = rb->reason + (rb->lastError.empty() ? "" : " (last error: " + rb->lastError + ")");
+  out << "rollback," << rb->seq << "," << seqText(rb->seq) << ",,,," << csvTime(rb->requestedUs) << ",,"
+      << csvTime(rb->completedUs) << ",,," << rb->attempts << "," << csvCell(pending) << "," << csvCell(confirmed)
+      << "," << csvCell(reason) << "\n";
+}
+
+void printExported(std::ostream& out, std::uint64_t interactions, std::uint64_t rollbacks, std::uint64_t scanned,
+                   std::uint64_t damaged, const std::string& where, bool json) {
+  if (json) {
+    out << "{\"interactions\":" << interactions << ",\"rollbacks\":" << rollbacks << ",\"scanned\":" << scanned
+        << ",\"damaged\":" << damaged << ",\"out\":" << q(where) << "}\n";
+    return;
+  }
+  out << "keelctl: exported " << interactions << " interactions and " << rollbacks << " rollback records to "
+      << where << " (" << scanned << " records looked at";
+  if (damaged > 0) out << "; " << damaged << " damaged records skipped: keel-coordinator --check-wal names them";
+  out << ")\n";
+}
+
 }  // namespace keel::ctl

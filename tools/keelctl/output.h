@@ -81,4 +81,16 @@ int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector
 // holds (JSON: the manifest's fields and "dir").
 void printBackup(std::ostream& out, const BackupManifest& m, const std::string& dir, bool json);
 
+// keelctl export's formats (docs/operations.md, "Export").
+// jsonl: one line per interaction, what `keelctl query --json` prints for it
+//   ({"interaction":{...},"rollback":{...}|null}).
+// csv: a header, then one row per interaction and one per rollback record
+//   (column `table`: interaction | rollback).
+void printExportHeader(std::ostream& out, const std::string& format);
+void printExportRecord(std::ostream& out, const std::string& format, const InteractionRecord& r,
+                       const RollbackRecord* rb);
+// The summary (stdout with --json, else stderr's last line).
+void printExported(std::ostream& out, std::uint64_t interactions, std::uint64_t rollbacks, std::uint64_t scanned,
+                   std::uint64_t damaged, const std::string& where, bool json);
+
 }  // namespace keel::ctl

@@ -1,6 +1,8 @@
 #include "tools/keelctl/parse.h"
 
 #include <charconv>
+#include <cstdio>
+#include <ctime>
 
 #include "common/config.h"
 #include "common/rpc.h"
@@ -128,6 +130,40 @@ void checkPeerAddress(std::string_view what, const std::string& addr) {
 void checkRequestIdArg(const std::string& id) {
   if (id.empty()) throw UsageError("--request-id is empty");
   if (auto why = checkRequestId(id); !why.empty()) throw UsageError("--request-id: " + why);
+}
+
+Micros parseTime(std::string_view what, std::string_view text) {
+  std::string t(text);
+  if (t == "now") return wallMicros();
+  auto bad = [&]() {
+    return UsageError(std::string(what) + " '" + t + "' is not a time (2026-12-03T10:00:00Z, 2026-12-03 or now)");
+  };
+  if (!t.empty() && t.back() == 'Z') t.pop_back();
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0;
+  char tail = 0;
+  int n = 0;
+  if (t.size() == 10) {
+    if (std::sscanf(t.c_str(), "%4d-%2d-%2d%n%c", &y, &mo, &d, &n, &tail) != 3 || n != 10) throw bad();
+  } else if (t.size() == 19) {
+    if (std::sscanf(t.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n%c", &y, &mo, &d, &h, &mi, &sec, &n, &tail) != 6 || n != 19) {
+      throw bad();
+    }
+  } else {
+    throw bad();
+  }
+  if (y < 1970 || y > 9999 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60) throw bad();
+  std::tm tm{};
+  tm.tm_year = y - 1900;
+  tm.tm_mon = mo - 1;
+  tm.tm_mday = d;
+  tm.tm_hour = h;
+  tm.tm_min = mi;
+  tm.tm_sec = sec;
+  std::time_t secs = timegm(&tm);
+  std::tm back{};
+  gmtime_r(&secs, &back);
+  if (back.tm_mday != d) throw bad();  // 2026-02-30
+  return Micros(secs) * 1'000'000;
 }
 
 }  // namespace keel::ctl

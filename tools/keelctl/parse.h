@@ -41,6 +41,11 @@ std::uint64_t parseSeq(std::string_view text);
 // SEQ.BRANCH, for keelctl forget: 1:5.2 or 281474976710661.2.
 Xid parseXid(std::string_view text);
 
+// A point in time for keelctl export, in UTC: 2026-12-03T10:00:00Z (the Z
+// may be left out), 2026-12-03 (its midnight), or now. Unix microseconds.
+//   --from '03/12/2026' is not a time (2026-12-03T10:00:00Z, 2026-12-03 or now)
+Micros parseTime(std::string_view what, std::string_view text);
+
 // HOST:PORT for -c and --agent.
 void checkPeerAddress(std::string_view what, const std::string& addr);
 
