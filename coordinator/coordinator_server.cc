@@ -55,7 +55,7 @@ AccessPolicy coordinatorAccess(const TlsConfig& tls) {
   auto schema = capnp::Schema::from<wire::Coordinator>();
   std::vector<std::uint16_t> operatorOnly;
   for (const char* m : {"listUnfinished", "retryNow", "resolve", "audit", "listHeuristic", "reconciled", "backup",
-                        "exportRange"}) {
+                        "exportRange", "search"}) {
     operatorOnly.push_back(schema.getMethodByName(m).getIndex());
   }
   const std::uint64_t iface = capnp::typeId<wire::Coordinator>();
@@ -305,6 +305,75 @@ kj::Promise<void> CoordinatorImpl::exportRange(ExportRangeContext ctx) {
     r.setScanned(j.scanned);
     r.setDamaged(j.damaged);
   }).attach(kj::mv(job));
+}
+
+namespace {
+
+// A search in progress: pages like ExportJob, matches kept up to the limit.
+struct SearchJob {
+  Coordinator& c;
+  Micros fromUs, toUs;
+  std::string participant, state;
+  std::size_t limit;
+  std::uint64_t after = 0, scanned = 0;
+  std::vector<std::string> found;
+  bool more = false;
+
+  bool matches(const InteractionRecord& r) const {
+    if (!state.empty() && state != stateName(r.state)) return false;
+    if (participant.empty()) return true;
+    return std::any_of(r.branches.begin(), r.branches.end(),
+                       [&](const auto& b) { return b.participant == participant; });
+  }
+
+  kj::Promise<void> next() {
+    auto page = c.exportPage(after, fromUs, toUs);
+    scanned += page.scanned;
+    for (auto& r : page.records) {
+      InteractionRecord rec;
+      try {
+        rec = decodeInteraction(r.interaction);
+      } catch (const CorruptRecord&) {
+        continue;  // exportPage's check passed; a full decode failing is logged by --check-wal
+      }
+      if (!matches(rec)) continue;
+      if (found.size() == limit) {
+        more = true;
+        return kj::READY_NOW;
+      }
+      found.push_back(std::move(r.interaction));
+    }
+    after = page.next;
+    if (after == 0) return kj::READY_NOW;
+    return kj::evalLater([this]() { return next(); });
+  }
+};
+
+}  // namespace
+
+kj::Promise<void> CoordinatorImpl::search(SearchContext ctx) {
+  auto p = ctx.getParams();
+  if (p.getFromUs() >= p.getToUs()) {
+    return KJ_EXCEPTION(FAILED, "search: the range is empty or reversed (from must be before to)");
+  }
+  if (p.getLimit() == 0 || p.getLimit() > 10000) return KJ_EXCEPTION(FAILED, "search: limit must be 1..10000");
+  if (p.getParticipant().size() > 256 || p.getState().size() > 64) {
+    return KJ_EXCEPTION(FAILED, "search: participant or state too long");
+  }
+  auto job = kj::heap<SearchJob>(SearchJob{c_, p.getFromUs(), p.getToUs(), p.getParticipant().cStr(),
+                                           p.getState().cStr(), p.getLimit()});
+  auto& j = *job;
+  return j.next()
+      .then([ctx, &j]() mutable {
+        auto r = ctx.getResults();
+        auto l = r.initInteractions(j.found.size());
+        for (unsigned i = 0; i < j.found.size(); ++i) {
+          l.set(i, capnp::Data::Reader(reinterpret_cast<const kj::byte*>(j.found[i].data()), j.found[i].size()));
+        }
+        r.setScanned(j.scanned);
+        r.setMore(j.more);
+      })
+      .attach(kj::mv(job));
 }
 
 TransactionImpl::~TransactionImpl() noexcept(false) {

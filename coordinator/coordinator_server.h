@@ -36,6 +36,7 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> reconciled(ReconciledContext ctx) override;
   kj::Promise<void> backup(BackupContext ctx) override;
   kj::Promise<void> exportRange(ExportRangeContext ctx) override;
+  kj::Promise<void> search(SearchContext ctx) override;
 
  private:
   Coordinator& c_;

@@ -356,6 +356,14 @@ interface Coordinator {
   # loop serves others between pages). The answer comes after the last page.
   exportRange @15 (fromUs :UInt64, toUs :UInt64, sink :ExportSink)
       -> (interactions :UInt64, rollbacks :UInt64, scanned :UInt64, damaged :UInt64);
+
+  # Operator: the interactions created in [fromUs, toUs), in seq order, that
+  # have a branch at `participant` (empty: any) and are in `state` (a state
+  # name as records.h spells it, empty: any); at most `limit` (1..10000).
+  # `more`: the range holds further matches. Read a page at a time like
+  # exportRange.
+  search @16 (fromUs :UInt64, toUs :UInt64, participant :Text, state :Text, limit :UInt32)
+      -> (interactions :List(Data), scanned :UInt64, more :Bool);
 }
 
 interface ExportSink {

@@ -92,6 +92,40 @@ TEST_F(ExportTest, BothTablesOfARangeAsJsonlAndCsv) {
   }
 }
 
+// keelctl search: the same pages, filtered by participant and state, cut
+// at --limit with "more" said.
+TEST_F(ExportTest, SearchFiltersByParticipantAndStateAndSaysWhenThereIsMore) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  for (int i = 0; i < 6; ++i) submit(transferOps("bank-a:alice", "bank-b:bob", i % 3 == 2 ? 1000 : 5));
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
+  auto parse = [&](const std::string& args) {
+    auto r = ctl("--json search --from 2020-01-01 --to 2100-01-01 " + args);
+    EXPECT_EQ(r.exitCode, 0) << args << ": " << r.output << err();
+    return JsonReader::parse(r.output);
+  };
+  auto all = parse("");
+  EXPECT_EQ(all["interactions"].array().size(), 8u);
+  EXPECT_FALSE(all["more"].flag());
+  auto rolled = parse("--state rolled-back");
+  ASSERT_EQ(rolled["interactions"].array().size(), 2u);
+  for (const auto& i : rolled["interactions"].array()) EXPECT_EQ(i["state"].str(), "rolled-back");
+  // bank-b: its open and the six transfers (the rolled-back ones too: bank-b had a branch).
+  EXPECT_EQ(parse("--participant bank-b")["interactions"].array().size(), 7u);
+  EXPECT_EQ(parse("--participant bank-c")["interactions"].array().size(), 0u);
+  auto cut = parse("--limit 3");
+  EXPECT_EQ(cut["interactions"].array().size(), 3u);
+  EXPECT_TRUE(cut["more"].flag());
+  auto text = ctl("search --from 2020-01-01 --to 2100-01-01 --state committed --limit 2");
+  EXPECT_EQ(text.exitCode, 0) << err();
+  EXPECT_NE(text.output.find("2 interaction(s)"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("and more: raise --limit"), std::string::npos) << text.output;
+  for (const char* bad : {"--state done", "--participant 'a b'", "--limit 0"}) {
+    auto r = ctl(std::string("search --from 2020-01-01 --to 2100-01-01 ") + bad);
+    EXPECT_EQ(r.exitCode, 2) << bad << ": " << r.output << err();
+  }
+}
+
 TEST_F(ExportTest, BadArgumentsAreRefusedBeforeAnythingIsSent) {
   std::string existing = dir_ + "/exists.jsonl";
   std::ofstream(existing) << "keep me\n";

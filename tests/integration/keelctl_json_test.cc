@@ -262,9 +262,14 @@ TEST_F(KeelctlJsonTest, EveryCommandAnswersWithOneDocument) {
   EXPECT_GE(ex["interactions"].whole(), 4u);
   EXPECT_EQ(ex["out"].str(), dir_ + "/json-export.jsonl");
 
+  // A search: the matches and whether there are more.
+  auto found = ctl(c() + "search --from 2020-01-01 --to 2100-01-01 --limit 2", 0);
+  EXPECT_EQ(found["interactions"].array().size(), 2u);
+  EXPECT_TRUE(found["more"].flag());
+
   // Every subcommand keelctl --help lists ran above.
   EXPECT_EQ(ran_, subcommands());
-  EXPECT_GE(ran_.size(), 14u);
+  EXPECT_GE(ran_.size(), 15u);
 }
 
 TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {

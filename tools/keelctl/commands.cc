@@ -465,4 +465,26 @@ int Commands::exportRange(Micros fromUs, Micros toUs, const std::string& format,
   return kExitDone;
 }
 
+int Commands::search(Micros fromUs, Micros toUs, const std::string& participant, const std::string& state,
+                     std::uint32_t limit) {
+  auto [ex, client] = connectAny(io_, g_);
+  auto req = client->capability().searchRequest();
+  req.setFromUs(fromUs);
+  req.setToUs(toUs);
+  req.setParticipant(participant);
+  req.setState(state);
+  req.setLimit(limit);
+  auto resp = ex->wait(req.send());
+  std::vector<InteractionRecord> found;
+  for (auto d : resp.getInteractions()) {
+    try {
+      found.push_back(decodeInteraction(std::string_view(reinterpret_cast<const char*>(d.begin()), d.size())));
+    } catch (const CorruptRecord& e) {
+      throw Failure(kExitUnreachable, std::string("a record from the coordinator does not decode: ") + e.what());
+    }
+  }
+  printSearch(out_, found, resp.getMore(), resp.getScanned(), g_.json);
+  return kExitDone;
+}
+
 }  // namespace keel::ctl

@@ -67,6 +67,10 @@ class Commands {
   // when empty, to `data` (main's stdout). Progress on stderr.
   int exportRange(Micros fromUs, Micros toUs, const std::string& format, const std::string& outPath,
                   std::ostream& data);
+  // The interactions created in [fromUs, toUs) with a branch at
+  // `participant` and in `state` (empty: any), at most `limit`.
+  int search(Micros fromUs, Micros toUs, const std::string& participant, const std::string& state,
+             std::uint32_t limit);
 
  private:
   kj::AsyncIoContext& io_;

@@ -15,6 +15,7 @@
 //   keelctl [GLOBAL] branches --agent HOST:PORT
 //   keelctl [GLOBAL] backup --to DIR [--agent HOST:PORT]
 //   keelctl [GLOBAL] export --from TIME --to TIME [--format jsonl|csv] [--out FILE]
+//   keelctl [GLOBAL] search --from TIME --to TIME [--participant P] [--state S] [--limit N]
 //
 // GLOBAL (accepted before or after the command): -c/--coordinator HOST:PORT,
 // --timeout DURATION (default 30s: every exchange with a coordinator or an
@@ -39,12 +40,14 @@
 #include <CLI/CLI.hpp>
 #include <kj/async-io.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <sstream>
 
 #include "common/client.h"
+#include "common/config.h"
 #include "common/tls.h"
 #include "common/fault.h"
 #include "tools/keelctl/commands.h"
@@ -202,6 +205,18 @@ int main(int argc, char** argv) {
   exportCmd->add_option("--format", exportFormat, "jsonl (default) or csv")->type_name("jsonl|csv");
   exportCmd->add_option("--out", exportOut, "write here (refused if it exists) instead of stdout")->type_name("FILE");
 
+  std::string searchFrom, searchTo, searchParticipant, searchState;
+  auto* searchCmd = app.add_subcommand("search", "interactions created in a time range, by participant and state");
+  searchCmd->add_option("--from", searchFrom, "first creation time (UTC: 2026-12-03T10:00:00Z, 2026-12-03 or now)")
+      ->type_name("TIME")
+      ->required();
+  searchCmd->add_option("--to", searchTo, "end of the range, not included")->type_name("TIME")->required();
+  searchCmd->add_option("--participant", searchParticipant, "only those with a branch at this participant");
+  searchCmd->add_option("--state", searchState,
+                        "only those in this state (preparing, committing, aborting, committed, rolled-back, "
+                        "heuristic-mixed, heuristic-unknown)");
+  searchCmd->add_option("--limit", limitArg, "at most this many (1..10000, default 100)")->type_name("N");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -287,6 +302,24 @@ int main(int argc, char** argv) {
       }
     }
 
+    keel::Micros searchFromUs = 0, searchToUs = 0;
+    if (*searchCmd) {
+      searchFromUs = keel::ctl::parseTime("--from", searchFrom);
+      searchToUs = keel::ctl::parseTime("--to", searchTo);
+      if (searchFromUs >= searchToUs) throw UsageError("--from must be before --to");
+      static const char* const kStates[] = {"preparing", "committing", "aborting", "committed", "rolled-back",
+                                            "heuristic-mixed", "heuristic-unknown"};
+      if (!searchState.empty() &&
+          std::find(std::begin(kStates), std::end(kStates), searchState) == std::end(kStates)) {
+        throw UsageError("--state '" + searchState +
+                         "' is not a state (preparing, committing, aborting, committed, rolled-back, "
+                         "heuristic-mixed, heuristic-unknown)");
+      }
+      if (!searchParticipant.empty() && !keel::validName(searchParticipant)) {
+        throw UsageError("--participant '" + searchParticipant + "' is not a participant name");
+      }
+    }
+
     auto io = kj::setupAsyncIo();
     // The answer is shown only once the command has returned: a command that
     // fails half-way shows its error alone.
@@ -307,6 +340,7 @@ int main(int argc, char** argv) {
       if (*forget) return run.forget(agentAddr, xids);
       if (*backupCmd) return run.backup(agentAddr, backupDir);
       if (*exportCmd) return run.exportRange(exportFromUs, exportToUs, exportFormat, exportOut, std::cout);
+      if (*searchCmd) return run.search(searchFromUs, searchToUs, searchParticipant, searchState, limit == 0 ? 100 : limit);
       return keel::ctl::kExitDone;
     };
     int status = command();

@@ -389,4 +389,22 @@ void printExported(std::ostream& out, std::uint64_t interactions, std::uint64_t 
   out << ")\n";
 }
 
+void printSearch(std::ostream& out, const std::vector<InteractionRecord>& found, bool more, std::uint64_t scanned,
+                 bool json) {
+  if (json) {
+    out << "{\"interactions\":[";
+    for (std::size_t i = 0; i < found.size(); ++i) out << (i ? "," : "") << toJson(found[i]);
+    out << "],\"more\":" << (more ? "true" : "false") << ",\"scanned\":" << scanned << "}\n";
+    return;
+  }
+  out << found.size() << " interaction(s) (" << scanned << " records looked at)\n";
+  for (const auto& r : found) {
+    out << "  " << seqText(r.seq) << "  " << formatMicros(r.createdUs) << "  " << stateName(r.state) << " ";
+    for (const auto& b : r.branches) out << " " << b.participant;
+    if (!r.requestId.empty()) out << "  request id " << r.requestId;
+    out << "\n";
+  }
+  if (more) out << "  ... and more: raise --limit or narrow the range\n";
+}
+
 }  // namespace keel::ctl

@@ -93,4 +93,9 @@ void printExportRecord(std::ostream& out, const std::string& format, const Inter
 void printExported(std::ostream& out, std::uint64_t interactions, std::uint64_t rollbacks, std::uint64_t scanned,
                    std::uint64_t damaged, const std::string& where, bool json);
 
+// keelctl search's answer: one line per interaction (seq, created, state,
+// participants, request id), and whether the range holds more.
+void printSearch(std::ostream& out, const std::vector<InteractionRecord>& found, bool more, std::uint64_t scanned,
+                 bool json);
+
 }  // namespace keel::ctl
