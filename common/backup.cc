@@ -148,8 +148,8 @@ class BackupTarget::Sink final : public wire::BackupSink::Server {
       ssize_t n = ::write(t_.fd_, p, left);
       if (n < 0) {
         if (errno == EINTR) continue;
-        t_.writeError_ = sysError("writing " + t_.partial_ + "/data.mdb", errno);
-        return KJ_EXCEPTION(FAILED, t_.writeError_);  // stops the copy at the server
+        // Fails the write: the server stops the copy.
+        return KJ_EXCEPTION(FAILED, sysError("writing " + t_.partial_ + "/data.mdb", errno));
       }
       p += n;
       left -= std::size_t(n);
@@ -196,8 +196,6 @@ BackupTarget::~BackupTarget() {
 }
 
 wire::BackupSink::Client BackupTarget::sink() { return kj::heap<Sink>(*this); }
-
-std::uint64_t BackupTarget::written() const { return written_; }
 
 namespace {
 

@@ -126,8 +126,6 @@ class BackupTarget {
   // the copy, writes the manifest and renames the directory to `dir`.
   BackupManifest commit(const std::string& source, const BackupDone& done);
 
-  std::uint64_t written() const;
-  const std::string& partialPath() const { return partial_; }
 
  private:
   class Sink;
@@ -137,7 +135,6 @@ class BackupTarget {
   std::uint64_t written_ = 0, estimate_ = 0;
   std::string identity_;
   bool started_ = false, committed_ = false;
-  std::string writeError_;
 };
 
 // ------------------------------------------------------------ the mark

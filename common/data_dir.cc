@@ -280,9 +280,9 @@ DataDir::DataDir(const std::string& path, const DataDirOwner& owner, bool init) 
     Contents c = scanDir(path_);
     if (c.identity) {
       if (auto bad = mismatch(path_, *readIdentity(path_), owner)) throw DataDirError(*bad);
-    } else if (c.lmdb && backupMarkIn(path_)) {
+    } else if (auto mark = c.lmdb ? backupMarkIn(path_) : std::nullopt) {
       // A backup copy is never adopted as it is (common/backup.h).
-      throw DataDirError(backupCopyRefusal("data directory " + path_, *backupMarkIn(path_)));
+      throw DataDirError(backupCopyRefusal("data directory " + path_, *mark));
     } else if (!c.foreign.empty() && !c.lmdb) {
       throw DataDirError("data directory " + path_ + " is not a Keel data directory (it holds '" + c.foreign +
                          "' and no " + kIdentityFile + "); choose an empty or new directory");

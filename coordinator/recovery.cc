@@ -425,16 +425,21 @@ kj::Promise<void> Coordinator::gatherEvidence(std::uint64_t seq, std::optional<I
         }
         if (rec.createdUs == 0) rec.createdUs = wallMicros();
         std::string note = "restored from a backup that did not hold its decision: ";
+        bool decided = true;
         if (committed) {
           rec.decision = InteractionRecord::Decision::Commit;
           note += "committed at " + committedAt + ", so the COMMIT was decided after the backup";
-        } else if (rolledBack || !any) {
+        } else if (rolledBack) {
           rec.decision = InteractionRecord::Decision::Abort;
-          note += rolledBack ? "rolled back at " + rolledBackAt + ", so it was aborted"
-                             : "no participant holds a branch of it, so no COMMIT can have been decided";
+          note += "rolled back at " + rolledBackAt + ", so it was aborted";
+        } else if (!any) {
+          rec.decision = InteractionRecord::Decision::Abort;
+          note += "no participant holds a branch of it, so no COMMIT can have been decided";
+        } else {
+          decided = false;
         }
         rec.error = rec.error.empty() ? note : rec.error + "; " + note;
-        if (committed || rolledBack || !any) {
+        if (decided) {
           KEEL_LOG_WARN("restore: seq {}: {}", seqText(seq), note);
           redrive(std::move(rec), std::nullopt);
           return kj::READY_NOW;

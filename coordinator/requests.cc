@@ -144,8 +144,8 @@ kj::Maybe<kj::Promise<SubmitOutcome>> Coordinator::replay(const SubmitRequest& r
   }
   // Restored from a backup: an id first sent before the restore (within
   // the allowed clock skew) may have run under the lost WAL. Never again.
-  if (restored_ && req.requestTimeUs < restored_->atUs + Micros(cfg_.requestClockSkewMs) * 1000) {
-    Micros until = restored_->atUs + Micros(cfg_.requestClockSkewMs) * 1000;
+  Micros until = restored_ ? restored_->atUs + Micros(cfg_.requestClockSkewMs) * 1000 : 0;
+  if (req.requestTimeUs < until) {
     return kj::Promise<SubmitOutcome>(invalid(
         id, "request id '" + id + "' was first sent at " + formatMicros(req.requestTimeUs) +
                 ", and this coordinator was restored from a backup at " + formatMicros(restored_->atUs) +

@@ -71,18 +71,16 @@ Held ask(kj::AsyncIoContext& io, const std::string& name, const std::string& add
     req.getAfter().setBranch(after.branch);
     req.setLimit(10000);
     auto resp = bounded(req.send());
-    bool past = false;
+    bool past = false;  // XID order: the next node's seqs come after this node's
     for (auto b : resp.getBranches()) {
-      Xid x{b.getXid().getSeq(), b.getXid().getBranch()};
-      if (seqNode(x.seq) != node) {
-        past = seqNode(x.seq) > node;
-        if (past) break;
-        continue;
+      std::uint64_t seq = b.getXid().getSeq();
+      if (seqNode(seq) != node) {
+        past = true;
+        break;
       }
-      h.maxCounter = std::max(h.maxCounter, seqCounter(x.seq));
+      h.maxCounter = std::max(h.maxCounter, seqCounter(seq));
       h.fence = std::max(h.fence, b.getEpoch());
       ++h.records;
-      after = x;
     }
     if (past || !resp.getMore() || resp.getBranches().size() == 0) break;
     auto last = resp.getBranches()[resp.getBranches().size() - 1].getXid();

@@ -101,9 +101,26 @@ TEST_F(RestoreTest, LostWalRestoredFromABackupReissuesNoSeqAndUndoesNoCommit) {
   auto r = restore(backup);
   ASSERT_EQ(r.exitCode, 0) << r.output;
   EXPECT_NE(r.output.find("restore 3/3 build"), std::string::npos) << r.output;
-  // The backup's copy is untouched and still refused as it is.
+  // The restored coordinator starts while bank-b is down: the prepared-only
+  // transfer cannot be decided without bank-b's word, so it is asked again
+  // (pending meanwhile, never presumed aborted).
+  cluster_->stopAgent("bank-b");
   cluster_->startCoordinator();
   reconnect();
+  auto asked = [&] {
+    std::ifstream f(cluster_->coordinatorLog());
+    std::string log(std::istreambuf_iterator<char>(f), {});
+    return log.find("restore: seq " + seqText(doubtful) + ": no participant that answered has decided it; waiting "
+                    "for bank-b") != std::string::npos;
+  };
+  EXPECT_TRUE(eventually(asked)) << "the silent participant was not waited for";
+  EXPECT_FALSE(query(doubtful)) << "decided without bank-b";
+  {
+    auto req = client_->capability().outcomeRequest();
+    req.setSeq(doubtful);
+    EXPECT_EQ(req.send().wait(io_.waitScope).getOutcome(), wire::DecisionOutcome::PENDING);
+  }
+  cluster_->startAgent("bank-b");
 
   // The COMMIT the lost WAL held is found at bank-a and finished at bank-b.
   EXPECT_TRUE(eventually([&] {
