@@ -369,6 +369,7 @@ std::string encode(const BranchRecord& r) {
   b.setHostTxid(r.hostTxid);
   b.setHostIncarnation(r.hostIncarnation);
   b.setHostStep(r.hostStep);
+  b.setHostMarker(r.hostMarker);
   if (!r.hostRefs.empty()) {
     auto refs = b.initHostRefs(r.hostRefs.size());
     for (unsigned i = 0; i < r.hostRefs.size(); ++i) refs.set(i, r.hostRefs[i]);
@@ -393,6 +394,7 @@ BranchRecord decodeBranch(std::string_view bytes) {
     r.hostTxid = x.getHostTxid();
     r.hostIncarnation = x.getHostIncarnation();
     r.hostStep = x.getHostStep();
+    r.hostMarker = x.getHostMarker();
     for (auto ref : x.getHostRefs()) r.hostRefs.emplace_back(ref.cStr());
     return r;
   });

@@ -167,6 +167,10 @@ struct BranchRecord {
   // and the host's reference per operation from its try answers.
   std::uint8_t hostStep = 0;
   std::vector<std::string> hostRefs;
+  // postgres one-phase: the transaction also inserted its gid into the
+  // marker table keel_one_phase (participant/pg_agent.h), so a committed
+  // marker row, not txid_status(), tells the outcome after a crash.
+  bool hostMarker = false;
 };
 
 // One ledger account.

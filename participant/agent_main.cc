@@ -5,7 +5,8 @@
 //   keel-agent --name card --adapter host --host http://127.0.0.1:7600 --host-operations ops.toml ...
 //
 // Flags override the config file. Start-up order, so that a refused start
-// changes nothing: config → data directory (lock and identity; created only
+// changes nothing: config → certificates → PostgreSQL's side (postgres
+// adapter: PgAgent::preflight) → data directory (lock and identity; created only
 // with --init) → open the branch log and check every record → bind the
 // listen address → the start-up writes (ParticipantBackend::start) → serve.
 // Exit statuses: common/daemon.h (kExit*), docs/operations.md.
@@ -141,18 +142,21 @@ int main(int argc, char** argv) {
     // Certificates are read before the data directory is touched: a bad one
     // refuses the start with nothing changed.
     auto tlsReload = keel::startTls(io, cfg.tls);
+    keel::PgAgentOptions po;
+    if (cfg.adapter == "postgres") {
+      po.name = cfg.name;
+      po.mapSizeBytes = cfg.mapSizeMb << 20;
+      po.conninfo = cfg.postgres;
+      po.poolSize = cfg.poolSize;
+      po.statements = cfg.statements;
+      keel::PgAgent::preflight(po);  // PostgreSQL's side, before the data directory
+    }
     keel::DataDir dir(cfg.dataDir, keel::DataDirOwner{keel::DataDirKind::Agent, cfg.name, 0, "keel-agent"},
                       init);  // held until exit
     cfg.dataDir = dir.path();
     std::unique_ptr<keel::ParticipantBackend> backend;
     if (cfg.adapter == "postgres") {
-      keel::PgAgentOptions po;
-      po.name = cfg.name;
       po.dataDir = cfg.dataDir;
-      po.mapSizeBytes = cfg.mapSizeMb << 20;
-      po.conninfo = cfg.postgres;
-      po.poolSize = cfg.poolSize;
-      po.statements = cfg.statements;
       backend = std::make_unique<keel::PgAgent>(std::move(po));
     } else if (cfg.adapter == "host") {
       keel::HostAgentOptions ho;

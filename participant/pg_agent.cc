@@ -43,6 +43,15 @@ std::string statusText(std::uint64_t txid, const std::string& status) {
 
 }  // namespace
 
+bool commitErrorMeansRolledBack(const pg::PgError& e) {
+  if (e.connectionLost()) return false;
+  const std::string& st = e.sqlstate();
+  // Class 40: transaction rollback (serialization failure, deadlock);
+  // class 23: a deferred constraint checked at COMMIT. Both are raised
+  // before the commit record is written.
+  return st.rfind("40", 0) == 0 || st.rfind("23", 0) == 0;
+}
+
 std::string describePgError(const pg::PgError& e) {
   const std::string& st = e.sqlstate();
   std::string what = e.what();
@@ -759,18 +768,35 @@ std::optional<BranchStatus> PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec
   std::string status = txidStatus(c, rec.hostTxid);
   // Still running: our own COMMIT is in flight (a rollback raced it), or the
   // session of a crashed agent has not been reaped yet. Deciding now would
-  // be a guess that COMMIT may prove wrong a moment later.
+  // be a guess that COMMIT may prove wrong a moment later. (After a crash
+  // of PostgreSQL the txid may run again for another transaction: then we
+  // wait for that one too, which costs a retry, never a wrong answer.)
   if (status == "in progress") return std::nullopt;
-  BranchStatus final = status == "committed" ? BranchStatus::Committed : BranchStatus::RolledBack;
+  BranchStatus final;
+  std::string reason;
+  if (rec.hostMarker) {
+    // Not running any more, so its marker row is there exactly when it
+    // committed: the row commits with it and nothing else writes it.
+    const std::string gid = gidOf(rec);
+    auto q = pg::exec(c, std::string("SELECT 1 FROM ") + kMarkerTable + " WHERE gid = " + pg::quoteLiteral(gid));
+    final = PQntuples(q.get()) > 0 ? BranchStatus::Committed : BranchStatus::RolledBack;
+    reason = std::string("one-phase outcome from its marker row: ") +
+             (final == BranchStatus::Committed ? "present" : "absent") + " (" + statusText(rec.hostTxid, status) + ")";
+  } else {
+    // A record written before markers: txid_status is all there is.
+    final = status == "committed" ? BranchStatus::Committed : BranchStatus::RolledBack;
+    reason = "one-phase outcome from txid_status: " + (status.empty() ? std::string("unknown") : status);
+  }
   Xid xid = rec.xid;
   std::uint64_t epoch = rec.epoch;
   log_.log().runSync([&](lmdb::Txn& txn) {
     auto cur = log_.read(txn, xid);
     if (cur && cur->state == BranchStatus::Active) {
-      cur->reason = "one-phase outcome from txid_status: " + (status.empty() ? std::string("unknown") : status);
+      cur->reason = reason;
       log_.finish(txn, *cur, final, epoch);
     }
   });
+  if (final == BranchStatus::Committed && rec.hostMarker) markerDone(gidOf(rec));
   return final;
 }
 
@@ -806,10 +832,26 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
       finishAs(BranchStatus::RolledBack, *why, 0);  // a tombstone there says rolled back too: same end
       return OnePhaseResult{BranchOutcome::RolledBack, *why, {}};
     }
-    auto t = pg::exec(c, "SELECT txid_current()");
-    std::uint64_t txid = std::stoull(PQgetvalue(t.get(), 0, 0));
+    // The marker row commits with the statements or not at all: after a
+    // crash it, not txid_status (a txid may run again after PostgreSQL's own
+    // crash), tells the outcome.
+    const std::uint64_t incarnation = log_.incarnation();
+    const std::string marker = pgGid(opts_.name, xid, incarnation);
+    std::uint64_t txid = 0;
+    try {
+      auto t = pg::exec(c, std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + pg::quoteLiteral(marker) +
+                               ") RETURNING txid_current()");
+      txid = std::stoull(PQgetvalue(t.get(), 0, 0));
+    } catch (const pg::PgError& e) {
+      if (e.connectionLost()) throw;  // nothing recorded, nothing committed: a retry finds no record
+      if (PQstatus(c) == CONNECTION_OK) PQclear(PQexec(c, "ROLLBACK"));
+      std::string why = "the one-phase marker row could not be written (" + describePgError(e) +
+                        "); the agent creates " + kMarkerTable + " at start-up (docs/postgres.md)";
+      finishAs(BranchStatus::RolledBack, why, 0);
+      return OnePhaseResult{BranchOutcome::RolledBack, why, {}};
+    }
     KEEL_FAILPOINT("pg.before_one_phase_intent");  // pool thread: statements run, nothing recorded yet
-    // Intent first: if we crash after COMMIT, txid_status() tells the outcome.
+    // Intent first: if we crash after COMMIT, the marker row tells the outcome.
     // A record there already is a rollback's tombstone: the coordinator gave
     // up on this call (no answer in time) and rolled the branch back before
     // the call got its turn here. It stays rolled back: we never commit it.
@@ -822,6 +864,8 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
       rec.ops = ops;
       rec.state = BranchStatus::Active;
       rec.hostTxid = txid;
+      rec.hostIncarnation = incarnation;
+      rec.hostMarker = true;
       rec.createdUs = wallMicros();
       log_.put(txn, rec);
       return true;
@@ -835,11 +879,16 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
     try {
       pg::exec(c, "COMMIT");
     } catch (const pg::PgError& e) {
-      if (e.connectionLost()) throw;  // outcome unknown here; settled later through txid_status
+      // The connection lost, or the server shutting down or crashing
+      // (57P01, 57P02) after its commit record may be durable: the outcome
+      // is unknown here and settled later from the marker row.
+      if (!commitErrorMeansRolledBack(e)) throw;
       finishAs(BranchStatus::RolledBack, describePgError(e), txid);
       return OnePhaseResult{BranchOutcome::RolledBack, describePgError(e), {}};
     }
+    KEEL_FAILPOINT("pg.after_one_phase_commit");  // committed in PostgreSQL, ACTIVE in the log
     finishAs(BranchStatus::Committed, "", txid);
+    markerDone(marker);
     return OnePhaseResult{BranchOutcome::Committed, "", std::move(results)};
   });
 }

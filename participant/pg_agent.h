@@ -18,9 +18,15 @@
 //   rollback  ROLLBACK PREPARED, for a branch never seen too (a prepare that
 //             failed after PREPARE TRANSACTION leaves no record but may leave
 //             PostgreSQL's prepared transaction), then a tombstone for it
-//   one-phase BEGIN; statements; the txid is recorded (ACTIVE, durable);
-//             COMMIT; recorded committed. After a crash in between,
-//             txid_status() tells what PostgreSQL did.
+//   one-phase BEGIN; statements; INSERT INTO keel_one_phase (gid) RETURNING
+//             txid_current(); the txid is recorded (ACTIVE, durable);
+//             COMMIT; recorded committed. After a crash in between, the
+//             marker row tells what PostgreSQL did: it exists if and only if
+//             the transaction committed. txid_status() alone cannot: a txid
+//             whose WAL was not yet flushed when PostgreSQL crashed is handed
+//             out again after its recovery, and may then read 'committed'
+//             for another transaction. Markers of recorded outcomes are
+//             deleted in batches by the keeper (and at start-up).
 //
 // Recovery at start-up reconciles PostgreSQL's prepared transactions of this
 // agent (pg_prepared_xacts, this database, this agent's gid prefix only)
@@ -104,6 +110,12 @@ class PgAgent final : public ParticipantBackend {
   // Checks the branch log and connects. Throws with a message saying how to
   // fix what is wrong.
   explicit PgAgent(PgAgentOptions opts);
+  // Connects once and checks what the agent needs of its database
+  // (max_prepared_transactions above 0; the one-phase marker table, created
+  // if missing, with the rights to use it). keel-agent runs it before the
+  // data directory is touched, so that a refused start changes nothing;
+  // start() checks again. Throws with the fix.
+  static void preflight(const PgAgentOptions& opts);
   ~PgAgent() noexcept override;  // noexcept: inDoubtWake_ (a kj::Own) would make it noexcept(false)
   // Checks max_prepared_transactions, reconciles PostgreSQL's prepared
   // transactions with the branch log, starts the keeper (sweeps, retries).
@@ -195,6 +207,13 @@ class PgAgent final : public ParticipantBackend {
   // nullopt: PostgreSQL still runs it ('in progress': its COMMIT is in
   // flight, or its session has not noticed our crash yet); ask again later.
   std::optional<BranchStatus> settleOnePhase(PGconn* c, BranchRecord& rec);
+  // A committed one-phase branch's marker row is no longer needed once its
+  // COMMITTED record is durable: queued here, deleted by the keeper's sweep
+  // in batches (dropMarkers). At start-up every marker of ours but those of
+  // ACTIVE records is deleted (dropStaleMarkers).
+  void markerDone(std::string gid);
+  void dropMarkers(PGconn* c);
+  std::size_t dropStaleMarkers(PGconn* c);
   BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
   // A prepared transaction of ours that PostgreSQL holds: its gid, what the
   // gid names, and its txid.
@@ -251,6 +270,7 @@ class PgAgent final : public ParticipantBackend {
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
   std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once
   std::set<std::string> warnedStray_;                     // GUARDED_BY(mu_): a gid its record does not name
+  std::vector<std::string> markersDone_;                  // GUARDED_BY(mu_): marker rows to delete
 
   // The keeper's state, GUARDED_BY(mu_).
   using Clock = std::chrono::steady_clock;
@@ -276,6 +296,18 @@ class PgAgent final : public ParticipantBackend {
 
 // A PostgreSQL error as a reason a branch was refused.
 std::string describePgError(const pg::PgError& e);
+
+// The table whose rows mark one-phase commits (docs/postgres.md, "One
+// participant only"), and the SQL that creates it.
+inline constexpr const char* kMarkerTable = "keel_one_phase";
+inline constexpr const char* kMarkerTableSql =
+    "CREATE TABLE IF NOT EXISTS keel_one_phase (gid text PRIMARY KEY, created timestamptz NOT NULL DEFAULT now())";
+
+// Whether an error from COMMIT proves that PostgreSQL rolled the
+// transaction back (a serialization failure, a deferred constraint): any
+// other error (the connection lost, the server shutting down or crashing:
+// SQLSTATE 57P01, 57P02...) may arrive after the commit record is durable.
+bool commitErrorMeansRolledBack(const pg::PgError& e);
 
 // The 64-bit txid of a 32-bit xid (pg_prepared_xacts.transaction): the one
 // nearest to `reference`, a current 64-bit txid (txid_snapshot_xmax of a

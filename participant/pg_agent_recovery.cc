@@ -45,6 +45,8 @@ constexpr std::uint64_t kRetryInitialMs = 20, kRetryMaxMs = 1000;
 // A failed sweep is the probe that finds PostgreSQL back (the retries wait
 // for it), so its back-off stops lower: one refused connect every 250 ms.
 constexpr std::uint64_t kProbeMaxMs = 250;
+// One-phase markers waiting for their delete (one gid is ~40 bytes).
+constexpr std::size_t kMaxMarkersQueued = 1'000'000;
 
 // The wait before attempt `failed` + 1: a refused connect to a server that
 // is down costs little, and the wait after it is back is what heals slowly.
@@ -63,7 +65,66 @@ std::optional<T> decimal(std::string_view s) {
   return v;
 }
 
+// What the agent needs of its database: prepared transactions enabled,
+// and the one-phase marker table (created here if missing) with the rights
+// to use it. Throws with the fix.
+void checkPreparedTransactions(PGconn* c, const PgAgentOptions& opts) {
+  auto r = pg::exec(c, "SHOW max_prepared_transactions");
+  int max = std::atoi(PQgetvalue(r.get(), 0, 0));
+  if (max == 0) {
+    throw std::runtime_error(
+        "PostgreSQL has max_prepared_transactions = 0, so it cannot prepare transactions: set "
+        "max_prepared_transactions to at least " +
+        std::to_string(opts.poolSize) + " (the agent's pool_size) in postgresql.conf and restart PostgreSQL");
+  }
+  if (std::size_t(max) < opts.poolSize) {
+    KEEL_LOG_WARN("max_prepared_transactions = {} is below pool_size = {}: prepares may fail", max, opts.poolSize);
+  }
+}
+
+void ensureMarkerTable(PGconn* c, const PgAgentOptions& opts) {
+  const std::string table = kMarkerTable;
+  auto fix = [&] {
+    return "run `" + std::string(kMarkerTableSql) + "` in this database as a role that may, and grant the agent's role " +
+           "SELECT, INSERT and DELETE on " + table + " (docs/postgres.md, \"One participant only\")";
+  };
+  auto exists = pg::exec(c, "SELECT to_regclass(" + pg::quoteLiteral(table) + ") IS NOT NULL");
+  if (std::string(PQgetvalue(exists.get(), 0, 0)) != "t") {
+    try {
+      pg::exec(c, kMarkerTableSql);
+      KEEL_LOG_INFO("postgres: created the one-phase marker table {}", table);
+    } catch (const pg::PgError& e) {
+      // Another agent on this database created it at the same moment.
+      if (e.sqlstate() != "23505" && e.sqlstate() != "42P07") {
+        if (e.connectionLost()) throw;
+        throw std::runtime_error("postgres agent " + opts.name + " cannot create its one-phase marker table " + table +
+                                 " (" + describePgError(e) + "): " + fix());
+      }
+    }
+  }
+  auto may = pg::exec(c, "SELECT has_table_privilege(" + pg::quoteLiteral(table) + ", 'SELECT, INSERT, DELETE')");
+  if (std::string(PQgetvalue(may.get(), 0, 0)) != "t") {
+    throw std::runtime_error("postgres agent " + opts.name + " may not read, insert and delete rows of " + table +
+                             ": " + fix());
+  }
+}
+
+void checkDatabase(PGconn* c, const PgAgentOptions& opts) {
+  checkPreparedTransactions(c, opts);
+  ensureMarkerTable(c, opts);
+}
+
 }  // namespace
+
+void PgAgent::preflight(const PgAgentOptions& opts) {
+  std::unique_ptr<PGconn, decltype(&PQfinish)> c(PQconnectdb(opts.conninfo.c_str()), &PQfinish);
+  if (PQstatus(c.get()) != CONNECTION_OK) {
+    std::string msg = PQerrorMessage(c.get());
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    throw std::runtime_error("postgres agent " + opts.name + " cannot connect to PostgreSQL: " + msg);
+  }
+  checkDatabase(c.get(), opts);
+}
 
 std::string pgGid(const std::string& agent, Xid xid, std::uint64_t incarnation) {
   std::string g = "keel:" + agent + ":" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
@@ -141,27 +202,17 @@ std::chrono::milliseconds PgAgent::settleWindow() const {
 
 void PgAgent::reconcile() {
   pool_->runSync<void>([this](PGconn* c) {
-    auto r = pg::exec(c, "SHOW max_prepared_transactions");
-    int max = std::atoi(PQgetvalue(r.get(), 0, 0));
-    if (max == 0) {
-      throw std::runtime_error(
-          "PostgreSQL has max_prepared_transactions = 0, so it cannot prepare transactions: set "
-          "max_prepared_transactions to at least " +
-          std::to_string(opts_.poolSize) + " (the agent's pool_size) in postgresql.conf and restart PostgreSQL");
-    }
-    if (std::size_t(max) < opts_.poolSize) {
-      KEEL_LOG_WARN("max_prepared_transactions = {} is below pool_size = {}: prepares may fail", max,
-                    opts_.poolSize);
-    }
+    checkDatabase(c, opts_);
     auto swept = sweepPrepared(c);
     std::size_t settled = 0;
     for (auto& rec : log_.unfinishedBranches()) {
       if (rec.state == BranchStatus::Active && rec.onePhase && settleOnePhase(c, rec)) ++settled;
     }
+    std::size_t dropped = dropStaleMarkers(c);
     KEEL_LOG_INFO(
         "postgres reconcile: {} prepared kept, {} recovered in doubt (no record yet), {} rolled back, {} committed, {} "
-        "one-phase settled; incarnation {}",
-        swept.kept, swept.recovered, swept.rolledBack, swept.committed, settled, log_.incarnation());
+        "one-phase settled, {} one-phase marker(s) of earlier outcomes deleted; incarnation {}",
+        swept.kept, swept.recovered, swept.rolledBack, swept.committed, settled, dropped, log_.incarnation());
   });
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -170,6 +221,54 @@ void PgAgent::reconcile() {
     nextSweep_ = now + kFastSweepPeriod;
   }
   keeper_ = std::thread([this] { keeperLoop(); });
+}
+
+void PgAgent::markerDone(std::string gid) {
+  std::lock_guard<std::mutex> lk(mu_);
+  // Bounded while PostgreSQL is unreachable; what is left out here is
+  // deleted at the next start (dropStaleMarkers).
+  if (markersDone_.size() < kMaxMarkersQueued) markersDone_.push_back(std::move(gid));
+}
+
+void PgAgent::dropMarkers(PGconn* c) {
+  for (;;) {
+    std::vector<std::string> batch;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (markersDone_.empty()) return;
+      std::size_t n = std::min<std::size_t>(markersDone_.size(), 1000);
+      batch.assign(std::make_move_iterator(markersDone_.end() - std::ptrdiff_t(n)),
+                   std::make_move_iterator(markersDone_.end()));
+      markersDone_.resize(markersDone_.size() - n);
+    }
+    std::string in;
+    for (const auto& g : batch) in += (in.empty() ? "" : ", ") + pg::quoteLiteral(g);
+    try {
+      pg::exec(c, std::string("DELETE FROM ") + kMarkerTable + " WHERE gid IN (" + in + ")");
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (auto& g : batch) {
+        if (markersDone_.size() < kMaxMarkersQueued) markersDone_.push_back(std::move(g));
+      }
+      throw;
+    }
+  }
+}
+
+std::size_t PgAgent::dropStaleMarkers(PGconn* c) {
+  // Every marker of ours but those of one-phase branches still ACTIVE
+  // (their outcome not yet settled: the row is what will tell it).
+  const std::string prefix = "keel:" + opts_.name + ":";
+  std::string keep;
+  for (const auto& rec : log_.unfinishedBranches()) {
+    if (rec.state == BranchStatus::Active && rec.onePhase && rec.hostMarker) {
+      keep += (keep.empty() ? "" : ", ") + pg::quoteLiteral(gidOf(rec));
+    }
+  }
+  auto r = pg::exec(c, std::string("DELETE FROM ") + kMarkerTable + " WHERE left(gid, " +
+                           std::to_string(prefix.size()) + ") = " + pg::quoteLiteral(prefix) +
+                           (keep.empty() ? "" : " AND gid NOT IN (" + keep + ")"));
+  return std::size_t(std::atoll(PQcmdTuples(r.get())));
 }
 
 std::vector<PgAgent::Held> PgAgent::heldPrepared(PGconn* c, const std::string& gidCondition) {
@@ -296,7 +395,11 @@ void PgAgent::settleHeld(PGconn* c, const Held& h, Swept& out) {
 
 bool PgAgent::runSweep() {
   try {
-    auto swept = finishPool_->runSync<Swept>([&](PGconn* c) { return sweepPrepared(c); });
+    auto swept = finishPool_->runSync<Swept>([&](PGconn* c) {
+      auto out = sweepPrepared(c);
+      dropMarkers(c);
+      return out;
+    });
     if (swept.recovered + swept.rolledBack + swept.committed > 0) {
       KEEL_LOG_INFO(
           "postgres sweep: {} prepared transaction(s) without a record recorded in doubt ({} of an earlier start), {} "

@@ -114,6 +114,8 @@ struct BranchRecord {
   hostIncarnation @12 :UInt64;       # postgres: the agent incarnation in its gid (0: a gid without one)
   hostStep @13 :UInt8;               # host: HostStep (participant/host_agent.h); 0 for other adapters
   hostRefs @14 :List(Text);          # host: the host's reference per operation, from its try answers
+  hostMarker @15 :Bool;              # postgres one-phase: its COMMIT also commits the row
+                                     # keel_one_phase(gid), which (not txid_status) tells the outcome
 }
 
 # Ledger account (participant side), keyed by account name.

@@ -640,6 +640,8 @@ class PostgresOutcomeTest : public PostgresTest {
     if (!rec) ADD_FAILURE() << "bank-b has no record of branch " << xid.str();
     return rec.value_or(BranchRecord{});
   }
+  // The marker rows of bank_b's one-phase commits.
+  std::size_t markersAtB() { return pgQuery(pg_->connString("bank_b"), "SELECT gid FROM keel_one_phase").size(); }
   // How often bank-b's log says `text`.
   std::size_t inAgentLog(const std::string& text) { return PostgresTest::inAgentLog("bank-b", text); }
   // BEGIN; sql; PREPARE TRANSACTION gid in bank_b, by hand; returns its txid.
@@ -733,6 +735,80 @@ TEST_F(PostgresOutcomeTest, ManualCommitPreparedThenRollbackAnswersCommitted) {
   auto rec = recordAfterStoppingB(xid);
   EXPECT_EQ(rec.state, BranchStatus::Committed);
   EXPECT_NE(rec.reason.find("COMMIT PREPARED outside Keel"), std::string::npos) << rec.reason;
+}
+
+// The agent dies after PostgreSQL committed a one-phase branch, before its
+// record says so: the marker row that committed with it settles it
+// committed at the next start, and is deleted once that is recorded.
+TEST_F(PostgresOutcomeTest, OnePhaseCrashAfterCommitIsSettledCommittedByItsMarkerRow) {
+  const Xid xid = xidOf(22);
+  auto sent = onePhaseCreditToBob("pg.after_one_phase_commit=1*crash", xid);
+  EXPECT_ANY_THROW(sent.call.wait(io_.waitScope));
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  EXPECT_EQ(markersAtB(), 1u);
+  auto before = recordAtB(xid);
+  ASSERT_TRUE(before.has_value());
+  EXPECT_EQ(before->state, BranchStatus::Active);
+  EXPECT_TRUE(before->hostMarker);
+
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);  // the truth, not the request
+  EXPECT_EQ(markersAtB(), 0u);  // deleted at start-up, its outcome recorded
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_NE(rec.reason.find("marker row: present"), std::string::npos) << rec.reason;
+}
+
+// PostgreSQL hands a txid out again after a crash when nothing of it had
+// reached its WAL on disk: txid_status() then speaks of another
+// transaction. Here the recorded txid is one that another transaction
+// committed; the one-phase branch never committed (no marker row), so it
+// is settled rolled back, not "committed".
+TEST_F(PostgresOutcomeTest, OnePhaseWhoseTxidRanAgainForAnotherTransactionIsRolledBack) {
+  const Xid xid = xidOf(23);
+  cluster_->stopAgent("bank-b");
+  auto rows = pgQuery(pg_->connString("bank_b"),
+                      "WITH u AS (UPDATE accounts SET balance = balance WHERE name = 'bob' RETURNING 1) "
+                      "SELECT txid_current() FROM u");
+  ASSERT_FALSE(rows.empty());
+  const std::uint64_t other = std::stoull(rows.at(0).at(0));
+  ASSERT_EQ(pgQuery(pg_->connString("bank_b"), "SELECT txid_status(" + std::to_string(other) + ")").at(0).at(0),
+            "committed");
+  {
+    BranchLog log(cluster_->baseDir() + "/bank-b", std::size_t(1) << 30);
+    log.start();
+    BranchRecord rec;
+    rec.xid = xid;
+    rec.epoch = kEpoch;
+    rec.onePhase = true;
+    rec.ops = {credit("bank-b", "bob", 100)};
+    rec.state = BranchStatus::Active;
+    rec.hostTxid = other;
+    rec.hostIncarnation = log.incarnation();
+    rec.hostMarker = true;
+    rec.createdUs = 1;
+    log.log().runSync([&](lmdb::Txn& txn) { log.put(txn, rec); });
+  }
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::RolledBack);
+  EXPECT_NE(rec.reason.find("marker row: absent"), std::string::npos) << rec.reason;
+  EXPECT_NE(rec.reason.find("'committed'"), std::string::npos) << rec.reason;  // what txid_status alone said
+}
+
+// While it runs, a one-phase commit's marker row exists; once its outcome
+// is recorded the keeper deletes it, so the table stays small.
+TEST_F(PostgresOutcomeTest, OnePhaseMarkerRowsAreDeletedOnceTheOutcomeIsRecorded) {
+  const Xid xid = xidOf(24);
+  auto sent = onePhaseCreditToBob("pg.after_one_phase_commit=1*delay(1500)", xid);
+  ASSERT_TRUE(eventually([&] { return markersAtB() == 1; }, std::chrono::seconds(3)));
+  auto answer = sent.call.wait(io_.waitScope);
+  EXPECT_EQ(answer.getOutcome(), wire::BranchOutcome::COMMITTED) << answer.getReason().cStr();
+  EXPECT_TRUE(eventually([&] { return markersAtB() == 0; }, std::chrono::seconds(5)));
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
 }
 
 TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnknown) {
@@ -957,6 +1033,35 @@ TEST(PostgresAgentStart, NoPreparedTransactionsIsReportedWithTheFix) {
   EXPECT_NE(r.exitCode, 0);
   EXPECT_NE(r.output.find("max_prepared_transactions = 0"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("postgresql.conf"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/data")) << "a refused start changes nothing";
+  std::filesystem::remove_all(dir);
+}
+
+// A role that may not create the one-phase marker table (PostgreSQL 15:
+// only the owner creates in schema public) is told the SQL to run.
+TEST(PostgresAgentStart, MarkerTableItMayNotCreateIsReportedWithTheFix) {
+  PgServerOptions o;
+  o.databases = {"bank_a"};
+  PgServer pg("", o);
+  pg.start();
+  pgQuery(pg.connString("bank_a"), "CREATE ROLE clerk LOGIN; GRANT CONNECT ON DATABASE bank_a TO clerk");
+  auto dir = makeTempDir("keel-pg-agent");
+  std::string statements = bank::writeStatementsFile(dir);
+  auto start = [&] {
+    return run(binDir() + "/keel-agent --name bank-a --adapter postgres --postgres '" + pg.connString("bank_a") +
+               " user=clerk' --statements " + statements + " --insecure --listen 127.0.0.1:0 --data-dir " + dir +
+               "/data --init");
+  };
+  auto r = start();
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.output.find("cannot create its one-phase marker table keel_one_phase"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("CREATE TABLE IF NOT EXISTS keel_one_phase"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/data")) << "a refused start changes nothing";
+  // Created by its owner, but not granted: named too.
+  pgQuery(pg.connString("bank_a"), kMarkerTableSql);
+  r = start();
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.output.find("may not read, insert and delete rows of keel_one_phase"), std::string::npos) << r.output;
   std::filesystem::remove_all(dir);
 }
 
