@@ -294,6 +294,8 @@ kj::Promise<void> ParticipantImpl::forget(ForgetContext ctx) {
     res.setForgotten(r.forgotten);
     auto l = res.initRefused(r.refused.size());
     for (unsigned i = 0; i < r.refused.size(); ++i) fillXid(l[i], r.refused[i]);
+    auto why = res.initReasons(r.reasons.size());
+    for (unsigned i = 0; i < r.reasons.size(); ++i) why.set(i, r.reasons[i]);
   });
 }
 

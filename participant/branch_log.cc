@@ -224,7 +224,20 @@ kj::Promise<BranchLog::ForgetResult> BranchLog::forget(std::vector<Xid> xids) {
       if (!rec) continue;  // already forgotten
       if (rec->state == BranchStatus::Active || rec->state == BranchStatus::Prepared) {
         r.refused.push_back(xid);
+        r.reasons.push_back(std::string("not finished: ") + branchStatusName(rec->state));
         continue;
+      }
+      if (rec->tombstone) {
+        const std::uint16_t node = seqNode(xid.seq);
+        auto fenced = txn.get(meta_, epochKey(node));
+        std::uint64_t newest = fenced ? keyU64(*fenced) : 0;
+        if (newest <= rec->epoch) {
+          r.refused.push_back(xid);
+          r.reasons.push_back("a tombstone, kept while a late prepare of the branch may still arrive: until coordinator node " +
+                              std::to_string(node) + " starts again (its epoch here is " + std::to_string(newest) +
+                              ", the tombstone's " + std::to_string(rec->epoch) + ")");
+          continue;
+        }
       }
       if (const char* key = counterOf(rec->state)) bump(txn, meta_, key, -1);
       txn.del(branches_, xidKey(xid));

@@ -98,10 +98,18 @@ class BranchLog {
   static constexpr double kRefuseNewAtFill = 0.9;
   std::optional<std::string> fullReason(const std::string& agentName) const;
 
-  // Drops finished branches; unfinished ones are refused.
+  // Drops finished branches; unfinished ones are refused, and so is a
+  // tombstone (a rollback of a branch never seen here) while a prepare of
+  // its branch may still arrive: until this log has fenced a newer epoch of
+  // the branch's coordinator node than the tombstone's. The prepare can come
+  // only from the incarnation that issued the seq, whose epoch is at most
+  // the rollback's, and once a newer one is fenced every call of it is
+  // refused (StaleEpoch). Dropping it sooner would let a late prepare vote
+  // YES and hold what was rolled back. (docs/protocol.md, "Tombstones".)
   struct ForgetResult {
     std::uint32_t forgotten = 0;
     std::vector<Xid> refused;
+    std::vector<std::string> reasons;  // one per refused xid
   };
   kj::Promise<ForgetResult> forget(std::vector<Xid> xids);
 

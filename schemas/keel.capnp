@@ -145,9 +145,11 @@ interface Participant {
   status @7 (xids :List(Xid)) -> (branches :List(BranchInfo), known :List(Bool));
 
   # Drops the records of FINISHED branches (committed or rolled back); the
-  # coordinator no longer needs their answers. Unfinished ones are kept.
+  # coordinator no longer needs their answers. Unfinished ones are kept, and
+  # so are tombstones while a late prepare may still arrive (reasons: one
+  # per refused xid, why).
   # epoch 0 = an operator's request (keelctl forget): not fenced.
-  forget @8 (epoch :UInt64, xids :List(Xid)) -> (forgotten :UInt32, refused :List(Xid));
+  forget @8 (epoch :UInt64, xids :List(Xid)) -> (forgotten :UInt32, refused :List(Xid), reasons :List(Text));
 
   # Every branch record in XID order, a page at a time, starting after
   # `after` (all zero = from the start): the agent's own account of what

@@ -358,7 +358,9 @@ TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {
   EXPECT_EQ(refused["refused"].array()[0].str(), xid);
   ASSERT_EQ(refused["refused_text"].array().size(), 1u);
   EXPECT_EQ(refused["refused_text"].array()[0].str(), xids[0].str());
-  EXPECT_EQ(refused["error"].str(), "refused " + xids[0].str() + " (not finished)");
+  ASSERT_EQ(refused["refused_reasons"].array().size(), 1u);
+  EXPECT_EQ(refused["refused_reasons"].array()[0].str(), "not finished: active");
+  EXPECT_EQ(refused["error"].str(), "refused " + xids[0].str() + " (not finished: active)");
   ASSERT_TRUE(open.txn->rollback().wait(io_.waitScope).outcome == ClientOutcome::RolledBack);
 }
 

@@ -171,6 +171,34 @@ TEST_F(AgentTest, RollbackOfUnknownXidLeavesATombstoneThatRefusesALatePrepare) {
   expectAccount("alice", 100, 0);
 }
 
+// A tombstone outlives `forget` while a late prepare may still come: until
+// the branch's coordinator node is fenced at a newer epoch than the
+// tombstone's (a restart of that coordinator), after which a prepare of the
+// incarnation that issued the seq is refused anyway.
+TEST_F(AgentTest, ForgetKeepsATombstoneUntilItsCoordinatorStartedAgain) {
+  fund("alice", 100);
+  const Xid x{(std::uint64_t(3) << kSeqNodeShift) | 9, 1};  // coordinator node 3
+  ASSERT_EQ(agent_->rollback(2, {x}).wait(ws()), Outcomes{BranchOutcome::RolledBack});  // epoch 2: a tombstone
+  auto r = agent_->forget(0, {x}).wait(ws());
+  EXPECT_EQ(r.forgotten, 0u);
+  ASSERT_EQ(r.refused, std::vector<Xid>{x});
+  ASSERT_EQ(r.reasons.size(), 1u);
+  EXPECT_NE(r.reasons[0].find("a tombstone"), std::string::npos) << r.reasons[0];
+  EXPECT_NE(r.reasons[0].find("coordinator node 3"), std::string::npos) << r.reasons[0];
+  // The same epoch's late prepare is still refused by the tombstone.
+  EXPECT_EQ(agent_->prepare(2, x, {debit("alice", 10)}).wait(ws()).vote, Vote::No);
+  // Node 3 starts again (epoch 3): its earlier incarnation's calls are
+  // fenced off, so the tombstone can go.
+  const Xid later{(std::uint64_t(3) << kSeqNodeShift) | 10, 1};
+  ASSERT_EQ(agent_->prepare(3, later, {debit("alice", 1)}).wait(ws()).vote, Vote::Yes);
+  r = agent_->forget(0, {x}).wait(ws());
+  EXPECT_EQ(r.forgotten, 1u);
+  EXPECT_TRUE(r.refused.empty());
+  EXPECT_FALSE(branch(x).has_value());
+  EXPECT_ANY_THROW(agent_->prepare(2, x, {debit("alice", 10)}).wait(ws()));  // StaleEpoch: never prepared
+  expectAccount("alice", 100, 1);
+}
+
 TEST_F(AgentTest, CommitOfUnknownXidIsUnknown) {
   EXPECT_EQ(commit({{8, 1}}), Outcomes{BranchOutcome::Unknown});
   EXPECT_FALSE(branch({8, 1}).has_value());  // and leaves nothing behind

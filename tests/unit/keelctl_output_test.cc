@@ -54,17 +54,20 @@ TEST(KeelctlOutputTest, AuditWithNoEntriesIsAnEmptyList) {
 
 TEST(KeelctlOutputTest, RefusedBranchesAreNamedSeqDotBranch) {
   std::ostringstream out;
-  EXPECT_EQ(printForgotten(out, 2, {Xid{5, 1}, Xid{makeSeq(1, 5), 2}}, /*json=*/true), kExitRefused);
+  EXPECT_EQ(printForgotten(out, 2, {Xid{5, 1}, Xid{makeSeq(1, 5), 2}}, {"not finished: prepared", "a tombstone, kept"},
+                           /*json=*/true),
+            kExitRefused);
   Json doc = JsonReader::parse(out.str());
   EXPECT_EQ(doc["refused"].array().at(0).str(), "5.1");
   EXPECT_EQ(doc["refused"].array().at(1).str(), "281474976710661.2");
   EXPECT_EQ(doc["refused_text"].array().at(0).str(), "0:5.1");
   EXPECT_EQ(doc["refused_text"].array().at(1).str(), "1:5.2");
-  EXPECT_EQ(doc["error"].str(), "refused 0:5.1, 1:5.2 (not finished)");
+  EXPECT_EQ(doc["refused_reasons"].array().at(1).str(), "a tombstone, kept");
+  EXPECT_EQ(doc["error"].str(), "refused 0:5.1 (not finished: prepared); 1:5.2 (a tombstone, kept)");
   EXPECT_EQ(doc["code"].whole(), std::uint64_t(kExitRefused));
   std::ostringstream text;
-  printForgotten(text, 2, {Xid{makeSeq(1, 5), 2}}, /*json=*/false);
-  EXPECT_EQ(text.str(), "forgotten 2\n  refused 1:5.2 (not finished)\n");
+  printForgotten(text, 2, {Xid{makeSeq(1, 5), 2}}, {"not finished: active"}, /*json=*/false);
+  EXPECT_EQ(text.str(), "forgotten 2\n  refused 1:5.2 (not finished: active)\n");
 }
 
 // A seq in text is NODE:COUNTER; JSON has the number and that text.

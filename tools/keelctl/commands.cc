@@ -295,7 +295,10 @@ int Commands::forget(const std::string& agentAddr, const std::vector<Xid>& xids)
   auto resp = ex->wait(req.send());
   std::vector<Xid> refused;
   for (auto x : resp.getRefused()) refused.push_back(Xid{x.getSeq(), x.getBranch()});
-  return printForgotten(out_, resp.getForgotten(), refused, g_.json);
+  std::vector<std::string> reasons;
+  for (auto r : resp.getReasons()) reasons.emplace_back(r.cStr());
+  reasons.resize(refused.size(), "not finished");  // an agent from before reasons
+  return printForgotten(out_, resp.getForgotten(), refused, reasons, g_.json);
 }
 
 namespace {

@@ -282,22 +282,24 @@ void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vect
   }
 }
 
-int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector<Xid>& refused, bool json) {
+int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector<Xid>& refused,
+                   const std::vector<std::string>& reasons, bool json) {
   int status = refused.empty() ? kExitDone : kExitRefused;
   if (json) {
     std::string message = "refused";
-    std::string numbers, texts;
+    std::string numbers, texts, whys;
     for (std::size_t i = 0; i < refused.size(); ++i) {
       numbers += (i ? "," : "") + q(xidNumber(refused[i]));
       texts += (i ? "," : "") + q(refused[i].str());
-      message += (i ? ", " : " ") + refused[i].str();
+      whys += (i ? "," : "") + q(reasons[i]);
+      message += (i ? "; " : " ") + refused[i].str() + " (" + reasons[i] + ")";
     }
-    out << "{\"forgotten\":" << forgotten << ",\"refused\":[" << numbers << "],\"refused_text\":[" << texts << "]"
-        << statusFields(status, message + " (not finished)") << "}\n";
+    out << "{\"forgotten\":" << forgotten << ",\"refused\":[" << numbers << "],\"refused_text\":[" << texts
+        << "],\"refused_reasons\":[" << whys << "]" << statusFields(status, message) << "}\n";
     return status;
   }
   out << "forgotten " << forgotten;
-  for (auto& x : refused) out << "\n  refused " << x.str() << " (not finished)";
+  for (std::size_t i = 0; i < refused.size(); ++i) out << "\n  refused " << refused[i].str() << " (" << reasons[i] << ")";
   out << "\n";
   return status;
 }

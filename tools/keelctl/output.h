@@ -75,7 +75,9 @@ struct BranchView {
 };
 void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vector<BranchView>& branches, bool json);
 // forget: how many branch records were dropped and those refused (not finished).
-int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector<Xid>& refused, bool json);
+// reasons: one per refused xid.
+int printForgotten(std::ostream& out, std::uint32_t forgotten, const std::vector<Xid>& refused,
+                   const std::vector<std::string>& reasons, bool json);
 
 // A finished backup: where it went, its size and time, and what the copy
 // holds (JSON: the manifest's fields and "dir").
