@@ -190,35 +190,114 @@ std::optional<StoredInteraction> WalStore::get(std::uint64_t seq) const {
   return s;
 }
 
+namespace {
+
+// The first seq at or after `at` in the interactions table (its record's
+// creation time too, 0 if it does not decode), or nullopt.
+struct Found {
+  std::uint64_t seq = 0;
+  Micros createdUs = 0;
+};
+std::optional<Found> firstFrom(const lmdb::Txn& txn, MDB_dbi dbi, std::uint64_t at) {
+  std::optional<Found> out;
+  txn.scan(dbi, u64Key(at), [&](std::string_view k, std::string_view v) {
+    Found f{keyU64(k), 0};
+    try {
+      f.createdUs = peekInteraction(v).createdUs;
+    } catch (const CorruptRecord&) {
+    }
+    out = f;
+    return false;
+  });
+  return out;
+}
+
+constexpr std::uint64_t kNodeSpan = std::uint64_t(1) << kSeqNodeShift;
+std::uint64_t segmentEnd(std::uint64_t seq) {
+  std::uint64_t node = seqNode(seq);
+  return node + 1 >= (std::uint64_t(1) << (64 - kSeqNodeShift)) ? ~std::uint64_t(0) : (node + 1) * kNodeSpan;
+}
+
+}  // namespace
+
+std::optional<std::uint64_t> WalStore::firstCreatedFrom(const lmdb::Txn& txn, std::uint64_t at, Micros fromUs) const {
+  // Seqs of one node are issued in creation order, so within a node's
+  // segment of the key space the first record created at or after fromUs is
+  // found by bisection (about 48 lookups); a segment with none moves on to
+  // the next node's.
+  for (;;) {
+    auto first = firstFrom(txn, interactions_, at);
+    if (!first) return std::nullopt;
+    std::uint64_t lo = first->seq, hi = segmentEnd(first->seq);  // the answer is a key in [lo, hi)
+    while (lo < hi) {
+      std::uint64_t mid = lo + (hi - lo) / 2;
+      auto f = firstFrom(txn, interactions_, mid);
+      if (!f || f->seq >= hi) {
+        hi = mid;  // no key in [mid, hi)
+      } else if (f->createdUs < fromUs) {
+        lo = f->seq + 1;
+      } else {
+        hi = mid;  // f qualifies and no key lies in [mid, f)
+      }
+    }
+    auto f = firstFrom(txn, interactions_, lo);
+    if (f && f->seq < segmentEnd(first->seq)) return f->seq;
+    std::uint64_t end = segmentEnd(first->seq);
+    if (end == ~std::uint64_t(0)) return std::nullopt;
+    at = end;
+  }
+}
+
 WalStore::ExportPage WalStore::exportPage(std::uint64_t after, Micros fromUs, Micros toUs,
                                           std::size_t maxScanned) const {
+  // Seqs of one node are in creation order: the scan starts at the first
+  // record created in the range (less kRangeSlackUs, for a clock stepped
+  // back a little) and leaves a node's segment at the first record created
+  // kRangeSlackUs after it, so a page costs what the range holds, not the
+  // table.
   ExportPage p;
   auto txn = env_.beginRead();
   p.total = txn.count(interactions_);
-  std::string from = after == 0 ? std::string() : u64Key(after + 1);
+  const Micros seekUs = fromUs > kRangeSlackUs ? fromUs - kRangeSlackUs : 0;
+  const Micros stopUs = toUs + kRangeSlackUs;
+  std::optional<std::uint64_t> from = after == 0 ? firstCreatedFrom(txn, 0, seekUs) : std::optional(after + 1);
   std::uint64_t last = 0;
   bool more = false;
-  txn.scan(interactions_, from, [&](std::string_view k, std::string_view v) {
-    if (p.scanned == maxScanned) {
-      more = true;
-      return false;
-    }
-    ++p.scanned;
-    last = keyU64(k);
-    InteractionPeek peek;
-    try {
-      peek = peekInteraction(v);  // checks the checksum
-    } catch (const CorruptRecord&) {
-      p.damaged.push_back(last);
+  while (from && !more) {
+    std::optional<std::uint64_t> jump;  // the next node's segment, when this one is past the range
+    txn.scan(interactions_, u64Key(*from), [&](std::string_view k, std::string_view v) {
+      if (p.scanned == maxScanned) {
+        more = true;
+        return false;
+      }
+      std::uint64_t seq = keyU64(k);
+      InteractionPeek peek;
+      try {
+        peek = peekInteraction(v);  // checks the checksum
+      } catch (const CorruptRecord&) {
+        ++p.scanned;
+        last = seq;
+        p.damaged.push_back(seq);
+        return true;
+      }
+      if (peek.createdUs >= stopUs) {
+        jump = segmentEnd(seq);
+        return false;
+      }
+      ++p.scanned;
+      last = seq;
+      if (peek.createdUs < fromUs || peek.createdUs >= toUs) return true;
+      StoredInteraction s;
+      s.interaction = std::string(v);
+      if (auto rv = txn.get(rollbacks_, k)) s.rollback = std::move(*rv);
+      p.records.push_back(std::move(s));
       return true;
-    }
-    if (peek.createdUs < fromUs || peek.createdUs >= toUs) return true;
-    StoredInteraction s;
-    s.interaction = std::string(v);
-    if (auto rv = txn.get(rollbacks_, k)) s.rollback = std::move(*rv);
-    p.records.push_back(std::move(s));
-    return true;
-  });
+    });
+    if (more || !jump || *jump == ~std::uint64_t(0)) break;
+    from = firstCreatedFrom(txn, *jump, seekUs);
+  }
+  // A page that ends past the range ends the export; one that ends at the
+  // page size resumes after the last seq it looked at.
   p.next = more ? last : 0;
   return p;
 }

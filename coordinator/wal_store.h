@@ -105,7 +105,13 @@ class WalStore {
     std::vector<std::uint64_t> damaged;  // seqs whose record does not decode (skipped)
     std::uint64_t scanned = 0, next = 0, total = 0;
   };
+  // The scan starts at the first record created in the range and leaves a
+  // node's seqs once they are created kRangeSlackUs past it (seqs of one
+  // node are issued in creation order), so a page costs about what the
+  // range holds; a wall clock stepped back by more than kRangeSlackUs may
+  // hide records created around the step.
   ExportPage exportPage(std::uint64_t after, Micros fromUs, Micros toUs, std::size_t maxScanned) const;
+  static constexpr Micros kRangeSlackUs = 1'000'000;
   std::vector<std::string> listUnfinished(std::size_t limit) const;
   // Heuristic interactions not yet marked reconciled, oldest first.
   std::vector<std::string> listHeuristic(std::size_t limit) const;
@@ -143,6 +149,10 @@ class WalStore {
   std::uint64_t epoch() const { return epoch_; }
 
  private:
+  // The first seq at or after `at` of a record created at or after fromUs,
+  // by bisection of each node's seqs (creation order); nullopt if none.
+  std::optional<std::uint64_t> firstCreatedFrom(const lmdb::Txn& txn, std::uint64_t at, Micros fromUs) const;
+
   lmdb::Env env_;
   MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, heuristic_;
   std::unique_ptr<GroupCommitLog> log_;
