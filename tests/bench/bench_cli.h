@@ -21,8 +21,9 @@ struct Output {
   std::string out;
 };
 
-inline Output run(const std::string& args, bool withStderr) {
-  std::string cmd = std::string(KEEL_BIN_DIR) + "/keel-bench " + args + (withStderr ? " 2>&1" : " 2>/dev/null");
+// `tool` from build/bin (keel-bench unless said).
+inline Output runTool(const std::string& tool, const std::string& args, bool withStderr) {
+  std::string cmd = std::string(KEEL_BIN_DIR) + "/" + tool + " " + args + (withStderr ? " 2>&1" : " 2>/dev/null");
   std::string out;
   FILE* p = ::popen(cmd.c_str(), "r");
   char buf[4096];
@@ -31,6 +32,8 @@ inline Output run(const std::string& args, bool withStderr) {
   int st = ::pclose(p);
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
 }
+
+inline Output run(const std::string& args, bool withStderr) { return runTool("keel-bench", args, withStderr); }
 
 inline std::string lastLine(const std::string& s) {
   auto end = s.find_last_not_of('\n');

@@ -86,5 +86,30 @@ TEST(KeelBench, BadFlagsAreRefusedClearly) {
   expectRefused("--backup-at 2 --sweep", "--backup-at runs one keel-mode load");
 }
 
+// keel-bench-journal on a small generated WAL: every benchmark ran, found
+// what it looked for (a 1 s range holds 1,000) and reports its percentiles.
+TEST(KeelBenchJournal, GeneratesAWalAndReportsQueryPercentiles) {
+  auto r = runTool("keel-bench-journal", "--interactions 3000 --benchmark_format=json", false);
+  ASSERT_EQ(r.exitCode, 0) << r.out;
+  auto doc = JsonReader::parse(r.out);
+  std::map<std::string, Json> byName;
+  for (const auto& b : doc["benchmarks"].array()) {
+    std::string name = b["name"].str();
+    byName[name.substr(0, name.find('/'))] = b;
+  }
+  for (const char* name : {"BM_QueryBySeq", "BM_QueryByRequestId", "BM_Search1000"}) {
+    ASSERT_TRUE(byName.count(name)) << name << " missing in " << r.out;
+    const Json& b = byName[name];
+    EXPECT_FALSE(b.has("error_occurred") && b["error_occurred"].flag()) << name << ": " << r.out;
+    EXPECT_GT(b["p50_us"].number(), 0) << name;
+    EXPECT_LE(b["p50_us"].number(), b["p99_us"].number()) << name;
+    EXPECT_EQ(b["interactions"].number(), 3000) << name;
+  }
+  EXPECT_EQ(byName["BM_Search1000"]["results"].number(), 1000);
+  auto bad = runTool("keel-bench-journal", "--interactions 5", true);
+  EXPECT_EQ(bad.exitCode, 2);
+  EXPECT_NE(bad.out.find("--interactions must be a whole number from 2000"), std::string::npos) << bad.out;
+}
+
 }  // namespace
 }  // namespace keel::test
