@@ -294,6 +294,8 @@ InteractionPeek peekInteraction(std::string_view bytes) {
     p.requestId = x.getRequestId().cStr();
     auto st = std::uint16_t(x.getState());
     p.finished = st >= std::uint16_t(disk::InteractionRecord::State::COMMITTED);
+    p.heuristic = st >= std::uint16_t(disk::InteractionRecord::State::HEURISTIC_MIXED);
+    p.completedUs = x.getCompletedUs();
     return p;
   });
 }

@@ -197,7 +197,9 @@ struct InteractionPeek {
   std::uint64_t seq = 0;
   Micros createdUs = 0;
   std::string requestId;
-  bool finished = false;
+  bool finished = false;   // committed, rolled back or heuristic
+  bool heuristic = false;  // heuristic-mixed or heuristic-unknown
+  Micros completedUs = 0;
 };
 InteractionPeek peekInteraction(std::string_view bytes);
 RollbackRecord decodeRollback(std::string_view bytes);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/backup.h"
+#include "coordinator/archive.h"
 
 namespace keel {
 
@@ -16,6 +17,36 @@ lmdb::EnvOptions envOptions(std::size_t mapSize, bool readOnly) {
   o.readOnly = readOnly;
   return o;
 }
+}  // namespace
+
+namespace {
+
+// The first seq at or after `at` in the interactions table (its record's
+// creation time too, 0 if it does not decode), or nullopt.
+struct Found {
+  std::uint64_t seq = 0;
+  Micros createdUs = 0;
+};
+std::optional<Found> firstFrom(const lmdb::Txn& txn, MDB_dbi dbi, std::uint64_t at) {
+  std::optional<Found> out;
+  txn.scan(dbi, u64Key(at), [&](std::string_view k, std::string_view v) {
+    Found f{keyU64(k), 0};
+    try {
+      f.createdUs = peekInteraction(v).createdUs;
+    } catch (const CorruptRecord&) {
+    }
+    out = f;
+    return false;
+  });
+  return out;
+}
+
+constexpr std::uint64_t kNodeSpan = std::uint64_t(1) << kSeqNodeShift;
+std::uint64_t segmentEnd(std::uint64_t seq) {
+  std::uint64_t node = seqNode(seq);
+  return node + 1 >= (std::uint64_t(1) << (64 - kSeqNodeShift)) ? ~std::uint64_t(0) : (node + 1) * kNodeSpan;
+}
+
 }  // namespace
 
 WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly)
@@ -137,12 +168,14 @@ kj::Promise<void> WalStore::save(const InteractionRecord& r, const RollbackRecor
   return lazy ? log_->runLazy(std::move(write)) : log_->run(std::move(write));
 }
 
-std::optional<RequestRecord> WalStore::findRequest(const std::string& requestId) const {
+std::optional<RequestRecord> WalStore::findRequest(const std::string& requestId, Micros notBeforeUs) const {
   if (requestId.empty()) return std::nullopt;
-  auto txn = env_.beginRead();
-  auto v = txn.get(requests_, requestId);
-  if (!v) return std::nullopt;
-  return decodeRequest(*v);
+  {
+    auto txn = env_.beginRead();
+    if (auto v = txn.get(requests_, requestId)) return decodeRequest(*v);
+  }
+  if (archive_ == nullptr || archive_->newestCreatedUs() < notBeforeUs) return std::nullopt;
+  return archive_->findRequest(requestId);
 }
 
 kj::Promise<WalStore::Purged> WalStore::purgeRequests(Micros beforeUs, std::size_t max) {
@@ -180,45 +213,90 @@ kj::Promise<WalStore::Purged> WalStore::purgeRequests(Micros beforeUs, std::size
 }
 
 std::optional<StoredInteraction> WalStore::get(std::uint64_t seq) const {
-  auto txn = env_.beginRead();
-  std::string key = u64Key(seq);
-  auto iv = txn.get(interactions_, key);
-  if (!iv) return std::nullopt;
-  StoredInteraction s;
-  s.interaction = std::move(*iv);
-  if (auto rv = txn.get(rollbacks_, key)) s.rollback = std::move(*rv);
-  return s;
+  {
+    auto txn = env_.beginRead();
+    std::string key = u64Key(seq);
+    if (auto iv = txn.get(interactions_, key)) {
+      StoredInteraction s;
+      s.interaction = std::move(*iv);
+      if (auto rv = txn.get(rollbacks_, key)) s.rollback = std::move(*rv);
+      return s;
+    }
+  }
+  if (archive_ == nullptr) return std::nullopt;
+  return archive_->get(seq);
 }
 
-namespace {
-
-// The first seq at or after `at` in the interactions table (its record's
-// creation time too, 0 if it does not decode), or nullopt.
-struct Found {
-  std::uint64_t seq = 0;
-  Micros createdUs = 0;
-};
-std::optional<Found> firstFrom(const lmdb::Txn& txn, MDB_dbi dbi, std::uint64_t at) {
-  std::optional<Found> out;
-  txn.scan(dbi, u64Key(at), [&](std::string_view k, std::string_view v) {
-    Found f{keyU64(k), 0};
-    try {
-      f.createdUs = peekInteraction(v).createdUs;
-    } catch (const CorruptRecord&) {
+std::vector<ArchivedInteraction> WalStore::archiveCandidates(Micros beforeUs, std::size_t max) const {
+  std::vector<ArchivedInteraction> out;
+  auto txn = env_.beginRead();
+  std::uint64_t at = 0;
+  bool more = true;
+  while (more && out.size() < max) {
+    more = false;
+    std::optional<std::uint64_t> jump;
+    txn.scan(interactions_, u64Key(at), [&](std::string_view k, std::string_view v) {
+      if (out.size() == max) return false;
+      std::uint64_t seq = keyU64(k);
+      InteractionPeek p;
+      try {
+        p = peekInteraction(v);
+      } catch (const CorruptRecord&) {
+        return true;  // damaged: stays where --check-wal names it
+      }
+      if (p.createdUs >= beforeUs) {
+        jump = segmentEnd(seq);  // this node's later seqs are younger
+        return false;
+      }
+      if (!p.finished || p.heuristic || txn.get(active_, k)) return true;
+      ArchivedInteraction a;
+      a.seq = seq;
+      a.createdUs = p.createdUs;
+      a.requestId = p.requestId;
+      a.interaction = std::string(v);
+      if (auto rv = txn.get(rollbacks_, k)) a.rollback = std::move(*rv);
+      if (!p.requestId.empty()) {
+        if (auto row = txn.get(requests_, p.requestId)) {
+          try {
+            if (decodeRequest(*row).seq == seq) a.requestRow = std::move(*row);
+          } catch (const CorruptRecord&) {
+          }
+        }
+      }
+      out.push_back(std::move(a));
+      return true;
+    });
+    if (jump && *jump != ~std::uint64_t(0)) {
+      at = *jump;
+      more = true;
     }
-    out = f;
-    return false;
-  });
+  }
   return out;
 }
 
-constexpr std::uint64_t kNodeSpan = std::uint64_t(1) << kSeqNodeShift;
-std::uint64_t segmentEnd(std::uint64_t seq) {
-  std::uint64_t node = seqNode(seq);
-  return node + 1 >= (std::uint64_t(1) << (64 - kSeqNodeShift)) ? ~std::uint64_t(0) : (node + 1) * kNodeSpan;
+kj::Promise<std::size_t> WalStore::dropArchived(std::vector<ArchivedInteraction> moved) {
+  auto interactions = interactions_, rollbacks = rollbacks_, windows = windows_, requests = requests_,
+       active = active_, heuristic = heuristic_;
+  return log_->runLazy([=, moved = std::move(moved)](lmdb::Txn& txn) {
+    std::size_t dropped = 0;
+    for (const auto& a : moved) {
+      std::string key = u64Key(a.seq);
+      auto now = txn.get(interactions, key);
+      // Changed since (reopened by a late branch, say), or active again:
+      // it stays, and is archived again once finished.
+      if (!now || *now != a.interaction || txn.get(active, key) || txn.get(heuristic, key)) continue;
+      txn.del(interactions, key);
+      txn.del(rollbacks, key);
+      txn.del(windows, key);
+      if (!a.requestId.empty()) {
+        if (auto row = txn.get(requests, a.requestId); row && *row == a.requestRow) txn.del(requests, a.requestId);
+      }
+      ++dropped;
+    }
+    return dropped;
+  });
 }
 
-}  // namespace
 
 std::optional<std::uint64_t> WalStore::firstCreatedFrom(const lmdb::Txn& txn, std::uint64_t at, Micros fromUs) const {
   // Seqs of one node are issued in creation order, so within a node's

@@ -40,6 +40,8 @@ struct StoredInteraction {
   std::string interaction;  // encoded (envelope) bytes
   std::string rollback;     // empty if none
 };
+struct ArchivedInteraction;
+class Archive;
 
 class WalStore {
  public:
@@ -78,7 +80,11 @@ class WalStore {
                          const RequestRecord* request = nullptr);
 
   // The row of a request id; throws CorruptRecord if it does not decode.
-  std::optional<RequestRecord> findRequest(const std::string& requestId) const;
+  // Not in the hot WAL: looked up in the archive (if set) unless nothing
+  // archived was created at or after `notBeforeUs` (a request first sent
+  // then cannot name an archived interaction: a fresh request costs no
+  // archive lookup).
+  std::optional<RequestRecord> findRequest(const std::string& requestId, Micros notBeforeUs = 0) const;
   // The retention purge: walks the interactions table in seq order (which
   // is creation order) from where it stopped last time (meta
   // "request_purge_seq"), at most `max` records, and drops the request rows
@@ -95,7 +101,25 @@ class WalStore {
   kj::Promise<void> appendAudit(const AuditRecord& a);
   std::vector<AuditRecord> listAudit(std::size_t limit) const;
 
+  // The hot WAL's record, else the archive's (if set).
   std::optional<StoredInteraction> get(std::uint64_t seq) const;
+
+  // ---- the archive (coordinator/archive.h) ----
+  // Where get and findRequest look for what left the hot WAL. Set before
+  // serving; the archive outlives this store.
+  void setArchive(const Archive* a) { archive_ = a; }
+  // Finished interactions (not heuristic, not active) created before
+  // `beforeUs`, at most `max`, with their rollback records and the request
+  // rows that name them: what the archiver moves next. Creation order per
+  // node: a node's seqs are left at the first one created at or after
+  // beforeUs; unfinished and heuristic ones are passed over (they never
+  // leave the hot WAL; once finished, the next pass finds them).
+  std::vector<ArchivedInteraction> archiveCandidates(Micros beforeUs, std::size_t max) const;
+  // Drops the records the archive now holds durably (their rollback
+  // record, window and request row too), each only if it is still the very
+  // bytes that were archived (a record that changed meanwhile stays, and is
+  // archived again later). Resolves to how many were dropped. Lazy write.
+  kj::Promise<std::size_t> dropArchived(std::vector<ArchivedInteraction> moved);
   // One page of an export: up to `maxScanned` interaction records after
   // seq `after` (0: from the start), those created in [fromUs, toUs) kept
   // with their rollback records. `next`: where the next page starts (0:
@@ -157,6 +181,7 @@ class WalStore {
   MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, heuristic_;
   std::unique_ptr<GroupCommitLog> log_;
   std::uint64_t epoch_ = 0;
+  const Archive* archive_ = nullptr;
 };
 
 // Meta keys of a restored WAL (WalStore::RestoreMark).

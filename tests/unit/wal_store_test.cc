@@ -4,6 +4,7 @@
 // request id checks they rely on.
 
 #include "coordinator/wal_store.h"
+#include "coordinator/archive.h"
 
 #include <gtest/gtest.h>
 #include <kj/async-io.h>
@@ -174,6 +175,101 @@ TEST_F(WalStoreTest, ExportOfANarrowRangeScansAboutTheRangeInEachNodesSeqs) {
   auto early = wal_->exportPage(0, 1, 5'000, 512);
   EXPECT_TRUE(early.records.empty());
   EXPECT_EQ(early.next, 0u);
+}
+
+// ---------------------------------------------------------------- archive
+
+constexpr Micros kDay = 86'400'000'000;
+constexpr Micros kDay1 = 20'000 * kDay;  // 2024-10-04, 00:00 UTC
+
+InteractionRecord finished(std::uint64_t n, Micros createdUs, InteractionRecord::State st) {
+  auto r = record(makeSeq(1, n), "req-" + std::to_string(n));
+  r.state = st;
+  r.createdUs = createdUs;
+  r.completedUs = createdUs + 1000;
+  return r;
+}
+
+// The archiver's two steps on the hot WAL: which records may leave
+// (finished, not heuristic, created before the line; a node's seqs are
+// left at the first younger one), and dropping exactly what the archive
+// holds; afterwards get and findRequest find them in the archive.
+TEST_F(WalStoreTest, ArchivedInteractionsLeaveTheHotWalAndAreStillFound) {
+  using S = InteractionRecord::State;
+  for (std::uint64_t i = 1; i <= 30; ++i) {
+    S st = i <= 20 ? (i % 2 ? S::Committed : S::RolledBack) : i <= 25 ? S::Committing : i == 26 ? S::HeuristicMixed : S::Committed;
+    Micros created = kDay1 + Micros(i) * 1'000'000 + (i > 10 && i <= 20 ? kDay : 0);  // 11..20 the next day
+    if (i > 26) created += 2 * kDay;  // 27..30: younger than the line
+    auto rec = finished(i, created, st);
+    RequestRecord row{rec.seq, i, created, created};
+    RollbackRecord rb;
+    rb.seq = rec.seq;
+    wal_->save(rec, st == S::RolledBack ? &rb : nullptr, false, &row).wait(io_.waitScope);
+  }
+  const Micros line = kDay1 + kDay + 30'000'000;
+  auto c = wal_->archiveCandidates(line, 100);
+  ASSERT_EQ(c.size(), 20u);  // 21..25 unfinished, 26 heuristic, 27.. younger
+  for (std::size_t k = 0; k < c.size(); ++k) {
+    EXPECT_EQ(c[k].seq, makeSeq(1, k + 1));
+    EXPECT_FALSE(c[k].requestRow.empty());
+    EXPECT_EQ(c[k].rollback.empty(), (k + 1) % 2 == 1);
+  }
+  EXPECT_EQ(wal_->archiveCandidates(line, 7).size(), 7u);
+
+  Archive archive(dir_.path() + "/archive", std::size_t(64) << 20);
+  archive.append(c);
+  wal_->setArchive(&archive);
+  // Seq 3 changed after it was picked (reopened): it stays in the hot WAL.
+  auto changed = finished(3, c[2].createdUs, S::Committed);
+  changed.error = "reopened";
+  wal_->save(changed, nullptr).wait(io_.waitScope);
+  EXPECT_EQ(wal_->dropArchived(c).wait(io_.waitScope), 19u);
+  EXPECT_EQ(wal_->exportPage(0, 0, ~Micros(0) >> 1, 512).total, 11u);  // 3, 21..30
+  EXPECT_EQ(decodeInteraction(wal_->get(makeSeq(1, 3))->interaction).error, "reopened");  // the hot one first
+  auto five = wal_->get(makeSeq(1, 5));
+  ASSERT_TRUE(five.has_value());
+  EXPECT_EQ(five->interaction, c[4].interaction);
+  auto four = wal_->get(makeSeq(1, 4));
+  ASSERT_TRUE(four.has_value());
+  EXPECT_EQ(decodeRollback(four->rollback).seq, makeSeq(1, 4));
+  ASSERT_TRUE(wal_->findRequest("req-15").has_value());
+  EXPECT_EQ(wal_->findRequest("req-15")->seq, makeSeq(1, 15));
+  EXPECT_FALSE(wal_->findRequest("req-15", line + 1).has_value()) << "a request sent after the archive's newest "
+                                                                     "interaction cannot name one of them";
+  EXPECT_FALSE(wal_->get(makeSeq(1, 99)).has_value());
+  EXPECT_TRUE(wal_->checkAll().empty());
+
+  // Two periods, read back in creation order, a page of 7 at a time.
+  auto periods = archive.periods();
+  ASSERT_EQ(periods.size(), 2u);
+  EXPECT_EQ(periods[0].name, Archive::periodOf(kDay1));
+  EXPECT_EQ(periods[0].interactions + periods[1].interactions, 20u);
+  std::vector<std::uint64_t> seen;
+  std::string cursor;
+  int pages = 0;
+  do {
+    auto p = archive.exportPage(cursor, kDay1, kDay1 + kDay + 15'000'000, 7);
+    for (auto& r : p.records) seen.push_back(decodeInteraction(r.interaction).seq);
+    cursor = p.next;
+    ++pages;
+  } while (!cursor.empty() && pages < 20);
+  std::vector<std::uint64_t> want;
+  for (std::uint64_t i = 1; i <= 14; ++i) want.push_back(makeSeq(1, i));  // 11..14 on the next day, <= +14 s
+  EXPECT_EQ(seen, want);
+
+  // Opened again: the same, and its newest creation time known.
+  Archive again(dir_.path() + "/archive", std::size_t(64) << 20);
+  EXPECT_EQ(again.newestCreatedUs(), kDay1 + kDay + 20'000'000);
+  ASSERT_TRUE(again.get(makeSeq(1, 12)).has_value());
+  // A damaged period is named; the others still answer.
+  std::filesystem::create_directories(dir_.path() + "/archive/2024-01-01");
+  std::ofstream(dir_.path() + "/archive/2024-01-01/data.mdb") << "not an LMDB file, not at all, no";
+  Archive damaged(dir_.path() + "/archive", std::size_t(64) << 20);
+  auto listed = damaged.periods();
+  ASSERT_EQ(listed.size(), 3u);
+  EXPECT_EQ(listed[0].name, "2024-01-01");
+  EXPECT_FALSE(listed[0].damaged.empty());
+  EXPECT_TRUE(damaged.get(makeSeq(1, 12)).has_value());
 }
 
 TEST(RequestIds, FingerprintIsStableAndTellsOperationsApart) {

@@ -1,0 +1,202 @@
+#include "coordinator/archive.h"
+
+#include <algorithm>
+#include <ctime>
+#include <filesystem>
+
+#include "common/log.h"
+#include "common/records.h"
+
+namespace keel {
+
+namespace fs = std::filesystem;
+
+struct Archive::Period {
+  std::string name;
+  lmdb::Env env;
+  MDB_dbi interactions, rollbacks, requests, byTime;
+  Period(std::string n, const std::string& path, std::size_t mapSize)
+      : name(std::move(n)), env(path, lmdb::EnvOptions{mapSize, 8}) {
+    interactions = env.openDb("interactions");
+    rollbacks = env.openDb("rollbacks");
+    requests = env.openDb("requests");
+    byTime = env.openDb("by_time");
+  }
+};
+
+namespace {
+
+bool isPeriodName(const std::string& n) {
+  // YYYY-MM-DD
+  if (n.size() != 10 || n[4] != '-' || n[7] != '-') return false;
+  for (std::size_t i = 0; i < n.size(); ++i) {
+    if (i != 4 && i != 7 && (n[i] < '0' || n[i] > '9')) return false;
+  }
+  return true;
+}
+
+std::string timeKey(Micros createdUs, std::uint64_t seq) { return u64Key(createdUs) + u64Key(seq); }
+
+}  // namespace
+
+Archive::Archive(std::string dir, std::size_t mapSizeBytes) : dir_(std::move(dir)), mapSize_(mapSizeBytes) {
+  std::error_code ec;
+  if (!fs::is_directory(dir_, ec)) return;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) {
+    std::string name = e.path().filename().string();
+    if (!e.is_directory() || !isPeriodName(name)) continue;
+    auto p = open(name, false);
+    if (!p) continue;
+    auto txn = p->env.beginRead();
+    std::string last;
+    // The newest creation time of the period: its last by_time key.
+    txn.scan(p->byTime, "", [&](std::string_view k, std::string_view) {
+      last = std::string(k);
+      return true;
+    });
+    if (last.size() == 16) newest_ = std::max(newest_, Micros(keyU64(std::string_view(last).substr(0, 8))));
+  }
+}
+
+Archive::~Archive() = default;
+
+std::string Archive::periodOf(Micros us) {
+  std::time_t t = std::time_t(us / 1'000'000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[16];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", &tm);
+  return buf;
+}
+
+std::shared_ptr<Archive::Period> Archive::open(const std::string& name, bool create) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (auto it = periods_.find(name); it != periods_.end()) return it->second;
+  std::string path = dir_ + "/" + name;
+  try {
+    if (create) fs::create_directories(path);
+    auto p = std::make_shared<Period>(name, path, mapSize_);
+    periods_[name] = p;
+    damaged_.erase(name);
+    return p;
+  } catch (const std::exception& e) {
+    if (create) throw;
+    damaged_[name] = e.what();
+    KEEL_LOG_ERROR("archive period {} does not open ({}): skipped, the other periods are served", name, e.what());
+    return nullptr;
+  }
+}
+
+std::vector<std::shared_ptr<Archive::Period>> Archive::snapshot() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<std::shared_ptr<Period>> out;
+  for (auto& [name, p] : periods_) out.push_back(p);
+  return out;
+}
+
+void Archive::append(const std::vector<ArchivedInteraction>& batch) {
+  std::map<std::string, std::vector<const ArchivedInteraction*>> byPeriod;
+  for (const auto& a : batch) byPeriod[periodOf(a.createdUs)].push_back(&a);
+  Micros newest = 0;
+  for (auto& [name, items] : byPeriod) {
+    auto p = open(name, true);
+    auto txn = p->env.beginWrite();
+    for (const auto* a : items) {
+      std::string key = u64Key(a->seq);
+      txn.put(p->interactions, key, a->interaction);
+      if (!a->rollback.empty()) txn.put(p->rollbacks, key, a->rollback);
+      if (!a->requestId.empty() && !a->requestRow.empty()) txn.put(p->requests, a->requestId, a->requestRow);
+      txn.put(p->byTime, timeKey(a->createdUs, a->seq), "");
+      newest = std::max(newest, a->createdUs);
+    }
+    txn.commit();  // durable: the hot WAL drops them only after this
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  newest_ = std::max(newest_, newest);
+}
+
+std::optional<StoredInteraction> Archive::get(std::uint64_t seq) const {
+  auto all = snapshot();
+  std::string key = u64Key(seq);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    auto txn = (*it)->env.beginRead();
+    auto iv = txn.get((*it)->interactions, key);
+    if (!iv) continue;
+    StoredInteraction s;
+    s.interaction = std::move(*iv);
+    if (auto rv = txn.get((*it)->rollbacks, key)) s.rollback = std::move(*rv);
+    return s;
+  }
+  return std::nullopt;
+}
+
+std::optional<RequestRecord> Archive::findRequest(const std::string& requestId) const {
+  if (requestId.empty()) return std::nullopt;
+  auto all = snapshot();
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    auto txn = (*it)->env.beginRead();
+    if (auto v = txn.get((*it)->requests, requestId)) return decodeRequest(*v);
+  }
+  return std::nullopt;
+}
+
+Micros Archive::newestCreatedUs() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return newest_;
+}
+
+Archive::Page Archive::exportPage(const std::string& cursor, Micros fromUs, Micros toUs, std::size_t maxScanned) const {
+  // cursor: the period's name and the last by_time key looked at.
+  Page page;
+  std::string startPeriod = periodOf(fromUs), lastPeriod = periodOf(toUs == 0 ? 0 : toUs - 1);
+  std::string atPeriod, afterKey;
+  if (!cursor.empty()) {
+    atPeriod = cursor.substr(0, 10);
+    afterKey = cursor.substr(10);
+  }
+  for (const auto& p : snapshot()) {
+    if (p->name < startPeriod || p->name > lastPeriod || (!atPeriod.empty() && p->name < atPeriod)) continue;
+    auto txn = p->env.beginRead();
+    std::string from = p->name == atPeriod && !afterKey.empty() ? afterKey + std::string(1, '\0') : u64Key(fromUs);
+    bool full = false;
+    std::string last;
+    txn.scan(p->byTime, from, [&](std::string_view k, std::string_view) {
+      if (k.size() != 16) return true;
+      Micros created = Micros(keyU64(k.substr(0, 8)));
+      if (created >= toUs) return false;
+      if (page.scanned == maxScanned) {
+        full = true;
+        return false;
+      }
+      ++page.scanned;
+      last = std::string(k);
+      std::string key(k.substr(8));
+      if (auto iv = txn.get(p->interactions, key)) {
+        StoredInteraction s;
+        s.interaction = std::move(*iv);
+        if (auto rv = txn.get(p->rollbacks, key)) s.rollback = std::move(*rv);
+        page.records.push_back(std::move(s));
+      }
+      return true;
+    });
+    if (full) {
+      page.next = p->name + last;
+      return page;
+    }
+  }
+  return page;
+}
+
+std::vector<Archive::PeriodInfo> Archive::periods() const {
+  std::vector<PeriodInfo> out;
+  for (const auto& p : snapshot()) {
+    auto txn = p->env.beginRead();
+    out.push_back(PeriodInfo{p->name, txn.count(p->interactions), ""});
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  for (const auto& [name, why] : damaged_) out.push_back(PeriodInfo{name, 0, why});
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return out;
+}
+
+}  // namespace keel
