@@ -162,7 +162,7 @@ Contents scanDir(const std::string& path) {
     } else if (n == kLmdbData) {
       c.lmdb = true;
     } else if (n != DataDir::kLockFile && n != "lock.mdb" && n != std::string(DataDir::kIdentityFile) + ".tmp" &&
-               n != "lost+found" && c.foreign.empty()) {
+               n != "lost+found" && n != "archive" && c.foreign.empty()) {
       c.foreign = n;  // lost+found: a directory at a file system's root
     }
   }

@@ -4,6 +4,8 @@
 #include <ctime>
 #include <filesystem>
 
+#include <kj/debug.h>
+
 #include "common/log.h"
 #include "common/records.h"
 
@@ -58,7 +60,44 @@ Archive::Archive(std::string dir, std::size_t mapSizeBytes) : dir_(std::move(dir
   }
 }
 
-Archive::~Archive() = default;
+Archive::~Archive() {
+  {
+    std::lock_guard<std::mutex> lk(jobsMu_);
+    stopping_ = true;
+  }
+  jobsCv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+kj::Promise<void> Archive::appendAsync(std::shared_ptr<const std::vector<ArchivedInteraction>> batch) {
+  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  {
+    std::lock_guard<std::mutex> lk(jobsMu_);
+    jobs_.push_back(Job{std::move(batch), kj::mv(paf.fulfiller)});
+    if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
+  }
+  jobsCv_.notify_one();
+  return kj::mv(paf.promise);
+}
+
+void Archive::work() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> lk(jobsMu_);
+      jobsCv_.wait(lk, [this] { return stopping_ || !jobs_.empty(); });
+      if (stopping_) return;  // what is queued is dropped: its promise breaks, the hot WAL keeps the records
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    try {
+      append(*job.batch);
+      job.done->fulfill();
+    } catch (const std::exception& e) {
+      job.done->reject(KJ_EXCEPTION(FAILED, "archive write failed", std::string(e.what())));
+    }
+  }
+}
 
 std::string Archive::periodOf(Micros us) {
   std::time_t t = std::time_t(us / 1'000'000);

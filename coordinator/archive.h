@@ -18,8 +18,13 @@
 // thread. A period whose environment does not open is named (damaged())
 // and skipped; the others are served.
 
+#include <kj/async.h>
+
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <map>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -56,6 +61,9 @@ class Archive {
   // Writes the batch durably, one transaction per period; the same seq
   // again overwrites it (idempotent). Throws on a write error.
   void append(const std::vector<ArchivedInteraction>& batch);
+  // The same on the archive's own thread (an LMDB durable commit is an
+  // fsync: never on the event loop); resolves on the caller's loop.
+  kj::Promise<void> appendAsync(std::shared_ptr<const std::vector<ArchivedInteraction>> batch);
 
   // Newest period first.
   std::optional<StoredInteraction> get(std::uint64_t seq) const;
@@ -93,6 +101,18 @@ class Archive {
   mutable std::map<std::string, std::shared_ptr<Period>> periods_;  // GUARDED_BY(mu_)
   mutable std::map<std::string, std::string> damaged_;              // GUARDED_BY(mu_)
   Micros newest_ = 0;                                               // GUARDED_BY(mu_)
+
+  // appendAsync's worker, started on first use.
+  struct Job {
+    std::shared_ptr<const std::vector<ArchivedInteraction>> batch;
+    kj::Own<kj::CrossThreadPromiseFulfiller<void>> done;
+  };
+  void work();
+  std::mutex jobsMu_;
+  std::condition_variable jobsCv_;
+  std::deque<Job> jobs_;  // GUARDED_BY(jobsMu_)
+  bool stopping_ = false;  // GUARDED_BY(jobsMu_)
+  std::thread worker_;
 };
 
 }  // namespace keel

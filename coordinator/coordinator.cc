@@ -33,7 +33,13 @@ bool readOnlyOps(const std::vector<Op>& ops) {
 }  // namespace
 
 Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, WalStore& wal, ClusterMember* cluster)
-    : cfg_(cfg), io_(io), wal_(wal), cluster_(cluster), tasks_(*this) {
+    : cfg_(cfg),
+      io_(io),
+      wal_(wal),
+      archive_(std::make_unique<Archive>(wal.dir() + "/archive", cfg.archiveMapSizeMb << 20)),
+      cluster_(cluster),
+      tasks_(*this) {
+  wal_.setArchive(archive_.get());
   for (const auto& [name, addr] : cfg_.participants) {
     auto l = std::make_unique<ParticipantLink>(io_, name, addr, linkOptions());
     l->onHealthChange([this, raw = l.get()](bool up, const std::string& why) { healthChanged(*raw, up, why); });
@@ -41,7 +47,10 @@ Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, W
   }
 }
 
-Coordinator::~Coordinator() { life_.reset(); }
+Coordinator::~Coordinator() {
+  life_.reset();
+  wal_.setArchive(nullptr);  // the WAL may outlive this coordinator (tests)
+}
 
 void Coordinator::taskFailed(kj::Exception&& e) { KEEL_LOG_ERROR("background task failed: {}", describeFault(e)); }
 
@@ -627,6 +636,34 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
 }
 
 // ------------------------------------------------------------ reads
+
+Coordinator::JournalPage Coordinator::journalPage(const JournalCursor& at, Micros fromUs, Micros toUs) const {
+  JournalPage out;
+  if (!at.archive) {
+    auto p = wal_.exportPage(at.after, fromUs, toUs, kExportPageRecords);
+    out.records = std::move(p.records);
+    out.damaged = std::move(p.damaged);
+    out.scanned = p.scanned;
+    out.total = p.total;
+    if (p.next != 0) {
+      out.next = JournalCursor{false, p.next, ""};
+    } else {
+      out.next = JournalCursor{true, 0, ""};
+    }
+    return out;
+  }
+  auto p = archive_->exportPage(at.archiveAt, fromUs, toUs, kExportPageRecords);
+  out.scanned = p.scanned;
+  for (auto& r : p.records) {
+    try {
+      if (wal_.holdsHot(peekInteraction(r.interaction).seq)) continue;  // given from the hot WAL already
+    } catch (const CorruptRecord&) {
+    }
+    out.records.push_back(std::move(r));
+  }
+  if (!p.next.empty()) out.next = JournalCursor{true, 0, p.next};
+  return out;
+}
 
 std::optional<StoredInteraction> Coordinator::query(std::uint64_t seq) const {
   auto it = live_.find(seq);

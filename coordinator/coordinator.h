@@ -45,6 +45,7 @@
 #include "common/config.h"
 #include "common/records.h"
 #include "common/seq.h"
+#include "coordinator/archive.h"
 #include "coordinator/cluster.h"
 #include "coordinator/participant_link.h"
 #include "coordinator/wal_store.h"
@@ -130,10 +131,22 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   };
   kj::Promise<ResolveResult> resolve(std::uint64_t seq, bool commit, std::string who, std::string why, bool override);
   std::vector<AuditRecord> audit(std::size_t limit) const { return wal_.listAudit(limit); }
-  // One page of an export (keelctl export; WalStore::exportPage).
-  WalStore::ExportPage exportPage(std::uint64_t after, Micros fromUs, Micros toUs) const {
-    return wal_.exportPage(after, fromUs, toUs, kExportPageRecords);
-  }
+  // One page of an export or a search (keelctl export, search): the hot
+  // WAL's records of the range (WalStore::exportPage), then the archive's
+  // (Archive::exportPage; a record still in the hot WAL too, archived just
+  // before a crash, is given once).
+  struct JournalCursor {
+    bool archive = false;      // the hot WAL is done
+    std::uint64_t after = 0;   // hot WAL: the last seq looked at
+    std::string archiveAt;     // archive: its page's `next`
+  };
+  struct JournalPage {
+    std::vector<StoredInteraction> records;
+    std::vector<std::uint64_t> damaged;  // hot WAL seqs whose record does not decode
+    std::uint64_t scanned = 0, total = 0;
+    std::optional<JournalCursor> next;  // nullopt: the range is done
+  };
+  JournalPage journalPage(const JournalCursor& at, Micros fromUs, Micros toUs) const;
   static constexpr std::size_t kExportPageRecords = 512;
   // The hosts of heuristic interaction `seq` were reconciled by hand.
   kj::Promise<ResolveResult> reconciled(std::uint64_t seq, std::string who, std::string why);
@@ -213,6 +226,9 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   void releaseRequest(const std::string& id, const kj::Exception* why);  // no interaction came of the claim
   void forgetRequest(const Interaction& it);    // the interaction left memory
   kj::Promise<void> purgeRequests();            // retention, every minute
+  // The archiver (archive.h): finished interactions older than
+  // hot_retention_s move to <data-dir>/archive, a batch at a time.
+  kj::Promise<void> archiveOld();
 
   // Cluster (cluster.cc, recovery.cc): the COMMIT decision made in etcd.
   kj::Promise<void> decideInCluster(Interaction& it);
@@ -260,6 +276,11 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   const CoordinatorConfig cfg_;
   kj::AsyncIoContext& io_;
   WalStore& wal_;
+  // Where finished interactions go after hot_retention_s; declared before
+  // tasks_ so that the archiver's task goes first.
+  std::unique_ptr<Archive> archive_;
+  std::uint64_t archived_ = 0;  // moved since the last log line
+  Micros archivedLogUs_ = 0;
   ClusterMember* cluster_ = nullptr;
   std::uint64_t takeoverCommitted_ = 0, takeoverRolledBack_ = 0;
   std::unique_ptr<SeqAllocator> seqs_;

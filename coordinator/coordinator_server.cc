@@ -255,10 +255,11 @@ struct ExportJob {
   Coordinator& c;
   wire::ExportSink::Client sink;
   Micros fromUs, toUs;
-  std::uint64_t after = 0, interactions = 0, rollbacks = 0, scanned = 0, damaged = 0;
+  Coordinator::JournalCursor at;
+  std::uint64_t interactions = 0, rollbacks = 0, scanned = 0, damaged = 0, total = 0;
 
   kj::Promise<void> next() {
-    auto page = c.exportPage(after, fromUs, toUs);
+    auto page = c.journalPage(at, fromUs, toUs);
     scanned += page.scanned;
     for (auto seq : page.damaged) {
       KEEL_LOG_ERROR("export: the record of seq {} is damaged; skipped (keel-coordinator --check-wal)", seqText(seq));
@@ -276,12 +277,13 @@ struct ExportJob {
         rs.set(j++, capnp::Data::Reader(reinterpret_cast<const kj::byte*>(r.rollback.data()), r.rollback.size()));
       }
     }
+    total = std::max(total, page.total);
     req.setScanned(scanned);
-    req.setTotal(page.total);
+    req.setTotal(std::max(total, scanned));
     interactions += page.records.size();
     rollbacks += withRollback;
-    after = page.next;
-    bool done = page.next == 0;
+    bool done = !page.next;
+    if (page.next) at = *page.next;
     return req.send().then([this, done]() -> kj::Promise<void> {
       if (done) return kj::READY_NOW;
       return kj::evalLater([this]() { return next(); });
@@ -315,7 +317,8 @@ struct SearchJob {
   Micros fromUs, toUs;
   std::string participant, state;
   std::size_t limit;
-  std::uint64_t after = 0, scanned = 0;
+  Coordinator::JournalCursor at;
+  std::uint64_t scanned = 0;
   std::vector<std::string> found;
   bool more = false;
 
@@ -327,7 +330,7 @@ struct SearchJob {
   }
 
   kj::Promise<void> next() {
-    auto page = c.exportPage(after, fromUs, toUs);
+    auto page = c.journalPage(at, fromUs, toUs);
     scanned += page.scanned;
     for (auto& r : page.records) {
       InteractionRecord rec;
@@ -343,8 +346,8 @@ struct SearchJob {
       }
       found.push_back(std::move(r.interaction));
     }
-    after = page.next;
-    if (after == 0) return kj::READY_NOW;
+    if (!page.next) return kj::READY_NOW;
+    at = *page.next;
     return kj::evalLater([this]() { return next(); });
   }
 };

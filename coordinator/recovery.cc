@@ -118,6 +118,7 @@ kj::Promise<void> Coordinator::recover() {
   }
   KEEL_LOG_INFO("recovery 4/5 sweep: asking {} participants for in-doubt branches (background)", links_.size());
   tasks_.add(purgeRequests());
+  tasks_.add(archiveOld());
   KEEL_LOG_INFO("recovery 5/5 serving");
   return kj::READY_NOW;
 }

@@ -110,7 +110,10 @@ kj::Maybe<kj::Promise<SubmitOutcome>> Coordinator::replay(const SubmitRequest& r
   }
   std::optional<RequestRecord> row;
   try {
-    row = wal_.findRequest(id);
+    // The archive is looked at only if it may hold the id: an interaction
+    // is created after its request was first sent (within the clock skew).
+    Micros skew = Micros(cfg_.requestClockSkewMs) * 1000;
+    row = wal_.findRequest(id, req.requestTimeUs > skew ? req.requestTimeUs - skew : 0);
   } catch (const CorruptRecord& e) {
     KEEL_LOG_ERROR("request id '{}': damaged row in the requests table ({})", id, e.what());
     return kj::Promise<SubmitOutcome>(SubmitOutcome{
@@ -185,6 +188,49 @@ void Coordinator::forgetRequest(const Interaction& it) {
   if (it.rec.requestId.empty()) return;
   auto lr = requests_.find(it.rec.requestId);
   if (lr != requests_.end() && lr->second.seq == it.rec.seq) requests_.erase(lr);
+}
+
+kj::Promise<void> Coordinator::archiveOld() {
+  // Picked on the loop (one short read transaction), written durably on
+  // the archive's thread, then dropped from the hot WAL (a lazy write) if
+  // still the same bytes. A crash between the last two leaves a record in
+  // both places: the hot one is read first, and the next pass moves it
+  // again. The request rows move with their interactions, so a retry of
+  // an archived request id is still answered from it.
+  constexpr std::size_t kBatch = 2000;
+  Micros now = wallMicros();
+  Micros keep = Micros(cfg_.hotRetentionS) * 1'000'000;
+  std::vector<ArchivedInteraction> batch;
+  try {
+    batch = wal_.archiveCandidates(now > keep ? now - keep : 0, kBatch);
+  } catch (const std::exception& e) {
+    KEEL_LOG_WARN("archive: reading the hot WAL failed ({}); trying again later", e.what());
+  }
+  auto again = [this](kj::Duration d) {
+    return io_.provider->getTimer().afterDelay(d).then([this]() { return archiveOld(); });
+  };
+  if (batch.empty()) return again(1 * kj::SECONDS);
+  bool full = batch.size() == kBatch;
+  auto moved = std::make_shared<const std::vector<ArchivedInteraction>>(std::move(batch));
+  return archive_->appendAsync(moved)
+      .then([this, moved]() { return wal_.dropArchived(*moved); })
+      .then(
+          [this, full](std::size_t dropped) {
+            archived_ += dropped;
+            Micros t = wallMicros();
+            if (archived_ > 0 && t - archivedLogUs_ >= 60'000'000) {
+              KEEL_LOG_INFO("archive: {} finished interaction(s) older than hot_retention_s = {} moved to {}",
+                            archived_, cfg_.hotRetentionS, archive_->dir());
+              archived_ = 0;
+              archivedLogUs_ = t;
+            }
+            return full ? 10 * kj::MILLISECONDS : 1 * kj::SECONDS;
+          },
+          [](kj::Exception&& e) {
+            KEEL_LOG_WARN("archive: a batch failed ({}); the hot WAL keeps it, trying again in 5 s", describeFault(e));
+            return 5 * kj::SECONDS;
+          })
+      .then([again](kj::Duration d) { return again(d); });
 }
 
 kj::Promise<void> Coordinator::purgeRequests() {

@@ -50,7 +50,7 @@ std::uint64_t segmentEnd(std::uint64_t seq) {
 }  // namespace
 
 WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly)
-    : env_(dir, envOptions(mapSizeBytes, readOnly)) {
+    : dir_(dir), env_(dir, envOptions(mapSizeBytes, readOnly)) {
   meta_ = env_.openDb("meta");
   if (!readOnly) {
     // Before anything else is created: a backup copy is refused as it is
@@ -225,6 +225,11 @@ std::optional<StoredInteraction> WalStore::get(std::uint64_t seq) const {
   }
   if (archive_ == nullptr) return std::nullopt;
   return archive_->get(seq);
+}
+
+bool WalStore::holdsHot(std::uint64_t seq) const {
+  auto txn = env_.beginRead();
+  return txn.get(interactions_, u64Key(seq)).has_value();
 }
 
 std::vector<ArchivedInteraction> WalStore::archiveCandidates(Micros beforeUs, std::size_t max) const {

@@ -16,6 +16,10 @@
 //   heuristic     seq -> "" for every interaction that ended heuristic and
 //                 that no operator has marked reconciled (keelctl list)
 //
+// Finished interactions older than hot_retention_s leave these tables
+// (with their rollback record, window and request row) for the archive
+// (coordinator/archive.h): archiveCandidates, then dropArchived.
+//
 // Every write goes through the GroupCommitLog: a save() resolves once its
 // group's durable LMDB commit returned. Callers decide whether to wait: the
 // COMMIT decision must be durable before the client hears "committed";
@@ -103,6 +107,8 @@ class WalStore {
 
   // The hot WAL's record, else the archive's (if set).
   std::optional<StoredInteraction> get(std::uint64_t seq) const;
+  bool holdsHot(std::uint64_t seq) const;  // in the hot WAL itself
+  const std::string& dir() const { return dir_; }
 
   // ---- the archive (coordinator/archive.h) ----
   // Where get and findRequest look for what left the hot WAL. Set before
@@ -177,6 +183,7 @@ class WalStore {
   // by bisection of each node's seqs (creation order); nullopt if none.
   std::optional<std::uint64_t> firstCreatedFrom(const lmdb::Txn& txn, std::uint64_t at, Micros fromUs) const;
 
+  std::string dir_;
   lmdb::Env env_;
   MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, heuristic_;
   std::unique_ptr<GroupCommitLog> log_;

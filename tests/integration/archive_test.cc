@@ -1,0 +1,129 @@
+// The archive (coordinator/archive.h): finished interactions older than
+// hot_retention_s leave the hot WAL for <data-dir>/archive, and every way
+// of asking about them still answers: query by seq and by request id, a
+// retry of the request id, search and export; unfinished work stays hot.
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <set>
+
+#include "common/strict_json.h"
+#include "coordinator/archive.h"
+#include "coordinator/wal_store.h"
+#include "tests/integration/cluster_fixture.h"
+
+namespace keel::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ArchiveTest : public ClusterTest {
+ protected:
+  std::string coordinatorToml() override {
+    return ClusterTest::coordinatorToml() + "hot_retention_s = 1\narchive_map_size_mb = 64\n";
+  }
+  RunResult ctl(const std::string& args) {
+    return runStdout("timeout 30 " + binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " " + args);
+  }
+  bool inLog(const std::string& needle) {
+    std::ifstream f(cluster_->coordinatorLog());
+    std::string log(std::istreambuf_iterator<char>(f), {});
+    return log.find(needle) != std::string::npos;
+  }
+  // Whether the hot WAL itself still holds `seq` (read-only, beside the
+  // running coordinator, without the archive).
+  bool hot(std::uint64_t seq) {
+    WalStore wal(dir_ + "/coordinator", std::size_t(1) << 30, /*readOnly=*/true);
+    return wal.get(seq).has_value();
+  }
+};
+
+TEST_F(ArchiveTest, FinishedInteractionsMoveToTheArchiveAndAreStillAnswered) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  SubmitRequest req;
+  req.ops = transferOps("bank-a:alice", "bank-b:bob", 10);
+  req.requestId = newRequestId();
+  req.requestTimeUs = wallMicros();
+  auto first = client_->submit(req).wait(io_.waitScope);
+  ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+  std::vector<std::uint64_t> seqs{first.seq};
+  for (int i = 0; i < 5; ++i) {
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", i == 2 ? 100000 : 1));  // one rolled back
+    seqs.push_back(o.seq);
+  }
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
+
+  // Moved: gone from the hot WAL, in a period of the archive.
+  ASSERT_TRUE(eventually([&] { return !hot(first.seq) && !hot(seqs.back()); }, std::chrono::seconds(10)))
+      << "not archived within 10 s with hot_retention_s = 1";
+  EXPECT_TRUE(eventually([&] { return inLog("finished interaction(s) older than hot_retention_s = 1 moved to"); }));
+  EXPECT_TRUE(fs::is_directory(dir_ + "/coordinator/archive/" + Archive::periodOf(wallMicros())));
+
+  // Asked by seq and by request id: from the archive, whole.
+  for (auto seq : seqs) {
+    auto q = query(seq);
+    ASSERT_TRUE(q) << seqText(seq);
+    EXPECT_EQ(q->interaction.seq, seq);
+  }
+  auto rolledBack = query(seqs[3]);
+  ASSERT_TRUE(rolledBack);
+  EXPECT_EQ(rolledBack->interaction.state, InteractionRecord::State::RolledBack);
+  ASSERT_TRUE(rolledBack->rollback.has_value()) << "the rollback record moved with it";
+  auto byId = client_->queryRequest(req.requestId).wait(io_.waitScope);
+  ASSERT_TRUE(byId);
+  EXPECT_EQ(byId->interaction.seq, first.seq);
+  auto text = ctl("query --request-id " + req.requestId);
+  EXPECT_EQ(text.exitCode, 0) << text.output;
+  EXPECT_NE(text.output.find(seqText(first.seq)), std::string::npos) << text.output;
+
+  // A retry of the request id is answered from the archive and runs nothing.
+  auto again = client_->submit(req).wait(io_.waitScope);
+  EXPECT_EQ(again.outcome, ClientOutcome::Committed) << again.reason;
+  EXPECT_EQ(again.seq, first.seq);
+  EXPECT_TRUE(again.replayed);
+  // ... and with other operations it is refused as reused.
+  SubmitRequest other = req;
+  other.ops = transferOps("bank-a:alice", "bank-b:bob", 11);
+  EXPECT_EQ(client_->submit(other).wait(io_.waitScope).outcome, ClientOutcome::Invalid);
+  EXPECT_EQ(account("bank-b", "bob"), bal(14, 0));  // 10 + 4 x 1: nothing ran twice
+
+  // Search and export see them once each.
+  auto s = ctl("--json search --from 2020-01-01 --to 2100-01-01 --participant bank-b");
+  ASSERT_EQ(s.exitCode, 0) << s.output;
+  EXPECT_EQ(JsonReader::parse(s.output)["interactions"].array().size(), 7u);  // the open and six transfers
+  auto e = ctl("export --from 2020-01-01 --to 2100-01-01");
+  ASSERT_EQ(e.exitCode, 0) << e.output;
+  std::istringstream in(e.output);
+  std::set<std::uint64_t> exported;
+  std::size_t lines = 0;
+  for (std::string l; std::getline(in, l); ++lines) exported.insert(JsonReader::parse(l)["interaction"]["seq"].whole());
+  EXPECT_EQ(lines, exported.size()) << "an interaction exported twice";
+  for (auto seq : seqs) EXPECT_TRUE(exported.count(seq)) << seqText(seq);
+
+  // Across a restart the archive is found again.
+  cluster_->stopCoordinator();
+  cluster_->startCoordinator();
+  reconnect();
+  auto q = query(first.seq);
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->interaction.requestId, req.requestId);
+}
+
+TEST_F(ArchiveTest, RetentionOutOfRangeIsRefusedBeforeAnythingStarts) {
+  for (const char* bad : {"hot_retention_s = 0", "hot_retention_s = 40000000", "archive_map_size_mb = 1"}) {
+    std::string cfg = dir_ + "/bad.toml";
+    std::ofstream(cfg) << "[coordinator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << dir_ << "/never\"\n" << bad
+                       << "\n[participants]\n";
+    auto r = run("timeout 10 " + binDir() + "/keel-coordinator --config " + cfg + " --init");
+    EXPECT_EQ(r.exitCode, 2) << bad << ": " << r.output;
+    std::string key = std::string(bad).substr(0, std::string(bad).find(' '));
+    EXPECT_NE(r.output.find(key), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir_ + "/never")) << "a refused start changes nothing";
+  }
+}
+
+}  // namespace
+}  // namespace keel::test
