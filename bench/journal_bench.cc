@@ -2,7 +2,8 @@
 // operators ask of old interactions (docs/performance.md, "Journal
 // queries").
 //
-//   keel-bench-journal [--wal DIR] [--interactions N] [google benchmark flags]
+//   keel-bench-journal [--wal DIR] [--interactions N] [--archive [--days D]]
+//                      [google benchmark flags]
 //
 // A WAL of N finished interactions (default 1,000,000; --interactions
 // 10000000 for the issue's figure) is generated once into DIR (default a
@@ -13,10 +14,16 @@
 // are created 1 ms apart, so a 1 s range holds 1,000 of them. Generating
 // prints progress on stderr.
 //
+// --archive puts them in the archive instead (coordinator/archive.h; DIR/
+// archive, the hot WAL empty), spread over D days (default 30: one period
+// each, as hot_retention_s leaves them), and the same questions go through
+// WalStore's fallback to the archive (the search: Archive::exportPage
+// over a range of 1,000).
+//
 // BM_QueryBySeq         WalStore::get of a random seq and its full decode
 //                       (what keelctl query SEQ costs the coordinator).
 // BM_QueryByRequestId   findRequest of a random request id, then the same.
-// BM_Search1000         a 1 s range in the middle of the WAL (1,000 of
+// BM_Search1000         a range in the middle of the journal (1,000 of
 //                       them), paged through exportPage 512 records at a
 //                       time and each record decoded and matched, as the
 //                       server's search does (coordinator_server.cc).
@@ -41,18 +48,21 @@
 #include "common/records.h"
 #include "common/temp_dir.h"
 #include "common/types.h"
+#include "coordinator/archive.h"
 #include "coordinator/wal_store.h"
 
 namespace keel {
 namespace {
 
 constexpr Micros kBaseUs = 1'700'000'000'000'000;  // 2023-11-14: any fixed time
-constexpr Micros kApartUs = 1'000;                  // 1 ms between interactions
+
 
 struct Settings {
   std::string dir;
   std::uint64_t n = 1'000'000;
-  bool ownDir = false;
+  bool archive = false;  // --archive: the interactions are in the archive, the hot WAL empty
+  std::uint32_t days = 30;
+  Micros apartUs = 1'000;  // between two interactions' creation
 };
 Settings g_settings;
 
@@ -65,7 +75,7 @@ InteractionRecord interaction(std::uint64_t i) {
   r.epoch = 1;
   r.state = InteractionRecord::State::Committed;
   r.decision = InteractionRecord::Decision::Commit;
-  r.createdUs = kBaseUs + Micros(i) * kApartUs;
+  r.createdUs = kBaseUs + Micros(i) * g_settings.apartUs;
   r.votesUs = r.createdUs + 300;
   r.decidedUs = r.createdUs + 400;
   r.completedUs = r.createdUs + 900;
@@ -92,32 +102,43 @@ class Journal {
     bool existing = std::filesystem::exists(dir + "/data.mdb");
     wal_ = std::make_unique<WalStore>(dir, std::size_t(32) << 30);
     wal_->openIncarnation(1);
+    archive_ = std::make_unique<Archive>(dir + "/archive", std::size_t(16) << 30);
+    wal_->setArchive(archive_.get());
     if (existing && wal_->get(seqOf(g_settings.n)).has_value()) {
-      std::cerr << "keel-bench-journal: reusing the WAL in " << dir << "\n";
+      std::cerr << "keel-bench-journal: reusing the journal in " << dir << "\n";
       return;
     }
     generate();
   }
   WalStore& wal() { return *wal_; }
+  Archive& archive() { return *archive_; }
 
  private:
   void generate() {
     const std::uint64_t n = g_settings.n;
-    std::cerr << "keel-bench-journal: generating " << n << " interactions into " << g_settings.dir << "\n";
+    std::cerr << "keel-bench-journal: generating " << n << " interactions into " << g_settings.dir
+              << (g_settings.archive ? "/archive" : "") << "\n";
     auto t0 = std::chrono::steady_clock::now();
     auto last = t0;
     constexpr std::uint64_t kBatch = 20'000;
     for (std::uint64_t from = 1; from <= n; from += kBatch) {
       std::uint64_t to = std::min(n, from + kBatch - 1);
       auto saves = kj::heapArrayBuilder<kj::Promise<void>>(to - from + 1);
+      std::vector<ArchivedInteraction> batch;
       for (std::uint64_t i = from; i <= to; ++i) {
         auto rec = interaction(i);
         RequestRecord row{rec.seq, i * 0x9e3779b97f4a7c15ull, rec.requestTimeUs, rec.createdUs};
         RollbackRecord rb;
         rb.seq = rec.seq;
         rb.reason = "bench";
-        saves.add(wal_->save(rec, i % 10 == 0 ? &rb : nullptr, /*lazy=*/true, &row));
+        if (g_settings.archive) {
+          batch.push_back(ArchivedInteraction{rec.seq, rec.createdUs, rec.requestId, encode(rec),
+                                              i % 10 == 0 ? encode(rb) : std::string(), encode(row)});
+        } else {
+          saves.add(wal_->save(rec, i % 10 == 0 ? &rb : nullptr, /*lazy=*/true, &row));
+        }
       }
+      if (g_settings.archive) archive_->append(batch);
       kj::joinPromises(saves.finish()).wait(io_.waitScope);
       auto now = std::chrono::steady_clock::now();
       if (now - last >= std::chrono::seconds(5) || to == n) {
@@ -127,11 +148,12 @@ class Journal {
       }
     }
     // The last lazy batch made durable before the timed part.
-    wal_->save(interaction(n), nullptr).wait(io_.waitScope);
+    if (!g_settings.archive) wal_->save(interaction(n), nullptr).wait(io_.waitScope);
   }
 
   kj::AsyncIoContext io_ = kj::setupAsyncIo();
   std::unique_ptr<WalStore> wal_;
+  std::unique_ptr<Archive> archive_;
 };
 
 Journal& journal() {
@@ -200,24 +222,35 @@ void BM_Search1000(benchmark::State& state) {
   std::vector<double> us;
   std::size_t found = 0;
   for (auto _ : state) {
-    // A 1 s range somewhere in the middle half of the WAL.
+    // A range of 1,000 interactions somewhere in the middle half.
     std::uint64_t mid = g_settings.n / 4 + rng() % std::max<std::uint64_t>(1, g_settings.n / 2);
-    Micros from = kBaseUs + Micros(mid) * kApartUs, to = from + 1'000'000;
+    Micros from = kBaseUs + Micros(mid) * g_settings.apartUs, to = from + 1000 * g_settings.apartUs;
     found = 0;
+    auto match = [&](const std::vector<StoredInteraction>& records) {
+      for (auto& r : records) {
+        auto rec = decodeInteraction(r.interaction);
+        found += std::any_of(rec.branches.begin(), rec.branches.end(),
+                             [](const auto& b) { return b.participant == "bank-b"; });
+      }
+    };
     us.push_back(timed([&] {
+      if (g_settings.archive) {
+        std::string cursor;
+        do {
+          auto page = journal().archive().exportPage(cursor, from, to, 512);
+          match(page.records);
+          cursor = page.next;
+        } while (!cursor.empty());
+        return;
+      }
       std::uint64_t after = 0;
       do {
         auto page = wal.exportPage(after, from, to, 512);
-        for (auto& r : page.records) {
-          auto rec = decodeInteraction(r.interaction);
-          bool match = std::any_of(rec.branches.begin(), rec.branches.end(),
-                                   [](const auto& b) { return b.participant == "bank-b"; });
-          found += match ? 1 : 0;
-        }
+        match(page.records);
         after = page.next;
       } while (after != 0);
     }));
-    if (found != 1000 && g_settings.n >= mid + 1000) state.SkipWithError("a 1 s range did not hold 1,000");
+    if (found != 1000 && g_settings.n >= mid + 1000) state.SkipWithError("a range did not hold 1,000");
   }
   state.counters["results"] = double(found);
   report(state, us);
@@ -240,6 +273,17 @@ int main(int argc, char** argv) {
     };
     if (a == "--wal") {
       keel::g_settings.dir = value("--wal");
+    } else if (a == "--archive") {
+      keel::g_settings.archive = true;
+    } else if (a == "--days") {
+      std::string v = value("--days");
+      char* end = nullptr;
+      unsigned long d = std::strtoul(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || d < 1 || d > 3650) {
+        std::cerr << "keel-bench-journal: --days must be a whole number from 1 to 3650, not '" << v << "'\n";
+        return 2;
+      }
+      keel::g_settings.days = std::uint32_t(d);
     } else if (a == "--interactions") {
       std::string v = value("--interactions");
       char* end = nullptr;
@@ -253,6 +297,11 @@ int main(int argc, char** argv) {
     } else {
       rest.push_back(argv[i]);
     }
+  }
+  if (keel::g_settings.archive) {
+    // Spread over --days days: one archive period per day.
+    keel::g_settings.apartUs = std::max<keel::Micros>(
+        1, keel::Micros(keel::g_settings.days) * 86'400'000'000 / keel::Micros(keel::g_settings.n));
   }
   std::unique_ptr<keel::TempDir> temp;
   if (keel::g_settings.dir.empty()) {

@@ -86,10 +86,14 @@ TEST(KeelBench, BadFlagsAreRefusedClearly) {
   expectRefused("--backup-at 2 --sweep", "--backup-at runs one keel-mode load");
 }
 
-// keel-bench-journal on a small generated WAL: every benchmark ran, found
-// what it looked for (a 1 s range holds 1,000) and reports its percentiles.
-TEST(KeelBenchJournal, GeneratesAWalAndReportsQueryPercentiles) {
-  auto r = runTool("keel-bench-journal", "--interactions 3000 --benchmark_format=json", false);
+// keel-bench-journal on a small generated WAL, and on a small archive: every
+// benchmark ran, found what it looked for (a range holds 1,000) and
+// reports its percentiles.
+class KeelBenchJournal : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(HotAndArchive, KeelBenchJournal, ::testing::Values("", "--archive --days 3"));
+
+TEST_P(KeelBenchJournal, GeneratesAJournalAndReportsQueryPercentiles) {
+  auto r = runTool("keel-bench-journal", std::string("--interactions 3000 --benchmark_format=json ") + GetParam(), false);
   ASSERT_EQ(r.exitCode, 0) << r.out;
   auto doc = JsonReader::parse(r.out);
   std::map<std::string, Json> byName;
@@ -106,9 +110,15 @@ TEST(KeelBenchJournal, GeneratesAWalAndReportsQueryPercentiles) {
     EXPECT_EQ(b["interactions"].number(), 3000) << name;
   }
   EXPECT_EQ(byName["BM_Search1000"]["results"].number(), 1000);
+}
+
+TEST(KeelBenchJournalFlags, BadValuesAreRefused) {
   auto bad = runTool("keel-bench-journal", "--interactions 5", true);
   EXPECT_EQ(bad.exitCode, 2);
   EXPECT_NE(bad.out.find("--interactions must be a whole number from 2000"), std::string::npos) << bad.out;
+  bad = runTool("keel-bench-journal", "--archive --days 0", true);
+  EXPECT_EQ(bad.exitCode, 2);
+  EXPECT_NE(bad.out.find("--days must be a whole number from 1 to 3650"), std::string::npos) << bad.out;
 }
 
 }  // namespace
