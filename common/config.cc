@@ -252,7 +252,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
   rejectUnknown(path, s, "coordinator",
                 {"node_id", "listen", "data_dir", "map_size_mb", "call_timeout_ms",
                  "interaction_timeout_ms", "max_interaction_ms", "request_id_retention_s", "request_clock_skew_ms",
-                 "hot_retention_s", "archive_map_size_mb",
+                 "hot_retention_s", "archive_map_size_mb", "archive_retention_days",
                  "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block", "batch_max", "batch_in_flight"});
   c.nodeId = getInt<std::uint16_t>(path, s, "coordinator", "node_id", c.nodeId, 0, 65535);
   c.listen = getString(path, s, "coordinator", "listen", c.listen);
@@ -275,6 +275,8 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
   c.hotRetentionS = getInt<std::uint32_t>(path, s, "coordinator", "hot_retention_s", c.hotRetentionS, 1, 365 * 86400);
   c.archiveMapSizeMb = getInt<std::size_t>(path, s, "coordinator", "archive_map_size_mb", c.archiveMapSizeMb, 16,
                                            std::size_t(1) << 20);
+  c.archiveRetentionDays = getInt<std::uint32_t>(path, s, "coordinator", "archive_retention_days",
+                                                 c.archiveRetentionDays, 0, 36500);
   c.retryInitialMs = getInt<std::uint32_t>(path, s, "coordinator", "retry_initial_ms", c.retryInitialMs, 1, 600000);
   c.retryMaxMs = getInt<std::uint32_t>(path, s, "coordinator", "retry_max_ms", c.retryMaxMs, 1, 3600000);
   if (c.retryMaxMs < c.retryInitialMs) fail(path, "[coordinator] retry_max_ms must be >= retry_initial_ms");

@@ -204,4 +204,13 @@ Xid keyXid(std::string_view k) {
   return Xid{keyU64(k), std::uint16_t((std::uint8_t(k[8]) << 8) | std::uint8_t(k[9]))};
 }
 
+bool isDayText(std::string_view t) {
+  if (t.size() != 10 || t[4] != '-' || t[7] != '-') return false;
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    if (i != 4 && i != 7 && (t[i] < '0' || t[i] > '9')) return false;
+  }
+  int month = (t[5] - '0') * 10 + (t[6] - '0'), day = (t[8] - '0') * 10 + (t[9] - '0');
+  return month >= 1 && month <= 12 && day >= 1 && day <= 31;
+}
+
 }  // namespace keel

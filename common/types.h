@@ -181,6 +181,8 @@ std::optional<std::uint64_t> parseSeqText(std::string_view text, std::string* wh
 
 // Big-endian u64 key so LMDB's byte order is numeric order.
 std::string u64Key(std::uint64_t v);
+// A calendar day written YYYY-MM-DD (an archive period's name).
+bool isDayText(std::string_view t);
 std::uint64_t keyU64(std::string_view k);
 std::string xidKey(Xid x);
 Xid keyXid(std::string_view k);

@@ -28,15 +28,6 @@ struct Archive::Period {
 
 namespace {
 
-bool isPeriodName(const std::string& n) {
-  // YYYY-MM-DD
-  if (n.size() != 10 || n[4] != '-' || n[7] != '-') return false;
-  for (std::size_t i = 0; i < n.size(); ++i) {
-    if (i != 4 && i != 7 && (n[i] < '0' || n[i] > '9')) return false;
-  }
-  return true;
-}
-
 std::string timeKey(Micros createdUs, std::uint64_t seq) { return u64Key(createdUs) + u64Key(seq); }
 
 }  // namespace
@@ -46,6 +37,10 @@ Archive::Archive(std::string dir, std::size_t mapSizeBytes) : dir_(std::move(dir
   if (!fs::is_directory(dir_, ec)) return;
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
     std::string name = e.path().filename().string();
+    if (e.is_directory() && name.size() > 8 && name.substr(name.size() - 8) == ".dropped") {
+      fs::remove_all(e.path(), ec);  // a drop a crash interrupted
+      continue;
+    }
     if (!e.is_directory() || !isPeriodName(name)) continue;
     auto p = open(name, false);
     if (!p) continue;
@@ -97,6 +92,23 @@ void Archive::work() {
       job.done->reject(KJ_EXCEPTION(FAILED, "archive write failed", std::string(e.what())));
     }
   }
+}
+
+bool Archive::isPeriodName(const std::string& n) { return isDayText(n); }
+
+void Archive::drop(const std::string& name) {
+  if (!isPeriodName(name)) throw std::runtime_error("'" + name + "' is not an archive period");
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    periods_.erase(name);
+    damaged_.erase(name);
+  }
+  // Renamed first, so that a crash halfway never leaves half a period
+  // that would open as one.
+  std::string path = dir_ + "/" + name, gone = path + ".dropped";
+  fs::rename(path, gone);
+  fs::remove_all(gone);
+  KEEL_LOG_INFO("archive: period {} dropped", name);
 }
 
 std::string Archive::periodOf(Micros us) {

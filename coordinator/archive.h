@@ -57,6 +57,11 @@ class Archive {
 
   // The period an interaction created at `us` belongs to ("2026-12-03").
   static std::string periodOf(Micros us);
+  static bool isPeriodName(const std::string& name);  // YYYY-MM-DD
+
+  // Removes a period: no longer served at once; its files go (readers
+  // still in it finish first: the environment closes with the last one).
+  void drop(const std::string& name);
 
   // Writes the batch durably, one transaction per period; the same seq
   // again overwrites it (idempotent). Throws on a write error.

@@ -147,6 +147,15 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
     std::optional<JournalCursor> next;  // nullopt: the range is done
   };
   JournalPage journalPage(const JournalCursor& at, Micros fromUs, Micros toUs) const;
+  // The archive's periods, and an operator's drop of those before `before`
+  // (YYYY-MM-DD), each older than archive_retention_days: the audit entry
+  // is durable before any is removed (operator.cc).
+  std::vector<Archive::PeriodInfo> archivePeriods() const { return archive_->periods(); }
+  struct ArchiveDrop {
+    std::vector<std::string> dropped;
+    std::string refused;  // "" = done
+  };
+  kj::Promise<ArchiveDrop> dropArchive(std::string before, std::string who, std::string why);
   static constexpr std::size_t kExportPageRecords = 512;
   // The hosts of heuristic interaction `seq` were reconciled by hand.
   kj::Promise<ResolveResult> reconciled(std::uint64_t seq, std::string who, std::string why);

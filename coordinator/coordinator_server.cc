@@ -55,7 +55,7 @@ AccessPolicy coordinatorAccess(const TlsConfig& tls) {
   auto schema = capnp::Schema::from<wire::Coordinator>();
   std::vector<std::uint16_t> operatorOnly;
   for (const char* m : {"listUnfinished", "retryNow", "resolve", "audit", "listHeuristic", "reconciled", "backup",
-                        "exportRange", "search"}) {
+                        "exportRange", "search", "archivePeriods", "dropArchive"}) {
     operatorOnly.push_back(schema.getMethodByName(m).getIndex());
   }
   const std::uint64_t iface = capnp::typeId<wire::Coordinator>();
@@ -377,6 +377,31 @@ kj::Promise<void> CoordinatorImpl::search(SearchContext ctx) {
         r.setMore(j.more);
       })
       .attach(kj::mv(job));
+}
+
+kj::Promise<void> CoordinatorImpl::archivePeriods(ArchivePeriodsContext ctx) {
+  auto periods = c_.archivePeriods();
+  auto l = ctx.getResults().initPeriods(periods.size());
+  for (unsigned i = 0; i < periods.size(); ++i) {
+    l[i].setName(periods[i].name);
+    l[i].setInteractions(periods[i].interactions);
+    l[i].setDamaged(periods[i].damaged);
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> CoordinatorImpl::dropArchive(DropArchiveContext ctx) {
+  auto p = ctx.getParams();
+  if (p.getBefore().size() > 32 || p.getWhy().size() > 4096) {
+    return KJ_EXCEPTION(FAILED, "dropArchive: before or why too long");
+  }
+  return c_.dropArchive(p.getBefore().cStr(), operatorWho(p.getWho()), p.getWhy().cStr())
+      .then([ctx](Coordinator::ArchiveDrop d) mutable {
+        auto r = ctx.getResults();
+        auto l = r.initDropped(d.dropped.size());
+        for (unsigned i = 0; i < d.dropped.size(); ++i) l.set(i, d.dropped[i]);
+        r.setRefused(d.refused);
+      });
 }
 
 TransactionImpl::~TransactionImpl() noexcept(false) {

@@ -37,6 +37,8 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> backup(BackupContext ctx) override;
   kj::Promise<void> exportRange(ExportRangeContext ctx) override;
   kj::Promise<void> search(SearchContext ctx) override;
+  kj::Promise<void> archivePeriods(ArchivePeriodsContext ctx) override;
+  kj::Promise<void> dropArchive(DropArchiveContext ctx) override;
 
  private:
   Coordinator& c_;

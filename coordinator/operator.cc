@@ -173,4 +173,54 @@ kj::Promise<Coordinator::ResolveResult> Coordinator::reconciled(std::uint64_t se
   });
 }
 
+kj::Promise<Coordinator::ArchiveDrop> Coordinator::dropArchive(std::string before, std::string who, std::string why) {
+  ArchiveDrop out;
+  if (!Archive::isPeriodName(before)) {
+    out.refused = "'" + before + "' is not a day (YYYY-MM-DD)";
+    return out;
+  }
+  if (why.empty()) {
+    out.refused = "a drop needs a reason (--why), kept in the audit log";
+    return out;
+  }
+  // The newest day that may go: archive_retention_days before today.
+  std::string keepFrom = Archive::periodOf(wallMicros() - Micros(cfg_.archiveRetentionDays) * 86'400'000'000);
+  if (before > keepFrom) {
+    out.refused = "archive_retention_days = " + std::to_string(cfg_.archiveRetentionDays) +
+                  " keeps every period from " + keepFrom + " on: --before may be " + keepFrom + " at the latest";
+    return out;
+  }
+  std::vector<std::string> names;
+  for (const auto& p : archive_->periods()) {
+    if (p.name < before) names.push_back(p.name);
+  }
+  if (names.empty()) {
+    out.refused = "no archive period before " + before;
+    return out;
+  }
+  AuditRecord a;
+  a.atUs = wallMicros();
+  a.action = "archive-drop";
+  a.who = who;
+  a.why = why;
+  a.previous = std::to_string(names.size()) + " period(s) " + names.front() + " .. " + names.back();
+  KEEL_LOG_WARN("operator {}: dropping archive periods {} ({})", who, a.previous, why);
+  // Audited first: a crash after this and before the removal leaves the
+  // periods there, and the entry says what was asked.
+  return wal_.appendAudit(a).then([this, names = std::move(names)]() mutable {
+    ArchiveDrop done;
+    for (const auto& n : names) {
+      try {
+        archive_->drop(n);
+        done.dropped.push_back(n);
+      } catch (const std::exception& e) {
+        KEEL_LOG_ERROR("archive: dropping period {} failed: {}", n, e.what());
+        done.refused = "dropping period " + n + " failed: " + e.what() + " (the ones before it were dropped)";
+        break;
+      }
+    }
+    return done;
+  });
+}
+
 }  // namespace keel

@@ -366,6 +366,21 @@ interface Coordinator {
   # exportRange.
   search @16 (fromUs :UInt64, toUs :UInt64, participant :Text, state :Text, limit :UInt32)
       -> (interactions :List(Data), scanned :UInt64, more :Bool);
+
+  # Operator: the archive's periods (coordinator/archive.h), oldest first.
+  archivePeriods @17 () -> (periods :List(ArchivePeriod));
+
+  # Operator: drops the archive periods before `before` (YYYY-MM-DD, not
+  # included), each older than archive_retention_days; audited ("archive-
+  # drop", durable before anything is removed). `refused`: why nothing was
+  # dropped ("" when it was done).
+  dropArchive @18 (before :Text, who :Text, why :Text) -> (dropped :List(Text), refused :Text);
+}
+
+struct ArchivePeriod {
+  name @0 :Text;            # YYYY-MM-DD, the UTC day its interactions were created
+  interactions @1 :UInt64;
+  damaged @2 :Text;         # why it does not open ("" = fine)
 }
 
 interface ExportSink {

@@ -22,8 +22,10 @@ namespace fs = std::filesystem;
 class ArchiveTest : public ClusterTest {
  protected:
   std::string coordinatorToml() override {
-    return ClusterTest::coordinatorToml() + "hot_retention_s = 1\narchive_map_size_mb = 64\n";
+    return ClusterTest::coordinatorToml() + "hot_retention_s = 1\narchive_map_size_mb = 64\narchive_retention_days = " +
+           std::to_string(retentionDays_) + "\n";
   }
+  int retentionDays_ = 0;
   RunResult ctl(const std::string& args) {
     return runStdout("timeout 30 " + binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " " + args);
   }
@@ -112,8 +114,62 @@ TEST_F(ArchiveTest, FinishedInteractionsMoveToTheArchiveAndAreStillAnswered) {
   EXPECT_EQ(q->interaction.requestId, req.requestId);
 }
 
+// keelctl archive list and drop: a period older than archive_retention_days
+// goes, audited; today's never does; bad input is refused before anything
+// is sent.
+TEST_F(ArchiveTest, AnOperatorDropsOldPeriodsAuditedAndOnlyThose) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 1));
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed);
+  const std::string today = Archive::periodOf(wallMicros());
+  const std::string periods = dir_ + "/coordinator/archive";
+  ASSERT_TRUE(eventually([&] { return fs::is_directory(periods + "/" + today) && !hot(o.seq); },
+                         std::chrono::seconds(10)));
+  // An old period, as an earlier year would have left it: today's copied
+  // while the coordinator is stopped.
+  cluster_->stopCoordinator();
+  fs::copy(periods + "/" + today, periods + "/2020-01-01", fs::copy_options::recursive);
+  cluster_->startCoordinator();
+  reconnect();
+  auto list = ctl("--json archive list");
+  ASSERT_EQ(list.exitCode, 0) << list.output;
+  auto ps = JsonReader::parse(list.output)["periods"].array();
+  ASSERT_EQ(ps.size(), 2u) << list.output;
+  EXPECT_EQ(ps[0]["name"].str(), "2020-01-01");
+  EXPECT_GE(ps[0]["interactions"].whole(), 3u);  // the opens and the transfer, at least
+  EXPECT_EQ(ps[1]["name"].str(), today);
+
+  // Today's period is written to: never dropped, whatever the retention.
+  auto tooNew = ctl("archive drop --before 2999-01-01 --why test");
+  EXPECT_EQ(tooNew.exitCode, 1) << tooNew.output;
+  EXPECT_NE(tooNew.output.find("archive_retention_days = 0 keeps every period from " + today), std::string::npos)
+      << tooNew.output;
+  auto none = ctl("archive drop --before 2019-06-01 --why test");
+  EXPECT_EQ(none.exitCode, 1) << none.output;
+  EXPECT_NE(none.output.find("no archive period before 2019-06-01"), std::string::npos) << none.output;
+  for (const char* bad : {"archive drop --before 2020-13-01 --why x", "archive drop --before yesterday --why x",
+                          "archive drop --before 2020-01-02", "archive"}) {
+    EXPECT_EQ(ctl(bad).exitCode, 2) << bad;
+  }
+
+  auto dropped = ctl("archive drop --before 2020-01-02 --why 'retention of 2020 ended' --who auditor");
+  EXPECT_EQ(dropped.exitCode, 0) << dropped.output;
+  EXPECT_NE(dropped.output.find("dropped 1 period(s): 2020-01-01"), std::string::npos) << dropped.output;
+  EXPECT_FALSE(fs::exists(periods + "/2020-01-01"));
+  auto after = JsonReader::parse(ctl("--json archive list").output)["periods"].array();
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after[0]["name"].str(), today);
+  auto audit = ctl("audit");
+  EXPECT_NE(audit.output.find("\"action\":\"archive-drop\""), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("retention of 2020 ended"), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("auditor"), std::string::npos) << audit.output;
+  ASSERT_TRUE(query(o.seq)) << "today's period still answers";
+}
+
 TEST_F(ArchiveTest, RetentionOutOfRangeIsRefusedBeforeAnythingStarts) {
-  for (const char* bad : {"hot_retention_s = 0", "hot_retention_s = 40000000", "archive_map_size_mb = 1"}) {
+  for (const char* bad : {"hot_retention_s = 0", "hot_retention_s = 40000000", "archive_map_size_mb = 1",
+                          "archive_retention_days = -1", "archive_retention_days = 40000"}) {
     std::string cfg = dir_ + "/bad.toml";
     std::ofstream(cfg) << "[coordinator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << dir_ << "/never\"\n" << bad
                        << "\n[participants]\n";

@@ -267,9 +267,16 @@ TEST_F(KeelctlJsonTest, EveryCommandAnswersWithOneDocument) {
   EXPECT_EQ(found["interactions"].array().size(), 2u);
   EXPECT_TRUE(found["more"].flag());
 
+  // The archive's periods (none yet: nothing is an hour old) and a drop
+  // that finds none: each one document.
+  EXPECT_TRUE(ctl(c() + "archive list", 0)["periods"].array().empty());
+  auto drop = ctl(c() + "archive drop --before 2020-01-01 --why 'json test'", 1);
+  EXPECT_FALSE(drop["done"].flag());
+  EXPECT_NE(drop["reason"].str().find("no archive period before 2020-01-01"), std::string::npos) << drop["reason"].str();
+
   // Every subcommand keelctl --help lists ran above.
   EXPECT_EQ(ran_, subcommands());
-  EXPECT_GE(ran_.size(), 15u);
+  EXPECT_GE(ran_.size(), 16u);
 }
 
 TEST_F(KeelctlJsonTest, EveryErrorIsOneDocumentWithTheExitStatus) {

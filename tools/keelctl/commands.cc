@@ -490,4 +490,29 @@ int Commands::search(Micros fromUs, Micros toUs, const std::string& participant,
   return kExitDone;
 }
 
+int Commands::archivePeriods() {
+  auto [ex, client] = connectAny(io_, g_);
+  auto resp = ex->wait(client->capability().archivePeriodsRequest().send());
+  std::vector<ArchivePeriodLine> periods;
+  for (auto p : resp.getPeriods()) periods.push_back({p.getName().cStr(), p.getInteractions(), p.getDamaged().cStr()});
+  printArchivePeriods(out_, periods, g_.json);
+  return kExitDone;
+}
+
+int Commands::dropArchive(const std::string& before, const std::string& who, const std::string& why) {
+  auto [ex, client] = connectAny(io_, g_);
+  auto req = client->capability().dropArchiveRequest();
+  req.setBefore(before);
+  req.setWho(who);
+  req.setWhy(why);
+  auto resp = ex->wait(req.send());
+  std::vector<std::string> dropped;
+  for (auto d : resp.getDropped()) dropped.emplace_back(d.cStr());
+  std::string refused = resp.getRefused().cStr();
+  std::string reason = !refused.empty() ? refused
+                       : "dropped " + std::to_string(dropped.size()) + " period(s): " + dropped.front() +
+                             (dropped.size() > 1 ? " .. " + dropped.back() : "");
+  return printDone(out_, refused.empty(), reason, g_.json);
+}
+
 }  // namespace keel::ctl

@@ -69,6 +69,8 @@ class Commands {
                   std::ostream& data);
   // The interactions created in [fromUs, toUs) with a branch at
   // `participant` and in `state` (empty: any), at most `limit`.
+  int archivePeriods();
+  int dropArchive(const std::string& before, const std::string& who, const std::string& why);
   int search(Micros fromUs, Micros toUs, const std::string& participant, const std::string& state,
              std::uint32_t limit);
 

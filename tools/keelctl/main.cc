@@ -16,6 +16,8 @@
 //   keelctl [GLOBAL] backup --to DIR [--agent HOST:PORT]
 //   keelctl [GLOBAL] export --from TIME --to TIME [--format jsonl|csv] [--out FILE]
 //   keelctl [GLOBAL] search --from TIME --to TIME [--participant P] [--state S] [--limit N]
+//   keelctl [GLOBAL] archive list
+//   keelctl [GLOBAL] archive drop --before YYYY-MM-DD --why TEXT [--who NAME]
 //
 // GLOBAL (accepted before or after the command): -c/--coordinator HOST:PORT,
 // --timeout DURATION (default 30s: every exchange with a coordinator or an
@@ -217,6 +219,17 @@ int main(int argc, char** argv) {
                         "heuristic-mixed, heuristic-unknown)");
   searchCmd->add_option("--limit", limitArg, "at most this many (1..10000, default 100)")->type_name("N");
 
+  auto* archiveCmd = app.add_subcommand("archive", "the coordinator's archive of finished interactions: list, drop");
+  archiveCmd->require_subcommand(1);
+  auto* archiveList = archiveCmd->add_subcommand("list", "the archive's periods (one per UTC day), oldest first");
+  auto* archiveDrop = archiveCmd->add_subcommand("drop", "drop the periods before a day (audited; archive_retention_days)");
+  std::string dropBefore;
+  archiveDrop->add_option("--before", dropBefore, "drop the periods before this day, not included")
+      ->type_name("YYYY-MM-DD")
+      ->required();
+  archiveDrop->add_option("--why", why, "reason, kept in the audit entry")->required();
+  archiveDrop->add_option("--who", who, "operator name (default: $USER)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -287,6 +300,12 @@ int main(int argc, char** argv) {
       }
     } else if (*forget) {
       for (auto& x : forgetXids) xids.push_back(keel::ctl::parseXid(x));
+    } else if (*archiveDrop) {
+      if (!keel::isDayText(dropBefore)) throw UsageError("--before '" + dropBefore + "' is not a day (YYYY-MM-DD)");
+      if (who.empty()) {
+        const char* u = std::getenv("USER");
+        who = u != nullptr ? u : "unknown";
+      }
     }
 
     keel::Micros exportFromUs = 0, exportToUs = 0;
@@ -340,6 +359,8 @@ int main(int argc, char** argv) {
       if (*forget) return run.forget(agentAddr, xids);
       if (*backupCmd) return run.backup(agentAddr, backupDir);
       if (*exportCmd) return run.exportRange(exportFromUs, exportToUs, exportFormat, exportOut, std::cout);
+      if (*archiveList) return run.archivePeriods();
+      if (*archiveDrop) return run.dropArchive(dropBefore, who, why);
       if (*searchCmd) return run.search(searchFromUs, searchToUs, searchParticipant, searchState, limit == 0 ? 100 : limit);
       return keel::ctl::kExitDone;
     };

@@ -167,6 +167,24 @@ void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& it
   }
 }
 
+void printArchivePeriods(std::ostream& out, const std::vector<ArchivePeriodLine>& periods, bool json) {
+  if (json) {
+    out << "{\"periods\":[";
+    for (std::size_t i = 0; i < periods.size(); ++i) {
+      out << (i ? "," : "") << "{\"name\":" << q(periods[i].name) << ",\"interactions\":" << periods[i].interactions
+          << ",\"damaged\":" << q(periods[i].damaged) << "}";
+    }
+    out << "]}\n";
+    return;
+  }
+  if (periods.empty()) out << "the archive holds no period yet\n";
+  for (const auto& p : periods) {
+    out << p.name << "  " << p.interactions << " interaction(s)";
+    if (!p.damaged.empty()) out << "  DAMAGED: " << p.damaged;
+    out << "\n";
+  }
+}
+
 int printDone(std::ostream& out, bool done, const std::string& reason, bool json) {
   int status = done ? kExitDone : kExitRefused;
   std::string line = (done ? "done: " : "refused: ") + reason;

@@ -48,6 +48,12 @@ void printQuery(std::ostream& out, const QueryResult& q, bool json);
 void printUnfinished(std::ostream& out, const std::vector<InteractionRecord>& items,
                      const std::vector<InteractionRecord>& heuristic, bool json);
 // An operator call's answer (resolve, reconciled): done or refused.
+struct ArchivePeriodLine {
+  std::string name;
+  std::uint64_t interactions = 0;
+  std::string damaged;
+};
+void printArchivePeriods(std::ostream& out, const std::vector<ArchivePeriodLine>& periods, bool json);
 int printDone(std::ostream& out, bool done, const std::string& reason, bool json);
 // retry: how many waiting drivers were woken.
 void printWoken(std::ostream& out, std::uint32_t woken, bool json);

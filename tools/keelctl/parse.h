@@ -46,6 +46,7 @@ Xid parseXid(std::string_view text);
 //   --from '03/12/2026' is not a time (2026-12-03T10:00:00Z, 2026-12-03 or now)
 Micros parseTime(std::string_view what, std::string_view text);
 
+
 // HOST:PORT for -c and --agent.
 void checkPeerAddress(std::string_view what, const std::string& addr);
 
