@@ -64,11 +64,11 @@ Archive::~Archive() {
   if (worker_.joinable()) worker_.join();
 }
 
-kj::Promise<void> Archive::appendAsync(std::shared_ptr<const std::vector<ArchivedInteraction>> batch) {
+kj::Promise<void> Archive::onWorker(std::function<void()> job) {
   auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
   {
     std::lock_guard<std::mutex> lk(jobsMu_);
-    jobs_.push_back(Job{std::move(batch), kj::mv(paf.fulfiller)});
+    jobs_.push_back(Job{std::move(job), kj::mv(paf.fulfiller)});
     if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
   }
   jobsCv_.notify_one();
@@ -86,10 +86,10 @@ void Archive::work() {
       jobs_.pop_front();
     }
     try {
-      append(*job.batch);
+      job.run();
       job.done->fulfill();
     } catch (const std::exception& e) {
-      job.done->reject(KJ_EXCEPTION(FAILED, "archive write failed", std::string(e.what())));
+      job.done->reject(KJ_EXCEPTION(FAILED, "archive job failed", std::string(e.what())));
     }
   }
 }

@@ -23,6 +23,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <thread>
 #include <memory>
@@ -66,9 +67,10 @@ class Archive {
   // Writes the batch durably, one transaction per period; the same seq
   // again overwrites it (idempotent). Throws on a write error.
   void append(const std::vector<ArchivedInteraction>& batch);
-  // The same on the archive's own thread (an LMDB durable commit is an
-  // fsync: never on the event loop); resolves on the caller's loop.
-  kj::Promise<void> appendAsync(std::shared_ptr<const std::vector<ArchivedInteraction>> batch);
+  // Runs `job` on the archive's own thread (reading a batch and an LMDB
+  // durable commit, an fsync, never on the event loop); resolves on the
+  // caller's loop, or rejects with what the job threw.
+  kj::Promise<void> onWorker(std::function<void()> job);
 
   // Newest period first.
   std::optional<StoredInteraction> get(std::uint64_t seq) const;
@@ -107,9 +109,9 @@ class Archive {
   mutable std::map<std::string, std::string> damaged_;              // GUARDED_BY(mu_)
   Micros newest_ = 0;                                               // GUARDED_BY(mu_)
 
-  // appendAsync's worker, started on first use.
+  // onWorker's thread, started on first use.
   struct Job {
-    std::shared_ptr<const std::vector<ArchivedInteraction>> batch;
+    std::function<void()> run;
     kj::Own<kj::CrossThreadPromiseFulfiller<void>> done;
   };
   void work();

@@ -191,31 +191,34 @@ void Coordinator::forgetRequest(const Interaction& it) {
 }
 
 kj::Promise<void> Coordinator::archiveOld() {
-  // Picked on the loop (one short read transaction), written durably on
-  // the archive's thread, then dropped from the hot WAL (a lazy write) if
-  // still the same bytes. A crash between the last two leaves a record in
-  // both places: the hot one is read first, and the next pass moves it
-  // again. The request rows move with their interactions, so a retry of
-  // an archived request id is still answered from it.
+  // Picked (one read transaction of the hot WAL) and written durably to the
+  // archive on the archive's thread, then dropped from the hot WAL (a lazy
+  // write, on the loop) if still the same bytes. A crash between the last
+  // two leaves a record in both places: the hot one is read first, and the
+  // next pass moves it again. The request rows move with their
+  // interactions, so a retry of an archived request id is still answered
+  // from it.
   constexpr std::size_t kBatch = 2000;
   Micros now = wallMicros();
   Micros keep = Micros(cfg_.hotRetentionS) * 1'000'000;
-  std::vector<ArchivedInteraction> batch;
-  try {
-    batch = wal_.archiveCandidates(now > keep ? now - keep : 0, kBatch);
-  } catch (const std::exception& e) {
-    KEEL_LOG_WARN("archive: reading the hot WAL failed ({}); trying again later", e.what());
-  }
+  Micros before = now > keep ? now - keep : 0;
+  auto moved = std::make_shared<std::vector<ArchivedInteraction>>();
   auto again = [this](kj::Duration d) {
     return io_.provider->getTimer().afterDelay(d).then([this]() { return archiveOld(); });
   };
-  if (batch.empty()) return again(1 * kj::SECONDS);
-  bool full = batch.size() == kBatch;
-  auto moved = std::make_shared<const std::vector<ArchivedInteraction>>(std::move(batch));
-  return archive_->appendAsync(moved)
-      .then([this, moved]() { return wal_.dropArchived(*moved); })
+  return archive_
+      ->onWorker([this, moved, before] {
+        *moved = wal_.archiveCandidates(before, kBatch);
+        if (!moved->empty()) archive_->append(*moved);
+      })
+      .then([this, moved]() -> kj::Promise<std::size_t> {
+        if (moved->empty()) return std::size_t(0);
+        return wal_.dropArchived(*moved);
+      })
       .then(
-          [this, full](std::size_t dropped) {
+          [this, moved](std::size_t dropped) {
+            bool full = moved->size() == kBatch;  // more may be waiting: the next batch soon
+            moved->clear();
             archived_ += dropped;
             Micros t = wallMicros();
             if (archived_ > 0 && t - archivedLogUs_ >= 60'000'000) {
