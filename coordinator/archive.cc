@@ -44,14 +44,17 @@ Archive::Archive(std::string dir, std::size_t mapSizeBytes) : dir_(std::move(dir
     if (!e.is_directory() || !isPeriodName(name)) continue;
     auto p = open(name, false);
     if (!p) continue;
+    // The newest creation time of the period: its last by_time key, one
+    // cursor step (not a walk of the period).
     auto txn = p->env.beginRead();
-    std::string last;
-    // The newest creation time of the period: its last by_time key.
-    txn.scan(p->byTime, "", [&](std::string_view k, std::string_view) {
-      last = std::string(k);
-      return true;
-    });
-    if (last.size() == 16) newest_ = std::max(newest_, Micros(keyU64(std::string_view(last).substr(0, 8))));
+    MDB_cursor* cur = nullptr;
+    if (mdb_cursor_open(txn.raw(), p->byTime, &cur) == 0) {
+      MDB_val k{}, v{};
+      if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == 16) {
+        newest_ = std::max(newest_, Micros(keyU64(std::string_view(static_cast<const char*>(k.mv_data), 8))));
+      }
+      mdb_cursor_close(cur);
+    }
   }
 }
 
