@@ -229,6 +229,7 @@ kj::Promise<AgentSnapshot> AgentClient::inspect() {
     s.logCommits = resp.getLogCommits();
     s.logJobs = resp.getLogJobs();
     for (auto f : resp.getFences()) s.fences[f.getNode()] = std::max(s.fences[f.getNode()], f.getEpoch());
+    for (auto f : resp.getFloors()) s.floors[f.getNode()] = {f.getFloor(), f.getKept()};
     return s;
   });
 }

@@ -142,6 +142,8 @@ struct AgentSnapshot {
   std::uint64_t logCommits = 0, logJobs = 0;
   // The newest epoch it has seen from each coordinator node.
   std::map<std::uint16_t, std::uint64_t> fences;
+  // Each coordinator node's release floor held there, and its kept count.
+  std::map<std::uint16_t, std::pair<std::uint64_t, std::uint32_t>> floors;
   std::int64_t total() const;
   std::int64_t held() const;
 };

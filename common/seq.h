@@ -45,6 +45,9 @@ class SeqAllocator final : private kj::TaskSet::ErrorHandler {
   // handed out by an earlier incarnation.
   std::uint64_t firstOfIncarnation() const { return makeSeq(node_, first_); }
   std::uint64_t reservations() const { return reservations_; }
+  // The seq next() hands out next: every smaller one of this node has been
+  // handed out (or skipped).
+  std::uint64_t nextSeq() const { return makeSeq(node_, next_); }
   // Counters below it are reserved (durably, and mirrored).
   std::uint64_t limit() const { return limit_; }
 

@@ -59,6 +59,7 @@ const char* outcomeName(BranchOutcome o) {
     case BranchOutcome::Unknown: return "unknown";
     case BranchOutcome::NotPrepared: return "not-prepared";
     case BranchOutcome::Conflict: return "conflict";
+    case BranchOutcome::Released: return "released";
   }
   return "?";
 }

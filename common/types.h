@@ -122,8 +122,15 @@ struct SubmitOutcome {
 // as wire::Vote and wire::BranchOutcome.
 enum class Vote : std::uint8_t { Yes = 0, No = 1, ReadOnly = 2 };
 constexpr std::uint8_t kMaxVote = 2;
-enum class BranchOutcome : std::uint8_t { Committed = 0, RolledBack = 1, Unknown = 2, NotPrepared = 3, Conflict = 4 };
-constexpr std::uint8_t kMaxBranchOutcome = 4;
+enum class BranchOutcome : std::uint8_t {
+  Committed = 0,
+  RolledBack = 1,
+  Unknown = 2,
+  NotPrepared = 3,
+  Conflict = 4,
+  Released = 5  // below its coordinator node's release floor: finished, archived, record dropped
+};
+constexpr std::uint8_t kMaxBranchOutcome = 5;
 const char* voteName(Vote v);
 const char* outcomeName(BranchOutcome o);
 

@@ -238,6 +238,17 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // The archiver (archive.h): finished interactions older than
   // hot_retention_s move to <data-dir>/archive, a batch at a time.
   kj::Promise<void> archiveOld();
+  // Release floors (release.cc): every kReleaseEvery, each participant
+  // hears which of this node's seqs are finished and archived, so that it
+  // drops their branch records (Participant.release).
+  struct ReleasePlan {
+    std::uint64_t floor = 0;  // 0: nothing to release now
+    std::vector<std::uint64_t> keep;
+  };
+  ReleasePlan releasePlan();
+  kj::Promise<void> releaseFloors();
+  static constexpr kj::Duration kReleaseEvery = 5 * kj::SECONDS;
+  static constexpr std::size_t kMaxReleaseKeep = 1024;
 
   // Cluster (cluster.cc, recovery.cc): the COMMIT decision made in etcd.
   kj::Promise<void> decideInCluster(Interaction& it);
@@ -290,6 +301,16 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::unique_ptr<Archive> archive_;
   std::uint64_t archived_ = 0;  // moved since the last log line
   Micros archivedLogUs_ = 0;
+  std::uint64_t releaseNextCap_ = 0;  // the next seq at the previous release pass
+  struct ReleaseSent {
+    std::uint64_t floor = 0;
+    std::vector<std::uint64_t> keep;
+    bool more = false;
+    std::uint64_t dropped = 0;
+  };
+  std::map<std::string, ReleaseSent> releaseSent_;  // per participant: what it took last
+  std::uint64_t releaseDropped_ = 0;                // since the last log line
+  Micros releaseLogUs_ = 0;
   ClusterMember* cluster_ = nullptr;
   std::uint64_t takeoverCommitted_ = 0, takeoverRolledBack_ = 0;
   std::unique_ptr<SeqAllocator> seqs_;

@@ -54,6 +54,14 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                             b.state = BState::Committed;
                             b.reason.clear();
                             return;
+                          case BranchOutcome::Released:
+                            // This node released the seq: the interaction was
+                            // finished (under this same COMMIT decision) and
+                            // archived before, by an incarnation whose WAL
+                            // this one does not have (a restore from a backup).
+                            b.state = BState::Committed;
+                            b.reason = "committed before: the participant had released the branch (docs/protocol.md, \"Release\")";
+                            return;
                           case BranchOutcome::Conflict:
                           case BranchOutcome::RolledBack:
                             // The participant rolled back what we decided to
@@ -132,6 +140,22 @@ kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
                                   b.reason = "rollback refused: the participant had committed the branch";
                                   KEEL_LOG_ERROR("seq {}: HEURISTIC: {} {}", seqText(seq), participant, b.reason);
                                 }
+                                break;
+                              case BranchOutcome::Released:
+                                if (!p->rec.onePhase && p->rec.decision == InteractionRecord::Decision::Abort) {
+                                  // Finished under this same ABORT decision before
+                                  // (see driveCommit).
+                                  b.state = BState::RolledBack;
+                                  b.reason = "rolled back before: the participant had released the branch";
+                                  break;
+                                }
+                                // A one-phase branch (its participant decided) or
+                                // no ABORT of ours: how it ended is not known here.
+                                b.state = BState::Unknown;
+                                b.reason = "rollback answered released: the participant finished and released the "
+                                           "branch before (this node finished the interaction earlier, e.g. before "
+                                           "a restore from a backup); how it ended is not known here, nothing is held";
+                                KEEL_LOG_ERROR("seq {}: HEURISTIC: {} {}", seqText(seq), participant, b.reason);
                                 break;
                               default:
                                 b.state = BState::Unknown;

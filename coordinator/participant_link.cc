@@ -321,17 +321,37 @@ kj::Promise<std::vector<RecoveredBranch>> ParticipantLink::recover(std::uint64_t
   });
 }
 
-kj::Promise<std::vector<RecoveredBranch>> ParticipantLink::branchesOf(std::uint64_t seq, kj::Duration deadline) {
-  return call<std::vector<RecoveredBranch>>(deadline, [this, seq](wire::Participant::Client& c) {
+kj::Promise<ParticipantLink::ReleaseReply> ParticipantLink::release(std::uint64_t epoch, std::uint16_t node,
+                                                                   std::uint64_t floor,
+                                                                   const std::vector<std::uint64_t>& keep,
+                                                                   kj::Duration deadline) {
+  return call<ReleaseReply>(deadline, [epoch, node, floor, keep](wire::Participant::Client& c) {
+    auto req = c.releaseRequest();
+    req.setEpoch(epoch);
+    req.setNode(node);
+    req.setFloor(floor);
+    auto l = req.initKeep(keep.size());
+    for (unsigned i = 0; i < keep.size(); ++i) l.set(i, keep[i]);
+    return req.send().then([](auto resp) {
+      return ReleaseReply{resp.getDropped(), resp.getMore(), resp.getFloor()};
+    });
+  });
+}
+
+kj::Promise<ParticipantLink::SeqRecords> ParticipantLink::branchesOf(std::uint64_t seq, kj::Duration deadline) {
+  return call<SeqRecords>(deadline, [this, seq](wire::Participant::Client& c) {
     auto req = c.listBranchesRequest();
     req.getAfter().setSeq(seq);
     req.getAfter().setBranch(0);
     req.setLimit(std::uint32_t(Limits::kMaxParticipants) * 2);  // far more than one interaction has there
     return req.send().then([this, seq](auto resp) {
       auto all = readReply(name_, malformedLogged_, "listBranches", [&] { return readRecovered(resp.getBranches()); });
-      std::vector<RecoveredBranch> out;
+      SeqRecords out;
       for (auto& b : all) {
-        if (b.xid.seq == seq) out.push_back(std::move(b));
+        if (b.xid.seq == seq) out.branches.push_back(std::move(b));
+      }
+      for (auto f : resp.getFloors()) {
+        if (f.getNode() == seqNode(seq) && f.getFloor() > seq) out.belowFloor = true;
       }
       return out;
     });

@@ -73,7 +73,21 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   // Every branch record the participant holds for `seq`, finished ones
   // included (listBranches from seq.0): the evidence a restored
   // coordinator decides by (Coordinator::settleRestored).
-  kj::Promise<std::vector<RecoveredBranch>> branchesOf(std::uint64_t seq, kj::Duration deadline);
+  // belowFloor: the seq is below its node's release floor there, so a
+  // branch of it that is not listed was finished and released.
+  struct SeqRecords {
+    std::vector<RecoveredBranch> branches;
+    bool belowFloor = false;
+  };
+  kj::Promise<SeqRecords> branchesOf(std::uint64_t seq, kj::Duration deadline);
+  // This node's release floor (Participant.release; Coordinator::release).
+  struct ReleaseReply {
+    std::uint32_t dropped = 0;
+    bool more = false;
+    std::uint64_t floor = 0;  // the floor in force at the participant
+  };
+  kj::Promise<ReleaseReply> release(std::uint64_t epoch, std::uint16_t node, std::uint64_t floor,
+                                    const std::vector<std::uint64_t>& keep, kj::Duration deadline);
   // A real call, not just a TCP connect: a paused process accepts
   // connections but answers nothing.
   kj::Promise<void> probe(kj::Duration deadline);

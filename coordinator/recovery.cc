@@ -119,6 +119,7 @@ kj::Promise<void> Coordinator::recover() {
   KEEL_LOG_INFO("recovery 4/5 sweep: asking {} participants for in-doubt branches (background)", links_.size());
   tasks_.add(purgeRequests());
   tasks_.add(archiveOld());
+  tasks_.add(releaseFloors());
   KEEL_LOG_INFO("recovery 5/5 serving");
   return kj::READY_NOW;
 }
@@ -358,6 +359,7 @@ struct Evidence {
   bool answered = false;
   std::string fault;
   std::vector<RecoveredBranch> branches;
+  bool released = false;  // below this node's release floor there (its records may be gone)
 };
 
 }  // namespace
@@ -368,15 +370,18 @@ kj::Promise<void> Coordinator::gatherEvidence(std::uint64_t seq, std::optional<I
   for (auto& [name, l] : links_) {
     std::string who = name;
     asks.add(l->branchesOf(seq, callDeadline())
-                 .then([who](std::vector<RecoveredBranch> v) { return Evidence{who, true, "", std::move(v)}; },
+                 .then([who](ParticipantLink::SeqRecords r) {
+                         return Evidence{who, true, "", std::move(r.branches), r.belowFloor};
+                       },
                        [who](kj::Exception&& e) { return Evidence{who, false, describeFault(e), {}}; }));
   }
   return kj::joinPromises(asks.finish())
       .then([this, seq, known = std::move(known), attempt](kj::Array<Evidence> evidence) mutable -> kj::Promise<void> {
         bool committed = false, rolledBack = false, any = false;
-        std::string committedAt, rolledBackAt, silent;
+        std::string committedAt, rolledBackAt, silent, releasedAt;
         for (const auto& e : evidence) {
           if (!e.answered) silent += (silent.empty() ? "" : ", ") + e.participant + " (" + e.fault + ")";
+          if (e.released && releasedAt.empty()) releasedAt = e.participant;
           for (const auto& b : e.branches) {
             any = true;
             if (b.state == BranchStatus::Committed && !committed) {
@@ -433,6 +438,28 @@ kj::Promise<void> Coordinator::gatherEvidence(std::uint64_t seq, std::optional<I
         } else if (rolledBack) {
           rec.decision = InteractionRecord::Decision::Abort;
           note += "rolled back at " + rolledBackAt + ", so it was aborted";
+        } else if (!any && !releasedAt.empty()) {
+          // The lost WAL finished it and had it archived: every participant
+          // dropped its records (docs/protocol.md, "Release"). Nothing is
+          // held anywhere, and nothing here tells how it ended.
+          note += "released at " + releasedAt +
+                  ": the lost coordinator finished and archived it after the backup, so no participant holds a "
+                  "record of it and its outcome is not known here (it was in the lost WAL's archive); nothing is "
+                  "held";
+          for (auto& b : rec.branches) {
+            b.state = BState::Unknown;
+            b.reason = "released: finished before the restore, outcome unknown here";
+          }
+          if (rec.branches.empty()) {
+            rec.branches.emplace_back();
+            rec.branches.back().participant = releasedAt;
+            rec.branches.back().state = BState::Unknown;
+            rec.branches.back().reason = "released: finished before the restore, outcome unknown here";
+          }
+          rec.error = rec.error.empty() ? note : rec.error + "; " + note;
+          KEEL_LOG_ERROR("restore: seq {}: {}", seqText(seq), note);
+          install(std::move(rec), std::nullopt);
+          return finish(seq);  // heuristic-unknown: listed for an operator to reconcile
         } else if (!any) {
           rec.decision = InteractionRecord::Decision::Abort;
           note += "no participant holds a branch of it, so no COMMIT can have been decided";

@@ -319,8 +319,9 @@ kj::Promise<void> Coordinator::finishBranch(ParticipantLink& l, std::uint64_t ep
   auto call = commit ? l.commit(epoch, xid) : l.rollback(epoch, xid);
   return call.then(
       [xid, commit, &l](BranchOutcome o) -> kj::Promise<void> {
-        bool asDecided = commit ? (o == BranchOutcome::Committed || o == BranchOutcome::Unknown)
-                                : (o == BranchOutcome::RolledBack || o == BranchOutcome::Unknown);
+        // Released: finished and archived under the one decision etcd holds.
+        bool asDecided = o == BranchOutcome::Unknown || o == BranchOutcome::Released ||
+                         (commit ? o == BranchOutcome::Committed : o == BranchOutcome::RolledBack);
         if (!asDecided) {
           KEEL_LOG_ERROR("takeover: HEURISTIC: {} at {} was to be {} but answered {}", xid.str(), l.name(),
                          commit ? "committed" : "rolled back", outcomeName(o));

@@ -232,6 +232,29 @@ bool WalStore::holdsHot(std::uint64_t seq) const {
   return txn.get(interactions_, u64Key(seq)).has_value();
 }
 
+WalStore::ReleaseScan WalStore::releaseScan(std::uint16_t node, Micros stuckBeforeUs, std::size_t maxKeep) const {
+  ReleaseScan out;
+  auto txn = env_.beginRead();
+  txn.scan(interactions_, u64Key(makeSeq(node, 0)), [&](std::string_view k, std::string_view v) {
+    std::uint64_t seq = keyU64(k);
+    if (seqNode(seq) != node) return false;
+    bool stuck = false;
+    try {
+      InteractionPeek p = peekInteraction(v);
+      stuck = (!p.finished || p.heuristic || txn.get(active_, k)) && p.createdUs < stuckBeforeUs;
+    } catch (const CorruptRecord&) {
+      stuck = false;  // damaged: nothing below it is released past it
+    }
+    if (!stuck || out.keep.size() == maxKeep) {
+      out.stop = seq;
+      return false;
+    }
+    out.keep.push_back(seq);
+    return true;
+  });
+  return out;
+}
+
 std::vector<ArchivedInteraction> WalStore::archiveCandidates(Micros beforeUs, std::size_t max) const {
   std::vector<ArchivedInteraction> out;
   auto txn = env_.beginRead();

@@ -121,6 +121,19 @@ class WalStore {
   // beforeUs; unfinished and heuristic ones are passed over (they never
   // leave the hot WAL; once finished, the next pass finds them).
   std::vector<ArchivedInteraction> archiveCandidates(Micros beforeUs, std::size_t max) const;
+
+  // Where node `node`'s release floor may stand, as far as this hot WAL
+  // tells (Coordinator::releaseFloors): its records in seq order, passing
+  // over (into `keep`, at most maxKeep) those that never leave the hot WAL
+  // on their own (unfinished or heuristic) and were created before
+  // `stuckBeforeUs`; the first other record stops the walk (`stop` = its
+  // seq: finished but not archived yet, or young, or damaged). nullopt
+  // stop: no record after the kept ones.
+  struct ReleaseScan {
+    std::optional<std::uint64_t> stop;
+    std::vector<std::uint64_t> keep;
+  };
+  ReleaseScan releaseScan(std::uint16_t node, Micros stuckBeforeUs, std::size_t maxKeep) const;
   // Drops the records the archive now holds durably (their rollback
   // record, window and request row too), each only if it is still the very
   // bytes that were archived (a record that changed meanwhile stays, and is

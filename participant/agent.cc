@@ -71,6 +71,7 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
   log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return PrepareResult{Vote::No, *bad, {}};
+  if (auto late = log_.releasedReason(xid)) return PrepareResult{Vote::No, *late, {}};
   auto accounts = accounts_;
   return log_.log()
       .run([this, accounts, epoch, xid, vote, ops = std::move(ops)](lmdb::Txn& txn) -> PrepareResult {
@@ -92,6 +93,8 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
                                  {}};
           }
         } else {
+          // Released since the check above (a release job ran first).
+          if (auto late = log_.releasedReason(xid)) return PrepareResult{Vote::No, *late, {}};
           rec.xid = xid;
           rec.createdUs = wallMicros();
         }
@@ -156,7 +159,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::
         for (Xid xid : xids) {
           auto rec = log_.read(txn, xid);
           if (!rec) {
-            out.push_back(BranchOutcome::Unknown);
+            out.push_back(log_.released(xid) ? BranchOutcome::Released : BranchOutcome::Unknown);
             continue;
           }
           switch (rec->state) {
@@ -197,6 +200,10 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
         for (Xid xid : xids) {
           auto rec = log_.read(txn, xid);
           if (!rec) {
+            if (log_.released(xid)) {
+              out.push_back(BranchOutcome::Released);
+              continue;
+            }
             // Never seen: leave a tombstone so a late prepare is refused.
             log_.tombstone(txn, xid, epoch);
             out.push_back(BranchOutcome::RolledBack);
@@ -237,6 +244,7 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
   log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return OnePhaseResult{BranchOutcome::RolledBack, *bad, {}};
+  if (auto late = log_.releasedReason(xid)) return OnePhaseResult{BranchOutcome::Released, *late, {}};
   auto accounts = accounts_;
   return log_.log().run([this, accounts, epoch, xid, ops = std::move(ops)](lmdb::Txn& txn) -> OnePhaseResult {
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
@@ -251,6 +259,7 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
       // ACTIVE or PREPARED under this XID: not ours to decide, leave it alone.
       return OnePhaseResult{BranchOutcome::Conflict, "branch " + xid.str() + " is in use", {}};
     }
+    if (auto late = log_.releasedReason(xid)) return OnePhaseResult{BranchOutcome::Released, *late, {}};
     BranchRecord rec;
     rec.xid = xid;
     rec.epoch = epoch;

@@ -49,6 +49,18 @@ AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
 
 namespace {
 
+// The release floors held here (inspect, listBranches).
+template <typename Init>
+void fillFloors(const BranchLog& log, Init init) {
+  auto floors = log.releaseFloors();
+  auto l = init(unsigned(floors.size()));
+  for (unsigned i = 0; i < floors.size(); ++i) {
+    l[i].setNode(floors[i].node);
+    l[i].setFloor(floors[i].floor);
+    l[i].setKept(floors[i].kept);
+  }
+}
+
 template <typename B>
 void fillResults(B builder, const std::vector<OpResult>& results) {
   auto l = builder.initResults(results.size());
@@ -263,6 +275,7 @@ kj::Promise<void> ParticipantImpl::inspect(InspectContext ctx) {
     f[i].setEpoch(epoch);
     ++i;
   }
+  fillFloors(agent_.branchLog(), [&](unsigned n) { return res.initFloors(n); });
   return kj::READY_NOW;
 }
 
@@ -308,9 +321,34 @@ kj::Promise<void> ParticipantImpl::listBranches(ListBranchesContext ctx) {
   auto l = res.initBranches(list.size());
   for (unsigned i = 0; i < list.size(); ++i) fillBranchInfo(l[i], list[i]);
   res.setMore(more);
+  fillFloors(agent_.branchLog(), [&](unsigned n) { return res.initFloors(n); });
   return kj::READY_NOW;
 }
 
 kj::Promise<void> ParticipantImpl::backup(BackupContext ctx) { return serveBackup(backups_, ctx); }
+
+kj::Promise<void> ParticipantImpl::release(ReleaseContext ctx) {
+  auto p = ctx.getParams();
+  auto keepList = p.getKeep();
+  if (keepList.size() > BranchLog::kMaxReleaseKeep) {
+    return faultException("a release keeps at most " + std::to_string(BranchLog::kMaxReleaseKeep) + " seqs, got " +
+                          std::to_string(keepList.size()));
+  }
+  std::vector<std::uint64_t> keep;
+  keep.reserve(keepList.size());
+  for (auto k : keepList) keep.push_back(k);
+  kj::Promise<BranchLog::ReleaseResult> done = nullptr;
+  try {
+    done = agent_.branchLog().release(p.getNode(), p.getEpoch(), p.getFloor(), std::move(keep));
+  } catch (const std::invalid_argument& e) {
+    return faultException(std::string("release refused: ") + e.what());
+  }
+  return done.then([ctx](BranchLog::ReleaseResult r) mutable {
+    auto res = ctx.getResults();
+    res.setDropped(r.dropped);
+    res.setMore(r.more);
+    res.setFloor(r.floor);
+  });
+}
 
 }  // namespace keel

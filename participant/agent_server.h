@@ -25,6 +25,7 @@ class ParticipantImpl final : public wire::Participant::Server, private kj::Task
   kj::Promise<void> inspect(InspectContext ctx) override;
   kj::Promise<void> status(StatusContext ctx) override;
   kj::Promise<void> forget(ForgetContext ctx) override;
+  kj::Promise<void> release(ReleaseContext ctx) override;
   kj::Promise<void> listBranches(ListBranchesContext ctx) override;
   kj::Promise<void> prepareBatch(PrepareBatchContext ctx) override;
   kj::Promise<void> batching(BatchingContext ctx) override;

@@ -1,6 +1,7 @@
 #include "participant/branch_log.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "common/backup.h"
 
@@ -15,6 +16,14 @@ lmdb::EnvOptions envOptions(std::size_t mapSize) {
 }
 
 std::string epochKey(std::uint16_t node) { return "epoch/" + std::to_string(node); }
+std::string releaseKey(std::uint16_t node) { return "release/" + std::to_string(node); }
+
+// "release/<node>": floor, epoch, then each kept seq (8 bytes each, big-endian).
+std::string encodeFloor(std::uint64_t floor, std::uint64_t epoch, const std::vector<std::uint64_t>& keep) {
+  std::string v = u64Key(floor) + u64Key(epoch);
+  for (auto k : keep) v += u64Key(k);
+  return v;
+}
 
 // Durable counters of finished branches, so inspect never scans history.
 constexpr const char* kCommittedKey = "count/committed";
@@ -62,6 +71,17 @@ void BranchLog::check() {
     epochs_[std::uint16_t(std::stoul(std::string(k.substr(6))))] = keyU64(v);
     return true;
   });
+  std::lock_guard<std::mutex> lk(releaseMu_);
+  txn.scan(meta_, "release/", [&](std::string_view k, std::string_view v) {
+    if (k.rfind("release/", 0) != 0) return false;
+    if (v.size() < 16 || v.size() % 8 != 0) throw CorruptRecord("meta " + std::string(k) + ": " + std::to_string(v.size()) + " bytes");
+    Floor f;
+    f.floor = keyU64(v.substr(0, 8));
+    f.epoch = keyU64(v.substr(8, 8));
+    for (std::size_t at = 16; at < v.size(); at += 8) f.keep.push_back(keyU64(v.substr(at, 8)));
+    floors_[std::uint16_t(std::stoul(std::string(k.substr(8))))] = std::move(f);
+    return true;
+  });
   checked_ = true;
 }
 
@@ -105,6 +125,9 @@ std::optional<BranchRecord> BranchLog::read(const lmdb::Txn& txn, Xid xid) const
 void BranchLog::put(lmdb::Txn& txn, const BranchRecord& rec) const {
   std::string key = xidKey(rec.xid);
   auto old = txn.get(branches_, key);
+  if (!old && (rec.state == BranchStatus::Active || rec.state == BranchStatus::Prepared)) {
+    if (auto why = releasedReason(rec.xid)) throw Released(*why);
+  }
   const char* was = old ? counterOf(decodeBranch(*old).state) : nullptr;
   const char* now = counterOf(rec.state);
   if (was != now) {
@@ -127,6 +150,7 @@ void BranchLog::finish(lmdb::Txn& txn, BranchRecord& rec, BranchStatus state, st
 }
 
 void BranchLog::tombstone(lmdb::Txn& txn, Xid xid, std::uint64_t epoch) const {
+  if (released(xid)) return;  // the floor refuses a late prepare already
   BranchRecord t;
   t.xid = xid;
   t.state = BranchStatus::RolledBack;
@@ -227,21 +251,129 @@ kj::Promise<BranchLog::ForgetResult> BranchLog::forget(std::vector<Xid> xids) {
         r.reasons.push_back(std::string("not finished: ") + branchStatusName(rec->state));
         continue;
       }
-      if (rec->tombstone) {
-        const std::uint16_t node = seqNode(xid.seq);
+      // A finished record (a tombstone above all) is what refuses a late
+      // prepare of its branch, until no prepare of it can be accepted any
+      // more: below its node's release floor, or once a newer epoch of its
+      // node than the record's is fenced here (the prepare can come only
+      // from the incarnation that issued the seq, whose epoch is at most the
+      // record's). Dropped sooner, a late prepare would vote YES and hold
+      // (or, asked about later, commit again) what already ended.
+      const std::uint16_t node = seqNode(xid.seq);
+      if (!released(xid)) {
         auto fenced = txn.get(meta_, epochKey(node));
         std::uint64_t newest = fenced ? keyU64(*fenced) : 0;
         if (newest <= rec->epoch) {
           r.refused.push_back(xid);
-          r.reasons.push_back("a tombstone, kept while a late prepare of the branch may still arrive: until coordinator node " +
-                              std::to_string(node) + " starts again (its epoch here is " + std::to_string(newest) +
-                              ", the tombstone's " + std::to_string(rec->epoch) + ")");
+          r.reasons.push_back(std::string(rec->tombstone ? "a tombstone" : "a finished branch") +
+                              ", kept while a late prepare of it may still arrive: until coordinator node " +
+                              std::to_string(node) + " releases it (" +
+                              (releaseFloor(node) == 0 ? std::string("no release from it yet")
+                                                       : "its release floor here is " + seqText(releaseFloor(node))) +
+                              ") or starts again (its epoch here is " +
+                              std::to_string(newest) + ", the record's " + std::to_string(rec->epoch) + ")");
           continue;
         }
       }
       if (const char* key = counterOf(rec->state)) bump(txn, meta_, key, -1);
       txn.del(branches_, xidKey(xid));
       ++r.forgotten;
+    }
+    return r;
+  });
+}
+
+bool BranchLog::released(Xid xid) const {
+  std::lock_guard<std::mutex> lk(releaseMu_);
+  auto it = floors_.find(seqNode(xid.seq));
+  if (it == floors_.end() || xid.seq >= it->second.floor) return false;
+  return !std::binary_search(it->second.keep.begin(), it->second.keep.end(), xid.seq);
+}
+
+std::optional<std::string> BranchLog::releasedReason(Xid xid) const {
+  if (!released(xid)) return std::nullopt;
+  return "branch " + xid.str() + " is below the release floor of coordinator node " +
+         std::to_string(seqNode(xid.seq)) + " (" + seqText(releaseFloor(seqNode(xid.seq))) +
+         "): its interaction was finished and archived, so this is a late duplicate";
+}
+
+std::uint64_t BranchLog::releaseFloor(std::uint16_t node) const {
+  std::lock_guard<std::mutex> lk(releaseMu_);
+  auto it = floors_.find(node);
+  return it == floors_.end() ? 0 : it->second.floor;
+}
+
+std::vector<BranchLog::FloorView> BranchLog::releaseFloors() const {
+  std::lock_guard<std::mutex> lk(releaseMu_);
+  std::vector<FloorView> out;
+  for (const auto& [node, f] : floors_) out.push_back(FloorView{node, f.floor, std::uint32_t(f.keep.size())});
+  return out;
+}
+
+kj::Promise<BranchLog::ReleaseResult> BranchLog::release(std::uint16_t node, std::uint64_t epoch, std::uint64_t floor,
+                                                        std::vector<std::uint64_t> keep) {
+  // Nothing from the network is trusted: a floor that is not this node's
+  // would release another node's branches.
+  if (epoch == 0) throw std::invalid_argument("a release needs the coordinator's epoch (0 is an operator's)");
+  if (seqNode(floor) != node) {
+    throw std::invalid_argument("release floor " + seqText(floor) + " is not a seq of coordinator node " +
+                                std::to_string(node));
+  }
+  if (keep.size() > kMaxReleaseKeep) {
+    throw std::invalid_argument("a release keeps at most " + std::to_string(kMaxReleaseKeep) + " seqs, got " +
+                                std::to_string(keep.size()));
+  }
+  for (auto k : keep) {
+    if (seqNode(k) != node || k >= floor) {
+      throw std::invalid_argument("kept seq " + seqText(k) + " is not a seq of coordinator node " +
+                                  std::to_string(node) + " below the floor " + seqText(floor));
+    }
+  }
+  std::sort(keep.begin(), keep.end());
+  keep.erase(std::unique(keep.begin(), keep.end()), keep.end());
+  fence(node, epoch);
+  return log_->run([this, node, epoch, floor, keep = std::move(keep)](lmdb::Txn& txn) mutable {
+    storeEpoch(txn, node, epoch);
+    Floor now;
+    {
+      std::lock_guard<std::mutex> lk(releaseMu_);
+      if (auto it = floors_.find(node); it != floors_.end()) now = it->second;
+    }
+    if (floor >= now.floor) {
+      // Durable before anything below it is dropped (same transaction).
+      now = Floor{floor, epoch, std::move(keep)};
+      txn.put(meta_, releaseKey(node), encodeFloor(now.floor, now.epoch, now.keep));
+    }
+    ReleaseResult r;
+    r.floor = now.floor;
+    // The finished records below the floor, not kept, a bounded batch.
+    std::vector<std::pair<std::string, BranchStatus>> drop;
+    std::string from = xidKey(Xid{makeSeq(node, 0), 0});
+    txn.scan(branches_, from, [&](std::string_view k, std::string_view v) {
+      Xid x = keyXid(k);
+      if (x.seq >= now.floor) return false;
+      if (std::binary_search(now.keep.begin(), now.keep.end(), x.seq)) return true;
+      BranchStatus st = decodeBranch(v).state;
+      if (st == BranchStatus::Active || st == BranchStatus::Prepared) return true;
+      if (drop.size() == kMaxDropPerCall) {
+        r.more = true;
+        return false;
+      }
+      drop.emplace_back(std::string(k), st);
+      return true;
+    });
+    std::int64_t committed = 0, rolledBack = 0;
+    for (auto& [k, st] : drop) {
+      (st == BranchStatus::Committed ? committed : rolledBack)++;
+      txn.del(branches_, k);
+    }
+    if (committed > 0) bump(txn, meta_, kCommittedKey, -committed);
+    if (rolledBack > 0) bump(txn, meta_, kRolledBackKey, -rolledBack);
+    r.dropped = std::uint32_t(drop.size());
+    {
+      // From here on (this writer thread's next job included) a new
+      // ACTIVE or PREPARED record below the floor is refused (put()).
+      std::lock_guard<std::mutex> lk(releaseMu_);
+      floors_[node] = std::move(now);
     }
     return r;
   });

@@ -6,6 +6,7 @@
 //   unfinished  XID -> "" for every ACTIVE or PREPARED branch: recovery and
 //               the in-doubt resolver never scan finished history
 //   meta        newest epoch seen per coordinator node ("epoch/<node>"),
+//               each node's release floor ("release/<node>", release()),
 //               index version, the incarnation (starts so far)
 // An adapter may open more databases in the same environment (the ledger
 // keeps its accounts there) before start(), so that a branch's state change
@@ -21,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -35,6 +37,15 @@ namespace keel {
 // A call carrying an epoch older than the newest seen from that coordinator
 // node: a stale coordinator must not drive branches any more.
 class StaleEpoch : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A branch record for an XID past its coordinator node's release floor
+// (BranchLog::release) may not be created ACTIVE or PREPARED: its
+// interaction is finished and archived, so anything arriving for it now is
+// a late duplicate.
+class Released : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
@@ -61,7 +72,9 @@ class BranchLog {
 
   // ---- inside a log job (writer thread) ----
   std::optional<BranchRecord> read(const lmdb::Txn& txn, Xid xid) const;
-  // Writes the record and keeps the unfinished index in step.
+  // Writes the record and keeps the unfinished index in step. Throws
+  // Released for a new ACTIVE or PREPARED record of a released XID (the
+  // adapters check released() first and answer; this is the backstop).
   void put(lmdb::Txn& txn, const BranchRecord& rec) const;
   // Final state, written in the same transaction as its effect on the host.
   void finish(lmdb::Txn& txn, BranchRecord& rec, BranchStatus state, std::uint64_t epoch) const;
@@ -113,12 +126,54 @@ class BranchLog {
   };
   kj::Promise<ForgetResult> forget(std::vector<Xid> xids);
 
+  // ---- release: the bound on the branch log (docs/protocol.md, "Release") ----
+  // A coordinator node tells each agent, after archiving, its release
+  // floor: every interaction of that node with a smaller seq, except the
+  // `keep` ones (decided but not finished, or heuristic: still in its hot
+  // WAL), is finished at every participant and archived. From then on no
+  // prepare, execute or one-phase call of such a seq can be accepted here
+  // (a late duplicate: the coordinator decided it long ago), so the finished
+  // records below the floor, tombstones included, protect nothing and are
+  // dropped. Unfinished records are never dropped. The floor, its epoch and
+  // the keep list are durable with the first drop; a lower floor than the
+  // one stored changes nothing (answered with the stored one).
+  struct ReleaseResult {
+    std::uint32_t dropped = 0;  // records dropped by this call
+    bool more = false;          // the per-call bound was reached: call again
+    std::uint64_t floor = 0;    // the floor in force after the call
+  };
+  static constexpr std::size_t kMaxReleaseKeep = 1024;
+  static constexpr std::size_t kMaxDropPerCall = 20000;
+  // Bad arguments (a floor or kept seq of another node, a kept seq not
+  // below the floor, too many kept, epoch 0) throw std::invalid_argument;
+  // a stale epoch throws StaleEpoch. Event loop.
+  kj::Promise<ReleaseResult> release(std::uint16_t node, std::uint64_t epoch, std::uint64_t floor,
+                                     std::vector<std::uint64_t> keep);
+  // Released: `xid` is below its node's floor and not kept. Any thread.
+  bool released(Xid xid) const;
+  // Why a call for a released XID is refused (nullopt: not released).
+  std::optional<std::string> releasedReason(Xid xid) const;
+  std::uint64_t releaseFloor(std::uint16_t node) const;
+  struct FloorView {
+    std::uint16_t node = 0;
+    std::uint64_t floor = 0;
+    std::uint32_t kept = 0;
+  };
+  std::vector<FloorView> releaseFloors() const;
+
  private:
   lmdb::Env env_;
   MDB_dbi branches_, unfinished_, meta_;
   std::unique_ptr<GroupCommitLog> log_;
   std::map<std::uint16_t, std::uint64_t> epochs_;  // event loop only
   std::function<void()> onNewerEpoch_;             // event loop only
+  struct Floor {
+    std::uint64_t floor = 0, epoch = 0;
+    std::vector<std::uint64_t> keep;  // sorted
+  };
+  // Written by release jobs on the writer thread, read anywhere.
+  mutable std::mutex releaseMu_;
+  std::map<std::uint16_t, Floor> floors_;
   bool checked_ = false;
   std::uint64_t incarnation_ = 0;
 };

@@ -170,6 +170,9 @@ kj::Promise<PrepareResult> HostAgent::prepareBranch(std::uint64_t epoch, Xid xid
                                                                       : std::string())),
               {}}};
         }
+        if (auto late = log_.releasedReason(xid)) {
+          return Intent{PrepareResult{Vote::No, *late, {}}};
+        }
         BranchRecord rec;
         rec.xid = xid;
         rec.epoch = epoch;
@@ -311,7 +314,7 @@ kj::Promise<std::vector<BranchOutcome>> HostAgent::commit(std::uint64_t epoch, s
         for (Xid xid : xids) {
           auto rec = log_.read(txn, xid);
           if (!rec) {
-            out.push_back({BranchOutcome::Unknown, {}});
+            out.push_back({log_.released(xid) ? BranchOutcome::Released : BranchOutcome::Unknown, {}});
             continue;
           }
           switch (rec->state) {
@@ -371,6 +374,10 @@ kj::Promise<std::vector<BranchOutcome>> HostAgent::rollback(std::uint64_t epoch,
         std::vector<Item> out;
         for (Xid xid : xids) {
           auto rec = log_.read(txn, xid);
+          if (!rec && log_.released(xid)) {
+            out.push_back({BranchOutcome::Released, {}});
+            continue;
+          }
           if (!rec) {
             // Never seen: no try left this agent for it (the intent is
             // durable before any try), so a tombstone is all it needs.

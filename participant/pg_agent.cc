@@ -335,6 +335,7 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return PrepareResult{Vote::No, *bad, {}};
   if (pendingRecord(xid)) return PrepareResult{Vote::Yes, "", {}};  // repeated, its record not yet written
+  if (auto late = log_.releasedReason(xid)) return PrepareResult{Vote::No, *late, {}};
   if (auto existing = log_.branches({xid})[0]) {
     if (existing->state == BranchStatus::Prepared) return PrepareResult{Vote::Yes, "", {}};  // repeated
     return PrepareResult{Vote::No,
@@ -395,7 +396,7 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
         // A record here already is a rollback's tombstone: the rollback
         // overtook us and may have looked for PostgreSQL's prepared
         // transaction before we made it. Undo it and vote NO.
-        bool ours = !log_.branches({xid})[0] &&
+        bool ours = !log_.branches({xid})[0] && !log_.released(xid) &&
                     recordPrepared(epoch, xid, ops, trip.txid, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
         if (!ours) {
           try {
@@ -439,7 +440,8 @@ bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const 
                             std::uint64_t txid) const {
   log_.storeEpoch(txn, seqNode(xid.seq), epoch);
   // A record there already is a rollback's (its tombstone): it came first.
-  if (log_.read(txn, xid)) return false;
+  // Released since the prepare began: a late duplicate, undone the same way.
+  if (log_.read(txn, xid) || log_.released(xid)) return false;
   BranchRecord rec;
   rec.xid = xid;
   rec.epoch = epoch;
@@ -541,6 +543,12 @@ BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   // its way is forced now (off the client's path: phase 2).
   if (pendingRecord(xid)) log_.log().runSync([](lmdb::Txn&) {});
   auto rec = log_.branches({xid})[0];
+  if (!rec && log_.released(xid)) {
+    // Finished and archived before (docs/protocol.md, "Release"); a
+    // prepared transaction of it now would be a late duplicate: undone.
+    for (const Held& h : heldPreparedOf(c, xid)) rollbackPrepared(c, h.gid);
+    return BranchOutcome::Released;
+  }
   if (!rec) {
     // No record and none on its way: its lazy write failed, or this branch
     // never prepared here (an operator's forced commit). Only a prepared
@@ -694,7 +702,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     if (r && r->state == BranchStatus::Active && r->onePhase) {
       onePhaseMeanwhile = r;  // a one-phase commit started after our first look: not ours to decide
     } else if (!r) {
-      log_.tombstone(txn, xid, epoch);  // never seen: refuse a late prepare
+      log_.tombstone(txn, xid, epoch);  // never seen: refuse a late prepare (not below the release floor)
     } else if (r->state == BranchStatus::Prepared) {
       // Either we rolled PostgreSQL's half back above, or the prepare's
       // record landed after our first look: then PostgreSQL holds a
@@ -724,6 +732,7 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     }
     return *settled == BranchStatus::Committed ? BranchOutcome::Committed : BranchOutcome::RolledBack;
   }
+  if (!rec && log_.released(xid) && !committedMeanwhile) return BranchOutcome::Released;
   return committedMeanwhile ? BranchOutcome::Committed : BranchOutcome::RolledBack;
 }
 
@@ -804,6 +813,7 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
   log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return OnePhaseResult{BranchOutcome::RolledBack, *bad, {}};
+  if (auto late = log_.releasedReason(xid)) return OnePhaseResult{BranchOutcome::Released, *late, {}};
   if (auto existing = log_.branches({xid})[0]) {
     if (existing->state == BranchStatus::Committed) return OnePhaseResult{BranchOutcome::Committed, "", {}};
     if (existing->state == BranchStatus::RolledBack) {
@@ -856,7 +866,7 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
     // up on this call (no answer in time) and rolled the branch back before
     // the call got its turn here. It stays rolled back: we never commit it.
     bool ours = log_.log().runSync([&](lmdb::Txn& txn) {
-      if (log_.read(txn, xid)) return false;
+      if (log_.read(txn, xid) || log_.released(xid)) return false;
       BranchRecord rec;
       rec.xid = xid;
       rec.epoch = epoch;

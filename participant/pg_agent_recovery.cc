@@ -299,7 +299,7 @@ std::vector<PgAgent::Held> PgAgent::heldPreparedOf(PGconn* c, Xid xid) {
 }
 
 bool PgAgent::recordInDoubt(lmdb::Txn& txn, const Held& h, const std::string& reason) const {
-  if (log_.read(txn, h.names.xid)) return false;
+  if (log_.read(txn, h.names.xid) || log_.released(h.names.xid)) return false;
   BranchRecord r;
   r.xid = h.names.xid;
   r.state = BranchStatus::Prepared;
@@ -338,6 +338,17 @@ void PgAgent::settleHeld(PGconn* c, const Held& h, Swept& out) {
   // be written, so the read below tells which.
   if (!earlier && prepareInFlight(xid)) return;
   auto rec = log_.branches({xid})[0];
+  if (!rec && log_.released(xid)) {
+    // Below its node's release floor: the interaction finished at every
+    // participant (this branch with its record) before it was released, so
+    // this is a late duplicate prepare that PostgreSQL finished after its
+    // check. Never in doubt: undone.
+    KEEL_LOG_WARN("branch {}: PostgreSQL holds {} but the branch was released (its interaction finished and "
+                  "archived): a late duplicate, rolled back",
+                  xid.str(), h.gid);
+    if (pg::rollbackPrepared(c, h.gid)) ++out.rolledBack;
+    return;
+  }
   if (!rec) {
     // Prepared in PostgreSQL with no record: the lazy PREPARED record was
     // lost with an earlier start (the vote may have left, so the

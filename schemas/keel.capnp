@@ -73,6 +73,9 @@ enum BranchOutcome {
   unknown @2;            # commit for an XID the agent never prepared
   notPrepared @3;        # commit for a branch still ACTIVE (never voted)
   conflict @4;           # commit of a rolled-back branch: a protocol violation
+  released @5;           # the branch is below its coordinator node's release
+                         # floor (`release`): its interaction was finished and
+                         # archived, the agent no longer holds its record
 }
 
 enum BranchState {
@@ -107,6 +110,12 @@ struct NodeEpoch {
   epoch @1 :UInt64;
 }
 
+struct NodeFloor {
+  node @0 :UInt16;
+  floor @1 :UInt64;         # the node's release floor held here (Participant.release)
+  kept @2 :UInt32;          # how many seqs below it the node asked to keep
+}
+
 interface Participant {
   # Executes `operations` and prepares the branch in one call. Adds to an
   # ACTIVE branch created by `execute` if there is one.
@@ -135,26 +144,30 @@ interface Participant {
                     prepared :UInt32, active :UInt32, committed :UInt32,
                     rolledBack :UInt32,
                     logCommits :UInt64, logJobs :UInt64,
-                    fences :List(NodeEpoch));
+                    fences :List(NodeEpoch), floors :List(NodeFloor));
   # fences: the newest epoch this agent has seen from each coordinator node
   # (older ones are refused as stale); a restore starts above them.
   # logCommits / logJobs: the branch log's durable LMDB commits (each one
   # fsync-bearing) and the jobs they carried, since the agent started.
+  # floors: each coordinator node's release floor held here.
 
   # Outcome of given branches as the agent knows them (no change made).
   status @7 (xids :List(Xid)) -> (branches :List(BranchInfo), known :List(Bool));
 
-  # Drops the records of FINISHED branches (committed or rolled back); the
-  # coordinator no longer needs their answers. Unfinished ones are kept, and
-  # so are tombstones while a late prepare may still arrive (reasons: one
-  # per refused xid, why).
+  # Drops the records of FINISHED branches (committed or rolled back) that
+  # no prepare can reach any more: below their node's release floor, or
+  # older than an epoch of their node fenced since. Unfinished ones are
+  # kept, and so is any finished one (a tombstone above all) while a late
+  # prepare of it may still arrive (reasons: one per refused xid, why).
   # epoch 0 = an operator's request (keelctl forget): not fenced.
   forget @8 (epoch :UInt64, xids :List(Xid)) -> (forgotten :UInt32, refused :List(Xid), reasons :List(Text));
 
   # Every branch record in XID order, a page at a time, starting after
   # `after` (all zero = from the start): the agent's own account of what
   # happened, for checkers such as keel-chaos.
-  listBranches @9 (after :Xid, limit :UInt32) -> (branches :List(BranchInfo), more :Bool);
+  # floors: the release floors held here; a seq below its node's floor
+  # whose record is absent was finished and released (docs/protocol.md).
+  listBranches @9 (after :Xid, limit :UInt32) -> (branches :List(BranchInfo), more :Bool, floors :List(NodeFloor));
 
   # Many prepares in one message: the coordinator sends here every prepare
   # it has for this participant in one event-loop turn (or queued while
@@ -188,6 +201,17 @@ interface Participant {
   # Operator: a hot backup of the agent's branch log (and, for a ledger
   # agent, its books), streamed into `sink` (see BackupSink).
   backup @13 (sink :BackupSink) -> (bytes :UInt64, micros :UInt64);
+
+  # Coordinator node `node` (at `epoch`, fenced like every call) releases
+  # its seqs below `floor`, except `keep` (at most 1024, each below the
+  # floor): their interactions are finished at every participant and
+  # archived. The agent refuses any prepare, execute or one-phase call of a
+  # released seq from then on, and drops its finished records of them, at
+  # most 20,000 per call (`more`: call again). Sent after each archive pass
+  # (docs/protocol.md, "Release"). A floor below the one held changes
+  # nothing; `floor` in the answer is the one in force.
+  release @14 (epoch :UInt64, node :UInt16, floor :UInt64, keep :List(UInt64))
+      -> (dropped :UInt32, more :Bool, floor :UInt64);
 }
 
 # Where a hot backup goes (keelctl backup serves it). The server copies its

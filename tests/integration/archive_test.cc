@@ -117,6 +117,73 @@ TEST_F(ArchiveTest, FinishedInteractionsMoveToTheArchiveAndAreStillAnswered) {
 // keelctl archive list and drop: a period older than archive_retention_days
 // goes, audited; today's never does; bad input is refused before anything
 // is sent.
+// Release floors (coordinator/release.cc): once the coordinator has
+// archived interactions, the agents drop their finished branch records,
+// refuse a late prepare of them, and keep what is unfinished (an open
+// interactive transaction, passed over into the keep list) until it ends.
+TEST_F(ArchiveTest, AgentsDropTheBranchRecordsOfArchivedInteractions) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  auto held = beginWith(Op{"bank-a", OpKind::Debit, "alice", 7});
+  ASSERT_TRUE(held.txn.get() != nullptr);
+  std::vector<std::uint64_t> seqs;
+  for (int i = 0; i < 20; ++i) {
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", i == 4 ? 100000 : 1));  // one rolled back
+    ASSERT_NE(o.seq, 0u);
+    seqs.push_back(o.seq);
+  }
+  const auto before = inspect("bank-b");
+  ASSERT_GE(before.committed + before.rolledBack, 20u);
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+  auto knownAtB = [&](std::uint64_t seq) {  // bank-b's branch is the transfer's second
+    auto req = agent->capability().statusRequest();
+    auto x = req.initXids(1)[0];
+    x.setSeq(seq);
+    x.setBranch(2);
+    return req.send().wait(io_.waitScope).getKnown()[0];
+  };
+  ASSERT_TRUE(knownAtB(seqs[0]));
+  ASSERT_TRUE(knownAtB(seqs.back()));
+
+  // Archived, then released: bank-b keeps no finished record of them.
+  ASSERT_TRUE(eventually([&] { return !hot(seqs.back()); }, std::chrono::seconds(15)));
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto s = inspect("bank-b");
+        return s.committed + s.rolledBack <= before.committed + before.rolledBack - 20;
+      },
+      std::chrono::seconds(30)))
+      << "bank-b still holds " << inspect("bank-b").committed << " committed records";
+  EXPECT_TRUE(eventually([&] { return inLog("release: participants dropped"); }));
+  for (auto seq : seqs) EXPECT_FALSE(knownAtB(seq)) << seqText(seq) << " still known at bank-b";
+  // Their story is still told, from the archive.
+  auto q = query(seqs[0]);
+  ASSERT_TRUE(q);
+  EXPECT_TRUE(q->interaction.finished());
+
+  // A late prepare of a released branch, even under the live epoch: refused.
+  auto epoch = client_->info().wait(io_.waitScope).epoch;
+  auto req = agent->capability().prepareRequest();
+  req.setEpoch(epoch);
+  req.getXid().setSeq(seqs[0]);
+  req.getXid().setBranch(2);
+  auto op = req.initOperations(1)[0];
+  op.setKind(wire::LedgerOpKind::CREDIT);
+  op.setAccount("bob");
+  op.setAmount(1000);
+  auto vote = req.send().wait(io_.waitScope);
+  EXPECT_EQ(vote.getVote(), wire::Vote::NO);
+  EXPECT_NE(std::string(vote.getReason().cStr()).find("release floor"), std::string::npos) << vote.getReason().cStr();
+  EXPECT_EQ(account("bank-b", "bob"), bal(19, 0));
+
+  // The open interaction's branch was kept, and commits.
+  EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);
+  auto c = held.txn->commit().wait(io_.waitScope);
+  EXPECT_EQ(c.outcome, ClientOutcome::Committed) << c.reason;
+  EXPECT_TRUE(eventually([&] { return account("bank-a", "alice") == bal(1000 - 19 - 7, 0); }))
+      << account("bank-a", "alice").first << " held " << account("bank-a", "alice").second;
+}
+
 TEST_F(ArchiveTest, AnOperatorDropsOldPeriodsAuditedAndOnlyThose) {
   open("bank-a", "alice", 1000);
   open("bank-b", "bob", 0);

@@ -122,6 +122,19 @@ class ClusterTest : public ::testing::Test {
     return {-1, -1};
   }
 
+  // An interactive transaction (60 s deadline) with `op` executed: open,
+  // its branch ACTIVE at op's participant.
+  KeelClient::Begun beginWith(const Op& op) {
+    SubmitRequest longer;
+    longer.deadlineMs = 60000;
+    auto b = client_->begin(longer).wait(io_.waitScope);
+    EXPECT_TRUE(b.txn.get() != nullptr);
+    if (b.txn.get() == nullptr) return b;
+    auto e = b.txn->execute({op}).wait(io_.waitScope);
+    EXPECT_EQ(e.outcome, ClientOutcome::Committed) << e.reason;
+    return b;
+  }
+
   std::vector<Xid> unfinishedAt(const std::string& agent) {
     auto c = AgentClient::connect(io_, cluster_->agentAddress(agent)).wait(io_.waitScope);
     auto req = c->capability().recoverRequest();

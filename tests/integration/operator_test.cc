@@ -238,7 +238,10 @@ TEST_F(SlowDriverTest, ForcedCommitOfABranchThatNeverPreparedEndsHeuristicUnknow
   EXPECT_NE(audit.output.find("posted the missing half"), std::string::npos) << audit.output;
 }
 
-TEST_F(ClusterTest, ForgetDropsOnlyFinishedBranches) {
+// forget drops a finished branch's record only once no late prepare of it
+// can be accepted: refused while its coordinator's incarnation lives (and
+// has not released it), taken once a newer epoch is fenced.
+TEST_F(ClusterTest, ForgetDropsOnlyFinishedBranchesNoPrepareCanReach) {
   open("bank-a", "alice", 100);
   open("bank-b", "bob", 0);
   auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
@@ -246,11 +249,23 @@ TEST_F(ClusterTest, ForgetDropsOnlyFinishedBranches) {
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished(); }));
   std::string ctl = binDir() + "/keelctl forget --agent " + cluster_->agentAddress("bank-a") + " ";
   auto before = inspect("bank-a").committed;
+  auto refused = run(ctl + seqText(o.seq) + ".1");
+  EXPECT_EQ(refused.exitCode, 1) << refused.output;
+  EXPECT_NE(refused.output.find("a finished branch, kept while a late prepare of it may still arrive"),
+            std::string::npos)
+      << refused.output;
+  EXPECT_EQ(inspect("bank-a").committed, before);
+  // A new incarnation of the coordinator: the old one's calls are fenced off.
+  cluster_->stopCoordinator();
+  cluster_->startCoordinator();
+  reconnect();
+  // Durable at bank-a with its first branch of the new incarnation.
+  ASSERT_EQ(submit(transferOps("bank-a:alice", "bank-b:bob", 1)).outcome, ClientOutcome::Committed);
   auto r = run(ctl + seqText(o.seq) + ".1");
   EXPECT_EQ(r.exitCode, 0) << r.output;
   EXPECT_NE(r.output.find("forgotten 1"), std::string::npos) << r.output;
-  EXPECT_EQ(inspect("bank-a").committed, before - 1);
-  EXPECT_EQ(account("bank-a", "alice"), bal(90, 0));  // effects stay; only the record goes
+  EXPECT_EQ(inspect("bank-a").committed, before);  // one more (the new transfer), one less
+  EXPECT_EQ(account("bank-a", "alice"), bal(89, 0));  // effects stay; only the record goes
   EXPECT_EQ(run(ctl + "nonsense").exitCode, 2);
 }
 

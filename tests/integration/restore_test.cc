@@ -166,5 +166,74 @@ TEST_F(RestoreTest, LostWalRestoredFromABackupReissuesNoSeqAndUndoesNoCommit) {
   EXPECT_NE(audit.output.find("restore"), std::string::npos) << audit.output;
 }
 
+
+// A backup that holds a one-phase interaction undecided, which the lost
+// coordinator then finished, archived and released (the agent dropped its
+// record): the restored coordinator finds nothing at the participant and
+// never presumes an outcome. It ends heuristic-unknown, saying why, with
+// nothing held anywhere.
+class RestoreAfterReleaseTest : public RestoreTest {
+ protected:
+  std::string coordinatorToml() override { return RestoreTest::coordinatorToml() + "hot_retention_s = 1\n"; }
+};
+
+TEST_F(RestoreAfterReleaseTest, AReleasedInteractionTheBackupLeftUndecidedIsNeverGuessed) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 10);
+  // An interactive transaction open at the backup (its record: no decision).
+  auto held = beginWith(Op{"bank-b", OpKind::Debit, "bob", 3});
+  ASSERT_TRUE(held.txn.get() != nullptr);
+  const std::uint64_t interactive = held.txn->seq();
+  // The one-phase call below is held 1.5 s at bank-a.
+  cluster_->stopAgent("bank-a");
+  cluster_->startAgent("bank-a", "agent.before_execute=1*delay(1500)");
+  auto pending = client_->submit({Op{"bank-a", OpKind::Credit, "alice", 1}});  // one-phase: its intent is durable first
+  io_.provider->getTimer().afterDelay(300 * kj::MILLISECONDS).wait(io_.waitScope);
+  std::string backup = dir_ + "/backup";
+  auto b = run(binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " backup --to " + backup);
+  ASSERT_EQ(b.exitCode, 0) << b.output;
+  auto o = pending.wait(io_.waitScope);
+  ASSERT_NE(o.seq, 0u) << o.reason;
+  auto c = held.txn->commit().wait(io_.waitScope);
+  ASSERT_EQ(c.outcome, ClientOutcome::Committed) << c.reason;
+  // Finished, archived, released: bank-a no longer holds their records.
+  ASSERT_TRUE(eventually([&] {
+    auto a = inspect("bank-a").floors, b = inspect("bank-b").floors;
+    return a.count(1) != 0 && a[1].first > o.seq && b.count(1) != 0 && b[1].first > interactive;
+  }, std::chrono::seconds(30)));
+  auto before = account("bank-a", "alice");
+  auto beforeB = account("bank-b", "bob");
+
+  cluster_->killCoordinator(SIGKILL);
+  client_ = nullptr;
+  fs::remove_all(dir_ + "/coordinator");
+  auto r = restore(backup);
+  ASSERT_EQ(r.exitCode, 0) << r.output;
+  cluster_->startCoordinator();
+  reconnect();
+  ASSERT_TRUE(eventually([&] {
+    auto q = query(o.seq);
+    return q && q->interaction.state == InteractionRecord::State::HeuristicUnknown;
+  }, std::chrono::seconds(20))) << "seq " << seqText(o.seq) << " was not settled heuristic-unknown";
+  auto q = query(o.seq);
+  ASSERT_EQ(q->interaction.branches.size(), 1u);
+  EXPECT_NE(q->interaction.branches[0].reason.find("released"), std::string::npos)
+      << q->interaction.branches[0].reason;
+  // The interactive one: no participant holds a record, but bank-b has
+  // released it, so "no branch anywhere" does not mean "never committed".
+  ASSERT_TRUE(eventually([&] {
+    auto i = query(interactive);
+    return i && i->interaction.state == InteractionRecord::State::HeuristicUnknown;
+  }, std::chrono::seconds(20))) << "seq " << seqText(interactive) << " was not settled heuristic-unknown";
+  auto i = query(interactive);
+  EXPECT_NE(i->interaction.error.find("released at bank-"), std::string::npos) << i->interaction.error;
+  EXPECT_NE(i->interaction.error.find("its outcome is not known here"), std::string::npos) << i->interaction.error;
+  EXPECT_EQ(account("bank-a", "alice"), before);  // nothing undone, nothing applied again
+  EXPECT_EQ(account("bank-b", "bob"), beforeB);
+  EXPECT_EQ(beforeB, bal(7, 0));
+  auto listed = keelctl("list");  // heuristic ones are listed for an operator to reconcile
+  EXPECT_NE(listed.output.find(seqText(o.seq)), std::string::npos) << listed.output;
+}
+
 }  // namespace
 }  // namespace keel::test

@@ -199,6 +199,96 @@ TEST_F(AgentTest, ForgetKeepsATombstoneUntilItsCoordinatorStartedAgain) {
   expectAccount("alice", 100, 1);
 }
 
+// The release floor (BranchLog::release, docs/protocol.md "Release"): a
+// coordinator node's seqs below it, except the kept ones, are finished and
+// archived. Their finished records go, tombstones included; unfinished and
+// kept ones stay; nothing below the floor can be prepared again, even after
+// a restart; a lower floor changes nothing; bad floors are refused.
+TEST_F(AgentTest, ReleaseDropsFinishedRecordsBelowTheFloorAndRefusesLateCalls) {
+  fund("alice", 1000);
+  auto s3 = [](std::uint64_t n) { return makeSeq(3, n); };  // coordinator node 3
+  auto prep = [&](Xid x, std::int64_t amount) { return agent_->prepare(2, x, {debit("alice", amount)}).wait(ws()); };
+  const Xid committed{s3(9), 1}, tomb{s3(10), 1}, prepared{s3(11), 1}, kept{s3(12), 1}, above{s3(20), 1};
+  ASSERT_EQ(prep(committed, 1).vote, Vote::Yes);
+  ASSERT_EQ(agent_->commit(2, {committed}).wait(ws()), Outcomes{BranchOutcome::Committed});
+  ASSERT_EQ(agent_->rollback(2, {tomb}).wait(ws()), Outcomes{BranchOutcome::RolledBack});  // a tombstone
+  ASSERT_EQ(prep(prepared, 2).vote, Vote::Yes);
+  ASSERT_EQ(prep(kept, 4).vote, Vote::Yes);
+  ASSERT_EQ(agent_->commit(2, {kept}).wait(ws()), Outcomes{BranchOutcome::Committed});
+  ASSERT_EQ(prep(above, 8).vote, Vote::Yes);
+  ASSERT_EQ(agent_->commit(2, {above}).wait(ws()), Outcomes{BranchOutcome::Committed});
+  const auto before = agent_->counts();
+
+  auto& log = agent_->branchLog();
+  auto r = log.release(3, 2, s3(15), {s3(12)}).wait(ws());
+  EXPECT_EQ(r.dropped, 2u);  // the committed one and the tombstone
+  EXPECT_FALSE(r.more);
+  EXPECT_EQ(r.floor, s3(15));
+  EXPECT_FALSE(branch(committed).has_value());
+  EXPECT_FALSE(branch(tomb).has_value());
+  ASSERT_TRUE(branch(prepared).has_value());  // unfinished: never dropped
+  EXPECT_EQ(branch(prepared)->state, BranchStatus::Prepared);
+  EXPECT_TRUE(branch(kept).has_value());   // kept by the coordinator
+  EXPECT_TRUE(branch(above).has_value());  // above the floor
+  EXPECT_EQ(agent_->counts().committed, before.committed - 1);
+  EXPECT_EQ(agent_->counts().rolledBack, before.rolledBack - 1);
+
+  // Late duplicates of released seqs: refused, nothing held or applied.
+  auto late = prep(committed, 100);
+  EXPECT_EQ(late.vote, Vote::No);
+  EXPECT_NE(late.reason.find("release floor"), std::string::npos) << late.reason;
+  EXPECT_EQ(prep(tomb, 100).vote, Vote::No);
+  EXPECT_EQ(agent_->execute(2, Xid{s3(13), 1}, {debit("alice", 100)}).wait(ws()).vote, Vote::No);
+  EXPECT_EQ(agent_->commitOnePhase(2, Xid{s3(14), 1}, {debit("alice", 100)}).wait(ws()).outcome,
+            BranchOutcome::Released);
+  EXPECT_EQ(agent_->commit(2, {committed}).wait(ws()), Outcomes{BranchOutcome::Released});
+  EXPECT_EQ(agent_->rollback(2, {tomb}).wait(ws()), Outcomes{BranchOutcome::Released});
+  EXPECT_FALSE(branch(tomb).has_value());  // no new tombstone below the floor
+  expectAccount("alice", 1000 - 1 - 4 - 8, 2);
+  // What is still unfinished below the floor is driven as before.
+  EXPECT_EQ(agent_->commit(2, {prepared}).wait(ws()), Outcomes{BranchOutcome::Committed});
+  expectAccount("alice", 1000 - 1 - 2 - 4 - 8, 0);
+
+  // forget: a kept or unreleased finished record stays while a late prepare
+  // of it may come; a released one may go.
+  auto f = agent_->forget(0, {kept, above}).wait(ws());
+  EXPECT_EQ(f.forgotten, 0u);
+  ASSERT_EQ(f.reasons.size(), 2u);
+  EXPECT_NE(f.reasons[1].find("a finished branch, kept while a late prepare"), std::string::npos) << f.reasons[1];
+  EXPECT_NE(f.reasons[1].find("release floor here is 3:15"), std::string::npos) << f.reasons[1];
+
+  // A lower floor changes nothing: the floor in force (and its keep list)
+  // drops what finished since (the prepared branch committed above); the
+  // next floor drops what is no longer kept.
+  r = log.release(3, 2, s3(5), {}).wait(ws());
+  EXPECT_EQ(r.floor, s3(15));
+  EXPECT_EQ(r.dropped, 1u);
+  EXPECT_FALSE(branch(prepared).has_value());
+  EXPECT_TRUE(branch(kept).has_value());
+  r = log.release(3, 2, s3(16), {}).wait(ws());
+  EXPECT_EQ(r.dropped, 1u);
+  EXPECT_FALSE(branch(kept).has_value());
+
+  // Nothing from the network is trusted.
+  EXPECT_THROW(log.release(3, 0, s3(17), {}), std::invalid_argument);              // epoch 0
+  EXPECT_THROW(log.release(3, 2, makeSeq(4, 17), {}), std::invalid_argument);      // another node's floor
+  EXPECT_THROW(log.release(3, 2, s3(17), {s3(17)}), std::invalid_argument);        // kept, not below
+  EXPECT_THROW(log.release(3, 2, s3(17), {makeSeq(4, 1)}), std::invalid_argument); // kept, another node
+  EXPECT_THROW(log.release(3, 2, s3(17), std::vector<std::uint64_t>(BranchLog::kMaxReleaseKeep + 1, s3(1))),
+               std::invalid_argument);
+  EXPECT_THROW(log.release(3, 1, s3(17), {}), StaleEpoch);
+  EXPECT_EQ(log.releaseFloor(3), s3(16));
+
+  // Durable: a restarted agent still refuses them, and other nodes' seqs
+  // are not affected.
+  restart();
+  EXPECT_EQ(agent_->branchLog().releaseFloor(3), s3(16));
+  EXPECT_EQ(prep(committed, 100).vote, Vote::No);
+  EXPECT_EQ(agent_->prepare(2, Xid{makeSeq(4, 9), 1}, {debit("alice", 1)}).wait(ws()).vote, Vote::Yes);
+  EXPECT_EQ(prep(Xid{s3(21), 1}, 1).vote, Vote::Yes);
+  expectAccount("alice", 1000 - 1 - 2 - 4 - 8, 2);
+}
+
 TEST_F(AgentTest, CommitOfUnknownXidIsUnknown) {
   EXPECT_EQ(commit({{8, 1}}), Outcomes{BranchOutcome::Unknown});
   EXPECT_FALSE(branch({8, 1}).has_value());  // and leaves nothing behind

@@ -278,12 +278,27 @@ void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vect
       out << "}";
       first = false;
     }
-    out << "],\"held\":" << snap.held() << ",\"total\":" << snap.total() << "}\n";
+    out << "],\"held\":" << snap.held() << ",\"total\":" << snap.total() << ",\"finished_records\":{\"committed\":"
+        << snap.committed << ",\"rolled_back\":" << snap.rolledBack << "},\"release_floors\":[";
+    first = true;
+    for (auto& [node, f] : snap.floors) {
+      out << (first ? "" : ",") << "{\"node\":" << node << ",\"floor\":" << f.first
+          << ",\"floor_text\":" << q(seqText(f.first)) << ",\"kept\":" << f.second << "}";
+      first = false;
+    }
+    out << "]}\n";
     return;
   }
   auto now = wallMicros();
   out << snap.name << ": " << branches.size() << " unfinished branch(es), money held " << snap.held()
       << ", balances total " << snap.total() << "\n";
+  out << "  finished records kept: " << snap.committed << " committed, " << snap.rolledBack << " rolled back";
+  for (auto& [node, f] : snap.floors) {
+    out << "; released below " << seqText(f.first) << " (node " << node;
+    if (f.second > 0) out << ", " << f.second << " kept below it";
+    out << ")";
+  }
+  out << "\n";
   for (auto& b : branches) {
     out << "  " << b.xid.str() << "  " << (b.prepared ? "prepared" : "active") << "  epoch " << b.epoch;
     if (b.preparedUs != 0 && now > b.preparedUs) out << "  for " << (now - b.preparedUs) / 1000 << " ms";
