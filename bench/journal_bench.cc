@@ -9,8 +9,9 @@
 // 10000000 for the figure) is generated once into DIR (default a
 // fresh folder under /tmp, removed at exit; an existing DIR with a WAL
 // generated earlier is reused as it is, so a 10-million WAL is made once).
-// Each interaction is a committed two-party transfer (two branches, a debit
-// and a credit) with a request id; one in ten has a rollback record. They
+// Each interaction is a two-party transfer (two branches, a debit and a
+// credit) with a request id, committed but for one in a hundred, rolled
+// back; one in ten has a rollback record. They
 // are created 1 ms apart, so a 1 s range holds 1,000 of them. Generating
 // prints progress on stderr.
 //
@@ -27,6 +28,10 @@
 //                       them), paged through exportPage 512 records at a
 //                       time and each record decoded and matched, as the
 //                       server's search does (coordinator_server.cc).
+// BM_SearchRolledBack1000Indexed / ...ByTime (--archive): a range of
+//                       100,000 holding 1,000 rolled back, searched for
+//                       them through the archive's by_state index, and read
+//                       by time and filtered, for comparison.
 // Each reports p50_us and p99_us over its iterations as counters (time per
 // query or per search, on one thread, the WAL's pages warm: a coordinator
 // reads its hot WAL from the page cache).
@@ -73,8 +78,10 @@ InteractionRecord interaction(std::uint64_t i) {
   InteractionRecord r;
   r.seq = seqOf(i);
   r.epoch = 1;
-  r.state = InteractionRecord::State::Committed;
-  r.decision = InteractionRecord::Decision::Commit;
+  // One in a hundred rolled back: what a state filter looks for.
+  const bool rolledBack = i % 100 == 0;
+  r.state = rolledBack ? InteractionRecord::State::RolledBack : InteractionRecord::State::Committed;
+  r.decision = rolledBack ? InteractionRecord::Decision::Abort : InteractionRecord::Decision::Commit;
   r.createdUs = kBaseUs + Micros(i) * g_settings.apartUs;
   r.votesUs = r.createdUs + 300;
   r.decidedUs = r.createdUs + 400;
@@ -86,7 +93,7 @@ InteractionRecord interaction(std::uint64_t i) {
     InteractionRecord::Branch br;
     br.participant = b == 0 ? "bank-a" : "bank-b";
     br.branch = std::uint16_t(b + 1);
-    br.state = InteractionRecord::BranchState::Committed;
+    br.state = rolledBack ? InteractionRecord::BranchState::RolledBack : InteractionRecord::BranchState::Committed;
     br.ops.push_back(Op{br.participant, b == 0 ? OpKind::Debit : OpKind::Credit,
                         "acct-" + std::to_string(i % 10000), std::int64_t(1 + i % 500)});
     r.branches.push_back(std::move(br));
@@ -256,6 +263,48 @@ void BM_Search1000(benchmark::State& state) {
   report(state, us);
 }
 BENCHMARK(BM_Search1000)->Iterations(200);
+
+// `keelctl search --state rolled-back` over a range holding 1,000 of them
+// among 100,000 (one in a hundred): through the archive's by_state index,
+// and, for comparison, read by time and filtered (what a period from
+// before the indexes costs, and what every such search cost before them).
+void searchRolledBack(benchmark::State& state, bool useIndex) {
+  if (!g_settings.archive) {
+    state.SkipWithError("--archive only (the hot WAL holds hot_retention_s of traffic and has no state index)");
+    return;
+  }
+  std::mt19937_64 rng(4);
+  std::vector<double> us;
+  std::size_t found = 0;
+  std::uint64_t scanned = 0;
+  Archive::Filter filter;
+  if (useIndex) filter.state = std::uint8_t(InteractionRecord::State::RolledBack);
+  for (auto _ : state) {
+    std::uint64_t mid = g_settings.n / 4 + rng() % std::max<std::uint64_t>(1, g_settings.n / 2);
+    Micros from = kBaseUs + Micros(mid) * g_settings.apartUs, to = from + 100'000 * g_settings.apartUs;
+    found = 0;
+    scanned = 0;
+    us.push_back(timed([&] {
+      std::string cursor;
+      do {
+        auto page = journal().archive().exportPage(cursor, from, to, 512, filter);
+        scanned += page.scanned;
+        for (auto& r : page.records) {
+          found += decodeInteraction(r.interaction).state == InteractionRecord::State::RolledBack;
+        }
+        cursor = page.next;
+      } while (!cursor.empty());
+    }));
+    if (found != 1000 && g_settings.n >= mid + 100'000) state.SkipWithError("a range did not hold 1,000 rolled back");
+  }
+  state.counters["results"] = double(found);
+  state.counters["read"] = double(scanned);
+  report(state, us);
+}
+void BM_SearchRolledBack1000Indexed(benchmark::State& state) { searchRolledBack(state, true); }
+void BM_SearchRolledBack1000ByTime(benchmark::State& state) { searchRolledBack(state, false); }
+BENCHMARK(BM_SearchRolledBack1000Indexed)->Iterations(200);
+BENCHMARK(BM_SearchRolledBack1000ByTime)->Iterations(20);
 
 }  // namespace
 }  // namespace keel

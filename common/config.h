@@ -68,7 +68,7 @@ struct CoordinatorConfig {
   std::uint32_t requestIdRetentionS = 86400;   // request ids are remembered this long
   std::uint32_t requestClockSkewMs = 300000;   // a request time this far ahead of ours is refused
   std::uint32_t hotRetentionS = 3600;          // finished interactions leave the hot WAL for the archive after this
-  std::size_t archiveMapSizeMb = 4096;         // LMDB map of each archive period (sparse)
+  std::size_t archiveMapSizeMb = 65536;        // LMDB map of each archive period (sparse): ~110M interactions a day
   std::uint32_t archiveRetentionDays = 365;    // keelctl archive drop refuses periods younger than this
   std::uint32_t retryInitialMs = 50;        // phase-2 / rollback backoff: first delay
   std::uint32_t retryMaxMs = 2000;          // ... capped here

@@ -13,16 +13,29 @@ namespace keel {
 
 namespace fs = std::filesystem;
 
+namespace {
+constexpr const char* kIndexesKey = "indexes";
+}  // namespace
+
 struct Archive::Period {
   std::string name;
   lmdb::Env env;
-  MDB_dbi interactions, rollbacks, requests, byTime;
+  MDB_dbi interactions, rollbacks, requests, byTime, byState, byParticipant, meta;
+  // Every record is in by_state and by_participant: begun empty since they
+  // exist (the mark is written with its first append).
+  bool indexed = false;
+  bool warnedFull = false;  // the archiver's thread only
   Period(std::string n, const std::string& path, std::size_t mapSize)
       : name(std::move(n)), env(path, lmdb::EnvOptions{mapSize, 8}) {
     interactions = env.openDb("interactions");
     rollbacks = env.openDb("rollbacks");
     requests = env.openDb("requests");
     byTime = env.openDb("by_time");
+    byState = env.openDb("by_state");
+    byParticipant = env.openDb("by_participant");
+    meta = env.openDb("meta");
+    auto txn = env.beginRead();
+    indexed = txn.get(meta, kIndexesKey).has_value() || txn.count(interactions) == 0;
   }
 };
 
@@ -155,15 +168,36 @@ void Archive::append(const std::vector<ArchivedInteraction>& batch) {
   for (auto& [name, items] : byPeriod) {
     auto p = open(name, true);
     auto txn = p->env.beginWrite();
+    if (p->indexed && !txn.get(p->meta, kIndexesKey)) txn.put(p->meta, kIndexesKey, "state,participant");
     for (const auto* a : items) {
       std::string key = u64Key(a->seq);
+      std::string when = timeKey(a->createdUs, a->seq);
       txn.put(p->interactions, key, a->interaction);
       if (!a->rollback.empty()) txn.put(p->rollbacks, key, a->rollback);
       if (!a->requestId.empty() && !a->requestRow.empty()) txn.put(p->requests, a->requestId, a->requestRow);
-      txn.put(p->byTime, timeKey(a->createdUs, a->seq), "");
+      txn.put(p->byTime, when, "");
+      try {
+        InteractionRecord rec = decodeInteraction(a->interaction);
+        txn.put(p->byState, std::string(1, char(rec.state)) + when, "");
+        std::vector<std::string> names;
+        for (const auto& b : rec.branches) names.push_back(b.participant);
+        std::sort(names.begin(), names.end());
+        names.erase(std::unique(names.begin(), names.end()), names.end());
+        for (const auto& n : names) txn.put(p->byParticipant, n + std::string(1, '\0') + when, "");
+      } catch (const CorruptRecord& e) {
+        // Kept (by seq and time) but in no search index: named once.
+        KEEL_LOG_ERROR("archive: seq {} does not decode whole ({}): archived, left out of the search indexes",
+                       seqText(a->seq), e.what());
+      }
       newest = std::max(newest, a->createdUs);
     }
     txn.commit();  // durable: the hot WAL drops them only after this
+    if (p->env.fill() >= 0.8 && !p->warnedFull) {
+      p->warnedFull = true;
+      KEEL_LOG_WARN("archive period {} is {}% of archive_map_size_mb = {}: raise it (and restart) before it fills; a "
+                    "full period stops the archiver and the hot WAL keeps what cannot move",
+                    name, int(p->env.fill() * 100), mapSize_ >> 20);
+    }
   }
   std::lock_guard<std::mutex> lk(mu_);
   newest_ = std::max(newest_, newest);
@@ -199,8 +233,10 @@ Micros Archive::newestCreatedUs() const {
   return newest_;
 }
 
-Archive::Page Archive::exportPage(const std::string& cursor, Micros fromUs, Micros toUs, std::size_t maxScanned) const {
-  // cursor: the period's name and the last by_time key looked at.
+Archive::Page Archive::exportPage(const std::string& cursor, Micros fromUs, Micros toUs, std::size_t maxScanned,
+                                  const Filter& filter) const {
+  // cursor: the period's name and the last (createdUs ++ seq) looked at,
+  // whichever index was read.
   Page page;
   std::string startPeriod = periodOf(fromUs), lastPeriod = periodOf(toUs == 0 ? 0 : toUs - 1);
   std::string atPeriod, afterKey;
@@ -210,21 +246,34 @@ Archive::Page Archive::exportPage(const std::string& cursor, Micros fromUs, Micr
   }
   for (const auto& p : snapshot()) {
     if (p->name < startPeriod || p->name > lastPeriod || (!atPeriod.empty() && p->name < atPeriod)) continue;
+    // The narrowest index the period has for the filter.
+    MDB_dbi index = p->byTime;
+    std::string prefix;
+    if (p->indexed && !filter.participant.empty()) {
+      index = p->byParticipant;
+      prefix = filter.participant + std::string(1, '\0');
+    } else if (p->indexed && filter.state) {
+      index = p->byState;
+      prefix = std::string(1, char(*filter.state));
+    }
     auto txn = p->env.beginRead();
-    std::string from = p->name == atPeriod && !afterKey.empty() ? afterKey + std::string(1, '\0') : u64Key(fromUs);
+    std::string from = prefix + (p->name == atPeriod && !afterKey.empty() ? afterKey + std::string(1, '\0')
+                                                                           : u64Key(fromUs));
     bool full = false;
     std::string last;
-    txn.scan(p->byTime, from, [&](std::string_view k, std::string_view) {
-      if (k.size() != 16) return true;
-      Micros created = Micros(keyU64(k.substr(0, 8)));
+    txn.scan(index, from, [&](std::string_view k, std::string_view) {
+      if (k.substr(0, prefix.size()) != prefix) return false;
+      std::string_view when = k.substr(prefix.size());
+      if (when.size() != 16) return true;
+      Micros created = Micros(keyU64(when.substr(0, 8)));
       if (created >= toUs) return false;
       if (page.scanned == maxScanned) {
         full = true;
         return false;
       }
       ++page.scanned;
-      last = std::string(k);
-      std::string key(k.substr(8));
+      last = std::string(when);
+      std::string key(when.substr(8));
       if (auto iv = txn.get(p->interactions, key)) {
         StoredInteraction s;
         s.interaction = std::move(*iv);

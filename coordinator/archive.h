@@ -9,6 +9,12 @@
 //   rollbacks     seq -> RollbackRecord bytes (if it had one)
 //   requests      request id -> RequestRecord bytes (the hot row, moved)
 //   by_time       createdUs ++ seq (16 bytes, big-endian) -> ""
+//   by_state      final state (1 byte) ++ createdUs ++ seq -> ""
+//   by_participant  participant name ++ NUL ++ createdUs ++ seq -> "" (one
+//                 entry per participant the interaction had a branch at)
+//   meta          "indexes": present when every record of the period is in
+//                 by_state and by_participant (a period begun before those
+//                 indexes existed lacks it: its searches read by_time)
 // Every write is one durable LMDB transaction per period (append), made
 // before the hot WAL drops the records (WalStore::dropArchived): a crash in
 // between leaves a record in both, which the next pass archives again
@@ -81,13 +87,21 @@ class Archive {
 
   // One page of an export or search: records created in [fromUs, toUs),
   // oldest period first, by creation time. `cursor` is "" at the start and
-  // the page's `next` afterwards; `next` is "" when done.
+  // the page's `next` afterwards; `next` is "" when done. With a filter,
+  // an indexed period reads only its by_participant (or by_state) entries
+  // in the range; the records are a superset of the matches either way
+  // (a participant filter does not check the state): the caller filters.
   struct Page {
     std::vector<StoredInteraction> records;
     std::uint64_t scanned = 0;
     std::string next;
   };
-  Page exportPage(const std::string& cursor, Micros fromUs, Micros toUs, std::size_t maxScanned) const;
+  struct Filter {
+    std::optional<std::uint8_t> state;  // InteractionRecord::State
+    std::string participant;            // "" = any
+  };
+  Page exportPage(const std::string& cursor, Micros fromUs, Micros toUs, std::size_t maxScanned,
+                  const Filter& filter = {}) const;
 
   struct PeriodInfo {
     std::string name;

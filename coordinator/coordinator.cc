@@ -637,7 +637,8 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
 
 // ------------------------------------------------------------ reads
 
-Coordinator::JournalPage Coordinator::journalPage(const JournalCursor& at, Micros fromUs, Micros toUs) const {
+Coordinator::JournalPage Coordinator::journalPage(const JournalCursor& at, Micros fromUs, Micros toUs,
+                                                  const Archive::Filter& filter) const {
   JournalPage out;
   if (!at.archive) {
     auto p = wal_.exportPage(at.after, fromUs, toUs, kExportPageRecords);
@@ -652,7 +653,7 @@ Coordinator::JournalPage Coordinator::journalPage(const JournalCursor& at, Micro
     }
     return out;
   }
-  auto p = archive_->exportPage(at.archiveAt, fromUs, toUs, kExportPageRecords);
+  auto p = archive_->exportPage(at.archiveAt, fromUs, toUs, kExportPageRecords, filter);
   out.scanned = p.scanned;
   for (auto& r : p.records) {
     try {

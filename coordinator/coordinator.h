@@ -146,7 +146,10 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
     std::uint64_t scanned = 0, total = 0;
     std::optional<JournalCursor> next;  // nullopt: the range is done
   };
-  JournalPage journalPage(const JournalCursor& at, Micros fromUs, Micros toUs) const;
+  // `filter` (a search's state and participant) lets the archive read its
+  // indexes; the records still need the caller's filtering.
+  JournalPage journalPage(const JournalCursor& at, Micros fromUs, Micros toUs,
+                          const Archive::Filter& filter = {}) const;
   // The archive's periods, and an operator's drop of those before `before`
   // (YYYY-MM-DD), each older than archive_retention_days: the audit entry
   // is durable before any is removed (operator.cc).

@@ -329,8 +329,18 @@ struct SearchJob {
                        [&](const auto& b) { return b.participant == participant; });
   }
 
+  // What the archive's indexes can narrow the reads to.
+  Archive::Filter filter() const {
+    Archive::Filter f;
+    f.participant = participant;
+    for (std::uint8_t s = 0; s <= std::uint8_t(InteractionRecord::State::HeuristicUnknown); ++s) {
+      if (!state.empty() && state == stateName(InteractionRecord::State(s))) f.state = s;
+    }
+    return f;
+  }
+
   kj::Promise<void> next() {
-    auto page = c.journalPage(at, fromUs, toUs);
+    auto page = c.journalPage(at, fromUs, toUs, filter());
     scanned += page.scanned;
     for (auto& r : page.records) {
       InteractionRecord rec;
@@ -362,6 +372,17 @@ kj::Promise<void> CoordinatorImpl::search(SearchContext ctx) {
   if (p.getLimit() == 0 || p.getLimit() > 10000) return KJ_EXCEPTION(FAILED, "search: limit must be 1..10000");
   if (p.getParticipant().size() > 256 || p.getState().size() > 64) {
     return KJ_EXCEPTION(FAILED, "search: participant or state too long");
+  }
+  std::string stateText = p.getState().cStr();
+  if (!stateText.empty()) {
+    bool known = false;
+    std::string names;
+    for (std::uint8_t s = 0; s <= std::uint8_t(InteractionRecord::State::HeuristicUnknown); ++s) {
+      const char* n = stateName(InteractionRecord::State(s));
+      known = known || stateText == n;
+      names += (names.empty() ? "" : ", ") + std::string(n);
+    }
+    if (!known) return KJ_EXCEPTION(FAILED, kj::str("search: unknown state '", stateText, "' (", names, ")"));
   }
   auto job = kj::heap<SearchJob>(SearchJob{c_, p.getFromUs(), p.getToUs(), p.getParticipant().cStr(),
                                            p.getState().cStr(), p.getLimit()});

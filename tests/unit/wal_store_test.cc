@@ -272,6 +272,88 @@ TEST_F(WalStoreTest, ArchivedInteractionsLeaveTheHotWalAndAreStillFound) {
   EXPECT_TRUE(damaged.get(makeSeq(1, 12)).has_value());
 }
 
+// A search's filter reads the archive's by_state or by_participant index:
+// only the matching entries are read (scanned counts them), in creation
+// order across periods, a page at a time. A period begun before the
+// indexes (no mark) is read by time instead: a superset, filtered by the
+// caller.
+TEST(ArchiveIndexes, AFilterReadsOnlyItsMatchesAndOldPeriodsStillAnswer) {
+  using S = InteractionRecord::State;
+  test::TempDir dir;
+  auto batch = [](std::uint64_t from, std::uint64_t to, Micros day) {
+    std::vector<ArchivedInteraction> out;
+    for (std::uint64_t i = from; i <= to; ++i) {
+      auto rec = finished(i, day + Micros(i) * 1'000'000, i % 10 == 0 ? S::RolledBack : S::Committed);
+      for (const char* p : {"bank-a", i % 2 ? "bank-b" : "bank-c"}) {
+        rec.branches.emplace_back();
+        rec.branches.back().participant = p;
+      }
+      ArchivedInteraction a;
+      a.seq = rec.seq;
+      a.createdUs = rec.createdUs;
+      a.interaction = encode(rec);
+      out.push_back(std::move(a));
+    }
+    return out;
+  };
+  const Micros all = ~Micros(0) >> 1;
+  auto seqsOf = [](const Archive::Page& p) {
+    std::vector<std::uint64_t> out;
+    for (auto& r : p.records) out.push_back(seqCounter(decodeInteraction(r.interaction).seq));
+    return out;
+  };
+  {
+    Archive archive(dir.path() + "/archive", std::size_t(64) << 20);
+    archive.append(batch(1, 100, kDay1));
+    archive.append(batch(101, 200, kDay1 + kDay));
+    Archive::Filter rolledBack;
+    rolledBack.state = std::uint8_t(S::RolledBack);
+    auto p = archive.exportPage("", 0, all, 1000, rolledBack);
+    EXPECT_EQ(p.scanned, 20u) << "read more than the index's matches";
+    std::vector<std::uint64_t> want;
+    for (std::uint64_t i = 10; i <= 200; i += 10) want.push_back(i);
+    EXPECT_EQ(seqsOf(p), want);
+    Archive::Filter bankC;
+    bankC.participant = "bank-c";
+    std::vector<std::uint64_t> seen;
+    std::string cursor;
+    int pages = 0;
+    do {  // 7 at a time, across both periods, in creation order
+      auto page = archive.exportPage(cursor, kDay1 + 50'000'000, all, 7, bankC);
+      EXPECT_LE(page.scanned, 7u);
+      for (auto s : seqsOf(page)) seen.push_back(s);
+      cursor = page.next;
+    } while (!cursor.empty() && ++pages < 100);
+    want.clear();
+    for (std::uint64_t i = 50; i <= 200; i += 2) want.push_back(i);
+    EXPECT_EQ(seen, want);
+    Archive::Filter nobody;
+    nobody.participant = "bank-z";
+    EXPECT_EQ(archive.exportPage("", 0, all, 1000, nobody).scanned, 0u);
+    EXPECT_EQ(archive.exportPage("", 0, all, 1000).scanned, 200u);  // no filter: by time
+  }
+  // The second day's period as one from before the indexes: its mark gone.
+  {
+    lmdb::Env env(dir.path() + "/archive/" + Archive::periodOf(kDay1 + kDay), lmdb::EnvOptions{std::size_t(64) << 20, 8});
+    auto meta = env.openDb("meta");
+    auto txn = env.beginWrite();
+    txn.del(meta, "indexes");
+    txn.commit();
+  }
+  Archive reopened(dir.path() + "/archive", std::size_t(64) << 20);
+  Archive::Filter rolledBack;
+  rolledBack.state = std::uint8_t(S::RolledBack);
+  auto p = reopened.exportPage("", 0, all, 1000, rolledBack);
+  EXPECT_EQ(p.scanned, 10u + 100u);  // the indexed day by its index, the other by time
+  auto got = seqsOf(p);
+  std::vector<std::uint64_t> matches;
+  for (auto s : got) {
+    if (s % 10 == 0) matches.push_back(s);
+  }
+  EXPECT_EQ(matches.size(), 20u);
+  EXPECT_EQ(got.size(), 110u);
+}
+
 TEST(RequestIds, FingerprintIsStableAndTellsOperationsApart) {
   std::vector<Op> a{Op{"bank-a", OpKind::Debit, "alice", 10}, Op{"bank-b", OpKind::Credit, "bob", 10}};
   auto b = a;
