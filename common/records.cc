@@ -494,6 +494,21 @@ const char* stateName(InteractionRecord::State s) {
   return "?";
 }
 
+std::optional<InteractionRecord::State> stateByName(std::string_view name) {
+  for (std::uint8_t s = 0; s <= std::uint8_t(InteractionRecord::State::HeuristicUnknown); ++s) {
+    if (name == stateName(InteractionRecord::State(s))) return InteractionRecord::State(s);
+  }
+  return std::nullopt;
+}
+
+std::string stateNames() {
+  std::string out;
+  for (std::uint8_t s = 0; s <= std::uint8_t(InteractionRecord::State::HeuristicUnknown); ++s) {
+    out += (out.empty() ? "" : ", ") + std::string(stateName(InteractionRecord::State(s)));
+  }
+  return out;
+}
+
 const char* decisionName(InteractionRecord::Decision d) {
   switch (d) {
     case InteractionRecord::Decision::None: return "none";

@@ -134,6 +134,10 @@ struct AuditRecord {
 };
 
 const char* stateName(InteractionRecord::State s);
+// The state a name (stateName's text) stands for; nullopt for any other text.
+std::optional<InteractionRecord::State> stateByName(std::string_view name);
+// Every state's name, comma-separated, for an error message.
+std::string stateNames();
 const char* decisionName(InteractionRecord::Decision d);
 const char* branchStateName(InteractionRecord::BranchState s);
 

@@ -333,9 +333,7 @@ struct SearchJob {
   Archive::Filter filter() const {
     Archive::Filter f;
     f.participant = participant;
-    for (std::uint8_t s = 0; s <= std::uint8_t(InteractionRecord::State::HeuristicUnknown); ++s) {
-      if (!state.empty() && state == stateName(InteractionRecord::State(s))) f.state = s;
-    }
+    if (auto s = stateByName(state)) f.state = std::uint8_t(*s);
     return f;
   }
 
@@ -374,15 +372,8 @@ kj::Promise<void> CoordinatorImpl::search(SearchContext ctx) {
     return KJ_EXCEPTION(FAILED, "search: participant or state too long");
   }
   std::string stateText = p.getState().cStr();
-  if (!stateText.empty()) {
-    bool known = false;
-    std::string names;
-    for (std::uint8_t s = 0; s <= std::uint8_t(InteractionRecord::State::HeuristicUnknown); ++s) {
-      const char* n = stateName(InteractionRecord::State(s));
-      known = known || stateText == n;
-      names += (names.empty() ? "" : ", ") + std::string(n);
-    }
-    if (!known) return KJ_EXCEPTION(FAILED, kj::str("search: unknown state '", stateText, "' (", names, ")"));
+  if (!stateText.empty() && !stateByName(stateText)) {
+    return KJ_EXCEPTION(FAILED, kj::str("search: unknown state '", stateText, "' (", stateNames(), ")"));
   }
   auto job = kj::heap<SearchJob>(SearchJob{c_, p.getFromUs(), p.getToUs(), p.getParticipant().cStr(),
                                            p.getState().cStr(), p.getLimit()});

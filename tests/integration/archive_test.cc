@@ -155,6 +155,8 @@ TEST_F(ArchiveTest, AgentsDropTheBranchRecordsOfArchivedInteractions) {
       std::chrono::seconds(30)))
       << "bank-b still holds " << inspect("bank-b").committed << " committed records";
   EXPECT_TRUE(eventually([&] { return inLog("release: participants dropped"); }));
+  auto shown = runStdout("timeout 30 " + binDir() + "/keelctl branches --agent " + cluster_->agentAddress("bank-b"));
+  EXPECT_NE(shown.output.find("; released below 1:"), std::string::npos) << shown.output;
   for (auto seq : seqs) EXPECT_FALSE(knownAtB(seq)) << seqText(seq) << " still known at bank-b";
   // Their story is still told, from the archive.
   auto q = query(seqs[0]);

@@ -124,6 +124,20 @@ TEST_F(ExportTest, SearchFiltersByParticipantAndStateAndSaysWhenThereIsMore) {
     auto r = ctl(std::string("search --from 2020-01-01 --to 2100-01-01 ") + bad);
     EXPECT_EQ(r.exitCode, 2) << bad << ": " << r.output << err();
   }
+  // The coordinator checks the state itself (a client other than keelctl).
+  auto req = client_->capability().searchRequest();
+  req.setFromUs(1);
+  req.setToUs(~std::uint64_t(0) >> 1);
+  req.setLimit(10);
+  req.setState("done");
+  try {
+    req.send().wait(io_.waitScope);
+    ADD_FAILURE() << "an unknown state was searched for";
+  } catch (const kj::Exception& e) {
+    EXPECT_NE(std::string(e.getDescription().cStr()).find("search: unknown state 'done' (preparing, committing"),
+              std::string::npos)
+        << e.getDescription().cStr();
+  }
 }
 
 TEST_F(ExportTest, BadArgumentsAreRefusedBeforeAnythingIsSent) {
