@@ -22,6 +22,7 @@
 #include "bench/backup_run.h"
 #include "bench/host_outage.h"
 #include "bench/keel_load.h"
+#include "bench/metrics_scrape.h"
 #include "bench/raw2pc.h"
 #include "bench/report.h"
 #include "bench/sweep.h"
@@ -30,6 +31,7 @@
 #include "tools/certs.h"
 #include "tools/cluster.h"
 #include "tools/etcd_cluster.h"
+#include "tools/free_port.h"
 #include "tools/host_process.h"
 #include "tools/pg_server.h"
 
@@ -68,6 +70,8 @@ struct Flags {
   std::uint32_t etcdFloorSamples = 200;
   double hostOutage = 0;  // --adapter host: seconds keel-host is down during the load; 0: no outage
   double backupAt = 0;    // --backup-at: a hot backup of the coordinator this far into the window; 0: none
+  double scrapeMetrics = 0;  // --scrape-metrics: admin planes on, /metrics of each scraped this often (s); 0: off
+  bool scrapeCompare = false;  // --scrape-compare: the same load without, then with the scraper
 };
 
 std::pair<std::string, std::string> splitEq(const std::string& s, const char* flag) {
@@ -88,6 +92,7 @@ struct Setup {
   std::unique_ptr<keel::HostProcess> host;  // --adapter host: the host system behind bank-b
   Deployment deployment;
   std::vector<std::string> conninfo;  // postgres: one per agent
+  std::vector<unsigned> adminPorts;   // --scrape-metrics: the coordinator's admin plane, then each agent's
 };
 
 std::string agentName(std::size_t i) { return std::string("bank-") + char('a' + i); }
@@ -137,7 +142,18 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
       copts.clusterToml = keel::test::clusterSection(*s.etcd, "/keel-bench", f.leaseTtl);
       for (auto& kv : f.clusterSet) copts.clusterToml += kv + "\n";
     }
+    if (f.scrapeMetrics > 0) {
+      // Admin planes on every process, on loopback ports of their own.
+      s.adminPorts.push_back(keel::pickFreePort());
+      copts.coordinatorTailToml += "[admin]\nlisten = \"127.0.0.1:" + std::to_string(s.adminPorts[0]) + "\"\n";
+    }
     s.cluster = std::make_unique<keel::LocalCluster>(copts);
+    if (f.scrapeMetrics > 0) {
+      for (auto& a : copts.agents) {
+        s.adminPorts.push_back(keel::pickFreePort());
+        s.cluster->setAgentArgs(a, {"--admin-listen", "127.0.0.1:" + std::to_string(s.adminPorts.back())});
+      }
+    }
     if (adapter == "host") {
       keel::HostOptions ho;
       ho.binDir = copts.binDir;
@@ -247,6 +263,48 @@ RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const s
   o.observer = observer;
   o.atWindowStart = std::move(atStart);
   return runKeelLoad(io, s.deployment, f.spec, o);
+}
+
+// --scrape-metrics: the load while a scraper reads every /metrics once per
+// interval; with --scrape-compare the same load first without it (the
+// admin planes on but idle), then with it, back to back, and the ratio.
+// Fails (1) when a scrape failed or none was made.
+int runScraped(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const RunContext& ctx, JsonObject& j) {
+  addContextFields(j, ctx);
+  std::optional<RunResult> without;
+  if (f.scrapeCompare) {
+    without = runOne(io, s, f, f.mode, f.concurrency);
+    printRun(stdout, *without, ctx);
+  }
+  keel::bench::MetricsScraper scraper(s.adminPorts, f.scrapeMetrics);
+  scraper.start();
+  auto r = runOne(io, s, f, f.mode, f.concurrency);
+  auto sr = scraper.stop();
+  printRun(stdout, r, ctx);
+  std::printf("scraped /metrics of %zu admin planes every %.1f s: %llu answers, %llu failed, p50 %.2f ms, p99 %.2f "
+              "ms, max %.2f ms, %llu bytes per round\n",
+              s.adminPorts.size(), f.scrapeMetrics, (unsigned long long)sr.scrapes, (unsigned long long)sr.failures,
+              sr.percentile(50), sr.percentile(99), sr.percentile(100), (unsigned long long)sr.bytes);
+  if (!sr.firstFailure.empty()) std::printf("first failed scrape: %s\n", sr.firstFailure.c_str());
+  addRunFields(j, r);
+  j.add("scrape_interval_s", f.scrapeMetrics);
+  j.add("scrapes", sr.scrapes);
+  j.add("scrape_failures", sr.failures);
+  j.add("scrape_p50_ms", sr.percentile(50));
+  j.add("scrape_p99_ms", sr.percentile(99));
+  j.add("scrape_max_ms", sr.percentile(100));
+  j.add("scrape_bytes_per_round", sr.bytes);
+  if (without) {
+    double ratio = without->committedPerSecond() > 0 ? r.committedPerSecond() / without->committedPerSecond() : 0;
+    std::printf("scraped / not scraped: %.3f of the committed transfers per second (%.0f vs %.0f), p99 %llu vs %llu "
+                "us\n",
+                ratio, r.committedPerSecond(), without->committedPerSecond(),
+                (unsigned long long)r.latency.percentile(99), (unsigned long long)without->latency.percentile(99));
+    j.add("unscraped_committed_per_s", without->committedPerSecond());
+    j.add("unscraped_p99_us", std::uint64_t(without->latency.percentile(99)));
+    j.add("scraped_ratio", ratio);
+  }
+  return sr.failures == 0 && sr.scrapes > 0 ? 0 : 1;
 }
 
 RunContext contextOf(const Flags& f) {
@@ -424,6 +482,13 @@ int main(int argc, char** argv) {
   app.add_option("--etcd-floor-samples", f.etcdFloorSamples, "sequential txns per --etcd-floor median")
       ->capture_default_str()
       ->check(CLI::Range(10u, 100000u));
+  app.add_option("--scrape-metrics", f.scrapeMetrics,
+                 "self-started: admin planes on, /metrics of each scraped every SECONDS during the load "
+                 "(docs/performance.md, \"Admin plane\")")
+      ->type_name("SECONDS")
+      ->check(CLI::Range(0.05, 60.0));
+  app.add_flag("--scrape-compare", f.scrapeCompare,
+               "with --scrape-metrics: the same load first without the scraper, then with it, and the ratio");
   app.add_flag("--quiet", f.quiet, "no progress lines");
   app.add_option("--seed", f.seed, "workload random seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -435,6 +500,14 @@ int main(int argc, char** argv) {
   if (!f.coordinator.empty() && f.agentAddrs.empty()) return usage("--coordinator needs --agent NAME=HOST:PORT for each agent");
   if (f.coordinator.empty() && !f.agentAddrs.empty()) return usage("--agent needs --coordinator");
   if (!f.coordinator.empty() && f.agents != 0) return usage("--agents starts a deployment; not with --coordinator");
+  if (f.scrapeCompare && f.scrapeMetrics == 0) return usage("--scrape-compare needs --scrape-metrics SECONDS");
+  if (f.scrapeMetrics > 0) {
+    if (!f.coordinator.empty()) return usage("--scrape-metrics starts the admin planes: not with --coordinator");
+    if (f.adapter == "host" || f.cluster != 0 || f.sweep || f.compare || f.backupAt > 0 || f.mode != "keel") {
+      return usage("--scrape-metrics runs one keel load (ledger or postgres, one coordinator): not with --adapter "
+                   "host, --cluster, --sweep, --compare, --backup-at or --mode raw2pc");
+    }
+  }
   if (!f.coordinator.empty() && f.adapter == "postgres") {
     return usage("--adapter postgres starts its own PostgreSQL and deployment; not with --coordinator");
   }
@@ -565,6 +638,8 @@ int main(int argc, char** argv) {
       addRunFields(j, r);
       addBackupRunFields(j, b);
       if (!b.fired || !b.error.empty()) rc = 1;
+    } else if (f.scrapeMetrics > 0) {
+      rc = runScraped(io, s, f, ctx, j);
     } else {
       auto r = runOne(io, s, f, f.mode, f.concurrency);
       printRun(stdout, r, ctx);

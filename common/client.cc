@@ -172,6 +172,35 @@ kj::Promise<std::vector<InteractionRecord>> KeelClient::listHeuristic(std::uint3
   return req.send().then([](auto resp) { return readRecordList(resp.getInteractions()); });
 }
 
+KeelClient::KeelClient(wire::Coordinator::Client cap) : cap_(kj::mv(cap)) {}
+
+kj::Promise<CoordinatorStats> KeelClient::stats() {
+  return cap_.statsRequest().send().then([](auto resp) {
+    auto s = resp.getStats();
+    CoordinatorStats v;
+    v.count = s.getCount();
+    v.p50Us = s.getP50Us();
+    v.p99Us = s.getP99Us();
+    v.maxUs = s.getMaxUs();
+    v.rollbacks = s.getRollbacks();
+    v.retriedCommits = s.getRetriedCommits();
+    v.heuristic = s.getHeuristic();
+    v.inDoubt = s.getInDoubt();
+    v.oldestUs = s.getOldestUs();
+    return v;
+  });
+}
+
+kj::Promise<std::vector<std::string>> KeelClient::audit(std::uint32_t limit) {
+  auto req = cap_.auditRequest();
+  req.setLimit(limit);
+  return req.send().then([](auto resp) {
+    std::vector<std::string> entries;
+    for (auto e : resp.getEntries()) entries.emplace_back(e.cStr());
+    return entries;
+  });
+}
+
 kj::Promise<CoordinatorInfo> KeelClient::info() {
   return cap_.infoRequest().send().then([](auto resp) {
     CoordinatorInfo i;
@@ -207,6 +236,31 @@ std::int64_t AgentSnapshot::held() const {
 
 AgentClient::AgentClient(kj::Own<RpcConnection> conn)
     : conn_(kj::mv(conn)), cap_(conn_->bootstrap<wire::Participant>()) {}
+
+AgentClient::AgentClient(wire::Participant::Client cap) : cap_(kj::mv(cap)) {}
+
+kj::Promise<std::vector<UnfinishedBranch>> AgentClient::unfinished() {
+  auto req = cap_.recoverRequest();
+  req.setEpoch(0);  // an operator looking: not fenced
+  return req.send().then([](auto resp) {
+    std::vector<UnfinishedBranch> branches;
+    for (auto b : resp.getBranches()) {
+      UnfinishedBranch v;
+      v.xid = Xid{b.getXid().getSeq(), b.getXid().getBranch()};
+      v.prepared = b.getState() == wire::BranchState::PREPARED;
+      v.epoch = b.getEpoch();
+      v.preparedUs = b.getPreparedAtUs();
+      v.hostStep = std::string(b.getHostStep().cStr()).substr(0, 32);
+      for (auto ref : b.getHostRefs()) {
+        if (v.hostRefs.size() == 64) break;
+        v.hostRefs.emplace_back(std::string(ref.cStr()).substr(0, 256));
+      }
+      v.reason = std::string(b.getReason().cStr()).substr(0, 1024);
+      branches.push_back(std::move(v));
+    }
+    return branches;
+  });
+}
 
 kj::Promise<kj::Own<AgentClient>> AgentClient::connect(kj::AsyncIoContext& io, const std::string& address) {
   return rpcConnect(io, address).then([](kj::Own<RpcConnection> c) { return kj::heap<AgentClient>(kj::mv(c)); });

@@ -38,6 +38,15 @@ struct CoordinatorInfo {
   std::uint64_t etcdTxns = 0, etcdDecisions = 0;                // etcd txns sent, decisions they created
 };
 
+// Coordinator.stats: the window of inconsistency of failed interactions
+// (from their first failure until every branch confirmed) and what is in
+// doubt now.
+struct CoordinatorStats {
+  std::uint64_t count = 0, p50Us = 0, p99Us = 0, maxUs = 0;
+  std::uint64_t rollbacks = 0, retriedCommits = 0, heuristic = 0;
+  std::uint64_t inDoubt = 0, oldestUs = 0;
+};
+
 // An interactive transaction (Coordinator.begin): operations call by
 // call, then commit or rollback. Dropping it before either rolls it back.
 class KeelTransaction {
@@ -58,6 +67,10 @@ class KeelClient {
  public:
   static kj::Promise<kj::Own<KeelClient>> connect(kj::AsyncIoContext& io, const std::string& address);
   explicit KeelClient(kj::Own<RpcConnection> conn);
+  // In-process: calls go straight to `cap` (the admin plane's reads use
+  // the coordinator's own RPC object this way, so they answer exactly what
+  // keelctl hears).
+  explicit KeelClient(wire::Coordinator::Client cap);
 
   // A new interaction with no request id (a lost answer cannot be retried
   // safely: use the SubmitRequest form with a request id for that).
@@ -88,6 +101,10 @@ class KeelClient {
   // Heuristic interactions not yet marked reconciled, oldest first.
   kj::Promise<std::vector<InteractionRecord>> listHeuristic(std::uint32_t limit);
   kj::Promise<CoordinatorInfo> info();
+  kj::Promise<CoordinatorStats> stats();
+  // The newest `limit` audit entries, each a JSON object as the coordinator
+  // wrote it (an operator call over TLS).
+  kj::Promise<std::vector<std::string>> audit(std::uint32_t limit);
   wire::Coordinator::Client& capability() { return cap_; }
 
  private:
@@ -148,11 +165,26 @@ struct AgentSnapshot {
   std::int64_t held() const;
 };
 
+// An agent's unfinished branch as Participant.recover tells an operator.
+struct UnfinishedBranch {
+  Xid xid;
+  bool prepared = false;  // else active
+  std::uint64_t epoch = 0;
+  Micros preparedUs = 0;
+  std::string hostStep;               // adapter host: where its calls to the host are
+  std::vector<std::string> hostRefs;  // adapter host: the host's references
+  std::string reason;
+};
+
 class AgentClient {
  public:
   static kj::Promise<kj::Own<AgentClient>> connect(kj::AsyncIoContext& io, const std::string& address);
   explicit AgentClient(kj::Own<RpcConnection> conn);
+  explicit AgentClient(wire::Participant::Client cap);  // in-process (the agent's admin plane)
   kj::Promise<AgentSnapshot> inspect();
+  // Its unfinished branches, asked as an operator (epoch 0: fences nothing).
+  // Text from the agent is cut to bounded lengths (shown, never trusted).
+  kj::Promise<std::vector<UnfinishedBranch>> unfinished();
   wire::Participant::Client& capability() { return cap_; }
 
  private:

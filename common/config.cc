@@ -138,7 +138,7 @@ Statements readStatements(const std::string& path, const toml::table& root) {
 // [tls] and [limits], the same keys for coordinator and agent (`clients`
 // only on a coordinator, `coordinators` only on an agent).
 void loadSecurity(const std::string& path, const toml::table& root, ServerRole role, TlsConfig& tls,
-                  ConnLimits& limits) {
+                  ConnLimits& limits, AdminConfig& admin) {
   if (auto* t = root["tls"].as_table()) {
     if (role == ServerRole::Coordinator) {
       rejectUnknown(path, *t, "tls", {"ca", "cert", "key", "insecure", "operators", "clients", "coordinator_name",
@@ -163,6 +163,18 @@ void loadSecurity(const std::string& path, const toml::table& root, ServerRole r
     tls.handshakeTimeoutMs =
         getInt<std::uint32_t>(path, *t, "tls", "handshake_timeout_ms", tls.handshakeTimeoutMs, 100, 600000);
   }
+  if (auto* a = root["admin"].as_table()) {
+    rejectUnknown(path, *a, "admin", {"listen", "remote"});
+    admin.listen = getString(path, *a, "admin", "listen", "");
+    if (auto n = (*a)["remote"]) {
+      auto v = n.value<bool>();
+      if (!v || !n.is_boolean()) fail(path, "[admin] remote must be true or false");
+      admin.remote = *v;
+    }
+    checkAdmin(path + ": [admin]", admin);
+  } else if (root["admin"]) {
+    fail(path, "[admin] must be a table");
+  }
   if (auto* l = root["limits"].as_table()) {
     rejectUnknown(path, *l, "limits",
                   {"max_connections", "max_connections_per_peer", "max_calls_in_flight", "idle_timeout_s"});
@@ -178,6 +190,17 @@ void loadSecurity(const std::string& path, const toml::table& root, ServerRole r
 }
 
 }  // namespace
+
+void checkAdmin(const std::string& where, const AdminConfig& admin) {
+  if (admin.listen.empty()) return;
+  checkAddress(where + " listen", admin.listen);
+  if (!admin.remote && !loopbackHost(admin.listen)) {
+    throw ConfigError(where + " listen " + admin.listen +
+                      " is not a loopback address: the admin plane serves interactions' stories and the audit log "
+                      "without authentication; put it on loopback, or set remote = true if the network in front "
+                      "of it is trusted (docs/operations.md, \"Admin plane\")");
+  }
+}
 
 bool loopbackHost(const std::string& addr) {
   auto colon = addr.rfind(':');
@@ -243,7 +266,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
   auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
     if (k.str() != "coordinator" && k.str() != "participants" && k.str() != "cluster" && k.str() != "tls" &&
-        k.str() != "limits") {
+        k.str() != "limits" && k.str() != "admin") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");
     }
   }
@@ -326,7 +349,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
     c.cluster.advertise = getString(path, *cl, "cluster", "advertise", "");
     if (!c.cluster.advertise.empty()) checkAddress(path + ": [cluster] advertise", c.cluster.advertise);
   }
-  loadSecurity(path, root, ServerRole::Coordinator, c.tls, c.limits);
+  loadSecurity(path, root, ServerRole::Coordinator, c.tls, c.limits, c.admin);
   return c;
 }
 
@@ -432,7 +455,7 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
     if (k.str() != "agent" && k.str() != "statements" && k.str() != "tls" && k.str() != "limits" &&
-        k.str() != "host") {
+        k.str() != "host" && k.str() != "admin") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");
     }
   }
@@ -462,7 +485,7 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   c.statements = readStatements(path, root);
   readHost(path, root, c.host);
   if (root["host"] && c.adapter != "host") fail(path, "[host] is for adapter = \"host\"; this agent's adapter is " + c.adapter);
-  loadSecurity(path, root, ServerRole::Agent, c.tls, c.limits);
+  loadSecurity(path, root, ServerRole::Agent, c.tls, c.limits, c.admin);
   return c;
 }
 

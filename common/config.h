@@ -57,6 +57,16 @@ struct ConnLimits {
   std::uint32_t idleTimeoutS = 3600;           // a connection with no call this long is closed; 0 = never
 };
 
+// [admin]: the admin HTTP plane (/metrics, the JSON API; docs/operations.md,
+// "Admin plane"), the same keys for coordinator and agent. Off unless
+// `listen` is set. What it serves is read-only but not authenticated (the
+// audit log, interactions' stories): a non-loopback address needs
+// `remote = true`, saying the network in front of it is trusted.
+struct AdminConfig {
+  std::string listen;   // host:port; "" = no admin plane
+  bool remote = false;  // allow a non-loopback listen address
+};
+
 struct CoordinatorConfig {
   std::uint16_t nodeId = 1;                 // top 16 bits of every seq
   std::string listen = "127.0.0.1:7400";    // loopback unless configured otherwise
@@ -80,6 +90,7 @@ struct CoordinatorConfig {
   ClusterConfig cluster;
   TlsConfig tls;
   ConnLimits limits;
+  AdminConfig admin;
 };
 
 // adapter host: how a host system's try / confirm / cancel calls are made
@@ -117,6 +128,7 @@ struct AgentConfig {
   HostConfig host;                    // adapter host: [host] and [host.operations.NAME]
   TlsConfig tls;
   ConnLimits limits;
+  AdminConfig admin;
 };
 
 CoordinatorConfig loadCoordinatorConfig(const std::string& path);
@@ -140,6 +152,8 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
 
 // "host:port" with a numeric port 0..65535; throws ConfigError otherwise.
 void checkAddress(const std::string& where, const std::string& addr);
+// [admin] listen (when set): an address, loopback unless remote = true.
+void checkAdmin(const std::string& where, const AdminConfig& admin);
 // The checks every server runs on its [tls] once flags have been applied:
 // TLS (ca, cert and key all given) or `insecure`, never both and never
 // neither; insecure only on a loopback `listen`; an agent with TLS names

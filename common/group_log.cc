@@ -78,6 +78,7 @@ void GroupCommitLog::writerLoop() {
       if (!queue_.empty()) queuedSince_ = std::chrono::steady_clock::now();
     }
 
+    auto groupStarted = std::chrono::steady_clock::now();
     lmdb::Txn outer;
     try {
       outer = env_.beginWrite();
@@ -109,9 +110,12 @@ void GroupCommitLog::writerLoop() {
       continue;
     }
     stats_.commits.fetch_add(1, std::memory_order_relaxed);
+    stats_.commitLatency->observe(std::uint64_t(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - groupStarted).count()));
     std::size_t jobs = 0;
     for (Job* j : applied) jobs += j->count();
     stats_.jobs.fetch_add(jobs, std::memory_order_relaxed);
+    stats_.groupSize->observe(jobs);
     for (Job* j : applied) j->done(nullptr);
   }
 }

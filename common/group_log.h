@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "common/lmdb.h"
+#include "common/metrics.h"
 
 namespace keel {
 
@@ -71,6 +72,10 @@ class GroupCommitLog {
     std::atomic<std::uint64_t> commits{0};     // durable LMDB commits
     std::atomic<std::uint64_t> jobs{0};        // jobs made durable
     std::atomic<std::uint64_t> failedJobs{0};  // jobs rolled back
+    // Jobs per durable commit (the group sizes, for /metrics).
+    std::unique_ptr<Histogram> groupSize = Histogram::sizes();
+    // Writer thread: first job taken -> the commit's fsync returned.
+    std::unique_ptr<Histogram> commitLatency = Histogram::latency();
   };
 
   GroupCommitLog(lmdb::Env& env, Options opts);

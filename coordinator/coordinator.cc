@@ -42,6 +42,9 @@ Coordinator::Coordinator(const CoordinatorConfig& cfg, kj::AsyncIoContext& io, W
   wal_.setArchive(archive_.get());
   for (const auto& [name, addr] : cfg_.participants) {
     auto l = std::make_unique<ParticipantLink>(io_, name, addr, linkOptions());
+    auto& m = metrics_.participants[name];
+    m = std::make_unique<ParticipantMetrics>();
+    l->setMetrics(m.get());
     l->onHealthChange([this, raw = l.get()](bool up, const std::string& why) { healthChanged(*raw, up, why); });
     links_[name] = std::move(l);
   }
@@ -106,6 +109,7 @@ Coordinator::Interaction& Coordinator::create(std::uint64_t seq, bool interactiv
   it->rec.epoch = epoch_;
   it->rec.interactive = interactive;
   it->rec.createdUs = wallMicros();
+  it->startedMono = monoMicros();
   it->deadlineMs = effectiveDeadline(req.deadlineMs);
   it->rec.deadlineMs = it->deadlineMs;
   it->rec.requestId = req.requestId;
@@ -176,6 +180,8 @@ void Coordinator::answer(Interaction& it, ClientOutcome o, const std::string& re
     out.reason = reason;
     out.requestId = it.rec.requestId;
     it.told = out;  // kept without results: a retry hears the outcome, not the results again
+    metrics_.answers[std::size_t(o)].inc();
+    if (it.startedMono != 0) metrics_.submitToAnswer->observe(monoMicros() - it.startedMono);
     if (o == ClientOutcome::Committed) {
       out.results.reserve(it.opIndex.size());
       for (auto [b, i] : it.opIndex) {
@@ -192,6 +198,7 @@ void Coordinator::answer(Interaction& it, ClientOutcome o, const std::string& re
   for (auto& r : it.replays) {
     if (!r->isWaiting()) continue;
     SubmitOutcome out = *it.told;
+    metrics_.answers[std::size_t(out.outcome)].inc();
     out.replayed = true;
     if (it.told->outcome == ClientOutcome::InDoubt) {  // finished since: the final state says it
       out = replayOutcome(it.rec).value_or(out);
@@ -383,6 +390,7 @@ kj::Promise<void> Coordinator::runOnePhase(Interaction& it) {
 kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vector<Op>> opsPerBranch) {
   std::uint64_t seq = it.rec.seq;
   std::uint64_t epoch = epoch_;
+  Micros sentMono = monoMicros();
   auto deadline = std::min(cfg_.callTimeoutMs, it.deadlineMs) * kj::MILLISECONDS;
   // "First NO or all YES": the round ends early on the first failure.
   auto failed = kj::newPromiseAndFulfiller<void>();
@@ -447,7 +455,8 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
   return kj::joinPromises(calls.releaseAsArray())
       .exclusiveJoin(kj::mv(failed.promise))
       .attach(kj::mv(failedFulfiller))
-      .then([this, seq]() {
+      .then([this, seq, sentMono]() {
+        metrics_.prepare->observe(monoMicros() - sentMono);
         KEEL_FAILPOINT("coord.after_votes");
         Interaction* p = find(seq);
         if (p == nullptr) return false;
@@ -490,12 +499,15 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
   it.rec.decidedUs = wallMicros();
   KEEL_FAILPOINT("coord.before_decision_durable");
   if (cluster_ != nullptr) return decideInCluster(it);
+  Micros queuedMono = monoMicros();
   return persist(it).then(
-      [this, seq]() {
+      [this, seq, queuedMono]() {
         // The COMMIT decision is durable: only now may anyone hear "committed".
         Interaction* p = find(seq);
         if (p == nullptr) return;
         p->commitDurable = true;
+        p->commitDurableMono = monoMicros();
+        metrics_.decisionWrite->observe(p->commitDurableMono - queuedMono);
         KEEL_FAILPOINT("coord.after_decision_durable");
         answer(*p, ClientOutcome::Committed, "");
         tasks_.add(driveCommit(seq));
@@ -603,6 +615,14 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
     KEEL_LOG_ERROR("seq {}: {} (an operator must reconcile: docs/recovery.md)", seqText(seq), note);
   }
   ++(it->rec.heuristic() ? heuristic_ : it->rec.state == State::Committed ? committed_ : rolledBack_);
+  switch (it->rec.state) {
+    case State::Committed: metrics_.committed.inc(); break;
+    case State::RolledBack: metrics_.rolledBack.inc(); break;
+    case State::HeuristicMixed: metrics_.heuristicMixed.inc(); break;
+    default: metrics_.heuristicUnknown.inc(); break;
+  }
+  if (it->commitDurableMono != 0) metrics_.phase2->observe(monoMicros() - it->commitDurableMono);
+  if (it->rec.failedUs != 0) metrics_.inconsistency->observe(now > it->rec.failedUs ? now - it->rec.failedUs : 0);
   // The final record is lazy: a lost "complete" mark only means recovery
   // re-drives an interaction whose participants answer idempotently, so it
   // rides with the next group commit instead of starting one (a forced

@@ -47,6 +47,7 @@
 #include "common/seq.h"
 #include "coordinator/archive.h"
 #include "coordinator/cluster.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/participant_link.h"
 #include "coordinator/wal_store.h"
 
@@ -122,6 +123,21 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
     std::uint64_t rollbacks = 0, retriedCommits = 0, heuristic = 0;
   };
   WindowStats stats() const;
+
+  // /metrics (coordinator/admin.cc): the counters, updated as things happen
+  // and readable from any thread; and what has to be counted on the event
+  // loop at the moment of a scrape (call it there).
+  CoordinatorMetrics& metrics() { return metrics_; }
+  struct Gauges {
+    std::uint64_t live = 0;          // interactions in memory (unfinished)
+    std::uint64_t inDoubt = 0;       // of those, failed and not yet settled (keelctl stats' "in doubt")
+    std::uint64_t oldestInDoubtUs = 0;
+    std::uint64_t rollbackQueue = 0;    // aborting, rollback driven until every participant confirms
+    std::uint64_t committing = 0;       // COMMIT decided, phase 2 not done
+    std::uint64_t walMapBytes = 0, walUsedBytes = 0;
+    bool sweepDone = false;
+  };
+  Gauges gauges() const;
 
   // Operator control (keelctl). retryNow: seq 0 = every unfinished one.
   std::uint32_t retryNow(std::uint64_t seq);
@@ -297,6 +313,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
 
   std::shared_ptr<const void> life_ = std::make_shared<int>(0);  // lifetime()
   const CoordinatorConfig cfg_;
+  CoordinatorMetrics metrics_;  // before links_: they count into it
   kj::AsyncIoContext& io_;
   WalStore& wal_;
   // Where finished interactions go after hot_retention_s; declared before

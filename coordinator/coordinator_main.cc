@@ -4,7 +4,8 @@
 //   keel-coordinator --config coordinator.toml [--data-dir DIR] --restore-from BACKUP
 //                                (coordinator/restore.h; then start as usual)
 //
-// Start-up order, so that a refused start changes nothing: config → data
+// Start-up order, so that a refused start changes nothing: config → the
+// admin address ([admin] listen, bound before anything else) → data
 // directory (lock and identity; created only with --init) → open the WAL →
 // bind the listen address → recovery (decodes every unfinished record before
 // the epoch is bumped, then contacts the agents) → accept clients.
@@ -18,6 +19,8 @@
 #include <iostream>
 #include <memory>
 
+#include "common/admin_http.h"
+#include "common/admin_plane.h"
 #include "common/config.h"
 #include "common/daemon.h"
 #include "common/data_dir.h"
@@ -25,6 +28,7 @@
 #include "common/log.h"
 #include "common/rpc.h"
 #include "common/tls.h"
+#include "coordinator/admin.h"
 #include "coordinator/cluster.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_server.h"
@@ -36,6 +40,9 @@ int main(int argc, char** argv) {
   std::string configPath, listen, dataDir, readyFile;
   app.add_option("--config", configPath, "TOML config file ([coordinator] and [participants])")->required();
   app.add_option("--listen", listen, "host:port for clients (overrides the config; port 0 = any)");
+  std::string adminListen;
+  app.add_option("--admin-listen", adminListen,
+                 "host:port of the admin plane: /metrics and the JSON API (overrides [admin] listen; port 0 = any)");
   app.add_option("--data-dir", dataDir, "WAL directory (overrides the config)");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
   bool checkWal = false, init = false, insecure = false;
@@ -61,6 +68,10 @@ int main(int argc, char** argv) {
       cfg.listen = listen;
     }
     if (!dataDir.empty()) cfg.dataDir = dataDir;
+    if (!adminListen.empty()) {
+      cfg.admin.listen = adminListen;
+      keel::checkAdmin("--admin-listen", cfg.admin);
+    }
     if (insecure) cfg.tls.insecure = true;
     if (!checkWal) keel::checkTransport(cfg.tls, cfg.listen, keel::ServerRole::Coordinator);
     keel::failpoint::initFromEnv();
@@ -119,6 +130,10 @@ int main(int argc, char** argv) {
     // Certificates are read before the data directory is touched: a bad one
     // refuses the start with nothing changed.
     auto tlsReload = keel::startTls(io, cfg.tls);
+    // The admin address is bound first: taken, it refuses the start before
+    // the data directory is touched. It serves once recovery is done.
+    std::unique_ptr<keel::AdminHttpServer> admin;
+    if (!cfg.admin.listen.empty()) admin = std::make_unique<keel::AdminHttpServer>(cfg.admin.listen);
     keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
     cfg.dataDir = dir.path();
     keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20);
@@ -148,11 +163,24 @@ int main(int argc, char** argv) {
     keel::BackupServer backups(*io.lowLevelProvider, wal.env().raw(), keel::formatIdentity(dir.identity()));
     auto impl = kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats(), &backups);
     auto& target = *impl;
-    keel::serveUntilTerminated(io, *server, target, kj::mv(impl), keel::coordinatorAccess(cfg.tls), cfg.limits, bound,
+    capnp::Capability::Client keep = kj::mv(impl);
+    // The admin plane's reads go to the same RPC object, in-process.
+    keel::KeelClient self(keep.castAs<keel::wire::Coordinator>());
+    if (admin) {
+      keel::addCoordinatorRoutes(*admin, kj::getCurrentThreadExecutor(), coordinator, self, wal.log().stats(),
+                                 cfg.nodeId);
+      admin->start();
+      KEEL_LOG_INFO("admin plane on http://{} (/metrics, /api/...)", admin->bound());
+    }
+    KJ_DEFER(if (admin) keel::stopAdminServer(*admin, io.waitScope));
+    keel::serveUntilTerminated(io, *server, target, kj::mv(keep), keel::coordinatorAccess(cfg.tls), cfg.limits, bound,
                                readyFile, "clients with " + std::to_string(cfg.participants.size()) + " participants");
   } catch (const keel::ConfigError& e) {
     KEEL_LOG_ERROR("refused: {}", e.what());
     return keel::kExitBadConfig;
+  } catch (const keel::AdminListenError& e) {
+    KEEL_LOG_ERROR("refused: {} (nothing was changed)", e.what());
+    return keel::kExitFailed;
   } catch (const keel::DataDirError& e) {
     KEEL_LOG_ERROR("refused: {}", e.what());
     return keel::kExitDataDirRefused;

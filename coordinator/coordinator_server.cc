@@ -100,6 +100,7 @@ kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
     for (unsigned i = 0; i < items.size(); ++i) fillSubmitResult(l[i], bad);
     return kj::READY_NOW;
   }
+  c_.metrics().submitBatch->observe(items.size());
   kj::Vector<kj::Promise<SubmitOutcome>> outs(items.size());
   for (auto item : items) {
     auto req = readSubmitRequest(item);

@@ -89,7 +89,7 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                         watch(p->rec.branches[i].participant);
                       }));
   }
-  it->rec.phase2Attempts++;
+  if (it->rec.phase2Attempts++ > 0) metrics_.phase2Retries.inc();
   return guardDriver(seq, kj::joinPromises(calls.releaseAsArray()).then([this, seq]() -> kj::Promise<void> {
     Interaction* p = find(seq);
     if (p == nullptr) return kj::READY_NOW;
@@ -106,6 +106,7 @@ kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
   if (it->rb->pending.empty()) return finish(seq);
   std::uint64_t epoch = epoch_;
   it->rb->attempts++;
+  metrics_.rollbackAttempts.inc();
   it->rb->lastAttemptUs = wallMicros();
   kj::Vector<kj::Promise<void>> calls;
   for (const std::string& participant : it->rb->pending) {

@@ -16,6 +16,9 @@ struct Coordinator::Interaction {
   InteractionRecord rec;
   std::optional<RollbackRecord> rb;
   std::uint32_t deadlineMs = 0;
+  // Monotonic marks for /metrics (coordinator_metrics.h): made here, the
+  // COMMIT decision made durable (0: not in this process).
+  Micros startedMono = 0, commitDurableMono = 0;
   std::uint64_t fingerprint = 0;  // of the request (requests table)
   // Results: per op of the client's request, (branch, op within branch).
   std::vector<std::pair<std::size_t, std::size_t>> opIndex;

@@ -64,6 +64,28 @@ Coordinator::WindowStats Coordinator::stats() const {
   return s;
 }
 
+Coordinator::Gauges Coordinator::gauges() const {
+  // Counted on the loop at the moment of a scrape: one pass over what is
+  // in memory (what is unfinished, never the WAL's history).
+  Gauges g;
+  Micros now = wallMicros();
+  g.live = live_.size();
+  for (const auto& [seq, it] : live_) {
+    switch (it->rec.state) {
+      case State::Aborting: ++g.rollbackQueue; break;
+      case State::Committing: ++g.committing; break;
+      default: break;
+    }
+    if (it->rec.failedUs == 0) continue;
+    ++g.inDoubt;
+    g.oldestInDoubtUs = std::max<std::uint64_t>(g.oldestInDoubtUs, now > it->rec.createdUs ? now - it->rec.createdUs : 0);
+  }
+  g.walMapBytes = wal_.mapSize();
+  g.walUsedBytes = std::uint64_t(wal_.fill() * double(g.walMapBytes));
+  g.sweepDone = sweepDone();
+  return g;
+}
+
 std::uint32_t Coordinator::retryNow(std::uint64_t seq) {
   std::uint32_t woken = 0;
   for (auto& [s, it] : live_) {

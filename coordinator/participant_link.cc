@@ -122,15 +122,23 @@ void ParticipantLink::reset() {
 
 template <typename T, typename Fn>
 kj::Promise<T> ParticipantLink::call(kj::Duration deadline, Fn&& fn) {
+  Micros started = monoMicros();
   return io_.provider->getTimer()
       .timeoutAfter(deadline, client().then([fn = kj::fwd<Fn>(fn)](wire::Participant::Client c) mutable
                                             -> kj::Promise<T> { return fn(c); }))
       .then(
-          [this](T v) -> T {
+          [this, started](T v) -> T {
+            if (metrics_ != nullptr) metrics_->callLatency->observe(monoMicros() - started);
             answered();
             return kj::mv(v);
           },
-          [this](kj::Exception&& e) -> T { kj::throwFatalException(failed(kj::mv(e))); });
+          [this, started](kj::Exception&& e) -> T {
+            if (metrics_ != nullptr) {
+              metrics_->callLatency->observe(monoMicros() - started);
+              metrics_->callFailures.inc();
+            }
+            kj::throwFatalException(failed(kj::mv(e)));
+          });
 }
 
 kj::Exception ParticipantLink::failed(kj::Exception&& e) {
@@ -144,6 +152,7 @@ kj::Exception ParticipantLink::failed(kj::Exception&& e) {
       reset();
       if (up_) {
         up_ = false;
+        if (metrics_ != nullptr) metrics_->up = false;
         downSinceUs_ = wallMicros();
         if (healthChanged_) healthChanged_(false, describeFault(e));
       }
@@ -162,6 +171,7 @@ void ParticipantLink::answered() { markUp(); }
 void ParticipantLink::markUp() {
   if (up_) return;
   up_ = true;
+  if (metrics_ != nullptr) metrics_->up = true;
   if (healthChanged_) healthChanged_(true, "");
 }
 
@@ -239,6 +249,7 @@ class VoteSinkImpl final : public wire::VoteSink::Server {
 
 kj::Promise<std::vector<PrepareReply>> ParticipantLink::sendPrepares(
     std::vector<PrepareItem>&& items, std::function<void(std::size_t, PrepareReply&&)> deliver) {
+  if (metrics_ != nullptr) metrics_->prepareBatch->observe(items.size());
   std::vector<std::size_t> opsSent;
   opsSent.reserve(items.size());
   for (auto& i : items) opsSent.push_back(i.ops.size());
@@ -263,6 +274,7 @@ kj::Promise<std::vector<PrepareReply>> ParticipantLink::sendPrepares(
 }
 
 kj::Promise<std::vector<BranchOutcome>> ParticipantLink::sendPhase2(bool commit, std::vector<XidItem>&& items) {
+  if (metrics_ != nullptr) metrics_->phase2Batch->observe(items.size());
   return call<std::vector<BranchOutcome>>(opts_.callDeadline, [this, commit, items = kj::mv(items)](
                                                                   wire::Participant::Client& c) {
     auto fill = [&](auto req) {

@@ -37,6 +37,7 @@
 #include "common/rpc.h"
 #include "common/statements.h"
 #include "common/types.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/replies.h"
 #include "schemas/keel.capnp.h"
 
@@ -100,6 +101,9 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   Micros downSinceUs() const { return downSinceUs_; }
   // Called once per change of `up` (on the event loop): (up, why).
   void onHealthChange(std::function<void(bool, const std::string&)> fn) { healthChanged_ = std::move(fn); }
+  // Where its calls, batch sizes and health are counted for /metrics
+  // (coordinator_metrics.h); null: not counted. Outlives the link.
+  void setMetrics(ParticipantMetrics* m) { metrics_ = m; }
 
   // Forgets the connection (the next call reconnects).
   void reset();
@@ -157,6 +161,7 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   const LinkOptions opts_;
   bool up_ = true;
   Micros downSinceUs_ = 0;
+  ParticipantMetrics* metrics_ = nullptr;
   std::function<void(bool, const std::string&)> healthChanged_;
   std::set<std::string> malformedLogged_;             // kinds of malformed reply already logged
   kj::TaskSet tasks_;                                 // disconnect watchers

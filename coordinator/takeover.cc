@@ -31,9 +31,11 @@ kj::Promise<void> Coordinator::decideInCluster(Interaction& it) {
   // Durability point (cluster): the create-if-absent COMMIT acknowledged by
   // etcd. The local record follows lazily: after a crash the sweep finds
   // the prepared branches and etcd's decision settles them.
+  Micros queuedMono = monoMicros();
   return cluster_->decide(cfg_.nodeId, epoch_, seq, std::move(want), it.rec.requestId)
       .then(
-          [this, seq](ClusterMember::Outcome o) {
+          [this, seq, queuedMono](ClusterMember::Outcome o) {
+            metrics_.decisionWrite->observe(monoMicros() - queuedMono);
             Interaction* p = find(seq);
             if (p == nullptr) return;
             p->decisionKey = (!o.fenced || o.ours) && o.requestTakenBy == 0;
@@ -55,6 +57,7 @@ kj::Promise<void> Coordinator::decideInCluster(Interaction& it) {
             }
             if (o.decision.commit) {
               p->commitDurable = true;
+              p->commitDurableMono = monoMicros();
               KEEL_FAILPOINT("coord.after_decision_durable");
               answer(*p, ClientOutcome::Committed, "");
               tasks_.add(persist(*p, true));

@@ -17,6 +17,8 @@
 
 #include <iostream>
 
+#include "common/admin_http.h"
+#include "common/admin_plane.h"
 #include "common/config.h"
 #include "common/daemon.h"
 #include "common/data_dir.h"
@@ -24,6 +26,7 @@
 #include "common/log.h"
 #include "common/rpc.h"
 #include "common/tls.h"
+#include "participant/admin.h"
 #include "participant/agent.h"
 #include "participant/agent_server.h"
 #include "participant/host_agent.h"
@@ -37,6 +40,9 @@ int main(int argc, char** argv) {
   app.add_option("--config", configPath, "TOML config file ([agent] section)");
   app.add_option("--name", name, "participant name, as the coordinator's config knows it");
   app.add_option("--listen", listen, "host:port to listen on (port 0 = any free port)");
+  std::string adminListen;
+  app.add_option("--admin-listen", adminListen,
+                 "host:port of the admin plane: /metrics and the JSON API (overrides [admin] listen; port 0 = any)");
   app.add_option("--data-dir", dataDir, "directory of the agent's LMDB environment");
   app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
@@ -83,6 +89,10 @@ int main(int argc, char** argv) {
     if (!configPath.empty()) cfg = keel::loadAgentConfig(configPath);
     if (!name.empty()) cfg.name = name;
     if (!listen.empty()) cfg.listen = listen;
+    if (!adminListen.empty()) {
+      cfg.admin.listen = adminListen;
+      keel::checkAdmin("--admin-listen", cfg.admin);
+    }
     if (!dataDir.empty()) cfg.dataDir = dataDir;
     if (mapSizeMb != 0) cfg.mapSizeMb = mapSizeMb;
     if (!coordinator.empty()) cfg.coordinator = coordinator;
@@ -142,6 +152,10 @@ int main(int argc, char** argv) {
     // Certificates are read before the data directory is touched: a bad one
     // refuses the start with nothing changed.
     auto tlsReload = keel::startTls(io, cfg.tls);
+    // The admin address is bound first: taken, it refuses the start before
+    // the data directory (or PostgreSQL) is touched.
+    std::unique_ptr<keel::AdminHttpServer> admin;
+    if (!cfg.admin.listen.empty()) admin = std::make_unique<keel::AdminHttpServer>(cfg.admin.listen);
     keel::PgAgentOptions po;
     if (cfg.adapter == "postgres") {
       po.name = cfg.name;
@@ -187,12 +201,26 @@ int main(int argc, char** argv) {
                                keel::formatIdentity(dir.identity()));
     auto impl = kj::heap<keel::ParticipantImpl>(agent, &backups);
     auto& target = *impl;
-    keel::serveUntilTerminated(io, server, target, kj::mv(impl), keel::agentAccess(cfg.tls, cfg.name), cfg.limits,
+    keel::AgentMetrics metrics;
+    target.setMetrics(&metrics);
+    capnp::Capability::Client keep = kj::mv(impl);
+    // The admin plane's reads go to the same RPC object, in-process.
+    keel::AgentClient self(keep.castAs<keel::wire::Participant>());
+    if (admin) {
+      keel::addAgentRoutes(*admin, kj::getCurrentThreadExecutor(), agent, metrics, self);
+      admin->start();
+      KEEL_LOG_INFO("admin plane on http://{} (/metrics, /api/branches)", admin->bound());
+    }
+    KJ_DEFER(if (admin) keel::stopAdminServer(*admin, io.waitScope));
+    keel::serveUntilTerminated(io, server, target, kj::mv(keep), keel::agentAccess(cfg.tls, cfg.name), cfg.limits,
                                bound, readyFile,
                                cfg.name + " (data " + cfg.dataDir + ")");
   } catch (const keel::ConfigError& e) {
     KEEL_LOG_ERROR("refused: {}", e.what());
     return keel::kExitBadConfig;
+  } catch (const keel::AdminListenError& e) {
+    KEEL_LOG_ERROR("refused: {} (nothing was changed)", e.what());
+    return keel::kExitFailed;
   } catch (const keel::DataDirError& e) {
     KEEL_LOG_ERROR("refused: {}", e.what());
     return keel::kExitDataDirRefused;

@@ -89,8 +89,13 @@ void fillBranchInfo(wire::BranchInfo::Builder b, const BranchRecord& r, bool wit
 
 kj::Promise<void> ParticipantImpl::prepare(PrepareContext ctx) {
   auto p = ctx.getParams();
+  Micros started = monoMicros();
   return agent_.prepare(p.getEpoch(), readXid(p.getXid()), readOps(p.getOperations()))
-      .then([ctx](PrepareResult r) mutable {
+      .then([this, ctx, started](PrepareResult r) mutable {
+        if (metrics_ != nullptr) {
+          metrics_->votes[std::size_t(r.vote)].inc();
+          metrics_->prepareSeconds->observe(monoMicros() - started);
+        }
         auto res = ctx.getResults();
         res.setVote(static_cast<wire::Vote>(r.vote));
         res.setReason(r.reason);
@@ -134,6 +139,8 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
     return faultException("a prepareBatch carries at most " + std::to_string(kMaxPrepareBatch) + " items, got " +
                           std::to_string(items.size()));
   }
+  Micros started = monoMicros();
+  if (metrics_ != nullptr) metrics_->prepareBatch->observe(items.size());
   kj::Maybe<kj::Own<VoteStream>> stream;
   if (p.hasSink()) stream = kj::refcounted<VoteStream>(p.getSink(), items.size());
   kj::Vector<kj::Promise<PrepareResult>> votes(items.size());
@@ -172,7 +179,11 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
     votes.add(kj::mv(vote));
     ++index;
   }
-  return kj::joinPromises(votes.releaseAsArray()).then([ctx](kj::Array<PrepareResult> rs) mutable {
+  return kj::joinPromises(votes.releaseAsArray()).then([this, ctx, started](kj::Array<PrepareResult> rs) mutable {
+    if (metrics_ != nullptr) {
+      for (const auto& r : rs) metrics_->votes[r.failed ? kMaxVote + 1 : std::size_t(r.vote)].inc();
+      metrics_->prepareSeconds->observe(monoMicros() - started);
+    }
     auto l = ctx.getResults().initVotes(rs.size());
     for (unsigned i = 0; i < rs.size(); ++i) fillVote(l[i], rs[i]);
   });
@@ -180,8 +191,13 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
 
 kj::Promise<void> ParticipantImpl::execute(ExecuteContext ctx) {
   auto p = ctx.getParams();
+  Micros started = monoMicros();
   return agent_.execute(p.getEpoch(), readXid(p.getXid()), readOps(p.getOperations()))
-      .then([ctx](PrepareResult r) mutable {
+      .then([this, ctx, started](PrepareResult r) mutable {
+        if (metrics_ != nullptr) {
+          metrics_->executes.inc();
+          metrics_->executeSeconds->observe(monoMicros() - started);
+        }
         auto res = ctx.getResults();
         res.setOk(r.vote == Vote::Yes);
         res.setReason(r.reason);
@@ -191,7 +207,13 @@ kj::Promise<void> ParticipantImpl::execute(ExecuteContext ctx) {
 
 kj::Promise<void> ParticipantImpl::commit(CommitContext ctx) {
   auto p = ctx.getParams();
-  return agent_.commit(p.getEpoch(), readFencedXids(p.getXids(), "commit")).then([ctx](std::vector<BranchOutcome> out) mutable {
+  Micros started = monoMicros();
+  if (metrics_ != nullptr) metrics_->phase2Batch->observe(p.getXids().size());
+  return agent_.commit(p.getEpoch(), readFencedXids(p.getXids(), "commit")).then([this, ctx, started](std::vector<BranchOutcome> out) mutable {
+    if (metrics_ != nullptr) {
+      for (auto o : out) metrics_->commits[std::size_t(o)].inc();
+      metrics_->commitSeconds->observe(monoMicros() - started);
+    }
     auto l = ctx.getResults().initOutcomes(out.size());
     for (unsigned i = 0; i < out.size(); ++i) l.set(i, static_cast<wire::BranchOutcome>(out[i]));
   });
@@ -199,7 +221,13 @@ kj::Promise<void> ParticipantImpl::commit(CommitContext ctx) {
 
 kj::Promise<void> ParticipantImpl::rollback(RollbackContext ctx) {
   auto p = ctx.getParams();
-  return agent_.rollback(p.getEpoch(), readFencedXids(p.getXids(), "rollback")).then([ctx](std::vector<BranchOutcome> out) mutable {
+  Micros started = monoMicros();
+  if (metrics_ != nullptr) metrics_->phase2Batch->observe(p.getXids().size());
+  return agent_.rollback(p.getEpoch(), readFencedXids(p.getXids(), "rollback")).then([this, ctx, started](std::vector<BranchOutcome> out) mutable {
+    if (metrics_ != nullptr) {
+      for (auto o : out) metrics_->rollbacks[std::size_t(o)].inc();
+      metrics_->rollbackSeconds->observe(monoMicros() - started);
+    }
     auto l = ctx.getResults().initOutcomes(out.size());
     for (unsigned i = 0; i < out.size(); ++i) l.set(i, static_cast<wire::BranchOutcome>(out[i]));
   });
@@ -207,8 +235,13 @@ kj::Promise<void> ParticipantImpl::rollback(RollbackContext ctx) {
 
 kj::Promise<void> ParticipantImpl::commitOnePhase(CommitOnePhaseContext ctx) {
   auto p = ctx.getParams();
+  Micros started = monoMicros();
   return agent_.commitOnePhase(p.getEpoch(), readXid(p.getXid()), readOps(p.getOperations()))
-      .then([ctx](OnePhaseResult r) mutable {
+      .then([this, ctx, started](OnePhaseResult r) mutable {
+        if (metrics_ != nullptr) {
+          metrics_->onePhase[std::size_t(r.outcome)].inc();
+          metrics_->onePhaseSeconds->observe(monoMicros() - started);
+        }
         auto res = ctx.getResults();
         res.setOutcome(static_cast<wire::BranchOutcome>(r.outcome));
         res.setReason(r.reason);

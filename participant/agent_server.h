@@ -5,6 +5,7 @@
 #include "common/backup.h"
 #include "common/config.h"
 #include "common/rpc.h"
+#include "participant/agent_metrics.h"
 #include "participant/backend.h"
 #include "schemas/keel.capnp.h"
 
@@ -32,10 +33,14 @@ class ParticipantImpl final : public wire::Participant::Server, private kj::Task
   kj::Promise<void> statements(StatementsContext ctx) override;
   kj::Promise<void> backup(BackupContext ctx) override;
 
+  // Counts calls, votes and outcomes there (null: not counted); outlives this.
+  void setMetrics(AgentMetrics* m) { metrics_ = m; }
+
  private:
   void taskFailed(kj::Exception&&) override {}  // a vote sink that went away: the answer carries the votes
   ParticipantBackend& agent_;
   BackupServer* backups_;
+  AgentMetrics* metrics_ = nullptr;
   kj::TaskSet tasks_;  // streamed votes (prepareBatch with a sink)
 };
 

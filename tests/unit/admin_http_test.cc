@@ -7,6 +7,8 @@
 #include "common/admin_http.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <unistd.h>
@@ -594,13 +596,25 @@ TEST(AdminHttpBind, LocalhostAndIpv6) {
 TEST(AdminHttpBind, PrivilegedPortThrows) {
   int unprivileged = 1024;
   std::ifstream("/proc/sys/net/ipv4/ip_unprivileged_port_start") >> unprivileged;
-  if (::geteuid() == 0 || unprivileged <= 1) GTEST_SKIP() << "privileged ports are open to this process";
-  try {
-    AdminHttpServer s("127.0.0.1:1");
-    FAIL() << "bound port 1";
-  } catch (const AdminListenError& e) {
-    EXPECT_NE(std::string(e.what()).find("permission denied"), std::string::npos) << e.what();
+  if (unprivileged <= 1) GTEST_SKIP() << "this machine opens every port to every user";
+  // As root (CI), the bind is tried in a child that gave up root first.
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) ::_exit(3);
+    try {
+      AdminHttpServer s("127.0.0.1:1");
+      ::_exit(1);  // bound port 1
+    } catch (const AdminListenError& e) {
+      ::_exit(std::string(e.what()).find("permission denied") != std::string::npos ? 0 : 2);
+    } catch (...) {
+      ::_exit(4);
+    }
   }
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 0) << "1: port 1 was bound; 2: the error did not say permission denied; 3: setuid failed";
 }
 
 }  // namespace

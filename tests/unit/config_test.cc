@@ -36,5 +36,33 @@ TEST(Config, TextParsesAsAFileDoes) {
   EXPECT_EQ(c.participants.at("bank-a"), "127.0.0.1:7401");
 }
 
+TEST(Config, AdminPlaneIsOffByDefaultAndLoopbackUnlessRemoteIsSaid) {
+  const std::string base = "[coordinator]\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
+  std::string_view none = base;
+  EXPECT_EQ(parseCoordinatorConfig("c.toml", &none).admin.listen, "");
+  std::string onText = base + "[admin]\nlisten = \"127.0.0.1:9400\"\n";
+  std::string_view on = onText;
+  EXPECT_EQ(parseCoordinatorConfig("c.toml", &on).admin.listen, "127.0.0.1:9400");
+  std::string remoteText = base + "[admin]\nlisten = \"0.0.0.0:9400\"\nremote = true\n";
+  std::string_view remote = remoteText;
+  auto c = parseCoordinatorConfig("c.toml", &remote);
+  EXPECT_TRUE(c.admin.remote);
+  EXPECT_EQ(c.admin.listen, "0.0.0.0:9400");
+
+  auto err = errorOf(base + "[admin]\nlisten = \"0.0.0.0:9400\"\n");
+  EXPECT_NE(err.find("is not a loopback address"), std::string::npos) << err;
+  EXPECT_NE(err.find("remote = true"), std::string::npos) << err;
+  EXPECT_EQ(errorOf(base + "[admin]\nlisten = \"localhost\"\n"),
+            "c.toml: [admin] listen: address 'localhost' must be host:port");
+  EXPECT_EQ(errorOf(base + "[admin]\nlisten = \"127.0.0.1:9400\"\nport = 1\n").find("c.toml: [admin]"), 0u);
+  EXPECT_EQ(errorOf(base + "[admin]\nremote = \"yes\"\n"), "c.toml: [admin] remote must be true or false");
+  EXPECT_EQ(errorOf("admin = 5\n" + base), "c.toml: [admin] must be a table");
+
+  // The agent reads the same section.
+  std::string agentText = "[agent]\nname = \"bank-a\"\n[admin]\nlisten = \"127.0.0.1:9401\"\n";
+  std::string_view agent = agentText;
+  EXPECT_EQ(parseAgentConfig("a.toml", &agent).admin.listen, "127.0.0.1:9401");
+}
+
 }  // namespace
 }  // namespace keel

@@ -202,19 +202,7 @@ int Commands::info() {
 
 int Commands::stats() {
   auto [ex, client] = connectAny(io_, g_);
-  auto resp = ex->wait(client->capability().statsRequest().send());
-  auto s = resp.getStats();
-  StatsView v;
-  v.count = s.getCount();
-  v.p50Us = s.getP50Us();
-  v.p99Us = s.getP99Us();
-  v.maxUs = s.getMaxUs();
-  v.rollbacks = s.getRollbacks();
-  v.retriedCommits = s.getRetriedCommits();
-  v.heuristic = s.getHeuristic();
-  v.inDoubt = s.getInDoubt();
-  v.oldestUs = s.getOldestUs();
-  printStats(out_, v, g_.json);
+  printStats(out_, ex->wait(client->stats()), g_.json);
   return kExitDone;
 }
 
@@ -250,34 +238,14 @@ int Commands::reconciled(std::uint64_t seq, const std::string& who, const std::s
 
 int Commands::audit(std::uint32_t limit) {
   auto [ex, client] = connectAny(io_, g_);
-  auto req = client->capability().auditRequest();
-  req.setLimit(limit);
-  auto resp = ex->wait(req.send());
-  std::vector<std::string> entries;
-  for (auto e : resp.getEntries()) entries.emplace_back(e.cStr());  // each a JSON object already
-  printAudit(out_, entries, g_.json);
+  printAudit(out_, ex->wait(client->audit(limit)), g_.json);  // each entry a JSON object already
   return kExitDone;
 }
 
 int Commands::branches(const std::string& agentAddr) {
   auto ex = std::make_unique<Exchange>(io_, agentAddr, g_.timeout);
   auto agent = ex->wait(AgentClient::connect(io_, agentAddr));
-  auto req = agent->capability().recoverRequest();
-  req.setEpoch(0);  // an operator looking: not fenced
-  auto resp = ex->wait(req.send());
-  std::vector<BranchView> branches;
-  for (auto b : resp.getBranches()) {
-    BranchView v{Xid{b.getXid().getSeq(), b.getXid().getBranch()}, b.getState() == wire::BranchState::PREPARED,
-                 b.getEpoch(), b.getPreparedAtUs()};
-    // From the agent: shown as text only, never trusted beyond that.
-    v.hostStep = std::string(b.getHostStep().cStr()).substr(0, 32);
-    for (auto ref : b.getHostRefs()) {
-      if (v.hostRefs.size() == 64) break;
-      v.hostRefs.emplace_back(std::string(ref.cStr()).substr(0, 256));
-    }
-    v.reason = std::string(b.getReason().cStr()).substr(0, 1024);
-    branches.push_back(std::move(v));
-  }
+  auto branches = ex->wait(agent->unfinished());
   printBranches(out_, ex->wait(agent->inspect()), branches, g_.json);
   return kExitDone;
 }

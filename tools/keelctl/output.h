@@ -62,23 +62,11 @@ void printAudit(std::ostream& out, const std::vector<std::string>& entries, bool
 void printInfo(std::ostream& out, const CoordinatorInfo& i, bool json);
 
 // Coordinator.stats as keelctl shows it.
-struct StatsView {
-  std::uint64_t count = 0, p50Us = 0, p99Us = 0, maxUs = 0;
-  std::uint64_t rollbacks = 0, retriedCommits = 0, heuristic = 0;
-  std::uint64_t inDoubt = 0, oldestUs = 0;
-};
+using StatsView = CoordinatorStats;
 void printStats(std::ostream& out, const StatsView& s, bool json);
 
 // An agent's unfinished branches (Participant.recover) and its books.
-struct BranchView {
-  Xid xid;
-  bool prepared = false;  // else active
-  std::uint64_t epoch = 0;
-  Micros preparedUs = 0;
-  std::string hostStep;               // adapter host: where its calls to the host are
-  std::vector<std::string> hostRefs;  // adapter host: the host's references
-  std::string reason;
-};
+using BranchView = UnfinishedBranch;
 void printBranches(std::ostream& out, const AgentSnapshot& snap, const std::vector<BranchView>& branches, bool json);
 // forget: how many branch records were dropped and those refused (not finished).
 // reasons: one per refused xid.

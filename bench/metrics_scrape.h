@@ -1,0 +1,45 @@
+#pragma once
+// keel-bench --scrape-metrics: a Prometheus-like scraper that GETs /metrics
+// from every admin plane of the deployment (the coordinator and each agent)
+// once per interval while the load runs, and times each answer (connect to
+// the last byte). Its own thread; blocking sockets with a 5 s timeout; each
+// scrape round reads every target one after the other, as a scraper would.
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace keel::bench {
+
+struct ScrapeResult {
+  std::uint64_t scrapes = 0;  // answered 200 with a non-empty body
+  std::uint64_t failures = 0;
+  std::string firstFailure;
+  std::uint64_t bytes = 0;     // of the last answer of each target, summed
+  std::vector<double> ms;      // each scrape's time
+  double percentile(double p) const;
+};
+
+class MetricsScraper {
+ public:
+  MetricsScraper(std::vector<unsigned> ports, double intervalS);
+  ~MetricsScraper();
+  void start();
+  ScrapeResult stop();
+
+ private:
+  void loop();
+  std::vector<unsigned> ports_;
+  double intervalS_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  ScrapeResult result_;  // the scraper thread's until stop() joins it
+};
+
+// One GET of `path` on 127.0.0.1:port: (status, body), status 0 when no
+// answer came.
+std::pair<int, std::string> httpGet(unsigned port, const std::string& path);
+
+}  // namespace keel::bench

@@ -1,0 +1,41 @@
+#pragma once
+// The coordinator's admin plane (docs/operations.md, "Admin plane"): the
+// routes its AdminHttpServer serves.
+//
+//   GET /metrics                      Prometheus text: coordinator_metrics.h, the WAL's group commits, gauges
+//   GET /api/info                     = keelctl --json info
+//   GET /api/stats                    = keelctl --json stats
+//   GET /api/list?limit=N             = keelctl --json list (unfinished and heuristic)
+//   GET /api/query?seq=S              = keelctl --json query S (NODE:COUNTER or the number)
+//   GET /api/query?request_id=ID      = keelctl --json query --request-id ID
+//   GET /api/audit?limit=N            = keelctl --json audit
+//
+// Threads: the handlers run on the admin plane's own thread. Counters are
+// read there directly (atomics). Everything else is asked of the event
+// loop through `loop` (kj::Executor): the JSON reads call the coordinator's
+// own RPC object in-process through `client`, the same calls and the same
+// renderings keelctl uses, so no read exists twice; the gauges are counted
+// in one short pass there. The loop is never blocked by the admin plane:
+// it only runs these calls between its own events, as it would a
+// keelctl's.
+
+#include <kj/async.h>
+
+#include "common/admin_http.h"
+#include "common/client.h"
+#include "common/group_log.h"
+#include "coordinator/coordinator.h"
+
+namespace keel {
+
+// /metrics' text from the counters, the gauges counted on the loop and
+// the WAL's group-commit statistics.
+std::string renderCoordinatorMetrics(const CoordinatorMetrics& m, const Coordinator::Gauges& g,
+                                     const GroupCommitLog::Stats& wal, std::uint16_t nodeId);
+
+// Registers the routes above on `server` (before its start()). Everything
+// passed must outlive the server's stop(); `client` is used on the loop only.
+void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coordinator& coordinator,
+                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId);
+
+}  // namespace keel

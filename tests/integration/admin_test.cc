@@ -1,0 +1,292 @@
+// The admin plane (coordinator/admin.h, participant/admin.h): /metrics
+// counts what happened, the JSON API answers exactly what keelctl --json
+// prints, bad input is refused with the reason, and a taken admin address
+// refuses the start before anything is touched.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <regex>
+
+#include "cluster_fixture.h"
+#include "common/strict_json.h"
+#include "tools/bank.h"
+#include "tools/free_port.h"
+
+namespace keel::test {
+namespace {
+
+struct HttpAnswer {
+  int status = 0;
+  std::string headers;
+  std::string body;
+};
+
+// One request on its own connection (Connection: close), read to EOF.
+HttpAnswer httpRequest(unsigned port, const std::string& request) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(std::uint16_t(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    throw std::runtime_error("admin plane on port " + std::to_string(port) + " refused the connection");
+  }
+  std::size_t sent = 0;
+  while (sent < request.size()) {
+    ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    sent += std::size_t(n);
+  }
+  std::string raw;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) raw.append(buf, std::size_t(n));
+  ::close(fd);
+  HttpAnswer r;
+  auto end = raw.find("\r\n\r\n");
+  if (raw.rfind("HTTP/1.1 ", 0) != 0 || end == std::string::npos) throw std::runtime_error("not HTTP: " + raw);
+  r.status = std::stoi(raw.substr(9, 3));
+  r.headers = raw.substr(0, end);
+  r.body = raw.substr(end + 4);
+  return r;
+}
+
+HttpAnswer get(unsigned port, const std::string& target) {
+  return httpRequest(port, "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+}
+
+// The value of the sample `name` (with its labels as written), or -1.
+double sampleOf(const std::string& text, const std::string& name) {
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.size() > name.size() && line.compare(0, name.size(), name) == 0 && line[name.size()] == ' ') {
+      return std::stod(line.substr(name.size() + 1));
+    }
+  }
+  return -1;
+}
+
+class AdminTest : public ClusterTest {
+ protected:
+  ClusterOptions clusterOptions() override {
+    coordPort_ = pickFreePort();
+    agentPort_ = pickFreePort();
+    auto o = ClusterTest::clusterOptions();
+    o.coordinatorTailToml = "[admin]\nlisten = \"127.0.0.1:" + std::to_string(coordPort_) + "\"\n";
+    return o;
+  }
+  void beforeStart(LocalCluster& c) override {
+    c.setAgentArgs("bank-a", {"--admin-listen", "127.0.0.1:" + std::to_string(agentPort_)});
+  }
+
+  std::string keelctl(const std::string& line) {
+    return runStdout(binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " " + line + " --json").output;
+  }
+
+  unsigned coordPort_ = 0, agentPort_ = 0;
+};
+
+TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  for (int i = 0; i < 5; ++i) {
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+    ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  }
+  auto no = submit(transferOps("bank-a:alice", "bank-b:bob", 5000));  // more than alice has: bank-a votes no
+  ASSERT_EQ(no.outcome, ClientOutcome::RolledBack) << no.reason;
+
+  // The rolled-back one is answered once its rollback record is durable; it
+  // is finished once bank-b confirmed too.
+  HttpAnswer m;
+  EXPECT_TRUE(eventually([&] {
+    m = get(coordPort_, "/metrics");
+    return sampleOf(m.body, "keel_interactions_finished_total{state=\"rolled_back\"}") == 1 &&
+           sampleOf(m.body, "keel_interactions_live") == 0;
+  }));
+  ASSERT_EQ(m.status, 200) << m.body;
+  EXPECT_NE(m.headers.find("Content-Type: text/plain; version=0.0.4"), std::string::npos) << m.headers;
+  // The two opens are one-phase, the transfers two-phase; all answered.
+  EXPECT_EQ(sampleOf(m.body, "keel_answers_total{outcome=\"committed\"}"), 7);
+  EXPECT_EQ(sampleOf(m.body, "keel_answers_total{outcome=\"rolled_back\"}"), 1) << m.body;
+  EXPECT_EQ(sampleOf(m.body, "keel_interactions_finished_total{state=\"committed\"}"), 7);
+  EXPECT_EQ(sampleOf(m.body, "keel_interactions_finished_total{state=\"rolled_back\"}"), 1);
+  EXPECT_EQ(sampleOf(m.body, "keel_submit_to_answer_seconds_count"), 8);
+  EXPECT_EQ(sampleOf(m.body, "keel_prepare_seconds_count"), 6);        // the two-phase ones
+  EXPECT_EQ(sampleOf(m.body, "keel_decision_write_seconds_count"), 5);  // the committed transfers
+  EXPECT_EQ(sampleOf(m.body, "keel_phase2_seconds_count"), 5);
+  EXPECT_EQ(sampleOf(m.body, "keel_inconsistency_window_seconds_count"), 1);  // the one that failed
+  EXPECT_GE(sampleOf(m.body, "keel_rollback_attempts_total"), 1);
+  EXPECT_EQ(sampleOf(m.body, "keel_in_doubt"), 0);
+  EXPECT_EQ(sampleOf(m.body, "keel_participant_up{participant=\"bank-a\"}"), 1);
+  EXPECT_EQ(sampleOf(m.body, "keel_participant_up{participant=\"bank-b\"}"), 1);
+  EXPECT_GE(sampleOf(m.body, "keel_participant_call_seconds_count{participant=\"bank-b\"}"), 6);
+  EXPECT_GE(sampleOf(m.body, "keel_wal_commits_total"), 1);
+  EXPECT_GE(sampleOf(m.body, "keel_wal_group_size_count"), 1);
+  EXPECT_GT(sampleOf(m.body, "keel_wal_map_bytes"), 0);
+  EXPECT_EQ(sampleOf(m.body, "keel_recovery_sweep_done"), 1);
+  // No per-interaction label anywhere; every sample line well formed.
+  EXPECT_EQ(m.body.find("seq="), std::string::npos);
+  EXPECT_EQ(m.body.find("request_id="), std::string::npos);
+  std::regex sample(R"(^[a-z_][a-z0-9_]*(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? [-+0-9.eInf]+$)");
+  std::istringstream lines(m.body);
+  std::string line;
+  int samples = 0;
+  while (std::getline(lines, line)) {
+    if (line.rfind("# ", 0) == 0) continue;
+    EXPECT_TRUE(std::regex_match(line, sample)) << line;
+    ++samples;
+  }
+  EXPECT_GT(samples, 100);
+
+  // The agent's: bank-a voted yes five times and no once, committed five.
+  auto a = get(agentPort_, "/metrics");
+  ASSERT_EQ(a.status, 200) << a.body;
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_info{agent=\"bank-a\"}"), 1);
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_votes_total{vote=\"yes\"}"), 5) << a.body;
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_votes_total{vote=\"no\"}"), 1);
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_branch_outcomes_total{call=\"commit\",outcome=\"committed\"}"), 5);
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_branch_outcomes_total{call=\"one_phase\",outcome=\"committed\"}"), 1);
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_branches{state=\"prepared\"}"), 0);
+  EXPECT_GE(sampleOf(a.body, "keel_agent_log_commits_total"), 1);
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_host_up"), 1);
+}
+
+TEST_F(AdminTest, AParticipantThatStoppedAnsweringShowsDown) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  cluster_->stopAgent("bank-b");
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+  EXPECT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  auto m = get(coordPort_, "/metrics");
+  EXPECT_EQ(sampleOf(m.body, "keel_participant_up{participant=\"bank-b\"}"), 0) << m.body;
+  EXPECT_GE(sampleOf(m.body, "keel_participant_call_failures_total{participant=\"bank-b\"}"), 1);
+  EXPECT_EQ(sampleOf(m.body, "keel_participant_up{participant=\"bank-a\"}"), 1);
+  // Its rollback waits for bank-b: in the queue, in doubt, until bank-b is
+  // back; then up again and the interaction finished.
+  EXPECT_EQ(sampleOf(m.body, "keel_rollback_queue"), 1);
+  EXPECT_EQ(sampleOf(m.body, "keel_in_doubt"), 1);
+  EXPECT_EQ(sampleOf(m.body, "keel_interactions_finished_total{state=\"rolled_back\"}"), 0);
+  cluster_->startAgent("bank-b");
+  EXPECT_TRUE(eventually([&] {
+    m = get(coordPort_, "/metrics");
+    return sampleOf(m.body, "keel_interactions_finished_total{state=\"rolled_back\"}") == 1 &&
+           sampleOf(m.body, "keel_participant_up{participant=\"bank-b\"}") == 1 &&
+           sampleOf(m.body, "keel_rollback_queue") == 0 && sampleOf(m.body, "keel_in_doubt") == 0;
+  })) << m.body;
+}
+
+TEST_F(AdminTest, TheJsonApiAnswersWhatKeelctlPrints) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  SubmitRequest req;
+  req.ops = transferOps("bank-a:alice", "bank-b:bob", 10);
+  req.requestId = newRequestId();
+  auto o = client_->submit(req).wait(io_.waitScope);
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+
+  // Phase 2 goes on after the answer: compare once it is finished.
+  ASSERT_TRUE(eventually([&] {
+    auto q = query(o.seq);
+    return q && q->interaction.state == InteractionRecord::State::Committed;
+  }));
+  std::string s = seqText(o.seq);
+  for (auto [api, line] : std::vector<std::pair<std::string, std::string>>{
+           {"/api/query?seq=" + s, "query " + s},
+           {"/api/query?seq=" + std::to_string(o.seq), "query " + s},
+           {"/api/query?request_id=" + req.requestId, "query --request-id " + req.requestId},
+           {"/api/info", "info"},
+           {"/api/stats", "stats"},
+           {"/api/list?limit=10", "list --limit 10"},
+           {"/api/audit", "audit"}}) {
+    auto r = get(coordPort_, api);
+    EXPECT_EQ(r.status, 200) << api << ": " << r.body;
+    EXPECT_NE(r.headers.find("Content-Type: application/json"), std::string::npos) << r.headers;
+    EXPECT_EQ(r.body, keelctl(line)) << api;
+    EXPECT_NO_THROW(JsonReader::parse(r.body)) << api << ": " << r.body;
+  }
+  auto q = JsonReader::parse(get(coordPort_, "/api/query?seq=" + s).body);
+  EXPECT_EQ(q["interaction"]["request_id"].str(), req.requestId);
+
+  // The agent's books and branches: keelctl branches --agent.
+  auto b = get(agentPort_, "/api/branches");
+  EXPECT_EQ(b.status, 200) << b.body;
+  EXPECT_EQ(b.body, runStdout(binDir() + "/keelctl branches --agent " + cluster_->agentAddress("bank-a") + " --json")
+                        .output);
+  EXPECT_NE(b.body.find("\"total\":990"), std::string::npos) << b.body;
+}
+
+TEST_F(AdminTest, BadRequestsAreRefusedWithTheReason) {
+  auto expectError = [&](unsigned port, const std::string& target, int status, const std::string& part) {
+    auto r = get(port, target);
+    EXPECT_EQ(r.status, status) << target << ": " << r.body;
+    Json doc;
+    ASSERT_NO_THROW(doc = JsonReader::parse(r.body)) << target << ": " << r.body;
+    EXPECT_EQ(doc["status"].whole(), std::uint64_t(status));
+    EXPECT_NE(doc["error"].str().find(part), std::string::npos) << target << ": " << r.body;
+  };
+  expectError(coordPort_, "/api/query", 400, "give exactly one of seq=S");
+  expectError(coordPort_, "/api/query?seq=1&request_id=x", 400, "give exactly one of seq=S");
+  expectError(coordPort_, "/api/query?seq=abc", 400, "seq 'abc'");
+  expectError(coordPort_, "/api/query?seq=0", 400, "seq '0'");
+  expectError(coordPort_, "/api/query?request_id=", 400, "request_id must be 1 to 256 characters");
+  expectError(coordPort_, "/api/query?seq=1:999", 404, "no interaction 1:999");
+  expectError(coordPort_, "/api/query?request_id=nobody", 404, "no interaction has request id nobody");
+  expectError(coordPort_, "/api/list?limit=0", 400, "limit 0 is out of range");
+  expectError(coordPort_, "/api/audit?limit=ten", 400, "limit 'ten' is not a whole number");
+  expectError(coordPort_, "/api/list?limit=10001", 400, "out of range");
+  expectError(coordPort_, "/nothing/here", 404, "no such path: /nothing/here");
+  expectError(agentPort_, "/api/query", 404, "no such path");
+  expectError(coordPort_, "/api/info?x=%zz", 400, "");
+  expectError(coordPort_, "/api/info?" + std::string(5000, 'a'), 414, "");
+  auto post = httpRequest(coordPort_, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(post.status, 405);
+  EXPECT_NE(post.headers.find("Allow: GET"), std::string::npos) << post.headers;
+  // Still serving.
+  EXPECT_EQ(get(coordPort_, "/api/info").status, 200);
+}
+
+TEST_F(AdminTest, ATakenAdminAddressRefusesTheStartBeforeAnythingIsTouched) {
+  // A listener of our own on a port, then a coordinator and an agent asked
+  // to put their admin planes there, each with a data directory to create.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(std::uint16_t(pickFreePort()));
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(fd, 4), 0);
+  std::string taken = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  std::string fresh = dir_ + "/fresh-coordinator";
+  auto r = run(binDir() + "/keel-coordinator --config " + dir_ + "/coordinator.toml --listen 127.0.0.1:0 --data-dir " +
+               fresh + " --init --admin-listen " + taken);
+  EXPECT_EQ(r.exitCode, 1) << r.output;
+  EXPECT_NE(r.output.find("admin_listen " + taken), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("in use"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(fresh)) << "the refused start created its data directory";
+
+  std::string freshAgent = dir_ + "/fresh-agent";
+  r = run(binDir() + "/keel-agent --name bank-z --listen 127.0.0.1:0 --insecure --data-dir " + freshAgent +
+          " --init --admin-listen " + taken);
+  EXPECT_EQ(r.exitCode, 1) << r.output;
+  EXPECT_NE(r.output.find("in use"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(freshAgent));
+  ::close(fd);
+
+  // A non-loopback admin address without [admin] remote = true: a config error.
+  r = run(binDir() + "/keel-agent --name bank-z --listen 127.0.0.1:0 --insecure --data-dir " + freshAgent +
+          " --init --admin-listen 0.0.0.0:9400");
+  EXPECT_EQ(r.exitCode, 2) << r.output;
+  EXPECT_NE(r.output.find("not a loopback address"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(freshAgent));
+}
+
+}  // namespace
+}  // namespace keel::test
