@@ -10,6 +10,7 @@
 #include <kj/async-io.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -71,7 +72,8 @@ struct Flags {
   double hostOutage = 0;  // --adapter host: seconds keel-host is down during the load; 0: no outage
   double backupAt = 0;    // --backup-at: a hot backup of the coordinator this far into the window; 0: none
   double scrapeMetrics = 0;  // --scrape-metrics: admin planes on, /metrics of each scraped this often (s); 0: off
-  bool scrapeCompare = false;  // --scrape-compare: the same load without, then with the scraper
+  bool scrapeCompare = false;  // --scrape-compare: windows without and with the scraper, alternated
+  std::uint32_t scrapeRounds = 3;  // --scrape-rounds: scraped windows of --scrape-compare
 };
 
 std::pair<std::string, std::string> splitEq(const std::string& s, const char* flag) {
@@ -266,45 +268,72 @@ RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const s
 }
 
 // --scrape-metrics: the load while a scraper reads every /metrics once per
-// interval; with --scrape-compare the same load first without it (the
-// admin planes on but idle), then with it, back to back, and the ratio.
-// Fails (1) when a scrape failed or none was made.
+// interval. With --scrape-compare, windows without the scraper (the admin
+// planes on but idle) and with it alternate: A B A B ... A, --scrape-rounds
+// scraped windows in all. Each scraped window is compared with the mean of
+// the two unscraped ones around it, and the median of those ratios is the
+// answer: the machine's drift over a run (it is large on two shared cores)
+// cancels out. Fails (1) when a scrape failed or none was made.
 int runScraped(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const RunContext& ctx, JsonObject& j) {
   addContextFields(j, ctx);
-  std::optional<RunResult> without;
-  if (f.scrapeCompare) {
-    without = runOne(io, s, f, f.mode, f.concurrency);
-    printRun(stdout, *without, ctx);
+  std::uint32_t rounds = f.scrapeCompare ? f.scrapeRounds : 1;
+  std::vector<RunResult> scraped, unscraped;
+  keel::bench::ScrapeResult all;
+  auto plain = [&]() {
+    unscraped.push_back(runOne(io, s, f, f.mode, f.concurrency));
+    printRun(stdout, unscraped.back(), ctx);
+  };
+  if (f.scrapeCompare) plain();
+  for (std::uint32_t i = 0; i < rounds; ++i) {
+    keel::bench::MetricsScraper scraper(s.adminPorts, f.scrapeMetrics);
+    scraper.start();
+    scraped.push_back(runOne(io, s, f, f.mode, f.concurrency));
+    auto sr = scraper.stop();
+    std::printf("(scraped)\n");
+    printRun(stdout, scraped.back(), ctx);
+    all.scrapes += sr.scrapes;
+    all.failures += sr.failures;
+    if (all.firstFailure.empty()) all.firstFailure = sr.firstFailure;
+    all.bytes = sr.bytes;
+    all.ms.insert(all.ms.end(), sr.ms.begin(), sr.ms.end());
+    if (f.scrapeCompare) plain();
   }
-  keel::bench::MetricsScraper scraper(s.adminPorts, f.scrapeMetrics);
-  scraper.start();
-  auto r = runOne(io, s, f, f.mode, f.concurrency);
-  auto sr = scraper.stop();
-  printRun(stdout, r, ctx);
-  std::printf("scraped /metrics of %zu admin planes every %.1f s: %llu answers, %llu failed, p50 %.2f ms, p99 %.2f "
+  std::printf("scraped /metrics of %zu admin planes every %.2f s: %llu answers, %llu failed, p50 %.2f ms, p99 %.2f "
               "ms, max %.2f ms, %llu bytes per round\n",
-              s.adminPorts.size(), f.scrapeMetrics, (unsigned long long)sr.scrapes, (unsigned long long)sr.failures,
-              sr.percentile(50), sr.percentile(99), sr.percentile(100), (unsigned long long)sr.bytes);
-  if (!sr.firstFailure.empty()) std::printf("first failed scrape: %s\n", sr.firstFailure.c_str());
-  addRunFields(j, r);
+              s.adminPorts.size(), f.scrapeMetrics, (unsigned long long)all.scrapes, (unsigned long long)all.failures,
+              all.percentile(50), all.percentile(99), all.percentile(100), (unsigned long long)all.bytes);
+  if (!all.firstFailure.empty()) std::printf("first failed scrape: %s\n", all.firstFailure.c_str());
+  addRunFields(j, scraped.back());
   j.add("scrape_interval_s", f.scrapeMetrics);
-  j.add("scrapes", sr.scrapes);
-  j.add("scrape_failures", sr.failures);
-  j.add("scrape_p50_ms", sr.percentile(50));
-  j.add("scrape_p99_ms", sr.percentile(99));
-  j.add("scrape_max_ms", sr.percentile(100));
-  j.add("scrape_bytes_per_round", sr.bytes);
-  if (without) {
-    double ratio = without->committedPerSecond() > 0 ? r.committedPerSecond() / without->committedPerSecond() : 0;
-    std::printf("scraped / not scraped: %.3f of the committed transfers per second (%.0f vs %.0f), p99 %llu vs %llu "
-                "us\n",
-                ratio, r.committedPerSecond(), without->committedPerSecond(),
-                (unsigned long long)r.latency.percentile(99), (unsigned long long)without->latency.percentile(99));
-    j.add("unscraped_committed_per_s", without->committedPerSecond());
-    j.add("unscraped_p99_us", std::uint64_t(without->latency.percentile(99)));
-    j.add("scraped_ratio", ratio);
+  j.add("scrapes", all.scrapes);
+  j.add("scrape_failures", all.failures);
+  j.add("scrape_p50_ms", all.percentile(50));
+  j.add("scrape_p99_ms", all.percentile(99));
+  j.add("scrape_max_ms", all.percentile(100));
+  j.add("scrape_bytes_per_round", all.bytes);
+  if (f.scrapeCompare) {
+    std::vector<double> ratios;
+    std::string list;
+    for (std::uint32_t i = 0; i < rounds; ++i) {
+      double around = (unscraped[i].committedPerSecond() + unscraped[i + 1].committedPerSecond()) / 2;
+      ratios.push_back(around > 0 ? scraped[i].committedPerSecond() / around : 0);
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "%s%.0f / %.0f = %.3f", i ? ", " : "", scraped[i].committedPerSecond(), around,
+                    ratios.back());
+      list += buf;
+    }
+    std::vector<double> sorted = ratios;
+    std::sort(sorted.begin(), sorted.end());
+    double median = sorted[sorted.size() / 2];
+    std::printf("scraped / not scraped (committed transfers per second, each scraped window against the mean of the "
+                "unscraped ones around it): %s; median %.3f\n",
+                list.c_str(), median);
+    std::string arr = "[";
+    for (std::size_t i = 0; i < ratios.size(); ++i) arr += (i ? "," : "") + std::to_string(ratios[i]);
+    j.addRaw("scraped_ratios", arr + "]");
+    j.add("scraped_ratio_median", median);
   }
-  return sr.failures == 0 && sr.scrapes > 0 ? 0 : 1;
+  return all.failures == 0 && all.scrapes > 0 ? 0 : 1;
 }
 
 RunContext contextOf(const Flags& f) {
@@ -488,7 +517,11 @@ int main(int argc, char** argv) {
       ->type_name("SECONDS")
       ->check(CLI::Range(0.05, 60.0));
   app.add_flag("--scrape-compare", f.scrapeCompare,
-               "with --scrape-metrics: the same load first without the scraper, then with it, and the ratio");
+               "with --scrape-metrics: windows without and with the scraper alternated (A B A ... A), each scraped "
+               "one compared with the two around it; the median ratio");
+  app.add_option("--scrape-rounds", f.scrapeRounds, "scraped windows of --scrape-compare")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 50u));
   app.add_flag("--quiet", f.quiet, "no progress lines");
   app.add_option("--seed", f.seed, "workload random seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
