@@ -9,7 +9,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps configure build demo demo-postgres demo-cluster demo-host test test-asan asan-build fuzz bench clean
+.PHONY: all deps browser-deps configure build demo demo-postgres demo-cluster demo-host test test-asan asan-build fuzz bench clean
 
 all: build
 
@@ -47,9 +47,19 @@ demo-cluster: build
 # The whole test suite through ctest (labels: unit, integration, crash, postgres,
 # cluster, chaos, demo, host); it starts what it needs (PostgreSQL, etcd) on loopback.
 # Then the unit and integration labels again in the ASan + UBSan build.
-test: build
+test: build browser-deps
 	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(CTEST_ARGS)
 	@$(MAKE) --no-print-directory test-asan
+
+# puppeteer-core for the console's browser test (label browser), from npm,
+# pinned by tests/browser/package-lock.json, into $(BUILD)/browser; it
+# drives Debian's chromium (installed by deps), never a downloaded browser.
+browser-deps: build
+	@mkdir -p $(BUILD)/browser
+	@cp tests/browser/package.json tests/browser/package-lock.json $(BUILD)/browser/
+	@cd $(BUILD)/browser && if [ ! -d node_modules/puppeteer-core ]; then \
+	  echo "keel: installing puppeteer-core into $(BUILD)/browser (npm ci)"; \
+	  PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error; fi
 
 # Only what those two labels run, at -Og with line tables: every object
 # instrumented (-fsanitize=address,undefined, UB fatal); ctest sets the

@@ -472,6 +472,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(AdminHttpServer::Impl& server, tcp::socket socket)
       : server_(server), socket_(std::move(socket)), deadline_(server.io) {
+    std::error_code ec;
+    auto ep = socket_.remote_endpoint(ec);
+    if (!ec) peer_ = ep.address().to_string() + ":" + std::to_string(ep.port());
     server_.connections.insert(this);
   }
   ~Connection() { server_.connections.erase(this); }
@@ -535,6 +538,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     HttpRequest req = std::move(head_->req);
     req.body = buf_.substr(bodyStart, head_->contentLength);
+    req.peer = peer_;
     bool keepAlive = head_->keepAlive;
     buf_.erase(0, bodyStart + head_->contentLength);
     head_.reset();
@@ -594,6 +598,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   AdminHttpServer::Impl& server_;
   tcp::socket socket_;
+  std::string peer_;  // remote address, for HttpRequest::peer
   asio::steady_timer deadline_;
   std::array<char, kReadChunk> chunk_;
   std::string buf_;  // received, not yet consumed: at most a head, a body and one read beyond

@@ -69,6 +69,7 @@ struct HttpRequest {
   std::vector<std::pair<std::string, std::string>> query;  // decoded query parameters in order ("+" = space)
   std::map<std::string, std::string> headers;              // names lower-cased; repeated headers joined with ", "
   std::string body;
+  std::string peer;  // the client's address, "ip:port" (who asked, for an audit entry)
   // First value of query parameter `name`, or nullopt.
   std::optional<std::string> param(std::string_view name) const;
 };

@@ -164,12 +164,14 @@ void loadSecurity(const std::string& path, const toml::table& root, ServerRole r
         getInt<std::uint32_t>(path, *t, "tls", "handshake_timeout_ms", tls.handshakeTimeoutMs, 100, 600000);
   }
   if (auto* a = root["admin"].as_table()) {
-    rejectUnknown(path, *a, "admin", {"listen", "remote"});
+    rejectUnknown(path, *a, "admin", {"listen", "remote", "actions"});
     admin.listen = getString(path, *a, "admin", "listen", "");
-    if (auto n = (*a)["remote"]) {
-      auto v = n.value<bool>();
-      if (!v || !n.is_boolean()) fail(path, "[admin] remote must be true or false");
-      admin.remote = *v;
+    for (auto [key, flag] : {std::pair<const char*, bool*>{"remote", &admin.remote}, {"actions", &admin.actions}}) {
+      if (auto n = (*a)[key]) {
+        auto v = n.value<bool>();
+        if (!v || !n.is_boolean()) fail(path, std::string("[admin] ") + key + " must be true or false");
+        *flag = *v;
+      }
     }
     checkAdmin(path + ": [admin]", admin);
   } else if (root["admin"]) {

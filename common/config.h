@@ -65,6 +65,10 @@ struct ConnLimits {
 struct AdminConfig {
   std::string listen;   // host:port; "" = no admin plane
   bool remote = false;  // allow a non-loopback listen address
+  // The console's operator actions (retry now, resolve), each written to
+  // the audit log: off unless said. The plane has no identities, so this
+  // switch is the operator's decision that whoever reaches it may act.
+  bool actions = false;
 };
 
 struct CoordinatorConfig {

@@ -7,6 +7,7 @@
 #include "common/admin_plane.h"
 #include "common/records.h"
 #include "common/types.h"
+#include "console_html.h"  // kConsoleHtml, generated from coordinator/console.html
 #include "tools/keelctl/output.h"
 
 namespace keel {
@@ -19,6 +20,53 @@ HttpResponse guarded(Fn&& fn) {
 }
 
 HttpResponse jsonFrom(const std::ostringstream& out) { return HttpResponse::json(200, out.str()); }
+
+// ?seq=S: NODE:COUNTER or the number, not 0.
+std::uint64_t seqParam(const HttpRequest& r) {
+  auto text = r.param("seq");
+  if (!text) throw BadParam{"seq=S is missing (NODE:COUNTER or the number)"};
+  std::string why;
+  auto seq = parseSeqText(*text, &why);
+  if (!seq || *seq == 0) throw BadParam{"seq '" + *text + "': " + (why.empty() ? "not a seq" : why)};
+  return *seq;
+}
+
+// An operator action from the console (POST): allowed only when [admin]
+// actions = true, and only as the console sends it. A browser sends the
+// X-Keel-Action header only from a script of the page's own origin (any
+// other origin would need a CORS preflight, which this plane never
+// grants), and an Origin it sends must be this plane's own: another site
+// cannot make a visitor's browser act here. Returns the refusal, if any.
+std::optional<HttpResponse> refuseAction(const HttpRequest& r, bool actionsOn) {
+  if (!actionsOn) {
+    return HttpResponse::error(403, "operator actions are off on this admin plane: [admin] actions = true turns them "
+                                    "on (docs/operations.md, \"Console\")");
+  }
+  if (r.headers.find("x-keel-action") == r.headers.end()) {
+    return HttpResponse::error(403, "an operator action must carry the X-Keel-Action header (the console sends it)");
+  }
+  auto origin = r.headers.find("origin");
+  auto host = r.headers.find("host");
+  if (origin != r.headers.end() &&
+      (host == r.headers.end() || (origin->second != "http://" + host->second))) {
+    return HttpResponse::error(403, "origin " + origin->second + " may not act on this admin plane");
+  }
+  return std::nullopt;
+}
+
+// Who an action is recorded as: the name the operator gave, and where the
+// request came from (the plane has no identities of its own).
+std::string actor(const HttpRequest& r) {
+  auto who = r.param("who").value_or("");
+  if (who.empty() || who.size() > 128) throw BadParam{"who=NAME is missing or longer than 128 characters"};
+  return who + " (console at " + r.peer + ")";
+}
+
+std::string reasonParam(const HttpRequest& r) {
+  auto why = r.param("why").value_or("");
+  if (why.empty() || why.size() > 1024) throw BadParam{"why=REASON is missing or longer than 1024 characters"};
+  return why;
+}
 
 }  // namespace
 
@@ -99,8 +147,105 @@ std::string renderCoordinatorMetrics(const CoordinatorMetrics& m, const Coordina
   return t.take();
 }
 
+std::string liveJson(const CoordinatorMetrics& m, const Coordinator::Gauges& g, std::uint16_t nodeId, bool actions) {
+  std::ostringstream o;
+  o << "{\"now_us\":" << wallMicros() << ",\"node_id\":" << nodeId << ",\"actions\":" << (actions ? "true" : "false")
+    << ",\"answers\":{";
+  for (std::uint8_t i = 0; i <= kMaxClientOutcome; ++i) {
+    o << (i ? "," : "") << "\"" << snakeCase(clientOutcomeName(ClientOutcome(i))) << "\":" << m.answers[i].value();
+  }
+  o << "},\"finished\":{\"committed\":" << m.committed.value() << ",\"rolled_back\":" << m.rolledBack.value()
+    << ",\"heuristic_mixed\":" << m.heuristicMixed.value() << ",\"heuristic_unknown\":" << m.heuristicUnknown.value()
+    << "},\"in_doubt\":" << g.inDoubt << ",\"oldest_in_doubt_us\":" << g.oldestInDoubtUs
+    << ",\"rollback_queue\":" << g.rollbackQueue << ",\"phase2_queue\":" << g.committing << ",\"live\":" << g.live
+    << ",\"wal_used\":" << (g.walMapBytes ? double(g.walUsedBytes) / double(g.walMapBytes) : 0.0);
+  // submit -> answer: the cumulative buckets, for quantiles of any window
+  // (the page subtracts two readings).
+  auto h = m.submitToAnswer->snapshot();
+  o << ",\"latency\":{\"le_us\":[";
+  for (std::size_t i = 0; i < m.submitToAnswer->bounds().size(); ++i) {
+    o << (i ? "," : "") << std::uint64_t(m.submitToAnswer->bounds()[i]);
+  }
+  o << "],\"cumulative\":[";
+  for (std::size_t i = 0; i < h.cumulative.size(); ++i) o << (i ? "," : "") << h.cumulative[i];
+  o << "],\"count\":" << h.count << "}}\n";
+  return o.str();
+}
+
 void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coordinator& coordinator,
-                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId) {
+                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions) {
+  server.route("GET", "/", [](const HttpRequest&) {
+    auto page = HttpResponse::text(200, "text/html; charset=utf-8", kConsoleHtml);
+    // The page's own inline script and style, calls to this plane only, no
+    // framing by another site.
+    page.headers.emplace_back("Content-Security-Policy",
+                              "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                              "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                              "form-action 'self'");
+    return page;
+  });
+  // Browsers ask for it on their own: nothing, rather than a 404 in the page's console.
+  server.route("GET", "/favicon.ico", [](const HttpRequest&) { return HttpResponse::text(204, "image/x-icon", ""); });
+  server.route("GET", "/api/live", [&loop, &coordinator, nodeId, actions](const HttpRequest&) {
+    return guarded([&] {
+      auto g = loop.executeSync([&coordinator]() { return coordinator.gauges(); });
+      return HttpResponse::json(200, liveJson(coordinator.metrics(), g, nodeId, actions));
+    });
+  });
+  server.route("GET", "/api/participants", [&loop, &coordinator](const HttpRequest&) {
+    return guarded([&] {
+      auto views = loop.executeSync([&coordinator]() { return coordinator.participantViews(); });
+      std::ostringstream o;
+      o << "{\"participants\":[";
+      for (std::size_t i = 0; i < views.size(); ++i) {
+        const auto& v = views[i];
+        auto* pm = coordinator.metrics().participant(v.name);
+        o << (i ? "," : "") << "{\"name\":\"" << jsonEscape(v.name) << "\",\"address\":\"" << jsonEscape(v.address)
+          << "\",\"up\":" << (v.up ? "true" : "false") << ",\"down_since_us\":" << v.downSinceUs
+          << ",\"waiting\":" << v.waiting << ",\"calls\":" << (pm ? pm->callLatency->snapshot().count : 0)
+          << ",\"failures\":" << (pm ? pm->callFailures.value() : 0) << "}";
+      }
+      o << "]}\n";
+      return HttpResponse::json(200, o.str());
+    });
+  });
+  server.route("POST", "/api/retry", [&loop, &coordinator, actions](const HttpRequest& r) {
+    return guarded([&] {
+      if (auto refused = refuseAction(r, actions)) return *refused;
+      std::uint64_t seq = seqParam(r);
+      std::string who = actor(r), why = reasonParam(r);
+      auto done = loop.executeSync([&coordinator, seq, who, why]() { return coordinator.retryAudited(seq, who, why); });
+      std::ostringstream o;
+      o << "{\"done\":" << (done.done ? "true" : "false") << ",\"woken\":" << done.woken << ",\"reason\":\""
+        << jsonEscape(done.reason) << "\"}\n";
+      return HttpResponse::json(done.done ? 200 : 409, o.str());
+    });
+  });
+  server.route("POST", "/api/resolve", [&loop, &client, actions](const HttpRequest& r) {
+    return guarded([&] {
+      if (auto refused = refuseAction(r, actions)) return *refused;
+      std::uint64_t seq = seqParam(r);
+      auto decision = r.param("decision").value_or("");
+      if (decision != "commit" && decision != "rollback") throw BadParam{"decision must be commit or rollback"};
+      auto override = r.param("override").value_or("false");
+      if (override != "true" && override != "false") throw BadParam{"override must be true or false"};
+      std::string who = actor(r), why = reasonParam(r);
+      // The RPC object's resolve, as keelctl resolve calls it: the audit
+      // entry is durable before the decision is acted on.
+      auto resp = loop.executeSync([&client, seq, decision, who, why, override]() {
+        auto req = client.capability().resolveRequest();
+        req.setSeq(seq);
+        req.setCommit(decision == "commit");
+        req.setWho(who);
+        req.setWhy(why);
+        req.setOverride(override == "true");
+        return req.send().then([](auto res) { return std::make_pair(bool(res.getDone()), std::string(res.getReason().cStr())); });
+      });
+      std::ostringstream o;
+      o << "{\"done\":" << (resp.first ? "true" : "false") << ",\"reason\":\"" << jsonEscape(resp.second) << "\"}\n";
+      return HttpResponse::json(resp.first ? 200 : 409, o.str());
+    });
+  });
   server.route("GET", "/metrics", [&loop, &coordinator, &wal, nodeId](const HttpRequest&) {
     return guarded([&] {
       auto g = loop.executeSync([&coordinator]() { return coordinator.gauges(); });
@@ -141,19 +286,16 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
   });
   server.route("GET", "/api/query", [&loop, &client](const HttpRequest& r) {
     return guarded([&] {
-      auto seqText = r.param("seq");
       auto requestId = r.param("request_id");
-      if (seqText.has_value() == requestId.has_value()) {
+      if (r.param("seq").has_value() == requestId.has_value()) {
         throw BadParam{"give exactly one of seq=S (NODE:COUNTER or the number) and request_id=ID"};
       }
       std::optional<QueryResult> found;
       std::string what;
-      if (seqText) {
-        std::string why;
-        auto seq = parseSeqText(*seqText, &why);
-        if (!seq || *seq == 0) throw BadParam{"seq '" + *seqText + "': " + (why.empty() ? "not a seq" : why)};
-        what = "no interaction " + keel::seqText(*seq);
-        found = loop.executeSync([&client, s = *seq]() { return client.query(s); });
+      if (!requestId) {
+        std::uint64_t seq = seqParam(r);
+        what = "no interaction " + keel::seqText(seq);
+        found = loop.executeSync([&client, seq]() { return client.query(seq); });
       } else {
         if (requestId->empty() || requestId->size() > 256) {
           throw BadParam{"request_id must be 1 to 256 characters"};

@@ -9,6 +9,12 @@
 //   GET /api/query?seq=S              = keelctl --json query S (NODE:COUNTER or the number)
 //   GET /api/query?request_id=ID      = keelctl --json query --request-id ID
 //   GET /api/audit?limit=N            = keelctl --json audit
+//   GET /                             the console (coordinator/console.html, embedded)
+//   GET /api/live                     the console's live numbers: counters, gauges, latency buckets
+//   GET /api/participants             each participant: address, up/down, drivers waiting, calls
+//   POST /api/retry?seq=S&who=&why=   retry now, audited ([admin] actions = true)
+//   POST /api/resolve?seq=S&decision=commit|rollback&who=&why=[&override=true]
+//                                     = keelctl resolve, audited ([admin] actions = true)
 //
 // Threads: the handlers run on the admin plane's own thread. Counters are
 // read there directly (atomics). Everything else is asked of the event
@@ -35,7 +41,8 @@ std::string renderCoordinatorMetrics(const CoordinatorMetrics& m, const Coordina
 
 // Registers the routes above on `server` (before its start()). Everything
 // passed must outlive the server's stop(); `client` is used on the loop only.
+// `actions`: [admin] actions, the console's POST routes allowed.
 void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coordinator& coordinator,
-                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId);
+                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions);
 
 }  // namespace keel

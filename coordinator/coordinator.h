@@ -138,9 +138,26 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
     bool sweepDone = false;
   };
   Gauges gauges() const;
+  // Each configured participant as the console shows it (call on the loop).
+  struct ParticipantView {
+    std::string name, address;
+    bool up = true;
+    Micros downSinceUs = 0;   // when it was found silent (while down)
+    std::size_t waiting = 0;  // drivers waiting for it to answer
+  };
+  std::vector<ParticipantView> participantViews() const;
 
   // Operator control (keelctl). retryNow: seq 0 = every unfinished one.
   std::uint32_t retryNow(std::uint64_t seq);
+  // retryNow with an audit entry ("retry", who, why) made durable first:
+  // the console's action (coordinator/admin.cc). Resolves to the drivers
+  // woken; refused (with the reason) without who and why.
+  struct Retried {
+    bool done = false;
+    std::uint32_t woken = 0;
+    std::string reason;
+  };
+  kj::Promise<Retried> retryAudited(std::uint64_t seq, std::string who, std::string why);
   struct ResolveResult {
     bool done = false;
     std::string reason;

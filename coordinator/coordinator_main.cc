@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
     keel::KeelClient self(keep.castAs<keel::wire::Coordinator>());
     if (admin) {
       keel::addCoordinatorRoutes(*admin, kj::getCurrentThreadExecutor(), coordinator, self, wal.log().stats(),
-                                 cfg.nodeId);
+                                 cfg.nodeId, cfg.admin.actions);
       admin->start();
       KEEL_LOG_INFO("admin plane on http://{} (/metrics, /api/...)", admin->bound());
     }

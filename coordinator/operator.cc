@@ -86,6 +86,37 @@ Coordinator::Gauges Coordinator::gauges() const {
   return g;
 }
 
+std::vector<Coordinator::ParticipantView> Coordinator::participantViews() const {
+  std::vector<ParticipantView> out;
+  for (const auto& [name, l] : links_) {
+    ParticipantView v;
+    v.name = name;
+    v.address = l->address();
+    v.up = l->up();
+    v.downSinceUs = l->up() ? 0 : l->downSinceUs();
+    v.waiting = waitingOn(name);
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+kj::Promise<Coordinator::Retried> Coordinator::retryAudited(std::uint64_t seq, std::string who, std::string why) {
+  if (who.empty() || why.empty()) return Retried{false, 0, "say who you are and why"};
+  if (seq != 0 && find(seq) == nullptr) {
+    return Retried{false, 0, "interaction " + seqText(seq) + " is not unfinished here: nothing to retry"};
+  }
+  AuditRecord a;
+  a.atUs = wallMicros();
+  a.seq = seq;
+  a.action = "retry";
+  a.who = std::move(who);
+  a.why = std::move(why);
+  KEEL_LOG_WARN("operator {}: retry now of {} ({})", a.who, seq == 0 ? std::string("every unfinished interaction") : seqText(seq),
+                a.why);
+  // The audit entry is durable before the drivers are woken.
+  return wal_.appendAudit(a).then([this, seq]() { return Retried{true, retryNow(seq), ""}; });
+}
+
 std::uint32_t Coordinator::retryNow(std::uint64_t seq) {
   std::uint32_t woken = 0;
   for (auto& [s, it] : live_) {

@@ -20,7 +20,13 @@ PACKAGES=(
   libgrpc++-dev libprotobuf-dev   # gRPC C++ 1.51 and protobuf: the etcd client (common/etcd)
   protobuf-compiler               # protoc: stubs from schemas/etcd.proto at build time
   protobuf-compiler-grpc          # grpc_cpp_plugin for protoc
+  chromium                        # headless browser for the console test (tests/browser, label browser)
 )
+# Node.js and npm drive chromium in that test (puppeteer-core, from npm).
+# Debian's packages unless a node and an npm are there already (another
+# Node.js install bundles its own npm, which Debian's npm would conflict with).
+command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 
 # `install-deps.sh fuzz` (make fuzz): clang and its libFuzzer, ASan and
 # UBSan runtimes too, which only the fuzz targets need.

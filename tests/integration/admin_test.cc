@@ -249,8 +249,72 @@ TEST_F(AdminTest, BadRequestsAreRefusedWithTheReason) {
   auto post = httpRequest(coordPort_, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(post.status, 405);
   EXPECT_NE(post.headers.find("Allow: GET"), std::string::npos) << post.headers;
+  // Operator actions are off unless [admin] actions = true.
+  auto act = httpRequest(coordPort_, "POST /api/retry?seq=1:1&who=x&why=y HTTP/1.1\r\nHost: x\r\nX-Keel-Action: 1\r\n"
+                                     "Content-Length: 0\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(act.status, 403) << act.body;
+  EXPECT_NE(act.body.find("[admin] actions = true"), std::string::npos) << act.body;
   // Still serving.
   EXPECT_EQ(get(coordPort_, "/api/info").status, 200);
+}
+
+class AdminActionsTest : public AdminTest {
+ protected:
+  // Drivers that wait a minute: only the retry finishes the interaction.
+  std::string coordinatorToml() override { return kSlowDriversToml; }
+  ClusterOptions clusterOptions() override {
+    auto o = AdminTest::clusterOptions();
+    o.agentInDoubtQueryMs = 0;
+    o.coordinatorTailToml += "actions = true\n";
+    return o;
+  }
+  HttpAnswer post(const std::string& target, const std::string& headers) {
+    return httpRequest(coordPort_, "POST " + target + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(coordPort_) +
+                                       "\r\n" + headers + "Content-Length: 0\r\nConnection: close\r\n\r\n");
+  }
+};
+
+TEST_F(AdminActionsTest, ActionsNeedTheConsolesHeaderItsOriginWhoAndWhy) {
+  auto seq = stuckCommit(/*restart=*/true);  // in doubt until a driver retries
+  std::string s = seqText(seq);
+  const std::string ok = "X-Keel-Action: 1\r\n";
+  auto r = post("/api/retry?seq=" + s + "&who=ann&why=test", "");
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(r.body.find("X-Keel-Action"), std::string::npos) << r.body;
+  r = post("/api/retry?seq=" + s + "&who=ann&why=test", ok + "Origin: http://evil.example\r\n");
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(r.body.find("origin http://evil.example may not act"), std::string::npos) << r.body;
+  r = post("/api/retry?seq=" + s + "&who=ann", ok);
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("why=REASON is missing"), std::string::npos) << r.body;
+  r = post("/api/retry?seq=" + s + "&why=x", ok);
+  EXPECT_EQ(r.status, 400) << r.body;
+  r = post("/api/resolve?seq=" + s + "&who=ann&why=x&decision=maybe", ok);
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("decision must be commit or rollback"), std::string::npos) << r.body;
+  r = post("/api/retry?seq=1:999999&who=ann&why=x", ok);
+  EXPECT_EQ(r.status, 409) << r.body;
+  EXPECT_NE(r.body.find("not unfinished here"), std::string::npos) << r.body;
+  // Refused actions wrote nothing.
+  EXPECT_EQ(JsonReader::parse(get(coordPort_, "/api/audit").body)["entries"].array().size(), 0u);
+
+  // The console's request, from its own origin: audited, then done.
+  r = post("/api/retry?seq=" + s + "&who=ann&why=bank-b%20is%20back",
+           ok + "Origin: http://127.0.0.1:" + std::to_string(coordPort_) + "\r\n");
+  EXPECT_EQ(r.status, 200) << r.body;
+  auto entries = JsonReader::parse(get(coordPort_, "/api/audit").body)["entries"].array();
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0]["action"].str(), "retry");
+  EXPECT_EQ(entries[0]["why"].str(), "bank-b is back");
+  EXPECT_EQ(entries[0]["who"].str().rfind("ann (console at 127.0.0.1:", 0), 0u) << entries[0]["who"].str();
+  // Resolving a committing interaction is refused as keelctl's is, and said so.
+  r = post("/api/resolve?seq=" + s + "&who=ann&why=x&decision=rollback", ok);
+  EXPECT_EQ(r.status, 409) << r.body;
+  EXPECT_NE(r.body.find("\"done\":false"), std::string::npos) << r.body;
+  EXPECT_TRUE(eventually([&] {
+    auto q = query(seq);
+    return q && q->interaction.state == InteractionRecord::State::Committed;
+  }));
 }
 
 TEST_F(AdminTest, ATakenAdminAddressRefusesTheStartBeforeAnythingIsTouched) {
