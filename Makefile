@@ -9,7 +9,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps browser-deps configure build demo demo-postgres demo-cluster demo-host test test-asan asan-build fuzz bench clean
+.PHONY: all deps browser-deps configure build package demo demo-postgres demo-cluster demo-host test test-asan asan-build fuzz bench clean
 
 all: build
 
@@ -21,6 +21,11 @@ configure: deps
 
 build: configure
 	@cmake --build $(BUILD) -j$(JOBS)
+
+# keel-coordinator, keel-agent and keel-tools .deb files in $(BUILD)/
+# (packaging/; docs/deploy.md).
+package: build
+	@cmake --build $(BUILD) --target package
 
 # A coordinator and two ledger agents on loopback doing real work,
 # with a coordinator SIGKILL in the middle.

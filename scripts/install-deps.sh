@@ -21,6 +21,7 @@ PACKAGES=(
   protobuf-compiler               # protoc: stubs from schemas/etcd.proto at build time
   protobuf-compiler-grpc          # grpc_cpp_plugin for protoc
   chromium                        # headless browser for the console test (tests/browser, label browser)
+  dpkg-dev                        # dpkg-shlibdeps: the .deb packages' Depends (packaging/, ctest -L packaging)
 )
 # Node.js and npm drive chromium in that test (puppeteer-core, from npm).
 # Debian's packages unless a node and an npm are there already (another
