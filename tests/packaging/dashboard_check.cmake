@@ -1,0 +1,122 @@
+# cmake -DSOURCE_DIR=... -P dashboard_check.cmake (ctest packaging.dashboard_metrics)
+#
+# Keeps docs/monitoring/keel-grafana-dashboard.json from drifting away from
+# what the daemons export: the file must parse as JSON (CMake's own parser:
+# no python or jq on a bare machine), use the datasource variable, and every
+# metric and label its expressions name must be one that
+# coordinator/admin.cc (renderCoordinatorMetrics) or participant/admin.cc
+# (renderAgentMetrics) writes. A renamed metric fails here, not on a
+# dashboard that silently shows "No data". (package_test.sh checks the
+# same names against live /metrics scrapes.)
+cmake_minimum_required(VERSION 3.22)
+
+set(dash_file "${SOURCE_DIR}/docs/monitoring/keel-grafana-dashboard.json")
+file(READ "${dash_file}" dash)
+file(READ "${SOURCE_DIR}/coordinator/admin.cc" src_coordinator)
+file(READ "${SOURCE_DIR}/participant/admin.cc" src_agent)
+set(src "${src_coordinator}\n${src_agent}")
+
+set(errors "")
+macro(problem msg)
+  string(APPEND errors "  ${msg}\n")
+endmacro()
+
+string(JSON schema ERROR_VARIABLE err GET "${dash}" schemaVersion)
+if(err)
+  message(FATAL_ERROR "${dash_file} is not valid JSON, or has no schemaVersion: ${err}")
+endif()
+if(schema LESS 36)
+  problem("schemaVersion ${schema}: expected 36 or later (Grafana 9/10)")
+endif()
+string(JSON var0 ERROR_VARIABLE err GET "${dash}" templating list 0 name)
+if(err OR NOT var0 STREQUAL "datasource")
+  problem("the first template variable must be the Prometheus datasource variable 'datasource'")
+endif()
+
+# Every panel's expressions (rows' nested panels too).
+set(exprs "")
+string(JSON npanels LENGTH "${dash}" panels)
+math(EXPR last "${npanels} - 1")
+foreach(i RANGE ${last})
+  string(JSON panel GET "${dash}" panels ${i})
+  string(JSON title GET "${panel}" title)
+  string(JSON type GET "${panel}" type)
+  if(type STREQUAL "row")
+    continue()
+  endif()
+  string(JSON ds ERROR_VARIABLE err GET "${panel}" datasource uid)
+  if(err OR NOT ds STREQUAL "\${datasource}")
+    problem("panel '${title}': datasource is not \${datasource}")
+  endif()
+  string(JSON ntargets ERROR_VARIABLE err LENGTH "${panel}" targets)
+  if(err OR ntargets EQUAL 0)
+    problem("panel '${title}': no targets")
+    continue()
+  endif()
+  math(EXPR tlast "${ntargets} - 1")
+  foreach(j RANGE ${tlast})
+    string(JSON expr GET "${panel}" targets ${j} expr)
+    list(APPEND exprs "${expr}")
+  endforeach()
+endforeach()
+
+set(checked_metrics "")
+set(checked_labels "")
+foreach(expr IN LISTS exprs)
+  # Metric names: keel_..., with a histogram's _bucket/_sum/_count suffix
+  # taken off; the family must be declared as such in the source.
+  string(REGEX MATCHALL "keel_[a-z0-9_]+" names "${expr}")
+  foreach(name IN LISTS names)
+    set(kind "")
+    if(NOT src MATCHES "t\\.family\\(\"${name}\"" AND name MATCHES "^(.+)_(bucket|sum|count)$")
+      set(name "${CMAKE_MATCH_1}")  # set by the last MATCHES above
+      set(kind "histogram")
+    endif()
+    if(NOT src MATCHES "t\\.family\\(\"${name}\", \"([a-z]+)\"")
+      problem("${name}: no metric of that name in coordinator/admin.cc or participant/admin.cc (in: ${expr})")
+    elseif(kind AND NOT CMAKE_MATCH_1 STREQUAL kind)
+      problem("${name}: used as a ${kind}, exported as a ${CMAKE_MATCH_1}")
+    else()
+      list(APPEND checked_metrics "${name}")
+    endif()
+  endforeach()
+
+  # Label names: in selectors ({outcome=~"..."}) and in by / on /
+  # group_left lists. le is every histogram's; instance and job are
+  # Prometheus's own. The rest must be written as {"label", ...} in the source.
+  set(labels "")
+  string(REGEX MATCHALL "[a-z_]+ *(=~|!~|!=|=) *\"" matchers "${expr}")
+  foreach(m IN LISTS matchers)
+    string(REGEX REPLACE " *(=~|!~|!=|=) *\"$" "" m "${m}")
+    list(APPEND labels "${m}")
+  endforeach()
+  string(REGEX MATCHALL "(by|on|group_left|group_right) *\\([a-z_, ]*\\)" groupings "${expr}")
+  foreach(g IN LISTS groupings)
+    string(REGEX REPLACE "^[a-z_]+ *\\(|\\)$" "" g "${g}")
+    string(REPLACE "," ";" g "${g}")
+    foreach(l IN LISTS g)
+      string(STRIP "${l}" l)
+      list(APPEND labels "${l}")
+    endforeach()
+  endforeach()
+  foreach(label IN LISTS labels)
+    if(label STREQUAL "le" OR label STREQUAL "instance" OR label STREQUAL "job" OR label STREQUAL "")
+      continue()
+    endif()
+    if(NOT src MATCHES "{\"${label}\", ")
+      problem("label '${label}': no metric in the source has it (in: ${expr})")
+    else()
+      list(APPEND checked_labels "${label}")
+    endif()
+  endforeach()
+endforeach()
+
+if(errors)
+  message(FATAL_ERROR "${dash_file} names what the daemons do not export:\n${errors}")
+endif()
+list(REMOVE_DUPLICATES checked_metrics)
+list(REMOVE_DUPLICATES checked_labels)
+list(LENGTH exprs nexprs)
+list(LENGTH checked_metrics nmetrics)
+message(STATUS "dashboard: ${npanels} panels, ${nexprs} expressions; metrics (${nmetrics}): ${checked_metrics}; "
+  "labels: ${checked_labels}")
