@@ -57,7 +57,7 @@ std::string renderAgentMetrics(const std::string& name, const AgentMetrics& m, c
   for (const auto& [node, epoch] : g.fences) t.sample({{"node", std::to_string(node)}}, double(epoch));
   t.family("keel_agent_release_floor", "gauge", "Each coordinator node's release floor held here (a seq).");
   for (const auto& [node, floor] : g.floors) t.sample({{"node", std::to_string(node)}}, double(floor));
-  t.family("keel_agent_host_up", "gauge", "1 while the host system behind answers (postgres, host adapters).");
+  t.family("keel_agent_host_up", "gauge", "1 while the host system behind answers (host adapter; ledger and postgres agents always 1).");
   t.sample(g.unavailable ? 0 : 1);
 
   t.family("keel_agent_log_commits_total", "counter", "Durable (fsync-bearing) commits of the branch log.");
