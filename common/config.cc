@@ -135,6 +135,21 @@ Statements readStatements(const std::string& path, const toml::table& root) {
   return out;
 }
 
+// [log], the same key for coordinator and agent. Checked here, before
+// logging is set up: a bad format is reported on stderr as every config
+// error is, and the process does not start.
+void loadLog(const std::string& path, const toml::table& root, LogConfig& log) {
+  if (auto* l = root["log"].as_table()) {
+    rejectUnknown(path, *l, "log", {"format"});
+    log.format = getString(path, *l, "log", "format", "");
+    if (log.format != "text" && log.format != "json") {
+      fail(path, "[log] format '" + log.format + "' is not known (known: text, json)");
+    }
+  } else if (root["log"]) {
+    fail(path, "[log] must be a table");
+  }
+}
+
 // [tls] and [limits], the same keys for coordinator and agent (`clients`
 // only on a coordinator, `coordinators` only on an agent).
 void loadSecurity(const std::string& path, const toml::table& root, ServerRole role, TlsConfig& tls,
@@ -268,7 +283,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
   auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
     if (k.str() != "coordinator" && k.str() != "participants" && k.str() != "cluster" && k.str() != "tls" &&
-        k.str() != "limits" && k.str() != "admin") {
+        k.str() != "limits" && k.str() != "admin" && k.str() != "log") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");
     }
   }
@@ -352,6 +367,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
     if (!c.cluster.advertise.empty()) checkAddress(path + ": [cluster] advertise", c.cluster.advertise);
   }
   loadSecurity(path, root, ServerRole::Coordinator, c.tls, c.limits, c.admin);
+  loadLog(path, root, c.log);
   return c;
 }
 
@@ -457,7 +473,7 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   auto root = parseFile(path, text);
   for (auto&& [k, v] : root) {
     if (k.str() != "agent" && k.str() != "statements" && k.str() != "tls" && k.str() != "limits" &&
-        k.str() != "host" && k.str() != "admin") {
+        k.str() != "host" && k.str() != "admin" && k.str() != "log") {
       fail(path, "unknown section [" + std::string(k.str()) + "]");
     }
   }
@@ -488,6 +504,7 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   readHost(path, root, c.host);
   if (root["host"] && c.adapter != "host") fail(path, "[host] is for adapter = \"host\"; this agent's adapter is " + c.adapter);
   loadSecurity(path, root, ServerRole::Agent, c.tls, c.limits, c.admin);
+  loadLog(path, root, c.log);
   return c;
 }
 

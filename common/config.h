@@ -71,6 +71,13 @@ struct AdminConfig {
   bool actions = false;
 };
 
+// [log]: how the process logs (docs/operations.md, "Logs"), the same key
+// for coordinator and agent. --log-format overrides it; neither given,
+// KEEL_LOG_FORMAT decides, else text (keel::chooseLogFormat).
+struct LogConfig {
+  std::string format;  // "text" | "json"; "" = not set here
+};
+
 struct CoordinatorConfig {
   std::uint16_t nodeId = 1;                 // top 16 bits of every seq
   std::string listen = "127.0.0.1:7400";    // loopback unless configured otherwise
@@ -95,6 +102,7 @@ struct CoordinatorConfig {
   TlsConfig tls;
   ConnLimits limits;
   AdminConfig admin;
+  LogConfig log;
 };
 
 // adapter host: how a host system's try / confirm / cancel calls are made
@@ -133,6 +141,7 @@ struct AgentConfig {
   TlsConfig tls;
   ConnLimits limits;
   AdminConfig admin;
+  LogConfig log;
 };
 
 CoordinatorConfig loadCoordinatorConfig(const std::string& path);

@@ -1,6 +1,6 @@
 // keel-coordinator: the Keel transaction coordinator.
 //
-//   keel-coordinator --config coordinator.toml [--listen ADDR] [--data-dir DIR] [--init]
+//   keel-coordinator --config coordinator.toml [--listen ADDR] [--data-dir DIR] [--init] [--log-format json]
 //   keel-coordinator --config coordinator.toml [--data-dir DIR] --restore-from BACKUP
 //                                (coordinator/restore.h; then start as usual)
 //
@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
                  "host:port of the admin plane: /metrics and the JSON API (overrides [admin] listen; port 0 = any)");
   app.add_option("--data-dir", dataDir, "WAL directory (overrides the config)");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
+  std::string logFormat;
+  app.add_option("--log-format", logFormat, "text (default) or json, one object a line (overrides [log] format)")
+      ->check(CLI::IsMember({"text", "json"}));
   bool checkWal = false, init = false, insecure = false;
   app.add_flag("--insecure", insecure, "plaintext, no identities (loopback only): the same as [tls] insecure = true");
   app.add_flag("--check-wal", checkWal, "decode every WAL record, list the damaged ones and exit (1 if any)");
@@ -61,6 +64,7 @@ int main(int argc, char** argv) {
   }
 
   keel::CoordinatorConfig cfg;
+  keel::LogFormat format = keel::LogFormat::Text;
   try {
     cfg = keel::loadCoordinatorConfig(configPath);
     if (!listen.empty()) {
@@ -74,13 +78,14 @@ int main(int argc, char** argv) {
     }
     if (insecure) cfg.tls.insecure = true;
     if (!checkWal) keel::checkTransport(cfg.tls, cfg.listen, keel::ServerRole::Coordinator);
+    format = keel::chooseLogFormat(logFormat.empty() ? cfg.log.format : logFormat);
     keel::failpoint::initFromEnv();
   } catch (const std::exception& e) {
     std::cerr << "keel-coordinator: " << e.what() << "\n";
     return keel::kExitBadConfig;
   }
 
-  keel::initLogging("coordinator");
+  keel::initLogging("coordinator", format);
   const keel::DataDirOwner owner{keel::DataDirKind::Coordinator, "coordinator", cfg.nodeId, "keel-coordinator"};
   if (checkWal) {
     // Read-only and without the lock: it may run beside a live coordinator.

@@ -46,6 +46,9 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", dataDir, "directory of the agent's LMDB environment");
   app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
+  std::string logFormat;
+  app.add_option("--log-format", logFormat, "text (default) or json, one object a line (overrides [log] format)")
+      ->check(CLI::IsMember({"text", "json"}));
   std::string coordinator, debugBreak, adapter, postgres;
   std::uint32_t poolSize = 0;
   app.add_option("--adapter", adapter, "resource adapter: ledger (default), postgres or host")
@@ -85,6 +88,7 @@ int main(int argc, char** argv) {
   }
 
   keel::AgentConfig cfg;
+  keel::LogFormat format = keel::LogFormat::Text;
   try {
     if (!configPath.empty()) cfg = keel::loadAgentConfig(configPath);
     if (!name.empty()) cfg.name = name;
@@ -139,13 +143,14 @@ int main(int argc, char** argv) {
     }
     keel::checkAddress("listen", cfg.listen);
     keel::checkTransport(cfg.tls, cfg.listen, keel::ServerRole::Agent);
+    format = keel::chooseLogFormat(logFormat.empty() ? cfg.log.format : logFormat);
     keel::failpoint::initFromEnv();
   } catch (const std::exception& e) {
     std::cerr << "keel-agent: " << e.what() << "\n";
     return keel::kExitBadConfig;
   }
 
-  keel::initLogging("agent " + cfg.name);
+  keel::initLogging("agent " + cfg.name, format);
   try {
     keel::captureTerminationSignals();
     auto io = kj::setupAsyncIo();

@@ -14,6 +14,7 @@
 
 #include "common/lmdb.h"
 #include "common/seq.h"
+#include "common/strict_json.h"
 #include "common/wire.h"
 #include "tests/integration/cluster_fixture.h"
 
@@ -267,6 +268,57 @@ TEST(DataDirStart, AMissingDirectoryIsCreatedOnlyWithInit) {
       << r.output;
   EXPECT_FALSE(std::filesystem::exists(base + "/not"));
   EXPECT_FALSE(std::filesystem::exists(base + "/rel"));
+  std::filesystem::remove_all(base);
+}
+
+// --log-format json reaches the refusal too: stderr is JSON objects, one a
+// line, the refusal among them at level error. A config error comes before
+// logging is set up and stays a plain line, whatever the format.
+TEST(DataDirStart, WithLogFormatJsonTheRefusalIsAJsonObjectAtLevelError) {
+  std::string base = makeTempDir("keel-dd");
+  std::string missing = base + "/not/there";
+  std::string cfg = base + "/c.toml";
+  std::ofstream(cfg) << "[coordinator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"" << missing
+                     << "\"\n[participants]\na = \"127.0.0.1:1\"\n[tls]\ninsecure = true\n";
+  // stderr alone: 2>&1 first, then stdout away.
+  auto stderrOf = [&](const std::string& args) {
+    return runStdout("timeout 20 " + binDir() + "/keel-coordinator --config " + args + " 2>&1 >/dev/null");
+  };
+  auto r = stderrOf(cfg + " --log-format json");
+  EXPECT_EQ(r.exitCode, 3) << r.output;
+  int refusals = 0;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) {
+    try {
+      Json j = JsonReader::parse(line);
+      EXPECT_EQ(j["component"].str(), "coordinator") << line;
+      if (j["msg"].str().find("refused: data directory " + missing + " does not exist") == 0) {
+        EXPECT_EQ(j["level"].str(), "error") << line;
+        ++refusals;
+      }
+    } catch (const JsonError& e) {
+      ADD_FAILURE() << "not a JSON line (" << e.what() << "): " << line;
+    }
+  }
+  EXPECT_EQ(refusals, 1) << r.output;
+
+  // [log] format = "json" says the same; --log-format text overrides it.
+  std::ofstream(cfg, std::ios::app) << "[log]\nformat = \"json\"\n";
+  r = stderrOf(cfg);
+  EXPECT_EQ(r.exitCode, 3) << r.output;
+  EXPECT_EQ(r.output.rfind("{\"time\":\"", 0), 0u) << r.output;
+  r = stderrOf(cfg + " --log-format text");
+  EXPECT_EQ(r.exitCode, 3) << r.output;
+  EXPECT_NE(r.output.find(" coordinator error: refused: data directory " + missing), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find('{'), std::string::npos) << r.output;
+
+  std::ofstream(base + "/bad.toml") << "[coordinator]\n[participants]\na = \"127.0.0.1:1\"\n[log]\nformat = \"xml\"\n";
+  r = stderrOf(base + "/bad.toml --log-format json");
+  EXPECT_EQ(r.exitCode, 2) << r.output;
+  EXPECT_EQ(r.output, "keel-coordinator: " + base + "/bad.toml: [log] format 'xml' is not known (known: text, json)\n");
+  r = stderrOf(cfg + " --log-format yaml");
+  EXPECT_EQ(r.exitCode, 2) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(base + "/not"));
   std::filesystem::remove_all(base);
 }
 

@@ -64,5 +64,37 @@ TEST(Config, AdminPlaneIsOffByDefaultAndLoopbackUnlessRemoteIsSaid) {
   EXPECT_EQ(parseAgentConfig("a.toml", &agent).admin.listen, "127.0.0.1:9401");
 }
 
+// [log] format: text or json, the same key for coordinator and agent; unset
+// ("") lets --log-format or KEEL_LOG_FORMAT decide.
+TEST(Config, LogFormatIsTextOrJsonAndAnythingElseIsRefusedNamingTheFile) {
+  const std::string base = "[coordinator]\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
+  std::string_view none = base;
+  EXPECT_EQ(parseCoordinatorConfig("c.toml", &none).log.format, "");
+  for (const char* f : {"text", "json"}) {
+    std::string text = base + "[log]\nformat = \"" + f + "\"\n";
+    std::string_view v = text;
+    EXPECT_EQ(parseCoordinatorConfig("c.toml", &v).log.format, f);
+  }
+  EXPECT_EQ(errorOf(base + "[log]\nformat = \"JSON\"\n"),
+            "c.toml: [log] format 'JSON' is not known (known: text, json)");
+  EXPECT_EQ(errorOf(base + "[log]\nformat = \"\"\n"), "c.toml: [log] format '' is not known (known: text, json)");
+  EXPECT_EQ(errorOf(base + "[log]\nformat = 1\n"), "c.toml: [log] format must be a string");
+  EXPECT_EQ(errorOf(base + "[log]\nformat = \"json\"\nlevel = \"debug\"\n"), "c.toml: [log] unknown key 'level'");
+  EXPECT_EQ(errorOf("log = \"json\"\n" + base), "c.toml: [log] must be a table");
+
+  // The agent reads the same section, and refuses the same way.
+  std::string agentText = "[agent]\nname = \"bank-a\"\n[log]\nformat = \"json\"\n";
+  std::string_view agent = agentText;
+  EXPECT_EQ(parseAgentConfig("a.toml", &agent).log.format, "json");
+  std::string badText = "[agent]\nname = \"bank-a\"\n[log]\nformat = \"xml\"\n";
+  std::string_view bad = badText;
+  try {
+    parseAgentConfig("a.toml", &bad);
+    ADD_FAILURE() << "format xml accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "a.toml: [log] format 'xml' is not known (known: text, json)");
+  }
+}
+
 }  // namespace
 }  // namespace keel
