@@ -278,17 +278,23 @@ int runScraped(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const Run
   addContextFields(j, ctx);
   std::uint32_t rounds = f.scrapeCompare ? f.scrapeRounds : 1;
   std::vector<RunResult> scraped, unscraped;
-  keel::bench::ScrapeResult all;
+  keel::bench::ScrapeResult all, consoleCalls;
   auto plain = [&]() {
     unscraped.push_back(runOne(io, s, f, f.mode, f.concurrency));
     printRun(stdout, unscraped.back(), ctx);
   };
   if (f.scrapeCompare) plain();
   for (std::uint32_t i = 0; i < rounds; ++i) {
-    keel::bench::MetricsScraper scraper(s.adminPorts, f.scrapeMetrics);
+    // The console's calls ride along: the coordinator's plane is the first.
+    keel::bench::MetricsScraper scraper(s.adminPorts, f.scrapeMetrics, s.adminPorts.front());
     scraper.start();
     scraped.push_back(runOne(io, s, f, f.mode, f.concurrency));
     auto sr = scraper.stop();
+    auto cr = scraper.console();
+    consoleCalls.scrapes += cr.scrapes;
+    consoleCalls.failures += cr.failures;
+    if (consoleCalls.firstFailure.empty()) consoleCalls.firstFailure = cr.firstFailure;
+    consoleCalls.ms.insert(consoleCalls.ms.end(), cr.ms.begin(), cr.ms.end());
     std::printf("(scraped)\n");
     printRun(stdout, scraped.back(), ctx);
     all.scrapes += sr.scrapes;
@@ -303,6 +309,14 @@ int runScraped(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const Run
               s.adminPorts.size(), f.scrapeMetrics, (unsigned long long)all.scrapes, (unsigned long long)all.failures,
               all.percentile(50), all.percentile(99), all.percentile(100), (unsigned long long)all.bytes);
   if (!all.firstFailure.empty()) std::printf("first failed scrape: %s\n", all.firstFailure.c_str());
+  std::printf("and the calls of an open console page (/api/live, /api/participants, /api/list, /api/audit): %llu "
+              "answers, %llu failed, p50 %.2f ms, p99 %.2f ms\n",
+              (unsigned long long)consoleCalls.scrapes, (unsigned long long)consoleCalls.failures,
+              consoleCalls.percentile(50), consoleCalls.percentile(99));
+  if (!consoleCalls.firstFailure.empty()) std::printf("first failed console call: %s\n", consoleCalls.firstFailure.c_str());
+  j.add("console_calls", consoleCalls.scrapes);
+  j.add("console_call_failures", consoleCalls.failures);
+  j.add("console_call_p99_ms", consoleCalls.percentile(99));
   addRunFields(j, scraped.back());
   j.add("scrape_interval_s", f.scrapeMetrics);
   j.add("scrapes", all.scrapes);
@@ -333,7 +347,7 @@ int runScraped(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const Run
     j.addRaw("scraped_ratios", arr + "]");
     j.add("scraped_ratio_median", median);
   }
-  return all.failures == 0 && all.scrapes > 0 ? 0 : 1;
+  return all.failures == 0 && all.scrapes > 0 && consoleCalls.failures == 0 && consoleCalls.scrapes > 0 ? 0 : 1;
 }
 
 RunContext contextOf(const Flags& f) {
@@ -512,8 +526,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(10u, 100000u));
   app.add_option("--scrape-metrics", f.scrapeMetrics,
-                 "self-started: admin planes on, /metrics of each scraped every SECONDS during the load "
-                 "(docs/performance.md, \"Admin plane\")")
+                 "self-started: admin planes on; every SECONDS during the load, /metrics of each scraped and "
+                 "the calls of an open console made (docs/performance.md, \"Admin plane\")")
       ->type_name("SECONDS")
       ->check(CLI::Range(0.05, 60.0));
   app.add_flag("--scrape-compare", f.scrapeCompare,

@@ -47,8 +47,8 @@ std::pair<int, std::string> httpGet(unsigned port, const std::string& path) {
   return {std::atoi(raw.c_str() + 9), raw.substr(end + 4)};
 }
 
-MetricsScraper::MetricsScraper(std::vector<unsigned> ports, double intervalS)
-    : ports_(std::move(ports)), intervalS_(intervalS) {}
+MetricsScraper::MetricsScraper(std::vector<unsigned> ports, double intervalS, unsigned consolePort)
+    : ports_(std::move(ports)), intervalS_(intervalS), consolePort_(consolePort) {}
 
 MetricsScraper::~MetricsScraper() {
   if (thread_.joinable()) stop();
@@ -84,6 +84,22 @@ void MetricsScraper::loop() {
       }
     }
     result_.bytes = bytes;
+    if (consolePort_ != 0) {
+      std::vector<std::string> paths{"/api/live", "/api/participants", "/api/list?limit=200"};
+      if (rounds_++ % 5 == 0) paths.push_back("/api/audit?limit=20");
+      for (const auto& path : paths) {
+        auto t0 = clock::now();
+        auto [status, body] = httpGet(consolePort_, path);
+        double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+        if (status == 200) {
+          ++console_.scrapes;
+          console_.ms.push_back(ms);
+        } else {
+          ++console_.failures;
+          if (console_.firstFailure.empty()) console_.firstFailure = path + ": status " + std::to_string(status);
+        }
+      }
+    }
     next += std::chrono::microseconds(std::int64_t(intervalS_ * 1e6));
     while (!stop_ && clock::now() < next) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

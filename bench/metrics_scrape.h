@@ -2,8 +2,11 @@
 // keel-bench --scrape-metrics: a Prometheus-like scraper that GETs /metrics
 // from every admin plane of the deployment (the coordinator and each agent)
 // once per interval while the load runs, and times each answer (connect to
-// the last byte). Its own thread; blocking sockets with a 5 s timeout; each
-// scrape round reads every target one after the other, as a scraper would.
+// the last byte). With `consolePort` set it also makes, each interval, the
+// calls an open console page makes of the coordinator's plane (/api/live,
+// /api/participants, /api/list?limit=200; /api/audit every fifth). Its own
+// thread; blocking sockets with a 5 s timeout; each round reads every
+// target one after the other, as a scraper would.
 
 #include <atomic>
 #include <cstdint>
@@ -24,7 +27,9 @@ struct ScrapeResult {
 
 class MetricsScraper {
  public:
-  MetricsScraper(std::vector<unsigned> ports, double intervalS);
+  MetricsScraper(std::vector<unsigned> ports, double intervalS, unsigned consolePort = 0);
+  // The console's calls (consolePort), timed apart from the scrapes.
+  ScrapeResult console() const { return console_; }
   ~MetricsScraper();
   void start();
   ScrapeResult stop();
@@ -33,6 +38,9 @@ class MetricsScraper {
   void loop();
   std::vector<unsigned> ports_;
   double intervalS_;
+  unsigned consolePort_;
+  std::uint64_t rounds_ = 0;
+  ScrapeResult console_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
   ScrapeResult result_;  // the scraper thread's until stop() joins it
