@@ -676,7 +676,31 @@ void AdminHttpServer::Impl::run() {
   }
 }
 
+namespace {
+
+// The Host header's name is one this plane answers to: an IP address
+// (v4, or v6 in brackets), localhost, or one of `names`. No Host at all
+// (HTTP/1.0, a raw client) is allowed: browsers always send one.
+bool hostAllowed(const HttpRequest& req, const std::vector<std::string>& names) {
+  auto h = req.headers.find("host");
+  if (h == req.headers.end()) return true;
+  std::string host = h->second;
+  if (!host.empty() && host.front() == '[') return host.find(']') != std::string::npos;  // an IPv6 literal
+  if (auto colon = host.rfind(':'); colon != std::string::npos) host.resize(colon);
+  for (char& c : host) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (host == "localhost") return true;
+  if (!host.empty() && host.find_first_not_of("0123456789.") == std::string::npos) return true;  // IPv4
+  return std::find(names.begin(), names.end(), host) != names.end();
+}
+
+}  // namespace
+
 HttpResponse AdminHttpServer::Impl::dispatch(const HttpRequest& req) {
+  if (!hostAllowed(req, limits.hosts)) {
+    return HttpResponse::error(403, "Host '" + req.headers.at("host") +
+                                        "' is not a name of this admin plane: use its address, or list the name in "
+                                        "[admin] hosts (a guard against DNS rebinding)");
+  }
   const Methods* methods = nullptr;
   if (auto it = exact.find(req.path); it != exact.end()) {
     methods = &it->second;

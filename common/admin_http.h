@@ -105,6 +105,12 @@ class AdminHttpServer {
     std::size_t maxBody = 65536;            // Content-Length larger -> 413 (chunked request bodies -> 411)
     std::size_t maxConnections = 64;        // beyond: 503 (best effort) and close at once
     std::chrono::milliseconds idle{10000};  // a connection silent this long (no complete request) is closed
+    // Host names (lower case, without port) a request's Host header may
+    // carry besides an IP address and localhost; any other name is refused
+    // with 403. A browser sends the name it resolved, so a page of another
+    // site whose name was made to resolve to this address (DNS rebinding)
+    // says its own name here and is refused.
+    std::vector<std::string> hosts;
   };
 
   // Binds `listen` ("host:port", IPv4, "[v6]:port" or "localhost:port",

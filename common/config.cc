@@ -179,8 +179,21 @@ void loadSecurity(const std::string& path, const toml::table& root, ServerRole r
         getInt<std::uint32_t>(path, *t, "tls", "handshake_timeout_ms", tls.handshakeTimeoutMs, 100, 600000);
   }
   if (auto* a = root["admin"].as_table()) {
-    rejectUnknown(path, *a, "admin", {"listen", "remote", "actions"});
+    rejectUnknown(path, *a, "admin", {"listen", "remote", "actions", "hosts"});
     admin.listen = getString(path, *a, "admin", "listen", "");
+    if (auto n = (*a)["hosts"]) {
+      auto* arr = n.as_array();
+      if (arr == nullptr) fail(path, "[admin] hosts must be a list of host names, e.g. [\"keel-admin.example\"]");
+      for (auto&& e : *arr) {
+        auto v = e.value<std::string>();
+        if (!v || v->empty() || v->size() > 253 || v->find_first_of(":/ ") != std::string::npos) {
+          fail(path, "[admin] hosts must be a list of host names without ports, e.g. [\"keel-admin.example\"]");
+        }
+        std::string lower = *v;
+        for (char& c : lower) c = char(std::tolower(static_cast<unsigned char>(c)));
+        admin.hosts.push_back(lower);
+      }
+    }
     for (auto [key, flag] : {std::pair<const char*, bool*>{"remote", &admin.remote}, {"actions", &admin.actions}}) {
       if (auto n = (*a)[key]) {
         auto v = n.value<bool>();

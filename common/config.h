@@ -69,6 +69,9 @@ struct AdminConfig {
   // the audit log: off unless said. The plane has no identities, so this
   // switch is the operator's decision that whoever reaches it may act.
   bool actions = false;
+  // Host names the plane answers to besides its IP addresses and localhost
+  // (a request naming any other is refused: DNS rebinding).
+  std::vector<std::string> hosts;
 };
 
 // [log]: how the process logs (docs/operations.md, "Logs"), the same key

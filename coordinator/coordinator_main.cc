@@ -138,7 +138,11 @@ int main(int argc, char** argv) {
     // The admin address is bound first: taken, it refuses the start before
     // the data directory is touched. It serves once recovery is done.
     std::unique_ptr<keel::AdminHttpServer> admin;
-    if (!cfg.admin.listen.empty()) admin = std::make_unique<keel::AdminHttpServer>(cfg.admin.listen);
+    if (!cfg.admin.listen.empty()) {
+      keel::AdminHttpServer::Limits limits;
+      limits.hosts = cfg.admin.hosts;
+      admin = std::make_unique<keel::AdminHttpServer>(cfg.admin.listen, limits);
+    }
     keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
     cfg.dataDir = dir.path();
     keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20);

@@ -160,7 +160,11 @@ int main(int argc, char** argv) {
     // The admin address is bound first: taken, it refuses the start before
     // the data directory (or PostgreSQL) is touched.
     std::unique_ptr<keel::AdminHttpServer> admin;
-    if (!cfg.admin.listen.empty()) admin = std::make_unique<keel::AdminHttpServer>(cfg.admin.listen);
+    if (!cfg.admin.listen.empty()) {
+      keel::AdminHttpServer::Limits limits;
+      limits.hosts = cfg.admin.hosts;
+      admin = std::make_unique<keel::AdminHttpServer>(cfg.admin.listen, limits);
+    }
     keel::PgAgentOptions po;
     if (cfg.adapter == "postgres") {
       po.name = cfg.name;

@@ -246,11 +246,19 @@ TEST_F(AdminTest, BadRequestsAreRefusedWithTheReason) {
   expectError(agentPort_, "/api/query", 404, "no such path");
   expectError(coordPort_, "/api/info?x=%zz", 400, "");
   expectError(coordPort_, "/api/info?" + std::string(5000, 'a'), 414, "");
-  auto post = httpRequest(coordPort_, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  auto post = httpRequest(coordPort_, "POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(post.status, 405);
   EXPECT_NE(post.headers.find("Allow: GET"), std::string::npos) << post.headers;
+  // A name other than an address or localhost in Host: refused (DNS rebinding).
+  auto rebound = httpRequest(coordPort_, "GET /api/info HTTP/1.1\r\nHost: evil.example:" + std::to_string(coordPort_) +
+                                             "\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(rebound.status, 403) << rebound.body;
+  EXPECT_NE(rebound.body.find("DNS rebinding"), std::string::npos) << rebound.body;
+  auto local = httpRequest(coordPort_, "GET /api/info HTTP/1.1\r\nHost: localhost:" + std::to_string(coordPort_) +
+                                           "\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(local.status, 200) << local.body;
   // Operator actions are off unless [admin] actions = true.
-  auto act = httpRequest(coordPort_, "POST /api/retry?seq=1:1&who=x&why=y HTTP/1.1\r\nHost: x\r\nX-Keel-Action: 1\r\n"
+  auto act = httpRequest(coordPort_, "POST /api/retry?seq=1:1&who=x&why=y HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Keel-Action: 1\r\n"
                                      "Content-Length: 0\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(act.status, 403) << act.body;
   EXPECT_NE(act.body.find("[admin] actions = true"), std::string::npos) << act.body;

@@ -65,7 +65,7 @@ class Client {
     send(request);
     return read(head);
   }
-  Reply get(const std::string& target) { return ask("GET " + target + " HTTP/1.1\r\nHost: t\r\n\r\n"); }
+  Reply get(const std::string& target) { return ask("GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); }
   // Reads one answer; `head`: the answer to a HEAD (no body, whatever
   // Content-Length says).
   Reply read(bool head = false) {
@@ -132,10 +132,10 @@ class Client {
 };
 
 std::string get(const std::string& target, const std::string& extra = "") {
-  return "GET " + target + " HTTP/1.1\r\nHost: t\r\n" + extra + "\r\n";
+  return "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra + "\r\n";
 }
 std::string post(const std::string& target, const std::string& body) {
-  return "POST " + target + " HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+  return "POST " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
          body;
 }
 
@@ -214,7 +214,7 @@ TEST_F(AdminHttp, GetRouteAnswersWithBodyAndHeaders) {
 
 TEST_F(AdminHttp, HeadOnGetRouteHasHeadersWithoutBody) {
   Client c(port());
-  Reply r = c.ask("HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n", true);
+  Reply r = c.ask("HEAD /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", true);
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.header("content-length"), "10");  // "hello HEAD", not sent
   EXPECT_EQ(r.body, "");
@@ -239,13 +239,38 @@ TEST_F(AdminHttp, UnknownPathIs404Json) {
   EXPECT_EQ(c.get("/hello").status, 200);
 }
 
+TEST_F(AdminHttp, HostMustBeAnAddressLocalhostOrAListedName) {
+  Client c(port());
+  for (const char* ok : {"127.0.0.1", "127.0.0.1:9400", "[::1]:9400", "localhost", "LOCALHOST:1"}) {
+    EXPECT_EQ(c.ask(std::string("GET /hello HTTP/1.1\r\nHost: ") + ok + "\r\n\r\n").status, 200) << ok;
+  }
+  Reply r = c.ask("GET /hello HTTP/1.1\r\nHost: evil.example:9400\r\n\r\n");
+  EXPECT_EQ(r.status, 403);
+  EXPECT_NE(r.body.find("DNS rebinding"), std::string::npos) << r.body;
+  // No Host at all (HTTP/1.0): allowed, browsers always send one.
+  Client old(port());
+  EXPECT_EQ(old.ask("GET /hello HTTP/1.0\r\n\r\n").status, 200);
+}
+
+TEST(AdminHttpHosts, ANameListedInLimitsIsServed) {
+  AdminHttpServer::Limits limits;
+  limits.hosts = {"keel-admin.example"};
+  AdminHttpServer s("127.0.0.1:0", limits);
+  s.route("GET", "/hello", [](const HttpRequest&) { return HttpResponse::json(200, "{}"); });
+  s.start();
+  Client c(s.port());
+  EXPECT_EQ(c.ask("GET /hello HTTP/1.1\r\nHost: Keel-Admin.example:1\r\n\r\n").status, 200);
+  EXPECT_EQ(c.ask("GET /hello HTTP/1.1\r\nHost: other.example\r\n\r\n").status, 403);
+  s.stop();
+}
+
 TEST_F(AdminHttp, WrongMethodIs405WithAllow) {
   Client c(port());
   Reply r = c.ask(post("/hello", "x"));
   EXPECT_EQ(r.status, 405);
   EXPECT_EQ(r.header("allow"), "GET, HEAD");
   EXPECT_EQ(r.body, "{\"error\":\"method POST not allowed on /hello\",\"status\":405}");
-  Reply d = c.ask("DELETE /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+  Reply d = c.ask("DELETE /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
   EXPECT_EQ(d.status, 405);
   EXPECT_EQ(d.header("allow"), "GET, HEAD, POST");
 }
@@ -327,20 +352,20 @@ TEST_F(AdminHttp, OversizedHeadersAre431) {
 
 TEST_F(AdminHttp, LargeContentLengthIs413) {
   Client c(port());
-  Reply r = c.ask("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n");
+  Reply r = c.ask("POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n");
   expectAnswer(r, 413, "{\"error\":\"body of 1000000 bytes over the limit of 65536\",\"status\":413}");
   EXPECT_TRUE(c.closedByServer());
   Client huge(port());
   EXPECT_EQ(huge.ask("POST /echo HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").status, 413);
   // The client sending the body anyway still reads the answer (no reset).
   Client eager(port());
-  Reply e = eager.ask("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n" + std::string(200000, 'z'));
+  Reply e = eager.ask("POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 200000\r\n\r\n" + std::string(200000, 'z'));
   EXPECT_EQ(e.status, 413);
 }
 
 TEST_F(AdminHttp, ChunkedBodyIs411) {
   Client c(port());
-  Reply r = c.ask("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+  Reply r = c.ask("POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
   EXPECT_EQ(r.status, 411);
   EXPECT_TRUE(c.closedByServer());
 }
@@ -348,14 +373,14 @@ TEST_F(AdminHttp, ChunkedBodyIs411) {
 TEST_F(AdminHttp, PostRouteGetsItsBody) {
   Client c(port());
   Reply r = c.ask(post("/echo", "payload 1"));
-  expectAnswer(r, 201, "{\"got\":\"payload 1\",\"type\":\"t\"}");
+  expectAnswer(r, 201, "{\"got\":\"payload 1\",\"type\":\"127.0.0.1\"}");
   // Expect: 100-continue: the body follows the server's go-ahead.
-  c.send("POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+  c.send("POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
   Reply go = c.read();
   EXPECT_EQ(go.status, 100);
   c.send("abcd");
   Reply after = c.read();
-  expectAnswer(after, 201, "{\"got\":\"abcd\",\"type\":\"t\"}");
+  expectAnswer(after, 201, "{\"got\":\"abcd\",\"type\":\"127.0.0.1\"}");
 }
 
 TEST_F(AdminHttp, KeepAliveServesSeveralRequestsOnOneConnection) {
@@ -382,7 +407,7 @@ TEST_F(AdminHttp, PipelinedRequestsAnsweredInOrder) {
   Client c(port());
   c.send(get("/hello") + post("/echo", "second") + get("/nope") + get("/api/query?seq=4"));
   EXPECT_EQ(c.read().body, "hello GET");
-  EXPECT_EQ(c.read().body, "{\"got\":\"second\",\"type\":\"t\"}");
+  EXPECT_EQ(c.read().body, "{\"got\":\"second\",\"type\":\"127.0.0.1\"}");
   EXPECT_EQ(c.read().status, 404);
   Reply fourth = c.read();
   EXPECT_EQ(fourth.status, 200);
@@ -393,7 +418,7 @@ TEST_F(AdminHttp, PipelinedRequestsAnsweredInOrder) {
 TEST_F(AdminHttp, RequestDribbledOneByteAtATime) {
   Client c(port());
   c.sendSlowly("\r\n" + post("/echo", "slow body") + get("/api/query?seq=1"));
-  EXPECT_EQ(c.read().body, "{\"got\":\"slow body\",\"type\":\"t\"}");
+  EXPECT_EQ(c.read().body, "{\"got\":\"slow body\",\"type\":\"127.0.0.1\"}");
   EXPECT_NE(c.read().body.find("seq=1"), std::string::npos);
 }
 

@@ -58,6 +58,11 @@ TEST(Config, AdminPlaneIsOffByDefaultAndLoopbackUnlessRemoteIsSaid) {
   EXPECT_EQ(errorOf(base + "[admin]\nremote = \"yes\"\n"), "c.toml: [admin] remote must be true or false");
   EXPECT_EQ(errorOf("admin = 5\n" + base), "c.toml: [admin] must be a table");
 
+  std::string hostsText = base + "[admin]\nlisten = \"127.0.0.1:9400\"\nhosts = [\"Keel-Admin.example\"]\n";
+  std::string_view hosts = hostsText;
+  EXPECT_EQ(parseCoordinatorConfig("c.toml", &hosts).admin.hosts, std::vector<std::string>{"keel-admin.example"});
+  EXPECT_EQ(errorOf(base + "[admin]\nhosts = [\"a.example:80\"]\n").find("c.toml: [admin] hosts must be"), 0u);
+
   // The agent reads the same section.
   std::string agentText = "[agent]\nname = \"bank-a\"\n[admin]\nlisten = \"127.0.0.1:9401\"\n";
   std::string_view agent = agentText;
