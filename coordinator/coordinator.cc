@@ -615,12 +615,6 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
     KEEL_LOG_ERROR("seq {}: {} (an operator must reconcile: docs/recovery.md)", seqText(seq), note);
   }
   ++(it->rec.heuristic() ? heuristic_ : it->rec.state == State::Committed ? committed_ : rolledBack_);
-  switch (it->rec.state) {
-    case State::Committed: metrics_.committed.inc(); break;
-    case State::RolledBack: metrics_.rolledBack.inc(); break;
-    case State::HeuristicMixed: metrics_.heuristicMixed.inc(); break;
-    default: metrics_.heuristicUnknown.inc(); break;
-  }
   if (it->commitDurableMono != 0) metrics_.phase2->observe(monoMicros() - it->commitDurableMono);
   if (it->rec.failedUs != 0) metrics_.inconsistency->observe(now > it->rec.failedUs ? now - it->rec.failedUs : 0);
   // The final record is lazy: a lost "complete" mark only means recovery
@@ -633,8 +627,15 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
   return persist(*it, true).then([this, seq]() -> kj::Promise<void> {
     Interaction* p = find(seq);
     if (p == nullptr) return kj::READY_NOW;
-    // The final record is durable: etcd's copy of the decision may go.
+    // The final record is durable: etcd's copy of the decision may go, and
+    // /metrics counts the interaction finished (keel_interactions_finished_total).
     if (p->decisionKey && cluster_ != nullptr) cluster_->forget(seq);
+    switch (p->rec.state) {
+      case State::Committed: metrics_.committed.inc(); break;
+      case State::RolledBack: metrics_.rolledBack.inc(); break;
+      case State::HeuristicMixed: metrics_.heuristicMixed.inc(); break;
+      default: metrics_.heuristicUnknown.inc(); break;
+    }
     ClientOutcome o = p->rec.state == State::Committed        ? ClientOutcome::Committed
                       : p->rec.state == State::RolledBack     ? ClientOutcome::RolledBack
                       : p->rec.state == State::HeuristicMixed ? ClientOutcome::HeuristicMixed
