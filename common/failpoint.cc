@@ -102,13 +102,17 @@ void initFromEnv() {
   configure(v != nullptr ? v : "");
 }
 
-void hitSlow(const char* name) {
+namespace {
+
+// The action of `name` (crash and error taken here); the milliseconds of a
+// delay, which the caller sleeps or waits.
+unsigned fire(const char* name) {
   Action action;
   unsigned delayMs;
   {
     std::lock_guard<std::mutex> lk(gMu);
     auto it = gPoints.find(name);
-    if (it == gPoints.end() || it->second.action == Action::Off || it->second.remaining == 0) return;
+    if (it == gPoints.end() || it->second.action == Action::Off || it->second.remaining == 0) return 0;
     Point& p = it->second;
     if (p.remaining > 0) --p.remaining;
     ++p.fired;
@@ -123,14 +127,22 @@ void hitSlow(const char* name) {
       ::_exit(137);  // not reached
     }
     case Action::Delay:
-      std::this_thread::sleep_for(std::chrono::milliseconds(delayMs));
-      return;
+      return delayMs;
     case Action::Error:
       throw InjectedError(std::string("failpoint ") + name + ": injected error");
     case Action::Off:
-      return;
+      return 0;
   }
+  return 0;
 }
+
+}  // namespace
+
+void hitSlow(const char* name) {
+  if (unsigned ms = fire(name); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+}
+
+unsigned hitDeferredSlow(const char* name) { return fire(name); }
 
 unsigned firedCount(const std::string& name) {
   std::lock_guard<std::mutex> lk(gMu);

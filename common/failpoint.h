@@ -31,11 +31,19 @@ void initFromEnv();
 // Parses a spec string (same syntax); replaces the current set.
 void configure(const std::string& spec);
 void hitSlow(const char* name);
+// Like hit(), but a delay is not slept: its milliseconds are returned (0
+// for none), for code on an event loop to wait without blocking the loop.
+unsigned hitDeferredSlow(const char* name);
 // Number of times `name` fired (for tests).
 unsigned firedCount(const std::string& name);
 
 inline void hit(const char* name) {
   if (gArmed.load(std::memory_order_relaxed)) [[unlikely]] hitSlow(name);
+}
+
+inline unsigned hitDeferred(const char* name) {
+  if (gArmed.load(std::memory_order_relaxed)) [[unlikely]] return hitDeferredSlow(name);
+  return 0;
 }
 
 }  // namespace keel::failpoint

@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<keel::ParticipantBackend> backend;
     if (cfg.adapter == "postgres") {
       po.dataDir = cfg.dataDir;
-      backend = std::make_unique<keel::PgAgent>(std::move(po));
+      backend = std::make_unique<keel::PgAgent>(std::move(po), io);
     } else if (cfg.adapter == "host") {
       keel::HostAgentOptions ho;
       ho.name = cfg.name;

@@ -63,7 +63,8 @@ std::string describePgError(const pg::PgError& e) {
   return what + " (SQLSTATE " + st + ")";
 }
 
-PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
+PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
+    : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes), timer_(io.provider->getTimer()) {
   if (opts_.statements.empty()) {
     throw std::runtime_error("postgres agent " + opts_.name +
                              " declares no statements: clients could call none (docs/postgres.md, \"Declared "
@@ -81,6 +82,12 @@ PgAgent::PgAgent(PgAgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataD
   // commits together), not one after another.
   finishPool_ =
       std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize), "", [this] { reconnected(); });
+  // The same on the loop, for the hot path (pg_loop.h).
+  loopPrepare_ = std::make_unique<pg::LoopPool>(io.unixEventPort, timer_, opts_.conninfo, opts_.poolSize,
+                                                "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs),
+                                                [this] { reconnected(); });
+  loopFinish_ = std::make_unique<pg::LoopPool>(io.unixEventPort, timer_, opts_.conninfo,
+                                               std::max<std::size_t>(2, opts_.poolSize), "", [this] { reconnected(); });
 }
 
 void PgAgent::start() {
@@ -95,7 +102,9 @@ PgAgent::~PgAgent() noexcept {
   }
   keeperCv_.notify_all();
   if (keeper_.joinable()) keeper_.join();
-  pool_.reset();  // no prepare queues a PREPARED record after this
+  loopPrepare_.reset();  // no prepare queues a PREPARED record after this
+  loopFinish_.reset();
+  pool_.reset();
   // Every lazy PREPARED record is written (and its done() has run, which may
   // post to the finish pool) once a forced job queued after them is durable.
   try {
@@ -131,12 +140,10 @@ std::optional<std::string> PgAgent::validate(const std::vector<Op>& ops) const {
 
 const DeclaredStatement& PgAgent::declared(const Op& op) const { return opts_.statements.at(op.statementName); }
 
-namespace {
-
 // One call of a declared statement as libpq takes it: the declaration's SQL
 // text, its parameters in text format with the declared types, and the row
 // count it must touch (-1 = any). The call was checked (validate).
-struct Call {
+struct PgAgent::Call {
   const std::string& name;
   const std::string& sql;
   std::int64_t requiredRows;
@@ -174,6 +181,18 @@ struct Call {
     return std::string(buf, r.ptr);
   }
 };
+
+namespace {
+
+using Call = PgAgent::Call;
+
+// The connection broke in the middle of a pipeline: a fault, as the loop's
+// connections report one (LoopConn).
+[[noreturn]] void pipelineLost(PGconn* c, const char* what) {
+  std::string msg = PQerrorMessage(c);
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  kj::throwFatalException(faultException("connection to PostgreSQL lost (" + std::string(what) + "): " + msg));
+}
 
 // The error a failed result carries.
 pg::PgError errorOf(const PGresult* r, const std::string& what) {
@@ -221,17 +240,6 @@ OpResult resultOf(PGresult* r, const Call& call, std::size_t i) {
   throw pg::PgError(std::string(what) + ": " + msg, "");
 }
 
-// The next query's result in pipeline mode (its first PGresult; the NULL
-// that ends it is consumed). Null only when the connection broke.
-pg::Result nextResult(PGconn* c) {
-  pg::Result r(PQgetResult(c));
-  if (r.get() == nullptr) return r;
-  if (PQresultStatus(r.get()) != PGRES_PIPELINE_SYNC) {
-    while (PGresult* extra = PQgetResult(c)) PQclear(extra);
-  }
-  return r;
-}
-
 }  // namespace
 
 std::optional<std::string> PgAgent::runStatements(PGconn* c, const std::vector<Op>& ops,
@@ -252,24 +260,21 @@ std::optional<std::string> PgAgent::runStatements(PGconn* c, const std::vector<O
   }
 }
 
-PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid,
-                                           std::vector<OpResult>& results) {
+void PgAgent::sendOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls) {
   // BEGIN, the statements and PREPARE TRANSACTION go out in one pipeline
   // with one Sync: one round trip instead of two plus one per statement.
   // An error stops PostgreSQL at that statement (the rest come back
   // "aborted"); a row count that is wrong is seen only here, after the
   // PREPARE TRANSACTION ran, and is undone with ROLLBACK PREPARED.
-  results.clear();
-  OneTrip out;
-  if (PQenterPipelineMode(c) != 1) connectionLost(c, "entering pipeline mode");
+  if (PQenterPipelineMode(c) != 1) pipelineLost(c, "entering pipeline mode");
   auto send = [&](const std::string& sql, const Call* p) {
     int ok = p != nullptr ? PQsendQueryParams(c, sql.c_str(), p->count(), p->types.data(), p->values.data(), nullptr,
                                               nullptr, 0)
                           : PQsendQueryParams(c, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0);
-    if (ok != 1) connectionLost(c, "sending a statement");
+    if (ok != 1) pipelineLost(c, "sending a statement");
   };
   send("BEGIN", nullptr);
-  std::vector<Call> calls;
+  calls.clear();
   calls.reserve(ops.size());
   for (const auto& op : ops) {
     calls.emplace_back(op, declared(op));
@@ -279,18 +284,26 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
   // txid_status tells whether PostgreSQL committed or rolled it back.
   send("SELECT txid_current()", nullptr);
   send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
-  if (PQpipelineSync(c) != 1) connectionLost(c, "sending the pipeline");
+  if (PQpipelineSync(c) != 1) pipelineLost(c, "sending the pipeline");
+}
 
+PgAgent::OneTrip PgAgent::readOneTrip(PGconn* c, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
+                                      std::vector<OpResult>& results) {
+  // rs: the first result of BEGIN, of each statement, of SELECT
+  // txid_current() and of PREPARE TRANSACTION, then the Sync's.
+  results.clear();
+  OneTrip out;
+  if (rs.size() != calls.size() + 4 || PQresultStatus(rs.back().get()) != PGRES_PIPELINE_SYNC) {
+    pipelineLost(c, "the pipeline's results");
+  }
   std::optional<pg::PgError> statementError;
-  auto begun = nextResult(c);
-  if (begun.get() == nullptr) connectionLost(c, "BEGIN");
-  if (PQresultStatus(begun.get()) != PGRES_COMMAND_OK) statementError.emplace(errorOf(begun.get(), "BEGIN"));
-  for (std::size_t i = 0; i < ops.size(); ++i) {
-    auto r = nextResult(c);
-    if (r.get() == nullptr) connectionLost(c, "statement");
-    if (statementError || PQresultStatus(r.get()) == PGRES_PIPELINE_ABORTED) continue;
+  PGresult* begun = rs[0].get();
+  if (PQresultStatus(begun) != PGRES_COMMAND_OK) statementError.emplace(errorOf(begun, "BEGIN"));
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    PGresult* r = rs[1 + i].get();
+    if (statementError || PQresultStatus(r) == PGRES_PIPELINE_ABORTED) continue;
     try {
-      results.push_back(resultOf(r.get(), calls[i], i));
+      results.push_back(resultOf(r, calls[i], i));
     } catch (const pg::PgError& e) {
       if (e.sqlstate() == "KEEL1") {
         out.wrongRows = e.what();  // PostgreSQL carries on: it will prepare
@@ -299,35 +312,33 @@ PgAgent::OneTrip PgAgent::prepareInOneTrip(PGconn* c, const std::vector<Op>& ops
       }
     }
   }
-  auto txid = nextResult(c);
-  if (txid.get() == nullptr) connectionLost(c, "SELECT txid_current()");
-  if (!statementError && PQresultStatus(txid.get()) == PGRES_TUPLES_OK && PQntuples(txid.get()) == 1) {
-    out.txid = std::stoull(PQgetvalue(txid.get(), 0, 0));
-  } else if (!statementError && PQresultStatus(txid.get()) != PGRES_PIPELINE_ABORTED) {
-    statementError.emplace(errorOf(txid.get(), "SELECT txid_current()"));
+  PGresult* txid = rs[1 + calls.size()].get();
+  if (!statementError && PQresultStatus(txid) == PGRES_TUPLES_OK && PQntuples(txid) == 1) {
+    out.txid = std::stoull(PQgetvalue(txid, 0, 0));
+  } else if (!statementError && PQresultStatus(txid) != PGRES_PIPELINE_ABORTED) {
+    statementError.emplace(errorOf(txid, "SELECT txid_current()"));
   }
-  auto prepared = nextResult(c);
-  if (prepared.get() == nullptr) connectionLost(c, "PREPARE TRANSACTION");
-  auto pst = PQresultStatus(prepared.get());
+  PGresult* prepared = rs[2 + calls.size()].get();
+  auto pst = PQresultStatus(prepared);
   if (pst == PGRES_COMMAND_OK) {
     out.prepared = true;
   } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
-    auto e = errorOf(prepared.get(), "PREPARE TRANSACTION");
-    if (e.connectionLost()) throw e;
+    auto e = errorOf(prepared, "PREPARE TRANSACTION");
+    if (e.connectionLost()) pipelineLost(c, "PREPARE TRANSACTION");
     out.prepareFailed = describePgError(e);
   }
-  auto sync = nextResult(c);
-  if (sync.get() == nullptr || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC) connectionLost(c, "pipeline sync");
-  while (PGresult* extra = PQgetResult(c)) PQclear(extra);  // nothing is left after the Sync
-  if (PQexitPipelineMode(c) != 1) connectionLost(c, "leaving pipeline mode");
+  if (PQexitPipelineMode(c) != 1) pipelineLost(c, "leaving pipeline mode");
   if (statementError) {
-    if (statementError->connectionLost()) throw *statementError;
+    if (statementError->connectionLost()) pipelineLost(c, "a statement");
     out.refused = describePgError(*statementError);
   }
-  // An error inside the transaction block leaves it aborted; a failed
-  // PREPARE TRANSACTION already rolled it back (ROLLBACK then only warns).
-  if (!out.prepared) PQclear(PQexec(c, "ROLLBACK"));
   return out;
+}
+
+kj::Promise<void> PgAgent::failpointOnLoop(const char* name) {
+  unsigned ms = failpoint::hitDeferred(name);
+  if (ms == 0) return kj::READY_NOW;
+  return timer_.afterDelay(ms * kj::MILLISECONDS);
 }
 
 kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) {
@@ -343,76 +354,125 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
                              (existing->tombstone ? " (rolled back before it arrived)" : ""),
                          {}};
   }
-  return pool_
-      ->run<PrepareResult>([this, epoch, xid, ops = std::move(ops)](PGconn* c) {
-        std::string g = gid(xid);
-        // In flight from before PREPARE TRANSACTION until the record is
-        // durable or on its way (pending_): the keeper's sweep leaves this
-        // branch's gid to us meanwhile.
-        {
-          std::lock_guard<std::mutex> lk(mu_);
-          preparing_.insert(xid);
-        }
-        KJ_DEFER({
-          std::lock_guard<std::mutex> lk(mu_);
-          preparing_.erase(xid);
-        });
-        std::vector<OpResult> results;
-        KEEL_FAILPOINT("agent.after_execute");  // before the one round trip that runs and prepares
-        auto trip = prepareInOneTrip(c, ops, g, results);
-        std::optional<std::string> why = trip.refused ? trip.refused : trip.wrongRows;
-        if (trip.prepared && why) {
-          // A row count the branch does not allow: PostgreSQL prepared it
-          // all the same, so it is undone before the NO vote (a crash first
-          // leaves a gid without record: in doubt, and the coordinator,
-          // which got no vote, answers rolled back).
-          rollbackPrepared(c, g);
-        }
-        if (why) {
-          // Refused: PostgreSQL rolled it back; the branch log says so too.
-          log_.log().runSync([&](lmdb::Txn& txn) {
-            log_.storeEpoch(txn, seqNode(xid.seq), epoch);
-            if (log_.read(txn, xid)) return;
-            BranchRecord rec;
-            rec.xid = xid;
-            rec.createdUs = wallMicros();
-            rec.reason = *why;
-            log_.finish(txn, rec, BranchStatus::RolledBack, epoch);
-          });
-          return PrepareResult{Vote::No, *why, {}};
-        }
-        if (!trip.prepared) {
-          return PrepareResult{Vote::No, "PREPARE TRANSACTION failed: " + trip.prepareFailed.value_or("?"), {}};
-        }
-        KEEL_FAILPOINT("pg.after_host_prepare");
-        // PostgreSQL's prepared transaction is the durable PREPARED state:
-        // its gid names this branch, it survives a crash of PostgreSQL and of
-        // this agent, and start-up's reconcile turns a gid without a record
-        // into a PREPARED record in doubt (asked of the coordinator, never
-        // rolled back on its own). So the vote need not wait for a durable
-        // write of ours; the record is written lazily (see recordPrepared).
-        // The one exception is a coordinator epoch not yet durable here: the
-        // fence must survive a crash before we vote under it.
-        // A record here already is a rollback's tombstone: the rollback
-        // overtook us and may have looked for PostgreSQL's prepared
-        // transaction before we made it. Undo it and vote NO.
-        bool ours = !log_.branches({xid})[0] && !log_.released(xid) &&
-                    recordPrepared(epoch, xid, ops, trip.txid, /*force=*/epochNeedsForce(seqNode(xid.seq), epoch));
-        if (!ours) {
-          try {
-            rollbackPrepared(c, g);
-          } catch (const std::exception&) {
-            owe(xid, Owe::Settle, epoch, 1);  // the tombstone says rolled back: retried until PostgreSQL answers
-            throw;
-          }
-          return PrepareResult{Vote::No, "branch " + xid.str() + " was rolled back before it was prepared", {}};
-        }
-        return PrepareResult{Vote::Yes, "", std::move(results)};
+  return loopPrepare_
+      ->run<PrepareResult>([this, epoch, xid, ops = std::move(ops)](pg::LoopConn& lc) mutable {
+        return prepareOnLoop(lc, epoch, xid, std::move(ops));
       })
       .then([](PrepareResult r) {
         if (r.vote == Vote::Yes) KEEL_FAILPOINT("agent.after_prepared_durable");
         return r;
       });
+}
+
+// What one prepare carries from step to step on the loop.
+struct PgAgent::PrepareState {
+  std::uint64_t epoch;
+  Xid xid;
+  std::vector<Op> ops;
+  std::string gid;
+  std::vector<Call> calls;
+  std::vector<OpResult> results;
+  OneTrip trip;
+  std::optional<std::string> why;  // refused: the NO vote's reason
+};
+
+kj::Promise<PrepareResult> PgAgent::prepareOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid,
+                                                  std::vector<Op> ops) {
+  auto st = kj::heap<PrepareState>(PrepareState{epoch, xid, std::move(ops), gid(xid), {}, {}, {}, {}});
+  PrepareState& s = *st;
+  // In flight from before PREPARE TRANSACTION until the record is durable
+  // or on its way (pending_): the keeper's sweep leaves this branch's gid
+  // to us meanwhile.
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    preparing_.insert(xid);
+  }
+  auto inFlight = kj::defer([this, xid] {
+    std::lock_guard<std::mutex> lk(mu_);
+    preparing_.erase(xid);
+  });
+  // ROLLBACK PREPARED of this branch's gid on `lc`; fails (a fault) when
+  // PostgreSQL fails it; a gid it does not hold is fine.
+  auto rollbackPreparedOnLoop = [&lc, &s] {
+    return lc.query("ROLLBACK PREPARED " + quoteLiteral(s.gid)).then([](pg::Result r) {
+      auto e = pg::errorIn(r);
+      if (e && e->sqlstate() != kUndefinedObject) kj::throwFatalException(faultException(describePgError(*e)));
+    });
+  };
+  return failpointOnLoop("agent.after_execute")  // before the one round trip that runs and prepares
+      .then([this, &lc, &s] {
+        sendOneTrip(lc.get(), s.ops, s.gid, s.calls);
+        return lc.flush();
+      })
+      .then([&lc] { return lc.collectPipeline(); })
+      .then([this, &lc, &s](std::vector<pg::Result> rs) -> kj::Promise<void> {
+        s.trip = readOneTrip(lc.get(), rs, s.calls, s.results);
+        // An error inside the transaction block leaves it aborted; a failed
+        // PREPARE TRANSACTION already rolled it back (ROLLBACK then only
+        // warns).
+        if (s.trip.prepared) return kj::READY_NOW;
+        return lc.query("ROLLBACK").ignoreResult();
+      })
+      .then([&s, rollbackPreparedOnLoop]() -> kj::Promise<void> {
+        s.why = s.trip.refused ? s.trip.refused : s.trip.wrongRows;
+        // A row count the branch does not allow: PostgreSQL prepared it all
+        // the same, so it is undone before the NO vote (a crash first
+        // leaves a gid without record: in doubt, and the coordinator, which
+        // got no vote, answers rolled back).
+        if (s.trip.prepared && s.why) return rollbackPreparedOnLoop();
+        return kj::READY_NOW;
+      })
+      .then([this, &s, rollbackPreparedOnLoop]() -> kj::Promise<PrepareResult> {
+        if (s.why) {
+          // Refused: PostgreSQL rolled it back; the branch log says so too.
+          return log_.log()
+              .run([this, &s](lmdb::Txn& txn) {
+                log_.storeEpoch(txn, seqNode(s.xid.seq), s.epoch);
+                if (log_.read(txn, s.xid)) return;
+                BranchRecord rec;
+                rec.xid = s.xid;
+                rec.createdUs = wallMicros();
+                rec.reason = *s.why;
+                log_.finish(txn, rec, BranchStatus::RolledBack, s.epoch);
+              })
+              .then([&s] { return PrepareResult{Vote::No, *s.why, {}}; });
+        }
+        if (!s.trip.prepared) {
+          return PrepareResult{Vote::No, "PREPARE TRANSACTION failed: " + s.trip.prepareFailed.value_or("?"), {}};
+        }
+        return failpointOnLoop("pg.after_host_prepare").then([this, &s, rollbackPreparedOnLoop] {
+          // PostgreSQL's prepared transaction is the durable PREPARED
+          // state: its gid names this branch, it survives a crash of
+          // PostgreSQL and of this agent, and start-up's reconcile turns a
+          // gid without a record into a PREPARED record in doubt (asked of
+          // the coordinator, never rolled back on its own). So the vote
+          // need not wait for a durable write of ours; the record is
+          // written lazily (see recordPrepared). The one exception is a
+          // coordinator epoch not yet durable here: the fence must survive
+          // a crash before we vote under it.
+          // A record here already is a rollback's tombstone: the rollback
+          // overtook us and may have looked for PostgreSQL's prepared
+          // transaction before we made it. Undo it and vote NO.
+          kj::Promise<bool> ours = false;
+          if (!log_.branches({s.xid})[0] && !log_.released(s.xid)) {
+            ours = recordPrepared(s.epoch, s.xid, s.ops, s.trip.txid,
+                                  /*force=*/epochNeedsForce(seqNode(s.xid.seq), s.epoch));
+          }
+          return ours.then([this, &s, rollbackPreparedOnLoop](bool mine) -> kj::Promise<PrepareResult> {
+            if (mine) return PrepareResult{Vote::Yes, "", std::move(s.results)};
+            return rollbackPreparedOnLoop().then(
+                [&s] {
+                  return PrepareResult{Vote::No, "branch " + s.xid.str() + " was rolled back before it was prepared",
+                                       {}};
+                },
+                [this, &s](kj::Exception&& e) -> PrepareResult {
+                  owe(s.xid, Owe::Settle, s.epoch, 1);  // the tombstone says rolled back: retried until PostgreSQL answers
+                  kj::throwFatalException(kj::mv(e));
+                });
+          });
+        });
+      })
+      .attach(kj::mv(st), kj::mv(inFlight));
 }
 
 // The lazy write of a PREPARED record (see prepare): apply runs on the
@@ -455,16 +515,17 @@ bool PgAgent::writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const 
   return true;
 }
 
-bool PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, std::uint64_t txid,
-                             bool force) {
+kj::Promise<bool> PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops,
+                                          std::uint64_t txid, bool force) {
   if (force) {
-    bool written = log_.log().runSync([&](lmdb::Txn& txn) { return writePrepared(txn, epoch, xid, ops, txid); });
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      auto& d = durableEpochs_[seqNode(xid.seq)];
-      d = std::max(d, epoch);
-    }
-    return written;
+    return log_.log()
+        .run([this, epoch, xid, ops, txid](lmdb::Txn& txn) { return writePrepared(txn, epoch, xid, ops, txid); })
+        .then([this, epoch, xid](bool written) {
+          std::lock_guard<std::mutex> lk(mu_);
+          auto& d = durableEpochs_[seqNode(xid.seq)];
+          d = std::max(d, epoch);
+          return written;
+        });
   }
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -736,17 +797,63 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   return committedMeanwhile ? BranchOutcome::Committed : BranchOutcome::RolledBack;
 }
 
+kj::Promise<BranchOutcome> PgAgent::commitOnPool(Xid xid, std::uint64_t epoch) {
+  return finishPool_->run<BranchOutcome>([this, xid, epoch](PGconn* c) { return commitOne(c, xid, epoch); });
+}
+
+kj::Promise<BranchOutcome> PgAgent::commitOnLoop(Xid xid, std::uint64_t epoch) {
+  // The common case on the loop: a PREPARED record and PostgreSQL holding
+  // its gid. Everything else (no record, a repeated commit, a gid
+  // PostgreSQL no longer holds) is commitOne's, on the finish pool.
+  // Must be durable before COMMIT PREPARED: the PREPARED record with its
+  // txid (see commitOne). One still on its way is waited for, not forced:
+  // it rides with the next group commit, at most lazy_delay (2 ms) away.
+  // Phase 2 is off the client's path (the client heard "committed" when
+  // the decision was durable), so this costs only a little longer hold on
+  // the branch's rows, and saves a group commit of its own per commit
+  // message.
+  kj::Promise<void> durable = kj::READY_NOW;
+  if (pendingRecord(xid)) durable = log_.log().runLazy([](lmdb::Txn&) {});
+  return durable.then([this, xid, epoch]() -> kj::Promise<BranchOutcome> {
+    auto rec = log_.branches({xid})[0];
+    if (!rec || rec->state != BranchStatus::Prepared) return commitOnPool(xid, epoch);
+    return loopFinish_
+        ->run<pg::Result>([this, g = gidOf(*rec)](pg::LoopConn& lc) {
+          return failpointOnLoop("agent.before_commit_durable").then([&lc, g] {
+            return lc.query("COMMIT PREPARED " + quoteLiteral(g));
+          });
+        })
+        .then([this, xid, epoch](pg::Result r) -> kj::Promise<BranchOutcome> {
+          if (auto e = pg::errorIn(r)) {
+            // Gone: our own COMMIT PREPARED before a crash lost its record,
+            // or a DBA's; commitOne asks txid_status which.
+            if (e->sqlstate() == kUndefinedObject) return commitOnPool(xid, epoch);
+            kj::throwFatalException(faultException(e->what()));
+          }
+          return failpointOnLoop("pg.after_host_commit").then([this, xid, epoch] {
+            // Lazy, as in commitOne: PostgreSQL's commit is durable already.
+            return log_.log()
+                .runLazy([this, xid, epoch](lmdb::Txn& txn) {
+                  log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+                  auto r = log_.read(txn, xid);
+                  if (r && r->state == BranchStatus::Prepared) log_.finish(txn, *r, BranchStatus::Committed, epoch);
+                })
+                .then([] { return BranchOutcome::Committed; });
+          });
+        });
+  });
+}
+
 kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids, bool commit, std::uint64_t epoch) {
   if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
-  // One finish-pool job per branch, so that a batch spreads over the
-  // connections; the answer keeps the batch's order.
+  // Each branch on its own connection (a commit on the loop's, a rollback
+  // as a finish-pool job), so that a batch spreads over the connections;
+  // the answer keeps the batch's order.
   kj::Vector<kj::Promise<BranchOutcome>> each(xids.size());
   for (Xid x : xids) {
-    each.add(finishPool_
-                 ->run<BranchOutcome>([this, x, commit, epoch](PGconn* c) {
-                   return commit ? commitOne(c, x, epoch) : rollbackOne(c, x, epoch);
-                 })
-                 .catch_([this, x, commit, epoch](kj::Exception&& e) -> BranchOutcome {
+    auto one = commit ? kj::evalNow([&] { return commitOnLoop(x, epoch); })
+                      : finishPool_->run<BranchOutcome>([this, x, epoch](PGconn* c) { return rollbackOne(c, x, epoch); });
+    each.add(kj::mv(one).catch_([this, x, commit, epoch](kj::Exception&& e) -> BranchOutcome {
                    // PostgreSQL unreachable, most likely. The decision is
                    // known here now: the keeper retries it with backoff (and
                    // at once when a pool connects again), sooner than the

@@ -56,12 +56,19 @@
 // Interactive mode (execute) is not offered by this adapter yet: it would
 // need one connection held per open branch.
 //
-// Threads: the event loop calls these methods; SQL runs on the pool's worker
-// threads, which also wait for the branch log's durable writes.
+// Threads: the event loop calls these methods. A prepare and the commit of
+// a PREPARED branch run on the loop itself: libpq in non-blocking mode on
+// connections the loop watches (pg::LoopPool), the branch log's writes as
+// promises; no thread hop and no wake-up beyond PostgreSQL's answer and the
+// group commit's. Rollbacks, one-phase commits, the rare commits (no
+// record, a gid PostgreSQL no longer holds) and the keeper's work run SQL
+// on the pools' worker threads, which also wait for the log's writes.
 //
 // Files: pg_agent.cc the protocol (prepare, commit, rollback, one-phase);
 // pg_agent_recovery.cc the gids, the start-up reconcile and the keeper
 // thread (the sweep, and retries of COMMIT / ROLLBACK PREPARED that failed).
+
+#include <kj/async-io.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -75,6 +82,7 @@
 #include <vector>
 
 #include "common/statements.h"
+#include "participant/adapters/pg_loop.h"
 #include "participant/adapters/pg_pool.h"
 #include "participant/backend.h"
 #include "participant/branch_log.h"
@@ -109,7 +117,9 @@ class PgAgent final : public ParticipantBackend {
  public:
   // Checks the branch log and connects. Throws with a message saying how to
   // fix what is wrong.
-  explicit PgAgent(PgAgentOptions opts);
+  // `io`: the event loop the agent's calls arrive on; prepares and commits
+  // drive their PostgreSQL connections from it (pg::LoopPool).
+  PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io);
   // Connects once and checks what the agent needs of its database
   // (max_prepared_transactions above 0; the one-phase marker table, created
   // if missing, with the rights to use it). keel-agent runs it before the
@@ -191,9 +201,13 @@ class PgAgent final : public ParticipantBackend {
   // rolls it back and returns the reason.
   std::optional<std::string> runStatements(PGconn* c, const std::vector<Op>& ops, std::vector<OpResult>& results);
   // BEGIN; statements; SELECT txid_current(); PREPARE TRANSACTION in one
-  // pipelined round trip.
-  // Throws PgError when the connection broke (PostgreSQL may have prepared
-  // it all the same).
+  // pipelined round trip: sendOneTrip queues it (pipeline mode), the loop
+  // sends it and collects the results, readOneTrip reads them (and leaves
+  // pipeline mode). Either fails with a fault when the connection broke
+  // (PostgreSQL may have prepared it all the same).
+ public:
+  struct Call;  // one call of a declared statement as libpq takes it
+ private:
   struct OneTrip {
     bool prepared = false;                     // PREPARE TRANSACTION succeeded
     std::optional<std::string> refused;        // a statement failed: nothing prepared
@@ -201,8 +215,21 @@ class PgAgent final : public ParticipantBackend {
     std::optional<std::string> prepareFailed;  // PREPARE TRANSACTION itself failed
     std::uint64_t txid = 0;                    // txid_current() of the prepared transaction
   };
-  OneTrip prepareInOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid,
-                           std::vector<OpResult>& results);
+  void sendOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls);
+  OneTrip readOneTrip(PGconn* c, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
+                      std::vector<OpResult>& results);
+  // A prepare on a connection of the loop: the one trip, the NO vote's
+  // record or the lazy PREPARED record, a ROLLBACK PREPARED where the
+  // branch was refused after PostgreSQL prepared it or a rollback overtook it.
+  struct PrepareState;
+  kj::Promise<PrepareResult> prepareOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid, std::vector<Op> ops);
+  // A commit of a PREPARED branch on a connection of the loop; the rare
+  // cases go to commitOne on the finish pool (commitOnPool).
+  kj::Promise<BranchOutcome> commitOnLoop(Xid xid, std::uint64_t epoch);
+  kj::Promise<BranchOutcome> commitOnPool(Xid xid, std::uint64_t epoch);
+  // A failpoint on the loop: a delay waits on the timer instead of
+  // stopping the loop (other calls go on meanwhile, as on a pool thread).
+  kj::Promise<void> failpointOnLoop(const char* name);
   // What PostgreSQL did with a one-phase branch whose outcome we lost.
   // nullopt: PostgreSQL still runs it ('in progress': its COMMIT is in
   // flight, or its session has not noticed our crash yet); ask again later.
@@ -243,7 +270,8 @@ class PgAgent final : public ParticipantBackend {
   // not yet durable here). False when, forced, it found a rollback's
   // tombstone (lazily, preparedRecordDone undoes PostgreSQL's half).
   class PreparedRecordJob;
-  bool recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, std::uint64_t txid, bool force);
+  kj::Promise<bool> recordPrepared(std::uint64_t epoch, Xid xid, const std::vector<Op>& ops, std::uint64_t txid,
+                                   bool force);
   bool writePrepared(lmdb::Txn& txn, std::uint64_t epoch, Xid xid, const std::vector<Op>& ops,
                      std::uint64_t txid) const;
   void preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept;
@@ -258,10 +286,17 @@ class PgAgent final : public ParticipantBackend {
 
   PgAgentOptions opts_;
   BranchLog log_;
-  std::unique_ptr<pg::Pool> pool_;    // statements and PREPARE TRANSACTION
-  // COMMIT PREPARED / ROLLBACK PREPARED on connections of their own: they
-  // release the locks that statements in pool_ may be waiting for, so they
-  // must never queue behind them.
+  kj::Timer& timer_;
+  // The hot path's connections, driven by the event loop: prepares, and
+  // the commits of PREPARED branches. Each as large as the pool size.
+  std::unique_ptr<pg::LoopPool> loopPrepare_;
+  std::unique_ptr<pg::LoopPool> loopFinish_;
+  // One-phase commits and the start-up reconcile, on worker threads
+  // (connections opened when first needed).
+  std::unique_ptr<pg::Pool> pool_;
+  // ROLLBACK PREPARED, the rare commits (commitOne), the keeper's sweeps
+  // and retries, on connections of their own: they release the locks that
+  // statements may be waiting for, so they must never queue behind them.
   std::unique_ptr<pg::Pool> finishPool_;
   std::mutex mu_;
   std::set<Xid> preparing_;  // GUARDED_BY(mu_): a prepare's pool job is running

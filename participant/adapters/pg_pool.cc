@@ -50,10 +50,10 @@ void Pool::post(std::function<void(PGconn*)> fn) {
   });
 }
 
-void Pool::warnRateLimited(const std::string& what) {
-  std::lock_guard<std::mutex> lk(logMu_);
+void FailureLog::warn(const std::string& what) {
+  std::lock_guard<std::mutex> lk(mu_);
   auto now = std::chrono::steady_clock::now();
-  if (now - lastWarn_ < std::chrono::seconds(1)) {
+  if (now - last_ < std::chrono::seconds(1)) {
     ++unlogged_;
     return;
   }
@@ -62,7 +62,7 @@ void Pool::warnRateLimited(const std::string& what) {
   } else {
     KEEL_LOG_WARN("postgres: {}", what);
   }
-  lastWarn_ = now;
+  last_ = now;
   unlogged_ = 0;
 }
 
@@ -71,7 +71,7 @@ PGconn* Pool::connect() {
   if (PQstatus(c) != CONNECTION_OK) {
     std::string msg = PQerrorMessage(c);
     while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
-    warnRateLimited("cannot connect: " + msg);
+    failures_.warn("cannot connect: " + msg);
     PQfinish(c);
     lost_ = true;
     return nullptr;
@@ -80,7 +80,7 @@ PGconn* Pool::connect() {
     try {
       exec(c, initSql_);
     } catch (const PgError& e) {
-      warnRateLimited(std::string("session set-up failed: ") + e.what());
+      failures_.warn(std::string("session set-up failed: ") + e.what());
       PQfinish(c);
       lost_ = true;
       return nullptr;

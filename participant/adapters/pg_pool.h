@@ -58,6 +58,19 @@ class Result {
   PGresult* r_;
 };
 
+// Connection failures, logged at most once a second with how many went
+// unlogged (while PostgreSQL is down every call fails to connect). Any
+// thread.
+class FailureLog {
+ public:
+  void warn(const std::string& what);
+
+ private:
+  std::mutex mu_;
+  std::chrono::steady_clock::time_point last_;  // GUARDED_BY(mu_)
+  std::uint64_t unlogged_ = 0;                  // GUARDED_BY(mu_)
+};
+
 // Runs a command without parameters; throws PgError unless it succeeds.
 Result exec(PGconn* c, const std::string& sql);
 
@@ -92,12 +105,7 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;  // GUARDED_BY(mu_)
-  // Connection failures are logged at most once a second, with how many
-  // went unlogged (while PostgreSQL is down every job fails to connect).
-  std::mutex logMu_;
-  std::chrono::steady_clock::time_point lastWarn_;  // GUARDED_BY(logMu_)
-  std::uint64_t unlogged_ = 0;                      // GUARDED_BY(logMu_)
-  void warnRateLimited(const std::string& what);
+  FailureLog failures_;
   bool stopping_ = false;  // GUARDED_BY(mu_)
   std::vector<std::thread> workers_;
 };
