@@ -15,7 +15,9 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include "bench/etcd_floor.h"
@@ -74,6 +76,8 @@ struct Flags {
   double scrapeMetrics = 0;  // --scrape-metrics: admin planes on, /metrics of each scraped this often (s); 0: off
   bool scrapeCompare = false;  // --scrape-compare: windows without and with the scraper, alternated
   std::uint32_t scrapeRounds = 3;  // --scrape-rounds: scraped windows of --scrape-compare
+  std::vector<std::string> pgDatabases;  // --pg NAME=CONNINFO: existing databases, one per agent
+  std::uint32_t pgServers = 1;           // --pg-servers: PostgreSQL servers started, agents' databases spread over them
 };
 
 std::pair<std::string, std::string> splitEq(const std::string& s, const char* flag) {
@@ -88,7 +92,7 @@ std::pair<std::string, std::string> splitEq(const std::string& s, const char* fl
 struct Setup {
   std::string baseDir;  // data, logs, floor scratch
   bool ownBaseDir = false;
-  std::unique_ptr<keel::test::PgServer> pg;
+  std::vector<std::unique_ptr<keel::test::PgServer>> pgs;  // started here (none with --pg)
   std::unique_ptr<keel::test::EtcdCluster> etcd;  // --cluster: outlives the coordinators
   std::unique_ptr<keel::LocalCluster> cluster;
   std::unique_ptr<keel::HostProcess> host;  // --adapter host: the host system behind bank-b
@@ -170,20 +174,37 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
                                            keel::writeHostOperations(s.baseDir)});
     }
     if (adapter == "postgres") {
-      keel::test::PgServerOptions po;
-      for (auto& a : copts.agents) po.databases.push_back(keel::bank::databaseFor(a));
-      // Room for every prepared branch, and for every connection: raw2pc's
-      // clients and the agents' pools.
-      po.maxPreparedTransactions = keel::test::preparedTransactionsFor(maxConcurrency);
-      // Per agent: its prepare pool and its phase-2 pool (each as large as
-      // the concurrency), plus raw2pc's own connection per database and client.
-      po.settings = {"max_connections=" + std::to_string(f.agents * 3 * maxConcurrency + 50)};
-      s.pg = std::make_unique<keel::test::PgServer>("", po);  // its own folder, owned by postgres
-      std::fprintf(stderr, "keel-bench: starting PostgreSQL\n");
-      s.pg->start();
+      std::map<std::string, std::string> conninfo;
+      if (!f.pgDatabases.empty()) {
+        for (auto& d : f.pgDatabases) conninfo.insert(splitEq(d, "--pg"));
+        std::fprintf(stderr, "keel-bench: using the PostgreSQL databases given with --pg\n");
+      } else {
+        // One server per f.pgServers; agent i's database on server i mod n.
+        for (std::uint32_t k = 0; k < f.pgServers; ++k) {
+          keel::test::PgServerOptions po;
+          std::uint32_t here = 0;
+          for (std::size_t i = k; i < copts.agents.size(); i += f.pgServers) {
+            po.databases.push_back(keel::bank::databaseFor(copts.agents[i]));
+            ++here;
+          }
+          // Room for every prepared branch, and for every connection: per
+          // agent its two event-loop pools and two worker pools (each as
+          // large as the concurrency; the workers' open only when needed),
+          // plus raw2pc's own connection per database and client.
+          po.maxPreparedTransactions = keel::test::preparedTransactionsFor(maxConcurrency);
+          po.settings = {"max_connections=" + std::to_string(here * 5 * maxConcurrency + 50)};
+          s.pgs.push_back(std::make_unique<keel::test::PgServer>("", po));  // its own folder, owned by postgres
+        }
+        std::fprintf(stderr, "keel-bench: starting %u PostgreSQL server%s\n", f.pgServers, f.pgServers > 1 ? "s" : "");
+        for (auto& pg : s.pgs) pg->start();
+        for (std::size_t i = 0; i < copts.agents.size(); ++i) {
+          auto& a = copts.agents[i];
+          conninfo[a] = s.pgs[i % s.pgs.size()]->connString(keel::bank::databaseFor(a));
+        }
+      }
       // The agents' pools as large as the load, so the pool is not the limit.
-      keel::bank::setUpPostgresBanks(*s.pg, *s.cluster, f.spec.accounts, kOpeningBalance, maxConcurrency);
-      for (auto& a : copts.agents) s.conninfo.push_back(s.pg->connString(keel::bank::databaseFor(a)));
+      keel::bank::setUpPostgresBanks(conninfo, *s.cluster, f.spec.accounts, kOpeningBalance, maxConcurrency);
+      for (auto& a : copts.agents) s.conninfo.push_back(conninfo.at(a));
     }
     std::fprintf(stderr, "keel-bench: starting %u agents and %s in %s%s\n", f.agents,
                  f.cluster ? (std::to_string(f.cluster) + " coordinators").c_str() : "the coordinator",
@@ -201,7 +222,10 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
       s.deployment.agents.emplace_back(a, s.cluster->agentAddress(a));
       s.deployment.processes.push_back(WatchedProcess{a, s.cluster->agentPid(a), false});
     }
-    if (s.pg) s.deployment.processes.push_back(WatchedProcess{"postgres", s.pg->pid(), true});
+    for (std::size_t k = 0; k < s.pgs.size(); ++k) {
+      std::string name = s.pgs.size() == 1 ? "postgres" : "postgres-" + std::to_string(k + 1);
+      s.deployment.processes.push_back(WatchedProcess{name, s.pgs[k]->pid(), true});
+    }
     if (s.host) s.deployment.processes.push_back(WatchedProcess{"keel-host", s.host->pid(), false});
   }
   s.deployment.processes.push_back(WatchedProcess{"keel-bench", ::getpid(), false});
@@ -223,7 +247,7 @@ void tearDown(Setup& s, bool keep) {
   s.cluster.reset();
   s.host.reset();
   s.etcd.reset();
-  s.pg.reset();
+  s.pgs.clear();
   if (s.ownBaseDir) {
     if (keep) {
       std::fprintf(stderr, "keel-bench: data and logs kept in %s\n", s.baseDir.c_str());
@@ -420,8 +444,46 @@ void runHostMode(kj::AsyncIoContext& io, Setup& s, Setup& ledger, const Flags& f
   addHostOverLedgerFields(j, r, l);
 }
 
+// CPU microseconds per committed-or-not interaction of the processes whose
+// name starts with one of `prefixes`; < 0 if none was measured.
+double groupCpuUs(const RunResult& r, std::initializer_list<const char*> prefixes) {
+  double s = 0;
+  bool any = false;
+  for (auto& c : r.cpu) {
+    for (const char* p : prefixes) {
+      if (c.seconds >= 0 && c.name.rfind(p, 0) == 0) {
+        s += c.seconds;
+        any = true;
+      }
+    }
+  }
+  if (!any || r.interactions() == 0) return -1;
+  return s * 1e6 / double(r.interactions());
+}
+
+// What each side spends per transfer: Keel's own processes (coordinator
+// and agents) against the raw 2PC client (keel-bench itself, which is all
+// there is of it), and PostgreSQL under each (when keel-bench started it).
+void printCpuComparison(const RunResult& keelRun, const RunResult& raw) {
+  double keelOwn = groupCpuUs(keelRun, {"coordinator", "bank-"});
+  double rawClient = groupCpuUs(raw, {"keel-bench"});
+  double pgKeel = groupCpuUs(keelRun, {"postgres"}), pgRaw = groupCpuUs(raw, {"postgres"});
+  std::printf("CPU us per transfer: Keel's own processes (coordinator + agents) %.0f, the raw 2PC client %.0f", keelOwn,
+              rawClient);
+  if (pgKeel >= 0 && pgRaw >= 0) {
+    std::printf("; PostgreSQL %.0f under Keel, %.0f under raw 2PC", pgKeel, pgRaw);
+  } else {
+    std::printf("; PostgreSQL not measured (databases given with --pg)");
+  }
+  std::printf("\n");
+}
+
 void addComparison(JsonObject& j, const RunResult& keelRun, const RunResult& raw) {
   addRunFields(j, raw, "raw2pc_");
+  j.add("keel_own_cpu_us_per_interaction", groupCpuUs(keelRun, {"coordinator", "bank-"}))
+      .add("raw2pc_client_cpu_us_per_interaction", groupCpuUs(raw, {"keel-bench"}));
+  if (double pg = groupCpuUs(keelRun, {"postgres"}); pg >= 0) j.add("keel_postgres_cpu_us_per_interaction", pg);
+  if (double pg = groupCpuUs(raw, {"postgres"}); pg >= 0) j.add("raw2pc_postgres_cpu_us_per_interaction", pg);
   // Committed transfers per second: the work both sides are there to do (a
   // rollback is cheaper, so counting it would flatter the side with more).
   j.add("keel_over_raw2pc", raw.committedPerSecond() > 0 ? keelRun.committedPerSecond() / raw.committedPerSecond() : 0.0);
@@ -455,6 +517,14 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"keel", "raw2pc"}));
   app.add_flag("--compare", f.compare, "postgres: run keel, then raw2pc on the same databases; report the ratio");
+  app.add_option("--pg", f.pgDatabases,
+                 "postgres: NAME=CONNINFO, an existing database for agent NAME (bank-a, bank-b...; repeat, one per "
+                 "agent) instead of a server keel-bench starts; it gets a table named accounts");
+  app.add_option("--pg-servers", f.pgServers,
+                 "postgres: PostgreSQL servers keel-bench starts, the agents' databases spread over them (two banks "
+                 "rarely share a server, and one shared WAL flatters every number)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
   app.add_option("--workload", f.spec.kind, "transfer (2 agents), single (one-phase) or multi (--participants)")
       ->capture_default_str()
       ->check(CLI::IsMember({"transfer", "single", "multi"}));
@@ -555,6 +625,19 @@ int main(int argc, char** argv) {
                    "host, --cluster, --sweep, --compare, --backup-at or --mode raw2pc");
     }
   }
+  if ((!f.pgDatabases.empty() || f.pgServers != 1) && f.adapter != "postgres") {
+    return usage("--pg and --pg-servers need --adapter postgres");
+  }
+  if (!f.pgDatabases.empty() && f.pgServers != 1) {
+    return usage("--pg gives the databases; --pg-servers starts servers for them: one or the other");
+  }
+  for (auto& d : f.pgDatabases) {
+    try {
+      splitEq(d, "--pg");
+    } catch (const CLI::ValidationError& e) {
+      return usage(e.what());
+    }
+  }
   if (!f.coordinator.empty() && f.adapter == "postgres") {
     return usage("--adapter postgres starts its own PostgreSQL and deployment; not with --coordinator");
   }
@@ -612,6 +695,23 @@ int main(int argc, char** argv) {
   } else {
     for (auto& a : f.agentAddrs) f.spec.agents.push_back(splitEq(a, "--agent").first);
   }
+  if (!f.pgDatabases.empty()) {
+    std::set<std::string> given, wanted(f.spec.agents.begin(), f.spec.agents.end());
+    for (auto& d : f.pgDatabases) {
+      auto name = splitEq(d, "--pg").first;
+      if (!given.insert(name).second) return usage("--pg gives " + name + " twice");
+      if (!wanted.count(name)) {
+        return usage("--pg names " + name + ", which is not an agent of this run (the agents are bank-a, bank-b...)");
+      }
+    }
+    for (auto& a : wanted) {
+      if (!given.count(a)) return usage("--pg gives no database for agent " + a + ": one --pg NAME=CONNINFO per agent");
+    }
+  }
+  if (f.pgServers > f.agents && f.coordinator.empty()) {
+    return usage("--pg-servers " + std::to_string(f.pgServers) + " is more than the " + std::to_string(f.agents) +
+                 " agents: a server would hold no database");
+  }
   f.spec.adapter = f.adapter == "postgres" ? Adapter::Postgres : Adapter::Ledger;
   if (auto err = f.spec.check(); !err.empty()) return usage(err);
   if (f.sweep) f.floor = true;
@@ -645,6 +745,7 @@ int main(int argc, char** argv) {
         if (f.compare) {
           p.raw2pc = runOne(io, s, f, "raw2pc", c);
           printRun(stdout, *p.raw2pc, ctx);
+          printCpuComparison(p.keel, *p.raw2pc);
         }
         JsonObject pj;
         addRunFields(pj, p.keel);
@@ -698,6 +799,7 @@ int main(int argc, char** argv) {
         std::printf("keel / raw2pc: %.2f of the committed transfers per second, p50 %llu vs %llu us\n",
                     raw.committedPerSecond() > 0 ? r.committedPerSecond() / raw.committedPerSecond() : 0.0,
                     (unsigned long long)r.latency.percentile(50), (unsigned long long)raw.latency.percentile(50));
+        printCpuComparison(r, raw);
         addComparison(j, r, raw);
       }
       if (floor) {

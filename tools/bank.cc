@@ -123,10 +123,38 @@ std::string writeStatementsFile(const std::string& dir, const std::string& extra
 
 void setUpPostgresBanks(test::PgServer& pg, LocalCluster& cluster, std::uint32_t accounts, std::int64_t opening,
                         std::uint32_t poolSize) {
+  std::map<std::string, std::string> conninfo;
+  for (auto& agent : cluster.agentNames()) conninfo[agent] = pg.connString(databaseFor(agent));
+  setUpPostgresBanks(conninfo, cluster, accounts, opening, poolSize);
+}
+
+namespace {
+
+// The comment that marks an accounts table as the bank's own (replaceable).
+constexpr const char* kBankTableComment = "keel bank accounts (keel-bench, keel-demo): replaced on each run";
+
+}  // namespace
+
+void setUpPostgresBanks(const std::map<std::string, std::string>& conninfoByAgent, LocalCluster& cluster,
+                        std::uint32_t accounts, std::int64_t opening, std::uint32_t poolSize) {
+  // Every database is checked before any is changed.
+  for (auto& agent : cluster.agentNames()) {
+    auto it = conninfoByAgent.find(agent);
+    if (it == conninfoByAgent.end()) throw std::runtime_error("no PostgreSQL database given for agent " + agent);
+    auto rows = test::pgQuery(it->second,
+                              "SELECT coalesce(obj_description(c.oid, 'pg_class'), '') FROM pg_class c "
+                              "WHERE c.relname = 'accounts' AND c.relkind = 'r' AND pg_table_is_visible(c.oid)");
+    if (!rows.empty() && rows[0][0] != kBankTableComment) {
+      throw std::runtime_error("the database of " + agent + " (" + it->second +
+                               ") already has a table named accounts that Keel's bank did not make: not touching "
+                               "it; give an empty database, or drop that table yourself");
+    }
+  }
   std::string statements = writeStatementsFile(cluster.baseDir());
   for (auto& agent : cluster.agentNames()) {
-    auto conn = pg.connString(databaseFor(agent));
-    test::pgQuery(conn, createAccountsSql(accounts, opening));
+    const std::string& conn = conninfoByAgent.at(agent);
+    test::pgQuery(conn, std::string("DROP TABLE IF EXISTS accounts; ") + createAccountsSql(accounts, opening) +
+                            "COMMENT ON TABLE accounts IS '" + kBankTableComment + "';");
     std::vector<std::string> args = {"--adapter", "postgres", "--postgres", conn, "--statements", statements};
     if (poolSize != 0) args.insert(args.end(), {"--pool-size", std::to_string(poolSize)});
     cluster.setAgentArgs(agent, args);

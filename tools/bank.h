@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -84,5 +85,12 @@ std::string writeStatementsFile(const std::string& dir, const std::string& extra
 // the agent's default).
 void setUpPostgresBanks(test::PgServer& pg, LocalCluster& cluster, std::uint32_t accounts, std::int64_t opening,
                         std::uint32_t poolSize = 0);
+// The same with each agent's database given as a libpq connection string
+// (one per agent of `cluster`, by name): servers of its own, or databases a
+// user already has. An accounts table found there is replaced only if it is
+// one this function made (its comment says so); any other refuses with
+// std::runtime_error, touching nothing.
+void setUpPostgresBanks(const std::map<std::string, std::string>& conninfoByAgent, LocalCluster& cluster,
+                        std::uint32_t accounts, std::int64_t opening, std::uint32_t poolSize = 0);
 
 }  // namespace keel::bank

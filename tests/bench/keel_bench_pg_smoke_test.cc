@@ -1,10 +1,12 @@
 // keel-bench on PostgreSQL, briefly: Keel through postgres agents, then the
 // raw2pc baseline on the same databases, in one run; the JSON line must
-// carry both sides and their ratio (never a speed).
+// carry both sides and their ratio (never a speed). Two servers (one per
+// bank), and databases the user already has (--pg).
 
 #include <gtest/gtest.h>
 
 #include "tests/bench/bench_cli.h"
+#include "tools/pg_server.h"
 
 namespace keel::test {
 namespace {
@@ -27,6 +29,69 @@ TEST(KeelBenchPostgres, CompareRunsKeelAndRaw2pcOnTheSameDatabases) {
   EXPECT_EQ(m["errors"].number(), 0);
   EXPECT_GT(m["keel_over_raw2pc"].number(), 0);
   EXPECT_TRUE(m["cpu_s"].has("postgres"));
+}
+
+TEST(KeelBenchPostgres, TwoServersOneDatabaseEachAndTheCpuOfBothSides) {
+  auto r = run("--adapter postgres --pg-servers 2 --compare --concurrency 2 --duration 1.5 --warmup 0.5 --accounts 50 "
+               "--quiet",
+               false);
+  ASSERT_EQ(r.exitCode, 0) << r.out;
+  auto m = JsonReader::parse(lastLine(r.out));
+  // One PostgreSQL server per bank, each watched on its own.
+  ASSERT_TRUE(m["cpu_s"].has("postgres-1")) << lastLine(r.out);
+  ASSERT_TRUE(m["cpu_s"].has("postgres-2")) << lastLine(r.out);
+  EXPECT_FALSE(m["cpu_s"].has("postgres"));
+  EXPECT_GT(m["cpu_s"]["postgres-1"].number(), 0);
+  EXPECT_GT(m["cpu_s"]["postgres-2"].number(), 0);
+  EXPECT_GT(m["committed"].number(), 0);
+  EXPECT_GT(m["raw2pc_committed"].number(), 0);
+  // Both sides' CPU per transfer, printed and in the JSON.
+  for (const char* k : {"keel_own_cpu_us_per_interaction", "raw2pc_client_cpu_us_per_interaction",
+                        "keel_postgres_cpu_us_per_interaction", "raw2pc_postgres_cpu_us_per_interaction"}) {
+    ASSERT_TRUE(m.has(k)) << "missing " << k;
+    EXPECT_GT(m[k].number(), 0) << k;
+  }
+  EXPECT_NE(r.out.find("CPU us per transfer: Keel's own processes (coordinator + agents)"), std::string::npos) << r.out;
+}
+
+TEST(KeelBenchPostgres, ExistingDatabasesGivenWithPgAreUsedAndAForeignTableIsLeftAlone) {
+  PgServerOptions o;
+  o.databases = {"mine_a", "mine_b"};
+  o.maxPreparedTransactions = 64;
+  PgServer pg("", o);
+  pg.start();
+  std::string a = pg.connString("mine_a"), b = pg.connString("mine_b");
+  std::string flags = "--adapter postgres --compare --concurrency 2 --duration 1 --warmup 0.5 --accounts 50 --quiet ";
+  auto r = run(flags + "--pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "'", false);
+  ASSERT_EQ(r.exitCode, 0) << r.out;
+  auto m = JsonReader::parse(lastLine(r.out));
+  EXPECT_GT(m["committed"].number(), 0);
+  EXPECT_GT(m["raw2pc_committed"].number(), 0);
+  EXPECT_FALSE(m["cpu_s"].has("postgres"));  // not ours to watch
+  // The bank was made in the databases given.
+  auto countA = pgQuery(a, "SELECT count(*) FROM accounts");
+  ASSERT_EQ(countA.size(), 1u);
+  EXPECT_EQ(countA[0][0], "50");
+  // A second run replaces the bank's own table.
+  r = run(flags + "--pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "'", false);
+  ASSERT_EQ(r.exitCode, 0) << r.out;
+
+  // A table named accounts that is not the bank's: refused, nothing touched.
+  pgQuery(b, "DROP TABLE accounts; CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (7)");
+  r = run(flags + "--pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "'", true);
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.out.find("did not make"), std::string::npos) << r.out;
+  auto kept = pgQuery(b, "SELECT id FROM accounts");
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(kept[0][0], "7");
+
+  // Bad flags say what is wrong.
+  r = run("--adapter postgres --pg 'bank-a=" + a + "' --quiet", true);
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.out.find("no database for agent bank-b"), std::string::npos) << r.out;
+  r = run("--adapter postgres --pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "' --pg-servers 2 --quiet", true);
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.out.find("one or the other"), std::string::npos) << r.out;
 }
 
 }  // namespace
