@@ -175,6 +175,10 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
         }
         return r;
       });
+      // KJ runs a .then() when its consumer asks for the value, and the
+      // join below asks only once every vote is ready: without this, no
+      // vote would ever be streamed ahead of the answer.
+      vote = vote.eagerlyEvaluate(nullptr);
     }
     votes.add(kj::mv(vote));
     ++index;

@@ -143,16 +143,16 @@ TEST_F(PostgresTest, AtomicTransferAcrossTwoDatabases) {
   EXPECT_TRUE(settled());
 }
 
-TEST_F(PostgresTest, AgentsAskTheCoordinatorForOnePreparePerMessage) {
+TEST_F(PostgresTest, AgentsAskTheCoordinatorForSmallPrepareBatches) {
   // The coordinator runs with its defaults (batch_max 256, batch_in_flight
-  // 2); each postgres agent asks for one prepare per message and as many
-  // in flight as its pool has connections (4 here), and gets it.
+  // 2); each postgres agent asks for at most 8 prepares per message and as
+  // many in flight as its pool has connections (4 here), and gets it.
   auto o = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});
   ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
   std::ifstream log(cluster_->coordinatorLog());
   std::string all((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
   for (auto name : {"bank-a", "bank-b"}) {
-    EXPECT_NE(all.find(std::string(name) + ": the participant asks for at most 1 prepare(s) per message and 4 "
+    EXPECT_NE(all.find(std::string(name) + ": the participant asks for at most 8 prepare(s) per message and 4 "
                                            "message(s) in flight"),
               std::string::npos)
         << all;
