@@ -67,7 +67,9 @@ std::vector<std::string> documentedFailpoints() {
 // Every KEEL_FAILPOINT("...") site in the code under test.
 std::set<std::string> failpointsInCode() {
   std::set<std::string> out;
-  static const std::regex site("KEEL_FAILPOINT\\(\"([^\"]+)\"\\)");
+  // KEEL_FAILPOINT("name"), and failpointOnLoop("name"): the postgres
+  // agent's sites on its event loop, where a delay waits on the loop's timer.
+  static const std::regex site("(?:KEEL_FAILPOINT|failpointOnLoop)\\(\"([^\"]+)\"\\)");
   for (const char* dir : {"coordinator", "participant", "common"}) {
     for (const auto& e : fs::recursive_directory_iterator(std::string(KEEL_SOURCE_DIR) + "/" + dir)) {
       auto ext = e.path().extension();
