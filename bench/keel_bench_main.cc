@@ -444,23 +444,6 @@ void runHostMode(kj::AsyncIoContext& io, Setup& s, Setup& ledger, const Flags& f
   addHostOverLedgerFields(j, r, l);
 }
 
-// CPU microseconds per committed-or-not interaction of the processes whose
-// name starts with one of `prefixes`; < 0 if none was measured.
-double groupCpuUs(const RunResult& r, std::initializer_list<const char*> prefixes) {
-  double s = 0;
-  bool any = false;
-  for (auto& c : r.cpu) {
-    for (const char* p : prefixes) {
-      if (c.seconds >= 0 && c.name.rfind(p, 0) == 0) {
-        s += c.seconds;
-        any = true;
-      }
-    }
-  }
-  if (!any || r.interactions() == 0) return -1;
-  return s * 1e6 / double(r.interactions());
-}
-
 // What each side spends per transfer: Keel's own processes (coordinator
 // and agents) against the raw 2PC client (keel-bench itself, which is all
 // there is of it), and PostgreSQL under each (when keel-bench started it).

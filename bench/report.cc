@@ -1,5 +1,6 @@
 #include "bench/report.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace keel::bench {
@@ -73,17 +74,25 @@ void addContextFields(JsonObject& j, const RunContext& c) {
       .add("duration_s", c.durationS);
 }
 
+double groupCpuUs(const RunResult& r, std::initializer_list<const char*> prefixes) {
+  double s = 0;
+  bool any = false;
+  for (auto& c : r.cpu) {
+    for (const char* p : prefixes) {
+      if (c.seconds >= 0 && c.name.rfind(p, 0) == 0) {
+        s += c.seconds;
+        any = true;
+      }
+    }
+  }
+  if (!any || r.interactions() == 0) return -1;
+  return s * 1e6 / double(r.interactions());
+}
+
 namespace {
 
-// CPU of the processes whose name starts with `group` ("coordinator",
-// "etcd"), in microseconds per interaction of the window.
-double cpuUsPerInteraction(const RunResult& r, const std::string& group) {
-  double s = 0;
-  for (auto& c : r.cpu) {
-    if (c.name.rfind(group, 0) == 0 && c.seconds > 0) s += c.seconds;
-  }
-  return r.interactions() ? s * 1e6 / double(r.interactions()) : 0;
-}
+// groupCpuUs for one group, 0 when not measured (the cluster lines).
+double cpuUsPerInteraction(const RunResult& r, const char* group) { return std::max(0.0, groupCpuUs(r, {group})); }
 
 // One process's CPU in microseconds per interaction of the window; < 0
 // when not measured (the process was gone at one end of the window).

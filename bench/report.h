@@ -4,6 +4,7 @@
 // each field means).
 
 #include <cstdio>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,6 +43,11 @@ struct RunContext {
 
 // The run's fields (prefix "" for keel; "raw2pc_" for the baseline's own
 // fields in a comparison).
+// CPU microseconds per interaction of the window, summed over the
+// processes whose name starts with one of `prefixes` ("coordinator",
+// "bank-", "etcd", "postgres"); < 0 when none of them was measured.
+double groupCpuUs(const RunResult& r, std::initializer_list<const char*> prefixes);
+
 void addRunFields(JsonObject& j, const RunResult& r, const std::string& prefix = "");
 void addFloorFields(JsonObject& j, const FloorResult& f, const RunResult* singleClient);
 void addContextFields(JsonObject& j, const RunContext& c);

@@ -186,20 +186,10 @@ namespace {
 
 using Call = PgAgent::Call;
 
-// The connection broke in the middle of a pipeline: a fault, as the loop's
-// connections report one (LoopConn).
-[[noreturn]] void pipelineLost(PGconn* c, const char* what) {
-  std::string msg = PQerrorMessage(c);
-  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-  kj::throwFatalException(faultException("connection to PostgreSQL lost (" + std::string(what) + "): " + msg));
-}
-
-// The error a failed result carries.
+// The error a failed result carries, named after what failed.
 pg::PgError errorOf(const PGresult* r, const std::string& what) {
-  const char* code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-  std::string msg = PQresultErrorMessage(r);
-  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-  return pg::PgError(what + ": " + msg, code != nullptr ? code : "");
+  auto e = pg::resultError(r);
+  return pg::PgError(what + ": " + e.what(), e.sqlstate());
 }
 
 // The outcome of statement i (0-based) from its result; throws PgError with
@@ -260,18 +250,19 @@ std::optional<std::string> PgAgent::runStatements(PGconn* c, const std::vector<O
   }
 }
 
-void PgAgent::sendOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls) {
+void PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls) {
+  PGconn* c = lc.get();
   // BEGIN, the statements and PREPARE TRANSACTION go out in one pipeline
   // with one Sync: one round trip instead of two plus one per statement.
   // An error stops PostgreSQL at that statement (the rest come back
   // "aborted"); a row count that is wrong is seen only here, after the
   // PREPARE TRANSACTION ran, and is undone with ROLLBACK PREPARED.
-  if (PQenterPipelineMode(c) != 1) pipelineLost(c, "entering pipeline mode");
+  if (PQenterPipelineMode(c) != 1) lc.lost("entering pipeline mode");
   auto send = [&](const std::string& sql, const Call* p) {
     int ok = p != nullptr ? PQsendQueryParams(c, sql.c_str(), p->count(), p->types.data(), p->values.data(), nullptr,
                                               nullptr, 0)
                           : PQsendQueryParams(c, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0);
-    if (ok != 1) pipelineLost(c, "sending a statement");
+    if (ok != 1) lc.lost("sending a statement");
   };
   send("BEGIN", nullptr);
   calls.clear();
@@ -284,17 +275,18 @@ void PgAgent::sendOneTrip(PGconn* c, const std::vector<Op>& ops, const std::stri
   // txid_status tells whether PostgreSQL committed or rolled it back.
   send("SELECT txid_current()", nullptr);
   send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
-  if (PQpipelineSync(c) != 1) pipelineLost(c, "sending the pipeline");
+  if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
 }
 
-PgAgent::OneTrip PgAgent::readOneTrip(PGconn* c, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
+PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
                                       std::vector<OpResult>& results) {
+  PGconn* c = lc.get();
   // rs: the first result of BEGIN, of each statement, of SELECT
   // txid_current() and of PREPARE TRANSACTION, then the Sync's.
   results.clear();
   OneTrip out;
   if (rs.size() != calls.size() + 4 || PQresultStatus(rs.back().get()) != PGRES_PIPELINE_SYNC) {
-    pipelineLost(c, "the pipeline's results");
+    lc.lost("the pipeline's results");
   }
   std::optional<pg::PgError> statementError;
   PGresult* begun = rs[0].get();
@@ -324,12 +316,12 @@ PgAgent::OneTrip PgAgent::readOneTrip(PGconn* c, std::vector<pg::Result>& rs, co
     out.prepared = true;
   } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
     auto e = errorOf(prepared, "PREPARE TRANSACTION");
-    if (e.connectionLost()) pipelineLost(c, "PREPARE TRANSACTION");
+    if (e.connectionLost()) lc.lost("PREPARE TRANSACTION");
     out.prepareFailed = describePgError(e);
   }
-  if (PQexitPipelineMode(c) != 1) pipelineLost(c, "leaving pipeline mode");
+  if (PQexitPipelineMode(c) != 1) lc.lost("leaving pipeline mode");
   if (statementError) {
-    if (statementError->connectionLost()) pipelineLost(c, "a statement");
+    if (statementError->connectionLost()) lc.lost("a statement");
     out.refused = describePgError(*statementError);
   }
   return out;
@@ -401,12 +393,12 @@ kj::Promise<PrepareResult> PgAgent::prepareOnLoop(pg::LoopConn& lc, std::uint64_
   };
   return failpointOnLoop("agent.after_execute")  // before the one round trip that runs and prepares
       .then([this, &lc, &s] {
-        sendOneTrip(lc.get(), s.ops, s.gid, s.calls);
+        sendOneTrip(lc, s.ops, s.gid, s.calls);
         return lc.flush();
       })
       .then([&lc] { return lc.collectPipeline(); })
       .then([this, &lc, &s](std::vector<pg::Result> rs) -> kj::Promise<void> {
-        s.trip = readOneTrip(lc.get(), rs, s.calls, s.results);
+        s.trip = readOneTrip(lc, rs, s.calls, s.results);
         // An error inside the transaction block leaves it aborted; a failed
         // PREPARE TRANSACTION already rolled it back (ROLLBACK then only
         // warns).

@@ -219,8 +219,8 @@ class PgAgent final : public ParticipantBackend {
     std::optional<std::string> prepareFailed;  // PREPARE TRANSACTION itself failed
     std::uint64_t txid = 0;                    // txid_current() of the prepared transaction
   };
-  void sendOneTrip(PGconn* c, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls);
-  OneTrip readOneTrip(PGconn* c, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
+  void sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls);
+  OneTrip readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
                       std::vector<OpResult>& results);
   // A prepare on a connection of the loop: the one trip, the NO vote's
   // record or the lazy PREPARED record, a ROLLBACK PREPARED where the

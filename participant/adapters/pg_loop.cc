@@ -55,8 +55,6 @@ LoopConn::~LoopConn() {
 
 void LoopConn::lost(const char* what) {
   poisoned_ = true;
-  // A kj exception (KJ would keep only the text of a std::exception): the
-  // caller learns the connection is gone, and says so.
   kj::throwFatalException(faultException("connection to PostgreSQL lost (" + std::string(what) +
                                          "): " + trimmed(PQerrorMessage(c_))));
 }
@@ -90,28 +88,26 @@ kj::Promise<std::vector<Result>> LoopConn::collectPipeline() {
   // Sync's result (done) or waits for the socket.
   struct Step {
     static kj::Promise<void> run(LoopConn& self, State& s) {
-      for (;;) {
-        if (PQconsumeInput(self.c_) != 1) self.lost("reading from PostgreSQL");
-        while (PQisBusy(self.c_) == 0) {
-          PGresult* r = PQgetResult(self.c_);
-          if (r == nullptr) {
-            s.inQuery = false;  // the end of one query's results
-            continue;
-          }
-          if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
-            s.out.emplace_back(r);
-            return kj::READY_NOW;
-          }
-          if (s.inQuery) {
-            PQclear(r);
-          } else {
-            s.out.emplace_back(r);
-            s.inQuery = true;
-          }
+      if (PQconsumeInput(self.c_) != 1) self.lost("reading from PostgreSQL");
+      while (PQisBusy(self.c_) == 0) {
+        PGresult* r = PQgetResult(self.c_);
+        if (r == nullptr) {
+          s.inQuery = false;  // the end of one query's results
+          continue;
         }
-        if (!self.ok()) self.lost("PostgreSQL connection");
-        return self.readable().then([&self, &s] { return run(self, s); });
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+          s.out.emplace_back(r);
+          return kj::READY_NOW;
+        }
+        if (s.inQuery) {
+          PQclear(r);
+        } else {
+          s.out.emplace_back(r);
+          s.inQuery = true;
+        }
       }
+      if (!self.ok()) self.lost("PostgreSQL connection");
+      return self.readable().then([&self, &s] { return run(self, s); });
     }
   };
   return Step::run(*this, s).then([&s]() mutable { return kj::mv(s.out); }).attach(kj::mv(st));
@@ -158,9 +154,7 @@ kj::Promise<Result> LoopConn::query(std::string sql) {
 std::optional<PgError> errorIn(const Result& r) {
   auto status = PQresultStatus(r.get());
   if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return std::nullopt;
-  const char* code = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
-  std::string msg = trimmed(PQresultErrorMessage(r.get()));
-  return PgError(msg.empty() ? "PostgreSQL error" : msg, code != nullptr ? code : "");
+  return resultError(r.get());
 }
 
 class LoopPool::Errors final : public kj::TaskSet::ErrorHandler {

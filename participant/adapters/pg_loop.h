@@ -83,12 +83,14 @@ class LoopConn {
   // Once the loop has closed its connection (a call failed), it is not
   // reused.
   void poison() { poisoned_ = true; }
+  // The connection broke while `what`: poisons it and fails the call with
+  // a fault that says so (KJ keeps only the text of a std::exception).
+  [[noreturn]] void lost(const char* what);
   bool poisoned() const { return poisoned_; }
 
  private:
   // Resolves when the socket may have data (or after kSafetyPoll).
   kj::Promise<void> readable();
-  [[noreturn]] void lost(const char* what);
   friend class LoopPool;
   kj::Timer& timer_;
   PGconn* c_;
@@ -98,7 +100,7 @@ class LoopConn {
 };
 
 // The error a result carries; nullopt when it succeeded.
-std::optional<PgError> errorIn(const Result& r);
+std::optional<PgError> errorIn(const Result& r);  // resultError, for a result that may have succeeded
 
 class LoopPool {
  public:

@@ -18,6 +18,13 @@ Result exec(PGconn* c, const std::string& sql) {
   return r;
 }
 
+PgError resultError(const PGresult* r) {
+  const char* code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  std::string msg = PQresultErrorMessage(r);
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  return PgError(msg.empty() ? "PostgreSQL error" : msg, code != nullptr ? code : "");
+}
+
 Pool::Pool(std::string conninfo, std::size_t size, std::string initSql, std::function<void()> onReconnect)
     : conninfo_(std::move(conninfo)), initSql_(std::move(initSql)), onReconnect_(std::move(onReconnect)) {
   for (std::size_t i = 0; i < size; ++i) workers_.emplace_back([this] { workerLoop(); });

@@ -71,6 +71,9 @@ class FailureLog {
   std::uint64_t unlogged_ = 0;                  // GUARDED_BY(mu_)
 };
 
+// The error a failed result carries: its message and SQLSTATE.
+PgError resultError(const PGresult* r);
+
 // Runs a command without parameters; throws PgError unless it succeeds.
 Result exec(PGconn* c, const std::string& sql);
 
