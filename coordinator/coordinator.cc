@@ -450,7 +450,12 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
                       })
                   .then([onFail = kj::mv(onFail)](bool ok) mutable {
                     if (!ok && onFail->fulfiller->isWaiting()) onFail->fulfiller->fulfill();
-                  }));
+                  })
+                  // Eager: KJ 0.9's joinPromises runs a branch's
+                  // continuations only once every branch is ready, so
+                  // without this a NO would wait for the slowest vote (or
+                  // the call deadline) before ending the round.
+                  .eagerlyEvaluate(nullptr));
   }
   return kj::joinPromises(calls.releaseAsArray())
       .exclusiveJoin(kj::mv(failed.promise))

@@ -87,7 +87,8 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                         p->rec.branches[i].reason = "commit failed: " + describeFault(e);
                         if (p->rec.failedUs == 0) p->rec.failedUs = wallMicros();
                         watch(p->rec.branches[i].participant);
-                      }));
+                      })
+                  .eagerlyEvaluate(nullptr));  // each branch's state as soon as it answers (see prepareAll)
   }
   if (it->rec.phase2Attempts++ > 0) metrics_.phase2Retries.inc();
   return guardDriver(seq, kj::joinPromises(calls.releaseAsArray()).then([this, seq]() -> kj::Promise<void> {
@@ -174,7 +175,8 @@ kj::Promise<void> Coordinator::driveRollback(std::uint64_t seq) {
                         Interaction* p = find(seq);
                         if (p != nullptr) p->rb->lastError = participant + ": " + describeFault(e);
                         watch(participant);
-                      }));
+                      })
+                  .eagerlyEvaluate(nullptr));  // confirmed when it answers, not when the slowest does
   }
   return guardDriver(seq, kj::joinPromises(calls.releaseAsArray()).then([this, seq]() -> kj::Promise<void> {
     Interaction* p = find(seq);

@@ -112,7 +112,7 @@ kj::Promise<SubmitOutcome> Coordinator::execute(std::uint64_t seq, std::vector<O
             p->rec.branches[b].reason = describeFault(e);
           }
           return name + " failed: " + describeFault(e);
-        }));
+        }).eagerlyEvaluate(nullptr));  // each branch's state as it answers (see prepareAll)
   }
   // The operations join the record before "ok so far" is answered.
   auto recorded = persist(*it);

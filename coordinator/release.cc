@@ -95,7 +95,8 @@ kj::Promise<void> Coordinator::releaseFloors() {
                         // Tried again at the next pass; the agent keeps its
                         // records meanwhile, which is always safe.
                         KEEL_LOG_DEBUG("release: {} did not take the floor ({})", name, describeFault(e));
-                      }));
+                      })
+                  .eagerlyEvaluate(nullptr));
   }
   return kj::joinPromises(calls.releaseAsArray()).then([this, more, plan, again]() {
     Micros t = wallMicros();

@@ -551,7 +551,7 @@ kj::Promise<void> HostAgent::drive(Xid xid) {
           it->second.ends[i] = a.kind;
           return;
       }
-    }));
+    }).eagerlyEvaluate(nullptr));  // the host's health and the op's end noted when it answers
   }
   return kj::joinPromises(calls.releaseAsArray()).then([this, xid, probe]() -> kj::Promise<void> {
     if (probe) probing_ = false;

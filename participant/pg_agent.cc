@@ -852,7 +852,7 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids
                    // coordinator's retry comes, which then finds it done.
                    owe(x, commit ? Owe::Commit : Owe::Rollback, epoch, 1);
                    kj::throwFatalException(kj::mv(e));
-                 }));
+                 }).eagerlyEvaluate(nullptr));  // the keeper owes it at once, not when the batch is in
   }
   return kj::joinPromises(each.releaseAsArray()).then([commit](kj::Array<BranchOutcome> a) {
     if (commit) {

@@ -90,7 +90,7 @@ kj::Promise<void> InDoubtResolver::round() {
           return done.then([this](std::vector<BranchOutcome>) { ++resolved_; });
         }
         return kj::READY_NOW;  // pending or unknown: ask again next round
-      }));
+      }).eagerlyEvaluate(nullptr));  // applied when its answer comes, not when the slowest ask's does
     }
     return kj::joinPromises(asks.releaseAsArray());
   });

@@ -5,6 +5,7 @@
 
 #include "common/wire.h"
 
+#include <csignal>
 #include <set>
 
 namespace keel::test {
@@ -67,6 +68,57 @@ TEST_F(ClusterTest, NoVoteRollsBackEverythingAndWritesRollbackRecord) {
   EXPECT_TRUE(q->rollback->pending.empty());
   EXPECT_EQ(q->rollback->confirmed.size(), 2u);
   EXPECT_NE(q->rollback->reason.find("bank-a voted no"), std::string::npos) << q->rollback->reason;
+  EXPECT_EQ(account("bank-a", "alice"), bal(100, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(50, 0));
+  EXPECT_EQ(inspect("bank-b").prepared, 0u);
+}
+
+// A long call deadline, so that a round that waited for every vote would
+// show: the NO must end it, not the deadline.
+class SlowVoterTest : public ClusterTest {
+ protected:
+  std::string coordinatorToml() override {
+    return "call_timeout_ms = 30000\nretry_initial_ms = 20\nretry_max_ms = 200\n";
+  }
+};
+
+TEST_F(SlowVoterTest, ANoVoteEndsTheRoundWithoutWaitingForASlowParticipant) {
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 50);
+  // bank-b is stopped (SIGSTOP): its connection stays open, its prepare is
+  // sent and never answered while it is stopped. bank-a votes NO at once.
+  ASSERT_EQ(::kill(cluster_->agentPid("bank-b"), SIGSTOP), 0);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { ::kill(pid, SIGCONT); }
+  } resume{cluster_->agentPid("bank-b")};
+  auto pending = client_->submit({Op{"bank-b", OpKind::Credit, "bob", 500}, Op{"bank-a", OpKind::Debit, "alice", 500}});
+  // Bounded well below the 30 s call deadline: with the round waiting for
+  // bank-b's vote, this fails at 10 s instead of answering.
+  auto answered = pending.then([](SubmitOutcome o) { return kj::Maybe<SubmitOutcome>(kj::mv(o)); })
+                      .exclusiveJoin(io_.provider->getTimer().afterDelay(10 * kj::SECONDS).then([]() {
+                        return kj::Maybe<SubmitOutcome>(nullptr);
+                      }))
+                      .wait(io_.waitScope);
+  ASSERT_TRUE(answered != nullptr) << "no answer while bank-b was stopped: the NO did not end the prepare round";
+  SubmitOutcome o = kj::mv(KJ_ASSERT_NONNULL(answered));
+  EXPECT_EQ(o.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(o.reason.find("bank-a voted no"), std::string::npos) << o.reason;
+  // bank-b answered nothing so far: its branch is still being prepared.
+  auto q = query(o.seq);
+  ASSERT_TRUE(q.has_value());
+  ASSERT_EQ(q->interaction.branches.size(), 2u);
+  for (auto& b : q->interaction.branches) {
+    if (b.participant == "bank-b") {
+      EXPECT_EQ(b.state, BS::Preparing) << b.reason;
+    }
+  }
+  // Once bank-b runs again the rollback reaches it and nothing is held.
+  ::kill(cluster_->agentPid("bank-b"), SIGCONT);
+  ASSERT_TRUE(eventually([&] {
+    auto r = query(o.seq);
+    return r && r->rollback && r->rollback->completedUs != 0;
+  }, std::chrono::seconds(40)));
   EXPECT_EQ(account("bank-a", "alice"), bal(100, 0));
   EXPECT_EQ(account("bank-b", "bob"), bal(50, 0));
   EXPECT_EQ(inspect("bank-b").prepared, 0u);
