@@ -13,7 +13,7 @@ namespace keel {
 AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
   if (!tls.enabled()) return [](const Peer&) { return Access{"any (insecure)", true, nullptr}; };
   auto schema = capnp::Schema::from<wire::Participant>();
-  auto index = [&](const char* m) { return schema.getMethodByName(m).getIndex(); };
+  auto index = [&](const char* m) { return static_cast<std::uint16_t>(schema.getMethodByName(m).getIndex()); };
   std::vector<std::uint16_t> looking{index("inspect"), index("status"), index("listBranches"), index("batching"),
                                     index("statements"), index("backup")};
   const std::uint16_t recover = index("recover"), forget = index("forget");

@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include <kj/debug.h>
 
@@ -19,8 +21,25 @@ namespace {
 // (see the header): a lost edge costs this much, never a hang.
 constexpr auto kSafetyPoll = 200 * kj::MILLISECONDS;
 // A connect that has not finished by then fails (PostgreSQL unreachable,
-// packets dropped): the call fails and the next one tries again.
+// packets dropped): the call fails and the next one tries again. The
+// conninfo's own connect_timeout, when it sets one, is used instead.
 constexpr auto kConnectTimeout = std::chrono::seconds(10);
+
+// libpq's connect_timeout as a non-blocking connect must enforce it itself
+// (PQconnectPoll does not): seconds, 1 counting as 2 as in libpq; unset, 0
+// or negative give Keel's default, so that no connect holds a slot forever.
+std::chrono::seconds connectTimeoutOf(PGconn* c) {
+  std::chrono::seconds t = kConnectTimeout;
+  PQconninfoOption* opts = PQconninfo(c);
+  for (PQconninfoOption* o = opts; o != nullptr && o->keyword != nullptr; ++o) {
+    if (std::string_view(o->keyword) != "connect_timeout" || o->val == nullptr) continue;
+    char* end = nullptr;
+    long v = std::strtol(o->val, &end, 10);
+    if (end != o->val && *end == '\0' && v > 0) t = std::chrono::seconds(std::max(v, 2L));
+  }
+  PQconninfoFree(opts);
+  return t;
+}
 
 std::string trimmed(std::string msg) {
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
@@ -256,10 +275,13 @@ void LoopPool::slotFreed() {
 }
 
 kj::Promise<void> LoopPool::pollConnect(PGconn* c, PostgresPollingStatusType st,
-                                        std::chrono::steady_clock::time_point deadline) {
+                                        std::chrono::steady_clock::time_point deadline, std::chrono::seconds limit) {
   if (st == PGRES_POLLING_OK) return kj::READY_NOW;
   if (st == PGRES_POLLING_FAILED) kj::throwFatalException(faultException(trimmed(PQerrorMessage(c))));
-  if (std::chrono::steady_clock::now() > deadline) kj::throwFatalException(faultException("timed out"));
+  if (std::chrono::steady_clock::now() > deadline) {
+    kj::throwFatalException(faultException("no answer from the server within " + std::to_string(limit.count()) +
+                                           " s (connect_timeout)"));
+  }
   // The socket may change from one step to the next (another address of
   // the host): a fresh observer each time; epoll reports a socket that is
   // ready already when it is added.
@@ -270,7 +292,7 @@ kj::Promise<void> LoopPool::pollConnect(PGconn* c, PostgresPollingStatusType st,
                                            : obs->observer().whenBecomesWritable();
   return ready.exclusiveJoin(timer_.afterDelay(kSafetyPoll))
       .attach(kj::mv(obs))
-      .then([this, c, deadline] { return pollConnect(c, PQconnectPoll(c), deadline); });
+      .then([this, c, deadline, limit] { return pollConnect(c, PQconnectPoll(c), deadline, limit); });
 }
 
 kj::Promise<kj::Own<LoopConn>> LoopPool::connect() {
@@ -288,12 +310,13 @@ kj::Promise<kj::Own<LoopConn>> LoopPool::connect() {
   };
   auto closer = kj::heap<Closer>(c);
   Closer& cl = *closer;
-  auto deadline = std::chrono::steady_clock::now() + kConnectTimeout;
-  return kj::evalNow([this, c, deadline] {
+  auto limit = connectTimeoutOf(c);
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  return kj::evalNow([this, c, deadline, limit] {
            if (PQstatus(c) == CONNECTION_BAD) {
              kj::throwFatalException(faultException(trimmed(PQerrorMessage(c))));
            }
-           return pollConnect(c, PGRES_POLLING_WRITING, deadline);
+           return pollConnect(c, PGRES_POLLING_WRITING, deadline, limit);
          })
       .then([this, &cl]() -> kj::Promise<kj::Own<LoopConn>> {
         auto conn = kj::heap<LoopConn>(port_, timer_, cl.c);

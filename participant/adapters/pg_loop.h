@@ -14,6 +14,9 @@
 // Connecting: PQconnectStart / PQconnectPoll on the loop, so an unreachable
 // server never blocks the agent (host names are resolved by PQconnectStart
 // itself, as libpq does; loopback addresses and sockets resolve at once).
+// A connect not done within the conninfo's connect_timeout (10 s when it
+// sets none) fails its call: a server that takes the TCP connection and
+// never answers holds a slot no longer than that.
 //
 // Failure: a call whose connection broke (or that failed in a way that may
 // leave the session in an unknown state) closes it; the pool opens a new
@@ -128,7 +131,8 @@ class LoopPool {
   kj::Promise<kj::Own<LoopConn>> connect();  // a new connection; the caller holds its slot
   void openOne();     // takes a slot and connects, as the pool's own task
   void connClosed();  // a connection was destroyed: its slot is free
-  kj::Promise<void> pollConnect(PGconn* c, PostgresPollingStatusType st, std::chrono::steady_clock::time_point deadline);
+  kj::Promise<void> pollConnect(PGconn* c, PostgresPollingStatusType st, std::chrono::steady_clock::time_point deadline,
+                                std::chrono::seconds limit);
   // A slot freed (a connection closed or failed to open): a call still
   // waiting gets a new connection.
   void slotFreed();

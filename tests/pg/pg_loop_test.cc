@@ -2,12 +2,17 @@
 // real PostgreSQL 15 server: pipelines and commands on the event loop, more
 // calls than connections, a call cancelled while its connection opens or
 // while PostgreSQL runs its query (the slot must come back: a leaked slot
-// stalls the agent for good), a connection PostgreSQL terminates, and a
-// server that is not there.
+// stalls the agent for good), a connection PostgreSQL terminates, a
+// server that is not there and one that never answers.
 
 #include "participant/adapters/pg_loop.h"
 
 #include <kj/async-io.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <memory>
@@ -175,6 +180,38 @@ TEST_F(PgLoopTest, AServerThatIsNotThereFailsEachCallFastAndSaysSo) {
   }
   EXPECT_EQ(p->open(), 0u);
   EXPECT_EQ(reconnects, 0);
+}
+
+TEST_F(PgLoopTest, AServerThatTakesTheConnectionAndNeverAnswersFailsTheCallAtConnectTimeout) {
+  // A listening socket nobody reads: the kernel completes the TCP handshake,
+  // libpq sends its startup packet and waits for an answer that never comes.
+  int l = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(l, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(l, 8), 0);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(l, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  std::string silent = "host=127.0.0.1 port=" + std::to_string(ntohs(a.sin_port)) + " dbname=x user=x connect_timeout=2";
+  auto p = pool(1, {}, silent);
+  for (int i = 0; i < 2; ++i) {  // the slot comes back: the second call connects (and fails) again
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      value(*p, "SELECT 1").wait(io_.waitScope);
+      ADD_FAILURE() << "a silent server answered";
+    } catch (const kj::Exception& e) {
+      std::string d = e.getDescription().cStr();
+      EXPECT_NE(d.find("no answer from the server within 2 s (connect_timeout)"), std::string::npos) << d;
+    }
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // The conninfo's 2 s, not the 10 s default (and not forever).
+    EXPECT_GE(s, 1.9);
+    EXPECT_LT(s, 8.0);
+    EXPECT_EQ(p->open(), 0u);
+  }
+  ::close(l);
 }
 
 }  // namespace
