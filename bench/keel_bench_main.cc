@@ -178,6 +178,17 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
       if (!f.pgDatabases.empty()) {
         for (auto& d : f.pgDatabases) conninfo.insert(splitEq(d, "--pg"));
         std::fprintf(stderr, "keel-bench: using the PostgreSQL databases given with --pg\n");
+        // Servers of the user's: checked for room first (what the servers
+        // started here are given; see below), so that a run does not fail
+        // halfway with PostgreSQL's "too many clients".
+        keel::bank::PgNeeds needs;
+        needs.connectionsPerAgent = 2 * maxConcurrency;
+        bool baseline = f.compare || f.mode == "raw2pc";
+        needs.connectionsPerDatabase = baseline ? maxConcurrency : 0;
+        needs.preparedPerAgent = maxConcurrency;
+        needs.why = "per agent its two pools of " + std::to_string(maxConcurrency) + " connections" +
+                    (baseline ? ", plus raw2pc's " + std::to_string(maxConcurrency) + " per database" : "");
+        keel::bank::checkPostgresRoom(conninfo, needs);
       } else {
         // One server per f.pgServers; agent i's database on server i mod n.
         for (std::uint32_t k = 0; k < f.pgServers; ++k) {

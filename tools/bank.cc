@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <random>
 #include <stdexcept>
 
@@ -158,6 +159,54 @@ void setUpPostgresBanks(const std::map<std::string, std::string>& conninfoByAgen
     std::vector<std::string> args = {"--adapter", "postgres", "--postgres", conn, "--statements", statements};
     if (poolSize != 0) args.insert(args.end(), {"--pool-size", std::to_string(poolSize)});
     cluster.setAgentArgs(agent, args);
+  }
+}
+
+void checkPostgresRoom(const std::map<std::string, std::string>& conninfoByAgent, const PgNeeds& needs) {
+  struct Server {
+    std::vector<std::string> agents;
+    long maxConnections = 0, reserved = 0, inUse = 0, maxPrepared = 0;
+  };
+  std::map<std::string, Server> servers;  // by address and port as the server sees itself
+  for (auto& [agent, conn] : conninfoByAgent) {
+    auto rows = test::pgQuery(
+        conn,
+        "SELECT coalesce(host(inet_server_addr()), 'local socket ' || current_setting('unix_socket_directories')) "
+        "|| ' port ' || current_setting('port'), current_setting('max_connections'), "
+        "current_setting('superuser_reserved_connections'), "
+        "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
+        "current_setting('max_prepared_transactions')");
+    if (rows.size() != 1 || rows[0].size() != 5) throw std::runtime_error("cannot read the settings of " + conn);
+    Server& s = servers[rows[0][0]];
+    s.agents.push_back(agent);
+    s.maxConnections = std::stol(rows[0][1]);
+    s.reserved = std::stol(rows[0][2]);
+    s.inUse = std::stol(rows[0][3]) - 1;  // less this check's own connection
+    s.maxPrepared = std::stol(rows[0][4]);
+  }
+  for (auto& [where, s] : servers) {
+    std::string names;
+    for (auto& a : s.agents) names += (names.empty() ? "" : ", ") + a;
+    long n = long(s.agents.size());
+    long room = s.maxConnections - s.reserved - s.inUse;
+    long need = n * long(needs.connectionsPerAgent + needs.connectionsPerDatabase);
+    if (need > room) {
+      throw std::runtime_error(
+          "PostgreSQL at " + where + " (the database of " + names + ") has room for " + std::to_string(room) +
+          " more connections (max_connections " + std::to_string(s.maxConnections) + ", " +
+          std::to_string(s.reserved) + " reserved for superusers, " + std::to_string(s.inUse) +
+          " in use) and this run needs " + std::to_string(need) + " there (" + needs.why +
+          "): raise max_connections or lower the concurrency; nothing was changed");
+    }
+    long prepared = n * long(needs.preparedPerAgent);
+    if (s.maxPrepared < prepared) {
+      throw std::runtime_error("PostgreSQL at " + where + " (the database of " + names +
+                               ") has max_prepared_transactions = " + std::to_string(s.maxPrepared) +
+                               (s.maxPrepared == 0 ? " (prepared transactions disabled)" : "") +
+                               " and this run keeps up to " + std::to_string(prepared) +
+                               " prepared there: set it to at least that (it needs a server restart); nothing "
+                               "was changed");
+    }
   }
 }
 

@@ -93,4 +93,18 @@ void setUpPostgresBanks(test::PgServer& pg, LocalCluster& cluster, std::uint32_t
 void setUpPostgresBanks(const std::map<std::string, std::string>& conninfoByAgent, LocalCluster& cluster,
                         std::uint32_t accounts, std::int64_t opening, std::uint32_t poolSize = 0);
 
+// What a run asks of the PostgreSQL servers behind its agents.
+struct PgNeeds {
+  std::uint32_t connectionsPerAgent = 0;     // the agent's pools as a transfer load opens them
+  std::uint32_t connectionsPerDatabase = 0;  // a baseline client's (raw2pc) per agent's database; 0 = none
+  std::uint32_t preparedPerAgent = 0;        // prepared transactions in flight per agent
+  std::string why;                           // how the numbers were reached, for the message
+};
+// Checks, before anything is changed, that every server behind
+// `conninfoByAgent` (agents sharing a server count together) has room for
+// `needs`: free connections (max_connections less the superuser-reserved
+// ones and those in use) and max_prepared_transactions. Throws
+// std::runtime_error naming the server, its settings and what to change.
+void checkPostgresRoom(const std::map<std::string, std::string>& conninfoByAgent, const PgNeeds& needs);
+
 }  // namespace keel::bank

@@ -1,7 +1,8 @@
 // keel-bench on PostgreSQL, briefly: Keel through postgres agents, then the
 // raw2pc baseline on the same databases, in one run; the JSON line must
 // carry both sides and their ratio (never a speed). Two servers (one per
-// bank), and databases the user already has (--pg).
+// bank), and databases the user already has (--pg), refused up front when
+// their servers have no room for the run.
 
 #include <gtest/gtest.h>
 
@@ -92,6 +93,39 @@ TEST(KeelBenchPostgres, ExistingDatabasesGivenWithPgAreUsedAndAForeignTableIsLef
   r = run("--adapter postgres --pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "' --pg-servers 2 --quiet", true);
   EXPECT_NE(r.exitCode, 0);
   EXPECT_NE(r.out.find("one or the other"), std::string::npos) << r.out;
+}
+
+TEST(KeelBenchPostgres, ServersGivenWithPgWithoutRoomAreRefusedBeforeAnythingChanges) {
+  std::string flags = "--adapter postgres --compare --concurrency 8 --duration 1 --warmup 0.5 --accounts 50 --quiet ";
+  {
+    // Too few connections: 2 agents x (two pools of 8 + raw2pc's 8) = 48.
+    PgServerOptions o;
+    o.databases = {"small_a", "small_b"};
+    o.settings = {"max_connections=20"};
+    PgServer pg("", o);
+    pg.start();
+    std::string a = pg.connString("small_a"), b = pg.connString("small_b");
+    auto r = run(flags + "--pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "'", true);
+    EXPECT_NE(r.exitCode, 0);
+    EXPECT_NE(r.out.find("room for"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("max_connections 20"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("needs 48"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("bank-a, bank-b"), std::string::npos) << r.out;  // one server, counted together
+    for (auto& c : {a, b}) EXPECT_EQ(pgQuery(c, "SELECT to_regclass('accounts') IS NULL")[0][0], "t") << c;
+  }
+  {
+    // Prepared transactions disabled: nothing could ever prepare.
+    PgServerOptions o;
+    o.databases = {"noprep_a", "noprep_b"};
+    o.maxPreparedTransactions = 0;
+    PgServer pg("", o);
+    pg.start();
+    std::string a = pg.connString("noprep_a"), b = pg.connString("noprep_b");
+    auto r = run(flags + "--pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "'", true);
+    EXPECT_NE(r.exitCode, 0);
+    EXPECT_NE(r.out.find("max_prepared_transactions = 0 (prepared transactions disabled)"), std::string::npos) << r.out;
+    for (auto& c : {a, b}) EXPECT_EQ(pgQuery(c, "SELECT to_regclass('accounts') IS NULL")[0][0], "t") << c;
+  }
 }
 
 }  // namespace
