@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 #include "tests/bench/bench_cli.h"
 #include "tools/pg_server.h"
 
@@ -95,37 +98,32 @@ TEST(KeelBenchPostgres, ExistingDatabasesGivenWithPgAreUsedAndAForeignTableIsLef
   EXPECT_NE(r.out.find("one or the other"), std::string::npos) << r.out;
 }
 
+// Runs keel-bench on two databases of a server started with `o` (databases
+// db_a, db_b): the run must be refused saying each of `said`, and leave
+// both databases without an accounts table.
+void refusedWithNothingChanged(PgServerOptions o, const std::vector<std::string>& said) {
+  o.databases = {"db_a", "db_b"};
+  PgServer pg("", o);
+  pg.start();
+  std::string a = pg.connString("db_a"), b = pg.connString("db_b");
+  auto r = run("--adapter postgres --compare --concurrency 8 --duration 1 --warmup 0.5 --accounts 50 --quiet "
+               "--pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "'",
+               true);
+  EXPECT_NE(r.exitCode, 0);
+  for (auto& words : said) EXPECT_NE(r.out.find(words), std::string::npos) << words << " in " << r.out;
+  for (auto& c : {a, b}) EXPECT_EQ(pgQuery(c, "SELECT to_regclass('accounts') IS NULL")[0][0], "t") << c;
+}
+
 TEST(KeelBenchPostgres, ServersGivenWithPgWithoutRoomAreRefusedBeforeAnythingChanges) {
-  std::string flags = "--adapter postgres --compare --concurrency 8 --duration 1 --warmup 0.5 --accounts 50 --quiet ";
-  {
-    // Too few connections: 2 agents x (two pools of 8 + raw2pc's 8) = 48.
-    PgServerOptions o;
-    o.databases = {"small_a", "small_b"};
-    o.settings = {"max_connections=20"};
-    PgServer pg("", o);
-    pg.start();
-    std::string a = pg.connString("small_a"), b = pg.connString("small_b");
-    auto r = run(flags + "--pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "'", true);
-    EXPECT_NE(r.exitCode, 0);
-    EXPECT_NE(r.out.find("room for"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find("max_connections 20"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find("needs 48"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find("bank-a, bank-b"), std::string::npos) << r.out;  // one server, counted together
-    for (auto& c : {a, b}) EXPECT_EQ(pgQuery(c, "SELECT to_regclass('accounts') IS NULL")[0][0], "t") << c;
-  }
-  {
-    // Prepared transactions disabled: nothing could ever prepare.
-    PgServerOptions o;
-    o.databases = {"noprep_a", "noprep_b"};
-    o.maxPreparedTransactions = 0;
-    PgServer pg("", o);
-    pg.start();
-    std::string a = pg.connString("noprep_a"), b = pg.connString("noprep_b");
-    auto r = run(flags + "--pg 'bank-a=" + a + "' --pg 'bank-b=" + b + "'", true);
-    EXPECT_NE(r.exitCode, 0);
-    EXPECT_NE(r.out.find("max_prepared_transactions = 0 (prepared transactions disabled)"), std::string::npos) << r.out;
-    for (auto& c : {a, b}) EXPECT_EQ(pgQuery(c, "SELECT to_regclass('accounts') IS NULL")[0][0], "t") << c;
-  }
+  // Too few connections: 2 agents x (two pools of 8 + raw2pc's 8) = 48,
+  // counted together (one server).
+  PgServerOptions few;
+  few.settings = {"max_connections=20"};
+  refusedWithNothingChanged(few, {"room for", "max_connections 20", "needs 48", "bank-a, bank-b"});
+  // Prepared transactions disabled: nothing could ever prepare.
+  PgServerOptions noPrepare;
+  noPrepare.maxPreparedTransactions = 0;
+  refusedWithNothingChanged(noPrepare, {"max_prepared_transactions = 0 (prepared transactions disabled)"});
 }
 
 }  // namespace
