@@ -12,6 +12,7 @@
 #include <unordered_set>
 #include <variant>
 
+#include "common/http_text.h"
 #include "common/log.h"
 #include "common/records.h"  // jsonEscape
 
@@ -72,23 +73,6 @@ std::string lower(std::string_view s) {
     if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
   }
   return o;
-}
-
-std::string_view trimOws(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-// Whether the comma-separated header value `list` holds `token` (any case).
-bool hasToken(std::string_view list, std::string_view token) {
-  while (!list.empty()) {
-    std::size_t comma = list.find(',');
-    if (lower(trimOws(list.substr(0, comma))) == token) return true;
-    if (comma == std::string_view::npos) break;
-    list.remove_prefix(comma + 1);
-  }
-  return false;
 }
 
 int hexValue(char c) {
@@ -366,7 +350,7 @@ std::variant<Head, Refusal> parseHead(std::string_view text, const AdminLimits& 
       return Refusal{400, "malformed header line"};
     }
     std::string name = lower(line.substr(0, colon));
-    std::string_view value = trimOws(line.substr(colon + 1));
+    std::string_view value = http::trimOws(line.substr(colon + 1));
     for (char c : value) {
       if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) {
         return Refusal{400, "control character in header " + name};
@@ -407,7 +391,7 @@ std::variant<Head, Refusal> parseHead(std::string_view text, const AdminLimits& 
   // HTTP/1.0 always closes (its keep-alive is a bolt-on not worth the
   // cases); HTTP/1.1 unless the client says close.
   auto conn = headers.find("connection");
-  h.keepAlive = version[7] != '0' && (conn == headers.end() || !hasToken(conn->second, "close"));
+  h.keepAlive = version[7] != '0' && (conn == headers.end() || !http::hasToken(conn->second, "close"));
   return h;
 }
 

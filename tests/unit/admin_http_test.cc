@@ -5,6 +5,7 @@
 // answer fails the test instead of hanging it.
 
 #include "common/admin_http.h"
+#include "common/http_text.h"
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -184,6 +185,18 @@ class AdminHttp : public ::testing::Test {
   std::unique_ptr<AdminHttpServer> server_;
   std::thread::id handlerThread_;
 };
+
+TEST(HttpText, HeaderTokensIgnoreCaseAndTheWhiteSpaceAroundThem) {
+  EXPECT_EQ(http::trimOws(" \tkeep-alive \t"), "keep-alive");
+  EXPECT_EQ(http::trimOws("   "), "");
+  EXPECT_TRUE(http::hasToken("Keep-Alive, Upgrade", "keep-alive"));
+  EXPECT_TRUE(http::hasToken("upgrade ,\tCLOSE", "close"));
+  EXPECT_FALSE(http::hasToken("closed, keep-alive", "close"));  // whole elements only
+  EXPECT_FALSE(http::hasToken("", "close"));
+  EXPECT_FALSE(http::hasToken(",,", "close"));
+  EXPECT_TRUE(http::tokenEquals("Content-Length", "content-length"));
+  EXPECT_FALSE(http::tokenEquals("Content-Length", "content-lengths"));
+}
 
 TEST(AdminHttpTypes, ErrorJsonAndParam) {
   EXPECT_EQ(HttpResponse::error(404, "no such path: /a\"b\\c\n").body,

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "common/http_text.h"
 #include "common/records.h"  // jsonEscape
 
 namespace keel::host {
@@ -15,28 +16,6 @@ namespace keel::host {
 using asio::ip::tcp;
 
 namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return std::tolower(x) == std::tolower(y); });
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-// Does the comma-separated header value hold `token` (case-insensitive)?
-bool hasToken(std::string_view value, std::string_view token) {
-  while (!value.empty()) {
-    auto comma = value.find(',');
-    if (iequals(trim(value.substr(0, comma)), token)) return true;
-    if (comma == std::string_view::npos) break;
-    value.remove_prefix(comma + 1);
-  }
-  return false;
-}
 
 // One request's head, or the answer that refuses it.
 struct Head {
@@ -77,8 +56,8 @@ Head parseHead(std::string_view head, std::size_t maxBody) {
       h.refusal = jsonError(400, "malformed header line (expected 'Name: value')");
       return h;
     }
-    std::string_view name = field.substr(0, colon), value = trim(field.substr(colon + 1));
-    if (iequals(name, "Content-Length")) {
+    std::string_view name = field.substr(0, colon), value = http::trimOws(field.substr(colon + 1));
+    if (http::tokenEquals(name, "Content-Length")) {
       std::size_t n = 0;
       auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
       if (ec != std::errc() || end != value.data() + value.size() || value.empty() ||
@@ -87,11 +66,11 @@ Head parseHead(std::string_view head, std::size_t maxBody) {
         return h;
       }
       h.contentLength = n;
-    } else if (iequals(name, "Transfer-Encoding")) {
+    } else if (http::tokenEquals(name, "Transfer-Encoding")) {
       chunked = true;
-    } else if (iequals(name, "Connection")) {
-      if (hasToken(value, "close")) h.keepAlive = false;
-      if (hasToken(value, "keep-alive")) h.keepAlive = true;
+    } else if (http::tokenEquals(name, "Connection")) {
+      if (http::hasToken(value, "close")) h.keepAlive = false;
+      if (http::hasToken(value, "keep-alive")) h.keepAlive = true;
     }
   }
   if (chunked) {
