@@ -494,7 +494,7 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   const auto& s = section(path, root, "agent");
   rejectUnknown(path, s, "agent",
                 {"name", "listen", "data_dir", "adapter", "map_size_mb", "coordinator", "in_doubt_query_ms",
-                 "postgres", "pool_size"});
+                 "postgres", "pool_size", "lazy_delay_ms"});
   c.name = getString(path, s, "agent", "name", "", true);
   if (!validName(c.name)) fail(path, "[agent] name '" + c.name + "' is not a valid name (1-64 chars of A-Z a-z 0-9 _ . -)");
   c.listen = getString(path, s, "agent", "listen", c.listen);
@@ -509,6 +509,7 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
     fail(path, "[agent] adapter = \"postgres\" needs postgres = \"<libpq connection string>\"");
   }
   c.poolSize = getInt<std::uint32_t>(path, s, "agent", "pool_size", c.poolSize, 1, 256);
+  c.lazyDelayMs = getInt<std::uint32_t>(path, s, "agent", "lazy_delay_ms", c.lazyDelayMs, 1, 1000);
   c.mapSizeMb = getInt<std::size_t>(path, s, "agent", "map_size_mb", c.mapSizeMb, 1, 1 << 20);
   c.coordinator = getString(path, s, "agent", "coordinator", c.coordinator);
   if (!c.coordinator.empty()) checkAddress(path + ": [agent] coordinator", c.coordinator);

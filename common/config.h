@@ -134,6 +134,7 @@ struct AgentConfig {
   std::string adapter = "ledger";      // ledger | postgres
   std::string postgres;               // adapter postgres: libpq connection string
   std::uint32_t poolSize = 8;         // adapter postgres: connections (and threads)
+  std::uint32_t lazyDelayMs = 10;     // adapter postgres: the longest its own records wait for a group commit
   std::size_t mapSizeMb = 1024;
   std::string coordinator;             // host:port; empty = do not ask about branches in doubt
   std::uint32_t inDoubtQueryMs = 5000;  // a branch PREPARED this long asks the coordinator

@@ -245,6 +245,7 @@ std::string encode(const InteractionRecord& r) {
     x.setState(static_cast<disk::InteractionRecord::BranchState>(br.state));
     x.setReason(br.reason);
     fillOps(x.initOperations(br.ops.size()), br.ops);
+    x.setHostTxid(br.hostTxid);
   }
   return seal(RecordType::Interaction, msg);
 }
@@ -279,6 +280,7 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
                                                              "branch state");
       br.reason = b.getReason().cStr();
       br.ops = recordOps(b.getOperations());
+      br.hostTxid = b.getHostTxid();
       r.branches.push_back(std::move(br));
     }
     return r;

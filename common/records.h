@@ -69,6 +69,7 @@ struct InteractionRecord {
     BranchState state = BranchState::Pending;
     std::string reason;
     std::vector<Op> ops;
+    std::uint64_t hostTxid = 0;  // its YES vote's (postgres), sent back with commit; 0 = none
   };
 
   std::uint64_t seq = 0;

@@ -422,7 +422,10 @@ kj::Promise<bool> Coordinator::prepareAll(Interaction& it, std::vector<std::vect
                         auto& b = p->rec.branches[i];
                         b.reason = r.reason;
                         switch (r.vote) {
-                          case Vote::Yes: b.state = BState::Prepared; break;
+                          case Vote::Yes:
+                            b.state = BState::Prepared;
+                            b.hostTxid = r.hostTxid;  // durable with the COMMIT record, sent back with commit
+                            break;
                           case Vote::ReadOnly: b.state = BState::ReadOnly; break;
                           case Vote::No: b.state = BState::VotedNo; break;
                         }

@@ -41,7 +41,7 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                 KEEL_FAILPOINT("coord.before_phase2");
                 // Batched with the other commits for this participant; bounded
                 // by the batch message's call deadline (no timer per branch).
-                return l.commit(epoch, xid);
+                return l.commit(epoch, xid, br.hostTxid);
               })
                   .then(
                       [this, seq, i](BranchOutcome o) {

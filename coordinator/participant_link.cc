@@ -1,5 +1,7 @@
 #include "coordinator/participant_link.h"
 
+#include <algorithm>
+
 #include "common/fault.h"
 #include "common/log.h"
 #include "common/wire.h"
@@ -205,8 +207,8 @@ kj::Promise<PrepareReply> ParticipantLink::prepare(std::uint64_t epoch, Xid xid,
   });
 }
 
-kj::Promise<BranchOutcome> ParticipantLink::commit(std::uint64_t epoch, Xid xid) {
-  return commits_.add(XidItem{epoch, xid});
+kj::Promise<BranchOutcome> ParticipantLink::commit(std::uint64_t epoch, Xid xid, std::uint64_t hostTxid) {
+  return commits_.add(XidItem{epoch, xid, hostTxid});
 }
 
 kj::Promise<BranchOutcome> ParticipantLink::rollback(std::uint64_t epoch, Xid xid) {
@@ -282,6 +284,13 @@ kj::Promise<std::vector<BranchOutcome>> ParticipantLink::sendPhase2(bool commit,
       auto l = req.initXids(items.size());
       for (unsigned i = 0; i < items.size(); ++i) fillXid(l[i], items[i].xid);
       std::size_t n = items.size();
+      if constexpr (requires { req.initHostTxids(0u); }) {  // commit, not rollback
+        // Only when a branch has one: a ledger's commit message stays as it was.
+        if (std::any_of(items.begin(), items.end(), [](const XidItem& x) { return x.hostTxid != 0; })) {
+          auto t = req.initHostTxids(n);
+          for (unsigned i = 0; i < n; ++i) t.set(i, items[i].hostTxid);
+        }
+      }
       return req.send().then([this, n, commit](auto resp) {
         return readReply(name_, malformedLogged_, commit ? "commit" : "rollback",
                          [&] { return readOutcomes(resp.getOutcomes(), n); });

@@ -61,7 +61,8 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   // Batched protocol calls (see above). Each rejects on a fault: the batch's
   // message failed, its reply was malformed, or this item failed on the agent.
   kj::Promise<PrepareReply> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops);
-  kj::Promise<BranchOutcome> commit(std::uint64_t epoch, Xid xid);
+  // hostTxid: what the branch's YES vote carried (0 = none), sent back.
+  kj::Promise<BranchOutcome> commit(std::uint64_t epoch, Xid xid, std::uint64_t hostTxid = 0);
   kj::Promise<BranchOutcome> rollback(std::uint64_t epoch, Xid xid);
 
   // Unbatched calls, each with its own deadline.
@@ -142,6 +143,7 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   struct XidItem {
     std::uint64_t epoch;
     Xid xid;
+    std::uint64_t hostTxid = 0;  // commit: the branch's YES vote's (0 = none)
   };
   // Sends one batch; items of one batch share the first item's epoch (the
   // coordinator's epoch is fixed for its lifetime).

@@ -39,6 +39,7 @@ PrepareReply readPrepareVote(wire::PrepareVote::Reader v, std::size_t opsSent) {
   r.vote = readVote(v.getVote());
   r.reason = v.getReason().cStr();
   r.results = readResults(v.getResults(), opsSent, r.vote);
+  if (r.vote == Vote::Yes) r.hostTxid = v.getHostTxid();  // anything else has no use for one
   return r;
 }
 

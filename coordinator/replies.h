@@ -37,6 +37,9 @@ struct PrepareReply {
   // Non-empty: this item failed on the agent as a fault (its state there is
   // unknown, so the branch counts as failed, never as a NO vote).
   std::string error;
+  // A YES vote's host transaction id (a postgres agent's txid), kept in the
+  // COMMIT record and sent back with commit; 0 = none (and for any other vote).
+  std::uint64_t hostTxid = 0;
 };
 
 // A one-phase call's answer: the participant decided.

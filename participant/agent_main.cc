@@ -171,6 +171,7 @@ int main(int argc, char** argv) {
       po.mapSizeBytes = cfg.mapSizeMb << 20;
       po.conninfo = cfg.postgres;
       po.poolSize = cfg.poolSize;
+      po.lazyDelayMs = cfg.lazyDelayMs;
       po.statements = cfg.statements;
       keel::PgAgent::preflight(po);  // PostgreSQL's side, before the data directory
     }

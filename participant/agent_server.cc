@@ -100,6 +100,7 @@ kj::Promise<void> ParticipantImpl::prepare(PrepareContext ctx) {
         res.setVote(static_cast<wire::Vote>(r.vote));
         res.setReason(r.reason);
         fillResults(res, r.results);
+        if (r.vote == Vote::Yes) res.setHostTxid(r.hostTxid);
       });
 }
 
@@ -113,6 +114,7 @@ void fillVote(wire::PrepareVote::Builder b, const PrepareResult& r) {
   b.setVote(static_cast<wire::Vote>(r.vote));
   b.setReason(r.reason);
   fillResults(b, r.results);
+  if (r.vote == Vote::Yes) b.setHostTxid(r.hostTxid);
 }
 
 // Votes of one prepareBatch streamed to the coordinator's sink: those ready
@@ -213,7 +215,22 @@ kj::Promise<void> ParticipantImpl::commit(CommitContext ctx) {
   auto p = ctx.getParams();
   Micros started = monoMicros();
   if (metrics_ != nullptr) metrics_->phase2Batch->observe(p.getXids().size());
-  return agent_.commit(p.getEpoch(), readFencedXids(p.getXids(), "commit")).then([this, ctx, started](std::vector<BranchOutcome> out) mutable {
+  auto xids = readFencedXids(p.getXids(), "commit");
+  auto given = p.getHostTxids();
+  if (given.size() != 0 && given.size() != xids.size()) {
+    return faultException("a commit carries no hostTxids or one per xid; got " + std::to_string(given.size()) +
+                          " for " + std::to_string(xids.size()) + " xids");
+  }
+  kj::Promise<std::vector<BranchOutcome>> done = nullptr;
+  if (given.size() == 0) {
+    done = agent_.commit(p.getEpoch(), std::move(xids));
+  } else {
+    std::vector<std::uint64_t> txids;
+    txids.reserve(given.size());
+    for (auto t : given) txids.push_back(t);
+    done = agent_.commitKnowing(p.getEpoch(), std::move(xids), std::move(txids));
+  }
+  return done.then([this, ctx, started](std::vector<BranchOutcome> out) mutable {
     if (metrics_ != nullptr) {
       for (auto o : out) metrics_->commits[std::size_t(o)].inc();
       metrics_->commitSeconds->observe(monoMicros() - started);

@@ -30,6 +30,7 @@ struct PrepareResult {
   std::string reason;
   std::vector<OpResult> results;
   bool failed = false;  // prepareBatch only: the item raised a fault; `reason` says what
+  std::uint64_t hostTxid = 0;  // YES: the host transaction's id (postgres), sent back with commit; 0 = none
 };
 
 // Items one prepareBatch message may carry (the coordinator sends at most
@@ -61,6 +62,14 @@ class ParticipantBackend {
   virtual kj::Promise<PrepareResult> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) = 0;
   virtual kj::Promise<PrepareResult> execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops) = 0;
   virtual kj::Promise<std::vector<BranchOutcome>> commit(std::uint64_t epoch, std::vector<Xid> xids) = 0;
+  // commit, with the hostTxid each branch voted YES with (one per xid, 0 =
+  // none), as the coordinator's durable COMMIT record holds it. Adapters
+  // with no host transaction ids ignore them.
+  virtual kj::Promise<std::vector<BranchOutcome>> commitKnowing(std::uint64_t epoch, std::vector<Xid> xids,
+                                                                std::vector<std::uint64_t> hostTxids) {
+    (void)hostTxids;
+    return commit(epoch, std::move(xids));
+  }
   virtual kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids) = 0;
   virtual kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) = 0;
   // The ledger's accounts; other adapters have none to show.

@@ -87,7 +87,7 @@ void BranchLog::check() {
 
 void BranchLog::start() {
   if (!checked_) check();
-  log_ = std::make_unique<GroupCommitLog>(env_);
+  log_ = std::make_unique<GroupCommitLog>(env_, logOptions_);
   log_->runSync([this](lmdb::Txn& txn) {
     // Must be durable before start() returns: nothing of this start may
     // carry the number of an earlier one.

@@ -63,6 +63,8 @@ class BranchLog {
   // Starts the writer thread and builds the unfinished index of a log from
   // before it existed (the first write of a start). Runs check() if not yet.
   void start();
+  // The writer's options (GroupCommitLog::Options: lazyDelay), before start().
+  void setLogOptions(GroupCommitLog::Options o) { logOptions_ = o; }
   GroupCommitLog& log() { return *log_; }  // after start()
   bool started() const { return log_ != nullptr; }
   // This start's number: 1 at the first start of the log, one more at each
@@ -165,6 +167,7 @@ class BranchLog {
   lmdb::Env env_;
   MDB_dbi branches_, unfinished_, meta_;
   std::unique_ptr<GroupCommitLog> log_;
+  GroupCommitLog::Options logOptions_;
   std::map<std::uint16_t, std::uint64_t> epochs_;  // event loop only
   std::function<void()> onNewerEpoch_;             // event loop only
   struct Floor {

@@ -71,6 +71,9 @@ PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
                              "statements\")");
   }
   log_.check();
+  GroupCommitLog::Options lo;
+  lo.lazyDelay = std::chrono::milliseconds(opts_.lazyDelayMs);
+  log_.setLogOptions(lo);
   // Either pool connecting again means PostgreSQL is back: what failed
   // meanwhile is retried, and the keeper sweeps, at once.
   pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize,
@@ -337,10 +340,18 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
   log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return PrepareResult{Vote::No, *bad, {}};
-  if (pendingRecord(xid)) return PrepareResult{Vote::Yes, "", {}};  // repeated, its record not yet written
+  if (pendingRecord(xid)) {  // repeated, its record not yet written
+    PrepareResult r{Vote::Yes, "", {}};
+    r.hostTxid = pendingTxid(xid);
+    return r;
+  }
   if (auto late = log_.releasedReason(xid)) return PrepareResult{Vote::No, *late, {}};
   if (auto existing = log_.branches({xid})[0]) {
-    if (existing->state == BranchStatus::Prepared) return PrepareResult{Vote::Yes, "", {}};  // repeated
+    if (existing->state == BranchStatus::Prepared) {  // repeated
+      PrepareResult r{Vote::Yes, "", {}};
+      r.hostTxid = existing->hostTxid;
+      return r;
+    }
     return PrepareResult{Vote::No,
                          std::string("branch ") + xid.str() + " already " + branchStatusName(existing->state) +
                              (existing->tombstone ? " (rolled back before it arrived)" : ""),
@@ -451,7 +462,11 @@ kj::Promise<PrepareResult> PgAgent::prepareOnLoop(pg::LoopConn& lc, std::uint64_
                                   /*force=*/epochNeedsForce(seqNode(s.xid.seq), s.epoch));
           }
           return ours.then([this, &s, rollbackPreparedOnLoop](bool mine) -> kj::Promise<PrepareResult> {
-            if (mine) return PrepareResult{Vote::Yes, "", std::move(s.results)};
+            if (mine) {
+              PrepareResult r{Vote::Yes, "", std::move(s.results)};
+              r.hostTxid = s.trip.txid;  // the coordinator keeps it and sends it back with commit
+              return r;
+            }
             return rollbackPreparedOnLoop().then(
                 [&s] {
                   return PrepareResult{Vote::No, "branch " + s.xid.str() + " was rolled back before it was prepared",
@@ -521,7 +536,7 @@ kj::Promise<bool> PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const st
   }
   {
     std::lock_guard<std::mutex> lk(mu_);
-    pending_.insert(xid);
+    pending_[xid] = txid;
   }
   log_.log().submitLazy(std::make_unique<PreparedRecordJob>(*this, epoch, xid, ops, txid));
   return true;
@@ -562,6 +577,12 @@ bool PgAgent::pendingRecord(Xid xid) {
   return pending_.count(xid) != 0;
 }
 
+std::uint64_t PgAgent::pendingTxid(Xid xid) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = pending_.find(xid);
+  return it == pending_.end() ? 0 : it->second;
+}
+
 bool PgAgent::epochNeedsForce(std::uint16_t node, std::uint64_t epoch) {
   std::lock_guard<std::mutex> lk(mu_);
   auto it = durableEpochs_.find(node);
@@ -588,7 +609,7 @@ std::optional<BranchOutcome> commitAnswerOf(const BranchRecord& rec) {
 
 }  // namespace
 
-BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
+BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch, std::uint64_t hostTxid) {
   // Must be durable before COMMIT PREPARED: the PREPARED record with its
   // txid. A crash after PostgreSQL's commit and before our COMMITTED record
   // then leaves a record whose txid_status says what PostgreSQL did; a lazy
@@ -609,6 +630,7 @@ BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
     // incarnation) says that it prepared: it is recorded PREPARED first
     // (with its txid and incarnation, durable) and committed.
     auto held = heldPreparedOf(c, xid);
+    if (held.empty() && hostTxid != 0) return commitByCoordinatorsTxid(c, xid, epoch, hostTxid);
     if (held.empty()) {
       return answerUnknown(xid,
                            "commit asked for a branch with no record here that PostgreSQL does not hold prepared "
@@ -660,12 +682,64 @@ BranchOutcome PgAgent::commitOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   // txid_status settles the retried commit above. So this write need not
   // start a group commit: it rides with the next prepares' group (or
   // commits after lazy_delay), and the acknowledgement still waits for it.
-  log_.log().runSyncLazy([&](lmdb::Txn& txn) {
-    log_.storeEpoch(txn, seqNode(xid.seq), epoch);
-    auto r = log_.read(txn, xid);
-    if (r && r->state == BranchStatus::Prepared) log_.finish(txn, *r, BranchStatus::Committed, epoch);
-  });
+  log_.log().runSyncLazy([&](lmdb::Txn& txn) { writeCommitted(txn, xid, epoch, hostTxid); });
   return BranchOutcome::Committed;
+}
+
+void PgAgent::writeCommitted(lmdb::Txn& txn, Xid xid, std::uint64_t epoch, std::uint64_t hostTxid) const {
+  log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+  auto r = log_.read(txn, xid);
+  if (r && r->state == BranchStatus::Prepared) {
+    log_.finish(txn, *r, BranchStatus::Committed, epoch);
+    return;
+  }
+  if (r || hostTxid == 0 || log_.released(xid)) return;
+  // Committed on the coordinator's txid before our PREPARED record was
+  // written, and that write failed: the finished record is made here, so
+  // that the branch is on record (and a late duplicate prepare refused).
+  BranchRecord rec;
+  rec.xid = xid;
+  rec.hostTxid = hostTxid;
+  rec.hostIncarnation = log_.incarnation();
+  rec.createdUs = wallMicros();
+  rec.reason = "its PREPARED record was not written; recorded at its commit";
+  log_.finish(txn, rec, BranchStatus::Committed, epoch);
+}
+
+BranchOutcome PgAgent::commitByCoordinatorsTxid(PGconn* c, Xid xid, std::uint64_t epoch, std::uint64_t hostTxid) {
+  // No record here and no prepared transaction in PostgreSQL, but the
+  // coordinator's COMMIT record holds the txid this branch voted YES with:
+  // our COMMIT PREPARED ran on it before a crash took both our records
+  // (commitPendingOnLoop does not wait for the PREPARED record). Its
+  // txid_status says what PostgreSQL did, as the PREPARED record's txid
+  // would have; that is recorded (durably) and answered.
+  std::string st = txidStatus(c, hostTxid);
+  if (st != "committed" && st != "aborted") {
+    return answerUnknown(xid, "commit asked for a branch with no record here that PostgreSQL does not hold "
+                              "prepared, and the coordinator's " + statusText(hostTxid, st));
+  }
+  bool committed = st == "committed";
+  auto rec = log_.log().runSync([&](lmdb::Txn& txn) -> std::optional<BranchRecord> {
+    log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+    if (auto r = log_.read(txn, xid)) return r;  // recorded meanwhile: that record answers
+    if (log_.released(xid)) return std::nullopt;
+    BranchRecord r;
+    r.xid = xid;
+    r.hostTxid = hostTxid;
+    r.createdUs = wallMicros();
+    r.reason = committed ? "PostgreSQL had committed it (" + statusText(hostTxid, st) +
+                               ", the txid in the coordinator's COMMIT record): a COMMIT PREPARED whose records "
+                               "were lost in a crash"
+                         : "ROLLBACK PREPARED outside Keel: PostgreSQL rolled back its prepared transaction (" +
+                               statusText(hostTxid, st) + ", the txid in the coordinator's COMMIT record)";
+    log_.finish(txn, r, committed ? BranchStatus::Committed : BranchStatus::RolledBack, epoch);
+    return r;
+  });
+  if (!rec) return BranchOutcome::Released;
+  if (!committed) {
+    KEEL_LOG_WARN("branch {}: commit refused: {}; recorded rolled back", xid.str(), rec->reason);
+  }
+  return commitAnswerOf(*rec).value_or(BranchOutcome::Unknown);
 }
 
 std::optional<BranchRecord> PgAgent::finishFromHost(Xid xid, std::uint64_t epoch, BranchStatus state,
@@ -789,68 +863,89 @@ BranchOutcome PgAgent::rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch) {
   return committedMeanwhile ? BranchOutcome::Committed : BranchOutcome::RolledBack;
 }
 
-kj::Promise<BranchOutcome> PgAgent::commitOnPool(Xid xid, std::uint64_t epoch) {
-  return finishPool_->run<BranchOutcome>([this, xid, epoch](PGconn* c) { return commitOne(c, xid, epoch); });
+kj::Promise<BranchOutcome> PgAgent::commitOnPool(Xid xid, std::uint64_t epoch, std::uint64_t hostTxid) {
+  return finishPool_->run<BranchOutcome>(
+      [this, xid, epoch, hostTxid](PGconn* c) { return commitOne(c, xid, epoch, hostTxid); });
 }
 
-kj::Promise<BranchOutcome> PgAgent::commitOnLoop(Xid xid, std::uint64_t epoch) {
+kj::Promise<BranchOutcome> PgAgent::commitOnLoop(Xid xid, std::uint64_t epoch, std::uint64_t hostTxid) {
   // The common case on the loop: a PREPARED record and PostgreSQL holding
   // its gid. Everything else (no record, a repeated commit, a gid
   // PostgreSQL no longer holds) is commitOne's, on the finish pool.
-  // Must be durable before COMMIT PREPARED: the PREPARED record with its
-  // txid (see commitOne). One still on its way is waited for, not forced:
-  // it rides with the next group commit, at most lazy_delay (2 ms) away.
-  // Phase 2 is off the client's path (the client heard "committed" when
-  // the decision was durable), so this costs only a little longer hold on
-  // the branch's rows, and saves a group commit of its own per commit
-  // message.
+  // Must be durable before COMMIT PREPARED: the branch's txid, so that a
+  // crash after PostgreSQL's commit and before our COMMITTED record leaves
+  // something whose txid_status says what PostgreSQL did (see commitOne).
+  // The coordinator's COMMIT record holds it when the commit carries it:
+  // then a PREPARED record still on its way is not waited for at all
+  // (commitPendingOnLoop). Without it, that record is waited for, not
+  // forced: it rides with the next group commit, at most lazy_delay away;
+  // phase 2 is off the client's path, so that costs only a longer hold on
+  // the branch's rows.
+  std::uint64_t pendingT = pendingTxid(xid);
+  if (pendingT != 0 && hostTxid == pendingT && !log_.branches({xid})[0]) {
+    return commitPendingOnLoop(xid, epoch, hostTxid);
+  }
   kj::Promise<void> durable = kj::READY_NOW;
   if (pendingRecord(xid)) durable = log_.log().runLazy([](lmdb::Txn&) {});
-  return durable.then([this, xid, epoch]() -> kj::Promise<BranchOutcome> {
+  return durable.then([this, xid, epoch, hostTxid]() -> kj::Promise<BranchOutcome> {
     auto rec = log_.branches({xid})[0];
-    if (!rec || rec->state != BranchStatus::Prepared) return commitOnPool(xid, epoch);
-    return loopFinish_
-        ->run<pg::Result>([this, g = gidOf(*rec)](pg::LoopConn& lc) {
-          return failpointOnLoop("agent.before_commit_durable").then([&lc, g] {
-            return lc.query("COMMIT PREPARED " + quoteLiteral(g));
-          });
-        })
-        .then([this, xid, epoch](pg::Result r) -> kj::Promise<BranchOutcome> {
-          if (auto e = pg::errorIn(r)) {
-            // Gone: our own COMMIT PREPARED before a crash lost its record,
-            // or a DBA's; commitOne asks txid_status which.
-            if (e->sqlstate() == kUndefinedObject) return commitOnPool(xid, epoch);
-            kj::throwFatalException(faultException(e->what()));
-          }
-          return failpointOnLoop("pg.after_host_commit").then([this, xid, epoch] {
-            // Lazy, as in commitOne: PostgreSQL's commit is durable already.
-            return log_.log()
-                .runLazy([this, xid, epoch](lmdb::Txn& txn) {
-                  log_.storeEpoch(txn, seqNode(xid.seq), epoch);
-                  auto r = log_.read(txn, xid);
-                  if (r && r->state == BranchStatus::Prepared) log_.finish(txn, *r, BranchStatus::Committed, epoch);
-                })
-                .then([] { return BranchOutcome::Committed; });
-          });
-        });
+    if (!rec || rec->state != BranchStatus::Prepared) return commitOnPool(xid, epoch, hostTxid);
+    return commitPreparedOnLoop(xid, epoch, gidOf(*rec), rec->hostTxid);
   });
 }
 
-kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids, bool commit, std::uint64_t epoch) {
+kj::Promise<BranchOutcome> PgAgent::commitPendingOnLoop(Xid xid, std::uint64_t epoch, std::uint64_t hostTxid) {
+  // Voted YES in this run (so its gid is this incarnation's), its PREPARED
+  // record still on its way, and the coordinator's durable COMMIT record
+  // holds the very txid we voted with: COMMIT PREPARED at once. A crash
+  // before our records are durable leaves no record and no prepared
+  // transaction; the coordinator's retry carries the txid again, and
+  // commitByCoordinatorsTxid settles it by txid_status.
+  return commitPreparedOnLoop(xid, epoch, gid(xid), hostTxid);
+}
+
+kj::Promise<BranchOutcome> PgAgent::commitPreparedOnLoop(Xid xid, std::uint64_t epoch, std::string g,
+                                                         std::uint64_t hostTxid) {
+  return loopFinish_
+      ->run<pg::Result>([this, g](pg::LoopConn& lc) {
+        return failpointOnLoop("agent.before_commit_durable").then([&lc, g] {
+          return lc.query("COMMIT PREPARED " + quoteLiteral(g));
+        });
+      })
+      .then([this, xid, epoch, hostTxid](pg::Result r) -> kj::Promise<BranchOutcome> {
+        if (auto e = pg::errorIn(r)) {
+          // Gone: our own COMMIT PREPARED before a crash lost its record,
+          // or a DBA's; commitOne asks txid_status which.
+          if (e->sqlstate() == kUndefinedObject) return commitOnPool(xid, epoch, hostTxid);
+          kj::throwFatalException(faultException(e->what()));
+        }
+        return failpointOnLoop("pg.after_host_commit").then([this, xid, epoch, hostTxid] {
+          // Lazy, as in commitOne: PostgreSQL's commit is durable already.
+          return log_.log()
+              .runLazy([this, xid, epoch, hostTxid](lmdb::Txn& txn) { writeCommitted(txn, xid, epoch, hostTxid); })
+              .then([] { return BranchOutcome::Committed; });
+        });
+      });
+}
+
+kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids, bool commit, std::uint64_t epoch,
+                                                           std::vector<std::uint64_t> hostTxids) {
   if (!xids.empty()) log_.fence(seqNode(xids[0].seq), epoch);
   // Each branch on its own connection (a commit on the loop's, a rollback
   // as a finish-pool job), so that a batch spreads over the connections;
   // the answer keeps the batch's order.
   kj::Vector<kj::Promise<BranchOutcome>> each(xids.size());
-  for (Xid x : xids) {
-    auto one = commit ? kj::evalNow([&] { return commitOnLoop(x, epoch); })
+  for (std::size_t i = 0; i < xids.size(); ++i) {
+    Xid x = xids[i];
+    std::uint64_t t = i < hostTxids.size() ? hostTxids[i] : 0;
+    auto one = commit ? kj::evalNow([&] { return commitOnLoop(x, epoch, t); })
                       : finishPool_->run<BranchOutcome>([this, x, epoch](PGconn* c) { return rollbackOne(c, x, epoch); });
-    each.add(kj::mv(one).catch_([this, x, commit, epoch](kj::Exception&& e) -> BranchOutcome {
+    each.add(kj::mv(one).catch_([this, x, commit, epoch, t](kj::Exception&& e) -> BranchOutcome {
                    // PostgreSQL unreachable, most likely. The decision is
                    // known here now: the keeper retries it with backoff (and
                    // at once when a pool connects again), sooner than the
                    // coordinator's retry comes, which then finds it done.
-                   owe(x, commit ? Owe::Commit : Owe::Rollback, epoch, 1);
+                   owe(x, commit ? Owe::Commit : Owe::Rollback, epoch, 1, false, t);
                    kj::throwFatalException(kj::mv(e));
                  }).eagerlyEvaluate(nullptr));  // the keeper owes it at once, not when the batch is in
   }
@@ -866,6 +961,11 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids
 
 kj::Promise<std::vector<BranchOutcome>> PgAgent::commit(std::uint64_t epoch, std::vector<Xid> xids) {
   return finishAll(std::move(xids), true, epoch);
+}
+
+kj::Promise<std::vector<BranchOutcome>> PgAgent::commitKnowing(std::uint64_t epoch, std::vector<Xid> xids,
+                                                               std::vector<std::uint64_t> hostTxids) {
+  return finishAll(std::move(xids), true, epoch, std::move(hostTxids));
 }
 
 kj::Promise<std::vector<BranchOutcome>> PgAgent::rollback(std::uint64_t epoch, std::vector<Xid> xids) {

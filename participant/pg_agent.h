@@ -109,6 +109,11 @@ struct PgAgentOptions {
   // A statement waiting longer than this for a row lock fails the branch
   // (NO vote) instead of holding a connection past the coordinator's deadline.
   std::uint32_t lockTimeoutMs = 1000;
+  // How long the agent's own records (PREPARED after the vote, COMMITTED
+  // before phase 2's acknowledgement) may wait to ride a group commit
+  // ([agent] lazy_delay_ms): fewer LMDB commits the longer, at the cost of
+  // later acknowledgements (docs/postgres.md, "The txid in the vote").
+  std::uint32_t lazyDelayMs = 10;
   // The statements clients may call (common/statements.h); at least one.
   Statements statements;
 };
@@ -135,6 +140,8 @@ class PgAgent final : public ParticipantBackend {
   kj::Promise<PrepareResult> prepare(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
   kj::Promise<PrepareResult> execute(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
   kj::Promise<std::vector<BranchOutcome>> commit(std::uint64_t epoch, std::vector<Xid> xids) override;
+  kj::Promise<std::vector<BranchOutcome>> commitKnowing(std::uint64_t epoch, std::vector<Xid> xids,
+                                                        std::vector<std::uint64_t> hostTxids) override;
   kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids) override;
   kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
 
@@ -194,7 +201,8 @@ class PgAgent final : public ParticipantBackend {
   // says (Settle). `unreachable`: the failure says PostgreSQL is. Any thread.
   enum class Owe : std::uint8_t { Settle, Commit, Rollback };
   struct Owed;
-  void owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed, bool unreachable = false);
+  void owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed, bool unreachable = false,
+           std::uint64_t hostTxid = 0);
   void retryOwed(PGconn* c, Xid xid, Owed o);  // a finish-pool job; c null: unreachable
   // PostgreSQL (or the way to it) is back: retries and a sweep now.
   void reconnected();
@@ -228,9 +236,22 @@ class PgAgent final : public ParticipantBackend {
   struct PrepareState;
   kj::Promise<PrepareResult> prepareOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid, std::vector<Op> ops);
   // A commit of a PREPARED branch on a connection of the loop; the rare
-  // cases go to commitOne on the finish pool (commitOnPool).
-  kj::Promise<BranchOutcome> commitOnLoop(Xid xid, std::uint64_t epoch);
-  kj::Promise<BranchOutcome> commitOnPool(Xid xid, std::uint64_t epoch);
+  // cases go to commitOne on the finish pool (commitOnPool). hostTxid: the
+  // txid the coordinator's COMMIT record holds for the branch (0 = none).
+  kj::Promise<BranchOutcome> commitOnLoop(Xid xid, std::uint64_t epoch, std::uint64_t hostTxid);
+  kj::Promise<BranchOutcome> commitOnPool(Xid xid, std::uint64_t epoch, std::uint64_t hostTxid);
+  // COMMIT PREPARED of a branch whose PREPARED record is still on its way,
+  // on the coordinator's word for its txid: not waiting for that record.
+  kj::Promise<BranchOutcome> commitPendingOnLoop(Xid xid, std::uint64_t epoch, std::uint64_t hostTxid);
+  // COMMIT PREPARED of gid `g` on the loop, then the lazy COMMITTED record.
+  kj::Promise<BranchOutcome> commitPreparedOnLoop(Xid xid, std::uint64_t epoch, std::string g,
+                                                  std::uint64_t hostTxid);
+  // The COMMITTED record after PostgreSQL's commit: the PREPARED record
+  // finished, or, when that was never written, a finished record made here.
+  void writeCommitted(lmdb::Txn& txn, Xid xid, std::uint64_t epoch, std::uint64_t hostTxid) const;
+  // commitOne's case of no record and no prepared transaction, with the
+  // coordinator's txid for the branch: settled by its txid_status.
+  BranchOutcome commitByCoordinatorsTxid(PGconn* c, Xid xid, std::uint64_t epoch, std::uint64_t hostTxid);
   // A failpoint on the loop: a delay waits on the timer instead of
   // stopping the loop (other calls go on meanwhile, as on a pool thread).
   kj::Promise<void> failpointOnLoop(const char* name);
@@ -245,7 +266,7 @@ class PgAgent final : public ParticipantBackend {
   void markerDone(std::string gid);
   void dropMarkers(PGconn* c);
   std::size_t dropStaleMarkers(PGconn* c);
-  BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch);
+  BranchOutcome commitOne(PGconn* c, Xid xid, std::uint64_t epoch, std::uint64_t hostTxid = 0);
   // A prepared transaction of ours that PostgreSQL holds: its gid, what the
   // gid names, and its txid.
   struct Held {
@@ -280,13 +301,15 @@ class PgAgent final : public ParticipantBackend {
                      std::uint64_t txid) const;
   void preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept;
   bool pendingRecord(Xid xid);
+  std::uint64_t pendingTxid(Xid xid);  // the txid of a record in pending_; 0 if none
   // Between PREPARE TRANSACTION (sent) and a record in the log: preparing_
   // or pending_.
   bool prepareInFlight(Xid xid);
   bool epochNeedsForce(std::uint16_t node, std::uint64_t epoch);
   BranchOutcome rollbackOne(PGconn* c, Xid xid, std::uint64_t epoch);
   // Commits (or rolls back) each branch as its own finish-pool job.
-  kj::Promise<std::vector<BranchOutcome>> finishAll(std::vector<Xid> xids, bool commit, std::uint64_t epoch);
+  kj::Promise<std::vector<BranchOutcome>> finishAll(std::vector<Xid> xids, bool commit, std::uint64_t epoch,
+                                                    std::vector<std::uint64_t> hostTxids = {});
 
   PgAgentOptions opts_;
   BranchLog log_;
@@ -304,7 +327,7 @@ class PgAgent final : public ParticipantBackend {
   std::unique_ptr<pg::Pool> finishPool_;
   std::mutex mu_;
   std::set<Xid> preparing_;  // GUARDED_BY(mu_): a prepare's pool job is running
-  std::set<Xid> pending_;    // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable
+  std::map<Xid, std::uint64_t> pending_;  // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable: its txid
   std::map<std::uint16_t, std::uint64_t> durableEpochs_;  // GUARDED_BY(mu_): per coordinator node
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
   std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once
@@ -317,6 +340,7 @@ class PgAgent final : public ParticipantBackend {
     Owe what = Owe::Settle;  // the coordinator's decision, or none
     bool settle = false;     // and settle the held gids as the record says
     std::uint64_t epoch = 0;
+    std::uint64_t hostTxid = 0;  // commit: the coordinator's txid for the branch (0 = none)
     std::uint32_t failed = 0;  // attempts that failed so far
     Clock::time_point due;
   };

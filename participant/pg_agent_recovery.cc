@@ -475,7 +475,8 @@ void PgAgent::keeperLoop() {
   }
 }
 
-void PgAgent::owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed, bool unreachable) {
+void PgAgent::owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed, bool unreachable,
+                  std::uint64_t hostTxid) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (stopping_) return;  // the next start's reconcile (or the coordinator's retry) finishes it
@@ -484,6 +485,7 @@ void PgAgent::owe(Xid xid, Owe what, std::uint64_t epoch, std::uint32_t failed, 
     if (what != Owe::Settle) {
       o.what = what;
       o.epoch = epoch;
+      if (hostTxid != 0) o.hostTxid = hostTxid;
     }
     o.settle = o.settle || what == Owe::Settle;
     o.failed = std::max(o.failed, failed);
@@ -503,7 +505,7 @@ void PgAgent::retryOwed(PGconn* c, Xid xid, Owed o) {
       auto rec = log_.branches({xid})[0];
       if (!rec || rec->state == BranchStatus::Prepared || rec->state == BranchStatus::Active) {
         if (o.what == Owe::Commit) {
-          commitOne(c, xid, o.epoch);
+          commitOne(c, xid, o.epoch, o.hostTxid);
         } else {
           rollbackOne(c, xid, o.epoch);
         }
@@ -518,7 +520,9 @@ void PgAgent::retryOwed(PGconn* c, Xid xid, Owed o) {
   } catch (const std::exception& e) {
     auto pe = dynamic_cast<const pg::PgError*>(&e);
     KEEL_LOG_DEBUG("branch {}: retry {} failed ({})", xid.str(), o.failed + 1, e.what());
-    if (o.what != Owe::Settle) owe(xid, o.what, o.epoch, o.failed + 1, pe != nullptr && pe->connectionLost());
+    if (o.what != Owe::Settle) {
+      owe(xid, o.what, o.epoch, o.failed + 1, pe != nullptr && pe->connectionLost(), o.hostTxid);
+    }
     if (o.settle) owe(xid, Owe::Settle, o.epoch, o.failed + 1, pe != nullptr && pe->connectionLost());
   }
 }

@@ -120,14 +120,18 @@ interface Participant {
   # Executes `operations` and prepares the branch in one call. Adds to an
   # ACTIVE branch created by `execute` if there is one.
   prepare @0 (epoch :UInt64, xid :Xid, operations :List(Operation))
-      -> (vote :Vote, reason :Text, results :List(OpResult));
+      -> (vote :Vote, reason :Text, results :List(OpResult), hostTxid :UInt64);
 
   # Interactive mode: run operations in an ACTIVE branch without voting.
   execute @1 (epoch :UInt64, xid :Xid, operations :List(Operation))
       -> (ok :Bool, reason :Text, results :List(OpResult));
 
   # Phase 2. Idempotent per XID; takes many XIDs so phase 2 can be batched.
-  commit @2 (epoch :UInt64, xids :List(Xid)) -> (outcomes :List(BranchOutcome));
+  # hostTxids: empty, or one per XID (0 = none): the hostTxid each branch
+  # voted YES with, from the coordinator's durable COMMIT record. A
+  # postgres agent then need not wait for its own PREPARED record before
+  # COMMIT PREPARED (docs/postgres.md, "The txid in the vote").
+  commit @2 (epoch :UInt64, xids :List(Xid), hostTxids :List(UInt64)) -> (outcomes :List(BranchOutcome));
   rollback @3 (epoch :UInt64, xids :List(Xid)) -> (outcomes :List(BranchOutcome));
 
   # Single-participant interaction: execute and commit in one step. The
@@ -252,6 +256,8 @@ struct PrepareVote {
   results @2 :List(OpResult);
   error @3 :Text;   # non-empty: this item failed as a fault (as if its own
                     # `prepare` call had raised); its vote means nothing
+  hostTxid @4 :UInt64;  # YES from a postgres agent: the branch's PostgreSQL
+                        # transaction id (0 = none); sent back with commit
 }
 
 # Why a participant refused a call as a whole (the call's answer carries it

@@ -29,6 +29,7 @@ struct InteractionRecord {
     state @2 :BranchState;
     reason @3 :Text;              # vote reason or last error
     operations @4 :List(Keel.Operation);
+    hostTxid @5 :UInt64;          # the txid its YES vote carried (postgres; 0 = none), sent with commit
   }
   enum BranchState {
     pending @0;      # nothing sent yet

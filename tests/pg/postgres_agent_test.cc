@@ -331,10 +331,15 @@ TEST_F(PostgresTest, AgentCrashAfterPostgresPreparedBeforeTheVoteRollsBackOnceBa
 // coordinator's decision (COMMIT here) finish it, never roll it back alone.
 TEST_F(PostgresTest, AgentCrashBeforeItsLazyPreparedRecordIsSettledByTheDecision) {
   cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=crash");
+  // The commit is held up before COMMIT PREPARED, so that the crash in the
+  // lazy PREPARED record's group comes first and PostgreSQL still holds the
+  // gid (with the coordinator's txid a commit would not wait for that
+  // record: CommitOnTheCoordinatorsTxid... below covers that order).
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=crash,agent.before_commit_durable=delay(1000)");
   auto first = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});  // forced: the epoch's first
   ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
-  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  // Another row at bank-b: bob's stays locked until the first's (held up) commit.
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "alice", 100)});
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
   ASSERT_TRUE(o.outcome == ClientOutcome::Committed || o.outcome == ClientOutcome::RolledBack) << o.reason;
   cluster_->startAgent("bank-b");
@@ -342,7 +347,7 @@ TEST_F(PostgresTest, AgentCrashBeforeItsLazyPreparedRecordIsSettledByTheDecision
   bool committed = query(o.seq)->interaction.state == InteractionRecord::State::Committed;
   EXPECT_EQ(committed, o.outcome == ClientOutcome::Committed);
   EXPECT_EQ(balance("bank_a", "alice"), committed ? 899 : 999);
-  EXPECT_EQ(balance("bank_b", "bob"), committed ? 101 : 1);
+  EXPECT_EQ(balance("bank_b", "alice"), committed ? 1100 : 1000);
   // The first interaction's lazy COMMITTED record may have died in the same
   // group: its phase-2 retry (or the agent's question) finishes it too.
   EXPECT_TRUE(eventually([&] { return query(first.seq)->interaction.finished() && inspect("bank-b").prepared == 0; },
@@ -603,14 +608,46 @@ class PostgresOutcomeTest : public PostgresTest {
     return "keel:bank-b:" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
   }
 
-  wire::Vote prepareAtB(Xid xid, const std::vector<Op>& ops) {
+  struct VoteAtB {
+    wire::Vote vote;
+    std::uint64_t hostTxid;
+    std::string reason;
+  };
+  VoteAtB voteAtB(Xid xid, const std::vector<Op>& ops) {
     auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
     auto req = agent->capability().prepareRequest();
     req.setEpoch(kEpoch);
     fillXid(req.initXid(), xid);
     fillOps(req.initOperations(ops.size()), ops);
     auto resp = req.send().wait(io_.waitScope);
-    return resp.getVote();
+    return {resp.getVote(), resp.getHostTxid(), resp.getReason().cStr()};
+  }
+  wire::Vote prepareAtB(Xid xid, const std::vector<Op>& ops) { return voteAtB(xid, ops).vote; }
+  // Restarts bank-b with `failpoints` and makes its first prepare under the
+  // epoch (`first`, its record forced, so that the next one's is lazy),
+  // rolled back.
+  void restartBPastItsFirstPrepare(const std::string& failpoints, Xid first) {
+    cluster_->stopAgent("bank-b");
+    cluster_->startAgent("bank-b", failpoints);
+    ASSERT_EQ(prepareAtB(first, {credit("bank-b", "bob", 1)}), wire::Vote::YES);
+    EXPECT_EQ(finishAtB(first, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  }
+  // A prepare at bank-b that must vote YES: the hostTxid its vote carries.
+  std::uint64_t yesTxidAtB(Xid xid, const std::vector<Op>& ops) {
+    auto v = voteAtB(xid, ops);
+    EXPECT_EQ(v.vote, wire::Vote::YES) << v.reason;
+    return v.hostTxid;
+  }
+  // A commit at bank-b carrying `txids` beside its one xid, as a
+  // coordinator sends the txids its COMMIT record holds; throws if it fails.
+  wire::BranchOutcome commitAtBWithTxids(Xid xid, const std::vector<std::uint64_t>& txids) {
+    auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+    auto req = agent->capability().commitRequest();
+    req.setEpoch(kEpoch);
+    fillXid(req.initXids(1)[0], xid);
+    auto t = req.initHostTxids(txids.size());
+    for (unsigned i = 0; i < txids.size(); ++i) t.set(i, txids[i]);
+    return req.send().wait(io_.waitScope).getOutcomes()[0];
   }
   // Phase 2 at bank-b as the coordinator sends it; throws if the call fails.
   wire::BranchOutcome finishAtB(Xid xid, bool commit) {
@@ -815,11 +852,8 @@ TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnkn
   // The second prepare's PREPARED record is lazy and held up on the log's
   // writer; its commit must make it durable before COMMIT PREPARED, and the
   // agent dies right after COMMIT PREPARED, before its COMMITTED record.
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*delay(500),pg.after_host_commit=1*crash");
-  const Xid first = xidOf(40), xid = xidOf(41);
-  ASSERT_EQ(prepareAtB(first, {credit("bank-b", "bob", 1)}), wire::Vote::YES);  // forced: the epoch's first
-  EXPECT_EQ(finishAtB(first, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  restartBPastItsFirstPrepare("pg.before_lazy_prepared_record=1*delay(500),pg.after_host_commit=1*crash", xidOf(40));
+  const Xid xid = xidOf(41);
   ASSERT_EQ(prepareAtB(xid, {credit("bank-b", "bob", 5)}), wire::Vote::YES);  // lazy, its record delayed
   EXPECT_ANY_THROW(finishAtB(xid, /*commit=*/true));
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
@@ -836,6 +870,76 @@ TEST_F(PostgresOutcomeTest, CrashAfterCommitPreparedIsSettledByTxidStatusNotUnkn
   auto rec = recordAfterStoppingB(xid);
   EXPECT_EQ(rec.state, BranchStatus::Committed);
   EXPECT_NE(rec.reason.find("'committed'"), std::string::npos) << rec.reason;
+}
+
+// Each YES vote carries the branch's PostgreSQL txid; the coordinator keeps
+// it in its COMMIT record (and sends it back with commit): the same txid as
+// the agent's own record of the branch.
+TEST_F(PostgresOutcomeTest, TheCommitRecordHoldsTheTxidEachAgentVotedWith) {
+  auto o = submit({debit("bank-a", "alice", 30), credit("bank-b", "bob", 30)});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.state == InteractionRecord::State::Committed; }));
+  auto q = query(o.seq);
+  ASSERT_EQ(q->interaction.branches.size(), 2u);
+  std::optional<InteractionRecord::Branch> atB;
+  for (auto& br : q->interaction.branches) {
+    EXPECT_NE(br.hostTxid, 0u) << br.participant;
+    if (br.participant == "bank-b") atB = br;
+  }
+  ASSERT_TRUE(atB.has_value());
+  auto rec = recordAfterStoppingB(Xid{o.seq, atB->branch});
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_EQ(rec.hostTxid, atB->hostTxid);
+}
+
+// With the txid the coordinator's COMMIT record holds, a commit does not
+// wait for the branch's lazy PREPARED record: here that record is held up
+// on the log's writer for 1.5 s and the agent dies right after COMMIT
+// PREPARED, so neither record was ever durable. The retried commit, with
+// the txid again, is settled by txid_status: committed, not unknown.
+TEST_F(PostgresOutcomeTest, CommitOnTheCoordinatorsTxidDoesNotWaitForThePreparedRecordAndACrashIsSettled) {
+  restartBPastItsFirstPrepare("pg.before_lazy_prepared_record=1*delay(1500),pg.after_host_commit=1*crash", xidOf(60));
+  const Xid xid = xidOf(61);
+  std::uint64_t txid = yesTxidAtB(xid, {credit("bank-b", "bob", 5)});  // lazy, its record held up
+  ASSERT_NE(txid, 0u);
+  // txids must be none or one per xid: anything else is refused whole.
+  EXPECT_ANY_THROW(commitAtBWithTxids(xid, {txid, txid}));
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  EXPECT_ANY_THROW(commitAtBWithTxids(xid, {txid}));  // COMMIT PREPARED, then the crash
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(prepared("bank_b"), 0u);  // PostgreSQL committed it
+  EXPECT_EQ(balance("bank_b", "bob"), 5);
+  EXPECT_FALSE(recordAtB(xid).has_value()) << "COMMIT PREPARED waited for the PREPARED record";
+
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(commitAtBWithTxids(xid, {txid}), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(commitAtBWithTxids(xid, {txid}), wire::BranchOutcome::COMMITTED);  // repeated: the record answers
+  EXPECT_EQ(inAgentLog("outcome unknown"), 0u);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_EQ(rec.hostTxid, txid);
+  EXPECT_NE(rec.reason.find("the txid in the coordinator's COMMIT record"), std::string::npos) << rec.reason;
+  EXPECT_EQ(balance("bank_b", "bob"), 5);
+}
+
+// Without the txid (an older coordinator, or a takeover that never saw the
+// votes) nothing is known of a branch with no record and no prepared
+// transaction: unknown, as before.
+TEST_F(PostgresOutcomeTest, ACommitWithAnotherTxidThanTheVotesWaitsForTheRecordAsBefore) {
+  restartBPastItsFirstPrepare("pg.before_lazy_prepared_record=1*delay(800),pg.after_host_commit=1*crash", xidOf(70));
+  const Xid xid = xidOf(71);
+  std::uint64_t txid = yesTxidAtB(xid, {credit("bank-b", "bob", 7)});
+  ASSERT_NE(txid, 0u);
+  // Not the txid it voted with: the agent does not take the coordinator's
+  // word, waits for its own PREPARED record, and only then commits.
+  EXPECT_ANY_THROW(commitAtBWithTxids(xid, {txid + 1}));
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(balance("bank_b", "bob"), 7);
+  auto before = recordAtB(xid);
+  ASSERT_TRUE(before.has_value()) << "no PREPARED record was durable before COMMIT PREPARED";
+  EXPECT_EQ(before->hostTxid, txid);
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::COMMITTED);  // its record's txid settles it
 }
 
 // A prepare between its PREPARE TRANSACTION and its record is never taken

@@ -36,6 +36,25 @@ TEST(Config, TextParsesAsAFileDoes) {
   EXPECT_EQ(c.participants.at("bank-a"), "127.0.0.1:7401");
 }
 
+TEST(Config, AgentLazyDelayDefaultsTo10MsAndIsBounded) {
+  const std::string base = "[agent]\nname = \"bank-a\"\nadapter = \"postgres\"\npostgres = \"dbname=a\"\n";
+  std::string_view plain = base;
+  EXPECT_EQ(parseAgentConfig("a.toml", &plain).lazyDelayMs, 10u);
+  std::string set = base + "lazy_delay_ms = 25\n";
+  std::string_view t = set;
+  EXPECT_EQ(parseAgentConfig("a.toml", &t).lazyDelayMs, 25u);
+  for (const char* v : {"0", "1001", "-1"}) {
+    std::string bad = base + "lazy_delay_ms = " + v + "\n";
+    std::string_view b = bad;
+    try {
+      parseAgentConfig("a.toml", &b);
+      ADD_FAILURE() << "lazy_delay_ms = " << v << " was taken";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("lazy_delay_ms"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Config, AdminPlaneIsOffByDefaultAndLoopbackUnlessRemoteIsSaid) {
   const std::string base = "[coordinator]\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
   std::string_view none = base;

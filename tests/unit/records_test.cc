@@ -32,6 +32,7 @@ InteractionRecord fullInteraction() {
   a.state = InteractionRecord::BranchState::Prepared;
   a.reason = "";
   a.ops = {Op{"bank-a", OpKind::Debit, "alice", 250}, Op{"bank-a", OpKind::ReadBalance, "alice", 0}};
+  a.hostTxid = 987654321012ull;
   InteractionRecord::Branch b;
   b.participant = "bank-b";
   b.branch = 65535;
@@ -104,7 +105,9 @@ TEST(RecordsTest, InteractionRoundTripKeepsEveryField) {
     EXPECT_EQ(out.branches[i].state, in.branches[i].state);
     EXPECT_EQ(out.branches[i].reason, in.branches[i].reason);
     EXPECT_EQ(out.branches[i].ops, in.branches[i].ops);
+    EXPECT_EQ(out.branches[i].hostTxid, in.branches[i].hostTxid);
   }
+  EXPECT_NE(out.branches[0].hostTxid, 0u);  // the fixture sets one: a field not written would read 0
   EXPECT_TRUE(out.finished() == false);
 }
 

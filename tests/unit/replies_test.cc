@@ -31,6 +31,18 @@ TEST(Replies, PrepareVoteWithAsManyResultsAsOperationsReadsBack) {
   EXPECT_TRUE(readPrepareVote(v.asReader(), 2).results.empty());
 }
 
+TEST(Replies, OnlyAYesVoteKeepsItsHostTxid) {
+  capnp::MallocMessageBuilder m;
+  auto v = m.initRoot<wire::PrepareVote>();
+  v.setVote(wire::Vote::YES);
+  v.setHostTxid(4711);
+  EXPECT_EQ(readPrepareVote(v.asReader(), 0).hostTxid, 4711u);
+  v.setVote(wire::Vote::NO);  // a NO (or read-only) has nothing to commit: its txid means nothing
+  EXPECT_EQ(readPrepareVote(v.asReader(), 0).hostTxid, 0u);
+  v.setVote(wire::Vote::READ_ONLY);
+  EXPECT_EQ(readPrepareVote(v.asReader(), 0).hostTxid, 0u);
+}
+
 TEST(Replies, PrepareVoteWithMoreOrFewerResultsThanOperationsIsMalformed) {
   capnp::MallocMessageBuilder m;
   auto v = m.initRoot<wire::PrepareVote>();
