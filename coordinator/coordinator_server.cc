@@ -256,7 +256,7 @@ struct ExportJob {
   Coordinator& c;
   wire::ExportSink::Client sink;
   Micros fromUs, toUs;
-  Coordinator::JournalCursor at;
+  Coordinator::JournalCursor at{};
   std::uint64_t interactions = 0, rollbacks = 0, scanned = 0, damaged = 0, total = 0;
 
   kj::Promise<void> next() {
@@ -318,9 +318,9 @@ struct SearchJob {
   Micros fromUs, toUs;
   std::string participant, state;
   std::size_t limit;
-  Coordinator::JournalCursor at;
+  Coordinator::JournalCursor at{};
   std::uint64_t scanned = 0;
-  std::vector<std::string> found;
+  std::vector<std::string> found{};
   bool more = false;
 
   bool matches(const InteractionRecord& r) const {

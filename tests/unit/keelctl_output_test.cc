@@ -103,11 +103,15 @@ TEST(KeelctlOutputTest, AnInvalidRequestHasNoSeqText) {
 TEST(KeelctlOutputTest, BranchesAndUnfinishedNameSeqsAsNodeAndCounter) {
   AgentSnapshot snap;
   snap.name = "bank-a";
+  BranchView prepared;
+  prepared.xid = Xid{makeSeq(2, 7), 1};
+  prepared.prepared = true;
+  prepared.epoch = 3;
   std::ostringstream text;
-  printBranches(text, snap, {BranchView{Xid{makeSeq(2, 7), 1}, true, 3, 0}}, /*json=*/false);
+  printBranches(text, snap, {prepared}, /*json=*/false);
   EXPECT_NE(text.str().find("\n  2:7.1  prepared  epoch 3\n"), std::string::npos) << text.str();
   std::ostringstream json;
-  printBranches(json, snap, {BranchView{Xid{makeSeq(2, 7), 1}, true, 3, 0}}, /*json=*/true);
+  printBranches(json, snap, {prepared}, /*json=*/true);
   Json doc = JsonReader::parse(json.str());
   EXPECT_EQ(doc["unfinished"].array().at(0)["xid"].str(), std::to_string(makeSeq(2, 7)) + ".1");
   EXPECT_EQ(doc["unfinished"].array().at(0)["xid_text"].str(), "2:7.1");
