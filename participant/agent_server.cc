@@ -215,12 +215,13 @@ kj::Promise<void> ParticipantImpl::commit(CommitContext ctx) {
   auto p = ctx.getParams();
   Micros started = monoMicros();
   if (metrics_ != nullptr) metrics_->phase2Batch->observe(p.getXids().size());
-  auto xids = readFencedXids(p.getXids(), "commit");
+  // Checked before anything else: a refused call fences no epoch.
   auto given = p.getHostTxids();
-  if (given.size() != 0 && given.size() != xids.size()) {
+  if (given.size() != 0 && given.size() != p.getXids().size()) {
     return faultException("a commit carries no hostTxids or one per xid; got " + std::to_string(given.size()) +
-                          " for " + std::to_string(xids.size()) + " xids");
+                          " for " + std::to_string(p.getXids().size()) + " xids");
   }
+  auto xids = readFencedXids(p.getXids(), "commit");
   kj::Promise<std::vector<BranchOutcome>> done = nullptr;
   if (given.size() == 0) {
     done = agent_.commit(p.getEpoch(), std::move(xids));

@@ -340,9 +340,9 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
   log_.fence(seqNode(xid.seq), epoch);
   KEEL_FAILPOINT("agent.before_execute");
   if (auto bad = validate(ops)) return PrepareResult{Vote::No, *bad, {}};
-  if (pendingRecord(xid)) {  // repeated, its record not yet written
+  if (auto pendingT = pendingTxid(xid)) {  // repeated, its record not yet written
     PrepareResult r{Vote::Yes, "", {}};
-    r.hostTxid = pendingTxid(xid);
+    r.hostTxid = *pendingT;
     return r;
   }
   if (auto late = log_.releasedReason(xid)) return PrepareResult{Vote::No, *late, {}};
@@ -577,10 +577,11 @@ bool PgAgent::pendingRecord(Xid xid) {
   return pending_.count(xid) != 0;
 }
 
-std::uint64_t PgAgent::pendingTxid(Xid xid) {
+std::optional<std::uint64_t> PgAgent::pendingTxid(Xid xid) {
   std::lock_guard<std::mutex> lk(mu_);
   auto it = pending_.find(xid);
-  return it == pending_.end() ? 0 : it->second;
+  if (it == pending_.end()) return std::nullopt;
+  return it->second;
 }
 
 bool PgAgent::epochNeedsForce(std::uint16_t node, std::uint64_t epoch) {
@@ -736,6 +737,12 @@ BranchOutcome PgAgent::commitByCoordinatorsTxid(PGconn* c, Xid xid, std::uint64_
     return r;
   });
   if (!rec) return BranchOutcome::Released;
+  if (rec->state == BranchStatus::Prepared) {
+    // Recorded PREPARED meanwhile (a late lazy write, or the keeper's
+    // record of a held transaction): that record is the branch's, and
+    // commitOne's normal path commits it (its own txid settles a gone gid).
+    return commitOne(c, xid, epoch, hostTxid);
+  }
   if (!committed) {
     KEEL_LOG_WARN("branch {}: commit refused: {}; recorded rolled back", xid.str(), rec->reason);
   }
@@ -881,12 +888,12 @@ kj::Promise<BranchOutcome> PgAgent::commitOnLoop(Xid xid, std::uint64_t epoch, s
   // forced: it rides with the next group commit, at most lazy_delay away;
   // phase 2 is off the client's path, so that costs only a longer hold on
   // the branch's rows.
-  std::uint64_t pendingT = pendingTxid(xid);
-  if (pendingT != 0 && hostTxid == pendingT && !log_.branches({xid})[0]) {
+  auto pendingT = pendingTxid(xid);  // one look under the mutex
+  if (pendingT && *pendingT != 0 && hostTxid == *pendingT && !log_.branches({xid})[0]) {
     return commitPendingOnLoop(xid, epoch, hostTxid);
   }
   kj::Promise<void> durable = kj::READY_NOW;
-  if (pendingRecord(xid)) durable = log_.log().runLazy([](lmdb::Txn&) {});
+  if (pendingT) durable = log_.log().runLazy([](lmdb::Txn&) {});
   return durable.then([this, xid, epoch, hostTxid]() -> kj::Promise<BranchOutcome> {
     auto rec = log_.branches({xid})[0];
     if (!rec || rec->state != BranchStatus::Prepared) return commitOnPool(xid, epoch, hostTxid);

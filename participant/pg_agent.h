@@ -301,7 +301,7 @@ class PgAgent final : public ParticipantBackend {
                      std::uint64_t txid) const;
   void preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept;
   bool pendingRecord(Xid xid);
-  std::uint64_t pendingTxid(Xid xid);  // the txid of a record in pending_; 0 if none
+  std::optional<std::uint64_t> pendingTxid(Xid xid);  // the txid of a record in pending_; nullopt if none
   // Between PREPARE TRANSACTION (sent) and a record in the log: preparing_
   // or pending_.
   bool prepareInFlight(Xid xid);

@@ -1,5 +1,6 @@
 #include "tools/bank.h"
 
+#include <charconv>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -177,12 +178,22 @@ void checkPostgresRoom(const std::map<std::string, std::string>& conninfoByAgent
         "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
         "current_setting('max_prepared_transactions')");
     if (rows.size() != 1 || rows[0].size() != 5) throw std::runtime_error("cannot read the settings of " + conn);
+    auto number = [&](std::size_t i, const char* what) {
+      const std::string& t = rows[0][i];
+      long v = 0;
+      auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+      if (ec != std::errc() || end != t.data() + t.size()) {
+        throw std::runtime_error("PostgreSQL at " + rows[0][0] + " (the database of " + agent + ") reports " + what +
+                                 " as '" + t + "', not a whole number: cannot tell whether it has room for this run");
+      }
+      return v;
+    };
     Server& s = servers[rows[0][0]];
     s.agents.push_back(agent);
-    s.maxConnections = std::stol(rows[0][1]);
-    s.reserved = std::stol(rows[0][2]);
-    s.inUse = std::stol(rows[0][3]) - 1;  // less this check's own connection
-    s.maxPrepared = std::stol(rows[0][4]);
+    s.maxConnections = number(1, "max_connections");
+    s.reserved = number(2, "superuser_reserved_connections");
+    s.inUse = number(3, "the count of client connections") - 1;  // less this check's own connection
+    s.maxPrepared = number(4, "max_prepared_transactions");
   }
   for (auto& [where, s] : servers) {
     std::string names;

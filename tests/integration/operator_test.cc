@@ -61,6 +61,32 @@ TEST_F(ClusterTest, AgentFencesAStaleCoordinatorEpoch) {
   EXPECT_ANY_THROW(rb.send().wait(io_.waitScope));
 }
 
+// A call the agent refuses changes nothing: a commit whose hostTxids are
+// neither none nor one per xid, sent with a newer epoch, does not fence
+// the coordinator's current one.
+TEST_F(ClusterTest, ARefusedCommitFencesNoEpoch) {
+  open("bank-a", "alice", 100);  // bank-a has now seen epoch 1
+  auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-a")).wait(io_.waitScope);
+  auto req = agent->capability().commitRequest();
+  req.setEpoch(7);
+  auto x = req.initXids(1)[0];
+  x.setSeq(makeSeq(1, 999999));
+  x.setBranch(1);
+  auto t = req.initHostTxids(2);
+  t.set(0, 11);
+  t.set(1, 12);
+  try {
+    req.send().wait(io_.waitScope);
+    ADD_FAILURE() << "a commit with two txids for one xid was accepted";
+  } catch (const kj::Exception& e) {
+    EXPECT_NE(std::string(e.getDescription().cStr()).find("one per xid; got 2 for 1"), std::string::npos)
+        << e.getDescription().cStr();
+  }
+  // Epoch 1 still works: the refused call fenced nothing.
+  open("bank-a", "carol", 5);
+  EXPECT_EQ(account("bank-a", "carol"), bal(5, 0));
+}
+
 class AgentAsksTest : public SlowDriverTest {
  protected:
   void SetUp() override {
