@@ -74,4 +74,21 @@ std::optional<double> processTreeCpuSeconds(pid_t root) {
   return ticks(total);
 }
 
+std::optional<std::uint64_t> processContextSwitches(pid_t pid) {
+  std::error_code ec;
+  std::filesystem::directory_iterator tasks("/proc/" + std::to_string(pid) + "/task", ec);
+  if (ec) return std::nullopt;
+  std::uint64_t total = 0;
+  for (auto& t : tasks) {
+    std::ifstream in(t.path() / "status");
+    std::string line;
+    while (std::getline(in, line)) {
+      // "voluntary_ctxt_switches:\t12" and "nonvoluntary_ctxt_switches:\t3"
+      if (line.find("ctxt_switches:") == std::string::npos) continue;
+      total += std::strtoull(line.c_str() + line.find(':') + 1, nullptr, 10);
+    }
+  }
+  return total;
+}
+
 }  // namespace keel::bench

@@ -101,6 +101,13 @@ double cpuUsPerInteraction(const RunResult& r, const ProcessCpu& c) {
   return r.interactions() ? c.seconds * 1e6 / double(r.interactions()) : 0;
 }
 
+// One process's context switches per interaction of the window; < 0 when
+// not measured (gone, or a process tree such as PostgreSQL's).
+double switchesPerInteraction(const RunResult& r, const ProcessCpu& c) {
+  if (c.switches < 0) return -1;
+  return r.interactions() ? c.switches / double(r.interactions()) : 0;
+}
+
 double ratio(double a, double b) { return b > 0 ? a / b : 0; }
 
 }  // namespace
@@ -143,6 +150,11 @@ void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
     }
   }
   j.addRaw(p + "cpu_us_per_interaction", perInteraction.str());
+  JsonObject switches;
+  for (auto& c : r.cpu) {
+    if (double n = switchesPerInteraction(r, c); n >= 0) switches.add(c.name, n);
+  }
+  j.addRaw(p + "context_switches_per_interaction", switches.str());
   if (r.haveLogCounters) {
     j.add(p + "coordinator_log_commits", r.coordinatorLogCommits)
         .add(p + "coordinator_log_jobs", r.coordinatorLogJobs)
@@ -205,6 +217,15 @@ void printRun(std::FILE* out, const RunResult& r, const RunContext& c) {
   }
   if (c.adapter == "host") std::fprintf(out, "\n  (bank-a: the ledger agent, bank-b: the host agent in front of keel-host)");
   std::fprintf(out, "\n");
+  bool anySwitches = false;
+  for (auto& p : r.cpu) anySwitches = anySwitches || switchesPerInteraction(r, p) >= 0;
+  if (anySwitches) {
+    std::fprintf(out, "  context switches per interaction:");
+    for (auto& p : r.cpu) {
+      if (double n = switchesPerInteraction(r, p); n >= 0) std::fprintf(out, "  %s %.2f", p.name.c_str(), n);
+    }
+    std::fprintf(out, "\n");
+  }
   if (r.haveLogCounters) {
     std::fprintf(out, "  durable log commits per interaction: coordinator %.3f (%llu commits, %llu jobs)",
                  r.coordinatorCommitsPerInteraction(), (unsigned long long)r.coordinatorLogCommits,

@@ -72,6 +72,15 @@ std::vector<double> readCpu(const std::vector<WatchedProcess>& ps) {
   return out;
 }
 
+std::vector<double> readSwitches(const std::vector<WatchedProcess>& ps) {
+  std::vector<double> out;
+  for (auto& p : ps) {
+    auto n = p.switches();
+    out.push_back(n ? double(*n) : -1);
+  }
+  return out;
+}
+
 }  // namespace
 
 void driveWindow(Live& live, const WindowOptions& opts, const std::vector<WatchedProcess>& processes,
@@ -114,19 +123,22 @@ void driveWindow(Live& live, const WindowOptions& opts, const std::vector<Watche
   live.phase.store(Phase::Measure);
   auto w0 = Clock::now();
   auto cpu0 = readCpu(processes);
+  auto sw0 = readSwitches(processes);
   if (atStart) atStart();
   waitUntil(w0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.durationS)), w0,
             "measuring", opts.durationS);
   live.phase.store(Phase::Stop);
   result.seconds = secsSince(w0);
   auto cpu1 = readCpu(processes);
+  auto sw1 = readSwitches(processes);
   if (atEnd) atEnd();
   if (opts.progress && tty) std::fprintf(stderr, "\n");
 
   result.cpu.clear();
   for (std::size_t i = 0; i < processes.size(); ++i) {
     double s = (cpu0[i] < 0 || cpu1[i] < 0) ? -1 : cpu1[i] - cpu0[i];
-    result.cpu.push_back(ProcessCpu{processes[i].name, s});
+    double sw = (sw0[i] < 0 || sw1[i] < sw0[i]) ? -1 : sw1[i] - sw0[i];
+    result.cpu.push_back(ProcessCpu{processes[i].name, s, sw});
   }
   result.committed = live.committed.load();
   result.rolledBack = live.rolledBack.load();

@@ -55,6 +55,7 @@ void countError(Live& live, const std::string& what);
 struct ProcessCpu {
   std::string name;
   double seconds = -1;  // < 0: not measured (process gone)
+  double switches = -1;  // context switches in the window; < 0: not measured (gone, or a process tree)
 };
 
 struct AgentLogCommits {

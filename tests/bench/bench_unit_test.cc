@@ -5,11 +5,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "bench/floor.h"
 #include "bench/latency_histogram.h"
@@ -190,6 +192,26 @@ TEST(ProcCpu, CountsOwnCpuAndReportsGoneProcesses) {
   EXPECT_GT(*processCpuSeconds(::getpid()), *before + 0.15);
   EXPECT_GE(*processTreeCpuSeconds(::getpid()), *processCpuSeconds(::getpid()));
   EXPECT_FALSE(processCpuSeconds(0x7ffffff0).has_value());
+}
+
+TEST(ProcCpu, CountsContextSwitchesOfEveryThread) {
+  auto before = processContextSwitches(::getpid());
+  ASSERT_TRUE(before.has_value());
+  // A thread that sleeps ten times switches out at least ten times; it is
+  // counted while it lives (joined after the read).
+  std::atomic<bool> slept{false}, read{false};
+  std::thread t([&] {
+    for (int i = 0; i < 10; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    slept = true;
+    while (!read) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  while (!slept) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto after = processContextSwitches(::getpid());
+  read = true;
+  t.join();
+  ASSERT_TRUE(after.has_value());
+  EXPECT_GE(*after, *before + 10);
+  EXPECT_FALSE(processContextSwitches(0x7ffffff0).has_value());
 }
 
 TEST(Floor, DurableLmdbCommitTakesMeasurableTime) {

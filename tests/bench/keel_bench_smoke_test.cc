@@ -34,6 +34,14 @@ TEST(KeelBench, ShortLedgerRunPrintsACompleteJsonLine) {
   EXPECT_GT(m["floor_us"].number(), 0);
   EXPECT_TRUE(m["cpu_s"].has("coordinator"));
   EXPECT_TRUE(m["cpu_s"].has("bank-b"));
+  // Every process slept and woke at least once per interaction it took part
+  // in (each waits for a message between calls): the counts moved.
+  ASSERT_TRUE(m.has("context_switches_per_interaction")) << lastLine(r.out);
+  for (const char* p : {"coordinator", "bank-a", "bank-b"}) {
+    ASSERT_TRUE(m["context_switches_per_interaction"].has(p)) << p << " in " << lastLine(r.out);
+    EXPECT_GT(m["context_switches_per_interaction"][p].number(), 0.5) << p;
+  }
+  EXPECT_NE(r.out.find("context switches per interaction:"), std::string::npos) << r.out;
 }
 
 // --adapter host with a 1 s outage of keel-host: about a thousand transfers
