@@ -104,7 +104,7 @@ void BM_RpcRoundTripPipe(benchmark::State& state) {
   auto pipe = io.provider->newTwoWayPipe();
   capnp::TwoPartyServer server(kj::heap<StatusOnly>());
   server.accept(kj::mv(pipe.ends[1]));
-  RpcConnection client(kj::mv(pipe.ends[0]));
+  RpcConnection client(kj::mv(pipe.ends[0]), io.provider->getTimer());
   roundTrips(state, io, client.bootstrap<wire::Participant>());
 }
 BENCHMARK(BM_RpcRoundTripPipe)->Name("BM_RpcRoundTrip/pipe")->MinTime(0.5)->Unit(benchmark::kMicrosecond);

@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 
 #include "common/fault.h"
+#include "common/finish_coalescing.h"
 #include "common/log.h"
 #include "common/tls.h"
 #include "common/wire.h"
@@ -20,6 +21,12 @@
 namespace keel {
 
 namespace {
+
+// How long a connection holds back a Cap'n Proto Finish message for the
+// next message to the same peer to carry (common/finish_coalescing.h).
+// Longer than the gap between a vote and the commit that follows it at one
+// client; a Finish only frees an answer's table entry or cancels a call.
+constexpr kj::Duration kFinishHold = 5 * kj::MILLISECONDS;
 
 void setNoDelay(kj::AsyncIoStream& s) {
   int one = 1;
@@ -328,7 +335,8 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream, Peer peer,
                                                     limits_.maxCallsInFlight, io_.provider->getTimer()));
     conns_[raw] = conn;
   }
-  auto network = kj::heap<capnp::TwoPartyVatNetwork>(*stream, capnp::rpc::twoparty::Side::SERVER,
+  auto coalescing = kj::heap<FinishCoalescingStream>(*stream, io_.provider->getTimer(), kFinishHold);
+  auto network = kj::heap<capnp::TwoPartyVatNetwork>(*coalescing, capnp::rpc::twoparty::Side::SERVER,
                                                      networkReaderOptions());
   auto rpc = kj::heap(capnp::makeRpcServer(*network, kj::mv(boot)));
   auto done = network->onDisconnect();
@@ -340,7 +348,7 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream, Peer peer,
   // connection is still up, at shutdown, the RPC system says goodbye
   // through both).
   return done.then([]() { return kj::evalLater([]() {}); })
-      .attach(kj::mv(stream), kj::mv(network), kj::mv(rpc), kj::defer([this, raw, conn]() {
+      .attach(kj::mv(stream), kj::mv(coalescing), kj::mv(network), kj::mv(rpc), kj::defer([this, raw, conn]() {
                 open_.erase(raw);
                 conns_.erase(raw);
                 if (conn && conn->counted && --perPeer_[conn->peer.identity] == 0) perPeer_.erase(conn->peer.identity);
@@ -363,9 +371,10 @@ void RpcServer::taskFailed(kj::Exception&& e) {
   }
 }
 
-RpcConnection::RpcConnection(kj::Own<kj::AsyncIoStream> stream)
+RpcConnection::RpcConnection(kj::Own<kj::AsyncIoStream> stream, kj::Timer& timer)
     : stream_(kj::mv(stream)),
-      network_(*stream_, capnp::rpc::twoparty::Side::CLIENT, networkReaderOptions()),
+      coalescing_(*stream_, timer, kFinishHold),
+      network_(coalescing_, capnp::rpc::twoparty::Side::CLIENT, networkReaderOptions()),
       rpc_(capnp::makeRpcClient(network_)) {}
 
 std::pair<std::string, std::string> splitNamedAddress(const std::string& addr) {
@@ -387,13 +396,16 @@ kj::Promise<kj::Own<RpcConnection>> rpcConnect(kj::AsyncIoContext& io, const std
   return io.provider->getNetwork()
       .parseAddress(hostPort)
       .then([](kj::Own<kj::NetworkAddress> a) { return a->connect().attach(kj::mv(a)); })
-      .then([creds, name, hostPort = hostPort](kj::Own<kj::AsyncIoStream> s) -> kj::Promise<kj::Own<RpcConnection>> {
+      .then([creds, name, hostPort = hostPort,
+             &timer = io.provider->getTimer()](kj::Own<kj::AsyncIoStream> s) -> kj::Promise<kj::Own<RpcConnection>> {
         setNoDelay(*s);
-        if (!creds) return kj::heap<RpcConnection>(kj::mv(s));
+        if (!creds) return kj::heap<RpcConnection>(kj::mv(s), timer);
         return creds->context()
             .wrapClient(kj::mv(s), name)
             .then(
-                [creds](kj::Own<kj::AsyncIoStream> tls) { return kj::heap<RpcConnection>(tls.attach(kj::mv(creds))); },
+                [creds, &timer](kj::Own<kj::AsyncIoStream> tls) {
+                  return kj::heap<RpcConnection>(tls.attach(kj::mv(creds)), timer);
+                },
                 [name, hostPort](kj::Exception&& e) -> kj::Own<RpcConnection> {
                   kj::throwFatalException(refusal(
                       e.getType(), "TLS handshake with '" + name + "' at " + hostPort + " failed: " +

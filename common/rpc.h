@@ -15,6 +15,7 @@
 #include <string>
 
 #include "common/config.h"
+#include "common/finish_coalescing.h"
 
 namespace keel {
 
@@ -116,7 +117,7 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
 // One client connection to a Keel server.
 class RpcConnection {
  public:
-  explicit RpcConnection(kj::Own<kj::AsyncIoStream> stream);
+  RpcConnection(kj::Own<kj::AsyncIoStream> stream, kj::Timer& timer);
   template <typename T>
   typename T::Client bootstrap() {
     capnp::word scratch[4];
@@ -130,6 +131,7 @@ class RpcConnection {
 
  private:
   kj::Own<kj::AsyncIoStream> stream_;
+  FinishCoalescingStream coalescing_;  // Finish messages ride with the next call
   capnp::TwoPartyVatNetwork network_;
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc_;
 };
