@@ -45,7 +45,8 @@ class FinishCoalescingStream final : public kj::AsyncIoStream {
   void getsockname(struct sockaddr* addr, kj::uint* length) override;
   void getpeername(struct sockaddr* addr, kj::uint* length) override;
 
-  // What went out: for tests and the metrics of whoever owns the stream.
+  // What went out, for tests (not exported on /metrics: per connection,
+  // and the A/B in docs/performance.md measures the effect directly).
   struct Counts {
     std::uint64_t held = 0;          // Finish messages held back
     std::uint64_t rodeAlong = 0;     // of those, written with a later message

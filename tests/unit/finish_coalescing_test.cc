@@ -12,6 +12,7 @@
 #include <kj/async-io.h>
 
 #include <string>
+#include <vector>
 
 namespace keel {
 namespace {
@@ -37,6 +38,36 @@ std::string bytesOf(const kj::Array<capnp::word>& flat) {
   auto b = flat.asBytes();
   return std::string(b.begin(), b.end());
 }
+
+// An inner stream whose writes complete only when the test says so: it
+// records each write as it is issued, so a test sees what reached the
+// socket and in which order while an earlier write is still in flight.
+class GatedStream final : public kj::AsyncIoStream {
+ public:
+  std::vector<std::string> issued;  // one entry per write call, in order
+  kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> pending;
+
+  kj::Promise<size_t> tryRead(void*, size_t, size_t) override { return kj::NEVER_DONE; }
+  kj::Promise<void> write(const void* buffer, size_t size) override {
+    issued.emplace_back(static_cast<const char*>(buffer), size);
+    return gate();
+  }
+  kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override {
+    std::string all;
+    for (auto p : pieces) all.append(reinterpret_cast<const char*>(p.begin()), p.size());
+    issued.push_back(std::move(all));
+    return gate();
+  }
+  kj::Promise<void> whenWriteDisconnected() override { return kj::NEVER_DONE; }
+  void shutdownWrite() override {}
+
+ private:
+  kj::Promise<void> gate() {
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    pending.add(kj::mv(paf.fulfiller));
+    return kj::mv(paf.promise);
+  }
+};
 
 class FinishCoalescingTest : public ::testing::Test {
  protected:
@@ -113,6 +144,65 @@ TEST_F(FinishCoalescingTest, AFinishAloneGoesOutAfterTheHold) {
   auto call = callMessage(9);
   sendFlat(call);
   EXPECT_EQ(readWithin(5 * kj::MILLISECONDS), bytesOf(call));
+}
+
+// The stream over a GatedStream, with a Finish held and then written alone
+// by the timer, that write still in flight.
+class FinishCoalescingGated : public ::testing::Test {
+ protected:
+  ~FinishCoalescingGated() noexcept override {}
+  kj::AsyncIoContext io = kj::setupAsyncIo();
+  GatedStream inner;
+  FinishCoalescingStream out{inner, io.provider->getTimer(), kHold};
+  kj::Array<capnp::word> finish = finishMessage(5);
+  kj::Array<capnp::word> call = callMessage(6);
+
+  void SetUp() override {
+    capnp::FlatArrayMessageReader r(finish);
+    capnp::MallocMessageBuilder m;
+    m.setRoot(r.getRoot<capnp::rpc::Message>());
+    capnp::writeMessage(out, m).wait(io.waitScope);  // held: resolves at once
+    ASSERT_TRUE(inner.issued.empty());
+    io.provider->getTimer().afterDelay(kHold + 20 * kj::MILLISECONDS).wait(io.waitScope);
+    ASSERT_EQ(inner.issued.size(), 1u);
+    EXPECT_EQ(inner.issued[0], bytesOf(finish));
+    EXPECT_EQ(out.counts().timerFlushes, 1u);
+  }
+  // Starts writing the call; it must wait for the flush.
+  kj::Promise<void> writeCall() {
+    capnp::FlatArrayMessageReader r(call);
+    auto m = kj::heap<capnp::MallocMessageBuilder>();
+    m->setRoot(r.getRoot<capnp::rpc::Message>());
+    auto p = capnp::writeMessage(out, *m).attach(kj::mv(m)).eagerlyEvaluate(nullptr);
+    io.waitScope.poll();
+    EXPECT_EQ(inner.issued.size(), 1u) << "the call overtook the timer's flush still in flight";
+    return p;
+  }
+};
+
+// A message written while the timer's write of held Finish messages is
+// still in flight waits for it: the two never overlap and keep their order.
+TEST_F(FinishCoalescingGated, AWriteWaitsForTheTimersFlushInFlight) {
+  auto callWritten = writeCall();
+  EXPECT_FALSE(callWritten.poll(io.waitScope));
+  inner.pending[0]->fulfill();  // the flush completes
+  io.waitScope.poll();
+  ASSERT_EQ(inner.issued.size(), 2u);
+  EXPECT_EQ(inner.issued[1], bytesOf(call)) << "nothing held any more: the call goes alone";
+  inner.pending[1]->fulfill();
+  callWritten.wait(io.waitScope);
+}
+
+// A timer flush that fails (the connection is going) neither throws out of
+// the event loop nor wedges the stream: the next write is handed on.
+TEST_F(FinishCoalescingGated, AFailedTimerFlushDoesNotWedgeTheStream) {
+  auto callWritten = writeCall();
+  inner.pending[0]->reject(KJ_EXCEPTION(DISCONNECTED, "peer went away"));
+  io.waitScope.poll();
+  ASSERT_EQ(inner.issued.size(), 2u) << "the write after a failed flush was never handed on";
+  EXPECT_EQ(inner.issued[1], bytesOf(call));
+  inner.pending[1]->fulfill();
+  callWritten.wait(io.waitScope);
 }
 
 }  // namespace
