@@ -96,6 +96,7 @@ void GroupCommitLog::writerLoop() {
         applied.push_back(j.get());
       } catch (...) {
         // The nested transaction was aborted: this job left no trace.
+        rolledBack();  // before the caller hears of it
         j->done(std::current_exception());
         stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
       }
@@ -105,6 +106,7 @@ void GroupCommitLog::writerLoop() {
       outer.commit();  // durability point for every job in `applied`
     } catch (...) {
       auto err = std::current_exception();
+      rolledBack();  // before the callers hear of it
       for (Job* j : applied) j->done(err);
       stats_.failedJobs.fetch_add(applied.size(), std::memory_order_relaxed);
       continue;
@@ -118,6 +120,10 @@ void GroupCommitLog::writerLoop() {
     stats_.groupSize->observe(jobs);
     for (Job* j : applied) j->done(nullptr);
   }
+}
+
+void GroupCommitLog::rolledBack() noexcept {
+  if (opts_.onRolledBack) opts_.onRolledBack();
 }
 
 // ------------------------------------------------------------ loop bundles
@@ -145,6 +151,7 @@ class GroupCommitLog::Bundle final : public Job {
         ++applied_;
       } catch (...) {
         // The nested transaction was aborted: this item left no trace.
+        log_.rolledBack();
         item->err = std::current_exception();
         log_.stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
       }

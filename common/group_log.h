@@ -34,6 +34,7 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -65,6 +66,14 @@ class GroupCommitLog {
     // A lazy job (runLazy) waits at most this long for a group to ride
     // along with; then it is committed on its own.
     std::chrono::microseconds lazyDelay{2000};
+    // Called on the writer thread each time something was rolled back
+    // instead of committed: a job's nested transaction (the job threw), an
+    // item of a loop bundle, or a whole group (its commit failed). State a
+    // job keeps outside LMDB in step with its writes (the ledger's holds,
+    // participant/adapters/ledger.h) is then out of step and must be read
+    // again from LMDB by the next job. Runs before the failed job's caller
+    // hears of the failure. Must not throw.
+    std::function<void()> onRolledBack;
   };
 
   // Counters; read with relaxed loads (monitoring and benchmarks).
@@ -124,6 +133,7 @@ class GroupCommitLog {
  private:
   class Bundle;
   void writerLoop();
+  void rolledBack() noexcept;  // writer thread: Options::onRolledBack
   // True on the bundling loop's thread (the first thread that called run()).
   bool onBundlingLoop();
   // Hands this turn's bundles to the writer at the end of the turn.

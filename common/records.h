@@ -181,7 +181,10 @@ struct BranchRecord {
 // One ledger account.
 struct AccountRecord {
   std::int64_t balance = 0;
-  std::int64_t held = 0;  // prepared debits, not yet committed
+  // Debits of ACTIVE and PREPARED branches, not yet committed. Stored as 0:
+  // the ledger keeps holds in memory (participant/adapters/ledger.h); agents
+  // before 2026-12-04 stored them here. Views (Agent::accounts) fill it in.
+  std::int64_t held = 0;
   bool opening = false;   // created by a prepared openAccount, not committed
   Xid openedBy;
 };

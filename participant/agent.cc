@@ -12,9 +12,9 @@ Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, op
   // the agent, not be skipped (start() does the same for branches).
   {
     auto txn = log_.env().beginRead();
-    txn.scan(accounts_, "", [](std::string_view k, std::string_view v) {
+    txn.scan(accounts_, "", [this](std::string_view k, std::string_view v) {
       try {
-        decodeAccount(v);
+        if (decodeAccount(v).held != 0) legacyHeld_.emplace_back(k);
       } catch (const CorruptRecord& e) {
         throw CorruptRecord("account " + std::string(k) + ": " + e.what());
       }
@@ -22,18 +22,33 @@ Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, op
     });
   }
   log_.check();
+  GroupCommitLog::Options lo;
+  lo.onRolledBack = [this]() noexcept { holds_.markStale(); };
+  log_.setLogOptions(lo);
 }
 
 void Agent::start() {
   log_.start();
-  // ACTIVE branches from before a restart never voted: nobody was promised
-  // anything, so the agent rolls them back on its own (their holds go).
   auto accounts = accounts_;
   std::size_t dropped = log_.log().runSync([this, accounts](lmdb::Txn& txn) {
+    // The holds: the debits of every ACTIVE and PREPARED branch.
+    auto unfinished = log_.unfinished(txn);
+    holds_.rebuild(unfinished);
+    // An older agent kept them in the accounts too: no longer read, zeroed
+    // so that nothing reads a stale copy.
+    for (const auto& name : legacyHeld_) {
+      if (auto a = ledger::readAccount(txn, accounts, name)) {
+        a->held = 0;
+        txn.put(accounts, name, encode(*a));
+      }
+    }
+    // ACTIVE branches from before a restart never voted: nobody was
+    // promised anything, so the agent rolls them back on its own (their
+    // holds go).
     std::size_t n = 0;
-    for (auto& rec : log_.unfinished(txn)) {
+    for (auto& rec : unfinished) {
       if (rec.state != BranchStatus::Active) continue;
-      ledger::rollbackOps(txn, accounts, rec.xid, rec.ops);
+      ledger::rollbackOps(txn, accounts, holds_, rec.xid, rec.ops);
       rec.reason = "agent restarted before the branch was prepared";
       log_.finish(txn, rec, BranchStatus::RolledBack, 0);
       ++n;
@@ -41,6 +56,11 @@ void Agent::start() {
     return n;
   });
   if (dropped > 0) KEEL_LOG_INFO("rolled back {} unprepared (ACTIVE) branches left by the previous run", dropped);
+  if (!legacyHeld_.empty()) {
+    KEEL_LOG_INFO("moved the holds of {} accounts from the ledger into memory (rebuilt from the branch records)",
+                  legacyHeld_.size());
+    legacyHeld_.clear();
+  }
 }
 
 Agent::~Agent() = default;
@@ -75,6 +95,7 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
   auto accounts = accounts_;
   return log_.log()
       .run([this, accounts, epoch, xid, vote, ops = std::move(ops)](lmdb::Txn& txn) -> PrepareResult {
+        holds_.refresh([&]() { return log_.unfinished(txn); });
         log_.storeEpoch(txn, seqNode(xid.seq), epoch);
         auto existing = log_.read(txn, xid);
         BranchRecord rec;
@@ -102,12 +123,12 @@ kj::Promise<PrepareResult> Agent::work(std::uint64_t epoch, Xid xid, std::vector
         // Run the operations in their own nested transaction, so that a rule
         // violation halfway leaves none of their effects.
         lmdb::Txn opsTxn = log_.env().beginNested(txn);
-        auto outcome = ledger::prepareOps(opsTxn, accounts, xid, ops);
+        auto outcome = ledger::prepareOps(opsTxn, accounts, holds_, xid, ops);
         if (!outcome.ok) {
           opsTxn.abort();
           if (existing) {
             // An ACTIVE branch whose new work failed is rolled back whole.
-            ledger::rollbackOps(txn, accounts, xid, rec.ops);
+            ledger::rollbackOps(txn, accounts, holds_, xid, rec.ops);
           }
           rec.reason = outcome.reason;
           log_.finish(txn, rec, BranchStatus::RolledBack, epoch);
@@ -153,6 +174,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::
   // waits behind an fsync that only a commit needed.
   return log_.log()
       .runLazy([this, accounts, epoch, xids = std::move(xids)](lmdb::Txn& txn) {
+        holds_.refresh([&]() { return log_.unfinished(txn); });
         if (!xids.empty()) log_.storeEpoch(txn, seqNode(xids[0].seq), epoch);
         std::vector<BranchOutcome> out;
         out.reserve(xids.size());
@@ -174,7 +196,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::commit(std::uint64_t epoch, std::
               break;
             case BranchStatus::Prepared:
               KEEL_FAILPOINT("agent.before_commit_durable");
-              ledger::commitOps(txn, accounts, xid, rec->ops);
+              ledger::commitOps(txn, accounts, holds_, xid, rec->ops);
               log_.finish(txn, *rec, BranchStatus::Committed, epoch);
               out.push_back(BranchOutcome::Committed);
               break;
@@ -194,6 +216,7 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
   bool breakRollback = debugBreak_ == "commit-on-rollback";
   return log_.log()
       .run([this, accounts, epoch, breakRollback, xids = std::move(xids)](lmdb::Txn& txn) {
+        holds_.refresh([&]() { return log_.unfinished(txn); });
         if (!xids.empty()) log_.storeEpoch(txn, seqNode(xids[0].seq), epoch);
         std::vector<BranchOutcome> out;
         out.reserve(xids.size());
@@ -220,13 +243,13 @@ kj::Promise<std::vector<BranchOutcome>> Agent::rollback(std::uint64_t epoch, std
             case BranchStatus::Prepared:
               if (breakRollback && rec->state == BranchStatus::Prepared) {
                 // Deliberately wrong (test-only): commit what we were told to roll back.
-                ledger::commitOps(txn, accounts, xid, rec->ops);
+                ledger::commitOps(txn, accounts, holds_, xid, rec->ops);
                 log_.finish(txn, *rec, BranchStatus::Committed, epoch);
                 out.push_back(BranchOutcome::RolledBack);
                 break;
               }
               KEEL_FAILPOINT("agent.before_rollback_durable");
-              ledger::rollbackOps(txn, accounts, xid, rec->ops);
+              ledger::rollbackOps(txn, accounts, holds_, xid, rec->ops);
               log_.finish(txn, *rec, BranchStatus::RolledBack, epoch);
               out.push_back(BranchOutcome::RolledBack);
               break;
@@ -247,6 +270,7 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
   if (auto late = log_.releasedReason(xid)) return OnePhaseResult{BranchOutcome::Released, *late, {}};
   auto accounts = accounts_;
   return log_.log().run([this, accounts, epoch, xid, ops = std::move(ops)](lmdb::Txn& txn) -> OnePhaseResult {
+    holds_.refresh([&]() { return log_.unfinished(txn); });
     log_.storeEpoch(txn, seqNode(xid.seq), epoch);
     auto existing = log_.read(txn, xid);
     if (existing) {
@@ -266,7 +290,7 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
     rec.onePhase = true;
     rec.createdUs = wallMicros();
     lmdb::Txn opsTxn = log_.env().beginNested(txn);
-    auto outcome = ledger::prepareOps(opsTxn, accounts, xid, ops);
+    auto outcome = ledger::prepareOps(opsTxn, accounts, holds_, xid, ops);
     if (!outcome.ok) {
       opsTxn.abort();
       rec.reason = outcome.reason;
@@ -278,7 +302,7 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
       return OnePhaseResult{BranchOutcome::Committed, "", std::move(outcome.results)};
     }
     KEEL_FAILPOINT("agent.before_commit_durable");
-    ledger::commitOps(opsTxn, accounts, xid, ops);
+    ledger::commitOps(opsTxn, accounts, holds_, xid, ops);
     opsTxn.commit();
     rec.ops = std::move(ops);
     rec.preparedUs = wallMicros();
@@ -290,8 +314,14 @@ kj::Promise<OnePhaseResult> Agent::commitOnePhase(std::uint64_t epoch, Xid xid, 
 std::vector<AccountView> Agent::accounts() const {
   std::vector<AccountView> out;
   auto txn = log_.envConst().beginRead();
+  // The holds as of this read: the unfinished branches it sees (durable
+  // state only; the writer's table may be ahead of it). ledger.h.
+  auto held = ledger::holdsOf(log_.unfinished(txn));
   txn.scan(accounts_, "", [&](std::string_view k, std::string_view v) {
-    out.push_back(AccountView{std::string(k), decodeAccount(v)});
+    AccountView a{std::string(k), decodeAccount(v)};
+    auto h = held.find(a.name);
+    a.record.held = h == held.end() ? 0 : h->second;
+    out.push_back(std::move(a));
     return true;
   });
   return out;

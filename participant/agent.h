@@ -5,6 +5,8 @@
 //  (none)     -> never seen. A rollback for it writes a tombstone
 //                (RolledBack, tombstone=true) so a late prepare is refused.
 //  Active     -> interactive work executed (holds placed) but no vote yet.
+//                (Holds are kept in memory, rebuilt from the ACTIVE and
+//                PREPARED records at start: participant/adapters/ledger.h.)
 //                The agent may abort it on its own: nobody was promised.
 //  Prepared   -> voted YES. Durable BEFORE the vote leaves: holds kept until
 //                the coordinator's decision, across restarts.
@@ -31,6 +33,7 @@
 #include "common/group_log.h"
 #include "common/lmdb.h"
 #include "common/records.h"
+#include "participant/adapters/ledger.h"
 #include "participant/backend.h"
 #include "participant/branch_log.h"
 
@@ -80,8 +83,13 @@ class Agent final : public ParticipantBackend {
   kj::Promise<PrepareResult> work(std::uint64_t epoch, Xid xid, std::vector<Op> ops, bool vote);
 
   AgentOptions opts_;
+  // Before log_: its writer thread changes the holds until log_ is gone.
+  ledger::Holds holds_;
   BranchLog log_;
   MDB_dbi accounts_;
+  // Accounts whose AccountRecord::held an older agent left non-zero
+  // (ledger.h, "Holds live in memory"): set to 0 by start().
+  std::vector<std::string> legacyHeld_;
   std::string debugBreak_;
 };
 

@@ -84,7 +84,8 @@ class BranchLog {
   void tombstone(lmdb::Txn& txn, Xid xid, std::uint64_t epoch) const;
   // Remembers the newest epoch of a coordinator node durably (with the job).
   void storeEpoch(lmdb::Txn& txn, std::uint16_t node, std::uint64_t epoch) const;
-  // ACTIVE and PREPARED branches, from the index.
+  // ACTIVE and PREPARED branches, from the index (in a job's transaction,
+  // or in a read transaction of any thread: Agent::accounts).
   std::vector<BranchRecord> unfinished(const lmdb::Txn& txn) const;
 
   // ---- event loop ----

@@ -2,6 +2,49 @@
 
 namespace keel::ledger {
 
+std::unordered_map<std::string, std::int64_t> holdsOf(const std::vector<BranchRecord>& branches) {
+  std::unordered_map<std::string, std::int64_t> held;
+  for (const auto& rec : branches) {
+    if (rec.state != BranchStatus::Active && rec.state != BranchStatus::Prepared) continue;
+    for (const auto& op : rec.ops) {
+      if (op.kind == OpKind::Debit) held[op.account] += op.amount;
+    }
+  }
+  return held;
+}
+
+std::int64_t Holds::of(const std::string& account) const {
+  auto it = held_.find(account);
+  return it == held_.end() ? 0 : it->second;
+}
+
+std::int64_t Holds::total() const {
+  std::int64_t t = 0;
+  for (const auto& [name, amount] : held_) t += amount;
+  return t;
+}
+
+void Holds::rebuild(const std::vector<BranchRecord>& branches) {
+  stale_.store(false, std::memory_order_relaxed);
+  held_ = holdsOf(branches);
+}
+
+void Holds::add(const std::string& account, std::int64_t amount) { held_[account] += amount; }
+
+void Holds::release(const std::string& account, std::int64_t amount) {
+  auto it = held_.find(account);
+  // Releasing more than is held would mean a branch released twice: keep
+  // the table from going negative (which would let a debit overdraw) and
+  // fail the job; its rollback marks the table stale, and the next job
+  // rebuilds it from the branch records.
+  if (it == held_.end() || it->second < amount) {
+    throw std::logic_error("ledger holds: releasing " + std::to_string(amount) + " on " + account + ", held " +
+                           std::to_string(it == held_.end() ? 0 : it->second));
+  }
+  it->second -= amount;
+  if (it->second == 0) held_.erase(it);
+}
+
 std::optional<std::string> checkOp(const Op& op) {
   if (op.kind == OpKind::Sql) return "the ledger adapter does not run SQL (use a postgres agent)";
   if (std::uint8_t(op.kind) > std::uint8_t(OpKind::ReadBalance)) {
@@ -50,15 +93,21 @@ bool usable(const AccountRecord& a, Xid xid) { return !a.opening || a.openedBy =
 
 }  // namespace
 
-ExecOutcome prepareOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vector<Op>& ops) {
+ExecOutcome prepareOps(lmdb::Txn& txn, MDB_dbi accounts, Holds& holds, Xid xid, const std::vector<Op>& ops) {
   ExecOutcome out;
   out.results.resize(ops.size());
+  // Holds placed so far by this call: released again if a later op fails.
+  std::vector<const Op*> placed;
+  auto fail = [&](std::string why) {
+    for (const Op* p : placed) holds.release(p->account, p->amount);
+    return ExecOutcome{false, std::move(why), {}, false};
+  };
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
-    if (auto bad = checkOp(op)) return ExecOutcome{false, *bad, {}, false};
+    if (auto bad = checkOp(op)) return fail(*bad);
     auto acct = readAccount(txn, accounts, op.account);
     if (op.kind == OpKind::OpenAccount) {
-      if (acct) return ExecOutcome{false, "account " + op.account + " already exists", {}, false};
+      if (acct) return fail("account " + op.account + " already exists");
       AccountRecord a;
       a.opening = true;
       a.openedBy = xid;
@@ -66,26 +115,23 @@ ExecOutcome prepareOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vec
       out.readOnly = false;
       continue;
     }
-    if (!acct || !usable(*acct, xid)) {
-      return ExecOutcome{false, "unknown account " + op.account, {}, false};
-    }
+    if (!acct || !usable(*acct, xid)) return fail("unknown account " + op.account);
     switch (op.kind) {
       case OpKind::Credit:
         if (acct->balance > Limits::kMaxAmount * 1000 - op.amount) {
-          return ExecOutcome{false, "credit would overflow account " + op.account, {}, false};
+          return fail("credit would overflow account " + op.account);
         }
         out.readOnly = false;  // applied at commit
         break;
       case OpKind::Debit: {
-        std::int64_t available = acct->balance - acct->held;
+        std::int64_t available = acct->balance - holds.of(op.account);
         if (available < op.amount) {
-          return ExecOutcome{false,
-                             "insufficient funds in " + op.account + ": available " +
-                                 std::to_string(available) + ", debit " + std::to_string(op.amount),
-                             {}, false};
+          return fail("insufficient funds in " + op.account + ": available " + std::to_string(available) +
+                      ", debit " + std::to_string(op.amount));
         }
-        acct->held += op.amount;  // the hold: durable with the PREPARED state
-        write(txn, accounts, op.account, *acct);
+        // The hold: in memory, durable as the debit in the branch's record.
+        holds.add(op.account, op.amount);
+        placed.push_back(&op);
         out.readOnly = false;
         break;
       }
@@ -93,7 +139,7 @@ ExecOutcome prepareOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vec
         break;
       case OpKind::ReadBalance:
         out.results[i].balance = acct->balance;
-        out.results[i].available = acct->balance - acct->held;
+        out.results[i].available = acct->balance - holds.of(op.account);
         break;
       case OpKind::OpenAccount:
         break;
@@ -102,7 +148,7 @@ ExecOutcome prepareOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vec
   return out;
 }
 
-void commitOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vector<Op>& ops) {
+void commitOps(lmdb::Txn& txn, MDB_dbi accounts, Holds& holds, Xid xid, const std::vector<Op>& ops) {
   for (const Op& op : ops) {
     if (op.kind == OpKind::ReadBalance) continue;
     auto acct = readAccount(txn, accounts, op.account);
@@ -119,7 +165,7 @@ void commitOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vector<Op>&
         break;
       case OpKind::Debit:
         acct->balance -= op.amount;
-        acct->held -= op.amount;
+        holds.release(op.account, op.amount);
         break;
       case OpKind::ReadBalance:
       case OpKind::Sql:
@@ -129,16 +175,13 @@ void commitOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vector<Op>&
   }
 }
 
-void rollbackOps(lmdb::Txn& txn, MDB_dbi accounts, Xid xid, const std::vector<Op>& ops) {
+void rollbackOps(lmdb::Txn& txn, MDB_dbi accounts, Holds& holds, Xid xid, const std::vector<Op>& ops) {
   for (const Op& op : ops) {
-    if (op.kind != OpKind::Debit && op.kind != OpKind::OpenAccount) continue;
-    auto acct = readAccount(txn, accounts, op.account);
-    if (!acct) continue;
-    if (op.kind == OpKind::OpenAccount) {
-      if (acct->opening && acct->openedBy == xid) txn.del(accounts, op.account);
-    } else {
-      acct->held -= op.amount;
-      write(txn, accounts, op.account, *acct);
+    if (op.kind == OpKind::Debit) {
+      holds.release(op.account, op.amount);
+    } else if (op.kind == OpKind::OpenAccount) {
+      auto acct = readAccount(txn, accounts, op.account);
+      if (acct && acct->opening && acct->openedBy == xid) txn.del(accounts, op.account);
     }
   }
 }

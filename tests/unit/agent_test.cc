@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/failpoint.h"
 #include "tests/unit/test_util.h"
 
 namespace keel {
@@ -371,6 +372,63 @@ TEST_F(AgentTest, ActiveBranchesAreRolledBackOnRestart) {
   EXPECT_EQ(unfinished[0].xid, (Xid{13, 2}));
   EXPECT_EQ(prepare({13, 1}, {}).vote, Vote::No);  // too late to vote yes
   EXPECT_EQ(commit({{13, 1}}), Outcomes{BranchOutcome::Conflict});
+}
+
+// Holds are kept in memory (participant/adapters/ledger.h): a prepare
+// writes nothing to the accounts tree; an agent of an older version kept the
+// hold there, and the first start of this one moves it into memory.
+std::optional<AccountRecord> storedAccount(const std::string& dir, const std::string& name) {
+  lmdb::Env env(dir, {});
+  MDB_dbi accounts = env.openDb("accounts");
+  auto txn = env.beginRead();
+  auto v = txn.get(accounts, name);
+  if (!v) return std::nullopt;
+  return decodeAccount(*v);
+}
+
+TEST_F(AgentTest, HoldsAnOlderAgentStoredInTheAccountsMoveIntoMemory) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({30, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  agent_.reset();
+  std::string dir = dir_.mkdir("agent");
+  ASSERT_EQ(storedAccount(dir, "alice")->held, 0) << "this version wrote a hold to the accounts tree";
+  {
+    // What an agent before this change left: the hold in the account too.
+    lmdb::Env env(dir, {});
+    MDB_dbi accounts = env.openDb("accounts");
+    auto txn = env.beginWrite();
+    auto a = decodeAccount(*txn.get(accounts, "alice"));
+    a.held = 30;
+    txn.put(accounts, "alice", encode(a));
+    txn.commit();
+  }
+  openAgent();
+  agent_->start();
+  expectAccount("alice", 100, 30);  // counted once, from the PREPARED record
+  EXPECT_EQ(prepare({30, 2}, {debit("alice", 71)}).vote, Vote::No);
+  ASSERT_EQ(commit({{30, 1}}), Outcomes{BranchOutcome::Committed});
+  expectAccount("alice", 70, 0);
+  agent_.reset();
+  EXPECT_EQ(storedAccount(dir, "alice")->held, 0) << "start left the older agent's hold in the account";
+  EXPECT_EQ(storedAccount(dir, "alice")->balance, 70);
+  start();
+  expectAccount("alice", 70, 0);
+}
+
+// A job that fails after it placed a hold (here: an injected error after
+// the operations ran) is rolled back; the hold it placed in memory must go
+// with it, or the money would stay blocked.
+TEST_F(AgentTest, AJobThatFailsAfterPlacingAHoldLeavesNoHold) {
+  fund("alice", 100);
+  failpoint::configure("agent.after_execute=1*error");
+  EXPECT_ANY_THROW(prepare({31, 1}, {debit("alice", 30)}));
+  failpoint::configure("");
+  EXPECT_FALSE(branch({31, 1}).has_value());
+  // All of it is available again to the next branch.
+  EXPECT_EQ(prepare({31, 2}, {debit("alice", 100)}).vote, Vote::Yes);
+  expectAccount("alice", 100, 100);
+  EXPECT_EQ(rollback({{31, 2}}), Outcomes{BranchOutcome::RolledBack});
+  expectAccount("alice", 100, 0);
 }
 
 TEST_F(AgentTest, ExecuteThenPrepareAccumulatesTheBranch) {

@@ -196,7 +196,9 @@ TEST_F(GroupLogTest, JobThatFillsTheMapFailsAloneWithMapFullError) {
 TEST_F(GroupLogTest, MaxBatchBoundsTheGroupSize) {
   lmdb::Env env(dir_.path(), {});
   MDB_dbi db = env.openDb("data");
-  GroupCommitLog log(env, GroupCommitLog::Options{4});
+  GroupCommitLog::Options opts;
+  opts.maxBatch = 4;
+  GroupCommitLog log(env, opts);
   WriterGate gate(log);
   std::vector<std::future<void>> futures;
   for (int i = 0; i < 20; ++i) {
@@ -505,6 +507,60 @@ TEST_F(GroupLogTest, GroupCrashedBeforeCommitLeavesNoTrace) {
 
 // An injected error just before the group commit fails that group's jobs,
 // not the process (it once escaped the writer thread: std::terminate).
+// Options::onRolledBack: called once for each job, bundle item or group
+// that was rolled back instead of committed, never for one that committed.
+TEST_F(GroupLogTest, OnRolledBackIsCalledForEveryRollbackAndNothingElse) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  std::atomic<int> rolledBack{0};
+  GroupCommitLog::Options opts;
+  opts.onRolledBack = [&rolledBack]() noexcept { rolledBack.fetch_add(1); };
+  GroupCommitLog log(env, opts);
+
+  log.runSync([db](lmdb::Txn& txn) { txn.put(db, "a", "1"); });
+  EXPECT_EQ(rolledBack.load(), 0);
+  EXPECT_THROW(log.runSync([db](lmdb::Txn& txn) {
+    txn.put(db, "b", "2");
+    throw std::runtime_error("b fails");
+  }),
+               std::runtime_error);
+  EXPECT_EQ(rolledBack.load(), 1) << "a job that threw";
+
+  // Items of one loop bundle: the failing one alone.
+  kj::EventLoop loop;
+  kj::WaitScope waitScope(loop);
+  auto ok = log.run([db](lmdb::Txn& txn) { txn.put(db, "c", "3"); });
+  auto bad = log.run([db](lmdb::Txn& txn) {
+    txn.put(db, "d", "4");
+    throw std::runtime_error("d fails");
+  });
+  ok.wait(waitScope);
+  EXPECT_ANY_THROW(bad.wait(waitScope));
+  EXPECT_EQ(rolledBack.load(), 2) << "a bundle item that threw";
+
+  // A whole group whose commit fails (in a child with a log of its own:
+  // failpoints are global, and a writer thread does not survive fork).
+  std::string childDir = dir_.mkdir("child");
+  auto child = test::forkChild([&](int) {
+    lmdb::Env childEnv(childDir, {});
+    MDB_dbi childDb = childEnv.openDb("data");
+    int calls = 0;
+    GroupCommitLog::Options childOpts;
+    childOpts.onRolledBack = [&calls]() noexcept { ++calls; };
+    GroupCommitLog childLog(childEnv, childOpts);
+    failpoint::configure("log.before_group_commit=1*error");
+    try {
+      childLog.runSync([childDb](lmdb::Txn& txn) { txn.put(childDb, "e", "5"); });
+      return 1;
+    } catch (const failpoint::InjectedError&) {
+    }
+    return calls == 1 ? 0 : 2;
+  });
+  int status = child.wait();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the failed group was reported durable, 2: onRolledBack not called once";
+}
+
 TEST_F(GroupLogTest, InjectedErrorBeforeGroupCommitFailsTheGroupNotTheProcess) {
   auto child = test::forkChild([&](int) {
     lmdb::Env env(dir_.path(), {});

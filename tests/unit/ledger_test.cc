@@ -1,5 +1,7 @@
 // Ledger rules, driven directly against an LMDB environment: holds, no
-// overdraft, commit/rollback effects and per-branch visibility of openings.
+// overdraft, commit/rollback effects and per-branch visibility of openings;
+// the in-memory hold table (kept out of the accounts tree, rebuilt from
+// branch records).
 
 #include "participant/adapters/ledger.h"
 
@@ -20,24 +22,24 @@ Op read(const std::string& account) { return Op{"", OpKind::ReadBalance, account
 
 class LedgerTest : public ::testing::Test {
  protected:
-  LedgerTest() : env_(dir_.path(), {}), accounts_(env_.openDb("accounts")) {}
+  LedgerTest() : env_(dir_.path(), {}), accounts_(env_.openDb("accounts")) { holds_.rebuild({}); }
 
   // prepareOps in its own committed write transaction; a failed outcome
   // discards the transaction, as the ledger's contract requires.
   ledger::ExecOutcome prepare(Xid xid, const std::vector<Op>& ops) {
     auto txn = env_.beginWrite();
-    auto out = ledger::prepareOps(txn, accounts_, xid, ops);
+    auto out = ledger::prepareOps(txn, accounts_, holds_, xid, ops);
     if (out.ok) txn.commit();
     return out;
   }
   void commit(Xid xid, const std::vector<Op>& ops) {
     auto txn = env_.beginWrite();
-    ledger::commitOps(txn, accounts_, xid, ops);
+    ledger::commitOps(txn, accounts_, holds_, xid, ops);
     txn.commit();
   }
   void rollback(Xid xid, const std::vector<Op>& ops) {
     auto txn = env_.beginWrite();
-    ledger::rollbackOps(txn, accounts_, xid, ops);
+    ledger::rollbackOps(txn, accounts_, holds_, xid, ops);
     txn.commit();
   }
   std::optional<AccountRecord> account(const std::string& name) {
@@ -54,16 +56,23 @@ class LedgerTest : public ::testing::Test {
     auto a = account(name);
     ASSERT_TRUE(a.has_value()) << name << " missing";
     EXPECT_EQ(a->balance, balance) << name;
-    EXPECT_EQ(a->held, held) << name;
+    EXPECT_EQ(holds_.of(name), held) << name;
+    EXPECT_EQ(a->held, 0) << name << ": a hold was written to the accounts tree";
     EXPECT_FALSE(a->opening) << name;
     // The account invariant: 0 <= held <= balance.
-    EXPECT_LE(0, a->held) << name;
-    EXPECT_LE(a->held, a->balance) << name;
+    EXPECT_LE(0, holds_.of(name)) << name;
+    EXPECT_LE(holds_.of(name), a->balance) << name;
+  }
+  std::string storedBytes(const std::string& name) {
+    auto txn = env_.beginRead();
+    auto v = txn.get(accounts_, name);
+    return v ? std::string(*v) : std::string();
   }
 
   test::TempDir dir_;
   lmdb::Env env_;
   MDB_dbi accounts_;
+  ledger::Holds holds_;
   std::uint64_t nextFund_ = 0;
 };
 
@@ -109,6 +118,72 @@ TEST_F(LedgerTest, DebitHoldsAtPrepareAndCommitAppliesAndReleases) {
   expectAccount("alice", 70, 0);
 }
 
+TEST_F(LedgerTest, APrepareWritesNoAccountAndACommitWritesTheBalanceOnly) {
+  fund("alice", 100);
+  fund("bob", 5);
+  std::string aliceBefore = storedBytes("alice"), bobBefore = storedBytes("bob");
+  std::vector<Op> ops = {debit("alice", 30), credit("bob", 30)};
+  ASSERT_TRUE(prepare({40, 1}, ops).ok);
+  EXPECT_EQ(storedBytes("alice"), aliceBefore) << "the hold was written to the accounts tree";
+  EXPECT_EQ(storedBytes("bob"), bobBefore);
+  EXPECT_EQ(holds_.of("alice"), 30);
+  EXPECT_EQ(holds_.total(), 30);
+  commit({40, 1}, ops);
+  expectAccount("alice", 70, 0);
+  expectAccount("bob", 35, 0);
+  EXPECT_EQ(holds_.accounts(), 0u) << "an account whose holds are all released stays in the table";
+}
+
+TEST_F(LedgerTest, HoldsAreRebuiltFromUnfinishedBranchRecords) {
+  auto branch = [](std::uint64_t seq, BranchStatus st, std::vector<Op> ops) {
+    BranchRecord r;
+    r.xid = Xid{seq, 1};
+    r.state = st;
+    r.ops = std::move(ops);
+    return r;
+  };
+  holds_.add("zed", 99);  // whatever was there goes
+  holds_.rebuild({branch(1, BranchStatus::Prepared, {debit("alice", 30), credit("bob", 30), debit("alice", 5)}),
+                  branch(2, BranchStatus::Active, {debit("bob", 7), read("alice")}),
+                  branch(3, BranchStatus::Committed, {debit("alice", 1000)}),
+                  branch(4, BranchStatus::RolledBack, {debit("carol", 1000)})});
+  EXPECT_EQ(holds_.of("alice"), 35);
+  EXPECT_EQ(holds_.of("bob"), 7);
+  EXPECT_EQ(holds_.of("carol"), 0);
+  EXPECT_EQ(holds_.of("zed"), 0);
+  EXPECT_EQ(holds_.total(), 42);
+}
+
+TEST_F(LedgerTest, AStaleTableIsRebuiltByTheNextRefreshOnly) {
+  int fetched = 0;
+  auto fetch = [&]() {
+    ++fetched;
+    BranchRecord r;
+    r.xid = Xid{1, 1};
+    r.state = BranchStatus::Prepared;
+    r.ops = {debit("alice", 12)};
+    return std::vector<BranchRecord>{r};
+  };
+  holds_.refresh(fetch);
+  EXPECT_EQ(fetched, 0) << "a table that is not stale was rebuilt";
+  holds_.add("alice", 500);  // out of step, as after a rolled-back job
+  holds_.markStale();
+  holds_.refresh(fetch);
+  EXPECT_EQ(fetched, 1);
+  EXPECT_EQ(holds_.of("alice"), 12);
+  holds_.refresh(fetch);
+  EXPECT_EQ(fetched, 1);
+}
+
+TEST_F(LedgerTest, ReleasingMoreThanIsHeldIsRefused) {
+  holds_.add("alice", 10);
+  EXPECT_THROW(holds_.release("alice", 11), std::logic_error);
+  EXPECT_THROW(holds_.release("bob", 1), std::logic_error);
+  EXPECT_EQ(holds_.of("alice"), 10) << "a refused release changed the table";
+  holds_.release("alice", 10);
+  EXPECT_EQ(holds_.of("alice"), 0);
+}
+
 TEST_F(LedgerTest, NoOverdraft) {
   fund("alice", 100);
   auto out = prepare({5, 1}, {debit("alice", 101)});
@@ -141,7 +216,7 @@ TEST_F(LedgerTest, SeveralDebitsInOneBranchCountTheirOwnHolds) {
   fund("alice", 100);
   auto out = prepare({7, 1}, {debit("alice", 60), debit("alice", 50)});
   EXPECT_FALSE(out.ok);
-  expectAccount("alice", 100, 0);  // the transaction was discarded whole
+  expectAccount("alice", 100, 0);  // the transaction was discarded whole, its first hold released
   ASSERT_TRUE(prepare({7, 2}, {debit("alice", 60), debit("alice", 40), read("alice")}).ok);
   expectAccount("alice", 100, 100);
 }
