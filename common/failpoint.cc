@@ -21,6 +21,7 @@ struct Point {
   Action action = Action::Off;
   unsigned delayMs = 0;
   long remaining = -1;  // -1: unlimited
+  unsigned long skip = 0;  // hits let through before the action fires
   unsigned fired = 0;
 };
 
@@ -45,6 +46,17 @@ bool parseCount(const std::string& s, unsigned long& out) {
 
 Point parseAction(const std::string& entry, std::string a) {
   Point p;
+  // "M+" first: the first M hits pass untouched (e.g. the second commit of
+  // a batch fails, the first goes through): "1+1*error".
+  auto plus = a.find('+');
+  if (plus != std::string::npos) {
+    unsigned long m = 0;
+    if (!parseCount(trim(a.substr(0, plus)), m) || m == 0) {
+      throw std::invalid_argument("failpoint '" + entry + "': the count before '+' must be a positive number");
+    }
+    p.skip = m;
+    a = trim(a.substr(plus + 1));
+  }
   auto star = a.find('*');
   if (star != std::string::npos) {
     unsigned long n = 0;
@@ -114,6 +126,10 @@ unsigned fire(const char* name) {
     auto it = gPoints.find(name);
     if (it == gPoints.end() || it->second.action == Action::Off || it->second.remaining == 0) return 0;
     Point& p = it->second;
+    if (p.skip > 0) {
+      --p.skip;
+      return 0;
+    }
     if (p.remaining > 0) --p.remaining;
     ++p.fired;
     action = p.action;

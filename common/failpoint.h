@@ -7,7 +7,9 @@
 // Actions: crash (SIGKILL to self, as hard as a power cut for the process),
 // delay(MS) (sleeps MS milliseconds on the calling thread), error (throws,
 // so the RPC call or log job fails), off. A prefix N* fires the action on
-// the first N hits only (then off), e.g. "agent.after_prepared_durable=1*crash".
+// the first N hits only (then off), e.g. "agent.after_prepared_durable=1*crash";
+// a prefix M+ lets the first M hits through before the action starts, e.g.
+// "agent.before_commit_durable=1+1*error" fails the second hit only.
 //
 // Cost when KEEL_FAILPOINTS is unset: one relaxed load of a bool per site.
 // The registry is process-global on purpose: failpoints are a property of

@@ -431,6 +431,31 @@ TEST_F(AgentTest, AJobThatFailsAfterPlacingAHoldLeavesNoHold) {
   expectAccount("alice", 100, 0);
 }
 
+// The commit side of the same hook: a batch of commits that fails after its
+// first branch already took its hold off in memory (the job is rolled back,
+// both branches stay PREPARED) must leave both holds in force — otherwise the
+// money of a still-prepared debit could be promised to another branch.
+TEST_F(AgentTest, ACommitJobThatFailsAfterReleasingAHoldKeepsTheHold) {
+  fund("alice", 100);
+  ASSERT_EQ(prepare({32, 1}, {debit("alice", 30)}).vote, Vote::Yes);
+  ASSERT_EQ(prepare({32, 2}, {debit("alice", 20)}).vote, Vote::Yes);
+  // The first branch of the batch commits (its hold of 30 released in
+  // memory), the second fails: the whole job is rolled back.
+  failpoint::configure("agent.before_commit_durable=1+1*error");
+  EXPECT_ANY_THROW(commit({{32, 1}, {32, 2}}));
+  EXPECT_EQ(failpoint::firedCount("agent.before_commit_durable"), 1u);
+  failpoint::configure("");
+  EXPECT_EQ(branch({32, 1})->state, BranchStatus::Prepared);
+  EXPECT_EQ(branch({32, 2})->state, BranchStatus::Prepared);
+  expectAccount("alice", 100, 50);
+  // 50 is available, not 80: a debit of 51 is refused, one of 50 is not.
+  EXPECT_EQ(prepare({32, 3}, {debit("alice", 51)}).vote, Vote::No);
+  EXPECT_EQ(prepare({32, 4}, {debit("alice", 50)}).vote, Vote::Yes);
+  EXPECT_EQ(commit({{32, 1}, {32, 2}, {32, 4}}),
+            (Outcomes{BranchOutcome::Committed, BranchOutcome::Committed, BranchOutcome::Committed}));
+  expectAccount("alice", 0, 0);
+}
+
 TEST_F(AgentTest, ExecuteThenPrepareAccumulatesTheBranch) {
   fund("alice", 100);
   fund("bob", 0);

@@ -67,6 +67,11 @@ TEST_F(FailpointTest, MalformedEntriesThrowNamingTheEntry) {
   expectRejected("a=delay(abc)", "a=delay(abc)");
   expectRejected("a=delay(5", "a=delay(5");
   expectRejected("a=crash,b=CRASH", "b=CRASH");
+  expectRejected("a=0+error", "a=0+error");
+  expectRejected("a=x+error", "a=x+error");
+  expectRejected("a=+error", "a=+error");
+  expectRejected("a=2+", "a=2+");
+  expectRejected("a=1+0*error", "a=1+0*error");
 }
 
 TEST_F(FailpointTest, MalformedSpecKeepsThePreviousSet) {
@@ -94,6 +99,20 @@ TEST_F(FailpointTest, CountedErrorFiresTwiceThenStops) {
   EXPECT_THROW(KEEL_FAILPOINT("p"), failpoint::InjectedError);
   for (int i = 0; i < 5; ++i) EXPECT_NO_THROW(KEEL_FAILPOINT("p"));
   EXPECT_EQ(failpoint::firedCount("p"), 2u);
+}
+
+TEST_F(FailpointTest, SkippedHitsPassThenTheCountedActionFires) {
+  failpoint::configure("p=2+1*error,q=1+error");
+  EXPECT_NO_THROW(KEEL_FAILPOINT("p"));
+  EXPECT_NO_THROW(KEEL_FAILPOINT("p"));
+  EXPECT_EQ(failpoint::firedCount("p"), 0u);  // a skipped hit does not count as fired
+  EXPECT_THROW(KEEL_FAILPOINT("p"), failpoint::InjectedError);
+  for (int i = 0; i < 5; ++i) EXPECT_NO_THROW(KEEL_FAILPOINT("p"));
+  EXPECT_EQ(failpoint::firedCount("p"), 1u);
+  // Without a count, every hit after the skipped ones fires.
+  EXPECT_NO_THROW(KEEL_FAILPOINT("q"));
+  for (int i = 0; i < 3; ++i) EXPECT_THROW(KEEL_FAILPOINT("q"), failpoint::InjectedError);
+  EXPECT_EQ(failpoint::firedCount("q"), 3u);
 }
 
 TEST_F(FailpointTest, CountIsExactUnderConcurrentHits) {
