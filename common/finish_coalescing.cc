@@ -41,7 +41,33 @@ bool FinishCoalescingStream::isFinish(kj::ArrayPtr<const kj::ArrayPtr<const kj::
 }
 
 kj::Promise<size_t> FinishCoalescingStream::tryRead(void* buffer, size_t minBytes, size_t maxBytes) {
-  return inner_.tryRead(buffer, minBytes, maxBytes);
+  ++counts_.reads;
+  auto* out = static_cast<kj::byte*>(buffer);
+  std::size_t have = readEnd_ - readBegin_;
+  if (have == 0) return readInner(out, minBytes, maxBytes);
+  std::size_t n = kj::min(have, maxBytes);
+  std::memcpy(out, readBuf_.begin() + readBegin_, n);
+  readBegin_ += n;
+  if (readBegin_ == readEnd_) readBegin_ = readEnd_ = 0;
+  if (n >= minBytes) return n;
+  // Part of it was here; the rest comes from the socket (the buffer is
+  // empty now). Fewer than asked means the end of the stream, as usual.
+  return readInner(out + n, minBytes - n, maxBytes - n).then([n](size_t more) { return n + more; });
+}
+
+kj::Promise<size_t> FinishCoalescingStream::readInner(kj::byte* out, size_t minBytes, size_t maxBytes) {
+  ++counts_.innerReads;
+  if (maxBytes >= kReadBuffer) return inner_.tryRead(out, minBytes, maxBytes);
+  if (readBuf_.size() == 0) readBuf_ = kj::heapArray<kj::byte>(kReadBuffer);
+  return inner_.tryRead(readBuf_.begin(), minBytes, readBuf_.size()).then([this, out, maxBytes](size_t got) {
+    std::size_t n = kj::min(got, maxBytes);
+    std::memcpy(out, readBuf_.begin(), n);
+    if (n < got) {
+      readBegin_ = n;
+      readEnd_ = got;
+    }
+    return n;
+  });
 }
 
 kj::Promise<void> FinishCoalescingStream::write(const void* buffer, size_t size) {
@@ -136,7 +162,10 @@ void FinishCoalescingStream::shutdownWrite() {
   inner_.shutdownWrite();
 }
 
-void FinishCoalescingStream::abortRead() { inner_.abortRead(); }
+void FinishCoalescingStream::abortRead() {
+  readBegin_ = readEnd_ = 0;  // nobody reads on
+  inner_.abortRead();
+}
 
 void FinishCoalescingStream::getsockopt(int level, int option, void* value, kj::uint* length) {
   inner_.getsockopt(level, option, value, length);

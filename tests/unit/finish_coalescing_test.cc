@@ -205,5 +205,87 @@ TEST_F(FinishCoalescingGated, AFailedTimerFlushDoesNotWedgeTheStream) {
   callWritten.wait(io.waitScope);
 }
 
+// The read side: what the socket holds is read once and handed out to the
+// small reads that Cap'n Proto makes (first word, then the rest), byte for
+// byte and in order; nothing is waited for beyond what a read asked for.
+class FinishCoalescingReads : public ::testing::Test {
+ protected:
+  ~FinishCoalescingReads() noexcept override {}
+  kj::AsyncIoContext io = kj::setupAsyncIo();
+  kj::TwoWayPipe pipe = io.provider->newTwoWayPipe();
+  FinishCoalescingStream in{*pipe.ends[1], io.provider->getTimer(), kHold};
+
+  void put(const std::string& bytes) { pipe.ends[0]->write(bytes.data(), bytes.size()).wait(io.waitScope); }
+  std::string read(size_t minBytes, size_t maxBytes) {
+    std::string buf(maxBytes, '\0');
+    size_t n = in.tryRead(buf.data(), minBytes, maxBytes).wait(io.waitScope);
+    buf.resize(n);
+    return buf;
+  }
+};
+
+TEST_F(FinishCoalescingReads, ThreeMessagesInOneSocketReadAreReadWhole) {
+  std::string all = bytesOf(callMessage(1)) + bytesOf(finishMessage(2)) + bytesOf(callMessage(3));
+  put(all);
+  for (std::uint32_t q : {1u, 2u, 3u}) {
+    auto msg = capnp::readMessage(in).wait(io.waitScope);
+    auto root = msg->getRoot<capnp::rpc::Message>();
+    if (q == 2) {
+      ASSERT_EQ(root.which(), capnp::rpc::Message::FINISH);
+      EXPECT_EQ(root.getFinish().getQuestionId(), 2u);
+    } else {
+      ASSERT_EQ(root.which(), capnp::rpc::Message::CALL);
+      EXPECT_EQ(root.getCall().getQuestionId(), q);
+    }
+  }
+  // Cap'n Proto asked six times (first word, then the rest, per message);
+  // the socket was read once.
+  EXPECT_EQ(in.counts().reads, 6u);
+  EXPECT_EQ(in.counts().innerReads, 1u);
+}
+
+TEST_F(FinishCoalescingReads, AReadLongerThanWhatIsBufferedTakesThatAndWaitsForTheRestOnly) {
+  put("0123456789");
+  EXPECT_EQ(read(4, 4), "0123");
+  std::string buf(10, '\0');
+  auto rest = in.tryRead(buf.data(), 10, 10);
+  EXPECT_FALSE(rest.poll(io.waitScope));  // 6 are here, 10 were asked for
+  put("abcd");
+  EXPECT_EQ(rest.wait(io.waitScope), 10u);
+  EXPECT_EQ(buf, "456789abcd");
+  // Nothing more is buffered, and nothing more than asked was waited for.
+  put("Z");
+  EXPECT_EQ(read(1, 100), "Z");
+}
+
+TEST_F(FinishCoalescingReads, AReadReturnsAsSoonAsItsMinimumIsThere) {
+  put("ab");
+  EXPECT_EQ(read(1, 1000), "ab");  // not held back waiting for 1000
+  std::string buf(8, '\0');
+  auto p = in.tryRead(buf.data(), 1, 8);
+  EXPECT_FALSE(p.poll(io.waitScope));
+  put("c");
+  EXPECT_EQ(p.wait(io.waitScope), 1u);
+  EXPECT_EQ(buf[0], 'c');
+}
+
+TEST_F(FinishCoalescingReads, ALargeReadGoesStraightIntoTheCallersBuffer) {
+  std::string big(3 * FinishCoalescingStream::kReadBuffer, 'x');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = char('a' + i % 26);
+  auto writing = pipe.ends[0]->write(big.data(), big.size());
+  std::string got(big.size(), '\0');
+  EXPECT_EQ(in.tryRead(got.data(), got.size(), got.size()).wait(io.waitScope), big.size());
+  writing.wait(io.waitScope);
+  EXPECT_EQ(got, big);
+}
+
+TEST_F(FinishCoalescingReads, TheEndOfTheStreamComesAfterWhatWasBuffered) {
+  put("hello");
+  EXPECT_EQ(read(2, 2), "he");
+  pipe.ends[0]->shutdownWrite();
+  EXPECT_EQ(read(8, 8), "llo");  // fewer than asked: the end
+  EXPECT_EQ(read(1, 8), "");
+}
+
 }  // namespace
 }  // namespace keel
