@@ -44,28 +44,26 @@ bool parseCount(const std::string& s, unsigned long& out) {
   return true;
 }
 
+// A count prefix "N<sep>" of `a` (N positive), cut off and returned; 0 if
+// `a` has no `sep`.
+unsigned long takeCount(const std::string& entry, std::string& a, char sep) {
+  auto at = a.find(sep);
+  if (at == std::string::npos) return 0;
+  unsigned long n = 0;
+  if (!parseCount(trim(a.substr(0, at)), n) || n == 0) {
+    throw std::invalid_argument("failpoint '" + entry + "': the count before '" + sep + "' must be a positive number");
+  }
+  a = trim(a.substr(at + 1));
+  return n;
+}
+
 Point parseAction(const std::string& entry, std::string a) {
   Point p;
   // "M+" first: the first M hits pass untouched (e.g. the second commit of
-  // a batch fails, the first goes through): "1+1*error".
-  auto plus = a.find('+');
-  if (plus != std::string::npos) {
-    unsigned long m = 0;
-    if (!parseCount(trim(a.substr(0, plus)), m) || m == 0) {
-      throw std::invalid_argument("failpoint '" + entry + "': the count before '+' must be a positive number");
-    }
-    p.skip = m;
-    a = trim(a.substr(plus + 1));
-  }
-  auto star = a.find('*');
-  if (star != std::string::npos) {
-    unsigned long n = 0;
-    if (!parseCount(trim(a.substr(0, star)), n) || n == 0) {
-      throw std::invalid_argument("failpoint '" + entry + "': the count before '*' must be a positive number");
-    }
-    p.remaining = long(n);
-    a = a.substr(star + 1);
-  }
+  // a batch fails, the first goes through): "1+1*error". Then "N*": the
+  // action fires on N hits only.
+  p.skip = takeCount(entry, a, '+');
+  if (unsigned long n = takeCount(entry, a, '*'); n > 0) p.remaining = long(n);
   if (a == "crash") {
     p.action = Action::Crash;
   } else if (a == "error") {

@@ -208,11 +208,9 @@ TEST_F(FinishCoalescingGated, AFailedTimerFlushDoesNotWedgeTheStream) {
 // The read side: what the socket holds is read once and handed out to the
 // small reads that Cap'n Proto makes (first word, then the rest), byte for
 // byte and in order; nothing is waited for beyond what a read asked for.
-class FinishCoalescingReads : public ::testing::Test {
+// The bytes are put on the pipe directly, not through `out`.
+class FinishCoalescingReads : public FinishCoalescingTest {
  protected:
-  ~FinishCoalescingReads() noexcept override {}
-  kj::AsyncIoContext io = kj::setupAsyncIo();
-  kj::TwoWayPipe pipe = io.provider->newTwoWayPipe();
   FinishCoalescingStream in{*pipe.ends[1], io.provider->getTimer(), kHold};
 
   void put(const std::string& bytes) { pipe.ends[0]->write(bytes.data(), bytes.size()).wait(io.waitScope); }
