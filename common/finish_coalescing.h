@@ -22,12 +22,13 @@
 // Reads are buffered. Cap'n Proto 0.9 reads each message with at least
 // two reads (its first word, then the rest), and then a third that finds
 // nothing and waits: 32 read calls per transfer in the coordinator at one
-// client (strace; docs/performance.md, "fifth sitting"). Here one read of the socket takes whatever
-// is there, up to kReadBuffer, and the small reads that follow are served
-// from memory; a read of kReadBuffer or more with nothing buffered goes
-// straight into the caller's buffer (no copy of large segments). Nothing
-// is ever waited for beyond what the caller asked for: a read returns as
-// soon as its minimum is there, as the inner stream's would.
+// client (strace; docs/performance.md, "fifth sitting"). Here one read of
+// the socket takes whatever is there, up to kReadBuffer, and the small
+// reads that follow are served from memory; a read of kReadBuffer or
+// more with nothing buffered goes straight into the caller's buffer (no
+// copy of large segments). Nothing is ever waited for beyond what the
+// caller asked for: a read returns as soon as its minimum is there, as the
+// inner stream's would.
 //
 // Thread: the connection's event loop. The inner stream must outlive this.
 
