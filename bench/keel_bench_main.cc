@@ -64,6 +64,7 @@ struct Flags {
   bool tls = false;  // self-started processes on mutual TLS (throwaway certificates)
   std::uint32_t batchInFlight = 2;
   std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
+  bool redo = false;                        // self-started coordinator and agents in redo mode
   std::vector<std::string> clusterSet;      // ... for its [cluster] section (--cluster)
   std::uint64_t seed = 1;
   std::uint32_t cluster = 0;  // coordinators of a self-started cluster on etcd; 0: one coordinator, no etcd
@@ -129,6 +130,10 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
     // (Postgres agents ask the coordinator for one prepare per message
     // themselves: Participant.batching, docs/postgres.md.)
     for (auto& kv : f.coordinatorSet) copts.coordinatorExtraToml += kv + "\n";
+    if (f.redo) {
+      copts.coordinatorExtraToml += "redo = true\n";
+      copts.agentExtraArgs.push_back("--redo");
+    }
     if (f.tls) {
       // Every link on mutual TLS; this process dials as an operator.
       copts.tlsDir = s.baseDir + "/certs";
@@ -559,6 +564,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-batch", f.noBatch, "one submit call per interaction (default: the client batches submits)");
   app.add_flag("--request-ids", f.requestIds, "every submit carries a fresh request id (idempotency key)");
   app.add_flag("--tls", f.tls, "self-started processes on mutual TLS (throwaway certificates; docs/security.md)");
+  app.add_flag("--redo", f.redo,
+               "self-started coordinator and agents in redo mode: one flush per group commit "
+               "(docs/operations.md, \"Redo log\")");
   app.add_option("--coordinator-set", f.coordinatorSet,
                  "KEY=VALUE added to the self-started coordinator's [coordinator] section, e.g. batch_max=1 "
                  "(repeat; see docs/examples/coordinator.toml)")
@@ -652,6 +660,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "keel-bench: %u connections over %u coordinators: %u, so that each gets as many\n",
                  f.connections, f.cluster, even);
     f.connections = even;
+  }
+  if (f.redo && !f.coordinator.empty()) {
+    return usage("--redo starts the coordinator and agents in redo mode: not with --coordinator (set redo there)");
   }
   if (f.adapter == "host") {
     if (!f.coordinator.empty()) return usage("--adapter host starts its own keel-host and deployment; not with --coordinator");

@@ -93,7 +93,14 @@ kj::Promise<BackupDone> BackupServer::run(wire::BackupSink::Client sink) {
                                         kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC);
   // The copy: one read snapshot, written in order into the pipe. Closing
   // the write end after it is what ends the stream (EOF).
-  job->thread = std::thread([env = env_, wfd = fds[1], rc = &job->rc]() {
+  job->thread = std::thread([env = env_, wfd = fds[1], rc = &job->rc, before = beforeCopy_]() {
+    if (before) {
+      try {
+        before();
+      } catch (const std::exception& e) {
+        KEEL_LOG_WARN("backup: the checkpoint before the copy failed ({}); copying what LMDB holds", e.what());
+      }
+    }
     int r = mdb_env_copyfd2(env, wfd, MDB_CP_COMPACT);
     rc->store(r);
     ::close(wfd);

@@ -60,10 +60,16 @@ class BackupServer {
   // the sink fails (the caller gone) or the returned promise is dropped.
   kj::Promise<BackupDone> run(wire::BackupSink::Client sink);
 
+  // Called on the copy's thread before it takes its snapshot: a group log
+  // in redo mode checkpoints there (GroupCommitLog::checkpointSync), so
+  // that the copy holds every group made durable before the backup began.
+  void setBeforeCopy(std::function<void()> f) { beforeCopy_ = std::move(f); }
+
  private:
   struct Job;
   kj::LowLevelAsyncIoProvider& io_;
   MDB_env* env_;
+  std::function<void()> beforeCopy_;
   std::string identityText_;
   bool running_ = false;
 };

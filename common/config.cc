@@ -38,6 +38,14 @@ std::string getString(const std::string& path, const toml::table& t, const char*
   return *v;
 }
 
+bool getBool(const std::string& path, const toml::table& t, const char* section, const char* key, bool def) {
+  auto node = t[key];
+  if (!node) return def;
+  auto v = node.value<bool>();
+  if (!v || !node.is_boolean()) fail(path, std::string("[") + section + "] " + key + " must be true or false");
+  return *v;
+}
+
 template <typename T>
 T getInt(const std::string& path, const toml::table& t, const char* section, const char* key, T def,
          std::int64_t lo, std::int64_t hi) {
@@ -306,7 +314,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
                 {"node_id", "listen", "data_dir", "map_size_mb", "call_timeout_ms",
                  "interaction_timeout_ms", "max_interaction_ms", "request_id_retention_s", "request_clock_skew_ms",
                  "hot_retention_s", "archive_map_size_mb", "archive_retention_days",
-                 "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block", "batch_max", "batch_in_flight"});
+                 "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block", "batch_max", "batch_in_flight", "redo"});
   c.nodeId = getInt<std::uint16_t>(path, s, "coordinator", "node_id", c.nodeId, 0, 65535);
   c.listen = getString(path, s, "coordinator", "listen", c.listen);
   checkAddress(path + ": [coordinator] listen", c.listen);
@@ -335,6 +343,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
   if (c.retryMaxMs < c.retryInitialMs) fail(path, "[coordinator] retry_max_ms must be >= retry_initial_ms");
   c.probeMs = getInt<std::uint32_t>(path, s, "coordinator", "probe_ms", c.probeMs, 1, 600000);
   c.seqBlock = getInt<std::uint32_t>(path, s, "coordinator", "seq_block", c.seqBlock, 16, 1 << 24);
+  c.redo = getBool(path, s, "coordinator", "redo", c.redo);
   c.batchMax = getInt<std::uint32_t>(path, s, "coordinator", "batch_max", c.batchMax, 1, 4096);
   c.batchInFlight = getInt<std::uint32_t>(path, s, "coordinator", "batch_in_flight", c.batchInFlight, 1, 64);
 
@@ -494,7 +503,7 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   const auto& s = section(path, root, "agent");
   rejectUnknown(path, s, "agent",
                 {"name", "listen", "data_dir", "adapter", "map_size_mb", "coordinator", "in_doubt_query_ms",
-                 "postgres", "pool_size", "lazy_delay_ms"});
+                 "postgres", "pool_size", "lazy_delay_ms", "redo"});
   c.name = getString(path, s, "agent", "name", "", true);
   if (!validName(c.name)) fail(path, "[agent] name '" + c.name + "' is not a valid name (1-64 chars of A-Z a-z 0-9 _ . -)");
   c.listen = getString(path, s, "agent", "listen", c.listen);
@@ -510,6 +519,7 @@ AgentConfig parseAgentConfig(const std::string& path, const std::string_view* te
   }
   c.poolSize = getInt<std::uint32_t>(path, s, "agent", "pool_size", c.poolSize, 1, 256);
   c.lazyDelayMs = getInt<std::uint32_t>(path, s, "agent", "lazy_delay_ms", c.lazyDelayMs, 1, 1000);
+  c.redo = getBool(path, s, "agent", "redo", c.redo);
   c.mapSizeMb = getInt<std::size_t>(path, s, "agent", "map_size_mb", c.mapSizeMb, 1, 1 << 20);
   c.coordinator = getString(path, s, "agent", "coordinator", c.coordinator);
   if (!c.coordinator.empty()) checkAddress(path + ": [agent] coordinator", c.coordinator);

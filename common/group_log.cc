@@ -1,6 +1,10 @@
 #include "common/group_log.h"
 
 #include <vector>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include <kj/debug.h>
 
@@ -22,7 +26,12 @@ kj::Exception toKjException(std::exception_ptr err) {
 }
 
 GroupCommitLog::GroupCommitLog(lmdb::Env& env, Options opts)
-    : env_(env), opts_(opts), writer_([this] { writerLoop(); }) {}
+    : env_(env),
+      opts_(opts),
+      redo_(opts.redo ? std::make_unique<RedoLog>(env, opts.redoOptions) : nullptr),
+      writer_([this] { writerLoop(); }) {
+  if (redo_) env_.setLogOwned(true);
+}
 
 GroupCommitLog::~GroupCommitLog() {
   *alive_ = false;  // a flush still scheduled on the loop does nothing
@@ -31,7 +40,17 @@ GroupCommitLog::~GroupCommitLog() {
     stopping_ = true;
   }
   cv_.notify_one();
-  writer_.join();
+  writer_.join();  // in redo mode after a last checkpoint: nothing left to replay
+  env_.setLogOwned(false);
+}
+
+void GroupCommitLog::failStop(const char* where, const std::exception& e) noexcept {
+  // Whether the group reached the disk is unknown: nobody may be told
+  // anything. The restart's recovery decides from what is on disk.
+  std::fprintf(stderr, "keel: FATAL: %s failed: %s; stopping the process (the next start recovers)\n", where,
+               e.what());
+  std::fflush(stderr);
+  std::abort();
 }
 
 void GroupCommitLog::submit(std::unique_ptr<Job> job) { enqueue(std::move(job), false); }
@@ -54,6 +73,7 @@ void GroupCommitLog::enqueue(std::unique_ptr<Job> job, bool lazy) {
 void GroupCommitLog::writerLoop() {
   std::vector<std::unique_ptr<Job>> group;
   std::vector<Job*> applied;
+  lmdb::Txn outer;  // redo mode: open from the first group after a checkpoint to the next checkpoint
   for (;;) {
     group.clear();
     applied.clear();
@@ -61,15 +81,31 @@ void GroupCommitLog::writerLoop() {
       std::unique_lock<std::mutex> lk(mu_);
       // Only lazy jobs queued: they start a group once the oldest waited
       // lazyDelay (or at shutdown); any other job takes them along at once.
+      // Redo mode: a checkpoint that falls due meanwhile is made here.
       for (;;) {
         if (stopping_ || forcedQueued_ > 0) break;
-        if (queue_.empty()) {
+        bool checkpointWaits = redo_ && redo_->pending() > 0;
+        if (queue_.empty() && !checkpointWaits) {
           cv_.wait(lk);
-        } else if (cv_.wait_until(lk, queuedSince_ + opts_.lazyDelay) == std::cv_status::timeout) {
-          break;
+          continue;
+        }
+        auto until = queue_.empty() ? redo_->checkpointDue() : queuedSince_ + opts_.lazyDelay;
+        if (checkpointWaits) until = std::min(until, redo_->checkpointDue());
+        if (cv_.wait_until(lk, until) == std::cv_status::timeout) {
+          if (redo_ && redo_->pending() > 0 && std::chrono::steady_clock::now() >= redo_->checkpointDue()) {
+            lk.unlock();
+            checkpoint(outer);
+            lk.lock();
+            continue;
+          }
+          if (!queue_.empty()) break;
         }
       }
-      if (queue_.empty()) return;  // stopping and drained
+      if (queue_.empty()) {  // stopping and drained
+        lk.unlock();
+        if (outer) checkpoint(outer);
+        return;
+      }
       while (!queue_.empty() && group.size() < opts_.maxBatch) {
         if (!queue_.front().lazy) --forcedQueued_;
         group.push_back(std::move(queue_.front().job));
@@ -79,9 +115,13 @@ void GroupCommitLog::writerLoop() {
     }
 
     auto groupStarted = std::chrono::steady_clock::now();
-    lmdb::Txn outer;
+    if (redo_) {
+      runRedoGroup(group, applied, outer, groupStarted);
+      continue;
+    }
+    lmdb::Txn txn;
     try {
-      outer = env_.beginWrite();
+      txn = env_.beginWrite();
     } catch (...) {
       auto err = std::current_exception();
       for (auto& j : group) j->done(err);
@@ -90,7 +130,7 @@ void GroupCommitLog::writerLoop() {
     }
     for (auto& j : group) {
       try {
-        lmdb::Txn inner = env_.beginNested(outer);
+        lmdb::Txn inner = env_.beginNested(txn);
         j->apply(inner);
         inner.commit();
         applied.push_back(j.get());
@@ -103,8 +143,9 @@ void GroupCommitLog::writerLoop() {
     }
     try {
       KEEL_FAILPOINT("log.before_group_commit");
-      outer.commit();  // durability point for every job in `applied`
+      txn.commit();  // durability point for every job in `applied`
     } catch (...) {
+      txn.abort();
       auto err = std::current_exception();
       rolledBack();  // before the callers hear of it
       for (Job* j : applied) j->done(err);
@@ -120,6 +161,138 @@ void GroupCommitLog::writerLoop() {
     stats_.groupSize->observe(jobs);
     for (Job* j : applied) j->done(nullptr);
   }
+}
+
+void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std::vector<Job*>& applied,
+                                  lmdb::Txn& outer, std::chrono::steady_clock::time_point started) {
+  lmdb::Txn g;
+  try {
+    if (!outer) outer = env_.beginLogWrite();
+    g = env_.beginRecordedNested(outer);
+  } catch (...) {
+    auto err = std::current_exception();
+    for (auto& j : group) j->done(err);
+    stats_.failedJobs.fetch_add(group.size(), std::memory_order_relaxed);
+    return;
+  }
+  for (auto& j : group) {
+    for (int attempt = 0;; ++attempt) {
+      mapFullRetryable_ = attempt == 0;
+      try {
+        lmdb::Txn inner = env_.beginNested(g);
+        j->apply(inner);
+        inner.commit();
+        applied.push_back(j.get());
+      } catch (const lmdb::MapFullError&) {
+        if (attempt == 0 && redo_->pending() + applied.size() > 0) {
+          // The long transaction cannot reuse the pages it freed itself
+          // until it commits: make the jobs before this one durable by a
+          // checkpoint (LMDB's commit), which frees them, and try again.
+          rolledBack();
+          try {
+            g.takeRedo();  // LMDB's commit makes them durable, not the redo log
+            g.commit();
+          } catch (const std::exception& e) {
+            failStop("redo log: nested commit before a checkpoint", e);
+          }
+          checkpoint(outer);
+          try {
+            // LMDB reuses a page only two commits after the one that freed
+            // it (the previous snapshot stays whole): one more, small.
+            outer = env_.beginLogWrite();
+            redo_->stamp(outer);
+            outer.commit();
+            outer = env_.beginLogWrite();
+            g = env_.beginRecordedNested(outer);
+          } catch (const std::exception& e) {
+            failStop("redo log: the commit after a checkpoint for a full map", e);
+          }
+          continue;
+        }
+        rolledBack();
+        j->done(std::current_exception());
+        stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+      } catch (...) {
+        rolledBack();
+        j->done(std::current_exception());
+        stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+      }
+      break;
+    }
+  }
+  std::string ops = g.takeRedo();
+  bool durable = false;  // appended to the redo log
+  try {
+    KEEL_FAILPOINT("log.before_group_commit");
+  } catch (...) {
+    // As a failed commit: the group leaves no trace (the long transaction
+    // never saw it).
+    auto err = std::current_exception();
+    g.abort();
+    rolledBack();
+    for (Job* j : applied) j->done(err);
+    stats_.failedJobs.fetch_add(applied.size(), std::memory_order_relaxed);
+    return;
+  }
+  std::shared_ptr<const lmdb::Delta> delta;
+  try {
+    if (!ops.empty()) {
+      delta = lmdb::toDelta(env_, lmdb::decodeRedoOps(ops));
+      durable = redo_->append(ops);  // durability point for every job in `applied`
+    }
+  } catch (const std::exception& e) {
+    failStop("redo log: append", e);
+  }
+  if (durable) {
+    try {
+      KEEL_FAILPOINT("log.after_redo_durable");  // crash tests; an error here is a failed process too
+    } catch (const std::exception& e) {
+      failStop("redo log: after the group was durable", e);
+    }
+  }
+  try {
+    g.commit();  // into the long transaction: LMDB's at the next checkpoint
+  } catch (const std::exception& e) {
+    failStop("redo log: nested commit after the group was durable", e);
+  }
+  if (!ops.empty()) {
+    if (durable) {
+      env_.publish(std::move(delta));  // readers see it before any caller is told
+    } else {
+      checkpoint(outer);  // the file is full: LMDB's commit makes the group durable
+    }
+    stats_.commits.fetch_add(1, std::memory_order_relaxed);
+  }
+  stats_.commitLatency->observe(std::uint64_t(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count()));
+  if (checkpointAsked_) {
+    checkpointAsked_ = false;
+    checkpoint(outer);  // before checkpointSync's caller hears
+  }
+  std::size_t jobs = 0;
+  for (Job* j : applied) jobs += j->count();
+  stats_.jobs.fetch_add(jobs, std::memory_order_relaxed);
+  stats_.groupSize->observe(jobs);
+  for (Job* j : applied) j->done(nullptr);
+  if (redo_->pending() > 0 && std::chrono::steady_clock::now() >= redo_->checkpointDue()) checkpoint(outer);
+}
+
+void GroupCommitLog::checkpointSync() {
+  if (!redo_) return;
+  runSync([this](lmdb::Txn&) { checkpointAsked_ = true; });
+}
+
+void GroupCommitLog::checkpoint(lmdb::Txn& outer) {
+  if (!outer) return;
+  try {
+    redo_->stamp(outer);
+    outer.commit();  // durable: LMDB now holds every group of the redo log
+  } catch (const std::exception& e) {
+    failStop("redo log: checkpoint", e);
+  }
+  env_.clearOverlay();
+  redo_->checkpointed();
+  stats_.redoCheckpoints.fetch_add(1, std::memory_order_relaxed);
 }
 
 void GroupCommitLog::rolledBack() noexcept {
@@ -143,12 +316,19 @@ class GroupCommitLog::Bundle final : public Job {
       : log_(log), items_(std::move(items)), fulfiller_(kj::mv(f)) {}
   ~Bundle() noexcept override {}
   void apply(lmdb::Txn& txn) override {
+    applied_ = 0;  // redo mode may run a bundle again (a full map, see runRedoGroup)
+    for (auto& item : items_) item->err = nullptr;
     for (auto& item : items_) {
       try {
         lmdb::Txn inner = log_.env_.beginNested(txn);
         item->apply(inner);
         inner.commit();
         ++applied_;
+      } catch (const lmdb::MapFullError&) {
+        if (log_.mapFullRetryable_) throw;  // the whole bundle again, after a checkpoint
+        log_.rolledBack();
+        item->err = std::current_exception();
+        log_.stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
       } catch (...) {
         // The nested transaction was aborted: this item left no trace.
         log_.rolledBack();

@@ -11,7 +11,12 @@
 // was syncing.
 //
 // Durability point: a job's promise resolves only after the group's
-// mdb_txn_commit returned, i.e. after the data is on disk.
+// mdb_txn_commit returned, i.e. after the data is on disk. In redo mode
+// (Options::redo, common/redo_log.h) the writer keeps one LMDB write
+// transaction open between checkpoints, each group in a nested one; the
+// group's writes appended to the redo log and flushed are its durability
+// point, and it is published to readers (lmdb::Env::publish) before its
+// callers are told; a checkpoint commits LMDB durably behind it.
 //
 // Threads: submit()/run() may be called from any thread. run() must be
 // called on a thread with a KJ event loop; its promise resolves back on
@@ -45,6 +50,7 @@
 
 #include "common/lmdb.h"
 #include "common/metrics.h"
+#include "common/redo_log.h"
 
 namespace keel {
 
@@ -74,6 +80,11 @@ class GroupCommitLog {
     // again from LMDB by the next job. Runs before the failed job's caller
     // hears of the failure. Must not throw.
     std::function<void()> onRolledBack;
+    // Redo mode (common/redo_log.h): one flush per group instead of two.
+    // The env must be opened by openEnvRecovering (a previous run's redo
+    // log replayed), and nothing else may write it while the log runs.
+    bool redo = false;
+    RedoLog::Options redoOptions;
   };
 
   // Counters; read with relaxed loads (monitoring and benchmarks).
@@ -85,6 +96,7 @@ class GroupCommitLog {
     std::unique_ptr<Histogram> groupSize = Histogram::sizes();
     // Writer thread: first job taken -> the commit's fsync returned.
     std::unique_ptr<Histogram> commitLatency = Histogram::latency();
+    std::atomic<std::uint64_t> redoCheckpoints{0};  // redo mode: durable LMDB commits behind the redo log
   };
 
   GroupCommitLog(lmdb::Env& env, Options opts);
@@ -120,6 +132,11 @@ class GroupCommitLog {
 
   const Stats& stats() const { return stats_; }
   lmdb::Env& env() { return env_; }
+  bool redo() const { return redo_ != nullptr; }
+  // Redo mode: returns once a checkpoint made after every group queued so
+  // far has committed (LMDB's file then holds them all: hot backups). Any
+  // thread but the writer's; does nothing outside redo mode.
+  void checkpointSync();
 
   // One job of a loop bundle (see above); used by run().
   class LoopItem {
@@ -134,6 +151,12 @@ class GroupCommitLog {
   class Bundle;
   void writerLoop();
   void rolledBack() noexcept;  // writer thread: Options::onRolledBack
+  // Redo mode: one group in a nested transaction of the long one.
+  void runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std::vector<Job*>& applied, lmdb::Txn& outer,
+                    std::chrono::steady_clock::time_point started);
+  // Redo mode: commits the long transaction durably (fail-stop on error).
+  void checkpoint(lmdb::Txn& outer);
+  [[noreturn]] static void failStop(const char* where, const std::exception& e) noexcept;
   // True on the bundling loop's thread (the first thread that called run()).
   bool onBundlingLoop();
   // Hands this turn's bundles to the writer at the end of the turn.
@@ -163,6 +186,9 @@ class GroupCommitLog {
   std::vector<std::unique_ptr<LoopItem>> loopPending_;
   bool loopForced_ = false;  // this turn's bundle holds a non-lazy item
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for flushes scheduled on the loop
+  std::unique_ptr<RedoLog> redo_;  // redo mode; used by the writer thread only once it runs
+  bool checkpointAsked_ = false;   // writer thread: checkpointSync's job ran in this group
+  bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
   std::thread writer_;
 };
 

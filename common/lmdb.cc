@@ -1,5 +1,9 @@
 #include "common/lmdb.h"
 
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
 namespace keel::lmdb {
 
 Error::Error(const std::string& what, int code) : std::runtime_error(what), code_(code) {}
@@ -16,6 +20,10 @@ Txn& Txn::operator=(Txn&& o) noexcept {
   if (this != &o) {
     abort();
     txn_ = o.txn_;
+    names_ = o.names_;
+    parent_ = o.parent_;
+    redo_ = std::move(o.redo_);
+    overlay_ = std::move(o.overlay_);
     o.txn_ = nullptr;
   }
   return *this;
@@ -25,7 +33,12 @@ void Txn::commit() {
   MDB_txn* t = txn_;
   txn_ = nullptr;  // mdb_txn_commit frees the handle even on failure
   int rc = mdb_txn_commit(t);
-  if (rc != 0) throwError("mdb_txn_commit", rc);
+  if (rc != 0) {
+    redo_.reset();
+    throwError("mdb_txn_commit", rc);
+  }
+  if (parent_ != nullptr && redo_ != nullptr && parent_->redo_ != nullptr) parent_->redo_->append(*redo_);
+  redo_.reset();
 }
 
 void Txn::abort() noexcept {
@@ -33,14 +46,145 @@ void Txn::abort() noexcept {
     mdb_txn_abort(txn_);
     txn_ = nullptr;
   }
+  redo_.reset();  // what it wrote is gone, and so is its record of it
+  overlay_.reset();
+}
+
+std::string Txn::takeRedo() {
+  if (redo_ == nullptr) return {};
+  std::string out;
+  out.swap(*redo_);
+  return out;
+}
+
+namespace {
+
+void appendU32(std::string& s, std::uint32_t v) {
+  char b[4];
+  std::memcpy(b, &v, 4);
+  s.append(b, 4);
+}
+
+}  // namespace
+
+// Encoding of one write: op ('P' put, 'D' del), name length (1 byte), the
+// database name, key length (u32), key, and for a put value length (u32)
+// and value. Little-endian, as everything Keel writes to disk.
+void Txn::record(char op, MDB_dbi dbi, std::string_view key, std::string_view value) {
+  if (redo_ == nullptr) return;
+  if (names_ == nullptr || dbi >= names_->size() || (*names_)[dbi].empty()) {
+    throw Error("redo: write to a database not opened by name (handle " + std::to_string(dbi) + ")", EINVAL);
+  }
+  const std::string& name = (*names_)[dbi];
+  std::string& r = *redo_;
+  r.push_back(op);
+  r.push_back(char(name.size()));
+  r.append(name);
+  appendU32(r, std::uint32_t(key.size()));
+  r.append(key);
+  if (op == 'P') {
+    appendU32(r, std::uint32_t(value.size()));
+    r.append(value);
+  }
+}
+
+std::vector<RedoOp> decodeRedoOps(std::string_view b) {
+  std::vector<RedoOp> ops;
+  std::size_t i = 0;
+  auto need = [&](std::size_t n) {
+    if (b.size() - i < n) throw Error("redo: truncated write record at byte " + std::to_string(i), EINVAL);
+  };
+  auto u32 = [&]() {
+    need(4);
+    std::uint32_t v;
+    std::memcpy(&v, b.data() + i, 4);
+    i += 4;
+    return v;
+  };
+  while (i < b.size()) {
+    RedoOp op;
+    char kind = b[i++];
+    if (kind != 'P' && kind != 'D') throw Error("redo: unknown write kind at byte " + std::to_string(i - 1), EINVAL);
+    op.put = kind == 'P';
+    need(1);
+    std::size_t n = std::uint8_t(b[i++]);
+    need(n);
+    op.db.assign(b.data() + i, n);
+    i += n;
+    std::uint32_t k = u32();
+    need(k);
+    op.key.assign(b.data() + i, k);
+    i += k;
+    if (op.put) {
+      std::uint32_t v = u32();
+      need(v);
+      op.value.assign(b.data() + i, v);
+      i += v;
+    }
+    ops.push_back(std::move(op));
+  }
+  return ops;
+}
+
+std::shared_ptr<const Delta> toDelta(const Env& env, const std::vector<RedoOp>& ops) {
+  auto d = std::make_shared<Delta>();
+  for (const auto& op : ops) {
+    MDB_dbi dbi = env.dbHandle(op.db);
+    if (dbi == kAbsentDb) throw Error("redo: a write to database '" + op.db + "', which is not open", EINVAL);
+    auto& m = d->dbs[dbi];
+    if (op.put) {
+      m.insert_or_assign(op.key, op.value);
+    } else {
+      m.insert_or_assign(op.key, std::nullopt);
+    }
+  }
+  return d;
+}
+
+void applyRedoOps(Txn& txn, const std::vector<RedoOp>& ops) {
+  std::vector<std::pair<std::string, MDB_dbi>> dbs;
+  for (const auto& op : ops) {
+    MDB_dbi dbi = 0;
+    bool found = false;
+    for (auto& [name, h] : dbs) {
+      if (name == op.db) {
+        dbi = h;
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      int rc = mdb_dbi_open(txn.raw(), op.db.c_str(), MDB_CREATE, &dbi);
+      if (rc != 0) throwError("mdb_dbi_open(redo)", rc);
+      dbs.emplace_back(op.db, dbi);
+    }
+    if (op.put) {
+      txn.put(dbi, op.key, op.value);
+    } else {
+      txn.del(dbi, op.key);  // absent already: the same end state
+    }
+  }
 }
 
 static MDB_val toVal(std::string_view s) {
   return MDB_val{s.size(), const_cast<char*>(s.data())};
 }
 
+std::optional<std::optional<std::string>> Txn::overlayGet(MDB_dbi dbi, std::string_view key) const {
+  for (auto d = overlay_->deltas.rbegin(); d != overlay_->deltas.rend(); ++d) {
+    auto db = (*d)->dbs.find(dbi);
+    if (db == (*d)->dbs.end()) continue;
+    auto it = db->second.find(key);
+    if (it != db->second.end()) return it->second;
+  }
+  return std::nullopt;
+}
+
 std::optional<std::string> Txn::get(MDB_dbi dbi, std::string_view key) const {
   if (dbi == kAbsentDb) return std::nullopt;
+  if (overlay_ != nullptr) {
+    if (auto o = overlayGet(dbi, key)) return *o;
+  }
   MDB_val k = toVal(key), v;
   int rc = mdb_get(txn_, dbi, &k, &v);
   if (rc == MDB_NOTFOUND) return std::nullopt;
@@ -52,6 +196,7 @@ void Txn::put(MDB_dbi dbi, std::string_view key, std::string_view value) {
   MDB_val k = toVal(key), v = toVal(value);
   int rc = mdb_put(txn_, dbi, &k, &v, 0);
   if (rc != 0) throwError("mdb_put", rc);
+  record('P', dbi, key, value);
 }
 
 bool Txn::del(MDB_dbi dbi, std::string_view key) {
@@ -59,12 +204,30 @@ bool Txn::del(MDB_dbi dbi, std::string_view key) {
   int rc = mdb_del(txn_, dbi, &k, nullptr);
   if (rc == MDB_NOTFOUND) return false;
   if (rc != 0) throwError("mdb_del", rc);
+  record('D', dbi, key, {});
   return true;
 }
 
 void Txn::scan(MDB_dbi dbi, std::string_view from,
                const std::function<bool(std::string_view, std::string_view)>& fn) const {
   if (dbi == kAbsentDb) return;
+  // The overlay's writes to this database from `from` on, newest winning.
+  std::map<std::string_view, const std::optional<std::string>*> over;
+  if (overlay_ != nullptr) {
+    for (auto d = overlay_->deltas.rbegin(); d != overlay_->deltas.rend(); ++d) {
+      auto db = (*d)->dbs.find(dbi);
+      if (db == (*d)->dbs.end()) continue;
+      for (auto it = db->second.lower_bound(from); it != db->second.end(); ++it) over.emplace(it->first, &it->second);
+    }
+  }
+  auto next = over.begin();
+  // Calls fn for the overlay's puts below `bound` (all if null); false: stop.
+  auto overlayUpTo = [&](const std::string_view* bound) {
+    for (; next != over.end() && (bound == nullptr || next->first < *bound); ++next) {
+      if (*next->second && !fn(next->first, **next->second)) return false;
+    }
+    return true;
+  };
   MDB_cursor* cur = nullptr;
   int rc = mdb_cursor_open(txn_, dbi, &cur);
   if (rc != 0) throwError("mdb_cursor_open", rc);
@@ -76,13 +239,21 @@ void Txn::scan(MDB_dbi dbi, std::string_view from,
   rc = from.empty() ? mdb_cursor_get(cur, &k, &v, MDB_FIRST)
                     : mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
   while (rc == 0) {
-    if (!fn(std::string_view(static_cast<const char*>(k.mv_data), k.mv_size),
-            std::string_view(static_cast<const char*>(v.mv_data), v.mv_size))) {
+    std::string_view key(static_cast<const char*>(k.mv_data), k.mv_size);
+    if (!overlayUpTo(&key)) return;
+    if (next != over.end() && next->first == key) {
+      // The overlay's newer write of this key replaces LMDB's.
+      bool put = next->second->has_value();
+      std::string_view val = put ? std::string_view(**next->second) : std::string_view();
+      ++next;
+      if (put && !fn(key, val)) return;
+    } else if (!fn(key, std::string_view(static_cast<const char*>(v.mv_data), v.mv_size))) {
       return;
     }
     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
   }
   if (rc != MDB_NOTFOUND) throwError("mdb_cursor_get", rc);
+  overlayUpTo(nullptr);
 }
 
 std::size_t Txn::count(MDB_dbi dbi) const {
@@ -90,7 +261,26 @@ std::size_t Txn::count(MDB_dbi dbi) const {
   MDB_stat st;
   int rc = mdb_stat(txn_, dbi, &st);
   if (rc != 0) throwError("mdb_stat", rc);
-  return st.ms_entries;
+  std::size_t n = st.ms_entries;
+  if (overlay_ != nullptr) {
+    // Each key the overlay wrote, as it ends: present now against present
+    // in LMDB's snapshot.
+    std::map<std::string_view, bool> last;
+    for (auto d = overlay_->deltas.rbegin(); d != overlay_->deltas.rend(); ++d) {
+      auto db = (*d)->dbs.find(dbi);
+      if (db == (*d)->dbs.end()) continue;
+      for (const auto& [key, val] : db->second) last.emplace(key, val.has_value());
+    }
+    for (const auto& [key, present] : last) {
+      MDB_val k = toVal(key), v;
+      int g = mdb_get(txn_, dbi, &k, &v);
+      if (g != 0 && g != MDB_NOTFOUND) throwError("mdb_get", g);
+      bool inLmdb = g == 0;
+      if (present && !inLmdb) ++n;
+      if (!present && inLmdb) --n;
+    }
+  }
+  return n;
 }
 
 Env::Env(const std::string& dir, const EnvOptions& opts) : readOnly_(opts.readOnly) {
@@ -103,7 +293,8 @@ Env::Env(const std::string& dir, const EnvOptions& opts) : readOnly_(opts.readOn
     env_ = nullptr;
     throwError("mdb_env_set", rc);
   }
-  rc = mdb_env_open(env_, dir.c_str(), opts.readOnly ? MDB_RDONLY : 0, 0644);
+  unsigned flags = opts.readOnly ? MDB_RDONLY : 0;
+  rc = mdb_env_open(env_, dir.c_str(), flags, 0644);
   if (rc != 0) {
     mdb_env_close(env_);
     env_ = nullptr;
@@ -118,13 +309,61 @@ Env::~Env() {
 }
 
 Txn Env::beginRead() const {
+  // The overlay first, then LMDB's snapshot: a checkpoint that commits in
+  // between only adds to the snapshot what the overlay already holds (the
+  // same values), while the other order could miss its groups in both.
+  std::shared_ptr<const Overlay> ov;
+  {
+    std::lock_guard<std::mutex> lk(overlay_->mu);
+    ov = overlay_->current;
+  }
   MDB_txn* t = nullptr;
   int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &t);
   if (rc != 0) throwError("mdb_txn_begin(read)", rc);
-  return Txn(t);
+  Txn r(t);
+  r.overlay_ = std::move(ov);
+  return r;
+}
+
+void Env::publish(std::shared_ptr<const Delta> delta) {
+  std::lock_guard<std::mutex> lk(overlay_->mu);
+  auto next = std::make_shared<Overlay>();
+  if (overlay_->current != nullptr) next->deltas = overlay_->current->deltas;
+  next->deltas.push_back(std::move(delta));
+  overlay_->current = std::move(next);
+}
+
+void Env::clearOverlay() {
+  std::lock_guard<std::mutex> lk(overlay_->mu);
+  overlay_->current.reset();
+}
+
+std::size_t Env::overlayGroups() const {
+  std::lock_guard<std::mutex> lk(overlay_->mu);
+  return overlay_->current == nullptr ? 0 : overlay_->current->deltas.size();
+}
+
+const std::string& Env::dbName(MDB_dbi dbi) const {
+  static const std::string none;
+  return dbi < names_->size() ? (*names_)[dbi] : none;
+}
+
+MDB_dbi Env::dbHandle(std::string_view name) const {
+  for (std::size_t i = 0; i < names_->size(); ++i) {
+    if ((*names_)[i] == name) return MDB_dbi(i);
+  }
+  return kAbsentDb;
 }
 
 Txn Env::beginWrite() {
+  if (logOwned_.load()) {
+    throw Error("a write transaction outside the group log while its redo log runs (its writer holds LMDB's)",
+                EINVAL);
+  }
+  return beginLogWrite();
+}
+
+Txn Env::beginLogWrite() {
   MDB_txn* t = nullptr;
   int rc = mdb_txn_begin(env_, nullptr, 0, &t);
   if (rc != 0) throwError("mdb_txn_begin(write)", rc);
@@ -135,7 +374,23 @@ Txn Env::beginNested(Txn& parent) {
   MDB_txn* t = nullptr;
   int rc = mdb_txn_begin(env_, parent.raw(), 0, &t);
   if (rc != 0) throwError("mdb_txn_begin(nested)", rc);
-  return Txn(t);
+  Txn n(t);
+  if (parent.recording()) {
+    n.names_ = names_.get();
+    n.parent_ = &parent;
+    n.redo_ = std::make_unique<std::string>();
+  }
+  return n;
+}
+
+Txn Env::beginRecordedNested(Txn& parent) {
+  MDB_txn* t = nullptr;
+  int rc = mdb_txn_begin(env_, parent.raw(), 0, &t);
+  if (rc != 0) throwError("mdb_txn_begin(nested, recorded)", rc);
+  Txn n(t);
+  n.names_ = names_.get();
+  n.redo_ = std::make_unique<std::string>();
+  return n;
 }
 
 MDB_dbi Env::openDb(const char* name) {
@@ -147,6 +402,8 @@ MDB_dbi Env::openDb(const char* name) {
   if (rc == MDB_NOTFOUND && readOnly_) return kAbsentDb;
   if (rc != 0) throwError("mdb_dbi_open", rc);
   t.commit();  // the handle outlives a committed transaction, read-only too
+  if (names_->size() <= dbi) names_->resize(dbi + 1);
+  (*names_)[dbi] = name;
   return dbi;
 }
 

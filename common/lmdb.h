@@ -13,15 +13,23 @@
 // - MDB_MAP_FULL surfaces as MapFullError: the operator must raise map_size.
 // - Never open one environment twice in a process, never use it after fork().
 // - Default flags are durable (two syncs per commit). We never set
-//   MDB_NOSYNC / MDB_NOMETASYNC: durability comes from batching instead.
+//   MDB_NOSYNC / MDB_NOMETASYNC: durability comes from batching, or from
+//   the redo log (common/redo_log.h), which commits LMDB durably at each
+//   checkpoint and serves the groups in between to readers from an
+//   overlay (Env::publish) until then.
 
 #include <lmdb.h>
 
+#include <atomic>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace keel::lmdb {
 
@@ -43,16 +51,22 @@ class MapFullError : public Error {
 [[noreturn]] void throwError(const char* what, int rc);
 
 class Env;
+struct Overlay;
 
 class Txn {
  public:
   Txn() = default;
-  Txn(Txn&& o) noexcept : txn_(o.txn_) { o.txn_ = nullptr; }
+  Txn(Txn&& o) noexcept
+      : txn_(o.txn_), names_(o.names_), parent_(o.parent_), redo_(std::move(o.redo_)), overlay_(std::move(o.overlay_)) {
+    o.txn_ = nullptr;
+  }
   Txn& operator=(Txn&& o) noexcept;
   Txn(const Txn&) = delete;
   Txn& operator=(const Txn&) = delete;
   ~Txn() { abort(); }  // a transaction not committed is aborted
 
+  // A nested transaction that records its writes hands them to its parent
+  // here; one that is aborted drops them with its changes.
   void commit();
   void abort() noexcept;
   MDB_txn* raw() const { return txn_; }
@@ -69,11 +83,49 @@ class Txn {
             const std::function<bool(std::string_view, std::string_view)>& fn) const;
   std::size_t count(MDB_dbi dbi) const;
 
+  // Redo recording (Env::beginRecordedNested): every put and del of this
+  // transaction and of its committed nested transactions, encoded as
+  // decodeRedoOps reads them. Empty if it does not record.
+  bool recording() const { return redo_ != nullptr; }
+  std::string takeRedo();
+
  private:
   friend class Env;
   explicit Txn(MDB_txn* t) : txn_(t) {}
+  void record(char op, MDB_dbi dbi, std::string_view key, std::string_view value);
+  // Reads through the overlay (a read transaction of an Env with one).
+  std::optional<std::optional<std::string>> overlayGet(MDB_dbi dbi, std::string_view key) const;
   MDB_txn* txn_ = nullptr;
+  const std::vector<std::string>* names_ = nullptr;  // the Env's database names, by handle
+  Txn* parent_ = nullptr;                            // a recording nested transaction's parent
+  std::unique_ptr<std::string> redo_;                // recorded writes, if recording
+  std::shared_ptr<const Overlay> overlay_;    // a read transaction's view of the overlay
 };
+
+// Writes of one durable group not yet in LMDB's committed state (redo log,
+// common/redo_log.h): per database, key -> value, or nullopt for a delete.
+struct Delta {
+  std::map<MDB_dbi, std::map<std::string, std::optional<std::string>, std::less<>>> dbs;
+};
+// What a read transaction sees on top of LMDB's snapshot: the durable
+// groups since the last checkpoint, oldest first (a later one wins).
+struct Overlay {
+  std::vector<std::shared_ptr<const Delta>> deltas;
+};
+
+// One recorded write: a put (value set) or a del, on a database by name.
+struct RedoOp {
+  bool put = false;
+  std::string db, key, value;
+};
+// Decodes what Txn::takeRedo returned. Throws Error on malformed input.
+std::vector<RedoOp> decodeRedoOps(std::string_view bytes);
+class Env;
+// The same writes as an overlay delta (databases by the Env's handles;
+// one the Env has not opened by name is refused).
+std::shared_ptr<const Delta> toDelta(const Env& env, const std::vector<RedoOp>& ops);
+// Applies recorded writes in `txn` (databases opened, or created, by name).
+void applyRedoOps(Txn& txn, const std::vector<RedoOp>& ops);
 
 struct EnvOptions {
   std::size_t mapSize = std::size_t(1) << 30;  // 1 GiB
@@ -94,7 +146,11 @@ class Env {
   // DataDir's job, see common/data_dir.h) with durable default flags and
   // clears stale reader slots (mdb_reader_check).
   Env(const std::string& dir, const EnvOptions& opts);
-  Env(Env&& o) noexcept : env_(o.env_), readOnly_(o.readOnly_) { o.env_ = nullptr; }
+  Env(Env&& o) noexcept
+      : env_(o.env_), readOnly_(o.readOnly_), logOwned_(o.logOwned_.load()), names_(std::move(o.names_)),
+        overlay_(std::move(o.overlay_)) {
+    o.env_ = nullptr;
+  }
   Env(const Env&) = delete;
   Env& operator=(const Env&) = delete;
   ~Env();
@@ -104,11 +160,35 @@ class Env {
   // A nested write transaction inside `parent` (aborting it leaves the
   // parent as it was).
   Txn beginNested(Txn& parent);
+  // A nested write transaction that records its writes (Txn::takeRedo),
+  // and so do the nested transactions begun inside it; for the group log's
+  // redo mode. Its record is not handed to `parent` on commit.
+  Txn beginRecordedNested(Txn& parent);
+  // The group log's long write transaction in redo mode (beginWrite is
+  // refused meanwhile: see setLogOwned).
+  Txn beginLogWrite();
   // Opens (creating, unless read-only) a named database; call once at
   // start-up. Read-only, a missing database opens as kAbsentDb.
   MDB_dbi openDb(const char* name);
   MDB_env* raw() const { return env_; }
   std::size_t mapSize() const;
+  // Set by the group log in redo mode while it runs: its writer holds
+  // LMDB's write transaction open between checkpoints, so every write must
+  // go through the group log, and beginWrite() (and openDb of a new
+  // database) is refused instead of waiting for the next checkpoint.
+  void setLogOwned(bool owned) { logOwned_.store(owned); }
+  // Redo mode: a durable group's writes become visible to read
+  // transactions begun from now on (before its callers are told).
+  void publish(std::shared_ptr<const Delta> delta);
+  // Redo mode: LMDB's committed state now holds every published group
+  // (a checkpoint committed): the overlay is emptied.
+  void clearOverlay();
+  // Groups published and not yet checkpointed (tests, metrics).
+  std::size_t overlayGroups() const;
+  // The database name of a handle opened by openDb ("" if none).
+  const std::string& dbName(MDB_dbi dbi) const;
+  // The handle of a database opened by name (kAbsentDb if none).
+  MDB_dbi dbHandle(std::string_view name) const;
   // Share of the map in use, 0..1: the file's high-water mark (LMDB reuses
   // freed pages below it, so this is an upper bound of what is in use).
   double fill() const;
@@ -116,6 +196,16 @@ class Env {
  private:
   MDB_env* env_ = nullptr;
   bool readOnly_ = false;
+  std::atomic<bool> logOwned_{false};
+  // Database names by handle, for redo records (stable across moves).
+  std::unique_ptr<std::vector<std::string>> names_ = std::make_unique<std::vector<std::string>>();
+  // Redo mode's overlay (publish / clearOverlay); a read transaction takes
+  // the pointer, then begins LMDB's snapshot (that order: see beginRead).
+  struct OverlayBox {
+    mutable std::mutex mu;
+    std::shared_ptr<const Overlay> current;  // GUARDED_BY(mu); null = empty
+  };
+  std::unique_ptr<OverlayBox> overlay_ = std::make_unique<OverlayBox>();
 };
 
 }  // namespace keel::lmdb

@@ -145,7 +145,7 @@ int main(int argc, char** argv) {
     }
     keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
     cfg.dataDir = dir.path();
-    keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20);
+    keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20, /*readOnly=*/false, cfg.redo);
     auto server = std::make_unique<keel::RpcServer>(io);
     std::string bound = keel::withPort(cfg.listen, server->bind(cfg.listen));
     std::unique_ptr<keel::ClusterMember> cluster;
@@ -170,6 +170,7 @@ int main(int argc, char** argv) {
           [&coordinator](std::uint16_t node, std::uint64_t epoch) { return coordinator.takeOver(node, epoch); });
     }
     keel::BackupServer backups(*io.lowLevelProvider, wal.env().raw(), keel::formatIdentity(dir.identity()));
+    backups.setBeforeCopy([&wal] { wal.log().checkpointSync(); });  // redo mode: the copy holds every group
     auto impl = kj::heap<keel::CoordinatorImpl>(coordinator, wal.log().stats(), &backups);
     auto& target = *impl;
     capnp::Capability::Client keep = kj::mv(impl);

@@ -49,8 +49,8 @@ std::uint64_t segmentEnd(std::uint64_t seq) {
 
 }  // namespace
 
-WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly)
-    : dir_(dir), env_(dir, envOptions(mapSizeBytes, readOnly)) {
+WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly, bool redo)
+    : dir_(dir), env_(openEnvRecovering(dir, envOptions(mapSizeBytes, readOnly))) {
   meta_ = env_.openDb("meta");
   if (!readOnly) {
     // Before anything else is created: a backup copy is refused as it is
@@ -65,7 +65,11 @@ WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOn
   audit_ = env_.openDb("audit");
   requests_ = env_.openDb("requests");
   heuristic_ = env_.openDb("heuristic");
-  if (!readOnly) log_ = std::make_unique<GroupCommitLog>(env_);
+  if (!readOnly) {
+    GroupCommitLog::Options lo;
+    lo.redo = redo;
+    log_ = std::make_unique<GroupCommitLog>(env_, lo);
+  }
 }
 
 WalStore::~WalStore() { log_.reset(); }

@@ -53,7 +53,9 @@ class WalStore {
   // WAL. readOnly (keel-coordinator --check-wal, beside a live coordinator):
   // MDB_RDONLY, no writer thread; only the const readers, loadUnfinished and
   // checkAll may be used.
-  WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly = false);
+  // redo: the writer's redo mode (common/redo_log.h). Writable, a redo log
+  // an earlier run left is replayed first either way (openEnvRecovering).
+  WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly = false, bool redo = false);
   ~WalStore();
 
   // Start-up, blocking: checks the node id against the one on disk (a data

@@ -6,7 +6,7 @@
 
 namespace keel {
 
-Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes) {
+Agent::Agent(AgentOptions opts) : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes, opts_.redo) {
   accounts_ = log_.env().openDb("accounts");
   // Check every account decodes before serving: a damaged ledger must stop
   // the agent, not be skipped (start() does the same for branches).

@@ -43,6 +43,7 @@ struct AgentOptions {
   std::string name;
   std::string dataDir;
   std::size_t mapSizeBytes = std::size_t(1) << 30;
+  bool redo = false;  // the log's redo mode (common/redo_log.h)
 };
 
 

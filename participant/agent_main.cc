@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
                  "host:port of the admin plane: /metrics and the JSON API (overrides [admin] listen; port 0 = any)");
   app.add_option("--data-dir", dataDir, "directory of the agent's LMDB environment");
   app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB");
+  bool redo = false;
+  app.add_flag("--redo", redo,
+               "redo mode: one flush per group commit, LMDB synced behind a redo log (docs/operations.md, \"Redo log\")");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
   std::string logFormat;
   app.add_option("--log-format", logFormat, "text (default) or json, one object a line (overrides [log] format)")
@@ -99,6 +102,7 @@ int main(int argc, char** argv) {
     }
     if (!dataDir.empty()) cfg.dataDir = dataDir;
     if (mapSizeMb != 0) cfg.mapSizeMb = mapSizeMb;
+    if (redo) cfg.redo = true;
     if (!coordinator.empty()) cfg.coordinator = coordinator;
     if (!adapter.empty()) cfg.adapter = adapter;
     if (!postgres.empty()) cfg.postgres = postgres;
@@ -172,6 +176,7 @@ int main(int argc, char** argv) {
       po.conninfo = cfg.postgres;
       po.poolSize = cfg.poolSize;
       po.lazyDelayMs = cfg.lazyDelayMs;
+      po.redo = cfg.redo;
       po.statements = cfg.statements;
       keel::PgAgent::preflight(po);  // PostgreSQL's side, before the data directory
     }
@@ -187,10 +192,11 @@ int main(int argc, char** argv) {
       ho.name = cfg.name;
       ho.dataDir = cfg.dataDir;
       ho.mapSizeBytes = cfg.mapSizeMb << 20;
+      ho.redo = cfg.redo;
       ho.host = cfg.host;
       backend = std::make_unique<keel::HostAgent>(*io.provider, std::move(ho));
     } else {
-      auto ledger = std::make_unique<keel::Agent>(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20});
+      auto ledger = std::make_unique<keel::Agent>(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20, cfg.redo});
       if (!debugBreak.empty()) {
         KEEL_LOG_WARN("--debug-break {}: this agent BREAKS the protocol on purpose (test only)", debugBreak);
         ledger->setDebugBreak(debugBreak);
@@ -209,6 +215,7 @@ int main(int argc, char** argv) {
     }
     keel::BackupServer backups(*io.lowLevelProvider, agent.branchLog().env().raw(),
                                keel::formatIdentity(dir.identity()));
+    backups.setBeforeCopy([&agent] { agent.branchLog().log().checkpointSync(); });  // redo mode: every group
     auto impl = kj::heap<keel::ParticipantImpl>(agent, &backups);
     auto& target = *impl;
     keel::AgentMetrics metrics;

@@ -43,7 +43,8 @@ const char* counterOf(BranchStatus s) {
 
 }  // namespace
 
-BranchLog::BranchLog(const std::string& dir, std::size_t mapSizeBytes) : env_(dir, envOptions(mapSizeBytes)) {
+BranchLog::BranchLog(const std::string& dir, std::size_t mapSizeBytes, bool redo)
+    : env_(openEnvRecovering(dir, envOptions(mapSizeBytes))), redo_(redo) {
   meta_ = env_.openDb("meta");
   {
     // Before anything else is created: a backup copy is refused as it is.
@@ -87,6 +88,7 @@ void BranchLog::check() {
 
 void BranchLog::start() {
   if (!checked_) check();
+  logOptions_.redo = redo_;
   log_ = std::make_unique<GroupCommitLog>(env_, logOptions_);
   log_->runSync([this](lmdb::Txn& txn) {
     // Must be durable before start() returns: nothing of this start may

@@ -52,7 +52,9 @@ class Released : public std::runtime_error {
 
 class BranchLog {
  public:
-  BranchLog(const std::string& dir, std::size_t mapSizeBytes);
+  // redo: the writer's redo mode (common/redo_log.h). Either way a redo log
+  // an earlier run left is replayed first (openEnvRecovering).
+  BranchLog(const std::string& dir, std::size_t mapSizeBytes, bool redo = false);
   ~BranchLog();
 
   lmdb::Env& env() { return env_; }
@@ -179,6 +181,7 @@ class BranchLog {
   mutable std::mutex releaseMu_;
   std::map<std::uint16_t, Floor> floors_;
   bool checked_ = false;
+  bool redo_ = false;
   std::uint64_t incarnation_ = 0;
 };
 

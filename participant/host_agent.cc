@@ -23,7 +23,7 @@ kj::Exception hostPending(const std::string& what) {
 }  // namespace
 
 HostAgent::HostAgent(kj::AsyncIoProvider& io, HostAgentOptions opts)
-    : io_(io), opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes), http_(io, opts_.host), tasks_(*this) {
+    : io_(io), opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes, opts_.redo), http_(io, opts_.host), tasks_(*this) {
   log_.check();
 }
 

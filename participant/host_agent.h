@@ -57,6 +57,7 @@ struct HostAgentOptions {
   std::string name;
   std::string dataDir;
   std::size_t mapSizeBytes = std::size_t(1) << 30;
+  bool redo = false;  // the log's redo mode (common/redo_log.h)
   HostConfig host;
 };
 

@@ -64,7 +64,7 @@ std::string describePgError(const pg::PgError& e) {
 }
 
 PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
-    : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes), timer_(io.provider->getTimer()) {
+    : opts_(std::move(opts)), log_(opts_.dataDir, opts_.mapSizeBytes, opts_.redo), timer_(io.provider->getTimer()) {
   if (opts_.statements.empty()) {
     throw std::runtime_error("postgres agent " + opts_.name +
                              " declares no statements: clients could call none (docs/postgres.md, \"Declared "

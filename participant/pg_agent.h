@@ -104,6 +104,7 @@ struct PgAgentOptions {
   std::string name;
   std::string dataDir;
   std::size_t mapSizeBytes = std::size_t(1) << 30;
+  bool redo = false;  // the log's redo mode (common/redo_log.h)
   std::string conninfo;   // libpq connection string
   std::size_t poolSize = 8;
   // A statement waiting longer than this for a row lock fails the branch

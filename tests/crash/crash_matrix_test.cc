@@ -155,6 +155,9 @@ class CrashClusterTest : public ::testing::Test {
   ~CrashClusterTest() noexcept override {}
 
  protected:
+  // The cluster runs its logs in redo mode (coordinator redo = true, agents --redo).
+  virtual bool redoMode() const { return false; }
+
   static constexpr int kAccountsPerAgent = 4;
   static constexpr std::int64_t kOpening = 1000;
   static constexpr int kTransfers = 40;
@@ -169,6 +172,12 @@ class CrashClusterTest : public ::testing::Test {
     opts.agents = kAgents;
     // Short timeouts and retries (as the integration tests use) keep recovery quick.
     opts.coordinatorExtraToml = "call_timeout_ms = 1000\nretry_initial_ms = 20\nretry_max_ms = 200\n";
+    if (redoMode()) {
+      // The redo log's points (common/redo_log.h) exist in redo mode only:
+      // every process runs in it for those cases.
+      opts.coordinatorExtraToml += "redo = true\n";
+      opts.agentExtraArgs.push_back("--redo");
+    }
     cluster_ = std::make_unique<LocalCluster>(std::move(opts));
     cluster_->startAll();
     reconnect();
@@ -353,6 +362,8 @@ class CrashClusterTest : public ::testing::Test {
 
 class CrashMatrix : public CrashClusterTest, public ::testing::WithParamInterface<CrashCase> {
  protected:
+  bool redoMode() const override { return GetParam().failpoint.find("redo") != std::string::npos; }
+
   // Checks every process after a batch: the armed one dying by its
   // failpoint is the expected event; any other exit is a finding. Dead
   // processes are started again (without failpoints), except that an agent

@@ -1,0 +1,279 @@
+#include "common/redo_log.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <vector>
+
+#include "common/log.h"
+
+namespace keel {
+
+namespace {
+
+constexpr std::uint32_t kRecordMagic = 0x4F44524B;  // "KRDO"
+constexpr std::size_t kHeader = 32;                 // magic, crc, lsn, id, length, 4 bytes 0
+constexpr const char* kLsnKey = "lsn";              // in database "redo": the last group LMDB holds
+constexpr const char* kIdKey = "id";                // in database "redo": the log's id
+
+template <typename T>
+T load(const char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+template <typename T>
+void store(char* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+std::string u64Value(std::uint64_t v) {
+  std::string s(8, '\0');
+  store(s.data(), v);
+  return s;
+}
+
+std::uint64_t readU64(const lmdb::Txn& txn, MDB_dbi db, const char* key) {
+  auto v = txn.get(db, key);
+  if (!v) return 0;
+  if (v->size() != 8) {
+    throw lmdb::Error(std::string("redo log: database 'redo' key '") + key + "' is not 8 bytes", EINVAL);
+  }
+  return load<std::uint64_t>(v->data());
+}
+
+std::array<std::uint32_t, 256> makeTable() {
+  std::array<std::uint32_t, 256> t{};
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    t[i] = c;
+  }
+  return t;
+}
+
+[[noreturn]] void fail(const std::string& what, int err) {
+  throw lmdb::Error("redo log: " + what + (err != 0 ? std::string(": ") + std::strerror(err) : std::string()),
+                    err != 0 ? err : EIO);
+}
+
+void writeAll(int fd, const char* p, std::size_t n, std::uint64_t off, const std::string& what) {
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, n, off_t(off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail(what, errno);
+    }
+    p += w;
+    n -= std::size_t(w);
+    off += std::uint64_t(w);
+  }
+}
+
+void syncDir(const std::string& dir) {
+  int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) fail("open " + dir, errno);
+  int rc = ::fsync(d);
+  int err = errno;
+  ::close(d);
+  if (rc != 0) fail("fsync " + dir, err);
+}
+
+struct Record {
+  std::uint64_t lsn = 0;
+  std::string payload;
+};
+
+// The newest chain of `id`'s records: from offset 0 while each is whole,
+// passes its CRC and follows the previous one's LSN.
+std::vector<Record> scanChain(const std::string& path, std::uint64_t id) {
+  std::vector<Record> out;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("open " + path, errno);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    fail("stat " + path, err);
+  }
+  std::string data(std::size_t(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < data.size()) {
+    ssize_t r = ::pread(fd, data.data() + got, data.size() - got, off_t(got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += std::size_t(r);
+  }
+  ::close(fd);
+  if (got != data.size()) fail("read " + path, EIO);
+  std::size_t off = 0;
+  while (data.size() - off >= kHeader) {
+    const char* h = data.data() + off;
+    if (load<std::uint32_t>(h) != kRecordMagic) break;
+    std::uint32_t len = load<std::uint32_t>(h + 24);
+    if (len > data.size() - off - kHeader) break;
+    std::uint32_t crc = crc32c(0, std::string_view(h + 8, kHeader - 8));
+    crc = crc32c(crc, std::string_view(h + kHeader, len));
+    if (crc != load<std::uint32_t>(h + 4)) break;
+    if (load<std::uint64_t>(h + 16) != id) break;
+    Record r;
+    r.lsn = load<std::uint64_t>(h + 8);
+    if (!out.empty() && r.lsn != out.back().lsn + 1) break;
+    r.payload.assign(h + kHeader, len);
+    out.push_back(std::move(r));
+    off += kHeader + len;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::uint32_t crc32c(std::uint32_t crc, std::string_view data) {
+  static const auto table = makeTable();
+  crc = ~crc;
+  for (unsigned char c : data) crc = table[(crc ^ c) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+std::string RedoLog::path(const std::string& dir) { return dir + "/redo.log"; }
+
+RedoLog::RedoLog(lmdb::Env& env, Options opts) : env_(env), opts_(opts) {
+  if (opts_.fileBytes < (std::uint64_t(64) << 10)) fail("file size below 64 KiB", EINVAL);
+  const char* p = nullptr;
+  mdb_env_get_path(env.raw(), &p);
+  dir_ = p;
+  db_ = env_.openDb("redo");
+  {
+    auto txn = env_.beginRead();
+    id_ = readU64(txn, db_, kIdKey);
+    lsn_ = readU64(txn, db_, kLsnKey);
+  }
+  if (id_ == 0) {
+    // Durable before the file exists: a redo.log is only ever read against
+    // the data.mdb that names its id.
+    std::random_device rd;
+    while (id_ == 0) id_ = (std::uint64_t(rd()) << 32) ^ rd();
+    auto txn = env_.beginWrite();
+    txn.put(db_, kIdKey, u64Value(id_));
+    txn.commit();
+  }
+  create();
+}
+
+RedoLog::~RedoLog() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void RedoLog::create() {
+  std::string file = path(dir_);
+  struct stat st;
+  if (::stat(file.c_str(), &st) != 0 || std::uint64_t(st.st_size) != opts_.fileBytes) {
+    // Zero-filled, so that appends overwrite allocated blocks and
+    // fdatasync has no file metadata to write.
+    std::string tmp = file + ".tmp";
+    int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail("create " + tmp, errno);
+    std::string zeros(std::size_t(1) << 20, '\0');
+    try {
+      for (std::uint64_t off = 0; off < opts_.fileBytes; off += zeros.size()) {
+        writeAll(fd, zeros.data(), std::size_t(std::min<std::uint64_t>(zeros.size(), opts_.fileBytes - off)), off,
+                 "zero-fill " + tmp);
+      }
+      if (::fsync(fd) != 0) fail("fsync " + tmp, errno);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    ::close(fd);
+    if (::rename(tmp.c_str(), file.c_str()) != 0) fail("rename " + tmp, errno);
+    syncDir(dir_);
+  }
+  fd_ = ::open(file.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd_ < 0) fail("open " + file, errno);
+  off_ = 0;
+}
+
+bool RedoLog::append(std::string_view ops) {
+  if (off_ + kHeader + ops.size() > opts_.fileBytes) return false;
+  buf_.assign(kHeader, '\0');
+  buf_.append(ops);
+  char* h = buf_.data();
+  store<std::uint32_t>(h, kRecordMagic);
+  store<std::uint64_t>(h + 8, lsn_ + 1);
+  store<std::uint64_t>(h + 16, id_);
+  store<std::uint32_t>(h + 24, std::uint32_t(ops.size()));
+  std::uint32_t crc = crc32c(0, std::string_view(h + 8, kHeader - 8));
+  store<std::uint32_t>(h + 4, crc32c(crc, ops));
+  writeAll(fd_, buf_.data(), buf_.size(), off_, "write " + path(dir_));
+  if (::fdatasync(fd_) != 0) fail("fdatasync " + path(dir_), errno);
+  off_ += buf_.size();
+  ++lsn_;
+  if (pending_++ == 0) firstPendingAt_ = std::chrono::steady_clock::now();
+  ++stats_.appends;
+  stats_.bytes += buf_.size();
+  return true;
+}
+
+void RedoLog::stamp(lmdb::Txn& txn) { txn.put(db_, kLsnKey, u64Value(lsn_)); }
+
+void RedoLog::checkpointed() {
+  // Every record is in LMDB now: the next goes at offset 0, its LSN above
+  // every one still in the file.
+  off_ = 0;
+  pending_ = 0;
+  ++stats_.checkpoints;
+}
+
+lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts, RedoLog::Recovered* recovered) {
+  lmdb::Env env(dir, opts);
+  std::string file = RedoLog::path(dir);
+  std::error_code ec;
+  if (opts.readOnly || !std::filesystem::exists(file, ec)) return env;
+  RedoLog::Recovered r;
+  r.present = true;
+  MDB_dbi db = env.openDb("redo");
+  std::uint64_t id, lsn;
+  {
+    auto txn = env.beginRead();
+    id = readU64(txn, db, kIdKey);
+    lsn = readU64(txn, db, kLsnKey);
+  }
+  r.checkpoint = lsn;
+  if (id == 0) {
+    throw lmdb::Error("redo log: " + file +
+                          " is there but data.mdb names no redo log (a replaced or restored data file?); "
+                          "nothing was changed",
+                      EINVAL);
+  }
+  auto chain = scanChain(file, id);
+  std::size_t first = 0;
+  while (first < chain.size() && chain[first].lsn <= lsn) ++first;
+  if (first < chain.size() && chain[first].lsn != lsn + 1) {
+    throw lmdb::Error("redo log: " + file + " continues at group " + std::to_string(chain[first].lsn) +
+                          " but data.mdb holds groups up to " + std::to_string(lsn) +
+                          " only (an older data.mdb?); nothing was changed",
+                      EINVAL);
+  }
+  if (first < chain.size()) {
+    auto txn = env.beginWrite();
+    for (std::size_t i = first; i < chain.size(); ++i) {
+      auto ops = lmdb::decodeRedoOps(chain[i].payload);
+      lmdb::applyRedoOps(txn, ops);
+      r.ops += ops.size();
+      ++r.groups;
+    }
+    txn.put(db, kLsnKey, u64Value(chain.back().lsn));
+    txn.commit();  // durable: the groups are LMDB's now
+    KEEL_LOG_WARN("redo log: replayed {} groups ({} writes) after checkpoint {} in {}", r.groups, r.ops, lsn, dir);
+  }
+  if (recovered != nullptr) *recovered = r;
+  return env;
+}
+
+}  // namespace keel

@@ -1,0 +1,135 @@
+#pragma once
+// RedoLog: one flush per group commit, and each changed LMDB page written
+// once per checkpoint instead of once per commit (opt-in: coordinator
+// `redo = true`, agent `--redo`; docs/operations.md "Redo log").
+//
+// A durable LMDB commit costs two device flushes here (the data pages,
+// then the meta page through an O_DSYNC descriptor), and every commit
+// writes every page it changed. In redo mode the group log's writer keeps
+// ONE LMDB write transaction open between checkpoints; each group runs in a
+// nested transaction inside it, and its writes (every put and del, recorded
+// by the transaction: lmdb::Env::beginRecordedNested) are appended to a
+// preallocated, zero-filled file (`redo.log` beside data.mdb) and made
+// durable with ONE fdatasync: that is the group's durability point. The
+// group is then published to readers (lmdb::Env::publish: read
+// transactions see LMDB's last committed state plus these groups) before
+// any caller is told.
+//
+// Checkpoint, every Options::checkpointEvery (counted from the first group
+// after the last one), when the file is full, and at the stop: the writer
+// stores the LSN of the last group in the open transaction and commits it,
+// durably, as any LMDB commit (LMDB's own two flushes, no tricks). Then the
+// overlay is emptied and the next record goes at offset 0 again. LMDB's
+// file is therefore always exactly a durable LMDB state: a crash at any
+// moment leaves LMDB at the last checkpoint and the groups after it in
+// redo.log.
+//
+// Records: a 32-byte header (magic, crc32c of the rest, lsn, the log's id,
+// length) and the payload. LSNs increase by one per group for the whole
+// life of the log. A scan from offset 0 stops at the first record that is
+// torn, fails its CRC, carries another id or breaks the sequence: after a
+// rewind the file still holds older records past the new ones, whose LSNs
+// are all at or below the checkpoint's, so only the newest chain counts.
+//
+// Recovery (openEnvRecovering, before anything reads LMDB): the groups of
+// the chain above LMDB's checkpoint LSN are applied in one durable LMDB
+// commit. A chain that does not continue LMDB's LSN (a data.mdb older than
+// the log, or another log's file) is refused, changing nothing.
+//
+// Failure: a failed write or flush of the redo log, or a failed checkpoint
+// commit, ends the process (fail-stop, as PostgreSQL does since 2018):
+// whether the record reached the disk is unknown, so no caller may be told
+// anything; the restart's recovery decides from what is on disk.
+//
+// Thread: the group log's writer thread, except the static recovery.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/lmdb.h"
+
+namespace keel {
+
+class RedoLog {
+ public:
+  struct Options {
+    std::uint64_t fileBytes = std::uint64_t(16) << 20;
+    // Measured (docs/performance.md, seventh sitting): 10 ms stalls the
+    // writer five times as often for no gain; 200 ms makes each stall long.
+    std::chrono::milliseconds checkpointEvery{50};
+  };
+
+  struct Stats {
+    std::uint64_t appends = 0;      // group records made durable
+    std::uint64_t checkpoints = 0;  // durable LMDB commits behind the log
+    std::uint64_t bytes = 0;        // record bytes written
+  };
+
+  // Opens (creating it zero-filled, or at the wrong size) `redo.log` in the
+  // environment's directory. LMDB must hold every group of an earlier run
+  // (openEnvRecovering ran); the first record goes at offset 0. Before the
+  // group log's writer starts (it may write LMDB durably, once, to give the
+  // log its id). Throws lmdb::Error naming what failed.
+  RedoLog(lmdb::Env& env, Options opts);
+  ~RedoLog();
+  RedoLog(const RedoLog&) = delete;
+  RedoLog& operator=(const RedoLog&) = delete;
+
+  // The durability point of a group: its record is on disk when this
+  // returns true. False, with nothing written, when it does not fit before
+  // the end of the file: the caller checkpoints instead (LMDB's commit then
+  // makes the group durable). Throws if the write or the flush fails (the
+  // caller stops the process).
+  bool append(std::string_view ops);
+  // Groups appended since the last checkpoint.
+  std::uint64_t pending() const { return pending_; }
+  // When the next checkpoint is due (meaningful while pending() > 0).
+  std::chrono::steady_clock::time_point checkpointDue() const { return firstPendingAt_ + opts_.checkpointEvery; }
+  // In the transaction the checkpoint commits: the LSN of the last group.
+  void stamp(lmdb::Txn& txn);
+  // After the checkpoint's commit returned: LMDB holds every record.
+  void checkpointed();
+  const Stats& stats() const { return stats_; }
+
+  static std::string path(const std::string& dir);
+
+  // What recovery found, for logs and tests.
+  struct Recovered {
+    bool present = false;         // a redo.log was there
+    std::uint64_t checkpoint = 0;  // LMDB's LSN before recovery
+    std::uint64_t groups = 0;      // group records replayed
+    std::uint64_t ops = 0;         // writes replayed
+  };
+
+ private:
+  void create();
+
+  lmdb::Env& env_;
+  Options opts_;
+  std::string dir_;
+  MDB_dbi db_ = 0;
+  std::uint64_t id_ = 0;
+  int fd_ = -1;
+  std::uint64_t off_ = 0;
+  std::uint64_t lsn_ = 0;  // of the last record written (or LMDB's, at the start)
+  std::uint64_t pending_ = 0;
+  std::chrono::steady_clock::time_point firstPendingAt_;
+  std::string buf_;
+  Stats stats_;
+};
+
+// Opens the LMDB environment in `dir`, first applying what a redo log there
+// holds past LMDB's checkpoint (nothing happens when there is none). Read-
+// only, nothing is applied (a live writer's groups are its own; after a
+// crash the next writable start replays them). Refuses, changing nothing,
+// when the log does not continue LMDB's checkpoint or a record cannot be
+// applied.
+lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts,
+                            RedoLog::Recovered* recovered = nullptr);
+
+// CRC-32C (Castagnoli) of `data`, continuing from `crc` (0 to start).
+std::uint32_t crc32c(std::uint32_t crc, std::string_view data);
+
+}  // namespace keel

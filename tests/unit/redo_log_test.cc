@@ -1,0 +1,440 @@
+// RedoLog (common/redo_log.h): the group log's redo mode. Groups made
+// durable by the redo log alone survive a killed process; readers see them
+// before the checkpoint; a torn record, a stale chain after a rewind, an
+// older data file and a full log file are each handled as the header says.
+
+#include "common/redo_log.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/failpoint.h"
+#include "common/group_log.h"
+#include "common/types.h"
+#include "tests/unit/test_util.h"
+
+namespace keel {
+namespace {
+
+namespace fs = std::filesystem;
+
+lmdb::EnvOptions envOpts() {
+  lmdb::EnvOptions o;
+  o.mapSize = std::size_t(64) << 20;
+  return o;
+}
+
+std::string key(std::uint64_t i) { return u64Key(i); }
+std::string value(std::uint64_t i, std::size_t bytes) {
+  std::string v = "value-" + std::to_string(i);
+  if (v.size() < bytes) v.resize(bytes, char('a' + i % 26));
+  return v;
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+RedoLog::Options noCheckpoints() {
+  RedoLog::Options o;
+  o.fileBytes = std::uint64_t(1) << 20;
+  o.checkpointEvery = std::chrono::hours(1);
+  return o;
+}
+
+GroupCommitLog::Options redoLog(RedoLog::Options ro) {
+  GroupCommitLog::Options lo;
+  lo.redo = true;
+  lo.redoOptions = ro;
+  return lo;
+}
+
+// A child that runs a redo-mode group log on `dir`, writes groups first..last
+// (key i -> value(i)), reports each once durable, and is killed (no
+// destructor: no last checkpoint) unless `cleanStop`.
+struct ChildRun {
+  std::vector<std::uint64_t> durable;
+  int status = 0;
+};
+ChildRun runChild(const std::string& dir, int first, int last, RedoLog::Options ro, std::size_t valueBytes = 100,
+                  const std::string& failpoints = "", bool cleanStop = false) {
+  auto child = test::forkChild([&](int fd) {
+    if (!failpoints.empty()) failpoint::configure(failpoints);
+    auto env = openEnvRecovering(dir, envOpts());
+    MDB_dbi db = env.openDb("t");
+    {
+      GroupCommitLog log(env, redoLog(ro));
+      for (int i = first; i <= last; ++i) {
+        log.runSync([&](lmdb::Txn& t) { t.put(db, key(i), value(i, valueBytes)); });
+        test::reportU64(fd, std::uint64_t(i));
+      }
+      if (!cleanStop) ::raise(SIGKILL);
+    }
+    return 0;
+  });
+  ChildRun r;
+  r.durable = child.readAll();
+  r.status = child.wait();
+  return r;
+}
+
+std::vector<std::string> readKeys(lmdb::Env& env, int n) {
+  MDB_dbi db = env.openDb("t");
+  auto txn = env.beginRead();
+  std::vector<std::string> out;
+  for (int i = 1; i <= n; ++i) out.push_back(txn.get(db, key(i)).value_or(""));
+  return out;
+}
+
+// LMDB's committed state only, without the overlay: a raw read transaction
+// of `env`, or of the directory opened on its own when no Env is given.
+std::optional<std::string> lmdbOnly(lmdb::Env& env, MDB_dbi db, std::uint64_t k) {
+  MDB_txn* t = nullptr;
+  if (mdb_txn_begin(env.raw(), nullptr, MDB_RDONLY, &t) != 0) throw std::runtime_error("mdb_txn_begin");
+  std::string kb = key(k);
+  MDB_val kv{kb.size(), kb.data()}, v;
+  int rc = mdb_get(t, db, &kv, &v);
+  std::optional<std::string> out;
+  if (rc == 0) out.emplace(static_cast<const char*>(v.mv_data), v.mv_size);
+  mdb_txn_abort(t);
+  return out;
+}
+std::optional<std::string> lmdbOnly(const std::string& dir, std::uint64_t k) {
+  lmdb::EnvOptions o = envOpts();
+  o.readOnly = true;
+  lmdb::Env ro(dir, o);
+  MDB_dbi db = ro.openDb("t");
+  if (db == lmdb::kAbsentDb) return std::nullopt;
+  return lmdbOnly(ro, db, k);
+}
+
+class RedoLogTest : public ::testing::Test {
+ protected:
+  test::TempDir dir_;
+  std::string path() const { return dir_.path(); }
+};
+
+TEST(RedoRecording, ANestedTransactionHandsItsWritesUpOnCommitAndDropsThemOnAbort) {
+  test::TempDir dir;
+  lmdb::Env env(dir.path(), envOpts());
+  MDB_dbi a = env.openDb("a");
+  MDB_dbi b = env.openDb("b");
+  auto top = env.beginWrite();
+  auto outer = env.beginRecordedNested(top);
+  {
+    auto n = env.beginNested(outer);
+    n.put(a, "k1", "v1");
+    n.commit();
+  }
+  {
+    auto n = env.beginNested(outer);
+    n.put(a, "lost", "x");
+    n.abort();
+  }
+  outer.put(b, "k2", "v2");
+  EXPECT_TRUE(outer.del(a, "k1"));
+  EXPECT_FALSE(outer.del(a, "never-there"));  // nothing deleted: nothing recorded
+  auto ops = lmdb::decodeRedoOps(outer.takeRedo());
+  ASSERT_EQ(ops.size(), 3u);
+  EXPECT_TRUE(ops[0].put);
+  EXPECT_EQ(ops[0].db, "a");
+  EXPECT_EQ(ops[0].key, "k1");
+  EXPECT_EQ(ops[0].value, "v1");
+  EXPECT_EQ(ops[1].db, "b");
+  EXPECT_EQ(ops[1].value, "v2");
+  EXPECT_FALSE(ops[2].put);
+  EXPECT_EQ(ops[2].key, "k1");
+  outer.abort();
+  top.abort();
+
+  EXPECT_THROW(lmdb::decodeRedoOps(std::string("P\x05") + "ab"), lmdb::Error);  // truncated
+  EXPECT_THROW(lmdb::decodeRedoOps("Z"), lmdb::Error);                         // unknown kind
+}
+
+TEST(RedoRecording, Crc32cMatchesTheStandardCheckValue) {
+  EXPECT_EQ(crc32c(0, "123456789"), 0xE3069283u);  // RFC 3720's check value
+  EXPECT_EQ(crc32c(crc32c(0, "1234"), "56789"), 0xE3069283u);
+}
+
+TEST_F(RedoLogTest, GroupsOfAKilledProcessAreReplayed) {
+  auto r = runChild(path(), 1, 20, noCheckpoints());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  ASSERT_EQ(r.durable.size(), 20u);
+  EXPECT_FALSE(lmdbOnly(path(), 20).has_value()) << "the groups were in LMDB already: nothing to show";
+
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_TRUE(rec.present);
+  EXPECT_EQ(rec.groups, 20u);
+  EXPECT_EQ(rec.ops, 20u);
+  auto keys = readKeys(env, 20);
+  for (int i = 1; i <= 20; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+}
+
+TEST_F(RedoLogTest, ReadersSeeADurableGroupBeforeItsCheckpointAndLmdbHoldsItAfter) {
+  auto env = openEnvRecovering(path(), envOpts());
+  MDB_dbi db = env.openDb("t");
+  {
+    lmdb::Txn t = env.beginWrite();
+    for (int i : {2, 4, 6}) t.put(db, key(i), "lmdb");
+    t.commit();
+  }
+  RedoLog::Options ro = noCheckpoints();
+  {
+    GroupCommitLog log(env, redoLog(ro));
+    log.runSync([&](lmdb::Txn& t) {
+      t.put(db, key(1), "new");
+      t.put(db, key(4), "changed");
+      t.del(db, key(6));
+    });
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(7), "later"); });
+    EXPECT_EQ(env.overlayGroups(), 2u);
+    EXPECT_FALSE(lmdbOnly(env, db, 1).has_value()) << "already checkpointed: the overlay is not what is read";
+
+    auto txn = env.beginRead();
+    EXPECT_EQ(txn.get(db, key(1)).value_or(""), "new");
+    EXPECT_EQ(txn.get(db, key(2)).value_or(""), "lmdb");
+    EXPECT_EQ(txn.get(db, key(4)).value_or(""), "changed");
+    EXPECT_FALSE(txn.get(db, key(6)).has_value()) << "a delete in the overlay hides LMDB's value";
+    std::vector<std::string> seen;
+    txn.scan(db, "", [&](std::string_view k, std::string_view v) {
+      seen.push_back(std::to_string(keyU64(k)) + "=" + std::string(v));
+      return true;
+    });
+    EXPECT_EQ(seen, (std::vector<std::string>{"1=new", "2=lmdb", "4=changed", "7=later"}));
+    seen.clear();
+    txn.scan(db, key(3), [&](std::string_view k, std::string_view) {
+      seen.push_back(std::to_string(keyU64(k)));
+      return seen.size() < 2;
+    });
+    EXPECT_EQ(seen, (std::vector<std::string>{"4", "7"}));
+    EXPECT_EQ(txn.count(db), 4u);
+  }  // the stop checkpoints
+  EXPECT_EQ(env.overlayGroups(), 0u);
+  EXPECT_EQ(lmdbOnly(env, db, 4).value_or(""), "changed");
+  EXPECT_FALSE(lmdbOnly(env, db, 6).has_value());
+}
+
+TEST_F(RedoLogTest, ACheckpointFallsDueWhileTheWriterIsIdle) {
+  auto env = openEnvRecovering(path(), envOpts());
+  MDB_dbi db = env.openDb("t");
+  RedoLog::Options ro = noCheckpoints();
+  ro.checkpointEvery = std::chrono::milliseconds(20);
+  GroupCommitLog log(env, redoLog(ro));
+  log.runSync([&](lmdb::Txn& t) { t.put(db, key(1), "x"); });
+  // The checkpoint's commit, then the overlay emptied, then the counter.
+  for (int i = 0; i < 200 && log.stats().redoCheckpoints.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(lmdbOnly(env, db, 1).value_or(""), "x") << "no checkpoint within 2 s with nothing else to do";
+  EXPECT_GE(log.stats().redoCheckpoints.load(), 1u);
+  EXPECT_EQ(env.overlayGroups(), 0u);
+}
+
+TEST_F(RedoLogTest, StaleRecordsAfterARewindAreNotReplayed) {
+  RedoLog::Options every = noCheckpoints();
+  every.checkpointEvery = std::chrono::milliseconds(0);  // a checkpoint (and a rewind) after every group
+  auto first = runChild(path(), 1, 10, every, 2048, "", /*cleanStop=*/true);
+  ASSERT_EQ(first.status, 0);
+  auto second = runChild(path(), 11, 12, noCheckpoints(), 10);
+  ASSERT_TRUE(test::killedBy(second.status, SIGKILL)) << second.status;
+  ASSERT_EQ(second.durable.size(), 2u);
+
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_EQ(rec.groups, 2u) << "only the newest chain, above LMDB's checkpoint, counts";
+  auto keys = readKeys(env, 12);
+  for (int i = 1; i <= 10; ++i) EXPECT_EQ(keys[i - 1], value(i, 2048)) << "key " << i;
+  EXPECT_EQ(keys[10], value(11, 10));
+  EXPECT_EQ(keys[11], value(12, 10));
+}
+
+TEST_F(RedoLogTest, AGroupDurableInTheRedoLogOnlyIsReplayed) {
+  // The third group's record is flushed, then the process dies before its
+  // caller was told: recovery keeps it (as for an LMDB commit that
+  // returned just before a crash).
+  auto r = runChild(path(), 1, 5, noCheckpoints(), 100, "log.after_redo_durable=2+crash");
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL) || test::killedBy(r.status, SIGABRT)) << r.status;
+  ASSERT_EQ(r.durable.size(), 2u);
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_EQ(rec.groups, 3u);
+  EXPECT_EQ(readKeys(env, 3)[2], value(3, 100));
+}
+
+TEST_F(RedoLogTest, ATornLastRecordIsNotReplayed) {
+  auto r = runChild(path(), 1, 6, noCheckpoints());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  std::string file = RedoLog::path(path());
+  std::string bytes = readFile(file);
+  std::size_t off = 0, last = 0;
+  int records = 0;
+  while (off + 32 <= bytes.size()) {
+    std::uint32_t magic, len;
+    std::memcpy(&magic, bytes.data() + off, 4);
+    if (magic != 0x4F44524Bu) break;
+    std::memcpy(&len, bytes.data() + off + 24, 4);
+    last = off;
+    off += 32 + len;
+    ++records;
+  }
+  ASSERT_EQ(records, 6);
+  {
+    int fd = ::open(file.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    char c = '\x5A';
+    ASSERT_EQ(::pwrite(fd, &c, 1, off_t(last + 40)), 1);
+    ::close(fd);
+  }
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_EQ(rec.groups, 5u);
+  auto keys = readKeys(env, 6);
+  EXPECT_EQ(keys[4], value(5, 100));
+  EXPECT_EQ(keys[5], "") << "the torn record's group must not come back";
+}
+
+TEST_F(RedoLogTest, ADataFileOlderThanTheLogIsRefusedAndNothingChanges) {
+  RedoLog::Options every = noCheckpoints();
+  every.checkpointEvery = std::chrono::milliseconds(0);
+  ASSERT_EQ(runChild(path(), 1, 10, every, 100, "", true).status, 0);
+  auto r = runChild(path(), 11, 12, noCheckpoints());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  {
+    // data.mdb as if it were older: it holds groups up to 5 only.
+    lmdb::Env env(path(), envOpts());
+    MDB_dbi redo = env.openDb("redo");
+    auto t = env.beginWrite();
+    std::string five(8, '\0');
+    five[0] = 5;
+    t.put(redo, "lsn", five);
+    t.commit();
+  }
+  std::string data = readFile(path() + "/data.mdb");
+  std::string log = readFile(RedoLog::path(path()));
+  try {
+    openEnvRecovering(path(), envOpts());
+    FAIL() << "a data file older than its redo log was opened";
+  } catch (const lmdb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("older"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(readFile(path() + "/data.mdb"), data);
+  EXPECT_EQ(readFile(RedoLog::path(path())), log);
+}
+
+TEST_F(RedoLogTest, ADataFileThatNamesNoLogIsRefused) {
+  auto r = runChild(path(), 1, 2, noCheckpoints());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  fs::remove(path() + "/data.mdb");
+  fs::remove(path() + "/lock.mdb");
+  try {
+    openEnvRecovering(path(), envOpts());
+    FAIL() << "a redo log was applied to a data file that does not name it";
+  } catch (const lmdb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("names no redo log"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(RedoLogTest, AFullLogFileCheckpointsInsteadOfAppending) {
+  RedoLog::Options small = noCheckpoints();
+  small.fileBytes = 64 << 10;
+  // 20 KiB a group: the file holds three; every fourth group is made
+  // durable by a checkpoint, and the log starts over at offset 0.
+  auto r = runChild(path(), 1, 10, small, 20 << 10);
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  ASSERT_EQ(r.durable.size(), 10u);
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_LT(rec.groups, 4u);
+  auto keys = readKeys(env, 10);
+  for (int i = 1; i <= 10; ++i) EXPECT_EQ(keys[i - 1], value(i, 20 << 10)) << "key " << i;
+}
+
+TEST_F(RedoLogTest, AGroupThatFailsBeforeItsAppendLeavesNoTrace) {
+  failpoint::configure("log.before_group_commit=1+1*error");
+  auto env = openEnvRecovering(path(), envOpts());
+  MDB_dbi db = env.openDb("t");
+  auto read = [&](int k) { return env.beginRead().get(db, key(k)).value_or(""); };
+  {
+    GroupCommitLog log(env, redoLog(noCheckpoints()));
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(1), "one"); });
+    EXPECT_THROW(log.runSync([&](lmdb::Txn& t) { t.put(db, key(2), "two"); }), std::exception);
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(3), "three"); });
+    EXPECT_EQ(read(2), "");
+    EXPECT_EQ(read(3), "three");
+  }
+  failpoint::configure("");
+  EXPECT_EQ(read(1), "one");
+  EXPECT_EQ(read(2), "") << "the failed group reached LMDB through the long transaction";
+  EXPECT_EQ(read(3), "three");
+  EXPECT_EQ(lmdbOnly(env, db, 3).value_or(""), "three");
+}
+
+TEST_F(RedoLogTest, AFullMapIsCuredByACheckpointWhenThePagesTheLongTransactionFreedAreEnough) {
+  // 2 MiB map (512 pages). 400 keys of 1.5 KiB are committed; then, in redo
+  // mode with no timed checkpoint, one group deletes them all and 15 groups
+  // insert 300 new ones. The long transaction cannot reuse the pages it
+  // freed itself, so without a checkpoint the map is full at the 5th group
+  // (measured); the checkpoint a full map asks for (and the small commit
+  // after it: LMDB reuses a page two commits after the one that freed it)
+  // makes them reusable, and every group fits.
+  lmdb::EnvOptions small = envOpts();
+  small.mapSize = std::size_t(2) << 20;
+  auto env = openEnvRecovering(path(), small);
+  MDB_dbi db = env.openDb("t");
+  {
+    lmdb::Txn t = env.beginWrite();
+    for (int i = 1; i <= 400; ++i) t.put(db, key(i), value(i, 1500));
+    t.commit();
+  }
+  GroupCommitLog log(env, redoLog(noCheckpoints()));
+  log.runSync([&](lmdb::Txn& t) {
+    for (int i = 1; i <= 400; ++i) t.del(db, key(i));
+  });
+  for (int g = 0; g < 15; ++g) {
+    ASSERT_NO_THROW(log.runSync([&](lmdb::Txn& t) {
+      for (int i = 1; i <= 20; ++i) t.put(db, key(1000 + g * 20 + i), value(g * 20 + i, 1500));
+    })) << "group " << g;
+  }
+  EXPECT_GE(log.stats().redoCheckpoints.load(), 1u);
+  auto txn = env.beginRead();
+  EXPECT_EQ(txn.count(db), 300u);
+  EXPECT_EQ(txn.get(db, key(1300)).value_or(""), value(300, 1500));
+  EXPECT_FALSE(txn.get(db, key(1)).has_value());
+}
+
+TEST_F(RedoLogTest, ACleanStopLeavesNothingToReplay) {
+  ASSERT_EQ(runChild(path(), 1, 5, noCheckpoints(), 10, "", true).status, 0);
+  EXPECT_EQ(lmdbOnly(path(), 5).value_or(""), value(5, 10));
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_TRUE(rec.present);
+  EXPECT_EQ(rec.groups, 0u);
+}
+
+TEST_F(RedoLogTest, WritesOutsideTheGroupLogAreRefusedWhileItRuns) {
+  auto env = openEnvRecovering(path(), envOpts());
+  MDB_dbi db = env.openDb("t");
+  {
+    GroupCommitLog log(env, redoLog(noCheckpoints()));
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(1), "x"); });
+    EXPECT_THROW(env.beginWrite(), lmdb::Error);
+  }
+  auto t = env.beginWrite();  // the log stopped: allowed again
+  t.abort();
+}
+
+}  // namespace
+}  // namespace keel
