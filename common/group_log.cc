@@ -89,10 +89,12 @@ void GroupCommitLog::writerLoop() {
           cv_.wait(lk);
           continue;
         }
-        auto until = queue_.empty() ? redo_->checkpointDue() : queuedSince_ + opts_.lazyDelay;
-        if (checkpointWaits) until = std::min(until, redo_->checkpointDue());
+        // Nothing queued: an idle writer checkpoints sooner.
+        auto due = [&] { return queue_.empty() ? redo_->checkpointDueIdle() : redo_->checkpointDue(); };
+        auto until = queue_.empty() ? due() : queuedSince_ + opts_.lazyDelay;
+        if (checkpointWaits) until = std::min(until, due());
         if (cv_.wait_until(lk, until) == std::cv_status::timeout) {
-          if (redo_ && redo_->pending() > 0 && std::chrono::steady_clock::now() >= redo_->checkpointDue()) {
+          if (redo_ && redo_->pending() > 0 && std::chrono::steady_clock::now() >= due()) {
             lk.unlock();
             checkpoint(outer);
             lk.lock();

@@ -51,6 +51,7 @@ RedoLog::Options noCheckpoints() {
   RedoLog::Options o;
   o.fileBytes = std::uint64_t(1) << 20;
   o.checkpointEvery = std::chrono::hours(1);
+  o.checkpointIdle = std::chrono::hours(1);
   return o;
 }
 
@@ -230,8 +231,8 @@ TEST_F(RedoLogTest, ReadersSeeADurableGroupBeforeItsCheckpointAndLmdbHoldsItAfte
 TEST_F(RedoLogTest, ACheckpointFallsDueWhileTheWriterIsIdle) {
   auto env = openEnvRecovering(path(), envOpts());
   MDB_dbi db = env.openDb("t");
-  RedoLog::Options ro = noCheckpoints();
-  ro.checkpointEvery = std::chrono::milliseconds(20);
+  RedoLog::Options ro = noCheckpoints();  // none every hour under load...
+  ro.checkpointIdle = std::chrono::milliseconds(20);  // ... but 20 ms after a group when nothing is queued
   GroupCommitLog log(env, redoLog(ro));
   log.runSync([&](lmdb::Txn& t) { t.put(db, key(1), "x"); });
   // The checkpoint's commit, then the overlay emptied, then the counter.
@@ -246,6 +247,7 @@ TEST_F(RedoLogTest, ACheckpointFallsDueWhileTheWriterIsIdle) {
 TEST_F(RedoLogTest, StaleRecordsAfterARewindAreNotReplayed) {
   RedoLog::Options every = noCheckpoints();
   every.checkpointEvery = std::chrono::milliseconds(0);  // a checkpoint (and a rewind) after every group
+  every.checkpointIdle = std::chrono::milliseconds(0);
   auto first = runChild(path(), 1, 10, every, 2048, "", /*cleanStop=*/true);
   ASSERT_EQ(first.status, 0);
   auto second = runChild(path(), 11, 12, noCheckpoints(), 10);
@@ -309,6 +311,7 @@ TEST_F(RedoLogTest, ATornLastRecordIsNotReplayed) {
 TEST_F(RedoLogTest, ADataFileOlderThanTheLogIsRefusedAndNothingChanges) {
   RedoLog::Options every = noCheckpoints();
   every.checkpointEvery = std::chrono::milliseconds(0);
+  every.checkpointIdle = std::chrono::milliseconds(0);
   ASSERT_EQ(runChild(path(), 1, 10, every, 100, "", true).status, 0);
   auto r = runChild(path(), 11, 12, noCheckpoints());
   ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
