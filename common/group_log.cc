@@ -137,10 +137,7 @@ void GroupCommitLog::writerLoop() {
         inner.commit();
         applied.push_back(j.get());
       } catch (...) {
-        // The nested transaction was aborted: this job left no trace.
-        rolledBack();  // before the caller hears of it
-        j->done(std::current_exception());
-        stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+        failJob(*j, std::current_exception());
       }
     }
     try {
@@ -187,37 +184,13 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
         applied.push_back(j.get());
       } catch (const lmdb::MapFullError&) {
         if (attempt == 0 && redo_->pending() + applied.size() > 0) {
-          // The long transaction cannot reuse the pages it freed itself
-          // until it commits: make the jobs before this one durable by a
-          // checkpoint (LMDB's commit), which frees them, and try again.
           rolledBack();
-          try {
-            g.takeRedo();  // LMDB's commit makes them durable, not the redo log
-            g.commit();
-          } catch (const std::exception& e) {
-            failStop("redo log: nested commit before a checkpoint", e);
-          }
-          checkpoint(outer);
-          try {
-            // LMDB reuses a page only two commits after the one that freed
-            // it (the previous snapshot stays whole): one more, small.
-            outer = env_.beginLogWrite();
-            redo_->stamp(outer);
-            outer.commit();
-            outer = env_.beginLogWrite();
-            g = env_.beginRecordedNested(outer);
-          } catch (const std::exception& e) {
-            failStop("redo log: the commit after a checkpoint for a full map", e);
-          }
+          makeRoomByCheckpoint(outer, g);
           continue;
         }
-        rolledBack();
-        j->done(std::current_exception());
-        stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+        failJob(*j, std::current_exception());
       } catch (...) {
-        rolledBack();
-        j->done(std::current_exception());
-        stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+        failJob(*j, std::current_exception());
       }
       break;
     }
@@ -277,6 +250,33 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   stats_.groupSize->observe(jobs);
   for (Job* j : applied) j->done(nullptr);
   if (redo_->pending() > 0 && std::chrono::steady_clock::now() >= redo_->checkpointDue()) checkpoint(outer);
+}
+
+void GroupCommitLog::makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g) {
+  // The long transaction cannot reuse the pages it freed itself until it
+  // commits: the jobs of `g` so far are made durable by a checkpoint
+  // (LMDB's commit, not the redo log), and LMDB reuses a page only two
+  // commits after the one that freed it (the previous snapshot stays
+  // whole), so one more small commit follows.
+  try {
+    g.takeRedo();
+    g.commit();
+    checkpoint(outer);
+    outer = env_.beginLogWrite();
+    redo_->stamp(outer);
+    outer.commit();
+    outer = env_.beginLogWrite();
+    g = env_.beginRecordedNested(outer);
+  } catch (const std::exception& e) {
+    failStop("redo log: making room in a full map", e);
+  }
+}
+
+void GroupCommitLog::failJob(Job& j, std::exception_ptr err) noexcept {
+  // The job's nested transaction was aborted: it left no trace.
+  rolledBack();  // before the caller hears of it
+  j.done(err);
+  stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
 }
 
 void GroupCommitLog::checkpointSync() {

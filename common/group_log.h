@@ -89,7 +89,7 @@ class GroupCommitLog {
 
   // Counters; read with relaxed loads (monitoring and benchmarks).
   struct Stats {
-    std::atomic<std::uint64_t> commits{0};     // durable LMDB commits
+    std::atomic<std::uint64_t> commits{0};     // durable LMDB commits (redo mode: durable appends)
     std::atomic<std::uint64_t> jobs{0};        // jobs made durable
     std::atomic<std::uint64_t> failedJobs{0};  // jobs rolled back
     // Jobs per durable commit (the group sizes, for /metrics).
@@ -156,6 +156,11 @@ class GroupCommitLog {
                     std::chrono::steady_clock::time_point started);
   // Redo mode: commits the long transaction durably (fail-stop on error).
   void checkpoint(lmdb::Txn& outer);
+  // Redo mode, a job hit a full map: checkpoint so the pages the long
+  // transaction freed can be reused; `outer` and `g` begin anew.
+  void makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g);
+  // A job that threw: Options::onRolledBack, then its caller hears.
+  void failJob(Job& j, std::exception_ptr err) noexcept;
   [[noreturn]] static void failStop(const char* where, const std::exception& e) noexcept;
   // True on the bundling loop's thread (the first thread that called run()).
   bool onBundlingLoop();

@@ -293,8 +293,7 @@ Env::Env(const std::string& dir, const EnvOptions& opts) : readOnly_(opts.readOn
     env_ = nullptr;
     throwError("mdb_env_set", rc);
   }
-  unsigned flags = opts.readOnly ? MDB_RDONLY : 0;
-  rc = mdb_env_open(env_, dir.c_str(), flags, 0644);
+  rc = mdb_env_open(env_, dir.c_str(), opts.readOnly ? MDB_RDONLY : 0, 0644);
   if (rc != 0) {
     mdb_env_close(env_);
     env_ = nullptr;
@@ -341,11 +340,6 @@ void Env::clearOverlay() {
 std::size_t Env::overlayGroups() const {
   std::lock_guard<std::mutex> lk(overlay_->mu);
   return overlay_->current == nullptr ? 0 : overlay_->current->deltas.size();
-}
-
-const std::string& Env::dbName(MDB_dbi dbi) const {
-  static const std::string none;
-  return dbi < names_->size() ? (*names_)[dbi] : none;
 }
 
 MDB_dbi Env::dbHandle(std::string_view name) const {

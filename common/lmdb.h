@@ -185,8 +185,6 @@ class Env {
   void clearOverlay();
   // Groups published and not yet checkpointed (tests, metrics).
   std::size_t overlayGroups() const;
-  // The database name of a handle opened by openDb ("" if none).
-  const std::string& dbName(MDB_dbi dbi) const;
   // The handle of a database opened by name (kAbsentDb if none).
   MDB_dbi dbHandle(std::string_view name) const;
   // Share of the map in use, 0..1: the file's high-water mark (LMDB reuses

@@ -188,6 +188,7 @@ void RedoLog::create() {
       if (::fsync(fd) != 0) fail("fsync " + tmp, errno);
     } catch (...) {
       ::close(fd);
+      ::unlink(tmp.c_str());
       throw;
     }
     ::close(fd);
@@ -215,8 +216,6 @@ bool RedoLog::append(std::string_view ops) {
   off_ += buf_.size();
   ++lsn_;
   if (pending_++ == 0) firstPendingAt_ = std::chrono::steady_clock::now();
-  ++stats_.appends;
-  stats_.bytes += buf_.size();
   return true;
 }
 
@@ -227,7 +226,6 @@ void RedoLog::checkpointed() {
   // every one still in the file.
   off_ = 0;
   pending_ = 0;
-  ++stats_.checkpoints;
 }
 
 lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts, RedoLog::Recovered* recovered) {

@@ -69,12 +69,6 @@ class RedoLog {
     std::chrono::milliseconds checkpointIdle{10};
   };
 
-  struct Stats {
-    std::uint64_t appends = 0;      // group records made durable
-    std::uint64_t checkpoints = 0;  // durable LMDB commits behind the log
-    std::uint64_t bytes = 0;        // record bytes written
-  };
-
   // Opens (creating it zero-filled, or at the wrong size) `redo.log` in the
   // environment's directory. LMDB must hold every group of an earlier run
   // (openEnvRecovering ran); the first record goes at offset 0. Before the
@@ -103,7 +97,6 @@ class RedoLog {
   void stamp(lmdb::Txn& txn);
   // After the checkpoint's commit returned: LMDB holds every record.
   void checkpointed();
-  const Stats& stats() const { return stats_; }
 
   static std::string path(const std::string& dir);
 
@@ -129,7 +122,6 @@ class RedoLog {
   std::uint64_t pending_ = 0;
   std::chrono::steady_clock::time_point firstPendingAt_;
   std::string buf_;
-  Stats stats_;
 };
 
 // Opens the LMDB environment in `dir`, first applying what a redo log there

@@ -244,6 +244,28 @@ TEST_F(RedoLogTest, ACheckpointFallsDueWhileTheWriterIsIdle) {
   EXPECT_EQ(env.overlayGroups(), 0u);
 }
 
+TEST_F(RedoLogTest, CheckpointSyncLeavesEveryGroupInLmdbForACopy) {
+  // What a hot backup calls before copying data.mdb (common/backup.h).
+  auto env = openEnvRecovering(path(), envOpts());
+  MDB_dbi db = env.openDb("t");
+  GroupCommitLog log(env, redoLog(noCheckpoints()));
+  for (int i = 1; i <= 3; ++i) log.runSync([&](lmdb::Txn& t) { t.put(db, key(i), value(i, 10)); });
+  ASSERT_FALSE(lmdbOnly(env, db, 3).has_value()) << "checkpointed already: nothing to show";
+  log.checkpointSync();
+  for (int i = 1; i <= 3; ++i) EXPECT_EQ(lmdbOnly(env, db, i).value_or(""), value(i, 10)) << "key " << i;
+  EXPECT_EQ(env.overlayGroups(), 0u);
+  EXPECT_EQ(log.stats().redoCheckpoints.load(), 1u);
+}
+
+TEST(RedoOff, CheckpointSyncDoesNothingWithoutARedoLog) {
+  test::TempDir dir;
+  lmdb::Env env(dir.path(), envOpts());
+  GroupCommitLog log(env);
+  log.checkpointSync();
+  EXPECT_EQ(log.stats().commits.load(), 0u);
+  EXPECT_EQ(log.stats().redoCheckpoints.load(), 0u);
+}
+
 TEST_F(RedoLogTest, StaleRecordsAfterARewindAreNotReplayed) {
   RedoLog::Options every = noCheckpoints();
   every.checkpointEvery = std::chrono::milliseconds(0);  // a checkpoint (and a rewind) after every group
