@@ -58,8 +58,10 @@ __attribute__((target("sse4.2"))) std::uint32_t crc32cHw(std::uint32_t c, std::s
 
 }  // namespace
 
-std::uint32_t crc32c(std::string_view data) {
-  std::uint32_t c = 0xFFFFFFFFu;
+std::uint32_t crc32c(std::string_view data) { return crc32c(0, data); }
+
+std::uint32_t crc32c(std::uint32_t crc, std::string_view data) {
+  std::uint32_t c = crc ^ 0xFFFFFFFFu;
 #if defined(__x86_64__)
   static const bool hw = __builtin_cpu_supports("sse4.2");
   c = hw ? crc32cHw(c, data) : crc32cTable(c, data);

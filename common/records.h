@@ -224,7 +224,11 @@ std::string toJson(const AuditRecord& r);
 std::string toText(const InteractionRecord& r);
 std::string toText(const RollbackRecord& r);
 
+// CRC-32C (Castagnoli) of `data`; the second form continues from `crc`
+// (the first's result, or 0 to start), so crc32c(crc32c(a), b) ==
+// crc32c(a + b). SSE4.2's crc32 instruction where the CPU has it.
 std::uint32_t crc32c(std::string_view data);
+std::uint32_t crc32c(std::uint32_t crc, std::string_view data);
 // The inside of a JSON string: quotes, backslashes and control characters
 // escaped, and each byte that is not part of a UTF-8 character replaced by
 // \ufffd, so the result is valid JSON whatever `s` holds (a client's

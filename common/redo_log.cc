@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/records.h"
 
 namespace keel {
 
@@ -46,16 +47,6 @@ std::uint64_t readU64(const lmdb::Txn& txn, MDB_dbi db, const char* key) {
     throw lmdb::Error(std::string("redo log: database 'redo' key '") + key + "' is not 8 bytes", EINVAL);
   }
   return load<std::uint64_t>(v->data());
-}
-
-std::array<std::uint32_t, 256> makeTable() {
-  std::array<std::uint32_t, 256> t{};
-  for (std::uint32_t i = 0; i < 256; ++i) {
-    std::uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    t[i] = c;
-  }
-  return t;
 }
 
 [[noreturn]] void fail(const std::string& what, int err) {
@@ -133,13 +124,6 @@ std::vector<Record> scanChain(const std::string& path, std::uint64_t id) {
 }
 
 }  // namespace
-
-std::uint32_t crc32c(std::uint32_t crc, std::string_view data) {
-  static const auto table = makeTable();
-  crc = ~crc;
-  for (unsigned char c : data) crc = table[(crc ^ c) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
 
 std::string RedoLog::path(const std::string& dir) { return dir + "/redo.log"; }
 

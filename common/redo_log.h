@@ -133,7 +133,4 @@ class RedoLog {
 lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts,
                             RedoLog::Recovered* recovered = nullptr);
 
-// CRC-32C (Castagnoli) of `data`, continuing from `crc` (0 to start).
-std::uint32_t crc32c(std::uint32_t crc, std::string_view data);
-
 }  // namespace keel

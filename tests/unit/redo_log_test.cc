@@ -4,6 +4,7 @@
 // older data file and a full log file are each handled as the header says.
 
 #include "common/redo_log.h"
+#include "common/records.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
