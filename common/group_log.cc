@@ -286,6 +286,7 @@ void GroupCommitLog::checkpointSync() {
 
 void GroupCommitLog::checkpoint(lmdb::Txn& outer) {
   if (!outer) return;
+  auto started = std::chrono::steady_clock::now();
   try {
     redo_->stamp(outer);
     outer.commit();  // durable: LMDB now holds every group of the redo log
@@ -295,6 +296,8 @@ void GroupCommitLog::checkpoint(lmdb::Txn& outer) {
   env_.clearOverlay();
   redo_->checkpointed();
   stats_.redoCheckpoints.fetch_add(1, std::memory_order_relaxed);
+  stats_.checkpointLatency->observe(std::uint64_t(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count()));
 }
 
 void GroupCommitLog::rolledBack() noexcept {

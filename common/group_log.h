@@ -97,6 +97,10 @@ class GroupCommitLog {
     // Writer thread: first job taken -> the commit's fsync returned.
     std::unique_ptr<Histogram> commitLatency = Histogram::latency();
     std::atomic<std::uint64_t> redoCheckpoints{0};  // redo mode: durable LMDB commits behind the redo log
+    // Redo mode: one checkpoint (LMDB's durable commit of the long
+    // transaction), during which the writer takes no group: the stall a
+    // job queued meanwhile waits out.
+    std::unique_ptr<Histogram> checkpointLatency = Histogram::latency();
   };
 
   GroupCommitLog(lmdb::Env& env, Options opts);

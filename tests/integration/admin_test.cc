@@ -131,6 +131,8 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
   EXPECT_GE(sampleOf(m.body, "keel_wal_commits_total"), 1);
   EXPECT_GE(sampleOf(m.body, "keel_wal_group_size_count"), 1);
   EXPECT_GT(sampleOf(m.body, "keel_wal_map_bytes"), 0);
+  EXPECT_EQ(sampleOf(m.body, "keel_wal_checkpoints_total"), 0);  // not in redo mode: no checkpoints
+  EXPECT_EQ(sampleOf(m.body, "keel_wal_checkpoint_seconds_count"), 0);
   EXPECT_EQ(sampleOf(m.body, "keel_recovery_sweep_done"), 1);
   // No per-interaction label anywhere; every sample line well formed.
   EXPECT_EQ(m.body.find("seq="), std::string::npos);
@@ -156,7 +158,42 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
   EXPECT_EQ(sampleOf(a.body, "keel_agent_branch_outcomes_total{call=\"one_phase\",outcome=\"committed\"}"), 1);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_branches{state=\"prepared\"}"), 0);
   EXPECT_GE(sampleOf(a.body, "keel_agent_log_commits_total"), 1);
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_log_checkpoints_total"), 0);
+  EXPECT_EQ(sampleOf(a.body, "keel_agent_log_checkpoint_seconds_count"), 0);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_host_up"), 1);
+}
+
+// Redo mode (docs/operations.md, "Redo log"): every checkpoint is counted
+// and timed on both admin planes, the stall a queued job can meet.
+class RedoAdminTest : public AdminTest {
+ protected:
+  ClusterOptions clusterOptions() override {
+    auto o = AdminTest::clusterOptions();
+    o.coordinatorExtraToml += "redo = true\n";
+    o.agentExtraArgs.push_back("--redo");
+    return o;
+  }
+};
+
+TEST_F(RedoAdminTest, CheckpointsAreCountedAndTimedOnBothAdminPlanes) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  for (int i = 0; i < 3; ++i) {
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+    ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  }
+  // A checkpoint falls due 10 ms after a group when the writer is idle;
+  // once the writers are quiet every one counted has also been timed.
+  HttpAnswer m, a;
+  EXPECT_TRUE(eventually([&] {
+    m = get(coordPort_, "/metrics");
+    a = get(agentPort_, "/metrics");
+    double c = sampleOf(m.body, "keel_wal_checkpoints_total"), ac = sampleOf(a.body, "keel_agent_log_checkpoints_total");
+    return c >= 1 && ac >= 1 && sampleOf(m.body, "keel_wal_checkpoint_seconds_count") == c &&
+           sampleOf(a.body, "keel_agent_log_checkpoint_seconds_count") == ac;
+  })) << m.body << a.body;
+  EXPECT_GT(sampleOf(m.body, "keel_wal_checkpoint_seconds_sum"), 0);
+  EXPECT_GT(sampleOf(a.body, "keel_agent_log_checkpoint_seconds_sum"), 0);
 }
 
 TEST_F(AdminTest, AParticipantThatStoppedAnsweringShowsDown) {

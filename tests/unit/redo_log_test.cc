@@ -256,6 +256,7 @@ TEST_F(RedoLogTest, CheckpointSyncLeavesEveryGroupInLmdbForACopy) {
   for (int i = 1; i <= 3; ++i) EXPECT_EQ(lmdbOnly(env, db, i).value_or(""), value(i, 10)) << "key " << i;
   EXPECT_EQ(env.overlayGroups(), 0u);
   EXPECT_EQ(log.stats().redoCheckpoints.load(), 1u);
+  EXPECT_EQ(log.stats().checkpointLatency->snapshot().count, 1u);  // what /metrics shows as the stall
 }
 
 TEST(RedoOff, CheckpointSyncDoesNothingWithoutARedoLog) {
@@ -265,6 +266,7 @@ TEST(RedoOff, CheckpointSyncDoesNothingWithoutARedoLog) {
   log.checkpointSync();
   EXPECT_EQ(log.stats().commits.load(), 0u);
   EXPECT_EQ(log.stats().redoCheckpoints.load(), 0u);
+  EXPECT_EQ(log.stats().checkpointLatency->snapshot().count, 0u);
 }
 
 TEST_F(RedoLogTest, StaleRecordsAfterARewindAreNotReplayed) {
