@@ -212,7 +212,7 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   std::shared_ptr<const lmdb::Delta> delta;
   try {
     if (!ops.empty()) {
-      delta = lmdb::toDelta(env_, lmdb::decodeRedoOps(ops));
+      delta = lmdb::toDelta(env_, ops);
       durable = redo_->append(ops);  // durability point for every job in `applied`
     }
   } catch (const std::exception& e) {

@@ -21,8 +21,10 @@ Txn& Txn::operator=(Txn&& o) noexcept {
     abort();
     txn_ = o.txn_;
     names_ = o.names_;
-    parent_ = o.parent_;
-    redo_ = std::move(o.redo_);
+    ownRedo_ = std::move(o.ownRedo_);
+    redo_ = o.redo_;
+    redoMark_ = o.redoMark_;
+    o.redo_ = nullptr;
     overlay_ = std::move(o.overlay_);
     o.txn_ = nullptr;
   }
@@ -34,11 +36,11 @@ void Txn::commit() {
   txn_ = nullptr;  // mdb_txn_commit frees the handle even on failure
   int rc = mdb_txn_commit(t);
   if (rc != 0) {
-    redo_.reset();
+    dropRedo();  // LMDB dropped its changes
     throwError("mdb_txn_commit", rc);
   }
-  if (parent_ != nullptr && redo_ != nullptr && parent_->redo_ != nullptr) parent_->redo_->append(*redo_);
-  redo_.reset();
+  redo_ = nullptr;  // its bytes stay in the buffer: the parent's now
+  ownRedo_.reset();
 }
 
 void Txn::abort() noexcept {
@@ -46,14 +48,21 @@ void Txn::abort() noexcept {
     mdb_txn_abort(txn_);
     txn_ = nullptr;
   }
-  redo_.reset();  // what it wrote is gone, and so is its record of it
+  dropRedo();  // what it wrote is gone, and so is its record of it
   overlay_.reset();
+}
+
+void Txn::dropRedo() noexcept {
+  if (redo_ != nullptr && redo_->size() > redoMark_) redo_->resize(redoMark_);
+  redo_ = nullptr;
+  ownRedo_.reset();
 }
 
 std::string Txn::takeRedo() {
   if (redo_ == nullptr) return {};
   std::string out;
   out.swap(*redo_);
+  redoMark_ = 0;
   return out;
 }
 
@@ -88,8 +97,12 @@ void Txn::record(char op, MDB_dbi dbi, std::string_view key, std::string_view va
   }
 }
 
-std::vector<RedoOp> decodeRedoOps(std::string_view b) {
-  std::vector<RedoOp> ops;
+namespace {
+
+// Calls fn(put, db, key, value) for each write Txn::record encoded, in
+// order; the views point into `b`. Throws Error on malformed input.
+template <typename Fn>
+void forEachRedoOp(std::string_view b, Fn&& fn) {
   std::size_t i = 0;
   auto need = [&](std::size_t n) {
     if (b.size() - i < n) throw Error("redo: truncated write record at byte " + std::to_string(i), EINVAL);
@@ -101,43 +114,55 @@ std::vector<RedoOp> decodeRedoOps(std::string_view b) {
     i += 4;
     return v;
   };
+  auto bytes = [&](std::size_t n) {
+    need(n);
+    std::string_view v = b.substr(i, n);
+    i += n;
+    return v;
+  };
   while (i < b.size()) {
-    RedoOp op;
     char kind = b[i++];
     if (kind != 'P' && kind != 'D') throw Error("redo: unknown write kind at byte " + std::to_string(i - 1), EINVAL);
-    op.put = kind == 'P';
+    bool put = kind == 'P';
     need(1);
-    std::size_t n = std::uint8_t(b[i++]);
-    need(n);
-    op.db.assign(b.data() + i, n);
-    i += n;
-    std::uint32_t k = u32();
-    need(k);
-    op.key.assign(b.data() + i, k);
-    i += k;
-    if (op.put) {
-      std::uint32_t v = u32();
-      need(v);
-      op.value.assign(b.data() + i, v);
-      i += v;
-    }
-    ops.push_back(std::move(op));
+    std::string_view db = bytes(std::uint8_t(b[i++]));
+    std::string_view key = bytes(u32());
+    std::string_view value = put ? bytes(u32()) : std::string_view();
+    fn(put, db, key, value);
   }
+}
+
+}  // namespace
+
+std::vector<RedoOp> decodeRedoOps(std::string_view b) {
+  std::vector<RedoOp> ops;
+  forEachRedoOp(b, [&](bool put, std::string_view db, std::string_view key, std::string_view value) {
+    ops.push_back(RedoOp{put, std::string(db), std::string(key), std::string(value)});
+  });
   return ops;
 }
 
-std::shared_ptr<const Delta> toDelta(const Env& env, const std::vector<RedoOp>& ops) {
+std::shared_ptr<const Delta> toDelta(const Env& env, std::string_view b) {
   auto d = std::make_shared<Delta>();
-  for (const auto& op : ops) {
-    MDB_dbi dbi = env.dbHandle(op.db);
-    if (dbi == kAbsentDb) throw Error("redo: a write to database '" + op.db + "', which is not open", EINVAL);
-    auto& m = d->dbs[dbi];
-    if (op.put) {
-      m.insert_or_assign(op.key, op.value);
-    } else {
-      m.insert_or_assign(op.key, std::nullopt);
+  std::string_view lastDb;
+  std::map<std::string, std::optional<std::string>, std::less<>>* m = nullptr;
+  forEachRedoOp(b, [&](bool put, std::string_view db, std::string_view key, std::string_view value) {
+    if (m == nullptr || db != lastDb) {  // runs of writes to one database are the rule
+      MDB_dbi dbi = env.dbHandle(db);
+      if (dbi == kAbsentDb) {
+        throw Error("redo: a write to database '" + std::string(db) + "', which is not open", EINVAL);
+      }
+      m = &d->dbs[dbi];
+      lastDb = db;
     }
-  }
+    auto it = m->find(key);
+    if (it == m->end()) it = m->emplace(std::string(key), std::nullopt).first;
+    if (put) {
+      it->second.emplace(value);
+    } else {
+      it->second.reset();
+    }
+  });
   return d;
 }
 
@@ -371,8 +396,8 @@ Txn Env::beginNested(Txn& parent) {
   Txn n(t);
   if (parent.recording()) {
     n.names_ = names_.get();
-    n.parent_ = &parent;
-    n.redo_ = std::make_unique<std::string>();
+    n.redo_ = parent.redo_;
+    n.redoMark_ = parent.redo_->size();
   }
   return n;
 }
@@ -383,7 +408,8 @@ Txn Env::beginRecordedNested(Txn& parent) {
   if (rc != 0) throwError("mdb_txn_begin(nested, recorded)", rc);
   Txn n(t);
   n.names_ = names_.get();
-  n.redo_ = std::make_unique<std::string>();
+  n.ownRedo_ = std::make_unique<std::string>();
+  n.redo_ = n.ownRedo_.get();
   return n;
 }
 

@@ -57,16 +57,23 @@ class Txn {
  public:
   Txn() = default;
   Txn(Txn&& o) noexcept
-      : txn_(o.txn_), names_(o.names_), parent_(o.parent_), redo_(std::move(o.redo_)), overlay_(std::move(o.overlay_)) {
+      : txn_(o.txn_),
+        names_(o.names_),
+        ownRedo_(std::move(o.ownRedo_)),
+        redo_(o.redo_),
+        redoMark_(o.redoMark_),
+        overlay_(std::move(o.overlay_)) {
     o.txn_ = nullptr;
+    o.redo_ = nullptr;
   }
   Txn& operator=(Txn&& o) noexcept;
   Txn(const Txn&) = delete;
   Txn& operator=(const Txn&) = delete;
   ~Txn() { abort(); }  // a transaction not committed is aborted
 
-  // A nested transaction that records its writes hands them to its parent
-  // here; one that is aborted drops them with its changes.
+  // A nested transaction that records its writes leaves them to its parent
+  // here; one that is aborted (or whose commit fails) drops them with its
+  // changes.
   void commit();
   void abort() noexcept;
   MDB_txn* raw() const { return txn_; }
@@ -93,12 +100,20 @@ class Txn {
   friend class Env;
   explicit Txn(MDB_txn* t) : txn_(t) {}
   void record(char op, MDB_dbi dbi, std::string_view key, std::string_view value);
+  void dropRedo() noexcept;  // cuts the buffer back to redoMark_ and stops recording
   // Reads through the overlay (a read transaction of an Env with one).
   std::optional<std::optional<std::string>> overlayGet(MDB_dbi dbi, std::string_view key) const;
   MDB_txn* txn_ = nullptr;
   const std::vector<std::string>* names_ = nullptr;  // the Env's database names, by handle
-  Txn* parent_ = nullptr;                            // a recording nested transaction's parent
-  std::unique_ptr<std::string> redo_;                // recorded writes, if recording
+  // Recording: one buffer per recorded transaction (ownRedo_, held by the
+  // one Env::beginRecordedNested made), shared by the transactions nested
+  // in it. They run one at a time, innermost first (LMDB's rule), so each
+  // appends to the end; one that aborts cuts the buffer back to where it
+  // began (redoMark_), and a commit leaves its bytes to its parent as they
+  // are: no copy per level, no buffer per nested transaction.
+  std::unique_ptr<std::string> ownRedo_;
+  std::string* redo_ = nullptr;  // the buffer this transaction records into; null if it does not
+  std::size_t redoMark_ = 0;     // the buffer's size when this transaction began
   std::shared_ptr<const Overlay> overlay_;    // a read transaction's view of the overlay
 };
 
@@ -121,9 +136,9 @@ struct RedoOp {
 // Decodes what Txn::takeRedo returned. Throws Error on malformed input.
 std::vector<RedoOp> decodeRedoOps(std::string_view bytes);
 class Env;
-// The same writes as an overlay delta (databases by the Env's handles;
-// one the Env has not opened by name is refused).
-std::shared_ptr<const Delta> toDelta(const Env& env, const std::vector<RedoOp>& ops);
+// The same writes, decoded straight into an overlay delta (databases by
+// the Env's handles; one the Env has not opened by name is refused).
+std::shared_ptr<const Delta> toDelta(const Env& env, std::string_view bytes);
 // Applies recorded writes in `txn` (databases opened, or created, by name).
 void applyRedoOps(Txn& txn, const std::vector<RedoOp>& ops);
 

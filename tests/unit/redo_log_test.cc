@@ -165,6 +165,61 @@ TEST(RedoRecording, ANestedTransactionHandsItsWritesUpOnCommitAndDropsThemOnAbor
   EXPECT_THROW(lmdb::decodeRedoOps("Z"), lmdb::Error);                         // unknown kind
 }
 
+// Three levels, as the group log nests them (group, bundle, item, and a
+// job's own): a grandchild committed into a child that then aborts leaves
+// nothing; one committed into a child that commits stays, in order, after
+// writes its parent made before it began. The delta a reader gets says the
+// same, a later write to a key winning.
+TEST(RedoRecording, AnAbortedLevelDropsWhatItsCommittedChildrenWroteAndTheDeltaAgrees) {
+  test::TempDir dir;
+  lmdb::Env env(dir.path(), envOpts());
+  MDB_dbi a = env.openDb("a");
+  MDB_dbi b = env.openDb("b");
+  auto top = env.beginWrite();
+  auto g = env.beginRecordedNested(top);
+  g.put(a, "first", "1");
+  {
+    auto child = env.beginNested(g);
+    child.put(a, "child", "c");
+    {
+      auto grandchild = env.beginNested(child);
+      grandchild.put(b, "gone", "g");
+      grandchild.commit();
+    }
+    child.abort();
+  }
+  {
+    auto child = env.beginNested(g);
+    child.put(b, "kept", "k");
+    {
+      auto grandchild = env.beginNested(child);
+      grandchild.put(b, "deep", "d");
+      grandchild.put(a, "first", "2");  // overwrites g's own write
+      grandchild.commit();
+    }
+    {
+      auto failed = env.beginNested(child);
+      failed.put(b, "kept", "lost");
+    }  // destroyed uncommitted: aborted
+    child.commit();
+  }
+  std::string bytes = g.takeRedo();
+  auto ops = lmdb::decodeRedoOps(bytes);
+  std::vector<std::string> keys;
+  for (const auto& op : ops) keys.push_back(op.db + "/" + op.key + "=" + op.value);
+  EXPECT_EQ(keys, (std::vector<std::string>{"a/first=1", "b/kept=k", "b/deep=d", "a/first=2"}));
+
+  auto delta = lmdb::toDelta(env, bytes);
+  ASSERT_EQ(delta->dbs.size(), 2u);
+  EXPECT_EQ(delta->dbs.at(a).at("first"), std::optional<std::string>("2"));
+  EXPECT_EQ(delta->dbs.at(a).count("child"), 0u);
+  EXPECT_EQ(delta->dbs.at(b).at("kept"), std::optional<std::string>("k"));
+  EXPECT_EQ(delta->dbs.at(b).count("gone"), 0u);
+  EXPECT_EQ(delta->dbs.at(b).size(), 2u);
+  g.abort();
+  top.abort();
+}
+
 TEST(RedoRecording, Crc32cMatchesTheStandardCheckValue) {
   EXPECT_EQ(crc32c(0, "123456789"), 0xE3069283u);  // RFC 3720's check value
   EXPECT_EQ(crc32c(crc32c(0, "1234"), "56789"), 0xE3069283u);
