@@ -295,7 +295,6 @@ void GroupCommitLog::checkpoint(lmdb::Txn& outer) {
   }
   env_.clearOverlay();
   redo_->checkpointed();
-  stats_.redoCheckpoints.fetch_add(1, std::memory_order_relaxed);
   stats_.checkpointLatency->observe(std::uint64_t(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count()));
 }

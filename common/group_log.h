@@ -96,10 +96,9 @@ class GroupCommitLog {
     std::unique_ptr<Histogram> groupSize = Histogram::sizes();
     // Writer thread: first job taken -> the commit's fsync returned.
     std::unique_ptr<Histogram> commitLatency = Histogram::latency();
-    std::atomic<std::uint64_t> redoCheckpoints{0};  // redo mode: durable LMDB commits behind the redo log
-    // Redo mode: one checkpoint (LMDB's durable commit of the long
-    // transaction), during which the writer takes no group: the stall a
-    // job queued meanwhile waits out.
+    // Redo mode: each checkpoint (LMDB's durable commit of the long
+    // transaction; its count is the number of checkpoints), during which
+    // the writer takes no group: the stall a job queued meanwhile waits out.
     std::unique_ptr<Histogram> checkpointLatency = Histogram::latency();
   };
 

@@ -60,9 +60,15 @@ void Txn::dropRedo() noexcept {
 
 std::string Txn::takeRedo() {
   if (redo_ == nullptr) return {};
+  // Only this transaction's bytes (and its committed children's): the
+  // recorded root's whole buffer, or, nested, what follows its mark.
   std::string out;
-  out.swap(*redo_);
-  redoMark_ = 0;
+  if (redoMark_ == 0) {
+    out.swap(*redo_);
+  } else {
+    out = redo_->substr(redoMark_);
+    redo_->resize(redoMark_);
+  }
   return out;
 }
 

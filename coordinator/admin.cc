@@ -127,10 +127,8 @@ std::string renderCoordinatorMetrics(const CoordinatorMetrics& m, const Coordina
   t.histogram(*wal.groupSize);
   t.family("keel_wal_commit_seconds", "histogram", "One group commit on the writer thread, fsync included.");
   t.histogram(*wal.commitLatency);
-  t.family("keel_wal_checkpoints_total", "counter",
-           "Redo mode: checkpoints (LMDB's durable commit behind redo.log); 0 without redo mode.");
-  t.sample(double(wal.redoCheckpoints.load(std::memory_order_relaxed)));
-  t.family("keel_wal_checkpoint_seconds", "histogram", "Redo mode: one checkpoint; the writer takes no group meanwhile.");
+  t.family("keel_wal_checkpoint_seconds", "histogram",
+           "Redo mode: one checkpoint (LMDB's durable commit behind redo.log); the writer takes no group meanwhile.");
   t.histogram(*wal.checkpointLatency);
   t.family("keel_wal_map_bytes", "gauge", "The hot WAL's LMDB map size (map_size_mb).");
   t.sample(double(g.walMapBytes));

@@ -68,11 +68,8 @@ std::string renderAgentMetrics(const std::string& name, const AgentMetrics& m, c
   t.histogram(*log.groupSize);
   t.family("keel_agent_log_commit_seconds", "histogram", "One group commit on the writer thread, fsync included.");
   t.histogram(*log.commitLatency);
-  t.family("keel_agent_log_checkpoints_total", "counter",
-           "Redo mode: checkpoints (LMDB's durable commit behind redo.log); 0 without redo mode.");
-  t.sample(double(log.redoCheckpoints.load(std::memory_order_relaxed)));
   t.family("keel_agent_log_checkpoint_seconds", "histogram",
-           "Redo mode: one checkpoint; the writer takes no group meanwhile.");
+           "Redo mode: one checkpoint (LMDB's durable commit behind redo.log); the writer takes no group meanwhile.");
   t.histogram(*log.checkpointLatency);
   t.family("keel_agent_log_map_bytes", "gauge", "The branch log's LMDB map size (map_size_mb).");
   t.sample(double(g.mapBytes));

@@ -131,8 +131,7 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
   EXPECT_GE(sampleOf(m.body, "keel_wal_commits_total"), 1);
   EXPECT_GE(sampleOf(m.body, "keel_wal_group_size_count"), 1);
   EXPECT_GT(sampleOf(m.body, "keel_wal_map_bytes"), 0);
-  EXPECT_EQ(sampleOf(m.body, "keel_wal_checkpoints_total"), 0);  // not in redo mode: no checkpoints
-  EXPECT_EQ(sampleOf(m.body, "keel_wal_checkpoint_seconds_count"), 0);
+  EXPECT_EQ(sampleOf(m.body, "keel_wal_checkpoint_seconds_count"), 0);  // not in redo mode: no checkpoints
   EXPECT_EQ(sampleOf(m.body, "keel_recovery_sweep_done"), 1);
   // No per-interaction label anywhere; every sample line well formed.
   EXPECT_EQ(m.body.find("seq="), std::string::npos);
@@ -158,7 +157,6 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
   EXPECT_EQ(sampleOf(a.body, "keel_agent_branch_outcomes_total{call=\"one_phase\",outcome=\"committed\"}"), 1);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_branches{state=\"prepared\"}"), 0);
   EXPECT_GE(sampleOf(a.body, "keel_agent_log_commits_total"), 1);
-  EXPECT_EQ(sampleOf(a.body, "keel_agent_log_checkpoints_total"), 0);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_log_checkpoint_seconds_count"), 0);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_host_up"), 1);
 }
@@ -182,15 +180,13 @@ TEST_F(RedoAdminTest, CheckpointsAreCountedAndTimedOnBothAdminPlanes) {
     auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
     ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
   }
-  // A checkpoint falls due 10 ms after a group when the writer is idle;
-  // once the writers are quiet every one counted has also been timed.
+  // A checkpoint falls due 10 ms after a group when the writer is idle.
   HttpAnswer m, a;
   EXPECT_TRUE(eventually([&] {
     m = get(coordPort_, "/metrics");
     a = get(agentPort_, "/metrics");
-    double c = sampleOf(m.body, "keel_wal_checkpoints_total"), ac = sampleOf(a.body, "keel_agent_log_checkpoints_total");
-    return c >= 1 && ac >= 1 && sampleOf(m.body, "keel_wal_checkpoint_seconds_count") == c &&
-           sampleOf(a.body, "keel_agent_log_checkpoint_seconds_count") == ac;
+    return sampleOf(m.body, "keel_wal_checkpoint_seconds_count") >= 1 &&
+           sampleOf(a.body, "keel_agent_log_checkpoint_seconds_count") >= 1;
   })) << m.body << a.body;
   EXPECT_GT(sampleOf(m.body, "keel_wal_checkpoint_seconds_sum"), 0);
   EXPECT_GT(sampleOf(a.body, "keel_agent_log_checkpoint_seconds_sum"), 0);
