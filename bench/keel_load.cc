@@ -120,6 +120,7 @@ class ClientThread final : public LoadClient {
 
 struct LogSnapshot {
   std::uint64_t coordCommits = 0, coordJobs = 0;
+  std::uint64_t coordCheckpoints = 0, coordCheckpointMicros = 0;
   std::uint64_t etcdTxns = 0, etcdDecisions = 0;
   bool clustered = false;
   std::vector<AgentLogCommits> agents;
@@ -138,12 +139,15 @@ LogSnapshot readLogCounters(kj::AsyncIoContext& io, std::vector<kj::Own<KeelClie
   for (auto& i : is) {
     s.coordCommits += i.logCommits;
     s.coordJobs += i.logJobs;
+    s.coordCheckpoints += i.logCheckpoints;
+    s.coordCheckpointMicros += i.logCheckpointMicros;
     s.etcdTxns += i.etcdTxns;
     s.etcdDecisions += i.etcdDecisions;
     s.clustered = s.clustered || i.clustered;
   }
   for (std::size_t k = 0; k < agents.size(); ++k) {
-    s.agents.push_back(AgentLogCommits{agents[k].first, snaps[k].logCommits, snaps[k].logJobs});
+    s.agents.push_back(AgentLogCommits{agents[k].first, snaps[k].logCommits, snaps[k].logJobs,
+                                       snaps[k].logCheckpoints, snaps[k].logCheckpointMicros});
   }
   return s;
 }
@@ -197,12 +201,15 @@ RunResult runKeelLoad(kj::AsyncIoContext& io, const Deployment& d, const Workloa
   r.haveLogCounters = true;
   r.coordinatorLogCommits = after.coordCommits - before.coordCommits;
   r.coordinatorLogJobs = after.coordJobs - before.coordJobs;
+  r.coordinatorCheckpoints = after.coordCheckpoints - before.coordCheckpoints;
+  r.coordinatorCheckpointMicros = after.coordCheckpointMicros - before.coordCheckpointMicros;
   r.clustered = after.clustered;
   r.etcdTxns = after.etcdTxns - before.etcdTxns;
   r.etcdDecisions = after.etcdDecisions - before.etcdDecisions;
   for (std::size_t k = 0; k < after.agents.size(); ++k) {
-    r.agentLog.push_back(AgentLogCommits{after.agents[k].name, after.agents[k].commits - before.agents[k].commits,
-                                         after.agents[k].jobs - before.agents[k].jobs});
+    const auto &a = after.agents[k], &b = before.agents[k];
+    r.agentLog.push_back(AgentLogCommits{a.name, a.commits - b.commits, a.jobs - b.jobs,
+                                         a.checkpoints - b.checkpoints, a.checkpointMicros - b.checkpointMicros});
   }
   return r;
 }

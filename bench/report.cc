@@ -163,6 +163,21 @@ void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
     JsonObject per;
     for (auto& a : r.agentLog) per.add(a.name, r.agentCommitsPerInteraction(a));
     j.addRaw(p + "agent_log_commits_per_interaction_by_agent", per.str());
+    if (r.anyCheckpoints()) {
+      // Redo mode: per process, checkpoints a second, their mean length and
+      // the share of the window its writer stood still for them.
+      JsonObject ck;
+      auto one = [&](const std::string& name, std::uint64_t n, std::uint64_t us) {
+        ck.addRaw(name, JsonObject()
+                            .add("per_s", r.seconds > 0 ? double(n) / r.seconds : 0.0)
+                            .add("mean_us", n ? double(us) / double(n) : 0.0)
+                            .add("stalled_fraction", r.seconds > 0 ? double(us) / (r.seconds * 1e6) : 0.0)
+                            .str());
+      };
+      one("coordinator", r.coordinatorCheckpoints, r.coordinatorCheckpointMicros);
+      for (auto& a : r.agentLog) one(a.name, a.checkpoints, a.checkpointMicros);
+      j.addRaw(p + "redo_checkpoints", ck.str());
+    }
   }
   if (r.clustered) {
     j.add(p + "coordinators", r.coordinators)
@@ -232,6 +247,17 @@ void printRun(std::FILE* out, const RunResult& r, const RunContext& c) {
                  (unsigned long long)r.coordinatorLogJobs);
     for (auto& a : r.agentLog) std::fprintf(out, "  %s %.3f", a.name.c_str(), r.agentCommitsPerInteraction(a));
     std::fprintf(out, "\n");
+    if (r.anyCheckpoints()) {
+      auto one = [&](const std::string& name, std::uint64_t n, std::uint64_t us) {
+        std::fprintf(out, "  %s %.0f/s, mean %.2f ms (%.1f %% of the window)", name.c_str(),
+                     r.seconds > 0 ? double(n) / r.seconds : 0.0, n ? double(us) / double(n) / 1000 : 0.0,
+                     r.seconds > 0 ? 100.0 * double(us) / (r.seconds * 1e6) : 0.0);
+      };
+      std::fprintf(out, "  redo checkpoints (the log's writer takes no group meanwhile):");
+      one("coordinator", r.coordinatorCheckpoints, r.coordinatorCheckpointMicros);
+      for (auto& a : r.agentLog) one(a.name, a.checkpoints, a.checkpointMicros);
+      std::fprintf(out, "\n");
+    }
   }
   if (r.clustered) {
     std::fprintf(out,

@@ -58,6 +58,14 @@ double RunResult::agentCommitsPerInteraction(const AgentLogCommits& a) const {
   return interactions() ? double(a.commits) / double(interactions()) : 0;
 }
 
+bool RunResult::anyCheckpoints() const {
+  if (coordinatorCheckpoints > 0) return true;
+  for (auto& a : agentLog) {
+    if (a.checkpoints > 0) return true;
+  }
+  return false;
+}
+
 double RunResult::maxAgentCommitsPerInteraction() const {
   double m = 0;
   for (auto& a : agentLog) m = std::max(m, agentCommitsPerInteraction(a));

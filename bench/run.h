@@ -61,6 +61,7 @@ struct ProcessCpu {
 struct AgentLogCommits {
   std::string name;
   std::uint64_t commits = 0, jobs = 0;
+  std::uint64_t checkpoints = 0, checkpointMicros = 0;  // redo mode
 };
 
 struct RunResult {
@@ -77,6 +78,9 @@ struct RunResult {
   // Durable log commits in the window (keel mode only).
   bool haveLogCounters = false;
   std::uint64_t coordinatorLogCommits = 0, coordinatorLogJobs = 0;  // summed over the coordinators
+  // Redo mode: checkpoints in the window and the microseconds they took
+  // (summed over the coordinators; the agents' in agentLog).
+  std::uint64_t coordinatorCheckpoints = 0, coordinatorCheckpointMicros = 0;
   std::vector<AgentLogCommits> agentLog;
   // A coordinator cluster (keel mode): its members, and the etcd txns they
   // sent and the decisions those created in the window, summed.
@@ -87,6 +91,8 @@ struct RunResult {
   std::uint64_t interactions() const { return committed + rolledBack; }
   double perSecond() const { return seconds > 0 ? double(interactions()) / seconds : 0; }
   double committedPerSecond() const { return seconds > 0 ? double(committed) / seconds : 0; }
+  // Redo mode: some process checkpointed in the window.
+  bool anyCheckpoints() const;
   double coordinatorCommitsPerInteraction() const;
   double agentCommitsPerInteraction(const AgentLogCommits& a) const;
   double maxAgentCommitsPerInteraction() const;

@@ -213,6 +213,8 @@ kj::Promise<CoordinatorInfo> KeelClient::info() {
     i.heuristic = resp.getHeuristic();
     i.logCommits = resp.getLogCommits();
     i.logJobs = resp.getLogJobs();
+    i.logCheckpoints = resp.getLogCheckpoints();
+    i.logCheckpointMicros = resp.getLogCheckpointMicros();
     i.clustered = resp.getClustered();
     i.takeoverCommitted = resp.getTakeoverCommitted();
     i.takeoverRolledBack = resp.getTakeoverRolledBack();
@@ -282,6 +284,8 @@ kj::Promise<AgentSnapshot> AgentClient::inspect() {
     s.rolledBack = resp.getRolledBack();
     s.logCommits = resp.getLogCommits();
     s.logJobs = resp.getLogJobs();
+    s.logCheckpoints = resp.getLogCheckpoints();
+    s.logCheckpointMicros = resp.getLogCheckpointMicros();
     for (auto f : resp.getFences()) s.fences[f.getNode()] = std::max(s.fences[f.getNode()], f.getEpoch());
     for (auto f : resp.getFloors()) s.floors[f.getNode()] = {f.getFloor(), f.getKept()};
     return s;

@@ -32,6 +32,8 @@ struct CoordinatorInfo {
   std::uint64_t heuristic = 0;  // ended heuristic-mixed or heuristic-unknown since start
   // The WAL's durable (fsync-bearing) LMDB commits and the jobs they carried.
   std::uint64_t logCommits = 0, logJobs = 0;
+  // Redo mode: the WAL's checkpoints and the microseconds they took.
+  std::uint64_t logCheckpoints = 0, logCheckpointMicros = 0;
   // Cluster members only (docs/cluster.md).
   bool clustered = false;
   std::uint64_t takeoverCommitted = 0, takeoverRolledBack = 0;  // branches of dead nodes finished here
@@ -157,6 +159,8 @@ struct AgentSnapshot {
   std::uint32_t prepared = 0, active = 0, committed = 0, rolledBack = 0;
   // The branch log's durable (fsync-bearing) LMDB commits and their jobs.
   std::uint64_t logCommits = 0, logJobs = 0;
+  // Redo mode: the branch log's checkpoints and the microseconds they took.
+  std::uint64_t logCheckpoints = 0, logCheckpointMicros = 0;
   // The newest epoch it has seen from each coordinator node.
   std::map<std::uint16_t, std::uint64_t> fences;
   // Each coordinator node's release floor held there, and its kept count.

@@ -3,6 +3,7 @@
 #include <capnp/schema.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/fault.h"
 #include "common/log.h"
@@ -201,6 +202,9 @@ kj::Promise<void> CoordinatorImpl::info(InfoContext ctx) {
   res.setEtcdDecisions(i.etcdDecisions);
   res.setLogCommits(logStats_.commits.load(std::memory_order_relaxed));
   res.setLogJobs(logStats_.jobs.load(std::memory_order_relaxed));
+  auto ck = logStats_.checkpointLatency->snapshot();
+  res.setLogCheckpoints(ck.count);
+  res.setLogCheckpointMicros(std::uint64_t(std::llround(ck.sum * 1e6)));
   return kj::READY_NOW;
 }
 

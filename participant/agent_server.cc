@@ -3,6 +3,7 @@
 #include <capnp/schema.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/fault.h"
 #include "common/wire.h"
@@ -322,6 +323,9 @@ kj::Promise<void> ParticipantImpl::inspect(InspectContext ctx) {
   auto& ls = agent_.branchLog().log().stats();
   res.setLogCommits(ls.commits.load(std::memory_order_relaxed));
   res.setLogJobs(ls.jobs.load(std::memory_order_relaxed));
+  auto ck = ls.checkpointLatency->snapshot();
+  res.setLogCheckpoints(ck.count);
+  res.setLogCheckpointMicros(std::uint64_t(std::llround(ck.sum * 1e6)));
   const auto& fences = agent_.branchLog().fences();
   auto f = res.initFences(fences.size());
   unsigned i = 0;

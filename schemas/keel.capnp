@@ -148,12 +148,16 @@ interface Participant {
                     prepared :UInt32, active :UInt32, committed :UInt32,
                     rolledBack :UInt32,
                     logCommits :UInt64, logJobs :UInt64,
-                    fences :List(NodeEpoch), floors :List(NodeFloor));
+                    fences :List(NodeEpoch), floors :List(NodeFloor),
+                    logCheckpoints :UInt64, logCheckpointMicros :UInt64);
   # fences: the newest epoch this agent has seen from each coordinator node
   # (older ones are refused as stale); a restore starts above them.
   # logCommits / logJobs: the branch log's durable LMDB commits (each one
   # fsync-bearing) and the jobs they carried, since the agent started.
   # floors: each coordinator node's release floor held here.
+  # logCheckpoints / logCheckpointMicros: redo mode, the branch log's
+  # checkpoints and the time they took (its writer takes no group meanwhile)
+  # since the agent started; 0 without redo mode.
 
   # Outcome of given branches as the agent knows them (no change made).
   status @7 (xids :List(Xid)) -> (branches :List(BranchInfo), known :List(Bool));
@@ -332,7 +336,8 @@ interface Coordinator {
                  committed :UInt64, rolledBack :UInt64, unfinished :UInt64,
                  logCommits :UInt64, logJobs :UInt64, heuristic :UInt64,
                  clustered :Bool, takeoverCommitted :UInt64, takeoverRolledBack :UInt64,
-                 etcdTxns :UInt64, etcdDecisions :UInt64);
+                 etcdTxns :UInt64, etcdDecisions :UInt64,
+                 logCheckpoints :UInt64, logCheckpointMicros :UInt64);
   # logCommits / logJobs: the WAL's durable LMDB commits (each one
   # fsync-bearing) and the jobs they carried, since the process started.
   # heuristic: interactions that ended heuristic since the process started.
@@ -340,6 +345,8 @@ interface Coordinator {
   # takeoverCommitted / takeoverRolledBack: branches of dead nodes this
   # member finished, and etcdTxns / etcdDecisions: the etcd txns it sent for
   # decisions, request ids and deletes, and the decisions they created.
+  # logCheckpoints / logCheckpointMicros: redo mode, the WAL's checkpoints
+  # and the time they took since the process started; 0 without redo mode.
 
   # Asked by an agent whose branch has been PREPARED too long.
   outcome @5 (seq :UInt64) -> (outcome :DecisionOutcome);

@@ -42,6 +42,26 @@ TEST(KeelBench, ShortLedgerRunPrintsACompleteJsonLine) {
     EXPECT_GT(m["context_switches_per_interaction"][p].number(), 0.5) << p;
   }
   EXPECT_NE(r.out.find("context switches per interaction:"), std::string::npos) << r.out;
+  EXPECT_FALSE(m.has("redo_checkpoints")) << "no redo mode, no checkpoints: " << lastLine(r.out);
+}
+
+// --redo: every process's log checkpoints (at least every 50 ms), and the
+// JSON says how often, how long and what share of the window they took.
+TEST(KeelBench, RedoRunReportsEachProcesssCheckpoints) {
+  auto r = run("--redo --duration 2 --warmup 1 --concurrency 4 --connections 2 --accounts 50 --quiet", false);
+  ASSERT_EQ(r.exitCode, 0) << r.out;
+  auto m = JsonReader::parse(lastLine(r.out));
+  EXPECT_GT(m["committed"].number(), 0);
+  ASSERT_TRUE(m.has("redo_checkpoints")) << lastLine(r.out);
+  for (const char* p : {"coordinator", "bank-a", "bank-b"}) {
+    ASSERT_TRUE(m["redo_checkpoints"].has(p)) << p << " in " << lastLine(r.out);
+    const auto& c = m["redo_checkpoints"][p];
+    EXPECT_GT(c["per_s"].number(), 0) << p;
+    EXPECT_GT(c["mean_us"].number(), 0) << p;
+    EXPECT_GT(c["stalled_fraction"].number(), 0) << p;
+    EXPECT_LT(c["stalled_fraction"].number(), 1) << p;
+  }
+  EXPECT_NE(r.out.find("redo checkpoints (the log's writer takes no group meanwhile):"), std::string::npos) << r.out;
 }
 
 // --adapter host with a 1 s outage of keel-host: about a thousand transfers
