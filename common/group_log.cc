@@ -74,6 +74,7 @@ void GroupCommitLog::writerLoop() {
   std::vector<std::unique_ptr<Job>> group;
   std::vector<Job*> applied;
   lmdb::Txn outer;  // redo mode: open from the first group after a checkpoint to the next checkpoint
+  if (redo_) env_.deferMetaSync(true);  // checkpoints: one flush; the redo log keeps their groups until the next
   for (;;) {
     group.clear();
     applied.clear();
@@ -105,7 +106,13 @@ void GroupCommitLog::writerLoop() {
       }
       if (queue_.empty()) {  // stopping and drained
         lk.unlock();
-        if (outer) checkpoint(outer);
+        if (redo_) {
+          // Nothing left to replay: the last checkpoint's meta page is
+          // flushed even when no group came after it.
+          checkpoint(outer);
+          syncOrStop("redo log: the last flush");
+          env_.deferMetaSync(false);
+        }
         return;
       }
       while (!queue_.empty() && group.size() < opts_.maxBatch) {
@@ -234,7 +241,7 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
     if (durable) {
       env_.publish(std::move(delta));  // readers see it before any caller is told
     } else {
-      checkpoint(outer);  // the file is full: LMDB's commit makes the group durable
+      checkpoint(outer, Durable::kNow);  // the half is full: LMDB's commit and a flush make the group durable
     }
     stats_.commits.fetch_add(1, std::memory_order_relaxed);
   }
@@ -242,7 +249,7 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count()));
   if (checkpointAsked_) {
     checkpointAsked_ = false;
-    checkpoint(outer);  // before checkpointSync's caller hears
+    checkpoint(outer, Durable::kNow);  // before checkpointSync's caller hears
   }
   std::size_t jobs = 0;
   for (Job* j : applied) jobs += j->count();
@@ -255,13 +262,13 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
 void GroupCommitLog::makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g) {
   // The long transaction cannot reuse the pages it freed itself until it
   // commits: the jobs of `g` so far are made durable by a checkpoint
-  // (LMDB's commit, not the redo log), and LMDB reuses a page only two
+  // (LMDB's commit and a flush, not the redo log), and LMDB reuses a page only two
   // commits after the one that freed it (the previous snapshot stays
   // whole), so one more small commit follows.
   try {
     g.takeRedo();
     g.commit();
-    checkpoint(outer);
+    checkpoint(outer, Durable::kNow);
     outer = env_.beginLogWrite();
     redo_->stamp(outer);
     outer.commit();
@@ -284,19 +291,31 @@ void GroupCommitLog::checkpointSync() {
   runSync([this](lmdb::Txn&) { checkpointAsked_ = true; });
 }
 
-void GroupCommitLog::checkpoint(lmdb::Txn& outer) {
+void GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
   if (!outer) return;
   auto started = std::chrono::steady_clock::now();
   try {
     redo_->stamp(outer);
-    outer.commit();  // durable: LMDB now holds every group of the redo log
+    // LMDB now holds every group of the redo log; the data pages are on
+    // disk, the meta page with the next commit's flush (the redo log keeps
+    // this half's records until then) or with the flush asked for here.
+    outer.commit();
   } catch (const std::exception& e) {
     failStop("redo log: checkpoint", e);
   }
+  if (durable == Durable::kNow) syncOrStop("redo log: checkpoint flush");
   env_.clearOverlay();
   redo_->checkpointed();
   stats_.checkpointLatency->observe(std::uint64_t(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count()));
+}
+
+void GroupCommitLog::syncOrStop(const char* where) {
+  try {
+    env_.sync();
+  } catch (const std::exception& e) {
+    failStop(where, e);
+  }
 }
 
 void GroupCommitLog::rolledBack() noexcept {

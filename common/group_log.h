@@ -16,7 +16,8 @@
 // transaction open between checkpoints, each group in a nested one; the
 // group's writes appended to the redo log and flushed are its durability
 // point, and it is published to readers (lmdb::Env::publish) before its
-// callers are told; a checkpoint commits LMDB durably behind it.
+// callers are told; a checkpoint commits LMDB behind it (made durable by
+// the next checkpoint's flush, the redo log keeping its groups until then).
 //
 // Threads: submit()/run() may be called from any thread. run() must be
 // called on a thread with a KJ event loop; its promise resolves back on
@@ -157,8 +158,13 @@ class GroupCommitLog {
   // Redo mode: one group in a nested transaction of the long one.
   void runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std::vector<Job*>& applied, lmdb::Txn& outer,
                     std::chrono::steady_clock::time_point started);
-  // Redo mode: commits the long transaction durably (fail-stop on error).
-  void checkpoint(lmdb::Txn& outer);
+  // Redo mode: commits the long transaction (fail-stop on error). kLater:
+  // durable with the next checkpoint's flush, the redo log keeping its
+  // groups until then; kNow: flushed again before this returns.
+  enum class Durable { kLater, kNow };
+  void checkpoint(lmdb::Txn& outer, Durable durable = Durable::kLater);
+  // Redo mode: Env::sync, fail-stop on error.
+  void syncOrStop(const char* where);
   // Redo mode, a job hit a full map: checkpoint so the pages the long
   // transaction freed can be reused; `outer` and `g` begin anew.
   void makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g);

@@ -13,10 +13,12 @@
 // - MDB_MAP_FULL surfaces as MapFullError: the operator must raise map_size.
 // - Never open one environment twice in a process, never use it after fork().
 // - Default flags are durable (two syncs per commit). We never set
-//   MDB_NOSYNC / MDB_NOMETASYNC: durability comes from batching, or from
-//   the redo log (common/redo_log.h), which commits LMDB durably at each
-//   checkpoint and serves the groups in between to readers from an
-//   overlay (Env::publish) until then.
+//   MDB_NOSYNC, and MDB_NOMETASYNC only while the redo log's writer runs
+//   (Env::deferMetaSync): durability comes
+//   from batching, or from the redo log (common/redo_log.h), which keeps
+//   every group's record until LMDB's commit holding it is durable and
+//   serves the groups in between to readers from an overlay
+//   (Env::publish) until the checkpoint.
 
 #include <lmdb.h>
 
@@ -182,6 +184,15 @@ class Env {
   // The group log's long write transaction in redo mode (beginWrite is
   // refused meanwhile: see setLogOwned).
   Txn beginLogWrite();
+  // Redo mode, set by the group log's writer while it runs: every commit
+  // (a checkpoint) flushes the data pages once and writes its meta page
+  // without a flush (MDB_NOMETASYNC, which LMDB lets change at any time):
+  // the commit is durable once the next commit's flush, or sync(), has
+  // run; until then a crash leaves LMDB at the commit before it, whole.
+  void deferMetaSync(bool on);
+  // Flushes data.mdb (mdb_env_sync, forced): a commit made with a deferred
+  // meta page is durable when this returns.
+  void sync();
   // Opens (creating, unless read-only) a named database; call once at
   // start-up. Read-only, a missing database opens as kAbsentDb.
   MDB_dbi openDb(const char* name);

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -81,10 +82,7 @@ struct Record {
   std::string payload;
 };
 
-// The newest chain of `id`'s records: from offset 0 while each is whole,
-// passes its CRC and follows the previous one's LSN.
-std::vector<Record> scanChain(const std::string& path, std::uint64_t id) {
-  std::vector<Record> out;
+std::string readWhole(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail("open " + path, errno);
   struct stat st;
@@ -103,8 +101,15 @@ std::vector<Record> scanChain(const std::string& path, std::uint64_t id) {
   }
   ::close(fd);
   if (got != data.size()) fail("read " + path, EIO);
-  std::size_t off = 0;
-  while (data.size() - off >= kHeader) {
+  return data;
+}
+
+// The chain of `id`'s records that starts at `start`: while each is whole,
+// passes its CRC and follows the previous one's LSN.
+std::vector<Record> scanChain(const std::string& data, std::size_t start, std::uint64_t id) {
+  std::vector<Record> out;
+  std::size_t off = start;
+  while (off <= data.size() && data.size() - off >= kHeader) {
     const char* h = data.data() + off;
     if (load<std::uint32_t>(h) != kRecordMagic) break;
     std::uint32_t len = load<std::uint32_t>(h + 24);
@@ -123,12 +128,32 @@ std::vector<Record> scanChain(const std::string& path, std::uint64_t id) {
   return out;
 }
 
+// The records above `after` that recovery replays, in LSN order: the
+// chains at the start of each half, merged. The first half's chain is read
+// on past the middle (a file written before the halves held one chain from
+// offset 0); a record found in both is the same record.
+std::vector<Record> chainAbove(const std::string& data, std::uint64_t id, std::uint64_t after) {
+  std::map<std::uint64_t, Record> byLsn;
+  for (std::size_t start : {std::size_t(0), data.size() / 2}) {
+    for (auto& r : scanChain(data, start, id)) {
+      if (r.lsn > after) byLsn.emplace(r.lsn, std::move(r));
+    }
+  }
+  std::vector<Record> out;
+  for (auto& [lsn, r] : byLsn) {
+    if (!out.empty() && lsn != out.back().lsn + 1) break;  // a gap: what follows is not reachable
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string RedoLog::path(const std::string& dir) { return dir + "/redo.log"; }
 
 RedoLog::RedoLog(lmdb::Env& env, Options opts) : env_(env), opts_(opts) {
   if (opts_.fileBytes < (std::uint64_t(64) << 10)) fail("file size below 64 KiB", EINVAL);
+  halfBytes_ = opts_.fileBytes / 2;
   const char* p = nullptr;
   mdb_env_get_path(env.raw(), &p);
   dir_ = p;
@@ -181,11 +206,12 @@ void RedoLog::create() {
   }
   fd_ = ::open(file.c_str(), O_RDWR | O_CLOEXEC);
   if (fd_ < 0) fail("open " + file, errno);
+  half_ = 0;
   off_ = 0;
 }
 
 bool RedoLog::append(std::string_view ops) {
-  if (off_ + kHeader + ops.size() > opts_.fileBytes) return false;
+  if (off_ + kHeader + ops.size() > halfBytes_) return false;
   buf_.assign(kHeader, '\0');
   buf_.append(ops);
   char* h = buf_.data();
@@ -195,7 +221,7 @@ bool RedoLog::append(std::string_view ops) {
   store<std::uint32_t>(h + 24, std::uint32_t(ops.size()));
   std::uint32_t crc = crc32c(0, std::string_view(h + 8, kHeader - 8));
   store<std::uint32_t>(h + 4, crc32c(crc, ops));
-  writeAll(fd_, buf_.data(), buf_.size(), off_, "write " + path(dir_));
+  writeAll(fd_, buf_.data(), buf_.size(), half_ * halfBytes_ + off_, "write " + path(dir_));
   if (::fdatasync(fd_) != 0) fail("fdatasync " + path(dir_), errno);
   off_ += buf_.size();
   ++lsn_;
@@ -206,8 +232,14 @@ bool RedoLog::append(std::string_view ops) {
 void RedoLog::stamp(lmdb::Txn& txn) { txn.put(db_, kLsnKey, u64Value(lsn_)); }
 
 void RedoLog::checkpointed() {
-  // Every record is in LMDB now: the next goes at offset 0, its LSN above
-  // every one still in the file.
+  // LMDB's commit holds every record of this half, but its meta page may
+  // not be on disk yet: the half is kept, and the next record goes at the
+  // start of the other one. That half's records are all at or below the
+  // previous checkpoint's LSN, and the commit just made flushed that
+  // checkpoint's meta page with its own data pages, so none is needed any
+  // more; its LSNs are below every new one, so a scan stops at the first
+  // stale record.
+  half_ ^= 1;
   off_ = 0;
   pending_ = 0;
 }
@@ -233,18 +265,16 @@ lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts
                           "nothing was changed",
                       EINVAL);
   }
-  auto chain = scanChain(file, id);
-  std::size_t first = 0;
-  while (first < chain.size() && chain[first].lsn <= lsn) ++first;
-  if (first < chain.size() && chain[first].lsn != lsn + 1) {
-    throw lmdb::Error("redo log: " + file + " continues at group " + std::to_string(chain[first].lsn) +
+  auto chain = chainAbove(readWhole(file), id, lsn);
+  if (!chain.empty() && chain.front().lsn != lsn + 1) {
+    throw lmdb::Error("redo log: " + file + " continues at group " + std::to_string(chain.front().lsn) +
                           " but data.mdb holds groups up to " + std::to_string(lsn) +
                           " only (an older data.mdb?); nothing was changed",
                       EINVAL);
   }
-  if (first < chain.size()) {
+  if (!chain.empty()) {
     auto txn = env.beginWrite();
-    for (std::size_t i = first; i < chain.size(); ++i) {
+    for (std::size_t i = 0; i < chain.size(); ++i) {
       auto ops = lmdb::decodeRedoOps(chain[i].payload);
       lmdb::applyRedoOps(txn, ops);
       r.ops += ops.size();
@@ -253,6 +283,11 @@ lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts
     txn.put(db, kLsnKey, u64Value(chain.back().lsn));
     txn.commit();  // durable: the groups are LMDB's now
     KEEL_LOG_WARN("redo log: replayed {} groups ({} writes) after checkpoint {} in {}", r.groups, r.ops, lsn, dir);
+  } else {
+    // The last run's last checkpoint may have its meta page in the page
+    // cache only (a killed process: no last flush). Flushed before this
+    // run's first record overwrites the groups it holds.
+    env.sync();
   }
   if (recovered != nullptr) *recovered = r;
   return env;

@@ -17,20 +17,29 @@
 //
 // Checkpoint, every Options::checkpointEvery (counted from the first group
 // after the last one) — sooner, after Options::checkpointIdle, when the
-// writer has nothing queued — when the file is full, and at the stop: the writer
-// stores the LSN of the last group in the open transaction and commits it,
-// durably, as any LMDB commit (LMDB's own two flushes, no tricks). Then the
-// overlay is emptied and the next record goes at offset 0 again. LMDB's
-// file is therefore always exactly a durable LMDB state: a crash at any
-// moment leaves LMDB at the last checkpoint and the groups after it in
-// redo.log.
+// writer has nothing queued — when the file's half is full, and at the
+// stop: the writer stores the LSN of the last group in the open
+// transaction and commits it. That commit flushes the data pages once and
+// writes its meta page without a flush (Env::deferMetaSync,
+// LMDB's MDB_NOMETASYNC: one flush instead of two, while the writer takes
+// no group): the meta page is durable with the NEXT commit's flush. So
+// the file is two halves used in turn: the records between two
+// checkpoints stay in their half through the next checkpoint, whose
+// commit's flush makes the checkpoint that ended them durable; only then
+// does the half take new records. The overlay is emptied. A
+// checkpoint that must be durable at once (the stop, a full half, a full
+// map, checkpointSync for a copy) flushes again (Env::sync). LMDB's file
+// is therefore always a whole LMDB state: a crash at any moment leaves
+// LMDB at the last checkpoint or the one before, and every group after it
+// in redo.log.
 //
 // Records: a 32-byte header (magic, crc32c of the rest, lsn, the log's id,
 // length) and the payload. LSNs increase by one per group for the whole
 // life of the log. A scan from offset 0 stops at the first record that is
 // torn, fails its CRC, carries another id or breaks the sequence: after a
 // rewind the file still holds older records past the new ones, whose LSNs
-// are all at or below the checkpoint's, so only the newest chain counts.
+// are all at or below the checkpoint's, so only the newest chain counts;
+// the chains at the start of the two halves are merged in LSN order.
 //
 // Recovery (openEnvRecovering, before anything reads LMDB): the groups of
 // the chain above LMDB's checkpoint LSN are applied in one durable LMDB
@@ -81,8 +90,8 @@ class RedoLog {
 
   // The durability point of a group: its record is on disk when this
   // returns true. False, with nothing written, when it does not fit before
-  // the end of the file: the caller checkpoints instead (LMDB's commit then
-  // makes the group durable). Throws if the write or the flush fails (the
+  // the end of the half: the caller checkpoints durably instead (LMDB's
+  // commit and a flush then make the group durable). Throws if the write or the flush fails (the
   // caller stops the process).
   bool append(std::string_view ops);
   // Groups appended since the last checkpoint.
@@ -95,7 +104,9 @@ class RedoLog {
   }
   // In the transaction the checkpoint commits: the LSN of the last group.
   void stamp(lmdb::Txn& txn);
-  // After the checkpoint's commit returned: LMDB holds every record.
+  // After the checkpoint's commit returned: LMDB holds every record, its
+  // meta page durable at the latest with the next commit; the next record
+  // goes at the start of the other half.
   void checkpointed();
 
   static std::string path(const std::string& dir);
@@ -117,7 +128,9 @@ class RedoLog {
   MDB_dbi db_ = 0;
   std::uint64_t id_ = 0;
   int fd_ = -1;
-  std::uint64_t off_ = 0;
+  std::uint64_t halfBytes_ = 0;
+  std::uint64_t half_ = 0;  // 0 or 1: the half the next record goes in
+  std::uint64_t off_ = 0;   // in that half
   std::uint64_t lsn_ = 0;  // of the last record written (or LMDB's, at the start)
   std::uint64_t pending_ = 0;
   std::chrono::steady_clock::time_point firstPendingAt_;

@@ -1,7 +1,8 @@
 // RedoLog (common/redo_log.h): the group log's redo mode. Groups made
 // durable by the redo log alone survive a killed process; readers see them
 // before the checkpoint; a torn record, a stale chain after a rewind, an
-// older data file and a full log file are each handled as the header says.
+// older data file, a full log file and a checkpoint whose meta page was lost
+// are each handled as the header says.
 
 #include "common/redo_log.h"
 #include "common/records.h"
@@ -454,8 +455,9 @@ TEST_F(RedoLogTest, ADataFileThatNamesNoLogIsRefused) {
 TEST_F(RedoLogTest, AFullLogFileCheckpointsInsteadOfAppending) {
   RedoLog::Options small = noCheckpoints();
   small.fileBytes = 64 << 10;
-  // 20 KiB a group: the file holds three; every fourth group is made
-  // durable by a checkpoint, and the log starts over at offset 0.
+  // 20 KiB a group: each half of the file holds one; every second group is
+  // made durable by a checkpoint (and a flush), and the log goes on in the
+  // other half.
   auto r = runChild(path(), 1, 10, small, 20 << 10);
   ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
   ASSERT_EQ(r.durable.size(), 10u);
@@ -517,6 +519,84 @@ TEST_F(RedoLogTest, AFullMapIsCuredByACheckpointWhenThePagesTheLongTransactionFr
   EXPECT_EQ(txn.count(db), 300u);
   EXPECT_EQ(txn.get(db, key(1300)).value_or(""), value(300, 1500));
   EXPECT_FALSE(txn.get(db, key(1)).has_value());
+}
+
+// LMDB's two meta pages (data.mdb's pages 0 and 1): the MDB_meta after the
+// 16-byte page header, its txnid the last field (mdb.c, 0.9.x).
+constexpr std::size_t kMetaAt = 16, kMetaBytes = 136, kTxnidAt = kMetaAt + 128;
+
+// What a crash right after a checkpoint's data flush leaves when the meta
+// page it wrote (without a flush: MDB_NOMETASYNC) never reached the disk:
+// the slot of the newest commit holds the commit before it again.
+void loseNewestMetaPage(const std::string& dir) {
+  int fd = ::open((dir + "/data.mdb").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
+  std::string meta[2];
+  std::uint64_t txnid[2];
+  for (int i = 0; i < 2; ++i) {
+    meta[i].resize(kMetaBytes);
+    ASSERT_EQ(::pread(fd, meta[i].data(), kMetaBytes, off_t(i * page + kMetaAt)), ssize_t(kMetaBytes));
+    std::memcpy(&txnid[i], meta[i].data() + (kTxnidAt - kMetaAt), 8);
+  }
+  int newest = txnid[1] > txnid[0] ? 1 : 0;
+  ASSERT_EQ(txnid[newest], txnid[1 - newest] + 1) << "not two consecutive commits in the meta pages";
+  ASSERT_EQ(::pwrite(fd, meta[1 - newest].data(), kMetaBytes, off_t(newest * page + kMetaAt)), ssize_t(kMetaBytes));
+  ::close(fd);
+}
+
+std::uint64_t lmdbLsn(const std::string& dir) {
+  lmdb::EnvOptions o = envOpts();
+  o.readOnly = true;
+  lmdb::Env ro(dir, o);
+  MDB_dbi db = ro.openDb("redo");
+  auto v = ro.beginRead().get(db, "lsn");
+  std::uint64_t lsn = 0;
+  if (v && v->size() == 8) std::memcpy(&lsn, v->data(), 8);
+  return lsn;
+}
+
+TEST_F(RedoLogTest, ACheckpointWhoseMetaPageNeverReachedTheDiskLeavesItsGroupsInTheRedoLog) {
+  // A checkpoint flushes LMDB's data pages once and its meta page with the
+  // next commit: until then the redo log must still hold the groups it
+  // committed, beside the ones after it (the other half of the file).
+  RedoLog::Options ro = noCheckpoints();
+  ro.checkpointIdle = std::chrono::milliseconds(50);
+  auto child = test::forkChild([&](int fd) {
+    auto env = openEnvRecovering(path(), envOpts());
+    MDB_dbi db = env.openDb("t");
+    GroupCommitLog log(env, redoLog(ro));
+    auto put = [&](int i) {
+      log.runSync([&](lmdb::Txn& t) { t.put(db, key(i), value(i, 100)); });
+      test::reportU64(fd, std::uint64_t(i));
+    };
+    for (int i = 1; i <= 5; ++i) put(i);
+    for (int n = 0; n < 500 && log.stats().checkpointLatency->snapshot().count == 0; ++n) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (log.stats().checkpointLatency->snapshot().count == 0) return 3;  // no idle checkpoint within 5 s
+    put(6);
+    put(7);
+    ::raise(SIGKILL);  // no last checkpoint
+    return 0;
+  });
+  auto durable = child.readAll();
+  int status = child.wait();
+  ASSERT_TRUE(test::killedBy(status, SIGKILL)) << status;
+  ASSERT_EQ(durable.size(), 7u);
+  std::uint64_t checkpointed = lmdbLsn(path());
+  ASSERT_GE(checkpointed, 5u) << "the idle checkpoint did not commit the first five groups";
+
+  loseNewestMetaPage(path());
+  std::uint64_t before = lmdbLsn(path());
+  ASSERT_LT(before, checkpointed) << "LMDB did not fall back to the commit before the checkpoint";
+
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_EQ(rec.checkpoint, before);
+  EXPECT_EQ(rec.groups, 7u - before) << "every group after the durable commit, on both sides of the lost one";
+  auto keys = readKeys(env, 7);
+  for (int i = 1; i <= 7; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
 }
 
 TEST_F(RedoLogTest, ACleanStopLeavesNothingToReplay) {
