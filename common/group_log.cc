@@ -29,8 +29,50 @@ GroupCommitLog::GroupCommitLog(lmdb::Env& env, Options opts)
     : env_(env),
       opts_(opts),
       redo_(opts.redo ? std::make_unique<RedoLog>(env, opts.redoOptions) : nullptr),
+      flusher_(opts.redo ? std::thread([this] { flusherLoop(); }) : std::thread()),
       writer_([this] { writerLoop(); }) {
   if (redo_) env_.setLogOwned(true);
+}
+
+void GroupCommitLog::flusherLoop() {
+  std::unique_lock<std::mutex> lk(flushMu_);
+  for (;;) {
+    flushCv_.wait(lk, [&] { return flushStop_ || flushAsked_ > flushDone_; });
+    if (flushAsked_ == flushDone_) return;  // stopping, nothing left
+    std::uint64_t upTo = flushAsked_;
+    lk.unlock();
+    try {
+      env_.sync();  // the checkpoint's pages and meta page: durable now
+    } catch (const std::exception& e) {
+      failStop("redo log: checkpoint flush", e);
+    }
+    lk.lock();
+    flushDone_ = upTo;
+    flushCv_.notify_all();
+  }
+}
+
+void GroupCommitLog::askFlush() {
+  {
+    std::lock_guard<std::mutex> lk(flushMu_);
+    ++flushAsked_;
+  }
+  flushCv_.notify_all();
+}
+
+void GroupCommitLog::waitFlushed() {
+  std::unique_lock<std::mutex> lk(flushMu_);
+  flushCv_.wait(lk, [&] { return flushDone_ == flushAsked_; });
+}
+
+void GroupCommitLog::stopFlusher() {
+  if (!flusher_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lk(flushMu_);
+    flushStop_ = true;
+  }
+  flushCv_.notify_all();
+  flusher_.join();
 }
 
 GroupCommitLog::~GroupCommitLog() {
@@ -41,6 +83,7 @@ GroupCommitLog::~GroupCommitLog() {
   }
   cv_.notify_one();
   writer_.join();  // in redo mode after a last checkpoint: nothing left to replay
+  stopFlusher();
   env_.setLogOwned(false);
 }
 
@@ -74,7 +117,7 @@ void GroupCommitLog::writerLoop() {
   std::vector<std::unique_ptr<Job>> group;
   std::vector<Job*> applied;
   lmdb::Txn outer;  // redo mode: open from the first group after a checkpoint to the next checkpoint
-  if (redo_) env_.deferMetaSync(true);  // checkpoints: one flush; the redo log keeps their groups until the next
+  if (redo_) env_.deferSync(true);  // checkpoints: flushed by the flusher thread
   for (;;) {
     group.clear();
     applied.clear();
@@ -107,11 +150,17 @@ void GroupCommitLog::writerLoop() {
       if (queue_.empty()) {  // stopping and drained
         lk.unlock();
         if (redo_) {
-          // Nothing left to replay: the last checkpoint's meta page is
-          // flushed even when no group came after it.
-          checkpoint(outer);
+          // Nothing left to replay: the last checkpoint is flushed even
+          // when no group came after it.
+          checkpoint(outer, Durable::kNow);
+          waitFlushed();
           syncOrStop("redo log: the last flush");
-          env_.deferMetaSync(false);
+          try {
+            redo_->markPending(0);  // a clean stop leaves nothing pending
+          } catch (const std::exception& e) {
+            failStop("redo log: clearing the pending checkpoint", e);
+          }
+          env_.deferSync(false);
         }
         return;
       }
@@ -272,6 +321,7 @@ void GroupCommitLog::makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g) {
     outer = env_.beginLogWrite();
     redo_->stamp(outer);
     outer.commit();
+    env_.sync();  // not a pending checkpoint: flushed here
     outer = env_.beginLogWrite();
     g = env_.beginRecordedNested(outer);
   } catch (const std::exception& e) {
@@ -294,16 +344,33 @@ void GroupCommitLog::checkpointSync() {
 void GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
   if (!outer) return;
   auto started = std::chrono::steady_clock::now();
+  waitFlushed();  // at most one checkpoint unflushed: the one before this is durable
   try {
+    // Pending first: if this commit's meta page reaches the disk before
+    // its flush confirmed its pages, recovery reverts it.
+    redo_->markPending(outer.id());
     redo_->stamp(outer);
-    // LMDB now holds every group of the redo log; the data pages are on
-    // disk, the meta page with the next commit's flush (the redo log keeps
-    // this half's records until then) or with the flush asked for here.
+    // LMDB now holds every group of the redo log, in the page cache: the
+    // flusher thread (or the flush here) makes it durable; the redo log
+    // keeps this half's records until the next checkpoint, which waits
+    // for that flush.
     outer.commit();
   } catch (const std::exception& e) {
     failStop("redo log: checkpoint", e);
   }
-  if (durable == Durable::kNow) syncOrStop("redo log: checkpoint flush");
+  if (durable == Durable::kNow) {
+    syncOrStop("redo log: checkpoint flush");
+    // Not pending any more: such a checkpoint may hold a group the redo
+    // log does not (a full half, a full map), so recovery must never
+    // revert it.
+    try {
+      redo_->markPending(0);
+    } catch (const std::exception& e) {
+      failStop("redo log: clearing the pending checkpoint", e);
+    }
+  } else {
+    askFlush();
+  }
   env_.clearOverlay();
   redo_->checkpointed();
   stats_.checkpointLatency->observe(std::uint64_t(

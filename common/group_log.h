@@ -16,8 +16,9 @@
 // transaction open between checkpoints, each group in a nested one; the
 // group's writes appended to the redo log and flushed are its durability
 // point, and it is published to readers (lmdb::Env::publish) before its
-// callers are told; a checkpoint commits LMDB behind it (made durable by
-// the next checkpoint's flush, the redo log keeping its groups until then).
+// callers are told; a checkpoint commits LMDB behind it without a flush,
+// and the flusher thread flushes it (common/redo_log.h: pending
+// checkpoints, and what recovery does with one).
 //
 // Threads: submit()/run() may be called from any thread. run() must be
 // called on a thread with a KJ event loop; its promise resolves back on
@@ -158,9 +159,10 @@ class GroupCommitLog {
   // Redo mode: one group in a nested transaction of the long one.
   void runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std::vector<Job*>& applied, lmdb::Txn& outer,
                     std::chrono::steady_clock::time_point started);
-  // Redo mode: commits the long transaction (fail-stop on error). kLater:
-  // durable with the next checkpoint's flush, the redo log keeping its
-  // groups until then; kNow: flushed again before this returns.
+  // Redo mode: commits the long transaction (fail-stop on error), marked
+  // pending in the redo log first. kLater: flushed by the flusher thread
+  // (the redo log keeps its groups, and recovery reverts it, until then);
+  // kNow: flushed before this returns.
   enum class Durable { kLater, kNow };
   void checkpoint(lmdb::Txn& outer, Durable durable = Durable::kLater);
   // Redo mode: Env::sync, fail-stop on error.
@@ -203,6 +205,18 @@ class GroupCommitLog {
   std::unique_ptr<RedoLog> redo_;  // redo mode; used by the writer thread only once it runs
   bool checkpointAsked_ = false;   // writer thread: checkpointSync's job ran in this group
   bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
+  // Redo mode: the flusher thread flushes data.mdb after each checkpoint
+  // committed without a flush; the writer waits for it only before the
+  // next checkpoint (at most one unflushed). GUARDED_BY(flushMu_).
+  std::mutex flushMu_;
+  std::condition_variable flushCv_;
+  std::uint64_t flushAsked_ = 0, flushDone_ = 0;
+  bool flushStop_ = false;
+  std::thread flusher_;  // before writer_: started first, so that the writer can count on it
+  void flusherLoop();
+  void askFlush();
+  void waitFlushed();
+  void stopFlusher();
   std::thread writer_;
 };
 

@@ -395,12 +395,12 @@ Txn Env::beginLogWrite() {
   return Txn(t);
 }
 
-void Env::deferMetaSync(bool on) {
-  // A transaction flag of the same name is not honoured by the meta-page
-  // write of Debian's 0.9.24 (strace: the meta page still went through the
-  // O_DSYNC descriptor); the environment's flag is.
-  int rc = mdb_env_set_flags(env_, MDB_NOMETASYNC, on ? 1 : 0);
-  if (rc != 0) throwError("mdb_env_set_flags(MDB_NOMETASYNC)", rc);
+void Env::deferSync(bool on) {
+  // The environment's flag: the transaction flags of these names are not
+  // honoured by the meta-page write of Debian's 0.9.24 (strace: the meta
+  // page still went through the O_DSYNC descriptor).
+  int rc = mdb_env_set_flags(env_, MDB_NOSYNC, on ? 1 : 0);
+  if (rc != 0) throwError("mdb_env_set_flags(MDB_NOSYNC)", rc);
 }
 
 void Env::sync() {

@@ -12,17 +12,19 @@
 //   word-aligned memory (common/records.cc).
 // - MDB_MAP_FULL surfaces as MapFullError: the operator must raise map_size.
 // - Never open one environment twice in a process, never use it after fork().
-// - Default flags are durable (two syncs per commit). We never set
-//   MDB_NOSYNC, and MDB_NOMETASYNC only while the redo log's writer runs
-//   (Env::deferMetaSync): durability comes
-//   from batching, or from the redo log (common/redo_log.h), which keeps
-//   every group's record until LMDB's commit holding it is durable and
-//   serves the groups in between to readers from an overlay
-//   (Env::publish) until the checkpoint.
+// - Default flags are durable (two syncs per commit). Only while the redo
+//   log's writer runs is MDB_NOSYNC set (Env::deferSync): its checkpoints
+//   are flushed by a second thread, and recovery reverts one whose flush
+//   was not confirmed (common/redo_log.h). Durability comes from
+//   batching, or from the redo log, which keeps every group's record
+//   until LMDB's commit holding it is durable and serves the groups in
+//   between to readers from an overlay (Env::publish) until the
+//   checkpoint.
 
 #include <lmdb.h>
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -80,6 +82,9 @@ class Txn {
   void abort() noexcept;
   MDB_txn* raw() const { return txn_; }
   explicit operator bool() const { return txn_ != nullptr; }
+  // LMDB's id of this transaction (a write transaction's commit carries
+  // it into the meta page).
+  std::uint64_t id() const { return mdb_txn_id(txn_); }
 
   // Returns nullopt for MDB_NOTFOUND. Reads of kAbsentDb find nothing.
   std::optional<std::string> get(MDB_dbi dbi, std::string_view key) const;
@@ -184,12 +189,13 @@ class Env {
   // The group log's long write transaction in redo mode (beginWrite is
   // refused meanwhile: see setLogOwned).
   Txn beginLogWrite();
-  // Redo mode, set by the group log's writer while it runs: every commit
-  // (a checkpoint) flushes the data pages once and writes its meta page
-  // without a flush (MDB_NOMETASYNC, which LMDB lets change at any time):
-  // the commit is durable once the next commit's flush, or sync(), has
-  // run; until then a crash leaves LMDB at the commit before it, whole.
-  void deferMetaSync(bool on);
+  // Redo mode, set by the group log's writer while it runs: a commit
+  // writes its pages and its meta page without any flush (MDB_NOSYNC,
+  // which LMDB lets change at any time); it is durable once sync() has
+  // run. Until then a power loss may leave its meta page on disk without
+  // all its pages: the redo log marks such a commit pending first, and
+  // recovery reverts it (common/redo_log.h).
+  void deferSync(bool on);
   // Flushes data.mdb (mdb_env_sync, forced): a commit made with a deferred
   // meta page is durable when this returns.
   void sync();

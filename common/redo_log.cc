@@ -23,6 +23,13 @@ constexpr std::uint32_t kRecordMagic = 0x4F44524B;  // "KRDO"
 constexpr std::size_t kHeader = 32;                 // magic, crc, lsn, id, length, 4 bytes 0
 constexpr const char* kLsnKey = "lsn";              // in database "redo": the last group LMDB holds
 constexpr const char* kIdKey = "id";                // in database "redo": the log's id
+constexpr std::uint32_t kPendingMagic = 0x4450524B;  // "KRPD": redo.pending
+constexpr std::size_t kPendingBytes = 32;           // magic, crc of the rest, txnid, 16 bytes 0
+// LMDB 0.9's meta pages (data.mdb's pages 0 and 1, mdb.c): MDB_meta after
+// the 16-byte page header; in it the magic first, the page size in the
+// first MDB_db's md_pad (offset 24), the txnid last (offset 128).
+constexpr std::size_t kMetaAt = 16, kMetaBytes = 136;
+constexpr std::uint32_t kLmdbMagic = 0xBEEFC0DE;
 
 template <typename T>
 T load(const char* p) {
@@ -150,6 +157,87 @@ std::vector<Record> chainAbove(const std::string& data, std::uint64_t id, std::u
 }  // namespace
 
 std::string RedoLog::path(const std::string& dir) { return dir + "/redo.log"; }
+std::string RedoLog::pendingPath(const std::string& dir) { return dir + "/redo.pending"; }
+
+namespace {
+
+void writePending(int fd, std::uint64_t txnid, const std::string& file) {
+  char b[kPendingBytes] = {};
+  store<std::uint32_t>(b, kPendingMagic);
+  store<std::uint64_t>(b + 8, txnid);
+  store<std::uint32_t>(b + 4, crc32c(0, std::string_view(b + 8, kPendingBytes - 8)));
+  writeAll(fd, b, kPendingBytes, 0, "write " + file);
+  if (::fdatasync(fd) != 0) fail("fdatasync " + file, errno);
+}
+
+// The pending checkpoint's txnid in `dir`, 0 when there is none (no file,
+// or a torn one: its write did not finish, so its commit never started).
+std::uint64_t readPending(const std::string& dir) {
+  std::string file = RedoLog::pendingPath(dir);
+  std::error_code ec;
+  if (!std::filesystem::exists(file, ec)) return 0;
+  std::string b = readWhole(file);
+  if (b.size() < kPendingBytes || load<std::uint32_t>(b.data()) != kPendingMagic) return 0;
+  if (load<std::uint32_t>(b.data() + 4) != crc32c(0, std::string_view(b.data() + 8, kPendingBytes - 8))) return 0;
+  return load<std::uint64_t>(b.data() + 8);
+}
+
+// A checkpoint committed without a flush is marked pending first
+// (RedoLog::markPending). If data.mdb's newest meta page is that commit,
+// its flush may not have finished: a power loss can leave the meta page on
+// disk without all the pages it points to. The older meta page (the
+// previous commit, flushed before this one began) is copied into its slot,
+// so LMDB opens at the previous checkpoint; its pages are whole (LMDB
+// reuses a page only two commits after the one that freed it), and
+// redo.log's two halves hold every group after it. A commit whose flush
+// did finish is reverted just the same: its groups are replayed. Returns
+// the reverted txnid, 0 when nothing was done. Refuses, changing nothing,
+// when the meta pages are not what a pending checkpoint leaves.
+std::uint64_t revertPendingCheckpoint(const std::string& dir) {
+  std::uint64_t pending = readPending(dir);
+  if (pending == 0) return 0;
+  std::string data = dir + "/data.mdb";
+  int fd = ::open(data.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return 0;
+    fail("open " + data, errno);
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  char m0[kMetaBytes];
+  if (::pread(fd, m0, kMetaBytes, off_t(kMetaAt)) != ssize_t(kMetaBytes)) return 0;  // no commit yet
+  std::uint32_t psize = load<std::uint32_t>(m0 + 24);
+  if (load<std::uint32_t>(m0) != kLmdbMagic || psize < 512 || psize > 65536 || (psize & (psize - 1)) != 0) {
+    throw lmdb::Error("redo log: " + data + " does not start with an LMDB meta page; nothing was changed", EINVAL);
+  }
+  char m1[kMetaBytes];
+  if (::pread(fd, m1, kMetaBytes, off_t(psize + kMetaAt)) != ssize_t(kMetaBytes) ||
+      load<std::uint32_t>(m1) != kLmdbMagic) {
+    throw lmdb::Error("redo log: " + data + "'s second meta page is unreadable; nothing was changed", EINVAL);
+  }
+  std::uint64_t t0 = load<std::uint64_t>(m0 + 128), t1 = load<std::uint64_t>(m1 + 128);
+  int newest = t1 > t0 ? 1 : 0;
+  std::uint64_t tn = newest ? t1 : t0, to = newest ? t0 : t1;
+  if (tn != pending) return 0;  // the pending commit never reached the meta page, or others came after it
+  if (to + 1 != tn) {
+    throw lmdb::Error("redo log: " + data + "'s meta pages hold transactions " + std::to_string(to) + " and " +
+                          std::to_string(tn) + ", not a pending checkpoint and the one before it; nothing was changed",
+                      EINVAL);
+  }
+  std::error_code ec;
+  if (!std::filesystem::exists(RedoLog::path(dir), ec)) {
+    throw lmdb::Error("redo log: checkpoint " + std::to_string(pending) + " of " + data +
+                          " is pending but redo.log, which holds its groups, is missing; nothing was changed",
+                      EINVAL);
+  }
+  writeAll(fd, newest ? m0 : m1, kMetaBytes, std::uint64_t(newest) * psize + kMetaAt, "revert the meta page of " + data);
+  if (::fdatasync(fd) != 0) fail("fdatasync " + data, errno);
+  return pending;
+}
+
+}  // namespace
 
 RedoLog::RedoLog(lmdb::Env& env, Options opts) : env_(env), opts_(opts) {
   if (opts_.fileBytes < (std::uint64_t(64) << 10)) fail("file size below 64 KiB", EINVAL);
@@ -173,11 +261,23 @@ RedoLog::RedoLog(lmdb::Env& env, Options opts) : env_(env), opts_(opts) {
     txn.commit();
   }
   create();
+  std::string pending = pendingPath(dir_);
+  std::error_code ec;
+  bool existed = std::filesystem::exists(pending, ec);
+  pendingFd_ = ::open(pending.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (pendingFd_ < 0) fail("open " + pending, errno);
+  if (!existed) {
+    writePending(pendingFd_, 0, pending);
+    syncDir(dir_);
+  }
 }
 
 RedoLog::~RedoLog() {
   if (fd_ >= 0) ::close(fd_);
+  if (pendingFd_ >= 0) ::close(pendingFd_);
 }
+
+void RedoLog::markPending(std::uint64_t txnid) { writePending(pendingFd_, txnid, pendingPath(dir_)); }
 
 void RedoLog::create() {
   std::string file = path(dir_);
@@ -245,12 +345,18 @@ void RedoLog::checkpointed() {
 }
 
 lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts, RedoLog::Recovered* recovered) {
+  std::uint64_t reverted = opts.readOnly ? 0 : revertPendingCheckpoint(dir);  // before LMDB reads a meta page
+  if (reverted != 0) {
+    KEEL_LOG_WARN("redo log: checkpoint {} of {} was not confirmed flushed; LMDB opens at the one before it", reverted,
+                  dir);
+  }
   lmdb::Env env(dir, opts);
   std::string file = RedoLog::path(dir);
   std::error_code ec;
   if (opts.readOnly || !std::filesystem::exists(file, ec)) return env;
   RedoLog::Recovered r;
   r.present = true;
+  r.reverted = reverted;
   MDB_dbi db = env.openDb("redo");
   std::uint64_t id, lsn;
   {
@@ -284,10 +390,24 @@ lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts
     txn.commit();  // durable: the groups are LMDB's now
     KEEL_LOG_WARN("redo log: replayed {} groups ({} writes) after checkpoint {} in {}", r.groups, r.ops, lsn, dir);
   } else {
-    // The last run's last checkpoint may have its meta page in the page
-    // cache only (a killed process: no last flush). Flushed before this
-    // run's first record overwrites the groups it holds.
+    // The last run's last checkpoint may be in the page cache only (a
+    // killed process: no last flush). Flushed before this run's first
+    // record overwrites the groups it holds.
     env.sync();
+  }
+  // Nothing is pending any more: LMDB's state is flushed. (A crash before
+  // this line reverts the same txnid again and replays the same groups.)
+  if (std::filesystem::exists(RedoLog::pendingPath(dir), ec)) {
+    std::string pending = RedoLog::pendingPath(dir);
+    int fd = ::open(pending.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) fail("open " + pending, errno);
+    try {
+      writePending(fd, 0, pending);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    ::close(fd);
   }
   if (recovered != nullptr) *recovered = r;
   return env;

@@ -18,20 +18,30 @@
 // Checkpoint, every Options::checkpointEvery (counted from the first group
 // after the last one) — sooner, after Options::checkpointIdle, when the
 // writer has nothing queued — when the file's half is full, and at the
-// stop: the writer stores the LSN of the last group in the open
-// transaction and commits it. That commit flushes the data pages once and
-// writes its meta page without a flush (Env::deferMetaSync,
-// LMDB's MDB_NOMETASYNC: one flush instead of two, while the writer takes
-// no group): the meta page is durable with the NEXT commit's flush. So
-// the file is two halves used in turn: the records between two
-// checkpoints stay in their half through the next checkpoint, whose
-// commit's flush makes the checkpoint that ended them durable; only then
-// does the half take new records. The overlay is emptied. A
-// checkpoint that must be durable at once (the stop, a full half, a full
-// map, checkpointSync for a copy) flushes again (Env::sync). LMDB's file
-// is therefore always a whole LMDB state: a crash at any moment leaves
-// LMDB at the last checkpoint or the one before, and every group after it
-// in redo.log.
+// stop: the writer waits until the previous checkpoint is flushed, marks
+// this one PENDING (its LMDB txnid written to `redo.pending` and flushed,
+// markPending), stores the LSN of the last group in the open transaction
+// and commits it without any flush (Env::deferSync, LMDB's MDB_NOSYNC):
+// the writer stops only for LMDB's page writes. The flusher thread then
+// flushes data.mdb (GroupCommitLog). So the file is two halves used in
+// turn: the records between two checkpoints stay in their half through
+// the next checkpoint, which begins only once the one that ended them is
+// flushed. The overlay is emptied. A checkpoint that must be durable at
+// once (the stop, a full half, a full map, checkpointSync for a copy) is
+// flushed before the writer goes on and is no longer pending.
+//
+// Without a flush between a checkpoint's pages and its meta page, a power
+// loss can leave the meta page on disk without all its pages. Recovery
+// (openEnvRecovering) therefore, before LMDB reads a meta page, puts the
+// older meta page in the slot of a newest one that carries the pending
+// txnid: LMDB opens at the checkpoint before, whose pages are whole (LMDB
+// reuses a page only two commits after the one that freed it, and that
+// checkpoint was flushed before the pending one began), and the two
+// halves hold every group after it. A pending checkpoint whose flush did
+// finish is reverted the same way (its groups replay); a commit made
+// after it by any other writer has a newer txnid and is never touched.
+// LMDB's file is therefore always a whole LMDB state, and every group
+// after it is in redo.log.
 //
 // Records: a 32-byte header (magic, crc32c of the rest, lsn, the log's id,
 // length) and the payload. LSNs increase by one per group for the whole
@@ -66,16 +76,17 @@ class RedoLog {
  public:
   struct Options {
     std::uint64_t fileBytes = std::uint64_t(16) << 20;
-    // Measured (docs/performance.md, seventh sitting): 10 ms under load
-    // stalls the writer five times as often for no gain; 200 ms makes each
-    // stall long.
-    std::chrono::milliseconds checkpointEvery{50};
+    // With the flush on the flusher thread, a checkpoint stops the writer
+    // only for its page writes, so rare ones are cheap (docs/performance.md,
+    // ninth sitting, with the flush in the background: 50 ms / idle 10 ms
+    // 16.6k/s at 64 outstanding, 50 / 50 17.0k, 100 / 100 19.0k with p99
+    // 8.5-9.4 ms; one client's p99 2.8-2.9 ms at 100 / 100 instead of
+    // 1.7-2.2 with the 10 ms idle rule).
+    std::chrono::milliseconds checkpointEvery{100};
     // ... and sooner, this long after the first group, when the writer has
-    // nothing queued: at low load smaller checkpoints, made while nobody
-    // waits (measured: one client's p99 1.7 ms instead of 2.4, main's
-    // 1.5; 64 outstanding's p99 below 10 ms in every run, at ~7 % of the
-    // throughput the 50 ms rule alone gets there).
-    std::chrono::milliseconds checkpointIdle{10};
+    // nothing queued (at 64 outstanding the queue empties for moments, so
+    // a short one fires there too, ~65 times a second at 10 ms).
+    std::chrono::milliseconds checkpointIdle{100};
   };
 
   // Opens (creating it zero-filled, or at the wrong size) `redo.log` in the
@@ -104,12 +115,18 @@ class RedoLog {
   }
   // In the transaction the checkpoint commits: the LSN of the last group.
   void stamp(lmdb::Txn& txn);
+  // Before a checkpoint's commit without a flush: `txnid` (the commit's
+  // LMDB transaction id) is written to `redo.pending` and flushed, so that
+  // recovery can revert the commit if its flush was not confirmed
+  // (openEnvRecovering). Throws if the write or the flush fails.
+  void markPending(std::uint64_t txnid);
   // After the checkpoint's commit returned: LMDB holds every record, its
   // meta page durable at the latest with the next commit; the next record
   // goes at the start of the other half.
   void checkpointed();
 
   static std::string path(const std::string& dir);
+  static std::string pendingPath(const std::string& dir);
 
   // What recovery found, for logs and tests.
   struct Recovered {
@@ -117,6 +134,7 @@ class RedoLog {
     std::uint64_t checkpoint = 0;  // LMDB's LSN before recovery
     std::uint64_t groups = 0;      // group records replayed
     std::uint64_t ops = 0;         // writes replayed
+    std::uint64_t reverted = 0;    // the LMDB txnid of a pending checkpoint put back (0: none)
   };
 
  private:
@@ -128,6 +146,7 @@ class RedoLog {
   MDB_dbi db_ = 0;
   std::uint64_t id_ = 0;
   int fd_ = -1;
+  int pendingFd_ = -1;
   std::uint64_t halfBytes_ = 0;
   std::uint64_t half_ = 0;  // 0 or 1: the half the next record goes in
   std::uint64_t off_ = 0;   // in that half

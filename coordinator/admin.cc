@@ -128,7 +128,7 @@ std::string renderCoordinatorMetrics(const CoordinatorMetrics& m, const Coordina
   t.family("keel_wal_commit_seconds", "histogram", "One group commit on the writer thread, fsync included.");
   t.histogram(*wal.commitLatency);
   t.family("keel_wal_checkpoint_seconds", "histogram",
-           "Redo mode: one checkpoint (LMDB's durable commit behind redo.log); the writer takes no group meanwhile.");
+           "Redo mode: one checkpoint (LMDB's commit behind redo.log; its flush runs on a second thread); the writer takes no group meanwhile.");
   t.histogram(*wal.checkpointLatency);
   t.family("keel_wal_map_bytes", "gauge", "The hot WAL's LMDB map size (map_size_mb).");
   t.sample(double(g.walMapBytes));

@@ -69,7 +69,7 @@ std::string renderAgentMetrics(const std::string& name, const AgentMetrics& m, c
   t.family("keel_agent_log_commit_seconds", "histogram", "One group commit on the writer thread, fsync included.");
   t.histogram(*log.commitLatency);
   t.family("keel_agent_log_checkpoint_seconds", "histogram",
-           "Redo mode: one checkpoint (LMDB's durable commit behind redo.log); the writer takes no group meanwhile.");
+           "Redo mode: one checkpoint (LMDB's commit behind redo.log; its flush runs on a second thread); the writer takes no group meanwhile.");
   t.histogram(*log.checkpointLatency);
   t.family("keel_agent_log_map_bytes", "gauge", "The branch log's LMDB map size (map_size_mb).");
   t.sample(double(g.mapBytes));

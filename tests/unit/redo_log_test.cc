@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -121,6 +122,60 @@ std::optional<std::string> lmdbOnly(const std::string& dir, std::uint64_t k) {
   MDB_dbi db = ro.openDb("t");
   if (db == lmdb::kAbsentDb) return std::nullopt;
   return lmdbOnly(ro, db, k);
+}
+
+// LMDB's two meta pages (data.mdb's pages 0 and 1): the MDB_meta after the
+// 16-byte page header, its txnid the last field (mdb.c, 0.9.x).
+constexpr std::size_t kMetaAt = 16, kMetaBytes = 136, kTxnidAt = kMetaAt + 128;
+
+// What a crash right after a checkpoint's data flush leaves when the meta
+// page it wrote (without a flush: MDB_NOMETASYNC) never reached the disk:
+// the slot of the newest commit holds the commit before it again.
+void loseNewestMetaPage(const std::string& dir) {
+  int fd = ::open((dir + "/data.mdb").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
+  std::string meta[2];
+  std::uint64_t txnid[2];
+  for (int i = 0; i < 2; ++i) {
+    meta[i].resize(kMetaBytes);
+    ASSERT_EQ(::pread(fd, meta[i].data(), kMetaBytes, off_t(i * page + kMetaAt)), ssize_t(kMetaBytes));
+    std::memcpy(&txnid[i], meta[i].data() + (kTxnidAt - kMetaAt), 8);
+  }
+  int newest = txnid[1] > txnid[0] ? 1 : 0;
+  ASSERT_EQ(txnid[newest], txnid[1 - newest] + 1) << "not two consecutive commits in the meta pages";
+  ASSERT_EQ(::pwrite(fd, meta[1 - newest].data(), kMetaBytes, off_t(newest * page + kMetaAt)), ssize_t(kMetaBytes));
+  ::close(fd);
+}
+
+std::uint64_t lmdbLsn(const std::string& dir) {
+  lmdb::EnvOptions o = envOpts();
+  o.readOnly = true;
+  lmdb::Env ro(dir, o);
+  MDB_dbi db = ro.openDb("redo");
+  auto v = ro.beginRead().get(db, "lsn");
+  std::uint64_t lsn = 0;
+  if (v && v->size() == 8) std::memcpy(&lsn, v->data(), 8);
+  return lsn;
+}
+
+// data.mdb's newest meta page's txnid, and redo.pending's.
+std::uint64_t newestTxnid(const std::string& dir) {
+  int fd = ::open((dir + "/data.mdb").c_str(), O_RDONLY);
+  if (fd < 0) return 0;
+  const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
+  std::uint64_t t[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    if (::pread(fd, &t[i], 8, off_t(i * page + kTxnidAt)) != 8) t[i] = 0;
+  }
+  ::close(fd);
+  return std::max(t[0], t[1]);
+}
+std::uint64_t pendingTxnid(const std::string& dir) {
+  std::string b = readFile(RedoLog::pendingPath(dir));
+  std::uint64_t v = 0;
+  if (b.size() >= 16) std::memcpy(&v, b.data() + 8, 8);
+  return v;
 }
 
 class RedoLogTest : public ::testing::Test {
@@ -352,6 +407,7 @@ TEST_F(RedoLogTest, StaleRecordsAfterARewindAreNotReplayed) {
   every.checkpointIdle = std::chrono::milliseconds(0);
   auto first = runChild(path(), 1, 10, every, 2048, "", /*cleanStop=*/true);
   ASSERT_EQ(first.status, 0);
+  EXPECT_EQ(pendingTxnid(path()), 0u) << "a clean stop after its last checkpoint left it pending";
   auto second = runChild(path(), 11, 12, noCheckpoints(), 10);
   ASSERT_TRUE(test::killedBy(second.status, SIGKILL)) << second.status;
   ASSERT_EQ(second.durable.size(), 2u);
@@ -521,49 +577,14 @@ TEST_F(RedoLogTest, AFullMapIsCuredByACheckpointWhenThePagesTheLongTransactionFr
   EXPECT_FALSE(txn.get(db, key(1)).has_value());
 }
 
-// LMDB's two meta pages (data.mdb's pages 0 and 1): the MDB_meta after the
-// 16-byte page header, its txnid the last field (mdb.c, 0.9.x).
-constexpr std::size_t kMetaAt = 16, kMetaBytes = 136, kTxnidAt = kMetaAt + 128;
-
-// What a crash right after a checkpoint's data flush leaves when the meta
-// page it wrote (without a flush: MDB_NOMETASYNC) never reached the disk:
-// the slot of the newest commit holds the commit before it again.
-void loseNewestMetaPage(const std::string& dir) {
-  int fd = ::open((dir + "/data.mdb").c_str(), O_RDWR);
-  ASSERT_GE(fd, 0);
-  const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
-  std::string meta[2];
-  std::uint64_t txnid[2];
-  for (int i = 0; i < 2; ++i) {
-    meta[i].resize(kMetaBytes);
-    ASSERT_EQ(::pread(fd, meta[i].data(), kMetaBytes, off_t(i * page + kMetaAt)), ssize_t(kMetaBytes));
-    std::memcpy(&txnid[i], meta[i].data() + (kTxnidAt - kMetaAt), 8);
-  }
-  int newest = txnid[1] > txnid[0] ? 1 : 0;
-  ASSERT_EQ(txnid[newest], txnid[1 - newest] + 1) << "not two consecutive commits in the meta pages";
-  ASSERT_EQ(::pwrite(fd, meta[1 - newest].data(), kMetaBytes, off_t(newest * page + kMetaAt)), ssize_t(kMetaBytes));
-  ::close(fd);
-}
-
-std::uint64_t lmdbLsn(const std::string& dir) {
-  lmdb::EnvOptions o = envOpts();
-  o.readOnly = true;
-  lmdb::Env ro(dir, o);
-  MDB_dbi db = ro.openDb("redo");
-  auto v = ro.beginRead().get(db, "lsn");
-  std::uint64_t lsn = 0;
-  if (v && v->size() == 8) std::memcpy(&lsn, v->data(), 8);
-  return lsn;
-}
-
-TEST_F(RedoLogTest, ACheckpointWhoseMetaPageNeverReachedTheDiskLeavesItsGroupsInTheRedoLog) {
-  // A checkpoint flushes LMDB's data pages once and its meta page with the
-  // next commit: until then the redo log must still hold the groups it
-  // committed, beside the ones after it (the other half of the file).
+// A child that writes groups 1..5, waits for an idle checkpoint (committed
+// without a flush, then flushed by the flusher thread) and for that flush,
+// writes 6 and 7, and is killed.
+ChildRun runPastACheckpoint(const std::string& dir) {
   RedoLog::Options ro = noCheckpoints();
   ro.checkpointIdle = std::chrono::milliseconds(50);
   auto child = test::forkChild([&](int fd) {
-    auto env = openEnvRecovering(path(), envOpts());
+    auto env = openEnvRecovering(dir, envOpts());
     MDB_dbi db = env.openDb("t");
     GroupCommitLog log(env, redoLog(ro));
     auto put = [&](int i) {
@@ -575,15 +596,25 @@ TEST_F(RedoLogTest, ACheckpointWhoseMetaPageNeverReachedTheDiskLeavesItsGroupsIn
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     if (log.stats().checkpointLatency->snapshot().count == 0) return 3;  // no idle checkpoint within 5 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));      // its flush, long done
     put(6);
     put(7);
     ::raise(SIGKILL);  // no last checkpoint
     return 0;
   });
-  auto durable = child.readAll();
-  int status = child.wait();
-  ASSERT_TRUE(test::killedBy(status, SIGKILL)) << status;
-  ASSERT_EQ(durable.size(), 7u);
+  ChildRun r;
+  r.durable = child.readAll();
+  r.status = child.wait();
+  return r;
+}
+
+TEST_F(RedoLogTest, ACheckpointWhoseMetaPageNeverReachedTheDiskLeavesItsGroupsInTheRedoLog) {
+  // A crash that leaves the last checkpoint's meta page off the disk: LMDB
+  // is at the commit before, and the redo log must still hold the groups
+  // the checkpoint committed, beside the ones after it (the other half).
+  auto r = runPastACheckpoint(path());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  ASSERT_EQ(r.durable.size(), 7u);
   std::uint64_t checkpointed = lmdbLsn(path());
   ASSERT_GE(checkpointed, 5u) << "the idle checkpoint did not commit the first five groups";
 
@@ -599,13 +630,87 @@ TEST_F(RedoLogTest, ACheckpointWhoseMetaPageNeverReachedTheDiskLeavesItsGroupsIn
   for (int i = 1; i <= 7; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
 }
 
+TEST_F(RedoLogTest, ACheckpointLeftPendingIsRevertedAndEveryGroupComesBack) {
+  // The killed process's last checkpoint is still marked pending (its
+  // flush may or may not have finished: recovery cannot tell), so recovery
+  // puts the meta page before it back, and both halves of redo.log replay
+  // every group after that one.
+  auto r = runPastACheckpoint(path());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  ASSERT_EQ(r.durable.size(), 7u);
+  std::uint64_t pending = pendingTxnid(path());
+  ASSERT_NE(pending, 0u);
+  ASSERT_EQ(newestTxnid(path()), pending) << "the last checkpoint is the newest LMDB commit";
+  std::uint64_t checkpointed = lmdbLsn(path());
+  ASSERT_GE(checkpointed, 5u);
+
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_EQ(rec.reverted, pending);
+  EXPECT_LT(rec.checkpoint, checkpointed) << "LMDB did not open at the checkpoint before the pending one";
+  EXPECT_EQ(rec.groups, 7u - rec.checkpoint);
+  auto keys = readKeys(env, 7);
+  for (int i = 1; i <= 7; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+  EXPECT_EQ(pendingTxnid(path()), 0u) << "recovery left a checkpoint pending";
+}
+
+TEST_F(RedoLogTest, ACommitAfterThePendingCheckpointIsNeverReverted) {
+  // Another writer after the killed one (redo mode off, a tool): its
+  // commit is newer than the pending checkpoint, so nothing is reverted.
+  auto r = runPastACheckpoint(path());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  ASSERT_NE(pendingTxnid(path()), 0u);
+  {
+    lmdb::Env plain(path(), envOpts());
+    MDB_dbi db = plain.openDb("t");
+    auto t = plain.beginWrite();
+    t.put(db, key(100), "after");
+    t.commit();
+  }
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_EQ(rec.reverted, 0u);
+  EXPECT_EQ(readKeys(env, 100)[99], "after");
+  auto keys = readKeys(env, 7);
+  for (int i = 1; i <= 7; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+}
+
+TEST_F(RedoLogTest, ACheckpointFlushedAtOnceIsNotLeftPending) {
+  // checkpointSync (and a full half, a full map, the stop) flushes its
+  // checkpoint before returning and clears the mark: such a checkpoint
+  // may hold a group the redo log does not, so it must never be reverted.
+  auto child = test::forkChild([&](int fd) {
+    auto env = openEnvRecovering(path(), envOpts());
+    MDB_dbi db = env.openDb("t");
+    GroupCommitLog log(env, redoLog(noCheckpoints()));
+    for (int i = 1; i <= 3; ++i) {
+      log.runSync([&](lmdb::Txn& t) { t.put(db, key(i), value(i, 100)); });
+      test::reportU64(fd, std::uint64_t(i));
+    }
+    log.checkpointSync();
+    ::raise(SIGKILL);
+    return 0;
+  });
+  auto durable = child.readAll();
+  ASSERT_TRUE(test::killedBy(child.wait(), SIGKILL));
+  ASSERT_EQ(durable.size(), 3u);
+  EXPECT_EQ(pendingTxnid(path()), 0u);
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_EQ(rec.reverted, 0u);
+  EXPECT_EQ(rec.groups, 0u);
+  EXPECT_EQ(readKeys(env, 3)[2], value(3, 100));
+}
+
 TEST_F(RedoLogTest, ACleanStopLeavesNothingToReplay) {
   ASSERT_EQ(runChild(path(), 1, 5, noCheckpoints(), 10, "", true).status, 0);
   EXPECT_EQ(lmdbOnly(path(), 5).value_or(""), value(5, 10));
+  EXPECT_EQ(pendingTxnid(path()), 0u) << "a clean stop left a checkpoint pending";
   RedoLog::Recovered rec;
   auto env = openEnvRecovering(path(), envOpts(), &rec);
   EXPECT_TRUE(rec.present);
   EXPECT_EQ(rec.groups, 0u);
+  EXPECT_EQ(rec.reverted, 0u);
 }
 
 TEST_F(RedoLogTest, WritesOutsideTheGroupLogAreRefusedWhileItRuns) {
