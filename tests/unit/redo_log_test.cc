@@ -654,6 +654,24 @@ TEST_F(RedoLogTest, ACheckpointLeftPendingIsRevertedAndEveryGroupComesBack) {
   EXPECT_EQ(pendingTxnid(path()), 0u) << "recovery left a checkpoint pending";
 }
 
+TEST_F(RedoLogTest, APendingCheckpointWithoutItsRedoLogIsRefusedAndNothingChanges) {
+  // Putting the meta page back is only safe with the groups to replay.
+  auto r = runPastACheckpoint(path());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  ASSERT_NE(pendingTxnid(path()), 0u);
+  fs::remove(RedoLog::path(path()));
+  std::string data = readFile(path() + "/data.mdb");
+  try {
+    openEnvRecovering(path(), envOpts());
+    FAIL() << "a pending checkpoint was reverted without the redo log that holds its groups";
+  } catch (const lmdb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("redo.log, which holds its groups, is missing"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(readFile(path() + "/data.mdb"), data);
+  EXPECT_NE(pendingTxnid(path()), 0u);
+}
+
 TEST_F(RedoLogTest, ACommitAfterThePendingCheckpointIsNeverReverted) {
   // Another writer after the killed one (redo mode off, a tool): its
   // commit is newer than the pending checkpoint, so nothing is reverted.
