@@ -672,6 +672,39 @@ TEST_F(RedoLogTest, APendingCheckpointWithoutItsRedoLogIsRefusedAndNothingChange
   EXPECT_NE(pendingTxnid(path()), 0u);
 }
 
+TEST_F(RedoLogTest, MetaPagesThatAreNotAPendingCheckpointAndTheOneBeforeItAreRefused) {
+  // A data.mdb edited by hand (or a copy mixed with another): the older
+  // meta page is not the commit just before the pending one, so putting
+  // it back could lose more than redo.log holds. Refused, nothing changed.
+  auto r = runPastACheckpoint(path());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  std::uint64_t pending = pendingTxnid(path());
+  ASSERT_NE(pending, 0u);
+  ASSERT_EQ(newestTxnid(path()), pending);
+  {
+    int fd = ::open((path() + "/data.mdb").c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
+    std::uint64_t t[2];
+    for (int i = 0; i < 2; ++i) ASSERT_EQ(::pread(fd, &t[i], 8, off_t(i * page + kTxnidAt)), 8);
+    int older = t[0] < t[1] ? 0 : 1;
+    ASSERT_EQ(t[older] + 1, pending);
+    std::uint64_t edited = t[older] - 1;
+    ASSERT_EQ(::pwrite(fd, &edited, 8, off_t(older * page + kTxnidAt)), 8);
+    ::close(fd);
+  }
+  std::string data = readFile(path() + "/data.mdb");
+  try {
+    openEnvRecovering(path(), envOpts());
+    FAIL() << "meta pages that are not a pending checkpoint and the one before it were reverted";
+  } catch (const lmdb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a pending checkpoint and the one before it"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(readFile(path() + "/data.mdb"), data);
+  EXPECT_EQ(pendingTxnid(path()), pending);
+}
+
 TEST_F(RedoLogTest, ACommitAfterThePendingCheckpointIsNeverReverted) {
   // Another writer after the killed one (redo mode off, a tool): its
   // commit is newer than the pending checkpoint, so nothing is reverted.
