@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
 #include "common/client.h"
 #include "common/lmdb.h"
+#include "common/redo_log.h"
 #include "common/types.h"
 
 namespace keel::bench {
@@ -40,31 +42,65 @@ double medianRpcRoundTripUs(kj::AsyncIoContext& io, const std::string& agentAddr
   return median(us);
 }
 
-double medianLmdbCommitUs(const std::string& dir, std::uint32_t samples) {
-  std::string envDir = dir + "/floor-lmdb-" + std::to_string(::getpid());
+namespace {
+
+// Runs `sample(env, i)` kWarmup + samples times in a scratch LMDB
+// environment `dir`/floor-NAME-PID (removed afterwards, also on a throw)
+// and returns the median time of the samples after the warm-up.
+template <typename Sample>
+double medianInScratchEnv(const std::string& dir, const char* name, std::uint32_t samples, Sample sample) {
+  std::string envDir = dir + "/floor-" + name + "-" + std::to_string(::getpid());
+  struct Remover {
+    std::string dir;
+    ~Remover() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  } remover{envDir};
   std::vector<std::uint64_t> us;
   us.reserve(samples);
+  lmdb::EnvOptions o;
+  o.mapSize = std::size_t(64) << 20;
+  std::filesystem::create_directories(envDir);
   {
-    lmdb::EnvOptions o;
-    o.mapSize = std::size_t(64) << 20;
-    std::filesystem::create_directories(envDir);
     lmdb::Env env(envDir, o);  // default, durable flags
-    auto dbi = env.openDb("floor");
-    const std::string value(100, 'x');
+    auto run = sample(env);
     for (std::uint32_t i = 0; i < kWarmup + samples; ++i) {
       auto t0 = monoMicros();
+      run(i);
+      if (i >= kWarmup) us.push_back(monoMicros() - t0);
+    }
+  }
+  return median(us);
+}
+
+}  // namespace
+
+double medianLmdbCommitUs(const std::string& dir, std::uint32_t samples) {
+  return medianInScratchEnv(dir, "lmdb", samples, [](lmdb::Env& env) {
+    auto dbi = env.openDb("floor");
+    return [&env, dbi, value = std::string(100, 'x')](std::uint32_t i) {
       auto txn = env.beginWrite();
       // A few keys overwritten in turn: after the warm-up LMDB reuses freed
       // pages and the file stops growing, as in a long-running log (a
       // growing file would add a metadata journal commit to every sync).
       txn.put(dbi, u64Key(i % kKeys), value);
       txn.commit();  // durable: both syncs
-      if (i >= kWarmup) us.push_back(monoMicros() - t0);
-    }
-  }
-  std::error_code ec;
-  std::filesystem::remove_all(envDir, ec);
-  return median(us);
+    };
+  });
+}
+
+double medianRedoAppendUs(const std::string& dir, std::uint32_t samples) {
+  return medianInScratchEnv(dir, "redo", samples, [samples](lmdb::Env& env) {
+    RedoLog::Options ro;
+    // Each half holds every sample: the appends never wrap into a
+    // checkpoint, which is not part of a group's durability point.
+    ro.fileBytes = std::max<std::uint64_t>(ro.fileBytes, 2 * std::uint64_t(kWarmup + samples) * 256);
+    return [log = std::make_shared<RedoLog>(env, ro), record = std::string(100, 'x')](std::uint32_t) {
+      // durable: one write and one fdatasync
+      if (!log->append(record)) throw std::runtime_error("floor: the redo log's half is full");
+    };
+  });
 }
 
 FloorResult measureFloor(kj::AsyncIoContext& io, const std::string& agentAddr, const std::string& dir,
@@ -73,6 +109,7 @@ FloorResult measureFloor(kj::AsyncIoContext& io, const std::string& agentAddr, c
   f.samples = samples;
   f.rttUs = medianRpcRoundTripUs(io, agentAddr, samples);
   f.lmdbCommitUs = medianLmdbCommitUs(dir, samples);
+  f.redoAppendUs = medianRedoAppendUs(dir, samples);
   return f;
 }
 

@@ -145,7 +145,7 @@ TEST(Report, JsonLineParsesWithTheHeadlineFields) {
   r.cpu = {{"coordinator", 0.5}, {"gone", -1}};
   JsonObject j;
   addRunFields(j, r);
-  FloorResult f{50, 200, 100};
+  FloorResult f{50, 200, 0, 100};  // no redo-log append measured: the LMDB commit counts
   addFloorFields(j, f, &r);
   auto m = JsonReader::parse(j.str());
   EXPECT_DOUBLE_EQ(m["interactions_per_s"].number(), 6);
@@ -212,6 +212,28 @@ TEST(ProcCpu, CountsContextSwitchesOfEveryThread) {
   ASSERT_TRUE(after.has_value());
   EXPECT_GE(*after, *before + 10);
   EXPECT_FALSE(processContextSwitches(0x7ffffff0).has_value());
+}
+
+TEST(Floor, CountsTheCheaperDurableWrite) {
+  EXPECT_DOUBLE_EQ((FloorResult{50, 200, 150, 10}.floorUs()), 2 * 50 + 2 * 150);
+  EXPECT_DOUBLE_EQ((FloorResult{50, 120, 150, 10}.floorUs()), 2 * 50 + 2 * 120);
+  EXPECT_DOUBLE_EQ((FloorResult{50, 0, 150, 10}.floorUs()), 2 * 50 + 2 * 150);
+  FloorResult f{50, 200, 150, 10};
+  JsonObject j;
+  addFloorFields(j, f, nullptr);
+  auto m = JsonReader::parse(j.str());
+  EXPECT_DOUBLE_EQ(m["floor_us"].number(), 400);
+  EXPECT_DOUBLE_EQ(m["lmdb_commit_us"].number(), 200);
+  EXPECT_DOUBLE_EQ(m["redo_append_us"].number(), 150);
+}
+
+TEST(Floor, DurableRedoLogAppendTakesMeasurableTimeAndLeavesNothingBehind) {
+  std::string dir = makeTempDir("keel-floor-test");
+  double us = medianRedoAppendUs(dir, 30);
+  EXPECT_GT(us, 0);
+  EXPECT_TRUE(std::filesystem::is_empty(dir));  // its scratch environment is removed
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 TEST(Floor, DurableLmdbCommitTakesMeasurableTime) {

@@ -3,6 +3,9 @@
 // that must hold (never for speed).
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
+
 #include "tests/bench/bench_cli.h"
 
 namespace keel::test {
@@ -16,7 +19,7 @@ TEST(KeelBench, ShortLedgerRunPrintsACompleteJsonLine) {
   auto m = JsonReader::parse(lastLine(r.out));
   for (const char* k : {"interactions_per_s", "committed", "rolled_back", "errors", "p50_us", "p90_us", "p99_us",
                         "p999_us", "max_us", "cpu_s", "coordinator_log_commits_per_interaction",
-                        "agent_log_commits_per_interaction", "floor_us", "rtt_us", "lmdb_commit_us"}) {
+                        "agent_log_commits_per_interaction", "floor_us", "rtt_us", "lmdb_commit_us", "redo_append_us"}) {
     EXPECT_TRUE(m.has(k)) << "missing " << k << " in " << lastLine(r.out);
   }
   EXPECT_GT(m["committed"].number(), 0);
@@ -32,6 +35,9 @@ TEST(KeelBench, ShortLedgerRunPrintsACompleteJsonLine) {
   EXPECT_GT(m["coordinator_log_commits_per_interaction"].number(), 0);
   EXPECT_GT(m["agent_log_commits_per_interaction"].number(), 0);
   EXPECT_GT(m["floor_us"].number(), 0);
+  EXPECT_GT(m["redo_append_us"].number(), 0);
+  EXPECT_NEAR(m["floor_us"].number(),
+              2 * m["rtt_us"].number() + 2 * std::min(m["lmdb_commit_us"].number(), m["redo_append_us"].number()), 0.01);
   EXPECT_TRUE(m["cpu_s"].has("coordinator"));
   EXPECT_TRUE(m["cpu_s"].has("bank-b"));
   // Every process slept and woke at least once per interaction it took part
