@@ -1,6 +1,7 @@
 // Crash matrix: every failpoint of the table in docs/operations.md, with the
 // action `crash`, armed on the process it belongs to (coord.* on the
-// coordinator, agent.* on each agent, log.* on all three), while clients run
+// coordinator, agent.* on each agent, log.* on all three, once at the first
+// hit and once with the crash moved into the load), while clients run
 // concurrent cross-agent transfers. The process is armed on a restart after
 // the accounts are open, runs until it dies, is started again without the
 // failpoint, and once the cluster is quiet the invariants of
@@ -84,9 +85,19 @@ std::set<std::string> failpointsInCode() {
 struct CrashCase {
   std::string failpoint;
   std::string process;  // "coordinator", an agent name, or "" when the prefix is not known
+  // Hits let through before the crash (the failpoint's "N+" prefix): a
+  // log.* point is hit by the start-up's first durable write, so each also
+  // runs with the crash moved into the load, where a group holds transfers.
+  int skip = 0;
+  std::string spec() const { return failpoint + "=" + (skip > 0 ? std::to_string(skip) + "+" : "") + "crash"; }
 };
 
-void PrintTo(const CrashCase& c, std::ostream* os) { *os << c.failpoint << "=crash on " << c.process; }
+// Log points, crashed in the load: the start-up's durable writes (an
+// agent's or a coordinator's first few groups) pass, the first batches'
+// groups do not.
+constexpr int kInLoadSkip = 6;
+
+void PrintTo(const CrashCase& c, std::ostream* os) { *os << c.spec() << " on " << c.process; }
 
 // Every documented failpoint, then any the code has but the table lacks
 // (FailpointTable.DocumentsEveryFailpointInTheCode reports those; they are
@@ -109,8 +120,10 @@ std::vector<CrashCase> matrixCases() {
     } else if (fp.rfind("agent.", 0) == 0) {
       for (const auto& a : kAgents) out.push_back({fp, a});
     } else if (fp.rfind("log.", 0) == 0) {
-      out.push_back({fp, kCoordinator});
-      for (const auto& a : kAgents) out.push_back({fp, a});
+      for (int skip : {0, kInLoadSkip}) {
+        out.push_back({fp, kCoordinator, skip});
+        for (const auto& a : kAgents) out.push_back({fp, a, skip});
+      }
     } else {
       out.push_back({fp, ""});
     }
@@ -120,6 +133,7 @@ std::vector<CrashCase> matrixCases() {
 
 std::string caseName(const ::testing::TestParamInfo<CrashCase>& info) {
   std::string n = info.param.failpoint + "__" + (info.param.process.empty() ? "unknown" : info.param.process);
+  if (info.param.skip > 0) n += "__in_load";
   for (char& ch : n) {
     if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   }
@@ -428,7 +442,9 @@ TEST_P(CrashMatrix, RecoversWithInvariantsIntact) {
 
   // Arm: restart the process with the failpoint.
   stop(c.process);
-  if (!start(c.process, c.failpoint + "=crash")) {
+  if (!start(c.process, c.spec())) {
+    ASSERT_EQ(c.skip, 0) << c.spec() << " on " << c.process << " fired during start-up although " << c.skip
+                         << " hits were let through: raise kInLoadSkip, or this case tests start-up again";
     fired_ = "during start-up (its first durable write), before any transfer";
     crashLines_[c.process] = countOf(readFile(logOf(c.process)), "failpoint " + c.failpoint + ": crash");
     EXPECT_EQ(crashLines_[c.process], 1u) << c.process << " exited during start-up without the failpoint's crash line";
@@ -477,7 +493,7 @@ TEST_P(CrashMatrix, RecoversWithInvariantsIntact) {
     if (!a.lost && a.outcome == ClientOutcome::RolledBack && r != view.records.end() && !r->second) ++presumed;
   }
   auto secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::cout << "[crash] " << c.failpoint << "=crash on " << c.process << ": "
+  std::cout << "[crash] " << c.spec() << " on " << c.process << ": "
             << (fired_.empty() ? "did NOT fire" : "fired " + fired_) << "; " << run_.transfers.size()
             << " transfers: " << told[ClientOutcome::Committed] << " committed, " << told[ClientOutcome::RolledBack]
             << " rolled back (" << presumed << " of them unknown to the coordinator: presumed abort), "
@@ -495,10 +511,10 @@ TEST_P(CrashMatrix, RecoversWithInvariantsIntact) {
   if (fired_.empty()) {
     auto allowed = notReachedByTransfers().find(c.failpoint);
     EXPECT_NE(allowed, notReachedByTransfers().end())
-        << c.failpoint << "=crash on " << c.process << " did not fire under " << run_.transfers.size()
+        << c.spec() << " on " << c.process << " did not fire under " << run_.transfers.size()
         << " transfers, and it is not listed as a point transfers do not reach";
   }
-  EXPECT_TRUE(violations.empty()) << c.failpoint << "=crash on " << c.process << ": " << violations.size()
+  EXPECT_TRUE(violations.empty()) << c.spec() << " on " << c.process << ": " << violations.size()
                                   << " invariant violations:" << join(violations);
 }
 
