@@ -13,13 +13,6 @@
 
 namespace keel {
 
-namespace {
-// Redo mode: groups averaging fewer jobs than this are one client's (its
-// record and the lazy one of its previous interaction riding along: ~2 at
-// one client, ~55 at 64 outstanding; RedoLog::Options::checkpointIdleAlone).
-constexpr double kAloneJobsPerGroup = 2.5;
-}  // namespace
-
 kj::Exception toKjException(std::exception_ptr err) {
   try {
     std::rethrow_exception(err);
@@ -141,9 +134,7 @@ void GroupCommitLog::writerLoop() {
           continue;
         }
         // Nothing queued: an idle writer checkpoints sooner.
-        auto due = [&] {
-          return queue_.empty() ? redo_->checkpointDueIdle(jobsPerGroup_ < kAloneJobsPerGroup) : redo_->checkpointDue();
-        };
+        auto due = [&] { return queue_.empty() ? redo_->checkpointDueIdle() : redo_->checkpointDue(); };
         auto until = queue_.empty() ? due() : queuedSince_ + opts_.lazyDelay;
         if (checkpointWaits) until = std::min(until, due());
         if (cv_.wait_until(lk, until) == std::cv_status::timeout) {
@@ -313,9 +304,6 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   for (Job* j : applied) jobs += j->count();
   stats_.jobs.fetch_add(jobs, std::memory_order_relaxed);
   stats_.groupSize->observe(jobs);
-  // A moving average over the last ~8 groups: a few jobs each means one
-  // client (nothing to batch), and idle checkpoints come sooner.
-  jobsPerGroup_ += (double(jobs) - jobsPerGroup_) / 8;
   for (Job* j : applied) j->done(nullptr);
   if (redo_->pending() > 0 && std::chrono::steady_clock::now() >= redo_->checkpointDue()) checkpoint(outer);
 }

@@ -205,7 +205,6 @@ class GroupCommitLog {
   std::unique_ptr<RedoLog> redo_;  // redo mode; used by the writer thread only once it runs
   bool checkpointAsked_ = false;   // writer thread: checkpointSync's job ran in this group
   bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
-  double jobsPerGroup_ = 0;        // writer thread, redo mode: moving average of jobs per group
   // Redo mode: the flusher thread flushes data.mdb after each checkpoint
   // committed without a flush; the writer waits for it only before the
   // next checkpoint (at most one unflushed). GUARDED_BY(flushMu_).

@@ -17,8 +17,7 @@
 //
 // Checkpoint, every Options::checkpointEvery (counted from the first group
 // after the last one) — sooner, after Options::checkpointIdle, when the
-// writer has nothing queued, or checkpointIdleAlone when its groups carry
-// a few jobs each (one client) — when the file's half is full, and at the
+// writer has nothing queued — when the file's half is full, and at the
 // stop: the writer waits until the previous checkpoint is flushed, marks
 // this one PENDING (its LMDB txnid written to `redo.pending` and flushed,
 // markPending), stores the LSN of the last group in the open transaction
@@ -88,11 +87,6 @@ class RedoLog {
     // nothing queued (at 64 outstanding the queue empties for moments, so
     // a short one fires there too, ~65 times a second at 10 ms).
     std::chrono::milliseconds checkpointIdle{100};
-    // ... and this soon when the recent groups carried a few jobs each
-    // (one client: nothing to batch; the writer is idle between groups, so
-    // small, frequent checkpoints keep each one's stop short, and nobody is
-    // queued behind them; docs/performance.md, tenth sitting).
-    std::chrono::milliseconds checkpointIdleAlone{10};
   };
 
   // Opens (creating it zero-filled, or at the wrong size) `redo.log` in the
@@ -115,11 +109,9 @@ class RedoLog {
   std::uint64_t pending() const { return pending_; }
   // When the next checkpoint is due (meaningful while pending() > 0).
   std::chrono::steady_clock::time_point checkpointDue() const { return firstPendingAt_ + opts_.checkpointEvery; }
-  // When it is due if the writer is idle; `alone`: its recent groups
-  // carried a few jobs each (Options::checkpointIdleAlone).
-  std::chrono::steady_clock::time_point checkpointDueIdle(bool alone) const {
-    auto idle = alone ? std::min(opts_.checkpointIdleAlone, opts_.checkpointIdle) : opts_.checkpointIdle;
-    return firstPendingAt_ + std::min(idle, opts_.checkpointEvery);
+  // When it is due if the writer is idle.
+  std::chrono::steady_clock::time_point checkpointDueIdle() const {
+    return firstPendingAt_ + std::min(opts_.checkpointIdle, opts_.checkpointEvery);
   }
   // In the transaction the checkpoint commits: the LSN of the last group.
   void stamp(lmdb::Txn& txn);

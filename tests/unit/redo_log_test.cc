@@ -15,7 +15,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -56,7 +55,6 @@ RedoLog::Options noCheckpoints() {
   o.fileBytes = std::uint64_t(1) << 20;
   o.checkpointEvery = std::chrono::hours(1);
   o.checkpointIdle = std::chrono::hours(1);
-  o.checkpointIdleAlone = std::chrono::hours(1);
   return o;
 }
 
@@ -378,48 +376,6 @@ TEST_F(RedoLogTest, ACheckpointFallsDueWhileTheWriterIsIdle) {
   EXPECT_EQ(lmdbOnly(env, db, 1).value_or(""), "x") << "no checkpoint within 2 s with nothing else to do";
   EXPECT_GE(log.stats().checkpointLatency->snapshot().count, 1u);
   EXPECT_EQ(env.overlayGroups(), 0u);
-}
-
-TEST_F(RedoLogTest, IdleCheckpointsComeSoonerOnlyWhileGroupsCarryAFewJobsEach) {
-  auto env = openEnvRecovering(path(), envOpts());
-  MDB_dbi db = env.openDb("t");
-  RedoLog::Options ro = noCheckpoints();  // none every hour, none after an idle hour ...
-  ro.checkpointIdleAlone = std::chrono::milliseconds(20);  // ... but 20 ms after one-job groups
-  GroupCommitLog log(env, redoLog(ro));
-  auto checkpoints = [&] { return log.stats().checkpointLatency->snapshot().count; };
-  auto waitCheckpoints = [&](std::uint64_t n, std::chrono::milliseconds within) {
-    for (auto until = std::chrono::steady_clock::now() + within;
-         checkpoints() < n && std::chrono::steady_clock::now() < until;) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return checkpoints();
-  };
-  log.runSync([&](lmdb::Txn& t) { t.put(db, key(1), "one"); });
-  EXPECT_EQ(waitCheckpoints(1, std::chrono::seconds(2)), 1u) << "no checkpoint 20 ms after a one-job group";
-
-  // Groups of many jobs: a job holds the writer while the next ones queue
-  // up, so each group after it carries them all.
-  for (int round = 0; round < 12; ++round) {
-    std::promise<void> entered;
-    auto in = entered.get_future();
-    std::vector<std::future<void>> done;
-    done.push_back(std::async(std::launch::async, [&] {
-      log.runSync([&](lmdb::Txn& t) {
-        entered.set_value();
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        t.put(db, key(2), "holder");
-      });
-    }));
-    in.wait();
-    for (int i = 0; i < 20; ++i) {
-      done.push_back(std::async(std::launch::async, [&, i] { log.runSync([&](lmdb::Txn& t) { t.put(db, key(10 + i), "many"); }); }));
-    }
-    for (auto& d : done) d.get();
-  }
-  auto before = checkpoints();
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_EQ(checkpoints(), before) << "an idle checkpoint 20 ms after groups of many jobs each";
-  EXPECT_GT(env.overlayGroups(), 0u);
 }
 
 TEST_F(RedoLogTest, CheckpointSyncLeavesEveryGroupInLmdbForACopy) {
