@@ -1,5 +1,6 @@
 #include "common/lmdb.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -148,8 +149,17 @@ std::vector<RedoOp> decodeRedoOps(std::string_view b) {
   return ops;
 }
 
-std::shared_ptr<const Delta> toDelta(const Env& env, std::string_view b) {
+std::vector<std::string> redoDbNames(std::string_view b) {
+  std::vector<std::string> names;
+  forEachRedoOp(b, [&](bool, std::string_view db, std::string_view, std::string_view) {
+    if (std::find(names.begin(), names.end(), db) == names.end()) names.emplace_back(db);
+  });
+  return names;
+}
+
+std::shared_ptr<const Delta> toDelta(const Env& env, std::string_view b, std::uint64_t lsn) {
   auto d = std::make_shared<Delta>();
+  d->lsn = lsn;
   std::string_view lastDb;
   std::map<std::string, std::optional<std::string>, std::less<>>* m = nullptr;
   forEachRedoOp(b, [&](bool put, std::string_view db, std::string_view key, std::string_view value) {
@@ -351,8 +361,39 @@ Txn Env::beginRead() const {
   int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &t);
   if (rc != 0) throwError("mdb_txn_begin(read)", rc);
   Txn r(t);
+  if (view_ != nullptr) ov = viewAbove(t);
   r.overlay_ = std::move(ov);
   return r;
+}
+
+std::shared_ptr<const Overlay> Env::viewAbove(MDB_txn* snapshot) const {
+  // The snapshot's LSN: the groups at or below it are LMDB's already.
+  std::uint64_t lsn = 0;
+  MDB_val k{view_->lsnKey.size(), const_cast<char*>(view_->lsnKey.data())}, v;
+  int rc = mdb_get(snapshot, view_->lsnDb, &k, &v);
+  if (rc == 0 && v.mv_size == 8) {
+    std::memcpy(&lsn, v.mv_data, 8);
+  } else if (rc != 0 && rc != MDB_NOTFOUND) {
+    throwError("mdb_get(redo lsn)", rc);
+  }
+  const auto& all = view_->all->deltas;
+  auto first = std::find_if(all.begin(), all.end(), [&](const auto& d) { return d->lsn > lsn; });
+  if (first == all.begin()) return view_->all;
+  if (first == all.end()) return nullptr;
+  auto ov = std::make_shared<Overlay>();
+  ov->deltas.assign(first, all.end());
+  return ov;
+}
+
+void Env::setReadView(MDB_dbi lsnDb, std::string lsnKey, std::vector<std::shared_ptr<const Delta>> groups) {
+  if (!readOnly_) throw Error("a redo read view on a writable environment", EINVAL);
+  auto view = std::make_unique<ReadView>();
+  view->lsnDb = lsnDb;
+  view->lsnKey = std::move(lsnKey);
+  auto all = std::make_shared<Overlay>();
+  all->deltas = std::move(groups);
+  view->all = std::move(all);
+  view_ = std::move(view);
 }
 
 void Env::publish(std::shared_ptr<const Delta> delta) {

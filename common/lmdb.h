@@ -128,6 +128,9 @@ class Txn {
 // common/redo_log.h): per database, key -> value, or nullopt for a delete.
 struct Delta {
   std::map<MDB_dbi, std::map<std::string, std::optional<std::string>, std::less<>>> dbs;
+  // The group's LSN in the redo log: set for a read-only Env's view
+  // (Env::setReadView), which drops the groups its snapshot already holds.
+  std::uint64_t lsn = 0;
 };
 // What a read transaction sees on top of LMDB's snapshot: the durable
 // groups since the last checkpoint, oldest first (a later one wins).
@@ -145,7 +148,9 @@ std::vector<RedoOp> decodeRedoOps(std::string_view bytes);
 class Env;
 // The same writes, decoded straight into an overlay delta (databases by
 // the Env's handles; one the Env has not opened by name is refused).
-std::shared_ptr<const Delta> toDelta(const Env& env, std::string_view bytes);
+std::shared_ptr<const Delta> toDelta(const Env& env, std::string_view bytes, std::uint64_t lsn = 0);
+// The databases the recorded writes name, each once, in order of first use.
+std::vector<std::string> redoDbNames(std::string_view bytes);
 // Applies recorded writes in `txn` (databases opened, or created, by name).
 void applyRedoOps(Txn& txn, const std::vector<RedoOp>& ops);
 
@@ -170,7 +175,7 @@ class Env {
   Env(const std::string& dir, const EnvOptions& opts);
   Env(Env&& o) noexcept
       : env_(o.env_), readOnly_(o.readOnly_), logOwned_(o.logOwned_.load()), names_(std::move(o.names_)),
-        overlay_(std::move(o.overlay_)) {
+        overlay_(std::move(o.overlay_)), view_(std::move(o.view_)) {
     o.env_ = nullptr;
   }
   Env(const Env&) = delete;
@@ -217,6 +222,14 @@ class Env {
   void clearOverlay();
   // Groups published and not yet checkpointed (tests, metrics).
   std::size_t overlayGroups() const;
+  // A read-only Env beside (or after) a redo-mode writer: `groups` are the
+  // redo log's groups above LMDB's checkpoint when it was read, oldest
+  // first, each tagged with its LSN (Delta::lsn). Every read transaction
+  // begun from now on shows those above its own snapshot's LSN (the 8-byte
+  // value of `lsnKey` in database `lsnDb`): a checkpoint committed since
+  // holds the ones at or below it, possibly overwritten by later groups,
+  // so an older group must not shadow it (openEnvRecovering, read-only).
+  void setReadView(MDB_dbi lsnDb, std::string lsnKey, std::vector<std::shared_ptr<const Delta>> groups);
   // The handle of a database opened by name (kAbsentDb if none).
   MDB_dbi dbHandle(std::string_view name) const;
   // Share of the map in use, 0..1: the file's high-water mark (LMDB reuses
@@ -236,6 +249,15 @@ class Env {
     std::shared_ptr<const Overlay> current;  // GUARDED_BY(mu); null = empty
   };
   std::unique_ptr<OverlayBox> overlay_ = std::make_unique<OverlayBox>();
+  // A read-only Env's view of the redo log (setReadView); null: none.
+  struct ReadView {
+    MDB_dbi lsnDb = 0;
+    std::string lsnKey;
+    std::shared_ptr<const Overlay> all;  // every group read, oldest first
+  };
+  std::unique_ptr<ReadView> view_;
+  // The view's groups above `snapshot`'s LSN (null: none).
+  std::shared_ptr<const Overlay> viewAbove(MDB_txn* snapshot) const;
 };
 
 }  // namespace keel::lmdb

@@ -8,8 +8,11 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <optional>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "common/log.h"
@@ -24,7 +27,7 @@ constexpr std::size_t kHeader = 32;                 // magic, crc, lsn, id, leng
 constexpr const char* kLsnKey = "lsn";              // in database "redo": the last group LMDB holds
 constexpr const char* kIdKey = "id";                // in database "redo": the log's id
 constexpr std::uint32_t kPendingMagic = 0x4450524B;  // "KRPD": redo.pending
-constexpr std::size_t kPendingBytes = 32;           // magic, crc of the rest, txnid, 16 bytes 0
+constexpr std::size_t kPendingBytes = 32;           // magic, crc of the rest, txnid, boot id (16 bytes)
 // LMDB 0.9's meta pages (data.mdb's pages 0 and 1, mdb.c): MDB_meta after
 // the 16-byte page header; in it the magic first, the page size in the
 // first MDB_db's md_pad (offset 24), the txnid last (offset 128).
@@ -161,25 +164,86 @@ std::string RedoLog::pendingPath(const std::string& dir) { return dir + "/redo.p
 
 namespace {
 
+// This boot of the machine (the kernel's boot_id, 16 bytes; zeros if it
+// cannot be read). A pending mark names the boot it was written in: on the
+// same boot the page cache still holds every page a checkpoint wrote, so
+// a read-only open may read it even before its flush finished.
+using BootId = std::array<char, 16>;
+BootId bootId() {
+  BootId id{};
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string text;
+  std::getline(f, text);
+  std::size_t n = 0;
+  int half = -1;
+  for (char c : text) {
+    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (v < 0 || n >= id.size()) continue;
+    if (half < 0) {
+      half = v;
+    } else {
+      id[n++] = char(half << 4 | v);
+      half = -1;
+    }
+  }
+  if (n != id.size()) id.fill(0);
+  return id;
+}
+
 void writePending(int fd, std::uint64_t txnid, const std::string& file) {
   char b[kPendingBytes] = {};
   store<std::uint32_t>(b, kPendingMagic);
   store<std::uint64_t>(b + 8, txnid);
+  BootId boot = bootId();
+  std::memcpy(b + 16, boot.data(), boot.size());
   store<std::uint32_t>(b + 4, crc32c(0, std::string_view(b + 8, kPendingBytes - 8)));
   writeAll(fd, b, kPendingBytes, 0, "write " + file);
   if (::fdatasync(fd) != 0) fail("fdatasync " + file, errno);
 }
 
-// The pending checkpoint's txnid in `dir`, 0 when there is none (no file,
-// or a torn one: its write did not finish, so its commit never started).
-std::uint64_t readPending(const std::string& dir) {
+// The pending checkpoint in `dir`: its txnid, 0 when there is none (no
+// file, or a torn one: its write did not finish, so its commit never
+// started), and the boot it was marked in (zeros: unknown, as in the files
+// of versions before the boot id).
+struct PendingMark {
+  std::uint64_t txnid = 0;
+  BootId boot{};
+};
+PendingMark readPending(const std::string& dir) {
+  PendingMark m;
   std::string file = RedoLog::pendingPath(dir);
   std::error_code ec;
-  if (!std::filesystem::exists(file, ec)) return 0;
+  if (!std::filesystem::exists(file, ec)) return m;
   std::string b = readWhole(file);
-  if (b.size() < kPendingBytes || load<std::uint32_t>(b.data()) != kPendingMagic) return 0;
-  if (load<std::uint32_t>(b.data() + 4) != crc32c(0, std::string_view(b.data() + 8, kPendingBytes - 8))) return 0;
-  return load<std::uint64_t>(b.data() + 8);
+  if (b.size() < kPendingBytes || load<std::uint32_t>(b.data()) != kPendingMagic) return m;
+  if (load<std::uint32_t>(b.data() + 4) != crc32c(0, std::string_view(b.data() + 8, kPendingBytes - 8))) return m;
+  m.txnid = load<std::uint64_t>(b.data() + 8);
+  std::memcpy(m.boot.data(), b.data() + 16, m.boot.size());
+  return m;
+}
+
+// data.mdb's two meta pages, as LMDB 0.9 lays them out.
+struct MetaPages {
+  char m[2][kMetaBytes];
+  std::uint32_t psize = 0;
+  std::uint64_t txnid(int i) const { return load<std::uint64_t>(m[i] + 128); }
+  int newest() const { return txnid(1) > txnid(0) ? 1 : 0; }
+};
+// Nullopt when data.mdb has no commit yet; throws, naming the file, when
+// it does not hold LMDB's meta pages.
+std::optional<MetaPages> readMetaPages(int fd, const std::string& data) {
+  MetaPages p;
+  if (::pread(fd, p.m[0], kMetaBytes, off_t(kMetaAt)) != ssize_t(kMetaBytes)) return std::nullopt;  // no commit yet
+  p.psize = load<std::uint32_t>(p.m[0] + 24);
+  if (load<std::uint32_t>(p.m[0]) != kLmdbMagic || p.psize < 512 || p.psize > 65536 ||
+      (p.psize & (p.psize - 1)) != 0) {
+    throw lmdb::Error("redo log: " + data + " does not start with an LMDB meta page; nothing was changed", EINVAL);
+  }
+  if (::pread(fd, p.m[1], kMetaBytes, off_t(p.psize + kMetaAt)) != ssize_t(kMetaBytes) ||
+      load<std::uint32_t>(p.m[1]) != kLmdbMagic) {
+    throw lmdb::Error("redo log: " + data + "'s second meta page is unreadable; nothing was changed", EINVAL);
+  }
+  return p;
 }
 
 // A checkpoint committed without a flush is marked pending first
@@ -194,7 +258,7 @@ std::uint64_t readPending(const std::string& dir) {
 // the reverted txnid, 0 when nothing was done. Refuses, changing nothing,
 // when the meta pages are not what a pending checkpoint leaves.
 std::uint64_t revertPendingCheckpoint(const std::string& dir) {
-  std::uint64_t pending = readPending(dir);
+  std::uint64_t pending = readPending(dir).txnid;
   if (pending == 0) return 0;
   std::string data = dir + "/data.mdb";
   int fd = ::open(data.c_str(), O_RDWR | O_CLOEXEC);
@@ -206,20 +270,13 @@ std::uint64_t revertPendingCheckpoint(const std::string& dir) {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  char m0[kMetaBytes];
-  if (::pread(fd, m0, kMetaBytes, off_t(kMetaAt)) != ssize_t(kMetaBytes)) return 0;  // no commit yet
-  std::uint32_t psize = load<std::uint32_t>(m0 + 24);
-  if (load<std::uint32_t>(m0) != kLmdbMagic || psize < 512 || psize > 65536 || (psize & (psize - 1)) != 0) {
-    throw lmdb::Error("redo log: " + data + " does not start with an LMDB meta page; nothing was changed", EINVAL);
-  }
-  char m1[kMetaBytes];
-  if (::pread(fd, m1, kMetaBytes, off_t(psize + kMetaAt)) != ssize_t(kMetaBytes) ||
-      load<std::uint32_t>(m1) != kLmdbMagic) {
-    throw lmdb::Error("redo log: " + data + "'s second meta page is unreadable; nothing was changed", EINVAL);
-  }
-  std::uint64_t t0 = load<std::uint64_t>(m0 + 128), t1 = load<std::uint64_t>(m1 + 128);
-  int newest = t1 > t0 ? 1 : 0;
-  std::uint64_t tn = newest ? t1 : t0, to = newest ? t0 : t1;
+  auto metas = readMetaPages(fd, data);
+  if (!metas) return 0;
+  int newest = metas->newest();
+  std::uint64_t tn = metas->txnid(newest), to = metas->txnid(1 - newest);
+  const char* m0 = metas->m[0];
+  const char* m1 = metas->m[1];
+  std::uint32_t psize = metas->psize;
   if (tn != pending) return 0;  // the pending commit never reached the meta page, or others came after it
   if (to + 1 != tn) {
     throw lmdb::Error("redo log: " + data + "'s meta pages hold transactions " + std::to_string(to) + " and " +
@@ -344,8 +401,108 @@ void RedoLog::checkpointed() {
   pending_ = 0;
 }
 
+namespace {
+
+// Read-only, after a restart of the machine: a checkpoint still marked
+// pending (its flush never confirmed) may have reached the disk as a meta
+// page without all its pages, and only a writable open can put the meta
+// page before it back (revertPendingCheckpoint). On the boot that marked
+// it the page cache holds every page it wrote (a killed process loses
+// none), so a read-only open goes on; on another boot it is refused.
+void refuseUnflushedCheckpointAfterRestart(const std::string& dir) {
+  PendingMark mark = readPending(dir);
+  if (mark.txnid == 0) return;
+  std::string data = dir + "/data.mdb";
+  int fd = ::open(data.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // LMDB's own open says what is wrong
+  std::optional<MetaPages> metas;
+  try {
+    metas = readMetaPages(fd, data);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  if (!metas || metas->txnid(metas->newest()) != mark.txnid) return;
+  BootId now = bootId();
+  if (mark.boot == now && now != BootId{}) return;
+  throw lmdb::Error("redo log: the last checkpoint of " + data + " (LMDB transaction " + std::to_string(mark.txnid) +
+                        ") was never confirmed flushed, and the machine has restarted since, so its pages may be "
+                        "missing: start its coordinator or agent once (recovery puts the checkpoint before it back "
+                        "and replays redo.log), then read it; nothing was changed",
+                    EINVAL);
+}
+
+// Read-only beside (or after) a redo-mode writer: the groups redo.log holds
+// above LMDB's checkpoint are read once and shown by every read
+// transaction above its own snapshot's LSN (lmdb::Env::setReadView). A
+// live writer may checkpoint while the file is read: the chain must then
+// still begin right after the LSN read before it, or it is read again.
+void readRedoView(lmdb::Env& env, const std::string& dir, RedoLog::Recovered& r) {
+  std::string file = RedoLog::path(dir);
+  MDB_dbi db = env.openDb("redo");
+  constexpr int kAttempts = 20;
+  std::vector<Record> chain;
+  for (int attempt = 1;; ++attempt) {
+    std::uint64_t id = 0, lsn = 0;
+    if (db != lmdb::kAbsentDb) {
+      auto txn = env.beginRead();
+      id = readU64(txn, db, kIdKey);
+      lsn = readU64(txn, db, kLsnKey);
+    }
+    if (id == 0) {
+      throw lmdb::Error("redo log: " + file +
+                            " is there but data.mdb names no redo log (a replaced or restored data file?); "
+                            "nothing was read",
+                        EINVAL);
+    }
+    chain = chainAbove(readWhole(file), id, lsn);
+    r.checkpoint = lsn;
+    if (chain.empty() || chain.front().lsn == lsn + 1) break;
+    if (attempt == kAttempts) {
+      throw lmdb::Error("redo log: " + file + " continues at group " + std::to_string(chain.front().lsn) +
+                            " but data.mdb holds groups up to " + std::to_string(lsn) + " only, in " +
+                            std::to_string(kAttempts) +
+                            " reads (a writer checkpointing faster than it can be read, or an older data.mdb); "
+                            "nothing was read",
+                        EINVAL);
+    }
+    // Two checkpoints between reading the LSN and the file: read again.
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  std::vector<std::shared_ptr<const lmdb::Delta>> groups;
+  for (const Record& rec : chain) {
+    for (const std::string& name : lmdb::redoDbNames(rec.payload)) {
+      if (env.dbHandle(name) != lmdb::kAbsentDb) continue;
+      if (name.empty() || env.openDb(name.c_str()) == lmdb::kAbsentDb) {
+        throw lmdb::Error("redo log: group " + std::to_string(rec.lsn) + " in " + file + " writes database '" + name +
+                              "', which data.mdb does not hold yet: start its coordinator or agent once (it "
+                              "replays redo.log), then read it; nothing was changed",
+                          EINVAL);
+      }
+    }
+    groups.push_back(lmdb::toDelta(env, rec.payload, rec.lsn));
+    r.ops += lmdb::decodeRedoOps(rec.payload).size();
+    ++r.groups;
+  }
+  env.setReadView(db, kLsnKey, std::move(groups));
+}
+
+}  // namespace
+
 lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts, RedoLog::Recovered* recovered) {
-  std::uint64_t reverted = opts.readOnly ? 0 : revertPendingCheckpoint(dir);  // before LMDB reads a meta page
+  if (opts.readOnly) {
+    std::error_code ec;
+    if (!std::filesystem::exists(RedoLog::path(dir), ec)) return lmdb::Env(dir, opts);
+    refuseUnflushedCheckpointAfterRestart(dir);
+    lmdb::Env env(dir, opts);
+    RedoLog::Recovered r;
+    r.present = true;
+    readRedoView(env, dir, r);
+    if (recovered != nullptr) *recovered = r;
+    return env;
+  }
+  std::uint64_t reverted = revertPendingCheckpoint(dir);  // before LMDB reads a meta page
   if (reverted != 0) {
     KEEL_LOG_WARN("redo log: checkpoint {} of {} was not confirmed flushed; LMDB opens at the one before it", reverted,
                   dir);
@@ -353,7 +510,7 @@ lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts
   lmdb::Env env(dir, opts);
   std::string file = RedoLog::path(dir);
   std::error_code ec;
-  if (opts.readOnly || !std::filesystem::exists(file, ec)) return env;
+  if (!std::filesystem::exists(file, ec)) return env;
   RedoLog::Recovered r;
   r.present = true;
   r.reverted = reverted;

@@ -157,11 +157,20 @@ class RedoLog {
 };
 
 // Opens the LMDB environment in `dir`, first applying what a redo log there
-// holds past LMDB's checkpoint (nothing happens when there is none). Read-
-// only, nothing is applied (a live writer's groups are its own; after a
-// crash the next writable start replays them). Refuses, changing nothing,
-// when the log does not continue LMDB's checkpoint or a record cannot be
-// applied.
+// holds past LMDB's checkpoint (nothing happens when there is none).
+// Refuses, changing nothing, when the log does not continue LMDB's
+// checkpoint or a record cannot be applied.
+//
+// Read-only (keel-coordinator --check-wal, beside a live writer or after a
+// crash), nothing is written: the groups past LMDB's checkpoint are read
+// into a view that every read transaction shows above its own snapshot
+// (lmdb::Env::setReadView; `recovered` counts them), so a reader sees what
+// every caller was told, not only what the last checkpoint holds. Refused,
+// reading nothing, when a checkpoint still marked pending was marked
+// before the machine last restarted (its pages may be missing until a
+// writable start reverts it), when a group writes a database data.mdb does
+// not hold yet, or when a writer checkpoints faster than the file can be
+// read.
 lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts,
                             RedoLog::Recovered* recovered = nullptr);
 

@@ -92,8 +92,16 @@ int main(int argc, char** argv) {
     try {
       std::string dir = keel::DataDir::inspect(cfg.dataDir, owner);
       keel::WalStore wal(dir, cfg.mapSizeMb << 20, /*readOnly=*/true);
-      auto bad = wal.checkAll();
+      std::size_t checked = 0;
+      auto bad = wal.checkAll(&checked);
       for (auto& b : bad) std::cout << "damaged: " << b << "\n";
+      const auto& redo = wal.redoRead();
+      std::cout << checked << " record(s) checked";
+      if (redo.present) {
+        std::cout << "; " << redo.groups << " group(s) (" << redo.ops
+                  << " write(s)) past data.mdb's last checkpoint read from redo.log";
+      }
+      std::cout << "\n";
       std::cout << bad.size() << " damaged record(s) in " << dir << "\n";
       return bad.empty() ? 0 : 1;
     } catch (const keel::DataDirError& e) {

@@ -50,7 +50,7 @@ std::uint64_t segmentEnd(std::uint64_t seq) {
 }  // namespace
 
 WalStore::WalStore(const std::string& dir, std::size_t mapSizeBytes, bool readOnly, bool redo)
-    : dir_(dir), env_(openEnvRecovering(dir, envOptions(mapSizeBytes, readOnly))) {
+    : dir_(dir), env_(openEnvRecovering(dir, envOptions(mapSizeBytes, readOnly), &redoRead_)) {
   meta_ = env_.openDb("meta");
   if (!readOnly) {
     // Before anything else is created: a backup copy is refused as it is
@@ -477,11 +477,13 @@ WalStore::Windows WalStore::windows() const {
 
 double WalStore::fill() const { return env_.fill(); }
 
-std::vector<std::string> WalStore::checkAll() const {
+std::vector<std::string> WalStore::checkAll(std::size_t* checked) const {
   std::vector<std::string> bad;
+  std::size_t n = 0;
   auto txn = env_.beginRead();
   auto check = [&](MDB_dbi dbi, const char* table, auto decode) {
     txn.scan(dbi, "", [&](std::string_view k, std::string_view v) {
+      ++n;
       try {
         decode(v);
       } catch (const CorruptRecord& e) {
@@ -494,6 +496,7 @@ std::vector<std::string> WalStore::checkAll() const {
   check(rollbacks_, "rollback", [](std::string_view v) { decodeRollback(v); });
   check(audit_, "audit", [](std::string_view v) { decodeAudit(v); });
   txn.scan(requests_, "", [&](std::string_view k, std::string_view v) {
+    ++n;
     try {
       decodeRequest(v);
     } catch (const CorruptRecord& e) {
@@ -502,9 +505,11 @@ std::vector<std::string> WalStore::checkAll() const {
     return true;
   });
   txn.scan(active_, "", [&](std::string_view k, std::string_view) {
+    ++n;
     if (!txn.get(interactions_, k)) bad.push_back("active " + seqText(keyU64(k)) + ": no interaction record");
     return true;
   });
+  if (checked != nullptr) *checked = n;
   return bad;
 }
 

@@ -36,6 +36,7 @@
 #include "common/group_log.h"
 #include "common/lmdb.h"
 #include "common/records.h"
+#include "common/redo_log.h"
 #include "common/seq.h"
 
 namespace keel {
@@ -187,8 +188,13 @@ class WalStore {
   std::optional<RestoreMark> restoreMark() const;
 
   // Decodes every record of every table; returns "table key: problem" for
-  // each damaged one (keel-coordinator --check-wal).
-  std::vector<std::string> checkAll() const;
+  // each damaged one (keel-coordinator --check-wal). `checked`: how many
+  // records were looked at.
+  std::vector<std::string> checkAll(std::size_t* checked = nullptr) const;
+  // What the open read of redo.log (or, writable, replayed from it):
+  // read-only, the groups past data.mdb's last checkpoint that every read
+  // shows (openEnvRecovering).
+  const RedoLog::Recovered& redoRead() const { return redoRead_; }
 
   GroupCommitLog& log() { return *log_; }
   std::uint64_t epoch() const { return epoch_; }
@@ -199,6 +205,7 @@ class WalStore {
   std::optional<std::uint64_t> firstCreatedFrom(const lmdb::Txn& txn, std::uint64_t at, Micros fromUs) const;
 
   std::string dir_;
+  RedoLog::Recovered redoRead_;  // before env_: filled by its open
   lmdb::Env env_;
   MDB_dbi meta_, interactions_, rollbacks_, active_, windows_, audit_, requests_, heuristic_;
   std::unique_ptr<GroupCommitLog> log_;

@@ -19,6 +19,7 @@
 
 #include "common/client.h"
 #include "common/lmdb.h"
+#include "common/redo_log.h"
 #include "tools/cluster.h"
 
 namespace keel::test {
@@ -182,7 +183,8 @@ class ClusterTest : public ::testing::Test {
     // After the decision the record is surely durable (it was forced).
     crashCoordinatorDuring("coord.after_decision_durable=crash", transferOps("bank-a:alice", "bank-b:bob", 10));
     auto seq = unfinishedAt("bank-a").at(0).seq;
-    lmdb::Env env(dir_ + "/coordinator", lmdb::EnvOptions{});
+    // In redo mode the record may be in redo.log only: replayed first.
+    auto env = openEnvRecovering(dir_ + "/coordinator", lmdb::EnvOptions{});
     auto dbi = env.openDb("interactions");
     auto txn = env.beginWrite();
     auto v = txn.get(dbi, u64Key(seq));

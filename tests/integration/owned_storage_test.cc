@@ -13,9 +13,11 @@
 #include <iterator>
 
 #include "common/lmdb.h"
+#include "common/redo_log.h"
 #include "common/seq.h"
 #include "common/strict_json.h"
 #include "common/wire.h"
+#include "coordinator/wal_store.h"
 #include "tests/integration/cluster_fixture.h"
 
 namespace keel::test {
@@ -72,7 +74,7 @@ class OwnedStorageTest : public ClusterTest {
   WalState walState() {
     lmdb::EnvOptions o;
     o.readOnly = true;
-    lmdb::Env env(coordinatorDir(), o);
+    auto env = openEnvRecovering(coordinatorDir(), o);  // redo mode: with the groups past the checkpoint
     auto meta = env.openDb("meta");
     auto txn = env.beginRead();
     WalState s;
@@ -106,6 +108,8 @@ class OwnedStorageTest : public ClusterTest {
     auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
     EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
   }
+
+  void checkWalBesideALiveCoordinator();
 };
 
 TEST_F(OwnedStorageTest, ASecondCoordinatorOnALiveDirectoryIsRefusedAndTheLiveOneKeepsServing) {
@@ -199,7 +203,9 @@ TEST_F(OwnedStorageTest, ADamagedWalRecordIsRefusedWithEpochAndSeqMarkUnchanged)
   EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);  // the branch still waits
 }
 
-TEST_F(OwnedStorageTest, CheckWalReadsBesideALiveCoordinatorAndChangesNothing) {
+TEST_F(OwnedStorageTest, CheckWalReadsBesideALiveCoordinatorAndChangesNothing) { checkWalBesideALiveCoordinator(); }
+
+void OwnedStorageTest::checkWalBesideALiveCoordinator() {
   open("bank-a", "alice", 100);
   open("bank-b", "bob", 0);
   auto before = walState();
@@ -217,6 +223,46 @@ TEST_F(OwnedStorageTest, CheckWalReadsBesideALiveCoordinatorAndChangesNothing) {
   EXPECT_NE(r.output.find("belongs to agent bank-a, not a coordinator"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/none"));
   transferCommits();
+}
+
+// Redo mode (docs/operations.md, "Redo log"): what callers were told may
+// be in redo.log only, past data.mdb's last checkpoint; --check-wal and
+// every read-only open read it too.
+class RedoOwnedStorageTest : public OwnedStorageTest {
+ protected:
+  std::string coordinatorToml() override { return OwnedStorageTest::coordinatorToml() + "redo = true\n"; }
+};
+
+TEST_F(RedoOwnedStorageTest, CheckWalReadsBesideALiveCoordinatorAndChangesNothing) {
+  checkWalBesideALiveCoordinator();
+}
+
+TEST_F(RedoOwnedStorageTest, CheckWalAfterACrashReadsWhatOnlyTheRedoLogHolds) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  // The decision is durable (in redo.log) and the coordinator dies before
+  // its next checkpoint (100 ms).
+  crashCoordinatorDuring("coord.after_decision_durable=crash", transferOps("bank-a:alice", "bank-b:bob", 10));
+  auto seq = unfinishedAt("bank-a").at(0).seq;
+  std::string data = slurp(coordinatorDir() + "/data.mdb");
+  {
+    WalStore wal(coordinatorDir(), std::size_t(1) << 30, /*readOnly=*/true);
+    ASSERT_TRUE(wal.redoRead().present);
+    ASSERT_GE(wal.redoRead().groups, 1u) << "the decision was checkpointed before the crash: nothing to show";
+    auto unfinished = wal.loadUnfinished();
+    ASSERT_EQ(unfinished.size(), 1u) << "the unfinished interaction in redo.log was not read";
+    EXPECT_EQ(unfinished[0].interaction.seq, seq);
+  }
+  auto r = refusedRun("keel-coordinator --config " + dir_ + "/coordinator.toml --check-wal");
+  EXPECT_EQ(r.exitCode, 0) << r.output;
+  EXPECT_NE(r.output.find("0 damaged record(s) in " + coordinatorDir()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("past data.mdb's last checkpoint read from redo.log"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("; 0 group(s)"), std::string::npos) << r.output;
+  EXPECT_TRUE(slurp(coordinatorDir() + "/data.mdb") == data) << "a read-only open changed data.mdb";
+  // The restart replays it and finishes the transfer.
+  cluster_->startCoordinator();
+  reconnect();
+  EXPECT_TRUE(eventually([&] { return unfinishedAt("bank-a").empty() && unfinishedAt("bank-b").empty(); }));
 }
 
 // The agent binds before its first write: its port taken, the ACTIVE branch

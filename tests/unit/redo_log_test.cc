@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -774,6 +775,140 @@ TEST_F(RedoLogTest, WritesOutsideTheGroupLogAreRefusedWhileItRuns) {
   }
   auto t = env.beginWrite();  // the log stopped: allowed again
   t.abort();
+}
+
+// ---------------------------------------------------- read-only opens
+
+lmdb::EnvOptions readOnlyOpts() {
+  lmdb::EnvOptions o = envOpts();
+  o.readOnly = true;
+  return o;
+}
+
+// The files a read-only open must leave as they are.
+std::string filesOf(const std::string& dir) {
+  return readFile(dir + "/data.mdb") + readFile(RedoLog::path(dir)) + readFile(RedoLog::pendingPath(dir));
+}
+
+TEST_F(RedoLogTest, AReadOnlyOpenShowsTheGroupsOnlyTheRedoLogHoldsAndWritesNothing) {
+  // --check-wal after a crash (or beside a live writer): what every caller
+  // was told is in redo.log, not yet in data.mdb.
+  auto r = runChild(path(), 1, 20, noCheckpoints());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  ASSERT_EQ(r.durable.size(), 20u);
+  ASSERT_FALSE(lmdbOnly(path(), 1).has_value()) << "the groups were in LMDB already: nothing to show";
+  std::string before = filesOf(path());
+  {
+    RedoLog::Recovered rec;
+    auto env = openEnvRecovering(path(), readOnlyOpts(), &rec);
+    EXPECT_TRUE(rec.present);
+    EXPECT_EQ(rec.groups, 20u);
+    EXPECT_EQ(rec.ops, 20u);
+    auto keys = readKeys(env, 20);
+    for (int i = 1; i <= 20; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+    MDB_dbi db = env.openDb("t");
+    auto txn = env.beginRead();
+    EXPECT_EQ(txn.count(db), 20u);
+    int scanned = 0;
+    txn.scan(db, "", [&](std::string_view, std::string_view) { return ++scanned > 0; });
+    EXPECT_EQ(scanned, 20);
+  }
+  EXPECT_TRUE(filesOf(path()) == before) << "a read-only open changed a file";
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);  // a writable start still replays all of them
+  EXPECT_EQ(rec.groups, 20u);
+}
+
+TEST_F(RedoLogTest, AReadOnlyViewDropsTheGroupsACheckpointSinceHolds) {
+  // A read-only open beside a live writer reads redo.log once; the writer
+  // then checkpoints those groups and writes newer values over them. A read
+  // begun after that must show the checkpoint's values, not the old groups
+  // on top of them; one begun before keeps its own consistent view.
+  auto r = runChild(path(), 1, 3, noCheckpoints());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), readOnlyOpts(), &rec);
+  ASSERT_EQ(rec.groups, 3u);
+  MDB_dbi db = env.openDb("t");
+  MDB_dbi redoDb = env.openDb("redo");
+  // A read begun before (its own thread: LMDB keeps one per thread).
+  std::promise<void> began, written;
+  std::string oldBefore, oldAfter;
+  std::thread reader([&] {
+    auto old = env.beginRead();
+    oldBefore = old.get(db, key(1)).value_or("");
+    began.set_value();
+    written.get_future().wait();
+    oldAfter = old.get(db, key(1)).value_or("");
+  });
+  began.get_future().wait();
+
+  // Another process: replays groups 1-3, writes key 1 anew (group 4) and
+  // stops cleanly (its last checkpoint holds all four).
+  int status = runChild(path(), 1, 1, noCheckpoints(), 300, "", true).status;
+  written.set_value();
+  reader.join();
+  ASSERT_EQ(status, 0);
+
+  auto now = env.beginRead();
+  std::string four(8, '\0');
+  four[0] = 4;
+  ASSERT_EQ(now.get(redoDb, "lsn").value_or(""), four) << "the other process's last checkpoint holds groups 1-4";
+  EXPECT_EQ(now.get(db, key(1)).value_or(""), value(1, 300)) << "an older group shadowed a newer checkpoint";
+  EXPECT_EQ(now.get(db, key(3)).value_or(""), value(3, 100));
+  EXPECT_EQ(now.count(db), 3u);
+  EXPECT_EQ(oldBefore, value(1, 100));
+  EXPECT_EQ(oldAfter, value(1, 100)) << "a read begun earlier changed under its reader";
+}
+
+// Rewrites redo.pending's boot id (bytes 16-31) as another boot's.
+void markPendingOnAnotherBoot(const std::string& dir) {
+  std::string b = readFile(RedoLog::pendingPath(dir));
+  ASSERT_EQ(b.size(), 32u);
+  for (std::size_t i = 16; i < 32; ++i) b[i] = char(b[i] ^ 0x5a);
+  std::uint32_t crc = crc32c(0, std::string_view(b.data() + 8, 24));
+  std::memcpy(b.data() + 4, &crc, 4);
+  std::ofstream(RedoLog::pendingPath(dir), std::ios::binary | std::ios::trunc) << b;
+}
+
+TEST_F(RedoLogTest, AReadOnlyOpenRefusesACheckpointLeftUnflushedBeforeTheMachineRestarted) {
+  // The killed writer's last checkpoint is still marked pending. On the
+  // boot that marked it the page cache holds its pages: a read-only open
+  // reads it and the two groups after it.
+  auto r = runPastACheckpoint(path());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  ASSERT_EQ(r.durable.size(), 7u);
+  ASSERT_NE(pendingTxnid(path()), 0u);
+  ASSERT_EQ(newestTxnid(path()), pendingTxnid(path()));
+  {
+    RedoLog::Recovered rec;
+    auto env = openEnvRecovering(path(), readOnlyOpts(), &rec);
+    EXPECT_EQ(rec.groups, 7u - rec.checkpoint);
+    auto keys = readKeys(env, 7);
+    for (int i = 1; i <= 7; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+  }
+  // After a restart of the machine its pages may be missing: refused,
+  // reading and changing nothing, until a writable start reverts it.
+  markPendingOnAnotherBoot(path());
+  std::string before = filesOf(path());
+  try {
+    openEnvRecovering(path(), readOnlyOpts());
+    ADD_FAILURE() << "a checkpoint left unflushed before a restart was read";
+  } catch (const lmdb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("was never confirmed flushed, and the machine has restarted since"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("start its coordinator or agent once"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(filesOf(path()) == before) << "a refused read-only open changed a file";
+  {
+    RedoLog::Recovered rec;
+    auto env = openEnvRecovering(path(), envOpts(), &rec);
+    EXPECT_NE(rec.reverted, 0u);
+  }
+  auto env = openEnvRecovering(path(), readOnlyOpts());  // recovered: nothing pending any more
+  auto keys = readKeys(env, 7);
+  for (int i = 1; i <= 7; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
 }
 
 }  // namespace
