@@ -1,5 +1,6 @@
 #include "common/group_log.h"
 
+#include <algorithm>
 #include <vector>
 #include <cerrno>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <kj/debug.h>
 
 #include "common/failpoint.h"
+#include "common/log.h"
 #include "common/fault.h"
 
 namespace keel {
@@ -118,6 +120,8 @@ void GroupCommitLog::writerLoop() {
   std::vector<Job*> applied;
   lmdb::Txn outer;  // redo mode: open from the first group after a checkpoint to the next checkpoint
   if (redo_) env_.deferSync(true);  // checkpoints: flushed by the flusher thread
+  if (redo_) lastFill_ = env_.fill();
+  if (redo_ && lastFill_ >= kDirectAtFill) enterDirect("the map is nearly full at the start");
   for (;;) {
     group.clear();
     applied.clear();
@@ -241,7 +245,16 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
       } catch (const lmdb::MapFullError&) {
         if (attempt == 0 && redo_->pending() + applied.size() > 0) {
           rolledBack();
-          makeRoomByCheckpoint(outer, g);
+          if (!makeRoomByCheckpoint(outer, g)) {
+            // The jobs applied before this one went with the long
+            // transaction: nothing of theirs is durable.
+            auto err = std::make_exception_ptr(lmdb::MapFullError(
+                "mdb_txn_commit: MDB_MAP_FULL: the map filled up at a checkpoint (the LMDB map is full: raise "
+                "map_size in the config)"));
+            for (Job* a : applied) a->done(err);
+            stats_.failedJobs.fetch_add(applied.size(), std::memory_order_relaxed);
+            applied.clear();
+          }
           continue;
         }
         failJob(*j, std::current_exception());
@@ -269,7 +282,7 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   try {
     if (!ops.empty()) {
       delta = lmdb::toDelta(env_, ops);
-      durable = redo_->append(ops);  // durability point for every job in `applied`
+      durable = !direct_ && redo_->append(ops);  // durability point for every job in `applied`
     }
   } catch (const std::exception& e) {
     failStop("redo log: append", e);
@@ -289,8 +302,15 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   if (!ops.empty()) {
     if (durable) {
       env_.publish(std::move(delta));  // readers see it before any caller is told
-    } else {
-      checkpoint(outer, Durable::kNow);  // the half is full: LMDB's commit and a flush make the group durable
+    } else if (!checkpoint(outer, Durable::kNow)) {  // the half is full: LMDB's commit and a flush make the group durable
+      // A full map took the group with the long transaction.
+      auto err = std::make_exception_ptr(lmdb::MapFullError(
+          "mdb_txn_commit: MDB_MAP_FULL: the map filled up at a checkpoint (the LMDB map is full: raise map_size "
+          "in the config)"));
+      rolledBack();
+      for (Job* j : applied) j->done(err);
+      stats_.failedJobs.fetch_add(applied.size(), std::memory_order_relaxed);
+      return;
     }
     stats_.commits.fetch_add(1, std::memory_order_relaxed);
   }
@@ -308,7 +328,7 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   if (redo_->pending() > 0 && std::chrono::steady_clock::now() >= redo_->checkpointDue()) checkpoint(outer);
 }
 
-void GroupCommitLog::makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g) {
+bool GroupCommitLog::makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g) {
   // The long transaction cannot reuse the pages it freed itself until it
   // commits: the jobs of `g` so far are made durable by a checkpoint
   // (LMDB's commit and a flush, not the redo log), and LMDB reuses a page only two
@@ -317,16 +337,34 @@ void GroupCommitLog::makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g) {
   try {
     g.takeRedo();
     g.commit();
-    checkpoint(outer, Durable::kNow);
+  } catch (const std::exception& e) {
+    failStop("redo log: making room in a full map", e);
+  }
+  bool kept = checkpoint(outer, Durable::kNow);
+  try {
     outer = env_.beginLogWrite();
     redo_->stamp(outer);
-    outer.commit();
-    env_.sync();  // not a pending checkpoint: flushed here
+    // Pending like a checkpoint: without a flush before its meta page, a
+    // power loss could leave the meta page without its pages.
+    redo_->markPending(outer.id());
+    try {
+      outer.commit();
+      env_.sync();
+    } catch (const lmdb::MapFullError&) {
+      // Nothing needed it: it only let the freed pages be reused.
+    }
+    redo_->markPending(0);
+  } catch (const std::exception& e) {
+    failStop("redo log: making room in a full map", e);
+  }
+  enterDirect("a write met a full map");
+  try {
     outer = env_.beginLogWrite();
     g = env_.beginRecordedNested(outer);
   } catch (const std::exception& e) {
     failStop("redo log: making room in a full map", e);
   }
+  return kept;
 }
 
 void GroupCommitLog::failJob(Job& j, std::exception_ptr err) noexcept {
@@ -341,24 +379,38 @@ void GroupCommitLog::checkpointSync() {
   runSync([this](lmdb::Txn&) { checkpointAsked_ = true; });
 }
 
-void GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
-  if (!outer) return;
+bool GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
+  if (!outer) return true;
   auto started = std::chrono::steady_clock::now();
   waitFlushed();  // at most one checkpoint unflushed: the one before this is durable
+  bool kept = true;
+  // Direct: LMDB's commit flushes itself (pages, then meta page): never pending.
+  const bool deferred = !direct_;
   try {
     // Pending first: if this commit's meta page reaches the disk before
     // its flush confirmed its pages, recovery reverts it.
-    redo_->markPending(outer.id());
+    if (deferred) redo_->markPending(outer.id());
     redo_->stamp(outer);
+    try {
+      KEEL_FAILPOINT("log.checkpoint_map_full");  // tests: this commit meets a full map
+    } catch (const failpoint::InjectedError&) {
+      throw lmdb::MapFullError("mdb_txn_commit: MDB_MAP_FULL (failpoint log.checkpoint_map_full)");
+    }
     // LMDB now holds every group of the redo log, in the page cache: the
     // flusher thread (or the flush here) makes it durable; the redo log
     // keeps this half's records until the next checkpoint, which waits
     // for that flush.
     outer.commit();
+  } catch (const lmdb::MapFullError&) {
+    outer.abort();  // LMDB dropped it (a failed commit), or the stamp did not fit
+    recommitOneByOne();
+    kept = false;
   } catch (const std::exception& e) {
     failStop("redo log: checkpoint", e);
   }
-  if (durable == Durable::kNow) {
+  if (!deferred) {
+    // Flushed by its commit.
+  } else if (kept && durable == Durable::kNow) {
     syncOrStop("redo log: checkpoint flush");
     // Not pending any more: such a checkpoint may hold a group the redo
     // log does not (a full half, a full map), so recovery must never
@@ -368,13 +420,70 @@ void GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
     } catch (const std::exception& e) {
       failStop("redo log: clearing the pending checkpoint", e);
     }
-  } else {
+  } else if (kept) {
     askFlush();
   }
   env_.clearOverlay();
   redo_->checkpointed();
   stats_.checkpointLatency->observe(std::uint64_t(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count()));
+  if (!kept) {
+    enterDirect("the map filled up at a checkpoint");
+  } else if (!direct_) {
+    double fill = env_.fill();
+    double grew = std::max(0.0, fill - lastFill_);
+    lastFill_ = fill;
+    if (fill >= kDirectAtFill) {
+      enterDirect("the map is nearly full");
+    } else if (fill + 2 * grew >= kDirectAtProjectedFill) {
+      enterDirect("the map fills fast and may be nearly full at the next checkpoint");
+    }
+  }
+  return kept;
+}
+
+void GroupCommitLog::enterDirect(const char* why) {
+  if (direct_) return;
+  direct_ = true;
+  waitFlushed();
+  try {
+    redo_->markPending(0);  // the last checkpoint is flushed
+  } catch (const std::exception& e) {
+    failStop("redo log: clearing the pending checkpoint", e);
+  }
+  env_.deferSync(false);
+  KEEL_LOG_WARN("redo log: {} ({}% of map_size): each group is now committed to LMDB directly, with two flushes, "
+                "until the process stops; raise map_size",
+                why, int(env_.fill() * 100));
+}
+
+void GroupCommitLog::recommitOneByOne() {
+  // LMDB is at the last checkpoint (flushed: waitFlushed). The groups since
+  // are durable in the redo log, told, and in the overlay, oldest first;
+  // each commit here is marked pending like a checkpoint (a crash reverts
+  // it to the one before, and the redo log still holds its group).
+  auto ov = env_.overlay();
+  std::size_t n = ov == nullptr ? 0 : ov->deltas.size();
+  try {
+    if (n != redo_->pending()) {
+      throw lmdb::Error("the overlay holds " + std::to_string(n) + " groups, the redo log " +
+                            std::to_string(redo_->pending()),
+                        EINVAL);
+    }
+    std::uint64_t lsn = redo_->lsn() - n;
+    for (std::size_t i = 0; i < n; ++i) {
+      lmdb::Txn t = env_.beginLogWrite();
+      lmdb::applyDelta(t, *ov->deltas[i]);
+      redo_->stampAt(t, ++lsn);
+      redo_->markPending(t.id());
+      t.commit();
+      env_.sync();
+    }
+    redo_->markPending(0);
+  } catch (const std::exception& e) {
+    failStop("redo log: the map is full at a checkpoint; committing its groups one by one", e);
+  }
+  KEEL_LOG_WARN("redo log: the map filled up at a checkpoint; its {} durable groups were committed one by one", n);
 }
 
 void GroupCommitLog::syncOrStop(const char* where) {

@@ -142,6 +142,14 @@ class GroupCommitLog {
   // far has committed (LMDB's file then holds them all: hot backups). Any
   // thread but the writer's; does nothing outside redo mode.
   void checkpointSync();
+  // The map's fill at which redo mode turns direct (enterDirect), or that
+  // the fill after the next checkpoint would reach if it grew twice as much
+  // as over the last one (between checkpoints the long transaction cannot
+  // reuse the pages it frees, so a small map fills in steps); new work is
+  // refused at 0.9 (Coordinator / BranchLog::kRefuseNewAtFill), and what
+  // is in flight must still find room.
+  static constexpr double kDirectAtFill = 0.75;
+  static constexpr double kDirectAtProjectedFill = 0.85;
 
   // One job of a loop bundle (see above); used by run().
   class LoopItem {
@@ -163,13 +171,32 @@ class GroupCommitLog {
   // pending in the redo log first. kLater: flushed by the flusher thread
   // (the redo log keeps its groups, and recovery reverts it, until then);
   // kNow: flushed before this returns.
+  // A full map (the commit needs pages for LMDB's free list that the map no
+  // longer has): LMDB dropped the long transaction, so its durable groups
+  // (the overlay) are committed one by one (recommitOneByOne) and false is
+  // returned: whatever else it held (a group the redo log did not take, the
+  // jobs makeRoomByCheckpoint moved into it) is gone, and its callers must
+  // be told so. True: every write of the long transaction is LMDB's.
   enum class Durable { kLater, kNow };
-  void checkpoint(lmdb::Txn& outer, Durable durable = Durable::kLater);
+  bool checkpoint(lmdb::Txn& outer, Durable durable = Durable::kLater);
+  // Redo mode, a checkpoint hit a full map: each group since the last
+  // checkpoint in a durable commit of its own (pending-marked, flushed),
+  // with its LSN; fail-stop if one does not fit even alone.
+  void recommitOneByOne();
   // Redo mode: Env::sync, fail-stop on error.
   void syncOrStop(const char* where);
+  // Redo mode near a full map (fill() at kDirectAtFill, or a write or a
+  // checkpoint met MDB_MAP_FULL): from now on, until the process stops,
+  // each group is committed to LMDB with LMDB's own two flushes, as
+  // without a redo log, and is not appended: a group that no longer fits
+  // then fails alone, before anyone is told, instead of a long transaction
+  // of told groups failing at its checkpoint.
+  void enterDirect(const char* why);
   // Redo mode, a job hit a full map: checkpoint so the pages the long
-  // transaction freed can be reused; `outer` and `g` begin anew.
-  void makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g);
+  // transaction freed can be reused; `outer` and `g` begin anew. False:
+  // the checkpoint met a full map and the jobs already applied in `g` are
+  // lost (checkpoint above).
+  bool makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g);
   // A job that threw: Options::onRolledBack, then its caller hears.
   void failJob(Job& j, std::exception_ptr err) noexcept;
   [[noreturn]] static void failStop(const char* where, const std::exception& e) noexcept;
@@ -205,6 +232,8 @@ class GroupCommitLog {
   std::unique_ptr<RedoLog> redo_;  // redo mode; used by the writer thread only once it runs
   bool checkpointAsked_ = false;   // writer thread: checkpointSync's job ran in this group
   bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
+  bool direct_ = false;            // writer thread: enterDirect ran
+  double lastFill_ = 0;            // writer thread: the map's fill after the last checkpoint
   // Redo mode: the flusher thread flushes data.mdb after each checkpoint
   // committed without a flush; the writer waits for it only before the
   // next checkpoint (at most one unflushed). GUARDED_BY(flushMu_).

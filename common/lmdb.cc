@@ -207,6 +207,18 @@ void applyRedoOps(Txn& txn, const std::vector<RedoOp>& ops) {
   }
 }
 
+void applyDelta(Txn& txn, const Delta& delta) {
+  for (const auto& [dbi, writes] : delta.dbs) {
+    for (const auto& [key, value] : writes) {
+      if (value) {
+        txn.put(dbi, key, *value);
+      } else {
+        txn.del(dbi, key);  // absent already: the same end state
+      }
+    }
+  }
+}
+
 static MDB_val toVal(std::string_view s) {
   return MDB_val{s.size(), const_cast<char*>(s.data())};
 }
@@ -407,6 +419,11 @@ void Env::publish(std::shared_ptr<const Delta> delta) {
 void Env::clearOverlay() {
   std::lock_guard<std::mutex> lk(overlay_->mu);
   overlay_->current.reset();
+}
+
+std::shared_ptr<const Overlay> Env::overlay() const {
+  std::lock_guard<std::mutex> lk(overlay_->mu);
+  return overlay_->current;
 }
 
 std::size_t Env::overlayGroups() const {

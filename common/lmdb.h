@@ -153,6 +153,8 @@ std::shared_ptr<const Delta> toDelta(const Env& env, std::string_view bytes, std
 std::vector<std::string> redoDbNames(std::string_view bytes);
 // Applies recorded writes in `txn` (databases opened, or created, by name).
 void applyRedoOps(Txn& txn, const std::vector<RedoOp>& ops);
+// Applies an overlay delta's writes in `txn` (databases by handle).
+void applyDelta(Txn& txn, const Delta& delta);
 
 struct EnvOptions {
   std::size_t mapSize = std::size_t(1) << 30;  // 1 GiB
@@ -222,6 +224,8 @@ class Env {
   void clearOverlay();
   // Groups published and not yet checkpointed (tests, metrics).
   std::size_t overlayGroups() const;
+  // Those groups, oldest first (null: none).
+  std::shared_ptr<const Overlay> overlay() const;
   // A read-only Env beside (or after) a redo-mode writer: `groups` are the
   // redo log's groups above LMDB's checkpoint when it was read, oldest
   // first, each tagged with its LSN (Delta::lsn). Every read transaction

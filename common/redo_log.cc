@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "common/records.h"
 
@@ -386,7 +387,7 @@ bool RedoLog::append(std::string_view ops) {
   return true;
 }
 
-void RedoLog::stamp(lmdb::Txn& txn) { txn.put(db_, kLsnKey, u64Value(lsn_)); }
+void RedoLog::stampAt(lmdb::Txn& txn, std::uint64_t lsn) { txn.put(db_, kLsnKey, u64Value(lsn)); }
 
 void RedoLog::checkpointed() {
   // LMDB's commit holds every record of this half, but its meta page may
@@ -536,15 +537,45 @@ lmdb::Env openEnvRecovering(const std::string& dir, const lmdb::EnvOptions& opts
                       EINVAL);
   }
   if (!chain.empty()) {
-    auto txn = env.beginWrite();
-    for (std::size_t i = 0; i < chain.size(); ++i) {
-      auto ops = lmdb::decodeRedoOps(chain[i].payload);
-      lmdb::applyRedoOps(txn, ops);
-      r.ops += ops.size();
-      ++r.groups;
+    try {
+      auto txn = env.beginWrite();
+      for (std::size_t i = 0; i < chain.size(); ++i) {
+        auto ops = lmdb::decodeRedoOps(chain[i].payload);
+        lmdb::applyRedoOps(txn, ops);
+        r.ops += ops.size();
+        ++r.groups;
+      }
+      txn.put(db, kLsnKey, u64Value(chain.back().lsn));
+      try {
+        KEEL_FAILPOINT("log.replay_map_full");  // tests: this commit meets a full map
+      } catch (const failpoint::InjectedError&) {
+        throw lmdb::MapFullError("mdb_txn_commit: MDB_MAP_FULL (failpoint log.replay_map_full)");
+      }
+      txn.commit();  // durable: the groups are LMDB's now
+    } catch (const lmdb::MapFullError&) {
+      // One commit of every group needs more pages than the map has left
+      // (the pages it frees are reused only by later commits): one durable
+      // commit per group, each with its LSN, so a crash in between goes on
+      // from the last one.
+      r.groups = r.ops = 0;
+      for (const Record& rec : chain) {
+        auto ops = lmdb::decodeRedoOps(rec.payload);
+        try {
+          auto txn = env.beginWrite();
+          lmdb::applyRedoOps(txn, ops);
+          txn.put(db, kLsnKey, u64Value(rec.lsn));
+          txn.commit();
+        } catch (const lmdb::MapFullError& e) {
+          throw lmdb::MapFullError("redo log: group " + std::to_string(rec.lsn) + " of " + file +
+                                   " does not fit in the map even on its own (" + e.what() +
+                                   "); the groups before it are in data.mdb now, the rest stay in redo.log");
+        }
+        r.ops += ops.size();
+        ++r.groups;
+      }
+      r.oneByOne = true;
+      KEEL_LOG_WARN("redo log: the map is nearly full: replayed the groups one commit each");
     }
-    txn.put(db, kLsnKey, u64Value(chain.back().lsn));
-    txn.commit();  // durable: the groups are LMDB's now
     KEEL_LOG_WARN("redo log: replayed {} groups ({} writes) after checkpoint {} in {}", r.groups, r.ops, lsn, dir);
   } else {
     // The last run's last checkpoint may be in the page cache only (a

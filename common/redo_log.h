@@ -59,7 +59,11 @@
 // Failure: a failed write or flush of the redo log, or a failed checkpoint
 // commit, ends the process (fail-stop, as PostgreSQL does since 2018):
 // whether the record reached the disk is unknown, so no caller may be told
-// anything; the restart's recovery decides from what is on disk.
+// anything; the restart's recovery decides from what is on disk. A full
+// map is not such a failure: a checkpoint meeting MDB_MAP_FULL commits its
+// durable groups one by one, and near a full map every group is committed
+// to LMDB directly, not appended (GroupCommitLog::enterDirect); recovery
+// whose one commit does not fit replays one commit per group.
 //
 // Thread: the group log's writer thread, except the static recovery.
 
@@ -114,7 +118,12 @@ class RedoLog {
     return firstPendingAt_ + std::min(opts_.checkpointIdle, opts_.checkpointEvery);
   }
   // In the transaction the checkpoint commits: the LSN of the last group.
-  void stamp(lmdb::Txn& txn);
+  void stamp(lmdb::Txn& txn) { stampAt(txn, lsn_); }
+  // ... or of an earlier one (a full map: GroupCommitLog commits the groups
+  // since the last checkpoint one by one).
+  void stampAt(lmdb::Txn& txn, std::uint64_t lsn);
+  // The LSN of the last group appended.
+  std::uint64_t lsn() const { return lsn_; }
   // Before a checkpoint's commit without a flush: `txnid` (the commit's
   // LMDB transaction id) is written to `redo.pending` and flushed, so that
   // recovery can revert the commit if its flush was not confirmed
@@ -135,6 +144,7 @@ class RedoLog {
     std::uint64_t groups = 0;      // group records replayed
     std::uint64_t ops = 0;         // writes replayed
     std::uint64_t reverted = 0;    // the LMDB txnid of a pending checkpoint put back (0: none)
+    bool oneByOne = false;         // one commit of all did not fit the map: one commit per group
   };
 
  private:

@@ -911,5 +911,73 @@ TEST_F(RedoLogTest, AReadOnlyOpenRefusesACheckpointLeftUnflushedBeforeTheMachine
   for (int i = 1; i <= 7; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
 }
 
+// ------------------------------------------------------------ full map
+
+// The raw LMDB LSN of an open env (its committed state, no overlay).
+std::uint64_t committedLsn(lmdb::Env& env) {
+  MDB_dbi redo = env.dbHandle("redo");
+  MDB_txn* t = nullptr;
+  if (redo == lmdb::kAbsentDb || mdb_txn_begin(env.raw(), nullptr, MDB_RDONLY, &t) != 0) return 0;
+  MDB_val k{3, const_cast<char*>("lsn")}, v;
+  std::uint64_t lsn = 0;
+  if (mdb_get(t, redo, &k, &v) == 0 && v.mv_size == 8) std::memcpy(&lsn, v.mv_data, 8);
+  mdb_txn_abort(t);
+  return lsn;
+}
+
+TEST_F(RedoLogTest, ACheckpointThatMeetsAFullMapCommitsItsGroupsOneByOneAndGoesOnDirect) {
+  // The long transaction's commit needs pages the map no longer has: LMDB
+  // drops it, but its groups are durable and told. Each is committed on
+  // its own, with its LSN, and from then on every group is committed to
+  // LMDB directly (its caller hears once LMDB holds it), not appended.
+  failpoint::configure("log.checkpoint_map_full=1*error");
+  {
+    auto env = openEnvRecovering(path(), envOpts());
+    MDB_dbi db = env.openDb("t");
+    {
+      GroupCommitLog log(env, redoLog(noCheckpoints()));
+      for (int i = 1; i <= 5; ++i) log.runSync([&](lmdb::Txn& t) { t.put(db, key(i), value(i, 100)); });
+      ASSERT_FALSE(lmdbOnly(env, db, 5).has_value()) << "checkpointed already: nothing to test";
+      log.checkpointSync();
+      ASSERT_EQ(failpoint::firedCount("log.checkpoint_map_full"), 1u);
+      for (int i = 1; i <= 5; ++i) EXPECT_EQ(lmdbOnly(env, db, i).value_or(""), value(i, 100)) << "key " << i;
+      EXPECT_EQ(committedLsn(env), 5u);
+      EXPECT_EQ(pendingTxnid(path()), 0u) << "a commit of the one-by-one replay left pending";
+      EXPECT_EQ(env.overlayGroups(), 0u);
+      log.runSync([&](lmdb::Txn& t) { t.put(db, key(6), value(6, 100)); });
+      EXPECT_EQ(lmdbOnly(env, db, 6).value_or(""), value(6, 100)) << "not direct after a full map";
+      EXPECT_EQ(env.overlayGroups(), 0u);
+    }
+  }
+  failpoint::configure("");
+  RedoLog::Recovered rec;
+  auto env = openEnvRecovering(path(), envOpts(), &rec);
+  EXPECT_EQ(rec.groups, 0u) << "LMDB held every group already";
+  auto keys = readKeys(env, 6);
+  for (int i = 1; i <= 6; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+}
+
+TEST_F(RedoLogTest, AReplayThatDoesNotFitInOneCommitCommitsEachGroupWithItsLsn) {
+  // A process that died near a full map: one commit of all its groups
+  // does not fit (the pages it frees are reused only by later commits), so
+  // the start commits them one by one instead of refusing.
+  auto r = runChild(path(), 1, 20, noCheckpoints());
+  ASSERT_TRUE(test::killedBy(r.status, SIGKILL)) << r.status;
+  failpoint::configure("log.replay_map_full=1*error");
+  RedoLog::Recovered rec;
+  {
+    auto env = openEnvRecovering(path(), envOpts(), &rec);
+    failpoint::configure("");
+    EXPECT_TRUE(rec.oneByOne);
+    EXPECT_EQ(rec.groups, 20u);
+    auto keys = readKeys(env, 20);
+    for (int i = 1; i <= 20; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+    EXPECT_EQ(committedLsn(env), 20u);
+  }
+  RedoLog::Recovered again;
+  auto env = openEnvRecovering(path(), envOpts(), &again);
+  EXPECT_EQ(again.groups, 0u);
+}
+
 }  // namespace
 }  // namespace keel
