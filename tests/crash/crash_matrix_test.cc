@@ -115,6 +115,10 @@ std::vector<CrashCase> matrixCases() {
     // host.*: the host adapter's points; tests/host/host_agent_test.cc
     // crashes a host agent at each of them against keel-host.
     if (fp.rfind("host.", 0) == 0) continue;
+    // log.*_map_full: they inject MDB_MAP_FULL with `error` (a checkpoint's
+    // commit in redo mode, a start's replay), tests/unit/redo_log_test.cc;
+    // a transfer load reaches neither in the default mode.
+    if (fp.size() > 9 && fp.compare(fp.size() - 9, 9, "_map_full") == 0) continue;
     if (fp.rfind("coord.", 0) == 0) {
       out.push_back({fp, kCoordinator});
     } else if (fp.rfind("agent.", 0) == 0) {
