@@ -64,7 +64,8 @@ struct Flags {
   bool tls = false;  // self-started processes on mutual TLS (throwaway certificates)
   std::uint32_t batchInFlight = 2;
   std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
-  bool redo = false;                        // self-started coordinator and agents in redo mode
+  bool redo = false;                        // self-started coordinator and agents in redo mode (the default)
+  bool noRedo = false;                      // ... without it: every group commit an LMDB commit
   std::vector<std::string> clusterSet;      // ... for its [cluster] section (--cluster)
   std::uint64_t seed = 1;
   std::uint32_t cluster = 0;  // coordinators of a self-started cluster on etcd; 0: one coordinator, no etcd
@@ -133,6 +134,10 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
     if (f.redo) {
       copts.coordinatorExtraToml += "redo = true\n";
       copts.agentExtraArgs.push_back("--redo");
+    }
+    if (f.noRedo) {
+      copts.coordinatorExtraToml += "redo = false\n";
+      copts.agentExtraArgs.push_back("--no-redo");
     }
     if (f.tls) {
       // Every link on mutual TLS; this process dials as an operator.
@@ -564,9 +569,13 @@ int main(int argc, char** argv) {
   app.add_flag("--no-batch", f.noBatch, "one submit call per interaction (default: the client batches submits)");
   app.add_flag("--request-ids", f.requestIds, "every submit carries a fresh request id (idempotency key)");
   app.add_flag("--tls", f.tls, "self-started processes on mutual TLS (throwaway certificates; docs/security.md)");
-  app.add_flag("--redo", f.redo,
-               "self-started coordinator and agents in redo mode: one flush per group commit "
-               "(docs/operations.md, \"Redo log\")");
+  auto* redoFlag = app.add_flag("--redo", f.redo,
+                                "self-started coordinator and agents in redo mode, the default: one flush per group "
+                                "commit (docs/operations.md, \"Redo log\")");
+  app.add_flag("--no-redo", f.noRedo,
+               "self-started coordinator and agents without the redo log: every group commit an LMDB commit (two "
+               "flushes)")
+      ->excludes(redoFlag);
   app.add_option("--coordinator-set", f.coordinatorSet,
                  "KEY=VALUE added to the self-started coordinator's [coordinator] section, e.g. batch_max=1 "
                  "(repeat; see docs/examples/coordinator.toml)")
@@ -661,8 +670,9 @@ int main(int argc, char** argv) {
                  f.connections, f.cluster, even);
     f.connections = even;
   }
-  if (f.redo && !f.coordinator.empty()) {
-    return usage("--redo starts the coordinator and agents in redo mode: not with --coordinator (set redo there)");
+  if ((f.redo || f.noRedo) && !f.coordinator.empty()) {
+    return usage(std::string(f.redo ? "--redo" : "--no-redo") +
+                 " sets the self-started coordinator's and agents' redo mode: not with --coordinator (set redo there)");
   }
   if (f.adapter == "host") {
     if (!f.coordinator.empty()) return usage("--adapter host starts its own keel-host and deployment; not with --coordinator");

@@ -98,7 +98,7 @@ struct CoordinatorConfig {
   std::uint32_t retryMaxMs = 2000;          // ... capped here
   std::uint32_t probeMs = 100;              // a participant that failed is probed this often until it answers
   std::uint32_t seqBlock = 65536;           // seqs reserved per durable reservation
-  bool redo = false;                        // the WAL's redo mode (common/redo_log.h)
+  bool redo = true;                         // the WAL's redo mode (common/redo_log.h); false: LMDB commits
   std::uint32_t batchMax = 256;             // prepares (x8 for commits/rollbacks) per participant message
   std::uint32_t batchInFlight = 2;          // batch messages of one kind out at once per participant
   std::map<std::string, std::string> participants;  // name -> host:port
@@ -136,7 +136,7 @@ struct AgentConfig {
   std::string postgres;               // adapter postgres: libpq connection string
   std::uint32_t poolSize = 8;         // adapter postgres: connections (and threads)
   std::uint32_t lazyDelayMs = 10;     // adapter postgres: the longest its own records wait for a group commit
-  bool redo = false;                  // the branch log's redo mode (common/redo_log.h)
+  bool redo = true;                   // the branch log's redo mode (common/redo_log.h); false: LMDB commits
   std::size_t mapSizeMb = 1024;
   std::string coordinator;             // host:port; empty = do not ask about branches in doubt
   std::uint32_t inDoubtQueryMs = 5000;  // a branch PREPARED this long asks the coordinator

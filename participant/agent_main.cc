@@ -45,9 +45,12 @@ int main(int argc, char** argv) {
                  "host:port of the admin plane: /metrics and the JSON API (overrides [admin] listen; port 0 = any)");
   app.add_option("--data-dir", dataDir, "directory of the agent's LMDB environment");
   app.add_option("--map-size-mb", mapSizeMb, "LMDB map size in MiB");
-  bool redo = false;
+  bool redo = false, noRedo = false;
   app.add_flag("--redo", redo,
-               "redo mode: one flush per group commit, LMDB synced behind a redo log (docs/operations.md, \"Redo log\")");
+               "redo mode (the default): one flush per group commit, LMDB synced behind a redo log (docs/operations.md, "
+               "\"Redo log\")");
+  app.add_flag("--no-redo", noRedo, "without the redo log: each group commit is an LMDB commit (two flushes)")
+      ->excludes("--redo");
   app.add_option("--ready-file", readyFile, "write the bound host:port here once serving");
   std::string logFormat;
   app.add_option("--log-format", logFormat, "text (default) or json, one object a line (overrides [log] format)")
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
     if (!dataDir.empty()) cfg.dataDir = dataDir;
     if (mapSizeMb != 0) cfg.mapSizeMb = mapSizeMb;
     if (redo) cfg.redo = true;
+    if (noRedo) cfg.redo = false;
     if (!coordinator.empty()) cfg.coordinator = coordinator;
     if (!adapter.empty()) cfg.adapter = adapter;
     if (!postgres.empty()) cfg.postgres = postgres;

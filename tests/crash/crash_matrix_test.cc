@@ -89,6 +89,9 @@ struct CrashCase {
   // log.* point is hit by the start-up's first durable write, so each also
   // runs with the crash moved into the load, where a group holds transfers.
   int skip = 0;
+  // Every process without the redo log (redo = false, --no-redo): the
+  // default mode's own durability point, the LMDB group commit.
+  bool noRedo = false;
   std::string spec() const { return failpoint + "=" + (skip > 0 ? std::to_string(skip) + "+" : "") + "crash"; }
 };
 
@@ -97,7 +100,7 @@ struct CrashCase {
 // groups do not.
 constexpr int kInLoadSkip = 6;
 
-void PrintTo(const CrashCase& c, std::ostream* os) { *os << c.spec() << " on " << c.process; }
+void PrintTo(const CrashCase& c, std::ostream* os) { *os << c.spec() << " on " << c.process << (c.noRedo ? " without redo" : ""); }
 
 // Every documented failpoint, then any the code has but the table lacks
 // (FailpointTable.DocumentsEveryFailpointInTheCode reports those; they are
@@ -124,9 +127,13 @@ std::vector<CrashCase> matrixCases() {
     } else if (fp.rfind("agent.", 0) == 0) {
       for (const auto& a : kAgents) out.push_back({fp, a});
     } else if (fp.rfind("log.", 0) == 0) {
-      for (int skip : {0, kInLoadSkip}) {
-        out.push_back({fp, kCoordinator, skip});
-        for (const auto& a : kAgents) out.push_back({fp, a, skip});
+      for (bool noRedo : {false, true}) {
+        // Without the redo log only the LMDB group commit is a log point.
+        if (noRedo && fp != "log.before_group_commit") continue;
+        for (int skip : {0, kInLoadSkip}) {
+          out.push_back({fp, kCoordinator, skip, noRedo});
+          for (const auto& a : kAgents) out.push_back({fp, a, skip, noRedo});
+        }
       }
     } else {
       out.push_back({fp, ""});
@@ -138,6 +145,7 @@ std::vector<CrashCase> matrixCases() {
 std::string caseName(const ::testing::TestParamInfo<CrashCase>& info) {
   std::string n = info.param.failpoint + "__" + (info.param.process.empty() ? "unknown" : info.param.process);
   if (info.param.skip > 0) n += "__in_load";
+  if (info.param.noRedo) n += "__no_redo";
   for (char& ch : n) {
     if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   }
@@ -173,8 +181,11 @@ class CrashClusterTest : public ::testing::Test {
   ~CrashClusterTest() noexcept override {}
 
  protected:
-  // The cluster runs its logs in redo mode (coordinator redo = true, agents --redo).
+  // The cluster runs its logs in redo mode (coordinator redo = true, agents
+  // --redo), or without it (redo = false, --no-redo); neither: the default
+  // (redo mode).
   virtual bool redoMode() const { return false; }
+  virtual bool noRedoMode() const { return false; }
 
   static constexpr int kAccountsPerAgent = 4;
   static constexpr std::int64_t kOpening = 1000;
@@ -195,6 +206,9 @@ class CrashClusterTest : public ::testing::Test {
       // every process runs in it for those cases.
       opts.coordinatorExtraToml += "redo = true\n";
       opts.agentExtraArgs.push_back("--redo");
+    } else if (noRedoMode()) {
+      opts.coordinatorExtraToml += "redo = false\n";
+      opts.agentExtraArgs.push_back("--no-redo");
     }
     cluster_ = std::make_unique<LocalCluster>(std::move(opts));
     cluster_->startAll();
@@ -381,6 +395,7 @@ class CrashClusterTest : public ::testing::Test {
 class CrashMatrix : public CrashClusterTest, public ::testing::WithParamInterface<CrashCase> {
  protected:
   bool redoMode() const override { return GetParam().failpoint.find("redo") != std::string::npos; }
+  bool noRedoMode() const override { return GetParam().noRedo; }
 
   // Checks every process after a batch: the armed one dying by its
   // failpoint is the expected event; any other exit is a finding. Dead

@@ -80,8 +80,13 @@ class AdminTest : public ClusterTest {
     agentPort_ = pickFreePort();
     auto o = ClusterTest::clusterOptions();
     o.coordinatorTailToml = "[admin]\nlisten = \"127.0.0.1:" + std::to_string(coordPort_) + "\"\n";
+    // Explicit either way: the counts below differ (redo mode, the
+    // default, checkpoints).
+    o.coordinatorExtraToml += redoMode() ? "redo = true\n" : "redo = false\n";
+    o.agentExtraArgs.push_back(redoMode() ? "--redo" : "--no-redo");
     return o;
   }
+  virtual bool redoMode() const { return false; }
   void beforeStart(LocalCluster& c) override {
     c.setAgentArgs("bank-a", {"--admin-listen", "127.0.0.1:" + std::to_string(agentPort_)});
   }
@@ -165,12 +170,7 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
 // and timed on both admin planes, the stall a queued job can meet.
 class RedoAdminTest : public AdminTest {
  protected:
-  ClusterOptions clusterOptions() override {
-    auto o = AdminTest::clusterOptions();
-    o.coordinatorExtraToml += "redo = true\n";
-    o.agentExtraArgs.push_back("--redo");
-    return o;
-  }
+  bool redoMode() const override { return true; }
 };
 
 TEST_F(RedoAdminTest, CheckpointsAreCountedAndTimedOnBothAdminPlanes) {

@@ -55,23 +55,23 @@ TEST(Config, AgentLazyDelayDefaultsTo10MsAndIsBounded) {
   }
 }
 
-TEST(Config, RedoModeIsOffByDefaultAndTakesTrueOrFalseOnly) {
+TEST(Config, RedoModeIsOnByDefaultAndTakesTrueOrFalseOnly) {
   const std::string coord = "[coordinator]\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
   std::string_view plain = coord;
-  EXPECT_FALSE(parseCoordinatorConfig("c.toml", &plain).redo);
-  std::string on = "[coordinator]\nredo = true\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
-  std::string_view o = on;
-  EXPECT_TRUE(parseCoordinatorConfig("c.toml", &o).redo);
+  EXPECT_TRUE(parseCoordinatorConfig("c.toml", &plain).redo);
+  std::string off = "[coordinator]\nredo = false\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
+  std::string_view o = off;
+  EXPECT_FALSE(parseCoordinatorConfig("c.toml", &o).redo);
   EXPECT_EQ(errorOf("[coordinator]\nredo = \"yes\"\n[participants]\nbank-a = \"127.0.0.1:7401\"\n"),
             "c.toml: [coordinator] redo must be true or false");
   EXPECT_EQ(errorOf("[coordinator]\nredo = 1\n[participants]\nbank-a = \"127.0.0.1:7401\"\n"),
             "c.toml: [coordinator] redo must be true or false");
   const std::string agent = "[agent]\nname = \"bank-a\"\n";
   std::string_view a = agent;
-  EXPECT_FALSE(parseAgentConfig("a.toml", &a).redo);
-  std::string agentOn = agent + "redo = true\n";
-  std::string_view ao = agentOn;
-  EXPECT_TRUE(parseAgentConfig("a.toml", &ao).redo);
+  EXPECT_TRUE(parseAgentConfig("a.toml", &a).redo);
+  std::string agentOff = agent + "redo = false\n";
+  std::string_view ao = agentOff;
+  EXPECT_FALSE(parseAgentConfig("a.toml", &ao).redo);
   std::string agentBad = agent + "redo = \"on\"\n";
   std::string_view ab = agentBad;
   try {
