@@ -337,13 +337,13 @@ void TinyWalTest::refusesNewAndFinishesInFlight() {
   EXPECT_EQ(account("bank-a", "alice"), bal(1'000'000 - committed, 0));
 }
 
-// Redo mode: the coordinator's WAL the same (docs/operations.md, "Redo log").
-class RedoTinyWalTest : public TinyWalTest {
+// Without the redo log (redo = false; redo mode is the default): the same.
+class NoRedoTinyWalTest : public TinyWalTest {
  protected:
-  std::string coordinatorToml() override { return TinyWalTest::coordinatorToml() + "redo = true\n"; }
+  std::string coordinatorToml() override { return TinyWalTest::coordinatorToml() + "redo = false\n"; }
 };
 
-TEST_F(RedoTinyWalTest, FullWalRefusesNewInteractionsAndFinishesInFlight) { refusesNewAndFinishesInFlight(); }
+TEST_F(NoRedoTinyWalTest, FullWalRefusesNewInteractionsAndFinishesInFlight) { refusesNewAndFinishesInFlight(); }
 
 class TinyAgentTest : public ClusterTest {
  protected:
@@ -369,22 +369,22 @@ void TinyAgentTest::votesNoAndKeepsItsBooksRight() {
   EXPECT_EQ(account("bank-a", "alice"), bal(1'000'000 - committed, 0));
 }
 
-// Redo mode (docs/operations.md, "Redo log"): between checkpoints the
-// agent's long write transaction cannot reuse the pages it frees, so the
-// map fills in steps; near full the log goes direct, a checkpoint meeting
-// a full map commits its groups one by one, and the full agent still votes
-// no with its books right (before: a checkpoint's MDB_MAP_FULL stopped the
-// agent, and its restart could not replay).
-class RedoTinyAgentTest : public TinyAgentTest {
+// TinyAgentTest runs in redo mode, the default (docs/operations.md, "Redo
+// log"): between checkpoints the agent's long write transaction cannot
+// reuse the pages it frees, so the map fills in steps; near full the log
+// goes direct, a checkpoint meeting a full map commits its groups one by
+// one, and the full agent still votes no with its books right. Without the
+// redo log (--no-redo) the same.
+class NoRedoTinyAgentTest : public TinyAgentTest {
  protected:
   ClusterOptions clusterOptions() override {
     auto o = TinyAgentTest::clusterOptions();
-    o.agentExtraArgs.push_back("--redo");
+    o.agentExtraArgs.push_back("--no-redo");
     return o;
   }
 };
 
-TEST_F(RedoTinyAgentTest, FullAgentVotesNoAndKeepsItsBooksRight) { votesNoAndKeepsItsBooksRight(); }
+TEST_F(NoRedoTinyAgentTest, FullAgentVotesNoAndKeepsItsBooksRight) { votesNoAndKeepsItsBooksRight(); }
 
 TEST_F(ClusterTest, StatsCountRollbacksWithTheirWindow) {
   open("bank-a", "alice", 10);

@@ -225,15 +225,22 @@ void OwnedStorageTest::checkWalBesideALiveCoordinator() {
   transferCommits();
 }
 
-// Redo mode (docs/operations.md, "Redo log"): what callers were told may
-// be in redo.log only, past data.mdb's last checkpoint; --check-wal and
-// every read-only open read it too.
+// Redo mode (the default; docs/operations.md, "Redo log"), said
+// explicitly: what callers were told may be in redo.log only, past
+// data.mdb's last checkpoint; --check-wal and every read-only open read it
+// too.
 class RedoOwnedStorageTest : public OwnedStorageTest {
  protected:
   std::string coordinatorToml() override { return OwnedStorageTest::coordinatorToml() + "redo = true\n"; }
 };
 
-TEST_F(RedoOwnedStorageTest, CheckWalReadsBesideALiveCoordinatorAndChangesNothing) {
+// Without the redo log (redo = false; redo mode is the default).
+class NoRedoOwnedStorageTest : public OwnedStorageTest {
+ protected:
+  std::string coordinatorToml() override { return OwnedStorageTest::coordinatorToml() + "redo = false\n"; }
+};
+
+TEST_F(NoRedoOwnedStorageTest, CheckWalReadsBesideALiveCoordinatorAndChangesNothing) {
   checkWalBesideALiveCoordinator();
 }
 
