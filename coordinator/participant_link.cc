@@ -52,8 +52,9 @@ kj::Promise<wire::Participant::Client> ParticipantLink::client() {
                     // (older), or does not answer in time, gets the
                     // coordinator's own settings.
                     auto ask = io_.provider->getTimer()
-                                   .timeoutAfter(opts_.callDeadline, cap.batchingRequest().send().then([this](auto r) {
+                                   .timeoutAfter(opts_.callDeadline, cap.batchingRequest().send().then([this, gen](auto r) {
                                      applyBatching(r.getMaxBatch(), r.getMaxInFlight());
+                                     if (gen == generation_) preparedVisible_ = r.getPreparedVisible();
                                    }))
                                    .catch_([](kj::Exception&&) {});
                     // And the statements it runs for clients (none known:
@@ -111,6 +112,7 @@ void ParticipantLink::applyBatching(std::uint32_t maxBatch, std::uint32_t maxInF
 void ParticipantLink::reset() {
   ++generation_;
   statements_.reset();
+  preparedVisible_ = false;
   cap_ = nullptr;
   connecting_ = nullptr;
   // Destroying the connection from inside its own disconnect callback is not

@@ -119,6 +119,11 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   // checks again.
   const Statements* declaredStatements() const { return statements_ ? &*statements_ : nullptr; }
   std::size_t inFlightLimit() const { return prepares_.maxInFlight(); }
+  // The participant said, at this connect, that every branch it votes YES
+  // on is listed by listBranches before the vote leaves (Participant.batching):
+  // a staged commit may rest on its votes. False while not connected, and
+  // for an agent that did not say.
+  bool preparedVisible() const { return preparedVisible_; }
 
  private:
   void taskFailed(kj::Exception&&) override {}
@@ -156,6 +161,7 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   const std::string name_;
   const std::string address_;
   std::optional<Statements> statements_;              // declared statements, while connected
+  bool preparedVisible_ = false;                      // Participant.batching's, while connected
   kj::Own<RpcConnection> conn_;                       // null when not connected
   kj::Maybe<wire::Participant::Client> cap_;
   kj::Maybe<kj::ForkedPromise<void>> connecting_;

@@ -69,6 +69,8 @@ class Agent final : public ParticipantBackend {
   BranchLog& branchLog() override { return log_; }
   const BranchLog& branchLog() const override { return log_; }
   std::vector<AccountView> accounts() const override;
+  // Its PREPARED record is durable (and visible) before a YES leaves.
+  Batching batching() const override { return {0, 0, true}; }
 
   // Test-only protocol breakage (keel-chaos --self-check proves its checker
   // can fail with it): "commit-on-rollback" commits a PREPARED branch when

@@ -302,6 +302,7 @@ kj::Promise<void> ParticipantImpl::batching(BatchingContext ctx) {
   auto b = agent_.batching();
   ctx.getResults().setMaxBatch(b.maxBatch);
   ctx.getResults().setMaxInFlight(b.maxInFlight);
+  ctx.getResults().setPreparedVisible(b.preparedVisible);
   return kj::READY_NOW;
 }
 

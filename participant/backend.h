@@ -79,6 +79,11 @@ class ParticipantBackend {
   // preference.
   struct Batching {
     std::uint32_t maxBatch = 0, maxInFlight = 0;
+    // Every branch it voted YES on is listed by listBranches from before
+    // the vote leaves (its PREPARED record is durable and visible first):
+    // the coordinator may then answer on its staged record and the votes
+    // (Participant.batching in schemas/keel.capnp, docs/protocol.md).
+    bool preparedVisible = false;
   };
   virtual Batching batching() const { return {}; }
   // The statements it runs for clients; null: none (no SQL at all).

@@ -80,6 +80,8 @@ class HostAgent final : public ParticipantBackend, private kj::TaskSet::ErrorHan
   kj::Promise<std::vector<BranchOutcome>> rollback(std::uint64_t epoch, std::vector<Xid> xids) override;
   kj::Promise<OnePhaseResult> commitOnePhase(std::uint64_t epoch, Xid xid, std::vector<Op> ops) override;
   std::optional<std::string> unavailable() const override;
+  // PREPARED (step tried, with the host's references) is durable before a YES.
+  Batching batching() const override { return {0, 0, true}; }
 
   BranchLog& branchLog() override { return log_; }
   const BranchLog& branchLog() const override { return log_; }

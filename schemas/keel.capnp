@@ -197,7 +197,18 @@ interface Participant {
   # one prepare per message and as many in flight as its pool has
   # connections: a prepare can wait on a row lock, and sharing a message
   # would hold the others' votes.
-  batching @11 () -> (maxBatch :UInt32, maxInFlight :UInt32);
+  #
+  # `preparedVisible`: every branch this participant voted YES on is listed
+  # by `listBranches` (as prepared, or as ended) from before the vote leaves
+  # until the coordinator releases it, across restarts of the agent. Only
+  # then may the coordinator answer a client "committed" on the staged
+  # record and the YES votes alone, without a COMMIT record first
+  # (docs/protocol.md, "Staged commit"): its recovery reads the votes back
+  # with listBranches. A ledger or host agent says true (its PREPARED record
+  # is durable before the YES); a postgres agent says false (its record is
+  # lazy: PostgreSQL's prepared transaction is what is durable); an older
+  # agent, which does not send it, reads as false.
+  batching @11 () -> (maxBatch :UInt32, maxInFlight :UInt32, preparedVisible :Bool);
 
   # The statements this agent runs for clients (a postgres agent's declared
   # statements; docs/postgres.md). Asked once per connection, so that the
