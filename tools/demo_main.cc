@@ -561,11 +561,16 @@ int main(int argc, char** argv) {
     for (;;) {
       info = demo.client->info().wait(io.waitScope);
       after = snapshot(io, cluster);
-      if ((info.unfinished == 0 && after.prepared == 0 && after.held == 0) || keel::monoMicros() > until) break;
+      // The same test as "everything settled" below: a host agent's branch
+      // may still be cancelling (ACTIVE) after the holds are gone.
+      if ((info.unfinished == 0 && after.prepared == 0 && after.held == 0 && after.active == 0) ||
+          keel::monoMicros() > until) {
+        break;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    std::printf("      unfinished at the coordinator %llu, prepared branches %u, money held %lld\n",
-                (unsigned long long)info.unfinished, after.prepared, (long long)after.held);
+    std::printf("      unfinished at the coordinator %llu, prepared branches %u, active branches %u, money held %lld\n",
+                (unsigned long long)info.unfinished, after.prepared, after.active, (long long)after.held);
     if (gPg != nullptr && after.prepared != 0) {
       for (auto db : {"bank_a", "bank_b"}) {
         for (auto& row : keel::test::pgQuery(gPg->connString(db),
