@@ -314,7 +314,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
                 {"node_id", "listen", "data_dir", "map_size_mb", "call_timeout_ms",
                  "interaction_timeout_ms", "max_interaction_ms", "request_id_retention_s", "request_clock_skew_ms",
                  "hot_retention_s", "archive_map_size_mb", "archive_retention_days",
-                 "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block", "batch_max", "batch_in_flight", "redo"});
+                 "retry_initial_ms", "retry_max_ms", "probe_ms", "seq_block", "batch_max", "batch_in_flight", "redo", "staged_commit"});
   c.nodeId = getInt<std::uint16_t>(path, s, "coordinator", "node_id", c.nodeId, 0, 65535);
   c.listen = getString(path, s, "coordinator", "listen", c.listen);
   checkAddress(path + ": [coordinator] listen", c.listen);
@@ -344,6 +344,7 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
   c.probeMs = getInt<std::uint32_t>(path, s, "coordinator", "probe_ms", c.probeMs, 1, 600000);
   c.seqBlock = getInt<std::uint32_t>(path, s, "coordinator", "seq_block", c.seqBlock, 16, 1 << 24);
   c.redo = getBool(path, s, "coordinator", "redo", c.redo);
+  c.stagedCommit = getBool(path, s, "coordinator", "staged_commit", c.stagedCommit);
   c.batchMax = getInt<std::uint32_t>(path, s, "coordinator", "batch_max", c.batchMax, 1, 4096);
   c.batchInFlight = getInt<std::uint32_t>(path, s, "coordinator", "batch_in_flight", c.batchInFlight, 1, 64);
 

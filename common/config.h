@@ -99,6 +99,12 @@ struct CoordinatorConfig {
   std::uint32_t probeMs = 100;              // a participant that failed is probed this often until it answers
   std::uint32_t seqBlock = 65536;           // seqs reserved per durable reservation
   bool redo = true;                         // the WAL's redo mode (common/redo_log.h); false: LMDB commits
+  // Staged commit (docs/protocol.md): a two-phase interaction's record is
+  // written in parallel with its prepares, and "committed" rests on it and
+  // the YES votes, without a COMMIT record on the client's path. Only with
+  // participants that say their YES branches are visible (ledger, host) and
+  // without a cluster; false: the COMMIT record is always written first.
+  bool stagedCommit = true;
   std::uint32_t batchMax = 256;             // prepares (x8 for commits/rollbacks) per participant message
   std::uint32_t batchInFlight = 2;          // batch messages of one kind out at once per participant
   std::map<std::string, std::string> participants;  // name -> host:port

@@ -238,6 +238,7 @@ std::string encode(const InteractionRecord& r) {
   b.setRequestTimeUs(r.requestTimeUs);
   b.setDeadlineMs(r.deadlineMs);
   b.setRecoveredBy(r.recoveredBy);
+  b.setStaged(r.staged);
   auto bl = b.initBranches(r.branches.size());
   for (unsigned i = 0; i < r.branches.size(); ++i) {
     const auto& br = r.branches[i];
@@ -274,6 +275,7 @@ InteractionRecord decodeInteraction(std::string_view bytes) {
     r.requestTimeUs = x.getRequestTimeUs();
     r.deadlineMs = x.getDeadlineMs();
     r.recoveredBy = x.getRecoveredBy().cStr();
+    r.staged = x.getStaged();
     for (auto b : x.getBranches()) {
       InteractionRecord::Branch br;
       br.participant = b.getParticipant().cStr();
@@ -647,7 +649,8 @@ std::string toJson(const InteractionRecord& r) {
     << ",\"decided_us\":" << r.decidedUs << ",\"completed_us\":" << r.completedUs
     << ",\"phase2_attempts\":" << r.phase2Attempts << ",\"failed_us\":" << r.failedUs
     << ",\"request_id\":" << q(r.requestId) << ",\"request_time_us\":" << r.requestTimeUs
-    << ",\"deadline_ms\":" << r.deadlineMs << ",\"recovered_by\":" << q(r.recoveredBy) << ",\"branches\":[";
+    << ",\"deadline_ms\":" << r.deadlineMs << ",\"recovered_by\":" << q(r.recoveredBy)
+    << ",\"staged\":" << (r.staged ? "true" : "false") << ",\"branches\":[";
   for (std::size_t i = 0; i < r.branches.size(); ++i) {
     const auto& b = r.branches[i];
     if (i) o << ",";

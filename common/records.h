@@ -90,6 +90,16 @@ struct InteractionRecord {
   std::uint64_t requestTimeUs = 0;  // when the client first sent it
   std::uint32_t deadlineMs = 0;    // the deadline in force
   std::string recoveredBy;         // "" or "sweep": rebuilt from the agents' branch records; "etcd": from a cluster decision
+  // Staged commit (docs/protocol.md): this record was made durable in
+  // parallel with the prepares, before any vote. Without a decision after
+  // a crash it is settled by what the participants hold (every branch
+  // prepared or committed: COMMIT; one missing or rolled back: ABORT),
+  // never presumed aborted, for the client may have heard "committed".
+  bool staged = false;
+  // Staged and not decided: recovery settles it from the participants.
+  bool stagedUndecided() const {
+    return staged && decision == Decision::None && !onePhase && !interactive && !finished();
+  }
 
   bool finished() const {
     return state == State::Committed || state == State::RolledBack || state == State::HeuristicMixed ||

@@ -269,13 +269,21 @@ void Coordinator::drive(Interaction& it) {
     })));
     return;
   }
-  // Two-phase: nothing is written before the decision (presumed abort). The
+  // Two-phase, staged (docs/protocol.md, "Staged commit"): the record goes
+  // to the WAL now, in parallel with the prepares, so that "committed" can
+  // rest on it and the YES votes alone, one durable write earlier than a
+  // COMMIT record after the votes would be. It is the interaction's only
+  // forced write on the way to "committed"; the final record is lazy.
+  //
+  // Otherwise nothing is written before the decision (presumed abort). The
   // first record is the COMMIT decision (forced) or the abort with its
   // rollback record. If we crash before either, there is nothing to redo:
   // the recovery sweep finds the agents' prepared branches, writes a record
-  // saying so, and rolls them back. This saves one WAL write in three per
-  // interaction, which under load is WAL volume (LMDB rewrites every page a
-  // commit touches).
+  // saying so, and rolls them back.
+  if (stageable(it)) {
+    it.rec.staged = true;
+    it.stagedWrite = persist(it).fork();
+  }
   std::vector<std::vector<Op>> ops;
   for (auto& b : it.rec.branches) ops.push_back(b.ops);
   tasks_.add(guardFirstPhase(
@@ -284,6 +292,15 @@ void Coordinator::drive(Interaction& it) {
         if (p == nullptr) return kj::READY_NOW;
         return decide(*p, allYes);
       })));
+}
+
+bool Coordinator::stageable(const Interaction& it) const {
+  if (!cfg_.stagedCommit || cluster_ != nullptr || it.rec.interactive || it.rec.onePhase) return false;
+  for (const auto& b : it.rec.branches) {
+    auto l = links_.find(b.participant);
+    if (l == links_.end() || !l->second->preparedVisible()) return false;
+  }
+  return true;
 }
 
 kj::Promise<void> Coordinator::guardFirstPhase(std::uint64_t seq, kj::Promise<void> work) {
@@ -508,7 +525,22 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
   KEEL_FAILPOINT("coord.before_decision_durable");
   if (cluster_ != nullptr) return decideInCluster(it);
   Micros queuedMono = monoMicros();
-  return persist(it).then(
+  // Staged: the COMMIT rests on the staged record and the YES votes, each
+  // durable where recovery reads it back (settleStaged), so it is decided
+  // once the staged record is durable, and nothing more is written now.
+  // Only when every branch voted YES (a READ-ONLY vote leaves nothing to
+  // read back) at a participant that still says its YES branches are
+  // visible; else a COMMIT record first, as without staged commit.
+  bool staged = false;
+  kj::Promise<void> durable = nullptr;
+  KJ_IF_MAYBE(w, it.stagedWrite) {
+    staged = std::all_of(it.rec.branches.begin(), it.rec.branches.end(), [this](const auto& b) {
+      return b.state == BState::Prepared && link(b.participant).preparedVisible();
+    });
+    if (staged) durable = w->addBranch();
+  }
+  if (!staged) durable = persist(it);
+  return durable.then(
       [this, seq, queuedMono]() {
         // The COMMIT decision is durable: only now may anyone hear "committed".
         Interaction* p = find(seq);
@@ -518,15 +550,20 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
         metrics_.decisionWrite->observe(p->commitDurableMono - queuedMono);
         KEEL_FAILPOINT("coord.after_decision_durable");
         answer(*p, ClientOutcome::Committed, "");
+        // Staged, the COMMIT record is written only if phase 2 needs a
+        // second round (driveCommit records the attempt) and with the final
+        // record; until then recovery reads the decision from the votes.
         tasks_.add(driveCommit(seq));
       },
-      [this, seq](kj::Exception&& e) {
+      [this, seq, staged](kj::Exception&& e) {
         // The decision did not become durable, so it never existed: abort.
         Interaction* p = find(seq);
         if (p == nullptr) return;
-        KEEL_LOG_ERROR("seq {}: COMMIT decision not durable ({}); aborting", seqText(seq), describeFault(e));
+        const char* what = staged ? "staged record" : "COMMIT decision";
+        KEEL_LOG_ERROR("seq {}: {} not durable ({}); aborting", seqText(seq), what, describeFault(e));
         p->rec.decision = InteractionRecord::Decision::None;
-        startAbort(*p, "coordinator could not log the commit decision: " + describeFault(e));
+        startAbort(*p, std::string("coordinator could not log the ") + (staged ? "interaction" : "commit decision") +
+                           ": " + describeFault(e));
       });
 }
 

@@ -326,6 +326,22 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   void settleRestored(std::uint64_t seq, std::optional<InteractionRecord> known);
   kj::Promise<void> gatherEvidence(std::uint64_t seq, std::optional<InteractionRecord> known, std::uint32_t attempt);
 
+  // Staged commit (docs/protocol.md, "Staged commit"). stageable: this
+  // two-phase interaction's record may be written in parallel with its
+  // prepares (not in a cluster, every participant says its YES branches
+  // are visible to listBranches). settleStaged: after a restart, a staged
+  // record without a decision is decided by what its participants hold
+  // (listBranches): every branch prepared or committed -> COMMIT (the
+  // client may have heard it); one missing, rolled back or never voted ->
+  // ABORT (no client can have). Retried with backoff while a participant
+  // does not answer; meanwhile outcome() says pending.
+  bool stageable(const Interaction& it) const;
+  void settleStaged(InteractionRecord rec);
+  kj::Promise<void> gatherStagedVotes(InteractionRecord rec, std::uint32_t attempt);
+  // Hands the request id's retries that waited during settleStaged to the
+  // interaction now in memory.
+  void handOverStagedReplays(std::uint64_t seq);
+
   Interaction* find(std::uint64_t seq);
 
   std::shared_ptr<const void> life_ = std::make_shared<int>(0);  // lifetime()
@@ -367,6 +383,10 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::uint32_t sweepPending_ = 0;
   std::optional<WalStore::RestoreMark> restored_;  // this WAL was restored from a backup
   std::set<std::uint64_t> settlingRestored_;        // seqs whose evidence is being gathered
+  std::set<std::uint64_t> settlingStaged_;          // staged seqs whose votes are being read back (settleStaged)
+  // Retries of a request id whose staged interaction is being settled:
+  // answered with its outcome once settled, never "in doubt" meanwhile.
+  std::map<std::uint64_t, std::vector<kj::Own<kj::PromiseFulfiller<SubmitOutcome>>>> stagedReplays_;
   std::set<std::string> probing_;
   std::map<std::string, Micros> lastDownLogUs_;  // rate limit of "stopped answering" lines
   Micros fullUntilUs_ = 0;  // a write failed with MDB_MAP_FULL: refuse new work until then

@@ -32,6 +32,9 @@ struct Coordinator::Interaction {
   bool commitDurable = false;  // the COMMIT decision reached the disk (or etcd)
   bool decisionKey = false;    // cluster: etcd holds a decision key for it (deleted once finished)
   bool requestQueued = false;  // the request id's row rides with a write already queued
+  // Staged commit: the write of the record made in parallel with the
+  // prepares; "committed" waits for it (Coordinator::decide).
+  kj::Maybe<kj::ForkedPromise<void>> stagedWrite;
   kj::Own<kj::PromiseFulfiller<void>> wake;  // cuts a driver's backoff short
   // Branches the recovery sweep found at a participant while the
   // interaction was finishing (rolled back, its final record on its way):

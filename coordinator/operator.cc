@@ -28,6 +28,8 @@ Coordinator::Decided Coordinator::outcome(std::uint64_t seq) const {
       // Restored from a backup without its decision: being decided by
       // what the participants hold (settleRestored), never presumed.
       if (restoredUndecided(seq, &rec)) return Decided::Pending;
+      // Staged without a decision: being settled by its votes (settleStaged).
+      if (rec.stagedUndecided()) return Decided::Pending;
       return rec.decision == InteractionRecord::Decision::Commit ? Decided::Committed : Decided::RolledBack;
     } catch (const CorruptRecord&) {
       return Decided::Pending;  // an operator must look at it first

@@ -63,7 +63,7 @@ kj::Promise<void> Coordinator::recover() {
                   "decided by what the participants hold, never presumed aborted (docs/recovery.md)",
                   formatMicros(restored_->atUs), seqText(makeSeq(cfg_.nodeId, restored_->floor)));
   }
-  std::size_t commits = 0, aborts = 0;
+  std::size_t commits = 0, aborts = 0, staged = 0;
   for (auto& u : unfinished) {
     std::uint64_t seq = u.interaction.seq;
     bool keyed = false;
@@ -76,6 +76,11 @@ kj::Promise<void> Coordinator::recover() {
     }
     if (!keyed && restoredUndecided(seq, &u.interaction)) {
       settleRestored(seq, std::move(u.interaction));
+      continue;
+    }
+    if (!keyed && u.interaction.stagedUndecided()) {
+      ++staged;
+      settleStaged(std::move(u.interaction));
       continue;
     }
     (u.interaction.decision == InteractionRecord::Decision::Commit ? commits : aborts)++;
@@ -110,8 +115,9 @@ kj::Promise<void> Coordinator::recover() {
     redrive(std::move(rec), std::nullopt);
     if (Interaction* p = find(seq)) p->decisionKey = true;
   }
-  KEEL_LOG_INFO("recovery 3/5 redrive: {} unfinished interactions ({} to commit, {} to roll back)",
-                unfinished.size(), commits, aborts);
+  KEEL_LOG_INFO("recovery 3/5 redrive: {} unfinished interactions ({} to commit, {} to roll back, {} staged and "
+                "undecided: settled by the votes their participants hold)",
+                unfinished.size(), commits, aborts, staged);
   for (auto& [name, l] : links_) {
     ++sweepPending_;
     tasks_.add(sweep(*l, 0));
@@ -294,6 +300,10 @@ void Coordinator::settleUnknownBranch(ParticipantLink& l, const RecoveredBranch&
   if (stored) rec = decodeInteraction(stored->interaction);
   if (restoredUndecided(seq, stored ? &rec : nullptr)) {
     settleRestored(seq, stored ? std::optional<InteractionRecord>(std::move(rec)) : std::nullopt);
+    return;
+  }
+  if (stored && rec.stagedUndecided()) {
+    settleStaged(std::move(rec));  // never presumed aborted: the client may have heard "committed"
     return;
   }
   if (stored) {
@@ -485,6 +495,150 @@ kj::Promise<void> Coordinator::gatherEvidence(std::uint64_t seq, std::optional<I
         auto& it = install(std::move(rec), std::nullopt);
         if (it.rec.failedUs == 0) it.rec.failedUs = it.rec.createdUs;
         return persist(it);
+      });
+}
+
+}  // namespace keel
+
+namespace keel {
+
+// ------------------------------------------------------------ staged records
+
+void Coordinator::handOverStagedReplays(std::uint64_t seq) {
+  // Retries of its request id that waited while the votes were read back
+  // now wait on the interaction like any retry: told at once if its outcome
+  // is (a commit), else when it is (the rollback record durable; an
+  // operator's decision).
+  auto w = stagedReplays_.find(seq);
+  if (w == stagedReplays_.end()) return;
+  auto waiting = std::move(w->second);
+  stagedReplays_.erase(w);
+  Interaction* p = find(seq);
+  if (p == nullptr) return;  // cannot be: each caller has just installed it
+  for (auto& f : waiting) p->replays.push_back(kj::mv(f));
+  if (p->told) answer(*p, p->told->outcome, p->told->reason);
+}
+
+void Coordinator::settleStaged(InteractionRecord rec) {
+  std::uint64_t seq = rec.seq;
+  if (find(seq) != nullptr || !settlingStaged_.insert(seq).second) return;
+  KEEL_LOG_INFO("recovery: seq {} was staged and has no decision: reading its votes back from its participants",
+                seqText(seq));
+  tasks_.add(gatherStagedVotes(std::move(rec), 0));
+}
+
+kj::Promise<void> Coordinator::gatherStagedVotes(InteractionRecord rec, std::uint32_t attempt) {
+  std::uint64_t seq = rec.seq;
+  std::set<std::string> names;
+  for (const auto& b : rec.branches) names.insert(b.participant);
+  auto asks = kj::heapArrayBuilder<kj::Promise<Evidence>>(names.size());
+  for (const auto& name : names) {
+    auto l = links_.find(name);
+    if (l == links_.end()) {
+      asks.add(Evidence{name, false, "not in this coordinator's config", {}});
+      continue;
+    }
+    std::string who = name;
+    asks.add(l->second->branchesOf(seq, callDeadline())
+                 .then([who](ParticipantLink::SeqRecords r) {
+                         return Evidence{who, true, "", std::move(r.branches), r.belowFloor};
+                       },
+                       [who](kj::Exception&& e) { return Evidence{who, false, describeFault(e), {}}; }));
+  }
+  return kj::joinPromises(asks.finish())
+      .then([this, seq, rec = std::move(rec), attempt](kj::Array<Evidence> evidence) mutable -> kj::Promise<void> {
+        std::string silent;
+        for (const auto& e : evidence) {
+          if (!e.answered) silent += (silent.empty() ? "" : ", ") + e.participant + " (" + e.fault + ")";
+        }
+        if (!silent.empty()) {
+          // Without every participant's answer a missing vote cannot be
+          // told from one not read: wait, never presume.
+          KEEL_LOG_WARN("recovery: staged seq {}: waiting for {}", seqText(seq), silent);
+          return io_.provider->getTimer().afterDelay(backoff(attempt + 1)).then([this, rec = std::move(rec), attempt]() mutable {
+            return gatherStagedVotes(std::move(rec), attempt + 1);
+          });
+        }
+        settlingStaged_.erase(seq);
+        if (find(seq) != nullptr) {  // an operator got there first
+          handOverStagedReplays(seq);
+          return kj::READY_NOW;
+        }
+        // Each branch of the record against what its participant holds.
+        bool committed = false, missing = false, rolledBack = false, released = false;
+        std::string why;
+        for (auto& br : rec.branches) {
+          const Evidence* ev = nullptr;
+          for (const auto& e : evidence) {
+            if (e.participant == br.participant) ev = &e;
+          }
+          const RecoveredBranch* held = nullptr;
+          for (const auto& b : ev->branches) {
+            if (b.xid.branch == br.branch) held = &b;
+          }
+          std::string at = br.participant + " branch " + std::to_string(br.branch);
+          if (held == nullptr) {
+            if (ev->released) {
+              released = true;
+              why += (why.empty() ? "" : "; ") + at + ": released there (its record may be gone)";
+              continue;
+            }
+            missing = true;
+            br.state = BState::Pending;  // the rollback driver leaves a tombstone: a late prepare is refused
+            why += (why.empty() ? "" : "; ") + at + ": not held (no vote)";
+            continue;
+          }
+          joinStory(rec, br, *held);
+          switch (held->state) {
+            case BranchStatus::Prepared: br.state = BState::Prepared; break;
+            case BranchStatus::Committed:
+              br.state = BState::Committed;
+              committed = true;
+              break;
+            case BranchStatus::RolledBack:
+              br.state = BState::RolledBack;
+              rolledBack = true;
+              why += (why.empty() ? "" : "; ") + at + ": rolled back";
+              break;
+            case BranchStatus::Active:
+              br.state = BState::Preparing;  // never voted: nobody was promised anything
+              missing = true;
+              why += (why.empty() ? "" : "; ") + at + ": active, never voted";
+              break;
+          }
+        }
+        if (rec.createdUs == 0) rec.createdUs = wallMicros();
+        if (released && !committed) {
+          // Cannot be read back: an operator decides (keelctl resolve).
+          rec.error += std::string(rec.error.empty() ? "" : "; ") +
+                       "staged, no decision, and a participant released the seq (" + why +
+                       "): IN DOUBT until an operator decides (keelctl resolve " + seqText(seq) +
+                       " --commit|--abort --why ...)";
+          KEEL_LOG_ERROR("recovery: staged seq {}: {}", seqText(seq), rec.error);
+          auto& it = install(std::move(rec), std::nullopt);
+          if (it.rec.failedUs == 0) it.rec.failedUs = it.rec.createdUs;
+          handOverStagedReplays(seq);
+          return persist(it);
+        }
+        // Every vote was YES and is still held (or a branch already
+        // committed, which only follows a COMMIT): the client may have heard
+        // "committed", so it is. Anything else means some participant never
+        // voted YES, so nobody heard "committed": roll back.
+        bool commit = committed || (!missing && !rolledBack);
+        std::string note = commit ? "staged; every participant holds its YES vote: committed after the restart"
+                                  : "staged; not every participant voted yes (" + why +
+                                        "): no client heard committed, rolled back after the restart";
+        rec.error = rec.error.empty() ? note : rec.error + "; " + note;
+        rec.decision = commit ? InteractionRecord::Decision::Commit : InteractionRecord::Decision::Abort;
+        if (!commit) {
+          for (auto& br : rec.branches) {
+            if (br.state == BState::RolledBack) br.state = BState::VotedNo;  // confirmed: the agent holds it rolled back
+          }
+        }
+        KEEL_LOG_WARN("recovery: seq {}: {}", seqText(seq), note);
+        redrive(std::move(rec), std::nullopt);
+        handOverStagedReplays(seq);
+        return kj::READY_NOW;
       });
 }
 

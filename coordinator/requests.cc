@@ -123,6 +123,13 @@ kj::Maybe<kj::Promise<SubmitOutcome>> Coordinator::replay(const SubmitRequest& r
   }
   if (row) {
     if (row->fingerprint != fingerprint) return kj::Promise<SubmitOutcome>(invalid(id, reuseMessage(id, row->seq)));
+    if (settlingStaged_.count(row->seq) != 0) {
+      // Staged and being settled from its votes (it may have been answered
+      // "committed" before the restart): the retry waits for the outcome.
+      auto paf = kj::newPromiseAndFulfiller<SubmitOutcome>();
+      stagedReplays_[row->seq].push_back(kj::mv(paf.fulfiller));
+      return kj::mv(paf.promise);
+    }
     std::optional<SubmitOutcome> o;
     if (auto stored = wal_.get(row->seq)) {
       try {

@@ -61,6 +61,7 @@ struct InteractionRecord {
   requestTimeUs @15 :UInt64; # when the client first sent it (its clock)
   deadlineMs @16 :UInt32;    # the deadline in force (capped by max_interaction_ms)
   recoveredBy @17 :Text;     # "" or how the record came to be ("sweep": from the agents' branches)
+  staged @18 :Bool;          # written before the votes (staged commit): undecided, it is settled by the votes the participants hold, never presumed aborted
 }
 
 # The coordinator's `requests` table: request id -> the interaction it names.

@@ -336,7 +336,15 @@ TEST_F(LostAnswerTest, CrashAfterTheDecisionIsAnsweredByTheFirstTry) {
   expectMovedOnce(*a);
 }
 
-TEST_F(LostAnswerTest, CrashBeforeTheDecisionRunsTheRetryAsANewInteraction) {
+// Without staged commit nothing is written before the decision (presumed
+// abort). With it the first try's record and request id row are durable
+// before the votes, so the retry hears the first try's outcome instead.
+class LostAnswerPresumedAbortTest : public LostAnswerTest {
+ protected:
+  std::string coordinatorToml() override { return LostAnswerTest::coordinatorToml() + "staged_commit = false\n"; }
+};
+
+TEST_F(LostAnswerPresumedAbortTest, CrashBeforeTheDecisionRunsTheRetryAsANewInteraction) {
   auto out = transferThroughCrash("coord.after_votes=crash");
   auto a = committedLine(out);
   ASSERT_TRUE(a) << out;

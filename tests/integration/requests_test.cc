@@ -147,7 +147,13 @@ TEST_F(RequestIdTest, AnswerLostAfterTheDecisionIsFoundByTheRetry) {
   EXPECT_TRUE(eventually([&] { return account("bank-a", "alice") == bal(930, 0); }));
 }
 
-TEST_F(RequestIdTest, AnswerLostBeforeTheDecisionRunsOnceMore) {
+// Without staged commit: nothing is written before the decision.
+class RequestIdPresumedAbortTest : public RequestIdTest {
+ protected:
+  std::string coordinatorToml() override { return RequestIdTest::coordinatorToml() + "staged_commit = false\n"; }
+};
+
+TEST_F(RequestIdPresumedAbortTest, AnswerLostBeforeTheDecisionRunsOnceMore) {
   // Nothing is written before a two-phase decision: the first try leaves
   // only prepared branches, which presumed abort rolls back. The retry runs
   // as a new interaction, the only one that can commit.
@@ -184,6 +190,35 @@ TEST_F(RequestIdTest, AnswerLostBeforeTheDecisionRunsOnceMore) {
   EXPECT_LT(q->interaction.createdUs, q->interaction.completedUs);
   // And its request id's row names the interaction that committed.
   EXPECT_EQ(client_->queryRequest(req.requestId).wait(io_.waitScope)->interaction.seq, retry.seq);
+}
+
+TEST_F(RequestIdTest, AStagedFirstTryWhoseAnswerWasLostIsTheOneThatCommits) {
+  // Staged commit: the first try's record and its request id's row are
+  // durable before the votes; the coordinator dies with both YES votes in,
+  // before anyone heard the answer. The retry runs nothing: it waits while
+  // recovery reads the votes back, then hears the first try's commit.
+  auto req = request(transferOps("bank-a:alice", "bank-b:bob", 80), newRequestId());
+  cluster_->stopCoordinator();
+  cluster_->startCoordinator("coord.after_decision_durable=crash");
+  reconnect();
+  open("bank-a", "carol", 1);  // both links connected: the transfer is staged
+  open("bank-b", "dave", 1);
+  EXPECT_ANY_THROW(send(req));
+  ASSERT_TRUE(cluster_->waitCoordinatorExit(std::chrono::seconds(5)));
+  auto lost = unfinishedAt("bank-a");
+  ASSERT_EQ(lost.size(), 1u);
+  cluster_->startCoordinator();
+  reconnect();
+  SubmitOutcome retry;
+  ASSERT_TRUE(eventually([&] {
+    retry = send(req);
+    return retry.outcome == ClientOutcome::Committed;
+  })) << retry.reason;
+  EXPECT_TRUE(retry.replayed);
+  EXPECT_EQ(retry.seq, lost[0].seq);
+  EXPECT_TRUE(eventually([&] { return account("bank-b", "bob") == bal(80, 0); }));
+  EXPECT_TRUE(eventually([&] { return account("bank-a", "alice") == bal(920, 0); }));
+  EXPECT_EQ(inspect("bank-a").rolledBack, 0u);
 }
 
 TEST_F(RequestIdTest, BeginWithAKnownIdOpensNothing) {

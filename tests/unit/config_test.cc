@@ -55,6 +55,15 @@ TEST(Config, AgentLazyDelayDefaultsTo10MsAndIsBounded) {
   }
 }
 
+TEST(Config, StagedCommitIsOnByDefaultAndCanBeTurnedOff) {
+  std::string_view plain = "[coordinator]\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
+  EXPECT_TRUE(parseCoordinatorConfig("c.toml", &plain).stagedCommit);
+  std::string_view off = "[coordinator]\nstaged_commit = false\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
+  EXPECT_FALSE(parseCoordinatorConfig("c.toml", &off).stagedCommit);
+  EXPECT_EQ(errorOf("[coordinator]\nstaged_commit = \"no\"\n[participants]\nbank-a = \"127.0.0.1:7401\"\n"),
+            "c.toml: [coordinator] staged_commit must be true or false");
+}
+
 TEST(Config, RedoModeIsOnByDefaultAndTakesTrueOrFalseOnly) {
   const std::string coord = "[coordinator]\n[participants]\nbank-a = \"127.0.0.1:7401\"\n";
   std::string_view plain = coord;

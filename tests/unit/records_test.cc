@@ -18,6 +18,7 @@ InteractionRecord fullInteraction() {
   r.epoch = 42;
   r.interactive = true;
   r.onePhase = true;
+  r.staged = true;
   r.state = InteractionRecord::State::Committing;
   r.decision = InteractionRecord::Decision::Commit;
   r.error = "bank-b said \"no\"\nsecond line";
@@ -98,6 +99,7 @@ TEST(RecordsTest, InteractionRoundTripKeepsEveryField) {
   EXPECT_EQ(out.decidedUs, in.decidedUs);
   EXPECT_EQ(out.completedUs, in.completedUs);
   EXPECT_EQ(out.phase2Attempts, in.phase2Attempts);
+  EXPECT_TRUE(out.staged);  // the fixture sets it: a field not written would read false
   ASSERT_EQ(out.branches.size(), 2u);
   for (std::size_t i = 0; i < 2; ++i) {
     EXPECT_EQ(out.branches[i].participant, in.branches[i].participant);
@@ -109,6 +111,23 @@ TEST(RecordsTest, InteractionRoundTripKeepsEveryField) {
   }
   EXPECT_NE(out.branches[0].hostTxid, 0u);  // the fixture sets one: a field not written would read 0
   EXPECT_TRUE(out.finished() == false);
+}
+
+TEST(RecordsTest, OnlyAStagedTwoPhaseRecordWithoutADecisionIsSettledByItsVotes) {
+  InteractionRecord r;
+  r.staged = true;
+  EXPECT_TRUE(r.stagedUndecided());
+  r.decision = InteractionRecord::Decision::Commit;
+  EXPECT_FALSE(r.stagedUndecided());  // decided: redriven as such
+  r.decision = InteractionRecord::Decision::None;
+  r.onePhase = true;
+  EXPECT_FALSE(r.stagedUndecided());  // the participant decides one-phase
+  r.onePhase = false;
+  r.state = InteractionRecord::State::RolledBack;
+  EXPECT_FALSE(r.stagedUndecided());  // finished
+  r.state = InteractionRecord::State::Preparing;
+  r.staged = false;
+  EXPECT_FALSE(r.stagedUndecided());  // presumed abort
 }
 
 TEST(RecordsTest, EveryInteractionStateRoundTrips) {
@@ -345,7 +364,7 @@ TEST(RecordsTest, InteractionJsonHasTheFieldsAndEscapesStrings) {
                            "\"completed_us\":1700000000000004", "\"phase2_attempts\":3",
                            "\"participant\":\"bank-a\"", "\"branch\":65535", "\"state\":\"voted-no\"",
                            "\"reason\":\"insufficient funds\"", "\"kind\":\"debit\"", "\"account\":\"alice\"",
-                           "\"amount\":250", "\"kind\":\"open\""}) {
+                           "\"amount\":250", "\"kind\":\"open\"", "\"staged\":true"}) {
     EXPECT_NE(json.find(part), std::string::npos) << part << " missing from " << json;
   }
   EXPECT_NE(json.find("\"seq\":" + std::to_string(r.seq)), std::string::npos);
