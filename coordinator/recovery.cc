@@ -372,20 +372,34 @@ struct Evidence {
   bool released = false;  // below this node's release floor there (its records may be gone)
 };
 
+// Each participant's branches of `seq` (listBranches), or why it did not
+// answer; a null link: not in this coordinator's config.
+kj::Promise<kj::Array<Evidence>> askForBranches(std::uint64_t seq,
+                                               const std::vector<std::pair<std::string, ParticipantLink*>>& who,
+                                               kj::Duration deadline) {
+  auto asks = kj::heapArrayBuilder<kj::Promise<Evidence>>(who.size());
+  for (const auto& [name, l] : who) {
+    if (l == nullptr) {
+      asks.add(Evidence{name, false, "not in this coordinator's config", {}});
+      continue;
+    }
+    std::string n = name;
+    asks.add(l->branchesOf(seq, deadline)
+                 .then([n](ParticipantLink::SeqRecords r) {
+                         return Evidence{n, true, "", std::move(r.branches), r.belowFloor};
+                       },
+                       [n](kj::Exception&& e) { return Evidence{n, false, describeFault(e), {}}; }));
+  }
+  return kj::joinPromises(asks.finish());
+}
+
 }  // namespace
 
 kj::Promise<void> Coordinator::gatherEvidence(std::uint64_t seq, std::optional<InteractionRecord> known,
                                               std::uint32_t attempt) {
-  auto asks = kj::heapArrayBuilder<kj::Promise<Evidence>>(links_.size());
-  for (auto& [name, l] : links_) {
-    std::string who = name;
-    asks.add(l->branchesOf(seq, callDeadline())
-                 .then([who](ParticipantLink::SeqRecords r) {
-                         return Evidence{who, true, "", std::move(r.branches), r.belowFloor};
-                       },
-                       [who](kj::Exception&& e) { return Evidence{who, false, describeFault(e), {}}; }));
-  }
-  return kj::joinPromises(asks.finish())
+  std::vector<std::pair<std::string, ParticipantLink*>> all;
+  for (auto& [name, l] : links_) all.emplace_back(name, l.get());
+  return askForBranches(seq, all, callDeadline())
       .then([this, seq, known = std::move(known), attempt](kj::Array<Evidence> evidence) mutable -> kj::Promise<void> {
         bool committed = false, rolledBack = false, any = false;
         std::string committedAt, rolledBackAt, silent, releasedAt;
@@ -531,21 +545,12 @@ kj::Promise<void> Coordinator::gatherStagedVotes(InteractionRecord rec, std::uin
   std::uint64_t seq = rec.seq;
   std::set<std::string> names;
   for (const auto& b : rec.branches) names.insert(b.participant);
-  auto asks = kj::heapArrayBuilder<kj::Promise<Evidence>>(names.size());
+  std::vector<std::pair<std::string, ParticipantLink*>> who;
   for (const auto& name : names) {
     auto l = links_.find(name);
-    if (l == links_.end()) {
-      asks.add(Evidence{name, false, "not in this coordinator's config", {}});
-      continue;
-    }
-    std::string who = name;
-    asks.add(l->second->branchesOf(seq, callDeadline())
-                 .then([who](ParticipantLink::SeqRecords r) {
-                         return Evidence{who, true, "", std::move(r.branches), r.belowFloor};
-                       },
-                       [who](kj::Exception&& e) { return Evidence{who, false, describeFault(e), {}}; }));
+    who.emplace_back(name, l == links_.end() ? nullptr : l->second.get());
   }
-  return kj::joinPromises(asks.finish())
+  return askForBranches(seq, who, callDeadline())
       .then([this, seq, rec = std::move(rec), attempt](kj::Array<Evidence> evidence) mutable -> kj::Promise<void> {
         std::string silent;
         for (const auto& e : evidence) {
