@@ -296,6 +296,11 @@ void Coordinator::drive(Interaction& it) {
 
 bool Coordinator::stageable(const Interaction& it) const {
   if (!cfg_.stagedCommit || cluster_ != nullptr || it.rec.interactive || it.rec.onePhase) return false;
+  // Only reads: every vote will be READ-ONLY, which a staged answer cannot
+  // rest on; its one record is the final one, written after the votes.
+  if (std::all_of(it.rec.branches.begin(), it.rec.branches.end(), [](const auto& b) { return readOnlyOps(b.ops); })) {
+    return false;
+  }
   for (const auto& b : it.rec.branches) {
     auto l = links_.find(b.participant);
     if (l == links_.end() || !l->second->preparedVisible()) return false;

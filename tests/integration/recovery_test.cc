@@ -136,6 +136,17 @@ class StagedCommitTest : public ClusterTest {
   }
 };
 
+TEST_F(StagedCommitTest, ATransferIsStagedAndATwoAgentReadIsNot) {
+  restartCoordinatorConnected("");
+  auto t = submit(transferOps("bank-a:alice", "bank-b:bob", 5));
+  ASSERT_EQ(t.outcome, ClientOutcome::Committed) << t.reason;
+  EXPECT_TRUE(query(t.seq)->interaction.staged);
+  // Every vote READ-ONLY: nothing to stage, one record (the final one).
+  auto r = submit({Op{"bank-a", OpKind::ReadBalance, "alice", 0}, Op{"bank-b", OpKind::ReadBalance, "bob", 0}});
+  ASSERT_EQ(r.outcome, ClientOutcome::Committed) << r.reason;
+  EXPECT_FALSE(query(r.seq)->interaction.staged);
+}
+
 TEST_F(StagedCommitTest, KilledAfterEveryYesCommitsFromTheVotesWithoutACommitRecord) {
   auto seq = transferKilledAfterTheVotes();
   ASSERT_NE(seq, 0u);
