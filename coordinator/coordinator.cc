@@ -546,12 +546,13 @@ kj::Promise<void> Coordinator::decide(Interaction& it, bool allYes) {
   }
   if (!staged) durable = persist(it);
   return durable.then(
-      [this, seq, queuedMono]() {
+      [this, seq, queuedMono, staged]() {
         // The COMMIT decision is durable: only now may anyone hear "committed".
         Interaction* p = find(seq);
         if (p == nullptr) return;
         p->commitDurable = true;
         p->commitDurableMono = monoMicros();
+        p->txidsOnlyInMemory = staged;
         metrics_.decisionWrite->observe(p->commitDurableMono - queuedMono);
         KEEL_FAILPOINT("coord.after_decision_durable");
         answer(*p, ClientOutcome::Committed, "");

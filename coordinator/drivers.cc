@@ -41,7 +41,7 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                 KEEL_FAILPOINT("coord.before_phase2");
                 // Batched with the other commits for this participant; bounded
                 // by the batch message's call deadline (no timer per branch).
-                return l.commit(epoch, xid, br.hostTxid);
+                return l.commit(epoch, xid, it->txidsOnlyInMemory ? 0 : br.hostTxid);
               })
                   .then(
                       [this, seq, i](BranchOutcome o) {
@@ -96,7 +96,11 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
     if (p == nullptr) return kj::READY_NOW;
     bool done = std::none_of(p->rec.branches.begin(), p->rec.branches.end(), [](const auto& b) { return unsettled(b.state); });
     if (done) return finish(seq);
-    tasks_.add(persist(*p));  // record the attempt; not forced
+    // Record the attempt; not forced. It also holds the votes' txids, which
+    // later rounds may then send (see Interaction::txidsOnlyInMemory).
+    tasks_.add(persist(*p).then([this, seq] {
+      if (Interaction* q = find(seq)) q->txidsOnlyInMemory = false;
+    }));
     return pause(*p, backoff(p->rec.phase2Attempts)).then([this, seq]() { return driveCommit(seq); });
   }), true);
 }

@@ -35,6 +35,14 @@ struct Coordinator::Interaction {
   // Staged commit: the write of the record made in parallel with the
   // prepares; "committed" waits for it (Coordinator::decide).
   kj::Maybe<kj::ForkedPromise<void>> stagedWrite;
+  // Staged and decided on its votes: the txids they carried (postgres
+  // agents' PrepareVote.hostTxid) are in no durable record yet — the staged
+  // one was written before the votes came. Phase 2 then sends none, so an
+  // agent commits only on its own durable PREPARED record (whose txid
+  // settles a crash after COMMIT PREPARED) and the branch stays visible to
+  // listBranches, which staged recovery reads, until it is decided
+  // elsewhere. Cleared once a record holding the txids is durable.
+  bool txidsOnlyInMemory = false;
   kj::Own<kj::PromiseFulfiller<void>> wake;  // cuts a driver's backoff short
   // Branches the recovery sweep found at a participant while the
   // interaction was finishing (rolled back, its final record on its way):

@@ -114,7 +114,10 @@ class ParticipantBackend {
   std::vector<std::optional<BranchRecord>> branches(const std::vector<Xid>& xids) const {
     return branchLog().branches(xids);
   }
-  std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const {
+  // The branches after `after` in XID order, at most `limit`. A backend
+  // whose YES votes leave before their records are durable lists those
+  // branches too (Batching::preparedVisible).
+  virtual std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const {
     return branchLog().listBranches(after, limit, more);
   }
   BranchLog::Counts counts() const { return branchLog().counts(); }

@@ -536,7 +536,7 @@ kj::Promise<bool> PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const st
   }
   {
     std::lock_guard<std::mutex> lk(mu_);
-    pending_[xid] = txid;
+    pending_[xid] = PendingVote{txid, epoch, wallMicros()};
   }
   log_.log().submitLazy(std::make_unique<PreparedRecordJob>(*this, epoch, xid, ops, txid));
   return true;
@@ -581,7 +581,49 @@ std::optional<std::uint64_t> PgAgent::pendingTxid(Xid xid) {
   std::lock_guard<std::mutex> lk(mu_);
   auto it = pending_.find(xid);
   if (it == pending_.end()) return std::nullopt;
-  return it->second;
+  return it->second.txid;
+}
+
+std::vector<BranchRecord> PgAgent::listBranches(Xid after, std::size_t limit, bool& more) const {
+  // pending_ first, then the log: an entry leaves pending_ only after its
+  // record is durable and visible to readers, so a vote missing from this
+  // copy is in the log read after it (or had not left yet).
+  std::vector<BranchRecord> lazy;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    // One more than a page, so that a longer list says more.
+    for (auto it = pending_.upper_bound(after); it != pending_.end() && lazy.size() <= limit; ++it) {
+      BranchRecord r;
+      r.xid = it->first;
+      r.state = BranchStatus::Prepared;
+      r.epoch = it->second.epoch;
+      r.hostTxid = it->second.txid;
+      r.hostIncarnation = log_.incarnation();
+      r.createdUs = r.preparedUs = it->second.preparedUs;
+      r.reason = "voted yes; its PREPARED record is on its way (PostgreSQL holds the prepared transaction)";
+      lazy.push_back(std::move(r));
+    }
+  }
+  auto logged = log_.listBranches(after, limit, more);
+  if (lazy.empty()) return logged;
+  // Merged in XID order; where both hold a branch the log's record wins (a
+  // rollback's tombstone that overtook the lazy write, or the record itself).
+  std::vector<BranchRecord> out;
+  out.reserve(std::min(limit, logged.size() + lazy.size()));
+  std::size_t i = 0, j = 0;
+  while ((i < logged.size() || j < lazy.size()) && out.size() < limit) {
+    if (j == lazy.size() || (i < logged.size() && logged[i].xid <= lazy[j].xid)) {
+      if (j < lazy.size() && logged[i].xid == lazy[j].xid) ++j;
+      out.push_back(std::move(logged[i++]));
+    } else {
+      // A pending vote past the log's last listed branch, when the log had
+      // more: the log's next ones may come first; stop here, and say more.
+      if (more && i == logged.size()) break;
+      out.push_back(std::move(lazy[j++]));
+    }
+  }
+  if (i < logged.size() || j < lazy.size()) more = true;
+  return out;
 }
 
 bool PgAgent::epochNeedsForce(std::uint16_t node, std::uint64_t epoch) {

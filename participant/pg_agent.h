@@ -152,7 +152,14 @@ class PgAgent final : public ParticipantBackend {
   // prepareBatch), so a blocked one holds back only its own vote and its
   // message's in-flight slot. Measured against one per message: docs/
   // postgres.md, "Batching".
-  Batching batching() const override { return {8, std::uint32_t(opts_.poolSize)}; }
+  // preparedVisible: a YES vote's branch is listed from before the vote
+  // leaves — its PREPARED record if durable, else (pending_) as PREPARED
+  // from memory; after a crash, start-up's reconcile records PostgreSQL's
+  // prepared transaction before the agent serves (listBranches).
+  Batching batching() const override { return {8, std::uint32_t(opts_.poolSize), true}; }
+  // The branch log's list with the YES votes whose PREPARED records are
+  // still on their way (pending_) merged in as PREPARED.
+  std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const override;
   const Statements* declaredStatements() const override { return &opts_.statements; }
 
   BranchLog& branchLog() override { return log_; }
@@ -326,9 +333,15 @@ class PgAgent final : public ParticipantBackend {
   // and retries, on connections of their own: they release the locks that
   // statements may be waiting for, so they must never queue behind them.
   std::unique_ptr<pg::Pool> finishPool_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::set<Xid> preparing_;  // GUARDED_BY(mu_): a prepare's pool job is running
-  std::map<Xid, std::uint64_t> pending_;  // GUARDED_BY(mu_): voted YES, PREPARED record not yet durable: its txid
+  // Voted YES, PREPARED record not yet durable (lazy): what listBranches
+  // shows of it meanwhile.
+  struct PendingVote {
+    std::uint64_t txid = 0, epoch = 0;
+    Micros preparedUs = 0;
+  };
+  std::map<Xid, PendingVote> pending_;  // GUARDED_BY(mu_)
   std::map<std::uint16_t, std::uint64_t> durableEpochs_;  // GUARDED_BY(mu_): per coordinator node
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
   std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once

@@ -136,6 +136,17 @@ class ClusterTest : public ::testing::Test {
     return b;
   }
 
+  // The coordinator's WAL record of `seq`, read once the process is gone
+  // (in redo mode with the groups past the checkpoint replayed first).
+  InteractionRecord storedRecord(std::uint64_t seq) {
+    auto env = openEnvRecovering(dir_ + "/coordinator", lmdb::EnvOptions{});
+    auto dbi = env.openDb("interactions");
+    auto txn = env.beginRead();
+    auto v = txn.get(dbi, u64Key(seq));
+    if (!v) throw std::runtime_error("no WAL record for seq " + seqText(seq));
+    return decodeInteraction(*v);
+  }
+
   std::vector<Xid> unfinishedAt(const std::string& agent) {
     auto c = AgentClient::connect(io_, cluster_->agentAddress(agent)).wait(io_.waitScope);
     auto req = c->capability().recoverRequest();

@@ -108,16 +108,6 @@ class StagedCommitTest : public ClusterTest {
     open("bank-b", "bob", 0);
   }
 
-  // The coordinator's WAL record of `seq`, read once the process is gone.
-  InteractionRecord storedRecord(std::uint64_t seq) {
-    auto env = openEnvRecovering(dir_ + "/coordinator", lmdb::EnvOptions{});
-    auto dbi = env.openDb("interactions");
-    auto txn = env.beginRead();
-    auto v = txn.get(dbi, u64Key(seq));
-    if (!v) throw std::runtime_error("no WAL record for seq " + seqText(seq));
-    return decodeInteraction(*v);
-  }
-
   // A staged transfer alice -> bob of 250 whose coordinator died once every
   // YES was in (coord.after_decision_durable): its seq, 0 on a failure.
   std::uint64_t transferKilledAfterTheVotes() {

@@ -511,7 +511,15 @@ TEST_F(PostgresSlowRetryTest, OrphanUnderAGidWithoutIncarnationIsInDoubtAtOnce) 
 // incarnation's epoch, older than the one the sweep's call fenced with: in
 // doubt already, asked at once (the coordinator never recorded the
 // interaction: rolled back), not after in_doubt_query_ms.
-TEST_F(PostgresSlowRetryTest, BranchRecordedAfterItsCoordinatorRestartedIsAskedAtOnce) {
+//
+// Without staged commit: staged, the coordinator's restart reads the votes
+// back and rolls bank-b's branch back itself (PostgresStagedTest below).
+class PostgresSlowRetryPresumedAbortTest : public PostgresSlowRetryTest {
+ protected:
+  std::string coordinatorToml() override { return PostgresSlowRetryTest::coordinatorToml() + "staged_commit = false\n"; }
+};
+
+TEST_F(PostgresSlowRetryPresumedAbortTest, BranchRecordedAfterItsCoordinatorRestartedIsAskedAtOnce) {
   cluster_->stopAgent("bank-b");
   cluster_->startAgent("bank-b", "pg.after_host_prepare=1*delay(3000)");
   crashCoordinatorDuring("coord.after_prepare=1*crash", {debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
@@ -940,6 +948,170 @@ TEST_F(PostgresOutcomeTest, ACommitWithAnotherTxidThanTheVotesWaitsForTheRecordA
   EXPECT_EQ(before->hostTxid, txid);
   cluster_->startAgent("bank-b");
   EXPECT_EQ(finishAtB(xid, /*commit=*/true), wire::BranchOutcome::COMMITTED);  // its record's txid settles it
+}
+
+// ---------------------------------------------------------------- staged commit
+//
+// A postgres agent's YES vote leaves once PostgreSQL has prepared the
+// branch, before its PREPARED record (lazy); its listBranches shows such a
+// branch as PREPARED from memory, and start-up's reconcile records a
+// prepared transaction without a record before the agent serves. So the
+// agent says preparedVisible and its interactions are staged: "committed"
+// rests on the coordinator's staged record and the votes (docs/protocol.md,
+// "Staged commit"), and a restarted coordinator reads the votes back.
+
+class PostgresStagedTest : public PostgresOutcomeTest {
+ protected:
+  // Every branch bank-b lists of `seq` (the agent's listBranches).
+  struct Listed {
+    wire::BranchState state;
+    std::string reason;
+  };
+  std::vector<Listed> listedAtB(std::uint64_t seq) {
+    auto agent = AgentClient::connect(io_, cluster_->agentAddress("bank-b")).wait(io_.waitScope);
+    auto req = agent->capability().listBranchesRequest();
+    req.getAfter().setSeq(seq);
+    req.getAfter().setBranch(0);
+    auto resp = req.send().wait(io_.waitScope);
+    std::vector<Listed> out;
+    for (auto b : resp.getBranches()) {
+      if (b.getXid().getSeq() == seq) out.push_back({b.getState(), b.getReason().cStr()});
+    }
+    return out;
+  }
+  // A committed transfer of 1 first: each agent's epoch durable, so the
+  // next prepares' records are lazy.
+  std::uint64_t pastTheForcedPrepares() {
+    auto first = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});
+    EXPECT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+    return first.seq;
+  }
+  // The coordinator restarted (a new epoch: forced prepares again), a
+  // transfer of 1 past them, then one of 100 alice -> bob that kills the
+  // coordinator once every YES is in; its seq (the one branch bank-a holds
+  // unfinished), 0 on a failure.
+  std::uint64_t transferKilledAfterTheVotes() {
+    cluster_->stopCoordinator();
+    cluster_->startCoordinator("coord.after_decision_durable=1+1*crash");
+    reconnect();
+    std::uint64_t first = pastTheForcedPrepares();
+    EXPECT_ANY_THROW(submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)}));
+    if (first == 0 || !cluster_->waitCoordinatorExit(std::chrono::seconds(5))) {
+      ADD_FAILURE() << "the coordinator did not die at the failpoint";
+      return 0;
+    }
+    // The next seq of the same incarnation. (Not what the agents list
+    // unfinished: their PREPARED records may still be on their way.)
+    std::uint64_t seq = first + 1;
+    EXPECT_TRUE(storedRecord(seq).staged);
+    return seq;
+  }
+  // PostgreSQL's prepared transactions in `db` of interaction `seq`.
+  std::size_t preparedOf(const std::string& db, std::uint64_t seq) {
+    std::size_t n = 0;
+    for (auto& g : preparedGids(db)) {
+      if (g.find(":" + std::to_string(seq) + ":") != std::string::npos) ++n;
+    }
+    return n;
+  }
+  void expectCommittedAfterTheRestart(std::uint64_t seq) {
+    cluster_->startCoordinator();
+    reconnect();
+    ASSERT_TRUE(eventually([&] {
+      auto q = query(seq);
+      return q && q->interaction.finished() && settled();
+    }, std::chrono::seconds(15)));
+    auto q = query(seq);
+    EXPECT_EQ(q->interaction.state, InteractionRecord::State::Committed);
+    EXPECT_NE(q->interaction.error.find("every participant holds its YES vote"), std::string::npos)
+        << q->interaction.error;
+    EXPECT_EQ(balance("bank_a", "alice"), 899);
+    EXPECT_EQ(balance("bank_b", "bob"), 101);
+  }
+};
+
+// The coordinator dies once every YES is in: its WAL holds the staged
+// record only (no decision), PostgreSQL holds both branches prepared, and
+// the restart commits from the votes.
+TEST_F(PostgresStagedTest, KilledAfterEveryYesCommitsFromThePreparedTransactions) {
+  auto seq = transferKilledAfterTheVotes();
+  ASSERT_NE(seq, 0u);
+  auto stored = storedRecord(seq);
+  EXPECT_TRUE(stored.staged) << "postgres agents' interactions were not staged";
+  EXPECT_EQ(stored.decision, InteractionRecord::Decision::None);
+  EXPECT_EQ(preparedOf("bank_a", seq), 1u);
+  EXPECT_EQ(preparedOf("bank_b", seq), 1u);
+  expectCommittedAfterTheRestart(seq);
+}
+
+// bank-b's PREPARED record is held up on its log's writer for 4 s: when the
+// coordinator has died and restarts, the vote is in bank-b's memory and
+// PostgreSQL only. listBranches shows it PREPARED all the same, so the
+// restart commits (reading it as missing would roll back a transfer the
+// client may have heard committed).
+TEST_F(PostgresStagedTest, AVoteWhoseRecordIsStillOnItsWayIsReadBackAsHeld) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*delay(4000)");
+  auto seq = transferKilledAfterTheVotes();  // bank-b's first prepare is forced: not delayed
+  ASSERT_NE(seq, 0u);
+  auto listed = listedAtB(seq);
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].state, wire::BranchState::PREPARED);
+  EXPECT_NE(listed[0].reason.find("on its way"), std::string::npos) << listed[0].reason;
+  cluster_->stopCoordinator();  // (gone already)
+  expectCommittedAfterTheRestart(seq);
+}
+
+// Both die: bank-b in its lazy PREPARED record's group commit (PostgreSQL
+// holds the branch prepared, the agent no record of it) and the coordinator
+// once every YES is in. bank-b's start-up records the prepared transaction
+// before it serves, so the coordinator's restart reads the vote back.
+TEST_F(PostgresStagedTest, AgentAndCoordinatorKilledBeforeTheVotesRecordStillCommit) {
+  cluster_->stopAgent("bank-b");
+  // The lazy write held up 300 ms first, so that the vote has left; the
+  // forced first prepare is the failpoint's first hit.
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*delay(300),agent.before_prepared_durable=1+1*crash");
+  auto seq = transferKilledAfterTheVotes();
+  ASSERT_NE(seq, 0u);
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(preparedOf("bank_b", seq), 1u);
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(inAgentLog("1 recovered in doubt (no record yet)"), 1u);
+  expectCommittedAfterTheRestart(seq);
+}
+
+// Staged, the coordinator has the votes' txids in memory only when it sends
+// phase 2, so it sends none: bank-b's COMMIT PREPARED waits for its own
+// PREPARED record (held up 600 ms here, less than the coordinator's call
+// deadline), whose txid then settles a crash
+// right after COMMIT PREPARED. Sent the txid, bank-b would commit at once,
+// and a crash would leave the branch neither prepared nor recorded: a vote
+// a staged recovery could not read back.
+TEST_F(PostgresStagedTest, PhaseTwoWaitsForTheAgentsOwnPreparedRecord) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*delay(600),pg.after_host_commit=1+1*crash");
+  pastTheForcedPrepares();
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  EXPECT_EQ(prepared("bank_b"), 0u);  // PostgreSQL committed it
+  auto listed = query(o.seq);
+  ASSERT_TRUE(listed.has_value());
+  EXPECT_TRUE(listed->interaction.staged);
+  std::optional<Xid> atB;
+  for (auto& br : listed->interaction.branches) {
+    if (br.participant == "bank-b") atB = Xid{o.seq, br.branch};
+  }
+  ASSERT_TRUE(atB.has_value());
+  auto before = recordAtB(*atB);
+  ASSERT_TRUE(before.has_value()) << "COMMIT PREPARED ran before the PREPARED record was durable";
+  EXPECT_NE(before->hostTxid, 0u);
+  cluster_->startAgent("bank-b");
+  ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.finished(); }, std::chrono::seconds(15)));
+  EXPECT_EQ(query(o.seq)->interaction.state, InteractionRecord::State::Committed);
+  EXPECT_EQ(inAgentLog("outcome unknown"), 0u);
+  EXPECT_EQ(balance("bank_a", "alice"), 899);
+  EXPECT_EQ(balance("bank_b", "bob"), 101);
 }
 
 // A prepare between its PREPARE TRANSACTION and its record is never taken
