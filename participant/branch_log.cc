@@ -381,4 +381,24 @@ kj::Promise<BranchLog::ReleaseResult> BranchLog::release(std::uint16_t node, std
   });
 }
 
+std::vector<BranchRecord> mergeListed(std::vector<BranchRecord> logged, std::vector<BranchRecord> extra,
+                                      std::size_t limit, bool& more) {
+  if (extra.empty()) return logged;
+  bool logMore = more;
+  std::vector<BranchRecord> out;
+  out.reserve(std::min(limit, logged.size() + extra.size()));
+  std::size_t i = 0, j = 0;
+  while ((i < logged.size() || j < extra.size()) && out.size() < limit) {
+    if (j == extra.size() || (i < logged.size() && logged[i].xid <= extra[j].xid)) {
+      if (j < extra.size() && logged[i].xid == extra[j].xid) ++j;  // the log's record wins
+      out.push_back(std::move(logged[i++]));
+    } else {
+      if (logMore && i == logged.size()) break;  // the log's next page may come first
+      out.push_back(std::move(extra[j++]));
+    }
+  }
+  more = logMore || i < logged.size() || j < extra.size();
+  return out;
+}
+
 }  // namespace keel

@@ -185,4 +185,16 @@ class BranchLog {
   std::uint64_t incarnation_ = 0;
 };
 
+// A page of listBranches with branches the log does not hold yet merged in
+// (a postgres agent's YES votes whose PREPARED records are on their way).
+// `logged`: the log's page after some XID (at most `limit`), `more` saying
+// whether the log has more; `extra`: other branches after the same XID, in
+// XID order, at most limit + 1 (one more says they have more). Returns
+// them in XID order, at most `limit`, the log's record winning where both
+// hold a branch, and never an extra branch past the log's last listed one
+// while the log has more (its next ones may come first); `more` is set
+// when anything is left for a next page.
+std::vector<BranchRecord> mergeListed(std::vector<BranchRecord> logged, std::vector<BranchRecord> extra,
+                                      std::size_t limit, bool& more);
+
 }  // namespace keel

@@ -605,25 +605,7 @@ std::vector<BranchRecord> PgAgent::listBranches(Xid after, std::size_t limit, bo
     }
   }
   auto logged = log_.listBranches(after, limit, more);
-  if (lazy.empty()) return logged;
-  // Merged in XID order; where both hold a branch the log's record wins (a
-  // rollback's tombstone that overtook the lazy write, or the record itself).
-  std::vector<BranchRecord> out;
-  out.reserve(std::min(limit, logged.size() + lazy.size()));
-  std::size_t i = 0, j = 0;
-  while ((i < logged.size() || j < lazy.size()) && out.size() < limit) {
-    if (j == lazy.size() || (i < logged.size() && logged[i].xid <= lazy[j].xid)) {
-      if (j < lazy.size() && logged[i].xid == lazy[j].xid) ++j;
-      out.push_back(std::move(logged[i++]));
-    } else {
-      // A pending vote past the log's last listed branch, when the log had
-      // more: the log's next ones may come first; stop here, and say more.
-      if (more && i == logged.size()) break;
-      out.push_back(std::move(lazy[j++]));
-    }
-  }
-  if (i < logged.size() || j < lazy.size()) more = true;
-  return out;
+  return mergeListed(std::move(logged), std::move(lazy), limit, more);
 }
 
 bool PgAgent::epochNeedsForce(std::uint16_t node, std::uint64_t epoch) {

@@ -606,5 +606,71 @@ TEST_F(AgentTest, CorruptBranchRecordStopsTheAgentAtStart) {
   }
 }
 
+// ------------------------------------------------------------ mergeListed
+//
+// A postgres agent's listBranches: the log's page with the YES votes whose
+// records are still on their way merged in (participant/branch_log.h).
+
+namespace listing {
+
+BranchRecord at(std::uint64_t seq, BranchStatus state = BranchStatus::Prepared) {
+  BranchRecord r;
+  r.xid = Xid{seq, 1};
+  r.state = state;
+  return r;
+}
+std::vector<std::uint64_t> seqs(const std::vector<BranchRecord>& l) {
+  std::vector<std::uint64_t> out;
+  for (auto& r : l) out.push_back(r.xid.seq);
+  return out;
+}
+
+}  // namespace listing
+
+TEST(MergeListed, InterleavesInXidOrder) {
+  using namespace listing;
+  bool more = false;
+  auto l = mergeListed({at(1), at(3)}, {at(2), at(4)}, 10, more);
+  EXPECT_EQ(seqs(l), (std::vector<std::uint64_t>{1, 2, 3, 4}));
+  EXPECT_FALSE(more);
+}
+
+TEST(MergeListed, TheLogsRecordWinsWhereBothHoldTheBranch) {
+  using namespace listing;
+  bool more = false;
+  auto l = mergeListed({at(1, BranchStatus::RolledBack)}, {at(1), at(2)}, 10, more);
+  ASSERT_EQ(seqs(l), (std::vector<std::uint64_t>{1, 2}));
+  EXPECT_EQ(l[0].state, BranchStatus::RolledBack);  // a rollback's tombstone overtook the lazy record
+  EXPECT_FALSE(more);
+}
+
+TEST(MergeListed, APageHoldsAtMostTheLimitAndSaysMore) {
+  using namespace listing;
+  bool more = false;
+  auto l = mergeListed({at(1), at(3)}, {at(2), at(4), at(5)}, 3, more);
+  EXPECT_EQ(seqs(l), (std::vector<std::uint64_t>{1, 2, 3}));
+  EXPECT_TRUE(more);
+  // Extra branches alone, one more than a page: more.
+  more = false;
+  l = mergeListed({}, {at(7), at(8), at(9)}, 2, more);
+  EXPECT_EQ(seqs(l), (std::vector<std::uint64_t>{7, 8}));
+  EXPECT_TRUE(more);
+}
+
+TEST(MergeListed, NoExtraBranchPastTheLogsPageWhileTheLogHasMore) {
+  using namespace listing;
+  // A full page of the log (limit 2) that has more: 5 waits for a page
+  // after 3 (the log's 4 may come first).
+  bool more = true;
+  auto l = mergeListed({at(1), at(3)}, {at(5)}, 2, more);
+  EXPECT_EQ(seqs(l), (std::vector<std::uint64_t>{1, 3}));
+  EXPECT_TRUE(more);
+  // 2 comes before the log's 3, which then waits for the next page.
+  more = true;
+  l = mergeListed({at(1), at(3)}, {at(2)}, 2, more);
+  EXPECT_EQ(seqs(l), (std::vector<std::uint64_t>{1, 2}));
+  EXPECT_TRUE(more);
+}
+
 }  // namespace
 }  // namespace keel
