@@ -545,7 +545,11 @@ kj::Promise<bool> PgAgent::recordPrepared(std::uint64_t epoch, Xid xid, const st
 void PgAgent::preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    pending_.erase(xid);
+    auto it = pending_.find(xid);
+    // Failed: the vote has left and nothing is on file, but PostgreSQL
+    // holds the branch prepared: still listed (unrecorded_) until recorded.
+    if (err && it != pending_.end()) unrecorded_.insert(*it);
+    if (it != pending_.end()) pending_.erase(it);
   }
   if (err) {
     try {
@@ -591,21 +595,41 @@ std::vector<BranchRecord> PgAgent::listBranches(Xid after, std::size_t limit, bo
   std::vector<BranchRecord> lazy;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    // One more than a page, so that a longer list says more.
-    for (auto it = pending_.upper_bound(after); it != pending_.end() && lazy.size() <= limit; ++it) {
+    // Both maps in XID order (they never share a branch), one more than a
+    // page, so that a longer list says more.
+    auto p = pending_.upper_bound(after), u = unrecorded_.upper_bound(after);
+    while ((p != pending_.end() || u != unrecorded_.end()) && lazy.size() <= limit) {
+      bool fromPending = u == unrecorded_.end() || (p != pending_.end() && p->first < u->first);
+      auto& [xid, vote] = fromPending ? *p++ : *u++;
       BranchRecord r;
-      r.xid = it->first;
+      r.xid = xid;
       r.state = BranchStatus::Prepared;
-      r.epoch = it->second.epoch;
-      r.hostTxid = it->second.txid;
+      r.epoch = vote.epoch;
+      r.hostTxid = vote.txid;
       r.hostIncarnation = log_.incarnation();
-      r.createdUs = r.preparedUs = it->second.preparedUs;
-      r.reason = "voted yes; its PREPARED record is on its way (PostgreSQL holds the prepared transaction)";
+      r.createdUs = r.preparedUs = vote.preparedUs;
+      r.reason = fromPending ? "voted yes; its PREPARED record is on its way (PostgreSQL holds the prepared transaction)"
+                             : "voted yes; its PREPARED record failed and it is not on file yet (PostgreSQL holds the "
+                               "prepared transaction)";
       lazy.push_back(std::move(r));
     }
   }
   auto logged = log_.listBranches(after, limit, more);
   return mergeListed(std::move(logged), std::move(lazy), limit, more);
+}
+
+void PgAgent::pruneUnrecorded() {
+  std::vector<Xid> xids;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (unrecorded_.empty()) return;
+    for (auto& [xid, vote] : unrecorded_) xids.push_back(xid);
+  }
+  auto recs = log_.branches(xids);
+  std::lock_guard<std::mutex> lk(mu_);
+  for (std::size_t i = 0; i < xids.size(); ++i) {
+    if (recs[i]) unrecorded_.erase(xids[i]);
+  }
 }
 
 bool PgAgent::epochNeedsForce(std::uint16_t node, std::uint64_t epoch) {

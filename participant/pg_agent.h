@@ -153,8 +153,8 @@ class PgAgent final : public ParticipantBackend {
   // message's in-flight slot. Measured against one per message: docs/
   // postgres.md, "Batching".
   // preparedVisible: a YES vote's branch is listed from before the vote
-  // leaves — its PREPARED record if durable, else (pending_) as PREPARED
-  // from memory; after a crash, start-up's reconcile records PostgreSQL's
+  // leaves — its PREPARED record if durable, else (pending_, or unrecorded_
+  // if that record failed) as PREPARED from memory; after a crash, start-up's reconcile records PostgreSQL's
   // prepared transaction before the agent serves (listBranches).
   Batching batching() const override { return {8, std::uint32_t(opts_.poolSize), true}; }
   // The branch log's list with the YES votes whose PREPARED records are
@@ -309,6 +309,7 @@ class PgAgent final : public ParticipantBackend {
                      std::uint64_t txid) const;
   void preparedRecordDone(Xid xid, std::exception_ptr err, bool written) noexcept;
   bool pendingRecord(Xid xid);
+  void pruneUnrecorded();  // drops unrecorded_ entries whose branch has a record now
   std::optional<std::uint64_t> pendingTxid(Xid xid);  // the txid of a record in pending_; nullopt if none
   // Between PREPARE TRANSACTION (sent) and a record in the log: preparing_
   // or pending_.
@@ -342,6 +343,12 @@ class PgAgent final : public ParticipantBackend {
     Micros preparedUs = 0;
   };
   std::map<Xid, PendingVote> pending_;  // GUARDED_BY(mu_)
+  // Voted YES, and the lazy PREPARED record failed (an LMDB error the
+  // process survived): PostgreSQL holds the branch prepared, so
+  // listBranches goes on listing it until a record is on file (the
+  // keeper's sweep records it in doubt; a commit or rollback records it),
+  // then pruneUnrecorded drops it. Not "in flight": the sweep takes it.
+  std::map<Xid, PendingVote> unrecorded_;  // GUARDED_BY(mu_)
   std::map<std::uint16_t, std::uint64_t> durableEpochs_;  // GUARDED_BY(mu_): per coordinator node
   bool stopping_ = false;                                 // GUARDED_BY(mu_)
   std::set<Xid> warnedUnknown_;                           // GUARDED_BY(mu_): answered Unknown, logged once

@@ -463,6 +463,7 @@ void PgAgent::keeperLoop() {
     }
     lk.unlock();
     bool swept = runSweep();
+    pruneUnrecorded();  // the sweep records such branches in doubt
     lk.lock();
     now = Clock::now();
     sweepFailures_ = swept ? 0 : sweepFailures_ + 1;

@@ -1062,6 +1062,21 @@ TEST_F(PostgresStagedTest, AVoteWhoseRecordIsStillOnItsWayIsReadBackAsHeld) {
   expectCommittedAfterTheRestart(seq);
 }
 
+// bank-b's lazy PREPARED record fails (an error the agent survives) after
+// its YES has left, and the coordinator dies once every YES is in. bank-b
+// goes on listing the branch PREPARED — PostgreSQL holds it — until its
+// sweep has it on file, so the restart commits.
+TEST_F(PostgresStagedTest, AVoteWhoseRecordFailedIsStillListedAndCommits) {
+  cluster_->stopAgent("bank-b");
+  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*error");
+  auto seq = transferKilledAfterTheVotes();  // bank-b's first prepare is forced: not failed
+  ASSERT_NE(seq, 0u);
+  auto listed = listedAtB(seq);
+  ASSERT_EQ(listed.size(), 1u) << "a YES vote whose record failed is not listed";
+  EXPECT_EQ(listed[0].state, wire::BranchState::PREPARED);
+  expectCommittedAfterTheRestart(seq);
+}
+
 // Both die: bank-b in its lazy PREPARED record's group commit (PostgreSQL
 // holds the branch prepared, the agent no record of it) and the coordinator
 // once every YES is in. bank-b's start-up records the prepared transaction
