@@ -153,12 +153,13 @@ class PgAgent final : public ParticipantBackend {
   // message's in-flight slot. Measured against one per message: docs/
   // postgres.md, "Batching".
   // preparedVisible: a YES vote's branch is listed from before the vote
-  // leaves — its PREPARED record if durable, else (pending_, or unrecorded_
-  // if that record failed) as PREPARED from memory; after a crash, start-up's reconcile records PostgreSQL's
-  // prepared transaction before the agent serves (listBranches).
+  // leaves — its PREPARED record if durable, else as PREPARED from memory
+  // (pending_, or unrecorded_ if that record failed); after a crash,
+  // start-up's reconcile records PostgreSQL's prepared transaction before
+  // the agent serves (listBranches).
   Batching batching() const override { return {8, std::uint32_t(opts_.poolSize), true}; }
-  // The branch log's list with the YES votes whose PREPARED records are
-  // still on their way (pending_) merged in as PREPARED.
+  // The branch log's list with the YES votes not on file yet (pending_,
+  // unrecorded_) merged in as PREPARED (mergeListed).
   std::vector<BranchRecord> listBranches(Xid after, std::size_t limit, bool& more) const override;
   const Statements* declaredStatements() const override { return &opts_.statements; }
 
