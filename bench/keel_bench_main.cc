@@ -808,9 +808,11 @@ int main(int argc, char** argv) {
       printRun(stdout, r, ctx);
       addContextFields(j, ctx);
       addRunFields(j, r);
+      if (!answeredSomething(stderr, r)) rc = 2;
       if (f.compare) {
         auto raw = runOne(io, s, f, "raw2pc", f.concurrency);
         printRun(stdout, raw, ctx);
+        if (!answeredSomething(stderr, raw)) rc = 2;
         std::printf("keel / raw2pc: %.2f of the committed transfers per second, p50 %llu vs %llu us\n",
                     raw.committedPerSecond() > 0 ? r.committedPerSecond() / raw.committedPerSecond() : 0.0,
                     (unsigned long long)r.latency.percentile(50), (unsigned long long)raw.latency.percentile(50));

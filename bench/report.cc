@@ -203,6 +203,14 @@ void addFloorFields(JsonObject& j, const FloorResult& f, const RunResult* single
   }
 }
 
+bool answeredSomething(std::FILE* out, const RunResult& r) {
+  if (r.committed + r.rolledBack > 0) return true;
+  std::fprintf(out, "keel-bench: %s answered no interaction in its %.1f s window (errors %llu%s%s)\n", r.mode.c_str(),
+               r.seconds, (unsigned long long)r.errors, r.firstError.empty() ? "" : ", the first: ",
+               r.firstError.c_str());
+  return false;
+}
+
 void printRun(std::FILE* out, const RunResult& r, const RunContext& c) {
   std::fprintf(out, "%s  %s/%s  concurrency %u over %u connections  window %.2f s\n", r.mode.c_str(),
                c.adapter.c_str(), c.workload.c_str(), r.concurrency, r.connections, r.seconds);

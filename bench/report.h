@@ -56,6 +56,11 @@ void addContextFields(JsonObject& j, const RunContext& c);
 void addEtcdFloorFields(JsonObject& j, const EtcdFloorResult& f, const RunResult* singleClient);
 
 void printRun(std::FILE* out, const RunResult& r, const RunContext& c);
+// Whether r's window answered an interaction (committed or rolled back).
+// One that answered none measured nothing (a stall, or every request
+// failing): says so on `out` with the first error, and keel-bench fails the
+// run so that its logs are kept.
+bool answeredSomething(std::FILE* out, const RunResult& r);
 // --adapter host against its ledger-only run of the same invocation:
 // throughput, p50 and p99 as ratios host / ledger.
 void printHostOverLedger(std::FILE* out, const RunResult& host, const RunResult& ledger);

@@ -7,6 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
 #include <initializer_list>
 #include <map>
 #include <string>
@@ -60,6 +63,31 @@ inline JsonRun runJson(const std::string& args, std::initializer_list<const char
     if (!j.fields.has(k)) j.missing.emplace_back(k);
   }
   return j;
+}
+
+// What a failed run left: keel-bench keeps its folder when a run fails and
+// says "data and logs kept in DIR" on stderr; the last `lines` lines of
+// each *.log there, for a failure message (empty when nothing was kept).
+inline std::string keptLogs(const std::string& out, std::size_t lines = 40) {
+  const std::string said = "data and logs kept in ";
+  std::string all;
+  for (auto at = out.find(said); at != std::string::npos; at = out.find(said, at + 1)) {
+    auto start = at + said.size();
+    std::string dir = out.substr(start, out.find('\n', start) - start);
+    std::error_code ec;
+    for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      if (!e.is_regular_file() || e.path().extension() != ".log") continue;
+      std::ifstream f(e.path());
+      std::deque<std::string> tail;
+      for (std::string l; std::getline(f, l);) {
+        tail.push_back(l);
+        if (tail.size() > lines) tail.pop_front();
+      }
+      all += "--- " + e.path().string() + " (last " + std::to_string(tail.size()) + " lines)\n";
+      for (auto& l : tail) all += l + "\n";
+    }
+  }
+  return all;
 }
 
 // keel-bench refuses `args` before starting anything: exit status 2 and a

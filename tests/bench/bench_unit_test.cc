@@ -7,11 +7,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
+#include <utility>
 
 #include "bench/floor.h"
 #include "bench/latency_histogram.h"
@@ -156,6 +160,44 @@ TEST(Report, JsonLineParsesWithTheHeadlineFields) {
   EXPECT_EQ(m["p99_us"].kind, Json::Kind::Number);
   EXPECT_DOUBLE_EQ(m["cpu_s"]["coordinator"].number(), 0.5);
   EXPECT_EQ(m["cpu_s"]["gone"].kind, Json::Kind::Null);  // a process that was gone: no figure
+}
+
+// What answeredSomething printed about r, and what it returned.
+std::pair<bool, std::string> answered(const RunResult& r) {
+  char* buf = nullptr;
+  std::size_t len = 0;
+  std::FILE* out = ::open_memstream(&buf, &len);
+  bool ok = answeredSomething(out, r);
+  std::fclose(out);
+  std::string said(buf, len);
+  std::free(buf);
+  return {ok, said};
+}
+
+TEST(Report, AWindowThatAnsweredNothingIsSaidWithItsFirstError) {
+  RunResult r;
+  r.mode = "keel";
+  r.seconds = 1;
+  r.errors = 3;
+  r.firstError = "coordinator unavailable";
+  auto [ok, said] = answered(r);
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(said, "keel-bench: keel answered no interaction in its 1.0 s window (errors 3, the first: "
+                  "coordinator unavailable)\n");
+  // A stall: no error either.
+  r.errors = 0;
+  r.firstError.clear();
+  std::tie(ok, said) = answered(r);
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(said, "keel-bench: keel answered no interaction in its 1.0 s window (errors 0)\n");
+  // Only rollbacks (--rollback-percent 100) or only commits: measured.
+  r.rolledBack = 1;
+  std::tie(ok, said) = answered(r);
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(said, "");
+  r.rolledBack = 0;
+  r.committed = 1;
+  EXPECT_TRUE(answered(r).first);
 }
 
 TEST(Sweep, TableAndPlotHaveEveryLevel) {
