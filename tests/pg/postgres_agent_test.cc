@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 #include <thread>
+#include <utility>
 
 #include "common/wire.h"
 #include "participant/branch_log.h"
@@ -1006,6 +1007,17 @@ class PostgresStagedTest : public PostgresOutcomeTest {
     EXPECT_TRUE(storedRecord(seq).staged);
     return seq;
   }
+  // bank-b restarted with `failpoints` on its lazy PREPARED record, then a
+  // transfer killed after the votes (bank-b's first prepare is forced, so
+  // the failpoint's first hit is that transfer's): its seq (0 on a
+  // failure) and what bank-b lists of it.
+  std::pair<std::uint64_t, std::vector<Listed>> killedAfterTheVotesWithBAt(const std::string& failpoints) {
+    cluster_->stopAgent("bank-b");
+    cluster_->startAgent("bank-b", failpoints);
+    auto seq = transferKilledAfterTheVotes();
+    if (seq == 0) return {0, {}};
+    return {seq, listedAtB(seq)};
+  }
   // PostgreSQL's prepared transactions in `db` of interaction `seq`.
   std::size_t preparedOf(const std::string& db, std::uint64_t seq) {
     std::size_t n = 0;
@@ -1050,15 +1062,11 @@ TEST_F(PostgresStagedTest, KilledAfterEveryYesCommitsFromThePreparedTransactions
 // restart commits (reading it as missing would roll back a transfer the
 // client may have heard committed).
 TEST_F(PostgresStagedTest, AVoteWhoseRecordIsStillOnItsWayIsReadBackAsHeld) {
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*delay(4000)");
-  auto seq = transferKilledAfterTheVotes();  // bank-b's first prepare is forced: not delayed
+  auto [seq, listed] = killedAfterTheVotesWithBAt("pg.before_lazy_prepared_record=1*delay(4000)");
   ASSERT_NE(seq, 0u);
-  auto listed = listedAtB(seq);
   ASSERT_EQ(listed.size(), 1u);
   EXPECT_EQ(listed[0].state, wire::BranchState::PREPARED);
   EXPECT_NE(listed[0].reason.find("on its way"), std::string::npos) << listed[0].reason;
-  cluster_->stopCoordinator();  // (gone already)
   expectCommittedAfterTheRestart(seq);
 }
 
@@ -1067,11 +1075,8 @@ TEST_F(PostgresStagedTest, AVoteWhoseRecordIsStillOnItsWayIsReadBackAsHeld) {
 // goes on listing the branch PREPARED — PostgreSQL holds it — until its
 // sweep has it on file, so the restart commits.
 TEST_F(PostgresStagedTest, AVoteWhoseRecordFailedIsStillListedAndCommits) {
-  cluster_->stopAgent("bank-b");
-  cluster_->startAgent("bank-b", "pg.before_lazy_prepared_record=1*error");
-  auto seq = transferKilledAfterTheVotes();  // bank-b's first prepare is forced: not failed
+  auto [seq, listed] = killedAfterTheVotesWithBAt("pg.before_lazy_prepared_record=1*error");
   ASSERT_NE(seq, 0u);
-  auto listed = listedAtB(seq);
   ASSERT_EQ(listed.size(), 1u) << "a YES vote whose record failed is not listed";
   EXPECT_EQ(listed[0].state, wire::BranchState::PREPARED);
   expectCommittedAfterTheRestart(seq);
