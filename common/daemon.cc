@@ -1,10 +1,12 @@
 #include "common/daemon.h"
 
 #include <kj/async-unix.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -25,6 +27,14 @@ void captureTerminationSignals() {
     r.rlim_cur = r.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &r);
   }
+}
+
+void holdFreedHeapMemory() {
+  for (const char* set : {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"}) {
+    if (std::getenv(set) != nullptr) return;  // the operator's choice
+  }
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);  // also stops glibc moving it (and the trim threshold) on its own
+  ::mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
 
 kj::Promise<void> onTermination(kj::AsyncIoContext& io) {

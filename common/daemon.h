@@ -13,6 +13,17 @@ namespace keel {
 // Must be called before kj::setupAsyncIo(): lets SIGTERM/SIGINT (and SIGHUP,
 // the TLS reload) be awaited; raises the open-file limit to its maximum.
 void captureTerminationSignals();
+// Keeps freed heap memory in the process instead of handing it back to the
+// kernel at each free (call first thing in main, before any thread). Every
+// LMDB write transaction a group commit nests (one per job) mallocs its
+// dirty-page list, megabytes, and frees it at commit; with glibc's defaults
+// the freed top of the thread's heap is returned (madvise) and faulted in
+// again by the next job: ~8% of the coordinator's CPU at one postgres
+// client (perf: do_madvise 3.9%, page faults in sysmalloc 3.8%). Fixed
+// thresholds (trim above 64 MiB, mmap above 32 MiB) keep it. A threshold
+// the environment sets (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_,
+// GLIBC_TUNABLES) is left alone. docs/performance.md, fourteenth sitting.
+void holdFreedHeapMemory();
 // Resolves when SIGTERM or SIGINT arrives.
 kj::Promise<void> onTermination(kj::AsyncIoContext& io);
 

@@ -36,6 +36,7 @@
 #include "coordinator/wal_store.h"
 
 int main(int argc, char** argv) {
+  keel::holdFreedHeapMemory();
   CLI::App app{"keel-coordinator: Keel two-phase-commit coordinator"};
   std::string configPath, listen, dataDir, readyFile;
   app.add_option("--config", configPath, "TOML config file ([coordinator] and [participants])")->required();

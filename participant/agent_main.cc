@@ -34,6 +34,7 @@
 #include "participant/resolver.h"
 
 int main(int argc, char** argv) {
+  keel::holdFreedHeapMemory();
   CLI::App app{"keel-agent: Keel participant agent (adapters: ledger, postgres, host)"};
   std::string configPath, name, listen, dataDir, readyFile;
   std::size_t mapSizeMb = 0;
