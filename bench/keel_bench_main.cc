@@ -62,6 +62,7 @@ struct Flags {
   bool noBatch = false;
   bool requestIds = false;
   bool tls = false;  // self-started processes on mutual TLS (throwaway certificates)
+  bool embedded = false;  // --embedded: the postgres agents run inside the coordinator
   std::uint32_t batchInFlight = 2;
   std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
   bool redo = false;                        // self-started coordinator and agents in redo mode (the default)
@@ -128,6 +129,7 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
     copts.baseDir = s.baseDir;
     copts.agents.clear();
     for (std::uint32_t i = 0; i < f.agents; ++i) copts.agents.push_back(agentName(i));
+    if (f.embedded) copts.embedded.insert(copts.agents.begin(), copts.agents.end());
     // (Postgres agents ask the coordinator for one prepare per message
     // themselves: Participant.batching, docs/postgres.md.)
     for (auto& kv : f.coordinatorSet) copts.coordinatorExtraToml += kv + "\n";
@@ -227,9 +229,14 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
       keel::bank::setUpPostgresBanks(conninfo, *s.cluster, f.spec.accounts, kOpeningBalance, maxConcurrency);
       for (auto& a : copts.agents) s.conninfo.push_back(conninfo.at(a));
     }
-    std::fprintf(stderr, "keel-bench: starting %u agents and %s in %s%s\n", f.agents,
-                 f.cluster ? (std::to_string(f.cluster) + " coordinators").c_str() : "the coordinator",
-                 s.baseDir.c_str(), f.tls ? " (mutual TLS on every link)" : "");
+    if (f.embedded) {
+      std::fprintf(stderr, "keel-bench: starting the coordinator with %u agents embedded in it in %s%s\n", f.agents,
+                   s.baseDir.c_str(), f.tls ? " (mutual TLS to clients)" : "");
+    } else {
+      std::fprintf(stderr, "keel-bench: starting %u agents and %s in %s%s\n", f.agents,
+                   f.cluster ? (std::to_string(f.cluster) + " coordinators").c_str() : "the coordinator",
+                   s.baseDir.c_str(), f.tls ? " (mutual TLS on every link)" : "");
+    }
     s.cluster->startAll();
     s.deployment.coordinators = s.cluster->coordinatorAddresses();
     for (int i = 0; i < s.cluster->coordinatorCount(); ++i) {
@@ -240,6 +247,7 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
       s.deployment.processes.push_back(WatchedProcess{"etcd-" + std::to_string(i + 1), s.etcd->pid(i), false});
     }
     for (auto& a : copts.agents) {
+      if (f.embedded) continue;  // in the coordinator's process: its CPU is the coordinator's
       s.deployment.agents.emplace_back(a, s.cluster->agentAddress(a));
       s.deployment.processes.push_back(WatchedProcess{a, s.cluster->agentPid(a), false});
     }
@@ -407,6 +415,7 @@ RunContext contextOf(const Flags& f) {
   c.readPercent = f.spec.readPercent;
   c.warmupS = f.warmup;
   c.durationS = f.duration;
+  c.embedded = f.embedded;
   return c;
 }
 
@@ -561,7 +570,7 @@ int main(int argc, char** argv) {
   app.add_option("--floor-samples", f.floorSamples, "samples per floor median")
       ->capture_default_str()
       ->check(CLI::Range(10u, 1000000u));
-  app.add_flag("--sweep", f.sweep, "run each of --sweep-levels, write a table and a plot to --out (implies --floor)");
+  app.add_flag("--sweep", f.sweep, "run each of --sweep-levels, write a table and a plot to --out (implies --floor, but with --embedded)");
   app.add_option("--sweep-levels", f.sweepLevels, "concurrency levels of --sweep")->delimiter(',')->capture_default_str()
       ->check(CLI::Range(1u, 4096u));
   app.add_option("--out", f.out, "where --sweep writes sweep.md, sweep.csv and sweep.svg")->capture_default_str();
@@ -569,6 +578,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-batch", f.noBatch, "one submit call per interaction (default: the client batches submits)");
   app.add_flag("--request-ids", f.requestIds, "every submit carries a fresh request id (idempotency key)");
   app.add_flag("--tls", f.tls, "self-started processes on mutual TLS (throwaway certificates; docs/security.md)");
+  app.add_flag("--embedded", f.embedded,
+               "postgres: the agents run inside the coordinator's process ([participants] NAME = \"embedded:FILE\"; "
+               "docs/operations.md, \"Embedded participants\")");
   auto* redoFlag = app.add_flag("--redo", f.redo,
                                 "self-started coordinator and agents in redo mode, the default: one flush per group "
                                 "commit (docs/operations.md, \"Redo log\")");
@@ -653,6 +665,10 @@ int main(int argc, char** argv) {
     return usage("--adapter postgres starts its own PostgreSQL and deployment; not with --coordinator");
   }
   if ((f.mode == "raw2pc" || f.compare) && f.adapter != "postgres") return usage("raw2pc and --compare need --adapter postgres");
+  if (f.embedded && (f.adapter != "postgres" || f.cluster != 0 || f.redo || f.noRedo || f.scrapeMetrics > 0)) {
+    return usage("--embedded runs postgres agents inside one coordinator: --adapter postgres, and not with --cluster, "
+                 "--redo, --no-redo or --scrape-metrics");
+  }
   if (f.compare && f.mode == "raw2pc") return usage("--compare runs both modes: leave --mode at keel");
   if ((f.mode == "raw2pc" || f.compare) && (f.spec.kind != "transfer" || f.spec.readPercent != 0)) {
     return usage("raw2pc runs the transfer workload only (--workload transfer, --read-percent 0)");
@@ -729,7 +745,8 @@ int main(int argc, char** argv) {
   }
   f.spec.adapter = f.adapter == "postgres" ? Adapter::Postgres : Adapter::Ledger;
   if (auto err = f.spec.check(); !err.empty()) return usage(err);
-  if (f.sweep) f.floor = true;
+  if (f.embedded && f.floor) return usage("--floor times a round trip to an agent process: not with --embedded");
+  if (f.sweep && !f.embedded) f.floor = true;  // embedded: no agent process to time a round trip to
   std::uint32_t maxConcurrency = f.concurrency;
   if (f.sweep) maxConcurrency = *std::max_element(f.sweepLevels.begin(), f.sweepLevels.end());
 

@@ -71,7 +71,8 @@ void addContextFields(JsonObject& j, const RunContext& c) {
       .add("read_percent", c.readPercent)
       .add("threads", c.threads)
       .add("warmup_s", c.warmupS)
-      .add("duration_s", c.durationS);
+      .add("duration_s", c.durationS)
+      .addRaw("embedded_agents", c.embedded ? "true" : "false");
 }
 
 double groupCpuUs(const RunResult& r, std::initializer_list<const char*> prefixes) {
@@ -158,8 +159,12 @@ void addRunFields(JsonObject& j, const RunResult& r, const std::string& p) {
   if (r.haveLogCounters) {
     j.add(p + "coordinator_log_commits", r.coordinatorLogCommits)
         .add(p + "coordinator_log_jobs", r.coordinatorLogJobs)
-        .add(p + "coordinator_log_commits_per_interaction", r.coordinatorCommitsPerInteraction())
-        .add(p + "agent_log_commits_per_interaction", r.maxAgentCommitsPerInteraction());
+        .add(p + "coordinator_log_commits_per_interaction", r.coordinatorCommitsPerInteraction());
+    if (r.agentLog.empty()) {
+      j.addRaw(p + "agent_log_commits_per_interaction", "null");  // no agent process asked (--embedded)
+    } else {
+      j.add(p + "agent_log_commits_per_interaction", r.maxAgentCommitsPerInteraction());
+    }
     JsonObject per;
     for (auto& a : r.agentLog) per.add(a.name, r.agentCommitsPerInteraction(a));
     j.addRaw(p + "agent_log_commits_per_interaction_by_agent", per.str());
@@ -214,6 +219,7 @@ bool answeredSomething(std::FILE* out, const RunResult& r) {
 void printRun(std::FILE* out, const RunResult& r, const RunContext& c) {
   std::fprintf(out, "%s  %s/%s  concurrency %u over %u connections  window %.2f s\n", r.mode.c_str(),
                c.adapter.c_str(), c.workload.c_str(), r.concurrency, r.connections, r.seconds);
+  if (c.embedded && r.mode == "keel") std::fprintf(out, "  agents embedded in the coordinator's process\n");
   std::fprintf(out, "  committed %llu  rolled back %llu (unexpected %llu)  errors %llu\n",
                (unsigned long long)r.committed, (unsigned long long)r.rolledBack,
                (unsigned long long)r.unexpectedRollbacks, (unsigned long long)r.errors);

@@ -39,6 +39,7 @@ struct RunContext {
   std::uint32_t participants = 2, accounts = 0, agents = 0, threads = 1;
   std::uint32_t rollbackPercent = 0, readPercent = 0;
   double warmupS = 0, durationS = 0;
+  bool embedded = false;  // --embedded: the agents ran inside the coordinator's process
 };
 
 // The run's fields (prefix "" for keel; "raw2pc_" for the baseline's own

@@ -17,7 +17,10 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-std::string agentCommits(const RunResult& r) { return r.haveLogCounters ? fmt("%.3f", r.maxAgentCommitsPerInteraction()) : "-"; }
+// "-" also when no agent process was asked (--embedded: the agents' logs are not counted).
+std::string agentCommits(const RunResult& r) {
+  return r.haveLogCounters && !r.agentLog.empty() ? fmt("%.3f", r.maxAgentCommitsPerInteraction()) : "-";
+}
 std::string coordCommits(const RunResult& r) {
   return r.haveLogCounters ? fmt("%.3f", r.coordinatorCommitsPerInteraction()) : "-";
 }

@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <filesystem>
 #include <limits>
 
 #include "common/types.h"
@@ -359,7 +360,14 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
       fail(path, "[participants] '" + name + "' is not a valid name (1-64 chars of A-Z a-z 0-9 _ . -)");
     }
     auto addr = v.value<std::string>();
-    if (!addr) fail(path, "[participants] " + name + " must be a \"host:port\" string");
+    if (!addr) fail(path, "[participants] " + name + " must be a \"host:port\" or \"embedded:FILE\" string");
+    if (isEmbedded(*addr)) {
+      std::filesystem::path file = embeddedConfigFile(*addr);
+      if (file.empty()) fail(path, "[participants] " + name + ": \"embedded:\" needs the agent's config file after it");
+      if (file.is_relative()) file = std::filesystem::absolute(std::filesystem::path(path).parent_path() / file);
+      c.participants[name] = kEmbeddedPrefix + file.lexically_normal().string();
+      continue;
+    }
     checkAddress(path + ": [participants] " + name, *addr);
     c.participants[name] = *addr;
   }
@@ -389,9 +397,83 @@ CoordinatorConfig parseCoordinatorConfig(const std::string& path, const std::str
     c.cluster.advertise = getString(path, *cl, "cluster", "advertise", "");
     if (!c.cluster.advertise.empty()) checkAddress(path + ": [cluster] advertise", c.cluster.advertise);
   }
+  if (c.cluster.enabled()) {
+    for (const auto& [name, addr] : c.participants) {
+      if (isEmbedded(addr)) {
+        fail(path, "[participants] " + name + " is embedded: not with [cluster] (a participant inside one member "
+                   "cannot be reached by the member that takes its work over; run it as a keel-agent)");
+      }
+    }
+  }
   loadSecurity(path, root, ServerRole::Coordinator, c.tls, c.limits, c.admin);
   loadLog(path, root, c.log);
   return c;
+}
+
+bool isEmbedded(const std::string& participantAddress) {
+  return participantAddress.rfind(kEmbeddedPrefix, 0) == 0;
+}
+
+std::string embeddedConfigFile(const std::string& participantAddress) {
+  if (!isEmbedded(participantAddress)) return "";
+  return participantAddress.substr(std::string(kEmbeddedPrefix).size());
+}
+
+std::map<std::string, AgentConfig> loadEmbeddedAgents(const CoordinatorConfig& cfg) {
+  namespace fs = std::filesystem;
+  std::map<std::string, AgentConfig> out;
+  std::map<std::string, std::string> dirs;  // absolute data dir -> whose
+  dirs[fs::absolute(cfg.dataDir).lexically_normal().string()] = "the coordinator";
+  for (const auto& [name, addr] : cfg.participants) {
+    if (!isEmbedded(addr)) continue;
+    std::string file = embeddedConfigFile(addr);
+    std::error_code ec;
+    if (!fs::is_regular_file(file, ec)) {
+      throw ConfigError("[participants] " + name + " = \"" + addr + "\": no such config file");
+    }
+    AgentConfig a = loadAgentConfig(file);
+    if (a.name != name) {
+      throw ConfigError(file + ": [agent] name is '" + a.name + "' but the coordinator's [participants] calls it '" +
+                        name + "' (the names must match: the agent's data directory belongs to that name)");
+    }
+    checkAdapter(file, a);
+    std::string dir = fs::absolute(a.dataDir).lexically_normal().string();
+    if (auto [it, fresh] = dirs.emplace(dir, "participant " + name); !fresh) {
+      throw ConfigError(file + ": [agent] data_dir " + dir + " is also " + it->second +
+                        "'s: every participant needs a data directory of its own");
+    }
+    out.emplace(name, std::move(a));
+  }
+  return out;
+}
+
+void checkAdapter(const std::string& whereOrEmpty, const AgentConfig& cfg) {
+  const std::string where = whereOrEmpty.empty() ? "" : whereOrEmpty + ": ";
+  if (cfg.adapter == "postgres" && cfg.postgres.empty()) {
+    throw ConfigError(where + "adapter postgres needs a connection string (--postgres or [agent] postgres)");
+  }
+  if (cfg.adapter == "postgres" && cfg.statements.empty()) {
+    throw ConfigError(where +
+                      "adapter postgres needs the statements clients may call: --statements FILE or "
+                      "[statements.NAME] tables in the config (docs/postgres.md, \"Declared statements\"); free "
+                      "SQL from clients is not accepted");
+  }
+  if (cfg.adapter == "host") {
+    if (cfg.host.url.empty()) throw ConfigError(where + "adapter host needs the host's URL (--host or [host] url)");
+    checkHostUrl(whereOrEmpty.empty() ? "--host" : whereOrEmpty + ": [host] url", cfg.host.url);
+    if (cfg.host.operations.empty()) {
+      throw ConfigError(where +
+                        "adapter host needs the operations the host serves: --host-operations FILE or "
+                        "[host.operations.NAME] tables in the config (docs/hosts.md)");
+    }
+  } else if (!cfg.host.url.empty() || !cfg.host.operations.empty()) {
+    throw ConfigError(where + "[host] and --host / --host-operations are for adapter host; this agent's adapter is " +
+                      cfg.adapter);
+  }
+  if (cfg.adapter != "postgres" && !cfg.statements.empty()) {
+    throw ConfigError(where + "declared statements are for adapter postgres; this agent's adapter is " +
+                      cfg.adapter);
+  }
 }
 
 const char* knownHostOperations() { return "debit, credit"; }

@@ -107,7 +107,10 @@ struct CoordinatorConfig {
   bool stagedCommit = true;
   std::uint32_t batchMax = 256;             // prepares (x8 for commits/rollbacks) per participant message
   std::uint32_t batchInFlight = 2;          // batch messages of one kind out at once per participant
-  std::map<std::string, std::string> participants;  // name -> host:port
+  // name -> "host:port", or "embedded:FILE" for a participant run inside
+  // the coordinator's own process (embeddedConfigFile; docs/operations.md,
+  // "Embedded participants"), FILE made absolute at load.
+  std::map<std::string, std::string> participants;
   ClusterConfig cluster;
   TlsConfig tls;
   ConnLimits limits;
@@ -158,6 +161,28 @@ struct AgentConfig {
 
 CoordinatorConfig loadCoordinatorConfig(const std::string& path);
 AgentConfig loadAgentConfig(const std::string& path);
+
+// Embedded participants ([participants] NAME = "embedded:FILE"): the agent
+// runs inside the coordinator's process and its calls are in-process
+// capability calls (no agent process, no sockets). FILE is a keel-agent
+// config file, relative paths taken from the coordinator's config file's
+// folder; its [agent] listen, coordinator and in_doubt_query_ms, [tls],
+// [limits] and [admin] are not used there (the coordinator's own apply).
+// Not with [cluster]: a participant inside one member could not be reached
+// by the member that takes its work over.
+inline constexpr const char* kEmbeddedPrefix = "embedded:";
+bool isEmbedded(const std::string& participantAddress);
+// The FILE of "embedded:FILE" (empty for a network address).
+std::string embeddedConfigFile(const std::string& participantAddress);
+// Every embedded participant's config, read and checked (checkAdapter; the
+// file's [agent] name must be the participant's name). Throws ConfigError
+// naming the file and what is wrong.
+std::map<std::string, AgentConfig> loadEmbeddedAgents(const CoordinatorConfig& cfg);
+// What an adapter needs besides its section, checked once flags are
+// applied (keel-agent) or as read (embedded): a postgres agent's
+// statements, a host agent's URL and operations, and nothing that belongs
+// to another adapter. Throws ConfigError prefixed with `where` (if any).
+void checkAdapter(const std::string& where, const AgentConfig& cfg);
 // A file of [statements.NAME] tables and nothing else (keel-agent
 // --statements). Every bad declaration is a ConfigError naming the file and
 // the key; an empty result is allowed here (the agent refuses to start a

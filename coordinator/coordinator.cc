@@ -57,6 +57,12 @@ Coordinator::~Coordinator() {
 
 void Coordinator::taskFailed(kj::Exception&& e) { KEEL_LOG_ERROR("background task failed: {}", describeFault(e)); }
 
+void Coordinator::serveEmbedded(const std::string& participant, wire::Participant::Client cap) {
+  auto it = links_.find(participant);
+  KJ_REQUIRE(it != links_.end() && isEmbedded(it->second->address()), "not an embedded participant", participant);
+  it->second->useLocal(kj::mv(cap));
+}
+
 ParticipantLink& Coordinator::link(const std::string& participant) {
   auto it = links_.find(participant);
   KJ_ASSERT(it != links_.end(), "participant validated before use", participant);

@@ -67,6 +67,11 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // call's promise), after the coordinator is gone.
   std::weak_ptr<const void> lifetime() const { return life_; }
 
+  // An embedded participant's in-process capability ([participants] NAME =
+  // "embedded:FILE"; participant/embedded.h): its link calls it instead of
+  // connecting. Before recover(), once per embedded participant.
+  void serveEmbedded(const std::string& participant, wire::Participant::Client cap);
+
   // Recovery state machine (recovery.cc). Resolves once new work may be
   // served; the participant sweep goes on in the background.
   kj::Promise<void> recover();

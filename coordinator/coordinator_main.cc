@@ -5,9 +5,11 @@
 //                                (coordinator/restore.h; then start as usual)
 //
 // Start-up order, so that a refused start changes nothing: config → the
-// admin address ([admin] listen, bound before anything else) → data
-// directory (lock and identity; created only with --init) → open the WAL →
-// bind the listen address → recovery (decodes every unfinished record before
+// admin address ([admin] listen, bound before anything else) → embedded
+// participants' hosts (participant/embedded.h) → data directory (lock and
+// identity; created only with --init) → open the WAL → embedded
+// participants' data directories and logs → bind the listen address →
+// their start-up writes → recovery (decodes every unfinished record before
 // the epoch is bumped, then contacts the agents) → accept clients.
 // Exit statuses: common/daemon.h (kExit*), docs/operations.md.
 
@@ -34,6 +36,7 @@
 #include "coordinator/coordinator_server.h"
 #include "coordinator/restore.h"
 #include "coordinator/wal_store.h"
+#include "participant/embedded.h"
 
 int main(int argc, char** argv) {
   keel::holdFreedHeapMemory();
@@ -65,6 +68,7 @@ int main(int argc, char** argv) {
   }
 
   keel::CoordinatorConfig cfg;
+  std::map<std::string, keel::AgentConfig> embeddedCfg;  // [participants] NAME = "embedded:FILE"
   keel::LogFormat format = keel::LogFormat::Text;
   try {
     cfg = keel::loadCoordinatorConfig(configPath);
@@ -79,6 +83,7 @@ int main(int argc, char** argv) {
     }
     if (insecure) cfg.tls.insecure = true;
     if (!checkWal) keel::checkTransport(cfg.tls, cfg.listen, keel::ServerRole::Coordinator);
+    if (!checkWal) embeddedCfg = keel::loadEmbeddedAgents(cfg);
     format = keel::chooseLogFormat(logFormat.empty() ? cfg.log.format : logFormat);
     keel::failpoint::initFromEnv();
   } catch (const std::exception& e) {
@@ -118,6 +123,13 @@ int main(int argc, char** argv) {
       std::cerr << "keel-coordinator: --restore-from makes the data directory itself: not with --check-wal or --init\n";
       return keel::kExitBadConfig;
     }
+    if (!embeddedCfg.empty()) {
+      std::cerr << "keel-coordinator: --restore-from asks every participant what it holds, and embedded participants "
+                   "(" << embeddedCfg.begin()->first << ") answer only inside a running coordinator: run each as "
+                   "keel-agent --config FILE (the same file) and name its address in [participants] for the "
+                   "restore (docs/operations.md, \"Embedded participants\")\n";
+      return keel::kExitBadConfig;
+    }
     try {
       keel::captureTerminationSignals();
       auto io = kj::setupAsyncIo();
@@ -152,9 +164,19 @@ int main(int argc, char** argv) {
       limits.hosts = cfg.admin.hosts;
       admin = std::make_unique<keel::AdminHttpServer>(cfg.admin.listen, limits);
     }
+    // Embedded participants' hosts (PostgreSQL) checked before any data
+    // directory is touched.
+    for (auto& [name, acfg] : embeddedCfg) keel::preflightBackend(acfg);
     keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
     cfg.dataDir = dir.path();
     keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20, /*readOnly=*/false, cfg.redo);
+    // Embedded participants: their hosts' side checked, their data
+    // directories locked and their logs opened and checked, nothing written
+    // yet. Declared before the coordinator: they outlive its calls.
+    std::vector<std::unique_ptr<keel::EmbeddedParticipant>> embedded;
+    for (auto& [name, acfg] : embeddedCfg) {
+      embedded.push_back(std::make_unique<keel::EmbeddedParticipant>(acfg, io, init));
+    }
     auto server = std::make_unique<keel::RpcServer>(io);
     std::string bound = keel::withPort(cfg.listen, server->bind(cfg.listen));
     std::unique_ptr<keel::ClusterMember> cluster;
@@ -165,6 +187,10 @@ int main(int argc, char** argv) {
     keel::Coordinator coordinator(cfg, io, wal, cluster.get());
     KJ_DEFER(if (cluster) cluster->stop());  // its takeovers call into the coordinator
     KJ_DEFER(server.reset());  // its connections call into the coordinator: they go first
+    for (auto& e : embedded) {
+      e->start();  // its start-up writes (reconciling its host) before recovery asks it anything
+      coordinator.serveEmbedded(e->name(), e->client());
+    }
     coordinator.recover().wait(io.waitScope);
     if (cluster) {
       cluster->serve(

@@ -43,10 +43,24 @@ kj::Promise<wire::Participant::Client> ParticipantLink::client() {
     return p->addBranch().then([this]() -> kj::Promise<wire::Participant::Client> { return client(); });
   }
   auto gen = ++generation_;
-  auto fork = rpcConnect(io_, address_, name_)  // over TLS the agent must present a certificate naming it
-                  .then([this, gen](kj::Own<RpcConnection> conn) -> kj::Promise<void> {
-                    if (gen != generation_) return kj::READY_NOW;  // reset meanwhile
+  // The participant's capability and the connection it came over (none for
+  // an embedded participant: its calls never leave this process).
+  using Reached = std::pair<wire::Participant::Client, kj::Own<RpcConnection>>;
+  kj::Promise<Reached> reached = nullptr;
+  KJ_IF_MAYBE(l, local_) {
+    reached = Reached(*l, kj::Own<RpcConnection>());
+  } else {
+    reached = rpcConnect(io_, address_, name_)  // over TLS the agent must present a certificate naming it
+                  .then([](kj::Own<RpcConnection> conn) {
                     auto cap = conn->bootstrap<wire::Participant>();
+                    return Reached(kj::mv(cap), kj::mv(conn));
+                  });
+  }
+  auto fork = reached
+                  .then([this, gen](Reached r) -> kj::Promise<void> {
+                    if (gen != generation_) return kj::READY_NOW;  // reset meanwhile
+                    auto cap = kj::mv(r.first);
+                    auto conn = kj::mv(r.second);
                     // Before the first call: how this participant wants its
                     // calls batched. An agent that does not know the call
                     // (older), or does not answer in time, gets the
@@ -70,6 +84,10 @@ kj::Promise<wire::Participant::Client> ParticipantLink::client() {
                     return ask.then([this, gen, cap, conn = kj::mv(conn)]() mutable {
                       if (gen != generation_) return;
                       cap_ = cap;
+                      if (conn.get() == nullptr) {  // embedded
+                        connecting_ = nullptr;
+                        return;
+                      }
                       tasks_.add(conn->onDisconnect().then(
                           [this, gen]() {
                             if (gen == generation_) reset();

@@ -108,6 +108,11 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
 
   // Forgets the connection (the next call reconnects).
   void reset();
+  // An embedded participant (participant/embedded.h): every call goes to
+  // `cap`, in-process, instead of over a connection to address(). Before the
+  // first call.
+  void useLocal(wire::Participant::Client cap) { local_ = kj::mv(cap); }
+  bool local() const { return local_ != nullptr; }
 
   // The limits the participant asked for at connect (Participant.batching;
   // 0 = the coordinator's own). Phase-2 messages carry 8 × as many.
@@ -164,6 +169,7 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   bool preparedVisible_ = false;                      // Participant.batching's, while connected
   kj::Own<RpcConnection> conn_;                       // null when not connected
   kj::Maybe<wire::Participant::Client> cap_;
+  kj::Maybe<wire::Participant::Client> local_;        // embedded: the in-process capability
   kj::Maybe<kj::ForkedPromise<void>> connecting_;
   std::uint64_t generation_ = 0;                      // bumped by reset()
   const LinkOptions opts_;

@@ -29,8 +29,7 @@
 #include "participant/admin.h"
 #include "participant/agent.h"
 #include "participant/agent_server.h"
-#include "participant/host_agent.h"
-#include "participant/pg_agent.h"
+#include "participant/embedded.h"
 #include "participant/resolver.h"
 
 int main(int argc, char** argv) {
@@ -113,31 +112,10 @@ int main(int argc, char** argv) {
     if (!postgres.empty()) cfg.postgres = postgres;
     if (poolSize != 0) cfg.poolSize = poolSize;
     if (!statementsPath.empty()) cfg.statements = keel::loadStatements(statementsPath);
-    if (cfg.adapter == "postgres" && cfg.postgres.empty()) {
-      throw keel::ConfigError("adapter postgres needs a connection string (--postgres or [agent] postgres)");
-    }
-    if (cfg.adapter == "postgres" && cfg.statements.empty()) {
-      throw keel::ConfigError(
-          "adapter postgres needs the statements clients may call: --statements FILE or [statements.NAME] tables "
-          "in the config (docs/postgres.md, \"Declared statements\"); free SQL from clients is not accepted");
-    }
     if (!hostUrl.empty()) cfg.host.url = hostUrl;
     if (!hostOpsPath.empty()) cfg.host.operations = keel::loadHostOperations(hostOpsPath);
-    if (cfg.adapter == "host") {
-      if (cfg.host.url.empty()) throw keel::ConfigError("adapter host needs the host's URL (--host or [host] url)");
-      keel::checkHostUrl("--host", cfg.host.url);
-      if (cfg.host.operations.empty()) {
-        throw keel::ConfigError(
-            "adapter host needs the operations the host serves: --host-operations FILE or [host.operations.NAME] "
-            "tables in the config (docs/hosts.md)");
-      }
-    } else if (!hostUrl.empty() || !hostOpsPath.empty() || !cfg.host.operations.empty()) {
-      throw keel::ConfigError("--host and --host-operations are for adapter host; this agent's adapter is " +
-                              cfg.adapter);
-    }
-    if (cfg.adapter != "postgres" && !cfg.statements.empty()) {
-      throw keel::ConfigError("declared statements are for adapter postgres; this agent's adapter is " + cfg.adapter);
-    }
+    keel::checkAdapter("", cfg);
+    if (!debugBreak.empty() && cfg.adapter != "ledger") throw keel::ConfigError("--debug-break is for adapter ledger");
     if (inDoubtMs != 0) cfg.inDoubtQueryMs = inDoubtMs;
     if (!tlsFlags.ca.empty()) cfg.tls.ca = tlsFlags.ca;
     if (!tlsFlags.cert.empty()) cfg.tls.cert = tlsFlags.cert;
@@ -174,39 +152,15 @@ int main(int argc, char** argv) {
       limits.hosts = cfg.admin.hosts;
       admin = std::make_unique<keel::AdminHttpServer>(cfg.admin.listen, limits);
     }
-    keel::PgAgentOptions po;
-    if (cfg.adapter == "postgres") {
-      po.name = cfg.name;
-      po.mapSizeBytes = cfg.mapSizeMb << 20;
-      po.conninfo = cfg.postgres;
-      po.poolSize = cfg.poolSize;
-      po.lazyDelayMs = cfg.lazyDelayMs;
-      po.redo = cfg.redo;
-      po.statements = cfg.statements;
-      keel::PgAgent::preflight(po);  // PostgreSQL's side, before the data directory
-    }
+    keel::preflightBackend(cfg);  // the host's side (PostgreSQL), before the data directory
     keel::DataDir dir(cfg.dataDir, keel::DataDirOwner{keel::DataDirKind::Agent, cfg.name, 0, "keel-agent"},
                       init);  // held until exit
     cfg.dataDir = dir.path();
-    std::unique_ptr<keel::ParticipantBackend> backend;
-    if (cfg.adapter == "postgres") {
-      po.dataDir = cfg.dataDir;
-      backend = std::make_unique<keel::PgAgent>(std::move(po), io);
-    } else if (cfg.adapter == "host") {
-      keel::HostAgentOptions ho;
-      ho.name = cfg.name;
-      ho.dataDir = cfg.dataDir;
-      ho.mapSizeBytes = cfg.mapSizeMb << 20;
-      ho.redo = cfg.redo;
-      ho.host = cfg.host;
-      backend = std::make_unique<keel::HostAgent>(*io.provider, std::move(ho));
-    } else {
-      auto ledger = std::make_unique<keel::Agent>(keel::AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20, cfg.redo});
-      if (!debugBreak.empty()) {
-        KEEL_LOG_WARN("--debug-break {}: this agent BREAKS the protocol on purpose (test only)", debugBreak);
-        ledger->setDebugBreak(debugBreak);
-      }
-      backend = std::move(ledger);
+    std::unique_ptr<keel::ParticipantBackend> backend = keel::makeBackend(cfg, io);
+    if (!debugBreak.empty()) {
+      auto* ledger = dynamic_cast<keel::Agent*>(backend.get());  // checked with the config: a ledger
+      KEEL_LOG_WARN("--debug-break {}: this agent BREAKS the protocol on purpose (test only)", debugBreak);
+      ledger->setDebugBreak(debugBreak);
     }
     auto& agent = *backend;
     keel::RpcServer server(io);

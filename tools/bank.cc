@@ -157,6 +157,22 @@ void setUpPostgresBanks(const std::map<std::string, std::string>& conninfoByAgen
     const std::string& conn = conninfoByAgent.at(agent);
     test::pgQuery(conn, std::string("DROP TABLE IF EXISTS accounts; ") + createAccountsSql(accounts, opening) +
                             "COMMENT ON TABLE accounts IS '" + kBankTableComment + "';");
+    if (cluster.embedded(agent)) {
+      auto quoted = [](const std::string& v) {
+        std::string q = "\"";
+        for (char c : v) {
+          if (c == '"' || c == '\\') q += '\\';
+          q += c;
+        }
+        return q + "\"";
+      };
+      std::string toml = "[agent]\nname = " + quoted(agent) + "\ndata_dir = " +
+                         quoted(cluster.baseDir() + "/" + agent) + "\nadapter = \"postgres\"\npostgres = " +
+                         quoted(conn) + "\n";
+      if (poolSize != 0) toml += "pool_size = " + std::to_string(poolSize) + "\n";
+      cluster.setEmbeddedConfig(agent, toml + "\n" + statementsToml());
+      continue;
+    }
     std::vector<std::string> args = {"--adapter", "postgres", "--postgres", conn, "--statements", statements};
     if (poolSize != 0) args.insert(args.end(), {"--pool-size", std::to_string(poolSize)});
     cluster.setAgentArgs(agent, args);

@@ -95,6 +95,11 @@ void ChildProcess::stop(std::chrono::milliseconds grace) {
 LocalCluster::LocalCluster(ClusterOptions opts) : opts_(std::move(opts)) {
   fs::create_directories(opts_.baseDir);
   for (auto& a : opts_.agents) agents_[a];
+  for (auto& a : opts_.embedded) {
+    if (!agents_.count(a)) throw std::runtime_error("embedded agent " + a + " is not one of the agents");
+    setEmbeddedConfig(a, "[agent]\nname = \"" + a + "\"\ndata_dir = \"" + opts_.baseDir + "/" + a +
+                             "\"\nadapter = \"ledger\"\n");
+  }
   // Fixed before anything starts, so agents know where to ask about
   // branches in doubt.
   for (int i = 0; i < std::max(1, opts_.coordinators); ++i) {
@@ -106,8 +111,20 @@ LocalCluster::LocalCluster(ClusterOptions opts) : opts_(std::move(opts)) {
 
 LocalCluster::~LocalCluster() { stopAll(); }
 
+void LocalCluster::setEmbeddedConfig(const std::string& name, const std::string& toml) {
+  if (!embedded(name)) throw std::runtime_error("agent " + name + " is not embedded");
+  std::string path = opts_.baseDir + "/" + name + ".embedded.toml";
+  std::ofstream f(path, std::ios::trunc);
+  f << toml;
+  f.close();
+  if (!f) throw std::runtime_error("cannot write " + path);
+  agentAddr_[name] = "embedded:" + path;
+}
+
 void LocalCluster::startAll() {
-  for (auto& a : opts_.agents) startAgent(a);
+  for (auto& a : opts_.agents) {
+    if (!embedded(a)) startAgent(a);
+  }
   for (int i = 0; i < opts_.coordinators; ++i) startCoordinator("", i);
 }
 
@@ -140,6 +157,7 @@ std::string LocalCluster::waitReady(const std::string& readyFile, ChildProcess& 
 }
 
 void LocalCluster::startAgent(const std::string& name, const std::string& failpoints) {
+  if (embedded(name)) throw std::runtime_error("agent " + name + " is embedded: it starts with the coordinator");
   auto it = agentAddr_.find(name);
   std::string listen = it == agentAddr_.end() ? "127.0.0.1:0" : it->second;
   std::string ready = opts_.baseDir + "/" + name + ".ready";

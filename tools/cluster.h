@@ -74,6 +74,11 @@ struct ClusterOptions {
   // started insecure (plaintext on loopback).
   std::string tlsDir;
   std::string coordinatorTailToml;  // whole sections added at the end of the coordinator's config ([limits])
+  // Agents run inside the coordinator ([participants] NAME =
+  // "embedded:FILE", participant/embedded.h) rather than as keel-agent
+  // processes: a ledger agent on <baseDir>/NAME unless setEmbeddedConfig
+  // says otherwise. startAgent and the agent-process calls are not for them.
+  std::set<std::string> embedded;
   std::string tlsExtraToml;         // lines added to the coordinator's [tls] (TLS only)
 };
 
@@ -105,6 +110,10 @@ class LocalCluster {
   // The address the coordinator's config gives for a participant (default:
   // the agent's own address). keel-chaos puts a fault proxy in between.
   void setParticipantAddress(const std::string& name, const std::string& addr) { participantAddr_[name] = addr; }
+  // An embedded agent's config file (a keel-agent config: [agent] and its
+  // adapter's sections), written to <baseDir>/NAME.embedded.toml.
+  void setEmbeddedConfig(const std::string& name, const std::string& toml);
+  bool embedded(const std::string& name) const { return opts_.embedded.count(name) != 0; }
   // Extra command-line arguments for one agent's next starts.
   void setAgentArgs(const std::string& name, std::vector<std::string> args) { agentArgs_[name] = std::move(args); }
   pid_t coordinatorPid(int i = 0) const { return coordinator_[i]->pid(); }

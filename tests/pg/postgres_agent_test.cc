@@ -12,6 +12,7 @@
 #include <thread>
 #include <utility>
 
+#include "common/daemon.h"
 #include "common/wire.h"
 #include "participant/branch_log.h"
 #include "participant/pg_agent.h"
@@ -92,6 +93,28 @@ class PostgresTest : public ClusterTest {
         .size();
   }
   bool settled() { return prepared("bank_a") == 0 && prepared("bank_b") == 0; }
+  // The coordinator started again after dying in a transfer of 100 alice ->
+  // bob (`seq`, after one of 1): waits until it is finished and both
+  // databases hold nothing prepared, expects it committed in both
+  // (alice 899, bob 101), and returns what its record says of how.
+  std::string restartAndExpectCommitted(std::uint64_t seq) {
+    cluster_->startCoordinator();
+    reconnect();
+    bool done = eventually([&] {
+      auto q = query(seq);
+      return q && q->interaction.finished() && settled();
+    }, std::chrono::seconds(15));
+    EXPECT_TRUE(done) << "seq " << seq << " not finished and settled in 15 s";
+    auto q = query(seq);
+    if (!q) {
+      ADD_FAILURE() << "no interaction " << seq;
+      return "";
+    }
+    EXPECT_EQ(q->interaction.state, InteractionRecord::State::Committed);
+    EXPECT_EQ(balance("bank_a", "alice"), 899);
+    EXPECT_EQ(balance("bank_b", "bob"), 101);
+    return q->interaction.error;
+  }
   // How often statement "bump" ran in `db` (committed or not).
   std::int64_t bumps(const std::string& db) {
     auto rows = pgQuery(pg_->connString(db), "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM calls");
@@ -1027,18 +1050,8 @@ class PostgresStagedTest : public PostgresOutcomeTest {
     return n;
   }
   void expectCommittedAfterTheRestart(std::uint64_t seq) {
-    cluster_->startCoordinator();
-    reconnect();
-    ASSERT_TRUE(eventually([&] {
-      auto q = query(seq);
-      return q && q->interaction.finished() && settled();
-    }, std::chrono::seconds(15)));
-    auto q = query(seq);
-    EXPECT_EQ(q->interaction.state, InteractionRecord::State::Committed);
-    EXPECT_NE(q->interaction.error.find("every participant holds its YES vote"), std::string::npos)
-        << q->interaction.error;
-    EXPECT_EQ(balance("bank_a", "alice"), 899);
-    EXPECT_EQ(balance("bank_b", "bob"), 101);
+    auto how = restartAndExpectCommitted(seq);
+    EXPECT_NE(how.find("every participant holds its YES vote"), std::string::npos) << how;
   }
 };
 
@@ -1358,6 +1371,144 @@ TEST(PostgresAgentStart, MarkerTableItMayNotCreateIsReportedWithTheFix) {
   r = start();
   EXPECT_NE(r.exitCode, 0);
   EXPECT_NE(r.output.find("may not read, insert and delete rows of keel_one_phase"), std::string::npos) << r.output;
+  std::filesystem::remove_all(dir);
+}
+
+// Embedded participants ([participants] NAME = "embedded:FILE";
+// participant/embedded.h): both postgres agents inside the coordinator's
+// process, no keel-agent running. The same protocol, records and recovery
+// through in-process calls; a crash takes the agents down with the
+// coordinator, and the restart settles from their logs and PostgreSQL.
+class PostgresEmbeddedTest : public PostgresTest {
+ protected:
+  ClusterOptions clusterOptions() override {
+    auto o = PostgresTest::clusterOptions();
+    o.embedded = {"bank-a", "bank-b"};
+    return o;
+  }
+  void beforeStart(LocalCluster& c) override {
+    for (auto [agent, db] : {std::pair{"bank-a", "bank_a"}, std::pair{"bank-b", "bank_b"}}) {
+      c.setEmbeddedConfig(agent, std::string("[agent]\nname = \"") + agent + "\"\ndata_dir = \"" + c.baseDir() +
+                                     "/" + agent + "\"\nadapter = \"postgres\"\npool_size = 4\npostgres = \"" +
+                                     pg_->connString(db) + "\"\n\n" + bank::statementsToml());
+    }
+  }
+  std::string coordinatorLogText() { return readFile(cluster_->coordinatorLog()); }
+  // The coordinator restarted with `failpoints` (its agents' too: one
+  // process), then a transfer of 1 (past each agent's forced first
+  // prepare), then one of 100 alice -> bob during which the process dies;
+  // that one's seq (0 on a failure). `answered`: what the client heard, if
+  // anything.
+  std::uint64_t transferThatKills(const std::string& failpoints, std::optional<SubmitOutcome>& answered) {
+    cluster_->stopCoordinator();
+    cluster_->startCoordinator(failpoints);
+    reconnect();
+    auto first = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});
+    EXPECT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+    try {
+      answered = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+    } catch (const kj::Exception&) {
+      answered.reset();
+    }
+    if (first.outcome != ClientOutcome::Committed || !cluster_->waitCoordinatorExit(std::chrono::seconds(5))) {
+      ADD_FAILURE() << "the coordinator did not die at " << failpoints;
+      return 0;
+    }
+    return first.seq + 1;  // the next seq of the same incarnation
+  }
+};
+
+TEST_F(PostgresEmbeddedTest, ATransferCommitsWithNoAgentProcessAndTheDataDirectoriesAreHeld) {
+  EXPECT_FALSE(cluster_->agentRunning("bank-a"));
+  EXPECT_FALSE(cluster_->agentRunning("bank-b"));
+  auto o = submit({debit("bank-a", "alice", 100), credit("bank-b", "bob", 100)});
+  ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+  EXPECT_TRUE(storedRecord(o.seq).staged) << "embedded postgres agents say preparedVisible as keel-agent's do";
+  EXPECT_EQ(balance("bank_a", "alice"), 900);
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  EXPECT_TRUE(eventually([&] { return settled(); }));
+  auto q = query(o.seq);
+  ASSERT_TRUE(q.has_value());
+  EXPECT_EQ(q->interaction.state, InteractionRecord::State::Committed);
+  auto log = coordinatorLogText();
+  EXPECT_NE(log.find("embedded participant bank-a (postgres adapter"), std::string::npos) << log;
+  EXPECT_NE(log.find("embedded participant bank-b (postgres adapter"), std::string::npos) << log;
+  // Each agent's data directory is the participant's own (a keel-agent data
+  // directory), held by the coordinator's process: a keel-agent started on
+  // it is refused and changes nothing.
+  auto r = run(binDir() + "/keel-agent --name bank-a --adapter postgres --postgres '" + pg_->connString("bank_a") +
+               "' --statements " + bank::writeStatementsFile(dir_) + " --insecure --listen 127.0.0.1:0 --data-dir " +
+               dir_ + "/bank-a");
+  EXPECT_EQ(r.exitCode, kExitDataDirRefused) << r.output;
+  EXPECT_NE(r.output.find("keel-coordinator (embedded bank-a)"), std::string::npos) << r.output;
+  auto again = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});
+  EXPECT_EQ(again.outcome, ClientOutcome::Committed) << again.reason;
+}
+
+// The process dies once every YES is in (the staged record alone in the
+// WAL, each agent's PREPARED record possibly still lazy): the restart's
+// agents reconcile with PostgreSQL, the coordinator reads the votes back
+// and commits.
+TEST_F(PostgresEmbeddedTest, KilledAfterEveryYesTheRestartCommits) {
+  std::optional<SubmitOutcome> answered;
+  auto seq = transferThatKills("coord.after_decision_durable=1+1*crash", answered);
+  ASSERT_NE(seq, 0u);
+  EXPECT_FALSE(answered.has_value());
+  EXPECT_EQ(prepared("bank_a"), 1u);
+  EXPECT_EQ(prepared("bank_b"), 1u);
+  restartAndExpectCommitted(seq);
+}
+
+// The process dies in phase 2, at the first branch's commit (after the
+// client may have heard "committed"): the restart finishes both commits.
+TEST_F(PostgresEmbeddedTest, KilledInPhaseTwoTheRestartFinishesTheCommit) {
+  std::optional<SubmitOutcome> answered;
+  auto seq = transferThatKills("agent.before_commit_durable=2+1*crash", answered);
+  ASSERT_NE(seq, 0u);
+  if (answered) {
+    EXPECT_EQ(answered->outcome, ClientOutcome::Committed) << answered->reason;
+  }
+  EXPECT_GE(prepared("bank_a") + prepared("bank_b"), 1u) << "died before any COMMIT PREPARED";
+  restartAndExpectCommitted(seq);
+}
+
+// A coordinator whose embedded participant's config is wrong refuses to
+// start with the file and the fix named, and touches nothing.
+TEST(PostgresEmbeddedConfig, ABadEmbeddedConfigRefusesTheStartAndTouchesNothing) {
+  auto dir = makeTempDir("keel-embedded");
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream f(dir + "/" + name);
+    f << text;
+  };
+  write("coordinator.toml", "[coordinator]\ndata_dir = \"" + dir + "/coordinator\"\nlisten = \"127.0.0.1:0\"\n"
+                            "[participants]\nbank-a = \"embedded:bank-a.toml\"\n[tls]\ninsecure = true\n");
+  auto start = [&] { return run(binDir() + "/keel-coordinator --config " + dir + "/coordinator.toml --init"); };
+  auto r = start();
+  EXPECT_EQ(r.exitCode, kExitBadConfig) << r.output;
+  EXPECT_NE(r.output.find(dir + "/bank-a.toml\": no such config file"), std::string::npos) << r.output;
+  write("bank-a.toml", "[agent]\nname = \"bank-b\"\ndata_dir = \"" + dir + "/bank-a\"\n");
+  r = start();
+  EXPECT_EQ(r.exitCode, kExitBadConfig) << r.output;
+  EXPECT_NE(r.output.find("[agent] name is 'bank-b' but the coordinator's [participants] calls it 'bank-a'"),
+            std::string::npos)
+      << r.output;
+  write("bank-a.toml", "[agent]\nname = \"bank-a\"\ndata_dir = \"" + dir +
+                           "/bank-a\"\nadapter = \"postgres\"\npostgres = \"host=/nonexistent\"\n");
+  r = start();
+  EXPECT_EQ(r.exitCode, kExitBadConfig) << r.output;
+  EXPECT_NE(r.output.find("adapter postgres needs the statements clients may call"), std::string::npos) << r.output;
+  write("bank-a.toml", "[agent]\nname = \"bank-a\"\ndata_dir = \"" + dir + "/coordinator\"\n");
+  r = start();
+  EXPECT_EQ(r.exitCode, kExitBadConfig) << r.output;
+  EXPECT_NE(r.output.find("is also the coordinator's"), std::string::npos) << r.output;
+  // PostgreSQL unreachable: refused before any data directory is made.
+  write("bank-a.toml", "[agent]\nname = \"bank-a\"\ndata_dir = \"" + dir +
+                           "/bank-a\"\nadapter = \"postgres\"\npostgres = \"host=" + dir +
+                           " port=1 connect_timeout=2\"\n\n" + bank::statementsToml());
+  r = start();
+  EXPECT_NE(r.exitCode, 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/bank-a")) << "a refused start changes nothing";
+  EXPECT_FALSE(std::filesystem::exists(dir + "/coordinator")) << "a refused start changes nothing";
   std::filesystem::remove_all(dir);
 }
 

@@ -36,6 +36,27 @@ TEST(Config, TextParsesAsAFileDoes) {
   EXPECT_EQ(c.participants.at("bank-a"), "127.0.0.1:7401");
 }
 
+// [participants] NAME = "embedded:FILE": FILE taken from the config file's
+// folder when relative; never with [cluster].
+TEST(Config, AnEmbeddedParticipantNamesItsFileFromTheConfigsFolder) {
+  std::string_view text =
+      "[coordinator]\n[participants]\nbank-a = \"embedded:agents/../bank-a.toml\"\n"
+      "bank-b = \"embedded:/etc/keel/bank-b.toml\"\nbank-c = \"127.0.0.1:7403\"\n";
+  auto c = parseCoordinatorConfig("/srv/keel/coordinator.toml", &text);
+  EXPECT_EQ(c.participants.at("bank-a"), "embedded:/srv/keel/bank-a.toml");
+  EXPECT_EQ(embeddedConfigFile(c.participants.at("bank-a")), "/srv/keel/bank-a.toml");
+  EXPECT_EQ(c.participants.at("bank-b"), "embedded:/etc/keel/bank-b.toml");
+  EXPECT_TRUE(isEmbedded(c.participants.at("bank-b")));
+  EXPECT_FALSE(isEmbedded(c.participants.at("bank-c")));
+  EXPECT_EQ(embeddedConfigFile(c.participants.at("bank-c")), "");
+  EXPECT_EQ(errorOf("[coordinator]\n[participants]\nbank-a = \"embedded:\"\n"),
+            "c.toml: [participants] bank-a: \"embedded:\" needs the agent's config file after it");
+  EXPECT_NE(errorOf("[coordinator]\n[participants]\nbank-a = \"embedded:a.toml\"\n"
+                    "[cluster]\netcd = [\"127.0.0.1:2379\"]\n")
+                .find("[participants] bank-a is embedded: not with [cluster]"),
+            std::string::npos);
+}
+
 TEST(Config, AgentLazyDelayDefaultsTo10MsAndIsBounded) {
   const std::string base = "[agent]\nname = \"bank-a\"\nadapter = \"postgres\"\npostgres = \"dbname=a\"\n";
   std::string_view plain = base;

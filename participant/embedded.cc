@@ -1,0 +1,66 @@
+#include "participant/embedded.h"
+
+#include "common/log.h"
+#include "participant/agent.h"
+#include "participant/agent_server.h"
+#include "participant/host_agent.h"
+#include "participant/pg_agent.h"
+
+namespace keel {
+
+namespace {
+
+PgAgentOptions pgOptions(const AgentConfig& cfg) {
+  PgAgentOptions po;
+  po.name = cfg.name;
+  po.dataDir = cfg.dataDir;
+  po.mapSizeBytes = cfg.mapSizeMb << 20;
+  po.conninfo = cfg.postgres;
+  po.poolSize = cfg.poolSize;
+  po.lazyDelayMs = cfg.lazyDelayMs;
+  po.redo = cfg.redo;
+  po.statements = cfg.statements;
+  return po;
+}
+
+}  // namespace
+
+void preflightBackend(const AgentConfig& cfg) {
+  if (cfg.adapter == "postgres") PgAgent::preflight(pgOptions(cfg));
+}
+
+std::unique_ptr<ParticipantBackend> makeBackend(const AgentConfig& cfg, kj::AsyncIoContext& io) {
+  if (cfg.adapter == "postgres") return std::make_unique<PgAgent>(pgOptions(cfg), io);
+  if (cfg.adapter == "host") {
+    HostAgentOptions ho;
+    ho.name = cfg.name;
+    ho.dataDir = cfg.dataDir;
+    ho.mapSizeBytes = cfg.mapSizeMb << 20;
+    ho.redo = cfg.redo;
+    ho.host = cfg.host;
+    return std::make_unique<HostAgent>(*io.provider, std::move(ho));
+  }
+  return std::make_unique<Agent>(AgentOptions{cfg.name, cfg.dataDir, cfg.mapSizeMb << 20, cfg.redo});
+}
+
+EmbeddedParticipant::EmbeddedParticipant(AgentConfig cfg, kj::AsyncIoContext& io, bool init)
+    : cfg_(std::move(cfg)), cap_(nullptr) {
+  dir_ = std::make_unique<DataDir>(
+      cfg_.dataDir, DataDirOwner{DataDirKind::Agent, cfg_.name, 0, "keel-coordinator (embedded " + cfg_.name + ")"},
+      init);
+  cfg_.dataDir = dir_->path();
+  backend_ = makeBackend(cfg_, io);
+}
+
+EmbeddedParticipant::~EmbeddedParticipant() { cap_ = nullptr; }
+
+void EmbeddedParticipant::start() {
+  backend_->start();
+  auto impl = kj::heap<ParticipantImpl>(*backend_);  // no backup server: keelctl backup is for keel-agent
+  impl->setMetrics(&metrics_);
+  cap_ = kj::mv(impl);
+  KEEL_LOG_INFO("embedded participant {} ({} adapter, data {}) serving the coordinator in-process", cfg_.name,
+                cfg_.adapter, cfg_.dataDir);
+}
+
+}  // namespace keel
