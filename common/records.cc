@@ -4,6 +4,8 @@
 #include <capnp/serialize.h>
 
 #include <array>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <sstream>
@@ -632,7 +634,31 @@ std::string opsJson(const std::vector<Op>& ops) {
   for (std::size_t i = 0; i < ops.size(); ++i) {
     if (i) o += ",";
     o += "{\"kind\":" + q(opKindName(ops[i].kind)) + ",\"account\":" + q(ops[i].account) +
-         ",\"amount\":" + std::to_string(ops[i].amount) + "}";
+         ",\"amount\":" + std::to_string(ops[i].amount);
+    if (ops[i].kind == OpKind::Sql) {
+      // A declared statement's call: which, with what (what it did to the
+      // host's rows is only in these).
+      o += ",\"statement\":" + q(ops[i].statementName) + ",\"params\":[";
+      for (std::size_t k = 0; k < ops[i].params.size(); ++k) {
+        const auto& v = ops[i].params[k];
+        if (k) o += ",";
+        switch (v.type) {
+          case SqlValue::Type::Null: o += "null"; break;
+          case SqlValue::Type::Int: o += std::to_string(v.i); break;
+          case SqlValue::Type::Text: o += q(v.text); break;
+          case SqlValue::Type::Bool: o += v.b ? "true" : "false"; break;
+          case SqlValue::Type::Float: {
+            char buf[40];
+            std::snprintf(buf, sizeof buf, "%.17g", v.f);
+            o += std::isfinite(v.f) ? buf : "null";
+            break;
+          }
+        }
+      }
+      o += "]";
+      if (ops[i].expectRows >= 0) o += ",\"expect_rows\":" + std::to_string(ops[i].expectRows);
+    }
+    o += "}";
   }
   return o + "]";
 }

@@ -372,6 +372,23 @@ TEST(RecordsTest, InteractionJsonHasTheFieldsAndEscapesStrings) {
   EXPECT_NE(json.find(R"("error":"bank-b said \"no\"\nsecond line")"), std::string::npos) << json;
 }
 
+// A declared statement's call says which statement and with what: its
+// parameters are the only place the story of what it did lives.
+TEST(RecordsTest, InteractionJsonNamesEachStatementAndItsParameters) {
+  InteractionRecord r;
+  r.seq = 5;
+  InteractionRecord::Branch b;
+  b.participant = "bank-a";
+  b.branch = 1;
+  b.ops = {Op::statement("bank-a", "debit", {SqlValue::ofInt(100000000), SqlValue::ofText("acct-\"38\"")}, 1),
+           Op::statement("bank-a", "note", {SqlValue::null(), SqlValue::ofBool(true), SqlValue::ofFloat(0.5)})};
+  r.branches.push_back(b);
+  const std::string json = toJson(r);
+  EXPECT_NE(json.find(R"("statement":"debit","params":[100000000,"acct-\"38\""],"expect_rows":1)"), std::string::npos)
+      << json;
+  EXPECT_NE(json.find(R"("statement":"note","params":[null,true,0.5])"), std::string::npos) << json;
+}
+
 TEST(RecordsTest, RollbackJsonHasTheFieldsAndEscapesStrings) {
   auto r = fullRollback();
   r.lastError = "tab\there, quote \" and backslash \\";
