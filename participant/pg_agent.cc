@@ -99,6 +99,13 @@ void PgAgent::start() {
 }
 
 PgAgent::~PgAgent() noexcept {
+  // Calls still running are cancelled first, while the pools they lease
+  // connections from exist: a caller that gave up on a call (a deadline, a
+  // connection closed) may leave its promise to the event loop, which
+  // destroys it only when it is itself torn down, after this agent.
+  // (keel-chaos found the heap corrupted at a stop under load; ASan named
+  // a LoopPool lease given back to a destroyed pool.)
+  canceler_.cancel("the postgres agent is stopping");
   {
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;
@@ -253,13 +260,27 @@ std::optional<std::string> PgAgent::runStatements(PGconn* c, const std::vector<O
   }
 }
 
-void PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls) {
+bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls) {
   PGconn* c = lc.get();
   // BEGIN, the statements and PREPARE TRANSACTION go out in one pipeline
   // with one Sync: one round trip instead of two plus one per statement.
   // An error stops PostgreSQL at that statement (the rest come back
-  // "aborted"); a row count that is wrong is seen only here, after the
-  // PREPARE TRANSACTION ran, and is undone with ROLLBACK PREPARED.
+  // "aborted"), so nothing is prepared.
+  //
+  // A row count is seen only here, after the pipeline ran: were PREPARE
+  // TRANSACTION in it, a branch refused for its row count would be
+  // prepared first and undone after, and a crash in between would leave a
+  // prepared transaction without a record that start-up's reconcile cannot
+  // tell from a YES vote whose lazy record was lost — which a staged
+  // interaction's recovery reads as a YES and commits (keel-chaos
+  // --embedded found an overdraft committed so). So when a statement's row
+  // count is checked, PREPARE TRANSACTION is a second round trip, sent only
+  // once every count is right (prepareOnLoop): every transaction this agent
+  // ever prepares passed its checks.
+  bool withPrepare = true;
+  for (const auto& op : ops) {
+    if (keel::requiredRows(declared(op), op) >= 0) withPrepare = false;
+  }
   if (PQenterPipelineMode(c) != 1) lc.lost("entering pipeline mode");
   auto send = [&](const std::string& sql, const Call* p) {
     int ok = p != nullptr ? PQsendQueryParams(c, sql.c_str(), p->count(), p->types.data(), p->values.data(), nullptr,
@@ -277,18 +298,19 @@ void PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   // The txid goes into the PREPARED record: once the gid is gone, its
   // txid_status tells whether PostgreSQL committed or rolled it back.
   send("SELECT txid_current()", nullptr);
-  send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
+  if (withPrepare) send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
   if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
+  return withPrepare;
 }
 
 PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
-                                      std::vector<OpResult>& results) {
+                                      std::vector<OpResult>& results, bool withPrepare) {
   PGconn* c = lc.get();
   // rs: the first result of BEGIN, of each statement, of SELECT
-  // txid_current() and of PREPARE TRANSACTION, then the Sync's.
+  // txid_current() and (withPrepare) of PREPARE TRANSACTION, then the Sync's.
   results.clear();
   OneTrip out;
-  if (rs.size() != calls.size() + 4 || PQresultStatus(rs.back().get()) != PGRES_PIPELINE_SYNC) {
+  if (rs.size() != calls.size() + (withPrepare ? 4 : 3) || PQresultStatus(rs.back().get()) != PGRES_PIPELINE_SYNC) {
     lc.lost("the pipeline's results");
   }
   std::optional<pg::PgError> statementError;
@@ -301,7 +323,7 @@ PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>&
       results.push_back(resultOf(r, calls[i], i));
     } catch (const pg::PgError& e) {
       if (e.sqlstate() == "KEEL1") {
-        out.wrongRows = e.what();  // PostgreSQL carries on: it will prepare
+        out.wrongRows = e.what();  // PostgreSQL carries on (PREPARE TRANSACTION is not in this pipeline)
       } else {
         statementError.emplace(e);
       }
@@ -313,14 +335,16 @@ PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>&
   } else if (!statementError && PQresultStatus(txid) != PGRES_PIPELINE_ABORTED) {
     statementError.emplace(errorOf(txid, "SELECT txid_current()"));
   }
-  PGresult* prepared = rs[2 + calls.size()].get();
-  auto pst = PQresultStatus(prepared);
-  if (pst == PGRES_COMMAND_OK) {
-    out.prepared = true;
-  } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
-    auto e = errorOf(prepared, "PREPARE TRANSACTION");
-    if (e.connectionLost()) lc.lost("PREPARE TRANSACTION");
-    out.prepareFailed = describePgError(e);
+  if (withPrepare) {
+    PGresult* prepared = rs[2 + calls.size()].get();
+    auto pst = PQresultStatus(prepared);
+    if (pst == PGRES_COMMAND_OK) {
+      out.prepared = true;
+    } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
+      auto e = errorOf(prepared, "PREPARE TRANSACTION");
+      if (e.connectionLost()) lc.lost("PREPARE TRANSACTION");
+      out.prepareFailed = describePgError(e);
+    }
   }
   if (PQexitPipelineMode(c) != 1) lc.lost("leaving pipeline mode");
   if (statementError) {
@@ -357,14 +381,15 @@ kj::Promise<PrepareResult> PgAgent::prepare(std::uint64_t epoch, Xid xid, std::v
                              (existing->tombstone ? " (rolled back before it arrived)" : ""),
                          {}};
   }
-  return loopPrepare_
-      ->run<PrepareResult>([this, epoch, xid, ops = std::move(ops)](pg::LoopConn& lc) mutable {
-        return prepareOnLoop(lc, epoch, xid, std::move(ops));
-      })
-      .then([](PrepareResult r) {
-        if (r.vote == Vote::Yes) KEEL_FAILPOINT("agent.after_prepared_durable");
-        return r;
-      });
+  return canceler_.wrap(
+      loopPrepare_
+          ->run<PrepareResult>([this, epoch, xid, ops = std::move(ops)](pg::LoopConn& lc) mutable {
+            return prepareOnLoop(lc, epoch, xid, std::move(ops));
+          })
+          .then([](PrepareResult r) {
+            if (r.vote == Vote::Yes) KEEL_FAILPOINT("agent.after_prepared_durable");
+            return r;
+          }));
 }
 
 // What one prepare carries from step to step on the loop.
@@ -375,13 +400,14 @@ struct PgAgent::PrepareState {
   std::string gid;
   std::vector<Call> calls;
   std::vector<OpResult> results;
+  bool withPrepare = true;  // PREPARE TRANSACTION in the pipeline (sendOneTrip)
   OneTrip trip;
   std::optional<std::string> why;  // refused: the NO vote's reason
 };
 
 kj::Promise<PrepareResult> PgAgent::prepareOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid,
                                                   std::vector<Op> ops) {
-  auto st = kj::heap<PrepareState>(PrepareState{epoch, xid, std::move(ops), gid(xid), {}, {}, {}, {}});
+  auto st = kj::heap<PrepareState>(PrepareState{epoch, xid, std::move(ops), gid(xid), {}, {}, true, {}, {}});
   PrepareState& s = *st;
   // In flight from before PREPARE TRANSACTION until the record is durable
   // or on its way (pending_): the keeper's sweep leaves this branch's gid
@@ -404,24 +430,34 @@ kj::Promise<PrepareResult> PgAgent::prepareOnLoop(pg::LoopConn& lc, std::uint64_
   };
   return failpointOnLoop("agent.after_execute")  // before the one round trip that runs and prepares
       .then([this, &lc, &s] {
-        sendOneTrip(lc, s.ops, s.gid, s.calls);
+        s.withPrepare = sendOneTrip(lc, s.ops, s.gid, s.calls);
         return lc.flush();
       })
       .then([&lc] { return lc.collectPipeline(); })
       .then([this, &lc, &s](std::vector<pg::Result> rs) -> kj::Promise<void> {
-        s.trip = readOneTrip(lc, rs, s.calls, s.results);
-        // An error inside the transaction block leaves it aborted; a failed
-        // PREPARE TRANSACTION already rolled it back (ROLLBACK then only
-        // warns).
+        s.trip = readOneTrip(lc, rs, s.calls, s.results, s.withPrepare);
+        if (!s.withPrepare && !s.trip.refused && !s.trip.wrongRows) {
+          // Every row count right: now PREPARE TRANSACTION (sendOneTrip).
+          return lc.query("PREPARE TRANSACTION " + quoteLiteral(s.gid)).then([&lc, &s](pg::Result r) {
+            if (auto e = pg::errorIn(r)) {
+              if (e->connectionLost()) lc.lost("PREPARE TRANSACTION");
+              s.trip.prepareFailed = describePgError(*e);  // it became a ROLLBACK
+              return;
+            }
+            s.trip.prepared = true;
+          });
+        }
+        // An error inside the transaction block leaves it aborted; a wrong
+        // row count leaves it open; a failed PREPARE TRANSACTION already
+        // rolled it back (ROLLBACK then only warns).
         if (s.trip.prepared) return kj::READY_NOW;
         return lc.query("ROLLBACK").ignoreResult();
       })
       .then([&s, rollbackPreparedOnLoop]() -> kj::Promise<void> {
         s.why = s.trip.refused ? s.trip.refused : s.trip.wrongRows;
-        // A row count the branch does not allow: PostgreSQL prepared it all
-        // the same, so it is undone before the NO vote (a crash first
-        // leaves a gid without record: in doubt, and the coordinator, which
-        // got no vote, answers rolled back).
+        if (s.why) KEEL_FAILPOINT("pg.before_no_vote");  // refused, its NO not yet on file nor sent
+        // Never both prepared and refused now (sendOneTrip); kept as the
+        // last line of defence: undone before the NO vote.
         if (s.trip.prepared && s.why) return rollbackPreparedOnLoop();
         return kj::READY_NOW;
       })
@@ -1004,14 +1040,14 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::finishAll(std::vector<Xid> xids
                    kj::throwFatalException(kj::mv(e));
                  }).eagerlyEvaluate(nullptr));  // the keeper owes it at once, not when the batch is in
   }
-  return kj::joinPromises(each.releaseAsArray()).then([commit](kj::Array<BranchOutcome> a) {
+  return canceler_.wrap(kj::joinPromises(each.releaseAsArray()).then([commit](kj::Array<BranchOutcome> a) {
     if (commit) {
       KEEL_FAILPOINT("agent.after_commit_durable");
     } else {
       KEEL_FAILPOINT("agent.after_rollback_durable");
     }
     return std::vector<BranchOutcome>(a.begin(), a.end());
-  });
+  }));
 }
 
 kj::Promise<std::vector<BranchOutcome>> PgAgent::commit(std::uint64_t epoch, std::vector<Xid> xids) {
@@ -1076,7 +1112,7 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
     }
     return OnePhaseResult{BranchOutcome::Conflict, "branch " + xid.str() + " is in use", {}};
   }
-  return pool_->run<OnePhaseResult>([this, epoch, xid, ops = std::move(ops)](PGconn* c) {
+  return canceler_.wrap(pool_->run<OnePhaseResult>([this, epoch, xid, ops = std::move(ops)](PGconn* c) {
     pg::exec(c, "BEGIN");
     std::vector<OpResult> results;
     auto finishAs = [&](BranchStatus st, const std::string& reason, std::uint64_t txid) {
@@ -1154,7 +1190,7 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
     finishAs(BranchStatus::Committed, "", txid);
     markerDone(marker);
     return OnePhaseResult{BranchOutcome::Committed, "", std::move(results)};
-  });
+  }));
 }
 
 }  // namespace keel

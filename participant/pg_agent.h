@@ -232,13 +232,15 @@ class PgAgent final : public ParticipantBackend {
   struct OneTrip {
     bool prepared = false;                     // PREPARE TRANSACTION succeeded
     std::optional<std::string> refused;        // a statement failed: nothing prepared
-    std::optional<std::string> wrongRows;      // a row count the op forbids (prepared all the same)
+    std::optional<std::string> wrongRows;      // a row count the op forbids (nothing prepared)
     std::optional<std::string> prepareFailed;  // PREPARE TRANSACTION itself failed
     std::uint64_t txid = 0;                    // txid_current() of the prepared transaction
   };
-  void sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls);
+  // Returns whether PREPARE TRANSACTION went in the pipeline: not when a
+  // statement's row count is checked (sendOneTrip says why).
+  bool sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls);
   OneTrip readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
-                      std::vector<OpResult>& results);
+                      std::vector<OpResult>& results, bool withPrepare);
   // A prepare on a connection of the loop: the one trip, the NO vote's
   // record or the lazy PREPARED record, a ROLLBACK PREPARED where the
   // branch was refused after PostgreSQL prepared it or a rollback overtook it.
@@ -335,6 +337,10 @@ class PgAgent final : public ParticipantBackend {
   // and retries, on connections of their own: they release the locks that
   // statements may be waiting for, so they must never queue behind them.
   std::unique_ptr<pg::Pool> finishPool_;
+  // Every call's promise handed out (prepare, commit, rollback, one-phase)
+  // is wrapped here; the destructor cancels what is still running before
+  // the pools go (see ~PgAgent).
+  kj::Canceler canceler_;
   mutable std::mutex mu_;
   std::set<Xid> preparing_;  // GUARDED_BY(mu_): a prepare's pool job is running
   // Voted YES, PREPARED record not yet durable (lazy): what listBranches

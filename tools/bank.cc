@@ -123,6 +123,23 @@ std::string writeStatementsFile(const std::string& dir, const std::string& extra
   return path;
 }
 
+std::string postgresAgentToml(const std::string& agent, const std::string& dataDir, const std::string& conninfo,
+                              std::uint32_t poolSize, std::size_t mapSizeMb, const std::string& extraToml) {
+  auto quoted = [](const std::string& v) {
+    std::string q = "\"";
+    for (char c : v) {
+      if (c == '"' || c == '\\') q += '\\';
+      q += c;
+    }
+    return q + "\"";
+  };
+  std::string toml = "[agent]\nname = " + quoted(agent) + "\ndata_dir = " + quoted(dataDir) +
+                     "\nadapter = \"postgres\"\npostgres = " + quoted(conninfo) + "\n";
+  if (poolSize != 0) toml += "pool_size = " + std::to_string(poolSize) + "\n";
+  if (mapSizeMb != 0) toml += "map_size_mb = " + std::to_string(mapSizeMb) + "\n";
+  return toml + "\n" + statementsToml() + extraToml;
+}
+
 void setUpPostgresBanks(test::PgServer& pg, LocalCluster& cluster, std::uint32_t accounts, std::int64_t opening,
                         std::uint32_t poolSize) {
   std::map<std::string, std::string> conninfo;
@@ -158,19 +175,7 @@ void setUpPostgresBanks(const std::map<std::string, std::string>& conninfoByAgen
     test::pgQuery(conn, std::string("DROP TABLE IF EXISTS accounts; ") + createAccountsSql(accounts, opening) +
                             "COMMENT ON TABLE accounts IS '" + kBankTableComment + "';");
     if (cluster.embedded(agent)) {
-      auto quoted = [](const std::string& v) {
-        std::string q = "\"";
-        for (char c : v) {
-          if (c == '"' || c == '\\') q += '\\';
-          q += c;
-        }
-        return q + "\"";
-      };
-      std::string toml = "[agent]\nname = " + quoted(agent) + "\ndata_dir = " +
-                         quoted(cluster.baseDir() + "/" + agent) + "\nadapter = \"postgres\"\npostgres = " +
-                         quoted(conn) + "\n";
-      if (poolSize != 0) toml += "pool_size = " + std::to_string(poolSize) + "\n";
-      cluster.setEmbeddedConfig(agent, toml + "\n" + statementsToml());
+      cluster.setEmbeddedConfig(agent, postgresAgentToml(agent, cluster.baseDir() + "/" + agent, conn, poolSize));
       continue;
     }
     std::vector<std::string> args = {"--adapter", "postgres", "--postgres", conn, "--statements", statements};

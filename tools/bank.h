@@ -78,11 +78,21 @@ std::string databaseFor(const std::string& agent);
 // --statements. Throws std::runtime_error when it cannot be written.
 std::string writeStatementsFile(const std::string& dir, const std::string& extraToml = "");
 
+// A keel-agent config file's text for a postgres agent named `agent` on
+// `conninfo` with its data in `dataDir`, declaring the bank's statements
+// (statementsToml) and `extraToml` after them: what an embedded participant
+// is configured with (LocalCluster::setEmbeddedConfig). poolSize 0: the
+// agent's default; mapSizeMb 0: the default.
+std::string postgresAgentToml(const std::string& agent, const std::string& dataDir, const std::string& conninfo,
+                              std::uint32_t poolSize = 0, std::size_t mapSizeMb = 0,
+                              const std::string& extraToml = "");
+
 // For every agent of `cluster`: creates its accounts table (createAccountsSql)
 // in databaseFor(agent) on `pg` and makes the agent a postgres participant
 // on that database declaring the bank's statements (writeStatementsFile in
 // the cluster's base directory), with a pool of `poolSize` connections (0 =
-// the agent's default).
+// the agent's default); an embedded agent of `cluster` gets the same as its
+// config file (postgresAgentToml).
 void setUpPostgresBanks(test::PgServer& pg, LocalCluster& cluster, std::uint32_t accounts, std::int64_t opening,
                         std::uint32_t poolSize = 0);
 // The same with each agent's database given as a libpq connection string

@@ -147,6 +147,14 @@ class PostgresTest : public ClusterTest {
     }
     return out;
   }
+  // PostgreSQL's prepared transactions in `db` of interaction `seq`.
+  std::size_t preparedOf(const std::string& db, std::uint64_t seq) {
+    std::size_t n = 0;
+    for (auto& g : preparedGids(db)) {
+      if (g.find(":" + std::to_string(seq) + ":") != std::string::npos) ++n;
+    }
+    return n;
+  }
 
   // Milliseconds until `pred` holds (polled every 20 ms), or -1 after `timeout`.
   long long msUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
@@ -475,14 +483,14 @@ class PostgresSlowRetryTest : public PostgresTest {
 };
 
 // bank-b's branch sleeps in PostgreSQL before its PREPARE TRANSACTION (one
-// pipeline: the statements, txid_current(), PREPARE TRANSACTION); bank-b is
-// SIGKILLed meanwhile and restarted, and PostgreSQL prepares the dead
+// pipeline: the statements, txid_current(), PREPARE TRANSACTION — a branch
+// with no row count to check, so PREPARE rides in the same pipeline); bank-b
+// is SIGKILLed meanwhile and restarted, and PostgreSQL prepares the dead
 // agent's branch after the new one's start-up reconcile: a gid of an earlier
 // incarnation, with no record, that no prepare of this process will ever
 // record. Before incarnations, the sweep waited for such a gid to be 10 s old.
 TEST_F(PostgresSlowRetryTest, OrphanPreparedAfterItsAgentDiedIsSettledWithinSeconds) {
-  auto answer = client_->submit(
-      {debit("bank-a", "alice", 100), credit("bank-b", "bob", 100), Op::statement("bank-b", "sleep", {SqlValue::ofFloat(3)})});
+  auto answer = client_->submit({debit("bank-a", "alice", 100), Op::statement("bank-b", "sleep", {SqlValue::ofFloat(3)})});
   io_.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io_.waitScope);  // send it
   ASSERT_TRUE(eventually([&] { return sleeping("bank_b"); }, std::chrono::seconds(5)));
   cluster_->killAgent("bank-b", SIGKILL);  // before the coordinator's 1 s deadline: no rollback reached it
@@ -1041,14 +1049,6 @@ class PostgresStagedTest : public PostgresOutcomeTest {
     if (seq == 0) return {0, {}};
     return {seq, listedAtB(seq)};
   }
-  // PostgreSQL's prepared transactions in `db` of interaction `seq`.
-  std::size_t preparedOf(const std::string& db, std::uint64_t seq) {
-    std::size_t n = 0;
-    for (auto& g : preparedGids(db)) {
-      if (g.find(":" + std::to_string(seq) + ":") != std::string::npos) ++n;
-    }
-    return n;
-  }
   void expectCommittedAfterTheRestart(std::uint64_t seq) {
     auto how = restartAndExpectCommitted(seq);
     EXPECT_NE(how.find("every participant holds its YES vote"), std::string::npos) << how;
@@ -1388,9 +1388,7 @@ class PostgresEmbeddedTest : public PostgresTest {
   }
   void beforeStart(LocalCluster& c) override {
     for (auto [agent, db] : {std::pair{"bank-a", "bank_a"}, std::pair{"bank-b", "bank_b"}}) {
-      c.setEmbeddedConfig(agent, std::string("[agent]\nname = \"") + agent + "\"\ndata_dir = \"" + c.baseDir() +
-                                     "/" + agent + "\"\nadapter = \"postgres\"\npool_size = 4\npostgres = \"" +
-                                     pg_->connString(db) + "\"\n\n" + bank::statementsToml());
+      c.setEmbeddedConfig(agent, bank::postgresAgentToml(agent, c.baseDir() + "/" + agent, pg_->connString(db), 4));
     }
   }
   std::string coordinatorLogText() { return readFile(cluster_->coordinatorLog()); }
@@ -1470,6 +1468,35 @@ TEST_F(PostgresEmbeddedTest, KilledInPhaseTwoTheRestartFinishesTheCommit) {
   }
   EXPECT_GE(prepared("bank_a") + prepared("bank_b"), 1u) << "died before any COMMIT PREPARED";
   restartAndExpectCommitted(seq);
+}
+
+// An overdraft (bank-a's debit touches no row) during which the process
+// dies once bank-a knows it will vote NO, the staged record durable and
+// no decision: the restart must roll it back. Before the fix bank-a's one
+// pipeline had already run PREPARE TRANSACTION, so the restart found a
+// prepared transaction without a record, read it as a YES and committed —
+// bob credited a billion, alice not debited (keel-chaos --embedded, seed 5).
+TEST_F(PostgresEmbeddedTest, AnOverdraftKilledBeforeItsNoVoteIsRolledBackNotCommitted) {
+  std::optional<SubmitOutcome> answered;
+  cluster_->stopCoordinator();
+  cluster_->startCoordinator("pg.before_no_vote=1*crash");
+  reconnect();
+  auto first = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});
+  ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
+  EXPECT_ANY_THROW(submit({debit("bank-a", "alice", 1'000'000'000), credit("bank-b", "bob", 1'000'000'000)}));
+  ASSERT_TRUE(cluster_->waitCoordinatorExit(std::chrono::seconds(5))) << "the failpoint was not reached";
+  std::uint64_t seq = first.seq + 1;
+  EXPECT_TRUE(storedRecord(seq).staged);
+  EXPECT_EQ(preparedOf("bank_a", seq), 0u) << "a branch refused for its row count was prepared in PostgreSQL";
+  cluster_->startCoordinator();
+  reconnect();
+  ASSERT_TRUE(eventually([&] {
+    auto q = query(seq);
+    return q && q->interaction.finished() && settled();
+  }, std::chrono::seconds(15)));
+  EXPECT_EQ(query(seq)->interaction.state, InteractionRecord::State::RolledBack);
+  EXPECT_EQ(balance("bank_a", "alice"), 999);
+  EXPECT_EQ(balance("bank_b", "bob"), 1);
 }
 
 // A coordinator whose embedded participant's config is wrong refuses to
