@@ -121,6 +121,17 @@ void LocalCluster::setEmbeddedConfig(const std::string& name, const std::string&
   agentAddr_[name] = "embedded:" + path;
 }
 
+std::string LocalCluster::startEmbeddedAsAgent(const std::string& name) {
+  if (!embedded(name)) throw std::runtime_error("agent " + name + " is not embedded");
+  std::string ready = opts_.baseDir + "/" + name + ".ready";
+  fs::remove(ready);
+  std::string config = agentAddr_.at(name).substr(std::string("embedded:").size());
+  agents_.at(name).start(opts_.binDir + "/keel-agent",
+                         {"--config", config, "--listen", "127.0.0.1:0", "--insecure", "--ready-file", ready},
+                         agentLog(name), {});
+  return waitReady(ready, agents_.at(name), "agent " + name + " (its embedded config as keel-agent)");
+}
+
 void LocalCluster::startAll() {
   for (auto& a : opts_.agents) {
     if (!embedded(a)) startAgent(a);

@@ -114,6 +114,10 @@ class LocalCluster {
   // adapter's sections), written to <baseDir>/NAME.embedded.toml.
   void setEmbeddedConfig(const std::string& name, const std::string& toml);
   bool embedded(const std::string& name) const { return opts_.embedded.count(name) != 0; }
+  // An embedded agent run as a keel-agent on its own config file (the
+  // coordinator must be stopped: it holds the data directory), insecure on
+  // a free loopback port; returns that address. stopAgent stops it.
+  std::string startEmbeddedAsAgent(const std::string& name);
   // Extra command-line arguments for one agent's next starts.
   void setAgentArgs(const std::string& name, std::vector<std::string> args) { agentArgs_[name] = std::move(args); }
   pid_t coordinatorPid(int i = 0) const { return coordinator_[i]->pid(); }

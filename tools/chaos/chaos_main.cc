@@ -28,6 +28,15 @@
 // and the checker reads the hosts' books and every key's state.
 // --adapter mixed: the agents cycle ledger, host, postgres.
 //
+// --embedded (with --adapter postgres): the postgres agents run inside the
+// coordinator's process ([participants] NAME = "embedded:FILE";
+// docs/operations.md, "Embedded participants"): no agent processes and no
+// proxies, so the faults are the process's — killed, frozen, crashed at a
+// coordinator's or an agent's failpoint, a slow disk — and PostgreSQL's.
+// After healing the coordinator is stopped and each agent started as a
+// keel-agent on its own config file, so the checker reads its branches as
+// usual; then the coordinator is started again and read.
+//
 // --cluster: a coordinator cluster (docs/cluster.md) of --coordinators on a
 // 3-member etcd (tools/chaos/etcd_side.h); clients spread over them and
 // fail over; coordinators and etcd members are killed and frozen, and a
@@ -96,8 +105,11 @@ const std::vector<std::string> kHostFaultKinds = {"host-kill", "host-pause", "ho
 const std::vector<std::string> kClusterFaultKinds = {"coordinator-kill", "coordinator-pause", "etcd-kill",
                                                      "etcd-pause", "etcd-partition"};
 
-std::vector<std::string> faultKinds(bool postgres, bool host, bool cluster) {
-  auto k = kFaultKinds;
+// --embedded: the agents are inside the coordinator's process (no proxies).
+const std::vector<std::string> kEmbeddedFaultKinds = {"kill", "pause", "failpoint", "slow-disk"};
+
+std::vector<std::string> faultKinds(bool postgres, bool host, bool cluster, bool embedded = false) {
+  auto k = embedded ? kEmbeddedFaultKinds : kFaultKinds;
   if (postgres) k.insert(k.end(), kPostgresFaultKinds.begin(), kPostgresFaultKinds.end());
   if (host) k.insert(k.end(), kHostFaultKinds.begin(), kHostFaultKinds.end());
   if (cluster) k.insert(k.end(), kClusterFaultKinds.begin(), kClusterFaultKinds.end());
@@ -128,6 +140,7 @@ struct Options : WorkloadOptions {
   bool tls = false;  // every link on mutual TLS (throwaway certificates); the checker dials as an operator
   bool faults = true;
   bool cluster = false;            // --cluster: a coordinator cluster on etcd
+  bool embedded = false;           // --embedded: postgres agents inside the coordinator's process
   std::uint32_t coordinators = 3;  // --cluster: how many
   std::uint32_t leaseTtlS = 2;     // --cluster: the members' lease TTL
   std::string externalCoordinator;
@@ -174,6 +187,8 @@ class FaultInjector {
       if (k == o.firstFault) continue;
       if (etcd_ != nullptr && (k == "kill" || k == "pause")) {
         rest.push_back(k + ":agent");  // a coordinator's are kinds of their own here
+      } else if (o.embedded && (k == "kill" || k == "pause")) {
+        rest.push_back(k + ":coordinator");  // the agents' process is the coordinator's
       } else if (k == "kill" || k == "pause" || k == "failpoint") {
         rest.push_back(k + ":coordinator");
         rest.push_back(k + ":agent");
@@ -311,13 +326,13 @@ class FaultInjector {
     if (etcd_ != nullptr) etcd_->heal();
     for (auto& [n, p] : proxies_) p->heal();
     for (auto& n : cluster_.agentNames()) {
-      if (cluster_.agentRunning(n)) cluster_.killAgent(n, SIGCONT);
+      if (!cluster_.embedded(n) && cluster_.agentRunning(n)) cluster_.killAgent(n, SIGCONT);
     }
     for (int i = 0; i < cluster_.coordinatorCount(); ++i) {
       if (cluster_.coordinatorRunning(i)) cluster_.killCoordinator(SIGCONT, i);
     }
     for (auto& n : cluster_.agentNames()) {
-      if (!cluster_.agentRunning(n)) restartAgent(n, "");
+      if (!cluster_.embedded(n) && !cluster_.agentRunning(n)) restartAgent(n, "");
     }
     for (int i = 0; i < cluster_.coordinatorCount(); ++i) {
       if (!cluster_.coordinatorRunning(i)) restartCoordinator("", i);
@@ -438,6 +453,10 @@ class FaultInjector {
     }
     if (pg_ != nullptr && injectPostgres(forced)) return;
     if (hosts_ != nullptr && injectHost(forced)) return;
+    if (o_.embedded) {
+      injectEmbedded(forced);
+      return;
+    }
     std::optional<std::uint32_t> drawn;  // --cluster: the number drawn for the faults below
     int coord = 0;                       // the coordinator of a coordinator failpoint
     if (etcd_ != nullptr) {
@@ -545,6 +564,49 @@ class FaultInjector {
       cluster_.stopAgent(agent);
       restartAgent(agent, "");
       slowed ? record("slow-disk", agent, t0, wallMicros()) : skipped("slow-disk", agent);
+    }
+  }
+
+  // --embedded: the faults of the one process that holds the coordinator
+  // and its agents. 25 % SIGKILL + restart, 20 % SIGSTOP/SIGCONT, 20 % a
+  // crash at a coordinator's failpoint, 25 % at an agent's, 10 % a slow
+  // disk (a delay before every group commit of every log in the process).
+  void injectEmbedded(const std::string& forced) {
+    static const std::map<std::string, std::pair<std::uint32_t, std::uint32_t>> ranges = {
+        {"kill:coordinator", {0, 24}},       {"pause:coordinator", {25, 44}}, {"failpoint:coordinator", {45, 64}},
+        {"failpoint:agent", {65, 89}},       {"slow-disk", {90, 99}}};
+    auto range = ranges.find(forced);
+    std::uint32_t kind = range != ranges.end() ? between(range->second.first, range->second.second) : between(0, 99);
+    const std::string target = "coordinator (embedded agents)";
+    Micros t0 = wallMicros();
+    if (kind < 25) {
+      bool running = cluster_.coordinatorRunning();
+      cluster_.killCoordinator(SIGKILL);
+      sleepFor(std::chrono::milliseconds(between(0, 500)));
+      restartCoordinator("");
+      running ? record("kill", target, t0, wallMicros()) : skipped("kill", target);
+    } else if (kind < 45) {
+      bool running = cluster_.coordinatorRunning();
+      cluster_.killCoordinator(SIGSTOP);
+      sleepFor(std::chrono::milliseconds(between(200, 2000)));
+      cluster_.killCoordinator(SIGCONT);
+      running ? record("pause", target, t0, wallMicros()) : skipped("pause", target);
+    } else if (kind < 90) {
+      std::string point = kind < 65 ? pick(kCoordinatorPoints) : pick(kAgentPoints);
+      cluster_.stopCoordinator();
+      bool started = restartCoordinator(point + "=1*crash");
+      sleepFor(std::chrono::milliseconds(between(200, 2000)));
+      bool reached = !cluster_.coordinatorRunning();
+      if (!reached) cluster_.stopCoordinator();
+      restartCoordinator("");
+      recordFailpoint(target + " " + point, reached, started, t0);
+    } else {
+      cluster_.stopCoordinator();
+      bool slowed = restartCoordinator("log.before_group_commit=delay(" + std::to_string(between(5, 50)) + ")");
+      sleepFor(std::chrono::milliseconds(between(200, 2000)));
+      cluster_.stopCoordinator();
+      restartCoordinator("");
+      slowed ? record("slow-disk", target, t0, wallMicros()) : skipped("slow-disk", target);
     }
   }
 
@@ -784,7 +846,11 @@ std::string dbName(const std::string& agent) {
 // tries as the host's prepared transactions.
 AgentBooks readBooks(kj::AsyncIoContext& io, const std::string& name, const std::string& addr, PgHost* pg,
                      const HostSide* hosts) {
-  auto b = books(io, addr).wait(io.waitScope);
+  // No address: an embedded agent while the coordinator holds it (its
+  // database's side only).
+  AgentBooks b;
+  b.agent = name;
+  if (!addr.empty()) b = books(io, addr).wait(io.waitScope);
   if (hosts != nullptr && hosts->has(name)) {
     b.accounts.clear();
     for (auto& [acct, a] : hosts->books(name).accounts) {
@@ -1022,6 +1088,7 @@ int runChaos(Options o) {
     copts.coordinatorExtraToml = "call_timeout_ms = 1000\nmap_size_mb = " + std::to_string(o.mapSizeMb) + "\n";
     copts.agentExtraArgs = {"--map-size-mb", std::to_string(o.mapSizeMb)};
     copts.agentInDoubtQueryMs = 3000;
+    if (o.embedded) copts.embedded.insert(copts.agents.begin(), copts.agents.end());
     if (o.tls) {
       copts.tlsDir = o.out + "/certs";
       std::vector<std::string> names = copts.agents;
@@ -1054,6 +1121,11 @@ int runChaos(Options o) {
       std::string statements = bank::writeStatementsFile(copts.baseDir);
       for (auto& a : pgAgents) {
         test::pgQuery(pg->connString(dbName(a)), sqlbank::createAccounts(o.accountsPerAgent, o.opening));
+        if (o.embedded) {
+          cluster->setEmbeddedConfig(a, bank::postgresAgentToml(a, copts.baseDir + "/" + a, pg->connString(dbName(a)),
+                                                                0, o.mapSizeMb));
+          continue;
+        }
         cluster->setAgentArgs(a, {"--adapter", "postgres", "--postgres", pg->connString(dbName(a)), "--statements",
                                   statements});
       }
@@ -1064,8 +1136,14 @@ int runChaos(Options o) {
       hosts->start();
       for (auto& a : hostAgents) cluster->setAgentArgs(a, hosts->agentArgs(a));
     }
-    for (auto& a : copts.agents) cluster->startAgent(a);
     for (auto& a : copts.agents) {
+      if (!o.embedded) cluster->startAgent(a);
+    }
+    for (auto& a : copts.agents) {
+      if (o.embedded) {
+        agentAddrs[a] = "";  // none while the coordinator holds it (see the header)
+        continue;
+      }
       const std::string& addr = cluster->agentAddress(a);
       auto colon = addr.rfind(':');
       proxies[a] = std::make_unique<FaultProxy>(addr.substr(0, colon), std::stoul(addr.substr(colon + 1)));
@@ -1076,12 +1154,13 @@ int runChaos(Options o) {
     coordinators = cluster->coordinatorAddresses();
     std::string list;
     for (auto& c : coordinators) list += (list.empty() ? "" : " ") + c;
-    std::printf("keel-chaos: seed %llu, %u s, %s %s%s, %u %s agents behind fault proxies%s%s\n",
+    std::printf("keel-chaos: seed %llu, %u s, %s %s%s, %u %s agents %s%s%s\n",
                 (unsigned long long)o.seed, o.durationS, o.cluster ? "coordinator cluster" : "coordinator",
                 list.c_str(), o.cluster ? (" on etcd " + etcd->prefix() + " (lease TTL " + std::to_string(o.leaseTtlS) +
                                            " s)").c_str()
                                         : "",
-                o.agents, o.adapter == "mixed" ? "mixed (ledger, host, postgres in turn)" : o.adapter.c_str(), o.tls ? ", mutual TLS on every link" : "",
+                o.agents, o.adapter == "mixed" ? "mixed (ledger, host, postgres in turn)" : o.adapter.c_str(),
+                o.embedded ? "embedded in the coordinator" : "behind fault proxies", o.tls ? ", mutual TLS on every link" : "",
                 o.selfCheck ? ", SELF-CHECK: bank-1 commits what it is told to roll back" : "");
   } else {
     coordinators = {o.externalCoordinator};
@@ -1177,6 +1256,7 @@ int runChaos(Options o) {
       std::fflush(stdout);
       kj::Vector<kj::Promise<void>> samples;
       for (auto& [n, a] : agentAddrs) {
+        if (a.empty()) continue;  // embedded: its database is sampled above
         samples.add(io.provider->getTimer()
                         .timeoutAfter(300 * kj::MILLISECONDS, books(io, a))
                         .then([&](AgentBooks b) {
@@ -1206,8 +1286,20 @@ int runChaos(Options o) {
     }
     return true;
   };
-  bool resolved = waitResolved(io, coordinators, agentAddrs, std::chrono::seconds(o.healTimeoutS), hostSettled);
+  std::map<std::string, std::string> reachable;  // agents with an address of their own (not embedded)
+  for (auto& [n, a] : agentAddrs) {
+    if (!a.empty()) reachable[n] = a;
+  }
+  bool resolved = waitResolved(io, coordinators, reachable, std::chrono::seconds(o.healTimeoutS), hostSettled);
   Micros resolvedAt = wallMicros();
+  if (o.embedded) {
+    // The checker reads every agent's branches: the coordinator lets go of
+    // their data directories, each runs as a keel-agent on its own config
+    // file for the reads below, and the coordinator is started again (by
+    // readCoordinators' revive) once they are stopped.
+    cluster->stopCoordinator();
+    for (auto& [n, a] : agentAddrs) a = n + "@" + cluster->startEmbeddedAsAgent(n);
+  }
   std::uint64_t plantedSeq = 0;
   if (etcd) {
     etcd->stopSampling();
@@ -1230,6 +1322,10 @@ int runChaos(Options o) {
     in.branches.insert(in.branches.end(), list.begin(), list.end());
     in.books.push_back(readBooks(io, n, a, pg.get(), hosts.get()));
     if (hosts && hosts->has(n)) in.hostKeys[n] = hosts->keyStates(n);
+  }
+  if (o.embedded) {
+    for (auto& [n, a] : agentAddrs) cluster->stopAgent(n);
+    cluster->startCoordinator();
   }
   std::vector<std::string> requestIds;
   for (auto& at : in.attempts) {
@@ -1406,6 +1502,8 @@ int main(int argc, char** argv) {
   app.add_option("--min-takeovers", o.minimums.takeovers,
                  "--cluster: fail (exit 3) unless survivors finished at least this many dead coordinators' work")
       ->capture_default_str();
+  app.add_flag("--embedded", o.embedded,
+               "--adapter postgres: the agents run inside the coordinator's process (docs/chaos.md, \"--embedded\")");
   app.add_option("--coordinator", o.externalCoordinator, "use this running coordinator (no processes started)");
   app.add_option("--agent", o.externalAgents, "NAME=HOST:PORT of a running agent (with --coordinator)");
   CLI11_PARSE(app, argc, argv);
@@ -1446,6 +1544,11 @@ int main(int argc, char** argv) {
                          "--adapter %s or --coordinator)\n", o.adapter == "ledger" ? "postgres, host, mixed" : o.adapter.c_str());
     return 2;
   }
+  if (o.embedded && (o.adapter != "postgres" || o.cluster || o.tls || !o.externalCoordinator.empty())) {
+    std::fprintf(stderr, "keel-chaos: --embedded runs postgres agents inside one coordinator: --adapter postgres, "
+                         "and not with --cluster, --tls or --coordinator\n");
+    return 2;
+  }
   if (o.cluster && o.requireFaults.empty() && o.faults) o.requireFaults = "coordinator-kill,etcd-kill";
   if (o.requireFaults == "none") o.requireFaults.clear();
   if (!o.firstFault.empty() && !withPostgres) {
@@ -1458,7 +1561,7 @@ int main(int argc, char** argv) {
                            "--coordinator)\n");
       return 2;
     }
-    auto drawn = keel::chaos::faultKinds(withPostgres, withHosts, o.cluster);
+    auto drawn = keel::chaos::faultKinds(withPostgres, withHosts, o.cluster, o.embedded);
     if (o.requireFaults == "all") {
       o.minimums.faults = drawn;
     } else {
