@@ -1499,6 +1499,37 @@ TEST_F(PostgresEmbeddedTest, AnOverdraftKilledBeforeItsNoVoteIsRolledBackNotComm
   EXPECT_EQ(balance("bank_b", "bob"), 1);
 }
 
+// A one-phase transfer inside bank-a whose agent work outlasts the
+// coordinator's 1 s call deadline, held (a) before its ACTIVE intent and (b)
+// after it, before COMMIT: the client hears "in doubt", the coordinator
+// rolls back, and whatever the end, the coordinator's record and
+// PostgreSQL must agree (keel-chaos --embedded seed 7 once ended with a
+// one-phase branch committed whose rollback had been confirmed).
+TEST_F(PostgresEmbeddedTest, AOnePhaseCallPastItsDeadlineEndsTheSameAtTheCoordinatorAndInPostgres) {
+  std::int64_t alice = 1000, bob = 0;
+  for (const char* fp : {"pg.before_one_phase_intent=1*delay(1500)", "agent.before_commit_durable=1*delay(1500)"}) {
+    cluster_->stopCoordinator();
+    cluster_->startCoordinator(fp);
+    reconnect();
+    auto o = submit({debit("bank-a", "alice", 100), credit("bank-a", "bob", 100)});
+    EXPECT_EQ(o.outcome, ClientOutcome::InDoubt) << fp << ": " << o.reason;
+    ASSERT_TRUE(eventually([&] {
+      auto q = query(o.seq);
+      return q && q->interaction.finished() && prepared("bank_a") == 0;
+    }, std::chrono::seconds(15))) << fp;
+    auto q = query(o.seq);
+    if (q->interaction.state == InteractionRecord::State::Committed) {
+      alice -= 100;
+      bob += 100;
+    } else {
+      EXPECT_EQ(q->interaction.state, InteractionRecord::State::RolledBack) << fp;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1700));  // the held work has run by now
+    EXPECT_EQ(balance("bank_a", "alice"), alice) << fp << ": coordinator says " << stateName(q->interaction.state);
+    EXPECT_EQ(balance("bank_a", "bob"), bob) << fp;
+  }
+}
+
 // A coordinator whose embedded participant's config is wrong refuses to
 // start with the file and the fix named, and touches nothing.
 TEST(PostgresEmbeddedConfig, ABadEmbeddedConfigRefusesTheStartAndTouchesNothing) {
