@@ -112,7 +112,6 @@ class ParticipantLink final : private kj::TaskSet::ErrorHandler {
   // `cap`, in-process, instead of over a connection to address(). Before the
   // first call.
   void useLocal(wire::Participant::Client cap) { local_ = kj::mv(cap); }
-  bool local() const { return local_ != nullptr; }
 
   // The limits the participant asked for at connect (Participant.batching;
   // 0 = the coordinator's own). Phase-2 messages carry 8 × as many.

@@ -52,8 +52,6 @@ EmbeddedParticipant::EmbeddedParticipant(AgentConfig cfg, kj::AsyncIoContext& io
   backend_ = makeBackend(cfg_, io);
 }
 
-EmbeddedParticipant::~EmbeddedParticipant() { cap_ = nullptr; }
-
 void EmbeddedParticipant::start() {
   backend_->start();
   auto impl = kj::heap<ParticipantImpl>(*backend_);  // no backup server: keelctl backup is for keel-agent

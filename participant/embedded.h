@@ -44,7 +44,6 @@ class EmbeddedParticipant {
   // coordinator runs every embedded participant's before it touches its
   // own data directory).
   EmbeddedParticipant(AgentConfig cfg, kj::AsyncIoContext& io, bool init);
-  ~EmbeddedParticipant();
 
   // The start-up writes (ParticipantBackend::start). Once, before client().
   void start();
@@ -53,9 +52,6 @@ class EmbeddedParticipant {
   wire::Participant::Client client() { return cap_.castAs<wire::Participant>(); }
 
   const std::string& name() const { return cfg_.name; }
-  const std::string& dataDir() const { return cfg_.dataDir; }
-  ParticipantBackend& backend() { return *backend_; }
-  const AgentMetrics& metrics() const { return metrics_; }
 
  private:
   AgentConfig cfg_;

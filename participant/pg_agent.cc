@@ -279,10 +279,6 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   // count is checked, PREPARE TRANSACTION is a second round trip, sent only
   // once every count is right (prepareOnLoop): every transaction this agent
   // ever prepares passed its checks.
-  bool withPrepare = true;
-  for (const auto& op : ops) {
-    if (keel::requiredRows(declared(op), op) >= 0) withPrepare = false;
-  }
   if (PQenterPipelineMode(c) != 1) lc.lost("entering pipeline mode");
   auto send = [&](const std::string& sql, const Call* p) {
     int ok = p != nullptr ? PQsendQueryParams(c, sql.c_str(), p->count(), p->types.data(), p->values.data(), nullptr,
@@ -300,6 +296,7 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   // The txid goes into the PREPARED record: once the gid is gone, its
   // txid_status tells whether PostgreSQL committed or rolled it back.
   send("SELECT txid_current()", nullptr);
+  bool withPrepare = std::none_of(calls.begin(), calls.end(), [](const Call& k) { return k.requiredRows >= 0; });
   if (withPrepare) send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
   if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
   return withPrepare;

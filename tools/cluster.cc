@@ -1,5 +1,6 @@
 #include "tools/cluster.h"
 
+#include "common/config.h"
 #include "tools/certs.h"
 
 #include <arpa/inet.h>
@@ -118,14 +119,14 @@ void LocalCluster::setEmbeddedConfig(const std::string& name, const std::string&
   f << toml;
   f.close();
   if (!f) throw std::runtime_error("cannot write " + path);
-  agentAddr_[name] = "embedded:" + path;
+  agentAddr_[name] = kEmbeddedPrefix + path;
 }
 
 std::string LocalCluster::startEmbeddedAsAgent(const std::string& name) {
   if (!embedded(name)) throw std::runtime_error("agent " + name + " is not embedded");
   std::string ready = opts_.baseDir + "/" + name + ".ready";
   fs::remove(ready);
-  std::string config = agentAddr_.at(name).substr(std::string("embedded:").size());
+  std::string config = embeddedConfigFile(agentAddr_.at(name));
   agents_.at(name).start(opts_.binDir + "/keel-agent",
                          {"--config", config, "--listen", "127.0.0.1:0", "--insecure", "--ready-file", ready},
                          agentLog(name), {});

@@ -120,6 +120,8 @@ TEST(KeelBench, BadFlagsAreRefusedClearly) {
   expectRefused("--adapter host --host-outage 10 --duration 5", "needs --duration of at least");
   expectRefused("--backup-at 9 --duration 5", "needs --duration of at least");
   expectRefused("--backup-at 2 --sweep", "--backup-at runs one keel-mode load");
+  expectRefused("--embedded", "--embedded runs postgres agents inside one coordinator");
+  expectRefused("--adapter postgres --embedded --floor", "--floor times a round trip to an agent process");
 }
 
 // keel-bench-journal on a small generated WAL, and on a small archive: every

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "common/config.h"
+#include "common/daemon.h"
 #include "tests/integration/cluster_fixture.h"
 #include "tools/bank_sql.h"
 #include "tools/host_process.h"
@@ -66,6 +67,24 @@ TEST_F(ConfigTest, CoordinatorRejectsMalformedConfigs) {
   auto r = run(binDir() + "/keel-coordinator --config " + dir_ + "/absent.toml");
   EXPECT_EQ(r.exitCode, 2);
   EXPECT_NE(r.output.find("absent.toml"), std::string::npos) << r.output;
+}
+
+// --restore-from asks every participant over the network what it holds; an
+// embedded participant answers only inside a running coordinator, so the
+// restore is refused with what to do, and nothing is made.
+TEST_F(ConfigTest, RestoreWithAnEmbeddedParticipantIsRefusedWithWhatToDo) {
+  write("bank-a.toml", "[agent]\nname = \"bank-a\"\ndata_dir = \"" + dir_ + "/bank-a\"\n");
+  std::string cfg = write("coordinator.toml", "[coordinator]\ndata_dir = \"" + dir_ +
+                                                  "/coordinator\"\n[participants]\nbank-a = \"embedded:bank-a.toml\"\n"
+                                                  "[tls]\ninsecure = true\n");
+  auto r = run(binDir() + "/keel-coordinator --config " + cfg + " --restore-from " + dir_ + "/no-backup");
+  EXPECT_EQ(r.exitCode, kExitBadConfig) << r.output;
+  EXPECT_NE(r.output.find("embedded participants (bank-a) answer only inside a running coordinator"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("keel-agent --config FILE"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/coordinator"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/bank-a"));
 }
 
 TEST_F(ConfigTest, AgentRejectsMalformedConfigs) {
