@@ -1,5 +1,6 @@
 #include "common/statements.h"
 
+#include <algorithm>
 #include <cctype>
 
 namespace keel {
@@ -68,18 +69,20 @@ std::string paramTypeName(StatementParam p) {
 
 const char* knownParamTypes() { return "int8, text, float8, bool (a '?' after one allows null: text?)"; }
 
-std::string checkSql(std::string_view sql, std::size_t paramCount) {
-  if (sql.find_first_not_of(" \t\r\n") == std::string_view::npos) return "sql is empty";
-  if (sql.size() > Limits::kMaxSqlBytes) {
-    return "sql is " + std::to_string(sql.size()) + " bytes long; the limit is " + std::to_string(Limits::kMaxSqlBytes);
-  }
-  std::vector<bool> used(paramCount, false);
+std::string maskSqlQuotes(std::string_view sql) {
+  std::string out(sql);
   std::size_t i = 0;
+  auto blank = [&](std::size_t from, std::size_t to) {  // [from, to) becomes spaces, newlines kept
+    for (std::size_t k = from; k < to && k < out.size(); ++k) {
+      if (out[k] != '\n') out[k] = ' ';
+    }
+  };
   auto skipTo = [&](std::string_view end) {  // past the next `end`, or to the end of the text
     auto at = sql.find(end, i);
     i = at == std::string_view::npos ? sql.size() : at + end.size();
   };
   while (i < sql.size()) {
+    const std::size_t from = i;
     char c = sql[i];
     if (c == '\'') {  // a string literal; E'...' also escapes with a backslash
       bool escapes = i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') && (i < 2 || !identChar(sql[i - 2]));
@@ -94,40 +97,53 @@ std::string checkSql(std::string_view sql, std::size_t paramCount) {
           }
         }
       }
-      ++i;
+      i = std::min(i + 1, sql.size());
+      blank(from, i);
     } else if (c == '"') {
       ++i;
       skipTo("\"");
+      blank(from, i);
     } else if (c == '-' && i + 1 < sql.size() && sql[i + 1] == '-') {
       skipTo("\n");
+      blank(from, i);
     } else if (c == '/' && i + 1 < sql.size() && sql[i + 1] == '*') {
       i += 2;
       skipTo("*/");
-    } else if (c == '$' && (i == 0 || !identChar(sql[i - 1]))) {
-      std::size_t tagEnd = dollarTagEnd(sql, i);
-      if (tagEnd != std::string_view::npos) {  // a dollar-quoted string: to the same tag again
-        std::string_view tag = sql.substr(i, tagEnd + 1 - i);
-        i = tagEnd + 1;
-        skipTo(tag);
-        continue;
-      }
-      std::size_t k = i + 1;
-      while (k < sql.size() && std::isdigit(static_cast<unsigned char>(sql[k]))) ++k;
-      if (k == i + 1) {
-        ++i;
-        continue;
-      }
-      std::string_view digits = sql.substr(i + 1, k - i - 1);
-      std::size_t n = digits.size() > 6 ? std::size_t(-1) : std::stoul(std::string(digits));
-      if (n == 0 || n > paramCount) {
-        return "sql uses $" + std::string(digits) + " but params declares " + std::to_string(paramCount) +
-               " parameter(s)";
-      }
-      used[n - 1] = true;
-      i = k;
+      blank(from, i);
+    } else if (c == '$' && (i == 0 || !identChar(sql[i - 1])) && dollarTagEnd(sql, i) != std::string_view::npos) {
+      std::size_t tagEnd = dollarTagEnd(sql, i);  // a dollar-quoted string: to the same tag again
+      std::string_view tag = sql.substr(i, tagEnd + 1 - i);
+      i = tagEnd + 1;
+      skipTo(tag);
+      blank(from, i);
     } else {
       ++i;
     }
+  }
+  return out;
+}
+
+std::string checkSql(std::string_view sql, std::size_t paramCount) {
+  if (sql.find_first_not_of(" \t\r\n") == std::string_view::npos) return "sql is empty";
+  if (sql.size() > Limits::kMaxSqlBytes) {
+    return "sql is " + std::to_string(sql.size()) + " bytes long; the limit is " + std::to_string(Limits::kMaxSqlBytes);
+  }
+  // Only the SQL itself: $n inside quotes and comments is no parameter.
+  const std::string code = maskSqlQuotes(sql);
+  std::vector<bool> used(paramCount, false);
+  for (std::size_t i = 0; i < code.size(); ++i) {
+    if (code[i] != '$' || (i > 0 && identChar(code[i - 1]))) continue;
+    std::size_t k = i + 1;
+    while (k < code.size() && std::isdigit(static_cast<unsigned char>(code[k]))) ++k;
+    if (k == i + 1) continue;
+    std::string_view digits = std::string_view(code).substr(i + 1, k - i - 1);
+    std::size_t n = digits.size() > 6 ? std::size_t(-1) : std::stoul(std::string(digits));
+    if (n == 0 || n > paramCount) {
+      return "sql uses $" + std::string(digits) + " but params declares " + std::to_string(paramCount) +
+             " parameter(s)";
+    }
+    used[n - 1] = true;
+    i = k - 1;
   }
   for (std::size_t n = 0; n < paramCount; ++n) {
     if (!used[n]) {

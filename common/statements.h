@@ -46,6 +46,12 @@ std::string paramTypeName(StatementParam p);
 // "int8, text, float8, bool (a '?' after one allows null: text?)".
 const char* knownParamTypes();
 
+// `sql` with every string literal, quoted identifier, dollar-quoted string
+// and comment (quotes and markers included) turned into spaces, newlines
+// kept: the same length, so a position in it is one in `sql`. What is left
+// is the SQL's own words, operators and $n parameters.
+std::string maskSqlQuotes(std::string_view sql);
+
 // "" when `sql` fits a declaration of `paramCount` parameters: not empty
 // (nor only blanks), at most Limits::kMaxSqlBytes, every $n it uses is 1..
 // paramCount and each of $1..$paramCount is used. $n inside string

@@ -10,6 +10,7 @@
 
 #include "common/failpoint.h"
 #include "common/log.h"
+#include "participant/adapters/pg_row_check.h"
 #include "participant/adapters/pg_sql.h"
 
 namespace keel {
@@ -73,6 +74,9 @@ PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
                              "statements\")");
   }
   log_.check();
+  for (const auto& [name, decl] : opts_.statements) {
+    if (auto cut = pg::rowCheckable(decl.sql)) checkable_.emplace(name, std::move(*cut));
+  }
   GroupCommitLog::Options lo;
   lo.lazyDelay = std::chrono::milliseconds(opts_.lazyDelayMs);
   log_.setLogOptions(lo);
@@ -152,18 +156,29 @@ std::optional<std::string> PgAgent::validate(const std::vector<Op>& ops) const {
 
 const DeclaredStatement& PgAgent::declared(const Op& op) const { return opts_.statements.at(op.statementName); }
 
+const std::string* PgAgent::checkableSql(const Op& op) const {
+  auto it = checkable_.find(op.statementName);
+  return it == checkable_.end() ? nullptr : &it->second;
+}
+
 // One call of a declared statement as libpq takes it: the declaration's SQL
 // text, its parameters in text format with the declared types, and the row
 // count it must touch (-1 = any). The call was checked (validate).
+// `checkable`: the statement cut for PostgreSQL's own row check
+// (pg_row_check.h), or null when it cannot have one; with a required count
+// and a checkable statement, `checked` is the wrapped text that runs
+// instead, and PostgreSQL fails a wrong count itself.
 struct PgAgent::Call {
   const std::string& name;
   const std::string& sql;
   std::int64_t requiredRows;
+  std::string checked;  // non-empty: the wrapped text (serverChecked)
   std::vector<Oid> types;
   std::vector<std::string> texts;
   std::vector<const char*> values;
-  Call(const Op& op, const DeclaredStatement& decl)
+  Call(const Op& op, const DeclaredStatement& decl, const std::string* checkable = nullptr)
       : name(decl.name), sql(decl.sql), requiredRows(keel::requiredRows(decl, op)) {
+    if (checkable != nullptr && requiredRows >= 0) checked = pg::rowCheckedSql(*checkable, requiredRows);
     texts.reserve(op.params.size());
     for (std::size_t k = 0; k < op.params.size(); ++k) {
       const auto& p = op.params[k];
@@ -186,6 +201,12 @@ struct PgAgent::Call {
     }
   }
   int count() const { return int(values.size()); }
+  // PostgreSQL checks the row count (the wrapped text runs).
+  bool serverChecked() const { return !checked.empty(); }
+  const std::string& text() const { return serverChecked() ? checked : sql; }
+  // No row count to check, or PostgreSQL checks it: PREPARE TRANSACTION
+  // may follow in the same pipeline.
+  bool checkedBeforePrepare() const { return requiredRows < 0 || serverChecked(); }
   // The shortest text that reads back as the same double ("0.1", "1e-09").
   static std::string floatText(double f) {
     char buf[32];
@@ -204,15 +225,39 @@ pg::PgError errorOf(const PGresult* r, const std::string& what) {
   return pg::PgError(what + ": " + e.what(), e.sqlstate());
 }
 
+// The PgError of a statement that touched `got` rows where it must touch
+// `call.requiredRows`: SQLSTATE "KEEL1".
+pg::PgError wrongRowCount(const std::string& what, const Call& call, std::int64_t got) {
+  return pg::PgError(what + " touched " + std::to_string(got) + " rows, " + std::to_string(call.requiredRows) +
+                         " required",
+                     "KEEL1");
+}
+
 // The outcome of statement i (0-based) from its result; throws PgError with
-// its SQLSTATE, or "KEEL1" when it touched a number of rows it must not.
-// Reasons name it "statement 2 (debit)".
+// its SQLSTATE, or "KEEL1" when it touched a number of rows it must not
+// (found here, or by PostgreSQL for a serverChecked call). Reasons name it
+// "statement 2 (debit)".
 OpResult resultOf(PGresult* r, const Call& call, std::size_t i) {
   const std::string what = "statement " + std::to_string(i + 1) + " (" + call.name + ")";
   auto st = PQresultStatus(r);
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) throw errorOf(r, what);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    if (call.serverChecked()) {
+      const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      const char* primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+      if (state != nullptr && primary != nullptr) {
+        if (auto got = pg::rowCheckFailure(state, primary)) throw wrongRowCount(what, call, *got);
+      }
+    }
+    throw errorOf(r, what);
+  }
   OpResult out;
-  if (st == PGRES_TUPLES_OK) {
+  if (call.serverChecked()) {
+    // One row: the count PostgreSQL checked (it touched no rows to return).
+    if (st != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 1 || PQgetisnull(r, 0, 0)) {
+      throw pg::PgError(what + ": the row check returned no count", "KEEL2");
+    }
+    out.affected = std::atoll(PQgetvalue(r, 0, 0));
+  } else if (st == PGRES_TUPLES_OK) {
     out.affected = PQntuples(r);
     for (int row = 0; row < PQntuples(r); ++row) {
       std::vector<std::optional<std::string>> cells;
@@ -228,11 +273,7 @@ OpResult resultOf(PGresult* r, const Call& call, std::size_t i) {
   } else {
     out.affected = std::atoll(PQcmdTuples(r));
   }
-  if (call.requiredRows >= 0 && out.affected != call.requiredRows) {
-    throw pg::PgError(what + " touched " + std::to_string(out.affected) + " rows, " +
-                          std::to_string(call.requiredRows) + " required",
-                      "KEEL1");
-  }
+  if (call.requiredRows >= 0 && out.affected != call.requiredRows) throw wrongRowCount(what, call, out.affected);
   return out;
 }
 
@@ -269,16 +310,18 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   // An error stops PostgreSQL at that statement (the rest come back
   // "aborted"), so nothing is prepared.
   //
-  // A row count is seen only here, after the pipeline ran: were PREPARE
-  // TRANSACTION in it, a branch refused for its row count would be
-  // prepared first and undone after, and a crash in between would leave a
-  // prepared transaction without a record that start-up's reconcile cannot
-  // tell from a YES vote whose lazy record was lost — which a staged
-  // interaction's recovery reads as a YES and commits (keel-chaos
-  // --embedded found an overdraft committed so). So when a statement's row
-  // count is checked, PREPARE TRANSACTION is a second round trip, sent only
-  // once every count is right (prepareOnLoop): every transaction this agent
-  // ever prepares passed its checks.
+  // Every transaction this agent prepares must have passed its checks:
+  // a branch refused for its row count but prepared first (and undone
+  // after) leaves, if we crash in between, a prepared transaction without
+  // a record that start-up's reconcile cannot tell from a YES vote whose
+  // lazy record was lost — which a staged interaction's recovery reads as
+  // a YES and commits (keel-chaos --embedded found an overdraft committed
+  // so). So a checked row count is checked by PostgreSQL itself where the
+  // statement can be wrapped for it (pg_row_check.h): a wrong count is an
+  // error that stops the pipeline before PREPARE TRANSACTION. Where it
+  // cannot (a SELECT, a RETURNING of its own), the count is seen only here
+  // after the pipeline ran, so PREPARE TRANSACTION is a second round trip,
+  // sent only once every count is right (prepareOnLoop).
   if (PQenterPipelineMode(c) != 1) lc.lost("entering pipeline mode");
   auto send = [&](const std::string& sql, const Call* p) {
     int ok = p != nullptr ? PQsendQueryParams(c, sql.c_str(), p->count(), p->types.data(), p->values.data(), nullptr,
@@ -290,13 +333,13 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   calls.clear();
   calls.reserve(ops.size());
   for (const auto& op : ops) {
-    calls.emplace_back(op, declared(op));
-    send(calls.back().sql, &calls.back());
+    calls.emplace_back(op, declared(op), checkableSql(op));
+    send(calls.back().text(), &calls.back());
   }
   // The txid goes into the PREPARED record: once the gid is gone, its
   // txid_status tells whether PostgreSQL committed or rolled it back.
   send("SELECT txid_current()", nullptr);
-  bool withPrepare = std::none_of(calls.begin(), calls.end(), [](const Call& k) { return k.requiredRows >= 0; });
+  bool withPrepare = std::all_of(calls.begin(), calls.end(), [](const Call& k) { return k.checkedBeforePrepare(); });
   if (withPrepare) send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
   if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
   return withPrepare;
@@ -322,7 +365,10 @@ PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>&
       results.push_back(resultOf(r, calls[i], i));
     } catch (const pg::PgError& e) {
       if (e.sqlstate() == "KEEL1") {
-        out.wrongRows = e.what();  // PostgreSQL carries on (PREPARE TRANSACTION is not in this pipeline)
+        // Found by PostgreSQL (serverChecked: the rest of the pipeline
+        // comes back aborted) or here (PREPARE TRANSACTION is not in this
+        // pipeline; PostgreSQL carried on).
+        out.wrongRows = e.what();
       } else {
         statementError.emplace(e);
       }

@@ -6,7 +6,9 @@
 // branch. Free SQL text from clients is refused.
 //
 //   prepare   BEGIN; statements; SELECT txid_current(); PREPARE TRANSACTION
-//             'keel:<agent>:<seq>:<branch>:<incarnation>', in one round trip.
+//             'keel:<agent>:<seq>:<branch>:<incarnation>', in one round trip
+//             (a checked row count is checked by PostgreSQL, pg_row_check.h;
+//             where it cannot be, PREPARE TRANSACTION is a second trip).
 //             PostgreSQL's prepared transaction is the durable PREPARED
 //             state, so the vote leaves then; the branch log's PREPARED
 //             record (with the txid) follows lazily (forced first for a
@@ -179,6 +181,9 @@ class PgAgent final : public ParticipantBackend {
   // anything reaches PostgreSQL.
   std::optional<std::string> validate(const std::vector<Op>& ops) const;
   const DeclaredStatement& declared(const Op& op) const;  // of a validated op
+  // The statement of a validated op cut for PostgreSQL's own row check
+  // (pg_row_check.h), or null when it cannot have one.
+  const std::string* checkableSql(const Op& op) const;
   void reconcile();
   // PostgreSQL's prepared transactions of this agent against the branch
   // log: committed or rolled back as the log says, kept when PREPARED, and
@@ -237,7 +242,8 @@ class PgAgent final : public ParticipantBackend {
     std::uint64_t txid = 0;                    // txid_current() of the prepared transaction
   };
   // Returns whether PREPARE TRANSACTION went in the pipeline: not when a
-  // statement's row count is checked (sendOneTrip says why).
+  // statement's row count is checked by the agent, not by PostgreSQL
+  // (sendOneTrip says why).
   bool sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls);
   OneTrip readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
                       std::vector<OpResult>& results, bool withPrepare);
@@ -349,6 +355,9 @@ class PgAgent final : public ParticipantBackend {
     std::uint64_t txid = 0, epoch = 0;
     Micros preparedUs = 0;
   };
+  // Declared statements PostgreSQL can check the row count of, by name:
+  // the text cut for the wrapping (set at construction, read-only after).
+  std::map<std::string, std::string> checkable_;
   std::map<Xid, PendingVote> pending_;  // GUARDED_BY(mu_)
   // Voted YES, and the lazy PREPARED record failed (an LMDB error the
   // process survived): PostgreSQL holds the branch prepared, so

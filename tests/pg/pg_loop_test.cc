@@ -21,6 +21,7 @@
 
 #include <gtest/gtest.h>
 
+#include "participant/adapters/pg_row_check.h"
 #include "tools/pg_server.h"
 
 namespace keel::pg {
@@ -206,6 +207,78 @@ TEST_F(PgLoopTest, AServerThatTakesTheConnectionAndNeverAnswersFailsTheCallAtCon
     EXPECT_EQ(p->open(), 0u);
   }
   ::close(l);
+}
+
+// PostgreSQL's own row check (pg_row_check.h), as the agent's prepare sends
+// it: BEGIN; the wrapped statement; PREPARE TRANSACTION in one pipeline. A
+// wrong count must stop the pipeline before PREPARE TRANSACTION (nothing
+// prepared, nothing changed); the right one prepares and answers the count.
+TEST_F(PgLoopTest, ARowCheckedStatementPreparesOnlyWhenItTouchedTheRequiredRows) {
+  std::unique_ptr<PGconn, decltype(&PQfinish)> c(PQconnectdb(conninfo().c_str()), &PQfinish);
+  ASSERT_EQ(PQstatus(c.get()), CONNECTION_OK) << PQerrorMessage(c.get());
+  auto exec = [&](const std::string& sql) {
+    Result r(PQexec(c.get(), sql.c_str()));
+    EXPECT_TRUE(PQresultStatus(r.get()) == PGRES_COMMAND_OK || PQresultStatus(r.get()) == PGRES_TUPLES_OK)
+        << sql << ": " << PQresultErrorMessage(r.get());
+    return std::string(PQntuples(r.get()) > 0 ? PQgetvalue(r.get(), 0, 0) : "");
+  };
+  exec("CREATE TABLE rc (k text PRIMARY KEY, v bigint NOT NULL)");
+  exec("INSERT INTO rc VALUES ('a', 10), ('b', 10)");
+  auto cut = rowCheckable("UPDATE rc SET v = v - $1::bigint WHERE v >= $1::bigint; -- debit");
+  ASSERT_TRUE(cut);
+  const std::string sql = rowCheckedSql(*cut, 2);
+  // Runs it in one pipeline; returns (the statement's result status, its
+  // SQLSTATE and primary message, PREPARE TRANSACTION's status, the count).
+  struct Out {
+    ExecStatusType stmt, prepare;
+    std::string state, primary, count;
+  };
+  auto run = [&](const char* amount, const std::string& gid) {
+    EXPECT_EQ(PQenterPipelineMode(c.get()), 1);
+    const Oid types[] = {20};
+    const char* values[] = {amount};
+    EXPECT_EQ(PQsendQueryParams(c.get(), "BEGIN", 0, nullptr, nullptr, nullptr, nullptr, 0), 1);
+    EXPECT_EQ(PQsendQueryParams(c.get(), sql.c_str(), 1, types, values, nullptr, nullptr, 0), 1);
+    std::string prep = "PREPARE TRANSACTION '" + gid + "'";
+    EXPECT_EQ(PQsendQueryParams(c.get(), prep.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0), 1);
+    EXPECT_EQ(PQpipelineSync(c.get()), 1);
+    std::vector<Result> rs;
+    while (true) {
+      PGresult* r = PQgetResult(c.get());
+      if (r == nullptr) continue;  // the end of one query's results
+      rs.emplace_back(r);
+      if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) break;
+    }
+    EXPECT_EQ(PQexitPipelineMode(c.get()), 1);
+    EXPECT_EQ(rs.size(), 4u);
+    Out o{PQresultStatus(rs[1].get()), PQresultStatus(rs[2].get()), "", "", ""};
+    if (const char* s = PQresultErrorField(rs[1].get(), PG_DIAG_SQLSTATE)) o.state = s;
+    if (const char* s = PQresultErrorField(rs[1].get(), PG_DIAG_MESSAGE_PRIMARY)) o.primary = s;
+    if (o.stmt == PGRES_TUPLES_OK && PQntuples(rs[1].get()) == 1) o.count = PQgetvalue(rs[1].get(), 0, 0);
+    return o;
+  };
+  // 15 leaves both rows alone: 0 touched, 2 required.
+  Out wrong = run("15", "rc-wrong");
+  EXPECT_EQ(wrong.stmt, PGRES_FATAL_ERROR);
+  EXPECT_EQ(rowCheckFailure(wrong.state, wrong.primary), 0) << wrong.state << " " << wrong.primary;
+  EXPECT_EQ(wrong.prepare, PGRES_PIPELINE_ABORTED);
+  exec("ROLLBACK");
+  // 7 touches both: prepared, and the count comes back.
+  Out right = run("7", "rc-right");
+  EXPECT_EQ(right.stmt, PGRES_TUPLES_OK);
+  EXPECT_EQ(right.count, "2");
+  EXPECT_EQ(right.prepare, PGRES_COMMAND_OK);
+  EXPECT_EQ(exec("SELECT string_agg(gid, ',') FROM pg_prepared_xacts WHERE gid LIKE 'rc-%'"), "rc-right");
+  exec("COMMIT PREPARED 'rc-right'");
+  EXPECT_EQ(exec("SELECT sum(v) FROM rc"), "6");
+  // A count of 1 where 2 rows qualify is as wrong as 0.
+  exec("UPDATE rc SET v = 10 WHERE k = 'a'");
+  Out one = run("5", "rc-one");
+  EXPECT_EQ(rowCheckFailure(one.state, one.primary), 1) << one.state << " " << one.primary;
+  EXPECT_EQ(one.prepare, PGRES_PIPELINE_ABORTED);
+  exec("ROLLBACK");
+  EXPECT_EQ(exec("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'rc-%'"), "0");
+  EXPECT_EQ(exec("SELECT sum(v) FROM rc"), "13");
 }
 
 }  // namespace
