@@ -4,6 +4,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
+#include <map>
 #include <thread>
 
 #include <kj/vector.h>
@@ -173,6 +174,9 @@ struct PgAgent::Call {
   const std::string& sql;
   std::int64_t requiredRows;
   std::string checked;  // non-empty: the wrapped text (serverChecked)
+  // sendOneTrip: the name this call's text is being parsed under in its
+  // pipeline (a result of its own comes before the statement's), or "".
+  std::string parsing;
   std::vector<Oid> types;
   std::vector<std::string> texts;
   std::vector<const char*> values;
@@ -329,12 +333,36 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
                           : PQsendQueryParams(c, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0);
     if (ok != 1) lc.lost("sending a statement");
   };
+  // A declared statement runs as a named prepared statement of the
+  // connection: parsed and planned by PostgreSQL once per connection (its
+  // Parse rides the first pipeline that needs it), not once per call.
+  std::map<std::string, std::string> parsingHere;  // text -> name, Parse sent in this pipeline
+  auto sendCall = [&](Call& k) {
+    const std::string& text = k.text();
+    const std::string* name = lc.statementName(text);
+    if (name == nullptr) {
+      auto here = parsingHere.find(text);
+      if (here != parsingHere.end()) {
+        name = &here->second;
+      } else if (auto fresh = lc.newStatementName()) {
+        if (PQsendPrepare(c, fresh->c_str(), text.c_str(), k.count(), k.types.data()) != 1) {
+          lc.lost("sending a statement");
+        }
+        k.parsing = *fresh;
+        name = &parsingHere.emplace(text, std::move(*fresh)).first->second;
+      }
+    }
+    if (name == nullptr) return send(text, &k);
+    if (PQsendQueryPrepared(c, name->c_str(), k.count(), k.values.data(), nullptr, nullptr, 0) != 1) {
+      lc.lost("sending a statement");
+    }
+  };
   send("BEGIN", nullptr);
   calls.clear();
   calls.reserve(ops.size());
   for (const auto& op : ops) {
     calls.emplace_back(op, declared(op), checkableSql(op));
-    send(calls.back().text(), &calls.back());
+    sendCall(calls.back());
   }
   // The txid goes into the PREPARED record: once the gid is gone, its
   // txid_status tells whether PostgreSQL committed or rolled it back.
@@ -348,18 +376,31 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
 PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
                                       std::vector<OpResult>& results, bool withPrepare) {
   PGconn* c = lc.get();
-  // rs: the first result of BEGIN, of each statement, of SELECT
+  // rs: the first result of BEGIN, of each statement (after its Parse's
+  // where it is parsed in this pipeline: Call::parsing), of SELECT
   // txid_current() and (withPrepare) of PREPARE TRANSACTION, then the Sync's.
   results.clear();
   OneTrip out;
-  if (rs.size() != calls.size() + (withPrepare ? 4 : 3) || PQresultStatus(rs.back().get()) != PGRES_PIPELINE_SYNC) {
+  std::size_t parses = std::count_if(calls.begin(), calls.end(), [](const Call& k) { return !k.parsing.empty(); });
+  if (rs.size() != calls.size() + parses + (withPrepare ? 4 : 3) ||
+      PQresultStatus(rs.back().get()) != PGRES_PIPELINE_SYNC) {
     lc.lost("the pipeline's results");
   }
   std::optional<pg::PgError> statementError;
   PGresult* begun = rs[0].get();
   if (PQresultStatus(begun) != PGRES_COMMAND_OK) statementError.emplace(errorOf(begun, "BEGIN"));
+  std::size_t at = 1;  // the next result to read
   for (std::size_t i = 0; i < calls.size(); ++i) {
-    PGresult* r = rs[1 + i].get();
+    if (!calls[i].parsing.empty()) {
+      PGresult* parsed = rs[at++].get();
+      auto pst = PQresultStatus(parsed);
+      if (pst == PGRES_COMMAND_OK) {
+        lc.statementPrepared(calls[i].text(), calls[i].parsing);
+      } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
+        statementError.emplace(errorOf(parsed, "statement " + std::to_string(i + 1) + " (" + calls[i].name + ")"));
+      }
+    }
+    PGresult* r = rs[at++].get();
     if (statementError || PQresultStatus(r) == PGRES_PIPELINE_ABORTED) continue;
     try {
       results.push_back(resultOf(r, calls[i], i));
@@ -374,14 +415,14 @@ PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>&
       }
     }
   }
-  PGresult* txid = rs[1 + calls.size()].get();
+  PGresult* txid = rs[at].get();
   if (!statementError && PQresultStatus(txid) == PGRES_TUPLES_OK && PQntuples(txid) == 1) {
     out.txid = std::stoull(PQgetvalue(txid, 0, 0));
   } else if (!statementError && PQresultStatus(txid) != PGRES_PIPELINE_ABORTED) {
     statementError.emplace(errorOf(txid, "SELECT txid_current()"));
   }
   if (withPrepare) {
-    PGresult* prepared = rs[2 + calls.size()].get();
+    PGresult* prepared = rs[at + 1].get();
     auto pst = PQresultStatus(prepared);
     if (pst == PGRES_COMMAND_OK) {
       out.prepared = true;
@@ -394,6 +435,9 @@ PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>&
   if (PQexitPipelineMode(c) != 1) lc.lost("leaving pipeline mode");
   if (statementError) {
     if (statementError->connectionLost()) lc.lost("a statement");
+    // "cached plan must not change result type": a table under a named
+    // statement changed shape. A new session parses it afresh.
+    if (statementError->sqlstate() == "0A000") lc.poison();
     out.refused = describePgError(*statementError);
   }
   return out;

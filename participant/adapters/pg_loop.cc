@@ -72,6 +72,18 @@ LoopConn::~LoopConn() {
   if (pool_ != nullptr) pool_->connClosed();
 }
 
+const std::string* LoopConn::statementName(const std::string& text) const {
+  auto it = named_.find(text);
+  return it == named_.end() ? nullptr : &it->second;
+}
+
+std::optional<std::string> LoopConn::newStatementName() {
+  if (named_.size() >= kMaxNamedStatements) return std::nullopt;
+  return "keel_" + std::to_string(++nextName_);
+}
+
+void LoopConn::statementPrepared(const std::string& text, std::string name) { named_.emplace(text, std::move(name)); }
+
 void LoopConn::lost(const char* what) {
   poisoned_ = true;
   kj::throwFatalException(faultException("connection to PostgreSQL lost (" + std::string(what) +

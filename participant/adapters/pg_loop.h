@@ -34,6 +34,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -91,6 +92,18 @@ class LoopConn {
   [[noreturn]] void lost(const char* what);
   bool poisoned() const { return poisoned_; }
 
+  // Named prepared statements of this connection (the hot path's
+  // statements are parsed and planned once per connection, not per call):
+  // the name of `text` once PostgreSQL confirmed its Parse, else null.
+  const std::string* statementName(const std::string& text) const;
+  // A fresh name for `text`, to send with PQsendPrepare; null when this
+  // connection holds kMaxNamedStatements already (the caller sends the
+  // text unnamed: a client cannot grow a session without bound).
+  std::optional<std::string> newStatementName();
+  // PostgreSQL confirmed the Parse of `text` as `name`.
+  void statementPrepared(const std::string& text, std::string name);
+  static constexpr std::size_t kMaxNamedStatements = 128;
+
  private:
   // Resolves when the socket may have data (or after kSafetyPoll).
   kj::Promise<void> readable();
@@ -100,6 +113,8 @@ class LoopConn {
   LoopPool* pool_ = nullptr;  // told when this connection is closed
   kj::Own<SocketWatch> watch_;
   bool poisoned_ = false;
+  std::map<std::string, std::string> named_;  // statement text -> its name in this session
+  std::uint64_t nextName_ = 0;
 };
 
 // The error a result carries; nullopt when it succeeded.

@@ -54,6 +54,10 @@ expect_rows = 1
 sql = "INSERT INTO accounts VALUES ($1, coalesce($2, 0))"
 params = ["text", "int8?"]
 expect_rows = 1
+
+[statements.whole_account]
+sql = "SELECT * FROM accounts WHERE name = $1"
+params = ["text"]
 )toml";
 
 using sqlbank::credit;
@@ -213,6 +217,32 @@ TEST_F(PostgresTest, SqlErrorsBecomeClearNoVotes) {
   EXPECT_EQ(balance("bank_b", "bob"), 0);
 }
 
+// The agent runs declared statements as named prepared statements of its
+// connections (parsed once per connection). A table that changes shape
+// under one ("cached plan must not change result type" for a SELECT *)
+// fails that call, closes the connection and works on the next one: at
+// most one failed call per connection, never a connection stuck failing.
+TEST_F(PostgresTest, ATableChangingShapeUnderANamedStatementFailsAtMostOnceAConnection) {
+  auto call = [&] {
+    return submit({Op::statement("bank-a", "whole_account", {SqlValue::ofText("alice")}), credit("bank-b", "bob", 1)});
+  };
+  for (int i = 0; i < 6; ++i) ASSERT_EQ(call().outcome, ClientOutcome::Committed);
+  pgQuery(pg_->connString("bank_a"), "ALTER TABLE accounts ADD COLUMN note text");
+  int failed = 0;
+  for (int i = 0; i < 12; ++i) {
+    auto o = call();
+    if (o.outcome != ClientOutcome::Committed) {
+      ++failed;
+      EXPECT_EQ(o.outcome, ClientOutcome::RolledBack);
+      EXPECT_NE(o.reason.find("0A000"), std::string::npos) << o.reason;
+    }
+  }
+  EXPECT_GE(failed, 1) << "the named statement was not in use: nothing was tested";
+  EXPECT_LE(failed, 4) << "more failed calls than the agent has prepare connections (--pool-size 4)";
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(call().outcome, ClientOutcome::Committed);
+  ASSERT_TRUE(eventually([&] { return settled(); }));
+}
+
 TEST_F(PostgresTest, OnePhaseCommitAndResultRows) {
   auto o = submit({debit("bank-a", "alice", 10), credit("bank-a", "bob", 10),
                    Op::statement("bank-a", "list_accounts")});
@@ -253,7 +283,7 @@ TEST_F(PostgresTest, CallsThatDoNotFitTheirDeclarationAreInvalidAndRunNothing) {
   std::vector<Case> cases = {
       {Op::statement("bank-a", "drop_accounts"),
        "statement 'drop_accounts' is not declared by agent bank-a (its config declares: bump, credit, debit, "
-       "list_accounts, missing_table, open_account, overdraw_alice, read_balance, sleep)"},
+       "list_accounts, missing_table, open_account, overdraw_alice, read_balance, sleep, whole_account)"},
       {Op::statement("bank-a", "debit", {amount, alice, amount}), "statement 'debit' takes 2 parameter(s), got 3"},
       {Op::statement("bank-a", "debit", {amount}), "statement 'debit' takes 2 parameter(s), got 1"},
       {Op::statement("bank-a", "debit", {SqlValue::ofText("5"), alice}),
