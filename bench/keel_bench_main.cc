@@ -63,6 +63,7 @@ struct Flags {
   bool requestIds = false;
   bool tls = false;  // self-started processes on mutual TLS (throwaway certificates)
   bool embedded = false;  // --embedded: the postgres agents run inside the coordinator
+  bool rawPrepared = false;  // raw2pc: debit and credit as named prepared statements
   std::uint32_t batchInFlight = 2;
   std::vector<std::string> coordinatorSet;  // "key = value" lines for a self-started coordinator
   bool redo = false;                        // self-started coordinator and agents in redo mode (the default)
@@ -304,6 +305,7 @@ RunResult runOne(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const s
     o.concurrency = concurrency;
     o.window = w;
     o.seed = f.seed;
+    o.prepared = f.rawPrepared;
     return runRaw2pc(f.spec, o, s.deployment.processes);
   }
   LoadOptions o;
@@ -416,6 +418,7 @@ RunContext contextOf(const Flags& f) {
   c.warmupS = f.warmup;
   c.durationS = f.duration;
   c.embedded = f.embedded;
+  c.rawPrepared = f.rawPrepared;
   return c;
 }
 
@@ -578,6 +581,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-batch", f.noBatch, "one submit call per interaction (default: the client batches submits)");
   app.add_flag("--request-ids", f.requestIds, "every submit carries a fresh request id (idempotency key)");
   app.add_flag("--tls", f.tls, "self-started processes on mutual TLS (throwaway certificates; docs/security.md)");
+  app.add_flag("--raw-prepared", f.rawPrepared,
+               "raw2pc: send the debit and credit as named prepared statements (parsed once per connection, as the "
+               "postgres agents do) instead of as text");
   app.add_flag("--embedded", f.embedded,
                "postgres: the agents run inside the coordinator's process ([participants] NAME = \"embedded:FILE\"; "
                "docs/operations.md, \"Embedded participants\")");
@@ -670,6 +676,7 @@ int main(int argc, char** argv) {
                  "--redo, --no-redo or --scrape-metrics");
   }
   if (f.compare && f.mode == "raw2pc") return usage("--compare runs both modes: leave --mode at keel");
+  if (f.rawPrepared && !f.compare && f.mode != "raw2pc") return usage("--raw-prepared needs --compare or --mode raw2pc");
   if ((f.mode == "raw2pc" || f.compare) && (f.spec.kind != "transfer" || f.spec.readPercent != 0)) {
     return usage("raw2pc runs the transfer workload only (--workload transfer, --read-percent 0)");
   }

@@ -18,6 +18,9 @@ namespace {
 using pgcall::gidLiteral;
 using pgcall::runBoth;
 
+constexpr const char* kDebit = "raw_debit";  // --raw-prepared: the statements' names
+constexpr const char* kCredit = "raw_credit";
+
 class RawClient final : public LoadClient {
  public:
   RawClient(const WorkloadSpec& spec, const Raw2pcOptions& opts, Live& live, std::uint32_t id)
@@ -37,6 +40,16 @@ class RawClient final : public LoadClient {
         break;
       }
       PQclear(PQexec(c, ("SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs)).c_str()));
+      if (opts_.prepared) {
+        for (auto [name, sql] : {std::pair{kDebit, bank::kSqlDebit}, std::pair{kCredit, bank::kSqlCredit}}) {
+          PGresult* r = PQprepare(c, name, sql, 0, nullptr);
+          bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+          if (!ok) connectError_ = ci + ": preparing " + name + ": " + PQresultErrorMessage(r);
+          PQclear(r);
+          if (!ok) break;
+        }
+        if (!connectError_.empty()) break;
+      }
     }
     ready.count_down();
     if (!connectError_.empty()) return;
@@ -52,7 +65,8 @@ class RawClient final : public LoadClient {
     const auto t0 = monoMicros();
     auto begun = runBoth(a, {"BEGIN", {}}, b, {"BEGIN", {}});
     if (!begun.first.ok || !begun.second.ok) return fail(a, b, begun.first.ok ? begun.second.error : begun.first.error);
-    auto moved = runBoth(a, {bank::kSqlDebit, {amount, t.fromAccount}}, b, {bank::kSqlCredit, {amount, t.toAccount}});
+    auto moved = runBoth(a, {bank::kSqlDebit, {amount, t.fromAccount}, opts_.prepared ? kDebit : nullptr}, b,
+                         {bank::kSqlCredit, {amount, t.toAccount}, opts_.prepared ? kCredit : nullptr});
     bool applied = moved.first.ok && moved.second.ok && moved.first.rows == "1" && moved.second.rows == "1";
     if (!applied) {
       runBoth(a, {"ROLLBACK", {}}, b, {"ROLLBACK", {}});

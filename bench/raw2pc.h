@@ -24,6 +24,10 @@ struct Raw2pcOptions {
   std::uint32_t lockTimeoutMs = 1000;  // the postgres agents' default
   WindowOptions window;
   std::uint64_t seed = 1;
+  // The debit and credit as named prepared statements of each connection
+  // (PQprepare once, then bind and execute), as the postgres agents send
+  // declared statements; false: as text, parsed by PostgreSQL every time.
+  bool prepared = false;
 };
 
 // spec.kind must be "transfer" with read-percent 0 (std::invalid_argument

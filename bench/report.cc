@@ -72,7 +72,8 @@ void addContextFields(JsonObject& j, const RunContext& c) {
       .add("threads", c.threads)
       .add("warmup_s", c.warmupS)
       .add("duration_s", c.durationS)
-      .addRaw("embedded_agents", c.embedded ? "true" : "false");
+      .addRaw("embedded_agents", c.embedded ? "true" : "false")
+      .addRaw("raw2pc_prepared", c.rawPrepared ? "true" : "false");
 }
 
 double groupCpuUs(const RunResult& r, std::initializer_list<const char*> prefixes) {
@@ -220,6 +221,7 @@ void printRun(std::FILE* out, const RunResult& r, const RunContext& c) {
   std::fprintf(out, "%s  %s/%s  concurrency %u over %u connections  window %.2f s\n", r.mode.c_str(),
                c.adapter.c_str(), c.workload.c_str(), r.concurrency, r.connections, r.seconds);
   if (c.embedded && r.mode == "keel") std::fprintf(out, "  agents embedded in the coordinator's process\n");
+  if (c.rawPrepared && r.mode == "raw2pc") std::fprintf(out, "  debit and credit as named prepared statements (--raw-prepared)\n");
   std::fprintf(out, "  committed %llu  rolled back %llu (unexpected %llu)  errors %llu\n",
                (unsigned long long)r.committed, (unsigned long long)r.rolledBack,
                (unsigned long long)r.unexpectedRollbacks, (unsigned long long)r.errors);

@@ -40,6 +40,7 @@ struct RunContext {
   std::uint32_t rollbackPercent = 0, readPercent = 0;
   double warmupS = 0, durationS = 0;
   bool embedded = false;  // --embedded: the agents ran inside the coordinator's process
+  bool rawPrepared = false;  // --raw-prepared: raw2pc sent named prepared statements
 };
 
 // The run's fields (prefix "" for keel; "raw2pc_" for the baseline's own

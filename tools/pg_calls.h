@@ -16,6 +16,7 @@ namespace keel::pgcall {
 struct Stmt {
   std::string sql;
   std::vector<std::string> params;  // $1, $2, ... as text
+  const char* prepared = nullptr;   // the name of `sql` prepared on the connection (PQprepare), or null: sent as text
 };
 
 // What one statement did: whether it ran, the rows it touched, and
@@ -30,6 +31,9 @@ struct Answer {
 inline bool send(PGconn* c, const Stmt& s) {
   std::vector<const char*> values;
   for (auto& p : s.params) values.push_back(p.c_str());
+  if (s.prepared != nullptr) {
+    return PQsendQueryPrepared(c, s.prepared, int(values.size()), values.data(), nullptr, nullptr, 0) == 1;
+  }
   return PQsendQueryParams(c, s.sql.c_str(), int(values.size()), nullptr, values.data(), nullptr, nullptr, 0) == 1;
 }
 

@@ -122,6 +122,7 @@ TEST(KeelBench, BadFlagsAreRefusedClearly) {
   expectRefused("--backup-at 2 --sweep", "--backup-at runs one keel-mode load");
   expectRefused("--embedded", "--embedded runs postgres agents inside one coordinator");
   expectRefused("--adapter postgres --embedded --floor", "--floor times a round trip to an agent process");
+  expectRefused("--adapter postgres --raw-prepared", "--raw-prepared needs --compare or --mode raw2pc");
 }
 
 // keel-bench-journal on a small generated WAL, and on a small archive: every
