@@ -402,6 +402,11 @@ int runScraped(kj::AsyncIoContext& io, const Setup& s, const Flags& f, const Run
     j.addRaw("scraped_ratios", arr + "]");
     j.add("scraped_ratio_median", median);
   }
+  bool answered = true;  // every window answered something (no scrape ratio on empty work)
+  for (const auto* runs : {&scraped, &unscraped}) {
+    for (const auto& r : *runs) answered = answeredSomething(stderr, r) && answered;
+  }
+  if (!answered) return 2;
   return all.failures == 0 && all.scrapes > 0 && consoleCalls.failures == 0 && consoleCalls.scrapes > 0 ? 0 : 1;
 }
 
@@ -781,9 +786,11 @@ int main(int argc, char** argv) {
       for (auto c : f.sweepLevels) {
         SweepPoint p{runOne(io, s, f, f.mode, c), std::nullopt};
         printRun(stdout, p.keel, ctx);
+        if (!answeredSomething(stderr, p.keel)) rc = 2;  // the table is written; the run fails
         if (f.compare) {
           p.raw2pc = runOne(io, s, f, "raw2pc", c);
           printRun(stdout, *p.raw2pc, ctx);
+          if (!answeredSomething(stderr, *p.raw2pc)) rc = 2;
           printCpuComparison(p.keel, *p.raw2pc);
         }
         JsonObject pj;

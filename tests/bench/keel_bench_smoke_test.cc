@@ -4,9 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
 
 #include "tests/bench/bench_cli.h"
+#include "tools/cluster.h"
 
 namespace keel::test {
 namespace {
@@ -106,6 +112,34 @@ TEST(KeelBench, BackupAtCopiesTheWalUnderTheLoad) {
   EXPECT_GT(r.fields["backup_before_per_s"].number(), 0);
   EXPECT_GT(r.fields["backup_after_per_s"].number(), 0);
   EXPECT_GT(r.fields["committed"].number(), 0);
+}
+
+// A measured window that answered no interaction fails the run (exit 2),
+// in a sweep as in a single run. The deployment is one of ours whose
+// coordinator holds every interaction 3 s after its seq is assigned
+// (failpoint; keel-bench passes no failpoints to what it starts itself);
+// the window lasts 1 s.
+TEST(KeelBench, ASweepLevelThatAnsweredNothingFailsTheRun) {
+  char dir[] = "/tmp/keel-bench-nothing-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  {
+    ClusterOptions o;
+    o.binDir = KEEL_BIN_DIR;
+    o.baseDir = std::string(dir) + "/cluster";
+    LocalCluster c(o);
+    for (const auto& a : c.agentNames()) c.startAgent(a);
+    c.startCoordinator("coord.after_seq_assigned=delay(3000)");
+    std::string args = "--coordinator " + c.coordinatorAddress() + " --sweep --sweep-levels 1 --duration 1 --warmup 0 "
+                       "--floor-samples 20 --accounts 20 --quiet --out " + std::string(dir) + "/out";
+    for (const auto& a : c.agentNames()) args += " --agent " + a + "=" + c.agentAddress(a);
+    auto r = run(args, true);
+    EXPECT_EQ(r.exitCode, 2) << r.out;
+    EXPECT_NE(r.out.find("keel-bench: keel answered no interaction in its"), std::string::npos) << r.out;
+    // The table is still written.
+    EXPECT_EQ(::access((std::string(dir) + "/out/sweep.md").c_str(), F_OK), 0) << r.out;
+    c.stopAll();
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(KeelBench, BadFlagsAreRefusedClearly) {
