@@ -25,6 +25,10 @@ namespace {
 // Type OIDs of the parameters we send: the declared types.
 constexpr Oid kInt8 = 20, kText = 25, kBool = 16, kFloat8 = 701;
 
+// The name of `SELECT txid_current()` on the prepare connections (their
+// set-up SQL prepares it); the declared statements' names are keel_<n>.
+constexpr const char* kTxidStatement = "keel_txid";
+
 // txid_status() of a transaction: "committed", "aborted", "in progress", or
 // "" when PostgreSQL cannot tell (no txid recorded, NULL: too old to tell, or
 // a txid this server has not reached). Throws while PostgreSQL is unreachable.
@@ -93,8 +97,11 @@ PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
   finishPool_ =
       std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize), "", [this] { reconnected(); });
   // The same on the loop, for the hot path (pg_loop.h).
+  // Its connections also hold `SELECT txid_current()` as a named
+  // statement (kTxidStatement), sent with every prepare.
   loopPrepare_ = std::make_unique<pg::LoopPool>(io.unixEventPort, timer_, opts_.conninfo, opts_.poolSize,
-                                                "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs),
+                                                "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs) +
+                                                    "; PREPARE " + kTxidStatement + " AS SELECT txid_current()",
                                                 [this] { reconnected(); });
   loopFinish_ = std::make_unique<pg::LoopPool>(io.unixEventPort, timer_, opts_.conninfo,
                                                std::max<std::size_t>(2, opts_.poolSize), "", [this] { reconnected(); });
@@ -366,7 +373,8 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   }
   // The txid goes into the PREPARED record: once the gid is gone, its
   // txid_status tells whether PostgreSQL committed or rolled it back.
-  send("SELECT txid_current()", nullptr);
+  // (SELECT txid_current(), prepared when the connection was opened.)
+  if (PQsendQueryPrepared(c, kTxidStatement, 0, nullptr, nullptr, nullptr, 0) != 1) lc.lost("sending a statement");
   bool withPrepare = std::all_of(calls.begin(), calls.end(), [](const Call& k) { return k.checkedBeforePrepare(); });
   if (withPrepare) send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
   if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
