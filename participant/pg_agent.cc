@@ -80,7 +80,10 @@ PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
   }
   log_.check();
   for (const auto& [name, decl] : opts_.statements) {
-    if (auto cut = pg::rowCheckable(decl.sql)) checkable_.emplace(name, std::move(*cut));
+    if (auto cut = pg::rowCheckable(decl.sql)) {
+      std::string wrapped = decl.expectRows >= 0 ? pg::rowCheckedSql(*cut, decl.expectRows) : "";
+      checkable_.emplace(name, RowCheckable{std::move(*cut), std::move(wrapped)});
+    }
   }
   GroupCommitLog::Options lo;
   lo.lazyDelay = std::chrono::milliseconds(opts_.lazyDelayMs);
@@ -164,7 +167,7 @@ std::optional<std::string> PgAgent::validate(const std::vector<Op>& ops) const {
 
 const DeclaredStatement& PgAgent::declared(const Op& op) const { return opts_.statements.at(op.statementName); }
 
-const std::string* PgAgent::checkableSql(const Op& op) const {
+const PgAgent::RowCheckable* PgAgent::checkableSql(const Op& op) const {
   auto it = checkable_.find(op.statementName);
   return it == checkable_.end() ? nullptr : &it->second;
 }
@@ -172,24 +175,34 @@ const std::string* PgAgent::checkableSql(const Op& op) const {
 // One call of a declared statement as libpq takes it: the declaration's SQL
 // text, its parameters in text format with the declared types, and the row
 // count it must touch (-1 = any). The call was checked (validate).
-// `checkable`: the statement cut for PostgreSQL's own row check
+// `checkable`: the statement prepared for PostgreSQL's own row check
 // (pg_row_check.h), or null when it cannot have one; with a required count
-// and a checkable statement, `checked` is the wrapped text that runs
-// instead, and PostgreSQL fails a wrong count itself.
+// and a checkable statement, the wrapped text runs instead (the declared
+// count's made once, an operation's own count's here), and PostgreSQL
+// fails a wrong count itself.
 struct PgAgent::Call {
   const std::string& name;
   const std::string& sql;
   std::int64_t requiredRows;
-  std::string checked;  // non-empty: the wrapped text (serverChecked)
+  // The wrapped text (serverChecked): the agent's for the declared count,
+  // or made for this call's own count.
+  const std::string* sharedChecked = nullptr;
+  std::string ownChecked;
   // sendOneTrip: the name this call's text is being parsed under in its
   // pipeline (a result of its own comes before the statement's), or "".
   std::string parsing;
   std::vector<Oid> types;
   std::vector<std::string> texts;
   std::vector<const char*> values;
-  Call(const Op& op, const DeclaredStatement& decl, const std::string* checkable = nullptr)
+  Call(const Op& op, const DeclaredStatement& decl, const RowCheckable* checkable = nullptr)
       : name(decl.name), sql(decl.sql), requiredRows(keel::requiredRows(decl, op)) {
-    if (checkable != nullptr && requiredRows >= 0) checked = pg::rowCheckedSql(*checkable, requiredRows);
+    if (checkable != nullptr && requiredRows >= 0) {
+      if (requiredRows == decl.expectRows) {
+        sharedChecked = &checkable->wrapped;
+      } else {
+        ownChecked = pg::rowCheckedSql(checkable->cut, requiredRows);
+      }
+    }
     texts.reserve(op.params.size());
     for (std::size_t k = 0; k < op.params.size(); ++k) {
       const auto& p = op.params[k];
@@ -213,8 +226,8 @@ struct PgAgent::Call {
   }
   int count() const { return int(values.size()); }
   // PostgreSQL checks the row count (the wrapped text runs).
-  bool serverChecked() const { return !checked.empty(); }
-  const std::string& text() const { return serverChecked() ? checked : sql; }
+  bool serverChecked() const { return sharedChecked != nullptr || !ownChecked.empty(); }
+  const std::string& text() const { return sharedChecked != nullptr ? *sharedChecked : ownChecked.empty() ? sql : ownChecked; }
   // No row count to check, or PostgreSQL checks it: PREPARE TRANSACTION
   // may follow in the same pipeline.
   bool checkedBeforePrepare() const { return requiredRows < 0 || serverChecked(); }

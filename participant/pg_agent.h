@@ -183,7 +183,11 @@ class PgAgent final : public ParticipantBackend {
   const DeclaredStatement& declared(const Op& op) const;  // of a validated op
   // The statement of a validated op cut for PostgreSQL's own row check
   // (pg_row_check.h), or null when it cannot have one.
-  const std::string* checkableSql(const Op& op) const;
+  struct RowCheckable {
+    std::string cut;      // the statement cut for the wrapping (pg::rowCheckable)
+    std::string wrapped;  // wrapped for the declared expect_rows; "" when it declares none
+  };
+  const RowCheckable* checkableSql(const Op& op) const;
   void reconcile();
   // PostgreSQL's prepared transactions of this agent against the branch
   // log: committed or rolled back as the log says, kept when PREPARED, and
@@ -355,9 +359,10 @@ class PgAgent final : public ParticipantBackend {
     std::uint64_t txid = 0, epoch = 0;
     Micros preparedUs = 0;
   };
-  // Declared statements PostgreSQL can check the row count of, by name:
-  // the text cut for the wrapping (set at construction, read-only after).
-  std::map<std::string, std::string> checkable_;
+  // Declared statements PostgreSQL can check the row count of, by name
+  // (set at construction, read-only after): the wrapped text of a declared
+  // count is made once, not per call.
+  std::map<std::string, RowCheckable> checkable_;
   std::map<Xid, PendingVote> pending_;  // GUARDED_BY(mu_)
   // Voted YES, and the lazy PREPARED record failed (an LMDB error the
   // process survived): PostgreSQL holds the branch prepared, so

@@ -55,6 +55,10 @@ sql = "INSERT INTO accounts VALUES ($1, coalesce($2, 0))"
 params = ["text", "int8?"]
 expect_rows = 1
 
+[statements.touch]
+sql = "UPDATE accounts SET balance = balance WHERE name = $1"
+params = ["text"]
+
 [statements.whole_account]
 sql = "SELECT * FROM accounts WHERE name = $1"
 params = ["text"]
@@ -243,6 +247,22 @@ TEST_F(PostgresTest, ATableChangingShapeUnderANamedStatementFailsAtMostOnceAConn
   ASSERT_TRUE(eventually([&] { return settled(); }));
 }
 
+// A statement declared with any row count, called with a count of the
+// operation's own: PostgreSQL checks that count (the wrapping made for the
+// call, not the declaration's), in a two-phase branch.
+TEST_F(PostgresTest, AnOperationsOwnRowCountIsCheckedByPostgres) {
+  auto touch = [](std::int64_t rows) {
+    return Op::statement("bank-a", "touch", {SqlValue::ofText("alice")}, rows);
+  };
+  auto ok = submit({touch(1), credit("bank-b", "bob", 1)});
+  EXPECT_EQ(ok.outcome, ClientOutcome::Committed) << ok.reason;
+  auto wrong = submit({touch(2), credit("bank-b", "bob", 1)});
+  ASSERT_EQ(wrong.outcome, ClientOutcome::RolledBack);
+  EXPECT_NE(wrong.reason.find("statement 1 (touch) touched 1 rows, 2 required"), std::string::npos) << wrong.reason;
+  ASSERT_TRUE(eventually([&] { return settled(); }));
+  EXPECT_EQ(balance("bank_b", "bob"), 1);
+}
+
 TEST_F(PostgresTest, OnePhaseCommitAndResultRows) {
   auto o = submit({debit("bank-a", "alice", 10), credit("bank-a", "bob", 10),
                    Op::statement("bank-a", "list_accounts")});
@@ -283,7 +303,7 @@ TEST_F(PostgresTest, CallsThatDoNotFitTheirDeclarationAreInvalidAndRunNothing) {
   std::vector<Case> cases = {
       {Op::statement("bank-a", "drop_accounts"),
        "statement 'drop_accounts' is not declared by agent bank-a (its config declares: bump, credit, debit, "
-       "list_accounts, missing_table, open_account, overdraw_alice, read_balance, sleep, whole_account)"},
+       "list_accounts, missing_table, open_account, overdraw_alice, read_balance, sleep, touch, whole_account)"},
       {Op::statement("bank-a", "debit", {amount, alice, amount}), "statement 'debit' takes 2 parameter(s), got 3"},
       {Op::statement("bank-a", "debit", {amount}), "statement 'debit' takes 2 parameter(s), got 1"},
       {Op::statement("bank-a", "debit", {SqlValue::ofText("5"), alice}),
