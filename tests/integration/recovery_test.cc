@@ -23,7 +23,13 @@ TEST_F(ClusterTest, AgentDownDuringPrepareRollsBackAndSettlesWhenItReturns) {
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
   // bank-a's hold is released at once; bank-b's branch waits for bank-b.
   EXPECT_TRUE(eventually([&] { return account("bank-a", "alice").second == 0; }));
-  auto q = query(o.seq);
+  // bank-a releases its hold before it answers, and the coordinator records
+  // the confirmation durably after that answer: wait for the record too.
+  std::optional<QueryResult> q;
+  EXPECT_TRUE(eventually([&] {
+    q = query(o.seq);
+    return q && q->rollback && q->rollback->pending == std::vector<std::string>{"bank-b"};
+  }));
   ASSERT_TRUE(q && q->rollback);
   EXPECT_EQ(q->rollback->completedUs, 0u);
   EXPECT_EQ(q->rollback->pending, std::vector<std::string>{"bank-b"});
