@@ -17,10 +17,45 @@ void throwError(const char* what, int rc) {
   throw Error(msg, rc);
 }
 
+// Without MDB_NOTLS a reader slot belongs to a thread, not to a
+// transaction: a reset transaction holds no slot and no snapshot (it keeps
+// no page from being reused) and may be renewed on any thread, which then
+// uses its own slot. LMDB allows one live read transaction per thread and
+// environment, so the pool holds about as many as threads read: kMax is
+// only a bound.
+struct ReadTxnPool {
+  static constexpr std::size_t kMax = 16;
+  std::mutex mu;
+  std::vector<MDB_txn*> reset;  // GUARDED_BY(mu)
+
+  MDB_txn* take() {
+    std::lock_guard<std::mutex> lk(mu);
+    if (reset.empty()) return nullptr;
+    MDB_txn* t = reset.back();
+    reset.pop_back();
+    return t;
+  }
+  void give(MDB_txn* t) noexcept {
+    mdb_txn_reset(t);
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      if (reset.size() < kMax) {
+        reset.push_back(t);
+        return;
+      }
+    }
+    mdb_txn_abort(t);
+  }
+  ~ReadTxnPool() {
+    for (MDB_txn* t : reset) mdb_txn_abort(t);
+  }
+};
+
 Txn& Txn::operator=(Txn&& o) noexcept {
   if (this != &o) {
     abort();
     txn_ = o.txn_;
+    pool_ = o.pool_;
     names_ = o.names_;
     ownRedo_ = std::move(o.ownRedo_);
     redo_ = o.redo_;
@@ -46,7 +81,11 @@ void Txn::commit() {
 
 void Txn::abort() noexcept {
   if (txn_ != nullptr) {
-    mdb_txn_abort(txn_);
+    if (pool_ != nullptr) {
+      pool_->give(txn_);
+    } else {
+      mdb_txn_abort(txn_);
+    }
     txn_ = nullptr;
   }
   dropRedo();  // what it wrote is gone, and so is its record of it
@@ -336,7 +375,8 @@ std::size_t Txn::count(MDB_dbi dbi) const {
   return n;
 }
 
-Env::Env(const std::string& dir, const EnvOptions& opts) : readOnly_(opts.readOnly) {
+Env::Env(const std::string& dir, const EnvOptions& opts)
+    : readOnly_(opts.readOnly), readPool_(std::make_unique<ReadTxnPool>()) {
   int rc = mdb_env_create(&env_);
   if (rc != 0) throwError("mdb_env_create", rc);
   if ((rc = mdb_env_set_mapsize(env_, opts.mapSize)) != 0 ||
@@ -356,7 +396,19 @@ Env::Env(const std::string& dir, const EnvOptions& opts) : readOnly_(opts.readOn
   mdb_reader_check(env_, &dead);
 }
 
+Env::Env(Env&& o) noexcept
+    : env_(o.env_),
+      readOnly_(o.readOnly_),
+      logOwned_(o.logOwned_.load()),
+      names_(std::move(o.names_)),
+      overlay_(std::move(o.overlay_)),
+      view_(std::move(o.view_)),
+      readPool_(std::move(o.readPool_)) {
+  o.env_ = nullptr;
+}
+
 Env::~Env() {
+  readPool_.reset();  // its transactions are freed before their environment closes
   if (env_ != nullptr) mdb_env_close(env_);
 }
 
@@ -369,10 +421,18 @@ Txn Env::beginRead() const {
     std::lock_guard<std::mutex> lk(overlay_->mu);
     ov = overlay_->current;
   }
-  MDB_txn* t = nullptr;
-  int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &t);
-  if (rc != 0) throwError("mdb_txn_begin(read)", rc);
-  Txn r(t);
+  MDB_txn* t = readPool_->take();
+  if (t != nullptr) {
+    int rc = mdb_txn_renew(t);
+    if (rc != 0) {
+      mdb_txn_abort(t);
+      throwError("mdb_txn_renew", rc);
+    }
+  } else {
+    int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &t);
+    if (rc != 0) throwError("mdb_txn_begin(read)", rc);
+  }
+  Txn r(t, readPool_.get());
   if (view_ != nullptr) ov = viewAbove(t);
   r.overlay_ = std::move(ov);
   return r;

@@ -57,11 +57,18 @@ class MapFullError : public Error {
 class Env;
 struct Overlay;
 
+// Read transactions an Env keeps for reuse (mdb_txn_reset / mdb_txn_renew):
+// beginning one then costs no allocation (LMDB callocs ~1 KB per
+// mdb_txn_begin, which glibc serves from its large bins) and no setup of
+// the transaction's tables. See Env::beginRead.
+struct ReadTxnPool;
+
 class Txn {
  public:
   Txn() = default;
   Txn(Txn&& o) noexcept
       : txn_(o.txn_),
+        pool_(o.pool_),
         names_(o.names_),
         ownRedo_(std::move(o.ownRedo_)),
         redo_(o.redo_),
@@ -106,11 +113,13 @@ class Txn {
  private:
   friend class Env;
   explicit Txn(MDB_txn* t) : txn_(t) {}
+  Txn(MDB_txn* t, ReadTxnPool* pool) : txn_(t), pool_(pool) {}
   void record(char op, MDB_dbi dbi, std::string_view key, std::string_view value);
   void dropRedo() noexcept;  // cuts the buffer back to redoMark_ and stops recording
   // Reads through the overlay (a read transaction of an Env with one).
   std::optional<std::optional<std::string>> overlayGet(MDB_dbi dbi, std::string_view key) const;
   MDB_txn* txn_ = nullptr;
+  ReadTxnPool* pool_ = nullptr;  // a read transaction: given back here, reset, instead of freed
   const std::vector<std::string>* names_ = nullptr;  // the Env's database names, by handle
   // Recording: one buffer per recorded transaction (ownRedo_, held by the
   // one Env::beginRecordedNested made), shared by the transactions nested
@@ -175,11 +184,7 @@ class Env {
   // DataDir's job, see common/data_dir.h) with durable default flags and
   // clears stale reader slots (mdb_reader_check).
   Env(const std::string& dir, const EnvOptions& opts);
-  Env(Env&& o) noexcept
-      : env_(o.env_), readOnly_(o.readOnly_), logOwned_(o.logOwned_.load()), names_(std::move(o.names_)),
-        overlay_(std::move(o.overlay_)), view_(std::move(o.view_)) {
-    o.env_ = nullptr;
-  }
+  Env(Env&& o) noexcept;
   Env(const Env&) = delete;
   Env& operator=(const Env&) = delete;
   ~Env();
@@ -260,6 +265,9 @@ class Env {
     std::shared_ptr<const Overlay> all;  // every group read, oldest first
   };
   std::unique_ptr<ReadView> view_;
+  // Reset read transactions for beginRead to renew (freed before the
+  // environment closes; a Txn never outlives its Env).
+  std::unique_ptr<ReadTxnPool> readPool_;
   // The view's groups above `snapshot`'s LSN (null: none).
   std::shared_ptr<const Overlay> viewAbove(MDB_txn* snapshot) const;
 };

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <optional>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -126,6 +128,49 @@ TEST_F(LmdbTest, WriteTxnNotCommittedIsAbortedOnDestruction) {
   EXPECT_FALSE(t);
   auto r = env.beginRead();
   EXPECT_FALSE(r.get(db, "k2").has_value());
+}
+
+// Read transactions are reset and renewed, not freed and begun again
+// (Env::beginRead): a renewed one sees the latest commit, not the snapshot
+// it had before, and one ended on one thread is renewed on another.
+TEST_F(LmdbTest, ARenewedReadTransactionSeesTheLatestCommitOnAnyThread) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  MDB_txn* first = nullptr;
+  {
+    auto r = env.beginRead();
+    first = r.raw();
+    EXPECT_FALSE(r.get(db, "k").has_value());
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto t = env.beginWrite();
+    t.put(db, "k", std::to_string(i));
+    t.commit();
+    auto r = env.beginRead();
+    EXPECT_EQ(r.raw(), first);  // the same handle, renewed
+    EXPECT_EQ(r.get(db, "k"), std::to_string(i));
+  }
+  std::optional<std::string> seen;
+  MDB_txn* there = nullptr;
+  std::thread other([&] {
+    auto r = env.beginRead();
+    there = r.raw();
+    seen = r.get(db, "k");
+  });
+  other.join();
+  EXPECT_EQ(there, first);
+  EXPECT_EQ(seen, "2");
+  // Two at once on two threads: the second is begun afresh, and both go
+  // back to the pool when they end.
+  auto mine = env.beginRead();
+  std::thread second([&] {
+    auto r = env.beginRead();
+    there = r.raw();
+    seen = r.get(db, "k");
+  });
+  second.join();
+  EXPECT_NE(there, mine.raw());
+  EXPECT_EQ(seen, "2");
 }
 
 TEST_F(LmdbTest, NestedAbortLeavesParentUnchanged) {
