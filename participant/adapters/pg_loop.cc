@@ -116,10 +116,15 @@ kj::Promise<std::vector<Result>> LoopConn::collectPipeline() {
   auto st = kj::heap<State>();
   State& s = *st;
   // One step: everything libpq has parsed is taken; then it either saw the
-  // Sync's result (done) or waits for the socket.
+  // Sync's result (done) or waits for the socket. The first step does not
+  // read: it runs right after flush() (header), before the loop next asks
+  // the kernel for events, so an answer cannot have come and had its edge
+  // reported unseen; what a flush that had to wait read meanwhile is in
+  // libpq's buffer and taken here. A read there would find nothing: one
+  // system call per round trip saved.
   struct Step {
-    static kj::Promise<void> run(LoopConn& self, State& s) {
-      if (PQconsumeInput(self.c_) != 1) self.lost("reading from PostgreSQL");
+    static kj::Promise<void> run(LoopConn& self, State& s, bool read = true) {
+      if (read && PQconsumeInput(self.c_) != 1) self.lost("reading from PostgreSQL");
       while (PQisBusy(self.c_) == 0) {
         PGresult* r = PQgetResult(self.c_);
         if (r == nullptr) {
@@ -141,7 +146,7 @@ kj::Promise<std::vector<Result>> LoopConn::collectPipeline() {
       return self.readable().then([&self, &s] { return run(self, s); });
     }
   };
-  return Step::run(*this, s).then([&s]() mutable { return kj::mv(s.out); }).attach(kj::mv(st));
+  return Step::run(*this, s, false).then([&s]() mutable { return kj::mv(s.out); }).attach(kj::mv(st));
 }
 
 kj::Promise<Result> LoopConn::query(std::string sql) {
@@ -158,8 +163,8 @@ kj::Promise<Result> LoopConn::query(std::string sql) {
       auto status = PQresultStatus(r.get());
       return status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK;
     }
-    static kj::Promise<void> run(LoopConn& self, State& s) {
-      if (PQconsumeInput(self.c_) != 1) self.lost("reading from PostgreSQL");
+    static kj::Promise<void> run(LoopConn& self, State& s, bool read = true) {
+      if (read && PQconsumeInput(self.c_) != 1) self.lost("reading from PostgreSQL");
       while (PQisBusy(self.c_) == 0) {
         PGresult* r = PQgetResult(self.c_);
         if (r == nullptr) return kj::READY_NOW;
@@ -174,7 +179,7 @@ kj::Promise<Result> LoopConn::query(std::string sql) {
     }
   };
   return flush()
-      .then([this, &s] { return Step::run(*this, s); })
+      .then([this, &s] { return Step::run(*this, s, false); })
       .then([this, &s]() -> Result {
         if (!s.kept) lost(s.sql.c_str());
         return kj::mv(*s.kept);

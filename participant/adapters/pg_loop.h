@@ -78,7 +78,8 @@ class LoopConn {
   kj::Promise<void> flush();
   // In pipeline mode, after PQpipelineSync: the first result of each query
   // sent, in order, then the PGRES_PIPELINE_SYNC result. Throws PgError
-  // when the connection broke.
+  // when the connection broke. Called in the continuation of flush() (no
+  // other wait in between): it waits for the socket before it reads.
   kj::Promise<std::vector<Result>> collectPipeline();
   // One command without parameters, not in pipeline mode: its result (the
   // first that failed, if any did; errorIn tells). Fails only when the
