@@ -47,7 +47,7 @@ kj::Promise<SubmitOutcome> KeelClient::submit(const std::vector<Op>& ops, std::u
 kj::Promise<SubmitOutcome> KeelClient::submit(SubmitRequest req) {
   if (!req.requestId.empty() && req.requestTimeUs == 0) req.requestTimeUs = wallMicros();
   if (batcher_.get() != nullptr) return batcher_->add(std::move(req));
-  auto call = cap_.submitRequest();
+  auto call = cap_.submitRequest(messageSizeHint(64 + wireWeight(req.ops) + req.requestId.size()));
   fillOps(call.initOperations(req.ops.size()), req.ops);
   call.setDeadlineMs(req.deadlineMs);
   call.setRequestId(req.requestId);
@@ -97,7 +97,9 @@ void KeelClient::enableBatching(std::size_t maxBatch, std::size_t inFlight) {
 }
 
 kj::Promise<std::vector<SubmitOutcome>> KeelClient::sendBatch(std::vector<SubmitRequest>&& items) {
-  auto req = cap_.submitBatchRequest();
+  std::size_t bytes = 32;
+  for (const auto& i : items) bytes += 64 + wireWeight(i.ops) + i.requestId.size();
+  auto req = cap_.submitBatchRequest(messageSizeHint(bytes));
   auto l = req.initItems(items.size());
   std::vector<std::size_t> opsSent;
   opsSent.reserve(items.size());

@@ -32,6 +32,15 @@ std::size_t wireWeight(const std::vector<Op>& ops);
 void fillOpResult(wire::OpResult::Builder b, const OpResult& r);
 OpResult readOpResult(wire::OpResult::Reader r);
 
+// The first segment a message is built in (the sizeHint of a request or of
+// a call's results): Cap'n Proto's default is 1,024 words, an 8 KiB calloc
+// per message (zeroed, and served from glibc's large bins) where a prepare
+// or a commit of a few branches needs a few hundred bytes. An estimate of
+// `bytes`: too small only means a second segment.
+inline capnp::MessageSize messageSizeHint(std::size_t bytes, unsigned caps = 0) {
+  return capnp::MessageSize{bytes / sizeof(capnp::word) + 8, caps};
+}
+
 inline Xid readXid(wire::Xid::Reader r) { return Xid{r.getSeq(), r.getBranch()}; }
 inline void fillXid(wire::Xid::Builder b, Xid x) {
   b.setSeq(x.seq);

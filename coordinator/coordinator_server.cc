@@ -12,6 +12,15 @@
 
 namespace keel {
 
+namespace {
+// A submit result's size in a message, roughly (messageSizeHint).
+std::size_t submitResultBytes(const SubmitOutcome& o) {
+  std::size_t bytes = 96 + o.reason.size() + o.requestId.size();
+  for (const auto& r : o.results) bytes += 64 + 32 * r.rows.size();
+  return bytes;
+}
+}  // namespace
+
 void fillSubmitResult(wire::SubmitResult::Builder b, const SubmitOutcome& o) {
   b.setSeq(o.seq);
   b.setOutcome(static_cast<wire::Outcome>(o.outcome));
@@ -85,7 +94,9 @@ kj::Promise<void> CoordinatorImpl::submit(SubmitContext ctx) {
   auto req = readSubmitRequest(p);
   std::string id = req.requestId;
   return guarded(kj::evalNow([&]() { return c_.submit(std::move(req)); }), std::move(id))
-      .then([ctx](SubmitOutcome o) mutable { fillSubmitResult(ctx.getResults().initResult(), o); });
+      .then([ctx](SubmitOutcome o) mutable {
+        fillSubmitResult(ctx.getResults(messageSizeHint(submitResultBytes(o))).initResult(), o);
+      });
 }
 
 kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
@@ -109,7 +120,9 @@ kj::Promise<void> CoordinatorImpl::submitBatch(SubmitBatchContext ctx) {
     outs.add(guarded(kj::evalNow([&]() { return c_.submit(std::move(req)); }), std::move(id)));
   }
   return kj::joinPromises(outs.releaseAsArray()).then([ctx](kj::Array<SubmitOutcome> rs) mutable {
-    auto l = ctx.getResults().initResults(rs.size());
+    std::size_t bytes = 32;
+    for (const auto& r : rs) bytes += submitResultBytes(r);
+    auto l = ctx.getResults(messageSizeHint(bytes)).initResults(rs.size());
     for (unsigned i = 0; i < rs.size(); ++i) fillSubmitResult(l[i], rs[i]);
   });
 }

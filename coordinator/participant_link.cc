@@ -278,7 +278,9 @@ kj::Promise<std::vector<PrepareReply>> ParticipantLink::sendPrepares(
   return call<std::vector<PrepareReply>>(
       opts_.callDeadline, [this, items = kj::mv(items), opsSent = std::move(opsSent),
                            deliver = std::move(deliver)](wire::Participant::Client& c) mutable {
-        auto req = c.prepareBatchRequest();
+        std::size_t bytes = 32;
+        for (const auto& i : items) bytes += 48 + wireWeight(i.ops);
+        auto req = c.prepareBatchRequest(messageSizeHint(bytes, items.size() > 1 ? 1 : 0));
         req.setEpoch(items.front().epoch);
         // A lone item's vote is the answer itself: no sink (a capability
         // exported per message costs its own Release message back).
@@ -316,7 +318,8 @@ kj::Promise<std::vector<BranchOutcome>> ParticipantLink::sendPhase2(bool commit,
                          [&] { return readOutcomes(resp.getOutcomes(), n); });
       });
     };
-    return commit ? fill(c.commitRequest()) : fill(c.rollbackRequest());
+    auto hint = messageSizeHint(64 + 40 * items.size());
+    return commit ? fill(c.commitRequest(hint)) : fill(c.rollbackRequest(hint));
   });
 }
 

@@ -191,7 +191,9 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
       for (const auto& r : rs) metrics_->votes[r.failed ? kMaxVote + 1 : std::size_t(r.vote)].inc();
       metrics_->prepareSeconds->observe(monoMicros() - started);
     }
-    auto l = ctx.getResults().initVotes(rs.size());
+    std::size_t bytes = 32;
+    for (const auto& r : rs) bytes += 64 + r.reason.size() + 48 * r.results.size();
+    auto l = ctx.getResults(messageSizeHint(bytes)).initVotes(rs.size());
     for (unsigned i = 0; i < rs.size(); ++i) fillVote(l[i], rs[i]);
   });
 }
@@ -237,7 +239,7 @@ kj::Promise<void> ParticipantImpl::commit(CommitContext ctx) {
       for (auto o : out) metrics_->commits[std::size_t(o)].inc();
       metrics_->commitSeconds->observe(monoMicros() - started);
     }
-    auto l = ctx.getResults().initOutcomes(out.size());
+    auto l = ctx.getResults(messageSizeHint(32 + 2 * out.size())).initOutcomes(out.size());
     for (unsigned i = 0; i < out.size(); ++i) l.set(i, static_cast<wire::BranchOutcome>(out[i]));
   });
 }
@@ -251,7 +253,7 @@ kj::Promise<void> ParticipantImpl::rollback(RollbackContext ctx) {
       for (auto o : out) metrics_->rollbacks[std::size_t(o)].inc();
       metrics_->rollbackSeconds->observe(monoMicros() - started);
     }
-    auto l = ctx.getResults().initOutcomes(out.size());
+    auto l = ctx.getResults(messageSizeHint(32 + 2 * out.size())).initOutcomes(out.size());
     for (unsigned i = 0; i < out.size(); ++i) l.set(i, static_cast<wire::BranchOutcome>(out[i]));
   });
 }
