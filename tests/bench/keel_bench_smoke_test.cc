@@ -163,6 +163,7 @@ TEST(KeelBench, BadFlagsAreRefusedClearly) {
   expectRefused("--embedded", "--embedded runs postgres agents inside one coordinator");
   expectRefused("--adapter postgres --embedded --floor", "--floor times a round trip to an agent process");
   expectRefused("--adapter postgres --raw-prepared", "--raw-prepared needs --compare or --mode raw2pc");
+  expectRefused("--floor --floor-samples 1000000", "--floor-samples");
 }
 
 // keel-bench-journal on a small generated WAL, and on a small archive: every
