@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <stdexcept>
 #include <thread>
@@ -130,13 +132,40 @@ void driveWindow(Live& live, const WindowOptions& opts, const std::vector<Watche
 
   live.phase.store(Phase::Measure);
   auto w0 = Clock::now();
+  auto wEnd = w0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.durationS));
   auto cpu0 = readCpu(processes);
   auto sw0 = readSwitches(processes);
-  if (atStart) atStart();
-  waitUntil(w0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.durationS)), w0,
-            "measuring", opts.durationS);
-  live.phase.store(Phase::Stop);
-  result.seconds = secsSince(w0);
+  // The window closes at wEnd even when atStart is still waiting (it reads
+  // the counters of processes that may be stalled: a coordinator held by a
+  // failpoint, an agent under a fault): a stopper thread ends it, so what a
+  // stall releases late is never counted in a window it stretched.
+  std::mutex stopMu;
+  std::condition_variable stopCv;
+  bool leave = false;  // GUARDED_BY(stopMu): stop now (the window is over, or atStart threw)
+  Clock::time_point stoppedAt;  // written by the stopper, read after it joined
+  std::thread stopper([&] {
+    std::unique_lock<std::mutex> lk(stopMu);
+    stopCv.wait_until(lk, wEnd, [&] { return leave; });
+    live.phase.store(Phase::Stop);
+    stoppedAt = Clock::now();
+  });
+  auto endStopper = [&] {
+    {
+      std::lock_guard<std::mutex> lk(stopMu);
+      leave = true;
+    }
+    stopCv.notify_all();
+    stopper.join();
+  };
+  try {
+    if (atStart) atStart();
+    waitUntil(wEnd, w0, "measuring", opts.durationS);
+  } catch (...) {
+    endStopper();
+    throw;
+  }
+  endStopper();
+  result.seconds = std::chrono::duration<double>(stoppedAt - w0).count();
   auto cpu1 = readCpu(processes);
   auto sw1 = readSwitches(processes);
   if (atEnd) atEnd();
