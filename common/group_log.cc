@@ -445,6 +445,7 @@ bool GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
 void GroupCommitLog::enterDirect(const char* why) {
   if (direct_) return;
   direct_ = true;
+  shortOfRoom_.store(true, std::memory_order_relaxed);
   waitFlushed();
   try {
     redo_->markPending(0);  // the last checkpoint is flushed

@@ -150,6 +150,14 @@ class GroupCommitLog {
   // is in flight must still find room.
   static constexpr double kDirectAtFill = 0.75;
   static constexpr double kDirectAtProjectedFill = 0.85;
+  // Redo mode turned direct because the map is short of room (enterDirect):
+  // new work should be refused from now on, as at kRefuseNewAtFill. The
+  // fill a caller reads lags in redo mode (LMDB's file grows only at
+  // checkpoints, ~10 a second, while a burst may admit hundreds of
+  // interactions between two), so refusing at the fill alone let a burst
+  // fill the map and left its own finishing writes without room (CI,
+  // TinyWalTest, 2026-12-06). Any thread.
+  bool shortOfRoom() const { return shortOfRoom_.load(std::memory_order_relaxed); }
 
   // One job of a loop bundle (see above); used by run().
   class LoopItem {
@@ -233,6 +241,7 @@ class GroupCommitLog {
   bool checkpointAsked_ = false;   // writer thread: checkpointSync's job ran in this group
   bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
   bool direct_ = false;            // writer thread: enterDirect ran
+  std::atomic<bool> shortOfRoom_{false};  // enterDirect ran (every reason is the map's room)
   double lastFill_ = 0;            // writer thread: the map's fill after the last checkpoint
   // Redo mode: the flusher thread flushes data.mdb after each checkpoint
   // committed without a flush; the writer waits for it only before the

@@ -172,8 +172,10 @@ kj::Promise<void> Coordinator::persist(Interaction& it, bool lazy) {
 std::optional<std::string> Coordinator::storageFull() const {
   // New work is refused while the WAL is nearly full, so that what is in
   // flight can still finish (its writes need room too).
+  // In redo mode the fill lags (it grows at checkpoints): the log's own
+  // judgement that the map is short of room refuses too.
   double fill = wal_.fill();
-  if (fill < kRefuseNewAtFill && monoMicros() >= fullUntilUs_) return std::nullopt;
+  if (fill < kRefuseNewAtFill && !wal_.log().shortOfRoom() && monoMicros() >= fullUntilUs_) return std::nullopt;
   return "coordinator WAL is " + std::to_string(int(fill * 100)) + "% full (map_size_mb = " +
          std::to_string(wal_.mapSize() >> 20) + "): new interactions are refused until it is raised";
 }

@@ -197,6 +197,7 @@ class WalStore {
   const RedoLog::Recovered& redoRead() const { return redoRead_; }
 
   GroupCommitLog& log() { return *log_; }
+  const GroupCommitLog& log() const { return *log_; }
   std::uint64_t epoch() const { return epoch_; }
 
  private:
