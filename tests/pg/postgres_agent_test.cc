@@ -1526,10 +1526,14 @@ TEST_F(PostgresEmbeddedTest, KilledInPhaseTwoTheRestartFinishesTheCommit) {
 // pipeline had already run PREPARE TRANSACTION, so the restart found a
 // prepared transaction without a record, read it as a YES and committed —
 // bob credited a billion, alice not debited (keel-chaos --embedded, seed 5).
+// The staged record is written in parallel with the prepares, so each
+// agent's work waits 300 ms on its loop first (agent.after_execute): the
+// record is durable before bank-a's NO is reached, as this case needs
+// (without the wait, one CI run in many crashed before it was).
 TEST_F(PostgresEmbeddedTest, AnOverdraftKilledBeforeItsNoVoteIsRolledBackNotCommitted) {
   std::optional<SubmitOutcome> answered;
   cluster_->stopCoordinator();
-  cluster_->startCoordinator("pg.before_no_vote=1*crash");
+  cluster_->startCoordinator("agent.after_execute=delay(300),pg.before_no_vote=1*crash");
   reconnect();
   auto first = submit({debit("bank-a", "alice", 1), credit("bank-b", "bob", 1)});
   ASSERT_EQ(first.outcome, ClientOutcome::Committed) << first.reason;
