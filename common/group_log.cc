@@ -121,7 +121,7 @@ void GroupCommitLog::writerLoop() {
   lmdb::Txn outer;  // redo mode: open from the first group after a checkpoint to the next checkpoint
   if (redo_) env_.deferSync(true);  // checkpoints: flushed by the flusher thread
   if (redo_) lastFill_ = env_.fill();
-  if (redo_ && lastFill_ >= kDirectAtFill) enterDirect("the map is nearly full at the start");
+  if (redo_ && lastFill_ >= kDirectAtFill) enterDirect("the map is nearly full at the start", true);
   for (;;) {
     group.clear();
     applied.clear();
@@ -442,10 +442,10 @@ bool GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
   return kept;
 }
 
-void GroupCommitLog::enterDirect(const char* why) {
+void GroupCommitLog::enterDirect(const char* why, bool atStart) {
   if (direct_) return;
   direct_ = true;
-  shortOfRoom_.store(true, std::memory_order_relaxed);
+  if (!atStart) shortOfRoomUntil_.store(monoMicros() + kShortOfRoomGraceUs, std::memory_order_relaxed);
   waitFlushed();
   try {
     redo_->markPending(0);  // the last checkpoint is flushed

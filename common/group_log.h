@@ -53,6 +53,7 @@
 #include "common/lmdb.h"
 #include "common/metrics.h"
 #include "common/redo_log.h"
+#include "common/types.h"
 
 namespace keel {
 
@@ -150,14 +151,21 @@ class GroupCommitLog {
   // is in flight must still find room.
   static constexpr double kDirectAtFill = 0.75;
   static constexpr double kDirectAtProjectedFill = 0.85;
-  // Redo mode turned direct because the map is short of room (enterDirect):
-  // new work should be refused from now on, as at kRefuseNewAtFill. The
-  // fill a caller reads lags in redo mode (LMDB's file grows only at
-  // checkpoints, ~10 a second, while a burst may admit hundreds of
-  // interactions between two), so refusing at the fill alone let a burst
-  // fill the map and left its own finishing writes without room (CI,
-  // TinyWalTest, 2026-12-06). Any thread.
-  bool shortOfRoom() const { return shortOfRoom_.load(std::memory_order_relaxed); }
+  // Redo mode turned direct because the map is short of room (enterDirect)
+  // less than kShortOfRoomGraceUs ago: new work should be refused for that
+  // while, as at kRefuseNewAtFill. Until the switch the fill a caller reads
+  // lags (LMDB's file grows only at checkpoints, ~10 a second, while a
+  // burst may admit hundreds of interactions between two), so refusing at
+  // the fill alone let a burst fill the map and left its own finishing
+  // writes without room (CI, TinyWalTest, 2026-12-06). Once direct, every
+  // group commits to LMDB and the fill is current again: after the grace
+  // the 0.9 rule governs alone, as without redo. (Refusing for as long as
+  // the process ran would make 75 % of the map the limit for good; the
+  // high-water mark never drops, even while retention frees pages.) A
+  // start on a map already past kDirectAtFill is direct from the first
+  // group, its fill never lagged: no grace. Any thread.
+  static constexpr Micros kShortOfRoomGraceUs = 3'000'000;
+  bool shortOfRoom() const { return monoMicros() < shortOfRoomUntil_.load(std::memory_order_relaxed); }
 
   // One job of a loop bundle (see above); used by run().
   class LoopItem {
@@ -199,7 +207,7 @@ class GroupCommitLog {
   // without a redo log, and is not appended: a group that no longer fits
   // then fails alone, before anyone is told, instead of a long transaction
   // of told groups failing at its checkpoint.
-  void enterDirect(const char* why);
+  void enterDirect(const char* why, bool atStart = false);
   // Redo mode, a job hit a full map: checkpoint so the pages the long
   // transaction freed can be reused; `outer` and `g` begin anew. False:
   // the checkpoint met a full map and the jobs already applied in `g` are
@@ -241,7 +249,7 @@ class GroupCommitLog {
   bool checkpointAsked_ = false;   // writer thread: checkpointSync's job ran in this group
   bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
   bool direct_ = false;            // writer thread: enterDirect ran
-  std::atomic<bool> shortOfRoom_{false};  // enterDirect ran (every reason is the map's room)
+  std::atomic<Micros> shortOfRoomUntil_{0};  // see shortOfRoom (monoMicros)
   double lastFill_ = 0;            // writer thread: the map's fill after the last checkpoint
   // Redo mode: the flusher thread flushes data.mdb after each checkpoint
   // committed without a flush; the writer waits for it only before the

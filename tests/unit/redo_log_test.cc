@@ -938,8 +938,12 @@ TEST_F(RedoLogTest, ACheckpointThatMeetsAFullMapCommitsItsGroupsOneByOneAndGoesO
       GroupCommitLog log(env, redoLog(noCheckpoints()));
       for (int i = 1; i <= 5; ++i) log.runSync([&](lmdb::Txn& t) { t.put(db, key(i), value(i, 100)); });
       ASSERT_FALSE(lmdbOnly(env, db, 5).has_value()) << "checkpointed already: nothing to test";
+      EXPECT_FALSE(log.shortOfRoom());
       log.checkpointSync();
       ASSERT_EQ(failpoint::firedCount("log.checkpoint_map_full"), 1u);
+      // New work is refused for a grace while what was admitted against the
+      // lagging fill finishes (GroupCommitLog::shortOfRoom)...
+      EXPECT_TRUE(log.shortOfRoom()) << "turned direct for want of room, new work not refused";
       for (int i = 1; i <= 5; ++i) EXPECT_EQ(lmdbOnly(env, db, i).value_or(""), value(i, 100)) << "key " << i;
       EXPECT_EQ(committedLsn(env), 5u);
       EXPECT_EQ(pendingTxnid(path()), 0u) << "a commit of the one-by-one replay left pending";
@@ -947,6 +951,11 @@ TEST_F(RedoLogTest, ACheckpointThatMeetsAFullMapCommitsItsGroupsOneByOneAndGoesO
       log.runSync([&](lmdb::Txn& t) { t.put(db, key(6), value(6, 100)); });
       EXPECT_EQ(lmdbOnly(env, db, 6).value_or(""), value(6, 100)) << "not direct after a full map";
       EXPECT_EQ(env.overlayGroups(), 0u);
+      // ...and only for it: direct, the fill is current again, and the 0.9
+      // rule governs alone (not 75 % for good).
+      auto deadline = monoMicros() + GroupCommitLog::kShortOfRoomGraceUs + 2'000'000;
+      while (log.shortOfRoom() && monoMicros() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      EXPECT_FALSE(log.shortOfRoom()) << "new work refused for good after the grace";
     }
   }
   failpoint::configure("");
@@ -955,6 +964,31 @@ TEST_F(RedoLogTest, ACheckpointThatMeetsAFullMapCommitsItsGroupsOneByOneAndGoesO
   EXPECT_EQ(rec.groups, 0u) << "LMDB held every group already";
   auto keys = readKeys(env, 6);
   for (int i = 1; i <= 6; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+}
+
+// A start on a map already past kDirectAtFill goes direct from its first
+// group: its fill never lagged, so new work is not refused for it (only
+// the 0.9 rule applies, as without redo).
+TEST_F(RedoLogTest, AStartOnANearlyFullMapGoesDirectWithoutRefusingNewWork) {
+  lmdb::EnvOptions small;
+  small.mapSize = std::size_t(1) << 20;
+  {
+    lmdb::Env env(path(), small);
+    MDB_dbi db = env.openDb("t");
+    for (int i = 1; env.fill() < GroupCommitLog::kDirectAtFill; ++i) {
+      ASSERT_LT(i, 10'000) << "the map never filled";
+      auto t = env.beginWrite();
+      t.put(db, key(i), value(i, 2000));
+      t.commit();
+    }
+  }
+  auto env = openEnvRecovering(path(), small);
+  MDB_dbi db = env.openDb("t");
+  ASSERT_GE(env.fill(), GroupCommitLog::kDirectAtFill);
+  GroupCommitLog log(env, redoLog(noCheckpoints()));
+  log.runSync([&](lmdb::Txn& t) { t.put(db, key(100'000), value(1, 10)); });
+  EXPECT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10)) << "not direct on a nearly full map";
+  EXPECT_FALSE(log.shortOfRoom()) << "a start on a nearly full map refuses new work below 0.9";
 }
 
 TEST_F(RedoLogTest, AReplayThatDoesNotFitInOneCommitCommitsEachGroupWithItsLsn) {
