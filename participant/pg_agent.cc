@@ -227,7 +227,11 @@ struct PgAgent::Call {
   int count() const { return int(values.size()); }
   // PostgreSQL checks the row count (the wrapped text runs).
   bool serverChecked() const { return sharedChecked != nullptr || !ownChecked.empty(); }
-  const std::string& text() const { return sharedChecked != nullptr ? *sharedChecked : ownChecked.empty() ? sql : ownChecked; }
+  const std::string& text() const {
+    if (sharedChecked != nullptr) return *sharedChecked;
+    if (!ownChecked.empty()) return ownChecked;
+    return sql;
+  }
   // No row count to check, or PostgreSQL checks it: PREPARE TRANSACTION
   // may follow in the same pipeline.
   bool checkedBeforePrepare() const { return requiredRows < 0 || serverChecked(); }

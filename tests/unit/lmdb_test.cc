@@ -173,6 +173,37 @@ TEST_F(LmdbTest, ARenewedReadTransactionSeesTheLatestCommitOnAnyThread) {
   EXPECT_EQ(seen, "2");
 }
 
+// A renew that fails (here: the reader table is full, the one slot held
+// by the thread that reset the transaction) throws naming it, frees the
+// handle rather than pooling it again, and leaves the pool usable.
+TEST_F(LmdbTest, AFailedRenewThrowsAndTheNextReadStillWorks) {
+  lmdb::EnvOptions o;
+  o.maxReaders = 1;
+  lmdb::Env env(dir_.path(), o);
+  MDB_dbi db = env.openDb("data");
+  {
+    auto t = env.beginWrite();
+    t.put(db, "k", "v");
+    t.commit();
+  }
+  { auto r = env.beginRead(); }  // takes this thread's reader slot, the only one, and pools its handle
+  std::string error;
+  std::thread other([&] {
+    try {
+      auto r = env.beginRead();  // the pooled handle: renewing it needs a slot of this thread's own
+      ADD_FAILURE() << "renewed with the reader table full";
+    } catch (const lmdb::Error& e) {
+      error = e.what();
+    }
+  });
+  other.join();
+  EXPECT_NE(error.find("mdb_txn_renew"), std::string::npos) << error;
+  EXPECT_NE(error.find("MDB_READERS_FULL"), std::string::npos) << error;
+  auto r = env.beginRead();  // begun afresh on this thread's slot: the failed handle was not pooled again
+  EXPECT_NE(r.raw(), nullptr);
+  EXPECT_EQ(r.get(db, "k"), "v");
+}
+
 TEST_F(LmdbTest, NestedAbortLeavesParentUnchanged) {
   lmdb::Env env(dir_.path(), {});
   MDB_dbi db = env.openDb("data");
