@@ -113,4 +113,15 @@ FloorResult measureFloor(kj::AsyncIoContext& io, const std::string& agentAddr, c
   return f;
 }
 
+FloorResult bracket(const FloorResult& before, const FloorResult& after) {
+  FloorResult f;
+  f.samples = before.samples;
+  f.rttUs = (before.rttUs + after.rttUs) / 2;
+  f.lmdbCommitUs = (before.lmdbCommitUs + after.lmdbCommitUs) / 2;
+  f.redoAppendUs = (before.redoAppendUs + after.redoAppendUs) / 2;
+  f.beforeUs = before.floorUs();
+  f.afterUs = after.floorUs();
+  return f;
+}
+
 }  // namespace keel::bench

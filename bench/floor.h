@@ -14,10 +14,15 @@
 // floor = 2 x rtt (client -> coordinator, coordinator -> agent prepare)
 //       + 2 x commit (the agent's PREPARED, the coordinator's COMMIT).
 // Each is the median of `samples` serial samples, after a short warm-up.
+// keel-bench measures it twice, before the load and after it (bracket):
+// the floor moves with the machine's neighbours by tens of percent within
+// minutes, and two measurements that disagree say a ratio against either
+// is not to be trusted.
 
 #include <kj/async-io.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -34,7 +39,21 @@ struct FloorResult {
     return std::min(lmdbCommitUs, redoAppendUs);
   }
   double floorUs() const { return 2 * rttUs + 2 * commitUs(); }
+  // bracket() only: the floor measured before the load and after it (0:
+  // measured once).
+  double beforeUs = 0, afterUs = 0;
+  // |before - after| / the lower of the two (0 when measured once).
+  double spread() const {
+    double lo = std::min(beforeUs, afterUs);
+    return lo > 0 ? std::abs(beforeUs - afterUs) / lo : 0;
+  }
 };
+
+// The floor of a run measured before its load and after it: each part the
+// mean of its two medians, with both floors kept.
+FloorResult bracket(const FloorResult& before, const FloorResult& after);
+// Above this spread a ratio against the floor is flagged as not to be trusted.
+inline constexpr double kFloorSpreadWarn = 0.2;
 
 // agentAddr: host:port of a running agent; dir: a directory on the
 // filesystem to measure (a scratch environment is made in it and removed).

@@ -574,7 +574,7 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", f.warmup, "seconds of load before measuring")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 600.0));
-  app.add_flag("--floor", f.floor, "measure the floor (RPC round trip, durable LMDB commit) in the same run");
+  app.add_flag("--floor", f.floor, "measure the floor (RPC round trip, durable LMDB commit and redo-log append) before and after the load");
   // Bounded: the redo floor's scratch log holds every sample (two halves
   // of 256 bytes a sample: 100,000 make ~51 MB each).
   app.add_option("--floor-samples", f.floorSamples, "samples per floor median")
@@ -776,10 +776,18 @@ int main(int argc, char** argv) {
     setUp(s, f, f.adapter, maxConcurrency, io);
     RunContext ctx = contextOf(f);
     std::optional<FloorResult> floor;
+    std::string floorAgent;
     if (f.floor) {
-      std::fprintf(stderr, "keel-bench: measuring the floor (%u samples each)\n", f.floorSamples);
-      floor = measureFloor(io, s.deployment.agents.front().first + "@" + s.deployment.agents.front().second, s.baseDir, f.floorSamples);
+      std::fprintf(stderr, "keel-bench: measuring the floor before the load (%u samples each)\n", f.floorSamples);
+      floorAgent = s.deployment.agents.front().first + "@" + s.deployment.agents.front().second;
+      floor = measureFloor(io, floorAgent, s.baseDir, f.floorSamples);
     }
+    // The floor again once the load has run, both kept (FloorResult::bracket).
+    auto floorAfter = [&] {
+      if (!floor) return;
+      std::fprintf(stderr, "keel-bench: measuring the floor after the load (%u samples each)\n", f.floorSamples);
+      floor = bracket(*floor, measureFloor(io, floorAgent, s.baseDir, f.floorSamples));
+    };
     std::optional<EtcdFloorResult> etcdFloor;
     if (f.etcdFloor) {
       std::fprintf(stderr, "keel-bench: measuring etcd's create-if-absent txn (%u samples each way)\n",
@@ -807,6 +815,7 @@ int main(int argc, char** argv) {
         points.push_back(std::move(p));
         std::fflush(stdout);
       }
+      floorAfter();
       std::printf("\n%s", sweepMarkdown(points).c_str());
       const RunResult* single = nullptr;
       for (auto& p : points) {
@@ -857,6 +866,7 @@ int main(int argc, char** argv) {
         printCpuComparison(r, raw);
         addComparison(j, r, raw);
       }
+      floorAfter();
       if (floor) {
         printFloor(stdout, *floor, f.concurrency == 1 ? &r : nullptr);
         addFloorFields(j, *floor, f.concurrency == 1 ? &r : nullptr);

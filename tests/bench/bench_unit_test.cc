@@ -162,15 +162,23 @@ TEST(Report, JsonLineParsesWithTheHeadlineFields) {
   EXPECT_EQ(m["cpu_s"]["gone"].kind, Json::Kind::Null);  // a process that was gone: no figure
 }
 
-// What answeredSomething printed about r, and what it returned.
-std::pair<bool, std::string> answered(const RunResult& r) {
+// What print(out) printed.
+template <typename F>
+std::string printedBy(F print) {
   char* buf = nullptr;
   std::size_t len = 0;
   std::FILE* out = ::open_memstream(&buf, &len);
-  bool ok = answeredSomething(out, r);
+  print(out);
   std::fclose(out);
   std::string said(buf, len);
   std::free(buf);
+  return said;
+}
+
+// What answeredSomething printed about r, and what it returned.
+std::pair<bool, std::string> answered(const RunResult& r) {
+  bool ok = false;
+  std::string said = printedBy([&](std::FILE* out) { ok = answeredSomething(out, r); });
   return {ok, said};
 }
 
@@ -267,6 +275,40 @@ TEST(Floor, CountsTheCheaperDurableWrite) {
   EXPECT_DOUBLE_EQ(m["floor_us"].number(), 400);
   EXPECT_DOUBLE_EQ(m["lmdb_commit_us"].number(), 200);
   EXPECT_DOUBLE_EQ(m["redo_append_us"].number(), 150);
+}
+
+TEST(Floor, BracketedMeasurementsAreAveragedAndBothKept) {
+  FloorResult before{50, 200, 150, 10}, after{70, 180, 250, 10};  // floors 400 and 500
+  auto f = bracket(before, after);
+  EXPECT_DOUBLE_EQ(f.rttUs, 60);
+  EXPECT_DOUBLE_EQ(f.lmdbCommitUs, 190);
+  EXPECT_DOUBLE_EQ(f.redoAppendUs, 200);
+  EXPECT_DOUBLE_EQ(f.floorUs(), 2 * 60 + 2 * 190);
+  EXPECT_DOUBLE_EQ(f.beforeUs, 400);
+  EXPECT_DOUBLE_EQ(f.afterUs, 500);
+  EXPECT_DOUBLE_EQ(f.spread(), 0.25);
+  EXPECT_DOUBLE_EQ(bracket(after, before).spread(), 0.25);
+  EXPECT_DOUBLE_EQ(before.spread(), 0) << "measured once: no spread";
+  RunResult r;
+  r.concurrency = 1;
+  for (int i = 0; i < 100; ++i) r.latency.record(1000);
+  JsonObject j;
+  addFloorFields(j, f, &r);
+  auto m = JsonReader::parse(j.str());
+  EXPECT_DOUBLE_EQ(m["floor_before_us"].number(), 400);
+  EXPECT_DOUBLE_EQ(m["floor_after_us"].number(), 500);
+  EXPECT_DOUBLE_EQ(m["floor_spread"].number(), 0.25);
+  EXPECT_NEAR(m["p50_over_floor_before"].number(), 1000.0 / 400, 0.01 * 1000 / 400);
+  EXPECT_NEAR(m["p50_over_floor_after"].number(), 1000.0 / 500, 0.01 * 1000 / 500);
+  // Printed too, flagged past kFloorSpreadWarn.
+  std::string text = printedBy([&](std::FILE* out) { printFloor(out, f, &r); });
+  EXPECT_NE(text.find("measured before the load (floor 400.0 us) and after it (500.0 us), 25% apart"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("the machine changed during the run"), std::string::npos) << text;
+  EXPECT_NE(text.find("(2.50 x the floor before, 2.00 x after)"), std::string::npos) << text;
+  JsonObject once;
+  addFloorFields(once, before, &r);
+  EXPECT_FALSE(JsonReader::parse(once.str()).has("floor_before_us")) << "measured once: no bracket fields";
 }
 
 TEST(Floor, DurableRedoLogAppendTakesMeasurableTimeAndLeavesNothingBehind) {

@@ -46,6 +46,10 @@ TEST(KeelBench, ShortLedgerRunPrintsACompleteJsonLine) {
   EXPECT_GT(m["redo_append_us"].number(), 0);
   EXPECT_NEAR(m["floor_us"].number(),
               2 * m["rtt_us"].number() + 2 * std::min(m["lmdb_commit_us"].number(), m["redo_append_us"].number()), 0.01);
+  // Measured before the load and after it, both kept.
+  EXPECT_GT(m["floor_before_us"].number(), 0) << lastLine(r.out);
+  EXPECT_GT(m["floor_after_us"].number(), 0) << lastLine(r.out);
+  EXPECT_NE(r.out.find("measured before the load (floor "), std::string::npos) << r.out;
   EXPECT_TRUE(m["cpu_s"].has("coordinator"));
   EXPECT_TRUE(m["cpu_s"].has("bank-b"));
   // Every process slept and woke at least once per interaction it took part
