@@ -369,9 +369,9 @@ bool GroupCommitLog::makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g) {
 
 void GroupCommitLog::failJob(Job& j, std::exception_ptr err) noexcept {
   // The job's nested transaction was aborted: it left no trace.
-  rolledBack();  // before the caller hears of it
-  j.done(err);
+  rolledBack();  // before the caller hears of it, as the count is
   stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+  j.done(err);
 }
 
 void GroupCommitLog::checkpointSync() {
@@ -518,6 +518,17 @@ class GroupCommitLog::Bundle final : public Job {
   void apply(lmdb::Txn& txn) override {
     applied_ = 0;  // redo mode may run a bundle again (a full map, see runRedoGroup)
     for (auto& item : items_) item->err = nullptr;
+    if (items_.size() == 1) {
+      // One item (the usual bundle below a few clients): the job's own
+      // nested transaction is the item's, one nested transaction fewer
+      // (each allocates its page lists). A throw leaves the job: the
+      // writer aborts that transaction and failJob tells the item through
+      // done(), as its own nested transaction failing would; a full map
+      // in redo mode runs the job again the same way.
+      items_.front()->apply(txn);
+      applied_ = 1;
+      return;
+    }
     for (auto& item : items_) {
       try {
         lmdb::Txn inner = log_.env_.beginNested(txn);

@@ -397,6 +397,37 @@ TEST_F(GroupLogTest, LazyAndForcedWritesToOneKeyLandInSubmissionOrder) {
   EXPECT_EQ(read.get(db, "j"), "forced-second");
 }
 
+// A bundle of one item runs in the job's own nested transaction (one
+// fewer): when it throws it still leaves no trace, rejects with its text,
+// is counted and rolled back once, and the next turn's bundle commits.
+TEST_F(GroupLogTest, AOneItemBundleThatThrowsLeavesNoTrace) {
+  lmdb::Env env(dir_.path(), {});
+  MDB_dbi db = env.openDb("data");
+  int rolledBack = 0;
+  GroupCommitLog::Options opts;
+  opts.onRolledBack = [&rolledBack]() noexcept { ++rolledBack; };
+  GroupCommitLog log(env, opts);
+  kj::EventLoop loop;
+  kj::WaitScope waitScope(loop);
+  auto bad = log.run([db](lmdb::Txn& txn) -> int {
+    txn.put(db, "poison", "x");
+    throw std::runtime_error("the only item fails");
+  });
+  try {
+    bad.wait(waitScope);
+    FAIL() << "the failing item resolved";
+  } catch (const kj::Exception& e) {
+    EXPECT_NE(std::string(e.getDescription().cStr()).find("the only item fails"), std::string::npos);
+  }
+  EXPECT_EQ(rolledBack, 1);
+  EXPECT_EQ(log.stats().failedJobs.load(), 1u);
+  log.run([db](lmdb::Txn& txn) { txn.put(db, "good", "y"); }).wait(waitScope);
+  EXPECT_EQ(log.stats().jobs.load(), 1u);
+  auto read = env.beginRead();
+  EXPECT_FALSE(read.get(db, "poison").has_value());
+  EXPECT_EQ(read.get(db, "good"), "y");
+}
+
 TEST_F(GroupLogTest, RunRejectsWithTheJobsErrorText) {
   lmdb::Env env(dir_.path(), {});
   MDB_dbi db = env.openDb("data");
