@@ -529,7 +529,38 @@ class GroupCommitLog::Bundle final : public Job {
       applied_ = 1;
       return;
     }
-    for (auto& item : items_) {
+    // Optimistically every item in one nested transaction (each LMDB
+    // nested transaction allocates its page lists, and the large requests
+    // make glibc consolidate its fast bins: one per item cost more than
+    // the writes). Items rarely throw. When one does, this transaction is
+    // aborted, the state jobs keep beside LMDB is marked stale
+    // (rolledBack), the item that threw fails with its error (not run
+    // again: a failpoint that fired once must not be passed the second
+    // time), and every other item runs again, each in a nested
+    // transaction of its own, in order, as if the bundle had been run
+    // item by item from the start.
+    std::size_t failed = items_.size();  // the item that threw, if one did
+    std::exception_ptr failedErr;
+    try {
+      lmdb::Txn all = log_.env_.beginNested(txn);
+      for (failed = 0; failed < items_.size(); ++failed) items_[failed]->apply(all);
+      all.commit();  // a throw here: no item to blame (failed == size), each runs again
+      applied_ = items_.size();
+      return;
+    } catch (const lmdb::MapFullError&) {
+      if (log_.mapFullRetryable_) throw;  // the whole bundle again, after a checkpoint
+      failedErr = std::current_exception();
+    } catch (...) {
+      failedErr = std::current_exception();
+    }
+    log_.rolledBack();  // once, for the item that threw (or the commit) and the rest undone with it
+    for (std::size_t i = 0; i < items_.size(); ++i) {
+      auto& item = items_[i];
+      if (i == failed) {
+        item->err = failedErr;
+        log_.stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
       try {
         lmdb::Txn inner = log_.env_.beginNested(txn);
         item->apply(inner);

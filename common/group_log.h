@@ -27,8 +27,9 @@
 // Loop bundles: on the first thread that calls run() (the process's main
 // event loop), the jobs run() in one event-loop turn are handed to the
 // writer as ONE job and completed with ONE cross-thread wake-up, then each
-// caller's promise resolves on the loop. Each still runs in its own nested
-// transaction and fails alone; durability is unchanged (the bundle is
+// caller's promise resolves on the loop. Each still fails alone (the
+// bundle's items run in one nested transaction; if one throws, that is
+// rolled back and each runs again in its own); durability is unchanged (the bundle is
 // durable when its group commit returned). This keeps the per-job cost of
 // queueing, waking and completing off the hot path: under load a turn
 // carries dozens of jobs (the interactions of one client batch, the

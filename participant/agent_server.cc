@@ -118,6 +118,9 @@ void fillVote(wire::PrepareVote::Builder b, const PrepareResult& r) {
   if (r.vote == Vote::Yes) b.setHostTxid(r.hostTxid);
 }
 
+// Roughly what fillVote writes, for a message's first segment (messageSizeHint).
+std::size_t voteBytes(const PrepareResult& r) { return 64 + r.reason.size() + 48 * r.results.size(); }
+
 // Votes of one prepareBatch streamed to the coordinator's sink: those ready
 // in one event-loop turn leave in one call, while the rest are still being
 // worked on. Votes ready when nothing is left go only in the answer.
@@ -166,7 +169,9 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
           tasks_.add(kj::evalLater([st = kj::addRef(*st)]() mutable -> kj::Promise<void> {
             st->scheduled = false;
             if (st->remaining == 0 || st->ready.empty()) return kj::READY_NOW;  // the answer carries them
-            auto req = st->sink.votesRequest();
+            std::size_t bytes = 32;
+            for (const auto& [i, r] : st->ready) bytes += voteBytes(r);
+            auto req = st->sink.votesRequest(messageSizeHint(bytes));
             auto l = req.initVotes(st->ready.size());
             for (unsigned k = 0; k < st->ready.size(); ++k) {
               l[k].setIndex(st->ready[k].first);
@@ -192,7 +197,7 @@ kj::Promise<void> ParticipantImpl::prepareBatch(PrepareBatchContext ctx) {
       metrics_->prepareSeconds->observe(monoMicros() - started);
     }
     std::size_t bytes = 32;
-    for (const auto& r : rs) bytes += 64 + r.reason.size() + 48 * r.results.size();
+    for (const auto& r : rs) bytes += voteBytes(r);
     auto l = ctx.getResults(messageSizeHint(bytes)).initVotes(rs.size());
     for (unsigned i = 0; i < rs.size(); ++i) fillVote(l[i], rs[i]);
   });
