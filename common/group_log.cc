@@ -120,7 +120,14 @@ void GroupCommitLog::writerLoop() {
   std::vector<Job*> applied;
   lmdb::Txn outer;  // redo mode: open from the first group after a checkpoint to the next checkpoint
   if (redo_) env_.deferSync(true);  // checkpoints: flushed by the flusher thread
-  if (redo_) lastFill_ = env_.fill();
+  if (redo_) {
+    lastFill_ = env_.fill();
+    // Until a checkpoint has measured it: a redo byte is taken to cost
+    // kMapBytesPerRedoBytePrior bytes of map (measured: about 1 in the
+    // coordinator's WAL; with a 1 GiB map the guess never triggers
+    // anything, a redo.log half fills first).
+    fillPerRedoByte_ = kMapBytesPerRedoBytePrior / double(env_.mapSize());
+  }
   if (redo_ && lastFill_ >= kDirectAtFill) enterDirect("the map is nearly full at the start", true);
   for (;;) {
     group.clear();
@@ -225,16 +232,51 @@ void GroupCommitLog::writerLoop() {
 void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std::vector<Job*>& applied,
                                   lmdb::Txn& outer, std::chrono::steady_clock::time_point started) {
   lmdb::Txn g;
+  // The group's recorded transaction; if it cannot begin, every job fails.
+  auto beginGroup = [&] {
+    try {
+      if (!outer) outer = env_.beginLogWrite();
+      g = env_.beginRecordedNested(outer);
+      return true;
+    } catch (...) {
+      auto err = std::current_exception();
+      stats_.failedJobs.fetch_add(group.size(), std::memory_order_relaxed);
+      for (auto& j : group) j->done(err);
+      return false;
+    }
+  };
+  if (!beginGroup()) return;
+  // Optimistically every job straight in the group's transaction, as a
+  // bundle does with its items (Bundle::apply): a nested transaction per
+  // job costs its page lists. Jobs rarely throw. When one does, the
+  // group's transaction is aborted (its recorded writes with it), the
+  // state kept beside LMDB marked stale (once), the job that threw fails
+  // with its error without running again, and the group runs again job by
+  // job, each in a nested transaction of its own; a full map is not
+  // blamed on a job: the job by job run handles it (a checkpoint first).
+  std::size_t failed = 0;
+  std::exception_ptr failedErr;
+  mapFullRetryable_ = true;  // a bundle hands a full map up, to the job by job run
   try {
-    if (!outer) outer = env_.beginLogWrite();
-    g = env_.beginRecordedNested(outer);
+    for (; failed < group.size(); ++failed) group[failed]->apply(g);
+  } catch (const lmdb::MapFullError&) {
   } catch (...) {
-    auto err = std::current_exception();
-    for (auto& j : group) j->done(err);
-    stats_.failedJobs.fetch_add(group.size(), std::memory_order_relaxed);
-    return;
+    failedErr = std::current_exception();
   }
-  for (auto& j : group) {
+  if (failed == group.size()) {
+    for (auto& j : group) applied.push_back(j.get());
+  } else {
+    g.abort();
+    rolledBack();
+    if (!beginGroup()) return;
+  }
+  for (std::size_t i = 0; failed < group.size() && i < group.size(); ++i) {
+    auto& j = group[i];
+    if (i == failed && failedErr) {
+      stats_.failedJobs.fetch_add(1, std::memory_order_relaxed);
+      j->done(failedErr);  // rolled back above, with the group's transaction
+      continue;
+    }
     for (int attempt = 0;; ++attempt) {
       mapFullRetryable_ = attempt == 0;
       try {
@@ -283,6 +325,7 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
     if (!ops.empty()) {
       delta = lmdb::toDelta(env_, ops);
       durable = !direct_ && redo_->append(ops);  // durability point for every job in `applied`
+      if (durable) redoBytesSince_ += ops.size();
     }
   } catch (const std::exception& e) {
     failStop("redo log: append", e);
@@ -325,7 +368,20 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   stats_.jobs.fetch_add(jobs, std::memory_order_relaxed);
   stats_.groupSize->observe(jobs);
   for (Job* j : applied) j->done(nullptr);
-  if (redo_->pending() > 0 && std::chrono::steady_clock::now() >= redo_->checkpointDue()) checkpoint(outer);
+  if (redo_->pending() > 0 && (std::chrono::steady_clock::now() >= redo_->checkpointDue() || roomCheckpointWanted())) {
+    checkpoint(outer);
+  }
+}
+
+bool GroupCommitLog::roomCheckpointWanted() const {
+  // Between checkpoints the map's fill is not known (LMDB's file grows at
+  // its commits); the redo bytes since the last one, at what a redo byte
+  // cost in map over the last ones, say how far it may have grown. Once
+  // that may have reached kDirectAtFill, checkpoint now: the fill is then
+  // read, and the log turns direct if it is that full, before a burst
+  // admitted against the old fill can fill the map (a 1 MiB map at
+  // thousands of interactions a second: TinyWalTest).
+  return !direct_ && fillPerRedoByte_ > 0 && lastFill_ + double(redoBytesSince_) * fillPerRedoByte_ >= kDirectAtFill;
 }
 
 bool GroupCommitLog::makeRoomByCheckpoint(lmdb::Txn& outer, lmdb::Txn& g) {
@@ -425,6 +481,8 @@ bool GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
   }
   env_.clearOverlay();
   redo_->checkpointed();
+  std::uint64_t since = redoBytesSince_;
+  redoBytesSince_ = 0;
   stats_.checkpointLatency->observe(std::uint64_t(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count()));
   if (!kept) {
@@ -433,6 +491,11 @@ bool GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
     double fill = env_.fill();
     double grew = std::max(0.0, fill - lastFill_);
     lastFill_ = fill;
+    if (since > 0) {
+      // What a redo byte cost in map since the last checkpoint; the larger
+      // of now and a slowly fading past (roomCheckpointWanted).
+      fillPerRedoByte_ = std::max(grew / double(since), fillPerRedoByte_ * 0.9);
+    }
     if (fill >= kDirectAtFill) {
       enterDirect("the map is nearly full");
     } else if (fill + 2 * grew >= kDirectAtProjectedFill) {

@@ -252,6 +252,10 @@ class GroupCommitLog {
   bool direct_ = false;            // writer thread: enterDirect ran
   std::atomic<Micros> shortOfRoomUntil_{0};  // see shortOfRoom (monoMicros)
   double lastFill_ = 0;            // writer thread: the map's fill after the last checkpoint
+  std::uint64_t redoBytesSince_ = 0;  // writer thread: bytes appended to the redo log since the last checkpoint
+  double fillPerRedoByte_ = 0;        // writer thread: see roomCheckpointWanted
+  bool roomCheckpointWanted() const;  // writer thread, redo mode
+  static constexpr double kMapBytesPerRedoBytePrior = 16;
   // Redo mode: the flusher thread flushes data.mdb after each checkpoint
   // committed without a flush; the writer waits for it only before the
   // next checkpoint (at most one unflushed). GUARDED_BY(flushMu_).

@@ -911,6 +911,64 @@ TEST_F(RedoLogTest, AReadOnlyOpenRefusesACheckpointLeftUnflushedBeforeTheMachine
   for (int i = 1; i <= 7; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
 }
 
+// ------------------------------------------------------------ a job that throws
+
+// A group's jobs run straight in its transaction; one that throws there
+// fails alone: it is not run again (a failpoint's count), the rest of its
+// group is durable and there after a restart, nothing of it is, and the
+// state kept beside LMDB is marked stale once.
+TEST_F(RedoLogTest, AJobThatThrowsFailsAloneInItsGroupAndIsNotRunAgain) {
+  int rolledBack = 0;
+  std::atomic<int> badRan{0}, failures{0};
+  {
+    auto env = openEnvRecovering(path(), envOpts());
+    MDB_dbi db = env.openDb("t");
+    auto opts = redoLog(noCheckpoints());
+    opts.onRolledBack = [&rolledBack]() noexcept { ++rolledBack; };
+    GroupCommitLog log(env, opts);
+    // The first job holds the writer so that the next five queue into one group.
+    std::promise<void> entered, release;
+    auto released = release.get_future().share();
+    std::thread holder([&] {
+      log.runSync([&](lmdb::Txn& t) {
+        entered.set_value();
+        released.wait();
+        t.put(db, key(1), value(1, 100));
+      });
+    });
+    entered.get_future().wait();
+    std::vector<std::thread> writers;
+    for (int i = 2; i <= 6; ++i) {
+      writers.emplace_back([&, i] {
+        try {
+          log.runSync([&, i](lmdb::Txn& t) {
+            t.put(db, key(i), i == 4 ? "poison" : value(i, 100));
+            if (i == 4) {
+              ++badRan;
+              throw std::runtime_error("job 4 fails");
+            }
+          });
+        } catch (const std::runtime_error&) {
+          ++failures;
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // all five queued behind the holder
+    release.set_value();
+    holder.join();
+    for (auto& w : writers) w.join();
+    EXPECT_EQ(failures.load(), 1);
+    EXPECT_EQ(badRan.load(), 1) << "the job that threw ran again";
+    EXPECT_EQ(rolledBack, 1);
+    EXPECT_EQ(log.stats().failedJobs.load(), 1u);
+    EXPECT_EQ(log.stats().commits.load(), 2u) << "the five did not share one group: nothing tested";
+  }
+  auto env = openEnvRecovering(path(), envOpts());  // after a clean stop
+  auto keys = readKeys(env, 6);
+  for (int i : {1, 2, 3, 5, 6}) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+  EXPECT_EQ(keys[3], "") << "the failed job left a trace";
+}
+
 // ------------------------------------------------------------ full map
 
 // The raw LMDB LSN of an open env (its committed state, no overlay).
@@ -964,6 +1022,29 @@ TEST_F(RedoLogTest, ACheckpointThatMeetsAFullMapCommitsItsGroupsOneByOneAndGoesO
   EXPECT_EQ(rec.groups, 0u) << "LMDB held every group already";
   auto keys = readKeys(env, 6);
   for (int i = 1; i <= 6; ++i) EXPECT_EQ(keys[i - 1], value(i, 100)) << "key " << i;
+}
+
+// Between checkpoints the fill is not known; the redo bytes since the last
+// one say how far it may have grown, and once that may be kDirectAtFill the
+// log checkpoints before its time, reads the fill and turns direct, before
+// any write meets a full map (GroupCommitLog::roomCheckpointWanted; here
+// no time-based checkpoint ever falls due).
+TEST_F(RedoLogTest, ALogThatMayHaveFilledTheMapChecksBeforeItsTimeAndTurnsDirect) {
+  lmdb::EnvOptions small;
+  small.mapSize = std::size_t(1) << 20;
+  auto env = openEnvRecovering(path(), small);
+  MDB_dbi db = env.openDb("t");
+  int i = 1;
+  {
+    GroupCommitLog log(env, redoLog(noCheckpoints()));
+    for (; i <= 5000 && !log.shortOfRoom(); ++i) log.runSync([&](lmdb::Txn& t) { t.put(db, key(i), value(i, 200)); });
+    ASSERT_TRUE(log.shortOfRoom()) << "never turned direct in " << i << " groups";
+    EXPECT_LT(env.fill(), 0.95) << "turned direct only once a write met a full map";
+    EXPECT_GE(env.fill(), GroupCommitLog::kDirectAtFill * 0.9);
+    EXPECT_EQ(log.stats().failedJobs.load(), 0u);
+  }
+  auto keys = readKeys(env, i - 1);
+  for (int k = 1; k < i; ++k) ASSERT_EQ(keys[k - 1], value(k, 200)) << "key " << k;
 }
 
 // A start on a map already past kDirectAtFill goes direct from its first
