@@ -95,6 +95,12 @@ void ChildProcess::stop(std::chrono::milliseconds grace) {
 
 LocalCluster::LocalCluster(ClusterOptions opts) : opts_(std::move(opts)) {
   fs::create_directories(opts_.baseDir);
+  // Absolute: every path below goes into config files (an embedded
+  // agent's, relative to the coordinator's config file's directory, data
+  // directories) and to children; a relative one (keel-chaos --out
+  // chaos-out, its default) was read relative to the wrong directory.
+  opts_.baseDir = fs::absolute(opts_.baseDir).lexically_normal().string();
+  while (opts_.baseDir.size() > 1 && opts_.baseDir.back() == '/') opts_.baseDir.pop_back();
   for (auto& a : opts_.agents) agents_[a];
   for (auto& a : opts_.embedded) {
     if (!agents_.count(a)) throw std::runtime_error("embedded agent " + a + " is not one of the agents");

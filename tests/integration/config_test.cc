@@ -189,6 +189,37 @@ params = ["text", "text?"]
   EXPECT_EQ(n.expectRows, -1);  // the default: any
 }
 
+// A cluster whose folder is given relative to the working directory
+// (keel-chaos --out chaos-out, its default): every path written into a
+// config file is absolute, so the coordinator finds its embedded agents'
+// files (it read them relative to its own config file's folder, doubled)
+// and a transfer commits.
+class RelativeBaseDirTest : public ClusterTest {
+ protected:
+  ClusterOptions clusterOptions() override {
+    auto o = ClusterTest::clusterOptions();
+    o.embedded = {"bank-a", "bank-b"};
+    previous_ = std::filesystem::current_path();
+    std::filesystem::current_path(std::filesystem::path(dir_).parent_path());
+    o.baseDir = std::filesystem::path(dir_).filename().string() + "/./";
+    return o;
+  }
+  void TearDown() override {
+    ClusterTest::TearDown();
+    if (!previous_.empty()) std::filesystem::current_path(previous_);
+  }
+  std::filesystem::path previous_;
+};
+
+TEST_F(RelativeBaseDirTest, EmbeddedAgentsAreFoundAndATransferCommits) {
+  EXPECT_EQ(cluster_->baseDir(), dir_);
+  EXPECT_EQ(cluster_->agentAddress("bank-a"), "embedded:" + dir_ + "/bank-a.embedded.toml");
+  open("bank-a", "alice", 100);
+  open("bank-b", "bob", 0);
+  auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+  EXPECT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+}
+
 TEST(ExampleConfigs, DocumentedExamplesLoad) {
   auto c = loadCoordinatorConfig(std::string(KEEL_SOURCE_DIR) + "/docs/examples/coordinator.toml");
   EXPECT_EQ(c.participants.size(), 2u);
