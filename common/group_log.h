@@ -118,6 +118,12 @@ class GroupCommitLog {
   void enqueue(std::unique_ptr<Job> job, bool lazy);
 
   // Runs fn(txn) on the writer thread; resolves with its result once durable.
+  // fn may run more than once (its group or bundle runs again job by job
+  // when another job in it throws, and after a full map in redo mode), each
+  // time from a transaction without its earlier writes: it must do the
+  // same each time — copy what it captured, never move it out — and keep
+  // state beside LMDB only through Options::onRolledBack. The same holds
+  // for runLazy, runSync and submitted jobs.
   template <typename Fn>
   auto run(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>>;
 

@@ -337,7 +337,9 @@ kj::Promise<BranchLog::ReleaseResult> BranchLog::release(std::uint16_t node, std
   std::sort(keep.begin(), keep.end());
   keep.erase(std::unique(keep.begin(), keep.end()), keep.end());
   fence(node, epoch);
-  return log_->run([this, node, epoch, floor, keep = std::move(keep)](lmdb::Txn& txn) mutable {
+  // May run more than once (GroupCommitLog runs a group again when another
+  // job in it throws): `keep` is copied, never moved out.
+  return log_->run([this, node, epoch, floor, keep = std::move(keep)](lmdb::Txn& txn) {
     storeEpoch(txn, node, epoch);
     Floor now;
     {
@@ -346,7 +348,7 @@ kj::Promise<BranchLog::ReleaseResult> BranchLog::release(std::uint16_t node, std
     }
     if (floor >= now.floor) {
       // Durable before anything below it is dropped (same transaction).
-      now = Floor{floor, epoch, std::move(keep)};
+      now = Floor{floor, epoch, keep};
       txn.put(meta_, releaseKey(node), encodeFloor(now.floor, now.epoch, now.keep));
     }
     ReleaseResult r;

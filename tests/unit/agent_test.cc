@@ -200,6 +200,29 @@ TEST_F(AgentTest, ForgetKeepsATombstoneUntilItsCoordinatorStartedAgain) {
   expectAccount("alice", 100, 1);
 }
 
+// A job may run twice: the group log runs a bundle's items one by one
+// again when one of them throws (GroupCommitLog::Bundle). A release run
+// again keeps what it was told to keep (it once moved its list out on the
+// first run and dropped the kept records on the second).
+TEST_F(AgentTest, AReleaseRunAgainInItsBundleStillKeepsWhatItKeeps) {
+  fund("alice", 1000);
+  auto s3 = [](std::uint64_t n) { return makeSeq(3, n); };
+  const Xid dropped{s3(9), 1}, kept{s3(12), 1};
+  for (Xid x : {dropped, kept}) {
+    ASSERT_EQ(agent_->prepare(2, x, {debit("alice", 1)}).wait(ws()).vote, Vote::Yes);
+    ASSERT_EQ(agent_->commit(2, {x}).wait(ws()), Outcomes{BranchOutcome::Committed});
+  }
+  auto& log = agent_->branchLog();
+  // One loop turn: one bundle, whose second item throws.
+  auto release = log.release(3, 2, s3(15), {s3(12)});
+  auto bad = log.log().run([](lmdb::Txn&) -> int { throw std::runtime_error("the other item fails"); });
+  EXPECT_ANY_THROW(bad.wait(ws()));
+  auto r = release.wait(ws());
+  EXPECT_EQ(r.dropped, 1u);
+  EXPECT_FALSE(branch(dropped).has_value());
+  EXPECT_TRUE(branch(kept).has_value()) << "the kept record was dropped when the release ran again";
+}
+
 // The release floor (BranchLog::release, docs/protocol.md "Release"): a
 // coordinator node's seqs below it, except the kept ones, are finished and
 // archived. Their finished records go, tombstones included; unfinished and
