@@ -373,6 +373,19 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   }
 }
 
+std::optional<std::string> GroupCommitLog::roomRefusal() const {
+  double fill = env_.fill();
+  bool short_ = shortOfRoom();
+  if (fill < kRefuseNewAtFill && !short_) return std::nullopt;
+  std::string how =
+      std::to_string(int(fill * 100)) + "% full (map_size_mb = " + std::to_string(env_.mapSize() >> 20) + ")";
+  if (fill < kRefuseNewAtFill) {
+    return how + " and its redo log has just turned direct for want of room: new work is refused for " +
+           std::to_string(kShortOfRoomGraceUs / 1'000'000) + " s; raise map_size_mb";
+  }
+  return how + ": new work is refused until map_size_mb is raised";
+}
+
 bool GroupCommitLog::roomCheckpointWanted() const {
   // Between checkpoints the map's fill is not known (LMDB's file grows at
   // its commits); the redo bytes since the last one, at what a redo byte

@@ -154,7 +154,7 @@ class GroupCommitLog {
   // the fill after the next checkpoint would reach if it grew twice as much
   // as over the last one (between checkpoints the long transaction cannot
   // reuse the pages it frees, so a small map fills in steps); new work is
-  // refused at 0.9 (Coordinator / BranchLog::kRefuseNewAtFill), and what
+  // refused at 0.9 (kRefuseNewAtFill), and what
   // is in flight must still find room.
   static constexpr double kDirectAtFill = 0.75;
   static constexpr double kDirectAtProjectedFill = 0.85;
@@ -173,6 +173,15 @@ class GroupCommitLog {
   // group, its fill never lagged: no grace. Any thread.
   static constexpr Micros kShortOfRoomGraceUs = 3'000'000;
   bool shortOfRoom() const { return monoMicros() < shortOfRoomUntil_.load(std::memory_order_relaxed); }
+  // New work (an interaction at the coordinator, a branch at an agent) is
+  // refused at this fill, so that what is in flight can still finish: its
+  // writes need room too.
+  static constexpr double kRefuseNewAtFill = 0.9;
+  // Why new work should be refused now, or nothing: the map is
+  // kRefuseNewAtFill full, or short of room (shortOfRoom). Says how full
+  // ("N% full (map_size_mb = M)"), for how long and what to do; the caller
+  // names the store. Any thread.
+  std::optional<std::string> roomRefusal() const;
 
   // One job of a loop bundle (see above); used by run().
   class LoopItem {

@@ -170,14 +170,13 @@ kj::Promise<void> Coordinator::persist(Interaction& it, bool lazy) {
 }
 
 std::optional<std::string> Coordinator::storageFull() const {
-  // New work is refused while the WAL is nearly full, so that what is in
-  // flight can still finish (its writes need room too).
-  // In redo mode the fill lags (it grows at checkpoints): the log's own
-  // judgement that the map is short of room refuses too.
-  double fill = wal_.fill();
-  if (fill < kRefuseNewAtFill && !wal_.log().shortOfRoom() && monoMicros() >= fullUntilUs_) return std::nullopt;
-  return "coordinator WAL is " + std::to_string(int(fill * 100)) + "% full (map_size_mb = " +
-         std::to_string(wal_.mapSize() >> 20) + "): new interactions are refused until it is raised";
+  // New work is refused while the WAL is nearly full or short of room
+  // (GroupCommitLog::roomRefusal), so that what is in flight can still
+  // finish, and for a second after a write met a full map.
+  if (auto why = wal_.log().roomRefusal()) return "coordinator WAL is " + *why;
+  if (monoMicros() >= fullUntilUs_) return std::nullopt;
+  return "coordinator WAL: a write has just met a full map (map_size_mb = " + std::to_string(wal_.mapSize() >> 20) +
+         "): new interactions are refused for a second; raise map_size_mb";
 }
 
 void Coordinator::answer(Interaction& it, ClientOutcome o, const std::string& reason) {

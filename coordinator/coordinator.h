@@ -395,7 +395,6 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::set<std::string> probing_;
   std::map<std::string, Micros> lastDownLogUs_;  // rate limit of "stopped answering" lines
   Micros fullUntilUs_ = 0;  // a write failed with MDB_MAP_FULL: refuse new work until then
-  static constexpr double kRefuseNewAtFill = 0.9;
   kj::TaskSet tasks_;  // declared last: destroyed first, before what it uses
 };
 

@@ -236,14 +236,11 @@ BranchLog::Counts BranchLog::counts() const {
 double BranchLog::fill() const { return env_.fill(); }
 
 std::optional<std::string> BranchLog::fullReason(const std::string& agentName) const {
-  double f = fill();
-  // In redo mode the fill lags (LMDB's file grows at checkpoints): the
-  // log's own judgement that the map is short of room refuses too, as the
-  // coordinator's does (GroupCommitLog::shortOfRoom).
-  bool short_ = log_ != nullptr && log_->shortOfRoom();
-  if (f < kRefuseNewAtFill && !short_) return std::nullopt;
-  return "agent " + agentName + " storage is " + std::to_string(int(f * 100)) + "% full (map_size_mb = " +
-         std::to_string(env_.mapSize() >> 20) + "): new work refused";
+  // As the coordinator's WAL (GroupCommitLog::roomRefusal). Before start()
+  // no work is taken at all.
+  if (log_ == nullptr) return std::nullopt;
+  if (auto why = log_->roomRefusal()) return "agent " + agentName + " storage is " + *why;
+  return std::nullopt;
 }
 
 kj::Promise<BranchLog::ForgetResult> BranchLog::forget(std::vector<Xid> xids) {

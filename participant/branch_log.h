@@ -112,8 +112,8 @@ class BranchLog {
   Counts counts() const;
   // Share of the LMDB map in use (high-water mark), 0..1.
   double fill() const;
-  // New work is refused at this fill, so commits and rollbacks still fit.
-  static constexpr double kRefuseNewAtFill = 0.9;
+  // Why new work is refused (GroupCommitLog::roomRefusal: the map nearly
+  // full or short of room, so commits and rollbacks still fit), or nothing.
   std::optional<std::string> fullReason(const std::string& agentName) const;
 
   // Drops finished branches; unfinished ones are refused, and so is a

@@ -1002,6 +1002,11 @@ TEST_F(RedoLogTest, ACheckpointThatMeetsAFullMapCommitsItsGroupsOneByOneAndGoesO
       // New work is refused for a grace while what was admitted against the
       // lagging fill finishes (GroupCommitLog::shortOfRoom)...
       EXPECT_TRUE(log.shortOfRoom()) << "turned direct for want of room, new work not refused";
+      auto why = log.roomRefusal();
+      ASSERT_TRUE(why.has_value()) << "short of room, but no reason to refuse";
+      EXPECT_NE(why->find("has just turned direct for want of room: new work is refused for 3 s; raise map_size_mb"),
+                std::string::npos)
+          << *why;
       for (int i = 1; i <= 5; ++i) EXPECT_EQ(lmdbOnly(env, db, i).value_or(""), value(i, 100)) << "key " << i;
       EXPECT_EQ(committedLsn(env), 5u);
       EXPECT_EQ(pendingTxnid(path()), 0u) << "a commit of the one-by-one replay left pending";
@@ -1014,6 +1019,7 @@ TEST_F(RedoLogTest, ACheckpointThatMeetsAFullMapCommitsItsGroupsOneByOneAndGoesO
       auto deadline = monoMicros() + GroupCommitLog::kShortOfRoomGraceUs + 2'000'000;
       while (log.shortOfRoom() && monoMicros() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
       EXPECT_FALSE(log.shortOfRoom()) << "new work refused for good after the grace";
+      EXPECT_FALSE(log.roomRefusal().has_value()) << *log.roomRefusal();
     }
   }
   failpoint::configure("");
@@ -1070,6 +1076,7 @@ TEST_F(RedoLogTest, AStartOnANearlyFullMapGoesDirectWithoutRefusingNewWork) {
   log.runSync([&](lmdb::Txn& t) { t.put(db, key(100'000), value(1, 10)); });
   EXPECT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10)) << "not direct on a nearly full map";
   EXPECT_FALSE(log.shortOfRoom()) << "a start on a nearly full map refuses new work below 0.9";
+  EXPECT_FALSE(log.roomRefusal().has_value()) << *log.roomRefusal();
 }
 
 TEST_F(RedoLogTest, AReplayThatDoesNotFitInOneCommitCommitsEachGroupWithItsLsn) {
