@@ -42,6 +42,7 @@ struct FloorResult {
   // bracket() only: the floor measured before the load and after it (0:
   // measured once).
   double beforeUs = 0, afterUs = 0;
+  bool bracketed() const { return beforeUs > 0 && afterUs > 0; }
   // |before - after| / the lower of the two (0 when measured once).
   double spread() const {
     double lo = std::min(beforeUs, afterUs);

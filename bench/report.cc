@@ -204,13 +204,13 @@ void addFloorFields(JsonObject& j, const FloorResult& f, const RunResult* single
       .add("lmdb_commit_us", f.lmdbCommitUs)
       .add("redo_append_us", f.redoAppendUs)
       .add("floor_samples", f.samples);
-  if (f.beforeUs > 0 && f.afterUs > 0) {
+  if (f.bracketed()) {
     j.add("floor_before_us", f.beforeUs).add("floor_after_us", f.afterUs).add("floor_spread", f.spread());
   }
   if (single != nullptr && f.floorUs() > 0) {
     double p50 = double(single->latency.percentile(50));
     j.add("p50_over_floor", p50 / f.floorUs());
-    if (f.beforeUs > 0 && f.afterUs > 0) {
+    if (f.bracketed()) {
       j.add("p50_over_floor_before", p50 / f.beforeUs).add("p50_over_floor_after", p50 / f.afterUs);
     }
   }
@@ -317,18 +317,19 @@ void printFloor(std::FILE* out, const FloorResult& f, const RunResult* single) {
                "floor (median of %u): RPC round trip %.1f us, durable LMDB commit %.1f us, durable redo-log append %.1f us, "
                "floor = 2 x round trip + 2 x the cheaper write = %.1f us\n",
                f.samples, f.rttUs, f.lmdbCommitUs, f.redoAppendUs, f.floorUs());
-  bool bracketed = f.beforeUs > 0 && f.afterUs > 0;
-  if (bracketed) {
-    std::fprintf(out, "  measured before the load (floor %.1f us) and after it (%.1f us), %.0f%% apart; each part above is the mean of the two%s\n",
-                 f.beforeUs, f.afterUs, 100 * f.spread(),
-                 f.spread() > kFloorSpreadWarn ? ": more than 20% apart, the machine changed during the run; do not "
-                                                 "judge a ratio against the floor by this run"
-                                               : "");
+  if (f.bracketed()) {
+    std::fprintf(out, "  measured before the load (floor %.1f us) and after it (%.1f us), %.0f%% apart; each part above is the mean of the two",
+                 f.beforeUs, f.afterUs, 100 * f.spread());
+    if (f.spread() > kFloorSpreadWarn) {
+      std::fprintf(out, ": more than %.0f%% apart, the machine changed during the run; do not judge a ratio against "
+                   "the floor by this run", 100 * kFloorSpreadWarn);
+    }
+    std::fprintf(out, "\n");
   }
   if (single != nullptr && f.floorUs() > 0) {
     double p50 = double(single->latency.percentile(50));
     std::fprintf(out, "  p50 at concurrency %u = %.2f x floor", single->concurrency, p50 / f.floorUs());
-    if (bracketed) std::fprintf(out, " (%.2f x the floor before, %.2f x after)", p50 / f.beforeUs, p50 / f.afterUs);
+    if (f.bracketed()) std::fprintf(out, " (%.2f x the floor before, %.2f x after)", p50 / f.beforeUs, p50 / f.afterUs);
     std::fprintf(out, "\n");
   }
 }

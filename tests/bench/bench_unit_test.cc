@@ -304,7 +304,11 @@ TEST(Floor, BracketedMeasurementsAreAveragedAndBothKept) {
   std::string text = printedBy([&](std::FILE* out) { printFloor(out, f, &r); });
   EXPECT_NE(text.find("measured before the load (floor 400.0 us) and after it (500.0 us), 25% apart"), std::string::npos)
       << text;
-  EXPECT_NE(text.find("the machine changed during the run"), std::string::npos) << text;
+  EXPECT_NE(text.find("more than 20% apart, the machine changed during the run"), std::string::npos) << text;
+  auto close = bracket(before, FloorResult{50, 200, 160, 10});  // floors 400 and 420: 5% apart, not flagged
+  std::string quiet = printedBy([&](std::FILE* out) { printFloor(out, close, &r); });
+  EXPECT_NE(quiet.find("(floor 400.0 us) and after it (420.0 us), 5% apart"), std::string::npos) << quiet;
+  EXPECT_EQ(quiet.find("the machine changed"), std::string::npos) << quiet;
   EXPECT_NE(text.find("(2.50 x the floor before, 2.00 x after)"), std::string::npos) << text;
   JsonObject once;
   addFloorFields(once, before, &r);
