@@ -106,19 +106,31 @@ void GroupCommitLog::enqueue(std::unique_ptr<Job> job, bool lazy) {
   bool wake;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    // A lazy job needs the writer only to learn its deadline (first in queue).
-    wake = !lazy || queue_.empty();
-    if (queue_.empty()) queuedSince_ = std::chrono::steady_clock::now();
+    // A lazy job needs the writer only to learn its deadline (first in
+    // queue), and not even that when the writer will look at the queue
+    // before the deadline anyway (writerLooksAt_): the lazy records of one
+    // client's interactions (an agent's COMMITTED, the coordinator's final
+    // record) then cost no wake-up of their own, they ride with the next
+    // forced group.
+    auto now = std::chrono::steady_clock::now();
+    wake = !lazy || (queue_.empty() && writerLooksAt_ > now + opts_.lazyDelay);
+    if (queue_.empty()) queuedSince_ = now;
     if (!lazy) ++forcedQueued_;
     queue_.push_back(Queued{std::move(job), lazy});
   }
-  if (wake) cv_.notify_one();
+  if (wake) {
+    stats_.writerWakeups.fetch_add(1, std::memory_order_relaxed);
+    cv_.notify_one();
+  }
 }
 
 void GroupCommitLog::writerLoop() {
   std::vector<std::unique_ptr<Job>> group;
   std::vector<Job*> applied;
   lmdb::Txn outer;  // redo mode: open from the first group after a checkpoint to the next checkpoint
+  // Until when an idle writer waits before it sleeps for good: lazyDelay
+  // after its last group started (see enqueue).
+  auto idleLook = std::chrono::steady_clock::time_point::min();
   if (redo_) env_.deferSync(true);  // checkpoints: flushed by the flusher thread
   if (redo_) {
     lastFill_ = env_.fill();
@@ -137,18 +149,35 @@ void GroupCommitLog::writerLoop() {
       // Only lazy jobs queued: they start a group once the oldest waited
       // lazyDelay (or at shutdown); any other job takes them along at once.
       // Redo mode: a checkpoint that falls due meanwhile is made here.
+      // Every wait says until when (writerLooksAt_), so that enqueue wakes
+      // the writer for a lazy job only if it would look too late; an idle
+      // writer looks once more lazyDelay after its last group (idleLook)
+      // before it sleeps without a deadline.
+      using Clock = std::chrono::steady_clock;
+      auto waitUntil = [&](Clock::time_point until) {
+        writerLooksAt_ = until;
+        auto status = std::cv_status::no_timeout;
+        if (until == Clock::time_point::max()) {
+          cv_.wait(lk);
+        } else {
+          status = cv_.wait_until(lk, until);
+        }
+        writerLooksAt_ = Clock::time_point::min();
+        return status;
+      };
       for (;;) {
         if (stopping_ || forcedQueued_ > 0) break;
         bool checkpointWaits = redo_ && redo_->pending() > 0;
         if (queue_.empty() && !checkpointWaits) {
-          cv_.wait(lk);
+          waitUntil(Clock::now() < idleLook ? idleLook : Clock::time_point::max());
           continue;
         }
         // Nothing queued: an idle writer checkpoints sooner.
         auto due = [&] { return queue_.empty() ? redo_->checkpointDueIdle() : redo_->checkpointDue(); };
         auto until = queue_.empty() ? due() : queuedSince_ + opts_.lazyDelay;
         if (checkpointWaits) until = std::min(until, due());
-        if (cv_.wait_until(lk, until) == std::cv_status::timeout) {
+        if (queue_.empty() && Clock::now() < idleLook) until = std::min(until, idleLook);
+        if (waitUntil(until) == std::cv_status::timeout) {
           if (redo_ && redo_->pending() > 0 && std::chrono::steady_clock::now() >= due()) {
             lk.unlock();
             checkpoint(outer);
@@ -184,6 +213,7 @@ void GroupCommitLog::writerLoop() {
     }
 
     auto groupStarted = std::chrono::steady_clock::now();
+    idleLook = groupStarted + opts_.lazyDelay;
     if (redo_) {
       runRedoGroup(group, applied, outer, groupStarted);
       continue;

@@ -96,6 +96,9 @@ class GroupCommitLog {
     std::atomic<std::uint64_t> commits{0};     // durable LMDB commits (redo mode: durable appends)
     std::atomic<std::uint64_t> jobs{0};        // jobs made durable
     std::atomic<std::uint64_t> failedJobs{0};  // jobs rolled back
+    // Times a caller woke the writer (a forced job, or a lazy one the
+    // writer would otherwise have looked at too late: enqueue).
+    std::atomic<std::uint64_t> writerWakeups{0};
     // Jobs per durable commit (the group sizes, for /metrics).
     std::unique_ptr<Histogram> groupSize = Histogram::sizes();
     // Writer thread: first job taken -> the commit's fsync returned.
@@ -132,7 +135,11 @@ class GroupCommitLog {
   // rides along with the next group that other jobs start, or is committed
   // after Options::lazyDelay if none does. Under load this costs nothing;
   // at low load it keeps such writes out of the way of the forced ones (a
-  // forced write never waits behind an fsync that only lazy records needed).
+  // forced write never waits behind an fsync that only lazy records needed),
+  // and it does not wake the writer when the writer looks at its queue
+  // within the delay anyway (an idle writer does, lazyDelay after its last
+  // group): one client's lazy records cost no wake-up of their own.
+  // Measured: docs/performance.md, "nineteenth sitting".
   template <typename Fn>
   auto runLazy(Fn&& fn) -> kj::Promise<std::invoke_result_t<Fn&, lmdb::Txn&>>;
 
@@ -255,6 +262,10 @@ class GroupCommitLog {
   std::deque<Queued> queue_;
   std::size_t forcedQueued_ = 0;                     // GUARDED_BY(mu_): non-lazy jobs in queue_
   std::chrono::steady_clock::time_point queuedSince_;  // GUARDED_BY(mu_): when queue_ stopped being empty
+  // GUARDED_BY(mu_): when the writer, waiting, looks at the queue next
+  // without being woken (max: it sleeps until woken; min: it is not
+  // waiting, it looks as soon as its group is done).
+  std::chrono::steady_clock::time_point writerLooksAt_ = std::chrono::steady_clock::time_point::min();
   bool stopping_ = false;                   // GUARDED_BY(mu_)
   // Loop bundling: touched only by the bundling loop's thread.
   std::atomic<std::thread::id> loopThread_{};
