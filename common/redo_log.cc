@@ -191,11 +191,18 @@ BootId bootId() {
   return id;
 }
 
+// Read once per process: a process never outlives its boot, and every
+// checkpoint marks one (ten a second), each of which read the file.
+const BootId& thisBoot() {
+  static const BootId id = bootId();
+  return id;
+}
+
 void writePending(int fd, std::uint64_t txnid, const std::string& file) {
   char b[kPendingBytes] = {};
   store<std::uint32_t>(b, kPendingMagic);
   store<std::uint64_t>(b + 8, txnid);
-  BootId boot = bootId();
+  const BootId& boot = thisBoot();
   std::memcpy(b + 16, boot.data(), boot.size());
   store<std::uint32_t>(b + 4, crc32c(0, std::string_view(b + 8, kPendingBytes - 8)));
   writeAll(fd, b, kPendingBytes, 0, "write " + file);
@@ -425,7 +432,7 @@ void refuseUnflushedCheckpointAfterRestart(const std::string& dir) {
   }
   ::close(fd);
   if (!metas || metas->txnid(metas->newest()) != mark.txnid) return;
-  BootId now = bootId();
+  const BootId& now = thisBoot();
   if (mark.boot == now && now != BootId{}) return;
   throw lmdb::Error("redo log: the last checkpoint of " + data + " (LMDB transaction " + std::to_string(mark.txnid) +
                         ") was never confirmed flushed, and the machine has restarted since, so its pages may be "
