@@ -380,51 +380,60 @@ TEST_F(GroupLogTest, LazyJobRidesWithTheNextForcedGroupOrCommitsAfterItsDelay) {
 // Once the writer sleeps without a deadline (or, in redo mode, until a
 // checkpoint far off), a lazy job wakes it, and still commits after its
 // delay. Both modes: in redo mode the writer waits for its next
-// checkpoint, and the lazy job must not count on that.
-void lazyWakeups(lmdb::Env& env, GroupCommitLog::Options opts) {
-  MDB_dbi db = env.openDb("data");
-  opts.lazyDelay = std::chrono::milliseconds(400);
-  GroupCommitLog log(env, opts);
+// checkpoint, and the lazy job must not count on that. Each part is timed
+// so that a slow machine cannot make it fail: the first has a long delay
+// and never waits for it, the second waits well past a short one.
+void lazyWakeups(const std::string& dir, GroupCommitLog::Options opts) {
+  auto open = [&] { return opts.redo ? openEnvRecovering(dir, {}) : lmdb::Env(dir, {}); };
   kj::EventLoop loop;
   kj::WaitScope waitScope(loop);
-  auto& st = log.stats();
-  log.run([db](lmdb::Txn& txn) { txn.put(db, "forced-1", "a"); }).wait(waitScope);
-  EXPECT_EQ(st.writerWakeups.load(), 1u);
-  // Within lazyDelay of that group: no wake-up; it rides with the next
-  // forced job (one group for both).
-  auto lazy = log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "lazy-1", "b"); });
-  kj::evalLater([] {}).wait(waitScope);  // the lazy bundle leaves in its own turn
-  EXPECT_EQ(st.writerWakeups.load(), 1u);
-  log.run([db](lmdb::Txn& txn) { txn.put(db, "forced-2", "c"); }).wait(waitScope);
-  lazy.wait(waitScope);
-  EXPECT_EQ(st.writerWakeups.load(), 2u);
-  EXPECT_EQ(st.commits.load(), 2u);
-  // Once the writer has looked again and gone to sleep, a lazy job wakes
-  // it (it would look too late otherwise), and it is committed alone after
-  // its delay.
-  std::this_thread::sleep_for(std::chrono::milliseconds(600));
-  auto t0 = std::chrono::steady_clock::now();
-  log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "lazy-2", "d"); }).wait(waitScope);
-  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(350));
-  EXPECT_EQ(st.writerWakeups.load(), 3u);
-  EXPECT_EQ(st.commits.load(), 3u);
-  auto read = env.beginRead();
-  EXPECT_EQ(read.get(db, "lazy-1"), "b");
-  EXPECT_EQ(read.get(db, "lazy-2"), "d");
+  {
+    // Within lazyDelay of a group: no wake-up; the lazy job rides with the
+    // next forced one (one group for both).
+    lmdb::Env env = open();
+    MDB_dbi db = env.openDb("data");
+    opts.lazyDelay = std::chrono::seconds(30);
+    GroupCommitLog log(env, opts);
+    auto& st = log.stats();
+    log.run([db](lmdb::Txn& txn) { txn.put(db, "forced-1", "a"); }).wait(waitScope);
+    EXPECT_EQ(st.writerWakeups.load(), 1u);
+    auto lazy = log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "lazy-1", "b"); });
+    kj::evalLater([] {}).wait(waitScope);  // the lazy bundle leaves in its own turn
+    EXPECT_EQ(st.writerWakeups.load(), 1u);
+    log.run([db](lmdb::Txn& txn) { txn.put(db, "forced-2", "c"); }).wait(waitScope);
+    lazy.wait(waitScope);
+    EXPECT_EQ(st.writerWakeups.load(), 2u);
+    EXPECT_EQ(st.commits.load(), 2u);
+    EXPECT_EQ(env.beginRead().get(db, "lazy-1"), "b");
+  }
+  {
+    // Once the writer has looked again and gone to sleep, a lazy job wakes
+    // it (it would look too late otherwise), and it is committed alone
+    // after its delay.
+    lmdb::Env env = open();
+    MDB_dbi db = env.openDb("data");
+    opts.lazyDelay = std::chrono::milliseconds(100);
+    GroupCommitLog log(env, opts);
+    auto& st = log.stats();
+    log.run([db](lmdb::Txn& txn) { txn.put(db, "forced-3", "d"); }).wait(waitScope);
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    auto t0 = std::chrono::steady_clock::now();
+    log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "lazy-2", "e"); }).wait(waitScope);
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(90));
+    EXPECT_EQ(st.writerWakeups.load(), 2u);
+    EXPECT_EQ(st.commits.load(), 2u);
+    EXPECT_EQ(env.beginRead().get(db, "lazy-2"), "e");
+  }
 }
 
-TEST_F(GroupLogTest, ALazyJobWakesTheWriterOnlyIfItWouldLookTooLate) {
-  lmdb::Env env(dir_.path(), {});
-  lazyWakeups(env, {});
-}
+TEST_F(GroupLogTest, ALazyJobWakesTheWriterOnlyIfItWouldLookTooLate) { lazyWakeups(dir_.path(), {}); }
 
 TEST_F(GroupLogTest, ALazyJobWakesTheWriterOnlyIfItWouldLookTooLateInRedoMode) {
-  lmdb::Env env = openEnvRecovering(dir_.path(), {});
   GroupCommitLog::Options opts;
   opts.redo = true;
   opts.redoOptions.checkpointEvery = std::chrono::hours(1);  // the writer waits for a checkpoint an hour off
   opts.redoOptions.checkpointIdle = std::chrono::hours(1);
-  lazyWakeups(env, opts);
+  lazyWakeups(dir_.path(), opts);
 }
 
 TEST_F(GroupLogTest, LazyAndForcedWritesToOneKeyLandInSubmissionOrder) {
