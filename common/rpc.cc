@@ -13,7 +13,7 @@
 #include <arpa/inet.h>
 
 #include "common/fault.h"
-#include "common/finish_coalescing.h"
+#include "common/write_coalescing.h"
 #include "common/log.h"
 #include "common/tls.h"
 #include "common/wire.h"
@@ -23,7 +23,7 @@ namespace keel {
 namespace {
 
 // How long a connection holds back a Cap'n Proto Finish message for the
-// next message to the same peer to carry (common/finish_coalescing.h).
+// next message to the same peer to carry (common/write_coalescing.h).
 // Longer than the gap between a vote and the commit that follows it at one
 // client; a Finish only frees an answer's table entry or cancels a call.
 constexpr kj::Duration kFinishHold = 5 * kj::MILLISECONDS;
@@ -335,7 +335,7 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream, Peer peer,
                                                     limits_.maxCallsInFlight, io_.provider->getTimer()));
     conns_[raw] = conn;
   }
-  auto coalescing = kj::heap<FinishCoalescingStream>(*stream, io_.provider->getTimer(), kFinishHold);
+  auto coalescing = kj::heap<WriteCoalescingStream>(*stream, io_.provider->getTimer(), kFinishHold);
   auto network = kj::heap<capnp::TwoPartyVatNetwork>(*coalescing, capnp::rpc::twoparty::Side::SERVER,
                                                      networkReaderOptions());
   auto rpc = kj::heap(capnp::makeRpcServer(*network, kj::mv(boot)));

@@ -15,7 +15,7 @@
 #include <string>
 
 #include "common/config.h"
-#include "common/finish_coalescing.h"
+#include "common/write_coalescing.h"
 
 namespace keel {
 
@@ -131,7 +131,7 @@ class RpcConnection {
 
  private:
   kj::Own<kj::AsyncIoStream> stream_;
-  FinishCoalescingStream coalescing_;  // Finish messages ride with the next call
+  WriteCoalescingStream coalescing_;  // one write per wake-up; Finish messages ride with the next call
   capnp::TwoPartyVatNetwork network_;
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc_;
 };

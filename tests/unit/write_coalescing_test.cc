@@ -1,8 +1,9 @@
-// FinishCoalescingStream: a Cap'n Proto RPC Finish message is held back and
-// rides with the next message to the same peer, in order; alone, it goes
-// out after the hold; nothing else is ever held.
+// WriteCoalescingStream: what one wake-up of the event loop writes goes out
+// in one write, in order, at the end of the wake-up; a Cap'n Proto RPC
+// Finish message is held back and rides with the next message to the same
+// peer, in order; alone, it goes out after the hold. Reads are buffered.
 
-#include "common/finish_coalescing.h"
+#include "common/write_coalescing.h"
 
 #include <capnp/message.h>
 #include <capnp/rpc.capnp.h>
@@ -59,7 +60,8 @@ class GatedStream final : public kj::AsyncIoStream {
     return gate();
   }
   kj::Promise<void> whenWriteDisconnected() override { return kj::NEVER_DONE; }
-  void shutdownWrite() override {}
+  void shutdownWrite() override { shutDownAfter = issued.size(); }
+  std::size_t shutDownAfter = SIZE_MAX;  // writes issued when shutdownWrite came
 
  private:
   kj::Promise<void> gate() {
@@ -69,12 +71,12 @@ class GatedStream final : public kj::AsyncIoStream {
   }
 };
 
-class FinishCoalescingTest : public ::testing::Test {
+class WriteCoalescingTest : public ::testing::Test {
  protected:
-  ~FinishCoalescingTest() noexcept override {}
+  ~WriteCoalescingTest() noexcept override {}
   kj::AsyncIoContext io = kj::setupAsyncIo();
   kj::TwoWayPipe pipe = io.provider->newTwoWayPipe();
-  FinishCoalescingStream out{*pipe.ends[0], io.provider->getTimer(), kHold};
+  WriteCoalescingStream out{*pipe.ends[0], io.provider->getTimer(), kHold};
 
   // Writes `m` the way TwoPartyVatNetwork does (segment table, then the
   // segments, one write call).
@@ -100,7 +102,7 @@ class FinishCoalescingTest : public ::testing::Test {
   }
 };
 
-TEST_F(FinishCoalescingTest, RecognisesOnlyAFinish) {
+TEST_F(WriteCoalescingTest, RecognisesOnlyAFinish) {
   auto finish = finishMessage(7);
   auto call = callMessage(7);
   auto piecesOf = [](const kj::Array<capnp::word>& flat) {
@@ -108,13 +110,13 @@ TEST_F(FinishCoalescingTest, RecognisesOnlyAFinish) {
     auto b = flat.asBytes();
     return kj::heapArray<kj::ArrayPtr<const kj::byte>>({b.slice(0, 8), b.slice(8, b.size())});
   };
-  EXPECT_TRUE(FinishCoalescingStream::isFinish(piecesOf(finish)));
-  EXPECT_FALSE(FinishCoalescingStream::isFinish(piecesOf(call)));
+  EXPECT_TRUE(WriteCoalescingStream::isFinish(piecesOf(finish)));
+  EXPECT_FALSE(WriteCoalescingStream::isFinish(piecesOf(call)));
   auto whole = finish.asBytes();
-  EXPECT_FALSE(FinishCoalescingStream::isFinish(kj::heapArray<kj::ArrayPtr<const kj::byte>>({whole})));
+  EXPECT_FALSE(WriteCoalescingStream::isFinish(kj::heapArray<kj::ArrayPtr<const kj::byte>>({whole})));
 }
 
-TEST_F(FinishCoalescingTest, AFinishRidesWithTheNextMessageInOrder) {
+TEST_F(WriteCoalescingTest, AFinishRidesWithTheNextMessageInOrder) {
   auto finish = finishMessage(3);
   auto call = callMessage(4);
   sendFlat(finish);
@@ -129,7 +131,7 @@ TEST_F(FinishCoalescingTest, AFinishRidesWithTheNextMessageInOrder) {
   EXPECT_EQ(readWithin(5 * kj::MILLISECONDS), bytesOf(call));
 }
 
-TEST_F(FinishCoalescingTest, AFinishAloneGoesOutAfterTheHold) {
+TEST_F(WriteCoalescingTest, AFinishAloneGoesOutAfterTheHold) {
   auto a = finishMessage(1), b = finishMessage(2);
   sendFlat(a);
   sendFlat(b);
@@ -146,34 +148,41 @@ TEST_F(FinishCoalescingTest, AFinishAloneGoesOutAfterTheHold) {
   EXPECT_EQ(readWithin(5 * kj::MILLISECONDS), bytesOf(call));
 }
 
-// The stream over a GatedStream, with a Finish held and then written alone
-// by the timer, that write still in flight.
-class FinishCoalescingGated : public ::testing::Test {
+// The stream over a GatedStream, nothing written yet.
+class WriteCoalescingTurns : public ::testing::Test {
  protected:
-  ~FinishCoalescingGated() noexcept override {}
+  ~WriteCoalescingTurns() noexcept override {}
   kj::AsyncIoContext io = kj::setupAsyncIo();
   GatedStream inner;
-  FinishCoalescingStream out{inner, io.provider->getTimer(), kHold};
+  WriteCoalescingStream out{inner, io.provider->getTimer(), kHold};
+
+  // Writes `flat` as Cap'n Proto would; the promise is its write's.
+  kj::Promise<void> write(const kj::Array<capnp::word>& flat) {
+    capnp::FlatArrayMessageReader r(flat);
+    auto m = kj::heap<capnp::MallocMessageBuilder>();
+    m->setRoot(r.getRoot<capnp::rpc::Message>());
+    return capnp::writeMessage(out, *m).attach(kj::mv(m)).eagerlyEvaluate(nullptr);
+  }
+};
+
+// The stream over a GatedStream, with a Finish held and then written alone
+// by the timer, that write still in flight.
+class WriteCoalescingGated : public WriteCoalescingTurns {
+ protected:
   kj::Array<capnp::word> finish = finishMessage(5);
   kj::Array<capnp::word> call = callMessage(6);
 
   void SetUp() override {
-    capnp::FlatArrayMessageReader r(finish);
-    capnp::MallocMessageBuilder m;
-    m.setRoot(r.getRoot<capnp::rpc::Message>());
-    capnp::writeMessage(out, m).wait(io.waitScope);  // held: resolves at once
+    write(finish).wait(io.waitScope);  // held: resolves at once
     ASSERT_TRUE(inner.issued.empty());
     io.provider->getTimer().afterDelay(kHold + 20 * kj::MILLISECONDS).wait(io.waitScope);
     ASSERT_EQ(inner.issued.size(), 1u);
     EXPECT_EQ(inner.issued[0], bytesOf(finish));
     EXPECT_EQ(out.counts().timerFlushes, 1u);
   }
-  // Starts writing the call; it must wait for the flush.
+  // Writes the call; it must not reach the socket while the flush is in flight.
   kj::Promise<void> writeCall() {
-    capnp::FlatArrayMessageReader r(call);
-    auto m = kj::heap<capnp::MallocMessageBuilder>();
-    m->setRoot(r.getRoot<capnp::rpc::Message>());
-    auto p = capnp::writeMessage(out, *m).attach(kj::mv(m)).eagerlyEvaluate(nullptr);
+    auto p = write(call);
     io.waitScope.poll();
     EXPECT_EQ(inner.issued.size(), 1u) << "the call overtook the timer's flush still in flight";
     return p;
@@ -181,37 +190,139 @@ class FinishCoalescingGated : public ::testing::Test {
 };
 
 // A message written while the timer's write of held Finish messages is
-// still in flight waits for it: the two never overlap and keep their order.
-TEST_F(FinishCoalescingGated, AWriteWaitsForTheTimersFlushInFlight) {
+// still in flight is taken at once and goes out after it: the two never
+// overlap and keep their order.
+TEST_F(WriteCoalescingGated, AWriteGoesOutAfterTheTimersFlushInFlight) {
   auto callWritten = writeCall();
-  EXPECT_FALSE(callWritten.poll(io.waitScope));
+  EXPECT_TRUE(callWritten.poll(io.waitScope)) << "taken into the pending bytes at once";
   inner.pending[0]->fulfill();  // the flush completes
   io.waitScope.poll();
   ASSERT_EQ(inner.issued.size(), 2u);
   EXPECT_EQ(inner.issued[1], bytesOf(call)) << "nothing held any more: the call goes alone";
   inner.pending[1]->fulfill();
-  callWritten.wait(io.waitScope);
+  io.waitScope.poll();
 }
 
 // A timer flush that fails (the connection is going) neither throws out of
-// the event loop nor wedges the stream: the next write is handed on.
-TEST_F(FinishCoalescingGated, AFailedTimerFlushDoesNotWedgeTheStream) {
+// the event loop nor swallows what comes after: the next write fails with
+// the flush's failure, and nothing more is handed to the socket.
+TEST_F(WriteCoalescingGated, AFailedWriteFailsTheWritesAfterIt) {
   auto callWritten = writeCall();
   inner.pending[0]->reject(KJ_EXCEPTION(DISCONNECTED, "peer went away"));
   io.waitScope.poll();
-  ASSERT_EQ(inner.issued.size(), 2u) << "the write after a failed flush was never handed on";
-  EXPECT_EQ(inner.issued[1], bytesOf(call));
+  EXPECT_EQ(inner.issued.size(), 1u) << "written after a failed write";
+  auto again = writeCall();
+  ASSERT_TRUE(again.poll(io.waitScope));
+  auto what = kj::runCatchingExceptions([&]() { again.wait(io.waitScope); });
+  KJ_IF_MAYBE(e, what) {
+    EXPECT_EQ(e->getType(), kj::Exception::Type::DISCONNECTED);
+  } else {
+    ADD_FAILURE() << "a write after a failed write succeeded";
+  }
+}
+
+// Three messages written before the loop waits again go out in one write
+// to the socket, in the order written, once the loop has nothing else to
+// do; each write resolves at once.
+TEST_F(WriteCoalescingTurns, WhatOneWakeUpWritesGoesOutInOneWrite) {
+  auto a = callMessage(1), b = callMessage(2), c = callMessage(3);
+  auto pa = write(a), pb = write(b), pc = write(c);
+  EXPECT_TRUE(inner.issued.empty()) << "written before the wake-up ended";
+  io.waitScope.poll();
+  ASSERT_EQ(inner.issued.size(), 1u);
+  EXPECT_EQ(inner.issued[0], bytesOf(a) + bytesOf(b) + bytesOf(c));
+  EXPECT_TRUE(pa.poll(io.waitScope));
+  EXPECT_TRUE(pc.poll(io.waitScope));
+  EXPECT_EQ(out.counts().messages, 3u);
+  EXPECT_EQ(out.counts().innerWrites, 1u);
+}
+
+// While a write is in flight nothing else is handed to the socket; what
+// was written meanwhile goes out together when it completes.
+TEST_F(WriteCoalescingTurns, WhatIsWrittenWhileAWriteIsInFlightGoesOutTogetherAfterIt) {
+  auto a = callMessage(1), b = callMessage(2), c = callMessage(3);
+  auto pa = write(a);
+  io.waitScope.poll();
+  ASSERT_EQ(inner.issued.size(), 1u);
+  auto pb = write(b);
+  io.waitScope.poll();
+  auto pc = write(c);
+  io.waitScope.poll();
+  EXPECT_EQ(inner.issued.size(), 1u) << "a second write overlapped the one in flight";
+  inner.pending[0]->fulfill();
+  io.waitScope.poll();
+  ASSERT_EQ(inner.issued.size(), 2u);
+  EXPECT_EQ(inner.issued[1], bytesOf(b) + bytesOf(c));
+}
+
+// A Finish written after a message still pending is not held: it goes
+// behind that message (it must never overtake a call made on the answer
+// it finishes).
+TEST_F(WriteCoalescingTurns, AFinishNeverOvertakesAPendingMessage) {
+  auto call = callMessage(4), finish = finishMessage(4);
+  auto p1 = write(call), p2 = write(finish);
+  io.waitScope.poll();
+  ASSERT_EQ(inner.issued.size(), 1u);
+  EXPECT_EQ(inner.issued[0], bytesOf(call) + bytesOf(finish));
+  EXPECT_EQ(out.counts().held, 0u);
+  // With nothing pending, a Finish is held, and goes in front of the next
+  // message (it was written first).
+  inner.pending[0]->fulfill();
+  io.waitScope.poll();
+  auto later = callMessage(5);
+  auto p3 = write(finish);
+  io.waitScope.poll();
+  EXPECT_EQ(inner.issued.size(), 1u) << "a Finish went out on its own at once";
+  auto p4 = write(later);
+  io.waitScope.poll();
+  ASSERT_EQ(inner.issued.size(), 2u);
+  EXPECT_EQ(inner.issued[1], bytesOf(finish) + bytesOf(later));
+  EXPECT_EQ(out.counts().rodeAlong, 1u);
+}
+
+// Past kMaxPending bytes a write resolves only once the socket took them:
+// Cap'n Proto writes its next message only then, so a peer that does not
+// read cannot make the stream buffer without bound.
+TEST_F(WriteCoalescingTurns, PastTheLimitAWriteWaitsUntilWritten) {
+  std::string big(WriteCoalescingStream::kMaxPending + 1, 'b');
+  auto small = out.write("s", 1);
+  EXPECT_TRUE(small.poll(io.waitScope));
+  io.waitScope.poll();  // the wake-up ends
+  ASSERT_EQ(inner.issued.size(), 1u);
+  auto large = out.write(big.data(), big.size());
+  io.waitScope.poll();
+  EXPECT_FALSE(large.poll(io.waitScope)) << "resolved before the socket took it";
+  inner.pending[0]->fulfill();
+  io.waitScope.poll();
+  ASSERT_EQ(inner.issued.size(), 2u);
+  EXPECT_EQ(inner.issued[1], big);
+  EXPECT_FALSE(large.poll(io.waitScope));
   inner.pending[1]->fulfill();
-  callWritten.wait(io.waitScope);
+  EXPECT_TRUE(large.poll(io.waitScope));
+  EXPECT_EQ(out.counts().waited, 1u);
+}
+
+// shutdownWrite() hands what is pending (Cap'n Proto's Abort) to the
+// socket at once, and shuts the socket's write side only after it.
+TEST_F(WriteCoalescingTurns, ShutdownWriteWritesWhatIsPendingFirst) {
+  auto abortLike = callMessage(9);
+  auto p = write(abortLike);
+  out.shutdownWrite();
+  ASSERT_EQ(inner.issued.size(), 1u) << "not handed on at once";
+  EXPECT_EQ(inner.issued[0], bytesOf(abortLike));
+  EXPECT_EQ(inner.shutDownAfter, SIZE_MAX) << "shut before the write completed";
+  inner.pending[0]->fulfill();
+  io.waitScope.poll();
+  EXPECT_EQ(inner.shutDownAfter, 1u);
 }
 
 // The read side: what the socket holds is read once and handed out to the
 // small reads that Cap'n Proto makes (first word, then the rest), byte for
 // byte and in order; nothing is waited for beyond what a read asked for.
 // The bytes are put on the pipe directly, not through `out`.
-class FinishCoalescingReads : public FinishCoalescingTest {
+class WriteCoalescingReads : public WriteCoalescingTest {
  protected:
-  FinishCoalescingStream in{*pipe.ends[1], io.provider->getTimer(), kHold};
+  WriteCoalescingStream in{*pipe.ends[1], io.provider->getTimer(), kHold};
 
   void put(const std::string& bytes) { pipe.ends[0]->write(bytes.data(), bytes.size()).wait(io.waitScope); }
   std::string read(size_t minBytes, size_t maxBytes) {
@@ -222,7 +333,7 @@ class FinishCoalescingReads : public FinishCoalescingTest {
   }
 };
 
-TEST_F(FinishCoalescingReads, ThreeMessagesInOneSocketReadAreReadWhole) {
+TEST_F(WriteCoalescingReads, ThreeMessagesInOneSocketReadAreReadWhole) {
   std::string all = bytesOf(callMessage(1)) + bytesOf(finishMessage(2)) + bytesOf(callMessage(3));
   put(all);
   for (std::uint32_t q : {1u, 2u, 3u}) {
@@ -242,7 +353,7 @@ TEST_F(FinishCoalescingReads, ThreeMessagesInOneSocketReadAreReadWhole) {
   EXPECT_EQ(in.counts().innerReads, 1u);
 }
 
-TEST_F(FinishCoalescingReads, AReadLongerThanWhatIsBufferedTakesThatAndWaitsForTheRestOnly) {
+TEST_F(WriteCoalescingReads, AReadLongerThanWhatIsBufferedTakesThatAndWaitsForTheRestOnly) {
   put("0123456789");
   EXPECT_EQ(read(4, 4), "0123");
   std::string buf(10, '\0');
@@ -256,7 +367,7 @@ TEST_F(FinishCoalescingReads, AReadLongerThanWhatIsBufferedTakesThatAndWaitsForT
   EXPECT_EQ(read(1, 100), "Z");
 }
 
-TEST_F(FinishCoalescingReads, AReadReturnsAsSoonAsItsMinimumIsThere) {
+TEST_F(WriteCoalescingReads, AReadReturnsAsSoonAsItsMinimumIsThere) {
   put("ab");
   EXPECT_EQ(read(1, 1000), "ab");  // not held back waiting for 1000
   std::string buf(8, '\0');
@@ -267,8 +378,8 @@ TEST_F(FinishCoalescingReads, AReadReturnsAsSoonAsItsMinimumIsThere) {
   EXPECT_EQ(buf[0], 'c');
 }
 
-TEST_F(FinishCoalescingReads, ALargeReadGoesStraightIntoTheCallersBuffer) {
-  std::string big(3 * FinishCoalescingStream::kReadBuffer, 'x');
+TEST_F(WriteCoalescingReads, ALargeReadGoesStraightIntoTheCallersBuffer) {
+  std::string big(3 * WriteCoalescingStream::kReadBuffer, 'x');
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = char('a' + i % 26);
   auto writing = pipe.ends[0]->write(big.data(), big.size());
   std::string got(big.size(), '\0');
@@ -277,7 +388,7 @@ TEST_F(FinishCoalescingReads, ALargeReadGoesStraightIntoTheCallersBuffer) {
   EXPECT_EQ(got, big);
 }
 
-TEST_F(FinishCoalescingReads, TheEndOfTheStreamComesAfterWhatWasBuffered) {
+TEST_F(WriteCoalescingReads, TheEndOfTheStreamComesAfterWhatWasBuffered) {
   put("hello");
   EXPECT_EQ(read(2, 2), "he");
   pipe.ends[0]->shutdownWrite();
