@@ -14,9 +14,11 @@ namespace {
 constexpr std::size_t kMaxHeldBytes = 4096;
 
 // `to` takes what `from` holds; `from` is left empty with `to`'s old
-// capacity (dropped if a large message made it large).
+// capacity, kept up to the read buffer's size (a connection that once
+// wrote a large batch does not hold its size for life; a large batch
+// allocates anew, which is small beside writing it).
 void swapIn(kj::Vector<kj::byte>& to, kj::Vector<kj::byte>& from) {
-  constexpr std::size_t kKeepCapacity = 2 * WriteCoalescingStream::kMaxPending;
+  constexpr std::size_t kKeepCapacity = WriteCoalescingStream::kReadBuffer;
   kj::Vector<kj::byte> old = kj::mv(to);
   to = kj::mv(from);
   old.clear();

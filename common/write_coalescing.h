@@ -47,6 +47,10 @@
 // caller asked for: a read returns as soon as its minimum is there, as the
 // inner stream's would.
 //
+// Memory per connection: the read buffer (kReadBuffer, at the first small
+// read) and two write buffers (what is pending, what is in flight), each
+// kept between writes up to kReadBuffer of capacity.
+//
 // shutdownWrite() writes what is pending first (held Finish messages are
 // dropped: the peer frees its answers when the connection ends anyway).
 // Destroyed with bytes pending, the stream drops them: the connection is
