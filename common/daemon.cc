@@ -4,6 +4,12 @@
 #include <malloc.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
 
 #include <cstdio>
 #include <cstdlib>
@@ -16,7 +22,33 @@
 
 namespace keel {
 
+namespace {
+
+// KEEL_STOP_WITH_PARENT as captureTerminationSignals() read it (0: unset).
+pid_t stopWithPid = 0;
+
+}  // namespace
+
+pid_t stopWithPidFromEnv() {
+  const char* v = std::getenv("KEEL_STOP_WITH_PARENT");
+  if (v == nullptr || *v == '\0') return 0;
+  errno = 0;
+  char* end = nullptr;
+  long n = std::strtol(v, &end, 10);
+  if (errno != 0 || end == v || *end != '\0' || n <= 0 || n > INT_MAX) {
+    std::fprintf(stderr,
+                 "KEEL_STOP_WITH_PARENT=%s: not a process id (a whole number above 0); it names the process whose "
+                 "exit stops this server (docs/operations.md, \"Started by a harness\")\n",
+                 v);
+    std::exit(kExitBadConfig);
+  }
+  return static_cast<pid_t>(n);
+}
+
+int openPidfd(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
 void captureTerminationSignals() {
+  stopWithPid = stopWithPidFromEnv();
   kj::UnixEventPort::captureSignal(SIGTERM);
   kj::UnixEventPort::captureSignal(SIGINT);
   kj::UnixEventPort::captureSignal(SIGHUP);  // reloads the TLS certificates (common/tls.h)
@@ -37,10 +69,37 @@ void holdFreedHeapMemory() {
   ::mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
 
+namespace {
+
+// Resolves once process `pid` has exited (never when pid is 0, or when it
+// cannot be watched: that is said once).
+kj::Promise<void> onExitOf(kj::AsyncIoContext& io, pid_t pid) {
+  if (pid == 0) return kj::NEVER_DONE;
+  int fd = openPidfd(pid);
+  if (fd < 0) {
+    if (errno == ESRCH) {
+      KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has already exited: stopping", pid);
+      return kj::READY_NOW;
+    }
+    KEEL_LOG_WARN("cannot watch process {} (KEEL_STOP_WITH_PARENT): {}; it will not stop this server", pid,
+                  std::strerror(errno));
+    return kj::NEVER_DONE;
+  }
+  auto observer = kj::heap<kj::UnixEventPort::FdObserver>(io.unixEventPort, fd,
+                                                          kj::UnixEventPort::FdObserver::OBSERVE_READ);
+  auto exited = observer->whenBecomesReadable();
+  // Attachments go last to first: the observer before its descriptor.
+  return exited.then([pid]() { KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has exited: stopping", pid); })
+      .attach(kj::defer([fd]() { ::close(fd); }), kj::mv(observer));
+}
+
+}  // namespace
+
 kj::Promise<void> onTermination(kj::AsyncIoContext& io) {
   return io.unixEventPort.onSignal(SIGTERM)
       .ignoreResult()
-      .exclusiveJoin(io.unixEventPort.onSignal(SIGINT).ignoreResult());
+      .exclusiveJoin(io.unixEventPort.onSignal(SIGINT).ignoreResult())
+      .exclusiveJoin(onExitOf(io, stopWithPid));
 }
 
 void writeFileAtomically(const std::string& path, const std::string& content) {

@@ -3,6 +3,7 @@
 
 #include <capnp/capability.h>
 #include <kj/async-io.h>
+#include <sys/types.h>
 
 #include <string>
 
@@ -24,8 +25,23 @@ void captureTerminationSignals();
 // the environment sets (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_,
 // GLIBC_TUNABLES) is left alone. docs/performance.md, fourteenth sitting.
 void holdFreedHeapMemory();
-// Resolves when SIGTERM or SIGINT arrives.
+// Resolves when SIGTERM or SIGINT arrives, or when the process that
+// KEEL_STOP_WITH_PARENT names has exited (below).
 kj::Promise<void> onTermination(kj::AsyncIoContext& io);
+
+// KEEL_STOP_WITH_PARENT=PID: this server stops (as on SIGTERM) once
+// process PID has exited. The harnesses that start Keel's servers
+// (keel-bench, keel-chaos, keel-demo, the tests: tools/cluster.cc) set it
+// to their own pid, so a harness killed with SIGKILL (or crashing) does
+// not leave coordinators and agents running behind it, holding ports and
+// CPU. Read once, by captureTerminationSignals() (keel-host: by its main):
+// 0 when unset or empty; a value that is not a process id (a whole number
+// above 0) prints why and exits with kExitBadConfig before anything is
+// touched.
+pid_t stopWithPidFromEnv();
+// A pidfd for `pid` (pidfd_open: readable once the process has exited),
+// or -1 with errno set (ESRCH: it is gone already).
+int openPidfd(pid_t pid);
 
 // Atomically writes `content` to `path` (write to path.tmp, then rename):
 // a reader never sees half a file. Used for --ready-file, which tells

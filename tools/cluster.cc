@@ -38,8 +38,13 @@ void ChildProcess::start(const std::string& exe, const std::vector<std::string>&
 
   std::vector<std::string> envS;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "KEEL_FAILPOINTS=", 16) != 0) envS.emplace_back(*e);
+    if (std::strncmp(*e, "KEEL_FAILPOINTS=", 16) != 0 && std::strncmp(*e, "KEEL_STOP_WITH_PARENT=", 22) != 0) {
+      envS.emplace_back(*e);
+    }
   }
+  // Keel's servers stop once this process is gone, however it ended
+  // (common/daemon.h): a harness killed with SIGKILL leaves nothing behind.
+  envS.push_back("KEEL_STOP_WITH_PARENT=" + std::to_string(::getpid()));
   envS.insert(envS.end(), env.begin(), env.end());
   std::vector<char*> envp;
   for (auto& e : envS) envp.push_back(e.data());

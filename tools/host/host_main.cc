@@ -13,8 +13,11 @@
 
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <iostream>
+#include <optional>
 #include <random>
 
 #include "common/daemon.h"
@@ -79,6 +82,8 @@ int main(int argc, char** argv) {
     return keel::kExitBadConfig;
   }
 
+  const pid_t stopWithPid = keel::stopWithPidFromEnv();  // a bad value exits here, before anything is touched
+
   keel::initLogging("host");
   try {
     keel::DataDir dir(dataDir, keel::DataDirOwner{keel::DataDirKind::Host, "host", 0, "keel-host"},
@@ -105,6 +110,29 @@ int main(int argc, char** argv) {
       server.stop();
       io.stop();
     });
+    // KEEL_STOP_WITH_PARENT (common/daemon.h): stop once that process is gone.
+    std::optional<asio::posix::stream_descriptor> parentWatch;
+    if (stopWithPid != 0) {
+      int fd = keel::openPidfd(stopWithPid);
+      if (fd >= 0) {
+        parentWatch.emplace(io, fd);
+        parentWatch->async_wait(asio::posix::stream_descriptor::wait_read, [&](std::error_code ec) {
+          if (ec) return;
+          KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has exited: stopping", stopWithPid);
+          server.stop();
+          io.stop();
+        });
+      } else if (errno == ESRCH) {
+        KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has already exited: stopping", stopWithPid);
+        asio::post(io, [&]() {
+          server.stop();
+          io.stop();
+        });
+      } else {
+        KEEL_LOG_WARN("cannot watch process {} (KEEL_STOP_WITH_PARENT): {}; it will not stop this server",
+                      stopWithPid, std::strerror(errno));
+      }
+    }
     server.startAccepting();
     if (!readyFile.empty()) keel::writeFileAtomically(readyFile, bound);
     KEEL_LOG_INFO("serving host on {} (data {}), faults {}, seed {}", bound, dir.path(), keel::host::faultsJson(faults),
