@@ -9,10 +9,9 @@
 
 #include <cerrno>
 #include <climits>
-#include <cstring>
-
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -45,7 +44,20 @@ pid_t stopWithPidFromEnv() {
   return static_cast<pid_t>(n);
 }
 
-int openPidfd(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+ParentWatch watchParent(pid_t pid) {
+  if (pid == 0) return {};
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd >= 0) return {fd, false};
+  if (errno == ESRCH) {
+    KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has already exited: stopping", pid);
+    return {-1, true};
+  }
+  KEEL_LOG_WARN("cannot watch process {} (KEEL_STOP_WITH_PARENT): {}; it will not stop this server", pid,
+                std::strerror(errno));
+  return {};
+}
+
+void logParentExited(pid_t pid) { KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has exited: stopping", pid); }
 
 void captureTerminationSignals() {
   stopWithPid = stopWithPidFromEnv();
@@ -72,25 +84,17 @@ void holdFreedHeapMemory() {
 namespace {
 
 // Resolves once process `pid` has exited (never when pid is 0, or when it
-// cannot be watched: that is said once).
+// cannot be watched).
 kj::Promise<void> onExitOf(kj::AsyncIoContext& io, pid_t pid) {
-  if (pid == 0) return kj::NEVER_DONE;
-  int fd = openPidfd(pid);
-  if (fd < 0) {
-    if (errno == ESRCH) {
-      KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has already exited: stopping", pid);
-      return kj::READY_NOW;
-    }
-    KEEL_LOG_WARN("cannot watch process {} (KEEL_STOP_WITH_PARENT): {}; it will not stop this server", pid,
-                  std::strerror(errno));
-    return kj::NEVER_DONE;
-  }
-  auto observer = kj::heap<kj::UnixEventPort::FdObserver>(io.unixEventPort, fd,
+  ParentWatch w = watchParent(pid);
+  if (w.gone) return kj::READY_NOW;
+  if (w.fd < 0) return kj::NEVER_DONE;
+  auto observer = kj::heap<kj::UnixEventPort::FdObserver>(io.unixEventPort, w.fd,
                                                           kj::UnixEventPort::FdObserver::OBSERVE_READ);
   auto exited = observer->whenBecomesReadable();
   // Attachments go last to first: the observer before its descriptor.
-  return exited.then([pid]() { KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has exited: stopping", pid); })
-      .attach(kj::defer([fd]() { ::close(fd); }), kj::mv(observer));
+  return exited.then([pid]() { logParentExited(pid); })
+      .attach(kj::defer([fd = w.fd]() { ::close(fd); }), kj::mv(observer));
 }
 
 }  // namespace

@@ -39,9 +39,18 @@ kj::Promise<void> onTermination(kj::AsyncIoContext& io);
 // above 0) prints why and exits with kExitBadConfig before anything is
 // touched.
 pid_t stopWithPidFromEnv();
-// A pidfd for `pid` (pidfd_open: readable once the process has exited),
-// or -1 with errno set (ESRCH: it is gone already).
-int openPidfd(pid_t pid);
+// How a server watches that process (onTermination does; keel-host, on
+// its asio loop, uses it directly): `fd` is a pidfd (pidfd_open, readable
+// once the process has exited; the caller closes it), or -1: then `gone`
+// says the process had already exited (stop now), else there is nothing to
+// watch (pid 0, or pidfd_open failed). The last two cases are logged here;
+// logParentExited says the first one's exit the same way.
+struct ParentWatch {
+  int fd = -1;
+  bool gone = false;
+};
+ParentWatch watchParent(pid_t pid);
+void logParentExited(pid_t pid);
 
 // Atomically writes `content` to `path` (write to path.tmp, then rename):
 // a reader never sees half a file. Used for --ready-file, which tells

@@ -134,8 +134,7 @@ void WriteCoalescingStream::scheduleWrite() {
 void WriteCoalescingStream::startWrite() {
   if (inFlight_ || failed_ != nullptr) return;
   if (pending_.empty()) {
-    if (shutdownRequested_) inner_.shutdownWrite();
-    shutdownRequested_ = false;
+    shutDownIfAsked();
     return;
   }
   // The buffers trade places, so each keeps its capacity from one write
@@ -165,9 +164,8 @@ void WriteCoalescingStream::startWrite() {
                        inFlightWritten_ = nullptr;
                        if (!pending_.empty()) {
                          scheduleWrite();
-                       } else if (shutdownRequested_) {
-                         shutdownRequested_ = false;
-                         inner_.shutdownWrite();
+                       } else {
+                         shutDownIfAsked();
                        }
                      },
                      [this](kj::Exception&& e) {
@@ -182,6 +180,12 @@ void WriteCoalescingStream::startWrite() {
                        pending_.clear();
                        failed_ = kj::mv(e);
                      }));
+}
+
+void WriteCoalescingStream::shutDownIfAsked() {
+  if (!shutdownRequested_) return;
+  shutdownRequested_ = false;
+  inner_.shutdownWrite();
 }
 
 void WriteCoalescingStream::armTimer() {

@@ -110,6 +110,7 @@ class WriteCoalescingStream final : public kj::AsyncIoStream, private kj::TaskSe
   // (its completion calls this again) or nothing is pending.
   void startWrite();
   void scheduleWrite();  // startWrite() once the loop is about to wait
+  void shutDownIfAsked();  // nothing pending or in flight: a shutdownWrite() asked for goes through
   // A promise for the moment the bytes now pending have been written.
   kj::Promise<void> whenPendingWritten();
   void armTimer();

@@ -105,6 +105,26 @@ TEST_F(StopWithParentTest, KeelHostStopsWhenItsHarnessIsKilled) {
   killShellAndExpectTheServerToStop();
 }
 
+// Named a process that is already gone (a child of ours, reaped), a server
+// starts, says so, and stops at once with status 0 (timeout's 124 would
+// mean it kept running).
+TEST_F(StopWithParentTest, AServerWhoseHarnessIsAlreadyGoneStopsAtOnce) {
+  pid_t gone = ::fork();
+  ASSERT_GE(gone, 0);
+  if (gone == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(gone, nullptr, 0), gone);
+  std::string env = "KEEL_STOP_WITH_PARENT=" + std::to_string(gone) + " timeout 30 ";
+  auto agent = run(env + binDir() + "/keel-agent --name bank-a --listen 127.0.0.1:0 --data-dir " + dir_ +
+                   "/bank-a --insecure --init");
+  EXPECT_EQ(agent.exitCode, 0) << agent.output;
+  EXPECT_NE(agent.output.find("(KEEL_STOP_WITH_PARENT) has already exited: stopping"), std::string::npos)
+      << agent.output;
+  auto host = run(env + binDir() + "/keel-host --listen 127.0.0.1:0 --data-dir " + dir_ + "/host --init");
+  EXPECT_EQ(host.exitCode, 0) << host.output;
+  EXPECT_NE(host.output.find("(KEEL_STOP_WITH_PARENT) has already exited: stopping"), std::string::npos)
+      << host.output;
+}
+
 TEST_F(StopWithParentTest, ABadValueRefusesTheStartWithNothingTouched) {
   for (const char* bad : {"abc", "12x", "0", "-5", "99999999999"}) {
     auto agent = run(std::string("KEEL_STOP_WITH_PARENT=") + bad + " " + binDir() +

@@ -384,17 +384,19 @@ TEST_F(GroupLogTest, LazyJobRidesWithTheNextForcedGroupOrCommitsAfterItsDelay) {
 // so that a slow machine cannot make it fail: the first has a long delay
 // and never waits for it, the second waits well past a short one.
 void lazyWakeups(const std::string& dir, GroupCommitLog::Options opts) {
-  auto open = [&] { return opts.redo ? openEnvRecovering(dir, {}) : lmdb::Env(dir, {}); };
   kj::EventLoop loop;
   kj::WaitScope waitScope(loop);
-  {
-    // Within lazyDelay of a group: no wake-up; the lazy job rides with the
-    // next forced one (one group for both).
-    lmdb::Env env = open();
+  // Runs `part` against a log with `delay` over the same directory.
+  auto withLog = [&](std::chrono::milliseconds delay, auto&& part) {
+    lmdb::Env env = opts.redo ? openEnvRecovering(dir, {}) : lmdb::Env(dir, {});
     MDB_dbi db = env.openDb("data");
-    opts.lazyDelay = std::chrono::seconds(30);
+    opts.lazyDelay = delay;
     GroupCommitLog log(env, opts);
-    auto& st = log.stats();
+    part(env, db, log, log.stats());
+  };
+  // Within lazyDelay of a group: no wake-up; the lazy job rides with the
+  // next forced one (one group for both).
+  withLog(std::chrono::seconds(30), [&](lmdb::Env& env, MDB_dbi db, GroupCommitLog& log, auto& st) {
     log.run([db](lmdb::Txn& txn) { txn.put(db, "forced-1", "a"); }).wait(waitScope);
     EXPECT_EQ(st.writerWakeups.load(), 1u);
     auto lazy = log.runLazy([db](lmdb::Txn& txn) { txn.put(db, "lazy-1", "b"); });
@@ -405,16 +407,11 @@ void lazyWakeups(const std::string& dir, GroupCommitLog::Options opts) {
     EXPECT_EQ(st.writerWakeups.load(), 2u);
     EXPECT_EQ(st.commits.load(), 2u);
     EXPECT_EQ(env.beginRead().get(db, "lazy-1"), "b");
-  }
-  {
-    // Once the writer has looked again and gone to sleep, a lazy job wakes
-    // it (it would look too late otherwise), and it is committed alone
-    // after its delay.
-    lmdb::Env env = open();
-    MDB_dbi db = env.openDb("data");
-    opts.lazyDelay = std::chrono::milliseconds(100);
-    GroupCommitLog log(env, opts);
-    auto& st = log.stats();
+  });
+  // Once the writer has looked again and gone to sleep, a lazy job wakes it
+  // (it would look too late otherwise), and it is committed alone after
+  // its delay.
+  withLog(std::chrono::milliseconds(100), [&](lmdb::Env& env, MDB_dbi db, GroupCommitLog& log, auto& st) {
     log.run([db](lmdb::Txn& txn) { txn.put(db, "forced-3", "d"); }).wait(waitScope);
     std::this_thread::sleep_for(std::chrono::milliseconds(400));
     auto t0 = std::chrono::steady_clock::now();
@@ -423,7 +420,7 @@ void lazyWakeups(const std::string& dir, GroupCommitLog::Options opts) {
     EXPECT_EQ(st.writerWakeups.load(), 2u);
     EXPECT_EQ(st.commits.load(), 2u);
     EXPECT_EQ(env.beginRead().get(db, "lazy-2"), "e");
-  }
+  });
 }
 
 TEST_F(GroupLogTest, ALazyJobWakesTheWriterOnlyIfItWouldLookTooLate) { lazyWakeups(dir_.path(), {}); }

@@ -13,9 +13,7 @@
 
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
-#include <cerrno>
 #include <csignal>
-#include <cstring>
 #include <iostream>
 #include <optional>
 #include <random>
@@ -103,35 +101,28 @@ int main(int argc, char** argv) {
       });
       KEEL_LOG_INFO("accounts acct-0 .. acct-{}: {} created with balance {}", accounts - 1, created, balance);
     }
+    auto stop = [&]() {
+      server.stop();
+      io.stop();
+    };
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](std::error_code ec, int sig) {
       if (ec) return;
       KEEL_LOG_INFO("signal {}: stopping", sig);
-      server.stop();
-      io.stop();
+      stop();
     });
     // KEEL_STOP_WITH_PARENT (common/daemon.h): stop once that process is gone.
-    std::optional<asio::posix::stream_descriptor> parentWatch;
-    if (stopWithPid != 0) {
-      int fd = keel::openPidfd(stopWithPid);
-      if (fd >= 0) {
-        parentWatch.emplace(io, fd);
-        parentWatch->async_wait(asio::posix::stream_descriptor::wait_read, [&](std::error_code ec) {
-          if (ec) return;
-          KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has exited: stopping", stopWithPid);
-          server.stop();
-          io.stop();
-        });
-      } else if (errno == ESRCH) {
-        KEEL_LOG_WARN("process {} (KEEL_STOP_WITH_PARENT) has already exited: stopping", stopWithPid);
-        asio::post(io, [&]() {
-          server.stop();
-          io.stop();
-        });
-      } else {
-        KEEL_LOG_WARN("cannot watch process {} (KEEL_STOP_WITH_PARENT): {}; it will not stop this server",
-                      stopWithPid, std::strerror(errno));
-      }
+    keel::ParentWatch parent = keel::watchParent(stopWithPid);
+    std::optional<asio::posix::stream_descriptor> parentWatch;  // owns parent.fd
+    if (parent.fd >= 0) {
+      parentWatch.emplace(io, parent.fd);
+      parentWatch->async_wait(asio::posix::stream_descriptor::wait_read, [&](std::error_code ec) {
+        if (ec) return;
+        keel::logParentExited(stopWithPid);
+        stop();
+      });
+    } else if (parent.gone) {
+      asio::post(io, stop);
     }
     server.startAccepting();
     if (!readyFile.empty()) keel::writeFileAtomically(readyFile, bound);
