@@ -34,6 +34,7 @@
 
 #include <kj/async-io.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -75,6 +76,17 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // Recovery state machine (recovery.cc). Resolves once new work may be
   // served; the participant sweep goes on in the background.
   kj::Promise<void> recover();
+
+  // Start-up, before anything is written (recovery.cc): throws ConfigError
+  // if an unfinished interaction still has to call a participant that
+  // `known` (the config's [participants]) lacks, naming each such
+  // participant and its seqs. Nothing could ever finish those interactions,
+  // so the start is refused rather than leaving them to wait forever; the
+  // operator puts the participant back (docs/recovery.md, "A participant
+  // removed from the config"). keel-coordinator calls it before its
+  // embedded participants start; recover() again, first.
+  static void refuseMissingParticipants(const std::vector<WalStore::Unfinished>& unfinished,
+                                        const std::function<bool(const std::string&)>& known);
 
   kj::Promise<SubmitOutcome> submit(SubmitRequest req);
 

@@ -170,6 +170,10 @@ int main(int argc, char** argv) {
     keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
     cfg.dataDir = dir.path();
     keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20, /*readOnly=*/false, cfg.redo);
+    // Unfinished interactions that need a participant the config no longer
+    // has refuse the start here, before any embedded participant writes.
+    keel::Coordinator::refuseMissingParticipants(
+        wal.loadUnfinished(), [&cfg](const std::string& name) { return cfg.participants.count(name) != 0; });
     // Embedded participants: their hosts' side checked, their data
     // directories locked and their logs opened and checked, nothing written
     // yet. Declared before the coordinator: they outlive its calls.

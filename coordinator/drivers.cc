@@ -18,15 +18,6 @@
 
 namespace keel {
 
-namespace {
-
-bool unsettled(InteractionRecord::BranchState s) {
-  using B = InteractionRecord::BranchState;
-  return s == B::Prepared || s == B::Preparing || s == B::Failed || s == B::Pending;
-}
-
-}  // namespace
-
 kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
   Interaction* it = find(seq);
   if (it == nullptr || it->rec.state != State::Committing) return kj::READY_NOW;

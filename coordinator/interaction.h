@@ -10,6 +10,13 @@
 
 namespace keel {
 
+// A branch a driver may still call its participant about: phase 2 commits
+// it, the rollback driver rolls it back (drivers.cc).
+inline bool unsettled(InteractionRecord::BranchState s) {
+  using B = InteractionRecord::BranchState;
+  return s == B::Prepared || s == B::Preparing || s == B::Failed || s == B::Pending;
+}
+
 // One interaction in memory, from seq assignment until it is finished and
 // its final record is durable. Owned by Coordinator::live_.
 struct Coordinator::Interaction {

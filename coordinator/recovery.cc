@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "common/fault.h"
 #include "common/log.h"
@@ -35,11 +36,48 @@
 
 namespace keel {
 
+void Coordinator::refuseMissingParticipants(const std::vector<WalStore::Unfinished>& unfinished,
+                                            const std::function<bool(const std::string&)>& known) {
+  // Participant -> the seqs that still need it: the rollback record's
+  // pending participants, every branch a driver may still call (phase 2
+  // or the rollback driver), and, for a staged record without a decision,
+  // every branch (its votes are read back from all of them).
+  std::map<std::string, std::vector<std::uint64_t>> missing;
+  for (const auto& u : unfinished) {
+    std::set<std::string> needs;
+    if (u.rollback) needs.insert(u.rollback->pending.begin(), u.rollback->pending.end());
+    bool staged = u.interaction.stagedUndecided();
+    for (const auto& b : u.interaction.branches) {
+      if (staged || unsettled(b.state)) needs.insert(b.participant);
+    }
+    for (const auto& name : needs) {
+      if (!known(name)) missing[name].push_back(u.interaction.seq);
+    }
+  }
+  if (missing.empty()) return;
+  std::string what;
+  for (const auto& [name, seqs] : missing) {
+    constexpr std::size_t kShown = 5;
+    std::string list;
+    for (std::size_t i = 0; i < seqs.size() && i < kShown; ++i) list += (i == 0 ? "" : ", ") + seqText(seqs[i]);
+    if (seqs.size() > kShown) list += " and " + std::to_string(seqs.size() - kShown) + " more";
+    what += (what.empty() ? "" : "; ") + ("'" + name + "' (" + std::to_string(seqs.size()) + " unfinished: " + list + ")");
+  }
+  throw ConfigError("the WAL holds unfinished interactions that still need participants missing from [participants]: " +
+                    what +
+                    ". Nothing could finish them, so nothing was started or changed: put each one back in "
+                    "[participants] (reachable, so its branches can be committed or rolled back), start, wait "
+                    "until `keelctl list` no longer shows them, then remove it (docs/recovery.md, \"A participant "
+                    "removed from the config\")");
+}
+
 kj::Promise<void> Coordinator::recover() {
   KEEL_LOG_INFO("recovery 1/5 open-wal: node {} data {}", cfg_.nodeId, cfg_.dataDir);
   // Every unfinished record must decode before anything is written: a
   // refused start changes nothing (CorruptRecord names the key).
   auto unfinished = wal_.loadUnfinished();
+  // ... and every participant they still need must be in the config.
+  refuseMissingParticipants(unfinished, [this](const std::string& name) { return links_.count(name) != 0; });
   std::map<std::uint64_t, ClusterDecision> fromEtcd;
   if (cluster_ == nullptr) {
     epoch_ = wal_.openIncarnation(cfg_.nodeId);

@@ -6,6 +6,8 @@
 
 #include "common/lmdb.h"
 #include "common/records.h"
+#include "common/seq.h"
+#include "coordinator/wal_store.h"
 #include "tests/integration/cluster_fixture.h"
 
 namespace keel::test {
@@ -323,6 +325,61 @@ TEST_F(ClusterTest, DamagedWalRecordStopsTheCoordinatorNamingIt) {
             std::string::npos)
       << check.output;
   EXPECT_NE(check.output.find("1 damaged record(s)"), std::string::npos) << check.output;
+}
+
+// A participant removed from the config while an interaction still needs
+// it: the start is refused with its name and the seq, nothing changes, and
+// with the participant back the interaction finishes. With staged commit
+// (the record settled from the votes: it waited forever for the missing
+// participant before) and without (phase 2 redriven from the COMMIT).
+class RemovedParticipantTest : public ClusterTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  std::string coordinatorToml() override {
+    return ClusterTest::coordinatorToml() + (GetParam() ? "" : "staged_commit = false\n");
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(StagedAndNot, RemovedParticipantTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Staged" : "NotStaged"; });
+
+TEST_P(RemovedParticipantTest, WhileAnInteractionNeedsItTheStartIsRefusedChangingNothing) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  crashCoordinatorDuring("coord.after_decision_durable=crash", transferOps("bank-a:alice", "bank-b:bob", 250));
+  auto seq = unfinishedAt("bank-a").at(0).seq;
+  auto epoch = [&] { return WalStore(dir_ + "/coordinator", std::size_t(1) << 30, /*readOnly=*/true).storedEpoch(); };
+  auto before = epoch();
+  // The same config without bank-b.
+  std::ifstream in(dir_ + "/coordinator.toml");
+  std::string line, without;
+  bool dropped = false;
+  while (std::getline(in, line)) {
+    if (line.rfind("\"bank-b\" = ", 0) == 0) {
+      dropped = true;
+      continue;
+    }
+    without += line + "\n";
+  }
+  ASSERT_TRUE(dropped) << "no bank-b line in the config";
+  std::ofstream(dir_ + "/without-bank-b.toml") << without;
+  // (Bounded: a coordinator that started anyway would serve until killed.)
+  auto r = run("timeout 20 " + binDir() + "/keel-coordinator --config " + dir_ + "/without-bank-b.toml");
+  EXPECT_EQ(r.exitCode, 2) << r.output;
+  EXPECT_NE(r.output.find("'bank-b' (1 unfinished: " + seqText(seq) + ")"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("nothing was started or changed"), std::string::npos) << r.output;
+  // Nothing changed: no new incarnation, the branches still wait.
+  EXPECT_EQ(epoch(), before);
+  EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);
+  EXPECT_EQ(unfinishedAt("bank-b").size(), 1u);
+  // bank-b back in the config: the interaction commits.
+  cluster_->startCoordinator();
+  reconnect();
+  ASSERT_TRUE(eventually([&] {
+    auto q = query(seq);
+    return q && q->interaction.state == InteractionRecord::State::Committed;
+  }));
+  EXPECT_EQ(account("bank-b", "bob"), bal(250, 0));
+  EXPECT_EQ(account("bank-a", "alice"), bal(750, 0));
 }
 
 }  // namespace

@@ -1,0 +1,108 @@
+// Coordinator::refuseMissingParticipants: a start is refused only when an
+// unfinished interaction still has to call a participant the config lacks,
+// and the refusal names each such participant with its seqs.
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/seq.h"
+#include "coordinator/coordinator.h"
+
+namespace keel {
+namespace {
+
+using BState = InteractionRecord::BranchState;
+
+WalStore::Unfinished record(std::uint64_t seq, std::vector<std::pair<std::string, BState>> branches,
+                            InteractionRecord::Decision decision = InteractionRecord::Decision::Commit) {
+  WalStore::Unfinished u;
+  u.interaction.seq = seq;
+  u.interaction.decision = decision;
+  u.interaction.state = decision == InteractionRecord::Decision::Commit ? InteractionRecord::State::Committing
+                                                                         : InteractionRecord::State::Aborting;
+  std::uint16_t n = 0;
+  for (auto& [participant, state] : branches) {
+    InteractionRecord::Branch b;
+    b.participant = participant;
+    b.branch = n++;
+    b.state = state;
+    u.interaction.branches.push_back(std::move(b));
+  }
+  return u;
+}
+
+// Runs the check with `known` as the config's participants; "" if it
+// passed, else the refusal's text.
+std::string refusal(const std::vector<WalStore::Unfinished>& unfinished, std::set<std::string> known) {
+  try {
+    Coordinator::refuseMissingParticipants(unfinished, [&](const std::string& n) { return known.count(n) != 0; });
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(MissingParticipants, APreparedBranchAtAMissingParticipantRefusesNamingItAndTheSeq) {
+  auto seq = makeSeq(1, 42);
+  auto text = refusal({record(seq, {{"bank-a", BState::Committed}, {"bank-b", BState::Prepared}})}, {"bank-a"});
+  EXPECT_NE(text.find("'bank-b' (1 unfinished: " + seqText(seq) + ")"), std::string::npos) << text;
+  EXPECT_EQ(text.find("'bank-a'"), std::string::npos) << text;
+  EXPECT_NE(text.find("nothing was started or changed"), std::string::npos) << text;
+}
+
+TEST(MissingParticipants, ABranchAlreadySettledThereNeedsNothingFromIt) {
+  // Phase 2 still has to reach bank-a; bank-b's branch is committed.
+  EXPECT_EQ(refusal({record(makeSeq(1, 7), {{"bank-a", BState::Prepared}, {"bank-b", BState::Committed}})},
+                    {"bank-a"}),
+            "");
+  // Rolled back, voted no, read-only: nothing to call either.
+  EXPECT_EQ(refusal({record(makeSeq(1, 8),
+                            {{"bank-a", BState::Prepared}, {"bank-b", BState::VotedNo}, {"bank-c", BState::ReadOnly},
+                             {"bank-d", BState::RolledBack}},
+                            InteractionRecord::Decision::Abort)},
+                    {"bank-a"}),
+            "");
+  EXPECT_EQ(refusal({}, {}), "");
+}
+
+TEST(MissingParticipants, TheRollbackRecordsPendingParticipantsAreNeeded) {
+  auto u = record(makeSeq(1, 9), {{"bank-a", BState::RolledBack}, {"bank-b", BState::RolledBack}},
+                  InteractionRecord::Decision::Abort);
+  u.rollback.emplace();
+  u.rollback->seq = u.interaction.seq;
+  u.rollback->pending = {"bank-b"};
+  auto text = refusal({u}, {"bank-a"});
+  EXPECT_NE(text.find("'bank-b' (1 unfinished: " + seqText(u.interaction.seq) + ")"), std::string::npos) << text;
+}
+
+TEST(MissingParticipants, AStagedRecordWithoutADecisionNeedsEveryParticipant) {
+  // Its votes are read back from every participant it names, whatever
+  // state its branches were in when it was written.
+  auto u = record(makeSeq(1, 10), {{"bank-a", BState::Pending}, {"bank-b", BState::VotedNo}},
+                  InteractionRecord::Decision::None);
+  u.interaction.state = InteractionRecord::State::Preparing;
+  u.interaction.staged = true;
+  ASSERT_TRUE(u.interaction.stagedUndecided());
+  auto text = refusal({u}, {"bank-a"});
+  EXPECT_NE(text.find("'bank-b'"), std::string::npos) << text;
+}
+
+TEST(MissingParticipants, ManySeqsAreCountedAndTheFirstFiveListed) {
+  std::vector<WalStore::Unfinished> all;
+  for (std::uint64_t i = 1; i <= 8; ++i) all.push_back(record(makeSeq(1, i), {{"bank-c", BState::Prepared}}));
+  all.push_back(record(makeSeq(1, 20), {{"bank-d", BState::Failed}}));
+  auto text = refusal(all, {"bank-a"});
+  EXPECT_NE(text.find("'bank-c' (8 unfinished: " + seqText(makeSeq(1, 1)) + ", " + seqText(makeSeq(1, 2))),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find(seqText(makeSeq(1, 5)) + " and 3 more)"), std::string::npos) << text;
+  EXPECT_EQ(text.find(seqText(makeSeq(1, 6))), std::string::npos) << text;
+  EXPECT_NE(text.find("'bank-d' (1 unfinished: " + seqText(makeSeq(1, 20)) + ")"), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace keel
