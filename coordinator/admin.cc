@@ -2,6 +2,7 @@
 
 #include <kj/exception.h>
 
+#include <memory>
 #include <sstream>
 
 #include "common/admin_plane.h"
@@ -177,6 +178,8 @@ std::string liveJson(const CoordinatorMetrics& m, const Coordinator::Gauges& g, 
 
 void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coordinator& coordinator,
                           KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions) {
+  // Every read of the loop's state goes through it: bounded in time (common/admin_plane.h).
+  auto calls = std::make_shared<LoopCaller>(loop);
   server.route("GET", "/", [](const HttpRequest&) {
     auto page = HttpResponse::text(200, "text/html; charset=utf-8", kConsoleHtml);
     // The page's own inline script and style, calls to this plane only, no
@@ -189,15 +192,15 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
   });
   // Browsers ask for it on their own: nothing, rather than a 404 in the page's console.
   server.route("GET", "/favicon.ico", [](const HttpRequest&) { return HttpResponse::text(204, "image/x-icon", ""); });
-  server.route("GET", "/api/live", [&loop, &coordinator, nodeId, actions](const HttpRequest&) {
+  server.route("GET", "/api/live", [calls, &coordinator, nodeId, actions](const HttpRequest&) {
     return guarded([&] {
-      auto g = loop.executeSync([&coordinator]() { return coordinator.gauges(); });
+      auto g = calls->call([&coordinator]() { return coordinator.gauges(); });
       return HttpResponse::json(200, liveJson(coordinator.metrics(), g, nodeId, actions));
     });
   });
-  server.route("GET", "/api/participants", [&loop, &coordinator](const HttpRequest&) {
+  server.route("GET", "/api/participants", [calls, &coordinator](const HttpRequest&) {
     return guarded([&] {
-      auto views = loop.executeSync([&coordinator]() { return coordinator.participantViews(); });
+      auto views = calls->call([&coordinator]() { return coordinator.participantViews(); });
       std::ostringstream o;
       o << "{\"participants\":[";
       for (std::size_t i = 0; i < views.size(); ++i) {
@@ -212,19 +215,19 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
       return HttpResponse::json(200, o.str());
     });
   });
-  server.route("POST", "/api/retry", [&loop, &coordinator, actions](const HttpRequest& r) {
+  server.route("POST", "/api/retry", [calls, &coordinator, actions](const HttpRequest& r) {
     return guarded([&] {
       if (auto refused = refuseAction(r, actions)) return *refused;
       std::uint64_t seq = seqParam(r);
       std::string who = actor(r), why = reasonParam(r);
-      auto done = loop.executeSync([&coordinator, seq, who, why]() { return coordinator.retryAudited(seq, who, why); });
+      auto done = calls->call([&coordinator, seq, who, why]() { return coordinator.retryAudited(seq, who, why); });
       std::ostringstream o;
       o << "{\"done\":" << (done.done ? "true" : "false") << ",\"woken\":" << done.woken << ",\"reason\":\""
         << jsonEscape(done.reason) << "\"}\n";
       return HttpResponse::json(done.done ? 200 : 409, o.str());
     });
   });
-  server.route("POST", "/api/resolve", [&loop, &client, actions](const HttpRequest& r) {
+  server.route("POST", "/api/resolve", [calls, &client, actions](const HttpRequest& r) {
     return guarded([&] {
       if (auto refused = refuseAction(r, actions)) return *refused;
       std::uint64_t seq = seqParam(r);
@@ -235,7 +238,7 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
       std::string who = actor(r), why = reasonParam(r);
       // The RPC object's resolve, as keelctl resolve calls it: the audit
       // entry is durable before the decision is acted on.
-      auto resp = loop.executeSync([&client, seq, decision, who, why, override]() {
+      auto resp = calls->call([&client, seq, decision, who, why, override]() {
         auto req = client.capability().resolveRequest();
         req.setSeq(seq);
         req.setCommit(decision == "commit");
@@ -249,33 +252,33 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
       return HttpResponse::json(resp.first ? 200 : 409, o.str());
     });
   });
-  server.route("GET", "/metrics", [&loop, &coordinator, &wal, nodeId](const HttpRequest&) {
+  server.route("GET", "/metrics", [calls, &coordinator, &wal, nodeId](const HttpRequest&) {
     return guarded([&] {
-      auto g = loop.executeSync([&coordinator]() { return coordinator.gauges(); });
+      auto g = calls->call([&coordinator]() { return coordinator.gauges(); });
       return HttpResponse::text(200, kPrometheusText,
                                 renderCoordinatorMetrics(coordinator.metrics(), g, wal, nodeId));
     });
   });
-  server.route("GET", "/api/info", [&loop, &client](const HttpRequest&) {
+  server.route("GET", "/api/info", [calls, &client](const HttpRequest&) {
     return guarded([&] {
-      auto info = loop.executeSync([&client]() { return client.info(); });
+      auto info = calls->call([&client]() { return client.info(); });
       std::ostringstream out;
       ctl::printInfo(out, info, true);
       return jsonFrom(out);
     });
   });
-  server.route("GET", "/api/stats", [&loop, &client](const HttpRequest&) {
+  server.route("GET", "/api/stats", [calls, &client](const HttpRequest&) {
     return guarded([&] {
-      auto s = loop.executeSync([&client]() { return client.stats(); });
+      auto s = calls->call([&client]() { return client.stats(); });
       std::ostringstream out;
       ctl::printStats(out, s, true);
       return jsonFrom(out);
     });
   });
-  server.route("GET", "/api/list", [&loop, &client](const HttpRequest& r) {
+  server.route("GET", "/api/list", [calls, &client](const HttpRequest& r) {
     return guarded([&] {
       std::uint32_t limit = limitParam(r, 100, 10000);
-      auto lists = loop.executeSync([&client, limit]() {
+      auto lists = calls->call([&client, limit]() {
         return client.listUnfinished(limit).then([&client, limit](std::vector<InteractionRecord> unfinished) {
           return client.listHeuristic(limit).then([u = std::move(unfinished)](std::vector<InteractionRecord> h) mutable {
             return std::make_pair(std::move(u), std::move(h));
@@ -287,7 +290,7 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
       return jsonFrom(out);
     });
   });
-  server.route("GET", "/api/query", [&loop, &client](const HttpRequest& r) {
+  server.route("GET", "/api/query", [calls, &client](const HttpRequest& r) {
     return guarded([&] {
       auto requestId = r.param("request_id");
       if (r.param("seq").has_value() == requestId.has_value()) {
@@ -298,13 +301,13 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
       if (!requestId) {
         std::uint64_t seq = seqParam(r);
         what = "no interaction " + keel::seqText(seq);
-        found = loop.executeSync([&client, seq]() { return client.query(seq); });
+        found = calls->call([&client, seq]() { return client.query(seq); });
       } else {
         if (requestId->empty() || requestId->size() > 256) {
           throw BadParam{"request_id must be 1 to 256 characters"};
         }
         what = "no interaction has request id " + *requestId;
-        found = loop.executeSync([&client, id = *requestId]() { return client.queryRequest(id); });
+        found = calls->call([&client, id = *requestId]() { return client.queryRequest(id); });
       }
       if (!found) return HttpResponse::error(404, what);
       std::ostringstream out;
@@ -312,10 +315,10 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
       return jsonFrom(out);
     });
   });
-  server.route("GET", "/api/audit", [&loop, &client](const HttpRequest& r) {
+  server.route("GET", "/api/audit", [calls, &client](const HttpRequest& r) {
     return guarded([&] {
       std::uint32_t limit = limitParam(r, 100, 10000);
-      auto entries = loop.executeSync([&client, limit]() { return client.audit(limit); });
+      auto entries = calls->call([&client, limit]() { return client.audit(limit); });
       std::ostringstream out;
       ctl::printAudit(out, entries, true);
       return jsonFrom(out);

@@ -1,5 +1,6 @@
 #include "participant/admin.h"
 
+#include <memory>
 #include <sstream>
 
 #include "common/admin_plane.h"
@@ -80,16 +81,18 @@ std::string renderAgentMetrics(const std::string& name, const AgentMetrics& m, c
 
 void addAgentRoutes(AdminHttpServer& server, const kj::Executor& loop, ParticipantBackend& agent, AgentMetrics& metrics,
                     AgentClient& client) {
-  server.route("GET", "/metrics", [&loop, &agent, &metrics](const HttpRequest&) {
+  // Every read of the loop's state goes through it: bounded in time (common/admin_plane.h).
+  auto calls = std::make_shared<LoopCaller>(loop);
+  server.route("GET", "/metrics", [calls, &agent, &metrics](const HttpRequest&) {
     return guardedAnswer("agent", [&] {
-      auto g = loop.executeSync([&agent]() { return agentGauges(agent); });
+      auto g = calls->call([&agent]() { return agentGauges(agent); });
       return HttpResponse::text(200, kPrometheusText,
                                 renderAgentMetrics(agent.name(), metrics, g, agent.branchLog().log().stats()));
     });
   });
-  server.route("GET", "/api/branches", [&loop, &client](const HttpRequest&) {
+  server.route("GET", "/api/branches", [calls, &client](const HttpRequest&) {
     return guardedAnswer("agent", [&] {
-      auto both = loop.executeSync([&client]() {
+      auto both = calls->call([&client]() {
         return client.inspect().then([&client](AgentSnapshot snap) {
           return client.unfinished().then([snap = std::move(snap)](std::vector<UnfinishedBranch> b) mutable {
             return std::make_pair(std::move(snap), std::move(b));

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <regex>
+#include <thread>
 
 #include "cluster_fixture.h"
 #include "common/strict_json.h"
@@ -190,6 +191,38 @@ TEST_F(RedoAdminTest, CheckpointsAreCountedAndTimedOnBothAdminPlanes) {
   })) << m.body << a.body;
   EXPECT_GT(sampleOf(m.body, "keel_wal_checkpoint_seconds_sum"), 0);
   EXPECT_GT(sampleOf(a.body, "keel_agent_log_checkpoint_seconds_sum"), 0);
+}
+
+// A stuck event loop (here a failpoint's delay, which blocks the loop's
+// thread) does not hold the admin plane: /metrics answers 503 once the
+// call's limit (5 s) has passed, a request meanwhile is refused at once
+// instead of queueing, and the plane answers again once the loop does.
+TEST_F(AdminTest, AStuckEventLoopGets503sInsteadOfAHungAdminPlane) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  cluster_->stopCoordinator();
+  cluster_->startCoordinator("coord.after_seq_assigned=1*delay(9000)");
+  reconnect();
+  auto blocked = client_->submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+  // Send the call, then wait until the coordinator is inside the delay.
+  for (int i = 0; i < 20; ++i) io_.waitScope.poll();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto first = get(coordPort_, "/metrics");
+  EXPECT_EQ(first.status, 503) << first.body;
+  EXPECT_NE(first.body.find("did not answer within 5000 ms"), std::string::npos) << first.body;
+  auto second = get(coordPort_, "/api/live");
+  EXPECT_EQ(second.status, 503) << second.body;
+  EXPECT_NE(second.body.find("has not answered an earlier call for"), std::string::npos) << second.body;
+  // The delay ends: the transfer is answered (rolled back: 9 s is past its
+  // calls' deadline) and the plane answers again, counting that answer.
+  auto o = blocked.wait(io_.waitScope);
+  EXPECT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+  HttpAnswer again;
+  EXPECT_TRUE(eventually([&] {
+    again = get(coordPort_, "/metrics");
+    return again.status == 200;
+  })) << again.body;
+  EXPECT_EQ(sampleOf(again.body, "keel_answers_total{outcome=\"rolled_back\"}"), 1) << again.body;
 }
 
 TEST_F(AdminTest, AParticipantThatStoppedAnsweringShowsDown) {
