@@ -194,26 +194,27 @@ TEST_F(RedoAdminTest, CheckpointsAreCountedAndTimedOnBothAdminPlanes) {
 }
 
 // A stuck event loop (here a failpoint's delay, which blocks the loop's
-// thread) does not hold the admin plane: /metrics answers 503 once the
+// thread, 10 s) does not hold the admin plane: /metrics answers 503 once the
 // call's limit (5 s) has passed, a request meanwhile is refused at once
 // instead of queueing, and the plane answers again once the loop does.
 TEST_F(AdminTest, AStuckEventLoopGets503sInsteadOfAHungAdminPlane) {
   open("bank-a", "alice", 1000);
   open("bank-b", "bob", 0);
   cluster_->stopCoordinator();
-  cluster_->startCoordinator("coord.after_seq_assigned=1*delay(9000)");
+  cluster_->startCoordinator("coord.after_seq_assigned=1*delay(10000)");
   reconnect();
   auto blocked = client_->submit(transferOps("bank-a:alice", "bank-b:bob", 10));
-  // Send the call, then wait until the coordinator is inside the delay.
+  // Send the call, then give the coordinator ample time to be inside the
+  // delay (it logs nothing there); 10 s leaves 4 s after the first 503.
   for (int i = 0; i < 20; ++i) io_.waitScope.poll();
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   auto first = get(coordPort_, "/metrics");
   EXPECT_EQ(first.status, 503) << first.body;
   EXPECT_NE(first.body.find("did not answer within 5000 ms"), std::string::npos) << first.body;
   auto second = get(coordPort_, "/api/live");
   EXPECT_EQ(second.status, 503) << second.body;
   EXPECT_NE(second.body.find("has not answered an earlier call for"), std::string::npos) << second.body;
-  // The delay ends: the transfer is answered (rolled back: 9 s is past its
+  // The delay ends: the transfer is answered (rolled back: 10 s is past its
   // calls' deadline) and the plane answers again, counting that answer.
   auto o = blocked.wait(io_.waitScope);
   EXPECT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
