@@ -74,8 +74,10 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   void serveEmbedded(const std::string& participant, wire::Participant::Client cap);
 
   // Recovery state machine (recovery.cc). Resolves once new work may be
-  // served; the participant sweep goes on in the background.
-  kj::Promise<void> recover();
+  // served; the participant sweep goes on in the background. `unfinished`:
+  // the WAL's unfinished work (WalStore::loadUnfinished, every record
+  // decoded before anything is written), passed by refuseMissingParticipants.
+  kj::Promise<void> recover(std::vector<WalStore::Unfinished> unfinished);
 
   // Start-up, before anything is written (recovery.cc): throws ConfigError
   // if an unfinished interaction still has to call a participant that
@@ -83,8 +85,9 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // participant and its seqs. Nothing could ever finish those interactions,
   // so the start is refused rather than leaving them to wait forever; the
   // operator puts the participant back (docs/recovery.md, "A participant
-  // removed from the config"). keel-coordinator calls it before its
-  // embedded participants start; recover() again, first.
+  // removed from the config"). keel-coordinator calls it right after
+  // opening the WAL, before its embedded participants start, and hands the
+  // same list to recover().
   static void refuseMissingParticipants(const std::vector<WalStore::Unfinished>& unfinished,
                                         const std::function<bool(const std::string&)>& known);
 

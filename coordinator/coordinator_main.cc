@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <utility>
 
 #include "common/admin_http.h"
 #include "common/admin_plane.h"
@@ -170,10 +171,12 @@ int main(int argc, char** argv) {
     keel::DataDir dir(cfg.dataDir, owner, init);  // held until exit
     cfg.dataDir = dir.path();
     keel::WalStore wal(dir.path(), cfg.mapSizeMb << 20, /*readOnly=*/false, cfg.redo);
-    // Unfinished interactions that need a participant the config no longer
-    // has refuse the start here, before any embedded participant writes.
+    // Every unfinished record must decode (a damaged one stops the start
+    // naming its key), and every participant one still needs must be in
+    // the config: checked here, before any embedded participant writes.
+    auto unfinished = wal.loadUnfinished();
     keel::Coordinator::refuseMissingParticipants(
-        wal.loadUnfinished(), [&cfg](const std::string& name) { return cfg.participants.count(name) != 0; });
+        unfinished, [&cfg](const std::string& name) { return cfg.participants.count(name) != 0; });
     // Embedded participants: their hosts' side checked, their data
     // directories locked and their logs opened and checked, nothing written
     // yet. Declared before the coordinator: they outlive its calls.
@@ -195,7 +198,7 @@ int main(int argc, char** argv) {
       e->start();  // its start-up writes (reconciling its host) before recovery asks it anything
       coordinator.serveEmbedded(e->name(), e->client());
     }
-    coordinator.recover().wait(io.waitScope);
+    coordinator.recover(std::move(unfinished)).wait(io.waitScope);
     if (cluster) {
       cluster->serve(
           []() {

@@ -1,7 +1,9 @@
 // Coordinator recovery: an explicit state machine with a log line per phase.
 //
 //   1 open-wal     the WAL environment is open (WalStore constructor);
-//                  records of unfinished work decode or start-up stops
+//                  records of unfinished work decode, and every participant
+//                  they still need is in the config, or start-up stops
+//                  (keel-coordinator, before anything is written)
 //   2 bump-epoch   epoch+1 made durable: every call of this incarnation
 //                  carries it, so agents can tell a stale coordinator.
 //                  Cluster: the node id is claimed and the epoch raised in
@@ -71,13 +73,11 @@ void Coordinator::refuseMissingParticipants(const std::vector<WalStore::Unfinish
                     "removed from the config\")");
 }
 
-kj::Promise<void> Coordinator::recover() {
+kj::Promise<void> Coordinator::recover(std::vector<WalStore::Unfinished> unfinished) {
+  // `unfinished` was read and checked before anything was written (the
+  // caller: every record decoded, CorruptRecord naming a damaged key, and
+  // every participant it still needs in the config).
   KEEL_LOG_INFO("recovery 1/5 open-wal: node {} data {}", cfg_.nodeId, cfg_.dataDir);
-  // Every unfinished record must decode before anything is written: a
-  // refused start changes nothing (CorruptRecord names the key).
-  auto unfinished = wal_.loadUnfinished();
-  // ... and every participant they still need must be in the config.
-  refuseMissingParticipants(unfinished, [this](const std::string& name) { return links_.count(name) != 0; });
   std::map<std::uint64_t, ClusterDecision> fromEtcd;
   if (cluster_ == nullptr) {
     epoch_ = wal_.openIncarnation(cfg_.nodeId);
