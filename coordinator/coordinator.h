@@ -87,9 +87,19 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // operator puts the participant back (docs/recovery.md, "A participant
   // removed from the config"). keel-coordinator calls it right after
   // opening the WAL, before its embedded participants start, and hands the
-  // same list to recover().
+  // same list to recover(). A cluster member also passes `etcdCommits`
+  // (etcdCommitsToRedrive, read before it joins): etcd's COMMITs that its
+  // recovery would redrive, whose branches are needed just the same.
   static void refuseMissingParticipants(const std::vector<WalStore::Unfinished>& unfinished,
-                                        const std::function<bool(const std::string&)>& known);
+                                        const std::function<bool(const std::string&)>& known,
+                                        const std::map<std::uint64_t, ClusterDecision>& etcdCommits = {});
+
+  // Cluster start-up, before join() (recovery.cc): etcd's COMMIT decisions
+  // of `node`'s earlier incarnations that `wal` holds no finished record
+  // of, i.e. those recover() would redrive (reconcileFromEtcd reads them
+  // again after the join, when the list is final). Read-only on both.
+  static std::map<std::uint64_t, ClusterDecision> etcdCommitsToRedrive(ClusterMember& cluster, std::uint16_t node,
+                                                                       WalStore& wal);
 
   kj::Promise<SubmitOutcome> submit(SubmitRequest req);
 

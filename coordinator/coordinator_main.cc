@@ -191,6 +191,14 @@ int main(int argc, char** argv) {
       cluster = std::make_unique<keel::ClusterMember>(cfg, cfg.cluster.advertise.empty() ? bound : cfg.cluster.advertise,
                                                       io);
     }
+    if (cluster) {
+      // The same check for etcd's COMMITs of this node that recovery will
+      // redrive (the WAL has no record of them when the crash came before
+      // the lazy local one): read before the join, which writes to etcd.
+      keel::Coordinator::refuseMissingParticipants(
+          {}, [&cfg](const std::string& name) { return cfg.participants.count(name) != 0; },
+          keel::Coordinator::etcdCommitsToRedrive(*cluster, cfg.nodeId, wal));
+    }
     keel::Coordinator coordinator(cfg, io, wal, cluster.get());
     KJ_DEFER(if (cluster) cluster->stop());  // its takeovers call into the coordinator
     KJ_DEFER(server.reset());  // its connections call into the coordinator: they go first

@@ -352,6 +352,48 @@ TEST_F(CoordinatorClusterTest, ReturningOwnerStartsAfterTheSurvivorAborted) {
   EXPECT_EQ(account("bank-a", "alice"), bal(999, 0));
 }
 
+// Node 1 dies after its COMMIT is in etcd, with no survivor to finish it,
+// and comes back with a config that lacks bank-b: its WAL has no record of
+// the interaction (the local COMMIT record is lazy), etcd's COMMIT names
+// bank-b, and nothing could ever finish it. The start is refused (exit 2)
+// naming bank-b and the seq, before the join: etcd's epoch of node 1 and the
+// decision are unchanged and both branches still wait. With bank-b back the
+// transfer commits. (Before, the COMMIT was logged, skipped and left.)
+TEST_F(CoordinatorClusterTest, ReturningOwnerMissingAParticipantOfAnEtcdCommitIsRefusedChangingNothing) {
+  clients_[1] = nullptr;
+  cluster_->stopCoordinator(1);  // no survivor
+  crashNode1During("coord.after_decision_durable=crash");
+  auto d = keys("/decisions/1/");
+  ASSERT_EQ(d.size(), 1u);
+  ASSERT_EQ(d[0].value.rfind("commit ", 0), 0u) << d[0].value;
+  std::uint64_t seq = std::stoull(d[0].key.substr(d[0].key.rfind('/') + 1));
+  auto epochBefore = keys("/nodes/1/epoch");
+  ASSERT_EQ(epochBefore.size(), 1u);
+  ASSERT_EQ(unfinishedAt("bank-b").size(), 1u);
+  auto without = configWithout("coordinator.toml", "bank-b");
+  ASSERT_FALSE(without.empty()) << "no bank-b line in the config";
+  // (Bounded: a coordinator that started anyway would serve until killed.)
+  auto r = run("timeout 20 " + binDir() + "/keel-coordinator --config " + without);
+  EXPECT_EQ(r.exitCode, 2) << r.output;
+  EXPECT_NE(r.output.find("etcd's COMMIT decisions of this node hold"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("'bank-b' (1 unfinished: " + seqText(seq) + ")"), std::string::npos) << r.output;
+  // Nothing changed: not joined (the epoch in etcd is the same revision),
+  // the decision kept, the branches still prepared.
+  auto epochAfter = keys("/nodes/1/epoch");
+  ASSERT_EQ(epochAfter.size(), 1u);
+  EXPECT_EQ(epochAfter[0].value, epochBefore[0].value);
+  EXPECT_EQ(epochAfter[0].modRevision, epochBefore[0].modRevision);
+  EXPECT_EQ(keys("/decisions/1/").size(), 1u);
+  EXPECT_EQ(unfinishedAt("bank-a").size(), 1u);
+  EXPECT_EQ(unfinishedAt("bank-b").size(), 1u);
+  // bank-b back in the config: the COMMIT is redriven.
+  cluster_->startCoordinator("", 0);
+  ASSERT_TRUE(settled(std::chrono::seconds(10)));
+  EXPECT_EQ(account("bank-a", "alice"), bal(990, 0));
+  EXPECT_EQ(account("bank-b", "bob"), bal(10, 0));
+  EXPECT_TRUE(eventually([&] { return keys("/decisions/1/").empty(); }, std::chrono::seconds(10)));
+}
+
 TEST_F(CoordinatorClusterTest, RetryThroughAnotherCoordinatorCommitsOnce) {
   auto req = transferRequest(7);
   auto first = via(0).submit(req).wait(io_.waitScope);

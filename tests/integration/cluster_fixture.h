@@ -206,6 +206,26 @@ class ClusterTest : public ::testing::Test {
     return seq;
   }
 
+  // A copy of `config` (a coordinator's toml under dir_) without the
+  // [participants] line of `participant`, written beside it as
+  // without-PARTICIPANT.toml; returns its path ("" if there was no line).
+  std::string configWithout(const std::string& config, const std::string& participant) {
+    std::ifstream in(dir_ + "/" + config);
+    std::string line, without;
+    bool dropped = false;
+    while (std::getline(in, line)) {
+      if (line.rfind("\"" + participant + "\" = ", 0) == 0) {
+        dropped = true;
+        continue;
+      }
+      without += line + "\n";
+    }
+    if (!dropped) return "";
+    std::string path = dir_ + "/without-" + participant + ".toml";
+    std::ofstream(path) << without;
+    return path;
+  }
+
   // Polls `pred` every 20 ms until it holds or `timeout` passes.
   bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
     auto until = std::chrono::steady_clock::now() + timeout;

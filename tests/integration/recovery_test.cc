@@ -350,20 +350,10 @@ TEST_P(RemovedParticipantTest, WhileAnInteractionNeedsItTheStartIsRefusedChangin
   auto epoch = [&] { return WalStore(dir_ + "/coordinator", std::size_t(1) << 30, /*readOnly=*/true).storedEpoch(); };
   auto before = epoch();
   // The same config without bank-b.
-  std::ifstream in(dir_ + "/coordinator.toml");
-  std::string line, without;
-  bool dropped = false;
-  while (std::getline(in, line)) {
-    if (line.rfind("\"bank-b\" = ", 0) == 0) {
-      dropped = true;
-      continue;
-    }
-    without += line + "\n";
-  }
-  ASSERT_TRUE(dropped) << "no bank-b line in the config";
-  std::ofstream(dir_ + "/without-bank-b.toml") << without;
+  auto without = configWithout("coordinator.toml", "bank-b");
+  ASSERT_FALSE(without.empty()) << "no bank-b line in the config";
   // (Bounded: a coordinator that started anyway would serve until killed.)
-  auto r = run("timeout 20 " + binDir() + "/keel-coordinator --config " + dir_ + "/without-bank-b.toml");
+  auto r = run("timeout 20 " + binDir() + "/keel-coordinator --config " + without);
   EXPECT_EQ(r.exitCode, 2) << r.output;
   EXPECT_NE(r.output.find("'bank-b' (1 unfinished: " + seqText(seq) + ")"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("nothing was started or changed"), std::string::npos) << r.output;

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -37,9 +38,11 @@ WalStore::Unfinished record(std::uint64_t seq, std::vector<std::pair<std::string
 
 // Runs the check with `known` as the config's participants; "" if it
 // passed, else the refusal's text.
-std::string refusal(const std::vector<WalStore::Unfinished>& unfinished, std::set<std::string> known) {
+std::string refusal(const std::vector<WalStore::Unfinished>& unfinished, std::set<std::string> known,
+                    const std::map<std::uint64_t, ClusterDecision>& etcdCommits = {}) {
   try {
-    Coordinator::refuseMissingParticipants(unfinished, [&](const std::string& n) { return known.count(n) != 0; });
+    Coordinator::refuseMissingParticipants(
+        unfinished, [&](const std::string& n) { return known.count(n) != 0; }, etcdCommits);
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -102,6 +105,28 @@ TEST(MissingParticipants, ManySeqsAreCountedAndTheFirstFiveListed) {
   EXPECT_NE(text.find(seqText(makeSeq(1, 5)) + " and 3 more)"), std::string::npos) << text;
   EXPECT_EQ(text.find(seqText(makeSeq(1, 6))), std::string::npos) << text;
   EXPECT_NE(text.find("'bank-d' (1 unfinished: " + seqText(makeSeq(1, 20)) + ")"), std::string::npos) << text;
+}
+
+// A cluster member: etcd's COMMITs that its recovery will redrive need
+// every branch's participant, as the WAL's records do; an ABORT needs none
+// (presumed abort: nothing is redriven for it). A seq both places name is
+// counted once.
+TEST(MissingParticipants, EtcdCommitsToRedriveNeedEveryParticipantTheyName) {
+  ClusterDecision commit;
+  commit.commit = true;
+  commit.branches = {{"bank-a", 0}, {"bank-b", 1}};
+  ClusterDecision abort;
+  abort.branches = {{"bank-c", 0}};
+  auto seq = makeSeq(1, 9), aborted = makeSeq(1, 10), both = makeSeq(1, 11);
+  auto text = refusal({}, {"bank-a"}, {{seq, commit}, {aborted, abort}});
+  EXPECT_NE(text.find("etcd's COMMIT decisions of this node hold"), std::string::npos) << text;
+  EXPECT_NE(text.find("'bank-b' (1 unfinished: " + seqText(seq) + ")"), std::string::npos) << text;
+  EXPECT_EQ(text.find("bank-c"), std::string::npos) << text;
+  EXPECT_EQ(refusal({}, {"bank-a", "bank-b"}, {{seq, commit}, {aborted, abort}}), "");
+  text = refusal({record(both, {{"bank-b", BState::Prepared}})}, {"bank-a"}, {{both, commit}, {seq, commit}});
+  EXPECT_NE(text.find("the WAL and etcd's COMMIT decisions"), std::string::npos) << text;
+  EXPECT_NE(text.find("'bank-b' (2 unfinished: " + seqText(seq) + ", " + seqText(both) + ")"), std::string::npos)
+      << text;
 }
 
 }  // namespace
