@@ -22,6 +22,7 @@
 
 #include "bench/etcd_floor.h"
 #include "bench/floor.h"
+#include "bench/folder_reaper.h"
 #include "bench/backup_run.h"
 #include "bench/host_outage.h"
 #include "bench/keel_load.h"
@@ -116,6 +117,7 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
   if (!f.coordinator.empty()) {
     s.baseDir = keel::makeTempDir("keel-bench");
     s.ownBaseDir = true;
+    reaperOpen(s.baseDir, f.keep);
     s.deployment.coordinators = {f.coordinator};
     for (auto& a : f.agentAddrs) s.deployment.agents.push_back(splitEq(a, "--agent"));
     for (auto& p : f.pids) {
@@ -125,6 +127,7 @@ void setUp(Setup& s, const Flags& f, const std::string& adapter, std::uint32_t m
   } else {
     s.baseDir = keel::makeTempDir("keel-bench");
     s.ownBaseDir = true;
+    reaperOpen(s.baseDir, f.keep);
     keel::ClusterOptions copts;
     copts.binDir = keel::selfBinDir();
     copts.baseDir = s.baseDir;
@@ -285,6 +288,7 @@ void tearDown(Setup& s, bool keep) {
       std::error_code ec;
       std::filesystem::remove_all(s.baseDir, ec);
     }
+    reaperClose(s.baseDir);
     s.ownBaseDir = false;
   }
 }
@@ -769,6 +773,8 @@ int main(int argc, char** argv) {
   std::uint32_t maxConcurrency = f.concurrency;
   if (f.sweep) maxConcurrency = *std::max_element(f.sweepLevels.begin(), f.sweepLevels.end());
 
+  // Still one thread: the reaper is forked now (bench/folder_reaper.h).
+  startFolderReaper();
   int rc = 0;
   Setup s, ledger;  // ledger: --adapter host's ledger-only run
   try {

@@ -4,14 +4,20 @@
 
 #include <gtest/gtest.h>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
 
 #include "tests/bench/bench_cli.h"
+#include "tools/child_process.h"
 #include "tools/cluster.h"
 
 namespace keel::test {
@@ -114,6 +120,87 @@ TEST(KeelBench, HostAdapterRunSurvivesAHostOutage) {
   for (const char* p : {"coordinator", "bank-a", "bank-b", "keel-host"}) {
     EXPECT_TRUE(r.fields["cpu_us_per_interaction"].has(p)) << p;
   }
+}
+
+// keel-bench ended from outside in the middle of its load, in a TMPDIR of
+// the test's own: the folder it ran its deployment in, and what stderr says
+// about it (bench/folder_reaper.h).
+struct Interrupted {
+  std::string folder;  // the run's folder ("" if none appeared)
+  std::string log;     // keel-bench's stdout and stderr
+  bool exited = false;
+  bool gone = false;   // the folder no longer there once the reaper spoke
+};
+
+Interrupted interruptMidLoad(int sig, const std::string& extra) {
+  Interrupted r;
+  auto tmp = makeTempDir("keel-reaper-test");
+  std::vector<std::string> args{std::string(KEEL_BIN_DIR) + "/keel-bench", "--duration", "60", "--warmup", "0.5",
+                                "--concurrency", "4", "--connections", "2", "--accounts", "50", "--quiet"};
+  if (!extra.empty()) args.push_back(extra);
+  pid_t pid = spawnChild("test", args, {"PATH=/usr/bin:/bin", "TMPDIR=" + tmp}, tmp + "/bench.log", SIGKILL);
+  // The load runs once the coordinator is ready and a second has passed.
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < until && r.folder.empty()) {
+    for (auto& e : std::filesystem::directory_iterator(tmp)) {
+      if (e.path().filename().string().rfind("keel-bench-", 0) == 0 &&
+          std::filesystem::exists(e.path() / "coordinator.ready")) {
+        r.folder = e.path().string();
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!r.folder.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  ::kill(pid, sig);
+  r.exited = waitChild(pid, std::chrono::seconds(30)).has_value();
+  // The reaper ends up to 5 s after keel-bench (waiting for the folder's
+  // writers); its last line is the one asked about.
+  auto said = [&] {
+    std::ifstream in(tmp + "/bench.log");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    r.log = ss.str();
+    return r.log.find("keel-bench: interrupted") != std::string::npos ||
+           r.log.find("keel-bench: ended before its tear-down") != std::string::npos;
+  };
+  until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!said() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  r.gone = !r.folder.empty() && !std::filesystem::exists(r.folder);
+  std::error_code ec;
+  if (!r.folder.empty()) std::filesystem::remove_all(r.folder, ec);  // (kept ones: the test is done with them)
+  std::filesystem::remove_all(tmp + "/bench.log", ec);
+  std::filesystem::remove(tmp, ec);
+  return r;
+}
+
+// Ctrl-C (SIGINT) or SIGTERM in the middle of a run: the folder goes (it
+// used to stay, with the deployment's databases in it), and stderr says so.
+TEST(KeelBench, AnInterruptedRunRemovesItsFolder) {
+  for (int sig : {SIGINT, SIGTERM}) {
+    auto r = interruptMidLoad(sig, "");
+    ASSERT_FALSE(r.folder.empty()) << "the deployment never came up: " << r.log;
+    EXPECT_TRUE(r.exited) << r.log;
+    EXPECT_NE(r.log.find("keel-bench: interrupted: " + r.folder + " removed"), std::string::npos)
+        << "signal " << sig << ": " << r.log;
+    EXPECT_TRUE(r.gone) << r.folder;
+  }
+}
+
+// --keep is kept even when interrupted; a SIGKILL (or a crash) keeps the
+// folder for its logs and says where.
+TEST(KeelBench, AKilledOrKeptRunKeepsItsFolderAndSaysWhere) {
+  auto kept = interruptMidLoad(SIGINT, "--keep");
+  ASSERT_FALSE(kept.folder.empty()) << kept.log;
+  EXPECT_NE(kept.log.find("keel-bench: interrupted: data and logs kept in " + kept.folder), std::string::npos)
+      << kept.log;
+  EXPECT_FALSE(kept.gone);
+  auto killed = interruptMidLoad(SIGKILL, "");
+  ASSERT_FALSE(killed.folder.empty()) << killed.log;
+  EXPECT_NE(killed.log.find("keel-bench: ended before its tear-down (killed or crashed): data and logs kept in " +
+                            killed.folder),
+            std::string::npos)
+      << killed.log;
+  EXPECT_FALSE(killed.gone);
 }
 
 // --backup-at: a hot backup of the coordinator's WAL in the middle of the
