@@ -177,7 +177,8 @@ std::string liveJson(const CoordinatorMetrics& m, const Coordinator::Gauges& g, 
 }
 
 void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coordinator& coordinator,
-                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions) {
+                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions,
+                          std::function<std::string()> embeddedMetrics) {
   // Every read of the loop's state goes through it: bounded in time (common/admin_plane.h).
   auto calls = std::make_shared<LoopCaller>(loop);
   server.route("GET", "/", [](const HttpRequest&) {
@@ -252,11 +253,15 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
       return HttpResponse::json(resp.first ? 200 : 409, o.str());
     });
   });
-  server.route("GET", "/metrics", [calls, &coordinator, &wal, nodeId](const HttpRequest&) {
+  server.route("GET", "/metrics", [calls, &coordinator, &wal, nodeId, embeddedMetrics](const HttpRequest&) {
     return guarded([&] {
-      auto g = calls->call([&coordinator]() { return coordinator.gauges(); });
+      // One call into the loop: the gauges and the embedded participants'
+      // families counted in the same pass.
+      auto both = calls->call([&coordinator, &embeddedMetrics]() {
+        return std::make_pair(coordinator.gauges(), embeddedMetrics ? embeddedMetrics() : std::string());
+      });
       return HttpResponse::text(200, kPrometheusText,
-                                renderCoordinatorMetrics(coordinator.metrics(), g, wal, nodeId));
+                                renderCoordinatorMetrics(coordinator.metrics(), both.first, wal, nodeId) + both.second);
     });
   });
   server.route("GET", "/api/info", [calls, &client](const HttpRequest&) {

@@ -2,7 +2,8 @@
 // The coordinator's admin plane (docs/operations.md, "Admin plane"): the
 // routes its AdminHttpServer serves.
 //
-//   GET /metrics                      Prometheus text: coordinator_metrics.h, the WAL's group commits, gauges
+//   GET /metrics                      Prometheus text: coordinator_metrics.h, the WAL's group commits, gauges,
+//                                     and each embedded participant's keel_agent_* (agent="NAME")
 //   GET /api/info                     = keelctl --json info
 //   GET /api/stats                    = keelctl --json stats
 //   GET /api/list?limit=N             = keelctl --json list (unfinished and heuristic)
@@ -27,6 +28,9 @@
 
 #include <kj/async.h>
 
+#include <functional>
+#include <string>
+
 #include "common/admin_http.h"
 #include "common/client.h"
 #include "common/group_log.h"
@@ -42,7 +46,11 @@ std::string renderCoordinatorMetrics(const CoordinatorMetrics& m, const Coordina
 // Registers the routes above on `server` (before its start()). Everything
 // passed must outlive the server's stop(); `client` is used on the loop only.
 // `actions`: [admin] actions, the console's POST routes allowed.
+// `embeddedMetrics`, if set, is called on the loop at every scrape and its
+// text appended to /metrics: the embedded participants' keel_agent_*
+// families (coordinator_main: EmbeddedParticipant::metricsSource).
 void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coordinator& coordinator,
-                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions);
+                          KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions,
+                          std::function<std::string()> embeddedMetrics = nullptr);
 
 }  // namespace keel

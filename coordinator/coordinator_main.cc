@@ -227,8 +227,16 @@ int main(int argc, char** argv) {
     // The admin plane's reads go to the same RPC object, in-process.
     keel::KeelClient self(keep.castAs<keel::wire::Coordinator>());
     if (admin) {
+      std::function<std::string()> embeddedMetrics;
+      if (!embedded.empty()) {
+        embeddedMetrics = [&embedded]() {
+          std::vector<keel::AgentMetricsSource> sources;
+          for (auto& e : embedded) sources.push_back(e->metricsSource());
+          return keel::renderAgentMetrics(sources, /*labelled=*/true);
+        };
+      }
       keel::addCoordinatorRoutes(*admin, kj::getCurrentThreadExecutor(), coordinator, self, wal.log().stats(),
-                                 cfg.nodeId, cfg.admin.actions);
+                                 cfg.nodeId, cfg.admin.actions, std::move(embeddedMetrics));
       admin->start();
       KEEL_LOG_INFO("admin plane on http://{} (/metrics, /api/...)", admin->bound());
     }

@@ -21,61 +21,80 @@ AgentGauges agentGauges(const ParticipantBackend& agent) {
   return g;
 }
 
-std::string renderAgentMetrics(const std::string& name, const AgentMetrics& m, const AgentGauges& g,
-                               const GroupCommitLog::Stats& log) {
+std::string renderAgentMetrics(const std::vector<AgentMetricsSource>& agents, bool labelled) {
   MetricsText t;
+  // Every sample of one source, with agent="NAME" first when labelled.
+  auto L = [labelled](const AgentMetricsSource& a, Labels labels = {}) {
+    if (labelled) labels.insert(labels.begin(), {"agent", a.name});
+    return labels;
+  };
   t.family("keel_agent_info", "gauge", "This agent (always 1; its name as a label).");
-  t.sample({{"agent", name}}, 1);
+  for (const auto& a : agents) t.sample({{"agent", a.name}}, 1);
   t.family("keel_agent_votes_total", "counter", "Prepare votes given (vote fault: the item failed on its own).");
-  for (std::uint8_t v = 0; v <= kMaxVote; ++v) t.sample({{"vote", snakeCase(voteName(Vote(v)))}}, double(m.votes[v].value()));
-  t.sample({{"vote", "fault"}}, double(m.votes[kMaxVote + 1].value()));
+  for (const auto& a : agents) {
+    for (std::uint8_t v = 0; v <= kMaxVote; ++v) {
+      t.sample(L(a, {{"vote", snakeCase(voteName(Vote(v)))}}), double(a.metrics->votes[v].value()));
+    }
+    t.sample(L(a, {{"vote", "fault"}}), double(a.metrics->votes[kMaxVote + 1].value()));
+  }
   t.family("keel_agent_branch_outcomes_total", "counter", "Branch outcomes answered, by call and outcome.");
-  for (std::uint8_t o = 0; o <= kMaxBranchOutcome; ++o) {
-    std::string on = snakeCase(outcomeName(BranchOutcome(o)));
-    t.sample({{"call", "commit"}, {"outcome", on}}, double(m.commits[o].value()));
-    t.sample({{"call", "rollback"}, {"outcome", on}}, double(m.rollbacks[o].value()));
-    t.sample({{"call", "one_phase"}, {"outcome", on}}, double(m.onePhase[o].value()));
+  for (const auto& a : agents) {
+    for (std::uint8_t o = 0; o <= kMaxBranchOutcome; ++o) {
+      std::string on = snakeCase(outcomeName(BranchOutcome(o)));
+      t.sample(L(a, {{"call", "commit"}, {"outcome", on}}), double(a.metrics->commits[o].value()));
+      t.sample(L(a, {{"call", "rollback"}, {"outcome", on}}), double(a.metrics->rollbacks[o].value()));
+      t.sample(L(a, {{"call", "one_phase"}, {"outcome", on}}), double(a.metrics->onePhase[o].value()));
+    }
   }
   t.family("keel_agent_executes_total", "counter", "Interactive execute calls.");
-  t.sample(double(m.executes.value()));
+  for (const auto& a : agents) t.sample(L(a), double(a.metrics->executes.value()));
   t.family("keel_agent_call_seconds", "histogram", "One message received to answered (a prepareBatch: every vote).");
-  t.histogram({{"call", "prepare"}}, *m.prepareSeconds);
-  t.histogram({{"call", "commit"}}, *m.commitSeconds);
-  t.histogram({{"call", "rollback"}}, *m.rollbackSeconds);
-  t.histogram({{"call", "one_phase"}}, *m.onePhaseSeconds);
-  t.histogram({{"call", "execute"}}, *m.executeSeconds);
+  for (const auto& a : agents) {
+    t.histogram(L(a, {{"call", "prepare"}}), *a.metrics->prepareSeconds);
+    t.histogram(L(a, {{"call", "commit"}}), *a.metrics->commitSeconds);
+    t.histogram(L(a, {{"call", "rollback"}}), *a.metrics->rollbackSeconds);
+    t.histogram(L(a, {{"call", "one_phase"}}), *a.metrics->onePhaseSeconds);
+    t.histogram(L(a, {{"call", "execute"}}), *a.metrics->executeSeconds);
+  }
   t.family("keel_agent_prepare_batch_size", "histogram", "Items per prepareBatch message.");
-  t.histogram(*m.prepareBatch);
+  for (const auto& a : agents) t.histogram(L(a), *a.metrics->prepareBatch);
   t.family("keel_agent_phase2_batch_size", "histogram", "Branches per commit or rollback message.");
-  t.histogram(*m.phase2Batch);
+  for (const auto& a : agents) t.histogram(L(a), *a.metrics->phase2Batch);
 
   t.family("keel_agent_branches", "gauge", "Branch records by state (committed and rolled back: kept, not released).");
-  t.sample({{"state", "active"}}, g.counts.active);
-  t.sample({{"state", "prepared"}}, g.counts.prepared);
-  t.sample({{"state", "committed"}}, g.counts.committed);
-  t.sample({{"state", "rolled_back"}}, g.counts.rolledBack);
+  for (const auto& a : agents) {
+    const auto& c = a.gauges.counts;
+    t.sample(L(a, {{"state", "active"}}), c.active);
+    t.sample(L(a, {{"state", "prepared"}}), c.prepared);
+    t.sample(L(a, {{"state", "committed"}}), c.committed);
+    t.sample(L(a, {{"state", "rolled_back"}}), c.rolledBack);
+  }
   t.family("keel_agent_fence_epoch", "gauge", "Newest epoch seen from each coordinator node.");
-  for (const auto& [node, epoch] : g.fences) t.sample({{"node", std::to_string(node)}}, double(epoch));
+  for (const auto& a : agents) {
+    for (const auto& [node, epoch] : a.gauges.fences) t.sample(L(a, {{"node", std::to_string(node)}}), double(epoch));
+  }
   t.family("keel_agent_release_floor", "gauge", "Each coordinator node's release floor held here (a seq).");
-  for (const auto& [node, floor] : g.floors) t.sample({{"node", std::to_string(node)}}, double(floor));
+  for (const auto& a : agents) {
+    for (const auto& [node, floor] : a.gauges.floors) t.sample(L(a, {{"node", std::to_string(node)}}), double(floor));
+  }
   t.family("keel_agent_host_up", "gauge", "1 while the host system behind answers (host adapter; ledger and postgres agents always 1).");
-  t.sample(g.unavailable ? 0 : 1);
+  for (const auto& a : agents) t.sample(L(a), a.gauges.unavailable ? 0 : 1);
 
   t.family("keel_agent_log_commits_total", "counter", "Durable (fsync-bearing) commits of the branch log.");
-  t.sample(double(log.commits.load(std::memory_order_relaxed)));
+  for (const auto& a : agents) t.sample(L(a), double(a.log->commits.load(std::memory_order_relaxed)));
   t.family("keel_agent_log_jobs_total", "counter", "Records (jobs) those commits carried.");
-  t.sample(double(log.jobs.load(std::memory_order_relaxed)));
+  for (const auto& a : agents) t.sample(L(a), double(a.log->jobs.load(std::memory_order_relaxed)));
   t.family("keel_agent_log_group_size", "histogram", "Jobs per durable commit (group commit).");
-  t.histogram(*log.groupSize);
+  for (const auto& a : agents) t.histogram(L(a), *a.log->groupSize);
   t.family("keel_agent_log_commit_seconds", "histogram", "One group commit on the writer thread, fsync included.");
-  t.histogram(*log.commitLatency);
+  for (const auto& a : agents) t.histogram(L(a), *a.log->commitLatency);
   t.family("keel_agent_log_checkpoint_seconds", "histogram",
            "Redo mode: one checkpoint (LMDB's commit behind redo.log; its flush runs on a second thread); the writer takes no group meanwhile.");
-  t.histogram(*log.checkpointLatency);
+  for (const auto& a : agents) t.histogram(L(a), *a.log->checkpointLatency);
   t.family("keel_agent_log_map_bytes", "gauge", "The branch log's LMDB map size (map_size_mb).");
-  t.sample(double(g.mapBytes));
+  for (const auto& a : agents) t.sample(L(a), double(a.gauges.mapBytes));
   t.family("keel_agent_log_used_bytes", "gauge", "Of it, in use; new branches are refused at 90%.");
-  t.sample(g.fill * double(g.mapBytes));
+  for (const auto& a : agents) t.sample(L(a), a.gauges.fill * double(a.gauges.mapBytes));
   return t.take();
 }
 
@@ -86,8 +105,10 @@ void addAgentRoutes(AdminHttpServer& server, const kj::Executor& loop, Participa
   server.route("GET", "/metrics", [calls, &agent, &metrics](const HttpRequest&) {
     return guardedAnswer("agent", [&] {
       auto g = calls->call([&agent]() { return agentGauges(agent); });
-      return HttpResponse::text(200, kPrometheusText,
-                                renderAgentMetrics(agent.name(), metrics, g, agent.branchLog().log().stats()));
+      return HttpResponse::text(
+          200, kPrometheusText,
+          renderAgentMetrics({AgentMetricsSource{agent.name(), &metrics, g, &agent.branchLog().log().stats()}},
+                             /*labelled=*/false));
     });
   });
   server.route("GET", "/api/branches", [calls, &client](const HttpRequest&) {

@@ -11,6 +11,9 @@
 
 #include <kj/async.h>
 
+#include <string>
+#include <vector>
+
 #include "common/admin_http.h"
 #include "common/client.h"
 #include "participant/agent_metrics.h"
@@ -29,8 +32,20 @@ struct AgentGauges {
 };
 AgentGauges agentGauges(const ParticipantBackend& agent);
 
-std::string renderAgentMetrics(const std::string& name, const AgentMetrics& m, const AgentGauges& g,
-                               const GroupCommitLog::Stats& log);
+// One agent's side of /metrics: its counters (atomics, read on any
+// thread), the gauges counted on its loop, its branch log's statistics.
+struct AgentMetricsSource {
+  std::string name;
+  const AgentMetrics* metrics = nullptr;
+  AgentGauges gauges;
+  const GroupCommitLog::Stats* log = nullptr;
+};
+
+// The keel_agent_* families for `agents`. keel-agent: one source, its
+// samples unlabelled (keel_agent_info names it). The coordinator's
+// embedded participants (`labelled`): every sample also carries
+// agent="NAME" first, so that several agents share one family each.
+std::string renderAgentMetrics(const std::vector<AgentMetricsSource>& agents, bool labelled);
 
 void addAgentRoutes(AdminHttpServer& server, const kj::Executor& loop, ParticipantBackend& agent, AgentMetrics& metrics,
                     AgentClient& client);

@@ -61,4 +61,8 @@ void EmbeddedParticipant::start() {
                 cfg_.adapter, cfg_.dataDir);
 }
 
+AgentMetricsSource EmbeddedParticipant::metricsSource() const {
+  return AgentMetricsSource{cfg_.name, &metrics_, agentGauges(*backend_), &backend_->branchLog().log().stats()};
+}
+
 }  // namespace keel

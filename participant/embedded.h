@@ -22,6 +22,7 @@
 
 #include "common/config.h"
 #include "common/data_dir.h"
+#include "participant/admin.h"
 #include "participant/agent_metrics.h"
 #include "participant/backend.h"
 #include "schemas/keel.capnp.h"
@@ -52,6 +53,11 @@ class EmbeddedParticipant {
   wire::Participant::Client client() { return cap_.castAs<wire::Participant>(); }
 
   const std::string& name() const { return cfg_.name; }
+
+  // Its side of the coordinator's /metrics (renderAgentMetrics, labelled
+  // with its name): the keel_agent_* families keel-agent serves. On the
+  // coordinator's loop (the gauges are counted there); after start().
+  AgentMetricsSource metricsSource() const;
 
  private:
   AgentConfig cfg_;

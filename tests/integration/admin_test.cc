@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <map>
 #include <regex>
 #include <thread>
 
@@ -100,14 +101,7 @@ class AdminTest : public ClusterTest {
 };
 
 TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
-  open("bank-a", "alice", 1000);
-  open("bank-b", "bob", 0);
-  for (int i = 0; i < 5; ++i) {
-    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
-    ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
-  }
-  auto no = submit(transferOps("bank-a:alice", "bank-b:bob", 5000));  // more than alice has: bank-a votes no
-  ASSERT_EQ(no.outcome, ClientOutcome::RolledBack) << no.reason;
+  ASSERT_NO_FATAL_FAILURE(transfersThenAnOverdraw(5));
 
   // The rolled-back one is answered once its rollback record is durable; it
   // is finished once bank-b confirmed too.
@@ -139,6 +133,8 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
   EXPECT_GT(sampleOf(m.body, "keel_wal_map_bytes"), 0);
   EXPECT_EQ(sampleOf(m.body, "keel_wal_checkpoint_seconds_count"), 0);  // not in redo mode: no checkpoints
   EXPECT_EQ(sampleOf(m.body, "keel_recovery_sweep_done"), 1);
+  // Agents in processes of their own: their families are on their planes.
+  EXPECT_EQ(m.body.find("keel_agent_"), std::string::npos);
   // No per-interaction label anywhere; every sample line well formed.
   EXPECT_EQ(m.body.find("seq="), std::string::npos);
   EXPECT_EQ(m.body.find("request_id="), std::string::npos);
@@ -165,6 +161,60 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
   EXPECT_GE(sampleOf(a.body, "keel_agent_log_commits_total"), 1);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_log_checkpoint_seconds_count"), 0);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_host_up"), 1);
+}
+
+// Embedded participants ([participants] NAME = "embedded:FILE") have no
+// admin plane of their own: the coordinator's /metrics carries their
+// keel_agent_* families, every sample labelled agent="NAME", each family
+// declared once.
+class EmbeddedAdminTest : public ClusterTest {
+ protected:
+  ClusterOptions clusterOptions() override {
+    coordPort_ = pickFreePort();
+    auto o = ClusterTest::clusterOptions();
+    o.embedded = {"bank-a", "bank-b"};
+    o.coordinatorTailToml = "[admin]\nlisten = \"127.0.0.1:" + std::to_string(coordPort_) + "\"\n";
+    return o;
+  }
+  unsigned coordPort_ = 0;
+};
+
+TEST_F(EmbeddedAdminTest, TheCoordinatorsMetricsCarryEachEmbeddedParticipants) {
+  ASSERT_NO_FATAL_FAILURE(transfersThenAnOverdraw(3));
+  HttpAnswer m;
+  EXPECT_TRUE(eventually([&] {
+    m = get(coordPort_, "/metrics");
+    return sampleOf(m.body, "keel_agent_branch_outcomes_total{agent=\"bank-b\",call=\"commit\",outcome=\"committed\"}") ==
+               3 &&
+           sampleOf(m.body, "keel_interactions_live") == 0;
+  })) << m.body;
+  ASSERT_EQ(m.status, 200) << m.body;
+  for (const char* a : {"bank-a", "bank-b"}) {
+    std::string l = std::string("{agent=\"") + a + "\"";
+    EXPECT_EQ(sampleOf(m.body, "keel_agent_info" + l + "}"), 1) << a;
+    EXPECT_EQ(sampleOf(m.body, "keel_agent_branch_outcomes_total" + l + ",call=\"one_phase\",outcome=\"committed\"}"), 1)
+        << a;
+    EXPECT_GE(sampleOf(m.body, "keel_agent_log_commits_total" + l + "}"), 1) << a;
+    EXPECT_GE(sampleOf(m.body, "keel_agent_call_seconds_count" + l + ",call=\"prepare\"}"), 1) << a;
+    EXPECT_EQ(sampleOf(m.body, "keel_agent_branches" + l + ",state=\"prepared\"}"), 0) << a;
+    EXPECT_GT(sampleOf(m.body, "keel_agent_log_map_bytes" + l + "}"), 0) << a;
+    EXPECT_EQ(sampleOf(m.body, "keel_agent_host_up" + l + "}"), 1) << a;
+  }
+  EXPECT_EQ(sampleOf(m.body, "keel_agent_votes_total{agent=\"bank-a\",vote=\"yes\"}"), 3) << m.body;
+  EXPECT_EQ(sampleOf(m.body, "keel_agent_votes_total{agent=\"bank-a\",vote=\"no\"}"), 1);
+  EXPECT_EQ(sampleOf(m.body, "keel_agent_votes_total{agent=\"bank-b\",vote=\"yes\"}"), 4);
+  // The coordinator's own families are all still there, and no family is
+  // declared twice (a scraper refuses the whole page for that).
+  EXPECT_EQ(sampleOf(m.body, "keel_answers_total{outcome=\"committed\"}"), 5);
+  std::map<std::string, int> types;
+  std::istringstream lines(m.body);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind("# TYPE ", 0) == 0) ++types[line.substr(7, line.find(' ', 7) - 7)];
+  }
+  EXPECT_EQ(types["keel_agent_votes_total"], 1);
+  EXPECT_EQ(types["keel_agent_log_commit_seconds"], 1);
+  for (const auto& [family, n] : types) EXPECT_EQ(n, 1) << family;
 }
 
 // Redo mode (docs/operations.md, "Redo log"): every checkpoint is counted

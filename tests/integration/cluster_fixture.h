@@ -110,6 +110,20 @@ class ClusterTest : public ::testing::Test {
     ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
   }
 
+  // bank-a:alice opened with 1000 and bank-b:bob with 0 (two one-phase
+  // interactions), `n` transfers of 10 alice -> bob committed, then one of
+  // 5000 rolled back (bank-a votes no: more than alice has).
+  void transfersThenAnOverdraw(int n) {
+    ASSERT_NO_FATAL_FAILURE(open("bank-a", "alice", 1000));
+    ASSERT_NO_FATAL_FAILURE(open("bank-b", "bob", 0));
+    for (int i = 0; i < n; ++i) {
+      auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 10));
+      ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+    }
+    auto no = submit(transferOps("bank-a:alice", "bank-b:bob", 5000));
+    ASSERT_EQ(no.outcome, ClientOutcome::RolledBack) << no.reason;
+  }
+
   AgentSnapshot inspect(const std::string& agent) {
     auto c = AgentClient::connect(io_, cluster_->agentAddress(agent)).wait(io_.waitScope);
     return c->inspect().wait(io_.waitScope);
