@@ -22,7 +22,7 @@
 // writing into the folder (they are ending at the same moment).
 //
 // One per process; every call is from the main thread, except the signal
-// handler's write(2).
+// handler's send(2).
 
 #include <string>
 
