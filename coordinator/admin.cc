@@ -178,7 +178,7 @@ std::string liveJson(const CoordinatorMetrics& m, const Coordinator::Gauges& g, 
 
 void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coordinator& coordinator,
                           KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions,
-                          std::function<std::string()> embeddedMetrics) {
+                          EmbeddedMetrics embeddedMetrics) {
   // Every read of the loop's state goes through it: bounded in time (common/admin_plane.h).
   auto calls = std::make_shared<LoopCaller>(loop);
   server.route("GET", "/", [](const HttpRequest&) {
@@ -255,13 +255,14 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
   });
   server.route("GET", "/metrics", [calls, &coordinator, &wal, nodeId, embeddedMetrics](const HttpRequest&) {
     return guarded([&] {
-      // One call into the loop: the gauges and the embedded participants'
-      // families counted in the same pass.
+      // One call into the loop counts the coordinator's gauges and the
+      // embedded participants'; the text is rendered here.
       auto both = calls->call([&coordinator, &embeddedMetrics]() {
-        return std::make_pair(coordinator.gauges(), embeddedMetrics ? embeddedMetrics() : std::string());
+        return std::make_pair(coordinator.gauges(), embeddedMetrics ? embeddedMetrics() : nullptr);
       });
       return HttpResponse::text(200, kPrometheusText,
-                                renderCoordinatorMetrics(coordinator.metrics(), both.first, wal, nodeId) + both.second);
+                                renderCoordinatorMetrics(coordinator.metrics(), both.first, wal, nodeId) +
+                                    (both.second ? both.second() : std::string()));
     });
   });
   server.route("GET", "/api/info", [calls, &client](const HttpRequest&) {

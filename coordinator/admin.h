@@ -43,14 +43,18 @@ namespace keel {
 std::string renderCoordinatorMetrics(const CoordinatorMetrics& m, const Coordinator::Gauges& g,
                                      const GroupCommitLog::Stats& wal, std::uint16_t nodeId);
 
+// The embedded participants' keel_agent_* families, appended to /metrics
+// (coordinator_main: EmbeddedParticipant::metricsSource). Called on the
+// loop at every scrape, where it counts the gauges only the loop may read;
+// the renderer it returns runs on the admin plane's thread, as the
+// coordinator's own rendering does.
+using EmbeddedMetrics = std::function<std::function<std::string()>()>;
+
 // Registers the routes above on `server` (before its start()). Everything
 // passed must outlive the server's stop(); `client` is used on the loop only.
 // `actions`: [admin] actions, the console's POST routes allowed.
-// `embeddedMetrics`, if set, is called on the loop at every scrape and its
-// text appended to /metrics: the embedded participants' keel_agent_*
-// families (coordinator_main: EmbeddedParticipant::metricsSource).
 void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coordinator& coordinator,
                           KeelClient& client, const GroupCommitLog::Stats& wal, std::uint16_t nodeId, bool actions,
-                          std::function<std::string()> embeddedMetrics = nullptr);
+                          EmbeddedMetrics embeddedMetrics = nullptr);
 
 }  // namespace keel

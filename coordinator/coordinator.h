@@ -101,6 +101,13 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   static std::map<std::uint64_t, ClusterDecision> etcdCommitsToRedrive(ClusterMember& cluster, std::uint16_t node,
                                                                        WalStore& wal);
 
+  // What `wal` holds of `seq`, for a decision etcd holds of it (recovery.cc;
+  // etcdCommitsToRedrive and reconcileFromEtcd). A damaged record counts
+  // as unfinished: etcd's decision decides it (logged when `logDamage`, so
+  // once per start: by reconcileFromEtcd).
+  enum class WalHolds { Nothing, Unfinished, Finished };
+  static WalHolds walHolds(WalStore& wal, std::uint64_t seq, bool logDamage);
+
   kj::Promise<SubmitOutcome> submit(SubmitRequest req);
 
   // Cluster: finishes the work of dead coordinator node `node` under the

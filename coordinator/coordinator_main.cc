@@ -227,12 +227,12 @@ int main(int argc, char** argv) {
     // The admin plane's reads go to the same RPC object, in-process.
     keel::KeelClient self(keep.castAs<keel::wire::Coordinator>());
     if (admin) {
-      std::function<std::string()> embeddedMetrics;
+      keel::EmbeddedMetrics embeddedMetrics;
       if (!embedded.empty()) {
-        embeddedMetrics = [&embedded]() {
+        embeddedMetrics = [&embedded]() -> std::function<std::string()> {
           std::vector<keel::AgentMetricsSource> sources;
-          for (auto& e : embedded) sources.push_back(e->metricsSource());
-          return keel::renderAgentMetrics(sources, /*labelled=*/true);
+          for (auto& e : embedded) sources.push_back(e->metricsSource());  // gauges counted on the loop
+          return [sources = std::move(sources)]() { return keel::renderAgentMetrics(sources, /*labelled=*/true); };
         };
       }
       keel::addCoordinatorRoutes(*admin, kj::getCurrentThreadExecutor(), coordinator, self, wal.log().stats(),

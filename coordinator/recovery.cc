@@ -38,22 +38,16 @@
 
 namespace keel {
 
-namespace {
-
-// A record of `seq` in `wal` that is finished: nothing is left to redrive.
-// A damaged one counts as unfinished (etcd's decision decides it).
-bool finishedInWal(WalStore& wal, std::uint64_t seq) {
+Coordinator::WalHolds Coordinator::walHolds(WalStore& wal, std::uint64_t seq, bool logDamage) {
   auto stored = wal.get(seq);
-  if (!stored) return false;
+  if (!stored) return WalHolds::Nothing;
   try {
-    return decodeInteraction(stored->interaction).finished();
+    return decodeInteraction(stored->interaction).finished() ? WalHolds::Finished : WalHolds::Unfinished;
   } catch (const CorruptRecord& e) {
-    KEEL_LOG_ERROR("seq {}: damaged record ({}); etcd's decision decides", seqText(seq), e.what());
-    return false;
+    if (logDamage) KEEL_LOG_ERROR("seq {}: damaged record ({}); etcd's decision decides", seqText(seq), e.what());
+    return WalHolds::Unfinished;
   }
 }
-
-}  // namespace
 
 void Coordinator::refuseMissingParticipants(const std::vector<WalStore::Unfinished>& unfinished,
                                             const std::function<bool(const std::string&)>& known,
@@ -112,7 +106,7 @@ std::map<std::uint64_t, ClusterDecision> Coordinator::etcdCommitsToRedrive(Clust
                                                                            WalStore& wal) {
   std::map<std::uint64_t, ClusterDecision> out;
   for (auto& [seq, d] : cluster.decisionsOfSync(node)) {
-    if (d.commit && !finishedInWal(wal, seq)) out.emplace(seq, std::move(d));
+    if (d.commit && walHolds(wal, seq, /*logDamage=*/false) != WalHolds::Finished) out.emplace(seq, std::move(d));
   }
   return out;
 }

@@ -188,16 +188,9 @@ std::map<std::uint64_t, ClusterDecision> Coordinator::reconcileFromEtcd() {
   std::size_t forgotten = 0;
   for (auto& [seq, d] : all) {
     if (seq >= seqs_->firstOfIncarnation()) continue;
-    auto stored = wal_.get(seq);
-    bool finished = false;
-    if (stored) {
-      try {
-        finished = decodeInteraction(stored->interaction).finished();
-      } catch (const CorruptRecord& e) {
-        KEEL_LOG_ERROR("seq {}: damaged record ({}); etcd's decision decides", seqText(seq), e.what());
-      }
-    }
-    if (finished || (!d.commit && !stored)) {
+    auto holds = walHolds(wal_, seq, /*logDamage=*/true);
+    bool finished = holds == WalHolds::Finished;
+    if (finished || (!d.commit && holds == WalHolds::Nothing)) {
       // Finished here, or an ABORT the WAL never heard of: with no COMMIT
       // possible any more, the key says nothing presumed abort does not.
       if (!finished) {

@@ -3,6 +3,9 @@
 // and the refusal names each such participant with its seqs.
 
 #include <gtest/gtest.h>
+#include <kj/async-io.h>
+
+#include <filesystem>
 
 #include <map>
 #include <set>
@@ -12,6 +15,7 @@
 #include "common/config.h"
 #include "common/seq.h"
 #include "coordinator/coordinator.h"
+#include "tests/unit/test_util.h"
 
 namespace keel {
 namespace {
@@ -127,6 +131,41 @@ TEST(MissingParticipants, EtcdCommitsToRedriveNeedEveryParticipantTheyName) {
   EXPECT_NE(text.find("the WAL and etcd's COMMIT decisions"), std::string::npos) << text;
   EXPECT_NE(text.find("'bank-b' (2 unfinished: " + seqText(seq) + ", " + seqText(both) + ")"), std::string::npos)
       << text;
+}
+
+// What the WAL holds of a seq etcd holds a decision of: nothing, an
+// unfinished or a finished record. A damaged record counts as unfinished,
+// so a COMMIT in etcd for it is still checked (and redriven).
+TEST(MissingParticipants, WalHoldsTellsAbsentUnfinishedFinishedAndDamaged) {
+  kj::AsyncIoContext io = kj::setupAsyncIo();
+  test::TempDir dir;
+  std::filesystem::create_directories(dir.path());
+  auto finished = makeSeq(1, 1), unfinished = makeSeq(1, 2), damaged = makeSeq(1, 3), absent = makeSeq(1, 4);
+  {
+    WalStore wal(dir.path(), std::size_t(64) << 20);
+    for (auto seq : {finished, unfinished, damaged}) {
+      InteractionRecord r;
+      r.seq = seq;
+      r.decision = InteractionRecord::Decision::Commit;
+      r.state = seq == finished ? InteractionRecord::State::Committed : InteractionRecord::State::Committing;
+      wal.save(r, nullptr, true).wait(io.waitScope);
+    }
+    // One payload byte of `damaged` flipped: its checksum no longer matches.
+    auto& env = wal.env();
+    auto dbi = env.openDb("interactions");
+    auto txn = env.beginWrite();
+    auto v = txn.get(dbi, u64Key(damaged));
+    ASSERT_TRUE(v.has_value());
+    (*v)[v->size() - 3] ^= 0x5a;
+    txn.put(dbi, u64Key(damaged), *v);
+    txn.commit();
+  }
+  WalStore wal(dir.path(), std::size_t(64) << 20, /*readOnly=*/true);
+  using H = Coordinator::WalHolds;
+  EXPECT_EQ(Coordinator::walHolds(wal, finished, false), H::Finished);
+  EXPECT_EQ(Coordinator::walHolds(wal, unfinished, false), H::Unfinished);
+  EXPECT_EQ(Coordinator::walHolds(wal, damaged, false), H::Unfinished);
+  EXPECT_EQ(Coordinator::walHolds(wal, absent, false), H::Nothing);
 }
 
 }  // namespace
