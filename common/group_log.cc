@@ -27,9 +27,80 @@ kj::Exception toKjException(std::exception_ptr err) {
   }
 }
 
+// What a bundle hands back to the loop: its items (so that they are
+// destroyed there, where their fulfillers belong) and the group's outcome.
+struct BundleResult {
+  std::vector<std::unique_ptr<GroupCommitLog::LoopItem>> items;
+  std::exception_ptr groupErr;  // the group commit failed: nothing is durable
+};
+
+// Where done bundles wait for the bundling loop. The writer puts each
+// bundle's result in `ready` as the bundle is told (Bundle::done) and wakes
+// the loop once the whole group was told (wakeLoop): one cross-thread
+// wake-up per group however many turns' bundles it held. Shared with the
+// loop's waiting promise, so that it outlives the log: bundles done while
+// the log is destroyed are still completed on the loop, as before.
+//
+// No lost wake-up: the loop, when it arms (armMailbox), takes results
+// already waiting at once; otherwise it leaves `waker`, and the writer
+// fulfils it only when `ready` is not empty. Both under `mu`.
+struct GroupCommitLog::LoopMailbox {
+  std::mutex mu;
+  std::vector<BundleResult> ready;                       // GUARDED_BY(mu)
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> waker;  // GUARDED_BY(mu): the loop waits on it
+  // The bundling loop's thread only:
+  std::size_t outstanding = 0;  // bundles handed to the writer, not yet completed here
+  bool armed = false;           // a promise waits on `waker` (or on results already there)
+};
+
+void GroupCommitLog::wakeLoop() {
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> waker;
+  {
+    std::lock_guard<std::mutex> lk(mailbox_->mu);
+    if (mailbox_->ready.empty() || !mailbox_->waker) return;
+    waker = kj::mv(mailbox_->waker);
+  }
+  stats_.loopWakeups.fetch_add(1, std::memory_order_relaxed);
+  waker->fulfill();
+}
+
+void GroupCommitLog::armMailbox(std::shared_ptr<LoopMailbox> mb) {
+  mb->armed = true;
+  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  {
+    std::lock_guard<std::mutex> lk(mb->mu);
+    if (mb->ready.empty()) {
+      mb->waker = kj::mv(paf.fulfiller);
+    } else {
+      paf.fulfiller->fulfill();  // results came while the loop was not waiting: no wake-up needed
+    }
+  }
+  paf.promise
+      .then([mb]() {
+        mb->armed = false;
+        std::vector<BundleResult> done;
+        {
+          std::lock_guard<std::mutex> lk(mb->mu);
+          done.swap(mb->ready);
+        }
+        // Tests: the writer hands back more while the loop is here, not
+        // armed (its results must be taken when the loop arms again).
+        KEEL_FAILPOINT("log.loop_handback");
+        mb->outstanding -= done.size();
+        // Completing may run new jobs; their bundles are handed over at the
+        // end of this turn (scheduleLoopFlush) and arm the mailbox then.
+        for (auto& r : done) {
+          for (auto& item : r.items) item->complete(r.groupErr ? r.groupErr : item->err);
+        }
+        if (mb->outstanding > 0 && !mb->armed) armMailbox(mb);
+      })
+      .detach([](kj::Exception&& e) { KJ_LOG(ERROR, "log bundle completion failed", e); });
+}
+
 GroupCommitLog::GroupCommitLog(lmdb::Env& env, Options opts)
     : env_(env),
       opts_(opts),
+      mailbox_(std::make_shared<LoopMailbox>()),
       redo_(opts.redo ? std::make_unique<RedoLog>(env, opts.redoOptions) : nullptr),
       flusher_(opts.redo ? std::thread([this] { flusherLoop(); }) : std::thread()),
       writer_([this] { writerLoop(); }) {
@@ -142,6 +213,7 @@ void GroupCommitLog::writerLoop() {
   }
   if (redo_ && lastFill_ >= kDirectAtFill) enterDirect("the map is nearly full at the start", true);
   for (;;) {
+    wakeLoop();  // every path through a group ends here: no bundle of it waits unwoken
     group.clear();
     applied.clear();
     {
@@ -189,6 +261,7 @@ void GroupCommitLog::writerLoop() {
       }
       if (queue_.empty()) {  // stopping and drained
         lk.unlock();
+        wakeLoop();
         if (redo_) {
           // Nothing left to replay: the last checkpoint is flushed even
           // when no group came after it.
@@ -256,6 +329,7 @@ void GroupCommitLog::writerLoop() {
     stats_.jobs.fetch_add(jobs, std::memory_order_relaxed);
     stats_.groupSize->observe(jobs);
     for (Job* j : applied) j->done(nullptr);
+    wakeLoop();
   }
 }
 
@@ -398,6 +472,7 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   stats_.jobs.fetch_add(jobs, std::memory_order_relaxed);
   stats_.groupSize->observe(jobs);
   for (Job* j : applied) j->done(nullptr);
+  wakeLoop();  // before a checkpoint, which may take milliseconds
   if (redo_->pending() > 0 && (std::chrono::steady_clock::now() >= redo_->checkpointDue() || roomCheckpointWanted())) {
     checkpoint(outer);
   }
@@ -607,19 +682,12 @@ void GroupCommitLog::rolledBack() noexcept {
 
 // ------------------------------------------------------------ loop bundles
 
-// What a bundle hands back to the loop: its items (so that they are
-// destroyed there, where their fulfillers belong) and the group's outcome.
-struct BundleResult {
-  std::vector<std::unique_ptr<GroupCommitLog::LoopItem>> items;
-  std::exception_ptr groupErr;  // the group commit failed: nothing is durable
-};
 
 // One writer job carrying the loop items of one event-loop turn.
 class GroupCommitLog::Bundle final : public Job {
  public:
-  Bundle(GroupCommitLog& log, std::vector<std::unique_ptr<LoopItem>> items,
-         kj::Own<kj::CrossThreadPromiseFulfiller<BundleResult>> f)
-      : log_(log), items_(std::move(items)), fulfiller_(kj::mv(f)) {}
+  Bundle(GroupCommitLog& log, std::vector<std::unique_ptr<LoopItem>> items, std::shared_ptr<LoopMailbox> mb)
+      : log_(log), items_(std::move(items)), mailbox_(std::move(mb)) {}
   ~Bundle() noexcept override {}
   void apply(lmdb::Txn& txn) override {
     applied_ = 0;  // redo mode may run a bundle again (a full map, see runRedoGroup)
@@ -685,15 +753,18 @@ class GroupCommitLog::Bundle final : public Job {
       }
     }
   }
+  // Into the mailbox; the writer wakes the loop once its group was told
+  // (GroupCommitLog::wakeLoop).
   void done(std::exception_ptr err) noexcept override {
-    fulfiller_->fulfill(BundleResult{std::move(items_), err});
+    std::lock_guard<std::mutex> lk(mailbox_->mu);
+    mailbox_->ready.push_back(BundleResult{std::move(items_), err});
   }
   std::size_t count() const override { return applied_; }
 
  private:
   GroupCommitLog& log_;
   std::vector<std::unique_ptr<LoopItem>> items_;
-  kj::Own<kj::CrossThreadPromiseFulfiller<BundleResult>> fulfiller_;
+  std::shared_ptr<LoopMailbox> mailbox_;
   std::size_t applied_ = 0;
 };
 
@@ -707,16 +778,15 @@ bool GroupCommitLog::onBundlingLoop() {
 void GroupCommitLog::scheduleLoopFlush() {
   kj::evalLater([this, alive = alive_]() -> kj::Promise<void> {
     if (!*alive || loopPending_.empty()) return kj::READY_NOW;
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<BundleResult>();
     std::vector<std::unique_ptr<LoopItem>> items;
     items.swap(loopPending_);
     bool lazy = !loopForced_;
     loopForced_ = false;
-    enqueue(std::make_unique<Bundle>(*this, std::move(items), kj::mv(paf.fulfiller)), lazy);
-    return paf.promise.then([](BundleResult r) {
-      for (auto& item : r.items) item->complete(r.groupErr ? r.groupErr : item->err);
-    });
-  }).detach([](kj::Exception&& e) { KJ_LOG(ERROR, "log bundle completion failed", e); });
+    ++mailbox_->outstanding;
+    if (!mailbox_->armed) armMailbox(mailbox_);
+    enqueue(std::make_unique<Bundle>(*this, std::move(items), mailbox_), lazy);
+    return kj::READY_NOW;
+  }).detach([](kj::Exception&& e) { KJ_LOG(ERROR, "log bundle hand-over failed", e); });
 }
 
 }  // namespace keel

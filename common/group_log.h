@@ -26,8 +26,11 @@
 //
 // Loop bundles: on the first thread that calls run() (the process's main
 // event loop), the jobs run() in one event-loop turn are handed to the
-// writer as ONE job and completed with ONE cross-thread wake-up, then each
-// caller's promise resolves on the loop. Each still fails alone (the
+// writer as ONE job, then each caller's promise resolves on the loop. The
+// bundles a group commit made durable (several turns' worth, when the
+// loop turned while the previous group was being written) are handed back
+// through one mailbox with ONE cross-thread wake-up per group, not one per
+// bundle (docs/performance.md, "twenty-third sitting"). Each still fails alone (the
 // bundle's items run in one nested transaction; if one throws, that is
 // rolled back and each runs again in its own); durability is unchanged (the bundle is
 // durable when its group commit returned). This keeps the per-job cost of
@@ -99,6 +102,9 @@ class GroupCommitLog {
     // Times a caller woke the writer (a forced job, or a lazy one the
     // writer would otherwise have looked at too late: enqueue).
     std::atomic<std::uint64_t> writerWakeups{0};
+    // Times the writer woke the bundling loop to hand bundles back: at
+    // most once per group, however many loop turns' bundles it held.
+    std::atomic<std::uint64_t> loopWakeups{0};
     // Jobs per durable commit (the group sizes, for /metrics).
     std::unique_ptr<Histogram> groupSize = Histogram::sizes();
     // Writer thread: first job taken -> the commit's fsync returned.
@@ -201,7 +207,13 @@ class GroupCommitLog {
 
  private:
   class Bundle;
+  struct LoopMailbox;
   void writerLoop();
+  // Writer thread: wakes the bundling loop if bundles are waiting in its
+  // mailbox (once per group, after every job of it was told).
+  void wakeLoop();
+  // The bundling loop: waits for the mailbox (LoopMailbox::armed).
+  static void armMailbox(std::shared_ptr<LoopMailbox> mb);
   void rolledBack() noexcept;  // writer thread: Options::onRolledBack
   // Redo mode: one group in a nested transaction of the long one.
   void runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std::vector<Job*>& applied, lmdb::Txn& outer,
@@ -272,6 +284,7 @@ class GroupCommitLog {
   std::vector<std::unique_ptr<LoopItem>> loopPending_;
   bool loopForced_ = false;  // this turn's bundle holds a non-lazy item
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for flushes scheduled on the loop
+  std::shared_ptr<LoopMailbox> mailbox_;  // bundles done, on their way back to the loop
   std::unique_ptr<RedoLog> redo_;  // redo mode; used by the writer thread only once it runs
   bool checkpointAsked_ = false;   // writer thread: checkpointSync's job ran in this group
   bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
