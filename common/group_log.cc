@@ -44,7 +44,14 @@ struct BundleResult {
 // No lost wake-up: the loop, when it arms (armMailbox), takes results
 // already waiting at once; otherwise it leaves `waker`, and the writer
 // fulfils it only when `ready` is not empty. Both under `mu`.
+//
+// The mailbox is armed on one event loop, the bundling loop, which must
+// outlive the bundles it handed over (in Keel: the process's one loop,
+// which outlives its logs). A loop destroyed while bundles were out would
+// leave it armed on a promise that no longer exists.
 struct GroupCommitLog::LoopMailbox {
+  explicit LoopMailbox(std::function<void()> took) : tookResults(std::move(took)) {}
+  const std::function<void()> tookResults;  // Options::loopTookResults
   std::mutex mu;
   std::vector<BundleResult> ready;                       // GUARDED_BY(mu)
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> waker;  // GUARDED_BY(mu): the loop waits on it
@@ -85,7 +92,7 @@ void GroupCommitLog::armMailbox(std::shared_ptr<LoopMailbox> mb) {
         }
         // Tests: the writer hands back more while the loop is here, not
         // armed (its results must be taken when the loop arms again).
-        KEEL_FAILPOINT("log.loop_handback");
+        if (mb->tookResults) mb->tookResults();
         mb->outstanding -= done.size();
         // Completing may run new jobs; their bundles are handed over at the
         // end of this turn (scheduleLoopFlush) and arm the mailbox then.
@@ -100,7 +107,7 @@ void GroupCommitLog::armMailbox(std::shared_ptr<LoopMailbox> mb) {
 GroupCommitLog::GroupCommitLog(lmdb::Env& env, Options opts)
     : env_(env),
       opts_(opts),
-      mailbox_(std::make_shared<LoopMailbox>()),
+      mailbox_(std::make_shared<LoopMailbox>(opts.loopTookResults)),
       redo_(opts.redo ? std::make_unique<RedoLog>(env, opts.redoOptions) : nullptr),
       flusher_(opts.redo ? std::thread([this] { flusherLoop(); }) : std::thread()),
       writer_([this] { writerLoop(); }) {

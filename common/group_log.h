@@ -87,6 +87,13 @@ class GroupCommitLog {
     // again from LMDB by the next job. Runs before the failed job's caller
     // hears of the failure. Must not throw.
     std::function<void()> onRolledBack;
+    // Tests only: called on the bundling loop each time it has taken the
+    // results the writer handed back, before it completes them (a test
+    // holds the loop there while the writer hands back more:
+    // group_log_test.cc). Not a failpoint, so that the crash matrix,
+    // which crashes every failpoint, does not crash here: it would be
+    // log.after_redo_durable's case again.
+    std::function<void()> loopTookResults;
     // Redo mode (common/redo_log.h): one flush per group instead of two.
     // The env must be opened by openEnvRecovering (a previous run's redo
     // log replayed), and nothing else may write it while the log runs.

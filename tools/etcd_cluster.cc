@@ -310,6 +310,25 @@ void EtcdCluster::pause(std::size_t i) {
   note(m, "SIGSTOP to pid " + std::to_string(m.pid));
   ::kill(m.pid, SIGSTOP);
   m.paused = true;
+  // Every thread stopped: /proc/PID/task/TID/stat's state (after the
+  // command's closing parenthesis) reads 'T'.
+  auto allStopped = [&] {
+    std::error_code ec;
+    bool any = false;
+    for (const auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(m.pid) + "/task", ec)) {
+      std::ifstream f(t.path() / "stat");
+      std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      auto close = stat.rfind(')');
+      if (close == std::string::npos || close + 2 >= stat.size()) continue;  // the thread is gone
+      if (stat[close + 2] != 'T' && stat[close + 2] != 't') return false;
+      any = true;
+    }
+    return any;
+  };
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!allStopped() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 void EtcdCluster::resume(std::size_t i) {

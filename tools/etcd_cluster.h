@@ -91,7 +91,10 @@ class EtcdCluster final {
   // cluster with the state it had); stops it first if it is running. Waits
   // until it answers and knows a leader (startTimeout).
   void restart(std::size_t i);
-  // SIGSTOP / SIGCONT: a member that hangs without dying.
+  // SIGSTOP / SIGCONT: a member that hangs without dying. pause returns
+  // once every thread of the member is stopped (at most 2 s): a signal
+  // reaches a thread running on another CPU a moment later, and a request
+  // sent in that moment could still be served.
   void pause(std::size_t i);
   void resume(std::size_t i);
   bool running(std::size_t i);
