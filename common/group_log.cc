@@ -94,12 +94,14 @@ void GroupCommitLog::armMailbox(std::shared_ptr<LoopMailbox> mb) {
         // armed (its results must be taken when the loop arms again).
         if (mb->tookResults) mb->tookResults();
         mb->outstanding -= done.size();
+        // Armed again for the bundles still out even if a completion throws
+        // (the throw is logged below): they must not wait for good.
+        KJ_DEFER(if (mb->outstanding > 0 && !mb->armed) armMailbox(mb));
         // Completing may run new jobs; their bundles are handed over at the
         // end of this turn (scheduleLoopFlush) and arm the mailbox then.
         for (auto& r : done) {
           for (auto& item : r.items) item->complete(r.groupErr ? r.groupErr : item->err);
         }
-        if (mb->outstanding > 0 && !mb->armed) armMailbox(mb);
       })
       .detach([](kj::Exception&& e) { KJ_LOG(ERROR, "log bundle completion failed", e); });
 }
@@ -220,7 +222,10 @@ void GroupCommitLog::writerLoop() {
   }
   if (redo_ && lastFill_ >= kDirectAtFill) enterDirect("the map is nearly full at the start", true);
   for (;;) {
-    wakeLoop();  // every path through a group ends here: no bundle of it waits unwoken
+    // Every path through a group (and the stop) comes back here: no bundle
+    // it told waits unwoken. Only a redo group wakes the loop sooner, before
+    // a checkpoint (runRedoGroup).
+    wakeLoop();
     group.clear();
     applied.clear();
     {
@@ -268,7 +273,6 @@ void GroupCommitLog::writerLoop() {
       }
       if (queue_.empty()) {  // stopping and drained
         lk.unlock();
-        wakeLoop();
         if (redo_) {
           // Nothing left to replay: the last checkpoint is flushed even
           // when no group came after it.
@@ -336,7 +340,6 @@ void GroupCommitLog::writerLoop() {
     stats_.jobs.fetch_add(jobs, std::memory_order_relaxed);
     stats_.groupSize->observe(jobs);
     for (Job* j : applied) j->done(nullptr);
-    wakeLoop();
   }
 }
 
