@@ -442,6 +442,54 @@ double loadAverage() {
   return l;
 }
 
+// How this machine's idle CPUs wait (a machine fact, like the load): a
+// virtual machine whose idle vCPUs halt without polling first exits to its
+// host on every idle and pays for it at every wake-up, a large part of
+// one client's latency here (docs/performance.md, "twenty-fourth sitting":
+// guest_halt_poll_ns 0 against the kernel's default 200000, one client
+// 1.6 x slower). The cpuidle driver's name ("" when the kernel has no
+// cpuidle), and with the haltpoll driver its poll limit in ns (-1 when not
+// known).
+struct IdlePolling {
+  std::string driver;
+  long long haltPollNs = -1;
+};
+
+IdlePolling idlePolling() {
+  IdlePolling p;
+  auto firstLine = [](const char* path) {
+    std::string line;
+    if (std::FILE* f = std::fopen(path, "r")) {
+      char buf[128];
+      if (std::fgets(buf, sizeof buf, f) != nullptr) line = buf;
+      std::fclose(f);
+    }
+    while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
+    return line;
+  };
+  p.driver = firstLine("/sys/devices/system/cpu/cpuidle/current_driver");
+  if (p.driver == "haltpoll") {
+    std::string ns = firstLine("/sys/module/haltpoll/parameters/guest_halt_poll_ns");
+    if (!ns.empty() && ns.find_first_not_of("0123456789") == std::string::npos && ns.size() < 19) {
+      p.haltPollNs = std::stoll(ns);
+    }
+  }
+  return p;
+}
+
+// Adds the idle-polling fields; at one client, where it matters most, says
+// so when idle polling is off.
+void reportIdlePolling(JsonObject& j, bool oneClient) {
+  auto p = idlePolling();
+  j.add("cpuidle_driver", p.driver);
+  if (p.haltPollNs >= 0) j.add("guest_halt_poll_ns", std::uint64_t(p.haltPollNs));
+  if (oneClient && p.driver == "haltpoll" && p.haltPollNs == 0) {
+    std::printf("note: this virtual machine's idle CPUs do not poll before they halt (cpuidle haltpoll, "
+                "guest_halt_poll_ns = 0): every wake-up of an idle CPU goes through the host, which slows one "
+                "client down (docs/performance.md, \"twenty-fourth sitting\")\n");
+  }
+}
+
 // --host-outage: the kill comes this long into the measured window.
 double outageAt(const Flags& f) { return std::min(2.0, f.duration / 4); }
 
@@ -883,6 +931,9 @@ int main(int argc, char** argv) {
       }
     }
     j.add("loadavg_1m_at_end", loadAverage());
+    bool oneClient = f.sweep ? std::find(f.sweepLevels.begin(), f.sweepLevels.end(), 1u) != f.sweepLevels.end()
+                             : f.concurrency == 1;
+    reportIdlePolling(j, oneClient);
     std::printf("%s\n", j.str().c_str());
   } catch (const kj::Exception& e) {
     std::fprintf(stderr, "keel-bench: %s\n", e.getDescription().cStr());

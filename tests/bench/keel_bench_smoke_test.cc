@@ -67,6 +67,21 @@ TEST(KeelBench, ShortLedgerRunPrintsACompleteJsonLine) {
   }
   EXPECT_NE(r.out.find("context switches per interaction:"), std::string::npos) << r.out;
   EXPECT_FALSE(m.has("redo_checkpoints")) << "no redo mode, no checkpoints: " << lastLine(r.out);
+  // The machine's idle polling, as the kernel says it: the cpuidle driver
+  // (empty without cpuidle) and, with haltpoll, its poll limit.
+  auto sysLine = [](const char* path) {
+    std::ifstream in(path);
+    std::string line;
+    std::getline(in, line);
+    return line;
+  };
+  ASSERT_TRUE(m.has("cpuidle_driver")) << lastLine(r.out);
+  EXPECT_EQ(m["cpuidle_driver"].str(), sysLine("/sys/devices/system/cpu/cpuidle/current_driver"));
+  if (m["cpuidle_driver"].str() == "haltpoll") {
+    ASSERT_TRUE(m.has("guest_halt_poll_ns")) << lastLine(r.out);
+    EXPECT_EQ(std::to_string(m["guest_halt_poll_ns"].whole()),
+              sysLine("/sys/module/haltpoll/parameters/guest_halt_poll_ns"));
+  }
 }
 
 // --redo (the default): every process's log checkpoints (at least every 50 ms), and the
