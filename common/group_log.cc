@@ -488,17 +488,49 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   }
 }
 
+std::optional<double> GroupCommitLog::usedBelow(double fill) const {
+  std::lock_guard<std::mutex> lk(roomMu_);
+  Micros now = monoMicros();
+  Micros every = Micros(std::chrono::duration_cast<std::chrono::microseconds>(opts_.roomCountEvery).count());
+  if (room_.at == 0 || now - room_.at >= every) {
+    try {
+      // The high-water mark first: a commit in between can only make the
+      // count look older (it grew since), never fresher.
+      double f = env_.fill();
+      room_ = RoomMeasure{env_.usedFraction(), f, now};
+    } catch (const std::exception& e) {
+      // A caller with a read transaction open, most likely: the last
+      // measure stands, and refuses once the mark moves past it.
+      KEEL_LOG_DEBUG("log: cannot measure the map's free pages now: {}", e.what());
+      if (room_.at == 0) return std::nullopt;
+    }
+  }
+  if (fill > room_.fill) return std::nullopt;  // grew since: the free list did not serve it
+  return room_.used;
+}
+
 std::optional<std::string> GroupCommitLog::roomRefusal() const {
   double fill = env_.fill();
   bool short_ = shortOfRoom();
   if (fill < kRefuseNewAtFill && !short_) return std::nullopt;
+  std::optional<double> used;
+  if (!short_) {
+    used = usedBelow(fill);
+    if (used && *used < kRefuseNewAtUsed) return std::nullopt;
+  }
   std::string how =
       std::to_string(int(fill * 100)) + "% full (map_size_mb = " + std::to_string(env_.mapSize() >> 20) + ")";
+  if (used) how += ", " + std::to_string(int(*used * 100)) + "% of it in use";
   if (fill < kRefuseNewAtFill) {
     return how + " and its redo log has just turned direct for want of room: new work is refused for " +
            std::to_string(kShortOfRoomGraceUs / 1'000'000) + " s; raise map_size_mb";
   }
-  return how + ": new work is refused until map_size_mb is raised";
+  if (used) {
+    return how + ": new work is refused until less than " + std::to_string(int(kRefuseNewAtUsed * 100)) +
+           "% is in use (as finished records are released) or map_size_mb is raised";
+  }
+  return how + " and growing: new work is refused until its free pages are counted again (" +
+         std::to_string(opts_.roomCountEvery.count()) + " ms) or map_size_mb is raised";
 }
 
 bool GroupCommitLog::roomCheckpointWanted() const {

@@ -94,6 +94,9 @@ class GroupCommitLog {
     // which crashes every failpoint, does not crash here: it would be
     // log.after_redo_durable's case again.
     std::function<void()> loopTookResults;
+    // How long a count of the map's free pages stands (roomRefusal: only
+    // while the high-water mark is past kRefuseNewAtFill).
+    std::chrono::milliseconds roomCountEvery{250};
     // Redo mode (common/redo_log.h): one flush per group instead of two.
     // The env must be opened by openEnvRecovering (a previous run's redo
     // log replayed), and nothing else may write it while the log runs.
@@ -197,10 +200,24 @@ class GroupCommitLog {
   // refused at this fill, so that what is in flight can still finish: its
   // writes need room too.
   static constexpr double kRefuseNewAtFill = 0.9;
+  // The high-water mark (lmdb::Env::fill) never drops: LMDB reuses the
+  // pages that retention and finished work free below it. So a map whose
+  // high-water mark once passed kRefuseNewAtFill (a burst, a participant
+  // down for an hour and its backlog since drained) takes new work again
+  // while what is really in use, the free pages LMDB can reuse left out
+  // (lmdb::Env::usedFraction; pages a long reader such as a hot backup
+  // still holds count as in use), is below kRefuseNewAtUsed: new pages
+  // then come from the free list, not from the map's unused end. Counted
+  // at most every Options::roomCountEvery, and only while the high-water
+  // mark is at kRefuseNewAtFill or above. A mark that grew since the last
+  // count refuses until the next one (the free list did not serve what
+  // grew it).
+  static constexpr double kRefuseNewAtUsed = 0.8;
   // Why new work should be refused now, or nothing: the map is
-  // kRefuseNewAtFill full, or short of room (shortOfRoom). Says how full
-  // ("N% full (map_size_mb = M)"), for how long and what to do; the caller
-  // names the store. Any thread.
+  // kRefuseNewAtFill full (as above), or short of room (shortOfRoom). Says
+  // how full ("N% full (map_size_mb = M)"), for how long and what to do;
+  // the caller names the store. Any thread without a read transaction of
+  // this log's environment open.
   std::optional<std::string> roomRefusal() const;
 
   // One job of a loop bundle (see above); used by run().
@@ -297,6 +314,19 @@ class GroupCommitLog {
   bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
   bool direct_ = false;            // writer thread: enterDirect ran
   std::atomic<Micros> shortOfRoomUntil_{0};  // see shortOfRoom (monoMicros)
+  // roomRefusal's last measure of the map, GUARDED_BY(roomMu_): the share
+  // in use (usedFraction) and the high-water mark (fill) then; at == 0:
+  // never measured.
+  struct RoomMeasure {
+    double used = 1, fill = 1;
+    Micros at = 0;
+  };
+  mutable std::mutex roomMu_;
+  mutable RoomMeasure room_;
+  // The share of the map in use below a high-water mark of `fill` (see
+  // kRefuseNewAtUsed), measured now if the last measure is too old; nothing
+  // when the high-water mark grew since, or measuring failed.
+  std::optional<double> usedBelow(double fill) const;
   double lastFill_ = 0;            // writer thread: the map's fill after the last checkpoint
   std::uint64_t redoBytesSince_ = 0;  // writer thread: bytes appended to the redo log since the last checkpoint
   double fillPerRedoByte_ = 0;        // writer thread: see roomCheckpointWanted

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 namespace keel::lmdb {
@@ -570,6 +571,58 @@ double Env::fill() const {
   mdb_env_info(env_, &info);
   mdb_env_stat(env_, &st);
   return double(info.me_last_pgno + 1) * st.ms_psize / double(info.me_mapsize);
+}
+
+namespace {
+// mdb_reader_list's callback: the lowest snapshot (txnid) any reader holds.
+// Its lines are "PID THREAD TXNID" (TXNID "-" for a slot not reading),
+// after a header line.
+int lowestReaderTxnid(const char* line, void* ctx) {
+  auto* lowest = static_cast<std::uint64_t*>(ctx);
+  unsigned long long pid = 0, txnid = 0;
+  char thread[64];
+  if (std::sscanf(line, "%llu %63s %llu", &pid, thread, &txnid) == 3) *lowest = std::min<std::uint64_t>(*lowest, txnid);
+  return 0;
+}
+}  // namespace
+
+double Env::usedFraction() const {
+  MDB_txn* t = nullptr;
+  int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &t);
+  if (rc != 0) throwError("mdb_txn_begin(read, free pages)", rc);
+  // LMDB reuses the pages a transaction freed only once no reader's
+  // snapshot is older than it: those records of the free list count as
+  // free, the rest (a long reader's, a hot backup's) as in use. This
+  // transaction is a reader too, at the last commit.
+  std::uint64_t oldest = mdb_txn_id(t);
+  mdb_reader_list(env_, lowestReaderTxnid, &oldest);
+  std::uint64_t free = 0;
+  MDB_cursor* c = nullptr;
+  rc = mdb_cursor_open(t, 0, &c);  // database 0: LMDB's free list
+  if (rc == 0) {
+    // Each record is the pages one transaction freed, keyed by its txnid:
+    // a count, then the page numbers (mdb_stat -f adds them up the same way).
+    MDB_val k, v;
+    while ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
+      std::size_t freedBy = 0, n = 0;
+      if (k.mv_size != sizeof freedBy || v.mv_size < sizeof n) continue;
+      std::memcpy(&freedBy, k.mv_data, sizeof freedBy);
+      if (freedBy >= oldest) break;  // keys ascend: the rest are held
+      std::memcpy(&n, v.mv_data, sizeof n);
+      free += n;
+    }
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) rc = 0;
+  }
+  MDB_envinfo info;
+  MDB_stat st;
+  mdb_env_info(env_, &info);
+  mdb_env_stat(env_, &st);
+  mdb_txn_abort(t);
+  if (rc != 0) throwError("reading LMDB's free list", rc);
+  double pages = double(info.me_mapsize) / double(st.ms_psize);
+  double used = double(info.me_last_pgno + 1) - double(free);
+  return std::max(0.0, used) / pages;
 }
 
 std::size_t Env::mapSize() const {

@@ -243,7 +243,15 @@ class Env {
   MDB_dbi dbHandle(std::string_view name) const;
   // Share of the map in use, 0..1: the file's high-water mark (LMDB reuses
   // freed pages below it, so this is an upper bound of what is in use).
+  // Cheap (two calls that read the meta page); any thread.
   double fill() const;
+  // Share of the map in use, 0..1: the high-water mark less the free pages
+  // LMDB can reuse now — those on its free list (as the last commit left
+  // it) that no reader's snapshot still holds; a long reader's (a hot
+  // backup's) count as in use until it ends. A read transaction walks the
+  // list: call it rarely. Any thread that has no read transaction of this
+  // environment open (LMDB gives a thread one: MDB_BAD_RSLOT, thrown).
+  double usedFraction() const;
 
  private:
   MDB_env* env_ = nullptr;

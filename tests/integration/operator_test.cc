@@ -3,6 +3,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "tests/integration/cluster_fixture.h"
 
@@ -335,6 +336,63 @@ void TinyWalTest::refusesNewAndFinishesInFlight() {
   ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
   EXPECT_EQ(account("bank-b", "bob"), bal(committed, 0));
   EXPECT_EQ(account("bank-a", "alice"), bal(1'000'000 - committed, 0));
+}
+
+// The same full WAL with a short retention: once the archiver has moved
+// the finished interactions out, the WAL takes new work again, although
+// its high-water mark stays past the refusal mark (LMDB reuses the pages
+// freed below it: GroupCommitLog::roomRefusal). Before, one burst to 90%
+// refused every new interaction until a restart with a larger map_size_mb.
+// The retention is long enough for the burst to reach 90% first (in redo
+// mode the log turns direct at 75% and refuses for 3 s before that).
+class TinyWalShortRetentionTest : public TinyWalTest {
+ protected:
+  std::string coordinatorToml() override { return TinyWalTest::coordinatorToml() + "hot_retention_s = 8\n"; }
+};
+
+// The "NN% full" a room refusal reports (-1 if it does not).
+int percentFull(const std::string& reason) {
+  auto at = reason.find("% full (map_size_mb");
+  if (at == std::string::npos) return -1;
+  auto from = reason.find_last_not_of("0123456789", at - 1);
+  from = from == std::string::npos ? 0 : from + 1;
+  return from < at ? std::stoi(reason.substr(from, at - from)) : -1;
+}
+
+TEST_F(TinyWalShortRetentionTest, AFullWalTakesNewWorkAgainOnceTheArchiverMovedItsRecordsOut) {
+  open("bank-a", "alice", 1'000'000);
+  open("bank-b", "bob", 0);
+  // The burst, until a refusal says the map is 90% full (a refusal while
+  // the redo log turns direct says less: the burst goes on after it).
+  int committed = 0;
+  SubmitOutcome last;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (percentFull(last.reason) < 90 && std::chrono::steady_clock::now() < until) {
+    auto [n, refused] = fillUp();
+    committed += n;
+    last = refused;
+    ASSERT_EQ(last.outcome, ClientOutcome::Unavailable) << last.reason;
+    if (percentFull(last.reason) < 90) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_GE(percentFull(last.reason), 90) << "the burst never filled the WAL to 90%: " << last.reason;
+  EXPECT_NE(last.reason.find("% of it in use: new work is refused until less than 80% is in use"), std::string::npos)
+      << last.reason;
+  EXPECT_EQ(last.seq, 0u);
+  ASSERT_GT(committed, 100);
+  // The archiver moves them out hot_retention_s after they were made.
+  int more = 0;
+  SubmitOutcome o;
+  EXPECT_TRUE(eventually(
+      [&] {
+        o = submit(transferOps("bank-a:alice", "bank-b:bob", 1));
+        if (o.outcome == ClientOutcome::Committed) ++more;
+        return more > 0;
+      },
+      std::chrono::seconds(40)))
+      << "still refused 40 s after the burst: " << o.reason;
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
+  EXPECT_EQ(account("bank-b", "bob"), bal(committed + more, 0));
+  EXPECT_EQ(account("bank-a", "alice"), bal(1'000'000 - committed - more, 0));
 }
 
 // Without the redo log (redo = false; redo mode is the default): the same.

@@ -1138,6 +1138,181 @@ TEST_F(RedoLogTest, AStartOnANearlyFullMapGoesDirectWithoutRefusingNewWork) {
   EXPECT_FALSE(log.roomRefusal().has_value()) << *log.roomRefusal();
 }
 
+// ------------------------------------------------ room below the high-water mark
+
+// A 1 MiB map written through a plain Env (no log) until its high-water
+// mark is at least `upTo`; returns the last key written.
+int fillMapTo(const std::string& dir, double upTo, std::size_t valueBytes = 2000) {
+  lmdb::EnvOptions small;
+  small.mapSize = std::size_t(1) << 20;
+  lmdb::Env env(dir, small);
+  MDB_dbi db = env.openDb("t");
+  int i = 0;
+  while (env.fill() < upTo) {
+    if (++i > 10'000) throw std::runtime_error("the map never filled");
+    auto t = env.beginWrite();
+    t.put(db, key(i), value(i, valueBytes));
+    t.commit();
+  }
+  return i;
+}
+
+// Deletes three keys in four of 1..last, a few per write: one write of all
+// would need more pages for its copies than a nearly full map has left.
+void releaseThreeInFour(GroupCommitLog& log, MDB_dbi db, int last) {
+  for (int from = 1; from <= last; from += 8) {
+    log.runSync([&](lmdb::Txn& t) {
+      for (int i = from; i < from + 8 && i <= last; ++i) {
+        if (i % 4 != 0) t.del(db, key(i));
+      }
+    });
+  }
+}
+
+// A map whose high-water mark passed kRefuseNewAtFill takes new work again
+// once what is in use, its free pages left out, is below kRefuseNewAtUsed
+// (GroupCommitLog::roomRefusal): the mark never drops, and refusing by it
+// alone refused for good after one burst. Freed pages are reused: the mark
+// does not move while new work fills them, and the refusal comes back once
+// they are in use again. `redo`: the log in redo mode (direct at this
+// fill), else without a redo log.
+void roomComesBackBelowTheHighWaterMark(const std::string& dir, bool redo) {
+  int last = fillMapTo(dir, 0.92);
+  lmdb::EnvOptions small;
+  small.mapSize = std::size_t(1) << 20;
+  auto env = redo ? openEnvRecovering(dir, small) : lmdb::Env(dir, small);
+  MDB_dbi db = env.openDb("t");
+  GroupCommitLog::Options o = redo ? redoLog(noCheckpoints()) : GroupCommitLog::Options{};
+  o.roomCountEvery = std::chrono::milliseconds(50);
+  GroupCommitLog log(env, o);
+  double mark = env.fill();
+  ASSERT_GE(mark, GroupCommitLog::kRefuseNewAtFill);
+  auto full = log.roomRefusal();
+  ASSERT_TRUE(full.has_value()) << "a map " << int(mark * 100) << "% in use not refused";
+  EXPECT_NE(full->find("% of it in use: new work is refused until less than 80% is in use"), std::string::npos)
+      << *full;
+  // Finished records released (here: deleted), three keys in four.
+  releaseThreeInFour(log, db, last);
+  double used = env.usedFraction();
+  EXPECT_LT(used, 0.5) << "deleting three keys in four freed no pages";
+  // The first deletes needed a few pages of their own (copies), before
+  // any page they freed could be reused.
+  EXPECT_LT(env.fill(), mark + 0.05) << "releasing records grew the high-water mark by more than a few pages";
+  mark = env.fill();
+  // Counted again at most roomCountEvery after the last count.
+  std::optional<std::string> why = log.roomRefusal();
+  auto deadline = monoMicros() + 2'000'000;
+  while (why && monoMicros() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    why = log.roomRefusal();
+  }
+  EXPECT_FALSE(why.has_value()) << "refused with " << int(used * 100) << "% in use: " << *why;
+  // New work fills the freed pages, not the map's unused end.
+  int next = last;
+  while (env.usedFraction() < 0.6) {
+    ++next;
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(next), value(next, 2000)); });
+  }
+  EXPECT_EQ(env.fill(), mark) << "new work did not reuse the freed pages";
+  // In use again past kRefuseNewAtUsed: refused again.
+  while (env.usedFraction() < GroupCommitLog::kRefuseNewAtUsed + 0.02 && env.fill() < 0.95) {
+    ++next;
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(next), value(next, 2000)); });
+  }
+  deadline = monoMicros() + 2'000'000;
+  why = log.roomRefusal();
+  while (!why && monoMicros() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    why = log.roomRefusal();
+  }
+  ASSERT_TRUE(why.has_value()) << int(env.usedFraction() * 100) << "% in use and not refused";
+  EXPECT_NE(why->find("map_size_mb is raised"), std::string::npos) << *why;
+  EXPECT_EQ(log.stats().failedJobs.load(), 0u);
+}
+
+TEST_F(RedoLogTest, AMapPastItsRefusalMarkTakesNewWorkOnceLessOfItIsInUse) {
+  roomComesBackBelowTheHighWaterMark(path(), /*redo=*/true);
+}
+
+TEST_F(RedoLogTest, WithoutARedoLogAMapPastItsRefusalMarkTakesNewWorkOnceLessOfItIsInUse) {
+  roomComesBackBelowTheHighWaterMark(path(), /*redo=*/false);
+}
+
+// Free pages a reader's snapshot still holds (a hot backup's, say) cannot
+// be reused: they count as in use until it ends. And a high-water mark
+// that grew since the last count (the free list did not serve it) refuses
+// at once, before the next count.
+TEST_F(RedoLogTest, PagesAReaderHoldsCountAsInUseAndAMarkGrownSinceTheCountRefuses) {
+  int last = fillMapTo(path(), 0.70);
+  lmdb::EnvOptions small;
+  small.mapSize = std::size_t(1) << 20;
+  lmdb::Env env(path(), small);
+  MDB_dbi db = env.openDb("t");
+  double mark = 0;
+  {
+    GroupCommitLog::Options o;
+    o.roomCountEvery = std::chrono::milliseconds(50);
+    GroupCommitLog log(env, o);
+    // The reader holds the snapshot of before the deletes free their pages
+    // (its own thread: LMDB gives a thread one reader).
+    std::promise<void> held, done;
+    std::thread reader([&] {
+      auto r = env.beginRead();
+      held.set_value();
+      done.get_future().wait();
+    });
+    bool released = false;
+    auto release = [&] {
+      if (released) return;
+      released = true;
+      done.set_value();
+      reader.join();
+    };
+    auto atEnd = kj::defer(release);
+    held.get_future().wait();
+    // Records released while it reads: their pages are on the free list,
+    // and held (the deletes' own copies grow the mark past the refusal mark).
+    for (int from = 1; from <= last && env.fill() < GroupCommitLog::kRefuseNewAtFill; from += 4) {
+      log.runSync([&](lmdb::Txn& t) {
+        for (int i = from; i < from + 4 && i <= last; ++i) t.del(db, key(i));
+      });
+    }
+    mark = env.fill();
+    ASSERT_GE(mark, GroupCommitLog::kRefuseNewAtFill) << "releasing every record did not grow the mark";
+    EXPECT_GE(env.usedFraction(), GroupCommitLog::kRefuseNewAtUsed) << "pages the reader holds counted as free";
+    auto why = log.roomRefusal();
+    ASSERT_TRUE(why.has_value()) << "refusal mark passed, the free pages held, and nothing refused";
+    EXPECT_NE(why->find("% of it in use: new work is refused until less than 80% is in use"), std::string::npos)
+        << *why;
+    // The reader ends: the same pages are free now.
+    release();
+    auto deadline = monoMicros() + 2'000'000;
+    while (why && monoMicros() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      why = log.roomRefusal();
+    }
+    EXPECT_FALSE(why.has_value()) << *why;
+    EXPECT_LT(env.usedFraction(), 0.5);
+  }
+  // A count that stands for an hour: only the mark's growth can refuse.
+  GroupCommitLog::Options o;
+  o.roomCountEvery = std::chrono::hours(1);
+  GroupCommitLog log(env, o);
+  ASSERT_FALSE(log.roomRefusal().has_value()) << *log.roomRefusal();  // the count
+  ASSERT_EQ(env.fill(), mark);
+  // New work fills the free list; once it is used up, the mark grows.
+  int next = last;
+  while (env.fill() == mark) {
+    ASSERT_LT(next, last + 2000) << "the mark never grew";
+    ++next;
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(next), value(next, 2000)); });
+  }
+  auto why = log.roomRefusal();
+  ASSERT_TRUE(why.has_value()) << "the mark grew past the count and nothing was refused";
+  EXPECT_NE(why->find("and growing: new work is refused until its free pages are counted again"), std::string::npos)
+      << *why;
+}
+
 TEST_F(RedoLogTest, AReplayThatDoesNotFitInOneCommitCommitsEachGroupWithItsLsn) {
   // A process that died near a full map: one commit of all its groups
   // does not fit (the pages it frees are reused only by later commits), so
