@@ -133,7 +133,11 @@ std::string renderCoordinatorMetrics(const CoordinatorMetrics& m, const Coordina
   t.histogram(*wal.checkpointLatency);
   t.family("keel_wal_map_bytes", "gauge", "The hot WAL's LMDB map size (map_size_mb).");
   t.sample(double(g.walMapBytes));
-  t.family("keel_wal_used_bytes", "gauge", "Of it, in use; new work is refused at 90%.");
+  t.family("keel_wal_high_water_bytes", "gauge",
+           "Of it, the high-water mark: it never drops (LMDB reuses the pages freed below it). New work is refused from 90% while more than 80% is in use.");
+  t.sample(double(g.walHighWaterBytes));
+  t.family("keel_wal_used_bytes", "gauge",
+           "Of it, in use: the high-water mark less the free pages LMDB can reuse. New work is refused above 80% once the mark is past 90%.");
   t.sample(double(g.walUsedBytes));
 
   t.family("keel_submit_batch_size", "histogram", "Interactions per submitBatch call from clients.");
@@ -162,7 +166,8 @@ std::string liveJson(const CoordinatorMetrics& m, const Coordinator::Gauges& g, 
     << ",\"heuristic_mixed\":" << m.heuristicMixed.value() << ",\"heuristic_unknown\":" << m.heuristicUnknown.value()
     << "},\"in_doubt\":" << g.inDoubt << ",\"oldest_in_doubt_us\":" << g.oldestInDoubtUs
     << ",\"rollback_queue\":" << g.rollbackQueue << ",\"phase2_queue\":" << g.committing << ",\"live\":" << g.live
-    << ",\"wal_used\":" << (g.walMapBytes ? double(g.walUsedBytes) / double(g.walMapBytes) : 0.0);
+    << ",\"wal_used\":" << (g.walMapBytes ? double(g.walUsedBytes) / double(g.walMapBytes) : 0.0)
+    << ",\"wal_high_water\":" << (g.walMapBytes ? double(g.walHighWaterBytes) / double(g.walMapBytes) : 0.0);
   // submit -> answer: the cumulative buckets, for quantiles of any window
   // (the page subtracts two readings).
   auto h = m.submitToAnswer->snapshot();

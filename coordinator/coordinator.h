@@ -171,7 +171,10 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
     std::uint64_t oldestInDoubtUs = 0;
     std::uint64_t rollbackQueue = 0;    // aborting, rollback driven until every participant confirms
     std::uint64_t committing = 0;       // COMMIT decided, phase 2 not done
-    std::uint64_t walMapBytes = 0, walUsedBytes = 0;
+    // The WAL's map, its high-water mark, and what of it is in use (the
+    // mark less the free pages LMDB can reuse: lmdb::Env::usedFraction;
+    // the mark when they cannot be counted now).
+    std::uint64_t walMapBytes = 0, walHighWaterBytes = 0, walUsedBytes = 0;
     bool sweepDone = false;
   };
   Gauges gauges() const;

@@ -83,7 +83,13 @@ Coordinator::Gauges Coordinator::gauges() const {
     g.oldestInDoubtUs = std::max<std::uint64_t>(g.oldestInDoubtUs, now > it->rec.createdUs ? now - it->rec.createdUs : 0);
   }
   g.walMapBytes = wal_.mapSize();
-  g.walUsedBytes = std::uint64_t(wal_.fill() * double(g.walMapBytes));
+  g.walHighWaterBytes = std::uint64_t(wal_.fill() * double(g.walMapBytes));
+  g.walUsedBytes = g.walHighWaterBytes;
+  try {
+    g.walUsedBytes = std::uint64_t(wal_.inUse() * double(g.walMapBytes));
+  } catch (const std::exception& e) {
+    KEEL_LOG_DEBUG("metrics: the WAL's free pages not counted now ({}); its high-water mark stands in", e.what());
+  }
   g.sweepDone = sweepDone();
   return g;
 }

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "common/admin_plane.h"
+#include "common/log.h"
 #include "common/metrics.h"
 #include "tools/keelctl/output.h"
 
@@ -14,6 +15,12 @@ AgentGauges agentGauges(const ParticipantBackend& agent) {
   const BranchLog& log = agent.branchLog();
   g.counts = log.counts();
   g.fill = log.fill();
+  g.used = g.fill;
+  try {
+    g.used = log.envConst().usedFraction();
+  } catch (const std::exception& e) {
+    KEEL_LOG_DEBUG("metrics: the branch log's free pages not counted now ({}); its high-water mark stands in", e.what());
+  }
   g.mapBytes = log.envConst().mapSize();
   g.fences = log.fences();
   for (const auto& f : log.releaseFloors()) g.floors[f.node] = f.floor;
@@ -93,8 +100,12 @@ std::string renderAgentMetrics(const std::vector<AgentMetricsSource>& agents, bo
   for (const auto& a : agents) t.histogram(L(a), *a.log->checkpointLatency);
   t.family("keel_agent_log_map_bytes", "gauge", "The branch log's LMDB map size (map_size_mb).");
   for (const auto& a : agents) t.sample(L(a), double(a.gauges.mapBytes));
-  t.family("keel_agent_log_used_bytes", "gauge", "Of it, in use; new branches are refused at 90%.");
+  t.family("keel_agent_log_high_water_bytes", "gauge",
+           "Of it, the high-water mark: it never drops (LMDB reuses the pages freed below it). New branches are refused from 90% while more than 80% is in use.");
   for (const auto& a : agents) t.sample(L(a), a.gauges.fill * double(a.gauges.mapBytes));
+  t.family("keel_agent_log_used_bytes", "gauge",
+           "Of it, in use: the high-water mark less the free pages LMDB can reuse. New branches are refused above 80% once the mark is past 90%.");
+  for (const auto& a : agents) t.sample(L(a), a.gauges.used * double(a.gauges.mapBytes));
   return t.take();
 }
 

@@ -24,7 +24,8 @@ namespace keel {
 // What /metrics counts on the loop at the moment of a scrape.
 struct AgentGauges {
   BranchLog::Counts counts;
-  double fill = 0;
+  double fill = 0;  // the map's high-water mark, 0..1
+  double used = 0;  // of the map in use: the mark less the free pages LMDB can reuse (the mark if not counted)
   std::uint64_t mapBytes = 0;
   std::map<std::uint16_t, std::uint64_t> fences;  // newest epoch per coordinator node
   std::map<std::uint16_t, std::uint64_t> floors;  // release floor per coordinator node

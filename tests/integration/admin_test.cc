@@ -131,6 +131,11 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
   EXPECT_GE(sampleOf(m.body, "keel_wal_commits_total"), 1);
   EXPECT_GE(sampleOf(m.body, "keel_wal_group_size_count"), 1);
   EXPECT_GT(sampleOf(m.body, "keel_wal_map_bytes"), 0);
+  // What is in use (the free pages LMDB can reuse left out) is at most the
+  // high-water mark, and something is.
+  EXPECT_GT(sampleOf(m.body, "keel_wal_high_water_bytes"), 0);
+  EXPECT_GT(sampleOf(m.body, "keel_wal_used_bytes"), 0);
+  EXPECT_LE(sampleOf(m.body, "keel_wal_used_bytes"), sampleOf(m.body, "keel_wal_high_water_bytes"));
   EXPECT_EQ(sampleOf(m.body, "keel_wal_checkpoint_seconds_count"), 0);  // not in redo mode: no checkpoints
   EXPECT_EQ(sampleOf(m.body, "keel_recovery_sweep_done"), 1);
   // Agents in processes of their own: their families are on their planes.
@@ -158,6 +163,8 @@ TEST_F(AdminTest, MetricsCountWhatHappenedInPrometheusText) {
   EXPECT_EQ(sampleOf(a.body, "keel_agent_branch_outcomes_total{call=\"commit\",outcome=\"committed\"}"), 5);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_branch_outcomes_total{call=\"one_phase\",outcome=\"committed\"}"), 1);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_branches{state=\"prepared\"}"), 0);
+  EXPECT_GT(sampleOf(a.body, "keel_agent_log_used_bytes"), 0);
+  EXPECT_LE(sampleOf(a.body, "keel_agent_log_used_bytes"), sampleOf(a.body, "keel_agent_log_high_water_bytes"));
   EXPECT_GE(sampleOf(a.body, "keel_agent_log_commits_total"), 1);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_log_checkpoint_seconds_count"), 0);
   EXPECT_EQ(sampleOf(a.body, "keel_agent_host_up"), 1);
