@@ -488,8 +488,9 @@ void GroupCommitLog::runRedoGroup(std::vector<std::unique_ptr<Job>>& group, std:
   }
 }
 
-std::optional<double> GroupCommitLog::usedBelow(double fill) const {
+std::optional<double> GroupCommitLog::usedBelow(double fill, bool& counted) const {
   std::lock_guard<std::mutex> lk(roomMu_);
+  counted = true;
   Micros now = monoMicros();
   Micros every = Micros(std::chrono::duration_cast<std::chrono::microseconds>(opts_.roomCountEvery).count());
   if (room_.at == 0 || now - room_.at >= every) {
@@ -502,7 +503,10 @@ std::optional<double> GroupCommitLog::usedBelow(double fill) const {
       // A caller with a read transaction open, most likely: the last
       // measure stands, and refuses once the mark moves past it.
       KEEL_LOG_DEBUG("log: cannot measure the map's free pages now: {}", e.what());
-      if (room_.at == 0) return std::nullopt;
+      if (room_.at == 0) {
+        counted = false;
+        return std::nullopt;
+      }
     }
   }
   if (fill > room_.fill) return std::nullopt;  // grew since: the free list did not serve it
@@ -514,8 +518,9 @@ std::optional<std::string> GroupCommitLog::roomRefusal() const {
   bool short_ = shortOfRoom();
   if (fill < kRefuseNewAtFill && !short_) return std::nullopt;
   std::optional<double> used;
+  bool counted = true;
   if (!short_) {
-    used = usedBelow(fill);
+    used = usedBelow(fill, counted);
     if (used && *used < kRefuseNewAtUsed) return std::nullopt;
   }
   std::string how =
@@ -529,6 +534,7 @@ std::optional<std::string> GroupCommitLog::roomRefusal() const {
     return how + ": new work is refused until less than " + std::to_string(int(kRefuseNewAtUsed * 100)) +
            "% is in use (as finished records are released) or map_size_mb is raised";
   }
+  if (!counted) return how + " and its free pages cannot be counted now: new work is refused until map_size_mb is raised";
   return how + " and growing: new work is refused until its free pages are counted again (" +
          std::to_string(opts_.roomCountEvery.count()) + " ms) or map_size_mb is raised";
 }

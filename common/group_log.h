@@ -324,9 +324,10 @@ class GroupCommitLog {
   mutable std::mutex roomMu_;
   mutable RoomMeasure room_;
   // The share of the map in use below a high-water mark of `fill` (see
-  // kRefuseNewAtUsed), measured now if the last measure is too old; nothing
-  // when the high-water mark grew since, or measuring failed.
-  std::optional<double> usedBelow(double fill) const;
+  // kRefuseNewAtUsed), counted now if the last count is too old; nothing
+  // when the high-water mark grew since the last count, or there has been
+  // none (`counted` false: this thread could not count).
+  std::optional<double> usedBelow(double fill, bool& counted) const;
   double lastFill_ = 0;            // writer thread: the map's fill after the last checkpoint
   std::uint64_t redoBytesSince_ = 0;  // writer thread: bytes appended to the redo log since the last checkpoint
   double fillPerRedoByte_ = 0;        // writer thread: see roomCheckpointWanted

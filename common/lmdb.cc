@@ -587,9 +587,8 @@ int lowestReaderTxnid(const char* line, void* ctx) {
 }  // namespace
 
 double Env::usedFraction() const {
-  MDB_txn* t = nullptr;
-  int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &t);
-  if (rc != 0) throwError("mdb_txn_begin(read, free pages)", rc);
+  auto r = beginRead();
+  MDB_txn* t = r.raw();
   // LMDB reuses the pages a transaction freed only once no reader's
   // snapshot is older than it: those records of the free list count as
   // free, the rest (a long reader's, a hot backup's) as in use. This
@@ -598,7 +597,7 @@ double Env::usedFraction() const {
   mdb_reader_list(env_, lowestReaderTxnid, &oldest);
   std::uint64_t free = 0;
   MDB_cursor* c = nullptr;
-  rc = mdb_cursor_open(t, 0, &c);  // database 0: LMDB's free list
+  int rc = mdb_cursor_open(t, 0, &c);  // database 0: LMDB's free list
   if (rc == 0) {
     // Each record is the pages one transaction freed, keyed by its txnid:
     // a count, then the page numbers (mdb_stat -f adds them up the same way).
@@ -618,11 +617,18 @@ double Env::usedFraction() const {
   MDB_stat st;
   mdb_env_info(env_, &info);
   mdb_env_stat(env_, &st);
-  mdb_txn_abort(t);
   if (rc != 0) throwError("reading LMDB's free list", rc);
   double pages = double(info.me_mapsize) / double(st.ms_psize);
   double used = double(info.me_last_pgno + 1) - double(free);
   return std::max(0.0, used) / pages;
+}
+
+double Env::usedFractionOrFill() const {
+  try {
+    return usedFraction();
+  } catch (const Error&) {
+    return fill();
+  }
 }
 
 std::size_t Env::mapSize() const {

@@ -252,6 +252,9 @@ class Env {
   // list: call it rarely. Any thread that has no read transaction of this
   // environment open (LMDB gives a thread one: MDB_BAD_RSLOT, thrown).
   double usedFraction() const;
+  // usedFraction, or fill() (an upper bound) when the free pages cannot be
+  // counted now (this thread has a read transaction open): for gauges.
+  double usedFractionOrFill() const;
 
  private:
   MDB_env* env_ = nullptr;

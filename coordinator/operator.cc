@@ -84,12 +84,7 @@ Coordinator::Gauges Coordinator::gauges() const {
   }
   g.walMapBytes = wal_.mapSize();
   g.walHighWaterBytes = std::uint64_t(wal_.fill() * double(g.walMapBytes));
-  g.walUsedBytes = g.walHighWaterBytes;
-  try {
-    g.walUsedBytes = std::uint64_t(wal_.inUse() * double(g.walMapBytes));
-  } catch (const std::exception& e) {
-    KEEL_LOG_DEBUG("metrics: the WAL's free pages not counted now ({}); its high-water mark stands in", e.what());
-  }
+  g.walUsedBytes = std::uint64_t(wal_.inUse() * double(g.walMapBytes));
   g.sweepDone = sweepDone();
   return g;
 }

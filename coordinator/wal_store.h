@@ -174,9 +174,8 @@ class WalStore {
   // Share of the LMDB map in use (high-water mark of the file), 0..1.
   double fill() const;
   // Share of the map in use, LMDB's reusable free pages left out, 0..1
-  // (lmdb::Env::usedFraction: walks the free list; throws on a thread
-  // with a read transaction of the WAL open).
-  double inUse() const { return env_.usedFraction(); }
+  // (lmdb::Env::usedFractionOrFill: walks the free list).
+  double inUse() const { return env_.usedFractionOrFill(); }
   std::size_t mapSize() const { return env_.mapSize(); }
   lmdb::Env& env() { return env_; }  // for hot backups (common/backup.h)
 

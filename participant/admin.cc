@@ -4,7 +4,6 @@
 #include <sstream>
 
 #include "common/admin_plane.h"
-#include "common/log.h"
 #include "common/metrics.h"
 #include "tools/keelctl/output.h"
 
@@ -15,12 +14,7 @@ AgentGauges agentGauges(const ParticipantBackend& agent) {
   const BranchLog& log = agent.branchLog();
   g.counts = log.counts();
   g.fill = log.fill();
-  g.used = g.fill;
-  try {
-    g.used = log.envConst().usedFraction();
-  } catch (const std::exception& e) {
-    KEEL_LOG_DEBUG("metrics: the branch log's free pages not counted now ({}); its high-water mark stands in", e.what());
-  }
+  g.used = log.envConst().usedFractionOrFill();
   g.mapBytes = log.envConst().mapSize();
   g.fences = log.fences();
   for (const auto& f : log.releaseFloors()) g.floors[f.node] = f.floor;

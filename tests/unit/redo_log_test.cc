@@ -1030,6 +1030,13 @@ TEST_F(RedoLogTest, AJobThatThrowsFailsAloneInItsGroupAndIsNotRunAgain) {
 
 // ------------------------------------------------------------ full map
 
+// Options of a 1 MiB map: full after a few hundred writes.
+lmdb::EnvOptions oneMiBMap() {
+  lmdb::EnvOptions o;
+  o.mapSize = std::size_t(1) << 20;
+  return o;
+}
+
 // The raw LMDB LSN of an open env (its committed state, no overlay).
 std::uint64_t committedLsn(lmdb::Env& env) {
   MDB_dbi redo = env.dbHandle("redo");
@@ -1095,8 +1102,7 @@ TEST_F(RedoLogTest, ACheckpointThatMeetsAFullMapCommitsItsGroupsOneByOneAndGoesO
 // any write meets a full map (GroupCommitLog::roomCheckpointWanted; here
 // no time-based checkpoint ever falls due).
 TEST_F(RedoLogTest, ALogThatMayHaveFilledTheMapChecksBeforeItsTimeAndTurnsDirect) {
-  lmdb::EnvOptions small;
-  small.mapSize = std::size_t(1) << 20;
+  lmdb::EnvOptions small = oneMiBMap();
   auto env = openEnvRecovering(path(), small);
   MDB_dbi db = env.openDb("t");
   int i = 1;
@@ -1112,39 +1118,10 @@ TEST_F(RedoLogTest, ALogThatMayHaveFilledTheMapChecksBeforeItsTimeAndTurnsDirect
   for (int k = 1; k < i; ++k) ASSERT_EQ(keys[k - 1], value(k, 200)) << "key " << k;
 }
 
-// A start on a map already past kDirectAtFill goes direct from its first
-// group: its fill never lagged, so new work is not refused for it (only
-// the 0.9 rule applies, as without redo).
-TEST_F(RedoLogTest, AStartOnANearlyFullMapGoesDirectWithoutRefusingNewWork) {
-  lmdb::EnvOptions small;
-  small.mapSize = std::size_t(1) << 20;
-  {
-    lmdb::Env env(path(), small);
-    MDB_dbi db = env.openDb("t");
-    for (int i = 1; env.fill() < GroupCommitLog::kDirectAtFill; ++i) {
-      ASSERT_LT(i, 10'000) << "the map never filled";
-      auto t = env.beginWrite();
-      t.put(db, key(i), value(i, 2000));
-      t.commit();
-    }
-  }
-  auto env = openEnvRecovering(path(), small);
-  MDB_dbi db = env.openDb("t");
-  ASSERT_GE(env.fill(), GroupCommitLog::kDirectAtFill);
-  GroupCommitLog log(env, redoLog(noCheckpoints()));
-  log.runSync([&](lmdb::Txn& t) { t.put(db, key(100'000), value(1, 10)); });
-  EXPECT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10)) << "not direct on a nearly full map";
-  EXPECT_FALSE(log.shortOfRoom()) << "a start on a nearly full map refuses new work below 0.9";
-  EXPECT_FALSE(log.roomRefusal().has_value()) << *log.roomRefusal();
-}
-
-// ------------------------------------------------ room below the high-water mark
-
 // A 1 MiB map written through a plain Env (no log) until its high-water
 // mark is at least `upTo`; returns the last key written.
 int fillMapTo(const std::string& dir, double upTo, std::size_t valueBytes = 2000) {
-  lmdb::EnvOptions small;
-  small.mapSize = std::size_t(1) << 20;
+  lmdb::EnvOptions small = oneMiBMap();
   lmdb::Env env(dir, small);
   MDB_dbi db = env.openDb("t");
   int i = 0;
@@ -1156,6 +1133,24 @@ int fillMapTo(const std::string& dir, double upTo, std::size_t valueBytes = 2000
   }
   return i;
 }
+
+// A start on a map already past kDirectAtFill goes direct from its first
+// group: its fill never lagged, so new work is not refused for it (only
+// the 0.9 rule applies, as without redo).
+TEST_F(RedoLogTest, AStartOnANearlyFullMapGoesDirectWithoutRefusingNewWork) {
+  fillMapTo(path(), GroupCommitLog::kDirectAtFill);
+  lmdb::EnvOptions small = oneMiBMap();
+  auto env = openEnvRecovering(path(), small);
+  MDB_dbi db = env.openDb("t");
+  ASSERT_GE(env.fill(), GroupCommitLog::kDirectAtFill);
+  GroupCommitLog log(env, redoLog(noCheckpoints()));
+  log.runSync([&](lmdb::Txn& t) { t.put(db, key(100'000), value(1, 10)); });
+  EXPECT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10)) << "not direct on a nearly full map";
+  EXPECT_FALSE(log.shortOfRoom()) << "a start on a nearly full map refuses new work below 0.9";
+  EXPECT_FALSE(log.roomRefusal().has_value()) << *log.roomRefusal();
+}
+
+// ------------------------------------------------ room below the high-water mark
 
 // Deletes three keys in four of 1..last, a few per write: one write of all
 // would need more pages for its copies than a nearly full map has left.
@@ -1178,8 +1173,7 @@ void releaseThreeInFour(GroupCommitLog& log, MDB_dbi db, int last) {
 // fill), else without a redo log.
 void roomComesBackBelowTheHighWaterMark(const std::string& dir, bool redo) {
   int last = fillMapTo(dir, 0.92);
-  lmdb::EnvOptions small;
-  small.mapSize = std::size_t(1) << 20;
+  lmdb::EnvOptions small = oneMiBMap();
   auto env = redo ? openEnvRecovering(dir, small) : lmdb::Env(dir, small);
   MDB_dbi db = env.openDb("t");
   GroupCommitLog::Options o = redo ? redoLog(noCheckpoints()) : GroupCommitLog::Options{};
@@ -1244,8 +1238,7 @@ TEST_F(RedoLogTest, WithoutARedoLogAMapPastItsRefusalMarkTakesNewWorkOnceLessOfI
 // at once, before the next count.
 TEST_F(RedoLogTest, PagesAReaderHoldsCountAsInUseAndAMarkGrownSinceTheCountRefuses) {
   int last = fillMapTo(path(), 0.70);
-  lmdb::EnvOptions small;
-  small.mapSize = std::size_t(1) << 20;
+  lmdb::EnvOptions small = oneMiBMap();
   lmdb::Env env(path(), small);
   MDB_dbi db = env.openDb("t");
   double mark = 0;
@@ -1311,6 +1304,32 @@ TEST_F(RedoLogTest, PagesAReaderHoldsCountAsInUseAndAMarkGrownSinceTheCountRefus
   ASSERT_TRUE(why.has_value()) << "the mark grew past the count and nothing was refused";
   EXPECT_NE(why->find("and growing: new work is refused until its free pages are counted again"), std::string::npos)
       << *why;
+}
+
+// The free pages cannot be counted on a thread with a read transaction of
+// the map open (LMDB gives a thread one reader): with no count to go by,
+// new work is refused, as by the high-water mark alone; the next call
+// without it counts and takes new work.
+TEST_F(RedoLogTest, AMapPastItsRefusalMarkWhoseFreePagesCannotBeCountedRefusesNewWork) {
+  int last = fillMapTo(path(), 0.92);
+  lmdb::EnvOptions small = oneMiBMap();
+  lmdb::Env env(path(), small);
+  MDB_dbi db = env.openDb("t");
+  GroupCommitLog log(env);
+  releaseThreeInFour(log, db, last);
+  ASSERT_GE(env.fill(), GroupCommitLog::kRefuseNewAtFill);
+  ASSERT_LT(env.usedFraction(), GroupCommitLog::kRefuseNewAtUsed);
+  {
+    auto reading = env.beginRead();
+    EXPECT_THROW(env.usedFraction(), lmdb::Error);
+    EXPECT_EQ(env.usedFractionOrFill(), env.fill()) << "a gauge without a count is not the high-water mark";
+    auto why = log.roomRefusal();
+    ASSERT_TRUE(why.has_value()) << "past the refusal mark, nothing counted, and new work taken";
+    EXPECT_NE(why->find("and its free pages cannot be counted now: new work is refused until map_size_mb is raised"),
+              std::string::npos)
+        << *why;
+  }
+  EXPECT_FALSE(log.roomRefusal().has_value()) << *log.roomRefusal();
 }
 
 TEST_F(RedoLogTest, AReplayThatDoesNotFitInOneCommitCommitsEachGroupWithItsLsn) {
