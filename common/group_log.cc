@@ -220,7 +220,10 @@ void GroupCommitLog::writerLoop() {
     // anything, a redo.log half fills first).
     fillPerRedoByte_ = kMapBytesPerRedoBytePrior / double(env_.mapSize());
   }
-  if (redo_ && lastFill_ >= kDirectAtFill) enterDirect("the map is nearly full at the start", true);
+  if (redo_ && lastFill_ >= kDirectAtFill) {
+    lastFill_ = roomFill();  // a high-water mark from an earlier burst: what is in use now
+    if (lastFill_ >= kDirectAtFill) enterDirect("the map is nearly full at the start", true);
+  }
   for (;;) {
     // Every path through a group (and the stop) comes back here: no bundle
     // it told waits unwoken. Only a redo group wakes the loop sooner, before
@@ -653,8 +656,18 @@ bool GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count()));
   if (!kept) {
     enterDirect("the map filled up at a checkpoint");
-  } else if (!direct_) {
-    double fill = env_.fill();
+  } else if (direct_) {
+    // Each group is a checkpoint now: count the map at most every
+    // roomCountEvery, and only while it may have room again.
+    Micros now = monoMicros();
+    Micros every = Micros(std::chrono::duration_cast<std::chrono::microseconds>(opts_.roomCountEvery).count());
+    if (now - directCountedAt_ >= every) {
+      directCountedAt_ = now;
+      double used = roomFill();
+      if (used < kLeaveDirectAtUsed) leaveDirect(used);
+    }
+  } else {
+    double fill = roomFill();
     double grew = std::max(0.0, fill - lastFill_);
     lastFill_ = fill;
     if (since > 0) {
@@ -671,9 +684,39 @@ bool GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
   return kept;
 }
 
+double GroupCommitLog::roomFill() const {
+  double fill = env_.fill();
+  if (fill < kDirectAtFill) return fill;
+  try {
+    // The writer has no read transaction open: it can count. Cheap: a
+    // walk of LMDB's free list, a few records (docs/performance.md).
+    return std::min(fill, env_.usedFraction());
+  } catch (const std::exception& e) {
+    KEEL_LOG_DEBUG("redo log: cannot count the map's free pages: {}", e.what());
+    return fill;
+  }
+}
+
+void GroupCommitLog::leaveDirect(double used) {
+  if (!direct_) return;
+  // Every group since enterDirect is LMDB's (each was a checkpoint of its
+  // own, flushed by its commit), and the redo log holds nothing pending:
+  // the next group is appended as before the switch.
+  direct_ = false;
+  directNow_.store(false, std::memory_order_relaxed);
+  env_.deferSync(true);
+  lastFill_ = used;
+  redoBytesSince_ = 0;
+  KEEL_LOG_INFO("redo log: {}% of the map in use ({}% high-water mark): each group is appended to the redo log "
+                "again, one flush",
+                int(used * 100), int(env_.fill() * 100));
+}
+
 void GroupCommitLog::enterDirect(const char* why, bool atStart) {
   if (direct_) return;
   direct_ = true;
+  directNow_.store(true, std::memory_order_relaxed);
+  directCountedAt_ = monoMicros();
   if (!atStart) shortOfRoomUntil_.store(monoMicros() + kShortOfRoomGraceUs, std::memory_order_relaxed);
   waitFlushed();
   try {
@@ -683,8 +726,8 @@ void GroupCommitLog::enterDirect(const char* why, bool atStart) {
   }
   env_.deferSync(false);
   KEEL_LOG_WARN("redo log: {} ({}% of map_size): each group is now committed to LMDB directly, with two flushes, "
-                "until the process stops; raise map_size",
-                why, int(env_.fill() * 100));
+                "until less than {}% of the map is in use (as finished records are released); raise map_size",
+                why, int(env_.fill() * 100), int(kLeaveDirectAtUsed * 100));
 }
 
 void GroupCommitLog::recommitOneByOne() {

@@ -179,8 +179,19 @@ class GroupCommitLog {
   // reuse the pages it frees, so a small map fills in steps); new work is
   // refused at 0.9 (kRefuseNewAtFill), and what
   // is in flight must still find room.
+  // Past kDirectAtFill the high-water mark alone says little (it never
+  // drops, and a checkpoint's transaction takes the free pages LMDB can
+  // reuse before it grows the map): what these rules then read is the share
+  // in use (lmdb::Env::usedFraction; roomFill). A direct log goes back to
+  // redo mode once less than kLeaveDirectAtUsed is in use, counted at most
+  // every Options::roomCountEvery: one burst no longer costs two flushes per
+  // group until the process stops, nor from the start of every run after.
   static constexpr double kDirectAtFill = 0.75;
   static constexpr double kDirectAtProjectedFill = 0.85;
+  static constexpr double kLeaveDirectAtUsed = 0.6;
+  // Redo mode committing each group to LMDB directly now (enterDirect).
+  // Any thread.
+  bool direct() const { return directNow_.load(std::memory_order_relaxed); }
   // Redo mode turned direct because the map is short of room (enterDirect)
   // less than kShortOfRoomGraceUs ago: new work should be refused for that
   // while, as at kRefuseNewAtFill. Until the switch the fill a caller reads
@@ -267,6 +278,13 @@ class GroupCommitLog {
   // then fails alone, before anyone is told, instead of a long transaction
   // of told groups failing at its checkpoint.
   void enterDirect(const char* why, bool atStart = false);
+  // Direct, and less than kLeaveDirectAtUsed of the map in use (`used`):
+  // groups are appended to the redo log again, one flush each.
+  void leaveDirect(double used);
+  // Writer thread: the map's share that redo mode's room rules go by: the
+  // high-water mark below kDirectAtFill, the share in use above it (the
+  // mark when the free pages cannot be counted).
+  double roomFill() const;
   // Redo mode, a job hit a full map: checkpoint so the pages the long
   // transaction freed can be reused; `outer` and `g` begin anew. False:
   // the checkpoint met a full map and the jobs already applied in `g` are
@@ -312,7 +330,9 @@ class GroupCommitLog {
   std::unique_ptr<RedoLog> redo_;  // redo mode; used by the writer thread only once it runs
   bool checkpointAsked_ = false;   // writer thread: checkpointSync's job ran in this group
   bool mapFullRetryable_ = false;  // writer thread: a full map may still be cured by a checkpoint
-  bool direct_ = false;            // writer thread: enterDirect ran
+  bool direct_ = false;            // writer thread: enterDirect ran, leaveDirect did not since
+  std::atomic<bool> directNow_{false};  // direct_, for direct()
+  Micros directCountedAt_ = 0;     // writer thread: leaveDirect's last count of the map (monoMicros)
   std::atomic<Micros> shortOfRoomUntil_{0};  // see shortOfRoom (monoMicros)
   // roomRefusal's last measure of the map, GUARDED_BY(roomMu_): the share
   // in use (usedFraction) and the high-water mark (fill) then; at == 0:

@@ -1119,13 +1119,14 @@ TEST_F(RedoLogTest, ALogThatMayHaveFilledTheMapChecksBeforeItsTimeAndTurnsDirect
 }
 
 // A 1 MiB map written through a plain Env (no log) until its high-water
-// mark is at least `upTo`; returns the last key written.
-int fillMapTo(const std::string& dir, double upTo, std::size_t valueBytes = 2000) {
+// mark is at least `upTo` (`inUse`: until that much is in use, its
+// reusable free pages left out); returns the last key written.
+int fillMapTo(const std::string& dir, double upTo, std::size_t valueBytes = 2000, bool inUse = false) {
   lmdb::EnvOptions small = oneMiBMap();
   lmdb::Env env(dir, small);
   MDB_dbi db = env.openDb("t");
   int i = 0;
-  while (env.fill() < upTo) {
+  while ((inUse ? env.usedFraction() : env.fill()) < upTo) {
     if (++i > 10'000) throw std::runtime_error("the map never filled");
     auto t = env.beginWrite();
     t.put(db, key(i), value(i, valueBytes));
@@ -1138,19 +1139,100 @@ int fillMapTo(const std::string& dir, double upTo, std::size_t valueBytes = 2000
 // group: its fill never lagged, so new work is not refused for it (only
 // the 0.9 rule applies, as without redo).
 TEST_F(RedoLogTest, AStartOnANearlyFullMapGoesDirectWithoutRefusingNewWork) {
-  fillMapTo(path(), GroupCommitLog::kDirectAtFill);
+  // A little past it: opening for redo mode commits once more, which lets
+  // LMDB reuse the pages the last fill freed.
+  fillMapTo(path(), GroupCommitLog::kDirectAtFill + 0.03, 2000, /*inUse=*/true);
   lmdb::EnvOptions small = oneMiBMap();
   auto env = openEnvRecovering(path(), small);
   MDB_dbi db = env.openDb("t");
-  ASSERT_GE(env.fill(), GroupCommitLog::kDirectAtFill);
+  ASSERT_GE(env.usedFraction(), GroupCommitLog::kDirectAtFill);
   GroupCommitLog log(env, redoLog(noCheckpoints()));
   log.runSync([&](lmdb::Txn& t) { t.put(db, key(100'000), value(1, 10)); });
   EXPECT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10)) << "not direct on a nearly full map";
+  EXPECT_TRUE(log.direct());
   EXPECT_FALSE(log.shortOfRoom()) << "a start on a nearly full map refuses new work below 0.9";
   EXPECT_FALSE(log.roomRefusal().has_value()) << *log.roomRefusal();
 }
 
 // ------------------------------------------------ room below the high-water mark
+
+void releaseThreeInFour(GroupCommitLog& log, MDB_dbi db, int last);
+
+// Deletes three keys in four of 1..last through a plain Env, a few per
+// commit (see releaseThreeInFour).
+void releaseThreeInFourDirectly(const std::string& dir, int last) {
+  lmdb::EnvOptions small = oneMiBMap();
+  lmdb::Env env(dir, small);
+  MDB_dbi db = env.openDb("t");
+  for (int from = 1; from <= last; from += 8) {
+    auto t = env.beginWrite();
+    for (int i = from; i < from + 8 && i <= last; ++i) {
+      if (i % 4 != 0) t.del(db, key(i));
+    }
+    t.commit();
+  }
+}
+
+// The high-water mark of an earlier burst never drops: a start that went
+// by it alone was direct (two flushes a group) on every run after, though
+// most of the map was free. What counts past kDirectAtFill is what is in
+// use (GroupCommitLog::roomFill).
+TEST_F(RedoLogTest, AStartOnAMapWhoseMarkIsHighButWhichIsMostlyFreeAppendsToTheRedoLog) {
+  int last = fillMapTo(path(), 0.92);
+  releaseThreeInFourDirectly(path(), last);
+  lmdb::EnvOptions small = oneMiBMap();
+  auto env = openEnvRecovering(path(), small);
+  MDB_dbi db = env.openDb("t");
+  ASSERT_GE(env.fill(), 0.9);
+  ASSERT_LT(env.usedFraction(), GroupCommitLog::kLeaveDirectAtUsed);
+  {
+    GroupCommitLog log(env, redoLog(noCheckpoints()));
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(100'000), value(1, 10)); });
+    EXPECT_FALSE(log.direct()) << "direct on a map " << int(env.usedFraction() * 100) << "% in use";
+    EXPECT_FALSE(lmdbOnly(env, db, 100'000).has_value()) << "committed to LMDB directly, not appended";
+    EXPECT_EQ(env.beginRead().get(db, key(4)).value_or(""), value(4, 2000)) << "a key kept by the release is gone";
+  }
+  EXPECT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10)) << "the group was lost at the stop";
+}
+
+// A log that turned direct goes back to appending (one flush a group) once
+// less than kLeaveDirectAtUsed of the map is in use, counted at most every
+// roomCountEvery: not only at the next start.
+TEST_F(RedoLogTest, ADirectLogAppendsToTheRedoLogAgainOnceLessOfTheMapIsInUse) {
+  int last = fillMapTo(path(), 0.8, 2000, /*inUse=*/true);
+  lmdb::EnvOptions small = oneMiBMap();
+  auto env = openEnvRecovering(path(), small);
+  MDB_dbi db = env.openDb("t");
+  GroupCommitLog::Options o = redoLog(noCheckpoints());
+  o.roomCountEvery = std::chrono::milliseconds(50);
+  {
+    GroupCommitLog log(env, o);
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(100'000), value(1, 10)); });
+    ASSERT_TRUE(log.direct()) << "not direct on a map " << int(env.usedFraction() * 100) << "% in use";
+    ASSERT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10));
+    releaseThreeInFour(log, db, last);  // each group committed to LMDB, as direct does
+    ASSERT_LT(env.usedFraction(), GroupCommitLog::kLeaveDirectAtUsed);
+    // A group after roomCountEvery counts the map and leaves direct mode.
+    int next = 100'000;
+    auto deadline = monoMicros() + 5'000'000;
+    while (log.direct() && monoMicros() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      ++next;
+      log.runSync([&](lmdb::Txn& t) { t.put(db, key(next), value(next, 10)); });
+    }
+    ASSERT_FALSE(log.direct()) << "still direct with " << int(env.usedFraction() * 100) << "% of the map in use";
+    ++next;
+    log.runSync([&](lmdb::Txn& t) { t.put(db, key(next), value(next, 10)); });
+    EXPECT_FALSE(lmdbOnly(env, db, next).has_value()) << "committed to LMDB directly after leaving direct mode";
+    EXPECT_EQ(log.stats().failedJobs.load(), 0u);
+    // Kept and new keys read back, through the overlay.
+    auto t = env.beginRead();
+    EXPECT_EQ(t.get(db, key(4)).value_or(""), value(4, 2000));
+    EXPECT_EQ(t.get(db, key(next)).value_or(""), value(next, 10));
+  }
+  // The stop checkpoints: LMDB holds every group.
+  EXPECT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10));
+}
 
 // Deletes three keys in four of 1..last, a few per write: one write of all
 // would need more pages for its copies than a nearly full map has left.
