@@ -11,12 +11,19 @@
 //
 // BM_EncodeInteraction / BM_DecodeInteraction: one InteractionRecord with
 // two branches of two operations, through the checksummed envelope.
+//
+// BM_CountFreePages/N: one lmdb::Env::usedFraction (what roomRefusal and,
+// past 75 % of the map, the redo log's writer count: a walk of LMDB's free
+// list) on a 1 GiB map whose free list holds about N records: N commits
+// made while a reader held its snapshot (a hot backup of an hour's
+// churn, say), the reader then gone, so every record counts as free.
 
 #include <benchmark/benchmark.h>
 #include <stdlib.h>
 
 #include <condition_variable>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -157,6 +164,64 @@ void BM_DecodeInteraction(benchmark::State& state) {
   state.counters["record_bytes"] = double(bytes.size());
 }
 BENCHMARK(BM_DecodeInteraction)->MinTime(0.5);
+
+// A map churned as BM_CountFreePages says, made once per N (each commit is
+// durable: N = 10,000 takes seconds to set up).
+struct ChurnedMap {
+  TempDir dir{"keel-bench-freelist"};
+  std::unique_ptr<lmdb::Env> env;
+  std::size_t records = 0;  // free-list records after the churn
+  explicit ChurnedMap(int commits) {
+    env = std::make_unique<lmdb::Env>(dir.path(), lmdb::EnvOptions{});
+    MDB_dbi db = env->openDb("t");
+    constexpr int kKeys = 20'000;
+    const std::string value(100, 'v');
+    {
+      auto t = env->beginWrite();
+      for (int k = 0; k < kKeys; ++k) t.put(db, std::to_string(1'000'000 + k), value);
+      t.commit();
+    }
+    {
+      auto pin = env->beginRead();  // no page freed from here on is reusable
+      std::uint64_t x = 88172645463325252ull;
+      for (int c = 0; c < commits; ++c) {
+        auto t = env->beginWrite();
+        for (int n = 0; n < 8; ++n) {
+          x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+          t.put(db, std::to_string(1'000'000 + int(x % kKeys)), value);
+        }
+        t.commit();
+      }
+    }
+    MDB_stat st;
+    MDB_txn* t = nullptr;
+    if (mdb_txn_begin(env->raw(), nullptr, MDB_RDONLY, &t) == 0) {
+      if (mdb_stat(t, 0, &st) == 0) records = st.ms_entries;
+      mdb_txn_abort(t);
+    }
+  }
+};
+
+void BM_CountFreePages(benchmark::State& state) {
+  static std::map<int, std::unique_ptr<ChurnedMap>> maps;
+  auto& m = maps[int(state.range(0))];
+  if (!m) m = std::make_unique<ChurnedMap>(int(state.range(0)));
+  double used = 0;
+  for (auto _ : state) {
+    used = m->env->usedFraction();
+    benchmark::DoNotOptimize(used);
+  }
+  if (!(used > 0 && used <= m->env->fill())) state.SkipWithError("the count is not between 0 and the mark");
+  state.counters["free_list_records"] = double(m->records);
+  state.counters["used_over_mark"] = used / m->env->fill();
+}
+BENCHMARK(BM_CountFreePages)
+    ->ArgName("commits_pinned")
+    ->Arg(100)
+    ->Arg(1'000)
+    ->Arg(10'000)
+    ->MinTime(0.5)
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace keel
