@@ -675,14 +675,19 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
   ++(it->rec.heuristic() ? heuristic_ : it->rec.state == State::Committed ? committed_ : rolledBack_);
   if (it->commitDurableMono != 0) metrics_.phase2->observe(monoMicros() - it->commitDurableMono);
   if (it->rec.failedUs != 0) metrics_.inconsistency->observe(now > it->rec.failedUs ? now - it->rec.failedUs : 0);
-  // The final record is lazy: a lost "complete" mark only means recovery
-  // re-drives an interaction whose participants answer idempotently, so it
-  // rides with the next group commit instead of starting one (a forced
-  // decision never waits behind an fsync for completions). It is still
-  // durable before anything below runs: a client not answered yet (a
-  // read-only or one-phase commit) hears the end only now. The interaction
-  // stays in memory until then.
-  return persist(*it, true).then([this, seq]() -> kj::Promise<void> {
+  // The final record is lazy once the client has its answer: a lost
+  // "complete" mark only means recovery re-drives an interaction whose
+  // participants answer idempotently, so it rides with the next group
+  // commit instead of starting one (a forced decision never waits behind an
+  // fsync for completions). It is still durable before anything below runs.
+  // A client not answered yet (a one-phase or read-only request) hears the
+  // end only now, so its final record is forced: lazy, it waited at low
+  // load for the writer's lazy delay (2 ms) on top of the commit, and one
+  // client's one-phase transfer took 2.7 ms where a two-phase one took 1
+  // (docs/performance.md, "twenty-fifth sitting"). Under load the two are
+  // the same group commit. The interaction stays in memory until then.
+  const bool clientWaits = !it->told.has_value();
+  return persist(*it, /*lazy=*/!clientWaits).then([this, seq]() -> kj::Promise<void> {
     Interaction* p = find(seq);
     if (p == nullptr) return kj::READY_NOW;
     // The final record is durable: etcd's copy of the decision may go, and
