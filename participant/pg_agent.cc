@@ -305,33 +305,10 @@ OpResult resultOf(PGresult* r, const Call& call, std::size_t i) {
   return out;
 }
 
-[[noreturn]] void connectionLost(PGconn* c, const char* what) {
-  std::string msg = PQerrorMessage(c);
-  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-  throw pg::PgError(std::string(what) + ": " + msg, "");
-}
-
 }  // namespace
 
-std::optional<std::string> PgAgent::runStatements(PGconn* c, const std::vector<Op>& ops,
-                                                  std::vector<OpResult>& results) {
-  results.clear();
-  try {
-    for (std::size_t i = 0; i < ops.size(); ++i) {
-      Call call(ops[i], declared(ops[i]));
-      pg::Result r(
-          PQexecParams(c, call.sql.c_str(), call.count(), call.types.data(), call.values.data(), nullptr, nullptr, 0));
-      if (r.get() == nullptr) connectionLost(c, "statement");
-      results.push_back(resultOf(r.get(), call, i));
-    }
-    return std::nullopt;
-  } catch (const pg::PgError& e) {
-    if (PQstatus(c) == CONNECTION_OK) PQclear(PQexec(c, "ROLLBACK"));
-    return e.sqlstate() == "KEEL1" ? std::string(e.what()) : describePgError(e);
-  }
-}
-
-bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls) {
+bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls,
+                          const std::string* marker) {
   PGconn* c = lc.get();
   // BEGIN, the statements and PREPARE TRANSACTION go out in one pipeline
   // with one Sync: one round trip instead of two plus one per statement.
@@ -393,13 +370,18 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   // (SELECT txid_current(), prepared when the connection was opened.)
   if (PQsendQueryPrepared(c, kTxidStatement, 0, nullptr, nullptr, nullptr, 0) != 1) lc.lost("sending a statement");
   bool withPrepare = std::all_of(calls.begin(), calls.end(), [](const Call& k) { return k.checkedBeforePrepare(); });
-  if (withPrepare) send("PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
+  if (withPrepare) {
+    send(marker != nullptr
+             ? std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + quoteLiteral(*marker) + ")"
+             : "PREPARE TRANSACTION " + quoteLiteral(gid),
+         nullptr);
+  }
   if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
   return withPrepare;
 }
 
 PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
-                                      std::vector<OpResult>& results, bool withPrepare) {
+                                      std::vector<OpResult>& results, bool withPrepare, bool onePhase) {
   PGconn* c = lc.get();
   // rs: the first result of BEGIN, of each statement (after its Parse's
   // where it is parsed in this pipeline: Call::parsing), of SELECT
@@ -452,8 +434,9 @@ PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>&
     if (pst == PGRES_COMMAND_OK) {
       out.prepared = true;
     } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
-      auto e = errorOf(prepared, "PREPARE TRANSACTION");
-      if (e.connectionLost()) lc.lost("PREPARE TRANSACTION");
+      const char* what = onePhase ? "INSERT INTO keel_one_phase" : "PREPARE TRANSACTION";
+      auto e = errorOf(prepared, what);
+      if (e.connectionLost()) lc.lost(what);
       out.prepareFailed = describePgError(e);
     }
   }
@@ -578,15 +561,18 @@ kj::Promise<PrepareResult> PgAgent::prepareOnLoop(pg::LoopConn& lc, std::uint64_
       .then([this, &s, rollbackPreparedOnLoop]() -> kj::Promise<PrepareResult> {
         if (s.why) {
           // Refused: PostgreSQL rolled it back; the branch log says so too.
+          // The job takes copies: it runs on the log's writer even when
+          // this call is cancelled meanwhile (the coordinator gave up on
+          // it), which frees `s` (kj::heap, attached below).
           return log_.log()
-              .run([this, &s](lmdb::Txn& txn) {
-                log_.storeEpoch(txn, seqNode(s.xid.seq), s.epoch);
-                if (log_.read(txn, s.xid)) return;
+              .run([this, xid = s.xid, epoch = s.epoch, why = *s.why](lmdb::Txn& txn) {
+                log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+                if (log_.read(txn, xid)) return;
                 BranchRecord rec;
-                rec.xid = s.xid;
+                rec.xid = xid;
                 rec.createdUs = wallMicros();
-                rec.reason = *s.why;
-                log_.finish(txn, rec, BranchStatus::RolledBack, s.epoch);
+                rec.reason = why;
+                log_.finish(txn, rec, BranchStatus::RolledBack, epoch);
               })
               .then([&s] { return PrepareResult{Vote::No, *s.why, {}}; });
         }
@@ -1245,93 +1231,160 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
     }
     return OnePhaseResult{BranchOutcome::Conflict, "branch " + xid.str() + " is in use", {}};
   }
-  return canceler_.wrap(pool_->run<OnePhaseResult>([this, epoch, xid, ops = std::move(ops)](PGconn* c) {
-    pg::exec(c, "BEGIN");
-    std::vector<OpResult> results;
-    auto finishAs = [&](BranchStatus st, const std::string& reason, std::uint64_t txid) {
-      log_.log().runSync([&](lmdb::Txn& txn) {
-        log_.storeEpoch(txn, seqNode(xid.seq), epoch);
-        auto rec = log_.read(txn, xid).value_or(BranchRecord{});
-        if (st == BranchStatus::Committed && rec.state == BranchStatus::RolledBack && !rec.tombstone) {
-          // Settled "rolled back" meanwhile (a rollback's settleOnePhase)
-          // although PostgreSQL committed: recorded as PostgreSQL has it,
-          // and said loudly — the coordinator may have heard otherwise.
-          KEEL_LOG_ERROR("branch {}: one-phase commit committed in PostgreSQL after it was settled rolled back ({}); "
-                         "recorded committed",
-                         xid.str(), rec.reason);
-        }
-        rec.xid = xid;
-        rec.onePhase = true;
-        rec.ops = ops;
-        rec.reason = reason;
-        rec.hostTxid = txid;
-        if (rec.createdUs == 0) rec.createdUs = wallMicros();
-        log_.finish(txn, rec, st, epoch);
-      });
-    };
-    if (auto why = runStatements(c, ops, results)) {
-      finishAs(BranchStatus::RolledBack, *why, 0);  // a tombstone there says rolled back too: same end
-      return OnePhaseResult{BranchOutcome::RolledBack, *why, {}};
-    }
-    // The marker row commits with the statements or not at all: after a
-    // crash it, not txid_status (a txid may run again after PostgreSQL's own
-    // crash), tells the outcome.
-    const std::uint64_t incarnation = log_.incarnation();
-    const std::string marker = pgGid(opts_.name, xid, incarnation);
-    std::uint64_t txid = 0;
-    try {
-      auto t = pg::exec(c, std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + pg::quoteLiteral(marker) +
-                               ") RETURNING txid_current()");
-      txid = std::stoull(PQgetvalue(t.get(), 0, 0));
-    } catch (const pg::PgError& e) {
-      if (e.connectionLost()) throw;  // nothing recorded, nothing committed: a retry finds no record
-      if (PQstatus(c) == CONNECTION_OK) PQclear(PQexec(c, "ROLLBACK"));
-      std::string why = "the one-phase marker row could not be written (" + describePgError(e) +
-                        "); the agent creates " + kMarkerTable + " at start-up (docs/postgres.md)";
-      finishAs(BranchStatus::RolledBack, why, 0);
-      return OnePhaseResult{BranchOutcome::RolledBack, why, {}};
-    }
-    KEEL_FAILPOINT("pg.before_one_phase_intent");  // pool thread: statements run, nothing recorded yet
-    // Intent first: if we crash after COMMIT, the marker row tells the outcome.
-    // A record there already is a rollback's tombstone: the coordinator gave
-    // up on this call (no answer in time) and rolled the branch back before
-    // the call got its turn here. It stays rolled back: we never commit it.
-    bool ours = log_.log().runSync([&](lmdb::Txn& txn) {
-      if (log_.read(txn, xid) || log_.released(xid)) return false;
-      BranchRecord rec;
-      rec.xid = xid;
-      rec.epoch = epoch;
-      rec.onePhase = true;
-      rec.ops = ops;
-      rec.state = BranchStatus::Active;
-      rec.hostTxid = txid;
-      rec.hostIncarnation = incarnation;
-      rec.hostMarker = true;
-      rec.createdUs = wallMicros();
-      log_.put(txn, rec);
-      return true;
+  return canceler_.wrap(
+      loopPrepare_->run<OnePhaseResult>([this, epoch, xid, ops = std::move(ops)](pg::LoopConn& lc) mutable {
+        return onePhaseOnLoop(lc, epoch, xid, std::move(ops));
+      }));
+}
+
+void PgAgent::writeOnePhaseFinal(lmdb::Txn& txn, Xid xid, std::uint64_t epoch, const std::vector<Op>& ops,
+                                 BranchStatus st, const std::string& reason, std::uint64_t txid) const {
+  log_.storeEpoch(txn, seqNode(xid.seq), epoch);
+  auto rec = log_.read(txn, xid).value_or(BranchRecord{});
+  if (st == BranchStatus::Committed && rec.state == BranchStatus::RolledBack && !rec.tombstone) {
+    // Settled "rolled back" meanwhile (a rollback's settleOnePhase)
+    // although PostgreSQL committed: recorded as PostgreSQL has it, and
+    // said loudly — the coordinator may have heard otherwise.
+    KEEL_LOG_ERROR("branch {}: one-phase commit committed in PostgreSQL after it was settled rolled back ({}); "
+                   "recorded committed",
+                   xid.str(), rec.reason);
+  }
+  rec.xid = xid;
+  rec.onePhase = true;
+  rec.ops = ops;
+  rec.reason = reason;
+  rec.hostTxid = txid;
+  if (rec.createdUs == 0) rec.createdUs = wallMicros();
+  log_.finish(txn, rec, st, epoch);
+}
+
+// What one one-phase branch carries from step to step on the loop.
+struct PgAgent::OnePhaseState {
+  std::uint64_t epoch;
+  Xid xid;
+  std::vector<Op> ops;
+  std::string marker;  // the marker row's gid
+  std::vector<Call> calls;
+  std::vector<OpResult> results;
+  bool markerInTrip = true;  // the INSERT of the marker row rode in the trip (sendOneTrip)
+  OneTrip trip;
+};
+
+kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid,
+                                                    std::vector<Op> ops) {
+  auto st = kj::heap<OnePhaseState>();
+  OnePhaseState& s = *st;
+  s.epoch = epoch;
+  s.xid = xid;
+  s.ops = std::move(ops);
+  const std::uint64_t incarnation = log_.incarnation();
+  s.marker = pgGid(opts_.name, xid, incarnation);
+  // The final record (forced). Every job given to the log takes copies,
+  // never `s`: a job runs on the log's writer even when this call is
+  // cancelled meanwhile (the coordinator gave up on it), which frees `s`
+  // (keel-chaos --embedded seed 53 found records written from a freed `s`).
+  auto finalRecord = [this, &s](BranchStatus st, std::string why, std::uint64_t txid) {
+    return log_.log().run([this, xid = s.xid, epoch = s.epoch, ops = s.ops, st, why, txid](lmdb::Txn& txn) {
+      writeOnePhaseFinal(txn, xid, epoch, ops, st, why, txid);
     });
-    if (!ours) {
-      pg::exec(c, "ROLLBACK");
-      return OnePhaseResult{BranchOutcome::RolledBack,
-                            "branch " + xid.str() + " was rolled back before its one-phase commit could run", {}};
-    }
-    KEEL_FAILPOINT("agent.before_commit_durable");
-    try {
-      pg::exec(c, "COMMIT");
-    } catch (const pg::PgError& e) {
-      // The connection lost, or the server shutting down or crashing
-      // (57P01, 57P02) after its commit record may be durable: the outcome
-      // is unknown here and settled later from the marker row.
-      if (!commitErrorMeansRolledBack(e)) throw;
-      finishAs(BranchStatus::RolledBack, describePgError(e), txid);
-      return OnePhaseResult{BranchOutcome::RolledBack, describePgError(e), {}};
-    }
-    KEEL_FAILPOINT("pg.after_one_phase_commit");  // committed in PostgreSQL, ACTIVE in the log
-    finishAs(BranchStatus::Committed, "", txid);
-    markerDone(marker);
-    return OnePhaseResult{BranchOutcome::Committed, "", std::move(results)};
-  }));
+  };
+  // The branch ends rolled back before COMMIT was sent: PostgreSQL's
+  // transaction is rolled back, then the record (a tombstone there already
+  // says rolled back too: the same end).
+  auto refuse = [&lc, finalRecord](std::string why, std::uint64_t txid) {
+    return lc.query("ROLLBACK")
+        .then([finalRecord, why, txid](pg::Result) { return finalRecord(BranchStatus::RolledBack, why, txid); })
+        .then([why] { return OnePhaseResult{BranchOutcome::RolledBack, why, {}}; });
+  };
+  return kj::evalLater([this, &lc, &s] {
+        // BEGIN, the statements, txid_current() and the marker row's
+        // INSERT in one round trip. The marker row commits with the
+        // statements or not at all: after a crash it, not txid_status (a
+        // txid may run again after PostgreSQL's own crash), tells the
+        // outcome. (A row count only the agent can check keeps the INSERT
+        // out of the trip, as PREPARE TRANSACTION is kept out of a
+        // prepare's; it follows once every count is right.)
+        s.markerInTrip = sendOneTrip(lc, s.ops, s.marker, s.calls, &s.marker);
+        return lc.flush();
+      })
+      .then([&lc] { return lc.collectPipeline(); })
+      .then([this, &lc, &s](std::vector<pg::Result> rs) -> kj::Promise<void> {
+        s.trip = readOneTrip(lc, rs, s.calls, s.results, s.markerInTrip, /*onePhase=*/true);
+        if (s.markerInTrip || s.trip.refused || s.trip.wrongRows) return kj::READY_NOW;
+        return lc.query(std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + quoteLiteral(s.marker) + ")")
+            .then([&lc, &s](pg::Result r) {
+              if (auto e = pg::errorIn(r)) {
+                if (e->connectionLost()) lc.lost("INSERT INTO keel_one_phase");
+                s.trip.prepareFailed = describePgError(*e);
+                return;
+              }
+              s.trip.prepared = true;
+            });
+      })
+      .then([this, &lc, &s, refuse, finalRecord, incarnation]() -> kj::Promise<OnePhaseResult> {
+        if (s.trip.refused || s.trip.wrongRows) return refuse(s.trip.refused ? *s.trip.refused : *s.trip.wrongRows, 0);
+        if (!s.trip.prepared) {
+          return refuse("the one-phase marker row could not be written (" + s.trip.prepareFailed.value_or("?") +
+                            "); the agent creates " + kMarkerTable + " at start-up (docs/postgres.md)",
+                        0);
+        }
+        // Statements run, marker row in, nothing recorded yet.
+        return failpointOnLoop("pg.before_one_phase_intent")
+            .then([this, &s, incarnation] {
+              // Intent first: if we crash after COMMIT, the marker row tells
+              // the outcome. A record there already is a rollback's
+              // tombstone: the coordinator gave up on this call (no answer in
+              // time) and rolled the branch back before the call got its turn
+              // here. It stays rolled back: we never commit it.
+              return log_.log().run([this, xid = s.xid, epoch = s.epoch, ops = s.ops, txid = s.trip.txid,
+                                     incarnation](lmdb::Txn& txn) {
+                if (log_.read(txn, xid) || log_.released(xid)) return false;
+                BranchRecord rec;
+                rec.xid = xid;
+                rec.epoch = epoch;
+                rec.onePhase = true;
+                rec.ops = ops;
+                rec.state = BranchStatus::Active;
+                rec.hostTxid = txid;
+                rec.hostIncarnation = incarnation;
+                rec.hostMarker = true;
+                rec.createdUs = wallMicros();
+                log_.put(txn, rec);
+                return true;
+              });
+            })
+            .then([this, &lc, &s, finalRecord](bool ours) -> kj::Promise<OnePhaseResult> {
+              if (!ours) {
+                return lc.query("ROLLBACK").then([&s](pg::Result) {
+                  return OnePhaseResult{BranchOutcome::RolledBack,
+                                        "branch " + s.xid.str() + " was rolled back before its one-phase commit could run",
+                                        {}};
+                });
+              }
+              return failpointOnLoop("agent.before_commit_durable")
+                  .then([&lc] { return lc.query("COMMIT"); })
+                  .then([this, &s, finalRecord](pg::Result r) -> kj::Promise<OnePhaseResult> {
+                    if (auto e = pg::errorIn(r)) {
+                      // The server shutting down or crashing (57P01, 57P02)
+                      // after its commit record may be durable: the outcome
+                      // is unknown here and settled later from the marker row
+                      // (a lost connection fails the query itself: the same).
+                      if (!commitErrorMeansRolledBack(*e)) kj::throwFatalException(faultException(e->what()));
+                      std::string why = describePgError(*e);
+                      return finalRecord(BranchStatus::RolledBack, why, s.trip.txid).then([why] {
+                        return OnePhaseResult{BranchOutcome::RolledBack, why, {}};
+                      });
+                    }
+                    return failpointOnLoop("pg.after_one_phase_commit")  // committed in PostgreSQL, ACTIVE in the log
+                        .then([&s, finalRecord] { return finalRecord(BranchStatus::Committed, "", s.trip.txid); })
+                        .then([this, &s] {
+                          markerDone(s.marker);
+                          return OnePhaseResult{BranchOutcome::Committed, "", std::move(s.results)};
+                        });
+                  });
+            });
+      })
+      .attach(kj::mv(st));
 }
 
 }  // namespace keel

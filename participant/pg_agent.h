@@ -227,9 +227,6 @@ class PgAgent final : public ParticipantBackend {
   // The sweep recorded a branch knownInDoubt says is in doubt: wakes the
   // resolver (inDoubtRecorded). Any thread.
   void noteKnownInDoubt();
-  // Runs the statements in the open transaction of `c`; on a PostgreSQL error
-  // rolls it back and returns the reason.
-  std::optional<std::string> runStatements(PGconn* c, const std::vector<Op>& ops, std::vector<OpResult>& results);
   // BEGIN; statements; SELECT txid_current(); PREPARE TRANSACTION in one
   // pipelined round trip: sendOneTrip queues it (pipeline mode), the loop
   // sends it and collects the results, readOneTrip reads them (and leaves
@@ -238,6 +235,11 @@ class PgAgent final : public ParticipantBackend {
  public:
   struct Call;  // one call of a declared statement as libpq takes it
  private:
+  // One-phase (`marker` given): the same trip ends with the INSERT of the
+  // branch's marker row instead of PREPARE TRANSACTION, and the
+  // transaction stays open for the intent record and COMMIT
+  // (onePhaseOnLoop); `prepared` and `prepareFailed` then speak of that
+  // INSERT.
   struct OneTrip {
     bool prepared = false;                     // PREPARE TRANSACTION succeeded
     std::optional<std::string> refused;        // a statement failed: nothing prepared
@@ -248,9 +250,20 @@ class PgAgent final : public ParticipantBackend {
   // Returns whether PREPARE TRANSACTION went in the pipeline: not when a
   // statement's row count is checked by the agent, not by PostgreSQL
   // (sendOneTrip says why).
-  bool sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls);
+  bool sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls,
+                   const std::string* marker = nullptr);
   OneTrip readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
-                      std::vector<OpResult>& results, bool withPrepare);
+                      std::vector<OpResult>& results, bool withPrepare, bool onePhase = false);
+  // A one-phase branch on a connection of the loop (docs/postgres.md, "One
+  // participant only"): the statements and the marker row in one
+  // pipelined trip, the ACTIVE intent record forced, COMMIT, the final
+  // record forced.
+  struct OnePhaseState;
+  kj::Promise<OnePhaseResult> onePhaseOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid, std::vector<Op> ops);
+  // A one-phase branch's final record (forced by the caller): committed
+  // or rolled back, as PostgreSQL has it. Writer thread.
+  void writeOnePhaseFinal(lmdb::Txn& txn, Xid xid, std::uint64_t epoch, const std::vector<Op>& ops, BranchStatus st,
+                          const std::string& reason, std::uint64_t txid) const;
   // A prepare on a connection of the loop: the one trip, the NO vote's
   // record or the lazy PREPARED record, a ROLLBACK PREPARED where the
   // branch was refused after PostgreSQL prepared it or a rollback overtook it.

@@ -4,7 +4,7 @@
 // COMMIT PREPARED). A call sends its queries, and the loop goes on with
 // other work until PostgreSQL's socket has the answer: no worker thread, no
 // cross-thread wake-up, no blocking poll() per call. (pg::Pool, the thread
-// pool, stays for the rare and blocking work: sweeps, retries, one-phase.)
+// pool, stays for the rare and blocking work: sweeps, retries, start-up.)
 //
 // Waiting: KJ watches the socket edge-triggered, so a wait starts only after
 // libpq has read everything the socket had (PQconsumeInput reads until the

@@ -276,6 +276,34 @@ TEST_F(PostgresTest, OnePhaseCommitAndResultRows) {
   EXPECT_TRUE(settled());
 }
 
+// A one-phase branch runs its statements and inserts its marker row in one
+// pipelined trip, and commits only once every row count is right: one
+// PostgreSQL checks (the wrapped UPDATE) stops the trip; one only the agent
+// can check (a SELECT's) keeps the marker row out of the trip until it was
+// seen right. Nothing of a refused branch commits, not even its marker row.
+TEST_F(PostgresTest, OnePhaseCommitsOnlyOnceEveryRowCountIsRight) {
+  auto markers = [&] { return pgQuery(pg_->connString("bank_a"), "SELECT gid FROM keel_one_phase").size(); };
+  auto touch = [](std::int64_t rows) { return Op::statement("bank-a", "touch", {SqlValue::ofText("alice")}, rows); };
+  auto whole = [](const char* who) { return Op::statement("bank-a", "whole_account", {SqlValue::ofText(who)}, 1); };
+  auto byPostgres = submit({debit("bank-a", "alice", 5), touch(2)});
+  ASSERT_EQ(byPostgres.outcome, ClientOutcome::RolledBack) << byPostgres.reason;
+  EXPECT_NE(byPostgres.reason.find("statement 2 (touch)"), std::string::npos) << byPostgres.reason;
+  auto byTheAgent = submit({debit("bank-a", "alice", 5), whole("nobody")});
+  ASSERT_EQ(byTheAgent.outcome, ClientOutcome::RolledBack) << byTheAgent.reason;
+  EXPECT_NE(byTheAgent.reason.find("statement 2 (whole_account)"), std::string::npos) << byTheAgent.reason;
+  EXPECT_TRUE(query(byTheAgent.seq)->interaction.onePhase);
+  EXPECT_EQ(balance("bank_a", "alice"), 1000) << "a refused one-phase branch committed its debit";
+  EXPECT_EQ(markers(), 0u) << "a refused one-phase branch committed its marker row";
+  // Right counts of both kinds: committed, the marker row after the check.
+  auto ok = submit({debit("bank-a", "alice", 5), touch(1), whole("alice")});
+  ASSERT_EQ(ok.outcome, ClientOutcome::Committed) << ok.reason;
+  ASSERT_EQ(ok.results.size(), 3u);
+  ASSERT_EQ(ok.results[2].rows.size(), 1u);
+  EXPECT_EQ(ok.results[2].rows[0][1].value_or("?"), "995");
+  EXPECT_EQ(balance("bank_a", "alice"), 995);
+  EXPECT_TRUE(settled());
+}
+
 // ---------------------------------------------------------------- declared statements
 //
 // A client names a statement its agent declares and passes the parameters;
