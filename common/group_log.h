@@ -271,9 +271,10 @@ class GroupCommitLog {
   void recommitOneByOne();
   // Redo mode: Env::sync, fail-stop on error.
   void syncOrStop(const char* where);
-  // Redo mode near a full map (fill() at kDirectAtFill, or a write or a
-  // checkpoint met MDB_MAP_FULL): from now on, until the process stops,
-  // each group is committed to LMDB with LMDB's own two flushes, as
+  // Redo mode near a full map (roomFill() at kDirectAtFill, or a write or a
+  // checkpoint met MDB_MAP_FULL): from now on, until leaveDirect (less
+  // than kLeaveDirectAtUsed in use), each group is committed to LMDB with
+  // LMDB's own two flushes, as
   // without a redo log, and is not appended: a group that no longer fits
   // then fails alone, before anyone is told, instead of a long transaction
   // of told groups failing at its checkpoint.
