@@ -687,14 +687,10 @@ bool GroupCommitLog::checkpoint(lmdb::Txn& outer, Durable durable) {
 double GroupCommitLog::roomFill() const {
   double fill = env_.fill();
   if (fill < kDirectAtFill) return fill;
-  try {
-    // The writer has no read transaction open: it can count. Cheap: a
-    // walk of LMDB's free list, a few records (docs/performance.md).
-    return std::min(fill, env_.usedFraction());
-  } catch (const std::exception& e) {
-    KEEL_LOG_DEBUG("redo log: cannot count the map's free pages: {}", e.what());
-    return fill;
-  }
+  // A walk of LMDB's free list: a few records, ~90 us at 10,000
+  // (BM_CountFreePages). The writer has no read transaction open, so it
+  // can count; the mark stands in if it cannot.
+  return std::min(fill, env_.usedFractionOrFill());
 }
 
 void GroupCommitLog::leaveDirect(double used) {

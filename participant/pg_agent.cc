@@ -305,6 +305,12 @@ OpResult resultOf(PGresult* r, const Call& call, std::size_t i) {
   return out;
 }
 
+// A one-phase branch's marker row (docs/postgres.md, "One participant only").
+std::string markerInsertSql(const std::string& gid) {
+  return std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + quoteLiteral(gid) + ")";
+}
+constexpr const char* kMarkerInsertWhat = "INSERT INTO keel_one_phase";
+
 }  // namespace
 
 bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls,
@@ -371,10 +377,7 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   if (PQsendQueryPrepared(c, kTxidStatement, 0, nullptr, nullptr, nullptr, 0) != 1) lc.lost("sending a statement");
   bool withPrepare = std::all_of(calls.begin(), calls.end(), [](const Call& k) { return k.checkedBeforePrepare(); });
   if (withPrepare) {
-    send(marker != nullptr
-             ? std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + quoteLiteral(*marker) + ")"
-             : "PREPARE TRANSACTION " + quoteLiteral(gid),
-         nullptr);
+    send(marker != nullptr ? markerInsertSql(*marker) : "PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
   }
   if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
   return withPrepare;
@@ -434,7 +437,7 @@ PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>&
     if (pst == PGRES_COMMAND_OK) {
       out.prepared = true;
     } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
-      const char* what = onePhase ? "INSERT INTO keel_one_phase" : "PREPARE TRANSACTION";
+      const char* what = onePhase ? kMarkerInsertWhat : "PREPARE TRANSACTION";
       auto e = errorOf(prepared, what);
       if (e.connectionLost()) lc.lost(what);
       out.prepareFailed = describePgError(e);
@@ -1296,7 +1299,7 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
         .then([finalRecord, why, txid](pg::Result) { return finalRecord(BranchStatus::RolledBack, why, txid); })
         .then([why] { return OnePhaseResult{BranchOutcome::RolledBack, why, {}}; });
   };
-  return kj::evalLater([this, &lc, &s] {
+  return kj::evalNow([this, &lc, &s] {
         // BEGIN, the statements, txid_current() and the marker row's
         // INSERT in one round trip. The marker row commits with the
         // statements or not at all: after a crash it, not txid_status (a
@@ -1311,15 +1314,14 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
       .then([this, &lc, &s](std::vector<pg::Result> rs) -> kj::Promise<void> {
         s.trip = readOneTrip(lc, rs, s.calls, s.results, s.markerInTrip, /*onePhase=*/true);
         if (s.markerInTrip || s.trip.refused || s.trip.wrongRows) return kj::READY_NOW;
-        return lc.query(std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + quoteLiteral(s.marker) + ")")
-            .then([&lc, &s](pg::Result r) {
-              if (auto e = pg::errorIn(r)) {
-                if (e->connectionLost()) lc.lost("INSERT INTO keel_one_phase");
-                s.trip.prepareFailed = describePgError(*e);
-                return;
-              }
-              s.trip.prepared = true;
-            });
+        return lc.query(markerInsertSql(s.marker)).then([&lc, &s](pg::Result r) {
+          if (auto e = pg::errorIn(r)) {
+            if (e->connectionLost()) lc.lost(kMarkerInsertWhat);
+            s.trip.prepareFailed = describePgError(*e);
+            return;
+          }
+          s.trip.prepared = true;
+        });
       })
       .then([this, &lc, &s, refuse, finalRecord, incarnation]() -> kj::Promise<OnePhaseResult> {
         if (s.trip.refused || s.trip.wrongRows) return refuse(s.trip.refused ? *s.trip.refused : *s.trip.wrongRows, 0);

@@ -304,6 +304,22 @@ TEST_F(PostgresTest, OnePhaseCommitsOnlyOnceEveryRowCountIsRight) {
   EXPECT_TRUE(settled());
 }
 
+// The marker row cannot be written (its table dropped by hand after the
+// agent started): the branch is refused with the reason and the fix, in
+// the trip and after it, and nothing of it commits.
+TEST_F(PostgresTest, OnePhaseWhoseMarkerRowCannotBeWrittenIsRefusedAndCommitsNothing) {
+  pgQuery(pg_->connString("bank_a"), "DROP TABLE keel_one_phase");
+  auto whole = Op::statement("bank-a", "whole_account", {SqlValue::ofText("alice")}, 1);
+  for (const auto& ops : {std::vector<Op>{debit("bank-a", "alice", 5)},    // the INSERT in the trip
+                          std::vector<Op>{debit("bank-a", "alice", 5), whole}}) {  // after the agent's count
+    auto o = submit(ops);
+    ASSERT_EQ(o.outcome, ClientOutcome::RolledBack) << o.reason;
+    EXPECT_NE(o.reason.find("the one-phase marker row could not be written"), std::string::npos) << o.reason;
+    EXPECT_NE(o.reason.find("the agent creates keel_one_phase at start-up"), std::string::npos) << o.reason;
+  }
+  EXPECT_EQ(balance("bank_a", "alice"), 1000);
+}
+
 // ---------------------------------------------------------------- declared statements
 //
 // A client names a statement its agent declares and passes the parameters;

@@ -1156,20 +1156,15 @@ TEST_F(RedoLogTest, AStartOnANearlyFullMapGoesDirectWithoutRefusingNewWork) {
 
 // ------------------------------------------------ room below the high-water mark
 
-void releaseThreeInFour(GroupCommitLog& log, MDB_dbi db, int last);
-
-// Deletes three keys in four of 1..last through a plain Env, a few per
-// commit (see releaseThreeInFour).
-void releaseThreeInFourDirectly(const std::string& dir, int last) {
-  lmdb::EnvOptions small = oneMiBMap();
-  lmdb::Env env(dir, small);
-  MDB_dbi db = env.openDb("t");
+// Deletes three keys in four of 1..last, a few per write: one write of all
+// would need more pages for its copies than a nearly full map has left.
+void releaseThreeInFour(GroupCommitLog& log, MDB_dbi db, int last) {
   for (int from = 1; from <= last; from += 8) {
-    auto t = env.beginWrite();
-    for (int i = from; i < from + 8 && i <= last; ++i) {
-      if (i % 4 != 0) t.del(db, key(i));
-    }
-    t.commit();
+    log.runSync([&](lmdb::Txn& t) {
+      for (int i = from; i < from + 8 && i <= last; ++i) {
+        if (i % 4 != 0) t.del(db, key(i));
+      }
+    });
   }
 }
 
@@ -1179,8 +1174,12 @@ void releaseThreeInFourDirectly(const std::string& dir, int last) {
 // use (GroupCommitLog::roomFill).
 TEST_F(RedoLogTest, AStartOnAMapWhoseMarkIsHighButWhichIsMostlyFreeAppendsToTheRedoLog) {
   int last = fillMapTo(path(), 0.92);
-  releaseThreeInFourDirectly(path(), last);
   lmdb::EnvOptions small = oneMiBMap();
+  {
+    lmdb::Env plain(path(), small);
+    GroupCommitLog released(plain);  // without a redo log
+    releaseThreeInFour(released, plain.openDb("t"), last);
+  }
   auto env = openEnvRecovering(path(), small);
   MDB_dbi db = env.openDb("t");
   ASSERT_GE(env.fill(), 0.9);
@@ -1232,18 +1231,6 @@ TEST_F(RedoLogTest, ADirectLogAppendsToTheRedoLogAgainOnceLessOfTheMapIsInUse) {
   }
   // The stop checkpoints: LMDB holds every group.
   EXPECT_EQ(lmdbOnly(env, db, 100'000).value_or(""), value(1, 10));
-}
-
-// Deletes three keys in four of 1..last, a few per write: one write of all
-// would need more pages for its copies than a nearly full map has left.
-void releaseThreeInFour(GroupCommitLog& log, MDB_dbi db, int last) {
-  for (int from = 1; from <= last; from += 8) {
-    log.runSync([&](lmdb::Txn& t) {
-      for (int i = from; i < from + 8 && i <= last; ++i) {
-        if (i % 4 != 0) t.del(db, key(i));
-      }
-    });
-  }
 }
 
 // A map whose high-water mark passed kRefuseNewAtFill takes new work again
