@@ -49,6 +49,12 @@ TEST_F(DurableAnswerTest, OnePhaseCommit) {
   EXPECT_EQ(q->interaction.state, InteractionRecord::State::Committed);
   EXPECT_TRUE(q->interaction.onePhase);
   EXPECT_EQ(account("bank-a", "alice"), bal(1005, 0));
+  // "Committed" rested on the record forced before the call and on
+  // bank-a's durable commit, not on the final record (lazy, still in the
+  // slowed group commit at the kill): recovery asked bank-a, and the
+  // story says so.
+  ASSERT_TRUE(q->rollback) << "the final record was durable before the answer: nothing was asked";
+  EXPECT_NE(q->rollback->reason.find("one-phase call"), std::string::npos) << q->rollback->reason;
 }
 
 TEST_F(DurableAnswerTest, OnePhaseRefusal) {

@@ -56,6 +56,9 @@ class KeelctlTest : public ClusterTest {
 TEST_F(KeelctlTest, BadArgumentsExitTwoAndSendNothing) {
   open("bank-a", "alice", 1000);
   open("bank-b", "bob", 0);
+  // The opens' final records are lazy (their "committed" left before): the
+  // books are taken once both are finished.
+  ASSERT_TRUE(eventually([&] { return client_->info().wait(io_.waitScope).unfinished == 0; }));
   auto before = books();
   std::string t = ctl() + "transfer bank-a:alice bank-b:bob ";
   std::string agent = cluster_->agentAddress("bank-a");
