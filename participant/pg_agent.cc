@@ -1261,6 +1261,47 @@ void PgAgent::writeOnePhaseFinal(lmdb::Txn& txn, Xid xid, std::uint64_t epoch, c
   log_.finish(txn, rec, st, epoch);
 }
 
+// A committed one-phase branch's final record, lazily: its "committed"
+// has left already, resting on PostgreSQL's durable commit, the marker row
+// it committed with and the ACTIVE record forced before COMMIT (after a
+// crash the marker row settles the ACTIVE record committed). So it rides
+// with the next group commit instead of costing one of its own, and its
+// marker row may go once it is durable. Its apply and done run on the
+// log's writer; it holds copies only (the call may be gone by then).
+class PgAgent::OnePhaseCommittedJob final : public GroupCommitLog::Job {
+ public:
+  OnePhaseCommittedJob(PgAgent& agent, Xid xid, std::uint64_t epoch, std::vector<Op> ops, std::uint64_t txid,
+                       std::string marker)
+      : agent_(agent), xid_(xid), epoch_(epoch), ops_(std::move(ops)), txid_(txid), marker_(std::move(marker)) {}
+  void apply(lmdb::Txn& txn) override {
+    KEEL_FAILPOINT("pg.before_lazy_one_phase_final");  // "committed" has left already
+    agent_.writeOnePhaseFinal(txn, xid_, epoch_, ops_, BranchStatus::Committed, "", txid_);
+  }
+  void done(std::exception_ptr err) noexcept override {
+    if (!err) {
+      agent_.markerDone(std::move(marker_));
+      return;
+    }
+    try {
+      std::rethrow_exception(err);
+    } catch (const std::exception& e) {
+      KEEL_LOG_WARN(
+          "branch {}: its one-phase COMMITTED record was not written ({}); PostgreSQL committed it and its marker "
+          "row says so: the record stays ACTIVE until a rollback's question or the next start settles it committed",
+          xid_.str(), e.what());
+    } catch (...) {
+    }
+  }
+
+ private:
+  PgAgent& agent_;
+  const Xid xid_;
+  const std::uint64_t epoch_;
+  std::vector<Op> ops_;
+  const std::uint64_t txid_;
+  std::string marker_;
+};
+
 // What one one-phase branch carries from step to step on the loop.
 struct PgAgent::OnePhaseState {
   std::uint64_t epoch;
@@ -1282,10 +1323,12 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
   s.ops = std::move(ops);
   const std::uint64_t incarnation = log_.incarnation();
   s.marker = pgGid(opts_.name, xid, incarnation);
-  // The final record (forced). Every job given to the log takes copies,
-  // never `s`: a job runs on the log's writer even when this call is
-  // cancelled meanwhile (the coordinator gave up on it), which frees `s`
-  // (keel-chaos --embedded seed 53 found records written from a freed `s`).
+  // The final record of a branch that ends rolled back (forced; a
+  // committed one's is lazy: OnePhaseCommittedJob). Every job given to the
+  // log takes copies, never `s`: a job runs on the log's writer even when
+  // this call is cancelled meanwhile (the coordinator gave up on it),
+  // which frees `s` (keel-chaos --embedded seed 53 found records written
+  // from a freed `s`).
   auto finalRecord = [this, &s](BranchStatus st, std::string why, std::uint64_t txid) {
     return log_.log().run([this, xid = s.xid, epoch = s.epoch, ops = s.ops, st, why, txid](lmdb::Txn& txn) {
       writeOnePhaseFinal(txn, xid, epoch, ops, st, why, txid);
@@ -1378,9 +1421,12 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
                       });
                     }
                     return failpointOnLoop("pg.after_one_phase_commit")  // committed in PostgreSQL, ACTIVE in the log
-                        .then([&s, finalRecord] { return finalRecord(BranchStatus::Committed, "", s.trip.txid); })
                         .then([this, &s] {
-                          markerDone(s.marker);
+                          // Durable in PostgreSQL, with its marker row, over
+                          // a durable ACTIVE record: "committed" now, the
+                          // final record lazily (OnePhaseCommittedJob).
+                          log_.log().submitLazy(std::make_unique<OnePhaseCommittedJob>(*this, s.xid, s.epoch, s.ops,
+                                                                                       s.trip.txid, s.marker));
                           return OnePhaseResult{BranchOutcome::Committed, "", std::move(s.results)};
                         });
                   });

@@ -256,12 +256,14 @@ class PgAgent final : public ParticipantBackend {
                       std::vector<OpResult>& results, bool withPrepare, bool onePhase = false);
   // A one-phase branch on a connection of the loop (docs/postgres.md, "One
   // participant only"): the statements and the marker row in one
-  // pipelined trip, the ACTIVE intent record forced, COMMIT, the final
-  // record forced.
+  // pipelined trip, the ACTIVE intent record forced, COMMIT, then the
+  // answer; a committed branch's final record follows lazily
+  // (OnePhaseCommittedJob), a rolled-back one's is forced.
   struct OnePhaseState;
   kj::Promise<OnePhaseResult> onePhaseOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid, std::vector<Op> ops);
-  // A one-phase branch's final record (forced by the caller): committed
-  // or rolled back, as PostgreSQL has it. Writer thread.
+  class OnePhaseCommittedJob;
+  // A one-phase branch's final record: committed or rolled back, as
+  // PostgreSQL has it. Writer thread.
   void writeOnePhaseFinal(lmdb::Txn& txn, Xid xid, std::uint64_t epoch, const std::vector<Op>& ops, BranchStatus st,
                           const std::string& reason, std::uint64_t txid) const;
   // A prepare on a connection of the loop: the one trip, the NO vote's

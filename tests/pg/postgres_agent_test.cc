@@ -931,6 +931,31 @@ TEST_F(PostgresOutcomeTest, OnePhaseCrashAfterCommitIsSettledCommittedByItsMarke
   EXPECT_NE(rec.reason.find("marker row: present"), std::string::npos) << rec.reason;
 }
 
+// "Committed" leaves once PostgreSQL committed the branch, its marker row
+// with it, over the ACTIVE record forced before COMMIT; the COMMITTED
+// record follows lazily. The agent dies after the answer, before that
+// record: the marker row settles the branch committed at the next start.
+TEST_F(PostgresOutcomeTest, OnePhaseAnswersCommittedBeforeItsFinalRecordAndAKillThenLosesNothing) {
+  const Xid xid = xidOf(25);
+  auto sent = onePhaseCreditToBob("pg.before_lazy_one_phase_final=1*delay(5000)", xid);
+  auto answer = sent.call.wait(io_.waitScope);
+  ASSERT_EQ(answer.getOutcome(), wire::BranchOutcome::COMMITTED) << answer.getReason().cStr();
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  cluster_->killAgent("bank-b", SIGKILL);  // the final record is still held up on the writer
+  auto before = recordAtB(xid);
+  ASSERT_TRUE(before.has_value());
+  EXPECT_EQ(before->state, BranchStatus::Active) << "the final record was durable before the answer";
+  EXPECT_EQ(markersAtB(), 1u);  // kept until the outcome is recorded
+
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);
+  EXPECT_EQ(markersAtB(), 0u);
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_NE(rec.reason.find("marker row: present"), std::string::npos) << rec.reason;
+}
+
 // PostgreSQL hands a txid out again after a crash when nothing of it had
 // reached its WAL on disk: txid_status() then speaks of another
 // transaction. Here the recorded txid is one that another transaction
