@@ -310,11 +310,13 @@ std::string markerInsertSql(const std::string& gid) {
   return std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + quoteLiteral(gid) + ")";
 }
 constexpr const char* kMarkerInsertWhat = "INSERT INTO keel_one_phase";
+// What ends a prepare's trip (or follows it, sendOneTrip).
+std::string prepareTransactionSql(const std::string& gid) { return "PREPARE TRANSACTION " + quoteLiteral(gid); }
 
 }  // namespace
 
-bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls,
-                          const std::string* marker) {
+bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, std::vector<Call>& calls,
+                          const std::string& closing) {
   PGconn* c = lc.get();
   // BEGIN, the statements and PREPARE TRANSACTION go out in one pipeline
   // with one Sync: one round trip instead of two plus one per statement.
@@ -377,7 +379,7 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const st
   if (PQsendQueryPrepared(c, kTxidStatement, 0, nullptr, nullptr, nullptr, 0) != 1) lc.lost("sending a statement");
   bool withPrepare = std::all_of(calls.begin(), calls.end(), [](const Call& k) { return k.checkedBeforePrepare(); });
   if (withPrepare) {
-    send(marker != nullptr ? markerInsertSql(*marker) : "PREPARE TRANSACTION " + quoteLiteral(gid), nullptr);
+    send(closing, nullptr);
   }
   if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
   return withPrepare;
@@ -530,7 +532,7 @@ kj::Promise<PrepareResult> PgAgent::prepareOnLoop(pg::LoopConn& lc, std::uint64_
   };
   return failpointOnLoop("agent.after_execute")  // before the one round trip that runs and prepares
       .then([this, &lc, &s] {
-        s.withPrepare = sendOneTrip(lc, s.ops, s.gid, s.calls);
+        s.withPrepare = sendOneTrip(lc, s.ops, s.calls, prepareTransactionSql(s.gid));
         return lc.flush();
       })
       .then([&lc] { return lc.collectPipeline(); })
@@ -538,7 +540,7 @@ kj::Promise<PrepareResult> PgAgent::prepareOnLoop(pg::LoopConn& lc, std::uint64_
         s.trip = readOneTrip(lc, rs, s.calls, s.results, s.withPrepare);
         if (!s.withPrepare && !s.trip.refused && !s.trip.wrongRows) {
           // Every row count right: now PREPARE TRANSACTION (sendOneTrip).
-          return lc.query("PREPARE TRANSACTION " + quoteLiteral(s.gid)).then([&lc, &s](pg::Result r) {
+          return lc.query(prepareTransactionSql(s.gid)).then([&lc, &s](pg::Result r) {
             if (auto e = pg::errorIn(r)) {
               if (e->connectionLost()) lc.lost("PREPARE TRANSACTION");
               s.trip.prepareFailed = describePgError(*e);  // it became a ROLLBACK
@@ -1350,7 +1352,7 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
         // outcome. (A row count only the agent can check keeps the INSERT
         // out of the trip, as PREPARE TRANSACTION is kept out of a
         // prepare's; it follows once every count is right.)
-        s.markerInTrip = sendOneTrip(lc, s.ops, s.marker, s.calls, &s.marker);
+        s.markerInTrip = sendOneTrip(lc, s.ops, s.calls, markerInsertSql(s.marker));
         return lc.flush();
       })
       .then([&lc] { return lc.collectPipeline(); })

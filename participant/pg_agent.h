@@ -235,8 +235,8 @@ class PgAgent final : public ParticipantBackend {
  public:
   struct Call;  // one call of a declared statement as libpq takes it
  private:
-  // One-phase (`marker` given): the same trip ends with the INSERT of the
-  // branch's marker row instead of PREPARE TRANSACTION, and the
+  // One-phase (`closing` the INSERT of the branch's marker row,
+  // markerInsertSql, instead of PREPARE TRANSACTION): the
   // transaction stays open for the intent record and COMMIT
   // (onePhaseOnLoop); `prepared` and `prepareFailed` then speak of that
   // INSERT.
@@ -247,11 +247,11 @@ class PgAgent final : public ParticipantBackend {
     std::optional<std::string> prepareFailed;  // PREPARE TRANSACTION itself failed
     std::uint64_t txid = 0;                    // txid_current() of the prepared transaction
   };
-  // Returns whether PREPARE TRANSACTION went in the pipeline: not when a
-  // statement's row count is checked by the agent, not by PostgreSQL
-  // (sendOneTrip says why).
-  bool sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, const std::string& gid, std::vector<Call>& calls,
-                   const std::string* marker = nullptr);
+  // `closing` ends the trip: PREPARE TRANSACTION with the branch's gid,
+  // or a one-phase branch's marker row INSERT. Returns whether it went in
+  // the pipeline: not when a statement's row count is checked by the
+  // agent, not by PostgreSQL (sendOneTrip says why).
+  bool sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, std::vector<Call>& calls, const std::string& closing);
   OneTrip readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
                       std::vector<OpResult>& results, bool withPrepare, bool onePhase = false);
   // A one-phase branch on a connection of the loop (docs/postgres.md, "One
