@@ -81,7 +81,9 @@ kj::Promise<void> Coordinator::driveCommit(std::uint64_t seq) {
                       })
                   .eagerlyEvaluate(nullptr));  // each branch's state as soon as it answers (see prepareAll)
   }
-  if (it->rec.phase2Attempts++ > 0) metrics_.phase2Retries.inc();
+  // A one-phase interaction comes here once its participant committed
+  // (runOnePhase) only to be finished: it has no phase 2 to count.
+  if (!it->rec.onePhase && it->rec.phase2Attempts++ > 0) metrics_.phase2Retries.inc();
   return guardDriver(seq, kj::joinPromises(calls.releaseAsArray()).then([this, seq]() -> kj::Promise<void> {
     Interaction* p = find(seq);
     if (p == nullptr) return kj::READY_NOW;

@@ -195,6 +195,7 @@ TEST_F(ClusterTest, OnePhaseCommitAndReadBalance) {
   EXPECT_EQ(o.results[1].balance, 10);  // reads see committed state: the credit lands at commit
   ASSERT_TRUE(eventually([&] { return query(o.seq)->interaction.state == InteractionRecord::State::Committed; }));
   EXPECT_TRUE(query(o.seq)->interaction.onePhase);
+  EXPECT_EQ(query(o.seq)->interaction.phase2Attempts, 0u);  // the participant committed it: no phase 2
   auto r = submit({Op{"bank-a", OpKind::ReadBalance, "alice", 0}});
   ASSERT_EQ(r.outcome, ClientOutcome::Committed);
   EXPECT_EQ(r.results[0].balance, 15);
