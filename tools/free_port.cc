@@ -1,13 +1,17 @@
 #include "tools/free_port.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <random>
@@ -16,6 +20,27 @@
 #include <string>
 
 namespace keel {
+
+bool claimPort(unsigned port) {
+  static const std::string dir = [] {
+    const char* t = std::getenv("TMPDIR");
+    std::string d = std::string(t != nullptr && *t != '\0' ? t : "/tmp") + "/keel-ports";
+    if (::mkdir(d.c_str(), 01777) == 0) ::chmod(d.c_str(), 01777);  // shared by every user's tests, like /tmp
+    return d;
+  }();
+  const std::string path = dir + "/" + std::to_string(port);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd < 0) return true;  // no folder to claim in: the bind probe decides alone
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const bool heldElsewhere = errno == EWOULDBLOCK;
+    ::close(fd);
+    return !heldElsewhere;
+  }
+  // Kept open, and so locked, until this process ends: the claim lasts as
+  // long as the servers it started on the port may (they are its children,
+  // or it is one). The descriptor is deliberately never closed.
+  return true;
+}
 
 unsigned pickFreePort() {
   // A probe bind reserves nothing, so two picks in one process (a test's
@@ -35,6 +60,12 @@ unsigned pickFreePort() {
   for (int attempt = 0; attempt < 500; ++attempt) {
     unsigned port = 16384 + rng() % (32768 - 16384);
     if (given.count(port)) continue;
+    // Another test program running at the same time may have picked it
+    // (and not bound it yet): claimed across processes first.
+    if (!claimPort(port)) {
+      given.insert(port);  // claimed by someone else: not tried again here
+      continue;
+    }
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) throw std::runtime_error(std::string("pickFreePort: socket: ") + std::strerror(errno));
     sockaddr_in a{};
