@@ -693,9 +693,9 @@ kj::Promise<void> Coordinator::finish(std::uint64_t seq) {
   // participants answer idempotently, so it rides with the next group
   // commit instead of starting one (a forced decision never waits behind an
   // fsync for completions). It is still durable before anything below runs.
-  // A client not answered yet (a read-only request, for one)
-  // hears the end only now, so its final record is forced: lazy, it waited
-  // at low load for the writer's lazy delay (2 ms) on top of the commit
+  // A client not answered yet (a read-only request, for one) hears the
+  // end only now, so its final record is forced: lazy, it waited at low
+  // load for the writer's lazy delay (2 ms) on top of the commit
   // (docs/performance.md, "twenty-fifth sitting"). Under load the two are
   // the same group commit. The interaction stays in memory until then.
   const bool clientWaits = !it->told.has_value();
