@@ -10,6 +10,7 @@
 #include <kj/vector.h>
 
 #include "common/failpoint.h"
+#include "common/fault.h"
 #include "common/log.h"
 #include "participant/adapters/pg_row_check.h"
 #include "participant/adapters/pg_sql.h"
@@ -378,15 +379,13 @@ bool PgAgent::sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, std::vec
   // (SELECT txid_current(), prepared when the connection was opened.)
   if (PQsendQueryPrepared(c, kTxidStatement, 0, nullptr, nullptr, nullptr, 0) != 1) lc.lost("sending a statement");
   bool withPrepare = std::all_of(calls.begin(), calls.end(), [](const Call& k) { return k.checkedBeforePrepare(); });
-  if (withPrepare) {
-    send(closing, nullptr);
-  }
+  if (withPrepare) send(closing, nullptr);
   if (PQpipelineSync(c) != 1) lc.lost("sending the pipeline");
   return withPrepare;
 }
 
 PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
-                                      std::vector<OpResult>& results, bool withPrepare, bool onePhase) {
+                                      std::vector<OpResult>& results, bool withPrepare, const char* closingWhat) {
   PGconn* c = lc.get();
   // rs: the first result of BEGIN, of each statement (after its Parse's
   // where it is parsed in this pipeline: Call::parsing), of SELECT
@@ -439,9 +438,8 @@ PgAgent::OneTrip PgAgent::readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>&
     if (pst == PGRES_COMMAND_OK) {
       out.prepared = true;
     } else if (pst != PGRES_PIPELINE_ABORTED && !statementError) {
-      const char* what = onePhase ? kMarkerInsertWhat : "PREPARE TRANSACTION";
-      auto e = errorOf(prepared, what);
-      if (e.connectionLost()) lc.lost(what);
+      auto e = errorOf(prepared, closingWhat);
+      if (e.connectionLost()) lc.lost(closingWhat);
       out.prepareFailed = describePgError(e);
     }
   }
@@ -693,14 +691,10 @@ void PgAgent::preparedRecordDone(Xid xid, std::exception_ptr err, bool written) 
     if (it != pending_.end()) pending_.erase(it);
   }
   if (err) {
-    try {
-      std::rethrow_exception(err);
-    } catch (const std::exception& e) {
-      KEEL_LOG_WARN(
-          "branch {}: its PREPARED record was not written ({}); PostgreSQL holds it prepared, and its commit, "
-          "rollback or start-up's reconcile records it",
-          xid.str(), e.what());
-    }
+    KEEL_LOG_WARN(
+        "branch {}: its PREPARED record was not written ({}); PostgreSQL holds it prepared, and its commit, "
+        "rollback or start-up's reconcile records it",
+        xid.str(), describeFault(toKjException(err)));
   } else if (!written) {
     // A rollback's tombstone landed first: it may have looked for
     // PostgreSQL's prepared transaction before we made it. Undo it (a crash
@@ -1284,15 +1278,10 @@ class PgAgent::OnePhaseCommittedJob final : public GroupCommitLog::Job {
       agent_.markerDone(std::move(marker_));
       return;
     }
-    try {
-      std::rethrow_exception(err);
-    } catch (const std::exception& e) {
-      KEEL_LOG_WARN(
-          "branch {}: its one-phase COMMITTED record was not written ({}); PostgreSQL committed it and its marker "
-          "row says so: the record stays ACTIVE until a rollback's question or the next start settles it committed",
-          xid_.str(), e.what());
-    } catch (...) {
-    }
+    KEEL_LOG_WARN(
+        "branch {}: its one-phase COMMITTED record was not written ({}); PostgreSQL committed it and its marker "
+        "row says so: the record stays ACTIVE until a rollback's question or the next start settles it committed",
+        xid_.str(), describeFault(toKjException(err)));
   }
 
  private:
@@ -1357,7 +1346,7 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
       })
       .then([&lc] { return lc.collectPipeline(); })
       .then([this, &lc, &s](std::vector<pg::Result> rs) -> kj::Promise<void> {
-        s.trip = readOneTrip(lc, rs, s.calls, s.results, s.markerInTrip, /*onePhase=*/true);
+        s.trip = readOneTrip(lc, rs, s.calls, s.results, s.markerInTrip, kMarkerInsertWhat);
         if (s.markerInTrip || s.trip.refused || s.trip.wrongRows) return kj::READY_NOW;
         return lc.query(markerInsertSql(s.marker)).then([&lc, &s](pg::Result r) {
           if (auto e = pg::errorIn(r)) {

@@ -250,10 +250,12 @@ class PgAgent final : public ParticipantBackend {
   // `closing` ends the trip: PREPARE TRANSACTION with the branch's gid,
   // or a one-phase branch's marker row INSERT. Returns whether it went in
   // the pipeline: not when a statement's row count is checked by the
-  // agent, not by PostgreSQL (sendOneTrip says why).
+  // agent, not by PostgreSQL (sendOneTrip says why). readOneTrip names the
+  // closing statement `closingWhat` in its errors.
   bool sendOneTrip(pg::LoopConn& lc, const std::vector<Op>& ops, std::vector<Call>& calls, const std::string& closing);
   OneTrip readOneTrip(pg::LoopConn& lc, std::vector<pg::Result>& rs, const std::vector<Call>& calls,
-                      std::vector<OpResult>& results, bool withPrepare, bool onePhase = false);
+                      std::vector<OpResult>& results, bool withPrepare,
+                      const char* closingWhat = "PREPARE TRANSACTION");
   // A one-phase branch on a connection of the loop (docs/postgres.md, "One
   // participant only"): the statements and the marker row in one
   // pipelined trip, the ACTIVE intent record forced, COMMIT, then the

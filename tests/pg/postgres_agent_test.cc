@@ -956,6 +956,26 @@ TEST_F(PostgresOutcomeTest, OnePhaseAnswersCommittedBeforeItsFinalRecordAndAKill
   EXPECT_NE(rec.reason.find("marker row: present"), std::string::npos) << rec.reason;
 }
 
+// The lazy COMMITTED record fails to be written after "committed" left:
+// the branch stays ACTIVE with its marker row, and a rollback's question
+// settles it committed from that row (without a restart), recording it
+// and letting the marker row go.
+TEST_F(PostgresOutcomeTest, OnePhaseWhoseLazyFinalRecordFailsIsSettledCommittedByARollbacksQuestion) {
+  const Xid xid = xidOf(26);
+  auto sent = onePhaseCreditToBob("pg.before_lazy_one_phase_final=1*error", xid);
+  auto answer = sent.call.wait(io_.waitScope);
+  ASSERT_EQ(answer.getOutcome(), wire::BranchOutcome::COMMITTED) << answer.getReason().cStr();
+  ASSERT_TRUE(eventually([&] { return inAgentLog("its one-phase COMMITTED record was not written") == 1; },
+                         std::chrono::seconds(3)));
+  EXPECT_EQ(markersAtB(), 1u);  // kept: nothing recorded the outcome yet
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);  // the truth, not the request
+  EXPECT_TRUE(eventually([&] { return markersAtB() == 0; }, std::chrono::seconds(5)));
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_NE(rec.reason.find("marker row: present"), std::string::npos) << rec.reason;
+}
+
 // PostgreSQL hands a txid out again after a crash when nothing of it had
 // reached its WAL on disk: txid_status() then speaks of another
 // transaction. Here the recorded txid is one that another transaction
