@@ -3,8 +3,9 @@
 BUILD ?= build
 JOBS ?= 2
 CTEST_ARGS ?=
-# The sanitizer build (ASan + UBSan, gcc) that make test also runs the unit
-# and integration labels in, and the libFuzzer build (clang); docs/fuzzing.md.
+# The sanitizer build (ASan + UBSan, gcc) that make test also runs the unit,
+# integration and postgres labels in (not the chaos and demo tests), and the
+# libFuzzer build (clang); docs/fuzzing.md.
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
@@ -51,7 +52,8 @@ demo-cluster: build
 
 # The whole test suite through ctest (labels: unit, integration, crash, postgres,
 # cluster, chaos, demo, host); it starts what it needs (PostgreSQL, etcd) on loopback.
-# Then the unit and integration labels again in the ASan + UBSan build.
+# Then the unit, integration and postgres labels again in the ASan + UBSan
+# build (without the chaos and demo tests).
 test: build browser-deps
 	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(CTEST_ARGS)
 	@$(MAKE) --no-print-directory test-asan
@@ -66,16 +68,16 @@ browser-deps: build
 	  echo "keel: installing puppeteer-core into $(BUILD)/browser (npm ci)"; \
 	  PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error; fi
 
-# Only what those two labels run, at -Og with line tables: every object
+# Only what those labels run, at -Og with line tables: every object
 # instrumented (-fsanitize=address,undefined, UB fatal); ctest sets the
 # sanitizers' options (tests/sanitizers/).
 asan-build: deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEEL_SANITIZE=address,undefined \
 	  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-Og -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-Og -g1 -DNDEBUG" >/dev/null
-	@cmake --build $(ASAN_BUILD) -j$(JOBS) --target keel_ctest_unit_integration
+	@cmake --build $(ASAN_BUILD) -j$(JOBS) --target keel_ctest_sanitized
 
 test-asan: asan-build
-	cd $(ASAN_BUILD) && ctest --output-on-failure --timeout 600 -L 'unit|integration'
+	cd $(ASAN_BUILD) && ctest --output-on-failure --timeout 600 -L 'unit|integration|postgres' -E '^(chaos|demo)\.'
 
 # libFuzzer targets (tests/fuzz) for FUZZ_SECONDS each; fails on a crash.
 fuzz:
