@@ -1163,6 +1163,7 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::rollback(std::uint64_t epoch, s
 }
 
 std::optional<BranchStatus> PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec) {
+  KEEL_FAILPOINT("pg.before_one_phase_settle");  // `rec` read ACTIVE, PostgreSQL not asked yet
   std::string status = txidStatus(c, rec.hostTxid);
   // Still running: our own COMMIT is in flight (a rollback raced it), or the
   // session of a crashed agent has not been reaped yet. Deciding now would
@@ -1206,13 +1207,28 @@ std::optional<BranchStatus> PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec
   }
   Xid xid = rec.xid;
   std::uint64_t epoch = rec.epoch;
+  // `rec` was read before PostgreSQL was asked. Recorded final meanwhile
+  // (the call's own lazy COMMITTED record, or another settle), the record
+  // is the answer, not what was read here: once a committed branch's
+  // record is durable its marker row is deleted (markerDone), and a look
+  // after that reads "absent", which would be taken for "rolled back".
+  std::optional<BranchStatus> recorded;
   log_.log().runSync([&](lmdb::Txn& txn) {
     auto cur = log_.read(txn, xid);
     if (cur && cur->state == BranchStatus::Active) {
       cur->reason = reason;
       log_.finish(txn, *cur, final, epoch);
+    } else if (cur && (cur->state == BranchStatus::Committed || cur->state == BranchStatus::RolledBack)) {
+      recorded = cur->state;
     }
   });
+  if (recorded) {
+    if (*recorded != final) {
+      KEEL_LOG_WARN("branch {}: one-phase outcome recorded {} while PostgreSQL was asked; that record stands ({})",
+                    xid.str(), *recorded == BranchStatus::Committed ? "committed" : "rolled back", reason);
+    }
+    return recorded;
+  }
   if (final == BranchStatus::Committed && rec.hostMarker) markerDone(gidOf(rec));
   return final;
 }

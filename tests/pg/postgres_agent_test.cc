@@ -976,6 +976,29 @@ TEST_F(PostgresOutcomeTest, OnePhaseWhoseLazyFinalRecordFailsIsSettledCommittedB
   EXPECT_NE(rec.reason.find("marker row: present"), std::string::npos) << rec.reason;
 }
 
+// A rollback's question (the coordinator's recovery asking about a
+// one-phase call whose answer it has lost) reads the branch ACTIVE: the
+// call answered "committed" and its COMMITTED record is still on its way.
+// Before the question asks PostgreSQL, that record lands and the keeper
+// deletes the marker row. Read then, the row says "absent"; the record,
+// not the row, must be the answer.
+TEST_F(PostgresOutcomeTest, ARollbacksQuestionOvertakenByTheLazyCommittedRecordAnswersCommitted) {
+  const Xid xid = xidOf(27);
+  auto sent = onePhaseCreditToBob(
+      "pg.before_lazy_one_phase_final=1*delay(1000),pg.before_one_phase_settle=1*delay(4000)", xid);
+  auto answer = sent.call.wait(io_.waitScope);
+  ASSERT_EQ(answer.getOutcome(), wire::BranchOutcome::COMMITTED) << answer.getReason().cStr();
+  EXPECT_EQ(markersAtB(), 1u);  // the COMMITTED record is held: ACTIVE still
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);
+  // The case this test is about happened: the row was gone before the
+  // question looked, and what the question found disagreed with the record.
+  EXPECT_EQ(markersAtB(), 0u);
+  EXPECT_EQ(inAgentLog("that record stands"), 1u);
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+}
+
 // PostgreSQL hands a txid out again after a crash when nothing of it had
 // reached its WAL on disk: txid_status() then speaks of another
 // transaction. Here the recorded txid is one that another transaction
