@@ -1162,8 +1162,52 @@ kj::Promise<std::vector<BranchOutcome>> PgAgent::rollback(std::uint64_t epoch, s
   return finishAll(std::move(xids), false, epoch);
 }
 
+std::optional<bool> PgAgent::probeMarker(PGconn* c, const std::string& gid) {
+  // Inserting the row itself, in a transaction always rolled back: if a
+  // transaction still holds it (its COMMIT in flight, or a crashed agent's
+  // session not reaped yet) the INSERT waits for its end, then finds the
+  // row committed or not there. Up to a lock_timeout: then it is still
+  // running, and we ask again later.
+  pg::exec(c, "BEGIN");
+  try {
+    pg::exec(c, "SET LOCAL lock_timeout = " + std::to_string(std::max<std::uint32_t>(opts_.lockTimeoutMs, 100)));
+    auto r = pg::exec(c, std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + pg::quoteLiteral(gid) +
+                             ") ON CONFLICT DO NOTHING");
+    bool inserted = std::atoll(PQcmdTuples(r.get())) == 1;
+    pg::exec(c, "ROLLBACK");
+    return !inserted;
+  } catch (const pg::PgError& e) {
+    if (e.connectionLost()) throw;
+    pg::exec(c, "ROLLBACK");
+    if (e.sqlstate() == "55P03") return std::nullopt;  // lock_not_available: still running
+    throw;
+  }
+}
+
+bool PgAgent::onePhaseRunningHere(Xid xid) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return onePhaseRunning_.count(xid) != 0;
+}
+
 std::optional<BranchStatus> PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec) {
   KEEL_FAILPOINT("pg.before_one_phase_settle");  // `rec` read ACTIVE, PostgreSQL not asked yet
+  // Its call still running in this process: between its intent and COMMIT
+  // the marker row may not even be inserted yet, and the call may still
+  // commit. Asking PostgreSQL now would be a guess.
+  if (onePhaseRunningHere(rec.xid)) return std::nullopt;
+  if (rec.hostMarker && rec.hostTxid == 0) {
+    // An intent written while the trip ran (no txid yet): the marker row
+    // alone tells, probed so that a transaction still holding it is waited
+    // for. No COMMIT is sent before the row's INSERT returned, so an
+    // INSERT of ours that finds no row and waits for nobody means no
+    // COMMIT can come any more.
+    const std::string gid = gidOf(rec);
+    auto present = probeMarker(c, gid);
+    if (!present) return std::nullopt;
+    return recordSettled(rec, *present ? BranchStatus::Committed : BranchStatus::RolledBack,
+                         std::string("one-phase outcome from its marker row: ") + (*present ? "present" : "absent") +
+                             " (probed)");
+  }
   std::string status = txidStatus(c, rec.hostTxid);
   // Still running: our own COMMIT is in flight (a rollback raced it), or the
   // session of a crashed agent has not been reaped yet. Deciding now would
@@ -1205,6 +1249,11 @@ std::optional<BranchStatus> PgAgent::settleOnePhase(PGconn* c, BranchRecord& rec
     final = status == "committed" ? BranchStatus::Committed : BranchStatus::RolledBack;
     reason = "one-phase outcome from txid_status: " + (status.empty() ? std::string("unknown") : status);
   }
+  return recordSettled(rec, final, reason);
+}
+
+std::optional<BranchStatus> PgAgent::recordSettled(const BranchRecord& rec, BranchStatus final,
+                                                   const std::string& reason) {
   Xid xid = rec.xid;
   std::uint64_t epoch = rec.epoch;
   // `rec` was read before PostgreSQL was asked. Recorded final meanwhile
@@ -1246,10 +1295,24 @@ kj::Promise<OnePhaseResult> PgAgent::commitOnePhase(std::uint64_t epoch, Xid xid
     }
     return OnePhaseResult{BranchOutcome::Conflict, "branch " + xid.str() + " is in use", {}};
   }
-  return canceler_.wrap(
-      loopPrepare_->run<OnePhaseResult>([this, epoch, xid, ops = std::move(ops)](pg::LoopConn& lc) mutable {
+  {
+    // Running here until the call's promise is gone: a rollback's question
+    // meanwhile is not answered (settleOnePhase), and a second call of the
+    // same branch is a conflict.
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!onePhaseRunning_.insert(xid).second) {
+      return OnePhaseResult{BranchOutcome::Conflict, "branch " + xid.str() + " is in use", {}};
+    }
+  }
+  auto running = kj::defer([this, xid] {
+    std::lock_guard<std::mutex> lk(mu_);
+    onePhaseRunning_.erase(xid);
+  });
+  return canceler_
+      .wrap(loopPrepare_->run<OnePhaseResult>([this, epoch, xid, ops = std::move(ops)](pg::LoopConn& lc) mutable {
         return onePhaseOnLoop(lc, epoch, xid, std::move(ops));
-      }));
+      }))
+      .attach(kj::mv(running));
 }
 
 void PgAgent::writeOnePhaseFinal(lmdb::Txn& txn, Xid xid, std::uint64_t epoch, const std::vector<Op>& ops,
@@ -1319,6 +1382,7 @@ struct PgAgent::OnePhaseState {
   std::vector<OpResult> results;
   bool markerInTrip = true;  // the INSERT of the marker row rode in the trip (sendOneTrip)
   OneTrip trip;
+  kj::Promise<bool> intent = nullptr;  // the ACTIVE record, written while the trip runs: ours (no tombstone)
 };
 
 kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid,
@@ -1341,9 +1405,36 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
       writeOnePhaseFinal(txn, xid, epoch, ops, st, why, txid);
     });
   };
+  // The intent: the ACTIVE record, forced, written while the statements'
+  // trip runs (one forced write fewer in series on the call's path). It
+  // holds no txid: after a crash the marker row, probed with an INSERT
+  // that waits for a transaction still holding it, tells the outcome
+  // (settleOnePhase). COMMIT leaves only once both are in. A record there
+  // already is a rollback's tombstone: the coordinator gave up on this
+  // call (no answer in time) and rolled the branch back before the call
+  // got its turn here. It stays rolled back: we never commit it.
+  s.intent = failpointOnLoop("pg.before_one_phase_intent")
+                 .then([this, xid = s.xid, epoch = s.epoch, ops = s.ops, incarnation] {
+                   return log_.log().run([this, xid, epoch, ops, incarnation](lmdb::Txn& txn) {
+                     if (log_.read(txn, xid) || log_.released(xid)) return false;
+                     BranchRecord rec;
+                     rec.xid = xid;
+                     rec.epoch = epoch;
+                     rec.onePhase = true;
+                     rec.ops = ops;
+                     rec.state = BranchStatus::Active;
+                     rec.hostTxid = 0;  // settled by probing the marker row, not by txid_status
+                     rec.hostIncarnation = incarnation;
+                     rec.hostMarker = true;
+                     rec.createdUs = wallMicros();
+                     log_.put(txn, rec);
+                     return true;
+                   });
+                 })
+                 .eagerlyEvaluate(nullptr);
   // The branch ends rolled back before COMMIT was sent: PostgreSQL's
-  // transaction is rolled back, then the record (a tombstone there already
-  // says rolled back too: the same end).
+  // transaction is rolled back, then the record over the intent (or over
+  // a tombstone, which says rolled back too: the same end).
   auto refuse = [&lc, finalRecord](std::string why, std::uint64_t txid) {
     return lc.query("ROLLBACK")
         .then([finalRecord, why, txid](pg::Result) { return finalRecord(BranchStatus::RolledBack, why, txid); })
@@ -1373,69 +1464,44 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
           s.trip.prepared = true;
         });
       })
-      .then([this, &lc, &s, refuse, finalRecord, incarnation]() -> kj::Promise<OnePhaseResult> {
+      .then([&s] { return kj::mv(s.intent); })
+      .then([this, &lc, &s, refuse, finalRecord](bool ours) -> kj::Promise<OnePhaseResult> {
+        if (!ours) {
+          return lc.query("ROLLBACK").then([&s](pg::Result) {
+            return OnePhaseResult{BranchOutcome::RolledBack,
+                                  "branch " + s.xid.str() + " was rolled back before its one-phase commit could run",
+                                  {}};
+          });
+        }
         if (s.trip.refused || s.trip.wrongRows) return refuse(s.trip.refused ? *s.trip.refused : *s.trip.wrongRows, 0);
         if (!s.trip.prepared) {
           return refuse("the one-phase marker row could not be written (" + s.trip.prepareFailed.value_or("?") +
                             "); the agent creates " + kMarkerTable + " at start-up (docs/postgres.md)",
                         0);
         }
-        // Statements run, marker row in, nothing recorded yet.
-        return failpointOnLoop("pg.before_one_phase_intent")
-            .then([this, &s, incarnation] {
-              // Intent first: if we crash after COMMIT, the marker row tells
-              // the outcome. A record there already is a rollback's
-              // tombstone: the coordinator gave up on this call (no answer in
-              // time) and rolled the branch back before the call got its turn
-              // here. It stays rolled back: we never commit it.
-              return log_.log().run([this, xid = s.xid, epoch = s.epoch, ops = s.ops, txid = s.trip.txid,
-                                     incarnation](lmdb::Txn& txn) {
-                if (log_.read(txn, xid) || log_.released(xid)) return false;
-                BranchRecord rec;
-                rec.xid = xid;
-                rec.epoch = epoch;
-                rec.onePhase = true;
-                rec.ops = ops;
-                rec.state = BranchStatus::Active;
-                rec.hostTxid = txid;
-                rec.hostIncarnation = incarnation;
-                rec.hostMarker = true;
-                rec.createdUs = wallMicros();
-                log_.put(txn, rec);
-                return true;
-              });
-            })
-            .then([this, &lc, &s, finalRecord](bool ours) -> kj::Promise<OnePhaseResult> {
-              if (!ours) {
-                return lc.query("ROLLBACK").then([&s](pg::Result) {
-                  return OnePhaseResult{BranchOutcome::RolledBack,
-                                        "branch " + s.xid.str() + " was rolled back before its one-phase commit could run",
-                                        {}};
+        // Statements run, marker row in, the intent durable.
+        return failpointOnLoop("agent.before_commit_durable")
+            .then([&lc] { return lc.query("COMMIT"); })
+            .then([this, &s, finalRecord](pg::Result r) -> kj::Promise<OnePhaseResult> {
+              if (auto e = pg::errorIn(r)) {
+                // The server shutting down or crashing (57P01, 57P02)
+                // after its commit record may be durable: the outcome is
+                // unknown here and settled later from the marker row (a
+                // lost connection fails the query itself: the same).
+                if (!commitErrorMeansRolledBack(*e)) kj::throwFatalException(faultException(e->what()));
+                std::string why = describePgError(*e);
+                return finalRecord(BranchStatus::RolledBack, why, s.trip.txid).then([why] {
+                  return OnePhaseResult{BranchOutcome::RolledBack, why, {}};
                 });
               }
-              return failpointOnLoop("agent.before_commit_durable")
-                  .then([&lc] { return lc.query("COMMIT"); })
-                  .then([this, &s, finalRecord](pg::Result r) -> kj::Promise<OnePhaseResult> {
-                    if (auto e = pg::errorIn(r)) {
-                      // The server shutting down or crashing (57P01, 57P02)
-                      // after its commit record may be durable: the outcome
-                      // is unknown here and settled later from the marker row
-                      // (a lost connection fails the query itself: the same).
-                      if (!commitErrorMeansRolledBack(*e)) kj::throwFatalException(faultException(e->what()));
-                      std::string why = describePgError(*e);
-                      return finalRecord(BranchStatus::RolledBack, why, s.trip.txid).then([why] {
-                        return OnePhaseResult{BranchOutcome::RolledBack, why, {}};
-                      });
-                    }
-                    return failpointOnLoop("pg.after_one_phase_commit")  // committed in PostgreSQL, ACTIVE in the log
-                        .then([this, &s] {
-                          // Durable in PostgreSQL, with its marker row, over
-                          // a durable ACTIVE record: "committed" now, the
-                          // final record lazily (OnePhaseCommittedJob).
-                          log_.log().submitLazy(std::make_unique<OnePhaseCommittedJob>(*this, s.xid, s.epoch, s.ops,
-                                                                                       s.trip.txid, s.marker));
-                          return OnePhaseResult{BranchOutcome::Committed, "", std::move(s.results)};
-                        });
+              return failpointOnLoop("pg.after_one_phase_commit")  // committed in PostgreSQL, ACTIVE in the log
+                  .then([this, &s] {
+                    // Durable in PostgreSQL, with its marker row, over a
+                    // durable ACTIVE record: "committed" now, the final
+                    // record lazily (OnePhaseCommittedJob).
+                    log_.log().submitLazy(std::make_unique<OnePhaseCommittedJob>(*this, s.xid, s.epoch, s.ops,
+                                                                                 s.trip.txid, s.marker));
+                    return OnePhaseResult{BranchOutcome::Committed, "", std::move(s.results)};
                   });
             });
       })

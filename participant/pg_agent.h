@@ -20,14 +20,18 @@
 //   rollback  ROLLBACK PREPARED, for a branch never seen too (a prepare that
 //             failed after PREPARE TRANSACTION leaves no record but may leave
 //             PostgreSQL's prepared transaction), then a tombstone for it
-//   one-phase BEGIN; statements; INSERT INTO keel_one_phase (gid) RETURNING
-//             txid_current(); the txid is recorded (ACTIVE, durable);
-//             COMMIT; recorded committed. After a crash in between, the
+//   one-phase BEGIN; statements; txid_current(); INSERT INTO keel_one_phase
+//             (gid), in one round trip, while the intent (ACTIVE, durable,
+//             no txid) is written; COMMIT once both are in; "committed";
+//             recorded committed lazily. After a crash in between, the
 //             marker row tells what PostgreSQL did: it exists if and only if
-//             the transaction committed. txid_status() alone cannot: a txid
-//             whose WAL was not yet flushed when PostgreSQL crashed is handed
-//             out again after its recovery, and may then read 'committed'
-//             for another transaction. Markers of recorded outcomes are
+//             the transaction committed, and an INSERT of it (rolled back)
+//             waits for a transaction still holding it (probeMarker).
+//             txid_status() alone cannot: a txid whose WAL was not yet
+//             flushed when PostgreSQL crashed is handed out again after its
+//             recovery, and may then read 'committed' for another
+//             transaction (an intent with a txid, written before, is still
+//             settled by it and the row). Markers of recorded outcomes are
 //             deleted in batches by the keeper (and at start-up).
 //
 // Recovery at start-up reconciles PostgreSQL's prepared transactions of this
@@ -297,6 +301,15 @@ class PgAgent final : public ParticipantBackend {
   // nullopt: PostgreSQL still runs it ('in progress': its COMMIT is in
   // flight, or its session has not noticed our crash yet); ask again later.
   std::optional<BranchStatus> settleOnePhase(PGconn* c, BranchRecord& rec);
+  // settleOnePhase's end: `final` recorded over the ACTIVE record, unless
+  // the record was finished meanwhile (then that stands and is returned).
+  std::optional<BranchStatus> recordSettled(const BranchRecord& rec, BranchStatus final, const std::string& reason);
+  // Whether a one-phase branch's marker row is committed (true) or not
+  // there (false), waiting for a transaction that still holds it; nullopt
+  // if one still does after a lock_timeout. Worker thread.
+  std::optional<bool> probeMarker(PGconn* c, const std::string& gid);
+  // A one-phase call of `xid` is running in this process (onePhaseRunning_).
+  bool onePhaseRunningHere(Xid xid) const;
   // A committed one-phase branch's marker row is no longer needed once its
   // COMMITTED record is durable: queued here, deleted by the keeper's sweep
   // in batches (dropMarkers). At start-up every marker of ours but those of
@@ -370,6 +383,7 @@ class PgAgent final : public ParticipantBackend {
   kj::Canceler canceler_;
   mutable std::mutex mu_;
   std::set<Xid> preparing_;  // GUARDED_BY(mu_): a prepare's pool job is running
+  std::set<Xid> onePhaseRunning_;  // GUARDED_BY(mu_): a one-phase call is running (commitOnePhase)
   // Voted YES, PREPARED record not yet durable (lazy): what listBranches
   // shows of it meanwhile.
   struct PendingVote {

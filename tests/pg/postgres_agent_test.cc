@@ -797,6 +797,17 @@ class PostgresOutcomeTest : public PostgresTest {
     fillXid(req.initXids(1)[0], xid);
     return req.send().wait(io_.waitScope).getOutcomes()[0];
   }
+  // A rollback at bank-b that must not be answered yet: the branch's
+  // one-phase commit is still running (`when` says where, for the failure).
+  void expectRollbackStillRunning(Xid xid, const std::string& when) {
+    try {
+      auto o = finishAtB(xid, /*commit=*/false);
+      ADD_FAILURE() << "a rollback " << when << " answered " << int(o);
+    } catch (const kj::Exception& e) {
+      EXPECT_NE(std::string(e.getDescription().cStr()).find("still running"), std::string::npos)
+          << when << ": " << e.getDescription().cStr();
+    }
+  }
   // bank-b's record of a branch; bank-b must be stopped.
   std::optional<BranchRecord> recordAtB(Xid xid) {
     EXPECT_FALSE(cluster_->agentRunning("bank-b"));
@@ -857,13 +868,7 @@ TEST_F(PostgresOutcomeTest, RollbackDuringAOnePhaseCommitWaitsForItsOutcome) {
   auto sent = onePhaseCreditToBob("agent.before_commit_durable=1*delay(2500)", xid);
   auto& onePhase = sent.call;
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));
-  try {
-    auto o = finishAtB(xid, /*commit=*/false);
-    ADD_FAILURE() << "a rollback during the one-phase COMMIT answered " << int(o);
-  } catch (const kj::Exception& e) {
-    EXPECT_NE(std::string(e.getDescription().cStr()).find("still running"), std::string::npos)
-        << e.getDescription().cStr();
-  }
+  expectRollbackStillRunning(xid, "during the one-phase COMMIT");
   auto answer = onePhase.wait(io_.waitScope);
   EXPECT_EQ(answer.getOutcome(), wire::BranchOutcome::COMMITTED) << answer.getReason().cStr();
   EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);  // asked again: the truth
@@ -974,6 +979,55 @@ TEST_F(PostgresOutcomeTest, OnePhaseWhoseLazyFinalRecordFailsIsSettledCommittedB
   auto rec = recordAfterStoppingB(xid);
   EXPECT_EQ(rec.state, BranchStatus::Committed);
   EXPECT_NE(rec.reason.find("marker row: present"), std::string::npos) << rec.reason;
+}
+
+// The agent dies after its one-phase intent (the ACTIVE record, written
+// while the statements ran, with no txid) and before COMMIT: PostgreSQL's
+// transaction dies with the session, its marker row with it. The next
+// start probes the row (an INSERT that would wait for a transaction still
+// holding it) and settles the branch rolled back.
+TEST_F(PostgresOutcomeTest, OnePhaseKilledBetweenItsIntentAndCommitIsSettledRolledBackByProbingItsMarkerRow) {
+  const Xid xid = xidOf(28);
+  auto sent = onePhaseCreditToBob("agent.before_commit_durable=1*crash", xid);
+  EXPECT_ANY_THROW(sent.call.wait(io_.waitScope));
+  ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
+  auto before = recordAtB(xid);
+  ASSERT_TRUE(before.has_value());
+  EXPECT_EQ(before->state, BranchStatus::Active);
+  EXPECT_TRUE(before->hostMarker);
+  EXPECT_EQ(before->hostTxid, 0u);  // the intent left before the trip's txid came back
+  cluster_->startAgent("bank-b");
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  EXPECT_EQ(markersAtB(), 0u);  // the probe's own row was rolled back
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::RolledBack);
+  EXPECT_NE(rec.reason.find("marker row: absent (probed)"), std::string::npos) << rec.reason;
+}
+
+// Its intent is durable while the statements' trip still waits for a row
+// lock (the marker row not inserted yet): a rollback's question then is
+// not answered (the call may still commit), and once the call committed
+// the question hears "committed".
+TEST_F(PostgresOutcomeTest, ARollbacksQuestionWhileTheOnePhaseTripWaitsForALockWaitsForTheCall) {
+  const Xid xid = xidOf(29);
+  PGconn* holder = PQconnectdb(pg_->connString("bank_b").c_str());
+  ASSERT_EQ(PQstatus(holder), CONNECTION_OK) << PQerrorMessage(holder);
+  for (const char* q : {"BEGIN", "SELECT 1 FROM accounts WHERE name = 'bob' FOR UPDATE"}) {
+    PGresult* r = PQexec(holder, q);
+    EXPECT_TRUE(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK) << q;
+    PQclear(r);
+  }
+  auto sent = onePhaseCreditToBob("", xid);  // its UPDATE of bob waits for `holder` (lock_timeout 1 s)
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  expectRollbackStillRunning(xid, "while the one-phase trip waited for a lock");
+  PQclear(PQexec(holder, "COMMIT"));
+  PQfinish(holder);
+  auto answer = sent.call.wait(io_.waitScope);
+  EXPECT_EQ(answer.getOutcome(), wire::BranchOutcome::COMMITTED) << answer.getReason().cStr();
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);  // asked again: the truth
+  EXPECT_EQ(balance("bank_b", "bob"), 100);
+  EXPECT_EQ(recordAfterStoppingB(xid).state, BranchStatus::Committed);
 }
 
 // A rollback's question (the coordinator's recovery asking about a
