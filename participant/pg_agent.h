@@ -62,13 +62,14 @@
 // Interactive mode (execute) is not offered by this adapter yet: it would
 // need one connection held per open branch.
 //
-// Threads: the event loop calls these methods. A prepare and the commit of
-// a PREPARED branch run on the loop itself: libpq in non-blocking mode on
-// connections the loop watches (pg::LoopPool), the branch log's writes as
-// promises; no thread hop and no wake-up beyond PostgreSQL's answer and the
-// group commit's. Rollbacks, one-phase commits, the rare commits (no
-// record, a gid PostgreSQL no longer holds) and the keeper's work run SQL
-// on the pools' worker threads, which also wait for the log's writes.
+// Threads: the event loop calls these methods. A prepare, the commit of a
+// PREPARED branch and a one-phase commit run on the loop itself: libpq in
+// non-blocking mode on connections the loop watches (pg::LoopPool), the
+// branch log's writes as promises; no thread hop and no wake-up beyond
+// PostgreSQL's answer and the group commit's. Rollbacks (and the settling
+// of one-phase branches they ask about), the rare commits (no record, a
+// gid PostgreSQL no longer holds) and the keeper's work run SQL on the
+// pools' worker threads, which also wait for the log's writes.
 //
 // Files: pg_agent.cc the protocol (prepare, commit, rollback, one-phase);
 // pg_agent_recovery.cc the gids, the start-up reconcile and the keeper
