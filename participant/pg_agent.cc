@@ -1383,6 +1383,9 @@ struct PgAgent::OnePhaseState {
   bool markerInTrip = true;  // the INSERT of the marker row rode in the trip (sendOneTrip)
   OneTrip trip;
   kj::Promise<bool> intent = nullptr;  // the ACTIVE record, written while the trip runs: ours (no tombstone)
+  bool intentTaken = false;            // `intent` moved into the chain (it may have failed there)
+  std::optional<bool> ours;            // what `intent` said, once taken
+  bool commitSent = false;             // COMMIT went to PostgreSQL: from then on the outcome may be either
 };
 
 kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint64_t epoch, Xid xid,
@@ -1464,8 +1467,12 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
           s.trip.prepared = true;
         });
       })
-      .then([&s] { return kj::mv(s.intent); })
+      .then([&s] {
+        s.intentTaken = true;
+        return kj::mv(s.intent);
+      })
       .then([this, &lc, &s, refuse, finalRecord](bool ours) -> kj::Promise<OnePhaseResult> {
+        s.ours = ours;
         if (!ours) {
           return lc.query("ROLLBACK").then([&s](pg::Result) {
             return OnePhaseResult{BranchOutcome::RolledBack,
@@ -1481,7 +1488,10 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
         }
         // Statements run, marker row in, the intent durable.
         return failpointOnLoop("agent.before_commit_durable")
-            .then([&lc] { return lc.query("COMMIT"); })
+            .then([&lc, &s] {
+              s.commitSent = true;
+              return lc.query("COMMIT");
+            })
             .then([this, &s, finalRecord](pg::Result r) -> kj::Promise<OnePhaseResult> {
               if (auto e = pg::errorIn(r)) {
                 // The server shutting down or crashing (57P01, 57P02)
@@ -1504,6 +1514,25 @@ kj::Promise<OnePhaseResult> PgAgent::onePhaseOnLoop(pg::LoopConn& lc, std::uint6
                     return OnePhaseResult{BranchOutcome::Committed, "", std::move(s.results)};
                   });
             });
+      })
+      .catch_([this, &s, finalRecord](kj::Exception&& e) -> kj::Promise<OnePhaseResult> {
+        // Failed after COMMIT was sent (the connection lost, the server
+        // going down): either outcome is possible, settled later from the
+        // marker row.
+        if (s.commitSent) kj::throwFatalException(kj::mv(e));
+        // Failed before: the connection is dropped (poisoned), and a
+        // transaction whose COMMIT never left cannot commit. Rolled back,
+        // recorded over the intent once that is in (a tombstone found by
+        // it says the same already). An intent that failed itself leaves
+        // nothing recorded to build on: the call fails, as it did.
+        std::string why = "PostgreSQL failed before COMMIT was sent (" + describeFault(e) +
+                          "); nothing of the branch committed";
+        if (s.intentTaken && !s.ours) kj::throwFatalException(kj::mv(e));  // the intent's own failure
+        auto intent = s.ours ? kj::Promise<bool>(*s.ours) : kj::mv(s.intent);
+        return intent.then([finalRecord, why](bool ours) -> kj::Promise<OnePhaseResult> {
+          kj::Promise<void> recorded = ours ? finalRecord(BranchStatus::RolledBack, why, 0) : kj::READY_NOW;
+          return recorded.then([why] { return OnePhaseResult{BranchOutcome::RolledBack, why, {}}; });
+        });
       })
       .attach(kj::mv(st));
 }

@@ -1030,6 +1030,38 @@ TEST_F(PostgresOutcomeTest, ARollbacksQuestionWhileTheOnePhaseTripWaitsForALockW
   EXPECT_EQ(recordAfterStoppingB(xid).state, BranchStatus::Committed);
 }
 
+// The agent's session is terminated while its one-phase trip waits for a
+// row lock, before COMMIT was sent: nothing of the branch can commit, so
+// the call answers "rolled back" and records it, instead of failing and
+// leaving the outcome to be settled later.
+TEST_F(PostgresOutcomeTest, AOnePhaseTripWhoseConnectionDiesBeforeCommitAnswersRolledBack) {
+  const Xid xid = xidOf(30);
+  PGconn* holder = PQconnectdb(pg_->connString("bank_b").c_str());
+  ASSERT_EQ(PQstatus(holder), CONNECTION_OK) << PQerrorMessage(holder);
+  for (const char* q : {"BEGIN", "SELECT 1 FROM accounts WHERE name = 'bob' FOR UPDATE"}) {
+    PGresult* r = PQexec(holder, q);
+    EXPECT_TRUE(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK) << q;
+    PQclear(r);
+  }
+  auto sent = onePhaseCreditToBob("", xid);  // its UPDATE of bob waits for `holder` (lock_timeout 1 s)
+  ASSERT_TRUE(eventually([&] {
+    return !pgQuery(pg_->connString("bank_b"),
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'bank_b' AND "
+                    "wait_event_type = 'Lock'")
+                .empty();
+  }, std::chrono::milliseconds(800)));
+  auto answer = sent.call.wait(io_.waitScope);
+  EXPECT_EQ(answer.getOutcome(), wire::BranchOutcome::ROLLED_BACK) << answer.getReason().cStr();
+  EXPECT_NE(std::string(answer.getReason().cStr()).find("before COMMIT was sent"), std::string::npos)
+      << answer.getReason().cStr();
+  PQclear(PQexec(holder, "COMMIT"));
+  PQfinish(holder);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
+  EXPECT_EQ(balance("bank_b", "bob"), 0);
+  EXPECT_EQ(markersAtB(), 0u);
+  EXPECT_EQ(recordAfterStoppingB(xid).state, BranchStatus::RolledBack);
+}
+
 // A rollback's question (the coordinator's recovery asking about a
 // one-phase call whose answer it has lost) reads the branch ACTIVE: the
 // call answered "committed" and its COMMITTED record is still on its way.
