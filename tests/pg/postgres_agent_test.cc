@@ -797,6 +797,23 @@ class PostgresOutcomeTest : public PostgresTest {
     fillXid(req.initXids(1)[0], xid);
     return req.send().wait(io_.waitScope).getOutcomes()[0];
   }
+  // A session of bank_b that holds bob's row (BEGIN; SELECT ... FOR
+  // UPDATE) until the caller sends it COMMIT and PQfinish; null (and the
+  // test fails) if it could not.
+  PGconn* holdBobsRowAtB() {
+    PGconn* c = PQconnectdb(pg_->connString("bank_b").c_str());
+    if (PQstatus(c) != CONNECTION_OK) {
+      ADD_FAILURE() << PQerrorMessage(c);
+      PQfinish(c);
+      return nullptr;
+    }
+    for (const char* q : {"BEGIN", "SELECT 1 FROM accounts WHERE name = 'bob' FOR UPDATE"}) {
+      PGresult* r = PQexec(c, q);
+      EXPECT_TRUE(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK) << q;
+      PQclear(r);
+    }
+    return c;
+  }
   // A rollback at bank-b that must not be answered yet: the branch's
   // one-phase commit is still running (`when` says where, for the failure).
   void expectRollbackStillRunning(Xid xid, const std::string& when) {
@@ -1011,13 +1028,8 @@ TEST_F(PostgresOutcomeTest, OnePhaseKilledBetweenItsIntentAndCommitIsSettledRoll
 // the question hears "committed".
 TEST_F(PostgresOutcomeTest, ARollbacksQuestionWhileTheOnePhaseTripWaitsForALockWaitsForTheCall) {
   const Xid xid = xidOf(29);
-  PGconn* holder = PQconnectdb(pg_->connString("bank_b").c_str());
-  ASSERT_EQ(PQstatus(holder), CONNECTION_OK) << PQerrorMessage(holder);
-  for (const char* q : {"BEGIN", "SELECT 1 FROM accounts WHERE name = 'bob' FOR UPDATE"}) {
-    PGresult* r = PQexec(holder, q);
-    EXPECT_TRUE(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK) << q;
-    PQclear(r);
-  }
+  PGconn* holder = holdBobsRowAtB();
+  ASSERT_NE(holder, nullptr);
   auto sent = onePhaseCreditToBob("", xid);  // its UPDATE of bob waits for `holder` (lock_timeout 1 s)
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   expectRollbackStillRunning(xid, "while the one-phase trip waited for a lock");
@@ -1036,13 +1048,8 @@ TEST_F(PostgresOutcomeTest, ARollbacksQuestionWhileTheOnePhaseTripWaitsForALockW
 // leaving the outcome to be settled later.
 TEST_F(PostgresOutcomeTest, AOnePhaseTripWhoseConnectionDiesBeforeCommitAnswersRolledBack) {
   const Xid xid = xidOf(30);
-  PGconn* holder = PQconnectdb(pg_->connString("bank_b").c_str());
-  ASSERT_EQ(PQstatus(holder), CONNECTION_OK) << PQerrorMessage(holder);
-  for (const char* q : {"BEGIN", "SELECT 1 FROM accounts WHERE name = 'bob' FOR UPDATE"}) {
-    PGresult* r = PQexec(holder, q);
-    EXPECT_TRUE(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK) << q;
-    PQclear(r);
-  }
+  PGconn* holder = holdBobsRowAtB();
+  ASSERT_NE(holder, nullptr);
   auto sent = onePhaseCreditToBob("", xid);  // its UPDATE of bob waits for `holder` (lock_timeout 1 s)
   ASSERT_TRUE(eventually([&] {
     return !pgQuery(pg_->connString("bank_b"),
