@@ -1171,8 +1171,7 @@ std::optional<bool> PgAgent::probeMarker(PGconn* c, const std::string& gid) {
   pg::exec(c, "BEGIN");
   try {
     pg::exec(c, "SET LOCAL lock_timeout = " + std::to_string(std::max<std::uint32_t>(opts_.lockTimeoutMs, 100)));
-    auto r = pg::exec(c, std::string("INSERT INTO ") + kMarkerTable + " (gid) VALUES (" + pg::quoteLiteral(gid) +
-                             ") ON CONFLICT DO NOTHING");
+    auto r = pg::exec(c, markerInsertSql(gid) + " ON CONFLICT DO NOTHING");
     bool inserted = std::atoll(PQcmdTuples(r.get())) == 1;
     pg::exec(c, "ROLLBACK");
     return !inserted;

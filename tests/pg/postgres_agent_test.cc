@@ -839,6 +839,41 @@ class PostgresOutcomeTest : public PostgresTest {
     if (!rec) ADD_FAILURE() << "bank-b has no record of branch " << xid.str();
     return rec.value_or(BranchRecord{});
   }
+  // bank-b's record of a one-phase branch whose agent died before its
+  // outcome was recorded: ACTIVE, with a marker row to tell it (the test
+  // fails otherwise). bank-b must be stopped.
+  BranchRecord activeOnePhaseAtB(Xid xid) {
+    auto rec = recordAtB(xid);
+    if (!rec) {
+      ADD_FAILURE() << "bank-b has no record of branch " << xid.str();
+      return BranchRecord{};
+    }
+    EXPECT_EQ(rec->state, BranchStatus::Active);
+    EXPECT_TRUE(rec->onePhase);
+    EXPECT_TRUE(rec->hostMarker);
+    return *rec;
+  }
+  // Writes into bank-b's log (bank-b stopped) the ACTIVE record of a
+  // one-phase credit of 100 to bob, as an agent that died before its
+  // outcome leaves it, holding `hostTxid` (0: an intent written while the
+  // statements ran). Returns the gid of its marker row.
+  std::string writeActiveOnePhaseAtB(Xid xid, std::uint64_t hostTxid) {
+    EXPECT_FALSE(cluster_->agentRunning("bank-b"));
+    BranchLog log(cluster_->baseDir() + "/bank-b", std::size_t(1) << 30);
+    log.start();
+    BranchRecord rec;
+    rec.xid = xid;
+    rec.epoch = kEpoch;
+    rec.onePhase = true;
+    rec.ops = {credit("bank-b", "bob", 100)};
+    rec.state = BranchStatus::Active;
+    rec.hostTxid = hostTxid;
+    rec.hostIncarnation = log.incarnation();
+    rec.hostMarker = true;
+    rec.createdUs = 1;
+    log.log().runSync([&](lmdb::Txn& txn) { log.put(txn, rec); });
+    return pgGid("bank-b", xid, rec.hostIncarnation);
+  }
   // The marker rows of bank_b's one-phase commits.
   std::size_t markersAtB() { return pgQuery(pg_->connString("bank_b"), "SELECT gid FROM keel_one_phase").size(); }
   // How often bank-b's log says `text`.
@@ -940,10 +975,7 @@ TEST_F(PostgresOutcomeTest, OnePhaseCrashAfterCommitIsSettledCommittedByItsMarke
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
   EXPECT_EQ(balance("bank_b", "bob"), 100);
   EXPECT_EQ(markersAtB(), 1u);
-  auto before = recordAtB(xid);
-  ASSERT_TRUE(before.has_value());
-  EXPECT_EQ(before->state, BranchStatus::Active);
-  EXPECT_TRUE(before->hostMarker);
+  activeOnePhaseAtB(xid);
 
   cluster_->startAgent("bank-b");
   EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);  // the truth, not the request
@@ -964,9 +996,7 @@ TEST_F(PostgresOutcomeTest, OnePhaseAnswersCommittedBeforeItsFinalRecordAndAKill
   ASSERT_EQ(answer.getOutcome(), wire::BranchOutcome::COMMITTED) << answer.getReason().cStr();
   EXPECT_EQ(balance("bank_b", "bob"), 100);
   cluster_->killAgent("bank-b", SIGKILL);  // the final record is still held up on the writer
-  auto before = recordAtB(xid);
-  ASSERT_TRUE(before.has_value());
-  EXPECT_EQ(before->state, BranchStatus::Active) << "the final record was durable before the answer";
+  activeOnePhaseAtB(xid);  // ACTIVE: the final record was not durable before the answer
   EXPECT_EQ(markersAtB(), 1u);  // kept until the outcome is recorded
 
   cluster_->startAgent("bank-b");
@@ -1008,11 +1038,7 @@ TEST_F(PostgresOutcomeTest, OnePhaseKilledBetweenItsIntentAndCommitIsSettledRoll
   auto sent = onePhaseCreditToBob("agent.before_commit_durable=1*crash", xid);
   EXPECT_ANY_THROW(sent.call.wait(io_.waitScope));
   ASSERT_TRUE(cluster_->waitAgentExit("bank-b", std::chrono::seconds(5)));
-  auto before = recordAtB(xid);
-  ASSERT_TRUE(before.has_value());
-  EXPECT_EQ(before->state, BranchStatus::Active);
-  EXPECT_TRUE(before->hostMarker);
-  EXPECT_EQ(before->hostTxid, 0u);  // the intent left before the trip's txid came back
+  EXPECT_EQ(activeOnePhaseAtB(xid).hostTxid, 0u);  // the intent left before the trip's txid came back
   cluster_->startAgent("bank-b");
   EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
   EXPECT_EQ(balance("bank_b", "bob"), 0);
@@ -1020,6 +1046,33 @@ TEST_F(PostgresOutcomeTest, OnePhaseKilledBetweenItsIntentAndCommitIsSettledRoll
   auto rec = recordAfterStoppingB(xid);
   EXPECT_EQ(rec.state, BranchStatus::RolledBack);
   EXPECT_NE(rec.reason.find("marker row: absent (probed)"), std::string::npos) << rec.reason;
+}
+
+// The probe of an intent without a txid waits for a transaction that still
+// holds its marker row (here the test's own session plays a crashed
+// agent's session whose COMMIT has not landed yet): up to its lock_timeout
+// the branch is "still running", never "rolled back"; once the holder
+// commits, the row is there and the branch committed. A probe that only
+// read the row would answer "rolled back" while the row could still commit.
+TEST_F(PostgresOutcomeTest, TheMarkerProbeWaitsForASessionStillHoldingTheRow) {
+  const Xid xid = xidOf(31);
+  cluster_->stopAgent("bank-b");
+  const std::string gid = writeActiveOnePhaseAtB(xid, /*hostTxid=*/0);
+  PGconn* holder = PQconnectdb(pg_->connString("bank_b").c_str());
+  ASSERT_EQ(PQstatus(holder), CONNECTION_OK) << PQerrorMessage(holder);
+  for (const std::string& q : {std::string("BEGIN"), "INSERT INTO keel_one_phase (gid) VALUES ('" + gid + "')"}) {
+    PGresult* r = PQexec(holder, q.c_str());
+    EXPECT_EQ(PQresultStatus(r), PGRES_COMMAND_OK) << q << ": " << PQerrorMessage(holder);
+    PQclear(r);
+  }
+  cluster_->startAgent("bank-b");  // its start-up probe waits out the lock_timeout and leaves it
+  expectRollbackStillRunning(xid, "while another session held the marker row");
+  PQclear(PQexec(holder, "COMMIT"));
+  PQfinish(holder);
+  EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::COMMITTED);  // the truth, not the request
+  auto rec = recordAfterStoppingB(xid);
+  EXPECT_EQ(rec.state, BranchStatus::Committed);
+  EXPECT_NE(rec.reason.find("marker row: present (probed)"), std::string::npos) << rec.reason;
 }
 
 // Its intent is durable while the statements' trip still waits for a row
@@ -1107,21 +1160,7 @@ TEST_F(PostgresOutcomeTest, OnePhaseWhoseTxidRanAgainForAnotherTransactionIsRoll
   const std::uint64_t other = std::stoull(rows.at(0).at(0));
   ASSERT_EQ(pgQuery(pg_->connString("bank_b"), "SELECT txid_status(" + std::to_string(other) + ")").at(0).at(0),
             "committed");
-  {
-    BranchLog log(cluster_->baseDir() + "/bank-b", std::size_t(1) << 30);
-    log.start();
-    BranchRecord rec;
-    rec.xid = xid;
-    rec.epoch = kEpoch;
-    rec.onePhase = true;
-    rec.ops = {credit("bank-b", "bob", 100)};
-    rec.state = BranchStatus::Active;
-    rec.hostTxid = other;
-    rec.hostIncarnation = log.incarnation();
-    rec.hostMarker = true;
-    rec.createdUs = 1;
-    log.log().runSync([&](lmdb::Txn& txn) { log.put(txn, rec); });
-  }
+  writeActiveOnePhaseAtB(xid, other);
   cluster_->startAgent("bank-b");
   EXPECT_EQ(finishAtB(xid, /*commit=*/false), wire::BranchOutcome::ROLLED_BACK);
   EXPECT_EQ(balance("bank_b", "bob"), 0);
