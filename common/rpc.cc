@@ -154,7 +154,32 @@ class Gate final : public capnp::Capability::Server {
   kj::Timer& timer_;
 };
 
+// filteredCapability's server: a filter, then the call forwarded whole.
+class Filtered final : public capnp::Capability::Server {
+ public:
+  Filtered(capnp::Capability::Client target, CallFilter refuse) : target_(kj::mv(target)), refuse_(std::move(refuse)) {}
+
+  DispatchCallResult dispatchCall(std::uint64_t interfaceId, std::uint16_t methodId,
+                                  capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
+    auto params = context.getParams();
+    std::string why = refuse_(interfaceId, methodId, params);
+    if (!why.empty()) return {refusal(kj::Exception::Type::FAILED, why), false};
+    auto forwarded = target_.typelessRequest(interfaceId, methodId, params.targetSize());
+    forwarded.set(params);
+    context.releaseParams();
+    return {context.tailCall(kj::mv(forwarded)), false};
+  }
+
+ private:
+  capnp::Capability::Client target_;
+  CallFilter refuse_;
+};
+
 }  // namespace
+
+capnp::Capability::Client filteredCapability(capnp::Capability::Client target, CallFilter refuse) {
+  return kj::heap<Filtered>(kj::mv(target), std::move(refuse));
+}
 
 RpcServer::RpcServer(kj::AsyncIoContext& io) : RpcServer(io, nullptr) {}
 

@@ -26,6 +26,10 @@ struct Peer {
   bool tls = false;
 };
 
+// Before a call: "" lets it through; any other text refuses it with that text.
+using CallFilter =
+    std::function<std::string(std::uint64_t interfaceId, std::uint16_t methodId, capnp::AnyPointer::Reader params)>;
+
 // What one connection may call (docs/security.md, "Roles"). Each
 // connection's bootstrap capability is its own gate in front of the server
 // object, made from the peer's identity: a membrane that lets through the
@@ -35,10 +39,16 @@ struct Access {
   bool idleExempt = false;  // never closed as idle (a coordinator's link to an agent is quiet by nature)
   // Before every call: an empty answer lets it through; any other text
   // fails the call with that text, and nothing runs. Null: all allowed.
-  std::function<std::string(std::uint64_t interfaceId, std::uint16_t methodId, capnp::AnyPointer::Reader params)>
-      refuse;
+  CallFilter refuse;
 };
 using AccessPolicy = std::function<Access(const Peer&)>;
+// `target` behind a filter: every call on the capability this returns is
+// first shown to `refuse` (as Access::refuse: "" lets it through, any other
+// text fails the call with that text and nothing reaches `target`), then
+// forwarded to `target` as it came, capabilities in its parameters
+// included. For handing out a narrower view of an object than its own
+// capability gives (the coordinator's embeddedParticipant).
+capnp::Capability::Client filteredCapability(capnp::Capability::Client target, CallFilter refuse);
 
 // The peer of the call being dispatched, while its server method runs its
 // synchronous start (where it reads its parameters); null elsewhere and on

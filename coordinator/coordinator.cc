@@ -57,10 +57,18 @@ Coordinator::~Coordinator() {
 
 void Coordinator::taskFailed(kj::Exception&& e) { KEEL_LOG_ERROR("background task failed: {}", describeFault(e)); }
 
-void Coordinator::serveEmbedded(const std::string& participant, wire::Participant::Client cap) {
+void Coordinator::serveEmbedded(const std::string& participant, wire::Participant::Client cap,
+                                wire::Participant::Client operatorView) {
   auto it = links_.find(participant);
   KJ_REQUIRE(it != links_.end() && isEmbedded(it->second->address()), "not an embedded participant", participant);
   it->second->useLocal(kj::mv(cap));
+  embeddedOperatorViews_.insert_or_assign(participant, kj::mv(operatorView));
+}
+
+std::optional<wire::Participant::Client> Coordinator::embeddedOperatorView(const std::string& participant) {
+  auto it = embeddedOperatorViews_.find(participant);
+  if (it == embeddedOperatorViews_.end()) return std::nullopt;
+  return it->second;
 }
 
 ParticipantLink& Coordinator::link(const std::string& participant) {

@@ -71,7 +71,15 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // An embedded participant's in-process capability ([participants] NAME =
   // "embedded:FILE"; participant/embedded.h): its link calls it instead of
   // connecting. Before recover(), once per embedded participant.
-  void serveEmbedded(const std::string& participant, wire::Participant::Client cap);
+  // `operatorView`: the same agent as an operator may call it
+  // (EmbeddedParticipant::operatorClient), handed out by
+  // embeddedOperatorView.
+  void serveEmbedded(const std::string& participant, wire::Participant::Client cap,
+                     wire::Participant::Client operatorView);
+  // An embedded participant's operator view (keelctl branches / forget /
+  // backup --embedded NAME); nullopt: `participant` is not one.
+  std::optional<wire::Participant::Client> embeddedOperatorView(const std::string& participant);
+  bool hasParticipant(const std::string& participant) const { return links_.count(participant) != 0; }
 
   // Recovery state machine (recovery.cc). Resolves once new work may be
   // served; the participant sweep goes on in the background. `unfinished`:
@@ -409,6 +417,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   std::unique_ptr<SeqAllocator> seqs_;
   std::uint64_t epoch_ = 0;
   std::map<std::string, std::unique_ptr<ParticipantLink>> links_;
+  std::map<std::string, wire::Participant::Client> embeddedOperatorViews_;  // serveEmbedded
   std::map<std::uint64_t, std::unique_ptr<Interaction>> live_;  // unfinished
   // Request ids of interactions in memory (and ids being given a seq):
   // a retry finds them here before the WAL knows them (a two-phase

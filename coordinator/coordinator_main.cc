@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
     KJ_DEFER(server.reset());  // its connections call into the coordinator: they go first
     for (auto& e : embedded) {
       e->start();  // its start-up writes (reconciling its host) before recovery asks it anything
-      coordinator.serveEmbedded(e->name(), e->client());
+      coordinator.serveEmbedded(e->name(), e->client(), e->operatorClient());
     }
     coordinator.recover(std::move(unfinished)).wait(io.waitScope);
     if (cluster) {

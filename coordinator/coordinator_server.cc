@@ -65,7 +65,7 @@ AccessPolicy coordinatorAccess(const TlsConfig& tls) {
   auto schema = capnp::Schema::from<wire::Coordinator>();
   std::vector<std::uint16_t> operatorOnly;
   for (const char* m : {"listUnfinished", "retryNow", "resolve", "audit", "listHeuristic", "reconciled", "backup",
-                        "exportRange", "search", "archivePeriods", "dropArchive"}) {
+                        "exportRange", "search", "archivePeriods", "dropArchive", "embeddedParticipant"}) {
     operatorOnly.push_back(schema.getMethodByName(m).getIndex());
   }
   const std::uint64_t iface = capnp::typeId<wire::Coordinator>();
@@ -432,6 +432,20 @@ kj::Promise<void> CoordinatorImpl::dropArchive(DropArchiveContext ctx) {
         for (unsigned i = 0; i < d.dropped.size(); ++i) l.set(i, d.dropped[i]);
         r.setRefused(d.refused);
       });
+}
+
+kj::Promise<void> CoordinatorImpl::embeddedParticipant(EmbeddedParticipantContext ctx) {
+  auto name = ctx.getParams().getName();
+  if (name.size() > 256) return KJ_EXCEPTION(FAILED, "embeddedParticipant: name too long");
+  auto view = c_.embeddedOperatorView(name.cStr());
+  if (!view) {
+    std::string what = kj::str(name).cStr();
+    return faultException(c_.hasParticipant(what) ? "participant " + what + " is not embedded in this coordinator: ask its keel-agent "
+                                                          "at its own address (keelctl --agent HOST:PORT)"
+                                : "this coordinator has no participant " + what);
+  }
+  ctx.getResults().setParticipant(kj::mv(*view));
+  return kj::READY_NOW;
 }
 
 TransactionImpl::~TransactionImpl() noexcept(false) {

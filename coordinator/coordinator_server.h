@@ -39,6 +39,7 @@ class CoordinatorImpl final : public wire::Coordinator::Server {
   kj::Promise<void> search(SearchContext ctx) override;
   kj::Promise<void> archivePeriods(ArchivePeriodsContext ctx) override;
   kj::Promise<void> dropArchive(DropArchiveContext ctx) override;
+  kj::Promise<void> embeddedParticipant(EmbeddedParticipantContext ctx) override;
 
  private:
   Coordinator& c_;

@@ -11,14 +11,24 @@
 
 namespace keel {
 
-AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
-  if (!tls.enabled()) return [](const Peer&) { return Access{"any (insecure)", true, nullptr}; };
+CallFilter operatorAgentCalls(std::function<std::string(const std::string& method)> refused) {
   auto schema = capnp::Schema::from<wire::Participant>();
   auto index = [&](const char* m) { return static_cast<std::uint16_t>(schema.getMethodByName(m).getIndex()); };
   std::vector<std::uint16_t> looking{index("inspect"), index("status"), index("listBranches"), index("batching"),
                                     index("statements"), index("backup")};
   const std::uint16_t recover = index("recover"), forget = index("forget");
   const std::uint64_t iface = capnp::typeId<wire::Participant>();
+  return [=](std::uint64_t i, std::uint16_t m, capnp::AnyPointer::Reader params) -> std::string {
+    if (i == iface && std::find(looking.begin(), looking.end(), m) != looking.end()) return "";
+    // An operator may list and forget, never fence: epoch 0 only.
+    if (i == iface && m == recover && params.getAs<wire::Participant::RecoverParams>().getEpoch() == 0) return "";
+    if (i == iface && m == forget && params.getAs<wire::Participant::ForgetParams>().getEpoch() == 0) return "";
+    return refused(i == iface ? schema.getMethods()[m].getProto().getName().cStr() : "this call");
+  };
+}
+
+AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
+  if (!tls.enabled()) return [](const Peer&) { return Access{"any (insecure)", true, nullptr}; };
   auto has = [](const std::vector<std::string>& names, const std::string& id) {
     return std::find(names.begin(), names.end(), id) != names.end();
   };
@@ -26,20 +36,10 @@ AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
     if (has(tls.coordinators, peer.identity)) return Access{"coordinator", true, nullptr};
     std::string id = peer.identity;
     if (has(tls.operators, peer.identity)) {
-      return Access{"operator", false,
-                    [=](std::uint64_t i, std::uint16_t m, capnp::AnyPointer::Reader params) -> std::string {
-                      if (i == iface && std::find(looking.begin(), looking.end(), m) != looking.end()) return "";
-                      // An operator may list and forget, never fence: epoch 0 only.
-                      if (i == iface && m == recover && params.getAs<wire::Participant::RecoverParams>().getEpoch() == 0) {
-                        return "";
-                      }
-                      if (i == iface && m == forget && params.getAs<wire::Participant::ForgetParams>().getEpoch() == 0) {
-                        return "";
-                      }
-                      std::string name = i == iface ? schema.getMethods()[m].getProto().getName().cStr() : "this call";
-                      return "permission denied: " + name + " is a coordinator's call and operator '" + id +
+      return Access{"operator", false, operatorAgentCalls([id, agentName](const std::string& method) {
+                      return "permission denied: " + method + " is a coordinator's call and operator '" + id +
                              "' is not among agent " + agentName + "'s [tls] coordinators";
-                    }};
+                    })};
     }
     std::string why = "permission denied: '" + id + "' may not call agent " + agentName +
                       " (not among its [tls] coordinators or operators)";
@@ -47,6 +47,13 @@ AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName) {
   };
 }
 
+wire::Participant::Client operatorView(wire::Participant::Client agent, const std::string& agentName) {
+  return filteredCapability(kj::mv(agent), operatorAgentCalls([agentName](const std::string& method) {
+                              return "permission denied: " + method + " is a coordinator's call; embedded participant " +
+                                     agentName + " takes only an operator's calls through embeddedParticipant";
+                            }))
+      .castAs<wire::Participant>();
+}
 
 namespace {
 

@@ -50,5 +50,11 @@ class ParticipantImpl final : public wire::Participant::Server, private kj::Task
 // statements, backup, and recover / forget with epoch 0); anyone else is refused every call.
 // Insecure (plaintext): every peer makes every call.
 AccessPolicy agentAccess(const TlsConfig& tls, const std::string& agentName);
+// The calls an operator may make on an agent (the operator row of the table
+// above), whoever the caller; `refused(method)` words the refusal of any other.
+CallFilter operatorAgentCalls(std::function<std::string(const std::string& method)> refused);
+// `agent` as an operator may call it (operatorAgentCalls): what the
+// coordinator hands out for an embedded participant (embeddedParticipant).
+wire::Participant::Client operatorView(wire::Participant::Client agent, const std::string& agentName);
 
 }  // namespace keel

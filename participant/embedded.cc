@@ -44,7 +44,7 @@ std::unique_ptr<ParticipantBackend> makeBackend(const AgentConfig& cfg, kj::Asyn
 }
 
 EmbeddedParticipant::EmbeddedParticipant(AgentConfig cfg, kj::AsyncIoContext& io, bool init)
-    : cfg_(std::move(cfg)), cap_(nullptr) {
+    : cfg_(std::move(cfg)), io_(io), cap_(nullptr) {
   dir_ = std::make_unique<DataDir>(
       cfg_.dataDir, DataDirOwner{DataDirKind::Agent, cfg_.name, 0, "keel-coordinator (embedded " + cfg_.name + ")"},
       init);
@@ -54,7 +54,11 @@ EmbeddedParticipant::EmbeddedParticipant(AgentConfig cfg, kj::AsyncIoContext& io
 
 void EmbeddedParticipant::start() {
   backend_->start();
-  auto impl = kj::heap<ParticipantImpl>(*backend_);  // no backup server: keelctl backup is for keel-agent
+  // keelctl backup --embedded NAME, as keel-agent serves keelctl backup --agent.
+  backups_ = std::make_unique<BackupServer>(*io_.lowLevelProvider, backend_->branchLog().env().raw(),
+                                            formatIdentity(dir_->identity()));
+  backups_->setBeforeCopy([this] { backend_->branchLog().log().checkpointSync(); });  // redo mode: every group
+  auto impl = kj::heap<ParticipantImpl>(*backend_, backups_.get());
   impl->setMetrics(&metrics_);
   cap_ = kj::mv(impl);
   KEEL_LOG_INFO("embedded participant {} ({} adapter, data {}) serving the coordinator in-process", cfg_.name,

@@ -24,6 +24,7 @@
 #include "common/data_dir.h"
 #include "participant/admin.h"
 #include "participant/agent_metrics.h"
+#include "participant/agent_server.h"
 #include "participant/backend.h"
 #include "schemas/keel.capnp.h"
 
@@ -51,6 +52,10 @@ class EmbeddedParticipant {
   // The participant's capability, served in-process with every call
   // allowed (the coordinator is the only caller).
   wire::Participant::Client client() { return cap_.castAs<wire::Participant>(); }
+  // The same agent as an operator may call it (operatorView: inspect,
+  // branches, forget with epoch 0, backup...): what the coordinator's
+  // embeddedParticipant hands keelctl. After start().
+  wire::Participant::Client operatorClient() { return operatorView(client(), cfg_.name); }
 
   const std::string& name() const { return cfg_.name; }
 
@@ -66,6 +71,8 @@ class EmbeddedParticipant {
   std::unique_ptr<DataDir> dir_;
   std::unique_ptr<ParticipantBackend> backend_;
   AgentMetrics metrics_;
+  kj::AsyncIoContext& io_;
+  std::unique_ptr<BackupServer> backups_;  // keelctl backup --embedded; reads the backend's log
   capnp::Capability::Client cap_;
 };
 

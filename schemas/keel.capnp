@@ -423,6 +423,15 @@ interface Coordinator {
   # drop", durable before anything is removed). `refused`: why nothing was
   # dropped ("" when it was done).
   dropArchive @18 (before :Text, who :Text, why :Text) -> (dropped :List(Text), refused :Text);
+
+  # Operator: an embedded participant's agent ([participants] NAME =
+  # "embedded:FILE"), which has no address of its own, for what an operator
+  # may call on a keel-agent: inspect, status, listBranches, batching,
+  # statements, backup, and recover and forget with epoch 0. Every other
+  # call on it is refused, whoever holds it (it never fences, prepares or
+  # decides anything). Fails for a name that is not an embedded participant
+  # of this coordinator (a keel-agent: ask it at its own address).
+  embeddedParticipant @19 (name :Text) -> (participant :Participant);
 }
 
 struct ArchivePeriod {

@@ -71,7 +71,7 @@ TEST_F(TlsTest, TransfersRunOverMutualTls) {
 TEST_F(TlsTest, ClientIdentityCannotMakeOperatorCalls) {
   open("bank-a", "alice", 1000);
   for (auto cmd : {"list", "audit", "retry", "resolve 1:1 --commit --why x", "export --from 2020-01-01 --to now",
-                   "search --from 2020-01-01 --to now"}) {
+                   "search --from 2020-01-01 --to now", "branches --embedded bank-a"}) {
     auto r = run(ctl("keel-client") + cmd);
     EXPECT_NE(r.exitCode, 0) << cmd;
     EXPECT_NE(r.output.find("permission denied"), std::string::npos) << cmd << ": " << r.output;

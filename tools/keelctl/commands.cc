@@ -135,6 +135,46 @@ std::pair<std::unique_ptr<Exchange>, kj::Own<KeelClient>> connectAny(kj::AsyncIo
   }
 }
 
+// An agent to talk to (AgentRef), connected. `coordinator` holds the
+// connection an embedded participant is reached through.
+struct AgentSession {
+  std::unique_ptr<Exchange> ex;
+  kj::Own<KeelClient> coordinator;
+  kj::Own<AgentClient> agent;
+  std::string source;  // how messages and a backup's manifest name it
+};
+
+AgentSession connectAgent(kj::AsyncIoContext& io, const Globals& g, const AgentRef& ref) {
+  AgentSession s;
+  if (ref.embedded.empty()) {
+    s.ex = std::make_unique<Exchange>(io, ref.address, g.timeout);
+    s.agent = s.ex->wait(AgentClient::connect(io, ref.address));
+    s.source = ref.address;
+    return s;
+  }
+  std::tie(s.ex, s.coordinator) = connectAny(io, g);
+  auto req = s.coordinator->capability().embeddedParticipantRequest();
+  req.setName(ref.embedded);
+  // The coordinator's refusal (no such participant, not an embedded one, not
+  // an operator) is an answer, not a lost peer: nothing reached any agent.
+  using Got = std::pair<kj::Maybe<wire::Participant::Client>, std::string>;
+  auto got = s.ex->wait(req.send().then(
+      [](capnp::Response<wire::Coordinator::EmbeddedParticipantResults> r) {
+        return Got{r.getParticipant(), ""};
+      },
+      [](kj::Exception&& e) -> Got {
+        if (e.getType() != kj::Exception::Type::FAILED) kj::throwFatalException(kj::mv(e));
+        return Got{nullptr, describeFault(e)};
+      }));
+  KJ_IF_MAYBE (cap, got.first) {
+    s.agent = kj::heap<AgentClient>(kj::mv(*cap));
+  } else {
+    throw Failure(kExitUsage, "--embedded " + ref.embedded + ": " + s.ex->address() + ": " + got.second);
+  }
+  s.source = s.ex->address() + " (embedded " + ref.embedded + ")";
+  return s;
+}
+
 }  // namespace
 
 int Commands::submit(SubmitRequest req, const std::vector<std::string>* balanceRefs) {
@@ -242,18 +282,17 @@ int Commands::audit(std::uint32_t limit) {
   return kExitDone;
 }
 
-int Commands::branches(const std::string& agentAddr) {
-  auto ex = std::make_unique<Exchange>(io_, agentAddr, g_.timeout);
-  auto agent = ex->wait(AgentClient::connect(io_, agentAddr));
-  auto branches = ex->wait(agent->unfinished());
-  printBranches(out_, ex->wait(agent->inspect()), branches, g_.json);
+int Commands::branches(const AgentRef& ref) {
+  auto s = connectAgent(io_, g_, ref);
+  auto branches = s.ex->wait(s.agent->unfinished());
+  printBranches(out_, s.ex->wait(s.agent->inspect()), branches, g_.json);
   return kExitDone;
 }
 
-int Commands::forget(const std::string& agentAddr, const std::vector<Xid>& xids) {
-  auto ex = std::make_unique<Exchange>(io_, agentAddr, g_.timeout);
-  auto agent = ex->wait(AgentClient::connect(io_, agentAddr));
-  auto req = agent->capability().forgetRequest();
+int Commands::forget(const AgentRef& ref, const std::vector<Xid>& xids) {
+  auto s = connectAgent(io_, g_, ref);
+  auto& ex = s.ex;
+  auto req = s.agent->capability().forgetRequest();
   req.setEpoch(0);  // an operator, not a coordinator: no epoch, no fencing
   auto l = req.initXids(xids.size());
   for (unsigned i = 0; i < xids.size(); ++i) {
@@ -300,7 +339,7 @@ class BackupProgress {
 
 }  // namespace
 
-int Commands::backup(const std::string& agentAddr, const std::string& dir) {
+int Commands::backup(const AgentRef& ref, const std::string& dir) {
   // The target is checked (and its partial directory made) before anything
   // is sent; on any failure below the partial directory is removed.
   std::unique_ptr<BackupTarget> target;
@@ -316,7 +355,7 @@ int Commands::backup(const std::string& agentAddr, const std::string& dir) {
   }
   std::string source;
   BackupDone done;
-  if (agentAddr.empty()) {
+  if (ref.empty()) {
     auto [ex, client] = connectAny(io_, g_);
     active = ex.get();
     source = ex->address();
@@ -325,13 +364,12 @@ int Commands::backup(const std::string& agentAddr, const std::string& dir) {
     auto resp = ex->waitActive(req.send());
     done = BackupDone{resp.getBytes(), resp.getMicros()};
   } else {
-    auto ex = std::make_unique<Exchange>(io_, agentAddr, g_.timeout);
-    active = ex.get();
-    auto agent = ex->wait(AgentClient::connect(io_, agentAddr));
-    source = agentAddr;
-    auto req = agent->capability().backupRequest();
+    auto s = connectAgent(io_, g_, ref);
+    active = s.ex.get();
+    source = s.source;
+    auto req = s.agent->capability().backupRequest();
     req.setSink(target->sink());
-    auto resp = ex->waitActive(req.send());
+    auto resp = s.ex->waitActive(req.send());
     done = BackupDone{resp.getBytes(), resp.getMicros()};
   }
   BackupManifest m;

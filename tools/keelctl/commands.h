@@ -1,6 +1,6 @@
 #pragma once
 // keelctl's commands. Each talks to one peer (the coordinator, or an agent
-// for `branches` and `forget`), writes its answer to the stream it was given
+// for `branches` and `forget`; an embedded one through the coordinator), writes its answer to the stream it was given
 // and returns the exit status. Every wait on a peer, connecting included,
 // ends at --timeout; submits are retried with the same request id within
 // --retry-for. Progress (retries, the next coordinator tried) goes to stderr.
@@ -38,6 +38,16 @@ struct Globals {
   bool json = false;
 };
 
+// The agent of `branches`, `forget` and `backup --agent/--embedded`: a
+// keel-agent at `address`, or the participant `embedded` that runs inside
+// the coordinator (--coordinator), reached through it
+// (Coordinator.embeddedParticipant: an operator's calls only).
+struct AgentRef {
+  std::string address;
+  std::string embedded;
+  bool empty() const { return address.empty() && embedded.empty(); }
+};
+
 class Commands {
  public:
   // `out` receives the answer (main's stdout).
@@ -57,11 +67,11 @@ class Commands {
   // The hosts of a heuristic interaction were reconciled by hand (audited).
   int reconciled(std::uint64_t seq, const std::string& who, const std::string& why);
   int audit(std::uint32_t limit);
-  int branches(const std::string& agent);
-  int forget(const std::string& agent, const std::vector<Xid>& xids);
+  int branches(const AgentRef& agent);
+  int forget(const AgentRef& agent, const std::vector<Xid>& xids);
   // A hot backup of the coordinator (agent empty) or of an agent into the
   // new directory `dir` (common/backup.h); progress on stderr.
-  int backup(const std::string& agent, const std::string& dir);
+  int backup(const AgentRef& agent, const std::string& dir);
   // Every interaction (and rollback) record created in [fromUs, toUs), in
   // `format` ("jsonl" or "csv"), to `outPath` (refused if it exists) or,
   // when empty, to `data` (main's stdout). Progress on stderr.

@@ -11,9 +11,9 @@
 //   keelctl [GLOBAL] resolve SEQ --commit|--abort --why TEXT [--who NAME] [--override]
 //   keelctl [GLOBAL] resolve SEQ --reconciled --why TEXT [--who NAME]   (a heuristic one)
 //   keelctl [GLOBAL] audit [--limit N]
-//   keelctl [GLOBAL] forget --agent HOST:PORT SEQ.BRANCH...
-//   keelctl [GLOBAL] branches --agent HOST:PORT
-//   keelctl [GLOBAL] backup --to DIR [--agent HOST:PORT]
+//   keelctl [GLOBAL] forget --agent HOST:PORT|--embedded NAME SEQ.BRANCH...
+//   keelctl [GLOBAL] branches --agent HOST:PORT|--embedded NAME
+//   keelctl [GLOBAL] backup --to DIR [--agent HOST:PORT|--embedded NAME]
 //   keelctl [GLOBAL] export --from TIME --to TIME [--format jsonl|csv] [--out FILE]
 //   keelctl [GLOBAL] search --from TIME --to TIME [--participant P] [--state S] [--limit N]
 //   keelctl [GLOBAL] archive list
@@ -182,21 +182,30 @@ int main(int argc, char** argv) {
   auto* auditCmd = app.add_subcommand("audit", "operator actions recorded in the WAL");
   auditCmd->add_option("--limit", limitArg, "at most this many (1..10000, default 1000)")->type_name("N");
 
-  std::string agentAddr;
+  keel::ctl::AgentRef agentRef;
+  // --agent HOST:PORT or --embedded NAME (a participant inside the coordinator).
+  auto agentOptions = [&agentRef](CLI::App* cmd) {
+    auto* a = cmd->add_option("--agent", agentRef.address, "a keel-agent, at this address (over TLS: NAME@HOST:PORT)")
+                  ->type_name("HOST:PORT");
+    cmd->add_option("--embedded", agentRef.embedded,
+                    "an embedded participant, run inside the coordinator (--coordinator) as [participants] NAME = "
+                    "\"embedded:FILE\"")
+        ->type_name("NAME")
+        ->excludes(a);
+  };
   std::vector<std::string> forgetXids;
   auto* forget = app.add_subcommand("forget", "drop finished branch records on an agent");
-  forget->add_option("--agent", agentAddr, "agent address (over TLS: NAME@HOST:PORT)")->type_name("HOST:PORT")->required();
+  agentOptions(forget);
   forget->add_option("xids", forgetXids, "SEQ.BRANCH ...")->required();
 
   auto* branches = app.add_subcommand("branches", "an agent's unfinished (in-doubt) branches and its accounts");
-  branches->add_option("--agent", agentAddr, "agent address (over TLS: NAME@HOST:PORT)")->type_name("HOST:PORT")->required();
+  agentOptions(branches);
 
   std::string backupDir;
-  auto* backupCmd =
-      app.add_subcommand("backup", "hot backup of the coordinator's WAL (or, with --agent, an agent's log) into DIR");
+  auto* backupCmd = app.add_subcommand(
+      "backup", "hot backup of the coordinator's WAL (or, with --agent / --embedded, an agent's log) into DIR");
   backupCmd->add_option("--to", backupDir, "a new directory (refused if it exists)")->type_name("DIR")->required();
-  backupCmd->add_option("--agent", agentAddr, "back up this agent instead (over TLS: NAME@HOST:PORT)")
-      ->type_name("HOST:PORT");
+  agentOptions(backupCmd);
 
   std::string exportFrom, exportTo, exportFormat = "jsonl", exportOut;
   auto* exportCmd = app.add_subcommand("export", "interaction and rollback records created in a time range, as jsonl or csv");
@@ -264,7 +273,16 @@ int main(int argc, char** argv) {
     } catch (const keel::ConfigError& e) {
       throw UsageError(e.what());
     }
-    if (!agentAddr.empty()) keel::ctl::checkPeerAddress("--agent", agentAddr);
+    if (!agentRef.address.empty()) keel::ctl::checkPeerAddress("--agent", agentRef.address);
+    if ((*branches || *forget) && agentRef.empty()) {
+      throw UsageError(std::string(*branches ? "branches" : "forget") +
+                       " needs --agent HOST:PORT (a keel-agent) or --embedded NAME (a participant inside the "
+                       "coordinator)");
+    }
+    if (!agentRef.embedded.empty() && !keel::validName(agentRef.embedded)) {
+      throw UsageError("--embedded '" + agentRef.embedded +
+                       "' is not a participant name (1-64 chars of A-Z a-z 0-9 _ . -)");
+    }
     std::size_t idsGiven = 0;
     for (auto* sub : {open, transfer, balance, query}) idsGiven += sub->count("--request-id");
     if (idsGiven > 0) keel::ctl::checkRequestIdArg(requestId);
@@ -355,9 +373,9 @@ int main(int argc, char** argv) {
       if (*resolve && reconciled) return run.reconciled(seq, who, why);
       if (*resolve) return run.resolve(seq, forceCommit, who, why, override);
       if (*auditCmd) return run.audit(limit == 0 ? 1000 : limit);
-      if (*branches) return run.branches(agentAddr);
-      if (*forget) return run.forget(agentAddr, xids);
-      if (*backupCmd) return run.backup(agentAddr, backupDir);
+      if (*branches) return run.branches(agentRef);
+      if (*forget) return run.forget(agentRef, xids);
+      if (*backupCmd) return run.backup(agentRef, backupDir);
       if (*exportCmd) return run.exportRange(exportFromUs, exportToUs, exportFormat, exportOut, std::cout);
       if (*archiveList) return run.archivePeriods();
       if (*archiveDrop) return run.dropArchive(dropBefore, who, why);
