@@ -124,18 +124,38 @@ int main(int argc, char** argv) {
       std::cerr << "keel-coordinator: --restore-from makes the data directory itself: not with --check-wal or --init\n";
       return keel::kExitBadConfig;
     }
-    if (!embeddedCfg.empty()) {
-      std::cerr << "keel-coordinator: --restore-from asks every participant what it holds, and embedded participants "
-                   "(" << embeddedCfg.begin()->first << ") answer only inside a running coordinator: run each as "
-                   "keel-agent --config FILE (the same file) and name its address in [participants] for the "
-                   "restore (docs/operations.md, \"Embedded participants\")\n";
-      return keel::kExitBadConfig;
-    }
     try {
       keel::captureTerminationSignals();
       auto io = kj::setupAsyncIo();
       auto tlsReload = keel::startTls(io, cfg.tls);  // the participants are asked as this coordinator
-      auto r = keel::restoreFromBackup(io, cfg, restoreFrom, std::cout);
+      // Embedded participants are asked in this process: started as at a
+      // coordinator's start (their hosts checked, their data directories
+      // locked, their start-up reconcile run) once the backup and the target
+      // passed their checks, stopped when the restore ends.
+      std::vector<std::unique_ptr<keel::EmbeddedParticipant>> embedded;
+      auto startEmbedded = [&]() {
+        keel::InProcessParticipants inProcess;
+        for (auto& [name, acfg] : embeddedCfg) {
+          try {
+            keel::preflightBackend(acfg);
+            embedded.push_back(std::make_unique<keel::EmbeddedParticipant>(acfg, io, /*init=*/false));
+            embedded.back()->start();
+          } catch (const keel::DataDirError& e) {
+            throw keel::RestoreError(keel::kExitDataDirRefused,
+                                     "embedded participant " + name + ": " + e.what() +
+                                         " (a restore needs every participant's records; the coordinator's data "
+                                         "directory was not touched)");
+          } catch (const std::exception& e) {
+            throw keel::RestoreError(keel::kExitFailed,
+                                     "embedded participant " + name + " did not start (" + e.what() +
+                                         "): a restore needs every participant's records; the coordinator's data "
+                                         "directory was not touched");
+          }
+          inProcess.emplace(name, embedded.back()->client());
+        }
+        return inProcess;
+      };
+      auto r = keel::restoreFromBackup(io, cfg, restoreFrom, std::cout, startEmbedded);
       std::cout << "restored " << r.dataDir << " (instance " << r.instance << ") from the backup of instance "
                 << r.backupInstance << ". Start the coordinator as usual: unfinished work the backup does not "
                 << "decide is settled by what the participants hold (docs/recovery.md)\n";

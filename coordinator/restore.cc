@@ -43,12 +43,10 @@ struct Held {
   std::uint64_t records = 0;     // records of this node at or above the backup's mark
 };
 
-Held ask(kj::AsyncIoContext& io, const std::string& name, const std::string& address, std::uint16_t node,
-         std::uint64_t fromCounter, kj::Duration deadline) {
+Held ask(kj::AsyncIoContext& io, wire::Participant::Client cap, std::uint16_t node, std::uint64_t fromCounter,
+         kj::Duration deadline) {
   auto& timer = io.provider->getTimer();
   auto bounded = [&](auto promise) { return timer.timeoutAfter(deadline, kj::mv(promise)).wait(io.waitScope); };
-  auto conn = bounded(rpcConnect(io, address, name));
-  auto cap = conn->bootstrap<wire::Participant>();
   Held h;
   {
     auto resp = bounded(cap.inspectRequest().send());
@@ -85,7 +83,7 @@ Held ask(kj::AsyncIoContext& io, const std::string& name, const std::string& add
 }  // namespace
 
 RestoreReport restoreFromBackup(kj::AsyncIoContext& io, const CoordinatorConfig& cfg, const std::string& backupDir,
-                                std::ostream& log) {
+                                std::ostream& log, std::function<InProcessParticipants()> startInProcess) {
   RestoreReport r;
   // ---- 1 check: nothing is written before every check passed.
   std::error_code ec;
@@ -144,13 +142,21 @@ RestoreReport restoreFromBackup(kj::AsyncIoContext& io, const CoordinatorConfig&
       << ", made " << m["made"].str() << ", seq mark " << seqText(makeSeq(cfg.nodeId, r.backupHwm)) << ", epoch "
       << backupEpoch << ", " << r.unfinished << " unfinished) into " << r.dataDir << "\n";
 
-  // ---- 2 ask every participant.
+  // ---- 2 ask every participant (the embedded ones started here first).
+  InProcessParticipants inProcess;
+  if (startInProcess) inProcess = startInProcess();
   std::uint64_t fence = backupEpoch;
   kj::Duration deadline = std::max<std::uint32_t>(cfg.callTimeoutMs, 5000) * kj::MILLISECONDS;
   for (const auto& [name, address] : cfg.participants) {
     Held h;
     try {
-      h = ask(io, name, address, cfg.nodeId, r.backupHwm, deadline);
+      auto local = inProcess.find(name);
+      if (local != inProcess.end()) {
+        h = ask(io, local->second, cfg.nodeId, r.backupHwm, deadline);
+      } else {
+        auto conn = io.provider->getTimer().timeoutAfter(deadline, rpcConnect(io, address, name)).wait(io.waitScope);
+        h = ask(io, conn->bootstrap<wire::Participant>(), cfg.nodeId, r.backupHwm, deadline);
+      }
     } catch (const kj::Exception& e) {
       throw RestoreError(kExitFailed, "participant " + name + " (" + address + ") did not answer (" +
                                           describeFault(e) +

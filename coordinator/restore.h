@@ -8,7 +8,8 @@
 //                the target (data_dir missing or empty); nothing written
 //   2 ask        every participant in the config, which must all answer:
 //                its epoch fence for this node and the highest seq of this
-//                node it holds a record of (tombstones included)
+//                node it holds a record of (tombstones included); an
+//                embedded one is started in this process and asked there
 //   3 build      in DATA_DIR.restoring-PID: a new identity, the backup's
 //                data with its mark removed, then, in one LMDB commit:
 //                  seq_hwm   above the backup's mark, above every seq the
@@ -35,11 +36,14 @@
 #include <kj/async-io.h>
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
+#include <map>
 #include <stdexcept>
 #include <string>
 
 #include "common/config.h"
+#include "schemas/keel.capnp.h"
 
 namespace keel {
 
@@ -70,7 +74,13 @@ struct RestoreReport {
 };
 
 // Runs the three steps; throws RestoreError. Progress lines go to `log`.
+// `startInProcess`: called once the checks of step 1 passed, it starts the
+// embedded participants ([participants] NAME = "embedded:FILE") in this
+// process and returns their capabilities, through which step 2 asks them
+// (it throws RestoreError if one cannot start); every other participant is
+// asked at its address.
+using InProcessParticipants = std::map<std::string, wire::Participant::Client>;
 RestoreReport restoreFromBackup(kj::AsyncIoContext& io, const CoordinatorConfig& cfg, const std::string& backupDir,
-                                std::ostream& log);
+                                std::ostream& log, std::function<InProcessParticipants()> startInProcess = nullptr);
 
 }  // namespace keel

@@ -167,6 +167,74 @@ TEST_F(RestoreTest, LostWalRestoredFromABackupReissuesNoSeqAndUndoesNoCommit) {
 }
 
 
+// bank-b runs inside the coordinator ([participants] bank-b =
+// "embedded:FILE"): the restore starts it in its own process and asks it
+// there, and the restored coordinator then runs it as before.
+class EmbeddedRestoreTest : public RestoreTest {
+ protected:
+  ClusterOptions clusterOptions() override {
+    auto o = RestoreTest::clusterOptions();
+    o.embedded = {"bank-b"};
+    return o;
+  }
+};
+
+TEST_F(EmbeddedRestoreTest, AnEmbeddedParticipantIsAskedInTheRestoringProcess) {
+  open("bank-a", "alice", 1000);
+  open("bank-b", "bob", 0);
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(submit(transferOps("bank-a:alice", "bank-b:bob", 1)).outcome, ClientOutcome::Committed);
+  std::string backup = dir_ + "/backup";
+  auto b = keelctl("backup --to " + backup);
+  ASSERT_EQ(b.exitCode, 0) << b.output;
+  // After the backup: seqs only the participants' records tell of.
+  std::uint64_t maxSeq = 0;
+  for (int i = 0; i < 12; ++i) {
+    auto o = submit(transferOps("bank-a:alice", "bank-b:bob", 1));
+    ASSERT_EQ(o.outcome, ClientOutcome::Committed) << o.reason;
+    maxSeq = std::max(maxSeq, o.seq);
+  }
+  // The disk is lost with the coordinator (and bank-b, inside it, stops too).
+  cluster_->killCoordinator(SIGKILL);
+  client_ = nullptr;
+  fs::remove_all(dir_ + "/coordinator");
+
+  // bank-b's data directory held by another process (bank-b run as a
+  // keel-agent): refused, naming it, with nothing written.
+  cluster_->startEmbeddedAsAgent("bank-b");
+  auto held = restore(backup);
+  EXPECT_EQ(held.exitCode, 3) << held.output;
+  EXPECT_NE(held.output.find("embedded participant bank-b: "), std::string::npos) << held.output;
+  EXPECT_NE(held.output.find("the coordinator's data directory was not touched"), std::string::npos) << held.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/coordinator"));
+  cluster_->stopAgent("bank-b");
+
+  auto r = restore(backup);
+  ASSERT_EQ(r.exitCode, 0) << r.output;
+  // bank-b answered from inside the restoring process (the seqs above all
+  // fall in the block the backup's mark already covers, so it holds none
+  // above the mark; its fence is what the lost coordinator's epoch left).
+  EXPECT_NE(r.output.find("embedded participant bank-b (ledger adapter"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("restore 2/3 ask: bank-b holds 0 branch records of node 1 at or above the backup's mark; "
+                          "its epoch fence 1"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("restore 3/3 build"), std::string::npos) << r.output;
+
+  // The restored coordinator starts (bank-b's data directory free again)
+  // and runs transfers through bank-b, above every seq issued before.
+  cluster_->startCoordinator();
+  reconnect();
+  auto next = submit(transferOps("bank-a:alice", "bank-b:bob", 1));
+  ASSERT_EQ(next.outcome, ClientOutcome::Committed) << next.reason;
+  EXPECT_GT(seqCounter(next.seq), seqCounter(maxSeq));
+  RunResult books;
+  EXPECT_TRUE(eventually([&] {
+    books = runStdout("timeout 30 " + binDir() + "/keelctl --json -c " + cluster_->coordinatorAddress() +
+                      " branches --embedded bank-b 2>/dev/null");
+    return books.output.find("\"total\":18") != std::string::npos;  // 5 + 12 + 1: every acknowledged commit
+  })) << books.output;
+}
+
 // A backup that holds a one-phase interaction undecided, which the lost
 // coordinator then finished, archived and released (the agent dropped its
 // record): the restored coordinator finds nothing at the participant and
