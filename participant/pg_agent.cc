@@ -89,11 +89,8 @@ PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
   GroupCommitLog::Options lo;
   lo.lazyDelay = std::chrono::milliseconds(opts_.lazyDelayMs);
   log_.setLogOptions(lo);
-  // Either pool connecting again means PostgreSQL is back: what failed
+  // Any pool connecting again means PostgreSQL is back: what failed
   // meanwhile is retried, and the keeper sweeps, at once.
-  pool_ = std::make_unique<pg::Pool>(opts_.conninfo, opts_.poolSize,
-                                     "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs),
-                                     [this] { reconnected(); });
   // Phase 2 gets connections of its own, as many as the prepares have: each
   // COMMIT PREPARED waits for PostgreSQL's WAL flush, and a batch of them
   // from the coordinator runs side by side (PostgreSQL flushes concurrent
@@ -132,7 +129,6 @@ PgAgent::~PgAgent() noexcept {
   if (keeper_.joinable()) keeper_.join();
   loopPrepare_.reset();  // no prepare queues a PREPARED record after this
   loopFinish_.reset();
-  pool_.reset();
   // Every lazy PREPARED record is written (and its done() has run, which may
   // post to the finish pool) once a forced job queued after them is durable.
   try {

@@ -69,7 +69,8 @@
 // PostgreSQL's answer and the group commit's. Rollbacks (and the settling
 // of one-phase branches they ask about), the rare commits (no record, a
 // gid PostgreSQL no longer holds) and the keeper's work run SQL on the
-// pools' worker threads, which also wait for the log's writes.
+// finish pool's worker threads, which also wait for the log's writes; the
+// start-up reconcile, on the starting thread with a connection of its own.
 //
 // Files: pg_agent.cc the protocol (prepare, commit, rollback, one-phase);
 // pg_agent_recovery.cc the gids, the start-up reconcile and the keeper
@@ -371,9 +372,6 @@ class PgAgent final : public ParticipantBackend {
   // the commits of PREPARED branches. Each as large as the pool size.
   std::unique_ptr<pg::LoopPool> loopPrepare_;
   std::unique_ptr<pg::LoopPool> loopFinish_;
-  // One-phase commits and the start-up reconcile, on worker threads
-  // (connections opened when first needed).
-  std::unique_ptr<pg::Pool> pool_;
   // ROLLBACK PREPARED, the rare commits (commitOne), the keeper's sweeps
   // and retries, on connections of their own: they release the locks that
   // statements may be waiting for, so they must never queue behind them.

@@ -114,17 +114,21 @@ void checkDatabase(PGconn* c, const PgAgentOptions& opts) {
   ensureMarkerTable(c, opts);
 }
 
-}  // namespace
-
-void PgAgent::preflight(const PgAgentOptions& opts) {
+// A connection of its own for one start-up step (preflight, reconcile),
+// closed when it ends; throws with PostgreSQL's reason.
+std::unique_ptr<PGconn, decltype(&PQfinish)> connectForStart(const PgAgentOptions& opts) {
   std::unique_ptr<PGconn, decltype(&PQfinish)> c(PQconnectdb(opts.conninfo.c_str()), &PQfinish);
   if (PQstatus(c.get()) != CONNECTION_OK) {
     std::string msg = PQerrorMessage(c.get());
     while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
     throw std::runtime_error("postgres agent " + opts.name + " cannot connect to PostgreSQL: " + msg);
   }
-  checkDatabase(c.get(), opts);
+  return c;
 }
+
+}  // namespace
+
+void PgAgent::preflight(const PgAgentOptions& opts) { checkDatabase(connectForStart(opts).get(), opts); }
 
 std::string pgGid(const std::string& agent, Xid xid, std::uint64_t incarnation) {
   std::string g = "keel:" + agent + ":" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
@@ -201,7 +205,12 @@ std::chrono::milliseconds PgAgent::settleWindow() const {
 }
 
 void PgAgent::reconcile() {
-  pool_->runSync<void>([this](PGconn* c) {
+  // On a connection of its own, gone once the start is done (the hot path's
+  // are on the loop, phase 2's and the keeper's in finishPool_).
+  {
+    auto conn = connectForStart(opts_);
+    PGconn* c = conn.get();
+    pg::exec(c, "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs));
     checkDatabase(c, opts_);
     auto swept = sweepPrepared(c);
     std::size_t settled = 0;
@@ -213,7 +222,7 @@ void PgAgent::reconcile() {
         "postgres reconcile: {} prepared kept, {} recovered in doubt (no record yet), {} rolled back, {} committed, {} "
         "one-phase settled, {} one-phase marker(s) of earlier outcomes deleted; incarnation {}",
         swept.kept, swept.recovered, swept.rolledBack, swept.committed, settled, dropped, log_.incarnation());
-  });
+  }
   {
     std::lock_guard<std::mutex> lk(mu_);
     auto now = Clock::now();
