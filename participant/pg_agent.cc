@@ -89,23 +89,26 @@ PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
   GroupCommitLog::Options lo;
   lo.lazyDelay = std::chrono::milliseconds(opts_.lazyDelayMs);
   log_.setLogOptions(lo);
+  sessionName_ = pgSessionName(opts_.dataDir, opts_.name);
+  const std::string named = sessionName_.empty() ? "" : "SET application_name = " + quoteLiteral(sessionName_);
   // Any pool connecting again means PostgreSQL is back: what failed
   // meanwhile is retried, and the keeper sweeps, at once.
   // Phase 2 gets connections of its own, as many as the prepares have: each
   // COMMIT PREPARED waits for PostgreSQL's WAL flush, and a batch of them
   // from the coordinator runs side by side (PostgreSQL flushes concurrent
   // commits together), not one after another.
-  finishPool_ =
-      std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize), "", [this] { reconnected(); });
+  finishPool_ = std::make_unique<pg::Pool>(opts_.conninfo, std::max<std::uint32_t>(2, opts_.poolSize), named,
+                                           [this] { reconnected(); });
   // The same on the loop, for the hot path (pg_loop.h).
   // Its connections also hold `SELECT txid_current()` as a named
   // statement (kTxidStatement), sent with every prepare.
   loopPrepare_ = std::make_unique<pg::LoopPool>(io.unixEventPort, timer_, opts_.conninfo, opts_.poolSize,
-                                                "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs) +
-                                                    "; PREPARE " + kTxidStatement + " AS SELECT txid_current()",
+                                                (named.empty() ? "" : named + "; ") + "SET lock_timeout = " +
+                                                    std::to_string(opts_.lockTimeoutMs) + "; PREPARE " +
+                                                    kTxidStatement + " AS SELECT txid_current()",
                                                 [this] { reconnected(); });
   loopFinish_ = std::make_unique<pg::LoopPool>(io.unixEventPort, timer_, opts_.conninfo,
-                                               std::max<std::size_t>(2, opts_.poolSize), "", [this] { reconnected(); });
+                                               std::max<std::size_t>(2, opts_.poolSize), named, [this] { reconnected(); });
 }
 
 void PgAgent::start() {

@@ -28,7 +28,10 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 
+#include "common/data_dir.h"
 #include "common/log.h"
 #include "participant/adapters/pg_sql.h"
 #include "participant/pg_agent.h"
@@ -130,6 +133,23 @@ std::unique_ptr<PGconn, decltype(&PQfinish)> connectForStart(const PgAgentOption
 
 void PgAgent::preflight(const PgAgentOptions& opts) { checkDatabase(connectForStart(opts).get(), opts); }
 
+std::string pgSessionPrefix(const std::string& dataDir) {
+  std::ifstream f(dataDir + "/" + DataDir::kIdentityFile);
+  if (!f) return "";
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  try {
+    return "keel " + parseIdentity(text, dataDir).instanceId;
+  } catch (const std::exception&) {
+    return "";  // DataDir refused it already, or will
+  }
+}
+
+std::string pgSessionName(const std::string& dataDir, const std::string& agent) {
+  std::string prefix = pgSessionPrefix(dataDir);
+  if (prefix.empty()) return "";
+  return (prefix + " " + agent).substr(0, 63);  // NAMEDATALEN - 1: PostgreSQL cuts the rest
+}
+
 std::string pgGid(const std::string& agent, Xid xid, std::uint64_t incarnation) {
   std::string g = "keel:" + agent + ":" + std::to_string(xid.seq) + ":" + std::to_string(xid.branch);
   if (incarnation != 0) g += ":" + std::to_string(incarnation);
@@ -212,6 +232,7 @@ void PgAgent::reconcile() {
     PGconn* c = conn.get();
     pg::exec(c, "SET lock_timeout = " + std::to_string(opts_.lockTimeoutMs));
     checkDatabase(c, opts_);
+    endEarlierSessions(c);
     auto swept = sweepPrepared(c);
     std::size_t settled = 0;
     for (auto& rec : log_.unfinishedBranches()) {
@@ -230,6 +251,37 @@ void PgAgent::reconcile() {
     nextSweep_ = now + kFastSweepPeriod;
   }
   keeper_ = std::thread([this] { keeperLoop(); });
+}
+
+void PgAgent::endEarlierSessions(PGconn* c) {
+  if (sessionName_.empty()) return;
+  // Ours are not connected yet (every pool connects on first use), and
+  // this connection is not named: every session so named is an earlier
+  // run's. PostgreSQL 14 and later wait for each to be gone (up to 5 s).
+  const std::string wait = PQserverVersion(c) >= 140000 ? ", 5000" : "";
+  try {
+    auto r = pg::exec(c, "SELECT pid, pg_terminate_backend(pid" + wait + "), coalesce(state, '') FROM " +
+                             "pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND " +
+                             "application_name LIKE " + quoteLiteral(pgSessionPrefix(opts_.dataDir) + " %"));
+    int n = PQntuples(r.get());
+    if (n == 0) return;
+    std::string pids;
+    int ended = 0;
+    for (int i = 0; i < n; ++i) {
+      pids += std::string(pids.empty() ? "" : ", ") + PQgetvalue(r.get(), i, 0) + " (" + PQgetvalue(r.get(), i, 2) +
+              ")";
+      if (std::string(PQgetvalue(r.get(), i, 1)) == "t") ++ended;
+    }
+    KEEL_LOG_WARN("postgres reconcile: ended {} of {} session(s) an earlier run of this agent left open: {}; the "
+                  "locks their transactions held are free, what they had not committed is rolled back",
+                  ended, n, pids);
+  } catch (const pg::PgError& e) {
+    if (e.connectionLost()) throw;
+    KEEL_LOG_WARN("postgres reconcile: could not end the sessions an earlier run of this agent left open ({}): "
+                  "their locks stay until PostgreSQL finds them gone (tcp_keepalives_idle); grant this agent's "
+                  "role pg_signal_backend, or end them by hand",
+                  e.what());
+  }
 }
 
 void PgAgent::markerDone(std::string gid) {
