@@ -272,9 +272,13 @@ void PgAgent::endEarlierSessions(PGconn* c) {
               ")";
       if (std::string(PQgetvalue(r.get(), i, 1)) == "t") ++ended;
     }
-    KEEL_LOG_WARN("postgres reconcile: ended {} of {} session(s) an earlier run of this agent left open: {}; the "
-                  "locks their transactions held are free, what they had not committed is rolled back",
-                  ended, n, pids);
+    // pg_terminate_backend is false for a session that ended by itself in
+    // between (a dead client it noticed at last), and for one still there
+    // after the wait.
+    KEEL_LOG_WARN("postgres reconcile: found {} session(s) an earlier run of this agent left open and ended {} (any "
+                  "other had ended by itself, or was still there after 5 s): {}; the locks their transactions held "
+                  "are free, what they had not committed is rolled back",
+                  n, ended, pids);
   } catch (const pg::PgError& e) {
     if (e.connectionLost()) throw;
     KEEL_LOG_WARN("postgres reconcile: could not end the sessions an earlier run of this agent left open ({}): "

@@ -594,7 +594,7 @@ TEST_F(PostgresSlowRetryTest, ADeadAgentsPipelineStillRunningIsEndedAtItsRestart
   ASSERT_TRUE(sleeping("bank_b")) << "PostgreSQL ended the dead agent's session by itself";
   cluster_->startAgent("bank-b");
   EXPECT_FALSE(sleeping("bank_b")) << "the dead agent's session outlived the restart";
-  EXPECT_EQ(inAgentLog("bank-b", "ended 1 of 1 session(s) an earlier run of this agent left open"), 1u);
+  EXPECT_EQ(inAgentLog("bank-b", "found 1 session(s) an earlier run of this agent left open and ended 1"), 1u);
   std::this_thread::sleep_for(std::chrono::milliseconds(3500));  // past the sleep it was in
   EXPECT_EQ(prepared("bank_b"), 0u);
   EXPECT_EQ(inAgentLog("bank-b", "of an earlier start)"), 0u);  // no orphan for the sweep to find
@@ -1119,7 +1119,7 @@ TEST_F(PostgresOutcomeTest, SessionsAnEarlierRunLeftOpenAreEndedAtStart) {
   ASSERT_EQ(PQstatus(other), CONNECTION_OK) << PQerrorMessage(other);
   PQclear(PQexec(other, "SET application_name = 'keel 0123 someone else'"));
   cluster_->startAgent("bank-b");
-  EXPECT_EQ(inAgentLog("ended 1 of 1 session(s) an earlier run of this agent left open"), 1u);
+  EXPECT_EQ(inAgentLog("found 1 session(s) an earlier run of this agent left open and ended 1"), 1u);
   auto v = voteAtB(xidOf(32), {credit("bank-b", "bob", 3)});
   EXPECT_EQ(v.vote, wire::Vote::YES) << v.reason;
   EXPECT_EQ(finishAtB(xidOf(32), /*commit=*/true), wire::BranchOutcome::COMMITTED);
