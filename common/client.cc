@@ -243,6 +243,14 @@ AgentClient::AgentClient(kj::Own<RpcConnection> conn)
 
 AgentClient::AgentClient(wire::Participant::Client cap) : cap_(kj::mv(cap)) {}
 
+kj::Promise<std::pair<AgentSnapshot, std::vector<UnfinishedBranch>>> AgentClient::booksAndUnfinished() {
+  return inspect().then([this](AgentSnapshot snap) {
+    return unfinished().then([snap = std::move(snap)](std::vector<UnfinishedBranch> b) mutable {
+      return std::make_pair(std::move(snap), std::move(b));
+    });
+  });
+}
+
 kj::Promise<std::vector<UnfinishedBranch>> AgentClient::unfinished() {
   auto req = cap_.recoverRequest();
   req.setEpoch(0);  // an operator looking: not fenced

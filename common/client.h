@@ -189,6 +189,8 @@ class AgentClient {
   // Its unfinished branches, asked as an operator (epoch 0: fences nothing).
   // Text from the agent is cut to bounded lengths (shown, never trusted).
   kj::Promise<std::vector<UnfinishedBranch>> unfinished();
+  // Both, one after the other: what keelctl branches and /api/branches show.
+  kj::Promise<std::pair<AgentSnapshot, std::vector<UnfinishedBranch>>> booksAndUnfinished();
   wire::Participant::Client& capability() { return cap_; }
 
  private:

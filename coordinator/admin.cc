@@ -326,6 +326,32 @@ void addCoordinatorRoutes(AdminHttpServer& server, const kj::Executor& loop, Coo
       return jsonFrom(out);
     });
   });
+  // An embedded participant's books and unfinished branches, as its own
+  // plane's /api/branches would give them (it has none): asked through
+  // the operator view the coordinator holds of it.
+  server.route("GET", "/api/branches", [calls, &coordinator](const HttpRequest& r) {
+    return guarded([&] {
+      auto name = r.param("participant");
+      if (!name || name->empty() || name->size() > 64) {
+        throw BadParam{"give participant=NAME, an embedded participant of this coordinator"};
+      }
+      auto both = calls->call([&coordinator, n = *name]() {
+        auto view = coordinator.embeddedOperatorView(n);
+        using Both = std::optional<std::pair<AgentSnapshot, std::vector<UnfinishedBranch>>>;
+        if (!view) return kj::Promise<Both>(Both());
+        auto agent = kj::heap<AgentClient>(kj::mv(*view));
+        auto books = agent->booksAndUnfinished();
+        return books.then([](auto both) { return Both(std::move(both)); }).attach(kj::mv(agent));
+      });
+      if (!both) {
+        return HttpResponse::error(404, "no embedded participant " + *name +
+                                            " here (a keel-agent serves /api/branches on its own admin plane)");
+      }
+      std::ostringstream out;
+      ctl::printBranches(out, both->first, both->second, true);
+      return jsonFrom(out);
+    });
+  });
   server.route("GET", "/api/audit", [calls, &client](const HttpRequest& r) {
     return guarded([&] {
       std::uint32_t limit = limitParam(r, 100, 10000);

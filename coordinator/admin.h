@@ -10,6 +10,7 @@
 //   GET /api/query?seq=S              = keelctl --json query S (NODE:COUNTER or the number)
 //   GET /api/query?request_id=ID      = keelctl --json query --request-id ID
 //   GET /api/audit?limit=N            = keelctl --json audit
+//   GET /api/branches?participant=P   = keelctl --json branches --embedded P (an embedded participant's)
 //   GET /                             the console (coordinator/console.html, embedded)
 //   GET /api/live                     the console's live numbers: counters, gauges, latency buckets
 //   GET /api/participants             each participant: address, up/down, drivers waiting, calls

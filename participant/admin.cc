@@ -118,13 +118,7 @@ void addAgentRoutes(AdminHttpServer& server, const kj::Executor& loop, Participa
   });
   server.route("GET", "/api/branches", [calls, &client](const HttpRequest&) {
     return guardedAnswer("agent", [&] {
-      auto both = calls->call([&client]() {
-        return client.inspect().then([&client](AgentSnapshot snap) {
-          return client.unfinished().then([snap = std::move(snap)](std::vector<UnfinishedBranch> b) mutable {
-            return std::make_pair(std::move(snap), std::move(b));
-          });
-        });
-      });
+      auto both = calls->call([&client]() { return client.booksAndUnfinished(); });
       std::ostringstream out;
       ctl::printBranches(out, both.first, both.second, true);
       return HttpResponse::json(200, out.str());

@@ -224,6 +224,28 @@ TEST_F(EmbeddedAdminTest, TheCoordinatorsMetricsCarryEachEmbeddedParticipants) {
   for (const auto& [family, n] : types) EXPECT_EQ(n, 1) << family;
 }
 
+// An embedded participant has no admin plane: the coordinator's
+// /api/branches?participant=NAME gives what its own would, the same JSON
+// as keelctl --json branches.
+TEST_F(EmbeddedAdminTest, TheCoordinatorServesEachEmbeddedParticipantsBranches) {
+  ASSERT_NO_FATAL_FAILURE(transfersThenAnOverdraw(3));
+  HttpAnswer b;
+  EXPECT_TRUE(eventually([&] {
+    b = get(coordPort_, "/api/branches?participant=bank-b");
+    return b.status == 200 && b.body.find("\"total\":30") != std::string::npos;  // phase 2 after the answers
+  })) << b.status << " " << b.body;
+  auto doc = JsonReader::parse(b.body);
+  EXPECT_EQ(doc["agent"].str(), "bank-b");
+  EXPECT_EQ(doc["unfinished"].array().size(), 0u);
+  auto a = JsonReader::parse(get(coordPort_, "/api/branches?participant=bank-a").body);
+  EXPECT_EQ(a["agent"].str(), "bank-a");
+  EXPECT_EQ(a["total"].number(), 970);
+  auto unknown = get(coordPort_, "/api/branches?participant=bank-z");
+  EXPECT_EQ(unknown.status, 404) << unknown.body;
+  EXPECT_NE(unknown.body.find("no embedded participant bank-z here"), std::string::npos) << unknown.body;
+  EXPECT_EQ(get(coordPort_, "/api/branches").status, 400);
+}
+
 // Redo mode (docs/operations.md, "Redo log"): every checkpoint is counted
 // and timed on both admin planes, the stall a queued job can meet.
 class RedoAdminTest : public AdminTest {

@@ -284,8 +284,8 @@ int Commands::audit(std::uint32_t limit) {
 
 int Commands::branches(const AgentRef& ref) {
   auto s = connectAgent(io_, g_, ref);
-  auto branches = s.ex->wait(s.agent->unfinished());
-  printBranches(out_, s.ex->wait(s.agent->inspect()), branches, g_.json);
+  auto both = s.ex->wait(s.agent->booksAndUnfinished());
+  printBranches(out_, both.first, both.second, g_.json);
   return kExitDone;
 }
 
