@@ -439,10 +439,11 @@ kj::Promise<void> CoordinatorImpl::embeddedParticipant(EmbeddedParticipantContex
   if (name.size() > 256) return KJ_EXCEPTION(FAILED, "embeddedParticipant: name too long");
   auto view = c_.embeddedOperatorView(name.cStr());
   if (!view) {
-    std::string what = kj::str(name).cStr();
-    return faultException(c_.hasParticipant(what) ? "participant " + what + " is not embedded in this coordinator: ask its keel-agent "
-                                                          "at its own address (keelctl --agent HOST:PORT)"
-                                : "this coordinator has no participant " + what);
+    std::string what(name.cStr());
+    if (!c_.hasParticipant(what)) return faultException("this coordinator has no participant " + what);
+    return faultException("participant " + what +
+                          " is not embedded in this coordinator: ask its keel-agent at its own address (keelctl "
+                          "--agent HOST:PORT)");
   }
   ctx.getResults().setParticipant(kj::mv(*view));
   return kj::READY_NOW;

@@ -89,8 +89,10 @@ PgAgent::PgAgent(PgAgentOptions opts, kj::AsyncIoContext& io)
   GroupCommitLog::Options lo;
   lo.lazyDelay = std::chrono::milliseconds(opts_.lazyDelayMs);
   log_.setLogOptions(lo);
-  sessionName_ = pgSessionName(opts_.dataDir, opts_.name);
-  const std::string named = sessionName_.empty() ? "" : "SET application_name = " + quoteLiteral(sessionName_);
+  sessionPrefix_ = pgSessionPrefix(opts_.dataDir);
+  const std::string named = sessionPrefix_.empty()
+                                ? ""
+                                : "SET application_name = " + quoteLiteral(pgSessionName(sessionPrefix_, opts_.name));
   // Any pool connecting again means PostgreSQL is back: what failed
   // meanwhile is retried, and the keeper sweeps, at once.
   // Phase 2 gets connections of its own, as many as the prepares have: each

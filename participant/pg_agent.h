@@ -105,16 +105,17 @@ struct PgGid {
   std::uint64_t incarnation = 0;
 };
 std::string pgGid(const std::string& agent, Xid xid, std::uint64_t incarnation);
-// The application_name of every PostgreSQL session of the agent whose data
-// directory is `dataDir`: "keel " + its instance id (keel.identity) + " " +
-// the agent's name, cut to PostgreSQL's 63 bytes. Only that directory's
-// agent names its sessions so, and a directory has one live agent at a
-// time (its lock): a session so named that is not the live agent's is an
-// earlier run's. "" when the directory has no identity (a test's bare
-// branch log): sessions are then not named, nor ended at start.
-std::string pgSessionName(const std::string& dataDir, const std::string& agent);
-// What every session named by pgSessionName for `dataDir` starts with.
+// How every PostgreSQL session of the agent whose data directory is
+// `dataDir` is named (application_name) begins: "keel " + the directory's
+// instance id (keel.identity). Only that directory's agent names its
+// sessions so, and a directory has one live agent at a time (its lock): a
+// session so named that is not the live agent's is an earlier run's. ""
+// when the directory has no identity (a test's bare branch log): sessions
+// are then not named, nor ended at start.
 std::string pgSessionPrefix(const std::string& dataDir);
+// The whole name: the prefix, a space and the agent's name, cut to
+// PostgreSQL's 63 bytes ("" for no prefix).
+std::string pgSessionName(const std::string& prefix, const std::string& agent);
 // nullopt: not a gid of this agent's (another agent's, or malformed).
 std::optional<PgGid> parsePgGid(const std::string& agent, const std::string& gid);
 
@@ -208,7 +209,7 @@ class PgAgent final : public ParticipantBackend {
   // Start-up: ends the PostgreSQL sessions an earlier run of this agent left
   // (its process gone, its sessions not noticed gone yet: a machine that
   // died leaves no TCP reset), which hold their open transactions' row
-  // locks and marker rows. Found by their application_name (sessionName_).
+  // locks and marker rows. Found by their application_name (sessionPrefix_).
   void endEarlierSessions(PGconn* c);
   // PostgreSQL's prepared transactions of this agent against the branch
   // log: committed or rolled back as the log says, kept when PREPARED, and
@@ -385,7 +386,7 @@ class PgAgent final : public ParticipantBackend {
   kj::Timer& timer_;
   // The hot path's connections, driven by the event loop: prepares, and
   // the commits of PREPARED branches. Each as large as the pool size.
-  std::string sessionName_;  // pgSessionName: every connection's application_name
+  std::string sessionPrefix_;  // pgSessionPrefix: how every connection's application_name begins
   std::unique_ptr<pg::LoopPool> loopPrepare_;
   std::unique_ptr<pg::LoopPool> loopFinish_;
   // ROLLBACK PREPARED, the rare commits (commitOne), the keeper's sweeps

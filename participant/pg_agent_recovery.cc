@@ -144,8 +144,7 @@ std::string pgSessionPrefix(const std::string& dataDir) {
   }
 }
 
-std::string pgSessionName(const std::string& dataDir, const std::string& agent) {
-  std::string prefix = pgSessionPrefix(dataDir);
+std::string pgSessionName(const std::string& prefix, const std::string& agent) {
   if (prefix.empty()) return "";
   return (prefix + " " + agent).substr(0, 63);  // NAMEDATALEN - 1: PostgreSQL cuts the rest
 }
@@ -254,7 +253,7 @@ void PgAgent::reconcile() {
 }
 
 void PgAgent::endEarlierSessions(PGconn* c) {
-  if (sessionName_.empty()) return;
+  if (sessionPrefix_.empty()) return;
   // Ours are not connected yet (every pool connects on first use), and
   // this connection is not named: every session so named is an earlier
   // run's. PostgreSQL 14 and later wait for each to be gone (up to 5 s).
@@ -262,7 +261,7 @@ void PgAgent::endEarlierSessions(PGconn* c) {
   try {
     auto r = pg::exec(c, "SELECT pid, pg_terminate_backend(pid" + wait + "), coalesce(state, '') FROM " +
                              "pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND " +
-                             "application_name LIKE " + quoteLiteral(pgSessionPrefix(opts_.dataDir) + " %"));
+                             "application_name LIKE " + quoteLiteral(sessionPrefix_ + " %"));
     int n = PQntuples(r.get());
     if (n == 0) return;
     std::string pids;

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -75,8 +76,11 @@ class ClusterTest : public ::testing::Test {
     o.binDir = binDir();
     o.baseDir = dir_;
     o.coordinatorExtraToml = coordinatorToml();
+    o.embedded = embeddedAgents();
     return o;
   }
+  // Agents run inside the coordinator ([participants] NAME = "embedded:FILE").
+  virtual std::set<std::string> embeddedAgents() const { return {}; }
 
   // Last chance to configure the cluster (per-agent arguments) before it starts.
   virtual void beforeStart(LocalCluster&) {}

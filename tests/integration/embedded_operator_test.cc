@@ -17,11 +17,7 @@ namespace {
 // bank-b runs inside the coordinator, bank-a is a keel-agent.
 class EmbeddedOperatorTest : public ClusterTest {
  protected:
-  ClusterOptions clusterOptions() override {
-    auto o = ClusterTest::clusterOptions();
-    o.embedded = {"bank-b"};
-    return o;
-  }
+  std::set<std::string> embeddedAgents() const override { return {"bank-b"}; }
   RunResult ctl(const std::string& args) {
     return run("timeout 60 " + binDir() + "/keelctl -c " + cluster_->coordinatorAddress() + " " + args);
   }

@@ -172,11 +172,7 @@ TEST_F(RestoreTest, LostWalRestoredFromABackupReissuesNoSeqAndUndoesNoCommit) {
 // there, and the restored coordinator then runs it as before.
 class EmbeddedRestoreTest : public RestoreTest {
  protected:
-  ClusterOptions clusterOptions() override {
-    auto o = RestoreTest::clusterOptions();
-    o.embedded = {"bank-b"};
-    return o;
-  }
+  std::set<std::string> embeddedAgents() const override { return {"bank-b"}; }
 };
 
 TEST_F(EmbeddedRestoreTest, AnEmbeddedParticipantIsAskedInTheRestoringProcess) {

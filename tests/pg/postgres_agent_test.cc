@@ -1111,7 +1111,7 @@ TEST_F(PostgresOutcomeTest, TheMarkerProbeWaitsForASessionStillHoldingTheRow) {
 // (anyone else's) is left alone.
 TEST_F(PostgresOutcomeTest, SessionsAnEarlierRunLeftOpenAreEndedAtStart) {
   cluster_->stopAgent("bank-b");
-  const std::string name = pgSessionName(cluster_->baseDir() + "/bank-b", "bank-b");
+  const std::string name = pgSessionName(pgSessionPrefix(cluster_->baseDir() + "/bank-b"), "bank-b");
   ASSERT_EQ(name.rfind("keel ", 0), 0u) << name;
   PGconn* earlier = holdBobsRowAtB(name);
   ASSERT_NE(earlier, nullptr);
